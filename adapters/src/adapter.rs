@@ -1,0 +1,92 @@
+//! The [`Adapter`] trait and what flows through it: the broker's request to a
+//! provider and the ways a provider can fail.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::claims::Claims;
+
+/// Why the exchange is lawful, passed to the provider so it can log and enforce it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LegalBasis {
+    /// The subject consented; the id of the recorded consent.
+    Consent {
+        /// Identifier of the consent record in the broker.
+        consent_id: String,
+    },
+    /// A text of law authorises the exchange without consent.
+    Law {
+        /// The legal reference, e.g. "CRPA, art. L. 114-8".
+        citation: String,
+    },
+}
+
+/// What the broker asks a provider.
+///
+/// `Debug` does not print the subject: a raw subject id must never reach logs.
+#[derive(Clone)]
+pub struct AdapterRequest {
+    /// Normalised subject id, e.g. `test:alice`.
+    pub subject: String,
+    /// The attestation type asked for, e.g. `caf.quotient_familial`.
+    pub attestation_type: String,
+    /// Requested claims, already restricted to the ones the consumer is allowed.
+    pub claims: Vec<String>,
+    /// The consumer participant the attestation is for.
+    pub consumer: String,
+    /// The registered purpose code of the exchange.
+    pub purpose: String,
+    /// The legal basis of the exchange.
+    pub legal_basis: LegalBasis,
+    /// The broker's request id, for correlation in the provider's logs.
+    pub request_id: String,
+    /// When the broker stops waiting for the answer.
+    pub deadline: tokio::time::Instant,
+}
+
+impl fmt::Debug for AdapterRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdapterRequest")
+            .field("subject", &"<redacted>")
+            .field("attestation_type", &self.attestation_type)
+            .field("claims", &self.claims)
+            .field("consumer", &self.consumer)
+            .field("purpose", &self.purpose)
+            .field("legal_basis", &self.legal_basis)
+            .field("request_id", &self.request_id)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+/// Why a provider gave no claims.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    /// The provider does not know the subject.
+    #[error("subject unknown to the provider")]
+    NotFound,
+    /// The provider cannot answer now (down, overloaded, misconfigured).
+    #[error("provider unavailable: {reason}")]
+    Unavailable {
+        /// What went wrong, for the operator (never a claim value or subject id).
+        reason: String,
+        /// When the provider said to try again, if it did.
+        retry_after: Option<Duration>,
+    },
+    /// The provider answered something the schema or the request does not allow.
+    #[error("invalid provider response: {0}")]
+    InvalidResponse(String),
+    /// The request's deadline passed before the provider answered.
+    #[error("provider deadline exceeded")]
+    DeadlineExceeded,
+}
+
+/// A provider administration's system, as the broker sees it.
+#[async_trait::async_trait]
+pub trait Adapter: Send + Sync + fmt::Debug {
+    /// Returns the requested claims the provider holds for the subject (claims it does not hold are absent).
+    async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError>;
+
+    /// The adapter's kind, for logs and metrics ("static", "http", "grpc").
+    fn kind(&self) -> &'static str;
+}

@@ -1,0 +1,18 @@
+//! The boundary between the Une Fois broker and the provider administrations.
+//!
+//! A provider plugs its existing system in through an [`Adapter`]: the broker asks it
+//! for some claims about a subject ([`AdapterRequest`]) and gets typed values back
+//! ([`Claims`]), which every adapter checks against the attestation type's schema
+//! ([`check_claims`]) before the broker signs anything. This crate holds the trait,
+//! the claim types and the built-in adapters; it knows nothing of TLS, storage,
+//! gRPC or protobuf.
+
+#![forbid(unsafe_code)]
+
+pub mod adapter;
+pub mod claims;
+pub mod static_dataset;
+
+pub use adapter::{Adapter, AdapterError, AdapterRequest, LegalBasis};
+pub use claims::{ClaimSpec, ClaimType, ClaimValue, Claims, MAX_STRING_BYTES, check_claims};
+pub use static_dataset::{DatasetError, MAX_DATASET_BYTES, MAX_SUBJECT_BYTES, StaticDataset};

@@ -1,0 +1,40 @@
+//! The authenticated caller of a request: a participant, and the agent when a mediator's agent
+//! acts. Derived only from the verified client certificate, never from a request field.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::registry::{Participant, Role};
+
+/// Who is calling, resolved against the registry once per request.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The participant's id.
+    pub participant: String,
+    /// Its name in the registry.
+    pub name: String,
+    /// Its roles in the registry in force when the call arrived.
+    pub roles: BTreeSet<Role>,
+    /// The agent of a mediator structure, when the certificate is an agent's.
+    pub agent: Option<String>,
+    /// The SPIFFE ID of the certificate, for logs.
+    pub spiffe_id: Arc<str>,
+}
+
+impl Caller {
+    /// A caller for a registered participant.
+    pub fn new(participant: &Participant, agent: Option<String>, spiffe_id: Arc<str>) -> Caller {
+        Caller {
+            participant: participant.id.clone(),
+            name: participant.name.clone(),
+            roles: participant.roles.clone(),
+            agent,
+            spiffe_id,
+        }
+    }
+
+    /// Whether the caller holds `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}

@@ -1,0 +1,57 @@
+//! The gRPC edge: the only module of the broker that speaks protobuf. Services convert between
+//! protobuf messages and domain types here and nowhere else.
+
+pub mod auth;
+pub mod registry;
+pub mod status;
+
+use std::sync::Arc;
+
+use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use unefois_proto::v1::registry_server::RegistryServer;
+
+use crate::federation::Federation;
+
+/// Largest request message a participant may send; every API message is small.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// The names under which grpc.health.v1 reports the broker's services.
+pub const SERVICE_NAMES: &[&str] = &["", "unefois.v1.Registry"];
+
+/// Every service of the mTLS listener, each behind the caller authentication.
+pub async fn routes(
+    federation: Arc<Federation>,
+) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
+    let authenticate = auth::Authenticate::new(federation.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in SERVICE_NAMES {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(unefois_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let registry = RegistryServer::new(registry::RegistryService::new(federation))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let routes = Routes::new(InterceptedService::new(registry, authenticate.clone()))
+        .add_service(InterceptedService::new(
+            health_service,
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(reflection, authenticate));
+    Ok((routes, health))
+}
+
+/// Tells health clients that every service is going away.
+pub async fn set_not_serving(health: &HealthReporter) {
+    for name in SERVICE_NAMES {
+        health
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
+    }
+}

@@ -1,0 +1,207 @@
+//! `unefois.v1.Registry`: each participant reads the federation as it concerns it.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::registry_server::Registry as RegistryApi;
+
+use crate::caller::Caller;
+use crate::federation::Federation;
+use crate::grpc::auth::caller;
+use crate::registry::{self, ClaimType, Habilitation, LegalBasis, Registry, Role};
+
+/// The Registry service.
+pub struct RegistryService {
+    federation: Arc<Federation>,
+}
+
+impl RegistryService {
+    /// Serves the federation's current registry.
+    pub fn new(federation: Arc<Federation>) -> RegistryService {
+        RegistryService { federation }
+    }
+}
+
+/// Which habilitations a caller may read: its own as a consumer, those on the types it
+/// provides, or all of them for auditors and operators.
+fn visible_to(caller: &Caller, registry: &Registry, h: &Habilitation) -> bool {
+    if caller.has_role(Role::Auditor) || caller.has_role(Role::Operator) {
+        return true;
+    }
+    h.consumer == caller.participant
+        || registry
+            .attestation_type(&h.attestation_type)
+            .is_some_and(|t| t.provider == caller.participant)
+}
+
+fn role(r: Role) -> pb::Role {
+    match r {
+        Role::Provider => pb::Role::Provider,
+        Role::Consumer => pb::Role::Consumer,
+        Role::Guichet => pb::Role::Guichet,
+        Role::Mediator => pb::Role::Mediator,
+        Role::Auditor => pb::Role::Auditor,
+        Role::Operator => pb::Role::Operator,
+    }
+}
+
+fn roles(p: &registry::Participant) -> Vec<i32> {
+    p.roles.iter().map(|r| role(*r) as i32).collect()
+}
+
+fn claim_type(t: ClaimType) -> pb::ClaimType {
+    match t {
+        ClaimType::String => pb::ClaimType::String,
+        ClaimType::Integer => pb::ClaimType::Integer,
+        ClaimType::Number => pb::ClaimType::Number,
+        ClaimType::Boolean => pb::ClaimType::Boolean,
+        ClaimType::Date => pb::ClaimType::Date,
+    }
+}
+
+/// The protobuf form of a legal basis.
+pub fn legal_basis(b: &LegalBasis) -> pb::LegalBasis {
+    match b {
+        LegalBasis::Consent => pb::LegalBasis {
+            kind: pb::LegalBasisKind::Consent as i32,
+            ..Default::default()
+        },
+        LegalBasis::Law(citation) => pb::LegalBasis {
+            kind: pb::LegalBasisKind::Law as i32,
+            law_citation: citation.clone(),
+            ..Default::default()
+        },
+    }
+}
+
+/// The protobuf form of an instant.
+pub fn timestamp(t: time::OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: i32::try_from(t.nanosecond()).unwrap_or(0),
+    }
+}
+
+#[tonic::async_trait]
+impl RegistryApi for RegistryService {
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = caller(&request)?;
+        let registry = self.federation.registry();
+        Ok(Response::new(pb::WhoAmIResponse {
+            participant: caller.participant.clone(),
+            name: caller.name.clone(),
+            roles: caller.roles.iter().map(|r| role(*r) as i32).collect(),
+            agent: caller.agent.clone().unwrap_or_default(),
+            trust_domain: registry.trust_domain().to_string(),
+            registry_sha256: registry.sha256_hex(),
+        }))
+    }
+
+    async fn list_participants(
+        &self,
+        request: Request<pb::ListParticipantsRequest>,
+    ) -> Result<Response<pb::ListParticipantsResponse>, Status> {
+        caller(&request)?;
+        let registry = self.federation.registry();
+        Ok(Response::new(pb::ListParticipantsResponse {
+            participants: registry
+                .participants()
+                .map(|p| pb::Participant {
+                    id: p.id.clone(),
+                    name: p.name.clone(),
+                    roles: roles(p),
+                })
+                .collect(),
+            registry_sha256: registry.sha256_hex(),
+        }))
+    }
+
+    async fn list_purposes(
+        &self,
+        request: Request<pb::ListPurposesRequest>,
+    ) -> Result<Response<pb::ListPurposesResponse>, Status> {
+        caller(&request)?;
+        let registry = self.federation.registry();
+        Ok(Response::new(pb::ListPurposesResponse {
+            purposes: registry
+                .purposes()
+                .map(|p| pb::Purpose {
+                    code: p.code.clone(),
+                    label: p.label.clone(),
+                    legal_reference: p.legal_reference.clone(),
+                })
+                .collect(),
+            registry_sha256: registry.sha256_hex(),
+        }))
+    }
+
+    async fn list_attestation_types(
+        &self,
+        request: Request<pb::ListAttestationTypesRequest>,
+    ) -> Result<Response<pb::ListAttestationTypesResponse>, Status> {
+        caller(&request)?;
+        let registry = self.federation.registry();
+        Ok(Response::new(pb::ListAttestationTypesResponse {
+            attestation_types: registry
+                .attestation_types()
+                .map(|t| pb::AttestationType {
+                    id: t.id.clone(),
+                    version: t.version,
+                    provider: t.provider.clone(),
+                    description: t.description.clone(),
+                    claims: t
+                        .claims
+                        .iter()
+                        .map(|c| pb::ClaimSchema {
+                            name: c.name.clone(),
+                            r#type: claim_type(c.claim_type) as i32,
+                            description: c.description.clone(),
+                        })
+                        .collect(),
+                    max_age_seconds: u64::from(t.max_age_days) * 86_400,
+                    adapter: t.adapter.kind().to_string(),
+                })
+                .collect(),
+            registry_sha256: registry.sha256_hex(),
+        }))
+    }
+
+    async fn list_habilitations(
+        &self,
+        request: Request<pb::ListHabilitationsRequest>,
+    ) -> Result<Response<pb::ListHabilitationsResponse>, Status> {
+        let caller = caller(&request)?;
+        let registry = self.federation.registry();
+        Ok(Response::new(pb::ListHabilitationsResponse {
+            habilitations: registry
+                .habilitations()
+                .iter()
+                .filter(|h| visible_to(caller, &registry, h))
+                .map(|h| pb::Habilitation {
+                    id: h.id.clone(),
+                    consumer: h.consumer.clone(),
+                    attestation_type: h.attestation_type.clone(),
+                    purposes: h.purposes.iter().cloned().collect(),
+                    claims: h.claims.iter().cloned().collect(),
+                    legal_basis: Some(legal_basis(&h.legal_basis)),
+                    expires_at: Some(timestamp(h.expires_at)),
+                })
+                .collect(),
+            registry_sha256: registry.sha256_hex(),
+        }))
+    }
+
+    async fn get_verifier_keys(
+        &self,
+        request: Request<pb::GetVerifierKeysRequest>,
+    ) -> Result<Response<pb::GetVerifierKeysResponse>, Status> {
+        caller(&request)?;
+        Err(Status::unimplemented(
+            "the attestation and log keys arrive with the exchange core",
+        ))
+    }
+}

@@ -1,0 +1,887 @@
+//! The federation registry: who takes part, which purposes exist, which attestation types
+//! providers offer, and which consumer may obtain what (habilitations, deny by default).
+//!
+//! Loaded from one TOML file, validated whole before use: an error names the file and the key,
+//! so that an operator fixes the right line. The registry's SHA-256 identifies the exact
+//! version that a decision was taken under.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use time::{Date, OffsetDateTime, Time};
+
+/// Largest registry file accepted: a registry is configuration, not data.
+pub const MAX_REGISTRY_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A registry that failed to load, with the file and the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {key}: {message}", file.display())]
+pub struct RegistryError {
+    /// The registry file.
+    pub file: PathBuf,
+    /// Where in the file: a dotted key path such as `habilitations[2].consumer`, or `(file)`.
+    pub key: String,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+/// What a participant does in the federation; a participant may hold several roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Answers for attestation types it owns.
+    Provider,
+    /// Obtains attestations under a habilitation.
+    Consumer,
+    /// A citizen portal: records consents, pre-fills forms.
+    Guichet,
+    /// A mediation structure whose agents act for citizens under a mandate.
+    Mediator,
+    /// Reads and verifies the audit log.
+    Auditor,
+    /// Runs the federation: registry, health, metrics.
+    Operator,
+}
+
+impl Role {
+    /// The registry's spelling of the role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Provider => "provider",
+            Role::Consumer => "consumer",
+            Role::Guichet => "guichet",
+            Role::Mediator => "mediator",
+            Role::Auditor => "auditor",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An administration, a guichet or a mediation structure of the federation.
+#[derive(Clone, Debug)]
+pub struct Participant {
+    /// Stable id, the one in its certificate's SPIFFE ID.
+    pub id: String,
+    /// Name shown to people (citizens see it in their access history).
+    pub name: String,
+    /// What it may do.
+    pub roles: BTreeSet<Role>,
+}
+
+impl Participant {
+    /// Whether the participant holds `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// A registered reason for processing data, with its legal reference.
+#[derive(Clone, Debug)]
+pub struct Purpose {
+    /// Code used in requests, e.g. `tarification_cantine`.
+    pub code: String,
+    /// What it means, for people.
+    pub label: String,
+    /// The text that allows it.
+    pub legal_reference: String,
+}
+
+/// The type of a claim's value, checked on every provider answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimType {
+    /// UTF-8 text.
+    String,
+    /// A signed 64-bit integer.
+    Integer,
+    /// A finite floating-point number.
+    Number,
+    /// True or false.
+    Boolean,
+    /// A calendar date, `YYYY-MM-DD`.
+    Date,
+}
+
+/// One claim of an attestation type's schema.
+#[derive(Clone, Debug)]
+pub struct ClaimSchema {
+    /// Claim name, unique within the type.
+    pub name: String,
+    /// Value type.
+    pub claim_type: ClaimType,
+    /// What the claim states, for people.
+    pub description: String,
+}
+
+/// How the broker reaches the provider of an attestation type.
+#[derive(Clone, Debug)]
+pub enum AdapterBinding {
+    /// A JSON dataset keyed by subject, loaded at start.
+    Static {
+        /// Absolute path of the dataset (declared relative to the registry file).
+        dataset: PathBuf,
+    },
+}
+
+impl AdapterBinding {
+    /// The adapter's kind, as written in the registry.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AdapterBinding::Static { .. } => "static",
+        }
+    }
+}
+
+/// A kind of verified fact a provider offers, e.g. `caf.quotient_familial`.
+#[derive(Clone, Debug)]
+pub struct AttestationType {
+    /// `<provider>.<name>`.
+    pub id: String,
+    /// Schema version, carried in every attestation.
+    pub version: u32,
+    /// The participant that answers for it.
+    pub provider: String,
+    /// What it attests, for people.
+    pub description: String,
+    /// The claims it may carry.
+    pub claims: Vec<ClaimSchema>,
+    /// How long an attestation of this type stays valid, in days.
+    pub max_age_days: u32,
+    /// How the broker reaches the provider.
+    pub adapter: AdapterBinding,
+}
+
+impl AttestationType {
+    /// The schema of claim `name`, if the type has it.
+    pub fn claim(&self, name: &str) -> Option<&ClaimSchema> {
+        self.claims.iter().find(|c| c.name == name)
+    }
+}
+
+/// Why a consumer may obtain an attestation: a person's consent or a law.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LegalBasis {
+    /// Only with an active consent of the subject.
+    Consent,
+    /// Under the cited text, without consent.
+    Law(String),
+}
+
+/// Consumer × attestation type × purposes × allowed claims × legal basis × expiry.
+#[derive(Clone, Debug)]
+pub struct Habilitation {
+    /// Stable id, recorded with every exchange it allows.
+    pub id: String,
+    /// The participant allowed to obtain.
+    pub consumer: String,
+    /// What it may obtain.
+    pub attestation_type: String,
+    /// For which purposes.
+    pub purposes: BTreeSet<String>,
+    /// Which claims (a subset of the type's).
+    pub claims: BTreeSet<String>,
+    /// On what basis.
+    pub legal_basis: LegalBasis,
+    /// End of validity (the end of the `expires` day, UTC).
+    pub expires_at: OffsetDateTime,
+}
+
+impl Habilitation {
+    /// Whether the habilitation is still in force at `now`.
+    pub fn is_active_at(&self, now: SystemTime) -> bool {
+        OffsetDateTime::from(now) < self.expires_at
+    }
+}
+
+/// The validated registry, immutable once loaded (a reload builds a new one).
+#[derive(Debug)]
+pub struct Registry {
+    file: PathBuf,
+    sha256: [u8; 32],
+    trust_domain: String,
+    participants: BTreeMap<String, Participant>,
+    purposes: BTreeMap<String, Purpose>,
+    attestation_types: BTreeMap<String, AttestationType>,
+    habilitations: Vec<Habilitation>,
+}
+
+impl Registry {
+    /// Reads, parses and validates the registry at `path`.
+    pub fn load(path: &Path) -> Result<Registry, RegistryError> {
+        let at_file = |message: String| RegistryError {
+            file: path.to_path_buf(),
+            key: "(file)".into(),
+            message,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| at_file(format!("cannot read: {e}")))?;
+        if meta.len() > MAX_REGISTRY_BYTES {
+            return Err(at_file(format!(
+                "{} bytes, more than the {MAX_REGISTRY_BYTES} allowed",
+                meta.len()
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|e| at_file(format!("cannot read: {e}")))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Registry::parse(path, base, &bytes)
+    }
+
+    /// Parses and validates registry bytes; `file` names them in errors and `base` resolves
+    /// the relative paths they declare.
+    pub fn parse(file: &Path, base: &Path, bytes: &[u8]) -> Result<Registry, RegistryError> {
+        let err = |key: &str, message: String| RegistryError {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| err("(file)", format!("not valid UTF-8: {e}")))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| err("(syntax)", one_line(&e)))?;
+        let raw: raw::Registry = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            };
+            err(&key, one_line(e.inner()))
+        })?;
+        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        Validator {
+            file,
+            base,
+            errors: Vec::new(),
+        }
+        .validate(raw, sha256)
+    }
+
+    /// The file it was loaded from.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// SHA-256 of the registry file's exact bytes.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.sha256
+    }
+
+    /// SHA-256 of the registry file, lowercase hex.
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+
+    /// The SPIFFE trust domain of the federation's certificates.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// A participant by id.
+    pub fn participant(&self, id: &str) -> Option<&Participant> {
+        self.participants.get(id)
+    }
+
+    /// Every participant, by id.
+    pub fn participants(&self) -> impl Iterator<Item = &Participant> {
+        self.participants.values()
+    }
+
+    /// A purpose by code.
+    pub fn purpose(&self, code: &str) -> Option<&Purpose> {
+        self.purposes.get(code)
+    }
+
+    /// Every purpose, by code.
+    pub fn purposes(&self) -> impl Iterator<Item = &Purpose> {
+        self.purposes.values()
+    }
+
+    /// An attestation type by id.
+    pub fn attestation_type(&self, id: &str) -> Option<&AttestationType> {
+        self.attestation_types.get(id)
+    }
+
+    /// Every attestation type, by id.
+    pub fn attestation_types(&self) -> impl Iterator<Item = &AttestationType> {
+        self.attestation_types.values()
+    }
+
+    /// Every habilitation, in file order.
+    pub fn habilitations(&self) -> &[Habilitation] {
+        &self.habilitations
+    }
+
+    /// The habilitations held by `consumer`.
+    pub fn habilitations_of<'a>(
+        &'a self,
+        consumer: &'a str,
+    ) -> impl Iterator<Item = &'a Habilitation> + 'a {
+        self.habilitations
+            .iter()
+            .filter(move |h| h.consumer == consumer)
+    }
+}
+
+fn one_line(e: &impl fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The registry as written, before validation.
+mod raw {
+    use std::path::PathBuf;
+
+    use serde::Deserialize;
+
+    use super::{ClaimType, Role};
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Registry {
+        pub federation: Federation,
+        #[serde(default)]
+        pub participants: Vec<Participant>,
+        #[serde(default)]
+        pub purposes: Vec<Purpose>,
+        #[serde(default)]
+        pub attestation_types: Vec<AttestationType>,
+        #[serde(default)]
+        pub habilitations: Vec<Habilitation>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Federation {
+        pub trust_domain: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Participant {
+        pub id: String,
+        pub name: String,
+        pub roles: Vec<Role>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Purpose {
+        pub code: String,
+        pub label: String,
+        pub legal_reference: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AttestationType {
+        pub id: String,
+        pub version: u32,
+        pub provider: String,
+        pub description: String,
+        pub max_age_days: u32,
+        pub adapter: Adapter,
+        pub claims: Vec<Claim>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Claim {
+        pub name: String,
+        #[serde(rename = "type")]
+        pub claim_type: ClaimType,
+        pub description: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+    pub enum Adapter {
+        Static { dataset: PathBuf },
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Habilitation {
+        pub id: String,
+        pub consumer: String,
+        pub attestation_type: String,
+        pub purposes: Vec<String>,
+        pub claims: Vec<String>,
+        pub legal_basis: LegalBasis,
+        pub expires: toml::value::Datetime,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "snake_case", deny_unknown_fields)]
+    pub enum LegalBasis {
+        Consent,
+        Law(String),
+    }
+}
+
+/// Most entries of each kind: bounds memory and start-up time whatever the file says.
+const MAX_ENTRIES: usize = 10_000;
+/// Longest free text (names, labels, descriptions, citations).
+const MAX_TEXT: usize = 1_000;
+
+struct Validator<'a> {
+    file: &'a Path,
+    base: &'a Path,
+    errors: Vec<(String, String)>,
+}
+
+impl Validator<'_> {
+    fn fail(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push((key.into(), message.into()));
+    }
+
+    fn text(&mut self, key: String, value: &str) {
+        if value.trim().is_empty() {
+            self.fail(key, "must not be empty");
+        } else if value.len() > MAX_TEXT {
+            self.fail(key, format!("longer than {MAX_TEXT} bytes"));
+        } else if value.chars().any(char::is_control) {
+            self.fail(key, "contains control characters");
+        }
+    }
+
+    fn code(&mut self, key: String, value: &str) {
+        let ok = (1..=64).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && value.as_bytes()[0].is_ascii_lowercase();
+        if !ok {
+            self.fail(
+                key,
+                format!("{value:?} is not a code ([a-z][a-z0-9_]{{0,63}})"),
+            );
+        }
+    }
+
+    fn count(&mut self, key: &str, n: usize) {
+        if n > MAX_ENTRIES {
+            self.fail(
+                key,
+                format!("{n} entries, more than the {MAX_ENTRIES} allowed"),
+            );
+        }
+    }
+
+    fn relative_file(&mut self, key: String, declared: &Path) -> PathBuf {
+        let escapes = declared.is_absolute()
+            || declared
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+        if escapes {
+            self.fail(
+                key,
+                format!(
+                    "{} must be a path inside the registry's folder (no absolute path, no '..')",
+                    declared.display()
+                ),
+            );
+            return PathBuf::new();
+        }
+        let full = self.base.join(declared);
+        if !full.is_file() {
+            self.fail(key, format!("{} is not a readable file", full.display()));
+        }
+        full
+    }
+
+    fn validate(mut self, raw: raw::Registry, sha256: [u8; 32]) -> Result<Registry, RegistryError> {
+        if let Err(e) = unefois_certs::validate_trust_domain(&raw.federation.trust_domain) {
+            self.fail("federation.trust_domain", e.to_string());
+        }
+        for (key, n) in [
+            ("participants", raw.participants.len()),
+            ("purposes", raw.purposes.len()),
+            ("attestation_types", raw.attestation_types.len()),
+            ("habilitations", raw.habilitations.len()),
+        ] {
+            self.count(key, n);
+        }
+
+        let mut participants = BTreeMap::new();
+        for (i, p) in raw.participants.into_iter().enumerate() {
+            let at = format!("participants[{i}]");
+            if let Err(e) = unefois_certs::validate_participant_id(&p.id) {
+                self.fail(format!("{at}.id"), e.to_string());
+            }
+            self.text(format!("{at}.name"), &p.name);
+            if p.roles.is_empty() {
+                self.fail(
+                    format!("{at}.roles"),
+                    "a participant needs at least one role",
+                );
+            }
+            let roles: BTreeSet<Role> = p.roles.iter().copied().collect();
+            if roles.len() != p.roles.len() {
+                self.fail(format!("{at}.roles"), "a role is listed twice");
+            }
+            let id = p.id.clone();
+            if participants
+                .insert(
+                    id.clone(),
+                    Participant {
+                        id: p.id,
+                        name: p.name,
+                        roles,
+                    },
+                )
+                .is_some()
+            {
+                self.fail(
+                    format!("{at}.id"),
+                    format!("duplicate participant id {id:?}"),
+                );
+            }
+        }
+
+        let mut purposes = BTreeMap::new();
+        for (i, p) in raw.purposes.into_iter().enumerate() {
+            let at = format!("purposes[{i}]");
+            self.code(format!("{at}.code"), &p.code);
+            self.text(format!("{at}.label"), &p.label);
+            self.text(format!("{at}.legal_reference"), &p.legal_reference);
+            let code = p.code.clone();
+            let purpose = Purpose {
+                code: p.code,
+                label: p.label,
+                legal_reference: p.legal_reference,
+            };
+            if purposes.insert(code.clone(), purpose).is_some() {
+                self.fail(format!("{at}.code"), format!("duplicate purpose {code:?}"));
+            }
+        }
+
+        let mut attestation_types = BTreeMap::new();
+        for (i, t) in raw.attestation_types.into_iter().enumerate() {
+            let at = format!("attestation_types[{i}]");
+            match t.id.split_once('.') {
+                Some((provider, name)) if provider == t.provider => {
+                    self.code(format!("{at}.id"), name);
+                }
+                _ => self.fail(
+                    format!("{at}.id"),
+                    format!(
+                        "{:?} must be \"<provider>.<name>\" with provider {:?}",
+                        t.id, t.provider
+                    ),
+                ),
+            }
+            match participants.get(&t.provider) {
+                None => self.fail(
+                    format!("{at}.provider"),
+                    format!("unknown participant {:?}", t.provider),
+                ),
+                Some(p) if !p.has_role(Role::Provider) => self.fail(
+                    format!("{at}.provider"),
+                    format!(
+                        "participant {:?} does not have the provider role",
+                        t.provider
+                    ),
+                ),
+                Some(_) => {}
+            }
+            if t.version == 0 {
+                self.fail(format!("{at}.version"), "versions start at 1");
+            }
+            self.text(format!("{at}.description"), &t.description);
+            if !(1..=3650).contains(&t.max_age_days) {
+                self.fail(format!("{at}.max_age_days"), "must be between 1 and 3650");
+            }
+            if t.claims.is_empty() {
+                self.fail(format!("{at}.claims"), "a type needs at least one claim");
+            }
+            self.count(&format!("{at}.claims"), t.claims.len());
+            let mut claims = Vec::with_capacity(t.claims.len());
+            for (j, c) in t.claims.into_iter().enumerate() {
+                let cat = format!("{at}.claims[{j}]");
+                self.code(format!("{cat}.name"), &c.name);
+                self.text(format!("{cat}.description"), &c.description);
+                if claims.iter().any(|k: &ClaimSchema| k.name == c.name) {
+                    self.fail(
+                        format!("{cat}.name"),
+                        format!("duplicate claim {:?}", c.name),
+                    );
+                }
+                claims.push(ClaimSchema {
+                    name: c.name,
+                    claim_type: c.claim_type,
+                    description: c.description,
+                });
+            }
+            let adapter = match t.adapter {
+                raw::Adapter::Static { dataset } => AdapterBinding::Static {
+                    dataset: self.relative_file(format!("{at}.adapter.dataset"), &dataset),
+                },
+            };
+            let id = t.id.clone();
+            let ty = AttestationType {
+                id: t.id,
+                version: t.version,
+                provider: t.provider,
+                description: t.description,
+                claims,
+                max_age_days: t.max_age_days,
+                adapter,
+            };
+            if attestation_types.insert(id.clone(), ty).is_some() {
+                self.fail(
+                    format!("{at}.id"),
+                    format!("duplicate attestation type {id:?}"),
+                );
+            }
+        }
+
+        let mut habilitations = Vec::new();
+        let mut habilitation_ids = BTreeSet::new();
+        for (i, h) in raw.habilitations.into_iter().enumerate() {
+            let at = format!("habilitations[{i}]");
+            let id_ok = (1..=128).contains(&h.id.len())
+                && h.id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+            if !id_ok {
+                self.fail(
+                    format!("{at}.id"),
+                    format!("{:?} is not an id ([a-z0-9._-]{{1,128}})", h.id),
+                );
+            }
+            if !habilitation_ids.insert(h.id.clone()) {
+                self.fail(
+                    format!("{at}.id"),
+                    format!("duplicate habilitation id {:?}", h.id),
+                );
+            }
+            match participants.get(&h.consumer) {
+                None => self.fail(
+                    format!("{at}.consumer"),
+                    format!("unknown participant {:?}", h.consumer),
+                ),
+                Some(p)
+                    if !(p.has_role(Role::Consumer)
+                        || p.has_role(Role::Guichet)
+                        || p.has_role(Role::Mediator)) =>
+                {
+                    self.fail(
+                        format!("{at}.consumer"),
+                        format!(
+                            "participant {:?} is neither consumer, guichet nor mediator",
+                            h.consumer
+                        ),
+                    )
+                }
+                Some(_) => {}
+            }
+            let ty = attestation_types.get(&h.attestation_type);
+            if ty.is_none() {
+                self.fail(
+                    format!("{at}.attestation_type"),
+                    format!("unknown attestation type {:?}", h.attestation_type),
+                );
+            }
+            if h.purposes.is_empty() {
+                self.fail(format!("{at}.purposes"), "at least one purpose is needed");
+            }
+            for (j, p) in h.purposes.iter().enumerate() {
+                if !purposes.contains_key(p) {
+                    self.fail(
+                        format!("{at}.purposes[{j}]"),
+                        format!("unknown purpose {p:?}"),
+                    );
+                }
+            }
+            if h.claims.is_empty() {
+                self.fail(format!("{at}.claims"), "at least one claim is needed");
+            }
+            if let Some(ty) = ty {
+                for (j, c) in h.claims.iter().enumerate() {
+                    if ty.claim(c).is_none() {
+                        self.fail(
+                            format!("{at}.claims[{j}]"),
+                            format!("{:?} has no claim {c:?}", ty.id),
+                        );
+                    }
+                }
+            }
+            let legal_basis = match h.legal_basis {
+                raw::LegalBasis::Consent => LegalBasis::Consent,
+                raw::LegalBasis::Law(citation) => {
+                    self.text(format!("{at}.legal_basis.law"), &citation);
+                    LegalBasis::Law(citation)
+                }
+            };
+            let expires_at = match end_of_day(&h.expires) {
+                Some(t) => t,
+                None => {
+                    self.fail(
+                        format!("{at}.expires"),
+                        format!("{} is not a date (YYYY-MM-DD)", h.expires),
+                    );
+                    OffsetDateTime::UNIX_EPOCH
+                }
+            };
+            habilitations.push(Habilitation {
+                id: h.id,
+                consumer: h.consumer,
+                attestation_type: h.attestation_type,
+                purposes: h.purposes.into_iter().collect(),
+                claims: h.claims.into_iter().collect(),
+                legal_basis,
+                expires_at,
+            });
+        }
+
+        if let Some((key, message)) = self.errors.into_iter().next() {
+            return Err(RegistryError {
+                file: self.file.to_path_buf(),
+                key,
+                message,
+            });
+        }
+        Ok(Registry {
+            file: self.file.to_path_buf(),
+            sha256,
+            trust_domain: raw.federation.trust_domain,
+            participants,
+            purposes,
+            attestation_types,
+            habilitations,
+        })
+    }
+}
+
+/// The first instant after the given TOML date (a habilitation is valid through its last day).
+fn end_of_day(d: &toml::value::Datetime) -> Option<OffsetDateTime> {
+    if d.time.is_some() || d.offset.is_some() {
+        return None;
+    }
+    let date = d.date?;
+    let month = time::Month::try_from(date.month).ok()?;
+    let day = Date::from_calendar_date(i32::from(date.year), month, date.day).ok()?;
+    Some(day.next_day()?.with_time(Time::MIDNIGHT).assume_utc())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Registry, RegistryError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("qf.json"), "{}").unwrap();
+        Registry::parse(Path::new("reg.toml"), dir.path(), text.as_bytes())
+    }
+
+    const BASE: &str = r#"
+[federation]
+trust_domain = "unefois.test"
+
+[[participants]]
+id = "caf"
+name = "CAF"
+roles = ["provider"]
+
+[[participants]]
+id = "mairie-lyon"
+name = "Ville de Lyon"
+roles = ["guichet", "consumer"]
+
+[[purposes]]
+code = "tarification_cantine"
+label = "Cantine"
+legal_reference = "Code de l'éducation"
+
+[[attestation_types]]
+id = "caf.quotient_familial"
+version = 1
+provider = "caf"
+description = "QF"
+max_age_days = 31
+adapter = { kind = "static", dataset = "qf.json" }
+claims = [{ name = "quotient_familial", type = "integer", description = "QF" }]
+
+[[habilitations]]
+id = "lyon-qf"
+consumer = "mairie-lyon"
+attestation_type = "caf.quotient_familial"
+purposes = ["tarification_cantine"]
+claims = ["quotient_familial"]
+legal_basis = "consent"
+expires = 2030-12-31
+"#;
+
+    #[test]
+    fn a_valid_registry_loads_with_its_hash() {
+        let r = parse(BASE).unwrap();
+        assert_eq!(r.trust_domain(), "unefois.test");
+        assert_eq!(r.sha256_hex(), hex::encode(Sha256::digest(BASE.as_bytes())));
+        let h = &r.habilitations()[0];
+        assert_eq!(h.legal_basis, LegalBasis::Consent);
+        assert_eq!(
+            h.expires_at,
+            time::macros::datetime!(2031-01-01 00:00 UTC),
+            "valid through its last day"
+        );
+    }
+
+    #[test]
+    fn law_basis_carries_its_citation() {
+        let text = BASE.replace(
+            "legal_basis = \"consent\"",
+            "legal_basis = { law = \"CRPA, art. L. 114-8\" }",
+        );
+        let r = parse(&text).unwrap();
+        assert_eq!(
+            r.habilitations()[0].legal_basis,
+            LegalBasis::Law("CRPA, art. L. 114-8".into())
+        );
+    }
+
+    #[test]
+    fn unknown_adapter_field_names_its_key() {
+        let text = BASE.replace(
+            "dataset = \"qf.json\"",
+            "dataset = \"qf.json\", url = \"x\"",
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(e.key.starts_with("attestation_types[0]"), "{e}");
+        assert!(e.message.contains("url"), "{e}");
+    }
+
+    #[test]
+    fn dataset_outside_the_registry_folder_is_refused() {
+        let text = BASE.replace("\"qf.json\"", "\"../../etc/passwd\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "attestation_types[0].adapter.dataset");
+    }
+
+    #[test]
+    fn claim_not_in_the_type_is_refused() {
+        let text = BASE.replace("claims = [\"quotient_familial\"]", "claims = [\"revenu\"]");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "habilitations[0].claims[0]");
+    }
+
+    #[test]
+    fn bad_dates_and_ids_are_refused() {
+        let e = parse(&BASE.replace("2030-12-31", "2030-12-31T10:00:00Z")).unwrap_err();
+        assert_eq!(e.key, "habilitations[0].expires");
+        let e = parse(&BASE.replace("id = \"caf\"", "id = \"CAF\"")).unwrap_err();
+        assert_eq!(e.key, "participants[0].id");
+    }
+}

@@ -1,0 +1,162 @@
+//! Starting and stopping the broker: load and check everything, serve, drain on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::federation::Federation;
+use crate::listener::{self, AcceptLimits, TlsFiles, TlsMaterial, TlsSetupError};
+use crate::ops::{self, Readiness};
+use crate::registry::{Registry, RegistryError};
+
+/// What the broker needs to start.
+pub struct Config {
+    /// The registry file.
+    pub registry: PathBuf,
+    /// The PKI files the mTLS listener serves with.
+    pub tls: TlsFiles,
+    /// Where the broker keeps its state (journal, derived store, keys).
+    pub data_dir: PathBuf,
+    /// The operational listener (health probe), if any.
+    pub ops_listener: Option<TcpListener>,
+    /// Limits of the TLS accept loop.
+    pub accept: AcceptLimits,
+    /// How long calls in flight may take to finish after shutdown is asked; connections still
+    /// open then are closed.
+    pub drain_timeout: Duration,
+}
+
+/// Why the broker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The registry is invalid.
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
+    /// The PKI material is missing or unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsSetupError),
+    /// The data directory cannot be used.
+    #[error("{}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The operational listener failed.
+    #[error("operational listener: {0}")]
+    Ops(std::io::Error),
+}
+
+/// Serves the broker on `listener` until `shutdown` resolves; in-flight calls then finish.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BrokerError> {
+    let registry = Registry::load(&config.registry)?;
+    let mut tls = TlsMaterial::load(&config.tls)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    tracing::info!(
+        registry = %config.registry.display(),
+        registry_sha256 = %registry.sha256_hex(),
+        participants = registry.participants().count(),
+        habilitations = registry.habilitations().len(),
+        revoked_certificates = tls.revoked_serials.len(),
+        "registry loaded"
+    );
+    let federation = Arc::new(Federation::new(
+        registry,
+        std::mem::take(&mut tls.revoked_serials),
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let readiness = Readiness::default();
+    let ops_task = config.ops_listener.map(|l| {
+        let addr = l.local_addr().ok();
+        tracing::info!(?addr, "operational listener (health probe) ready");
+        tokio::spawn(ops::serve(l, readiness.clone(), stopped()))
+    });
+
+    let (routes, health) = crate::grpc::routes(federation.clone()).await?;
+    let (conn_tx, conn_rx) = mpsc::channel(256);
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tokio::spawn(listener::accept_loop(
+        listener,
+        TlsAcceptor::from(tls.config),
+        config.accept,
+        conn_tx,
+    ));
+    tracing::info!(?local, "broker serving participants over mTLS");
+    readiness.set(true);
+
+    let drain = {
+        let health = health.clone();
+        let readiness = readiness.clone();
+        let stopped = stopped();
+        async move {
+            stopped.await;
+            readiness.set(false);
+            crate::grpc::set_not_serving(&health).await;
+            tracing::info!("shutting down: finishing calls in flight");
+        }
+    };
+    let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(1024))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), drain);
+    let drain_deadline = {
+        let stopped = stopped();
+        async move {
+            stopped.await;
+            tokio::time::sleep(config.drain_timeout).await;
+        }
+    };
+    let served = tokio::select! {
+        served = serve => served,
+        () = drain_deadline => {
+            tracing::warn!(
+                drain_timeout = ?config.drain_timeout,
+                "calls still in flight at the drain deadline: closing their connections"
+            );
+            Ok(())
+        }
+    };
+    if let Some(task) = ops_task
+        && let Ok(Err(e)) = task.await
+    {
+        return Err(BrokerError::Ops(e));
+    }
+    served?;
+    tracing::info!("broker stopped");
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Test harness for the end-to-end tests: a federation PKI per test in a temp dir, real brokers
+//! on 127.0.0.1 port 0 started through the same `broker::run` as the binary, and participant
+//! clients over mTLS. Nothing of the broker is mocked.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use broker::listener::{AcceptLimits, TlsFiles};
+use broker::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use unefois_certs::Pki;
+
+/// Installs the ring provider as the process default, as the binary does (idempotent).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The sample registry of examples/.
+pub fn sample_registry() -> PathBuf {
+    repo_root().join("examples").join("registry.toml")
+}
+
+/// A federation PKI in its own temp dir, with a certificate for every participant of the
+/// sample registry and the agent `a.martin` of `france-services-lyon`.
+pub struct TestPki {
+    /// The PKI, to issue or revoke more certificates.
+    pub pki: Pki,
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// A PKI for the sample registry's participants.
+    pub fn for_sample_registry() -> anyhow::Result<TestPki> {
+        let registry = Registry::load(&sample_registry())?;
+        let ids: Vec<&str> = registry.participants().map(|p| p.id.as_str()).collect();
+        TestPki::new(registry.trust_domain(), &ids)
+    }
+
+    /// A PKI for the given participants.
+    pub fn new(trust_domain: &str, participants: &[&str]) -> anyhow::Result<TestPki> {
+        let dir = tempfile::tempdir()?;
+        let pki = Pki::init(&dir.path().join("pki"), trust_domain, participants)?;
+        pki.issue_agent(
+            "france-services-lyon",
+            "a.martin",
+            &unefois_certs::Validity::default(),
+        )
+        .ok();
+        Ok(TestPki { pki, dir })
+    }
+
+    /// The PKI folder.
+    pub fn dir(&self) -> &Path {
+        self.pki.dir()
+    }
+
+    /// A scratch folder beside the PKI, removed with it.
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.path().join("scratch")
+    }
+}
+
+/// A broker started on 127.0.0.1:0 with `broker::run`, stopped on [`TestBroker::stop`].
+pub struct TestBroker {
+    /// The mTLS listener's address.
+    pub addr: SocketAddr,
+    /// The operational listener's address.
+    pub ops_addr: SocketAddr,
+    /// The PKI the broker serves with (clients take their certificates there).
+    pub pki_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), broker::BrokerError>>,
+    _home: tempfile::TempDir,
+}
+
+/// How a test broker is set up.
+pub struct BrokerOptions {
+    /// The registry file.
+    pub registry: PathBuf,
+    /// Accept-loop limits.
+    pub accept: AcceptLimits,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions {
+            registry: sample_registry(),
+            accept: AcceptLimits::default(),
+        }
+    }
+}
+
+impl TestBroker {
+    /// Starts a broker on the sample registry and waits until it is ready.
+    pub async fn start(pki_dir: &Path) -> anyhow::Result<TestBroker> {
+        TestBroker::start_with(pki_dir, BrokerOptions::default()).await
+    }
+
+    /// Starts a broker and waits until it is ready; a start-up error is returned as is.
+    pub async fn start_with(pki_dir: &Path, options: BrokerOptions) -> anyhow::Result<TestBroker> {
+        install_crypto();
+        let home = tempfile::tempdir()?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let ops_addr = ops.local_addr()?;
+        let config = broker::Config {
+            registry: options.registry,
+            tls: TlsFiles::in_dir(pki_dir),
+            data_dir: home.path().join("data"),
+            ops_listener: Some(ops),
+            accept: options.accept,
+            drain_timeout: Duration::from_secs(5),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(broker::run(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        let broker = TestBroker {
+            addr,
+            ops_addr,
+            pki_dir: pki_dir.to_path_buf(),
+            stop: Some(stop),
+            task,
+            _home: home,
+        };
+        broker.wait_ready().await
+    }
+
+    async fn wait_ready(mut self) -> anyhow::Result<TestBroker> {
+        for _ in 0..200 {
+            if self.task.is_finished() {
+                let result = (&mut self.task).await?;
+                result?;
+                bail!("the broker stopped before it was ready");
+            }
+            if http_get(self.ops_addr, "/readyz")
+                .await
+                .is_ok_and(|(status, _)| status == 200)
+            {
+                return Ok(self);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!("the broker was not ready after 5 s")
+    }
+
+    /// An mTLS channel as `name` (`caf`, or `france-services-lyon/a.martin`).
+    pub async fn channel(&self, name: &str) -> anyhow::Result<Channel> {
+        Ok(broker::client::connect(&self.pki_dir, name, &self.addr.to_string()).await?)
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .context("the broker did not stop within 10 s")???;
+        Ok(())
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response)).await??;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The `unefois` binary, built by cargo if needed (the tests crate cannot depend on a binary).
+pub fn unefois_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/unefois
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("unexpected test executable location")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .current_dir(repo_root())
+        .args(["build", "--quiet", "-p", "broker", "--bin", "unefois"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        build.env("CARGO_TARGET_DIR", target_dir);
+    }
+    let status = build.status().context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("cargo build of the unefois binary failed");
+    }
+    Ok(profile_dir.join("unefois"))
+}

@@ -1,0 +1,240 @@
+//! The `unefois` binary as a person uses it: the README's run command from a fresh checkout,
+//! the PKI commands, and a clear refusal of a bad registry.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use unefois_tests::{install_crypto, repo_root, unefois_binary};
+
+/// A copy of what a fresh clone has that the broker reads: the examples folder.
+fn fresh_checkout() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    copy_dir(&repo_root().join("examples"), &dir.path().join("examples"))?;
+    Ok(dir)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()))?;
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+}
+
+/// Starts `unefois serve` with the README's defaults, except ephemeral ports, and reads the
+/// addresses it prints.
+fn serve(cwd: &Path) -> anyhow::Result<Served> {
+    let mut child = Command::new(unefois_binary()?)
+        .current_dir(cwd)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut addr = None;
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix("Une Fois broker listening on ") {
+            addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+        if line.contains("registry show") {
+            break;
+        }
+    }
+    // Keep draining stdout so the broker never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let addr = addr.ok_or_else(|| anyhow::anyhow!("the broker printed no address"))?;
+    Ok(Served { child, addr })
+}
+
+async fn terminate(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -TERM failed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            child.kill()?;
+            anyhow::bail!("the broker did not stop within 10 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_run_command_works_from_a_fresh_checkout() -> anyhow::Result<()> {
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let mut served = serve(checkout.path())?;
+    let pki = checkout.path().join(".unefois-dev/pki");
+    for file in [
+        "ca.crt",
+        "broker.crt",
+        "crl.pem",
+        "mairie-lyon.crt",
+        "cnil.key",
+    ] {
+        assert!(pki.join(file).is_file(), "{file} created on first run");
+    }
+    assert!(
+        pki.join("agents/france-services-lyon/a.martin.crt")
+            .is_file()
+    );
+
+    let mut status = None;
+    for _ in 0..100 {
+        if let Ok(channel) =
+            broker::client::connect(&pki, "mairie-lyon", &served.addr.to_string()).await
+        {
+            let answer = HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if let Ok(answer) = answer {
+                status = Some(answer.into_inner().status());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, Some(ServingStatus::Serving));
+
+    // The command the broker suggests works and shows the caller's habilitations.
+    let shown = Command::new(unefois_binary()?)
+        .current_dir(checkout.path())
+        .args([
+            "registry",
+            "show",
+            "--addr",
+            &served.addr.to_string(),
+            "--as",
+            "mairie-lyon",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{text}");
+    assert!(
+        text.contains("habilitation mairie-lyon.dgfip.revenu_fiscal_reference"),
+        "{text}"
+    );
+    assert!(text.contains("law: Code des relations"), "{text}");
+
+    let exit = terminate(&mut served.child).await?;
+    assert!(exit.success(), "SIGTERM ends the broker cleanly: {exit}");
+    Ok(())
+}
+
+#[test]
+fn a_bad_registry_stops_serve_with_the_file_and_key() -> anyhow::Result<()> {
+    let checkout = fresh_checkout()?;
+    let registry = checkout.path().join("examples/registry.toml");
+    let text = std::fs::read_to_string(&registry)?;
+    std::fs::write(
+        &registry,
+        text.replacen("expires = 2028-12-31", "expires = \"2028-12-31\"", 1),
+    )?;
+    let out = Command::new(unefois_binary()?)
+        .current_dir(checkout.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("examples/registry.toml"), "{stderr}");
+    assert!(stderr.contains("habilitations[0].expires"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn the_certs_commands_build_a_pki_with_private_keys_kept_private() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path().join("pki");
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(unefois_binary()?).args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let pki_arg = pki.to_string_lossy().into_owned();
+    run(&[
+        "certs",
+        "init",
+        "--dir",
+        &pki_arg,
+        "--trust-domain",
+        "unefois.test",
+        "--participants",
+        "caf,dgfip,france-services-lyon",
+    ])?;
+    for name in ["ca", "broker", "caf", "dgfip", "france-services-lyon"] {
+        assert!(pki.join(format!("{name}.crt")).is_file(), "{name}.crt");
+        let mode = std::fs::metadata(pki.join(format!("{name}.key")))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}.key is private");
+    }
+    let out = run(&[
+        "certs",
+        "issue-agent",
+        "--dir",
+        &pki_arg,
+        "--participant",
+        "france-services-lyon",
+        "--agent",
+        "a.martin",
+    ])?;
+    assert!(
+        out.contains("spiffe://unefois.test/participant/france-services-lyon/agent/a.martin"),
+        "{out}"
+    );
+
+    let before = unefois_certs::crl_info(&unefois_certs::load_crls(&pki.join("crl.pem"))?[0])?;
+    assert!(before.revoked_serials.is_empty());
+    run(&["certs", "revoke", "--dir", &pki_arg, "caf"])?;
+    let after = unefois_certs::crl_info(&unefois_certs::load_crls(&pki.join("crl.pem"))?[0])?;
+    let caf = unefois_certs::peer_certificate(
+        &unefois_certs::load_certificates(&pki.join("caf.crt"))?[0],
+    )?;
+    assert_eq!(after.revoked_serials, vec![caf.serial]);
+    Ok(())
+}
