@@ -4,13 +4,26 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attestation;
 pub mod caller;
 pub mod client;
+pub mod consent;
+pub mod error;
+pub mod event;
+pub mod exchange;
 pub mod federation;
 pub mod grpc;
+pub mod journal;
+pub mod keys;
 pub mod listener;
 pub mod ops;
+pub mod pseudonym;
 pub mod registry;
 pub mod server;
+pub mod signing;
+pub mod state;
+pub mod store;
+pub mod subject;
+pub mod validate;
 
 pub use server::{BrokerError, Config, run};

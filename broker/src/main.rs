@@ -193,6 +193,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..AcceptLimits::default()
         },
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_secs),
+        journal_faults: None,
     };
     broker::run(listener, config, shutdown_signal()).await?;
     Ok(())

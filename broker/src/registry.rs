@@ -96,21 +96,7 @@ pub struct Purpose {
     pub legal_reference: String,
 }
 
-/// The type of a claim's value, checked on every provider answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClaimType {
-    /// UTF-8 text.
-    String,
-    /// A signed 64-bit integer.
-    Integer,
-    /// A finite floating-point number.
-    Number,
-    /// True or false.
-    Boolean,
-    /// A calendar date, `YYYY-MM-DD`.
-    Date,
-}
+pub use unefois_adapters::ClaimType;
 
 /// One claim of an attestation type's schema.
 #[derive(Clone, Debug)]
@@ -162,6 +148,17 @@ pub struct AttestationType {
 }
 
 impl AttestationType {
+    /// The schema as adapters check it.
+    pub fn claim_specs(&self) -> Vec<unefois_adapters::ClaimSpec> {
+        self.claims
+            .iter()
+            .map(|c| unefois_adapters::ClaimSpec {
+                name: c.name.clone(),
+                claim_type: c.claim_type,
+            })
+            .collect()
+    }
+
     /// The schema of claim `name`, if the type has it.
     pub fn claim(&self, name: &str) -> Option<&ClaimSchema> {
         self.claims.iter().find(|c| c.name == name)
@@ -209,6 +206,7 @@ pub struct Registry {
     file: PathBuf,
     sha256: [u8; 32],
     trust_domain: String,
+    allow_test_subjects: bool,
     participants: BTreeMap<String, Participant>,
     purposes: BTreeMap<String, Purpose>,
     attestation_types: BTreeMap<String, AttestationType>,
@@ -282,6 +280,11 @@ impl Registry {
     /// The SPIFFE trust domain of the federation's certificates.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+
+    /// Whether `test:` subjects are accepted (development federations only).
+    pub fn allow_test_subjects(&self) -> bool {
+        self.allow_test_subjects
     }
 
     /// A participant by id.
@@ -365,6 +368,8 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Federation {
         pub trust_domain: String,
+        #[serde(default)]
+        pub allow_test_subjects: bool,
     }
 
     #[derive(Deserialize)]
@@ -757,6 +762,7 @@ impl Validator<'_> {
             file: self.file.to_path_buf(),
             sha256,
             trust_domain: raw.federation.trust_domain,
+            allow_test_subjects: raw.federation.allow_test_subjects,
             participants,
             purposes,
             attestation_types,

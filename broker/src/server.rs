@@ -11,10 +11,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::federation::Federation;
+use crate::event::{Event, Record};
+use crate::federation::{Federation, build_adapters};
+use crate::journal::JournalOptions;
 use crate::listener::{self, AcceptLimits, TlsFiles, TlsMaterial, TlsSetupError};
 use crate::ops::{self, Readiness};
+use crate::pseudonym::Pseudonymizer;
 use crate::registry::{Registry, RegistryError};
+use crate::signing::AttestationSigner;
+use crate::state::{DEFAULT_PROVIDER_TIMEOUT, State};
+use crate::store::{Store, StoreError};
 
 /// What the broker needs to start.
 pub struct Config {
@@ -31,6 +37,8 @@ pub struct Config {
     /// How long calls in flight may take to finish after shutdown is asked; connections still
     /// open then are closed.
     pub drain_timeout: Duration,
+    /// Fault injection in the journal's commit path (tests only; `None` in production).
+    pub journal_faults: Option<crate::journal::FaultInjector>,
 }
 
 /// Why the broker could not start or stopped with an error.
@@ -50,6 +58,15 @@ pub enum BrokerError {
         /// What failed.
         source: std::io::Error,
     },
+    /// A static dataset of the registry is invalid.
+    #[error("{0}")]
+    Dataset(#[from] unefois_adapters::DatasetError),
+    /// A key of the broker cannot be loaded or created.
+    #[error("key: {0}")]
+    Key(#[from] crate::keys::KeyError),
+    /// The journal or the derived state cannot be opened or written.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -81,10 +98,39 @@ pub async fn run(
         revoked_certificates = tls.revoked_serials.len(),
         "registry loaded"
     );
+    let adapters = build_adapters(&registry)?;
+    let pseudonyms = Pseudonymizer::load(&config.data_dir)?;
+    let signer = AttestationSigner::load(&config.data_dir, registry.trust_domain())?;
+    if let Some(pki_dir) = config.tls.ca.parent() {
+        let path = pki_dir.join("attestation.vkey");
+        std::fs::write(&path, format!("{}\n", signer.vkey()))
+            .map_err(|source| BrokerError::DataDir { path, source })?;
+    }
+    // Start-up only: reading the journal blocks this task until the state is caught up.
+    let store = Store::open(
+        &config.data_dir,
+        JournalOptions {
+            faults: config.journal_faults.clone(),
+            ..JournalOptions::default()
+        },
+    )?;
+    store
+        .append(vec![Record::now(Event::RegistryLoaded {
+            registry_sha256: registry.sha256_hex(),
+        })])
+        .await?;
     let federation = Arc::new(Federation::new(
         registry,
+        adapters,
         std::mem::take(&mut tls.revoked_serials),
     ));
+    let state = Arc::new(State {
+        federation: federation.clone(),
+        store: store.clone(),
+        pseudonyms,
+        signer,
+        provider_timeout: DEFAULT_PROVIDER_TIMEOUT,
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -105,7 +151,7 @@ pub async fn run(
         tokio::spawn(ops::serve(l, readiness.clone(), stopped()))
     });
 
-    let (routes, health) = crate::grpc::routes(federation.clone()).await?;
+    let (routes, health) = crate::grpc::routes(state.clone()).await?;
     let (conn_tx, conn_rx) = mpsc::channel(256);
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tokio::spawn(listener::accept_loop(
@@ -156,6 +202,8 @@ pub async fn run(
     {
         return Err(BrokerError::Ops(e));
     }
+    drop(state);
+    store.close().await;
     served?;
     tracing::info!("broker stopped");
     Ok(())

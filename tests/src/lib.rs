@@ -83,6 +83,8 @@ pub struct TestBroker {
     pub ops_addr: SocketAddr,
     /// The PKI the broker serves with (clients take their certificates there).
     pub pki_dir: PathBuf,
+    /// The broker's data directory (journal, derived state, keys).
+    pub data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), broker::BrokerError>>,
     _home: tempfile::TempDir,
@@ -94,6 +96,11 @@ pub struct BrokerOptions {
     pub registry: PathBuf,
     /// Accept-loop limits.
     pub accept: AcceptLimits,
+    /// The data directory, to restart a broker on the state of an earlier one (default: a
+    /// fresh temp dir).
+    pub data_dir: Option<PathBuf>,
+    /// Fault injection in the journal's commit path.
+    pub journal_faults: Option<broker::journal::FaultInjector>,
 }
 
 impl Default for BrokerOptions {
@@ -101,6 +108,8 @@ impl Default for BrokerOptions {
         BrokerOptions {
             registry: sample_registry(),
             accept: AcceptLimits::default(),
+            data_dir: None,
+            journal_faults: None,
         }
     }
 }
@@ -119,13 +128,15 @@ impl TestBroker {
         let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let ops_addr = ops.local_addr()?;
+        let data_dir = options.data_dir.unwrap_or_else(|| home.path().join("data"));
         let config = broker::Config {
             registry: options.registry,
             tls: TlsFiles::in_dir(pki_dir),
-            data_dir: home.path().join("data"),
+            data_dir: data_dir.clone(),
             ops_listener: Some(ops),
             accept: options.accept,
             drain_timeout: Duration::from_secs(5),
+            journal_faults: options.journal_faults,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(broker::run(listener, config, async move {
@@ -135,6 +146,7 @@ impl TestBroker {
             addr,
             ops_addr,
             pki_dir: pki_dir.to_path_buf(),
+            data_dir,
             stop: Some(stop),
             task,
             _home: home,

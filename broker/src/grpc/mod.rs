@@ -2,6 +2,8 @@
 //! protobuf messages and domain types here and nowhere else.
 
 pub mod auth;
+pub mod consents;
+pub mod exchange;
 pub mod registry;
 pub mod status;
 
@@ -11,21 +13,28 @@ use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use unefois_proto::v1::consents_server::ConsentsServer;
+use unefois_proto::v1::exchange_server::ExchangeServer;
 use unefois_proto::v1::registry_server::RegistryServer;
 
-use crate::federation::Federation;
+use crate::state::State;
 
 /// Largest request message a participant may send; every API message is small.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// The names under which grpc.health.v1 reports the broker's services.
-pub const SERVICE_NAMES: &[&str] = &["", "unefois.v1.Registry"];
+pub const SERVICE_NAMES: &[&str] = &[
+    "",
+    "unefois.v1.Registry",
+    "unefois.v1.Exchange",
+    "unefois.v1.Consents",
+];
 
 /// Every service of the mTLS listener, each behind the caller authentication.
 pub async fn routes(
-    federation: Arc<Federation>,
+    state: Arc<State>,
 ) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
-    let authenticate = auth::Authenticate::new(federation.clone());
+    let authenticate = auth::Authenticate::new(state.federation.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVICE_NAMES {
         health
@@ -36,9 +45,15 @@ pub async fn routes(
         .register_encoded_file_descriptor_set(unefois_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let registry = RegistryServer::new(registry::RegistryService::new(federation))
+    let registry = RegistryServer::new(registry::RegistryService::new(state.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let exchange = ExchangeServer::new(exchange::ExchangeService::new(state.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let consents = ConsentsServer::new(consents::ConsentsService::new(state))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let routes = Routes::new(InterceptedService::new(registry, authenticate.clone()))
+        .add_service(InterceptedService::new(exchange, authenticate.clone()))
+        .add_service(InterceptedService::new(consents, authenticate.clone()))
         .add_service(InterceptedService::new(
             health_service,
             authenticate.clone(),

@@ -7,19 +7,19 @@ use unefois_proto::v1 as pb;
 use unefois_proto::v1::registry_server::Registry as RegistryApi;
 
 use crate::caller::Caller;
-use crate::federation::Federation;
 use crate::grpc::auth::caller;
 use crate::registry::{self, ClaimType, Habilitation, LegalBasis, Registry, Role};
+use crate::state::State;
 
 /// The Registry service.
 pub struct RegistryService {
-    federation: Arc<Federation>,
+    state: Arc<State>,
 }
 
 impl RegistryService {
-    /// Serves the federation's current registry.
-    pub fn new(federation: Arc<Federation>) -> RegistryService {
-        RegistryService { federation }
+    /// Serves the federation's current registry and the broker's verifier keys.
+    pub fn new(state: Arc<State>) -> RegistryService {
+        RegistryService { state }
     }
 }
 
@@ -90,7 +90,7 @@ impl RegistryApi for RegistryService {
         request: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let caller = caller(&request)?;
-        let registry = self.federation.registry();
+        let registry = self.state.federation.registry();
         Ok(Response::new(pb::WhoAmIResponse {
             participant: caller.participant.clone(),
             name: caller.name.clone(),
@@ -106,7 +106,7 @@ impl RegistryApi for RegistryService {
         request: Request<pb::ListParticipantsRequest>,
     ) -> Result<Response<pb::ListParticipantsResponse>, Status> {
         caller(&request)?;
-        let registry = self.federation.registry();
+        let registry = self.state.federation.registry();
         Ok(Response::new(pb::ListParticipantsResponse {
             participants: registry
                 .participants()
@@ -125,7 +125,7 @@ impl RegistryApi for RegistryService {
         request: Request<pb::ListPurposesRequest>,
     ) -> Result<Response<pb::ListPurposesResponse>, Status> {
         caller(&request)?;
-        let registry = self.federation.registry();
+        let registry = self.state.federation.registry();
         Ok(Response::new(pb::ListPurposesResponse {
             purposes: registry
                 .purposes()
@@ -144,7 +144,7 @@ impl RegistryApi for RegistryService {
         request: Request<pb::ListAttestationTypesRequest>,
     ) -> Result<Response<pb::ListAttestationTypesResponse>, Status> {
         caller(&request)?;
-        let registry = self.federation.registry();
+        let registry = self.state.federation.registry();
         Ok(Response::new(pb::ListAttestationTypesResponse {
             attestation_types: registry
                 .attestation_types()
@@ -175,7 +175,7 @@ impl RegistryApi for RegistryService {
         request: Request<pb::ListHabilitationsRequest>,
     ) -> Result<Response<pb::ListHabilitationsResponse>, Status> {
         let caller = caller(&request)?;
-        let registry = self.federation.registry();
+        let registry = self.state.federation.registry();
         Ok(Response::new(pb::ListHabilitationsResponse {
             habilitations: registry
                 .habilitations()
@@ -200,8 +200,10 @@ impl RegistryApi for RegistryService {
         request: Request<pb::GetVerifierKeysRequest>,
     ) -> Result<Response<pb::GetVerifierKeysResponse>, Status> {
         caller(&request)?;
-        Err(Status::unimplemented(
-            "the attestation and log keys arrive with the exchange core",
-        ))
+        Ok(Response::new(pb::GetVerifierKeysResponse {
+            attestation_key: self.state.signer.vkey().to_string(),
+            // The log key arrives with the audit log's signed checkpoints.
+            log_key: String::new(),
+        }))
     }
 }

@@ -7,60 +7,55 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use unefois_proto::v1::ErrorReason;
 
-use crate::registry::Role;
+pub use crate::error::ApiError;
 
-/// Why a request was refused or failed, as the caller is told.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// The connection carries no usable client certificate.
-    #[error("no usable client certificate: {0}")]
-    NoClientCertificate(String),
-    /// The certificate's SPIFFE ID names no participant of this federation.
-    #[error("{0} is not a participant of this federation")]
-    UnknownParticipant(String),
-    /// The certificate was revoked (possibly after the connection opened).
-    #[error("the client certificate is revoked")]
-    CertificateRevoked,
-    /// The caller's roles do not allow this call.
-    #[error("participant {participant:?} does not have the {role} role")]
-    WrongRole {
-        /// Who called.
-        participant: String,
-        /// The role the call needs.
-        role: Role,
-    },
+/// The gRPC status code DESIGN.md assigns to an error.
+pub fn code(e: &ApiError) -> Code {
+    use ApiError as E;
+    match e {
+        E::InvalidArgument { .. } | E::InvalidSubject(_) | E::UnknownPurpose(_) => {
+            Code::InvalidArgument
+        }
+        E::NoClientCertificate(_) | E::UnknownParticipant(_) | E::CertificateRevoked => {
+            Code::Unauthenticated
+        }
+        E::WrongRole { .. }
+        | E::NoHabilitation { .. }
+        | E::HabilitationExpired(_)
+        | E::PurposeNotAllowed { .. }
+        | E::ClaimNotAllowed { .. } => Code::PermissionDenied,
+        E::NoConsent { .. } | E::ConsentRevoked(_) | E::ConsentExpired(_) | E::NoMandate(_) => {
+            Code::FailedPrecondition
+        }
+        E::UnknownAttestationType(_) | E::UnknownConsent(_) | E::SubjectNotFound => Code::NotFound,
+        E::ProviderUnavailable { .. } | E::ProviderInvalidResponse { .. } | E::StoreUnavailable => {
+            Code::Unavailable
+        }
+        E::ProviderDeadline(_) => Code::DeadlineExceeded,
+        E::RequestIdReused(_) => Code::AlreadyExists,
+    }
 }
 
-impl ApiError {
-    /// The gRPC status code DESIGN.md assigns to this error.
-    pub fn code(&self) -> Code {
-        match self {
-            ApiError::NoClientCertificate(_)
-            | ApiError::UnknownParticipant(_)
-            | ApiError::CertificateRevoked => Code::Unauthenticated,
-            ApiError::WrongRole { .. } => Code::PermissionDenied,
-        }
-    }
-
-    /// The closed reason carried in `ErrorInfo`.
-    pub fn reason(&self) -> ErrorReason {
-        match self {
-            ApiError::NoClientCertificate(_) => ErrorReason::NoClientCertificate,
-            ApiError::UnknownParticipant(_) => ErrorReason::UnknownParticipant,
-            ApiError::CertificateRevoked => ErrorReason::CertificateRevoked,
-            ApiError::WrongRole { .. } => ErrorReason::WrongRole,
-        }
-    }
+/// The closed reason carried in `ErrorInfo` (also recorded in the journal).
+pub fn reason(e: &ApiError) -> ErrorReason {
+    ErrorReason::from_str_name(e.reason_code()).unwrap_or(ErrorReason::Unspecified)
 }
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        let details = ErrorDetails::with_error_info(
-            e.reason().as_str_name(),
+        let mut details = ErrorDetails::with_error_info(
+            reason(&e).as_str_name(),
             unefois_proto::ERROR_DOMAIN,
             HashMap::new(),
         );
-        Status::with_error_details(e.code(), e.to_string(), details)
+        if let ApiError::ProviderUnavailable {
+            retry_after: Some(after),
+            ..
+        } = &e
+        {
+            details.set_retry_info(Some(*after));
+        }
+        Status::with_error_details(code(&e), e.to_string(), details)
     }
 }
 

@@ -1,0 +1,138 @@
+//! Attestations: the signed statement a consumer receives.
+//!
+//! The payload is JSON (fields in a fixed order, claims sorted by name): id (UUIDv7), type and
+//! version, the pairwise subject pseudonym, the consumer as audience, purpose, legal basis,
+//! mandate, the permitted claims only, provider, issue and expiry times, and a 128-bit random
+//! nonce so that the payload's hash, which the audit log records, reveals nothing.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use unefois_adapters::{ClaimValue, Claims};
+
+use crate::event::RecordedBasis;
+
+/// Version of the attestation payload format.
+pub const ATTESTATION_VERSION: u32 = 1;
+
+/// A claim's value as carried in the payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PayloadValue {
+    /// Boolean.
+    Boolean(bool),
+    /// Integer.
+    Integer(i64),
+    /// Finite number.
+    Number(f64),
+    /// String, or a date as `YYYY-MM-DD`.
+    String(String),
+}
+
+impl From<&ClaimValue> for PayloadValue {
+    fn from(v: &ClaimValue) -> PayloadValue {
+        match v {
+            ClaimValue::String(s) => PayloadValue::String(s.clone()),
+            ClaimValue::Integer(i) => PayloadValue::Integer(*i),
+            ClaimValue::Number(n) => PayloadValue::Number(*n),
+            ClaimValue::Boolean(b) => PayloadValue::Boolean(*b),
+            ClaimValue::Date(d) => PayloadValue::String(d.to_string()),
+        }
+    }
+}
+
+/// The signed attestation payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attestation {
+    /// Payload format version, [`ATTESTATION_VERSION`].
+    pub v: u32,
+    /// UUIDv7.
+    pub id: String,
+    /// The attestation type.
+    #[serde(rename = "type")]
+    pub attestation_type: String,
+    /// Its schema version.
+    pub type_version: u32,
+    /// The subject's pairwise pseudonym for this consumer.
+    pub subject: String,
+    /// The consumer it is for.
+    pub audience: String,
+    /// The purpose it was obtained for.
+    pub purpose: String,
+    /// Law citation or consent id.
+    pub legal_basis: RecordedBasis,
+    /// The mandate acted under, if any.
+    pub mandate_id: Option<String>,
+    /// The permitted claims, by name.
+    pub claims: BTreeMap<String, PayloadValue>,
+    /// The provider that attests them.
+    pub provider: String,
+    /// When the broker issued it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    /// Until when it may be relied on.
+    #[serde(with = "time::serde::rfc3339")]
+    pub valid_until: OffsetDateTime,
+    /// 128 random bits, base64url.
+    pub nonce: String,
+}
+
+/// What the broker puts in an attestation, besides id, times and nonce.
+pub struct AttestationContent<'a> {
+    /// The attestation type.
+    pub attestation_type: &'a str,
+    /// Its schema version.
+    pub type_version: u32,
+    /// The pairwise pseudonym.
+    pub subject: String,
+    /// The consumer.
+    pub audience: &'a str,
+    /// The purpose.
+    pub purpose: &'a str,
+    /// The basis.
+    pub legal_basis: RecordedBasis,
+    /// The mandate.
+    pub mandate_id: Option<String>,
+    /// The permitted claims.
+    pub claims: &'a Claims,
+    /// The provider.
+    pub provider: &'a str,
+    /// How long it stays valid.
+    pub max_age: time::Duration,
+}
+
+impl Attestation {
+    /// A new attestation issued now, with a fresh id and nonce.
+    pub fn issue(content: AttestationContent<'_>) -> Result<Attestation, getrandom::Error> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce)?;
+        let issued_at = OffsetDateTime::now_utc();
+        Ok(Attestation {
+            v: ATTESTATION_VERSION,
+            id: uuid::Uuid::now_v7().to_string(),
+            attestation_type: content.attestation_type.to_string(),
+            type_version: content.type_version,
+            subject: content.subject,
+            audience: content.audience.to_string(),
+            purpose: content.purpose.to_string(),
+            legal_basis: content.legal_basis,
+            mandate_id: content.mandate_id,
+            claims: content
+                .claims
+                .iter()
+                .map(|(k, v)| (k.clone(), PayloadValue::from(v)))
+                .collect(),
+            provider: content.provider.to_string(),
+            issued_at,
+            valid_until: issued_at + content.max_age,
+            nonce: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nonce),
+        })
+    }
+
+    /// The exact JSON bytes that are signed.
+    pub fn to_payload(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,174 @@
+//! Why a request is refused or fails, in domain terms. Each variant has one gRPC status code
+//! and one `ErrorReason` (assigned in `grpc::status`, the only place that knows gRPC).
+
+use std::time::Duration;
+
+use crate::registry::Role;
+use crate::subject::SubjectError;
+
+/// A refusal or failure explained to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A malformed or out-of-bounds field.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The subject id is malformed or not accepted.
+    #[error("subject: {0}")]
+    InvalidSubject(#[from] SubjectError),
+    /// The purpose is not registered.
+    #[error("purpose {0:?} is not registered")]
+    UnknownPurpose(String),
+    /// The attestation type is not registered.
+    #[error("attestation type {0:?} is not registered")]
+    UnknownAttestationType(String),
+    /// The connection carries no usable client certificate.
+    #[error("no usable client certificate: {0}")]
+    NoClientCertificate(String),
+    /// The certificate's SPIFFE ID names no participant of this federation.
+    #[error("{0} is not a participant of this federation")]
+    UnknownParticipant(String),
+    /// The certificate was revoked (possibly after the connection opened).
+    #[error("the client certificate is revoked")]
+    CertificateRevoked,
+    /// The caller's roles do not allow this call.
+    #[error("participant {participant:?} does not have the {role} role")]
+    WrongRole {
+        /// Who called.
+        participant: String,
+        /// The role the call needs.
+        role: Role,
+    },
+    /// No habilitation allows this consumer this attestation type.
+    #[error("{consumer:?} holds no habilitation for {attestation_type:?}")]
+    NoHabilitation {
+        /// The consumer.
+        consumer: String,
+        /// The type asked for.
+        attestation_type: String,
+    },
+    /// The habilitation that would allow it has expired.
+    #[error("habilitation {0:?} has expired")]
+    HabilitationExpired(String),
+    /// The habilitation does not cover this purpose.
+    #[error("habilitation {habilitation:?} does not cover purpose {purpose:?}")]
+    PurposeNotAllowed {
+        /// The habilitation.
+        habilitation: String,
+        /// The purpose asked for.
+        purpose: String,
+    },
+    /// A requested claim is not allowed by the habilitation.
+    #[error("habilitation {habilitation:?} does not allow claim {claim:?}")]
+    ClaimNotAllowed {
+        /// The habilitation.
+        habilitation: String,
+        /// The claim asked for.
+        claim: String,
+    },
+    /// No active consent of the subject covers this consumer, type and purpose.
+    #[error("no active consent of the subject for {consumer:?}, {attestation_type:?}, {purpose:?}")]
+    NoConsent {
+        /// The consumer.
+        consumer: String,
+        /// The type asked for.
+        attestation_type: String,
+        /// The purpose.
+        purpose: String,
+    },
+    /// The matching consent was revoked.
+    #[error("consent {0} was revoked")]
+    ConsentRevoked(String),
+    /// The matching consent expired.
+    #[error("consent {0} has expired")]
+    ConsentExpired(String),
+    /// Acting under a mandate is not possible (yet) or the mandate is not valid.
+    #[error("mandate {0:?}: acting under a mandate is not available on this broker yet")]
+    NoMandate(String),
+    /// The consent does not exist or is not visible to the caller.
+    #[error("consent {0:?} not found")]
+    UnknownConsent(String),
+    /// The provider does not know the subject.
+    #[error("the provider does not know this subject")]
+    SubjectNotFound,
+    /// The provider cannot answer now.
+    #[error("provider {provider:?} unavailable: {reason}")]
+    ProviderUnavailable {
+        /// The provider.
+        provider: String,
+        /// Why.
+        reason: String,
+        /// When to try again, if the provider said.
+        retry_after: Option<Duration>,
+    },
+    /// The provider answered something that does not fit the schema.
+    #[error("provider {provider:?} sent an invalid response")]
+    ProviderInvalidResponse {
+        /// The provider.
+        provider: String,
+    },
+    /// The provider did not answer within the deadline.
+    #[error("provider {0:?} did not answer in time")]
+    ProviderDeadline(String),
+    /// The journal or the derived state cannot record: nothing is answered without its record.
+    #[error("the broker cannot record this request now; retry later")]
+    StoreUnavailable,
+    /// A request id was reused for a different request.
+    #[error("request id {0:?} was already used for a different request")]
+    RequestIdReused(String),
+}
+
+impl ApiError {
+    /// The `ErrorReason` name of this error (the closed list of proto/unefois/v1/common.proto),
+    /// as callers receive it and as the journal records it.
+    pub fn reason_code(&self) -> &'static str {
+        use ApiError as E;
+        match self {
+            E::InvalidArgument { .. } | E::InvalidSubject(_) => "INVALID_ARGUMENT",
+            E::UnknownPurpose(_) => "UNKNOWN_PURPOSE",
+            E::UnknownAttestationType(_) => "UNKNOWN_ATTESTATION_TYPE",
+            E::NoClientCertificate(_) => "NO_CLIENT_CERTIFICATE",
+            E::UnknownParticipant(_) => "UNKNOWN_PARTICIPANT",
+            E::CertificateRevoked => "CERTIFICATE_REVOKED",
+            E::WrongRole { .. } => "WRONG_ROLE",
+            E::NoHabilitation { .. } => "NO_HABILITATION",
+            E::HabilitationExpired(_) => "HABILITATION_EXPIRED",
+            E::PurposeNotAllowed { .. } => "PURPOSE_NOT_ALLOWED",
+            E::ClaimNotAllowed { .. } => "CLAIM_NOT_ALLOWED",
+            E::NoConsent { .. } => "NO_CONSENT",
+            E::ConsentRevoked(_) => "CONSENT_REVOKED",
+            E::ConsentExpired(_) => "CONSENT_EXPIRED",
+            E::NoMandate(_) => "NO_MANDATE",
+            E::UnknownConsent(_) => "UNKNOWN_CONSENT",
+            E::SubjectNotFound => "SUBJECT_NOT_FOUND",
+            E::ProviderUnavailable { .. } => "PROVIDER_UNAVAILABLE",
+            E::ProviderInvalidResponse { .. } => "PROVIDER_INVALID_RESPONSE",
+            E::ProviderDeadline(_) => "DEADLINE_EXCEEDED",
+            E::StoreUnavailable => "STORE_UNAVAILABLE",
+            E::RequestIdReused(_) => "REQUEST_ID_REUSED",
+        }
+    }
+
+    /// Whether the request was allowed but could not be served (as opposed to refused).
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            ApiError::SubjectNotFound
+                | ApiError::ProviderUnavailable { .. }
+                | ApiError::ProviderInvalidResponse { .. }
+                | ApiError::ProviderDeadline(_)
+                | ApiError::StoreUnavailable
+        )
+    }
+
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::InvalidArgument {
+            field,
+            message: message.into(),
+        }
+    }
+}

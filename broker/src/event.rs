@@ -1,0 +1,186 @@
+//! Journal records: every state change and every exchange, as recorded.
+//!
+//! One record is one JSON object with a version `v` and a `kind`; fields are written in a fixed
+//! order (serde's declaration order, maps sorted), so the same event always encodes to the same
+//! bytes. Records hold pseudonyms, ids, the habilitation used and hashes: never a claim value,
+//! never a raw subject id.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Version of the record encoding.
+pub const RECORD_VERSION: u32 = 1;
+
+/// One journal record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Encoding version, [`RECORD_VERSION`].
+    pub v: u32,
+    /// When the broker recorded it (UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl Record {
+    /// A record of `event`, now.
+    pub fn now(event: Event) -> Record {
+        Record {
+            v: RECORD_VERSION,
+            time: OffsetDateTime::now_utc(),
+            event,
+        }
+    }
+
+    /// The exact bytes written to the journal.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain structs of strings, numbers and sorted maps cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads back a journal record.
+    pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// The legal basis of an exchange, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RecordedBasis {
+    /// Under the cited law.
+    Law {
+        /// The citation of the habilitation.
+        citation: String,
+    },
+    /// Under the subject's consent.
+    Consent {
+        /// The consent's id.
+        consent_id: String,
+    },
+}
+
+/// How an exchange ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// An attestation was issued.
+    Granted,
+    /// Refused by policy or validation.
+    Denied,
+    /// Allowed, but the provider or the broker could not deliver.
+    Failed,
+}
+
+/// What a record says happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// The broker started serving with this registry.
+    RegistryLoaded {
+        /// SHA-256 of the registry file, hex.
+        registry_sha256: String,
+    },
+    /// A citizen's consent was recorded.
+    ConsentGranted {
+        /// The new consent's id (UUIDv7).
+        consent_id: String,
+        /// The subject's audit pseudonym.
+        subject: String,
+        /// The pseudonym key's id.
+        pseudonym_key: String,
+        /// The consumer it allows.
+        consumer: String,
+        /// The guichet (or mediation structure) that recorded it.
+        participant: String,
+        /// The mediator's agent, if one recorded it.
+        agent: Option<String>,
+        /// The attestation types it covers.
+        attestation_types: Vec<String>,
+        /// The purpose it covers.
+        purpose: String,
+        /// When it lapses.
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+        /// The caller's idempotency key.
+        request_id: Option<String>,
+        /// Digest of the request's fields, to tell a retry from another request.
+        request_fingerprint: Option<String>,
+    },
+    /// A consent was revoked.
+    ConsentRevoked {
+        /// The consent.
+        consent_id: String,
+        /// Who revoked it.
+        participant: String,
+        /// The agent, if a mediator's agent did.
+        agent: Option<String>,
+    },
+    /// An attestation was requested: granted, denied or failed.
+    Exchange(Box<ExchangeEvent>),
+}
+
+/// The record of one Fetch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeEvent {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The `ErrorReason` name when not granted.
+    pub reason: Option<String>,
+    /// The consumer (or guichet, or mediation structure).
+    pub participant: String,
+    /// The mediator's agent, if any.
+    pub agent: Option<String>,
+    /// The subject's audit pseudonym, when the subject id was valid.
+    pub subject: Option<String>,
+    /// The pseudonym key's id, with the pseudonym.
+    pub pseudonym_key: Option<String>,
+    /// The attestation type asked for (as given, bounded).
+    pub attestation_type: String,
+    /// The purpose given (bounded).
+    pub purpose: String,
+    /// The basis it was granted on.
+    pub legal_basis: Option<RecordedBasis>,
+    /// The habilitation that allowed it.
+    pub habilitation: Option<String>,
+    /// The mandate acted under.
+    pub mandate_id: Option<String>,
+    /// The issued attestation's id.
+    pub attestation_id: Option<String>,
+    /// SHA-256 of the signed payload, hex (the payload carries a random nonce).
+    pub payload_sha256: Option<String>,
+    /// The provider that answered.
+    pub provider: Option<String>,
+    /// The caller's idempotency key.
+    pub request_id: Option<String>,
+    /// The registry in force, hex SHA-256.
+    pub registry_sha256: String,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_encode_deterministically() {
+        let record = Record {
+            v: RECORD_VERSION,
+            time: time::macros::datetime!(2026-11-22 10:00 UTC),
+            event: Event::ConsentRevoked {
+                consent_id: "c1".into(),
+                participant: "mairie-lyon".into(),
+                agent: None,
+            },
+        };
+        let bytes = record.encode();
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            r#"{"v":1,"time":"2026-11-22T10:00:00Z","kind":"consent_revoked","consent_id":"c1","participant":"mairie-lyon","agent":null}"#
+        );
+        assert_eq!(Record::decode(&bytes).unwrap(), record);
+        assert_eq!(record.encode(), bytes);
+    }
+}

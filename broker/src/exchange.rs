@@ -1,0 +1,377 @@
+//! Exchange.Fetch, the broker's core: a consumer obtains a signed attestation about a subject.
+//!
+//! validate → habilitation (deny by default) → legal basis (law, or an active consent) →
+//! provider under a deadline → only the claims both requested and allowed → sign → record →
+//! answer once the record is durable. Denials and failures are recorded too, before the
+//! caller hears of them.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use unefois_adapters::{AdapterError, AdapterRequest, Claims, check_claims};
+
+use crate::attestation::{Attestation, AttestationContent};
+use crate::caller::Caller;
+use crate::consent::ConsentStatus;
+use crate::error::ApiError;
+use crate::event::{Event, ExchangeEvent, Outcome, Record, RecordedBasis};
+use crate::federation::Loaded;
+use crate::registry::{Habilitation, LegalBasis, Role};
+use crate::signing::Envelope;
+use crate::state::State;
+use crate::subject::Subject;
+use crate::validate;
+
+/// A Fetch request, in domain terms.
+#[derive(Debug, Default)]
+pub struct FetchInput {
+    /// `scheme:value`.
+    pub subject: String,
+    /// The attestation type.
+    pub attestation_type: String,
+    /// The purpose.
+    pub purpose: String,
+    /// Claims wanted (empty: all allowed).
+    pub claims: Vec<String>,
+    /// Idempotency key.
+    pub request_id: String,
+    /// The mandate acted under.
+    pub mandate_id: String,
+    /// The caller's deadline, if it sent one.
+    pub deadline: Option<Duration>,
+}
+
+/// A granted Fetch.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The attestation, decoded.
+    pub attestation: Attestation,
+    /// The signed envelope.
+    pub envelope: Envelope,
+    /// The claims with their declared types (dates stay dates).
+    pub claims: Claims,
+    /// The journal sequence number of its record.
+    pub seq: u64,
+}
+
+/// Serves a Fetch: returns the attestation only once its record is durable.
+pub async fn fetch(state: &State, caller: &Caller, input: FetchInput) -> Result<Fetched, ApiError> {
+    let loaded = state.federation.loaded();
+    let mut event = ExchangeEvent {
+        outcome: Outcome::Denied,
+        reason: None,
+        participant: caller.participant.clone(),
+        agent: caller.agent.clone(),
+        subject: None,
+        pseudonym_key: None,
+        attestation_type: validate::recorded(&input.attestation_type),
+        purpose: validate::recorded(&input.purpose),
+        legal_basis: None,
+        habilitation: None,
+        mandate_id: (!input.mandate_id.is_empty()).then(|| validate::recorded(&input.mandate_id)),
+        attestation_id: None,
+        payload_sha256: None,
+        provider: None,
+        request_id: (!input.request_id.is_empty()).then(|| validate::recorded(&input.request_id)),
+        registry_sha256: loaded.registry.sha256_hex(),
+    };
+    let served = serve(state, caller, &input, &loaded, &mut event).await;
+    match served {
+        Ok((attestation, envelope, claims)) => {
+            event.outcome = Outcome::Granted;
+            let seq = record(state, event).await?;
+            Ok(Fetched {
+                attestation,
+                envelope,
+                claims,
+                seq,
+            })
+        }
+        Err(error) => {
+            event.outcome = if error.is_failure() {
+                Outcome::Failed
+            } else {
+                Outcome::Denied
+            };
+            event.reason = Some(error.reason_code().to_string());
+            record(state, event).await?;
+            Err(error)
+        }
+    }
+}
+
+async fn record(state: &State, event: ExchangeEvent) -> Result<u64, ApiError> {
+    let seqs = state
+        .store
+        .append(vec![Record::now(Event::Exchange(Box::new(event)))])
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot record an exchange; refusing to answer it");
+            ApiError::StoreUnavailable
+        })?;
+    seqs.first().copied().ok_or(ApiError::StoreUnavailable)
+}
+
+async fn serve(
+    state: &State,
+    caller: &Caller,
+    input: &FetchInput,
+    loaded: &Loaded,
+    event: &mut ExchangeEvent,
+) -> Result<(Attestation, Envelope, Claims), ApiError> {
+    let registry = &loaded.registry;
+    if !(caller.has_role(Role::Consumer) || caller.has_role(Role::Guichet)) {
+        return Err(ApiError::WrongRole {
+            participant: caller.participant.clone(),
+            role: Role::Consumer,
+        });
+    }
+    validate::identifier("attestation_type", &input.attestation_type, 128)?;
+    validate::identifier("purpose", &input.purpose, 64)?;
+    validate::identifiers("claims", &input.claims, validate::MAX_CLAIMS)?;
+    validate::request_id(&input.request_id)?;
+    let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
+    let audit_pseudonym = state.pseudonyms.audit(&subject);
+    event.subject = Some(audit_pseudonym.clone());
+    event.pseudonym_key = Some(state.pseudonyms.audit_key_id().to_string());
+    if !input.mandate_id.is_empty() {
+        return Err(ApiError::NoMandate(validate::recorded(&input.mandate_id)));
+    }
+
+    let ty = registry
+        .attestation_type(&input.attestation_type)
+        .ok_or_else(|| ApiError::UnknownAttestationType(input.attestation_type.clone()))?;
+    if registry.purpose(&input.purpose).is_none() {
+        return Err(ApiError::UnknownPurpose(input.purpose.clone()));
+    }
+    let now = OffsetDateTime::now_utc();
+    let habilitation = habilitation_for(
+        registry.habilitations_of(&caller.participant),
+        &caller.participant,
+        &ty.id,
+        &input.purpose,
+        now,
+    )?;
+    event.habilitation = Some(habilitation.id.clone());
+    let claims: Vec<String> = if input.claims.is_empty() {
+        habilitation.claims.iter().cloned().collect()
+    } else {
+        if let Some(claim) = input
+            .claims
+            .iter()
+            .find(|c| !habilitation.claims.contains(*c))
+        {
+            return Err(ApiError::ClaimNotAllowed {
+                habilitation: habilitation.id.clone(),
+                claim: claim.clone(),
+            });
+        }
+        input.claims.clone()
+    };
+
+    let basis = match &habilitation.legal_basis {
+        LegalBasis::Law(citation) => RecordedBasis::Law {
+            citation: citation.clone(),
+        },
+        LegalBasis::Consent => RecordedBasis::Consent {
+            consent_id: active_consent(
+                state,
+                &audit_pseudonym,
+                caller,
+                &ty.id,
+                &input.purpose,
+                now,
+            )?,
+        },
+    };
+    event.legal_basis = Some(basis.clone());
+    event.provider = Some(ty.provider.clone());
+
+    let claims = provide(
+        state,
+        loaded,
+        input,
+        &subject,
+        caller,
+        &claims,
+        &basis,
+        &ty.provider,
+    )
+    .await?;
+    check_claims(
+        &ty.claim_specs(),
+        &input.claims_or(&habilitation.claims),
+        &claims,
+    )
+    .map_err(|e| {
+        tracing::warn!(provider = %ty.provider, error = %e, "provider answer refused");
+        ApiError::ProviderInvalidResponse {
+            provider: ty.provider.clone(),
+        }
+    })?;
+
+    let attestation = Attestation::issue(AttestationContent {
+        attestation_type: &ty.id,
+        type_version: ty.version,
+        subject: state.pseudonyms.pairwise(&caller.participant, &subject),
+        audience: &caller.participant,
+        purpose: &input.purpose,
+        legal_basis: basis,
+        mandate_id: None,
+        claims: &claims,
+        provider: &ty.provider,
+        max_age: time::Duration::days(i64::from(ty.max_age_days)),
+    })
+    .map_err(|e| {
+        tracing::error!(error = %e, "random source failed");
+        ApiError::StoreUnavailable
+    })?;
+    let envelope = state.signer.sign(attestation.to_payload());
+    event.attestation_id = Some(attestation.id.clone());
+    event.payload_sha256 = Some(hex::encode(Sha256::digest(&envelope.payload)));
+    Ok((attestation, envelope, claims))
+}
+
+impl FetchInput {
+    fn claims_or(&self, allowed: &std::collections::BTreeSet<String>) -> Vec<String> {
+        if self.claims.is_empty() {
+            allowed.iter().cloned().collect()
+        } else {
+            self.claims.clone()
+        }
+    }
+}
+
+/// The habilitation allowing `consumer` this type for this purpose now, or why there is none.
+fn habilitation_for<'a>(
+    held: impl Iterator<Item = &'a Habilitation>,
+    consumer: &str,
+    attestation_type: &str,
+    purpose: &str,
+    now: OffsetDateTime,
+) -> Result<&'a Habilitation, ApiError> {
+    let for_type: Vec<&Habilitation> = held
+        .filter(|h| h.attestation_type == attestation_type)
+        .collect();
+    let Some(first) = for_type.first() else {
+        return Err(ApiError::NoHabilitation {
+            consumer: consumer.to_string(),
+            attestation_type: attestation_type.to_string(),
+        });
+    };
+    let for_purpose: Vec<&Habilitation> = for_type
+        .iter()
+        .copied()
+        .filter(|h| h.purposes.contains(purpose))
+        .collect();
+    if for_purpose.is_empty() {
+        return Err(ApiError::PurposeNotAllowed {
+            habilitation: first.id.clone(),
+            purpose: purpose.to_string(),
+        });
+    }
+    for_purpose
+        .iter()
+        .copied()
+        .find(|h| now < h.expires_at)
+        .ok_or_else(|| ApiError::HabilitationExpired(for_purpose[0].id.clone()))
+}
+
+/// The id of the subject's active consent for this consumer, type and purpose.
+fn active_consent(
+    state: &State,
+    subject: &str,
+    caller: &Caller,
+    attestation_type: &str,
+    purpose: &str,
+    now: OffsetDateTime,
+) -> Result<String, ApiError> {
+    let consents = state.store.consents_of(subject).map_err(|e| {
+        tracing::error!(error = %e, "cannot read consents");
+        ApiError::StoreUnavailable
+    })?;
+    let matching: Vec<_> = consents
+        .iter()
+        .filter(|c| c.covers(&caller.participant, attestation_type, purpose))
+        .collect();
+    if let Some(active) = matching
+        .iter()
+        .find(|c| c.status(now) == ConsentStatus::Active)
+    {
+        return Ok(active.id.clone());
+    }
+    match matching.last() {
+        Some(c) if c.status(now) == ConsentStatus::Revoked => {
+            Err(ApiError::ConsentRevoked(c.id.clone()))
+        }
+        Some(c) => Err(ApiError::ConsentExpired(c.id.clone())),
+        None => Err(ApiError::NoConsent {
+            consumer: caller.participant.clone(),
+            attestation_type: attestation_type.to_string(),
+            purpose: purpose.to_string(),
+        }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn provide(
+    state: &State,
+    loaded: &Loaded,
+    input: &FetchInput,
+    subject: &Subject,
+    caller: &Caller,
+    claims: &[String],
+    basis: &RecordedBasis,
+    provider: &str,
+) -> Result<Claims, ApiError> {
+    let adapter = loaded
+        .adapters
+        .get(&input.attestation_type)
+        .ok_or_else(|| ApiError::ProviderUnavailable {
+            provider: provider.to_string(),
+            reason: "no adapter configured".into(),
+            retry_after: None,
+        })?;
+    let budget = input
+        .deadline
+        .map_or(state.provider_timeout, |d| d.min(state.provider_timeout));
+    let request = AdapterRequest {
+        subject: subject.as_str().to_string(),
+        attestation_type: input.attestation_type.clone(),
+        claims: claims.to_vec(),
+        consumer: caller.participant.clone(),
+        purpose: input.purpose.clone(),
+        legal_basis: match basis {
+            RecordedBasis::Law { citation } => unefois_adapters::LegalBasis::Law {
+                citation: citation.clone(),
+            },
+            RecordedBasis::Consent { consent_id } => unefois_adapters::LegalBasis::Consent {
+                consent_id: consent_id.clone(),
+            },
+        },
+        request_id: input.request_id.clone(),
+        deadline: tokio::time::Instant::now() + budget,
+    };
+    let answer = tokio::time::timeout(budget, adapter.fetch(&request))
+        .await
+        .unwrap_or(Err(AdapterError::DeadlineExceeded));
+    answer.map_err(|e| match e {
+        AdapterError::NotFound => ApiError::SubjectNotFound,
+        AdapterError::Unavailable {
+            reason,
+            retry_after,
+        } => ApiError::ProviderUnavailable {
+            provider: provider.to_string(),
+            reason,
+            retry_after,
+        },
+        AdapterError::InvalidResponse(why) => {
+            tracing::warn!(%provider, %why, "invalid provider response");
+            ApiError::ProviderInvalidResponse {
+                provider: provider.to_string(),
+            }
+        }
+        AdapterError::DeadlineExceeded => ApiError::ProviderDeadline(provider.to_string()),
+    })
+}

@@ -1,0 +1,127 @@
+//! `unefois.v1.Consents`: Grant, Revoke, Get, List, converted between protobuf and the domain.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::consents_server::Consents as ConsentsApi;
+
+use crate::consent::{self, Consent, ConsentStatus, GrantInput};
+use crate::grpc::auth::caller;
+use crate::grpc::registry::timestamp;
+use crate::state::State;
+
+/// The Consents service.
+pub struct ConsentsService {
+    state: Arc<State>,
+}
+
+impl ConsentsService {
+    /// Serves consents from the broker's state.
+    pub fn new(state: Arc<State>) -> ConsentsService {
+        ConsentsService { state }
+    }
+}
+
+/// The protobuf form of a consent, with its status now.
+pub fn consent(c: &Consent) -> pb::Consent {
+    let status = match c.status(OffsetDateTime::now_utc()) {
+        ConsentStatus::Active => pb::ConsentStatus::Active,
+        ConsentStatus::Revoked => pb::ConsentStatus::Revoked,
+        ConsentStatus::Expired => pb::ConsentStatus::Expired,
+    };
+    pb::Consent {
+        id: c.id.clone(),
+        subject_pseudonym: c.subject.clone(),
+        consumer: c.consumer.clone(),
+        guichet: c.participant.clone(),
+        attestation_types: c.attestation_types.clone(),
+        purpose: c.purpose.clone(),
+        status: status as i32,
+        granted_at: Some(timestamp(c.granted_at)),
+        expires_at: Some(timestamp(c.expires_at)),
+        revoked_at: c.revoked_at.map(timestamp),
+        mandate_id: String::new(),
+        agent: c.agent.clone().unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl ConsentsApi for ConsentsService {
+    async fn grant(
+        &self,
+        request: Request<pb::GrantConsentRequest>,
+    ) -> Result<Response<pb::GrantConsentResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let input = GrantInput {
+            subject: r.subject,
+            consumer: r.consumer,
+            attestation_types: r.attestation_types,
+            purpose: r.purpose,
+            valid_days: r.valid_days,
+            mandate_id: r.mandate_id,
+            request_id: r.request_id,
+        };
+        let granted = consent::grant(&self.state, &caller, input).await?;
+        Ok(Response::new(pb::GrantConsentResponse {
+            consent: Some(consent(&granted)),
+        }))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeConsentRequest>,
+    ) -> Result<Response<pb::RevokeConsentResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        if !r.mandate_id.is_empty() {
+            return Err(crate::error::ApiError::NoMandate(crate::validate::recorded(
+                &r.mandate_id,
+            ))
+            .into());
+        }
+        let revoked = consent::revoke(&self.state, &caller, &r.consent_id).await?;
+        Ok(Response::new(pb::RevokeConsentResponse {
+            consent: Some(consent(&revoked)),
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetConsentRequest>,
+    ) -> Result<Response<pb::GetConsentResponse>, Status> {
+        let caller = caller(&request)?;
+        let found = consent::get(&self.state, caller, &request.get_ref().consent_id)?;
+        Ok(Response::new(pb::GetConsentResponse {
+            consent: Some(consent(&found)),
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListConsentsRequest>,
+    ) -> Result<Response<pb::ListConsentsResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.get_ref();
+        if !r.mandate_id.is_empty() {
+            return Err(crate::error::ApiError::NoMandate(crate::validate::recorded(
+                &r.mandate_id,
+            ))
+            .into());
+        }
+        let (page, next) = consent::list(
+            &self.state,
+            caller,
+            &r.subject,
+            &r.consumer,
+            r.page_size,
+            &r.page_token,
+        )?;
+        Ok(Response::new(pb::ListConsentsResponse {
+            consents: page.iter().map(consent).collect(),
+            next_page_token: next,
+        }))
+    }
+}

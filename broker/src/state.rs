@@ -1,0 +1,26 @@
+//! Everything a running broker serves from, shared by all services.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::federation::Federation;
+use crate::pseudonym::Pseudonymizer;
+use crate::signing::AttestationSigner;
+use crate::store::Store;
+
+/// Longest a provider may take when the caller sets no shorter deadline.
+pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The shared state of a running broker.
+pub struct State {
+    /// Registry, adapters, revocations in force.
+    pub federation: Arc<Federation>,
+    /// Journal and derived state.
+    pub store: Store,
+    /// Pseudonym keys.
+    pub pseudonyms: Pseudonymizer,
+    /// Attestation signing key.
+    pub signer: AttestationSigner,
+    /// Upper bound of a provider call.
+    pub provider_timeout: Duration,
+}

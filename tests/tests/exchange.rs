@@ -1,0 +1,327 @@
+//! Exchange.Fetch end to end: a signed attestation under law, only permitted claims, every
+//! refusal explained and recorded, and nothing about the person at rest.
+
+use std::path::Path;
+
+use broker::event::{Event, Outcome, Record};
+use broker::grpc::status::reason_of;
+use broker::journal::{Journal, JournalOptions};
+use broker::signing::{Envelope, EnvelopeSignature};
+use tonic::Code;
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::ErrorReason;
+use unefois_proto::v1::exchange_client::ExchangeClient;
+use unefois_proto::v1::registry_client::RegistryClient;
+use unefois_tests::{TestBroker, TestPki};
+
+fn request(subject: &str, ty: &str, purpose: &str) -> pb::FetchRequest {
+    pb::FetchRequest {
+        subject: subject.into(),
+        attestation_type: ty.into(),
+        purpose: purpose.into(),
+        ..Default::default()
+    }
+}
+
+fn rfr(subject: &str) -> pb::FetchRequest {
+    request(
+        subject,
+        "dgfip.revenu_fiscal_reference",
+        "tarification_cantine",
+    )
+}
+
+async fn fetch(
+    broker: &TestBroker,
+    name: &str,
+    request: pb::FetchRequest,
+) -> anyhow::Result<Result<pb::FetchResponse, tonic::Status>> {
+    let mut client = ExchangeClient::new(broker.channel(name).await?);
+    Ok(client.fetch(request).await.map(tonic::Response::into_inner))
+}
+
+fn domain_envelope(e: &pb::Envelope) -> Envelope {
+    Envelope {
+        payload: e.payload.clone(),
+        payload_type: e.payload_type.clone(),
+        signatures: e
+            .signatures
+            .iter()
+            .map(|s| EnvelopeSignature {
+                keyid: s.keyid.clone(),
+                sig: s.sig.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Every record the broker journaled, read back from its data directory after it stopped.
+fn journal_records(data_dir: &Path) -> anyhow::Result<Vec<(Record, Vec<u8>)>> {
+    let journal = Journal::open(&data_dir.join("journal"), JournalOptions::default())?;
+    let mut out = Vec::new();
+    for record in journal.read_from(0)? {
+        let record = record?;
+        out.push((Record::decode(&record.payload)?, record.payload));
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_consumer_obtains_a_signed_attestation_under_law() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let answer = fetch(&broker, "mairie-lyon", rfr("test:alice")).await??;
+
+    let attestation = answer.attestation.expect("decoded attestation");
+    assert_eq!(
+        attestation.attestation_type,
+        "dgfip.revenu_fiscal_reference"
+    );
+    assert_eq!(attestation.type_version, 1);
+    assert_eq!(attestation.audience, "mairie-lyon");
+    assert_eq!(attestation.provider, "dgfip");
+    assert_eq!(attestation.purpose, "tarification_cantine");
+    assert_eq!(attestation.nonce.len(), 16);
+    assert!(!attestation.subject_pseudonym.contains("alice"));
+    let basis = attestation.legal_basis.expect("legal basis");
+    assert_eq!(basis.kind(), pb::LegalBasisKind::Law);
+    assert!(basis.law_citation.contains("L. 114-8"));
+    // Only the claims the habilitation allows: never annee_revenus.
+    let mut names: Vec<_> = attestation.claims.keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, vec!["nombre_parts", "revenu_fiscal_reference"]);
+    assert_eq!(
+        attestation.claims["revenu_fiscal_reference"].value,
+        Some(pb::claim_value::Value::IntegerValue(23870))
+    );
+    let issued = attestation.issued_at.expect("issued_at").seconds;
+    let valid_until = attestation.valid_until.expect("valid_until").seconds;
+    assert_eq!(valid_until - issued, 365 * 86_400, "max age of the type");
+
+    // The envelope verifies with the key published over Registry and in the PKI folder,
+    // and its payload is the attestation that was decoded.
+    let envelope = domain_envelope(&answer.envelope.expect("envelope"));
+    let published = RegistryClient::new(broker.channel("dgfip").await?)
+        .get_verifier_keys(pb::GetVerifierKeysRequest {})
+        .await?
+        .into_inner()
+        .attestation_key;
+    let on_disk = std::fs::read_to_string(pki.dir().join("attestation.vkey"))?;
+    assert_eq!(on_disk.trim(), published);
+    broker::signing::verify(&published, &envelope)?;
+    let payload: serde_json::Value = serde_json::from_slice(&envelope.payload)?;
+    assert_eq!(payload["id"], attestation.id.as_str());
+    assert_eq!(payload["subject"], attestation.subject_pseudonym.as_str());
+    assert_eq!(payload["claims"]["revenu_fiscal_reference"], 23870);
+    assert_eq!(payload["legal_basis"]["kind"], "law");
+
+    // A tampered payload does not verify.
+    let mut tampered = envelope.clone();
+    tampered.payload = String::from_utf8(tampered.payload)?
+        .replace("23870", "13870")
+        .into_bytes();
+    assert!(broker::signing::verify(&published, &tampered).is_err());
+    broker.stop().await
+}
+
+#[tokio::test]
+async fn requested_claims_narrow_the_answer_and_others_are_refused() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let mut narrow = rfr("test:bob");
+    narrow.claims = vec!["nombre_parts".into()];
+    let answer = fetch(&broker, "mairie-lyon", narrow).await??;
+    let claims = answer.attestation.expect("attestation").claims;
+    assert_eq!(claims.len(), 1);
+    assert_eq!(
+        claims["nombre_parts"].value,
+        Some(pb::claim_value::Value::NumberValue(1.5))
+    );
+
+    let mut wider = rfr("test:bob");
+    wider.claims = vec!["annee_revenus".into()];
+    let refused = fetch(&broker, "mairie-lyon", wider)
+        .await?
+        .expect_err("granted");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(reason_of(&refused), Some(ErrorReason::ClaimNotAllowed));
+    broker.stop().await
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_status_and_reason() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let cases: Vec<(&str, pb::FetchRequest, Code, ErrorReason)> = vec![
+        (
+            "mairie-test",
+            rfr("test:alice"),
+            Code::PermissionDenied,
+            ErrorReason::NoHabilitation,
+        ),
+        (
+            "caf",
+            rfr("test:alice"),
+            Code::PermissionDenied,
+            ErrorReason::WrongRole,
+        ),
+        (
+            "mairie-lyon",
+            request(
+                "test:alice",
+                "dgfip.revenu_fiscal_reference",
+                "tarif_etudiant",
+            ),
+            Code::PermissionDenied,
+            ErrorReason::PurposeNotAllowed,
+        ),
+        (
+            "mairie-lyon",
+            request("test:alice", "dgfip.revenu_fiscal_reference", "inconnu"),
+            Code::InvalidArgument,
+            ErrorReason::UnknownPurpose,
+        ),
+        (
+            "mairie-lyon",
+            request("test:alice", "dgfip.patrimoine", "tarification_cantine"),
+            Code::NotFound,
+            ErrorReason::UnknownAttestationType,
+        ),
+        (
+            "mairie-lyon",
+            rfr("test:zoe"),
+            Code::NotFound,
+            ErrorReason::SubjectNotFound,
+        ),
+        (
+            "mairie-lyon",
+            rfr("alice"),
+            Code::InvalidArgument,
+            ErrorReason::InvalidArgument,
+        ),
+        (
+            "mairie-lyon",
+            rfr("siren:110002012"),
+            Code::InvalidArgument,
+            ErrorReason::InvalidArgument,
+        ),
+        (
+            "mairie-lyon",
+            pb::FetchRequest {
+                mandate_id: "m-1".into(),
+                ..rfr("test:alice")
+            },
+            Code::FailedPrecondition,
+            ErrorReason::NoMandate,
+        ),
+        (
+            "mairie-lyon",
+            pb::FetchRequest {
+                claims: vec!["x".repeat(100)],
+                ..rfr("test:alice")
+            },
+            Code::InvalidArgument,
+            ErrorReason::InvalidArgument,
+        ),
+        (
+            "mairie-lyon",
+            pb::FetchRequest {
+                claims: (0..65).map(|i| format!("c{i}")).collect(),
+                ..rfr("test:alice")
+            },
+            Code::InvalidArgument,
+            ErrorReason::InvalidArgument,
+        ),
+    ];
+    for (caller, req, code, reason) in cases {
+        let label = format!("{caller} {:?} {}", req.subject, req.purpose);
+        let refused = fetch(&broker, caller, req)
+            .await?
+            .expect_err(&format!("{label}: granted"));
+        assert_eq!(refused.code(), code, "{label}: {}", refused.message());
+        assert_eq!(reason_of(&refused), Some(reason), "{label}");
+        assert!(!refused.message().is_empty(), "{label}: explained");
+    }
+    // A request larger than any legitimate one is refused before it is decoded.
+    let huge = pb::FetchRequest {
+        subject: "test:alice".into(),
+        attestation_type: "x".repeat(300 * 1024),
+        ..Default::default()
+    };
+    let refused = fetch(&broker, "mairie-lyon", huge)
+        .await?
+        .expect_err("decoded");
+    assert_eq!(refused.code(), Code::OutOfRange);
+    // The broker keeps serving the others.
+    assert!(
+        fetch(&broker, "mairie-lyon", rfr("test:alice"))
+            .await?
+            .is_ok()
+    );
+    broker.stop().await
+}
+
+#[tokio::test]
+async fn every_exchange_is_journaled_without_claim_values_or_subject_ids() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let data = tempfile::tempdir()?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            data_dir: Some(data.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let granted = fetch(&broker, "mairie-lyon", rfr("test:alice")).await??;
+    fetch(&broker, "mairie-test", rfr("test:alice"))
+        .await?
+        .expect_err("denied");
+    fetch(&broker, "mairie-lyon", rfr("test:zoe"))
+        .await?
+        .expect_err("failed");
+    broker.stop().await?;
+
+    let records = journal_records(data.path())?;
+    let exchanges: Vec<_> = records
+        .iter()
+        .filter_map(|(r, _)| match &r.event {
+            Event::Exchange(e) => Some(e.as_ref()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(exchanges.len(), 3);
+    let envelope = granted.envelope.expect("envelope");
+    let attestation = granted.attestation.expect("attestation");
+    assert_eq!(exchanges[0].outcome, Outcome::Granted);
+    assert_eq!(
+        exchanges[0].attestation_id.as_deref(),
+        Some(attestation.id.as_str())
+    );
+    assert_eq!(
+        exchanges[0].payload_sha256.as_deref(),
+        Some(sha256_hex(&envelope.payload).as_str())
+    );
+    assert_eq!(
+        exchanges[0].habilitation.as_deref(),
+        Some("mairie-lyon.dgfip.revenu_fiscal_reference")
+    );
+    assert_eq!(exchanges[1].outcome, Outcome::Denied);
+    assert_eq!(exchanges[1].reason.as_deref(), Some("NO_HABILITATION"));
+    assert_eq!(exchanges[2].outcome, Outcome::Failed);
+    assert_eq!(exchanges[2].reason.as_deref(), Some("SUBJECT_NOT_FOUND"));
+    // Same person, same audit pseudonym whoever asked; never the raw id.
+    assert_eq!(exchanges[0].subject, exchanges[1].subject);
+    assert_ne!(exchanges[0].subject, exchanges[2].subject);
+    for (_, bytes) in &records {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(!text.contains("alice") && !text.contains("zoe"), "{text}");
+        assert!(!text.contains("23870"), "claim value at rest: {text}");
+    }
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
