@@ -117,6 +117,12 @@ pub enum ApiError {
     /// The journal or the derived state cannot record: nothing is answered without its record.
     #[error("the broker cannot record this request now; retry later")]
     StoreUnavailable,
+    /// The request message is larger than the broker accepts.
+    #[error("request larger than the {limit} bytes accepted")]
+    RequestTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// A request id was reused for a different request.
     #[error("request id {0:?} was already used for a different request")]
     RequestIdReused(String),
@@ -150,6 +156,7 @@ impl ApiError {
             E::ProviderDeadline(_) => "DEADLINE_EXCEEDED",
             E::StoreUnavailable => "STORE_UNAVAILABLE",
             E::RequestIdReused(_) => "REQUEST_ID_REUSED",
+            E::RequestTooLarge { .. } => "REQUEST_TOO_LARGE",
         }
     }
 

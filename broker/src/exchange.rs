@@ -5,6 +5,7 @@
 //! answer once the record is durable. Denials and failures are recorded too, before the
 //! caller hears of them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -17,6 +18,7 @@ use crate::consent::ConsentStatus;
 use crate::error::ApiError;
 use crate::event::{Event, ExchangeEvent, Outcome, Record, RecordedBasis};
 use crate::federation::Loaded;
+use crate::idempotency::{self, Previous};
 use crate::registry::{Habilitation, LegalBasis, Role};
 use crate::signing::Envelope;
 use crate::state::State;
@@ -43,7 +45,7 @@ pub struct FetchInput {
 }
 
 /// A granted Fetch.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Fetched {
     /// The attestation, decoded.
     pub attestation: Attestation,
@@ -55,8 +57,42 @@ pub struct Fetched {
     pub seq: u64,
 }
 
-/// Serves a Fetch: returns the attestation only once its record is durable.
-pub async fn fetch(state: &State, caller: &Caller, input: FetchInput) -> Result<Fetched, ApiError> {
+/// Serves a Fetch: returns the attestation only once its record is durable. A retry with the
+/// same request id and the same request within the window gets the same answer.
+pub async fn fetch(
+    state: &State,
+    caller: &Caller,
+    input: FetchInput,
+) -> Result<Arc<Fetched>, ApiError> {
+    if input.request_id.is_empty() {
+        return fetch_once(state, caller, input).await.map(Arc::new);
+    }
+    validate::request_id(&input.request_id)?;
+    let fingerprint = idempotency::fingerprint(&input);
+    match state
+        .recent
+        .previous(&caller.participant, &input.request_id, &fingerprint)
+    {
+        Previous::Same(answer) => return Ok(answer),
+        Previous::Different => return Err(ApiError::RequestIdReused(input.request_id)),
+        Previous::New => {}
+    }
+    let request_id = input.request_id.clone();
+    let answer = Arc::new(fetch_once(state, caller, input).await?);
+    state.recent.keep(
+        &caller.participant,
+        &request_id,
+        fingerprint,
+        answer.clone(),
+    );
+    Ok(answer)
+}
+
+async fn fetch_once(
+    state: &State,
+    caller: &Caller,
+    input: FetchInput,
+) -> Result<Fetched, ApiError> {
     let loaded = state.federation.loaded();
     let mut event = ExchangeEvent {
         outcome: Outcome::Denied,

@@ -13,6 +13,7 @@ pub mod event;
 pub mod exchange;
 pub mod federation;
 pub mod grpc;
+pub mod idempotency;
 pub mod journal;
 pub mod keys;
 pub mod listener;

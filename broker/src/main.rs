@@ -12,6 +12,8 @@ use broker::registry::{Registry, Role};
 use clap::{Parser, Subcommand, ValueEnum};
 use unefois_certs::{Pki, Validity};
 use unefois_proto::v1 as pb;
+use unefois_proto::v1::consents_client::ConsentsClient;
+use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::registry_client::RegistryClient;
 
 const DEFAULT_HOME: &str = ".unefois-dev";
@@ -40,6 +42,11 @@ enum Command {
     /// Read the registry as a participant sees it.
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Fetch a signed attestation and check its signature against HOME/pki/attestation.vkey.
+    Fetch(FetchArgs),
+    /// Grant, revoke and list the consents of a person.
+    #[command(subcommand)]
+    Consent(ConsentCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -71,6 +78,9 @@ struct ServeArgs {
     /// Seconds a client has to finish its TLS handshake.
     #[arg(long, default_value_t = 10)]
     handshake_timeout_secs: u64,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, default_value_t = broker::grpc::limits::DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
     /// Seconds calls in flight have to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 20)]
     drain_timeout_secs: u64,
@@ -131,15 +141,105 @@ enum RegistryCommand {
     Show(ClientArgs),
 }
 
+#[derive(clap::Args)]
+struct FetchArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The person or company, scheme:value (`test:alice`, `siren:…`).
+    #[arg(long)]
+    subject: String,
+    /// The attestation type (`caf.quotient_familial`).
+    #[arg(long = "type")]
+    attestation_type: String,
+    /// The purpose code the data is needed for.
+    #[arg(long)]
+    purpose: String,
+    /// The claims wanted, comma-separated; all those the habilitation allows when omitted.
+    #[arg(long, value_delimiter = ',')]
+    claims: Vec<String>,
+    /// An idempotency key: a retry with the same key returns the same attestation.
+    #[arg(long, default_value = "")]
+    request_id: String,
+}
+
+#[derive(Subcommand)]
+enum ConsentCommand {
+    /// Record a person's consent at a guichet.
+    Grant(ConsentGrantArgs),
+    /// Revoke a consent recorded by the caller.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The consent id.
+        consent_id: String,
+    },
+    /// List a person's consents that the caller may see.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The person, scheme:value.
+        #[arg(long)]
+        subject: String,
+        /// Only the consents given to this consumer.
+        #[arg(long, default_value = "")]
+        consumer: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConsentGrantArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The person giving consent, scheme:value.
+    #[arg(long)]
+    subject: String,
+    /// The participant the consent is given to.
+    #[arg(long)]
+    consumer: String,
+    /// The attestation types covered (repeat the flag or separate with commas).
+    #[arg(long = "type", value_delimiter = ',', required = true)]
+    attestation_types: Vec<String>,
+    /// The purpose code covered.
+    #[arg(long)]
+    purpose: String,
+    /// How many days the consent lasts.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// An idempotency key: a retry with the same key returns the same consent.
+    #[arg(long, default_value = "")]
+    request_id: String,
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
-    match Cli::parse().command {
+    match command {
         Command::Serve(args) => serve(args).await,
         Command::Certs(cmd) => certs(cmd),
         Command::Registry(RegistryCommand::Show(args)) => registry_show(args).await,
+        Command::Fetch(args) => fetch(args).await,
+        Command::Consent(ConsentCommand::Grant(args)) => consent_grant(args).await,
+        Command::Consent(ConsentCommand::Revoke { client, consent_id }) => {
+            consent_revoke(client, consent_id).await
+        }
+        Command::Consent(ConsentCommand::List {
+            client,
+            subject,
+            consumer,
+        }) => consent_list(client, subject, consumer).await,
     }
 }
 
@@ -193,6 +293,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..AcceptLimits::default()
         },
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_secs),
+        max_request_bytes: args.max_request_bytes,
         journal_faults: None,
     };
     broker::run(listener, config, shutdown_signal()).await?;
@@ -285,19 +386,56 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The channel to the broker as the participant (or agent) of `args`.
+async fn connect(args: &ClientArgs) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(broker::client::connect(&args.home.join("pki"), &args.as_participant, &args.addr).await?)
+}
+
+/// A broker's refusal as people read it: `<CODE>: <REASON>: <message>`.
+fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    let code = code_name(status.code());
+    match broker::grpc::status::reason_of(&status) {
+        Some(reason) => anyhow::anyhow!("{code}: {}: {}", reason.as_str_name(), status.message()),
+        None => anyhow::anyhow!("{code}: {}", status.message()),
+    }
+}
+
+/// The canonical gRPC name of a status code.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 async fn registry_show(args: ClientArgs) -> anyhow::Result<()> {
-    let channel =
-        broker::client::connect(&args.home.join("pki"), &args.as_participant, &args.addr).await?;
+    let channel = connect(&args).await?;
     let mut client = RegistryClient::new(channel);
     let me = client
         .who_am_i(pb::WhoAmIRequest {})
         .await
-        .context("WhoAmI")?
+        .map_err(rpc_error)?
         .into_inner();
     let habilitations = client
         .list_habilitations(pb::ListHabilitationsRequest {})
         .await
-        .context("ListHabilitations")?
+        .map_err(rpc_error)?
         .into_inner();
     let roles: Vec<&str> = me
         .roles()
@@ -349,6 +487,164 @@ async fn registry_show(args: ClientArgs) -> anyhow::Result<()> {
         println!(
             "{others} habilitation(s) of other participants on its attestation types or in its audit scope"
         );
+    }
+    Ok(())
+}
+
+async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
+    // The verifier key comes from the PKI directory, distributed out of band, never from the
+    // broker's answer: an attestation is only worth the key one already trusts.
+    let key_path = args.client.home.join("pki").join("attestation.vkey");
+    let vkey = std::fs::read_to_string(&key_path).with_context(|| {
+        format!(
+            "cannot read the attestation verifier key {} (the broker writes it at start; \
+             distribute it out of band)",
+            key_path.display()
+        )
+    })?;
+    let vkey = vkey.trim();
+    let channel = connect(&args.client).await?;
+    let answer = ExchangeClient::new(channel)
+        .fetch(pb::FetchRequest {
+            subject: args.subject,
+            attestation_type: args.attestation_type,
+            purpose: args.purpose,
+            claims: args.claims,
+            request_id: args.request_id,
+            mandate_id: String::new(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let envelope = answer
+        .envelope
+        .ok_or_else(|| anyhow::anyhow!("the broker answered without a signed envelope"))?;
+    let envelope = broker::signing::Envelope {
+        payload: envelope.payload,
+        payload_type: envelope.payload_type,
+        signatures: envelope
+            .signatures
+            .into_iter()
+            .map(|s| broker::signing::EnvelopeSignature {
+                keyid: s.keyid,
+                sig: s.sig,
+            })
+            .collect(),
+    };
+    broker::signing::verify(vkey, &envelope).with_context(|| {
+        format!(
+            "the attestation's signature does not verify against {}",
+            key_path.display()
+        )
+    })?;
+    let payload: serde_json::Value =
+        serde_json::from_slice(&envelope.payload).context("the signed payload is not JSON")?;
+    println!("{}", serde_json::to_string_pretty(&payload)?);
+    let keyid = vkey.rsplit_once('+').map_or(vkey, |(id, _)| id);
+    println!("signature: valid ({keyid})");
+    Ok(())
+}
+
+/// `ACTIVE`, `REVOKED`, `EXPIRED`.
+fn status_name(c: &pb::Consent) -> &'static str {
+    c.status()
+        .as_str_name()
+        .trim_start_matches("CONSENT_STATUS_")
+}
+
+fn expiry(c: &pb::Consent) -> Option<time::OffsetDateTime> {
+    c.expires_at
+        .as_ref()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+}
+
+fn print_consent(c: &pb::Consent) -> anyhow::Result<()> {
+    let until = match expiry(c) {
+        Some(t) => t.format(&time::format_description::well_known::Rfc3339)?,
+        None => "-".to_string(),
+    };
+    println!("consent {} {}", c.id, status_name(c));
+    println!("  consumer: {}", c.consumer);
+    println!("  types:    {}", c.attestation_types.join(", "));
+    println!("  purpose:  {}", c.purpose);
+    println!("  expires:  {until}");
+    Ok(())
+}
+
+async fn consent_grant(args: ConsentGrantArgs) -> anyhow::Result<()> {
+    let channel = connect(&args.client).await?;
+    let consent = ConsentsClient::new(channel)
+        .grant(pb::GrantConsentRequest {
+            subject: args.subject,
+            consumer: args.consumer,
+            attestation_types: args.attestation_types,
+            purpose: args.purpose,
+            valid_days: args.days,
+            request_id: args.request_id,
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner()
+        .consent
+        .ok_or_else(|| anyhow::anyhow!("the broker answered without the consent"))?;
+    print_consent(&consent)
+}
+
+async fn consent_revoke(client: ClientArgs, consent_id: String) -> anyhow::Result<()> {
+    let channel = connect(&client).await?;
+    let consent = ConsentsClient::new(channel)
+        .revoke(pb::RevokeConsentRequest {
+            consent_id,
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner()
+        .consent
+        .ok_or_else(|| anyhow::anyhow!("the broker answered without the consent"))?;
+    println!("consent {} {}", consent.id, status_name(&consent));
+    Ok(())
+}
+
+async fn consent_list(client: ClientArgs, subject: String, consumer: String) -> anyhow::Result<()> {
+    let channel = connect(&client).await?;
+    let mut consents = ConsentsClient::new(channel);
+    let mut page_token = String::new();
+    let mut count = 0usize;
+    loop {
+        let page = consents
+            .list(pb::ListConsentsRequest {
+                subject: subject.clone(),
+                consumer: consumer.clone(),
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        for c in &page.consents {
+            let until = expiry(c).map_or_else(|| "-".to_string(), |t| t.date().to_string());
+            println!(
+                "{} {} {} {} {} until {until}",
+                c.id,
+                status_name(c),
+                c.consumer,
+                c.attestation_types.join(","),
+                c.purpose
+            );
+        }
+        count += page.consents.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        if page.next_page_token == page_token {
+            bail!("the broker returned the same page token twice");
+        }
+        page_token = page.next_page_token;
+    }
+    if count == 0 {
+        println!("no consent");
     }
     Ok(())
 }

@@ -13,6 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::event::{Event, Record};
 use crate::federation::{Federation, build_adapters};
+use crate::grpc::limits::RequestLimitLayer;
+use crate::idempotency::{self, RecentAnswers};
 use crate::journal::JournalOptions;
 use crate::listener::{self, AcceptLimits, TlsFiles, TlsMaterial, TlsSetupError};
 use crate::ops::{self, Readiness};
@@ -37,6 +39,8 @@ pub struct Config {
     /// How long calls in flight may take to finish after shutdown is asked; connections still
     /// open then are closed.
     pub drain_timeout: Duration,
+    /// Largest request message accepted, in bytes (larger: RESOURCE_EXHAUSTED).
+    pub max_request_bytes: usize,
     /// Fault injection in the journal's commit path (tests only; `None` in production).
     pub journal_faults: Option<crate::journal::FaultInjector>,
 }
@@ -130,6 +134,7 @@ pub async fn run(
         pseudonyms,
         signer,
         provider_timeout: DEFAULT_PROVIDER_TIMEOUT,
+        recent: RecentAnswers::new(idempotency::DEFAULT_WINDOW, idempotency::DEFAULT_CAPACITY),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -151,7 +156,7 @@ pub async fn run(
         tokio::spawn(ops::serve(l, readiness.clone(), stopped()))
     });
 
-    let (routes, health) = crate::grpc::routes(state.clone()).await?;
+    let (routes, health) = crate::grpc::routes(state.clone(), config.max_request_bytes).await?;
     let (conn_tx, conn_rx) = mpsc::channel(256);
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tokio::spawn(listener::accept_loop(
@@ -178,6 +183,9 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(1024))
+        .layer(RequestLimitLayer {
+            limit: config.max_request_bytes,
+        })
         .add_routes(routes)
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), drain);
     let drain_deadline = {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::federation::Federation;
+use crate::idempotency::RecentAnswers;
 use crate::pseudonym::Pseudonymizer;
 use crate::signing::AttestationSigner;
 use crate::store::Store;
@@ -23,4 +24,6 @@ pub struct State {
     pub signer: AttestationSigner,
     /// Upper bound of a provider call.
     pub provider_timeout: Duration,
+    /// Recent Fetch answers, for idempotent retries (memory only).
+    pub recent: RecentAnswers,
 }

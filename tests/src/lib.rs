@@ -136,6 +136,7 @@ impl TestBroker {
             ops_listener: Some(ops),
             accept: options.accept,
             drain_timeout: Duration::from_secs(5),
+            max_request_bytes: broker::grpc::limits::DEFAULT_MAX_REQUEST_BYTES,
             journal_faults: options.journal_faults,
         };
         let (stop, stopped) = oneshot::channel::<()>();

@@ -201,6 +201,12 @@ async fn every_refusal_has_its_status_and_reason() -> anyhow::Result<()> {
         ),
         (
             "mairie-lyon",
+            request("test:alice", "dgfip.revenu_fiscal_reference", ""),
+            Code::InvalidArgument,
+            ErrorReason::InvalidArgument,
+        ),
+        (
+            "mairie-lyon",
             rfr("siren:110002012"),
             Code::InvalidArgument,
             ErrorReason::InvalidArgument,
@@ -245,13 +251,14 @@ async fn every_refusal_has_its_status_and_reason() -> anyhow::Result<()> {
     // A request larger than any legitimate one is refused before it is decoded.
     let huge = pb::FetchRequest {
         subject: "test:alice".into(),
-        attestation_type: "x".repeat(300 * 1024),
+        attestation_type: "x".repeat(65 * 1024),
         ..Default::default()
     };
     let refused = fetch(&broker, "mairie-lyon", huge)
         .await?
         .expect_err("decoded");
-    assert_eq!(refused.code(), Code::OutOfRange);
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(reason_of(&refused), Some(ErrorReason::RequestTooLarge));
     // The broker keeps serving the others.
     assert!(
         fetch(&broker, "mairie-lyon", rfr("test:alice"))
@@ -324,4 +331,142 @@ async fn every_exchange_is_journaled_without_claim_values_or_subject_ids() -> an
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(bytes))
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_request_id_gets_the_same_answer() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let with_id = pb::FetchRequest {
+        request_id: "lyon-2026-000042".into(),
+        ..rfr("test:alice")
+    };
+    let first = fetch(&broker, "mairie-lyon", with_id.clone()).await??;
+    let again = fetch(&broker, "mairie-lyon", with_id.clone()).await??;
+    assert_eq!(first.attestation, again.attestation, "the same attestation");
+    assert_eq!(first.envelope, again.envelope);
+
+    // The same id for another request is refused.
+    let other = pb::FetchRequest {
+        subject: "test:bob".into(),
+        ..with_id.clone()
+    };
+    let refused = fetch(&broker, "mairie-lyon", other)
+        .await?
+        .expect_err("reused");
+    assert_eq!(refused.code(), Code::AlreadyExists);
+    assert_eq!(reason_of(&refused), Some(ErrorReason::RequestIdReused));
+
+    // Request ids are scoped to the caller: another consumer's id never returns this answer.
+    let ccas = fetch(
+        &broker,
+        "ccas-lyon",
+        pb::FetchRequest {
+            purpose: "aide_energie".into(),
+            ..with_id
+        },
+    )
+    .await??;
+    assert_ne!(
+        ccas.attestation.as_ref().map(|a| &a.id),
+        first.attestation.as_ref().map(|a| &a.id)
+    );
+    // Without a request id, every call is a new exchange.
+    let a = fetch(&broker, "mairie-lyon", rfr("test:alice")).await??;
+    let b = fetch(&broker, "mairie-lyon", rfr("test:alice")).await??;
+    assert_ne!(a.attestation.map(|a| a.id), b.attestation.map(|a| a.id));
+    broker.stop().await
+}
+
+#[tokio::test]
+async fn two_consumers_get_unlinkable_pseudonyms_for_one_person() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let pseudonym = |answer: pb::FetchResponse| {
+        answer
+            .attestation
+            .map(|a| a.subject_pseudonym)
+            .unwrap_or_default()
+    };
+    let lyon = pseudonym(fetch(&broker, "mairie-lyon", rfr("test:carol")).await??);
+    let lyon_again = pseudonym(fetch(&broker, "mairie-lyon", rfr("test:carol")).await??);
+    let ccas = pseudonym(
+        fetch(
+            &broker,
+            "ccas-lyon",
+            request(
+                "test:carol",
+                "dgfip.revenu_fiscal_reference",
+                "aide_energie",
+            ),
+        )
+        .await??,
+    );
+    assert_eq!(lyon, lyon_again, "stable for one consumer");
+    assert_ne!(lyon, ccas, "different for another consumer");
+    assert!(!lyon.is_empty() && !ccas.contains("carol"));
+    broker.stop().await
+}
+
+#[tokio::test]
+async fn an_expired_consent_is_not_a_legal_basis() -> anyhow::Result<()> {
+    use broker::event::RECORD_VERSION;
+    use broker::pseudonym::Pseudonymizer;
+    use broker::subject::Subject;
+
+    let pki = TestPki::for_sample_registry()?;
+    let data = tempfile::tempdir()?;
+    // A consent given 40 days ago for 30 days, as the broker would have journaled it.
+    {
+        let pseudonyms = Pseudonymizer::load(data.path())?;
+        let alice = Subject::parse("test:alice", true)?;
+        let given = time::OffsetDateTime::now_utc() - time::Duration::days(40);
+        let journal = Journal::open(&data.path().join("journal"), JournalOptions::default())?;
+        let record = Record {
+            v: RECORD_VERSION,
+            time: given,
+            event: Event::ConsentGranted {
+                consent_id: "0190c0de-0000-7000-8000-000000000001".into(),
+                subject: pseudonyms.audit(&alice),
+                pseudonym_key: pseudonyms.audit_key_id().into(),
+                consumer: "mairie-lyon".into(),
+                participant: "mairie-lyon".into(),
+                agent: None,
+                attestation_types: vec!["caf.quotient_familial".into()],
+                purpose: "tarification_cantine".into(),
+                expires_at: given + time::Duration::days(30),
+                request_id: None,
+                request_fingerprint: None,
+            },
+        };
+        journal.append(record.encode()).await?;
+        journal.close().await;
+    }
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            data_dir: Some(data.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let refused = fetch(
+        &broker,
+        "mairie-lyon",
+        request(
+            "test:alice",
+            "caf.quotient_familial",
+            "tarification_cantine",
+        ),
+    )
+    .await?
+    .expect_err("granted on an expired consent");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(reason_of(&refused), Some(ErrorReason::ConsentExpired));
+    assert!(
+        refused
+            .message()
+            .contains("0190c0de-0000-7000-8000-000000000001")
+    );
+    broker.stop().await
 }

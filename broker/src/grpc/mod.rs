@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod consents;
 pub mod exchange;
+pub mod limits;
 pub mod registry;
 pub mod status;
 
@@ -19,9 +20,6 @@ use unefois_proto::v1::registry_server::RegistryServer;
 
 use crate::state::State;
 
-/// Largest request message a participant may send; every API message is small.
-pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
-
 /// The names under which grpc.health.v1 reports the broker's services.
 pub const SERVICE_NAMES: &[&str] = &[
     "",
@@ -33,6 +31,7 @@ pub const SERVICE_NAMES: &[&str] = &[
 /// Every service of the mTLS listener, each behind the caller authentication.
 pub async fn routes(
     state: Arc<State>,
+    max_request_bytes: usize,
 ) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
     let authenticate = auth::Authenticate::new(state.federation.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -46,11 +45,11 @@ pub async fn routes(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let registry = RegistryServer::new(registry::RegistryService::new(state.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+        .max_decoding_message_size(max_request_bytes);
     let exchange = ExchangeServer::new(exchange::ExchangeService::new(state.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+        .max_decoding_message_size(max_request_bytes);
     let consents = ConsentsServer::new(consents::ConsentsService::new(state))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+        .max_decoding_message_size(max_request_bytes);
     let routes = Routes::new(InterceptedService::new(registry, authenticate.clone()))
         .add_service(InterceptedService::new(exchange, authenticate.clone()))
         .add_service(InterceptedService::new(consents, authenticate.clone()))

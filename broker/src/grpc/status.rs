@@ -33,6 +33,7 @@ pub fn code(e: &ApiError) -> Code {
         }
         E::ProviderDeadline(_) => Code::DeadlineExceeded,
         E::RequestIdReused(_) => Code::AlreadyExists,
+        E::RequestTooLarge { .. } => Code::ResourceExhausted,
     }
 }
 
