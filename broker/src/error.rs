@@ -117,6 +117,12 @@ pub enum ApiError {
     /// The journal or the derived state cannot record: nothing is answered without its record.
     #[error("the broker cannot record this request now; retry later")]
     StoreUnavailable,
+    /// A tree size beyond the log, or zero where a tree is needed.
+    #[error("{0}")]
+    TreeSizeOutOfRange(String),
+    /// A leaf index outside the tree.
+    #[error("{0}")]
+    LeafIndexOutOfRange(String),
     /// The request message is larger than the broker accepts.
     #[error("request larger than the {limit} bytes accepted")]
     RequestTooLarge {
@@ -157,6 +163,8 @@ impl ApiError {
             E::StoreUnavailable => "STORE_UNAVAILABLE",
             E::RequestIdReused(_) => "REQUEST_ID_REUSED",
             E::RequestTooLarge { .. } => "REQUEST_TOO_LARGE",
+            E::TreeSizeOutOfRange(_) => "TREE_SIZE_OUT_OF_RANGE",
+            E::LeafIndexOutOfRange(_) => "LEAF_INDEX_OUT_OF_RANGE",
         }
     }
 

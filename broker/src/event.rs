@@ -118,6 +118,15 @@ pub enum Event {
         /// The agent, if a mediator's agent did.
         agent: Option<String>,
     },
+    /// An auditor read the log (ListEvents or ExportEvents): auditors' reads are audited too.
+    AuditRead {
+        /// The auditor.
+        participant: String,
+        /// The agent, if any.
+        agent: Option<String>,
+        /// What was asked, in words (filters, start index); never a raw subject id.
+        query: String,
+    },
     /// An attestation was requested: granted, denied or failed.
     Exchange(Box<ExchangeEvent>),
 }

@@ -53,8 +53,52 @@ pub struct Fetched {
     pub envelope: Envelope,
     /// The claims with their declared types (dates stay dates).
     pub claims: Claims,
-    /// The journal sequence number of its record.
-    pub seq: u64,
+    /// Where its record stands in the audit log, verifiable offline.
+    pub receipt: Receipt,
+}
+
+/// Beside the attestation, never inside it: the exchange's audit entry, the checkpoint that
+/// includes it, and the inclusion proof (DESIGN.md "Receipt").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The entry's index in the log (its journal sequence number).
+    pub leaf_index: u64,
+    /// The exact entry bytes.
+    pub entry: Vec<u8>,
+    /// The signed checkpoint (C2SP signed note).
+    pub checkpoint: String,
+    /// The tree size that checkpoint states.
+    pub tree_size: u64,
+    /// The inclusion proof of the entry in that tree.
+    pub inclusion_proof: Vec<[u8; 32]>,
+}
+
+/// The receipt of the durable, checkpointed entry `seq`.
+pub fn receipt(state: &State, seq: u64) -> Result<Receipt, ApiError> {
+    let failed = |e: crate::store::StoreError| {
+        tracing::error!(error = %e, "cannot build a receipt");
+        ApiError::StoreUnavailable
+    };
+    let (tree_size, checkpoint) = state
+        .store
+        .latest_checkpoint()
+        .map_err(failed)?
+        .filter(|(size, _)| *size > seq)
+        .ok_or(ApiError::StoreUnavailable)?;
+    Ok(Receipt {
+        leaf_index: seq,
+        entry: state
+            .store
+            .entry(seq)
+            .map_err(failed)?
+            .ok_or(ApiError::StoreUnavailable)?,
+        checkpoint,
+        tree_size,
+        inclusion_proof: state
+            .store
+            .inclusion_proof(seq, tree_size)
+            .map_err(failed)?,
+    })
 }
 
 /// Serves a Fetch: returns the attestation only once its record is durable. A retry with the
@@ -121,7 +165,7 @@ async fn fetch_once(
                 attestation,
                 envelope,
                 claims,
-                seq,
+                receipt: receipt(state, seq)?,
             })
         }
         Err(error) => {

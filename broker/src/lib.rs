@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attestation;
+pub mod audit;
 pub mod caller;
 pub mod client;
 pub mod consent;

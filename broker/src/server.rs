@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::audit::LogSigner;
 use crate::event::{Event, Record};
 use crate::federation::{Federation, build_adapters};
 use crate::grpc::limits::RequestLimitLayer;
@@ -111,12 +112,19 @@ pub async fn run(
             .map_err(|source| BrokerError::DataDir { path, source })?;
     }
     // Start-up only: reading the journal blocks this task until the state is caught up.
+    let log = LogSigner::load(&config.data_dir, registry.trust_domain())?;
+    if let Some(pki_dir) = config.tls.ca.parent() {
+        let path = pki_dir.join("log.vkey");
+        std::fs::write(&path, format!("{}\n", log.vkey()))
+            .map_err(|source| BrokerError::DataDir { path, source })?;
+    }
     let store = Store::open(
         &config.data_dir,
         JournalOptions {
             faults: config.journal_faults.clone(),
             ..JournalOptions::default()
         },
+        log,
     )?;
     store
         .append(vec![Record::now(Event::RegistryLoaded {

@@ -70,7 +70,7 @@ impl AttestationSigner {
         let key = SigningKey::from_bytes(seed);
         let name = format!("{trust_domain}/unefois/attestation");
         let vkey = signed_note::new_ed25519_verifier_key(&name, &key.verifying_key());
-        let keyid = vkey.rsplit_once('+').map_or(name, |(id, _)| id.to_string());
+        let keyid = keyid_of(&vkey).unwrap_or(name);
         AttestationSigner { key, keyid, vkey }
     }
 
@@ -108,10 +108,21 @@ pub enum VerifyError {
     BadSignature(String),
 }
 
+/// The `<name>+<key hash>` prefix of a C2SP vkey: names never contain `+`, but the base64 key
+/// may, so the split is from the left.
+fn keyid_of(vkey: &str) -> Option<String> {
+    let mut parts = vkey.splitn(3, '+');
+    let name = parts.next()?;
+    let hash = parts.next()?;
+    parts.next()?;
+    Some(format!("{name}+{hash}"))
+}
+
 /// Checks that `envelope` carries a valid signature by the key of `vkey` (what any holder of the
 /// published key can do offline).
 pub fn verify(vkey: &str, envelope: &Envelope) -> Result<(), VerifyError> {
-    let (keyid, encoded) = vkey.rsplit_once('+').ok_or(VerifyError::MalformedKey)?;
+    let keyid = keyid_of(vkey).ok_or(VerifyError::MalformedKey)?;
+    let encoded = &vkey[keyid.len() + 1..];
     let raw = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .map_err(|_| VerifyError::MalformedKey)?;
@@ -130,7 +141,7 @@ pub fn verify(vkey: &str, envelope: &Envelope) -> Result<(), VerifyError> {
     if ok {
         Ok(())
     } else {
-        Err(VerifyError::BadSignature(keyid.to_string()))
+        Err(VerifyError::BadSignature(keyid))
     }
 }
 
@@ -167,5 +178,23 @@ mod tests {
         assert!(verify(signer.vkey(), &retyped).is_err());
         let other = AttestationSigner::from_seed(&[8; 32], "unefois.test");
         assert!(verify(other.vkey(), &envelope).is_err());
+    }
+
+    #[test]
+    fn keys_whose_base64_holds_a_plus_sign_verify() {
+        // A bug fixed here: the key id was cut at the last '+', inside the base64 key.
+        let mut found = 0;
+        for seed in 0..=255u8 {
+            let signer = AttestationSigner::from_seed(&[seed; 32], "unefois.test");
+            let key_part = signer.vkey().splitn(3, '+').nth(2).unwrap();
+            if !key_part.contains('+') {
+                continue;
+            }
+            found += 1;
+            let envelope = signer.sign(b"{}".to_vec());
+            assert_eq!(envelope.signatures[0].keyid.matches('+').count(), 1);
+            assert_eq!(verify(signer.vkey(), &envelope), Ok(()), "seed {seed}");
+        }
+        assert!(found > 0, "no seed gave a '+' in the key");
     }
 }

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::audit::{LogSigner, ProofError, TreeReader};
 use crate::consent::Consent;
 use crate::event::{Event, Record};
 use crate::journal::{CommittedBatch, Journal, JournalError, JournalOptions};
@@ -35,6 +36,12 @@ pub enum StoreError {
         /// Why.
         source: serde_json::Error,
     },
+    /// The Merkle tree's storage failed.
+    #[error("audit tree: {0}")]
+    Tree(ProofError),
+    /// A proof or checkpoint was asked for outside the tree.
+    #[error("{0}")]
+    OutOfRange(String),
     /// The derived state fell behind the journal; it is rebuilt at the next start.
     #[error("derived state is behind the journal; restart the broker to rebuild it")]
     Degraded,
@@ -51,6 +58,9 @@ pub struct RequestUse {
 
 struct Trees {
     meta: sled::Tree,
+    entries: sled::Tree,
+    hashes: sled::Tree,
+    checkpoints: sled::Tree,
     consents: sled::Tree,
     consents_by_subject: sled::Tree,
     requests: sled::Tree,
@@ -63,6 +73,9 @@ impl Trees {
     fn open(db: &sled::Db) -> Result<Trees, sled::Error> {
         Ok(Trees {
             meta: db.open_tree("meta")?,
+            entries: db.open_tree("audit_entries")?,
+            hashes: db.open_tree("audit_hashes")?,
+            checkpoints: db.open_tree("audit_checkpoints")?,
             consents: db.open_tree("consents")?,
             consents_by_subject: db.open_tree("consents_by_subject")?,
             requests: db.open_tree("requests")?,
@@ -73,6 +86,9 @@ impl Trees {
     fn clear(&self) -> Result<(), sled::Error> {
         for tree in [
             &self.meta,
+            &self.entries,
+            &self.hashes,
+            &self.checkpoints,
             &self.consents,
             &self.consents_by_subject,
             &self.requests,
@@ -80,6 +96,16 @@ impl Trees {
         ] {
             tree.clear()?;
         }
+        Ok(())
+    }
+
+    /// Signs and keeps the checkpoint of the tree of `size` leaves.
+    fn checkpoint(&self, log: &LogSigner, size: u64) -> Result<(), StoreError> {
+        let root = TreeReader::new(&self.hashes)
+            .root(size)
+            .map_err(StoreError::Tree)?;
+        self.checkpoints
+            .insert(size.to_be_bytes(), log.sign(size, root).as_bytes())?;
         Ok(())
     }
 
@@ -95,6 +121,10 @@ impl Trees {
     fn apply(&self, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
         let record =
             Record::decode(payload).map_err(|source| StoreError::Record { seq, source })?;
+        self.entries.insert(seq.to_be_bytes(), payload)?;
+        TreeReader::new(&self.hashes)
+            .append(seq, payload)
+            .map_err(StoreError::Tree)?;
         match record.event {
             Event::ConsentGranted {
                 consent_id,
@@ -152,7 +182,7 @@ impl Trees {
                         .insert(subject_key(subject, &seq.to_be_bytes()), &[])?;
                 }
             }
-            Event::RegistryLoaded { .. } => {}
+            Event::RegistryLoaded { .. } | Event::AuditRead { .. } => {}
         }
         self.meta.insert(APPLIED, &(seq + 1).to_be_bytes())?;
         Ok(())
@@ -184,6 +214,7 @@ fn request_key(participant: &str, request_id: &str) -> Vec<u8> {
 pub struct Store {
     journal: Journal,
     trees: Arc<Trees>,
+    log: Arc<LogSigner>,
     db: sled::Db,
     degraded: Arc<AtomicBool>,
 }
@@ -191,7 +222,12 @@ pub struct Store {
 impl Store {
     /// Opens the journal in `data_dir/journal` and the derived state in `data_dir/state`,
     /// replaying what the derived state has not applied yet.
-    pub fn open(data_dir: &Path, options: JournalOptions) -> Result<Store, StoreError> {
+    pub fn open(
+        data_dir: &Path,
+        options: JournalOptions,
+        log: LogSigner,
+    ) -> Result<Store, StoreError> {
+        let log = Arc::new(log);
         let db = sled::Config::new()
             .path(data_dir.join("state"))
             .cache_capacity(DEFAULT_CACHE_BYTES)
@@ -201,15 +237,21 @@ impl Store {
         let hook = {
             let trees = trees.clone();
             let degraded = degraded.clone();
+            let log = log.clone();
             let mut user_hook = options.hook;
             Box::new(move |batch: &CommittedBatch<'_>| {
                 if !degraded.load(Ordering::Acquire) {
-                    for (seq, payload) in batch.records {
-                        if let Err(e) = trees.apply(*seq, payload) {
-                            tracing::error!(seq, error = %e, "derived state update failed; refusing requests until restart");
-                            degraded.store(true, Ordering::Release);
-                            break;
-                        }
+                    let applied = batch
+                        .records
+                        .iter()
+                        .try_for_each(|(seq, payload)| trees.apply(*seq, payload))
+                        .and_then(|()| {
+                            let size = batch.first_seq + batch.records.len() as u64;
+                            trees.checkpoint(&log, size)
+                        });
+                    if let Err(e) = applied {
+                        tracing::error!(error = %e, "derived state update failed; refusing requests until restart");
+                        degraded.store(true, Ordering::Release);
                     }
                 }
                 if let Some(h) = user_hook.as_mut() {
@@ -244,10 +286,14 @@ impl Store {
         if replayed > 0 {
             tracing::info!(replayed, "derived state caught up with the journal");
         }
+        if journal.next_seq() > 0 {
+            trees.checkpoint(&log, journal.next_seq())?;
+        }
         db.flush()?;
         Ok(Store {
             journal,
             trees,
+            log,
             db,
             degraded,
         })
@@ -333,6 +379,90 @@ impl Store {
         Ok(out)
     }
 
+    /// The exact bytes of audit entry (journal record) `index`.
+    pub fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .trees
+            .entries
+            .get(index.to_be_bytes())?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Audit entries from `start`, in order: `(index, exact bytes)`.
+    pub fn entries_from(
+        &self,
+        start: u64,
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        self.trees.entries.range(start.to_be_bytes()..).map(|item| {
+            let (k, v) = item?;
+            let index = <[u8; 8]>::try_from(k.as_ref()).map_or(u64::MAX, u64::from_be_bytes);
+            Ok((index, v.to_vec()))
+        })
+    }
+
+    /// The size of the log as the latest checkpoint states it, with that checkpoint.
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(self.trees.checkpoints.last()?.map(|(k, v)| {
+            let size = <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes);
+            (size, String::from_utf8_lossy(&v).into_owned())
+        }))
+    }
+
+    /// The signed checkpoint of the tree of `size` leaves (kept, or signed again: a checkpoint
+    /// is deterministic), for any size up to the latest.
+    pub fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
+        if let Some(note) = self.trees.checkpoints.get(size.to_be_bytes())? {
+            return Ok(String::from_utf8_lossy(&note).into_owned());
+        }
+        let latest = self.latest_checkpoint()?.map_or(0, |(s, _)| s);
+        if size == 0 || size > latest {
+            return Err(StoreError::OutOfRange(format!(
+                "no checkpoint of size {size}; the log has {latest} entries"
+            )));
+        }
+        let root = TreeReader::new(&self.trees.hashes)
+            .root(size)
+            .map_err(StoreError::Tree)?;
+        Ok(self.log.sign(size, root))
+    }
+
+    /// The inclusion proof of entry `leaf` in the tree of `size` entries.
+    pub fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.within(size)?;
+        TreeReader::new(&self.trees.hashes)
+            .inclusion_proof(leaf, size)
+            .map_err(|e| match e {
+                ProofError::OutOfRange(m) => StoreError::OutOfRange(m),
+                other => StoreError::Tree(other),
+            })
+    }
+
+    /// The consistency proof from the tree of `first` entries to that of `second`.
+    pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.within(second)?;
+        TreeReader::new(&self.trees.hashes)
+            .consistency_proof(first, second)
+            .map_err(|e| match e {
+                ProofError::OutOfRange(m) => StoreError::OutOfRange(m),
+                other => StoreError::Tree(other),
+            })
+    }
+
+    fn within(&self, size: u64) -> Result<(), StoreError> {
+        let latest = self.latest_checkpoint()?.map_or(0, |(s, _)| s);
+        if size > latest {
+            return Err(StoreError::OutOfRange(format!(
+                "tree size {size} is beyond the log's {latest} entries"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The log key's C2SP verifier key.
+    pub fn log_vkey(&self) -> &str {
+        self.log.vkey()
+    }
+
     /// The journal, for readers (the audit log, replay).
     pub fn journal(&self) -> &Journal {
         &self.journal
@@ -344,5 +474,30 @@ impl Store {
             tracing::warn!(error = %e, "derived state flush at shutdown failed; it is replayed at next start");
         }
         self.journal.close().await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appended_records_are_applied_logged_and_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogSigner::from_seed(&[1; 32], "unefois.test");
+        let vkey = log.vkey().to_string();
+        let store = Store::open(dir.path(), JournalOptions::default(), log).unwrap();
+        let record = Record::now(Event::RegistryLoaded {
+            registry_sha256: "00".into(),
+        });
+        let seqs = store.append(vec![record.clone(), record]).await.unwrap();
+        assert_eq!(seqs, vec![0, 1]);
+        let (size, note) = store.latest_checkpoint().unwrap().unwrap();
+        assert_eq!(size, 2);
+        let checkpoint = crate::audit::verify_checkpoint(&vkey, &note).unwrap();
+        let entry = store.entry(1).unwrap().unwrap();
+        let proof = store.inclusion_proof(1, 2).unwrap();
+        crate::audit::tree::verify_inclusion(&proof, 2, checkpoint.root, 1, &entry).unwrap();
     }
 }

@@ -117,7 +117,17 @@ pub fn fetch_response(f: &Fetched) -> pb::FetchResponse {
     pb::FetchResponse {
         attestation: Some(attestation(&f.attestation, &f.claims)),
         envelope: Some(envelope(&f.envelope)),
-        receipt: None,
+        receipt: Some(pb::Receipt {
+            leaf_index: f.receipt.leaf_index,
+            entry: f.receipt.entry.clone(),
+            checkpoint: f.receipt.checkpoint.clone(),
+            inclusion_proof: f
+                .receipt
+                .inclusion_proof
+                .iter()
+                .map(|h| h.to_vec())
+                .collect(),
+        }),
     }
 }
 

@@ -1,9 +1,11 @@
 //! The gRPC edge: the only module of the broker that speaks protobuf. Services convert between
 //! protobuf messages and domain types here and nowhere else.
 
+pub mod audit;
 pub mod auth;
 pub mod consents;
 pub mod exchange;
+pub mod guichet;
 pub mod limits;
 pub mod registry;
 pub mod status;
@@ -14,8 +16,10 @@ use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use unefois_proto::v1::audit_server::AuditServer;
 use unefois_proto::v1::consents_server::ConsentsServer;
 use unefois_proto::v1::exchange_server::ExchangeServer;
+use unefois_proto::v1::guichet_server::GuichetServer;
 use unefois_proto::v1::registry_server::RegistryServer;
 
 use crate::state::State;
@@ -26,6 +30,8 @@ pub const SERVICE_NAMES: &[&str] = &[
     "unefois.v1.Registry",
     "unefois.v1.Exchange",
     "unefois.v1.Consents",
+    "unefois.v1.Audit",
+    "unefois.v1.Guichet",
 ];
 
 /// Every service of the mTLS listener, each behind the caller authentication.
@@ -48,11 +54,17 @@ pub async fn routes(
         .max_decoding_message_size(max_request_bytes);
     let exchange = ExchangeServer::new(exchange::ExchangeService::new(state.clone()))
         .max_decoding_message_size(max_request_bytes);
-    let consents = ConsentsServer::new(consents::ConsentsService::new(state))
+    let consents = ConsentsServer::new(consents::ConsentsService::new(state.clone()))
+        .max_decoding_message_size(max_request_bytes);
+    let audit = AuditServer::new(audit::AuditService::new(state.clone()))
+        .max_decoding_message_size(max_request_bytes);
+    let guichet = GuichetServer::new(guichet::GuichetService::new(state))
         .max_decoding_message_size(max_request_bytes);
     let routes = Routes::new(InterceptedService::new(registry, authenticate.clone()))
         .add_service(InterceptedService::new(exchange, authenticate.clone()))
         .add_service(InterceptedService::new(consents, authenticate.clone()))
+        .add_service(InterceptedService::new(audit, authenticate.clone()))
+        .add_service(InterceptedService::new(guichet, authenticate.clone()))
         .add_service(InterceptedService::new(
             health_service,
             authenticate.clone(),

@@ -202,8 +202,7 @@ impl RegistryApi for RegistryService {
         caller(&request)?;
         Ok(Response::new(pb::GetVerifierKeysResponse {
             attestation_key: self.state.signer.vkey().to_string(),
-            // The log key arrives with the audit log's signed checkpoints.
-            log_key: String::new(),
+            log_key: self.state.store.log_vkey().to_string(),
         }))
     }
 }

@@ -13,9 +13,11 @@ pub use crate::error::ApiError;
 pub fn code(e: &ApiError) -> Code {
     use ApiError as E;
     match e {
-        E::InvalidArgument { .. } | E::InvalidSubject(_) | E::UnknownPurpose(_) => {
-            Code::InvalidArgument
-        }
+        E::InvalidArgument { .. }
+        | E::InvalidSubject(_)
+        | E::UnknownPurpose(_)
+        | E::TreeSizeOutOfRange(_)
+        | E::LeafIndexOutOfRange(_) => Code::InvalidArgument,
         E::NoClientCertificate(_) | E::UnknownParticipant(_) | E::CertificateRevoked => {
             Code::Unauthenticated
         }

@@ -1,0 +1,184 @@
+//! Signed checkpoints: C2SP `tlog-checkpoint` bodies in C2SP signed notes, Ed25519.
+
+use std::path::Path;
+
+use ed25519_dalek::{Signer as _, SigningKey};
+use signed_note::{Note, StandardVerifier, VerifierList};
+use tlog_tiles::{Checkpoint, Hash};
+
+use crate::keys::{KeyError, load_or_create_secret};
+
+/// The broker's log key, which signs checkpoints.
+pub struct LogSigner {
+    key: SigningKey,
+    name: String,
+    key_id: u32,
+    vkey: String,
+}
+
+impl LogSigner {
+    /// Loads `data_dir/keys/log.ed25519` (created at first start); the key's name is the
+    /// log's origin, `<trust domain>/unefois/audit`.
+    pub fn load(data_dir: &Path, trust_domain: &str) -> Result<LogSigner, KeyError> {
+        let seed = load_or_create_secret(&data_dir.join("keys").join("log.ed25519"))?;
+        Ok(LogSigner::from_seed(&seed, trust_domain))
+    }
+
+    /// Builds from a known seed.
+    pub fn from_seed(seed: &[u8; 32], trust_domain: &str) -> LogSigner {
+        let key = SigningKey::from_bytes(seed);
+        let name = origin(trust_domain);
+        let mut encoded = vec![0x01];
+        encoded.extend_from_slice(key.verifying_key().as_bytes());
+        let key_id = signed_note::key_id(&name, &encoded);
+        let vkey = signed_note::new_ed25519_verifier_key(&name, &key.verifying_key());
+        LogSigner {
+            key,
+            name,
+            key_id,
+            vkey,
+        }
+    }
+
+    /// The log's origin line.
+    pub fn origin(&self) -> &str {
+        &self.name
+    }
+
+    /// The C2SP verifier key of the log key.
+    pub fn vkey(&self) -> &str {
+        &self.vkey
+    }
+
+    /// The signed note of the checkpoint for a tree of `size` leaves with root `root`.
+    pub fn sign(&self, size: u64, root: [u8; 32]) -> String {
+        let body = format!("{}\n{}\n{}\n", self.name, size, Hash(root));
+        let Ok(mut note) = Note::new(body.as_bytes(), &[]) else {
+            // The body is three well-formed lines: this cannot fail.
+            return body;
+        };
+        if note.add_sigs(&[self]).is_err() {
+            return body;
+        }
+        String::from_utf8(note.to_bytes()).unwrap_or(body)
+    }
+}
+
+impl signed_note::Signer for LogSigner {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn key_id(&self) -> u32 {
+        self.key_id
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, ed25519_dalek::SignatureError> {
+        Ok(self.key.sign(msg).to_bytes().to_vec())
+    }
+}
+
+/// The log's origin for a trust domain.
+pub fn origin(trust_domain: &str) -> String {
+    format!("{trust_domain}/unefois/audit")
+}
+
+/// A checkpoint whose signature was verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedCheckpoint {
+    /// The log's origin.
+    pub origin: String,
+    /// Number of leaves.
+    pub size: u64,
+    /// Root hash.
+    pub root: [u8; 32],
+}
+
+/// Why a checkpoint was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CheckpointError {
+    /// The verifier key is malformed.
+    #[error("malformed log verifier key")]
+    BadKey,
+    /// The note is malformed or not signed by the key.
+    #[error("checkpoint signature does not verify: {0}")]
+    BadSignature(String),
+    /// The note's body is not a checkpoint.
+    #[error("malformed checkpoint body")]
+    Malformed,
+    /// The checkpoint is for another log.
+    #[error("checkpoint origin {found:?}, expected {expected:?}")]
+    WrongOrigin {
+        /// The origin found.
+        found: String,
+        /// The key's name.
+        expected: String,
+    },
+}
+
+/// Verifies a signed checkpoint against the log's verifier key (as any participant or auditor
+/// does offline with the published key).
+pub fn verify_checkpoint(vkey: &str, note: &str) -> Result<VerifiedCheckpoint, CheckpointError> {
+    let verifier = StandardVerifier::new(vkey).map_err(|_| CheckpointError::BadKey)?;
+    let expected = signed_note::Verifier::name(&verifier).to_string();
+    let note = Note::from_bytes(note.as_bytes())
+        .map_err(|e| CheckpointError::BadSignature(e.to_string()))?;
+    note.verify(&VerifierList::new(vec![Box::new(verifier)]))
+        .map_err(|e| CheckpointError::BadSignature(e.to_string()))?;
+    let checkpoint = Checkpoint::from_bytes(note.text()).map_err(|_| CheckpointError::Malformed)?;
+    if checkpoint.origin() != expected {
+        return Err(CheckpointError::WrongOrigin {
+            found: checkpoint.origin().to_string(),
+            expected,
+        });
+    }
+    Ok(VerifiedCheckpoint {
+        origin: checkpoint.origin().to_string(),
+        size: checkpoint.size(),
+        root: checkpoint.hash().0,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_checkpoint_verifies_and_a_forged_one_does_not() {
+        let log = LogSigner::from_seed(&[5; 32], "unefois.test");
+        let note = log.sign(42, [7; 32]);
+        assert!(note.starts_with("unefois.test/unefois/audit\n42\n"));
+        let c = verify_checkpoint(log.vkey(), &note).unwrap();
+        assert_eq!((c.size, c.root), (42, [7; 32]));
+        assert_eq!(log.sign(42, [7; 32]), note, "deterministic");
+
+        let forged = note.replacen("\n42\n", "\n43\n", 1);
+        assert!(verify_checkpoint(log.vkey(), &forged).is_err());
+        let other = LogSigner::from_seed(&[6; 32], "unefois.test");
+        assert!(verify_checkpoint(other.vkey(), &note).is_err());
+    }
+
+    #[test]
+    fn go_sumdb_note_example_verifies() {
+        // The example of golang.org/x/mod/sumdb/note's documentation.
+        let vkey = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
+        let msg = "If you think cryptography is the answer to your problem,\n\
+                   then you don't know what your problem is.\n\
+                   \n\
+                   — PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
+        let verifier = StandardVerifier::new(vkey).unwrap();
+        let note = Note::from_bytes(msg.as_bytes()).unwrap();
+        assert!(
+            note.verify(&VerifierList::new(vec![Box::new(verifier)]))
+                .is_ok()
+        );
+        let tampered = msg.replace("cryptography", "cryptographie");
+        let verifier = StandardVerifier::new(vkey).unwrap();
+        let note = Note::from_bytes(tampered.as_bytes()).unwrap();
+        assert!(
+            note.verify(&VerifierList::new(vec![Box::new(verifier)]))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Reading the audit log: auditors' queries over entries, and a citizen's access history.
+
+use time::OffsetDateTime;
+
+use crate::event::{Event, ExchangeEvent, Outcome, Record};
+use crate::store::{Store, StoreError};
+
+/// Most entries one ListEvents call examines; the caller continues from `next_index`.
+pub const MAX_SCAN: u64 = 10_000;
+/// Most events one page returns.
+pub const MAX_LIMIT: u32 = 1_000;
+
+/// The name of an event's kind, as recorded (`exchange`, `consent_granted`, …).
+pub fn kind(event: &Event) -> &'static str {
+    match event {
+        Event::RegistryLoaded { .. } => "registry_loaded",
+        Event::ConsentGranted { .. } => "consent_granted",
+        Event::ConsentRevoked { .. } => "consent_revoked",
+        Event::AuditRead { .. } => "audit_read",
+        Event::Exchange(_) => "exchange",
+    }
+}
+
+/// The participant an event is attributed to, if any.
+pub fn participant(event: &Event) -> Option<&str> {
+    match event {
+        Event::RegistryLoaded { .. } => None,
+        Event::ConsentGranted { participant, .. }
+        | Event::ConsentRevoked { participant, .. }
+        | Event::AuditRead { participant, .. } => Some(participant),
+        Event::Exchange(e) => Some(&e.participant),
+    }
+}
+
+/// The subject pseudonym an event is about, if any.
+pub fn subject(event: &Event) -> Option<&str> {
+    match event {
+        Event::ConsentGranted { subject, .. } => Some(subject),
+        Event::Exchange(e) => e.subject.as_deref(),
+        _ => None,
+    }
+}
+
+/// What an auditor asks for.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// First entry index to examine.
+    pub start_index: u64,
+    /// Most events to return.
+    pub limit: u32,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only events attributed to this participant.
+    pub participant: Option<String>,
+    /// Only events at or after.
+    pub since: Option<OffsetDateTime>,
+    /// Only events before.
+    pub until: Option<OffsetDateTime>,
+    /// Only events about this subject pseudonym.
+    pub subject: Option<String>,
+    /// Only events about this attestation type.
+    pub attestation_type: Option<String>,
+    /// Only exchanges with this outcome.
+    pub outcome: Option<Outcome>,
+}
+
+impl EventFilter {
+    /// Whether a record passes the filter.
+    pub fn matches(&self, record: &Record) -> bool {
+        let event = &record.event;
+        let exchange: Option<&ExchangeEvent> = match event {
+            Event::Exchange(e) => Some(e),
+            _ => None,
+        };
+        self.kind.as_deref().is_none_or(|k| k == kind(event))
+            && self
+                .participant
+                .as_deref()
+                .is_none_or(|p| participant(event) == Some(p))
+            && self.since.is_none_or(|t| record.time >= t)
+            && self.until.is_none_or(|t| record.time < t)
+            && self
+                .subject
+                .as_deref()
+                .is_none_or(|s| subject(event) == Some(s))
+            && self
+                .attestation_type
+                .as_deref()
+                .is_none_or(|t| match event {
+                    Event::Exchange(e) => e.attestation_type == t,
+                    Event::ConsentGranted {
+                        attestation_types, ..
+                    } => attestation_types.iter().any(|x| x == t),
+                    _ => false,
+                })
+            && self
+                .outcome
+                .is_none_or(|o| exchange.is_some_and(|e| e.outcome == o))
+    }
+}
+
+/// One entry of the log, with its exact bytes and its decoded record.
+#[derive(Clone, Debug)]
+pub struct LoggedEvent {
+    /// Leaf index.
+    pub index: u64,
+    /// Exact leaf bytes.
+    pub entry: Vec<u8>,
+    /// Decoded.
+    pub record: Record,
+}
+
+/// The events matching `filter` among at most [`MAX_SCAN`] entries from its start index, and
+/// the index to continue from (the log's end when it was reached).
+pub fn list(store: &Store, filter: &EventFilter) -> Result<(Vec<LoggedEvent>, u64), StoreError> {
+    let limit = match filter.limit {
+        0 => 100,
+        n => n.min(MAX_LIMIT),
+    } as usize;
+    let mut out = Vec::new();
+    let mut next = filter.start_index;
+    for item in store.entries_from(filter.start_index) {
+        let (index, entry) = item?;
+        if index >= filter.start_index.saturating_add(MAX_SCAN) || out.len() >= limit {
+            break;
+        }
+        next = index + 1;
+        let record =
+            Record::decode(&entry).map_err(|source| StoreError::Record { seq: index, source })?;
+        if filter.matches(&record) {
+            out.push(LoggedEvent {
+                index,
+                entry,
+                record,
+            });
+        }
+    }
+    Ok((out, next))
+}
+
+/// The exchanges about a subject (by audit pseudonym), newest first, older than leaf `before`
+/// (exclusive) when given, at most `size` of them, and whether more remain.
+pub fn accesses(
+    store: &Store,
+    subject: &str,
+    before: Option<u64>,
+    size: usize,
+) -> Result<(Vec<LoggedEvent>, bool), StoreError> {
+    let mut seqs = store.exchanges_of(subject)?;
+    seqs.retain(|s| before.is_none_or(|b| *s < b));
+    seqs.reverse();
+    let more = seqs.len() > size;
+    seqs.truncate(size);
+    let mut out = Vec::with_capacity(seqs.len());
+    for index in seqs {
+        if let Some(entry) = store.entry(index)? {
+            let record = Record::decode(&entry)
+                .map_err(|source| StoreError::Record { seq: index, source })?;
+            out.push(LoggedEvent {
+                index,
+                entry,
+                record,
+            });
+        }
+    }
+    Ok((out, more))
+}

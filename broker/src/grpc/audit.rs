@@ -1,0 +1,323 @@
+//! `unefois.v1.Audit`: checkpoints and proofs for every participant; events for auditors.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::audit_server::Audit as AuditApi;
+
+use crate::audit::events::{self, EventFilter, LoggedEvent};
+use crate::caller::Caller;
+use crate::error::ApiError;
+use crate::event::{Event, Outcome, Record};
+use crate::grpc::auth::caller;
+use crate::grpc::exchange::legal_basis;
+use crate::grpc::registry::timestamp;
+use crate::registry::Role;
+use crate::state::State;
+use crate::store::StoreError;
+use crate::subject::Subject;
+
+/// The Audit service.
+pub struct AuditService {
+    state: Arc<State>,
+}
+
+impl AuditService {
+    /// Serves the audit log of the broker's store.
+    pub fn new(state: Arc<State>) -> AuditService {
+        AuditService { state }
+    }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::OutOfRange(m) => ApiError::TreeSizeOutOfRange(m),
+        other => {
+            tracing::error!(error = %other, "audit log read failed");
+            ApiError::StoreUnavailable
+        }
+    }
+}
+
+/// The protobuf view of one logged event.
+pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
+    let record = &e.record;
+    let mut out = pb::AuditEvent {
+        index: e.index,
+        entry: e.entry.clone(),
+        kind: events::kind(&record.event).to_string(),
+        time: Some(timestamp(record.time)),
+        participant: events::participant(&record.event)
+            .unwrap_or_default()
+            .to_string(),
+        subject_pseudonym: events::subject(&record.event)
+            .unwrap_or_default()
+            .to_string(),
+        ..Default::default()
+    };
+    match &record.event {
+        Event::Exchange(x) => {
+            out.agent = x.agent.clone().unwrap_or_default();
+            out.pseudonym_key_id = x.pseudonym_key.clone().unwrap_or_default();
+            out.attestation_type = x.attestation_type.clone();
+            out.purpose = x.purpose.clone();
+            out.legal_basis = x.legal_basis.as_ref().map(legal_basis);
+            out.habilitation = x.habilitation.clone().unwrap_or_default();
+            out.mandate_id = x.mandate_id.clone().unwrap_or_default();
+            out.outcome = outcome_name(x.outcome).to_string();
+            out.reason = x
+                .reason
+                .as_deref()
+                .and_then(pb::ErrorReason::from_str_name)
+                .map_or(0, |r| r as i32);
+            out.attestation_id = x.attestation_id.clone().unwrap_or_default();
+            out.payload_sha256 = x
+                .payload_sha256
+                .as_deref()
+                .and_then(|h| hex::decode(h).ok())
+                .unwrap_or_default();
+            out.registry_sha256 = x.registry_sha256.clone();
+        }
+        Event::ConsentGranted {
+            pseudonym_key,
+            agent,
+            attestation_types,
+            purpose,
+            ..
+        } => {
+            out.pseudonym_key_id = pseudonym_key.clone();
+            out.agent = agent.clone().unwrap_or_default();
+            out.attestation_type = attestation_types.join(",");
+            out.purpose = purpose.clone();
+        }
+        Event::ConsentRevoked { agent, .. } | Event::AuditRead { agent, .. } => {
+            out.agent = agent.clone().unwrap_or_default();
+        }
+        Event::RegistryLoaded { registry_sha256 } => {
+            out.registry_sha256 = registry_sha256.clone();
+        }
+    }
+    out
+}
+
+/// The recorded name of an outcome.
+pub fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Granted => "granted",
+        Outcome::Denied => "denied",
+        Outcome::Failed => "failed",
+    }
+}
+
+fn time_of(t: Option<&prost_types::Timestamp>) -> Result<Option<OffsetDateTime>, ApiError> {
+    t.map(|t| {
+        OffsetDateTime::from_unix_timestamp(t.seconds)
+            .map_err(|_| ApiError::invalid("since/until", "timestamp out of range"))
+    })
+    .transpose()
+}
+
+impl AuditService {
+    /// Checks the auditor role, builds the filter, and records the read before it happens.
+    async fn audited_filter(
+        &self,
+        caller: &Caller,
+        r: &pb::ListEventsRequest,
+        verb: &str,
+    ) -> Result<EventFilter, ApiError> {
+        if !caller.has_role(Role::Auditor) {
+            return Err(ApiError::WrongRole {
+                participant: caller.participant.clone(),
+                role: Role::Auditor,
+            });
+        }
+        let registry = self.state.federation.registry();
+        let subject = if r.subject.is_empty() {
+            None
+        } else {
+            let s = Subject::parse(&r.subject, registry.allow_test_subjects())?;
+            Some(self.state.pseudonyms.audit(&s))
+        };
+        let outcome = match r.outcome.as_str() {
+            "" => None,
+            "granted" => Some(Outcome::Granted),
+            "denied" => Some(Outcome::Denied),
+            "failed" => Some(Outcome::Failed),
+            _ => return Err(ApiError::invalid("outcome", "granted, denied or failed")),
+        };
+        for (field, value) in [
+            ("kind", &r.kind),
+            ("participant", &r.participant),
+            ("attestation_type", &r.attestation_type),
+        ] {
+            if !value.is_empty() {
+                crate::validate::identifier(field, value, 128)?;
+            }
+        }
+        let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+        let filter = EventFilter {
+            start_index: r.start_index,
+            limit: r.limit,
+            kind: some(&r.kind),
+            participant: some(&r.participant),
+            since: time_of(r.since.as_ref())?,
+            until: time_of(r.until.as_ref())?,
+            subject,
+            attestation_type: some(&r.attestation_type),
+            outcome,
+        };
+        let query = format!(
+            "{verb} start={} kind={:?} participant={:?} type={:?} outcome={:?} subject={} since={:?} until={:?}",
+            filter.start_index,
+            filter.kind,
+            filter.participant,
+            filter.attestation_type,
+            r.outcome,
+            filter.subject.as_deref().unwrap_or("-"),
+            filter.since,
+            filter.until,
+        );
+        self.state
+            .store
+            .append(vec![Record::now(Event::AuditRead {
+                participant: caller.participant.clone(),
+                agent: caller.agent.clone(),
+                query,
+            })])
+            .await
+            .map_err(store_error)?;
+        Ok(filter)
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AuditApi for AuditService {
+    async fn get_checkpoint(
+        &self,
+        request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
+        caller(&request)?;
+        let store = &self.state.store;
+        let checkpoint = match request.get_ref().tree_size {
+            0 => store
+                .latest_checkpoint()
+                .map_err(store_error)?
+                .map(|(_, note)| note)
+                .ok_or(ApiError::StoreUnavailable)?,
+            size => store.checkpoint_at(size).map_err(store_error)?,
+        };
+        Ok(Response::new(pb::GetCheckpointResponse {
+            checkpoint,
+            verifier_key: store.log_vkey().to_string(),
+        }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::GetInclusionProofResponse>, Status> {
+        caller(&request)?;
+        let r = request.get_ref();
+        if r.leaf_index >= r.tree_size {
+            return Err(ApiError::LeafIndexOutOfRange(format!(
+                "leaf {} is not in a tree of {} entries",
+                r.leaf_index, r.tree_size
+            ))
+            .into());
+        }
+        let hashes = self
+            .state
+            .store
+            .inclusion_proof(r.leaf_index, r.tree_size)
+            .map_err(store_error)?;
+        Ok(Response::new(pb::GetInclusionProofResponse {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::GetConsistencyProofResponse>, Status> {
+        caller(&request)?;
+        let r = request.get_ref();
+        if r.first_size == 0 || r.first_size > r.second_size {
+            return Err(ApiError::TreeSizeOutOfRange(format!(
+                "no consistency proof from {} to {} entries",
+                r.first_size, r.second_size
+            ))
+            .into());
+        }
+        let hashes = if r.first_size == r.second_size {
+            Vec::new()
+        } else {
+            self.state
+                .store
+                .consistency_proof(r.first_size, r.second_size)
+                .map_err(store_error)?
+        };
+        Ok(Response::new(pb::GetConsistencyProofResponse {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let filter = self
+            .audited_filter(&caller, request.get_ref(), "ListEvents")
+            .await?;
+        let (found, next_index) = events::list(&self.state.store, &filter).map_err(store_error)?;
+        Ok(Response::new(pb::ListEventsResponse {
+            events: found.iter().map(audit_event).collect(),
+            next_index,
+        }))
+    }
+
+    type ExportEventsStream = EventStream;
+
+    async fn export_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let caller = caller(&request)?.clone();
+        let mut filter = self
+            .audited_filter(&caller, request.get_ref(), "ExportEvents")
+            .await?;
+        filter.limit = events::MAX_LIMIT;
+        let state = self.state.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let page = events::list(&state.store, &filter);
+                let (found, next) = match page {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(store_error(e)))).await;
+                        return;
+                    }
+                };
+                for event in &found {
+                    if tx.send(Ok(audit_event(event))).await.is_err() {
+                        return;
+                    }
+                }
+                if next == filter.start_index {
+                    return;
+                }
+                filter.start_index = next;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

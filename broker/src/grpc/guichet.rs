@@ -1,0 +1,140 @@
+//! `unefois.v1.Guichet`: the citizen's access history (pre-fill arrives with forms).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::guichet_server::Guichet as GuichetApi;
+
+use crate::audit::events;
+use crate::error::ApiError;
+use crate::event::Event;
+use crate::grpc::audit::outcome_name;
+use crate::grpc::auth::caller;
+use crate::grpc::exchange::legal_basis;
+use crate::grpc::registry::timestamp;
+use crate::registry::Role;
+use crate::state::State;
+use crate::subject::Subject;
+
+/// The Guichet service.
+pub struct GuichetService {
+    state: Arc<State>,
+}
+
+impl GuichetService {
+    /// Serves guichets from the broker's state.
+    pub fn new(state: Arc<State>) -> GuichetService {
+        GuichetService { state }
+    }
+}
+
+fn unavailable(e: crate::store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "access history read failed");
+    ApiError::StoreUnavailable
+}
+
+#[tonic::async_trait]
+impl GuichetApi for GuichetService {
+    async fn prefill(
+        &self,
+        _request: Request<pb::PrefillRequest>,
+    ) -> Result<Response<pb::PrefillResponse>, Status> {
+        Err(Status::unimplemented(
+            "form pre-fill is not available on this broker yet",
+        ))
+    }
+
+    async fn confirm(
+        &self,
+        _request: Request<pb::ConfirmRequest>,
+    ) -> Result<Response<pb::ConfirmResponse>, Status> {
+        Err(Status::unimplemented(
+            "form pre-fill is not available on this broker yet",
+        ))
+    }
+
+    async fn list_accesses(
+        &self,
+        request: Request<pb::ListAccessesRequest>,
+    ) -> Result<Response<pb::ListAccessesResponse>, Status> {
+        let caller = caller(&request)?;
+        if !caller.has_role(Role::Guichet) {
+            return Err(ApiError::WrongRole {
+                participant: caller.participant.clone(),
+                role: Role::Guichet,
+            }
+            .into());
+        }
+        let r = request.get_ref();
+        if !r.mandate_id.is_empty() {
+            return Err(ApiError::NoMandate(crate::validate::recorded(&r.mandate_id)).into());
+        }
+        let registry = self.state.federation.registry();
+        let subject =
+            Subject::parse(&r.subject, registry.allow_test_subjects()).map_err(ApiError::from)?;
+        let before = match r.page_token.as_str() {
+            "" => None,
+            token => Some(
+                token
+                    .parse::<u64>()
+                    .map_err(|_| ApiError::invalid("page_token", "not a token of this list"))?,
+            ),
+        };
+        let size = match r.page_size {
+            0 => 50,
+            n => n.min(200),
+        } as usize;
+        let store = &self.state.store;
+        let (found, more) =
+            events::accesses(store, &self.state.pseudonyms.audit(&subject), before, size)
+                .map_err(unavailable)?;
+        let (tree_size, checkpoint) = store
+            .latest_checkpoint()
+            .map_err(unavailable)?
+            .unwrap_or((0, String::new()));
+        let mut accesses = Vec::with_capacity(found.len());
+        for logged in &found {
+            let Event::Exchange(x) = &logged.record.event else {
+                continue;
+            };
+            let proof = store
+                .inclusion_proof(logged.index, tree_size)
+                .map_err(unavailable)?;
+            accesses.push(pb::Access {
+                time: Some(timestamp(logged.record.time)),
+                consumer: x.participant.clone(),
+                consumer_name: registry
+                    .participant(&x.participant)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
+                attestation_type: x.attestation_type.clone(),
+                purpose: x.purpose.clone(),
+                purpose_label: registry
+                    .purpose(&x.purpose)
+                    .map(|p| p.label.clone())
+                    .unwrap_or_default(),
+                legal_basis: x.legal_basis.as_ref().map(legal_basis),
+                mandate_id: x.mandate_id.clone().unwrap_or_default(),
+                agent: x.agent.clone().unwrap_or_default(),
+                outcome: outcome_name(x.outcome).to_string(),
+                leaf_index: logged.index,
+                entry: logged.entry.clone(),
+                inclusion_proof: proof.iter().map(|h| h.to_vec()).collect(),
+            });
+        }
+        let next_page_token = if more {
+            found
+                .last()
+                .map(|l| l.index.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAccessesResponse {
+            accesses,
+            next_page_token,
+            checkpoint,
+        }))
+    }
+}
