@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use broker::registry::{Registry, Role};
 use clap::{Parser, Subcommand, ValueEnum};
 use unefois_certs::{Pki, Validity};
 use unefois_proto::v1 as pb;
+use unefois_proto::v1::audit_client::AuditClient;
 use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::registry_client::RegistryClient;
@@ -47,6 +49,44 @@ enum Command {
     /// Grant, revoke and list the consents of a person.
     #[command(subcommand)]
     Consent(ConsentCommand),
+    /// Verify, follow and export the audit log (auditors).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the log against the pinned log key and the last trusted checkpoint, download every
+    /// entry and recompute the root; exits non-zero naming the first bad entry or the fork.
+    Verify {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Where the last verified checkpoint is kept (default HOME/audit/<participant>.checkpoint).
+        #[arg(long)]
+        trusted: Option<PathBuf>,
+        /// The log's verifier key file (default HOME/pki/log.vkey).
+        #[arg(long)]
+        log_key: Option<PathBuf>,
+    },
+    /// Print the latest events, one line each.
+    Tail {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// How many of the latest events.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: u64,
+    },
+    /// Export events as JSON lines: {"index":N,"entry":<the exact entry>}.
+    Export {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Output format (only jsonl).
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// First entry index.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -216,7 +256,16 @@ async fn main() -> std::process::ExitCode {
     match run(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The chain of causes, without a cause its parent's message already ends with.
+            let mut message = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !message.ends_with(&cause) {
+                    message.push_str(": ");
+                    message.push_str(&cause);
+                }
+            }
+            eprintln!("error: {message}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -240,6 +289,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             subject,
             consumer,
         }) => consent_list(client, subject, consumer).await,
+        Command::Audit(AuditCommand::Verify {
+            client,
+            trusted,
+            log_key,
+        }) => audit_verify(client, trusted, log_key).await,
+        Command::Audit(AuditCommand::Tail { client, lines }) => audit_tail(client, lines).await,
+        Command::Audit(AuditCommand::Export {
+            client,
+            format,
+            from,
+        }) => audit_export(client, &format, from).await,
     }
 }
 
@@ -540,7 +600,12 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
     let payload: serde_json::Value =
         serde_json::from_slice(&envelope.payload).context("the signed payload is not JSON")?;
     println!("{}", serde_json::to_string_pretty(&payload)?);
-    let keyid = vkey.rsplit_once('+').map_or(vkey, |(id, _)| id);
+    // A C2SP vkey is `<name>+<hash>+<base64 key>`; the key id is `<name>+<hash>` (the base64
+    // part may itself contain `+`).
+    let keyid = match vkey.splitn(3, '+').collect::<Vec<_>>()[..] {
+        [name, hash, _] => format!("{name}+{hash}"),
+        _ => vkey.to_string(),
+    };
     println!("signature: valid ({keyid})");
     Ok(())
 }
@@ -646,5 +711,118 @@ async fn consent_list(client: ClientArgs, subject: String, consumer: String) -> 
     if count == 0 {
         println!("no consent");
     }
+    Ok(())
+}
+
+async fn audit_verify(
+    client: ClientArgs,
+    trusted: Option<PathBuf>,
+    log_key: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let key_path = log_key.unwrap_or_else(|| client.home.join("pki").join("log.vkey"));
+    let vkey = std::fs::read_to_string(&key_path).with_context(|| {
+        format!(
+            "cannot read the log verifier key {} (distribute it out of band)",
+            key_path.display()
+        )
+    })?;
+    let trusted = trusted.unwrap_or_else(|| {
+        client.home.join("audit").join(format!(
+            "{}.checkpoint",
+            client.as_participant.replace('/', "_")
+        ))
+    });
+    if let Some(dir) = trusted.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let channel = connect(&client).await?;
+    let verified = broker::auditor::verify_log(channel, vkey.trim(), &trusted)
+        .await
+        .map_err(|e| match e {
+            broker::auditor::LogError::Rpc(status) => rpc_error(status),
+            other => anyhow::anyhow!("{other}"),
+        })?;
+    match verified.previous_size {
+        Some(previous) => println!(
+            "log verified: {} entries, consistent with the trusted checkpoint of {previous} entries",
+            verified.checkpoint.size
+        ),
+        None => println!(
+            "log verified: {} entries (first run: checkpoint trusted from now on)",
+            verified.checkpoint.size
+        ),
+    }
+    println!("root {}", hex::encode(verified.checkpoint.root));
+    println!("trusted checkpoint saved in {}", trusted.display());
+    Ok(())
+}
+
+async fn audit_tail(client: ClientArgs, lines: u64) -> anyhow::Result<()> {
+    let mut audit = AuditClient::new(connect(&client).await?);
+    let note = audit
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
+        .await
+        .map_err(rpc_error)?
+        .into_inner()
+        .checkpoint;
+    let size: u64 = note
+        .lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .context("malformed checkpoint")?;
+    let page = audit
+        .list_events(pb::ListEventsRequest {
+            start_index: size.saturating_sub(lines.min(1_000)),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    for e in page.events.iter().filter(|e| e.index < size) {
+        let time = e
+            .time
+            .as_ref()
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let what = match e.kind.as_str() {
+            "exchange" => format!(
+                "{} {} {} for {}{}",
+                e.outcome,
+                e.attestation_type,
+                e.participant,
+                e.purpose,
+                match pb::ErrorReason::try_from(e.reason) {
+                    Ok(r) if r != pb::ErrorReason::Unspecified => format!(" ({})", r.as_str_name()),
+                    _ => String::new(),
+                }
+            ),
+            _ => e.participant.clone(),
+        };
+        println!("{:>8} {time} {:<16} {what}", e.index, e.kind);
+    }
+    Ok(())
+}
+
+async fn audit_export(client: ClientArgs, format: &str, from: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(format == "jsonl", "unknown format {format:?}: only jsonl");
+    let mut audit = AuditClient::new(connect(&client).await?);
+    let mut stream = audit
+        .export_events(pb::ListEventsRequest {
+            start_index: from,
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    while let Some(event) = stream.message().await.map_err(rpc_error)? {
+        // The entry is JSON already: written verbatim, so its exact bytes (and hash) survive.
+        let entry = std::str::from_utf8(&event.entry).context("an entry is not UTF-8")?;
+        writeln!(out, "{{\"index\":{},\"entry\":{entry}}}", event.index)?;
+    }
+    out.flush()?;
     Ok(())
 }

@@ -1053,3 +1053,87 @@ async fn an_attestation_key_with_a_plus_in_its_vkey_verifies() -> anyhow::Result
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn audit_verify_trusts_then_checks_growth_and_names_the_first_bad_entry() -> anyhow::Result<()>
+{
+    use broker::auditor::{LogError, verify_log};
+
+    let pki = TestPki::for_sample_registry()?;
+    let data = tempfile::tempdir()?;
+    let trusted = data.path().join("cnil.checkpoint");
+    let broker = start_on(&pki, data.path()).await?;
+    let (_, log_vkey) = published_keys(pki.dir())?;
+    granted(&broker, "mairie-lyon", rfr("test:alice")).await?;
+    let bob = granted(&broker, "mairie-lyon", rfr("test:bob")).await?;
+
+    // First run: trust on first use.
+    let first = verify_log(broker.channel("cnil").await?, &log_vkey, &trusted).await?;
+    assert_eq!(first.previous_size, None);
+    assert!(trusted.is_file());
+    // The log grows (the auditor's own reads are entries too); the next run checks that it
+    // only grew.
+    granted(&broker, "mairie-lyon", rfr("test:carol")).await?;
+    let second = verify_log(broker.channel("cnil").await?, &log_vkey, &trusted).await?;
+    assert_eq!(second.previous_size, Some(first.checkpoint.size));
+    assert!(second.checkpoint.size > first.checkpoint.size);
+    broker.stop().await?;
+
+    // Offline, bob's exchange is rewritten in the store: verify names its index.
+    let k = bob.receipt.expect("receipt").leaf_index;
+    {
+        let db = open_state(data.path())?;
+        let entries = db.open_tree("audit_entries")?;
+        let original = entries.get(k.to_be_bytes())?.context("entry k is stored")?;
+        let altered = String::from_utf8(original.to_vec())?.replacen("test", "tset", 1);
+        let altered = if altered.as_bytes() == original.as_ref() {
+            String::from_utf8(original.to_vec())?.replacen("granted", "denied", 1)
+        } else {
+            altered
+        };
+        entries.insert(k.to_be_bytes(), altered.as_bytes())?;
+        db.flush()?;
+    }
+    let broker = start_on(&pki, data.path()).await?;
+    match verify_log(broker.channel("cnil").await?, &log_vkey, &trusted).await {
+        Err(LogError::BadEntry { index }) => assert_eq!(index, k),
+        other => panic!("expected the bad entry {k}, got {other:?}"),
+    }
+    broker.stop().await?;
+
+    Ok(())
+}
+
+#[tokio::test]
+async fn audit_verify_detects_a_fork() -> anyhow::Result<()> {
+    use broker::auditor::{LogError, verify_log};
+
+    // Two brokers with the same keys (one data dir copied into another) and diverging
+    // histories: a checkpoint trusted from one is not extended by the other.
+    let pki = TestPki::for_sample_registry()?;
+    let a_dir = tempfile::tempdir()?;
+    let b_dir = tempfile::tempdir()?;
+    let broker = start_on(&pki, a_dir.path()).await?;
+    granted(&broker, "mairie-lyon", rfr("test:alice")).await?;
+    broker.stop().await?;
+    copy_dir(a_dir.path(), b_dir.path())?;
+
+    let a = start_on(&pki, a_dir.path()).await?;
+    let (_, log_vkey) = published_keys(pki.dir())?;
+    for _ in 0..3 {
+        granted(&a, "mairie-lyon", rfr("test:alice")).await?;
+    }
+    let trusted = a_dir.path().join("cnil.checkpoint");
+    let seen = verify_log(a.channel("cnil").await?, &log_vkey, &trusted).await?;
+    a.stop().await?;
+
+    let b = start_on(&pki, b_dir.path()).await?;
+    for _ in 0..6 {
+        granted(&b, "mairie-lyon", rfr("test:bob")).await?;
+    }
+    match verify_log(b.channel("cnil").await?, &log_vkey, &trusted).await {
+        Err(LogError::Fork { trusted_size, .. }) => assert_eq!(trusted_size, seen.checkpoint.size),
+        other => panic!("expected a fork, got {other:?}"),
+    }
+    b.stop().await
+}

@@ -238,3 +238,191 @@ fn the_certs_commands_build_a_pki_with_private_keys_kept_private() -> anyhow::Re
     assert_eq!(after.revoked_serials, vec![caf.serial]);
     Ok(())
 }
+
+/// Runs the `unefois` client in `cwd` (so that the default `--home .unefois-dev` is the one the
+/// broker created) against the broker at `addr`.
+fn unefois_client(cwd: &Path, addr: SocketAddr, args: &[&str]) -> anyhow::Result<Outcome> {
+    let out = Command::new(unefois_binary()?)
+        .current_dir(cwd)
+        .args(args)
+        .args(["--addr", &addr.to_string()])
+        .output()?;
+    Ok(Outcome {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+#[derive(Debug)]
+struct Outcome {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Waits until the broker answers health checks (it has then written its verifier key).
+async fn wait_serving(pki: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if let Ok(channel) = broker::client::connect(pki, "mairie-lyon", &addr.to_string()).await
+            && let Ok(answer) = HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+            && answer.into_inner().status() == ServingStatus::Serving
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the broker never served")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_walkthrough_grants_fetches_and_revokes() -> anyhow::Result<()> {
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let cwd = checkout.path();
+    let mut served = serve(cwd)?;
+    let addr = served.addr;
+    let pki = cwd.join(".unefois-dev/pki");
+    wait_serving(&pki, addr).await?;
+
+    let granted = unefois_client(
+        cwd,
+        addr,
+        &[
+            "consent",
+            "grant",
+            "--as",
+            "mairie-lyon",
+            "--subject",
+            "test:alice",
+            "--consumer",
+            "mairie-lyon",
+            "--type",
+            "caf.quotient_familial",
+            "--purpose",
+            "tarification_cantine",
+        ],
+    )?;
+    assert!(granted.ok, "{granted:?}");
+    let first = granted.stdout.lines().next().unwrap_or_default();
+    let words: Vec<&str> = first.split_whitespace().collect();
+    assert_eq!(words.len(), 3, "{first}");
+    assert_eq!((words[0], words[2]), ("consent", "ACTIVE"), "{first}");
+    let consent_id = words[1].to_string();
+    assert!(
+        granted.stdout.contains("tarification_cantine"),
+        "{granted:?}"
+    );
+
+    let fetch_caf = [
+        "fetch",
+        "--as",
+        "mairie-lyon",
+        "--subject",
+        "test:alice",
+        "--type",
+        "caf.quotient_familial",
+        "--purpose",
+        "tarification_cantine",
+    ];
+    let fetched = unefois_client(cwd, addr, &fetch_caf)?;
+    assert!(fetched.ok, "{fetched:?}");
+    assert!(
+        fetched.stdout.contains("\"quotient_familial\": 612"),
+        "{fetched:?}"
+    );
+    assert!(fetched.stdout.contains("signature: valid"), "{fetched:?}");
+
+    let fetch_law = [
+        "fetch",
+        "--as",
+        "mairie-lyon",
+        "--subject",
+        "test:alice",
+        "--type",
+        "dgfip.revenu_fiscal_reference",
+        "--purpose",
+        "tarification_cantine",
+    ];
+    let under_law = unefois_client(cwd, addr, &fetch_law)?;
+    assert!(under_law.ok, "{under_law:?}");
+    assert!(
+        under_law
+            .stdout
+            .contains("\"revenu_fiscal_reference\": 23870"),
+        "{under_law:?}"
+    );
+    assert!(
+        under_law.stdout.contains("signature: valid"),
+        "{under_law:?}"
+    );
+
+    let listed = unefois_client(
+        cwd,
+        addr,
+        &[
+            "consent",
+            "list",
+            "--as",
+            "mairie-lyon",
+            "--subject",
+            "test:alice",
+        ],
+    )?;
+    assert!(listed.ok, "{listed:?}");
+    assert!(
+        listed.stdout.lines().any(|l| l.starts_with(&format!(
+            "{consent_id} ACTIVE mairie-lyon caf.quotient_familial tarification_cantine until "
+        ))),
+        "{listed:?}"
+    );
+
+    let revoked = unefois_client(
+        cwd,
+        addr,
+        &["consent", "revoke", "--as", "mairie-lyon", &consent_id],
+    )?;
+    assert!(revoked.ok, "{revoked:?}");
+    assert_eq!(
+        revoked.stdout.trim(),
+        format!("consent {consent_id} REVOKED")
+    );
+
+    let after = unefois_client(cwd, addr, &fetch_caf)?;
+    assert!(!after.ok, "{after:?}");
+    assert!(
+        after
+            .stderr
+            .contains("error: FAILED_PRECONDITION: CONSENT_REVOKED: "),
+        "{after:?}"
+    );
+    assert!(!after.stdout.contains("612"), "{after:?}");
+
+    let mut as_test = fetch_law;
+    as_test[2] = "mairie-test";
+    let denied = unefois_client(cwd, addr, &as_test)?;
+    assert!(!denied.ok, "{denied:?}");
+    assert!(denied.stderr.contains("NO_HABILITATION"), "{denied:?}");
+
+    // Another valid key in place of the published one: nothing verifies any more.
+    let other = broker::signing::AttestationSigner::from_seed(&[9; 32], "unefois.test");
+    std::fs::write(pki.join("attestation.vkey"), format!("{}\n", other.vkey()))?;
+    let forged = unefois_client(cwd, addr, &fetch_law)?;
+    assert!(!forged.ok, "{forged:?}");
+    assert!(forged.stderr.contains("does not verify"), "{forged:?}");
+    assert!(!forged.stdout.contains("signature: valid"), "{forged:?}");
+
+    // Without the key file, fetch refuses before asking the broker anything.
+    std::fs::remove_file(pki.join("attestation.vkey"))?;
+    let keyless = unefois_client(cwd, addr, &fetch_law)?;
+    assert!(!keyless.ok, "{keyless:?}");
+    assert!(keyless.stderr.contains("attestation.vkey"), "{keyless:?}");
+
+    let exit = terminate(&mut served.child).await?;
+    assert!(exit.success(), "SIGTERM ends the broker cleanly: {exit}");
+    Ok(())
+}

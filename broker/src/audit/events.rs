@@ -106,8 +106,23 @@ pub struct LoggedEvent {
     pub index: u64,
     /// Exact leaf bytes.
     pub entry: Vec<u8>,
-    /// Decoded.
-    pub record: Record,
+    /// Decoded; `None` when the stored bytes are not a record this broker can read (damage or
+    /// tampering): auditors still get the exact bytes, so that verification names the entry.
+    pub record: Option<Record>,
+}
+
+impl EventFilter {
+    /// Whether the filter selects by content (an unreadable entry passes only filters that
+    /// do not).
+    fn by_content(&self) -> bool {
+        self.kind.is_some()
+            || self.participant.is_some()
+            || self.since.is_some()
+            || self.until.is_some()
+            || self.subject.is_some()
+            || self.attestation_type.is_some()
+            || self.outcome.is_some()
+    }
 }
 
 /// The events matching `filter` among at most [`MAX_SCAN`] entries from its start index, and
@@ -125,9 +140,12 @@ pub fn list(store: &Store, filter: &EventFilter) -> Result<(Vec<LoggedEvent>, u6
             break;
         }
         next = index + 1;
-        let record =
-            Record::decode(&entry).map_err(|source| StoreError::Record { seq: index, source })?;
-        if filter.matches(&record) {
+        let record = Record::decode(&entry).ok();
+        let selected = match &record {
+            Some(r) => filter.matches(r),
+            None => !filter.by_content(),
+        };
+        if selected {
             out.push(LoggedEvent {
                 index,
                 entry,
@@ -154,8 +172,7 @@ pub fn accesses(
     let mut out = Vec::with_capacity(seqs.len());
     for index in seqs {
         if let Some(entry) = store.entry(index)? {
-            let record = Record::decode(&entry)
-                .map_err(|source| StoreError::Record { seq: index, source })?;
+            let record = Record::decode(&entry).ok();
             out.push(LoggedEvent {
                 index,
                 entry,

@@ -152,31 +152,63 @@ pub fn verify_consistency(
         .map_err(|_| ProofError::Invalid)
 }
 
-/// The root of a list of entries, computed in memory (what an auditor does with a download).
+/// A Merkle tree held in memory: what an auditor rebuilds from downloaded entries, to compare
+/// its roots at any size with the broker's signed checkpoints.
+#[derive(Default)]
+pub struct MemoryTree {
+    stored: Vec<Hash>,
+    leaves: u64,
+}
+
+impl HashReader for MemoryTree {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        indexes
+            .iter()
+            .map(|i| {
+                usize::try_from(*i)
+                    .ok()
+                    .and_then(|i| self.stored.get(i).copied())
+                    .ok_or(tlog_tiles::Error::IndexesNotInTree)
+            })
+            .collect()
+    }
+}
+
+impl MemoryTree {
+    /// Appends the next entry (exact bytes).
+    pub fn push(&mut self, entry: &[u8]) {
+        if let Ok(stored) = tlog_tiles::stored_hashes(self.leaves, entry, self) {
+            self.stored.extend(stored);
+            self.leaves += 1;
+        }
+    }
+
+    /// Number of leaves.
+    pub fn len(&self) -> u64 {
+        self.leaves
+    }
+
+    /// Whether it has no leaf.
+    pub fn is_empty(&self) -> bool {
+        self.leaves == 0
+    }
+
+    /// The root of the tree of its first `size` leaves.
+    pub fn root(&self, size: u64) -> [u8; 32] {
+        if size == 0 || size > self.leaves {
+            return tlog_tiles::EMPTY_HASH.0;
+        }
+        tlog_tiles::tree_hash(size, self).map_or(tlog_tiles::EMPTY_HASH.0, |h| h.0)
+    }
+}
+
+/// The root of a list of entries, computed in memory.
 pub fn root_of(entries: impl IntoIterator<Item = impl AsRef<[u8]>>) -> [u8; 32] {
-    struct Memory(Vec<Hash>);
-    impl HashReader for Memory {
-        fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
-            indexes
-                .iter()
-                .map(|i| {
-                    usize::try_from(*i)
-                        .ok()
-                        .and_then(|i| self.0.get(i).copied())
-                        .ok_or(tlog_tiles::Error::IndexesNotInTree)
-                })
-                .collect()
-        }
-    }
-    let mut memory = Memory(Vec::new());
-    let mut n = 0u64;
+    let mut tree = MemoryTree::default();
     for entry in entries {
-        if let Ok(stored) = tlog_tiles::stored_hashes(n, entry.as_ref(), &memory) {
-            memory.0.extend(stored);
-        }
-        n += 1;
+        tree.push(entry.as_ref());
     }
-    tlog_tiles::tree_hash(n, &memory).map_or(tlog_tiles::EMPTY_HASH.0, |h| h.0)
+    tree.root(tree.len())
 }
 
 #[cfg(test)]

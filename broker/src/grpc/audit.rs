@@ -45,7 +45,14 @@ fn store_error(e: StoreError) -> ApiError {
 
 /// The protobuf view of one logged event.
 pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
-    let record = &e.record;
+    let Some(record) = &e.record else {
+        return pb::AuditEvent {
+            index: e.index,
+            entry: e.entry.clone(),
+            kind: "unreadable".to_string(),
+            ..Default::default()
+        };
+    };
     let mut out = pb::AuditEvent {
         index: e.index,
         entry: e.entry.clone(),

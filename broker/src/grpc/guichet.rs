@@ -95,14 +95,17 @@ impl GuichetApi for GuichetService {
             .unwrap_or((0, String::new()));
         let mut accesses = Vec::with_capacity(found.len());
         for logged in &found {
-            let Event::Exchange(x) = &logged.record.event else {
+            let Some(record) = &logged.record else {
+                continue;
+            };
+            let Event::Exchange(x) = &record.event else {
                 continue;
             };
             let proof = store
                 .inclusion_proof(logged.index, tree_size)
                 .map_err(unavailable)?;
             accesses.push(pb::Access {
-                time: Some(timestamp(logged.record.time)),
+                time: Some(timestamp(record.time)),
                 consumer: x.participant.clone(),
                 consumer_name: registry
                     .participant(&x.participant)

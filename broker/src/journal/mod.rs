@@ -191,6 +191,9 @@ pub struct JournalOptions {
     pub hook: Option<CommitHook>,
     /// Fault injection, for tests, see [`FaultInjector`].
     pub faults: Option<FaultInjector>,
+    /// Whether each batch is `fdatasync`ed before it is answered. Always true in the broker;
+    /// false only to measure what durability costs (benchmarks).
+    pub sync: bool,
 }
 
 impl Default for JournalOptions {
@@ -202,6 +205,7 @@ impl Default for JournalOptions {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             hook: None,
             faults: None,
+            sync: true,
         }
     }
 }
@@ -215,6 +219,7 @@ impl fmt::Debug for JournalOptions {
             .field("queue_capacity", &self.queue_capacity)
             .field("hook", &self.hook.is_some())
             .field("faults", &self.faults.is_some())
+            .field("sync", &self.sync)
             .finish()
     }
 }
@@ -271,6 +276,7 @@ impl Journal {
             queue_capacity,
             hook,
             faults,
+            sync,
         } = options;
         if segment_size == 0 {
             return Err(JournalError::InvalidOptions(
@@ -323,6 +329,7 @@ impl Journal {
             max_batch_bytes,
             hook,
             faults,
+            sync,
             shared: Arc::clone(&shared),
             buf: Vec::new(),
         };

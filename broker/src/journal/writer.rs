@@ -90,6 +90,7 @@ pub(crate) struct Writer {
     pub(crate) max_batch_bytes: usize,
     pub(crate) hook: Option<CommitHook>,
     pub(crate) faults: Option<FaultInjector>,
+    pub(crate) sync: bool,
     pub(crate) shared: Arc<Shared>,
     pub(crate) buf: Vec<u8>,
 }
@@ -214,8 +215,10 @@ impl Writer {
         if let Some(faults) = &self.faults {
             faults(FaultPoint::AfterWrite).map_err(step("injected fault after writing to"))?;
         }
-        file.sync_data().map_err(step("sync_data of"))?;
-        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        if self.sync {
+            file.sync_data().map_err(step("sync_data of"))?;
+            self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        }
         self.needs_recovery = false;
 
         self.seg_len += self.buf.len() as u64;

@@ -1,0 +1,187 @@
+//! The auditor's side: verifying the broker's log from outside, trusting only the pinned log
+//! key and the checkpoint kept by the previous run (trust on first use, then append-only).
+
+use std::path::Path;
+
+use tonic::transport::Channel;
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::audit_client::AuditClient;
+
+use crate::audit::tree::{MemoryTree, verify_consistency};
+use crate::audit::{CheckpointError, VerifiedCheckpoint, verify_checkpoint};
+
+/// Entries asked for per ListEvents page.
+const PAGE: u32 = 1_000;
+
+/// Why the log does not verify (or could not be checked).
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A call to the broker failed.
+    #[error("broker: {0}")]
+    Rpc(#[from] tonic::Status),
+    /// A checkpoint's signature or format is wrong.
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    /// The log is not an extension of the trusted checkpoint.
+    #[error(
+        "fork: the log of {new_size} entries does not extend the trusted checkpoint of {trusted_size} entries"
+    )]
+    Fork {
+        /// Size of the trusted checkpoint.
+        trusted_size: u64,
+        /// Size of the broker's checkpoint.
+        new_size: u64,
+    },
+    /// An entry was not served.
+    #[error("entry {0} is missing from the download")]
+    MissingEntry(u64),
+    /// The entries do not hash to the signed root; the first bad one is named.
+    #[error(
+        "entry {index} does not match the signed log (the entries from {index} on do not hash to the checkpoint's root)"
+    )]
+    BadEntry {
+        /// Index of the first entry that does not match.
+        index: u64,
+    },
+    /// The trusted checkpoint file cannot be read or written.
+    #[error("{path}: {source}")]
+    Trusted {
+        /// The file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// What a successful verification established.
+#[derive(Debug)]
+pub struct Verified {
+    /// The verified checkpoint, now trusted.
+    pub checkpoint: VerifiedCheckpoint,
+    /// The size of the previously trusted checkpoint, if there was one.
+    pub previous_size: Option<u64>,
+}
+
+/// Verifies the whole log: the latest checkpoint's signature, its consistency with the
+/// checkpoint trusted in `trusted` (if any), and every entry against the signed root. On
+/// success the new checkpoint is saved in `trusted`.
+pub async fn verify_log(
+    channel: Channel,
+    log_vkey: &str,
+    trusted: &Path,
+) -> Result<Verified, LogError> {
+    let mut audit = AuditClient::new(channel);
+    let note = audit
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
+        .await?
+        .into_inner()
+        .checkpoint;
+    let latest = verify_checkpoint(log_vkey, &note)?;
+
+    let io = |source| LogError::Trusted {
+        path: trusted.display().to_string(),
+        source,
+    };
+    let previous = match std::fs::read_to_string(trusted) {
+        Ok(text) => Some(verify_checkpoint(log_vkey, &text)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(e)),
+    };
+    if let Some(old) = &previous {
+        let fork = LogError::Fork {
+            trusted_size: old.size,
+            new_size: latest.size,
+        };
+        if old.size > latest.size {
+            return Err(fork);
+        }
+        let proof = if old.size == latest.size {
+            Vec::new()
+        } else {
+            audit
+                .get_consistency_proof(pb::GetConsistencyProofRequest {
+                    first_size: old.size,
+                    second_size: latest.size,
+                })
+                .await?
+                .into_inner()
+                .hashes
+        };
+        let proof = hashes(&proof).ok_or(LogError::Fork {
+            trusted_size: old.size,
+            new_size: latest.size,
+        })?;
+        verify_consistency(&proof, old.size, old.root, latest.size, latest.root)
+            .map_err(|_| fork)?;
+    }
+
+    // Download every entry of the checkpointed tree and rebuild it.
+    let mut tree = MemoryTree::default();
+    while tree.len() < latest.size {
+        let page = audit
+            .list_events(pb::ListEventsRequest {
+                start_index: tree.len(),
+                limit: PAGE,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        if page.events.is_empty() {
+            return Err(LogError::MissingEntry(tree.len()));
+        }
+        for event in page.events {
+            if event.index >= latest.size {
+                break;
+            }
+            if event.index != tree.len() {
+                return Err(LogError::MissingEntry(tree.len()));
+            }
+            tree.push(&event.entry);
+        }
+    }
+    if tree.root(latest.size) != latest.root {
+        let index = first_bad_entry(&mut audit, log_vkey, &tree, latest.size).await?;
+        return Err(LogError::BadEntry { index });
+    }
+
+    let tmp = trusted.with_extension("tmp");
+    std::fs::write(&tmp, &note).map_err(io)?;
+    std::fs::rename(&tmp, trusted).map_err(io)?;
+    Ok(Verified {
+        checkpoint: latest,
+        previous_size: previous.map(|p| p.size),
+    })
+}
+
+fn hashes(raw: &[Vec<u8>]) -> Option<Vec<[u8; 32]>> {
+    raw.iter()
+        .map(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+        .collect()
+}
+
+/// The first entry whose prefix no longer matches the broker's signed roots: a binary search
+/// over sizes, comparing the local root of the first `m` entries with the signed checkpoint
+/// of size `m` (O(log n) checkpoints).
+async fn first_bad_entry(
+    audit: &mut AuditClient<Channel>,
+    log_vkey: &str,
+    tree: &MemoryTree,
+    size: u64,
+) -> Result<u64, LogError> {
+    let (mut good, mut bad) = (0u64, size);
+    while bad - good > 1 {
+        let mid = good + (bad - good) / 2;
+        let note = audit
+            .get_checkpoint(pb::GetCheckpointRequest { tree_size: mid })
+            .await?
+            .into_inner()
+            .checkpoint;
+        let signed = verify_checkpoint(log_vkey, &note)?;
+        if signed.size == mid && signed.root == tree.root(mid) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    Ok(bad - 1)
+}

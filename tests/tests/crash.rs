@@ -1,0 +1,685 @@
+//! Crash safety of the real `unefois serve` process. Under concurrent load, the broker is killed
+//! with SIGKILL at a random moment and restarted on the same home; everything a participant was
+//! answered before the crash (a FetchResponse with its receipt, a granted consent) must still
+//! hold against the restarted broker, checked as the participants and an auditor would: with the
+//! published verifier keys, inclusion and consistency proofs, and the whole log re-hashed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail, ensure};
+use broker::audit::tree::{root_of, verify_consistency, verify_inclusion};
+use broker::audit::{VerifiedCheckpoint, verify_checkpoint};
+use broker::signing::{Envelope, EnvelopeSignature};
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::audit_client::AuditClient;
+use unefois_proto::v1::consents_client::ConsentsClient;
+use unefois_proto::v1::exchange_client::ExchangeClient;
+use unefois_tests::{http_get, install_crypto, repo_root, unefois_binary};
+
+const ROUNDS: usize = 3;
+const CLIENTS: usize = 8;
+const CONSUMER: &str = "mairie-lyon";
+const SUBJECTS: [&str; 3] = ["test:alice", "test:bob", "test:carol"];
+const RFR: &str = "dgfip.revenu_fiscal_reference";
+const QF: &str = "caf.quotient_familial";
+const PURPOSE: &str = "tarification_cantine";
+/// No call of the load may hang: the crash resets its connection.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()))?;
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so that no broker outlives
+/// a failing test.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `unefois serve` and the addresses it printed.
+struct Served {
+    child: KillOnDrop,
+    addr: SocketAddr,
+    ops_addr: SocketAddr,
+}
+
+/// Where the test lives: a copy of the checkout's examples and the broker's home beside it.
+struct Site {
+    binary: PathBuf,
+    checkout: PathBuf,
+    home: PathBuf,
+}
+
+impl Site {
+    fn pki(&self) -> PathBuf {
+        self.home.join("pki")
+    }
+
+    /// Starts `unefois serve --dev` on the home, on ephemeral ports, and waits until it is
+    /// ready.
+    async fn serve(&self) -> anyhow::Result<Served> {
+        let child = Command::new(&self.binary)
+            .current_dir(&self.checkout)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--ops-listen",
+                "127.0.0.1:0",
+                "--dev",
+            ])
+            .arg("--home")
+            .arg(&self.home)
+            .arg("--registry")
+            .arg(self.checkout.join("examples").join("registry.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start unefois serve")?;
+        let mut child = KillOnDrop(child);
+        let stdout = child.0.stdout.take().context("no stdout")?;
+        let (lines, addr, ops_addr) = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let (mut addr, mut ops_addr) = (None, None);
+            for line in lines.by_ref() {
+                let line = line?;
+                if let Some(rest) = line.strip_prefix("Une Fois broker listening on ") {
+                    addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                }
+                if let Some(rest) = line.strip_prefix("Health probe on http://") {
+                    ops_addr = rest.strip_suffix("/healthz").and_then(|a| a.parse().ok());
+                }
+                if line.contains("registry show") {
+                    break;
+                }
+            }
+            anyhow::Ok((lines, addr, ops_addr))
+        })
+        .await??;
+        // Keep draining stdout so the broker never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let addr: SocketAddr = addr.context("the broker printed no address")?;
+        let ops_addr: SocketAddr = ops_addr.context("the broker printed no health probe")?;
+        for _ in 0..400 {
+            if let Some(status) = child.0.try_wait()? {
+                bail!("the broker exited before it was ready: {status}");
+            }
+            if http_get(ops_addr, "/readyz")
+                .await
+                .is_ok_and(|(status, _)| status == 200)
+            {
+                return Ok(Served {
+                    child,
+                    addr,
+                    ops_addr,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!("the broker at {addr} (ops {ops_addr}) was not ready after 10 s")
+    }
+
+    async fn channel(&self, served: &Served, name: &str) -> anyhow::Result<Channel> {
+        broker::client::connect(&self.pki(), name, &served.addr.to_string())
+            .await
+            .with_context(|| format!("connecting as {name}"))
+    }
+
+    /// The two verifier keys the broker published in the PKI folder: (attestation, log).
+    fn published_keys(&self) -> anyhow::Result<(String, String)> {
+        let read = |name: &str| -> anyhow::Result<String> {
+            let path = self.pki().join(name);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(text.trim().to_string())
+        };
+        Ok((read("attestation.vkey")?, read("log.vkey")?))
+    }
+}
+
+/// SIGKILL, then reap: the broker gets no chance to flush or drain anything.
+fn sigkill(served: &mut Served) -> anyhow::Result<ExitStatus> {
+    served.child.0.kill().context("SIGKILL")?;
+    Ok(served.child.0.wait()?)
+}
+
+/// SIGTERM, then wait (10 s at most) for a clean exit.
+async fn terminate(served: &mut Served) -> anyhow::Result<ExitStatus> {
+    let child = &mut served.child.0;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -TERM failed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            bail!("the broker did not stop within 10 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Everything the participants were answered, over all rounds.
+#[derive(Default)]
+struct Acked {
+    fetches: Vec<pb::FetchResponse>,
+    consents: Vec<pb::Consent>,
+}
+
+fn lock(acked: &Mutex<Acked>) -> MutexGuard<'_, Acked> {
+    acked
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn fetch_request(subject: &str) -> pb::FetchRequest {
+    pb::FetchRequest {
+        subject: subject.into(),
+        attestation_type: RFR.into(),
+        purpose: PURPOSE.into(),
+        ..Default::default()
+    }
+}
+
+/// One participant's load: Fetch under law in a loop, a consent grant every 5th iteration,
+/// until the broker is killed. Returns the failures seen before the kill (none are expected).
+async fn load(
+    channel: Channel,
+    round: usize,
+    task: usize,
+    killed: Arc<AtomicBool>,
+    acked: Arc<Mutex<Acked>>,
+) -> Vec<String> {
+    let mut exchange = ExchangeClient::new(channel.clone());
+    let mut consents = ConsentsClient::new(channel);
+    let mut unexpected = Vec::new();
+    for i in 0usize.. {
+        if killed.load(Ordering::SeqCst) {
+            break;
+        }
+        let failure = if i % 5 == 4 {
+            let request = pb::GrantConsentRequest {
+                subject: "test:alice".into(),
+                consumer: CONSUMER.into(),
+                attestation_types: vec![QF.into()],
+                purpose: PURPOSE.into(),
+                valid_days: 30,
+                request_id: format!("crash-round{round}-task{task}-{i}"),
+                ..Default::default()
+            };
+            match tokio::time::timeout(CALL_TIMEOUT, consents.grant(request)).await {
+                Ok(Ok(answer)) => match answer.into_inner().consent {
+                    Some(consent) => {
+                        lock(&acked).consents.push(consent);
+                        None
+                    }
+                    None => Some("Grant answered without its consent".to_string()),
+                },
+                Ok(Err(status)) => Some(format!("Grant: {status:?}")),
+                Err(_) => Some(format!("Grant: no answer within {CALL_TIMEOUT:?}")),
+            }
+        } else {
+            let request = fetch_request(SUBJECTS[(task + i) % SUBJECTS.len()]);
+            match tokio::time::timeout(CALL_TIMEOUT, exchange.fetch(request)).await {
+                Ok(Ok(answer)) => {
+                    lock(&acked).fetches.push(answer.into_inner());
+                    None
+                }
+                Ok(Err(status)) => Some(format!("Fetch: {status:?}")),
+                Err(_) => Some(format!("Fetch: no answer within {CALL_TIMEOUT:?}")),
+            }
+        };
+        if let Some(failure) = failure {
+            // After the kill, failures are the crash itself; before it, they are a bug.
+            if !killed.load(Ordering::SeqCst) {
+                unexpected.push(format!(
+                    "round {round}, task {task}, iteration {i}: {failure}"
+                ));
+            }
+            break;
+        }
+    }
+    unexpected
+}
+
+/// A delay in [150, 600] ms, different from run to run.
+fn random_delay() -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    Duration::from_millis(150 + u64::from(nanos / 1_000) % 451)
+}
+
+fn hashes(proof: &[Vec<u8>]) -> anyhow::Result<Vec<[u8; 32]>> {
+    proof
+        .iter()
+        .map(|h| {
+            <[u8; 32]>::try_from(h.as_slice())
+                .map_err(|_| anyhow!("a proof hash of {} bytes", h.len()))
+        })
+        .collect()
+}
+
+fn domain_envelope(e: &pb::Envelope) -> Envelope {
+    Envelope {
+        payload: e.payload.clone(),
+        payload_type: e.payload_type.clone(),
+        signatures: e
+            .signatures
+            .iter()
+            .map(|s| EnvelopeSignature {
+                keyid: s.keyid.clone(),
+                sig: s.sig.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn json(entry: &[u8]) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_slice(entry).context("an audit entry is not JSON")
+}
+
+/// What a participant checks offline on a FetchResponse, with the two published keys only:
+/// the envelope's signature, the receipt's checkpoint, the inclusion proof, and that the entry
+/// is the one of this attestation. Returns the receipt and its verified checkpoint.
+fn verify_offline<'a>(
+    answer: &'a pb::FetchResponse,
+    attestation_vkey: &str,
+    log_vkey: &str,
+) -> anyhow::Result<(&'a pb::Receipt, VerifiedCheckpoint)> {
+    let envelope = domain_envelope(answer.envelope.as_ref().context("no envelope")?);
+    broker::signing::verify(attestation_vkey, &envelope)
+        .context("the envelope does not verify with attestation.vkey")?;
+    let attestation = answer.attestation.as_ref().context("no attestation")?;
+    let receipt = answer.receipt.as_ref().context("no receipt")?;
+    let checkpoint = verify_checkpoint(log_vkey, &receipt.checkpoint)
+        .context("the receipt's checkpoint does not verify with log.vkey")?;
+    ensure!(
+        receipt.leaf_index < checkpoint.size,
+        "leaf {} outside the receipt's checkpoint of {} entries",
+        receipt.leaf_index,
+        checkpoint.size
+    );
+    verify_inclusion(
+        &hashes(&receipt.inclusion_proof)?,
+        checkpoint.size,
+        checkpoint.root,
+        receipt.leaf_index,
+        &receipt.entry,
+    )
+    .context("the receipt's inclusion proof does not verify")?;
+    let entry = json(&receipt.entry)?;
+    ensure!(entry["kind"] == "exchange", "{entry}");
+    ensure!(entry["outcome"] == "granted", "{entry}");
+    ensure!(
+        entry["attestation_id"] == attestation.id.as_str(),
+        "the entry is not the attestation's: {entry}"
+    );
+    ensure!(
+        entry["payload_sha256"] == hex::encode(Sha256::digest(&envelope.payload)).as_str(),
+        "the entry's payload hash is not the envelope's: {entry}"
+    );
+    Ok((receipt, checkpoint))
+}
+
+/// The checks of the participants and of an auditor against a restarted broker, over every
+/// answer of every round so far. Returns the latest checkpoint's size.
+async fn verify_after_restart(
+    site: &Site,
+    served: &Served,
+    keys: &(String, String),
+    acked: &Acked,
+) -> anyhow::Result<u64> {
+    let (attestation_vkey, log_vkey) = keys;
+    let mut audit = AuditClient::new(site.channel(served, "dgfip").await?);
+    let latest = audit
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
+        .await
+        .context("GetCheckpoint after the restart")?
+        .into_inner();
+    ensure!(
+        &latest.verifier_key == log_vkey,
+        "the restarted broker serves another log key: {} (published before: {log_vkey})",
+        latest.verifier_key
+    );
+    let now = verify_checkpoint(log_vkey, &latest.checkpoint)
+        .context("the latest checkpoint after the restart")?;
+
+    // a. Every acknowledged FetchResponse, offline and against the restarted log.
+    let mut leaves = HashSet::new();
+    let mut roots: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
+    for (n, answer) in acked.fetches.iter().enumerate() {
+        let what = |leaf: u64| format!("acknowledged fetch #{n} (leaf {leaf})");
+        let (receipt, at) = verify_offline(answer, attestation_vkey, log_vkey)
+            .with_context(|| format!("acknowledged fetch #{n}, offline"))?;
+        let leaf = receipt.leaf_index;
+        ensure!(
+            leaves.insert(leaf),
+            "{}: two acknowledged answers share this leaf",
+            what(leaf)
+        );
+        ensure!(
+            at.size <= now.size,
+            "{}: its checkpoint has {} entries, the log after the crash only {}",
+            what(leaf),
+            at.size,
+            now.size
+        );
+        let proof = audit
+            .get_inclusion_proof(pb::GetInclusionProofRequest {
+                leaf_index: leaf,
+                tree_size: now.size,
+            })
+            .await
+            .with_context(|| format!("{}: GetInclusionProof", what(leaf)))?
+            .into_inner()
+            .hashes;
+        verify_inclusion(&hashes(&proof)?, now.size, now.root, leaf, &receipt.entry).with_context(
+            || {
+                format!(
+                    "{}: not in the log after the crash (checkpoint of {} entries)",
+                    what(leaf),
+                    now.size
+                )
+            },
+        )?;
+        match roots.get(&at.size) {
+            Some(root) => ensure!(
+                *root == at.root,
+                "two receipts sign different roots for {} entries: a fork",
+                at.size
+            ),
+            None => {
+                let proof = audit
+                    .get_consistency_proof(pb::GetConsistencyProofRequest {
+                        first_size: at.size,
+                        second_size: now.size,
+                    })
+                    .await
+                    .with_context(|| format!("{}: GetConsistencyProof", what(leaf)))?
+                    .into_inner()
+                    .hashes;
+                verify_consistency(&hashes(&proof)?, at.size, at.root, now.size, now.root)
+                    .with_context(|| {
+                        format!(
+                            "{}: the log after the crash ({} entries) is not consistent with \
+                             the checkpoint of {} entries handed out before",
+                            what(leaf),
+                            now.size,
+                            at.size
+                        )
+                    })?;
+                // Checkpoints are deterministic: the same size yields the same signed note.
+                let note = audit
+                    .get_checkpoint(pb::GetCheckpointRequest { tree_size: at.size })
+                    .await
+                    .with_context(|| format!("GetCheckpoint({})", at.size))?
+                    .into_inner()
+                    .checkpoint;
+                ensure!(
+                    note == receipt.checkpoint,
+                    "the checkpoint of {} entries changed across the crash:\nbefore:\n{}\nafter:\n{note}",
+                    at.size,
+                    receipt.checkpoint
+                );
+                roots.insert(at.size, at.root);
+            }
+        }
+    }
+
+    // b. Every acknowledged consent is there, active.
+    let mut consents = ConsentsClient::new(site.channel(served, CONSUMER).await?);
+    for granted in &acked.consents {
+        let consent = consents
+            .get(pb::GetConsentRequest {
+                consent_id: granted.id.clone(),
+            })
+            .await
+            .with_context(|| format!("acknowledged consent {}: Get", granted.id))?
+            .into_inner()
+            .consent
+            .with_context(|| format!("acknowledged consent {}: Get without it", granted.id))?;
+        ensure!(
+            consent.id == granted.id
+                && consent.status() == pb::ConsentStatus::Active
+                && consent.consumer == CONSUMER
+                && consent.purpose == PURPOSE
+                && consent.attestation_types == [QF],
+            "acknowledged consent {} after the crash: {consent:?}",
+            granted.id
+        );
+    }
+
+    // c. The whole log, downloaded by an auditor, hashes to the latest checkpoint.
+    let mut auditor = AuditClient::new(site.channel(served, "cnil").await?);
+    let mut events: Vec<pb::AuditEvent> = Vec::new();
+    let mut next = 0;
+    while next < now.size {
+        let page = auditor
+            .list_events(pb::ListEventsRequest {
+                start_index: next,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("ListEvents from {next}"))?
+            .into_inner();
+        ensure!(
+            page.next_index > next,
+            "ListEvents from {next} does not advance (next_index {})",
+            page.next_index
+        );
+        events.extend(page.events);
+        next = page.next_index;
+    }
+    for (i, event) in events.iter().enumerate() {
+        ensure!(
+            event.index == i as u64,
+            "event {i} listed as {}",
+            event.index
+        );
+    }
+    let size = usize::try_from(now.size)?;
+    ensure!(events.len() >= size, "{} events listed", events.len());
+    ensure!(
+        root_of(events[..size].iter().map(|e| &e.entry)) == now.root,
+        "the {} entries listed do not hash to the latest checkpoint's root",
+        now.size
+    );
+    for answer in &acked.fetches {
+        let receipt = answer.receipt.as_ref().context("no receipt")?;
+        let listed = &events[usize::try_from(receipt.leaf_index)?];
+        ensure!(
+            listed.entry == receipt.entry,
+            "leaf {} is listed with other bytes than its receipt's",
+            receipt.leaf_index
+        );
+    }
+    let logged: HashSet<String> = events[..size]
+        .iter()
+        .filter(|e| e.kind == "consent_granted")
+        .map(|e| json(&e.entry).map(|v| v["consent_id"].as_str().unwrap_or("").to_string()))
+        .collect::<anyhow::Result<_>>()?;
+    for granted in &acked.consents {
+        ensure!(
+            logged.contains(&granted.id),
+            "acknowledged consent {} has no consent_granted entry in the log",
+            granted.id
+        );
+    }
+    Ok(now.size)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
+    install_crypto();
+    let started = Instant::now();
+    let tmp = tempfile::tempdir()?;
+    copy_dir(&repo_root().join("examples"), &tmp.path().join("examples"))?;
+    let site = Site {
+        binary: unefois_binary()?,
+        checkout: tmp.path().to_path_buf(),
+        home: tmp.path().join("home"),
+    };
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let mut pinned: Option<(String, String)> = None;
+
+    for round in 1..=ROUNDS {
+        let mut served = site
+            .serve()
+            .await
+            .with_context(|| format!("round {round}"))?;
+        // The participants pin the keys the broker published on its first start.
+        let keys = site.published_keys()?;
+        let keys = pinned.get_or_insert(keys).clone();
+
+        let (fetches_before, consents_before) = {
+            let acked = lock(&acked);
+            (acked.fetches.len(), acked.consents.len())
+        };
+        let killed = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for task in 0..CLIENTS {
+            let channel = site.channel(&served, CONSUMER).await?;
+            tasks.push(tokio::spawn(load(
+                channel,
+                round,
+                task,
+                killed.clone(),
+                acked.clone(),
+            )));
+        }
+        // Arm the kill once the load is answered, so that the crash lands in the middle of it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&acked).fetches.len() == fetches_before {
+            ensure!(
+                Instant::now() < deadline,
+                "round {round}: no fetch answered within 10 s"
+            );
+            ensure!(
+                !tasks.iter().all(|t| t.is_finished()),
+                "round {round}: every client stopped before any fetch was answered"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let delay = random_delay();
+        tokio::time::sleep(delay).await;
+        let (fetches_at_kill, consents_at_kill) = {
+            let acked = lock(&acked);
+            (
+                acked.fetches.len() - fetches_before,
+                acked.consents.len() - consents_before,
+            )
+        };
+        killed.store(true, Ordering::SeqCst);
+        let status = sigkill(&mut served)?;
+        let mut unexpected = Vec::new();
+        for task in tasks {
+            unexpected.extend(
+                tokio::time::timeout(Duration::from_secs(10), task)
+                    .await
+                    .context("a client did not stop within 10 s of the kill")??,
+            );
+        }
+        ensure!(
+            unexpected.is_empty(),
+            "failures before the kill:\n{}",
+            unexpected.join("\n")
+        );
+        ensure!(
+            fetches_at_kill >= 1,
+            "round {round}: no fetch acknowledged before the kill"
+        );
+        let (fetches, consents) = {
+            let acked = lock(&acked);
+            (
+                acked.fetches.len() - fetches_before,
+                acked.consents.len() - consents_before,
+            )
+        };
+        drop(served);
+
+        let mut served = site
+            .serve()
+            .await
+            .with_context(|| format!("round {round}: restart after SIGKILL"))?;
+        ensure!(
+            site.published_keys()? == keys,
+            "round {round}: the restarted broker published other verifier keys"
+        );
+        let snapshot = {
+            let acked = lock(&acked);
+            Acked {
+                fetches: acked.fetches.clone(),
+                consents: acked.consents.clone(),
+            }
+        };
+        let size = verify_after_restart(&site, &served, &keys, &snapshot)
+            .await
+            .with_context(|| format!("round {round}, after the restart"))?;
+
+        // d. The broker still serves, and its new answers verify too.
+        let answer = ExchangeClient::new(site.channel(&served, CONSUMER).await?)
+            .fetch(fetch_request("test:alice"))
+            .await
+            .with_context(|| format!("round {round}: a fetch after the restart"))?
+            .into_inner();
+        let (receipt, _) = verify_offline(&answer, &keys.0, &keys.1)
+            .with_context(|| format!("round {round}: the fetch after the restart"))?;
+        ensure!(
+            receipt.leaf_index >= size,
+            "round {round}: the fetch after the restart is logged at leaf {} of a log of {size}",
+            receipt.leaf_index
+        );
+        lock(&acked).fetches.push(answer);
+
+        let exit = terminate(&mut served).await?;
+        ensure!(
+            exit.success(),
+            "round {round}: SIGTERM ends the broker: {exit}"
+        );
+        eprintln!(
+            "round {round}: killed ({status}) after {delay:?} of load with {fetches_at_kill} \
+             fetches and {consents_at_kill} consents acknowledged ({fetches} and {consents} in \
+             all); {size} entries after the restart, ops at {}",
+            served.ops_addr
+        );
+    }
+    eprintln!(
+        "{} fetches and {} consents verified, in {:?}",
+        lock(&acked).fetches.len(),
+        lock(&acked).consents.len(),
+        started.elapsed()
+    );
+    Ok(())
+}
