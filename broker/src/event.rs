@@ -78,6 +78,13 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
+    /// The broker started (this software version).
+    BrokerStarted {
+        /// The broker's version.
+        version: String,
+    },
+    /// The broker stopped cleanly (a start without a stop before it means a crash).
+    BrokerStopped {},
     /// The broker started serving with this registry.
     RegistryLoaded {
         /// SHA-256 of the registry file, hex.

@@ -127,9 +127,14 @@ pub async fn run(
         log,
     )?;
     store
-        .append(vec![Record::now(Event::RegistryLoaded {
-            registry_sha256: registry.sha256_hex(),
-        })])
+        .append(vec![
+            Record::now(Event::BrokerStarted {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+            Record::now(Event::RegistryLoaded {
+                registry_sha256: registry.sha256_hex(),
+            }),
+        ])
         .await?;
     let federation = Arc::new(Federation::new(
         registry,
@@ -219,6 +224,12 @@ pub async fn run(
         return Err(BrokerError::Ops(e));
     }
     drop(state);
+    if let Err(e) = store
+        .append(vec![Record::now(Event::BrokerStopped {})])
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record the broker's stop");
+    }
     store.close().await;
     served?;
     tracing::info!("broker stopped");

@@ -182,7 +182,10 @@ impl Trees {
                         .insert(subject_key(subject, &seq.to_be_bytes()), &[])?;
                 }
             }
-            Event::RegistryLoaded { .. } | Event::AuditRead { .. } => {}
+            Event::RegistryLoaded { .. }
+            | Event::AuditRead { .. }
+            | Event::BrokerStarted { .. }
+            | Event::BrokerStopped {} => {}
         }
         self.meta.insert(APPLIED, &(seq + 1).to_be_bytes())?;
         Ok(())
@@ -209,6 +212,28 @@ fn request_key(participant: &str, request_id: &str) -> Vec<u8> {
     key
 }
 
+/// Opens sled, waiting up to 10 s for a broker that is shutting down (in this process or
+/// another) to release the directory lock; a broker still running there keeps it, and this
+/// one then refuses to start rather than share the directory.
+fn open_derived_state(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(DEFAULT_CACHE_BYTES)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// The journal and the derived state behind one boundary.
 #[derive(Clone)]
 pub struct Store {
@@ -228,10 +253,7 @@ impl Store {
         log: LogSigner,
     ) -> Result<Store, StoreError> {
         let log = Arc::new(log);
-        let db = sled::Config::new()
-            .path(data_dir.join("state"))
-            .cache_capacity(DEFAULT_CACHE_BYTES)
-            .open()?;
+        let db = open_derived_state(&data_dir.join("state"))?;
         let trees = Arc::new(Trees::open(&db)?);
         let degraded = Arc::new(AtomicBool::new(false));
         let hook = {

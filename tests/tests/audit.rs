@@ -478,7 +478,8 @@ async fn list_events_is_for_auditors_and_is_itself_audited() -> anyhow::Result<(
             "decoded beside the entry"
         );
     }
-    assert_eq!(events[0].kind, "registry_loaded");
+    assert_eq!(events[0].kind, "broker_started");
+    assert_eq!(events[1].kind, "registry_loaded");
     // The read is recorded before it happens: it lists itself.
     let last = events.last().expect("events");
     assert_eq!(last.kind, "audit_read");

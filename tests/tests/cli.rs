@@ -426,3 +426,73 @@ async fn the_readme_walkthrough_grants_fetches_and_revokes() -> anyhow::Result<(
     assert!(exit.success(), "SIGTERM ends the broker cleanly: {exit}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_auditor_verifies_follows_and_exports_the_log() -> anyhow::Result<()> {
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let mut served = serve(checkout.path())?;
+    let addr = served.addr.to_string();
+    let run = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        let mut full = args.to_vec();
+        full.extend(["--addr", &addr]);
+        Ok(Command::new(unefois_binary()?)
+            .current_dir(checkout.path())
+            .args(&full)
+            .output()?)
+    };
+    let fetched = run(&[
+        "fetch",
+        "--as",
+        "mairie-lyon",
+        "--subject",
+        "test:alice",
+        "--type",
+        "dgfip.revenu_fiscal_reference",
+        "--purpose",
+        "tarification_cantine",
+    ])?;
+    assert!(fetched.status.success(), "{fetched:?}");
+
+    let first = run(&["audit", "verify", "--as", "cnil"])?;
+    let text = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{text} {first:?}");
+    assert!(text.contains("first run"), "{text}");
+    let second = run(&["audit", "verify", "--as", "cnil"])?;
+    let text = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success(), "{text}");
+    assert!(
+        text.contains("consistent with the trusted checkpoint"),
+        "{text}"
+    );
+    // A participant that is not an auditor cannot download the log.
+    let refused = run(&["audit", "verify", "--as", "mairie-lyon"])?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("WRONG_ROLE"));
+
+    let tail = run(&["audit", "tail", "--as", "cnil"])?;
+    let text = String::from_utf8_lossy(&tail.stdout);
+    assert!(
+        text.contains("granted dgfip.revenu_fiscal_reference mairie-lyon"),
+        "{text}"
+    );
+
+    let export = run(&["audit", "export", "--as", "cnil"])?;
+    assert!(export.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(export.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(lines.len() >= 4, "{lines:?}");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], i as u64);
+        assert_eq!(line["entry"]["v"], 1);
+    }
+    assert!(
+        !lines.iter().any(|l| l.to_string().contains("alice")),
+        "no subject id in the export"
+    );
+    let exit = terminate(&mut served.child).await?;
+    assert!(exit.success());
+    Ok(())
+}

@@ -13,6 +13,8 @@ pub const MAX_LIMIT: u32 = 1_000;
 /// The name of an event's kind, as recorded (`exchange`, `consent_granted`, …).
 pub fn kind(event: &Event) -> &'static str {
     match event {
+        Event::BrokerStarted { .. } => "broker_started",
+        Event::BrokerStopped {} => "broker_stopped",
         Event::RegistryLoaded { .. } => "registry_loaded",
         Event::ConsentGranted { .. } => "consent_granted",
         Event::ConsentRevoked { .. } => "consent_revoked",
@@ -24,7 +26,9 @@ pub fn kind(event: &Event) -> &'static str {
 /// The participant an event is attributed to, if any.
 pub fn participant(event: &Event) -> Option<&str> {
     match event {
-        Event::RegistryLoaded { .. } => None,
+        Event::RegistryLoaded { .. } | Event::BrokerStarted { .. } | Event::BrokerStopped {} => {
+            None
+        }
         Event::ConsentGranted { participant, .. }
         | Event::ConsentRevoked { participant, .. }
         | Event::AuditRead { participant, .. } => Some(participant),

@@ -107,6 +107,7 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
         Event::RegistryLoaded { registry_sha256 } => {
             out.registry_sha256 = registry_sha256.clone();
         }
+        Event::BrokerStarted { .. } | Event::BrokerStopped {} => {}
     }
     out
 }
