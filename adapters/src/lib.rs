@@ -4,15 +4,21 @@
 //! for some claims about a subject ([`AdapterRequest`]) and gets typed values back
 //! ([`Claims`]), which every adapter checks against the attestation type's schema
 //! ([`check_claims`]) before the broker signs anything. This crate holds the trait,
-//! the claim types and the built-in adapters; it knows nothing of TLS, storage,
-//! gRPC or protobuf.
+//! the claim types and the built-in adapters (`static`, `http`); apart from the
+//! `http` adapter's client (rustls with the ring provider), it knows nothing of TLS,
+//! storage, gRPC or protobuf.
 
 #![forbid(unsafe_code)]
 
 pub mod adapter;
 pub mod claims;
+pub mod http;
 pub mod static_dataset;
 
 pub use adapter::{Adapter, AdapterError, AdapterRequest, LegalBasis};
 pub use claims::{ClaimSpec, ClaimType, ClaimValue, Claims, MAX_STRING_BYTES, check_claims};
+pub use http::{
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, HttpAdapter, HttpConfig,
+    HttpConfigError, HttpMethod, MAX_JSON_DEPTH,
+};
 pub use static_dataset::{DatasetError, MAX_DATASET_BYTES, MAX_SUBJECT_BYTES, StaticDataset};

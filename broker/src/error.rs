@@ -105,6 +105,14 @@ pub enum ApiError {
         /// When to try again, if the provider said.
         retry_after: Option<Duration>,
     },
+    /// The provider's circuit breaker is open after repeated failures.
+    #[error("provider {provider:?} is failing; calls are suspended for now")]
+    ProviderCircuitOpen {
+        /// The provider.
+        provider: String,
+        /// When to try again.
+        retry_after: Option<Duration>,
+    },
     /// The provider answered something that does not fit the schema.
     #[error("provider {provider:?} sent an invalid response")]
     ProviderInvalidResponse {
@@ -128,6 +136,12 @@ pub enum ApiError {
     RequestTooLarge {
         /// The limit in bytes.
         limit: usize,
+    },
+    /// The consumer is over its rate limit.
+    #[error("rate limit exceeded; retry later")]
+    RateLimited {
+        /// When a call will be admitted again.
+        retry_after: Duration,
     },
     /// A request id was reused for a different request.
     #[error("request id {0:?} was already used for a different request")]
@@ -159,9 +173,11 @@ impl ApiError {
             E::SubjectNotFound => "SUBJECT_NOT_FOUND",
             E::ProviderUnavailable { .. } => "PROVIDER_UNAVAILABLE",
             E::ProviderInvalidResponse { .. } => "PROVIDER_INVALID_RESPONSE",
+            E::ProviderCircuitOpen { .. } => "PROVIDER_CIRCUIT_OPEN",
             E::ProviderDeadline(_) => "DEADLINE_EXCEEDED",
             E::StoreUnavailable => "STORE_UNAVAILABLE",
             E::RequestIdReused(_) => "REQUEST_ID_REUSED",
+            E::RateLimited { .. } => "RATE_LIMITED",
             E::RequestTooLarge { .. } => "REQUEST_TOO_LARGE",
             E::TreeSizeOutOfRange(_) => "TREE_SIZE_OUT_OF_RANGE",
             E::LeafIndexOutOfRange(_) => "LEAF_INDEX_OUT_OF_RANGE",
@@ -174,6 +190,7 @@ impl ApiError {
             self,
             ApiError::SubjectNotFound
                 | ApiError::ProviderUnavailable { .. }
+                | ApiError::ProviderCircuitOpen { .. }
                 | ApiError::ProviderInvalidResponse { .. }
                 | ApiError::ProviderDeadline(_)
                 | ApiError::StoreUnavailable

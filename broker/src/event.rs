@@ -134,6 +134,27 @@ pub enum Event {
         /// What was asked, in words (filters, start index); never a raw subject id.
         query: String,
     },
+    /// Calls of a consumer refused for its rate limit over a window, counted (one entry per
+    /// consumer per window, so that a flood cannot multiply writes).
+    RateLimited {
+        /// The consumer.
+        participant: String,
+        /// How many calls were refused.
+        count: u64,
+        /// The window's length, in seconds.
+        window_seconds: u64,
+    },
+    /// A consumer read more distinct subjects in a minute than its habilitation allows.
+    HarvestingAlarm {
+        /// The consumer.
+        participant: String,
+        /// The habilitation concerned.
+        habilitation: String,
+        /// Distinct subjects seen in the window when the alarm was raised.
+        distinct_subjects: u64,
+        /// The habilitation's threshold.
+        limit: u32,
+    },
     /// An attestation was requested: granted, denied or failed.
     Exchange(Box<ExchangeEvent>),
 }

@@ -108,6 +108,13 @@ pub async fn fetch(
     caller: &Caller,
     input: FetchInput,
 ) -> Result<Arc<Fetched>, ApiError> {
+    state
+        .limits
+        .check(&caller.participant)
+        .map_err(|retry_after| {
+            crate::metrics::rate_limited(&caller.participant);
+            ApiError::RateLimited { retry_after }
+        })?;
     if input.request_id.is_empty() {
         return fetch_once(state, caller, input).await.map(Arc::new);
     }
@@ -137,7 +144,40 @@ async fn fetch_once(
     caller: &Caller,
     input: FetchInput,
 ) -> Result<Fetched, ApiError> {
+    let started = std::time::Instant::now();
     let loaded = state.federation.loaded();
+    // A bounded label: a registered type, never what a caller typed.
+    let type_label = if loaded
+        .registry
+        .attestation_type(&input.attestation_type)
+        .is_some()
+    {
+        input.attestation_type.clone()
+    } else {
+        "unknown".to_string()
+    };
+    let answer = fetch_recorded(state, caller, input, &loaded).await;
+    let (outcome, reason) = match &answer {
+        Ok(_) => ("granted", ""),
+        Err(e) if e.is_failure() => ("failed", e.reason_code()),
+        Err(e) => ("denied", e.reason_code()),
+    };
+    crate::metrics::fetch(
+        &caller.participant,
+        &type_label,
+        outcome,
+        reason,
+        started.elapsed().as_secs_f64(),
+    );
+    answer
+}
+
+async fn fetch_recorded(
+    state: &State,
+    caller: &Caller,
+    input: FetchInput,
+    loaded: &Loaded,
+) -> Result<Fetched, ApiError> {
     let mut event = ExchangeEvent {
         outcome: Outcome::Denied,
         reason: None,
@@ -156,7 +196,7 @@ async fn fetch_once(
         request_id: (!input.request_id.is_empty()).then(|| validate::recorded(&input.request_id)),
         registry_sha256: loaded.registry.sha256_hex(),
     };
-    let served = serve(state, caller, &input, &loaded, &mut event).await;
+    let served = serve(state, caller, &input, loaded, &mut event).await;
     match served {
         Ok((attestation, envelope, claims)) => {
             event.outcome = Outcome::Granted;
@@ -234,6 +274,27 @@ async fn serve(
         now,
     )?;
     event.habilitation = Some(habilitation.id.clone());
+    if let Some(limit) = habilitation.max_subjects_per_minute
+        && let Some(distinct) = state.limits.observe(
+            &caller.participant,
+            &habilitation.id,
+            &audit_pseudonym,
+            limit,
+        )
+    {
+        tracing::warn!(consumer = %caller.participant, habilitation = %habilitation.id, distinct, "harvesting alarm");
+        crate::metrics::harvesting_alarm(&caller.participant, &habilitation.id);
+        let alarm = Record::now(Event::HarvestingAlarm {
+            participant: caller.participant.clone(),
+            habilitation: habilitation.id.clone(),
+            distinct_subjects: distinct as u64,
+            limit,
+        });
+        if let Err(e) = state.store.append(vec![alarm]).await {
+            tracing::error!(error = %e, "cannot record a harvesting alarm");
+            return Err(ApiError::StoreUnavailable);
+        }
+    }
     let claims: Vec<String> = if input.claims.is_empty() {
         habilitation.claims.iter().cloned().collect()
     } else {
@@ -433,10 +494,31 @@ async fn provide(
         request_id: input.request_id.clone(),
         deadline: tokio::time::Instant::now() + budget,
     };
+    let started = std::time::Instant::now();
     let answer = tokio::time::timeout(budget, adapter.fetch(&request))
         .await
         .unwrap_or(Err(AdapterError::DeadlineExceeded));
+    let result = match &answer {
+        Ok(_) => "ok",
+        Err(AdapterError::NotFound) => "not_found",
+        Err(e) if crate::resilience::is_circuit_open(e) => "circuit_open",
+        Err(AdapterError::Unavailable { .. }) => "unavailable",
+        Err(AdapterError::InvalidResponse(_)) => "invalid_response",
+        Err(AdapterError::DeadlineExceeded) => "deadline_exceeded",
+    };
+    crate::metrics::provider_call(
+        provider,
+        &input.attestation_type,
+        result,
+        started.elapsed().as_secs_f64(),
+    );
     answer.map_err(|e| match e {
+        AdapterError::Unavailable { retry_after, .. } if crate::resilience::is_circuit_open(&e) => {
+            ApiError::ProviderCircuitOpen {
+                provider: provider.to_string(),
+                retry_after,
+            }
+        }
         AdapterError::NotFound => ApiError::SubjectNotFound,
         AdapterError::Unavailable {
             reason,

@@ -8,23 +8,45 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use unefois_adapters::{Adapter, DatasetError, StaticDataset};
+use unefois_adapters::{Adapter, DatasetError, HttpAdapter, HttpConfigError, StaticDataset};
+
+/// Why the adapters a registry declares cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterSetupError {
+    /// A static dataset is invalid.
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    /// An HTTP adapter's configuration is invalid.
+    #[error(transparent)]
+    Http(Box<HttpConfigError>),
+}
 
 use crate::registry::{AdapterBinding, Registry};
+use crate::resilience::{Guarded, ReadinessHook};
 
 /// The adapter of each attestation type, by type id.
 pub type Adapters = HashMap<String, Arc<dyn Adapter>>;
 
-/// Builds the adapters a registry declares (static datasets are loaded and validated here).
-pub fn build_adapters(registry: &Registry) -> Result<Adapters, DatasetError> {
+/// Builds the adapters a registry declares (static datasets are loaded and validated here),
+/// each behind its concurrency limit and circuit breaker; `readiness` hears of breakers opening
+/// and closing.
+pub fn build_adapters(
+    registry: &Registry,
+    readiness: Option<ReadinessHook>,
+) -> Result<Adapters, AdapterSetupError> {
     let mut adapters: Adapters = HashMap::new();
     for ty in registry.attestation_types() {
         let adapter: Arc<dyn Adapter> = match &ty.adapter {
             AdapterBinding::Static { dataset } => {
                 Arc::new(StaticDataset::load(dataset, &ty.id, &ty.claim_specs())?)
             }
+            AdapterBinding::Http(config) => Arc::new(
+                HttpAdapter::new(&ty.id, &ty.claim_specs(), config)
+                    .map_err(|e| AdapterSetupError::Http(Box::new(e)))?,
+            ),
         };
-        adapters.insert(ty.id.clone(), adapter);
+        let guarded = Guarded::new(&ty.id, adapter, ty.resilience, readiness.clone());
+        adapters.insert(ty.id.clone(), Arc::new(guarded));
     }
     Ok(adapters)
 }

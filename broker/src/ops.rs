@@ -1,5 +1,5 @@
-//! The operational listener: an unauthenticated health probe for orchestrators (and, later,
-//! Prometheus metrics). Bound to loopback by default; it never serves participant data.
+//! The operational listener: an unauthenticated health probe for orchestrators and the
+//! Prometheus metrics. Bound to loopback by default; it never serves participant data.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +33,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(|| async { crate::metrics::handle().map_or(String::new(), |h| h.render()) }),
+        )
         .route(
             "/readyz",
             get(move || {

@@ -76,6 +76,18 @@ pub struct Participant {
     pub name: String,
     /// What it may do.
     pub roles: BTreeSet<Role>,
+    /// Calls per minute it may make, if limited.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A consumer's declared rate: a sustained rate and a burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained calls per minute.
+    pub per_minute: u32,
+    /// Calls allowed at once above the sustained rate.
+    pub burst: u32,
 }
 
 impl Participant {
@@ -117,6 +129,8 @@ pub enum AdapterBinding {
         /// Absolute path of the dataset (declared relative to the registry file).
         dataset: PathBuf,
     },
+    /// An existing REST API (its files resolved relative to the registry file).
+    Http(Box<unefois_adapters::HttpConfig>),
 }
 
 impl AdapterBinding {
@@ -124,6 +138,7 @@ impl AdapterBinding {
     pub fn kind(&self) -> &'static str {
         match self {
             AdapterBinding::Static { .. } => "static",
+            AdapterBinding::Http(_) => "http",
         }
     }
 }
@@ -145,6 +160,8 @@ pub struct AttestationType {
     pub max_age_days: u32,
     /// How the broker reaches the provider.
     pub adapter: AdapterBinding,
+    /// The provider's concurrency limit and circuit breaker.
+    pub resilience: crate::resilience::ResilienceConfig,
 }
 
 impl AttestationType {
@@ -191,6 +208,8 @@ pub struct Habilitation {
     pub legal_basis: LegalBasis,
     /// End of validity (the end of the `expires` day, UTC).
     pub expires_at: OffsetDateTime,
+    /// Distinct subjects per minute above which the harvesting alarm is raised.
+    pub max_subjects_per_minute: Option<u32>,
 }
 
 impl Habilitation {
@@ -378,6 +397,8 @@ mod raw {
         pub id: String,
         pub name: String,
         pub roles: Vec<Role>,
+        #[serde(default)]
+        pub rate_limit: Option<super::RateLimit>,
     }
 
     #[derive(Deserialize)]
@@ -398,6 +419,16 @@ mod raw {
         pub max_age_days: u32,
         pub adapter: Adapter,
         pub claims: Vec<Claim>,
+        #[serde(default)]
+        pub resilience: Option<Resilience>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Resilience {
+        pub max_concurrency: usize,
+        pub failure_threshold: u32,
+        pub open_seconds: u64,
     }
 
     #[derive(Deserialize)]
@@ -413,6 +444,7 @@ mod raw {
     #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
     pub enum Adapter {
         Static { dataset: PathBuf },
+        Http(Box<unefois_adapters::HttpConfig>),
     }
 
     #[derive(Deserialize)]
@@ -425,6 +457,8 @@ mod raw {
         pub claims: Vec<String>,
         pub legal_basis: LegalBasis,
         pub expires: toml::value::Datetime,
+        #[serde(default)]
+        pub max_subjects_per_minute: Option<u32>,
     }
 
     #[derive(Deserialize)]
@@ -532,6 +566,14 @@ impl Validator<'_> {
                     "a participant needs at least one role",
                 );
             }
+            if let Some(limit) = p.rate_limit
+                && (limit.per_minute == 0 || limit.burst == 0)
+            {
+                self.fail(
+                    format!("{at}.rate_limit"),
+                    "per_minute and burst must be positive",
+                );
+            }
             let roles: BTreeSet<Role> = p.roles.iter().copied().collect();
             if roles.len() != p.roles.len() {
                 self.fail(format!("{at}.roles"), "a role is listed twice");
@@ -544,6 +586,7 @@ impl Validator<'_> {
                         id: p.id,
                         name: p.name,
                         roles,
+                        rate_limit: p.rate_limit,
                     },
                 )
                 .is_some()
@@ -633,6 +676,49 @@ impl Validator<'_> {
                 raw::Adapter::Static { dataset } => AdapterBinding::Static {
                     dataset: self.relative_file(format!("{at}.adapter.dataset"), &dataset),
                 },
+                raw::Adapter::Http(mut config) => {
+                    for (field, file) in [
+                        ("bearer_token_file", &mut config.bearer_token_file),
+                        ("ca_file", &mut config.ca_file),
+                        ("client_cert_file", &mut config.client_cert_file),
+                        ("client_key_file", &mut config.client_key_file),
+                    ] {
+                        if let Some(declared) = file.take() {
+                            *file = Some(
+                                self.relative_file(format!("{at}.adapter.{field}"), &declared),
+                            );
+                        }
+                    }
+                    AdapterBinding::Http(config)
+                }
+            };
+            let resilience = match t.resilience {
+                None => crate::resilience::ResilienceConfig::default(),
+                Some(r) => {
+                    if !(1..=10_000).contains(&r.max_concurrency) {
+                        self.fail(
+                            format!("{at}.resilience.max_concurrency"),
+                            "must be between 1 and 10000",
+                        );
+                    }
+                    if !(1..=1_000).contains(&r.failure_threshold) {
+                        self.fail(
+                            format!("{at}.resilience.failure_threshold"),
+                            "must be between 1 and 1000",
+                        );
+                    }
+                    if !(1..=3_600).contains(&r.open_seconds) {
+                        self.fail(
+                            format!("{at}.resilience.open_seconds"),
+                            "must be between 1 and 3600",
+                        );
+                    }
+                    crate::resilience::ResilienceConfig {
+                        max_concurrency: r.max_concurrency,
+                        failure_threshold: r.failure_threshold,
+                        open_for: std::time::Duration::from_secs(r.open_seconds),
+                    }
+                }
             };
             let id = t.id.clone();
             let ty = AttestationType {
@@ -643,6 +729,7 @@ impl Validator<'_> {
                 claims,
                 max_age_days: t.max_age_days,
                 adapter,
+                resilience,
             };
             if attestation_types.insert(id.clone(), ty).is_some() {
                 self.fail(
@@ -748,6 +835,7 @@ impl Validator<'_> {
                 claims: h.claims.into_iter().collect(),
                 legal_basis,
                 expires_at,
+                max_subjects_per_minute: h.max_subjects_per_minute,
             });
         }
 

@@ -20,6 +20,7 @@ use crate::journal::JournalOptions;
 use crate::listener::{self, AcceptLimits, TlsFiles, TlsMaterial, TlsSetupError};
 use crate::ops::{self, Readiness};
 use crate::pseudonym::Pseudonymizer;
+use crate::ratelimit::{self, RateLimits};
 use crate::registry::{Registry, RegistryError};
 use crate::signing::AttestationSigner;
 use crate::state::{DEFAULT_PROVIDER_TIMEOUT, State};
@@ -63,9 +64,9 @@ pub enum BrokerError {
         /// What failed.
         source: std::io::Error,
     },
-    /// A static dataset of the registry is invalid.
+    /// An adapter the registry declares cannot be built.
     #[error("{0}")]
-    Dataset(#[from] unefois_adapters::DatasetError),
+    Adapter(#[from] crate::federation::AdapterSetupError),
     /// A key of the broker cannot be loaded or created.
     #[error("key: {0}")]
     Key(#[from] crate::keys::KeyError),
@@ -89,6 +90,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BrokerError> {
+    crate::metrics::handle();
     let registry = Registry::load(&config.registry)?;
     let mut tls = TlsMaterial::load(&config.tls)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::DataDir {
@@ -103,7 +105,11 @@ pub async fn run(
         revoked_certificates = tls.revoked_serials.len(),
         "registry loaded"
     );
-    let adapters = build_adapters(&registry)?;
+    let health = tonic_health::server::health_reporter();
+    let adapters = build_adapters(
+        &registry,
+        Some(crate::grpc::provider_readiness(health.0.clone())),
+    )?;
     let pseudonyms = Pseudonymizer::load(&config.data_dir)?;
     let signer = AttestationSigner::load(&config.data_dir, registry.trust_domain())?;
     if let Some(pki_dir) = config.tls.ca.parent() {
@@ -148,6 +154,7 @@ pub async fn run(
         signer,
         provider_timeout: DEFAULT_PROVIDER_TIMEOUT,
         recent: RecentAnswers::new(idempotency::DEFAULT_WINDOW, idempotency::DEFAULT_CAPACITY),
+        limits: RateLimits::from_registry(&federation.registry()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -169,7 +176,26 @@ pub async fn run(
         tokio::spawn(ops::serve(l, readiness.clone(), stopped()))
     });
 
-    let (routes, health) = crate::grpc::routes(state.clone(), config.max_request_bytes).await?;
+    // Rate-limit denials are recorded once per consumer per window, with their count.
+    let flusher = {
+        let state = state.clone();
+        let stopped = stopped();
+        tokio::spawn(async move {
+            tokio::pin!(stopped);
+            loop {
+                let done = tokio::select! {
+                    () = tokio::time::sleep(ratelimit::WINDOW) => false,
+                    () = &mut stopped => true,
+                };
+                record_denials(&state).await;
+                if done {
+                    return;
+                }
+            }
+        })
+    };
+    let (routes, health) =
+        crate::grpc::routes(state.clone(), config.max_request_bytes, health).await?;
     let (conn_tx, conn_rx) = mpsc::channel(256);
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tokio::spawn(listener::accept_loop(
@@ -223,6 +249,7 @@ pub async fn run(
     {
         return Err(BrokerError::Ops(e));
     }
+    let _ = flusher.await;
     drop(state);
     if let Err(e) = store
         .append(vec![Record::now(Event::BrokerStopped {})])
@@ -234,4 +261,25 @@ pub async fn run(
     served?;
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// Records the rate-limit denials counted since the last call.
+async fn record_denials(state: &State) {
+    let records: Vec<Record> = state
+        .limits
+        .take_denied()
+        .into_iter()
+        .map(|d| {
+            Record::now(Event::RateLimited {
+                participant: d.participant,
+                count: d.count,
+                window_seconds: ratelimit::WINDOW.as_secs(),
+            })
+        })
+        .collect();
+    if !records.is_empty()
+        && let Err(e) = state.store.append(records).await
+    {
+        tracing::error!(error = %e, "cannot record rate-limit denials");
+    }
 }

@@ -24,6 +24,8 @@ pub struct State {
     pub signer: AttestationSigner,
     /// Upper bound of a provider call.
     pub provider_timeout: Duration,
+    /// Rate limits and the harvesting alarm.
+    pub limits: crate::ratelimit::RateLimits,
     /// Recent Fetch answers, for idempotent retries (memory only).
     pub recent: RecentAnswers,
 }

@@ -185,7 +185,9 @@ impl Trees {
             Event::RegistryLoaded { .. }
             | Event::AuditRead { .. }
             | Event::BrokerStarted { .. }
-            | Event::BrokerStopped {} => {}
+            | Event::BrokerStopped {}
+            | Event::RateLimited { .. }
+            | Event::HarvestingAlarm { .. } => {}
         }
         self.meta.insert(APPLIED, &(seq + 1).to_be_bytes())?;
         Ok(())

@@ -19,6 +19,8 @@ pub fn kind(event: &Event) -> &'static str {
         Event::ConsentGranted { .. } => "consent_granted",
         Event::ConsentRevoked { .. } => "consent_revoked",
         Event::AuditRead { .. } => "audit_read",
+        Event::RateLimited { .. } => "rate_limited",
+        Event::HarvestingAlarm { .. } => "harvesting_alarm",
         Event::Exchange(_) => "exchange",
     }
 }
@@ -31,7 +33,9 @@ pub fn participant(event: &Event) -> Option<&str> {
         }
         Event::ConsentGranted { participant, .. }
         | Event::ConsentRevoked { participant, .. }
-        | Event::AuditRead { participant, .. } => Some(participant),
+        | Event::AuditRead { participant, .. }
+        | Event::RateLimited { participant, .. }
+        | Event::HarvestingAlarm { participant, .. } => Some(participant),
         Event::Exchange(e) => Some(&e.participant),
     }
 }

@@ -107,7 +107,10 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
         Event::RegistryLoaded { registry_sha256 } => {
             out.registry_sha256 = registry_sha256.clone();
         }
-        Event::BrokerStarted { .. } | Event::BrokerStopped {} => {}
+        Event::HarvestingAlarm { habilitation, .. } => {
+            out.habilitation = habilitation.clone();
+        }
+        Event::BrokerStarted { .. } | Event::BrokerStopped {} | Event::RateLimited { .. } => {}
     }
     out
 }

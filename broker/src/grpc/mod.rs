@@ -38,12 +38,20 @@ pub const SERVICE_NAMES: &[&str] = &[
 pub async fn routes(
     state: Arc<State>,
     max_request_bytes: usize,
+    (health, health_service): (
+        HealthReporter,
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ),
 ) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
     let authenticate = auth::Authenticate::new(state.federation.clone());
-    let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVICE_NAMES {
         health
             .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    for ty in state.federation.registry().attestation_types() {
+        health
+            .set_service_status(provider_service_name(&ty.id), ServingStatus::Serving)
             .await;
     }
     let reflection = tonic_reflection::server::Builder::configure()
@@ -71,6 +79,28 @@ pub async fn routes(
         ))
         .add_service(InterceptedService::new(reflection, authenticate));
     Ok((routes, health))
+}
+
+/// The grpc.health.v1 service name under which a provider's readiness is reported.
+pub fn provider_service_name(attestation_type: &str) -> String {
+    format!("unefois.provider.{attestation_type}")
+}
+
+/// A readiness hook that reports breakers opening and closing in grpc.health.v1.
+pub fn provider_readiness(health: HealthReporter) -> crate::resilience::ReadinessHook {
+    Arc::new(move |attestation_type: &str, ready: bool| {
+        crate::metrics::provider_ready(attestation_type, ready);
+        let health = health.clone();
+        let name = provider_service_name(attestation_type);
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { health.set_service_status(name, status).await });
+        }
+    })
 }
 
 /// Tells health clients that every service is going away.

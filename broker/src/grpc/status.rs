@@ -30,12 +30,13 @@ pub fn code(e: &ApiError) -> Code {
             Code::FailedPrecondition
         }
         E::UnknownAttestationType(_) | E::UnknownConsent(_) | E::SubjectNotFound => Code::NotFound,
-        E::ProviderUnavailable { .. } | E::ProviderInvalidResponse { .. } | E::StoreUnavailable => {
-            Code::Unavailable
-        }
+        E::ProviderUnavailable { .. }
+        | E::ProviderCircuitOpen { .. }
+        | E::ProviderInvalidResponse { .. }
+        | E::StoreUnavailable => Code::Unavailable,
         E::ProviderDeadline(_) => Code::DeadlineExceeded,
         E::RequestIdReused(_) => Code::AlreadyExists,
-        E::RequestTooLarge { .. } => Code::ResourceExhausted,
+        E::RequestTooLarge { .. } | E::RateLimited { .. } => Code::ResourceExhausted,
     }
 }
 
@@ -54,9 +55,16 @@ impl From<ApiError> for Status {
         if let ApiError::ProviderUnavailable {
             retry_after: Some(after),
             ..
+        }
+        | ApiError::ProviderCircuitOpen {
+            retry_after: Some(after),
+            ..
         } = &e
         {
             details.set_retry_info(Some(*after));
+        }
+        if let ApiError::RateLimited { retry_after } = &e {
+            details.set_retry_info(Some(*retry_after));
         }
         Status::with_error_details(code(&e), e.to_string(), details)
     }

@@ -1,0 +1,951 @@
+//! The `http` adapter: the broker calls a provider's existing REST/JSON API.
+//!
+//! The registry declares, per attestation type, a URL template (`{subject}` and
+//! `{claims}` substituted percent-encoded), a method, static headers, how to
+//! authenticate (a bearer token read from a file, an mTLS client certificate), and a
+//! JSON Pointer (RFC 6901) per claim into the provider's answer.
+//!
+//! Status mapping: 200 → the requested claims, read through their pointers and checked
+//! against the schema; 404 → [`AdapterError::NotFound`]; 429 and 5xx →
+//! [`AdapterError::Unavailable`] carrying the `Retry-After` delay (seconds form); any
+//! other status, a body over the size limit, a body that is not JSON or is nested
+//! deeper than [`MAX_JSON_DEPTH`] → [`AdapterError::InvalidResponse`].
+//!
+//! TLS is rustls with the ring provider only, trusting only the CA file of the
+//! configuration (a private PKI; no system roots). Plain `http://` URLs are allowed.
+//!
+//! Nothing here logs a subject or a claim value: tracing events carry the attestation
+//! type, the HTTP status, the attempt and the latency.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{StatusCode, Url};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::adapter::{Adapter, AdapterError, AdapterRequest, LegalBasis};
+use crate::claims::{ClaimSpec, ClaimType, ClaimValue, Claims, check_claims, quote};
+
+/// Deepest nesting of arrays and objects accepted in a provider's answer.
+///
+/// Checked by this adapter with a scan of the raw bytes before parsing (serde_json's
+/// own recursion limit, 128, stays as a second guard).
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Default [`HttpConfig::timeout_ms`].
+pub const DEFAULT_TIMEOUT_MS: u64 = 2000;
+/// Default [`HttpConfig::retries`].
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Default [`HttpConfig::max_response_bytes`] (1 MiB).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Largest number of retries a configuration may ask for.
+const MAX_RETRIES: u32 = 10;
+
+/// Characters left as they are when substituting into the URL: RFC 3986 unreserved
+/// (`A-Z a-z 0-9 - . _ ~`); everything else is percent-encoded, `/`, `:`, `?`, `#`,
+/// `%` and space included.
+const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Characters percent-encoded in the forwarded `X-Unefois-*` header values: controls,
+/// `%` and (implicitly) every non-ASCII byte, so that any UTF-8 text travels as
+/// visible ASCII.
+const HEADER_VALUE: &AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// Headers the broker sets itself, which static headers may not replace.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-authorization",
+];
+
+/// Prefix of the headers the broker forwards (consumer, purpose, legal basis, request id).
+const FORWARDED_PREFIX: &str = "x-unefois-";
+
+/// The HTTP method of the call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub enum HttpMethod {
+    /// `GET`: idempotent, retried on connection errors, 429 and 5xx.
+    #[default]
+    #[serde(rename = "GET", alias = "get")]
+    Get,
+    /// `POST` with a JSON body `{"subject", "claims", "consumer", "purpose",
+    /// "legal_basis", "request_id"}`; never retried.
+    #[serde(rename = "POST", alias = "post")]
+    Post,
+}
+
+impl HttpMethod {
+    /// `"GET"` or `"POST"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+        }
+    }
+}
+
+/// How the broker calls an existing REST API (declared in the registry).
+///
+/// Besides the static headers, every call carries `X-Unefois-Consumer`,
+/// `X-Unefois-Purpose`, `X-Unefois-Legal-Basis` (the law citation, or
+/// `consent:<id>`) and `X-Unefois-Request-Id`, so the provider can log and enforce
+/// them. Their values are UTF-8, with control characters, `%` and non-ASCII bytes
+/// percent-encoded.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// URL template, `http://` or `https://`. `{subject}` and `{claims}` (the requested
+    /// claims, each percent-encoded, joined with `,`) are replaced, percent-encoded
+    /// (only `A-Z a-z 0-9 - . _ ~` stay as they are); they may appear in the path or
+    /// the query only, never in the scheme or authority. E.g.
+    /// `"https://api.caf.test/v1/quotient/{subject}"`.
+    pub url: String,
+    /// `GET` (default) or `POST`.
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// Static headers sent with every call. Names and values are validated; the
+    /// broker's own headers (`Host`, `Content-Type`, `X-Unefois-*`, ...) and, with a
+    /// bearer token, `Authorization` cannot be set here.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// File holding a bearer token, read at load and trimmed; sent as
+    /// `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// PEM file of the CA certificates trusted for `https://` (required for it). No
+    /// system roots are used.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented for mTLS (with `client_key_file`).
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// Claim name → RFC 6901 JSON Pointer into the response, e.g.
+    /// `"/data/quotient_familial"`. A pointer that resolves to nothing, or to `null`,
+    /// means the provider does not hold the claim.
+    pub claims: BTreeMap<String, String>,
+    /// Time allowed to one attempt (connection, request and body), in milliseconds;
+    /// the request's deadline bounds the whole call anyway.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries after a connection error, a 429 or a 5xx, for `GET` only (at most 10).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Largest response body accepted, in bytes.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+
+fn default_retries() -> u32 {
+    DEFAULT_RETRIES
+}
+
+fn default_max_response_bytes() -> usize {
+    DEFAULT_MAX_RESPONSE_BYTES
+}
+
+/// Why an [`HttpConfig`] cannot be used. Names the attestation type and the
+/// configuration field at fault; never quotes a token or key.
+#[derive(Debug, thiserror::Error)]
+#[error("http adapter for {attestation_type}: {field}: {reason}")]
+pub struct HttpConfigError {
+    /// The attestation type, quoted.
+    pub attestation_type: String,
+    /// The field at fault, e.g. `url`, `claims."nir"`, `ca_file`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// One claim the adapter can read from the answer.
+#[derive(Clone, Debug)]
+struct ClaimSource {
+    pointer: String,
+    claim_type: ClaimType,
+}
+
+/// The `http` adapter for one attestation type.
+///
+/// `Debug` shows the type, the method, the target's scheme, host and port and the
+/// claim names, never the path template's query nor a token.
+pub struct HttpAdapter {
+    attestation_type: String,
+    schema: Vec<ClaimSpec>,
+    url_template: String,
+    target: String,
+    method: HttpMethod,
+    headers: HeaderMap,
+    claims: BTreeMap<String, ClaimSource>,
+    timeout: Duration,
+    retries: u32,
+    max_response_bytes: usize,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for HttpAdapter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpAdapter")
+            .field("attestation_type", &self.attestation_type)
+            .field("method", &self.method)
+            .field("target", &self.target)
+            .field("claims", &self.claims.keys().collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .finish()
+    }
+}
+
+impl HttpAdapter {
+    /// Validates `config` for `attestation_type` and builds the adapter: every claim
+    /// of `config.claims` exists in `schema` and has a valid JSON Pointer, the URL
+    /// template parses (placeholders only in the path or query), headers are valid,
+    /// the token, CA, certificate and key files are readable and well-formed, an
+    /// `https://` URL has a `ca_file`, limits are non-zero.
+    pub fn new(
+        attestation_type: &str,
+        schema: &[ClaimSpec],
+        config: &HttpConfig,
+    ) -> Result<HttpAdapter, HttpConfigError> {
+        let err = |field: &str, reason: String| HttpConfigError {
+            attestation_type: quote(attestation_type),
+            field: field.to_string(),
+            reason,
+        };
+
+        // Claims and their pointers.
+        if config.claims.is_empty() {
+            return Err(err("claims", "at least one claim is needed".into()));
+        }
+        let mut claims = BTreeMap::new();
+        for (name, pointer) in &config.claims {
+            let field = format!("claims.{}", quote(name));
+            let Some(spec) = schema.iter().find(|s| s.name == *name) else {
+                return Err(err(
+                    &field,
+                    format!(
+                        "claim {} is not in the schema of {}",
+                        quote(name),
+                        quote(attestation_type)
+                    ),
+                ));
+            };
+            validate_pointer(pointer).map_err(|why| err(&field, why))?;
+            claims.insert(
+                name.clone(),
+                ClaimSource {
+                    pointer: pointer.clone(),
+                    claim_type: spec.claim_type,
+                },
+            );
+        }
+
+        // URL template.
+        let (url, target) = validate_url_template(&config.url).map_err(|why| err("url", why))?;
+        let https = url.scheme() == "https";
+
+        // Limits.
+        if config.timeout_ms == 0 {
+            return Err(err("timeout_ms", "must be greater than 0".into()));
+        }
+        if config.retries > MAX_RETRIES {
+            return Err(err("retries", format!("at most {MAX_RETRIES}")));
+        }
+        if config.max_response_bytes == 0 {
+            return Err(err("max_response_bytes", "must be greater than 0".into()));
+        }
+
+        // Headers.
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            let field = format!("headers.{}", quote(name));
+            let header_name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| err(&field, "invalid header name".into()))?;
+            let lower = header_name.as_str();
+            if RESERVED_HEADERS.contains(&lower) || lower.starts_with(FORWARDED_PREFIX) {
+                return Err(err(&field, "this header is set by the broker".into()));
+            }
+            if header_name == AUTHORIZATION && config.bearer_token_file.is_some() {
+                return Err(err(
+                    &field,
+                    "Authorization conflicts with bearer_token_file".into(),
+                ));
+            }
+            let mut header_value = HeaderValue::from_str(value).map_err(|_| {
+                err(
+                    &field,
+                    "invalid header value (visible ASCII and spaces only)".into(),
+                )
+            })?;
+            if header_name == AUTHORIZATION {
+                header_value.set_sensitive(true);
+            }
+            headers.append(header_name, header_value);
+        }
+        if let Some(path) = &config.bearer_token_file {
+            let text = fs::read_to_string(path).map_err(|e| {
+                err(
+                    "bearer_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(err(
+                    "bearer_token_file",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                err(
+                    "bearer_token_file",
+                    format!(
+                        "{} holds characters not allowed in a header",
+                        path.display()
+                    ),
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        headers.insert(
+            reqwest::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
+
+        // TLS.
+        let mut roots = RootCertStore::empty();
+        match &config.ca_file {
+            Some(path) => {
+                let certs = read_certificates(path).map_err(|why| err("ca_file", why))?;
+                for cert in certs {
+                    roots.add(cert).map_err(|e| {
+                        err(
+                            "ca_file",
+                            format!("{}: unusable CA certificate: {e}", path.display()),
+                        )
+                    })?;
+                }
+            }
+            None if https => {
+                return Err(err(
+                    "ca_file",
+                    "required for an https:// url (no system roots are trusted)".into(),
+                ));
+            }
+            None => {}
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err("ca_file", format!("TLS configuration: {e}")))?
+            .with_root_certificates(roots);
+        let tls = match (&config.client_cert_file, &config.client_key_file) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(cert_path), Some(key_path)) => {
+                let chain =
+                    read_certificates(cert_path).map_err(|why| err("client_cert_file", why))?;
+                let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+                    err(
+                        "client_key_file",
+                        format!(
+                            "cannot read a PEM private key from {}: {e}",
+                            key_path.display()
+                        ),
+                    )
+                })?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    err(
+                        "client_key_file",
+                        format!(
+                            "{} does not fit {}: {e}",
+                            key_path.display(),
+                            cert_path.display()
+                        ),
+                    )
+                })?
+            }
+            (Some(_), None) => {
+                return Err(err(
+                    "client_key_file",
+                    "required with client_cert_file".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "client_cert_file",
+                    "required with client_key_file".into(),
+                ));
+            }
+        };
+
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| err("url", format!("cannot build the HTTP client: {e}")))?;
+
+        Ok(HttpAdapter {
+            attestation_type: attestation_type.to_string(),
+            schema: schema.to_vec(),
+            url_template: config.url.clone(),
+            target,
+            method: config.method,
+            headers,
+            claims,
+            timeout,
+            retries: config.retries,
+            max_response_bytes: config.max_response_bytes,
+            client,
+        })
+    }
+
+    /// The attestation type this adapter serves.
+    pub fn attestation_type(&self) -> &str {
+        &self.attestation_type
+    }
+
+    /// The URL for a request: the template with its placeholders substituted.
+    fn url_for(&self, request: &AdapterRequest) -> Result<Url, AdapterError> {
+        let subject = utf8_percent_encode(&request.subject, URL_COMPONENT).to_string();
+        let claims = request
+            .claims
+            .iter()
+            .map(|c| utf8_percent_encode(c, URL_COMPONENT).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let url = self
+            .url_template
+            .replace("{subject}", &subject)
+            .replace("{claims}", &claims);
+        Url::parse(&url).map_err(|_| AdapterError::Unavailable {
+            reason: "cannot build the provider URL".into(),
+            retry_after: None,
+        })
+    }
+
+    /// One attempt: sends the request and reads the answer.
+    async fn attempt(&self, url: Url, request: &AdapterRequest) -> Attempt {
+        let mut builder = match self.method {
+            HttpMethod::Get => self.client.get(url),
+            HttpMethod::Post => self.client.post(url).json(&serde_json::json!({
+                "subject": request.subject,
+                "claims": request.claims,
+                "consumer": request.consumer,
+                "purpose": request.purpose,
+                "legal_basis": legal_basis_text(&request.legal_basis),
+                "request_id": request.request_id,
+            })),
+        };
+        builder = builder.headers(self.headers.clone());
+        let legal_basis = legal_basis_text(&request.legal_basis);
+        for (name, value) in [
+            ("x-unefois-consumer", request.consumer.as_str()),
+            ("x-unefois-purpose", request.purpose.as_str()),
+            ("x-unefois-legal-basis", legal_basis.as_str()),
+            ("x-unefois-request-id", request.request_id.as_str()),
+        ] {
+            let encoded = utf8_percent_encode(value, HEADER_VALUE).to_string();
+            match HeaderValue::from_str(&encoded) {
+                Ok(v) => builder = builder.header(name, v),
+                Err(_) => {
+                    return Attempt::Final(AdapterError::Unavailable {
+                        reason: format!("cannot encode header {name}"),
+                        retry_after: None,
+                    });
+                }
+            }
+        }
+
+        let mut response = match builder.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                let retryable = e.is_connect();
+                let error = AdapterError::Unavailable {
+                    reason: format!("request failed: {}", describe_error(e)),
+                    retry_after: None,
+                };
+                return if retryable {
+                    Attempt::Retryable(error)
+                } else {
+                    Attempt::Final(error)
+                };
+            }
+        };
+        let status = response.status();
+        tracing::debug!(
+            attestation_type = %self.attestation_type,
+            status = status.as_u16(),
+            "http adapter: provider answered"
+        );
+        if status == StatusCode::NOT_FOUND {
+            return Attempt::Final(AdapterError::NotFound);
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Attempt::Retryable(AdapterError::Unavailable {
+                reason: format!("provider answered HTTP {}", status.as_u16()),
+                retry_after: retry_after(response.headers()),
+            });
+        }
+        if status != StatusCode::OK {
+            return Attempt::Final(AdapterError::InvalidResponse(format!(
+                "unexpected HTTP status {}",
+                status.as_u16()
+            )));
+        }
+
+        // The body, bounded.
+        let limit = self.max_response_bytes;
+        let too_large = || {
+            Attempt::Final(AdapterError::InvalidResponse(format!(
+                "response body larger than {limit} bytes"
+            )))
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit))
+        {
+            return too_large();
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len().saturating_add(chunk.len()) > limit {
+                        return too_large();
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Attempt::Final(AdapterError::Unavailable {
+                        reason: format!("reading the response failed: {}", describe_error(e)),
+                        retry_after: None,
+                    });
+                }
+            }
+        }
+        match self.extract(&body, &request.claims) {
+            Ok(claims) => Attempt::Done(claims),
+            Err(e) => Attempt::Final(e),
+        }
+    }
+
+    /// Reads the requested claims out of a 200 answer.
+    fn extract(&self, body: &[u8], requested: &[String]) -> Result<Claims, AdapterError> {
+        check_depth(body, MAX_JSON_DEPTH)?;
+        let document: Value = serde_json::from_slice(body).map_err(|e| {
+            AdapterError::InvalidResponse(format!(
+                "response is not JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let mut claims = Claims::new();
+        for name in requested {
+            let Some(source) = self.claims.get(name) else {
+                continue;
+            };
+            match document.pointer(&source.pointer) {
+                None | Some(Value::Null) => {}
+                Some(value) => {
+                    let value = ClaimValue::from_json(source.claim_type, value).map_err(|why| {
+                        AdapterError::InvalidResponse(format!("claim {}: {why}", quote(name)))
+                    })?;
+                    claims.insert(name.clone(), value);
+                }
+            }
+        }
+        check_claims(&self.schema, requested, &claims)?;
+        Ok(claims)
+    }
+}
+
+/// What one attempt gave.
+enum Attempt {
+    /// The claims.
+    Done(Claims),
+    /// A failure worth another try (for an idempotent call).
+    Retryable(AdapterError),
+    /// A failure to return as it is.
+    Final(AdapterError),
+}
+
+#[async_trait::async_trait]
+impl Adapter for HttpAdapter {
+    /// Calls the provider. Each attempt is bounded by `timeout_ms` and by the request's
+    /// deadline; a `GET` is retried up to `retries` times after a connection error, a
+    /// 429 or a 5xx, with a random pause of 50–150 ms × the attempt number, never past
+    /// the deadline (the last failure is returned when no retry fits). A request for
+    /// another attestation type is a routing error in the broker: `Unavailable`.
+    async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError> {
+        let started = Instant::now();
+        if started >= request.deadline {
+            return Err(AdapterError::DeadlineExceeded);
+        }
+        if request.attestation_type != self.attestation_type {
+            return Err(AdapterError::Unavailable {
+                reason: format!(
+                    "http adapter serves {}, not {}",
+                    quote(&self.attestation_type),
+                    quote(&request.attestation_type)
+                ),
+                retry_after: None,
+            });
+        }
+        let url = self.url_for(request)?;
+        let max_attempts = match self.method {
+            HttpMethod::Get => self.retries.saturating_add(1),
+            HttpMethod::Post => 1,
+        };
+        let mut attempt = 1;
+        let result = loop {
+            let attempt_deadline = (Instant::now() + self.timeout).min(request.deadline);
+            let outcome =
+                tokio::time::timeout_at(attempt_deadline, self.attempt(url.clone(), request)).await;
+            let error = match outcome {
+                Ok(Attempt::Done(claims)) => break Ok(claims),
+                Ok(Attempt::Final(error)) => break Err(error),
+                Err(_) if attempt_deadline >= request.deadline => {
+                    break Err(AdapterError::DeadlineExceeded);
+                }
+                Err(_) => {
+                    break Err(AdapterError::Unavailable {
+                        reason: format!(
+                            "provider did not answer within {} ms",
+                            self.timeout.as_millis()
+                        ),
+                        retry_after: None,
+                    });
+                }
+                Ok(Attempt::Retryable(error)) => error,
+            };
+            if attempt >= max_attempts {
+                break Err(error);
+            }
+            let pause = backoff(attempt);
+            if Instant::now() + pause >= request.deadline {
+                break Err(error);
+            }
+            tracing::debug!(
+                attestation_type = %self.attestation_type,
+                attempt,
+                pause_ms = pause.as_millis() as u64,
+                "http adapter: retrying"
+            );
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        };
+        let latency_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(_) => tracing::debug!(
+                attestation_type = %self.attestation_type,
+                attempts = attempt,
+                latency_ms,
+                "http adapter: fetched"
+            ),
+            Err(e) => tracing::info!(
+                attestation_type = %self.attestation_type,
+                attempts = attempt,
+                latency_ms,
+                error = %e,
+                "http adapter: fetch failed"
+            ),
+        }
+        result
+    }
+
+    fn kind(&self) -> &'static str {
+        "http"
+    }
+}
+
+/// The legal basis as forwarded: the law citation, or `consent:<id>`.
+fn legal_basis_text(basis: &LegalBasis) -> String {
+    match basis {
+        LegalBasis::Law { citation } => citation.clone(),
+        LegalBasis::Consent { consent_id } => format!("consent:{consent_id}"),
+    }
+}
+
+/// A reqwest error for an operator, without the URL (which holds the subject).
+fn describe_error(e: reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_body() || e.is_decode() {
+        "body error"
+    } else {
+        "HTTP error"
+    };
+    let e = e.without_url();
+    let mut text = kind.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `Retry-After` in its delay-seconds form; the HTTP-date form is ignored.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Pause before retry number `attempt` (1-based): 50–150 ms × `attempt`, at random.
+fn backoff(attempt: u32) -> Duration {
+    let jitter = 50 + random_u64() % 101;
+    Duration::from_millis(jitter.saturating_mul(u64::from(attempt)))
+}
+
+/// A non-cryptographic random number (splitmix64 over the clock and a counter): enough
+/// to spread retries, never for secrets.
+fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut z = nanos.wrapping_add(
+        COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Refuses a JSON text nesting arrays and objects deeper than `max`, scanning the raw
+/// bytes (brackets inside strings do not count).
+fn check_depth(body: &[u8], max: usize) -> Result<(), AdapterError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(AdapterError::InvalidResponse(format!(
+                        "response JSON nested deeper than {max} levels"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks an RFC 6901 JSON Pointer: empty, or `/`-separated tokens where `~` is only
+/// followed by `0` or `1`.
+fn validate_pointer(pointer: &str) -> Result<(), String> {
+    if pointer.is_empty() {
+        return Ok(());
+    }
+    if !pointer.starts_with('/') {
+        return Err(format!(
+            "JSON pointer {} must be empty or start with '/'",
+            quote(pointer)
+        ));
+    }
+    let mut chars = pointer.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return Err(format!(
+                "JSON pointer {}: '~' must be followed by '0' or '1'",
+                quote(pointer)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a URL template and returns it parsed (placeholders replaced by a sample) with
+/// its `scheme://host:port` for display.
+fn validate_url_template(template: &str) -> Result<(Url, String), String> {
+    // Only the two known placeholders, outside the scheme and authority.
+    let mut rest = template;
+    let mut first_placeholder = None;
+    let mut offset = 0;
+    while let Some(open) = rest.find(['{', '}']) {
+        let tail = &rest[open..];
+        let placeholder = ["{subject}", "{claims}"]
+            .into_iter()
+            .find(|p| tail.starts_with(p))
+            .ok_or_else(|| "only {subject} and {claims} may appear between braces".to_string())?;
+        first_placeholder.get_or_insert(offset + open);
+        offset += open + placeholder.len();
+        rest = &tail[placeholder.len()..];
+    }
+    let sample = template
+        .replace("{subject}", "subject")
+        .replace("{claims}", "claims");
+    let url = Url::parse(&sample).map_err(|e| format!("not a valid URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("the scheme must be http or https".into());
+    }
+    let Some(host) = url.host_str() else {
+        return Err("the URL has no host".into());
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL are not allowed (use bearer_token_file)".into());
+    }
+    if url.fragment().is_some() {
+        return Err("a fragment is not allowed".into());
+    }
+    if let Some(position) = first_placeholder {
+        // The authority ends at the first '/', '?' or '#' after "://".
+        let authority_start = template.find("://").map_or(0, |i| i + 3);
+        let authority_end = template[authority_start..]
+            .find(['/', '?', '#'])
+            .map_or(template.len(), |i| authority_start + i);
+        if position < authority_end {
+            return Err("placeholders may appear in the path or query only".into());
+        }
+    }
+    let target = match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    };
+    Ok((url, target))
+}
+
+/// Reads the PEM certificates of `path` (at least one).
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: invalid PEM certificate: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_scan_ignores_strings() {
+        let nested = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        check_depth(nested.as_bytes(), 64).unwrap();
+        let deeper = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(check_depth(deeper.as_bytes(), 64).is_err());
+        let in_string = format!("{{\"a\": \"{}\\\"{}\"}}", "[".repeat(100), "{".repeat(100));
+        check_depth(in_string.as_bytes(), 2).unwrap();
+    }
+
+    #[test]
+    fn pointers_follow_rfc_6901() {
+        for ok in ["", "/", "/a/b", "/a~0b/~1c", "/0"] {
+            validate_pointer(ok).unwrap();
+        }
+        for bad in ["a", "/a~", "/a~2", "#/a"] {
+            assert!(validate_pointer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn url_templates_keep_placeholders_out_of_the_authority() {
+        let (_, target) =
+            validate_url_template("https://api.caf.test:8443/v1/q/{subject}?c={claims}").unwrap();
+        assert_eq!(target, "https://api.caf.test:8443");
+        for bad in [
+            "https://{subject}.evil.test/",
+            "http://host{subject}/x",
+            "ftp://host/{subject}",
+            "http://host/{other}",
+            "http://host/{subject",
+            "not a url",
+            "http://user:pw@host/{subject}",
+            "http://host/x#{subject}",
+        ] {
+            assert!(validate_url_template(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_only() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", HeaderValue::from_static("-1"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn backoff_stays_in_range() {
+        for attempt in 1..=3u32 {
+            for _ in 0..100 {
+                let ms = backoff(attempt).as_millis() as u64;
+                let a = u64::from(attempt);
+                assert!((50 * a..=150 * a).contains(&ms), "{ms}");
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Prometheus metrics, served on the operational listener at `/metrics`.
+//!
+//! Labels are bounded by construction: participants, attestation types and providers of the
+//! registry, outcomes and reasons of closed lists. Never a subject, never a claim value.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once (several brokers in one process, as in tests,
+/// share it) and returns the handle that renders the text format.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0,
+                ])
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// One Fetch, as counted: by consumer, type, outcome and reason; its latency by type.
+pub fn fetch(
+    consumer: &str,
+    attestation_type: &str,
+    outcome: &'static str,
+    reason: &'static str,
+    seconds: f64,
+) {
+    metrics::counter!(
+        "unefois_fetch_total",
+        "consumer" => consumer.to_string(),
+        "attestation_type" => attestation_type.to_string(),
+        "outcome" => outcome,
+        "reason" => reason
+    )
+    .increment(1);
+    metrics::histogram!(
+        "unefois_fetch_duration_seconds",
+        "attestation_type" => attestation_type.to_string(),
+        "outcome" => outcome
+    )
+    .record(seconds);
+}
+
+/// One provider call: by provider, type and result; its latency.
+pub fn provider_call(provider: &str, attestation_type: &str, result: &'static str, seconds: f64) {
+    metrics::counter!(
+        "unefois_provider_calls_total",
+        "provider" => provider.to_string(),
+        "attestation_type" => attestation_type.to_string(),
+        "result" => result
+    )
+    .increment(1);
+    metrics::histogram!(
+        "unefois_provider_duration_seconds",
+        "provider" => provider.to_string(),
+        "attestation_type" => attestation_type.to_string()
+    )
+    .record(seconds);
+}
+
+/// Whether a provider is ready (its breaker closed).
+pub fn provider_ready(attestation_type: &str, ready: bool) {
+    metrics::gauge!("unefois_provider_ready", "attestation_type" => attestation_type.to_string())
+        .set(if ready { 1.0 } else { 0.0 });
+}
+
+/// A call refused for the consumer's rate limit.
+pub fn rate_limited(consumer: &str) {
+    metrics::counter!("unefois_rate_limited_total", "consumer" => consumer.to_string())
+        .increment(1);
+}
+
+/// A harvesting alarm raised.
+pub fn harvesting_alarm(consumer: &str, habilitation: &str) {
+    metrics::counter!(
+        "unefois_harvesting_alarms_total",
+        "consumer" => consumer.to_string(),
+        "habilitation" => habilitation.to_string()
+    )
+    .increment(1);
+}

@@ -1,0 +1,341 @@
+//! Per-provider isolation: a concurrency limit and a circuit breaker around each attestation
+//! type's adapter, so that a slow or failing provider degrades its own answers and never the
+//! broker or another type.
+//!
+//! The breaker opens after `failure_threshold` consecutive failures (unavailable, invalid
+//! answer, deadline), refuses calls at once while open, lets one probe through after
+//! `open_for` (half-open), and closes on the probe's success. "Subject not found" is an answer,
+//! not a failure.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use unefois_adapters::{Adapter, AdapterError, AdapterRequest, Claims};
+
+/// Limits of one provider's adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResilienceConfig {
+    /// Calls in flight at once; more wait (within their deadline).
+    pub max_concurrency: usize,
+    /// Consecutive failures that open the breaker.
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before a probe.
+    pub open_for: Duration,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        ResilienceConfig {
+            max_concurrency: 64,
+            failure_threshold: 5,
+            open_for: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where a breaker stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls are refused until the instant.
+    Open {
+        /// When a probe may go through.
+        until: Instant,
+    },
+    /// One probe is in flight; other calls are refused.
+    HalfOpen,
+}
+
+/// Told when a provider becomes ready (breaker closed) or not (open): feeds health and metrics.
+pub type ReadinessHook = Arc<dyn Fn(&str, bool) + Send + Sync>;
+
+struct Breaker {
+    state: BreakerState,
+    failures: u32,
+}
+
+/// An adapter behind a concurrency limit and a circuit breaker.
+pub struct Guarded {
+    attestation_type: String,
+    inner: Arc<dyn Adapter>,
+    config: ResilienceConfig,
+    permits: Semaphore,
+    breaker: Mutex<Breaker>,
+    readiness: Option<ReadinessHook>,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("attestation_type", &self.attestation_type)
+            .field("adapter", &self.inner.kind())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+enum Admission {
+    Call,
+    Probe,
+}
+
+impl Guarded {
+    /// Guards `inner`, the adapter of `attestation_type`.
+    pub fn new(
+        attestation_type: &str,
+        inner: Arc<dyn Adapter>,
+        config: ResilienceConfig,
+        readiness: Option<ReadinessHook>,
+    ) -> Guarded {
+        Guarded {
+            attestation_type: attestation_type.to_string(),
+            inner,
+            config,
+            permits: Semaphore::new(config.max_concurrency.max(1)),
+            breaker: Mutex::new(Breaker {
+                state: BreakerState::Closed,
+                failures: 0,
+            }),
+            readiness,
+        }
+    }
+
+    /// The breaker's state now.
+    pub fn state(&self) -> BreakerState {
+        self.breaker
+            .lock()
+            .map(|b| b.state)
+            .unwrap_or(BreakerState::Closed)
+    }
+
+    fn admit(&self) -> Result<Admission, AdapterError> {
+        let Ok(mut b) = self.breaker.lock() else {
+            return Ok(Admission::Call);
+        };
+        match b.state {
+            BreakerState::Closed => Ok(Admission::Call),
+            BreakerState::Open { until } => {
+                let now = Instant::now();
+                if now >= until {
+                    b.state = BreakerState::HalfOpen;
+                    Ok(Admission::Probe)
+                } else {
+                    Err(AdapterError::Unavailable {
+                        reason: "circuit open".into(),
+                        retry_after: Some(until - now),
+                    })
+                }
+            }
+            BreakerState::HalfOpen => Err(AdapterError::Unavailable {
+                reason: "circuit open".into(),
+                retry_after: Some(Duration::from_secs(1)),
+            }),
+        }
+    }
+
+    fn settle(&self, admission: &Admission, outcome: &Result<Claims, AdapterError>) {
+        let failed = matches!(
+            outcome,
+            Err(AdapterError::Unavailable { .. }
+                | AdapterError::InvalidResponse(_)
+                | AdapterError::DeadlineExceeded)
+        );
+        let Ok(mut b) = self.breaker.lock() else {
+            return;
+        };
+        let was_ready = !matches!(b.state, BreakerState::Open { .. } | BreakerState::HalfOpen);
+        if failed {
+            b.failures = b.failures.saturating_add(1);
+            if matches!(admission, Admission::Probe) || b.failures >= self.config.failure_threshold
+            {
+                b.state = BreakerState::Open {
+                    until: Instant::now() + self.config.open_for,
+                };
+            }
+        } else {
+            b.failures = 0;
+            b.state = BreakerState::Closed;
+        }
+        let ready = b.state == BreakerState::Closed;
+        drop(b);
+        if ready != was_ready {
+            if ready {
+                tracing::info!(attestation_type = %self.attestation_type, "provider recovered: circuit closed");
+            } else {
+                tracing::warn!(attestation_type = %self.attestation_type, "provider failing: circuit open");
+            }
+            if let Some(hook) = &self.readiness {
+                hook(&self.attestation_type, ready);
+            }
+        }
+    }
+}
+
+/// Whether an error comes from an open breaker rather than the provider itself.
+pub fn is_circuit_open(e: &AdapterError) -> bool {
+    matches!(e, AdapterError::Unavailable { reason, .. } if reason == "circuit open")
+}
+
+#[async_trait::async_trait]
+impl Adapter for Guarded {
+    async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError> {
+        let admission = self.admit()?;
+        let permit = match tokio::time::timeout_at(request.deadline, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => {
+                return Err(AdapterError::Unavailable {
+                    reason: "adapter closed".into(),
+                    retry_after: None,
+                });
+            }
+            Err(_) => {
+                let outcome = Err(AdapterError::DeadlineExceeded);
+                if matches!(admission, Admission::Probe) {
+                    self.settle(&admission, &outcome);
+                }
+                return outcome;
+            }
+        };
+        let outcome = tokio::time::timeout_at(request.deadline, self.inner.fetch(request))
+            .await
+            .unwrap_or(Err(AdapterError::DeadlineExceeded));
+        drop(permit);
+        self.settle(&admission, &outcome);
+        outcome
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A provider whose behaviour the test switches: failing or answering, fast or slow.
+    #[derive(Debug, Default)]
+    struct Provider {
+        failing: std::sync::atomic::AtomicBool,
+        delay_ms: AtomicU32,
+        calls: AtomicUsize,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Adapter for Provider {
+        async fn fetch(&self, _: &AdapterRequest) -> Result<Claims, AdapterError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            let delay = self.delay_ms.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if self.failing.load(Ordering::SeqCst) {
+                Err(AdapterError::Unavailable {
+                    reason: "down".into(),
+                    retry_after: None,
+                })
+            } else {
+                Ok(Claims::new())
+            }
+        }
+
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    fn request(ms: u64) -> AdapterRequest {
+        AdapterRequest {
+            subject: "test:alice".into(),
+            attestation_type: "caf.quotient_familial".into(),
+            claims: vec![],
+            consumer: "mairie-lyon".into(),
+            purpose: "tarification_cantine".into(),
+            legal_basis: unefois_adapters::LegalBasis::Law {
+                citation: "x".into(),
+            },
+            request_id: String::new(),
+            deadline: Instant::now() + Duration::from_millis(ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_breaker_opens_refuses_probes_and_closes() {
+        let provider = Arc::new(Provider::default());
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let seen = changes.clone();
+        let guarded = Guarded::new(
+            "caf.quotient_familial",
+            provider.clone(),
+            ResilienceConfig {
+                max_concurrency: 4,
+                failure_threshold: 3,
+                open_for: Duration::from_millis(200),
+            },
+            Some(Arc::new(move |_: &str, ready: bool| {
+                seen.lock().unwrap().push(ready)
+            })),
+        );
+        provider.failing.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            assert!(guarded.fetch(&request(1000)).await.is_err());
+        }
+        assert!(matches!(guarded.state(), BreakerState::Open { .. }));
+        // Open: refused at once, the provider is not called.
+        let err = guarded.fetch(&request(1000)).await.unwrap_err();
+        assert!(is_circuit_open(&err));
+        assert_eq!(provider.calls.load(Ordering::SeqCst), 3);
+
+        // After open_for, one probe; it fails: open again.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(guarded.fetch(&request(1000)).await.is_err());
+        assert_eq!(provider.calls.load(Ordering::SeqCst), 4);
+        assert!(matches!(guarded.state(), BreakerState::Open { .. }));
+
+        // The provider recovers: the next probe closes the breaker.
+        provider.failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(guarded.fetch(&request(1000)).await.is_ok());
+        assert_eq!(guarded.state(), BreakerState::Closed);
+        assert_eq!(*changes.lock().unwrap(), vec![false, true]);
+    }
+
+    #[tokio::test]
+    async fn concurrency_is_bounded_and_a_hung_provider_costs_only_its_deadline() {
+        let provider = Arc::new(Provider::default());
+        provider.delay_ms.store(100, Ordering::SeqCst);
+        let guarded = Arc::new(Guarded::new(
+            "t",
+            provider.clone(),
+            ResilienceConfig {
+                max_concurrency: 2,
+                ..ResilienceConfig::default()
+            },
+            None,
+        ));
+        let mut calls = Vec::new();
+        for _ in 0..6 {
+            let g = guarded.clone();
+            calls.push(tokio::spawn(async move { g.fetch(&request(2000)).await }));
+        }
+        for c in calls {
+            assert!(c.await.unwrap().is_ok());
+        }
+        assert_eq!(provider.max_in_flight.load(Ordering::SeqCst), 2);
+
+        provider.delay_ms.store(10_000, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let err = guarded.fetch(&request(150)).await.unwrap_err();
+        assert!(matches!(err, AdapterError::DeadlineExceeded));
+        assert!(started.elapsed() < Duration::from_millis(400));
+    }
+}
