@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use unefois_adapters::{AdapterError, AdapterRequest, Claims, check_claims};
+use unefois_adapters::{Adapter, AdapterError, AdapterRequest, Claims, check_claims};
 
 use crate::attestation::{Attestation, AttestationContent};
 use crate::caller::Caller;

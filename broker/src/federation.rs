@@ -19,13 +19,16 @@ pub enum AdapterSetupError {
     /// An HTTP adapter's configuration is invalid.
     #[error(transparent)]
     Http(Box<HttpConfigError>),
+    /// A gRPC provider's configuration is invalid.
+    #[error(transparent)]
+    Grpc(Box<crate::provider_client::GrpcConfigError>),
 }
 
 use crate::registry::{AdapterBinding, Registry};
 use crate::resilience::{Guarded, ReadinessHook};
 
-/// The adapter of each attestation type, by type id.
-pub type Adapters = HashMap<String, Arc<dyn Adapter>>;
+/// The adapter of each attestation type, by type id, behind its guard.
+pub type Adapters = HashMap<String, Arc<Guarded>>;
 
 /// Builds the adapters a registry declares (static datasets are loaded and validated here),
 /// each behind its concurrency limit and circuit breaker; `readiness` hears of breakers opening
@@ -43,6 +46,10 @@ pub fn build_adapters(
             AdapterBinding::Http(config) => Arc::new(
                 HttpAdapter::new(&ty.id, &ty.claim_specs(), config)
                     .map_err(|e| AdapterSetupError::Http(Box::new(e)))?,
+            ),
+            AdapterBinding::Grpc(config) => Arc::new(
+                crate::provider_client::GrpcProviderAdapter::new(&ty.id, &ty.claim_specs(), config)
+                    .map_err(|e| AdapterSetupError::Grpc(Box::new(e)))?,
             ),
         };
         let guarded = Guarded::new(&ty.id, adapter, ty.resilience, readiness.clone());

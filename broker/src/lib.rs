@@ -21,6 +21,7 @@ pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod ops;
+pub mod provider_client;
 pub mod pseudonym;
 pub mod ratelimit;
 pub mod registry;

@@ -52,6 +52,15 @@ enum Command {
     /// Verify, follow and export the audit log (auditors).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Providers' readiness, circuit breakers and load (operators).
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
+}
+
+#[derive(Subcommand)]
+enum ProvidersCommand {
+    /// One line per attestation type: adapter, breaker, calls in flight.
+    Status(ClientArgs),
 }
 
 #[derive(Subcommand)]
@@ -295,6 +304,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             log_key,
         }) => audit_verify(client, trusted, log_key).await,
         Command::Audit(AuditCommand::Tail { client, lines }) => audit_tail(client, lines).await,
+        Command::Providers(ProvidersCommand::Status(client)) => providers_status(client).await,
         Command::Audit(AuditCommand::Export {
             client,
             format,
@@ -824,5 +834,32 @@ async fn audit_export(client: ClientArgs, format: &str, from: u64) -> anyhow::Re
         writeln!(out, "{{\"index\":{},\"entry\":{entry}}}", event.index)?;
     }
     out.flush()?;
+    Ok(())
+}
+
+async fn providers_status(client: ClientArgs) -> anyhow::Result<()> {
+    let mut registry = RegistryClient::new(connect(&client).await?);
+    let status = registry
+        .get_providers_status(pb::GetProvidersStatusRequest {})
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!(
+        "{:<34} {:<10} {:<7} {:<6} {:<10} {:>9} {:>8}",
+        "attestation type", "provider", "adapter", "ready", "breaker", "in flight", "failures"
+    );
+    for p in status.providers {
+        println!(
+            "{:<34} {:<10} {:<7} {:<6} {:<10} {:>5}/{:<3} {:>8}",
+            p.attestation_type,
+            p.provider,
+            p.adapter,
+            if p.ready { "yes" } else { "NO" },
+            p.breaker,
+            p.in_flight,
+            p.max_concurrency,
+            p.consecutive_failures
+        );
+    }
     Ok(())
 }

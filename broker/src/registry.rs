@@ -131,6 +131,9 @@ pub enum AdapterBinding {
     },
     /// An existing REST API (its files resolved relative to the registry file).
     Http(Box<unefois_adapters::HttpConfig>),
+    /// An out-of-process provider implementing `unefois.v1.Provider` (its files resolved
+    /// relative to the registry file).
+    Grpc(Box<crate::provider_client::GrpcProviderConfig>),
 }
 
 impl AdapterBinding {
@@ -139,6 +142,7 @@ impl AdapterBinding {
         match self {
             AdapterBinding::Static { .. } => "static",
             AdapterBinding::Http(_) => "http",
+            AdapterBinding::Grpc(_) => "grpc",
         }
     }
 }
@@ -445,6 +449,7 @@ mod raw {
     pub enum Adapter {
         Static { dataset: PathBuf },
         Http(Box<unefois_adapters::HttpConfig>),
+        Grpc(Box<crate::provider_client::GrpcProviderConfig>),
     }
 
     #[derive(Deserialize)]
@@ -690,6 +695,20 @@ impl Validator<'_> {
                         }
                     }
                     AdapterBinding::Http(config)
+                }
+                raw::Adapter::Grpc(mut config) => {
+                    for (field, file) in [
+                        ("ca_file", &mut config.ca_file),
+                        ("client_cert_file", &mut config.client_cert_file),
+                        ("client_key_file", &mut config.client_key_file),
+                    ] {
+                        if let Some(declared) = file.take() {
+                            *file = Some(
+                                self.relative_file(format!("{at}.adapter.{field}"), &declared),
+                            );
+                        }
+                    }
+                    AdapterBinding::Grpc(config)
                 }
             };
             let resilience = match t.resilience {

@@ -49,6 +49,21 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+/// A provider's guard as an operator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuardStatus {
+    /// The breaker.
+    pub state: BreakerState,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// Calls in flight now.
+    pub in_flight: usize,
+    /// The concurrency limit.
+    pub max_concurrency: usize,
+    /// The adapter's kind.
+    pub adapter: &'static str,
+}
+
 /// Told when a provider becomes ready (breaker closed) or not (open): feeds health and metrics.
 pub type ReadinessHook = Arc<dyn Fn(&str, bool) + Send + Sync>;
 
@@ -100,6 +115,26 @@ impl Guarded {
                 failures: 0,
             }),
             readiness,
+        }
+    }
+
+    /// What an operator sees of this provider now.
+    pub fn status(&self) -> GuardStatus {
+        let (state, failures) = self
+            .breaker
+            .lock()
+            .map(|b| (b.state, b.failures))
+            .unwrap_or((BreakerState::Closed, 0));
+        GuardStatus {
+            state,
+            consecutive_failures: failures,
+            in_flight: self
+                .config
+                .max_concurrency
+                .max(1)
+                .saturating_sub(self.permits.available_permits()),
+            max_concurrency: self.config.max_concurrency,
+            adapter: self.inner.kind(),
         }
     }
 

@@ -225,8 +225,10 @@ fn open_derived_state(path: &Path) -> Result<sled::Db, StoreError> {
             .cache_capacity(DEFAULT_CACHE_BYTES)
             .open()
         {
+            // sled reports a held lock as an `Other` I/O error with this message.
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
+                if (e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock"))
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(50));

@@ -210,6 +210,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
     Ok((status, body))
 }
 
+fn bin_target(profile_dir: &Path) -> PathBuf {
+    profile_dir
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+        .join("unefois-bin")
+}
+
 /// The `unefois` binary, built by cargo if needed (the tests crate cannot depend on a binary).
 pub fn unefois_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -226,12 +233,76 @@ pub fn unefois_binary() -> anyhow::Result<PathBuf> {
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
     }
-    if let Some(target_dir) = profile_dir.parent() {
-        build.env("CARGO_TARGET_DIR", target_dir);
-    }
+    // A target dir of its own: building the binary alone resolves features differently from
+    // the test build, and sharing one dir would make each rebuild the other's crates.
+    build.env("CARGO_TARGET_DIR", bin_target(profile_dir));
     let status = build.status().context("cannot run cargo build")?;
     if !status.success() {
         bail!("cargo build of the unefois binary failed");
     }
-    Ok(profile_dir.join("unefois"))
+    let profile = profile_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "debug".into());
+    Ok(bin_target(profile_dir).join(profile).join("unefois"))
+}
+
+/// Copies a folder recursively (a checkout's examples, a broker's data dir), leaving out
+/// hidden entries and links (a provider's virtual environment, caches), as a fresh clone has
+/// none of them.
+pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_symlink() || entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if kind.is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()))?;
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `dir/registry.toml`, the sample registry with `edit` applied (which must change
+/// something), beside a copy of the sample datasets in `dir/data`.
+pub fn sample_registry_with(dir: &Path, edit: impl Fn(&str) -> String) -> anyhow::Result<PathBuf> {
+    copy_dir(
+        &repo_root().join("examples").join("data"),
+        &dir.join("data"),
+    )?;
+    let sample = std::fs::read_to_string(sample_registry())?;
+    let edited = edit(&sample);
+    anyhow::ensure!(
+        edited != sample,
+        "the edit changed nothing in the sample registry"
+    );
+    let path = dir.join("registry.toml");
+    std::fs::write(&path, edited)?;
+    Ok(path)
+}
+
+/// The domain form of an envelope received over gRPC, to verify it.
+pub fn envelope_of(e: &unefois_proto::v1::Envelope) -> broker::signing::Envelope {
+    broker::signing::Envelope {
+        payload: e.payload.clone(),
+        payload_type: e.payload_type.clone(),
+        signatures: e
+            .signatures
+            .iter()
+            .map(|s| broker::signing::EnvelopeSignature {
+                keyid: s.keyid.clone(),
+                sig: s.sig.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Lowercase hex SHA-256, as entries record payload hashes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -3,7 +3,7 @@
 //! event, a citizen sees who read their data, and an entry altered at rest or a forked log is
 //! detected by a verifier holding only signed checkpoints and proofs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -11,8 +11,7 @@ use broker::audit::VerifiedCheckpoint;
 use broker::audit::tree::{root_of, verify_consistency, verify_inclusion};
 use broker::audit::verify_checkpoint;
 use broker::grpc::status::reason_of;
-use broker::signing::{AttestationSigner, Envelope, EnvelopeSignature};
-use sha2::{Digest, Sha256};
+use broker::signing::AttestationSigner;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use unefois_proto::v1 as pb;
@@ -98,25 +97,6 @@ fn hashes(proof: &[Vec<u8>]) -> anyhow::Result<Vec<[u8; 32]>> {
                 .map_err(|_| anyhow!("a proof hash of {} bytes", h.len()))
         })
         .collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn domain_envelope(e: &pb::Envelope) -> Envelope {
-    Envelope {
-        payload: e.payload.clone(),
-        payload_type: e.payload_type.clone(),
-        signatures: e
-            .signatures
-            .iter()
-            .map(|s| EnvelopeSignature {
-                keyid: s.keyid.clone(),
-                sig: s.sig.clone(),
-            })
-            .collect(),
-    }
 }
 
 fn json(entry: &[u8]) -> anyhow::Result<serde_json::Value> {
@@ -265,7 +245,7 @@ async fn a_fetch_response_alone_verifies_offline() -> anyhow::Result<()> {
     let (attestation_vkey, log_vkey) = published_keys(pki.dir())?;
     assert_ne!(attestation_vkey, log_vkey, "two different keys");
     let attestation = answer.attestation.expect("attestation");
-    let envelope = domain_envelope(&answer.envelope.expect("envelope"));
+    let envelope = unefois_tests::envelope_of(&answer.envelope.expect("envelope"));
     let receipt = answer.receipt.expect("receipt");
 
     broker::signing::verify(&attestation_vkey, &envelope)
@@ -301,7 +281,7 @@ async fn a_fetch_response_alone_verifies_offline() -> anyhow::Result<()> {
     assert_eq!(entry["attestation_id"], attestation.id.as_str());
     assert_eq!(
         entry["payload_sha256"],
-        sha256_hex(&envelope.payload).as_str()
+        unefois_tests::sha256_hex(&envelope.payload).as_str()
     );
     let text = String::from_utf8(receipt.entry.clone())?;
     assert!(!text.contains("alice"), "no raw subject id: {text}");
@@ -958,20 +938,6 @@ async fn an_entry_altered_offline_is_detected() -> anyhow::Result<()> {
     broker.stop().await
 }
 
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target: PathBuf = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn a_fork_is_detected() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
@@ -984,7 +950,7 @@ async fn a_fork_is_detected() -> anyhow::Result<()> {
     granted(&broker, "mairie-lyon", rfr("test:alice")).await?;
     let (_, a) = latest(&broker, &log_vkey).await?;
     broker.stop().await?;
-    copy_dir(&first_dir, &second_dir)?;
+    unefois_tests::copy_dir(&first_dir, &second_dir)?;
 
     let first = start_on(&pki, &first_dir).await?;
     let second = start_on(&pki, &second_dir).await?;
@@ -1040,7 +1006,7 @@ async fn an_attestation_key_with_a_plus_in_its_vkey_verifies() -> anyhow::Result
     broker.stop().await?;
     let (attestation_vkey, _) = published_keys(pki.dir())?;
     assert_eq!(attestation_vkey, seeded);
-    let envelope = domain_envelope(&answer.envelope.expect("envelope"));
+    let envelope = unefois_tests::envelope_of(&answer.envelope.expect("envelope"));
     broker::signing::verify(&attestation_vkey, &envelope)
         .with_context(|| format!("attestation key {attestation_vkey:?}"))?;
     let keyid = attestation_vkey
@@ -1117,7 +1083,7 @@ async fn audit_verify_detects_a_fork() -> anyhow::Result<()> {
     let broker = start_on(&pki, a_dir.path()).await?;
     granted(&broker, "mairie-lyon", rfr("test:alice")).await?;
     broker.stop().await?;
-    copy_dir(a_dir.path(), b_dir.path())?;
+    unefois_tests::copy_dir(a_dir.path(), b_dir.path())?;
 
     let a = start_on(&pki, a_dir.path()).await?;
     let (_, log_vkey) = published_keys(pki.dir())?;

@@ -15,26 +15,23 @@ use unefois_tests::{install_crypto, repo_root, unefois_binary};
 /// A copy of what a fresh clone has that the broker reads: the examples folder.
 fn fresh_checkout() -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
-    copy_dir(&repo_root().join("examples"), &dir.path().join("examples"))?;
+    unefois_tests::copy_dir(&repo_root().join("examples"), &dir.path().join("examples"))?;
     Ok(dir)
-}
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()))?;
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-        }
-    }
-    Ok(())
 }
 
 struct Served {
     child: Child,
     addr: SocketAddr,
+}
+
+/// A failing test never leaves a broker running.
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Starts `unefois serve` with the README's defaults, except ephemeral ports, and reads the
@@ -492,6 +489,43 @@ async fn the_auditor_verifies_follows_and_exports_the_log() -> anyhow::Result<()
         !lines.iter().any(|l| l.to_string().contains("alice")),
         "no subject id in the export"
     );
+    let exit = terminate(&mut served.child).await?;
+    assert!(exit.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_see_the_providers_status() -> anyhow::Result<()> {
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let mut served = serve(checkout.path())?;
+    let addr = served.addr.to_string();
+    let status = |who: &str| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(unefois_binary()?)
+            .current_dir(checkout.path())
+            .args(["providers", "status", "--as", who, "--addr", &addr])
+            .output()?)
+    };
+    let out = status("dinum")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for ty in [
+        "caf.quotient_familial",
+        "dgfip.revenu_fiscal_reference",
+        "mesr.statut_etudiant",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(ty))
+            .unwrap_or_else(|| panic!("{ty} missing: {text}"));
+        assert!(
+            line.contains("static") && line.contains("yes") && line.contains("closed"),
+            "{line}"
+        );
+    }
+    let refused = status("mairie-lyon")?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("WRONG_ROLE"));
     let exit = terminate(&mut served.child).await?;
     assert!(exit.success());
     Ok(())

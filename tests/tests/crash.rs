@@ -4,10 +4,10 @@
 //! hold against the restarted broker, checked as the participants and an auditor would: with the
 //! published verifier keys, inclusion and consistency proofs, and the whole log re-hashed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,8 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, anyhow, bail, ensure};
 use broker::audit::tree::{root_of, verify_consistency, verify_inclusion};
 use broker::audit::{VerifiedCheckpoint, verify_checkpoint};
-use broker::signing::{Envelope, EnvelopeSignature};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::audit_client::AuditClient;
@@ -32,21 +33,12 @@ const SUBJECTS: [&str; 3] = ["test:alice", "test:bob", "test:carol"];
 const RFR: &str = "dgfip.revenu_fiscal_reference";
 const QF: &str = "caf.quotient_familial";
 const PURPOSE: &str = "tarification_cantine";
+/// Threads checking signatures offline.
+const OFFLINE_WORKERS: usize = 4;
+/// Proof requests in flight at once.
+const RPC_CONCURRENCY: usize = 8;
 /// No call of the load may hang: the crash resets its connection.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()))?;
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-        }
-    }
-    Ok(())
-}
 
 /// A child process that is killed (SIGKILL) and reaped when dropped, so that no broker outlives
 /// a failing test.
@@ -65,7 +57,6 @@ impl Drop for KillOnDrop {
 struct Served {
     child: KillOnDrop,
     addr: SocketAddr,
-    ops_addr: SocketAddr,
 }
 
 /// Where the test lives: a copy of the checkout's examples and the broker's home beside it.
@@ -134,11 +125,7 @@ impl Site {
                 .await
                 .is_ok_and(|(status, _)| status == 200)
             {
-                return Ok(Served {
-                    child,
-                    addr,
-                    ops_addr,
-                });
+                return Ok(Served { child, addr });
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -290,40 +277,47 @@ fn hashes(proof: &[Vec<u8>]) -> anyhow::Result<Vec<[u8; 32]>> {
         .collect()
 }
 
-fn domain_envelope(e: &pb::Envelope) -> Envelope {
-    Envelope {
-        payload: e.payload.clone(),
-        payload_type: e.payload_type.clone(),
-        signatures: e
-            .signatures
-            .iter()
-            .map(|s| EnvelopeSignature {
-                keyid: s.keyid.clone(),
-                sig: s.sig.clone(),
-            })
-            .collect(),
-    }
-}
-
 fn json(entry: &[u8]) -> anyhow::Result<serde_json::Value> {
     serde_json::from_slice(entry).context("an audit entry is not JSON")
 }
 
+/// What a participant checked offline on an acknowledged FetchResponse: what its receipt
+/// proves.
+#[derive(Clone)]
+struct Receipted {
+    /// The answer's rank among all acknowledged answers, for messages.
+    n: usize,
+    leaf: u64,
+    entry: Vec<u8>,
+    /// The receipt's signed checkpoint, as received.
+    note: String,
+    at: VerifiedCheckpoint,
+}
+
 /// What a participant checks offline on a FetchResponse, with the two published keys only:
 /// the envelope's signature, the receipt's checkpoint, the inclusion proof, and that the entry
-/// is the one of this attestation. Returns the receipt and its verified checkpoint.
-fn verify_offline<'a>(
-    answer: &'a pb::FetchResponse,
-    attestation_vkey: &str,
-    log_vkey: &str,
-) -> anyhow::Result<(&'a pb::Receipt, VerifiedCheckpoint)> {
-    let envelope = domain_envelope(answer.envelope.as_ref().context("no envelope")?);
+/// is the one of this attestation. `notes` caches the checkpoints already verified (many
+/// receipts share one group commit's checkpoint).
+fn verify_offline(
+    n: usize,
+    answer: &pb::FetchResponse,
+    (attestation_vkey, log_vkey): &(String, String),
+    notes: &mut HashMap<String, VerifiedCheckpoint>,
+) -> anyhow::Result<Receipted> {
+    let envelope = unefois_tests::envelope_of(answer.envelope.as_ref().context("no envelope")?);
     broker::signing::verify(attestation_vkey, &envelope)
         .context("the envelope does not verify with attestation.vkey")?;
     let attestation = answer.attestation.as_ref().context("no attestation")?;
     let receipt = answer.receipt.as_ref().context("no receipt")?;
-    let checkpoint = verify_checkpoint(log_vkey, &receipt.checkpoint)
-        .context("the receipt's checkpoint does not verify with log.vkey")?;
+    let checkpoint = match notes.get(&receipt.checkpoint) {
+        Some(checkpoint) => checkpoint.clone(),
+        None => {
+            let checkpoint = verify_checkpoint(log_vkey, &receipt.checkpoint)
+                .context("the receipt's checkpoint does not verify with log.vkey")?;
+            notes.insert(receipt.checkpoint.clone(), checkpoint.clone());
+            checkpoint
+        }
+    };
     ensure!(
         receipt.leaf_index < checkpoint.size,
         "leaf {} outside the receipt's checkpoint of {} entries",
@@ -349,7 +343,152 @@ fn verify_offline<'a>(
         entry["payload_sha256"] == hex::encode(Sha256::digest(&envelope.payload)).as_str(),
         "the entry's payload hash is not the envelope's: {entry}"
     );
-    Ok((receipt, checkpoint))
+    Ok(Receipted {
+        n,
+        leaf: receipt.leaf_index,
+        entry: receipt.entry.clone(),
+        note: receipt.checkpoint.clone(),
+        at: checkpoint,
+    })
+}
+
+/// [`verify_offline`] on answers `first..` of the acknowledged ones, on the blocking pool
+/// (signature checks are slow in a debug build).
+async fn verify_all_offline(
+    answers: &[pb::FetchResponse],
+    first: usize,
+    keys: &(String, String),
+) -> anyhow::Result<Vec<Receipted>> {
+    let chunk = answers.len().div_ceil(OFFLINE_WORKERS).max(1);
+    let mut workers = Vec::new();
+    for (c, part) in answers.chunks(chunk).enumerate() {
+        let part = part.to_vec();
+        let keys = keys.clone();
+        workers.push(tokio::task::spawn_blocking(move || {
+            let mut notes = HashMap::new();
+            part.iter()
+                .enumerate()
+                .map(|(i, answer)| {
+                    let n = first + c * chunk + i;
+                    verify_offline(n, answer, &keys, &mut notes)
+                        .with_context(|| format!("acknowledged fetch #{n}, offline"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        }));
+    }
+    let mut checked = Vec::with_capacity(answers.len());
+    for worker in workers {
+        checked.extend(worker.await??);
+    }
+    Ok(checked)
+}
+
+/// Every acknowledged receipt against the restarted log: its entry is included in the latest
+/// checkpoint, and the log is consistent with (and re-signs the very same note for) every
+/// checkpoint handed out in a receipt.
+async fn verify_receipts_in_log(
+    audit: &AuditClient<Channel>,
+    receipts: &[Receipted],
+    now: &VerifiedCheckpoint,
+) -> anyhow::Result<()> {
+    let mut leaves = HashSet::new();
+    let mut sizes: BTreeMap<u64, &Receipted> = BTreeMap::new();
+    for r in receipts {
+        ensure!(
+            leaves.insert(r.leaf),
+            "acknowledged fetch #{}: another acknowledged answer has leaf {} too",
+            r.n,
+            r.leaf
+        );
+        ensure!(
+            r.at.size <= now.size,
+            "acknowledged fetch #{}: its checkpoint has {} entries, the log after the crash only {}",
+            r.n,
+            r.at.size,
+            now.size
+        );
+        let first = sizes.entry(r.at.size).or_insert(r);
+        ensure!(
+            first.at.root == r.at.root,
+            "acknowledged fetches #{} and #{} hold checkpoints of {} entries with different \
+             roots: a fork",
+            first.n,
+            r.n,
+            r.at.size
+        );
+    }
+
+    let limit = Arc::new(Semaphore::new(RPC_CONCURRENCY));
+    let mut calls: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    for r in receipts {
+        let permit = limit.clone().acquire_owned().await?;
+        let (mut audit, r, now) = (audit.clone(), r.clone(), now.clone());
+        calls.spawn(async move {
+            let _permit = permit;
+            let what = format!("acknowledged fetch #{} (leaf {})", r.n, r.leaf);
+            let proof = audit
+                .get_inclusion_proof(pb::GetInclusionProofRequest {
+                    leaf_index: r.leaf,
+                    tree_size: now.size,
+                })
+                .await
+                .with_context(|| format!("{what}: GetInclusionProof"))?
+                .into_inner()
+                .hashes;
+            verify_inclusion(&hashes(&proof)?, now.size, now.root, r.leaf, &r.entry).with_context(
+                || {
+                    format!(
+                        "{what}: not in the log after the crash (checkpoint of {} entries)",
+                        now.size
+                    )
+                },
+            )
+        });
+    }
+    for r in sizes.into_values() {
+        let permit = limit.clone().acquire_owned().await?;
+        let (mut audit, r, now) = (audit.clone(), r.clone(), now.clone());
+        calls.spawn(async move {
+            let _permit = permit;
+            let at = &r.at;
+            let proof = audit
+                .get_consistency_proof(pb::GetConsistencyProofRequest {
+                    first_size: at.size,
+                    second_size: now.size,
+                })
+                .await
+                .with_context(|| format!("GetConsistencyProof({}, {})", at.size, now.size))?
+                .into_inner()
+                .hashes;
+            verify_consistency(&hashes(&proof)?, at.size, at.root, now.size, now.root)
+                .with_context(|| {
+                    format!(
+                        "the log after the crash ({} entries) is not consistent with the \
+                         checkpoint of {} entries of acknowledged fetch #{}",
+                        now.size, at.size, r.n
+                    )
+                })?;
+            // Checkpoints are deterministic: the same size yields the same signed note.
+            let note = audit
+                .get_checkpoint(pb::GetCheckpointRequest { tree_size: at.size })
+                .await
+                .with_context(|| format!("GetCheckpoint({})", at.size))?
+                .into_inner()
+                .checkpoint;
+            ensure!(
+                note == r.note,
+                "the checkpoint of {} entries changed across the crash:\nin a receipt:\n{}\n\
+                 now:\n{note}",
+                at.size,
+                r.note
+            );
+            Ok(())
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done??;
+    }
+    Ok(())
 }
 
 /// The checks of the participants and of an auditor against a restarted broker, over every
@@ -357,126 +496,48 @@ fn verify_offline<'a>(
 async fn verify_after_restart(
     site: &Site,
     served: &Served,
-    keys: &(String, String),
-    acked: &Acked,
+    log_vkey: &str,
+    receipts: &[Receipted],
+    granted: &[pb::Consent],
 ) -> anyhow::Result<u64> {
-    let (attestation_vkey, log_vkey) = keys;
-    let mut audit = AuditClient::new(site.channel(served, "dgfip").await?);
+    let audit = AuditClient::new(site.channel(served, "dgfip").await?);
     let latest = audit
+        .clone()
         .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
         .await
         .context("GetCheckpoint after the restart")?
         .into_inner();
     ensure!(
-        &latest.verifier_key == log_vkey,
+        latest.verifier_key == log_vkey,
         "the restarted broker serves another log key: {} (published before: {log_vkey})",
         latest.verifier_key
     );
     let now = verify_checkpoint(log_vkey, &latest.checkpoint)
         .context("the latest checkpoint after the restart")?;
 
-    // a. Every acknowledged FetchResponse, offline and against the restarted log.
-    let mut leaves = HashSet::new();
-    let mut roots: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
-    for (n, answer) in acked.fetches.iter().enumerate() {
-        let what = |leaf: u64| format!("acknowledged fetch #{n} (leaf {leaf})");
-        let (receipt, at) = verify_offline(answer, attestation_vkey, log_vkey)
-            .with_context(|| format!("acknowledged fetch #{n}, offline"))?;
-        let leaf = receipt.leaf_index;
-        ensure!(
-            leaves.insert(leaf),
-            "{}: two acknowledged answers share this leaf",
-            what(leaf)
-        );
-        ensure!(
-            at.size <= now.size,
-            "{}: its checkpoint has {} entries, the log after the crash only {}",
-            what(leaf),
-            at.size,
-            now.size
-        );
-        let proof = audit
-            .get_inclusion_proof(pb::GetInclusionProofRequest {
-                leaf_index: leaf,
-                tree_size: now.size,
-            })
-            .await
-            .with_context(|| format!("{}: GetInclusionProof", what(leaf)))?
-            .into_inner()
-            .hashes;
-        verify_inclusion(&hashes(&proof)?, now.size, now.root, leaf, &receipt.entry).with_context(
-            || {
-                format!(
-                    "{}: not in the log after the crash (checkpoint of {} entries)",
-                    what(leaf),
-                    now.size
-                )
-            },
-        )?;
-        match roots.get(&at.size) {
-            Some(root) => ensure!(
-                *root == at.root,
-                "two receipts sign different roots for {} entries: a fork",
-                at.size
-            ),
-            None => {
-                let proof = audit
-                    .get_consistency_proof(pb::GetConsistencyProofRequest {
-                        first_size: at.size,
-                        second_size: now.size,
-                    })
-                    .await
-                    .with_context(|| format!("{}: GetConsistencyProof", what(leaf)))?
-                    .into_inner()
-                    .hashes;
-                verify_consistency(&hashes(&proof)?, at.size, at.root, now.size, now.root)
-                    .with_context(|| {
-                        format!(
-                            "{}: the log after the crash ({} entries) is not consistent with \
-                             the checkpoint of {} entries handed out before",
-                            what(leaf),
-                            now.size,
-                            at.size
-                        )
-                    })?;
-                // Checkpoints are deterministic: the same size yields the same signed note.
-                let note = audit
-                    .get_checkpoint(pb::GetCheckpointRequest { tree_size: at.size })
-                    .await
-                    .with_context(|| format!("GetCheckpoint({})", at.size))?
-                    .into_inner()
-                    .checkpoint;
-                ensure!(
-                    note == receipt.checkpoint,
-                    "the checkpoint of {} entries changed across the crash:\nbefore:\n{}\nafter:\n{note}",
-                    at.size,
-                    receipt.checkpoint
-                );
-                roots.insert(at.size, at.root);
-            }
-        }
-    }
+    // a. Every acknowledged FetchResponse (checked offline before) is in the restarted log.
+    verify_receipts_in_log(&audit, receipts, &now).await?;
 
     // b. Every acknowledged consent is there, active.
     let mut consents = ConsentsClient::new(site.channel(served, CONSUMER).await?);
-    for granted in &acked.consents {
+    for acked in granted {
         let consent = consents
             .get(pb::GetConsentRequest {
-                consent_id: granted.id.clone(),
+                consent_id: acked.id.clone(),
             })
             .await
-            .with_context(|| format!("acknowledged consent {}: Get", granted.id))?
+            .with_context(|| format!("acknowledged consent {}: Get", acked.id))?
             .into_inner()
             .consent
-            .with_context(|| format!("acknowledged consent {}: Get without it", granted.id))?;
+            .with_context(|| format!("acknowledged consent {}: Get without it", acked.id))?;
         ensure!(
-            consent.id == granted.id
+            consent.id == acked.id
                 && consent.status() == pb::ConsentStatus::Active
                 && consent.consumer == CONSUMER
                 && consent.purpose == PURPOSE
                 && consent.attestation_types == [QF],
             "acknowledged consent {} after the crash: {consent:?}",
-            granted.id
+            acked.id
         );
     }
 
@@ -516,13 +577,11 @@ async fn verify_after_restart(
         "the {} entries listed do not hash to the latest checkpoint's root",
         now.size
     );
-    for answer in &acked.fetches {
-        let receipt = answer.receipt.as_ref().context("no receipt")?;
-        let listed = &events[usize::try_from(receipt.leaf_index)?];
+    for r in receipts {
         ensure!(
-            listed.entry == receipt.entry,
+            events[usize::try_from(r.leaf)?].entry == r.entry,
             "leaf {} is listed with other bytes than its receipt's",
-            receipt.leaf_index
+            r.leaf
         );
     }
     let logged: HashSet<String> = events[..size]
@@ -530,11 +589,11 @@ async fn verify_after_restart(
         .filter(|e| e.kind == "consent_granted")
         .map(|e| json(&e.entry).map(|v| v["consent_id"].as_str().unwrap_or("").to_string()))
         .collect::<anyhow::Result<_>>()?;
-    for granted in &acked.consents {
+    for acked in granted {
         ensure!(
-            logged.contains(&granted.id),
+            logged.contains(&acked.id),
             "acknowledged consent {} has no consent_granted entry in the log",
-            granted.id
+            acked.id
         );
     }
     Ok(now.size)
@@ -545,16 +604,21 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
     install_crypto();
     let started = Instant::now();
     let tmp = tempfile::tempdir()?;
-    copy_dir(&repo_root().join("examples"), &tmp.path().join("examples"))?;
+    unefois_tests::copy_dir(&repo_root().join("examples"), &tmp.path().join("examples"))?;
+    let binary = unefois_binary()?;
+    let built = started.elapsed();
     let site = Site {
-        binary: unefois_binary()?,
+        binary,
         checkout: tmp.path().to_path_buf(),
         home: tmp.path().join("home"),
     };
     let acked = Arc::new(Mutex::new(Acked::default()));
     let mut pinned: Option<(String, String)> = None;
+    // The acknowledged fetches checked offline so far, in the order of `acked.fetches`.
+    let mut receipts: Vec<Receipted> = Vec::new();
 
     for round in 1..=ROUNDS {
+        let round_started = Instant::now();
         let mut served = site
             .serve()
             .await
@@ -629,6 +693,7 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
         };
         drop(served);
 
+        let restart = Instant::now();
         let mut served = site
             .serve()
             .await
@@ -637,14 +702,18 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
             site.published_keys()? == keys,
             "round {round}: the restarted broker published other verifier keys"
         );
-        let snapshot = {
+        let restarted = restart.elapsed();
+        let verification = Instant::now();
+        let (answers, granted) = {
             let acked = lock(&acked);
-            Acked {
-                fetches: acked.fetches.clone(),
-                consents: acked.consents.clone(),
-            }
+            (
+                acked.fetches[receipts.len()..].to_vec(),
+                acked.consents.clone(),
+            )
         };
-        let size = verify_after_restart(&site, &served, &keys, &snapshot)
+        let first = receipts.len();
+        receipts.extend(verify_all_offline(&answers, first, &keys).await?);
+        let size = verify_after_restart(&site, &served, &keys.1, &receipts, &granted)
             .await
             .with_context(|| format!("round {round}, after the restart"))?;
 
@@ -654,15 +723,18 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("round {round}: a fetch after the restart"))?
             .into_inner();
-        let (receipt, _) = verify_offline(&answer, &keys.0, &keys.1)
+        let n = receipts.len();
+        let receipt = verify_offline(n, &answer, &keys, &mut HashMap::new())
             .with_context(|| format!("round {round}: the fetch after the restart"))?;
         ensure!(
-            receipt.leaf_index >= size,
+            receipt.leaf >= size,
             "round {round}: the fetch after the restart is logged at leaf {} of a log of {size}",
-            receipt.leaf_index
+            receipt.leaf
         );
+        receipts.push(receipt);
         lock(&acked).fetches.push(answer);
 
+        let verified = verification.elapsed();
         let exit = terminate(&mut served).await?;
         ensure!(
             exit.success(),
@@ -671,14 +743,18 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
         eprintln!(
             "round {round}: killed ({status}) after {delay:?} of load with {fetches_at_kill} \
              fetches and {consents_at_kill} consents acknowledged ({fetches} and {consents} in \
-             all); {size} entries after the restart, ops at {}",
-            served.ops_addr
+             all); restarted in {restarted:?}, {size} entries verified in {verified:?}; round \
+             in {:?}",
+            round_started.elapsed()
         );
     }
+    let (fetches, consents) = {
+        let acked = lock(&acked);
+        (acked.fetches.len(), acked.consents.len())
+    };
     eprintln!(
-        "{} fetches and {} consents verified, in {:?}",
-        lock(&acked).fetches.len(),
-        lock(&acked).consents.len(),
+        "{fetches} fetches and {consents} consents verified, in {:?} ({built:?} of it \
+         building the binary)",
         started.elapsed()
     );
     Ok(())

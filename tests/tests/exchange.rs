@@ -6,7 +6,6 @@ use std::path::Path;
 use broker::event::{Event, Outcome, Record};
 use broker::grpc::status::reason_of;
 use broker::journal::{Journal, JournalOptions};
-use broker::signing::{Envelope, EnvelopeSignature};
 use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
@@ -38,21 +37,6 @@ async fn fetch(
 ) -> anyhow::Result<Result<pb::FetchResponse, tonic::Status>> {
     let mut client = ExchangeClient::new(broker.channel(name).await?);
     Ok(client.fetch(request).await.map(tonic::Response::into_inner))
-}
-
-fn domain_envelope(e: &pb::Envelope) -> Envelope {
-    Envelope {
-        payload: e.payload.clone(),
-        payload_type: e.payload_type.clone(),
-        signatures: e
-            .signatures
-            .iter()
-            .map(|s| EnvelopeSignature {
-                keyid: s.keyid.clone(),
-                sig: s.sig.clone(),
-            })
-            .collect(),
-    }
 }
 
 /// Every record the broker journaled, read back from its data directory after it stopped.
@@ -100,7 +84,7 @@ async fn a_consumer_obtains_a_signed_attestation_under_law() -> anyhow::Result<(
 
     // The envelope verifies with the key published over Registry and in the PKI folder,
     // and its payload is the attestation that was decoded.
-    let envelope = domain_envelope(&answer.envelope.expect("envelope"));
+    let envelope = unefois_tests::envelope_of(&answer.envelope.expect("envelope"));
     let published = RegistryClient::new(broker.channel("dgfip").await?)
         .get_verifier_keys(pb::GetVerifierKeysRequest {})
         .await?
@@ -307,7 +291,7 @@ async fn every_exchange_is_journaled_without_claim_values_or_subject_ids() -> an
     );
     assert_eq!(
         exchanges[0].payload_sha256.as_deref(),
-        Some(sha256_hex(&envelope.payload).as_str())
+        Some(unefois_tests::sha256_hex(&envelope.payload).as_str())
     );
     assert_eq!(
         exchanges[0].habilitation.as_deref(),
@@ -326,11 +310,6 @@ async fn every_exchange_is_journaled_without_claim_values_or_subject_ids() -> an
         assert!(!text.contains("23870"), "claim value at rest: {text}");
     }
     Ok(())
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(bytes))
 }
 
 #[tokio::test]

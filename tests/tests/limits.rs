@@ -2,7 +2,7 @@
 //! per window with their count; a consumer reading too many people raises the harvesting
 //! alarm; providers report their readiness in grpc.health.v1.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use broker::event::{Event, Record};
 use broker::grpc::status::reason_of;
@@ -12,23 +12,7 @@ use tonic_types::StatusExt;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::exchange_client::ExchangeClient;
-use unefois_tests::{BrokerOptions, TestBroker, TestPki, repo_root};
-
-/// The sample registry with `edit` applied, beside a copy of the datasets.
-fn registry_with(dir: &Path, edit: impl Fn(&str) -> String) -> anyhow::Result<PathBuf> {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data)?;
-    for entry in std::fs::read_dir(repo_root().join("examples/data"))? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), data.join(entry.file_name()))?;
-    }
-    let path = dir.join("registry.toml");
-    let sample = std::fs::read_to_string(repo_root().join("examples/registry.toml"))?;
-    let edited = edit(&sample);
-    anyhow::ensure!(edited != sample, "the edit changed nothing");
-    std::fs::write(&path, edited)?;
-    Ok(path)
-}
+use unefois_tests::{BrokerOptions, TestBroker, TestPki};
 
 fn energy(subject: &str) -> pb::FetchRequest {
     pb::FetchRequest {
@@ -52,7 +36,7 @@ fn records(data_dir: &Path) -> anyhow::Result<Vec<Record>> {
 async fn over_its_rate_a_consumer_waits_and_refusals_are_counted_once() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let scratch = tempfile::tempdir()?;
-    let registry = registry_with(scratch.path(), |s| {
+    let registry = unefois_tests::sample_registry_with(scratch.path(), |s| {
         s.replace(
             "rate_limit = { per_minute = 600, burst = 60 }",
             "rate_limit = { per_minute = 60, burst = 3 }",
@@ -122,7 +106,7 @@ async fn over_its_rate_a_consumer_waits_and_refusals_are_counted_once() -> anyho
 async fn reading_too_many_people_raises_one_harvesting_alarm() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let scratch = tempfile::tempdir()?;
-    let registry = registry_with(scratch.path(), |s| {
+    let registry = unefois_tests::sample_registry_with(scratch.path(), |s| {
         s.replace(
             "max_subjects_per_minute = 120",
             "max_subjects_per_minute = 2",

@@ -17,10 +17,15 @@ use tonic_health::pb::health_client::HealthClient;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::exchange_client::ExchangeClient;
-use unefois_tests::{BrokerOptions, TestBroker, TestPki, repo_root};
+use unefois_tests::{BrokerOptions, TestBroker, TestPki};
 
 const DOWN: u8 = 1;
 const HUNG: u8 = 2;
+const THROTTLED: u8 = 3;
+const GARBAGE: u8 = 4;
+const HUGE: u8 = 5;
+const WRONG_TYPE: u8 = 6;
+const SERVER_ERROR: u8 = 7;
 
 /// A DGFiP-like REST API: `GET /v1/rfr/{subject}`, switchable between up, down and hung.
 #[derive(Default)]
@@ -34,7 +39,16 @@ async fn rfr(
     State(api): State<Arc<Api>>,
     UrlPath(subject): UrlPath<String>,
     headers: HeaderMap,
-) -> (StatusCode, String) {
+) -> (StatusCode, HeaderMap, String) {
+    let (status, body) = answer(&api, &subject, &headers).await;
+    let mut out = HeaderMap::new();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        out.insert("retry-after", axum::http::HeaderValue::from_static("7"));
+    }
+    (status, out, body)
+}
+
+async fn answer(api: &Api, subject: &str, headers: &HeaderMap) -> (StatusCode, String) {
     api.hits.fetch_add(1, Ordering::SeqCst);
     if let Ok(mut seen) = api.consumer_header.lock() {
         *seen = headers
@@ -45,9 +59,19 @@ async fn rfr(
     match api.mode.load(Ordering::SeqCst) {
         DOWN => return (StatusCode::SERVICE_UNAVAILABLE, String::new()),
         HUNG => tokio::time::sleep(Duration::from_secs(30)).await,
+        THROTTLED => return (StatusCode::TOO_MANY_REQUESTS, String::new()),
+        GARBAGE => return (StatusCode::OK, "{\"data\": {\"rfr\": 23".into()),
+        HUGE => {
+            return (
+                StatusCode::OK,
+                format!("{{\"pad\":\"{}\"}}", "x".repeat(2 << 20)),
+            );
+        }
+        WRONG_TYPE => return (StatusCode::OK, r#"{"data":{"rfr":"23870"}}"#.into()),
+        SERVER_ERROR => return (StatusCode::INTERNAL_SERVER_ERROR, String::new()),
         _ => {}
     }
-    match subject.as_str() {
+    match subject {
         "test:alice" => (
             StatusCode::OK,
             r#"{"data":{"rfr":23870,"parts":3.0,"year":2025}}"#.into(),
@@ -69,25 +93,16 @@ async fn serve_api() -> anyhow::Result<(SocketAddr, Arc<Api>)> {
 
 /// The sample registry with the DGFiP type served by the HTTP API at `addr`.
 fn registry(dir: &Path, addr: SocketAddr) -> anyhow::Result<PathBuf> {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data)?;
-    for entry in std::fs::read_dir(repo_root().join("examples/data"))? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), data.join(entry.file_name()))?;
-    }
-    let sample = std::fs::read_to_string(repo_root().join("examples/registry.toml"))?;
     let http = format!(
         "adapter = {{ kind = \"http\", url = \"http://{addr}/v1/rfr/{{subject}}\", timeout_ms = 5000, retries = 0, claims = {{ revenu_fiscal_reference = \"/data/rfr\", nombre_parts = \"/data/parts\", annee_revenus = \"/data/year\" }} }}\nresilience = {{ max_concurrency = 4, failure_threshold = 3, open_seconds = 30 }}"
     );
-    let edited = sample.replacen(
-        "adapter = { kind = \"static\", dataset = \"data/dgfip.revenu_fiscal_reference.json\" }",
-        &http,
-        1,
-    );
-    anyhow::ensure!(edited != sample);
-    let path = dir.join("registry.toml");
-    std::fs::write(&path, edited)?;
-    Ok(path)
+    unefois_tests::sample_registry_with(dir, |sample| {
+        sample.replacen(
+            "adapter = { kind = \"static\", dataset = \"data/dgfip.revenu_fiscal_reference.json\" }",
+            &http,
+            1,
+        )
+    })
 }
 
 fn rfr_request(subject: &str) -> pb::FetchRequest {
@@ -250,4 +265,119 @@ async fn a_hung_provider_costs_its_callers_their_deadline_and_nobody_else_anythi
         Ok(broker) => broker.stop().await,
         Err(_) => Ok(()),
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_provider_failure_has_its_status_and_reason_and_the_circuit_recovers()
+-> anyhow::Result<()> {
+    use tonic_types::StatusExt;
+
+    let (addr, api) = serve_api().await?;
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let registry = registry(scratch.path(), addr)?;
+    // A breaker that would open only after many failures, then one that recovers fast.
+    let text = std::fs::read_to_string(&registry)?.replace(
+        "resilience = { max_concurrency = 4, failure_threshold = 3, open_seconds = 30 }",
+        "resilience = { max_concurrency = 4, failure_threshold = 20, open_seconds = 1 }",
+    );
+    std::fs::write(&registry, text)?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
+    let cases = [
+        (
+            THROTTLED,
+            Code::Unavailable,
+            ErrorReason::ProviderUnavailable,
+        ),
+        (
+            SERVER_ERROR,
+            Code::Unavailable,
+            ErrorReason::ProviderUnavailable,
+        ),
+        (
+            GARBAGE,
+            Code::Unavailable,
+            ErrorReason::ProviderInvalidResponse,
+        ),
+        (
+            HUGE,
+            Code::Unavailable,
+            ErrorReason::ProviderInvalidResponse,
+        ),
+        (
+            WRONG_TYPE,
+            Code::Unavailable,
+            ErrorReason::ProviderInvalidResponse,
+        ),
+    ];
+    for (mode, code, reason) in cases {
+        api.mode.store(mode, Ordering::SeqCst);
+        let status = lyon
+            .fetch(rfr_request("test:alice"))
+            .await
+            .expect_err("answered");
+        assert_eq!(status.code(), code, "mode {mode}: {status:?}");
+        assert_eq!(reason_of(&status), Some(reason), "mode {mode}");
+        if mode == THROTTLED {
+            let retry = status.get_details_retry_info().and_then(|r| r.retry_delay);
+            assert_eq!(retry, Some(Duration::from_secs(7)), "Retry-After passed on");
+        }
+    }
+    // A provider that resets the connection: nothing listens there any more.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?
+    };
+    let scratch2 = tempfile::tempdir()?;
+    let reset = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry: self::registry(scratch2.path(), closed)?,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let status = ExchangeClient::new(reset.channel("mairie-lyon").await?)
+        .fetch(rfr_request("test:alice"))
+        .await
+        .expect_err("nothing listens");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(reason_of(&status), Some(ErrorReason::ProviderUnavailable));
+    reset.stop().await?;
+
+    // The circuit opens after its threshold and recovers once the provider does.
+    api.mode.store(DOWN, Ordering::SeqCst);
+    let mut opened = false;
+    for _ in 0..25 {
+        let status = lyon
+            .fetch(rfr_request("test:alice"))
+            .await
+            .expect_err("down");
+        if reason_of(&status) == Some(ErrorReason::ProviderCircuitOpen) {
+            opened = true;
+            break;
+        }
+    }
+    assert!(opened, "the breaker opened");
+    api.mode.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    lyon.fetch(rfr_request("test:alice")).await?;
+    let mut status = ServingStatus::NotServing;
+    for _ in 0..50 {
+        status = provider_health(&broker, "dgfip.revenu_fiscal_reference").await?;
+        if status == ServingStatus::Serving {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, ServingStatus::Serving, "ready again");
+    broker.stop().await
 }

@@ -1,27 +1,11 @@
 //! A bad registry is refused at start with the file and the key at fault.
 
-use std::path::{Path, PathBuf};
-
 use broker::registry::Registry;
 use unefois_tests::sample_registry;
 
-/// Writes the sample registry, edited by `edit`, beside a copy of its datasets.
-fn edited_registry(dir: &Path, edit: impl Fn(&str) -> String) -> anyhow::Result<PathBuf> {
-    let sample = std::fs::read_to_string(sample_registry())?;
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data)?;
-    for entry in std::fs::read_dir(unefois_tests::repo_root().join("examples/data"))? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), data.join(entry.file_name()))?;
-    }
-    let path = dir.join("registry.toml");
-    std::fs::write(&path, edit(&sample))?;
-    Ok(path)
-}
-
 fn load_error(edit: impl Fn(&str) -> String) -> anyhow::Result<(String, String, String)> {
     let dir = tempfile::tempdir()?;
-    let path = edited_registry(dir.path(), edit)?;
+    let path = unefois_tests::sample_registry_with(dir.path(), edit)?;
     let error = Registry::load(&path).expect_err("the registry was accepted");
     let text = error.to_string();
     assert!(

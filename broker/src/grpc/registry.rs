@@ -9,6 +9,7 @@ use unefois_proto::v1::registry_server::Registry as RegistryApi;
 use crate::caller::Caller;
 use crate::grpc::auth::caller;
 use crate::registry::{self, ClaimType, Habilitation, LegalBasis, Registry, Role};
+use crate::resilience::BreakerState;
 use crate::state::State;
 
 /// The Registry service.
@@ -193,6 +194,44 @@ impl RegistryApi for RegistryService {
                 .collect(),
             registry_sha256: registry.sha256_hex(),
         }))
+    }
+
+    async fn get_providers_status(
+        &self,
+        request: Request<pb::GetProvidersStatusRequest>,
+    ) -> Result<Response<pb::GetProvidersStatusResponse>, Status> {
+        let caller = caller(&request)?;
+        if !caller.has_role(Role::Operator) {
+            return Err(crate::error::ApiError::WrongRole {
+                participant: caller.participant.clone(),
+                role: Role::Operator,
+            }
+            .into());
+        }
+        let loaded = self.state.federation.loaded();
+        let providers = loaded
+            .registry
+            .attestation_types()
+            .filter_map(|t| {
+                let status = loaded.adapters.get(&t.id)?.status();
+                let breaker = match status.state {
+                    BreakerState::Closed => "closed",
+                    BreakerState::Open { .. } => "open",
+                    BreakerState::HalfOpen => "half_open",
+                };
+                Some(pb::ProviderStatus {
+                    attestation_type: t.id.clone(),
+                    provider: t.provider.clone(),
+                    adapter: status.adapter.to_string(),
+                    ready: status.state == BreakerState::Closed,
+                    breaker: breaker.to_string(),
+                    consecutive_failures: status.consecutive_failures,
+                    in_flight: u32::try_from(status.in_flight).unwrap_or(u32::MAX),
+                    max_concurrency: u32::try_from(status.max_concurrency).unwrap_or(u32::MAX),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::GetProvidersStatusResponse { providers }))
     }
 
     async fn get_verifier_keys(
