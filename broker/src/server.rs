@@ -222,6 +222,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(1024))
+        .layer(crate::grpc::observe::ObserveLayer)
         .layer(RequestLimitLayer {
             limit: config.max_request_bytes,
         })

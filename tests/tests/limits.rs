@@ -249,6 +249,10 @@ async fn metrics_count_exchanges_by_consumer_type_and_outcome_without_subjects()
         "result=\"ok\""
     ]));
     assert!(line(&["unefois_fetch_duration_seconds_bucket"]));
+    assert!(line(&[
+        "unefois_grpc_requests_total",
+        "method=\"unefois.v1.Exchange/Fetch\""
+    ]));
     for secret in ["alice", "bob", "carol", "23870", "xxxxxxxx"] {
         assert!(!text.contains(secret), "{secret} in the metrics");
     }

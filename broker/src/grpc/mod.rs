@@ -7,6 +7,7 @@ pub mod consents;
 pub mod exchange;
 pub mod guichet;
 pub mod limits;
+pub mod observe;
 pub mod registry;
 pub mod status;
 
