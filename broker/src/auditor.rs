@@ -139,7 +139,13 @@ pub async fn verify_log(
             tree.push(&event.entry);
         }
     }
-    if tree.root(latest.size) != latest.root {
+    if latest.size == 0 {
+        // An empty log has no entry to check; a signed empty checkpoint must carry the
+        // empty root.
+        if latest.root != tree.root(0) {
+            return Err(LogError::BadEntry { index: 0 });
+        }
+    } else if tree.root(latest.size) != latest.root {
         let index = first_bad_entry(&mut audit, log_vkey, &tree, latest.size).await?;
         return Err(LogError::BadEntry { index });
     }

@@ -190,6 +190,11 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
         h.update(input.valid_days.to_be_bytes());
         hex::encode(&h.finalize()[..16])
     };
+    // Held from the check to the append: a concurrent retry waits, then finds this grant.
+    let _serialised = match &request_id {
+        Some(_) => Some(state.grants.lock().await),
+        None => None,
+    };
     if let Some(id) = &request_id
         && let Some(used) = state
             .store

@@ -134,6 +134,15 @@ pub enum Event {
         /// What was asked, in words (filters, start index); never a raw subject id.
         query: String,
     },
+    /// A guichet read a person's access history (Guichet.ListAccesses).
+    AccessHistoryRead {
+        /// The guichet.
+        participant: String,
+        /// The agent, if any.
+        agent: Option<String>,
+        /// The person's audit pseudonym.
+        subject: String,
+    },
     /// Calls of a consumer refused for its rate limit over a window, counted (one entry per
     /// consumer per window, so that a flood cannot multiply writes).
     RateLimited {

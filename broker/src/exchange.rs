@@ -118,14 +118,19 @@ pub async fn fetch(
     if input.request_id.is_empty() {
         return fetch_once(state, caller, input).await.map(Arc::new);
     }
-    validate::request_id(&input.request_id)?;
+    if let Err(e) = validate::request_id(&input.request_id) {
+        return Err(refuse(state, caller, &input, e).await);
+    }
     let fingerprint = idempotency::fingerprint(&input);
     match state
         .recent
         .previous(&caller.participant, &input.request_id, &fingerprint)
     {
         Previous::Same(answer) => return Ok(answer),
-        Previous::Different => return Err(ApiError::RequestIdReused(input.request_id)),
+        Previous::Different => {
+            let reused = ApiError::RequestIdReused(input.request_id.clone());
+            return Err(refuse(state, caller, &input, reused).await);
+        }
         Previous::New => {}
     }
     let request_id = input.request_id.clone();
@@ -178,24 +183,7 @@ async fn fetch_recorded(
     input: FetchInput,
     loaded: &Loaded,
 ) -> Result<Fetched, ApiError> {
-    let mut event = ExchangeEvent {
-        outcome: Outcome::Denied,
-        reason: None,
-        participant: caller.participant.clone(),
-        agent: caller.agent.clone(),
-        subject: None,
-        pseudonym_key: None,
-        attestation_type: validate::recorded(&input.attestation_type),
-        purpose: validate::recorded(&input.purpose),
-        legal_basis: None,
-        habilitation: None,
-        mandate_id: (!input.mandate_id.is_empty()).then(|| validate::recorded(&input.mandate_id)),
-        attestation_id: None,
-        payload_sha256: None,
-        provider: None,
-        request_id: (!input.request_id.is_empty()).then(|| validate::recorded(&input.request_id)),
-        registry_sha256: loaded.registry.sha256_hex(),
-    };
+    let mut event = base_event(caller, &input, loaded);
     let served = serve(state, caller, &input, loaded, &mut event).await;
     match served {
         Ok((attestation, envelope, claims)) => {
@@ -218,6 +206,61 @@ async fn fetch_recorded(
             record(state, event).await?;
             Err(error)
         }
+    }
+}
+
+/// The record of a Fetch before it is decided. Only registered names and bounded ids go in:
+/// free-form input (which a careless client could fill with a subject id) never reaches the
+/// journal; the request id is kept as a digest, enough to match retries.
+fn base_event(caller: &Caller, input: &FetchInput, loaded: &Loaded) -> ExchangeEvent {
+    let registered = |known: bool, value: &str| {
+        if known {
+            value.to_string()
+        } else {
+            "(unregistered)".to_string()
+        }
+    };
+    let registry = &loaded.registry;
+    ExchangeEvent {
+        outcome: Outcome::Denied,
+        reason: None,
+        participant: caller.participant.clone(),
+        agent: caller.agent.clone(),
+        subject: None,
+        pseudonym_key: None,
+        attestation_type: registered(
+            registry.attestation_type(&input.attestation_type).is_some(),
+            &input.attestation_type,
+        ),
+        purpose: registered(registry.purpose(&input.purpose).is_some(), &input.purpose),
+        legal_basis: None,
+        habilitation: None,
+        mandate_id: (!input.mandate_id.is_empty()).then(|| digest(&input.mandate_id)),
+        attestation_id: None,
+        payload_sha256: None,
+        provider: None,
+        request_id: (!input.request_id.is_empty()).then(|| digest(&input.request_id)),
+        registry_sha256: registry.sha256_hex(),
+    }
+}
+
+/// A caller-chosen id as recorded: `sha256:` and the first 16 bytes of its digest, in hex.
+pub fn digest(id: &str) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(&Sha256::digest(id.as_bytes())[..16])
+    )
+}
+
+/// Records a Fetch refused before it was looked at, and returns the refusal (or the failure
+/// to record it: nothing is answered without its record).
+async fn refuse(state: &State, caller: &Caller, input: &FetchInput, error: ApiError) -> ApiError {
+    let loaded = state.federation.loaded();
+    let mut event = base_event(caller, input, &loaded);
+    event.reason = Some(error.reason_code().to_string());
+    match record(state, event).await {
+        Ok(_) => error,
+        Err(e) => e,
     }
 }
 
@@ -474,9 +517,11 @@ async fn provide(
             reason: "no adapter configured".into(),
             retry_after: None,
         })?;
-    let budget = input
-        .deadline
-        .map_or(state.provider_timeout, |d| d.min(state.provider_timeout));
+    // Keep a tenth of the caller's deadline (at least 100 ms) to sign, record and answer.
+    let budget = input.deadline.map_or(state.provider_timeout, |d| {
+        d.saturating_sub((d / 10).max(Duration::from_millis(100)))
+            .min(state.provider_timeout)
+    });
     let request = AdapterRequest {
         subject: subject.as_str().to_string(),
         attestation_type: input.attestation_type.clone(),

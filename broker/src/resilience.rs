@@ -209,6 +209,25 @@ impl Guarded {
     }
 }
 
+/// Re-opens the breaker if a probe is dropped before it settled (its caller went away).
+struct ProbeGuard<'a> {
+    guarded: &'a Guarded,
+    armed: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Ok(mut b) = self.guarded.breaker.lock()
+            && b.state == BreakerState::HalfOpen
+        {
+            b.state = BreakerState::Open {
+                until: Instant::now() + self.guarded.config.open_for,
+            };
+        }
+    }
+}
+
 /// Whether an error comes from an open breaker rather than the provider itself.
 pub fn is_circuit_open(e: &AdapterError) -> bool {
     matches!(e, AdapterError::Unavailable { reason, .. } if reason == "circuit open")
@@ -218,6 +237,11 @@ pub fn is_circuit_open(e: &AdapterError) -> bool {
 impl Adapter for Guarded {
     async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError> {
         let admission = self.admit()?;
+        // A probe whose caller goes away must not leave the breaker half-open for ever.
+        let mut probe = ProbeGuard {
+            guarded: self,
+            armed: matches!(admission, Admission::Probe),
+        };
         let permit = match tokio::time::timeout_at(request.deadline, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => {
@@ -228,6 +252,7 @@ impl Adapter for Guarded {
             }
             Err(_) => {
                 let outcome = Err(AdapterError::DeadlineExceeded);
+                probe.armed = false;
                 if matches!(admission, Admission::Probe) {
                     self.settle(&admission, &outcome);
                 }
@@ -238,6 +263,7 @@ impl Adapter for Guarded {
             .await
             .unwrap_or(Err(AdapterError::DeadlineExceeded));
         drop(permit);
+        probe.armed = false;
         self.settle(&admission, &outcome);
         outcome
     }
@@ -342,6 +368,36 @@ mod tests {
         assert!(guarded.fetch(&request(1000)).await.is_ok());
         assert_eq!(guarded.state(), BreakerState::Closed);
         assert_eq!(*changes.lock().unwrap(), vec![false, true]);
+    }
+
+    #[tokio::test]
+    async fn a_probe_whose_caller_gives_up_reopens_the_breaker() {
+        let provider = Arc::new(Provider::default());
+        provider.failing.store(true, Ordering::SeqCst);
+        let guarded = Arc::new(Guarded::new(
+            "t",
+            provider.clone(),
+            ResilienceConfig {
+                max_concurrency: 4,
+                failure_threshold: 1,
+                open_for: Duration::from_millis(100),
+            },
+            None,
+        ));
+        assert!(guarded.fetch(&request(1000)).await.is_err());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The probe hangs and its caller drops it.
+        provider.delay_ms.store(10_000, Ordering::SeqCst);
+        let slow = request(5000);
+        let probe = tokio::time::timeout(Duration::from_millis(50), guarded.fetch(&slow));
+        assert!(probe.await.is_err(), "the probe was still running");
+        assert!(matches!(guarded.state(), BreakerState::Open { .. }));
+        // Later, a new probe is let through and the recovered provider closes the breaker.
+        provider.delay_ms.store(0, Ordering::SeqCst);
+        provider.failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(guarded.fetch(&request(1000)).await.is_ok());
+        assert_eq!(guarded.state(), BreakerState::Closed);
     }
 
     #[tokio::test]

@@ -155,6 +155,7 @@ pub async fn run(
         provider_timeout: DEFAULT_PROVIDER_TIMEOUT,
         recent: RecentAnswers::new(idempotency::DEFAULT_WINDOW, idempotency::DEFAULT_CAPACITY),
         limits: RateLimits::from_registry(&federation.registry()),
+        grants: tokio::sync::Mutex::new(()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -251,6 +252,8 @@ pub async fn run(
         return Err(BrokerError::Ops(e));
     }
     let _ = flusher.await;
+    // Calls refused during the drain are recorded too.
+    record_denials(&state).await;
     drop(state);
     if let Err(e) = store
         .append(vec![Record::now(Event::BrokerStopped {})])

@@ -24,6 +24,9 @@ pub struct State {
     pub signer: AttestationSigner,
     /// Upper bound of a provider call.
     pub provider_timeout: Duration,
+    /// Serialises consent grants that carry a request id, so that two concurrent retries
+    /// cannot both create a consent.
+    pub grants: tokio::sync::Mutex<()>,
     /// Rate limits and the harvesting alarm.
     pub limits: crate::ratelimit::RateLimits,
     /// Recent Fetch answers, for idempotent retries (memory only).

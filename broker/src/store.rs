@@ -187,6 +187,7 @@ impl Trees {
             | Event::BrokerStarted { .. }
             | Event::BrokerStopped {}
             | Event::RateLimited { .. }
+            | Event::AccessHistoryRead { .. }
             | Event::HarvestingAlarm { .. } => {}
         }
         self.meta.insert(APPLIED, &(seq + 1).to_be_bytes())?;

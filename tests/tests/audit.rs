@@ -803,6 +803,19 @@ async fn a_citizen_sees_who_read_their_data() -> anyhow::Result<()> {
     assert!(token.is_empty(), "paging ends");
     walked.sort_unstable();
     assert_eq!(walked, carol_leaves);
+    // Every read of a person's history is on the record, with the reader.
+    let reads = list_events(
+        &broker,
+        "cnil",
+        pb::ListEventsRequest {
+            kind: "access_history_read".into(),
+            subject: "test:carol".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert!(!reads.is_empty());
+    assert!(reads.iter().all(|e| e.participant == "mairie-lyon"));
     broker.stop().await
 }
 

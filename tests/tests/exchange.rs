@@ -449,3 +449,73 @@ async fn an_expired_consent_is_not_a_legal_basis() -> anyhow::Result<()> {
     );
     broker.stop().await
 }
+
+#[tokio::test]
+async fn caller_chosen_ids_and_unregistered_names_never_reach_the_journal_verbatim()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let data = tempfile::tempdir()?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            data_dir: Some(data.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    // A careless client builds its request ids (and a type name) from business keys.
+    let with_id = pb::FetchRequest {
+        request_id: "siren:552100554".into(),
+        ..rfr("test:alice")
+    };
+    fetch(&broker, "mairie-lyon", with_id.clone()).await??;
+    let reused = fetch(
+        &broker,
+        "mairie-lyon",
+        pb::FetchRequest {
+            subject: "test:bob".into(),
+            ..with_id
+        },
+    )
+    .await?
+    .expect_err("reused id");
+    assert_eq!(reason_of(&reused), Some(ErrorReason::RequestIdReused));
+    fetch(
+        &broker,
+        "mairie-lyon",
+        request("test:alice", "siret:11000201100044", "tarification_cantine"),
+    )
+    .await?
+    .expect_err("unknown type");
+    broker.stop().await?;
+
+    let records = journal_records(data.path())?;
+    let exchanges: Vec<_> = records
+        .iter()
+        .filter_map(|(r, _)| match &r.event {
+            Event::Exchange(e) => Some(e.as_ref()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(exchanges.len(), 3, "the refused retry is recorded too");
+    assert_eq!(exchanges[1].reason.as_deref(), Some("REQUEST_ID_REUSED"));
+    assert_eq!(
+        exchanges[0].request_id, exchanges[1].request_id,
+        "retries match"
+    );
+    assert!(
+        exchanges[0]
+            .request_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("sha256:"))
+    );
+    assert_eq!(exchanges[2].attestation_type, "(unregistered)");
+    for (_, bytes) in &records {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(
+            !text.contains("552100554") && !text.contains("11000201100044"),
+            "{text}"
+        );
+    }
+    Ok(())
+}

@@ -20,6 +20,7 @@ pub fn kind(event: &Event) -> &'static str {
         Event::ConsentRevoked { .. } => "consent_revoked",
         Event::AuditRead { .. } => "audit_read",
         Event::RateLimited { .. } => "rate_limited",
+        Event::AccessHistoryRead { .. } => "access_history_read",
         Event::HarvestingAlarm { .. } => "harvesting_alarm",
         Event::Exchange(_) => "exchange",
     }
@@ -35,6 +36,7 @@ pub fn participant(event: &Event) -> Option<&str> {
         | Event::ConsentRevoked { participant, .. }
         | Event::AuditRead { participant, .. }
         | Event::RateLimited { participant, .. }
+        | Event::AccessHistoryRead { participant, .. }
         | Event::HarvestingAlarm { participant, .. } => Some(participant),
         Event::Exchange(e) => Some(&e.participant),
     }
@@ -43,7 +45,9 @@ pub fn participant(event: &Event) -> Option<&str> {
 /// The subject pseudonym an event is about, if any.
 pub fn subject(event: &Event) -> Option<&str> {
     match event {
-        Event::ConsentGranted { subject, .. } => Some(subject),
+        Event::ConsentGranted { subject, .. } | Event::AccessHistoryRead { subject, .. } => {
+            Some(subject)
+        }
         Event::Exchange(e) => e.subject.as_deref(),
         _ => None,
     }

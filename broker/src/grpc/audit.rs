@@ -101,7 +101,9 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
             out.attestation_type = attestation_types.join(",");
             out.purpose = purpose.clone();
         }
-        Event::ConsentRevoked { agent, .. } | Event::AuditRead { agent, .. } => {
+        Event::ConsentRevoked { agent, .. }
+        | Event::AuditRead { agent, .. }
+        | Event::AccessHistoryRead { agent, .. } => {
             out.agent = agent.clone().unwrap_or_default();
         }
         Event::RegistryLoaded { registry_sha256 } => {

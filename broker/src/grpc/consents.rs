@@ -24,8 +24,19 @@ impl ConsentsService {
     }
 }
 
+/// The protobuf form of a consent, with its status now, as `viewer` may see it: the audit
+/// pseudonym links a person across consumers, so only the guichet that recorded the consent
+/// (which knows the person anyway) receives it.
+pub fn consent_for(c: &Consent, viewer: &str) -> pb::Consent {
+    let mut out = consent(c);
+    if c.participant != viewer {
+        out.subject_pseudonym.clear();
+    }
+    out
+}
+
 /// The protobuf form of a consent, with its status now.
-pub fn consent(c: &Consent) -> pb::Consent {
+fn consent(c: &Consent) -> pb::Consent {
     let status = match c.status(OffsetDateTime::now_utc()) {
         ConsentStatus::Active => pb::ConsentStatus::Active,
         ConsentStatus::Revoked => pb::ConsentStatus::Revoked,
@@ -95,7 +106,7 @@ impl ConsentsApi for ConsentsService {
         let caller = caller(&request)?;
         let found = consent::get(&self.state, caller, &request.get_ref().consent_id)?;
         Ok(Response::new(pb::GetConsentResponse {
-            consent: Some(consent(&found)),
+            consent: Some(consent_for(&found, &caller.participant)),
         }))
     }
 
@@ -120,7 +131,10 @@ impl ConsentsApi for ConsentsService {
             &r.page_token,
         )?;
         Ok(Response::new(pb::ListConsentsResponse {
-            consents: page.iter().map(consent).collect(),
+            consents: page
+                .iter()
+                .map(|c| consent_for(c, &caller.participant))
+                .collect(),
             next_page_token: next,
         }))
     }

@@ -86,9 +86,18 @@ impl GuichetApi for GuichetService {
             n => n.min(200),
         } as usize;
         let store = &self.state.store;
+        let pseudonym = self.state.pseudonyms.audit(&subject);
+        // The read is on the record before it happens.
+        store
+            .append(vec![crate::event::Record::now(Event::AccessHistoryRead {
+                participant: caller.participant.clone(),
+                agent: caller.agent.clone(),
+                subject: pseudonym.clone(),
+            })])
+            .await
+            .map_err(unavailable)?;
         let (found, more) =
-            events::accesses(store, &self.state.pseudonyms.audit(&subject), before, size)
-                .map_err(unavailable)?;
+            events::accesses(store, &pseudonym, before, size).map_err(unavailable)?;
         let (tree_size, checkpoint) = store
             .latest_checkpoint()
             .map_err(unavailable)?
