@@ -104,6 +104,8 @@ pub struct GrantInput {
     pub mandate_id: String,
     /// Idempotency key.
     pub request_id: String,
+    /// The citizen's OIDC ID token: identity evidence.
+    pub id_token: String,
 }
 
 fn store_error(e: crate::store::StoreError) -> ApiError {
@@ -145,6 +147,7 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
     if !input.mandate_id.is_empty() {
         return Err(ApiError::NoMandate(validate::recorded(&input.mandate_id)));
     }
+    crate::identity::require(&input.id_token, caller, &registry, &subject)?;
     if registry.participant(&input.consumer).is_none() {
         return Err(ApiError::invalid(
             "consumer",

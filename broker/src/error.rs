@@ -89,6 +89,9 @@ pub enum ApiError {
     /// Acting under a mandate is not possible (yet) or the mandate is not valid.
     #[error("mandate {0:?}: acting under a mandate is not available on this broker yet")]
     NoMandate(String),
+    /// The form is not registered.
+    #[error("form {0:?} is not registered")]
+    UnknownForm(String),
     /// The consent does not exist or is not visible to the caller.
     #[error("consent {0:?} not found")]
     UnknownConsent(String),
@@ -146,6 +149,15 @@ pub enum ApiError {
     /// A request id was reused for a different request.
     #[error("request id {0:?} was already used for a different request")]
     RequestIdReused(String),
+    /// The call needs the citizen's ID token and none was given.
+    #[error("the citizen's ID token (id_token) is required as identity evidence")]
+    IdentityEvidenceRequired,
+    /// The ID token is not valid identity evidence.
+    #[error("identity evidence refused: {0}")]
+    IdentityEvidenceInvalid(#[from] crate::identity::IdentityError),
+    /// The ID token proves another subject than the request's.
+    #[error("the ID token's subject is not the request's subject")]
+    SubjectMismatch,
 }
 
 impl ApiError {
@@ -170,6 +182,7 @@ impl ApiError {
             E::ConsentExpired(_) => "CONSENT_EXPIRED",
             E::NoMandate(_) => "NO_MANDATE",
             E::UnknownConsent(_) => "UNKNOWN_CONSENT",
+            E::UnknownForm(_) => "UNKNOWN_FORM",
             E::SubjectNotFound => "SUBJECT_NOT_FOUND",
             E::ProviderUnavailable { .. } => "PROVIDER_UNAVAILABLE",
             E::ProviderInvalidResponse { .. } => "PROVIDER_INVALID_RESPONSE",
@@ -181,6 +194,9 @@ impl ApiError {
             E::RequestTooLarge { .. } => "REQUEST_TOO_LARGE",
             E::TreeSizeOutOfRange(_) => "TREE_SIZE_OUT_OF_RANGE",
             E::LeafIndexOutOfRange(_) => "LEAF_INDEX_OUT_OF_RANGE",
+            E::IdentityEvidenceRequired => "IDENTITY_EVIDENCE_REQUIRED",
+            E::IdentityEvidenceInvalid(_) => "IDENTITY_EVIDENCE_INVALID",
+            E::SubjectMismatch => "SUBJECT_MISMATCH",
         }
     }
 

@@ -52,9 +52,40 @@ enum Command {
     /// Verify, follow and export the audit log (auditors).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Pre-fill a form for a person at a guichet: each field with its source or its reason.
+    Prefill {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The person, scheme:value.
+        #[arg(long)]
+        subject: String,
+        /// The form id (`inscription_cantine`).
+        #[arg(long)]
+        form: String,
+    },
     /// Providers' readiness, circuit breakers and load (operators).
     #[command(subcommand)]
     Providers(ProvidersCommand),
+    /// Development helpers (never for production).
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Print an ID token of the development identity provider (its key is public:
+    /// examples/dev-idp/) for a sample person, as identity evidence for a guichet.
+    IdToken {
+        /// The person, `test:...` or a canonical `pivot:...` (docs/subjects.md).
+        #[arg(long)]
+        subject: String,
+        /// The audience: the guichet's `oidc_audience` (by default its participant id).
+        #[arg(long)]
+        aud: String,
+        /// The development identity provider's signing key.
+        #[arg(long, default_value = "examples/dev-idp/dev-signing-key.json")]
+        key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -257,6 +288,10 @@ struct ConsentGrantArgs {
     /// An idempotency key: a retry with the same key returns the same consent.
     #[arg(long, default_value = "")]
     request_id: String,
+    /// The citizen's OIDC ID token, the identity evidence (development:
+    /// `unefois dev id-token --subject ... --aud ...`).
+    #[arg(long, env = "UNEFOIS_ID_TOKEN", hide_env_values = true)]
+    id_token: String,
 }
 
 #[tokio::main]
@@ -305,6 +340,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }) => audit_verify(client, trusted, log_key).await,
         Command::Audit(AuditCommand::Tail { client, lines }) => audit_tail(client, lines).await,
         Command::Providers(ProvidersCommand::Status(client)) => providers_status(client).await,
+        Command::Prefill {
+            client,
+            subject,
+            form,
+        } => prefill(client, subject, form).await,
+        Command::Dev(DevCommand::IdToken { subject, aud, key }) => {
+            let key = broker::identity::dev::DevKey::load(&key)?;
+            let claims =
+                broker::identity::dev::claims(&subject, &aud, time::OffsetDateTime::now_utc())?;
+            println!("{}", key.sign(&claims)?);
+            Ok(())
+        }
         Command::Audit(AuditCommand::Export {
             client,
             format,
@@ -656,6 +703,7 @@ async fn consent_grant(args: ConsentGrantArgs) -> anyhow::Result<()> {
             purpose: args.purpose,
             valid_days: args.days,
             request_id: args.request_id,
+            id_token: args.id_token,
             ..Default::default()
         })
         .await
@@ -860,6 +908,42 @@ async fn providers_status(client: ClientArgs) -> anyhow::Result<()> {
             p.max_concurrency,
             p.consecutive_failures
         );
+    }
+    Ok(())
+}
+
+async fn prefill(client: ClientArgs, subject: String, form: String) -> anyhow::Result<()> {
+    let mut guichet =
+        unefois_proto::v1::guichet_client::GuichetClient::new(connect(&client).await?);
+    let answer = guichet
+        .prefill(pb::PrefillRequest {
+            subject,
+            form,
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("form {}", answer.form);
+    for f in &answer.fields {
+        let value = match f.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(pb::claim_value::Value::StringValue(s)) => s.clone(),
+            Some(pb::claim_value::Value::IntegerValue(i)) => i.to_string(),
+            Some(pb::claim_value::Value::NumberValue(n)) => n.to_string(),
+            Some(pb::claim_value::Value::BooleanValue(b)) => b.to_string(),
+            Some(pb::claim_value::Value::DateValue(d)) => d.clone(),
+            None => String::new(),
+        };
+        println!(
+            "  {:<28} {:<16} from {} ({}, attestation {})",
+            f.name, value, f.provider, f.attestation_type, f.attestation_id
+        );
+    }
+    for m in &answer.unavailable {
+        let reason = pb::ErrorReason::try_from(m.reason)
+            .map(|r| r.as_str_name())
+            .unwrap_or("UNSPECIFIED");
+        println!("  {:<28} to ask: {reason} ({})", m.name, m.message);
     }
     Ok(())
 }

@@ -78,7 +78,27 @@ pub struct Participant {
     pub roles: BTreeSet<Role>,
     /// Calls per minute it may make, if limited.
     pub rate_limit: Option<RateLimit>,
+    /// The audience its citizens' ID tokens carry (guichets only; default: its id).
+    pub oidc_audience: Option<String>,
 }
+
+/// An identity provider whose signed OIDC ID tokens are identity evidence.
+#[derive(Clone, Debug)]
+pub struct IdentityProvider {
+    /// Registry id.
+    pub id: String,
+    /// The `iss` of its tokens.
+    pub issuer: String,
+    /// Its signing keys (a JWKS file inside the registry's folder).
+    pub jwks: PathBuf,
+    /// The keys of that file, as loaded with the registry.
+    pub keys: jsonwebtoken::jwk::JwkSet,
+    /// How long after issuance (`iat`) a token is still evidence of presence.
+    pub max_token_age_seconds: u64,
+}
+
+/// Default freshness of an ID token, in seconds.
+pub const DEFAULT_MAX_TOKEN_AGE_SECONDS: u64 = 600;
 
 /// A consumer's declared rate: a sustained rate and a burst.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -94,6 +114,11 @@ impl Participant {
     /// Whether the participant holds `role`.
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
+    }
+
+    /// The audience of the ID tokens a guichet presents: its declared `oidc_audience`, or its id.
+    pub fn audience(&self) -> &str {
+        self.oidc_audience.as_deref().unwrap_or(&self.id)
     }
 }
 
@@ -223,6 +248,32 @@ impl Habilitation {
     }
 }
 
+/// A form a guichet pre-fills: its purpose and each field's source.
+#[derive(Clone, Debug)]
+pub struct Form {
+    /// Form id, e.g. `inscription_cantine`.
+    pub id: String,
+    /// What it is, for people.
+    pub label: String,
+    /// The purpose every field is obtained for.
+    pub purpose: String,
+    /// The fields, in form order.
+    pub fields: Vec<FormField>,
+}
+
+/// One field of a form, filled from one claim of one attestation type.
+#[derive(Clone, Debug)]
+pub struct FormField {
+    /// Field name in the form.
+    pub name: String,
+    /// The attestation type that provides it.
+    pub attestation_type: String,
+    /// The claim of that type.
+    pub claim: String,
+    /// Whether the form needs it.
+    pub required: bool,
+}
+
 /// The validated registry, immutable once loaded (a reload builds a new one).
 #[derive(Debug)]
 pub struct Registry {
@@ -234,6 +285,8 @@ pub struct Registry {
     purposes: BTreeMap<String, Purpose>,
     attestation_types: BTreeMap<String, AttestationType>,
     habilitations: Vec<Habilitation>,
+    forms: BTreeMap<String, Form>,
+    identity_providers: Vec<IdentityProvider>,
 }
 
 impl Registry {
@@ -283,6 +336,16 @@ impl Registry {
             errors: Vec::new(),
         }
         .validate(raw, sha256)
+    }
+
+    /// The identity providers whose ID tokens are identity evidence.
+    pub fn identity_providers(&self) -> &[IdentityProvider] {
+        &self.identity_providers
+    }
+
+    /// The identity provider with issuer `iss`.
+    pub fn identity_provider_by_issuer(&self, iss: &str) -> Option<&IdentityProvider> {
+        self.identity_providers.iter().find(|p| p.issuer == iss)
     }
 
     /// The file it was loaded from.
@@ -340,6 +403,11 @@ impl Registry {
         self.attestation_types.values()
     }
 
+    /// A form by id.
+    pub fn form(&self, id: &str) -> Option<&Form> {
+        self.forms.get(id)
+    }
+
     /// Every habilitation, in file order.
     pub fn habilitations(&self) -> &[Habilitation] {
         &self.habilitations
@@ -385,6 +453,38 @@ mod raw {
         pub attestation_types: Vec<AttestationType>,
         #[serde(default)]
         pub habilitations: Vec<Habilitation>,
+        #[serde(default)]
+        pub forms: Vec<Form>,
+        #[serde(default)]
+        pub identity_providers: Vec<IdentityProvider>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct IdentityProvider {
+        pub id: String,
+        pub issuer: String,
+        pub jwks: PathBuf,
+        #[serde(default)]
+        pub max_token_age_seconds: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Form {
+        pub id: String,
+        pub label: String,
+        pub purpose: String,
+        pub fields: Vec<FormField>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct FormField {
+        pub name: String,
+        pub claim: String,
+        #[serde(default)]
+        pub required: bool,
     }
 
     #[derive(Deserialize)]
@@ -403,6 +503,8 @@ mod raw {
         pub roles: Vec<Role>,
         #[serde(default)]
         pub rate_limit: Option<super::RateLimit>,
+        #[serde(default)]
+        pub oidc_audience: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -583,6 +685,15 @@ impl Validator<'_> {
             if roles.len() != p.roles.len() {
                 self.fail(format!("{at}.roles"), "a role is listed twice");
             }
+            if let Some(aud) = &p.oidc_audience {
+                if !roles.contains(&Role::Guichet) {
+                    self.fail(
+                        format!("{at}.oidc_audience"),
+                        "only a participant with the guichet role has an OIDC audience",
+                    );
+                }
+                self.text(format!("{at}.oidc_audience"), aud);
+            }
             let id = p.id.clone();
             if participants
                 .insert(
@@ -592,6 +703,7 @@ impl Validator<'_> {
                         name: p.name,
                         roles,
                         rate_limit: p.rate_limit,
+                        oidc_audience: p.oidc_audience,
                     },
                 )
                 .is_some()
@@ -858,6 +970,116 @@ impl Validator<'_> {
             });
         }
 
+        let mut forms = BTreeMap::new();
+        self.count("forms", raw.forms.len());
+        for (i, f) in raw.forms.into_iter().enumerate() {
+            let at = format!("forms[{i}]");
+            self.code(format!("{at}.id"), &f.id);
+            self.text(format!("{at}.label"), &f.label);
+            if !purposes.contains_key(&f.purpose) {
+                self.fail(
+                    format!("{at}.purpose"),
+                    format!("unknown purpose {:?}", f.purpose),
+                );
+            }
+            if f.fields.is_empty() || f.fields.len() > 100 {
+                self.fail(format!("{at}.fields"), "between 1 and 100 fields");
+            }
+            let mut fields: Vec<FormField> = Vec::with_capacity(f.fields.len());
+            for (j, field) in f.fields.into_iter().enumerate() {
+                let fat = format!("{at}.fields[{j}]");
+                self.code(format!("{fat}.name"), &field.name);
+                if fields.iter().any(|x| x.name == field.name) {
+                    self.fail(
+                        format!("{fat}.name"),
+                        format!("duplicate field {:?}", field.name),
+                    );
+                }
+                let (ty, claim) = match field.claim.rsplit_once('.') {
+                    Some((ty, claim))
+                        if attestation_types
+                            .get(ty)
+                            .is_some_and(|t: &AttestationType| t.claim(claim).is_some()) =>
+                    {
+                        (ty.to_string(), claim.to_string())
+                    }
+                    _ => {
+                        self.fail(
+                            format!("{fat}.claim"),
+                            format!(
+                                "{:?} is not \"<attestation type>.<claim>\" of the registry",
+                                field.claim
+                            ),
+                        );
+                        (String::new(), String::new())
+                    }
+                };
+                fields.push(FormField {
+                    name: field.name,
+                    attestation_type: ty,
+                    claim,
+                    required: field.required,
+                });
+            }
+            let id = f.id.clone();
+            let form = Form {
+                id: f.id,
+                label: f.label,
+                purpose: f.purpose,
+                fields,
+            };
+            if forms.insert(id.clone(), form).is_some() {
+                self.fail(format!("{at}.id"), format!("duplicate form {id:?}"));
+            }
+        }
+
+        self.count("identity_providers", raw.identity_providers.len());
+        let mut identity_providers: Vec<IdentityProvider> = Vec::new();
+        for (i, p) in raw.identity_providers.into_iter().enumerate() {
+            let at = format!("identity_providers[{i}]");
+            if let Err(e) = unefois_certs::validate_participant_id(&p.id) {
+                self.fail(format!("{at}.id"), e.to_string());
+            }
+            self.text(format!("{at}.issuer"), &p.issuer);
+            let jwks = self.relative_file(format!("{at}.jwks"), &p.jwks);
+            let keys = if jwks.is_file() {
+                crate::identity::load_jwks(&jwks).unwrap_or_else(|e| {
+                    self.fail(format!("{at}.jwks"), e);
+                    jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
+                })
+            } else {
+                jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
+            };
+            let max_age = p
+                .max_token_age_seconds
+                .unwrap_or(DEFAULT_MAX_TOKEN_AGE_SECONDS);
+            if !(1..=86_400).contains(&max_age) {
+                self.fail(
+                    format!("{at}.max_token_age_seconds"),
+                    "must be between 1 and 86400",
+                );
+            }
+            if identity_providers.iter().any(|q| q.id == p.id) {
+                self.fail(
+                    format!("{at}.id"),
+                    format!("duplicate identity provider {:?}", p.id),
+                );
+            }
+            if identity_providers.iter().any(|q| q.issuer == p.issuer) {
+                self.fail(
+                    format!("{at}.issuer"),
+                    format!("issuer {:?} is declared twice", p.issuer),
+                );
+            }
+            identity_providers.push(IdentityProvider {
+                id: p.id,
+                issuer: p.issuer,
+                jwks,
+                keys,
+                max_token_age_seconds: max_age,
+            });
+        }
+
         if let Some((key, message)) = self.errors.into_iter().next() {
             return Err(RegistryError {
                 file: self.file.to_path_buf(),
@@ -874,6 +1096,8 @@ impl Validator<'_> {
             purposes,
             attestation_types,
             habilitations,
+            forms,
+            identity_providers,
         })
     }
 }
@@ -981,6 +1205,27 @@ expires = 2030-12-31
         let text = BASE.replace("\"qf.json\"", "\"../../etc/passwd\"");
         let e = parse(&text).unwrap_err();
         assert_eq!(e.key, "attestation_types[0].adapter.dataset");
+    }
+
+    #[test]
+    fn identity_providers_are_validated() {
+        let outside = format!(
+            "{BASE}\n[[identity_providers]]\nid = \"idp\"\nissuer = \"https://idp.test\"\njwks = \"../jwks.json\"\n"
+        );
+        let e = parse(&outside).unwrap_err();
+        assert_eq!(e.key, "identity_providers[0].jwks");
+        let not_a_guichet = BASE.replacen(
+            "roles = [\"provider\"]",
+            "roles = [\"provider\"]\noidc_audience = \"caf\"",
+            1,
+        );
+        let e = parse(&not_a_guichet).unwrap_err();
+        assert_eq!(e.key, "participants[0].oidc_audience");
+        let lyon = parse(BASE).unwrap();
+        assert_eq!(
+            lyon.participant("mairie-lyon").unwrap().audience(),
+            "mairie-lyon"
+        );
     }
 
     #[test]

@@ -14,11 +14,11 @@ pub const MAX_SUBJECT_BYTES: usize = 256;
 pub enum SubjectError {
     /// Not `scheme:value`, too long, or not ASCII.
     #[error(
-        "subject must be `scheme:value` (siren, siret or test), at most {MAX_SUBJECT_BYTES} ASCII bytes"
+        "subject must be `scheme:value` (siren, siret, pivot or test), at most {MAX_SUBJECT_BYTES} ASCII bytes"
     )]
     Malformed,
     /// A scheme this broker does not know.
-    #[error("unknown subject scheme {0:?}; expected siren, siret or test")]
+    #[error("unknown subject scheme {0:?}; expected siren, siret, pivot or test")]
     UnknownScheme(String),
     /// The value does not fit its scheme.
     #[error("invalid {scheme} number: {why}")]
@@ -31,9 +31,9 @@ pub enum SubjectError {
     /// `test:` subjects are refused outside development federations.
     #[error("test: subjects are not accepted by this federation")]
     TestNotAllowed,
-    /// `pivot:` subjects need identity evidence, which this broker does not verify yet.
-    #[error("pivot: subjects require identity evidence, not yet supported")]
-    PivotUnsupported,
+    /// A `pivot:` subject not in the canonical form of docs/subjects.md.
+    #[error("invalid pivot identity: {0}")]
+    InvalidPivot(&'static str),
 }
 
 /// A validated subject in its normalised form.
@@ -70,11 +70,40 @@ impl Subject {
                 }
                 Ok(Subject(format!("test:{value}")))
             }
-            "pivot" => Err(SubjectError::PivotUnsupported),
+            "pivot" => {
+                check_pivot(value)?;
+                Ok(Subject(format!("pivot:{value}")))
+            }
             other => Err(SubjectError::UnknownScheme(
                 other.chars().take(16).collect(),
             )),
         }
+    }
+
+    /// The `pivot:` subject of an *identité pivot* as an identity provider asserts it
+    /// (FranceConnect's claims), normalised as docs/subjects.md documents.
+    pub fn pivot(identity: &PivotIdentity<'_>) -> Result<Subject, SubjectError> {
+        let family = normalise_name(identity.family_name)?;
+        if family.is_empty() {
+            return Err(SubjectError::InvalidPivot("family name is empty"));
+        }
+        let given = normalise_name(identity.given_names)?;
+        let sex = match identity.gender {
+            "male" => "M",
+            "female" => "F",
+            _ => return Err(SubjectError::InvalidPivot("gender must be male or female")),
+        };
+        let place = identity.birthplace.trim().to_ascii_uppercase();
+        let country = identity.birthcountry.trim();
+        let value = format!(
+            "{family}|{given}|{}|{sex}|{place}|{country}",
+            identity.birthdate.trim()
+        );
+        if value.len() + "pivot:".len() > MAX_SUBJECT_BYTES {
+            return Err(SubjectError::InvalidPivot("longer than 256 bytes"));
+        }
+        check_pivot(&value)?;
+        Ok(Subject(format!("pivot:{value}")))
     }
 
     /// The normalised id, for pseudonymisation and for adapters only.
@@ -88,6 +117,142 @@ impl fmt::Debug for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Subject(<redacted>)")
     }
+}
+
+/// The identity claims a `pivot:` subject is derived from (FranceConnect's names).
+#[derive(Clone, Copy)]
+pub struct PivotIdentity<'a> {
+    /// `family_name`: birth family name.
+    pub family_name: &'a str,
+    /// `given_name`: given names, space-separated.
+    pub given_names: &'a str,
+    /// `birthdate`: `YYYY-MM-DD`.
+    pub birthdate: &'a str,
+    /// `gender`: `male` or `female`.
+    pub gender: &'a str,
+    /// `birthplace`: INSEE commune code, empty when born abroad.
+    pub birthplace: &'a str,
+    /// `birthcountry`: INSEE country code, `99100` for France.
+    pub birthcountry: &'a str,
+}
+
+/// INSEE code of France as a birth country.
+pub const FRANCE: &str = "99100";
+
+/// Longest normalised name, in bytes.
+const MAX_NAME_BYTES: usize = 100;
+
+/// A name in canonical form: diacritics removed (NFKD, combining marks dropped), ligatures
+/// spelt out, uppercase ASCII letters; apostrophes, spaces and other separators become one
+/// space; hyphens stay, without spaces around them; nothing else is accepted.
+pub fn normalise_name(raw: &str) -> Result<String, SubjectError> {
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_normalization::char::is_combining_mark;
+    let mut letters = String::new();
+    for c in raw.nfkd().filter(|c| !is_combining_mark(*c)) {
+        match c {
+            'a'..='z' | 'A'..='Z' => letters.push(c.to_ascii_uppercase()),
+            'œ' | 'Œ' => letters.push_str("OE"),
+            'æ' | 'Æ' => letters.push_str("AE"),
+            'ß' => letters.push_str("SS"),
+            'ø' | 'Ø' => letters.push('O'),
+            'đ' | 'Đ' => letters.push('D'),
+            'ł' | 'Ł' => letters.push('L'),
+            '-' | '\u{2010}' | '\u{2011}' => letters.push('-'),
+            '\'' | '\u{2019}' | '\u{2018}' | '`' | '.' | ',' => letters.push(' '),
+            c if c.is_whitespace() => letters.push(' '),
+            _ => {
+                return Err(SubjectError::InvalidPivot(
+                    "a name holds a character that is not a letter",
+                ));
+            }
+        }
+    }
+    // Collapse: runs of spaces to one, spaces around a hyphen dropped, runs of hyphens to one.
+    let mut out = String::with_capacity(letters.len());
+    for c in letters.chars() {
+        match c {
+            ' ' if out.is_empty() || out.ends_with(' ') || out.ends_with('-') => {}
+            '-' => {
+                if out.ends_with(' ') {
+                    out.pop();
+                }
+                if !out.is_empty() && !out.ends_with('-') {
+                    out.push('-');
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    while out.ends_with(' ') || out.ends_with('-') {
+        out.pop();
+    }
+    if out.len() > MAX_NAME_BYTES {
+        return Err(SubjectError::InvalidPivot(
+            "a name is longer than 100 bytes",
+        ));
+    }
+    Ok(out)
+}
+
+/// Whether `name` is a canonical name (what [`normalise_name`] yields).
+fn canonical_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_BYTES
+        && name
+            .split([' ', '-'])
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_uppercase()))
+}
+
+/// Checks the value of a `pivot:` subject:
+/// `FAMILY|GIVEN NAMES|YYYY-MM-DD|M or F|birthplace|birthcountry`.
+fn check_pivot(value: &str) -> Result<(), SubjectError> {
+    let fields: Vec<&str> = value.split('|').collect();
+    let [family, given, date, sex, place, country] = fields[..] else {
+        return Err(SubjectError::InvalidPivot(
+            "expected six fields separated by |",
+        ));
+    };
+    if family.is_empty() || !canonical_name(family) {
+        return Err(SubjectError::InvalidPivot(
+            "family name not in canonical form",
+        ));
+    }
+    if !given.is_empty() && !canonical_name(given) {
+        return Err(SubjectError::InvalidPivot(
+            "given names not in canonical form",
+        ));
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    if date.len() != 10 || time::Date::parse(date, &format).is_err() {
+        return Err(SubjectError::InvalidPivot("birth date must be YYYY-MM-DD"));
+    }
+    if sex != "M" && sex != "F" {
+        return Err(SubjectError::InvalidPivot("sex must be M or F"));
+    }
+    if country.len() != 5
+        || !country.bytes().all(|b| b.is_ascii_digit())
+        || !country.starts_with("99")
+    {
+        return Err(SubjectError::InvalidPivot(
+            "birth country must be a 5-digit INSEE code (99xxx)",
+        ));
+    }
+    let commune = place.len() == 5
+        && place
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'A' || b == b'B');
+    if country == FRANCE {
+        if !commune {
+            return Err(SubjectError::InvalidPivot(
+                "birth place must be a 5-character INSEE commune code",
+            ));
+        }
+    } else if !place.is_empty() {
+        return Err(SubjectError::InvalidPivot(
+            "birth place must be empty for people born abroad",
+        ));
+    }
+    Ok(())
 }
 
 /// A SIREN or SIRET number: digits with optional spaces, the right length, Luhn-valid
@@ -193,6 +358,40 @@ mod tests {
             Subject::parse(&"t".repeat(300), true),
             Err(SubjectError::Malformed)
         );
+    }
+
+    #[test]
+    fn pivot_identities_are_normalised() {
+        let s = Subject::pivot(&PivotIdentity {
+            family_name: "  Dupont-- de  l’Île ",
+            given_names: "Marie  Clàire Œnone",
+            birthdate: "1985-07-14",
+            gender: "female",
+            birthplace: "69123",
+            birthcountry: "99100",
+        })
+        .map(|s| s.0);
+        assert_eq!(
+            s,
+            Ok("pivot:DUPONT-DE L ILE|MARIE CLAIRE OENONE|1985-07-14|F|69123|99100".into())
+        );
+        let canonical = "pivot:DUPONT|MARIE CLAIRE|1985-07-14|F|69123|99100";
+        assert_eq!(
+            Subject::parse(canonical, false).map(|s| s.0),
+            Ok(canonical.into())
+        );
+        for bad in [
+            "pivot:Dupont|MARIE|1985-07-14|F|69123|99100",
+            "pivot:DUPONT|MARIE|1985-13-14|F|69123|99100",
+            "pivot:DUPONT|MARIE|1985-07-14|X|69123|99100",
+            "pivot:DUPONT|MARIE|1985-07-14|F||99100",
+            "pivot:DUPONT|MARIE|1985-07-14|F|69123|99134",
+            "pivot:DUPONT|MARIE  CLAIRE|1985-07-14|F|69123|99100",
+            "pivot:DUPONT|MARIE|1985-07-14|F|69123",
+        ] {
+            assert!(Subject::parse(bad, true).is_err(), "{bad:?} accepted");
+        }
+        assert!(Subject::parse("pivot:NGUYEN|AN|1990-01-02|M||99243", false).is_ok());
     }
 
     #[test]

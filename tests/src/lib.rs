@@ -267,12 +267,38 @@ pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The committed development identity provider's key (public, examples/dev-idp/).
+pub fn dev_idp_key() -> broker::identity::dev::DevKey {
+    broker::identity::dev::DevKey::load(
+        &repo_root()
+            .join("examples")
+            .join("dev-idp")
+            .join("dev-signing-key.json"),
+    )
+    .expect("the committed development identity provider key loads")
+}
+
+/// A fresh ID token of the development identity provider for `subject` (`test:` or canonical
+/// `pivot:`), for the guichet audience `audience`: the identity evidence Consents.Grant and
+/// Guichet.ListAccesses require.
+pub fn id_token(subject: &str, audience: &str) -> String {
+    let claims = broker::identity::dev::claims(subject, audience, time::OffsetDateTime::now_utc())
+        .expect("claims for a test or pivot subject");
+    dev_idp_key()
+        .sign(&claims)
+        .expect("signing with the dev key")
+}
+
 /// Writes `dir/registry.toml`, the sample registry with `edit` applied (which must change
 /// something), beside a copy of the sample datasets in `dir/data`.
 pub fn sample_registry_with(dir: &Path, edit: impl Fn(&str) -> String) -> anyhow::Result<PathBuf> {
     copy_dir(
         &repo_root().join("examples").join("data"),
         &dir.join("data"),
+    )?;
+    copy_dir(
+        &repo_root().join("examples").join("dev-idp"),
+        &dir.join("dev-idp"),
     )?;
     let sample = std::fs::read_to_string(sample_registry())?;
     let edited = edit(&sample);

@@ -677,6 +677,11 @@ async fn list_accesses(
             subject: subject.into(),
             page_size,
             page_token: page_token.into(),
+            id_token: if subject.starts_with("test:") {
+                unefois_tests::id_token(subject, name)
+            } else {
+                String::new()
+            },
             ..Default::default()
         })
         .await

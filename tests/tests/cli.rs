@@ -286,24 +286,43 @@ async fn the_readme_walkthrough_grants_fetches_and_revokes() -> anyhow::Result<(
     let pki = cwd.join(".unefois-dev/pki");
     wait_serving(&pki, addr).await?;
 
-    let granted = unefois_client(
-        cwd,
-        addr,
-        &[
-            "consent",
-            "grant",
-            "--as",
-            "mairie-lyon",
+    // The citizen's identity evidence, minted by the development identity provider.
+    let minted = Command::new(unefois_binary()?)
+        .current_dir(cwd)
+        .args([
+            "dev",
+            "id-token",
             "--subject",
             "test:alice",
-            "--consumer",
+            "--aud",
             "mairie-lyon",
-            "--type",
-            "caf.quotient_familial",
-            "--purpose",
-            "tarification_cantine",
-        ],
-    )?;
+        ])
+        .output()?;
+    assert!(minted.status.success(), "{minted:?}");
+    let id_token = String::from_utf8(minted.stdout)?.trim().to_string();
+    // Without it, the grant is refused.
+    let bare = [
+        "consent",
+        "grant",
+        "--as",
+        "mairie-lyon",
+        "--subject",
+        "test:alice",
+        "--consumer",
+        "mairie-lyon",
+        "--type",
+        "caf.quotient_familial",
+        "--purpose",
+        "tarification_cantine",
+        "--id-token",
+        "",
+    ];
+    let refused = unefois_client(cwd, addr, &bare)?;
+    assert!(!refused.ok, "{refused:?}");
+    let mut with_token = bare.to_vec();
+    with_token.pop();
+    with_token.push(&id_token);
+    let granted = unefois_client(cwd, addr, &with_token)?;
     assert!(granted.ok, "{granted:?}");
     let first = granted.stdout.lines().next().unwrap_or_default();
     let words: Vec<&str> = first.split_whitespace().collect();

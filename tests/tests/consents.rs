@@ -33,14 +33,26 @@ async fn exchange(broker: &TestBroker, name: &str) -> anyhow::Result<ExchangeCli
     Ok(ExchangeClient::new(broker.channel(name).await?))
 }
 
-/// A valid grant toward `mairie-lyon` for the CAF's family quotient.
+/// A valid grant toward `mairie-lyon` for the CAF's family quotient, by mairie-lyon, with the
+/// person's ID token (when the subject can have one).
 fn grant(subject: &str, purpose: &str) -> pb::GrantConsentRequest {
+    grant_at("mairie-lyon", subject, purpose)
+}
+
+/// A grant at guichet `guichet`, with the person's ID token for that guichet.
+fn grant_at(guichet: &str, subject: &str, purpose: &str) -> pb::GrantConsentRequest {
+    let id_token = if subject.starts_with("test:") || subject.starts_with("pivot:") {
+        unefois_tests::id_token(subject, guichet)
+    } else {
+        String::new()
+    };
     pb::GrantConsentRequest {
         subject: subject.into(),
         consumer: "mairie-lyon".into(),
         attestation_types: vec![QF.into()],
         purpose: purpose.into(),
         valid_days: 30,
+        id_token,
         ..Default::default()
     }
 }
@@ -366,6 +378,7 @@ fn federation_with_a_second_guichet() -> anyhow::Result<(TestPki, PathBuf)> {
         let entry = entry?;
         std::fs::copy(entry.path(), dir.join("data").join(entry.file_name()))?;
     }
+    unefois_tests::copy_dir(&examples.join("dev-idp"), &dir.join("dev-idp"))?;
     let mut registry = std::fs::read_to_string(examples.join("registry.toml"))?;
     registry.push_str(
         "\n[[participants]]\nid = \"mairie-villeurbanne\"\nname = \"Ville de Villeurbanne\"\n\
@@ -395,7 +408,7 @@ async fn visibility() -> anyhow::Result<()> {
 
     let first = consent_of(
         villeurbanne
-            .grant(grant("test:carol", CANTINE))
+            .grant(grant_at("mairie-villeurbanne", "test:carol", CANTINE))
             .await?
             .into_inner()
             .consent,
@@ -461,14 +474,14 @@ async fn visibility() -> anyhow::Result<()> {
     // guichet walks the ones it may see, one page at a time; the consumer sees all four.
     let second = consent_of(
         villeurbanne
-            .grant(grant("test:carol", PERISCOLAIRE))
+            .grant(grant_at("mairie-villeurbanne", "test:carol", PERISCOLAIRE))
             .await?
             .into_inner()
             .consent,
     );
     let third = consent_of(
         villeurbanne
-            .grant(grant("test:carol", CANTINE))
+            .grant(grant_at("mairie-villeurbanne", "test:carol", CANTINE))
             .await?
             .into_inner()
             .consent,
@@ -558,6 +571,7 @@ async fn idempotent_grant() -> anyhow::Result<()> {
     refused(
         lyon.grant(pb::GrantConsentRequest {
             subject: "test:carol".into(),
+            id_token: unefois_tests::id_token("test:carol", "mairie-lyon"),
             ..request.clone()
         })
         .await,

@@ -221,6 +221,7 @@ async fn load(
                 purpose: PURPOSE.into(),
                 valid_days: 30,
                 request_id: format!("crash-round{round}-task{task}-{i}"),
+                id_token: unefois_tests::id_token("test:alice", CONSUMER),
                 ..Default::default()
             };
             match tokio::time::timeout(CALL_TIMEOUT, consents.grant(request)).await {

@@ -116,6 +116,7 @@ fn registry_with_adapter(dir: &Path, adapter: &str) -> anyhow::Result<PathBuf> {
         let entry = entry?;
         std::fs::copy(entry.path(), data.join(entry.file_name()))?;
     }
+    unefois_tests::copy_dir(&repo_root().join("examples/dev-idp"), &dir.join("dev-idp"))?;
     let sample = std::fs::read_to_string(repo_root().join("examples/registry.toml"))?;
     let edited = sample.replacen(
         "adapter = { kind = \"static\", dataset = \"data/mesr.statut_etudiant.json\" }",
@@ -150,6 +151,7 @@ async fn consent(broker: &TestBroker, subject: &str) -> anyhow::Result<()> {
             attestation_types: vec![TYPE.into()],
             purpose: PURPOSE.into(),
             valid_days: 30,
+            id_token: unefois_tests::id_token(subject, "mairie-lyon"),
             ..Default::default()
         })
         .await?;

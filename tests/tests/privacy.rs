@@ -53,6 +53,7 @@ fn canary_registry(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
         }
         std::fs::write(data.join(&name), serde_json::to_vec(&dataset)?)?;
     }
+    unefois_tests::copy_dir(&repo_root().join("examples/dev-idp"), &dir.join("dev-idp"))?;
     let registry = dir.join("registry.toml");
     std::fs::copy(repo_root().join("examples/registry.toml"), &registry)?;
     Ok(registry)
@@ -141,6 +142,7 @@ async fn no_subject_id_or_claim_value_at_rest_or_in_trace_logs() -> anyhow::Resu
             attestation_types: vec!["caf.quotient_familial".into()],
             purpose: "tarification_cantine".into(),
             valid_days: 30,
+            id_token: unefois_tests::id_token(CANARY_SUBJECT, "mairie-lyon"),
             ..Default::default()
         })
         .await?

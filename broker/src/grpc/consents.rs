@@ -74,6 +74,7 @@ impl ConsentsApi for ConsentsService {
             valid_days: r.valid_days,
             mandate_id: r.mandate_id,
             request_id: r.request_id,
+            id_token: r.id_token,
         };
         let granted = consent::grant(&self.state, &caller, input).await?;
         Ok(Response::new(pb::GrantConsentResponse {

@@ -61,7 +61,8 @@ pub fn legal_basis(b: &RecordedBasis) -> pb::LegalBasis {
     }
 }
 
-fn claim_value(v: &ClaimValue) -> pb::ClaimValue {
+/// The protobuf form of a claim value.
+pub fn claim_value(v: &ClaimValue) -> pb::ClaimValue {
     use pb::claim_value::Value;
     pb::ClaimValue {
         value: Some(match v {

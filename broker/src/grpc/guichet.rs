@@ -38,11 +38,56 @@ fn unavailable(e: crate::store::StoreError) -> ApiError {
 impl GuichetApi for GuichetService {
     async fn prefill(
         &self,
-        _request: Request<pb::PrefillRequest>,
+        request: Request<pb::PrefillRequest>,
     ) -> Result<Response<pb::PrefillResponse>, Status> {
-        Err(Status::unimplemented(
-            "form pre-fill is not available on this broker yet",
-        ))
+        let caller = caller(&request)?.clone();
+        let deadline = crate::grpc::exchange::deadline(&request);
+        let r = request.into_inner();
+        let input = crate::prefill::PrefillInput {
+            subject: r.subject,
+            form: r.form,
+            mandate_id: r.mandate_id,
+            request_id: r.request_id,
+            deadline,
+        };
+        let state = self.state.clone();
+        let done =
+            tokio::spawn(async move { crate::prefill::prefill(&state, &caller, input).await })
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "prefill task failed");
+                    Status::internal("the pre-fill could not complete")
+                })??;
+        Ok(Response::new(pb::PrefillResponse {
+            form: done.form,
+            fields: done
+                .filled
+                .iter()
+                .map(|f| pb::PrefilledField {
+                    name: f.name.clone(),
+                    value: Some(crate::grpc::exchange::claim_value(&f.value)),
+                    attestation_type: f.fetched.attestation.attestation_type.clone(),
+                    provider: f.fetched.attestation.provider.clone(),
+                    attestation_id: f.fetched.attestation.id.clone(),
+                    issued_at: Some(timestamp(f.fetched.attestation.issued_at)),
+                    required: f.required,
+                })
+                .collect(),
+            unavailable: done
+                .missing
+                .iter()
+                .map(|m| pb::FieldError {
+                    name: m.name.clone(),
+                    reason: pb::ErrorReason::from_str_name(m.reason).map_or(0, |r| r as i32),
+                    message: m.message.clone(),
+                })
+                .collect(),
+            attestations: done
+                .attestations
+                .iter()
+                .map(|a| crate::grpc::exchange::fetch_response(a))
+                .collect(),
+        }))
     }
 
     async fn confirm(
@@ -73,6 +118,7 @@ impl GuichetApi for GuichetService {
         let registry = self.state.federation.registry();
         let subject =
             Subject::parse(&r.subject, registry.allow_test_subjects()).map_err(ApiError::from)?;
+        crate::identity::require(&r.id_token, caller, &registry, &subject)?;
         let before = match r.page_token.as_str() {
             "" => None,
             token => Some(

@@ -26,10 +26,17 @@ pub fn code(e: &ApiError) -> Code {
         | E::HabilitationExpired(_)
         | E::PurposeNotAllowed { .. }
         | E::ClaimNotAllowed { .. } => Code::PermissionDenied,
-        E::NoConsent { .. } | E::ConsentRevoked(_) | E::ConsentExpired(_) | E::NoMandate(_) => {
-            Code::FailedPrecondition
-        }
-        E::UnknownAttestationType(_) | E::UnknownConsent(_) | E::SubjectNotFound => Code::NotFound,
+        E::NoConsent { .. }
+        | E::ConsentRevoked(_)
+        | E::ConsentExpired(_)
+        | E::NoMandate(_)
+        | E::IdentityEvidenceRequired
+        | E::IdentityEvidenceInvalid(_)
+        | E::SubjectMismatch => Code::FailedPrecondition,
+        E::UnknownAttestationType(_)
+        | E::UnknownConsent(_)
+        | E::UnknownForm(_)
+        | E::SubjectNotFound => Code::NotFound,
         E::ProviderUnavailable { .. }
         | E::ProviderCircuitOpen { .. }
         | E::ProviderInvalidResponse { .. }
