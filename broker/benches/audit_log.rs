@@ -42,6 +42,7 @@ fn exchange_record(i: u64) -> Record {
         attestation_id: Some(format!("0190c0de-0000-7000-8000-{i:012}")),
         payload_sha256: Some(format!("{:064x}", i)),
         provider: Some("dgfip".into()),
+        derived_rules: Vec::new(),
         request_id: None,
         registry_sha256: "8435b112a80cc6adefeb66ce81b4b478c5c544e214ce95b2eaca63cd5aa719a7".into(),
     })))

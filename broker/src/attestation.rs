@@ -67,6 +67,9 @@ pub struct Attestation {
     pub mandate_id: Option<String>,
     /// The permitted claims, by name.
     pub claims: BTreeMap<String, PayloadValue>,
+    /// For each derived claim, the rule that computed it (`quotient_familial <= 800`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rules: BTreeMap<String, String>,
     /// The provider that attests them.
     pub provider: String,
     /// When the broker issued it.
@@ -97,6 +100,8 @@ pub struct AttestationContent<'a> {
     pub mandate_id: Option<String>,
     /// The permitted claims.
     pub claims: &'a Claims,
+    /// The rules of derived claims.
+    pub rules: BTreeMap<String, String>,
     /// The provider.
     pub provider: &'a str,
     /// How long it stays valid.
@@ -124,6 +129,7 @@ impl Attestation {
                 .iter()
                 .map(|(k, v)| (k.clone(), PayloadValue::from(v)))
                 .collect(),
+            rules: content.rules,
             provider: content.provider.to_string(),
             issued_at,
             valid_until: issued_at + content.max_age,

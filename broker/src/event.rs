@@ -199,6 +199,9 @@ pub struct ExchangeEvent {
     pub payload_sha256: Option<String>,
     /// The provider that answered.
     pub provider: Option<String>,
+    /// The rules of the derived claims released (`name: rule`), when any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub derived_rules: Vec<String>,
     /// The caller's idempotency key.
     pub request_id: Option<String>,
     /// The registry in force, hex SHA-256.

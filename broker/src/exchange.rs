@@ -239,6 +239,7 @@ fn base_event(caller: &Caller, input: &FetchInput, loaded: &Loaded) -> ExchangeE
         attestation_id: None,
         payload_sha256: None,
         provider: None,
+        derived_rules: Vec::new(),
         request_id: (!input.request_id.is_empty()).then(|| digest(&input.request_id)),
         registry_sha256: registry.sha256_hex(),
     }
@@ -338,14 +339,20 @@ async fn serve(
             return Err(ApiError::StoreUnavailable);
         }
     }
-    let claims: Vec<String> = if input.claims.is_empty() {
-        habilitation.claims.iter().cloned().collect()
-    } else {
-        if let Some(claim) = input
+    // What the consumer may receive: the allowed claims, and the derived ones (never their
+    // sources, unless allowed themselves).
+    let allowed = |c: &String| {
+        habilitation.claims.contains(c) || habilitation.derived.iter().any(|d| d.name == *c)
+    };
+    let requested: Vec<String> = if input.claims.is_empty() {
+        habilitation
             .claims
             .iter()
-            .find(|c| !habilitation.claims.contains(*c))
-        {
+            .cloned()
+            .chain(habilitation.derived.iter().map(|d| d.name.clone()))
+            .collect()
+    } else {
+        if let Some(claim) = input.claims.iter().find(|c| !allowed(c)) {
             return Err(ApiError::ClaimNotAllowed {
                 habilitation: habilitation.id.clone(),
                 claim: claim.clone(),
@@ -353,6 +360,26 @@ async fn serve(
         }
         input.claims.clone()
     };
+    let derived: Vec<&crate::derived::DerivedClaim> = habilitation
+        .derived
+        .iter()
+        .filter(|d| requested.contains(&d.name))
+        .collect();
+    // What the provider is asked for: the requested claims and the sources of derived ones.
+    let mut claims: Vec<String> = requested
+        .iter()
+        .filter(|c| habilitation.claims.contains(*c))
+        .cloned()
+        .collect();
+    for d in &derived {
+        if !claims.contains(&d.from) {
+            claims.push(d.from.clone());
+        }
+    }
+    event.derived_rules = derived
+        .iter()
+        .map(|d| format!("{}: {}", d.name, d.describe()))
+        .collect();
 
     let basis = match &habilitation.legal_basis {
         LegalBasis::Law(citation) => RecordedBasis::Law {
@@ -372,7 +399,7 @@ async fn serve(
     event.legal_basis = Some(basis.clone());
     event.provider = Some(ty.provider.clone());
 
-    let claims = provide(
+    let answered = provide(
         state,
         loaded,
         input,
@@ -383,18 +410,30 @@ async fn serve(
         &ty.provider,
     )
     .await?;
-    check_claims(
-        &ty.claim_specs(),
-        &input.claims_or(&habilitation.claims),
-        &claims,
-    )
-    .map_err(|e| {
+    check_claims(&ty.claim_specs(), &claims, &answered).map_err(|e| {
         tracing::warn!(provider = %ty.provider, error = %e, "provider answer refused");
         ApiError::ProviderInvalidResponse {
             provider: ty.provider.clone(),
         }
     })?;
 
+    // Only what was requested and allowed leaves: raw claims as answered, derived claims
+    // computed here from their sources, which are then dropped.
+    let mut released = Claims::new();
+    for name in &requested {
+        if let Some(d) = derived.iter().find(|d| d.name == *name) {
+            if let Some(value) = answered.get(&d.from).and_then(|v| d.apply(v)) {
+                released.insert(name.clone(), value);
+            }
+        } else if let Some(value) = answered.get(name) {
+            released.insert(name.clone(), value.clone());
+        }
+    }
+    let claims = released;
+    let rules = derived
+        .iter()
+        .map(|d| (d.name.clone(), d.describe()))
+        .collect();
     let attestation = Attestation::issue(AttestationContent {
         attestation_type: &ty.id,
         type_version: ty.version,
@@ -404,6 +443,7 @@ async fn serve(
         legal_basis: basis,
         mandate_id: None,
         claims: &claims,
+        rules,
         provider: &ty.provider,
         max_age: time::Duration::days(i64::from(ty.max_age_days)),
     })
@@ -415,16 +455,6 @@ async fn serve(
     event.attestation_id = Some(attestation.id.clone());
     event.payload_sha256 = Some(hex::encode(Sha256::digest(&envelope.payload)));
     Ok((attestation, envelope, claims))
-}
-
-impl FetchInput {
-    fn claims_or(&self, allowed: &std::collections::BTreeSet<String>) -> Vec<String> {
-        if self.claims.is_empty() {
-            allowed.iter().cloned().collect()
-        } else {
-            self.claims.clone()
-        }
-    }
 }
 
 /// The habilitation allowing `consumer` this type for this purpose now, or why there is none.

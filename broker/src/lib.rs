@@ -10,6 +10,7 @@ pub mod auditor;
 pub mod caller;
 pub mod client;
 pub mod consent;
+pub mod derived;
 pub mod error;
 pub mod event;
 pub mod exchange;

@@ -233,6 +233,8 @@ pub struct Habilitation {
     pub purposes: BTreeSet<String>,
     /// Which claims (a subset of the type's).
     pub claims: BTreeSet<String>,
+    /// Values derived from claims that it allows instead of the claims themselves.
+    pub derived: Vec<crate::derived::DerivedClaim>,
     /// On what basis.
     pub legal_basis: LegalBasis,
     /// End of validity (the end of the `expires` day, UTC).
@@ -561,7 +563,10 @@ mod raw {
         pub consumer: String,
         pub attestation_type: String,
         pub purposes: Vec<String>,
+        #[serde(default)]
         pub claims: Vec<String>,
+        #[serde(default)]
+        pub derived_claims: Vec<crate::derived::DerivedClaim>,
         pub legal_basis: LegalBasis,
         pub expires: toml::value::Datetime,
         #[serde(default)]
@@ -928,8 +933,35 @@ impl Validator<'_> {
                     );
                 }
             }
-            if h.claims.is_empty() {
-                self.fail(format!("{at}.claims"), "at least one claim is needed");
+            if h.claims.is_empty() && h.derived_claims.is_empty() {
+                self.fail(
+                    format!("{at}.claims"),
+                    "at least one claim or derived claim is needed",
+                );
+            }
+            for (j, d) in h.derived_claims.iter().enumerate() {
+                let dat = format!("{at}.derived_claims[{j}]");
+                self.code(format!("{dat}.name"), &d.name);
+                if h.claims.contains(&d.name)
+                    || h.derived_claims[..j].iter().any(|x| x.name == d.name)
+                {
+                    self.fail(
+                        format!("{dat}.name"),
+                        format!("{:?} is declared twice", d.name),
+                    );
+                }
+                if let Err(why) = d.check() {
+                    self.fail(format!("{dat}.rule"), why);
+                }
+                let numeric = ty.and_then(|t| t.claim(&d.from)).is_some_and(|c| {
+                    matches!(c.claim_type, ClaimType::Integer | ClaimType::Number)
+                });
+                if ty.is_some() && !numeric {
+                    self.fail(
+                        format!("{dat}.from"),
+                        format!("{:?} is not a numeric claim of the type", d.from),
+                    );
+                }
             }
             if let Some(ty) = ty {
                 for (j, c) in h.claims.iter().enumerate() {
@@ -964,6 +996,7 @@ impl Validator<'_> {
                 attestation_type: h.attestation_type,
                 purposes: h.purposes.into_iter().collect(),
                 claims: h.claims.into_iter().collect(),
+                derived: h.derived_claims,
                 legal_basis,
                 expires_at,
                 max_subjects_per_minute: h.max_subjects_per_minute,

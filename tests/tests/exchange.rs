@@ -519,3 +519,73 @@ async fn caller_chosen_ids_and_unregistered_names_never_reach_the_journal_verbat
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_derived_claim_is_released_and_its_source_never_is() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let data = tempfile::tempdir()?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            data_dir: Some(data.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let qf = |subject: &str| request(subject, "caf.quotient_familial", "aide_energie");
+    // Alice's family quotient is 612: under 800, bracket B.
+    let answer = fetch(&broker, "ccas-lyon", qf("test:alice")).await??;
+    let attestation = answer.attestation.expect("attestation");
+    let mut names: Vec<_> = attestation.claims.keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, vec!["qf_inferieur_800", "tranche_qf"]);
+    assert_eq!(
+        attestation.claims["qf_inferieur_800"].value,
+        Some(pb::claim_value::Value::BooleanValue(true))
+    );
+    assert_eq!(
+        attestation.claims["tranche_qf"].value,
+        Some(pb::claim_value::Value::StringValue("B".into()))
+    );
+    let payload: serde_json::Value =
+        serde_json::from_slice(&answer.envelope.expect("envelope").payload)?;
+    assert_eq!(
+        payload["rules"]["qf_inferieur_800"],
+        "quotient_familial <= 800"
+    );
+    assert!(!payload.to_string().contains(":612"), "{payload}");
+    // The raw value is not obtainable by asking for it.
+    let refused = fetch(
+        &broker,
+        "ccas-lyon",
+        pb::FetchRequest {
+            claims: vec!["quotient_familial".into()],
+            ..qf("test:alice")
+        },
+    )
+    .await?
+    .expect_err("raw value released");
+    assert_eq!(reason_of(&refused), Some(ErrorReason::ClaimNotAllowed));
+    broker.stop().await?;
+
+    let records = journal_records(data.path())?;
+    let granted = records
+        .iter()
+        .find_map(|(r, _)| match &r.event {
+            Event::Exchange(e) if e.outcome == Outcome::Granted => Some(e.clone()),
+            _ => None,
+        })
+        .expect("granted exchange");
+    assert_eq!(
+        granted.derived_rules,
+        vec![
+            "qf_inferieur_800: quotient_familial <= 800".to_string(),
+            "tranche_qf: quotient_familial: A if <= 500, B if <= 800, C otherwise".to_string()
+        ]
+    );
+    // As a JSON value (a bare "612" could appear inside a hash or an id by chance).
+    for (_, bytes) in &records {
+        assert!(!String::from_utf8_lossy(bytes).contains(":612"));
+    }
+    Ok(())
+}

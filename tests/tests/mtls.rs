@@ -64,10 +64,13 @@ async fn registered_participants_read_their_own_view_of_the_registry() -> anyhow
     // A provider sees who may read its data; an auditor sees everything.
     assert_eq!(
         habilitation_ids(&broker, "caf").await?,
-        vec!["mairie-lyon.caf.quotient_familial"]
+        vec![
+            "mairie-lyon.caf.quotient_familial",
+            "ccas-lyon.caf.quotient_familial"
+        ]
     );
     assert_eq!(habilitation_ids(&broker, "dgfip").await?.len(), 2);
-    assert_eq!(habilitation_ids(&broker, "cnil").await?.len(), 4);
+    assert_eq!(habilitation_ids(&broker, "cnil").await?.len(), 5);
 
     // An agent of a mediation structure is identified with its structure.
     let agent = who_am_i(&broker, "france-services-lyon/a.martin").await?;
