@@ -90,3 +90,38 @@ pub trait Adapter: Send + Sync + fmt::Debug {
     /// The adapter's kind, for logs and metrics ("static", "http", "grpc").
     fn kind(&self) -> &'static str;
 }
+
+/// What one attempt at a provider gave, for adapters that retry.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The claims.
+    Done(Claims),
+    /// A failure worth another try (idempotent call, transport or transient failure).
+    Retryable(AdapterError),
+    /// A failure to return as it is.
+    Final(AdapterError),
+}
+
+/// The checks every adapter makes before calling its provider: the deadline has not passed,
+/// and the request is for the type the adapter serves (another type is a routing error in the
+/// broker, answered `Unavailable` rather than with another type's data).
+pub fn check_request(
+    kind: &str,
+    serves: &str,
+    request: &AdapterRequest,
+) -> Result<(), AdapterError> {
+    if tokio::time::Instant::now() >= request.deadline {
+        return Err(AdapterError::DeadlineExceeded);
+    }
+    if request.attestation_type != serves {
+        return Err(AdapterError::Unavailable {
+            reason: format!(
+                "{kind} adapter serves {}, not {}",
+                crate::claims::quote(serves),
+                crate::claims::quote(&request.attestation_type)
+            ),
+            retry_after: None,
+        });
+    }
+    Ok(())
+}

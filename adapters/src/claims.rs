@@ -206,7 +206,7 @@ pub fn check_claims(
 }
 
 /// Quotes untrusted text for an error message: escaped, and cut after a few dozen characters.
-pub(crate) fn quote(s: &str) -> String {
+pub fn quote(s: &str) -> String {
     match s.char_indices().nth(MAX_QUOTED_CHARS) {
         Some((cut, _)) => format!("{:?}...", &s[..cut]),
         None => format!("{s:?}"),

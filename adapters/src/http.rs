@@ -17,6 +17,7 @@
 //! Nothing here logs a subject or a claim value: tracing events carry the attestation
 //! type, the HTTP status, the attempt and the latency.
 
+use crate::adapter::Attempt;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
@@ -594,16 +595,6 @@ impl HttpAdapter {
     }
 }
 
-/// What one attempt gave.
-enum Attempt {
-    /// The claims.
-    Done(Claims),
-    /// A failure worth another try (for an idempotent call).
-    Retryable(AdapterError),
-    /// A failure to return as it is.
-    Final(AdapterError),
-}
-
 #[async_trait::async_trait]
 impl Adapter for HttpAdapter {
     /// Calls the provider. Each attempt is bounded by `timeout_ms` and by the request's
@@ -613,19 +604,7 @@ impl Adapter for HttpAdapter {
     /// another attestation type is a routing error in the broker: `Unavailable`.
     async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError> {
         let started = Instant::now();
-        if started >= request.deadline {
-            return Err(AdapterError::DeadlineExceeded);
-        }
-        if request.attestation_type != self.attestation_type {
-            return Err(AdapterError::Unavailable {
-                reason: format!(
-                    "http adapter serves {}, not {}",
-                    quote(&self.attestation_type),
-                    quote(&request.attestation_type)
-                ),
-                retry_after: None,
-            });
-        }
+        crate::adapter::check_request("http", &self.attestation_type, request)?;
         let url = self.url_for(request)?;
         let max_attempts = match self.method {
             HttpMethod::Get => self.retries.saturating_add(1),

@@ -15,8 +15,8 @@ pub mod claims;
 pub mod http;
 pub mod static_dataset;
 
-pub use adapter::{Adapter, AdapterError, AdapterRequest, LegalBasis};
-pub use claims::{ClaimSpec, ClaimType, ClaimValue, Claims, MAX_STRING_BYTES, check_claims};
+pub use adapter::{Adapter, AdapterError, AdapterRequest, Attempt, LegalBasis, check_request};
+pub use claims::{ClaimSpec, ClaimType, ClaimValue, Claims, MAX_STRING_BYTES, check_claims, quote};
 pub use http::{
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, HttpAdapter, HttpConfig,
     HttpConfigError, HttpMethod, MAX_JSON_DEPTH,

@@ -35,8 +35,8 @@ use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_types::StatusExt;
 use unefois_adapters::{
-    Adapter, AdapterError, AdapterRequest, ClaimSpec, ClaimType, ClaimValue, Claims, LegalBasis,
-    check_claims,
+    Adapter, AdapterError, AdapterRequest, Attempt, ClaimSpec, ClaimType, ClaimValue, Claims,
+    LegalBasis, check_claims, check_request, quote,
 };
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::provider_client::ProviderClient;
@@ -46,9 +46,6 @@ pub const DEFAULT_GRPC_TIMEOUT_MS: u64 = 2000;
 
 /// Largest `ProvideResponse` accepted from a provider, in bytes.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-
-/// Longest excerpt of untrusted text (claim names) quoted in an error message.
-const MAX_QUOTED_CHARS: usize = 64;
 
 /// How the broker reaches an out-of-process gRPC provider (declared in the registry).
 ///
@@ -393,16 +390,6 @@ impl GrpcProviderAdapter {
     }
 }
 
-/// What one attempt gave.
-enum Attempt {
-    /// The claims.
-    Done(Claims),
-    /// A failure of the connection itself, worth one more try.
-    Retryable(AdapterError),
-    /// A failure to return as it is.
-    Final(AdapterError),
-}
-
 #[async_trait::async_trait]
 impl Adapter for GrpcProviderAdapter {
     /// Calls the provider, bounded by `timeout_ms` and the request's deadline. A call that
@@ -412,19 +399,7 @@ impl Adapter for GrpcProviderAdapter {
     /// request for another attestation type is a routing error in the broker: `Unavailable`.
     async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError> {
         let started = Instant::now();
-        if started >= request.deadline {
-            return Err(AdapterError::DeadlineExceeded);
-        }
-        if request.attestation_type != self.attestation_type {
-            return Err(AdapterError::Unavailable {
-                reason: format!(
-                    "grpc adapter serves {}, not {}",
-                    quote(&self.attestation_type),
-                    quote(&request.attestation_type)
-                ),
-                retry_after: None,
-            });
-        }
+        check_request("grpc", &self.attestation_type, request)?;
         let mut attempts = 1;
         let result = match self.attempt(request).await {
             Attempt::Done(claims) => Ok(claims),
@@ -541,15 +516,6 @@ fn read_key_pem(path: &Path) -> Result<Vec<u8>, String> {
     PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| format!("cannot read a PEM private key from {}: {e}", path.display()))?;
     Ok(pem)
-}
-
-/// Untrusted text quoted for an error message: escaped and truncated.
-fn quote(s: &str) -> String {
-    let mut out: String = s.chars().take(MAX_QUOTED_CHARS).collect();
-    if s.chars().count() > MAX_QUOTED_CHARS {
-        out.push('…');
-    }
-    format!("{out:?}")
 }
 
 #[cfg(test)]
