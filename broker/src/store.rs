@@ -47,6 +47,16 @@ pub enum StoreError {
     Degraded,
 }
 
+impl From<ProofError> for StoreError {
+    /// A proof asked outside the tree is the caller's error; anything else is the store's.
+    fn from(e: ProofError) -> StoreError {
+        match e {
+            ProofError::OutOfRange(m) => StoreError::OutOfRange(m),
+            other => StoreError::Tree(other),
+        }
+    }
+}
+
 /// What an idempotency key was used for.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RequestUse {
@@ -207,6 +217,17 @@ fn subject_key(subject: &str, suffix: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The suffixes after `<subject>/` of the keys of an index by subject, in key order.
+fn suffixes<'a>(
+    index: &'a sled::Tree,
+    subject: &str,
+) -> impl Iterator<Item = Result<Vec<u8>, sled::Error>> + 'a {
+    let skip = subject.len() + 1;
+    index
+        .scan_prefix(subject_key(subject, b""))
+        .map(move |entry| entry.map(|(key, _)| key[skip..].to_vec()))
+}
+
 fn request_key(participant: &str, request_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(participant.len() + 1 + request_id.len());
     key.extend_from_slice(participant.as_bytes());
@@ -359,14 +380,8 @@ impl Store {
     pub fn consents_of(&self, subject: &str) -> Result<Vec<Consent>, StoreError> {
         self.check()?;
         let mut out = Vec::new();
-        for entry in self
-            .trees
-            .consents_by_subject
-            .scan_prefix(subject_key(subject, b""))
-        {
-            let (key, _) = entry?;
-            let id = &key[subject.len() + 1..];
-            if let Some(bytes) = self.trees.consents.get(id)?
+        for id in suffixes(&self.trees.consents_by_subject, subject) {
+            if let Some(bytes) = self.trees.consents.get(id?)?
                 && let Ok(consent) = serde_json::from_slice(&bytes)
             {
                 out.push(consent);
@@ -393,13 +408,8 @@ impl Store {
     pub fn exchanges_of(&self, subject: &str) -> Result<Vec<u64>, StoreError> {
         self.check()?;
         let mut out = Vec::new();
-        for entry in self
-            .trees
-            .exchanges_by_subject
-            .scan_prefix(subject_key(subject, b""))
-        {
-            let (key, _) = entry?;
-            if let Ok(seq) = <[u8; 8]>::try_from(&key[subject.len() + 1..]) {
+        for seq in suffixes(&self.trees.exchanges_by_subject, subject) {
+            if let Ok(seq) = <[u8; 8]>::try_from(seq?.as_slice()) {
                 out.push(u64::from_be_bytes(seq));
             }
         }
@@ -458,10 +468,7 @@ impl Store {
         self.within(size)?;
         TreeReader::new(&self.trees.hashes)
             .inclusion_proof(leaf, size)
-            .map_err(|e| match e {
-                ProofError::OutOfRange(m) => StoreError::OutOfRange(m),
-                other => StoreError::Tree(other),
-            })
+            .map_err(StoreError::from)
     }
 
     /// The consistency proof from the tree of `first` entries to that of `second`.
@@ -469,10 +476,7 @@ impl Store {
         self.within(second)?;
         TreeReader::new(&self.trees.hashes)
             .consistency_proof(first, second)
-            .map_err(|e| match e {
-                ProofError::OutOfRange(m) => StoreError::OutOfRange(m),
-                other => StoreError::Tree(other),
-            })
+            .map_err(StoreError::from)
     }
 
     fn within(&self, size: u64) -> Result<(), StoreError> {
