@@ -45,6 +45,7 @@ fn exchange_record(i: u64) -> Record {
         derived_rules: Vec::new(),
         request_id: None,
         registry_sha256: "8435b112a80cc6adefeb66ce81b4b478c5c544e214ce95b2eaca63cd5aa719a7".into(),
+        prefill_id: None,
     })))
 }
 

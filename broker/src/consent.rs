@@ -30,6 +30,9 @@ pub struct Consent {
     pub participant: String,
     /// The agent, if a mediator's agent recorded it.
     pub agent: Option<String>,
+    /// The mandate the agent acted under, if any.
+    #[serde(default)]
+    pub mandate_id: Option<String>,
     /// Attestation types covered.
     pub attestation_types: Vec<String>,
     /// Purpose covered.
@@ -116,7 +119,7 @@ fn store_error(e: crate::store::StoreError) -> ApiError {
 /// Records a citizen's consent given at a guichet; acknowledged only once durable. A retry
 /// with the same request id returns the same consent.
 pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<Consent, ApiError> {
-    if !caller.has_role(Role::Guichet) {
+    if !(caller.has_role(Role::Guichet) || caller.has_role(Role::Mediator)) {
         return Err(ApiError::WrongRole {
             participant: caller.participant.clone(),
             role: Role::Guichet,
@@ -144,10 +147,19 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
         ));
     }
     let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
-    if !input.mandate_id.is_empty() {
-        return Err(ApiError::NoMandate(validate::recorded(&input.mandate_id)));
+    let pseudonym = state.pseudonyms.audit(&subject);
+    // The citizen consents in person (identity evidence), or through the structure they gave
+    // a mandate to, within its scope.
+    let mandate = crate::mandate::acting(
+        state,
+        caller,
+        &input.mandate_id,
+        &pseudonym,
+        Some(&input.purpose),
+    )?;
+    if mandate.is_none() {
+        crate::identity::require(&input.id_token, caller, &registry, &subject)?;
     }
-    crate::identity::require(&input.id_token, caller, &registry, &subject)?;
     if registry.participant(&input.consumer).is_none() {
         return Err(ApiError::invalid(
             "consumer",
@@ -177,7 +189,6 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
         }
     }
 
-    let pseudonym = state.pseudonyms.audit(&subject);
     let mut types = input.attestation_types.clone();
     types.sort();
     let fingerprint = {
@@ -191,6 +202,9 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
             h.update([0]);
         }
         h.update(input.valid_days.to_be_bytes());
+        if let Some(m) = &mandate {
+            h.update(m.id.as_bytes());
+        }
         hex::encode(&h.finalize()[..16])
     };
     // Held from the check to the append: a concurrent retry waits, then finds this grant.
@@ -227,6 +241,7 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
         expires_at: now + time::Duration::days(i64::from(input.valid_days)),
         request_id,
         request_fingerprint: Some(fingerprint),
+        mandate_id: mandate.map(|m| m.id),
     });
     state
         .store
@@ -250,15 +265,41 @@ fn visible(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, 
         .ok_or_else(|| ApiError::UnknownConsent(consent_id.to_string()))
 }
 
-/// Revokes a consent; only the guichet that recorded it may. Applies to the very next Fetch.
-pub async fn revoke(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, ApiError> {
-    let consent = visible(state, caller, consent_id)?;
-    if consent.participant != caller.participant {
-        return Err(ApiError::WrongRole {
-            participant: caller.participant.clone(),
-            role: Role::Guichet,
-        });
-    }
+/// Revokes a consent: the guichet (or structure) that recorded it, or an agent acting under the
+/// citizen's mandate. Applies to the very next Fetch.
+pub async fn revoke(
+    state: &State,
+    caller: &Caller,
+    consent_id: &str,
+    mandate_id: &str,
+) -> Result<Consent, ApiError> {
+    let consent = if mandate_id.is_empty() {
+        let consent = visible(state, caller, consent_id)?;
+        if consent.participant != caller.participant {
+            return Err(ApiError::WrongRole {
+                participant: caller.participant.clone(),
+                role: Role::Guichet,
+            });
+        }
+        consent
+    } else {
+        validate::identifier("consent_id", consent_id, 64)?;
+        let consent = state
+            .store
+            .consent(consent_id)
+            .map_err(store_error)?
+            .ok_or_else(|| ApiError::UnknownConsent(consent_id.to_string()))?;
+        // Another person's consent is, to this mandate, a consent that does not exist.
+        crate::mandate::authorize(state, caller, mandate_id, &consent.subject, None).map_err(
+            |e| match e {
+                ApiError::MandateSubjectMismatch(_) => {
+                    ApiError::UnknownConsent(consent_id.to_string())
+                }
+                other => other,
+            },
+        )?;
+        consent
+    };
     if consent.revoked_at.is_some() {
         return Ok(consent);
     }
@@ -272,7 +313,11 @@ pub async fn revoke(state: &State, caller: &Caller, consent_id: &str) -> Result<
         .append(vec![record])
         .await
         .map_err(store_error)?;
-    visible(state, caller, consent_id)
+    state
+        .store
+        .consent(consent_id)
+        .map_err(store_error)?
+        .ok_or(ApiError::StoreUnavailable)
 }
 
 /// A consent, to the guichet that recorded it or the consumer it is for.
@@ -280,18 +325,22 @@ pub fn get(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, 
     visible(state, caller, consent_id)
 }
 
-/// The consents of a subject visible to the caller, oldest first, one page at a time; the
-/// next page starts after `page_token` (a consent id).
+/// The consents of a subject visible to the caller (all of them to an agent acting under the
+/// subject's mandate), oldest first, one page at a time; the next page starts after
+/// `page_token` (a consent id).
 pub fn list(
     state: &State,
     caller: &Caller,
     subject: &str,
     consumer: &str,
+    mandate_id: &str,
     page_size: u32,
     page_token: &str,
 ) -> Result<(Vec<Consent>, String), ApiError> {
     let registry = state.federation.registry();
     let subject = Subject::parse(subject, registry.allow_test_subjects())?;
+    let pseudonym = state.pseudonyms.audit(&subject);
+    let mandate = crate::mandate::acting(state, caller, mandate_id, &pseudonym, None)?;
     if !consumer.is_empty() {
         validate::identifier("consumer", consumer, 64)?;
     }
@@ -304,10 +353,10 @@ pub fn list(
     } as usize;
     let mut all: Vec<Consent> = state
         .store
-        .consents_of(&state.pseudonyms.audit(&subject))
+        .consents_of(&pseudonym)
         .map_err(store_error)?
         .into_iter()
-        .filter(|c| c.visible_to(&caller.participant))
+        .filter(|c| mandate.is_some() || c.visible_to(&caller.participant))
         .filter(|c| consumer.is_empty() || c.consumer == consumer)
         .filter(|c| page_token.is_empty() || c.id.as_str() > page_token)
         .collect();

@@ -86,9 +86,43 @@ pub enum ApiError {
     /// The matching consent expired.
     #[error("consent {0} has expired")]
     ConsentExpired(String),
-    /// Acting under a mandate is not possible (yet) or the mandate is not valid.
-    #[error("mandate {0:?}: acting under a mandate is not available on this broker yet")]
+    /// A mediator acts for a citizen without naming a mandate.
+    #[error("{0}")]
     NoMandate(String),
+    /// The mandate does not exist, or the caller may not see it.
+    #[error("mandate {0:?} not found")]
+    UnknownMandate(String),
+    /// The caller is not an agent of the structure that holds the mandate.
+    #[error("the caller is not an agent of {structure:?}, which holds mandate {mandate}")]
+    NotAgentOfStructure {
+        /// The mandate.
+        mandate: String,
+        /// The structure that holds it.
+        structure: String,
+    },
+    /// The mandate was given by another subject than the request's.
+    #[error("mandate {0} was given by another person than the request's subject")]
+    MandateSubjectMismatch(String),
+    /// The mandate has been revoked.
+    #[error("mandate {0} was revoked")]
+    MandateRevoked(String),
+    /// The mandate has expired.
+    #[error("mandate {0} has expired")]
+    MandateExpired(String),
+    /// The request's purpose is outside the mandate's scope.
+    #[error("mandate {mandate} does not cover purpose {purpose:?}")]
+    MandateOutOfScope {
+        /// The mandate.
+        mandate: String,
+        /// The purpose asked for.
+        purpose: String,
+    },
+    /// No preview has this id for the caller (never made, expired, or another caller's).
+    #[error("no preview {0:?} for this caller; it may have expired")]
+    UnknownPrefill(String),
+    /// The preview was already confirmed or rejected.
+    #[error("preview {0} was already {1}")]
+    PrefillClosed(String, &'static str),
     /// The form is not registered.
     #[error("form {0:?} is not registered")]
     UnknownForm(String),
@@ -181,6 +215,14 @@ impl ApiError {
             E::ConsentRevoked(_) => "CONSENT_REVOKED",
             E::ConsentExpired(_) => "CONSENT_EXPIRED",
             E::NoMandate(_) => "NO_MANDATE",
+            E::UnknownMandate(_) => "UNKNOWN_MANDATE",
+            E::NotAgentOfStructure { .. } => "NOT_AGENT_OF_STRUCTURE",
+            E::MandateSubjectMismatch(_) => "MANDATE_SUBJECT_MISMATCH",
+            E::MandateRevoked(_) => "MANDATE_REVOKED",
+            E::MandateExpired(_) => "MANDATE_EXPIRED",
+            E::MandateOutOfScope { .. } => "MANDATE_OUT_OF_SCOPE",
+            E::UnknownPrefill(_) => "UNKNOWN_PREFILL",
+            E::PrefillClosed(..) => "PREFILL_CLOSED",
             E::UnknownConsent(_) => "UNKNOWN_CONSENT",
             E::UnknownForm(_) => "UNKNOWN_FORM",
             E::SubjectNotFound => "SUBJECT_NOT_FOUND",

@@ -72,6 +72,10 @@ pub enum Outcome {
     Denied,
     /// Allowed, but the provider or the broker could not deliver.
     Failed,
+    /// Retrieved for the citizen to check (preview): nothing released to the consumer yet.
+    Previewed,
+    /// The citizen rejected a preview: nothing was released.
+    Rejected,
 }
 
 /// What a record says happened.
@@ -115,6 +119,9 @@ pub enum Event {
         request_id: Option<String>,
         /// Digest of the request's fields, to tell a retry from another request.
         request_fingerprint: Option<String>,
+        /// The mandate a mediator's agent acted under, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mandate_id: Option<String>,
     },
     /// A consent was revoked.
     ConsentRevoked {
@@ -142,6 +149,44 @@ pub enum Event {
         agent: Option<String>,
         /// The person's audit pseudonym.
         subject: String,
+        /// The mandate a mediator's agent acted under, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mandate_id: Option<String>,
+    },
+    /// A citizen gave a mediation structure a mandate, in front of one of its agents.
+    MandateCreated {
+        /// The new mandate's id (UUIDv7).
+        mandate_id: String,
+        /// The subject's audit pseudonym.
+        subject: String,
+        /// The pseudonym key's id.
+        pseudonym_key: String,
+        /// The mediation structure that holds it.
+        structure: String,
+        /// The agent who took it.
+        agent: String,
+        /// The purposes it covers.
+        purposes: Vec<String>,
+        /// Its duration in days.
+        duration_days: u32,
+        /// SHA-256 of the signed mandate document, hex.
+        document_sha256: String,
+        /// When it lapses.
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+        /// The caller's idempotency key.
+        request_id: Option<String>,
+        /// Digest of the request's fields, to tell a retry from another request.
+        request_fingerprint: Option<String>,
+    },
+    /// A mandate was revoked.
+    MandateRevoked {
+        /// The mandate.
+        mandate_id: String,
+        /// Who revoked it: the structure, or the guichet acting for the citizen.
+        participant: String,
+        /// The agent, if an agent of the structure did.
+        agent: Option<String>,
     },
     /// Calls of a consumer refused for its rate limit over a window, counted (one entry per
     /// consumer per window, so that a flood cannot multiply writes).
@@ -206,6 +251,9 @@ pub struct ExchangeEvent {
     pub request_id: Option<String>,
     /// The registry in force, hex SHA-256.
     pub registry_sha256: String,
+    /// The preview this exchange belongs to (Guichet.Prefill in preview mode, then Confirm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_id: Option<String>,
 }
 
 #[cfg(test)]

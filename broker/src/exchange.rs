@@ -26,7 +26,7 @@ use crate::subject::Subject;
 use crate::validate;
 
 /// A Fetch request, in domain terms.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct FetchInput {
     /// `scheme:value`.
     pub subject: String,
@@ -108,13 +108,7 @@ pub async fn fetch(
     caller: &Caller,
     input: FetchInput,
 ) -> Result<Arc<Fetched>, ApiError> {
-    state
-        .limits
-        .check(&caller.participant)
-        .map_err(|retry_after| {
-            crate::metrics::rate_limited(&caller.participant);
-            ApiError::RateLimited { retry_after }
-        })?;
+    admit(state, caller)?;
     if input.request_id.is_empty() {
         return fetch_once(state, caller, input).await.map(Arc::new);
     }
@@ -142,6 +136,17 @@ pub async fn fetch(
         answer.clone(),
     );
     Ok(answer)
+}
+
+/// The caller's rate limit.
+fn admit(state: &State, caller: &Caller) -> Result<(), ApiError> {
+    state
+        .limits
+        .check(&caller.participant)
+        .map_err(|retry_after| {
+            crate::metrics::rate_limited(&caller.participant);
+            ApiError::RateLimited { retry_after }
+        })
 }
 
 async fn fetch_once(
@@ -185,16 +190,29 @@ async fn fetch_recorded(
 ) -> Result<Fetched, ApiError> {
     let mut event = base_event(caller, &input, loaded);
     let served = serve(state, caller, &input, loaded, &mut event).await;
-    match served {
-        Ok((attestation, envelope, claims)) => {
-            event.outcome = Outcome::Granted;
+    let ((attestation, envelope, claims), seq) =
+        conclude(state, event, served, Outcome::Granted).await?;
+    Ok(Fetched {
+        attestation,
+        envelope,
+        claims,
+        receipt: receipt(state, seq)?,
+    })
+}
+
+/// Records how a request ended (`success`, or the refusal or failure) and only then returns
+/// it, with the record's sequence number: nothing is answered without its record.
+async fn conclude<T>(
+    state: &State,
+    mut event: ExchangeEvent,
+    result: Result<T, ApiError>,
+    success: Outcome,
+) -> Result<(T, u64), ApiError> {
+    match result {
+        Ok(value) => {
+            event.outcome = success;
             let seq = record(state, event).await?;
-            Ok(Fetched {
-                attestation,
-                envelope,
-                claims,
-                receipt: receipt(state, seq)?,
-            })
+            Ok((value, seq))
         }
         Err(error) => {
             event.outcome = if error.is_failure() {
@@ -207,6 +225,105 @@ async fn fetch_recorded(
             Err(error)
         }
     }
+}
+
+/// Values retrieved for the citizen to check (preview): held in memory only, released to the
+/// consumer as a signed attestation only at confirmation.
+#[derive(Clone, Debug)]
+pub struct Previewed {
+    /// The request, replayed through the policy at confirmation.
+    pub input: FetchInput,
+    decision: Decision,
+    /// The claims the consumer would receive.
+    pub claims: Claims,
+    /// The provider that answered.
+    pub provider: String,
+    /// When the provider answered.
+    pub retrieved_at: OffsetDateTime,
+}
+
+/// Retrieves what a Fetch would release, for the citizen to check, without issuing anything:
+/// the same policy path, recorded as a `previewed` access of preview `prefill_id`.
+pub async fn preview(
+    state: &State,
+    caller: &Caller,
+    input: FetchInput,
+    prefill_id: &str,
+) -> Result<Previewed, ApiError> {
+    admit(state, caller)?;
+    let loaded = state.federation.loaded();
+    let mut event = base_event(caller, &input, &loaded);
+    event.prefill_id = Some(prefill_id.to_string());
+    let retrieved = async {
+        let decision = decide(state, caller, &input, &loaded, &mut event).await?;
+        let claims = obtain(state, caller, &input, &loaded, &decision).await?;
+        Ok((decision, claims))
+    }
+    .await;
+    let ((decision, claims), _) = conclude(state, event, retrieved, Outcome::Previewed).await?;
+    Ok(Previewed {
+        input,
+        provider: decision.provider.clone(),
+        decision,
+        claims,
+        retrieved_at: OffsetDateTime::now_utc(),
+    })
+}
+
+/// Turns a confirmed preview into a signed attestation for the consumer. The policy is applied
+/// again (a consent or mandate revoked since the preview stops it), and only the held claims
+/// it still allows are released.
+pub async fn confirm(
+    state: &State,
+    caller: &Caller,
+    held: &Previewed,
+    prefill_id: &str,
+) -> Result<Fetched, ApiError> {
+    let loaded = state.federation.loaded();
+    let mut event = base_event(caller, &held.input, &loaded);
+    event.prefill_id = Some(prefill_id.to_string());
+    let issued = async {
+        let decision = decide(state, caller, &held.input, &loaded, &mut event).await?;
+        let claims: Claims = held
+            .claims
+            .iter()
+            .filter(|(name, _)| decision.requested.contains(name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        issue(state, caller, &decision, claims, &mut event)
+    }
+    .await;
+    let ((attestation, envelope, claims), seq) =
+        conclude(state, event, issued, Outcome::Granted).await?;
+    Ok(Fetched {
+        attestation,
+        envelope,
+        claims,
+        receipt: receipt(state, seq)?,
+    })
+}
+
+/// Records that the citizen rejected a preview: nothing is released.
+pub async fn reject(
+    state: &State,
+    caller: &Caller,
+    held: &Previewed,
+    prefill_id: &str,
+) -> Result<(), ApiError> {
+    let loaded = state.federation.loaded();
+    let mut event = base_event(caller, &held.input, &loaded);
+    let d = &held.decision;
+    event.outcome = Outcome::Rejected;
+    event.prefill_id = Some(prefill_id.to_string());
+    event.subject = Some(state.pseudonyms.audit(&d.subject));
+    event.pseudonym_key = Some(state.pseudonyms.audit_key_id().to_string());
+    event.habilitation = Some(d.habilitation.clone());
+    event.legal_basis = Some(d.basis.clone());
+    event.provider = Some(d.provider.clone());
+    if d.mandate.is_some() {
+        event.mandate_id = d.mandate.clone();
+    }
+    record(state, event).await.map(|_| ())
 }
 
 /// The record of a Fetch before it is decided. Only registered names and bounded ids go in:
@@ -242,6 +359,7 @@ fn base_event(caller: &Caller, input: &FetchInput, loaded: &Loaded) -> ExchangeE
         derived_rules: Vec::new(),
         request_id: (!input.request_id.is_empty()).then(|| digest(&input.request_id)),
         registry_sha256: registry.sha256_hex(),
+        prefill_id: None,
     }
 }
 
@@ -284,8 +402,44 @@ async fn serve(
     loaded: &Loaded,
     event: &mut ExchangeEvent,
 ) -> Result<(Attestation, Envelope, Claims), ApiError> {
+    let decision = decide(state, caller, input, loaded, event).await?;
+    let claims = obtain(state, caller, input, loaded, &decision).await?;
+    issue(state, caller, &decision, claims, event)
+}
+
+/// What policy allows for one request, decided before any provider is asked.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    subject: Subject,
+    attestation_type: String,
+    type_version: u32,
+    max_age_days: u32,
+    provider: String,
+    purpose: String,
+    habilitation: String,
+    /// What the consumer may receive: allowed raw claims and derived claims, by name.
+    requested: Vec<String>,
+    derived: Vec<crate::derived::DerivedClaim>,
+    /// What the provider is asked for: the raw requested claims and derived claims' sources.
+    provider_claims: Vec<String>,
+    basis: RecordedBasis,
+    mandate: Option<String>,
+}
+
+/// Validates the request and applies the policy: role, mandate, habilitation (deny by default),
+/// legal basis (law, or an active consent), claims allowed. Fills the record as it goes.
+async fn decide(
+    state: &State,
+    caller: &Caller,
+    input: &FetchInput,
+    loaded: &Loaded,
+    event: &mut ExchangeEvent,
+) -> Result<Decision, ApiError> {
     let registry = &loaded.registry;
-    if !(caller.has_role(Role::Consumer) || caller.has_role(Role::Guichet)) {
+    if !(caller.has_role(Role::Consumer)
+        || caller.has_role(Role::Guichet)
+        || caller.has_role(Role::Mediator))
+    {
         return Err(ApiError::WrongRole {
             participant: caller.participant.clone(),
             role: Role::Consumer,
@@ -299,8 +453,16 @@ async fn serve(
     let audit_pseudonym = state.pseudonyms.audit(&subject);
     event.subject = Some(audit_pseudonym.clone());
     event.pseudonym_key = Some(state.pseudonyms.audit_key_id().to_string());
-    if !input.mandate_id.is_empty() {
-        return Err(ApiError::NoMandate(validate::recorded(&input.mandate_id)));
+    let mandate = crate::mandate::acting(
+        state,
+        caller,
+        &input.mandate_id,
+        &audit_pseudonym,
+        Some(&input.purpose),
+    )?
+    .map(|m| m.id);
+    if mandate.is_some() {
+        event.mandate_id = mandate.clone();
     }
 
     let ty = registry
@@ -360,20 +522,21 @@ async fn serve(
         }
         input.claims.clone()
     };
-    let derived: Vec<&crate::derived::DerivedClaim> = habilitation
+    let derived: Vec<crate::derived::DerivedClaim> = habilitation
         .derived
         .iter()
         .filter(|d| requested.contains(&d.name))
+        .cloned()
         .collect();
     // What the provider is asked for: the requested claims and the sources of derived ones.
-    let mut claims: Vec<String> = requested
+    let mut provider_claims: Vec<String> = requested
         .iter()
         .filter(|c| habilitation.claims.contains(*c))
         .cloned()
         .collect();
     for d in &derived {
-        if !claims.contains(&d.from) {
-            claims.push(d.from.clone());
+        if !provider_claims.contains(&d.from) {
+            provider_claims.push(d.from.clone());
         }
     }
     event.derived_rules = derived
@@ -398,30 +561,45 @@ async fn serve(
     };
     event.legal_basis = Some(basis.clone());
     event.provider = Some(ty.provider.clone());
+    Ok(Decision {
+        subject,
+        attestation_type: ty.id.clone(),
+        type_version: ty.version,
+        max_age_days: ty.max_age_days,
+        provider: ty.provider.clone(),
+        purpose: input.purpose.clone(),
+        habilitation: habilitation.id.clone(),
+        requested,
+        derived,
+        provider_claims,
+        basis,
+        mandate,
+    })
+}
 
-    let answered = provide(
-        state,
-        loaded,
-        input,
-        &subject,
-        caller,
-        &claims,
-        &basis,
-        &ty.provider,
-    )
-    .await?;
-    check_claims(&ty.claim_specs(), &claims, &answered).map_err(|e| {
-        tracing::warn!(provider = %ty.provider, error = %e, "provider answer refused");
+/// Asks the provider under the deadline and keeps only what may be released: raw claims as
+/// answered, derived claims computed here from their sources, which are then dropped.
+async fn obtain(
+    state: &State,
+    caller: &Caller,
+    input: &FetchInput,
+    loaded: &Loaded,
+    decision: &Decision,
+) -> Result<Claims, ApiError> {
+    let ty = loaded
+        .registry
+        .attestation_type(&decision.attestation_type)
+        .ok_or_else(|| ApiError::UnknownAttestationType(decision.attestation_type.clone()))?;
+    let answered = provide(state, loaded, input, caller, decision).await?;
+    check_claims(&ty.claim_specs(), &decision.provider_claims, &answered).map_err(|e| {
+        tracing::warn!(provider = %decision.provider, error = %e, "provider answer refused");
         ApiError::ProviderInvalidResponse {
-            provider: ty.provider.clone(),
+            provider: decision.provider.clone(),
         }
     })?;
-
-    // Only what was requested and allowed leaves: raw claims as answered, derived claims
-    // computed here from their sources, which are then dropped.
     let mut released = Claims::new();
-    for name in &requested {
-        if let Some(d) = derived.iter().find(|d| d.name == *name) {
+    for name in &decision.requested {
+        if let Some(d) = decision.derived.iter().find(|d| d.name == *name) {
             if let Some(value) = answered.get(&d.from).and_then(|v| d.apply(v)) {
                 released.insert(name.clone(), value);
             }
@@ -429,23 +607,36 @@ async fn serve(
             released.insert(name.clone(), value.clone());
         }
     }
-    let claims = released;
-    let rules = derived
+    Ok(released)
+}
+
+/// Signs the attestation of the released claims for the consumer and completes the record.
+fn issue(
+    state: &State,
+    caller: &Caller,
+    decision: &Decision,
+    claims: Claims,
+    event: &mut ExchangeEvent,
+) -> Result<(Attestation, Envelope, Claims), ApiError> {
+    let rules = decision
+        .derived
         .iter()
         .map(|d| (d.name.clone(), d.describe()))
         .collect();
     let attestation = Attestation::issue(AttestationContent {
-        attestation_type: &ty.id,
-        type_version: ty.version,
-        subject: state.pseudonyms.pairwise(&caller.participant, &subject),
+        attestation_type: &decision.attestation_type,
+        type_version: decision.type_version,
+        subject: state
+            .pseudonyms
+            .pairwise(&caller.participant, &decision.subject),
         audience: &caller.participant,
-        purpose: &input.purpose,
-        legal_basis: basis,
-        mandate_id: None,
+        purpose: &decision.purpose,
+        legal_basis: decision.basis.clone(),
+        mandate_id: decision.mandate.clone(),
         claims: &claims,
         rules,
-        provider: &ty.provider,
-        max_age: time::Duration::days(i64::from(ty.max_age_days)),
+        provider: &decision.provider,
+        max_age: time::Duration::days(i64::from(decision.max_age_days)),
     })
     .map_err(|e| {
         tracing::error!(error = %e, "random source failed");
@@ -528,20 +719,17 @@ fn active_consent(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn provide(
     state: &State,
     loaded: &Loaded,
     input: &FetchInput,
-    subject: &Subject,
     caller: &Caller,
-    claims: &[String],
-    basis: &RecordedBasis,
-    provider: &str,
+    decision: &Decision,
 ) -> Result<Claims, ApiError> {
+    let provider = decision.provider.as_str();
     let adapter = loaded
         .adapters
-        .get(&input.attestation_type)
+        .get(&decision.attestation_type)
         .ok_or_else(|| ApiError::ProviderUnavailable {
             provider: provider.to_string(),
             reason: "no adapter configured".into(),
@@ -553,12 +741,12 @@ async fn provide(
             .min(state.provider_timeout)
     });
     let request = AdapterRequest {
-        subject: subject.as_str().to_string(),
-        attestation_type: input.attestation_type.clone(),
-        claims: claims.to_vec(),
+        subject: decision.subject.as_str().to_string(),
+        attestation_type: decision.attestation_type.clone(),
+        claims: decision.provider_claims.clone(),
         consumer: caller.participant.clone(),
         purpose: input.purpose.clone(),
-        legal_basis: match basis {
+        legal_basis: match &decision.basis {
             RecordedBasis::Law { citation } => unefois_adapters::LegalBasis::Law {
                 citation: citation.clone(),
             },

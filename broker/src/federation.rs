@@ -98,6 +98,21 @@ impl Federation {
         self.loaded.load_full()
     }
 
+    /// Publishes a new registry with its adapters and a new revocation list, whole: requests
+    /// already running finish on the old pair, the next ones see the new one.
+    pub fn replace(
+        &self,
+        registry: Registry,
+        adapters: Adapters,
+        revoked: impl IntoIterator<Item = Vec<u8>>,
+    ) {
+        self.loaded.store(Arc::new(Loaded {
+            registry: Arc::new(registry),
+            adapters,
+        }));
+        self.revoked.store(Arc::new(revoked.into_iter().collect()));
+    }
+
     /// Whether a certificate serial (big-endian, no leading zero bytes) is revoked.
     pub fn is_revoked(&self, serial: &[u8]) -> bool {
         self.revoked.load().contains(serial)

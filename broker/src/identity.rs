@@ -230,6 +230,18 @@ pub fn require(
     registry: &Registry,
     subject: &Subject,
 ) -> Result<(), crate::error::ApiError> {
+    if proven(token, caller, registry)? != *subject {
+        return Err(crate::error::ApiError::SubjectMismatch);
+    }
+    Ok(())
+}
+
+/// The subject a guichet's (or mediation structure's) `caller` identity evidence proves.
+pub fn proven(
+    token: &str,
+    caller: &crate::caller::Caller,
+    registry: &Registry,
+) -> Result<Subject, crate::error::ApiError> {
     use crate::error::ApiError;
     if token.is_empty() {
         return Err(ApiError::IdentityEvidenceRequired);
@@ -237,11 +249,7 @@ pub fn require(
     let guichet = registry
         .participant(&caller.participant)
         .ok_or_else(|| ApiError::UnknownParticipant(caller.participant.clone()))?;
-    let proven = verify(token, guichet, registry, OffsetDateTime::now_utc())?;
-    if proven != *subject {
-        return Err(ApiError::SubjectMismatch);
-    }
-    Ok(())
+    Ok(verify(token, guichet, registry, OffsetDateTime::now_utc())?)
 }
 
 /// The development identity provider: a PUBLIC Ed25519 key committed under examples/dev-idp/,

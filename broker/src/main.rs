@@ -53,22 +53,104 @@ enum Command {
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Pre-fill a form for a person at a guichet: each field with its source or its reason.
-    Prefill {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// The person, scheme:value.
-        #[arg(long)]
-        subject: String,
-        /// The form id (`inscription_cantine`).
-        #[arg(long)]
-        form: String,
-    },
+    Prefill(PrefillArgs),
+    /// Confirm (or reject) a preview the person checked: the kept values become attestations.
+    Confirm(ConfirmArgs),
+    /// Create, revoke and list the mandates people give mediation structures.
+    #[command(subcommand)]
+    Mandate(MandateCommand),
     /// Providers' readiness, circuit breakers and load (operators).
     #[command(subcommand)]
     Providers(ProvidersCommand),
     /// Development helpers (never for production).
     #[command(subcommand)]
     Dev(DevCommand),
+}
+
+#[derive(clap::Args)]
+struct PrefillArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The person, scheme:value.
+    #[arg(long)]
+    subject: String,
+    /// The form id (`inscription_cantine`).
+    #[arg(long)]
+    form: String,
+    /// Preview: show the values for the person to check; nothing is issued until `confirm`.
+    #[arg(long)]
+    preview: bool,
+    /// The mandate an agent of a mediation structure acts under.
+    #[arg(long, default_value = "")]
+    mandate: String,
+}
+
+#[derive(clap::Args)]
+struct ConfirmArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The person, scheme:value (the preview's).
+    #[arg(long)]
+    subject: String,
+    /// The prefill id the preview printed.
+    #[arg(long)]
+    prefill_id: String,
+    /// Only these attestation types (comma-separated); all of the preview when omitted.
+    #[arg(long = "type", value_delimiter = ',')]
+    attestation_types: Vec<String>,
+    /// The person rejects the preview: nothing is released.
+    #[arg(long)]
+    reject: bool,
+}
+
+#[derive(Subcommand)]
+enum MandateCommand {
+    /// Record a mandate given by a person present at the desk (an agent's certificate:
+    /// `--as france-services-lyon/a.martin`).
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The person giving the mandate, scheme:value.
+        #[arg(long)]
+        subject: String,
+        /// The purposes covered (comma-separated).
+        #[arg(long = "purpose", value_delimiter = ',', required = true)]
+        purposes: Vec<String>,
+        /// Duration in days: 1, 31, 182 or 365.
+        #[arg(long, default_value_t = 31)]
+        days: u32,
+        /// The signed mandate document (only its SHA-256 is sent).
+        #[arg(long)]
+        document: PathBuf,
+        /// The person's OIDC ID token for the structure's audience (development:
+        /// `unefois dev id-token --subject ... --aud france-services-lyon`).
+        #[arg(long, env = "UNEFOIS_ID_TOKEN", hide_env_values = true)]
+        id_token: String,
+        /// An idempotency key: a retry with the same key returns the same mandate.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Revoke a mandate: an agent of its structure, or a guichet with the person's ID token.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The mandate id.
+        mandate_id: String,
+        /// The person's ID token, when a guichet revokes for them.
+        #[arg(long, default_value = "")]
+        id_token: String,
+    },
+    /// List mandates: a structure's own, or a person's (a guichet needs their ID token).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The person, scheme:value; omitted: every mandate of the caller's structure.
+        #[arg(long, default_value = "")]
+        subject: String,
+        /// The person's ID token, when a guichet lists for them.
+        #[arg(long, default_value = "")]
+        id_token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +246,9 @@ struct ServeArgs {
     /// Seconds calls in flight have to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 20)]
     drain_timeout_secs: u64,
+    /// Seconds a pre-fill preview waits for the citizen's confirmation before it is forgotten.
+    #[arg(long, default_value_t = broker::preview::DEFAULT_TTL.as_secs())]
+    preview_ttl_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -240,6 +325,9 @@ struct FetchArgs {
     /// An idempotency key: a retry with the same key returns the same attestation.
     #[arg(long, default_value = "")]
     request_id: String,
+    /// The mandate an agent of a mediation structure acts under.
+    #[arg(long, default_value = "")]
+    mandate: String,
 }
 
 #[derive(Subcommand)]
@@ -289,9 +377,17 @@ struct ConsentGrantArgs {
     #[arg(long, default_value = "")]
     request_id: String,
     /// The citizen's OIDC ID token, the identity evidence (development:
-    /// `unefois dev id-token --subject ... --aud ...`).
-    #[arg(long, env = "UNEFOIS_ID_TOKEN", hide_env_values = true)]
+    /// `unefois dev id-token --subject ... --aud ...`); not needed under a mandate.
+    #[arg(
+        long,
+        env = "UNEFOIS_ID_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     id_token: String,
+    /// The mandate an agent of a mediation structure acts under.
+    #[arg(long, default_value = "")]
+    mandate: String,
 }
 
 #[tokio::main]
@@ -340,11 +436,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }) => audit_verify(client, trusted, log_key).await,
         Command::Audit(AuditCommand::Tail { client, lines }) => audit_tail(client, lines).await,
         Command::Providers(ProvidersCommand::Status(client)) => providers_status(client).await,
-        Command::Prefill {
-            client,
-            subject,
-            form,
-        } => prefill(client, subject, form).await,
+        Command::Prefill(args) => prefill(args).await,
+        Command::Confirm(args) => confirm(args).await,
+        Command::Mandate(cmd) => mandate(cmd).await,
         Command::Dev(DevCommand::IdToken { subject, aud, key }) => {
             let key = broker::identity::dev::DevKey::load(&key)?;
             let claims =
@@ -412,6 +506,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_secs),
         max_request_bytes: args.max_request_bytes,
         journal_faults: None,
+        preview_ttl: std::time::Duration::from_secs(args.preview_ttl_secs.max(1)),
+        reload: Some(reload_on_sighup()?),
     };
     broker::run(listener, config, shutdown_signal()).await?;
     Ok(())
@@ -440,6 +536,21 @@ fn dev_pki(pki_dir: &Path, registry: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// SIGHUP asks the broker to read its registry and CRL again (the outcome is logged).
+fn reload_on_sighup() -> anyhow::Result<tokio::sync::mpsc::Receiver<broker::server::ReloadRequest>>
+{
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            if tx.send(None).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
 }
 
 async fn shutdown_signal() {
@@ -628,7 +739,7 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
             purpose: args.purpose,
             claims: args.claims,
             request_id: args.request_id,
-            mandate_id: String::new(),
+            mandate_id: args.mandate,
         })
         .await
         .map_err(rpc_error)?
@@ -704,7 +815,7 @@ async fn consent_grant(args: ConsentGrantArgs) -> anyhow::Result<()> {
             valid_days: args.days,
             request_id: args.request_id,
             id_token: args.id_token,
-            ..Default::default()
+            mandate_id: args.mandate,
         })
         .await
         .map_err(rpc_error)?
@@ -912,20 +1023,70 @@ async fn providers_status(client: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn prefill(client: ClientArgs, subject: String, form: String) -> anyhow::Result<()> {
+async fn prefill(args: PrefillArgs) -> anyhow::Result<()> {
     let mut guichet =
-        unefois_proto::v1::guichet_client::GuichetClient::new(connect(&client).await?);
+        unefois_proto::v1::guichet_client::GuichetClient::new(connect(&args.client).await?);
     let answer = guichet
         .prefill(pb::PrefillRequest {
-            subject,
-            form,
+            subject: args.subject,
+            form: args.form,
+            preview: args.preview,
+            mandate_id: args.mandate,
             ..Default::default()
         })
         .await
         .map_err(rpc_error)?
         .into_inner();
     println!("form {}", answer.form);
-    for f in &answer.fields {
+    if !answer.prefill_id.is_empty() {
+        let until = answer
+            .preview_expires_at
+            .as_ref()
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        println!(
+            "preview {} (nothing issued; `unefois confirm --prefill-id {}` before {until})",
+            answer.prefill_id, answer.prefill_id
+        );
+    }
+    print_fields(&answer.fields, &answer.unavailable);
+    Ok(())
+}
+
+async fn confirm(args: ConfirmArgs) -> anyhow::Result<()> {
+    let mut guichet =
+        unefois_proto::v1::guichet_client::GuichetClient::new(connect(&args.client).await?);
+    let answer = guichet
+        .confirm(pb::ConfirmRequest {
+            subject: args.subject,
+            prefill_id: args.prefill_id.clone(),
+            reject: args.reject,
+            attestation_types: args.attestation_types,
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if args.reject {
+        println!("preview {} rejected: nothing released", args.prefill_id);
+        return Ok(());
+    }
+    println!(
+        "preview {} confirmed: {} attestation(s) issued",
+        args.prefill_id,
+        answer.attestations.len()
+    );
+    print_fields(&answer.fields, &answer.unavailable);
+    Ok(())
+}
+
+/// One line per field: its value and source, or the reason to ask the person for it.
+fn print_fields(fields: &[pb::PrefilledField], unavailable: &[pb::FieldError]) {
+    for f in fields {
         let value = match f.value.as_ref().and_then(|v| v.value.as_ref()) {
             Some(pb::claim_value::Value::StringValue(s)) => s.clone(),
             Some(pb::claim_value::Value::IntegerValue(i)) => i.to_string(),
@@ -934,16 +1095,133 @@ async fn prefill(client: ClientArgs, subject: String, form: String) -> anyhow::R
             Some(pb::claim_value::Value::DateValue(d)) => d.clone(),
             None => String::new(),
         };
+        let attestation = if f.attestation_id.is_empty() {
+            "preview, not issued".to_string()
+        } else {
+            format!("attestation {}", f.attestation_id)
+        };
         println!(
-            "  {:<28} {:<16} from {} ({}, attestation {})",
-            f.name, value, f.provider, f.attestation_type, f.attestation_id
+            "  {:<28} {:<16} from {} ({}, {attestation})",
+            f.name, value, f.provider, f.attestation_type
         );
     }
-    for m in &answer.unavailable {
+    for m in unavailable {
         let reason = pb::ErrorReason::try_from(m.reason)
             .map(|r| r.as_str_name())
             .unwrap_or("UNSPECIFIED");
         println!("  {:<28} to ask: {reason} ({})", m.name, m.message);
     }
+}
+
+async fn mandate(command: MandateCommand) -> anyhow::Result<()> {
+    use unefois_proto::v1::mandates_client::MandatesClient;
+    match command {
+        MandateCommand::Create {
+            client,
+            subject,
+            purposes,
+            days,
+            document,
+            id_token,
+            request_id,
+        } => {
+            let bytes = std::fs::read(&document)
+                .with_context(|| format!("cannot read {}", document.display()))?;
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes).to_vec();
+            let created = MandatesClient::new(connect(&client).await?)
+                .create(pb::CreateMandateRequest {
+                    subject,
+                    purposes,
+                    duration_days: days,
+                    document_sha256: digest,
+                    id_token,
+                    request_id,
+                    ..Default::default()
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .mandate
+                .ok_or_else(|| anyhow::anyhow!("the broker answered without the mandate"))?;
+            print_mandate(&created);
+        }
+        MandateCommand::Revoke {
+            client,
+            mandate_id,
+            id_token,
+        } => {
+            let revoked = MandatesClient::new(connect(&client).await?)
+                .revoke(pb::RevokeMandateRequest {
+                    mandate_id,
+                    id_token,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .mandate
+                .ok_or_else(|| anyhow::anyhow!("the broker answered without the mandate"))?;
+            print_mandate(&revoked);
+        }
+        MandateCommand::List {
+            client,
+            subject,
+            id_token,
+        } => {
+            let mut mandates = MandatesClient::new(connect(&client).await?);
+            let mut page_token = String::new();
+            let mut count = 0usize;
+            loop {
+                let page = mandates
+                    .list(pb::ListMandatesRequest {
+                        subject: subject.clone(),
+                        id_token: id_token.clone(),
+                        page_token: page_token.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                for m in &page.mandates {
+                    println!(
+                        "{} {} {} agent {} for {} until {}",
+                        m.id,
+                        mandate_status(m),
+                        m.structure,
+                        m.agent,
+                        m.purposes.join(","),
+                        date_of(m.expires_at.as_ref())
+                    );
+                }
+                count += page.mandates.len();
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            if count == 0 {
+                println!("no mandate");
+            }
+        }
+    }
     Ok(())
+}
+
+fn mandate_status(m: &pb::Mandate) -> &'static str {
+    m.status()
+        .as_str_name()
+        .trim_start_matches("MANDATE_STATUS_")
+}
+
+fn date_of(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+        .map_or_else(|| "-".to_string(), |t| t.date().to_string())
+}
+
+fn print_mandate(m: &pb::Mandate) {
+    println!("mandate {} {}", m.id, mandate_status(m));
+    println!("  structure: {} (agent {})", m.structure, m.agent);
+    println!("  purposes:  {}", m.purposes.join(", "));
+    println!("  days:      {}", m.duration_days);
+    println!("  expires:   {}", date_of(m.expires_at.as_ref()));
+    println!("  document:  sha256 {}", hex::encode(&m.document_sha256));
 }

@@ -5,17 +5,22 @@
 //! the Fetch path (habilitation, legal basis, provider under its own deadline, record); every
 //! field comes back either with its value and provenance, or with the typed reason it could
 //! not be filled. Partial results, never all-or-nothing.
+//!
+//! In preview mode the values are retrieved and recorded as accesses, but nothing is issued:
+//! they wait in memory (`preview`) for the citizen's Confirm or rejection.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use unefois_adapters::ClaimValue;
+use time::OffsetDateTime;
+use unefois_adapters::{ClaimValue, Claims};
 
 use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::exchange::{self, FetchInput, Fetched};
-use crate::registry::Role;
+use crate::exchange::{self, FetchInput, Fetched, Previewed};
+use crate::preview::{Preview, PreviewState};
+use crate::registry::{Form, Role};
 use crate::state::State;
 use crate::subject::Subject;
 use crate::validate;
@@ -33,9 +38,24 @@ pub struct PrefillInput {
     pub request_id: String,
     /// The caller's deadline, applied to each provider call.
     pub deadline: Option<Duration>,
+    /// Preview mode: values for the citizen to check, nothing issued until confirmed.
+    pub preview: bool,
 }
 
-/// A field filled from an attestation.
+/// Where a field's value comes from.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// The attestation type.
+    pub attestation_type: String,
+    /// The provider that answered.
+    pub provider: String,
+    /// The attestation carrying the value (none in a preview).
+    pub attestation_id: Option<String>,
+    /// When the value was retrieved (the attestation's issue time).
+    pub retrieved_at: OffsetDateTime,
+}
+
+/// A field filled from an attestation (or a preview).
 #[derive(Debug)]
 pub struct FilledField {
     /// Field name.
@@ -45,7 +65,7 @@ pub struct FilledField {
     /// The value.
     pub value: ClaimValue,
     /// Where it comes from.
-    pub fetched: Arc<Fetched>,
+    pub source: Source,
 }
 
 /// A field that could not be filled, and why (the guichet asks the person for it).
@@ -70,32 +90,83 @@ pub struct Prefilled {
     pub filled: Vec<FilledField>,
     /// Missing fields, in form order.
     pub missing: Vec<MissingField>,
-    /// The attestations obtained, one per type.
+    /// The attestations obtained, one per type (none in a preview).
     pub attestations: Vec<Arc<Fetched>>,
+    /// In preview mode: the prefill id to confirm, and when the preview is forgotten.
+    pub preview: Option<(String, OffsetDateTime)>,
 }
 
-/// Pre-fills `input.form` for the calling guichet.
+/// What one attestation type gave: a source and the claims released (or to be released).
+struct Obtained {
+    source: Source,
+    claims: Claims,
+}
+
+impl From<&Arc<Fetched>> for Obtained {
+    fn from(f: &Arc<Fetched>) -> Obtained {
+        Obtained {
+            source: Source {
+                attestation_type: f.attestation.attestation_type.clone(),
+                provider: f.attestation.provider.clone(),
+                attestation_id: Some(f.attestation.id.clone()),
+                retrieved_at: f.attestation.issued_at,
+            },
+            claims: f.claims.clone(),
+        }
+    }
+}
+
+impl From<&Previewed> for Obtained {
+    fn from(p: &Previewed) -> Obtained {
+        Obtained {
+            source: Source {
+                attestation_type: p.input.attestation_type.clone(),
+                provider: p.provider.clone(),
+                attestation_id: None,
+                retrieved_at: p.retrieved_at,
+            },
+            claims: p.claims.clone(),
+        }
+    }
+}
+
+fn guichet_or_mediator(caller: &Caller) -> Result<(), ApiError> {
+    if caller.has_role(Role::Guichet) || caller.has_role(Role::Mediator) {
+        Ok(())
+    } else {
+        Err(ApiError::WrongRole {
+            participant: caller.participant.clone(),
+            role: Role::Guichet,
+        })
+    }
+}
+
+/// Pre-fills `input.form` for the calling guichet (or mediator's agent under a mandate); in
+/// preview mode, retrieves the values without issuing anything and holds them for Confirm.
 pub async fn prefill(
     state: &State,
     caller: &Caller,
     input: PrefillInput,
 ) -> Result<Prefilled, ApiError> {
-    if !caller.has_role(Role::Guichet) {
-        return Err(ApiError::WrongRole {
-            participant: caller.participant.clone(),
-            role: Role::Guichet,
-        });
-    }
+    guichet_or_mediator(caller)?;
     validate::identifier("form", &input.form, 64)?;
     validate::request_id(&input.request_id)?;
     let registry = state.federation.registry();
-    Subject::parse(&input.subject, registry.allow_test_subjects())?;
+    let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
     let form = registry
         .form(&input.form)
         .ok_or_else(|| ApiError::UnknownForm(input.form.clone()))?
         .clone();
+    let pseudonym = state.pseudonyms.audit(&subject);
+    crate::mandate::acting(
+        state,
+        caller,
+        &input.mandate_id,
+        &pseudonym,
+        Some(&form.purpose),
+    )?;
 
-    // The claims each type must provide, in first-use order of the types.
+    // The claims each type must provide.
     let mut by_type: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for f in &form.fields {
         let claims = by_type.entry(f.attestation_type.as_str()).or_default();
@@ -103,77 +174,258 @@ pub async fn prefill(
             claims.push(f.claim.clone());
         }
     }
+    let fetch_input = |ty: &str, claims: &[String]| FetchInput {
+        subject: input.subject.clone(),
+        attestation_type: ty.to_string(),
+        purpose: form.purpose.clone(),
+        claims: claims.to_vec(),
+        request_id: if input.request_id.is_empty() || input.preview {
+            String::new()
+        } else {
+            format!("{}:{ty}", input.request_id)
+        },
+        mandate_id: input.mandate_id.clone(),
+        deadline: input.deadline,
+    };
+
+    if input.preview {
+        let prefill_id = uuid::Uuid::now_v7().to_string();
+        let previews = by_type.iter().map(|(ty, claims)| {
+            let one = fetch_input(ty, claims);
+            let prefill_id = prefill_id.as_str();
+            async move {
+                (
+                    (*ty).to_string(),
+                    exchange::preview(state, caller, one, prefill_id).await,
+                )
+            }
+        });
+        let results: BTreeMap<String, Result<Previewed, ApiError>> =
+            futures::future::join_all(previews)
+                .await
+                .into_iter()
+                .collect();
+        refuse_unrecorded(&results)?;
+        let obtained = results
+            .iter()
+            .map(|(ty, r)| (ty.clone(), r.as_ref().map(Obtained::from)))
+            .collect();
+        let (filled, missing) = fields(&form, &obtained);
+        let held: Vec<Previewed> = results.into_values().filter_map(Result::ok).collect();
+        let preview = Preview::open(
+            &caller.participant,
+            pseudonym,
+            &form.id,
+            held,
+            state.previews.ttl(),
+        );
+        let expires_at = preview.expires_at;
+        state.previews.hold(&prefill_id, preview)?;
+        return Ok(Prefilled {
+            form: form.id,
+            filled,
+            missing,
+            attestations: Vec::new(),
+            preview: Some((prefill_id, expires_at)),
+        });
+    }
+
     let fetches = by_type.iter().map(|(ty, claims)| {
-        let fetch_input = FetchInput {
-            subject: input.subject.clone(),
-            attestation_type: (*ty).to_string(),
-            purpose: form.purpose.clone(),
-            claims: claims.clone(),
-            request_id: if input.request_id.is_empty() {
-                String::new()
-            } else {
-                format!("{}:{ty}", input.request_id)
-            },
-            mandate_id: input.mandate_id.clone(),
-            deadline: input.deadline,
-        };
-        async move {
-            (
-                (*ty).to_string(),
-                exchange::fetch(state, caller, fetch_input).await,
-            )
-        }
+        let one = fetch_input(ty, claims);
+        async move { ((*ty).to_string(), exchange::fetch(state, caller, one).await) }
     });
     let results: BTreeMap<String, Result<Arc<Fetched>, ApiError>> =
         futures::future::join_all(fetches)
             .await
             .into_iter()
             .collect();
-    // Nothing is answered that the journal could not record.
+    refuse_unrecorded(&results)?;
+    Ok(answer(&form, results, None))
+}
+
+/// Nothing is answered that the journal could not record.
+fn refuse_unrecorded<T>(results: &BTreeMap<String, Result<T, ApiError>>) -> Result<(), ApiError> {
     if results
         .values()
         .any(|r| matches!(r, Err(ApiError::StoreUnavailable)))
     {
         return Err(ApiError::StoreUnavailable);
     }
+    Ok(())
+}
 
+fn answer(
+    form: &Form,
+    results: BTreeMap<String, Result<Arc<Fetched>, ApiError>>,
+    preview: Option<(String, OffsetDateTime)>,
+) -> Prefilled {
+    let obtained = results
+        .iter()
+        .map(|(ty, r)| (ty.clone(), r.as_ref().map(Obtained::from)))
+        .collect();
+    let (filled, missing) = fields(form, &obtained);
+    Prefilled {
+        form: form.id.clone(),
+        filled,
+        missing,
+        attestations: results.into_values().filter_map(Result::ok).collect(),
+        preview,
+    }
+}
+
+/// Each form field, filled from what its type gave, or missing with the reason.
+fn fields(
+    form: &Form,
+    obtained: &BTreeMap<String, Result<Obtained, &ApiError>>,
+) -> (Vec<FilledField>, Vec<MissingField>) {
     let mut filled = Vec::new();
     let mut missing = Vec::new();
     for field in &form.fields {
-        match results.get(&field.attestation_type) {
-            Some(Ok(fetched)) => match fetched.claims.get(&field.claim) {
+        let absent = |reason: &'static str, message: String| MissingField {
+            name: field.name.clone(),
+            required: field.required,
+            reason,
+            message,
+        };
+        match obtained.get(&field.attestation_type) {
+            Some(Ok(got)) => match got.claims.get(&field.claim) {
                 Some(value) => filled.push(FilledField {
                     name: field.name.clone(),
                     required: field.required,
                     value: value.clone(),
-                    fetched: fetched.clone(),
+                    source: got.source.clone(),
                 }),
-                None => missing.push(MissingField {
-                    name: field.name.clone(),
-                    required: field.required,
-                    reason: "SUBJECT_NOT_FOUND",
-                    message: "the provider holds no value for this field".into(),
-                }),
+                None => missing.push(absent(
+                    "SUBJECT_NOT_FOUND",
+                    "the provider holds no value for this field".into(),
+                )),
             },
-            Some(Err(e)) => missing.push(MissingField {
-                name: field.name.clone(),
-                required: field.required,
-                reason: e.reason_code(),
-                message: e.to_string(),
-            }),
-            None => missing.push(MissingField {
-                name: field.name.clone(),
-                required: field.required,
-                reason: "PROVIDER_UNAVAILABLE",
-                message: "not fetched".into(),
-            }),
+            Some(Err(e)) => missing.push(absent(e.reason_code(), e.to_string())),
+            None => missing.push(absent(
+                "PROVIDER_UNAVAILABLE",
+                "not confirmed or not fetched".into(),
+            )),
         }
     }
-    let attestations = results.into_values().filter_map(Result::ok).collect();
-    Ok(Prefilled {
-        form: form.id,
-        filled,
-        missing,
-        attestations,
-    })
+    (filled, missing)
+}
+
+/// A Confirm request, in domain terms.
+#[derive(Debug, Default)]
+pub struct ConfirmInput {
+    /// `scheme:value`: must be the preview's subject.
+    pub subject: String,
+    /// The form id: empty, or the preview's form.
+    pub form: String,
+    /// The preview's id.
+    pub prefill_id: String,
+    /// The citizen rejects the preview.
+    pub reject: bool,
+    /// The types the citizen confirms; empty for all.
+    pub attestation_types: Vec<String>,
+}
+
+/// Confirms a preview (the kept types become signed attestations for the consumer, the others
+/// are recorded as rejected) or rejects it whole. A repeated Confirm answers the same
+/// attestations.
+pub async fn confirm(
+    state: &State,
+    caller: &Caller,
+    input: ConfirmInput,
+) -> Result<Prefilled, ApiError> {
+    guichet_or_mediator(caller)?;
+    validate::identifier("prefill_id", &input.prefill_id, 64)?;
+    if !input.form.is_empty() {
+        validate::identifier("form", &input.form, 64)?;
+    }
+    validate::identifiers(
+        "attestation_types",
+        &input.attestation_types,
+        validate::MAX_CONSENT_TYPES,
+    )?;
+    let registry = state.federation.registry();
+    let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
+    let pseudonym = state.pseudonyms.audit(&subject);
+    let id = input.prefill_id.as_str();
+    let mut preview = state.previews.take(id, &caller.participant, |p| {
+        if p.subject != pseudonym {
+            return Err(ApiError::SubjectMismatch);
+        }
+        if !input.form.is_empty() && p.form != input.form {
+            return Err(ApiError::invalid("form", "is not the form of this preview"));
+        }
+        match &p.state {
+            PreviewState::Open(items) => {
+                if let Some(ty) = input
+                    .attestation_types
+                    .iter()
+                    .find(|t| !items.iter().any(|i| i.input.attestation_type == **t))
+                {
+                    return Err(ApiError::invalid(
+                        "attestation_types",
+                        format!("{ty:?} is not in this preview"),
+                    ));
+                }
+                Ok(())
+            }
+            PreviewState::Confirmed(_) if !input.reject => Ok(()),
+            PreviewState::Confirmed(_) => Err(ApiError::PrefillClosed(id.into(), "confirmed")),
+            PreviewState::Rejected => Err(ApiError::PrefillClosed(id.into(), "rejected")),
+        }
+    })?;
+    let form = registry
+        .form(&preview.form)
+        .ok_or_else(|| ApiError::UnknownForm(preview.form.clone()))?
+        .clone();
+    let items = match std::mem::replace(&mut preview.state, PreviewState::Rejected) {
+        PreviewState::Open(items) => items,
+        PreviewState::Confirmed(done) => {
+            preview.state = PreviewState::Confirmed(done.clone());
+            state.previews.put_back(id, preview);
+            let results = done
+                .into_iter()
+                .map(|f| (f.attestation.attestation_type.clone(), Ok(f)))
+                .collect();
+            return Ok(answer(&form, results, None));
+        }
+        PreviewState::Rejected => return Err(ApiError::PrefillClosed(id.into(), "rejected")),
+    };
+    let kept = |p: &Previewed| {
+        !input.reject
+            && (input.attestation_types.is_empty()
+                || input.attestation_types.contains(&p.input.attestation_type))
+    };
+    let (keep, drop): (Vec<&Previewed>, Vec<&Previewed>) = items.iter().partition(|p| kept(p));
+    for p in &drop {
+        if let Err(e) = exchange::reject(state, caller, p, id).await {
+            // Not recorded: the preview stays open for another try.
+            preview.state = PreviewState::Open(items.clone());
+            state.previews.put_back(id, preview);
+            return Err(e);
+        }
+    }
+    let confirmations = keep.iter().map(|p| async move {
+        (
+            p.input.attestation_type.clone(),
+            exchange::confirm(state, caller, p, id).await.map(Arc::new),
+        )
+    });
+    let results: BTreeMap<String, Result<Arc<Fetched>, ApiError>> =
+        futures::future::join_all(confirmations)
+            .await
+            .into_iter()
+            .collect();
+    refuse_unrecorded(&results)?;
+    preview.state = if input.reject {
+        PreviewState::Rejected
+    } else {
+        PreviewState::Confirmed(
+            results
+                .values()
+                .filter_map(|r| r.as_ref().ok().cloned())
+                .collect(),
+        )
+    };
+    state.previews.put_back(id, preview);
+    Ok(answer(&form, results, None))
 }

@@ -78,7 +78,7 @@ pub struct Participant {
     pub roles: BTreeSet<Role>,
     /// Calls per minute it may make, if limited.
     pub rate_limit: Option<RateLimit>,
-    /// The audience its citizens' ID tokens carry (guichets only; default: its id).
+    /// The audience its citizens' ID tokens carry (guichets and mediators; default: its id).
     pub oidc_audience: Option<String>,
 }
 
@@ -691,10 +691,10 @@ impl Validator<'_> {
                 self.fail(format!("{at}.roles"), "a role is listed twice");
             }
             if let Some(aud) = &p.oidc_audience {
-                if !roles.contains(&Role::Guichet) {
+                if !roles.contains(&Role::Guichet) && !roles.contains(&Role::Mediator) {
                     self.fail(
                         format!("{at}.oidc_audience"),
-                        "only a participant with the guichet role has an OIDC audience",
+                        "only a guichet or a mediator has an OIDC audience",
                     );
                 }
                 self.text(format!("{at}.oidc_audience"), aud);

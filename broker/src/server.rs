@@ -45,7 +45,16 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Fault injection in the journal's commit path (tests only; `None` in production).
     pub journal_faults: Option<crate::journal::FaultInjector>,
+    /// How long a pre-fill preview waits for the citizen's confirmation.
+    pub preview_ttl: Duration,
+    /// Reload requests (the binary sends one on SIGHUP): the registry and the CRL are read
+    /// again; each request hears whether the reload was applied.
+    pub reload: Option<mpsc::Receiver<ReloadRequest>>,
 }
+
+/// A request to reload the registry and the CRL; the answer (the new registry's SHA-256, or why
+/// the files were rejected while the old ones keep serving) goes back on the sender, if any.
+pub type ReloadRequest = Option<tokio::sync::oneshot::Sender<Result<String, String>>>;
 
 /// Why the broker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +163,10 @@ pub async fn run(
         signer,
         provider_timeout: DEFAULT_PROVIDER_TIMEOUT,
         recent: RecentAnswers::new(idempotency::DEFAULT_WINDOW, idempotency::DEFAULT_CAPACITY),
+        previews: crate::preview::Previews::new(
+            config.preview_ttl,
+            crate::preview::DEFAULT_CAPACITY,
+        ),
         limits: RateLimits::from_registry(&federation.registry()),
         grants: tokio::sync::Mutex::new(()),
     });
@@ -197,6 +210,30 @@ pub async fn run(
     };
     let (routes, health) =
         crate::grpc::routes(state.clone(), config.max_request_bytes, health).await?;
+    // Reloads until shutdown; joined before the store closes (it holds the state).
+    let reloader = config.reload.map(|mut requests| {
+        let state = state.clone();
+        let health = health.clone();
+        let registry_path = config.registry.clone();
+        let tls_files = config.tls.clone();
+        let stopped = stopped();
+        tokio::spawn(async move {
+            tokio::pin!(stopped);
+            loop {
+                let answer = tokio::select! {
+                    request = requests.recv() => match request {
+                        Some(answer) => answer,
+                        None => return,
+                    },
+                    () = &mut stopped => return,
+                };
+                let outcome = reload(&state, &registry_path, &tls_files, &health).await;
+                if let Some(answer) = answer {
+                    let _ = answer.send(outcome);
+                }
+            }
+        })
+    });
     let (conn_tx, conn_rx) = mpsc::channel(256);
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tokio::spawn(listener::accept_loop(
@@ -252,6 +289,9 @@ pub async fn run(
         return Err(BrokerError::Ops(e));
     }
     let _ = flusher.await;
+    if let Some(task) = reloader {
+        let _ = task.await;
+    }
     // Calls refused during the drain are recorded too.
     record_denials(&state).await;
     drop(state);
@@ -265,6 +305,58 @@ pub async fn run(
     served?;
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// Reads the registry and the CRL again and publishes them; a registry or PKI that does not
+/// load is rejected whole and the ones in force keep serving. The reload is recorded. Revoked
+/// serials reach connections already open at their next call (checked per call).
+async fn reload(
+    state: &State,
+    registry_path: &std::path::Path,
+    tls_files: &TlsFiles,
+    health: &tonic_health::server::HealthReporter,
+) -> Result<String, String> {
+    let loaded = (|| -> Result<_, BrokerError> {
+        let registry = Registry::load(registry_path)?;
+        let tls = TlsMaterial::load(tls_files)?;
+        let adapters = build_adapters(
+            &registry,
+            Some(crate::grpc::provider_readiness(health.clone())),
+        )?;
+        Ok((registry, tls.revoked_serials, adapters))
+    })();
+    let (registry, revoked, adapters) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::error!(error = %e, "reload rejected; the registry and CRL in force keep serving");
+            return Err(e.to_string());
+        }
+    };
+    let sha = registry.sha256_hex();
+    let types: Vec<String> = registry.attestation_types().map(|t| t.id.clone()).collect();
+    // On the record before it is in force.
+    if let Err(e) = state
+        .store
+        .append(vec![Record::now(Event::RegistryLoaded {
+            registry_sha256: sha.clone(),
+        })])
+        .await
+    {
+        tracing::error!(error = %e, "cannot record the reload; the registry in force keeps serving");
+        return Err(format!("the reload cannot be recorded: {e}"));
+    }
+    let revoked_count = revoked.len();
+    state.federation.replace(registry, adapters, revoked);
+    for ty in types {
+        health
+            .set_service_status(
+                crate::grpc::provider_service_name(&ty),
+                tonic_health::ServingStatus::Serving,
+            )
+            .await;
+    }
+    tracing::info!(registry_sha256 = %sha, revoked_certificates = revoked_count, "registry and CRL reloaded");
+    Ok(sha)
 }
 
 /// Records the rate-limit denials counted since the last call.

@@ -31,4 +31,6 @@ pub struct State {
     pub limits: crate::ratelimit::RateLimits,
     /// Recent Fetch answers, for idempotent retries (memory only).
     pub recent: RecentAnswers,
+    /// Previews waiting for the citizen's confirmation (memory only).
+    pub previews: crate::preview::Previews,
 }

@@ -15,6 +15,7 @@ use crate::audit::{LogSigner, ProofError, TreeReader};
 use crate::consent::Consent;
 use crate::event::{Event, Record};
 use crate::journal::{CommittedBatch, Journal, JournalError, JournalOptions};
+use crate::mandate::Mandate;
 
 /// sled's cache, bounded (its default is 1 GiB).
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -75,6 +76,9 @@ struct Trees {
     consents_by_subject: sled::Tree,
     requests: sled::Tree,
     exchanges_by_subject: sled::Tree,
+    mandates: sled::Tree,
+    mandates_by_subject: sled::Tree,
+    mandates_by_structure: sled::Tree,
 }
 
 const APPLIED: &[u8] = b"applied_seq";
@@ -90,6 +94,9 @@ impl Trees {
             consents_by_subject: db.open_tree("consents_by_subject")?,
             requests: db.open_tree("requests")?,
             exchanges_by_subject: db.open_tree("exchanges_by_subject")?,
+            mandates: db.open_tree("mandates")?,
+            mandates_by_subject: db.open_tree("mandates_by_subject")?,
+            mandates_by_structure: db.open_tree("mandates_by_structure")?,
         })
     }
 
@@ -103,6 +110,9 @@ impl Trees {
             &self.consents_by_subject,
             &self.requests,
             &self.exchanges_by_subject,
+            &self.mandates,
+            &self.mandates_by_subject,
+            &self.mandates_by_structure,
         ] {
             tree.clear()?;
         }
@@ -148,6 +158,7 @@ impl Trees {
                 expires_at,
                 request_id,
                 request_fingerprint,
+                mandate_id,
             } => {
                 let consent = Consent {
                     id: consent_id.clone(),
@@ -156,6 +167,7 @@ impl Trees {
                     consumer,
                     participant: participant.clone(),
                     agent,
+                    mandate_id,
                     attestation_types,
                     purpose,
                     granted_at: record.time,
@@ -184,6 +196,58 @@ impl Trees {
                     consent.revoked_at = Some(record.time);
                     self.consents
                         .insert(consent_id.as_bytes(), json(&consent))?;
+                }
+            }
+            Event::MandateCreated {
+                mandate_id,
+                subject,
+                pseudonym_key,
+                structure,
+                agent,
+                purposes,
+                duration_days,
+                document_sha256,
+                expires_at,
+                request_id,
+                request_fingerprint,
+            } => {
+                let mandate = Mandate {
+                    id: mandate_id.clone(),
+                    subject: subject.clone(),
+                    pseudonym_key,
+                    structure: structure.clone(),
+                    agent,
+                    purposes,
+                    duration_days,
+                    document_sha256,
+                    created_at: record.time,
+                    expires_at,
+                    revoked_at: None,
+                    seq,
+                };
+                self.mandates
+                    .insert(mandate_id.as_bytes(), json(&mandate))?;
+                self.mandates_by_subject
+                    .insert(subject_key(&subject, mandate_id.as_bytes()), &[])?;
+                self.mandates_by_structure
+                    .insert(subject_key(&structure, mandate_id.as_bytes()), &[])?;
+                if let (Some(request_id), Some(fingerprint)) = (request_id, request_fingerprint) {
+                    let used = RequestUse {
+                        fingerprint,
+                        result: mandate_id,
+                    };
+                    self.requests
+                        .insert(request_key(&structure, &request_id), json(&used))?;
+                }
+            }
+            Event::MandateRevoked { mandate_id, .. } => {
+                if let Some(bytes) = self.mandates.get(mandate_id.as_bytes())?
+                    && let Ok(mut mandate) = serde_json::from_slice::<Mandate>(&bytes)
+                    && mandate.revoked_at.is_none()
+                {
+                    mandate.revoked_at = Some(record.time);
+                    self.mandates
+                        .insert(mandate_id.as_bytes(), json(&mandate))?;
                 }
             }
             Event::Exchange(exchange) => {
@@ -385,6 +449,39 @@ impl Store {
                 && let Ok(consent) = serde_json::from_slice(&bytes)
             {
                 out.push(consent);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A mandate by id.
+    pub fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
+        self.check()?;
+        Ok(self
+            .trees
+            .mandates
+            .get(id.as_bytes())?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Every mandate of a subject (by audit pseudonym), oldest first.
+    pub fn mandates_of_subject(&self, subject: &str) -> Result<Vec<Mandate>, StoreError> {
+        self.mandates_in(&self.trees.mandates_by_subject, subject)
+    }
+
+    /// Every mandate a mediation structure holds, oldest first.
+    pub fn mandates_of_structure(&self, structure: &str) -> Result<Vec<Mandate>, StoreError> {
+        self.mandates_in(&self.trees.mandates_by_structure, structure)
+    }
+
+    fn mandates_in(&self, index: &sled::Tree, prefix: &str) -> Result<Vec<Mandate>, StoreError> {
+        self.check()?;
+        let mut out = Vec::new();
+        for id in suffixes(index, prefix) {
+            if let Some(bytes) = self.trees.mandates.get(id?)?
+                && let Ok(mandate) = serde_json::from_slice(&bytes)
+            {
+                out.push(mandate);
             }
         }
         Ok(out)

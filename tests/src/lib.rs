@@ -85,6 +85,7 @@ pub struct TestBroker {
     pub pki_dir: PathBuf,
     /// The broker's data directory (journal, derived state, keys).
     pub data_dir: PathBuf,
+    reload: tokio::sync::mpsc::Sender<broker::server::ReloadRequest>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), broker::BrokerError>>,
     _home: tempfile::TempDir,
@@ -101,6 +102,8 @@ pub struct BrokerOptions {
     pub data_dir: Option<PathBuf>,
     /// Fault injection in the journal's commit path.
     pub journal_faults: Option<broker::journal::FaultInjector>,
+    /// How long a pre-fill preview is held.
+    pub preview_ttl: Duration,
 }
 
 impl Default for BrokerOptions {
@@ -110,6 +113,7 @@ impl Default for BrokerOptions {
             accept: AcceptLimits::default(),
             data_dir: None,
             journal_faults: None,
+            preview_ttl: broker::preview::DEFAULT_TTL,
         }
     }
 }
@@ -129,6 +133,7 @@ impl TestBroker {
         let addr = listener.local_addr()?;
         let ops_addr = ops.local_addr()?;
         let data_dir = options.data_dir.unwrap_or_else(|| home.path().join("data"));
+        let (reload, reload_rx) = tokio::sync::mpsc::channel(4);
         let config = broker::Config {
             registry: options.registry,
             tls: TlsFiles::in_dir(pki_dir),
@@ -138,6 +143,8 @@ impl TestBroker {
             drain_timeout: Duration::from_secs(5),
             max_request_bytes: broker::grpc::limits::DEFAULT_MAX_REQUEST_BYTES,
             journal_faults: options.journal_faults,
+            preview_ttl: options.preview_ttl,
+            reload: Some(reload_rx),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(broker::run(listener, config, async move {
@@ -148,6 +155,7 @@ impl TestBroker {
             ops_addr,
             pki_dir: pki_dir.to_path_buf(),
             data_dir,
+            reload,
             stop: Some(stop),
             task,
             _home: home,
@@ -176,6 +184,17 @@ impl TestBroker {
     /// An mTLS channel as `name` (`caf`, or `france-services-lyon/a.martin`).
     pub async fn channel(&self, name: &str) -> anyhow::Result<Channel> {
         Ok(broker::client::connect(&self.pki_dir, name, &self.addr.to_string()).await?)
+    }
+
+    /// Asks the broker to reload its registry and CRL (what SIGHUP does to the binary): the new
+    /// registry's SHA-256, or why it was rejected.
+    pub async fn reload(&self) -> anyhow::Result<Result<String, String>> {
+        let (answer, answered) = oneshot::channel();
+        self.reload
+            .send(Some(answer))
+            .await
+            .map_err(|_| anyhow::anyhow!("the broker no longer takes reloads"))?;
+        Ok(answered.await?)
     }
 
     /// Signals shutdown and waits for `run` to return.
@@ -265,6 +284,30 @@ pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The audit entry at `index`, decoded (JSON), read through Audit.ListEvents as `auditor`.
+pub async fn audit_entry(
+    broker: &TestBroker,
+    auditor: &str,
+    index: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let mut audit =
+        unefois_proto::v1::audit_client::AuditClient::new(broker.channel(auditor).await?);
+    let page = audit
+        .list_events(unefois_proto::v1::ListEventsRequest {
+            start_index: index,
+            limit: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let event = page
+        .events
+        .first()
+        .filter(|e| e.index == index)
+        .context("no event at this index")?;
+    Ok(serde_json::from_slice(&event.entry)?)
 }
 
 /// The committed development identity provider's key (public, examples/dev-idp/).

@@ -549,3 +549,232 @@ async fn operators_see_the_providers_status() -> anyhow::Result<()> {
     assert!(exit.success());
     Ok(())
 }
+
+fn dev_id_token(cwd: &Path, subject: &str, aud: &str) -> anyhow::Result<String> {
+    let minted = Command::new(unefois_binary()?)
+        .current_dir(cwd)
+        .args(["dev", "id-token", "--subject", subject, "--aud", aud])
+        .output()?;
+    anyhow::ensure!(minted.status.success(), "{minted:?}");
+    Ok(String::from_utf8(minted.stdout)?.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mediator_takes_a_mandate_and_prefills_a_form_with_a_preview() -> anyhow::Result<()> {
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let cwd = checkout.path();
+    let mut served = serve(cwd)?;
+    let addr = served.addr;
+    wait_serving(&cwd.join(".unefois-dev/pki"), addr).await?;
+    let agent = "france-services-lyon/a.martin";
+
+    // The guichet's pre-fill: each field with its source, or the reason to ask for it.
+    let filled = unefois_client(
+        cwd,
+        addr,
+        &[
+            "prefill",
+            "--as",
+            "mairie-lyon",
+            "--subject",
+            "test:alice",
+            "--form",
+            "inscription_cantine",
+        ],
+    )?;
+    assert!(filled.ok, "{filled:?}");
+    let line = |out: &str, field: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(field))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let rfr = line(&filled.stdout, "revenu_fiscal_reference");
+    assert!(
+        rfr.contains("23870") && rfr.contains("from dgfip") && rfr.contains("attestation "),
+        "{filled:?}"
+    );
+    // Quotient familial needs Alice's consent, which she has not given: to ask, with why.
+    assert!(
+        line(&filled.stdout, "quotient_familial").contains("to ask: NO_CONSENT"),
+        "{filled:?}"
+    );
+
+    // The mandate, Alice present at the France Services desk.
+    let document = cwd.join("mandat.pdf");
+    std::fs::write(&document, b"%PDF mandat signe")?;
+    let token = dev_id_token(cwd, "test:alice", "france-services-lyon")?;
+    let created = unefois_client(
+        cwd,
+        addr,
+        &[
+            "mandate",
+            "create",
+            "--as",
+            agent,
+            "--subject",
+            "test:alice",
+            "--purpose",
+            "aide_energie",
+            "--days",
+            "31",
+            "--document",
+            &document.to_string_lossy(),
+            "--id-token",
+            &token,
+        ],
+    )?;
+    assert!(created.ok, "{created:?}");
+    let first = created
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let words: Vec<&str> = first.split_whitespace().collect();
+    assert_eq!(
+        (words.first(), words.get(2)),
+        (Some(&"mandate"), Some(&"ACTIVE"))
+    );
+    let mandate_id = words.get(1).copied().unwrap_or_default().to_string();
+    assert!(created.stdout.contains("a.martin"), "{created:?}");
+
+    let listed = unefois_client(cwd, addr, &["mandate", "list", "--as", agent])?;
+    assert!(listed.ok, "{listed:?}");
+    assert!(
+        listed.stdout.starts_with(&format!(
+            "{mandate_id} ACTIVE france-services-lyon agent a.martin for aide_energie until "
+        )),
+        "{listed:?}"
+    );
+
+    // A preview under the mandate: values shown, nothing issued; then confirmed.
+    let previewed = unefois_client(
+        cwd,
+        addr,
+        &[
+            "prefill",
+            "--as",
+            agent,
+            "--subject",
+            "test:alice",
+            "--form",
+            "aide_energie",
+            "--mandate",
+            &mandate_id,
+            "--preview",
+        ],
+    )?;
+    assert!(previewed.ok, "{previewed:?}");
+    let preview_line = line(&previewed.stdout, "preview ");
+    let prefill_id = preview_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(!prefill_id.is_empty(), "{previewed:?}");
+    assert!(
+        line(&previewed.stdout, "revenu_fiscal_reference").contains("preview, not issued"),
+        "{previewed:?}"
+    );
+    let confirmed = unefois_client(
+        cwd,
+        addr,
+        &[
+            "confirm",
+            "--as",
+            agent,
+            "--subject",
+            "test:alice",
+            "--prefill-id",
+            &prefill_id,
+        ],
+    )?;
+    assert!(confirmed.ok, "{confirmed:?}");
+    assert!(
+        confirmed.stdout.contains(&format!(
+            "preview {prefill_id} confirmed: 1 attestation(s) issued"
+        )),
+        "{confirmed:?}"
+    );
+
+    // Revoked: the next pre-fill under it is refused with the reason.
+    let revoked = unefois_client(
+        cwd,
+        addr,
+        &["mandate", "revoke", "--as", agent, &mandate_id],
+    )?;
+    assert!(
+        revoked.ok && revoked.stdout.contains("REVOKED"),
+        "{revoked:?}"
+    );
+    let refused = unefois_client(
+        cwd,
+        addr,
+        &[
+            "prefill",
+            "--as",
+            agent,
+            "--subject",
+            "test:alice",
+            "--form",
+            "aide_energie",
+            "--mandate",
+            &mandate_id,
+        ],
+    )?;
+    assert!(!refused.ok, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("FAILED_PRECONDITION: MANDATE_REVOKED"),
+        "{refused:?}"
+    );
+    let exit = terminate(&mut served.child).await?;
+    assert!(exit.success(), "{exit}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_registry_of_a_running_broker() -> anyhow::Result<()> {
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let cwd = checkout.path();
+    let mut served = serve(cwd)?;
+    let addr = served.addr;
+    wait_serving(&cwd.join(".unefois-dev/pki"), addr).await?;
+    let show = ["registry", "show", "--as", "mairie-test"];
+    let before = unefois_client(cwd, addr, &show)?;
+    assert!(before.ok, "{before:?}");
+    assert!(!before.stdout.contains("mairie-test.dgfip"), "{before:?}");
+
+    let registry = cwd.join("examples/registry.toml");
+    let mut text = std::fs::read_to_string(&registry)?;
+    text.push_str(
+        "\n[[habilitations]]\nid = \"mairie-test.dgfip\"\nconsumer = \"mairie-test\"\n\
+         attestation_type = \"dgfip.revenu_fiscal_reference\"\npurposes = [\"tarification_cantine\"]\n\
+         claims = [\"revenu_fiscal_reference\"]\nlegal_basis = { law = \"CRPA, art. L. 114-8\" }\n\
+         expires = 2028-12-31\n",
+    );
+    std::fs::write(&registry, text)?;
+    let hup = Command::new("kill")
+        .args(["-HUP", &served.child.id().to_string()])
+        .status()?;
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = unefois_client(cwd, addr, &show)?;
+        if after.stdout.contains("mairie-test.dgfip") {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the reload never showed: {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = terminate(&mut served.child).await?;
+    assert!(exit.success(), "{exit}");
+    Ok(())
+}

@@ -201,8 +201,8 @@ async fn every_refusal_has_its_status_and_reason() -> anyhow::Result<()> {
                 mandate_id: "m-1".into(),
                 ..rfr("test:alice")
             },
-            Code::FailedPrecondition,
-            ErrorReason::NoMandate,
+            Code::NotFound,
+            ErrorReason::UnknownMandate,
         ),
         (
             "mairie-lyon",
@@ -416,6 +416,7 @@ async fn an_expired_consent_is_not_a_legal_basis() -> anyhow::Result<()> {
                 expires_at: given + time::Duration::days(30),
                 request_id: None,
                 request_fingerprint: None,
+                mandate_id: None,
             },
         };
         journal.append(record.encode()).await?;

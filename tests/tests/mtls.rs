@@ -66,11 +66,12 @@ async fn registered_participants_read_their_own_view_of_the_registry() -> anyhow
         habilitation_ids(&broker, "caf").await?,
         vec![
             "mairie-lyon.caf.quotient_familial",
-            "ccas-lyon.caf.quotient_familial"
+            "ccas-lyon.caf.quotient_familial",
+            "france-services-lyon.caf.quotient_familial"
         ]
     );
-    assert_eq!(habilitation_ids(&broker, "dgfip").await?.len(), 2);
-    assert_eq!(habilitation_ids(&broker, "cnil").await?.len(), 5);
+    assert_eq!(habilitation_ids(&broker, "dgfip").await?.len(), 3);
+    assert_eq!(habilitation_ids(&broker, "cnil").await?.len(), 7);
 
     // An agent of a mediation structure is identified with its structure.
     let agent = who_am_i(&broker, "france-services-lyon/a.martin").await?;

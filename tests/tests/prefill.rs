@@ -22,10 +22,23 @@ struct Apis {
     dgfip_down: AtomicBool,
 }
 
+/// A value that appears nowhere but in the CAF API's answer for test:carol: if it shows up in
+/// the broker's files, an answer was kept.
+const MARKER: &str = "MOIS-7f3a9c-unique";
+
 async fn qf(UrlPath(subject): UrlPath<String>) -> (StatusCode, String) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     match subject.as_str() {
         "test:alice" => (StatusCode::OK, r#"{"qf":612,"mois":"2026-10"}"#.into()),
+        "test:carol" => (StatusCode::OK, format!(r#"{{"qf":389,"mois":"{MARKER}"}}"#)),
+        _ => (StatusCode::NOT_FOUND, String::new()),
+    }
+}
+
+async fn etu(UrlPath(subject): UrlPath<String>) -> (StatusCode, String) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match subject.as_str() {
+        "test:alice" | "test:carol" => (StatusCode::OK, r#"{"etudiant":false}"#.into()),
         _ => (StatusCode::NOT_FOUND, String::new()),
     }
 }
@@ -39,7 +52,7 @@ async fn rfr(
         return (StatusCode::SERVICE_UNAVAILABLE, String::new());
     }
     match subject.as_str() {
-        "test:alice" => (StatusCode::OK, r#"{"rfr":23870,"parts":3.0}"#.into()),
+        "test:alice" | "test:carol" => (StatusCode::OK, r#"{"rfr":23870,"parts":3.0}"#.into()),
         _ => (StatusCode::NOT_FOUND, String::new()),
     }
 }
@@ -49,6 +62,7 @@ async fn serve_apis() -> anyhow::Result<(SocketAddr, Arc<Apis>)> {
     let app = axum::Router::new()
         .route("/qf/{subject}", get(qf))
         .route("/rfr/{subject}", get(rfr))
+        .route("/etu/{subject}", get(etu))
         .with_state(apis.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -56,9 +70,18 @@ async fn serve_apis() -> anyhow::Result<(SocketAddr, Arc<Apis>)> {
     Ok((addr, apis))
 }
 
-/// The sample federation with both types served by the slow APIs, and the canteen's CAF
-/// habilitation under law (so that no consent is needed in this test).
+/// The sample federation with three types served by the slow APIs (three administrations),
+/// the canteen's CAF and MESR habilitations under law (so that no consent is needed in these
+/// tests), and a form `dossier_famille` that needs all three.
 async fn start(pki: &TestPki, dir: &std::path::Path) -> anyhow::Result<(TestBroker, Arc<Apis>)> {
+    start_holding(pki, dir, broker::preview::DEFAULT_TTL).await
+}
+
+async fn start_holding(
+    pki: &TestPki,
+    dir: &std::path::Path,
+    preview_ttl: Duration,
+) -> anyhow::Result<(TestBroker, Arc<Apis>)> {
     let (addr, apis) = serve_apis().await?;
     let registry = sample_registry_with(dir, |s| {
         s.replacen(
@@ -72,15 +95,27 @@ async fn start(pki: &TestPki, dir: &std::path::Path) -> anyhow::Result<(TestBrok
             1,
         )
         .replacen(
+            "adapter = { kind = \"static\", dataset = \"data/mesr.statut_etudiant.json\" }",
+            &format!("adapter = {{ kind = \"http\", url = \"http://{addr}/etu/{{subject}}\", retries = 0, claims = {{ est_etudiant = \"/etudiant\" }} }}"),
+            1,
+        )
+        .replacen(
             "claims = [\"quotient_familial\", \"mois_reference\"]\nlegal_basis = \"consent\"",
             "claims = [\"quotient_familial\", \"mois_reference\"]\nlegal_basis = { law = \"Code de l'éducation, art. R. 531-52\" }",
             1,
         )
+        .replacen(
+            "purposes = [\"tarif_etudiant\"]\nclaims = [\"est_etudiant\", \"annee_universitaire\"]\nlegal_basis = \"consent\"",
+            "purposes = [\"tarif_etudiant\", \"tarification_cantine\"]\nclaims = [\"est_etudiant\", \"annee_universitaire\"]\nlegal_basis = { law = \"Code de l'éducation, art. R. 531-52\" }",
+            1,
+        )
+            + "\n[[forms]]\nid = \"dossier_famille\"\nlabel = \"Dossier famille\"\npurpose = \"tarification_cantine\"\nfields = [\n  { name = \"quotient_familial\", claim = \"caf.quotient_familial.quotient_familial\", required = true },\n  { name = \"revenu_fiscal_reference\", claim = \"dgfip.revenu_fiscal_reference.revenu_fiscal_reference\" },\n  { name = \"etudiant\", claim = \"mesr.statut_etudiant.est_etudiant\" },\n]\n"
     })?;
     let broker = TestBroker::start_with(
         pki.dir(),
         BrokerOptions {
             registry,
+            preview_ttl,
             ..Default::default()
         },
     )
@@ -97,22 +132,29 @@ fn request(subject: &str, form: &str) -> pb::PrefillRequest {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_form_is_filled_from_two_administrations_concurrently() -> anyhow::Result<()> {
+async fn a_form_is_filled_from_three_administrations_concurrently() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let scratch = tempfile::tempdir()?;
     let (broker, _apis) = start(&pki, scratch.path()).await?;
     let mut guichet = GuichetClient::new(broker.channel("mairie-lyon").await?);
 
     let started = Instant::now();
-    let filled = guichet
-        .prefill(request("test:alice", "inscription_cantine"))
+    let three = guichet
+        .prefill(request("test:alice", "dossier_famille"))
         .await?
         .into_inner();
     let elapsed = started.elapsed();
     assert!(
-        elapsed < Duration::from_millis(550),
-        "two 300 ms providers answered in {elapsed:?}: not concurrent"
+        elapsed < Duration::from_millis(500),
+        "three 300 ms providers answered in {elapsed:?}: not concurrent"
     );
+    assert_eq!(three.fields.len(), 3, "{:?}", three.unavailable);
+    assert_eq!(three.attestations.len(), 3);
+
+    let filled = guichet
+        .prefill(request("test:alice", "inscription_cantine"))
+        .await?
+        .into_inner();
     assert!(filled.unavailable.is_empty(), "{:?}", filled.unavailable);
     let value = |name: &str| {
         filled
@@ -153,6 +195,27 @@ async fn a_provider_down_leaves_its_fields_to_ask_and_the_others_filled() -> any
     let (broker, apis) = start(&pki, scratch.path()).await?;
     apis.dgfip_down.store(true, Ordering::SeqCst);
     let mut guichet = GuichetClient::new(broker.channel("mairie-lyon").await?);
+    let two_of_three = guichet
+        .prefill(request("test:alice", "dossier_famille"))
+        .await?
+        .into_inner();
+    let names: Vec<&str> = two_of_three
+        .fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(names, vec!["quotient_familial", "etudiant"]);
+    assert_eq!(
+        two_of_three
+            .unavailable
+            .iter()
+            .map(|f| (f.name.as_str(), f.reason))
+            .collect::<Vec<_>>(),
+        vec![(
+            "revenu_fiscal_reference",
+            ErrorReason::ProviderUnavailable as i32
+        )]
+    );
     let partial = guichet
         .prefill(request("test:alice", "inscription_cantine"))
         .await?
@@ -202,5 +265,232 @@ async fn a_provider_down_leaves_its_fields_to_ask_and_the_others_filled() -> any
         .expect_err("unknown form");
     assert_eq!(unknown_form.code(), Code::NotFound);
     assert_eq!(reason_of(&unknown_form), Some(ErrorReason::UnknownForm));
+    broker.stop().await
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                stack.push(entry.path());
+            }
+        } else if std::fs::read(&path)
+            .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+            .unwrap_or(false)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+fn preview(subject: &str) -> pb::PrefillRequest {
+    pb::PrefillRequest {
+        preview: true,
+        ..request(subject, "inscription_cantine")
+    }
+}
+
+fn confirm(prefill_id: &str, types: &[&str], reject: bool) -> pb::ConfirmRequest {
+    pb::ConfirmRequest {
+        subject: "test:carol".into(),
+        form: "inscription_cantine".into(),
+        prefill_id: prefill_id.into(),
+        reject,
+        attestation_types: types.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+async fn exchange_events(broker: &TestBroker) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut audit =
+        unefois_proto::v1::audit_client::AuditClient::new(broker.channel("cnil").await?);
+    let events = audit
+        .list_events(pb::ListEventsRequest {
+            kind: "exchange".into(),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events;
+    events
+        .iter()
+        .map(|e| Ok(serde_json::from_slice(&e.entry)?))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preview_releases_nothing_until_the_citizen_confirms_and_keeps_nothing_on_disk()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let (broker, _apis) = start(&pki, scratch.path()).await?;
+    let mut guichet = GuichetClient::new(broker.channel("mairie-lyon").await?);
+
+    let shown = guichet.prefill(preview("test:carol")).await?.into_inner();
+    assert!(!shown.prefill_id.is_empty());
+    assert!(shown.preview_expires_at.is_some());
+    assert!(shown.attestations.is_empty(), "a preview issues nothing");
+    let mois = shown
+        .fields
+        .iter()
+        .find(|f| f.name == "mois_reference_qf")
+        .expect("the preview shows the value to the citizen");
+    assert_eq!(
+        mois.value.clone().and_then(|v| v.value),
+        Some(pb::claim_value::Value::StringValue(MARKER.into()))
+    );
+    assert!(shown.fields.iter().all(|f| f.attestation_id.is_empty()));
+
+    // The preview is an access, recorded as such, with nothing issued.
+    let events = exchange_events(&broker).await?;
+    let previewed: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["prefill_id"] == shown.prefill_id.as_str())
+        .collect();
+    assert_eq!(previewed.len(), 2);
+    for e in &previewed {
+        assert_eq!(e["outcome"], "previewed");
+        assert!(e["attestation_id"].is_null() && e["payload_sha256"].is_null());
+    }
+    // Nothing of the values is on disk, anywhere in the broker's files.
+    assert_eq!(
+        files_containing(&broker.data_dir, MARKER.as_bytes()),
+        Vec::<std::path::PathBuf>::new()
+    );
+
+    // Only the participant that asked may confirm, and only for the same person.
+    let other = GuichetClient::new(broker.channel("france-services-lyon/a.martin").await?)
+        .confirm(confirm(&shown.prefill_id, &[], false))
+        .await
+        .expect_err("another participant's preview");
+    assert_eq!(reason_of(&other), Some(ErrorReason::UnknownPrefill));
+    let mut bob = confirm(&shown.prefill_id, &[], false);
+    bob.subject = "test:bob".into();
+    let mismatch = guichet.confirm(bob).await.expect_err("another person");
+    assert_eq!(reason_of(&mismatch), Some(ErrorReason::SubjectMismatch));
+
+    // The citizen keeps the CAF values only: one attestation, the DGFiP values rejected.
+    let confirmed = guichet
+        .confirm(confirm(
+            &shown.prefill_id,
+            &["caf.quotient_familial"],
+            false,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(confirmed.attestations.len(), 1);
+    let issued = confirmed.attestations[0]
+        .attestation
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(issued.attestation_type, "caf.quotient_familial");
+    assert_eq!(
+        issued
+            .claims
+            .get("mois_reference")
+            .cloned()
+            .and_then(|v| v.value),
+        Some(pb::claim_value::Value::StringValue(MARKER.into()))
+    );
+    assert!(
+        confirmed
+            .fields
+            .iter()
+            .all(|f| f.attestation_id == issued.id)
+    );
+    let events = exchange_events(&broker).await?;
+    let outcomes: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["prefill_id"] == shown.prefill_id.as_str())
+        .map(|e| {
+            (
+                e["attestation_type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                e["outcome"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .filter(|(_, outcome)| outcome != "previewed")
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert!(outcomes.contains(&("caf.quotient_familial".into(), "granted".into())));
+    assert!(outcomes.contains(&("dgfip.revenu_fiscal_reference".into(), "rejected".into())));
+
+    // A repeated Confirm answers the same attestation; a rejection now is too late.
+    let again = guichet
+        .confirm(confirm(
+            &shown.prefill_id,
+            &["caf.quotient_familial"],
+            false,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(
+        again.attestations[0]
+            .attestation
+            .clone()
+            .unwrap_or_default()
+            .id,
+        issued.id
+    );
+    let late = guichet
+        .confirm(confirm(&shown.prefill_id, &[], true))
+        .await
+        .expect_err("already confirmed");
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    assert_eq!(reason_of(&late), Some(ErrorReason::PrefillClosed));
+
+    // A rejected preview releases nothing and is recorded.
+    let second = guichet.prefill(preview("test:carol")).await?.into_inner();
+    let rejected = guichet
+        .confirm(confirm(&second.prefill_id, &[], true))
+        .await?
+        .into_inner();
+    assert!(rejected.attestations.is_empty());
+    let events = exchange_events(&broker).await?;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["prefill_id"] == second.prefill_id.as_str() && e["outcome"] == "rejected")
+            .count(),
+        2
+    );
+    let closed = guichet
+        .confirm(confirm(&second.prefill_id, &[], false))
+        .await
+        .expect_err("rejected");
+    assert_eq!(reason_of(&closed), Some(ErrorReason::PrefillClosed));
+    assert!(files_containing(&broker.data_dir, MARKER.as_bytes()).is_empty());
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unconfirmed_preview_is_forgotten_when_it_expires() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let (broker, _apis) = start_holding(&pki, scratch.path(), Duration::from_millis(300)).await?;
+    let mut guichet = GuichetClient::new(broker.channel("mairie-lyon").await?);
+    let shown = guichet.prefill(preview("test:carol")).await?.into_inner();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let expired = guichet
+        .confirm(confirm(&shown.prefill_id, &[], false))
+        .await
+        .expect_err("expired");
+    assert_eq!(expired.code(), Code::NotFound);
+    assert_eq!(reason_of(&expired), Some(ErrorReason::UnknownPrefill));
+    // Nothing was ever issued for it.
+    let events = exchange_events(&broker).await?;
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["prefill_id"] == shown.prefill_id.as_str())
+            .all(|e| e["outcome"] == "previewed")
+    );
     broker.stop().await
 }

@@ -22,6 +22,8 @@ pub fn kind(event: &Event) -> &'static str {
         Event::RateLimited { .. } => "rate_limited",
         Event::AccessHistoryRead { .. } => "access_history_read",
         Event::HarvestingAlarm { .. } => "harvesting_alarm",
+        Event::MandateCreated { .. } => "mandate_created",
+        Event::MandateRevoked { .. } => "mandate_revoked",
         Event::Exchange(_) => "exchange",
     }
 }
@@ -37,7 +39,9 @@ pub fn participant(event: &Event) -> Option<&str> {
         | Event::AuditRead { participant, .. }
         | Event::RateLimited { participant, .. }
         | Event::AccessHistoryRead { participant, .. }
-        | Event::HarvestingAlarm { participant, .. } => Some(participant),
+        | Event::HarvestingAlarm { participant, .. }
+        | Event::MandateRevoked { participant, .. } => Some(participant),
+        Event::MandateCreated { structure, .. } => Some(structure),
         Event::Exchange(e) => Some(&e.participant),
     }
 }
@@ -45,9 +49,9 @@ pub fn participant(event: &Event) -> Option<&str> {
 /// The subject pseudonym an event is about, if any.
 pub fn subject(event: &Event) -> Option<&str> {
     match event {
-        Event::ConsentGranted { subject, .. } | Event::AccessHistoryRead { subject, .. } => {
-            Some(subject)
-        }
+        Event::ConsentGranted { subject, .. }
+        | Event::AccessHistoryRead { subject, .. }
+        | Event::MandateCreated { subject, .. } => Some(subject),
         Event::Exchange(e) => e.subject.as_deref(),
         _ => None,
     }

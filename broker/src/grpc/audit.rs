@@ -94,17 +94,41 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
             agent,
             attestation_types,
             purpose,
+            mandate_id,
             ..
         } => {
             out.pseudonym_key_id = pseudonym_key.clone();
             out.agent = agent.clone().unwrap_or_default();
             out.attestation_type = attestation_types.join(",");
             out.purpose = purpose.clone();
+            out.mandate_id = mandate_id.clone().unwrap_or_default();
         }
-        Event::ConsentRevoked { agent, .. }
-        | Event::AuditRead { agent, .. }
-        | Event::AccessHistoryRead { agent, .. } => {
+        Event::AccessHistoryRead {
+            agent, mandate_id, ..
+        } => {
             out.agent = agent.clone().unwrap_or_default();
+            out.mandate_id = mandate_id.clone().unwrap_or_default();
+        }
+        Event::ConsentRevoked { agent, .. } | Event::AuditRead { agent, .. } => {
+            out.agent = agent.clone().unwrap_or_default();
+        }
+        Event::MandateRevoked {
+            agent, mandate_id, ..
+        } => {
+            out.agent = agent.clone().unwrap_or_default();
+            out.mandate_id = mandate_id.clone();
+        }
+        Event::MandateCreated {
+            mandate_id,
+            pseudonym_key,
+            agent,
+            purposes,
+            ..
+        } => {
+            out.pseudonym_key_id = pseudonym_key.clone();
+            out.agent = agent.clone();
+            out.purpose = purposes.join(",");
+            out.mandate_id = mandate_id.clone();
         }
         Event::RegistryLoaded { registry_sha256 } => {
             out.registry_sha256 = registry_sha256.clone();
@@ -123,6 +147,8 @@ pub fn outcome_name(o: Outcome) -> &'static str {
         Outcome::Granted => "granted",
         Outcome::Denied => "denied",
         Outcome::Failed => "failed",
+        Outcome::Previewed => "previewed",
+        Outcome::Rejected => "rejected",
     }
 }
 
@@ -160,7 +186,14 @@ impl AuditService {
             "granted" => Some(Outcome::Granted),
             "denied" => Some(Outcome::Denied),
             "failed" => Some(Outcome::Failed),
-            _ => return Err(ApiError::invalid("outcome", "granted, denied or failed")),
+            "previewed" => Some(Outcome::Previewed),
+            "rejected" => Some(Outcome::Rejected),
+            _ => {
+                return Err(ApiError::invalid(
+                    "outcome",
+                    "granted, denied, failed, previewed or rejected",
+                ));
+            }
         };
         for (field, value) in [
             ("kind", &r.kind),

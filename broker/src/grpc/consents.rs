@@ -53,7 +53,7 @@ fn consent(c: &Consent) -> pb::Consent {
         granted_at: Some(timestamp(c.granted_at)),
         expires_at: Some(timestamp(c.expires_at)),
         revoked_at: c.revoked_at.map(timestamp),
-        mandate_id: String::new(),
+        mandate_id: c.mandate_id.clone().unwrap_or_default(),
         agent: c.agent.clone().unwrap_or_default(),
     }
 }
@@ -88,13 +88,7 @@ impl ConsentsApi for ConsentsService {
     ) -> Result<Response<pb::RevokeConsentResponse>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        if !r.mandate_id.is_empty() {
-            return Err(crate::error::ApiError::NoMandate(crate::validate::recorded(
-                &r.mandate_id,
-            ))
-            .into());
-        }
-        let revoked = consent::revoke(&self.state, &caller, &r.consent_id).await?;
+        let revoked = consent::revoke(&self.state, &caller, &r.consent_id, &r.mandate_id).await?;
         Ok(Response::new(pb::RevokeConsentResponse {
             consent: Some(consent(&revoked)),
         }))
@@ -117,17 +111,12 @@ impl ConsentsApi for ConsentsService {
     ) -> Result<Response<pb::ListConsentsResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.get_ref();
-        if !r.mandate_id.is_empty() {
-            return Err(crate::error::ApiError::NoMandate(crate::validate::recorded(
-                &r.mandate_id,
-            ))
-            .into());
-        }
         let (page, next) = consent::list(
             &self.state,
             caller,
             &r.subject,
             &r.consumer,
+            &r.mandate_id,
             r.page_size,
             &r.page_token,
         )?;

@@ -150,15 +150,13 @@ impl ExchangeApi for ExchangeService {
             mandate_id: r.mandate_id,
             deadline,
         };
-        // In its own task: a caller that gives up (deadline, disconnect) does not cut the
-        // exchange short between the provider's answer and its record.
         let state = self.state.clone();
-        let fetched = tokio::spawn(async move { fetch(&state, &caller, input).await })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "fetch task failed");
-                Status::internal("the exchange could not complete")
-            })??;
+        let fetched =
+            crate::grpc::detached(
+                "exchange",
+                async move { fetch(&state, &caller, input).await },
+            )
+            .await?;
         Ok(Response::new(fetch_response(&fetched)))
     }
 }

@@ -1,4 +1,5 @@
-//! `unefois.v1.Guichet`: the citizen's access history (pre-fill arrives with forms).
+//! `unefois.v1.Guichet`: form pre-fill (with preview and confirmation) and the citizen's access
+//! history.
 
 use std::sync::Arc;
 
@@ -34,6 +35,46 @@ fn unavailable(e: crate::store::StoreError) -> ApiError {
     ApiError::StoreUnavailable
 }
 
+/// The protobuf form of a pre-filled (or confirmed) form.
+fn prefill_response(done: &crate::prefill::Prefilled) -> pb::PrefillResponse {
+    let (prefill_id, expires_at) = match &done.preview {
+        Some((id, at)) => (id.clone(), Some(timestamp(*at))),
+        None => (String::new(), None),
+    };
+    pb::PrefillResponse {
+        form: done.form.clone(),
+        fields: done
+            .filled
+            .iter()
+            .map(|f| pb::PrefilledField {
+                name: f.name.clone(),
+                value: Some(crate::grpc::exchange::claim_value(&f.value)),
+                attestation_type: f.source.attestation_type.clone(),
+                provider: f.source.provider.clone(),
+                attestation_id: f.source.attestation_id.clone().unwrap_or_default(),
+                issued_at: Some(timestamp(f.source.retrieved_at)),
+                required: f.required,
+            })
+            .collect(),
+        unavailable: done
+            .missing
+            .iter()
+            .map(|m| pb::FieldError {
+                name: m.name.clone(),
+                reason: pb::ErrorReason::from_str_name(m.reason).map_or(0, |r| r as i32),
+                message: m.message.clone(),
+            })
+            .collect(),
+        attestations: done
+            .attestations
+            .iter()
+            .map(|a| crate::grpc::exchange::fetch_response(a))
+            .collect(),
+        prefill_id,
+        preview_expires_at: expires_at,
+    }
+}
+
 #[tonic::async_trait]
 impl GuichetApi for GuichetService {
     async fn prefill(
@@ -49,54 +90,40 @@ impl GuichetApi for GuichetService {
             mandate_id: r.mandate_id,
             request_id: r.request_id,
             deadline,
+            preview: r.preview,
         };
         let state = self.state.clone();
-        let done =
-            tokio::spawn(async move { crate::prefill::prefill(&state, &caller, input).await })
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "prefill task failed");
-                    Status::internal("the pre-fill could not complete")
-                })??;
-        Ok(Response::new(pb::PrefillResponse {
-            form: done.form,
-            fields: done
-                .filled
-                .iter()
-                .map(|f| pb::PrefilledField {
-                    name: f.name.clone(),
-                    value: Some(crate::grpc::exchange::claim_value(&f.value)),
-                    attestation_type: f.fetched.attestation.attestation_type.clone(),
-                    provider: f.fetched.attestation.provider.clone(),
-                    attestation_id: f.fetched.attestation.id.clone(),
-                    issued_at: Some(timestamp(f.fetched.attestation.issued_at)),
-                    required: f.required,
-                })
-                .collect(),
-            unavailable: done
-                .missing
-                .iter()
-                .map(|m| pb::FieldError {
-                    name: m.name.clone(),
-                    reason: pb::ErrorReason::from_str_name(m.reason).map_or(0, |r| r as i32),
-                    message: m.message.clone(),
-                })
-                .collect(),
-            attestations: done
-                .attestations
-                .iter()
-                .map(|a| crate::grpc::exchange::fetch_response(a))
-                .collect(),
-        }))
+        let done = crate::grpc::detached("pre-fill", async move {
+            crate::prefill::prefill(&state, &caller, input).await
+        })
+        .await?;
+        Ok(Response::new(prefill_response(&done)))
     }
 
     async fn confirm(
         &self,
-        _request: Request<pb::ConfirmRequest>,
+        request: Request<pb::ConfirmRequest>,
     ) -> Result<Response<pb::ConfirmResponse>, Status> {
-        Err(Status::unimplemented(
-            "form pre-fill is not available on this broker yet",
-        ))
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let input = crate::prefill::ConfirmInput {
+            subject: r.subject,
+            form: r.form,
+            prefill_id: r.prefill_id,
+            reject: r.reject,
+            attestation_types: r.attestation_types,
+        };
+        let state = self.state.clone();
+        let done = crate::grpc::detached("confirmation", async move {
+            crate::prefill::confirm(&state, &caller, input).await
+        })
+        .await?;
+        let answer = prefill_response(&done);
+        Ok(Response::new(pb::ConfirmResponse {
+            attestations: answer.attestations,
+            fields: answer.fields,
+            unavailable: answer.unavailable,
+        }))
     }
 
     async fn list_accesses(
@@ -104,7 +131,7 @@ impl GuichetApi for GuichetService {
         request: Request<pb::ListAccessesRequest>,
     ) -> Result<Response<pb::ListAccessesResponse>, Status> {
         let caller = caller(&request)?;
-        if !caller.has_role(Role::Guichet) {
+        if !(caller.has_role(Role::Guichet) || caller.has_role(Role::Mediator)) {
             return Err(ApiError::WrongRole {
                 participant: caller.participant.clone(),
                 role: Role::Guichet,
@@ -112,13 +139,15 @@ impl GuichetApi for GuichetService {
             .into());
         }
         let r = request.get_ref();
-        if !r.mandate_id.is_empty() {
-            return Err(ApiError::NoMandate(crate::validate::recorded(&r.mandate_id)).into());
-        }
         let registry = self.state.federation.registry();
         let subject =
             Subject::parse(&r.subject, registry.allow_test_subjects()).map_err(ApiError::from)?;
-        crate::identity::require(&r.id_token, caller, &registry, &subject)?;
+        let pseudonym = self.state.pseudonyms.audit(&subject);
+        // The citizen in person (identity evidence), or an agent under the citizen's mandate.
+        let mandate = crate::mandate::acting(&self.state, caller, &r.mandate_id, &pseudonym, None)?;
+        if mandate.is_none() {
+            crate::identity::require(&r.id_token, caller, &registry, &subject)?;
+        }
         let before = match r.page_token.as_str() {
             "" => None,
             token => Some(
@@ -132,13 +161,13 @@ impl GuichetApi for GuichetService {
             n => n.min(200),
         } as usize;
         let store = &self.state.store;
-        let pseudonym = self.state.pseudonyms.audit(&subject);
         // The read is on the record before it happens.
         store
             .append(vec![crate::event::Record::now(Event::AccessHistoryRead {
                 participant: caller.participant.clone(),
                 agent: caller.agent.clone(),
                 subject: pseudonym.clone(),
+                mandate_id: mandate.map(|m| m.id),
             })])
             .await
             .map_err(unavailable)?;

@@ -1,9 +1,11 @@
 //! Bounds on what a participant may send: an oversized request is refused with
 //! RESOURCE_EXHAUSTED and the reason REQUEST_TOO_LARGE, before it is decoded.
 //!
-//! tonic refuses a message above `max_decoding_message_size` with OUT_OF_RANGE and no reason;
-//! this layer turns that answer into the status DESIGN.md lists. No handler of the broker
-//! answers OUT_OF_RANGE itself, so the rewrite cannot hide another error.
+//! tonic refuses a message above `max_decoding_message_size` with OUT_OF_RANGE and no reason,
+//! and a message it cannot decode with INTERNAL; this layer turns those answers into the
+//! statuses DESIGN.md lists (RESOURCE_EXHAUSTED / REQUEST_TOO_LARGE, INVALID_ARGUMENT). No
+//! handler of the broker answers OUT_OF_RANGE itself, nor INTERNAL with tonic's decode message,
+//! so the rewrite cannot hide another error.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +15,9 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::error::ApiError;
+
+/// How tonic's codec begins the message of a request it cannot decode.
+const UNDECODABLE: &str = "failed to decode Protobuf message";
 
 /// Default largest request message, in bytes.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -66,6 +71,21 @@ where
                 .is_some_and(|v| v.as_bytes() == b"11");
             if out_of_range {
                 return Ok(Status::from(ApiError::RequestTooLarge { limit }).into_http());
+            }
+            // tonic answers a message that is not valid protobuf (bad UTF-8, wrong wire type,
+            // truncated field) with INTERNAL and no reason: it is the caller's error.
+            if response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|v| v.as_bytes() == b"13")
+                && let Some(status) = Status::from_header_map(response.headers())
+                && let Some(detail) = status.message().strip_prefix(UNDECODABLE)
+            {
+                let refusal = ApiError::invalid(
+                    "request",
+                    format!("not a valid protobuf message of this method{detail}"),
+                );
+                return Ok(Status::from(refusal).into_http());
             }
             Ok(response)
         })

@@ -7,6 +7,7 @@ pub mod consents;
 pub mod exchange;
 pub mod guichet;
 pub mod limits;
+pub mod mandates;
 pub mod observe;
 pub mod registry;
 pub mod status;
@@ -21,6 +22,7 @@ use unefois_proto::v1::audit_server::AuditServer;
 use unefois_proto::v1::consents_server::ConsentsServer;
 use unefois_proto::v1::exchange_server::ExchangeServer;
 use unefois_proto::v1::guichet_server::GuichetServer;
+use unefois_proto::v1::mandates_server::MandatesServer;
 use unefois_proto::v1::registry_server::RegistryServer;
 
 use crate::state::State;
@@ -33,6 +35,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "unefois.v1.Consents",
     "unefois.v1.Audit",
     "unefois.v1.Guichet",
+    "unefois.v1.Mandates",
 ];
 
 /// Every service of the mTLS listener, each behind the caller authentication.
@@ -67,6 +70,8 @@ pub async fn routes(
         .max_decoding_message_size(max_request_bytes);
     let audit = AuditServer::new(audit::AuditService::new(state.clone()))
         .max_decoding_message_size(max_request_bytes);
+    let mandates = MandatesServer::new(mandates::MandatesService::new(state.clone()))
+        .max_decoding_message_size(max_request_bytes);
     let guichet = GuichetServer::new(guichet::GuichetService::new(state))
         .max_decoding_message_size(max_request_bytes);
     let routes = Routes::new(InterceptedService::new(registry, authenticate.clone()))
@@ -74,12 +79,30 @@ pub async fn routes(
         .add_service(InterceptedService::new(consents, authenticate.clone()))
         .add_service(InterceptedService::new(audit, authenticate.clone()))
         .add_service(InterceptedService::new(guichet, authenticate.clone()))
+        .add_service(InterceptedService::new(mandates, authenticate.clone()))
         .add_service(InterceptedService::new(
             health_service,
             authenticate.clone(),
         ))
         .add_service(InterceptedService::new(reflection, authenticate));
     Ok((routes, health))
+}
+
+/// Runs a domain call in its own task: a caller that gives up (deadline, disconnect) does not
+/// cut it short between a provider's answer and its record, or between a record and the state
+/// it updates.
+pub async fn detached<T, F>(what: &'static str, call: F) -> Result<T, tonic::Status>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, crate::error::ApiError>> + Send + 'static,
+{
+    tokio::spawn(call)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, what, "request task failed");
+            tonic::Status::internal(format!("the {what} could not complete"))
+        })?
+        .map_err(tonic::Status::from)
 }
 
 /// The grpc.health.v1 service name under which a provider's readiness is reported.

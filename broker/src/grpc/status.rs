@@ -30,12 +30,20 @@ pub fn code(e: &ApiError) -> Code {
         | E::ConsentRevoked(_)
         | E::ConsentExpired(_)
         | E::NoMandate(_)
+        | E::NotAgentOfStructure { .. }
+        | E::MandateSubjectMismatch(_)
+        | E::MandateRevoked(_)
+        | E::MandateExpired(_)
+        | E::MandateOutOfScope { .. }
+        | E::PrefillClosed(..)
         | E::IdentityEvidenceRequired
         | E::IdentityEvidenceInvalid(_)
         | E::SubjectMismatch => Code::FailedPrecondition,
         E::UnknownAttestationType(_)
         | E::UnknownConsent(_)
         | E::UnknownForm(_)
+        | E::UnknownMandate(_)
+        | E::UnknownPrefill(_)
         | E::SubjectNotFound => Code::NotFound,
         E::ProviderUnavailable { .. }
         | E::ProviderCircuitOpen { .. }

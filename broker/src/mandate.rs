@@ -1,0 +1,443 @@
+//! Mandates, modelled on Aidants Connect: a citizen who cannot act alone gives a mediation
+//! structure (town-hall desk, France Services) a mandate, in front of one of its agents, for some
+//! purposes and a fixed duration. Any agent of that structure may then act for the citizen
+//! within that scope; every act records the mandate and the agent.
+//!
+//! Derived from the journal's mandate records, like consents.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::caller::Caller;
+use crate::error::ApiError;
+use crate::event::{Event, Record};
+use crate::registry::Role;
+use crate::state::State;
+use crate::subject::Subject;
+use crate::validate;
+
+/// The durations a mandate may have, in days (those of Aidants Connect).
+pub const DURATIONS: [u32; 4] = [1, 31, 182, 365];
+/// Most purposes one mandate may cover.
+pub const MAX_PURPOSES: usize = 16;
+/// Most mandates in one List page.
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// Where a mandate stands at a given instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MandateStatus {
+    /// In force.
+    Active,
+    /// Revoked by the structure or by the citizen.
+    Revoked,
+    /// Past its duration.
+    Expired,
+}
+
+/// A mandate as the derived state holds it (no raw subject id: the audit pseudonym).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mandate {
+    /// UUIDv7.
+    pub id: String,
+    /// The subject's audit pseudonym.
+    pub subject: String,
+    /// The pseudonym key's id.
+    pub pseudonym_key: String,
+    /// The mediation structure (participant) that holds it.
+    pub structure: String,
+    /// The agent who took it.
+    pub agent: String,
+    /// The purposes it covers.
+    pub purposes: Vec<String>,
+    /// One of [`DURATIONS`].
+    pub duration_days: u32,
+    /// SHA-256 of the signed mandate document, hex.
+    pub document_sha256: String,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it lapses.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// When it was revoked, if it was.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Journal sequence number of its creation.
+    pub seq: u64,
+}
+
+impl Mandate {
+    /// Its status at `now`.
+    pub fn status(&self, now: OffsetDateTime) -> MandateStatus {
+        if self.revoked_at.is_some() {
+            MandateStatus::Revoked
+        } else if now >= self.expires_at {
+            MandateStatus::Expired
+        } else {
+            MandateStatus::Active
+        }
+    }
+}
+
+/// A mandate creation, in domain terms.
+#[derive(Debug, Default)]
+pub struct CreateInput {
+    /// `scheme:value`.
+    pub subject: String,
+    /// Purposes covered.
+    pub purposes: Vec<String>,
+    /// One of [`DURATIONS`].
+    pub duration_days: u32,
+    /// The signed document (only its digest is kept), or empty.
+    pub signed_document: Vec<u8>,
+    /// The document's SHA-256, or empty.
+    pub document_sha256: Vec<u8>,
+    /// The citizen's ID token: the citizen is present.
+    pub id_token: String,
+    /// Idempotency key.
+    pub request_id: String,
+}
+
+fn store_error(e: crate::store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "mandate store failure");
+    ApiError::StoreUnavailable
+}
+
+/// Checks that `caller` may act for the subject (audit pseudonym `subject`) under `mandate_id`,
+/// for `purpose` when the act has one: an agent of the mandate's structure, the mandate's
+/// subject, the mandate active, the purpose in scope.
+pub fn authorize(
+    state: &State,
+    caller: &Caller,
+    mandate_id: &str,
+    subject: &str,
+    purpose: Option<&str>,
+) -> Result<Mandate, ApiError> {
+    validate::identifier("mandate_id", mandate_id, 64)?;
+    let mandate = state
+        .store
+        .mandate(mandate_id)
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::UnknownMandate(mandate_id.to_string()))?;
+    if caller.participant != mandate.structure || caller.agent.is_none() {
+        return Err(ApiError::NotAgentOfStructure {
+            mandate: mandate.id,
+            structure: mandate.structure,
+        });
+    }
+    if mandate.subject != subject {
+        return Err(ApiError::MandateSubjectMismatch(mandate.id));
+    }
+    match mandate.status(OffsetDateTime::now_utc()) {
+        MandateStatus::Active => {}
+        MandateStatus::Revoked => return Err(ApiError::MandateRevoked(mandate.id)),
+        MandateStatus::Expired => return Err(ApiError::MandateExpired(mandate.id)),
+    }
+    if let Some(purpose) = purpose
+        && !mandate.purposes.iter().any(|p| p == purpose)
+    {
+        return Err(ApiError::MandateOutOfScope {
+            mandate: mandate.id,
+            purpose: purpose.to_string(),
+        });
+    }
+    Ok(mandate)
+}
+
+/// How a call about a person is allowed to proceed: on the caller's own standing (a guichet,
+/// a consumer), or under a mandate. A mediator never acts without one.
+pub fn acting(
+    state: &State,
+    caller: &Caller,
+    mandate_id: &str,
+    subject: &str,
+    purpose: Option<&str>,
+) -> Result<Option<Mandate>, ApiError> {
+    if !mandate_id.is_empty() {
+        return authorize(state, caller, mandate_id, subject, purpose).map(Some);
+    }
+    if caller.has_role(Role::Mediator)
+        && !caller.has_role(Role::Guichet)
+        && !caller.has_role(Role::Consumer)
+    {
+        return Err(ApiError::NoMandate(
+            "a mediation structure acts for a person only under that person's mandate (mandate_id)"
+                .into(),
+        ));
+    }
+    Ok(None)
+}
+
+/// Records a mandate given by a citizen present at a mediation structure's desk; acknowledged
+/// only once durable. A retry with the same request id returns the same mandate.
+pub async fn create(
+    state: &State,
+    caller: &Caller,
+    input: CreateInput,
+) -> Result<Mandate, ApiError> {
+    if !caller.has_role(Role::Mediator) {
+        return Err(ApiError::WrongRole {
+            participant: caller.participant.clone(),
+            role: Role::Mediator,
+        });
+    }
+    let Some(agent) = caller.agent.clone() else {
+        return Err(ApiError::NotAgentOfStructure {
+            mandate: "(new)".into(),
+            structure: caller.participant.clone(),
+        });
+    };
+    let registry = state.federation.registry();
+    let request_id = validate::request_id(&input.request_id)?;
+    validate::identifiers("purposes", &input.purposes, MAX_PURPOSES)?;
+    if input.purposes.is_empty() {
+        return Err(ApiError::invalid("purposes", "at least one is required"));
+    }
+    for purpose in &input.purposes {
+        if registry.purpose(purpose).is_none() {
+            return Err(ApiError::UnknownPurpose(purpose.clone()));
+        }
+    }
+    if !DURATIONS.contains(&input.duration_days) {
+        return Err(ApiError::invalid(
+            "duration_days",
+            "must be 1, 31, 182 or 365 days",
+        ));
+    }
+    let document = document_digest(&input.signed_document, &input.document_sha256)?;
+    let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
+    crate::identity::require(&input.id_token, caller, &registry, &subject)?;
+
+    let pseudonym = state.pseudonyms.audit(&subject);
+    let mut purposes = input.purposes.clone();
+    purposes.sort();
+    let fingerprint = {
+        let mut h = Sha256::new();
+        for part in ["mandate", pseudonym.as_str(), &document] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        for p in &purposes {
+            h.update(p.as_bytes());
+            h.update([0]);
+        }
+        h.update(input.duration_days.to_be_bytes());
+        hex::encode(&h.finalize()[..16])
+    };
+    // Held from the check to the append: a concurrent retry waits, then finds this mandate.
+    let _serialised = match &request_id {
+        Some(_) => Some(state.grants.lock().await),
+        None => None,
+    };
+    if let Some(id) = &request_id
+        && let Some(used) = state
+            .store
+            .request_use(&caller.participant, id)
+            .map_err(store_error)?
+    {
+        if used.fingerprint != fingerprint {
+            return Err(ApiError::RequestIdReused(id.clone()));
+        }
+        return state
+            .store
+            .mandate(&used.result)
+            .map_err(store_error)?
+            .ok_or(ApiError::StoreUnavailable);
+    }
+    let mandate_id = uuid::Uuid::now_v7().to_string();
+    let record = Record::now(Event::MandateCreated {
+        mandate_id: mandate_id.clone(),
+        subject: pseudonym,
+        pseudonym_key: state.pseudonyms.audit_key_id().to_string(),
+        structure: caller.participant.clone(),
+        agent,
+        purposes,
+        duration_days: input.duration_days,
+        document_sha256: document,
+        expires_at: OffsetDateTime::now_utc()
+            + time::Duration::days(i64::from(input.duration_days)),
+        request_id,
+        request_fingerprint: Some(fingerprint),
+    });
+    state
+        .store
+        .append(vec![record])
+        .await
+        .map_err(store_error)?;
+    state
+        .store
+        .mandate(&mandate_id)
+        .map_err(store_error)?
+        .ok_or(ApiError::StoreUnavailable)
+}
+
+/// The document digest, hex, from the document or from its given digest (both must agree).
+fn document_digest(document: &[u8], given: &[u8]) -> Result<String, ApiError> {
+    let computed = (!document.is_empty()).then(|| Sha256::digest(document).to_vec());
+    if !given.is_empty() && given.len() != 32 {
+        return Err(ApiError::invalid(
+            "document_sha256",
+            "must be 32 bytes (a SHA-256)",
+        ));
+    }
+    match (computed, given.is_empty()) {
+        (None, true) => Err(ApiError::invalid(
+            "signed_document",
+            "the signed mandate document or its SHA-256 (document_sha256) is required",
+        )),
+        (Some(c), false) if c != given => Err(ApiError::invalid(
+            "document_sha256",
+            "is not the SHA-256 of signed_document",
+        )),
+        (Some(c), _) => Ok(hex::encode(c)),
+        (None, false) => Ok(hex::encode(given)),
+    }
+}
+
+/// Revokes a mandate: an agent of its structure, or a guichet (or the structure) presenting the
+/// citizen's own ID token. Applies to the very next request.
+pub async fn revoke(
+    state: &State,
+    caller: &Caller,
+    mandate_id: &str,
+    id_token: &str,
+) -> Result<Mandate, ApiError> {
+    validate::identifier("mandate_id", mandate_id, 64)?;
+    let unknown = || ApiError::UnknownMandate(mandate_id.to_string());
+    let mandate = state
+        .store
+        .mandate(mandate_id)
+        .map_err(store_error)?
+        .ok_or_else(unknown)?;
+    let by_structure = caller.participant == mandate.structure && caller.agent.is_some();
+    if !by_structure {
+        if !(caller.has_role(Role::Guichet) || caller.participant == mandate.structure) {
+            return Err(unknown());
+        }
+        let registry = state.federation.registry();
+        let subject = crate::identity::proven(id_token, caller, &registry)?;
+        if state.pseudonyms.audit(&subject) != mandate.subject {
+            // Not the citizen's mandate: as if it did not exist.
+            return Err(unknown());
+        }
+    }
+    if mandate.revoked_at.is_some() {
+        return Ok(mandate);
+    }
+    let record = Record::now(Event::MandateRevoked {
+        mandate_id: mandate.id.clone(),
+        participant: caller.participant.clone(),
+        agent: caller.agent.clone(),
+    });
+    state
+        .store
+        .append(vec![record])
+        .await
+        .map_err(store_error)?;
+    state
+        .store
+        .mandate(mandate_id)
+        .map_err(store_error)?
+        .ok_or(ApiError::StoreUnavailable)
+}
+
+/// What a List asks for.
+#[derive(Debug, Default)]
+pub struct ListInput {
+    /// The subject, or empty to list the caller's structure's mandates.
+    pub subject: String,
+    /// The citizen's ID token, when a guichet lists for the citizen.
+    pub id_token: String,
+    /// Only this structure's mandates.
+    pub structure: String,
+    /// Page size; 0 for the default.
+    pub page_size: u32,
+    /// The last mandate id of the previous page.
+    pub page_token: String,
+}
+
+/// Lists mandates, oldest first: a structure sees its own (of one subject, or all); a guichet
+/// sees all of a subject's, with the citizen's ID token.
+pub fn list(
+    state: &State,
+    caller: &Caller,
+    input: &ListInput,
+) -> Result<(Vec<Mandate>, String), ApiError> {
+    if !input.structure.is_empty() {
+        validate::identifier("structure", &input.structure, 64)?;
+    }
+    if !input.page_token.is_empty() {
+        validate::identifier("page_token", &input.page_token, 64)?;
+    }
+    let size = match input.page_size {
+        0 => 50,
+        n => n.min(MAX_PAGE_SIZE),
+    } as usize;
+    let mediator = caller.has_role(Role::Mediator);
+    let mut found = if input.subject.is_empty() {
+        if !mediator {
+            return Err(ApiError::invalid(
+                "subject",
+                "is required unless a mediation structure lists its own mandates",
+            ));
+        }
+        if !input.structure.is_empty() && input.structure != caller.participant {
+            return Err(ApiError::invalid(
+                "structure",
+                "a structure lists only its own mandates",
+            ));
+        }
+        state
+            .store
+            .mandates_of_structure(&caller.participant)
+            .map_err(store_error)?
+    } else {
+        let registry = state.federation.registry();
+        let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
+        let all = state
+            .store
+            .mandates_of_subject(&state.pseudonyms.audit(&subject))
+            .map_err(store_error)?;
+        if caller.has_role(Role::Guichet) || !input.id_token.is_empty() {
+            crate::identity::require(&input.id_token, caller, &registry, &subject)?;
+            all
+        } else if mediator {
+            all.into_iter()
+                .filter(|m| m.structure == caller.participant)
+                .collect()
+        } else {
+            return Err(ApiError::WrongRole {
+                participant: caller.participant.clone(),
+                role: Role::Guichet,
+            });
+        }
+    };
+    found.retain(|m| input.structure.is_empty() || m.structure == input.structure);
+    found.retain(|m| input.page_token.is_empty() || m.id.as_str() > input.page_token.as_str());
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    let next = if found.len() > size {
+        found.truncate(size);
+        found.last().map(|m| m.id.clone()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok((found, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_digest_comes_from_the_document_or_its_given_digest_and_both_must_agree() {
+        let doc = b"mandat signe";
+        let sha = Sha256::digest(doc).to_vec();
+        assert_eq!(document_digest(doc, &[]).ok(), Some(hex::encode(&sha)));
+        assert_eq!(document_digest(&[], &sha).ok(), Some(hex::encode(&sha)));
+        assert_eq!(document_digest(doc, &sha).ok(), Some(hex::encode(&sha)));
+        assert!(document_digest(b"another", &sha).is_err());
+        assert!(document_digest(&[], &[]).is_err());
+        assert!(document_digest(&[], &[1, 2, 3]).is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! Live reload of the registry and the CRL (SIGHUP for the binary): a new habilitation applies
+//! without a restart, a bad registry is rejected while the old one keeps serving, every reload is
+//! recorded, and a certificate revoked by the reload is refused on a connection that was
+//! already open (checked per call, not only at the handshake).
+
+use broker::grpc::status::reason_of;
+use tonic::Code;
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::ErrorReason;
+use unefois_proto::v1::exchange_client::ExchangeClient;
+use unefois_tests::{BrokerOptions, TestBroker, TestPki, sample_registry_with};
+
+const HABILITATION: &str = "
+[[habilitations]]
+id = \"mairie-test.dgfip.revenu_fiscal_reference\"
+consumer = \"mairie-test\"
+attestation_type = \"dgfip.revenu_fiscal_reference\"
+purposes = [\"tarification_cantine\"]
+claims = [\"revenu_fiscal_reference\"]
+legal_basis = { law = \"CRPA, art. L. 114-8\" }
+expires = 2028-12-31
+";
+
+fn rfr() -> pb::FetchRequest {
+    pb::FetchRequest {
+        subject: "test:alice".into(),
+        attestation_type: "dgfip.revenu_fiscal_reference".into(),
+        purpose: "tarification_cantine".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_registry_reloads_without_restart_and_a_bad_one_is_rejected() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let dir = pki.scratch();
+    let registry = sample_registry_with(&dir, |s| format!("{s}\n# reload test\n"))?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry: registry.clone(),
+            ..BrokerOptions::default()
+        },
+    )
+    .await?;
+    let mut commune = ExchangeClient::new(broker.channel("mairie-test").await?);
+    let before = commune.fetch(rfr()).await.expect_err("no habilitation yet");
+    assert_eq!(reason_of(&before), Some(ErrorReason::NoHabilitation));
+
+    // The operator adds a habilitation and reloads: the same connection is now served.
+    let original = std::fs::read_to_string(&registry)?;
+    std::fs::write(&registry, format!("{original}{HABILITATION}"))?;
+    let sha = broker.reload().await?.map_err(anyhow::Error::msg)?;
+    commune.fetch(rfr()).await?;
+
+    // A broken registry is rejected, named by file and key; the one in force keeps serving.
+    std::fs::write(
+        &registry,
+        format!(
+            "{original}{}",
+            HABILITATION.replace("mairie-test\"\nattestation", "nobody\"\nattestation")
+        ),
+    )?;
+    let rejected = broker.reload().await?.expect_err("unknown consumer");
+    assert!(
+        rejected.contains("registry.toml") && rejected.contains("habilitations["),
+        "{rejected}"
+    );
+    commune.fetch(rfr()).await?;
+
+    // Each applied reload is on the record, with the registry's hash; the rejected one is not.
+    let mut audit =
+        unefois_proto::v1::audit_client::AuditClient::new(broker.channel("cnil").await?);
+    let loads: Vec<String> = audit
+        .list_events(pb::ListEventsRequest {
+            kind: "registry_loaded".into(),
+            limit: 100,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events
+        .iter()
+        .map(|e| e.registry_sha256.clone())
+        .collect();
+    assert_eq!(loads.len(), 2, "{loads:?}");
+    assert_eq!(loads[1], sha);
+    assert_ne!(loads[0], loads[1]);
+    broker.stop().await
+}
+
+#[tokio::test]
+async fn a_certificate_revoked_by_a_reload_is_refused_on_an_open_connection() -> anyhow::Result<()>
+{
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
+    lyon.fetch(rfr()).await?;
+
+    pki.pki.revoke("mairie-lyon")?;
+    broker.reload().await?.map_err(anyhow::Error::msg)?;
+    // The same HTTP/2 connection, opened before the revocation.
+    let refused = lyon.fetch(rfr()).await.expect_err("revoked");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(reason_of(&refused), Some(ErrorReason::CertificateRevoked));
+    // Others are still served.
+    ExchangeClient::new(broker.channel("ccas-lyon").await?)
+        .fetch(pb::FetchRequest {
+            purpose: "aide_energie".into(),
+            ..rfr()
+        })
+        .await?;
+    broker.stop().await
+}
