@@ -46,6 +46,8 @@ fn exchange_record(i: u64) -> Record {
         request_id: None,
         registry_sha256: "8435b112a80cc6adefeb66ce81b4b478c5c544e214ce95b2eaca63cd5aa719a7".into(),
         prefill_id: None,
+        request_fingerprint: None,
+        retry_of: None,
     })))
 }
 

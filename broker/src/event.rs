@@ -254,6 +254,14 @@ pub struct ExchangeEvent {
     /// The preview this exchange belongs to (Guichet.Prefill in preview mode, then Confirm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefill_id: Option<String>,
+    /// Digest of the request (over the subject's pseudonym, never its id), when it carried a
+    /// request id: a retry after a restart is told from another request with the same id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_fingerprint: Option<String>,
+    /// The leaf index of the earlier exchange this one retries (same caller, request id and
+    /// request), when the answer was no longer in memory (after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<u64>,
 }
 
 #[cfg(test)]

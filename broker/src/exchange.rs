@@ -110,7 +110,9 @@ pub async fn fetch(
 ) -> Result<Arc<Fetched>, ApiError> {
     admit(state, caller)?;
     if input.request_id.is_empty() {
-        return fetch_once(state, caller, input).await.map(Arc::new);
+        return fetch_once(state, caller, input, Retry::default())
+            .await
+            .map(Arc::new);
     }
     if let Err(e) = validate::request_id(&input.request_id) {
         return Err(refuse(state, caller, &input, e).await);
@@ -127,8 +129,30 @@ pub async fn fetch(
         }
         Previous::New => {}
     }
+    // Answers are kept in memory only (they carry claim values); the journal remembers that
+    // the request id was used, so that a retry after a restart is recorded as one.
+    let mut retry = Retry {
+        fingerprint: recorded_fingerprint(state, &input),
+        retry_of: None,
+    };
+    if let Some(fingerprint) = &retry.fingerprint {
+        let earlier = state
+            .store
+            .fetch_request_use(&caller.participant, &digest(&input.request_id))
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read the request index");
+                ApiError::StoreUnavailable
+            })?;
+        if let Some(earlier) = earlier {
+            if earlier.fingerprint != *fingerprint {
+                let reused = ApiError::RequestIdReused(input.request_id.clone());
+                return Err(refuse(state, caller, &input, reused).await);
+            }
+            retry.retry_of = earlier.result.parse().ok();
+        }
+    }
     let request_id = input.request_id.clone();
-    let answer = Arc::new(fetch_once(state, caller, input).await?);
+    let answer = Arc::new(fetch_once(state, caller, input, retry).await?);
     state.recent.keep(
         &caller.participant,
         &request_id,
@@ -136,6 +160,35 @@ pub async fn fetch(
         answer.clone(),
     );
     Ok(answer)
+}
+
+/// What the journal records about a Fetch's request id: the digest of the request (to tell a
+/// retry from another request after a restart), and the earlier exchange it retries.
+#[derive(Default)]
+struct Retry {
+    fingerprint: Option<String>,
+    retry_of: Option<u64>,
+}
+
+/// The digest of a request as recorded: over the subject's audit pseudonym (never the raw
+/// id), the type, the purpose, the mandate and the claims. None for an invalid subject.
+fn recorded_fingerprint(state: &State, input: &FetchInput) -> Option<String> {
+    let registry = state.federation.registry();
+    let subject = Subject::parse(&input.subject, registry.allow_test_subjects()).ok()?;
+    let mut h = Sha256::new();
+    for part in [
+        state.pseudonyms.audit(&subject).as_str(),
+        &input.attestation_type,
+        &input.purpose,
+        &input.mandate_id,
+    ]
+    .into_iter()
+    .chain(input.claims.iter().map(String::as_str))
+    {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    Some(hex::encode(&h.finalize()[..16]))
 }
 
 /// The caller's rate limit.
@@ -153,6 +206,7 @@ async fn fetch_once(
     state: &State,
     caller: &Caller,
     input: FetchInput,
+    retry: Retry,
 ) -> Result<Fetched, ApiError> {
     let started = std::time::Instant::now();
     let loaded = state.federation.loaded();
@@ -166,7 +220,7 @@ async fn fetch_once(
     } else {
         "unknown".to_string()
     };
-    let answer = fetch_recorded(state, caller, input, &loaded).await;
+    let answer = fetch_recorded(state, caller, input, &loaded, retry).await;
     let (outcome, reason) = match &answer {
         Ok(_) => ("granted", ""),
         Err(e) if e.is_failure() => ("failed", e.reason_code()),
@@ -187,8 +241,11 @@ async fn fetch_recorded(
     caller: &Caller,
     input: FetchInput,
     loaded: &Loaded,
+    retry: Retry,
 ) -> Result<Fetched, ApiError> {
     let mut event = base_event(caller, &input, loaded);
+    event.request_fingerprint = retry.fingerprint;
+    event.retry_of = retry.retry_of;
     let served = serve(state, caller, &input, loaded, &mut event).await;
     let ((attestation, envelope, claims), seq) =
         conclude(state, event, served, Outcome::Granted).await?;
@@ -360,6 +417,8 @@ fn base_event(caller: &Caller, input: &FetchInput, loaded: &Loaded) -> ExchangeE
         request_id: (!input.request_id.is_empty()).then(|| digest(&input.request_id)),
         registry_sha256: registry.sha256_hex(),
         prefill_id: None,
+        request_fingerprint: None,
+        retry_of: None,
     }
 }
 

@@ -255,6 +255,21 @@ impl Trees {
                     self.exchanges_by_subject
                         .insert(subject_key(subject, &seq.to_be_bytes()), &[])?;
                 }
+                // The first exchange of a request id is the one later retries point to.
+                if let (Some(request_id), Some(fingerprint)) =
+                    (&exchange.request_id, &exchange.request_fingerprint)
+                {
+                    let key = request_key(&exchange.participant, &fetch_request_id(request_id));
+                    let used = RequestUse {
+                        fingerprint: fingerprint.clone(),
+                        result: seq.to_string(),
+                    };
+                    let _ = self.requests.compare_and_swap(
+                        key,
+                        None as Option<&[u8]>,
+                        Some(json(&used)),
+                    )?;
+                }
             }
             Event::RegistryLoaded { .. }
             | Event::AuditRead { .. }
@@ -290,6 +305,11 @@ fn suffixes<'a>(
     index
         .scan_prefix(subject_key(subject, b""))
         .map(move |entry| entry.map(|(key, _)| key[skip..].to_vec()))
+}
+
+/// Fetch request ids are kept apart from consent and mandate ones (recorded as digests).
+fn fetch_request_id(digest: &str) -> String {
+    format!("fetch/{digest}")
 }
 
 fn request_key(participant: &str, request_id: &str) -> Vec<u8> {
@@ -499,6 +519,16 @@ impl Store {
             .requests
             .get(request_key(participant, request_id))?
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// The first recorded Fetch of `participant` with this request id (recorded as its digest):
+    /// its fingerprint, and its leaf index as `result`.
+    pub fn fetch_request_use(
+        &self,
+        participant: &str,
+        request_id_digest: &str,
+    ) -> Result<Option<RequestUse>, StoreError> {
+        self.request_use(participant, &fetch_request_id(request_id_digest))
     }
 
     /// Journal sequence numbers of the exchanges about a subject (by audit pseudonym).

@@ -24,9 +24,13 @@ use unefois_proto::v1 as pb;
 use unefois_proto::v1::audit_client::AuditClient;
 use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
+use unefois_proto::v1::mandates_client::MandatesClient;
 use unefois_tests::{http_get, install_crypto, repo_root, unefois_binary};
 
+/// Kill rounds in CI; `UNEFOIS_CRASH_ROUNDS=20` for a soak.
 const ROUNDS: usize = 3;
+/// The mediator agent whose mandates the load creates.
+const AGENT: &str = "france-services-lyon/a.martin";
 const CLIENTS: usize = 8;
 const CONSUMER: &str = "mairie-lyon";
 const SUBJECTS: [&str; 3] = ["test:alice", "test:bob", "test:carol"];
@@ -180,6 +184,49 @@ async fn terminate(served: &mut Served) -> anyhow::Result<ExitStatus> {
 struct Acked {
     fetches: Vec<pb::FetchResponse>,
     consents: Vec<pb::Consent>,
+    /// The request id of each acknowledged grant, by consent id.
+    grant_ids: HashMap<String, String>,
+    /// Consents whose revocation was acknowledged.
+    revoked: HashSet<String>,
+    /// Consents whose revocation was asked (the crash may catch one durable but unanswered).
+    revoking: HashSet<String>,
+    mandates: Vec<pb::Mandate>,
+    /// The request id and subject of each acknowledged fetch, by leaf index.
+    fetch_ids: BTreeMap<u64, (String, String)>,
+    /// The request id of each acknowledged mandate, by mandate id.
+    mandate_ids: HashMap<String, String>,
+}
+
+fn rounds() -> usize {
+    std::env::var("UNEFOIS_CRASH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(ROUNDS)
+}
+
+fn grant_request(request_id: &str) -> pb::GrantConsentRequest {
+    pb::GrantConsentRequest {
+        subject: "test:alice".into(),
+        consumer: CONSUMER.into(),
+        attestation_types: vec![QF.into()],
+        purpose: PURPOSE.into(),
+        valid_days: 30,
+        request_id: request_id.into(),
+        id_token: unefois_tests::id_token("test:alice", CONSUMER),
+        ..Default::default()
+    }
+}
+
+fn mandate_request(request_id: &str) -> pb::CreateMandateRequest {
+    pb::CreateMandateRequest {
+        subject: "test:bob".into(),
+        purposes: vec!["aide_energie".into()],
+        duration_days: 31,
+        document_sha256: Sha256::digest(request_id.as_bytes()).to_vec(),
+        id_token: unefois_tests::id_token("test:bob", "france-services-lyon"),
+        request_id: request_id.into(),
+        ..Default::default()
+    }
 }
 
 fn lock(acked: &Mutex<Acked>) -> MutexGuard<'_, Acked> {
@@ -197,10 +244,12 @@ fn fetch_request(subject: &str) -> pb::FetchRequest {
     }
 }
 
-/// One participant's load: Fetch under law in a loop, a consent grant every 5th iteration,
-/// until the broker is killed. Returns the failures seen before the kill (none are expected).
+/// One participant's load: Fetch under law in a loop, a consent grant every 5th iteration, the
+/// revocation of the task's last consent every 11th, a mandate taken by a mediator's agent every
+/// 7th, until the broker is killed. Returns the failures seen before the kill (none are
+/// expected).
 async fn load(
-    channel: Channel,
+    (channel, agent): (Channel, Channel),
     round: usize,
     task: usize,
     killed: Arc<AtomicBool>,
@@ -208,26 +257,23 @@ async fn load(
 ) -> Vec<String> {
     let mut exchange = ExchangeClient::new(channel.clone());
     let mut consents = ConsentsClient::new(channel);
+    let mut mandates = MandatesClient::new(agent);
     let mut unexpected = Vec::new();
+    let mut last_consent: Option<String> = None;
     for i in 0usize.. {
         if killed.load(Ordering::SeqCst) {
             break;
         }
         let failure = if i % 5 == 4 {
-            let request = pb::GrantConsentRequest {
-                subject: "test:alice".into(),
-                consumer: CONSUMER.into(),
-                attestation_types: vec![QF.into()],
-                purpose: PURPOSE.into(),
-                valid_days: 30,
-                request_id: format!("crash-round{round}-task{task}-{i}"),
-                id_token: unefois_tests::id_token("test:alice", CONSUMER),
-                ..Default::default()
-            };
+            let request_id = format!("crash-round{round}-task{task}-{i}");
+            let request = grant_request(&request_id);
             match tokio::time::timeout(CALL_TIMEOUT, consents.grant(request)).await {
                 Ok(Ok(answer)) => match answer.into_inner().consent {
                     Some(consent) => {
-                        lock(&acked).consents.push(consent);
+                        last_consent = Some(consent.id.clone());
+                        let mut acked = lock(&acked);
+                        acked.grant_ids.insert(consent.id.clone(), request_id);
+                        acked.consents.push(consent);
                         None
                     }
                     None => Some("Grant answered without its consent".to_string()),
@@ -235,11 +281,55 @@ async fn load(
                 Ok(Err(status)) => Some(format!("Grant: {status:?}")),
                 Err(_) => Some(format!("Grant: no answer within {CALL_TIMEOUT:?}")),
             }
+        } else if i % 11 == 10
+            && let Some(consent_id) = last_consent.take()
+        {
+            let request = pb::RevokeConsentRequest {
+                consent_id: consent_id.clone(),
+                ..Default::default()
+            };
+            lock(&acked).revoking.insert(consent_id.clone());
+            match tokio::time::timeout(CALL_TIMEOUT, consents.revoke(request)).await {
+                Ok(Ok(_)) => {
+                    lock(&acked).revoked.insert(consent_id);
+                    None
+                }
+                Ok(Err(status)) => Some(format!("Revoke: {status:?}")),
+                Err(_) => Some(format!("Revoke: no answer within {CALL_TIMEOUT:?}")),
+            }
+        } else if i % 7 == 6 {
+            let request_id = format!("crash-mandate-round{round}-task{task}-{i}");
+            let request = mandate_request(&request_id);
+            match tokio::time::timeout(CALL_TIMEOUT, mandates.create(request)).await {
+                Ok(Ok(answer)) => match answer.into_inner().mandate {
+                    Some(mandate) => {
+                        let mut acked = lock(&acked);
+                        acked.mandate_ids.insert(mandate.id.clone(), request_id);
+                        acked.mandates.push(mandate);
+                        None
+                    }
+                    None => Some("Create answered without its mandate".to_string()),
+                },
+                Ok(Err(status)) => Some(format!("Mandate: {status:?}")),
+                Err(_) => Some(format!("Mandate: no answer within {CALL_TIMEOUT:?}")),
+            }
         } else {
-            let request = fetch_request(SUBJECTS[(task + i) % SUBJECTS.len()]);
+            let subject = SUBJECTS[(task + i) % SUBJECTS.len()];
+            let request_id = format!("fetch-round{round}-task{task}-{i}");
+            let request = pb::FetchRequest {
+                request_id: request_id.clone(),
+                ..fetch_request(subject)
+            };
             match tokio::time::timeout(CALL_TIMEOUT, exchange.fetch(request)).await {
                 Ok(Ok(answer)) => {
-                    lock(&acked).fetches.push(answer.into_inner());
+                    let answer = answer.into_inner();
+                    let mut acked = lock(&acked);
+                    if let Some(receipt) = &answer.receipt {
+                        acked
+                            .fetch_ids
+                            .insert(receipt.leaf_index, (request_id, subject.to_string()));
+                    }
+                    acked.fetches.push(answer);
                     None
                 }
                 Ok(Err(status)) => Some(format!("Fetch: {status:?}")),
@@ -499,8 +589,24 @@ async fn verify_after_restart(
     served: &Served,
     log_vkey: &str,
     receipts: &[Receipted],
-    granted: &[pb::Consent],
+    acked: &Arc<Mutex<Acked>>,
 ) -> anyhow::Result<u64> {
+    let last_fetch = lock(acked)
+        .fetch_ids
+        .iter()
+        .next_back()
+        .map(|(leaf, id)| (*leaf, id.clone()));
+    let (granted, revoked, revoking, mandates, grant_ids, mandate_ids) = {
+        let acked = lock(acked);
+        (
+            acked.consents.clone(),
+            acked.revoked.clone(),
+            acked.revoking.clone(),
+            acked.mandates.clone(),
+            acked.grant_ids.clone(),
+            acked.mandate_ids.clone(),
+        )
+    };
     let audit = AuditClient::new(site.channel(served, "dgfip").await?);
     let latest = audit
         .clone()
@@ -519,9 +625,9 @@ async fn verify_after_restart(
     // a. Every acknowledged FetchResponse (checked offline before) is in the restarted log.
     verify_receipts_in_log(&audit, receipts, &now).await?;
 
-    // b. Every acknowledged consent is there, active.
+    // b. Every acknowledged consent is there, active unless its revocation was acknowledged.
     let mut consents = ConsentsClient::new(site.channel(served, CONSUMER).await?);
-    for acked in granted {
+    for acked in &granted {
         let consent = consents
             .get(pb::GetConsentRequest {
                 consent_id: acked.id.clone(),
@@ -531,14 +637,113 @@ async fn verify_after_restart(
             .into_inner()
             .consent
             .with_context(|| format!("acknowledged consent {}: Get without it", acked.id))?;
+        let status_ok = match consent.status() {
+            pb::ConsentStatus::Revoked => revoking.contains(&acked.id),
+            pb::ConsentStatus::Active => !revoked.contains(&acked.id),
+            _ => false,
+        };
         ensure!(
             consent.id == acked.id
-                && consent.status() == pb::ConsentStatus::Active
+                && status_ok
                 && consent.consumer == CONSUMER
                 && consent.purpose == PURPOSE
                 && consent.attestation_types == [QF],
             "acknowledged consent {} after the crash: {consent:?}",
             acked.id
+        );
+    }
+
+    // b'. Every acknowledged mandate is there, active.
+    let mut agent = MandatesClient::new(site.channel(served, AGENT).await?);
+    let mut held = HashMap::new();
+    let mut page_token = String::new();
+    loop {
+        let page = agent
+            .list(pb::ListMandatesRequest {
+                page_size: 100,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .context("Mandates.List after the restart")?
+            .into_inner();
+        held.extend(page.mandates.into_iter().map(|m| (m.id.clone(), m)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    for acked in &mandates {
+        let found = held
+            .get(&acked.id)
+            .with_context(|| format!("acknowledged mandate {} lost in the crash", acked.id))?;
+        ensure!(
+            found.status() == pb::MandateStatus::Active && found.purposes == acked.purposes,
+            "acknowledged mandate {} after the crash: {found:?}",
+            acked.id
+        );
+    }
+
+    // b''. Retries after the crash create nothing new: the same request id gives the same
+    // consent or mandate (the latest of each, which the crash may have caught in flight).
+    if let Some(last) = granted.last() {
+        let request_id = &grant_ids[&last.id];
+        let again = consents
+            .grant(grant_request(request_id))
+            .await
+            .context("retrying an acknowledged grant after the restart")?
+            .into_inner()
+            .consent
+            .context("no consent")?;
+        ensure!(
+            again.id == last.id,
+            "a retried grant after the crash created consent {} instead of returning {}",
+            again.id,
+            last.id
+        );
+        // The same request id from another participant never returns this answer.
+        let other = ConsentsClient::new(site.channel(served, AGENT).await?)
+            .grant(pb::GrantConsentRequest {
+                consumer: "france-services-lyon".into(),
+                ..grant_request(request_id)
+            })
+            .await;
+        if let Ok(answer) = &other {
+            ensure!(
+                answer.get_ref().consent.as_ref().map(|c| &c.id) != Some(&last.id),
+                "another participant's request id returned mairie-lyon's consent"
+            );
+        }
+    }
+    if let Some((leaf, (request_id, subject))) = last_fetch {
+        // Its answer died with the process: served again, and recorded as a retry of it.
+        let again = ExchangeClient::new(site.channel(served, CONSUMER).await?)
+            .fetch(pb::FetchRequest {
+                request_id: request_id.clone(),
+                ..fetch_request(&subject)
+            })
+            .await
+            .context("retrying an acknowledged fetch after the restart")?
+            .into_inner();
+        let entry = json(&again.receipt.unwrap_or_default().entry)?;
+        ensure!(
+            entry["retry_of"] == leaf,
+            "the retry of fetch {request_id} (leaf {leaf}) is not recorded as one: {entry}"
+        );
+    }
+    if let Some(last) = mandates.last() {
+        let again = agent
+            .create(mandate_request(&mandate_ids[&last.id]))
+            .await
+            .context("retrying an acknowledged mandate after the restart")?
+            .into_inner()
+            .mandate
+            .context("no mandate")?;
+        ensure!(
+            again.id == last.id,
+            "a retried mandate after the crash created {} instead of returning {}",
+            again.id,
+            last.id
         );
     }
 
@@ -590,7 +795,7 @@ async fn verify_after_restart(
         .filter(|e| e.kind == "consent_granted")
         .map(|e| json(&e.entry).map(|v| v["consent_id"].as_str().unwrap_or("").to_string()))
         .collect::<anyhow::Result<_>>()?;
-    for acked in granted {
+    for acked in &granted {
         ensure!(
             logged.contains(&acked.id),
             "acknowledged consent {} has no consent_granted entry in the log",
@@ -618,7 +823,7 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
     // The acknowledged fetches checked offline so far, in the order of `acked.fetches`.
     let mut receipts: Vec<Receipted> = Vec::new();
 
-    for round in 1..=ROUNDS {
+    for round in 1..=rounds() {
         let round_started = Instant::now();
         let mut served = site
             .serve()
@@ -636,8 +841,9 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
         let mut tasks = Vec::new();
         for task in 0..CLIENTS {
             let channel = site.channel(&served, CONSUMER).await?;
+            let agent = site.channel(&served, AGENT).await?;
             tasks.push(tokio::spawn(load(
-                channel,
+                (channel, agent),
                 round,
                 task,
                 killed.clone(),
@@ -705,16 +911,10 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
         );
         let restarted = restart.elapsed();
         let verification = Instant::now();
-        let (answers, granted) = {
-            let acked = lock(&acked);
-            (
-                acked.fetches[receipts.len()..].to_vec(),
-                acked.consents.clone(),
-            )
-        };
+        let answers = lock(&acked).fetches[receipts.len()..].to_vec();
         let first = receipts.len();
         receipts.extend(verify_all_offline(&answers, first, &keys).await?);
-        let size = verify_after_restart(&site, &served, &keys.1, &receipts, &granted)
+        let size = verify_after_restart(&site, &served, &keys.1, &receipts, &acked)
             .await
             .with_context(|| format!("round {round}, after the restart"))?;
 
@@ -749,13 +949,19 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
             round_started.elapsed()
         );
     }
-    let (fetches, consents) = {
+    let (fetches, consents, revoked, mandates) = {
         let acked = lock(&acked);
-        (acked.fetches.len(), acked.consents.len())
+        (
+            acked.fetches.len(),
+            acked.consents.len(),
+            acked.revoked.len(),
+            acked.mandates.len(),
+        )
     };
     eprintln!(
-        "{fetches} fetches and {consents} consents verified, in {:?} ({built:?} of it \
-         building the binary)",
+        "{} rounds: {fetches} fetches, {consents} consents ({revoked} revoked) and {mandates} \
+         mandates verified, in {:?} ({built:?} of it building the binary)",
+        rounds(),
         started.elapsed()
     );
     Ok(())

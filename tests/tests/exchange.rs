@@ -590,3 +590,65 @@ async fn a_derived_claim_is_released_and_its_source_never_is() -> anyhow::Result
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_retry_after_a_restart_is_recorded_as_a_retry_of_the_earlier_request()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let data_dir = pki.scratch().join("data");
+    let options = || unefois_tests::BrokerOptions {
+        data_dir: Some(data_dir.clone()),
+        ..unefois_tests::BrokerOptions::default()
+    };
+    let with_id = |subject: &str| pb::FetchRequest {
+        request_id: "dossier-2026-0042".into(),
+        ..rfr(subject)
+    };
+    let broker = TestBroker::start_with(pki.dir(), options()).await?;
+    let first = fetch(&broker, "mairie-lyon", with_id("test:alice"))
+        .await??
+        .receipt
+        .unwrap_or_default();
+    broker.stop().await?;
+
+    // The answer was in memory only: after the restart the retry is served again, and its
+    // entry points to the earlier one.
+    let broker = TestBroker::start_with(pki.dir(), options()).await?;
+    let again = fetch(&broker, "mairie-lyon", with_id("test:alice"))
+        .await??
+        .receipt
+        .unwrap_or_default();
+    let entry: serde_json::Value = serde_json::from_slice(&again.entry)?;
+    assert_eq!(entry["retry_of"], first.leaf_index, "{entry}");
+    let original: serde_json::Value = serde_json::from_slice(&first.entry)?;
+    assert_eq!(
+        entry["request_fingerprint"],
+        original["request_fingerprint"]
+    );
+    assert!(original.get("retry_of").is_none(), "{original}");
+    // No raw subject id in what identifies the request.
+    assert!(!entry.to_string().contains("alice"), "{entry}");
+
+    // The same id for another request is still refused after the restart.
+    let reused = fetch(&broker, "mairie-lyon", with_id("test:bob"))
+        .await?
+        .expect_err("another request with the same id");
+    assert_eq!(reused.code(), Code::AlreadyExists);
+    assert_eq!(reason_of(&reused), Some(ErrorReason::RequestIdReused));
+
+    // Another participant's request id is its own: served, never anyone's retry.
+    let other = fetch(
+        &broker,
+        "ccas-lyon",
+        pb::FetchRequest {
+            purpose: "aide_energie".into(),
+            ..with_id("test:alice")
+        },
+    )
+    .await??
+    .receipt
+    .unwrap_or_default();
+    let entry: serde_json::Value = serde_json::from_slice(&other.entry)?;
+    assert!(entry.get("retry_of").is_none(), "{entry}");
+    broker.stop().await
+}

@@ -1,0 +1,271 @@
+//! "Nothing lost", for every call that writes: a SIGKILL cannot catch a missing sync (the page
+//! cache survives it), so the journal's fault-injection points stand in for the disk. For each
+//! writing call: held before its sync, it is not answered; failing at each step of the commit
+//! path (disk full before the write, an I/O error after it), it is refused with
+//! UNAVAILABLE / STORE_UNAVAILABLE and nothing of it is visible; once the disk is back, the broker
+//! serves again without a restart.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use broker::grpc::status::reason_of;
+use broker::journal::{FaultInjector, FaultPoint};
+use tonic::Code;
+use tonic::transport::Channel;
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::ErrorReason;
+use unefois_proto::v1::audit_client::AuditClient;
+use unefois_proto::v1::consents_client::ConsentsClient;
+use unefois_proto::v1::exchange_client::ExchangeClient;
+use unefois_proto::v1::guichet_client::GuichetClient;
+use unefois_proto::v1::mandates_client::MandatesClient;
+use unefois_tests::{BrokerOptions, TestBroker, TestPki, id_token};
+
+const AGENT: &str = "france-services-lyon/a.martin";
+
+/// What the disk does at the next commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Disk {
+    Healthy,
+    /// Blocks after the write, before the sync, until set back to healthy.
+    SlowSync,
+    /// ENOSPC before the write.
+    Full,
+    /// An I/O error after the write, before the sync.
+    FailingWrite,
+}
+
+fn injector(disk: &Arc<Mutex<Disk>>) -> FaultInjector {
+    let disk = disk.clone();
+    Arc::new(move |point| {
+        loop {
+            let now = *disk.lock().unwrap_or_else(|p| p.into_inner());
+            match (now, point) {
+                (Disk::SlowSync, FaultPoint::AfterWrite) => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                (Disk::Full, FaultPoint::BeforeWrite) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "no space left on device",
+                    ));
+                }
+                (Disk::FailingWrite, FaultPoint::AfterWrite) => {
+                    return Err(io::Error::other("input/output error"));
+                }
+                _ => return Ok(()),
+            }
+        }
+    })
+}
+
+fn set(disk: &Arc<Mutex<Disk>>, to: Disk) {
+    *disk.lock().unwrap_or_else(|p| p.into_inner()) = to;
+}
+
+/// The clients a scenario needs.
+#[derive(Clone)]
+struct Clients {
+    lyon: Channel,
+    agent: Channel,
+    cnil: Channel,
+}
+
+/// One writing call, made afresh each time (new request ids), answered Ok or a status.
+async fn call(kind: &str, c: Clients, mandate_id: String) -> Result<(), tonic::Status> {
+    let unique = uuid_like();
+    match kind {
+        "fetch" => ExchangeClient::new(c.lyon)
+            .fetch(pb::FetchRequest {
+                subject: "test:alice".into(),
+                attestation_type: "dgfip.revenu_fiscal_reference".into(),
+                purpose: "tarification_cantine".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "consent grant" => ConsentsClient::new(c.lyon)
+            .grant(pb::GrantConsentRequest {
+                subject: "test:alice".into(),
+                consumer: "mairie-lyon".into(),
+                attestation_types: vec!["caf.quotient_familial".into()],
+                purpose: "tarification_cantine".into(),
+                valid_days: 30,
+                id_token: id_token("test:alice", "mairie-lyon"),
+                request_id: unique,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "mandate create" => MandatesClient::new(c.agent)
+            .create(pb::CreateMandateRequest {
+                subject: "test:bob".into(),
+                purposes: vec!["aide_energie".into()],
+                duration_days: 1,
+                signed_document: unique.into_bytes(),
+                id_token: id_token("test:bob", "france-services-lyon"),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "prefill" => GuichetClient::new(c.agent)
+            .prefill(pb::PrefillRequest {
+                subject: "test:alice".into(),
+                form: "aide_energie".into(),
+                mandate_id,
+                ..Default::default()
+            })
+            .await
+            .and_then(|answer| {
+                // A pre-fill never answers fields it could not record.
+                let answer = answer.into_inner();
+                if answer.fields.is_empty() {
+                    Err(tonic::Status::internal(format!(
+                        "nothing filled: {answer:?}"
+                    )))
+                } else {
+                    Ok(())
+                }
+            }),
+        "access history" => GuichetClient::new(c.lyon)
+            .list_accesses(pb::ListAccessesRequest {
+                subject: "test:alice".into(),
+                id_token: id_token("test:alice", "mairie-lyon"),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "audit read" => AuditClient::new(c.cnil)
+            .list_events(pb::ListEventsRequest {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        other => Err(tonic::Status::invalid_argument(format!("no call {other}"))),
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("durability-{}", NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+const CALLS: [&str; 6] = [
+    "fetch",
+    "consent grant",
+    "mandate create",
+    "prefill",
+    "access history",
+    "audit read",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_writing_call_waits_for_its_sync_and_refuses_when_the_disk_fails()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let disk = Arc::new(Mutex::new(Disk::Healthy));
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            journal_faults: Some(injector(&disk)),
+            ..BrokerOptions::default()
+        },
+    )
+    .await?;
+    let clients = Clients {
+        lyon: broker.channel("mairie-lyon").await?,
+        agent: broker.channel(AGENT).await?,
+        cnil: broker.channel("cnil").await?,
+    };
+    let mandate = MandatesClient::new(clients.agent.clone())
+        .create(pb::CreateMandateRequest {
+            subject: "test:alice".into(),
+            purposes: vec!["aide_energie".into()],
+            duration_days: 31,
+            signed_document: b"mandat".to_vec(),
+            id_token: id_token("test:alice", "france-services-lyon"),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .mandate
+        .unwrap_or_default();
+
+    for kind in CALLS {
+        // Held between the write and the sync: no answer.
+        set(&disk, Disk::SlowSync);
+        let pending = tokio::spawn(call(kind, clients.clone(), mandate.id.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !pending.is_finished(),
+            "{kind}: answered before its record was synced"
+        );
+        set(&disk, Disk::Healthy);
+        tokio::time::timeout(Duration::from_secs(10), pending)
+            .await
+            .map_err(|_| anyhow::anyhow!("{kind}: no answer once the sync was released"))??
+            .map_err(|s| anyhow::anyhow!("{kind}: {s:?}"))?;
+
+        // The disk full, then a failing write: refused, with the reason.
+        for failure in [Disk::Full, Disk::FailingWrite] {
+            set(&disk, failure);
+            let refused = call(kind, clients.clone(), mandate.id.clone())
+                .await
+                .expect_err(&format!("{kind} answered with {failure:?}"));
+            assert_eq!(
+                (refused.code(), reason_of(&refused)),
+                (Code::Unavailable, Some(ErrorReason::StoreUnavailable)),
+                "{kind} with {failure:?}: {}",
+                refused.message()
+            );
+        }
+        // Space is back: served again, without a restart.
+        set(&disk, Disk::Healthy);
+        call(kind, clients.clone(), mandate.id.clone())
+            .await
+            .map_err(|s| anyhow::anyhow!("{kind} after recovery: {s:?}"))?;
+    }
+
+    // What was refused left nothing behind: only acknowledged mandates exist, and the log
+    // still verifies end to end.
+    let own = MandatesClient::new(clients.agent.clone())
+        .list(pb::ListMandatesRequest::default())
+        .await?
+        .into_inner()
+        .mandates;
+    // The set-up mandate, then one held and one after recovery.
+    assert_eq!(own.len(), 3, "{own:?}");
+    let checkpoint = AuditClient::new(clients.cnil.clone())
+        .get_checkpoint(pb::GetCheckpointRequest::default())
+        .await?
+        .into_inner();
+    let verified =
+        broker::audit::verify_checkpoint(&checkpoint.verifier_key, &checkpoint.checkpoint)?;
+    let mut audit = AuditClient::new(clients.cnil.clone());
+    let mut entries = Vec::new();
+    let mut next = 0;
+    while next < verified.size {
+        let page = audit
+            .list_events(pb::ListEventsRequest {
+                start_index: next,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        entries.extend(page.events.into_iter().map(|e| e.entry));
+        next = page.next_index;
+    }
+    let size = usize::try_from(verified.size)?;
+    assert_eq!(
+        broker::audit::tree::root_of(entries[..size].iter()),
+        verified.root
+    );
+    drop(clients);
+    broker.stop().await
+}
