@@ -166,34 +166,38 @@ curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null || { tail "$BENCH_DIR/br
 "$BENCH" seed --target "127.0.0.1:$BROKER_PORT" --pki "$PKI" --broker-bin "$UNEFOIS" \
   --idp-key examples/dev-idp/dev-signing-key.json >&2
 
-# point NAME PORT PIDS [run flags...]: one measured run, its JSON appended to $RESULTS.
+# point NAME PORT SERVER_PIDS AUX_PIDS [run flags...]: one measured run, its JSON appended to
+# $RESULTS. SERVER_PIDS: the processes whose CPU per request and peak RSS are reported;
+# AUX_PIDS ("" for none): the provider behind the broker, measured apart.
 point() {
-  local name=$1 port=$2 pids=$3; shift 3
+  local name=$1 port=$2 pids=$3 aux=$4; shift 4
+  local aux_args=()
+  [ -n "$aux" ] && aux_args=(--aux-pid "$aux")
   printf '%-34s' "$name" >&2
   local json
   json=$(taskset -c "$CLIENT_CPU" "$BENCH" run --target "127.0.0.1:$port" --pki "$PKI" \
     --broker-bin "$UNEFOIS" --idp-key examples/dev-idp/dev-signing-key.json \
-    --duration "$DURATION" --warmup "$WARMUP" --server-pid "$pids" --json "$@")
+    --duration "$DURATION" --warmup "$WARMUP" --server-pid "$pids" "${aux_args[@]}" --json "$@")
   printf '%s\n' "$json" | jq -c --arg name "$name" '{name: $name} + .' >>"$RESULTS"
-  printf '%s\n' "$json" | jq -r '"\(.rps | floor) req/s, p99 \(.latency_us.p99) µs, \(.errors) errors, server \(.server.cpu_us_per_request // 0 | floor) µs/req"' >&2
+  printf '%s\n' "$json" | jq -r '"\(.rps | floor) req/s, p99 \(.latency_us.p99) µs, \(.errors) errors, server \(.server.cpu_us_per_request // 0 | floor) µs/req, other load \(.other_busy_cores * 100 | round / 100) cores"' >&2
 }
 rps_of() { jq -r --arg n "$1" 'select(.name == $n) | .rps' "$RESULTS"; }
 
 log "floor and proxy (1 connection x 64 in flight)"
-point echo "$ECHO_PORT" "$ECHO_PID" --scenario echo --in-flight 64
-point provider-direct "$PROVIDER_PORT" "$PROVIDER_PID" --scenario provider-direct --in-flight 64
-point nginx "$NGINX_PORT" "$NGINX_WORKERS,$PROVIDER_PID" --scenario provider-direct --in-flight 64
-point nginx-stock-keepalive "$NGINX_STOCK_PORT" "$NGINX_WORKERS,$PROVIDER_PID" \
+point echo "$ECHO_PORT" "$ECHO_PID" "" --scenario echo --in-flight 64
+point provider-direct "$PROVIDER_PORT" "$PROVIDER_PID" "" --scenario provider-direct --in-flight 64
+point nginx "$NGINX_PORT" "$NGINX_WORKERS,$PROVIDER_PID" "" --scenario provider-direct --in-flight 64
+point nginx-stock-keepalive "$NGINX_STOCK_PORT" "$NGINX_WORKERS,$PROVIDER_PID" "" \
   --scenario provider-direct --in-flight 64
 
 log "broker: fetch-consent, in-flight scaling (64 per connection at most)"
 for n in 1 8 64 256; do
   conns=$(( n > 64 ? n / 64 : 1 ))
-  point "fetch-consent/$n" "$BROKER_PORT" "$BROKER_PID" \
+  point "fetch-consent/$n" "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" \
     --scenario fetch-consent --in-flight "$n" --connections "$conns"
 done
 half=$(jq -rn --argjson r "$(rps_of fetch-consent/64)" '$r / 2 | floor')
-point fetch-consent/half-load "$BROKER_PORT" "$BROKER_PID" \
+point fetch-consent/half-load "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" \
   --scenario fetch-consent --in-flight 64 --rate "$half"
 
 if [ "$PROFILE" = 1 ]; then
@@ -201,7 +205,7 @@ if [ "$PROFILE" = 1 ]; then
   perf record -e cpu-clock -F 999 -g -p "$BROKER_PID" -o "$BENCH_DIR/perf.data" \
     -- sleep "$((DURATION > 5 ? DURATION - 2 : DURATION))" >/dev/null 2>&1 &
   PERF_PID=$!
-  point fetch-consent/profiled "$BROKER_PORT" "$BROKER_PID" --scenario fetch-consent --in-flight 64
+  point fetch-consent/profiled "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" --scenario fetch-consent --in-flight 64
   wait "$PERF_PID" || true
   perf report -i "$BENCH_DIR/perf.data" --no-children -g none --percent-limit 0.3 --sort symbol --stdio 2>/dev/null \
     | grep -E '^ +[0-9]' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//' | head -40 \
@@ -209,23 +213,26 @@ if [ "$PROFILE" = 1 ]; then
 fi
 
 log "broker: the other scenarios"
-point fetch-law "$BROKER_PORT" "$BROKER_PID" --scenario fetch-law --in-flight 64
-point prefill "$BROKER_PORT" "$BROKER_PID" --scenario prefill --in-flight 64
-point prefill/1 "$BROKER_PORT" "$BROKER_PID" --scenario prefill --in-flight 1
-point slowest-provider/1 "$PROVIDER_PORT" "$PROVIDER_PID" --scenario provider-direct \
+point fetch-law "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" --scenario fetch-law --in-flight 64
+point prefill "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" --scenario prefill --in-flight 64
+point prefill/1 "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" --scenario prefill --in-flight 1
+point slowest-provider/1 "$PROVIDER_PORT" "$PROVIDER_PID" "" --scenario provider-direct \
   --in-flight 1 --type mesr.statut_etudiant --subjects test:bob --claims est_etudiant
-point inclusion-proof "$BROKER_PORT" "$BROKER_PID" --scenario inclusion-proof --in-flight 64
-point consent-grant "$BROKER_PORT" "$BROKER_PID" --scenario consent-grant --in-flight 64
+point inclusion-proof "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" --scenario inclusion-proof --in-flight 64
+point consent-grant "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" --scenario consent-grant --in-flight 64
 
 log "machine at the end: $(machine_load)"
 log "results ($(nproc) CPUs; servers on CPU $SERVER_CPU, load generator on CPU $CLIENT_CPU; ${DURATION}s per point)"
 jq -r '[.name, .connections, .in_flight, (.rps | floor), (.latency_us.p50 / 1000),
         (.latency_us.p90 / 1000), (.latency_us.p99 / 1000), (.latency_us.max / 1000), .errors,
         ((.server.cpu_us_per_request // 0) * 10 | floor / 10),
-        ((.server.peak_rss_mib // 0) * 10 | floor / 10)] | @tsv' "$RESULTS" |
-  awk 'BEGIN { FS = "\t"; printf "| %-28s | conns | in flight | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | server µs/req | peak RSS MiB |\n", "point";
-               print "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" }
-       { printf "| %-28s | %s | %s | %s | %.3f | %.3f | %.3f | %.3f | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 }'
+        (if .server.cpu_s > 0 then (100 * .server.system_s / .server.cpu_s | round) else 0 end),
+        ((.aux_cpu_us_per_request // 0) * 10 | floor / 10),
+        ((.server.peak_rss_mib // 0) * 10 | floor / 10),
+        (.other_busy_cores * 100 | round / 100)] | @tsv' "$RESULTS" |
+  awk 'BEGIN { FS = "\t"; printf "| %-28s | conns | in flight | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | server µs/req | kernel %% | provider µs/req | peak RSS MiB | other load (cores) |\n", "point";
+               print "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" }
+       { printf "| %-28s | %s | %s | %s | %.3f | %.3f | %.3f | %.3f | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 }'
 
 log "ratios and the targets of issue 7"
 jq -rs '
@@ -241,8 +248,10 @@ jq -rs '
     ["broker CPU per fetch", "\(f($max.server.cpu_us_per_request)) µs", "<= 60 µs", ($max.server.cpu_us_per_request <= 60)],
     ["p99 at half the max load", "\(f($half.latency_us.p99 / 1000)) ms at \($half.rate | floor) req/s", "<= 2 ms", ($half.latency_us.p99 <= 2000)],
     ["prefill of three types, p50 over the slowest provider", "+\(f($extra / 1000)) ms (\(f($prefill.latency_us.p50 / 1000)) vs \(f($slow.latency_us.p50 / 1000)) ms)", "<= +1 ms", ($extra <= 1000)],
-    ["broker peak RSS at 256 in flight", "\(f($big.server.peak_rss_mib)) MiB", "<= 150 MB", ($big.server.peak_rss_mib * 1.048576 <= 150)]
-  ][] | "| \(.[0]) | \(.[1]) | \(.[2]) | \(if .[3] then "met" else "NOT met" end) |"' "$RESULTS" |
+    ["broker peak RSS at 256 in flight", "\(f($big.server.peak_rss_mib)) MiB", "<= 150 MB", ($big.server.peak_rss_mib * 1.048576 <= 150)],
+    ["(CPU view) echo µs / broker µs per request", "\(f($echo.server.cpu_us_per_request / $max.server.cpu_us_per_request)) (\(f($echo.server.cpu_us_per_request)) / \(f($max.server.cpu_us_per_request)) µs)", "(0.35 if CPU-bound)", null],
+    ["(CPU view) nginx+provider µs / broker+provider µs per request", "\(f($nginx.server.cpu_us_per_request / ($max.server.cpu_us_per_request + $max.aux_cpu_us_per_request))) (\(f($nginx.server.cpu_us_per_request)) / \(f($max.server.cpu_us_per_request + $max.aux_cpu_us_per_request)) µs)", "(0.6 if CPU-bound)", null]
+  ][] | "| \(.[0]) | \(.[1]) | \(.[2]) | \(if .[3] == null then "" elif .[3] then "met" else "NOT met" end) |"' "$RESULTS" |
   { echo "| ratio / figure | measured | target | |"; echo "| --- | --- | --- | --- |"; cat; }
 
 if [ -s "$BENCH_DIR/perf-top.txt" ]; then

@@ -19,7 +19,9 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::report::{ProcSample, Report, ServerUsage, clock_ticks_per_second, reset_peak_rss};
+use crate::report::{
+    ProcSample, Report, ServerUsage, clock_ticks_per_second, machine_busy_ticks, reset_peak_rss,
+};
 use crate::scenario::Workload;
 
 /// Latencies above this are recorded as this (one minute, in µs).
@@ -44,6 +46,8 @@ pub struct LoadOptions {
     pub rate: Option<f64>,
     /// Server processes to measure.
     pub server_pids: Vec<String>,
+    /// Other processes of the bench (a provider behind the server), measured apart.
+    pub aux_pids: Vec<String>,
 }
 
 /// What one worker saw.
@@ -115,6 +119,8 @@ pub async fn run(
     let peak_reset = reset_peak_rss(&options.server_pids);
     let server_before = ProcSample::read(&options.server_pids)?;
     let client_before = ProcSample::read(&["self".to_string()])?;
+    let aux_before = ProcSample::read(&options.aux_pids)?;
+    let machine_before = machine_busy_ticks()?;
     let measured_from = Instant::now();
     let deadline = measured_from + options.duration;
     // The end: the duration, or the request budget (checked every 10 ms).
@@ -133,6 +139,8 @@ pub async fn run(
     let elapsed = measured_from.elapsed();
     let server_after = ProcSample::read(&options.server_pids)?;
     let client_after = ProcSample::read(&["self".to_string()])?;
+    let aux_after = ProcSample::read(&options.aux_pids)?;
+    let machine_after = machine_busy_ticks()?;
     results.extend(join(workers).await);
 
     let mut ok = 0;
@@ -153,6 +161,10 @@ pub async fn run(
             .cpu_ticks
             .saturating_sub(server_before.cpu_ticks) as f64
             / ticks,
+        system_s: server_after
+            .system_ticks
+            .saturating_sub(server_before.system_ticks) as f64
+            / ticks,
         peak_rss_mib: server_after.peak_rss_kib as f64 / 1024.0,
         peak_reset,
     });
@@ -171,6 +183,9 @@ pub async fn run(
             .cpu_ticks
             .saturating_sub(client_before.cpu_ticks) as f64
             / ticks,
+        aux_cpu_s: (!options.aux_pids.is_empty())
+            .then(|| aux_after.cpu_ticks.saturating_sub(aux_before.cpu_ticks) as f64 / ticks),
+        machine_cpu_s: machine_after.saturating_sub(machine_before) as f64 / ticks,
     })
 }
 

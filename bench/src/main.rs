@@ -123,6 +123,10 @@ struct RunArgs {
     /// Server processes whose CPU time and peak RSS to measure (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     server_pid: Vec<u32>,
+    /// Other processes of the bench (the provider behind the broker), measured apart from the
+    /// server and from the machine's other load (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    aux_pid: Vec<u32>,
     /// One JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -268,6 +272,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_requests: args.requests,
         rate: args.rate,
         server_pids: args.server_pid.iter().map(u32::to_string).collect(),
+        aux_pids: args.aux_pid.iter().map(u32::to_string).collect(),
     };
     let report = load::run(channels, workload, &options).await?;
     if args.json {

@@ -15,6 +15,8 @@ use serde_json::json;
 pub struct ProcSample {
     /// utime + stime of all their threads, in clock ticks.
     pub cpu_ticks: u64,
+    /// stime alone (time in the kernel: syscalls, network, disk), in clock ticks.
+    pub system_ticks: u64,
     /// Sum of their VmHWM, in KiB.
     pub peak_rss_kib: u64,
 }
@@ -26,7 +28,9 @@ impl ProcSample {
         for pid in pids {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .with_context(|| format!("/proc/{pid}/stat"))?;
-            sample.cpu_ticks += cpu_ticks(&stat).with_context(|| format!("/proc/{pid}/stat"))?;
+            let (user, system) = cpu_ticks(&stat).with_context(|| format!("/proc/{pid}/stat"))?;
+            sample.cpu_ticks += user + system;
+            sample.system_ticks += system;
             let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .with_context(|| format!("/proc/{pid}/status"))?;
             sample.peak_rss_kib += vm_hwm_kib(&status).unwrap_or(0);
@@ -35,9 +39,9 @@ impl ProcSample {
     }
 }
 
-/// utime + stime (fields 14 and 15) of a /proc/PID/stat line. The command name (field 2) may
-/// hold spaces and parentheses: fields are counted after its last `)`.
-fn cpu_ticks(stat: &str) -> anyhow::Result<u64> {
+/// utime and stime (fields 14 and 15) of a /proc/PID/stat line. The command name (field 2)
+/// may hold spaces and parentheses: fields are counted after its last `)`.
+fn cpu_ticks(stat: &str) -> anyhow::Result<(u64, u64)> {
     let Some((_, rest)) = stat.rsplit_once(')') else {
         bail!("no command name");
     };
@@ -46,7 +50,7 @@ fn cpu_ticks(stat: &str) -> anyhow::Result<u64> {
     let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else {
         bail!("too few fields");
     };
-    Ok(utime.parse::<u64>()? + stime.parse::<u64>()?)
+    Ok((utime.parse()?, stime.parse()?))
 }
 
 /// VmHWM of a /proc/PID/status text, in KiB.
@@ -55,6 +59,30 @@ fn vm_hwm_kib(status: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Busy time of the whole machine so far, in clock ticks (all CPUs): user, nice, system, irq,
+/// softirq and steal from the first line of /proc/stat. Compared with the processes measured,
+/// it shows how much other work shared the cores during a run.
+pub fn machine_busy_ticks() -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("/proc/stat")?;
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        bail!("/proc/stat: no cpu line");
+    };
+    busy_ticks(line)
+}
+
+/// user + nice + system + irq + softirq + steal of a /proc/stat `cpu` line (idle and iowait
+/// are not busy; guest time is already in user).
+fn busy_ticks(line: &str) -> anyhow::Result<u64> {
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("/proc/stat: not a number")?;
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    Ok(field(0) + field(1) + field(2) + field(5) + field(6) + field(7))
 }
 
 /// Resets the peak RSS (VmHWM) of each pid to its current RSS (`5` into /proc/PID/clear_refs,
@@ -101,6 +129,10 @@ pub struct Report {
     pub server: Option<ServerUsage>,
     /// The load generator's own CPU time, in seconds.
     pub client_cpu_s: f64,
+    /// CPU time of the auxiliary processes (`--aux-pid`), in seconds.
+    pub aux_cpu_s: Option<f64>,
+    /// CPU time of the whole machine during the run (all CPUs), in seconds.
+    pub machine_cpu_s: f64,
 }
 
 /// What the server processes used during the run.
@@ -110,6 +142,8 @@ pub struct ServerUsage {
     pub pids: Vec<String>,
     /// Their CPU time over the run, in seconds.
     pub cpu_s: f64,
+    /// The part of it spent in the kernel, in seconds.
+    pub system_s: f64,
     /// Sum of their peak RSS (VmHWM) at the end of the run, in MiB.
     pub peak_rss_mib: f64,
     /// Whether the peak was reset at the start of the run (else it is the process lifetime's).
@@ -133,6 +167,16 @@ impl Report {
         (self.total() > 0).then(|| server.cpu_s * 1e6 / self.total() as f64)
     }
 
+    /// Cores kept busy during the run by anything but the server processes and the load
+    /// generator (another build, say): the figures are skewed when it is not near 0.
+    pub fn other_busy_cores(&self) -> f64 {
+        let server = self.server.as_ref().map_or(0.0, |s| s.cpu_s);
+        let aux = self.aux_cpu_s.unwrap_or(0.0);
+        ((self.machine_cpu_s - server - aux - self.client_cpu_s)
+            / self.elapsed.as_secs_f64().max(1e-9))
+        .max(0.0)
+    }
+
     fn percentile(&self, q: f64) -> u64 {
         if self.latency_us.is_empty() {
             0
@@ -147,6 +191,7 @@ impl Report {
             json!({
                 "pids": s.pids,
                 "cpu_s": s.cpu_s,
+                "system_s": s.system_s,
                 "cpu_us_per_request": self.server_cpu_us_per_request(),
                 "cpu_cores_used": s.cpu_s / self.elapsed.as_secs_f64().max(1e-9),
                 "peak_rss_mib": s.peak_rss_mib,
@@ -175,6 +220,12 @@ impl Report {
             "server": server,
             "client_cpu_us_per_request": (self.total() > 0)
                 .then(|| self.client_cpu_s * 1e6 / self.total() as f64),
+            "aux_cpu_us_per_request": self
+                .aux_cpu_s
+                .filter(|_| self.total() > 0)
+                .map(|cpu| cpu * 1e6 / self.total() as f64),
+            "machine_busy_cores": self.machine_cpu_s / self.elapsed.as_secs_f64().max(1e-9),
+            "other_busy_cores": self.other_busy_cores(),
         })
     }
 
@@ -216,9 +267,10 @@ impl Report {
             rows.push((
                 "server CPU".into(),
                 format!(
-                    "{:.1} µs/request ({:.2} cores, pids {})",
+                    "{:.1} µs/request ({:.2} cores, {:.0} % in the kernel, pids {})",
                     self.server_cpu_us_per_request().unwrap_or(0.0),
                     server.cpu_s / self.elapsed.as_secs_f64().max(1e-9),
+                    100.0 * server.system_s / server.cpu_s.max(1e-9),
                     server.pids.join(",")
                 ),
             ));
@@ -244,6 +296,19 @@ impl Report {
                 ),
             ));
         }
+        if let Some(aux) = self.aux_cpu_s.filter(|_| self.total() > 0) {
+            rows.push((
+                "auxiliary CPU".into(),
+                format!("{:.1} µs/request", aux * 1e6 / self.total() as f64),
+            ));
+        }
+        rows.push((
+            "other load".into(),
+            format!(
+                "{:.2} cores busy with other work during the run",
+                self.other_busy_cores()
+            ),
+        ));
         let width = rows
             .iter()
             .map(|(k, _)| k.chars().count())
@@ -263,11 +328,17 @@ mod tests {
     #[test]
     fn proc_fields_are_read_after_the_command_name() {
         let stat = "1234 (tokio (rt) x) S 1 1234 1234 0 -1 4194560 500 0 0 0 731 269 0 0 20 0 9 0";
-        assert_eq!(cpu_ticks(stat).unwrap(), 1000);
+        assert_eq!(cpu_ticks(stat).unwrap(), (731, 269));
         assert!(cpu_ticks("garbage").is_err());
         let status = "Name:\tunefois\nVmPeak:\t  100 kB\nVmHWM:\t   51234 kB\nVmRSS:\t 40000 kB\n";
         assert_eq!(vm_hwm_kib(status), Some(51234));
         assert_eq!(vm_hwm_kib("Name: x"), None);
+        let cpu = "cpu  897346 67759 218406 873697 18561 0 4970 730 0 0";
+        assert_eq!(
+            busy_ticks(cpu).unwrap(),
+            897346 + 67759 + 218406 + 4970 + 730
+        );
+        assert!(busy_ticks("cpu x").is_err());
     }
 
     #[test]
@@ -275,5 +346,6 @@ mod tests {
         let sample = ProcSample::read(&["self".to_string()]).unwrap();
         assert!(sample.peak_rss_kib > 0);
         assert!(clock_ticks_per_second() > 0);
+        assert!(machine_busy_ticks().unwrap() > 0);
     }
 }
