@@ -201,15 +201,18 @@ point fetch-consent/half-load "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" \
   --scenario fetch-consent --in-flight 64 --rate "$half"
 
 if [ "$PROFILE" = 1 ]; then
-  log "profiling the broker under fetch-consent (perf record, cpu-clock)"
-  perf record -e cpu-clock -F 999 -g -p "$BROKER_PID" -o "$BENCH_DIR/perf.data" \
-    -- sleep "$((DURATION > 5 ? DURATION - 2 : DURATION))" >/dev/null 2>&1 &
+  log "profiling the broker under fetch-consent (perf record, cpu-clock, DWARF call graphs)"
+  perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$BROKER_PID" \
+    -o "$BENCH_DIR/perf.data" -- sleep "$((DURATION > 8 ? 6 : DURATION / 2 + 1))" >/dev/null 2>&1 &
   PERF_PID=$!
-  point fetch-consent/profiled "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" --scenario fetch-consent --in-flight 64
+  point fetch-consent/profiled "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" \
+    --scenario fetch-consent --in-flight 64
   wait "$PERF_PID" || true
-  perf report -i "$BENCH_DIR/perf.data" --no-children -g none --percent-limit 0.3 --sort symbol --stdio 2>/dev/null \
-    | grep -E '^ +[0-9]' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//' | head -40 \
-    >"$BENCH_DIR/perf-top.txt" || true
+  perf report -i "$BENCH_DIR/perf.data" --no-children -g none --percent-limit 0.5 --sort symbol \
+    --stdio 2>/dev/null | grep -E '^ +[0-9]' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//' \
+    | head -30 >"$BENCH_DIR/perf-top.txt" || true
+  perf script --no-inline -i "$BENCH_DIR/perf.data" -F comm,tid,ip,sym 2>/dev/null \
+    | python3 bench/perf-activities.py >"$BENCH_DIR/perf-activities.txt" || true
 fi
 
 log "broker: the other scenarios"
@@ -254,7 +257,9 @@ jq -rs '
   ][] | "| \(.[0]) | \(.[1]) | \(.[2]) | \(if .[3] == null then "" elif .[3] then "met" else "NOT met" end) |"' "$RESULTS" |
   { echo "| ratio / figure | measured | target | |"; echo "| --- | --- | --- | --- |"; cat; }
 
-if [ -s "$BENCH_DIR/perf-top.txt" ]; then
-  log "broker profile under fetch-consent (perf, self time by symbol): $BENCH_DIR/perf-top.txt"
-  head -25 "$BENCH_DIR/perf-top.txt"
+if [ -s "$BENCH_DIR/perf-activities.txt" ]; then
+  log "broker profile under fetch-consent: $BENCH_DIR/perf-activities.txt, perf-top.txt"
+  cat "$BENCH_DIR/perf-activities.txt"
+  echo "Top functions (self time):"
+  head -15 "$BENCH_DIR/perf-top.txt"
 fi
