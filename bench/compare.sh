@@ -6,8 +6,9 @@
 #   DURATION=5 WARMUP=1 bench/compare.sh  # quicker, noisier
 #   PROFILE=1 bench/compare.sh            # also `perf record` the broker under fetch-consent
 #
-# Installs nginx if missing (apt-get, root), builds the release binaries, writes a fresh bench
-# folder (PKI, registry, broker state) in $BENCH_DIR, starts on CPU $SERVER_CPU:
+# Installs nginx (and jq, curl, perf) if missing (apt-get, root), builds the release binaries,
+# writes a fresh bench folder (PKI, registry, broker state) in $BENCH_DIR, starts on CPU
+# $SERVER_CPU:
 #   (a) the echo server, (b) the bench provider and nginx in front of it, (c) the broker with
 #   every attestation type on the grpc adapter to that provider;
 # runs the load generator on CPU $CLIENT_CPU, prints every result, the ratios and the targets.
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-DURATION=${DURATION:-10}     # measured seconds per point
+DURATION=${DURATION:-10}     # measured seconds per point (a whole number)
 WARMUP=${WARMUP:-1}          # unmeasured seconds before each point
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
@@ -40,10 +41,15 @@ RESULTS=$BENCH_DIR/results.jsonl
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
-if ! command -v nginx >/dev/null; then
-  log "installing nginx"
+# Debian packages the script needs: nginx, and jq and curl for itself (perf for PROFILE=1).
+missing=()
+for tool in nginx jq curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+[ "$PROFILE" = 1 ] && ! command -v perf >/dev/null && missing+=(linux-perf)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y nginx >/dev/null || { apt-get update >/dev/null && apt-get install -y nginx >/dev/null; }
+  apt-get install -y "${missing[@]}" >/dev/null ||
+    { apt-get update >/dev/null && apt-get install -y "${missing[@]}" >/dev/null; }
 fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
