@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Where the broker's CPU goes: perf samples attributed to the broker's activities.
+
+    perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -p BROKER_PID -o perf.data -- sleep 6
+    perf script -i perf.data -F comm,tid,ip,sym | python3 bench/perf-activities.py
+
+Each sample counts once, in the first activity of the list below that one of its frames
+belongs to (a frame belongs to an activity when it starts with one of its paths, so that a
+type parameter naming a broker type inside hyper's generics does not count). Then the same
+samples by the family of their leaf function (self time) and by thread. Release builds carry
+line tables only, no frame pointers: hence the DWARF call graphs.
+"""
+import collections
+import re
+import sys
+
+ACTIVITIES = [  # (label, regex matched at the start of a frame); first match wins
+    ("Ed25519 signature of the attestation (AttestationSigner::sign)",
+     r"<?broker::signing::AttestationSigner.*::sign"),
+    ("Ed25519 signature of the checkpoint (LogSigner)", r"<?broker::audit::checkpoint::LogSigner"),
+    ("receipt: inclusion proof (tlog_tiles + sled reads)",
+     r"<?broker::(store::Store|audit::tree::TreeReader)::inclusion_proof"),
+    ("receipt: latest checkpoint (sled read)", r"<?broker::store::Store::latest_checkpoint"),
+    ("receipt: other", r"<?broker::exchange::receipt"),
+    ("consent lookup (sled scan by subject)",
+     r"<?broker::(exchange::active_consent|store::Store::consents_of)"),
+    ("derived state: sled inserts per record (Trees::apply)", r"<?broker::store::Trees::apply"),
+    ("derived state: checkpoint in sled (Trees::checkpoint)", r"<?broker::store::Trees::checkpoint"),
+    ("journal: fdatasync (kernel)", r"(__x64_sys_)?fdatasync"),
+    ("journal: write and framing", r"<?broker::journal"),
+    ("audit record: build and serialize", r"<?broker::(exchange::record|event|store::Store::append)"),
+    ("pseudonyms (HMAC)", r"<?broker::pseudonym"),
+    ("grpc adapter: call to the provider (tonic/h2 client, TLS client)",
+     r"<?(broker::provider_client|h2::client|hyper::proto::h2::client|tonic::transport::channel"
+     r"|hyper_util::client)"),
+    ("attestation JSON and envelope", r"<?broker::(attestation|signing)"),
+    ("other broker::exchange (policy, validation, subject)",
+     r"<?broker::(exchange|subject|validate|federation|registry|caller)"),
+    ("gRPC service glue (tonic codec, prost, observe/limit/auth layers, metrics)",
+     r"<?(broker::grpc|tonic::server|tonic::codec|unefois_proto|prost|metrics)"),
+    ("inbound HTTP/2 and TLS (hyper/h2 server, rustls, socket I/O)",
+     r"<?(h2::|hyper::|hyper_util::|tokio_rustls|rustls::|broker::listener|tokio::net|mio::net)"),
+    ("sled background threads", r"<?sled::"),
+    ("tokio scheduler, park/unpark, timers", r"<?(tokio::runtime|mio::|std::thread)"),
+]
+
+LEAF_FAMILIES = [
+    ("malloc/free (glibc)",
+     r"^(_int_malloc|_int_free|malloc|cfree|free|realloc|malloc_consolidate|unlink_chunk"
+     r"|_int_realloc|__GI___libc_(malloc|free|realloc)|tcache)"),
+    ("memcpy/memmove/memcmp", r"__mem(move|cpy|cmp|set)"),
+    ("Ed25519 arithmetic (curve25519_dalek)", r"curve25519_dalek"),
+    ("SHA-2", r"sha2::|sha256|sha512"),
+    ("AES-GCM, TLS records (ring)", r"ring_core|ring::"),
+    ("sled", r"<?sled::"),
+    ("serde_json", r"<?serde_json"),
+    ("prost", r"<?prost::"),
+    ("h2, hyper", r"<?(h2::|hyper)"),
+]
+
+
+def samples(lines):
+    """(thread name, frames leaf first) for each sample of `perf script -F comm,tid,ip,sym`."""
+    comm, frames = None, []
+    for line in lines:
+        if not line.strip():
+            if comm is not None:
+                yield comm, frames
+            comm, frames = None, []
+        elif not line[0].isspace():
+            comm, frames = line.split()[0], []
+        else:
+            parts = line.strip().split(None, 1)
+            frames.append(parts[1] if len(parts) > 1 else "?")
+    if comm is not None:
+        yield comm, frames
+
+
+def kernel_frame(frame):
+    return re.match(r"^[a-z_][a-z0-9_.]*$", frame) is not None and "::" not in frame
+
+
+def main():
+    activities, leaves, threads = (collections.Counter() for _ in range(3))
+    total = 0
+    for comm, frames in samples(sys.stdin):
+        total += 1
+        threads[re.sub(r"-\d+$", "", comm)] += 1
+        for label, rx in ACTIVITIES:
+            if any(re.match(rx, f) for f in frames):
+                activities[label] += 1
+                break
+        else:
+            activities["other"] += 1
+        leaf = frames[0] if frames else "?"
+        for label, rx in LEAF_FAMILIES:
+            if re.search(rx, leaf):
+                leaves[label] += 1
+                break
+        else:
+            leaves["kernel (other)" if kernel_frame(leaf) else "other"] += 1
+    if total == 0:
+        sys.exit("no samples on stdin")
+    for title, counter in [("By activity (each sample once)", activities),
+                           ("By leaf function family (self time)", leaves),
+                           ("By thread", threads)]:
+        print(f"{title}, {total} samples:")
+        for label, n in counter.most_common():
+            print(f"  {100 * n / total:5.1f} %  {label}")
+        print()
+
+
+if __name__ == "__main__":
+    main()

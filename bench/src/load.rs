@@ -1,0 +1,264 @@
+//! The load generator: N HTTP/2 connections (one tonic `Channel` each, its own TCP and TLS
+//! connection), M requests in flight in total spread over them (M workers, worker i on
+//! connection i mod N), for a duration and at most a number of requests, optionally paced at a
+//! total rate.
+//!
+//! A failed request is counted by label and the worker goes on: a `Channel` reconnects by
+//! itself after an HTTP/2 GOAWAY or a lost connection, so a proxy recycling its connections or
+//! a restarted server costs errors, never the run. Latencies of successful requests go into
+//! one hdrhistogram per worker, merged at the end. When paced, a request's latency counts from
+//! the time it was due, not the time it could be sent (no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::report::{
+    ProcSample, Report, ServerUsage, clock_ticks_per_second, machine_busy_ticks, reset_peak_rss,
+};
+use crate::scenario::Workload;
+
+/// Latencies above this are recorded as this (one minute, in µs).
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// The shape of a run.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// The scenario's name, for the report.
+    pub scenario: String,
+    /// `host:port`, for the report.
+    pub target: String,
+    /// Requests in flight, in total.
+    pub in_flight: usize,
+    /// Measured time.
+    pub duration: Duration,
+    /// Unmeasured time before it (same load).
+    pub warmup: Duration,
+    /// At most this many requests in the measured time.
+    pub max_requests: Option<u64>,
+    /// Total rate to pace the requests at, in requests/s.
+    pub rate: Option<f64>,
+    /// Server processes to measure.
+    pub server_pids: Vec<String>,
+    /// Other processes of the bench (a provider behind the server), measured apart.
+    pub aux_pids: Vec<String>,
+}
+
+/// What one worker saw.
+struct WorkerResult {
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    latency_us: Histogram<u64>,
+}
+
+/// Shared between the workers and the conductor.
+struct Shared {
+    workload: Workload,
+    /// Start of the measured time.
+    measure_from: Instant,
+    /// Set when the run is over.
+    stop: AtomicBool,
+    /// Requests started in the measured time.
+    started: AtomicU64,
+    max_requests: u64,
+    /// Workers (request numbers advance by this, so that they never repeat).
+    workers: u64,
+    /// Whether a request budget was set (then every started request is counted).
+    budget: bool,
+    /// Pacing: (start, seconds between two requests of the whole run, workers).
+    pace: Option<(Instant, f64, u64)>,
+}
+
+/// Runs the load over `channels` (connected already) and reports.
+pub async fn run(
+    channels: Vec<Channel>,
+    workload: Workload,
+    options: &LoadOptions,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(!channels.is_empty(), "no connection");
+    anyhow::ensure!(options.in_flight > 0, "--in-flight must be at least 1");
+    if let Some(rate) = options.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "--rate must be a positive number"
+        );
+    }
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        workload,
+        measure_from: start + options.warmup,
+        stop: AtomicBool::new(false),
+        started: AtomicU64::new(0),
+        max_requests: options.max_requests.unwrap_or(u64::MAX),
+        budget: options.max_requests.is_some(),
+        workers: options.in_flight as u64,
+        pace: options
+            .rate
+            .map(|rate| (start, 1.0 / rate, options.in_flight as u64)),
+    });
+
+    let mut workers = Vec::with_capacity(options.in_flight);
+    for id in 0..options.in_flight {
+        let channel = channels[id % channels.len()].clone();
+        let histogram = new_histogram()?;
+        workers.push(tokio::spawn(worker(
+            id as u64,
+            channel,
+            shared.clone(),
+            histogram,
+        )));
+    }
+
+    tokio::time::sleep_until(shared.measure_from).await;
+    let peak_reset = reset_peak_rss(&options.server_pids);
+    let server_before = ProcSample::read(&options.server_pids)?;
+    let client_before = ProcSample::read(&["self".to_string()])?;
+    let aux_before = ProcSample::read(&options.aux_pids)?;
+    let machine_before = machine_busy_ticks()?;
+    let measured_from = Instant::now();
+    let deadline = measured_from + options.duration;
+    // The end: the duration, or the request budget (checked every 10 ms).
+    while Instant::now() < deadline && shared.started.load(Ordering::Relaxed) < shared.max_requests
+    {
+        tokio::time::sleep(Duration::from_millis(10).min(deadline - Instant::now())).await;
+    }
+    // Without a budget, answers arriving after the deadline are not counted; with one, the
+    // last requests of the budget finish before the clock stops.
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut results = Vec::new();
+    if shared.budget {
+        results = join(workers).await;
+        workers = Vec::new();
+    }
+    let elapsed = measured_from.elapsed();
+    let server_after = ProcSample::read(&options.server_pids)?;
+    let client_after = ProcSample::read(&["self".to_string()])?;
+    let aux_after = ProcSample::read(&options.aux_pids)?;
+    let machine_after = machine_busy_ticks()?;
+    results.extend(join(workers).await);
+
+    let mut ok = 0;
+    let mut errors = BTreeMap::new();
+    let mut latency_us = new_histogram()?;
+    for result in results {
+        ok += result.ok;
+        for (label, n) in result.errors {
+            *errors.entry(label).or_insert(0) += n;
+        }
+        latency_us.add(&result.latency_us)?;
+    }
+
+    let ticks = clock_ticks_per_second() as f64;
+    let server = (!options.server_pids.is_empty()).then(|| ServerUsage {
+        pids: options.server_pids.clone(),
+        cpu_s: server_after
+            .cpu_ticks
+            .saturating_sub(server_before.cpu_ticks) as f64
+            / ticks,
+        system_s: server_after
+            .system_ticks
+            .saturating_sub(server_before.system_ticks) as f64
+            / ticks,
+        peak_rss_mib: server_after.peak_rss_kib as f64 / 1024.0,
+        peak_reset,
+    });
+    Ok(Report {
+        scenario: options.scenario.clone(),
+        target: options.target.clone(),
+        connections: channels.len(),
+        in_flight: options.in_flight,
+        rate: options.rate,
+        elapsed,
+        ok,
+        errors,
+        latency_us,
+        server,
+        client_cpu_s: client_after
+            .cpu_ticks
+            .saturating_sub(client_before.cpu_ticks) as f64
+            / ticks,
+        aux_cpu_s: (!options.aux_pids.is_empty())
+            .then(|| aux_after.cpu_ticks.saturating_sub(aux_before.cpu_ticks) as f64 / ticks),
+        machine_cpu_s: machine_after.saturating_sub(machine_before) as f64 / ticks,
+    })
+}
+
+fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).context("histogram bounds")
+}
+
+/// Waits for the workers; a worker that panicked is reported and left out.
+async fn join(workers: Vec<tokio::task::JoinHandle<WorkerResult>>) -> Vec<WorkerResult> {
+    let mut results = Vec::with_capacity(workers.len());
+    for w in workers {
+        match w.await {
+            Ok(result) => results.push(result),
+            Err(e) => eprintln!("a worker failed: {e}"),
+        }
+    }
+    results
+}
+
+/// One request in flight at a time, until the run stops.
+async fn worker(
+    id: u64,
+    channel: Channel,
+    shared: Arc<Shared>,
+    latency_us: Histogram<u64>,
+) -> WorkerResult {
+    let mut result = WorkerResult {
+        ok: 0,
+        errors: BTreeMap::new(),
+        latency_us,
+    };
+    let mut seq = id;
+    let mut nth: u64 = 0;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let due = match shared.pace {
+            Some((start, interval, workers)) => {
+                let due = start + Duration::from_secs_f64((nth * workers + id) as f64 * interval);
+                nth += 1;
+                tokio::time::sleep_until(due).await;
+                if shared.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                due
+            }
+            None => Instant::now(),
+        };
+        let measured = due >= shared.measure_from;
+        if measured && shared.started.fetch_add(1, Ordering::Relaxed) >= shared.max_requests {
+            break;
+        }
+        let outcome = shared.workload.call(&channel, seq).await;
+        seq = seq.wrapping_add(shared.workers);
+        if shared.stop.load(Ordering::Relaxed) && !shared.budget {
+            break;
+        }
+        if !measured {
+            continue;
+        }
+        match outcome {
+            Ok(()) => {
+                result.ok += 1;
+                let us = due.elapsed().as_micros().min(u128::from(MAX_LATENCY_US)) as u64;
+                let _ = result.latency_us.record(us.max(1));
+            }
+            Err(label) => {
+                *result.errors.entry(label).or_insert(0) += 1;
+                // A connection being re-established: do not spin on it.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    result
+}
