@@ -7,6 +7,7 @@
 pub mod attestation;
 pub mod audit;
 pub mod auditor;
+pub mod backup;
 pub mod caller;
 pub mod client;
 pub mod consent;

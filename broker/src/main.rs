@@ -8,6 +8,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+
+/// mimalloc: glibc's malloc was the broker's top function under load (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use broker::listener::{AcceptLimits, TlsFiles};
 use broker::registry::{Registry, Role};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -65,6 +69,41 @@ enum Command {
     /// Development helpers (never for production).
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Back up what cannot be rebuilt, the journal and the keys of HOME/data, safely while the
+    /// broker runs. The backup holds the broker's SECRET KEYS (files 0600): store it like them.
+    Backup(BackupArgs),
+    /// Restore a backup into HOME/data, the broker stopped: verifies it whole, refuses to put the
+    /// log behind a checkpoint already handed out (unless --force); the state is rebuilt at start.
+    Restore(RestoreArgs),
+}
+
+#[derive(clap::Args)]
+struct BackupArgs {
+    /// The broker's home; its data directory HOME/data is backed up.
+    #[arg(long, default_value = DEFAULT_HOME)]
+    home: PathBuf,
+    /// The backup directory to create (it must not exist). It holds secret keys.
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The backup directory (`unefois backup --out`).
+    #[arg(long, value_name = "PATH")]
+    from: PathBuf,
+    /// The broker's home; the backup is restored into HOME/data. The journal and keys there are
+    /// moved to HOME/data/replaced-<time>/, never deleted.
+    #[arg(long)]
+    home: PathBuf,
+    /// Restore even if the log would go behind a checkpoint already handed out (a fork that
+    /// auditors will see).
+    #[arg(long)]
+    force: bool,
+    /// A checkpoint an auditor kept (`unefois audit verify` saves
+    /// HOME/audit/<participant>.checkpoint): the backup must hold it. Repeatable.
+    #[arg(long = "trusted-checkpoint", value_name = "FILE")]
+    trusted_checkpoints: Vec<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -451,7 +490,64 @@ async fn run(command: Command) -> anyhow::Result<()> {
             format,
             from,
         }) => audit_export(client, &format, from).await,
+        Command::Backup(args) => backup(args),
+        Command::Restore(args) => restore(args),
     }
+}
+
+fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let data_dir = args.home.join("data");
+    let report = broker::backup::backup(&data_dir, &args.out)
+        .with_context(|| format!("backup of {} failed", data_dir.display()))?;
+    println!(
+        "backup written to {}: {} entries (root {}), {} segment(s), {} key file(s)",
+        args.out.display(),
+        report.tree_size,
+        hex::encode(report.root),
+        report.segments,
+        report.keys
+    );
+    if report.tail_bytes_left_out > 0 {
+        println!(
+            "left out {} bytes at the journal's tail (a record being written)",
+            report.tail_bytes_left_out
+        );
+    }
+    println!("it holds the broker's secret keys: store it like them");
+    Ok(())
+}
+
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let data_dir = args.home.join("data");
+    let options = broker::backup::RestoreOptions {
+        force: args.force,
+        trusted_checkpoints: args.trusted_checkpoints,
+    };
+    let report = broker::backup::restore(&args.from, &data_dir, &options).map_err(|e| {
+        if e.is_fork() {
+            anyhow::anyhow!("{e}; --force restores anyway")
+        } else {
+            e.into()
+        }
+    })?;
+    for overridden in &report.overridden {
+        eprintln!("warning: restoring anyway (--force): {overridden}");
+    }
+    println!(
+        "restored {} entries (root {}) and {} key file(s) into {}",
+        report.tree_size,
+        hex::encode(report.root),
+        report.keys,
+        data_dir.display()
+    );
+    if let Some(replaced) = &report.replaced {
+        println!(
+            "the journal and keys it replaced are in {} (they hold secret keys: remove them once the restore is checked)",
+            replaced.display()
+        );
+    }
+    println!("the derived state is rebuilt from the journal at the broker's next start");
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

@@ -68,6 +68,8 @@ pub struct RequestUse {
 }
 
 struct Trees {
+    /// The latest checkpoint, also kept in memory: every receipt reads it.
+    latest: arc_swap::ArcSwapOption<(u64, String)>,
     meta: sled::Tree,
     entries: sled::Tree,
     hashes: sled::Tree,
@@ -85,11 +87,17 @@ const APPLIED: &[u8] = b"applied_seq";
 
 impl Trees {
     fn open(db: &sled::Db) -> Result<Trees, sled::Error> {
+        let checkpoints = db.open_tree("audit_checkpoints")?;
+        let latest = checkpoints.last()?.map(|(k, v)| {
+            let size = <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes);
+            Arc::new((size, String::from_utf8_lossy(&v).into_owned()))
+        });
         Ok(Trees {
+            latest: arc_swap::ArcSwapOption::new(latest),
             meta: db.open_tree("meta")?,
             entries: db.open_tree("audit_entries")?,
             hashes: db.open_tree("audit_hashes")?,
-            checkpoints: db.open_tree("audit_checkpoints")?,
+            checkpoints,
             consents: db.open_tree("consents")?,
             consents_by_subject: db.open_tree("consents_by_subject")?,
             requests: db.open_tree("requests")?,
@@ -116,6 +124,7 @@ impl Trees {
         ] {
             tree.clear()?;
         }
+        self.latest.store(None);
         Ok(())
     }
 
@@ -124,8 +133,16 @@ impl Trees {
         let root = TreeReader::new(&self.hashes)
             .root(size)
             .map_err(StoreError::Tree)?;
+        let note = log.sign(size, root);
         self.checkpoints
-            .insert(size.to_be_bytes(), log.sign(size, root).as_bytes())?;
+            .insert(size.to_be_bytes(), note.as_bytes())?;
+        self.latest.store(Some(Arc::new((size, note))));
+        Ok(())
+    }
+
+    /// Records that every journal record before `next` is applied.
+    fn mark_applied(&self, next: u64) -> Result<(), sled::Error> {
+        self.meta.insert(APPLIED, &next.to_be_bytes())?;
         Ok(())
     }
 
@@ -279,7 +296,6 @@ impl Trees {
             | Event::AccessHistoryRead { .. }
             | Event::HarvestingAlarm { .. } => {}
         }
-        self.meta.insert(APPLIED, &(seq + 1).to_be_bytes())?;
         Ok(())
     }
 }
@@ -379,6 +395,7 @@ impl Store {
                         .try_for_each(|(seq, payload)| trees.apply(*seq, payload))
                         .and_then(|()| {
                             let size = batch.first_seq + batch.records.len() as u64;
+                            trees.mark_applied(size)?;
                             trees.checkpoint(&log, size)
                         });
                     if let Err(e) = applied {
@@ -414,7 +431,11 @@ impl Store {
             let record = record?;
             trees.apply(record.seq, &record.payload)?;
             replayed += 1;
+            if replayed.is_multiple_of(1024) {
+                trees.mark_applied(record.seq + 1)?;
+            }
         }
+        trees.mark_applied(journal.next_seq())?;
         if replayed > 0 {
             tracing::info!(replayed, "derived state caught up with the journal");
         }
@@ -566,10 +587,11 @@ impl Store {
 
     /// The size of the log as the latest checkpoint states it, with that checkpoint.
     pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
-        Ok(self.trees.checkpoints.last()?.map(|(k, v)| {
-            let size = <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes);
-            (size, String::from_utf8_lossy(&v).into_owned())
-        }))
+        Ok(self
+            .trees
+            .latest
+            .load_full()
+            .map(|latest| (*latest).clone()))
     }
 
     /// The signed checkpoint of the tree of `size` leaves (kept, or signed again: a checkpoint

@@ -1,0 +1,81 @@
+# Shared by bench/log-size.sh and bench/soak.sh (sourced): build, a fresh bench folder, the
+# Rust provider and the broker pinned to CPU $SERVER_CPU, consents seeded, runs from CPU
+# $CLIENT_CPU. compare.sh predates it and keeps its own copy of these steps.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+BROKER_PORT=${BROKER_PORT:-52051}
+OPS_PORT=${OPS_PORT:-52451}
+PROVIDER_PORT=${PROVIDER_PORT:-52061}
+BENCH=$CARGO_TARGET_DIR/release/unefois-bench
+UNEFOIS=$CARGO_TARGET_DIR/release/unefois
+PIDS=()
+
+log() { printf '\n== %s\n' "$*" >&2; }
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+for tool in jq curl; do
+  command -v "$tool" >/dev/null || { apt-get install -y "$tool" >/dev/null || { apt-get update >/dev/null && apt-get install -y "$tool" >/dev/null; }; }
+done
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  log "building release binaries"
+  cargo build --release -p broker -p unefois-bench --example fill_log
+fi
+
+# bench_env DIR: a fresh bench folder (PKI, registry on the grpc adapter, dev-idp) in DIR.
+bench_env() {
+  BENCH_DIR=$1
+  PKI=$BENCH_DIR/home/pki
+  rm -rf "$BENCH_DIR"
+  mkdir -p "$BENCH_DIR"
+  "$BENCH" env --dir "$BENCH_DIR" --provider "127.0.0.1:$PROVIDER_PORT" \
+    --registry-template bench/registry.toml --repo "$ROOT" >&2
+}
+
+start_provider() {
+  taskset -c "$SERVER_CPU" "$BENCH" provider --listen "127.0.0.1:$PROVIDER_PORT" --pki "$PKI" \
+    --data examples/data >"$BENCH_DIR/provider.out" 2>&1 &
+  PROVIDER_PID=$!; PIDS+=("$PROVIDER_PID")
+  for _ in $(seq 100); do grep -q "listening on" "$BENCH_DIR/provider.out" && return 0; sleep 0.1; done
+  cat "$BENCH_DIR/provider.out" >&2; exit 1
+}
+
+start_broker() {
+  taskset -c "$SERVER_CPU" "$UNEFOIS" serve --home "$BENCH_DIR/home" \
+    --registry "$BENCH_DIR/registry.toml" --listen "127.0.0.1:$BROKER_PORT" \
+    --ops-listen "127.0.0.1:$OPS_PORT" --log-format json \
+    >"$BENCH_DIR/broker.out" 2>"$BENCH_DIR/broker.log" &
+  BROKER_PID=$!; PIDS+=("$BROKER_PID")
+  for _ in $(seq 600); do
+    curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null || { tail "$BENCH_DIR/broker.log" >&2; exit 1; }
+  "$BENCH" seed --target "127.0.0.1:$BROKER_PORT" --pki "$PKI" --broker-bin "$UNEFOIS" \
+    --idp-key examples/dev-idp/dev-signing-key.json >&2
+}
+
+stop_broker() {
+  kill -TERM "$BROKER_PID"
+  wait "$BROKER_PID" 2>/dev/null || true
+}
+
+# load DURATION [run flags...]: one measured run against the broker, its JSON on stdout.
+load() {
+  local duration=$1; shift
+  taskset -c "$CLIENT_CPU" "$BENCH" run --target "127.0.0.1:$BROKER_PORT" --pki "$PKI" \
+    --broker-bin "$UNEFOIS" --idp-key examples/dev-idp/dev-signing-key.json \
+    --duration "$duration" --warmup 1 --server-pid "$BROKER_PID" --aux-pid "$PROVIDER_PID" \
+    --json "$@"
+}
+
+summary() {
+  jq -r '"\(.rps | floor) req/s, p50 \(.latency_us.p50 / 1000) ms, p99 \(.latency_us.p99 / 1000) ms, \(.errors) errors, \(.server.cpu_us_per_request // 0 | floor) µs/req, peak RSS \(.server.peak_rss_mib // 0 | floor) MiB, other load \(.other_busy_cores * 100 | round / 100) cores"'
+}
