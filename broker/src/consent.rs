@@ -207,52 +207,42 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
         }
         hex::encode(&h.finalize()[..16])
     };
-    // Held from the check to the append: a concurrent retry waits, then finds this grant.
-    let _serialised = match &request_id {
-        Some(_) => Some(state.grants.lock().await),
-        None => None,
-    };
-    if let Some(id) = &request_id
-        && let Some(used) = state
-            .store
-            .request_use(&caller.participant, id)
-            .map_err(store_error)?
-    {
-        if used.fingerprint != fingerprint {
-            return Err(ApiError::RequestIdReused(id.clone()));
-        }
-        return state
-            .store
-            .consent(&used.result)
-            .map_err(store_error)?
-            .ok_or(ApiError::StoreUnavailable);
-    }
-
-    let consent_id = uuid::Uuid::now_v7().to_string();
-    let record = Record::now(Event::ConsentGranted {
-        consent_id: consent_id.clone(),
-        subject: pseudonym,
-        pseudonym_key: state.pseudonyms.audit_key_id().to_string(),
-        consumer: input.consumer.clone(),
-        participant: caller.participant.clone(),
-        agent: caller.agent.clone(),
-        attestation_types: types,
-        purpose: input.purpose.clone(),
-        expires_at: now + time::Duration::days(i64::from(input.valid_days)),
-        request_id,
-        request_fingerprint: Some(fingerprint),
-        mandate_id: mandate.map(|m| m.id),
-    });
-    state
-        .store
-        .append(vec![record])
-        .await
-        .map_err(store_error)?;
-    state
-        .store
-        .consent(&consent_id)
-        .map_err(store_error)?
-        .ok_or(ApiError::StoreUnavailable)
+    let id_for_record = request_id.clone();
+    crate::idempotency::create_once(
+        state,
+        &caller.participant,
+        request_id.as_ref(),
+        &fingerprint.clone(),
+        |id| state.store.consent(id),
+        || async move {
+            let consent_id = uuid::Uuid::now_v7().to_string();
+            let record = Record::now(Event::ConsentGranted {
+                consent_id: consent_id.clone(),
+                subject: pseudonym,
+                pseudonym_key: state.pseudonyms.audit_key_id().to_string(),
+                consumer: input.consumer.clone(),
+                participant: caller.participant.clone(),
+                agent: caller.agent.clone(),
+                attestation_types: types,
+                purpose: input.purpose.clone(),
+                expires_at: now + time::Duration::days(i64::from(input.valid_days)),
+                request_id: id_for_record,
+                request_fingerprint: Some(fingerprint),
+                mandate_id: mandate.map(|m| m.id),
+            });
+            state
+                .store
+                .append(vec![record])
+                .await
+                .map_err(store_error)?;
+            state
+                .store
+                .consent(&consent_id)
+                .map_err(store_error)?
+                .ok_or(ApiError::StoreUnavailable)
+        },
+    )
+    .await
 }
 
 fn visible(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, ApiError> {

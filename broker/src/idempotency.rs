@@ -1,6 +1,8 @@
-//! Idempotent Fetch: a retry with the same request id and the same request, within a short
-//! window, gets the same answer. Answers carry claim values, so they are kept in memory only,
-//! bounded in time and in number, and never written anywhere.
+//! Idempotent requests. Fetch: a retry with the same request id and the same request, within a
+//! short window, gets the same answer; answers carry claim values, so they are kept in memory
+//! only, bounded in time and in number, and never written anywhere. Consents and mandates: the
+//! request id is recorded with what it created ([`create_once`]), so a retry gets it back even
+//! after a restart.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -9,6 +11,46 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::exchange::{FetchInput, Fetched};
+
+/// Creates something (a consent, a mandate) at most once per caller and request id: without a
+/// request id, `create` runs; with one recorded for the same request (same `fingerprint`), what
+/// it created is returned (`find` by its id); recorded for another request, REQUEST_ID_REUSED.
+/// Concurrent retries are serialised from the check to the record.
+pub async fn create_once<T, Fut>(
+    state: &crate::state::State,
+    participant: &str,
+    request_id: Option<&String>,
+    fingerprint: &str,
+    find: impl Fn(&str) -> Result<Option<T>, crate::store::StoreError>,
+    create: impl FnOnce() -> Fut,
+) -> Result<T, crate::error::ApiError>
+where
+    Fut: std::future::Future<Output = Result<T, crate::error::ApiError>>,
+{
+    use crate::error::ApiError;
+    let unavailable = |e: crate::store::StoreError| {
+        tracing::error!(error = %e, "cannot read the request index");
+        ApiError::StoreUnavailable
+    };
+    let _serialised = match request_id {
+        Some(_) => Some(state.grants.lock().await),
+        None => None,
+    };
+    if let Some(id) = request_id
+        && let Some(used) = state
+            .store
+            .request_use(participant, id)
+            .map_err(unavailable)?
+    {
+        if used.fingerprint != fingerprint {
+            return Err(ApiError::RequestIdReused(id.clone()));
+        }
+        return find(&used.result)
+            .map_err(unavailable)?
+            .ok_or(ApiError::StoreUnavailable);
+    }
+    create().await
+}
 
 /// How long an answer is kept for retries.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(120);

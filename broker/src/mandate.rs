@@ -225,49 +225,45 @@ pub async fn create(
         h.update(input.duration_days.to_be_bytes());
         hex::encode(&h.finalize()[..16])
     };
-    // Held from the check to the append: a concurrent retry waits, then finds this mandate.
-    let _serialised = match &request_id {
-        Some(_) => Some(state.grants.lock().await),
-        None => None,
-    };
-    if let Some(id) = &request_id
-        && let Some(used) = state
-            .store
-            .request_use(&caller.participant, id)
-            .map_err(store_error)?
-    {
-        if used.fingerprint != fingerprint {
-            return Err(ApiError::RequestIdReused(id.clone()));
-        }
-        return state
-            .store
-            .mandate(&used.result)
-            .map_err(store_error)?
-            .ok_or(ApiError::StoreUnavailable);
-    }
-    let mandate_id = uuid::Uuid::now_v7().to_string();
-    let record = Record::now(Event::MandateCreated {
-        mandate_id: mandate_id.clone(),
-        subject: pseudonym,
-        pseudonym_key: state.pseudonyms.audit_key_id().to_string(),
-        structure: caller.participant.clone(),
-        agent,
-        purposes,
-        duration_days: input.duration_days,
-        document_sha256: document,
-        expires_at: OffsetDateTime::now_utc()
-            + time::Duration::days(i64::from(input.duration_days)),
-        request_id,
-        request_fingerprint: Some(fingerprint),
-    });
+    let id_for_record = request_id.clone();
+    crate::idempotency::create_once(
+        state,
+        &caller.participant,
+        request_id.as_ref(),
+        &fingerprint.clone(),
+        |id| state.store.mandate(id),
+        || async move {
+            let mandate_id = uuid::Uuid::now_v7().to_string();
+            let record = Record::now(Event::MandateCreated {
+                mandate_id: mandate_id.clone(),
+                subject: pseudonym,
+                pseudonym_key: state.pseudonyms.audit_key_id().to_string(),
+                structure: caller.participant.clone(),
+                agent,
+                purposes,
+                duration_days: input.duration_days,
+                document_sha256: document,
+                expires_at: OffsetDateTime::now_utc()
+                    + time::Duration::days(i64::from(input.duration_days)),
+                request_id: id_for_record,
+                request_fingerprint: Some(fingerprint),
+            });
+            state
+                .store
+                .append(vec![record])
+                .await
+                .map_err(store_error)?;
+            stored(state, &mandate_id)
+        },
+    )
+    .await
+}
+
+/// A mandate just recorded (the derived state shows it once the record is durable).
+fn stored(state: &State, mandate_id: &str) -> Result<Mandate, ApiError> {
     state
         .store
-        .append(vec![record])
-        .await
-        .map_err(store_error)?;
-    state
-        .store
-        .mandate(&mandate_id)
+        .mandate(mandate_id)
         .map_err(store_error)?
         .ok_or(ApiError::StoreUnavailable)
 }
@@ -335,11 +331,7 @@ pub async fn revoke(
         .append(vec![record])
         .await
         .map_err(store_error)?;
-    state
-        .store
-        .mandate(mandate_id)
-        .map_err(store_error)?
-        .ok_or(ApiError::StoreUnavailable)
+    stored(state, mandate_id)
 }
 
 /// What a List asks for.
