@@ -156,12 +156,22 @@ impl Trees {
     }
 
     fn apply(&self, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
-        let record =
-            Record::decode(payload).map_err(|source| StoreError::Record { seq, source })?;
+        let bad = |source| StoreError::Record { seq, source };
         self.entries.insert(seq.to_be_bytes(), payload)?;
         TreeReader::new(&self.hashes)
             .append(seq, payload)
             .map_err(StoreError::Tree)?;
+        // Exchanges are most records: only the fields the indexes need are read, borrowed.
+        let peek: Peek<'_> = serde_json::from_slice(payload).map_err(bad)?;
+        if peek.kind == "exchange" {
+            return self.index_exchange(
+                seq,
+                &peek.participant.unwrap_or_default(),
+                peek.subject.as_deref(),
+                peek.request_id.as_deref().zip(peek.request_fingerprint.as_deref()),
+            );
+        }
+        let record = Record::decode(payload).map_err(bad)?;
         match record.event {
             Event::ConsentGranted {
                 consent_id,
@@ -268,25 +278,15 @@ impl Trees {
                 }
             }
             Event::Exchange(exchange) => {
-                if let Some(subject) = &exchange.subject {
-                    self.exchanges_by_subject
-                        .insert(subject_key(subject, &seq.to_be_bytes()), &[])?;
-                }
-                // The first exchange of a request id is the one later retries point to.
-                if let (Some(request_id), Some(fingerprint)) =
-                    (&exchange.request_id, &exchange.request_fingerprint)
-                {
-                    let key = request_key(&exchange.participant, &fetch_request_id(request_id));
-                    let used = RequestUse {
-                        fingerprint: fingerprint.clone(),
-                        result: seq.to_string(),
-                    };
-                    let _ = self.requests.compare_and_swap(
-                        key,
-                        None as Option<&[u8]>,
-                        Some(json(&used)),
-                    )?;
-                }
+                self.index_exchange(
+                    seq,
+                    &exchange.participant,
+                    exchange.subject.as_deref(),
+                    exchange
+                        .request_id
+                        .as_deref()
+                        .zip(exchange.request_fingerprint.as_deref()),
+                )?;
             }
             Event::RegistryLoaded { .. }
             | Event::AuditRead { .. }
@@ -298,6 +298,49 @@ impl Trees {
         }
         Ok(())
     }
+}
+
+impl Trees {
+    /// Indexes an exchange by subject, and its request id (the first exchange of a request id
+    /// is the one later retries point to).
+    fn index_exchange(
+        &self,
+        seq: u64,
+        participant: &str,
+        subject: Option<&str>,
+        request: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
+        if let Some(subject) = subject {
+            self.exchanges_by_subject
+                .insert(subject_key(subject, &seq.to_be_bytes()), &[])?;
+        }
+        if let Some((request_id, fingerprint)) = request {
+            let key = request_key(participant, &fetch_request_id(request_id));
+            let used = RequestUse {
+                fingerprint: fingerprint.to_string(),
+                result: seq.to_string(),
+            };
+            let _ = self
+                .requests
+                .compare_and_swap(key, None as Option<&[u8]>, Some(json(&used)))?;
+        }
+        Ok(())
+    }
+}
+
+/// The few fields of a record the indexes of an exchange need, borrowed from its bytes.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    participant: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    subject: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    request_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    request_fingerprint: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
