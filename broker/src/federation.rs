@@ -16,12 +16,27 @@ pub enum AdapterSetupError {
     /// A static dataset is invalid.
     #[error(transparent)]
     Dataset(#[from] DatasetError),
-    /// An HTTP adapter's configuration is invalid.
-    #[error(transparent)]
-    Http(Box<HttpConfigError>),
-    /// A gRPC provider's configuration is invalid.
-    #[error(transparent)]
-    Grpc(Box<crate::provider_client::GrpcConfigError>),
+    /// An HTTP or gRPC adapter's setting is invalid: named by registry file and key, as
+    /// registry errors are.
+    #[error("{file}: {key}: {reason}")]
+    Setting {
+        /// The registry file.
+        file: std::path::PathBuf,
+        /// The key, e.g. `attestation_types[1].adapter.timeout_ms`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl AdapterSetupError {
+    fn setting(registry: &Registry, index: usize, field: &str, reason: String) -> Self {
+        AdapterSetupError::Setting {
+            file: registry.file().to_path_buf(),
+            key: format!("attestation_types[{index}].adapter.{field}"),
+            reason,
+        }
+    }
 }
 
 use crate::registry::{AdapterBinding, Registry};
@@ -39,17 +54,21 @@ pub fn build_adapters(
 ) -> Result<Adapters, AdapterSetupError> {
     let mut adapters: Adapters = HashMap::new();
     for ty in registry.attestation_types() {
+        let index = ty.declared_at;
         let adapter: Arc<dyn Adapter> = match &ty.adapter {
             AdapterBinding::Static { dataset } => {
                 Arc::new(StaticDataset::load(dataset, &ty.id, &ty.claim_specs())?)
             }
-            AdapterBinding::Http(config) => Arc::new(
-                HttpAdapter::new(&ty.id, &ty.claim_specs(), config)
-                    .map_err(|e| AdapterSetupError::Http(Box::new(e)))?,
-            ),
+            AdapterBinding::Http(config) => {
+                Arc::new(HttpAdapter::new(&ty.id, &ty.claim_specs(), config).map_err(
+                    |e: HttpConfigError| {
+                        AdapterSetupError::setting(registry, index, &e.field, e.reason)
+                    },
+                )?)
+            }
             AdapterBinding::Grpc(config) => Arc::new(
                 crate::provider_client::GrpcProviderAdapter::new(&ty.id, &ty.claim_specs(), config)
-                    .map_err(|e| AdapterSetupError::Grpc(Box::new(e)))?,
+                    .map_err(|e| AdapterSetupError::setting(registry, index, &e.field, e.reason))?,
             ),
         };
         let guarded = Guarded::new(&ty.id, adapter, ty.resilience, readiness.clone());

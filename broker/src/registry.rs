@@ -191,6 +191,8 @@ pub struct AttestationType {
     pub adapter: AdapterBinding,
     /// The provider's concurrency limit and circuit breaker.
     pub resilience: crate::resilience::ResilienceConfig,
+    /// Its position in the registry file (`attestation_types[i]`), to name it in errors.
+    pub declared_at: usize,
 }
 
 impl AttestationType {
@@ -866,6 +868,7 @@ impl Validator<'_> {
                 max_age_days: t.max_age_days,
                 adapter,
                 resilience,
+                declared_at: i,
             };
             if attestation_types.insert(id.clone(), ty).is_some() {
                 self.fail(

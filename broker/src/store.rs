@@ -168,7 +168,9 @@ impl Trees {
                 seq,
                 &peek.participant.unwrap_or_default(),
                 peek.subject.as_deref(),
-                peek.request_id.as_deref().zip(peek.request_fingerprint.as_deref()),
+                peek.request_id
+                    .as_deref()
+                    .zip(peek.request_fingerprint.as_deref()),
             );
         }
         let record = Record::decode(payload).map_err(bad)?;
@@ -320,9 +322,9 @@ impl Trees {
                 fingerprint: fingerprint.to_string(),
                 result: seq.to_string(),
             };
-            let _ = self
-                .requests
-                .compare_and_swap(key, None as Option<&[u8]>, Some(json(&used)))?;
+            let _ =
+                self.requests
+                    .compare_and_swap(key, None as Option<&[u8]>, Some(json(&used)))?;
         }
         Ok(())
     }

@@ -1087,23 +1087,12 @@ async fn invalid_configuration_values_refuse_the_start_naming_file_and_key() -> 
         assert_eq!(k, key, "{label}: {message}");
         assert!(message.contains(needle), "{label}: {message}");
     }
-    // An HTTP adapter's limits are checked when the adapter is built: the start is refused
-    // with the type and the field (not the file: see the ignored test below).
-    for (field, value) in HTTP_LIMITS {
-        let extra = format!(", {value}");
-        let (_, error, _) =
-            refused_start(&pki, |s| s.replacen(DGFIP_STATIC, &dgfip_http(&extra), 1)).await?;
-        let text = format!("{error:#}");
-        assert!(
-            text.contains(RFR) && text.contains(field),
-            "{field}: {text}"
-        );
-    }
+    // An HTTP adapter's limits are checked when the adapter is built: named by file and key
+    // too (invalid_http_adapter_limits_name_file_and_key).
     Ok(())
 }
 
 #[tokio::test]
-#[ignore = "bug: an HTTP adapter's invalid limit (max_response_bytes = 0, retries = 11, timeout_ms = 0) refuses the start with an adapter error that names the type and field but not the registry file nor the key path"]
 async fn invalid_http_adapter_limits_name_file_and_key() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     for (field, value) in HTTP_LIMITS {
