@@ -40,9 +40,17 @@ impl Record {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Reads back a journal record.
+    /// Reads back a journal record; a version this broker does not know is refused, never read
+    /// as the current one.
     pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        let record: Record = serde_json::from_slice(bytes)?;
+        if record.v != RECORD_VERSION {
+            return Err(<serde_json::Error as serde::de::Error>::custom(format!(
+                "record version {} is not known to this broker (it reads version {RECORD_VERSION})",
+                record.v
+            )));
+        }
+        Ok(record)
     }
 }
 

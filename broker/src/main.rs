@@ -9,9 +9,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-/// mimalloc: glibc's malloc was the broker's top function under load (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use broker::listener::{AcceptLimits, TlsFiles};
 use broker::registry::{Registry, Role};
 use clap::{Parser, Subcommand, ValueEnum};

@@ -326,7 +326,8 @@ impl Registry {
         let de = toml::Deserializer::parse(text).map_err(|e| err("(syntax)", one_line(&e)))?;
         let raw: raw::Registry = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." {
+            // The root, or a key whose name is empty (`[""]`), still gets a name.
+            let key = if key == "." || key.is_empty() {
                 "(top level)".into()
             } else {
                 key
