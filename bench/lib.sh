@@ -26,7 +26,9 @@ for tool in jq curl; do
 done
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "building release binaries"
-  cargo build --release -p broker -p unefois-bench --example fill_log
+  # Two commands: a target flag (--example) would restrict the first to that target alone.
+  cargo build --release -p broker -p unefois-bench
+  cargo build --release -p broker --example fill_log
 fi
 
 # bench_env DIR: a fresh bench folder (PKI, registry on the grpc adapter, dev-idp) in DIR.
