@@ -37,4 +37,17 @@ impl Caller {
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }
+
+    /// Refuses a caller that does not serve citizens directly: a guichet, or a mediation
+    /// structure (whose agents act under mandates). The refusal names the guichet role.
+    pub fn require_citizen_facing(&self) -> Result<(), crate::error::ApiError> {
+        if self.has_role(Role::Guichet) || self.has_role(Role::Mediator) {
+            Ok(())
+        } else {
+            Err(crate::error::ApiError::WrongRole {
+                participant: self.participant.clone(),
+                role: Role::Guichet,
+            })
+        }
+    }
 }

@@ -119,12 +119,7 @@ fn store_error(e: crate::store::StoreError) -> ApiError {
 /// Records a citizen's consent given at a guichet; acknowledged only once durable. A retry
 /// with the same request id returns the same consent.
 pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<Consent, ApiError> {
-    if !(caller.has_role(Role::Guichet) || caller.has_role(Role::Mediator)) {
-        return Err(ApiError::WrongRole {
-            participant: caller.participant.clone(),
-            role: Role::Guichet,
-        });
-    }
+    caller.require_citizen_facing()?;
     let registry = state.federation.registry();
     let request_id = validate::request_id(&input.request_id)?;
     validate::identifier("consumer", &input.consumer, 64)?;

@@ -20,7 +20,7 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::exchange::{self, FetchInput, Fetched, Previewed};
 use crate::preview::{Preview, PreviewState};
-use crate::registry::{Form, Role};
+use crate::registry::Form;
 use crate::state::State;
 use crate::subject::Subject;
 use crate::validate;
@@ -130,17 +130,6 @@ impl From<&Previewed> for Obtained {
     }
 }
 
-fn guichet_or_mediator(caller: &Caller) -> Result<(), ApiError> {
-    if caller.has_role(Role::Guichet) || caller.has_role(Role::Mediator) {
-        Ok(())
-    } else {
-        Err(ApiError::WrongRole {
-            participant: caller.participant.clone(),
-            role: Role::Guichet,
-        })
-    }
-}
-
 /// Pre-fills `input.form` for the calling guichet (or mediator's agent under a mandate); in
 /// preview mode, retrieves the values without issuing anything and holds them for Confirm.
 pub async fn prefill(
@@ -148,7 +137,7 @@ pub async fn prefill(
     caller: &Caller,
     input: PrefillInput,
 ) -> Result<Prefilled, ApiError> {
-    guichet_or_mediator(caller)?;
+    caller.require_citizen_facing()?;
     validate::identifier("form", &input.form, 64)?;
     validate::request_id(&input.request_id)?;
     let registry = state.federation.registry();
@@ -333,7 +322,7 @@ pub async fn confirm(
     caller: &Caller,
     input: ConfirmInput,
 ) -> Result<Prefilled, ApiError> {
-    guichet_or_mediator(caller)?;
+    caller.require_citizen_facing()?;
     validate::identifier("prefill_id", &input.prefill_id, 64)?;
     if !input.form.is_empty() {
         validate::identifier("form", &input.form, 64)?;

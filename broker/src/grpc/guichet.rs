@@ -14,7 +14,6 @@ use crate::grpc::audit::outcome_name;
 use crate::grpc::auth::caller;
 use crate::grpc::exchange::legal_basis;
 use crate::grpc::registry::timestamp;
-use crate::registry::Role;
 use crate::state::State;
 use crate::subject::Subject;
 
@@ -131,13 +130,7 @@ impl GuichetApi for GuichetService {
         request: Request<pb::ListAccessesRequest>,
     ) -> Result<Response<pb::ListAccessesResponse>, Status> {
         let caller = caller(&request)?;
-        if !(caller.has_role(Role::Guichet) || caller.has_role(Role::Mediator)) {
-            return Err(ApiError::WrongRole {
-                participant: caller.participant.clone(),
-                role: Role::Guichet,
-            }
-            .into());
-        }
+        caller.require_citizen_facing()?;
         let r = request.get_ref();
         let registry = self.state.federation.registry();
         let subject =
