@@ -73,8 +73,8 @@ pub struct Receipt {
     pub inclusion_proof: Vec<[u8; 32]>,
 }
 
-/// The receipt of the durable, checkpointed entry `seq`.
-pub fn receipt(state: &State, seq: u64) -> Result<Receipt, ApiError> {
+/// The receipt of the durable, checkpointed entry `seq`, whose exact bytes are `entry`.
+pub fn receipt(state: &State, (seq, entry): Logged) -> Result<Receipt, ApiError> {
     let failed = |e: crate::store::StoreError| {
         tracing::error!(error = %e, "cannot build a receipt");
         ApiError::StoreUnavailable
@@ -87,11 +87,7 @@ pub fn receipt(state: &State, seq: u64) -> Result<Receipt, ApiError> {
         .ok_or(ApiError::StoreUnavailable)?;
     Ok(Receipt {
         leaf_index: seq,
-        entry: state
-            .store
-            .entry(seq)
-            .map_err(failed)?
-            .ok_or(ApiError::StoreUnavailable)?,
+        entry,
         checkpoint,
         tree_size,
         inclusion_proof: state
@@ -247,29 +243,29 @@ async fn fetch_recorded(
     event.request_fingerprint = retry.fingerprint;
     event.retry_of = retry.retry_of;
     let served = serve(state, caller, &input, loaded, &mut event).await;
-    let ((attestation, envelope, claims), seq) =
+    let ((attestation, envelope, claims), logged) =
         conclude(state, event, served, Outcome::Granted).await?;
     Ok(Fetched {
         attestation,
         envelope,
         claims,
-        receipt: receipt(state, seq)?,
+        receipt: receipt(state, logged)?,
     })
 }
 
 /// Records how a request ended (`success`, or the refusal or failure) and only then returns
-/// it, with the record's sequence number: nothing is answered without its record.
+/// it, with the record's sequence number and bytes: nothing is answered without its record.
 async fn conclude<T>(
     state: &State,
     mut event: ExchangeEvent,
     result: Result<T, ApiError>,
     success: Outcome,
-) -> Result<(T, u64), ApiError> {
+) -> Result<(T, Logged), ApiError> {
     match result {
         Ok(value) => {
             event.outcome = success;
-            let seq = record(state, event).await?;
-            Ok((value, seq))
+            let logged = record(state, event).await?;
+            Ok((value, logged))
         }
         Err(error) => {
             event.outcome = if error.is_failure() {
@@ -350,13 +346,13 @@ pub async fn confirm(
         issue(state, caller, &decision, claims, &mut event)
     }
     .await;
-    let ((attestation, envelope, claims), seq) =
+    let ((attestation, envelope, claims), logged) =
         conclude(state, event, issued, Outcome::Granted).await?;
     Ok(Fetched {
         attestation,
         envelope,
         claims,
-        receipt: receipt(state, seq)?,
+        receipt: receipt(state, logged)?,
     })
 }
 
@@ -442,16 +438,18 @@ async fn refuse(state: &State, caller: &Caller, input: &FetchInput, error: ApiEr
     }
 }
 
-async fn record(state: &State, event: ExchangeEvent) -> Result<u64, ApiError> {
-    let seqs = state
+/// A durable entry: its sequence number and exact bytes.
+type Logged = (u64, Vec<u8>);
+
+async fn record(state: &State, event: ExchangeEvent) -> Result<Logged, ApiError> {
+    state
         .store
-        .append(vec![Record::now(Event::Exchange(Box::new(event)))])
+        .append_entry(Record::now(Event::Exchange(Box::new(event))))
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "cannot record an exchange; refusing to answer it");
             ApiError::StoreUnavailable
-        })?;
-    seqs.first().copied().ok_or(ApiError::StoreUnavailable)
+        })
 }
 
 async fn serve(

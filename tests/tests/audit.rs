@@ -4,7 +4,6 @@
 //! detected by a verifier holding only signed checkpoints and proofs.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use broker::audit::VerifiedCheckpoint;
@@ -850,18 +849,48 @@ async fn accesses_are_listed_newest_first() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the broker's sled database once the stopped broker has released it.
-fn open_state(data_dir: &Path) -> anyhow::Result<sled::Db> {
-    let path = data_dir.join("state");
-    let mut last = None;
-    for _ in 0..50 {
-        match sled::Config::new().path(&path).open() {
-            Ok(db) => return Ok(db),
-            Err(e) => last = Some(e),
+/// Rewrites journal record `k` offline as an operator with disk access could: the new payload
+/// with a valid checksum (the journal's framing is no seal; the Merkle tree is). Returns the
+/// original payload.
+fn rewrite_journal_entry(
+    data_dir: &Path,
+    k: u64,
+    alter: impl Fn(&str) -> String,
+) -> anyhow::Result<Vec<u8>> {
+    let dir = data_dir.join("journal");
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    for path in segments {
+        let bytes = std::fs::read(&path)?;
+        let mut out = Vec::with_capacity(bytes.len());
+        let (mut at, mut original) = (0usize, None);
+        while at + 16 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+            let seq = u64::from_le_bytes(bytes[at + 8..at + 16].try_into()?);
+            let payload = &bytes[at + 16..at + 16 + len];
+            let payload = if seq == k {
+                original = Some(payload.to_vec());
+                alter(std::str::from_utf8(payload)?).into_bytes()
+            } else {
+                payload.to_vec()
+            };
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), &payload);
+            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            out.extend_from_slice(&crc.to_le_bytes());
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(&payload);
+            at += 16 + len;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if let Some(original) = original {
+            std::fs::write(&path, out)?;
+            return Ok(original);
+        }
     }
-    Err(anyhow!("cannot open {}: {last:?}", path.display()))
+    Err(anyhow!("journal record {k} not found"))
 }
 
 #[tokio::test]
@@ -876,23 +905,14 @@ async fn an_entry_altered_offline_is_detected() -> anyhow::Result<()> {
     let (signed_note, signed) = latest(&broker, &log_vkey).await?;
     broker.stop().await?;
 
-    // Offline, someone rewrites bob's granted exchange as denied in the derived state.
+    // Offline, someone rewrites bob's granted exchange as denied in the journal itself (same
+    // length, so that every other record stays where it was).
     let receipt = bob.receipt.expect("receipt");
     let k = receipt.leaf_index;
-    {
-        let db = open_state(data.path())?;
-        let entries = db.open_tree("audit_entries")?;
-        let original = entries.get(k.to_be_bytes())?.context("entry k is stored")?;
-        assert_eq!(original.as_ref(), receipt.entry.as_slice());
-        let altered = String::from_utf8(original.to_vec())?.replacen(
-            "\"outcome\":\"granted\"",
-            "\"outcome\":\"denied\"",
-            1,
-        );
-        assert_ne!(altered.as_bytes(), original.as_ref());
-        entries.insert(k.to_be_bytes(), altered.as_bytes())?;
-        db.flush()?;
-    }
+    let original = rewrite_journal_entry(data.path(), k, |entry| {
+        entry.replacen("\"outcome\":\"granted\"", "\"outcome\": \"denied\"", 1)
+    })?;
+    assert_eq!(original, receipt.entry);
 
     let broker = start_on(&pki, data.path()).await?;
     let events = all_events(&broker).await?;
@@ -1064,21 +1084,11 @@ async fn audit_verify_trusts_then_checks_growth_and_names_the_first_bad_entry() 
     assert!(second.checkpoint.size > first.checkpoint.size);
     broker.stop().await?;
 
-    // Offline, bob's exchange is rewritten in the store: verify names its index.
+    // Offline, bob's exchange is rewritten in the journal: verify names its index.
     let k = bob.receipt.expect("receipt").leaf_index;
-    {
-        let db = open_state(data.path())?;
-        let entries = db.open_tree("audit_entries")?;
-        let original = entries.get(k.to_be_bytes())?.context("entry k is stored")?;
-        let altered = String::from_utf8(original.to_vec())?.replacen("test", "tset", 1);
-        let altered = if altered.as_bytes() == original.as_ref() {
-            String::from_utf8(original.to_vec())?.replacen("granted", "denied", 1)
-        } else {
-            altered
-        };
-        entries.insert(k.to_be_bytes(), altered.as_bytes())?;
-        db.flush()?;
-    }
+    rewrite_journal_entry(data.path(), k, |entry| {
+        entry.replacen("\"outcome\":\"granted\"", "\"outcome\": \"denied\"", 1)
+    })?;
     let broker = start_on(&pki, data.path()).await?;
     match verify_log(broker.channel("cnil").await?, &log_vkey, &trusted).await {
         Err(LogError::BadEntry { index }) => assert_eq!(index, k),

@@ -16,4 +16,4 @@ pub mod events;
 pub mod tree;
 
 pub use checkpoint::{CheckpointError, LogSigner, VerifiedCheckpoint, verify_checkpoint};
-pub use tree::{ProofError, TreeReader};
+pub use tree::{ProofError, TreeFile};

@@ -1,7 +1,18 @@
-//! The Merkle tree's stored hashes, in a sled tree keyed by stored-hash index, and the proofs
-//! computed from them. Verification functions are for clients: they need only the proof, the
-//! entry and a verified checkpoint.
+//! The Merkle tree's stored hashes, in one append-only file, and the proofs computed from them.
+//! Verification functions are for clients: they need only the proof, the entry and a verified
+//! checkpoint.
+//!
+//! The file is derived state, like sled: hash `i` (tlog's stored-hash index) is at byte `32 i`,
+//! so appending a leaf is one write at the end and a proof is a few reads. It is not synced: at
+//! start the store cuts it to what it can vouch for and replays the rest from the journal. The
+//! tree's right edge (one hash per level) and the newest hashes stay in memory, so a new leaf and
+//! its receipt's proof read nothing from disk.
 
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tlog_tiles::{Hash, HashReader};
@@ -20,88 +31,259 @@ pub enum ProofError {
     Invalid,
 }
 
-/// Reads the stored hashes of the tree; counts what it reads, so tests can show that proofs
-/// stay logarithmic.
-pub struct TreeReader<'a> {
-    hashes: &'a sled::Tree,
+const HASH_LEN: u64 = 32;
+/// How many of the newest stored hashes stay in memory (512 KiB).
+const RECENT: usize = 1 << 14;
+
+/// The Merkle tree of the audit log, in a file of stored hashes; counts what it reads from the
+/// file, so tests can show that proofs stay logarithmic.
+pub struct TreeFile {
+    file: File,
+    path: PathBuf,
+    edge: RwLock<Edge>,
     reads: AtomicU64,
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+/// What the tree keeps in memory.
+#[derive(Clone)]
+struct Edge {
+    /// Leaves in the tree.
+    leaves: u64,
+    /// The roots of the complete subtrees that make up the tree, leftmost (highest) first:
+    /// `(level, stored index, hash)`.
+    frontier: Vec<(u8, u64, Hash)>,
+    /// The newest stored hashes, the first of them at index `recent_first`.
+    recent: VecDeque<Hash>,
+    recent_first: u64,
 }
 
-impl<'a> TreeReader<'a> {
-    /// A reader over the sled tree of stored hashes.
-    pub fn new(hashes: &'a sled::Tree) -> TreeReader<'a> {
-        TreeReader {
-            hashes,
-            reads: AtomicU64::new(0),
-        }
+impl Edge {
+    fn stored(&self) -> u64 {
+        tlog_tiles::stored_hash_index(0, self.leaves)
     }
 
-    /// How many hashes were read so far.
+    /// A stored hash held in memory.
+    fn get(&self, index: u64) -> Option<Hash> {
+        if index >= self.stored() {
+            return None;
+        }
+        if let Some(i) = index.checked_sub(self.recent_first)
+            && let Some(h) = usize::try_from(i).ok().and_then(|i| self.recent.get(i))
+        {
+            return Some(*h);
+        }
+        self.frontier
+            .iter()
+            .find(|(_, stored, _)| *stored == index)
+            .map(|(_, _, h)| *h)
+    }
+
+    /// Adds the leaf of `entry`; returns the hashes to store, from `stored()` on.
+    fn push(&mut self, entry: &[u8], out: &mut Vec<Hash>) {
+        let n = self.leaves;
+        let mut index = tlog_tiles::stored_hash_index(0, n);
+        let mut h = tlog_tiles::record_hash(entry);
+        let mut level = 0u8;
+        self.remember(index, h, out);
+        // Each trailing one bit of n completes a subtree with its left neighbour.
+        for _ in 0..(n + 1).trailing_zeros() {
+            let Some((_, _, left)) = self.frontier.pop() else {
+                break;
+            };
+            h = tlog_tiles::node_hash(left, h);
+            index += 1;
+            level += 1;
+            self.remember(index, h, out);
+        }
+        self.frontier.push((level, index, h));
+        self.leaves += 1;
+    }
+
+    fn remember(&mut self, index: u64, h: Hash, out: &mut Vec<Hash>) {
+        out.push(h);
+        self.recent.push_back(h);
+        if self.recent.len() > RECENT {
+            self.recent.pop_front();
+            self.recent_first += 1;
+        }
+        debug_assert_eq!(self.recent_first + self.recent.len() as u64, index + 1);
+    }
+
+    /// The root of the whole tree: the frontier folded from the right.
+    fn root(&self) -> Hash {
+        let mut nodes = self.frontier.iter().rev().map(|(_, _, h)| *h);
+        match nodes.next() {
+            None => tlog_tiles::EMPTY_HASH,
+            Some(last) => nodes.fold(last, |right, left| tlog_tiles::node_hash(left, right)),
+        }
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> ProofError {
+    ProofError::Storage(e.to_string())
+}
+
+impl TreeFile {
+    /// Opens (or creates) the file at `path` and keeps the tree of at most `leaves` leaves: fewer
+    /// when the file holds fewer (it is not synced), see [`TreeFile::leaves`].
+    pub fn open(path: &Path, leaves: u64) -> Result<TreeFile, ProofError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| storage(format!("{}: {e}", path.display())))?;
+        let on_file = file.metadata().map_err(storage)?.len() / HASH_LEN;
+        // The largest tree whose hashes are all in the file.
+        let (mut lo, mut hi) = (0u64, leaves.min(on_file));
+        while lo < hi {
+            let mid = hi - (hi - lo) / 2;
+            if tlog_tiles::stored_hash_index(0, mid) <= on_file {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let tree = TreeFile {
+            file,
+            path: path.to_path_buf(),
+            edge: RwLock::new(Edge {
+                leaves: 0,
+                frontier: Vec::new(),
+                recent: VecDeque::new(),
+                recent_first: 0,
+            }),
+            reads: AtomicU64::new(0),
+        };
+        tree.truncate(lo)?;
+        Ok(tree)
+    }
+
+    /// Cuts the tree back to its first `leaves` leaves (at most its current size).
+    pub fn truncate(&self, leaves: u64) -> Result<(), ProofError> {
+        let stored = tlog_tiles::stored_hash_index(0, leaves);
+        self.file
+            .set_len(stored * HASH_LEN)
+            .map_err(|e| storage(format!("{}: {e}", self.path.display())))?;
+        // The right edge: one complete subtree per one bit of `leaves`, highest first.
+        let mut frontier = Vec::new();
+        let mut start = 0u64;
+        for level in (0..64u8).rev() {
+            if leaves & (1u64 << level) != 0 {
+                let index = tlog_tiles::stored_hash_index(level, start >> level);
+                let h = self.read_file(index)?;
+                frontier.push((level, index, h));
+                start += 1u64 << level;
+            }
+        }
+        *self.edge.write().map_err(storage)? = Edge {
+            leaves,
+            frontier,
+            recent: VecDeque::new(),
+            recent_first: stored,
+        };
+        Ok(())
+    }
+
+    /// Number of leaves.
+    pub fn leaves(&self) -> u64 {
+        self.edge.read().map_or(0, |e| e.leaves)
+    }
+
+    /// How many hashes were read from the file so far.
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
     }
 
-    /// Adds leaf `n` (the `n`-th entry, exact bytes) to the tree: O(log n) writes.
-    pub fn append(&self, n: u64, entry: &[u8]) -> Result<(), ProofError> {
-        let stored = tlog_tiles::stored_hashes(n, entry, self)
-            .map_err(|e| ProofError::Storage(e.to_string()))?;
-        let first = tlog_tiles::stored_hash_index(0, n);
-        for (i, hash) in stored.iter().enumerate() {
-            self.hashes
-                .insert(index_key(first + i as u64), &hash.0)
-                .map_err(|e| ProofError::Storage(e.to_string()))?;
+    /// Adds the entries (exact bytes) as the next leaves, with one write to the file.
+    pub fn append<'e>(
+        &self,
+        entries: impl IntoIterator<Item = &'e [u8]>,
+    ) -> Result<(), ProofError> {
+        let mut edge = self.edge.write().map_err(storage)?;
+        let mut next = edge.clone();
+        let mut hashes = Vec::new();
+        for entry in entries {
+            next.push(entry, &mut hashes);
         }
+        let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
+        self.file
+            .write_all_at(&bytes, edge.stored() * HASH_LEN)
+            .map_err(|e| storage(format!("{}: {e}", self.path.display())))?;
+        *edge = next;
         Ok(())
+    }
+
+    fn read_file(&self, index: u64) -> Result<Hash, ProofError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let mut h = [0u8; 32];
+        self.file
+            .read_exact_at(&mut h, index * HASH_LEN)
+            .map_err(|e| storage(format!("{} hash {index}: {e}", self.path.display())))?;
+        Ok(Hash(h))
     }
 
     /// The root of the tree of the first `size` leaves.
     pub fn root(&self, size: u64) -> Result<[u8; 32], ProofError> {
+        {
+            let edge = self.edge.read().map_err(storage)?;
+            if size == edge.leaves {
+                return Ok(edge.root().0);
+            }
+            if size > edge.leaves {
+                return Err(ProofError::OutOfRange(format!(
+                    "no tree of {size} entries; the log has {}",
+                    edge.leaves
+                )));
+            }
+        }
         tlog_tiles::tree_hash(size, self)
             .map(|h| h.0)
-            .map_err(|e| ProofError::Storage(e.to_string()))
+            .map_err(storage)
     }
 
     /// The inclusion proof of leaf `leaf` in the tree of `size` leaves (RFC 9162 §2.1.3).
     pub fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, ProofError> {
-        if leaf >= size {
+        if leaf >= size || size > self.leaves() {
             return Err(ProofError::OutOfRange(format!(
                 "leaf {leaf} is not in a tree of {size} entries"
             )));
         }
         tlog_tiles::prove_record(size, leaf, self)
             .map(|p| p.into_iter().map(|h| h.0).collect())
-            .map_err(|e| ProofError::Storage(e.to_string()))
+            .map_err(storage)
     }
 
     /// The consistency proof between the trees of `first` and `second` leaves (RFC 9162
     /// §2.1.4): the smaller is a prefix of the larger.
     pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<[u8; 32]>, ProofError> {
-        if first == 0 || first > second {
+        if first == 0 || first > second || second > self.leaves() {
             return Err(ProofError::OutOfRange(format!(
                 "no consistency proof from {first} to {second} entries"
             )));
         }
         tlog_tiles::prove_tree(second, first, self)
             .map(|p| p.into_iter().map(|h| h.0).collect())
-            .map_err(|e| ProofError::Storage(e.to_string()))
+            .map_err(storage)
     }
 }
 
-impl HashReader for TreeReader<'_> {
+impl HashReader for TreeFile {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
-        self.reads
-            .fetch_add(indexes.len() as u64, Ordering::Relaxed);
+        let edge = self
+            .edge
+            .read()
+            .map_err(|_| tlog_tiles::Error::IndexesNotInTree)?;
+        let stored = edge.stored();
         indexes
             .iter()
-            .map(|i| match self.hashes.get(index_key(*i)) {
-                Ok(Some(v)) => <[u8; 32]>::try_from(v.as_ref())
-                    .map(Hash)
-                    .map_err(|_| tlog_tiles::Error::MalformedHash),
-                _ => Err(tlog_tiles::Error::IndexesNotInTree),
+            .map(|&i| match edge.get(i) {
+                Some(h) => Ok(h),
+                None if i < stored => self
+                    .read_file(i)
+                    .map_err(|_| tlog_tiles::Error::IndexesNotInTree),
+                None => Err(tlog_tiles::Error::IndexesNotInTree),
             })
             .collect()
     }
@@ -239,20 +421,18 @@ mod tests {
         "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
     ];
 
-    fn tree() -> (tempfile::TempDir, sled::Db) {
+    fn tree() -> (tempfile::TempDir, TreeFile) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        (dir, db)
+        let tree = TreeFile::open(&dir.path().join("tree"), 0).unwrap();
+        (dir, tree)
     }
 
     #[test]
     fn roots_and_proofs_match_the_rfc_6962_reference_vectors() {
-        let (_dir, db) = tree();
-        let hashes = db.open_tree("h").unwrap();
-        let reader = TreeReader::new(&hashes);
+        let (_dir, reader) = tree();
         let leaves: Vec<Vec<u8>> = LEAVES.iter().map(|l| hex::decode(l).unwrap()).collect();
         for (n, leaf) in leaves.iter().enumerate() {
-            reader.append(n as u64, leaf).unwrap();
+            reader.append([leaf.as_slice()]).unwrap();
             let size = n as u64 + 1;
             let root = reader.root(size).unwrap();
             assert_eq!(hex::encode(root), ROOTS[n], "root of {size}");
@@ -279,13 +459,14 @@ mod tests {
 
     #[test]
     fn proofs_read_a_logarithmic_number_of_hashes() {
-        let (_dir, db) = tree();
-        let hashes = db.open_tree("h").unwrap();
-        let reader = TreeReader::new(&hashes);
-        let n = 1 << 14;
-        for i in 0..n {
-            reader.append(i, &i.to_be_bytes()).unwrap();
-        }
+        let (dir, reader) = tree();
+        let n = 1u64 << 14;
+        let entries: Vec<[u8; 8]> = (0..n).map(u64::to_be_bytes).collect();
+        reader.append(entries.iter().map(|e| e.as_slice())).unwrap();
+        // Reopened, so that every hash but the right edge comes from the file.
+        drop(reader);
+        let reader = TreeFile::open(&dir.path().join("tree"), n).unwrap();
+        assert_eq!(reader.leaves(), n);
         let before = reader.reads();
         let proof = reader.inclusion_proof(12_345, n).unwrap();
         let inclusion_reads = reader.reads() - before;
@@ -303,5 +484,45 @@ mod tests {
             reader.reads() - before <= 14,
             "root of a tree reads O(log n)"
         );
+    }
+
+    #[test]
+    fn the_file_holds_tlogs_stored_hashes_and_reopens_at_any_size() {
+        let (dir, file) = tree();
+        let mut memory = MemoryTree::default();
+        let entries: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        // Batches of uneven sizes, as group commit makes them.
+        for chunk in entries.chunks(7) {
+            file.append(chunk.iter().map(Vec::as_slice)).unwrap();
+            for entry in chunk {
+                memory.push(entry);
+            }
+            let size = memory.len();
+            assert_eq!(file.root(size).unwrap(), memory.root(size));
+        }
+        drop(file);
+        let bytes = std::fs::read(dir.path().join("tree")).unwrap();
+        let expected: Vec<u8> = memory.stored.iter().flat_map(|h| h.0).collect();
+        assert_eq!(bytes, expected, "hash i at byte 32 i, in tlog's order");
+
+        // A torn tail (half a hash) and a shorter wish both cut the tree cleanly.
+        let path = dir.path().join("tree");
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(bytes.len() as u64 - 48).unwrap();
+        let reopened = TreeFile::open(&path, 1000).unwrap();
+        assert_eq!(reopened.leaves(), 999, "the last leaf lost its hashes");
+        assert_eq!(reopened.root(999).unwrap(), memory.root(999));
+        reopened.append([entries[999].as_slice()]).unwrap();
+        assert_eq!(reopened.root(1000).unwrap(), memory.root(1000));
+        drop(reopened);
+        let cut = TreeFile::open(&path, 500).unwrap();
+        assert_eq!(cut.leaves(), 500);
+        assert_eq!(cut.root(500).unwrap(), memory.root(500));
+        let proof = cut.inclusion_proof(123, 500).unwrap();
+        verify_inclusion(&proof, 500, memory.root(500), 123, &entries[123]).unwrap();
+        assert!(matches!(
+            cut.inclusion_proof(10, 501),
+            Err(ProofError::OutOfRange(_))
+        ));
     }
 }

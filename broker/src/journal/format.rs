@@ -119,3 +119,41 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalEr
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+/// Reads the record `seq` whose header is at `offset` in the segment `path`: its payload, once
+/// its length, sequence number and checksum are checked.
+pub(crate) fn read_record_at(path: &Path, seq: u64, offset: u64) -> Result<Vec<u8>, JournalError> {
+    use std::os::unix::fs::FileExt;
+    let io_err = |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let corrupt = |reason: String| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        reason,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let mut bytes = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut bytes, offset).map_err(io_err)?;
+    let header = Header::parse(&bytes);
+    if !header.len_ok() {
+        return Err(corrupt(format!(
+            "record length {} exceeds the maximum",
+            header.len
+        )));
+    }
+    if header.seq != seq {
+        return Err(corrupt(format!(
+            "sequence number {} where {seq} was expected",
+            header.seq
+        )));
+    }
+    let mut payload = vec![0u8; header.len as usize];
+    file.read_exact_at(&mut payload, offset + HEADER_LEN as u64)
+        .map_err(io_err)?;
+    if checksum(seq, &payload) != header.crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    Ok(payload)
+}

@@ -145,6 +145,16 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+/// Where a record lies in the journal, so that it can be read back alone with
+/// [`Journal::read_at`] instead of being copied elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// The first sequence number of its segment (the number in the segment's name).
+    pub segment: u64,
+    /// The byte offset of its header in that segment.
+    pub offset: u64,
+}
+
 /// A batch that has just been synced, as shown to the [`CommitHook`].
 #[derive(Debug)]
 pub struct CommittedBatch<'a> {
@@ -152,6 +162,8 @@ pub struct CommittedBatch<'a> {
     pub first_seq: u64,
     /// The records, in order: `(seq, payload)`.
     pub records: &'a [(u64, &'a [u8])],
+    /// Where each record lies, in the same order.
+    pub positions: &'a [Position],
 }
 
 /// Called by the writer after each batch is durable and before its appends are answered; sees
@@ -320,6 +332,7 @@ impl Journal {
         let writer = Writer {
             dir: dir.to_path_buf(),
             seg_path: recovered.last_path,
+            seg_first: recovered.last_first,
             file: Some(file),
             seg_len: recovered.last_len,
             next_seq: recovered.next_seq,
@@ -402,6 +415,20 @@ impl Journal {
         let end = self.next_seq();
         let segments = format::list_segments(&self.inner.dir)?;
         Ok(JournalReader::new(segments, seq, end))
+    }
+
+    /// Reads back the durable record `seq` at `position` (as a [`CommittedBatch`] or
+    /// [`JournalReader::position`] gave it), checking its header and checksum. Blocking I/O.
+    pub fn read_at(&self, seq: u64, position: Position) -> Result<Vec<u8>, JournalError> {
+        if seq >= self.next_seq() {
+            return Err(JournalError::Corrupt {
+                path: self.inner.dir.clone(),
+                offset: 0,
+                reason: format!("record {seq} is not durable yet"),
+            });
+        }
+        let path = self.inner.dir.join(format::segment_name(position.segment));
+        format::read_record_at(&path, seq, position.offset)
     }
 
     /// Number of durable records, which is the sequence number the next record will get.

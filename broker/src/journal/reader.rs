@@ -5,7 +5,7 @@ use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 
 use super::format::{HEADER_LEN, Header, MAX_PAYLOAD_LEN, checksum};
-use super::{JournalError, Record};
+use super::{JournalError, Position, Record};
 
 /// Iterator over the durable records from a given sequence number, in order, read from the
 /// segment files (blocking I/O: from async code, run it under `spawn_blocking`).
@@ -25,12 +25,16 @@ pub struct JournalReader {
     /// One past the last sequence number to yield.
     end: u64,
     done: bool,
+    /// Where the record yielded last lies.
+    last: Option<Position>,
 }
 
 #[derive(Debug)]
 struct Open {
     reader: BufReader<File>,
     path: PathBuf,
+    /// The segment's first sequence number.
+    first: u64,
     offset: u64,
 }
 
@@ -44,6 +48,7 @@ impl JournalReader {
         let next_seq = segments.get(start).map_or(0, |(first, _)| *first);
         JournalReader {
             done: from >= end || segments.is_empty(),
+            last: None,
             segments,
             next_segment: start,
             current: None,
@@ -51,6 +56,11 @@ impl JournalReader {
             from,
             end,
         }
+    }
+
+    /// Where the record yielded last lies, for [`super::Journal::read_at`].
+    pub fn position(&self) -> Option<Position> {
+        self.last
     }
 
     fn read_one(&mut self) -> Result<Record, JournalError> {
@@ -125,6 +135,10 @@ impl JournalReader {
             if checksum(header.seq, &payload) != header.crc {
                 return Err(corrupt(record_offset, "checksum mismatch".into()));
             }
+            self.last = Some(Position {
+                segment: open.first,
+                offset: record_offset,
+            });
             return Ok(Record {
                 seq: header.seq,
                 payload,
@@ -165,6 +179,7 @@ impl JournalReader {
         self.current = Some(Open {
             reader: BufReader::with_capacity(256 * 1024, file),
             path: path.clone(),
+            first: *first,
             offset: 0,
         });
         Ok(())

@@ -19,6 +19,8 @@ pub(crate) struct Recovered {
     pub(crate) last_path: PathBuf,
     /// Its length after any torn tail was cut.
     pub(crate) last_len: u64,
+    /// The sequence number of its first record (the number in its name).
+    pub(crate) last_first: u64,
     /// How many segments the journal has.
     pub(crate) segments: usize,
 }
@@ -45,6 +47,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
             next_seq: 0,
             last_path: path,
             last_len: 0,
+            last_first: 0,
             segments: 1,
         });
     }
@@ -77,10 +80,10 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
                 );
                 truncate(&path, outcome.valid_len)?;
             }
-            last = Some((path, outcome.valid_len));
+            last = Some((path, outcome.valid_len, first));
         }
     }
-    let (last_path, last_len) = last.ok_or_else(|| JournalError::Corrupt {
+    let (last_path, last_len, last_first) = last.ok_or_else(|| JournalError::Corrupt {
         path: dir.to_path_buf(),
         offset: 0,
         reason: "no segment".into(),
@@ -89,6 +92,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
         next_seq: expected,
         last_path,
         last_len,
+        last_first,
         segments: count,
     })
 }

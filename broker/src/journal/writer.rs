@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{encode, encoded_len, segment_name, sync_dir};
-use super::{CommitHook, CommittedBatch, FaultInjector, FaultPoint, JournalError};
+use super::{CommitHook, CommittedBatch, FaultInjector, FaultPoint, JournalError, Position};
 
 /// Counters shared between the writer and the handles.
 #[derive(Debug, Default)]
@@ -78,6 +78,8 @@ impl StepError {
 pub(crate) struct Writer {
     pub(crate) dir: PathBuf,
     pub(crate) seg_path: PathBuf,
+    /// Sequence number of the current segment's first record.
+    pub(crate) seg_first: u64,
     /// `None` after a failure, until recovery reopens it.
     pub(crate) file: Option<File>,
     /// Synced length of the current segment; the file may hold more only while a batch is in
@@ -233,16 +235,24 @@ impl Writer {
         }
         if let Some(hook) = self.hook.as_mut() {
             let mut records = Vec::with_capacity(count as usize);
+            let mut positions = Vec::with_capacity(count as usize);
             let mut seq = first_seq;
+            let mut offset = self.seg_len - self.buf.len() as u64;
             for (payloads, _) in batch {
                 for payload in payloads.as_slice() {
                     records.push((seq, payload.as_slice()));
+                    positions.push(Position {
+                        segment: self.seg_first,
+                        offset,
+                    });
                     seq += 1;
+                    offset += encoded_len(payload.len()) as u64;
                 }
             }
             hook(&CommittedBatch {
                 first_seq,
                 records: &records,
+                positions: &positions,
             });
         }
         Ok(first_seq)
@@ -275,6 +285,7 @@ impl Writer {
         tracing::debug!(file = %path.display(), "journal: new segment");
         self.file = Some(file);
         self.seg_path = path;
+        self.seg_first = self.next_seq;
         self.seg_len = 0;
         // Until the directory is synced, the new segment's entry may not survive a crash.
         self.needs_recovery = true;

@@ -1,21 +1,37 @@
 //! The `Store` boundary: the journal (source of truth, synced before any answer) and the derived
-//! state in sled (consents by id and by subject, idempotency keys, the exchange index), which
-//! can always be rebuilt from the journal. Knows nothing of gRPC.
+//! state, which can always be rebuilt from the journal. Knows nothing of gRPC. The derived state
+//! is in `DATA/state`:
+//! - sled: consents and mandates by id, by subject and by structure, idempotency keys, the
+//!   exchange index by subject, the signed checkpoints, the applied mark;
+//! - `tree.hashes`: the Merkle tree's stored hashes ([`TreeFile`]);
+//! - `entries.positions`: where each entry lies in the journal ([`Positions`]): entries are read
+//!   from the journal, never copied.
 //!
 //! Derived state is applied by the journal's commit hook, after the sync and before the appends
 //! are answered: when a request learns that its record is durable, the derived state already
-//! shows it (a revocation applies to the very next request). At start, what sled has not yet
-//! applied is replayed from the journal.
+//! shows it (a revocation applies to the very next request). None of it is synced; at start the
+//! store keeps what all three agree on and the journal vouches for, and replays the rest.
+
+mod positions;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::audit::{LogSigner, ProofError, TreeReader};
+use crate::audit::{LogSigner, ProofError, TreeFile};
 use crate::consent::Consent;
 use crate::event::{Event, Record};
-use crate::journal::{CommittedBatch, Journal, JournalError, JournalOptions};
+use crate::journal::{CommittedBatch, Journal, JournalError, JournalOptions, Position};
 use crate::mandate::Mandate;
+
+pub use positions::Positions;
+
+/// The Merkle tree's file in the state directory.
+const TREE_FILE: &str = "tree.hashes";
+/// The entries' positions file in the state directory.
+const POSITIONS_FILE: &str = "entries.positions";
+/// sled trees of earlier versions, whose content now lives in the files above.
+const LEGACY_TREES: [&str; 2] = ["audit_entries", "audit_hashes"];
 
 /// sled's cache, bounded (its default is 1 GiB).
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -40,6 +56,9 @@ pub enum StoreError {
     /// The Merkle tree's storage failed.
     #[error("audit tree: {0}")]
     Tree(ProofError),
+    /// The entries' positions file failed.
+    #[error("entry positions: {0}")]
+    Positions(#[from] std::io::Error),
     /// A proof or checkpoint was asked for outside the tree.
     #[error("{0}")]
     OutOfRange(String),
@@ -71,8 +90,6 @@ struct Trees {
     /// The latest checkpoint, also kept in memory: every receipt reads it.
     latest: arc_swap::ArcSwapOption<(u64, String)>,
     meta: sled::Tree,
-    entries: sled::Tree,
-    hashes: sled::Tree,
     checkpoints: sled::Tree,
     consents: sled::Tree,
     consents_by_subject: sled::Tree,
@@ -92,11 +109,12 @@ impl Trees {
             let size = <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes);
             Arc::new((size, String::from_utf8_lossy(&v).into_owned()))
         });
+        for legacy in LEGACY_TREES {
+            db.drop_tree(legacy)?;
+        }
         Ok(Trees {
             latest: arc_swap::ArcSwapOption::new(latest),
             meta: db.open_tree("meta")?,
-            entries: db.open_tree("audit_entries")?,
-            hashes: db.open_tree("audit_hashes")?,
             checkpoints,
             consents: db.open_tree("consents")?,
             consents_by_subject: db.open_tree("consents_by_subject")?,
@@ -111,8 +129,6 @@ impl Trees {
     fn clear(&self) -> Result<(), sled::Error> {
         for tree in [
             &self.meta,
-            &self.entries,
-            &self.hashes,
             &self.checkpoints,
             &self.consents,
             &self.consents_by_subject,
@@ -129,10 +145,8 @@ impl Trees {
     }
 
     /// Signs and keeps the checkpoint of the tree of `size` leaves.
-    fn checkpoint(&self, log: &LogSigner, size: u64) -> Result<(), StoreError> {
-        let root = TreeReader::new(&self.hashes)
-            .root(size)
-            .map_err(StoreError::Tree)?;
+    fn checkpoint(&self, log: &LogSigner, tree: &TreeFile, size: u64) -> Result<(), StoreError> {
+        let root = tree.root(size).map_err(StoreError::Tree)?;
         let note = log.sign(size, root);
         self.checkpoints
             .insert(size.to_be_bytes(), note.as_bytes())?;
@@ -157,10 +171,6 @@ impl Trees {
 
     fn apply(&self, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
         let bad = |source| StoreError::Record { seq, source };
-        self.entries.insert(seq.to_be_bytes(), payload)?;
-        TreeReader::new(&self.hashes)
-            .append(seq, payload)
-            .map_err(StoreError::Tree)?;
         // Exchanges are most records: only the fields the indexes need are read, borrowed.
         let peek: Peek<'_> = serde_json::from_slice(payload).map_err(bad)?;
         if peek.kind == "exchange" {
@@ -410,9 +420,29 @@ fn open_derived_state(path: &Path) -> Result<sled::Db, StoreError> {
 pub struct Store {
     journal: Journal,
     trees: Arc<Trees>,
+    tree: Arc<TreeFile>,
+    positions: Arc<Positions>,
     log: Arc<LogSigner>,
     db: sled::Db,
     degraded: Arc<AtomicBool>,
+}
+
+/// Applies records to the derived state, in order: positions, Merkle tree, then sled (so that
+/// sled's applied mark never gets ahead of the files).
+fn apply_batch(
+    trees: &Trees,
+    tree: &TreeFile,
+    positions: &Positions,
+    records: &[(u64, &[u8])],
+    at: &[Position],
+) -> Result<(), StoreError> {
+    positions.append(at)?;
+    tree.append(records.iter().map(|(_, payload)| *payload))
+        .map_err(StoreError::Tree)?;
+    for (seq, payload) in records {
+        trees.apply(*seq, payload)?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -424,25 +454,26 @@ impl Store {
         log: LogSigner,
     ) -> Result<Store, StoreError> {
         let log = Arc::new(log);
-        let db = open_derived_state(&data_dir.join("state"))?;
+        let state_dir = data_dir.join("state");
+        let db = open_derived_state(&state_dir)?;
         let trees = Arc::new(Trees::open(&db)?);
+        let tree = Arc::new(TreeFile::open(&state_dir.join(TREE_FILE), u64::MAX)?);
+        let positions = Arc::new(Positions::open(&state_dir.join(POSITIONS_FILE), u64::MAX)?);
         let degraded = Arc::new(AtomicBool::new(false));
         let hook = {
-            let trees = trees.clone();
+            let (trees, tree, positions) = (trees.clone(), tree.clone(), positions.clone());
             let degraded = degraded.clone();
             let log = log.clone();
             let mut user_hook = options.hook;
             Box::new(move |batch: &CommittedBatch<'_>| {
                 if !degraded.load(Ordering::Acquire) {
-                    let applied = batch
-                        .records
-                        .iter()
-                        .try_for_each(|(seq, payload)| trees.apply(*seq, payload))
-                        .and_then(|()| {
-                            let size = batch.first_seq + batch.records.len() as u64;
-                            trees.mark_applied(size)?;
-                            trees.checkpoint(&log, size)
-                        });
+                    let size = batch.first_seq + batch.records.len() as u64;
+                    let applied =
+                        apply_batch(&trees, &tree, &positions, batch.records, batch.positions)
+                            .and_then(|()| {
+                                trees.mark_applied(size)?;
+                                trees.checkpoint(&log, &tree, size)
+                            });
                     if let Err(e) = applied {
                         tracing::error!(error = %e, "derived state update failed; refusing requests until restart");
                         degraded.store(true, Ordering::Release);
@@ -471,30 +502,44 @@ impl Store {
             trees.clear()?;
             from = 0;
         }
-        let mut replayed = 0u64;
-        for record in journal.read_from(from)? {
-            let record = record?;
-            trees.apply(record.seq, &record.payload)?;
-            replayed += 1;
-            if replayed.is_multiple_of(1024) {
-                trees.mark_applied(record.seq + 1)?;
-            }
+        from = from.min(tree.leaves()).min(positions.len());
+        if from > 0 && !vouched(&journal, &trees, &tree, &positions, &log, from) {
+            tracing::warn!(
+                size = from,
+                "the Merkle tree or the entries' positions disagree with the journal; rebuilding them"
+            );
+            from = 0;
         }
+        tree.truncate(from)?;
+        positions.truncate(from)?;
+        let replayed = replay(&journal, &trees, &tree, &positions, from)?;
         trees.mark_applied(journal.next_seq())?;
         if replayed > 0 {
             tracing::info!(replayed, "derived state caught up with the journal");
         }
         if journal.next_seq() > 0 {
-            trees.checkpoint(&log, journal.next_seq())?;
+            trees.checkpoint(&log, &tree, journal.next_seq())?;
         }
         db.flush()?;
         Ok(Store {
             journal,
             trees,
+            tree,
+            positions,
             log,
             db,
             degraded,
         })
+    }
+
+    /// Appends one record; returns its sequence number and exact entry bytes once it is durable
+    /// and applied (what a receipt shows, without reading it back).
+    pub async fn append_entry(&self, record: Record) -> Result<(u64, Vec<u8>), StoreError> {
+        self.check()?;
+        let entry = record.encode();
+        let seq = self.journal.append(entry.clone()).await?;
+        self.check()?;
+        Ok((seq, entry))
     }
 
     /// Appends records; returns their sequence numbers once they are durable and applied.
@@ -609,25 +654,31 @@ impl Store {
         Ok(out)
     }
 
-    /// The exact bytes of audit entry (journal record) `index`.
+    /// The exact bytes of audit entry (journal record) `index`, read from the journal.
     pub fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .trees
-            .entries
-            .get(index.to_be_bytes())?
-            .map(|v| v.to_vec()))
+        match self.positions.get(index)? {
+            Some(at) => Ok(Some(self.journal.read_at(index, at)?)),
+            None => Ok(None),
+        }
     }
 
-    /// Audit entries from `start`, in order: `(index, exact bytes)`.
+    /// Audit entries from `start`, in order: `(index, exact bytes)`, read from the journal.
     pub fn entries_from(
         &self,
         start: u64,
     ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
-        self.trees.entries.range(start.to_be_bytes()..).map(|item| {
-            let (k, v) = item?;
-            let index = <[u8; 8]>::try_from(k.as_ref()).map_or(u64::MAX, u64::from_be_bytes);
-            Ok((index, v.to_vec()))
-        })
+        let end = self.positions.len();
+        let (reader, failed) = match self.journal.read_from(start) {
+            Ok(reader) => (Some(reader), None),
+            Err(e) => (None, Some(Err(StoreError::from(e)))),
+        };
+        failed.into_iter().chain(
+            reader
+                .into_iter()
+                .flatten()
+                .take_while(move |r| r.as_ref().map_or(true, |r| r.seq < end))
+                .map(|r| r.map(|r| (r.seq, r.payload)).map_err(StoreError::from)),
+        )
     }
 
     /// The size of the log as the latest checkpoint states it, with that checkpoint.
@@ -651,16 +702,14 @@ impl Store {
                 "no checkpoint of size {size}; the log has {latest} entries"
             )));
         }
-        let root = TreeReader::new(&self.trees.hashes)
-            .root(size)
-            .map_err(StoreError::Tree)?;
+        let root = self.tree.root(size).map_err(StoreError::Tree)?;
         Ok(self.log.sign(size, root))
     }
 
     /// The inclusion proof of entry `leaf` in the tree of `size` entries.
     pub fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
         self.within(size)?;
-        TreeReader::new(&self.trees.hashes)
+        self.tree
             .inclusion_proof(leaf, size)
             .map_err(StoreError::from)
     }
@@ -668,7 +717,7 @@ impl Store {
     /// The consistency proof from the tree of `first` entries to that of `second`.
     pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<[u8; 32]>, StoreError> {
         self.within(second)?;
-        TreeReader::new(&self.trees.hashes)
+        self.tree
             .consistency_proof(first, second)
             .map_err(StoreError::from)
     }
@@ -702,6 +751,86 @@ impl Store {
     }
 }
 
+/// Whether the journal vouches for the files' first `size` entries: the last entry's position
+/// reads it back from the journal, its leaf hash is the tree's, and the tree's root matches the
+/// latest checkpoint signed at or below `size`.
+fn vouched(
+    journal: &Journal,
+    trees: &Trees,
+    tree: &TreeFile,
+    positions: &Positions,
+    log: &LogSigner,
+    size: u64,
+) -> bool {
+    use tlog_tiles::HashReader;
+    let last = size - 1;
+    let entry = match positions.get(last) {
+        Ok(Some(at)) => journal.read_at(last, at).ok(),
+        _ => None,
+    };
+    let Some(entry) = entry else { return false };
+    let leaf = tree
+        .read_hashes(&[tlog_tiles::stored_hash_index(0, last)])
+        .ok()
+        .and_then(|h| h.first().map(|h| h.0));
+    if leaf != Some(crate::audit::tree::leaf_hash(&entry)) {
+        return false;
+    }
+    let signed = trees
+        .checkpoints
+        .range(..=size.to_be_bytes())
+        .next_back()
+        .and_then(Result::ok)
+        .and_then(|(_, note)| {
+            crate::audit::verify_checkpoint(log.vkey(), &String::from_utf8_lossy(&note)).ok()
+        });
+    match signed {
+        Some(checkpoint) => tree
+            .root(checkpoint.size)
+            .is_ok_and(|root| root == checkpoint.root),
+        None => true,
+    }
+}
+
+/// Applies the journal's records from `from` to the derived state; returns how many.
+fn replay(
+    journal: &Journal,
+    trees: &Trees,
+    tree: &TreeFile,
+    positions: &Positions,
+    from: u64,
+) -> Result<u64, StoreError> {
+    const CHUNK: usize = 1024;
+    let mut reader = journal.read_from(from)?;
+    let (mut payloads, mut at) = (Vec::with_capacity(CHUNK), Vec::with_capacity(CHUNK));
+    let mut replayed = 0u64;
+    loop {
+        let record = reader.next().transpose()?;
+        let done = record.is_none();
+        if let Some(record) = record {
+            let position = reader.position().ok_or_else(|| {
+                StoreError::OutOfRange(format!("no position for record {}", record.seq))
+            })?;
+            payloads.push((record.seq, record.payload));
+            at.push(position);
+        }
+        if payloads.len() == CHUNK || (done && !payloads.is_empty()) {
+            let records: Vec<(u64, &[u8])> =
+                payloads.iter().map(|(s, p)| (*s, p.as_slice())).collect();
+            apply_batch(trees, tree, positions, &records, &at)?;
+            replayed += records.len() as u64;
+            if let Some((seq, _)) = payloads.last() {
+                trees.mark_applied(seq + 1)?;
+            }
+            payloads.clear();
+            at.clear();
+        }
+        if done {
+            return Ok(replayed);
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -724,5 +853,93 @@ mod tests {
         let entry = store.entry(1).unwrap().unwrap();
         let proof = store.inclusion_proof(1, 2).unwrap();
         crate::audit::tree::verify_inclusion(&proof, 2, checkpoint.root, 1, &entry).unwrap();
+    }
+
+    /// Opens a store of `n` records, closes it, damages its state directory with `damage`,
+    /// reopens it and checks that every entry reads back and proves against the checkpoint.
+    async fn reopened_after(damage: impl FnOnce(&Path)) {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = [7; 32];
+        let record = |i: u64| {
+            Record::now(Event::RegistryLoaded {
+                registry_sha256: format!("{i:064x}"),
+            })
+        };
+        let store = Store::open(
+            dir.path(),
+            JournalOptions::default(),
+            LogSigner::from_seed(&seed, "unefois.test"),
+        )
+        .unwrap();
+        let mut entries = Vec::new();
+        for i in 0..40u64 {
+            let (seq, entry) = store.append_entry(record(i)).await.unwrap();
+            assert_eq!(seq, i);
+            entries.push(entry);
+        }
+        let (_, before) = store.latest_checkpoint().unwrap().unwrap();
+        store.close().await;
+        damage(&dir.path().join("state"));
+
+        let log = LogSigner::from_seed(&seed, "unefois.test");
+        let vkey = log.vkey().to_string();
+        let store = Store::open(dir.path(), JournalOptions::default(), log).unwrap();
+        let (size, note) = store.latest_checkpoint().unwrap().unwrap();
+        assert_eq!(size, 40);
+        assert_eq!(note, before, "the same tree, signed again");
+        let checkpoint = crate::audit::verify_checkpoint(&vkey, &note).unwrap();
+        for (i, entry) in entries.iter().enumerate() {
+            let i = i as u64;
+            assert_eq!(store.entry(i).unwrap().as_ref(), Some(entry), "entry {i}");
+            let proof = store.inclusion_proof(i, size).unwrap();
+            crate::audit::tree::verify_inclusion(&proof, size, checkpoint.root, i, entry).unwrap();
+        }
+        let listed: Vec<Vec<u8>> = store.entries_from(10).map(|r| r.unwrap().1).collect();
+        assert_eq!(listed, entries[10..]);
+        // And it goes on from there.
+        let (seq, _) = store.append_entry(record(40)).await.unwrap();
+        assert_eq!(seq, 40);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_derived_files_are_rebuilt_from_the_journal_when_lost_cut_or_damaged() {
+        // Lost.
+        reopened_after(|state| {
+            std::fs::remove_file(state.join(TREE_FILE)).unwrap();
+            std::fs::remove_file(state.join(POSITIONS_FILE)).unwrap();
+        })
+        .await;
+        // Cut short (never synced before a power loss): a hash and a half, three slots.
+        reopened_after(|state| {
+            let cut = |name: &str, by: u64| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(state.join(name))
+                    .unwrap();
+                let len = f.metadata().unwrap().len();
+                f.set_len(len - by).unwrap();
+            };
+            cut(TREE_FILE, 48);
+            cut(POSITIONS_FILE, 48);
+        })
+        .await;
+        // Damaged in place: a hash of the right edge zeroed, then a position pointing elsewhere.
+        reopened_after(|state| {
+            let path = state.join(TREE_FILE);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let at = tlog_tiles::stored_hash_index(5, 0) as usize * 32;
+            bytes[at..at + 32].fill(0);
+            std::fs::write(&path, bytes).unwrap();
+        })
+        .await;
+        reopened_after(|state| {
+            let path = state.join(POSITIONS_FILE);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 8;
+            bytes[last..].fill(0);
+            std::fs::write(&path, bytes).unwrap();
+        })
+        .await;
     }
 }
