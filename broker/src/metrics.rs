@@ -3,15 +3,42 @@
 //! Labels are bounded by construction: participants, attestation types and providers of the
 //! registry, outcomes and reasons of closed lists. Never a subject, never a claim value.
 
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static UPKEEP: Once = Once::new();
+
+/// How often histogram samples are folded into their buckets. Until then each sample is kept:
+/// without upkeep, a broker nobody scrapes would keep every latency it ever measured.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(2);
 
 /// Installs the process-wide recorder once (several brokers in one process, as in tests,
-/// share it) and returns the handle that renders the text format.
+/// share it), with a thread that folds histogram samples every [`UPKEEP_EVERY`], and returns
+/// the handle that renders the text format.
 pub fn handle() -> Option<&'static PrometheusHandle> {
+    let handle = installed();
+    if let Some(handle) = handle {
+        UPKEEP.call_once(|| {
+            let spawned = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        handle.run_upkeep();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no metrics upkeep thread: histograms grow until scraped");
+            }
+        });
+    }
+    handle
+}
+
+fn installed() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()

@@ -180,9 +180,7 @@ pub fn accesses(
     before: Option<u64>,
     size: usize,
 ) -> Result<(Vec<LoggedEvent>, bool), StoreError> {
-    let mut seqs = store.exchanges_of(subject)?;
-    seqs.retain(|s| before.is_none_or(|b| *s < b));
-    seqs.reverse();
+    let mut seqs = store.exchanges_about(subject, before, size.saturating_add(1))?;
     let more = seqs.len() > size;
     seqs.truncate(size);
     let mut out = Vec::with_capacity(seqs.len());

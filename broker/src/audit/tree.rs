@@ -45,7 +45,6 @@ pub struct TreeFile {
 }
 
 /// What the tree keeps in memory.
-#[derive(Clone)]
 struct Edge {
     /// Leaves in the tree.
     leaves: u64,
@@ -78,35 +77,35 @@ impl Edge {
             .map(|(_, _, h)| *h)
     }
 
-    /// Adds the leaf of `entry`; returns the hashes to store, from `stored()` on.
-    fn push(&mut self, entry: &[u8], out: &mut Vec<Hash>) {
-        let n = self.leaves;
+    /// Adds the leaf `n` of `entry` to `frontier` (the right edge of the tree of `n` leaves);
+    /// appends the hashes to store to `out`.
+    fn push(frontier: &mut Vec<(u8, u64, Hash)>, n: u64, entry: &[u8], out: &mut Vec<Hash>) {
         let mut index = tlog_tiles::stored_hash_index(0, n);
         let mut h = tlog_tiles::record_hash(entry);
         let mut level = 0u8;
-        self.remember(index, h, out);
+        out.push(h);
         // Each trailing one bit of n completes a subtree with its left neighbour.
         for _ in 0..(n + 1).trailing_zeros() {
-            let Some((_, _, left)) = self.frontier.pop() else {
+            let Some((_, _, left)) = frontier.pop() else {
                 break;
             };
             h = tlog_tiles::node_hash(left, h);
             index += 1;
             level += 1;
-            self.remember(index, h, out);
+            out.push(h);
         }
-        self.frontier.push((level, index, h));
-        self.leaves += 1;
+        frontier.push((level, index, h));
     }
 
-    fn remember(&mut self, index: u64, h: Hash, out: &mut Vec<Hash>) {
-        out.push(h);
-        self.recent.push_back(h);
-        if self.recent.len() > RECENT {
+    /// Takes the next leaves, once their hashes are in the file.
+    fn extend(&mut self, leaves: u64, frontier: Vec<(u8, u64, Hash)>, hashes: &[Hash]) {
+        self.recent.extend(hashes.iter().copied());
+        while self.recent.len() > RECENT {
             self.recent.pop_front();
             self.recent_first += 1;
         }
-        debug_assert_eq!(self.recent_first + self.recent.len() as u64, index + 1);
+        self.frontier = frontier;
+        self.leaves += leaves;
     }
 
     /// The root of the whole tree: the frontier folded from the right.
@@ -202,16 +201,18 @@ impl TreeFile {
         entries: impl IntoIterator<Item = &'e [u8]>,
     ) -> Result<(), ProofError> {
         let mut edge = self.edge.write().map_err(storage)?;
-        let mut next = edge.clone();
-        let mut hashes = Vec::new();
+        let mut frontier = edge.frontier.clone();
+        let (mut hashes, mut n) = (Vec::new(), edge.leaves);
         for entry in entries {
-            next.push(entry, &mut hashes);
+            Edge::push(&mut frontier, n, entry, &mut hashes);
+            n += 1;
         }
         let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
         self.file
             .write_all_at(&bytes, edge.stored() * HASH_LEN)
             .map_err(|e| storage(format!("{}: {e}", self.path.display())))?;
-        *edge = next;
+        let leaves = n - edge.leaves;
+        edge.extend(leaves, frontier, &hashes);
         Ok(())
     }
 

@@ -2,10 +2,13 @@
 //! state, which can always be rebuilt from the journal. Knows nothing of gRPC. The derived state
 //! is in `DATA/state`:
 //! - sled: consents and mandates by id, by subject and by structure, idempotency keys, the
-//!   exchange index by subject, the signed checkpoints, the applied mark;
+//!   newest exchange about each subject, the applied mark and the latest checkpoint (any other
+//!   is signed again on demand: a checkpoint is deterministic);
 //! - `tree.hashes`: the Merkle tree's stored hashes ([`TreeFile`]);
-//! - `entries.positions`: where each entry lies in the journal ([`Positions`]): entries are read
-//!   from the journal, never copied.
+//! - `entries.positions`: where each entry lies in the journal, and the previous exchange about
+//!   the same subject ([`Positions`]): entries are read from the journal, never copied, and a
+//!   subject's history is a chain walked from its newest exchange. Nothing in sled grows with
+//!   the number of exchanges.
 //!
 //! Derived state is applied by the journal's commit hook, after the sync and before the appends
 //! are answered: when a request learns that its record is durable, the derived state already
@@ -22,19 +25,26 @@ use crate::audit::{LogSigner, ProofError, TreeFile};
 use crate::consent::Consent;
 use crate::event::{Event, Record};
 use crate::journal::{CommittedBatch, Journal, JournalError, JournalOptions, Position};
-use crate::mandate::Mandate;
 
-pub use positions::Positions;
+use crate::mandate::Mandate;
+use std::collections::HashMap;
+
+pub use positions::{Positions, Slot};
 
 /// The Merkle tree's file in the state directory.
 const TREE_FILE: &str = "tree.hashes";
 /// The entries' positions file in the state directory.
 const POSITIONS_FILE: &str = "entries.positions";
 /// sled trees of earlier versions, whose content now lives in the files above.
-const LEGACY_TREES: [&str; 2] = ["audit_entries", "audit_hashes"];
+const LEGACY_TREES: [&str; 4] = [
+    "audit_entries",
+    "audit_hashes",
+    "audit_checkpoints",
+    "exchanges_by_subject",
+];
 
-/// sled's cache, bounded (its default is 1 GiB).
-pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's cache, bounded (its default is 1 GiB): it holds the hot nodes of the indexes only.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Why the store cannot serve.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +72,16 @@ pub enum StoreError {
     /// A proof or checkpoint was asked for outside the tree.
     #[error("{0}")]
     OutOfRange(String),
+    /// The journal no longer gives the tree this broker signed a checkpoint of: a record was
+    /// altered or lost where acknowledged records live. Restore from a backup.
+    #[error(
+        "the journal does not match the checkpoint of {size} entries this broker signed: a \
+         record was altered or lost; restore the data directory from a backup"
+    )]
+    Diverged {
+        /// The size of that checkpoint.
+        size: u64,
+    },
     /// The derived state fell behind the journal; it is rebuilt at the next start.
     #[error("derived state is behind the journal; restart the broker to rebuild it")]
     Degraded,
@@ -90,36 +110,56 @@ struct Trees {
     /// The latest checkpoint, also kept in memory: every receipt reads it.
     latest: arc_swap::ArcSwapOption<(u64, String)>,
     meta: sled::Tree,
-    checkpoints: sled::Tree,
     consents: sled::Tree,
     consents_by_subject: sled::Tree,
     requests: sled::Tree,
-    exchanges_by_subject: sled::Tree,
     mandates: sled::Tree,
     mandates_by_subject: sled::Tree,
     mandates_by_structure: sled::Tree,
 }
 
 const APPLIED: &[u8] = b"applied_seq";
+/// The latest checkpoint: its size (8 bytes, big-endian), then the note.
+const LATEST: &[u8] = b"latest_checkpoint";
+/// `head/<subject>`: the newest exchange about a subject (8 bytes, big-endian).
+const HEAD: &[u8] = b"head/";
+
+fn head_key(subject: &str) -> Vec<u8> {
+    [HEAD, subject.as_bytes()].concat()
+}
+
+/// The newest exchange about each subject among the records of a batch.
+type Heads = HashMap<String, u64>;
+
+/// A checkpoint kept as `size ‖ note`.
+fn decode_checkpoint(bytes: &[u8]) -> Option<(u64, String)> {
+    let (size, note) = bytes.split_first_chunk::<8>()?;
+    Some((
+        u64::from_be_bytes(*size),
+        String::from_utf8_lossy(note).into_owned(),
+    ))
+}
 
 impl Trees {
     fn open(db: &sled::Db) -> Result<Trees, sled::Error> {
-        let checkpoints = db.open_tree("audit_checkpoints")?;
-        let latest = checkpoints.last()?.map(|(k, v)| {
-            let size = <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes);
-            Arc::new((size, String::from_utf8_lossy(&v).into_owned()))
-        });
+        let meta = db.open_tree("meta")?;
+        let mut latest = meta.get(LATEST)?.and_then(|v| decode_checkpoint(&v));
+        if latest.is_none() {
+            // Earlier versions kept every checkpoint in a tree of their own.
+            latest = db.open_tree("audit_checkpoints")?.last()?.map(|(k, v)| {
+                let size = <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes);
+                (size, String::from_utf8_lossy(&v).into_owned())
+            });
+        }
         for legacy in LEGACY_TREES {
             db.drop_tree(legacy)?;
         }
         Ok(Trees {
-            latest: arc_swap::ArcSwapOption::new(latest),
-            meta: db.open_tree("meta")?,
-            checkpoints,
+            latest: arc_swap::ArcSwapOption::new(latest.map(Arc::new)),
+            meta,
             consents: db.open_tree("consents")?,
             consents_by_subject: db.open_tree("consents_by_subject")?,
             requests: db.open_tree("requests")?,
-            exchanges_by_subject: db.open_tree("exchanges_by_subject")?,
             mandates: db.open_tree("mandates")?,
             mandates_by_subject: db.open_tree("mandates_by_subject")?,
             mandates_by_structure: db.open_tree("mandates_by_structure")?,
@@ -129,11 +169,9 @@ impl Trees {
     fn clear(&self) -> Result<(), sled::Error> {
         for tree in [
             &self.meta,
-            &self.checkpoints,
             &self.consents,
             &self.consents_by_subject,
             &self.requests,
-            &self.exchanges_by_subject,
             &self.mandates,
             &self.mandates_by_subject,
             &self.mandates_by_structure,
@@ -144,20 +182,50 @@ impl Trees {
         Ok(())
     }
 
-    /// Signs and keeps the checkpoint of the tree of `size` leaves.
-    fn checkpoint(&self, log: &LogSigner, tree: &TreeFile, size: u64) -> Result<(), StoreError> {
+    /// Signs the checkpoint of the tree of `size` leaves and records, in one sled batch, that
+    /// every journal record before `size` is applied, the subjects' newest exchanges among them,
+    /// and that this is the latest checkpoint.
+    fn checkpoint(
+        &self,
+        log: &LogSigner,
+        tree: &TreeFile,
+        size: u64,
+        heads: &Heads,
+    ) -> Result<(), StoreError> {
         let root = tree.root(size).map_err(StoreError::Tree)?;
         let note = log.sign(size, root);
-        self.checkpoints
-            .insert(size.to_be_bytes(), note.as_bytes())?;
+        let mut kept = Vec::with_capacity(8 + note.len());
+        kept.extend_from_slice(&size.to_be_bytes());
+        kept.extend_from_slice(note.as_bytes());
+        let mut batch = self.applied_batch(size, heads);
+        batch.insert(LATEST, kept);
+        self.meta.apply_batch(batch)?;
         self.latest.store(Some(Arc::new((size, note))));
         Ok(())
     }
 
-    /// Records that every journal record before `next` is applied.
-    fn mark_applied(&self, next: u64) -> Result<(), sled::Error> {
-        self.meta.insert(APPLIED, &next.to_be_bytes())?;
-        Ok(())
+    /// Records, in one sled batch, that every journal record before `next` is applied and the
+    /// subjects' newest exchanges among them: the heads never disagree with the applied mark.
+    fn mark_applied(&self, next: u64, heads: &Heads) -> Result<(), sled::Error> {
+        self.meta.apply_batch(self.applied_batch(next, heads))
+    }
+
+    fn applied_batch(&self, next: u64, heads: &Heads) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        batch.insert(APPLIED, &next.to_be_bytes());
+        for (subject, seq) in heads {
+            batch.insert(head_key(subject), &seq.to_be_bytes());
+        }
+        batch
+    }
+
+    /// The newest exchange about `subject` applied so far.
+    fn head(&self, subject: &str) -> Result<Option<u64>, sled::Error> {
+        Ok(self
+            .meta
+            .get(head_key(subject))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes))
     }
 
     /// The next journal sequence number not yet applied.
@@ -169,19 +237,20 @@ impl Trees {
             .map_or(0, u64::from_be_bytes))
     }
 
-    fn apply(&self, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
+    /// Applies record `seq`; returns the subject of an exchange about one, for its chain.
+    fn apply(&self, seq: u64, payload: &[u8]) -> Result<Option<String>, StoreError> {
         let bad = |source| StoreError::Record { seq, source };
         // Exchanges are most records: only the fields the indexes need are read, borrowed.
         let peek: Peek<'_> = serde_json::from_slice(payload).map_err(bad)?;
         if peek.kind == "exchange" {
-            return self.index_exchange(
+            self.index_request(
                 seq,
                 &peek.participant.unwrap_or_default(),
-                peek.subject.as_deref(),
                 peek.request_id
                     .as_deref()
                     .zip(peek.request_fingerprint.as_deref()),
-            );
+            )?;
+            return Ok(peek.subject.map(|s| s.into_owned()));
         }
         let record = Record::decode(payload).map_err(bad)?;
         match record.event {
@@ -290,15 +359,15 @@ impl Trees {
                 }
             }
             Event::Exchange(exchange) => {
-                self.index_exchange(
+                self.index_request(
                     seq,
                     &exchange.participant,
-                    exchange.subject.as_deref(),
                     exchange
                         .request_id
                         .as_deref()
                         .zip(exchange.request_fingerprint.as_deref()),
                 )?;
+                return Ok(exchange.subject);
             }
             Event::RegistryLoaded { .. }
             | Event::AuditRead { .. }
@@ -308,24 +377,19 @@ impl Trees {
             | Event::AccessHistoryRead { .. }
             | Event::HarvestingAlarm { .. } => {}
         }
-        Ok(())
+        Ok(None)
     }
 }
 
 impl Trees {
-    /// Indexes an exchange by subject, and its request id (the first exchange of a request id
-    /// is the one later retries point to).
-    fn index_exchange(
+    /// Indexes an exchange's request id (the first exchange of a request id is the one later
+    /// retries point to).
+    fn index_request(
         &self,
         seq: u64,
         participant: &str,
-        subject: Option<&str>,
         request: Option<(&str, &str)>,
     ) -> Result<(), StoreError> {
-        if let Some(subject) = subject {
-            self.exchanges_by_subject
-                .insert(subject_key(subject, &seq.to_be_bytes()), &[])?;
-        }
         if let Some((request_id, fingerprint)) = request {
             let key = request_key(participant, &fetch_request_id(request_id));
             let used = RequestUse {
@@ -400,6 +464,9 @@ fn open_derived_state(path: &Path) -> Result<sled::Db, StoreError> {
         match sled::Config::new()
             .path(path)
             .cache_capacity(DEFAULT_CACHE_BYTES)
+            // Derived state needs no sync of its own (the journal is synced and replayed): no
+            // periodic fsync thread on the commit path's core. Flushed at shutdown.
+            .flush_every_ms(None)
             .open()
         {
             // sled reports a held lock as an `Other` I/O error with this message.
@@ -427,22 +494,37 @@ pub struct Store {
     degraded: Arc<AtomicBool>,
 }
 
-/// Applies records to the derived state, in order: positions, Merkle tree, then sled (so that
-/// sled's applied mark never gets ahead of the files).
+/// Applies records to the derived state: sled's indexes, then the positions (each exchange
+/// linked to the previous one about its subject) and the Merkle tree; returns the subjects'
+/// newest exchanges, for the applied mark, which the caller writes last (so that it never gets
+/// ahead of the files).
 fn apply_batch(
     trees: &Trees,
     tree: &TreeFile,
     positions: &Positions,
     records: &[(u64, &[u8])],
     at: &[Position],
-) -> Result<(), StoreError> {
-    positions.append(at)?;
+) -> Result<Heads, StoreError> {
+    let mut heads = Heads::new();
+    let mut slots = Vec::with_capacity(records.len());
+    for ((seq, payload), at) in records.iter().zip(at) {
+        let previous = match trees.apply(*seq, payload)? {
+            Some(subject) => {
+                let previous = match heads.get(&subject) {
+                    Some(newest) => Some(*newest),
+                    None => trees.head(&subject)?,
+                };
+                heads.insert(subject, *seq);
+                previous
+            }
+            None => None,
+        };
+        slots.push(Slot { at: *at, previous });
+    }
+    positions.append(&slots)?;
     tree.append(records.iter().map(|(_, payload)| *payload))
         .map_err(StoreError::Tree)?;
-    for (seq, payload) in records {
-        trees.apply(*seq, payload)?;
-    }
-    Ok(())
+    Ok(heads)
 }
 
 impl Store {
@@ -470,10 +552,7 @@ impl Store {
                     let size = batch.first_seq + batch.records.len() as u64;
                     let applied =
                         apply_batch(&trees, &tree, &positions, batch.records, batch.positions)
-                            .and_then(|()| {
-                                trees.mark_applied(size)?;
-                                trees.checkpoint(&log, &tree, size)
-                            });
+                            .and_then(|heads| trees.checkpoint(&log, &tree, size, &heads));
                     if let Err(e) = applied {
                         tracing::error!(error = %e, "derived state update failed; refusing requests until restart");
                         degraded.store(true, Ordering::Release);
@@ -502,23 +581,47 @@ impl Store {
             trees.clear()?;
             from = 0;
         }
-        from = from.min(tree.leaves()).min(positions.len());
-        if from > 0 && !vouched(&journal, &trees, &tree, &positions, &log, from) {
+        let signed = trees.latest.load_full();
+        let files = tree.leaves().min(positions.len());
+        let kept = files.min(from);
+        if files < from || (kept > 0 && !vouched(&journal, &tree, &positions, kept)) {
+            // The files lost what sled applied (they are not synced), or disagree with the
+            // journal: the subjects' chains cannot be trusted either. Everything is rebuilt.
             tracing::warn!(
-                size = from,
-                "the Merkle tree or the entries' positions disagree with the journal; rebuilding them"
+                sled = from,
+                files,
+                "the entries' positions or the Merkle tree are behind or disagree with the journal; rebuilding the derived state"
             );
+            trees.clear()?;
             from = 0;
         }
-        tree.truncate(from)?;
-        positions.truncate(from)?;
-        let replayed = replay(&journal, &trees, &tree, &positions, from)?;
-        trees.mark_applied(journal.next_seq())?;
+        let rebuild = |from: u64| -> Result<u64, StoreError> {
+            tree.truncate(from)?;
+            positions.truncate(from)?;
+            replay(&journal, &trees, &tree, &positions, from)
+        };
+        let mut replayed = rebuild(from)?;
+        // The tree must still have the root this broker signed last.
+        if let Some(signed) = signed.as_deref()
+            && let Some(size) = diverged(&tree, &log, signed)
+        {
+            tracing::warn!(
+                size,
+                "the Merkle tree disagrees with the latest checkpoint; rebuilding the derived state from the journal"
+            );
+            trees.clear()?;
+            replayed = rebuild(0)?;
+            if let Some(size) = diverged(&tree, &log, signed) {
+                return Err(StoreError::Diverged { size });
+            }
+        }
         if replayed > 0 {
             tracing::info!(replayed, "derived state caught up with the journal");
         }
         if journal.next_seq() > 0 {
-            trees.checkpoint(&log, &tree, journal.next_seq())?;
+            trees.checkpoint(&log, &tree, journal.next_seq(), &Heads::new())?;
+        } else {
+            trees.mark_applied(0, &Heads::new())?;
         }
         db.flush()?;
         Ok(Store {
@@ -642,14 +745,30 @@ impl Store {
         self.request_use(participant, &fetch_request_id(request_id_digest))
     }
 
-    /// Journal sequence numbers of the exchanges about a subject (by audit pseudonym).
-    pub fn exchanges_of(&self, subject: &str) -> Result<Vec<u64>, StoreError> {
+    /// Journal sequence numbers of the exchanges about a subject (by audit pseudonym), newest
+    /// first, before `before` (exclusive) when given, at most `limit` of them: a walk down the
+    /// subject's chain.
+    pub fn exchanges_about(
+        &self,
+        subject: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
         self.check()?;
         let mut out = Vec::new();
-        for seq in suffixes(&self.trees.exchanges_by_subject, subject) {
-            if let Ok(seq) = <[u8; 8]>::try_from(seq?.as_slice()) {
-                out.push(u64::from_be_bytes(seq));
+        let mut next = self.trees.head(subject)?;
+        while let Some(seq) = next {
+            if out.len() >= limit {
+                break;
             }
+            if before.is_none_or(|b| seq < b) {
+                out.push(seq);
+            }
+            next = match self.positions.get(seq)? {
+                // A chain only goes back in time; anything else is damage, not a loop to follow.
+                Some(slot) => slot.previous.filter(|p| *p < seq),
+                None => None,
+            };
         }
         Ok(out)
     }
@@ -657,7 +776,7 @@ impl Store {
     /// The exact bytes of audit entry (journal record) `index`, read from the journal.
     pub fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         match self.positions.get(index)? {
-            Some(at) => Ok(Some(self.journal.read_at(index, at)?)),
+            Some(slot) => Ok(Some(self.journal.read_at(index, slot.at)?)),
             None => Ok(None),
         }
     }
@@ -693,10 +812,10 @@ impl Store {
     /// The signed checkpoint of the tree of `size` leaves (kept, or signed again: a checkpoint
     /// is deterministic), for any size up to the latest.
     pub fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
-        if let Some(note) = self.trees.checkpoints.get(size.to_be_bytes())? {
-            return Ok(String::from_utf8_lossy(&note).into_owned());
+        let (latest, note) = self.latest_checkpoint()?.unwrap_or_default();
+        if size == latest && latest > 0 {
+            return Ok(note);
         }
-        let latest = self.latest_checkpoint()?.map_or(0, |(s, _)| s);
         if size == 0 || size > latest {
             return Err(StoreError::OutOfRange(format!(
                 "no checkpoint of size {size}; the log has {latest} entries"
@@ -752,44 +871,33 @@ impl Store {
 }
 
 /// Whether the journal vouches for the files' first `size` entries: the last entry's position
-/// reads it back from the journal, its leaf hash is the tree's, and the tree's root matches the
-/// latest checkpoint signed at or below `size`.
-fn vouched(
-    journal: &Journal,
-    trees: &Trees,
-    tree: &TreeFile,
-    positions: &Positions,
-    log: &LogSigner,
-    size: u64,
-) -> bool {
+/// reads it back from the journal, and its leaf hash is the tree's.
+fn vouched(journal: &Journal, tree: &TreeFile, positions: &Positions, size: u64) -> bool {
     use tlog_tiles::HashReader;
-    let last = size - 1;
+    let Some(last) = size.checked_sub(1) else {
+        return true;
+    };
     let entry = match positions.get(last) {
-        Ok(Some(at)) => journal.read_at(last, at).ok(),
+        Ok(Some(slot)) => journal.read_at(last, slot.at).ok(),
         _ => None,
     };
     let Some(entry) = entry else { return false };
-    let leaf = tree
-        .read_hashes(&[tlog_tiles::stored_hash_index(0, last)])
+    tree.read_hashes(&[tlog_tiles::stored_hash_index(0, last)])
         .ok()
-        .and_then(|h| h.first().map(|h| h.0));
-    if leaf != Some(crate::audit::tree::leaf_hash(&entry)) {
-        return false;
+        .and_then(|h| h.first().map(|h| h.0))
+        == Some(crate::audit::tree::leaf_hash(&entry))
+}
+
+/// The size of `signed` (a checkpoint this broker kept) when the tree's root at that size is
+/// not the signed one; `None` when it is, or when it cannot be told (the tree is shorter, or
+/// the note no longer verifies under the log key).
+fn diverged(tree: &TreeFile, log: &LogSigner, signed: &(u64, String)) -> Option<u64> {
+    let checkpoint = crate::audit::verify_checkpoint(log.vkey(), &signed.1).ok()?;
+    if checkpoint.size == 0 || checkpoint.size > tree.leaves() {
+        return None;
     }
-    let signed = trees
-        .checkpoints
-        .range(..=size.to_be_bytes())
-        .next_back()
-        .and_then(Result::ok)
-        .and_then(|(_, note)| {
-            crate::audit::verify_checkpoint(log.vkey(), &String::from_utf8_lossy(&note)).ok()
-        });
-    match signed {
-        Some(checkpoint) => tree
-            .root(checkpoint.size)
-            .is_ok_and(|root| root == checkpoint.root),
-        None => true,
-    }
+    let root = tree.root(checkpoint.size).ok();
+    (root != Some(checkpoint.root)).then_some(checkpoint.size)
 }
 
 /// Applies the journal's records from `from` to the derived state; returns how many.
@@ -817,10 +925,10 @@ fn replay(
         if payloads.len() == CHUNK || (done && !payloads.is_empty()) {
             let records: Vec<(u64, &[u8])> =
                 payloads.iter().map(|(s, p)| (*s, p.as_slice())).collect();
-            apply_batch(trees, tree, positions, &records, &at)?;
+            let heads = apply_batch(trees, tree, positions, &records, &at)?;
             replayed += records.len() as u64;
             if let Some((seq, _)) = payloads.last() {
-                trees.mark_applied(seq + 1)?;
+                trees.mark_applied(seq + 1, &heads)?;
             }
             payloads.clear();
             at.clear();
@@ -936,10 +1044,147 @@ mod tests {
         reopened_after(|state| {
             let path = state.join(POSITIONS_FILE);
             let mut bytes = std::fs::read(&path).unwrap();
-            let last = bytes.len() - 8;
+            let last = bytes.len() - 24;
             bytes[last..].fill(0);
             std::fs::write(&path, bytes).unwrap();
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_journal_that_no_longer_gives_the_signed_tree_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = [9; 32];
+        let open = || {
+            Store::open(
+                dir.path(),
+                JournalOptions::default(),
+                LogSigner::from_seed(&seed, "unefois.test"),
+            )
+        };
+        let store = open().unwrap();
+        for i in 0..20u64 {
+            store
+                .append_entry(Record::now(Event::RegistryLoaded {
+                    registry_sha256: format!("{i:064x}"),
+                }))
+                .await
+                .unwrap();
+        }
+        store.close().await;
+
+        // Record 5 rewritten in place with a valid checksum, and the tree's file lost: the
+        // rebuilt tree is not the one signed.
+        let segment = dir
+            .path()
+            .join("journal")
+            .join(format!("journal-{:020}.seg", 0));
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let (mut at, mut seq) = (0usize, 0u64);
+        while seq < 5 {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            at += 16 + len;
+            seq += 1;
+        }
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let payload = String::from_utf8(bytes[at + 16..at + 16 + len].to_vec())
+            .unwrap()
+            .replace(&format!("{:064x}", 5), &format!("{:064x}", 6));
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&5u64.to_le_bytes()), payload.as_bytes());
+        bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        bytes[at + 16..at + 16 + len].copy_from_slice(payload.as_bytes());
+        std::fs::write(&segment, bytes).unwrap();
+        std::fs::remove_file(dir.path().join("state").join(TREE_FILE)).unwrap();
+
+        match open() {
+            Err(StoreError::Diverged { size }) => assert_eq!(size, 20),
+            Err(other) => panic!("expected Diverged, got {other}"),
+            Ok(_) => panic!("expected Diverged, the store opened"),
+        }
+    }
+
+    fn exchange_about(subject: &str) -> Record {
+        use crate::event::{ExchangeEvent, Outcome};
+        Record::now(Event::Exchange(Box::new(ExchangeEvent {
+            outcome: Outcome::Granted,
+            reason: None,
+            participant: "mairie-lyon".into(),
+            agent: None,
+            subject: Some(subject.into()),
+            pseudonym_key: None,
+            attestation_type: "dgfip.revenu_fiscal_reference".into(),
+            purpose: "tarification_cantine".into(),
+            legal_basis: None,
+            habilitation: None,
+            mandate_id: None,
+            attestation_id: None,
+            payload_sha256: None,
+            provider: None,
+            derived_rules: Vec::new(),
+            request_id: None,
+            registry_sha256: "00".into(),
+            prefill_id: None,
+            request_fingerprint: None,
+            retry_of: None,
+        })))
+    }
+
+    #[tokio::test]
+    async fn a_subjects_exchanges_are_walked_newest_first_across_batches_restarts_and_rebuilds() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            Store::open(
+                dir.path(),
+                JournalOptions::default(),
+                LogSigner::from_seed(&[3; 32], "unefois.test"),
+            )
+            .unwrap()
+        };
+        let store = open();
+        let (mut alice, mut bob) = (Vec::new(), Vec::new());
+        for round in 0..5 {
+            // Several exchanges about one subject in one batch, and others in between.
+            let seqs = store
+                .append(vec![
+                    exchange_about("alice"),
+                    exchange_about("bob"),
+                    exchange_about("alice"),
+                    Record::now(Event::BrokerStopped {}),
+                ])
+                .await
+                .unwrap();
+            alice.extend([seqs[0], seqs[2]]);
+            bob.push(seqs[1]);
+            if round % 2 == 0 {
+                let (seq, _) = store.append_entry(exchange_about("alice")).await.unwrap();
+                alice.push(seq);
+            }
+        }
+        alice.reverse();
+        bob.reverse();
+        let check = |store: &Store| {
+            assert_eq!(store.exchanges_about("alice", None, 100).unwrap(), alice);
+            assert_eq!(store.exchanges_about("bob", None, 100).unwrap(), bob);
+            assert_eq!(
+                store.exchanges_about("carol", None, 100).unwrap(),
+                Vec::<u64>::new()
+            );
+            assert_eq!(store.exchanges_about("alice", None, 3).unwrap(), alice[..3]);
+            let before = alice[4];
+            assert_eq!(
+                store.exchanges_about("alice", Some(before), 2).unwrap(),
+                alice[5..7]
+            );
+        };
+        check(&store);
+        store.close().await;
+        let store = open();
+        check(&store);
+        store.close().await;
+        // The derived state lost: the chains are rebuilt from the journal.
+        std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+        let store = open();
+        check(&store);
+        store.close().await;
     }
 }

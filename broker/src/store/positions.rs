@@ -1,5 +1,6 @@
-//! Where each audit entry lies in the journal: one fixed-size slot per sequence number in an
-//! append-only file, so that an entry is read from the journal rather than kept twice.
+//! Where each audit entry lies in the journal, and the previous exchange about the same subject:
+//! one fixed-size slot per sequence number in an append-only file, so that an entry is read from
+//! the journal rather than kept twice, and a subject's history is a chain of slots.
 //!
 //! Derived state, like sled: it is not synced; at start the store keeps only the slots it can
 //! vouch for and replays the rest from the journal.
@@ -11,9 +12,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::journal::Position;
 
-const SLOT: u64 = 16;
+const SLOT: u64 = 24;
 
-/// The positions file: slot `seq` holds the segment and offset of record `seq`.
+/// What the file holds of one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// Where the record lies in the journal.
+    pub at: Position,
+    /// For an exchange about a subject, the previous exchange about that subject.
+    pub previous: Option<u64>,
+}
+
+/// The positions file: slot `seq` holds the segment and offset of record `seq`, and the previous
+/// exchange about its subject plus one (0: none).
 pub struct Positions {
     file: File,
     path: PathBuf,
@@ -60,21 +71,22 @@ impl Positions {
 
     /// Records the positions of the records `len()..`, in order, with one write. Only the
     /// journal's writer thread appends.
-    pub fn append(&self, positions: &[Position]) -> std::io::Result<()> {
+    pub fn append(&self, slots: &[Slot]) -> std::io::Result<()> {
         let len = self.len();
-        let mut bytes = Vec::with_capacity(positions.len() * SLOT as usize);
-        for p in positions {
-            bytes.extend_from_slice(&p.segment.to_le_bytes());
-            bytes.extend_from_slice(&p.offset.to_le_bytes());
+        let mut bytes = Vec::with_capacity(slots.len() * SLOT as usize);
+        for slot in slots {
+            bytes.extend_from_slice(&slot.at.segment.to_le_bytes());
+            bytes.extend_from_slice(&slot.at.offset.to_le_bytes());
+            let previous = slot.previous.map_or(0, |p| p.saturating_add(1));
+            bytes.extend_from_slice(&previous.to_le_bytes());
         }
         self.file.write_all_at(&bytes, len * SLOT)?;
-        self.len
-            .store(len + positions.len() as u64, Ordering::Release);
+        self.len.store(len + slots.len() as u64, Ordering::Release);
         Ok(())
     }
 
-    /// The position of record `seq`, if recorded.
-    pub fn get(&self, seq: u64) -> std::io::Result<Option<Position>> {
+    /// The slot of record `seq`, if recorded.
+    pub fn get(&self, seq: u64) -> std::io::Result<Option<Slot>> {
         if seq >= self.len() {
             return Ok(None);
         }
@@ -82,11 +94,17 @@ impl Positions {
         self.file
             .read_exact_at(&mut slot, seq * SLOT)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))?;
-        let (segment, offset) = slot.split_at(8);
-        let word = |b: &[u8]| <[u8; 8]>::try_from(b).map_or(u64::MAX, u64::from_le_bytes);
-        Ok(Some(Position {
-            segment: word(segment),
-            offset: word(offset),
+        let word = |i: usize| {
+            slot.get(i * 8..i * 8 + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(u64::MAX, u64::from_le_bytes)
+        };
+        Ok(Some(Slot {
+            at: Position {
+                segment: word(0),
+                offset: word(1),
+            },
+            previous: word(2).checked_sub(1),
         }))
     }
 }
