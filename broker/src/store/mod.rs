@@ -109,6 +109,8 @@ pub struct RequestUse {
 struct Trees {
     /// The latest checkpoint, also kept in memory: every receipt reads it.
     latest: arc_swap::ArcSwapOption<(u64, String)>,
+    /// Applied, not yet written to sled's `meta`.
+    staged: std::sync::Mutex<Staged>,
     meta: sled::Tree,
     consents: sled::Tree,
     consents_by_subject: sled::Tree,
@@ -130,6 +132,19 @@ fn head_key(subject: &str) -> Vec<u8> {
 
 /// The newest exchange about each subject among the records of a batch.
 type Heads = HashMap<String, u64>;
+
+/// How often the applied mark, the subjects' newest exchanges and the latest checkpoint are
+/// written to sled. Between two writes they are read from memory; after a crash, what was not
+/// written is replayed from the journal.
+const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The applied mark and heads since the last write to sled.
+#[derive(Default)]
+struct Staged {
+    next: Option<u64>,
+    heads: Heads,
+    since: Option<std::time::Instant>,
+}
 
 /// A checkpoint kept as `size ‖ note`.
 fn decode_checkpoint(bytes: &[u8]) -> Option<(u64, String)> {
@@ -156,6 +171,7 @@ impl Trees {
         }
         Ok(Trees {
             latest: arc_swap::ArcSwapOption::new(latest.map(Arc::new)),
+            staged: std::sync::Mutex::new(Staged::default()),
             meta,
             consents: db.open_tree("consents")?,
             consents_by_subject: db.open_tree("consents_by_subject")?,
@@ -179,48 +195,69 @@ impl Trees {
             tree.clear()?;
         }
         self.latest.store(None);
+        *self.staged() = Staged::default();
         Ok(())
     }
 
-    /// Signs the checkpoint of the tree of `size` leaves and records, in one sled batch, that
-    /// every journal record before `size` is applied, the subjects' newest exchanges among them,
-    /// and that this is the latest checkpoint.
-    fn checkpoint(
-        &self,
-        log: &LogSigner,
-        tree: &TreeFile,
-        size: u64,
-        heads: &Heads,
-    ) -> Result<(), StoreError> {
+    fn staged(&self) -> std::sync::MutexGuard<'_, Staged> {
+        self.staged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Signs the checkpoint of the tree of `size` leaves: the latest, served from memory.
+    fn checkpoint(&self, log: &LogSigner, tree: &TreeFile, size: u64) -> Result<(), StoreError> {
         let root = tree.root(size).map_err(StoreError::Tree)?;
         let note = log.sign(size, root);
-        let mut kept = Vec::with_capacity(8 + note.len());
-        kept.extend_from_slice(&size.to_be_bytes());
-        kept.extend_from_slice(note.as_bytes());
-        let mut batch = self.applied_batch(size, heads);
-        batch.insert(LATEST, kept);
-        self.meta.apply_batch(batch)?;
         self.latest.store(Some(Arc::new((size, note))));
         Ok(())
     }
 
-    /// Records, in one sled batch, that every journal record before `next` is applied and the
-    /// subjects' newest exchanges among them: the heads never disagree with the applied mark.
-    fn mark_applied(&self, next: u64, heads: &Heads) -> Result<(), sled::Error> {
-        self.meta.apply_batch(self.applied_batch(next, heads))
+    /// Takes note that every journal record before `next` is applied, with the subjects' newest
+    /// exchanges among them; writes them to sled once [`PERSIST_EVERY`] has passed.
+    fn stage(&self, next: u64, heads: Heads) -> Result<(), sled::Error> {
+        let mut staged = self.staged();
+        staged.next = Some(next);
+        staged.heads.extend(heads);
+        let since = *staged.since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= PERSIST_EVERY {
+            self.write(&mut staged)?;
+        }
+        Ok(())
     }
 
-    fn applied_batch(&self, next: u64, heads: &Heads) -> sled::Batch {
+    /// Writes what is staged now.
+    fn persist(&self) -> Result<(), sled::Error> {
+        self.write(&mut self.staged())
+    }
+
+    /// Writes the applied mark, the heads and the latest checkpoint in one sled batch (so that
+    /// sled's heads never disagree with its mark), then forgets them: sled has them.
+    fn write(&self, staged: &mut Staged) -> Result<(), sled::Error> {
+        let Some(next) = staged.next else {
+            return Ok(());
+        };
         let mut batch = sled::Batch::default();
         batch.insert(APPLIED, &next.to_be_bytes());
-        for (subject, seq) in heads {
+        for (subject, seq) in &staged.heads {
             batch.insert(head_key(subject), &seq.to_be_bytes());
         }
-        batch
+        if let Some(latest) = self.latest.load_full().filter(|l| l.0 <= next) {
+            let mut kept = Vec::with_capacity(8 + latest.1.len());
+            kept.extend_from_slice(&latest.0.to_be_bytes());
+            kept.extend_from_slice(latest.1.as_bytes());
+            batch.insert(LATEST, kept);
+        }
+        self.meta.apply_batch(batch)?;
+        *staged = Staged::default();
+        Ok(())
     }
 
     /// The newest exchange about `subject` applied so far.
     fn head(&self, subject: &str) -> Result<Option<u64>, sled::Error> {
+        if let Some(seq) = self.staged().heads.get(subject) {
+            return Ok(Some(*seq));
+        }
         Ok(self
             .meta
             .get(head_key(subject))?
@@ -552,7 +589,10 @@ impl Store {
                     let size = batch.first_seq + batch.records.len() as u64;
                     let applied =
                         apply_batch(&trees, &tree, &positions, batch.records, batch.positions)
-                            .and_then(|heads| trees.checkpoint(&log, &tree, size, &heads));
+                            .and_then(|heads| {
+                                trees.checkpoint(&log, &tree, size)?;
+                                Ok(trees.stage(size, heads)?)
+                            });
                     if let Err(e) = applied {
                         tracing::error!(error = %e, "derived state update failed; refusing requests until restart");
                         degraded.store(true, Ordering::Release);
@@ -619,10 +659,10 @@ impl Store {
             tracing::info!(replayed, "derived state caught up with the journal");
         }
         if journal.next_seq() > 0 {
-            trees.checkpoint(&log, &tree, journal.next_seq(), &Heads::new())?;
-        } else {
-            trees.mark_applied(0, &Heads::new())?;
+            trees.checkpoint(&log, &tree, journal.next_seq())?;
         }
+        trees.stage(journal.next_seq(), Heads::new())?;
+        trees.persist()?;
         db.flush()?;
         Ok(Store {
             journal,
@@ -861,12 +901,15 @@ impl Store {
         &self.journal
     }
 
-    /// Flushes the derived state and closes the journal after the pending appends.
+    /// Closes the journal after the pending appends, then writes and flushes the derived state.
     pub async fn close(self) {
+        self.journal.close().await;
+        if let Err(e) = self.trees.persist() {
+            tracing::warn!(error = %e, "derived state write at shutdown failed; it is replayed at next start");
+        }
         if let Err(e) = self.db.flush_async().await {
             tracing::warn!(error = %e, "derived state flush at shutdown failed; it is replayed at next start");
         }
-        self.journal.close().await;
     }
 }
 
@@ -928,7 +971,7 @@ fn replay(
             let heads = apply_batch(trees, tree, positions, &records, &at)?;
             replayed += records.len() as u64;
             if let Some((seq, _)) = payloads.last() {
-                trees.mark_applied(seq + 1, &heads)?;
+                trees.stage(seq + 1, heads)?;
             }
             payloads.clear();
             at.clear();
