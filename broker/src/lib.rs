@@ -31,6 +31,7 @@ pub mod provider_client;
 pub mod pseudonym;
 pub mod ratelimit;
 pub mod registry;
+pub mod reserve;
 pub mod resilience;
 pub mod server;
 pub mod signing;

@@ -3,7 +3,7 @@
 //! writing call: held before its sync, it is not answered; failing at each step of the commit
 //! path (disk full before the write, an I/O error after it), it is refused with
 //! UNAVAILABLE / STORE_UNAVAILABLE and nothing of it is visible; once the disk is back, the broker
-//! serves again without a restart.
+//! serves again without a restart. The last test does it for real, on a full tmpfs.
 
 use std::io;
 use std::sync::Arc;
@@ -268,4 +268,138 @@ async fn every_writing_call_waits_for_its_sync_and_refuses_when_the_disk_fails()
     );
     drop(clients);
     broker.stop().await
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `mib` MiB, or says why it cannot (mounting needs root).
+    fn mount(mib: u32) -> anyhow::Result<SmallDisk> {
+        let dir = tempfile::tempdir()?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Writes a file until the filesystem is full (ENOSPC); returns its path.
+fn fill(disk: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write;
+    let path = disk.join("ballast");
+    let mut file = std::fs::File::create(&path)?;
+    let chunk = vec![0u8; 4096];
+    loop {
+        match file.write_all(&chunk).and_then(|()| file.flush()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => return Ok(path),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The real thing behind the injected `Disk::Full`: the data directory on a small tmpfs filled
+/// to the last byte. Needs root to mount; `.ci/run` sets `UNEFOIS_REQUIRE_TMPFS=1` so that CI
+/// fails rather than skips when it cannot.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_really_full_disk_refuses_writes_then_recovers_without_a_restart() -> anyhow::Result<()> {
+    let disk = match SmallDisk::mount(16) {
+        Ok(disk) => disk,
+        Err(e) if std::env::var_os("UNEFOIS_REQUIRE_TMPFS").is_none() => {
+            eprintln!("skipped: cannot mount a tmpfs ({e}); set UNEFOIS_REQUIRE_TMPFS=1 to fail");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            data_dir: Some(disk.path().join("data")),
+            ..BrokerOptions::default()
+        },
+    )
+    .await?;
+    let clients = Clients {
+        lyon: broker.channel("mairie-lyon").await?,
+        agent: broker.channel(AGENT).await?,
+        cnil: broker.channel("cnil").await?,
+    };
+    call("fetch", clients.clone(), String::new()).await?;
+
+    let ballast = fill(disk.path())?;
+    // On a full disk a record may still fit in a page the journal already holds, and a failed
+    // batch gives back what it took: some calls are answered, the others are refused with
+    // UNAVAILABLE / STORE_UNAVAILABLE; none is answered without its record.
+    let mut granted = 1;
+    let mut refusals = 0;
+    for i in 0..40 {
+        let kind = if i % 4 == 3 { "consent grant" } else { "fetch" };
+        match call(kind, clients.clone(), String::new()).await {
+            Ok(()) => granted += usize::from(kind == "fetch"),
+            Err(refused) => {
+                refusals += 1;
+                assert_eq!(refused.code(), Code::Unavailable, "{kind}: {refused:?}");
+                assert_eq!(
+                    reason_of(&refused),
+                    Some(ErrorReason::StoreUnavailable),
+                    "{kind}"
+                );
+            }
+        }
+    }
+    assert!(refusals > 0, "a full disk refuses writes");
+
+    // Space returns: served again, by the same process.
+    std::fs::remove_file(&ballast)?;
+    for kind in ["fetch", "consent grant", "audit read"] {
+        call(kind, clients.clone(), String::new())
+            .await
+            .map_err(|s| anyhow::anyhow!("{kind} after space returned: {s:?}"))?;
+    }
+    granted += 1;
+    let logged = AuditClient::new(clients.cnil.clone())
+        .list_events(pb::ListEventsRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let granted_fetches = logged
+        .events
+        .iter()
+        .filter(|e| {
+            let entry: serde_json::Value =
+                serde_json::from_slice(&e.entry).unwrap_or(serde_json::Value::Null);
+            e.kind == "exchange" && entry["outcome"] == "granted"
+        })
+        .count();
+    assert_eq!(
+        granted_fetches, granted,
+        "every answered fetch is logged, no refused one"
+    );
+    broker.stop().await?;
+    drop(disk);
+    Ok(())
 }

@@ -42,6 +42,7 @@ pub struct TreeFile {
     path: PathBuf,
     edge: RwLock<Edge>,
     reads: AtomicU64,
+    reserve: crate::reserve::Reserve,
 }
 
 /// What the tree keeps in memory.
@@ -154,6 +155,7 @@ impl TreeFile {
                 recent_first: 0,
             }),
             reads: AtomicU64::new(0),
+            reserve: crate::reserve::Reserve::default(),
         };
         tree.truncate(lo)?;
         Ok(tree)
@@ -208,8 +210,11 @@ impl TreeFile {
             n += 1;
         }
         let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
+        let at = edge.stored() * HASH_LEN;
+        self.reserve
+            .before_writing(&self.file, at + bytes.len() as u64);
         self.file
-            .write_all_at(&bytes, edge.stored() * HASH_LEN)
+            .write_all_at(&bytes, at)
             .map_err(|e| storage(format!("{}: {e}", self.path.display())))?;
         let leaves = n - edge.leaves;
         edge.extend(leaves, frontier, &hashes);

@@ -30,6 +30,7 @@ pub struct Positions {
     path: PathBuf,
     /// Slots written (the next sequence number to record).
     len: AtomicU64,
+    reserve: crate::reserve::Reserve,
 }
 
 impl Positions {
@@ -47,6 +48,7 @@ impl Positions {
             file,
             path: path.to_path_buf(),
             len: AtomicU64::new(0),
+            reserve: crate::reserve::Reserve::default(),
         };
         positions.truncate(len.min(on_file))?;
         Ok(positions)
@@ -80,6 +82,8 @@ impl Positions {
             let previous = slot.previous.map_or(0, |p| p.saturating_add(1));
             bytes.extend_from_slice(&previous.to_le_bytes());
         }
+        self.reserve
+            .before_writing(&self.file, (len + slots.len() as u64) * SLOT);
         self.file.write_all_at(&bytes, len * SLOT)?;
         self.len.store(len + slots.len() as u64, Ordering::Release);
         Ok(())
