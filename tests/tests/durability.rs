@@ -74,6 +74,16 @@ struct Clients {
     cnil: Channel,
 }
 
+impl Clients {
+    async fn of(broker: &TestBroker) -> anyhow::Result<Clients> {
+        Ok(Clients {
+            lyon: broker.channel("mairie-lyon").await?,
+            agent: broker.channel(AGENT).await?,
+            cnil: broker.channel("cnil").await?,
+        })
+    }
+}
+
 /// One writing call, made afresh each time (new request ids), answered Ok or a status.
 async fn call(kind: &str, c: Clients, mandate_id: String) -> Result<(), tonic::Status> {
     let unique = uuid_like();
@@ -177,11 +187,7 @@ async fn every_writing_call_waits_for_its_sync_and_refuses_when_the_disk_fails()
         },
     )
     .await?;
-    let clients = Clients {
-        lyon: broker.channel("mairie-lyon").await?,
-        agent: broker.channel(AGENT).await?,
-        cnil: broker.channel("cnil").await?,
-    };
+    let clients = Clients::of(&broker).await?;
     let mandate = MandatesClient::new(clients.agent.clone())
         .create(pb::CreateMandateRequest {
             subject: "test:alice".into(),
@@ -341,11 +347,7 @@ async fn a_really_full_disk_refuses_writes_then_recovers_without_a_restart() -> 
         },
     )
     .await?;
-    let clients = Clients {
-        lyon: broker.channel("mairie-lyon").await?,
-        agent: broker.channel(AGENT).await?,
-        cnil: broker.channel("cnil").await?,
-    };
+    let clients = Clients::of(&broker).await?;
     call("fetch", clients.clone(), String::new()).await?;
 
     let ballast = fill(disk.path())?;
