@@ -417,6 +417,15 @@ impl Journal {
         Ok(JournalReader::new(segments, seq, end))
     }
 
+    /// [`Journal::read_from`], starting at `at`, where record `seq` lies (as a
+    /// [`CommittedBatch`] or [`JournalReader::position`] gave it): no scan of the segment up to
+    /// it. Blocking I/O.
+    pub fn read_from_at(&self, seq: u64, at: Position) -> Result<JournalReader, JournalError> {
+        let end = self.next_seq();
+        let segments = format::list_segments(&self.inner.dir)?;
+        Ok(JournalReader::new_at(segments, seq, end, at))
+    }
+
     /// Reads back the durable record `seq` at `position` (as a [`CommittedBatch`] or
     /// [`JournalReader::position`] gave it), checking its header and checksum. Blocking I/O.
     pub fn read_at(&self, seq: u64, position: Position) -> Result<Vec<u8>, JournalError> {

@@ -1,7 +1,7 @@
 //! Reading durable records back from the segment files.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use super::format::{HEADER_LEN, Header, MAX_PAYLOAD_LEN, checksum};
@@ -27,6 +27,9 @@ pub struct JournalReader {
     done: bool,
     /// Where the record yielded last lies.
     last: Option<Position>,
+    /// Where record `from` lies in the first segment opened, when known: reading starts there
+    /// instead of at the segment's first record.
+    skip_to: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -49,12 +52,33 @@ impl JournalReader {
         JournalReader {
             done: from >= end || segments.is_empty(),
             last: None,
+            skip_to: None,
             segments,
             next_segment: start,
             current: None,
             next_seq,
             from,
             end,
+        }
+    }
+
+    /// Like [`JournalReader::new`], starting at `at`, where record `from` lies (as a
+    /// [`super::CommittedBatch`] gave it): no scan from the segment's first record. A position
+    /// that does not hold record `from` is reported as corruption at the first read.
+    pub(crate) fn new_at(
+        segments: Vec<(u64, PathBuf)>,
+        from: u64,
+        end: u64,
+        at: Position,
+    ) -> JournalReader {
+        let Some(start) = segments.iter().position(|(first, _)| *first == at.segment) else {
+            return JournalReader::new(segments, from, end);
+        };
+        JournalReader {
+            next_segment: start,
+            next_seq: from,
+            skip_to: Some(at.offset),
+            ..JournalReader::new(segments, from, end)
         }
     }
 
@@ -161,7 +185,8 @@ impl JournalReader {
                 ),
             });
         };
-        if *first != self.next_seq {
+        let offset = self.skip_to.take().unwrap_or(0);
+        if offset == 0 && *first != self.next_seq {
             return Err(JournalError::Corrupt {
                 path: path.clone(),
                 offset: 0,
@@ -171,16 +196,20 @@ impl JournalReader {
                 ),
             });
         }
-        let file = File::open(path).map_err(|source| JournalError::Io {
+        let io_err = |source| JournalError::Io {
             path: path.clone(),
             source,
-        })?;
+        };
+        let mut file = File::open(path).map_err(io_err)?;
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+        }
         self.next_segment += 1;
         self.current = Some(Open {
             reader: BufReader::with_capacity(256 * 1024, file),
             path: path.clone(),
             first: *first,
-            offset: 0,
+            offset,
         });
         Ok(())
     }

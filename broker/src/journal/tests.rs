@@ -654,3 +654,43 @@ async fn invalid_segment_name_refuses_to_open() {
         Err(JournalError::Corrupt { .. })
     ));
 }
+
+#[tokio::test]
+async fn reading_from_a_position_starts_there_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || JournalOptions {
+        segment_size: 300,
+        ..JournalOptions::default()
+    };
+    let journal = Journal::open(dir.path(), options()).unwrap();
+    fill(&journal, 0..40).await;
+    assert!(segments(dir.path()).len() > 3, "several segments");
+
+    let mut reader = journal.read_from(0).unwrap();
+    let mut positions = Vec::new();
+    while let Some(record) = reader.next() {
+        record.unwrap();
+        positions.push(reader.position().unwrap());
+    }
+    for seq in [0u64, 1, 17, 39] {
+        let at = positions[seq as usize];
+        assert_eq!(journal.read_at(seq, at).unwrap(), payload(seq));
+        let from_at: Vec<Record> = journal
+            .read_from_at(seq, at)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(from_at, read_all(&journal, seq), "from {seq}");
+    }
+    // A position that does not hold the record is corruption, not another record.
+    let wrong = journal
+        .read_from_at(17, positions[16])
+        .unwrap()
+        .next()
+        .unwrap();
+    assert!(
+        matches!(wrong, Err(JournalError::Corrupt { .. })),
+        "{wrong:?}"
+    );
+    assert!(journal.read_at(17, positions[16]).is_err());
+}

@@ -133,9 +133,10 @@ fn head_key(subject: &str) -> Vec<u8> {
 /// The newest exchange about each subject among the records of a batch.
 type Heads = HashMap<String, u64>;
 
-/// How often the applied mark, the subjects' newest exchanges and the latest checkpoint are
-/// written to sled. Between two writes they are read from memory; after a crash, what was not
-/// written is replayed from the journal.
+/// How long the applied mark, the subjects' newest exchanges and the latest checkpoint wait in
+/// memory before they are written to sled: by the first commit this long after the first change
+/// not yet written, or at close. Between two writes they are read from memory; after a crash,
+/// what was not written is replayed from the journal.
 const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The applied mark and heads since the last write to sled.
@@ -577,7 +578,7 @@ impl Store {
         let db = open_derived_state(&state_dir)?;
         let trees = Arc::new(Trees::open(&db)?);
         let tree = Arc::new(TreeFile::open(&state_dir.join(TREE_FILE), u64::MAX)?);
-        let positions = Arc::new(Positions::open(&state_dir.join(POSITIONS_FILE), u64::MAX)?);
+        let positions = Arc::new(Positions::open(&state_dir.join(POSITIONS_FILE))?);
         let degraded = Arc::new(AtomicBool::new(false));
         let hook = {
             let (trees, tree, positions) = (trees.clone(), tree.clone(), positions.clone());
@@ -827,9 +828,18 @@ impl Store {
         start: u64,
     ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
         let end = self.positions.len();
-        let (reader, failed) = match self.journal.read_from(start) {
+        // Straight to `start`'s position: no scan of its segment up to it.
+        let reader = match self.positions.get(start) {
+            Ok(Some(slot)) => self
+                .journal
+                .read_from_at(start, slot.at)
+                .map_err(StoreError::from),
+            Ok(None) => self.journal.read_from(start).map_err(StoreError::from),
+            Err(e) => Err(StoreError::Positions(e)),
+        };
+        let (reader, failed) = match reader {
             Ok(reader) => (Some(reader), None),
-            Err(e) => (None, Some(Err(StoreError::from(e)))),
+            Err(e) => (None, Some(Err(e))),
         };
         failed.into_iter().chain(
             reader

@@ -34,9 +34,9 @@ pub struct Positions {
 }
 
 impl Positions {
-    /// Opens (or creates) the file and keeps at most `len` slots: fewer when the file holds
-    /// fewer, see [`Positions::len`].
-    pub fn open(path: &Path, len: u64) -> std::io::Result<Positions> {
+    /// Opens (or creates) the file, keeping its whole slots (a torn last one is cut); the store
+    /// then cuts it to what it can vouch for.
+    pub fn open(path: &Path) -> std::io::Result<Positions> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -50,7 +50,7 @@ impl Positions {
             len: AtomicU64::new(0),
             reserve: crate::reserve::Reserve::default(),
         };
-        positions.truncate(len.min(on_file))?;
+        positions.truncate(on_file)?;
         Ok(positions)
     }
 
