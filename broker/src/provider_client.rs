@@ -6,10 +6,13 @@
 //!
 //! The registry declares the provider's `endpoint` (`https://host:port`, or `http://host:port`
 //! for a provider on the same host), the CA trusted for it, the broker's client certificate
-//! and key (mTLS), an optional TLS name override and a timeout. The channel is connected
-//! lazily, at the first call, and reconnects by itself after the connection is lost (an HTTP/2
-//! GOAWAY from a proxy, a restarted provider); a call that fails on the connection itself is
-//! tried once more when time remains before the request's deadline.
+//! and key (mTLS), an optional TLS name override and a timeout. The adapter keeps a few HTTP/2
+//! connections to the provider ([`provider_connections`]), used in turn: one connection is
+//! one task on each side, and it capped a many-core broker (BENCHMARKS.md, "Scaling over
+//! cores"). Each is connected lazily, at its first call, and reconnects by itself after it is
+//! lost (an HTTP/2 GOAWAY from a proxy, a restarted provider); a call that fails on the
+//! connection itself is tried once more, on the next connection, when time remains before the
+//! request's deadline.
 //!
 //! Status mapping: NOT_FOUND → [`AdapterError::NotFound`]; UNAVAILABLE and RESOURCE_EXHAUSTED
 //! → [`AdapterError::Unavailable`], with the delay of a `google.rpc.RetryInfo` detail;
@@ -26,6 +29,7 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
@@ -43,6 +47,18 @@ use unefois_proto::v1::provider_client::ProviderClient;
 
 /// Default [`GrpcProviderConfig::timeout_ms`].
 pub const DEFAULT_GRPC_TIMEOUT_MS: u64 = 2000;
+
+/// Most HTTP/2 connections an adapter keeps to its provider.
+pub const MAX_PROVIDER_CONNECTIONS: usize = 8;
+
+/// How many HTTP/2 connections an adapter keeps to its provider: one per CPU the broker may
+/// run on, at most [`MAX_PROVIDER_CONNECTIONS`]. A connection's framing and TLS run in one
+/// task, on one core at a time, so a single connection caps the calls that many cores can make.
+pub fn provider_connections() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_PROVIDER_CONNECTIONS)
+}
 
 /// Largest `ProvideResponse` accepted from a provider, in bytes.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -102,8 +118,11 @@ pub struct GrpcProviderAdapter {
     endpoint_text: String,
     endpoint: Endpoint,
     timeout: Duration,
-    /// Connected lazily at the first call (creating a channel needs the Tokio runtime).
-    channel: OnceLock<Channel>,
+    /// The connections, used in turn; each connected lazily at its first call (creating a
+    /// channel needs the Tokio runtime).
+    channels: Box<[OnceLock<Channel>]>,
+    /// The next connection to use.
+    next: AtomicUsize,
 }
 
 impl fmt::Debug for GrpcProviderAdapter {
@@ -243,7 +262,10 @@ impl GrpcProviderAdapter {
             endpoint_text: format!("{}://{}", uri.scheme_str().unwrap_or("?"), authority),
             endpoint,
             timeout,
-            channel: OnceLock::new(),
+            channels: (0..provider_connections())
+                .map(|_| OnceLock::new())
+                .collect(),
+            next: AtomicUsize::new(0),
         })
     }
 
@@ -252,9 +274,10 @@ impl GrpcProviderAdapter {
         &self.attestation_type
     }
 
+    /// A client on the next connection in turn.
     fn client(&self) -> ProviderClient<Channel> {
-        let channel = self
-            .channel
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        let channel = self.channels[turn]
             .get_or_init(|| self.endpoint.connect_lazy())
             .clone();
         ProviderClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
