@@ -6,7 +6,7 @@
 use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 static UPKEEP: Once = Once::new();
@@ -46,6 +46,13 @@ fn installed() -> Option<&'static PrometheusHandle> {
                     0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0,
                 ])
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(JOURNAL_BATCH_RECORDS.into()),
+                    &[
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                    ],
+                )
                 .ok()?
                 .build_recorder();
             let handle = recorder.handle();
@@ -94,6 +101,24 @@ pub fn provider_call(provider: &str, attestation_type: &str, result: &'static st
         "attestation_type" => attestation_type.to_string()
     )
     .record(seconds);
+}
+
+const JOURNAL_BATCH_RECORDS: &str = "unefois_journal_batch_records";
+
+/// One append to the journal, from its submission until it is durable and applied: the wait for
+/// the group commit in progress, the write, the sync and the derived state. What an answer
+/// waits for the audit log.
+pub fn journal_append(seconds: f64) {
+    metrics::histogram!("unefois_journal_append_seconds").record(seconds);
+}
+
+/// One batch of the journal's group commit: its records, and how long its `fdatasync` took
+/// (the disk's own latency, the floor of every answer).
+pub fn journal_batch(records: u64, sync_seconds: Option<f64>) {
+    metrics::histogram!(JOURNAL_BATCH_RECORDS).record(records as f64);
+    if let Some(seconds) = sync_seconds {
+        metrics::histogram!("unefois_journal_sync_seconds").record(seconds);
+    }
 }
 
 /// Whether a provider is ready (its breaker closed).

@@ -253,6 +253,23 @@ async fn metrics_count_exchanges_by_consumer_type_and_outcome_without_subjects()
         "unefois_grpc_requests_total",
         "method=\"unefois.v1.Exchange/Fetch\""
     ]));
+    // The audit log's share of an answer's latency, and the disk's: one granted fetch and the
+    // two refusals are three journal appends at least, each in a synced batch.
+    let count = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        count("unefois_journal_append_seconds_count") >= 3.0,
+        "{text}"
+    );
+    assert!(count("unefois_journal_sync_seconds_count") >= 1.0, "{text}");
+    assert!(count("unefois_journal_batch_records_sum") >= 3.0, "{text}");
+    assert!(line(&[
+        "unefois_journal_batch_records_bucket",
+        "le=\"1024\""
+    ]));
     for secret in ["alice", "bob", "carol", "23870", "xxxxxxxx"] {
         assert!(!text.contains(secret), "{secret} in the metrics");
     }

@@ -398,13 +398,16 @@ impl Journal {
     }
 
     async fn submit(&self, payloads: Payloads) -> Result<u64, JournalError> {
+        let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
         self.inner
             .tx
             .send(Msg::Append { payloads, reply })
             .await
             .map_err(|_| JournalError::Closed)?;
-        answer.await.map_err(|_| JournalError::Closed)?
+        let outcome = answer.await.map_err(|_| JournalError::Closed)?;
+        crate::metrics::journal_append(started.elapsed().as_secs_f64());
+        outcome
     }
 
     /// Reads the durable records with sequence number `>= seq`, in order, from the segment

@@ -217,8 +217,11 @@ impl Writer {
         if let Some(faults) = &self.faults {
             faults(FaultPoint::AfterWrite).map_err(step("injected fault after writing to"))?;
         }
+        let mut sync_seconds = None;
         if self.sync {
+            let started = std::time::Instant::now();
             file.sync_data().map_err(step("sync_data of"))?;
+            sync_seconds = Some(started.elapsed().as_secs_f64());
             self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         }
         self.needs_recovery = false;
@@ -228,6 +231,7 @@ impl Writer {
         self.shared.durable.store(seq, Ordering::Release);
         self.shared.records.fetch_add(count, Ordering::Relaxed);
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::journal_batch(count, sync_seconds);
 
         // The records are durable: a fault here cannot undo that, it is only observed.
         if let Err(err) = self.fault(FaultPoint::AfterSync) {
