@@ -7,7 +7,10 @@
 //! itself after an HTTP/2 GOAWAY or a lost connection, so a proxy recycling its connections or
 //! a restarted server costs errors, never the run. Latencies of successful requests go into
 //! one hdrhistogram per worker, merged at the end. When paced, a request's latency counts from
-//! the time it was due, not the time it could be sent (no coordinated omission).
+//! the time it was due, not the time it could be sent (no coordinated omission). The due times
+//! come from a pacer thread that sleeps to each of them (tens of µs late), not from Tokio's
+//! timer, which rounds every sleep up to its next millisecond and so added up to 1 ms to each
+//! paced latency; how late each request left after it was due is reported beside.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,6 +58,8 @@ struct WorkerResult {
     ok: u64,
     errors: BTreeMap<String, u64>,
     latency_us: Histogram<u64>,
+    /// Paced runs: how long after it was due each measured request left.
+    lag_us: Histogram<u64>,
 }
 
 /// Shared between the workers and the conductor.
@@ -71,8 +76,6 @@ struct Shared {
     workers: u64,
     /// Whether a request budget was set (then every started request is counted).
     budget: bool,
-    /// Pacing: (start, seconds between two requests of the whole run, workers).
-    pace: Option<(Instant, f64, u64)>,
 }
 
 /// Runs the load over `channels` (connected already) and reports.
@@ -98,20 +101,40 @@ pub async fn run(
         max_requests: options.max_requests.unwrap_or(u64::MAX),
         budget: options.max_requests.is_some(),
         workers: options.in_flight as u64,
-        pace: options
-            .rate
-            .map(|rate| (start, 1.0 / rate, options.in_flight as u64)),
     });
 
+    // Paced: one queue of due times per worker, filled by the pacer thread in turn.
+    let (dues, mut queues): (Vec<_>, Vec<_>) = (0..options.in_flight)
+        .map(|_| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (tx, Some(rx))
+        })
+        .unzip();
+    let pacer = match options.rate {
+        Some(rate) => {
+            let shared = shared.clone();
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            Some(
+                std::thread::Builder::new()
+                    .name("pacer".into())
+                    .spawn(move || pace(start.into_std(), interval, &dues, &shared.stop))
+                    .context("pacer thread")?,
+            )
+        }
+        None => None,
+    };
+
     let mut workers = Vec::with_capacity(options.in_flight);
-    for id in 0..options.in_flight {
+    for (id, queue) in queues.iter_mut().enumerate() {
         let channel = channels[id % channels.len()].clone();
-        let histogram = new_histogram()?;
+        let due = if pacer.is_some() { queue.take() } else { None };
         workers.push(tokio::spawn(worker(
             id as u64,
             channel,
             shared.clone(),
-            histogram,
+            due,
+            new_histogram()?,
+            new_histogram()?,
         )));
     }
 
@@ -145,13 +168,20 @@ pub async fn run(
 
     let mut ok = 0;
     let mut errors = BTreeMap::new();
+    if let Some(pacer) = pacer
+        && pacer.join().is_err()
+    {
+        eprintln!("the pacer thread panicked");
+    }
     let mut latency_us = new_histogram()?;
+    let mut lag_us = new_histogram()?;
     for result in results {
         ok += result.ok;
         for (label, n) in result.errors {
             *errors.entry(label).or_insert(0) += n;
         }
         latency_us.add(&result.latency_us)?;
+        lag_us.add(&result.lag_us)?;
     }
 
     let ticks = clock_ticks_per_second() as f64;
@@ -178,6 +208,7 @@ pub async fn run(
         ok,
         errors,
         latency_us,
+        pace_lag_us: options.rate.map(|_| lag_us),
         server,
         client_cpu_s: client_after
             .cpu_ticks
@@ -205,31 +236,60 @@ async fn join(workers: Vec<tokio::task::JoinHandle<WorkerResult>>) -> Vec<Worker
     results
 }
 
-/// One request in flight at a time, until the run stops.
+/// The pacer: sends the run's due times (`start`, then one every `interval`) to the workers'
+/// queues in turn, each once it has come, until the run stops. A worker still busy finds its
+/// due times waiting, and its latencies count from them.
+fn pace(
+    start: std::time::Instant,
+    interval: Duration,
+    dues: &[tokio::sync::mpsc::UnboundedSender<Instant>],
+    stop: &AtomicBool,
+) {
+    let mut due = start;
+    for nth in 0usize.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let now = std::time::Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        if dues[nth % dues.len()].send(Instant::from_std(due)).is_err() {
+            break;
+        }
+        due += interval;
+    }
+}
+
+/// One request in flight at a time, until the run stops; paced when given its due times.
 async fn worker(
     id: u64,
     channel: Channel,
     shared: Arc<Shared>,
+    mut dues: Option<tokio::sync::mpsc::UnboundedReceiver<Instant>>,
     latency_us: Histogram<u64>,
+    lag_us: Histogram<u64>,
 ) -> WorkerResult {
     let mut result = WorkerResult {
         ok: 0,
         errors: BTreeMap::new(),
         latency_us,
+        lag_us,
     };
     let mut seq = id;
-    let mut nth: u64 = 0;
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
-        let due = match shared.pace {
-            Some((start, interval, workers)) => {
-                let due = start + Duration::from_secs_f64((nth * workers + id) as f64 * interval);
-                nth += 1;
-                tokio::time::sleep_until(due).await;
+        let due = match dues.as_mut() {
+            Some(dues) => {
+                let Some(due) = dues.recv().await else { break };
                 if shared.stop.load(Ordering::Relaxed) {
                     break;
+                }
+                if due >= shared.measure_from {
+                    let lag = due.elapsed().as_micros().min(u128::from(MAX_LATENCY_US)) as u64;
+                    let _ = result.lag_us.record(lag.max(1));
                 }
                 due
             }
@@ -261,4 +321,36 @@ async fn worker(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_times_go_to_the_workers_in_turn_and_never_early() {
+        let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..3)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = std::time::Instant::now() + Duration::from_millis(5);
+        let interval = Duration::from_micros(500);
+        let pacer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || pace(start, interval, &senders, &stop))
+        };
+        // Each worker's k-th due time is the (3k + worker)-th of the run, and it is handed out
+        // once it has come.
+        for k in 0..10u32 {
+            for (worker, queue) in receivers.iter_mut().enumerate() {
+                let due = queue.blocking_recv().expect("a due time");
+                assert!(Instant::now() >= due, "handed out before it was due");
+                let nth = 3 * k + worker as u32;
+                assert_eq!(due.into_std(), start + interval * nth);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        drop(receivers);
+        pacer.join().expect("the pacer ends when the run stops");
+    }
 }

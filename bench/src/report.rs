@@ -125,6 +125,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Latencies of the successful requests, in µs (from the intended send time when paced).
     pub latency_us: Histogram<u64>,
+    /// Paced runs: how long after it was due each measured request left (the load generator's
+    /// own lateness, included in `latency_us`).
+    pub pace_lag_us: Option<Histogram<u64>>,
     /// The server processes' CPU and memory over the run, when pids were given.
     pub server: Option<ServerUsage>,
     /// The load generator's own CPU time, in seconds.
@@ -185,6 +188,11 @@ impl Report {
         }
     }
 
+    /// Paced runs with measured requests: how late they left.
+    fn pace_lag(&self) -> Option<&Histogram<u64>> {
+        self.pace_lag_us.as_ref().filter(|h| !h.is_empty())
+    }
+
     /// The report as one JSON object (latencies in µs).
     pub fn to_json(&self) -> serde_json::Value {
         let server = self.server.as_ref().map(|s| {
@@ -217,6 +225,11 @@ impl Report {
                 "max": self.latency_us.max(),
                 "mean": self.latency_us.mean(),
             },
+            "pace_lag_us": self.pace_lag().map(|h| json!({
+                "p50": h.value_at_quantile(0.50),
+                "p99": h.value_at_quantile(0.99),
+                "max": h.max(),
+            })),
             "server": server,
             "client_cpu_us_per_request": (self.total() > 0)
                 .then(|| self.client_cpu_s * 1e6 / self.total() as f64),
@@ -260,6 +273,17 @@ impl Report {
             ("latency p99".into(), ms(self.percentile(0.99))),
             ("latency max".into(), ms(self.latency_us.max())),
         ];
+        if let Some(lag) = self.pace_lag() {
+            rows.push((
+                "sent after due".into(),
+                format!(
+                    "p50 {}, p99 {}, max {} (included in the latencies)",
+                    ms(lag.value_at_quantile(0.50)),
+                    ms(lag.value_at_quantile(0.99)),
+                    ms(lag.max())
+                ),
+            ));
+        }
         for (label, count) in &self.errors {
             rows.push((format!("errors {label}"), count.to_string()));
         }
