@@ -49,8 +49,12 @@ start_provider() {
   cat "$BENCH_DIR/provider.out" >&2; exit 1
 }
 
+# start_broker: the broker on CPU $SERVER_CPU, run through $BROKER_WRAPPER when set (a command
+# that execs its arguments, such as eatmydata), its consents seeded.
 start_broker() {
-  taskset -c "$SERVER_CPU" "$UNEFOIS" serve --home "$BENCH_DIR/home" \
+  local wrapper=()
+  [ -n "${BROKER_WRAPPER:-}" ] && wrapper=("$BROKER_WRAPPER")
+  taskset -c "$SERVER_CPU" "${wrapper[@]}" "$UNEFOIS" serve --home "$BENCH_DIR/home" \
     --registry "$BENCH_DIR/registry.toml" --listen "127.0.0.1:$BROKER_PORT" \
     --ops-listen "127.0.0.1:$OPS_PORT" --log-format json \
     >"$BENCH_DIR/broker.out" 2>"$BENCH_DIR/broker.log" &
