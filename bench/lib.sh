@@ -32,6 +32,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 
 # bench_env DIR: a fresh bench folder (PKI, registry on the grpc adapter, dev-idp) in DIR.
+# BENCH_ADAPTER=static serves every type from the sample datasets inside the broker instead (the
+# `static` adapter, copied into DIR/data): the broker without its second TLS hop.
 bench_env() {
   BENCH_DIR=$1
   PKI=$BENCH_DIR/home/pki
@@ -39,6 +41,23 @@ bench_env() {
   mkdir -p "$BENCH_DIR"
   "$BENCH" env --dir "$BENCH_DIR" --provider "127.0.0.1:$PROVIDER_PORT" \
     --registry-template bench/registry.toml --repo "$ROOT" >&2
+  if [ "${BENCH_ADAPTER:-grpc}" = static ]; then
+    cp -r examples/data "$BENCH_DIR/data"
+    python3 - "$BENCH_DIR/registry.toml" <<'PY'
+import re, sys
+lines, kind = [], None
+for line in open(sys.argv[1]).read().splitlines():
+    kind = (re.match(r'id = "(.+)"', line) or [None, kind])[1]
+    if line.startswith('adapter = { kind = "grpc"'):
+        line = f'adapter = {{ kind = "static", dataset = "data/{kind}.json" }}'
+    lines.append(line)
+open(sys.argv[1], "w").write("\n".join(lines) + "\n")
+PY
+    if grep -q '^adapter = { kind = "grpc"' "$BENCH_DIR/registry.toml"; then
+      echo "a grpc adapter is left in $BENCH_DIR/registry.toml" >&2
+      exit 1
+    fi
+  fi
 }
 
 start_provider() {
