@@ -39,9 +39,18 @@ for _ in $(seq 300); do
 done
 curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null || { tail -20 "$WORK/broker.log"; exit 1; }
 
-# testssl's exit code counts findings; the verdict below is ours.
-testssl --quiet --color 0 --warnings batch --add-ca "$WORK/home/pki/ca.crt" \
-  -p -f -U -S --jsonfile "$WORK/testssl.json" "127.0.0.1:$PORT" || true
+# testssl's exit code counts findings; the verdict below is ours. testssl 3.0.8 first probes the
+# server with `openssl s_client`, without a client certificate: it counts the probe a success
+# only when s_client exits before the broker's certificate_required alert arrives (TLS 1.3 has no
+# master key to show otherwise), a race it sometimes loses ("Your OpenSSL cannot connect"). That
+# one finding is retried, four times at most; any other result is final.
+for attempt in 1 2 3 4 5; do
+  rm -f "$WORK/testssl.json"
+  testssl --quiet --color 0 --warnings batch --add-ca "$WORK/home/pki/ca.crt" \
+    -p -f -U -S --jsonfile "$WORK/testssl.json" "127.0.0.1:$PORT" || true
+  grep -q 'cannot connect to' "$WORK/testssl.json" 2>/dev/null || break
+  echo "testssl: its probe lost the race with the certificate_required alert (attempt $attempt)"
+done
 
 python3 - "$WORK/testssl.json" <<'PY'
 import json, sys
