@@ -14,8 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/debug/unefois}
-PORT=${TESTSSL_PORT:-54443}
-OPS_PORT=${TESTSSL_OPS_PORT:-54444}
+# Below Linux's ephemeral range (32768-60999), where no outgoing connection can hold them.
+PORT=${TESTSSL_PORT:-31443}
+OPS_PORT=${TESTSSL_OPS_PORT:-31444}
 
 command -v testssl >/dev/null || {
   apt-get install -y testssl.sh >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y testssl.sh >/dev/null; }
