@@ -17,6 +17,7 @@
 
 mod positions;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +26,7 @@ use crate::audit::{LogSigner, ProofError, TreeFile};
 use crate::consent::Consent;
 use crate::event::{Event, Record};
 use crate::journal::{CommittedBatch, Journal, JournalError, JournalOptions, Position};
-
 use crate::mandate::Mandate;
-use std::collections::HashMap;
 
 pub use positions::{Positions, Slot};
 
