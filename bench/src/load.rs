@@ -104,35 +104,34 @@ pub async fn run(
     });
 
     // Paced: one queue of due times per worker, filled by the pacer thread in turn.
-    let (dues, mut queues): (Vec<_>, Vec<_>) = (0..options.in_flight)
-        .map(|_| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            (tx, Some(rx))
-        })
-        .unzip();
-    let pacer = match options.rate {
+    let (pacer, mut queues) = match options.rate {
         Some(rate) => {
+            let (dues, queues): (Vec<_>, Vec<_>) = (0..options.in_flight)
+                .map(|_| {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    (tx, Some(rx))
+                })
+                .unzip();
             let shared = shared.clone();
             let interval = Duration::from_secs_f64(1.0 / rate);
-            Some(
-                std::thread::Builder::new()
-                    .name("pacer".into())
-                    .spawn(move || pace(start.into_std(), interval, &dues, &shared.stop))
-                    .context("pacer thread")?,
-            )
+            let pacer = std::thread::Builder::new()
+                .name("pacer".into())
+                .spawn(move || pace(start.into_std(), interval, &dues, &shared.stop))
+                .context("pacer thread")?;
+            (Some(pacer), queues)
         }
-        None => None,
+        None => (None, Vec::new()),
     };
 
     let mut workers = Vec::with_capacity(options.in_flight);
-    for (id, queue) in queues.iter_mut().enumerate() {
+    for id in 0..options.in_flight {
         let channel = channels[id % channels.len()].clone();
-        let due = if pacer.is_some() { queue.take() } else { None };
+        let dues = queues.get_mut(id).and_then(Option::take);
         workers.push(tokio::spawn(worker(
             id as u64,
             channel,
             shared.clone(),
-            due,
+            dues,
             new_histogram()?,
             new_histogram()?,
         )));
