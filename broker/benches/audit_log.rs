@@ -60,7 +60,7 @@ async fn appends(sync: bool, records: u64, tasks: u64) -> (f64, u64, usize) {
             sync,
             ..JournalOptions::default()
         },
-        LogSigner::from_seed(&[1; 32], "unefois.test"),
+        LogSigner::from_seed(&[1; 32], "unefois.test").unwrap(),
     )
     .unwrap();
     let bytes = exchange_record(0).encode().len();
@@ -164,7 +164,7 @@ async fn main() {
         (tree.reads() - before) as f64 / samples as f64
     );
 
-    let log = Arc::new(LogSigner::from_seed(&[2; 32], "unefois.test"));
+    let log = Arc::new(LogSigner::from_seed(&[2; 32], "unefois.test").unwrap());
     let started = Instant::now();
     for k in 0..1_000u64 {
         let root = tree.root(leaves - k).unwrap();

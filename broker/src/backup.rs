@@ -994,7 +994,8 @@ fn read_trusted(path: &Path, log_seed: &[u8; 32]) -> Result<VerifiedCheckpoint, 
         .next()
         .and_then(|origin_line| origin_line.strip_suffix(origin("").as_str()))
         .ok_or_else(|| bad("not a checkpoint of an Une Fois audit log".into()))?;
-    let log = LogSigner::from_seed(log_seed, trust_domain);
+    let log = LogSigner::from_seed(log_seed, trust_domain)
+        .map_err(|e| bad(format!("the backed-up log key: {e}")))?;
     verify_checkpoint(log.vkey(), &text)
         .map_err(|e| bad(format!("not a checkpoint of the backed-up log key: {e}")))
 }
@@ -1517,7 +1518,7 @@ mod tests {
         let out = tmp.path().join("backup");
         backup(&data, &out).unwrap();
         let seed = load_or_create_secret(&data.join(KEYS).join(LOG_KEY)).unwrap();
-        let log = LogSigner::from_seed(&seed, "unefois.test");
+        let log = LogSigner::from_seed(&seed, "unefois.test").unwrap();
         let write = |name: &str, note: String| {
             let path = tmp.path().join(name);
             fs::write(&path, note).unwrap();
@@ -1553,7 +1554,7 @@ mod tests {
             "{err}"
         );
 
-        let stranger = LogSigner::from_seed(&[9; 32], "unefois.test");
+        let stranger = LogSigner::from_seed(&[9; 32], "unefois.test").unwrap();
         let foreign = write("foreign", stranger.sign(2, [0; 32]));
         let err = restore(&out, &target, &with(vec![foreign])).unwrap_err();
         assert!(matches!(err, BackupError::BadCheckpoint { .. }), "{err}");

@@ -9,9 +9,9 @@
 use std::path::Path;
 
 use base64::Engine;
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Verifier, VerifyingKey};
 
-use crate::keys::{KeyError, load_or_create_secret};
+use crate::keys::{KeyError, SigningKey, load_or_create_secret};
 
 /// The DSSE payload type of Une Fois attestations.
 pub const PAYLOAD_TYPE: &str = "application/vnd.unefois.attestation+json";
@@ -62,16 +62,16 @@ impl AttestationSigner {
     /// `<trust domain>/unefois/attestation`.
     pub fn load(data_dir: &Path, trust_domain: &str) -> Result<AttestationSigner, KeyError> {
         let seed = load_or_create_secret(&data_dir.join("keys").join("attestation.ed25519"))?;
-        Ok(AttestationSigner::from_seed(&seed, trust_domain))
+        AttestationSigner::from_seed(&seed, trust_domain)
     }
 
     /// Builds from a known seed.
-    pub fn from_seed(seed: &[u8; 32], trust_domain: &str) -> AttestationSigner {
-        let key = SigningKey::from_bytes(seed);
+    pub fn from_seed(seed: &[u8; 32], trust_domain: &str) -> Result<AttestationSigner, KeyError> {
+        let key = SigningKey::from_seed(seed)?;
         let name = format!("{trust_domain}/unefois/attestation");
         let vkey = signed_note::new_ed25519_verifier_key(&name, &key.verifying_key());
         let keyid = keyid_of(&vkey).unwrap_or(name);
-        AttestationSigner { key, keyid, vkey }
+        Ok(AttestationSigner { key, keyid, vkey })
     }
 
     /// The C2SP verifier key string.
@@ -81,11 +81,7 @@ impl AttestationSigner {
 
     /// Signs an attestation payload.
     pub fn sign(&self, payload: Vec<u8>) -> Envelope {
-        let sig = self
-            .key
-            .sign(&pae(PAYLOAD_TYPE, &payload))
-            .to_bytes()
-            .to_vec();
+        let sig = self.key.sign(&pae(PAYLOAD_TYPE, &payload)).to_vec();
         Envelope {
             payload,
             payload_type: PAYLOAD_TYPE.to_string(),
@@ -161,7 +157,7 @@ mod tests {
 
     #[test]
     fn an_envelope_verifies_with_the_published_key_and_not_once_altered() {
-        let signer = AttestationSigner::from_seed(&[7; 32], "unefois.test");
+        let signer = AttestationSigner::from_seed(&[7; 32], "unefois.test").unwrap();
         assert!(
             signer
                 .vkey()
@@ -176,7 +172,7 @@ mod tests {
         let mut retyped = envelope.clone();
         retyped.payload_type = "text/plain".into();
         assert!(verify(signer.vkey(), &retyped).is_err());
-        let other = AttestationSigner::from_seed(&[8; 32], "unefois.test");
+        let other = AttestationSigner::from_seed(&[8; 32], "unefois.test").unwrap();
         assert!(verify(other.vkey(), &envelope).is_err());
     }
 
@@ -185,7 +181,7 @@ mod tests {
         // A bug fixed here: the key id was cut at the last '+', inside the base64 key.
         let mut found = 0;
         for seed in 0..=255u8 {
-            let signer = AttestationSigner::from_seed(&[seed; 32], "unefois.test");
+            let signer = AttestationSigner::from_seed(&[seed; 32], "unefois.test").unwrap();
             let key_part = signer.vkey().splitn(3, '+').nth(2).unwrap();
             if !key_part.contains('+') {
                 continue;

@@ -621,7 +621,7 @@ pub fn checkpoint(text: &str) {
         "the checkpoint's origin is the key's name"
     );
     if let Some(trust_domain) = verified.origin.strip_suffix("/unefois/audit") {
-        let other = LogSigner::from_seed(&[0x5a; 32], trust_domain);
+        let other = LogSigner::from_seed(&[0x5a; 32], trust_domain).unwrap();
         assert_eq!(other.origin(), verified.origin);
         assert!(
             verify_checkpoint(other.vkey(), note).is_err(),

@@ -209,6 +209,7 @@ fn seed_attestation_key(data_dir: &Path, with_plus: bool) -> anyhow::Result<Stri
         .map(|i| {
             let seed = [i; 32];
             let vkey = AttestationSigner::from_seed(&seed, "unefois.test")
+                .unwrap()
                 .vkey()
                 .to_string();
             (seed, vkey)

@@ -425,7 +425,7 @@ async fn the_readme_walkthrough_grants_fetches_and_revokes() -> anyhow::Result<(
     assert!(denied.stderr.contains("NO_HABILITATION"), "{denied:?}");
 
     // Another valid key in place of the published one: nothing verifies any more.
-    let other = broker::signing::AttestationSigner::from_seed(&[9; 32], "unefois.test");
+    let other = broker::signing::AttestationSigner::from_seed(&[9; 32], "unefois.test").unwrap();
     std::fs::write(pki.join("attestation.vkey"), format!("{}\n", other.vkey()))?;
     let forged = unefois_client(cwd, addr, &fetch_law)?;
     assert!(!forged.ok, "{forged:?}");

@@ -866,12 +866,12 @@ proptest! {
         root in any::<[u8; 32]>(),
     ) {
         prop_assume!(seed != other);
-        let log = LogSigner::from_seed(&seed, &domain);
+        let log = LogSigner::from_seed(&seed, &domain).unwrap();
         let note = log.sign(size, root);
         let verified = verify_checkpoint(log.vkey(), &note).expect("its own checkpoint");
         prop_assert_eq!(verified.origin.as_str(), log.origin());
         prop_assert_eq!((verified.size, verified.root), (size, root));
-        let impostor = LogSigner::from_seed(&other, &domain);
+        let impostor = LogSigner::from_seed(&other, &domain).unwrap();
         prop_assert!(verify_checkpoint(impostor.vkey(), &note).is_err());
         oracles::checkpoint(&format!("{}\n{note}", log.vkey()));
     }
@@ -884,7 +884,7 @@ proptest! {
         at in any::<prop::sample::Index>(),
         byte in any::<u8>(),
     ) {
-        let log = LogSigner::from_seed(&seed, "unefois.test");
+        let log = LogSigner::from_seed(&seed, "unefois.test").unwrap();
         let mut note = log.sign(size, root).into_bytes();
         let i = at.index(note.len());
         note[i] = byte;

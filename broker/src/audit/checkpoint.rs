@@ -2,11 +2,10 @@
 
 use std::path::Path;
 
-use ed25519_dalek::{Signer as _, SigningKey};
 use signed_note::{Note, StandardVerifier, VerifierList};
 use tlog_tiles::{Checkpoint, Hash};
 
-use crate::keys::{KeyError, load_or_create_secret};
+use crate::keys::{KeyError, SigningKey, load_or_create_secret};
 
 /// The broker's log key, which signs checkpoints.
 pub struct LogSigner {
@@ -21,23 +20,23 @@ impl LogSigner {
     /// log's origin, `<trust domain>/unefois/audit`.
     pub fn load(data_dir: &Path, trust_domain: &str) -> Result<LogSigner, KeyError> {
         let seed = load_or_create_secret(&data_dir.join("keys").join("log.ed25519"))?;
-        Ok(LogSigner::from_seed(&seed, trust_domain))
+        LogSigner::from_seed(&seed, trust_domain)
     }
 
     /// Builds from a known seed.
-    pub fn from_seed(seed: &[u8; 32], trust_domain: &str) -> LogSigner {
-        let key = SigningKey::from_bytes(seed);
+    pub fn from_seed(seed: &[u8; 32], trust_domain: &str) -> Result<LogSigner, KeyError> {
+        let key = SigningKey::from_seed(seed)?;
         let name = origin(trust_domain);
         let mut encoded = vec![0x01];
         encoded.extend_from_slice(key.verifying_key().as_bytes());
         let key_id = signed_note::key_id(&name, &encoded);
         let vkey = signed_note::new_ed25519_verifier_key(&name, &key.verifying_key());
-        LogSigner {
+        Ok(LogSigner {
             key,
             name,
             key_id,
             vkey,
-        }
+        })
     }
 
     /// The log's origin line.
@@ -74,7 +73,7 @@ impl signed_note::Signer for LogSigner {
     }
 
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, ed25519_dalek::SignatureError> {
-        Ok(self.key.sign(msg).to_bytes().to_vec())
+        Ok(self.key.sign(msg).to_vec())
     }
 }
 
@@ -146,7 +145,7 @@ mod tests {
 
     #[test]
     fn a_signed_checkpoint_verifies_and_a_forged_one_does_not() {
-        let log = LogSigner::from_seed(&[5; 32], "unefois.test");
+        let log = LogSigner::from_seed(&[5; 32], "unefois.test").unwrap();
         let note = log.sign(42, [7; 32]);
         assert!(note.starts_with("unefois.test/unefois/audit\n42\n"));
         let c = verify_checkpoint(log.vkey(), &note).unwrap();
@@ -155,7 +154,7 @@ mod tests {
 
         let forged = note.replacen("\n42\n", "\n43\n", 1);
         assert!(verify_checkpoint(log.vkey(), &forged).is_err());
-        let other = LogSigner::from_seed(&[6; 32], "unefois.test");
+        let other = LogSigner::from_seed(&[6; 32], "unefois.test").unwrap();
         assert!(verify_checkpoint(other.vkey(), &note).is_err());
     }
 

@@ -999,7 +999,7 @@ mod tests {
     #[tokio::test]
     async fn appended_records_are_applied_logged_and_checkpointed() {
         let dir = tempfile::tempdir().unwrap();
-        let log = LogSigner::from_seed(&[1; 32], "unefois.test");
+        let log = LogSigner::from_seed(&[1; 32], "unefois.test").unwrap();
         let vkey = log.vkey().to_string();
         let store = Store::open(dir.path(), JournalOptions::default(), log).unwrap();
         let record = Record::now(Event::RegistryLoaded {
@@ -1028,7 +1028,7 @@ mod tests {
         let store = Store::open(
             dir.path(),
             JournalOptions::default(),
-            LogSigner::from_seed(&seed, "unefois.test"),
+            LogSigner::from_seed(&seed, "unefois.test").unwrap(),
         )
         .unwrap();
         let mut entries = Vec::new();
@@ -1041,7 +1041,7 @@ mod tests {
         store.close().await;
         damage(&dir.path().join("state"));
 
-        let log = LogSigner::from_seed(&seed, "unefois.test");
+        let log = LogSigner::from_seed(&seed, "unefois.test").unwrap();
         let vkey = log.vkey().to_string();
         let store = Store::open(dir.path(), JournalOptions::default(), log).unwrap();
         let (size, note) = store.latest_checkpoint().unwrap().unwrap();
@@ -1111,7 +1111,7 @@ mod tests {
             Store::open(
                 dir.path(),
                 JournalOptions::default(),
-                LogSigner::from_seed(&seed, "unefois.test"),
+                LogSigner::from_seed(&seed, "unefois.test").unwrap(),
             )
         };
         let store = open().unwrap();
@@ -1188,7 +1188,7 @@ mod tests {
             Store::open(
                 dir.path(),
                 JournalOptions::default(),
-                LogSigner::from_seed(&[3; 32], "unefois.test"),
+                LogSigner::from_seed(&[3; 32], "unefois.test").unwrap(),
             )
             .unwrap()
         };
