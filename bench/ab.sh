@@ -17,12 +17,6 @@ RATE_FLAGS=()
 [ -n "${RATE:-}" ] && RATE_FLAGS=(--rate "$RATE")
 bench_env "$CARGO_TARGET_DIR/bench-ab"
 start_provider
-# records_per_batch: the journal's mean batch, from the broker's /metrics.
-records_per_batch() {
-  curl -s "http://127.0.0.1:$OPS_PORT/metrics" |
-    awk '/^unefois_journal_batch_records_sum/ { s = $2 } /^unefois_journal_batch_records_count/ { n = $2 }
-         END { if (n > 0) printf "%.2f", s / n; else print "none" }'
-}
 RESULTS=$BENCH_DIR/ab.jsonl
 : >"$RESULTS"
 for round in $(seq "$ROUNDS"); do
@@ -32,7 +26,7 @@ for round in $(seq "$ROUNDS"); do
     start_broker
     log "round $round, $side ($UNEFOIS)"
     result=$(load "$DURATION" --scenario "$SCENARIO" --in-flight "$IN_FLIGHT" "${RATE_FLAGS[@]}")
-    per_batch=$(records_per_batch)
+    per_batch=$(metric_mean unefois_journal_batch_records)
     printf '%s\n' "$result" | jq -c --arg side "$side" --arg per_batch "$per_batch" \
       '{side: $side, records_per_batch: ($per_batch | tonumber? // null)} + .' |
       tee -a "$RESULTS" | summary >&2

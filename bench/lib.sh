@@ -1,6 +1,7 @@
-# Shared by bench/log-size.sh and bench/soak.sh (sourced): build, a fresh bench folder, the
+# Sourced by every bench script but compare.sh and scaling.sh: build, a fresh bench folder, the
 # Rust provider and the broker pinned to CPU $SERVER_CPU, consents seeded, runs from CPU
-# $CLIENT_CPU. compare.sh predates it and keeps its own copy of these steps.
+# $CLIENT_CPU, the broker's histogram means. compare.sh predates it and keeps its own copy of
+# these steps; scaling.sh runs where there is no cargo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -99,6 +100,14 @@ load() {
     --broker-bin "$UNEFOIS" --idp-key examples/dev-idp/dev-signing-key.json \
     --duration "$duration" --warmup 1 --server-pid "$BROKER_PID" --aux-pid "$PROVIDER_PID" \
     --json "$@"
+}
+
+# metric_mean NAME [SCALE]: a histogram's mean since the broker started (its _sum over its _count,
+# times SCALE), read from the broker's /metrics; "none" before the first sample.
+metric_mean() {
+  curl -s "http://127.0.0.1:$OPS_PORT/metrics" |
+    awk -v name="$1" -v scale="${2:-1}" '$1 == name "_sum" { s = $2 } $1 == name "_count" { n = $2 }
+         END { if (n > 0) printf "%.2f", scale * s / n; else print "none" }'
 }
 
 summary() {

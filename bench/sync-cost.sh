@@ -17,19 +17,13 @@ bench_env "$CARGO_TARGET_DIR/bench-sync"
 start_provider
 RESULTS=$BENCH_DIR/sync-cost.jsonl
 : >"$RESULTS"
-# mean_sync: the mean fdatasync time, in µs, from the broker's /metrics.
-mean_sync() {
-  curl -s "http://127.0.0.1:$OPS_PORT/metrics" |
-    awk '/^unefois_journal_sync_seconds_sum/ { s = $2 } /^unefois_journal_sync_seconds_count/ { n = $2 }
-         END { if (n > 0) printf "%.1f", 1e6 * s / n; else print "none" }'
-}
 for round in $(seq "$ROUNDS"); do
   for mode in synced unsynced; do
     BROKER_WRAPPER=; [ "$mode" = unsynced ] && BROKER_WRAPPER=eatmydata
     start_broker
     log "round $round, $mode"
     result=$(load "$DURATION" --scenario fetch-consent --in-flight 64)
-    sync_us=$(mean_sync)
+    sync_us=$(metric_mean unefois_journal_sync_seconds 1e6)
     printf '%s\n' "$result" | jq -c --arg mode "$mode" --arg sync "$sync_us" \
       '{mode: $mode, mean_sync_us: $sync} + .' | tee -a "$RESULTS" | summary >&2
     echo "   mean fdatasync since the broker started: $sync_us µs" >&2
