@@ -43,7 +43,7 @@ pub enum KeyError {
 /// An Ed25519 key that signs the broker's attestations or its log's checkpoints.
 ///
 /// It signs with aws-lc-rs, which takes half the time of ed25519-dalek on the measured CPUs
-/// (BENCHMARKS.md, "Ed25519"), and gives its public half as ed25519-dalek's type, which the
+/// (BENCHMARKS.md, "Run G"), and gives its public half as ed25519-dalek's type, which the
 /// C2SP verifier-key formats take. Ed25519 is deterministic: both libraries give the same bytes.
 pub struct SigningKey {
     pair: aws_lc_rs::signature::Ed25519KeyPair,
