@@ -139,8 +139,10 @@ impl Writer {
                     // The first append's wake-up can preempt the thread that sent it, on a
                     // shared core, before that thread hands over the records that are ready
                     // behind it. One yield lets them come: at 64 in flight on one core, batches
-                    // of about 40 records instead of 8, and a quarter less CPU per fetch
-                    // (BENCHMARKS.md, "Run G"). On an idle core it returns at once.
+                    // of about 30 records instead of 5, and a quarter less CPU per fetch
+                    // (BENCHMARKS.md, "Run G"). On an idle core it returns at once. The price:
+                    // a CPU-bound process on the same core gets a time slice per batch (about
+                    // 2.6 ms more per fetch, measured there with the alternatives tried).
                     yielded = true;
                     std::thread::yield_now();
                     next = rx.try_recv().ok();
