@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/procs.sh
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 DURATION=${DURATION:-10}     # measured seconds per point (a whole number)
@@ -39,8 +40,6 @@ UNEFOIS=$CARGO_TARGET_DIR/release/unefois
 PKI=$BENCH_DIR/home/pki
 RESULTS=$BENCH_DIR/results.jsonl
 
-log() { printf '\n== %s\n' "$*" >&2; }
-
 # Debian packages the script needs: nginx, and jq and curl for itself (perf for PROFILE=1).
 missing=()
 for tool in nginx jq curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
@@ -56,22 +55,6 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "building release binaries"
   cargo build --release -p broker -p unefois-bench
 fi
-
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-# Waits for "listening on" in a server's output file.
-wait_listening() {
-  for _ in $(seq 100); do
-    grep -q "listening on" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "no 'listening on' in $1" >&2; cat "$1" >&2; exit 1
-}
 
 # Other work on the machine skews every figure: say what was running.
 machine_load() {

@@ -1,7 +1,7 @@
 # Sourced by every bench script but compare.sh and scaling.sh: build, a fresh bench folder, the
 # Rust provider and the broker pinned to CPU $SERVER_CPU, consents seeded, runs from CPU
 # $CLIENT_CPU, the broker's histogram means. compare.sh predates it and keeps its own copy of
-# these steps; scaling.sh runs where there is no cargo.
+# these steps; scaling.sh runs where there is no cargo. All three share bench/procs.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -13,14 +13,7 @@ OPS_PORT=${OPS_PORT:-52451}
 PROVIDER_PORT=${PROVIDER_PORT:-52061}
 BENCH=$CARGO_TARGET_DIR/release/unefois-bench
 UNEFOIS=$CARGO_TARGET_DIR/release/unefois
-PIDS=()
-
-log() { printf '\n== %s\n' "$*" >&2; }
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
+source bench/procs.sh
 
 for tool in jq curl; do
   command -v "$tool" >/dev/null || { apt-get install -y "$tool" >/dev/null || { apt-get update >/dev/null && apt-get install -y "$tool" >/dev/null; }; }
@@ -65,8 +58,7 @@ start_provider() {
   taskset -c "$SERVER_CPU" "$BENCH" provider --listen "127.0.0.1:$PROVIDER_PORT" --pki "$PKI" \
     --data examples/data >"$BENCH_DIR/provider.out" 2>&1 &
   PROVIDER_PID=$!; PIDS+=("$PROVIDER_PID")
-  for _ in $(seq 100); do grep -q "listening on" "$BENCH_DIR/provider.out" && return 0; sleep 0.1; done
-  cat "$BENCH_DIR/provider.out" >&2; exit 1
+  wait_listening "$BENCH_DIR/provider.out"
 }
 
 # start_broker: the broker on CPU $SERVER_CPU, run through $BROKER_WRAPPER when set (a command

@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/procs.sh
 
 BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 BENCH=$BIN_DIR/unefois-bench
@@ -33,14 +34,6 @@ PKI=$BENCH_DIR/home/pki
 RESULTS=$BENCH_DIR/scaling.jsonl
 CPUS=$(nproc)
 
-log() { printf '\n== %s\n' "$*" >&2; }
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
 # cpus_for N: the CPU lists (servers, provider, load generator, load generator of the echo) of
 # the point at N cores, and 1 when they share CPUs.
 cpus_for() {
@@ -50,11 +43,6 @@ cpus_for() {
   else
     echo "0-$((n - 1)) 0-$((CPUS - 1)) 0-$((CPUS - 1)) 0-$((CPUS - 1)) 1"
   fi
-}
-
-wait_listening() {
-  for _ in $(seq 100); do grep -q "listening on" "$1" 2>/dev/null && return 0; sleep 0.1; done
-  echo "no 'listening on' in $1" >&2; cat "$1" >&2; exit 1
 }
 
 # threads PID: the CPU seconds of each thread name of PID since it started (the busiest thread
