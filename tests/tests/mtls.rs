@@ -27,6 +27,17 @@ async fn who_am_i(broker: &TestBroker, name: &str) -> Result<pb::WhoAmIResponse,
         .map(tonic::Response::into_inner)
 }
 
+/// A refusal and all its causes, as a client's log would show them.
+fn error_chain(status: &tonic::Status) -> String {
+    let mut text = status.to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        text.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    text
+}
+
 async fn habilitation_ids(broker: &TestBroker, name: &str) -> anyhow::Result<Vec<String>> {
     let mut client = RegistryClient::new(broker.channel(name).await?);
     let list = client
@@ -141,7 +152,15 @@ async fn a_revoked_certificate_is_refused() -> anyhow::Result<()> {
     pki.pki.revoke("caf")?;
     pki.pki.revoke("france-services-lyon/a.martin")?;
     let broker = TestBroker::start(pki.dir()).await?;
-    assert!(who_am_i(&broker, "caf").await.is_err());
+    let refused = who_am_i(&broker, "caf")
+        .await
+        .expect_err("a revoked certificate was admitted");
+    // The client is told why: the TLS alert reaches it before the connection is dropped.
+    assert!(
+        error_chain(&refused).contains("CertificateRevoked"),
+        "{}",
+        error_chain(&refused)
+    );
     assert!(
         who_am_i(&broker, "france-services-lyon/a.martin")
             .await
