@@ -815,9 +815,9 @@ async fn provide(
         deadline: tokio::time::Instant::now() + budget,
     };
     let started = std::time::Instant::now();
-    let answer = tokio::time::timeout(budget, adapter.fetch(&request))
-        .await
-        .unwrap_or(Err(AdapterError::DeadlineExceeded));
+    // `Guarded` bounds both the wait for a slot and the call by `request.deadline`, and counts a
+    // call that runs out of time against the provider's breaker.
+    let answer = adapter.fetch(&request).await;
     let result = match &answer {
         Ok(_) => "ok",
         Err(AdapterError::NotFound) => "not_found",
