@@ -53,9 +53,14 @@ pub struct SigningKey {
 impl SigningKey {
     /// The key of a 32-byte secret seed (RFC 8032).
     pub fn from_seed(seed: &[u8; 32]) -> Result<SigningKey, KeyError> {
+        use aws_lc_rs::signature::KeyPair as _;
         let pair = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(seed)
             .map_err(|e| KeyError::Rejected(e.to_string()))?;
-        let public = ed25519_dalek::SigningKey::from_bytes(seed).verifying_key();
+        // The public half of the pair that signs, not a second derivation from the seed.
+        let public = <[u8; 32]>::try_from(pair.public_key().as_ref())
+            .ok()
+            .and_then(|bytes| ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok())
+            .ok_or_else(|| KeyError::Rejected("public key is not a 32-byte point".into()))?;
         Ok(SigningKey { pair, public })
     }
 
