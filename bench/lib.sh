@@ -12,7 +12,7 @@ BROKER_PORT=${BROKER_PORT:-52051}
 OPS_PORT=${OPS_PORT:-52451}
 PROVIDER_PORT=${PROVIDER_PORT:-52061}
 BENCH=$CARGO_TARGET_DIR/release/unefois-bench
-UNEFOIS=$CARGO_TARGET_DIR/release/unefois
+UNEFOIS=${UNEFOIS:-$CARGO_TARGET_DIR/release/unefois}
 source bench/procs.sh
 
 for tool in jq curl; do

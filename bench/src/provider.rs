@@ -160,7 +160,13 @@ impl Provider for DatasetProvider {
     ) -> Result<Response<pb::ProvideResponse>, Status> {
         let request = request.into_inner();
         if let Some(delay) = self.datasets.delay(&request) {
-            tokio::time::sleep(delay).await;
+            // A thread's sleep, not Tokio's: Tokio's timer fires on whole milliseconds, so its
+            // delay would run up to 1 ms long, by how the request's arrival falls between two
+            // ticks. A provider's latency does not depend on that; the pre-fill's target (the
+            // slowest provider + 1 ms) is measured against this same delay and needs it exact.
+            tokio::task::spawn_blocking(move || std::thread::sleep(delay))
+                .await
+                .map_err(|_| Status::internal("the delay's thread failed"))?;
         }
         self.datasets.answer(&request).map(Response::new)
     }

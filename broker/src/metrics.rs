@@ -3,9 +3,11 @@
 //! Labels are bounded by construction: participants, attestation types and providers of the
 //! registry, outcomes and reasons of closed lists. Never a subject, never a claim value.
 
-use std::sync::{Once, OnceLock};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Once, OnceLock, RwLock};
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -70,37 +72,117 @@ pub fn fetch(
     reason: &'static str,
     seconds: f64,
 ) {
-    metrics::counter!(
-        "unefois_fetch_total",
-        "consumer" => consumer.to_string(),
-        "attestation_type" => attestation_type.to_string(),
-        "outcome" => outcome,
-        "reason" => reason
-    )
-    .increment(1);
-    metrics::histogram!(
-        "unefois_fetch_duration_seconds",
-        "attestation_type" => attestation_type.to_string(),
-        "outcome" => outcome
-    )
-    .record(seconds);
+    static COUNTERS: Handles<Counter> = Handles::new();
+    static LATENCIES: Handles<Histogram> = Handles::new();
+    COUNTERS
+        .get([consumer, attestation_type], [outcome, reason], || {
+            metrics::counter!(
+                "unefois_fetch_total",
+                "consumer" => consumer.to_string(),
+                "attestation_type" => attestation_type.to_string(),
+                "outcome" => outcome,
+                "reason" => reason
+            )
+        })
+        .increment(1);
+    LATENCIES
+        .get([attestation_type, ""], [outcome, ""], || {
+            metrics::histogram!(
+                "unefois_fetch_duration_seconds",
+                "attestation_type" => attestation_type.to_string(),
+                "outcome" => outcome
+            )
+        })
+        .record(seconds);
 }
 
 /// One provider call: by provider, type and result; its latency.
 pub fn provider_call(provider: &str, attestation_type: &str, result: &'static str, seconds: f64) {
-    metrics::counter!(
-        "unefois_provider_calls_total",
-        "provider" => provider.to_string(),
-        "attestation_type" => attestation_type.to_string(),
-        "result" => result
-    )
-    .increment(1);
-    metrics::histogram!(
-        "unefois_provider_duration_seconds",
-        "provider" => provider.to_string(),
-        "attestation_type" => attestation_type.to_string()
-    )
-    .record(seconds);
+    static COUNTERS: Handles<Counter> = Handles::new();
+    static LATENCIES: Handles<Histogram> = Handles::new();
+    COUNTERS
+        .get([provider, attestation_type], [result, ""], || {
+            metrics::counter!(
+                "unefois_provider_calls_total",
+                "provider" => provider.to_string(),
+                "attestation_type" => attestation_type.to_string(),
+                "result" => result
+            )
+        })
+        .increment(1);
+    LATENCIES
+        .get([provider, attestation_type], ["", ""], || {
+            metrics::histogram!(
+                "unefois_provider_duration_seconds",
+                "provider" => provider.to_string(),
+                "attestation_type" => attestation_type.to_string()
+            )
+        })
+        .record(seconds);
+}
+
+/// One gRPC call, by method (a label of a closed list): counted, and its latency.
+pub fn grpc_request(method: &str, seconds: f64) {
+    static COUNTERS: Handles<Counter> = Handles::new();
+    static LATENCIES: Handles<Histogram> = Handles::new();
+    COUNTERS
+        .get(
+            [method, ""],
+            ["", ""],
+            || metrics::counter!("unefois_grpc_requests_total", "method" => method.to_string()),
+        )
+        .increment(1);
+    LATENCIES
+        .get([method, ""], ["", ""], || {
+            metrics::histogram!("unefois_grpc_request_duration_seconds", "method" => method.to_string())
+        })
+        .record(seconds);
+}
+
+/// Handles of one labelled metric, kept once registered. Registering at each call copies and
+/// hashes every label (about 2 % of a fetch's CPU, BENCHMARKS.md "Run I"); a kept handle is an
+/// atomic update. Labels are bounded (see the module's doc), so the map is too. Two labels come
+/// from the registry (borrowed for the lookup), two from closed lists; unused ones are `""`.
+struct Handles<H> {
+    by_labels: LazyLock<RwLock<ByLabels<H>>>,
+}
+
+/// The first registry label, then the second, then the two of closed lists.
+type ByLabels<H> = HashMap<String, HashMap<String, Vec<([&'static str; 2], H)>>>;
+
+impl<H: Clone> Handles<H> {
+    const fn new() -> Self {
+        Handles {
+            by_labels: LazyLock::new(Default::default),
+        }
+    }
+
+    /// The handle for these labels, registered with `register` the first time. Before the
+    /// recorder is installed (`handle`), nothing is kept: the handle would be a no-op for good.
+    fn get(&self, [a, b]: [&str; 2], fixed: [&'static str; 2], register: impl FnOnce() -> H) -> H {
+        let kept = |map: &ByLabels<H>| {
+            map.get(a)?
+                .get(b)?
+                .iter()
+                .find(|(labels, _)| *labels == fixed)
+                .map(|(_, handle)| handle.clone())
+        };
+        if let Some(handle) = self.by_labels.read().ok().and_then(|map| kept(&map)) {
+            return handle;
+        }
+        let handle = register();
+        if matches!(HANDLE.get(), Some(Some(_)))
+            && let Ok(mut map) = self.by_labels.write()
+            && kept(&map).is_none()
+        {
+            map.entry(a.to_string())
+                .or_default()
+                .entry(b.to_string())
+                .or_default()
+                .push((fixed, handle.clone()));
+        }
+        handle
+    }
 }
 
 const JOURNAL_BATCH_RECORDS: &str = "unefois_journal_batch_records";
@@ -141,4 +223,65 @@ pub fn harvesting_alarm(consumer: &str, habilitation: &str) {
         "habilitation" => habilitation.to_string()
     )
     .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    /// The value of the sample line that has every one of `parts`.
+    fn sample(text: &str, parts: &[&str]) -> Option<f64> {
+        text.lines()
+            .find(|l| parts.iter().all(|p| l.contains(p)))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    #[test]
+    fn kept_handles_go_on_counting_each_label_set_apart() {
+        let handle = super::handle().expect("the recorder installs");
+        for _ in 0..3 {
+            super::fetch("kept-consumer", "kept.type", "granted", "", 0.001);
+        }
+        super::fetch("kept-consumer", "kept.type", "denied", "NO_CONSENT", 0.001);
+        super::fetch("kept-consumer", "kept.other", "granted", "", 0.001);
+        super::provider_call("kept-provider", "kept.type", "ok", 0.001);
+        super::provider_call("kept-provider", "kept.type", "ok", 0.001);
+        let text = handle.render();
+        let fetches = |ty: &str, outcome: &str| {
+            let ty = format!("attestation_type=\"{ty}\"");
+            let outcome = format!("outcome=\"{outcome}\"");
+            sample(
+                &text,
+                &["unefois_fetch_total{", "kept-consumer", &ty, &outcome],
+            )
+        };
+        assert_eq!(fetches("kept.type", "granted"), Some(3.0), "{text}");
+        assert_eq!(fetches("kept.type", "denied"), Some(1.0), "{text}");
+        assert_eq!(fetches("kept.other", "granted"), Some(1.0), "{text}");
+        assert_eq!(
+            sample(
+                &text,
+                &[
+                    "unefois_provider_calls_total{",
+                    "kept-provider",
+                    "result=\"ok\""
+                ]
+            ),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &[
+                    "unefois_fetch_duration_seconds_count{",
+                    "kept.type",
+                    "outcome=\"granted\""
+                ]
+            ),
+            Some(3.0),
+            "{text}"
+        );
+    }
 }

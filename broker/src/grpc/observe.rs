@@ -61,10 +61,7 @@ where
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await;
-            metrics::counter!("unefois_grpc_requests_total", "method" => method.clone())
-                .increment(1);
-            metrics::histogram!("unefois_grpc_request_duration_seconds", "method" => method)
-                .record(started.elapsed().as_secs_f64());
+            crate::metrics::grpc_request(&method, started.elapsed().as_secs_f64());
             response
         })
     }
