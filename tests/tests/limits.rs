@@ -214,6 +214,22 @@ async fn metrics_count_exchanges_by_consumer_type_and_outcome_without_subjects()
     .await
     .expect_err("unknown type");
 
+    // Paths no service serves, shaped like the broker's own methods: the router answers
+    // UNIMPLEMENTED, and the method label stays `other`, whatever the name.
+    for path in ["/unefois.v1.Exchange/Nope", "/unefois.v1.Madeup/Call"] {
+        let mut grpc = tonic::client::Grpc::new(broker.channel("ccas-lyon").await?);
+        grpc.ready().await?;
+        let refused = grpc
+            .unary::<pb::FetchRequest, pb::FetchResponse, _>(
+                tonic::Request::new(energy("test:carol")),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .expect_err("no such method");
+        assert_eq!(refused.code(), Code::Unimplemented, "{path}");
+    }
+
     let (status, text) = unefois_tests::http_get(broker.ops_addr, "/metrics").await?;
     assert_eq!(status, 200);
     let line = |needle: &[&str]| {
@@ -253,6 +269,13 @@ async fn metrics_count_exchanges_by_consumer_type_and_outcome_without_subjects()
         "unefois_grpc_requests_total",
         "method=\"unefois.v1.Exchange/Fetch\""
     ]));
+    assert!(
+        line(&["unefois_grpc_requests_total", "method=\"other\"", "} 2"]),
+        "{text}"
+    );
+    for made_up in ["Nope", "Madeup"] {
+        assert!(!text.contains(made_up), "{made_up} became a label: {text}");
+    }
     // The audit log's share of an answer's latency, and the disk's: one granted fetch and the
     // two refusals are three journal appends at least, each in a synced batch.
     let count = |name: &str| {

@@ -1,5 +1,7 @@
 //! Counts every gRPC call and its latency by method, for the Prometheus endpoint. Method labels
-//! are bounded: paths of the broker's own services, anything else is `other`.
+//! are bounded: methods the broker serves; any other path (one that the router answers with
+//! UNIMPLEMENTED, or that is not shaped as a method of its services) is `other`. Otherwise a
+//! participant could add a series per made-up method name.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,9 +44,15 @@ fn method_label(path: &str) -> String {
     }
 }
 
-impl<S, B> Service<http::Request<B>> for Observe<S>
+/// Whether the router answered that no service serves this path: gRPC's UNIMPLEMENTED, in a
+/// trailers-only response (the broker's own methods never answer it).
+fn unimplemented<RB>(response: &http::Response<RB>) -> bool {
+    response.headers().get("grpc-status").map(|v| v.as_bytes()) == Some(b"12")
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Observe<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -61,7 +69,11 @@ where
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await;
-            crate::metrics::grpc_request(&method, started.elapsed().as_secs_f64());
+            let method = match &response {
+                Ok(response) if unimplemented(response) => "other",
+                _ => &method,
+            };
+            crate::metrics::grpc_request(method, started.elapsed().as_secs_f64());
             response
         })
     }
