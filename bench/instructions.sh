@@ -13,6 +13,8 @@
 #   SCENARIO=fetch-law REQUESTS=1000 bench/instructions.sh
 #   UNEFOIS=/tmp/unefois-old bench/instructions.sh # another broker binary
 #   GRANTS=50000 bench/instructions.sh             # first, that many consents granted to others
+#   GRANTS=300 GRANT_SUBJECTS=test:alice,test:carol,test:david bench/instructions.sh
+#                                                  # ... or to the people the fetches are about
 #   KEEP=/tmp/a.out bench/instructions.sh          # keep the dump (callgrind_annotate, kcachegrind)
 source "$(dirname "$0")/lib.sh"
 command -v valgrind >/dev/null || {
@@ -24,6 +26,7 @@ REQUESTS=${REQUESTS:-2000}
 WARMUP=${WARMUP:-300}
 IN_FLIGHT=${IN_FLIGHT:-1}
 GRANTS=${GRANTS:-0}
+GRANT_SUBJECTS=${GRANT_SUBJECTS:-}
 bench_env "$CARGO_TARGET_DIR/bench-instructions"
 start_provider
 OUT=$BENCH_DIR/callgrind.out
@@ -39,11 +42,12 @@ start_broker
 requests() {
   taskset -c "$CLIENT_CPU" "$BENCH" run --target "127.0.0.1:$BROKER_PORT" --pki "$PKI" \
     --broker-bin "$UNEFOIS" --idp-key examples/dev-idp/dev-signing-key.json \
-    --duration 3600 --warmup 0 --requests "$1" --scenario "$2" --in-flight "${3:-$IN_FLIGHT}" --json
+    --duration 3600 --warmup 0 --requests "$1" --scenario "$2" --in-flight "${3:-$IN_FLIGHT}" \
+    --json "${@:4}"
 }
 if [ "$GRANTS" -gt 0 ]; then
-  log "granting $GRANTS consents to other people"
-  requests "$GRANTS" consent-grant 16 |
+  log "granting $GRANTS consents (to ${GRANT_SUBJECTS:-test:eve and test:frank})"
+  requests "$GRANTS" consent-grant 16 ${GRANT_SUBJECTS:+--subjects "$GRANT_SUBJECTS"} |
     summary >&2
 fi
 log "warm-up: $WARMUP requests"

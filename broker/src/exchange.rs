@@ -749,10 +749,13 @@ fn active_consent(
     purpose: &str,
     now: OffsetDateTime,
 ) -> Result<String, ApiError> {
-    let consents = state.store.consents_of(subject).map_err(|e| {
-        tracing::error!(error = %e, "cannot read consents");
-        ApiError::StoreUnavailable
-    })?;
+    let consents = state
+        .store
+        .consents_for(subject, &caller.participant, attestation_type, purpose)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read consents");
+            ApiError::StoreUnavailable
+        })?;
     let matching: Vec<_> = consents
         .iter()
         .filter(|c| c.covers(&caller.participant, attestation_type, purpose))

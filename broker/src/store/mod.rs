@@ -113,6 +113,10 @@ struct Trees {
     meta: sled::Tree,
     consents: sled::Tree,
     consents_by_subject: sled::Tree,
+    /// `<subject>\0<consumer>\0<type>\0<purpose>\0<consent id>`: the consents that may be the
+    /// basis of one fetch, so that a fetch reads those only, however many others the person
+    /// holds.
+    consents_by_scope: sled::Tree,
     requests: sled::Tree,
     mandates: sled::Tree,
     mandates_by_subject: sled::Tree,
@@ -120,6 +124,11 @@ struct Trees {
 }
 
 const APPLIED: &[u8] = b"applied_seq";
+/// The layout of the derived state (4 bytes, big-endian). A broker that finds another one, or
+/// none in a store that has applied records, rebuilds the derived state from the journal.
+const LAYOUT: &[u8] = b"layout";
+/// 2: `consents_by_scope` added.
+const CURRENT_LAYOUT: u32 = 2;
 /// The latest checkpoint: its size (8 bytes, big-endian), then the note.
 const LATEST: &[u8] = b"latest_checkpoint";
 /// `head/<subject>`: the newest exchange about a subject (8 bytes, big-endian).
@@ -175,6 +184,7 @@ impl Trees {
             meta,
             consents: db.open_tree("consents")?,
             consents_by_subject: db.open_tree("consents_by_subject")?,
+            consents_by_scope: db.open_tree("consents_by_scope")?,
             requests: db.open_tree("requests")?,
             mandates: db.open_tree("mandates")?,
             mandates_by_subject: db.open_tree("mandates_by_subject")?,
@@ -187,6 +197,7 @@ impl Trees {
             &self.meta,
             &self.consents,
             &self.consents_by_subject,
+            &self.consents_by_scope,
             &self.requests,
             &self.mandates,
             &self.mandates_by_subject,
@@ -196,7 +207,8 @@ impl Trees {
         }
         self.latest.store(None);
         *self.staged() = Staged::default();
-        Ok(())
+        // What is rebuilt now is built with this version's layout.
+        self.set_layout()
     }
 
     fn staged(&self) -> std::sync::MutexGuard<'_, Staged> {
@@ -274,6 +286,21 @@ impl Trees {
             .map_or(0, u64::from_be_bytes))
     }
 
+    /// The layout the derived state was built with; `None` before any was written (a new
+    /// store, or one built before layouts were recorded).
+    fn layout(&self) -> Result<Option<u32>, sled::Error> {
+        Ok(self
+            .meta
+            .get(LAYOUT)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map(u32::from_be_bytes))
+    }
+
+    fn set_layout(&self) -> Result<(), sled::Error> {
+        self.meta.insert(LAYOUT, &CURRENT_LAYOUT.to_be_bytes())?;
+        Ok(())
+    }
+
     /// Applies record `seq`; returns the subject of an exchange about one, for its chain.
     fn apply(&self, seq: u64, payload: &[u8]) -> Result<Option<String>, StoreError> {
         let bad = |source| StoreError::Record { seq, source };
@@ -305,6 +332,12 @@ impl Trees {
                 request_fingerprint,
                 mandate_id,
             } => {
+                for ty in &attestation_types {
+                    self.consents_by_scope.insert(
+                        scope_key(&subject, &consumer, ty, &purpose, consent_id.as_bytes()),
+                        &[],
+                    )?;
+                }
                 let consent = Consent {
                     id: consent_id.clone(),
                     subject: subject.clone(),
@@ -468,6 +501,26 @@ fn subject_key(subject: &str, suffix: &[u8]) -> Vec<u8> {
     key
 }
 
+/// `<subject>\0<consumer>\0<type>\0<purpose>\0<suffix>`; with an empty suffix, the prefix
+/// of one scope. Identifiers never hold a NUL, so no scope's prefix is another's.
+fn scope_key(
+    subject: &str,
+    consumer: &str,
+    attestation_type: &str,
+    purpose: &str,
+    suffix: &[u8],
+) -> Vec<u8> {
+    let mut key = Vec::with_capacity(
+        subject.len() + consumer.len() + attestation_type.len() + purpose.len() + 4 + suffix.len(),
+    );
+    for part in [subject, consumer, attestation_type, purpose] {
+        key.extend_from_slice(part.as_bytes());
+        key.push(0);
+    }
+    key.extend_from_slice(suffix);
+    key
+}
+
 /// The suffixes after `<subject>/` of the keys of an index by subject, in key order.
 fn suffixes<'a>(
     index: &'a sled::Tree,
@@ -611,6 +664,18 @@ impl Store {
             },
         )?;
         let mut from = trees.applied()?;
+        let layout = trees.layout()?;
+        if layout != Some(CURRENT_LAYOUT) && (from > 0 || layout.is_some()) {
+            // Built by another version: an index it did not keep would be read as empty.
+            tracing::warn!(
+                found = ?layout,
+                current = CURRENT_LAYOUT,
+                "derived state built with another layout; rebuilding it from the journal"
+            );
+            trees.clear()?;
+            from = 0;
+        }
+        trees.set_layout()?;
         if from > journal.next_seq() {
             // sled claims more than the journal holds: the journal is the truth.
             tracing::warn!(
@@ -720,6 +785,30 @@ impl Store {
         let mut out = Vec::new();
         for id in suffixes(&self.trees.consents_by_subject, subject) {
             if let Some(bytes) = self.trees.consents.get(id?)?
+                && let Ok(consent) = serde_json::from_slice(&bytes)
+            {
+                out.push(consent);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The consents of a subject (by audit pseudonym) to this consumer, for this type and
+    /// purpose, oldest first: the only ones that may be the basis of its fetch. Whatever their
+    /// status; however many consents of other scopes the subject holds.
+    pub fn consents_for(
+        &self,
+        subject: &str,
+        consumer: &str,
+        attestation_type: &str,
+        purpose: &str,
+    ) -> Result<Vec<Consent>, StoreError> {
+        self.check()?;
+        let prefix = scope_key(subject, consumer, attestation_type, purpose, b"");
+        let mut out = Vec::new();
+        for entry in self.trees.consents_by_scope.scan_prefix(&prefix) {
+            let (key, _) = entry?;
+            if let Some(bytes) = self.trees.consents.get(&key[prefix.len()..])?
                 && let Ok(consent) = serde_json::from_slice(&bytes)
             {
                 out.push(consent);
@@ -1059,6 +1148,130 @@ mod tests {
         // And it goes on from there.
         let (seq, _) = store.append_entry(record(40)).await.unwrap();
         assert_eq!(seq, 40);
+        store.close().await;
+    }
+
+    fn granted(id: &str, subject: &str, consumer: &str, types: &[&str], purpose: &str) -> Record {
+        Record::now(Event::ConsentGranted {
+            consent_id: id.into(),
+            subject: subject.into(),
+            pseudonym_key: "k1".into(),
+            consumer: consumer.into(),
+            participant: "guichet".into(),
+            agent: None,
+            attestation_types: types.iter().map(|t| t.to_string()).collect(),
+            purpose: purpose.into(),
+            expires_at: time::OffsetDateTime::now_utc() + time::Duration::days(30),
+            request_id: None,
+            request_fingerprint: None,
+            mandate_id: None,
+        })
+    }
+
+    fn ids(consents: Vec<Consent>) -> Vec<String> {
+        consents.into_iter().map(|c| c.id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_fetch_reads_the_consents_of_its_scope_only_and_an_older_layout_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = [3; 32];
+        let open = || {
+            Store::open(
+                dir.path(),
+                JournalOptions::default(),
+                LogSigner::from_seed(&seed, "unefois.test").unwrap(),
+            )
+            .unwrap()
+        };
+        let store = open();
+        let mut records = vec![
+            granted("c1", "s1", "lyon", &["caf.qf", "dgfip.rfr"], "cantine"),
+            granted("c2", "s1", "lyon", &["caf.qf"], "transport"),
+            granted("c3", "s1", "paris", &["caf.qf"], "cantine"),
+            granted("c4", "s2", "lyon", &["caf.qf"], "cantine"),
+        ];
+        // Many consents of other scopes: none of them is read for lyon's caf.qf for cantine.
+        for i in 0..50 {
+            records.push(granted(
+                &format!("d{i:02}"),
+                "s1",
+                "lyon",
+                &["mesr.se"],
+                "cantine",
+            ));
+        }
+        records.push(granted("c5", "s1", "lyon", &["caf.qf"], "cantine"));
+        records.push(Record::now(Event::ConsentRevoked {
+            consent_id: "c1".into(),
+            participant: "guichet".into(),
+            agent: None,
+        }));
+        store.append(records).await.unwrap();
+        let scope = |store: &Store| {
+            store
+                .consents_for("s1", "lyon", "caf.qf", "cantine")
+                .unwrap()
+        };
+        let found = scope(&store);
+        assert_eq!(
+            ids(found.clone()),
+            ["c1", "c5"],
+            "oldest first, this scope only"
+        );
+        assert!(found[0].revoked_at.is_some(), "whatever their status");
+        assert_eq!(
+            ids(store
+                .consents_for("s1", "lyon", "dgfip.rfr", "cantine")
+                .unwrap()),
+            ["c1"]
+        );
+        assert_eq!(
+            ids(store
+                .consents_for("s1", "lyo", "caf.qf", "cantine")
+                .unwrap()),
+            Vec::<String>::new()
+        );
+        assert_eq!(store.consents_of("s1").unwrap().len(), 54);
+        store.close().await;
+
+        // A store built before the scope index: no layout recorded, no index. It is rebuilt
+        // from the journal at open, not read as "no consent".
+        {
+            let db = sled::open(dir.path().join("state")).unwrap();
+            db.open_tree("meta").unwrap().remove(LAYOUT).unwrap();
+            db.open_tree("consents_by_scope").unwrap().clear().unwrap();
+            db.flush().unwrap();
+        }
+        let store = open();
+        assert_eq!(ids(scope(&store)), ["c1", "c5"]);
+        assert_eq!(store.trees.layout().unwrap(), Some(CURRENT_LAYOUT));
+        store.close().await;
+
+        // A store of another layout is rebuilt too; one of this layout is not.
+        {
+            let db = sled::open(dir.path().join("state")).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert(LAYOUT, &1u32.to_be_bytes())
+                .unwrap();
+            db.open_tree("consents_by_scope").unwrap().clear().unwrap();
+            db.flush().unwrap();
+        }
+        let store = open();
+        assert_eq!(ids(scope(&store)), ["c1", "c5"]);
+        store.close().await;
+        {
+            let db = sled::open(dir.path().join("state")).unwrap();
+            db.open_tree("consents_by_scope").unwrap().clear().unwrap();
+            db.flush().unwrap();
+        }
+        let store = open();
+        assert_eq!(
+            ids(scope(&store)),
+            Vec::<String>::new(),
+            "a store of this layout is not rebuilt at every start"
+        );
         store.close().await;
     }
 
