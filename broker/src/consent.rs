@@ -336,21 +336,29 @@ pub fn list(
         0 => 50,
         n => n.min(MAX_PAGE_SIZE),
     } as usize;
-    let mut all: Vec<Consent> = state
+    // Oldest first (consent ids are UUIDv7), one page at a time from the index.
+    let mut page: Vec<Consent> = Vec::with_capacity(size);
+    let mut more = false;
+    for consent in state
         .store
-        .consents_of(&pseudonym)
+        .consents_of_after(&pseudonym, page_token)
         .map_err(store_error)?
-        .into_iter()
-        .filter(|c| mandate.is_some() || c.visible_to(&caller.participant))
-        .filter(|c| consumer.is_empty() || c.consumer == consumer)
-        .filter(|c| page_token.is_empty() || c.id.as_str() > page_token)
-        .collect();
-    all.sort_by(|a, b| a.id.cmp(&b.id));
-    let next = if all.len() > size {
-        all.truncate(size);
-        all.last().map(|c| c.id.clone()).unwrap_or_default()
-    } else {
-        String::new()
+    {
+        let consent = consent.map_err(store_error)?;
+        if !(mandate.is_some() || consent.visible_to(&caller.participant))
+            || !(consumer.is_empty() || consent.consumer == consumer)
+        {
+            continue;
+        }
+        if page.len() == size {
+            more = true;
+            break;
+        }
+        page.push(consent);
+    }
+    let next = match page.last() {
+        Some(last) if more => last.id.clone(),
+        _ => String::new(),
     };
-    Ok((all, next))
+    Ok((page, next))
 }

@@ -779,18 +779,39 @@ impl Store {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    /// Every consent of a subject (by audit pseudonym), oldest first.
-    pub fn consents_of(&self, subject: &str) -> Result<Vec<Consent>, StoreError> {
+    /// The consents of a subject (by audit pseudonym) after the consent id `after` (exclusive;
+    /// from the first when empty), oldest first, read as the caller goes: a page of a long
+    /// history costs what it reads, not the whole history.
+    pub fn consents_of_after<'a>(
+        &'a self,
+        subject: &str,
+        after: &str,
+    ) -> Result<impl Iterator<Item = Result<Consent, StoreError>> + 'a, StoreError> {
+        use std::ops::Bound;
         self.check()?;
-        let mut out = Vec::new();
-        for id in suffixes(&self.trees.consents_by_subject, subject) {
-            if let Some(bytes) = self.trees.consents.get(id?)?
-                && let Ok(consent) = serde_json::from_slice(&bytes)
-            {
-                out.push(consent);
-            }
-        }
-        Ok(out)
+        let start = if after.is_empty() {
+            Bound::Included(subject_key(subject, b""))
+        } else {
+            Bound::Excluded(subject_key(subject, after.as_bytes()))
+        };
+        // Keys of this subject are `<subject>/...`; '0' is the byte after '/'.
+        let mut end = subject.as_bytes().to_vec();
+        end.push(b'/' + 1);
+        let skip = subject.len() + 1;
+        let consents = &self.trees.consents;
+        Ok(self
+            .trees
+            .consents_by_subject
+            .range((start, Bound::Excluded(end)))
+            .filter_map(move |entry| {
+                let read = || -> Result<Option<Consent>, StoreError> {
+                    let (key, _) = entry?;
+                    Ok(consents
+                        .get(&key[skip..])?
+                        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+                };
+                read().transpose()
+            }))
     }
 
     /// The consents of a subject (by audit pseudonym) to this consumer, for this type and
@@ -1190,6 +1211,7 @@ mod tests {
             granted("c2", "s1", "lyon", &["caf.qf"], "transport"),
             granted("c3", "s1", "paris", &["caf.qf"], "cantine"),
             granted("c4", "s2", "lyon", &["caf.qf"], "cantine"),
+            granted("c6", "s10", "lyon", &["caf.qf"], "cantine"),
         ];
         // Many consents of other scopes: none of them is read for lyon's caf.qf for cantine.
         for i in 0..50 {
@@ -1232,7 +1254,18 @@ mod tests {
                 .unwrap()),
             Vec::<String>::new()
         );
-        assert_eq!(store.consents_of("s1").unwrap().len(), 54);
+        let after = |after: &str| -> Vec<String> {
+            store
+                .consents_of_after("s1", after)
+                .unwrap()
+                .map(|c| c.unwrap().id)
+                .collect()
+        };
+        let all = after("");
+        assert_eq!(all.len(), 54, "s1's, not s10's: {all:?}");
+        assert_eq!(all[..5], ["c1", "c2", "c3", "c5", "d00"]);
+        assert_eq!(after("c5")[..2], ["d00", "d01"], "after, exclusive");
+        assert_eq!(after("d49"), Vec::<String>::new());
         store.close().await;
 
         // A store built before the scope index: no layout recorded, no index. It is rebuilt
