@@ -1271,7 +1271,7 @@ mod tests {
         // A store built before the scope index: no layout recorded, no index. It is rebuilt
         // from the journal at open, not read as "no consent".
         {
-            let db = sled::open(dir.path().join("state")).unwrap();
+            let db = open_derived_state(&dir.path().join("state")).unwrap();
             db.open_tree("meta").unwrap().remove(LAYOUT).unwrap();
             db.open_tree("consents_by_scope").unwrap().clear().unwrap();
             db.flush().unwrap();
@@ -1283,7 +1283,7 @@ mod tests {
 
         // A store of another layout is rebuilt too; one of this layout is not.
         {
-            let db = sled::open(dir.path().join("state")).unwrap();
+            let db = open_derived_state(&dir.path().join("state")).unwrap();
             db.open_tree("meta")
                 .unwrap()
                 .insert(LAYOUT, &1u32.to_be_bytes())
@@ -1295,7 +1295,7 @@ mod tests {
         assert_eq!(ids(scope(&store)), ["c1", "c5"]);
         store.close().await;
         {
-            let db = sled::open(dir.path().join("state")).unwrap();
+            let db = open_derived_state(&dir.path().join("state")).unwrap();
             db.open_tree("consents_by_scope").unwrap().clear().unwrap();
             db.flush().unwrap();
         }
