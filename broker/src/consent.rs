@@ -87,9 +87,6 @@ use crate::validate;
 
 /// Longest a consent may last, in days.
 pub const MAX_VALID_DAYS: u32 = 365;
-/// Most consents in one List page.
-pub const MAX_PAGE_SIZE: u32 = 100;
-
 /// A consent grant, in domain terms.
 #[derive(Debug, Default)]
 pub struct GrantInput {
@@ -332,33 +329,18 @@ pub fn list(
     if !page_token.is_empty() {
         validate::identifier("page_token", page_token, 64)?;
     }
-    let size = match page_size {
-        0 => 50,
-        n => n.min(MAX_PAGE_SIZE),
-    } as usize;
-    // Oldest first (consent ids are UUIDv7), one page at a time from the index.
-    let mut page: Vec<Consent> = Vec::with_capacity(size);
-    let mut more = false;
-    for consent in state
+    let consents = state
         .store
         .consents_of_after(&pseudonym, page_token)
-        .map_err(store_error)?
-    {
-        let consent = consent.map_err(store_error)?;
-        if !(mandate.is_some() || consent.visible_to(&caller.participant))
-            || !(consumer.is_empty() || consent.consumer == consumer)
-        {
-            continue;
-        }
-        if page.len() == size {
-            more = true;
-            break;
-        }
-        page.push(consent);
-    }
-    let next = match page.last() {
-        Some(last) if more => last.id.clone(),
-        _ => String::new(),
-    };
-    Ok((page, next))
+        .map_err(store_error)?;
+    crate::page::collect(
+        consents,
+        crate::page::size(page_size),
+        |c: &Consent| {
+            (mandate.is_some() || c.visible_to(&caller.participant))
+                && (consumer.is_empty() || c.consumer == consumer)
+        },
+        |c: &Consent| &c.id,
+    )
+    .map_err(store_error)
 }

@@ -25,6 +25,7 @@ pub mod listener;
 pub mod mandate;
 pub mod metrics;
 pub mod ops;
+pub mod page;
 pub mod prefill;
 pub mod preview;
 pub mod provider_client;

@@ -14,6 +14,7 @@ use crate::error::ApiError;
 use crate::event::{Event, Record};
 use crate::registry::Role;
 use crate::state::State;
+use crate::store::MandatesOf;
 use crate::subject::Subject;
 use crate::validate;
 
@@ -21,9 +22,6 @@ use crate::validate;
 pub const DURATIONS: [u32; 4] = [1, 31, 182, 365];
 /// Most purposes one mandate may cover.
 pub const MAX_PURPOSES: usize = 16;
-/// Most mandates in one List page.
-pub const MAX_PAGE_SIZE: u32 = 100;
-
 /// Where a mandate stands at a given instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MandateStatus {
@@ -362,12 +360,10 @@ pub fn list(
     if !input.page_token.is_empty() {
         validate::identifier("page_token", &input.page_token, 64)?;
     }
-    let size = match input.page_size {
-        0 => 50,
-        n => n.min(MAX_PAGE_SIZE),
-    } as usize;
     let mediator = caller.has_role(Role::Mediator);
-    let mut found = if input.subject.is_empty() {
+    // Whose mandates, and whether only the caller's structure's among them.
+    let pseudonym: String;
+    let (of, own_only) = if input.subject.is_empty() {
         if !mediator {
             return Err(ApiError::invalid(
                 "subject",
@@ -380,41 +376,38 @@ pub fn list(
                 "a structure lists only its own mandates",
             ));
         }
-        state
-            .store
-            .mandates_of_structure(&caller.participant)
-            .map_err(store_error)?
+        (MandatesOf::Structure(&caller.participant), false)
     } else {
         let registry = state.federation.registry();
         let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
-        let all = state
-            .store
-            .mandates_of_subject(&state.pseudonyms.audit(&subject))
-            .map_err(store_error)?;
-        if caller.has_role(Role::Guichet) || !input.id_token.is_empty() {
+        let own_only = if caller.has_role(Role::Guichet) || !input.id_token.is_empty() {
             crate::identity::require(&input.id_token, caller, &registry, &subject)?;
-            all
+            false
         } else if mediator {
-            all.into_iter()
-                .filter(|m| m.structure == caller.participant)
-                .collect()
+            true
         } else {
             return Err(ApiError::WrongRole {
                 participant: caller.participant.clone(),
                 role: Role::Guichet,
             });
-        }
+        };
+        pseudonym = state.pseudonyms.audit(&subject);
+        (MandatesOf::Subject(&pseudonym), own_only)
     };
-    found.retain(|m| input.structure.is_empty() || m.structure == input.structure);
-    found.retain(|m| input.page_token.is_empty() || m.id.as_str() > input.page_token.as_str());
-    found.sort_by(|a, b| a.id.cmp(&b.id));
-    let next = if found.len() > size {
-        found.truncate(size);
-        found.last().map(|m| m.id.clone()).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Ok((found, next))
+    let mandates = state
+        .store
+        .mandates_after(of, &input.page_token)
+        .map_err(store_error)?;
+    crate::page::collect(
+        mandates,
+        crate::page::size(input.page_size),
+        |m: &Mandate| {
+            (!own_only || m.structure == caller.participant)
+                && (input.structure.is_empty() || m.structure == input.structure)
+        },
+        |m: &Mandate| &m.id,
+    )
+    .map_err(store_error)
 }
 
 #[cfg(test)]

@@ -578,3 +578,69 @@ async fn an_expired_mandate_is_refused() -> anyhow::Result<()> {
     );
     broker.stop().await
 }
+
+#[tokio::test]
+async fn a_structure_walks_its_mandates_page_by_page() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let mut created = Vec::new();
+    for subject in [
+        "test:alice",
+        "test:bob",
+        "test:carol",
+        "test:david",
+        "test:eve",
+    ] {
+        created.push(mandate_for(&broker, subject, &["aide_energie"]).await?.id);
+    }
+    // Two for Bob: a subject's list has more than one.
+    created.push(
+        mandate_for(&broker, "test:bob", &["aide_energie"])
+            .await?
+            .id,
+    );
+    created.sort();
+
+    let mut agent = MandatesClient::new(broker.channel(AGENT).await?);
+    let walk = |subject: &'static str| {
+        let mut agent = agent.clone();
+        async move {
+            let (mut walked, mut pages, mut token) = (Vec::new(), 0, String::new());
+            loop {
+                let page = agent
+                    .list(pb::ListMandatesRequest {
+                        subject: subject.into(),
+                        page_size: 2,
+                        page_token: token.clone(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                assert!(page.mandates.len() <= 2, "{page:?}");
+                walked.extend(page.mandates.into_iter().map(|m| m.id));
+                pages += 1;
+                token = page.next_page_token;
+                if token.is_empty() || pages > 10 {
+                    break;
+                }
+            }
+            anyhow::Ok((walked, pages))
+        }
+    };
+    let (walked, pages) = walk("").await?;
+    assert_eq!(walked, created, "every mandate once, oldest first");
+    assert_eq!(pages, 3, "six mandates, two per page, no empty last page");
+    let (bobs, _) = walk("test:bob").await?;
+    assert_eq!(bobs.len(), 2);
+    assert!(bobs.iter().all(|id| created.contains(id)));
+    // After the last mandate, nothing.
+    let after_last = agent
+        .list(pb::ListMandatesRequest {
+            page_token: created[5].clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(after_last.mandates.is_empty() && after_last.next_page_token.is_empty());
+    broker.stop().await
+}

@@ -521,15 +521,45 @@ fn scope_key(
     key
 }
 
-/// The suffixes after `<subject>/` of the keys of an index by subject, in key order.
-fn suffixes<'a>(
+/// Whose mandates to read.
+#[derive(Clone, Copy, Debug)]
+pub enum MandatesOf<'k> {
+    /// A subject's, by audit pseudonym.
+    Subject(&'k str),
+    /// A mediation structure's, by participant id.
+    Structure(&'k str),
+}
+
+/// The records that an index of `<key>/<id>` keys points to in `records` (by id), after the id
+/// `after` (exclusive; from the first when empty), in id order; records that do not decode are
+/// skipped, as they are everywhere in derived state.
+fn indexed_after<'a, T: serde::de::DeserializeOwned + 'a>(
     index: &'a sled::Tree,
-    subject: &str,
-) -> impl Iterator<Item = Result<Vec<u8>, sled::Error>> + 'a {
-    let skip = subject.len() + 1;
+    records: &'a sled::Tree,
+    key: &str,
+    after: &str,
+) -> impl Iterator<Item = Result<T, StoreError>> + 'a {
+    use std::ops::Bound;
+    let start = if after.is_empty() {
+        Bound::Included(subject_key(key, b""))
+    } else {
+        Bound::Excluded(subject_key(key, after.as_bytes()))
+    };
+    // Every key of this index's `key` starts with `<key>/`; '0' is the byte after '/'.
+    let mut end = key.as_bytes().to_vec();
+    end.push(b'/' + 1);
+    let skip = key.len() + 1;
     index
-        .scan_prefix(subject_key(subject, b""))
-        .map(move |entry| entry.map(|(key, _)| key[skip..].to_vec()))
+        .range((start, Bound::Excluded(end)))
+        .filter_map(move |entry| {
+            let read = || -> Result<Option<T>, StoreError> {
+                let (key, _) = entry?;
+                Ok(records
+                    .get(&key[skip..])?
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+            };
+            read().transpose()
+        })
 }
 
 /// Fetch request ids are kept apart from consent and mandate ones (recorded as digests).
@@ -787,31 +817,13 @@ impl Store {
         subject: &str,
         after: &str,
     ) -> Result<impl Iterator<Item = Result<Consent, StoreError>> + 'a, StoreError> {
-        use std::ops::Bound;
         self.check()?;
-        let start = if after.is_empty() {
-            Bound::Included(subject_key(subject, b""))
-        } else {
-            Bound::Excluded(subject_key(subject, after.as_bytes()))
-        };
-        // Keys of this subject are `<subject>/...`; '0' is the byte after '/'.
-        let mut end = subject.as_bytes().to_vec();
-        end.push(b'/' + 1);
-        let skip = subject.len() + 1;
-        let consents = &self.trees.consents;
-        Ok(self
-            .trees
-            .consents_by_subject
-            .range((start, Bound::Excluded(end)))
-            .filter_map(move |entry| {
-                let read = || -> Result<Option<Consent>, StoreError> {
-                    let (key, _) = entry?;
-                    Ok(consents
-                        .get(&key[skip..])?
-                        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
-                };
-                read().transpose()
-            }))
+        Ok(indexed_after(
+            &self.trees.consents_by_subject,
+            &self.trees.consents,
+            subject,
+            after,
+        ))
     }
 
     /// The consents of a subject (by audit pseudonym) to this consumer, for this type and
@@ -848,27 +860,20 @@ impl Store {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    /// Every mandate of a subject (by audit pseudonym), oldest first.
-    pub fn mandates_of_subject(&self, subject: &str) -> Result<Vec<Mandate>, StoreError> {
-        self.mandates_in(&self.trees.mandates_by_subject, subject)
-    }
-
-    /// Every mandate a mediation structure holds, oldest first.
-    pub fn mandates_of_structure(&self, structure: &str) -> Result<Vec<Mandate>, StoreError> {
-        self.mandates_in(&self.trees.mandates_by_structure, structure)
-    }
-
-    fn mandates_in(&self, index: &sled::Tree, prefix: &str) -> Result<Vec<Mandate>, StoreError> {
+    /// The mandates of a subject (by audit pseudonym) or of a mediation structure, after the
+    /// mandate id `after` (exclusive; from the first when empty), oldest first, read as the
+    /// caller goes (see [`Store::consents_of_after`]).
+    pub fn mandates_after<'a>(
+        &'a self,
+        of: MandatesOf<'_>,
+        after: &str,
+    ) -> Result<impl Iterator<Item = Result<Mandate, StoreError>> + 'a, StoreError> {
         self.check()?;
-        let mut out = Vec::new();
-        for id in suffixes(index, prefix) {
-            if let Some(bytes) = self.trees.mandates.get(id?)?
-                && let Ok(mandate) = serde_json::from_slice(&bytes)
-            {
-                out.push(mandate);
-            }
-        }
-        Ok(out)
+        let (index, key) = match of {
+            MandatesOf::Subject(subject) => (&self.trees.mandates_by_subject, subject),
+            MandatesOf::Structure(structure) => (&self.trees.mandates_by_structure, structure),
+        };
+        Ok(indexed_after(index, &self.trees.mandates, key, after))
     }
 
     /// What `participant` used `request_id` for, if it did.
