@@ -28,6 +28,9 @@ PROFILE=${PROFILE:-0}
 # Rounds of nginx and the broker alternated at the end: the VM's speed drifts by up to 10 %
 # between points minutes apart, as much as the margin of the 0.6 × nginx target.
 ALTERNATED_ROUNDS=${ALTERNATED_ROUNDS:-3}
+# Consents granted to each person fetch-consent asks about before its last point: a fetch must
+# not cost more for a person with a long history (BENCHMARKS.md, run I).
+HISTORY=${HISTORY:-1000}
 # Ports (away from the development broker's 50051/9451).
 BROKER_PORT=${BROKER_PORT:-51051}
 OPS_PORT=${OPS_PORT:-51451}
@@ -225,6 +228,16 @@ point slowest-provider/1 "$PROVIDER_PORT" "$PROVIDER_PID" "" --scenario provider
 point inclusion-proof "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" --scenario inclusion-proof --in-flight 64
 point consent-grant "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" --scenario consent-grant --in-flight 64
 
+# Does a fetch depend on the person's history? Consents of other types (HISTORY per person) for
+# the three people fetch-consent asks about, then the same fetch-consent/64 point again.
+log "broker: fetch-consent again, after $HISTORY consents of another type per person"
+taskset -c "$CLIENT_CPU" "$BENCH" run --target "127.0.0.1:$BROKER_PORT" --pki "$PKI" \
+  --broker-bin "$UNEFOIS" --idp-key examples/dev-idp/dev-signing-key.json \
+  --scenario consent-grant --subjects test:alice,test:carol,test:david --in-flight 16 \
+  --requests "$((3 * HISTORY))" --duration 600 --warmup 0 --json >/dev/null
+point fetch-consent/long-history "$BROKER_PORT" "$BROKER_PID" "$PROVIDER_PID" \
+  --scenario fetch-consent --in-flight 64
+
 log "machine at the end: $(machine_load)"
 log "results ($(nproc) CPUs; servers on CPU $SERVER_CPU, load generator on CPU $CLIENT_CPU; ${DURATION}s per point)"
 jq -r '[.name, .connections, .in_flight, (.rps | floor), (.latency_us.p50 / 1000),
@@ -260,6 +273,8 @@ jq -rs '
     ["broker CPU per fetch", "\(f($max.server.cpu_us_per_request)) µs", "<= 60 µs", ($max.server.cpu_us_per_request <= 60)],
     ["p99 at half the max load", "\(f($half.latency_us.p99 / 1000)) ms at \($half.rate | floor) req/s", "<= 2 ms", ($half.latency_us.p99 <= 2000)],
     ["prefill of three types, p50 over the slowest provider", "+\(f($extra / 1000)) ms (\(f($prefill.latency_us.p50 / 1000)) vs \(f($slow.latency_us.p50 / 1000)) ms)", "<= +1 ms", ($extra <= 1000)],
+    (by("fetch-consent/long-history")) as $long |
+    (if $long then ["fetch-consent after a long consent history / fetch-consent/64", "\(f($long.rps / $max.rps)) (\($long.rps | floor) / \($max.rps | floor)); \(f($long.server.cpu_us_per_request)) µs per fetch", "(not a target)", null] else empty end),
     ["broker peak RSS at 256 in flight", "\(f($big.server.peak_rss_mib)) MiB", "<= 150 MB", ($big.server.peak_rss_mib * 1.048576 <= 150)],
     ["(CPU view) echo µs / broker µs per request", "\(f($echo.server.cpu_us_per_request / $max.server.cpu_us_per_request)) (\(f($echo.server.cpu_us_per_request)) / \(f($max.server.cpu_us_per_request)) µs)", "(0.35 if CPU-bound)", null],
     ["(CPU view) nginx+provider µs / broker+provider µs per request", "\(f($nginx.server.cpu_us_per_request / ($max.server.cpu_us_per_request + $max.aux_cpu_us_per_request))) (\(f($nginx.server.cpu_us_per_request)) / \(f($max.server.cpu_us_per_request + $max.aux_cpu_us_per_request)) µs)", "(0.6 if CPU-bound)", null]
