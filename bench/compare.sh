@@ -25,8 +25,9 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 BENCH_DIR=${BENCH_DIR:-$CARGO_TARGET_DIR/bench-env}
 PROFILE=${PROFILE:-0}
-# Rounds of nginx and the broker alternated at the end: the VM's speed drifts by up to 10 %
-# between points minutes apart, as much as the margin of the 0.6 × nginx target.
+# Rounds of nginx and the broker alternated after the fetch-consent points: the VM's speed
+# drifts by up to 10 % between points minutes apart, as much as the margin of the 0.6 × nginx
+# target.
 ALTERNATED_ROUNDS=${ALTERNATED_ROUNDS:-3}
 # Consents granted to each person fetch-consent asks about before its last point: a fetch must
 # not cost more for a person with a long history (BENCHMARKS.md, run I).

@@ -531,8 +531,7 @@ pub enum MandatesOf<'k> {
 }
 
 /// The records that an index of `<key>/<id>` keys points to in `records` (by id), after the id
-/// `after` (exclusive; from the first when empty), in id order; records that do not decode are
-/// skipped, as they are everywhere in derived state.
+/// `after` (exclusive; from the first when empty), in id order.
 fn indexed_after<'a, T: serde::de::DeserializeOwned + 'a>(
     index: &'a sled::Tree,
     records: &'a sled::Tree,
@@ -548,18 +547,30 @@ fn indexed_after<'a, T: serde::de::DeserializeOwned + 'a>(
     // Every key of this index's `key` starts with `<key>/`; '0' is the byte after '/'.
     let mut end = key.as_bytes().to_vec();
     end.push(b'/' + 1);
-    let skip = key.len() + 1;
-    index
-        .range((start, Bound::Excluded(end)))
-        .filter_map(move |entry| {
-            let read = || -> Result<Option<T>, StoreError> {
-                let (key, _) = entry?;
-                Ok(records
-                    .get(&key[skip..])?
-                    .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
-            };
-            read().transpose()
-        })
+    pointed_to(
+        index.range((start, Bound::Excluded(end))),
+        records,
+        key.len() + 1,
+    )
+}
+
+/// The records that index entries point to in `records`: the id is each key after its first
+/// `skip` bytes. Records that do not decode are skipped, as they are everywhere in derived
+/// state.
+fn pointed_to<'a, T: serde::de::DeserializeOwned + 'a>(
+    entries: impl Iterator<Item = Result<(sled::IVec, sled::IVec), sled::Error>> + 'a,
+    records: &'a sled::Tree,
+    skip: usize,
+) -> impl Iterator<Item = Result<T, StoreError>> + 'a {
+    entries.filter_map(move |entry| {
+        let read = || -> Result<Option<T>, StoreError> {
+            let (key, _) = entry?;
+            Ok(records
+                .get(&key[skip..])?
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        };
+        read().transpose()
+    })
 }
 
 /// Fetch request ids are kept apart from consent and mandate ones (recorded as digests).
@@ -838,16 +849,12 @@ impl Store {
     ) -> Result<Vec<Consent>, StoreError> {
         self.check()?;
         let prefix = scope_key(subject, consumer, attestation_type, purpose, b"");
-        let mut out = Vec::new();
-        for entry in self.trees.consents_by_scope.scan_prefix(&prefix) {
-            let (key, _) = entry?;
-            if let Some(bytes) = self.trees.consents.get(&key[prefix.len()..])?
-                && let Ok(consent) = serde_json::from_slice(&bytes)
-            {
-                out.push(consent);
-            }
-        }
-        Ok(out)
+        pointed_to(
+            self.trees.consents_by_scope.scan_prefix(&prefix),
+            &self.trees.consents,
+            prefix.len(),
+        )
+        .collect()
     }
 
     /// A mandate by id.
@@ -1111,6 +1118,15 @@ fn replay(
 mod tests {
     use super::*;
 
+    /// Opens the store in `dir` with the test log key of `seed`.
+    fn open_store(dir: &Path, seed: &[u8; 32]) -> Result<Store, StoreError> {
+        Store::open(
+            dir,
+            JournalOptions::default(),
+            LogSigner::from_seed(seed, "unefois.test").unwrap(),
+        )
+    }
+
     #[tokio::test]
     async fn appended_records_are_applied_logged_and_checkpointed() {
         let dir = tempfile::tempdir().unwrap();
@@ -1140,12 +1156,7 @@ mod tests {
                 registry_sha256: format!("{i:064x}"),
             })
         };
-        let store = Store::open(
-            dir.path(),
-            JournalOptions::default(),
-            LogSigner::from_seed(&seed, "unefois.test").unwrap(),
-        )
-        .unwrap();
+        let store = open_store(dir.path(), &seed).unwrap();
         let mut entries = Vec::new();
         for i in 0..40u64 {
             let (seq, entry) = store.append_entry(record(i)).await.unwrap();
@@ -1202,14 +1213,7 @@ mod tests {
     async fn a_fetch_reads_the_consents_of_its_scope_only_and_an_older_layout_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let seed = [3; 32];
-        let open = || {
-            Store::open(
-                dir.path(),
-                JournalOptions::default(),
-                LogSigner::from_seed(&seed, "unefois.test").unwrap(),
-            )
-            .unwrap()
-        };
+        let open = || open_store(dir.path(), &seed).unwrap();
         let store = open();
         let mut records = vec![
             granted("c1", "s1", "lyon", &["caf.qf", "dgfip.rfr"], "cantine"),
@@ -1358,13 +1362,7 @@ mod tests {
     async fn a_journal_that_no_longer_gives_the_signed_tree_stops_the_start() {
         let dir = tempfile::tempdir().unwrap();
         let seed = [9; 32];
-        let open = || {
-            Store::open(
-                dir.path(),
-                JournalOptions::default(),
-                LogSigner::from_seed(&seed, "unefois.test").unwrap(),
-            )
-        };
+        let open = || open_store(dir.path(), &seed);
         let store = open().unwrap();
         for i in 0..20u64 {
             store
@@ -1435,14 +1433,7 @@ mod tests {
     #[tokio::test]
     async fn a_subjects_exchanges_are_walked_newest_first_across_batches_restarts_and_rebuilds() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            Store::open(
-                dir.path(),
-                JournalOptions::default(),
-                LogSigner::from_seed(&[3; 32], "unefois.test").unwrap(),
-            )
-            .unwrap()
-        };
+        let open = || open_store(dir.path(), &[3; 32]).unwrap();
         let store = open();
         let (mut alice, mut bob) = (Vec::new(), Vec::new());
         for round in 0..5 {
