@@ -16,6 +16,7 @@ pub mod error;
 pub mod event;
 pub mod exchange;
 pub mod federation;
+pub mod gathered_writes;
 pub mod grpc;
 pub mod idempotency;
 pub mod identity;

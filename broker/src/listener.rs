@@ -16,13 +16,15 @@ use std::time::{Duration, SystemTime};
 
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
-use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use unefois_certs::PeerCertificate;
+
+use crate::gathered_writes::GatheredWrites;
 
 /// Why the TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +149,7 @@ pub struct PeerInfo {
 
 /// A TLS stream whose peer certificate has been verified and parsed.
 pub struct PeerStream {
-    inner: TlsStream<BufferedTcp>,
+    inner: TlsStream<GatheredWrites<TcpStream>>,
     info: PeerInfo,
 }
 
@@ -254,12 +256,12 @@ pub async fn accept_loop(
             let _permit = permit;
             match tokio::time::timeout(
                 limits.handshake_timeout,
-                acceptor.accept(BufferedTcp::new(tcp)),
+                acceptor.accept(GatheredWrites::passing_through(tcp)),
             )
             .await
             {
                 Ok(Ok(mut tls)) => {
-                    tls.get_mut().0.start_buffering();
+                    tls.get_mut().0.start_gathering();
                     let certificate = peer_of(&tls);
                     let info = PeerInfo {
                         remote: Some(remote),
@@ -274,7 +276,7 @@ pub async fn accept_loop(
     }
 }
 
-fn peer_of(tls: &TlsStream<BufferedTcp>) -> Result<Arc<PeerCertificate>, String> {
+fn peer_of(tls: &TlsStream<GatheredWrites<TcpStream>>) -> Result<Arc<PeerCertificate>, String> {
     let (_, conn) = tls.get_ref();
     let leaf = conn
         .peer_certificates()
@@ -283,87 +285,4 @@ fn peer_of(tls: &TlsStream<BufferedTcp>) -> Result<Arc<PeerCertificate>, String>
     unefois_certs::peer_certificate(leaf.as_ref())
         .map(Arc::new)
         .map_err(|e| e.to_string())
-}
-
-/// Bytes an inbound connection gathers before it must write them out: one full TLS record.
-/// Larger buffers measured the same; it is allocated once per connection.
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-
-/// The socket under an inbound connection's TLS, whose writes wait for the next flush once the
-/// handshake is over.
-///
-/// rustls hands each TLS record to the socket as soon as it has sealed it, and h2 writes a frame
-/// at a time: straight on the socket, an answer's headers and data left in one system call and
-/// its trailers in another. Gathered, one h2 flush is one system call (BENCHMARKS.md, "Run H"),
-/// and no byte waits for anything but that flush, which h2 makes before it waits on the peer.
-/// During the handshake, writes go straight through, so that an alert (a revoked or unknown
-/// certificate) still reaches a client whose connection is then dropped.
-struct BufferedTcp {
-    inner: BufWriter<TcpStream>,
-    buffering: bool,
-}
-
-impl BufferedTcp {
-    fn new(tcp: TcpStream) -> BufferedTcp {
-        BufferedTcp {
-            inner: BufWriter::with_capacity(WRITE_BUFFER_BYTES, tcp),
-            buffering: false,
-        }
-    }
-
-    /// From now on, writes wait for a flush.
-    fn start_buffering(&mut self) {
-        self.buffering = true;
-    }
-}
-
-impl AsyncRead for BufferedTcp {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for BufferedTcp {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.buffering {
-            Pin::new(&mut this.inner).poll_write(cx, buf)
-        } else {
-            // Nothing is buffered before buffering starts: the socket itself is next in line.
-            Pin::new(this.inner.get_mut()).poll_write(cx, buf)
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.buffering {
-            Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
-        } else {
-            Pin::new(this.inner.get_mut()).poll_write_vectored(cx, bufs)
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
