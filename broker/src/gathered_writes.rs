@@ -18,14 +18,17 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
+use tokio::net::TcpStream;
 
 /// Bytes a connection gathers before it must write them out: one full TLS record. Larger
 /// buffers measured the same; it is allocated once per connection.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// A socket whose writes are gathered until a flush (see the module's documentation).
-pub struct GatheredWrites<T> {
-    inner: BufWriter<T>,
+/// Dropped with bytes still gathered, it writes what the socket takes at once: a TLS alert
+/// queued on an error path that does not flush still leaves.
+pub struct GatheredWrites {
+    inner: BufWriter<TcpStream>,
     /// Off until [`GatheredWrites::start_gathering`] for a connection created with
     /// [`GatheredWrites::passing_through`]: writes go straight to the socket.
     gathering: bool,
@@ -33,9 +36,9 @@ pub struct GatheredWrites<T> {
     flush_waited: bool,
 }
 
-impl<T: AsyncWrite> GatheredWrites<T> {
+impl GatheredWrites {
     /// Gathers from the first byte. For a TLS client, whose handshake flushes each flight.
-    pub fn new(io: T) -> GatheredWrites<T> {
+    pub fn new(io: TcpStream) -> GatheredWrites {
         GatheredWrites {
             inner: BufWriter::with_capacity(WRITE_BUFFER_BYTES, io),
             gathering: true,
@@ -46,11 +49,10 @@ impl<T: AsyncWrite> GatheredWrites<T> {
     /// Writes go straight through until [`GatheredWrites::start_gathering`]. For a TLS server
     /// during its handshake, so that an alert (a revoked or unknown certificate) still reaches
     /// a client whose connection is then dropped without a flush.
-    pub fn passing_through(io: T) -> GatheredWrites<T> {
-        GatheredWrites {
-            gathering: false,
-            ..GatheredWrites::new(io)
-        }
+    pub fn passing_through(io: TcpStream) -> GatheredWrites {
+        let mut passing = GatheredWrites::new(io);
+        passing.gathering = false;
+        passing
     }
 
     /// From now on, writes wait for a flush.
@@ -59,7 +61,7 @@ impl<T: AsyncWrite> GatheredWrites<T> {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GatheredWrites<T> {
+impl AsyncRead for GatheredWrites {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -69,7 +71,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GatheredWrites<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for GatheredWrites<T> {
+impl AsyncWrite for GatheredWrites {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -119,17 +121,36 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GatheredWrites<T> {
     }
 }
 
+impl Drop for GatheredWrites {
+    fn drop(&mut self) {
+        let gathered = self.inner.buffer();
+        if !gathered.is_empty() {
+            // Best effort, without waiting: the connection is going away.
+            let _ = self.inner.get_ref().try_write(gathered);
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::time::Duration;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     use super::*;
 
+    /// Both ends of a loopback TCP connection: ours, and the peer's.
+    async fn connection() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap());
+        let (ours, accepted) = tokio::join!(ours, listener.accept());
+        (ours.unwrap(), accepted.unwrap().0)
+    }
+
     /// What the peer can read within a short wait (nothing, if nothing was written out).
-    async fn readable(peer: &mut DuplexStream) -> Vec<u8> {
+    async fn readable(peer: &mut TcpStream) -> Vec<u8> {
         let mut buf = vec![0u8; 64 * 1024];
         match tokio::time::timeout(Duration::from_millis(50), peer.read(&mut buf)).await {
             Ok(Ok(n)) => buf[..n].to_vec(),
@@ -140,7 +161,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_wait_for_the_flush_and_leave_together() {
-        let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+        let (ours, mut peer) = connection().await;
         let mut io = GatheredWrites::new(ours);
         io.write_all(b"headers+data").await.unwrap();
         io.write_all(b"trailers").await.unwrap();
@@ -167,7 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_handshake_writes_straight_through_until_gathering_starts() {
-        let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+        let (ours, mut peer) = connection().await;
         let mut io = GatheredWrites::passing_through(ours);
         // An alert written before a dropped connection reaches the peer without a flush.
         io.write_all(b"alert").await.unwrap();
@@ -178,5 +199,15 @@ mod tests {
         assert!(readable(&mut peer).await.is_empty());
         io.flush().await.unwrap();
         assert_eq!(readable(&mut peer).await, b"answer");
+    }
+
+    #[tokio::test]
+    async fn bytes_gathered_when_the_connection_is_dropped_still_leave() {
+        let (ours, mut peer) = connection().await;
+        let mut io = GatheredWrites::new(ours);
+        io.write_all(b"last alert").await.unwrap();
+        assert!(readable(&mut peer).await.is_empty());
+        drop(io);
+        assert_eq!(readable(&mut peer).await, b"last alert");
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -149,7 +149,7 @@ pub struct PeerInfo {
 
 /// A TLS stream whose peer certificate has been verified and parsed.
 pub struct PeerStream {
-    inner: TlsStream<GatheredWrites<TcpStream>>,
+    inner: TlsStream<GatheredWrites>,
     info: PeerInfo,
 }
 
@@ -276,7 +276,7 @@ pub async fn accept_loop(
     }
 }
 
-fn peer_of(tls: &TlsStream<GatheredWrites<TcpStream>>) -> Result<Arc<PeerCertificate>, String> {
+fn peer_of(tls: &TlsStream<GatheredWrites>) -> Result<Arc<PeerCertificate>, String> {
     let (_, conn) = tls.get_ref();
     let leaf = conn
         .peer_certificates()

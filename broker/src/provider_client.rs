@@ -483,7 +483,7 @@ impl Adapter for GrpcProviderAdapter {
 struct GatheringConnector;
 
 impl tower::Service<http::Uri> for GatheringConnector {
-    type Response = TokioIo<GatheredWrites<TcpStream>>;
+    type Response = TokioIo<GatheredWrites>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
