@@ -37,7 +37,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
@@ -475,7 +474,6 @@ impl Adapter for GrpcProviderAdapter {
     }
 }
 
-/// The `ProvideRequest` of an adapter request.
 /// Opens the adapter's TCP connections, their writes gathered until h2 flushes
 /// ([`GatheredWrites`]): the calls that the runtime has ready leave in one system call, not
 /// two each. tonic puts TLS (for `https://`), the connect timeout and HTTP/2 on top.
@@ -508,6 +506,7 @@ impl tower::Service<http::Uri> for GatheringConnector {
     }
 }
 
+/// The `ProvideRequest` of an adapter request.
 fn provide_request(request: &AdapterRequest) -> pb::ProvideRequest {
     let legal_basis = match &request.legal_basis {
         LegalBasis::Consent { consent_id } => pb::LegalBasis {
