@@ -1,6 +1,6 @@
 # Sourced by every bench script but compare.sh and scaling.sh: build, a fresh bench folder, the
-# Rust provider and the broker pinned to CPU $SERVER_CPU, consents seeded, runs from CPU
-# $CLIENT_CPU, the broker's histogram means. compare.sh predates it and keeps its own copy of
+# Rust provider (on CPU $PROVIDER_CPU, by default the broker's) and the broker pinned to CPU
+# $SERVER_CPU, consents seeded, runs from CPU $CLIENT_CPU, the broker's histogram means. compare.sh predates it and keeps its own copy of
 # these steps; scaling.sh runs where there is no cargo. All three share bench/procs.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -8,6 +8,8 @@ ROOT=$PWD
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+# The provider shares the broker's CPU, as in compare.sh, unless told otherwise.
+PROVIDER_CPU=${PROVIDER_CPU:-$SERVER_CPU}
 BROKER_PORT=${BROKER_PORT:-52051}
 OPS_PORT=${OPS_PORT:-52451}
 PROVIDER_PORT=${PROVIDER_PORT:-52061}
@@ -55,7 +57,7 @@ PY
 }
 
 start_provider() {
-  taskset -c "$SERVER_CPU" "$BENCH" provider --listen "127.0.0.1:$PROVIDER_PORT" --pki "$PKI" \
+  taskset -c "$PROVIDER_CPU" "$BENCH" provider --listen "127.0.0.1:$PROVIDER_PORT" --pki "$PKI" \
     --data examples/data >"$BENCH_DIR/provider.out" 2>&1 &
   PROVIDER_PID=$!; PIDS+=("$PROVIDER_PID")
   wait_listening "$BENCH_DIR/provider.out"

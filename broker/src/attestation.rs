@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use unefois_adapters::{ClaimValue, Claims};
@@ -109,12 +110,13 @@ pub struct AttestationContent<'a> {
 }
 
 impl Attestation {
-    /// A new attestation issued now, with a fresh id and nonce.
-    pub fn issue(content: AttestationContent<'_>) -> Result<Attestation, getrandom::Error> {
+    /// A new attestation issued now, with a fresh id and nonce. Both come from the thread's
+    /// CSPRNG (ChaCha, seeded and reseeded by the operating system), not a system call each.
+    pub fn issue(content: AttestationContent<'_>) -> Attestation {
         let mut nonce = [0u8; 16];
-        getrandom::fill(&mut nonce)?;
+        rand::rng().fill_bytes(&mut nonce);
         let issued_at = OffsetDateTime::now_utc();
-        Ok(Attestation {
+        Attestation {
             v: ATTESTATION_VERSION,
             id: uuid::Uuid::now_v7().to_string(),
             attestation_type: content.attestation_type.to_string(),
@@ -134,11 +136,54 @@ impl Attestation {
             issued_at,
             valid_until: issued_at + content.max_age,
             nonce: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nonce),
-        })
+        }
     }
 
     /// The exact JSON bytes that are signed.
     pub fn to_payload(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued(claims: &Claims) -> Attestation {
+        Attestation::issue(AttestationContent {
+            attestation_type: "caf.quotient_familial",
+            type_version: 1,
+            subject: "pseudonym".into(),
+            audience: "mairie-lyon",
+            purpose: "tarification_cantine",
+            legal_basis: RecordedBasis::Law {
+                citation: "L. 114-8".into(),
+            },
+            mandate_id: None,
+            claims,
+            rules: BTreeMap::new(),
+            provider: "caf",
+            max_age: time::Duration::days(1),
+        })
+    }
+
+    /// The nonce blinds the payload hash that the audit log records: 128 bits, fresh each time.
+    #[test]
+    fn each_attestation_has_its_own_128_bit_nonce_and_id() {
+        let claims = Claims::from([("quotient_familial".into(), ClaimValue::Integer(700))]);
+        let attestations: Vec<_> = (0..64).map(|_| issued(&claims)).collect();
+        let mut nonces = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        for a in &attestations {
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&a.nonce)
+                .expect("base64url nonce");
+            assert_eq!(bytes.len(), 16);
+            assert_ne!(bytes, [0u8; 16]);
+            nonces.insert(a.nonce.clone());
+            ids.insert(a.id.clone());
+        }
+        assert_eq!(nonces.len(), attestations.len(), "a nonce was repeated");
+        assert_eq!(ids.len(), attestations.len(), "an id was repeated");
     }
 }

@@ -694,11 +694,7 @@ fn issue(
         rules,
         provider: &decision.provider,
         max_age: time::Duration::days(i64::from(decision.max_age_days)),
-    })
-    .map_err(|e| {
-        tracing::error!(error = %e, "random source failed");
-        ApiError::StoreUnavailable
-    })?;
+    });
     let envelope = state.signer.sign(attestation.to_payload());
     event.attestation_id = Some(attestation.id.clone());
     event.payload_sha256 = Some(hex::encode(Sha256::digest(&envelope.payload)));
