@@ -11,8 +11,8 @@
 //! one task on each side, and it capped a many-core broker (BENCHMARKS.md, "Scaling over
 //! cores"). Each is connected lazily, at its first call, and reconnects by itself after it is
 //! lost (an HTTP/2 GOAWAY from a proxy, a restarted provider); a call that fails on the
-//! connection itself is tried once more, on the next connection, when time remains before the
-//! request's deadline.
+//! connection itself is tried again on the next connection, at most once per connection plus
+//! once (a GOAWAY may close them all at once), while time remains before the request's deadline.
 //!
 //! Status mapping: NOT_FOUND → [`AdapterError::NotFound`]; UNAVAILABLE and RESOURCE_EXHAUSTED
 //! → [`AdapterError::Unavailable`], with the delay of a `google.rpc.RetryInfo` detail;
@@ -426,28 +426,34 @@ impl GrpcProviderAdapter {
 #[async_trait::async_trait]
 impl Adapter for GrpcProviderAdapter {
     /// Calls the provider, bounded by `timeout_ms` and the request's deadline. A call that
-    /// failed on the connection (refused, reset, ended by a GOAWAY: see
-    /// `transport_failure`) is made once more if the deadline has not passed; the channel
-    /// reconnects meanwhile. A
-    /// request for another attestation type is a routing error in the broker: `Unavailable`.
+    /// failed on the connection (refused, reset, ended by a GOAWAY: see `transport_failure`)
+    /// is made again on the next connection while the deadline has not passed, at most once
+    /// per connection plus once; a closed connection reconnects at its next call. A request
+    /// for another attestation type is a routing error in the broker: `Unavailable`.
     async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError> {
         let started = Instant::now();
         check_request("grpc", &self.attestation_type, request)?;
-        let mut attempts = 1;
-        let result = match self.attempt(request).await {
-            Attempt::Done(claims) => Ok(claims),
-            Attempt::Final(error) => Err(error),
-            Attempt::Retryable(error) if Instant::now() >= request.deadline => Err(error),
-            Attempt::Retryable(_) => {
-                attempts = 2;
-                tracing::debug!(
-                    attestation_type = %self.attestation_type,
-                    "grpc adapter: connection failed, retrying once"
-                );
-                match self.attempt(request).await {
-                    Attempt::Done(claims) => Ok(claims),
-                    Attempt::Final(error) | Attempt::Retryable(error) => Err(error),
+        // One try per connection, and one more: a GOAWAY may close every connection at once
+        // (they were opened together, and age together). Each failed try shows its connection
+        // closed, so that connection reconnects at its next call; with N connections closing,
+        // the N+1st try lands on a fresh one.
+        let most = self.channels.len() + 1;
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            match self.attempt(request).await {
+                Attempt::Done(claims) => break Ok(claims),
+                Attempt::Final(error) => break Err(error),
+                Attempt::Retryable(error)
+                    if attempts >= most || Instant::now() >= request.deadline =>
+                {
+                    break Err(error);
                 }
+                Attempt::Retryable(_) => tracing::debug!(
+                    attestation_type = %self.attestation_type,
+                    attempts,
+                    "grpc adapter: connection failed, trying the next connection"
+                ),
             }
         };
         let latency_ms = started.elapsed().as_millis() as u64;

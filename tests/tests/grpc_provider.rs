@@ -224,7 +224,7 @@ async fn a_python_provider_answers_fails_and_comes_back() -> anyhow::Result<()> 
         unknown.message()
     );
 
-    // Down: the connection is refused, even after the adapter's one retry.
+    // Down: the connection is refused, even after the adapter's retries.
     provider.kill().await?;
     let down = lyon.fetch(fetch("test:eve")).await.expect_err("answered");
     assert_eq!(
