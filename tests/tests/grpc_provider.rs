@@ -1,14 +1,15 @@
 //! An out-of-process provider in Python (examples/providers/python/provider.py, grpcio) behind
 //! the `grpc` adapter: the claims come through, an unknown subject is NOT_FOUND, a dead
 //! provider is UNAVAILABLE, and the broker reconnects by itself when the provider comes back
-//! on the same port or closes its connections with HTTP/2 GOAWAY.
+//! on the same port or closes its connections with HTTP/2 GOAWAY, even all of them at once.
 //!
 //! The provider's virtual environment and stubs are set up by `.ci/run`; when they are missing
 //! (a plain `cargo test` on a fresh clone) the test runs the same `bootstrap.py` itself.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -277,6 +278,52 @@ async fn the_broker_survives_goaway_from_the_provider() -> anyhow::Result<()> {
         bail!("only {rounds} rounds in 1.5 s");
     }
 
+    provider.kill().await?;
+    broker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_gets_through_when_every_provider_connection_closes_at_once() -> anyhow::Result<()>
+{
+    // The adapter keeps N connections to its provider, opened together; a GOAWAY from a
+    // provider with a maximum connection age closes them all at once. A relay between broker
+    // and provider stands for that: it closes the first N connections it accepts, and passes
+    // the next ones through to the provider.
+    let scratch = tempfile::tempdir()?;
+    let log = scratch.path().join("provider.log");
+    let provider = PythonProvider::start(0, &log, &[]).await?;
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let relay_port = relay.local_addr()?.port();
+    let closing = broker::provider_client::provider_connections();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
+    let provider_port = provider.port;
+    let relay = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = relay.accept().await {
+            if counted.fetch_add(1, Ordering::SeqCst) < closing {
+                continue; // dropped: closed at once
+            }
+            tokio::spawn(async move {
+                if let Ok(mut outbound) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", provider_port)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, mut lyon) = start_broker(&pki, scratch.path(), relay_port).await?;
+
+    // One fetch: a try on each closing connection, then one on a fresh connection.
+    fetch_eve(&mut lyon).await?;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        closing + 1,
+        "connections the fetch opened, with {closing} closing"
+    );
+
+    relay.abort();
     provider.kill().await?;
     broker.stop().await
 }
