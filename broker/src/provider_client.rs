@@ -10,9 +10,10 @@
 //! connections to the provider ([`provider_connections`]), used in turn: one connection is
 //! one task on each side, and it capped a many-core broker (BENCHMARKS.md, "Scaling over
 //! cores"). Each is connected lazily, at its first call, and reconnects by itself after it is
-//! lost (an HTTP/2 GOAWAY from a proxy, a restarted provider); a call that fails on the
-//! connection itself is tried again on the next connection, at most once per connection plus
-//! once (a GOAWAY may close them all at once), while time remains before the request's deadline.
+//! lost (an HTTP/2 GOAWAY from a proxy, a restarted provider). A call that fails on the
+//! connection itself has that connection replaced by a fresh one, and is tried again on the
+//! next connection, at most once per connection plus once (a GOAWAY may close them all at
+//! once), while time remains before the request's deadline.
 //!
 //! Status mapping: NOT_FOUND → [`AdapterError::NotFound`]; UNAVAILABLE and RESOURCE_EXHAUSTED
 //! → [`AdapterError::Unavailable`], with the delay of a `google.rpc.RetryInfo` detail;
@@ -31,8 +32,8 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -117,6 +118,23 @@ pub struct GrpcConfigError {
     pub reason: String,
 }
 
+/// One of an adapter's connections to its provider: a channel opened lazily at the first call
+/// that needs it (creating one needs the Tokio runtime), and again after a call failed on it.
+#[derive(Default)]
+struct Connection {
+    channel: Option<Channel>,
+    /// How many channels this connection has had: tells a failed call's channel from its
+    /// replacement.
+    opened: u64,
+}
+
+/// The connection a call used: its place in turn, and which of its channels.
+#[derive(Clone, Copy)]
+struct Turn {
+    index: usize,
+    opened: u64,
+}
+
 /// The `grpc` adapter for one attestation type.
 ///
 /// `Debug` shows the type, the endpoint and the timeout.
@@ -126,9 +144,8 @@ pub struct GrpcProviderAdapter {
     endpoint_text: String,
     endpoint: Endpoint,
     timeout: Duration,
-    /// The connections, used in turn; each connected lazily at its first call (creating a
-    /// channel needs the Tokio runtime).
-    channels: Box<[OnceLock<Channel>]>,
+    /// The connections, used in turn.
+    channels: Box<[Mutex<Connection>]>,
     /// The next connection to use.
     next: AtomicUsize,
 }
@@ -270,7 +287,7 @@ impl GrpcProviderAdapter {
             endpoint,
             timeout,
             channels: (0..provider_connections())
-                .map(|_| OnceLock::new())
+                .map(|_| Mutex::default())
                 .collect(),
             next: AtomicUsize::new(0),
         })
@@ -281,16 +298,42 @@ impl GrpcProviderAdapter {
         &self.attestation_type
     }
 
-    /// A client on the next connection in turn.
-    fn client(&self) -> ProviderClient<Channel> {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        let channel = self.channels[turn]
-            .get_or_init(|| {
-                self.endpoint
-                    .connect_with_connector_lazy(GatheringConnector)
-            })
-            .clone();
-        ProviderClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+    /// A client on the next connection in turn, and which connection that is.
+    fn client(&self) -> (Turn, ProviderClient<Channel>) {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        let mut connection = self.channels[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let channel = match &connection.channel {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = self
+                    .endpoint
+                    .connect_with_connector_lazy(GatheringConnector);
+                connection.channel = Some(channel.clone());
+                connection.opened += 1;
+                channel
+            }
+        };
+        let turn = Turn {
+            index,
+            opened: connection.opened,
+        };
+        let client = ProviderClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        (turn, client)
+    }
+
+    /// Forgets the channel a call failed on (unless another failed call already did): the
+    /// next call in its turn opens a fresh connection. tonic's channel would reconnect by
+    /// itself, but only once it has noticed the closed connection, and a call made before
+    /// that is cancelled.
+    fn forget(&self, turn: Turn) {
+        let mut connection = self.channels[turn.index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if connection.opened == turn.opened {
+            connection.channel = None;
+        }
     }
 
     /// One call, bounded by `timeout_ms` and the request's deadline.
@@ -303,7 +346,7 @@ impl GrpcProviderAdapter {
         let caller_bound = call_deadline >= request.deadline;
         let mut call = tonic::Request::new(provide_request(request));
         call.set_timeout(call_deadline - now);
-        let mut client = self.client();
+        let (turn, mut client) = self.client();
         let outcome = tokio::time::timeout_at(call_deadline, client.provide(call)).await;
         let status = match outcome {
             Ok(Ok(response)) => {
@@ -323,7 +366,11 @@ impl GrpcProviderAdapter {
             "grpc adapter: call failed"
         );
         if transport {
-            return self.transport_failure(&status, call_deadline, caller_bound);
+            let attempt = self.transport_failure(&status, call_deadline, caller_bound);
+            if let Attempt::Retryable(_) = attempt {
+                self.forget(turn);
+            }
+            return attempt;
         }
         match status.code() {
             Code::NotFound => Attempt::Final(AdapterError::NotFound),
@@ -428,15 +475,15 @@ impl Adapter for GrpcProviderAdapter {
     /// Calls the provider, bounded by `timeout_ms` and the request's deadline. A call that
     /// failed on the connection (refused, reset, ended by a GOAWAY: see `transport_failure`)
     /// is made again on the next connection while the deadline has not passed, at most once
-    /// per connection plus once; a closed connection reconnects at its next call. A request
+    /// per connection plus once; the failed connection is replaced by a fresh one. A request
     /// for another attestation type is a routing error in the broker: `Unavailable`.
     async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError> {
         let started = Instant::now();
         check_request("grpc", &self.attestation_type, request)?;
         // One try per connection, and one more: a GOAWAY may close every connection at once
-        // (they were opened together, and age together). Each failed try shows its connection
-        // closed, so that connection reconnects at its next call; with N connections closing,
-        // the N+1st try lands on a fresh one.
+        // (they were opened together, and age together). A try that failed on its connection
+        // has that connection replaced, so with N connections closing, the N+1st try lands on
+        // a fresh one.
         let most = self.channels.len() + 1;
         let mut attempts = 0;
         let result = loop {
