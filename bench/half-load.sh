@@ -11,19 +11,14 @@ source "$(dirname "$0")/lib.sh"
 LAYOUTS=${LAYOUTS:-shared apart apart shared}
 PACED=${PACED:-2}
 DURATION=${DURATION:-8}
-# batches: the journal's records and batches so far, from the broker's /metrics.
-batches() {
-  curl -s "http://127.0.0.1:$OPS_PORT/metrics" |
-    awk '$1 == "unefois_journal_batch_records_sum" { s = $2 } $1 == "unefois_journal_batch_records_count" { n = $2 }
-         END { print s + 0, n + 0 }'
-}
-# point LABEL [run flags...]: one measured run, its summary and its records per batch.
+# point LABEL [run flags...]: one measured run, its summary and its records per batch; the
+# run's JSON is left in $result.
 point() {
   local label=$1 before after
   shift
-  before=$(batches)
+  before=$(metric_totals unefois_journal_batch_records)
   result=$(load "$DURATION" --scenario fetch-consent --in-flight 64 "$@")
-  after=$(batches)
+  after=$(metric_totals unefois_journal_batch_records)
   echo "$label: $(summary <<<"$result"), $(echo "$before $after" |
     awk '{ printf "%.1f records per batch", ($3 - $1) / (($4 - $2) > 0 ? $4 - $2 : 1) }')"
 }

@@ -1,7 +1,8 @@
 # Sourced by every bench script but compare.sh and scaling.sh: build, a fresh bench folder, the
 # Rust provider (on CPU $PROVIDER_CPU, by default the broker's) and the broker pinned to CPU
-# $SERVER_CPU, consents seeded, runs from CPU $CLIENT_CPU, the broker's histogram means. compare.sh predates it and keeps its own copy of
-# these steps; scaling.sh runs where there is no cargo. All three share bench/procs.sh.
+# $SERVER_CPU, consents seeded, runs from CPU $CLIENT_CPU, the broker's histogram means.
+# compare.sh predates it and keeps its own copy of these steps; scaling.sh runs where there is
+# no cargo. All three share bench/procs.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -96,12 +97,19 @@ load() {
     --json "$@"
 }
 
-# metric_mean NAME [SCALE]: a histogram's mean since the broker started (its _sum over its _count,
-# times SCALE), read from the broker's /metrics; "none" before the first sample.
-metric_mean() {
+# metric_totals NAME: a histogram's _sum and _count since the broker started, read from the
+# broker's /metrics, as "SUM COUNT" (0 0 before the first sample).
+metric_totals() {
   curl -s "http://127.0.0.1:$OPS_PORT/metrics" |
-    awk -v name="$1" -v scale="${2:-1}" '$1 == name "_sum" { s = $2 } $1 == name "_count" { n = $2 }
-         END { if (n > 0) printf "%.2f", scale * s / n; else print "none" }'
+    awk -v name="$1" '$1 == name "_sum" { s = $2 } $1 == name "_count" { n = $2 }
+         END { print s + 0, n + 0 }'
+}
+
+# metric_mean NAME [SCALE]: a histogram's mean since the broker started (its _sum over its _count,
+# times SCALE); "none" before the first sample.
+metric_mean() {
+  metric_totals "$1" |
+    awk -v scale="${2:-1}" '{ if ($2 > 0) printf "%.2f", scale * $1 / $2; else print "none" }'
 }
 
 summary() {
