@@ -30,6 +30,7 @@ fn exchange_record(i: u64) -> Record {
         participant: "mairie-lyon".into(),
         agent: None,
         subject: Some(format!("{:064x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))),
+        subject_sealed: None,
         pseudonym_key: Some("0123456789abcdef".into()),
         attestation_type: "dgfip.revenu_fiscal_reference".into(),
         purpose: "tarification_cantine".into(),
@@ -61,6 +62,7 @@ async fn appends(sync: bool, records: u64, tasks: u64) -> (f64, u64, usize) {
             ..JournalOptions::default()
         },
         LogSigner::from_seed(&[1; 32], "unefois.test").unwrap(),
+        std::sync::Arc::new(broker::seal::Sealer::from_secret(&[3; 32])),
     )
     .unwrap();
     let bytes = exchange_record(0).encode().len();

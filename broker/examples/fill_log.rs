@@ -13,17 +13,20 @@ use std::time::Instant;
 use broker::audit::LogSigner;
 use broker::event::{Event, ExchangeEvent, Outcome, Record, RecordedBasis};
 use broker::journal::JournalOptions;
+use broker::seal::Sealer;
 use broker::store::Store;
 
-/// One exchange as the broker records a granted fetch under law (synthetic pseudonym).
-fn record(i: u64) -> Record {
+/// One exchange as the broker records a granted fetch under law (synthetic pseudonym, sealed
+/// with the broker's seal key as the broker seals it).
+fn record(sealer: &Sealer, i: u64) -> Record {
     let hex = |n: u64| format!("{n:016x}").repeat(4);
     Record::now(Event::Exchange(Box::new(ExchangeEvent {
         outcome: Outcome::Granted,
         reason: None,
         participant: "mairie-lyon".into(),
         agent: None,
-        subject: Some(hex(i % 100_000)),
+        subject: None,
+        subject_sealed: Some(sealer.seal(&hex(i % 100_000))),
         pseudonym_key: Some("0000000000000000".into()),
         attestation_type: "dgfip.revenu_fiscal_reference".into(),
         purpose: "tarification_cantine".into(),
@@ -52,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let trust_domain = args.next().ok_or_else(|| anyhow::anyhow!(usage))?;
     let records: u64 = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     std::fs::create_dir_all(&data)?;
+    let sealer = std::sync::Arc::new(Sealer::load(&data)?);
     let store = Store::open(
         &data,
         JournalOptions {
@@ -59,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
             ..JournalOptions::default()
         },
         LogSigner::load(&data, &trust_domain)?,
+        sealer.clone(),
     )?;
     let started = Instant::now();
     let batch = 1_000;
@@ -66,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     while written < records {
         let n = batch.min(records - written);
         store
-            .append((written..written + n).map(record).collect())
+            .append((written..written + n).map(|i| record(&sealer, i)).collect())
             .await?;
         written += n;
         if written % 100_000 == 0 {

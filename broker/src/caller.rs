@@ -33,6 +33,12 @@ impl Caller {
         }
     }
 
+    /// Who acts, as request ids and per-caller quotas are scoped: the participant, or the
+    /// agent of a mediation structure (`structure/agent`), never the structure as a whole.
+    pub fn actor(&self) -> String {
+        crate::store::actor(&self.participant, self.agent.as_deref())
+    }
+
     /// Whether the caller holds `role`.
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)

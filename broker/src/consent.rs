@@ -75,8 +75,6 @@ impl Consent {
     }
 }
 
-use sha2::{Digest, Sha256};
-
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::event::{Event, Record};
@@ -113,9 +111,26 @@ fn store_error(e: crate::store::StoreError) -> ApiError {
     ApiError::StoreUnavailable
 }
 
+/// When a consent granted at `now` for `valid_days` lapses: never after the mandate it was
+/// recorded under (an agent cannot give a person's consent for longer than the person gave
+/// the agent's structure a mandate).
+pub fn expiry(
+    now: OffsetDateTime,
+    valid_days: u32,
+    mandate_expires_at: Option<OffsetDateTime>,
+) -> OffsetDateTime {
+    let asked = now + time::Duration::days(i64::from(valid_days));
+    mandate_expires_at.map_or(asked, |m| asked.min(m))
+}
+
 /// Records a citizen's consent given at a guichet; acknowledged only once durable. A retry
-/// with the same request id returns the same consent.
-pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<Consent, ApiError> {
+/// with the same request id returns the same consent. Returns it with the person's pairwise
+/// pseudonym for the caller.
+pub async fn grant(
+    state: &State,
+    caller: &Caller,
+    input: GrantInput,
+) -> Result<(Consent, String), ApiError> {
     caller.require_citizen_facing()?;
     let registry = state.federation.registry();
     let request_id = validate::request_id(&input.request_id)?;
@@ -141,7 +156,8 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
     let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
     let pseudonym = state.pseudonyms.audit(&subject);
     // The citizen consents in person (identity evidence), or through the structure they gave
-    // a mandate to, within its scope.
+    // a mandate to, within its scope; a consent that benefits that structure itself needs the
+    // citizen's own evidence: an agent never consents to its own structure for the person.
     let mandate = crate::mandate::acting(
         state,
         caller,
@@ -149,9 +165,17 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
         &pseudonym,
         Some(&input.purpose),
     )?;
-    if mandate.is_none() {
-        crate::identity::require(&input.id_token, caller, &registry, &subject)?;
-    }
+    // Verified now, spent when the consent is recorded (a retry that finds it spends nothing).
+    let evidence = if mandate.is_none() || input.consumer == caller.participant {
+        Some(crate::identity::require(
+            &input.id_token,
+            caller,
+            &registry,
+            &subject,
+        )?)
+    } else {
+        None
+    };
     if registry.participant(&input.consumer).is_none() {
         return Err(ApiError::invalid(
             "consumer",
@@ -183,41 +207,52 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
 
     let mut types = input.attestation_types.clone();
     types.sort();
-    let fingerprint = {
-        let mut h = Sha256::new();
-        for part in [pseudonym.as_str(), &input.consumer, &input.purpose] {
-            h.update(part.as_bytes());
-            h.update([0]);
-        }
-        for t in &types {
-            h.update(t.as_bytes());
-            h.update([0]);
-        }
-        h.update(input.valid_days.to_be_bytes());
-        if let Some(m) = &mandate {
-            h.update(m.id.as_bytes());
-        }
-        hex::encode(&h.finalize()[..16])
-    };
-    let id_for_record = request_id.clone();
-    crate::idempotency::create_once(
+    let actor = caller.actor();
+    let days = input.valid_days.to_string();
+    let fingerprint = state.sealer.fingerprint(
+        [
+            "consent",
+            actor.as_str(),
+            pseudonym.as_str(),
+            &input.consumer,
+            &input.purpose,
+            &days,
+            mandate.as_ref().map_or("", |m| m.id.as_str()),
+        ]
+        .into_iter()
+        .chain(types.iter().map(String::as_str)),
+    );
+    let recorded_request_id = request_id
+        .as_deref()
+        .map(|id| state.sealer.blind_id(&actor, id));
+    let id_for_record = recorded_request_id.clone();
+    let pairwise = state.pseudonyms.pairwise(&caller.participant, &subject);
+    let consent = crate::idempotency::create_once(
         state,
-        &caller.participant,
-        request_id.as_ref(),
+        &actor,
+        request_id.as_deref().zip(recorded_request_id.as_deref()),
         &fingerprint.clone(),
         |id| state.store.consent(id),
         || async move {
+            if let Some(evidence) = &evidence {
+                crate::evidence::spend(state, evidence)?;
+            }
             let consent_id = uuid::Uuid::now_v7().to_string();
             let record = Record::now(Event::ConsentGranted {
                 consent_id: consent_id.clone(),
-                subject: pseudonym,
+                subject: None,
+                subject_sealed: Some(state.sealer.seal(&pseudonym)),
                 pseudonym_key: state.pseudonyms.audit_key_id().to_string(),
                 consumer: input.consumer.clone(),
                 participant: caller.participant.clone(),
                 agent: caller.agent.clone(),
                 attestation_types: types,
                 purpose: input.purpose.clone(),
-                expires_at: now + time::Duration::days(i64::from(input.valid_days)),
+                expires_at: expiry(
+                    now,
+                    input.valid_days,
+                    mandate.as_ref().map(|m| m.expires_at),
+                ),
                 request_id: id_for_record,
                 request_fingerprint: Some(fingerprint),
                 mandate_id: mandate.map(|m| m.id),
@@ -234,9 +269,12 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
                 .ok_or(ApiError::StoreUnavailable)
         },
     )
-    .await
+    .await?;
+    Ok((consent, pairwise))
 }
 
+/// A consent by id that `caller` may see on its own standing: the guichet that recorded it, or
+/// its consumer.
 fn visible(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, ApiError> {
     validate::identifier("consent_id", consent_id, 64)?;
     state
@@ -247,15 +285,63 @@ fn visible(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, 
         .ok_or_else(|| ApiError::UnknownConsent(consent_id.to_string()))
 }
 
-/// Revokes a consent: the guichet (or structure) that recorded it, or an agent acting under the
-/// citizen's mandate. Applies to the very next Fetch.
+/// A consent withdrawal, in domain terms.
+#[derive(Debug, Default)]
+pub struct RevokeInput {
+    /// The consent.
+    pub consent_id: String,
+    /// The mandate an agent acts under, or empty.
+    pub mandate_id: String,
+    /// The citizen's ID token, or empty.
+    pub id_token: String,
+}
+
+/// Revokes a consent: the citizen with their ID token at any guichet (any of their consents),
+/// an agent under the citizen's mandate (a consent of the mandate's purposes), or the guichet
+/// that recorded it. Applies to the very next Fetch; answers kept for retries under it are
+/// dropped.
 pub async fn revoke(
     state: &State,
     caller: &Caller,
-    consent_id: &str,
-    mandate_id: &str,
+    input: &RevokeInput,
 ) -> Result<Consent, ApiError> {
-    let consent = if mandate_id.is_empty() {
+    validate::identifier("consent_id", &input.consent_id, 64)?;
+    let consent_id = input.consent_id.as_str();
+    let unknown = || ApiError::UnknownConsent(consent_id.to_string());
+    let with_evidence = !input.id_token.is_empty();
+    let consent = if with_evidence {
+        // The citizen in person: any of their consents, wherever it was recorded. A token
+        // that is present is always verified, and spends one of its acts.
+        caller.require_citizen_facing()?;
+        let subject = crate::evidence::proven_for_act(state, &input.id_token, caller)?;
+        let pseudonym = state.pseudonyms.audit(&subject);
+        state
+            .store
+            .consent(consent_id)
+            .map_err(store_error)?
+            .filter(|c| c.subject == pseudonym)
+            .ok_or_else(unknown)?
+    } else if !input.mandate_id.is_empty() {
+        let consent = state
+            .store
+            .consent(consent_id)
+            .map_err(store_error)?
+            .ok_or_else(unknown)?;
+        // Another person's consent is, to this mandate, a consent that does not exist; one of
+        // another purpose is outside what the person allowed the structure to do.
+        crate::mandate::authorize(
+            state,
+            caller,
+            &input.mandate_id,
+            &consent.subject,
+            Some(&consent.purpose),
+        )
+        .map_err(|e| match e {
+            ApiError::MandateSubjectMismatch(_) => unknown(),
+            other => other,
+        })?;
+        consent
+    } else {
         let consent = visible(state, caller, consent_id)?;
         if consent.participant != caller.participant {
             return Err(ApiError::WrongRole {
@@ -263,23 +349,6 @@ pub async fn revoke(
                 role: Role::Guichet,
             });
         }
-        consent
-    } else {
-        validate::identifier("consent_id", consent_id, 64)?;
-        let consent = state
-            .store
-            .consent(consent_id)
-            .map_err(store_error)?
-            .ok_or_else(|| ApiError::UnknownConsent(consent_id.to_string()))?;
-        // Another person's consent is, to this mandate, a consent that does not exist.
-        crate::mandate::authorize(state, caller, mandate_id, &consent.subject, None).map_err(
-            |e| match e {
-                ApiError::MandateSubjectMismatch(_) => {
-                    ApiError::UnknownConsent(consent_id.to_string())
-                }
-                other => other,
-            },
-        )?;
         consent
     };
     if consent.revoked_at.is_some() {
@@ -289,12 +358,15 @@ pub async fn revoke(
         consent_id: consent.id.clone(),
         participant: caller.participant.clone(),
         agent: caller.agent.clone(),
+        ended_with_mandate: None,
+        with_identity_evidence: with_evidence,
     });
     state
         .store
         .append(vec![record])
         .await
         .map_err(store_error)?;
+    state.recent.forget_consent(&consent.id);
     state
         .store
         .consent(consent_id)
@@ -302,45 +374,113 @@ pub async fn revoke(
         .ok_or(ApiError::StoreUnavailable)
 }
 
-/// A consent, to the guichet that recorded it or the consumer it is for.
-pub fn get(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, ApiError> {
-    visible(state, caller, consent_id)
+/// A consent, to the guichet that recorded it or the consumer it is for; the read is on the
+/// record before the answer leaves.
+pub async fn get(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, ApiError> {
+    let consent = visible(state, caller, consent_id)?;
+    state
+        .store
+        .append(vec![Record::now(Event::ConsentsRead {
+            participant: caller.participant.clone(),
+            agent: caller.agent.clone(),
+            subject_sealed: None,
+            consent_id: Some(consent.id.clone()),
+            mandate_id: None,
+            with_identity_evidence: false,
+        })])
+        .await
+        .map_err(store_error)?;
+    Ok(consent)
 }
 
-/// The consents of a subject visible to the caller (all of them to an agent acting under the
-/// subject's mandate), oldest first, one page at a time; the next page starts after
-/// `page_token` (a consent id).
-pub fn list(
+/// What a Consents.List asks for.
+#[derive(Debug, Default)]
+pub struct ListInput {
+    /// The person, `scheme:value`.
+    pub subject: String,
+    /// Only consents to this consumer; empty for all the caller may see.
+    pub consumer: String,
+    /// The mandate an agent acts under, or empty.
+    pub mandate_id: String,
+    /// The citizen's ID token, or empty.
+    pub id_token: String,
+    /// Page size; 0 for the default.
+    pub page_size: u32,
+    /// The last consent id of the previous page.
+    pub page_token: String,
+}
+
+/// One page of a person's consents, oldest first, with the person's pairwise pseudonym for the
+/// caller: every consent of the person (to any consumer, recorded anywhere) with the citizen's
+/// ID token; those of the mandate's purposes to an agent under the person's mandate; otherwise
+/// those the caller recorded or is the consumer of, read from an index of what it may see (the
+/// answer takes no longer for a person with many consents elsewhere). The read is on the record
+/// before it happens.
+pub async fn list(
     state: &State,
     caller: &Caller,
-    subject: &str,
-    consumer: &str,
-    mandate_id: &str,
-    page_size: u32,
-    page_token: &str,
-) -> Result<(Vec<Consent>, String), ApiError> {
+    input: &ListInput,
+) -> Result<(Vec<Consent>, String, String), ApiError> {
     let registry = state.federation.registry();
-    let subject = Subject::parse(subject, registry.allow_test_subjects())?;
+    let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
+    if !input.consumer.is_empty() {
+        validate::identifier("consumer", &input.consumer, 64)?;
+    }
+    if !input.page_token.is_empty() {
+        validate::identifier("page_token", &input.page_token, 64)?;
+    }
     let pseudonym = state.pseudonyms.audit(&subject);
-    let mandate = crate::mandate::acting(state, caller, mandate_id, &pseudonym, None)?;
-    if !consumer.is_empty() {
-        validate::identifier("consumer", consumer, 64)?;
-    }
-    if !page_token.is_empty() {
-        validate::identifier("page_token", page_token, 64)?;
-    }
-    let consents = state
+    let with_evidence = !input.id_token.is_empty();
+    let mandate = if with_evidence {
+        caller.require_citizen_facing()?;
+        crate::identity::require(&input.id_token, caller, &registry, &subject)?;
+        None
+    } else {
+        crate::mandate::acting(state, caller, &input.mandate_id, &pseudonym, None)?
+    };
+    state
         .store
-        .consents_of_after(&pseudonym, page_token)
+        .append(vec![Record::now(Event::ConsentsRead {
+            participant: caller.participant.clone(),
+            agent: caller.agent.clone(),
+            subject_sealed: Some(state.sealer.seal(&pseudonym)),
+            consent_id: None,
+            mandate_id: mandate.as_ref().map(|m| m.id.clone()),
+            with_identity_evidence: with_evidence,
+        })])
+        .await
         .map_err(store_error)?;
-    crate::page::collect(
-        consents,
-        crate::page::size(page_size),
-        |c: &Consent| {
-            (mandate.is_some() || c.visible_to(&caller.participant))
-                && (consumer.is_empty() || c.consumer == consumer)
-        },
-        |c: &Consent| &c.id,
-    )
-    .map_err(store_error)
+    let size = crate::page::size(input.page_size);
+    let of_consumer = |c: &Consent| input.consumer.is_empty() || c.consumer == input.consumer;
+    let (page, next) = if with_evidence || mandate.is_some() {
+        let purposes = mandate.as_ref().map(|m| m.purposes.clone());
+        let consents = state
+            .store
+            .consents_of_after(&pseudonym, &input.page_token)
+            .map_err(store_error)?;
+        crate::page::collect(
+            consents,
+            size,
+            |c: &Consent| {
+                of_consumer(c)
+                    && purposes
+                        .as_ref()
+                        .is_none_or(|p| p.contains(&c.purpose))
+            },
+            |c: &Consent| &c.id,
+        )
+        .map_err(store_error)?
+    } else {
+        let consents = state
+            .store
+            .consents_seen_by_after(&caller.participant, &pseudonym, &input.page_token)
+            .map_err(store_error)?;
+        crate::page::collect(consents, size, of_consumer, |c: &Consent| &c.id)
+            .map_err(store_error)?
+    };
+    Ok((
+        page,
+        next,
+        state.pseudonyms.pairwise(&caller.participant, &subject),
+    ))
 }

@@ -123,6 +123,26 @@ pub enum ApiError {
     /// The preview was already confirmed or rejected.
     #[error("preview {0} was already {1}")]
     PrefillClosed(String, &'static str),
+    /// Another call is confirming (or rejecting) the preview right now.
+    #[error(
+        "preview {0} is being confirmed by another call right now; once it ends, a Confirm \
+         with the same prefill_id returns what it decided"
+    )]
+    PrefillInProgress(String),
+    /// The preview was made for another person than the Confirm names.
+    #[error("preview was made for another person than the request's subject")]
+    PreviewSubjectMismatch,
+    /// A participant holds as many open previews as it may.
+    #[error(
+        "participant {participant:?} already holds {limit} previews waiting for the citizen's \
+         decision, the most one participant may; confirm or reject some, or let them expire"
+    )]
+    TooManyPreviews {
+        /// The participant.
+        participant: String,
+        /// Its share of the previews table.
+        limit: usize,
+    },
     /// The form is not registered.
     #[error("form {0:?} is not registered")]
     UnknownForm(String),
@@ -223,6 +243,9 @@ impl ApiError {
             E::MandateOutOfScope { .. } => "MANDATE_OUT_OF_SCOPE",
             E::UnknownPrefill(_) => "UNKNOWN_PREFILL",
             E::PrefillClosed(..) => "PREFILL_CLOSED",
+            E::PrefillInProgress(_) => "PREFILL_IN_PROGRESS",
+            E::PreviewSubjectMismatch => "SUBJECT_MISMATCH",
+            E::TooManyPreviews { .. } => "RATE_LIMITED",
             E::UnknownConsent(_) => "UNKNOWN_CONSENT",
             E::UnknownForm(_) => "UNKNOWN_FORM",
             E::SubjectNotFound => "SUBJECT_NOT_FOUND",

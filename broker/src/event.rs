@@ -8,8 +8,11 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-/// Version of the record encoding.
-pub const RECORD_VERSION: u32 = 1;
+/// Version of the record encoding written now. 2: the person an entry is about is sealed
+/// (`subject_sealed`), never the audit pseudonym in clear (`subject`, version 1).
+pub const RECORD_VERSION: u32 = 2;
+/// The oldest version this broker still reads (entries are never rewritten).
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// One journal record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,13 +47,68 @@ impl Record {
     /// as the current one.
     pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
         let record: Record = serde_json::from_slice(bytes)?;
-        if record.v != RECORD_VERSION {
+        if !(OLDEST_READABLE_VERSION..=RECORD_VERSION).contains(&record.v) {
             return Err(<serde_json::Error as serde::de::Error>::custom(format!(
-                "record version {} is not known to this broker (it reads version {RECORD_VERSION})",
+                "record version {} is not known to this broker (it reads versions \
+                 {OLDEST_READABLE_VERSION} to {RECORD_VERSION})",
                 record.v
             )));
         }
         Ok(record)
+    }
+}
+
+/// The person a record is about, as written: the audit pseudonym in clear (version 1), or
+/// sealed under the broker's seal key (version 2, `crate::seal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordedSubject<'a> {
+    /// A version 1 entry's audit pseudonym.
+    Clear(&'a str),
+    /// A version 2 entry's sealed audit pseudonym.
+    Sealed(&'a str),
+}
+
+impl RecordedSubject<'_> {
+    /// From a record's `subject` and `subject_sealed` fields (the sealed one wins).
+    fn of<'a>(
+        clear: Option<&'a String>,
+        sealed: Option<&'a String>,
+    ) -> Option<RecordedSubject<'a>> {
+        match (sealed, clear) {
+            (Some(s), _) => Some(RecordedSubject::Sealed(s)),
+            (None, Some(c)) => Some(RecordedSubject::Clear(c)),
+            (None, None) => None,
+        }
+    }
+}
+
+impl Event {
+    /// The person the record is about, as written, if it is about one.
+    pub fn recorded_subject(&self) -> Option<RecordedSubject<'_>> {
+        match self {
+            Event::ConsentGranted {
+                subject,
+                subject_sealed,
+                ..
+            }
+            | Event::MandateCreated {
+                subject,
+                subject_sealed,
+                ..
+            }
+            | Event::AccessHistoryRead {
+                subject,
+                subject_sealed,
+                ..
+            } => RecordedSubject::of(subject.as_ref(), subject_sealed.as_ref()),
+            Event::ConsentsRead { subject_sealed, .. } => {
+                subject_sealed.as_deref().map(RecordedSubject::Sealed)
+            }
+            Event::Exchange(e) => {
+                RecordedSubject::of(e.subject.as_ref(), e.subject_sealed.as_ref())
+            }
+            _ => None,
+        }
     }
 }
 
@@ -106,8 +164,12 @@ pub enum Event {
     ConsentGranted {
         /// The new consent's id (UUIDv7).
         consent_id: String,
-        /// The subject's audit pseudonym.
-        subject: String,
+        /// Version 1: the subject's audit pseudonym, in clear.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        /// Version 2: the subject's audit pseudonym, sealed (`crate::seal`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject_sealed: Option<String>,
         /// The pseudonym key's id.
         pseudonym_key: String,
         /// The consumer it allows.
@@ -139,6 +201,14 @@ pub enum Event {
         participant: String,
         /// The agent, if a mediator's agent did.
         agent: Option<String>,
+        /// The mandate whose revocation ended it, when it was recorded under that mandate
+        /// (recorded in the same batch as the mandate's revocation).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ended_with_mandate: Option<String>,
+        /// Whether the citizen's own identity evidence was presented (a guichet revoking a
+        /// consent it did not record).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        with_identity_evidence: bool,
     },
     /// An auditor read the log (ListEvents or ExportEvents): auditors' reads are audited too.
     AuditRead {
@@ -155,18 +225,47 @@ pub enum Event {
         participant: String,
         /// The agent, if any.
         agent: Option<String>,
-        /// The person's audit pseudonym.
-        subject: String,
+        /// Version 1: the person's audit pseudonym, in clear.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        /// Version 2: the person's audit pseudonym, sealed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject_sealed: Option<String>,
         /// The mandate a mediator's agent acted under, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mandate_id: Option<String>,
+    },
+    /// A participant read consents (Consents.List of a person, or Consents.Get of one): every
+    /// read of who allowed what is on the record, like the access history.
+    ConsentsRead {
+        /// Who read.
+        participant: String,
+        /// The agent, if any.
+        agent: Option<String>,
+        /// The person whose consents were listed, sealed, for a List.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject_sealed: Option<String>,
+        /// The consent read, for a Get.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consent_id: Option<String>,
+        /// The mandate a mediator's agent acted under, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mandate_id: Option<String>,
+        /// Whether the citizen's identity evidence was presented (then every consent of the
+        /// person is listed, to any consumer).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        with_identity_evidence: bool,
     },
     /// A citizen gave a mediation structure a mandate, in front of one of its agents.
     MandateCreated {
         /// The new mandate's id (UUIDv7).
         mandate_id: String,
-        /// The subject's audit pseudonym.
-        subject: String,
+        /// Version 1: the subject's audit pseudonym, in clear.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        /// Version 2: the subject's audit pseudonym, sealed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject_sealed: Option<String>,
         /// The pseudonym key's id.
         pseudonym_key: String,
         /// The mediation structure that holds it.
@@ -232,8 +331,13 @@ pub struct ExchangeEvent {
     pub participant: String,
     /// The mediator's agent, if any.
     pub agent: Option<String>,
-    /// The subject's audit pseudonym, when the subject id was valid.
+    /// Version 1: the subject's audit pseudonym in clear, when the subject id was valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// Version 2: the subject's audit pseudonym, sealed (a fresh nonce per entry: two
+    /// consumers' receipts about one person share nothing), when the subject id was valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_sealed: Option<String>,
     /// The pseudonym key's id, with the pseudonym.
     pub pseudonym_key: Option<String>,
     /// The attestation type asked for (as given, bounded).
@@ -286,12 +390,14 @@ mod tests {
                 consent_id: "c1".into(),
                 participant: "mairie-lyon".into(),
                 agent: None,
+                ended_with_mandate: None,
+                with_identity_evidence: false,
             },
         };
         let bytes = record.encode();
         assert_eq!(
             String::from_utf8(bytes.clone()).unwrap(),
-            r#"{"v":1,"time":"2026-11-22T10:00:00Z","kind":"consent_revoked","consent_id":"c1","participant":"mairie-lyon","agent":null}"#
+            r#"{"v":2,"time":"2026-11-22T10:00:00Z","kind":"consent_revoked","consent_id":"c1","participant":"mairie-lyon","agent":null}"#
         );
         assert_eq!(Record::decode(&bytes).unwrap(), record);
         assert_eq!(record.encode(), bytes);

@@ -113,12 +113,14 @@ pub async fn fetch(
     if let Err(e) = validate::request_id(&input.request_id) {
         return Err(refuse(state, caller, &input, e).await);
     }
+    // Request ids are the caller's own: an agent's, not its structure's.
+    let actor = caller.actor();
     let fingerprint = idempotency::fingerprint(&input);
     match state
         .recent
-        .previous(&caller.participant, &input.request_id, &fingerprint)
+        .previous(&actor, &input.request_id, &fingerprint)
     {
-        Previous::Same(answer) => return Ok(answer),
+        Previous::Same(answer) => return resend(state, &answer).await.map(Arc::new),
         Previous::Different => {
             let reused = ApiError::RequestIdReused(input.request_id.clone());
             return Err(refuse(state, caller, &input, reused).await);
@@ -128,13 +130,13 @@ pub async fn fetch(
     // Answers are kept in memory only (they carry claim values); the journal remembers that
     // the request id was used, so that a retry after a restart is recorded as one.
     let mut retry = Retry {
-        fingerprint: recorded_fingerprint(state, &input),
+        fingerprint: recorded_fingerprint(state, caller, &input),
         retry_of: None,
     };
     if let Some(fingerprint) = &retry.fingerprint {
         let earlier = state
             .store
-            .fetch_request_use(&caller.participant, &digest(&input.request_id))
+            .fetch_request_use(&actor, &state.sealer.blind_id(&actor, &input.request_id))
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot read the request index");
                 ApiError::StoreUnavailable
@@ -149,13 +151,39 @@ pub async fn fetch(
     }
     let request_id = input.request_id.clone();
     let answer = Arc::new(fetch_once(state, caller, input, retry).await?);
-    state.recent.keep(
-        &caller.participant,
-        &request_id,
-        fingerprint,
-        answer.clone(),
-    );
+    state
+        .recent
+        .keep(&actor, &request_id, fingerprint, answer.clone());
     Ok(answer)
+}
+
+/// Sends a kept answer again to a retry, recorded as a retry of the entry it was first
+/// recorded as (every answer that leaves is on the record): the same attestation, with the
+/// receipt of the new entry. A revocation drops kept answers first (`RecentAnswers::forget_*`),
+/// so that no answer its revocation covers is sent again.
+async fn resend(state: &State, answer: &Fetched) -> Result<Fetched, ApiError> {
+    let original = Record::decode(&answer.receipt.entry).map_err(|e| {
+        tracing::error!(error = %e, "a kept answer's entry does not decode");
+        ApiError::StoreUnavailable
+    })?;
+    let Event::Exchange(mut event) = original.event else {
+        tracing::error!("a kept answer's entry is not an exchange");
+        return Err(ApiError::StoreUnavailable);
+    };
+    event.retry_of = Some(answer.receipt.leaf_index);
+    // A new entry seals the person anew: even two entries of one request share no byte.
+    event.subject_sealed = event
+        .subject_sealed
+        .as_deref()
+        .and_then(|sealed| state.sealer.open(sealed).ok())
+        .map(|pseudonym| state.sealer.seal(&pseudonym));
+    let logged = record(state, *event).await?;
+    Ok(Fetched {
+        attestation: answer.attestation.clone(),
+        envelope: answer.envelope.clone(),
+        claims: answer.claims.clone(),
+        receipt: receipt(state, logged)?,
+    })
 }
 
 /// What the journal records about a Fetch's request id: the digest of the request (to tell a
@@ -166,25 +194,28 @@ struct Retry {
     retry_of: Option<u64>,
 }
 
-/// The digest of a request as recorded: over the subject's audit pseudonym (never the raw
-/// id), the type, the purpose, the mandate and the claims. None for an invalid subject.
-fn recorded_fingerprint(state: &State, input: &FetchInput) -> Option<String> {
+/// The digest of a request as recorded: keyed (the seal key's blinding), over the caller, the
+/// subject's audit pseudonym (never the raw id), the type, the purpose, the mandate and the
+/// claims, so that two consumers' identical requests about one person record unrelated
+/// digests. None for an invalid subject.
+fn recorded_fingerprint(state: &State, caller: &Caller, input: &FetchInput) -> Option<String> {
     let registry = state.federation.registry();
     let subject = Subject::parse(&input.subject, registry.allow_test_subjects()).ok()?;
-    let mut h = Sha256::new();
-    for part in [
-        state.pseudonyms.audit(&subject).as_str(),
-        &input.attestation_type,
-        &input.purpose,
-        &input.mandate_id,
-    ]
-    .into_iter()
-    .chain(input.claims.iter().map(String::as_str))
-    {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    Some(hex::encode(&h.finalize()[..16]))
+    let actor = caller.actor();
+    let pseudonym = state.pseudonyms.audit(&subject);
+    Some(
+        state.sealer.fingerprint(
+            [
+                actor.as_str(),
+                pseudonym.as_str(),
+                &input.attestation_type,
+                &input.purpose,
+                &input.mandate_id,
+            ]
+            .into_iter()
+            .chain(input.claims.iter().map(String::as_str)),
+        ),
+    )
 }
 
 /// The caller's rate limit.
@@ -239,7 +270,7 @@ async fn fetch_recorded(
     loaded: &Loaded,
     retry: Retry,
 ) -> Result<Fetched, ApiError> {
-    let mut event = base_event(caller, &input, loaded);
+    let mut event = base_event(state, caller, &input, loaded);
     event.request_fingerprint = retry.fingerprint;
     event.retry_of = retry.retry_of;
     let served = serve(state, caller, &input, loaded, &mut event).await;
@@ -305,7 +336,7 @@ pub async fn preview(
 ) -> Result<Previewed, ApiError> {
     admit(state, caller)?;
     let loaded = state.federation.loaded();
-    let mut event = base_event(caller, &input, &loaded);
+    let mut event = base_event(state, caller, &input, &loaded);
     event.prefill_id = Some(prefill_id.to_string());
     let retrieved = async {
         let decision = decide(state, caller, &input, &loaded, &mut event).await?;
@@ -333,7 +364,7 @@ pub async fn confirm(
     prefill_id: &str,
 ) -> Result<Fetched, ApiError> {
     let loaded = state.federation.loaded();
-    let mut event = base_event(caller, &held.input, &loaded);
+    let mut event = base_event(state, caller, &held.input, &loaded);
     event.prefill_id = Some(prefill_id.to_string());
     let issued = async {
         let decision = decide(state, caller, &held.input, &loaded, &mut event).await?;
@@ -364,11 +395,11 @@ pub async fn reject(
     prefill_id: &str,
 ) -> Result<(), ApiError> {
     let loaded = state.federation.loaded();
-    let mut event = base_event(caller, &held.input, &loaded);
+    let mut event = base_event(state, caller, &held.input, &loaded);
     let d = &held.decision;
     event.outcome = Outcome::Rejected;
     event.prefill_id = Some(prefill_id.to_string());
-    event.subject = Some(state.pseudonyms.audit(&d.subject));
+    event.subject_sealed = Some(state.sealer.seal(&state.pseudonyms.audit(&d.subject)));
     event.pseudonym_key = Some(state.pseudonyms.audit_key_id().to_string());
     event.habilitation = Some(d.habilitation.clone());
     event.legal_basis = Some(d.basis.clone());
@@ -382,7 +413,12 @@ pub async fn reject(
 /// The record of a Fetch before it is decided. Only registered names and bounded ids go in:
 /// free-form input (which a careless client could fill with a subject id) never reaches the
 /// journal; the request id is kept as a digest, enough to match retries.
-fn base_event(caller: &Caller, input: &FetchInput, loaded: &Loaded) -> ExchangeEvent {
+fn base_event(
+    state: &State,
+    caller: &Caller,
+    input: &FetchInput,
+    loaded: &Loaded,
+) -> ExchangeEvent {
     let registered = |known: bool, value: &str| {
         if known {
             value.to_string()
@@ -397,6 +433,7 @@ fn base_event(caller: &Caller, input: &FetchInput, loaded: &Loaded) -> ExchangeE
         participant: caller.participant.clone(),
         agent: caller.agent.clone(),
         subject: None,
+        subject_sealed: None,
         pseudonym_key: None,
         attestation_type: registered(
             registry.attestation_type(&input.attestation_type).is_some(),
@@ -405,12 +442,14 @@ fn base_event(caller: &Caller, input: &FetchInput, loaded: &Loaded) -> ExchangeE
         purpose: registered(registry.purpose(&input.purpose).is_some(), &input.purpose),
         legal_basis: None,
         habilitation: None,
-        mandate_id: (!input.mandate_id.is_empty()).then(|| digest(&input.mandate_id)),
+        mandate_id: (!input.mandate_id.is_empty())
+            .then(|| state.sealer.blind_id(&caller.actor(), &input.mandate_id)),
         attestation_id: None,
         payload_sha256: None,
         provider: None,
         derived_rules: Vec::new(),
-        request_id: (!input.request_id.is_empty()).then(|| digest(&input.request_id)),
+        request_id: (!input.request_id.is_empty())
+            .then(|| state.sealer.blind_id(&caller.actor(), &input.request_id)),
         registry_sha256: registry.sha256_hex(),
         prefill_id: None,
         request_fingerprint: None,
@@ -418,19 +457,11 @@ fn base_event(caller: &Caller, input: &FetchInput, loaded: &Loaded) -> ExchangeE
     }
 }
 
-/// A caller-chosen id as recorded: `sha256:` and the first 16 bytes of its digest, in hex.
-pub fn digest(id: &str) -> String {
-    format!(
-        "sha256:{}",
-        hex::encode(&Sha256::digest(id.as_bytes())[..16])
-    )
-}
-
 /// Records a Fetch refused before it was looked at, and returns the refusal (or the failure
 /// to record it: nothing is answered without its record).
 async fn refuse(state: &State, caller: &Caller, input: &FetchInput, error: ApiError) -> ApiError {
     let loaded = state.federation.loaded();
-    let mut event = base_event(caller, input, &loaded);
+    let mut event = base_event(state, caller, input, &loaded);
     event.reason = Some(error.reason_code().to_string());
     match record(state, event).await {
         Ok(_) => error,
@@ -508,7 +539,7 @@ async fn decide(
     validate::request_id(&input.request_id)?;
     let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
     let audit_pseudonym = state.pseudonyms.audit(&subject);
-    event.subject = Some(audit_pseudonym.clone());
+    event.subject_sealed = Some(state.sealer.seal(&audit_pseudonym));
     event.pseudonym_key = Some(state.pseudonyms.audit_key_id().to_string());
     let mandate = crate::mandate::acting(
         state,

@@ -10,16 +10,18 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::event::RecordedBasis;
 use crate::exchange::{FetchInput, Fetched};
 
-/// Creates something (a consent, a mandate) at most once per caller and request id: without a
-/// request id, `create` runs; with one recorded for the same request (same `fingerprint`), what
-/// it created is returned (`find` by its id); recorded for another request, REQUEST_ID_REUSED.
-/// Concurrent retries are serialised from the check to the record.
+/// Creates something (a consent, a mandate) at most once per actor (a participant, or one of
+/// its agents) and request id (`(as given, as recorded)`): without a request id, `create` runs;
+/// with one recorded for the same request (same `fingerprint`), what it created is returned
+/// (`find` by its id); recorded for another request, REQUEST_ID_REUSED. Concurrent retries are
+/// serialised from the check to the record.
 pub async fn create_once<T, Fut>(
     state: &crate::state::State,
-    participant: &str,
-    request_id: Option<&String>,
+    actor: &str,
+    request_id: Option<(&str, &str)>,
     fingerprint: &str,
     find: impl Fn(&str) -> Result<Option<T>, crate::store::StoreError>,
     create: impl FnOnce() -> Fut,
@@ -36,14 +38,14 @@ where
         Some(_) => Some(state.grants.lock().await),
         None => None,
     };
-    if let Some(id) = request_id
+    if let Some((given, recorded)) = request_id
         && let Some(used) = state
             .store
-            .request_use(participant, id)
+            .request_use(actor, recorded)
             .map_err(unavailable)?
     {
         if used.fingerprint != fingerprint {
-            return Err(ApiError::RequestIdReused(id.clone()));
+            return Err(ApiError::RequestIdReused(given.to_string()));
         }
         return find(&used.result)
             .map_err(unavailable)?
@@ -56,12 +58,15 @@ where
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(120);
 /// Most answers kept at once (the oldest go first).
 pub const DEFAULT_CAPACITY: usize = 10_000;
+/// Most answers kept for one actor: one participant's retries never push another's out.
+pub const DEFAULT_PER_ACTOR: usize = DEFAULT_CAPACITY / 8;
 
 type Key = (String, String);
 
 struct Kept {
     fingerprint: [u8; 32],
     answer: Arc<Fetched>,
+    at: Instant,
 }
 
 /// What a request id was last used for, per caller.
@@ -74,15 +79,32 @@ pub enum Previous {
     Different,
 }
 
-/// Recent granted Fetch answers by (caller, request id).
+/// Recent granted Fetch answers by (actor, request id): bounded in time, in number, and per
+/// actor; dropped when a revocation covers them.
 pub struct RecentAnswers {
     window: Duration,
     capacity: usize,
+    per_actor: usize,
     inner: Mutex<Index>,
 }
 
-/// The kept answers, and their keys oldest first.
-type Index = (HashMap<Key, Kept>, VecDeque<(Instant, Key)>);
+#[derive(Default)]
+struct Index {
+    kept: HashMap<Key, Kept>,
+    /// Every key, oldest first (with when it was kept: a key kept again is a new entry).
+    order: VecDeque<(Instant, Key)>,
+    /// Each actor's request ids, oldest first.
+    by_actor: HashMap<String, VecDeque<(Instant, String)>>,
+}
+
+impl Index {
+    /// Forgets `key` if it is still the answer kept at `at`.
+    fn drop_if_kept_at(&mut self, key: &Key, at: Instant) {
+        if self.kept.get(key).is_some_and(|k| k.at == at) {
+            self.kept.remove(key);
+        }
+    }
+}
 
 /// The digest that tells a retry from a different request with the same id.
 pub fn fingerprint(input: &FetchInput) -> [u8; 32] {
@@ -104,62 +126,110 @@ pub fn fingerprint(input: &FetchInput) -> [u8; 32] {
 }
 
 impl RecentAnswers {
-    /// Keeps answers for `window`, at most `capacity` of them.
-    pub fn new(window: Duration, capacity: usize) -> RecentAnswers {
+    /// Keeps answers for `window`, at most `capacity` of them and `per_actor` of one actor.
+    pub fn new(window: Duration, capacity: usize, per_actor: usize) -> RecentAnswers {
         RecentAnswers {
             window,
             capacity,
-            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            per_actor: per_actor.max(1),
+            inner: Mutex::new(Index::default()),
         }
     }
 
-    fn expire(&self, map: &mut HashMap<Key, Kept>, order: &mut VecDeque<(Instant, Key)>) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn expire(&self, index: &mut Index) {
         let now = Instant::now();
-        while let Some((at, _)) = order.front() {
-            if now.duration_since(*at) < self.window && map.len() <= self.capacity {
+        while let Some((at, _)) = index.order.front() {
+            if now.duration_since(*at) < self.window && index.kept.len() <= self.capacity {
                 break;
             }
-            if let Some((_, key)) = order.pop_front() {
-                map.remove(&key);
+            if let Some((at, key)) = index.order.pop_front() {
+                index.drop_if_kept_at(&key, at);
+                if let Some(queue) = index.by_actor.get_mut(&key.0) {
+                    while queue.front().is_some_and(|(t, _)| *t <= at) {
+                        queue.pop_front();
+                    }
+                    if queue.is_empty() {
+                        index.by_actor.remove(&key.0);
+                    }
+                }
             }
         }
     }
 
-    /// What `caller` last did with `request_id`.
-    pub fn previous(&self, caller: &str, request_id: &str, fingerprint: &[u8; 32]) -> Previous {
-        let Ok(mut guard) = self.inner.lock() else {
-            return Previous::New;
-        };
-        let (map, order) = &mut *guard;
-        self.expire(map, order);
-        match map.get(&(caller.to_string(), request_id.to_string())) {
+    /// What `actor` last did with `request_id`.
+    pub fn previous(&self, actor: &str, request_id: &str, fingerprint: &[u8; 32]) -> Previous {
+        let mut index = self.lock();
+        self.expire(&mut index);
+        match index.kept.get(&(actor.to_string(), request_id.to_string())) {
             None => Previous::New,
             Some(kept) if kept.fingerprint == *fingerprint => Previous::Same(kept.answer.clone()),
             Some(_) => Previous::Different,
         }
     }
 
-    /// Keeps a granted answer for retries.
-    pub fn keep(
-        &self,
-        caller: &str,
-        request_id: &str,
-        fingerprint: [u8; 32],
-        answer: Arc<Fetched>,
-    ) {
-        let Ok(mut guard) = self.inner.lock() else {
-            return;
-        };
-        let (map, order) = &mut *guard;
-        let key = (caller.to_string(), request_id.to_string());
-        order.push_back((Instant::now(), key.clone()));
-        map.insert(
+    /// Keeps a granted answer for retries; past its share, the actor's oldest answer goes.
+    pub fn keep(&self, actor: &str, request_id: &str, fingerprint: [u8; 32], answer: Arc<Fetched>) {
+        let mut index = self.lock();
+        let at = Instant::now();
+        let key = (actor.to_string(), request_id.to_string());
+        index.order.push_back((at, key.clone()));
+        let queue = index.by_actor.entry(actor.to_string()).or_default();
+        queue.push_back((at, request_id.to_string()));
+        let mut evicted = Vec::new();
+        while queue.len() > self.per_actor {
+            if let Some((t, id)) = queue.pop_front() {
+                evicted.push((t, id));
+            }
+        }
+        for (t, id) in evicted {
+            index.drop_if_kept_at(&(actor.to_string(), id), t);
+        }
+        index.kept.insert(
             key,
             Kept {
                 fingerprint,
                 answer,
+                at,
             },
         );
-        self.expire(map, order);
+        self.expire(&mut index);
+    }
+
+    /// Drops the answers given under a consent (it was revoked): a retry is decided again.
+    pub fn forget_consent(&self, consent_id: &str) {
+        self.lock().kept.retain(|_, k| {
+            !matches!(
+                &k.answer.attestation.legal_basis,
+                RecordedBasis::Consent { consent_id: c } if c == consent_id
+            )
+        });
+    }
+
+    /// Drops the answers given under a mandate (it was revoked): a retry is decided again.
+    pub fn forget_mandate(&self, mandate_id: &str) {
+        self.lock()
+            .kept
+            .retain(|_, k| k.answer.attestation.mandate_id.as_deref() != Some(mandate_id));
+    }
+
+    /// Drops every answer (the registry they were given under was replaced).
+    pub fn clear(&self) {
+        *self.lock() = Index::default();
+    }
+
+    /// How many answers are kept (for tests).
+    pub fn len(&self) -> usize {
+        self.lock().kept.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

@@ -44,6 +44,15 @@ pub enum IdentityError {
     /// The token is for another audience.
     #[error("the ID token is not for this guichet's audience {0:?}")]
     WrongAudience(String),
+    /// The token names several audiences and another party (`azp`) it was issued to.
+    #[error(
+        "the ID token was issued to another party than this guichet ({0:?}): a token listing \
+         several audiences must name this guichet as its authorized party (azp)"
+    )]
+    NotAuthorizedParty(String),
+    /// `nbf` is still in the future.
+    #[error("the ID token is not valid yet (nbf)")]
+    NotYetValid,
     /// `exp` has passed.
     #[error("the ID token has expired")]
     Expired,
@@ -56,6 +65,36 @@ pub enum IdentityError {
     /// The identity claims do not make a subject.
     #[error("the ID token's identity claims are not usable: {0}")]
     Claims(String),
+    /// The token already proved as many acts as its identity provider allows.
+    #[error(
+        "this ID token was already used for {0} acts, the most its identity provider allows: \
+         a token serves one sitting; the citizen must log in again"
+    )]
+    Exhausted(u32),
+    /// The token was issued before this broker started: the count of its acts was not kept.
+    #[error(
+        "this ID token was issued before the broker restarted, which does not remember how \
+         many acts it proved: the citizen must log in again"
+    )]
+    IssuedBeforeRestart,
+    /// Too many tokens are in use at once to count one more.
+    #[error("too many ID tokens are in use at once; retry shortly")]
+    TooManyInUse,
+}
+
+/// Identity evidence that verified: who it proves, and what counting its acts needs.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// The person it proves.
+    pub subject: Subject,
+    /// SHA-256 of the token's bytes: its identity for counting its acts (never recorded).
+    pub digest: [u8; 32],
+    /// `iat`, Unix seconds.
+    pub issued_at: i64,
+    /// Until when it can be presented (`exp` plus the leeway), Unix seconds.
+    pub usable_until: i64,
+    /// The most acts its identity provider allows one token.
+    pub max_acts: u32,
 }
 
 /// `aud`: one audience or several.
@@ -86,6 +125,10 @@ struct Claims {
     aud: Audience,
     exp: i64,
     iat: i64,
+    #[serde(default)]
+    nbf: Option<i64>,
+    #[serde(default)]
+    azp: Option<String>,
     family_name: Option<String>,
     given_name: Option<String>,
     birthdate: Option<String>,
@@ -117,14 +160,14 @@ fn accepted(alg: Algorithm) -> bool {
     matches!(alg, Algorithm::EdDSA | Algorithm::ES256 | Algorithm::RS256)
 }
 
-/// Verifies `token` as identity evidence presented by `guichet` at `now`, and returns the
-/// subject it proves.
+/// Verifies `token` as identity evidence presented by `guichet` at `now`, and returns what it
+/// proves.
 pub fn verify(
     token: &str,
     guichet: &Participant,
     registry: &Registry,
     now: OffsetDateTime,
-) -> Result<Subject, IdentityError> {
+) -> Result<Verified, IdentityError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(IdentityError::Malformed("too large".into()));
     }
@@ -177,9 +220,29 @@ pub fn verify(
     if !claims.aud.contains(audience) {
         return Err(IdentityError::WrongAudience(audience.to_string()));
     }
+    // OpenID Connect Core 3.1.3.7: with several audiences, the party the token was issued to
+    // (azp) must be this guichet; a token a citizen gave one guichet never serves another.
+    let several = matches!(&claims.aud, Audience::Many(all) if all.len() > 1);
+    match claims.azp.as_deref() {
+        Some(azp) if azp != audience => {
+            return Err(IdentityError::NotAuthorizedParty(
+                azp.chars().take(64).collect(),
+            ));
+        }
+        None if several => {
+            return Err(IdentityError::NotAuthorizedParty(String::new()));
+        }
+        _ => {}
+    }
     let now = now.unix_timestamp();
     if claims.exp.saturating_add(LEEWAY_SECONDS) <= now {
         return Err(IdentityError::Expired);
+    }
+    if claims
+        .nbf
+        .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECONDS))
+    {
+        return Err(IdentityError::NotYetValid);
     }
     if claims.iat > now.saturating_add(LEEWAY_SECONDS) {
         return Err(IdentityError::IssuedInFuture);
@@ -188,7 +251,18 @@ pub fn verify(
     if now.saturating_sub(claims.iat) > max_age.saturating_add(LEEWAY_SECONDS) {
         return Err(IdentityError::Stale(provider.max_token_age_seconds));
     }
-    subject_of(&claims, registry.allow_test_subjects())
+    // Usable while both its expiry and its freshness allow it.
+    let usable_until = claims
+        .exp
+        .min(claims.iat.saturating_add(max_age))
+        .saturating_add(LEEWAY_SECONDS);
+    Ok(Verified {
+        subject: subject_of(&claims, registry.allow_test_subjects())?,
+        digest: <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()).into(),
+        issued_at: claims.iat,
+        usable_until,
+        max_acts: provider.max_acts_per_token,
+    })
 }
 
 fn subject_of(claims: &Claims, allow_test: bool) -> Result<Subject, IdentityError> {
@@ -222,26 +296,28 @@ fn subject_of(claims: &Claims, allow_test: bool) -> Result<Subject, IdentityErro
     .map_err(bad)
 }
 
-/// Checks the identity evidence a guichet (`caller`) presents for `subject`: the token is
-/// required, must verify, and must prove that very subject.
+/// Checks the identity evidence a guichet (`caller`) presents for `subject` to read (a list,
+/// an access history): the token is required, must verify, and must prove that very subject.
+/// Acts that change state go through `crate::evidence`, which also counts them.
 pub fn require(
     token: &str,
     caller: &crate::caller::Caller,
     registry: &Registry,
     subject: &Subject,
-) -> Result<(), crate::error::ApiError> {
-    if proven(token, caller, registry)? != *subject {
+) -> Result<Verified, crate::error::ApiError> {
+    let verified = proven(token, caller, registry)?;
+    if verified.subject != *subject {
         return Err(crate::error::ApiError::SubjectMismatch);
     }
-    Ok(())
+    Ok(verified)
 }
 
-/// The subject a guichet's (or mediation structure's) `caller` identity evidence proves.
+/// What a guichet's (or mediation structure's) `caller` identity evidence proves.
 pub fn proven(
     token: &str,
     caller: &crate::caller::Caller,
     registry: &Registry,
-) -> Result<Subject, crate::error::ApiError> {
+) -> Result<Verified, crate::error::ApiError> {
     use crate::error::ApiError;
     if token.is_empty() {
         return Err(ApiError::IdentityEvidenceRequired);
@@ -345,11 +421,14 @@ pub mod dev {
     /// issued at `now` by the development identity provider.
     pub fn claims(subject: &str, audience: &str, now: OffsetDateTime) -> anyhow::Result<Value> {
         let iat = now.unix_timestamp();
+        // A unique `jti`, as a real identity provider's tokens have: two logins in the same
+        // second are two tokens, each with its own count of acts.
         let mut c = json!({
             "iss": ISSUER,
             "aud": audience,
             "iat": iat,
             "exp": iat + TOKEN_LIFETIME_SECONDS,
+            "jti": uuid::Uuid::now_v7().to_string(),
         });
         let identity = if subject.starts_with("test:") {
             json!({ "sub": subject, "unefois_test_subject": subject })

@@ -126,6 +126,15 @@ struct PrefillArgs {
     /// The mandate an agent of a mediation structure acts under.
     #[arg(long, default_value = "")]
     mandate: String,
+    /// The citizen's OIDC ID token, the identity evidence (development:
+    /// `unefois dev id-token --subject ... --aud ...`); not needed under a mandate.
+    #[arg(
+        long,
+        env = "UNEFOIS_ID_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    id_token: String,
 }
 
 #[derive(clap::Args)]
@@ -144,6 +153,18 @@ struct ConfirmArgs {
     /// The person rejects the preview: nothing is released.
     #[arg(long)]
     reject: bool,
+    /// The mandate an agent of a mediation structure acts under (the preview's).
+    #[arg(long, default_value = "")]
+    mandate: String,
+    /// The citizen's OIDC ID token, the identity evidence (development:
+    /// `unefois dev id-token --subject ... --aud ...`); not needed under a mandate.
+    #[arg(
+        long,
+        env = "UNEFOIS_ID_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    id_token: String,
 }
 
 #[derive(Subcommand)]
@@ -377,14 +398,16 @@ struct FetchArgs {
 enum ConsentCommand {
     /// Record a person's consent at a guichet.
     Grant(ConsentGrantArgs),
-    /// Revoke a consent recorded by the caller.
+    /// Revoke a consent: one the caller recorded, or any of the person's with their ID token.
     Revoke {
         #[command(flatten)]
         client: ClientArgs,
         /// The consent id.
         consent_id: String,
+        #[command(flatten)]
+        evidence: EvidenceArgs,
     },
-    /// List a person's consents that the caller may see.
+    /// List a person's consents that the caller may see (all of them with their ID token).
     List {
         #[command(flatten)]
         client: ClientArgs,
@@ -394,7 +417,26 @@ enum ConsentCommand {
         /// Only the consents given to this consumer.
         #[arg(long, default_value = "")]
         consumer: String,
+        #[command(flatten)]
+        evidence: EvidenceArgs,
     },
+}
+
+/// The person's own evidence, or the mandate an agent acts under.
+#[derive(clap::Args)]
+struct EvidenceArgs {
+    /// The citizen's OIDC ID token, the identity evidence (development:
+    /// `unefois dev id-token --subject ... --aud ...`); not needed under a mandate.
+    #[arg(
+        long,
+        env = "UNEFOIS_ID_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    id_token: String,
+    /// The mandate an agent of a mediation structure acts under.
+    #[arg(long, default_value = "")]
+    mandate: String,
 }
 
 #[derive(clap::Args)]
@@ -464,14 +506,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Registry(RegistryCommand::Show(args)) => registry_show(args).await,
         Command::Fetch(args) => fetch(args).await,
         Command::Consent(ConsentCommand::Grant(args)) => consent_grant(args).await,
-        Command::Consent(ConsentCommand::Revoke { client, consent_id }) => {
-            consent_revoke(client, consent_id).await
-        }
+        Command::Consent(ConsentCommand::Revoke {
+            client,
+            consent_id,
+            evidence,
+        }) => consent_revoke(client, consent_id, evidence).await,
         Command::Consent(ConsentCommand::List {
             client,
             subject,
             consumer,
-        }) => consent_list(client, subject, consumer).await,
+            evidence,
+        }) => consent_list(client, subject, consumer, evidence).await,
         Command::Audit(AuditCommand::Verify {
             client,
             trusted,
@@ -925,12 +970,17 @@ async fn consent_grant(args: ConsentGrantArgs) -> anyhow::Result<()> {
     print_consent(&consent)
 }
 
-async fn consent_revoke(client: ClientArgs, consent_id: String) -> anyhow::Result<()> {
+async fn consent_revoke(
+    client: ClientArgs,
+    consent_id: String,
+    evidence: EvidenceArgs,
+) -> anyhow::Result<()> {
     let channel = connect(&client).await?;
     let consent = ConsentsClient::new(channel)
         .revoke(pb::RevokeConsentRequest {
             consent_id,
-            ..Default::default()
+            id_token: evidence.id_token,
+            mandate_id: evidence.mandate,
         })
         .await
         .map_err(rpc_error)?
@@ -941,7 +991,12 @@ async fn consent_revoke(client: ClientArgs, consent_id: String) -> anyhow::Resul
     Ok(())
 }
 
-async fn consent_list(client: ClientArgs, subject: String, consumer: String) -> anyhow::Result<()> {
+async fn consent_list(
+    client: ClientArgs,
+    subject: String,
+    consumer: String,
+    evidence: EvidenceArgs,
+) -> anyhow::Result<()> {
     let channel = connect(&client).await?;
     let mut consents = ConsentsClient::new(channel);
     let mut page_token = String::new();
@@ -952,6 +1007,8 @@ async fn consent_list(client: ClientArgs, subject: String, consumer: String) -> 
                 subject: subject.clone(),
                 consumer: consumer.clone(),
                 page_token: page_token.clone(),
+                id_token: evidence.id_token.clone(),
+                mandate_id: evidence.mandate.clone(),
                 ..Default::default()
             })
             .await
@@ -1132,6 +1189,7 @@ async fn prefill(args: PrefillArgs) -> anyhow::Result<()> {
             form: args.form,
             preview: args.preview,
             mandate_id: args.mandate,
+            id_token: args.id_token,
             ..Default::default()
         })
         .await
@@ -1166,6 +1224,8 @@ async fn confirm(args: ConfirmArgs) -> anyhow::Result<()> {
             prefill_id: args.prefill_id.clone(),
             reject: args.reject,
             attestation_types: args.attestation_types,
+            mandate_id: args.mandate,
+            id_token: args.id_token,
             ..Default::default()
         })
         .await

@@ -168,12 +168,13 @@ pub fn acting(
 }
 
 /// Records a mandate given by a citizen present at a mediation structure's desk; acknowledged
-/// only once durable. A retry with the same request id returns the same mandate.
+/// only once durable. A retry with the same request id returns the same mandate. Returns it
+/// with the person's pairwise pseudonym for the structure.
 pub async fn create(
     state: &State,
     caller: &Caller,
     input: CreateInput,
-) -> Result<Mandate, ApiError> {
+) -> Result<(Mandate, String), ApiError> {
     if !caller.has_role(Role::Mediator) {
         return Err(ApiError::WrongRole {
             participant: caller.participant.clone(),
@@ -205,36 +206,43 @@ pub async fn create(
     }
     let document = document_digest(&input.signed_document, &input.document_sha256)?;
     let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
-    crate::identity::require(&input.id_token, caller, &registry, &subject)?;
+    // Verified now, spent when the mandate is recorded (a retry that finds it spends nothing).
+    let evidence = crate::identity::require(&input.id_token, caller, &registry, &subject)?;
 
     let pseudonym = state.pseudonyms.audit(&subject);
     let mut purposes = input.purposes.clone();
     purposes.sort();
-    let fingerprint = {
-        let mut h = Sha256::new();
-        for part in ["mandate", pseudonym.as_str(), &document] {
-            h.update(part.as_bytes());
-            h.update([0]);
-        }
-        for p in &purposes {
-            h.update(p.as_bytes());
-            h.update([0]);
-        }
-        h.update(input.duration_days.to_be_bytes());
-        hex::encode(&h.finalize()[..16])
-    };
-    let id_for_record = request_id.clone();
-    crate::idempotency::create_once(
+    let actor = caller.actor();
+    let days = input.duration_days.to_string();
+    let fingerprint = state.sealer.fingerprint(
+        [
+            "mandate",
+            actor.as_str(),
+            pseudonym.as_str(),
+            document.as_str(),
+            days.as_str(),
+        ]
+        .into_iter()
+        .chain(purposes.iter().map(String::as_str)),
+    );
+    let recorded_request_id = request_id
+        .as_deref()
+        .map(|id| state.sealer.blind_id(&actor, id));
+    let id_for_record = recorded_request_id.clone();
+    let pairwise = state.pseudonyms.pairwise(&caller.participant, &subject);
+    let mandate = crate::idempotency::create_once(
         state,
-        &caller.participant,
-        request_id.as_ref(),
+        &actor,
+        request_id.as_deref().zip(recorded_request_id.as_deref()),
         &fingerprint.clone(),
         |id| state.store.mandate(id),
         || async move {
+            crate::evidence::spend(state, &evidence)?;
             let mandate_id = uuid::Uuid::now_v7().to_string();
             let record = Record::now(Event::MandateCreated {
                 mandate_id: mandate_id.clone(),
-                subject: pseudonym,
+                subject: None,
+                subject_sealed: Some(state.sealer.seal(&pseudonym)),
                 pseudonym_key: state.pseudonyms.audit_key_id().to_string(),
                 structure: caller.participant.clone(),
                 agent,
@@ -254,7 +262,8 @@ pub async fn create(
             stored(state, &mandate_id)
         },
     )
-    .await
+    .await?;
+    Ok((mandate, pairwise))
 }
 
 /// A mandate just recorded (the derived state shows it once the record is durable).
@@ -267,12 +276,26 @@ fn stored(state: &State, mandate_id: &str) -> Result<Mandate, ApiError> {
 }
 
 /// The document digest, hex, from the document or from its given digest (both must agree).
+/// A digest that no signed document has (all zeros, or the SHA-256 of nothing) is refused: a
+/// mandate is taken on a document the person signed.
 fn document_digest(document: &[u8], given: &[u8]) -> Result<String, ApiError> {
     let computed = (!document.is_empty()).then(|| Sha256::digest(document).to_vec());
     if !given.is_empty() && given.len() != 32 {
         return Err(ApiError::invalid(
             "document_sha256",
             "must be 32 bytes (a SHA-256)",
+        ));
+    }
+    if given.iter().all(|b| *b == 0) && !given.is_empty() {
+        return Err(ApiError::invalid(
+            "document_sha256",
+            "is all zeros: not the SHA-256 of a signed mandate document",
+        ));
+    }
+    if given == Sha256::digest(b"").as_slice() {
+        return Err(ApiError::invalid(
+            "document_sha256",
+            "is the SHA-256 of an empty document: not a signed mandate document",
         ));
     }
     match (computed, given.is_empty()) {
@@ -290,7 +313,9 @@ fn document_digest(document: &[u8], given: &[u8]) -> Result<String, ApiError> {
 }
 
 /// Revokes a mandate: an agent of its structure, or a guichet (or the structure) presenting the
-/// citizen's own ID token. Applies to the very next request.
+/// citizen's own ID token. Applies to the very next request. The consents an agent recorded
+/// under it end with it, in the same batch of the log, and answers kept for retries under
+/// either are dropped.
 pub async fn revoke(
     state: &State,
     caller: &Caller,
@@ -309,8 +334,7 @@ pub async fn revoke(
         if !(caller.has_role(Role::Guichet) || caller.participant == mandate.structure) {
             return Err(unknown());
         }
-        let registry = state.federation.registry();
-        let subject = crate::identity::proven(id_token, caller, &registry)?;
+        let subject = crate::evidence::proven_for_act(state, id_token, caller)?;
         if state.pseudonyms.audit(&subject) != mandate.subject {
             // Not the citizen's mandate: as if it did not exist.
             return Err(unknown());
@@ -319,16 +343,33 @@ pub async fn revoke(
     if mandate.revoked_at.is_some() {
         return Ok(mandate);
     }
-    let record = Record::now(Event::MandateRevoked {
+    let ended: Vec<String> = state
+        .store
+        .consents_under_mandate(&mandate.id)
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|c| c.revoked_at.is_none())
+        .map(|c| c.id)
+        .collect();
+    let mut records = vec![Record::now(Event::MandateRevoked {
         mandate_id: mandate.id.clone(),
         participant: caller.participant.clone(),
         agent: caller.agent.clone(),
-    });
-    state
-        .store
-        .append(vec![record])
-        .await
-        .map_err(store_error)?;
+    })];
+    records.extend(ended.iter().map(|consent_id| {
+        Record::now(Event::ConsentRevoked {
+            consent_id: consent_id.clone(),
+            participant: caller.participant.clone(),
+            agent: caller.agent.clone(),
+            ended_with_mandate: Some(mandate.id.clone()),
+            with_identity_evidence: false,
+        })
+    }));
+    state.store.append(records).await.map_err(store_error)?;
+    state.recent.forget_mandate(&mandate.id);
+    for consent_id in &ended {
+        state.recent.forget_consent(consent_id);
+    }
     stored(state, mandate_id)
 }
 
@@ -348,12 +389,13 @@ pub struct ListInput {
 }
 
 /// Lists mandates, oldest first: a structure sees its own (of one subject, or all); a guichet
-/// sees all of a subject's, with the citizen's ID token.
+/// sees all of a subject's, with the citizen's ID token. With a subject, the person's pairwise
+/// pseudonym for the caller comes too (empty otherwise).
 pub fn list(
     state: &State,
     caller: &Caller,
     input: &ListInput,
-) -> Result<(Vec<Mandate>, String), ApiError> {
+) -> Result<(Vec<Mandate>, String, String), ApiError> {
     if !input.structure.is_empty() {
         validate::identifier("structure", &input.structure, 64)?;
     }
@@ -363,6 +405,7 @@ pub fn list(
     let mediator = caller.has_role(Role::Mediator);
     // Whose mandates, and whether only the caller's structure's among them.
     let pseudonym: String;
+    let mut pairwise = String::new();
     let (of, own_only) = if input.subject.is_empty() {
         if !mediator {
             return Err(ApiError::invalid(
@@ -392,13 +435,14 @@ pub fn list(
             });
         };
         pseudonym = state.pseudonyms.audit(&subject);
+        pairwise = state.pseudonyms.pairwise(&caller.participant, &subject);
         (MandatesOf::Subject(&pseudonym), own_only)
     };
     let mandates = state
         .store
         .mandates_after(of, &input.page_token)
         .map_err(store_error)?;
-    crate::page::collect(
+    let (page, next) = crate::page::collect(
         mandates,
         crate::page::size(input.page_size),
         |m: &Mandate| {
@@ -407,7 +451,8 @@ pub fn list(
         },
         |m: &Mandate| &m.id,
     )
-    .map_err(store_error)
+    .map_err(store_error)?;
+    Ok((page, next, pairwise))
 }
 
 #[cfg(test)]
@@ -424,5 +469,10 @@ mod tests {
         assert!(document_digest(b"another", &sha).is_err());
         assert!(document_digest(&[], &[]).is_err());
         assert!(document_digest(&[], &[1, 2, 3]).is_err());
+        assert!(document_digest(&[], &[0; 32]).is_err(), "all zeros");
+        assert!(
+            document_digest(&[], &Sha256::digest(b"")).is_err(),
+            "the digest of nothing"
+        );
     }
 }

@@ -40,6 +40,8 @@ pub struct PrefillInput {
     pub deadline: Option<Duration>,
     /// Preview mode: values for the citizen to check, nothing issued until confirmed.
     pub preview: bool,
+    /// The citizen's ID token (a guichet's identity evidence), or empty under a mandate.
+    pub id_token: String,
 }
 
 /// Where a field's value comes from.
@@ -147,13 +149,18 @@ pub async fn prefill(
         .ok_or_else(|| ApiError::UnknownForm(input.form.clone()))?
         .clone();
     let pseudonym = state.pseudonyms.audit(&subject);
-    crate::mandate::acting(
+    // The citizen is present (identity evidence, one of the token's acts), or an agent acts
+    // under the citizen's mandate for the form's purpose.
+    let mandate = crate::mandate::acting(
         state,
         caller,
         &input.mandate_id,
         &pseudonym,
         Some(&form.purpose),
     )?;
+    if mandate.is_none() {
+        crate::evidence::for_act(state, &input.id_token, caller, &subject)?;
+    }
 
     // The claims each type must provide.
     let mut by_type: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -205,6 +212,7 @@ pub async fn prefill(
             &caller.participant,
             pseudonym,
             &form.id,
+            mandate.map(|m| m.id),
             held,
             state.previews.ttl(),
         );
@@ -312,6 +320,33 @@ pub struct ConfirmInput {
     pub reject: bool,
     /// The types the citizen confirms; empty for all.
     pub attestation_types: Vec<String>,
+    /// The mandate an agent acts under (the preview's), or empty.
+    pub mandate_id: String,
+    /// The citizen's ID token (a guichet's identity evidence), or empty under a mandate.
+    pub id_token: String,
+}
+
+/// A confirmation under way: the preview is marked busy until it ends, and given up (left as
+/// it was) if the call ends early.
+struct Confirming<'a> {
+    previews: &'a crate::preview::Previews,
+    id: &'a str,
+    done: bool,
+}
+
+impl Confirming<'_> {
+    fn finish(mut self, preview: Preview) {
+        self.done = true;
+        self.previews.finish(self.id, preview);
+    }
+}
+
+impl Drop for Confirming<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.previews.abandon(self.id);
+        }
+    }
 }
 
 /// Confirms a preview (the kept types become signed attestations for the consumer, the others
@@ -335,10 +370,25 @@ pub async fn confirm(
     let registry = state.federation.registry();
     let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
     let pseudonym = state.pseudonyms.audit(&subject);
+    // The citizen is present (identity evidence, one of the token's acts), or an agent acts
+    // under the mandate the preview was made under, still in force.
+    let mandate = crate::mandate::acting(state, caller, &input.mandate_id, &pseudonym, None)?;
+    if mandate.is_none() {
+        crate::evidence::for_act(state, &input.id_token, caller, &subject)?;
+    }
     let id = input.prefill_id.as_str();
-    let mut preview = state.previews.take(id, &caller.participant, |p| {
+    let mut preview = state.previews.begin(id, &caller.participant, |p| {
         if p.subject != pseudonym {
-            return Err(ApiError::SubjectMismatch);
+            return Err(ApiError::PreviewSubjectMismatch);
+        }
+        if p.mandate_id.as_deref() != mandate.as_ref().map(|m| m.id.as_str()) {
+            return Err(ApiError::invalid(
+                "mandate_id",
+                match &p.mandate_id {
+                    Some(_) => "is not the mandate this preview was made under",
+                    None => "this preview was made without a mandate",
+                },
+            ));
         }
         if !input.form.is_empty() && p.form != input.form {
             return Err(ApiError::invalid("form", "is not the form of this preview"));
@@ -362,15 +412,28 @@ pub async fn confirm(
             PreviewState::Rejected => Err(ApiError::PrefillClosed(id.into(), "rejected")),
         }
     })?;
+    let confirming = Confirming {
+        previews: &state.previews,
+        id,
+        done: false,
+    };
     let form = registry
         .form(&preview.form)
         .ok_or_else(|| ApiError::UnknownForm(preview.form.clone()))?
         .clone();
+    if let Some(m) = &mandate
+        && !m.purposes.contains(&form.purpose)
+    {
+        return Err(ApiError::MandateOutOfScope {
+            mandate: m.id.clone(),
+            purpose: form.purpose.clone(),
+        });
+    }
     let items = match std::mem::replace(&mut preview.state, PreviewState::Rejected) {
         PreviewState::Open(items) => items,
         PreviewState::Confirmed(done) => {
             preview.state = PreviewState::Confirmed(done.clone());
-            state.previews.put_back(id, preview);
+            confirming.finish(preview);
             let results = done
                 .into_iter()
                 .map(|f| (f.attestation.attestation_type.clone(), Ok(f)))
@@ -386,12 +449,8 @@ pub async fn confirm(
     };
     let (keep, drop): (Vec<&Previewed>, Vec<&Previewed>) = items.iter().partition(|p| kept(p));
     for p in &drop {
-        if let Err(e) = exchange::reject(state, caller, p, id).await {
-            // Not recorded: the preview stays open for another try.
-            preview.state = PreviewState::Open(items.clone());
-            state.previews.put_back(id, preview);
-            return Err(e);
-        }
+        // Not recorded: the preview stays open for another try (`confirming` gives it up).
+        exchange::reject(state, caller, p, id).await?;
     }
     let confirmations = keep.iter().map(|p| async move {
         (
@@ -415,6 +474,6 @@ pub async fn confirm(
                 .collect(),
         )
     };
-    state.previews.put_back(id, preview);
+    confirming.finish(preview);
     Ok(answer(&form, results, None))
 }

@@ -16,6 +16,9 @@ use crate::exchange::{Fetched, Previewed};
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 /// Most previews held at once.
 pub const DEFAULT_CAPACITY: usize = 10_000;
+/// Most previews one participant holds at once: a share of the capacity, so that one guichet
+/// filling the table never refuses another's.
+pub const DEFAULT_PER_PARTICIPANT: usize = DEFAULT_CAPACITY / 8;
 
 /// Where a preview stands.
 #[derive(Clone, Debug)]
@@ -37,8 +40,13 @@ pub struct Preview {
     pub subject: String,
     /// The form id.
     pub form: String,
+    /// The mandate an agent made it under, if any: its confirmation needs that mandate still in
+    /// force (otherwise, the citizen's identity evidence).
+    pub mandate_id: Option<String>,
     /// Open, confirmed or rejected.
     pub state: PreviewState,
+    /// A Confirm of it is under way: a concurrent one is told so.
+    in_progress: bool,
     /// When it is forgotten.
     pub expires_at: OffsetDateTime,
     deadline: Instant,
@@ -50,6 +58,7 @@ impl Preview {
         participant: &str,
         subject: String,
         form: &str,
+        mandate_id: Option<String>,
         items: Vec<Previewed>,
         ttl: Duration,
     ) -> Preview {
@@ -57,7 +66,9 @@ impl Preview {
             participant: participant.to_string(),
             subject,
             form: form.to_string(),
+            mandate_id,
             state: PreviewState::Open(items),
+            in_progress: false,
             expires_at: OffsetDateTime::now_utc() + ttl,
             deadline: Instant::now() + ttl,
         }
@@ -68,15 +79,18 @@ impl Preview {
 pub struct Previews {
     ttl: Duration,
     capacity: usize,
+    per_participant: usize,
     held: Mutex<HashMap<String, Preview>>,
 }
 
 impl Previews {
-    /// Holds previews for `ttl`, at most `capacity` at once.
-    pub fn new(ttl: Duration, capacity: usize) -> Previews {
+    /// Holds previews for `ttl`, at most `capacity` at once and `per_participant` of one
+    /// participant.
+    pub fn new(ttl: Duration, capacity: usize, per_participant: usize) -> Previews {
         Previews {
             ttl,
             capacity,
+            per_participant: per_participant.max(1),
             held: Mutex::new(HashMap::new()),
         }
     }
@@ -96,9 +110,20 @@ impl Previews {
         held
     }
 
-    /// Holds a preview under `id`; refused when too many are waiting.
+    /// Holds a preview under `id`; refused when its participant holds its share already, or
+    /// when the table is full.
     pub fn hold(&self, id: &str, preview: Preview) -> Result<(), ApiError> {
         let mut held = self.lock();
+        let own = held
+            .values()
+            .filter(|p| p.participant == preview.participant)
+            .count();
+        if own >= self.per_participant {
+            return Err(ApiError::TooManyPreviews {
+                participant: preview.participant,
+                limit: self.per_participant,
+            });
+        }
         if held.len() >= self.capacity {
             return Err(ApiError::RateLimited {
                 retry_after: Duration::from_secs(1),
@@ -108,25 +133,42 @@ impl Previews {
         Ok(())
     }
 
-    /// Takes preview `id` of `participant` out, once `check` accepts it (otherwise it stays).
-    pub fn take(
+    /// Begins the confirmation of preview `id` of `participant`, once `check` accepts it: the
+    /// preview stays held, marked as under way (a concurrent Confirm is told so), and a copy
+    /// comes back to work on; [`Previews::finish`] or [`Previews::abandon`] ends it.
+    pub fn begin(
         &self,
         id: &str,
         participant: &str,
         check: impl FnOnce(&Preview) -> Result<(), ApiError>,
     ) -> Result<Preview, ApiError> {
         let mut held = self.lock();
-        let Some(preview) = held.get(id).filter(|p| p.participant == participant) else {
+        let Some(preview) = held.get_mut(id).filter(|p| p.participant == participant) else {
             return Err(ApiError::UnknownPrefill(id.to_string()));
         };
+        if preview.in_progress {
+            return Err(ApiError::PrefillInProgress(id.to_string()));
+        }
         check(preview)?;
-        held.remove(id)
-            .ok_or_else(|| ApiError::UnknownPrefill(id.to_string()))
+        preview.in_progress = true;
+        Ok(preview.clone())
     }
 
-    /// Puts a preview back (closed, or open again), keeping its original expiry.
-    pub fn put_back(&self, id: &str, preview: Preview) {
-        self.lock().insert(id.to_string(), preview);
+    /// Ends a confirmation: the preview as it now stands (closed, or open again) replaces the
+    /// one held, keeping its original expiry.
+    pub fn finish(&self, id: &str, mut preview: Preview) {
+        preview.in_progress = false;
+        let mut held = self.lock();
+        if held.contains_key(id) {
+            held.insert(id.to_string(), preview);
+        }
+    }
+
+    /// Gives a confirmation up: the preview stays as it was, open to another try.
+    pub fn abandon(&self, id: &str) {
+        if let Some(p) = self.lock().get_mut(id) {
+            p.in_progress = false;
+        }
     }
 
     /// How many previews are held (for tests and metrics).
@@ -146,22 +188,32 @@ mod tests {
     use super::*;
 
     fn preview(participant: &str, ttl: Duration) -> Preview {
-        Preview::open(participant, "p".into(), "form", Vec::new(), ttl)
+        Preview::open(participant, "p".into(), "form", None, Vec::new(), ttl)
     }
 
     #[test]
     fn a_preview_is_only_taken_by_its_participant_and_forgotten_after_its_ttl() {
-        let previews = Previews::new(Duration::from_millis(50), 10);
+        let previews = Previews::new(Duration::from_millis(50), 10, 10);
         previews
             .hold("a", preview("mairie-lyon", Duration::from_secs(60)))
             .unwrap();
         assert!(matches!(
-            previews.take("a", "ccas-lyon", |_| Ok(())),
+            previews.begin("a", "ccas-lyon", |_| Ok(())),
             Err(ApiError::UnknownPrefill(_))
         ));
-        assert!(previews.take("a", "mairie-lyon", |_| Ok(())).is_ok());
-        assert!(previews.is_empty());
+        let taken = previews.begin("a", "mairie-lyon", |_| Ok(())).unwrap();
+        assert!(matches!(
+            previews.begin("a", "mairie-lyon", |_| Ok(())),
+            Err(ApiError::PrefillInProgress(_))
+        ));
+        previews.finish("a", taken);
+        assert!(previews.begin("a", "mairie-lyon", |_| Ok(())).is_ok());
+        previews.abandon("a");
+        assert!(previews.begin("a", "mairie-lyon", |_| Ok(())).is_ok());
 
+        assert_eq!(previews.len(), 1, "a confirmation keeps its preview held");
+
+        let previews = Previews::new(Duration::from_millis(50), 10, 10);
         previews
             .hold("b", preview("mairie-lyon", Duration::from_millis(20)))
             .unwrap();
@@ -170,8 +222,8 @@ mod tests {
     }
 
     #[test]
-    fn previews_are_bounded_in_number() {
-        let previews = Previews::new(Duration::from_secs(60), 2);
+    fn previews_are_bounded_in_number_and_per_participant() {
+        let previews = Previews::new(Duration::from_secs(60), 3, 2);
         for id in ["a", "b"] {
             previews
                 .hold(id, preview("mairie-lyon", Duration::from_secs(60)))
@@ -179,6 +231,13 @@ mod tests {
         }
         assert!(matches!(
             previews.hold("c", preview("mairie-lyon", Duration::from_secs(60))),
+            Err(ApiError::TooManyPreviews { limit: 2, .. })
+        ));
+        previews
+            .hold("c", preview("ccas-lyon", Duration::from_secs(60)))
+            .unwrap();
+        assert!(matches!(
+            previews.hold("d", preview("ccas-lyon", Duration::from_secs(60))),
             Err(ApiError::RateLimited { .. })
         ));
     }

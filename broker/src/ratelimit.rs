@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -16,12 +16,47 @@ use time::OffsetDateTime;
 
 use crate::registry::Registry;
 
+/// The limiter of every participant of `registry`, reusing those of `kept` whose limit is the
+/// same.
+fn limiters(registry: &Registry, kept: &HashMap<String, Limiter>) -> HashMap<String, Limiter> {
+    let mut out = HashMap::new();
+    // Every participant is limited: by its own rate, or by the federation's default.
+    for p in registry.participants() {
+        let limit = registry.rate_limit_of(p);
+        if let Some(same) = kept.get(&p.id).filter(|k| k.limit == limit) {
+            out.insert(
+                p.id.clone(),
+                Limiter {
+                    limit,
+                    state: same.state.clone(),
+                },
+            );
+            continue;
+        }
+        if let (Some(per_minute), Some(burst)) = (
+            NonZeroU32::new(limit.per_minute),
+            NonZeroU32::new(limit.burst),
+        ) {
+            let quota = Quota::per_minute(per_minute).allow_burst(burst);
+            out.insert(
+                p.id.clone(),
+                Limiter {
+                    limit,
+                    state: Arc::new(RateLimiter::direct(quota)),
+                },
+            );
+        }
+    }
+    out
+}
+
 /// The length of a counting window.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
-/// The limits of every consumer that declares one.
+/// The limit of every participant (its own, or the federation's default).
 pub struct RateLimits {
-    limiters: HashMap<String, DefaultDirectRateLimiter>,
+    /// Swapped whole on reload; a participant whose limit did not change keeps its limiter.
+    limiters: arc_swap::ArcSwap<HashMap<String, Limiter>>,
     clock: DefaultClock,
     denied: Mutex<HashMap<String, u64>>,
     harvest: Mutex<Harvest>,
@@ -31,6 +66,12 @@ struct Harvest {
     window_start: OffsetDateTime,
     seen: HashMap<(String, String), HashSet<String>>,
     alarmed: HashSet<(String, String)>,
+}
+
+/// One participant's limiter, with the limit it enforces.
+struct Limiter {
+    limit: crate::registry::RateLimit,
+    state: Arc<DefaultDirectRateLimiter>,
 }
 
 /// Denials of one consumer over a window, to record.
@@ -43,22 +84,10 @@ pub struct DeniedCount {
 }
 
 impl RateLimits {
-    /// The limits declared in the registry.
+    /// The limits of the registry: each participant's own, or the federation's default.
     pub fn from_registry(registry: &Registry) -> RateLimits {
-        let mut limiters = HashMap::new();
-        for p in registry.participants() {
-            if let Some(limit) = p.rate_limit
-                && let (Some(per_minute), Some(burst)) = (
-                    NonZeroU32::new(limit.per_minute),
-                    NonZeroU32::new(limit.burst),
-                )
-            {
-                let quota = Quota::per_minute(per_minute).allow_burst(burst);
-                limiters.insert(p.id.clone(), RateLimiter::direct(quota));
-            }
-        }
         RateLimits {
-            limiters,
+            limiters: arc_swap::ArcSwap::from_pointee(limiters(registry, &HashMap::new())),
             clock: DefaultClock::default(),
             denied: Mutex::new(HashMap::new()),
             harvest: Mutex::new(Harvest {
@@ -69,12 +98,20 @@ impl RateLimits {
         }
     }
 
+    /// Applies a reloaded registry's limits: a participant added gets one at once, one whose
+    /// limit is unchanged keeps what it has used of it.
+    pub fn update(&self, registry: &Registry) {
+        let kept = self.limiters.load();
+        self.limiters.store(Arc::new(limiters(registry, &kept)));
+    }
+
     /// Admits a call of `consumer`, or says when to retry (and counts the denial).
     pub fn check(&self, consumer: &str) -> Result<(), Duration> {
-        let Some(limiter) = self.limiters.get(consumer) else {
+        let limiters = self.limiters.load();
+        let Some(limiter) = limiters.get(consumer) else {
             return Ok(());
         };
-        match limiter.check() {
+        match limiter.state.check() {
             Ok(()) => Ok(()),
             Err(not_until) => {
                 if let Ok(mut denied) = self.denied.lock() {

@@ -95,10 +95,25 @@ pub struct IdentityProvider {
     pub keys: jsonwebtoken::jwk::JwkSet,
     /// How long after issuance (`iat`) a token is still evidence of presence.
     pub max_token_age_seconds: u64,
+    /// How many acts that change state (a consent granted or withdrawn, a mandate created or
+    /// revoked, a form pre-filled or confirmed) one token may prove: a token serves one sitting.
+    pub max_acts_per_token: u32,
 }
 
 /// Default freshness of an ID token, in seconds.
 pub const DEFAULT_MAX_TOKEN_AGE_SECONDS: u64 = 600;
+/// Default number of acts one ID token may prove.
+pub const DEFAULT_MAX_ACTS_PER_TOKEN: u32 = 8;
+/// The most acts per token a registry may allow.
+pub const MAX_ACTS_PER_TOKEN_LIMIT: u32 = 1_000_000;
+
+/// The rate limit of every participant that declares none (calls to Exchange.Fetch and
+/// Guichet.Prefill, per participant): 100 calls a second sustained, 1,000 at once. A registry
+/// sets its own in `federation.default_rate_limit`.
+pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
+    per_minute: 6_000,
+    burst: 1_000,
+};
 
 /// A consumer's declared rate: a sustained rate and a burst.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -285,6 +300,7 @@ pub struct Registry {
     sha256: [u8; 32],
     trust_domain: String,
     allow_test_subjects: bool,
+    default_rate_limit: RateLimit,
     participants: BTreeMap<String, Participant>,
     purposes: BTreeMap<String, Purpose>,
     attestation_types: BTreeMap<String, AttestationType>,
@@ -376,6 +392,11 @@ impl Registry {
     /// Whether `test:` subjects are accepted (development federations only).
     pub fn allow_test_subjects(&self) -> bool {
         self.allow_test_subjects
+    }
+
+    /// The rate limit of a participant: its own, or the federation's default.
+    pub fn rate_limit_of(&self, participant: &Participant) -> RateLimit {
+        participant.rate_limit.unwrap_or(self.default_rate_limit)
     }
 
     /// A participant by id.
@@ -472,6 +493,8 @@ mod raw {
         pub jwks: PathBuf,
         #[serde(default)]
         pub max_token_age_seconds: Option<u64>,
+        #[serde(default)]
+        pub max_acts_per_token: Option<u32>,
     }
 
     #[derive(Deserialize)]
@@ -498,6 +521,8 @@ mod raw {
         pub trust_domain: String,
         #[serde(default)]
         pub allow_test_subjects: bool,
+        #[serde(default)]
+        pub default_rate_limit: Option<super::RateLimit>,
     }
 
     #[derive(Deserialize)]
@@ -658,6 +683,14 @@ impl Validator<'_> {
     fn validate(mut self, raw: raw::Registry, sha256: [u8; 32]) -> Result<Registry, RegistryError> {
         if let Err(e) = unefois_certs::validate_trust_domain(&raw.federation.trust_domain) {
             self.fail("federation.trust_domain", e.to_string());
+        }
+        if let Some(limit) = raw.federation.default_rate_limit
+            && (limit.per_minute == 0 || limit.burst == 0)
+        {
+            self.fail(
+                "federation.default_rate_limit",
+                "per_minute and burst must be positive",
+            );
         }
         for (key, n) in [
             ("participants", raw.participants.len()),
@@ -1096,6 +1129,13 @@ impl Validator<'_> {
                     "must be between 1 and 86400",
                 );
             }
+            let max_acts = p.max_acts_per_token.unwrap_or(DEFAULT_MAX_ACTS_PER_TOKEN);
+            if !(1..=MAX_ACTS_PER_TOKEN_LIMIT).contains(&max_acts) {
+                self.fail(
+                    format!("{at}.max_acts_per_token"),
+                    format!("must be between 1 and {MAX_ACTS_PER_TOKEN_LIMIT}"),
+                );
+            }
             if identity_providers.iter().any(|q| q.id == p.id) {
                 self.fail(
                     format!("{at}.id"),
@@ -1114,6 +1154,7 @@ impl Validator<'_> {
                 jwks,
                 keys,
                 max_token_age_seconds: max_age,
+                max_acts_per_token: max_acts,
             });
         }
 
@@ -1129,6 +1170,10 @@ impl Validator<'_> {
             sha256,
             trust_domain: raw.federation.trust_domain,
             allow_test_subjects: raw.federation.allow_test_subjects,
+            default_rate_limit: raw
+                .federation
+                .default_rate_limit
+                .unwrap_or(DEFAULT_RATE_LIMIT),
             participants,
             purposes,
             attestation_types,

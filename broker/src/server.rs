@@ -120,6 +120,7 @@ pub async fn run(
         Some(crate::grpc::provider_readiness(health.0.clone())),
     )?;
     let pseudonyms = Pseudonymizer::load(&config.data_dir)?;
+    let sealer = Arc::new(crate::seal::Sealer::load(&config.data_dir)?);
     let signer = AttestationSigner::load(&config.data_dir, registry.trust_domain())?;
     if let Some(pki_dir) = config.tls.ca.parent() {
         let path = pki_dir.join("attestation.vkey");
@@ -140,6 +141,7 @@ pub async fn run(
             ..JournalOptions::default()
         },
         log,
+        sealer.clone(),
     )?;
     store
         .append(vec![
@@ -160,15 +162,22 @@ pub async fn run(
         federation: federation.clone(),
         store: store.clone(),
         pseudonyms,
+        sealer,
         signer,
         provider_timeout: DEFAULT_PROVIDER_TIMEOUT,
-        recent: RecentAnswers::new(idempotency::DEFAULT_WINDOW, idempotency::DEFAULT_CAPACITY),
+        recent: RecentAnswers::new(
+            idempotency::DEFAULT_WINDOW,
+            idempotency::DEFAULT_CAPACITY,
+            idempotency::DEFAULT_PER_ACTOR,
+        ),
         previews: crate::preview::Previews::new(
             config.preview_ttl,
             crate::preview::DEFAULT_CAPACITY,
+            crate::preview::DEFAULT_PER_PARTICIPANT,
         ),
         limits: RateLimits::from_registry(&federation.registry()),
         grants: tokio::sync::Mutex::new(()),
+        evidence: crate::evidence::EvidenceUses::new(crate::evidence::DEFAULT_CAPACITY),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -347,6 +356,10 @@ async fn reload(
     }
     let revoked_count = revoked.len();
     state.federation.replace(registry, adapters, revoked);
+    state.limits.update(&state.federation.registry());
+    // Answers kept for retries were given under the registry that was in force: a retry is
+    // decided again under the new one.
+    state.recent.clear();
     for ty in types {
         health
             .set_service_status(

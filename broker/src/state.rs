@@ -20,6 +20,8 @@ pub struct State {
     pub store: Store,
     /// Pseudonym keys.
     pub pseudonyms: Pseudonymizer,
+    /// The seal key: the person of each entry sealed, caller-chosen ids blinded.
+    pub sealer: Arc<crate::seal::Sealer>,
     /// Attestation signing key.
     pub signer: AttestationSigner,
     /// Upper bound of a provider call.
@@ -31,6 +33,8 @@ pub struct State {
     pub limits: crate::ratelimit::RateLimits,
     /// Recent Fetch answers, for idempotent retries (memory only).
     pub recent: RecentAnswers,
+    /// The acts each ID token has proved (one token serves one sitting).
+    pub evidence: crate::evidence::EvidenceUses,
     /// Previews waiting for the citizen's confirmation (memory only).
     pub previews: crate::preview::Previews,
 }

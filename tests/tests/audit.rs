@@ -743,12 +743,24 @@ async fn a_citizen_sees_who_read_their_data() -> anyhow::Result<()> {
     leaves.sort_unstable();
     assert_eq!(leaves, carol_leaves);
     assert!(!leaves.contains(&alice_leaf), "nothing about alice");
-    let subjects: Vec<serde_json::Value> = page
+    // Each entry seals the person anew: the consumers' entries about Carol share nothing.
+    let mut sealed: Vec<String> = page
         .accesses
         .iter()
-        .map(|a| json(&a.entry).map(|e| e["subject"].clone()))
+        .map(|a| {
+            json(&a.entry).map(|e| {
+                assert!(
+                    e.get("subject").is_none(),
+                    "no audit pseudonym in clear: {e}"
+                );
+                e["subject_sealed"].as_str().unwrap_or_default().to_string()
+            })
+        })
         .collect::<anyhow::Result<_>>()?;
-    assert!(subjects.iter().all(|s| *s == subjects[0] && s.is_string()));
+    assert!(sealed.iter().all(|s| s.len() > 64), "{sealed:?}");
+    sealed.sort();
+    sealed.dedup();
+    assert_eq!(sealed.len(), 3, "{sealed:?}");
 
     let by = |consumer: &str| {
         page.accesses

@@ -502,7 +502,7 @@ async fn the_auditor_verifies_follows_and_exports_the_log() -> anyhow::Result<()
     assert!(lines.len() >= 4, "{lines:?}");
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(line["index"], i as u64);
-        assert_eq!(line["entry"]["v"], 1);
+        assert_eq!(line["entry"]["v"], broker::event::RECORD_VERSION);
     }
     assert!(
         !lines.iter().any(|l| l.to_string().contains("alice")),
@@ -569,7 +569,9 @@ async fn a_mediator_takes_a_mandate_and_prefills_a_form_with_a_preview() -> anyh
     wait_serving(&cwd.join(".unefois-dev/pki"), addr).await?;
     let agent = "france-services-lyon/a.martin";
 
-    // The guichet's pre-fill: each field with its source, or the reason to ask for it.
+    // The guichet's pre-fill, Alice logged in there: each field with its source, or the
+    // reason to ask for it.
+    let at_lyon = dev_id_token(cwd, "test:alice", "mairie-lyon")?;
     let filled = unefois_client(
         cwd,
         addr,
@@ -581,6 +583,8 @@ async fn a_mediator_takes_a_mandate_and_prefills_a_form_with_a_preview() -> anyh
             "test:alice",
             "--form",
             "inscription_cantine",
+            "--id-token",
+            &at_lyon,
         ],
     )?;
     assert!(filled.ok, "{filled:?}");
@@ -689,6 +693,8 @@ async fn a_mediator_takes_a_mandate_and_prefills_a_form_with_a_preview() -> anyh
             "test:alice",
             "--prefill-id",
             &prefill_id,
+            "--mandate",
+            &mandate_id,
         ],
     )?;
     assert!(confirmed.ok, "{confirmed:?}");

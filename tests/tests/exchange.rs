@@ -301,9 +301,18 @@ async fn every_exchange_is_journaled_without_claim_values_or_subject_ids() -> an
     assert_eq!(exchanges[1].reason.as_deref(), Some("NO_HABILITATION"));
     assert_eq!(exchanges[2].outcome, Outcome::Failed);
     assert_eq!(exchanges[2].reason.as_deref(), Some("SUBJECT_NOT_FOUND"));
-    // Same person, same audit pseudonym whoever asked; never the raw id.
-    assert_eq!(exchanges[0].subject, exchanges[1].subject);
-    assert_ne!(exchanges[0].subject, exchanges[2].subject);
+    // Same person whoever asked, as the broker (holding the seal key) reads the entries; two
+    // entries share nothing for whoever does not; never the raw id.
+    let sealer = broker::seal::Sealer::load(data.path())?;
+    let person = |e: &broker::event::ExchangeEvent| {
+        assert!(e.subject.is_none(), "no audit pseudonym in clear");
+        e.subject_sealed
+            .as_deref()
+            .map(|s| sealer.open(s).expect("opens"))
+    };
+    assert_eq!(person(exchanges[0]), person(exchanges[1]));
+    assert_ne!(person(exchanges[0]), person(exchanges[2]));
+    assert_ne!(exchanges[0].subject_sealed, exchanges[1].subject_sealed);
     for (_, bytes) in &records {
         let text = String::from_utf8_lossy(bytes);
         assert!(!text.contains("alice") && !text.contains("zoe"), "{text}");
@@ -406,7 +415,10 @@ async fn an_expired_consent_is_not_a_legal_basis() -> anyhow::Result<()> {
             time: given,
             event: Event::ConsentGranted {
                 consent_id: "0190c0de-0000-7000-8000-000000000001".into(),
-                subject: pseudonyms.audit(&alice),
+                subject: None,
+                subject_sealed: Some(
+                    broker::seal::Sealer::load(data.path())?.seal(&pseudonyms.audit(&alice)),
+                ),
                 pseudonym_key: pseudonyms.audit_key_id().into(),
                 consumer: "mairie-lyon".into(),
                 participant: "mairie-lyon".into(),
@@ -508,7 +520,7 @@ async fn caller_chosen_ids_and_unregistered_names_never_reach_the_journal_verbat
         exchanges[0]
             .request_id
             .as_deref()
-            .is_some_and(|id| id.starts_with("sha256:"))
+            .is_some_and(|id| id.starts_with("hmac:"))
     );
     assert_eq!(exchanges[2].attestation_type, "(unregistered)");
     for (_, bytes) in &records {

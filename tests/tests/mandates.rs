@@ -116,7 +116,8 @@ async fn an_agent_takes_a_mandate_and_acts_under_it_with_every_act_attributed() 
     assert_eq!(entry["participant"], STRUCTURE);
     assert_eq!(entry["outcome"], "granted");
 
-    // Consent given through the structure under the mandate, then a consent-based fetch.
+    // Consent given through the structure under the mandate, then a consent-based fetch. A
+    // consent that benefits the structure itself needs Alice's own evidence too.
     let consent = ConsentsClient::new(broker.channel(AGENT).await?)
         .grant(pb::GrantConsentRequest {
             subject: "test:alice".into(),
@@ -125,6 +126,7 @@ async fn an_agent_takes_a_mandate_and_acts_under_it_with_every_act_attributed() 
             purpose: "aide_energie".into(),
             valid_days: 7,
             mandate_id: mandate.id.clone(),
+            id_token: id_token("test:alice", STRUCTURE),
             ..Default::default()
         })
         .await?
@@ -537,11 +539,17 @@ async fn an_expired_mandate_is_refused() -> anyhow::Result<()> {
     let pseudonyms = broker::pseudonym::Pseudonymizer::load(&data_dir)?;
     let subject = broker::subject::Subject::parse("test:alice", true)?;
     let log = broker::audit::LogSigner::load(&data_dir, registry.trust_domain())?;
-    let store =
-        broker::store::Store::open(&data_dir, broker::journal::JournalOptions::default(), log)?;
+    let sealer = std::sync::Arc::new(broker::seal::Sealer::load(&data_dir)?);
+    let store = broker::store::Store::open(
+        &data_dir,
+        broker::journal::JournalOptions::default(),
+        log,
+        sealer.clone(),
+    )?;
     let mut record = broker::event::Record::now(broker::event::Event::MandateCreated {
         mandate_id: "0190aaaa-1111-7000-8000-000000000001".into(),
-        subject: pseudonyms.audit(&subject),
+        subject: None,
+        subject_sealed: Some(sealer.seal(&pseudonyms.audit(&subject))),
         pseudonym_key: pseudonyms.audit_key_id().to_string(),
         structure: STRUCTURE.into(),
         agent: "a.martin".into(),

@@ -123,10 +123,12 @@ async fn start_holding(
     Ok((broker, apis))
 }
 
+/// A pre-fill at Lyon's guichet, the person logged in there (their ID token).
 fn request(subject: &str, form: &str) -> pb::PrefillRequest {
     pb::PrefillRequest {
         subject: subject.into(),
         form: form.into(),
+        id_token: unefois_tests::id_token(subject, "mairie-lyon"),
         ..Default::default()
     }
 }
@@ -301,6 +303,7 @@ fn confirm(prefill_id: &str, types: &[&str], reject: bool) -> pb::ConfirmRequest
         prefill_id: prefill_id.into(),
         reject,
         attestation_types: types.iter().map(|t| t.to_string()).collect(),
+        id_token: unefois_tests::id_token("test:carol", "mairie-lyon"),
         ..Default::default()
     }
 }
@@ -363,9 +366,29 @@ async fn a_preview_releases_nothing_until_the_citizen_confirms_and_keeps_nothing
         Vec::<std::path::PathBuf>::new()
     );
 
-    // Only the participant that asked may confirm, and only for the same person.
+    // Only the participant that asked may confirm (even an agent holding Carol's mandate),
+    // and only for the same person.
+    let mandate = unefois_proto::v1::mandates_client::MandatesClient::new(
+        broker.channel("france-services-lyon/a.martin").await?,
+    )
+    .create(pb::CreateMandateRequest {
+        subject: "test:carol".into(),
+        purposes: vec!["tarification_cantine".into()],
+        duration_days: 1,
+        signed_document: b"%PDF mandat".to_vec(),
+        id_token: unefois_tests::id_token("test:carol", "france-services-lyon"),
+        ..Default::default()
+    })
+    .await?
+    .into_inner()
+    .mandate
+    .unwrap_or_default();
     let other = GuichetClient::new(broker.channel("france-services-lyon/a.martin").await?)
-        .confirm(confirm(&shown.prefill_id, &[], false))
+        .confirm(pb::ConfirmRequest {
+            mandate_id: mandate.id,
+            id_token: String::new(),
+            ..confirm(&shown.prefill_id, &[], false)
+        })
         .await
         .expect_err("another participant's preview");
     assert_eq!(reason_of(&other), Some(ErrorReason::UnknownPrefill));

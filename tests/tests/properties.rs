@@ -592,7 +592,7 @@ fn exchange() -> impl Strategy<Value = ExchangeEvent> {
             text(),
             opt(),
         ),
-        (opt(), prop::option::of(any::<u64>())),
+        (opt(), prop::option::of(any::<u64>()), opt()),
     )
         .prop_map(
             |(
@@ -618,13 +618,14 @@ fn exchange() -> impl Strategy<Value = ExchangeEvent> {
                     registry_sha256,
                     prefill_id,
                 ),
-                (request_fingerprint, retry_of),
+                (request_fingerprint, retry_of, subject_sealed),
             )| ExchangeEvent {
                 outcome,
                 reason,
                 participant,
                 agent,
                 subject,
+                subject_sealed,
                 pseudonym_key,
                 attestation_type,
                 purpose,
@@ -650,7 +651,7 @@ fn event() -> impl Strategy<Value = Event> {
         Just(Event::BrokerStopped {}),
         text().prop_map(|registry_sha256| Event::RegistryLoaded { registry_sha256 }),
         (
-            (text(), text(), text(), text(), text(), opt(), texts()),
+            (text(), opt(), opt(), text(), text(), text(), opt(), texts()),
             (text(), datetime(), opt(), opt(), opt()),
         )
             .prop_map(
@@ -658,6 +659,7 @@ fn event() -> impl Strategy<Value = Event> {
                     (
                         consent_id,
                         subject,
+                        subject_sealed,
                         pseudonym_key,
                         consumer,
                         participant,
@@ -668,6 +670,7 @@ fn event() -> impl Strategy<Value = Event> {
                 )| Event::ConsentGranted {
                     consent_id,
                     subject,
+                    subject_sealed,
                     pseudonym_key,
                     consumer,
                     participant,
@@ -680,37 +683,72 @@ fn event() -> impl Strategy<Value = Event> {
                     mandate_id,
                 }
             ),
-        (text(), text(), opt()).prop_map(|(consent_id, participant, agent)| {
-            Event::ConsentRevoked {
-                consent_id,
+        (text(), text(), opt(), opt(), any::<bool>()).prop_map(
+            |(consent_id, participant, agent, ended_with_mandate, with_identity_evidence)| {
+                Event::ConsentRevoked {
+                    consent_id,
+                    participant,
+                    agent,
+                    ended_with_mandate,
+                    with_identity_evidence,
+                }
+            }
+        ),
+        (text(), opt(), opt(), opt(), opt(), any::<bool>()).prop_map(
+            |(
                 participant,
                 agent,
+                subject_sealed,
+                consent_id,
+                mandate_id,
+                with_identity_evidence,
+            )| {
+                Event::ConsentsRead {
+                    participant,
+                    agent,
+                    subject_sealed,
+                    consent_id,
+                    mandate_id,
+                    with_identity_evidence,
+                }
             }
-        }),
+        ),
         (text(), opt(), text()).prop_map(|(participant, agent, query)| Event::AuditRead {
             participant,
             agent,
             query
         }),
-        (text(), opt(), text(), opt()).prop_map(|(participant, agent, subject, mandate_id)| {
-            Event::AccessHistoryRead {
-                participant,
-                agent,
-                subject,
-                mandate_id,
+        (text(), opt(), opt(), opt(), opt()).prop_map(
+            |(participant, agent, subject, subject_sealed, mandate_id)| {
+                Event::AccessHistoryRead {
+                    participant,
+                    agent,
+                    subject,
+                    subject_sealed,
+                    mandate_id,
+                }
             }
-        }),
+        ),
         (
-            (text(), text(), text(), text(), text(), texts()),
+            (text(), opt(), opt(), text(), text(), text(), texts()),
             (any::<u32>(), text(), datetime(), opt(), opt()),
         )
             .prop_map(
                 |(
-                    (mandate_id, subject, pseudonym_key, structure, agent, purposes),
+                    (
+                        mandate_id,
+                        subject,
+                        subject_sealed,
+                        pseudonym_key,
+                        structure,
+                        agent,
+                        purposes,
+                    ),
                     (duration_days, document_sha256, expires_at, request_id, request_fingerprint),
                 )| Event::MandateCreated {
                     mandate_id,
                     subject,
+                    subject_sealed,
                     pseudonym_key,
                     structure,
                     agent,
@@ -911,7 +949,7 @@ proptest! {
 /// any `v` as version 1.
 #[test]
 fn a_record_of_an_unknown_version_is_refused() {
-    for v in ["0", "2", "4294967295"] {
+    for v in ["0", "3", "4294967295"] {
         let bytes = format!(r#"{{"v":{v},"time":"2026-11-22T10:00:00Z","kind":"broker_stopped"}}"#);
         assert!(
             Record::decode(bytes.as_bytes()).is_err(),

@@ -21,6 +21,7 @@ pub fn kind(event: &Event) -> &'static str {
         Event::AuditRead { .. } => "audit_read",
         Event::RateLimited { .. } => "rate_limited",
         Event::AccessHistoryRead { .. } => "access_history_read",
+        Event::ConsentsRead { .. } => "consents_read",
         Event::HarvestingAlarm { .. } => "harvesting_alarm",
         Event::MandateCreated { .. } => "mandate_created",
         Event::MandateRevoked { .. } => "mandate_revoked",
@@ -39,21 +40,11 @@ pub fn participant(event: &Event) -> Option<&str> {
         | Event::AuditRead { participant, .. }
         | Event::RateLimited { participant, .. }
         | Event::AccessHistoryRead { participant, .. }
+        | Event::ConsentsRead { participant, .. }
         | Event::HarvestingAlarm { participant, .. }
         | Event::MandateRevoked { participant, .. } => Some(participant),
         Event::MandateCreated { structure, .. } => Some(structure),
         Event::Exchange(e) => Some(&e.participant),
-    }
-}
-
-/// The subject pseudonym an event is about, if any.
-pub fn subject(event: &Event) -> Option<&str> {
-    match event {
-        Event::ConsentGranted { subject, .. }
-        | Event::AccessHistoryRead { subject, .. }
-        | Event::MandateCreated { subject, .. } => Some(subject),
-        Event::Exchange(e) => e.subject.as_deref(),
-        _ => None,
     }
 }
 
@@ -81,8 +72,9 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
-    /// Whether a record passes the filter.
-    pub fn matches(&self, record: &Record) -> bool {
+    /// Whether a record, about the person of audit pseudonym `subject` (opened from its seal)
+    /// if any, passes the filter.
+    pub fn matches(&self, record: &Record, subject: Option<&str>) -> bool {
         let event = &record.event;
         let exchange: Option<&ExchangeEvent> = match event {
             Event::Exchange(e) => Some(e),
@@ -95,10 +87,7 @@ impl EventFilter {
                 .is_none_or(|p| participant(event) == Some(p))
             && self.since.is_none_or(|t| record.time >= t)
             && self.until.is_none_or(|t| record.time < t)
-            && self
-                .subject
-                .as_deref()
-                .is_none_or(|s| subject(event) == Some(s))
+            && self.subject.as_deref().is_none_or(|s| subject == Some(s))
             && self
                 .attestation_type
                 .as_deref()
@@ -125,6 +114,22 @@ pub struct LoggedEvent {
     /// Decoded; `None` when the stored bytes are not a record this broker can read (damage or
     /// tampering): auditors still get the exact bytes, so that verification names the entry.
     pub record: Option<Record>,
+    /// The audit pseudonym of the person it is about, opened from its seal (for auditors; never
+    /// for anyone else).
+    pub subject: Option<String>,
+}
+
+impl LoggedEvent {
+    fn read(store: &Store, index: u64, entry: Vec<u8>) -> LoggedEvent {
+        let record = Record::decode(&entry).ok();
+        let subject = record.as_ref().and_then(|r| store.subject_of(&r.event));
+        LoggedEvent {
+            index,
+            entry,
+            record,
+            subject,
+        }
+    }
 }
 
 impl EventFilter {
@@ -156,17 +161,13 @@ pub fn list(store: &Store, filter: &EventFilter) -> Result<(Vec<LoggedEvent>, u6
             break;
         }
         next = index + 1;
-        let record = Record::decode(&entry).ok();
-        let selected = match &record {
-            Some(r) => filter.matches(r),
+        let event = LoggedEvent::read(store, index, entry);
+        let selected = match &event.record {
+            Some(r) => filter.matches(r, event.subject.as_deref()),
             None => !filter.by_content(),
         };
         if selected {
-            out.push(LoggedEvent {
-                index,
-                entry,
-                record,
-            });
+            out.push(event);
         }
     }
     Ok((out, next))
@@ -186,12 +187,7 @@ pub fn accesses(
     let mut out = Vec::with_capacity(seqs.len());
     for index in seqs {
         if let Some(entry) = store.entry(index)? {
-            let record = Record::decode(&entry).ok();
-            out.push(LoggedEvent {
-                index,
-                entry,
-                record,
-            });
+            out.push(LoggedEvent::read(store, index, entry));
         }
     }
     Ok((out, more))

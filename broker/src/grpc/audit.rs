@@ -61,9 +61,7 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
         participant: events::participant(&record.event)
             .unwrap_or_default()
             .to_string(),
-        subject_pseudonym: events::subject(&record.event)
-            .unwrap_or_default()
-            .to_string(),
+        subject_pseudonym: e.subject.clone().unwrap_or_default(),
         ..Default::default()
     };
     match &record.event {
@@ -104,6 +102,9 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
             out.mandate_id = mandate_id.clone().unwrap_or_default();
         }
         Event::AccessHistoryRead {
+            agent, mandate_id, ..
+        }
+        | Event::ConsentsRead {
             agent, mandate_id, ..
         } => {
             out.agent = agent.clone().unwrap_or_default();
@@ -297,6 +298,20 @@ impl AuditApi for AuditService {
             return Err(ApiError::TreeSizeOutOfRange(format!(
                 "no consistency proof from {} to {} entries",
                 r.first_size, r.second_size
+            ))
+            .into());
+        }
+        // Equal sizes need no hash, but only for a tree the log has.
+        let size = self
+            .state
+            .store
+            .latest_checkpoint()
+            .map_err(store_error)?
+            .map_or(0, |(size, _)| size);
+        if r.second_size > size {
+            return Err(ApiError::TreeSizeOutOfRange(format!(
+                "tree size {} is beyond the log's {size} entries",
+                r.second_size
             ))
             .into());
         }

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::consents_server::Consents as ConsentsApi;
 
-use crate::consent::{self, Consent, ConsentStatus, GrantInput};
+use crate::consent::{self, Consent, ConsentStatus, GrantInput, ListInput, RevokeInput};
 use crate::grpc::auth::caller;
 use crate::grpc::registry::timestamp;
 use crate::state::State;
@@ -24,19 +24,10 @@ impl ConsentsService {
     }
 }
 
-/// The protobuf form of a consent, with its status now, as `viewer` may see it: the audit
-/// pseudonym links a person across consumers, so only the guichet that recorded the consent
-/// (which knows the person anyway) receives it.
-pub fn consent_for(c: &Consent, viewer: &str) -> pb::Consent {
-    let mut out = consent(c);
-    if c.participant != viewer {
-        out.subject_pseudonym.clear();
-    }
-    out
-}
-
-/// The protobuf form of a consent, with its status now.
-fn consent(c: &Consent) -> pb::Consent {
+/// The protobuf form of a consent, with its status now. `pseudonym` is the person's pairwise
+/// pseudonym for the caller when the request named the person, empty otherwise: never the
+/// audit pseudonym, which is the same for every participant and would link them.
+pub fn consent(c: &Consent, pseudonym: &str) -> pb::Consent {
     let status = match c.status(OffsetDateTime::now_utc()) {
         ConsentStatus::Active => pb::ConsentStatus::Active,
         ConsentStatus::Revoked => pb::ConsentStatus::Revoked,
@@ -44,7 +35,7 @@ fn consent(c: &Consent) -> pb::Consent {
     };
     pb::Consent {
         id: c.id.clone(),
-        subject_pseudonym: c.subject.clone(),
+        subject_pseudonym: pseudonym.to_string(),
         consumer: c.consumer.clone(),
         guichet: c.participant.clone(),
         attestation_types: c.attestation_types.clone(),
@@ -76,9 +67,9 @@ impl ConsentsApi for ConsentsService {
             request_id: r.request_id,
             id_token: r.id_token,
         };
-        let granted = consent::grant(&self.state, &caller, input).await?;
+        let (granted, pseudonym) = consent::grant(&self.state, &caller, input).await?;
         Ok(Response::new(pb::GrantConsentResponse {
-            consent: Some(consent(&granted)),
+            consent: Some(consent(&granted, &pseudonym)),
         }))
     }
 
@@ -88,9 +79,14 @@ impl ConsentsApi for ConsentsService {
     ) -> Result<Response<pb::RevokeConsentResponse>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        let revoked = consent::revoke(&self.state, &caller, &r.consent_id, &r.mandate_id).await?;
+        let input = RevokeInput {
+            consent_id: r.consent_id,
+            mandate_id: r.mandate_id,
+            id_token: r.id_token,
+        };
+        let revoked = consent::revoke(&self.state, &caller, &input).await?;
         Ok(Response::new(pb::RevokeConsentResponse {
-            consent: Some(consent(&revoked)),
+            consent: Some(consent(&revoked, "")),
         }))
     }
 
@@ -98,10 +94,10 @@ impl ConsentsApi for ConsentsService {
         &self,
         request: Request<pb::GetConsentRequest>,
     ) -> Result<Response<pb::GetConsentResponse>, Status> {
-        let caller = caller(&request)?;
-        let found = consent::get(&self.state, caller, &request.get_ref().consent_id)?;
+        let caller = caller(&request)?.clone();
+        let found = consent::get(&self.state, &caller, &request.get_ref().consent_id).await?;
         Ok(Response::new(pb::GetConsentResponse {
-            consent: Some(consent_for(&found, &caller.participant)),
+            consent: Some(consent(&found, "")),
         }))
     }
 
@@ -109,22 +105,19 @@ impl ConsentsApi for ConsentsService {
         &self,
         request: Request<pb::ListConsentsRequest>,
     ) -> Result<Response<pb::ListConsentsResponse>, Status> {
-        let caller = caller(&request)?;
-        let r = request.get_ref();
-        let (page, next) = consent::list(
-            &self.state,
-            caller,
-            &r.subject,
-            &r.consumer,
-            &r.mandate_id,
-            r.page_size,
-            &r.page_token,
-        )?;
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let input = ListInput {
+            subject: r.subject,
+            consumer: r.consumer,
+            mandate_id: r.mandate_id,
+            id_token: r.id_token,
+            page_size: r.page_size,
+            page_token: r.page_token,
+        };
+        let (page, next, pseudonym) = consent::list(&self.state, &caller, &input).await?;
         Ok(Response::new(pb::ListConsentsResponse {
-            consents: page
-                .iter()
-                .map(|c| consent_for(c, &caller.participant))
-                .collect(),
+            consents: page.iter().map(|c| consent(c, &pseudonym)).collect(),
             next_page_token: next,
         }))
     }

@@ -90,6 +90,7 @@ impl GuichetApi for GuichetService {
             request_id: r.request_id,
             deadline,
             preview: r.preview,
+            id_token: r.id_token,
         };
         let state = self.state.clone();
         let done = crate::grpc::detached("pre-fill", async move {
@@ -111,6 +112,8 @@ impl GuichetApi for GuichetService {
             prefill_id: r.prefill_id,
             reject: r.reject,
             attestation_types: r.attestation_types,
+            mandate_id: r.mandate_id,
+            id_token: r.id_token,
         };
         let state = self.state.clone();
         let done = crate::grpc::detached("confirmation", async move {
@@ -159,7 +162,8 @@ impl GuichetApi for GuichetService {
             .append(vec![crate::event::Record::now(Event::AccessHistoryRead {
                 participant: caller.participant.clone(),
                 agent: caller.agent.clone(),
-                subject: pseudonym.clone(),
+                subject: None,
+                subject_sealed: Some(self.state.sealer.seal(&pseudonym)),
                 mandate_id: mandate.map(|m| m.id),
             })])
             .await

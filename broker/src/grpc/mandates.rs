@@ -25,8 +25,10 @@ impl MandatesService {
     }
 }
 
-/// The protobuf form of a mandate, with its status now.
-pub fn mandate(m: &Mandate) -> pb::Mandate {
+/// The protobuf form of a mandate, with its status now. `pseudonym` is the person's pairwise
+/// pseudonym for the caller when the request named the person, empty otherwise: never the
+/// audit pseudonym.
+pub fn mandate(m: &Mandate, pseudonym: &str) -> pb::Mandate {
     let status = match m.status(OffsetDateTime::now_utc()) {
         MandateStatus::Active => pb::MandateStatus::Active,
         MandateStatus::Revoked => pb::MandateStatus::Revoked,
@@ -34,7 +36,7 @@ pub fn mandate(m: &Mandate) -> pb::Mandate {
     };
     pb::Mandate {
         id: m.id.clone(),
-        subject_pseudonym: m.subject.clone(),
+        subject_pseudonym: pseudonym.to_string(),
         structure: m.structure.clone(),
         agent: m.agent.clone(),
         purposes: m.purposes.clone(),
@@ -70,7 +72,7 @@ impl MandatesApi for MandatesService {
         })
         .await?;
         Ok(Response::new(pb::CreateMandateResponse {
-            mandate: Some(mandate(&created)),
+            mandate: Some(mandate(&created.0, &created.1)),
         }))
     }
 
@@ -86,7 +88,7 @@ impl MandatesApi for MandatesService {
         })
         .await?;
         Ok(Response::new(pb::RevokeMandateResponse {
-            mandate: Some(mandate(&revoked)),
+            mandate: Some(mandate(&revoked, "")),
         }))
     }
 
@@ -103,9 +105,9 @@ impl MandatesApi for MandatesService {
             page_size: r.page_size,
             page_token: r.page_token.clone(),
         };
-        let (page, next) = mandate::list(&self.state, caller, &input)?;
+        let (page, next, pseudonym) = mandate::list(&self.state, caller, &input)?;
         Ok(Response::new(pb::ListMandatesResponse {
-            mandates: page.iter().map(mandate).collect(),
+            mandates: page.iter().map(|m| mandate(m, &pseudonym)).collect(),
             next_page_token: next,
         }))
     }

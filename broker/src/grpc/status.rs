@@ -38,7 +38,9 @@ pub fn code(e: &ApiError) -> Code {
         | E::PrefillClosed(..)
         | E::IdentityEvidenceRequired
         | E::IdentityEvidenceInvalid(_)
-        | E::SubjectMismatch => Code::FailedPrecondition,
+        | E::SubjectMismatch
+        | E::PreviewSubjectMismatch => Code::FailedPrecondition,
+        E::PrefillInProgress(_) => Code::Aborted,
         E::UnknownAttestationType(_)
         | E::UnknownConsent(_)
         | E::UnknownForm(_)
@@ -51,7 +53,9 @@ pub fn code(e: &ApiError) -> Code {
         | E::StoreUnavailable => Code::Unavailable,
         E::ProviderDeadline(_) => Code::DeadlineExceeded,
         E::RequestIdReused(_) => Code::AlreadyExists,
-        E::RequestTooLarge { .. } | E::RateLimited { .. } => Code::ResourceExhausted,
+        E::RequestTooLarge { .. } | E::RateLimited { .. } | E::TooManyPreviews { .. } => {
+            Code::ResourceExhausted
+        }
     }
 }
 

@@ -24,9 +24,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::audit::{LogSigner, ProofError, TreeFile};
 use crate::consent::Consent;
-use crate::event::{Event, Record};
+use crate::event::{Event, Record, RecordedSubject};
 use crate::journal::{CommittedBatch, Journal, JournalError, JournalOptions, Position};
 use crate::mandate::Mandate;
+use crate::seal::Sealer;
 
 pub use positions::{Positions, Slot};
 
@@ -117,18 +118,27 @@ struct Trees {
     /// basis of one fetch, so that a fetch reads those only, however many others the person
     /// holds.
     consents_by_scope: sled::Tree,
+    /// `<party>\0<subject>\0<consent id>` for the guichet that recorded a consent and for
+    /// its consumer: what a participant may see of a person's consents, read without touching
+    /// the others (its answer takes no longer for a person with many consents elsewhere).
+    consents_by_party: sled::Tree,
+    /// `<mandate id>/<consent id>`: the consents recorded under a mandate, which end with it.
+    consents_by_mandate: sled::Tree,
     requests: sled::Tree,
     mandates: sled::Tree,
     mandates_by_subject: sled::Tree,
     mandates_by_structure: sled::Tree,
+    /// Opens the subjects of version 2 records.
+    sealer: Arc<Sealer>,
 }
 
 const APPLIED: &[u8] = b"applied_seq";
 /// The layout of the derived state (4 bytes, big-endian). A broker that finds another one, or
 /// none in a store that has applied records, rebuilds the derived state from the journal.
 const LAYOUT: &[u8] = b"layout";
-/// 2: `consents_by_scope` added.
-const CURRENT_LAYOUT: u32 = 2;
+/// 2: `consents_by_scope` added. 3: version 2 records (sealed subjects, blinded request ids
+/// keyed by participant and agent), `consents_by_party`, `consents_by_mandate`.
+const CURRENT_LAYOUT: u32 = 3;
 /// The latest checkpoint: its size (8 bytes, big-endian), then the note.
 const LATEST: &[u8] = b"latest_checkpoint";
 /// `head/<subject>`: the newest exchange about a subject (8 bytes, big-endian).
@@ -165,7 +175,7 @@ fn decode_checkpoint(bytes: &[u8]) -> Option<(u64, String)> {
 }
 
 impl Trees {
-    fn open(db: &sled::Db) -> Result<Trees, sled::Error> {
+    fn open(db: &sled::Db, sealer: Arc<Sealer>) -> Result<Trees, sled::Error> {
         let meta = db.open_tree("meta")?;
         let mut latest = meta.get(LATEST)?.and_then(|v| decode_checkpoint(&v));
         if latest.is_none() {
@@ -185,6 +195,9 @@ impl Trees {
             consents: db.open_tree("consents")?,
             consents_by_subject: db.open_tree("consents_by_subject")?,
             consents_by_scope: db.open_tree("consents_by_scope")?,
+            consents_by_party: db.open_tree("consents_by_party")?,
+            consents_by_mandate: db.open_tree("consents_by_mandate")?,
+            sealer,
             requests: db.open_tree("requests")?,
             mandates: db.open_tree("mandates")?,
             mandates_by_subject: db.open_tree("mandates_by_subject")?,
@@ -198,6 +211,8 @@ impl Trees {
             &self.consents,
             &self.consents_by_subject,
             &self.consents_by_scope,
+            &self.consents_by_party,
+            &self.consents_by_mandate,
             &self.requests,
             &self.mandates,
             &self.mandates_by_subject,
@@ -309,18 +324,26 @@ impl Trees {
         if peek.kind == "exchange" {
             self.index_request(
                 seq,
-                &peek.participant.unwrap_or_default(),
+                &actor(&peek.participant.unwrap_or_default(), peek.agent.as_deref()),
                 peek.request_id
                     .as_deref()
                     .zip(peek.request_fingerprint.as_deref()),
             )?;
-            return Ok(peek.subject.map(|s| s.into_owned()));
+            let subject = match (&peek.subject_sealed, &peek.subject) {
+                (Some(sealed), _) => Some(RecordedSubject::Sealed(sealed)),
+                (None, Some(clear)) => Some(RecordedSubject::Clear(clear)),
+                (None, None) => None,
+            };
+            return Ok(subject.and_then(|s| self.sealer.reveal(s)));
         }
         let record = Record::decode(payload).map_err(bad)?;
+        let subject = record
+            .event
+            .recorded_subject()
+            .and_then(|s| self.sealer.reveal(s));
         match record.event {
             Event::ConsentGranted {
                 consent_id,
-                subject,
                 pseudonym_key,
                 consumer,
                 participant,
@@ -331,7 +354,22 @@ impl Trees {
                 request_id,
                 request_fingerprint,
                 mandate_id,
+                ..
             } => {
+                // A consent whose person cannot be told (a seal that does not open) is kept
+                // under no person: it can be the basis of nothing.
+                let subject = subject.unwrap_or_default();
+                // A consent recorded under a mandate lapses with it at the latest, also one
+                // recorded before brokers capped it at the grant.
+                let mandate_expiry = match &mandate_id {
+                    Some(m) => self
+                        .mandates
+                        .get(m.as_bytes())?
+                        .and_then(|b| serde_json::from_slice::<Mandate>(&b).ok())
+                        .map(|m| m.expires_at),
+                    None => None,
+                };
+                let expires_at = mandate_expiry.map_or(expires_at, |m| expires_at.min(m));
                 for ty in &attestation_types {
                     self.consents_by_scope.insert(
                         scope_key(&subject, &consumer, ty, &purpose, consent_id.as_bytes()),
@@ -357,13 +395,23 @@ impl Trees {
                     .insert(consent_id.as_bytes(), json(&consent))?;
                 self.consents_by_subject
                     .insert(subject_key(&subject, consent_id.as_bytes()), &[])?;
+                for party in [&consent.participant, &consent.consumer] {
+                    self.consents_by_party
+                        .insert(party_key(party, &subject, consent_id.as_bytes()), &[])?;
+                }
+                if let Some(mandate) = &consent.mandate_id {
+                    self.consents_by_mandate
+                        .insert(subject_key(mandate, consent_id.as_bytes()), &[])?;
+                }
                 if let (Some(request_id), Some(fingerprint)) = (request_id, request_fingerprint) {
                     let used = RequestUse {
                         fingerprint,
                         result: consent_id,
                     };
-                    self.requests
-                        .insert(request_key(&participant, &request_id), json(&used))?;
+                    self.requests.insert(
+                        request_key(&actor(&participant, consent.agent.as_deref()), &request_id),
+                        json(&used),
+                    )?;
                 }
             }
             Event::ConsentRevoked { consent_id, .. } => {
@@ -378,7 +426,6 @@ impl Trees {
             }
             Event::MandateCreated {
                 mandate_id,
-                subject,
                 pseudonym_key,
                 structure,
                 agent,
@@ -388,13 +435,15 @@ impl Trees {
                 expires_at,
                 request_id,
                 request_fingerprint,
+                ..
             } => {
+                let subject = subject.unwrap_or_default();
                 let mandate = Mandate {
                     id: mandate_id.clone(),
                     subject: subject.clone(),
                     pseudonym_key,
                     structure: structure.clone(),
-                    agent,
+                    agent: agent.clone(),
                     purposes,
                     duration_days,
                     document_sha256,
@@ -414,8 +463,10 @@ impl Trees {
                         fingerprint,
                         result: mandate_id,
                     };
-                    self.requests
-                        .insert(request_key(&structure, &request_id), json(&used))?;
+                    self.requests.insert(
+                        request_key(&actor(&structure, Some(&agent)), &request_id),
+                        json(&used),
+                    )?;
                 }
             }
             Event::MandateRevoked { mandate_id, .. } => {
@@ -427,17 +478,30 @@ impl Trees {
                     self.mandates
                         .insert(mandate_id.as_bytes(), json(&mandate))?;
                 }
+                // The consents an agent recorded under it end with it (the broker also records
+                // their revocation in the same batch; consents recorded before it did are ended
+                // here, when the derived state is rebuilt).
+                let under: Vec<Consent> =
+                    indexed_after(&self.consents_by_mandate, &self.consents, &mandate_id, "")
+                        .collect::<Result<_, StoreError>>()?;
+                for mut consent in under {
+                    if consent.revoked_at.is_none() {
+                        consent.revoked_at = Some(record.time);
+                        self.consents
+                            .insert(consent.id.as_bytes(), json(&consent))?;
+                    }
+                }
             }
             Event::Exchange(exchange) => {
                 self.index_request(
                     seq,
-                    &exchange.participant,
+                    &actor(&exchange.participant, exchange.agent.as_deref()),
                     exchange
                         .request_id
                         .as_deref()
                         .zip(exchange.request_fingerprint.as_deref()),
                 )?;
-                return Ok(exchange.subject);
+                return Ok(subject);
             }
             Event::RegistryLoaded { .. }
             | Event::AuditRead { .. }
@@ -445,6 +509,7 @@ impl Trees {
             | Event::BrokerStopped {}
             | Event::RateLimited { .. }
             | Event::AccessHistoryRead { .. }
+            | Event::ConsentsRead { .. }
             | Event::HarvestingAlarm { .. } => {}
         }
         Ok(None)
@@ -482,7 +547,11 @@ struct Peek<'a> {
     #[serde(borrow, default)]
     participant: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
+    agent: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
     subject: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    subject_sealed: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     request_id: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -497,6 +566,27 @@ fn subject_key(subject: &str, suffix: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(subject.len() + 1 + suffix.len());
     key.extend_from_slice(subject.as_bytes());
     key.push(b'/');
+    key.extend_from_slice(suffix);
+    key
+}
+
+/// Who made a request, as request ids are scoped: the participant, and its agent when one acts
+/// (`participant/agent`; neither holds a `/`): one agent's request id is never another's.
+pub fn actor(participant: &str, agent: Option<&str>) -> String {
+    match agent {
+        Some(agent) => format!("{participant}/{agent}"),
+        None => participant.to_string(),
+    }
+}
+
+/// `<party>\0<subject>\0<suffix>`; with an empty suffix, the prefix of what one party may
+/// see of one person.
+fn party_key(party: &str, subject: &str, suffix: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(party.len() + subject.len() + 2 + suffix.len());
+    for part in [party, subject] {
+        key.extend_from_slice(part.as_bytes());
+        key.push(0);
+    }
     key.extend_from_slice(suffix);
     key
 }
@@ -665,11 +755,12 @@ impl Store {
         data_dir: &Path,
         options: JournalOptions,
         log: LogSigner,
+        sealer: Arc<Sealer>,
     ) -> Result<Store, StoreError> {
         let log = Arc::new(log);
         let state_dir = data_dir.join("state");
         let db = open_derived_state(&state_dir)?;
-        let trees = Arc::new(Trees::open(&db)?);
+        let trees = Arc::new(Trees::open(&db, sealer)?);
         let tree = Arc::new(TreeFile::open(&state_dir.join(TREE_FILE), u64::MAX)?);
         let positions = Arc::new(Positions::open(&state_dir.join(POSITIONS_FILE))?);
         let degraded = Arc::new(AtomicBool::new(false));
@@ -837,6 +928,50 @@ impl Store {
         ))
     }
 
+    /// The consents of a subject (by audit pseudonym) that `party` recorded or is the consumer
+    /// of, after the consent id `after` (exclusive; from the first when empty), oldest first:
+    /// what that party may see, read without touching the person's other consents.
+    pub fn consents_seen_by_after<'a>(
+        &'a self,
+        party: &str,
+        subject: &str,
+        after: &str,
+    ) -> Result<impl Iterator<Item = Result<Consent, StoreError>> + 'a, StoreError> {
+        use std::ops::Bound;
+        self.check()?;
+        let prefix = party_key(party, subject, b"");
+        let start = if after.is_empty() {
+            Bound::Included(prefix.clone())
+        } else {
+            Bound::Excluded(party_key(party, subject, after.as_bytes()))
+        };
+        // Every key of this prefix starts with `<party>\0<subject>\0`; 1 is the byte after 0.
+        let mut end = prefix.clone();
+        if let Some(last) = end.last_mut() {
+            *last = 1;
+        }
+        Ok(pointed_to(
+            self.trees
+                .consents_by_party
+                .range((start, Bound::Excluded(end))),
+            &self.trees.consents,
+            prefix.len(),
+        ))
+    }
+
+    /// The consents recorded under a mandate (by an agent acting for the person), oldest
+    /// first: they end with it.
+    pub fn consents_under_mandate(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError> {
+        self.check()?;
+        indexed_after(
+            &self.trees.consents_by_mandate,
+            &self.trees.consents,
+            mandate_id,
+            "",
+        )
+        .collect()
+    }
+
     /// The consents of a subject (by audit pseudonym) to this consumer, for this type and
     /// purpose, oldest first: the only ones that may be the basis of its fetch. Whatever their
     /// status; however many consents of other scopes the subject holds.
@@ -883,28 +1018,29 @@ impl Store {
         Ok(indexed_after(index, &self.trees.mandates, key, after))
     }
 
-    /// What `participant` used `request_id` for, if it did.
+    /// What `actor` ([`actor`]: a participant, or one of its agents) used `request_id` (as
+    /// recorded: blinded) for, if it did.
     pub fn request_use(
         &self,
-        participant: &str,
+        actor: &str,
         request_id: &str,
     ) -> Result<Option<RequestUse>, StoreError> {
         self.check()?;
         Ok(self
             .trees
             .requests
-            .get(request_key(participant, request_id))?
+            .get(request_key(actor, request_id))?
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    /// The first recorded Fetch of `participant` with this request id (recorded as its digest):
-    /// its fingerprint, and its leaf index as `result`.
+    /// The first recorded Fetch of `actor` with this request id (as recorded: blinded): its
+    /// fingerprint, and its leaf index as `result`.
     pub fn fetch_request_use(
         &self,
-        participant: &str,
+        actor: &str,
         request_id_digest: &str,
     ) -> Result<Option<RequestUse>, StoreError> {
-        self.request_use(participant, &fetch_request_id(request_id_digest))
+        self.request_use(actor, &fetch_request_id(request_id_digest))
     }
 
     /// Journal sequence numbers of the exchanges about a subject (by audit pseudonym), newest
@@ -1022,6 +1158,14 @@ impl Store {
         Ok(())
     }
 
+    /// The audit pseudonym of the person a record is about, opened from its seal (version 2)
+    /// or as written (version 1).
+    pub fn subject_of(&self, event: &Event) -> Option<String> {
+        event
+            .recorded_subject()
+            .and_then(|s| self.trees.sealer.reveal(s))
+    }
+
     /// The log key's C2SP verifier key.
     pub fn log_vkey(&self) -> &str {
         self.log.vkey()
@@ -1124,7 +1268,12 @@ mod tests {
             dir,
             JournalOptions::default(),
             LogSigner::from_seed(seed, "unefois.test").unwrap(),
+            sealer(),
         )
+    }
+
+    fn sealer() -> Arc<Sealer> {
+        Arc::new(Sealer::from_secret(&[0x5e; 32]))
     }
 
     #[tokio::test]
@@ -1132,7 +1281,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = LogSigner::from_seed(&[1; 32], "unefois.test").unwrap();
         let vkey = log.vkey().to_string();
-        let store = Store::open(dir.path(), JournalOptions::default(), log).unwrap();
+        let store = Store::open(dir.path(), JournalOptions::default(), log, sealer()).unwrap();
         let record = Record::now(Event::RegistryLoaded {
             registry_sha256: "00".into(),
         });
@@ -1169,7 +1318,7 @@ mod tests {
 
         let log = LogSigner::from_seed(&seed, "unefois.test").unwrap();
         let vkey = log.vkey().to_string();
-        let store = Store::open(dir.path(), JournalOptions::default(), log).unwrap();
+        let store = Store::open(dir.path(), JournalOptions::default(), log, sealer()).unwrap();
         let (size, note) = store.latest_checkpoint().unwrap().unwrap();
         assert_eq!(size, 40);
         assert_eq!(note, before, "the same tree, signed again");
@@ -1191,7 +1340,8 @@ mod tests {
     fn granted(id: &str, subject: &str, consumer: &str, types: &[&str], purpose: &str) -> Record {
         Record::now(Event::ConsentGranted {
             consent_id: id.into(),
-            subject: subject.into(),
+            subject: Some(subject.into()),
+            subject_sealed: None,
             pseudonym_key: "k1".into(),
             consumer: consumer.into(),
             participant: "guichet".into(),
@@ -1237,6 +1387,8 @@ mod tests {
             consent_id: "c1".into(),
             participant: "guichet".into(),
             agent: None,
+            ended_with_mandate: None,
+            with_identity_evidence: false,
         }));
         store.append(records).await.unwrap();
         let scope = |store: &Store| {
@@ -1412,6 +1564,7 @@ mod tests {
             participant: "mairie-lyon".into(),
             agent: None,
             subject: Some(subject.into()),
+            subject_sealed: None,
             pseudonym_key: None,
             attestation_type: "dgfip.revenu_fiscal_reference".into(),
             purpose: "tarification_cantine".into(),

@@ -1,0 +1,228 @@
+//! Sealing what would link a person across participants before it enters the log.
+//!
+//! The audit pseudonym is the same for every consumer: written in clear in the entries that
+//! consumers receive as receipts, or that guichets receive in a citizen's access history, it
+//! would let any two of them join their records about one person (issue 19, finding 1). Each
+//! entry therefore holds the audit pseudonym **sealed**: XChaCha20-Poly1305 under the broker's
+//! seal key, with a fresh 192-bit random nonce, so that two entries about one person share no
+//! byte. Only the broker (and whoever holds its seal key: auditors through the broker) opens
+//! it; entries stay verifiable offline, since a leaf is hashed as the bytes it is.
+//!
+//! The same key blinds caller-chosen ids (request ids, unknown mandate ids) per participant:
+//! a keyed digest, so that two participants that choose the same id (a case number, a
+//! careless subject id) record unlinkable digests.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::event::RecordedSubject;
+use crate::keys::{KeyError, load_or_create_secret};
+
+/// The seal key's file in `DATA/keys`.
+pub const SEAL_KEY_FILE: &str = "audit-seal.key";
+
+/// Bound to every sealed value: a value sealed for another purpose never opens as a subject.
+const SUBJECT_AAD: &[u8] = b"unefois/audit-seal/subject/v1";
+const NONCE_BYTES: usize = 24;
+
+/// Why a sealed value does not open.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SealError {
+    /// Not `<key id>.<base64url>` of a nonce and a ciphertext.
+    #[error("not a sealed value")]
+    Malformed,
+    /// Sealed under another key than this broker's.
+    #[error("sealed under key {0:?}, not this broker's seal key")]
+    OtherKey(String),
+    /// The ciphertext does not authenticate (altered, or another key with the same id).
+    #[error("the sealed value does not open")]
+    Tampered,
+}
+
+/// The broker's seal key: seals and opens audit pseudonyms, blinds caller-chosen ids.
+pub struct Sealer {
+    cipher: XChaCha20Poly1305,
+    blind: Hmac<Sha256>,
+    key_id: String,
+}
+
+impl Sealer {
+    /// Loads the seal key from `data_dir/keys` (created at first start).
+    pub fn load(data_dir: &Path) -> Result<Sealer, KeyError> {
+        let secret = load_or_create_secret(&data_dir.join("keys").join(SEAL_KEY_FILE))?;
+        Ok(Sealer::from_secret(&secret))
+    }
+
+    /// A sealer of a known secret (tests, restores).
+    pub fn from_secret(secret: &[u8; 32]) -> Sealer {
+        let mut id = Sha256::new();
+        id.update(b"unefois seal key id\0");
+        id.update(secret);
+        // The blinding key is derived, so that one secret serves both jobs without mixing them.
+        let mut derive = Sha256::new();
+        derive.update(b"unefois/seal/blinding-key/v1\0");
+        derive.update(secret);
+        Sealer {
+            cipher: XChaCha20Poly1305::new(secret.into()),
+            // HMAC accepts keys of any length: this cannot fail for 32 bytes.
+            blind: <Hmac<Sha256> as Mac>::new_from_slice(&derive.finalize())
+                .unwrap_or_else(|_| unreachable!()),
+            key_id: hex::encode(&id.finalize()[..8]),
+        }
+    }
+
+    /// The seal key's id (16 hex digits), written before every sealed value.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// `pseudonym` sealed with a fresh nonce: `<key id>.<base64url(nonce ‖ ciphertext)>`.
+    pub fn seal(&self, pseudonym: &str) -> String {
+        let mut nonce = [0u8; NONCE_BYTES];
+        rand::rng().fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: pseudonym.as_bytes(),
+                    aad: SUBJECT_AAD,
+                },
+            )
+            // Encryption fails only for messages beyond 2^38 bytes: a pseudonym is 64.
+            .unwrap_or_default();
+        let mut bytes = Vec::with_capacity(NONCE_BYTES + sealed.len());
+        bytes.extend_from_slice(&nonce);
+        bytes.extend_from_slice(&sealed);
+        format!("{}.{}", self.key_id, B64.encode(bytes))
+    }
+
+    /// The pseudonym a [`Sealer::seal`] value holds.
+    pub fn open(&self, sealed: &str) -> Result<String, SealError> {
+        let (key_id, body) = sealed.split_once('.').ok_or(SealError::Malformed)?;
+        if key_id != self.key_id {
+            return Err(SealError::OtherKey(key_id.chars().take(16).collect()));
+        }
+        let bytes = B64.decode(body).map_err(|_| SealError::Malformed)?;
+        if bytes.len() <= NONCE_BYTES {
+            return Err(SealError::Malformed);
+        }
+        let (nonce, ciphertext) = bytes.split_at(NONCE_BYTES);
+        let opened = self
+            .cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: SUBJECT_AAD,
+                },
+            )
+            .map_err(|_| SealError::Tampered)?;
+        String::from_utf8(opened).map_err(|_| SealError::Tampered)
+    }
+
+    /// The audit pseudonym of a record's person: as written in a version 1 entry, opened from
+    /// a version 2 one; `None` when a sealed value does not open (logged: damage, or another
+    /// broker's key).
+    pub fn reveal(&self, subject: RecordedSubject<'_>) -> Option<String> {
+        match subject {
+            RecordedSubject::Clear(pseudonym) => Some(pseudonym.to_string()),
+            RecordedSubject::Sealed(sealed) => match self.open(sealed) {
+                Ok(pseudonym) => Some(pseudonym),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a sealed subject does not open");
+                    None
+                }
+            },
+        }
+    }
+
+    /// A caller-chosen id as recorded: `hmac:` and 32 hex digits of a keyed digest over the
+    /// actor (participant, and agent) and the id. Stable for one actor, so that retries match;
+    /// unlinkable across actors, and nobody without the key can test a guess.
+    pub fn blind_id(&self, actor: &str, id: &str) -> String {
+        let mut m = self.blind.clone();
+        m.update(b"unefois/caller-id/v1\0");
+        m.update(actor.as_bytes());
+        m.update(b"\0");
+        m.update(id.as_bytes());
+        format!("hmac:{}", hex::encode(&m.finalize().into_bytes()[..16]))
+    }
+
+    /// A keyed digest of `parts` (length-prefixed), 32 hex digits: a request's fingerprint as
+    /// recorded, which nobody without the key can compare with another participant's.
+    pub fn fingerprint<'a>(&self, parts: impl IntoIterator<Item = &'a str>) -> String {
+        let mut m = self.blind.clone();
+        m.update(b"unefois/fingerprint/v1\0");
+        for part in parts {
+            m.update(&(part.len() as u64).to_be_bytes());
+            m.update(part.as_bytes());
+        }
+        hex::encode(&m.finalize().into_bytes()[..16])
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_pseudonym_opens_and_two_seals_of_one_pseudonym_share_nothing() {
+        let sealer = Sealer::from_secret(&[7; 32]);
+        let pseudonym = "a3".repeat(32);
+        let (a, b) = (sealer.seal(&pseudonym), sealer.seal(&pseudonym));
+        assert_ne!(a, b);
+        assert_eq!(sealer.open(&a).unwrap(), pseudonym);
+        assert_eq!(sealer.open(&b).unwrap(), pseudonym);
+        let (body_a, body_b) = (a.split_once('.').unwrap().1, b.split_once('.').unwrap().1);
+        // No run of 4 bytes in common beyond chance: compare the decoded bodies byte by byte.
+        let (x, y) = (B64.decode(body_a).unwrap(), B64.decode(body_b).unwrap());
+        let same = x.iter().zip(&y).filter(|(p, q)| p == q).count();
+        assert!(same < x.len() / 8, "{same} of {} bytes in common", x.len());
+        assert!(!a.contains(&pseudonym));
+    }
+
+    #[test]
+    fn altered_foreign_and_malformed_seals_do_not_open() {
+        let sealer = Sealer::from_secret(&[7; 32]);
+        let other = Sealer::from_secret(&[8; 32]);
+        let sealed = sealer.seal("p");
+        assert!(matches!(other.open(&sealed), Err(SealError::OtherKey(_))));
+        let mut altered = sealed.clone().into_bytes();
+        let last = altered.len() - 2;
+        altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(
+            sealer.open(&String::from_utf8(altered).unwrap()),
+            Err(SealError::Tampered)
+        );
+        for bad in ["", "nodot", "x.y", &format!("{}.AAAA", sealer.key_id())] {
+            assert!(sealer.open(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn blinded_ids_are_stable_per_actor_and_differ_across_actors_and_keys() {
+        let sealer = Sealer::from_secret(&[7; 32]);
+        let id = "dossier-42";
+        assert_eq!(sealer.blind_id("lyon", id), sealer.blind_id("lyon", id));
+        assert_ne!(sealer.blind_id("lyon", id), sealer.blind_id("ccas", id));
+        assert_ne!(
+            sealer.blind_id("lyon", id),
+            Sealer::from_secret(&[8; 32]).blind_id("lyon", id)
+        );
+        assert!(!sealer.blind_id("lyon", id).contains("42"));
+        assert_ne!(
+            sealer.fingerprint(["ab", "c"]),
+            sealer.fingerprint(["a", "bc"]),
+            "length-prefixed"
+        );
+    }
+}
