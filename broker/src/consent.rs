@@ -462,10 +462,7 @@ pub async fn list(
             consents,
             size,
             |c: &Consent| {
-                of_consumer(c)
-                    && purposes
-                        .as_ref()
-                        .is_none_or(|p| p.contains(&c.purpose))
+                of_consumer(c) && purposes.as_ref().is_none_or(|p| p.contains(&c.purpose))
             },
             |c: &Consent| &c.id,
         )

@@ -1584,6 +1584,96 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sealed_subjects_are_indexed_and_consents_end_with_their_mandate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), &[4; 32]).unwrap();
+        let seal = sealer();
+        let person = "ab".repeat(32);
+        let now = time::OffsetDateTime::now_utc();
+        let mandate = Record::now(Event::MandateCreated {
+            mandate_id: "m1".into(),
+            subject: None,
+            subject_sealed: Some(seal.seal(&person)),
+            pseudonym_key: "k".into(),
+            structure: "fs".into(),
+            agent: "a".into(),
+            purposes: vec!["cantine".into()],
+            duration_days: 1,
+            document_sha256: "00".into(),
+            expires_at: now + time::Duration::days(1),
+            request_id: None,
+            request_fingerprint: None,
+        });
+        let consent = |id: &str, mandate_id: Option<&str>, participant: &str| {
+            Record::now(Event::ConsentGranted {
+                consent_id: id.into(),
+                subject: None,
+                subject_sealed: Some(seal.seal(&person)),
+                pseudonym_key: "k".into(),
+                consumer: "lyon".into(),
+                participant: participant.into(),
+                agent: None,
+                attestation_types: vec!["caf.qf".into()],
+                purpose: "cantine".into(),
+                expires_at: now + time::Duration::days(365),
+                request_id: None,
+                request_fingerprint: None,
+                mandate_id: mandate_id.map(str::to_string),
+            })
+        };
+        let mut exchange = exchange_about("unused");
+        if let Event::Exchange(x) = &mut exchange.event {
+            x.subject = None;
+            x.subject_sealed = Some(seal.seal(&person));
+        }
+        let seqs = store
+            .append(vec![
+                mandate,
+                consent("c1", Some("m1"), "fs"),
+                consent("c2", None, "villeurbanne"),
+                exchange,
+            ])
+            .await
+            .unwrap();
+        // Opened from their seals: the person's consents, mandate and exchange.
+        assert_eq!(store.exchanges_about(&person, None, 10).unwrap(), [seqs[3]]);
+        assert_eq!(
+            ids(store
+                .consents_for(&person, "lyon", "caf.qf", "cantine")
+                .unwrap()),
+            ["c1", "c2"]
+        );
+        // Capped at the mandate's expiry, even though the record asked for a year.
+        let c1 = store.consent("c1").unwrap().unwrap();
+        assert!(c1.expires_at <= now + time::Duration::days(1));
+        // What each party may see: the recorder and the consumer, nobody else.
+        let seen = |party: &str| -> Vec<String> {
+            store
+                .consents_seen_by_after(party, &person, "")
+                .unwrap()
+                .map(|c| c.unwrap().id)
+                .collect()
+        };
+        assert_eq!(seen("lyon"), ["c1", "c2"]);
+        assert_eq!(seen("fs"), ["c1"]);
+        assert_eq!(seen("villeurbanne"), ["c2"]);
+        assert!(seen("caf").is_empty());
+        assert_eq!(ids(store.consents_under_mandate("m1").unwrap()), ["c1"]);
+        // The mandate revoked: the consent recorded under it ends with it, the other stays.
+        store
+            .append(vec![Record::now(Event::MandateRevoked {
+                mandate_id: "m1".into(),
+                participant: "fs".into(),
+                agent: Some("a".into()),
+            })])
+            .await
+            .unwrap();
+        assert!(store.consent("c1").unwrap().unwrap().revoked_at.is_some());
+        assert!(store.consent("c2").unwrap().unwrap().revoked_at.is_none());
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn a_subjects_exchanges_are_walked_newest_first_across_batches_restarts_and_rebuilds() {
         let dir = tempfile::tempdir().unwrap();
         let open = || open_store(dir.path(), &[3; 32]).unwrap();
