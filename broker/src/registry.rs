@@ -1071,6 +1071,7 @@ impl Validator<'_> {
         }
 
         self.count("identity_providers", raw.identity_providers.len());
+        let development = raw.federation.allow_test_subjects;
         let mut identity_providers: Vec<IdentityProvider> = Vec::new();
         for (i, p) in raw.identity_providers.into_iter().enumerate() {
             let at = format!("identity_providers[{i}]");
@@ -1087,6 +1088,35 @@ impl Validator<'_> {
             } else {
                 jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
             };
+            // The development provider's private key is public (examples/dev-idp): anyone can
+            // mint its tokens. Only a development federation may trust it, under any issuer.
+            if !development {
+                use crate::identity::dev;
+                let why = if p.issuer == dev::ISSUER {
+                    Some(format!(
+                        "its issuer {:?} is the development identity provider's",
+                        p.issuer
+                    ))
+                } else {
+                    keys.keys.iter().position(dev::is_committed_key).map(|j| {
+                        format!(
+                            "key {j} of {} is the development identity provider's public key",
+                            p.jwks.display()
+                        )
+                    })
+                };
+                if let Some(why) = why {
+                    self.fail(
+                        at.clone(),
+                        format!(
+                            "{why}, whose private key is committed in examples/dev-idp: anyone can \
+                             mint ID tokens with it. A federation that is not a development one \
+                             (allow_test_subjects = false) must not declare it: remove this \
+                             identity provider, or declare the real one's issuer and keys"
+                        ),
+                    );
+                }
+            }
             let max_age = p
                 .max_token_age_seconds
                 .unwrap_or(DEFAULT_MAX_TOKEN_AGE_SECONDS);
