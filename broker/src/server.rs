@@ -148,6 +148,7 @@ pub async fn run(
             }),
             Record::now(Event::RegistryLoaded {
                 registry_sha256: registry.sha256_hex(),
+                files: registry.manifest().clone(),
             }),
         ])
         .await?;
@@ -339,6 +340,7 @@ async fn reload(
         .store
         .append(vec![Record::now(Event::RegistryLoaded {
             registry_sha256: sha.clone(),
+            files: registry.manifest().clone(),
         })])
         .await
     {

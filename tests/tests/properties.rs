@@ -648,7 +648,10 @@ fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         text().prop_map(|version| Event::BrokerStarted { version }),
         Just(Event::BrokerStopped {}),
-        text().prop_map(|registry_sha256| Event::RegistryLoaded { registry_sha256 }),
+        text().prop_map(|registry_sha256| Event::RegistryLoaded {
+            registry_sha256,
+            files: Default::default(),
+        }),
         (
             (text(), text(), text(), text(), text(), opt(), texts()),
             (text(), datetime(), opt(), opt(), opt()),

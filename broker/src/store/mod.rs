@@ -1135,6 +1135,7 @@ mod tests {
         let store = Store::open(dir.path(), JournalOptions::default(), log).unwrap();
         let record = Record::now(Event::RegistryLoaded {
             registry_sha256: "00".into(),
+            files: Default::default(),
         });
         let seqs = store.append(vec![record.clone(), record]).await.unwrap();
         assert_eq!(seqs, vec![0, 1]);
@@ -1154,6 +1155,7 @@ mod tests {
         let record = |i: u64| {
             Record::now(Event::RegistryLoaded {
                 registry_sha256: format!("{i:064x}"),
+                files: Default::default(),
             })
         };
         let store = open_store(dir.path(), &seed).unwrap();
@@ -1368,6 +1370,7 @@ mod tests {
             store
                 .append_entry(Record::now(Event::RegistryLoaded {
                     registry_sha256: format!("{i:064x}"),
+                    files: Default::default(),
                 }))
                 .await
                 .unwrap();
