@@ -315,7 +315,8 @@ enum CertsCommand {
         #[arg(long)]
         agent: String,
     },
-    /// Revoke a participant's (`caf`) or an agent's (`france-services-lyon/a.martin`) certificate.
+    /// Revoke a participant's (`caf`) or an agent's (`france-services-lyon/a.martin`) certificate;
+    /// a mediation structure's agents (`agents/<structure>/`) are revoked with it.
     Revoke {
         #[arg(long)]
         dir: PathBuf,
@@ -699,11 +700,24 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
             );
         }
         CertsCommand::Revoke { dir, name } => {
-            Pki::open(&dir)?.revoke(&name)?;
-            println!(
-                "{name} revoked in {}; the broker refuses it once it reloads the CRL",
-                dir.join("crl.pem").display()
-            );
+            let revoked = Pki::open(&dir)?.revoke(&name)?;
+            let crl = dir.join("crl.pem");
+            if revoked.is_empty() {
+                println!("{name} was already revoked in {}", crl.display());
+            }
+            for revoked in &revoked {
+                if revoked == &name {
+                    println!("{name} revoked in {}", crl.display());
+                } else {
+                    println!(
+                        "{revoked} revoked in {} (an agent of {name})",
+                        crl.display()
+                    );
+                }
+            }
+            if !revoked.is_empty() {
+                println!("the broker refuses them once it reloads the CRL (SIGHUP)");
+            }
         }
         CertsCommand::RenewCrl { dir, days } => {
             let now = time::OffsetDateTime::now_utc();

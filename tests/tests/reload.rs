@@ -213,3 +213,102 @@ async fn the_recorded_registry_hash_covers_the_files_it_references() -> anyhow::
     assert_eq!(entry["registry_sha256"], sha.as_str());
     broker.stop().await
 }
+
+/// Registry.WhoAmI on `channel`: its status code and reason, `None` when answered.
+async fn agent_call(
+    channel: tonic::transport::Channel,
+) -> Option<(Code, Option<ErrorReason>, String)> {
+    unefois_proto::v1::registry_client::RegistryClient::new(channel)
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .err()
+        .map(|s| (s.code(), reason_of(&s), s.message().to_string()))
+}
+
+#[tokio::test]
+async fn revoking_a_structure_refuses_its_agents_after_a_reload() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let agent = broker.channel("france-services-lyon/a.martin").await?;
+    assert_eq!(agent_call(agent.clone()).await, None, "the agent is served");
+
+    // `unefois certs revoke france-services-lyon`: the structure and, with it, its agent.
+    let revoked = pki.pki.revoke("france-services-lyon")?;
+    assert_eq!(
+        revoked,
+        ["france-services-lyon", "france-services-lyon/a.martin"]
+    );
+    broker.reload().await?.map_err(anyhow::Error::msg)?;
+    // On the connection opened before the revocation, and on a new one (refused at the
+    // handshake, or at the call).
+    let (code, reason, message) = agent_call(agent).await.expect("refused");
+    assert_eq!(
+        (code, reason),
+        (Code::Unauthenticated, Some(ErrorReason::CertificateRevoked)),
+        "{message}"
+    );
+    if let Ok(channel) = broker.channel("france-services-lyon/a.martin").await {
+        let (code, ..) = agent_call(channel).await.expect("refused");
+        assert_eq!(code, Code::Unauthenticated);
+    }
+    // It can no longer take a mandate for anyone (refused at the handshake or at the call).
+    if let Ok(channel) = broker.channel("france-services-lyon/a.martin").await {
+        let created = unefois_proto::v1::mandates_client::MandatesClient::new(channel)
+            .create(pb::CreateMandateRequest {
+                subject: "test:alice".into(),
+                purposes: vec!["aide_energie".into()],
+                duration_days: 31,
+                document_sha256: vec![7; 32],
+                id_token: unefois_tests::id_token("test:alice", "france-services-lyon"),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(
+            created.map_err(|s| s.code()).err(),
+            Some(Code::Unauthenticated),
+            "a mandate was created"
+        );
+    }
+    // Others are still served.
+    ExchangeClient::new(broker.channel("mairie-lyon").await?)
+        .fetch(rfr())
+        .await?;
+    broker.stop().await
+}
+
+#[tokio::test]
+async fn an_agent_is_refused_once_its_structure_leaves_the_registry() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let dir = pki.scratch();
+    let registry = sample_registry_with(&dir, |s| format!("{s}\n# a copy\n"))?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry: registry.clone(),
+            ..BrokerOptions::default()
+        },
+    )
+    .await?;
+    let agent = broker.channel("france-services-lyon/a.martin").await?;
+    assert_eq!(agent_call(agent.clone()).await, None, "the agent is served");
+
+    // The operator removes the structure (its participant entry and its habilitations).
+    let text = std::fs::read_to_string(&registry)?;
+    let without: String = text
+        .split("\n[[")
+        .filter(|block| !block.contains("\"france-services-lyon"))
+        .collect::<Vec<_>>()
+        .join("\n[[");
+    std::fs::write(&registry, without)?;
+    broker.reload().await?.map_err(anyhow::Error::msg)?;
+    let (code, reason, message) = agent_call(agent).await.expect("refused");
+    assert_eq!(
+        (code, reason),
+        (Code::Unauthenticated, Some(ErrorReason::UnknownParticipant)),
+        "{message}"
+    );
+    ExchangeClient::new(broker.channel("mairie-lyon").await?)
+        .fetch(rfr())
+        .await?;
+    broker.stop().await
+}
