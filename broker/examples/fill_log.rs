@@ -52,13 +52,16 @@ async fn main() -> anyhow::Result<()> {
     let trust_domain = args.next().ok_or_else(|| anyhow::anyhow!(usage))?;
     let records: u64 = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     std::fs::create_dir_all(&data)?;
+    // Every key a broker needs, as it creates them over an empty journal.
+    let empty = !broker::journal::holds_records(&data.join("journal"))?;
+    let keys = broker::keys::Keys::load(&data, empty)?;
     let store = Store::open(
         &data,
         JournalOptions {
             sync: false,
             ..JournalOptions::default()
         },
-        LogSigner::load(&data, &trust_domain)?,
+        LogSigner::new(&keys, &trust_domain)?,
     )?;
     let started = Instant::now();
     let batch = 1_000;

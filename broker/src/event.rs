@@ -94,6 +94,11 @@ pub enum Event {
     BrokerStarted {
         /// The broker's version.
         version: String,
+        /// The ids of the keys it started with, by key file name (`crate::keys::KEYS`); a
+        /// later start refuses keys whose ids differ. Absent from entries of versions that
+        /// did not record them.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        keys: std::collections::BTreeMap<String, String>,
     },
     /// The broker stopped cleanly (a start without a stop before it means a crash).
     BrokerStopped {},

@@ -580,6 +580,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             pki_dir.display()
         );
     }
+    // What the broker creates from here on (its data directory; sled's files) is for its user
+    // only; the files it publishes (verifier keys) are made readable explicitly.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

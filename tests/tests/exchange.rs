@@ -397,7 +397,9 @@ async fn an_expired_consent_is_not_a_legal_basis() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     // A consent given 40 days ago for 30 days, as the broker would have journaled it.
     {
-        let pseudonyms = Pseudonymizer::load(data.path())?;
+        // The keys a broker creates over an empty journal, before its first record.
+        let keys = broker::keys::Keys::load(data.path(), true)?;
+        let pseudonyms = Pseudonymizer::new(&keys)?;
         let alice = Subject::parse("test:alice", true)?;
         let given = time::OffsetDateTime::now_utc() - time::Duration::days(40);
         let journal = Journal::open(&data.path().join("journal"), JournalOptions::default())?;

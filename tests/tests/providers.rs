@@ -337,8 +337,10 @@ async fn every_provider_failure_has_its_status_and_reason_and_the_circuit_recove
         l.local_addr()?
     };
     let scratch2 = tempfile::tempdir()?;
+    // A second broker, with keys of its own, publishes them in a PKI folder of its own.
+    let other_pki = TestPki::for_sample_registry()?;
     let reset = TestBroker::start_with(
-        pki.dir(),
+        other_pki.dir(),
         BrokerOptions {
             registry: self::registry(scratch2.path(), closed)?,
             ..Default::default()
