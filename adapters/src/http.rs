@@ -12,7 +12,8 @@
 //! deeper than [`MAX_JSON_DEPTH`] → [`AdapterError::InvalidResponse`].
 //!
 //! TLS is rustls with the ring provider only, trusting only the CA file of the
-//! configuration (a private PKI; no system roots). Plain `http://` URLs are allowed.
+//! configuration (a private PKI; no system roots). Plain `http://` URLs are refused by the
+//! broker's registry unless `allow_plain_http` is set, and never with a credential.
 //!
 //! Nothing here logs a subject or a claim value: tracing events carry the attestation
 //! type, the HTTP status, the attempt and the latency.
@@ -160,6 +161,12 @@ pub struct HttpConfig {
     /// Largest response body accepted, in bytes.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Whether a plain `http://` URL is accepted: the subject's id and the claims then travel
+    /// in clear, so only for a provider on the broker's host or a link protected otherwise.
+    /// Checked when the broker loads its registry, which never accepts a bearer token or a
+    /// credential header over `http://`, even with this set.
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 fn default_timeout_ms() -> u64 {

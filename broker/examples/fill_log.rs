@@ -55,14 +55,17 @@ async fn main() -> anyhow::Result<()> {
     let trust_domain = args.next().ok_or_else(|| anyhow::anyhow!(usage))?;
     let records: u64 = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     std::fs::create_dir_all(&data)?;
-    let sealer = std::sync::Arc::new(Sealer::load(&data)?);
+    // Every key a broker needs, as it creates them over an empty journal.
+    let empty = !broker::journal::holds_records(&data.join("journal"))?;
+    let keys = broker::keys::Keys::load(&data, empty)?;
+    let sealer = std::sync::Arc::new(Sealer::new(&keys)?);
     let store = Store::open(
         &data,
         JournalOptions {
             sync: false,
             ..JournalOptions::default()
         },
-        LogSigner::load(&data, &trust_domain)?,
+        LogSigner::new(&keys, &trust_domain)?,
         sealer.clone(),
     )?;
     let started = Instant::now();

@@ -57,17 +57,18 @@ pub const VERSION: u32 = 1;
 /// The manifest's file name in a backup.
 pub const MANIFEST: &str = "manifest.json";
 
-/// Key files without which a backup is useless: the log key (checkpoints), the attestation key
-/// (signatures) and the pseudonym keys (without them, restored consents and mandates could no
-/// longer be found by subject). A backup fails when one is missing.
-pub const REQUIRED_KEYS: [&str; 4] = [
-    "attestation.ed25519",
-    "log.ed25519",
-    "pseudonym-audit.key",
-    "pseudonym-pairwise.key",
-];
+/// Key files without which a backup is useless: every key the broker has had since its first
+/// version ([`crate::keys::KEYS`]: the log key, the attestation key, the pseudonym keys; without
+/// them, restored consents and mandates could no longer be found by subject, and the broker
+/// refuses to start on the restored journal). A backup fails when one is missing.
+pub fn required_keys() -> impl Iterator<Item = &'static str> {
+    crate::keys::KEYS
+        .iter()
+        .filter(|k| k.since == crate::keys::Since::FirstVersion)
+        .map(|k| k.file)
+}
 
-const LOG_KEY: &str = "log.ed25519";
+const LOG_KEY: &str = crate::keys::LOG_KEY;
 const JOURNAL: &str = "journal";
 const KEYS: &str = "keys";
 const STATE: &str = "state";
@@ -315,7 +316,7 @@ fn backup_into(data_dir: &Path, out: &Path) -> Result<BackupReport, BackupError>
             reason: format!("no journal directory {}", journal_dir.display()),
         });
     }
-    for key in REQUIRED_KEYS {
+    for key in required_keys() {
         if !keys_dir.join(key).is_file() {
             return Err(BackupError::NotADataDir {
                 path: data_dir.to_path_buf(),
@@ -879,7 +880,7 @@ fn check_files(from: &Path, manifest: &Manifest) -> Result<Contents, BackupError
             }
         }
     }
-    for key in REQUIRED_KEYS {
+    for key in required_keys() {
         let name = format!("{KEYS}/{key}");
         if !listed.contains(&name) {
             return Err(BackupError::Damaged {
@@ -1273,14 +1274,11 @@ fn sync_dir(dir: &Path) -> Result<(), BackupError> {
 mod tests {
     use super::*;
     use crate::journal::{Journal, JournalOptions};
-    use crate::keys::load_or_create_secret;
 
     /// A data directory with the four keys and a journal of `n` records over `segment_size`
     /// byte segments; the records' payloads.
     async fn data_dir(dir: &Path, n: usize, segment_size: u64) -> Vec<Vec<u8>> {
-        for key in REQUIRED_KEYS {
-            load_or_create_secret(&dir.join(KEYS).join(key)).unwrap();
-        }
+        crate::keys::Keys::load(dir, true).unwrap();
         let journal = Journal::open(
             &dir.join(JOURNAL),
             JournalOptions {
@@ -1517,8 +1515,8 @@ mod tests {
         let payloads = data_dir(&data, 6, 1 << 20).await;
         let out = tmp.path().join("backup");
         backup(&data, &out).unwrap();
-        let seed = load_or_create_secret(&data.join(KEYS).join(LOG_KEY)).unwrap();
-        let log = LogSigner::from_seed(&seed, "unefois.test").unwrap();
+        let keys = crate::keys::Keys::load(&data, false).unwrap();
+        let log = LogSigner::new(&keys, "unefois.test").unwrap();
         let write = |name: &str, note: String| {
             let path = tmp.path().join(name);
             fs::write(&path, note).unwrap();

@@ -152,13 +152,23 @@ pub enum Event {
     BrokerStarted {
         /// The broker's version.
         version: String,
+        /// The ids of the keys it started with, by key file name (`crate::keys::KEYS`); a
+        /// later start refuses keys whose ids differ. Absent from entries of versions that
+        /// did not record them.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        keys: std::collections::BTreeMap<String, String>,
     },
     /// The broker stopped cleanly (a start without a stop before it means a crash).
     BrokerStopped {},
     /// The broker started serving with this registry.
     RegistryLoaded {
-        /// SHA-256 of the registry file, hex.
+        /// The registry's hash, hex: SHA-256 of its manifest (`registry::manifest_text` of
+        /// `files`); entries written before manifests existed hold the registry file's SHA-256.
         registry_sha256: String,
+        /// The manifest: `(registry)` and each referenced file that is not a secret, by its
+        /// registry key → hex SHA-256 (absent from entries written before manifests existed).
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        files: std::collections::BTreeMap<String, String>,
     },
     /// A citizen's consent was recorded.
     ConsentGranted {

@@ -342,6 +342,20 @@ pub mod dev {
 
     /// The issuer of the development identity provider.
     pub const ISSUER: &str = "https://idp.unefois.test";
+    /// The public key (`x`, base64url Ed25519) of examples/dev-idp/jwks.json, whose private half
+    /// is committed beside it: a registry that trusts it accepts tokens anyone can mint.
+    pub const PUBLIC_KEY_X: &str = "JRh8iwRkOsltlbRp8YHfDfX5eBAqTWdJpfUYaUa1LOE";
+
+    /// Whether `jwk` is the committed development key, whatever its `kid` (the key material is
+    /// compared, not its spelling).
+    pub fn is_committed_key(jwk: &jsonwebtoken::jwk::Jwk) -> bool {
+        use jsonwebtoken::jwk::AlgorithmParameters;
+        let AlgorithmParameters::OctetKeyPair(okp) = &jwk.algorithm else {
+            return false;
+        };
+        let decode = |x: &str| B64.decode(x.trim_end_matches('=').as_bytes()).ok();
+        decode(&okp.x).is_some_and(|x| Some(x) == decode(PUBLIC_KEY_X))
+    }
     /// Lifetime of the tokens it mints, in seconds.
     pub const TOKEN_LIFETIME_SECONDS: i64 = 300;
 
@@ -453,5 +467,26 @@ pub mod dev {
             c.extend(i.clone());
         }
         Ok(c)
+    }
+
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_committed_key_is_recognised_whatever_its_kid() {
+            let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dev-idp");
+            let jwks = crate::identity::load_jwks(&examples.join("jwks.json")).unwrap();
+            assert!(jwks.keys.iter().all(is_committed_key));
+            let committed = DevKey::load(&examples.join("dev-signing-key.json")).unwrap();
+            let mut renamed = committed.jwks();
+            renamed["keys"][0]["kid"] = "another-kid".into();
+            let renamed: jsonwebtoken::jwk::JwkSet = serde_json::from_value(renamed).unwrap();
+            assert!(is_committed_key(&renamed.keys[0]));
+            let other: jsonwebtoken::jwk::JwkSet =
+                serde_json::from_value(DevKey::generate("k").unwrap().jwks()).unwrap();
+            assert!(!is_committed_key(&other.keys[0]));
+        }
     }
 }

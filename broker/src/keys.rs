@@ -1,11 +1,109 @@
-//! The broker's own secrets: the pseudonym keys and the attestation signing key, created at
-//! first start in the data directory (files 0600) and never sent anywhere.
+//! The broker's own secrets, in `DATA/keys` (a folder 0700, files 0600, never sent anywhere):
+//! the attestation and log signing keys and the pseudonym keys, each 32 bytes, listed in
+//! [`KEYS`] and loaded together by [`Keys::load`] under one policy.
+//!
+//! A key is created only over an empty journal (logged as a warning, naming the file). Over a
+//! journal that holds records, a missing key stops the start: a new key would silently break
+//! what the journal holds (consents and mandates no longer found by subject, a person's history
+//! cut in two, checkpoints under another key). Each start records the key ids in its
+//! `broker_started` entry, and a start whose key differs from the one the journal last
+//! recorded is refused ([`Keys::check_recorded`]). There is no key rotation command.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Why a key could not be loaded or created.
+use sha2::{Digest, Sha256};
+
+/// The folder of the keys in the data directory.
+pub const KEYS_DIR: &str = "keys";
+/// The Ed25519 seed that signs attestations.
+pub const ATTESTATION_KEY: &str = "attestation.ed25519";
+/// The Ed25519 seed that signs the log's checkpoints.
+pub const LOG_KEY: &str = "log.ed25519";
+/// The HMAC key of the audit pseudonyms (journal, log, derived state).
+pub const AUDIT_PSEUDONYM_KEY: &str = "pseudonym-audit.key";
+/// The HMAC key of the pairwise pseudonyms (attestations).
+pub const PAIRWISE_PSEUDONYM_KEY: &str = "pseudonym-pairwise.key";
+/// The key that seals each entry's audit pseudonym and blinds caller-chosen ids
+/// (`crate::seal`).
+pub const AUDIT_SEAL_KEY: &str = "audit-seal.key";
+
+/// What a key is: how its id is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A secret used as is (an HMAC key): its id is [`secret_key_id`].
+    Secret,
+    /// An Ed25519 seed: its id is [`ed25519_key_id`] of its public key, which anyone holding
+    /// the published verifier key can compute.
+    Ed25519,
+}
+
+/// Since when the broker has a key: what a missing one means over a journal with records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// Since the broker's first version: every journal with records was written with it, so a
+    /// missing one is lost, and the start is refused.
+    FirstVersion,
+    /// Added by a later version: over a journal that never recorded its id, it is created
+    /// (logged as a warning); over one that did, it is lost, and the start is refused.
+    LaterVersion,
+}
+
+/// One key of `DATA/keys`.
+#[derive(Clone, Copy, Debug)]
+pub struct KeySpec {
+    /// Its file name in `DATA/keys`.
+    pub file: &'static str,
+    /// How its id is computed.
+    pub kind: KeyKind,
+    /// What it is, for people.
+    pub what: &'static str,
+    /// Since when the broker has it.
+    pub since: Since,
+}
+
+/// Every key of the broker: one more key is one more line here, then [`Keys::secret`].
+pub const KEYS: &[KeySpec] = &[
+    KeySpec {
+        file: ATTESTATION_KEY,
+        kind: KeyKind::Ed25519,
+        what: "attestation signing key",
+        since: Since::FirstVersion,
+    },
+    KeySpec {
+        file: LOG_KEY,
+        kind: KeyKind::Ed25519,
+        what: "log key (checkpoints)",
+        since: Since::FirstVersion,
+    },
+    KeySpec {
+        file: AUDIT_PSEUDONYM_KEY,
+        kind: KeyKind::Secret,
+        what: "audit pseudonym key",
+        since: Since::FirstVersion,
+    },
+    KeySpec {
+        file: PAIRWISE_PSEUDONYM_KEY,
+        kind: KeyKind::Secret,
+        what: "pairwise pseudonym key",
+        since: Since::FirstVersion,
+    },
+    KeySpec {
+        file: AUDIT_SEAL_KEY,
+        kind: KeyKind::Secret,
+        what: "audit seal key",
+        since: Since::LaterVersion,
+    },
+];
+
+/// What to do: put the key file back.
+const RESTORE: &str = "put the key file back from a backup (`unefois restore --from BACKUP \
+                       --home HOME` restores the journal and its keys together); the broker \
+                       never replaces a key over a journal that holds records";
+
+/// Why the keys cannot be loaded, created or used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The key file cannot be read or written.
@@ -32,12 +130,250 @@ pub enum KeyError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A key file is missing while the journal holds records made with it.
+    #[error(
+        "{}: the {what} is missing, but the journal holds records made with it{}: a new key \
+         would silently break them; {RESTORE}",
+        path.display(),
+        recorded.as_ref().map(|id| format!(" (key id {id})")).unwrap_or_default()
+    )]
+    Missing {
+        /// The key file.
+        path: PathBuf,
+        /// What the key is.
+        what: &'static str,
+        /// The key id the journal last recorded for it, if it recorded one.
+        recorded: Option<String>,
+    },
+    /// A key file holds another key than the one the journal last recorded.
+    #[error(
+        "{}: holds the {what} with key id {found}, but the journal last recorded key id \
+         {recorded} for it (entry {entry}): the key was replaced; {RESTORE}",
+        path.display()
+    )]
+    Changed {
+        /// The key file.
+        path: PathBuf,
+        /// What the key is.
+        what: &'static str,
+        /// The id of the key in the file.
+        found: String,
+        /// The id the journal last recorded.
+        recorded: String,
+        /// The `broker_started` entry that recorded it.
+        entry: u64,
+    },
+    /// A key that is not in [`KEYS`] was asked for (a programming error).
+    #[error("no key {0} in DATA/keys")]
+    Unknown(String),
     /// The operating system's random source failed.
     #[error("random source: {0}")]
     Random(getrandom::Error),
     /// The signing library refused the seed.
     #[error("Ed25519 seed refused: {0}")]
     Rejected(String),
+}
+
+/// The key ids the journal recorded last (in its latest `broker_started` entry that has them).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedKeys {
+    /// The entry (leaf index) that recorded them.
+    pub entry: u64,
+    /// Key file name → key id.
+    pub ids: BTreeMap<String, String>,
+}
+
+/// The id of a secret key: the first 8 bytes, hex, of SHA-256(`unefois pseudonym key id` ‖ 0x00
+/// ‖ secret). The audit pseudonym key's is the `pseudonym_key` of journal entries.
+pub fn secret_key_id(secret: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"unefois pseudonym key id\0");
+    h.update(secret);
+    hex::encode(&h.finalize()[..8])
+}
+
+/// The id of an Ed25519 key: the first 8 bytes, hex, of SHA-256(`unefois ed25519 key id` ‖
+/// 0x00 ‖ the 32-byte public key), the key a published `.vkey` carries after its 0x01 byte.
+pub fn ed25519_key_id(public: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"unefois ed25519 key id\0");
+    h.update(public);
+    hex::encode(&h.finalize()[..8])
+}
+
+struct Loaded {
+    spec: KeySpec,
+    secret: [u8; 32],
+    id: String,
+    /// Created by this start (a [`Since::LaterVersion`] key over a journal with records).
+    created: bool,
+}
+
+/// Every key of [`KEYS`], loaded from `DATA/keys`.
+pub struct Keys {
+    dir: PathBuf,
+    loaded: BTreeMap<&'static str, Loaded>,
+}
+
+impl Keys {
+    /// Loads every key of [`KEYS`] from `data_dir/keys` (created 0700). A missing key is
+    /// created (random, 0600, written atomically and synced; a warning names the file) when
+    /// `journal_is_empty`, or when it is a [`Since::LaterVersion`] key; otherwise
+    /// [`KeyError::Missing`]. A file that is malformed or readable by group or others is an
+    /// error. Call [`Keys::check_recorded`] once the journal's recorded ids are known.
+    pub fn load(data_dir: &Path, journal_is_empty: bool) -> Result<Keys, KeyError> {
+        let dir = data_dir.join(KEYS_DIR);
+        crate::private::private_dir(&dir).map_err(|source| KeyError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut loaded = BTreeMap::new();
+        for spec in KEYS {
+            let path = dir.join(spec.file);
+            let (secret, created) = match read_secret(&path)? {
+                Some(secret) => (secret, false),
+                None if journal_is_empty || spec.since == Since::LaterVersion => {
+                    (create_secret(&path)?, true)
+                }
+                None => {
+                    return Err(KeyError::Missing {
+                        path,
+                        what: spec.what,
+                        recorded: None,
+                    });
+                }
+            };
+            let id = key_id(spec.kind, &secret)?;
+            if created {
+                tracing::warn!(
+                    file = %path.display(),
+                    key_id = %id,
+                    journal_is_empty,
+                    "created a new {}: back it up with the journal (`unefois backup`), a lost key is not created again",
+                    spec.what
+                );
+            }
+            loaded.insert(
+                spec.file,
+                Loaded {
+                    spec: *spec,
+                    secret,
+                    id,
+                    created: created && !journal_is_empty,
+                },
+            );
+        }
+        Ok(Keys { dir, loaded })
+    }
+
+    /// The 32 secret bytes of the key file `file` (one of [`KEYS`]).
+    pub fn secret(&self, file: &str) -> Result<&[u8; 32], KeyError> {
+        self.loaded
+            .get(file)
+            .map(|k| &k.secret)
+            .ok_or_else(|| KeyError::Unknown(file.to_string()))
+    }
+
+    /// Every key's id, by file name: what `broker_started` records.
+    pub fn ids(&self) -> BTreeMap<String, String> {
+        self.loaded
+            .iter()
+            .map(|(file, k)| ((*file).to_string(), k.id.clone()))
+            .collect()
+    }
+
+    /// Checks each key against the id the journal last recorded for it: another id is
+    /// [`KeyError::Changed`]; a key this start created where the journal recorded one is
+    /// [`KeyError::Missing`] (and the file just created is removed). A key the journal never
+    /// recorded passes.
+    pub fn check_recorded(&self, recorded: &RecordedKeys) -> Result<(), KeyError> {
+        for (file, key) in &self.loaded {
+            let Some(expected) = recorded.ids.get(*file) else {
+                continue;
+            };
+            if *expected == key.id {
+                continue;
+            }
+            let path = self.dir.join(file);
+            if key.created {
+                let _ = std::fs::remove_file(&path);
+                return Err(KeyError::Missing {
+                    path,
+                    what: key.spec.what,
+                    recorded: Some(expected.clone()),
+                });
+            }
+            return Err(KeyError::Changed {
+                path,
+                what: key.spec.what,
+                found: key.id.clone(),
+                recorded: expected.clone(),
+                entry: recorded.entry,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The id of a key of `kind` with these secret bytes.
+fn key_id(kind: KeyKind, secret: &[u8; 32]) -> Result<String, KeyError> {
+    Ok(match kind {
+        KeyKind::Secret => secret_key_id(secret),
+        KeyKind::Ed25519 => {
+            ed25519_key_id(SigningKey::from_seed(secret)?.verifying_key().as_bytes())
+        }
+    })
+}
+
+/// The 32 secret bytes of `path`; `None` when there is no such file.
+fn read_secret(path: &Path) -> Result<Option<[u8; 32]>, KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    bytes.try_into().map(Some).map_err(|_| KeyError::Malformed {
+        path: path.to_path_buf(),
+        expected: 32,
+    })
+}
+
+/// 32 random bytes written to the new file `path` (0600, written atomically and synced).
+fn create_secret(path: &Path) -> Result<[u8; 32], KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(KeyError::Random)?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    file.write_all(&secret).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(secret)
 }
 
 /// An Ed25519 key that signs the broker's attestations or its log's checkpoints.
@@ -77,73 +413,80 @@ impl SigningKey {
     }
 }
 
-/// 32 secret bytes from `path`, created there (0600, written atomically) if missing.
-pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], KeyError> {
-    let io = |source| KeyError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyError::TooOpen {
-                    path: path.to_path_buf(),
-                    mode,
-                });
-            }
-            bytes.try_into().map_err(|_| KeyError::Malformed {
-                path: path.to_path_buf(),
-                expected: 32,
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut secret = [0u8; 32];
-            getrandom::fill(&mut secret).map_err(KeyError::Random)?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io)?;
-            }
-            let tmp = path.with_extension("tmp");
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io)?;
-            file.write_all(&secret).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, path).map_err(io)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io)?;
-            }
-            Ok(secret)
-        }
-        Err(e) => Err(io(e)),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_secret_is_created_once_and_kept_private() {
+    fn keys_are_created_once_over_an_empty_journal_and_kept_private() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys/k");
-        let a = load_or_create_secret(&path).unwrap();
-        let b = load_or_create_secret(&path).unwrap();
-        assert_eq!(a, b);
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let a = Keys::load(dir.path(), true).unwrap();
+        let b = Keys::load(dir.path(), false).unwrap();
+        assert_eq!(a.ids(), b.ids());
+        assert_eq!(a.ids().len(), KEYS.len());
+        let keys = dir.path().join(KEYS_DIR);
+        assert_eq!(
+            std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        for spec in KEYS {
+            let path = keys.join(spec.file);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", spec.file);
+            assert_eq!(a.secret(spec.file).unwrap(), b.secret(spec.file).unwrap());
+        }
+        let log = keys.join(LOG_KEY);
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
-            load_or_create_secret(&path),
+            Keys::load(dir.path(), false),
             Err(KeyError::TooOpen { .. })
         ));
+        // Lost over a journal with records: refused, never created again.
+        std::fs::remove_file(&log).unwrap();
+        let e = Keys::load(dir.path(), false).err().unwrap();
+        assert!(matches!(e, KeyError::Missing { .. }), "{e}");
+        assert!(e.to_string().contains("log.ed25519") && e.to_string().contains("unefois restore"));
+        assert!(!log.exists());
+    }
+
+    #[test]
+    fn a_key_other_than_the_recorded_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load(dir.path(), true).unwrap();
+        let mut recorded = RecordedKeys {
+            entry: 7,
+            ids: keys.ids(),
+        };
+        keys.check_recorded(&recorded).unwrap();
+        recorded
+            .ids
+            .insert(AUDIT_PSEUDONYM_KEY.into(), "0011223344556677".into());
+        let e = keys.check_recorded(&recorded).unwrap_err().to_string();
+        assert!(
+            e.contains(AUDIT_PSEUDONYM_KEY)
+                && e.contains("0011223344556677")
+                && e.contains("entry 7"),
+            "{e}"
+        );
+        // A key the journal never recorded passes.
+        recorded.ids.clear();
+        keys.check_recorded(&recorded).unwrap();
+    }
+
+    #[test]
+    fn key_ids_are_those_of_the_pseudonyms_and_of_the_public_keys() {
+        let secret = [9u8; 32];
+        assert_eq!(
+            crate::pseudonym::Pseudonymizer::from_secrets(&secret, &[1; 32]).audit_key_id(),
+            secret_key_id(&secret)
+        );
+        let public = SigningKey::from_seed(&secret).unwrap().verifying_key();
+        assert_eq!(
+            key_id(KeyKind::Ed25519, &secret).unwrap(),
+            ed25519_key_id(public.as_bytes())
+        );
+        assert_ne!(secret_key_id(&secret), ed25519_key_id(&secret));
     }
 
     #[test]

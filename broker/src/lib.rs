@@ -30,6 +30,7 @@ pub mod ops;
 pub mod page;
 pub mod prefill;
 pub mod preview;
+pub mod private;
 pub mod provider_client;
 pub mod pseudonym;
 pub mod ratelimit;

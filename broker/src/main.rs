@@ -336,7 +336,8 @@ enum CertsCommand {
         #[arg(long)]
         agent: String,
     },
-    /// Revoke a participant's (`caf`) or an agent's (`france-services-lyon/a.martin`) certificate.
+    /// Revoke a participant's (`caf`) or an agent's (`france-services-lyon/a.martin`) certificate;
+    /// a mediation structure's agents (`agents/<structure>/`) are revoked with it.
     Revoke {
         #[arg(long)]
         dir: PathBuf,
@@ -624,6 +625,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             pki_dir.display()
         );
     }
+    // What the broker creates from here on (its data directory; sled's files) is for its user
+    // only; the files it publishes (verifier keys) are made readable explicitly.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -744,11 +748,24 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
             );
         }
         CertsCommand::Revoke { dir, name } => {
-            Pki::open(&dir)?.revoke(&name)?;
-            println!(
-                "{name} revoked in {}; the broker refuses it once it reloads the CRL",
-                dir.join("crl.pem").display()
-            );
+            let revoked = Pki::open(&dir)?.revoke(&name)?;
+            let crl = dir.join("crl.pem");
+            if revoked.is_empty() {
+                println!("{name} was already revoked in {}", crl.display());
+            }
+            for revoked in &revoked {
+                if revoked == &name {
+                    println!("{name} revoked in {}", crl.display());
+                } else {
+                    println!(
+                        "{revoked} revoked in {} (an agent of {name})",
+                        crl.display()
+                    );
+                }
+            }
+            if !revoked.is_empty() {
+                println!("the broker refuses them once it reloads the CRL (SIGHUP)");
+            }
         }
         CertsCommand::RenewCrl { dir, days } => {
             let now = time::OffsetDateTime::now_utc();

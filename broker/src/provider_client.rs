@@ -5,7 +5,7 @@
 //! protobuf.
 //!
 //! The registry declares the provider's `endpoint` (`https://host:port`, or `http://host:port`
-//! for a provider on the same host), the CA trusted for it, the broker's client certificate
+//! for a provider on the same host, with `allow_plain_http = true`), the CA trusted for it, the broker's client certificate
 //! and key (mTLS), an optional TLS name override and a timeout. The adapter keeps a few HTTP/2
 //! connections to the provider ([`provider_connections`]), used in turn: one connection is
 //! one task on each side, and it capped a many-core broker (BENCHMARKS.md, "Scaling over
@@ -80,7 +80,7 @@ pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct GrpcProviderConfig {
     /// `https://host:port`, or `http://host:port` (no TLS: for a provider on the same host
-    /// only). No path, no query.
+    /// only, with `allow_plain_http`). No path, no query.
     pub endpoint: String,
     /// PEM file of the CA certificates trusted for the provider's server certificate
     /// (required for `https://`; no system roots are used).
@@ -99,6 +99,10 @@ pub struct GrpcProviderConfig {
     /// Time allowed to one call, in milliseconds; the request's deadline bounds it anyway.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Whether an `http://` endpoint is accepted (checked when the registry loads): the
+    /// subject's id and the claims then travel in clear.
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -665,6 +669,7 @@ mod tests {
             client_key_file: None,
             server_name: None,
             timeout_ms: DEFAULT_GRPC_TIMEOUT_MS,
+            allow_plain_http: true,
         }
     }
 

@@ -7,31 +7,23 @@
 //! - the **pairwise pseudonym** goes into attestations: it differs per consumer, so two
 //!   consumers cannot link what they each obtained about one person.
 //!
-//! Each key has a key id (recorded beside the audit pseudonym) so keys can be rotated later.
-
-use std::path::Path;
+//! Each key has a key id ([`crate::keys::secret_key_id`]); the audit key's is recorded beside
+//! every audit pseudonym.
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
-use crate::keys::{KeyError, load_or_create_secret};
+use crate::keys::{AUDIT_PSEUDONYM_KEY, KeyError, Keys, PAIRWISE_PSEUDONYM_KEY, secret_key_id};
 use crate::subject::Subject;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The pseudonym keys, loaded (or created at first start) from `DATA/keys/`.
+/// The pseudonym keys, from `DATA/keys/` ([`Keys`]).
 pub struct Pseudonymizer {
     audit: HmacSha256,
     audit_key_id: String,
     pairwise: HmacSha256,
-}
-
-fn key_id(secret: &[u8; 32]) -> String {
-    let mut h = Sha256::new();
-    h.update(b"unefois pseudonym key id\0");
-    h.update(secret);
-    hex::encode(&h.finalize()[..8])
 }
 
 fn mac(secret: &[u8; 32]) -> HmacSha256 {
@@ -40,19 +32,19 @@ fn mac(secret: &[u8; 32]) -> HmacSha256 {
 }
 
 impl Pseudonymizer {
-    /// Loads the keys from `data_dir/keys`, creating them at first start.
-    pub fn load(data_dir: &Path) -> Result<Pseudonymizer, KeyError> {
-        let keys = data_dir.join("keys");
-        let audit = load_or_create_secret(&keys.join("pseudonym-audit.key"))?;
-        let pairwise = load_or_create_secret(&keys.join("pseudonym-pairwise.key"))?;
-        Ok(Pseudonymizer::from_secrets(&audit, &pairwise))
+    /// The pseudonym keys of `keys`.
+    pub fn new(keys: &Keys) -> Result<Pseudonymizer, KeyError> {
+        Ok(Pseudonymizer::from_secrets(
+            keys.secret(AUDIT_PSEUDONYM_KEY)?,
+            keys.secret(PAIRWISE_PSEUDONYM_KEY)?,
+        ))
     }
 
     /// Builds from known secrets (tests, restores).
     pub fn from_secrets(audit: &[u8; 32], pairwise: &[u8; 32]) -> Pseudonymizer {
         Pseudonymizer {
             audit: mac(audit),
-            audit_key_id: key_id(audit),
+            audit_key_id: secret_key_id(audit),
             pairwise: mac(pairwise),
         }
     }

@@ -298,6 +298,7 @@ pub struct FormField {
 pub struct Registry {
     file: PathBuf,
     sha256: [u8; 32],
+    manifest: BTreeMap<String, String>,
     trust_domain: String,
     allow_test_subjects: bool,
     default_rate_limit: RateLimit,
@@ -355,6 +356,7 @@ impl Registry {
             file,
             base,
             errors: Vec::new(),
+            referenced: Vec::new(),
         }
         .validate(raw, sha256)
     }
@@ -374,14 +376,25 @@ impl Registry {
         &self.file
     }
 
-    /// SHA-256 of the registry file's exact bytes.
+    /// The registry's hash, recorded in the log (`registry_sha256`): SHA-256 of its
+    /// [`Registry::manifest`] as [`manifest_text`] writes it, so that it covers the registry
+    /// file and every file it references that is not a secret.
     pub fn sha256(&self) -> [u8; 32] {
         self.sha256
     }
 
-    /// SHA-256 of the registry file, lowercase hex.
+    /// [`Registry::sha256`], lowercase hex.
     pub fn sha256_hex(&self) -> String {
         hex::encode(self.sha256)
+    }
+
+    /// What [`Registry::sha256`] covers, recorded beside it in `registry_loaded` so that an
+    /// auditor sees which file changed: [`MANIFEST_REGISTRY_KEY`] → hex SHA-256 of the registry
+    /// file's bytes, and each referenced file that is not a secret (datasets, JWKS, adapters'
+    /// CA and certificate files) by its registry key (`attestation_types[0].adapter.dataset`)
+    /// → hex SHA-256 of its bytes. Bearer tokens and private keys are left out.
+    pub fn manifest(&self) -> &BTreeMap<String, String> {
+        &self.manifest
     }
 
     /// The SPIFFE trust domain of the federation's certificates.
@@ -448,6 +461,57 @@ impl Registry {
             .iter()
             .filter(move |h| h.consumer == consumer)
     }
+}
+
+/// The manifest's key for the registry file itself.
+pub const MANIFEST_REGISTRY_KEY: &str = "(registry)";
+
+/// The bytes [`Registry::sha256`] hashes: the line `unefois-registry-manifest/v1`, then one line
+/// per entry in the manifest's (byte) order of keys: the key, a space, the hex SHA-256, a
+/// newline (docs/audit-log.md).
+pub fn manifest_text(manifest: &BTreeMap<String, String>) -> String {
+    let mut text = String::from("unefois-registry-manifest/v1\n");
+    for (key, sha256) in manifest {
+        text.push_str(key);
+        text.push(' ');
+        text.push_str(sha256);
+        text.push('\n');
+    }
+    text
+}
+
+/// SHA-256 of a file's bytes, read in chunks.
+fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hasher.finalize().into())
+}
+
+/// Static headers whose name says they carry a credential (an API key, a token, a session):
+/// never sent over plain `http://`. Matched on the lowercase name.
+fn is_credential_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "authorization" | "proxy-authorization" | "cookie"
+    ) || [
+        "key",
+        "token",
+        "secret",
+        "auth",
+        "passw",
+        "session",
+        "credential",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
+/// Whether a URL or endpoint is plain `http://` (scheme compared without case).
+fn is_plain_http(url: &str) -> bool {
+    url.trim_start()
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
 }
 
 fn one_line(e: &impl fmt::Display) -> String {
@@ -618,6 +682,8 @@ struct Validator<'a> {
     file: &'a Path,
     base: &'a Path,
     errors: Vec<(String, String)>,
+    /// Referenced files that are not secrets, by key, for the manifest.
+    referenced: Vec<(String, PathBuf)>,
 }
 
 impl Validator<'_> {
@@ -674,10 +740,82 @@ impl Validator<'_> {
             return PathBuf::new();
         }
         let full = self.base.join(declared);
-        if !full.is_file() {
+        // Every symbolic link resolved, at any level: the file must still be in the folder.
+        let resolved = match (self.base.canonicalize(), full.canonicalize()) {
+            (Ok(folder), Ok(real)) if real.starts_with(&folder) => real,
+            (Ok(folder), Ok(real)) => {
+                self.fail(
+                    key,
+                    format!(
+                        "{} resolves to {}, outside the registry's folder {}: a symbolic link \
+                         leads out of it",
+                        declared.display(),
+                        real.display(),
+                        folder.display()
+                    ),
+                );
+                return PathBuf::new();
+            }
+            (Err(e), _) => {
+                self.fail(
+                    key,
+                    format!("the registry's folder {}: {e}", self.base.display()),
+                );
+                return full;
+            }
+            (_, Err(e)) => {
+                self.fail(
+                    key,
+                    format!("{} is not a readable file: {e}", full.display()),
+                );
+                return full;
+            }
+        };
+        if !resolved.is_file() {
             self.fail(key, format!("{} is not a readable file", full.display()));
         }
-        full
+        resolved
+    }
+
+    /// [`Validator::relative_file`] for a file that is not a secret: also in the manifest.
+    fn public_file(&mut self, key: String, declared: &Path) -> PathBuf {
+        let path = self.relative_file(key.clone(), declared);
+        self.referenced.push((key, path.clone()));
+        path
+    }
+
+    /// A provider's `http://` URL (or endpoint) is refused unless `allow_plain_http`, and never
+    /// carries a credential (`credentials`: the keys of the adapter's credential settings).
+    fn plain_http(
+        &mut self,
+        at: &str,
+        field: &str,
+        url: &str,
+        allowed: bool,
+        credentials: &[String],
+    ) {
+        if !is_plain_http(url) {
+            return;
+        }
+        for key in credentials {
+            self.fail(
+                key.clone(),
+                format!(
+                    "a credential is never sent over plain http:// ({at}.adapter.{field} is \
+                     {url:?}): use https:// with a ca_file"
+                ),
+            );
+        }
+        if !allowed {
+            self.fail(
+                format!("{at}.adapter.{field}"),
+                format!(
+                    "{url:?} is plain http://: the subject's id and the claims would travel in \
+                     clear. Use https:// with a ca_file, or set allow_plain_http = true for a \
+                     provider on this host or a link protected otherwise"
+                ),
+            );
+        }
     }
 
     fn validate(mut self, raw: raw::Registry, sha256: [u8; 32]) -> Result<Registry, RegistryError> {
@@ -832,35 +970,63 @@ impl Validator<'_> {
             }
             let adapter = match t.adapter {
                 raw::Adapter::Static { dataset } => AdapterBinding::Static {
-                    dataset: self.relative_file(format!("{at}.adapter.dataset"), &dataset),
+                    dataset: self.public_file(format!("{at}.adapter.dataset"), &dataset),
                 },
                 raw::Adapter::Http(mut config) => {
-                    for (field, file) in [
-                        ("bearer_token_file", &mut config.bearer_token_file),
-                        ("ca_file", &mut config.ca_file),
-                        ("client_cert_file", &mut config.client_cert_file),
-                        ("client_key_file", &mut config.client_key_file),
+                    // (field, file, secret): secrets stay out of the manifest.
+                    for (field, file, secret) in [
+                        ("bearer_token_file", &mut config.bearer_token_file, true),
+                        ("ca_file", &mut config.ca_file, false),
+                        ("client_cert_file", &mut config.client_cert_file, false),
+                        ("client_key_file", &mut config.client_key_file, true),
                     ] {
                         if let Some(declared) = file.take() {
-                            *file = Some(
-                                self.relative_file(format!("{at}.adapter.{field}"), &declared),
-                            );
+                            let key = format!("{at}.adapter.{field}");
+                            *file = Some(if secret {
+                                self.relative_file(key, &declared)
+                            } else {
+                                self.public_file(key, &declared)
+                            });
                         }
                     }
+                    let mut credentials = Vec::new();
+                    if config.bearer_token_file.is_some() {
+                        credentials.push(format!("{at}.adapter.bearer_token_file"));
+                    }
+                    for name in config.headers.keys().filter(|n| is_credential_header(n)) {
+                        credentials.push(format!("{at}.adapter.headers.{name}"));
+                    }
+                    self.plain_http(
+                        &at,
+                        "url",
+                        &config.url,
+                        config.allow_plain_http,
+                        &credentials,
+                    );
                     AdapterBinding::Http(config)
                 }
                 raw::Adapter::Grpc(mut config) => {
-                    for (field, file) in [
-                        ("ca_file", &mut config.ca_file),
-                        ("client_cert_file", &mut config.client_cert_file),
-                        ("client_key_file", &mut config.client_key_file),
+                    for (field, file, secret) in [
+                        ("ca_file", &mut config.ca_file, false),
+                        ("client_cert_file", &mut config.client_cert_file, false),
+                        ("client_key_file", &mut config.client_key_file, true),
                     ] {
                         if let Some(declared) = file.take() {
-                            *file = Some(
-                                self.relative_file(format!("{at}.adapter.{field}"), &declared),
-                            );
+                            let key = format!("{at}.adapter.{field}");
+                            *file = Some(if secret {
+                                self.relative_file(key, &declared)
+                            } else {
+                                self.public_file(key, &declared)
+                            });
                         }
                     }
+                    self.plain_http(
+                        &at,
+                        "endpoint",
+                        &config.endpoint,
+                        config.allow_plain_http,
+                        &[],
+                    );
                     AdapterBinding::Grpc(config)
                 }
             };
@@ -1104,6 +1270,7 @@ impl Validator<'_> {
         }
 
         self.count("identity_providers", raw.identity_providers.len());
+        let development = raw.federation.allow_test_subjects;
         let mut identity_providers: Vec<IdentityProvider> = Vec::new();
         for (i, p) in raw.identity_providers.into_iter().enumerate() {
             let at = format!("identity_providers[{i}]");
@@ -1111,7 +1278,7 @@ impl Validator<'_> {
                 self.fail(format!("{at}.id"), e.to_string());
             }
             self.text(format!("{at}.issuer"), &p.issuer);
-            let jwks = self.relative_file(format!("{at}.jwks"), &p.jwks);
+            let jwks = self.public_file(format!("{at}.jwks"), &p.jwks);
             let keys = if jwks.is_file() {
                 crate::identity::load_jwks(&jwks).unwrap_or_else(|e| {
                     self.fail(format!("{at}.jwks"), e);
@@ -1120,6 +1287,35 @@ impl Validator<'_> {
             } else {
                 jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
             };
+            // The development provider's private key is public (examples/dev-idp): anyone can
+            // mint its tokens. Only a development federation may trust it, under any issuer.
+            if !development {
+                use crate::identity::dev;
+                let why = if p.issuer == dev::ISSUER {
+                    Some(format!(
+                        "its issuer {:?} is the development identity provider's",
+                        p.issuer
+                    ))
+                } else {
+                    keys.keys.iter().position(dev::is_committed_key).map(|j| {
+                        format!(
+                            "key {j} of {} is the development identity provider's public key",
+                            p.jwks.display()
+                        )
+                    })
+                };
+                if let Some(why) = why {
+                    self.fail(
+                        at.clone(),
+                        format!(
+                            "{why}, whose private key is committed in examples/dev-idp: anyone can \
+                             mint ID tokens with it. A federation that is not a development one \
+                             (allow_test_subjects = false) must not declare it: remove this \
+                             identity provider, or declare the real one's issuer and keys"
+                        ),
+                    );
+                }
+            }
             let max_age = p
                 .max_token_age_seconds
                 .unwrap_or(DEFAULT_MAX_TOKEN_AGE_SECONDS);
@@ -1158,6 +1354,18 @@ impl Validator<'_> {
             });
         }
 
+        let mut manifest = BTreeMap::new();
+        manifest.insert(MANIFEST_REGISTRY_KEY.to_string(), hex::encode(sha256));
+        if self.errors.is_empty() {
+            for (key, path) in std::mem::take(&mut self.referenced) {
+                match file_sha256(&path) {
+                    Ok(sha) => {
+                        manifest.insert(key, hex::encode(sha));
+                    }
+                    Err(e) => self.fail(key, format!("{}: {e}", path.display())),
+                }
+            }
+        }
         if let Some((key, message)) = self.errors.into_iter().next() {
             return Err(RegistryError {
                 file: self.file.to_path_buf(),
@@ -1167,7 +1375,8 @@ impl Validator<'_> {
         }
         Ok(Registry {
             file: self.file.to_path_buf(),
-            sha256,
+            sha256: Sha256::digest(manifest_text(&manifest).as_bytes()).into(),
+            manifest,
             trust_domain: raw.federation.trust_domain,
             allow_test_subjects: raw.federation.allow_test_subjects,
             default_rate_limit: raw
@@ -1248,7 +1457,17 @@ expires = 2030-12-31
     fn a_valid_registry_loads_with_its_hash() {
         let r = parse(BASE).unwrap();
         assert_eq!(r.trust_domain(), "unefois.test");
-        assert_eq!(r.sha256_hex(), hex::encode(Sha256::digest(BASE.as_bytes())));
+        // The hash covers the registry file and its dataset.
+        let manifest = format!(
+            "unefois-registry-manifest/v1\n(registry) {}\nattestation_types[0].adapter.dataset {}\n",
+            hex::encode(Sha256::digest(BASE.as_bytes())),
+            hex::encode(Sha256::digest(b"{}")),
+        );
+        assert_eq!(r.manifest().len(), 2);
+        assert_eq!(
+            r.sha256_hex(),
+            hex::encode(Sha256::digest(manifest.as_bytes()))
+        );
         let h = &r.habilitations()[0];
         assert_eq!(h.legal_basis, LegalBasis::Consent);
         assert_eq!(

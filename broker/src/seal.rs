@@ -12,8 +12,6 @@
 //! a keyed digest, so that two participants that choose the same id (a case number, a
 //! careless subject id) record unlinkable digests.
 
-use std::path::Path;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -23,10 +21,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 
 use crate::event::RecordedSubject;
-use crate::keys::{KeyError, load_or_create_secret};
-
-/// The seal key's file in `DATA/keys`.
-pub const SEAL_KEY_FILE: &str = "audit-seal.key";
+use crate::keys::{AUDIT_SEAL_KEY, KeyError, Keys};
 
 /// Bound to every sealed value: a value sealed for another purpose never opens as a subject.
 const SUBJECT_AAD: &[u8] = b"unefois/audit-seal/subject/v1";
@@ -54,10 +49,9 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// Loads the seal key from `data_dir/keys` (created at first start).
-    pub fn load(data_dir: &Path) -> Result<Sealer, KeyError> {
-        let secret = load_or_create_secret(&data_dir.join("keys").join(SEAL_KEY_FILE))?;
-        Ok(Sealer::from_secret(&secret))
+    /// The seal key of `keys`.
+    pub fn new(keys: &Keys) -> Result<Sealer, KeyError> {
+        Ok(Sealer::from_secret(keys.secret(AUDIT_SEAL_KEY)?))
     }
 
     /// A sealer of a known secret (tests, restores).

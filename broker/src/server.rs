@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use crate::federation::{Federation, build_adapters};
 use crate::grpc::limits::RequestLimitLayer;
 use crate::idempotency::{self, RecentAnswers};
 use crate::journal::JournalOptions;
+use crate::keys::{KeyError, Keys};
 use crate::listener::{self, AcceptLimits, TlsFiles, TlsMaterial, TlsSetupError};
 use crate::ops::{self, Readiness};
 use crate::pseudonym::Pseudonymizer;
@@ -91,6 +92,68 @@ pub enum BrokerError {
     /// The operational listener failed.
     #[error("operational listener: {0}")]
     Ops(std::io::Error),
+    /// A verifier key published in the PKI folder is not the broker's: it is never overwritten.
+    #[error(
+        "{}: publishes the {what} {published:?}, but this broker's is {ours:?}: verifiers trust \
+         the published key, and the broker never overwrites it. If the broker's key file was \
+         replaced, put it back from a backup (`unefois restore`); if this PKI folder serves \
+         another broker (or another trust domain), give each broker its own; to retire the \
+         published key on purpose, move the file away (its holders will no longer verify new \
+         signatures)",
+        path.display()
+    )]
+    PublishedKeyDiffers {
+        /// The published file (`attestation.vkey`, `log.vkey`).
+        path: PathBuf,
+        /// Which key.
+        what: &'static str,
+        /// The verifier key in the file.
+        published: String,
+        /// The broker's verifier key.
+        ours: String,
+    },
+}
+
+/// Publishes `vkey` at `path` for distribution out of band: written (0644, atomically) when
+/// absent, left alone when it holds the same key, never overwritten with another.
+fn publish_verifier_key(path: &Path, what: &'static str, vkey: &str) -> Result<(), BrokerError> {
+    let io = |source| BrokerError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(published) if published.trim() == vkey => Ok(()),
+        Ok(published) => Err(BrokerError::PublishedKeyDiffers {
+            path: path.to_path_buf(),
+            what,
+            published: published.trim().chars().take(200).collect(),
+            ours: vkey.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write as _;
+            let tmp = path.with_extension("vkey.tmp");
+            let mut file = std::fs::File::create(&tmp).map_err(io)?;
+            file.write_all(format!("{vkey}\n").as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            // Public: readable by all, whatever the umask.
+            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .map_err(io)?;
+            // A link, unlike a rename, never replaces a file another start published meanwhile.
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "published the {what}");
+                    Ok(())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    publish_verifier_key(path, what, vkey)
+                }
+                Err(e) => Err(io(e)),
+            }
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// Serves the broker on `listener` until `shutdown` resolves; in-flight calls then finish.
@@ -102,7 +165,7 @@ pub async fn run(
     crate::metrics::handle();
     let registry = Registry::load(&config.registry)?;
     let mut tls = TlsMaterial::load(&config.tls)?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::DataDir {
+    crate::private::private_dir(&config.data_dir).map_err(|source| BrokerError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
@@ -119,21 +182,20 @@ pub async fn run(
         &registry,
         Some(crate::grpc::provider_readiness(health.0.clone())),
     )?;
-    let pseudonyms = Pseudonymizer::load(&config.data_dir)?;
-    let sealer = Arc::new(crate::seal::Sealer::load(&config.data_dir)?);
-    let signer = AttestationSigner::load(&config.data_dir, registry.trust_domain())?;
-    if let Some(pki_dir) = config.tls.ca.parent() {
-        let path = pki_dir.join("attestation.vkey");
-        std::fs::write(&path, format!("{}\n", signer.vkey()))
-            .map_err(|source| BrokerError::DataDir { path, source })?;
-    }
+    let keys = load_keys(&config.data_dir)?;
+    let pseudonyms = Pseudonymizer::new(&keys)?;
+    let sealer = Arc::new(crate::seal::Sealer::new(&keys)?);
+    let signer = AttestationSigner::new(&keys, registry.trust_domain())?;
+    let log = LogSigner::new(&keys, registry.trust_domain())?;
+    let vkeys = [
+        (
+            "attestation.vkey",
+            "attestation key",
+            signer.vkey().to_string(),
+        ),
+        ("log.vkey", "log key", log.vkey().to_string()),
+    ];
     // Start-up only: reading the journal blocks this task until the state is caught up.
-    let log = LogSigner::load(&config.data_dir, registry.trust_domain())?;
-    if let Some(pki_dir) = config.tls.ca.parent() {
-        let path = pki_dir.join("log.vkey");
-        std::fs::write(&path, format!("{}\n", log.vkey()))
-            .map_err(|source| BrokerError::DataDir { path, source })?;
-    }
     let store = Store::open(
         &config.data_dir,
         JournalOptions {
@@ -143,13 +205,31 @@ pub async fn run(
         log,
         sealer.clone(),
     )?;
+    // The keys are those the journal last recorded, and the published verifier keys theirs.
+    let checked = (|| -> Result<(), BrokerError> {
+        if let Some(recorded) = store.recorded_keys()? {
+            keys.check_recorded(&recorded)?;
+        }
+        if let Some(pki_dir) = config.tls.ca.parent() {
+            for (file, what, vkey) in &vkeys {
+                publish_verifier_key(&pki_dir.join(file), what, vkey)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = checked {
+        store.close().await;
+        return Err(e);
+    }
     store
         .append(vec![
             Record::now(Event::BrokerStarted {
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                keys: keys.ids(),
             }),
             Record::now(Event::RegistryLoaded {
                 registry_sha256: registry.sha256_hex(),
+                files: registry.manifest().clone(),
             }),
         ])
         .await?;
@@ -316,6 +396,30 @@ pub async fn run(
     Ok(())
 }
 
+/// Loads the broker's keys ([`Keys::load`]): created only over an empty journal; a key missing
+/// over a journal with records refuses the start, naming the key id the journal recorded for it.
+fn load_keys(data_dir: &Path) -> Result<Keys, BrokerError> {
+    let journal = data_dir.join("journal");
+    let empty = !crate::journal::holds_records(&journal).map_err(StoreError::from)?;
+    Keys::load(data_dir, empty).map_err(|e| match e {
+        KeyError::Missing {
+            path,
+            what,
+            recorded: None,
+        } => {
+            let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+            let recorded = crate::store::recorded_keys_in_journal(data_dir)
+                .and_then(|r| r.ids.get(file.as_deref().unwrap_or_default()).cloned());
+            BrokerError::Key(KeyError::Missing {
+                path,
+                what,
+                recorded,
+            })
+        }
+        other => BrokerError::Key(other),
+    })
+}
+
 /// Reads the registry and the CRL again and publishes them; a registry or PKI that does not
 /// load is rejected whole and the ones in force keep serving. The reload is recorded. Revoked
 /// serials reach connections already open at their next call (checked per call).
@@ -348,6 +452,7 @@ async fn reload(
         .store
         .append(vec![Record::now(Event::RegistryLoaded {
             registry_sha256: sha.clone(),
+            files: registry.manifest().clone(),
         })])
         .await
     {

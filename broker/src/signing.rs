@@ -1,17 +1,15 @@
 //! Attestation signatures: DSSE envelopes signed with the broker's Ed25519 attestation key.
 //!
-//! The key is created at first start in the data directory; its verifier key, in the C2SP
+//! The key is in the data directory (`crate::keys`); its verifier key, in the C2SP
 //! `vkey` format (`<name>+<key hash>+<base64(0x01 ‖ public key)>`), is published over the
 //! Registry service and written to the PKI directory for distribution out of band. The signed
 //! bytes are DSSE's PAE(payload_type, payload), so a signature over an attestation can never be
 //! confused with a signature over anything else.
 
-use std::path::Path;
-
 use base64::Engine;
 use ed25519_dalek::{Verifier, VerifyingKey};
 
-use crate::keys::{KeyError, SigningKey, load_or_create_secret};
+use crate::keys::{ATTESTATION_KEY, KeyError, Keys, SigningKey};
 
 /// The DSSE payload type of Une Fois attestations.
 pub const PAYLOAD_TYPE: &str = "application/vnd.unefois.attestation+json";
@@ -58,11 +56,10 @@ pub struct AttestationSigner {
 }
 
 impl AttestationSigner {
-    /// Loads `data_dir/keys/attestation.ed25519` (created at first start); the key is named
+    /// The attestation key of `keys` (`DATA/keys/attestation.ed25519`), named
     /// `<trust domain>/unefois/attestation`.
-    pub fn load(data_dir: &Path, trust_domain: &str) -> Result<AttestationSigner, KeyError> {
-        let seed = load_or_create_secret(&data_dir.join("keys").join("attestation.ed25519"))?;
-        AttestationSigner::from_seed(&seed, trust_domain)
+    pub fn new(keys: &Keys, trust_domain: &str) -> Result<AttestationSigner, KeyError> {
+        AttestationSigner::from_seed(keys.secret(ATTESTATION_KEY)?, trust_domain)
     }
 
     /// Builds from a known seed.

@@ -345,6 +345,16 @@ impl Pki {
     ) -> Result<IssuedCertificate, CertError> {
         let spiffe_id = SpiffeId::agent(&self.trust_domain, participant, agent)?;
         let name = format!("{participant}/{agent}");
+        // A revoked structure gets no new agent (until it gets a new certificate itself).
+        if self.is_revoked(participant)? {
+            return Err(CertError::invalid(
+                display(&self.cert_path(&name)),
+                format!(
+                    "the certificate of {participant} is revoked: issue {participant} a new one \
+                     before its agents"
+                ),
+            ));
+        }
         create_dir_all(&self.dir.join(AGENTS_DIR).join(participant))?;
         self.issue_client(&name, spiffe_id, validity)
     }
@@ -458,10 +468,69 @@ impl Pki {
     }
 
     /// Adds the certificate currently at `cert_path(name)` ("caf", "caf/a.martin", "broker") to
-    /// the CRL and re-signs `crl.pem` with the next CRL number, valid 30 days. Revoking a serial
-    /// already in the CRL changes nothing and is not an error.
-    pub fn revoke(&self, name: &str) -> Result<(), CertError> {
+    /// the CRL and re-signs `crl.pem` with the next CRL number, valid 30 days. Revoking a
+    /// participant also revokes every agent certificate this PKI issued under it
+    /// (`agents/<participant>/*.crt`): an agent acts in its structure's name, and must not
+    /// outlive it. Returns the names newly revoked, the participant first; a serial already in
+    /// the CRL is left as it is (revoking again is not an error, and revokes the agents issued
+    /// since).
+    pub fn revoke(&self, name: &str) -> Result<Vec<String>, CertError> {
         validate_name(name)?;
+        let mut names = vec![name.to_owned()];
+        if name != BROKER_NAME && !name.contains('/') {
+            names.extend(self.agents_of(name)?);
+        }
+        let current = self.read_crl()?;
+        let now = OffsetDateTime::now_utc();
+        let mut revoked = current.revoked;
+        let mut newly = Vec::new();
+        for name in names {
+            let serial = self.issued_serial(&name)?;
+            if revoked.iter().any(|r| r.serial == serial) {
+                continue;
+            }
+            revoked.push(RevokedEntry {
+                serial,
+                revocation_time: now,
+                reason: Some(RevocationReason::Unspecified),
+            });
+            newly.push(name);
+        }
+        if newly.is_empty() {
+            return Ok(newly);
+        }
+        let number = self.next_crl_number(current.crl_number)?;
+        self.sign_crl(&revoked, number, now, now + CRL_VALIDITY)?;
+        Ok(newly)
+    }
+
+    /// The agents whose certificates this PKI holds under `participant`
+    /// (`agents/<participant>/<agent>.crt`), as `participant/agent` names, sorted.
+    pub fn agents_of(&self, participant: &str) -> Result<Vec<String>, CertError> {
+        let dir = self.dir.join(AGENTS_DIR).join(participant);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(CertError::io("cannot read", &dir, source)),
+        };
+        let mut agents = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| CertError::io("cannot read", &dir, source))?;
+            let file = entry.file_name();
+            let Some(agent) = file.to_str().and_then(|f| f.strip_suffix(".crt")) else {
+                continue;
+            };
+            let name = format!("{participant}/{agent}");
+            if validate_name(&name).is_ok() {
+                agents.push(name);
+            }
+        }
+        agents.sort();
+        Ok(agents)
+    }
+
+    /// The normalised serial of the certificate at `cert_path(name)`, checked to be this CA's.
+    fn issued_serial(&self, name: &str) -> Result<Vec<u8>, CertError> {
         let cert_path = self.cert_path(name);
         let what = display(&cert_path);
         let der = load_certificates(&cert_path)?.swap_remove(0);
@@ -473,20 +542,16 @@ impl Pki {
                 format!("not issued by {}", self.ca_cert_path().display()),
             ));
         }
-        let serial = normalize_serial(cert.raw_serial());
-        let current = self.read_crl()?;
-        if current.revoked.iter().any(|r| r.serial == serial) {
-            return Ok(());
+        Ok(normalize_serial(cert.raw_serial()))
+    }
+
+    /// Whether the certificate at `cert_path(name)` is in the CRL (`false` when there is none).
+    pub fn is_revoked(&self, name: &str) -> Result<bool, CertError> {
+        if !self.cert_path(name).exists() {
+            return Ok(false);
         }
-        let now = OffsetDateTime::now_utc();
-        let mut revoked = current.revoked;
-        revoked.push(RevokedEntry {
-            serial,
-            revocation_time: now,
-            reason: Some(RevocationReason::Unspecified),
-        });
-        let number = self.next_crl_number(current.crl_number)?;
-        self.sign_crl(&revoked, number, now, now + CRL_VALIDITY)
+        let serial = self.issued_serial(name)?;
+        Ok(self.read_crl()?.revoked.iter().any(|r| r.serial == serial))
     }
 
     /// Re-signs `crl.pem` with its current revoked list, the next CRL number and the given dates

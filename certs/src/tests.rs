@@ -237,6 +237,52 @@ fn revoke_adds_the_serial_to_the_crl() {
 }
 
 #[test]
+fn revoking_a_structure_revokes_its_agents_and_no_new_one_is_issued() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::init(dir.path(), TD, &["fs-lyon", "fs-paris"]).unwrap();
+    let serial = |name: &str| {
+        peer_certificate(&cert_der(&pki.cert_path(name)))
+            .unwrap()
+            .serial
+    };
+    for agent in ["fs-lyon/b.durand", "fs-lyon/a.martin", "fs-paris/c.petit"] {
+        let (structure, agent) = agent.split_once('/').unwrap();
+        pki.issue_agent(structure, agent, &Validity::default())
+            .unwrap();
+    }
+    assert_eq!(
+        pki.revoke("fs-lyon").unwrap(),
+        ["fs-lyon", "fs-lyon/a.martin", "fs-lyon/b.durand"]
+    );
+    let info = crl(&pki);
+    for name in ["fs-lyon", "fs-lyon/a.martin", "fs-lyon/b.durand"] {
+        assert!(info.revoked_serials.contains(&serial(name)), "{name}");
+    }
+    assert!(!info.revoked_serials.contains(&serial("fs-paris/c.petit")));
+    assert_eq!(
+        info.crl_number,
+        Some(2),
+        "one CRL for the structure and its agents"
+    );
+    // No agent under a revoked structure; again with a new certificate for it.
+    let err = pki
+        .issue_agent("fs-lyon", "d.moreau", &Validity::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+    // Revoking again changes nothing; an agent's own revocation stays its own.
+    assert!(pki.revoke("fs-lyon").unwrap().is_empty());
+    assert_eq!(
+        pki.revoke("fs-paris/c.petit").unwrap(),
+        ["fs-paris/c.petit"]
+    );
+    assert!(!crl(&pki).revoked_serials.contains(&serial("fs-paris")));
+    pki.issue_participant("fs-lyon", &Validity::default())
+        .unwrap();
+    pki.issue_agent("fs-lyon", "d.moreau", &Validity::default())
+        .unwrap();
+}
+
+#[test]
 fn write_crl_with_a_past_next_update_gives_an_expired_crl() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::init(dir.path(), TD, &["caf"]).unwrap();
@@ -330,9 +376,12 @@ fn rustls_verifier_accepts_issued_certificates_and_rejects_revoked_ones() {
     let leaf = |name: &str| load_certificates(&pki.cert_path(name)).unwrap().remove(0);
 
     v.verify_client_cert(&leaf("caf"), &[], now).unwrap();
-    v.verify_client_cert(&load_certificates(&agent.cert_path).unwrap()[0], &[], now)
-        .unwrap();
     let err = v.verify_client_cert(&leaf("dgfip"), &[], now).unwrap_err();
+    assert!(format!("{err:?}").contains("Revoked"), "{err:?}");
+    // The structure's agent went with it.
+    let err = v
+        .verify_client_cert(&load_certificates(&agent.cert_path).unwrap()[0], &[], now)
+        .unwrap_err();
     assert!(format!("{err:?}").contains("Revoked"), "{err:?}");
     // A server certificate is not a client certificate.
     assert!(v.verify_client_cert(&leaf("broker"), &[], now).is_err());

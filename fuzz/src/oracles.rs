@@ -366,6 +366,7 @@ impl HttpHarness {
             timeout_ms: 5000,
             retries: 0,
             max_response_bytes: HTTP_MAX_RESPONSE_BYTES,
+            allow_plain_http: true,
         };
         let adapter = HttpAdapter::new(TYPE, &schema, &config).expect("a valid http adapter");
         let requested = HTTP_CLAIMS

@@ -772,7 +772,7 @@ async fn serve_hostile() -> anyhow::Result<(SocketAddr, Arc<AtomicU8>)> {
 /// stays closed through the hostile answers (each is its own row).
 fn http_registry(dir: &Path, addr: SocketAddr) -> anyhow::Result<PathBuf> {
     let http = format!(
-        "adapter = {{ kind = \"http\", url = \"http://{addr}/v1/rfr/{{subject}}\", timeout_ms = 5000, retries = 0, claims = {{ revenu_fiscal_reference = \"/data/rfr\", nombre_parts = \"/data/parts\", annee_revenus = \"/data/year\" }} }}\nresilience = {{ max_concurrency = 4, failure_threshold = 100, open_seconds = 1 }}"
+        "adapter = {{ kind = \"http\", url = \"http://{addr}/v1/rfr/{{subject}}\", allow_plain_http = true, timeout_ms = 5000, retries = 0, claims = {{ revenu_fiscal_reference = \"/data/rfr\", nombre_parts = \"/data/parts\", annee_revenus = \"/data/year\" }} }}\nresilience = {{ max_concurrency = 4, failure_threshold = 100, open_seconds = 1 }}"
     );
     sample_registry_with(dir, |sample| {
         sample.replacen(
@@ -892,7 +892,7 @@ const DGFIP_STATIC: &str =
 
 fn dgfip_http(extra: &str) -> String {
     format!(
-        "adapter = {{ kind = \"http\", url = \"http://api.dgfip.test/v1/rfr/{{subject}}\", claims = {{ revenu_fiscal_reference = \"/rfr\" }}{extra} }}"
+        "adapter = {{ kind = \"http\", url = \"http://api.dgfip.test/v1/rfr/{{subject}}\", allow_plain_http = true, claims = {{ revenu_fiscal_reference = \"/rfr\" }}{extra} }}"
     )
 }
 
@@ -958,6 +958,200 @@ async fn path_traversal_in_registry_paths_refuses_the_start() -> anyhow::Result<
         assert_eq!(key, format!("attestation_types[1].adapter.{field}"));
         assert!(message.contains(value), "{message}");
     }
+    Ok(())
+}
+
+/// The registry error a broker started on `registry` (already written) refuses with.
+async fn refused_registry(
+    pki: &TestPki,
+    registry: &Path,
+) -> anyhow::Result<broker::registry::RegistryError> {
+    let started = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry: registry.to_path_buf(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let error = match started {
+        Ok(broker) => {
+            broker.stop().await?;
+            anyhow::bail!("the broker started on {}", registry.display());
+        }
+        Err(e) => e,
+    };
+    match error.downcast::<broker::BrokerError>() {
+        Ok(broker::BrokerError::Registry(e)) => {
+            anyhow::ensure!(e.file == registry, "another file: {e}");
+            Ok(e)
+        }
+        Ok(other) => anyhow::bail!("not a registry error: {other}"),
+        Err(other) => anyhow::bail!("not a broker error: {other:#}"),
+    }
+}
+
+#[tokio::test]
+async fn a_symbolic_link_out_of_the_registry_folder_refuses_the_start() -> anyhow::Result<()> {
+    use std::os::unix::fs::symlink;
+    let pki = TestPki::for_sample_registry()?;
+    // What an attacker wants served or sent: a file outside the registry's folder.
+    let outside = tempfile::tempdir()?;
+    let secret = outside.path().join("caf.quotient_familial.json");
+    std::fs::copy(
+        unefois_tests::repo_root().join("examples/data/caf.quotient_familial.json"),
+        &secret,
+    )?;
+    std::fs::copy(
+        unefois_tests::repo_root().join("examples/dev-idp/jwks.json"),
+        outside.path().join("jwks.json"),
+    )?;
+    std::fs::write(outside.path().join("machine-id"), "0123456789abcdef\n")?;
+    let scratch = tempfile::tempdir()?;
+    let case = |name: &str, edit: &dyn Fn(&str) -> String| -> anyhow::Result<PathBuf> {
+        let dir = scratch.path().join(name);
+        std::fs::create_dir_all(&dir)?;
+        sample_registry_with(&dir, edit)
+    };
+    let same = |s: &str| format!("{s}\n# symbolic links\n");
+
+    // The dataset file is a link out.
+    let registry = case("file", &same)?;
+    let dataset = registry.with_file_name("data/caf.quotient_familial.json");
+    std::fs::remove_file(&dataset)?;
+    symlink(&secret, &dataset)?;
+    let e = refused_registry(&pki, &registry).await?;
+    assert_eq!(e.key, "attestation_types[0].adapter.dataset", "{e}");
+    assert!(
+        e.message.contains("symbolic link")
+            && e.message.contains(&outside.path().display().to_string()),
+        "{e}"
+    );
+
+    // A folder on the way is a link out: the file's own name is innocent.
+    let registry = case("folder", &same)?;
+    let data = registry.with_file_name("data");
+    std::fs::remove_dir_all(&data)?;
+    symlink(outside.path(), &data)?;
+    let e = refused_registry(&pki, &registry).await?;
+    assert_eq!(e.key, "attestation_types[0].adapter.dataset", "{e}");
+    assert!(e.message.contains("symbolic link"), "{e}");
+
+    // The JWKS is a link out.
+    let registry = case("jwks", &same)?;
+    let jwks = registry.with_file_name("dev-idp/jwks.json");
+    std::fs::remove_file(&jwks)?;
+    symlink(outside.path().join("jwks.json"), &jwks)?;
+    let e = refused_registry(&pki, &registry).await?;
+    assert_eq!(e.key, "identity_providers[0].jwks", "{e}");
+
+    // A bearer token file that leads to a host file, over https.
+    let registry = case("token", &|s: &str| {
+        s.replacen(
+            DGFIP_STATIC,
+            "adapter = { kind = \"http\", url = \"https://api.dgfip.test/v1/rfr/{subject}\", \
+             ca_file = \"ca.crt\", bearer_token_file = \"dgfip.token\", \
+             claims = { revenu_fiscal_reference = \"/rfr\" } }",
+            1,
+        )
+    })?;
+    std::fs::copy(pki.dir().join("ca.crt"), registry.with_file_name("ca.crt"))?;
+    symlink(
+        outside.path().join("machine-id"),
+        registry.with_file_name("dgfip.token"),
+    )?;
+    let e = refused_registry(&pki, &registry).await?;
+    assert_eq!(
+        e.key, "attestation_types[1].adapter.bearer_token_file",
+        "{e}"
+    );
+    assert!(e.message.contains("machine-id"), "{e}");
+
+    // A link that stays inside the folder is followed.
+    let registry = case("inside", &same)?;
+    let dataset = registry.with_file_name("data/caf.quotient_familial.json");
+    std::fs::rename(&dataset, registry.with_file_name("data/qf.json"))?;
+    symlink("qf.json", &dataset)?;
+    broker::registry::Registry::load(&registry)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn plain_http_providers_are_refused_unless_allowed_and_never_with_a_credential()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let http = |extra: &str| {
+        format!(
+            "adapter = {{ kind = \"http\", url = \"http://api.dgfip.test/v1/rfr/{{subject}}\", claims = {{ revenu_fiscal_reference = \"/rfr\" }}{extra} }}"
+        )
+    };
+    let rows: Vec<(&str, String, String, &str)> = vec![
+        ("http url", http(""), "url".into(), "allow_plain_http"),
+        (
+            "HTTP url in capitals",
+            http("").replace("http://", "HTTP://"),
+            "url".into(),
+            "allow_plain_http",
+        ),
+        (
+            "grpc endpoint",
+            "adapter = { kind = \"grpc\", endpoint = \"http://127.0.0.1:50051\" }".into(),
+            "endpoint".into(),
+            "allow_plain_http",
+        ),
+        (
+            "bearer token, allowed",
+            http(", allow_plain_http = true, bearer_token_file = \"dgfip.token\""),
+            "bearer_token_file".into(),
+            "never sent over plain http://",
+        ),
+        (
+            "bearer token, not allowed",
+            http(", bearer_token_file = \"dgfip.token\""),
+            "bearer_token_file".into(),
+            "never sent over plain http://",
+        ),
+        (
+            "API key header, allowed",
+            http(", allow_plain_http = true, headers = { \"X-Api-Key\" = \"k-123\" }"),
+            "headers.X-Api-Key".into(),
+            "never sent over plain http://",
+        ),
+        (
+            "authorization header, allowed",
+            http(", allow_plain_http = true, headers = { authorization = \"Basic eDp5\" }"),
+            "headers.authorization".into(),
+            "never sent over plain http://",
+        ),
+    ];
+    for (i, (label, adapter, field, why)) in rows.into_iter().enumerate() {
+        let dir = scratch.path().join(i.to_string());
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("dgfip.token"), "s3cr3t\n")?;
+        let registry = sample_registry_with(&dir, |s| s.replacen(DGFIP_STATIC, &adapter, 1))?;
+        let e = refused_registry(&pki, &registry).await?;
+        assert_eq!(
+            e.key,
+            format!("attestation_types[1].adapter.{field}"),
+            "{label}: {e}"
+        );
+        assert!(e.message.contains(why), "{label}: {e}");
+        assert!(
+            !e.message.contains("s3cr3t") && !e.message.contains("k-123"),
+            "{e}"
+        );
+    }
+    // Allowed, without a credential: the provider on this host is served (the sample's
+    // Python provider is declared so: examples/providers/python/README.md).
+    let registry = sample_registry_with(&scratch.path().join("allowed"), |s| {
+        s.replacen(
+            DGFIP_STATIC,
+            &http(", allow_plain_http = true, headers = { \"X-Request-Source\" = \"unefois\" }"),
+            1,
+        )
+    })?;
+    broker::registry::Registry::load(&registry)?;
     Ok(())
 }
 

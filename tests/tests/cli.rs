@@ -233,6 +233,24 @@ fn the_certs_commands_build_a_pki_with_private_keys_kept_private() -> anyhow::Re
         &unefois_certs::load_certificates(&pki.join("caf.crt"))?[0],
     )?;
     assert_eq!(after.revoked_serials, vec![caf.serial]);
+
+    // Revoking a mediation structure revokes its agents, and says so.
+    let out = run(&["certs", "revoke", "--dir", &pki_arg, "france-services-lyon"])?;
+    assert!(
+        out.contains("france-services-lyon revoked")
+            && out.contains("france-services-lyon/a.martin revoked")
+            && out.contains("an agent of france-services-lyon"),
+        "{out}"
+    );
+    let crl = unefois_certs::crl_info(&unefois_certs::load_crls(&pki.join("crl.pem"))?[0])?;
+    let agent = unefois_certs::peer_certificate(
+        &unefois_certs::load_certificates(&pki.join("agents/france-services-lyon/a.martin.crt"))?
+            [0],
+    )?;
+    assert!(
+        crl.revoked_serials.contains(&agent.serial),
+        "the agent is in the CRL"
+    );
     Ok(())
 }
 

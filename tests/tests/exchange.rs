@@ -303,7 +303,7 @@ async fn every_exchange_is_journaled_without_claim_values_or_subject_ids() -> an
     assert_eq!(exchanges[2].reason.as_deref(), Some("SUBJECT_NOT_FOUND"));
     // Same person whoever asked, as the broker (holding the seal key) reads the entries; two
     // entries share nothing for whoever does not; never the raw id.
-    let sealer = broker::seal::Sealer::load(data.path())?;
+    let sealer = broker::seal::Sealer::new(&broker::keys::Keys::load(data.path(), false)?)?;
     let person = |e: &broker::event::ExchangeEvent| {
         assert!(e.subject.is_none(), "no audit pseudonym in clear");
         e.subject_sealed
@@ -406,7 +406,9 @@ async fn an_expired_consent_is_not_a_legal_basis() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     // A consent given 40 days ago for 30 days, as the broker would have journaled it.
     {
-        let pseudonyms = Pseudonymizer::load(data.path())?;
+        // The keys a broker creates over an empty journal, before its first record.
+        let keys = broker::keys::Keys::load(data.path(), true)?;
+        let pseudonyms = Pseudonymizer::new(&keys)?;
         let alice = Subject::parse("test:alice", true)?;
         let given = time::OffsetDateTime::now_utc() - time::Duration::days(40);
         let journal = Journal::open(&data.path().join("journal"), JournalOptions::default())?;
@@ -417,7 +419,7 @@ async fn an_expired_consent_is_not_a_legal_basis() -> anyhow::Result<()> {
                 consent_id: "0190c0de-0000-7000-8000-000000000001".into(),
                 subject: None,
                 subject_sealed: Some(
-                    broker::seal::Sealer::load(data.path())?.seal(&pseudonyms.audit(&alice)),
+                    broker::seal::Sealer::new(&keys)?.seal(&pseudonyms.audit(&alice)),
                 ),
                 pseudonym_key: pseudonyms.audit_key_id().into(),
                 consumer: "mairie-lyon".into(),

@@ -105,7 +105,9 @@ impl PythonProvider {
 fn registry(dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
     registry_with_adapter(
         dir,
-        &format!("adapter = {{ kind = \"grpc\", endpoint = \"http://127.0.0.1:{port}\" }}"),
+        &format!(
+            "adapter = {{ kind = \"grpc\", endpoint = \"http://127.0.0.1:{port}\", allow_plain_http = true }}"
+        ),
     )
 }
 

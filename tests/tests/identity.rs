@@ -180,3 +180,180 @@ async fn list_accesses_requires_identity_evidence() -> anyhow::Result<()> {
         .await?;
     broker.stop().await
 }
+
+/// The start-up error of a broker on `registry`, as a registry error (file, key, message).
+async fn registry_refused(
+    pki: &TestPki,
+    registry: &std::path::Path,
+) -> anyhow::Result<broker::registry::RegistryError> {
+    let started = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            registry: registry.to_path_buf(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let error = match started {
+        Ok(broker) => {
+            broker.stop().await?;
+            anyhow::bail!("the broker started on {}", registry.display());
+        }
+        Err(e) => e,
+    };
+    match error.downcast::<broker::BrokerError>() {
+        Ok(broker::BrokerError::Registry(e)) => Ok(e),
+        Ok(other) => anyhow::bail!("not a registry error: {other}"),
+        Err(other) => anyhow::bail!("not a broker error: {other:#}"),
+    }
+}
+
+/// A production identity provider's JWKS in `dir/prod-idp/jwks.json`: a fresh key, plus the
+/// committed development key under another `kid` when `with_dev_key`.
+fn production_jwks(dir: &std::path::Path, with_dev_key: bool) -> anyhow::Result<()> {
+    let mut jwks = DevKey::generate("prod-2025")?.jwks();
+    if with_dev_key {
+        let mut dev = dev_idp_key().jwks()["keys"][0].clone();
+        dev["kid"] = json!("prod-2024");
+        jwks["keys"]
+            .as_array_mut()
+            .ok_or_else(|| anyhow::anyhow!("keys"))?
+            .push(dev);
+    }
+    std::fs::create_dir_all(dir.join("prod-idp"))?;
+    std::fs::write(
+        dir.join("prod-idp/jwks.json"),
+        serde_json::to_vec_pretty(&jwks)?,
+    )?;
+    Ok(())
+}
+
+const DEV_IDP: &str = "issuer = \"https://idp.unefois.test\"\njwks = \"dev-idp/jwks.json\"";
+
+fn production(s: &str) -> String {
+    s.replacen(
+        "allow_test_subjects = true",
+        "allow_test_subjects = false",
+        1,
+    )
+}
+
+#[tokio::test]
+async fn a_production_federation_never_trusts_the_development_identity_provider()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let cases: [(&str, bool, &str, &str); 3] = [
+        // The sample's development provider, as is.
+        ("dev", false, DEV_IDP, "https://idp.unefois.test"),
+        // The committed public key under a production-looking issuer.
+        (
+            "renamed",
+            false,
+            "issuer = \"https://idp.production.example\"\njwks = \"dev-idp/jwks.json\"",
+            "public key",
+        ),
+        // The committed key hidden among the keys of a real provider, under another kid.
+        (
+            "hidden",
+            true,
+            "issuer = \"https://idp.production.example\"\njwks = \"prod-idp/jwks.json\"",
+            "key 1 of prod-idp/jwks.json",
+        ),
+    ];
+    for (label, with_dev_key, provider, why) in cases {
+        let dir = scratch.path().join(label);
+        std::fs::create_dir_all(&dir)?;
+        production_jwks(&dir, with_dev_key)?;
+        let registry = unefois_tests::sample_registry_with(&dir, |s| {
+            production(s).replacen(DEV_IDP, provider, 1)
+        })?;
+        let e = registry_refused(&pki, &registry).await?;
+        let text = e.to_string();
+        assert_eq!(e.file, registry, "{label}: {text}");
+        assert_eq!(e.key, "identity_providers[0]", "{label}: {text}");
+        assert!(
+            e.message.contains(why)
+                && e.message.contains("allow_test_subjects = false")
+                && e.message.contains("anyone can mint"),
+            "{label}: {text}"
+        );
+    }
+
+    // A production provider of its own: the production federation starts.
+    let dir = scratch.path().join("production");
+    std::fs::create_dir_all(&dir)?;
+    production_jwks(&dir, false)?;
+    let registry = unefois_tests::sample_registry_with(&dir, |s| {
+        production(s).replacen(
+            DEV_IDP,
+            "issuer = \"https://idp.production.example\"\njwks = \"prod-idp/jwks.json\"",
+            1,
+        )
+    })?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            registry: registry.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    // A reload that brings the development key back is rejected; the registry in force serves.
+    production_jwks(&dir, true)?;
+    let rejected = broker
+        .reload()
+        .await?
+        .expect_err("the development key is back");
+    assert!(
+        rejected.contains(&registry.display().to_string())
+            && rejected.contains("identity_providers[0]")
+            && rejected.contains("development identity provider's public key"),
+        "{rejected}"
+    );
+    // The production provider in force: a token forged with the development key is not
+    // identity evidence.
+    let pivot = "pivot:DUPONT|MARIE|1985-07-14|F|69123|99100";
+    refused(
+        ConsentsClient::new(broker.channel(LYON).await?)
+            .grant(grant(pivot, id_token(pivot, LYON)))
+            .await,
+        ErrorReason::IdentityEvidenceInvalid,
+    );
+    broker.stop().await
+}
+
+#[tokio::test]
+async fn a_development_federation_keeps_its_identity_provider_and_cannot_reload_out_of_it()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let dir = tempfile::tempdir()?;
+    let registry = unefois_tests::sample_registry_with(dir.path(), |s| format!("{s}\n# a copy\n"))?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            registry: registry.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut lyon = ConsentsClient::new(broker.channel(LYON).await?);
+    lyon.grant(grant("test:alice", id_token("test:alice", LYON)))
+        .await?;
+    // The operator turns the federation into a production one but forgets the provider.
+    std::fs::write(&registry, production(&std::fs::read_to_string(&registry)?))?;
+    let rejected = broker
+        .reload()
+        .await?
+        .expect_err("the development provider stayed");
+    assert!(
+        rejected.contains(&registry.display().to_string())
+            && rejected.contains("identity_providers[0]")
+            && rejected.contains("https://idp.unefois.test"),
+        "{rejected}"
+    );
+    // The development registry in force keeps serving, its provider with it.
+    lyon.grant(grant("test:bob", id_token("test:bob", LYON)))
+        .await?;
+    broker.stop().await
+}

@@ -536,10 +536,11 @@ async fn an_expired_mandate_is_refused() -> anyhow::Result<()> {
     // A mandate whose term is over, written to the journal as the broker would have, one
     // year ago (the broker derives its state from the journal at start).
     let registry = broker::registry::Registry::load(&unefois_tests::sample_registry())?;
-    let pseudonyms = broker::pseudonym::Pseudonymizer::load(&data_dir)?;
+    let keys = broker::keys::Keys::load(&data_dir, false)?;
+    let pseudonyms = broker::pseudonym::Pseudonymizer::new(&keys)?;
     let subject = broker::subject::Subject::parse("test:alice", true)?;
-    let log = broker::audit::LogSigner::load(&data_dir, registry.trust_domain())?;
-    let sealer = std::sync::Arc::new(broker::seal::Sealer::load(&data_dir)?);
+    let log = broker::audit::LogSigner::new(&keys, registry.trust_domain())?;
+    let sealer = std::sync::Arc::new(broker::seal::Sealer::new(&keys)?);
     let store = broker::store::Store::open(
         &data_dir,
         broker::journal::JournalOptions::default(),

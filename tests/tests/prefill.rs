@@ -86,17 +86,17 @@ async fn start_holding(
     let registry = sample_registry_with(dir, |s| {
         s.replacen(
             "adapter = { kind = \"static\", dataset = \"data/caf.quotient_familial.json\" }",
-            &format!("adapter = {{ kind = \"http\", url = \"http://{addr}/qf/{{subject}}\", retries = 0, claims = {{ quotient_familial = \"/qf\", mois_reference = \"/mois\" }} }}"),
+            &format!("adapter = {{ kind = \"http\", allow_plain_http = true, url = \"http://{addr}/qf/{{subject}}\", retries = 0, claims = {{ quotient_familial = \"/qf\", mois_reference = \"/mois\" }} }}"),
             1,
         )
         .replacen(
             "adapter = { kind = \"static\", dataset = \"data/dgfip.revenu_fiscal_reference.json\" }",
-            &format!("adapter = {{ kind = \"http\", url = \"http://{addr}/rfr/{{subject}}\", retries = 0, claims = {{ revenu_fiscal_reference = \"/rfr\", nombre_parts = \"/parts\" }} }}"),
+            &format!("adapter = {{ kind = \"http\", allow_plain_http = true, url = \"http://{addr}/rfr/{{subject}}\", retries = 0, claims = {{ revenu_fiscal_reference = \"/rfr\", nombre_parts = \"/parts\" }} }}"),
             1,
         )
         .replacen(
             "adapter = { kind = \"static\", dataset = \"data/mesr.statut_etudiant.json\" }",
-            &format!("adapter = {{ kind = \"http\", url = \"http://{addr}/etu/{{subject}}\", retries = 0, claims = {{ est_etudiant = \"/etudiant\" }} }}"),
+            &format!("adapter = {{ kind = \"http\", allow_plain_http = true, url = \"http://{addr}/etu/{{subject}}\", retries = 0, claims = {{ est_etudiant = \"/etudiant\" }} }}"),
             1,
         )
         .replacen(

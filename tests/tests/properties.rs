@@ -647,9 +647,15 @@ fn exchange() -> impl Strategy<Value = ExchangeEvent> {
 
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
-        text().prop_map(|version| Event::BrokerStarted { version }),
+        text().prop_map(|version| Event::BrokerStarted {
+            version,
+            keys: Default::default(),
+        }),
         Just(Event::BrokerStopped {}),
-        text().prop_map(|registry_sha256| Event::RegistryLoaded { registry_sha256 }),
+        text().prop_map(|registry_sha256| Event::RegistryLoaded {
+            registry_sha256,
+            files: Default::default(),
+        }),
         (
             (text(), opt(), opt(), text(), text(), text(), opt(), texts()),
             (text(), datetime(), opt(), opt(), opt()),

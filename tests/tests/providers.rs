@@ -94,7 +94,7 @@ async fn serve_api() -> anyhow::Result<(SocketAddr, Arc<Api>)> {
 /// The sample registry with the DGFiP type served by the HTTP API at `addr`.
 fn registry(dir: &Path, addr: SocketAddr) -> anyhow::Result<PathBuf> {
     let http = format!(
-        "adapter = {{ kind = \"http\", url = \"http://{addr}/v1/rfr/{{subject}}\", timeout_ms = 5000, retries = 0, claims = {{ revenu_fiscal_reference = \"/data/rfr\", nombre_parts = \"/data/parts\", annee_revenus = \"/data/year\" }} }}\nresilience = {{ max_concurrency = 4, failure_threshold = 3, open_seconds = 30 }}"
+        "adapter = {{ kind = \"http\", url = \"http://{addr}/v1/rfr/{{subject}}\", allow_plain_http = true, timeout_ms = 5000, retries = 0, claims = {{ revenu_fiscal_reference = \"/data/rfr\", nombre_parts = \"/data/parts\", annee_revenus = \"/data/year\" }} }}\nresilience = {{ max_concurrency = 4, failure_threshold = 3, open_seconds = 30 }}"
     );
     unefois_tests::sample_registry_with(dir, |sample| {
         sample.replacen(
@@ -337,8 +337,10 @@ async fn every_provider_failure_has_its_status_and_reason_and_the_circuit_recove
         l.local_addr()?
     };
     let scratch2 = tempfile::tempdir()?;
+    // A second broker, with keys of its own, publishes them in a PKI folder of its own.
+    let other_pki = TestPki::for_sample_registry()?;
     let reset = TestBroker::start_with(
-        pki.dir(),
+        other_pki.dir(),
         BrokerOptions {
             registry: self::registry(scratch2.path(), closed)?,
             ..Default::default()

@@ -112,3 +112,203 @@ async fn a_certificate_revoked_by_a_reload_is_refused_on_an_open_connection() ->
         .await?;
     broker.stop().await
 }
+
+/// The `registry_loaded` entries, decoded, as the auditor `cnil` reads them.
+async fn registry_loads(broker: &TestBroker) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut audit =
+        unefois_proto::v1::audit_client::AuditClient::new(broker.channel("cnil").await?);
+    audit
+        .list_events(pb::ListEventsRequest {
+            kind: "registry_loaded".into(),
+            limit: 100,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events
+        .iter()
+        .map(|e| Ok(serde_json::from_slice(&e.entry)?))
+        .collect()
+}
+
+/// The registry hash as docs/audit-log.md says to recompute it from an entry's manifest.
+fn recomputed(entry: &serde_json::Value) -> anyhow::Result<String> {
+    let files = entry["files"]
+        .as_object()
+        .ok_or_else(|| anyhow::anyhow!("no manifest in {entry}"))?;
+    let mut keys: Vec<&String> = files.keys().collect();
+    keys.sort();
+    let mut text = String::from("unefois-registry-manifest/v1\n");
+    for key in keys {
+        text.push_str(&format!(
+            "{key} {}\n",
+            files[key].as_str().unwrap_or_default()
+        ));
+    }
+    Ok(unefois_tests::sha256_hex(text.as_bytes()))
+}
+
+#[tokio::test]
+async fn the_recorded_registry_hash_covers_the_files_it_references() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let dir = pki.scratch();
+    let registry = sample_registry_with(&dir, |s| format!("{s}\n# manifest test\n"))?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry: registry.clone(),
+            ..BrokerOptions::default()
+        },
+    )
+    .await?;
+    let dataset = dir.join("data/caf.quotient_familial.json");
+    let dataset_key = "attestation_types[0].adapter.dataset";
+    let first = registry_loads(&broker).await?.remove(0);
+    // The manifest names the registry file and every file it references that is not a secret,
+    // each with the SHA-256 of its bytes; the recorded hash is the manifest's.
+    let files = &first["files"];
+    assert_eq!(
+        files["(registry)"],
+        unefois_tests::sha256_hex(&std::fs::read(&registry)?)
+    );
+    assert_eq!(
+        files[dataset_key],
+        unefois_tests::sha256_hex(&std::fs::read(&dataset)?)
+    );
+    assert_eq!(
+        files["identity_providers[0].jwks"],
+        unefois_tests::sha256_hex(&std::fs::read(dir.join("dev-idp/jwks.json"))?)
+    );
+    assert_eq!(first["registry_sha256"], recomputed(&first)?);
+
+    // Only the dataset changes: a reload records a new hash, and the manifest says which file.
+    let mut people: serde_json::Value = serde_json::from_slice(&std::fs::read(&dataset)?)?;
+    people["test:zoe"] = serde_json::json!({ "quotient_familial": 512, "mois_reference": "2026-10", "nombre_enfants": 2, "allocataire_depuis": "2020-01-01" });
+    std::fs::write(&dataset, serde_json::to_vec_pretty(&people)?)?;
+    let sha = broker.reload().await?.map_err(anyhow::Error::msg)?;
+    let loads = registry_loads(&broker).await?;
+    assert_eq!(loads.len(), 2);
+    let second = &loads[1];
+    assert_eq!(second["registry_sha256"], sha.as_str());
+    assert_ne!(second["registry_sha256"], first["registry_sha256"]);
+    assert_eq!(second["registry_sha256"], recomputed(second)?);
+    let changed: Vec<&String> = second["files"]
+        .as_object()
+        .map(|m| {
+            m.keys()
+                .filter(|k| second["files"][*k] != first["files"][*k])
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(changed, vec![dataset_key]);
+    // Each exchange records the hash in force.
+    let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
+    let answer = lyon.fetch(rfr()).await?.into_inner();
+    let entry: serde_json::Value = serde_json::from_slice(
+        &answer
+            .receipt
+            .ok_or_else(|| anyhow::anyhow!("no receipt"))?
+            .entry,
+    )?;
+    assert_eq!(entry["registry_sha256"], sha.as_str());
+    broker.stop().await
+}
+
+/// Registry.WhoAmI on `channel`: its status code and reason, `None` when answered.
+async fn agent_call(
+    channel: tonic::transport::Channel,
+) -> Option<(Code, Option<ErrorReason>, String)> {
+    unefois_proto::v1::registry_client::RegistryClient::new(channel)
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .err()
+        .map(|s| (s.code(), reason_of(&s), s.message().to_string()))
+}
+
+#[tokio::test]
+async fn revoking_a_structure_refuses_its_agents_after_a_reload() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let agent = broker.channel("france-services-lyon/a.martin").await?;
+    assert_eq!(agent_call(agent.clone()).await, None, "the agent is served");
+
+    // `unefois certs revoke france-services-lyon`: the structure and, with it, its agent.
+    let revoked = pki.pki.revoke("france-services-lyon")?;
+    assert_eq!(
+        revoked,
+        ["france-services-lyon", "france-services-lyon/a.martin"]
+    );
+    broker.reload().await?.map_err(anyhow::Error::msg)?;
+    // On the connection opened before the revocation, and on a new one (refused at the
+    // handshake, or at the call).
+    let (code, reason, message) = agent_call(agent).await.expect("refused");
+    assert_eq!(
+        (code, reason),
+        (Code::Unauthenticated, Some(ErrorReason::CertificateRevoked)),
+        "{message}"
+    );
+    if let Ok(channel) = broker.channel("france-services-lyon/a.martin").await {
+        let (code, ..) = agent_call(channel).await.expect("refused");
+        assert_eq!(code, Code::Unauthenticated);
+    }
+    // It can no longer take a mandate for anyone (refused at the handshake or at the call).
+    if let Ok(channel) = broker.channel("france-services-lyon/a.martin").await {
+        let created = unefois_proto::v1::mandates_client::MandatesClient::new(channel)
+            .create(pb::CreateMandateRequest {
+                subject: "test:alice".into(),
+                purposes: vec!["aide_energie".into()],
+                duration_days: 31,
+                document_sha256: vec![7; 32],
+                id_token: unefois_tests::id_token("test:alice", "france-services-lyon"),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(
+            created.map_err(|s| s.code()).err(),
+            Some(Code::Unauthenticated),
+            "a mandate was created"
+        );
+    }
+    // Others are still served.
+    ExchangeClient::new(broker.channel("mairie-lyon").await?)
+        .fetch(rfr())
+        .await?;
+    broker.stop().await
+}
+
+#[tokio::test]
+async fn an_agent_is_refused_once_its_structure_leaves_the_registry() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let dir = pki.scratch();
+    let registry = sample_registry_with(&dir, |s| format!("{s}\n# a copy\n"))?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry: registry.clone(),
+            ..BrokerOptions::default()
+        },
+    )
+    .await?;
+    let agent = broker.channel("france-services-lyon/a.martin").await?;
+    assert_eq!(agent_call(agent.clone()).await, None, "the agent is served");
+
+    // The operator removes the structure (its participant entry and its habilitations).
+    let text = std::fs::read_to_string(&registry)?;
+    let without: String = text
+        .split("\n[[")
+        .filter(|block| !block.contains("\"france-services-lyon"))
+        .collect::<Vec<_>>()
+        .join("\n[[");
+    std::fs::write(&registry, without)?;
+    broker.reload().await?.map_err(anyhow::Error::msg)?;
+    let (code, reason, message) = agent_call(agent).await.expect("refused");
+    assert_eq!(
+        (code, reason),
+        (Code::Unauthenticated, Some(ErrorReason::UnknownParticipant)),
+        "{message}"
+    );
+    ExchangeClient::new(broker.channel("mairie-lyon").await?)
+        .fetch(rfr())
+        .await?;
+    broker.stop().await
+}

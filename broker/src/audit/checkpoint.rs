@@ -1,11 +1,9 @@
 //! Signed checkpoints: C2SP `tlog-checkpoint` bodies in C2SP signed notes, Ed25519.
 
-use std::path::Path;
-
 use signed_note::{Note, StandardVerifier, VerifierList};
 use tlog_tiles::{Checkpoint, Hash};
 
-use crate::keys::{KeyError, SigningKey, load_or_create_secret};
+use crate::keys::{KeyError, Keys, LOG_KEY, SigningKey};
 
 /// The broker's log key, which signs checkpoints.
 pub struct LogSigner {
@@ -16,11 +14,10 @@ pub struct LogSigner {
 }
 
 impl LogSigner {
-    /// Loads `data_dir/keys/log.ed25519` (created at first start); the key's name is the
-    /// log's origin, `<trust domain>/unefois/audit`.
-    pub fn load(data_dir: &Path, trust_domain: &str) -> Result<LogSigner, KeyError> {
-        let seed = load_or_create_secret(&data_dir.join("keys").join("log.ed25519"))?;
-        LogSigner::from_seed(&seed, trust_domain)
+    /// The log key of `keys` (`DATA/keys/log.ed25519`); its name is the log's origin,
+    /// `<trust domain>/unefois/audit`.
+    pub fn new(keys: &Keys, trust_domain: &str) -> Result<LogSigner, KeyError> {
+        LogSigner::from_seed(keys.secret(LOG_KEY)?, trust_domain)
     }
 
     /// Builds from a known seed.

@@ -131,7 +131,9 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
             out.purpose = purposes.join(",");
             out.mandate_id = mandate_id.clone();
         }
-        Event::RegistryLoaded { registry_sha256 } => {
+        Event::RegistryLoaded {
+            registry_sha256, ..
+        } => {
             out.registry_sha256 = registry_sha256.clone();
         }
         Event::HarvestingAlarm { habilitation, .. } => {

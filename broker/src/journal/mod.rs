@@ -46,7 +46,8 @@
 //! sequence numbers, a missing segment) is an error naming the file and offset: the broker must
 //! not start and silently drop acknowledged records.
 //!
-//! One directory must be opened by one [`Journal`] at a time (nothing locks it).
+//! One directory must be opened by one [`Journal`] at a time (nothing locks it). The directory
+//! is 0700 and the segments 0600 (`crate::private`).
 
 mod format;
 mod reader;
@@ -308,7 +309,7 @@ impl Journal {
         }
 
         let existed = dir.is_dir();
-        std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
+        crate::private::private_dir(dir).map_err(|source| JournalError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -473,6 +474,32 @@ impl Journal {
             let _ = done.await;
         }
     }
+}
+
+/// Whether the journal in `dir` holds anything: a segment file that is not empty (a torn tail
+/// counts). `false` when there is no such folder. Reads no record.
+pub fn holds_records(dir: &Path) -> Result<bool, JournalError> {
+    if !dir.exists() {
+        return Ok(false);
+    }
+    for (_, path) in format::list_segments(dir)? {
+        let len = std::fs::metadata(&path)
+            .map_err(|source| JournalError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        if len > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Reads the records of the journal in `dir` from the first, as its segment files are, without
+/// opening it (no writer, no recovery): for a journal no broker has open. Blocking I/O.
+pub fn read_dir(dir: &Path) -> Result<JournalReader, JournalError> {
+    Ok(JournalReader::new(format::list_segments(dir)?, 0, u64::MAX))
 }
 
 fn check_len(payload: &[u8]) -> Result<(), JournalError> {

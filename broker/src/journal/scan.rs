@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::JournalError;
@@ -37,6 +38,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
         OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(crate::private::FILE_MODE)
             .open(&path)
             .map_err(io_err)?;
         sync_dir(dir).map_err(|source| JournalError::Io {
@@ -67,6 +69,13 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
             });
         }
         let is_last = index + 1 == count;
+        // Segments of earlier versions were created with the umask's mode.
+        crate::private::narrow(&path, crate::private::FILE_MODE).map_err(|source| {
+            JournalError::Io {
+                path: path.clone(),
+                source,
+            }
+        })?;
         let outcome = scan_segment(&path, first, is_last)?;
         expected = outcome.next_seq;
         if is_last {

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -293,6 +294,7 @@ impl Writer {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(crate::private::FILE_MODE)
             .open(&path)
             .map_err(|source| StepError {
                 what: "create",

@@ -69,6 +69,14 @@ pub enum StoreError {
     /// The entries' positions file failed.
     #[error("entry positions: {0}")]
     Positions(#[from] std::io::Error),
+    /// The derived state's folder cannot be created or made private.
+    #[error("{}: {source}", path.display())]
+    StateDir {
+        /// The folder, or the file in it.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// A proof or checkpoint was asked for outside the tree.
     #[error("{0}")]
     OutOfRange(String),
@@ -143,6 +151,9 @@ const CURRENT_LAYOUT: u32 = 3;
 const LATEST: &[u8] = b"latest_checkpoint";
 /// `head/<subject>`: the newest exchange about a subject (8 bytes, big-endian).
 const HEAD: &[u8] = b"head/";
+/// The key ids of the latest `broker_started` entry that recorded them
+/// ([`crate::keys::RecordedKeys`], JSON).
+const RECORDED_KEYS: &[u8] = b"recorded_keys";
 
 fn head_key(subject: &str) -> Vec<u8> {
     [HEAD, subject.as_bytes()].concat()
@@ -503,6 +514,13 @@ impl Trees {
                 )?;
                 return Ok(subject);
             }
+            Event::BrokerStarted { keys, .. } if !keys.is_empty() => {
+                let recorded = crate::keys::RecordedKeys {
+                    entry: seq,
+                    ids: keys,
+                };
+                self.meta.insert(RECORDED_KEYS, json(&recorded))?;
+            }
             Event::RegistryLoaded { .. }
             | Event::AuditRead { .. }
             | Event::BrokerStarted { .. }
@@ -713,6 +731,7 @@ pub struct Store {
     log: Arc<LogSigner>,
     db: sled::Db,
     degraded: Arc<AtomicBool>,
+    state_dir: Arc<std::path::PathBuf>,
 }
 
 /// Applies records to the derived state: sled's indexes, then the positions (each exchange
@@ -759,10 +778,17 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let log = Arc::new(log);
         let state_dir = data_dir.join("state");
+        let state_err = |source| StoreError::StateDir {
+            path: state_dir.clone(),
+            source,
+        };
+        crate::private::private_dir(&state_dir).map_err(state_err)?;
         let db = open_derived_state(&state_dir)?;
         let trees = Arc::new(Trees::open(&db, sealer)?);
         let tree = Arc::new(TreeFile::open(&state_dir.join(TREE_FILE), u64::MAX)?);
         let positions = Arc::new(Positions::open(&state_dir.join(POSITIONS_FILE))?);
+        // sled creates its files with the process's umask.
+        crate::private::narrow_tree(&state_dir).map_err(state_err)?;
         let degraded = Arc::new(AtomicBool::new(false));
         let hook = {
             let (trees, tree, positions) = (trees.clone(), tree.clone(), positions.clone());
@@ -861,6 +887,7 @@ impl Store {
         trees.stage(journal.next_seq(), Heads::new())?;
         trees.persist()?;
         db.flush()?;
+        crate::private::narrow_tree(&state_dir).map_err(state_err)?;
         Ok(Store {
             journal,
             trees,
@@ -869,7 +896,18 @@ impl Store {
             log,
             db,
             degraded,
+            state_dir: Arc::new(state_dir),
         })
+    }
+
+    /// The key ids the journal last recorded (its latest `broker_started` entry with them), as
+    /// applied to the derived state; `None` when no entry recorded any.
+    pub fn recorded_keys(&self) -> Result<Option<crate::keys::RecordedKeys>, StoreError> {
+        Ok(self
+            .trees
+            .meta
+            .get(RECORDED_KEYS)?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
     /// Appends one record; returns its sequence number and exact entry bytes once it is durable
@@ -1185,7 +1223,41 @@ impl Store {
         if let Err(e) = self.db.flush_async().await {
             tracing::warn!(error = %e, "derived state flush at shutdown failed; it is replayed at next start");
         }
+        // Files sled created while serving (snapshots) got the process's umask.
+        if let Err(e) = crate::private::narrow_tree(&self.state_dir) {
+            tracing::warn!(error = %e, dir = %self.state_dir.display(), "cannot narrow the derived state's file modes");
+        }
     }
+}
+
+/// The key ids that the latest `broker_started` entry of the journal in `data_dir/journal`
+/// recorded, read from its files without opening it (for the message of a broker that refuses
+/// to start); `None` when none did, or the journal cannot be read. Reads the whole journal.
+pub fn recorded_keys_in_journal(data_dir: &Path) -> Option<crate::keys::RecordedKeys> {
+    let reader = crate::journal::read_dir(&data_dir.join("journal")).ok()?;
+    let mut last = None;
+    for record in reader {
+        let Ok(record) = record else { break };
+        if !record
+            .payload
+            .windows(16)
+            .any(|w| w == b"\"broker_started\"")
+        {
+            continue;
+        }
+        if let Ok(Record {
+            event: Event::BrokerStarted { keys, .. },
+            ..
+        }) = Record::decode(&record.payload)
+            && !keys.is_empty()
+        {
+            last = Some(crate::keys::RecordedKeys {
+                entry: record.seq,
+                ids: keys,
+            });
+        }
+    }
+    last
 }
 
 /// Whether the journal vouches for the files' first `size` entries: the last entry's position
@@ -1284,6 +1356,7 @@ mod tests {
         let store = Store::open(dir.path(), JournalOptions::default(), log, sealer()).unwrap();
         let record = Record::now(Event::RegistryLoaded {
             registry_sha256: "00".into(),
+            files: Default::default(),
         });
         let seqs = store.append(vec![record.clone(), record]).await.unwrap();
         assert_eq!(seqs, vec![0, 1]);
@@ -1303,6 +1376,7 @@ mod tests {
         let record = |i: u64| {
             Record::now(Event::RegistryLoaded {
                 registry_sha256: format!("{i:064x}"),
+                files: Default::default(),
             })
         };
         let store = open_store(dir.path(), &seed).unwrap();
@@ -1520,6 +1594,7 @@ mod tests {
             store
                 .append_entry(Record::now(Event::RegistryLoaded {
                     registry_sha256: format!("{i:064x}"),
+                    files: Default::default(),
                 }))
                 .await
                 .unwrap();
