@@ -51,7 +51,9 @@ pub fn code(e: &ApiError) -> Code {
         | E::StoreUnavailable => Code::Unavailable,
         E::ProviderDeadline(_) => Code::DeadlineExceeded,
         E::RequestIdReused(_) => Code::AlreadyExists,
-        E::RequestTooLarge { .. } | E::RateLimited { .. } => Code::ResourceExhausted,
+        E::RequestTooLarge { .. } | E::RateLimited { .. } | E::TooManyConnections { .. } => {
+            Code::ResourceExhausted
+        }
     }
 }
 
