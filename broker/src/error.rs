@@ -212,6 +212,18 @@ pub enum ApiError {
     /// The ID token proves another subject than the request's.
     #[error("the ID token's subject is not the request's subject")]
     SubjectMismatch,
+    /// The connection went over the per-participant connection cap: its calls are refused and
+    /// it is closed shortly after.
+    #[error(
+        "{identity} already holds {limit} connections to the broker, the most allowed per \
+         participant; this connection will be closed: make your calls on an open one"
+    )]
+    TooManyConnections {
+        /// The certificate's identity (SPIFFE ID), as counted.
+        identity: String,
+        /// The per-participant cap in force.
+        limit: usize,
+    },
 }
 
 impl ApiError {
@@ -262,6 +274,7 @@ impl ApiError {
             E::IdentityEvidenceRequired => "IDENTITY_EVIDENCE_REQUIRED",
             E::IdentityEvidenceInvalid(_) => "IDENTITY_EVIDENCE_INVALID",
             E::SubjectMismatch => "SUBJECT_MISMATCH",
+            E::TooManyConnections { .. } => "TOO_MANY_CONNECTIONS",
         }
     }
 

@@ -302,8 +302,16 @@ struct ServeArgs {
     #[arg(long)]
     dev: bool,
     /// Seconds a client has to finish its TLS handshake.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = AcceptLimits::default().handshake_timeout.as_secs())]
     handshake_timeout_secs: u64,
+    /// Participant connections open at once, in all (more are closed before TLS); lowered at
+    /// start to fit under the file-descriptor limit.
+    #[arg(long, default_value_t = AcceptLimits::default().max_connections)]
+    max_connections: usize,
+    /// Connections open at once per participant certificate (each agent has its own count);
+    /// over it, calls are refused with RESOURCE_EXHAUSTED / TOO_MANY_CONNECTIONS.
+    #[arg(long, default_value_t = AcceptLimits::default().max_connections_per_participant)]
+    max_connections_per_participant: usize,
     /// Largest request message accepted, in bytes.
     #[arg(long, default_value_t = broker::grpc::limits::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
@@ -650,6 +658,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ops_listener: Some(ops),
         accept: AcceptLimits {
             handshake_timeout: std::time::Duration::from_secs(args.handshake_timeout_secs.max(1)),
+            max_connections: args.max_connections.max(1),
+            max_connections_per_participant: args.max_connections_per_participant.max(1),
             ..AcceptLimits::default()
         },
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_secs),

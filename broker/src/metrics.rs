@@ -215,6 +215,30 @@ pub fn rate_limited(consumer: &str) {
         .increment(1);
 }
 
+/// A connection refused, shed or dropped before it could serve, by listener (`mtls`, `ops`) and
+/// reason (a closed list: `handshakes_per_source`, `handshakes_total`, `handshake_timeout`,
+/// `handshake_failed`, `connections_total`, `connections_per_participant`, `ops_total`,
+/// `ops_busy`, `header_timeout`). Counted per connection, never per request.
+pub fn connection_refused(listener: &'static str, reason: &'static str) {
+    metrics::counter!(
+        "unefois_connections_refused_total",
+        "listener" => listener,
+        "reason" => reason
+    )
+    .increment(1);
+}
+
+/// Connections open now on a listener (`mtls`, `ops`), by state (`handshake`, `established`,
+/// `open`).
+pub fn connections_open(listener: &'static str, state: &'static str, count: usize) {
+    metrics::gauge!(
+        "unefois_connections_open",
+        "listener" => listener,
+        "state" => state
+    )
+    .set(count as f64);
+}
+
 /// A harvesting alarm raised.
 pub fn harvesting_alarm(consumer: &str, habilitation: &str) {
     metrics::counter!(

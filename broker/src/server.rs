@@ -27,6 +27,19 @@ use crate::signing::AttestationSigner;
 use crate::state::{DEFAULT_PROVIDER_TIMEOUT, State};
 use crate::store::{Store, StoreError};
 
+/// Streams a participant connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
+/// more are refused (REFUSED_STREAM; tonic's client queues them instead). A stream whose answer
+/// the client does not read stays open with that answer held: this bounds what one connection
+/// can pin, to 128 answers (the largest is a page of 100 audit events, some 100 KiB; hyper
+/// holds at most 400 KiB of unsent data per stream). The benchmarks drive 64 per connection.
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Inbound flow-control window per stream: twice the largest request accepted (64 KiB).
+pub const HTTP2_STREAM_WINDOW: u32 = 128 * 1024;
+/// Inbound flow-control window per connection: request data held unread at most.
+pub const HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Largest header list accepted (SETTINGS_MAX_HEADER_LIST_SIZE); gRPC metadata is far smaller.
+pub const HTTP2_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
 /// What the broker needs to start.
 pub struct Config {
     /// The registry file.
@@ -272,11 +285,28 @@ pub async fn run(
         }
     };
 
+    // The connection caps fit under the descriptor limit, with a reserve: a flood on one
+    // listener can take neither the other's descriptors nor the journal's.
+    let nofile = crate::descriptors::raise_nofile_limit();
+    let accept = config.accept.fit_to_descriptors(nofile);
+    tracing::info!(
+        file_descriptors = nofile,
+        reserved_descriptors = listener::RESERVED_DESCRIPTORS.min(nofile as usize / 4),
+        max_connections = accept.max_connections,
+        max_connections_per_participant = accept.max_connections_per_participant,
+        max_pending_handshakes = accept.max_pending_handshakes,
+        max_pending_handshakes_per_source = accept.max_pending_handshakes_per_source,
+        handshake_timeout = ?accept.handshake_timeout,
+        ops_max_connections = accept.ops_max_connections,
+        ops_header_timeout = ?accept.ops_header_timeout,
+        http2_max_concurrent_streams = HTTP2_MAX_CONCURRENT_STREAMS,
+        "connection limits in force"
+    );
     let readiness = Readiness::default();
     let ops_task = config.ops_listener.map(|l| {
         let addr = l.local_addr().ok();
         tracing::info!(?addr, "operational listener (health probe) ready");
-        tokio::spawn(ops::serve(l, readiness.clone(), stopped()))
+        tokio::spawn(ops::serve(l, readiness.clone(), accept, stopped()))
     });
 
     // Rate-limit denials are recorded once per consumer per window, with their count.
@@ -328,7 +358,7 @@ pub async fn run(
     tokio::spawn(listener::accept_loop(
         listener,
         TlsAcceptor::from(tls.config),
-        config.accept,
+        accept,
         conn_tx,
     ));
     tracing::info!(?local, "broker serving participants over mTLS");
@@ -348,7 +378,14 @@ pub async fn run(
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(Some(1024))
+        // Bounds of what one connection can make the broker hold: streams (each with its
+        // answer, if the client never reads it), inbound data, headers, resets it provokes.
+        .max_concurrent_streams(Some(HTTP2_MAX_CONCURRENT_STREAMS))
+        .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
+        .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
+        .http2_max_header_list_size(Some(HTTP2_MAX_HEADER_LIST_SIZE))
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_max_local_error_reset_streams(Some(1024))
         .layer(crate::grpc::observe::ObserveLayer)
         .layer(RequestLimitLayer {
             limit: config.max_request_bytes,

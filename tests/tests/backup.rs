@@ -40,10 +40,20 @@ impl Home {
         self.dir.join("data")
     }
 
+    /// A broker on this home's data, on the sample registry with the federation's default rate
+    /// lifted: the tests load it as fast as they can.
     async fn start(&self, pki: &TestPki) -> anyhow::Result<TestBroker> {
+        let registry = unefois_tests::sample_registry_with(&self.dir.join("registry"), |s| {
+            s.replace(
+                "allow_test_subjects = true\n",
+                "allow_test_subjects = true\n\
+                 default_rate_limit = { per_minute = 6000000, burst = 100000 }\n",
+            )
+        })?;
         TestBroker::start_with(
             pki.dir(),
             BrokerOptions {
+                registry,
                 data_dir: Some(self.data()),
                 ..Default::default()
             },

@@ -26,6 +26,12 @@ impl Authenticate {
     fn caller(&self, peer: Option<&PeerInfo>) -> Result<Caller, ApiError> {
         let peer =
             peer.ok_or_else(|| ApiError::NoClientCertificate("not a TLS connection".into()))?;
+        if let Some(cap) = &peer.over_cap {
+            return Err(ApiError::TooManyConnections {
+                identity: cap.identity.to_string(),
+                limit: cap.limit,
+            });
+        }
         let cert = peer
             .certificate
             .as_ref()

@@ -53,9 +53,10 @@ pub fn code(e: &ApiError) -> Code {
         | E::StoreUnavailable => Code::Unavailable,
         E::ProviderDeadline(_) => Code::DeadlineExceeded,
         E::RequestIdReused(_) => Code::AlreadyExists,
-        E::RequestTooLarge { .. } | E::RateLimited { .. } | E::TooManyPreviews { .. } => {
-            Code::ResourceExhausted
-        }
+        E::RequestTooLarge { .. }
+        | E::RateLimited { .. }
+        | E::TooManyPreviews { .. }
+        | E::TooManyConnections { .. } => Code::ResourceExhausted,
     }
 }
 
