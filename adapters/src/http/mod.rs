@@ -18,14 +18,17 @@
 //! Nothing here logs a subject or a claim value: tracing events carry the attestation
 //! type, the HTTP status, the attempt and the latency.
 
+mod answer;
+mod retry;
+mod template;
+
 use crate::adapter::Attempt;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
@@ -38,6 +41,9 @@ use tokio::time::Instant;
 
 use crate::adapter::{Adapter, AdapterError, AdapterRequest, LegalBasis};
 use crate::claims::{ClaimSpec, ClaimType, ClaimValue, Claims, check_claims, quote};
+use answer::{check_depth, validate_pointer};
+use retry::{backoff, retry_after};
+use template::validate_url_template;
 
 /// Deepest nesting of arrays and objects accepted in a provider's answer.
 ///
@@ -709,150 +715,6 @@ fn describe_error(e: reqwest::Error) -> String {
     text
 }
 
-/// `Retry-After` in its delay-seconds form; the HTTP-date form is ignored.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// Pause before retry number `attempt` (1-based): 50–150 ms × `attempt`, at random.
-fn backoff(attempt: u32) -> Duration {
-    let jitter = 50 + random_u64() % 101;
-    Duration::from_millis(jitter.saturating_mul(u64::from(attempt)))
-}
-
-/// A non-cryptographic random number (splitmix64 over the clock and a counter): enough
-/// to spread retries, never for secrets.
-fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut z = nanos.wrapping_add(
-        COUNTER
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Refuses a JSON text nesting arrays and objects deeper than `max`, scanning the raw
-/// bytes (brackets inside strings do not count).
-fn check_depth(body: &[u8], max: usize) -> Result<(), AdapterError> {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return Err(AdapterError::InvalidResponse(format!(
-                        "response JSON nested deeper than {max} levels"
-                    )));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Checks an RFC 6901 JSON Pointer: empty, or `/`-separated tokens where `~` is only
-/// followed by `0` or `1`.
-fn validate_pointer(pointer: &str) -> Result<(), String> {
-    if pointer.is_empty() {
-        return Ok(());
-    }
-    if !pointer.starts_with('/') {
-        return Err(format!(
-            "JSON pointer {} must be empty or start with '/'",
-            quote(pointer)
-        ));
-    }
-    let mut chars = pointer.chars();
-    while let Some(c) = chars.next() {
-        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
-            return Err(format!(
-                "JSON pointer {}: '~' must be followed by '0' or '1'",
-                quote(pointer)
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Checks a URL template and returns it parsed (placeholders replaced by a sample) with
-/// its `scheme://host:port` for display.
-fn validate_url_template(template: &str) -> Result<(Url, String), String> {
-    // Only the two known placeholders, outside the scheme and authority.
-    let mut rest = template;
-    let mut first_placeholder = None;
-    let mut offset = 0;
-    while let Some(open) = rest.find(['{', '}']) {
-        let tail = &rest[open..];
-        let placeholder = ["{subject}", "{claims}"]
-            .into_iter()
-            .find(|p| tail.starts_with(p))
-            .ok_or_else(|| "only {subject} and {claims} may appear between braces".to_string())?;
-        first_placeholder.get_or_insert(offset + open);
-        offset += open + placeholder.len();
-        rest = &tail[placeholder.len()..];
-    }
-    let sample = template
-        .replace("{subject}", "subject")
-        .replace("{claims}", "claims");
-    let url = Url::parse(&sample).map_err(|e| format!("not a valid URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err("the scheme must be http or https".into());
-    }
-    let Some(host) = url.host_str() else {
-        return Err("the URL has no host".into());
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("credentials in the URL are not allowed (use bearer_token_file)".into());
-    }
-    if url.fragment().is_some() {
-        return Err("a fragment is not allowed".into());
-    }
-    if let Some(position) = first_placeholder {
-        // The authority ends at the first '/', '?' or '#' after "://".
-        let authority_start = template.find("://").map_or(0, |i| i + 3);
-        let authority_end = template[authority_start..]
-            .find(['/', '?', '#'])
-            .map_or(template.len(), |i| authority_start + i);
-        if position < authority_end {
-            return Err("placeholders may appear in the path or query only".into());
-        }
-    }
-    let target = match url.port() {
-        Some(port) => format!("{}://{host}:{port}", url.scheme()),
-        None => format!("{}://{host}", url.scheme()),
-    };
-    Ok((url, target))
-}
-
 /// Reads the PEM certificates of `path` (at least one).
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
@@ -863,75 +725,4 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
         return Err(format!("{} holds no PEM certificate", path.display()));
     }
     Ok(certs)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn depth_scan_ignores_strings() {
-        let nested = format!("{}{}", "[".repeat(64), "]".repeat(64));
-        check_depth(nested.as_bytes(), 64).unwrap();
-        let deeper = format!("{}{}", "[".repeat(65), "]".repeat(65));
-        assert!(check_depth(deeper.as_bytes(), 64).is_err());
-        let in_string = format!("{{\"a\": \"{}\\\"{}\"}}", "[".repeat(100), "{".repeat(100));
-        check_depth(in_string.as_bytes(), 2).unwrap();
-    }
-
-    #[test]
-    fn pointers_follow_rfc_6901() {
-        for ok in ["", "/", "/a/b", "/a~0b/~1c", "/0"] {
-            validate_pointer(ok).unwrap();
-        }
-        for bad in ["a", "/a~", "/a~2", "#/a"] {
-            assert!(validate_pointer(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn url_templates_keep_placeholders_out_of_the_authority() {
-        let (_, target) =
-            validate_url_template("https://api.caf.test:8443/v1/q/{subject}?c={claims}").unwrap();
-        assert_eq!(target, "https://api.caf.test:8443");
-        for bad in [
-            "https://{subject}.evil.test/",
-            "http://host{subject}/x",
-            "ftp://host/{subject}",
-            "http://host/{other}",
-            "http://host/{subject",
-            "not a url",
-            "http://user:pw@host/{subject}",
-            "http://host/x#{subject}",
-        ] {
-            assert!(validate_url_template(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_only() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(retry_after(&headers), None);
-        headers.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        headers.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&headers), None);
-        headers.insert("retry-after", HeaderValue::from_static("-1"));
-        assert_eq!(retry_after(&headers), None);
-    }
-
-    #[test]
-    fn backoff_stays_in_range() {
-        for attempt in 1..=3u32 {
-            for _ in 0..100 {
-                let ms = backoff(attempt).as_millis() as u64;
-                let a = u64::from(attempt);
-                assert!((50 * a..=150 * a).contains(&ms), "{ms}");
-            }
-        }
-    }
 }
