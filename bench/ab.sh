@@ -7,6 +7,11 @@
 #   BIN_A=/tmp/unefois-old BIN_B=target/release/unefois bench/ab.sh
 #   RATE=3400 bench/ab.sh ...        # paced (--rate) instead of as fast as it goes
 #   SCENARIO=fetch-law IN_FLIGHT=8 ROUNDS=4 DURATION=10 bench/ab.sh ...
+#   REGISTRY_A=/tmp/registry-old.toml bench/ab.sh ...   # a registry of A's own (an older binary
+#                                                      # refuses fields it does not know)
+#
+# Each run starts from an empty data directory (the PKI is kept): a binary may not read the
+# journal another one wrote (a newer record version), and no run inherits another's log.
 source "$(dirname "$0")/lib.sh"
 : "${BIN_A:?BIN_A: the first unefois binary}" "${BIN_B:?BIN_B: the second unefois binary}"
 ROUNDS=${ROUNDS:-3}
@@ -23,6 +28,9 @@ for round in $(seq "$ROUNDS"); do
   for side in A B; do
     bin_var=BIN_$side
     UNEFOIS=${!bin_var}
+    registry_var=REGISTRY_$side
+    BENCH_REGISTRY=${!registry_var:-}
+    rm -rf "$BENCH_DIR/home/data"
     start_broker
     log "round $round, $side ($UNEFOIS)"
     result=$(load "$DURATION" --scenario "$SCENARIO" --in-flight "$IN_FLIGHT" "${RATE_FLAGS[@]}")

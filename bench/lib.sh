@@ -70,7 +70,7 @@ start_broker() {
   local wrapper=()
   [ -n "${BROKER_WRAPPER:-}" ] && wrapper=("$BROKER_WRAPPER")
   taskset -c "$SERVER_CPU" "${wrapper[@]}" "$UNEFOIS" serve --home "$BENCH_DIR/home" \
-    --registry "$BENCH_DIR/registry.toml" --listen "127.0.0.1:$BROKER_PORT" \
+    --registry "${BENCH_REGISTRY:-$BENCH_DIR/registry.toml}" --listen "127.0.0.1:$BROKER_PORT" \
     --ops-listen "127.0.0.1:$OPS_PORT" --log-format json \
     >"$BENCH_DIR/broker.out" 2>"$BENCH_DIR/broker.log" &
   BROKER_PID=$!; PIDS+=("$BROKER_PID")
