@@ -81,11 +81,29 @@ pub enum AdapterError {
     DeadlineExceeded,
 }
 
+/// What a provider answered: the claims, and its verified signature when it signed them.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// The requested claims the provider holds.
+    pub claims: Claims,
+    /// The provider's signature, verified with its registered keys (crate::origin).
+    pub origin: Option<crate::origin::Origin>,
+}
+
 /// A provider administration's system, as the broker sees it.
 #[async_trait::async_trait]
 pub trait Adapter: Send + Sync + fmt::Debug {
     /// Returns the requested claims the provider holds for the subject (claims it does not hold are absent).
     async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError>;
+
+    /// The claims with the provider's verified signature, if it signed them. Adapters that
+    /// check signatures override it (and implement `fetch` with it); the others answer unsigned.
+    async fn answer(&self, request: &AdapterRequest) -> Result<Answer, AdapterError> {
+        Ok(Answer {
+            claims: self.fetch(request).await?,
+            origin: None,
+        })
+    }
 
     /// The adapter's kind, for logs and metrics ("static", "http", "grpc").
     fn kind(&self) -> &'static str;
@@ -94,8 +112,8 @@ pub trait Adapter: Send + Sync + fmt::Debug {
 /// What one attempt at a provider gave, for adapters that retry.
 #[derive(Debug)]
 pub enum Attempt {
-    /// The claims.
-    Done(Claims),
+    /// The claims, with the provider's verified signature if any.
+    Done(Answer),
     /// A failure worth another try (idempotent call, transport or transient failure).
     Retryable(AdapterError),
     /// A failure to return as it is.

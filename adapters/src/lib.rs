@@ -13,12 +13,16 @@
 pub mod adapter;
 pub mod claims;
 pub mod http;
+pub mod origin;
 pub mod static_dataset;
 
-pub use adapter::{Adapter, AdapterError, AdapterRequest, Attempt, LegalBasis, check_request};
+pub use adapter::{
+    Adapter, AdapterError, AdapterRequest, Answer, Attempt, LegalBasis, check_request,
+};
 pub use claims::{ClaimSpec, ClaimType, ClaimValue, Claims, MAX_STRING_BYTES, check_claims, quote};
 pub use http::{
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, HttpAdapter, HttpConfig,
     HttpConfigError, HttpMethod, MAX_JSON_DEPTH,
 };
+pub use origin::{Origin, OriginPolicy, Proof};
 pub use static_dataset::{DatasetError, MAX_DATASET_BYTES, MAX_SUBJECT_BYTES, StaticDataset};

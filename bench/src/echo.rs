@@ -27,7 +27,10 @@ impl Default for Echo {
         .map(|(name, value)| (name.to_string(), pb::ClaimValue { value: Some(value) }))
         .collect();
         Echo {
-            answer: Arc::new(pb::ProvideResponse { claims }),
+            answer: Arc::new(pb::ProvideResponse {
+                claims,
+                ..Default::default()
+            }),
         }
     }
 }

@@ -109,7 +109,10 @@ impl Datasets {
             .iter()
             .filter_map(|name| record.get(name).map(|v| (name.clone(), v.clone())))
             .collect();
-        Ok(pb::ProvideResponse { claims })
+        Ok(pb::ProvideResponse {
+            claims,
+            ..Default::default()
+        })
     }
 
     /// The delay of one request, if any.

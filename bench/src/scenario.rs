@@ -261,6 +261,7 @@ impl Workload {
                 consent_id: "019a0000-0000-7000-8000-000000000000".into(),
             }),
             request_id: format!("019a0000-0000-7000-8000-{seq:012x}"),
+            ..Default::default()
         }
     }
 }

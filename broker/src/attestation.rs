@@ -2,8 +2,9 @@
 //!
 //! The payload is JSON (fields in a fixed order, claims sorted by name): id (UUIDv7), type and
 //! version, the pairwise subject pseudonym, the consumer as audience, purpose, legal basis,
-//! mandate, the permitted claims only, provider, issue and expiry times, and a 128-bit random
-//! nonce so that the payload's hash, which the audit log records, reveals nothing.
+//! mandate, the permitted claims only, provider, the provider's proof of origin when it signed
+//! its answer (absent otherwise), issue and expiry times, and a 128-bit random nonce so that the
+//! payload's hash, which the audit log records, reveals nothing.
 
 use std::collections::BTreeMap;
 
@@ -73,6 +74,9 @@ pub struct Attestation {
     pub rules: BTreeMap<String, String>,
     /// The provider that attests them.
     pub provider: String,
+    /// How the provider's signature over its answer was checked, when it signed (docs/origin.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<ProviderOrigin>,
     /// When the broker issued it.
     #[serde(with = "time::serde::rfc3339")]
     pub issued_at: OffsetDateTime,
@@ -82,6 +86,29 @@ pub struct Attestation {
     /// 128 random bits, base64url.
     pub nonce: String,
 }
+
+/// How the provider's signature over its answer was checked (docs/origin.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderOrigin {
+    /// [`PROOF_STATEMENT`] or [`PROOF_VERIFIED_BY_BROKER`].
+    pub proof: String,
+    /// The provider's key id (JWS `kid`).
+    pub kid: String,
+    /// The JWS algorithm: `EdDSA`, `ES256` or `RS256`.
+    pub alg: String,
+    /// The key's RFC 7638 SHA-256 thumbprint, base64url.
+    pub jkt: String,
+    /// The provider's signed statement (compact JWS), with [`PROOF_STATEMENT`] only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
+}
+
+/// [`ProviderOrigin::proof`]: the provider's statement of exactly the released claims is carried,
+/// verifiable offline with the provider's keys.
+pub const PROOF_STATEMENT: &str = "statement";
+/// [`ProviderOrigin::proof`]: the broker verified the provider's signature over an answer that
+/// held more than is released (derived claims, a native HTTP body); only the key is recorded.
+pub const PROOF_VERIFIED_BY_BROKER: &str = "verified_by_broker";
 
 /// What the broker puts in an attestation, besides id, times and nonce.
 pub struct AttestationContent<'a> {
@@ -105,6 +132,8 @@ pub struct AttestationContent<'a> {
     pub rules: BTreeMap<String, String>,
     /// The provider.
     pub provider: &'a str,
+    /// The provider's proof of origin, if it signed.
+    pub origin: Option<ProviderOrigin>,
     /// How long it stays valid.
     pub max_age: time::Duration,
 }
@@ -133,6 +162,7 @@ impl Attestation {
                 .collect(),
             rules: content.rules,
             provider: content.provider.to_string(),
+            origin: content.origin,
             issued_at,
             valid_until: issued_at + content.max_age,
             nonce: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nonce),
@@ -163,6 +193,7 @@ mod tests {
             claims,
             rules: BTreeMap::new(),
             provider: "caf",
+            origin: None,
             max_age: time::Duration::days(1),
         })
     }

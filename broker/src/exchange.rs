@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use unefois_adapters::{Adapter, AdapterError, AdapterRequest, Claims, check_claims};
+use unefois_adapters::{Adapter, AdapterError, AdapterRequest, Answer, Claims, check_claims};
 
 use crate::attestation::{Attestation, AttestationContent};
 use crate::caller::Caller;
@@ -55,6 +55,9 @@ pub struct Fetched {
     pub claims: Claims,
     /// Where its record stands in the audit log, verifiable offline.
     pub receipt: Receipt,
+    /// The key of the subject digest of the provider's statement the attestation carries, for
+    /// the consumer (beside the attestation, never inside it); None without a statement.
+    pub origin_subject_key: Option<[u8; 32]>,
 }
 
 /// Beside the attestation, never inside it: the exchange's audit entry, the checkpoint that
@@ -183,6 +186,7 @@ async fn resend(state: &State, answer: &Fetched) -> Result<Fetched, ApiError> {
         envelope: answer.envelope.clone(),
         claims: answer.claims.clone(),
         receipt: receipt(state, logged)?,
+        origin_subject_key: answer.origin_subject_key,
     })
 }
 
@@ -274,13 +278,14 @@ async fn fetch_recorded(
     event.request_fingerprint = retry.fingerprint;
     event.retry_of = retry.retry_of;
     let served = serve(state, caller, &input, loaded, &mut event).await;
-    let ((attestation, envelope, claims), logged) =
+    let ((attestation, envelope, claims, origin_subject_key), logged) =
         conclude(state, event, served, Outcome::Granted).await?;
     Ok(Fetched {
         attestation,
         envelope,
         claims,
         receipt: receipt(state, logged)?,
+        origin_subject_key,
     })
 }
 
@@ -320,6 +325,8 @@ pub struct Previewed {
     decision: Decision,
     /// The claims the consumer would receive.
     pub claims: Claims,
+    /// The provider's proof of origin for those claims, if it signed.
+    pub origin: Option<crate::origin::Recorded>,
     /// The provider that answered.
     pub provider: String,
     /// When the provider answered.
@@ -340,16 +347,17 @@ pub async fn preview(
     event.prefill_id = Some(prefill_id.to_string());
     let retrieved = async {
         let decision = decide(state, caller, &input, &loaded, &mut event).await?;
-        let claims = obtain(state, caller, &input, &loaded, &decision).await?;
-        Ok((decision, claims))
+        let released = obtain(state, caller, &input, &loaded, &decision).await?;
+        Ok((decision, released))
     }
     .await;
-    let ((decision, claims), _) = conclude(state, event, retrieved, Outcome::Previewed).await?;
+    let ((decision, released), _) = conclude(state, event, retrieved, Outcome::Previewed).await?;
     Ok(Previewed {
         input,
         provider: decision.provider.clone(),
         decision,
-        claims,
+        claims: released.claims,
+        origin: released.origin,
         retrieved_at: OffsetDateTime::now_utc(),
     })
 }
@@ -374,16 +382,27 @@ pub async fn confirm(
             .filter(|(name, _)| decision.requested.contains(name))
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
-        issue(state, caller, &decision, claims, &mut event)
+        let origin = held
+            .origin
+            .as_ref()
+            .map(|o| o.narrowed(&held.claims, &claims));
+        issue(
+            state,
+            caller,
+            &decision,
+            Released { claims, origin },
+            &mut event,
+        )
     }
     .await;
-    let ((attestation, envelope, claims), logged) =
+    let ((attestation, envelope, claims, origin_subject_key), logged) =
         conclude(state, event, issued, Outcome::Granted).await?;
     Ok(Fetched {
         attestation,
         envelope,
         claims,
         receipt: receipt(state, logged)?,
+        origin_subject_key,
     })
 }
 
@@ -489,10 +508,20 @@ async fn serve(
     input: &FetchInput,
     loaded: &Loaded,
     event: &mut ExchangeEvent,
-) -> Result<(Attestation, Envelope, Claims), ApiError> {
+) -> Result<Issued, ApiError> {
     let decision = decide(state, caller, input, loaded, event).await?;
-    let claims = obtain(state, caller, input, loaded, &decision).await?;
-    issue(state, caller, &decision, claims, event)
+    let released = obtain(state, caller, input, loaded, &decision).await?;
+    issue(state, caller, &decision, released, event)
+}
+
+/// A signed attestation: decoded, its envelope, its claims typed, and the key of the subject
+/// digest of the provider's statement it carries, if any.
+type Issued = (Attestation, Envelope, Claims, Option<[u8; 32]>);
+
+/// What may be released to the consumer, and the provider's proof of origin for it.
+struct Released {
+    claims: Claims,
+    origin: Option<crate::origin::Recorded>,
 }
 
 /// What policy allows for one request, decided before any provider is asked.
@@ -666,19 +695,24 @@ async fn decide(
 }
 
 /// Asks the provider under the deadline and keeps only what may be released: raw claims as
-/// answered, derived claims computed here from their sources, which are then dropped.
+/// answered, derived claims computed here from their sources, which are then dropped. The
+/// provider's verified signature is recorded as `crate::origin` decides: its statement only if
+/// it states exactly what is released.
 async fn obtain(
     state: &State,
     caller: &Caller,
     input: &FetchInput,
     loaded: &Loaded,
     decision: &Decision,
-) -> Result<Claims, ApiError> {
+) -> Result<Released, ApiError> {
     let ty = loaded
         .registry
         .attestation_type(&decision.attestation_type)
         .ok_or_else(|| ApiError::UnknownAttestationType(decision.attestation_type.clone()))?;
-    let answered = provide(state, loaded, input, caller, decision).await?;
+    let Answer {
+        claims: answered,
+        origin,
+    } = provide(state, loaded, input, caller, decision).await?;
     check_claims(&ty.claim_specs(), &decision.provider_claims, &answered).map_err(|e| {
         tracing::warn!(provider = %decision.provider, error = %e, "provider answer refused");
         ApiError::ProviderInvalidResponse {
@@ -695,7 +729,11 @@ async fn obtain(
             released.insert(name.clone(), value.clone());
         }
     }
-    Ok(released)
+    let origin = origin.map(|o| crate::origin::recorded(&o, &answered, &released));
+    Ok(Released {
+        claims: released,
+        origin,
+    })
 }
 
 /// Signs the attestation of the released claims for the consumer and completes the record.
@@ -703,9 +741,14 @@ fn issue(
     state: &State,
     caller: &Caller,
     decision: &Decision,
-    claims: Claims,
+    released: Released,
     event: &mut ExchangeEvent,
-) -> Result<(Attestation, Envelope, Claims), ApiError> {
+) -> Result<Issued, ApiError> {
+    let Released { claims, origin } = released;
+    let (origin, origin_subject_key) = match origin {
+        Some(o) => (Some(o.origin), o.subject_key),
+        None => (None, None),
+    };
     let rules = decision
         .derived
         .iter()
@@ -724,12 +767,13 @@ fn issue(
         claims: &claims,
         rules,
         provider: &decision.provider,
+        origin,
         max_age: time::Duration::days(i64::from(decision.max_age_days)),
     });
     let envelope = state.signer.sign(attestation.to_payload());
     event.attestation_id = Some(attestation.id.clone());
     event.payload_sha256 = Some(hex::encode(Sha256::digest(&envelope.payload)));
-    Ok((attestation, envelope, claims))
+    Ok((attestation, envelope, claims, origin_subject_key))
 }
 
 /// The habilitation allowing `consumer` this type for this purpose now, or why there is none.
@@ -812,7 +856,7 @@ async fn provide(
     input: &FetchInput,
     caller: &Caller,
     decision: &Decision,
-) -> Result<Claims, ApiError> {
+) -> Result<Answer, ApiError> {
     let provider = decision.provider.as_str();
     let adapter = loaded
         .adapters
@@ -847,7 +891,7 @@ async fn provide(
     let started = std::time::Instant::now();
     // `Guarded` bounds both the wait for a slot and the call by `request.deadline`, and counts a
     // call that runs out of time against the provider's breaker.
-    let answer = adapter.fetch(&request).await;
+    let answer = adapter.answer(&request).await;
     let result = match &answer {
         Ok(_) => "ok",
         Err(AdapterError::NotFound) => "not_found",

@@ -55,21 +55,38 @@ pub fn build_adapters(
     let mut adapters: Adapters = HashMap::new();
     for ty in registry.attestation_types() {
         let index = ty.declared_at;
+        // The provider's keys, when it signs its answers (a static dataset never does).
+        let origin = registry
+            .participant(&ty.provider)
+            .and_then(|p| p.origin.as_ref())
+            .map(|o| o.policy.clone());
         let adapter: Arc<dyn Adapter> = match &ty.adapter {
             AdapterBinding::Static { dataset } => {
                 Arc::new(StaticDataset::load(dataset, &ty.id, &ty.claim_specs())?)
             }
             AdapterBinding::Http(config) => {
-                Arc::new(HttpAdapter::new(&ty.id, &ty.claim_specs(), config).map_err(
+                let adapter = HttpAdapter::new(&ty.id, &ty.claim_specs(), config).map_err(
                     |e: HttpConfigError| {
                         AdapterSetupError::setting(registry, index, &e.field, e.reason)
                     },
-                )?)
+                )?;
+                Arc::new(match origin {
+                    Some(policy) => adapter.with_origin(policy),
+                    None => adapter,
+                })
             }
-            AdapterBinding::Grpc(config) => Arc::new(
-                crate::provider_client::GrpcProviderAdapter::new(&ty.id, &ty.claim_specs(), config)
-                    .map_err(|e| AdapterSetupError::setting(registry, index, &e.field, e.reason))?,
-            ),
+            AdapterBinding::Grpc(config) => {
+                let adapter = crate::provider_client::GrpcProviderAdapter::new(
+                    &ty.id,
+                    &ty.claim_specs(),
+                    config,
+                )
+                .map_err(|e| AdapterSetupError::setting(registry, index, &e.field, e.reason))?;
+                Arc::new(match origin {
+                    Some(policy) => adapter.with_origin(policy),
+                    None => adapter,
+                })
+            }
         };
         let guarded = Guarded::new(&ty.id, adapter, ty.resilience, readiness.clone());
         adapters.insert(ty.id.clone(), Arc::new(guarded));

@@ -28,6 +28,7 @@ pub mod listener;
 pub mod mandate;
 pub mod metrics;
 pub mod ops;
+pub mod origin;
 pub mod page;
 pub mod prefill;
 pub mod preview;

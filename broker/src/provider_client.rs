@@ -22,6 +22,11 @@
 //! slow, [`AdapterError::Unavailable`]); any other status, and claims that do not fit the
 //! schema or were not requested → [`AdapterError::InvalidResponse`].
 //!
+//! Proof of origin: with the provider's keys (`with_origin`), each call carries a fresh
+//! challenge (`origin_nonce`, `origin_subject_key`) and the provider's signed statement
+//! (`ProvideResponse.origin`) must verify and state exactly the claims answered
+//! (`unefois_adapters::origin`); a missing one is refused when the registry requires it.
+//!
 //! Nothing here logs or reports a subject, a claim value, or the message of a provider's status
 //! (a provider may echo the subject there): only the attestation type, the status code, the
 //! attempts and the latency.
@@ -45,9 +50,10 @@ use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_types::StatusExt;
+use unefois_adapters::origin::{Challenge, Expected, OriginPolicy};
 use unefois_adapters::{
-    Adapter, AdapterError, AdapterRequest, Attempt, ClaimSpec, ClaimType, ClaimValue, Claims,
-    LegalBasis, check_claims, check_request, quote,
+    Adapter, AdapterError, AdapterRequest, Answer, Attempt, ClaimSpec, ClaimType, ClaimValue,
+    Claims, LegalBasis, Origin, check_claims, check_request, quote,
 };
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::provider_client::ProviderClient;
@@ -152,6 +158,8 @@ pub struct GrpcProviderAdapter {
     channels: Box<[Mutex<Connection>]>,
     /// The next connection to use.
     next: AtomicUsize,
+    /// The provider's keys, when its answers are signed.
+    origin: Option<OriginPolicy>,
 }
 
 impl fmt::Debug for GrpcProviderAdapter {
@@ -294,7 +302,16 @@ impl GrpcProviderAdapter {
                 .map(|_| Mutex::default())
                 .collect(),
             next: AtomicUsize::new(0),
+            origin: None,
         })
+    }
+
+    /// Checks the provider's signed statements with `policy` (its keys from the registry): each
+    /// call then carries a fresh challenge, and an answer whose statement fails, or is missing
+    /// when the policy requires one, is an invalid response (docs/adapters/origin.md).
+    pub fn with_origin(mut self, policy: OriginPolicy) -> GrpcProviderAdapter {
+        self.origin = Some(policy);
+        self
     }
 
     /// The attestation type this adapter serves.
@@ -348,14 +365,20 @@ impl GrpcProviderAdapter {
         }
         let call_deadline = (now + self.timeout).min(request.deadline);
         let caller_bound = call_deadline >= request.deadline;
-        let mut call = tonic::Request::new(provide_request(request));
+        let challenge = self.origin.as_ref().map(|_| Challenge::new());
+        let mut provide = provide_request(request);
+        if let Some(challenge) = &challenge {
+            provide.origin_nonce = challenge.nonce.clone();
+            provide.origin_subject_key = challenge.subject_key.to_vec();
+        }
+        let mut call = tonic::Request::new(provide);
         call.set_timeout(call_deadline - now);
         let (turn, mut client) = self.client();
         let outcome = tokio::time::timeout_at(call_deadline, client.provide(call)).await;
         let status = match outcome {
             Ok(Ok(response)) => {
-                return match self.convert(response.into_inner(), &request.claims) {
-                    Ok(claims) => Attempt::Done(claims),
+                return match self.convert(response.into_inner(), request, challenge.as_ref()) {
+                    Ok(answer) => Attempt::Done(answer),
                     Err(e) => Attempt::Final(e),
                 };
             }
@@ -450,14 +473,65 @@ impl GrpcProviderAdapter {
         }
     }
 
-    /// The claims of an answer, typed by the schema and checked against the request.
+    /// The claims of an answer, typed by the schema and checked against the request, and the
+    /// provider's statement of them verified (with the call's `challenge`) when it signs.
     fn convert(
         &self,
         response: pb::ProvideResponse,
+        request: &AdapterRequest,
+        challenge: Option<&Challenge>,
+    ) -> Result<Answer, AdapterError> {
+        let claims = self.claims(response.claims, &request.claims)?;
+        let origin = match (&self.origin, challenge) {
+            (Some(policy), Some(challenge)) => {
+                self.origin(policy, &response.origin, request, challenge, &claims)?
+            }
+            _ => None,
+        };
+        Ok(Answer { claims, origin })
+    }
+
+    /// Verifies the provider's signed statement of `claims`, if it sent one (it must when the
+    /// policy requires it).
+    fn origin(
+        &self,
+        policy: &OriginPolicy,
+        statement: &str,
+        request: &AdapterRequest,
+        challenge: &Challenge,
+        claims: &Claims,
+    ) -> Result<Option<Origin>, AdapterError> {
+        if statement.is_empty() {
+            return if policy.required() {
+                Err(unefois_adapters::origin::missing())
+            } else {
+                Ok(None)
+            };
+        }
+        let expected = Expected {
+            attestation_type: &self.attestation_type,
+            subject: &request.subject,
+            challenge,
+            now: time::OffsetDateTime::now_utc().unix_timestamp(),
+        };
+        unefois_adapters::origin::verify_statement(
+            policy,
+            statement,
+            &expected,
+            &self.schema,
+            claims,
+        )
+        .map(Some)
+    }
+
+    /// The claims of an answer, typed by the schema and checked against the request.
+    fn claims(
+        &self,
+        answered: std::collections::HashMap<String, pb::ClaimValue>,
         requested: &[String],
     ) -> Result<Claims, AdapterError> {
         let mut claims = Claims::new();
-        for (name, value) in response.claims {
+        for (name, value) in answered {
             let Some(spec) = self.schema.iter().find(|s| s.name == name) else {
                 return Err(AdapterError::InvalidResponse(format!(
                     "claim {} is not in the schema",
@@ -482,6 +556,11 @@ impl Adapter for GrpcProviderAdapter {
     /// per connection plus once; the failed connection is replaced by a fresh one. A request
     /// for another attestation type is a routing error in the broker: `Unavailable`.
     async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError> {
+        self.answer(request).await.map(|answer| answer.claims)
+    }
+
+    /// [`GrpcProviderAdapter::fetch`], with the provider's verified statement when it signs.
+    async fn answer(&self, request: &AdapterRequest) -> Result<Answer, AdapterError> {
         let started = Instant::now();
         check_request("grpc", &self.attestation_type, request)?;
         // One try per connection, and one more: a GOAWAY may close every connection at once
@@ -493,7 +572,7 @@ impl Adapter for GrpcProviderAdapter {
         let result = loop {
             attempts += 1;
             match self.attempt(request).await {
-                Attempt::Done(claims) => break Ok(claims),
+                Attempt::Done(answer) => break Ok(answer),
                 Attempt::Final(error) => break Err(error),
                 Attempt::Retryable(error)
                     if attempts >= most || Instant::now() >= request.deadline =>
@@ -585,6 +664,7 @@ fn provide_request(request: &AdapterRequest) -> pb::ProvideRequest {
         purpose: request.purpose.clone(),
         legal_basis: Some(legal_basis),
         request_id: request.request_id.clone(),
+        ..Default::default()
     }
 }
 
@@ -768,7 +848,9 @@ mod tests {
             value(pb::claim_value::Value::BooleanValue(true)),
         );
         assert_eq!(
-            adapter.convert(ok.clone(), &requested).expect("valid")["est_etudiant"],
+            adapter
+                .claims(ok.claims.clone(), &requested)
+                .expect("valid")["est_etudiant"],
             ClaimValue::Boolean(true)
         );
         let mut extra = ok.clone();
@@ -777,7 +859,7 @@ mod tests {
             value(pb::claim_value::Value::StringValue("2026-2027".into())),
         );
         assert!(matches!(
-            adapter.convert(extra, &requested),
+            adapter.claims(extra.claims, &requested),
             Err(AdapterError::InvalidResponse(_))
         ));
         let mut unknown = ok;
@@ -786,7 +868,7 @@ mod tests {
             value(pb::claim_value::Value::StringValue("x".into())),
         );
         assert!(matches!(
-            adapter.convert(unknown, &requested),
+            adapter.claims(unknown.claims, &requested),
             Err(AdapterError::InvalidResponse(_))
         ));
     }

@@ -80,6 +80,21 @@ pub struct Participant {
     pub rate_limit: Option<RateLimit>,
     /// The audience its citizens' ID tokens carry (guichets and mediators; default: its id).
     pub oidc_audience: Option<String>,
+    /// A provider's keys for its signed answers (proof of origin), if it signs.
+    pub origin: Option<OriginKeys>,
+}
+
+/// A provider's proof of origin (docs/adapters/origin.md): declared on the participant, since
+/// the keys are the administration's, whatever adapter reaches it, and a consumer checks an
+/// attestation with the keys of the provider it names.
+#[derive(Clone, Debug)]
+pub struct OriginKeys {
+    /// Its JWKS file (inside the registry's folder).
+    pub jwks: PathBuf,
+    /// That file's text, as loaded with the registry (published by `GetVerifierKeys`).
+    pub jwks_text: String,
+    /// Its keys, and whether every answer must be signed (`required`, default true).
+    pub policy: unefois_adapters::OriginPolicy,
 }
 
 /// An identity provider whose signed OIDC ID tokens are identity evidence.
@@ -599,6 +614,16 @@ mod raw {
         pub rate_limit: Option<super::RateLimit>,
         #[serde(default)]
         pub oidc_audience: Option<String>,
+        #[serde(default)]
+        pub origin: Option<ParticipantOrigin>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ParticipantOrigin {
+        pub jwks: PathBuf,
+        #[serde(default)]
+        pub required: Option<bool>,
     }
 
     #[derive(Deserialize)]
@@ -784,6 +809,69 @@ impl Validator<'_> {
         path
     }
 
+    /// A participant's `origin`: only a provider's; its JWKS inside the registry's folder, in
+    /// the manifest, with keys the broker can verify with; never the example provider's
+    /// committed key outside a development federation.
+    fn provider_origin(
+        &mut self,
+        at: &str,
+        roles: &BTreeSet<Role>,
+        declared: raw::ParticipantOrigin,
+        development: bool,
+    ) -> Option<OriginKeys> {
+        if !roles.contains(&Role::Provider) {
+            self.fail(
+                format!("{at}.origin"),
+                "only a provider signs answers: this participant does not have the provider role",
+            );
+        }
+        let key = format!("{at}.origin.jwks");
+        let jwks = self.public_file(key.clone(), &declared.jwks);
+        if !jwks.is_file() {
+            return None;
+        }
+        let text = match std::fs::read_to_string(&jwks) {
+            Ok(text) => text,
+            Err(e) => {
+                self.fail(key, format!("cannot read {}: {e}", jwks.display()));
+                return None;
+            }
+        };
+        let set: jsonwebtoken::jwk::JwkSet = match serde_json::from_str(&text) {
+            Ok(set) => set,
+            Err(e) => {
+                self.fail(
+                    key,
+                    format!("{} is not a JWKS: {e}", declared.jwks.display()),
+                );
+                return None;
+            }
+        };
+        if !development && let Some(j) = set.keys.iter().position(crate::origin::is_example_key) {
+            self.fail(
+                key.clone(),
+                format!(
+                    "key {j} of {} is the example provider's, whose private key is committed in \
+                     examples/providers/python: anyone can sign answers with it. A federation \
+                     that is not a development one (allow_test_subjects = false) must not \
+                     declare it",
+                    declared.jwks.display()
+                ),
+            );
+        }
+        match unefois_adapters::OriginPolicy::new(&set, declared.required.unwrap_or(true)) {
+            Ok(policy) => Some(OriginKeys {
+                jwks,
+                jwks_text: text,
+                policy,
+            }),
+            Err(why) => {
+                self.fail(key, format!("{}: {why}", declared.jwks.display()));
+                None
+            }
+        }
+    }
+
     /// A provider's `http://` URL (or endpoint) is refused unless `allow_plain_http`, and never
     /// carries a credential (`credentials`: the keys of the adapter's credential settings).
     fn plain_http(
@@ -873,6 +961,9 @@ impl Validator<'_> {
                 }
                 self.text(format!("{at}.oidc_audience"), aud);
             }
+            let origin = p.origin.and_then(|o| {
+                self.provider_origin(&at, &roles, o, raw.federation.allow_test_subjects)
+            });
             let id = p.id.clone();
             if participants
                 .insert(
@@ -883,6 +974,7 @@ impl Validator<'_> {
                         roles,
                         rate_limit: p.rate_limit,
                         oidc_audience: p.oidc_audience,
+                        origin,
                     },
                 )
                 .is_some()
@@ -968,10 +1060,27 @@ impl Validator<'_> {
                     description: c.description,
                 });
             }
+            let must_sign = participants
+                .get(&t.provider)
+                .and_then(|p: &Participant| p.origin.as_ref())
+                .is_some_and(|o| o.policy.required());
             let adapter = match t.adapter {
-                raw::Adapter::Static { dataset } => AdapterBinding::Static {
-                    dataset: self.public_file(format!("{at}.adapter.dataset"), &dataset),
-                },
+                raw::Adapter::Static { dataset } => {
+                    if must_sign {
+                        self.fail(
+                            format!("{at}.adapter"),
+                            format!(
+                                "provider {:?} must sign its answers (its origin.required), which \
+                                 a static dataset cannot: serve this type through an http or \
+                                 grpc adapter, or set origin.required = false",
+                                t.provider
+                            ),
+                        );
+                    }
+                    AdapterBinding::Static {
+                        dataset: self.public_file(format!("{at}.adapter.dataset"), &dataset),
+                    }
+                }
                 raw::Adapter::Http(mut config) => {
                     // (field, file, secret): secrets stay out of the manifest.
                     for (field, file, secret) in [

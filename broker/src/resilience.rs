@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use unefois_adapters::{Adapter, AdapterError, AdapterRequest, Claims};
+use unefois_adapters::{Adapter, AdapterError, AdapterRequest, Answer, Claims};
 
 /// Limits of one provider's adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,7 +171,7 @@ impl Guarded {
         }
     }
 
-    fn settle(&self, admission: &Admission, outcome: &Result<Claims, AdapterError>) {
+    fn settle<T>(&self, admission: &Admission, outcome: &Result<T, AdapterError>) {
         let failed = matches!(
             outcome,
             Err(AdapterError::Unavailable { .. }
@@ -236,6 +236,12 @@ pub fn is_circuit_open(e: &AdapterError) -> bool {
 #[async_trait::async_trait]
 impl Adapter for Guarded {
     async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError> {
+        self.answer(request).await.map(|answer| answer.claims)
+    }
+
+    /// The inner adapter's answer, behind the concurrency limit and the breaker: a signature
+    /// that fails is an invalid answer, and counts as a failure like any other.
+    async fn answer(&self, request: &AdapterRequest) -> Result<Answer, AdapterError> {
         let admission = self.admit()?;
         // A probe whose caller goes away must not leave the breaker half-open for ever.
         let mut probe = ProbeGuard {
@@ -259,7 +265,7 @@ impl Adapter for Guarded {
                 return outcome;
             }
         };
-        let outcome = tokio::time::timeout_at(request.deadline, self.inner.fetch(request))
+        let outcome = tokio::time::timeout_at(request.deadline, self.inner.answer(request))
             .await
             .unwrap_or(Err(AdapterError::DeadlineExceeded));
         drop(permit);

@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod offline;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -444,3 +444,104 @@ async fn the_broker_reaches_a_python_provider_over_mtls() -> anyhow::Result<()> 
     refused.stop().await?;
     broker.stop().await
 }
+
+/// The sample registry with the MESR type served by the gRPC provider at `port`, and the
+/// example provider's keys declared for the MESR (proof of origin, required).
+fn signed_registry(dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
+    let path = registry(dir, port)?;
+    std::fs::create_dir_all(dir.join("keys"))?;
+    std::fs::copy(
+        provider_dir().join("origin-jwks.json"),
+        dir.join("keys/mesr.jwks.json"),
+    )?;
+    let text = std::fs::read_to_string(&path)?;
+    let participant = "id = \"mesr\"\nname = \"Ministère de l'Enseignement supérieur et de la Recherche\"\nroles = [\"provider\"]";
+    let edited = text.replacen(
+        participant,
+        &format!("{participant}\norigin = {{ jwks = \"keys/mesr.jwks.json\" }}"),
+        1,
+    );
+    ensure!(
+        edited != text,
+        "the sample registry's MESR participant was not found"
+    );
+    std::fs::write(&path, edited)?;
+    Ok(path)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_provider_signs_its_answers() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let log = scratch.path().join("provider.log");
+    let provider = PythonProvider::start(0, &log, &[]).await?;
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry: signed_registry(scratch.path(), provider.port)?,
+            ..Default::default()
+        },
+    )
+    .await?;
+    consent(&broker, "test:eve").await?;
+    let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
+
+    // The statement the Python provider signed is carried, and verifies offline with the
+    // example's JWKS (examples/providers/python/origin-jwks.json), about eve.
+    let answer = lyon.fetch(fetch("test:eve")).await?.into_inner();
+    let keys = unefois_proto::v1::registry_client::RegistryClient::new(
+        broker.channel("mairie-lyon").await?,
+    )
+    .get_verifier_keys(pb::GetVerifierKeysRequest {})
+    .await?
+    .into_inner();
+    let envelope = answer.envelope.context("no envelope")?;
+    let payload = unefois_tests::offline::verify_envelope(&envelope, &keys.attestation_key)
+        .map_err(anyhow::Error::msg)?;
+    let jwks = std::fs::read_to_string(provider_dir().join("origin-jwks.json"))?;
+    let stated = unefois_tests::offline::verify_statement(
+        &payload,
+        &jwks,
+        Some(("test:eve", &answer.origin_subject_key)),
+    )
+    .map_err(anyhow::Error::msg)?;
+    assert_eq!(payload["origin"]["kid"], "unefois-example-provider-1");
+    assert_eq!(
+        stated["claims"],
+        serde_json::json!({"est_etudiant": true, "annee_universitaire": "2026-2027"})
+    );
+    let logged = std::fs::read_to_string(&log)?;
+    assert!(
+        logged.contains("signing with key unefois-example-provider-1"),
+        "{logged}"
+    );
+    provider.kill().await?;
+
+    // The same provider told not to sign: the registry requires it, the answer is refused.
+    let unsigned = PythonProvider::start(0, &log, &["--no-signing"]).await?;
+    let other = scratch.path().join("unsigned");
+    let other_pki = TestPki::for_sample_registry()?;
+    let refusing = TestBroker::start_with(
+        other_pki.dir(),
+        BrokerOptions {
+            registry: signed_registry(&other, unsigned.port)?,
+            ..Default::default()
+        },
+    )
+    .await?;
+    consent(&refusing, "test:eve").await?;
+    let mut lyon = ExchangeClient::new(refusing.channel("mairie-lyon").await?);
+    let refused = lyon.fetch(fetch("test:eve")).await.expect_err("unsigned");
+    assert_eq!(
+        (refused.code(), reason_of(&refused)),
+        (
+            Code::Unavailable,
+            Some(ErrorReason::ProviderInvalidResponse)
+        ),
+        "{}",
+        refused.message()
+    );
+    unsigned.kill().await?;
+    refusing.stop().await?;
+    broker.stop().await
+}

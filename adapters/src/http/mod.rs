@@ -15,10 +15,14 @@
 //! configuration (a private PKI; no system roots). Plain `http://` URLs are refused by the
 //! broker's registry unless `allow_plain_http` is set, and never with a credential.
 //!
+//! Proof of origin: with the provider's keys (`with_origin`), each call carries a fresh
+//! challenge and the provider's detached JWS over its body is verified (origin.rs).
+//!
 //! Nothing here logs a subject or a claim value: tracing events carry the attestation
 //! type, the HTTP status, the attempt and the latency.
 
 mod answer;
+mod origin;
 mod retry;
 mod template;
 
@@ -39,7 +43,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::adapter::{Adapter, AdapterError, AdapterRequest, LegalBasis};
+use crate::adapter::{Adapter, AdapterError, AdapterRequest, Answer, LegalBasis};
 use crate::claims::{ClaimSpec, ClaimType, ClaimValue, Claims, check_claims, quote};
 use answer::{check_depth, validate_pointer};
 use retry::{backoff, retry_after};
@@ -223,6 +227,8 @@ pub struct HttpAdapter {
     retries: u32,
     max_response_bytes: usize,
     client: reqwest::Client,
+    /// The provider's keys, when its answers are signed (set by [`HttpAdapter::with_origin`]).
+    origin: Option<crate::origin::OriginPolicy>,
 }
 
 impl fmt::Debug for HttpAdapter {
@@ -444,7 +450,16 @@ impl HttpAdapter {
             retries: config.retries,
             max_response_bytes: config.max_response_bytes,
             client,
+            origin: None,
         })
+    }
+
+    /// Checks the provider's detached signatures with `policy` (its keys from the registry):
+    /// each call then carries a fresh challenge, and a 200 answer whose signature fails, or is
+    /// missing when the policy requires one, is an invalid response (docs/adapters/origin.md).
+    pub fn with_origin(mut self, policy: crate::origin::OriginPolicy) -> HttpAdapter {
+        self.origin = Some(policy);
+        self
     }
 
     /// The attestation type this adapter serves.
@@ -485,6 +500,13 @@ impl HttpAdapter {
             })),
         };
         builder = builder.headers(self.headers.clone());
+        let challenge = self
+            .origin
+            .as_ref()
+            .map(|_| crate::origin::Challenge::new());
+        if let Some(challenge) = &challenge {
+            builder = origin::challenge(builder, challenge);
+        }
         let legal_basis = legal_basis_text(&request.legal_basis);
         for (name, value) in [
             ("x-unefois-consumer", request.consumer.as_str()),
@@ -541,7 +563,8 @@ impl HttpAdapter {
             )));
         }
 
-        // The body, bounded.
+        // The body, bounded; the provider's signature, kept for after it.
+        let signature = origin::signature(response.headers());
         let limit = self.max_response_bytes;
         let too_large = || {
             Attempt::Final(AdapterError::InvalidResponse(format!(
@@ -572,8 +595,17 @@ impl HttpAdapter {
                 }
             }
         }
+        let origin = match (&self.origin, &challenge) {
+            (Some(policy), Some(challenge)) => {
+                match origin::verify(policy, challenge, &signature, &body, request) {
+                    Ok(origin) => origin,
+                    Err(e) => return Attempt::Final(e),
+                }
+            }
+            _ => None,
+        };
         match self.extract(&body, &request.claims) {
-            Ok(claims) => Attempt::Done(claims),
+            Ok(claims) => Attempt::Done(Answer { claims, origin }),
             Err(e) => Attempt::Final(e),
         }
     }
@@ -616,6 +648,11 @@ impl Adapter for HttpAdapter {
     /// the deadline (the last failure is returned when no retry fits). A request for
     /// another attestation type is a routing error in the broker: `Unavailable`.
     async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError> {
+        self.answer(request).await.map(|answer| answer.claims)
+    }
+
+    /// [`HttpAdapter::fetch`], with the provider's verified signature when it signs.
+    async fn answer(&self, request: &AdapterRequest) -> Result<Answer, AdapterError> {
         let started = Instant::now();
         crate::adapter::check_request("http", &self.attestation_type, request)?;
         let url = self.url_for(request)?;
@@ -629,7 +666,7 @@ impl Adapter for HttpAdapter {
             let outcome =
                 tokio::time::timeout_at(attempt_deadline, self.attempt(url.clone(), request)).await;
             let error = match outcome {
-                Ok(Attempt::Done(claims)) => break Ok(claims),
+                Ok(Attempt::Done(answer)) => break Ok(answer),
                 Ok(Attempt::Final(error)) => break Err(error),
                 Err(_) if attempt_deadline >= request.deadline => {
                     break Err(AdapterError::DeadlineExceeded);

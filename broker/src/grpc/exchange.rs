@@ -94,6 +94,13 @@ fn attestation(a: &Attestation, claims: &unefois_adapters::Claims) -> pb::Attest
         valid_until: Some(timestamp(a.valid_until)),
         nonce: base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &a.nonce)
             .unwrap_or_default(),
+        origin: a.origin.as_ref().map(|o| pb::ProviderOrigin {
+            proof: o.proof.clone(),
+            kid: o.kid.clone(),
+            alg: o.alg.clone(),
+            jkt: o.jkt.clone(),
+            statement: o.statement.clone().unwrap_or_default(),
+        }),
     }
 }
 
@@ -129,6 +136,7 @@ pub fn fetch_response(f: &Fetched) -> pb::FetchResponse {
                 .map(|h| h.to_vec())
                 .collect(),
         }),
+        origin_subject_key: f.origin_subject_key.map(|k| k.to_vec()).unwrap_or_default(),
     }
 }
 

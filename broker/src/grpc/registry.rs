@@ -239,9 +239,14 @@ impl RegistryApi for RegistryService {
         request: Request<pb::GetVerifierKeysRequest>,
     ) -> Result<Response<pb::GetVerifierKeysResponse>, Status> {
         caller(&request)?;
+        let registry = self.state.federation.registry();
         Ok(Response::new(pb::GetVerifierKeysResponse {
             attestation_key: self.state.signer.vkey().to_string(),
             log_key: self.state.store.log_vkey().to_string(),
+            provider_keys: registry
+                .participants()
+                .filter_map(|p| Some((p.id.clone(), p.origin.as_ref()?.jwks_text.clone())))
+                .collect(),
         }))
     }
 }

@@ -15,16 +15,26 @@ Once listening it prints ``listening on <host>:<port>`` on stdout (the real port
 with ``--tls-cert``, ``--tls-key`` and ``--ca`` it serves mTLS and accepts only clients whose
 certificate chains to ``--ca`` (the broker's).
 
+Proof of origin (docs/adapters/origin.md): when the broker sends a challenge
+(``origin_nonce``, ``origin_subject_key``: the registry declares this provider's keys), the
+answer carries a signed statement of exactly the claims returned, an EdDSA JWS made with
+``--signing-key`` (by default the committed development key ``origin-signing-key.json``, whose
+public JWKS is ``origin-jwks.json``: development only, anyone can sign with it).
+
 It logs who asks (consumer, purpose, legal basis, request id) and the claim names, never the
 subject nor a value. The stubs are generated into ``generated/`` by ``bootstrap.py``.
 """
 
 import argparse
+import base64
+import hashlib
+import hmac
 import json
 import logging
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -33,6 +43,7 @@ sys.path.insert(0, str(HERE / "generated"))
 
 try:
     import grpc
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from unefois.v1 import common_pb2, exchange_pb2, provider_pb2, provider_pb2_grpc
 except ImportError as e:  # pragma: no cover - setup problem
     sys.exit(f"provider: {e}; run `python3 {HERE / 'bootstrap.py'}` and use {HERE / '.venv/bin/python'}")
@@ -57,6 +68,41 @@ def claim_value(name, value, date_claims):
     raise ValueError(f"claim {name!r}: unsupported JSON type {type(value).__name__}")
 
 
+def b64url(data):
+    """Unpadded base64url (RFC 7515)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class Signer:
+    """Signs statements of the answers: a compact JWS, EdDSA, typ unefois-origin+json."""
+
+    TYP = "unefois-origin+json"
+
+    def __init__(self, path):
+        key = json.loads(Path(path).read_text(encoding="utf-8"))
+        seed = base64.urlsafe_b64decode(key["d"] + "=" * (-len(key["d"]) % 4))
+        self.kid = key["kid"]
+        self.key = Ed25519PrivateKey.from_private_bytes(seed)
+
+    def statement(self, request, claims):
+        """The signed statement of ``claims`` (name -> JSON value) for this request."""
+        digest = hmac.new(request.origin_subject_key, request.subject.encode("utf-8"),
+                          hashlib.sha256).digest()
+        payload = {
+            "attestation_type": request.attestation_type,
+            "claims": claims,
+            "nonce": request.origin_nonce,
+            "subject_digest": b64url(digest),
+            "iat": int(time.time()),
+        }
+        header = {"alg": "EdDSA", "kid": self.kid, "typ": self.TYP}
+        signing_input = ".".join(
+            b64url(json.dumps(part, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+            for part in (header, payload))
+        signature = self.key.sign(signing_input.encode("ascii"))
+        return f"{signing_input}.{b64url(signature)}"
+
+
 def legal_basis_text(basis):
     if basis.kind == common_pb2.LEGAL_BASIS_KIND_CONSENT:
         return f"consent:{basis.consent_id}"
@@ -66,10 +112,11 @@ def legal_basis_text(basis):
 
 
 class Provider(provider_pb2_grpc.ProviderServicer):
-    def __init__(self, attestation_type, dataset, date_claims):
+    def __init__(self, attestation_type, dataset, date_claims, signer):
         self.attestation_type = attestation_type
         self.dataset = dataset
         self.date_claims = date_claims
+        self.signer = signer
 
     def Provide(self, request, context):
         log.info(
@@ -88,10 +135,15 @@ class Provider(provider_pb2_grpc.ProviderServicer):
             # Never echo the subject back: the broker may log status messages.
             context.abort(grpc.StatusCode.NOT_FOUND, "subject unknown")
         response = provider_pb2.ProvideResponse()
+        stated = {}
         for name in request.claims:
             value = claim_value(name, record.get(name), self.date_claims)
             if value is not None:
                 response.claims[name].CopyFrom(value)
+                stated[name] = record[name]
+        # The broker sends a challenge when the registry declares this provider's keys.
+        if self.signer is not None and request.origin_nonce:
+            response.origin = self.signer.statement(request, stated)
         return response
 
 
@@ -111,6 +163,11 @@ def parse_args():
     parser.add_argument("--max-connection-age-ms", type=int, default=0,
                         help="send HTTP/2 GOAWAY on connections older than this (0: never)")
     parser.add_argument("--workers", type=int, default=8, help="worker threads")
+    parser.add_argument("--signing-key", type=Path, default=HERE / "origin-signing-key.json",
+                        help="the key signing the answers, {kid, d} (default: the committed "
+                             "development key; proof of origin, docs/adapters/origin.md)")
+    parser.add_argument("--no-signing", action="store_true",
+                        help="never sign the answers, even when the broker asks")
     args = parser.parse_args()
     tls = [args.tls_cert, args.tls_key, args.ca]
     if any(tls) and not all(tls):
@@ -135,8 +192,9 @@ def main():
             ("grpc.max_connection_age_grace_ms", 5000),
         ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers), options=options)
+    signer = None if args.no_signing else Signer(args.signing_key)
     provider_pb2_grpc.add_ProviderServicer_to_server(
-        Provider(attestation_type, dataset, date_claims), server)
+        Provider(attestation_type, dataset, date_claims, signer), server)
     address = f"{args.host}:{args.port}"
     try:
         if args.tls_cert:
@@ -153,8 +211,9 @@ def main():
     if port == 0:
         sys.exit(f"provider: cannot listen on {address}")
     server.start()
-    log.info("serving %s (%d subjects)%s", attestation_type, len(dataset),
-             " over mTLS" if args.tls_cert else "")
+    log.info("serving %s (%d subjects)%s%s", attestation_type, len(dataset),
+             " over mTLS" if args.tls_cert else "",
+             f", signing with key {signer.kid}" if signer else "")
     print(f"listening on {args.host}:{port}", flush=True)
 
     stopped = threading.Event()
