@@ -13,6 +13,7 @@
 pub mod adapter;
 pub mod claims;
 pub mod http;
+pub mod rate_limit;
 pub mod static_dataset;
 
 pub use adapter::{Adapter, AdapterError, AdapterRequest, Attempt, LegalBasis, check_request};
@@ -21,4 +22,5 @@ pub use http::{
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, HttpAdapter, HttpConfig,
     HttpConfigError, HttpMethod, MAX_JSON_DEPTH,
 };
+pub use rate_limit::ProviderRateLimit;
 pub use static_dataset::{DatasetError, MAX_DATASET_BYTES, MAX_SUBJECT_BYTES, StaticDataset};
