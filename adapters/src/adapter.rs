@@ -70,9 +70,16 @@ pub enum AdapterError {
     Unavailable {
         /// What went wrong, for the operator (never a claim value or subject id).
         reason: String,
-        /// When the provider said to try again, if it did.
+        /// When the provider said to try again, if it did (HTTP 429 or 503 with `Retry-After`,
+        /// gRPC `RetryInfo`): only then, since the broker holds every call to that provider
+        /// until it has passed.
         retry_after: Option<Duration>,
     },
+    /// The provider refused the broker's credentials (HTTP 401 or 403, or an OAuth2 token
+    /// endpoint refusing the client): an expired or revoked token, a key without the rights.
+    /// Told apart from a broken answer because only an operator can fix it.
+    #[error("provider refused the broker's credentials: {0}")]
+    AuthFailed(String),
     /// The provider answered something the schema or the request does not allow.
     #[error("invalid provider response: {0}")]
     InvalidResponse(String),

@@ -14,6 +14,7 @@ pub mod adapter;
 pub mod claims;
 pub mod http;
 pub mod origin;
+pub mod rate_limit;
 pub mod static_dataset;
 
 pub use adapter::{
@@ -25,4 +26,5 @@ pub use http::{
     HttpConfigError, HttpMethod, MAX_JSON_DEPTH,
 };
 pub use origin::{Origin, OriginPolicy, Proof};
+pub use rate_limit::ProviderRateLimit;
 pub use static_dataset::{DatasetError, MAX_DATASET_BYTES, MAX_SUBJECT_BYTES, StaticDataset};

@@ -268,16 +268,9 @@ async fn not_found_maps_to_not_found() {
 }
 
 #[tokio::test]
-async fn unavailable_is_retried_then_reported_with_retry_after() {
-    let (addr, seen) = recording_server(|| {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [("retry-after", "7")],
-            "down",
-        )
-            .into_response()
-    })
-    .await;
+async fn unavailable_is_retried_then_reported() {
+    let (addr, seen) =
+        recording_server(|| (StatusCode::SERVICE_UNAVAILABLE, "down").into_response()).await;
     let mut cfg = config(format!("http://{addr}/{{subject}}"));
     cfg.retries = 2;
     let adapter = HttpAdapter::new(TYPE, &schema(), &cfg).unwrap();
@@ -291,9 +284,7 @@ async fn unavailable_is_retried_then_reported_with_retry_after() {
         .await
         .unwrap_err();
     match err {
-        AdapterError::Unavailable { retry_after, .. } => {
-            assert_eq!(retry_after, Some(Duration::from_secs(7)));
-        }
+        AdapterError::Unavailable { retry_after, .. } => assert_eq!(retry_after, None),
         other => panic!("{other:?}"),
     }
     assert_eq!(seen.hits(), 3);
@@ -379,7 +370,8 @@ async fn too_many_requests_is_honoured() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(seen.hits(), 2);
+    // Never retried sooner than the provider asked (http_access.rs has the timing).
+    assert_eq!(seen.hits(), 1);
 }
 
 #[tokio::test]

@@ -170,6 +170,18 @@ pub enum ApiError {
         /// When to try again.
         retry_after: Option<Duration>,
     },
+    /// The provider refused the broker's credentials (an expired or revoked token, a key
+    /// without the rights): only an operator can fix it.
+    #[error(
+        "provider {provider:?} refused the broker's credentials ({reason}); an operator of the \
+         broker must renew them"
+    )]
+    ProviderAuthFailed {
+        /// The provider.
+        provider: String,
+        /// What the provider answered (an HTTP status, an OAuth2 error code; never a secret).
+        reason: String,
+    },
     /// The provider answered something that does not fit the schema.
     #[error("provider {provider:?} sent an invalid response")]
     ProviderInvalidResponse {
@@ -264,6 +276,7 @@ impl ApiError {
             E::ProviderUnavailable { .. } => "PROVIDER_UNAVAILABLE",
             E::ProviderInvalidResponse { .. } => "PROVIDER_INVALID_RESPONSE",
             E::ProviderCircuitOpen { .. } => "PROVIDER_CIRCUIT_OPEN",
+            E::ProviderAuthFailed { .. } => "PROVIDER_AUTH_FAILED",
             E::ProviderDeadline(_) => "DEADLINE_EXCEEDED",
             E::StoreUnavailable => "STORE_UNAVAILABLE",
             E::RequestIdReused(_) => "REQUEST_ID_REUSED",
@@ -285,6 +298,7 @@ impl ApiError {
             ApiError::SubjectNotFound
                 | ApiError::ProviderUnavailable { .. }
                 | ApiError::ProviderCircuitOpen { .. }
+                | ApiError::ProviderAuthFailed { .. }
                 | ApiError::ProviderInvalidResponse { .. }
                 | ApiError::ProviderDeadline(_)
                 | ApiError::StoreUnavailable

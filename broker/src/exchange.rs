@@ -896,7 +896,10 @@ async fn provide(
         Ok(_) => "ok",
         Err(AdapterError::NotFound) => "not_found",
         Err(e) if crate::resilience::is_circuit_open(e) => "circuit_open",
+        Err(e) if crate::provider_gate::is_cooling_down(e) => "cooling_down",
+        Err(e) if crate::provider_gate::is_rate_limited(e) => "rate_limited",
         Err(AdapterError::Unavailable { .. }) => "unavailable",
+        Err(AdapterError::AuthFailed(_)) => "auth_failed",
         Err(AdapterError::InvalidResponse(_)) => "invalid_response",
         Err(AdapterError::DeadlineExceeded) => "deadline_exceeded",
     };
@@ -922,6 +925,14 @@ async fn provide(
             reason,
             retry_after,
         },
+        AdapterError::AuthFailed(why) => {
+            crate::metrics::provider_auth_failure(provider);
+            tracing::error!(%provider, attestation_type = %input.attestation_type, %why, "provider refused the broker's credentials");
+            ApiError::ProviderAuthFailed {
+                provider: provider.to_string(),
+                reason: why,
+            }
+        }
         AdapterError::InvalidResponse(why) => {
             tracing::warn!(%provider, %why, "invalid provider response");
             ApiError::ProviderInvalidResponse {

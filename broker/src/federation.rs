@@ -39,6 +39,7 @@ impl AdapterSetupError {
     }
 }
 
+use crate::provider_gate::{Member, ProviderGate};
 use crate::registry::{AdapterBinding, Registry};
 use crate::resilience::{Guarded, ReadinessHook};
 
@@ -46,13 +47,15 @@ use crate::resilience::{Guarded, ReadinessHook};
 pub type Adapters = HashMap<String, Arc<Guarded>>;
 
 /// Builds the adapters a registry declares (static datasets are loaded and validated here),
-/// each behind its concurrency limit and circuit breaker; `readiness` hears of breakers opening
-/// and closing.
+/// each behind its concurrency limit and circuit breaker, and those that call a provider behind
+/// their provider participant's gate (cool-down, rate limit: provider_gate.rs), one per
+/// participant; `readiness` hears of types becoming ready or not.
 pub fn build_adapters(
     registry: &Registry,
     readiness: Option<ReadinessHook>,
 ) -> Result<Adapters, AdapterSetupError> {
     let mut adapters: Adapters = HashMap::new();
+    let mut gates: HashMap<String, Arc<ProviderGate>> = HashMap::new();
     for ty in registry.attestation_types() {
         let index = ty.declared_at;
         // The provider's keys, when it signs its answers (a static dataset never does).
@@ -88,8 +91,25 @@ pub fn build_adapters(
                 })
             }
         };
-        let guarded = Guarded::new(&ty.id, adapter, ty.resilience, readiness.clone());
-        adapters.insert(ty.id.clone(), Arc::new(guarded));
+        let mut guarded = Guarded::new(&ty.id, adapter, ty.resilience, readiness.clone());
+        // The registry checked that the types of one provider declare the same rate limit.
+        let rate_limit = match &ty.adapter {
+            AdapterBinding::Static { .. } => None,
+            AdapterBinding::Http(config) => Some(config.rate_limit),
+            AdapterBinding::Grpc(config) => Some(config.rate_limit),
+        };
+        if let Some(rate_limit) = rate_limit {
+            let gate = gates
+                .entry(ty.provider.clone())
+                .or_insert_with(|| Arc::new(ProviderGate::new(&ty.provider, rate_limit)));
+            guarded = guarded.with_gate(gate.clone());
+        }
+        let guarded = Arc::new(guarded);
+        if let Some(gate) = guarded.gate() {
+            let member: Arc<dyn Member> = guarded.clone();
+            gate.join(Arc::downgrade(&member));
+        }
+        adapters.insert(ty.id.clone(), guarded);
     }
     Ok(adapters)
 }

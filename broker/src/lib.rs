@@ -34,6 +34,7 @@ pub mod prefill;
 pub mod preview;
 pub mod private;
 pub mod provider_client;
+pub mod provider_gate;
 pub mod pseudonym;
 pub mod ratelimit;
 pub mod registry;

@@ -1188,12 +1188,29 @@ async fn providers_status(client: ClientArgs) -> anyhow::Result<()> {
         .map_err(rpc_error)?
         .into_inner();
     println!(
-        "{:<34} {:<10} {:<7} {:<6} {:<10} {:>9} {:>8}",
-        "attestation type", "provider", "adapter", "ready", "breaker", "in flight", "failures"
+        "{:<34} {:<10} {:<7} {:<6} {:<10} {:>9} {:>8} {:>9}  rate limit",
+        "attestation type",
+        "provider",
+        "adapter",
+        "ready",
+        "breaker",
+        "in flight",
+        "failures",
+        "cool-down"
     );
     for p in status.providers {
+        // Whole seconds left, rounded up: a cool-down of 0.2 s still reads "1s".
+        let cool_down = match p.cool_down_ms {
+            0 => "-".to_string(),
+            ms => format!("{}s", ms.div_ceil(1000)),
+        };
+        let rate_limit = if p.rate_limit.is_empty() {
+            "-"
+        } else {
+            p.rate_limit.as_str()
+        };
         println!(
-            "{:<34} {:<10} {:<7} {:<6} {:<10} {:>5}/{:<3} {:>8}",
+            "{:<34} {:<10} {:<7} {:<6} {:<10} {:>5}/{:<3} {:>8} {:>9}  {}",
             p.attestation_type,
             p.provider,
             p.adapter,
@@ -1201,7 +1218,9 @@ async fn providers_status(client: ClientArgs) -> anyhow::Result<()> {
             p.breaker,
             p.in_flight,
             p.max_concurrency,
-            p.consecutive_failures
+            p.consecutive_failures,
+            cool_down,
+            rate_limit
         );
     }
     Ok(())

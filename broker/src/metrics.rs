@@ -209,6 +209,42 @@ pub fn provider_ready(attestation_type: &str, ready: bool) {
         .set(if ready { 1.0 } else { 0.0 });
 }
 
+/// A provider refused the broker's credentials (HTTP 401/403, or its OAuth2 token endpoint):
+/// what an operator alerts on (`increase(unefois_provider_auth_failures_total[5m]) > 0`).
+pub fn provider_auth_failure(provider: &str) {
+    static COUNTERS: Handles<Counter> = Handles::new();
+    COUNTERS
+        .get([provider, ""], ["", ""], || {
+            metrics::counter!("unefois_provider_auth_failures_total", "provider" => provider.to_string())
+        })
+        .increment(1);
+}
+
+/// A provider's cool-down began (`delay` > 0: counted, and its length shown) or ended (0).
+pub fn provider_cool_down(provider: &str, delay: Duration) {
+    if !delay.is_zero() {
+        metrics::counter!("unefois_provider_cool_downs_total", "provider" => provider.to_string())
+            .increment(1);
+    }
+    metrics::gauge!("unefois_provider_cool_down_seconds", "provider" => provider.to_string())
+        .set(delay.as_secs_f64());
+}
+
+/// A call answered without calling its provider, by reason (a closed list: `cool_down`,
+/// `rate_limit`).
+pub fn provider_held(provider: &str, reason: &'static str) {
+    static COUNTERS: Handles<Counter> = Handles::new();
+    COUNTERS
+        .get([provider, ""], [reason, ""], || {
+            metrics::counter!(
+                "unefois_provider_held_total",
+                "provider" => provider.to_string(),
+                "reason" => reason
+            )
+        })
+        .increment(1);
+}
+
 /// A call refused for the consumer's rate limit.
 pub fn rate_limited(consumer: &str) {
     metrics::counter!("unefois_rate_limited_total", "consumer" => consumer.to_string())

@@ -16,10 +16,12 @@
 //! once), while time remains before the request's deadline.
 //!
 //! Status mapping: NOT_FOUND → [`AdapterError::NotFound`]; UNAVAILABLE and RESOURCE_EXHAUSTED
-//! → [`AdapterError::Unavailable`], with the delay of a `google.rpc.RetryInfo` detail;
+//! → [`AdapterError::Unavailable`], with the delay of a `google.rpc.RetryInfo` detail (the
+//! broker then holds every call to the provider until it has passed: provider_gate.rs);
 //! DEADLINE_EXCEEDED and CANCELLED → [`AdapterError::DeadlineExceeded`] once the request's
 //! deadline has passed (before it, only the adapter's own `timeout_ms` ran out: the provider is
-//! slow, [`AdapterError::Unavailable`]); any other status, and claims that do not fit the
+//! slow, [`AdapterError::Unavailable`]); UNAUTHENTICATED and PERMISSION_DENIED →
+//! [`AdapterError::AuthFailed`]; any other status, and claims that do not fit the
 //! schema or were not requested → [`AdapterError::InvalidResponse`].
 //!
 //! Proof of origin: with the provider's keys (`with_origin`), each call carries a fresh
@@ -109,6 +111,10 @@ pub struct GrpcProviderConfig {
     /// subject's id and the claims then travel in clear.
     #[serde(default)]
     pub allow_plain_http: bool,
+    /// Calls per second to this provider, enforced by the broker and shared by every type of
+    /// the provider participant (which must then all declare the same limit).
+    #[serde(default)]
+    pub rate_limit: Option<unefois_adapters::ProviderRateLimit>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -412,6 +418,10 @@ impl GrpcProviderAdapter {
             Code::DeadlineExceeded | Code::Cancelled => {
                 Attempt::Final(self.timed_out(caller_bound || Instant::now() >= request.deadline))
             }
+            // The provider refused the broker's client certificate or its rights.
+            Code::Unauthenticated | Code::PermissionDenied => Attempt::Final(
+                AdapterError::AuthFailed(format!("provider answered {:?}", status.code())),
+            ),
             // The status message is the provider's text: not reported (it may name the subject).
             code => Attempt::Final(AdapterError::InvalidResponse(format!(
                 "provider answered gRPC status {code:?}"
@@ -750,6 +760,7 @@ mod tests {
             server_name: None,
             timeout_ms: DEFAULT_GRPC_TIMEOUT_MS,
             allow_plain_http: true,
+            rate_limit: None,
         }
     }
 

@@ -906,6 +906,44 @@ impl Validator<'_> {
         }
     }
 
+    /// A provider's rate limit is one limiter shared by all its types that call out (see
+    /// provider_gate.rs): they must all declare the same one, or none.
+    fn shared_rate_limits(&mut self, types: &BTreeMap<String, AttestationType>) {
+        let mut types: Vec<&AttestationType> = types.values().collect();
+        types.sort_by_key(|t| t.declared_at);
+        let mut first: BTreeMap<&str, (usize, Option<unefois_adapters::ProviderRateLimit>)> =
+            BTreeMap::new();
+        for t in types {
+            let limit = match &t.adapter {
+                AdapterBinding::Static { .. } => continue,
+                AdapterBinding::Http(config) => config.rate_limit,
+                AdapterBinding::Grpc(config) => config.rate_limit,
+            };
+            match first.get(t.provider.as_str()) {
+                None => {
+                    first.insert(&t.provider, (t.declared_at, limit));
+                }
+                Some((j, other)) if *other != limit => {
+                    let shown = |l: Option<unefois_adapters::ProviderRateLimit>| {
+                        l.map_or("none".to_string(), |l| l.to_string())
+                    };
+                    self.fail(
+                        format!("attestation_types[{}].adapter.rate_limit", t.declared_at),
+                        format!(
+                            "{} differs from attestation_types[{j}].adapter.rate_limit ({}): the \
+                             types of provider {:?} share one rate limit, so they declare the \
+                             same one (or none)",
+                            shown(limit),
+                            shown(*other),
+                            t.provider
+                        ),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
     fn validate(mut self, raw: raw::Registry, sha256: [u8; 32]) -> Result<Registry, RegistryError> {
         if let Err(e) = unefois_certs::validate_trust_domain(&raw.federation.trust_domain) {
             self.fail("federation.trust_domain", e.to_string());
@@ -1088,6 +1126,12 @@ impl Validator<'_> {
                         ("ca_file", &mut config.ca_file, false),
                         ("client_cert_file", &mut config.client_cert_file, false),
                         ("client_key_file", &mut config.client_key_file, true),
+                        ("api_key_file", &mut config.api_key_file, true),
+                        (
+                            "proxy_credentials_file",
+                            &mut config.proxy_credentials_file,
+                            true,
+                        ),
                     ] {
                         if let Some(declared) = file.take() {
                             let key = format!("{at}.adapter.{field}");
@@ -1098,9 +1142,43 @@ impl Validator<'_> {
                             });
                         }
                     }
+                    if let Some(o) = config.oauth2.as_mut() {
+                        for (field, file) in [
+                            ("client_id_file", &mut o.client_id_file),
+                            ("client_secret_file", &mut o.client_secret_file),
+                        ] {
+                            let resolved =
+                                self.relative_file(format!("{at}.adapter.oauth2.{field}"), file);
+                            *file = resolved;
+                        }
+                    }
                     let mut credentials = Vec::new();
-                    if config.bearer_token_file.is_some() {
-                        credentials.push(format!("{at}.adapter.bearer_token_file"));
+                    for (set, field) in [
+                        (config.bearer_token_file.is_some(), "bearer_token_file"),
+                        (config.api_key_file.is_some(), "api_key_file"),
+                        (config.oauth2.is_some(), "oauth2"),
+                    ] {
+                        if set {
+                            credentials.push(format!("{at}.adapter.{field}"));
+                        }
+                    }
+                    // The client secret goes to the token endpoint: never in clear.
+                    if let Some(o) = &config.oauth2
+                        && is_plain_http(&o.token_url)
+                    {
+                        self.fail(
+                            format!("{at}.adapter.oauth2.token_url"),
+                            format!(
+                                "{:?} is plain http://: the client secret would travel in clear; \
+                                 use https:// with the adapter's ca_file",
+                                o.token_url
+                            ),
+                        );
+                    }
+                    if let Some(limit) = &config.rate_limit
+                        && let Err(why) = limit.check()
+                    {
+                        self.fail(format!("{at}.adapter.rate_limit"), why);
                     }
                     for name in config.headers.keys().filter(|n| is_credential_header(n)) {
                         credentials.push(format!("{at}.adapter.headers.{name}"));
@@ -1136,6 +1214,11 @@ impl Validator<'_> {
                         config.allow_plain_http,
                         &[],
                     );
+                    if let Some(limit) = &config.rate_limit
+                        && let Err(why) = limit.check()
+                    {
+                        self.fail(format!("{at}.adapter.rate_limit"), why);
+                    }
                     AdapterBinding::Grpc(config)
                 }
             };
@@ -1186,6 +1269,7 @@ impl Validator<'_> {
                 );
             }
         }
+        self.shared_rate_limits(&attestation_types);
 
         let mut habilitations = Vec::new();
         let mut habilitation_ids = BTreeSet::new();

@@ -6,13 +6,19 @@
 //! answer, deadline), refuses calls at once while open, lets one probe through after
 //! `open_for` (half-open), and closes on the probe's success. "Subject not found" is an answer,
 //! not a failure.
+//!
+//! Types that call a provider also pass through their provider participant's gate
+//! (provider_gate.rs): its cool-down (the provider asked to wait) and its request-rate limit.
+//! A type is ready when its breaker is closed and no cool-down runs.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use unefois_adapters::{Adapter, AdapterError, AdapterRequest, Answer, Claims};
+use unefois_adapters::{Adapter, AdapterError, AdapterRequest, Answer, Claims, ProviderRateLimit};
+
+use crate::provider_gate::{Member, ProviderGate};
 
 /// Limits of one provider's adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,9 +68,14 @@ pub struct GuardStatus {
     pub max_concurrency: usize,
     /// The adapter's kind.
     pub adapter: &'static str,
+    /// What is left of the provider's cool-down, if one runs.
+    pub cool_down: Option<Duration>,
+    /// The provider's request-rate limit, if declared.
+    pub rate_limit: Option<ProviderRateLimit>,
 }
 
-/// Told when a provider becomes ready (breaker closed) or not (open): feeds health and metrics.
+/// Told when a provider becomes ready (breaker closed, no cool-down) or not: feeds health and
+/// metrics.
 pub type ReadinessHook = Arc<dyn Fn(&str, bool) + Send + Sync>;
 
 struct Breaker {
@@ -80,6 +91,9 @@ pub struct Guarded {
     permits: Semaphore,
     breaker: Mutex<Breaker>,
     readiness: Option<ReadinessHook>,
+    gate: Option<Arc<ProviderGate>>,
+    /// The readiness last reported to `readiness`.
+    reported: Mutex<bool>,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -115,7 +129,20 @@ impl Guarded {
                 failures: 0,
             }),
             readiness,
+            gate: None,
+            reported: Mutex::new(true),
         }
+    }
+
+    /// Puts the guarded adapter behind its provider's gate (cool-down and rate limit).
+    pub fn with_gate(mut self, gate: Arc<ProviderGate>) -> Guarded {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// The provider's gate, if the adapter calls out.
+    pub fn gate(&self) -> Option<&Arc<ProviderGate>> {
+        self.gate.as_ref()
     }
 
     /// What an operator sees of this provider now.
@@ -135,6 +162,20 @@ impl Guarded {
                 .saturating_sub(self.permits.available_permits()),
             max_concurrency: self.config.max_concurrency,
             adapter: self.inner.kind(),
+            cool_down: self.gate.as_ref().and_then(|g| g.cool_down_left()),
+            rate_limit: self.gate.as_ref().and_then(|g| g.rate_limit()),
+        }
+    }
+
+    /// Lets the next call probe a half-open breaker whose probe was refused before it called the
+    /// provider (rate limit, cool-down): that refusal says nothing of the provider's health.
+    fn release_probe(&self) {
+        if let Ok(mut b) = self.breaker.lock()
+            && b.state == BreakerState::HalfOpen
+        {
+            b.state = BreakerState::Open {
+                until: Instant::now(),
+            };
         }
     }
 
@@ -175,6 +216,7 @@ impl Guarded {
         let failed = matches!(
             outcome,
             Err(AdapterError::Unavailable { .. }
+                | AdapterError::AuthFailed(_)
                 | AdapterError::InvalidResponse(_)
                 | AdapterError::DeadlineExceeded)
         );
@@ -202,9 +244,28 @@ impl Guarded {
             } else {
                 tracing::warn!(attestation_type = %self.attestation_type, "provider failing: circuit open");
             }
-            if let Some(hook) = &self.readiness {
-                hook(&self.attestation_type, ready);
-            }
+            self.report();
+        }
+    }
+}
+
+impl Member for Guarded {
+    /// Reports readiness (breaker closed and no cool-down) when it changed since last told.
+    fn report(&self) {
+        let Ok(mut reported) = self.reported.lock() else {
+            return;
+        };
+        let ready = self.state() == BreakerState::Closed
+            && self
+                .gate
+                .as_ref()
+                .is_none_or(|g| g.cool_down_left().is_none());
+        if *reported == ready {
+            return;
+        }
+        *reported = ready;
+        if let Some(hook) = &self.readiness {
+            hook(&self.attestation_type, ready);
         }
     }
 }
@@ -242,12 +303,30 @@ impl Adapter for Guarded {
     /// The inner adapter's answer, behind the concurrency limit and the breaker: a signature
     /// that fails is an invalid answer, and counts as a failure like any other.
     async fn answer(&self, request: &AdapterRequest) -> Result<Answer, AdapterError> {
+        // The provider asked to wait: answered at once, without calling it.
+        if let Some(gate) = &self.gate {
+            gate.check()?;
+        }
         let admission = self.admit()?;
         // A probe whose caller goes away must not leave the breaker half-open for ever.
         let mut probe = ProbeGuard {
             guarded: self,
             armed: matches!(admission, Admission::Probe),
         };
+        // The provider's rate limit: wait for a slot within the deadline (a cool-down may have
+        // begun meanwhile).
+        if let Some(gate) = &self.gate
+            && let Err(e) = match gate.slot(request.deadline).await {
+                Ok(()) => gate.check(),
+                Err(e) => Err(e),
+            }
+        {
+            probe.armed = false;
+            if matches!(admission, Admission::Probe) {
+                self.release_probe();
+            }
+            return Err(e);
+        }
         let permit = match tokio::time::timeout_at(request.deadline, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => {
@@ -265,9 +344,16 @@ impl Adapter for Guarded {
                 return outcome;
             }
         };
-        let outcome = tokio::time::timeout_at(request.deadline, self.inner.answer(request))
+        let mut outcome = tokio::time::timeout_at(request.deadline, self.inner.answer(request))
             .await
             .unwrap_or(Err(AdapterError::DeadlineExceeded));
+        // The provider asked to wait: hold its calls until then (the delay as honoured).
+        if let (Some(gate), Err(AdapterError::Unavailable { retry_after, .. })) =
+            (&self.gate, &mut outcome)
+            && let Some(asked) = retry_after.filter(|d| !d.is_zero())
+        {
+            *retry_after = Some(gate.hold(asked, &self.attestation_type));
+        }
         drop(permit);
         probe.armed = false;
         self.settle(&admission, &outcome);

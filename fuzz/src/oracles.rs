@@ -351,23 +351,19 @@ impl HttpHarness {
                 .map(|(name, t, _)| (*name, *t))
                 .collect::<Vec<_>>(),
         );
-        let config = HttpConfig {
-            url: format!("http://127.0.0.1:{port}/v1/{{subject}}?claims={{claims}}"),
-            method: Default::default(),
-            headers: BTreeMap::new(),
-            bearer_token_file: None,
-            ca_file: None,
-            client_cert_file: None,
-            client_key_file: None,
-            claims: HTTP_CLAIMS
+        // Read as the registry reads it: the settings not named here keep their defaults.
+        let config: HttpConfig = serde_json::from_value(serde_json::json!({
+            "url": format!("http://127.0.0.1:{port}/v1/{{subject}}?claims={{claims}}"),
+            "claims": HTTP_CLAIMS
                 .iter()
                 .map(|(name, _, pointer)| ((*name).to_string(), (*pointer).to_string()))
-                .collect(),
-            timeout_ms: 5000,
-            retries: 0,
-            max_response_bytes: HTTP_MAX_RESPONSE_BYTES,
-            allow_plain_http: true,
-        };
+                .collect::<BTreeMap<_, _>>(),
+            "timeout_ms": 5000,
+            "retries": 0,
+            "max_response_bytes": HTTP_MAX_RESPONSE_BYTES,
+            "allow_plain_http": true,
+        }))
+        .expect("a valid http adapter configuration");
         let adapter = HttpAdapter::new(TYPE, &schema, &config).expect("a valid http adapter");
         let requested = HTTP_CLAIMS
             .iter()

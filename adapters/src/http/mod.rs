@@ -2,14 +2,19 @@
 //!
 //! The registry declares, per attestation type, a URL template (`{subject}` and
 //! `{claims}` substituted percent-encoded), a method, static headers, how to
-//! authenticate (a bearer token read from a file, an mTLS client certificate), and a
-//! JSON Pointer (RFC 6901) per claim into the provider's answer.
+//! authenticate (a bearer token, an API key or OAuth2 client credentials read from files,
+//! an mTLS client certificate: auth.rs), a forward proxy (proxy.rs), the provider's error
+//! codes (errors.rs), and a JSON Pointer (RFC 6901) per claim into the provider's answer.
 //!
 //! Status mapping: 200 → the requested claims, read through their pointers and checked
-//! against the schema; 404 → [`AdapterError::NotFound`]; 429 and 5xx →
-//! [`AdapterError::Unavailable`] carrying the `Retry-After` delay (seconds form); any
-//! other status, a body over the size limit, a body that is not JSON or is nested
-//! deeper than [`MAX_JSON_DEPTH`] → [`AdapterError::InvalidResponse`].
+//! against the schema; 401 and 403 → [`AdapterError::AuthFailed`] (with OAuth2, a 401 first
+//! fetches a new token and retries once); 429 or 503 with a `Retry-After` (seconds or
+//! HTTP-date, capped at [`MAX_RETRY_AFTER`]) → [`AdapterError::Unavailable`] carrying the
+//! delay, never retried sooner; then the error-code table if declared (errors.rs); 404 →
+//! [`AdapterError::NotFound`] (with a table, only for a not-found code); other 429 and 5xx →
+//! `Unavailable`, retried for a `GET`; any other status, a body over the size limit, a body
+//! that is not JSON or is nested deeper than [`MAX_JSON_DEPTH`] →
+//! [`AdapterError::InvalidResponse`].
 //!
 //! TLS is rustls with the ring provider only, trusting only the CA file of the
 //! configuration (a private PKI; no system roots). Plain `http://` URLs are refused by the
@@ -22,9 +27,16 @@
 //! type, the HTTP status, the attempt and the latency.
 
 mod answer;
+mod auth;
+mod errors;
 mod origin;
+mod proxy;
 mod retry;
 mod template;
+
+pub use auth::{ClientAuth, OAuth2Config};
+pub use errors::{ErrorCodes, ErrorOutcome};
+pub use retry::MAX_RETRY_AFTER;
 
 use crate::adapter::Attempt;
 use std::collections::BTreeMap;
@@ -173,10 +185,41 @@ pub struct HttpConfig {
     pub max_response_bytes: usize,
     /// Whether a plain `http://` URL is accepted: the subject's id and the claims then travel
     /// in clear, so only for a provider on the broker's host or a link protected otherwise.
-    /// Checked when the broker loads its registry, which never accepts a bearer token or a
-    /// credential header over `http://`, even with this set.
+    /// Checked when the broker loads its registry, which never accepts a bearer token, an API
+    /// key, OAuth2 or a credential header over `http://`, even with this set.
     #[serde(default)]
     pub allow_plain_http: bool,
+    /// File holding an API key (trimmed), sent in the header named by `api_key_header` or
+    /// the query parameter named by `api_key_query` (exactly one of them).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// Header carrying the API key, e.g. `"X-Api-Key"`.
+    #[serde(default)]
+    pub api_key_header: Option<String>,
+    /// Query parameter carrying the API key, e.g. `"apikey"`.
+    #[serde(default)]
+    pub api_key_query: Option<String>,
+    /// OAuth2 client credentials: the access token is sent as `Authorization: Bearer`.
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Config>,
+    /// Where the provider puts its error code, and what each code means.
+    #[serde(default)]
+    pub errors: Option<ErrorCodes>,
+    /// Forward proxy for every call of this adapter (and its OAuth2 token endpoint), e.g.
+    /// `"http://proxy:3128"`; `https://` providers are reached through a `CONNECT` tunnel.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Hosts, domains (`".gouv.fr"`), IP addresses or networks (`"10.0.0.0/8"`) reached
+    /// without the proxy.
+    #[serde(default)]
+    pub no_proxy: Vec<String>,
+    /// File holding the proxy's `user:password` (sent as `Proxy-Authorization: Basic`).
+    #[serde(default)]
+    pub proxy_credentials_file: Option<PathBuf>,
+    /// Calls per second to this provider, enforced by the broker and shared by every type of
+    /// the provider participant (which must then all declare the same limit).
+    #[serde(default)]
+    pub rate_limit: Option<crate::rate_limit::ProviderRateLimit>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -229,6 +272,10 @@ pub struct HttpAdapter {
     client: reqwest::Client,
     /// The provider's keys, when its answers are signed (set by [`HttpAdapter::with_origin`]).
     origin: Option<crate::origin::OriginPolicy>,
+    /// The API key's query parameter and value, when it travels in the query.
+    query_key: Option<(String, String)>,
+    oauth2: Option<auth::OAuth2>,
+    errors: Option<ErrorCodes>,
 }
 
 impl fmt::Debug for HttpAdapter {
@@ -314,10 +361,12 @@ impl HttpAdapter {
             if RESERVED_HEADERS.contains(&lower) || lower.starts_with(FORWARDED_PREFIX) {
                 return Err(err(&field, "this header is set by the broker".into()));
             }
-            if header_name == AUTHORIZATION && config.bearer_token_file.is_some() {
+            if header_name == AUTHORIZATION
+                && (config.bearer_token_file.is_some() || config.oauth2.is_some())
+            {
                 return Err(err(
                     &field,
-                    "Authorization conflicts with bearer_token_file".into(),
+                    "Authorization conflicts with bearer_token_file or oauth2".into(),
                 ));
             }
             let mut header_value = HeaderValue::from_str(value).map_err(|_| {
@@ -330,6 +379,16 @@ impl HttpAdapter {
                 header_value.set_sensitive(true);
             }
             headers.append(header_name, header_value);
+        }
+        if config.bearer_token_file.is_some() && config.oauth2.is_some() {
+            return Err(err(
+                "oauth2",
+                "bearer_token_file and oauth2 both set Authorization: keep one".into(),
+            ));
+        }
+        let query_key = api_key(config, &mut headers).map_err(|(f, why)| err(&f, why))?;
+        if let Some(errors) = &config.errors {
+            errors.validate().map_err(|(f, why)| err(&f, why))?;
         }
         if let Some(path) = &config.bearer_token_file {
             let text = fs::read_to_string(path).map_err(|e| {
@@ -429,14 +488,38 @@ impl HttpAdapter {
         };
 
         let timeout = Duration::from_millis(config.timeout_ms);
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
-            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(30));
+        builder = match &config.proxy {
+            // Setting a proxy also turns off the environment's (HTTP_PROXY, ...).
+            Some(url) => builder.proxy(
+                proxy::build(
+                    url,
+                    &config.no_proxy,
+                    config.proxy_credentials_file.as_deref(),
+                )
+                .map_err(|(f, why)| err(&f, why))?,
+            ),
+            None if !config.no_proxy.is_empty() || config.proxy_credentials_file.is_some() => {
+                return Err(err(
+                    "proxy",
+                    "no_proxy and proxy_credentials_file need a proxy".into(),
+                ));
+            }
+            None => builder.no_proxy(),
+        };
+        let client = builder
             .build()
             .map_err(|e| err("url", format!("cannot build the HTTP client: {e}")))?;
+        let oauth2 = match &config.oauth2 {
+            Some(oauth2) => {
+                Some(auth::OAuth2::new(oauth2, client.clone()).map_err(|(f, why)| err(&f, why))?)
+            }
+            None => None,
+        };
 
         Ok(HttpAdapter {
             attestation_type: attestation_type.to_string(),
@@ -451,6 +534,9 @@ impl HttpAdapter {
             max_response_bytes: config.max_response_bytes,
             client,
             origin: None,
+            query_key,
+            oauth2,
+            errors: config.errors.clone(),
         })
     }
 
@@ -486,8 +572,56 @@ impl HttpAdapter {
         })
     }
 
-    /// One attempt: sends the request and reads the answer.
+    /// One attempt: sends the request and reads the answer. With OAuth2, a 401 fetches a new
+    /// token (unless another call already did) and sends the request once more.
     async fn attempt(&self, url: Url, request: &AdapterRequest) -> Attempt {
+        // A fresh challenge per attempt when the provider signs (kept if a 401 resends).
+        let challenge = self
+            .origin
+            .as_ref()
+            .map(|_| crate::origin::Challenge::new());
+        let challenge = challenge.as_ref();
+        let token = match &self.oauth2 {
+            Some(oauth2) => match oauth2.token().await {
+                Ok(token) => Some(token),
+                Err(e) => return Attempt::Final(e),
+            },
+            None => None,
+        };
+        let mut response = match self.send(url.clone(), request, token.as_ref(), challenge).await {
+            Ok(response) => response,
+            Err(failed) => return failed,
+        };
+        if let (Some(oauth2), Some(stale)) = (&self.oauth2, &token)
+            && response.status() == StatusCode::UNAUTHORIZED
+        {
+            tracing::info!(
+                attestation_type = %self.attestation_type,
+                "http adapter: the provider refused the OAuth2 token (401); fetching a new one"
+            );
+            let fresh = match oauth2.renew(stale).await {
+                Ok(token) => token,
+                Err(e) => return Attempt::Final(e),
+            };
+            response = match self.send(url, request, Some(&fresh), challenge).await {
+                Ok(response) => response,
+                Err(failed) => return failed,
+            };
+        }
+        self.answer(response, request, challenge).await
+    }
+
+    /// Sends one request: the method, the static and forwarded headers, the credentials.
+    async fn send(
+        &self,
+        mut url: Url,
+        request: &AdapterRequest,
+        token: Option<&auth::Token>,
+        challenge: Option<&crate::origin::Challenge>,
+    ) -> Result<reqwest::Response, Attempt> {
+        if let Some((name, key)) = &self.query_key {
+            url.query_pairs_mut().append_pair(name, key);
+        }
         let mut builder = match self.method {
             HttpMethod::Get => self.client.get(url),
             HttpMethod::Post => self.client.post(url).json(&serde_json::json!({
@@ -500,12 +634,11 @@ impl HttpAdapter {
             })),
         };
         builder = builder.headers(self.headers.clone());
-        let challenge = self
-            .origin
-            .as_ref()
-            .map(|_| crate::origin::Challenge::new());
-        if let Some(challenge) = &challenge {
+        if let Some(challenge) = challenge {
             builder = origin::challenge(builder, challenge);
+        }
+        if let Some(token) = token {
+            builder = builder.header(AUTHORIZATION, token.header.clone());
         }
         let legal_basis = legal_basis_text(&request.legal_basis);
         for (name, value) in [
@@ -518,84 +651,103 @@ impl HttpAdapter {
             match HeaderValue::from_str(&encoded) {
                 Ok(v) => builder = builder.header(name, v),
                 Err(_) => {
-                    return Attempt::Final(AdapterError::Unavailable {
+                    return Err(Attempt::Final(AdapterError::Unavailable {
                         reason: format!("cannot encode header {name}"),
                         retry_after: None,
-                    });
+                    }));
                 }
             }
         }
 
-        let mut response = match builder.send().await {
-            Ok(response) => response,
-            Err(e) => {
-                let retryable = e.is_connect();
-                let error = AdapterError::Unavailable {
-                    reason: format!("request failed: {}", describe_error(e)),
-                    retry_after: None,
-                };
-                return if retryable {
-                    Attempt::Retryable(error)
-                } else {
-                    Attempt::Final(error)
-                };
+        builder.send().await.map_err(|e| {
+            let retryable = e.is_connect();
+            let error = AdapterError::Unavailable {
+                reason: format!("request failed: {}", describe_error(e)),
+                retry_after: None,
+            };
+            if retryable {
+                Attempt::Retryable(error)
+            } else {
+                Attempt::Final(error)
             }
-        };
+        })
+    }
+
+    /// What an answer means (the module's status mapping).
+    async fn answer(
+        &self,
+        response: reqwest::Response,
+        request: &AdapterRequest,
+        challenge: Option<&crate::origin::Challenge>,
+    ) -> Attempt {
         let status = response.status();
         tracing::debug!(
             attestation_type = %self.attestation_type,
             status = status.as_u16(),
             "http adapter: provider answered"
         );
-        if status == StatusCode::NOT_FOUND {
-            return Attempt::Final(AdapterError::NotFound);
-        }
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            return Attempt::Retryable(AdapterError::Unavailable {
-                reason: format!("provider answered HTTP {}", status.as_u16()),
-                retry_after: retry_after(response.headers()),
-            });
-        }
-        if status != StatusCode::OK {
-            return Attempt::Final(AdapterError::InvalidResponse(format!(
-                "unexpected HTTP status {}",
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Attempt::Final(AdapterError::AuthFailed(format!(
+                "HTTP {}",
                 status.as_u16()
             )));
         }
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) && let Some(asked) = retry_after(response.headers(), std::time::SystemTime::now())
+            && !asked.delay.is_zero()
+        {
+            if asked.capped {
+                tracing::warn!(
+                    attestation_type = %self.attestation_type,
+                    status = status.as_u16(),
+                    honoured_s = asked.delay.as_secs(),
+                    "http adapter: the provider's Retry-After is longer than the most honoured; \
+                     calls are held for the maximum only"
+                );
+            }
+            return Attempt::Final(AdapterError::Unavailable {
+                reason: format!(
+                    "provider answered HTTP {} and asked to wait {} s",
+                    status.as_u16(),
+                    asked.delay.as_secs_f64().ceil()
+                ),
+                retry_after: Some(asked.delay),
+            });
+        }
+        if status != StatusCode::OK {
+            let code = match &self.errors {
+                Some(table) => {
+                    let limit = self.max_response_bytes.min(errors::MAX_ERROR_BODY_BYTES);
+                    read_body(response, limit)
+                        .await
+                        .ok()
+                        .and_then(|body| table.code_of(&body))
+                }
+                None => None,
+            };
+            return errors::judge(status, self.errors.as_ref(), code.as_deref());
+        }
 
-        // The body, bounded; the provider's signature, kept for after it.
+        // The provider's signature, kept for after the body.
         let signature = origin::signature(response.headers());
         let limit = self.max_response_bytes;
-        let too_large = || {
-            Attempt::Final(AdapterError::InvalidResponse(format!(
-                "response body larger than {limit} bytes"
-            )))
-        };
-        if response
-            .content_length()
-            .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit))
-        {
-            return too_large();
-        }
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len().saturating_add(chunk.len()) > limit {
-                        return too_large();
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Attempt::Final(AdapterError::Unavailable {
-                        reason: format!("reading the response failed: {}", describe_error(e)),
-                        retry_after: None,
-                    });
-                }
+        let body = match read_body(response, limit).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                return Attempt::Final(AdapterError::InvalidResponse(format!(
+                    "response body larger than {limit} bytes"
+                )));
             }
-        }
-        let origin = match (&self.origin, &challenge) {
+            Err(BodyError::Failed(why)) => {
+                return Attempt::Final(AdapterError::Unavailable {
+                    reason: format!("reading the response failed: {why}"),
+                    retry_after: None,
+                });
+            }
+        };
+        let origin = match (&self.origin, challenge) {
             (Some(policy), Some(challenge)) => {
                 match origin::verify(policy, challenge, &signature, &body, request) {
                     Ok(origin) => origin,
@@ -730,8 +882,9 @@ fn legal_basis_text(basis: &LegalBasis) -> String {
     }
 }
 
-/// A reqwest error for an operator, without the URL (which holds the subject).
-fn describe_error(e: reqwest::Error) -> String {
+/// A reqwest error for an operator, without the URL (which holds the subject, and may hold
+/// an API key).
+pub(crate) fn describe_error(e: reqwest::Error) -> String {
     let kind = if e.is_connect() {
         "connection failed"
     } else if e.is_timeout() {
@@ -750,6 +903,92 @@ fn describe_error(e: reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Why a body could not be read.
+enum BodyError {
+    TooLarge,
+    Failed(String),
+}
+
+/// Reads a body of at most `limit` bytes (refused early on a larger `Content-Length`).
+async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit))
+    {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len().saturating_add(chunk.len()) > limit {
+                    return Err(BodyError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(BodyError::Failed(describe_error(e))),
+        }
+    }
+}
+
+/// The API key setting: a header added to `headers` (sensitive), or the query parameter and
+/// value to append to each URL. Errors are `(field, reason)`.
+fn api_key(
+    config: &HttpConfig,
+    headers: &mut HeaderMap,
+) -> Result<Option<(String, String)>, (String, String)> {
+    let Some(path) = &config.api_key_file else {
+        if config.api_key_header.is_some() || config.api_key_query.is_some() {
+            return Err((
+                "api_key_file".into(),
+                "api_key_header and api_key_query need an api_key_file".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let field = || "api_key_file".to_string();
+    let key = auth::read_secret(path).map_err(|why| (field(), why))?;
+    match (&config.api_key_header, &config.api_key_query) {
+        (Some(name), None) => {
+            let field = || "api_key_header".to_string();
+            let header_name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| (field(), "invalid header name".to_string()))?;
+            let lower = header_name.as_str();
+            if RESERVED_HEADERS.contains(&lower) || lower.starts_with(FORWARDED_PREFIX) {
+                return Err((field(), "this header is set by the broker".into()));
+            }
+            if headers.contains_key(&header_name)
+                || (header_name == AUTHORIZATION
+                    && (config.bearer_token_file.is_some() || config.oauth2.is_some()))
+            {
+                return Err((field(), format!("{name} is already set by another setting")));
+            }
+            let value = auth::sensitive_header(&key, path).map_err(|why| (field(), why))?;
+            headers.insert(header_name, value);
+            Ok(None)
+        }
+        (None, Some(name)) => {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
+            if !valid {
+                return Err((
+                    "api_key_query".into(),
+                    "a parameter name of 1 to 64 letters, digits, '-', '_', '.' or '~'".into(),
+                ));
+            }
+            Ok(Some((name.clone(), key)))
+        }
+        _ => Err((
+            field(),
+            "name where the key goes: api_key_header or api_key_query (one of them)".into(),
+        )),
+    }
 }
 
 /// Reads the PEM certificates of `path` (at least one).

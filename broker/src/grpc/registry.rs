@@ -223,11 +223,15 @@ impl RegistryApi for RegistryService {
                     attestation_type: t.id.clone(),
                     provider: t.provider.clone(),
                     adapter: status.adapter.to_string(),
-                    ready: status.state == BreakerState::Closed,
+                    ready: status.state == BreakerState::Closed && status.cool_down.is_none(),
                     breaker: breaker.to_string(),
                     consecutive_failures: status.consecutive_failures,
                     in_flight: u32::try_from(status.in_flight).unwrap_or(u32::MAX),
                     max_concurrency: u32::try_from(status.max_concurrency).unwrap_or(u32::MAX),
+                    cool_down_ms: status.cool_down.map_or(0, |d| {
+                        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+                    }),
+                    rate_limit: status.rate_limit.map(|l| l.to_string()).unwrap_or_default(),
                 })
             })
             .collect();

@@ -49,6 +49,7 @@ pub fn code(e: &ApiError) -> Code {
         | E::SubjectNotFound => Code::NotFound,
         E::ProviderUnavailable { .. }
         | E::ProviderCircuitOpen { .. }
+        | E::ProviderAuthFailed { .. }
         | E::ProviderInvalidResponse { .. }
         | E::StoreUnavailable => Code::Unavailable,
         E::ProviderDeadline(_) => Code::DeadlineExceeded,
