@@ -236,6 +236,8 @@ pub fn is_circuit_open(e: &AdapterError) -> bool {
 #[async_trait::async_trait]
 impl Adapter for Guarded {
     async fn fetch(&self, request: &AdapterRequest) -> Result<Claims, AdapterError> {
+        // A refusal of the request itself leaves the breaker and the slots alone.
+        self.inner.precheck(request)?;
         let admission = self.admit()?;
         // A probe whose caller goes away must not leave the breaker half-open for ever.
         let mut probe = ProbeGuard {
@@ -270,6 +272,10 @@ impl Adapter for Guarded {
 
     fn kind(&self) -> &'static str {
         self.inner.kind()
+    }
+
+    fn precheck(&self, request: &AdapterRequest) -> Result<(), AdapterError> {
+        self.inner.precheck(request)
     }
 }
 
@@ -325,6 +331,9 @@ mod tests {
                 citation: "x".into(),
             },
             request_id: String::new(),
+            consumer_siret: None,
+            purpose_label: String::new(),
+            civil_status: None,
             deadline: Instant::now() + Duration::from_millis(ms),
         }
     }
