@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::civil_status::CivilStatus;
 use crate::claims::Claims;
 
 /// Why the exchange is lawful, passed to the provider so it can log and enforce it.
@@ -38,8 +39,17 @@ pub struct AdapterRequest {
     pub purpose: String,
     /// The legal basis of the exchange.
     pub legal_basis: LegalBasis,
-    /// The broker's request id, for correlation in the provider's logs.
+    /// The request id as the broker records it in its audit log (`hmac:` and 32 hex digits, a
+    /// keyed digest of the caller and its id), empty when the caller gave none: it lets a
+    /// provider's logs be matched with the audit log, and reveals nothing of the caller's own
+    /// id (which a careless client could fill with a subject id).
     pub request_id: String,
+    /// The consumer's SIRET as the registry declares it (`participants[i].siret`), if any.
+    pub consumer_siret: Option<String>,
+    /// The purpose's label as the registry declares it.
+    pub purpose_label: String,
+    /// The subject's civil-status fields, for a `pivot:` subject (None for any other scheme).
+    pub civil_status: Option<CivilStatus>,
     /// When the broker stops waiting for the answer.
     pub deadline: tokio::time::Instant,
 }
@@ -54,6 +64,12 @@ impl fmt::Debug for AdapterRequest {
             .field("purpose", &self.purpose)
             .field("legal_basis", &self.legal_basis)
             .field("request_id", &self.request_id)
+            .field("consumer_siret", &self.consumer_siret)
+            .field("purpose_label", &self.purpose_label)
+            .field(
+                "civil_status",
+                &self.civil_status.as_ref().map(|_| "<redacted>"),
+            )
             .field("deadline", &self.deadline)
             .finish()
     }
@@ -86,6 +102,11 @@ pub enum AdapterError {
     /// The request's deadline passed before the provider answered.
     #[error("provider deadline exceeded")]
     DeadlineExceeded,
+    /// The request's subject cannot be sent to this provider (e.g. its route matches on
+    /// civil-status fields and the subject is not a `pivot:` identity). Decided from the request
+    /// alone, before any call: the caller's error, never the provider's (INVALID_ARGUMENT).
+    #[error("{0}")]
+    SubjectNotAccepted(String),
 }
 
 /// What a provider answered: the claims, and its verified signature when it signed them.
@@ -114,6 +135,13 @@ pub trait Adapter: Send + Sync + fmt::Debug {
 
     /// The adapter's kind, for logs and metrics ("static", "http", "grpc").
     fn kind(&self) -> &'static str;
+
+    /// Refusals that depend on the request alone ([`AdapterError::SubjectNotAccepted`]): the
+    /// broker asks before the provider's breaker and concurrency limit, which such a refusal
+    /// must not touch. `fetch` refuses the same requests.
+    fn precheck(&self, _request: &AdapterRequest) -> Result<(), AdapterError> {
+        Ok(())
+    }
 }
 
 /// What one attempt at a provider gave, for adapters that retry.

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapter;
+pub mod civil_status;
 pub mod claims;
 pub mod http;
 pub mod origin;
@@ -20,10 +21,11 @@ pub mod static_dataset;
 pub use adapter::{
     Adapter, AdapterError, AdapterRequest, Answer, Attempt, LegalBasis, check_request,
 };
+pub use civil_status::{CivilStatus, Sex};
 pub use claims::{ClaimSpec, ClaimType, ClaimValue, Claims, MAX_STRING_BYTES, check_claims, quote};
 pub use http::{
-    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, HttpAdapter, HttpConfig,
-    HttpConfigError, HttpMethod, MAX_JSON_DEPTH,
+    ClaimMapping, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, HttpAdapter,
+    HttpConfig, HttpConfigError, HttpMethod, MAX_JSON_DEPTH, Placeholder, SexCodes,
 };
 pub use origin::{Origin, OriginPolicy, Proof};
 pub use rate_limit::ProviderRateLimit;

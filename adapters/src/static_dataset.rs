@@ -419,6 +419,9 @@ mod tests {
                 consent_id: "c-1".into(),
             },
             request_id: "r-1".into(),
+            consumer_siret: None,
+            purpose_label: String::new(),
+            civil_status: None,
             deadline: tokio::time::Instant::now() + Duration::from_secs(5),
         }
     }

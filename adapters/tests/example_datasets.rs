@@ -72,6 +72,9 @@ fn request(attestation_type: &str, subject: &str, claims: &[&str]) -> AdapterReq
             citation: "CRPA, art. L. 114-8".into(),
         },
         request_id: "req-1".into(),
+        consumer_siret: None,
+        purpose_label: String::new(),
+        civil_status: None,
         deadline: tokio::time::Instant::now() + Duration::from_secs(5),
     }
 }

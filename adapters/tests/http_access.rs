@@ -59,7 +59,10 @@ fn request() -> AdapterRequest {
         attestation_type: TYPE.into(),
         claims: vec!["quotient_familial".into()],
         consumer: "mairie-lyon".into(),
+        consumer_siret: None,
         purpose: "tarification_cantine".into(),
+        purpose_label: "Tarif de la cantine".into(),
+        civil_status: None,
         legal_basis: LegalBasis::Law {
             citation: "CRPA, art. L. 114-8".into(),
         },

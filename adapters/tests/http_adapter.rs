@@ -64,7 +64,10 @@ fn request(subject: &str, claims: &[&str], deadline: Duration) -> AdapterRequest
         legal_basis: LegalBasis::Law {
             citation: "Code de la sécurité sociale, art. L. 114-12".into(),
         },
-        request_id: "01J0000000000000000000000".into(),
+        request_id: "hmac:00112233445566778899aabbccddeeff".into(),
+        consumer_siret: Some("21690123100011".into()),
+        purpose_label: "Tarif de la cantine".into(),
+        civil_status: None,
         deadline: Instant::now() + deadline,
     }
 }
@@ -234,7 +237,10 @@ async fn bearer_token_static_and_forwarded_headers_reach_the_provider() {
         h("x-unefois-legal-basis"),
         "Code de la s%C3%A9curit%C3%A9 sociale, art. L. 114-12"
     );
-    assert_eq!(h("x-unefois-request-id"), "01J0000000000000000000000");
+    assert_eq!(
+        h("x-unefois-request-id"),
+        "hmac:00112233445566778899aabbccddeeff"
+    );
 
     // A consent is forwarded as consent:<id>.
     let mut req = request("test:alice", &["quotient_familial"], Duration::from_secs(5));
@@ -333,7 +339,7 @@ async fn post_sends_a_json_body_and_is_never_retried() {
             "consumer": "mairie-lyon",
             "purpose": "tarif-cantine",
             "legal_basis": "Code de la sécurité sociale, art. L. 114-12",
-            "request_id": "01J0000000000000000000000",
+            "request_id": "hmac:00112233445566778899aabbccddeeff",
         })
     );
 }
@@ -690,13 +696,13 @@ async fn new_validates_the_configuration() {
     let mut cfg = base();
     cfg.claims.insert("nir".into(), "/data/nir".into());
     let err = refuse(cfg);
-    assert!(err.contains("claims.\"nir\""), "{err}");
+    assert!(err.contains("claims.nir: "), "{err}");
     assert!(err.contains("\"nir\" is not in the schema"), "{err}");
 
     let mut cfg = base();
     cfg.claims
         .insert("mois_reference".into(), "data/mois".into());
-    assert!(refuse(cfg).contains("claims.\"mois_reference\""));
+    assert!(refuse(cfg).contains("claims.mois_reference: "));
 
     let mut cfg = base();
     cfg.url = "http://{subject}.evil.test/".into();
@@ -721,7 +727,7 @@ async fn new_validates_the_configuration() {
     let mut cfg = base();
     cfg.headers
         .insert("X-Unefois-Consumer".into(), "forged".into());
-    assert!(refuse(cfg).contains("headers.\"X-Unefois-Consumer\""));
+    assert!(refuse(cfg).contains("headers.X-Unefois-Consumer: "));
 
     let mut cfg = base();
     cfg.headers.insert("Bad Name".into(), "x".into());
@@ -729,7 +735,7 @@ async fn new_validates_the_configuration() {
 
     let mut cfg = base();
     cfg.headers.insert("X-Ok".into(), "line\nbreak".into());
-    assert!(refuse(cfg).contains("headers.\"X-Ok\""));
+    assert!(refuse(cfg).contains("headers.X-Ok: "));
 
     // Unknown fields are refused by the registry's parser; defaults apply.
     let err = serde_json::from_value::<HttpConfig>(serde_json::json!({
@@ -868,4 +874,452 @@ async fn mtls_with_a_client_certificate_from_the_private_pki() {
         "{err:?}"
     );
     assert_eq!(served.load(Ordering::SeqCst), 1);
+}
+
+// ------------------------------------------------- per-call parameters, identity, mappings
+
+/// The civil status of `pivot:DUPONT|MARIE CLAIRE|1985-07-04|F|<place>|<country>`.
+fn marie(place: &str, country: &str) -> unefois_adapters::CivilStatus {
+    unefois_adapters::CivilStatus {
+        family_name: "DUPONT-DE L ILE".into(),
+        given_names: vec!["MARIE".into(), "CLAIRE".into()],
+        birth_date: date!(1985 - 07 - 04),
+        sex: unefois_adapters::Sex::Female,
+        birth_place: place.into(),
+        birth_country: country.into(),
+    }
+}
+
+fn pivot_request(civil: unefois_adapters::CivilStatus) -> AdapterRequest {
+    let mut req = request(
+        "pivot:DUPONT-DE L ILE|MARIE CLAIRE|1985-07-04|F|69123|99100",
+        &["quotient_familial"],
+        Duration::from_secs(5),
+    );
+    req.civil_status = Some(civil);
+    req
+}
+
+#[tokio::test]
+async fn request_placeholders_are_percent_encoded_where_they_land() {
+    let (addr, seen) = recording_server(|| json(StatusCode::OK, GOOD_BODY)).await;
+    let mut cfg = config(format!(
+        "http://{addr}/v1/{{consumer}}/{{purpose_label}}?fixed=1"
+    ));
+    cfg.query = BTreeMap::from([
+        ("recipient".to_string(), "{consumer_siret}".to_string()),
+        ("motif".to_string(), "{purpose_label}".to_string()),
+        (
+            "object".to_string(),
+            "{purpose} ({legal_basis})".to_string(),
+        ),
+        ("request_id".to_string(), "{request_id}".to_string()),
+        ("champs[]".to_string(), "{claims}".to_string()),
+    ]);
+    cfg.headers = BTreeMap::from([
+        ("X-Recipient".to_string(), "{consumer_siret}".to_string()),
+        ("X-Context".to_string(), "motif={purpose_label}".to_string()),
+        ("X-Static".to_string(), "as written".to_string()),
+    ]);
+    let adapter = HttpAdapter::new(TYPE, &schema(), &cfg).unwrap();
+    let mut req = request(
+        "test:alice",
+        &["quotient_familial", "mois_reference"],
+        Duration::from_secs(5),
+    );
+    req.consumer = "mairie-lyon".into();
+    req.purpose_label = "Tarif cantine & été / 50%".into();
+    adapter.fetch(&req).await.unwrap();
+    let (_, uri, headers, _) = seen.last();
+    // Path segments: only A-Z a-z 0-9 - . _ ~ stay as they are; '/' cannot add a segment.
+    assert_eq!(
+        uri.path(),
+        "/v1/mairie-lyon/Tarif%20cantine%20%26%20%C3%A9t%C3%A9%20%2F%2050%25"
+    );
+    // The URL's own query first, then the table in name order, names and values encoded.
+    assert_eq!(
+        uri.query().unwrap(),
+        "fixed=1\
+         &champs%5B%5D=quotient_familial%2Cmois_reference\
+         &motif=Tarif%20cantine%20%26%20%C3%A9t%C3%A9%20%2F%2050%25\
+         &object=tarif-cantine%20%28Code%20de%20la%20s%C3%A9curit%C3%A9%20sociale%2C%20art.%20L.%20114-12%29\
+         &recipient=21690123100011\
+         &request_id=hmac%3A00112233445566778899aabbccddeeff"
+    );
+    let h = |name: &str| headers[name].to_str().unwrap().to_string();
+    assert_eq!(h("x-recipient"), "21690123100011");
+    // Header values: literals as written, values with %, controls and non-ASCII encoded.
+    assert_eq!(
+        h("x-context"),
+        "motif=Tarif cantine & %C3%A9t%C3%A9 / 50%25"
+    );
+    assert_eq!(h("x-static"), "as written");
+
+    // No request id (the caller gave none): the parameter is left out, not sent empty.
+    req.request_id = String::new();
+    adapter.fetch(&req).await.unwrap();
+    let (_, uri, _, _) = seen.last();
+    let query = uri.query().unwrap();
+    assert!(!query.contains("request_id"), "{query}");
+    assert_eq!(seen.hits(), 2);
+}
+
+#[tokio::test]
+async fn identity_routes_send_the_civil_status_of_a_pivot_subject() {
+    let (addr, seen) = recording_server(|| json(StatusCode::OK, GOOD_BODY)).await;
+    let mut cfg = config(format!("http://{addr}/v3/dss/quotient_familial/identite"));
+    cfg.query = [
+        ("recipient", "{consumer_siret}"),
+        ("nomNaissance", "{family_name}"),
+        ("prenoms[]", "{given_names[]}"),
+        ("anneeDateNaissance", "{birth_year}"),
+        ("moisDateNaissance", "{birth_month}"),
+        ("jourDateNaissance", "{birth_day}"),
+        ("sexeEtatCivil", "{sex}"),
+        ("codeCogInseeCommuneNaissance", "{birth_place}"),
+        ("codeCogInseePaysNaissance", "{birth_country}"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    cfg.headers = BTreeMap::from([
+        (
+            "X-Naissance".to_string(),
+            "{birth_date} {birth_month:02}".to_string(),
+        ),
+        ("X-Prenoms".to_string(), "{given_names}".to_string()),
+    ]);
+    let adapter = HttpAdapter::new(TYPE, &schema(), &cfg).unwrap();
+
+    adapter
+        .fetch(&pivot_request(marie("69123", "99100")))
+        .await
+        .unwrap();
+    let (_, uri, headers, _) = seen.last();
+    assert_eq!(uri.path(), "/v3/dss/quotient_familial/identite");
+    assert_eq!(
+        uri.query().unwrap(),
+        "anneeDateNaissance=1985\
+         &codeCogInseeCommuneNaissance=69123\
+         &codeCogInseePaysNaissance=99100\
+         &jourDateNaissance=4\
+         &moisDateNaissance=7\
+         &nomNaissance=DUPONT-DE%20L%20ILE\
+         &prenoms%5B%5D=MARIE&prenoms%5B%5D=CLAIRE\
+         &recipient=21690123100011\
+         &sexeEtatCivil=F"
+    );
+    assert_eq!(headers["x-naissance"], "1985-07-04 07");
+    assert_eq!(headers["x-prenoms"], "MARIE CLAIRE");
+
+    // Born abroad: no commune, so the parameter is left out; other sex codes.
+    cfg.sex_codes = Some(unefois_adapters::SexCodes {
+        male: "1".into(),
+        female: "2".into(),
+    });
+    let adapter = HttpAdapter::new(TYPE, &schema(), &cfg).unwrap();
+    adapter
+        .fetch(&pivot_request(marie("", "99243")))
+        .await
+        .unwrap();
+    let (_, uri, _, _) = seen.last();
+    let query = uri.query().unwrap();
+    assert!(!query.contains("codeCogInseeCommuneNaissance"), "{query}");
+    assert!(query.contains("codeCogInseePaysNaissance=99243"), "{query}");
+    assert!(query.contains("sexeEtatCivil=2"), "{query}");
+    assert_eq!(seen.hits(), 2);
+
+    // A subject that is not pivot: refused before any call, the caller's fault.
+    let req = request(
+        "siret:11000201100044",
+        &["quotient_familial"],
+        Duration::from_secs(5),
+    );
+    let err = adapter.precheck(&req).unwrap_err();
+    assert!(
+        matches!(err, AdapterError::SubjectNotAccepted(_)),
+        "{err:?}"
+    );
+    let err = adapter.fetch(&req).await.unwrap_err();
+    let AdapterError::SubjectNotAccepted(why) = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        why.contains("must be a pivot: identity") && why.contains("not a siret: subject"),
+        "{why}"
+    );
+    assert!(!why.contains("11000201100044"), "{why}");
+    assert_eq!(seen.hits(), 2, "nothing was sent");
+    // Debug never shows the subject nor its civil status.
+    let shown = format!("{:?}", pivot_request(marie("69123", "99100")));
+    assert!(
+        !shown.contains("DUPONT") && !shown.contains("1985"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("civil_status: Some(\"<redacted>\")"),
+        "{shown}"
+    );
+}
+
+/// API Particulier v3's answer to `GET /v3/dss/quotient_familial/identite` (its staging data
+/// for a parent of two children).
+const API_PARTICULIER_QF: &str = r#"{
+  "data": {
+    "allocataires": [
+      {"nom_naissance": "BERNARD", "nom_usage": null, "prenoms": "JULIEN",
+       "date_naissance": "1979-02-27", "sexe": "M"}
+    ],
+    "enfants": [
+      {"nom_naissance": "BERNARD", "nom_usage": null, "prenoms": "THOMAS",
+       "date_naissance": "2006-06-08", "sexe": "M"},
+      {"nom_naissance": "BERNARD", "nom_usage": null, "prenoms": "LEO",
+       "date_naissance": "2011-03-19", "sexe": "M"}
+    ],
+    "adresse": {"destinataire": "Monsieur BERNARD JULIEN", "code_postal_ville": "13008 MARSEILLE",
+                "pays": "FRANCE"},
+    "quotient_familial": {"fournisseur": "CNAF", "valeur": 1050, "annee": 2023, "mois": 6,
+                          "annee_calcul": 2024, "mois_calcul": 12}
+  },
+  "links": {},
+  "meta": {}
+}"#;
+
+fn qf_schema() -> Vec<ClaimSpec> {
+    [
+        ("quotient_familial", ClaimType::Integer),
+        ("mois_reference", ClaimType::String),
+        ("nombre_enfants", ClaimType::Integer),
+        ("regime_msa", ClaimType::Boolean),
+        ("naissance_aine", ClaimType::Date),
+        ("prenom_cadet", ClaimType::String),
+        ("premier_enfant", ClaimType::String),
+    ]
+    .into_iter()
+    .map(|(name, claim_type)| ClaimSpec {
+        name: name.into(),
+        claim_type,
+    })
+    .collect()
+}
+
+fn qf_config(url: String, claims: serde_json::Value) -> HttpConfig {
+    serde_json::from_value(serde_json::json!({"url": url, "claims": claims})).unwrap()
+}
+
+#[tokio::test]
+async fn jsonpath_and_transforms_map_an_api_particulier_answer() {
+    let (addr, seen) = recording_server(|| json(StatusCode::OK, API_PARTICULIER_QF)).await;
+    let cfg = qf_config(
+        format!("http://{addr}/v3/dss/quotient_familial/identite"),
+        serde_json::json!({
+            "quotient_familial": "$.data.quotient_familial.valeur",
+            "mois_reference": {
+                "format": "{annee}-{mois:02}",
+                "paths": {"annee": "$.data.quotient_familial.annee", "mois": "$.data.quotient_familial.mois"}
+            },
+            "nombre_enfants": {"count": "$.data.enfants"},
+            "regime_msa": {"map": {"CNAF": false, "MSA": true}, "path": "$.data.quotient_familial.fournisseur"},
+            "naissance_aine": "$.data.enfants[0].date_naissance",
+            "prenom_cadet": "$.data.enfants[?@.date_naissance > '2010-01-01'].prenoms",
+            "premier_enfant": "/data/enfants/0/prenoms",
+        }),
+    );
+    let adapter = HttpAdapter::new(TYPE, &qf_schema(), &cfg).unwrap();
+    let schema = qf_schema();
+    let all: Vec<&str> = schema.iter().map(|s| s.name.as_str()).collect();
+    let claims = adapter
+        .fetch(&request("test:alice", &all, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(claims["quotient_familial"], ClaimValue::Integer(1050));
+    assert_eq!(
+        claims["mois_reference"],
+        ClaimValue::String("2023-06".into())
+    );
+    assert_eq!(claims["nombre_enfants"], ClaimValue::Integer(2));
+    assert_eq!(claims["regime_msa"], ClaimValue::Boolean(false));
+    assert_eq!(
+        claims["naissance_aine"],
+        ClaimValue::Date(date!(2006 - 06 - 08))
+    );
+    assert_eq!(claims["prenom_cadet"], ClaimValue::String("LEO".into()));
+    assert_eq!(
+        claims["premier_enfant"],
+        ClaimValue::String("THOMAS".into())
+    );
+    assert_eq!(claims.len(), 7);
+    assert_eq!(seen.hits(), 1);
+
+    // A path that selects both children for one claim: an invalid answer, never a guess.
+    let cfg = qf_config(
+        format!("http://{addr}/q"),
+        serde_json::json!({"premier_enfant": "$.data.enfants[*].prenoms"}),
+    );
+    let adapter = HttpAdapter::new(TYPE, &qf_schema(), &cfg).unwrap();
+    let err = adapter
+        .fetch(&request(
+            "test:alice",
+            &["premier_enfant"],
+            Duration::from_secs(5),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AdapterError::InvalidResponse(why) if why.contains("selects 2 values")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn absent_values_stay_absent_and_limits_still_hold() {
+    let (addr, _) = recording_server(|| {
+        json(
+            StatusCode::OK,
+            r#"{"data": {"quotient_familial": {"valeur": null, "annee": 2023}}}"#,
+        )
+    })
+    .await;
+    let cfg = qf_config(
+        format!("http://{addr}/q"),
+        serde_json::json!({
+            "quotient_familial": "$.data.quotient_familial.valeur",
+            "mois_reference": {"format": "{a}-{m:02}", "paths": {"a": "$.data.quotient_familial.annee", "m": "$.data.quotient_familial.mois"}},
+            "nombre_enfants": {"count": "$.data.enfants"},
+            "prenom_cadet": "$.data.enfants[?@.rang == 2].prenoms",
+        }),
+    );
+    let adapter = HttpAdapter::new(TYPE, &qf_schema(), &cfg).unwrap();
+    let claims = adapter
+        .fetch(&request(
+            "test:alice",
+            &[
+                "quotient_familial",
+                "mois_reference",
+                "nombre_enfants",
+                "prenom_cadet",
+            ],
+            Duration::from_secs(5),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        claims.is_empty(),
+        "the provider holds none of them: {claims:?}"
+    );
+
+    // The depth limit applies before any path is evaluated.
+    let deep = format!(r#"{{"data": {}1{}}}"#, "[".repeat(100), "]".repeat(100));
+    let (addr, _) = recording_server(move || json(StatusCode::OK, &deep)).await;
+    let cfg = qf_config(
+        format!("http://{addr}/q"),
+        serde_json::json!({"nombre_enfants": {"count": "$..*"}}),
+    );
+    let adapter = HttpAdapter::new(TYPE, &qf_schema(), &cfg).unwrap();
+    let err = adapter
+        .fetch(&request(
+            "test:alice",
+            &["nombre_enfants"],
+            Duration::from_secs(5),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AdapterError::InvalidResponse(why) if why.contains("nested deeper than 64")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_placeholders_and_mappings_name_their_field() {
+    let schema = qf_schema();
+    let refuse = |cfg: serde_json::Value| {
+        let cfg: HttpConfig = serde_json::from_value(cfg).unwrap();
+        let e = HttpAdapter::new(TYPE, &schema, &cfg).unwrap_err();
+        // check() (what the registry calls) refuses the same way.
+        let c = cfg.check(TYPE, &schema).unwrap_err();
+        assert_eq!(
+            (c.field.clone(), c.reason.clone()),
+            (e.field.clone(), e.reason.clone())
+        );
+        (e.field, e.reason)
+    };
+    let base = |extra: serde_json::Value| {
+        let mut cfg = serde_json::json!({
+            "url": "http://127.0.0.1:1/q",
+            "claims": {"quotient_familial": "$.data.qf"},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        cfg
+    };
+    for (extra, field, why) in [
+        (
+            serde_json::json!({"query": {"recipient": "{siret}"}}),
+            "query.recipient",
+            "unknown placeholder {siret}",
+        ),
+        (
+            serde_json::json!({"query": {"prenoms[]": "x{given_names[]}"}}),
+            "query.\"prenoms[]\"",
+            "whole value",
+        ),
+        (
+            serde_json::json!({"query": {"{consumer}": "x"}}),
+            "query.\"{consumer}\"",
+            "no placeholder",
+        ),
+        (
+            serde_json::json!({"headers": {"X-Recipient": "{consumer_sirt}"}}),
+            "headers.X-Recipient",
+            "unknown placeholder {consumer_sirt}",
+        ),
+        (
+            serde_json::json!({"headers": {"X-Names": "{given_names[]}"}}),
+            "headers.X-Names",
+            "use {given_names}",
+        ),
+        (
+            serde_json::json!({"url": "http://127.0.0.1:1/q/{request}"}),
+            "url",
+            "unknown placeholder {request}",
+        ),
+        (
+            serde_json::json!({"url": "http://127.0.0.1:1/q?p={given_names[]}"}),
+            "url",
+            "query table",
+        ),
+        (
+            serde_json::json!({"sex_codes": {"M": "", "F": "2"}}),
+            "sex_codes.M",
+            "1 to 32 bytes",
+        ),
+        (
+            serde_json::json!({"claims": {"quotient_familial": {"count": "$.data.enfants"}, "mois_reference": {"count": "$.x"}}}),
+            "claims.mois_reference.count",
+            "declared string",
+        ),
+        (
+            serde_json::json!({"claims": {"quotient_familial": "data.qf"}}),
+            "claims.quotient_familial",
+            "neither a JSON pointer",
+        ),
+    ] {
+        let (f, reason) = refuse(base(extra.clone()));
+        assert_eq!(f, field, "{extra}: {reason}");
+        assert!(reason.contains(why), "{extra}: {reason}");
+    }
+    // Where each placeholder is used, for the registry's checks.
+    let cfg: HttpConfig = serde_json::from_value(base(serde_json::json!({
+        "query": {"recipient": "{consumer_siret}"},
+        "headers": {"X-Recipient": "{consumer_siret}"},
+    })))
+    .unwrap();
+    let uses = cfg.check(TYPE, &schema).unwrap();
+    assert_eq!(
+        uses.get(&unefois_adapters::http::Placeholder::ConsumerSiret)
+            .map(String::as_str),
+        Some("query.recipient")
+    );
 }

@@ -885,7 +885,23 @@ async fn provide(
                 consent_id: consent_id.clone(),
             },
         },
-        request_id: input.request_id.clone(),
+        // As base_event records it, never the caller's own id: a provider may log it, and it
+        // matches the audit log.
+        request_id: if input.request_id.is_empty() {
+            String::new()
+        } else {
+            state.sealer.blind_id(&caller.actor(), &input.request_id)
+        },
+        consumer_siret: loaded
+            .registry
+            .participant(&caller.participant)
+            .and_then(|p| p.siret.clone()),
+        purpose_label: loaded
+            .registry
+            .purpose(&input.purpose)
+            .map(|p| p.label.clone())
+            .unwrap_or_default(),
+        civil_status: decision.subject.civil_status(),
         deadline: tokio::time::Instant::now() + budget,
     };
     let started = std::time::Instant::now();
@@ -902,6 +918,7 @@ async fn provide(
         Err(AdapterError::AuthFailed(_)) => "auth_failed",
         Err(AdapterError::InvalidResponse(_)) => "invalid_response",
         Err(AdapterError::DeadlineExceeded) => "deadline_exceeded",
+        Err(AdapterError::SubjectNotAccepted(_)) => "subject_not_accepted",
     };
     crate::metrics::provider_call(
         provider,
@@ -940,5 +957,10 @@ async fn provide(
             }
         }
         AdapterError::DeadlineExceeded => ApiError::ProviderDeadline(provider.to_string()),
+        // The request's fault, not the provider's: refused like any invalid subject.
+        AdapterError::SubjectNotAccepted(why) => ApiError::InvalidArgument {
+            field: "subject",
+            message: why,
+        },
     })
 }

@@ -82,6 +82,9 @@ pub struct Participant {
     pub oidc_audience: Option<String>,
     /// A provider's keys for its signed answers (proof of origin), if it signs.
     pub origin: Option<OriginKeys>,
+    /// Its SIRET (14 digits, normalised), which providers such as API Particulier require as the
+    /// `recipient` of each call (an http adapter's `{consumer_siret}`).
+    pub siret: Option<String>,
 }
 
 /// A provider's proof of origin (docs/adapters/origin.md): declared on the participant, since
@@ -616,6 +619,8 @@ mod raw {
         pub oidc_audience: Option<String>,
         #[serde(default)]
         pub origin: Option<ParticipantOrigin>,
+        #[serde(default)]
+        pub siret: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -999,6 +1004,11 @@ impl Validator<'_> {
                 }
                 self.text(format!("{at}.oidc_audience"), aud);
             }
+            let siret = p.siret.as_deref().and_then(|value| {
+                crate::subject::siret(value)
+                    .map_err(|e| self.fail(format!("{at}.siret"), format!("{value:?}: {e}")))
+                    .ok()
+            });
             let origin = p.origin.and_then(|o| {
                 self.provider_origin(&at, &roles, o, raw.federation.allow_test_subjects)
             });
@@ -1013,6 +1023,7 @@ impl Validator<'_> {
                         rate_limit: p.rate_limit,
                         oidc_audience: p.oidc_audience,
                         origin,
+                        siret,
                     },
                 )
                 .is_some()
@@ -1042,6 +1053,8 @@ impl Validator<'_> {
         }
 
         let mut attestation_types = BTreeMap::new();
+        // Per type id: the registry key of the adapter setting that sends `{consumer_siret}`.
+        let mut sends_siret: BTreeMap<String, String> = BTreeMap::new();
         for (i, t) in raw.attestation_types.into_iter().enumerate() {
             let at = format!("attestation_types[{i}]");
             match t.id.split_once('.') {
@@ -1190,6 +1203,24 @@ impl Validator<'_> {
                         config.allow_plain_http,
                         &credentials,
                     );
+                    // Templates and claim mappings (no file needed): refused here, by key.
+                    let specs: Vec<unefois_adapters::ClaimSpec> = claims
+                        .iter()
+                        .map(|c| unefois_adapters::ClaimSpec {
+                            name: c.name.clone(),
+                            claim_type: c.claim_type,
+                        })
+                        .collect();
+                    match config.check(&t.id, &specs) {
+                        Ok(uses) => {
+                            if let Some(field) =
+                                uses.get(&unefois_adapters::http::Placeholder::ConsumerSiret)
+                            {
+                                sends_siret.insert(t.id.clone(), format!("{at}.adapter.{field}"));
+                            }
+                        }
+                        Err(e) => self.fail(format!("{at}.adapter.{}", e.field), e.reason),
+                    }
                     AdapterBinding::Http(config)
                 }
                 raw::Adapter::Grpc(mut config) => {
@@ -1310,6 +1341,21 @@ impl Validator<'_> {
                     )
                 }
                 Some(_) => {}
+            }
+            if let Some(key) = sends_siret.get(&h.attestation_type)
+                && participants
+                    .get(&h.consumer)
+                    .is_some_and(|p: &Participant| p.siret.is_none())
+            {
+                self.fail(
+                    format!("{at}.consumer"),
+                    format!(
+                        "{key} sends {{consumer_siret}} to the provider, and participant {:?} \
+                         declares no siret: the provider would get an empty recipient. Declare \
+                         its siret in [[participants]]",
+                        h.consumer
+                    ),
+                );
             }
             let ty = attestation_types.get(&h.attestation_type);
             if ty.is_none() {

@@ -303,6 +303,8 @@ impl Adapter for Guarded {
     /// The inner adapter's answer, behind the concurrency limit and the breaker: a signature
     /// that fails is an invalid answer, and counts as a failure like any other.
     async fn answer(&self, request: &AdapterRequest) -> Result<Answer, AdapterError> {
+        // A refusal of the request itself leaves the breaker, the slots and the gate alone.
+        self.inner.precheck(request)?;
         // The provider asked to wait: answered at once, without calling it.
         if let Some(gate) = &self.gate {
             gate.check()?;
@@ -363,6 +365,10 @@ impl Adapter for Guarded {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
+
+    fn precheck(&self, request: &AdapterRequest) -> Result<(), AdapterError> {
+        self.inner.precheck(request)
+    }
 }
 
 #[cfg(test)]
@@ -417,6 +423,9 @@ mod tests {
                 citation: "x".into(),
             },
             request_id: String::new(),
+            consumer_siret: None,
+            purpose_label: String::new(),
+            civil_status: None,
             deadline: Instant::now() + Duration::from_millis(ms),
         }
     }

@@ -110,6 +110,50 @@ impl Subject {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The civil-status fields of a `pivot:` subject, for providers asked by identity (None for
+    /// another scheme). Read back from the canonical form, which [`Subject::parse`] checked.
+    pub fn civil_status(&self) -> Option<unefois_adapters::CivilStatus> {
+        let [family, given, date, sex, place, country] =
+            pivot_fields(self.0.strip_prefix("pivot:")?)?;
+        Some(unefois_adapters::CivilStatus {
+            family_name: family.to_string(),
+            given_names: given
+                .split(' ')
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+                .collect(),
+            birth_date: birth_date(date)?,
+            sex: match sex {
+                "M" => unefois_adapters::Sex::Male,
+                "F" => unefois_adapters::Sex::Female,
+                _ => return None,
+            },
+            birth_place: place.to_string(),
+            birth_country: country.to_string(),
+        })
+    }
+}
+
+/// A SIRET as the registry declares an organisation's (`participants[i].siret`): 14 digits,
+/// spaces allowed and removed, checked as a `siret:` subject is.
+pub fn siret(value: &str) -> Result<String, SubjectError> {
+    digits("siret", value, 14)
+}
+
+/// The six fields of a `pivot:` value, split on `|`.
+fn pivot_fields(value: &str) -> Option<[&str; 6]> {
+    let fields: Vec<&str> = value.split('|').collect();
+    fields.try_into().ok()
+}
+
+/// A birth date of a `pivot:` value: exactly `YYYY-MM-DD`, in the calendar.
+fn birth_date(date: &str) -> Option<time::Date> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    if date.len() != 10 {
+        return None;
+    }
+    time::Date::parse(date, &format).ok()
 }
 
 /// Never prints the subject: logs and traces must not carry raw subject ids.
@@ -206,8 +250,7 @@ fn canonical_name(name: &str) -> bool {
 /// Checks the value of a `pivot:` subject:
 /// `FAMILY|GIVEN NAMES|YYYY-MM-DD|M or F|birthplace|birthcountry`.
 fn check_pivot(value: &str) -> Result<(), SubjectError> {
-    let fields: Vec<&str> = value.split('|').collect();
-    let [family, given, date, sex, place, country] = fields[..] else {
+    let Some([family, given, date, sex, place, country]) = pivot_fields(value) else {
         return Err(SubjectError::InvalidPivot(
             "expected six fields separated by |",
         ));
@@ -222,8 +265,7 @@ fn check_pivot(value: &str) -> Result<(), SubjectError> {
             "given names not in canonical form",
         ));
     }
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    if date.len() != 10 || time::Date::parse(date, &format).is_err() {
+    if birth_date(date).is_none() {
         return Err(SubjectError::InvalidPivot("birth date must be YYYY-MM-DD"));
     }
     if sex != "M" && sex != "F" {
@@ -392,6 +434,48 @@ mod tests {
             assert!(Subject::parse(bad, true).is_err(), "{bad:?} accepted");
         }
         assert!(Subject::parse("pivot:NGUYEN|AN|1990-01-02|M||99243", false).is_ok());
+    }
+
+    #[test]
+    fn a_pivot_subject_gives_its_civil_status() {
+        let s = Subject::parse(
+            "pivot:DUPONT-DE L ILE|MARIE CLAIRE JEAN-PIERRE|1985-07-04|F|2A004|99100",
+            false,
+        )
+        .map(|s| s.civil_status());
+        let Ok(Some(c)) = s else {
+            panic!("no civil status");
+        };
+        assert_eq!(c.family_name, "DUPONT-DE L ILE");
+        assert_eq!(c.given_names, ["MARIE", "CLAIRE", "JEAN-PIERRE"]);
+        assert_eq!(c.birth_date, time::macros::date!(1985 - 07 - 04));
+        assert_eq!(c.sex, unefois_adapters::Sex::Female);
+        assert_eq!(
+            (c.birth_place.as_str(), c.birth_country.as_str()),
+            ("2A004", "99100")
+        );
+        assert_eq!(format!("{c:?}"), "CivilStatus(<redacted>)");
+        let abroad =
+            Subject::parse("pivot:NGUYEN||1990-01-02|M||99243", false).map(|s| s.civil_status());
+        let Ok(Some(c)) = abroad else {
+            panic!("no civil status");
+        };
+        assert!(c.given_names.is_empty() && c.birth_place.is_empty());
+        assert_eq!(c.sex, unefois_adapters::Sex::Male);
+        for other in ["siret:11000201100044", "test:alice"] {
+            assert_eq!(
+                Subject::parse(other, true).map(|s| s.civil_status()),
+                Ok(None)
+            );
+        }
+    }
+
+    #[test]
+    fn registry_sirets_are_checked_as_subjects_are() {
+        assert_eq!(siret("130 025 265 00013"), Ok("13002526500013".into()));
+        assert!(siret("13002526500014").is_err());
+        assert!(siret("1300252650001").is_err());
+        assert!(siret("1300252650001a").is_err());
     }
 
     #[test]

@@ -20,7 +20,6 @@
 //! - checkpoint: a checkpoint that verifies under one log key never verifies under another
 //!   of the same origin, and what it says, signed by that other key, verifies under it only.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -246,6 +245,9 @@ fn request(subject: &str, claims: &[String]) -> AdapterRequest {
             consent_id: "c-1".into(),
         },
         request_id: "r-1".into(),
+        consumer_siret: None,
+        purpose_label: String::new(),
+        civil_status: None,
         deadline: tokio::time::Instant::now() + Duration::from_secs(10),
     }
 }
@@ -351,13 +353,14 @@ impl HttpHarness {
                 .map(|(name, t, _)| (*name, *t))
                 .collect::<Vec<_>>(),
         );
-        // Read as the registry reads it: the settings not named here keep their defaults.
+        // Built from JSON, as the registry's parser builds it: new settings keep their defaults.
+        let claims: serde_json::Map<String, Value> = HTTP_CLAIMS
+            .iter()
+            .map(|(name, _, pointer)| ((*name).to_string(), Value::from(*pointer)))
+            .collect();
         let config: HttpConfig = serde_json::from_value(serde_json::json!({
             "url": format!("http://127.0.0.1:{port}/v1/{{subject}}?claims={{claims}}"),
-            "claims": HTTP_CLAIMS
-                .iter()
-                .map(|(name, _, pointer)| ((*name).to_string(), (*pointer).to_string()))
-                .collect::<BTreeMap<_, _>>(),
+            "claims": claims,
             "timeout_ms": 5000,
             "retries": 0,
             "max_response_bytes": HTTP_MAX_RESPONSE_BYTES,

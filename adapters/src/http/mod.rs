@@ -1,12 +1,14 @@
 //! The `http` adapter: the broker calls a provider's existing REST/JSON API.
 //!
-//! The registry declares, per attestation type, a URL template (`{subject}` and
-//! `{claims}` substituted percent-encoded), a method, static headers, how to
-//! authenticate (a bearer token, an API key or OAuth2 client credentials read from files,
+//! The registry declares, per attestation type, a URL template, query parameters and headers
+//! whose `{placeholders}` are substituted percent-encoded (the request's context, the
+//! consumer's SIRET, a `pivot:` subject's civil-status fields: placeholder.rs), a method, how
+//! to authenticate (a bearer token, an API key or OAuth2 client credentials read from files,
 //! an mTLS client certificate: auth.rs), a forward proxy (proxy.rs), the provider's error
-//! codes (errors.rs), and a JSON Pointer (RFC 6901) per claim into the provider's answer.
+//! codes (errors.rs), and where each claim lies in the provider's answer (a JSON pointer, a
+//! JSONPath or a transform: mapping.rs).
 //!
-//! Status mapping: 200 → the requested claims, read through their pointers and checked
+//! Status mapping: 200 → the requested claims, read through their mappings and checked
 //! against the schema; 401 and 403 → [`AdapterError::AuthFailed`] (with OAuth2, a 401 first
 //! fetches a new token and retries once); 429 or 503 with a `Retry-After` (seconds or
 //! HTTP-date, capped at [`MAX_RETRY_AFTER`]) → [`AdapterError::Unavailable`] carrying the
@@ -31,6 +33,9 @@ mod auth;
 mod errors;
 mod origin;
 mod proxy;
+mod mapping;
+mod placeholder;
+mod request;
 mod retry;
 mod template;
 
@@ -55,9 +60,15 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::adapter::{Adapter, AdapterError, AdapterRequest, Answer, LegalBasis};
-use crate::claims::{ClaimSpec, ClaimType, ClaimValue, Claims, check_claims, quote};
-use answer::{check_depth, validate_pointer};
+use crate::adapter::{Adapter, AdapterError, AdapterRequest, Answer};
+use crate::claims::{ClaimSpec, Claims, check_claims, quote};
+use answer::check_depth;
+use mapping::Mapping;
+pub use mapping::{ClaimMapping, MAX_PATH_BYTES};
+use placeholder::legal_basis_text;
+pub use placeholder::{Placeholder, SexCodes};
+pub use request::PlaceholderUses;
+use request::{RequestTemplates, header_template};
 use retry::{backoff, retry_after};
 use template::validate_url_template;
 
@@ -135,24 +146,35 @@ impl HttpMethod {
 ///
 /// Besides the static headers, every call carries `X-Unefois-Consumer`,
 /// `X-Unefois-Purpose`, `X-Unefois-Legal-Basis` (the law citation, or
-/// `consent:<id>`) and `X-Unefois-Request-Id`, so the provider can log and enforce
-/// them. Their values are UTF-8, with control characters, `%` and non-ASCII bytes
-/// percent-encoded.
+/// `consent:<id>`) and `X-Unefois-Request-Id` (the request id as the audit log records it,
+/// never the caller's own), so the provider can log and enforce them. Their values are
+/// UTF-8, with control characters, `%` and non-ASCII bytes percent-encoded.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// URL template, `http://` or `https://`. `{subject}` and `{claims}` (the requested
-    /// claims, each percent-encoded, joined with `,`) are replaced, percent-encoded
-    /// (only `A-Z a-z 0-9 - . _ ~` stay as they are); they may appear in the path or
-    /// the query only, never in the scheme or authority. E.g.
+    /// URL template, `http://` or `https://`. Its [`Placeholder`]s (`{subject}`, `{claims}`,
+    /// `{consumer_siret}`, `{family_name}`, ...) are replaced, percent-encoded (only
+    /// `A-Z a-z 0-9 - . _ ~` stay as they are); they may appear in the path or the query
+    /// only, never in the scheme or authority. E.g.
     /// `"https://api.caf.test/v1/quotient/{subject}"`.
     pub url: String,
+    /// Query parameters appended to the URL: name → template, both percent-encoded. A value
+    /// that renders empty is left out; `{given_names[]}` as the whole value repeats the
+    /// parameter once per given name. E.g. `{ recipient = "{consumer_siret}" }`.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// How `{sex}` is written when the provider does not take `M`/`F`:
+    /// `{ M = "1", F = "2" }`.
+    #[serde(default)]
+    pub sex_codes: Option<SexCodes>,
     /// `GET` (default) or `POST`.
     #[serde(default)]
     pub method: HttpMethod,
-    /// Static headers sent with every call. Names and values are validated; the
-    /// broker's own headers (`Host`, `Content-Type`, `X-Unefois-*`, ...) and, with a
-    /// bearer token, `Authorization` cannot be set here.
+    /// Headers sent with every call. Names and values are validated; the broker's own
+    /// headers (`Host`, `Content-Type`, `X-Unefois-*`, ...) and, with a bearer token,
+    /// `Authorization` cannot be set here. A value may hold placeholders: their values are
+    /// percent-encoded where they hold a control character, `%` or a non-ASCII byte, and a
+    /// header that renders empty is left out.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// File holding a bearer token, read at load and trimmed; sent as
@@ -169,10 +191,10 @@ pub struct HttpConfig {
     /// PEM private key of `client_cert_file`.
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
-    /// Claim name → RFC 6901 JSON Pointer into the response, e.g.
-    /// `"/data/quotient_familial"`. A pointer that resolves to nothing, or to `null`,
-    /// means the provider does not hold the claim.
-    pub claims: BTreeMap<String, String>,
+    /// Claim name → where it lies in the answer: a JSON pointer (`"/data/qf"`), a JSONPath
+    /// (`"$.data.qf"`) or a transform table ([`ClaimMapping`]). A path that selects nothing,
+    /// or `null`, means the provider does not hold the claim.
+    pub claims: BTreeMap<String, ClaimMapping>,
     /// Time allowed to one attempt (connection, request and body), in milliseconds;
     /// the request's deadline bounds the whole call anyway.
     #[serde(default = "default_timeout_ms")]
@@ -241,17 +263,60 @@ fn default_max_response_bytes() -> usize {
 pub struct HttpConfigError {
     /// The attestation type, quoted.
     pub attestation_type: String,
-    /// The field at fault, e.g. `url`, `claims."nir"`, `ca_file`.
+    /// The field at fault, e.g. `url`, `claims.nir`, `query.recipient`, `ca_file`.
     pub field: String,
     /// What is wrong.
     pub reason: String,
 }
 
-/// One claim the adapter can read from the answer.
-#[derive(Clone, Debug)]
-struct ClaimSource {
-    pointer: String,
-    claim_type: ClaimType,
+/// A configuration key's segment as TOML writes it: bare when it is made of `A-Z a-z 0-9 _ -`,
+/// quoted otherwise (`headers."Bad Name"`).
+pub(crate) fn key_segment(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare { name.to_string() } else { quote(name) }
+}
+
+impl HttpConfig {
+    /// Checks what needs no file: the URL template, the query table, the headers' templates,
+    /// `sex_codes` and the claim mappings (against `schema`). Returns where each placeholder is
+    /// used, for the checks that need the registry (`{consumer_siret}`).
+    pub fn check(
+        &self,
+        attestation_type: &str,
+        schema: &[ClaimSpec],
+    ) -> Result<PlaceholderUses, HttpConfigError> {
+        let (request, _) = self.compile(attestation_type, schema)?;
+        Ok(request.uses())
+    }
+
+    /// The request templates and the claim mappings, compiled.
+    fn compile(
+        &self,
+        attestation_type: &str,
+        schema: &[ClaimSpec],
+    ) -> Result<(RequestTemplates, Mapping), HttpConfigError> {
+        let err = |(field, reason): (String, String)| HttpConfigError {
+            attestation_type: quote(attestation_type),
+            field,
+            reason,
+        };
+        let mapping = Mapping::new(attestation_type, schema, &self.claims).map_err(err)?;
+        let (url, _) = validate_url_template(&self.url).map_err(|why| err(("url".into(), why)))?;
+        let mut request =
+            RequestTemplates::new(url, &self.query, self.sex_codes.as_ref()).map_err(err)?;
+        for (name, value) in &self.headers {
+            let field = format!("headers.{}", key_segment(name));
+            let header_name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| err((field.clone(), "invalid header name".into())))?;
+            if let Some(template) = header_template(value).map_err(|why| err((field, why)))? {
+                request.add_header(header_name, template);
+            }
+        }
+        Ok((request, mapping))
+    }
 }
 
 /// The `http` adapter for one attestation type.
@@ -261,11 +326,11 @@ struct ClaimSource {
 pub struct HttpAdapter {
     attestation_type: String,
     schema: Vec<ClaimSpec>,
-    url_template: String,
+    request: RequestTemplates,
     target: String,
     method: HttpMethod,
     headers: HeaderMap,
-    claims: BTreeMap<String, ClaimSource>,
+    claims: Mapping,
     timeout: Duration,
     retries: u32,
     max_response_bytes: usize,
@@ -284,7 +349,7 @@ impl fmt::Debug for HttpAdapter {
             .field("attestation_type", &self.attestation_type)
             .field("method", &self.method)
             .field("target", &self.target)
-            .field("claims", &self.claims.keys().collect::<Vec<_>>())
+            .field("claims", &self.claims.names().collect::<Vec<_>>())
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
             .field("max_response_bytes", &self.max_response_bytes)
@@ -294,8 +359,9 @@ impl fmt::Debug for HttpAdapter {
 
 impl HttpAdapter {
     /// Validates `config` for `attestation_type` and builds the adapter: every claim
-    /// of `config.claims` exists in `schema` and has a valid JSON Pointer, the URL
-    /// template parses (placeholders only in the path or query), headers are valid,
+    /// of `config.claims` exists in `schema` and its mapping fits its type
+    /// ([`HttpConfig::check`]), the URL template parses (placeholders only in the path or
+    /// query), query parameters and headers are valid,
     /// the token, CA, certificate and key files are readable and well-formed, an
     /// `https://` URL has a `ca_file`, limits are non-zero.
     pub fn new(
@@ -309,36 +375,10 @@ impl HttpAdapter {
             reason,
         };
 
-        // Claims and their pointers.
-        if config.claims.is_empty() {
-            return Err(err("claims", "at least one claim is needed".into()));
-        }
-        let mut claims = BTreeMap::new();
-        for (name, pointer) in &config.claims {
-            let field = format!("claims.{}", quote(name));
-            let Some(spec) = schema.iter().find(|s| s.name == *name) else {
-                return Err(err(
-                    &field,
-                    format!(
-                        "claim {} is not in the schema of {}",
-                        quote(name),
-                        quote(attestation_type)
-                    ),
-                ));
-            };
-            validate_pointer(pointer).map_err(|why| err(&field, why))?;
-            claims.insert(
-                name.clone(),
-                ClaimSource {
-                    pointer: pointer.clone(),
-                    claim_type: spec.claim_type,
-                },
-            );
-        }
-
-        // URL template.
-        let (url, target) = validate_url_template(&config.url).map_err(|why| err("url", why))?;
-        let https = url.scheme() == "https";
+        // Claim mappings, URL, query and header templates.
+        let (request, claims) = config.compile(attestation_type, schema)?;
+        let (_, target) = validate_url_template(&config.url).map_err(|why| err("url", why))?;
+        let https = target.starts_with("https://");
 
         // Limits.
         if config.timeout_ms == 0 {
@@ -354,7 +394,7 @@ impl HttpAdapter {
         // Headers.
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
-            let field = format!("headers.{}", quote(name));
+            let field = format!("headers.{}", key_segment(name));
             let header_name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| err(&field, "invalid header name".into()))?;
             let lower = header_name.as_str();
@@ -368,6 +408,10 @@ impl HttpAdapter {
                     &field,
                     "Authorization conflicts with bearer_token_file or oauth2".into(),
                 ));
+            }
+            if header_template(value).is_ok_and(|t| t.is_some()) {
+                // Rendered per call (request.rs).
+                continue;
             }
             let mut header_value = HeaderValue::from_str(value).map_err(|_| {
                 err(
@@ -524,7 +568,7 @@ impl HttpAdapter {
         Ok(HttpAdapter {
             attestation_type: attestation_type.to_string(),
             schema: schema.to_vec(),
-            url_template: config.url.clone(),
+            request,
             target,
             method: config.method,
             headers,
@@ -553,28 +597,14 @@ impl HttpAdapter {
         &self.attestation_type
     }
 
-    /// The URL for a request: the template with its placeholders substituted.
-    fn url_for(&self, request: &AdapterRequest) -> Result<Url, AdapterError> {
-        let subject = utf8_percent_encode(&request.subject, URL_COMPONENT).to_string();
-        let claims = request
-            .claims
-            .iter()
-            .map(|c| utf8_percent_encode(c, URL_COMPONENT).to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let url = self
-            .url_template
-            .replace("{subject}", &subject)
-            .replace("{claims}", &claims);
-        Url::parse(&url).map_err(|_| AdapterError::Unavailable {
-            reason: "cannot build the provider URL".into(),
-            retry_after: None,
-        })
-    }
-
-    /// One attempt: sends the request and reads the answer. With OAuth2, a 401 fetches a new
+    /// One attempt: sends the request (with its templated headers) and reads the answer. With OAuth2, a 401 fetches a new
     /// token (unless another call already did) and sends the request once more.
-    async fn attempt(&self, url: Url, request: &AdapterRequest) -> Attempt {
+    async fn attempt(
+        &self,
+        url: Url,
+        templated: &[(HeaderName, HeaderValue)],
+        request: &AdapterRequest,
+    ) -> Attempt {
         // A fresh challenge per attempt when the provider signs (kept if a 401 resends).
         let challenge = self
             .origin
@@ -588,7 +618,7 @@ impl HttpAdapter {
             },
             None => None,
         };
-        let mut response = match self.send(url.clone(), request, token.as_ref(), challenge).await {
+        let mut response = match self.send(url.clone(), templated, request, token.as_ref(), challenge).await {
             Ok(response) => response,
             Err(failed) => return failed,
         };
@@ -603,18 +633,19 @@ impl HttpAdapter {
                 Ok(token) => token,
                 Err(e) => return Attempt::Final(e),
             };
-            response = match self.send(url, request, Some(&fresh), challenge).await {
+            response = match self.send(url, templated, request, Some(&fresh), challenge).await {
                 Ok(response) => response,
                 Err(failed) => return failed,
             };
         }
-        self.answer(response, request, challenge).await
+        self.judge(response, request, challenge).await
     }
 
     /// Sends one request: the method, the static and forwarded headers, the credentials.
     async fn send(
         &self,
         mut url: Url,
+        templated: &[(HeaderName, HeaderValue)],
         request: &AdapterRequest,
         token: Option<&auth::Token>,
         challenge: Option<&crate::origin::Challenge>,
@@ -634,6 +665,9 @@ impl HttpAdapter {
             })),
         };
         builder = builder.headers(self.headers.clone());
+        for (name, value) in templated {
+            builder = builder.header(name.clone(), value.clone());
+        }
         if let Some(challenge) = challenge {
             builder = origin::challenge(builder, challenge);
         }
@@ -674,7 +708,7 @@ impl HttpAdapter {
     }
 
     /// What an answer means (the module's status mapping).
-    async fn answer(
+    async fn judge(
         &self,
         response: reqwest::Response,
         request: &AdapterRequest,
@@ -772,21 +806,7 @@ impl HttpAdapter {
                 e.column()
             ))
         })?;
-        let mut claims = Claims::new();
-        for name in requested {
-            let Some(source) = self.claims.get(name) else {
-                continue;
-            };
-            match document.pointer(&source.pointer) {
-                None | Some(Value::Null) => {}
-                Some(value) => {
-                    let value = ClaimValue::from_json(source.claim_type, value).map_err(|why| {
-                        AdapterError::InvalidResponse(format!("claim {}: {why}", quote(name)))
-                    })?;
-                    claims.insert(name.clone(), value);
-                }
-            }
-        }
+        let claims = self.claims.extract(&document, requested)?;
         check_claims(&self.schema, requested, &claims)?;
         Ok(claims)
     }
@@ -807,7 +827,9 @@ impl Adapter for HttpAdapter {
     async fn answer(&self, request: &AdapterRequest) -> Result<Answer, AdapterError> {
         let started = Instant::now();
         crate::adapter::check_request("http", &self.attestation_type, request)?;
-        let url = self.url_for(request)?;
+        let values = self.request.values(request)?;
+        let url = self.request.url(&values)?;
+        let templated = self.request.headers(&values)?;
         let max_attempts = match self.method {
             HttpMethod::Get => self.retries.saturating_add(1),
             HttpMethod::Post => 1,
@@ -815,8 +837,11 @@ impl Adapter for HttpAdapter {
         let mut attempt = 1;
         let result = loop {
             let attempt_deadline = (Instant::now() + self.timeout).min(request.deadline);
-            let outcome =
-                tokio::time::timeout_at(attempt_deadline, self.attempt(url.clone(), request)).await;
+            let outcome = tokio::time::timeout_at(
+                attempt_deadline,
+                self.attempt(url.clone(), &templated, request),
+            )
+            .await;
             let error = match outcome {
                 Ok(Attempt::Done(answer)) => break Ok(answer),
                 Ok(Attempt::Final(error)) => break Err(error),
@@ -872,13 +897,10 @@ impl Adapter for HttpAdapter {
     fn kind(&self) -> &'static str {
         "http"
     }
-}
 
-/// The legal basis as forwarded: the law citation, or `consent:<id>`.
-fn legal_basis_text(basis: &LegalBasis) -> String {
-    match basis {
-        LegalBasis::Law { citation } => citation.clone(),
-        LegalBasis::Consent { consent_id } => format!("consent:{consent_id}"),
+    /// A route that matches on civil status refuses a subject that is not `pivot:`.
+    fn precheck(&self, request: &AdapterRequest) -> Result<(), AdapterError> {
+        self.request.values(request).map(|_| ())
     }
 }
 

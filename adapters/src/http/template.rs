@@ -2,26 +2,33 @@
 
 use reqwest::Url;
 
-/// Checks a URL template and returns it parsed (placeholders replaced by a sample) with
-/// its `scheme://host:port` for display.
-pub(crate) fn validate_url_template(template: &str) -> Result<(Url, String), String> {
-    // Only the two known placeholders, outside the scheme and authority.
-    let mut rest = template;
-    let mut first_placeholder = None;
-    let mut offset = 0;
-    while let Some(open) = rest.find(['{', '}']) {
-        let tail = &rest[open..];
-        let placeholder = ["{subject}", "{claims}"]
-            .into_iter()
-            .find(|p| tail.starts_with(p))
-            .ok_or_else(|| "only {subject} and {claims} may appear between braces".to_string())?;
-        first_placeholder.get_or_insert(offset + open);
-        offset += open + placeholder.len();
-        rest = &tail[placeholder.len()..];
+use super::placeholder::{Placeholder, Template, Token, parse_template};
+
+/// Checks a URL template and returns it parsed, with its `scheme://host:port` for display.
+pub(crate) fn validate_url_template(template: &str) -> Result<(Template, String), String> {
+    let parsed = parse_template(template)?;
+    if parsed.iter().any(|t| {
+        matches!(
+            t,
+            Token::Field {
+                name: Placeholder::GivenNamesEach,
+                ..
+            }
+        )
+    }) {
+        return Err(
+            "{given_names[]} repeats a query parameter: declare it in the query table \
+             (query = { \"prenoms[]\" = \"{given_names[]}\" }), not in the URL"
+                .into(),
+        );
     }
-    let sample = template
-        .replace("{subject}", "subject")
-        .replace("{claims}", "claims");
+    let sample: String = parsed
+        .iter()
+        .map(|t| match t {
+            Token::Literal(text) => text.as_str(),
+            Token::Field { .. } => "x",
+        })
+        .collect();
     let url = Url::parse(&sample).map_err(|e| format!("not a valid URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err("the scheme must be http or https".into());
@@ -35,7 +42,7 @@ pub(crate) fn validate_url_template(template: &str) -> Result<(Url, String), Str
     if url.fragment().is_some() {
         return Err("a fragment is not allowed".into());
     }
-    if let Some(position) = first_placeholder {
+    if let Some(position) = template.find('{') {
         // The authority ends at the first '/', '?' or '#' after "://".
         let authority_start = template.find("://").map_or(0, |i| i + 3);
         let authority_end = template[authority_start..]
@@ -49,7 +56,7 @@ pub(crate) fn validate_url_template(template: &str) -> Result<(Url, String), Str
         Some(port) => format!("{}://{host}:{port}", url.scheme()),
         None => format!("{}://{host}", url.scheme()),
     };
-    Ok((url, target))
+    Ok((parsed, target))
 }
 
 #[cfg(test)]
@@ -62,15 +69,21 @@ mod tests {
         let (_, target) =
             validate_url_template("https://api.caf.test:8443/v1/q/{subject}?c={claims}").unwrap();
         assert_eq!(target, "https://api.caf.test:8443");
+        validate_url_template(
+            "https://api.test/v1/{family_name}/{birth_date}?r={consumer_siret}&id={request_id}",
+        )
+        .unwrap();
         for bad in [
             "https://{subject}.evil.test/",
             "http://host{subject}/x",
+            "http://{consumer}@host/x",
             "ftp://host/{subject}",
             "http://host/{other}",
             "http://host/{subject",
             "not a url",
             "http://user:pw@host/{subject}",
             "http://host/x#{subject}",
+            "http://host/x?p={given_names[]}",
         ] {
             assert!(validate_url_template(bad).is_err(), "{bad}");
         }
