@@ -334,17 +334,31 @@ pub fn id_token(subject: &str, audience: &str) -> String {
         .expect("signing with the dev key")
 }
 
+/// The files the sample registry names, copied into `dir` at the same relative paths: the
+/// datasets (`data/`), the development identity provider (`dev-idp/`), and the example
+/// providers' public files (the gRPC provider's origin JWKS, the HTTP provider's CA and token).
+pub fn copy_sample_files(dir: &Path) -> anyhow::Result<()> {
+    let examples = repo_root().join("examples");
+    copy_dir(&examples.join("data"), &dir.join("data"))?;
+    copy_dir(&examples.join("dev-idp"), &dir.join("dev-idp"))?;
+    for file in [
+        "providers/python/origin-jwks.json",
+        "providers/http/dev-tls/ca.crt",
+        "providers/http/token.txt",
+    ] {
+        let to = dir.join(file);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(examples.join(file), &to)?;
+    }
+    Ok(())
+}
+
 /// Writes `dir/registry.toml`, the sample registry with `edit` applied (which must change
 /// something), beside a copy of the sample datasets in `dir/data`.
 pub fn sample_registry_with(dir: &Path, edit: impl Fn(&str) -> String) -> anyhow::Result<PathBuf> {
-    copy_dir(
-        &repo_root().join("examples").join("data"),
-        &dir.join("data"),
-    )?;
-    copy_dir(
-        &repo_root().join("examples").join("dev-idp"),
-        &dir.join("dev-idp"),
-    )?;
+    copy_sample_files(dir)?;
     let sample = std::fs::read_to_string(sample_registry())?;
     let edited = edit(&sample);
     anyhow::ensure!(

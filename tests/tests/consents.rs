@@ -373,12 +373,7 @@ fn federation_with_a_second_guichet() -> anyhow::Result<(TestPki, PathBuf)> {
 
     let dir = pki.scratch();
     let examples = unefois_tests::repo_root().join("examples");
-    std::fs::create_dir_all(dir.join("data"))?;
-    for entry in std::fs::read_dir(examples.join("data"))? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), dir.join("data").join(entry.file_name()))?;
-    }
-    unefois_tests::copy_dir(&examples.join("dev-idp"), &dir.join("dev-idp"))?;
+    unefois_tests::copy_sample_files(&dir)?;
     let mut registry = std::fs::read_to_string(examples.join("registry.toml"))?;
     registry.push_str(
         "\n[[participants]]\nid = \"mairie-villeurbanne\"\nname = \"Ville de Villeurbanne\"\n\

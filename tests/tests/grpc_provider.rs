@@ -113,13 +113,7 @@ fn registry(dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
 
 /// The sample registry with the MESR type's adapter line replaced by `adapter`.
 fn registry_with_adapter(dir: &Path, adapter: &str) -> anyhow::Result<PathBuf> {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data)?;
-    for entry in std::fs::read_dir(repo_root().join("examples/data"))? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), data.join(entry.file_name()))?;
-    }
-    unefois_tests::copy_dir(&repo_root().join("examples/dev-idp"), &dir.join("dev-idp"))?;
+    unefois_tests::copy_sample_files(dir)?;
     let sample = std::fs::read_to_string(repo_root().join("examples/registry.toml"))?;
     let edited = sample.replacen(
         "adapter = { kind = \"static\", dataset = \"data/mesr.statut_etudiant.json\" }",

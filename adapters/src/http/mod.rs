@@ -31,10 +31,10 @@
 mod answer;
 mod auth;
 mod errors;
-mod origin;
-mod proxy;
 mod mapping;
+mod origin;
 mod placeholder;
+mod proxy;
 mod request;
 mod retry;
 mod template;
@@ -618,7 +618,10 @@ impl HttpAdapter {
             },
             None => None,
         };
-        let mut response = match self.send(url.clone(), templated, request, token.as_ref(), challenge).await {
+        let mut response = match self
+            .send(url.clone(), templated, request, token.as_ref(), challenge)
+            .await
+        {
             Ok(response) => response,
             Err(failed) => return failed,
         };
@@ -633,7 +636,10 @@ impl HttpAdapter {
                 Ok(token) => token,
                 Err(e) => return Attempt::Final(e),
             };
-            response = match self.send(url, templated, request, Some(&fresh), challenge).await {
+            response = match self
+                .send(url, templated, request, Some(&fresh), challenge)
+                .await
+            {
                 Ok(response) => response,
                 Err(failed) => return failed,
             };

@@ -18,7 +18,7 @@ does:
   path is a 404 without that code (a wrong route);
 - over --rate calls a second, 429 with `Retry-After`;
 - the answer is `{"data": {...}, "links": {}, "meta": {}}` with `regime`, `allocataires`,
-  `enfants`, `adresse` and `quotientFamilial` (`fournisseur`, `valeur`, `annee`, `mois`).
+  `enfants`, `adresse` and `quotient_familial` (`fournisseur`, `valeur`, `annee`, `mois`).
 
 The people are those of --dataset (people.json beside this file: each
 entry an identity and the data answered). Each call is logged on stderr without the identity.
