@@ -236,6 +236,12 @@ fn production(s: &str) -> String {
         "allow_test_subjects = false",
         1,
     )
+    // The example gRPC provider's origin key is committed too, refused likewise.
+    .replacen(
+        "origin = { jwks = \"providers/python/origin-jwks.json\" }",
+        "",
+        1,
+    )
 }
 
 #[tokio::test]
