@@ -9,6 +9,8 @@
 #   SCENARIO=fetch-law IN_FLIGHT=8 ROUNDS=4 DURATION=10 bench/ab.sh ...
 #   REGISTRY_A=/tmp/registry-old.toml bench/ab.sh ...   # a registry of A's own (an older binary
 #                                                      # refuses fields it does not know)
+#   REGISTRY_A_DROP='^(default_rate_limit|max_acts_per_token) ' bench/ab.sh ...
+#                                    # or the bench registry without the lines matching a regex
 #
 # Each run starts from an empty data directory (the PKI is kept): a binary may not read the
 # journal another one wrote (a newer record version), and no run inherits another's log.
@@ -21,6 +23,13 @@ IN_FLIGHT=${IN_FLIGHT:-64}
 RATE_FLAGS=()
 [ -n "${RATE:-}" ] && RATE_FLAGS=(--rate "$RATE")
 bench_env "$CARGO_TARGET_DIR/bench-ab"
+for side in A B; do
+  drop_var=REGISTRY_${side}_DROP
+  if [ -n "${!drop_var:-}" ]; then
+    grep -vE "${!drop_var}" "$BENCH_DIR/registry.toml" >"$BENCH_DIR/registry-$side.toml"
+    printf -v "REGISTRY_$side" '%s' "$BENCH_DIR/registry-$side.toml"
+  fi
+done
 start_provider
 RESULTS=$BENCH_DIR/ab.jsonl
 : >"$RESULTS"

@@ -69,6 +69,8 @@ async fn registered_participants_read_their_own_view_of_the_registry() -> anyhow
             "mairie-lyon.caf.quotient_familial",
             "mairie-lyon.dgfip.revenu_fiscal_reference",
             "mairie-lyon.mesr.statut_etudiant",
+            "mairie-lyon.api-particulier.quotient_familial",
+            "mairie-lyon.cnous.statut_boursier",
         ]
     );
     assert!(habilitation_ids(&broker, "mairie-test").await?.is_empty());
@@ -82,7 +84,7 @@ async fn registered_participants_read_their_own_view_of_the_registry() -> anyhow
         ]
     );
     assert_eq!(habilitation_ids(&broker, "dgfip").await?.len(), 3);
-    assert_eq!(habilitation_ids(&broker, "cnil").await?.len(), 7);
+    assert_eq!(habilitation_ids(&broker, "cnil").await?.len(), 9);
 
     // An agent of a mediation structure is identified with its structure.
     let agent = who_am_i(&broker, "france-services-lyon/a.martin").await?;

@@ -874,7 +874,7 @@ async fn bad_access_settings_refuse_the_start_naming_file_and_key() -> anyhow::R
                 "dgfip",
                 "adapter = { kind = \"http\", url = \"http://api.dgfip.test/v1/s/{subject}\", allow_plain_http = true, claims = { revenu = \"/r\" }, rate_limit = { per_second = 10 } }",
             ),
-            "attestation_types[3].adapter.rate_limit",
+            "attestation_types[5].adapter.rate_limit",
             "share one rate limit",
         ),
         (
