@@ -12,7 +12,7 @@
 #   REGISTRY_A_DROP='^(default_rate_limit|max_acts_per_token) ' bench/ab.sh ...
 #                                    # or the bench registry without the lines matching a regex
 #
-# Each run starts from an empty data directory (the PKI is kept): a binary may not read the
+# Each run starts from an empty data directory (the PKI is kept, not the published verifier keys): a binary may not read the
 # journal another one wrote (a newer record version), and no run inherits another's log.
 source "$(dirname "$0")/lib.sh"
 : "${BIN_A:?BIN_A: the first unefois binary}" "${BIN_B:?BIN_B: the second unefois binary}"
@@ -39,7 +39,8 @@ for round in $(seq "$ROUNDS"); do
     UNEFOIS=${!bin_var}
     registry_var=REGISTRY_$side
     BENCH_REGISTRY=${!registry_var:-}
-    rm -rf "$BENCH_DIR/home/data"
+    # A fresh data directory holds fresh keys: their published verifier keys go with it.
+    rm -rf "$BENCH_DIR/home/data" "$PKI/attestation.vkey" "$PKI/log.vkey"
     start_broker
     log "round $round, $side ($UNEFOIS)"
     result=$(load "$DURATION" --scenario "$SCENARIO" --in-flight "$IN_FLIGHT" "${RATE_FLAGS[@]}")

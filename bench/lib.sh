@@ -29,7 +29,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 
 # bench_env DIR: a fresh bench folder (PKI, registry on the grpc adapter, dev-idp) in DIR.
-# BENCH_ADAPTER=static serves every type from the sample datasets inside the broker instead (the
+# REGISTRY_DROP removes lines from its registry (below). BENCH_ADAPTER=static serves every type from the sample datasets inside the broker instead (the
 # `static` adapter, copied into DIR/data): the broker without its second TLS hop.
 bench_env() {
   BENCH_DIR=$1
@@ -54,6 +54,12 @@ PY
       echo "a grpc adapter is left in $BENCH_DIR/registry.toml" >&2
       exit 1
     fi
+  fi
+  # REGISTRY_DROP: a regex; the registry's lines that match it go (an older binary refuses
+  # settings it does not know: REGISTRY_DROP='^(default_rate_limit|max_acts_per_token) ').
+  if [ -n "${REGISTRY_DROP:-}" ]; then
+    grep -vE "$REGISTRY_DROP" "$BENCH_DIR/registry.toml" >"$BENCH_DIR/registry.dropped"
+    mv "$BENCH_DIR/registry.dropped" "$BENCH_DIR/registry.toml"
   fi
 }
 

@@ -17,6 +17,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -26,6 +29,13 @@ use crate::keys::{AUDIT_SEAL_KEY, KeyError, Keys};
 /// Bound to every sealed value: a value sealed for another purpose never opens as a subject.
 const SUBJECT_AAD: &[u8] = b"unefois/audit-seal/subject/v1";
 const NONCE_BYTES: usize = 24;
+
+/// Most values the broker seals are opened again moments later, by the store's commit hook
+/// indexing the record they are in: [`Sealer::seal`] keeps each one's pseudonym here until
+/// [`Sealer::reveal`] takes it, so that the hook does not decrypt what was just encrypted (a
+/// sixth of the sealing's cost on the fetch path; BENCHMARKS.md, run L). Values never revealed
+/// (their append failed) are dropped with the rest once this many are waiting.
+const MAX_RECENT: usize = 4096;
 
 /// Why a sealed value does not open.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,6 +56,8 @@ pub struct Sealer {
     cipher: XChaCha20Poly1305,
     blind: Hmac<Sha256>,
     key_id: String,
+    /// Sealed value → the pseudonym it holds, for values not yet revealed ([`MAX_RECENT`]).
+    recent: Mutex<HashMap<String, String>>,
 }
 
 impl Sealer {
@@ -69,6 +81,7 @@ impl Sealer {
             blind: <Hmac<Sha256> as Mac>::new_from_slice(&derive.finalize())
                 .unwrap_or_else(|_| unreachable!()),
             key_id: hex::encode(&id.finalize()[..8]),
+            recent: Mutex::new(HashMap::new()),
         }
     }
 
@@ -95,7 +108,14 @@ impl Sealer {
         let mut bytes = Vec::with_capacity(NONCE_BYTES + sealed.len());
         bytes.extend_from_slice(&nonce);
         bytes.extend_from_slice(&sealed);
-        format!("{}.{}", self.key_id, B64.encode(bytes))
+        let sealed = format!("{}.{}", self.key_id, B64.encode(bytes));
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() >= MAX_RECENT {
+                recent.clear();
+            }
+            recent.insert(sealed.clone(), pseudonym.to_string());
+        }
+        sealed
     }
 
     /// The pseudonym a [`Sealer::seal`] value holds.
@@ -128,7 +148,10 @@ impl Sealer {
     pub fn reveal(&self, subject: RecordedSubject<'_>) -> Option<String> {
         match subject {
             RecordedSubject::Clear(pseudonym) => Some(pseudonym.to_string()),
-            RecordedSubject::Sealed(sealed) => match self.open(sealed) {
+            RecordedSubject::Sealed(sealed) => match self
+                .take_recent(sealed)
+                .map_or_else(|| self.open(sealed), Ok)
+            {
                 Ok(pseudonym) => Some(pseudonym),
                 Err(e) => {
                     tracing::warn!(error = %e, "a sealed subject does not open");
@@ -136,6 +159,11 @@ impl Sealer {
                 }
             },
         }
+    }
+
+    /// The pseudonym of a value this broker sealed and nobody revealed yet.
+    fn take_recent(&self, sealed: &str) -> Option<String> {
+        self.recent.lock().ok()?.remove(sealed)
     }
 
     /// A caller-chosen id as recorded: `hmac:` and 32 hex digits of a keyed digest over the
@@ -182,6 +210,28 @@ mod tests {
         let same = x.iter().zip(&y).filter(|(p, q)| p == q).count();
         assert!(same < x.len() / 8, "{same} of {} bytes in common", x.len());
         assert!(!a.contains(&pseudonym));
+    }
+
+    #[test]
+    fn a_value_sealed_here_is_revealed_without_decrypting_and_alike_once_taken() {
+        let sealer = Sealer::from_secret(&[7; 32]);
+        let sealed = sealer.seal("p1");
+        assert_eq!(sealer.recent.lock().unwrap().len(), 1);
+        assert_eq!(
+            sealer.reveal(RecordedSubject::Sealed(&sealed)).as_deref(),
+            Some("p1")
+        );
+        assert!(sealer.recent.lock().unwrap().is_empty());
+        // Revealed again (an auditor's read, a replay): opened, with the same result.
+        assert_eq!(
+            sealer.reveal(RecordedSubject::Sealed(&sealed)).as_deref(),
+            Some("p1")
+        );
+        // Values never revealed do not accumulate.
+        for i in 0..MAX_RECENT + 10 {
+            sealer.seal(&format!("q{i}"));
+        }
+        assert!(sealer.recent.lock().unwrap().len() <= MAX_RECENT);
     }
 
     #[test]
