@@ -4,6 +4,12 @@
 
 #![forbid(unsafe_code)]
 
+/// The journal, the broker's source of truth: its own crate (`unefois-journal`), which depends
+/// on none of ours.
+pub use unefois_journal as journal;
+/// What only the broker's user may read (0700 folders, 0600 files), shared with the journal.
+pub use unefois_journal::private;
+
 pub mod attestation;
 pub mod audit;
 pub mod auditor;
@@ -22,7 +28,6 @@ pub mod gathered_writes;
 pub mod grpc;
 pub mod idempotency;
 pub mod identity;
-pub mod journal;
 pub mod keys;
 pub mod listener;
 pub mod mandate;
@@ -32,7 +37,6 @@ pub mod origin;
 pub mod page;
 pub mod prefill;
 pub mod preview;
-pub mod private;
 pub mod provider_client;
 pub mod provider_gate;
 pub mod pseudonym;

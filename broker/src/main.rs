@@ -664,6 +664,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_secs),
         max_request_bytes: args.max_request_bytes,
+        #[cfg(feature = "fault-injection")]
         journal_faults: None,
         preview_ttl: std::time::Duration::from_secs(args.preview_ttl_secs.max(1)),
         reload: Some(reload_on_sighup()?),

@@ -185,23 +185,10 @@ impl<H: Clone> Handles<H> {
     }
 }
 
-const JOURNAL_BATCH_RECORDS: &str = "unefois_journal_batch_records";
-
-/// One append to the journal, from its submission until it is durable and applied: the wait for
-/// the group commit in progress, the write, the sync and the derived state. What an answer
-/// waits for the audit log.
-pub fn journal_append(seconds: f64) {
-    metrics::histogram!("unefois_journal_append_seconds").record(seconds);
-}
-
-/// One batch of the journal's group commit: its records, and how long its `fdatasync` took
-/// (the disk's own latency, the floor of every answer).
-pub fn journal_batch(records: u64, sync_seconds: Option<f64>) {
-    metrics::histogram!(JOURNAL_BATCH_RECORDS).record(records as f64);
-    if let Some(seconds) = sync_seconds {
-        metrics::histogram!("unefois_journal_sync_seconds").record(seconds);
-    }
-}
+/// The journal records its own metrics (`unefois_journal_append_seconds`,
+/// `unefois_journal_batch_records`, `unefois_journal_sync_seconds`); the exporter sets the
+/// batch histogram's buckets.
+use unefois_journal::JOURNAL_BATCH_RECORDS;
 
 /// Whether a provider is ready (its breaker closed).
 pub fn provider_ready(attestation_type: &str, ready: bool) {

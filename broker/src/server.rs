@@ -58,6 +58,7 @@ pub struct Config {
     /// Largest request message accepted, in bytes (larger: RESOURCE_EXHAUSTED).
     pub max_request_bytes: usize,
     /// Fault injection in the journal's commit path (tests only; `None` in production).
+    #[cfg(feature = "fault-injection")]
     pub journal_faults: Option<crate::journal::FaultInjector>,
     /// How long a pre-fill preview waits for the citizen's confirmation.
     pub preview_ttl: Duration,
@@ -212,6 +213,7 @@ pub async fn run(
     let store = Store::open(
         &config.data_dir,
         JournalOptions {
+            #[cfg(feature = "fault-injection")]
             faults: config.journal_faults.clone(),
             ..JournalOptions::default()
         },

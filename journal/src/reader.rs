@@ -42,7 +42,9 @@ struct Open {
 }
 
 impl JournalReader {
-    pub(crate) fn new(segments: Vec<(u64, PathBuf)>, from: u64, end: u64) -> JournalReader {
+    /// Reads the records `from..end` of `segments` (first sequence number and path, in order):
+    /// the broker's backup walks a copied segment list with it.
+    pub fn new(segments: Vec<(u64, PathBuf)>, from: u64, end: u64) -> JournalReader {
         // The last segment whose first record is at or before `from`.
         let start = segments
             .iter()

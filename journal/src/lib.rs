@@ -47,9 +47,13 @@
 //! not start and silently drop acknowledged records.
 //!
 //! One directory must be opened by one [`Journal`] at a time (nothing locks it). The directory
-//! is 0700 and the segments 0600 (`crate::private`).
+//! is 0700 and the segments 0600 ([`private`]).
+
+#![forbid(unsafe_code)]
 
 mod format;
+mod metrics;
+pub mod private;
 mod reader;
 mod scan;
 mod writer;
@@ -66,6 +70,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
 
 pub use format::{HEADER_LEN, MAX_PAYLOAD_LEN};
+pub use metrics::JOURNAL_BATCH_RECORDS;
 pub use reader::JournalReader;
 
 use writer::{Msg, Payloads, Shared, Writer};
@@ -174,6 +179,7 @@ pub struct CommittedBatch<'a> {
 pub type CommitHook = Box<dyn FnMut(&CommittedBatch<'_>) + Send>;
 
 /// Where the writer calls the [`FaultInjector`].
+#[cfg(feature = "fault-injection")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FaultPoint {
     /// Before the batch's `write_all`. An `Err` fails the batch.
@@ -186,7 +192,8 @@ pub enum FaultPoint {
 }
 
 /// Test hook called at each [`FaultPoint`], to simulate I/O errors or slow disks and to prove
-/// that nothing is answered before its sync.
+/// that nothing is answered before its sync. Only with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
 pub type FaultInjector = Arc<dyn Fn(FaultPoint) -> io::Result<()> + Send + Sync>;
 
 /// How a journal is opened.
@@ -203,6 +210,7 @@ pub struct JournalOptions {
     /// Post-sync hook, see [`CommitHook`].
     pub hook: Option<CommitHook>,
     /// Fault injection, for tests, see [`FaultInjector`].
+    #[cfg(feature = "fault-injection")]
     pub faults: Option<FaultInjector>,
     /// Whether each batch is `fdatasync`ed before it is answered. Always true in the broker;
     /// false only to measure what durability costs (benchmarks).
@@ -217,6 +225,7 @@ impl Default for JournalOptions {
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             hook: None,
+            #[cfg(feature = "fault-injection")]
             faults: None,
             sync: true,
         }
@@ -231,7 +240,6 @@ impl fmt::Debug for JournalOptions {
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("queue_capacity", &self.queue_capacity)
             .field("hook", &self.hook.is_some())
-            .field("faults", &self.faults.is_some())
             .field("sync", &self.sync)
             .finish()
     }
@@ -288,6 +296,7 @@ impl Journal {
             max_batch_bytes,
             queue_capacity,
             hook,
+            #[cfg(feature = "fault-injection")]
             faults,
             sync,
         } = options;
@@ -342,6 +351,7 @@ impl Journal {
             max_batch_records,
             max_batch_bytes,
             hook,
+            #[cfg(feature = "fault-injection")]
             faults,
             sync,
             shared: Arc::clone(&shared),
@@ -407,7 +417,7 @@ impl Journal {
             .await
             .map_err(|_| JournalError::Closed)?;
         let outcome = answer.await.map_err(|_| JournalError::Closed)?;
-        crate::metrics::journal_append(started.elapsed().as_secs_f64());
+        metrics::journal_append(started.elapsed().as_secs_f64());
         outcome
     }
 

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{encode, encoded_len, segment_name, sync_dir};
-use super::{CommitHook, CommittedBatch, FaultInjector, FaultPoint, JournalError, Position};
+use super::{CommitHook, CommittedBatch, JournalError, Position};
+#[cfg(feature = "fault-injection")]
+use super::{FaultInjector, FaultPoint};
 
 /// Counters shared between the writer and the handles.
 #[derive(Debug, Default)]
@@ -92,6 +94,7 @@ pub(crate) struct Writer {
     pub(crate) max_batch_records: usize,
     pub(crate) max_batch_bytes: usize,
     pub(crate) hook: Option<CommitHook>,
+    #[cfg(feature = "fault-injection")]
     pub(crate) faults: Option<FaultInjector>,
     pub(crate) sync: bool,
     pub(crate) shared: Arc<Shared>,
@@ -213,6 +216,7 @@ impl Writer {
         }
         let count = seq - first_seq;
 
+        #[cfg(feature = "fault-injection")]
         self.fault(FaultPoint::BeforeWrite)?;
         let path = &self.seg_path;
         let step = |what: &'static str| {
@@ -228,6 +232,7 @@ impl Writer {
         // From here on the file may hold bytes that are not synced.
         self.needs_recovery = true;
         file.write_all(&self.buf).map_err(step("write to"))?;
+        #[cfg(feature = "fault-injection")]
         if let Some(faults) = &self.faults {
             faults(FaultPoint::AfterWrite).map_err(step("injected fault after writing to"))?;
         }
@@ -245,9 +250,10 @@ impl Writer {
         self.shared.durable.store(seq, Ordering::Release);
         self.shared.records.fetch_add(count, Ordering::Relaxed);
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::journal_batch(count, sync_seconds);
+        super::metrics::journal_batch(count, sync_seconds);
 
         // The records are durable: a fault here cannot undo that, it is only observed.
+        #[cfg(feature = "fault-injection")]
         if let Err(err) = self.fault(FaultPoint::AfterSync) {
             tracing::warn!(reason = %err.reason(), "journal: fault after sync ignored (records are durable)");
         }
@@ -276,6 +282,7 @@ impl Writer {
         Ok(first_seq)
     }
 
+    #[cfg(feature = "fault-injection")]
     fn fault(&self, point: FaultPoint) -> Result<(), StepError> {
         match &self.faults {
             Some(faults) => faults(point).map_err(|source| StepError {
