@@ -119,7 +119,7 @@ async fn each_adapter_kind_of_the_sample_registry_answers_out_of_the_box() -> an
     let dir = pki.scratch();
     let registry = unefois_tests::sample_registry_with(&dir, |text| {
         text.replace("127.0.0.1:8443", &format!("127.0.0.1:{http_port}"))
-            .replace("127.0.0.1:50051", &format!("127.0.0.1:{grpc_port}"))
+            .replace("127.0.0.1:50061", &format!("127.0.0.1:{grpc_port}"))
     })?;
     let broker = TestBroker::start_with(
         pki.dir(),
