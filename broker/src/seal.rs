@@ -12,15 +12,15 @@
 //! a keyed digest, so that two participants that choose the same id (a case number, a
 //! careless subject id) record unlinkable digests.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use chacha20::cipher::generic_array::GenericArray;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -33,8 +33,8 @@ const NONCE_BYTES: usize = 24;
 
 /// Most values the broker seals are opened again moments later, by the store's commit hook
 /// indexing the record they are in: [`Sealer::seal`] keeps each one's pseudonym here until
-/// [`Sealer::reveal`] takes it, so that the hook does not decrypt what was just encrypted (a
-/// sixth of the sealing's cost on the fetch path; BENCHMARKS.md, run L). Values never revealed
+/// [`Sealer::reveal`] takes it, so that the hook does not decrypt what was just encrypted
+/// (9,700 instructions per fetch; BENCHMARKS.md, run L). Values never revealed
 /// (their append failed) are dropped with the rest once this many are waiting.
 const MAX_RECENT: usize = 4096;
 

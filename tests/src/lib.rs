@@ -336,11 +336,18 @@ pub fn id_token(subject: &str, audience: &str) -> String {
 
 /// The files the sample registry names, copied into `dir` at the same relative paths: the
 /// datasets (`data/`), the development identity provider (`dev-idp/`), and the example
-/// providers' public files (the gRPC provider's origin JWKS, the HTTP provider's CA and token).
+/// providers' public files ([`copy_example_provider_files`]).
 pub fn copy_sample_files(dir: &Path) -> anyhow::Result<()> {
     let examples = repo_root().join("examples");
     copy_dir(&examples.join("data"), &dir.join("data"))?;
     copy_dir(&examples.join("dev-idp"), &dir.join("dev-idp"))?;
+    copy_example_provider_files(dir)
+}
+
+/// The example providers' public files that the sample registry names, copied into
+/// `dir/providers/`: the gRPC provider's origin JWKS, the HTTP provider's CA and token.
+pub fn copy_example_provider_files(dir: &Path) -> anyhow::Result<()> {
+    let examples = repo_root().join("examples");
     for file in [
         "providers/python/origin-jwks.json",
         "providers/http/dev-tls/ca.crt",
@@ -353,6 +360,25 @@ pub fn copy_sample_files(dir: &Path) -> anyhow::Result<()> {
         std::fs::copy(examples.join(file), &to)?;
     }
     Ok(())
+}
+
+/// Serialises the Python provider's set-up between the tests of one binary (bootstrap.py also
+/// takes a file lock, for other processes).
+static PYTHON_SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The example gRPC provider's Python (examples/providers/python/.venv), after running its
+/// bootstrap.py (idempotent: a few hashes when done).
+pub fn example_python() -> anyhow::Result<PathBuf> {
+    let _guard = PYTHON_SETUP.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = repo_root().join("examples/providers/python");
+    let status = std::process::Command::new("python3")
+        .arg(dir.join("bootstrap.py"))
+        .status()
+        .context("running python3 examples/providers/python/bootstrap.py")?;
+    anyhow::ensure!(status.success(), "bootstrap.py failed: {status}");
+    let python = dir.join(".venv/bin/python");
+    anyhow::ensure!(python.exists(), "{} is missing", python.display());
+    Ok(python)
 }
 
 /// Writes `dir/registry.toml`, the sample registry with `edit` applied (which must change

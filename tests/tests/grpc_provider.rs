@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -33,24 +33,6 @@ fn provider_dir() -> PathBuf {
     repo_root().join("examples/providers/python")
 }
 
-/// Serialises the set-up between the tests of this binary (bootstrap.py also takes a file
-/// lock, for other processes).
-static SETUP: Mutex<()> = Mutex::new(());
-
-/// The venv's Python, after running bootstrap.py (idempotent: a few hashes when done).
-fn python() -> anyhow::Result<PathBuf> {
-    let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = provider_dir();
-    let status = std::process::Command::new("python3")
-        .arg(dir.join("bootstrap.py"))
-        .status()
-        .context("running python3 examples/providers/python/bootstrap.py")?;
-    ensure!(status.success(), "bootstrap.py failed: {status}");
-    let python = dir.join(".venv/bin/python");
-    ensure!(python.exists(), "{} is missing", python.display());
-    Ok(python)
-}
-
 /// A running provider.py, killed on drop.
 struct PythonProvider {
     child: Child,
@@ -61,7 +43,7 @@ impl PythonProvider {
     /// Starts provider.py on the MESR dataset, on `port` (0: any), with extra flags; its log
     /// (stderr) is appended to `log`.
     async fn start(port: u16, log: &Path, extra: &[&str]) -> anyhow::Result<PythonProvider> {
-        let python = python()?;
+        let python = unefois_tests::example_python()?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -54,15 +54,7 @@ fn canary_registry(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
         std::fs::write(data.join(&name), serde_json::to_vec(&dataset)?)?;
     }
     unefois_tests::copy_dir(&repo_root().join("examples/dev-idp"), &dir.join("dev-idp"))?;
-    for file in [
-        "providers/python/origin-jwks.json",
-        "providers/http/dev-tls/ca.crt",
-        "providers/http/token.txt",
-    ] {
-        let to = dir.join(file);
-        std::fs::create_dir_all(to.parent().unwrap_or(dir))?;
-        std::fs::copy(repo_root().join("examples").join(file), to)?;
-    }
+    unefois_tests::copy_example_provider_files(dir)?;
     let registry = dir.join("registry.toml");
     std::fs::copy(repo_root().join("examples/registry.toml"), &registry)?;
     Ok(registry)

@@ -4,11 +4,11 @@
 //! Python's standard library), and the Python gRPC provider (`grpc`, examples/providers/python,
 //! its answers signed). Only the providers' ports differ from the committed file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::Context;
 use broker::grpc::status::reason_of;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -45,17 +45,6 @@ async fn start(program: &Path, args: &[&str], prefix: &str) -> anyhow::Result<(C
         .with_context(|| format!("unexpected first line: {line:?}"))?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((child, port))
-}
-
-/// The Python provider's interpreter, after its idempotent bootstrap.
-fn python() -> anyhow::Result<PathBuf> {
-    let dir = repo_root().join("examples/providers/python");
-    let status = std::process::Command::new("python3")
-        .arg(dir.join("bootstrap.py"))
-        .status()
-        .context("running bootstrap.py")?;
-    ensure!(status.success(), "bootstrap.py failed: {status}");
-    Ok(dir.join(".venv/bin/python"))
 }
 
 fn fetch(subject: &str, attestation_type: &str, purpose: &str) -> pb::FetchRequest {
@@ -97,7 +86,7 @@ async fn each_adapter_kind_of_the_sample_registry_answers_out_of_the_box() -> an
     )
     .await?;
     let (_grpc, grpc_port) = start(
-        &python()?,
+        &unefois_tests::example_python()?,
         &[
             examples
                 .join("providers/python/provider.py")
