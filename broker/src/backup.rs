@@ -705,7 +705,7 @@ fn error_path(e: &JournalError) -> &Path {
 }
 
 /// The first sequence number in a segment's name, `journal-<20 digits>.seg` (the journal's
-/// on-disk format, broker/src/journal/mod.rs); `None` for another file.
+/// on-disk format, journal/src/lib.rs); `None` for another file.
 fn segment_first(name: &str) -> Option<Result<u64, ()>> {
     let digits = name
         .strip_prefix(SEGMENT_PREFIX)?
