@@ -16,6 +16,20 @@ pub enum ClientError {
         /// What failed.
         source: std::io::Error,
     },
+    /// No certificate for this name in the PKI directory.
+    #[error(
+        "no certificate for {name:?} in {}: the participants with one are {}",
+        pki_dir.display(),
+        if known.is_empty() { "none (is this the federation's PKI directory?)".to_string() } else { known.join(", ") }
+    )]
+    UnknownName {
+        /// The name asked for (`participant` or `structure/agent`).
+        name: String,
+        /// The PKI directory.
+        pki_dir: PathBuf,
+        /// The names that have a certificate and a key there, sorted.
+        known: Vec<String>,
+    },
     /// The endpoint or the TLS setup is invalid, or the broker is unreachable.
     #[error("cannot reach the broker at {addr}: {source}")]
     Transport {
@@ -51,10 +65,48 @@ fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
     })
 }
 
+/// The names (`participant`, `structure/agent`) that have a certificate and a key in
+/// `pki_dir`, sorted: what `--as` may name.
+pub fn known_names(pki_dir: &Path) -> Vec<String> {
+    let with_key = |dir: &Path, prefix: &str| -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let stem = name.strip_suffix(".crt")?;
+                // The CA has no key here to act with; a key makes a participant.
+                dir.join(format!("{stem}.key"))
+                    .is_file()
+                    .then(|| format!("{prefix}{stem}"))
+            })
+            .collect()
+    };
+    let mut names = with_key(pki_dir, "");
+    if let Ok(structures) = std::fs::read_dir(pki_dir.join("agents")) {
+        for s in structures.filter_map(Result::ok) {
+            if let Ok(structure) = s.file_name().into_string() {
+                names.extend(with_key(&s.path(), &format!("{structure}/")));
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
 /// Connects to the broker at `addr` (`host:port`) as `name`, with the certificate and key
 /// found in `pki_dir`, verifying the broker against the federation CA there.
 pub async fn connect(pki_dir: &Path, name: &str, addr: &str) -> Result<Channel, ClientError> {
     let (cert, key) = credential_paths(pki_dir, name);
+    if !cert.is_file() || !key.is_file() {
+        return Err(ClientError::UnknownName {
+            name: name.to_string(),
+            pki_dir: pki_dir.to_path_buf(),
+            known: known_names(pki_dir),
+        });
+    }
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&pki_dir.join("ca.crt"))?))
         .identity(Identity::from_pem(read(&cert)?, read(&key)?))

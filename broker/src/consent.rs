@@ -46,6 +46,9 @@ pub struct Consent {
     /// When it was revoked, if it was.
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// When it was last granted again for the same scope (renewed), if it was.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub renewed_at: Option<OffsetDateTime>,
     /// Journal sequence number of the grant.
     pub seq: u64,
 }
@@ -123,14 +126,12 @@ pub fn expiry(
     mandate_expires_at.map_or(asked, |m| asked.min(m))
 }
 
-/// Records a citizen's consent given at a guichet; acknowledged only once durable. A retry
-/// with the same request id returns the same consent. Returns it with the person's pairwise
-/// pseudonym for the caller.
-pub async fn grant(
-    state: &State,
-    caller: &Caller,
-    input: GrantInput,
-) -> Result<(Consent, String), ApiError> {
+/// Records a citizen's consent given at a guichet; acknowledged only once durable. One consent
+/// per scope: a grant for the person, consumer, types and purpose of a consent in force renews
+/// that consent (recorded as a renewal, lasting until the later expiry). A retry with the same
+/// request id returns the same consent. Returns it with the person's pairwise pseudonym for
+/// the caller.
+pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<Granted, ApiError> {
     caller.require_citizen_facing()?;
     let registry = state.federation.registry();
     let request_id = validate::request_id(&input.request_id)?;
@@ -190,19 +191,17 @@ pub async fn grant(
         if registry.attestation_type(ty).is_none() {
             return Err(ApiError::UnknownAttestationType(ty.clone()));
         }
-        // Consent is only a basis for a consumer holding a consent habilitation for it.
-        let covered = registry.habilitations_of(&input.consumer).any(|h| {
-            h.attestation_type == *ty
-                && h.legal_basis == LegalBasis::Consent
-                && h.purposes.contains(&input.purpose)
-                && now < h.expires_at
-        });
-        if !covered {
-            return Err(ApiError::NoHabilitation {
-                consumer: input.consumer.clone(),
-                attestation_type: ty.clone(),
-            });
-        }
+        // Consent is only a basis for a consumer holding a consent habilitation for it; a
+        // purpose or an expiry it does not cover is refused with the reason a Fetch would give.
+        crate::exchange::habilitation_for(
+            registry
+                .habilitations_of(&input.consumer)
+                .filter(|h| h.legal_basis == LegalBasis::Consent),
+            &input.consumer,
+            ty,
+            &input.purpose,
+            now,
+        )?;
     }
 
     let mut types = input.attestation_types.clone();
@@ -227,50 +226,156 @@ pub async fn grant(
         .map(|id| state.sealer.blind_id(&actor, id));
     let id_for_record = recorded_request_id.clone();
     let pairwise = state.pseudonyms.pairwise(&caller.participant, &subject);
-    let consent = crate::idempotency::create_once(
+    let asked_expiry = expiry(
+        now,
+        input.valid_days,
+        mandate.as_ref().map(|m| m.expires_at),
+    );
+    let (consent, renewed) = crate::idempotency::create_once(
         state,
         &actor,
         request_id.as_deref().zip(recorded_request_id.as_deref()),
         &fingerprint.clone(),
-        |id| state.store.consent(id),
+        |id| {
+            Ok(state.store.consent(id)?.map(|c| {
+                let renewed = c.renewed_at.is_some();
+                (c, renewed)
+            }))
+        },
         || async move {
+            // Serialised with every other grant and revocation (`create_once`): the consent in
+            // force found here is still the one in force when the renewal is recorded.
+            let in_force = in_force_for_scope(
+                state,
+                &pseudonym,
+                &input.consumer,
+                &types,
+                &input.purpose,
+                now,
+            )?;
             if let Some(evidence) = &evidence {
                 crate::evidence::spend(state, evidence)?;
             }
-            let consent_id = uuid::Uuid::now_v7().to_string();
-            let record = Record::now(Event::ConsentGranted {
-                consent_id: consent_id.clone(),
-                subject: None,
-                subject_sealed: Some(state.sealer.seal(&pseudonym)),
-                pseudonym_key: state.pseudonyms.audit_key_id().to_string(),
-                consumer: input.consumer.clone(),
-                participant: caller.participant.clone(),
-                agent: caller.agent.clone(),
-                attestation_types: types,
-                purpose: input.purpose.clone(),
-                expires_at: expiry(
-                    now,
-                    input.valid_days,
-                    mandate.as_ref().map(|m| m.expires_at),
+            let mandate_id = mandate.map(|m| m.id);
+            let (consent_id, event) = match in_force {
+                Some(current) => (
+                    current.id.clone(),
+                    Event::ConsentRenewed {
+                        consent_id: current.id,
+                        participant: caller.participant.clone(),
+                        agent: caller.agent.clone(),
+                        expires_at: current.expires_at.max(asked_expiry),
+                        mandate_id,
+                        request_id: id_for_record,
+                        request_fingerprint: Some(fingerprint),
+                    },
                 ),
-                request_id: id_for_record,
-                request_fingerprint: Some(fingerprint),
-                mandate_id: mandate.map(|m| m.id),
-            });
+                None => {
+                    let consent_id = uuid::Uuid::now_v7().to_string();
+                    (
+                        consent_id.clone(),
+                        Event::ConsentGranted {
+                            consent_id,
+                            subject: None,
+                            subject_sealed: Some(state.sealer.seal(&pseudonym)),
+                            pseudonym_key: state.pseudonyms.audit_key_id().to_string(),
+                            consumer: input.consumer.clone(),
+                            participant: caller.participant.clone(),
+                            agent: caller.agent.clone(),
+                            attestation_types: types,
+                            purpose: input.purpose.clone(),
+                            expires_at: asked_expiry,
+                            request_id: id_for_record,
+                            request_fingerprint: Some(fingerprint),
+                            mandate_id,
+                        },
+                    )
+                }
+            };
+            let renewed = matches!(event, Event::ConsentRenewed { .. });
             state
                 .store
-                .append(vec![record])
+                .append(vec![Record::now(event)])
                 .await
                 .map_err(store_error)?;
-            state
+            let consent = state
                 .store
                 .consent(&consent_id)
                 .map_err(store_error)?
-                .ok_or(ApiError::StoreUnavailable)
+                .ok_or(ApiError::StoreUnavailable)?;
+            Ok((consent, renewed))
         },
     )
     .await?;
-    Ok((consent, pairwise))
+    Ok(Granted {
+        consent,
+        pairwise,
+        renewed,
+    })
+}
+
+/// A recorded consent grant, as the guichet is told of it.
+#[derive(Debug)]
+pub struct Granted {
+    /// The consent in force for the scope.
+    pub consent: Consent,
+    /// The person's pairwise pseudonym for the caller.
+    pub pairwise: String,
+    /// Whether the grant renewed the consent already in force for the same scope.
+    pub renewed: bool,
+}
+
+/// The consent in force of this person to this consumer for exactly these (sorted) types and
+/// this purpose, if there is one: a new grant of the same scope renews it rather than adding a
+/// second consent that one revocation would leave standing.
+fn in_force_for_scope(
+    state: &State,
+    pseudonym: &str,
+    consumer: &str,
+    types: &[String],
+    purpose: &str,
+    now: OffsetDateTime,
+) -> Result<Option<Consent>, ApiError> {
+    let Some(first) = types.first() else {
+        return Ok(None);
+    };
+    let candidates = state
+        .store
+        .consents_for(pseudonym, consumer, first, purpose)
+        .map_err(store_error)?;
+    Ok(candidates.into_iter().find(|c| {
+        c.status(now) == ConsentStatus::Active && {
+            let mut theirs = c.attestation_types.clone();
+            theirs.sort();
+            theirs == types
+        }
+    }))
+}
+
+/// Every consent in force that ends with `consent`: itself (unless it is no longer in force)
+/// and every other of the same person, consumer and purpose sharing one of its types, oldest
+/// first. A person who withdraws is never still bound by an earlier or broader grant.
+fn scope_in_force(
+    state: &State,
+    consent: &Consent,
+    now: OffsetDateTime,
+) -> Result<Vec<Consent>, ApiError> {
+    let mut ended: Vec<Consent> = Vec::new();
+    if consent.status(now) == ConsentStatus::Active {
+        ended.push(consent.clone());
+    }
+    for ty in &consent.attestation_types {
+        let mates = state
+            .store
+            .consents_for(&consent.subject, &consent.consumer, ty, &consent.purpose)
+            .map_err(store_error)?;
+        for mate in mates {
+            if mate.status(now) == ConsentStatus::Active && !ended.iter().any(|e| e.id == mate.id) {
+                ended.push(mate);
+            }
+        }
+    }
+    Ok(ended)
 }
 
 /// A consent by id that `caller` may see on its own standing: the guichet that recorded it, or
@@ -298,13 +403,14 @@ pub struct RevokeInput {
 
 /// Revokes a consent: the citizen with their ID token at any guichet (any of their consents),
 /// an agent under the citizen's mandate (a consent of the mandate's purposes), or the guichet
-/// that recorded it. Applies to the very next Fetch; answers kept for retries under it are
-/// dropped.
+/// that recorded it. It ends every consent in force of the same person, consumer and purpose
+/// sharing one of its types (each recorded), so that the very next Fetch is refused whatever was
+/// granted before; answers kept for retries under them are dropped.
 pub async fn revoke(
     state: &State,
     caller: &Caller,
     input: &RevokeInput,
-) -> Result<Consent, ApiError> {
+) -> Result<Revoked, ApiError> {
     validate::identifier("consent_id", &input.consent_id, 64)?;
     let consent_id = input.consent_id.as_str();
     let unknown = || ApiError::UnknownConsent(consent_id.to_string());
@@ -351,27 +457,49 @@ pub async fn revoke(
         }
         consent
     };
-    if consent.revoked_at.is_some() {
-        return Ok(consent);
+    // Serialised with grants: a renewal recorded meanwhile would otherwise be lost with it.
+    let _serialised = state.grants.lock().await;
+    let now = OffsetDateTime::now_utc();
+    let ended = scope_in_force(state, &consent, now)?;
+    if ended.is_empty() {
+        return Ok(Revoked { consent, ended: 0 });
     }
-    let record = Record::now(Event::ConsentRevoked {
-        consent_id: consent.id.clone(),
-        participant: caller.participant.clone(),
-        agent: caller.agent.clone(),
-        ended_with_mandate: None,
-        with_identity_evidence: with_evidence,
-    });
-    state
-        .store
-        .append(vec![record])
-        .await
-        .map_err(store_error)?;
-    state.recent.forget_consent(&consent.id);
-    state
+    let records = ended
+        .iter()
+        .map(|c| {
+            Record::now(Event::ConsentRevoked {
+                consent_id: c.id.clone(),
+                participant: caller.participant.clone(),
+                agent: caller.agent.clone(),
+                ended_with_mandate: None,
+                with_identity_evidence: with_evidence,
+                ended_with_consent: (c.id != consent.id).then(|| consent.id.clone()),
+            })
+        })
+        .collect();
+    state.store.append(records).await.map_err(store_error)?;
+    for c in &ended {
+        state.recent.forget_consent(&c.id);
+    }
+    let consent = state
         .store
         .consent(consent_id)
         .map_err(store_error)?
-        .ok_or(ApiError::StoreUnavailable)
+        .ok_or(ApiError::StoreUnavailable)?;
+    Ok(Revoked {
+        consent,
+        ended: ended.len(),
+    })
+}
+
+/// A revocation, as the caller is told of it.
+#[derive(Debug)]
+pub struct Revoked {
+    /// The consent named, as stored after the revocation.
+    pub consent: Consent,
+    /// How many consents in force it ended: the one named and every other of its scope (0 when
+    /// the one named was no longer in force and none of its scope was).
+    pub ended: usize,
 }
 
 /// A consent, to the guichet that recorded it or the consumer it is for; the read is on the

@@ -100,6 +100,16 @@ pub enum ApiError {
         /// The structure that holds it.
         structure: String,
     },
+    /// A mediation structure's own certificate was used for an act only one of its agents may
+    /// do (taking a mandate at the desk): the agent is named in the mandate and the log.
+    #[error(
+        "taking a mandate needs one of {structure:?}'s agents: connect with the agent's \
+         certificate ({structure}/<agent>), not the structure's"
+    )]
+    AgentRequired {
+        /// The structure whose certificate was used.
+        structure: String,
+    },
     /// The mandate was given by another subject than the request's.
     #[error("mandate {0} was given by another person than the request's subject")]
     MandateSubjectMismatch(String),
@@ -260,7 +270,7 @@ impl ApiError {
             E::ConsentExpired(_) => "CONSENT_EXPIRED",
             E::NoMandate(_) => "NO_MANDATE",
             E::UnknownMandate(_) => "UNKNOWN_MANDATE",
-            E::NotAgentOfStructure { .. } => "NOT_AGENT_OF_STRUCTURE",
+            E::NotAgentOfStructure { .. } | E::AgentRequired { .. } => "NOT_AGENT_OF_STRUCTURE",
             E::MandateSubjectMismatch(_) => "MANDATE_SUBJECT_MISMATCH",
             E::MandateRevoked(_) => "MANDATE_REVOKED",
             E::MandateExpired(_) => "MANDATE_EXPIRED",

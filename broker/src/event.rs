@@ -203,6 +203,27 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mandate_id: Option<String>,
     },
+    /// A citizen consented again to a scope (person, consumer, attestation types, purpose) that
+    /// already had a consent in force: that consent, renewed until the later of its expiry and
+    /// the new one (one consent per scope, so that one revocation ends it).
+    ConsentRenewed {
+        /// The consent renewed.
+        consent_id: String,
+        /// The guichet (or mediation structure) that recorded the renewal.
+        participant: String,
+        /// The mediator's agent, if one recorded it.
+        agent: Option<String>,
+        /// When it now lapses.
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+        /// The mandate a mediator's agent acted under, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mandate_id: Option<String>,
+        /// The caller's idempotency key.
+        request_id: Option<String>,
+        /// Digest of the request's fields, to tell a retry from another request.
+        request_fingerprint: Option<String>,
+    },
     /// A consent was revoked.
     ConsentRevoked {
         /// The consent.
@@ -219,6 +240,10 @@ pub enum Event {
         /// consent it did not record).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         with_identity_evidence: bool,
+        /// The consent whose revocation ended this one too: a consent of the same person,
+        /// consumer and purpose sharing one of its types (recorded in the same batch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ended_with_consent: Option<String>,
     },
     /// An auditor read the log (ListEvents or ExportEvents): auditors' reads are audited too.
     AuditRead {
@@ -402,6 +427,7 @@ mod tests {
                 agent: None,
                 ended_with_mandate: None,
                 with_identity_evidence: false,
+                ended_with_consent: None,
             },
         };
         let bytes = record.encode();

@@ -252,18 +252,12 @@ async fn fetch_once(
         "unknown".to_string()
     };
     let answer = fetch_recorded(state, caller, input, &loaded, retry).await;
-    let (outcome, reason) = match &answer {
-        Ok(_) => ("granted", ""),
-        Err(e) if e.is_failure() => ("failed", e.reason_code()),
-        Err(e) => ("denied", e.reason_code()),
+    let outcome = match &answer {
+        Ok(_) => "granted",
+        Err(e) if e.is_failure() => "failed",
+        Err(_) => "denied",
     };
-    crate::metrics::fetch(
-        &caller.participant,
-        &type_label,
-        outcome,
-        reason,
-        started.elapsed().as_secs_f64(),
-    );
+    crate::metrics::fetch_duration(&type_label, outcome, started.elapsed().as_secs_f64());
     answer
 }
 
@@ -488,18 +482,60 @@ async fn refuse(state: &State, caller: &Caller, input: &FetchInput, error: ApiEr
     }
 }
 
+/// Records an act about a person refused before any of its types was looked at (a pre-fill, or
+/// the confirmation of a preview, whose caller, mandate or identity evidence does not hold):
+/// one denied exchange per type, about the person, with the refusal's reason, as a Fetch
+/// refused for that reason would be. Returns the refusal, or the failure to record it (nothing
+/// is answered without its record).
+pub async fn refuse_act(
+    state: &State,
+    caller: &Caller,
+    requests: &[FetchInput],
+    prefill_id: Option<&str>,
+    error: ApiError,
+) -> ApiError {
+    let loaded = state.federation.loaded();
+    let registry = &loaded.registry;
+    for input in requests {
+        let mut event = base_event(state, caller, input, &loaded);
+        if let Ok(subject) = Subject::parse(&input.subject, registry.allow_test_subjects()) {
+            let pseudonym = state.pseudonyms.audit(&subject);
+            event.subject_sealed = Some(state.sealer.seal(&pseudonym));
+            event.pseudonym_key = Some(state.pseudonyms.audit_key_id().to_string());
+        }
+        event.prefill_id = prefill_id.map(str::to_string);
+        event.reason = Some(error.reason_code().to_string());
+        if let Err(e) = record(state, event).await {
+            return e;
+        }
+    }
+    error
+}
+
 /// A durable entry: its sequence number and exact bytes.
 type Logged = (u64, Vec<u8>);
 
+/// Records an exchange; the one place where exchanges are counted in the metrics, so that they
+/// agree with the log (by outcome and reason; the type label is "(unregistered)" as recorded).
 async fn record(state: &State, event: ExchangeEvent) -> Result<Logged, ApiError> {
-    state
+    let consumer = event.participant.clone();
+    let attestation_type = event.attestation_type.clone();
+    let outcome = crate::grpc::audit::outcome_name(event.outcome);
+    let reason = event
+        .reason
+        .as_deref()
+        .and_then(unefois_proto::v1::ErrorReason::from_str_name)
+        .map_or("", |r| r.as_str_name());
+    let logged = state
         .store
         .append_entry(Record::now(Event::Exchange(Box::new(event))))
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "cannot record an exchange; refusing to answer it");
             ApiError::StoreUnavailable
-        })
+        })?;
+    crate::metrics::exchange_recorded(&consumer, &attestation_type, outcome, reason);
+    Ok(logged)
 }
 
 async fn serve(
@@ -776,8 +812,10 @@ fn issue(
     Ok((attestation, envelope, claims, origin_subject_key))
 }
 
-/// The habilitation allowing `consumer` this type for this purpose now, or why there is none.
-fn habilitation_for<'a>(
+/// The habilitation allowing `consumer` this type for this purpose now, or why there is none:
+/// NO_HABILITATION, PURPOSE_NOT_ALLOWED or HABILITATION_EXPIRED, the same for a Fetch and for a
+/// consent grant.
+pub(crate) fn habilitation_for<'a>(
     held: impl Iterator<Item = &'a Habilitation>,
     consumer: &str,
     attestation_type: &str,

@@ -16,8 +16,9 @@ use crate::exchange::{FetchInput, Fetched};
 /// Creates something (a consent, a mandate) at most once per actor (a participant, or one of
 /// its agents) and request id (`(as given, as recorded)`): without a request id, `create` runs;
 /// with one recorded for the same request (same `fingerprint`), what it created is returned
-/// (`find` by its id); recorded for another request, REQUEST_ID_REUSED. Concurrent retries are
-/// serialised from the check to the record.
+/// (`find` by its id); recorded for another request, REQUEST_ID_REUSED. Creations are
+/// serialised from the check to the record: concurrent retries find one record, and what
+/// `create` reads (a consent in force for the same scope) cannot change under it.
 pub async fn create_once<T, Fut>(
     state: &crate::state::State,
     actor: &str,
@@ -34,10 +35,7 @@ where
         tracing::error!(error = %e, "cannot read the request index");
         ApiError::StoreUnavailable
     };
-    let _serialised = match request_id {
-        Some(_) => Some(state.grants.lock().await),
-        None => None,
-    };
+    let _serialised = state.grants.lock().await;
     if let Some((given, recorded)) = request_id
         && let Some(used) = state
             .store

@@ -434,6 +434,17 @@ pub mod dev {
     /// The claims of a token for `subject` (`test:` or canonical `pivot:`) and `audience`,
     /// issued at `now` by the development identity provider.
     pub fn claims(subject: &str, audience: &str, now: OffsetDateTime) -> anyhow::Result<Value> {
+        claims_lasting(subject, audience, now, TOKEN_LIFETIME_SECONDS)
+    }
+
+    /// [`claims`] of a token valid for `lifetime_seconds` from `now` (the broker still refuses
+    /// one issued longer ago than its identity provider's `max_token_age_seconds`).
+    pub fn claims_lasting(
+        subject: &str,
+        audience: &str,
+        now: OffsetDateTime,
+        lifetime_seconds: i64,
+    ) -> anyhow::Result<Value> {
         let iat = now.unix_timestamp();
         // A unique `jti`, as a real identity provider's tokens have: two logins in the same
         // second are two tokens, each with its own count of acts.
@@ -441,7 +452,7 @@ pub mod dev {
             "iss": ISSUER,
             "aud": audience,
             "iat": iat,
-            "exp": iat + TOKEN_LIFETIME_SECONDS,
+            "exp": iat.saturating_add(lifetime_seconds),
             "jti": uuid::Uuid::now_v7().to_string(),
         });
         let identity = if subject.starts_with("test:") {

@@ -17,6 +17,7 @@ pub mod backup;
 pub mod caller;
 pub mod client;
 pub mod consent;
+pub mod data_lock;
 pub mod derived;
 pub mod descriptors;
 pub mod error;

@@ -231,6 +231,10 @@ enum DevCommand {
         /// The development identity provider's signing key.
         #[arg(long, default_value = "examples/dev-idp/dev-signing-key.json")]
         key: PathBuf,
+        /// How long the token is valid, in seconds (the broker still refuses a token issued
+        /// longer ago than the identity provider's `max_token_age_seconds` in the registry).
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(i64).range(1..=86_400))]
+        ttl: i64,
     },
 }
 
@@ -375,8 +379,24 @@ struct ClientArgs {
 
 #[derive(Subcommand)]
 enum RegistryCommand {
-    /// What the caller may do: its roles and habilitations.
-    Show(ClientArgs),
+    /// What the caller may do: its roles and habilitations; with --forms, --types or
+    /// --purposes, what the federation declares.
+    Show(RegistryShowArgs),
+}
+
+#[derive(clap::Args)]
+struct RegistryShowArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The forms a guichet may pre-fill, with the source of each field.
+    #[arg(long)]
+    forms: bool,
+    /// The attestation types, with their provider and claims.
+    #[arg(long)]
+    types: bool,
+    /// The purposes, with their legal reference.
+    #[arg(long)]
+    purposes: bool,
 }
 
 #[derive(clap::Args)]
@@ -536,10 +556,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Prefill(args) => prefill(args).await,
         Command::Confirm(args) => confirm(args).await,
         Command::Mandate(cmd) => mandate(cmd).await,
-        Command::Dev(DevCommand::IdToken { subject, aud, key }) => {
+        Command::Dev(DevCommand::IdToken {
+            subject,
+            aud,
+            key,
+            ttl,
+        }) => {
             let key = broker::identity::dev::DevKey::load(&key)?;
-            let claims =
-                broker::identity::dev::claims(&subject, &aud, time::OffsetDateTime::now_utc())?;
+            let claims = broker::identity::dev::claims_lasting(
+                &subject,
+                &aud,
+                time::OffsetDateTime::now_utc(),
+                ttl,
+            )?;
             println!("{}", key.sign(&claims)?);
             Ok(())
         }
@@ -636,6 +665,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // What the broker creates from here on (its data directory; sled's files) is for its user
     // only; the files it publishes (verifier keys) are made readable explicitly.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    // Before anything is said: a second broker on this home is refused by name, not after it
+    // printed that it listens.
+    broker::data_lock::holder(&args.home.join("data")).map_err(|e| match e {
+        broker::data_lock::DataLockError::InUse { pid, .. } => anyhow::anyhow!(
+            "another broker is using {} (pid {}); stop it first, or give this one another --home",
+            args.home.display(),
+            pid.map_or_else(|| "unknown".to_string(), |p| p.to_string())
+        ),
+        other => other.into(),
+    })?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -775,7 +814,23 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
                 }
             }
             if !revoked.is_empty() {
-                println!("the broker refuses them once it reloads the CRL (SIGHUP)");
+                // The PKI directory is HOME/pki; a broker running on HOME holds HOME/data/broker.lock
+                // with its process id.
+                let lock = dir
+                    .parent()
+                    .map(|home| home.join("data").join(broker::data_lock::LOCK_FILE))
+                    .filter(|l| l.is_file());
+                match lock {
+                    Some(lock) => println!(
+                        "the broker refuses them once it reloads the CRL: `kill -HUP $(cat {})` \
+                         (or restart it)",
+                        lock.display()
+                    ),
+                    None => println!(
+                        "the broker refuses them once it reloads the CRL: send it SIGHUP \
+                         (`kill -HUP <pid>`) or restart it"
+                    ),
+                }
             }
         }
         CertsCommand::RenewCrl { dir, days } => {
@@ -795,9 +850,13 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<tonic::transport::Channel>
 /// A broker's refusal as people read it: `<CODE>: <REASON>: <message>`.
 fn rpc_error(status: tonic::Status) -> anyhow::Error {
     let code = code_name(status.code());
+    // The reason says more than the code, except where they are the same word
+    // (INVALID_ARGUMENT): then it is said once.
     match broker::grpc::status::reason_of(&status) {
-        Some(reason) => anyhow::anyhow!("{code}: {}: {}", reason.as_str_name(), status.message()),
-        None => anyhow::anyhow!("{code}: {}", status.message()),
+        Some(reason) if reason.as_str_name() != code => {
+            anyhow::anyhow!("{code}: {}: {}", reason.as_str_name(), status.message())
+        }
+        _ => anyhow::anyhow!("{code}: {}", status.message()),
     }
 }
 
@@ -825,8 +884,61 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-async fn registry_show(args: ClientArgs) -> anyhow::Result<()> {
-    let channel = connect(&args).await?;
+/// What the federation declares, as `registry show --forms --types --purposes` lists it.
+async fn registry_lists(args: &RegistryShowArgs) -> anyhow::Result<()> {
+    let mut client = RegistryClient::new(connect(&args.client).await?);
+    if args.purposes {
+        let purposes = client
+            .list_purposes(pb::ListPurposesRequest {})
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        for p in &purposes.purposes {
+            println!("purpose {}: {} ({})", p.code, p.label, p.legal_reference);
+        }
+    }
+    if args.types {
+        let types = client
+            .list_attestation_types(pb::ListAttestationTypesRequest {})
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        for t in &types.attestation_types {
+            let claims: Vec<&str> = t.claims.iter().map(|c| c.name.as_str()).collect();
+            println!(
+                "attestation type {} v{} from {} ({}): {}",
+                t.id, t.version, t.provider, t.adapter, t.description
+            );
+            println!("  claims: {}", claims.join(", "));
+        }
+    }
+    if args.forms {
+        let forms = client
+            .list_forms(pb::ListFormsRequest {})
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        for f in &forms.forms {
+            println!("form {}: {} (purpose {})", f.id, f.label, f.purpose);
+            for field in &f.fields {
+                println!(
+                    "  {}{} <- {}.{}",
+                    field.name,
+                    if field.required { " (required)" } else { "" },
+                    field.attestation_type,
+                    field.claim
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn registry_show(args: RegistryShowArgs) -> anyhow::Result<()> {
+    if args.forms || args.types || args.purposes {
+        return registry_lists(&args).await;
+    }
+    let channel = connect(&args.client).await?;
     let mut client = RegistryClient::new(channel);
     let me = client
         .who_am_i(pb::WhoAmIRequest {})
@@ -992,10 +1104,16 @@ async fn consent_grant(args: ConsentGrantArgs) -> anyhow::Result<()> {
         })
         .await
         .map_err(rpc_error)?
-        .into_inner()
+        .into_inner();
+    let renewed = consent.renewed;
+    let consent = consent
         .consent
         .ok_or_else(|| anyhow::anyhow!("the broker answered without the consent"))?;
-    print_consent(&consent)
+    print_consent(&consent)?;
+    if renewed {
+        println!("  renewed:  the consent already in force for this scope (one per scope)");
+    }
+    Ok(())
 }
 
 async fn consent_revoke(
@@ -1004,7 +1122,7 @@ async fn consent_revoke(
     evidence: EvidenceArgs,
 ) -> anyhow::Result<()> {
     let channel = connect(&client).await?;
-    let consent = ConsentsClient::new(channel)
+    let revoked = ConsentsClient::new(channel)
         .revoke(pb::RevokeConsentRequest {
             consent_id,
             id_token: evidence.id_token,
@@ -1012,10 +1130,16 @@ async fn consent_revoke(
         })
         .await
         .map_err(rpc_error)?
-        .into_inner()
+        .into_inner();
+    let ended = revoked.ended;
+    let consent = revoked
         .consent
         .ok_or_else(|| anyhow::anyhow!("the broker answered without the consent"))?;
     println!("consent {} {}", consent.id, status_name(&consent));
+    match ended {
+        0 => println!("  ended: none (no consent of this scope was in force)"),
+        n => println!("  ended: {n} consent(s) in force of this scope"),
+    }
     Ok(())
 }
 
@@ -1227,16 +1351,56 @@ async fn providers_status(client: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A word as a POSIX shell reads it back: as it is when it is plain, single-quoted otherwise.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/=@+,".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The `confirm` command of a preview, to run as it is printed: this program, the same caller,
+/// home, address, person and mandate.
+fn confirm_command(args: &PrefillArgs, prefill_id: &str) -> String {
+    let program = std::env::args().next().unwrap_or_else(|| "unefois".into());
+    let mut words = vec![
+        shell_word(&program),
+        "confirm".into(),
+        "--as".into(),
+        shell_word(&args.client.as_participant),
+    ];
+    if args.client.home != Path::new(DEFAULT_HOME) {
+        words.extend([
+            "--home".into(),
+            shell_word(&args.client.home.to_string_lossy()),
+        ]);
+    }
+    if args.client.addr != DEFAULT_ADDR {
+        words.extend(["--addr".into(), shell_word(&args.client.addr)]);
+    }
+    words.extend(["--subject".into(), shell_word(&args.subject)]);
+    if !args.mandate.is_empty() {
+        words.extend(["--mandate".into(), shell_word(&args.mandate)]);
+    }
+    words.extend(["--prefill-id".into(), prefill_id.to_string()]);
+    words.join(" ")
+}
+
 async fn prefill(args: PrefillArgs) -> anyhow::Result<()> {
     let mut guichet =
         unefois_proto::v1::guichet_client::GuichetClient::new(connect(&args.client).await?);
     let answer = guichet
         .prefill(pb::PrefillRequest {
-            subject: args.subject,
-            form: args.form,
+            subject: args.subject.clone(),
+            form: args.form.clone(),
             preview: args.preview,
-            mandate_id: args.mandate,
-            id_token: args.id_token,
+            mandate_id: args.mandate.clone(),
+            id_token: args.id_token.clone(),
             ..Default::default()
         })
         .await
@@ -1254,9 +1418,14 @@ async fn prefill(args: PrefillArgs) -> anyhow::Result<()> {
             })
             .unwrap_or_default();
         println!(
-            "preview {} (nothing issued; `unefois confirm --prefill-id {}` before {until})",
-            answer.prefill_id, answer.prefill_id
+            "preview {} (nothing issued until the person confirms, before {until}):",
+            answer.prefill_id
         );
+        println!("  {}", confirm_command(&args, &answer.prefill_id));
+        if args.mandate.is_empty() && std::env::var_os("UNEFOIS_ID_TOKEN").is_none() {
+            println!("  with the person's ID token: --id-token, or UNEFOIS_ID_TOKEN");
+        }
+        println!("  (add --reject if the person rejects it)");
     }
     print_fields(&answer.fields, &answer.unavailable);
     Ok(())

@@ -182,8 +182,7 @@ pub async fn create(
         });
     }
     let Some(agent) = caller.agent.clone() else {
-        return Err(ApiError::NotAgentOfStructure {
-            mandate: "(new)".into(),
+        return Err(ApiError::AgentRequired {
             structure: caller.participant.clone(),
         });
     };
@@ -363,6 +362,7 @@ pub async fn revoke(
             agent: caller.agent.clone(),
             ended_with_mandate: Some(mandate.id.clone()),
             with_identity_evidence: false,
+            ended_with_consent: None,
         })
     }));
     state.store.append(records).await.map_err(store_error)?;

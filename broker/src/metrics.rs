@@ -64,16 +64,16 @@ fn installed() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// One Fetch, as counted: by consumer, type, outcome and reason; its latency by type.
-pub fn fetch(
+/// One exchange recorded in the audit log (a Fetch, a preview, a confirmation, a rejection, a
+/// refusal): counted where it is recorded, by consumer, type, outcome and reason, so that the
+/// counts agree with the log's `exchange` entries.
+pub fn exchange_recorded(
     consumer: &str,
     attestation_type: &str,
     outcome: &'static str,
     reason: &'static str,
-    seconds: f64,
 ) {
     static COUNTERS: Handles<Counter> = Handles::new();
-    static LATENCIES: Handles<Histogram> = Handles::new();
     COUNTERS
         .get([consumer, attestation_type], [outcome, reason], || {
             metrics::counter!(
@@ -85,6 +85,25 @@ pub fn fetch(
             )
         })
         .increment(1);
+}
+
+/// Entries appended to the audit log, by kind (`exchange`, `consent_granted`, …), counted once
+/// durable: with `unefois_fetch_total` for the exchanges' outcomes and reasons, what an operator
+/// reconciles with the log itself.
+pub fn audit_entries(kind: &'static str, count: u64) {
+    static COUNTERS: Handles<Counter> = Handles::new();
+    COUNTERS
+        .get(
+            ["", ""],
+            [kind, ""],
+            || metrics::counter!("unefois_audit_entries_total", "kind" => kind),
+        )
+        .increment(count);
+}
+
+/// How long one Fetch took, from its arrival to its recorded answer, by type and outcome.
+pub fn fetch_duration(attestation_type: &str, outcome: &'static str, seconds: f64) {
+    static LATENCIES: Handles<Histogram> = Handles::new();
     LATENCIES
         .get([attestation_type, ""], [outcome, ""], || {
             metrics::histogram!(
@@ -288,10 +307,10 @@ mod tests {
     fn kept_handles_go_on_counting_each_label_set_apart() {
         let handle = super::handle().expect("the recorder installs");
         for _ in 0..3 {
-            super::fetch("kept-consumer", "kept.type", "granted", "", 0.001);
+            super::exchange_recorded("kept-consumer", "kept.type", "granted", "");
         }
-        super::fetch("kept-consumer", "kept.type", "denied", "NO_CONSENT", 0.001);
-        super::fetch("kept-consumer", "kept.other", "granted", "", 0.001);
+        super::exchange_recorded("kept-consumer", "kept.type", "denied", "NO_CONSENT");
+        super::exchange_recorded("kept-consumer", "kept.other", "granted", "");
         super::provider_call("kept-provider", "kept.type", "ok", 0.001);
         super::provider_call("kept-provider", "kept.type", "ok", 0.001);
         let text = handle.render();

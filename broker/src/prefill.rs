@@ -19,7 +19,7 @@ use unefois_adapters::{ClaimValue, Claims};
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::exchange::{self, FetchInput, Fetched, Previewed};
-use crate::preview::{Preview, PreviewState};
+use crate::preview::{Preview, PreviewState, Unfilled};
 use crate::registry::Form;
 use crate::state::State;
 use crate::subject::Subject;
@@ -139,7 +139,6 @@ pub async fn prefill(
     caller: &Caller,
     input: PrefillInput,
 ) -> Result<Prefilled, ApiError> {
-    caller.require_citizen_facing()?;
     validate::identifier("form", &input.form, 64)?;
     validate::request_id(&input.request_id)?;
     let registry = state.federation.registry();
@@ -149,18 +148,46 @@ pub async fn prefill(
         .ok_or_else(|| ApiError::UnknownForm(input.form.clone()))?
         .clone();
     let pseudonym = state.pseudonyms.audit(&subject);
-    // The citizen is present (identity evidence, one of the token's acts), or an agent acts
-    // under the citizen's mandate for the form's purpose.
-    let mandate = crate::mandate::acting(
-        state,
-        caller,
-        &input.mandate_id,
-        &pseudonym,
-        Some(&form.purpose),
-    )?;
-    if mandate.is_none() {
-        crate::evidence::for_act(state, &input.id_token, caller, &subject)?;
-    }
+    // A guichet or a mediator; the citizen is present (identity evidence, one of the token's
+    // acts), or an agent acts under the citizen's mandate for the form's purpose. A refusal
+    // here is recorded for each type the form asked for, as the Fetch of each would be.
+    let standing = async {
+        caller.require_citizen_facing()?;
+        let mandate = crate::mandate::acting(
+            state,
+            caller,
+            &input.mandate_id,
+            &pseudonym,
+            Some(&form.purpose),
+        )?;
+        if mandate.is_none() {
+            crate::evidence::for_act(state, &input.id_token, caller, &subject)?;
+        }
+        Ok::<_, ApiError>(mandate)
+    };
+    let mandate = match standing.await {
+        Ok(mandate) => mandate,
+        Err(e) => {
+            let mut types: Vec<&str> = form
+                .fields
+                .iter()
+                .map(|f| f.attestation_type.as_str())
+                .collect();
+            types.sort_unstable();
+            types.dedup();
+            let requests: Vec<FetchInput> = types
+                .into_iter()
+                .map(|ty| FetchInput {
+                    subject: input.subject.clone(),
+                    attestation_type: ty.to_string(),
+                    purpose: form.purpose.clone(),
+                    mandate_id: input.mandate_id.clone(),
+                    ..FetchInput::default()
+                })
+                .collect();
+            return Err(exchange::refuse_act(state, caller, &requests, None, e).await);
+        }
+    };
 
     // The claims each type must provide.
     let mut by_type: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -204,16 +231,31 @@ pub async fn prefill(
         refuse_unrecorded(&results)?;
         let obtained = results
             .iter()
-            .map(|(ty, r)| (ty.clone(), r.as_ref().map(Obtained::from)))
+            .map(|(ty, r)| {
+                (
+                    ty.clone(),
+                    r.as_ref().map(Obtained::from).map_err(Unfilled::from),
+                )
+            })
             .collect();
         let (filled, missing) = fields(&form, &obtained);
-        let held: Vec<Previewed> = results.into_values().filter_map(Result::ok).collect();
+        let mut held = Vec::new();
+        let mut unfilled = BTreeMap::new();
+        for (ty, result) in results {
+            match result {
+                Ok(previewed) => held.push(previewed),
+                Err(e) => {
+                    unfilled.insert(ty, Unfilled::from(&e));
+                }
+            }
+        }
         let preview = Preview::open(
             &caller.participant,
             pseudonym,
             &form.id,
             mandate.map(|m| m.id),
             held,
+            unfilled,
             state.previews.ttl(),
         );
         let expires_at = preview.expires_at;
@@ -237,7 +279,7 @@ pub async fn prefill(
             .into_iter()
             .collect();
     refuse_unrecorded(&results)?;
-    Ok(answer(&form, results, None))
+    Ok(answer(&form, results, BTreeMap::new()))
 }
 
 /// Nothing is answered that the journal could not record.
@@ -251,29 +293,37 @@ fn refuse_unrecorded<T>(results: &BTreeMap<String, Result<T, ApiError>>) -> Resu
     Ok(())
 }
 
+/// The answer of a pre-fill or a confirmation: each type's attestation or refusal, and the
+/// types that gave nothing for another reason (`unfilled`: not confirmed, refused at preview).
 fn answer(
     form: &Form,
     results: BTreeMap<String, Result<Arc<Fetched>, ApiError>>,
-    preview: Option<(String, OffsetDateTime)>,
+    unfilled: BTreeMap<String, Unfilled>,
 ) -> Prefilled {
-    let obtained = results
-        .iter()
-        .map(|(ty, r)| (ty.clone(), r.as_ref().map(Obtained::from)))
+    let mut obtained: BTreeMap<String, Result<Obtained, Unfilled>> = unfilled
+        .into_iter()
+        .map(|(ty, why)| (ty, Err(why)))
         .collect();
+    for (ty, r) in &results {
+        obtained.insert(
+            ty.clone(),
+            r.as_ref().map(Obtained::from).map_err(Unfilled::from),
+        );
+    }
     let (filled, missing) = fields(form, &obtained);
     Prefilled {
         form: form.id.clone(),
         filled,
         missing,
         attestations: results.into_values().filter_map(Result::ok).collect(),
-        preview,
+        preview: None,
     }
 }
 
 /// Each form field, filled from what its type gave, or missing with the reason.
 fn fields(
     form: &Form,
-    obtained: &BTreeMap<String, Result<Obtained, &ApiError>>,
+    obtained: &BTreeMap<String, Result<Obtained, Unfilled>>,
 ) -> (Vec<FilledField>, Vec<MissingField>) {
     let mut filled = Vec::new();
     let mut missing = Vec::new();
@@ -297,10 +347,12 @@ fn fields(
                     "the provider holds no value for this field".into(),
                 )),
             },
-            Some(Err(e)) => missing.push(absent(e.reason_code(), e.to_string())),
+            Some(Err(why)) => missing.push(absent(why.reason, why.message.clone())),
+            // Every type of the form is asked for, so each has a result; a form changed by a
+            // registry reload between a preview and its confirmation may add one.
             None => missing.push(absent(
-                "PROVIDER_UNAVAILABLE",
-                "not confirmed or not fetched".into(),
+                "PREVIEW_NOT_CONFIRMED",
+                "this field was not in the preview the person confirmed".into(),
             )),
         }
     }
@@ -357,7 +409,6 @@ pub async fn confirm(
     caller: &Caller,
     input: ConfirmInput,
 ) -> Result<Prefilled, ApiError> {
-    caller.require_citizen_facing()?;
     validate::identifier("prefill_id", &input.prefill_id, 64)?;
     if !input.form.is_empty() {
         validate::identifier("form", &input.form, 64)?;
@@ -370,13 +421,32 @@ pub async fn confirm(
     let registry = state.federation.registry();
     let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
     let pseudonym = state.pseudonyms.audit(&subject);
-    // The citizen is present (identity evidence, one of the token's acts), or an agent acts
-    // under the mandate the preview was made under, still in force.
-    let mandate = crate::mandate::acting(state, caller, &input.mandate_id, &pseudonym, None)?;
-    if mandate.is_none() {
-        crate::evidence::for_act(state, &input.id_token, caller, &subject)?;
-    }
     let id = input.prefill_id.as_str();
+    // A guichet or a mediator; the citizen is present (identity evidence, one of the token's
+    // acts), or an agent acts under the mandate the preview was made under, still in force. A
+    // refusal here is recorded for each type the preview holds for this person.
+    let standing = async {
+        caller.require_citizen_facing()?;
+        let mandate = crate::mandate::acting(state, caller, &input.mandate_id, &pseudonym, None)?;
+        if mandate.is_none() {
+            crate::evidence::for_act(state, &input.id_token, caller, &subject)?;
+        }
+        Ok::<_, ApiError>(mandate)
+    };
+    let mandate = match standing.await {
+        Ok(mandate) => mandate,
+        Err(e) => {
+            let mut requests = state
+                .previews
+                .open_requests(id, &caller.participant, &pseudonym);
+            for r in &mut requests {
+                // The Confirm's own words: the mandate it named, not the preview's.
+                r.mandate_id = input.mandate_id.clone();
+                r.request_id.clear();
+            }
+            return Err(exchange::refuse_act(state, caller, &requests, Some(id), e).await);
+        }
+    };
     let mut preview = state.previews.begin(id, &caller.participant, |p| {
         if p.subject != pseudonym {
             return Err(ApiError::PreviewSubjectMismatch);
@@ -433,12 +503,13 @@ pub async fn confirm(
         PreviewState::Open(items) => items,
         PreviewState::Confirmed(done) => {
             preview.state = PreviewState::Confirmed(done.clone());
+            let unfilled = preview.unfilled.clone();
             confirming.finish(preview);
             let results = done
                 .into_iter()
                 .map(|f| (f.attestation.attestation_type.clone(), Ok(f)))
                 .collect();
-            return Ok(answer(&form, results, None));
+            return Ok(answer(&form, results, unfilled));
         }
         PreviewState::Rejected => return Err(ApiError::PrefillClosed(id.into(), "rejected")),
     };
@@ -451,6 +522,13 @@ pub async fn confirm(
     for p in &drop {
         // Not recorded: the preview stays open for another try (`confirming` gives it up).
         exchange::reject(state, caller, p, id).await?;
+    }
+    // Each field says why it is empty: refused or failed at the preview, or not confirmed.
+    for p in &drop {
+        preview.unfilled.insert(
+            p.input.attestation_type.clone(),
+            Unfilled::not_confirmed(input.reject),
+        );
     }
     let confirmations = keep.iter().map(|p| async move {
         (
@@ -474,6 +552,7 @@ pub async fn confirm(
                 .collect(),
         )
     };
+    let unfilled = preview.unfilled.clone();
     confirming.finish(preview);
-    Ok(answer(&form, results, None))
+    Ok(answer(&form, results, unfilled))
 }

@@ -20,6 +20,39 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 /// filling the table never refuses another's.
 pub const DEFAULT_PER_PARTICIPANT: usize = DEFAULT_CAPACITY / 8;
 
+/// Why a type of a form gave no value, kept with a preview so that its confirmation tells the
+/// same reason the preview did: a closed `ErrorReason` name and words for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unfilled {
+    /// The `ErrorReason` name.
+    pub reason: &'static str,
+    /// Why, for people.
+    pub message: String,
+}
+
+impl From<&ApiError> for Unfilled {
+    fn from(e: &ApiError) -> Unfilled {
+        Unfilled {
+            reason: e.reason_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Unfilled {
+    /// A value of the preview the person did not confirm.
+    pub fn not_confirmed(rejected: bool) -> Unfilled {
+        Unfilled {
+            reason: "PREVIEW_NOT_CONFIRMED",
+            message: if rejected {
+                "the person rejected the preview: nothing was released".into()
+            } else {
+                "the person did not confirm this value: nothing was released".into()
+            },
+        }
+    }
+}
+
 /// Where a preview stands.
 #[derive(Clone, Debug)]
 pub enum PreviewState {
@@ -45,6 +78,8 @@ pub struct Preview {
     pub mandate_id: Option<String>,
     /// Open, confirmed or rejected.
     pub state: PreviewState,
+    /// The form's types that gave no value to preview, by type, and why (refused or failed).
+    pub unfilled: std::collections::BTreeMap<String, Unfilled>,
     /// A Confirm of it is under way: a concurrent one is told so.
     in_progress: bool,
     /// When it is forgotten.
@@ -60,6 +95,7 @@ impl Preview {
         form: &str,
         mandate_id: Option<String>,
         items: Vec<Previewed>,
+        unfilled: std::collections::BTreeMap<String, Unfilled>,
         ttl: Duration,
     ) -> Preview {
         Preview {
@@ -68,6 +104,7 @@ impl Preview {
             form: form.to_string(),
             mandate_id,
             state: PreviewState::Open(items),
+            unfilled,
             in_progress: false,
             expires_at: OffsetDateTime::now_utc() + ttl,
             deadline: Instant::now() + ttl,
@@ -154,6 +191,26 @@ impl Previews {
         Ok(preview.clone())
     }
 
+    /// The requests of preview `id` of `participant` about the person `subject` (audit
+    /// pseudonym) still open: what a refused Confirm of it is recorded against. Empty when
+    /// there is none.
+    pub fn open_requests(
+        &self,
+        id: &str,
+        participant: &str,
+        subject: &str,
+    ) -> Vec<crate::exchange::FetchInput> {
+        let held = self.lock();
+        match held
+            .get(id)
+            .filter(|p| p.participant == participant && p.subject == subject)
+            .map(|p| &p.state)
+        {
+            Some(PreviewState::Open(items)) => items.iter().map(|i| i.input.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Ends a confirmation: the preview as it now stands (closed, or open again) replaces the
     /// one held, keeping its original expiry.
     pub fn finish(&self, id: &str, mut preview: Preview) {
@@ -188,7 +245,15 @@ mod tests {
     use super::*;
 
     fn preview(participant: &str, ttl: Duration) -> Preview {
-        Preview::open(participant, "p".into(), "form", None, Vec::new(), ttl)
+        Preview::open(
+            participant,
+            "p".into(),
+            "form",
+            None,
+            Vec::new(),
+            Default::default(),
+            ttl,
+        )
     }
 
     #[test]

@@ -465,6 +465,11 @@ impl Registry {
         self.forms.get(id)
     }
 
+    /// Every form, by id.
+    pub fn forms(&self) -> impl Iterator<Item = &Form> {
+        self.forms.values()
+    }
+
     /// Every habilitation, in file order.
     pub fn habilitations(&self) -> &[Habilitation] {
         &self.habilitations

@@ -94,6 +94,9 @@ pub enum BrokerError {
     /// A key of the broker cannot be loaded or created.
     #[error("key: {0}")]
     Key(#[from] crate::keys::KeyError),
+    /// Another broker uses the data directory.
+    #[error("{0}")]
+    DataLock(#[from] crate::data_lock::DataLockError),
     /// The journal or the derived state cannot be opened or written.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -183,6 +186,8 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
+    // Held until the broker stops: a second broker on this directory is refused by name.
+    let _held = crate::data_lock::acquire(&config.data_dir)?;
     tracing::info!(
         registry = %config.registry.display(),
         registry_sha256 = %registry.sha256_hex(),

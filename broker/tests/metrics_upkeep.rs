@@ -21,13 +21,7 @@ fn live(region: &Region<'_, System>) -> isize {
 fn histogram_samples_are_folded_without_a_scrape() {
     let handle = broker::metrics::handle().expect("recorder installed");
     // Every series exists before the baseline.
-    broker::metrics::fetch(
-        "mairie-lyon",
-        "dgfip.revenu_fiscal_reference",
-        "granted",
-        "",
-        0.001,
-    );
+    broker::metrics::fetch_duration("dgfip.revenu_fiscal_reference", "granted", 0.001);
     handle.run_upkeep();
     let region = Region::new(GLOBAL);
 
@@ -37,13 +31,7 @@ fn histogram_samples_are_folded_without_a_scrape() {
     let record = |n: u32| {
         for i in 0..n {
             let seconds = f64::from(i % 1000) / 1e6;
-            broker::metrics::fetch(
-                "mairie-lyon",
-                "dgfip.revenu_fiscal_reference",
-                "granted",
-                "",
-                seconds,
-            );
+            broker::metrics::fetch_duration("dgfip.revenu_fiscal_reference", "granted", seconds);
         }
     };
     let burst = 600_000u32;

@@ -351,6 +351,16 @@ async fn the_readme_walkthrough_grants_fetches_and_revokes() -> anyhow::Result<(
         granted.stdout.contains("tarification_cantine"),
         "{granted:?}"
     );
+    // Granted again for the same scope: the same consent, renewed (one consent per scope).
+    let again = unefois_client(cwd, addr, &with_token)?;
+    assert!(again.ok, "{again:?}");
+    assert!(
+        again
+            .stdout
+            .starts_with(&format!("consent {consent_id} ACTIVE")),
+        "{again:?}"
+    );
+    assert!(again.stdout.contains("renewed:"), "{again:?}");
 
     let fetch_caf = [
         "fetch",
@@ -423,7 +433,7 @@ async fn the_readme_walkthrough_grants_fetches_and_revokes() -> anyhow::Result<(
     assert!(revoked.ok, "{revoked:?}");
     assert_eq!(
         revoked.stdout.trim(),
-        format!("consent {consent_id} REVOKED")
+        format!("consent {consent_id} REVOKED\n  ended: 1 consent(s) in force of this scope")
     );
 
     let after = unefois_client(cwd, addr, &fetch_caf)?;
@@ -700,22 +710,32 @@ async fn a_mediator_takes_a_mandate_and_prefills_a_form_with_a_preview() -> anyh
         line(&previewed.stdout, "revenu_fiscal_reference").contains("preview, not issued"),
         "{previewed:?}"
     );
-    let confirmed = unefois_client(
-        cwd,
-        addr,
-        &[
-            "confirm",
-            "--as",
-            agent,
-            "--subject",
-            "test:alice",
-            "--prefill-id",
-            &prefill_id,
-            "--mandate",
-            &mandate_id,
-        ],
-    )?;
-    assert!(confirmed.ok, "{confirmed:?}");
+    // The preview prints its confirmation as a command that runs as it is.
+    let hint = previewed
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("preview "))
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        hint.contains(" confirm --as france-services-lyon/a.martin ")
+            && hint.contains(&format!("--mandate {mandate_id}"))
+            && hint.ends_with(&format!("--prefill-id {prefill_id}")),
+        "{previewed:?}"
+    );
+    let ran = Command::new("sh")
+        .arg("-c")
+        .arg(&hint)
+        .current_dir(cwd)
+        .output()?;
+    let confirmed = Outcome {
+        ok: ran.status.success(),
+        stdout: String::from_utf8_lossy(&ran.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&ran.stderr).into_owned(),
+    };
+    assert!(confirmed.ok, "{hint}: {confirmed:?}");
     assert!(
         confirmed.stdout.contains(&format!(
             "preview {prefill_id} confirmed: 1 attestation(s) issued"
@@ -800,5 +820,171 @@ async fn sighup_reloads_the_registry_of_a_running_broker() -> anyhow::Result<()>
     }
     let exit = terminate(&mut served.child).await?;
     assert!(exit.success(), "{exit}");
+    Ok(())
+}
+
+/// What a person meets at the command line when something is off: a second broker on the same
+/// home is refused by name before it says anything, an unknown `--as` lists who has a
+/// certificate, a structure's certificate where an agent's is needed says so, an error's code
+/// is said once; and the registry's forms, types and purposes can be listed.
+#[tokio::test(flavor = "multi_thread")]
+async fn clear_errors_and_a_discoverable_registry() -> anyhow::Result<()> {
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let cwd = checkout.path();
+    let mut served = serve(cwd)?;
+    let addr = served.addr;
+    let pki = cwd.join(".unefois-dev/pki");
+    wait_serving(&pki, addr).await?;
+
+    // A second broker on the same home: refused by name, nothing printed before.
+    let second = Command::new(unefois_binary()?)
+        .current_dir(cwd)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()?;
+    assert!(!second.status.success(), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "another broker is using .unefois-dev (pid {})",
+            served.child.id()
+        )),
+        "{stderr}"
+    );
+    assert!(second.stdout.is_empty(), "{second:?}");
+
+    // An unknown participant: who has a certificate here.
+    let unknown = unefois_client(cwd, addr, &["registry", "show", "--as", "mairie-lyom"])?;
+    assert!(!unknown.ok, "{unknown:?}");
+    assert!(
+        unknown
+            .stderr
+            .contains("no certificate for \"mairie-lyom\""),
+        "{unknown:?}"
+    );
+    assert!(
+        unknown.stderr.contains("mairie-lyon")
+            && unknown.stderr.contains("france-services-lyon/a.martin"),
+        "{unknown:?}"
+    );
+
+    // The registry's declarations.
+    let listed = unefois_client(
+        cwd,
+        addr,
+        &[
+            "registry",
+            "show",
+            "--as",
+            "mairie-lyon",
+            "--forms",
+            "--types",
+            "--purposes",
+        ],
+    )?;
+    assert!(listed.ok, "{listed:?}");
+    for needle in [
+        "form inscription_cantine: Inscription à la restauration scolaire (purpose tarification_cantine)",
+        "  quotient_familial (required) <- caf.quotient_familial.quotient_familial",
+        "attestation type caf.quotient_familial v1 from caf (static)",
+        "purpose tarification_cantine: ",
+    ] {
+        assert!(listed.stdout.contains(needle), "{needle}: {listed:?}");
+    }
+
+    // A mandate taken with the structure's own certificate.
+    std::fs::write(cwd.join("mandat.pdf"), b"mandat signe")?;
+    let token = dev_id_token(cwd, "test:alice", "france-services-lyon")?;
+    let by_structure = unefois_client(
+        cwd,
+        addr,
+        &[
+            "mandate",
+            "create",
+            "--as",
+            "france-services-lyon",
+            "--subject",
+            "test:alice",
+            "--purpose",
+            "aide_energie",
+            "--days",
+            "31",
+            "--document",
+            "mandat.pdf",
+            "--id-token",
+            &token,
+        ],
+    )?;
+    assert!(!by_structure.ok, "{by_structure:?}");
+    assert!(
+        by_structure.stderr.contains("NOT_AGENT_OF_STRUCTURE")
+            && by_structure.stderr.contains("agent's certificate")
+            && !by_structure.stderr.contains("(new)"),
+        "{by_structure:?}"
+    );
+
+    // An invalid argument: its code once.
+    let invalid = unefois_client(
+        cwd,
+        addr,
+        &[
+            "fetch",
+            "--as",
+            "mairie-lyon",
+            "--subject",
+            "alice",
+            "--type",
+            "caf.quotient_familial",
+            "--purpose",
+            "tarification_cantine",
+        ],
+    )?;
+    assert!(!invalid.ok, "{invalid:?}");
+    assert!(
+        invalid.stderr.contains("error: INVALID_ARGUMENT: ")
+            && !invalid
+                .stderr
+                .contains("INVALID_ARGUMENT: INVALID_ARGUMENT"),
+        "{invalid:?}"
+    );
+
+    // A development ID token of a chosen lifetime.
+    let minted = Command::new(unefois_binary()?)
+        .current_dir(cwd)
+        .args([
+            "dev",
+            "id-token",
+            "--subject",
+            "test:alice",
+            "--aud",
+            "mairie-lyon",
+            "--ttl",
+            "60",
+        ])
+        .output()?;
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout)?;
+    let claims = token
+        .trim()
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("not a JWT: {token}"))?;
+    use base64::Engine as _;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims)?)?;
+    assert_eq!(
+        claims["exp"].as_i64(),
+        claims["iat"].as_i64().map(|t| t + 60)
+    );
+
+    let exit = terminate(&mut served.child).await?;
+    assert!(exit.success(), "SIGTERM ends the broker cleanly: {exit}");
     Ok(())
 }

@@ -24,6 +24,7 @@ const QF: &str = "caf.quotient_familial";
 const RFR: &str = "dgfip.revenu_fiscal_reference";
 const CANTINE: &str = "tarification_cantine";
 const PERISCOLAIRE: &str = "tarification_periscolaire";
+const ETU: &str = "mesr.statut_etudiant";
 
 async fn consents(broker: &TestBroker, name: &str) -> anyhow::Result<ConsentsClient<Channel>> {
     Ok(ConsentsClient::new(broker.channel(name).await?))
@@ -278,11 +279,6 @@ async fn grant_rules() -> anyhow::Result<()> {
             attestation_types: vec![RFR.into()],
             ..grant("test:alice", CANTINE)
         },
-        // A consent habilitation for other purposes only.
-        pb::GrantConsentRequest {
-            attestation_types: vec!["mesr.statut_etudiant".into()],
-            ..grant("test:alice", CANTINE)
-        },
         // One type without habilitation spoils the whole grant.
         pb::GrantConsentRequest {
             attestation_types: vec![QF.into(), RFR.into()],
@@ -296,6 +292,25 @@ async fn grant_rules() -> anyhow::Result<()> {
             ErrorReason::NoHabilitation,
         );
     }
+    // A consent habilitation for other purposes only: one answer for one cause, the one a
+    // Fetch of the same type for the same purpose gives.
+    refused(
+        lyon.grant(pb::GrantConsentRequest {
+            attestation_types: vec!["mesr.statut_etudiant".into()],
+            ..grant("test:alice", CANTINE)
+        })
+        .await,
+        Code::PermissionDenied,
+        ErrorReason::PurposeNotAllowed,
+    );
+    refused(
+        exchange(&broker, "mairie-lyon")
+            .await?
+            .fetch(fetch("test:alice", "mesr.statut_etudiant", CANTINE))
+            .await,
+        Code::PermissionDenied,
+        ErrorReason::PurposeNotAllowed,
+    );
 
     let invalid = [
         pb::GrantConsentRequest {
@@ -465,7 +480,8 @@ async fn visibility() -> anyhow::Result<()> {
     assert_eq!(basis.map(|b| b.consent_id), Some(first.id.clone()));
 
     // Three consents of Carol recorded by Villeurbanne, one recorded by Lyon itself: each
-    // guichet walks the ones it may see, one page at a time; the consumer sees all four.
+    // guichet walks the ones it may see, one page at a time; the consumer sees all four. (A
+    // grant of a scope in force renews it: the later ones follow revocations.)
     let second = consent_of(
         villeurbanne
             .grant(grant_at("mairie-villeurbanne", "test:carol", PERISCOLAIRE))
@@ -473,13 +489,15 @@ async fn visibility() -> anyhow::Result<()> {
             .into_inner()
             .consent,
     );
+    villeurbanne.revoke(revoke(&second.id)).await?;
     let third = consent_of(
         villeurbanne
-            .grant(grant_at("mairie-villeurbanne", "test:carol", CANTINE))
+            .grant(grant_at("mairie-villeurbanne", "test:carol", PERISCOLAIRE))
             .await?
             .into_inner()
             .consent,
     );
+    villeurbanne.revoke(revoke(&third.id)).await?;
     let own = consent_of(
         lyon.grant(grant("test:carol", PERISCOLAIRE))
             .await?
@@ -575,7 +593,8 @@ async fn idempotent_grant() -> anyhow::Result<()> {
     assert_eq!(listed_ids(&mut lyon, "test:david").await?.len(), 1);
     assert!(listed_ids(&mut lyon, "test:carol").await?.is_empty());
 
-    // Malformed request ids are refused; without a request id, each grant is a new consent.
+    // Malformed request ids are refused; without a request id, a grant of the same scope renews
+    // the consent in force (one consent per scope), and a retry of a renewal gets it again.
     refused(
         lyon.grant(pb::GrantConsentRequest {
             request_id: "pas d'espace".into(),
@@ -586,8 +605,18 @@ async fn idempotent_grant() -> anyhow::Result<()> {
         ErrorReason::InvalidArgument,
     );
     lyon.grant(grant("test:david", CANTINE)).await?;
-    lyon.grant(grant("test:david", CANTINE)).await?;
-    assert_eq!(listed_ids(&mut lyon, "test:david").await?.len(), 3);
+    let renewal = pb::GrantConsentRequest {
+        request_id: "inscription-cantine-43".into(),
+        ..grant("test:david", CANTINE)
+    };
+    let renewed = lyon.grant(renewal.clone()).await?.into_inner();
+    let retried = lyon.grant(renewal).await?.into_inner();
+    assert!(renewed.renewed && retried.renewed);
+    assert_eq!(retried.consent, renewed.consent);
+    assert_eq!(
+        listed_ids(&mut lyon, "test:david").await?,
+        vec![consent_of(renewed.consent).id]
+    );
     broker.stop().await
 }
 
@@ -874,4 +903,163 @@ async fn a_slow_sync_holds_the_answer() -> anyhow::Result<()> {
     hold.store(false, Ordering::SeqCst);
     drop(lyon);
     broker.stop().await
+}
+
+/// One consent per scope: granting again renews the consent in force (one consent, the later
+/// expiry, recorded as a renewal), and one revocation ends every consent in force of its scope,
+/// so that the very next Fetch is refused whatever was granted before. Without the renewal, the
+/// second grant made a second consent that the revocation left in force.
+#[tokio::test]
+async fn one_consent_per_scope_and_one_revocation_ends_it() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    // The student status is also a basis for the canteen's pricing here, so that one consent
+    // can cover two types of one purpose.
+    let registry = unefois_tests::sample_registry_with(&pki.scratch(), |r| {
+        r.replace(
+            "purposes = [\"tarif_etudiant\"]",
+            "purposes = [\"tarif_etudiant\", \"tarification_cantine\"]",
+        )
+    })?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry,
+            ..BrokerOptions::default()
+        },
+    )
+    .await?;
+    let mut lyon = consents(&broker, "mairie-lyon").await?;
+    let mut consumer = exchange(&broker, "mairie-lyon").await?;
+
+    let first = lyon
+        .grant(pb::GrantConsentRequest {
+            valid_days: 10,
+            ..grant("test:alice", CANTINE)
+        })
+        .await?
+        .into_inner();
+    assert!(!first.renewed);
+    let first = consent_of(first.consent);
+    let again = lyon
+        .grant(pb::GrantConsentRequest {
+            valid_days: 60,
+            ..grant("test:alice", CANTINE)
+        })
+        .await?
+        .into_inner();
+    assert!(again.renewed, "the second grant renews the first");
+    let again = consent_of(again.consent);
+    assert_eq!(again.id, first.id, "one consent for the scope");
+    let expiry = |c: &pb::Consent| c.expires_at.unwrap_or_default().seconds;
+    assert!(
+        expiry(&again) >= expiry(&first) + 49 * 86_400,
+        "the later expiry: {} then {}",
+        expiry(&first),
+        expiry(&again)
+    );
+    assert!(again.renewed_at.is_some());
+    // A shorter grant renews too, and never shortens what is in force.
+    let shorter = consent_of(
+        lyon.grant(pb::GrantConsentRequest {
+            valid_days: 1,
+            ..grant("test:alice", CANTINE)
+        })
+        .await?
+        .into_inner()
+        .consent,
+    );
+    assert_eq!(
+        (shorter.id.as_str(), expiry(&shorter)),
+        (first.id.as_str(), expiry(&again))
+    );
+    assert_eq!(
+        listed_ids(&mut lyon, "test:alice").await?,
+        vec![first.id.clone()]
+    );
+    // The renewals are on the record, attributed to the guichet.
+    let mut audit =
+        unefois_proto::v1::audit_client::AuditClient::new(broker.channel("cnil").await?);
+    let renewals = audit
+        .list_events(pb::ListEventsRequest {
+            kind: "consent_renewed".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events;
+    assert_eq!(renewals.len(), 2, "{renewals:?}");
+    for r in &renewals {
+        let entry: serde_json::Value = serde_json::from_slice(&r.entry)?;
+        assert_eq!(entry["consent_id"], first.id.as_str());
+        assert_eq!(entry["participant"], "mairie-lyon");
+    }
+
+    // A broader consent of the same person, consumer and purpose (two types) is another scope;
+    // revoking the first ends it too: nothing the person granted before still stands, and the
+    // answer says how many consents ended.
+    let broader = lyon
+        .grant(pb::GrantConsentRequest {
+            attestation_types: vec![QF.into(), ETU.into()],
+            ..grant("test:alice", CANTINE)
+        })
+        .await?
+        .into_inner();
+    assert!(!broader.renewed, "another scope");
+    let broader = consent_of(broader.consent);
+    assert_ne!(broader.id, first.id);
+    // Another purpose is another scope, left alone.
+    let periscolaire = consent_of(
+        lyon.grant(grant("test:alice", PERISCOLAIRE))
+            .await?
+            .into_inner()
+            .consent,
+    );
+    consumer.fetch(fetch("test:alice", QF, CANTINE)).await?;
+    let revoked = lyon.revoke(revoke(&first.id)).await?.into_inner();
+    assert_eq!(revoked.ended, 2, "{revoked:?}");
+    assert_eq!(
+        get_consent(&broker, &broader.id).await?.status(),
+        pb::ConsentStatus::Revoked
+    );
+    refused(
+        consumer.fetch(fetch("test:alice", ETU, CANTINE)).await,
+        Code::FailedPrecondition,
+        ErrorReason::ConsentRevoked,
+    );
+    assert_eq!(
+        get_consent(&broker, &periscolaire.id).await?.status(),
+        pb::ConsentStatus::Active
+    );
+    consumer
+        .fetch(fetch("test:alice", QF, PERISCOLAIRE))
+        .await?;
+    assert_eq!(
+        consent_of(revoked.consent).status(),
+        pb::ConsentStatus::Revoked
+    );
+    refused(
+        consumer.fetch(fetch("test:alice", QF, CANTINE)).await,
+        Code::FailedPrecondition,
+        ErrorReason::ConsentRevoked,
+    );
+    // Granted again after the revocation: a new consent, not the revoked one renewed.
+    let fresh = consent_of(
+        lyon.grant(grant("test:alice", CANTINE))
+            .await?
+            .into_inner()
+            .consent,
+    );
+    assert_ne!(fresh.id, first.id);
+    consumer.fetch(fetch("test:alice", QF, CANTINE)).await?;
+    // Revoking the old, already revoked consent still ends what is in force for its scope.
+    let again = lyon.revoke(revoke(&first.id)).await?.into_inner();
+    assert_eq!(again.ended, 1, "{again:?}");
+    refused(
+        consumer.fetch(fetch("test:alice", QF, CANTINE)).await,
+        Code::FailedPrecondition,
+        ErrorReason::ConsentRevoked,
+    );
+    let none = lyon.revoke(revoke(&first.id)).await?.into_inner();
+    assert_eq!(none.ended, 0, "{none:?}");
+    Ok(())
 }

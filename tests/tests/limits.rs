@@ -255,7 +255,7 @@ async fn metrics_count_exchanges_by_consumer_type_and_outcome_without_subjects()
         line(&[
             "unefois_fetch_total",
             "consumer=\"ccas-lyon\"",
-            "attestation_type=\"unknown\""
+            "attestation_type=\"(unregistered)\""
         ]),
         "a caller's input never becomes a label"
     );

@@ -517,3 +517,137 @@ async fn an_unconfirmed_preview_is_forgotten_when_it_expires() -> anyhow::Result
     );
     broker.stop().await
 }
+
+/// The reason of each field left empty, by field name.
+fn reasons(unavailable: &[pb::FieldError]) -> Vec<(String, ErrorReason)> {
+    let mut r: Vec<(String, ErrorReason)> = unavailable
+        .iter()
+        .map(|f| (f.name.clone(), f.reason()))
+        .collect();
+    r.sort();
+    r
+}
+
+/// Every empty field says why, in the preview and after its confirmation: a field whose consent
+/// was revoked says CONSENT_REVOKED both times (the confirmation said PROVIDER_UNAVAILABLE,
+/// which a guichet shows the person as an outage), and one the person did not confirm says
+/// PREVIEW_NOT_CONFIRMED.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_empty_field_says_its_real_reason_through_a_confirmation() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let mut guichet = GuichetClient::new(broker.channel("mairie-lyon").await?);
+    let mut consents = unefois_proto::v1::consents_client::ConsentsClient::new(
+        broker.channel("mairie-lyon").await?,
+    );
+    let grant = || pb::GrantConsentRequest {
+        subject: "test:alice".into(),
+        consumer: "mairie-lyon".into(),
+        attestation_types: vec!["caf.quotient_familial".into()],
+        purpose: "tarification_cantine".into(),
+        valid_days: 30,
+        id_token: unefois_tests::id_token("test:alice", "mairie-lyon"),
+        ..Default::default()
+    };
+    let consent = consents
+        .grant(grant())
+        .await?
+        .into_inner()
+        .consent
+        .unwrap_or_default();
+    consents
+        .revoke(pb::RevokeConsentRequest {
+            consent_id: consent.id,
+            ..Default::default()
+        })
+        .await?;
+    let confirm = |prefill_id: &str, types: &[&str], reject: bool| pb::ConfirmRequest {
+        subject: "test:alice".into(),
+        prefill_id: prefill_id.into(),
+        reject,
+        attestation_types: types.iter().map(|t| t.to_string()).collect(),
+        id_token: unefois_tests::id_token("test:alice", "mairie-lyon"),
+        ..Default::default()
+    };
+    let revoked = vec![
+        ("mois_reference_qf".to_string(), ErrorReason::ConsentRevoked),
+        ("quotient_familial".to_string(), ErrorReason::ConsentRevoked),
+    ];
+
+    let shown = guichet
+        .prefill(pb::PrefillRequest {
+            preview: true,
+            ..request("test:alice", "inscription_cantine")
+        })
+        .await?
+        .into_inner();
+    assert_eq!(reasons(&shown.unavailable), revoked);
+    let confirmed = guichet
+        .confirm(confirm(&shown.prefill_id, &[], false))
+        .await?
+        .into_inner();
+    assert_eq!(confirmed.attestations.len(), 1);
+    assert_eq!(reasons(&confirmed.unavailable), revoked);
+    // A repeated Confirm says the same.
+    let again = guichet
+        .confirm(confirm(&shown.prefill_id, &[], false))
+        .await?
+        .into_inner();
+    assert_eq!(reasons(&again.unavailable), revoked);
+
+    // A rejected preview: the fields it held were not confirmed; the others keep their reason.
+    let second = guichet
+        .prefill(pb::PrefillRequest {
+            preview: true,
+            ..request("test:alice", "inscription_cantine")
+        })
+        .await?
+        .into_inner();
+    let rejected = guichet
+        .confirm(confirm(&second.prefill_id, &[], true))
+        .await?
+        .into_inner();
+    let mut expected = revoked.clone();
+    expected.extend([
+        ("nombre_parts".to_string(), ErrorReason::PreviewNotConfirmed),
+        (
+            "revenu_fiscal_reference".to_string(),
+            ErrorReason::PreviewNotConfirmed,
+        ),
+    ]);
+    expected.sort();
+    assert_eq!(reasons(&rejected.unavailable), expected);
+
+    // With consent again, the person confirms the DGFiP values only.
+    consents.grant(grant()).await?;
+    let third = guichet
+        .prefill(pb::PrefillRequest {
+            preview: true,
+            ..request("test:alice", "inscription_cantine")
+        })
+        .await?
+        .into_inner();
+    assert!(third.unavailable.is_empty(), "{:?}", third.unavailable);
+    let partly = guichet
+        .confirm(confirm(
+            &third.prefill_id,
+            &["dgfip.revenu_fiscal_reference"],
+            false,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(
+        reasons(&partly.unavailable),
+        vec![
+            (
+                "mois_reference_qf".to_string(),
+                ErrorReason::PreviewNotConfirmed
+            ),
+            (
+                "quotient_familial".to_string(),
+                ErrorReason::PreviewNotConfirmed
+            ),
+        ]
+    );
+    broker.stop().await
+}

@@ -689,14 +689,43 @@ fn event() -> impl Strategy<Value = Event> {
                     mandate_id,
                 }
             ),
-        (text(), text(), opt(), opt(), any::<bool>()).prop_map(
-            |(consent_id, participant, agent, ended_with_mandate, with_identity_evidence)| {
+        (text(), text(), opt(), opt(), any::<bool>(), opt()).prop_map(
+            |(
+                consent_id,
+                participant,
+                agent,
+                ended_with_mandate,
+                with_identity_evidence,
+                ended_with_consent,
+            )| {
                 Event::ConsentRevoked {
                     consent_id,
                     participant,
                     agent,
                     ended_with_mandate,
                     with_identity_evidence,
+                    ended_with_consent,
+                }
+            }
+        ),
+        (text(), text(), opt(), datetime(), opt(), opt(), opt()).prop_map(
+            |(
+                consent_id,
+                participant,
+                agent,
+                expires_at,
+                mandate_id,
+                request_id,
+                request_fingerprint,
+            )| {
+                Event::ConsentRenewed {
+                    consent_id,
+                    participant,
+                    agent,
+                    expires_at,
+                    mandate_id,
+                    request_id,
+                    request_fingerprint,
                 }
             }
         ),

@@ -17,6 +17,7 @@ pub fn kind(event: &Event) -> &'static str {
         Event::BrokerStopped {} => "broker_stopped",
         Event::RegistryLoaded { .. } => "registry_loaded",
         Event::ConsentGranted { .. } => "consent_granted",
+        Event::ConsentRenewed { .. } => "consent_renewed",
         Event::ConsentRevoked { .. } => "consent_revoked",
         Event::AuditRead { .. } => "audit_read",
         Event::RateLimited { .. } => "rate_limited",
@@ -36,6 +37,7 @@ pub fn participant(event: &Event) -> Option<&str> {
             None
         }
         Event::ConsentGranted { participant, .. }
+        | Event::ConsentRenewed { participant, .. }
         | Event::ConsentRevoked { participant, .. }
         | Event::AuditRead { participant, .. }
         | Event::RateLimited { participant, .. }

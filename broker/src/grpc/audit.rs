@@ -110,6 +110,12 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
             out.agent = agent.clone().unwrap_or_default();
             out.mandate_id = mandate_id.clone().unwrap_or_default();
         }
+        Event::ConsentRenewed {
+            agent, mandate_id, ..
+        } => {
+            out.agent = agent.clone().unwrap_or_default();
+            out.mandate_id = mandate_id.clone().unwrap_or_default();
+        }
         Event::ConsentRevoked { agent, .. } | Event::AuditRead { agent, .. } => {
             out.agent = agent.clone().unwrap_or_default();
         }

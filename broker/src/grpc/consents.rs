@@ -44,6 +44,7 @@ pub fn consent(c: &Consent, pseudonym: &str) -> pb::Consent {
         granted_at: Some(timestamp(c.granted_at)),
         expires_at: Some(timestamp(c.expires_at)),
         revoked_at: c.revoked_at.map(timestamp),
+        renewed_at: c.renewed_at.map(timestamp),
         mandate_id: c.mandate_id.clone().unwrap_or_default(),
         agent: c.agent.clone().unwrap_or_default(),
     }
@@ -67,9 +68,10 @@ impl ConsentsApi for ConsentsService {
             request_id: r.request_id,
             id_token: r.id_token,
         };
-        let (granted, pseudonym) = consent::grant(&self.state, &caller, input).await?;
+        let granted = consent::grant(&self.state, &caller, input).await?;
         Ok(Response::new(pb::GrantConsentResponse {
-            consent: Some(consent(&granted, &pseudonym)),
+            consent: Some(consent(&granted.consent, &granted.pairwise)),
+            renewed: granted.renewed,
         }))
     }
 
@@ -86,7 +88,8 @@ impl ConsentsApi for ConsentsService {
         };
         let revoked = consent::revoke(&self.state, &caller, &input).await?;
         Ok(Response::new(pb::RevokeConsentResponse {
-            consent: Some(consent(&revoked, "")),
+            consent: Some(consent(&revoked.consent, "")),
+            ended: u32::try_from(revoked.ended).unwrap_or(u32::MAX),
         }))
     }
 

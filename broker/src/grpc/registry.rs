@@ -171,6 +171,35 @@ impl RegistryApi for RegistryService {
         }))
     }
 
+    async fn list_forms(
+        &self,
+        request: Request<pb::ListFormsRequest>,
+    ) -> Result<Response<pb::ListFormsResponse>, Status> {
+        caller(&request)?;
+        let registry = self.state.federation.registry();
+        Ok(Response::new(pb::ListFormsResponse {
+            forms: registry
+                .forms()
+                .map(|f| pb::Form {
+                    id: f.id.clone(),
+                    label: f.label.clone(),
+                    purpose: f.purpose.clone(),
+                    fields: f
+                        .fields
+                        .iter()
+                        .map(|x| pb::FormField {
+                            name: x.name.clone(),
+                            attestation_type: x.attestation_type.clone(),
+                            claim: x.claim.clone(),
+                            required: x.required,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            registry_sha256: registry.sha256_hex(),
+        }))
+    }
+
     async fn list_habilitations(
         &self,
         request: Request<pb::ListHabilitationsRequest>,

@@ -31,6 +31,7 @@ pub fn code(e: &ApiError) -> Code {
         | E::ConsentExpired(_)
         | E::NoMandate(_)
         | E::NotAgentOfStructure { .. }
+        | E::AgentRequired { .. }
         | E::MandateSubjectMismatch(_)
         | E::MandateRevoked(_)
         | E::MandateExpired(_)

@@ -327,6 +327,21 @@ impl Trees {
         Ok(())
     }
 
+    /// When the mandate a consent was recorded under lapses, if it was recorded under one.
+    fn mandate_expiry(
+        &self,
+        mandate_id: Option<&str>,
+    ) -> Result<Option<time::OffsetDateTime>, sled::Error> {
+        let Some(m) = mandate_id else {
+            return Ok(None);
+        };
+        Ok(self
+            .mandates
+            .get(m.as_bytes())?
+            .and_then(|b| serde_json::from_slice::<Mandate>(&b).ok())
+            .map(|m| m.expires_at))
+    }
+
     /// Applies record `seq`; returns the subject of an exchange about one, for its chain.
     fn apply(&self, seq: u64, payload: &[u8]) -> Result<Option<String>, StoreError> {
         let bad = |source| StoreError::Record { seq, source };
@@ -372,14 +387,7 @@ impl Trees {
                 let subject = subject.unwrap_or_default();
                 // A consent recorded under a mandate lapses with it at the latest, also one
                 // recorded before brokers capped it at the grant.
-                let mandate_expiry = match &mandate_id {
-                    Some(m) => self
-                        .mandates
-                        .get(m.as_bytes())?
-                        .and_then(|b| serde_json::from_slice::<Mandate>(&b).ok())
-                        .map(|m| m.expires_at),
-                    None => None,
-                };
+                let mandate_expiry = self.mandate_expiry(mandate_id.as_deref())?;
                 let expires_at = mandate_expiry.map_or(expires_at, |m| expires_at.min(m));
                 for ty in &attestation_types {
                     self.consents_by_scope.insert(
@@ -400,6 +408,7 @@ impl Trees {
                     granted_at: record.time,
                     expires_at,
                     revoked_at: None,
+                    renewed_at: None,
                     seq,
                 };
                 self.consents
@@ -421,6 +430,38 @@ impl Trees {
                     };
                     self.requests.insert(
                         request_key(&actor(&participant, consent.agent.as_deref()), &request_id),
+                        json(&used),
+                    )?;
+                }
+            }
+            Event::ConsentRenewed {
+                consent_id,
+                participant,
+                agent,
+                expires_at,
+                request_id,
+                request_fingerprint,
+                ..
+            } => {
+                if let Some(bytes) = self.consents.get(consent_id.as_bytes())?
+                    && let Ok(mut consent) = serde_json::from_slice::<Consent>(&bytes)
+                    && consent.revoked_at.is_none()
+                {
+                    // A consent recorded under a mandate still lapses with it at the latest.
+                    let mandate_expiry = self.mandate_expiry(consent.mandate_id.as_deref())?;
+                    let renewed = consent.expires_at.max(expires_at);
+                    consent.expires_at = mandate_expiry.map_or(renewed, |m| renewed.min(m));
+                    consent.renewed_at = Some(record.time);
+                    self.consents
+                        .insert(consent_id.as_bytes(), json(&consent))?;
+                }
+                if let (Some(request_id), Some(fingerprint)) = (request_id, request_fingerprint) {
+                    let used = RequestUse {
+                        fingerprint,
+                        result: consent_id,
+                    };
+                    self.requests.insert(
+                        request_key(&actor(&participant, agent.as_deref()), &request_id),
                         json(&used),
                     )?;
                 }
@@ -917,6 +958,7 @@ impl Store {
         let entry = record.encode();
         let seq = self.journal.append(entry.clone()).await?;
         self.check()?;
+        crate::metrics::audit_entries(crate::audit::events::kind(&record.event), 1);
         Ok((seq, entry))
     }
 
@@ -928,6 +970,9 @@ impl Store {
             .append_batch(records.iter().map(Record::encode).collect())
             .await?;
         self.check()?;
+        for record in &records {
+            crate::metrics::audit_entries(crate::audit::events::kind(&record.event), 1);
+        }
         Ok(seqs)
     }
 
@@ -1463,6 +1508,7 @@ mod tests {
             agent: None,
             ended_with_mandate: None,
             with_identity_evidence: false,
+            ended_with_consent: None,
         }));
         store.append(records).await.unwrap();
         let scope = |store: &Store| {
