@@ -42,6 +42,7 @@ pub mod provider_client;
 pub mod provider_gate;
 pub mod pseudonym;
 pub mod ratelimit;
+pub mod receipt;
 pub mod registry;
 pub mod reserve;
 pub mod resilience;

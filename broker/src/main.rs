@@ -54,6 +54,12 @@ enum Command {
     Registry(RegistryCommand),
     /// Fetch a signed attestation and check its signature against HOME/pki/attestation.vkey.
     Fetch(FetchArgs),
+    /// Check a receipt or access history file offline, without the broker: signatures,
+    /// inclusion proofs, payload hash, and consistency with a later checkpoint.
+    Verify(VerifyArgs),
+    /// A person's access history at a guichet (their ID token, or a mandate), each access with
+    /// its audit entry and inclusion proof.
+    Accesses(AccessesArgs),
     /// Grant, revoke and list the consents of a person.
     #[command(subcommand)]
     Consent(ConsentCommand),
@@ -258,13 +264,34 @@ enum AuditCommand {
         #[arg(long)]
         log_key: Option<PathBuf>,
     },
-    /// Print the latest events, one line each.
+    /// Print the latest events, one line each; with --follow, then the new ones as they land.
     Tail {
         #[command(flatten)]
         client: ClientArgs,
         /// How many of the latest events.
         #[arg(long, short = 'n', default_value_t = 20)]
         lines: u64,
+        /// Keep following the log (every second) until Ctrl-C. Each read is itself an
+        /// `audit_read` entry, so these show too.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Save a signed checkpoint (any participant), with the consistency proofs from the
+    /// checkpoints of a receipt or access history file: `unefois verify FILE --checkpoint OUT`
+    /// then checks, offline, that the log only grew since.
+    Checkpoint {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The tree size of the checkpoint wanted (default: the latest).
+        #[arg(long, default_value_t = 0)]
+        size: u64,
+        /// A file of `unefois fetch --out` or `unefois accesses --out`: proofs from its
+        /// checkpoints' sizes are included.
+        #[arg(long = "for", value_name = "FILE")]
+        for_file: Option<PathBuf>,
+        /// Where to write it (JSON); standard output when omitted.
+        #[arg(long, value_name = "OUT")]
+        out: Option<PathBuf>,
     },
     /// Export events as JSON lines: {"index":N,"entry":<the exact entry>}.
     Export {
@@ -421,6 +448,44 @@ struct FetchArgs {
     /// The mandate an agent of a mediation structure acts under.
     #[arg(long, default_value = "")]
     mandate: String,
+    /// Also write the whole answer (signed attestation and receipt) to FILE as JSON, for
+    /// `unefois verify FILE`.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// A file of `unefois fetch --out` or `unefois accesses --out`.
+    file: PathBuf,
+    /// Where the verifier keys are by default (HOME/pki).
+    #[arg(long, default_value = DEFAULT_HOME)]
+    home: PathBuf,
+    /// The attestation verifier key (default HOME/pki/attestation.vkey).
+    #[arg(long, value_name = "FILE")]
+    attestation_key: Option<PathBuf>,
+    /// The log verifier key (default HOME/pki/log.vkey).
+    #[arg(long, value_name = "FILE")]
+    log_key: Option<PathBuf>,
+    /// A later checkpoint to check the file's against: `unefois audit checkpoint --for FILE
+    /// --out LATER` (with the consistency proofs), or a bare signed note.
+    #[arg(long, value_name = "LATER")]
+    checkpoint: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct AccessesArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The person, scheme:value.
+    #[arg(long)]
+    subject: String,
+    #[command(flatten)]
+    evidence: EvidenceArgs,
+    /// Also write the history (each access with its entry and proof) to FILE as JSON, for
+    /// `unefois verify FILE`.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -504,11 +569,38 @@ struct ConsentGrantArgs {
     mandate: String,
 }
 
+/// Standard output was closed by its reader (`unefois audit export | head -1`): the command
+/// ends quietly with exit 0, as Unix tools do. `println!` would panic there (exit 101), so
+/// everything goes through [`outln!`]. Restoring SIGPIPE's default action instead would need
+/// `unsafe` and end the process by a signal (status 141 under `pipefail`), not with 0.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+struct StdoutClosed;
+
+/// An error writing to standard output: [`StdoutClosed`] for a closed pipe.
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(e).context("cannot write to standard output")
+    }
+}
+
+/// `println!` that returns the write's error (a closed pipe as [`StdoutClosed`]) instead of
+/// panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)?
+    };
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of our output went away (`| head`): what it wanted, it has.
+        Err(e) if e.chain().any(|c| c.is::<StdoutClosed>()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The chain of causes, without a cause its parent's message already ends with.
             let mut message = e.to_string();
@@ -519,7 +611,7 @@ async fn main() -> std::process::ExitCode {
                     message.push_str(&cause);
                 }
             }
-            eprintln!("error: {message}");
+            let _ = writeln!(std::io::stderr(), "error: {message}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -551,7 +643,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             trusted,
             log_key,
         }) => audit_verify(client, trusted, log_key).await,
-        Command::Audit(AuditCommand::Tail { client, lines }) => audit_tail(client, lines).await,
+        Command::Audit(AuditCommand::Tail {
+            client,
+            lines,
+            follow,
+        }) => audit_tail(client, lines, follow).await,
+        Command::Audit(AuditCommand::Checkpoint {
+            client,
+            size,
+            for_file,
+            out,
+        }) => audit_checkpoint(client, size, for_file, out).await,
+        Command::Verify(args) => verify(args),
+        Command::Accesses(args) => accesses(args).await,
         Command::Providers(ProvidersCommand::Status(client)) => providers_status(client).await,
         Command::Prefill(args) => prefill(args).await,
         Command::Confirm(args) => confirm(args).await,
@@ -569,7 +673,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 time::OffsetDateTime::now_utc(),
                 ttl,
             )?;
-            println!("{}", key.sign(&claims)?);
+            outln!("{}", key.sign(&claims)?);
             Ok(())
         }
         Command::Audit(AuditCommand::Export {
@@ -586,7 +690,7 @@ fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let data_dir = args.home.join("data");
     let report = broker::backup::backup(&data_dir, &args.out)
         .with_context(|| format!("backup of {} failed", data_dir.display()))?;
-    println!(
+    outln!(
         "backup written to {}: {} entries (root {}), {} segment(s), {} key file(s)",
         args.out.display(),
         report.tree_size,
@@ -595,12 +699,12 @@ fn backup(args: BackupArgs) -> anyhow::Result<()> {
         report.keys
     );
     if report.tail_bytes_left_out > 0 {
-        println!(
+        outln!(
             "left out {} bytes at the journal's tail (a record being written)",
             report.tail_bytes_left_out
         );
     }
-    println!("it holds the broker's secret keys: store it like them");
+    outln!("it holds the broker's secret keys: store it like them");
     Ok(())
 }
 
@@ -618,9 +722,12 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         }
     })?;
     for overridden in &report.overridden {
-        eprintln!("warning: restoring anyway (--force): {overridden}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: restoring anyway (--force): {overridden}"
+        );
     }
-    println!(
+    outln!(
         "restored {} entries (root {}) and {} key file(s) into {}",
         report.tree_size,
         hex::encode(report.root),
@@ -628,12 +735,12 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         data_dir.display()
     );
     if let Some(replaced) = &report.replaced {
-        println!(
+        outln!(
             "the journal and keys it replaced are in {} (they hold secret keys: remove them once the restore is checked)",
             replaced.display()
         );
     }
-    println!("the derived state is rebuilt from the journal at the broker's next start");
+    outln!("the derived state is rebuilt from the journal at the broker's next start");
     Ok(())
 }
 
@@ -683,13 +790,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.ops_listen))?;
     let addr = listener.local_addr()?;
     let ops_addr = ops.local_addr()?;
-    println!("Une Fois broker listening on {addr} (mTLS)");
-    println!("Health probe on http://{ops_addr}/healthz");
-    println!("Try, in another terminal:");
+    outln!("Une Fois broker listening on {addr} (mTLS)");
+    outln!("Health probe on http://{ops_addr}/healthz");
+    outln!("Try, in another terminal:");
     let home = args.home.display();
-    println!("  cargo run -q -- registry show --home {home} --addr {addr} --as mairie-lyon");
-    println!("  cargo run -q -- registry show --home {home} --addr {addr} --as mairie-test");
-    println!("  curl http://{ops_addr}/readyz");
+    outln!("  cargo run -q -- registry show --home {home} --addr {addr} --as mairie-lyon");
+    outln!("  cargo run -q -- registry show --home {home} --addr {addr} --as mairie-test");
+    outln!("  curl http://{ops_addr}/readyz");
     let config = broker::Config {
         registry: args.registry,
         tls: TlsFiles::in_dir(&pki_dir),
@@ -728,7 +835,7 @@ fn dev_pki(pki_dir: &Path, registry: &Path) -> anyhow::Result<()> {
         }
     }
     if created {
-        println!(
+        outln!(
             "Created a development PKI in {} (trust domain {}): not for production.",
             pki_dir.display(),
             registry.trust_domain()
@@ -777,7 +884,7 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
         } => {
             let ids: Vec<&str> = participants.iter().map(String::as_str).collect();
             let pki = Pki::init(&dir, &trust_domain, &ids)?;
-            println!(
+            outln!(
                 "PKI ready in {} (trust domain {}), {} participant certificate(s)",
                 dir.display(),
                 pki.trust_domain(),
@@ -791,7 +898,7 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
         } => {
             let issued =
                 Pki::open(&dir)?.issue_agent(&participant, &agent, &Validity::default())?;
-            println!(
+            outln!(
                 "{} issued: {}",
                 issued.spiffe_id,
                 issued.cert_path.display()
@@ -801,13 +908,13 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
             let revoked = Pki::open(&dir)?.revoke(&name)?;
             let crl = dir.join("crl.pem");
             if revoked.is_empty() {
-                println!("{name} was already revoked in {}", crl.display());
+                outln!("{name} was already revoked in {}", crl.display());
             }
             for revoked in &revoked {
                 if revoked == &name {
-                    println!("{name} revoked in {}", crl.display());
+                    outln!("{name} revoked in {}", crl.display());
                 } else {
-                    println!(
+                    outln!(
                         "{revoked} revoked in {} (an agent of {name})",
                         crl.display()
                     );
@@ -821,12 +928,12 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
                     .map(|home| home.join("data").join(broker::data_lock::LOCK_FILE))
                     .filter(|l| l.is_file());
                 match lock {
-                    Some(lock) => println!(
+                    Some(lock) => outln!(
                         "the broker refuses them once it reloads the CRL: `kill -HUP $(cat {})` \
                          (or restart it)",
                         lock.display()
                     ),
-                    None => println!(
+                    None => outln!(
                         "the broker refuses them once it reloads the CRL: send it SIGHUP \
                          (`kill -HUP <pid>`) or restart it"
                     ),
@@ -836,7 +943,7 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
         CertsCommand::RenewCrl { dir, days } => {
             let now = time::OffsetDateTime::now_utc();
             Pki::open(&dir)?.write_crl(now, now + time::Duration::days(i64::from(days.max(1))))?;
-            println!("CRL renewed for {days} day(s)");
+            outln!("CRL renewed for {days} day(s)");
         }
     }
     Ok(())
@@ -894,7 +1001,7 @@ async fn registry_lists(args: &RegistryShowArgs) -> anyhow::Result<()> {
             .map_err(rpc_error)?
             .into_inner();
         for p in &purposes.purposes {
-            println!("purpose {}: {} ({})", p.code, p.label, p.legal_reference);
+            outln!("purpose {}: {} ({})", p.code, p.label, p.legal_reference);
         }
     }
     if args.types {
@@ -905,11 +1012,15 @@ async fn registry_lists(args: &RegistryShowArgs) -> anyhow::Result<()> {
             .into_inner();
         for t in &types.attestation_types {
             let claims: Vec<&str> = t.claims.iter().map(|c| c.name.as_str()).collect();
-            println!(
+            outln!(
                 "attestation type {} v{} from {} ({}): {}",
-                t.id, t.version, t.provider, t.adapter, t.description
+                t.id,
+                t.version,
+                t.provider,
+                t.adapter,
+                t.description
             );
-            println!("  claims: {}", claims.join(", "));
+            outln!("  claims: {}", claims.join(", "));
         }
     }
     if args.forms {
@@ -919,9 +1030,9 @@ async fn registry_lists(args: &RegistryShowArgs) -> anyhow::Result<()> {
             .map_err(rpc_error)?
             .into_inner();
         for f in &forms.forms {
-            println!("form {}: {} (purpose {})", f.id, f.label, f.purpose);
+            outln!("form {}: {} (purpose {})", f.id, f.label, f.purpose);
             for field in &f.fields {
-                println!(
+                outln!(
                     "  {}{} <- {}.{}",
                     field.name,
                     if field.required { " (required)" } else { "" },
@@ -959,16 +1070,16 @@ async fn registry_show(args: RegistryShowArgs) -> anyhow::Result<()> {
     } else {
         format!(", agent {}", me.agent)
     };
-    println!("{} ({}){agent}", me.participant, me.name);
-    println!("roles: {}", roles.join(", ").to_lowercase());
-    println!("registry: sha256 {}", me.registry_sha256);
+    outln!("{} ({}){agent}", me.participant, me.name);
+    outln!("roles: {}", roles.join(", ").to_lowercase());
+    outln!("registry: sha256 {}", me.registry_sha256);
     let own: Vec<_> = habilitations
         .habilitations
         .iter()
         .filter(|h| h.consumer == me.participant)
         .collect();
     if own.is_empty() {
-        println!("habilitations: none (deny by default: this participant may obtain nothing)");
+        outln!("habilitations: none (deny by default: this participant may obtain nothing)");
     }
     for h in own {
         let basis = match &h.legal_basis {
@@ -981,14 +1092,14 @@ async fn registry_show(args: RegistryShowArgs) -> anyhow::Result<()> {
             .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds - 1).ok())
             .map(|t| t.date().to_string())
             .unwrap_or_default();
-        println!("habilitation {}", h.id);
-        println!(
+        outln!("habilitation {}", h.id);
+        outln!(
             "  may obtain {} [{}]",
             h.attestation_type,
             h.claims.join(", ")
         );
-        println!("  for {}", h.purposes.join(", "));
-        println!("  under {basis}, until {until} inclusive");
+        outln!("  for {}", h.purposes.join(", "));
+        outln!("  under {basis}, until {until} inclusive");
     }
     let others = habilitations.habilitations.len()
         - habilitations
@@ -997,7 +1108,7 @@ async fn registry_show(args: RegistryShowArgs) -> anyhow::Result<()> {
             .filter(|h| h.consumer == me.participant)
             .count();
     if others > 0 {
-        println!(
+        outln!(
             "{others} habilitation(s) of other participants on its attestation types or in its audit scope"
         );
     }
@@ -1031,35 +1142,151 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
         .into_inner();
     let envelope = answer
         .envelope
+        .as_ref()
+        .map(|e| broker::receipt::SignedEnvelope::from(e).to_envelope())
         .ok_or_else(|| anyhow::anyhow!("the broker answered without a signed envelope"))?;
-    let envelope = broker::signing::Envelope {
-        payload: envelope.payload,
-        payload_type: envelope.payload_type,
-        signatures: envelope
-            .signatures
-            .into_iter()
-            .map(|s| broker::signing::EnvelopeSignature {
-                keyid: s.keyid,
-                sig: s.sig,
-            })
-            .collect(),
-    };
     broker::signing::verify(vkey, &envelope).with_context(|| {
         format!(
             "the attestation's signature does not verify against {}",
             key_path.display()
         )
     })?;
+    // Saved before anything is printed: a closed standard output must not lose it.
+    if let Some(out) = &args.out {
+        write_json(out, &broker::receipt::ReceiptFile::from_answer(&answer)?)?;
+    }
     let payload: serde_json::Value =
         serde_json::from_slice(&envelope.payload).context("the signed payload is not JSON")?;
-    println!("{}", serde_json::to_string_pretty(&payload)?);
-    // A C2SP vkey is `<name>+<hash>+<base64 key>`; the key id is `<name>+<hash>` (the base64
-    // part may itself contain `+`).
-    let keyid = match vkey.splitn(3, '+').collect::<Vec<_>>()[..] {
-        [name, hash, _] => format!("{name}+{hash}"),
-        _ => vkey.to_string(),
+    outln!("{}", serde_json::to_string_pretty(&payload)?);
+    let keyid = broker::signing::keyid_of(vkey).unwrap_or_else(|| vkey.to_string());
+    outln!("signature: valid ({keyid})");
+    if let Some(out) = &args.out {
+        outln!(
+            "receipt saved in {} (check it offline: unefois verify {})",
+            out.display(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `value` as pretty JSON to `path`, ending with a newline.
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A C2SP verifier key file, trimmed.
+fn read_vkey(path: &Path, what: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the {what} verifier key {} (distribute it out of band)",
+            path.display()
+        )
+    })?;
+    Ok(text.trim().to_string())
+}
+
+/// Checks a receipt or access history file offline, printing each check that passes; the
+/// first that fails ends it with an error naming it.
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    use broker::receipt::{LaterCheckpoint, VerifiableFile, VerifierKeys};
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let file = VerifiableFile::parse(&bytes).with_context(|| args.file.display().to_string())?;
+    let pki = args.home.join("pki");
+    let attestation = if file.needs_attestation_key() {
+        let path = args
+            .attestation_key
+            .unwrap_or_else(|| pki.join("attestation.vkey"));
+        Some(read_vkey(&path, "attestation")?)
+    } else {
+        None
     };
-    println!("signature: valid ({keyid})");
+    let log = read_vkey(&args.log_key.unwrap_or_else(|| pki.join("log.vkey")), "log")?;
+    let later = match &args.checkpoint {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Some(LaterCheckpoint::parse(&text).with_context(|| path.display().to_string())?)
+        }
+        None => None,
+    };
+    let keys = VerifierKeys { attestation, log };
+    let verification = broker::receipt::verify(&file, &keys, later.as_ref());
+    for passed in &verification.passed {
+        outln!("{passed}");
+    }
+    if let Some(failure) = verification.failure {
+        return Err(failure.into());
+    }
+    outln!("{}: verified offline", args.file.display());
+    Ok(())
+}
+
+/// Lists a person's accesses (every page), one line each; with --out, saves them with their
+/// entries and proofs.
+async fn accesses(args: AccessesArgs) -> anyhow::Result<()> {
+    use broker::receipt::{AccessPage, AccessesFile};
+    let mut guichet =
+        unefois_proto::v1::guichet_client::GuichetClient::new(connect(&args.client).await?);
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let answer = guichet
+            .list_accesses(pb::ListAccessesRequest {
+                subject: args.subject.clone(),
+                id_token: args.evidence.id_token.clone(),
+                mandate_id: args.evidence.mandate.clone(),
+                page_size: 0,
+                page_token: page_token.clone(),
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        pages.push(AccessPage::from_answer(&answer));
+        if answer.next_page_token.is_empty() {
+            break;
+        }
+        if answer.next_page_token == page_token {
+            bail!("the broker returned the same page token twice");
+        }
+        page_token = answer.next_page_token;
+    }
+    let file = AccessesFile::new(pages);
+    if let Some(out) = &args.out {
+        write_json(out, &file)?;
+    }
+    let mut count = 0usize;
+    for access in file.pages.iter().flat_map(|p| &p.accesses) {
+        count += 1;
+        // To the second, as people read times; the file keeps the exact instant.
+        let rfc3339 = &time::format_description::well_known::Rfc3339;
+        let time = time::OffsetDateTime::parse(&access.time, rfc3339)
+            .ok()
+            .and_then(|t| t.replace_nanosecond(0).ok())
+            .and_then(|t| t.format(rfc3339).ok())
+            .unwrap_or_else(|| access.time.clone());
+        outln!(
+            "{time} {} {} {} {} (leaf {})",
+            access.consumer,
+            access.attestation_type,
+            access.purpose,
+            access.outcome,
+            access.leaf_index
+        );
+    }
+    if count == 0 {
+        outln!("no access");
+    }
+    if let Some(out) = &args.out {
+        outln!(
+            "history saved in {} (check it offline: unefois verify {})",
+            out.display(),
+            out.display()
+        );
+    }
     Ok(())
 }
 
@@ -1081,11 +1308,11 @@ fn print_consent(c: &pb::Consent) -> anyhow::Result<()> {
         Some(t) => t.format(&time::format_description::well_known::Rfc3339)?,
         None => "-".to_string(),
     };
-    println!("consent {} {}", c.id, status_name(c));
-    println!("  consumer: {}", c.consumer);
-    println!("  types:    {}", c.attestation_types.join(", "));
-    println!("  purpose:  {}", c.purpose);
-    println!("  expires:  {until}");
+    outln!("consent {} {}", c.id, status_name(c));
+    outln!("  consumer: {}", c.consumer);
+    outln!("  types:    {}", c.attestation_types.join(", "));
+    outln!("  purpose:  {}", c.purpose);
+    outln!("  expires:  {until}");
     Ok(())
 }
 
@@ -1111,7 +1338,7 @@ async fn consent_grant(args: ConsentGrantArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("the broker answered without the consent"))?;
     print_consent(&consent)?;
     if renewed {
-        println!("  renewed:  the consent already in force for this scope (one per scope)");
+        outln!("  renewed:  the consent already in force for this scope (one per scope)");
     }
     Ok(())
 }
@@ -1135,10 +1362,10 @@ async fn consent_revoke(
     let consent = revoked
         .consent
         .ok_or_else(|| anyhow::anyhow!("the broker answered without the consent"))?;
-    println!("consent {} {}", consent.id, status_name(&consent));
+    outln!("consent {} {}", consent.id, status_name(&consent));
     match ended {
-        0 => println!("  ended: none (no consent of this scope was in force)"),
-        n => println!("  ended: {n} consent(s) in force of this scope"),
+        0 => outln!("  ended: none (no consent of this scope was in force)"),
+        n => outln!("  ended: {n} consent(s) in force of this scope"),
     }
     Ok(())
 }
@@ -1168,7 +1395,7 @@ async fn consent_list(
             .into_inner();
         for c in &page.consents {
             let until = expiry(c).map_or_else(|| "-".to_string(), |t| t.date().to_string());
-            println!(
+            outln!(
                 "{} {} {} {} {} until {until}",
                 c.id,
                 status_name(c),
@@ -1187,7 +1414,7 @@ async fn consent_list(
         page_token = page.next_page_token;
     }
     if count == 0 {
-        println!("no consent");
+        outln!("no consent");
     }
     Ok(())
 }
@@ -1221,33 +1448,37 @@ async fn audit_verify(
             other => anyhow::anyhow!("{other}"),
         })?;
     match verified.previous_size {
-        Some(previous) => println!(
+        Some(previous) => outln!(
             "log verified: {} entries, consistent with the trusted checkpoint of {previous} entries",
             verified.checkpoint.size
         ),
-        None => println!(
+        None => outln!(
             "log verified: {} entries (first run: checkpoint trusted from now on)",
             verified.checkpoint.size
         ),
     }
-    println!("root {}", hex::encode(verified.checkpoint.root));
-    println!("trusted checkpoint saved in {}", trusted.display());
+    outln!("root {}", hex::encode(verified.checkpoint.root));
+    outln!("trusted checkpoint saved in {}", trusted.display());
     Ok(())
 }
 
-async fn audit_tail(client: ClientArgs, lines: u64) -> anyhow::Result<()> {
-    let mut audit = AuditClient::new(connect(&client).await?);
+/// How often `audit tail --follow` asks for the latest checkpoint.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The latest checkpoint's tree size (a call any participant may make, not itself recorded).
+async fn latest_size(audit: &mut AuditClient<tonic::transport::Channel>) -> anyhow::Result<u64> {
     let note = audit
         .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
         .await
         .map_err(rpc_error)?
         .into_inner()
         .checkpoint;
-    let size: u64 = note
-        .lines()
-        .nth(1)
-        .and_then(|l| l.parse().ok())
-        .context("malformed checkpoint")?;
+    broker::receipt::checkpoint_size(&note).context("malformed checkpoint")
+}
+
+async fn audit_tail(client: ClientArgs, lines: u64, follow: bool) -> anyhow::Result<()> {
+    let mut audit = AuditClient::new(connect(&client).await?);
+    let size = latest_size(&mut audit).await?;
     let page = audit
         .list_events(pb::ListEventsRequest {
             start_index: size.saturating_sub(lines.min(1_000)),
@@ -1257,28 +1488,132 @@ async fn audit_tail(client: ClientArgs, lines: u64) -> anyhow::Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
-    for e in page.events.iter().filter(|e| e.index < size) {
-        let time = e
-            .time
-            .as_ref()
-            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        let what = match e.kind.as_str() {
-            "exchange" => format!(
-                "{} {} {} for {}{}",
-                e.outcome,
-                e.attestation_type,
-                e.participant,
-                e.purpose,
-                match pb::ErrorReason::try_from(e.reason) {
-                    Ok(r) if r != pb::ErrorReason::Unspecified => format!(" ({})", r.as_str_name()),
-                    _ => String::new(),
-                }
-            ),
-            _ => e.participant.clone(),
-        };
-        println!("{:>8} {time} {:<16} {what}", e.index, e.kind);
+    // Without --follow, the log as of its latest checkpoint; following, everything listed,
+    // this read's own entry included, so that the next poll does not list it again.
+    for e in page.events.iter().filter(|e| follow || e.index < size) {
+        print_event(e)?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    let mut next = page.next_index;
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        tokio::select! {
+            _ = &mut interrupted => return Ok(()),
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+        let size = latest_size(&mut audit).await?;
+        while next < size {
+            let page = audit
+                .list_events(pb::ListEventsRequest {
+                    start_index: next,
+                    limit: 1_000,
+                    ..Default::default()
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            for e in &page.events {
+                print_event(e)?;
+            }
+            if page.next_index <= next {
+                break;
+            }
+            next = page.next_index;
+        }
+    }
+}
+
+/// One line per event: index, RFC 3339 UTC time, kind, and what happened.
+fn print_event(e: &pb::AuditEvent) -> anyhow::Result<()> {
+    let time = e
+        .time
+        .as_ref()
+        .map(|t| prost_types::Timestamp {
+            seconds: t.seconds,
+            nanos: 0,
+        })
+        .map(|t| broker::receipt::rfc3339(Some(&t)))
+        .unwrap_or_default();
+    let what = match e.kind.as_str() {
+        "exchange" => format!(
+            "{} {} {} for {}{}",
+            e.outcome,
+            e.attestation_type,
+            e.participant,
+            e.purpose,
+            match pb::ErrorReason::try_from(e.reason) {
+                Ok(r) if r != pb::ErrorReason::Unspecified => format!(" ({})", r.as_str_name()),
+                _ => String::new(),
+            }
+        ),
+        _ => e.participant.clone(),
+    };
+    outln!("{:>8} {time} {:<16} {what}", e.index, e.kind);
+    Ok(())
+}
+
+/// Saves a signed checkpoint with the consistency proofs from the checkpoints of `for_file`.
+async fn audit_checkpoint(
+    client: ClientArgs,
+    size: u64,
+    for_file: Option<PathBuf>,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use broker::receipt::{
+        Base64, CHECKPOINT_FORMAT, ConsistencyProof, LaterCheckpoint, VerifiableFile,
+        checkpoint_size,
+    };
+    let earlier = match &for_file {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            VerifiableFile::parse(&bytes)
+                .with_context(|| path.display().to_string())?
+                .checkpoint_sizes()?
+        }
+        None => Vec::new(),
+    };
+    let mut audit = AuditClient::new(connect(&client).await?);
+    let note = audit
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: size })
+        .await
+        .map_err(rpc_error)?
+        .into_inner()
+        .checkpoint;
+    let newer = checkpoint_size(&note).context("malformed checkpoint")?;
+    let mut consistency = Vec::new();
+    for first in earlier.into_iter().filter(|&s| s > 0 && s < newer) {
+        let hashes = audit
+            .get_consistency_proof(pb::GetConsistencyProofRequest {
+                first_size: first,
+                second_size: newer,
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner()
+            .hashes;
+        consistency.push(ConsistencyProof {
+            first_size: first,
+            proof: hashes.into_iter().map(Base64).collect(),
+        });
+    }
+    let proofs = consistency.len();
+    let later = LaterCheckpoint {
+        format: CHECKPOINT_FORMAT.to_string(),
+        checkpoint: note,
+        consistency,
+    };
+    match &out {
+        Some(path) => {
+            write_json(path, &later)?;
+            outln!(
+                "checkpoint of {newer} entries saved in {} with {proofs} consistency proof(s)",
+                path.display()
+            );
+        }
+        None => outln!("{}", serde_json::to_string_pretty(&later)?),
     }
     Ok(())
 }
@@ -1299,9 +1634,9 @@ async fn audit_export(client: ClientArgs, format: &str, from: u64) -> anyhow::Re
     while let Some(event) = stream.message().await.map_err(rpc_error)? {
         // The entry is JSON already: written verbatim, so its exact bytes (and hash) survive.
         let entry = std::str::from_utf8(&event.entry).context("an entry is not UTF-8")?;
-        writeln!(out, "{{\"index\":{},\"entry\":{entry}}}", event.index)?;
+        writeln!(out, "{{\"index\":{},\"entry\":{entry}}}", event.index).map_err(stdout_error)?;
     }
-    out.flush()?;
+    out.flush().map_err(stdout_error)?;
     Ok(())
 }
 
@@ -1312,7 +1647,7 @@ async fn providers_status(client: ClientArgs) -> anyhow::Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
-    println!(
+    outln!(
         "{:<34} {:<10} {:<7} {:<6} {:<10} {:>9} {:>8} {:>9}  rate limit",
         "attestation type",
         "provider",
@@ -1334,7 +1669,7 @@ async fn providers_status(client: ClientArgs) -> anyhow::Result<()> {
         } else {
             p.rate_limit.as_str()
         };
-        println!(
+        outln!(
             "{:<34} {:<10} {:<7} {:<6} {:<10} {:>5}/{:<3} {:>8} {:>9}  {}",
             p.attestation_type,
             p.provider,
@@ -1406,7 +1741,7 @@ async fn prefill(args: PrefillArgs) -> anyhow::Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
-    println!("form {}", answer.form);
+    outln!("form {}", answer.form);
     if !answer.prefill_id.is_empty() {
         let until = answer
             .preview_expires_at
@@ -1417,18 +1752,17 @@ async fn prefill(args: PrefillArgs) -> anyhow::Result<()> {
                     .ok()
             })
             .unwrap_or_default();
-        println!(
+        outln!(
             "preview {} (nothing issued until the person confirms, before {until}):",
             answer.prefill_id
         );
-        println!("  {}", confirm_command(&args, &answer.prefill_id));
+        outln!("  {}", confirm_command(&args, &answer.prefill_id));
         if args.mandate.is_empty() && std::env::var_os("UNEFOIS_ID_TOKEN").is_none() {
-            println!("  with the person's ID token: --id-token, or UNEFOIS_ID_TOKEN");
+            outln!("  with the person's ID token: --id-token, or UNEFOIS_ID_TOKEN");
         }
-        println!("  (add --reject if the person rejects it)");
+        outln!("  (add --reject if the person rejects it)");
     }
-    print_fields(&answer.fields, &answer.unavailable);
-    Ok(())
+    print_fields(&answer.fields, &answer.unavailable)
 }
 
 async fn confirm(args: ConfirmArgs) -> anyhow::Result<()> {
@@ -1448,20 +1782,22 @@ async fn confirm(args: ConfirmArgs) -> anyhow::Result<()> {
         .map_err(rpc_error)?
         .into_inner();
     if args.reject {
-        println!("preview {} rejected: nothing released", args.prefill_id);
+        outln!("preview {} rejected: nothing released", args.prefill_id);
         return Ok(());
     }
-    println!(
+    outln!(
         "preview {} confirmed: {} attestation(s) issued",
         args.prefill_id,
         answer.attestations.len()
     );
-    print_fields(&answer.fields, &answer.unavailable);
-    Ok(())
+    print_fields(&answer.fields, &answer.unavailable)
 }
 
 /// One line per field: its value and source, or the reason to ask the person for it.
-fn print_fields(fields: &[pb::PrefilledField], unavailable: &[pb::FieldError]) {
+fn print_fields(
+    fields: &[pb::PrefilledField],
+    unavailable: &[pb::FieldError],
+) -> anyhow::Result<()> {
     for f in fields {
         let value = match f.value.as_ref().and_then(|v| v.value.as_ref()) {
             Some(pb::claim_value::Value::StringValue(s)) => s.clone(),
@@ -1476,17 +1812,21 @@ fn print_fields(fields: &[pb::PrefilledField], unavailable: &[pb::FieldError]) {
         } else {
             format!("attestation {}", f.attestation_id)
         };
-        println!(
+        outln!(
             "  {:<28} {:<16} from {} ({}, {attestation})",
-            f.name, value, f.provider, f.attestation_type
+            f.name,
+            value,
+            f.provider,
+            f.attestation_type
         );
     }
     for m in unavailable {
         let reason = pb::ErrorReason::try_from(m.reason)
             .map(|r| r.as_str_name())
             .unwrap_or("UNSPECIFIED");
-        println!("  {:<28} to ask: {reason} ({})", m.name, m.message);
+        outln!("  {:<28} to ask: {reason} ({})", m.name, m.message);
     }
+    Ok(())
 }
 
 async fn mandate(command: MandateCommand) -> anyhow::Result<()> {
@@ -1519,7 +1859,7 @@ async fn mandate(command: MandateCommand) -> anyhow::Result<()> {
                 .into_inner()
                 .mandate
                 .ok_or_else(|| anyhow::anyhow!("the broker answered without the mandate"))?;
-            print_mandate(&created);
+            print_mandate(&created)?;
         }
         MandateCommand::Revoke {
             client,
@@ -1536,7 +1876,7 @@ async fn mandate(command: MandateCommand) -> anyhow::Result<()> {
                 .into_inner()
                 .mandate
                 .ok_or_else(|| anyhow::anyhow!("the broker answered without the mandate"))?;
-            print_mandate(&revoked);
+            print_mandate(&revoked)?;
         }
         MandateCommand::List {
             client,
@@ -1558,7 +1898,7 @@ async fn mandate(command: MandateCommand) -> anyhow::Result<()> {
                     .map_err(rpc_error)?
                     .into_inner();
                 for m in &page.mandates {
-                    println!(
+                    outln!(
                         "{} {} {} agent {} for {} until {}",
                         m.id,
                         mandate_status(m),
@@ -1575,7 +1915,7 @@ async fn mandate(command: MandateCommand) -> anyhow::Result<()> {
                 page_token = page.next_page_token;
             }
             if count == 0 {
-                println!("no mandate");
+                outln!("no mandate");
             }
         }
     }
@@ -1593,11 +1933,12 @@ fn date_of(t: Option<&prost_types::Timestamp>) -> String {
         .map_or_else(|| "-".to_string(), |t| t.date().to_string())
 }
 
-fn print_mandate(m: &pb::Mandate) {
-    println!("mandate {} {}", m.id, mandate_status(m));
-    println!("  structure: {} (agent {})", m.structure, m.agent);
-    println!("  purposes:  {}", m.purposes.join(", "));
-    println!("  days:      {}", m.duration_days);
-    println!("  expires:   {}", date_of(m.expires_at.as_ref()));
-    println!("  document:  sha256 {}", hex::encode(&m.document_sha256));
+fn print_mandate(m: &pb::Mandate) -> anyhow::Result<()> {
+    outln!("mandate {} {}", m.id, mandate_status(m));
+    outln!("  structure: {} (agent {})", m.structure, m.agent);
+    outln!("  purposes:  {}", m.purposes.join(", "));
+    outln!("  days:      {}", m.duration_days);
+    outln!("  expires:   {}", date_of(m.expires_at.as_ref()));
+    outln!("  document:  sha256 {}", hex::encode(&m.document_sha256));
+    Ok(())
 }

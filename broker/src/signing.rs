@@ -101,9 +101,9 @@ pub enum VerifyError {
     BadSignature(String),
 }
 
-/// The `<name>+<key hash>` prefix of a C2SP vkey: names never contain `+`, but the base64 key
-/// may, so the split is from the left.
-fn keyid_of(vkey: &str) -> Option<String> {
+/// The `<name>+<key hash>` prefix of a C2SP vkey, the key id its signatures carry: names never
+/// contain `+`, but the base64 key may, so the split is from the left.
+pub fn keyid_of(vkey: &str) -> Option<String> {
     let mut parts = vkey.splitn(3, '+');
     let name = parts.next()?;
     let hash = parts.next()?;

@@ -988,3 +988,481 @@ async fn clear_errors_and_a_discoverable_registry() -> anyhow::Result<()> {
     assert!(exit.success(), "SIGTERM ends the broker cleanly: {exit}");
     Ok(())
 }
+
+/// Runs the client against `addr` and fails with its output when it fails.
+fn unefois_ok(cwd: &Path, addr: SocketAddr, args: &[&str]) -> anyhow::Result<Outcome> {
+    let out = unefois_client(cwd, addr, args)?;
+    anyhow::ensure!(out.ok, "{args:?}: {out:?}");
+    Ok(out)
+}
+
+/// Runs `unefois` offline in `cwd` (no `--addr`: nothing of the broker is asked).
+fn unefois_offline(cwd: &Path, args: &[&str]) -> anyhow::Result<Outcome> {
+    let out = Command::new(unefois_binary()?)
+        .current_dir(cwd)
+        .args(args)
+        .output()?;
+    Ok(Outcome {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// `fetch --as mairie-lyon` of Alice's reference tax income (under the law), with `extra`.
+fn fetch_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "fetch",
+        "--as",
+        "mairie-lyon",
+        "--subject",
+        "test:alice",
+        "--type",
+        "dgfip.revenu_fiscal_reference",
+        "--purpose",
+        "tarification_cantine",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The file at `path`, as JSON.
+fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+}
+
+/// The base64 string at `value`, its bytes changed by `edit`.
+fn edit_base64(value: &mut serde_json::Value, edit: impl Fn(&mut Vec<u8>)) -> anyhow::Result<()> {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let text = value
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("not a string: {value}"))?;
+    let mut bytes = engine.decode(text)?;
+    edit(&mut bytes);
+    *value = serde_json::Value::String(engine.encode(bytes));
+    Ok(())
+}
+
+/// Writes `value` to `dir/name` and runs `unefois verify` on it with `extra`; it must fail,
+/// naming `check`, after printing only the checks before it.
+fn verify_fails(
+    dir: &Path,
+    name: &str,
+    value: &serde_json::Value,
+    extra: &[&str],
+    check: &str,
+) -> anyhow::Result<Outcome> {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_vec_pretty(value)?)?;
+    let path = path.to_string_lossy().into_owned();
+    let mut args = vec!["verify", path.as_str()];
+    args.extend_from_slice(extra);
+    let out = unefois_offline(dir, &args)?;
+    assert!(!out.ok, "{name} verified: {out:?}");
+    assert!(
+        out.stderr.contains(&format!("{check}: FAILED")),
+        "{name}: {out:?}"
+    );
+    assert!(
+        !out.stdout.contains(&format!("{check}: ")),
+        "{name}: the failed check is not printed as passed: {out:?}"
+    );
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_receipt_verifies_offline_and_each_tampering_names_its_check() -> anyhow::Result<()>
+{
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let cwd = checkout.path();
+    let mut served = serve(cwd)?;
+    let addr = served.addr;
+    wait_serving(&cwd.join(".unefois-dev/pki"), addr).await?;
+
+    let fetched = unefois_ok(cwd, addr, &fetch_args(&["--out", "receipt.json"]))?;
+    assert!(
+        fetched.stdout.contains("signature: valid")
+            && fetched.stdout.contains("receipt saved in receipt.json"),
+        "{fetched:?}"
+    );
+    unefois_ok(cwd, addr, &fetch_args(&["--out", "other.json"]))?;
+    // A later checkpoint, with the proof that the log only grew since the receipt's.
+    let later = unefois_ok(
+        cwd,
+        addr,
+        &[
+            "audit",
+            "checkpoint",
+            "--as",
+            "mairie-lyon",
+            "--for",
+            "receipt.json",
+            "--out",
+            "later.json",
+        ],
+    )?;
+    assert!(
+        later.stdout.contains("with 1 consistency proof(s)"),
+        "{later:?}"
+    );
+    // Everything from here on is offline: the broker is gone.
+    let exit = terminate(&mut served.child).await?;
+    assert!(exit.success(), "{exit}");
+
+    let receipt = read_json(&cwd.join("receipt.json"))?;
+    assert_eq!(receipt["format"], "unefois-receipt/v1");
+    let leaf = receipt["receipt"]["leaf_index"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no leaf index"))?;
+    let verified = unefois_offline(cwd, &["verify", "receipt.json"])?;
+    assert!(verified.ok, "{verified:?}");
+    let lines: Vec<&str> = verified.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("attestation signature: valid (unefois.test/unefois/attestation+"),
+        "{verified:?}"
+    );
+    assert!(
+        lines[1].starts_with("checkpoint signature: valid (unefois.test/unefois/audit, size "),
+        "{verified:?}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("inclusion proof: valid (leaf {leaf} of ")),
+        "{verified:?}"
+    );
+    assert!(
+        lines[3].starts_with("payload hash: matches (attestation "),
+        "{verified:?}"
+    );
+    assert_eq!(lines[4], "receipt.json: verified offline");
+
+    let consistent = unefois_offline(
+        cwd,
+        &["verify", "receipt.json", "--checkpoint", "later.json"],
+    )?;
+    assert!(consistent.ok, "{consistent:?}");
+    assert!(
+        consistent
+            .stdout
+            .contains("later checkpoint signature: valid (unefois.test/unefois/audit, size ")
+            && consistent
+                .stdout
+                .contains("consistency: valid (the checkpoint of "),
+        "{consistent:?}"
+    );
+
+    let dir = cwd;
+    let mut payload = receipt.clone();
+    edit_base64(&mut payload["envelope"]["payload"], |b| b[10] ^= 1)?;
+    verify_fails(dir, "payload.json", &payload, &[], "attestation signature")?;
+
+    let mut entry = receipt.clone();
+    edit_base64(&mut entry["receipt"]["entry"], |b| b[20] ^= 1)?;
+    let out = verify_fails(dir, "entry.json", &entry, &[], "inclusion proof")?;
+    assert!(
+        out.stdout.contains("checkpoint signature: valid"),
+        "{out:?}"
+    );
+
+    let mut proof = receipt.clone();
+    edit_base64(&mut proof["receipt"]["inclusion_proof"][0], |b| b[0] ^= 1)?;
+    verify_fails(dir, "proof.json", &proof, &[], "inclusion proof")?;
+
+    // The root's first base64 character, changed: the signature no longer covers the note.
+    let mut checkpoint = receipt.clone();
+    let note = checkpoint["receipt"]["checkpoint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut note_lines: Vec<String> = note.split('\n').map(str::to_string).collect();
+    let root = &mut note_lines[2];
+    let first = if root.starts_with('A') { "B" } else { "A" };
+    root.replace_range(0..1, first);
+    checkpoint["receipt"]["checkpoint"] = serde_json::Value::String(note_lines.join("\n"));
+    verify_fails(
+        dir,
+        "checkpoint.json",
+        &checkpoint,
+        &[],
+        "checkpoint signature",
+    )?;
+
+    // Another attestation (validly signed) under this receipt: the entry is not about it.
+    let other = read_json(&cwd.join("other.json"))?;
+    let mut swapped = receipt.clone();
+    swapped["envelope"] = other["envelope"].clone();
+    let out = verify_fails(dir, "swapped.json", &swapped, &[], "payload hash")?;
+    assert!(out.stdout.contains("inclusion proof: valid"), "{out:?}");
+
+    // A later checkpoint whose consistency proof was altered: the log could have forked.
+    let mut forked = read_json(&cwd.join("later.json"))?;
+    edit_base64(&mut forked["consistency"][0]["proof"][0], |b| b[0] ^= 1)?;
+    std::fs::write(cwd.join("forked.json"), serde_json::to_vec(&forked)?)?;
+    let out = verify_fails(
+        dir,
+        "receipt-again.json",
+        &receipt,
+        &["--checkpoint", "forked.json"],
+        "consistency",
+    )?;
+    assert!(out.stderr.contains("a fork"), "{out:?}");
+
+    // The key checked against is the one given, never one in the file.
+    let signer = broker::signing::AttestationSigner::from_seed(&[9; 32], "unefois.test")?;
+    std::fs::write(cwd.join("other.vkey"), signer.vkey())?;
+    verify_fails(
+        dir,
+        "receipt-other-key.json",
+        &receipt,
+        &["--attestation-key", "other.vkey"],
+        "attestation signature",
+    )?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_citizens_access_history_verifies_offline() -> anyhow::Result<()> {
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let cwd = checkout.path();
+    let mut served = serve(cwd)?;
+    let addr = served.addr;
+    wait_serving(&cwd.join(".unefois-dev/pki"), addr).await?;
+    unefois_ok(cwd, addr, &fetch_args(&[]))?;
+
+    let token = dev_id_token(cwd, "test:alice", "mairie-lyon")?;
+    let listed = unefois_ok(
+        cwd,
+        addr,
+        &[
+            "accesses",
+            "--as",
+            "mairie-lyon",
+            "--subject",
+            "test:alice",
+            "--id-token",
+            &token,
+            "--out",
+            "history.json",
+        ],
+    )?;
+    let line = listed.stdout.lines().next().unwrap_or_default();
+    let (time, rest) = line.split_once(' ').unwrap_or_default();
+    assert!(
+        rest.starts_with(
+            "mairie-lyon dgfip.revenu_fiscal_reference tarification_cantine granted (leaf "
+        ),
+        "{listed:?}"
+    );
+    assert_rfc3339_seconds(time)?;
+    // The log grows; the history's checkpoint is then tied to a later one.
+    unefois_ok(cwd, addr, &fetch_args(&[]))?;
+    unefois_ok(
+        cwd,
+        addr,
+        &[
+            "audit",
+            "checkpoint",
+            "--as",
+            "mairie-lyon",
+            "--for",
+            "history.json",
+            "--out",
+            "later.json",
+        ],
+    )?;
+    let exit = terminate(&mut served.child).await?;
+    assert!(exit.success(), "{exit}");
+
+    let history = read_json(&cwd.join("history.json"))?;
+    assert_eq!(history["format"], "unefois-accesses/v1");
+    let leaf = history["pages"][0]["accesses"][0]["leaf_index"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no access"))?;
+    let verified = unefois_offline(
+        cwd,
+        &["verify", "history.json", "--checkpoint", "later.json"],
+    )?;
+    assert!(verified.ok, "{verified:?}");
+    for expected in [
+        "checkpoint signature: valid (unefois.test/unefois/audit, size ".to_string(),
+        format!("leaf {leaf}: inclusion proof: valid (leaf {leaf} of "),
+        format!(
+            "leaf {leaf}: access entry: matches the access shown ({time} mairie-lyon dgfip.revenu_fiscal_reference tarification_cantine granted)"
+        ),
+        "consistency: valid".to_string(),
+        "history.json: verified offline".to_string(),
+    ] {
+        assert!(
+            verified.stdout.contains(&expected),
+            "{expected}: {verified:?}"
+        );
+    }
+
+    let mut shown = history.clone();
+    shown["pages"][0]["accesses"][0]["consumer"] = "caf".into();
+    verify_fails(cwd, "shown.json", &shown, &[], "access entry")?;
+    let mut entry = history.clone();
+    edit_base64(&mut entry["pages"][0]["accesses"][0]["entry"], |b| {
+        b[20] ^= 1
+    })?;
+    verify_fails(cwd, "entry.json", &entry, &[], "inclusion proof")?;
+    Ok(())
+}
+
+/// `2026-12-02T10:29:52Z`: RFC 3339, UTC, to the second.
+fn assert_rfc3339_seconds(text: &str) -> anyhow::Result<()> {
+    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)?;
+    anyhow::ensure!(
+        text.len() == 20 && text.ends_with('Z') && parsed.offset().is_utc(),
+        "not RFC 3339 UTC to the second: {text:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_tail_follow_prints_entries_as_they_land() -> anyhow::Result<()> {
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let cwd = checkout.path();
+    let served = serve(cwd)?;
+    let addr = served.addr;
+    wait_serving(&cwd.join(".unefois-dev/pki"), addr).await?;
+
+    let mut follower = Command::new(unefois_binary()?)
+        .current_dir(cwd)
+        .args(["audit", "tail", "--follow", "-n", "1", "--as", "cnil"])
+        .args(["--addr", &addr.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = follower
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_line = |until: Instant| -> anyhow::Result<String> {
+        let left = until.saturating_duration_since(Instant::now());
+        Ok(lines.recv_timeout(left)?)
+    };
+    // Following: the latest entry first.
+    let first = next_line(Instant::now() + Duration::from_secs(20))?;
+    assert!(!first.contains("dgfip"), "{first}");
+
+    unefois_ok(cwd, addr, &fetch_args(&[]))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exchange = loop {
+        let line = next_line(deadline)?;
+        if line.contains("exchange") {
+            break line;
+        }
+    };
+    let words: Vec<&str> = exchange.split_whitespace().collect();
+    assert!(
+        exchange.ends_with(
+            "granted dgfip.revenu_fiscal_reference mairie-lyon for tarification_cantine"
+        ),
+        "{exchange}"
+    );
+    assert_rfc3339_seconds(words[1])?;
+
+    // Ctrl-C ends it cleanly.
+    let status = Command::new("kill")
+        .args(["-INT", &follower.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = follower.try_wait()? {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            follower.kill()?;
+            anyhow::bail!("audit tail --follow did not stop on SIGINT");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}");
+    drop(served);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stdout_ends_each_command_quietly() -> anyhow::Result<()> {
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let cwd = checkout.path();
+    let mut served = serve(cwd)?;
+    let addr = served.addr;
+    wait_serving(&cwd.join(".unefois-dev/pki"), addr).await?;
+    unefois_ok(cwd, addr, &fetch_args(&["--out", "receipt.json"]))?;
+    let addr = addr.to_string();
+
+    // The reader is gone before the command writes anything (`| head` once it has its line).
+    let commands: [&[&str]; 5] = [
+        &["audit", "export", "--as", "cnil", "--addr", &addr],
+        &[
+            "fetch",
+            "--as",
+            "mairie-lyon",
+            "--subject",
+            "test:alice",
+            "--type",
+            "dgfip.revenu_fiscal_reference",
+            "--purpose",
+            "tarification_cantine",
+            "--addr",
+            &addr,
+        ],
+        &["audit", "tail", "--as", "cnil", "--addr", &addr],
+        &["registry", "show", "--as", "mairie-lyon", "--addr", &addr],
+        &["verify", "receipt.json"],
+    ];
+    for args in commands {
+        let mut child = Command::new(unefois_binary()?)
+            .current_dir(cwd)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        drop(child.stdout.take());
+        let out = child.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {} {stderr}", out.status);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+
+    // As a shell runs it, the pipeline's status being the command's own.
+    let binary = unefois_binary()?;
+    for command in [
+        format!(
+            "{} audit export --as cnil --addr {addr} | head -1",
+            binary.display()
+        ),
+        format!(
+            "{} fetch --as mairie-lyon --subject test:alice --type dgfip.revenu_fiscal_reference \
+             --purpose tarification_cantine --addr {addr} | head -1",
+            binary.display()
+        ),
+    ] {
+        let out = Command::new("bash")
+            .current_dir(cwd)
+            .args(["-c", &format!("set -o pipefail; {command}")])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{command}: {} {stderr}", out.status);
+        assert!(stderr.is_empty(), "{command}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    }
+    let exit = terminate(&mut served.child).await?;
+    assert!(exit.success(), "{exit}");
+    Ok(())
+}
