@@ -6,7 +6,9 @@
 use std::fs::{File, OpenOptions};
 
 use rustix::fs::{FlockOperation, flock};
+use std::fs::Permissions;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The lock file's name in the data directory.
@@ -46,6 +48,7 @@ fn open(data_dir: &Path) -> Result<(File, PathBuf), DataLockError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(|source| DataLockError::Io {
             path: path.clone(),
@@ -84,6 +87,9 @@ pub fn acquire(data_dir: &Path) -> Result<DataLock, DataLockError> {
         path: path.clone(),
         source,
     };
+    // A lock file left wider by an operator is narrowed like the rest of the directory.
+    file.set_permissions(Permissions::from_mode(0o600))
+        .map_err(io)?;
     file.set_len(0).map_err(io)?;
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     writeln!(file, "{}", std::process::id()).map_err(io)?;

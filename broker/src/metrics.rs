@@ -308,6 +308,7 @@ mod tests {
         let handle = super::handle().expect("the recorder installs");
         for _ in 0..3 {
             super::exchange_recorded("kept-consumer", "kept.type", "granted", "");
+            super::fetch_duration("kept.type", "granted", 0.001);
         }
         super::exchange_recorded("kept-consumer", "kept.type", "denied", "NO_CONSENT");
         super::exchange_recorded("kept-consumer", "kept.other", "granted", "");

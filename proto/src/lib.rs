@@ -69,7 +69,7 @@ mod tests {
             let name = reason.as_str_name();
             assert_eq!(v1::ErrorReason::from_str_name(name), Some(reason));
         }
-        assert_eq!(seen, 43);
+        assert_eq!(seen, 44);
         assert_eq!(
             v1::ErrorReason::MandateOutOfScope.as_str_name(),
             "MANDATE_OUT_OF_SCOPE"

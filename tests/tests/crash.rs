@@ -204,15 +204,18 @@ fn rounds() -> usize {
         .unwrap_or(ROUNDS)
 }
 
+/// A grant of its own scope (one person per request id): a grant of a scope in force would
+/// renew it, and a revocation end every one of its scope.
 fn grant_request(request_id: &str) -> pb::GrantConsentRequest {
+    let subject = format!("test:{request_id}");
     pb::GrantConsentRequest {
-        subject: "test:alice".into(),
+        id_token: unefois_tests::id_token(&subject, CONSUMER),
+        subject,
         consumer: CONSUMER.into(),
         attestation_types: vec![QF.into()],
         purpose: PURPOSE.into(),
         valid_days: 30,
         request_id: request_id.into(),
-        id_token: unefois_tests::id_token("test:alice", CONSUMER),
         ..Default::default()
     }
 }
