@@ -151,7 +151,9 @@ pub enum BackupError {
     /// The restore would put the log behind a checkpoint already handed out.
     #[error(
         "refusing to restore: it would fork the log: checkpoints up to size {handed_out} were \
-         handed out ({evidence}); the backup has {backup_size} entries"
+         handed out ({evidence}); the backup has {backup_size} entries. A restore is for a data \
+         directory lost or damaged: over a live history it would erase entries that auditors \
+         and receipts may already hold, and the log would no longer extend their checkpoints"
     )]
     Behind {
         /// The largest tree size known to have been checkpointed.
@@ -455,7 +457,7 @@ pub fn restore(
     // 3. No broker there, and none while we work.
     let mut guard = Restoring::lock(data_dir)?;
     // 4. The journal in place, if any.
-    let existing = read_existing(&data_dir.join(JOURNAL))?;
+    let existing = read_existing(&data_dir.join(JOURNAL), manifest.tree_size)?;
     // 5. Every record of the backup, with the roots at the sizes to compare.
     let mut roots: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
     let mut wanted: BTreeSet<u64> = trusted.iter().map(|(_, c)| c.size).collect();
@@ -496,9 +498,10 @@ pub fn restore(
             behind.push((
                 existing.at_least,
                 format!(
-                    "the journal in {} holds {} entries{damage}",
+                    "the journal in {} holds {} entries{damage}, and {}",
                     journal.display(),
-                    existing.at_least
+                    existing.at_least,
+                    lacking(existing, backup_size)
                 ),
             ));
         } else if existing.size > 0 && roots.get(&existing.size) != Some(&existing.root) {
@@ -1013,15 +1016,68 @@ struct Existing {
     /// still tells where it started.
     at_least: u64,
     damage: Option<String>,
+    /// The records from the backup's size on, named (what a restore would take away).
+    past_backup: Vec<String>,
 }
 
-fn read_existing(dir: &Path) -> Result<Option<Existing>, BackupError> {
+/// How many of the entries a backup lacks a refusal names one by one.
+const NAMED_ENTRIES: usize = 8;
+
+/// One entry named for an operator: `#12 2026-12-03T10:00:00Z consent_granted (mairie-lyon)`.
+/// Kind, time and participant only: never a subject or a claim.
+fn name_entry(seq: u64, payload: &[u8]) -> String {
+    match crate::event::Record::decode(payload) {
+        Ok(record) => {
+            let time = record
+                .time
+                .replace_nanosecond(0)
+                .unwrap_or(record.time)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| "?".into());
+            let kind = crate::audit::events::kind(&record.event);
+            match crate::audit::events::participant(&record.event) {
+                Some(who) => format!("#{seq} {time} {kind} ({who})"),
+                None => format!("#{seq} {time} {kind}"),
+            }
+        }
+        Err(_) => format!("#{seq} (not a record this broker reads)"),
+    }
+}
+
+/// The entries a backup of `backup_size` lacks, named: the first few, then how many more.
+fn lacking(existing: &Existing, backup_size: u64) -> String {
+    let count = existing.at_least - backup_size;
+    let mut named = existing.past_backup.join("; ");
+    let unnamed = count.saturating_sub(existing.past_backup.len() as u64);
+    if unnamed > 0 {
+        if !named.is_empty() {
+            named.push_str("; ");
+        }
+        named.push_str(&format!("and {unnamed} more"));
+    }
+    if count == 1 {
+        format!("the backup lacks its entry #{backup_size}: {named}")
+    } else {
+        format!(
+            "the backup lacks its entries #{backup_size} to #{}: {named}",
+            existing.at_least - 1
+        )
+    }
+}
+
+fn read_existing(dir: &Path, backup_size: u64) -> Result<Option<Existing>, BackupError> {
     if !dir.is_dir() {
         return Ok(None);
     }
     let segments = list_segments(dir)?;
     let mut tree = Frontier::default();
-    let read = read_journal(&segments, Until::FirstBad, |_, payload| tree.push(payload))?;
+    let mut past_backup = Vec::new();
+    let read = read_journal(&segments, Until::FirstBad, |seq, payload| {
+        tree.push(payload);
+        if seq >= backup_size && past_backup.len() < NAMED_ENTRIES {
+            past_backup.push(name_entry(seq, payload));
+        }
+    })?;
     let named = segments.last().map_or(0, |(first, _)| *first);
     let last = segments.last().map(|(_, p)| p.as_path());
     // A bad record at the tail of the last segment is a torn tail, never acknowledged.
@@ -1034,6 +1090,7 @@ fn read_existing(dir: &Path) -> Result<Option<Existing>, BackupError> {
         root: tree.root(),
         at_least: read.size.max(named),
         damage,
+        past_backup,
     }))
 }
 

@@ -301,6 +301,18 @@ async fn restoring_a_backup_older_than_the_log_is_refused_unless_forced() -> any
             && said.contains("--force"),
         "{said}"
     );
+    // It names what the backup lacks, from the entry after it on (kind, time, participant:
+    // never a person), down to the broker's own stop, and says why it refuses.
+    assert!(
+        said.contains(&format!(
+            "the backup lacks its entries #{size} to #{}: #{size} ",
+            current - 1
+        )) && said.contains(" consent_granted (mairie-lyon)")
+            && said.contains(" broker_stopped")
+            && said.contains("A restore is for a data directory lost or damaged")
+            && !said.contains("test:bob"),
+        "{said}"
+    );
     assert_eq!(
         broker::backup::journal_size(&home.data())?,
         current,
