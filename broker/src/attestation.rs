@@ -16,12 +16,7 @@ use unefois_adapters::{ClaimValue, Claims};
 
 use crate::event::RecordedBasis;
 
-/// The hex SHA-256 of a signed attestation payload: what an exchange's audit entry records as
-/// `payload_sha256`, so that a receipt holder ties the entry to the attestation (the payload's
-/// nonce keeps the hash from revealing anything to others).
-pub fn payload_sha256(payload: &[u8]) -> String {
-    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(payload))
-}
+pub use unefois_tlog::dsse::payload_sha256;
 
 /// Version of the attestation payload format.
 pub const ATTESTATION_VERSION: u32 = 1;

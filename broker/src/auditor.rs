@@ -7,8 +7,8 @@ use tonic::transport::Channel;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::audit_client::AuditClient;
 
-use crate::audit::tree::{MemoryTree, verify_consistency};
-use crate::audit::{CheckpointError, VerifiedCheckpoint, verify_checkpoint};
+use unefois_tlog::log::{FirstBadEntry, Fork, extends, needs_proof};
+use unefois_tlog::{CheckpointError, MemoryTree, VerifiedCheckpoint, verify_checkpoint};
 
 /// Entries asked for per ListEvents page.
 const PAGE: u32 = 1_000;
@@ -23,15 +23,8 @@ pub enum LogError {
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] CheckpointError),
     /// The log is not an extension of the trusted checkpoint.
-    #[error(
-        "fork: the log of {new_size} entries does not extend the trusted checkpoint of {trusted_size} entries"
-    )]
-    Fork {
-        /// Size of the trusted checkpoint.
-        trusted_size: u64,
-        /// Size of the broker's checkpoint.
-        new_size: u64,
-    },
+    #[error(transparent)]
+    Fork(#[from] Fork),
     /// An entry was not served.
     #[error("entry {0} is missing from the download")]
     MissingEntry(u64),
@@ -88,16 +81,7 @@ pub async fn verify_log(
         Err(e) => return Err(io(e)),
     };
     if let Some(old) = &previous {
-        let fork = LogError::Fork {
-            trusted_size: old.size,
-            new_size: latest.size,
-        };
-        if old.size > latest.size {
-            return Err(fork);
-        }
-        let proof = if old.size == latest.size {
-            Vec::new()
-        } else {
+        let proof = if needs_proof(old, &latest) {
             audit
                 .get_consistency_proof(pb::GetConsistencyProofRequest {
                     first_size: old.size,
@@ -106,13 +90,10 @@ pub async fn verify_log(
                 .await?
                 .into_inner()
                 .hashes
+        } else {
+            Vec::new()
         };
-        let proof = hashes(&proof).ok_or(LogError::Fork {
-            trusted_size: old.size,
-            new_size: latest.size,
-        })?;
-        verify_consistency(&proof, old.size, old.root, latest.size, latest.root)
-            .map_err(|_| fork)?;
+        extends(old, &latest, &proof)?;
     }
 
     // Download every entry of the checkpointed tree and rebuild it.
@@ -159,12 +140,6 @@ pub async fn verify_log(
     })
 }
 
-fn hashes(raw: &[Vec<u8>]) -> Option<Vec<[u8; 32]>> {
-    raw.iter()
-        .map(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
-        .collect()
-}
-
 /// The first entry whose prefix no longer matches the broker's signed roots: a binary search
 /// over sizes, comparing the local root of the first `m` entries with the signed checkpoint
 /// of size `m` (O(log n) checkpoints).
@@ -174,20 +149,15 @@ async fn first_bad_entry(
     tree: &MemoryTree,
     size: u64,
 ) -> Result<u64, LogError> {
-    let (mut good, mut bad) = (0u64, size);
-    while bad - good > 1 {
-        let mid = good + (bad - good) / 2;
+    let mut search = FirstBadEntry::new(size);
+    while let Some(mid) = search.next_size() {
         let note = audit
             .get_checkpoint(pb::GetCheckpointRequest { tree_size: mid })
             .await?
             .into_inner()
             .checkpoint;
         let signed = verify_checkpoint(log_vkey, &note)?;
-        if signed.size == mid && signed.root == tree.root(mid) {
-            good = mid;
-        } else {
-            bad = mid;
-        }
+        search.record(mid, signed.size == mid && signed.root == tree.root(mid));
     }
-    Ok(bad - 1)
+    Ok(search.found())
 }

@@ -438,4 +438,56 @@ mod tests {
         assert_eq!(Record::decode(&bytes).unwrap(), record);
         assert_eq!(record.encode(), bytes);
     }
+
+    /// What the broker writes, a third-party verifier reads (`unefois_tlog::entry`): the two
+    /// schemas are tied here, outcome by outcome.
+    #[test]
+    fn exchange_entries_read_back_in_the_verifier_crate() {
+        let outcomes = [
+            (Outcome::Granted, "granted"),
+            (Outcome::Denied, "denied"),
+            (Outcome::Failed, "failed"),
+            (Outcome::Previewed, "previewed"),
+            (Outcome::Rejected, "rejected"),
+        ];
+        for (outcome, name) in outcomes {
+            let record = Record {
+                v: RECORD_VERSION,
+                time: time::macros::datetime!(2026-11-22 10:00:01.5 UTC),
+                event: Event::Exchange(Box::new(ExchangeEvent {
+                    outcome,
+                    reason: None,
+                    participant: "mairie-lyon".into(),
+                    agent: None,
+                    subject: None,
+                    subject_sealed: Some("sealed".into()),
+                    pseudonym_key: None,
+                    attestation_type: "caf.quotient_familial".into(),
+                    purpose: "tarification_cantine".into(),
+                    legal_basis: None,
+                    habilitation: None,
+                    mandate_id: None,
+                    attestation_id: Some("att-1".into()),
+                    payload_sha256: Some("ab".into()),
+                    provider: None,
+                    derived_rules: Vec::new(),
+                    request_id: None,
+                    registry_sha256: "00".into(),
+                    prefill_id: None,
+                    request_fingerprint: None,
+                    retry_of: None,
+                })),
+            };
+            let read = unefois_tlog::entry::ExchangeEntry::read(&record.encode()).unwrap();
+            assert_eq!(read.outcome, name);
+            assert_eq!(read.time, record.time);
+            assert_eq!(read.participant, "mairie-lyon");
+            assert_eq!(read.attestation_type, "caf.quotient_familial");
+            assert_eq!(read.purpose, "tarification_cantine");
+            assert_eq!(read.attestation_id.as_deref(), Some("att-1"));
+            assert_eq!(read.payload_sha256.as_deref(), Some("ab"));
+        }
+        assert!(unefois_tlog::entry::READABLE_VERSIONS.contains(&RECORD_VERSION));
+        assert!(unefois_tlog::entry::READABLE_VERSIONS.contains(&OLDEST_READABLE_VERSION));
+    }
 }

@@ -1143,7 +1143,7 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
     let envelope = answer
         .envelope
         .as_ref()
-        .map(|e| broker::receipt::SignedEnvelope::from(e).to_envelope())
+        .map(|e| broker::receipt::envelope_file(e).to_envelope())
         .ok_or_else(|| anyhow::anyhow!("the broker answered without a signed envelope"))?;
     broker::signing::verify(vkey, &envelope).with_context(|| {
         format!(
@@ -1153,7 +1153,7 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
     })?;
     // Saved before anything is printed: a closed standard output must not lose it.
     if let Some(out) = &args.out {
-        write_json(out, &broker::receipt::ReceiptFile::from_answer(&answer)?)?;
+        write_json(out, &broker::receipt::receipt_file(&answer)?)?;
     }
     let payload: serde_json::Value =
         serde_json::from_slice(&envelope.payload).context("the signed payload is not JSON")?;
@@ -1228,7 +1228,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
 /// Lists a person's accesses (every page), one line each; with --out, saves them with their
 /// entries and proofs.
 async fn accesses(args: AccessesArgs) -> anyhow::Result<()> {
-    use broker::receipt::{AccessPage, AccessesFile};
+    use broker::receipt::AccessesFile;
     let mut guichet =
         unefois_proto::v1::guichet_client::GuichetClient::new(connect(&args.client).await?);
     let mut pages = Vec::new();
@@ -1245,7 +1245,7 @@ async fn accesses(args: AccessesArgs) -> anyhow::Result<()> {
             .await
             .map_err(rpc_error)?
             .into_inner();
-        pages.push(AccessPage::from_answer(&answer));
+        pages.push(broker::receipt::access_page(&answer));
         if answer.next_page_token.is_empty() {
             break;
         }

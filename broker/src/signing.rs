@@ -6,47 +6,11 @@
 //! bytes are DSSE's PAE(payload_type, payload), so a signature over an attestation can never be
 //! confused with a signature over anything else.
 
-use base64::Engine;
-use ed25519_dalek::{Verifier, VerifyingKey};
-
 use crate::keys::{ATTESTATION_KEY, KeyError, Keys, SigningKey};
 
-/// The DSSE payload type of Une Fois attestations.
-pub const PAYLOAD_TYPE: &str = "application/vnd.unefois.attestation+json";
-
-/// A DSSE envelope: the payload and its signatures.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Envelope {
-    /// The attestation JSON, exactly as signed.
-    pub payload: Vec<u8>,
-    /// [`PAYLOAD_TYPE`].
-    pub payload_type: String,
-    /// One signature per signing key.
-    pub signatures: Vec<EnvelopeSignature>,
-}
-
-/// One DSSE signature.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EnvelopeSignature {
-    /// The signing key: the `<name>+<hash>` prefix of its vkey.
-    pub keyid: String,
-    /// Ed25519 signature of PAE(payload_type, payload).
-    pub sig: Vec<u8>,
-}
-
-/// DSSE's pre-authentication encoding: what is actually signed.
-pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload_type.len() + payload.len() + 32);
-    out.extend_from_slice(b"DSSEv1 ");
-    out.extend_from_slice(payload_type.len().to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(payload_type.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(payload.len().to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(payload);
-    out
-}
+pub use unefois_tlog::dsse::{
+    Envelope, EnvelopeSignature, PAYLOAD_TYPE, VerifyError, keyid_of, pae, verify,
+};
 
 /// The broker's attestation key.
 pub struct AttestationSigner {
@@ -90,67 +54,10 @@ impl AttestationSigner {
     }
 }
 
-/// Why an envelope does not verify.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum VerifyError {
-    /// The vkey is not an Ed25519 C2SP verifier key.
-    #[error("malformed verifier key")]
-    MalformedKey,
-    /// No signature by that key, or a wrong one.
-    #[error("no valid signature by {0}")]
-    BadSignature(String),
-}
-
-/// The `<name>+<key hash>` prefix of a C2SP vkey, the key id its signatures carry: names never
-/// contain `+`, but the base64 key may, so the split is from the left.
-pub fn keyid_of(vkey: &str) -> Option<String> {
-    let mut parts = vkey.splitn(3, '+');
-    let name = parts.next()?;
-    let hash = parts.next()?;
-    parts.next()?;
-    Some(format!("{name}+{hash}"))
-}
-
-/// Checks that `envelope` carries a valid signature by the key of `vkey` (what any holder of the
-/// published key can do offline).
-pub fn verify(vkey: &str, envelope: &Envelope) -> Result<(), VerifyError> {
-    let keyid = keyid_of(vkey).ok_or(VerifyError::MalformedKey)?;
-    let encoded = &vkey[keyid.len() + 1..];
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|_| VerifyError::MalformedKey)?;
-    let (alg, public) = raw.split_first().ok_or(VerifyError::MalformedKey)?;
-    let public: [u8; 32] = public.try_into().map_err(|_| VerifyError::MalformedKey)?;
-    if *alg != 0x01 {
-        return Err(VerifyError::MalformedKey);
-    }
-    let key = VerifyingKey::from_bytes(&public).map_err(|_| VerifyError::MalformedKey)?;
-    let signed = pae(&envelope.payload_type, &envelope.payload);
-    let ok = envelope.signatures.iter().any(|s| {
-        s.keyid == keyid
-            && ed25519_dalek::Signature::from_slice(&s.sig)
-                .is_ok_and(|sig| key.verify(&signed, &sig).is_ok())
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(VerifyError::BadSignature(keyid))
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pae_matches_the_dsse_specification_example() {
-        // From the DSSE protocol document.
-        assert_eq!(
-            pae("http://example.com/HelloWorld", b"hello world"),
-            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
-        );
-    }
 
     #[test]
     fn an_envelope_verifies_with_the_published_key_and_not_once_altered() {

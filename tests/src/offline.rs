@@ -23,7 +23,7 @@ pub fn verify_envelope(envelope: &pb::Envelope, attestation_vkey: &str) -> Resul
     if envelope.payload_type != PAYLOAD_TYPE {
         return Err(format!("payload type {:?}", envelope.payload_type));
     }
-    broker::signing::verify(attestation_vkey, &crate::envelope_of(envelope))
+    unefois_tlog::dsse::verify(attestation_vkey, &crate::envelope_of(envelope))
         .map_err(|e| format!("DSSE: {e}"))?;
     serde_json::from_slice(&envelope.payload).map_err(|e| format!("payload: {e}"))
 }

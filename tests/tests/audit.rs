@@ -6,9 +6,6 @@
 use std::path::Path;
 
 use anyhow::{Context, anyhow};
-use broker::audit::VerifiedCheckpoint;
-use broker::audit::tree::{root_of, verify_consistency, verify_inclusion};
-use broker::audit::verify_checkpoint;
 use broker::grpc::status::reason_of;
 use broker::signing::AttestationSigner;
 use tokio_stream::StreamExt;
@@ -19,6 +16,9 @@ use unefois_proto::v1::audit_client::AuditClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::guichet_client::GuichetClient;
 use unefois_tests::{BrokerOptions, TestBroker, TestPki};
+use unefois_tlog::VerifiedCheckpoint;
+use unefois_tlog::verify_checkpoint;
+use unefois_tlog::{root_of, verify_consistency, verify_inclusion};
 
 const RFR: &str = "dgfip.revenu_fiscal_reference";
 const QF: &str = "caf.quotient_familial";
@@ -248,10 +248,10 @@ async fn a_fetch_response_alone_verifies_offline() -> anyhow::Result<()> {
     let envelope = unefois_tests::envelope_of(&answer.envelope.expect("envelope"));
     let receipt = answer.receipt.expect("receipt");
 
-    broker::signing::verify(&attestation_vkey, &envelope)
+    unefois_tlog::dsse::verify(&attestation_vkey, &envelope)
         .with_context(|| format!("attestation key {attestation_vkey:?}"))?;
     assert!(
-        broker::signing::verify(&log_vkey, &envelope).is_err(),
+        unefois_tlog::dsse::verify(&log_vkey, &envelope).is_err(),
         "the log key does not sign attestations"
     );
 
@@ -1058,7 +1058,7 @@ async fn an_attestation_key_with_a_plus_in_its_vkey_verifies() -> anyhow::Result
     let (attestation_vkey, _) = published_keys(pki.dir())?;
     assert_eq!(attestation_vkey, seeded);
     let envelope = unefois_tests::envelope_of(&answer.envelope.expect("envelope"));
-    broker::signing::verify(&attestation_vkey, &envelope)
+    unefois_tlog::dsse::verify(&attestation_vkey, &envelope)
         .with_context(|| format!("attestation key {attestation_vkey:?}"))?;
     let keyid = attestation_vkey
         .splitn(3, '+')
@@ -1140,7 +1140,9 @@ async fn audit_verify_detects_a_fork() -> anyhow::Result<()> {
         granted(&b, "mairie-lyon", rfr("test:bob")).await?;
     }
     match verify_log(b.channel("cnil").await?, &log_vkey, &trusted).await {
-        Err(LogError::Fork { trusted_size, .. }) => assert_eq!(trusted_size, seen.checkpoint.size),
+        Err(LogError::Fork(unefois_tlog::log::Fork { trusted_size, .. })) => {
+            assert_eq!(trusted_size, seen.checkpoint.size)
+        }
         other => panic!("expected a fork, got {other:?}"),
     }
     b.stop().await

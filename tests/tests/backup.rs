@@ -132,7 +132,7 @@ async fn checkpoint(
         .await?
         .into_inner()
         .checkpoint;
-    let verified = broker::audit::verify_checkpoint(&log_vkey(pki)?, &note)?;
+    let verified = unefois_tlog::verify_checkpoint(&log_vkey(pki)?, &note)?;
     Ok((verified.size, verified.root, note))
 }
 

@@ -14,8 +14,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail, ensure};
-use broker::audit::tree::{root_of, verify_consistency, verify_inclusion};
-use broker::audit::{VerifiedCheckpoint, verify_checkpoint};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -26,6 +24,8 @@ use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
 use unefois_tests::{http_get, install_crypto, repo_root, unefois_binary};
+use unefois_tlog::{VerifiedCheckpoint, verify_checkpoint};
+use unefois_tlog::{root_of, verify_consistency, verify_inclusion};
 
 /// Kill rounds in CI; `UNEFOIS_CRASH_ROUNDS=20` for a soak.
 const ROUNDS: usize = 3;
@@ -399,7 +399,7 @@ fn verify_offline(
     notes: &mut HashMap<String, VerifiedCheckpoint>,
 ) -> anyhow::Result<Receipted> {
     let envelope = unefois_tests::envelope_of(answer.envelope.as_ref().context("no envelope")?);
-    broker::signing::verify(attestation_vkey, &envelope)
+    unefois_tlog::dsse::verify(attestation_vkey, &envelope)
         .context("the envelope does not verify with attestation.vkey")?;
     let attestation = answer.attestation.as_ref().context("no attestation")?;
     let receipt = answer.receipt.as_ref().context("no receipt")?;

@@ -251,7 +251,7 @@ async fn every_writing_call_waits_for_its_sync_and_refuses_when_the_disk_fails()
         .await?
         .into_inner();
     let verified =
-        broker::audit::verify_checkpoint(&checkpoint.verifier_key, &checkpoint.checkpoint)?;
+        unefois_tlog::verify_checkpoint(&checkpoint.verifier_key, &checkpoint.checkpoint)?;
     let mut audit = AuditClient::new(clients.cnil.clone());
     let mut entries = Vec::new();
     let mut next = 0;
@@ -268,10 +268,7 @@ async fn every_writing_call_waits_for_its_sync_and_refuses_when_the_disk_fails()
         next = page.next_index;
     }
     let size = usize::try_from(verified.size)?;
-    assert_eq!(
-        broker::audit::tree::root_of(entries[..size].iter()),
-        verified.root
-    );
+    assert_eq!(unefois_tlog::root_of(entries[..size].iter()), verified.root);
     drop(clients);
     broker.stop().await
 }

@@ -92,7 +92,7 @@ async fn a_consumer_obtains_a_signed_attestation_under_law() -> anyhow::Result<(
         .attestation_key;
     let on_disk = std::fs::read_to_string(pki.dir().join("attestation.vkey"))?;
     assert_eq!(on_disk.trim(), published);
-    broker::signing::verify(&published, &envelope)?;
+    unefois_tlog::dsse::verify(&published, &envelope)?;
     let payload: serde_json::Value = serde_json::from_slice(&envelope.payload)?;
     assert_eq!(payload["id"], attestation.id.as_str());
     assert_eq!(payload["subject"], attestation.subject_pseudonym.as_str());
@@ -104,7 +104,7 @@ async fn a_consumer_obtains_a_signed_attestation_under_law() -> anyhow::Result<(
     tampered.payload = String::from_utf8(tampered.payload)?
         .replace("23870", "13870")
         .into_bytes();
-    assert!(broker::signing::verify(&published, &tampered).is_err());
+    assert!(unefois_tlog::dsse::verify(&published, &tampered).is_err());
     broker.stop().await
 }
 

@@ -1,7 +1,11 @@
 //! Signed checkpoints: C2SP `tlog-checkpoint` bodies in C2SP signed notes, Ed25519.
 
-use signed_note::{Note, StandardVerifier, VerifierList};
-use tlog_tiles::{Checkpoint, Hash};
+use signed_note::Note;
+use tlog_tiles::Hash;
+
+pub use unefois_tlog::checkpoint::{
+    CheckpointError, VerifiedCheckpoint, origin, verify_checkpoint,
+};
 
 use crate::keys::{KeyError, Keys, LOG_KEY, SigningKey};
 
@@ -74,67 +78,6 @@ impl signed_note::Signer for LogSigner {
     }
 }
 
-/// The log's origin for a trust domain.
-pub fn origin(trust_domain: &str) -> String {
-    format!("{trust_domain}/unefois/audit")
-}
-
-/// A checkpoint whose signature was verified.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VerifiedCheckpoint {
-    /// The log's origin.
-    pub origin: String,
-    /// Number of leaves.
-    pub size: u64,
-    /// Root hash.
-    pub root: [u8; 32],
-}
-
-/// Why a checkpoint was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CheckpointError {
-    /// The verifier key is malformed.
-    #[error("malformed log verifier key")]
-    BadKey,
-    /// The note is malformed or not signed by the key.
-    #[error("checkpoint signature does not verify: {0}")]
-    BadSignature(String),
-    /// The note's body is not a checkpoint.
-    #[error("malformed checkpoint body")]
-    Malformed,
-    /// The checkpoint is for another log.
-    #[error("checkpoint origin {found:?}, expected {expected:?}")]
-    WrongOrigin {
-        /// The origin found.
-        found: String,
-        /// The key's name.
-        expected: String,
-    },
-}
-
-/// Verifies a signed checkpoint against the log's verifier key (as any participant or auditor
-/// does offline with the published key).
-pub fn verify_checkpoint(vkey: &str, note: &str) -> Result<VerifiedCheckpoint, CheckpointError> {
-    let verifier = StandardVerifier::new(vkey).map_err(|_| CheckpointError::BadKey)?;
-    let expected = signed_note::Verifier::name(&verifier).to_string();
-    let note = Note::from_bytes(note.as_bytes())
-        .map_err(|e| CheckpointError::BadSignature(e.to_string()))?;
-    note.verify(&VerifierList::new(vec![Box::new(verifier)]))
-        .map_err(|e| CheckpointError::BadSignature(e.to_string()))?;
-    let checkpoint = Checkpoint::from_bytes(note.text()).map_err(|_| CheckpointError::Malformed)?;
-    if checkpoint.origin() != expected {
-        return Err(CheckpointError::WrongOrigin {
-            found: checkpoint.origin().to_string(),
-            expected,
-        });
-    }
-    Ok(VerifiedCheckpoint {
-        origin: checkpoint.origin().to_string(),
-        size: checkpoint.size(),
-        root: checkpoint.hash().0,
-    })
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -153,28 +96,5 @@ mod tests {
         assert!(verify_checkpoint(log.vkey(), &forged).is_err());
         let other = LogSigner::from_seed(&[6; 32], "unefois.test").unwrap();
         assert!(verify_checkpoint(other.vkey(), &note).is_err());
-    }
-
-    #[test]
-    fn go_sumdb_note_example_verifies() {
-        // The example of golang.org/x/mod/sumdb/note's documentation.
-        let vkey = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
-        let msg = "If you think cryptography is the answer to your problem,\n\
-                   then you don't know what your problem is.\n\
-                   \n\
-                   — PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
-        let verifier = StandardVerifier::new(vkey).unwrap();
-        let note = Note::from_bytes(msg.as_bytes()).unwrap();
-        assert!(
-            note.verify(&VerifierList::new(vec![Box::new(verifier)]))
-                .is_ok()
-        );
-        let tampered = msg.replace("cryptography", "cryptographie");
-        let verifier = StandardVerifier::new(vkey).unwrap();
-        let note = Note::from_bytes(tampered.as_bytes()).unwrap();
-        assert!(
-            note.verify(&VerifierList::new(vec![Box::new(verifier)]))
-                .is_err()
-        );
     }
 }
