@@ -1028,12 +1028,7 @@ const NAMED_ENTRIES: usize = 8;
 fn name_entry(seq: u64, payload: &[u8]) -> String {
     match crate::event::Record::decode(payload) {
         Ok(record) => {
-            let time = record
-                .time
-                .replace_nanosecond(0)
-                .unwrap_or(record.time)
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_else(|_| "?".into());
+            let time = unefois_tlog::entry::time_to_the_second(record.time);
             let kind = crate::audit::events::kind(&record.event);
             match crate::audit::events::participant(&record.event) {
                 Some(who) => format!("#{seq} {time} {kind} ({who})"),

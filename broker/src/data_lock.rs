@@ -6,9 +6,8 @@
 use std::fs::{File, OpenOptions};
 
 use rustix::fs::{FlockOperation, flock};
-use std::fs::Permissions;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The lock file's name in the data directory.
@@ -48,7 +47,7 @@ fn open(data_dir: &Path) -> Result<(File, PathBuf), DataLockError> {
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
+        .mode(crate::private::FILE_MODE)
         .open(&path)
         .map_err(|source| DataLockError::Io {
             path: path.clone(),
@@ -88,8 +87,7 @@ pub fn acquire(data_dir: &Path) -> Result<DataLock, DataLockError> {
         source,
     };
     // A lock file left wider by an operator is narrowed like the rest of the directory.
-    file.set_permissions(Permissions::from_mode(0o600))
-        .map_err(io)?;
+    crate::private::narrow(&path, crate::private::FILE_MODE).map_err(io)?;
     file.set_len(0).map_err(io)?;
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     writeln!(file, "{}", std::process::id()).map_err(io)?;

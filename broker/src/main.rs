@@ -1262,12 +1262,14 @@ async fn accesses(args: AccessesArgs) -> anyhow::Result<()> {
     for access in file.pages.iter().flat_map(|p| &p.accesses) {
         count += 1;
         // To the second, as people read times; the file keeps the exact instant.
-        let rfc3339 = &time::format_description::well_known::Rfc3339;
-        let time = time::OffsetDateTime::parse(&access.time, rfc3339)
-            .ok()
-            .and_then(|t| t.replace_nanosecond(0).ok())
-            .and_then(|t| t.format(rfc3339).ok())
-            .unwrap_or_else(|| access.time.clone());
+        let time = time::OffsetDateTime::parse(
+            &access.time,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_or_else(
+            |_| access.time.clone(),
+            unefois_tlog::entry::time_to_the_second,
+        );
         outln!(
             "{time} {} {} {} {} (leaf {})",
             access.consumer,

@@ -398,18 +398,7 @@ pub fn sample_registry_with(dir: &Path, edit: impl Fn(&str) -> String) -> anyhow
 
 /// The domain form of an envelope received over gRPC, to verify it.
 pub fn envelope_of(e: &unefois_proto::v1::Envelope) -> unefois_tlog::dsse::Envelope {
-    unefois_tlog::dsse::Envelope {
-        payload: e.payload.clone(),
-        payload_type: e.payload_type.clone(),
-        signatures: e
-            .signatures
-            .iter()
-            .map(|s| unefois_tlog::dsse::EnvelopeSignature {
-                keyid: s.keyid.clone(),
-                sig: s.sig.clone(),
-            })
-            .collect(),
-    }
+    broker::receipt::envelope_file(e).to_envelope()
 }
 
 /// Lowercase hex SHA-256, as entries record payload hashes.

@@ -29,6 +29,15 @@ pub struct ExchangeEntry {
     pub payload_sha256: Option<String>,
 }
 
+/// An entry's time as people read it: RFC 3339 UTC to the second (`2026-12-02T10:29:52Z`);
+/// the entry keeps the exact instant.
+pub fn time_to_the_second(time: OffsetDateTime) -> String {
+    time.replace_nanosecond(0)
+        .unwrap_or(time)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 #[derive(Deserialize)]
 struct Raw {
     v: u32,
@@ -92,6 +101,7 @@ mod tests {
         assert_eq!(read.attestation_id.as_deref(), Some("a1"));
         assert_eq!(read.payload_sha256.as_deref(), Some("ff"));
         assert_eq!(read.time.unix_timestamp(), 1_796_207_392);
+        assert_eq!(time_to_the_second(read.time), "2026-12-02T10:29:52Z");
 
         let cases: [(&[u8], &str); 4] = [
             (b"not json", "the entry does not decode"),

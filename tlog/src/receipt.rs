@@ -652,15 +652,7 @@ struct AccessView {
 
 impl fmt::Display for AccessView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let time = self
-            .time
-            .replace_nanosecond(0)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default();
+        let time = crate::entry::time_to_the_second(self.time);
         write!(
             f,
             "{time} {} {} {} {}",
