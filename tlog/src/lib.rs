@@ -9,6 +9,8 @@
 //! - [`receipt`]: the receipt, access-history and later-checkpoint files, and their checks;
 //! - [`log`]: the pure steps of verifying a whole log against a trusted checkpoint.
 
+#![forbid(unsafe_code)]
+
 pub mod checkpoint;
 pub mod dsse;
 pub mod entry;
