@@ -109,11 +109,6 @@ pub struct GrantInput {
     pub id_token: String,
 }
 
-fn store_error(e: crate::store::StoreError) -> ApiError {
-    tracing::error!(error = %e, "consent store failure");
-    ApiError::StoreUnavailable
-}
-
 /// When a consent granted at `now` for `valid_days` lapses: never after the mandate it was
 /// recorded under (an agent cannot give a person's consent for longer than the person gave
 /// the agent's structure a mandate).
@@ -293,15 +288,10 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
                 }
             };
             let renewed = matches!(event, Event::ConsentRenewed { .. });
-            state
-                .store
-                .append(vec![Record::now(event)])
-                .await
-                .map_err(store_error)?;
+            state.store.append(vec![Record::now(event)]).await?;
             let consent = state
                 .store
-                .consent(&consent_id)
-                .map_err(store_error)?
+                .consent(&consent_id)?
                 .ok_or(ApiError::StoreUnavailable)?;
             Ok((consent, renewed))
         },
@@ -341,8 +331,7 @@ fn in_force_for_scope(
     };
     let candidates = state
         .store
-        .consents_for(pseudonym, consumer, first, purpose)
-        .map_err(store_error)?;
+        .consents_for(pseudonym, consumer, first, purpose)?;
     Ok(candidates.into_iter().find(|c| {
         c.status(now) == ConsentStatus::Active && {
             let mut theirs = c.attestation_types.clone();
@@ -365,10 +354,10 @@ fn scope_in_force(
         ended.push(consent.clone());
     }
     for ty in &consent.attestation_types {
-        let mates = state
-            .store
-            .consents_for(&consent.subject, &consent.consumer, ty, &consent.purpose)
-            .map_err(store_error)?;
+        let mates =
+            state
+                .store
+                .consents_for(&consent.subject, &consent.consumer, ty, &consent.purpose)?;
         for mate in mates {
             if mate.status(now) == ConsentStatus::Active && !ended.iter().any(|e| e.id == mate.id) {
                 ended.push(mate);
@@ -384,8 +373,7 @@ fn visible(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, 
     validate::identifier("consent_id", consent_id, 64)?;
     state
         .store
-        .consent(consent_id)
-        .map_err(store_error)?
+        .consent(consent_id)?
         .filter(|c| c.visible_to(&caller.participant))
         .ok_or_else(|| ApiError::UnknownConsent(consent_id.to_string()))
 }
@@ -423,16 +411,11 @@ pub async fn revoke(
         let pseudonym = state.pseudonyms.audit(&subject);
         state
             .store
-            .consent(consent_id)
-            .map_err(store_error)?
+            .consent(consent_id)?
             .filter(|c| c.subject == pseudonym)
             .ok_or_else(unknown)?
     } else if !input.mandate_id.is_empty() {
-        let consent = state
-            .store
-            .consent(consent_id)
-            .map_err(store_error)?
-            .ok_or_else(unknown)?;
+        let consent = state.store.consent(consent_id)?.ok_or_else(unknown)?;
         // Another person's consent is, to this mandate, a consent that does not exist; one of
         // another purpose is outside what the person allowed the structure to do.
         crate::mandate::authorize(
@@ -477,14 +460,13 @@ pub async fn revoke(
             })
         })
         .collect();
-    state.store.append(records).await.map_err(store_error)?;
+    state.store.append(records).await?;
     for c in &ended {
         state.recent.forget_consent(&c.id);
     }
     let consent = state
         .store
-        .consent(consent_id)
-        .map_err(store_error)?
+        .consent(consent_id)?
         .ok_or(ApiError::StoreUnavailable)?;
     Ok(Revoked {
         consent,
@@ -516,8 +498,7 @@ pub async fn get(state: &State, caller: &Caller, consent_id: &str) -> Result<Con
             mandate_id: None,
             with_identity_evidence: false,
         })])
-        .await
-        .map_err(store_error)?;
+        .await?;
     Ok(consent)
 }
 
@@ -576,16 +557,14 @@ pub async fn list(
             mandate_id: mandate.as_ref().map(|m| m.id.clone()),
             with_identity_evidence: with_evidence,
         })])
-        .await
-        .map_err(store_error)?;
+        .await?;
     let size = crate::page::size(input.page_size);
     let of_consumer = |c: &Consent| input.consumer.is_empty() || c.consumer == input.consumer;
     let (page, next) = if with_evidence || mandate.is_some() {
         let purposes = mandate.as_ref().map(|m| m.purposes.clone());
         let consents = state
             .store
-            .consents_of_after(&pseudonym, &input.page_token)
-            .map_err(store_error)?;
+            .consents_of_after(&pseudonym, &input.page_token)?;
         crate::page::collect(
             consents,
             size,
@@ -593,15 +572,14 @@ pub async fn list(
                 of_consumer(c) && purposes.as_ref().is_none_or(|p| p.contains(&c.purpose))
             },
             |c: &Consent| &c.id,
-        )
-        .map_err(store_error)?
+        )?
     } else {
-        let consents = state
-            .store
-            .consents_seen_by_after(&caller.participant, &pseudonym, &input.page_token)
-            .map_err(store_error)?;
-        crate::page::collect(consents, size, of_consumer, |c: &Consent| &c.id)
-            .map_err(store_error)?
+        let consents = state.store.consents_seen_by_after(
+            &caller.participant,
+            &pseudonym,
+            &input.page_token,
+        )?;
+        crate::page::collect(consents, size, of_consumer, |c: &Consent| &c.id)?
     };
     Ok((
         page,

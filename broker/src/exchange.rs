@@ -78,14 +78,9 @@ pub struct Receipt {
 
 /// The receipt of the durable, checkpointed entry `seq`, whose exact bytes are `entry`.
 pub fn receipt(state: &State, (seq, entry): Logged) -> Result<Receipt, ApiError> {
-    let failed = |e: crate::store::StoreError| {
-        tracing::error!(error = %e, "cannot build a receipt");
-        ApiError::StoreUnavailable
-    };
     let (tree_size, checkpoint) = state
         .store
-        .latest_checkpoint()
-        .map_err(failed)?
+        .latest_checkpoint()?
         .filter(|(size, _)| *size > seq)
         .ok_or(ApiError::StoreUnavailable)?;
     Ok(Receipt {
@@ -93,10 +88,7 @@ pub fn receipt(state: &State, (seq, entry): Logged) -> Result<Receipt, ApiError>
         entry,
         checkpoint,
         tree_size,
-        inclusion_proof: state
-            .store
-            .inclusion_proof(seq, tree_size)
-            .map_err(failed)?,
+        inclusion_proof: state.store.inclusion_proof(seq, tree_size)?,
     })
 }
 
@@ -139,11 +131,7 @@ pub async fn fetch(
     if let Some(fingerprint) = &retry.fingerprint {
         let earlier = state
             .store
-            .fetch_request_use(&actor, &state.sealer.blind_id(&actor, &input.request_id))
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot read the request index");
-                ApiError::StoreUnavailable
-            })?;
+            .fetch_request_use(&actor, &state.sealer.blind_id(&actor, &input.request_id))?;
         if let Some(earlier) = earlier {
             if earlier.fingerprint != *fingerprint {
                 let reused = ApiError::RequestIdReused(input.request_id.clone());
@@ -529,11 +517,7 @@ async fn record(state: &State, event: ExchangeEvent) -> Result<Logged, ApiError>
     let logged = state
         .store
         .append_entry(Record::now(Event::Exchange(Box::new(event))))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot record an exchange; refusing to answer it");
-            ApiError::StoreUnavailable
-        })?;
+        .await?;
     crate::metrics::exchange_recorded(&consumer, &attestation_type, outcome, reason);
     Ok(logged)
 }
@@ -649,10 +633,7 @@ async fn decide(
             distinct_subjects: distinct as u64,
             limit,
         });
-        if let Err(e) = state.store.append(vec![alarm]).await {
-            tracing::error!(error = %e, "cannot record a harvesting alarm");
-            return Err(ApiError::StoreUnavailable);
-        }
+        state.store.append(vec![alarm]).await?;
     }
     // What the consumer may receive: the allowed claims, and the derived ones (never their
     // sources, unless allowed themselves).
@@ -858,13 +839,10 @@ fn active_consent(
     purpose: &str,
     now: OffsetDateTime,
 ) -> Result<String, ApiError> {
-    let consents = state
-        .store
-        .consents_for(subject, &caller.participant, attestation_type, purpose)
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot read consents");
-            ApiError::StoreUnavailable
-        })?;
+    let consents =
+        state
+            .store
+            .consents_for(subject, &caller.participant, attestation_type, purpose)?;
     let matching: Vec<_> = consents
         .iter()
         .filter(|c| c.covers(&caller.participant, attestation_type, purpose))

@@ -31,23 +31,14 @@ where
     Fut: std::future::Future<Output = Result<T, crate::error::ApiError>>,
 {
     use crate::error::ApiError;
-    let unavailable = |e: crate::store::StoreError| {
-        tracing::error!(error = %e, "cannot read the request index");
-        ApiError::StoreUnavailable
-    };
     let _serialised = state.grants.lock().await;
     if let Some((given, recorded)) = request_id
-        && let Some(used) = state
-            .store
-            .request_use(actor, recorded)
-            .map_err(unavailable)?
+        && let Some(used) = state.store.request_use(actor, recorded)?
     {
         if used.fingerprint != fingerprint {
             return Err(ApiError::RequestIdReused(given.to_string()));
         }
-        return find(&used.result)
-            .map_err(unavailable)?
-            .ok_or(ApiError::StoreUnavailable);
+        return find(&used.result)?.ok_or(ApiError::StoreUnavailable);
     }
     create().await
 }

@@ -97,11 +97,6 @@ pub struct CreateInput {
     pub request_id: String,
 }
 
-fn store_error(e: crate::store::StoreError) -> ApiError {
-    tracing::error!(error = %e, "mandate store failure");
-    ApiError::StoreUnavailable
-}
-
 /// Checks that `caller` may act for the subject (audit pseudonym `subject`) under `mandate_id`,
 /// for `purpose` when the act has one: an agent of the mandate's structure, the mandate's
 /// subject, the mandate active, the purpose in scope.
@@ -115,8 +110,7 @@ pub fn authorize(
     validate::identifier("mandate_id", mandate_id, 64)?;
     let mandate = state
         .store
-        .mandate(mandate_id)
-        .map_err(store_error)?
+        .mandate(mandate_id)?
         .ok_or_else(|| ApiError::UnknownMandate(mandate_id.to_string()))?;
     if caller.participant != mandate.structure || caller.agent.is_none() {
         return Err(ApiError::NotAgentOfStructure {
@@ -253,11 +247,7 @@ pub async fn create(
                 request_id: id_for_record,
                 request_fingerprint: Some(fingerprint),
             });
-            state
-                .store
-                .append(vec![record])
-                .await
-                .map_err(store_error)?;
+            state.store.append(vec![record]).await?;
             stored(state, &mandate_id)
         },
     )
@@ -269,8 +259,7 @@ pub async fn create(
 fn stored(state: &State, mandate_id: &str) -> Result<Mandate, ApiError> {
     state
         .store
-        .mandate(mandate_id)
-        .map_err(store_error)?
+        .mandate(mandate_id)?
         .ok_or(ApiError::StoreUnavailable)
 }
 
@@ -323,11 +312,7 @@ pub async fn revoke(
 ) -> Result<Mandate, ApiError> {
     validate::identifier("mandate_id", mandate_id, 64)?;
     let unknown = || ApiError::UnknownMandate(mandate_id.to_string());
-    let mandate = state
-        .store
-        .mandate(mandate_id)
-        .map_err(store_error)?
-        .ok_or_else(unknown)?;
+    let mandate = state.store.mandate(mandate_id)?.ok_or_else(unknown)?;
     let by_structure = caller.participant == mandate.structure && caller.agent.is_some();
     if !by_structure {
         if !(caller.has_role(Role::Guichet) || caller.participant == mandate.structure) {
@@ -344,8 +329,7 @@ pub async fn revoke(
     }
     let ended: Vec<String> = state
         .store
-        .consents_under_mandate(&mandate.id)
-        .map_err(store_error)?
+        .consents_under_mandate(&mandate.id)?
         .into_iter()
         .filter(|c| c.revoked_at.is_none())
         .map(|c| c.id)
@@ -365,7 +349,7 @@ pub async fn revoke(
             ended_with_consent: None,
         })
     }));
-    state.store.append(records).await.map_err(store_error)?;
+    state.store.append(records).await?;
     state.recent.forget_mandate(&mandate.id);
     for consent_id in &ended {
         state.recent.forget_consent(consent_id);
@@ -438,10 +422,7 @@ pub fn list(
         pairwise = state.pseudonyms.pairwise(&caller.participant, &subject);
         (MandatesOf::Subject(&pseudonym), own_only)
     };
-    let mandates = state
-        .store
-        .mandates_after(of, &input.page_token)
-        .map_err(store_error)?;
+    let mandates = state.store.mandates_after(of, &input.page_token)?;
     let (page, next) = crate::page::collect(
         mandates,
         crate::page::size(input.page_size),
@@ -450,8 +431,7 @@ pub fn list(
                 && (input.structure.is_empty() || m.structure == input.structure)
         },
         |m: &Mandate| &m.id,
-    )
-    .map_err(store_error)?;
+    )?;
     Ok((page, next, pairwise))
 }
 

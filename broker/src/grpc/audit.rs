@@ -18,7 +18,6 @@ use crate::grpc::exchange::legal_basis;
 use crate::grpc::registry::timestamp;
 use crate::registry::Role;
 use crate::state::State;
-use crate::store::StoreError;
 use crate::subject::Subject;
 
 /// The Audit service.
@@ -30,16 +29,6 @@ impl AuditService {
     /// Serves the audit log of the broker's store.
     pub fn new(state: Arc<State>) -> AuditService {
         AuditService { state }
-    }
-}
-
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::OutOfRange(m) => ApiError::TreeSizeOutOfRange(m),
-        other => {
-            tracing::error!(error = %other, "audit log read failed");
-            ApiError::StoreUnavailable
-        }
     }
 }
 
@@ -243,8 +232,7 @@ impl AuditService {
                 agent: caller.agent.clone(),
                 query,
             })])
-            .await
-            .map_err(store_error)?;
+            .await?;
         Ok(filter)
     }
 }
@@ -261,11 +249,10 @@ impl AuditApi for AuditService {
         let store = &self.state.store;
         let checkpoint = match request.get_ref().tree_size {
             0 => store
-                .latest_checkpoint()
-                .map_err(store_error)?
+                .latest_checkpoint()?
                 .map(|(_, note)| note)
                 .ok_or(ApiError::StoreUnavailable)?,
-            size => store.checkpoint_at(size).map_err(store_error)?,
+            size => store.checkpoint_at(size)?,
         };
         Ok(Response::new(pb::GetCheckpointResponse {
             checkpoint,
@@ -289,8 +276,7 @@ impl AuditApi for AuditService {
         let hashes = self
             .state
             .store
-            .inclusion_proof(r.leaf_index, r.tree_size)
-            .map_err(store_error)?;
+            .inclusion_proof(r.leaf_index, r.tree_size)?;
         Ok(Response::new(pb::GetInclusionProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
         }))
@@ -313,8 +299,7 @@ impl AuditApi for AuditService {
         let size = self
             .state
             .store
-            .latest_checkpoint()
-            .map_err(store_error)?
+            .latest_checkpoint()?
             .map_or(0, |(size, _)| size);
         if r.second_size > size {
             return Err(ApiError::TreeSizeOutOfRange(format!(
@@ -328,8 +313,7 @@ impl AuditApi for AuditService {
         } else {
             self.state
                 .store
-                .consistency_proof(r.first_size, r.second_size)
-                .map_err(store_error)?
+                .consistency_proof(r.first_size, r.second_size)?
         };
         Ok(Response::new(pb::GetConsistencyProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
@@ -344,7 +328,7 @@ impl AuditApi for AuditService {
         let filter = self
             .audited_filter(&caller, request.get_ref(), "ListEvents")
             .await?;
-        let (found, next_index) = events::list(&self.state.store, &filter).map_err(store_error)?;
+        let (found, next_index) = events::list(&self.state.store, &filter)?;
         Ok(Response::new(pb::ListEventsResponse {
             events: found.iter().map(audit_event).collect(),
             next_index,
@@ -370,7 +354,7 @@ impl AuditApi for AuditService {
                 let (found, next) = match page {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = tx.send(Err(Status::from(store_error(e)))).await;
+                        let _ = tx.send(Err(Status::from(e))).await;
                         return;
                     }
                 };

@@ -29,11 +29,6 @@ impl GuichetService {
     }
 }
 
-fn unavailable(e: crate::store::StoreError) -> ApiError {
-    tracing::error!(error = %e, "access history read failed");
-    ApiError::StoreUnavailable
-}
-
 /// The protobuf form of a pre-filled (or confirmed) form.
 fn prefill_response(done: &crate::prefill::Prefilled) -> pb::PrefillResponse {
     let (prefill_id, expires_at) = match &done.preview {
@@ -166,14 +161,9 @@ impl GuichetApi for GuichetService {
                 subject_sealed: Some(self.state.sealer.seal(&pseudonym)),
                 mandate_id: mandate.map(|m| m.id),
             })])
-            .await
-            .map_err(unavailable)?;
-        let (found, more) =
-            events::accesses(store, &pseudonym, before, size).map_err(unavailable)?;
-        let (tree_size, checkpoint) = store
-            .latest_checkpoint()
-            .map_err(unavailable)?
-            .unwrap_or((0, String::new()));
+            .await?;
+        let (found, more) = events::accesses(store, &pseudonym, before, size)?;
+        let (tree_size, checkpoint) = store.latest_checkpoint()?.unwrap_or((0, String::new()));
         let mut accesses = Vec::with_capacity(found.len());
         for logged in &found {
             let Some(record) = &logged.record else {
@@ -182,9 +172,7 @@ impl GuichetApi for GuichetService {
             let Event::Exchange(x) = &record.event else {
                 continue;
             };
-            let proof = store
-                .inclusion_proof(logged.index, tree_size)
-                .map_err(unavailable)?;
+            let proof = store.inclusion_proof(logged.index, tree_size)?;
             accesses.push(pb::Access {
                 time: Some(timestamp(record.time)),
                 consumer: x.participant.clone(),

@@ -67,6 +67,15 @@ pub fn reason(e: &ApiError) -> ErrorReason {
     ErrorReason::from_str_name(e.reason_code()).unwrap_or(ErrorReason::Unspecified)
 }
 
+impl From<crate::store::StoreError> for Status {
+    /// A store failure met in a handler: through the one conversion into an [`ApiError`], which
+    /// logs it with the handler's line.
+    #[track_caller]
+    fn from(e: crate::store::StoreError) -> Status {
+        Status::from(ApiError::from(e))
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let mut details = ErrorDetails::with_error_info(

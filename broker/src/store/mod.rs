@@ -15,6 +15,7 @@
 //! shows it (a revocation applies to the very next request). None of it is synced; at start the
 //! store keeps what all three agree on and the journal vouches for, and replays the rest.
 
+mod error;
 mod positions;
 
 use std::collections::HashMap;
@@ -22,13 +23,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::audit::{LogSigner, ProofError, TreeFile};
+use crate::audit::{LogSigner, TreeFile};
 use crate::consent::Consent;
 use crate::event::{Event, Record, RecordedSubject};
-use crate::journal::{CommittedBatch, Journal, JournalError, JournalOptions, Position};
+use crate::journal::{CommittedBatch, Journal, JournalOptions, Position};
 use crate::mandate::Mandate;
 use crate::seal::Sealer;
 
+pub use error::StoreError;
 pub use positions::{Positions, Slot};
 
 /// The Merkle tree's file in the state directory.
@@ -45,65 +47,6 @@ const LEGACY_TREES: [&str; 4] = [
 
 /// sled's cache, bounded (its default is 1 GiB): it holds the hot nodes of the indexes only.
 pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
-
-/// Why the store cannot serve.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The journal failed: nothing was recorded.
-    #[error("journal: {0}")]
-    Journal(#[from] JournalError),
-    /// The derived state failed.
-    #[error("derived state: {0}")]
-    Sled(#[from] sled::Error),
-    /// A journal record cannot be decoded.
-    #[error("journal record {seq}: {source}")]
-    Record {
-        /// Its sequence number.
-        seq: u64,
-        /// Why.
-        source: serde_json::Error,
-    },
-    /// The Merkle tree's storage failed.
-    #[error("audit tree: {0}")]
-    Tree(ProofError),
-    /// The entries' positions file failed.
-    #[error("entry positions: {0}")]
-    Positions(#[from] std::io::Error),
-    /// The derived state's folder cannot be created or made private.
-    #[error("{}: {source}", path.display())]
-    StateDir {
-        /// The folder, or the file in it.
-        path: std::path::PathBuf,
-        /// What failed.
-        source: std::io::Error,
-    },
-    /// A proof or checkpoint was asked for outside the tree.
-    #[error("{0}")]
-    OutOfRange(String),
-    /// The journal no longer gives the tree this broker signed a checkpoint of: a record was
-    /// altered or lost where acknowledged records live. Restore from a backup.
-    #[error(
-        "the journal does not match the checkpoint of {size} entries this broker signed: a \
-         record was altered or lost; restore the data directory from a backup"
-    )]
-    Diverged {
-        /// The size of that checkpoint.
-        size: u64,
-    },
-    /// The derived state fell behind the journal; it is rebuilt at the next start.
-    #[error("derived state is behind the journal; restart the broker to rebuild it")]
-    Degraded,
-}
-
-impl From<ProofError> for StoreError {
-    /// A proof asked outside the tree is the caller's error; anything else is the store's.
-    fn from(e: ProofError) -> StoreError {
-        match e {
-            ProofError::OutOfRange(m) => StoreError::OutOfRange(m),
-            other => StoreError::Tree(other),
-        }
-    }
-}
 
 /// What an idempotency key was used for.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
