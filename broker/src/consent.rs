@@ -154,12 +154,13 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
     // The citizen consents in person (identity evidence), or through the structure they gave
     // a mandate to, within its scope; a consent that benefits that structure itself needs the
     // citizen's own evidence: an agent never consents to its own structure for the person.
-    let mandate = crate::mandate::acting(
-        state,
+    let mandate = crate::policy::acting(
+        &state.store,
         caller,
         &input.mandate_id,
         &pseudonym,
         Some(&input.purpose),
+        time::OffsetDateTime::now_utc(),
     )?;
     // Verified now, spent when the consent is recorded (a retry that finds it spends nothing).
     let evidence = if mandate.is_none() || input.consumer == caller.participant {
@@ -188,7 +189,7 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
         }
         // Consent is only a basis for a consumer holding a consent habilitation for it; a
         // purpose or an expiry it does not cover is refused with the reason a Fetch would give.
-        crate::exchange::habilitation_for(
+        crate::policy::habilitation_for(
             registry
                 .habilitations_of(&input.consumer)
                 .filter(|h| h.legal_basis == LegalBasis::Consent),
@@ -418,12 +419,13 @@ pub async fn revoke(
         let consent = state.store.consent(consent_id)?.ok_or_else(unknown)?;
         // Another person's consent is, to this mandate, a consent that does not exist; one of
         // another purpose is outside what the person allowed the structure to do.
-        crate::mandate::authorize(
-            state,
+        crate::policy::authorize(
+            &state.store,
             caller,
             &input.mandate_id,
             &consent.subject,
             Some(&consent.purpose),
+            time::OffsetDateTime::now_utc(),
         )
         .map_err(|e| match e {
             ApiError::MandateSubjectMismatch(_) => unknown(),
@@ -545,7 +547,14 @@ pub async fn list(
         crate::identity::require(&input.id_token, caller, &registry, &subject)?;
         None
     } else {
-        crate::mandate::acting(state, caller, &input.mandate_id, &pseudonym, None)?
+        crate::policy::acting(
+            &state.store,
+            caller,
+            &input.mandate_id,
+            &pseudonym,
+            None,
+            time::OffsetDateTime::now_utc(),
+        )?
     };
     state
         .store

@@ -14,35 +14,18 @@ use unefois_adapters::{Adapter, AdapterError, AdapterRequest, Answer, Claims, ch
 
 use crate::attestation::{Attestation, AttestationContent};
 use crate::caller::Caller;
-use crate::consent::ConsentStatus;
 use crate::error::ApiError;
 use crate::event::{Event, ExchangeEvent, Outcome, Record, RecordedBasis};
 use crate::federation::Loaded;
 use crate::idempotency::{self, Previous};
-use crate::registry::{Habilitation, LegalBasis, Role};
+use crate::policy::{self, Decision};
+use crate::registry::Habilitation;
 use crate::signing::Envelope;
 use crate::state::State;
 use crate::subject::Subject;
 use crate::validate;
 
-/// A Fetch request, in domain terms.
-#[derive(Clone, Debug, Default)]
-pub struct FetchInput {
-    /// `scheme:value`.
-    pub subject: String,
-    /// The attestation type.
-    pub attestation_type: String,
-    /// The purpose.
-    pub purpose: String,
-    /// Claims wanted (empty: all allowed).
-    pub claims: Vec<String>,
-    /// Idempotency key.
-    pub request_id: String,
-    /// The mandate acted under.
-    pub mandate_id: String,
-    /// The caller's deadline, if it sent one.
-    pub deadline: Option<Duration>,
-}
+pub use crate::policy::FetchInput;
 
 /// A granted Fetch.
 #[derive(Clone, Debug)]
@@ -101,7 +84,8 @@ pub async fn fetch(
 ) -> Result<Arc<Fetched>, ApiError> {
     admit(state, caller)?;
     if input.request_id.is_empty() {
-        return fetch_once(state, caller, input, Retry::default())
+        let person = Person::parse(state, &input.subject);
+        return fetch_once(state, caller, input, person, Retry::default())
             .await
             .map(Arc::new);
     }
@@ -124,8 +108,12 @@ pub async fn fetch(
     }
     // Answers are kept in memory only (they carry claim values); the journal remembers that
     // the request id was used, so that a retry after a restart is recorded as one.
+    let person = Person::parse(state, &input.subject);
     let mut retry = Retry {
-        fingerprint: recorded_fingerprint(state, caller, &input),
+        fingerprint: person
+            .as_ref()
+            .ok()
+            .map(|person| recorded_fingerprint(state, caller, &input, person)),
         retry_of: None,
     };
     if let Some(fingerprint) = &retry.fingerprint {
@@ -141,7 +129,7 @@ pub async fn fetch(
         }
     }
     let request_id = input.request_id.clone();
-    let answer = Arc::new(fetch_once(state, caller, input, retry).await?);
+    let answer = Arc::new(fetch_once(state, caller, input, person, retry).await?);
     state
         .recent
         .keep(&actor, &request_id, fingerprint, answer.clone());
@@ -186,27 +174,45 @@ struct Retry {
     retry_of: Option<u64>,
 }
 
+/// The person a request is about, parsed once: the subject and its audit pseudonym.
+struct Person {
+    subject: Subject,
+    audit: String,
+}
+
+impl Person {
+    /// Parses `raw` under the registry in force, or says why it is not a subject.
+    fn parse(state: &State, raw: &str) -> Result<Person, ApiError> {
+        let registry = state.federation.registry();
+        let subject = Subject::parse(raw, registry.allow_test_subjects())?;
+        Ok(Person {
+            audit: state.pseudonyms.audit(&subject),
+            subject,
+        })
+    }
+}
+
 /// The digest of a request as recorded: keyed (the seal key's blinding), over the caller, the
 /// subject's audit pseudonym (never the raw id), the type, the purpose, the mandate and the
 /// claims, so that two consumers' identical requests about one person record unrelated
-/// digests. None for an invalid subject.
-fn recorded_fingerprint(state: &State, caller: &Caller, input: &FetchInput) -> Option<String> {
-    let registry = state.federation.registry();
-    let subject = Subject::parse(&input.subject, registry.allow_test_subjects()).ok()?;
+/// digests.
+fn recorded_fingerprint(
+    state: &State,
+    caller: &Caller,
+    input: &FetchInput,
+    person: &Person,
+) -> String {
     let actor = caller.actor();
-    let pseudonym = state.pseudonyms.audit(&subject);
-    Some(
-        state.sealer.fingerprint(
-            [
-                actor.as_str(),
-                pseudonym.as_str(),
-                &input.attestation_type,
-                &input.purpose,
-                &input.mandate_id,
-            ]
-            .into_iter()
-            .chain(input.claims.iter().map(String::as_str)),
-        ),
+    state.sealer.fingerprint(
+        [
+            actor.as_str(),
+            person.audit.as_str(),
+            &input.attestation_type,
+            &input.purpose,
+            &input.mandate_id,
+        ]
+        .into_iter()
+        .chain(input.claims.iter().map(String::as_str)),
     )
 }
 
@@ -225,6 +231,7 @@ async fn fetch_once(
     state: &State,
     caller: &Caller,
     input: FetchInput,
+    person: Result<Person, ApiError>,
     retry: Retry,
 ) -> Result<Fetched, ApiError> {
     let started = std::time::Instant::now();
@@ -239,7 +246,7 @@ async fn fetch_once(
     } else {
         "unknown".to_string()
     };
-    let answer = fetch_recorded(state, caller, input, &loaded, retry).await;
+    let answer = fetch_recorded(state, caller, input, person, &loaded, retry).await;
     let outcome = match &answer {
         Ok(_) => "granted",
         Err(e) if e.is_failure() => "failed",
@@ -253,13 +260,14 @@ async fn fetch_recorded(
     state: &State,
     caller: &Caller,
     input: FetchInput,
+    person: Result<Person, ApiError>,
     loaded: &Loaded,
     retry: Retry,
 ) -> Result<Fetched, ApiError> {
     let mut event = base_event(state, caller, &input, loaded);
     event.request_fingerprint = retry.fingerprint;
     event.retry_of = retry.retry_of;
-    let served = serve(state, caller, &input, loaded, &mut event).await;
+    let served = serve(state, caller, &input, person, loaded, &mut event).await;
     let ((attestation, envelope, claims, origin_subject_key), logged) =
         conclude(state, event, served, Outcome::Granted).await?;
     Ok(Fetched {
@@ -328,7 +336,8 @@ pub async fn preview(
     let mut event = base_event(state, caller, &input, &loaded);
     event.prefill_id = Some(prefill_id.to_string());
     let retrieved = async {
-        let decision = decide(state, caller, &input, &loaded, &mut event).await?;
+        let person = Person::parse(state, &input.subject);
+        let decision = decide(state, caller, &input, person, &loaded, &mut event).await?;
         let released = obtain(state, caller, &input, &loaded, &decision).await?;
         Ok((decision, released))
     }
@@ -357,13 +366,9 @@ pub async fn confirm(
     let mut event = base_event(state, caller, &held.input, &loaded);
     event.prefill_id = Some(prefill_id.to_string());
     let issued = async {
-        let decision = decide(state, caller, &held.input, &loaded, &mut event).await?;
-        let claims: Claims = held
-            .claims
-            .iter()
-            .filter(|(name, _)| decision.requested.contains(name))
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
+        let person = Person::parse(state, &held.input.subject);
+        let decision = decide(state, caller, &held.input, person, &loaded, &mut event).await?;
+        let claims = policy::still_released(&decision, &held.claims);
         let origin = held
             .origin
             .as_ref()
@@ -400,7 +405,7 @@ pub async fn reject(
     let d = &held.decision;
     event.outcome = Outcome::Rejected;
     event.prefill_id = Some(prefill_id.to_string());
-    event.subject_sealed = Some(state.sealer.seal(&state.pseudonyms.audit(&d.subject)));
+    event.subject_sealed = Some(state.sealer.seal(&d.audit));
     event.pseudonym_key = Some(state.pseudonyms.audit_key_id().to_string());
     event.habilitation = Some(d.habilitation.clone());
     event.legal_basis = Some(d.basis.clone());
@@ -526,10 +531,11 @@ async fn serve(
     state: &State,
     caller: &Caller,
     input: &FetchInput,
+    person: Result<Person, ApiError>,
     loaded: &Loaded,
     event: &mut ExchangeEvent,
 ) -> Result<Issued, ApiError> {
-    let decision = decide(state, caller, input, loaded, event).await?;
+    let decision = decide(state, caller, input, person, loaded, event).await?;
     let released = obtain(state, caller, input, loaded, &decision).await?;
     issue(state, caller, &decision, released, event)
 }
@@ -544,86 +550,58 @@ struct Released {
     origin: Option<crate::origin::Recorded>,
 }
 
-/// What policy allows for one request, decided before any provider is asked.
-#[derive(Clone, Debug)]
-pub struct Decision {
-    subject: Subject,
-    attestation_type: String,
-    type_version: u32,
-    max_age_days: u32,
-    provider: String,
-    purpose: String,
-    habilitation: String,
-    /// What the consumer may receive: allowed raw claims and derived claims, by name.
-    requested: Vec<String>,
-    derived: Vec<crate::derived::DerivedClaim>,
-    /// What the provider is asked for: the raw requested claims and derived claims' sources.
-    provider_claims: Vec<String>,
-    basis: RecordedBasis,
-    mandate: Option<String>,
-}
-
-/// Validates the request and applies the policy: role, mandate, habilitation (deny by default),
-/// legal basis (law, or an active consent), claims allowed. Fills the record as it goes.
+/// Applies the policy (`crate::policy`, pure) to the request about `person`, parsed once, with
+/// the store's facts, and fills the record with what it established, allowed or not. Raises
+/// the harvesting alarm when a habilitation was used for too many people in a minute.
 async fn decide(
     state: &State,
     caller: &Caller,
     input: &FetchInput,
+    person: Result<Person, ApiError>,
     loaded: &Loaded,
     event: &mut ExchangeEvent,
 ) -> Result<Decision, ApiError> {
-    let registry = &loaded.registry;
-    if !(caller.has_role(Role::Consumer)
-        || caller.has_role(Role::Guichet)
-        || caller.has_role(Role::Mediator))
-    {
-        return Err(ApiError::WrongRole {
-            participant: caller.participant.clone(),
-            role: Role::Consumer,
-        });
-    }
-    validate::identifier("attestation_type", &input.attestation_type, 128)?;
-    validate::identifier("purpose", &input.purpose, 64)?;
-    validate::identifiers("claims", &input.claims, validate::MAX_CLAIMS)?;
-    validate::request_id(&input.request_id)?;
-    let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
-    let audit_pseudonym = state.pseudonyms.audit(&subject);
-    event.subject_sealed = Some(state.sealer.seal(&audit_pseudonym));
+    policy::admissible(caller, input)?;
+    let Person { subject, audit } = person?;
+    event.subject_sealed = Some(state.sealer.seal(&audit));
     event.pseudonym_key = Some(state.pseudonyms.audit_key_id().to_string());
-    let mandate = crate::mandate::acting(
-        state,
-        caller,
-        &input.mandate_id,
-        &audit_pseudonym,
-        Some(&input.purpose),
-    )?
-    .map(|m| m.id);
-    if mandate.is_some() {
-        event.mandate_id = mandate.clone();
-    }
-
-    let ty = registry
-        .attestation_type(&input.attestation_type)
-        .ok_or_else(|| ApiError::UnknownAttestationType(input.attestation_type.clone()))?;
-    if registry.purpose(&input.purpose).is_none() {
-        return Err(ApiError::UnknownPurpose(input.purpose.clone()));
-    }
     let now = OffsetDateTime::now_utc();
-    let habilitation = habilitation_for(
-        registry.habilitations_of(&caller.participant),
-        &caller.participant,
-        &ty.id,
-        &input.purpose,
+    let verdict = policy::decide(
+        &loaded.registry,
+        caller,
+        input,
+        subject,
+        &audit,
+        &state.store,
         now,
-    )?;
-    event.habilitation = Some(habilitation.id.clone());
+    );
+    if verdict.mandate.is_some() {
+        event.mandate_id = verdict.mandate;
+    }
+    if let Some(habilitation) = verdict.habilitation {
+        event.habilitation = Some(habilitation.id.clone());
+        watch_harvesting(state, caller, habilitation, &audit).await?;
+    }
+    event.derived_rules = verdict.derived_rules;
+    let decision = verdict.decision?;
+    event.legal_basis = Some(decision.basis.clone());
+    event.provider = Some(decision.provider.clone());
+    Ok(decision)
+}
+
+/// Counts the person among those `habilitation` was used for this minute, and records the
+/// harvesting alarm when they are more than it allows.
+async fn watch_harvesting(
+    state: &State,
+    caller: &Caller,
+    habilitation: &Habilitation,
+    audit: &str,
+) -> Result<(), ApiError> {
     if let Some(limit) = habilitation.max_subjects_per_minute
-        && let Some(distinct) = state.limits.observe(
-            &caller.participant,
-            &habilitation.id,
-            &audit_pseudonym,
-            limit,
-        )
+        && let Some(distinct) =
+            state
+                .limits
+                .observe(&caller.participant, &habilitation.id, audit, limit)
     {
         tracing::warn!(consumer = %caller.participant, habilitation = %habilitation.id, distinct, "harvesting alarm");
         crate::metrics::harvesting_alarm(&caller.participant, &habilitation.id);
@@ -635,80 +613,7 @@ async fn decide(
         });
         state.store.append(vec![alarm]).await?;
     }
-    // What the consumer may receive: the allowed claims, and the derived ones (never their
-    // sources, unless allowed themselves).
-    let allowed = |c: &String| {
-        habilitation.claims.contains(c) || habilitation.derived.iter().any(|d| d.name == *c)
-    };
-    let requested: Vec<String> = if input.claims.is_empty() {
-        habilitation
-            .claims
-            .iter()
-            .cloned()
-            .chain(habilitation.derived.iter().map(|d| d.name.clone()))
-            .collect()
-    } else {
-        if let Some(claim) = input.claims.iter().find(|c| !allowed(c)) {
-            return Err(ApiError::ClaimNotAllowed {
-                habilitation: habilitation.id.clone(),
-                claim: claim.clone(),
-            });
-        }
-        input.claims.clone()
-    };
-    let derived: Vec<crate::derived::DerivedClaim> = habilitation
-        .derived
-        .iter()
-        .filter(|d| requested.contains(&d.name))
-        .cloned()
-        .collect();
-    // What the provider is asked for: the requested claims and the sources of derived ones.
-    let mut provider_claims: Vec<String> = requested
-        .iter()
-        .filter(|c| habilitation.claims.contains(*c))
-        .cloned()
-        .collect();
-    for d in &derived {
-        if !provider_claims.contains(&d.from) {
-            provider_claims.push(d.from.clone());
-        }
-    }
-    event.derived_rules = derived
-        .iter()
-        .map(|d| format!("{}: {}", d.name, d.describe()))
-        .collect();
-
-    let basis = match &habilitation.legal_basis {
-        LegalBasis::Law(citation) => RecordedBasis::Law {
-            citation: citation.clone(),
-        },
-        LegalBasis::Consent => RecordedBasis::Consent {
-            consent_id: active_consent(
-                state,
-                &audit_pseudonym,
-                caller,
-                &ty.id,
-                &input.purpose,
-                now,
-            )?,
-        },
-    };
-    event.legal_basis = Some(basis.clone());
-    event.provider = Some(ty.provider.clone());
-    Ok(Decision {
-        subject,
-        attestation_type: ty.id.clone(),
-        type_version: ty.version,
-        max_age_days: ty.max_age_days,
-        provider: ty.provider.clone(),
-        purpose: input.purpose.clone(),
-        habilitation: habilitation.id.clone(),
-        requested,
-        derived,
-        provider_claims,
-        basis,
-        mandate,
-    })
+    Ok(())
 }
 
 /// Asks the provider under the deadline and keeps only what may be released: raw claims as
@@ -736,16 +641,7 @@ async fn obtain(
             provider: decision.provider.clone(),
         }
     })?;
-    let mut released = Claims::new();
-    for name in &decision.requested {
-        if let Some(d) = decision.derived.iter().find(|d| d.name == *name) {
-            if let Some(value) = answered.get(&d.from).and_then(|v| d.apply(v)) {
-                released.insert(name.clone(), value);
-            }
-        } else if let Some(value) = answered.get(name) {
-            released.insert(name.clone(), value.clone());
-        }
-    }
+    let released = policy::release(decision, &answered);
     let origin = origin.map(|o| crate::origin::recorded(&o, &answered, &released));
     Ok(Released {
         claims: released,
@@ -791,79 +687,6 @@ fn issue(
     event.attestation_id = Some(attestation.id.clone());
     event.payload_sha256 = Some(hex::encode(Sha256::digest(&envelope.payload)));
     Ok((attestation, envelope, claims, origin_subject_key))
-}
-
-/// The habilitation allowing `consumer` this type for this purpose now, or why there is none:
-/// NO_HABILITATION, PURPOSE_NOT_ALLOWED or HABILITATION_EXPIRED, the same for a Fetch and for a
-/// consent grant.
-pub(crate) fn habilitation_for<'a>(
-    held: impl Iterator<Item = &'a Habilitation>,
-    consumer: &str,
-    attestation_type: &str,
-    purpose: &str,
-    now: OffsetDateTime,
-) -> Result<&'a Habilitation, ApiError> {
-    let for_type: Vec<&Habilitation> = held
-        .filter(|h| h.attestation_type == attestation_type)
-        .collect();
-    let Some(first) = for_type.first() else {
-        return Err(ApiError::NoHabilitation {
-            consumer: consumer.to_string(),
-            attestation_type: attestation_type.to_string(),
-        });
-    };
-    let for_purpose: Vec<&Habilitation> = for_type
-        .iter()
-        .copied()
-        .filter(|h| h.purposes.contains(purpose))
-        .collect();
-    if for_purpose.is_empty() {
-        return Err(ApiError::PurposeNotAllowed {
-            habilitation: first.id.clone(),
-            purpose: purpose.to_string(),
-        });
-    }
-    for_purpose
-        .iter()
-        .copied()
-        .find(|h| now < h.expires_at)
-        .ok_or_else(|| ApiError::HabilitationExpired(for_purpose[0].id.clone()))
-}
-
-/// The id of the subject's active consent for this consumer, type and purpose.
-fn active_consent(
-    state: &State,
-    subject: &str,
-    caller: &Caller,
-    attestation_type: &str,
-    purpose: &str,
-    now: OffsetDateTime,
-) -> Result<String, ApiError> {
-    let consents =
-        state
-            .store
-            .consents_for(subject, &caller.participant, attestation_type, purpose)?;
-    let matching: Vec<_> = consents
-        .iter()
-        .filter(|c| c.covers(&caller.participant, attestation_type, purpose))
-        .collect();
-    if let Some(active) = matching
-        .iter()
-        .find(|c| c.status(now) == ConsentStatus::Active)
-    {
-        return Ok(active.id.clone());
-    }
-    match matching.last() {
-        Some(c) if c.status(now) == ConsentStatus::Revoked => {
-            Err(ApiError::ConsentRevoked(c.id.clone()))
-        }
-        Some(c) => Err(ApiError::ConsentExpired(c.id.clone())),
-        None => Err(ApiError::NoConsent {
-            consumer: caller.participant.clone(),
-            attestation_type: attestation_type.to_string(),
-            purpose: purpose.to_string(),
-        }),
-    }
 }
 
 async fn provide(

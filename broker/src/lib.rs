@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod ops;
 pub mod origin;
 pub mod page;
+pub mod policy;
 pub mod prefill;
 pub mod preview;
 pub mod provider_client;

@@ -153,12 +153,13 @@ pub async fn prefill(
     // here is recorded for each type the form asked for, as the Fetch of each would be.
     let standing = async {
         caller.require_citizen_facing()?;
-        let mandate = crate::mandate::acting(
-            state,
+        let mandate = crate::policy::acting(
+            &state.store,
             caller,
             &input.mandate_id,
             &pseudonym,
             Some(&form.purpose),
+            time::OffsetDateTime::now_utc(),
         )?;
         if mandate.is_none() {
             crate::evidence::for_act(state, &input.id_token, caller, &subject)?;
@@ -427,7 +428,14 @@ pub async fn confirm(
     // refusal here is recorded for each type the preview holds for this person.
     let standing = async {
         caller.require_citizen_facing()?;
-        let mandate = crate::mandate::acting(state, caller, &input.mandate_id, &pseudonym, None)?;
+        let mandate = crate::policy::acting(
+            &state.store,
+            caller,
+            &input.mandate_id,
+            &pseudonym,
+            None,
+            time::OffsetDateTime::now_utc(),
+        )?;
         if mandate.is_none() {
             crate::evidence::for_act(state, &input.id_token, caller, &subject)?;
         }

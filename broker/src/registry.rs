@@ -476,10 +476,10 @@ impl Registry {
     }
 
     /// The habilitations held by `consumer`.
-    pub fn habilitations_of<'a>(
+    pub fn habilitations_of<'a, 'c>(
         &'a self,
-        consumer: &'a str,
-    ) -> impl Iterator<Item = &'a Habilitation> + 'a {
+        consumer: &'c str,
+    ) -> impl Iterator<Item = &'a Habilitation> + use<'a, 'c> {
         self.habilitations
             .iter()
             .filter(move |h| h.consumer == consumer)

@@ -135,7 +135,14 @@ impl GuichetApi for GuichetService {
             Subject::parse(&r.subject, registry.allow_test_subjects()).map_err(ApiError::from)?;
         let pseudonym = self.state.pseudonyms.audit(&subject);
         // The citizen in person (identity evidence), or an agent under the citizen's mandate.
-        let mandate = crate::mandate::acting(&self.state, caller, &r.mandate_id, &pseudonym, None)?;
+        let mandate = crate::policy::acting(
+            &self.state.store,
+            caller,
+            &r.mandate_id,
+            &pseudonym,
+            None,
+            time::OffsetDateTime::now_utc(),
+        )?;
         if mandate.is_none() {
             crate::identity::require(&r.id_token, caller, &registry, &subject)?;
         }

@@ -1317,6 +1317,22 @@ fn replay(
     }
 }
 
+impl crate::policy::Facts for Store {
+    fn mandate(&self, id: &str) -> Result<Option<Mandate>, crate::error::ApiError> {
+        Ok(Store::mandate(self, id)?)
+    }
+
+    fn consents(
+        &self,
+        subject: &str,
+        consumer: &str,
+        attestation_type: &str,
+        purpose: &str,
+    ) -> Result<Vec<Consent>, crate::error::ApiError> {
+        Ok(self.consents_for(subject, consumer, attestation_type, purpose)?)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
