@@ -21,7 +21,7 @@ OPS_PORT=${TESTSSL_OPS_PORT:-31444}
 command -v testssl >/dev/null || {
   apt-get install -y testssl.sh >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y testssl.sh >/dev/null; }
 }
-[ -x "$BIN" ] || cargo build -p broker --bin unefois
+[ -x "$BIN" ] || cargo build -p unefois-cli --bin unefois
 
 WORK=$(mktemp -d)
 PID=

@@ -60,7 +60,7 @@ fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "building release binaries"
-  cargo build --release -p broker -p unefois-bench
+  cargo build --release -p unefois-cli -p unefois-bench
 fi
 
 # Other work on the machine skews every figure: say what was running.

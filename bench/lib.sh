@@ -24,7 +24,7 @@ done
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "building release binaries"
   # Two commands: a target flag (--example) would restrict the first to that target alone.
-  cargo build --release -p broker -p unefois-bench
+  cargo build --release -p unefois-cli -p unefois-bench
   cargo build --release -p broker --example fill_log
 fi
 

@@ -2,7 +2,7 @@
 # Scaling of issue 7 over cores: the broker (fetch-consent) and the echo floor, each pinned to
 # the first N CPUs, for N in $CORES, loaded by the same generator.
 #
-#   bench/scaling.sh                        # after `cargo build --release -p broker -p unefois-bench`
+#   bench/scaling.sh                        # after `cargo build --release -p unefois-cli -p unefois-bench`
 #   BIN_DIR=.devbin CORES="1 2 4 8 16" bench/scaling.sh   # the device's 16 cores, carried binaries
 #
 # While N is at most half the CPUs, the servers get CPUs 0..N-1 and nothing else runs there: the

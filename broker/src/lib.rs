@@ -1,6 +1,6 @@
 //! The Une Fois broker: routes consented attestations between administrations over mTLS and
-//! records every flow. The `unefois` binary only parses flags and calls [`run`]; tests bind
-//! port 0 and call the same function.
+//! records every flow. The `unefois` binary (crate `unefois-cli`) only parses flags and calls
+//! [`run`]; tests bind port 0 and call the same function.
 
 #![forbid(unsafe_code)]
 

@@ -57,15 +57,26 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Largest request message accepted, in bytes (larger: RESOURCE_EXHAUSTED).
     pub max_request_bytes: usize,
-    /// Fault injection in the journal's commit path (tests only; `None` in production).
-    #[cfg(feature = "fault-injection")]
-    pub journal_faults: Option<crate::journal::FaultInjector>,
+    /// Fault injection in the journal's commit path (tests only; `None` in production). The
+    /// field is there in every build, so that the `unefois` binary, another crate, builds a
+    /// `Config` whether or not the build turned the broker's `fault-injection` feature on.
+    pub journal_faults: Option<JournalFaults>,
     /// How long a pre-fill preview waits for the citizen's confirmation.
     pub preview_ttl: Duration,
     /// Reload requests (the binary sends one on SIGHUP): the registry and the CRL are read
     /// again; each request hears whether the reload was applied.
     pub reload: Option<mpsc::Receiver<ReloadRequest>>,
 }
+
+/// The journal's [`FaultInjector`](crate::journal::FaultInjector), with the `fault-injection`
+/// feature.
+#[cfg(feature = "fault-injection")]
+pub type JournalFaults = crate::journal::FaultInjector;
+
+/// Without the `fault-injection` feature, no fault injector exists: [`Config::journal_faults`]
+/// can only be `None`.
+#[cfg(not(feature = "fault-injection"))]
+pub enum JournalFaults {}
 
 /// A request to reload the registry and the CRL; the answer (the new registry's SHA-256, or why
 /// the files were rejected while the old ones keep serving) goes back on the sender, if any.

@@ -248,9 +248,14 @@ pub fn unefois_binary() -> anyhow::Result<PathBuf> {
         .context("unexpected test executable location")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(cargo);
-    build
-        .current_dir(repo_root())
-        .args(["build", "--quiet", "-p", "broker", "--bin", "unefois"]);
+    build.current_dir(repo_root()).args([
+        "build",
+        "--quiet",
+        "-p",
+        "unefois-cli",
+        "--bin",
+        "unefois",
+    ]);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
     }

@@ -1,0 +1,194 @@
+//! `unefois serve`: the broker, with the development PKI when asked, until SIGTERM or Ctrl-C;
+//! SIGHUP reloads the registry and the CRL.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use broker::listener::{AcceptLimits, TlsFiles};
+use broker::registry::{Registry, Role};
+use clap::ValueEnum;
+use unefois_certs::{Pki, Validity};
+
+use crate::client::{DEFAULT_ADDR, DEFAULT_HOME};
+
+/// The agent that the development PKI issues for every mediation structure.
+const DEV_AGENT: &str = "a.martin";
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Address of the mTLS listener for participants.
+    #[arg(long, default_value = DEFAULT_ADDR)]
+    listen: SocketAddr,
+    /// Address of the operational listener (health probe); keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:9451")]
+    ops_listen: SocketAddr,
+    /// The broker's home: PKI in HOME/pki, state in HOME/data.
+    #[arg(long, default_value = DEFAULT_HOME)]
+    home: PathBuf,
+    /// The registry file.
+    #[arg(long, default_value = "examples/registry.toml")]
+    registry: PathBuf,
+    /// Log output format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Create a development PKI in HOME/pki when it is missing (implied by the default home).
+    #[arg(long)]
+    dev: bool,
+    /// Seconds a client has to finish its TLS handshake.
+    #[arg(long, default_value_t = AcceptLimits::default().handshake_timeout.as_secs())]
+    handshake_timeout_secs: u64,
+    /// Participant connections open at once, in all (more are closed before TLS); lowered at
+    /// start to fit under the file-descriptor limit.
+    #[arg(long, default_value_t = AcceptLimits::default().max_connections)]
+    max_connections: usize,
+    /// Connections open at once per participant certificate (each agent has its own count);
+    /// over it, calls are refused with RESOURCE_EXHAUSTED / TOO_MANY_CONNECTIONS.
+    #[arg(long, default_value_t = AcceptLimits::default().max_connections_per_participant)]
+    max_connections_per_participant: usize,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, default_value_t = broker::grpc::limits::DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Seconds calls in flight have to finish after SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = 20)]
+    drain_timeout_secs: u64,
+    /// Seconds a pre-fill preview waits for the citizen's confirmation before it is forgotten.
+    #[arg(long, default_value_t = broker::preview::DEFAULT_TTL.as_secs())]
+    preview_ttl_secs: u64,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let pki_dir = args.home.join("pki");
+    let dev = args.dev || args.home == Path::new(DEFAULT_HOME);
+    if dev {
+        dev_pki(&pki_dir, &args.registry)?;
+    } else if !pki_dir.join("ca.crt").is_file() {
+        bail!(
+            "no PKI in {}: create one with `unefois certs init --dir {}` or pass --dev",
+            pki_dir.display(),
+            pki_dir.display()
+        );
+    }
+    // What the broker creates from here on (its data directory; sled's files) is for its user
+    // only; the files it publishes (verifier keys) are made readable explicitly.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    // Before anything is said: a second broker on this home is refused by name, not after it
+    // printed that it listens.
+    broker::data_lock::holder(&args.home.join("data")).map_err(|e| match e {
+        broker::data_lock::DataLockError::InUse { pid, .. } => anyhow::anyhow!(
+            "another broker is using {} (pid {}); stop it first, or give this one another --home",
+            args.home.display(),
+            pid.map_or_else(|| "unknown".to_string(), |p| p.to_string())
+        ),
+        other => other.into(),
+    })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let ops = tokio::net::TcpListener::bind(args.ops_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.ops_listen))?;
+    let addr = listener.local_addr()?;
+    let ops_addr = ops.local_addr()?;
+    outln!("Une Fois broker listening on {addr} (mTLS)");
+    outln!("Health probe on http://{ops_addr}/healthz");
+    outln!("Try, in another terminal:");
+    let home = args.home.display();
+    outln!("  cargo run -q -- registry show --home {home} --addr {addr} --as mairie-lyon");
+    outln!("  cargo run -q -- registry show --home {home} --addr {addr} --as mairie-test");
+    outln!("  curl http://{ops_addr}/readyz");
+    let config = broker::Config {
+        registry: args.registry,
+        tls: TlsFiles::in_dir(&pki_dir),
+        data_dir: args.home.join("data"),
+        ops_listener: Some(ops),
+        accept: AcceptLimits {
+            handshake_timeout: std::time::Duration::from_secs(args.handshake_timeout_secs.max(1)),
+            max_connections: args.max_connections.max(1),
+            max_connections_per_participant: args.max_connections_per_participant.max(1),
+            ..AcceptLimits::default()
+        },
+        drain_timeout: std::time::Duration::from_secs(args.drain_timeout_secs),
+        max_request_bytes: args.max_request_bytes,
+        journal_faults: None,
+        preview_ttl: std::time::Duration::from_secs(args.preview_ttl_secs.max(1)),
+        reload: Some(reload_on_sighup()?),
+    };
+    broker::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Creates (or completes) the development PKI: a certificate for every participant of the
+/// registry and one agent per mediation structure.
+fn dev_pki(pki_dir: &Path, registry: &Path) -> anyhow::Result<()> {
+    let registry = Registry::load(registry)?;
+    let created = !pki_dir.join("ca.crt").exists();
+    let ids: Vec<&str> = registry.participants().map(|p| p.id.as_str()).collect();
+    let pki = Pki::init(pki_dir, registry.trust_domain(), &ids)?;
+    for p in registry
+        .participants()
+        .filter(|p| p.has_role(Role::Mediator))
+    {
+        if !pki.cert_path(&format!("{}/{DEV_AGENT}", p.id)).exists() {
+            pki.issue_agent(&p.id, DEV_AGENT, &Validity::default())?;
+        }
+    }
+    if created {
+        outln!(
+            "Created a development PKI in {} (trust domain {}): not for production.",
+            pki_dir.display(),
+            registry.trust_domain()
+        );
+    }
+    Ok(())
+}
+
+/// SIGHUP asks the broker to read its registry and CRL again (the outcome is logged).
+fn reload_on_sighup() -> anyhow::Result<tokio::sync::mpsc::Receiver<broker::server::ReloadRequest>>
+{
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            if tx.send(None).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the broker");
+            let _ = ctrl_c.await;
+        }
+    }
+}
