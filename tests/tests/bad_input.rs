@@ -11,9 +11,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use broker::event::{Event, ExchangeEvent, Outcome, Record};
+use broker::event::{Event, ExchangeEvent, Outcome};
 use broker::grpc::status::reason_of;
-use broker::journal::{Journal, JournalOptions};
 use tonic::Code;
 use tonic::codegen::{Body as _, Service as _, http};
 use tonic::transport::Channel;
@@ -23,20 +22,11 @@ use unefois_proto::v1::audit_client::AuditClient;
 use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
+use unefois_tests::requests::rfr;
+use unefois_tests::sample::{CANTINE, DGFIP_STATIC, RFR};
 use unefois_tests::{BrokerOptions, TestBroker, TestPki, id_token, sample_registry_with};
 
-const RFR: &str = "dgfip.revenu_fiscal_reference";
-const CANTINE: &str = "tarification_cantine";
 const FETCH: &str = "/unefois.v1.Exchange/Fetch";
-
-fn rfr(subject: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: RFR.into(),
-        purpose: CANTINE.into(),
-        ..Default::default()
-    }
-}
 
 /// Asserts that `answer` is the refusal `code` with `reason`, explained in words.
 fn assert_refused<T>(
@@ -79,14 +69,13 @@ async fn still_serves(
 
 /// The exchange records of a stopped broker's journal.
 fn exchanges(data_dir: &Path) -> anyhow::Result<Vec<ExchangeEvent>> {
-    let journal = Journal::open(&data_dir.join("journal"), JournalOptions::default())?;
-    let mut out = Vec::new();
-    for record in journal.read_from(0)? {
-        if let Event::Exchange(e) = Record::decode(&record?.payload)?.event {
-            out.push(*e);
-        }
-    }
-    Ok(out)
+    Ok(unefois_tests::journal::records(data_dir)?
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Exchange(e) => Some(*e),
+            _ => None,
+        })
+        .collect())
 }
 
 // ------------------------------------------------------------------ subject ids
@@ -887,8 +876,6 @@ const HTTP_LIMITS: [(&str, &str); 3] = [
 type Edit = Box<dyn Fn(&str) -> String>;
 
 const CAF_DATASET: &str = "dataset = \"data/caf.quotient_familial.json\"";
-const DGFIP_STATIC: &str =
-    "adapter = { kind = \"static\", dataset = \"data/dgfip.revenu_fiscal_reference.json\" }";
 
 fn dgfip_http(extra: &str) -> String {
     format!(

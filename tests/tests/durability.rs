@@ -22,9 +22,8 @@ use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::guichet_client::GuichetClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
+use unefois_tests::sample::AGENT;
 use unefois_tests::{BrokerOptions, TestBroker, TestPki, id_token};
-
-const AGENT: &str = "france-services-lyon/a.martin";
 
 /// What the disk does at the next commits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,16 +2,14 @@
 //! per window with their count; a consumer reading too many people raises the harvesting
 //! alarm; providers report their readiness in grpc.health.v1.
 
-use std::path::Path;
-
 use broker::event::{Event, Record};
 use broker::grpc::status::reason_of;
-use broker::journal::{Journal, JournalOptions};
 use tonic::Code;
-use tonic_types::StatusExt;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::exchange_client::ExchangeClient;
+use unefois_tests::journal::records;
+use unefois_tests::refusals::retry_delay;
 use unefois_tests::{BrokerOptions, TestBroker, TestPki};
 
 fn energy(subject: &str) -> pb::FetchRequest {
@@ -21,15 +19,6 @@ fn energy(subject: &str) -> pb::FetchRequest {
         purpose: "aide_energie".into(),
         ..Default::default()
     }
-}
-
-fn records(data_dir: &Path) -> anyhow::Result<Vec<Record>> {
-    let journal = Journal::open(&data_dir.join("journal"), JournalOptions::default())?;
-    let mut out = Vec::new();
-    for r in journal.read_from(0)? {
-        out.push(Record::decode(&r?.payload)?);
-    }
-    Ok(out)
 }
 
 #[tokio::test]
@@ -64,7 +53,7 @@ async fn over_its_rate_a_consumer_waits_and_refusals_are_counted_once() -> anyho
             .expect_err("admitted");
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(reason_of(&status), Some(ErrorReason::RateLimited));
-        let retry = status.get_details_retry_info().and_then(|r| r.retry_delay);
+        let retry = retry_delay(&status);
         assert!(
             retry.is_some_and(|d| d.as_millis() > 0),
             "retry-after given"

@@ -3,38 +3,18 @@
 //! access history) within its scope; every act records the mandate and the agent; anything
 //! outside the mandate is refused with its reason.
 
-use broker::grpc::status::reason_of;
-use tonic::transport::Channel;
-use tonic::{Code, Response, Status};
+use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::consents_client::ConsentsClient;
-use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::guichet_client::GuichetClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
+use unefois_tests::clients::exchange;
+use unefois_tests::refusals::refused;
+use unefois_tests::sample::{AGENT, STRUCTURE};
 use unefois_tests::{
     BrokerOptions, TestBroker, TestPki, audit_entry, id_token, sample_registry_with,
 };
-
-const STRUCTURE: &str = "france-services-lyon";
-const AGENT: &str = "france-services-lyon/a.martin";
-
-fn refused<T: std::fmt::Debug>(
-    result: Result<Response<T>, Status>,
-    code: Code,
-    reason: ErrorReason,
-) {
-    let status = match result {
-        Ok(answer) => panic!("expected {reason:?}, answered: {:?}", answer.get_ref()),
-        Err(status) => status,
-    };
-    assert_eq!(
-        (status.code(), reason_of(&status)),
-        (code, Some(reason)),
-        "{}",
-        status.message()
-    );
-}
 
 fn create(subject: &str, purposes: &[&str], days: u32) -> pb::CreateMandateRequest {
     pb::CreateMandateRequest {
@@ -69,10 +49,6 @@ async fn mandate_for(
         .into_inner()
         .mandate
         .ok_or_else(|| anyhow::anyhow!("no mandate in the answer"))
-}
-
-async fn exchange(broker: &TestBroker, name: &str) -> anyhow::Result<ExchangeClient<Channel>> {
-    Ok(ExchangeClient::new(broker.channel(name).await?))
 }
 
 #[tokio::test]

@@ -137,15 +137,11 @@ async fn no_subject_id_or_claim_value_at_rest_or_in_trace_logs() -> anyhow::Resu
     };
     assert!(exchange.fetch(qf.clone()).await.is_err(), "no consent yet");
     let consent = consents
-        .grant(pb::GrantConsentRequest {
-            subject: CANARY_SUBJECT.into(),
-            consumer: "mairie-lyon".into(),
-            attestation_types: vec!["caf.quotient_familial".into()],
-            purpose: "tarification_cantine".into(),
-            valid_days: 30,
-            id_token: unefois_tests::id_token(CANARY_SUBJECT, "mairie-lyon"),
-            ..Default::default()
-        })
+        .grant(unefois_tests::requests::consent(
+            CANARY_SUBJECT,
+            "caf.quotient_familial",
+            "tarification_cantine",
+        ))
         .await?
         .into_inner()
         .consent

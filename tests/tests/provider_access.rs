@@ -6,230 +6,26 @@
 //! appear nowhere, and bad settings refuse the start naming file and key.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use broker::grpc::status::reason_of;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::registry_client::RegistryClient;
-use unefois_tests::{BrokerOptions, TestBroker, TestPki, http_get, sample_registry_with};
-
-const RFR: &str = "dgfip.revenu_fiscal_reference";
-/// A second type of the DGFiP, appended to the sample registry (see [`situation_type`]).
-const SITUATION: &str = "dgfip.situation_fiscale";
-const DGFIP_STATIC: &str =
-    "adapter = { kind = \"static\", dataset = \"data/dgfip.revenu_fiscal_reference.json\" }";
-const CLAIMS: &str =
-    "claims = { revenu_fiscal_reference = \"/data/rfr\", nombre_parts = \"/data/parts\" }";
-
-const OK: u8 = 0;
-const THROTTLE: u8 = 1;
-const REFUSE: u8 = 2;
-
-/// A DGFiP-like API: `/v1/rfr/{subject}` and `/v1/situation/{subject}`, switchable; API
-/// Particulier's error document for an unknown person; any other route a plain 404.
-#[derive(Default)]
-struct Api {
-    mode: AtomicU8,
-    /// When each request came, by first path segment after `/v1/`.
-    hits: Mutex<Vec<(Instant, String)>>,
-    /// The `X-Api-Key` of each request.
-    keys: Mutex<Vec<Option<String>>>,
-    /// The key the API accepts, if it checks one.
-    accepted_key: Mutex<Option<String>>,
-}
-
-impl Api {
-    fn hits(&self, route: &str) -> Vec<Instant> {
-        self.hits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(_, r)| r == route)
-            .map(|(at, _)| *at)
-            .collect()
-    }
-}
-
-async fn answer(
-    State(api): State<Arc<Api>>,
-    UrlPath((route, subject)): UrlPath<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let key = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    if let Ok(mut hits) = api.hits.lock() {
-        hits.push((Instant::now(), route.clone()));
-    }
-    if let Ok(mut keys) = api.keys.lock() {
-        keys.push(key.clone());
-    }
-    let json = [("content-type", "application/json")];
-    let accepted = api.accepted_key.lock().map(|k| k.clone()).unwrap_or(None);
-    if accepted.is_some() && key != accepted {
-        return (
-            StatusCode::UNAUTHORIZED,
-            json,
-            r#"{"errors":[{"code":"00101"}]}"#,
-        )
-            .into_response();
-    }
-    match api.mode.load(Ordering::SeqCst) {
-        THROTTLE => {
-            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")], "").into_response();
-        }
-        REFUSE => return (StatusCode::UNAUTHORIZED, json, "{}").into_response(),
-        _ => {}
-    }
-    match (route.as_str(), subject.as_str()) {
-        ("rfr" | "situation", "test:alice") => (
-            StatusCode::OK,
-            json,
-            r#"{"data":{"rfr":23870,"parts":3.0,"revenu":23870}}"#,
-        )
-            .into_response(),
-        ("rfr" | "situation", _) => (
-            StatusCode::NOT_FOUND,
-            json,
-            r#"{"errors":[{"code":"37003","title":"Entité non trouvée","detail":"Dossier inexistant."}]}"#,
-        )
-            .into_response(),
-        _ => (StatusCode::NOT_FOUND, "<html>Not Found</html>").into_response(),
-    }
-}
-
-fn api_router(api: Arc<Api>) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/{route}/{subject}", get(answer))
-        .with_state(api)
-}
-
-async fn serve_api() -> anyhow::Result<(SocketAddr, Arc<Api>)> {
-    let api = Arc::new(Api::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = api_router(api.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((addr, api))
-}
-
-/// A type `<provider>.situation_fiscale` to append to the sample registry, with its adapter
-/// and a law habilitation for mairie-lyon. Tests that read metrics labelled by provider use
-/// providers of their own (the metrics are the process's, shared by the tests of this file).
-fn situation_type(provider: &str, adapter: &str) -> String {
-    let id = format!("{provider}.situation_fiscale");
-    format!(
-        r#"
-[[attestation_types]]
-id = "{id}"
-version = 1
-provider = "{provider}"
-description = "Situation fiscale (test)"
-max_age_days = 365
-{adapter}
-claims = [{{ name = "revenu", type = "integer", description = "Revenu" }}]
-
-[[habilitations]]
-id = "mairie-lyon.{id}"
-consumer = "mairie-lyon"
-attestation_type = "{id}"
-purposes = ["aide_energie"]
-claims = ["revenu"]
-legal_basis = {{ law = "CRPA, art. L. 114-8" }}
-expires = 2028-12-31
-"#
-    )
-}
-
-/// The sample registry, the DGFiP type's adapter replaced by `rfr_adapter`, with `extra`
-/// appended.
-fn registry(dir: &Path, rfr_adapter: &str, extra: &str) -> anyhow::Result<PathBuf> {
-    sample_registry_with(dir, |sample| {
-        format!("{}\n{extra}", sample.replacen(DGFIP_STATIC, rfr_adapter, 1))
-    })
-}
-
-fn http_adapter(addr: SocketAddr, route: &str, claims: &str, extra: &str) -> String {
-    format!(
-        "adapter = {{ kind = \"http\", url = \"http://{addr}/v1/{route}/{{subject}}\", allow_plain_http = true, retries = 0, {claims}{extra} }}"
-    )
-}
-
-async fn start(pki: &TestPki, registry: PathBuf) -> anyhow::Result<TestBroker> {
-    TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..Default::default()
-        },
-    )
-    .await
-}
-
-fn fetch(ty: &str, subject: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: ty.into(),
-        purpose: if ty == RFR {
-            "tarification_cantine"
-        } else {
-            "aide_energie"
-        }
-        .into(),
-        ..Default::default()
-    }
-}
-
-fn retry_delay(status: &tonic::Status) -> Option<Duration> {
-    status.get_details_retry_info().and_then(|r| r.retry_delay)
-}
-
-/// Asserts a refusal: its code, reason, and that its message says `words`.
-fn assert_status(status: &tonic::Status, code: Code, reason: ErrorReason, words: &str) {
-    assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(reason_of(status), Some(reason), "{status:?}");
-    assert!(status.message().contains(words), "{status:?}");
-}
-
-async fn health(broker: &TestBroker, ty: &str) -> anyhow::Result<ServingStatus> {
-    let mut health = HealthClient::new(broker.channel("dinum").await?);
-    Ok(health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: format!("unefois.provider.{ty}"),
-        })
-        .await?
-        .into_inner()
-        .status())
-}
-
-/// Waits (up to 2 s) for a type's health to become `want`.
-async fn wait_health(broker: &TestBroker, ty: &str, want: ServingStatus) -> anyhow::Result<()> {
-    let mut seen = ServingStatus::Unknown;
-    for _ in 0..100 {
-        seen = health(broker, ty).await?;
-        if seen == want {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("{ty}: health {seen:?}, expected {want:?}")
-}
+use unefois_tests::provider_api::{
+    CLAIMS, OK, REFUSE, SITUATION, THROTTLE, fetch, http_adapter, registry, serve_api,
+    serve_api_over_tls, situation_type, wait_health,
+};
+use unefois_tests::refusals::{assert_status, retry_delay};
+use unefois_tests::sample::{DGFIP_STATIC, RFR};
+use unefois_tests::{TestBroker, TestPki, http_get};
 
 async fn providers_status(
     broker: &TestBroker,
@@ -274,7 +70,7 @@ async fn a_retry_after_holds_every_call_to_the_provider_until_it_has_passed() ->
             ),
         ),
     )?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
 
     // The provider answers 429 with Retry-After: 2.
@@ -439,7 +235,7 @@ async fn a_grpc_providers_retry_info_holds_its_calls_too() -> anyhow::Result<()>
             ),
         ),
     )?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
 
     let status = lyon
@@ -498,7 +294,7 @@ async fn error_codes_tell_an_unknown_person_from_a_wrong_route_and_refusals_are_
         &http_adapter(addr, "rfr", CLAIMS, errors),
         &situation,
     )?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
 
     // 404 with code 37003: nobody is known.
@@ -594,7 +390,7 @@ async fn the_rate_limit_queues_calls_within_their_deadline_then_refuses() -> any
             ),
         ),
     )?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let channel: Channel = broker.channel("mairie-lyon").await?;
     assert_eq!(
         providers_status(&broker).await?[RFR].rate_limit,
@@ -679,57 +475,6 @@ async fn the_rate_limit_queues_calls_within_their_deadline_then_refuses() -> any
     broker.stop().await
 }
 
-/// An HTTPS listener for axum: TLS with a certificate of `pki`'s CA for 127.0.0.1.
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, addr)) = self.tcp.accept().await else {
-                continue;
-            };
-            if let Ok(tls) = self.acceptor.accept(tcp).await {
-                return (tls, addr);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-async fn serve_api_over_tls(pki: &unefois_certs::Pki) -> anyhow::Result<(SocketAddr, Arc<Api>)> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-    let chain =
-        CertificateDer::pem_file_iter(pki.cert_path("broker"))?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(pki.key_path("broker"))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)?;
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = tcp.local_addr()?;
-    let api = Arc::new(Api::default());
-    let listener = TlsListener {
-        tcp,
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-    };
-    let app = api_router(api.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((addr, api))
-}
-
 /// Every file under `dir`, recursively.
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -768,7 +513,7 @@ async fn a_rotated_api_key_is_read_again_on_reload_and_written_nowhere() -> anyh
         DGFIP_STATIC,
         &situation_type("caf", &adapter),
     )?;
-    let broker = start(&pki, registry.clone()).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry.clone()).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
 
     *api.accepted_key.lock().unwrap_or_else(|e| e.into_inner()) = Some("cl3-numero-1".into());
@@ -906,7 +651,7 @@ async fn bad_access_settings_refuse_the_start_naming_file_and_key() -> anyhow::R
         std::fs::create_dir_all(scratch.path().join("secrets"))?;
         std::fs::write(scratch.path().join("secrets/k"), "s3cr3t-value\n")?;
         let registry = registry(scratch.path(), &adapter, &extra)?;
-        let error = match start(&pki, registry.clone()).await {
+        let error = match TestBroker::start_with_registry(pki.dir(), registry.clone()).await {
             Ok(broker) => {
                 broker.stop().await?;
                 anyhow::bail!("{label}: the broker started");

@@ -16,18 +16,9 @@ use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::guichet_client::GuichetClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
+use unefois_tests::requests::{consent, fetch};
+use unefois_tests::sample::AGENT;
 use unefois_tests::{TestBroker, TestPki, http_get, id_token};
-
-const AGENT: &str = "france-services-lyon/a.martin";
-
-fn fetch(subject: &str, attestation_type: &str, purpose: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: attestation_type.into(),
-        purpose: purpose.into(),
-        ..Default::default()
-    }
-}
 
 fn prefill(subject: &str, form: &str, mandate_id: &str) -> pb::PrefillRequest {
     pb::PrefillRequest {
@@ -104,15 +95,11 @@ async fn the_walkthrough_is_on_the_record_and_the_metrics_agree_with_the_log() -
     );
     exchange.fetch(qf.clone()).await.expect_err("no consent");
     let consent = consents
-        .grant(pb::GrantConsentRequest {
-            subject: "test:alice".into(),
-            consumer: "mairie-lyon".into(),
-            attestation_types: vec!["caf.quotient_familial".into()],
-            purpose: "tarification_cantine".into(),
-            valid_days: 30,
-            id_token: id_token("test:alice", "mairie-lyon"),
-            ..Default::default()
-        })
+        .grant(consent(
+            "test:alice",
+            "caf.quotient_familial",
+            "tarification_cantine",
+        ))
         .await?
         .into_inner()
         .consent

@@ -16,6 +16,7 @@ use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::exchange_client::ExchangeClient;
+use unefois_tests::requests::fetch;
 use unefois_tests::{BrokerOptions, TestBroker, TestPki, repo_root};
 
 /// A person the example HTTP provider knows (examples/providers/http/people.json), born in Lyon.
@@ -45,15 +46,6 @@ async fn start(program: &Path, args: &[&str], prefix: &str) -> anyhow::Result<(C
         .with_context(|| format!("unexpected first line: {line:?}"))?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((child, port))
-}
-
-fn fetch(subject: &str, attestation_type: &str, purpose: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: attestation_type.into(),
-        purpose: purpose.into(),
-        ..Default::default()
-    }
 }
 
 fn claims(answer: &pb::FetchResponse) -> anyhow::Result<Vec<(String, pb::claim_value::Value)>> {
