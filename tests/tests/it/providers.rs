@@ -317,7 +317,7 @@ async fn every_provider_failure_has_its_status_and_reason_and_the_circuit_recove
         if mode == THROTTLED {
             let retry = retry_delay(&status);
             assert_eq!(retry, Some(Duration::from_secs(1)), "Retry-After passed on");
-            // The broker holds the provider's calls until then (tests/tests/provider_access.rs).
+            // The broker holds the provider's calls until then (tests/tests/serial/provider_access.rs).
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
     }
