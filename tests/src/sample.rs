@@ -23,7 +23,7 @@ pub const LYON: &str = "mairie-lyon";
 /// The mediation structure whose agent is [`AGENT`].
 pub const STRUCTURE: &str = "france-services-lyon";
 
-/// The agent of [`STRUCTURE`] that every test PKI holds a certificate for.
+/// The agent of [`STRUCTURE`]: a test PKI of the sample registry holds its certificate.
 pub const AGENT: &str = "france-services-lyon/a.martin";
 
 /// The adapter line of [`RFR`] in the sample registry: its static dataset.

@@ -163,14 +163,7 @@ async fn unicode_confusable_subject_ids_are_refused_never_mapped_to_someone() ->
     let pki = TestPki::for_sample_registry()?;
     let scratch = tempfile::tempdir()?;
     let data = scratch.path().join("broker-data");
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data.clone()),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_on(pki.dir(), &data).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
     let rows = [
         ("Cyrillic a in the value", "test:\u{430}lice"),
@@ -829,14 +822,7 @@ async fn refused_start(
 ) -> anyhow::Result<(PathBuf, anyhow::Error, tempfile::TempDir)> {
     let scratch = tempfile::tempdir()?;
     let registry = sample_registry_with(scratch.path(), edit)?;
-    let started = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry: registry.clone(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let started = TestBroker::start_with_registry(pki.dir(), registry.clone()).await;
     match started {
         Ok(broker) => {
             broker.stop().await?;
@@ -953,14 +939,7 @@ async fn refused_registry(
     pki: &TestPki,
     registry: &Path,
 ) -> anyhow::Result<broker::registry::RegistryError> {
-    let started = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry: registry.to_path_buf(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let started = TestBroker::start_with_registry(pki.dir(), registry.to_path_buf()).await;
     let error = match started {
         Ok(broker) => {
             broker.stop().await?;

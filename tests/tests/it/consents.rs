@@ -362,14 +362,7 @@ fn federation_with_a_second_guichet() -> anyhow::Result<(TestPki, PathBuf)> {
 #[tokio::test]
 async fn visibility() -> anyhow::Result<()> {
     let (pki, registry) = federation_with_a_second_guichet()?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut villeurbanne = consents(&broker, "mairie-villeurbanne").await?;
     let mut lyon = consents(&broker, "mairie-lyon").await?;
     let mut caf = consents(&broker, "caf").await?;
@@ -867,14 +860,7 @@ async fn one_consent_per_scope_and_one_revocation_ends_it() -> anyhow::Result<()
             "purposes = [\"tarif_etudiant\", \"tarification_cantine\"]",
         )
     })?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut lyon = consents(&broker, "mairie-lyon").await?;
     let mut consumer = exchange(&broker, "mairie-lyon").await?;
 

@@ -335,14 +335,7 @@ async fn a_really_full_disk_refuses_writes_then_recovers_without_a_restart() -> 
         Err(e) => return Err(e),
     };
     let pki = TestPki::for_sample_registry()?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(disk.path().join("data")),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_on(pki.dir(), &disk.path().join("data")).await?;
     let clients = Clients::of(&broker).await?;
     call("fetch", clients.clone(), String::new()).await?;
 

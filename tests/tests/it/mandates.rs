@@ -12,9 +12,7 @@ use unefois_proto::v1::mandates_client::MandatesClient;
 use unefois_tests::clients::exchange;
 use unefois_tests::refusals::refused;
 use unefois_tests::sample::{AGENT, STRUCTURE};
-use unefois_tests::{
-    BrokerOptions, TestBroker, TestPki, audit_entry, id_token, sample_registry_with,
-};
+use unefois_tests::{TestBroker, TestPki, audit_entry, id_token, sample_registry_with};
 
 fn create(subject: &str, purposes: &[&str], days: u32) -> pb::CreateMandateRequest {
     pb::CreateMandateRequest {
@@ -56,14 +54,7 @@ async fn an_agent_takes_a_mandate_and_acts_under_it_with_every_act_attributed() 
 {
     let pki = TestPki::for_sample_registry()?;
     let data_dir = pki.scratch().join("data");
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data_dir.clone()),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_on(pki.dir(), &data_dir).await?;
     let mandate = mandate_for(&broker, "test:alice", &["aide_energie"]).await?;
     assert_eq!(mandate.structure, STRUCTURE);
     assert_eq!(mandate.agent, "a.martin");
@@ -194,14 +185,7 @@ async fn an_agent_takes_a_mandate_and_acts_under_it_with_every_act_attributed() 
 
     // The mandate survives a restart (derived from the journal).
     broker.stop().await?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data_dir),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_on(pki.dir(), &data_dir).await?;
     exchange(&broker, AGENT)
         .await?
         .fetch(fetch_rfr("test:alice", "aide_energie", &mandate.id))
@@ -227,14 +211,7 @@ async fn acting_outside_the_mandate_is_refused_with_the_reason() -> anyhow::Resu
             1,
         )
     })?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mandate = mandate_for(&broker, "test:alice", &["aide_energie"]).await?;
     let mut agent = exchange(&broker, AGENT).await?;
 
@@ -499,14 +476,7 @@ async fn creating_a_mandate_needs_an_agent_the_citizen_present_and_a_valid_durat
 async fn an_expired_mandate_is_refused() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let data_dir = pki.scratch().join("data");
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data_dir.clone()),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_on(pki.dir(), &data_dir).await?;
     broker.stop().await?;
 
     // A mandate whose term is over, written to the journal as the broker would have, one
@@ -541,14 +511,7 @@ async fn an_expired_mandate_is_refused() -> anyhow::Result<()> {
     store.append(vec![record]).await?;
     store.close().await;
 
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data_dir),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_on(pki.dir(), &data_dir).await?;
     refused(
         exchange(&broker, AGENT)
             .await?

@@ -270,14 +270,7 @@ async fn every_provider_failure_has_its_status_and_reason_and_the_circuit_recove
         "resilience = { max_concurrency = 4, failure_threshold = 20, open_seconds = 1 }",
     );
     std::fs::write(&registry, text)?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
     let cases = [
         (

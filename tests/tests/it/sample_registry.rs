@@ -17,7 +17,7 @@ use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_tests::requests::fetch;
-use unefois_tests::{BrokerOptions, TestBroker, TestPki, repo_root};
+use unefois_tests::{TestBroker, TestPki, repo_root};
 
 /// A person the example HTTP provider knows (examples/providers/http/people.json), born in Lyon.
 const DUPONT: &str = "pivot:DUPONT|MARIE CLAIRE|1985-07-14|F|69123|99100";
@@ -102,14 +102,7 @@ async fn each_adapter_kind_of_the_sample_registry_answers_out_of_the_box() -> an
         text.replace("127.0.0.1:8443", &format!("127.0.0.1:{http_port}"))
             .replace("127.0.0.1:50061", &format!("127.0.0.1:{grpc_port}"))
     })?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
 
     // static: the broker's own dataset.
