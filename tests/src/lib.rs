@@ -4,7 +4,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clients;
+pub mod journal;
 pub mod offline;
+pub mod provider_api;
+pub mod refusals;
+pub mod requests;
+pub mod sample;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -163,6 +169,35 @@ impl TestBroker {
             _home: home,
         };
         broker.wait_ready().await
+    }
+
+    /// Starts a broker on `registry` (the sample one edited, for instance), everything else as
+    /// [`BrokerOptions::default`].
+    pub async fn start_with_registry(
+        pki_dir: &Path,
+        registry: PathBuf,
+    ) -> anyhow::Result<TestBroker> {
+        TestBroker::start_with(
+            pki_dir,
+            BrokerOptions {
+                registry,
+                ..BrokerOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts a broker on the data directory `data_dir` (an earlier broker's, to restart on its
+    /// state), everything else as [`BrokerOptions::default`].
+    pub async fn start_on(pki_dir: &Path, data_dir: &Path) -> anyhow::Result<TestBroker> {
+        TestBroker::start_with(
+            pki_dir,
+            BrokerOptions {
+                data_dir: Some(data_dir.to_path_buf()),
+                ..BrokerOptions::default()
+            },
+        )
+        .await
     }
 
     async fn wait_ready(mut self) -> anyhow::Result<TestBroker> {

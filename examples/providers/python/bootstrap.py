@@ -10,7 +10,7 @@
 
 Idempotent and fast when everything is already done (a few hashes). Concurrent runs (parallel
 tests) are serialised with an exclusive lock on ``.bootstrap.lock``. Used by ``.ci/run`` and by
-the end-to-end test ``tests/tests/grpc_provider.rs``; uses only the standard library.
+the end-to-end test ``tests/tests/it/grpc_provider.rs``; uses only the standard library.
 """
 
 import fcntl

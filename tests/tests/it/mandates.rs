@@ -3,38 +3,16 @@
 //! access history) within its scope; every act records the mandate and the agent; anything
 //! outside the mandate is refused with its reason.
 
-use broker::grpc::status::reason_of;
-use tonic::transport::Channel;
-use tonic::{Code, Response, Status};
+use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::consents_client::ConsentsClient;
-use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::guichet_client::GuichetClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
-use unefois_tests::{
-    BrokerOptions, TestBroker, TestPki, audit_entry, id_token, sample_registry_with,
-};
-
-const STRUCTURE: &str = "france-services-lyon";
-const AGENT: &str = "france-services-lyon/a.martin";
-
-fn refused<T: std::fmt::Debug>(
-    result: Result<Response<T>, Status>,
-    code: Code,
-    reason: ErrorReason,
-) {
-    let status = match result {
-        Ok(answer) => panic!("expected {reason:?}, answered: {:?}", answer.get_ref()),
-        Err(status) => status,
-    };
-    assert_eq!(
-        (status.code(), reason_of(&status)),
-        (code, Some(reason)),
-        "{}",
-        status.message()
-    );
-}
+use unefois_tests::clients::exchange;
+use unefois_tests::refusals::refused;
+use unefois_tests::sample::{AGENT, STRUCTURE};
+use unefois_tests::{TestBroker, TestPki, audit_entry, id_token, sample_registry_with};
 
 fn create(subject: &str, purposes: &[&str], days: u32) -> pb::CreateMandateRequest {
     pb::CreateMandateRequest {
@@ -71,23 +49,12 @@ async fn mandate_for(
         .ok_or_else(|| anyhow::anyhow!("no mandate in the answer"))
 }
 
-async fn exchange(broker: &TestBroker, name: &str) -> anyhow::Result<ExchangeClient<Channel>> {
-    Ok(ExchangeClient::new(broker.channel(name).await?))
-}
-
 #[tokio::test]
 async fn an_agent_takes_a_mandate_and_acts_under_it_with_every_act_attributed() -> anyhow::Result<()>
 {
     let pki = TestPki::for_sample_registry()?;
     let data_dir = pki.scratch().join("data");
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data_dir.clone()),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_on(pki.dir(), &data_dir).await?;
     let mandate = mandate_for(&broker, "test:alice", &["aide_energie"]).await?;
     assert_eq!(mandate.structure, STRUCTURE);
     assert_eq!(mandate.agent, "a.martin");
@@ -218,14 +185,7 @@ async fn an_agent_takes_a_mandate_and_acts_under_it_with_every_act_attributed() 
 
     // The mandate survives a restart (derived from the journal).
     broker.stop().await?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data_dir),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_on(pki.dir(), &data_dir).await?;
     exchange(&broker, AGENT)
         .await?
         .fetch(fetch_rfr("test:alice", "aide_energie", &mandate.id))
@@ -251,14 +211,7 @@ async fn acting_outside_the_mandate_is_refused_with_the_reason() -> anyhow::Resu
             1,
         )
     })?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mandate = mandate_for(&broker, "test:alice", &["aide_energie"]).await?;
     let mut agent = exchange(&broker, AGENT).await?;
 
@@ -523,14 +476,7 @@ async fn creating_a_mandate_needs_an_agent_the_citizen_present_and_a_valid_durat
 async fn an_expired_mandate_is_refused() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let data_dir = pki.scratch().join("data");
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data_dir.clone()),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_on(pki.dir(), &data_dir).await?;
     broker.stop().await?;
 
     // A mandate whose term is over, written to the journal as the broker would have, one
@@ -565,14 +511,7 @@ async fn an_expired_mandate_is_refused() -> anyhow::Result<()> {
     store.append(vec![record]).await?;
     store.close().await;
 
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data_dir),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_on(pki.dir(), &data_dir).await?;
     refused(
         exchange(&broker, AGENT)
             .await?

@@ -14,13 +14,11 @@ use tonic::Code;
 use tonic::transport::Channel;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::audit_client::AuditClient;
-use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
-use unefois_tests::{BrokerOptions, TestBroker, TestPki, id_token, unefois_binary};
+use unefois_tests::clients::{consents, grant_consent};
+use unefois_tests::sample::{CANTINE, LYON, QF, RFR};
+use unefois_tests::{BrokerOptions, TestBroker, TestPki, unefois_binary};
 
-const QF: &str = "caf.quotient_familial";
-const RFR: &str = "dgfip.revenu_fiscal_reference";
-const CANTINE: &str = "tarification_cantine";
 const SEGMENT: &str = "journal/journal-00000000000000000000.seg";
 
 /// A broker home under the PKI's scratch folder (`TestBroker::stop` removes only its own temp
@@ -136,28 +134,9 @@ async fn checkpoint(
     Ok((verified.size, verified.root, note))
 }
 
-async fn consents(broker: &TestBroker) -> anyhow::Result<ConsentsClient<Channel>> {
-    Ok(ConsentsClient::new(broker.channel("mairie-lyon").await?))
-}
-
 /// The person's consent at mairie-lyon for the CAF's family quotient; its id once durable.
 async fn grant(broker: &TestBroker, subject: &str) -> anyhow::Result<String> {
-    let consent = consents(broker)
-        .await?
-        .grant(pb::GrantConsentRequest {
-            subject: subject.into(),
-            consumer: "mairie-lyon".into(),
-            attestation_types: vec![QF.into()],
-            purpose: CANTINE.into(),
-            valid_days: 30,
-            id_token: id_token(subject, "mairie-lyon"),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .consent
-        .context("no consent in the answer")?;
-    Ok(consent.id)
+    Ok(grant_consent(broker, subject, QF, CANTINE).await?.id)
 }
 
 /// A Fetch of `attestation_type` for `subject` by mairie-lyon, granted.
@@ -175,7 +154,7 @@ async fn fetch(channel: Channel, subject: &str, attestation_type: &str) -> anyho
 
 /// Consents.Get of `id`: its status, or the refusal's code.
 async fn consent_status(broker: &TestBroker, id: &str) -> anyhow::Result<Result<i32, Code>> {
-    let answer = consents(broker)
+    let answer = consents(broker, LYON)
         .await?
         .get(pb::GetConsentRequest {
             consent_id: id.into(),

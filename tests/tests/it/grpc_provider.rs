@@ -21,8 +21,8 @@ use tonic::transport::Channel;
 use unefois_certs::{Pki, Validity};
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
-use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
+use unefois_tests::clients::grant_consent;
 use unefois_tests::{BrokerOptions, TestBroker, TestPki, repo_root};
 
 const TYPE: &str = "mesr.statut_etudiant";
@@ -122,18 +122,7 @@ fn fetch(subject: &str) -> pb::FetchRequest {
 
 /// Records the consent of `subject`, through the guichet of the city of Lyon, for Lyon.
 async fn consent(broker: &TestBroker, subject: &str) -> anyhow::Result<()> {
-    let mut consents = ConsentsClient::new(broker.channel("mairie-lyon").await?);
-    consents
-        .grant(pb::GrantConsentRequest {
-            subject: subject.into(),
-            consumer: "mairie-lyon".into(),
-            attestation_types: vec![TYPE.into()],
-            purpose: PURPOSE.into(),
-            valid_days: 30,
-            id_token: unefois_tests::id_token(subject, "mairie-lyon"),
-            ..Default::default()
-        })
-        .await?;
+    grant_consent(broker, subject, TYPE, PURPOSE).await?;
     Ok(())
 }
 

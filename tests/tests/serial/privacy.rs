@@ -1,11 +1,18 @@
 //! Privacy canary: after exchanges about a person with distinctive ids and claim values, neither
 //! appears anywhere in the broker's data directory (journal, derived state, keys) nor in its
-//! TRACE-level logs. Its own test binary, since it installs a global log subscriber.
+//! TRACE-level logs.
+//!
+//! In the `serial` binary: it installs the process's log subscriber (a second would fail), at
+//! TRACE while it runs and off once it is done, and what it captures must come from its own
+//! broker alone.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{Registry, fmt, reload};
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
@@ -28,6 +35,33 @@ impl Write for Captured {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// The process's log subscriber, writing everything at TRACE level to a [`Captured`] until
+/// dropped; then off, so that the tests of this binary that run later are not slowed by it
+/// and the capture stops growing. Installed once per process.
+struct TraceLogs(reload::Handle<LevelFilter, Registry>);
+
+impl TraceLogs {
+    fn capture(log: Captured) -> anyhow::Result<TraceLogs> {
+        let (filter, handle) = reload::Layer::new(LevelFilter::TRACE);
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                fmt::layer()
+                    .with_writer(move || log.clone())
+                    .with_ansi(false),
+            )
+            .try_init()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(TraceLogs(handle))
+    }
+}
+
+impl Drop for TraceLogs {
+    fn drop(&mut self) {
+        let _ = self.0.reload(LevelFilter::OFF);
     }
 }
 
@@ -85,14 +119,9 @@ fn files_containing(dir: &Path, needles: &[&[u8]]) -> anyhow::Result<Vec<String>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_subject_id_or_claim_value_at_rest_or_in_trace_logs() -> anyhow::Result<()> {
+    let _alone = crate::alone().await;
     let log = Captured::default();
-    let writer = log.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let trace = TraceLogs::capture(log.clone())?;
 
     let pki = TestPki::for_sample_registry()?;
     let scratch = tempfile::tempdir()?;
@@ -137,15 +166,11 @@ async fn no_subject_id_or_claim_value_at_rest_or_in_trace_logs() -> anyhow::Resu
     };
     assert!(exchange.fetch(qf.clone()).await.is_err(), "no consent yet");
     let consent = consents
-        .grant(pb::GrantConsentRequest {
-            subject: CANARY_SUBJECT.into(),
-            consumer: "mairie-lyon".into(),
-            attestation_types: vec!["caf.quotient_familial".into()],
-            purpose: "tarification_cantine".into(),
-            valid_days: 30,
-            id_token: unefois_tests::id_token(CANARY_SUBJECT, "mairie-lyon"),
-            ..Default::default()
-        })
+        .grant(unefois_tests::requests::consent(
+            CANARY_SUBJECT,
+            "caf.quotient_familial",
+            "tarification_cantine",
+        ))
         .await?
         .into_inner()
         .consent
@@ -175,7 +200,12 @@ async fn no_subject_id_or_claim_value_at_rest_or_in_trace_logs() -> anyhow::Resu
     let at_rest = files_containing(&data, &needles)?;
     assert!(at_rest.is_empty(), "found at rest: {at_rest:?}");
 
-    let logs = log.0.lock().map(|l| l.clone()).unwrap_or_default();
+    drop(trace);
+    let logs = log
+        .0
+        .lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default();
     assert!(
         logs.len() > 10_000,
         "TRACE logging was captured ({} bytes)",

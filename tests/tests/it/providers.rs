@@ -13,10 +13,11 @@ use axum::routing::get;
 use broker::grpc::status::reason_of;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::exchange_client::ExchangeClient;
+use unefois_tests::clients::provider_health;
+use unefois_tests::refusals::retry_delay;
 use unefois_tests::{BrokerOptions, TestBroker, TestPki};
 
 const DOWN: u8 = 1;
@@ -112,17 +113,6 @@ fn rfr_request(subject: &str) -> pb::FetchRequest {
         purpose: "tarification_cantine".into(),
         ..Default::default()
     }
-}
-
-async fn provider_health(broker: &TestBroker, ty: &str) -> anyhow::Result<ServingStatus> {
-    let mut health = HealthClient::new(broker.channel("dinum").await?);
-    Ok(health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: format!("unefois.provider.{ty}"),
-        })
-        .await?
-        .into_inner()
-        .status())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -270,8 +260,6 @@ async fn a_hung_provider_costs_its_callers_their_deadline_and_nobody_else_anythi
 #[tokio::test(flavor = "multi_thread")]
 async fn every_provider_failure_has_its_status_and_reason_and_the_circuit_recovers()
 -> anyhow::Result<()> {
-    use tonic_types::StatusExt;
-
     let (addr, api) = serve_api().await?;
     let pki = TestPki::for_sample_registry()?;
     let scratch = tempfile::tempdir()?;
@@ -282,14 +270,7 @@ async fn every_provider_failure_has_its_status_and_reason_and_the_circuit_recove
         "resilience = { max_concurrency = 4, failure_threshold = 20, open_seconds = 1 }",
     );
     std::fs::write(&registry, text)?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
     let cases = [
         (
@@ -327,9 +308,9 @@ async fn every_provider_failure_has_its_status_and_reason_and_the_circuit_recove
         assert_eq!(status.code(), code, "mode {mode}: {status:?}");
         assert_eq!(reason_of(&status), Some(reason), "mode {mode}");
         if mode == THROTTLED {
-            let retry = status.get_details_retry_info().and_then(|r| r.retry_delay);
+            let retry = retry_delay(&status);
             assert_eq!(retry, Some(Duration::from_secs(1)), "Retry-After passed on");
-            // The broker holds the provider's calls until then (tests/tests/provider_access.rs).
+            // The broker holds the provider's calls until then (tests/tests/serial/provider_access.rs).
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
     }

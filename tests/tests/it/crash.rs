@@ -23,19 +23,16 @@ use unefois_proto::v1::audit_client::AuditClient;
 use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
+use unefois_tests::sample::{AGENT, QF, RFR};
 use unefois_tests::{http_get, install_crypto, repo_root, unefois_binary};
 use unefois_tlog::{VerifiedCheckpoint, verify_checkpoint};
 use unefois_tlog::{root_of, verify_consistency, verify_inclusion};
 
 /// Kill rounds in CI; `UNEFOIS_CRASH_ROUNDS=20` for a soak.
 const ROUNDS: usize = 3;
-/// The mediator agent whose mandates the load creates.
-const AGENT: &str = "france-services-lyon/a.martin";
 const CLIENTS: usize = 8;
 const CONSUMER: &str = "mairie-lyon";
 const SUBJECTS: [&str; 3] = ["test:alice", "test:bob", "test:carol"];
-const RFR: &str = "dgfip.revenu_fiscal_reference";
-const QF: &str = "caf.quotient_familial";
 const PURPOSE: &str = "tarification_cantine";
 /// Threads checking signatures offline.
 const OFFLINE_WORKERS: usize = 4;

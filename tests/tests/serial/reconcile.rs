@@ -3,7 +3,9 @@
 //! pre-fills too), and `unefois_fetch_total` and `unefois_audit_entries_total` count exactly
 //! the log's entries, by kind, outcome and reason (previews and confirmations included).
 //!
-//! Alone in its test binary: the metrics recorder is one per process.
+//! In the `serial` binary: the metrics recorder is one per process, shared by every broker of
+//! it. The totals compared are what the process counted while this test's broker ran, what it
+//! had counted before subtracted (the tests of this binary that ran earlier).
 
 use std::collections::BTreeMap;
 
@@ -16,18 +18,9 @@ use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::guichet_client::GuichetClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
+use unefois_tests::requests::{consent, fetch};
+use unefois_tests::sample::AGENT;
 use unefois_tests::{TestBroker, TestPki, http_get, id_token};
-
-const AGENT: &str = "france-services-lyon/a.martin";
-
-fn fetch(subject: &str, attestation_type: &str, purpose: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: attestation_type.into(),
-        purpose: purpose.into(),
-        ..Default::default()
-    }
-}
 
 fn prefill(subject: &str, form: &str, mandate_id: &str) -> pb::PrefillRequest {
     pb::PrefillRequest {
@@ -79,9 +72,32 @@ fn counted(text: &str, name: &str, labels: &[&str]) -> BTreeMap<Vec<String>, u64
     by
 }
 
+/// The samples of counter `name` in `text`, less those in `before` (an earlier scrape), summed
+/// by the values of `labels`: only what was counted in between.
+fn counted_since(
+    before: &str,
+    text: &str,
+    name: &str,
+    labels: &[&str],
+) -> BTreeMap<Vec<String>, u64> {
+    let mut by = counted(text, name, labels);
+    for (key, earlier) in counted(before, name, labels) {
+        if let Some(count) = by.get_mut(&key) {
+            *count = count.saturating_sub(earlier);
+        }
+    }
+    by.retain(|_, count| *count > 0);
+    by
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_walkthrough_is_on_the_record_and_the_metrics_agree_with_the_log() -> anyhow::Result<()>
 {
+    let _alone = crate::alone().await;
+    // What the process had counted before this broker started.
+    let before = broker::metrics::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start(pki.dir()).await?;
     let lyon: Channel = broker.channel("mairie-lyon").await?;
@@ -104,15 +120,11 @@ async fn the_walkthrough_is_on_the_record_and_the_metrics_agree_with_the_log() -
     );
     exchange.fetch(qf.clone()).await.expect_err("no consent");
     let consent = consents
-        .grant(pb::GrantConsentRequest {
-            subject: "test:alice".into(),
-            consumer: "mairie-lyon".into(),
-            attestation_types: vec!["caf.quotient_familial".into()],
-            purpose: "tarification_cantine".into(),
-            valid_days: 30,
-            id_token: id_token("test:alice", "mairie-lyon"),
-            ..Default::default()
-        })
+        .grant(consent(
+            "test:alice",
+            "caf.quotient_familial",
+            "tarification_cantine",
+        ))
         .await?
         .into_inner()
         .consent
@@ -258,7 +270,8 @@ async fn the_walkthrough_is_on_the_record_and_the_metrics_agree_with_the_log() -
             .entry(vec![e["kind"].as_str().unwrap_or_default().to_string()])
             .or_default() += 1;
     }
-    let mut counted_kinds = counted(&metrics, "unefois_audit_entries_total", &["kind"]);
+    let mut counted_kinds =
+        counted_since(&before, &metrics, "unefois_audit_entries_total", &["kind"]);
     counted_kinds.remove(&vec!["audit_read".to_string()]);
     assert_eq!(counted_kinds, by_kind, "{metrics}");
     for kind in ["consent_granted", "consent_revoked", "consents_read"] {
@@ -274,7 +287,12 @@ async fn the_walkthrough_is_on_the_record_and_the_metrics_agree_with_the_log() -
         ];
         *exchanges.entry(key).or_default() += 1;
     }
-    let fetch_total = counted(&metrics, "unefois_fetch_total", &["outcome", "reason"]);
+    let fetch_total = counted_since(
+        &before,
+        &metrics,
+        "unefois_fetch_total",
+        &["outcome", "reason"],
+    );
     assert_eq!(fetch_total, exchanges, "{metrics}");
     let count = |outcome: &str, reason: &str| {
         exchanges

@@ -4,35 +4,25 @@
 //! record is synced.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use broker::grpc::status::reason_of;
 use broker::journal::{FaultInjector, FaultPoint};
 use broker::registry::Registry;
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Response, Status};
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::consents_client::ConsentsClient;
-use unefois_proto::v1::exchange_client::ExchangeClient;
+use unefois_tests::clients::{consents, exchange};
+use unefois_tests::refusals::refused;
+use unefois_tests::requests::fetch;
+use unefois_tests::sample::{CANTINE, ETU, QF, RFR};
 use unefois_tests::{BrokerOptions, TestBroker, TestPki};
 
-const QF: &str = "caf.quotient_familial";
-const RFR: &str = "dgfip.revenu_fiscal_reference";
-const CANTINE: &str = "tarification_cantine";
 const PERISCOLAIRE: &str = "tarification_periscolaire";
-const ETU: &str = "mesr.statut_etudiant";
-
-async fn consents(broker: &TestBroker, name: &str) -> anyhow::Result<ConsentsClient<Channel>> {
-    Ok(ConsentsClient::new(broker.channel(name).await?))
-}
-
-async fn exchange(broker: &TestBroker, name: &str) -> anyhow::Result<ExchangeClient<Channel>> {
-    Ok(ExchangeClient::new(broker.channel(name).await?))
-}
 
 /// A valid grant toward `mairie-lyon` for the CAF's family quotient, by mairie-lyon, with the
 /// person's ID token (when the subject can have one).
@@ -54,15 +44,6 @@ fn grant_at(guichet: &str, subject: &str, purpose: &str) -> pb::GrantConsentRequ
         purpose: purpose.into(),
         valid_days: 30,
         id_token,
-        ..Default::default()
-    }
-}
-
-fn fetch(subject: &str, attestation_type: &str, purpose: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: attestation_type.into(),
-        purpose: purpose.into(),
         ..Default::default()
     }
 }
@@ -90,29 +71,6 @@ fn revoke(consent_id: &str) -> pb::RevokeConsentRequest {
 /// The consent of a Grant, Revoke or Get answer.
 fn consent_of(consent: Option<pb::Consent>) -> pb::Consent {
     consent.unwrap_or_else(|| panic!("the answer carries no consent"))
-}
-
-/// Asserts that a call was refused with this code and reason, and returns the status.
-#[track_caller]
-fn refused<T: std::fmt::Debug>(
-    result: Result<Response<T>, Status>,
-    code: Code,
-    reason: ErrorReason,
-) -> Status {
-    let status = match result {
-        Ok(answer) => panic!(
-            "expected {code:?} / {reason:?}, the call was answered: {:?}",
-            answer.get_ref()
-        ),
-        Err(status) => status,
-    };
-    assert_eq!(
-        (status.code(), reason_of(&status)),
-        (code, Some(reason)),
-        "{}",
-        status.message()
-    );
-    status
 }
 
 async fn listed_ids(
@@ -404,14 +362,7 @@ fn federation_with_a_second_guichet() -> anyhow::Result<(TestPki, PathBuf)> {
 #[tokio::test]
 async fn visibility() -> anyhow::Result<()> {
     let (pki, registry) = federation_with_a_second_guichet()?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut villeurbanne = consents(&broker, "mairie-villeurbanne").await?;
     let mut lyon = consents(&broker, "mairie-lyon").await?;
     let mut caf = consents(&broker, "caf").await?;
@@ -625,22 +576,11 @@ async fn get_consent(broker: &TestBroker, id: &str) -> anyhow::Result<pb::Consen
     Ok(consent_of(lyon.get(get(id)).await?.into_inner().consent))
 }
 
-async fn start_on(pki: &TestPki, data_dir: &Path) -> anyhow::Result<TestBroker> {
-    TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data_dir.to_path_buf()),
-            ..BrokerOptions::default()
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn consents_survive_a_restart_and_a_lost_derived_state() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let data = tempfile::tempdir()?;
-    let broker = start_on(&pki, data.path()).await?;
+    let broker = TestBroker::start_on(pki.dir(), data.path()).await?;
     let mut lyon = consents(&broker, "mairie-lyon").await?;
     let idempotent = pb::GrantConsentRequest {
         request_id: "retry-after-restart".into(),
@@ -664,7 +604,7 @@ async fn consents_survive_a_restart_and_a_lost_derived_state() -> anyhow::Result
             assert!(state.exists(), "no derived state at {}", state.display());
             std::fs::remove_dir_all(&state)?;
         }
-        let broker = start_on(&pki, data.path()).await?;
+        let broker = TestBroker::start_on(pki.dir(), data.path()).await?;
         let what = if lost_state {
             "after losing the derived state"
         } else {
@@ -814,7 +754,7 @@ async fn nothing_is_answered_before_it_is_durable() -> anyhow::Result<()> {
     broker.stop().await?;
 
     // After a restart, what was refused never shows up.
-    let broker = start_on(&pki, data.path()).await?;
+    let broker = TestBroker::start_on(pki.dir(), data.path()).await?;
     let mut lyon = consents(&broker, "mairie-lyon").await?;
     assert_eq!(
         listed_ids(&mut lyon, "test:alice").await?,
@@ -920,14 +860,7 @@ async fn one_consent_per_scope_and_one_revocation_ends_it() -> anyhow::Result<()
             "purposes = [\"tarif_etudiant\", \"tarification_cantine\"]",
         )
     })?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut lyon = consents(&broker, "mairie-lyon").await?;
     let mut consumer = exchange(&broker, "mairie-lyon").await?;
 

@@ -270,14 +270,7 @@ async fn start_error(
         std::fs::read_to_string(&path)? != unedited,
         "the edit changed nothing"
     );
-    let started = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry: path.clone(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let started = TestBroker::start_with_registry(pki.dir(), path.clone()).await;
     let error = match started {
         Ok(broker) => {
             broker.stop().await?;

@@ -22,9 +22,8 @@ use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::guichet_client::GuichetClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
+use unefois_tests::sample::AGENT;
 use unefois_tests::{BrokerOptions, TestBroker, TestPki, id_token};
-
-const AGENT: &str = "france-services-lyon/a.martin";
 
 /// What the disk does at the next commits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -336,14 +335,7 @@ async fn a_really_full_disk_refuses_writes_then_recovers_without_a_restart() -> 
         Err(e) => return Err(e),
     };
     let pki = TestPki::for_sample_registry()?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(disk.path().join("data")),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_on(pki.dir(), &disk.path().join("data")).await?;
     let clients = Clients::of(&broker).await?;
     call("fetch", clients.clone(), String::new()).await?;
 

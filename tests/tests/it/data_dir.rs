@@ -13,9 +13,9 @@ use broker::keys::{AUDIT_PSEUDONYM_KEY, KEYS, LOG_KEY};
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
-use unefois_tests::{BrokerOptions, TestBroker, TestPki, audit_entry, id_token};
-
-const LYON: &str = "mairie-lyon";
+use unefois_tests::requests::{consent, rfr};
+use unefois_tests::sample::LYON;
+use unefois_tests::{TestBroker, TestPki, audit_entry};
 
 fn qf(subject: &str) -> pb::FetchRequest {
     pb::FetchRequest {
@@ -26,29 +26,9 @@ fn qf(subject: &str) -> pb::FetchRequest {
     }
 }
 
-fn rfr(subject: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: "dgfip.revenu_fiscal_reference".into(),
-        purpose: "tarification_cantine".into(),
-        ..Default::default()
-    }
-}
-
-async fn start_on(pki: &TestPki, data: &Path) -> anyhow::Result<TestBroker> {
-    TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data.to_path_buf()),
-            ..Default::default()
-        },
-    )
-    .await
-}
-
 /// The start-up error of a broker on `data`, as text; the broker must refuse.
 async fn refused_on(pki: &TestPki, data: &Path) -> anyhow::Result<String> {
-    match start_on(pki, data).await {
+    match TestBroker::start_on(pki.dir(), data).await {
         Ok(broker) => {
             broker.stop().await?;
             anyhow::bail!("the broker started on {}", data.display())
@@ -63,15 +43,11 @@ async fn consents_and_fetches(broker: &TestBroker) -> anyhow::Result<()> {
     let mut lyon = ExchangeClient::new(broker.channel(LYON).await?);
     for subject in ["test:alice", "test:bob"] {
         consents
-            .grant(pb::GrantConsentRequest {
-                subject: subject.into(),
-                consumer: LYON.into(),
-                attestation_types: vec!["caf.quotient_familial".into()],
-                purpose: "tarification_cantine".into(),
-                valid_days: 30,
-                id_token: id_token(subject, LYON),
-                ..Default::default()
-            })
+            .grant(consent(
+                subject,
+                "caf.quotient_familial",
+                "tarification_cantine",
+            ))
             .await?;
         lyon.fetch(qf(subject)).await?;
     }
@@ -99,7 +75,7 @@ async fn recorded_ids(broker: &TestBroker) -> anyhow::Result<serde_json::Value> 
 async fn a_lost_or_replaced_pseudonym_key_refuses_the_start() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let data = pki.scratch().join("data");
-    let broker = start_on(&pki, &data).await?;
+    let broker = TestBroker::start_on(pki.dir(), &data).await?;
     consents_and_fetches(&broker).await?;
     let ids = recorded_ids(&broker).await?;
     broker.stop().await?;
@@ -136,7 +112,7 @@ async fn a_lost_or_replaced_pseudonym_key_refuses_the_start() -> anyhow::Result<
 
     // Put back: the broker starts and the consents recorded under it still hold.
     write_key(&path, &kept)?;
-    let broker = start_on(&pki, &data).await?;
+    let broker = TestBroker::start_on(pki.dir(), &data).await?;
     let mut lyon = ExchangeClient::new(broker.channel(LYON).await?);
     for subject in ["test:alice", "test:bob"] {
         lyon.fetch(qf(subject)).await?;
@@ -148,7 +124,7 @@ async fn a_lost_or_replaced_pseudonym_key_refuses_the_start() -> anyhow::Result<
 async fn a_lost_log_key_refuses_the_start_and_its_published_key_stays() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let data = pki.scratch().join("data");
-    let broker = start_on(&pki, &data).await?;
+    let broker = TestBroker::start_on(pki.dir(), &data).await?;
     ExchangeClient::new(broker.channel(LYON).await?)
         .fetch(rfr("test:alice"))
         .await?;
@@ -192,7 +168,7 @@ async fn a_lost_log_key_refuses_the_start_and_its_published_key_stays() -> anyho
     );
 
     write_key(&path, &kept)?;
-    let broker = start_on(&pki, &data).await?;
+    let broker = TestBroker::start_on(pki.dir(), &data).await?;
     broker.stop().await
 }
 
@@ -200,7 +176,7 @@ async fn a_lost_log_key_refuses_the_start_and_its_published_key_stays() -> anyho
 async fn published_verifier_keys_are_never_overwritten() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let first = pki.scratch().join("first");
-    let broker = start_on(&pki, &first).await?;
+    let broker = TestBroker::start_on(pki.dir(), &first).await?;
     broker.stop().await?;
     let attestation = std::fs::read(pki.dir().join("attestation.vkey"))?;
     let log = std::fs::read(pki.dir().join("log.vkey"))?;
@@ -225,7 +201,7 @@ async fn published_verifier_keys_are_never_overwritten() -> anyhow::Result<()> {
 
     // The broker whose keys they are starts again, leaving them alone.
     let modified = std::fs::metadata(pki.dir().join("log.vkey"))?.modified()?;
-    let broker = start_on(&pki, &first).await?;
+    let broker = TestBroker::start_on(pki.dir(), &first).await?;
     broker.stop().await?;
     assert_eq!(
         std::fs::metadata(pki.dir().join("log.vkey"))?.modified()?,
@@ -279,7 +255,7 @@ fn open_up(dir: &Path) -> anyhow::Result<()> {
 async fn the_data_directory_is_private() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let data = pki.scratch().join("data");
-    let broker = start_on(&pki, &data).await?;
+    let broker = TestBroker::start_on(pki.dir(), &data).await?;
     consents_and_fetches(&broker).await?;
     for dir in ["", "journal", "state", "keys"] {
         assert_eq!(mode(&data.join(dir))?, 0o700, "DATA/{dir}");
@@ -294,7 +270,7 @@ async fn the_data_directory_is_private() -> anyhow::Result<()> {
     // A data directory an earlier version left open is narrowed at the next start.
     open_up(&data)?;
     assert_eq!(mode(&segment)?, 0o644);
-    let broker = start_on(&pki, &data).await?;
+    let broker = TestBroker::start_on(pki.dir(), &data).await?;
     assert_eq!(
         open_modes(&data)?,
         Vec::<String>::new(),

@@ -11,9 +11,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use broker::event::{Event, ExchangeEvent, Outcome, Record};
+use broker::event::{Event, ExchangeEvent, Outcome};
 use broker::grpc::status::reason_of;
-use broker::journal::{Journal, JournalOptions};
 use tonic::Code;
 use tonic::codegen::{Body as _, Service as _, http};
 use tonic::transport::Channel;
@@ -23,20 +22,11 @@ use unefois_proto::v1::audit_client::AuditClient;
 use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
+use unefois_tests::requests::rfr;
+use unefois_tests::sample::{CANTINE, DGFIP_STATIC, RFR};
 use unefois_tests::{BrokerOptions, TestBroker, TestPki, id_token, sample_registry_with};
 
-const RFR: &str = "dgfip.revenu_fiscal_reference";
-const CANTINE: &str = "tarification_cantine";
 const FETCH: &str = "/unefois.v1.Exchange/Fetch";
-
-fn rfr(subject: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: RFR.into(),
-        purpose: CANTINE.into(),
-        ..Default::default()
-    }
-}
 
 /// Asserts that `answer` is the refusal `code` with `reason`, explained in words.
 fn assert_refused<T>(
@@ -79,14 +69,13 @@ async fn still_serves(
 
 /// The exchange records of a stopped broker's journal.
 fn exchanges(data_dir: &Path) -> anyhow::Result<Vec<ExchangeEvent>> {
-    let journal = Journal::open(&data_dir.join("journal"), JournalOptions::default())?;
-    let mut out = Vec::new();
-    for record in journal.read_from(0)? {
-        if let Event::Exchange(e) = Record::decode(&record?.payload)?.event {
-            out.push(*e);
-        }
-    }
-    Ok(out)
+    Ok(unefois_tests::journal::records(data_dir)?
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Exchange(e) => Some(*e),
+            _ => None,
+        })
+        .collect())
 }
 
 // ------------------------------------------------------------------ subject ids
@@ -174,14 +163,7 @@ async fn unicode_confusable_subject_ids_are_refused_never_mapped_to_someone() ->
     let pki = TestPki::for_sample_registry()?;
     let scratch = tempfile::tempdir()?;
     let data = scratch.path().join("broker-data");
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data.clone()),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_on(pki.dir(), &data).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
     let rows = [
         ("Cyrillic a in the value", "test:\u{430}lice"),
@@ -840,14 +822,7 @@ async fn refused_start(
 ) -> anyhow::Result<(PathBuf, anyhow::Error, tempfile::TempDir)> {
     let scratch = tempfile::tempdir()?;
     let registry = sample_registry_with(scratch.path(), edit)?;
-    let started = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry: registry.clone(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let started = TestBroker::start_with_registry(pki.dir(), registry.clone()).await;
     match started {
         Ok(broker) => {
             broker.stop().await?;
@@ -887,8 +862,6 @@ const HTTP_LIMITS: [(&str, &str); 3] = [
 type Edit = Box<dyn Fn(&str) -> String>;
 
 const CAF_DATASET: &str = "dataset = \"data/caf.quotient_familial.json\"";
-const DGFIP_STATIC: &str =
-    "adapter = { kind = \"static\", dataset = \"data/dgfip.revenu_fiscal_reference.json\" }";
 
 fn dgfip_http(extra: &str) -> String {
     format!(
@@ -966,14 +939,7 @@ async fn refused_registry(
     pki: &TestPki,
     registry: &Path,
 ) -> anyhow::Result<broker::registry::RegistryError> {
-    let started = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry: registry.to_path_buf(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let started = TestBroker::start_with_registry(pki.dir(), registry.to_path_buf()).await;
     let error = match started {
         Ok(broker) => {
             broker.stop().await?;

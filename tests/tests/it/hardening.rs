@@ -15,54 +15,21 @@ use sha2::Digest as _;
 use broker::grpc::status::reason_of;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
-use tonic::{Code, Response, Status};
+use tonic::{Code, Response};
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::audit_client::AuditClient;
-use unefois_proto::v1::consents_client::ConsentsClient;
-use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::guichet_client::GuichetClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
+use unefois_tests::clients::{consents, exchange};
+use unefois_tests::refusals::refused;
+use unefois_tests::requests::fetch;
+use unefois_tests::sample::{AGENT, CANTINE, ENERGIE, ETU, LYON, QF, RFR, STRUCTURE};
 use unefois_tests::{
     BrokerOptions, TestBroker, TestPki, dev_idp_key, id_token, sample_registry_with,
 };
 
-const LYON: &str = "mairie-lyon";
 const CCAS: &str = "ccas-lyon";
-const STRUCTURE: &str = "france-services-lyon";
-const AGENT: &str = "france-services-lyon/a.martin";
-const QF: &str = "caf.quotient_familial";
-const RFR: &str = "dgfip.revenu_fiscal_reference";
-const ETUDIANT: &str = "mesr.statut_etudiant";
-const CANTINE: &str = "tarification_cantine";
-const ENERGIE: &str = "aide_energie";
-
-fn refused<T: std::fmt::Debug>(
-    result: Result<Response<T>, Status>,
-    code: Code,
-    reason: ErrorReason,
-) -> Status {
-    let status = match result {
-        Ok(answer) => panic!("expected {reason:?}, answered: {:?}", answer.get_ref()),
-        Err(status) => status,
-    };
-    assert_eq!(
-        (status.code(), reason_of(&status)),
-        (code, Some(reason)),
-        "{}",
-        status.message()
-    );
-    status
-}
-
-fn fetch(subject: &str, ty: &str, purpose: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: ty.into(),
-        purpose: purpose.into(),
-        ..Default::default()
-    }
-}
 
 fn grant(
     subject: &str,
@@ -91,14 +58,6 @@ fn mandate_request(subject: &str, purposes: &[&str], days: u32) -> pb::CreateMan
         id_token: id_token(subject, STRUCTURE),
         ..Default::default()
     }
-}
-
-async fn exchange(broker: &TestBroker, name: &str) -> anyhow::Result<ExchangeClient<Channel>> {
-    Ok(ExchangeClient::new(broker.channel(name).await?))
-}
-
-async fn consents(broker: &TestBroker, name: &str) -> anyhow::Result<ConsentsClient<Channel>> {
-    Ok(ConsentsClient::new(broker.channel(name).await?))
 }
 
 async fn mandates(broker: &TestBroker, name: &str) -> anyhow::Result<MandatesClient<Channel>> {
@@ -150,17 +109,6 @@ fn federation(edit: impl Fn(&str) -> String) -> anyhow::Result<(TestPki, PathBuf
         ))
     })?;
     Ok((pki, registry))
-}
-
-async fn start(pki: &TestPki, registry: PathBuf) -> anyhow::Result<TestBroker> {
-    TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..BrokerOptions::default()
-        },
-    )
-    .await
 }
 
 /// Every string of a JSON value by its path (`receipt.entry.subject_sealed`, `claims.x`).
@@ -612,7 +560,7 @@ async fn one_guichet_cannot_fill_the_previews_and_every_participant_has_a_rate()
             "max_token_age_seconds = 600\nmax_acts_per_token = 100000\n",
         )
     })?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let limit = broker::preview::DEFAULT_PER_PARTICIPANT;
     let token = id_token("test:alice", LYON);
     let preview = |token: &str| pb::PrefillRequest {
@@ -672,7 +620,7 @@ async fn one_guichet_cannot_fill_the_previews_and_every_participant_has_a_rate()
             "allow_test_subjects = true\ndefault_rate_limit = { per_minute = 60, burst = 3 }\n",
         )
     })?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut lyon = exchange(&broker, LYON).await?;
     for _ in 0..3 {
         lyon.fetch(fetch("test:alice", RFR, CANTINE)).await?;
@@ -693,14 +641,14 @@ async fn one_guichet_cannot_fill_the_previews_and_every_participant_has_a_rate()
 #[tokio::test]
 async fn with_their_id_token_a_citizen_sees_and_withdraws_every_consent() -> anyhow::Result<()> {
     let (pki, registry) = federation(str::to_string)?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut lyon = consents(&broker, LYON).await?;
     let mut villeurbanne = consents(&broker, "mairie-villeurbanne").await?;
     let at_lyon = lyon
         .grant(grant(
             "test:carol",
             LYON,
-            ETUDIANT,
+            ETU,
             "tarif_etudiant",
             &id_token("test:carol", LYON),
         ))
@@ -788,7 +736,7 @@ async fn with_their_id_token_a_citizen_sees_and_withdraws_every_consent() -> any
     refused(
         exchange(&broker, LYON)
             .await?
-            .fetch(fetch("test:carol", ETUDIANT, "tarif_etudiant"))
+            .fetch(fetch("test:carol", ETU, "tarif_etudiant"))
             .await,
         Code::FailedPrecondition,
         ErrorReason::ConsentRevoked,
@@ -909,7 +857,7 @@ async fn an_agent_lists_and_revokes_only_within_the_mandates_purposes() -> anyho
         .consent
         .unwrap_or_default();
     let etudiant = lyon
-        .grant(grant("test:bob", LYON, ETUDIANT, "tarif_etudiant", &token))
+        .grant(grant("test:bob", LYON, ETU, "tarif_etudiant", &token))
         .await?
         .into_inner()
         .consent
@@ -952,7 +900,7 @@ async fn an_agent_lists_and_revokes_only_within_the_mandates_purposes() -> anyho
     );
     exchange(&broker, LYON)
         .await?
-        .fetch(fetch("test:bob", ETUDIANT, "tarif_etudiant"))
+        .fetch(fetch("test:bob", ETU, "tarif_etudiant"))
         .await?;
     // Within its purposes, the agent withdraws for Alice.
     agent
@@ -976,7 +924,7 @@ async fn an_agent_lists_and_revokes_only_within_the_mandates_purposes() -> anyho
 #[tokio::test]
 async fn a_revocation_reaches_kept_answers_and_every_answer_is_recorded() -> anyhow::Result<()> {
     let (pki, registry) = federation(str::to_string)?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let consent = consents(&broker, LYON)
         .await?
         .grant(grant(
@@ -1077,7 +1025,7 @@ async fn reads_of_consents_are_recorded_and_take_no_longer_for_a_busy_person() -
             "max_token_age_seconds = 600\nmax_acts_per_token = 100000\n",
         )
     })?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     // Carol holds 2,000 consents recorded at Lyon; Dave holds none.
     let lyon = consents(&broker, LYON).await?;
     let token = id_token("test:carol", LYON);

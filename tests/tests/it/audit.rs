@@ -15,26 +15,12 @@ use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::audit_client::AuditClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::guichet_client::GuichetClient;
-use unefois_tests::{BrokerOptions, TestBroker, TestPki};
+use unefois_tests::requests::{fetch as request, rfr};
+use unefois_tests::sample::{QF, RFR};
+use unefois_tests::{TestBroker, TestPki};
 use unefois_tlog::VerifiedCheckpoint;
 use unefois_tlog::verify_checkpoint;
 use unefois_tlog::{root_of, verify_consistency, verify_inclusion};
-
-const RFR: &str = "dgfip.revenu_fiscal_reference";
-const QF: &str = "caf.quotient_familial";
-
-fn request(subject: &str, ty: &str, purpose: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: ty.into(),
-        purpose: purpose.into(),
-        ..Default::default()
-    }
-}
-
-fn rfr(subject: &str) -> pb::FetchRequest {
-    request(subject, RFR, "tarification_cantine")
-}
 
 async fn fetch(
     broker: &TestBroker,
@@ -188,17 +174,6 @@ fn expect_refused(
     assert_eq!(reason_of(&status), Some(reason), "{status:?}");
 }
 
-async fn start_on(pki: &TestPki, data_dir: &Path) -> anyhow::Result<TestBroker> {
-    TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data_dir.to_path_buf()),
-            ..BrokerOptions::default()
-        },
-    )
-    .await
-}
-
 /// Writes an attestation key in a broker's data dir before its first start: one whose vkey's
 /// base64 part holds a '+' (`with_plus`), or one whose vkey holds none.
 fn seed_attestation_key(data_dir: &Path, with_plus: bool) -> anyhow::Result<String> {
@@ -237,7 +212,7 @@ async fn a_fetch_response_alone_verifies_offline() -> anyhow::Result<()> {
     // A key whose vkey has no '+' in its base64: see
     // `an_attestation_key_with_a_plus_in_its_vkey_verifies` for the others.
     seed_attestation_key(data.path(), false)?;
-    let broker = start_on(&pki, data.path()).await?;
+    let broker = TestBroker::start_on(pki.dir(), data.path()).await?;
     let answer = granted(&broker, "mairie-lyon", rfr("test:alice")).await?;
     broker.stop().await?;
 
@@ -910,7 +885,7 @@ fn rewrite_journal_entry(
 async fn an_entry_altered_offline_is_detected() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let data = tempfile::tempdir()?;
-    let broker = start_on(&pki, data.path()).await?;
+    let broker = TestBroker::start_on(pki.dir(), data.path()).await?;
     let (_, log_vkey) = published_keys(pki.dir())?;
     granted(&broker, "mairie-lyon", rfr("test:alice")).await?;
     let bob = granted(&broker, "mairie-lyon", rfr("test:bob")).await?;
@@ -927,7 +902,7 @@ async fn an_entry_altered_offline_is_detected() -> anyhow::Result<()> {
     })?;
     assert_eq!(original, receipt.entry);
 
-    let broker = start_on(&pki, data.path()).await?;
+    let broker = TestBroker::start_on(pki.dir(), data.path()).await?;
     let events = all_events(&broker).await?;
     let (_, now) = latest(&broker, &log_vkey).await?;
     let served = &events[k as usize];
@@ -996,15 +971,15 @@ async fn a_fork_is_detected() -> anyhow::Result<()> {
     let first_dir = scratch.path().join("first");
     let second_dir = scratch.path().join("second");
 
-    let broker = start_on(&pki, &first_dir).await?;
+    let broker = TestBroker::start_on(pki.dir(), &first_dir).await?;
     let (_, log_vkey) = published_keys(pki.dir())?;
     granted(&broker, "mairie-lyon", rfr("test:alice")).await?;
     let (_, a) = latest(&broker, &log_vkey).await?;
     broker.stop().await?;
     unefois_tests::copy_dir(&first_dir, &second_dir)?;
 
-    let first = start_on(&pki, &first_dir).await?;
-    let second = start_on(&pki, &second_dir).await?;
+    let first = TestBroker::start_on(pki.dir(), &first_dir).await?;
+    let second = TestBroker::start_on(pki.dir(), &second_dir).await?;
     // Same history up to A, then each its own.
     granted(&first, "mairie-lyon", rfr("test:bob")).await?;
     granted(
@@ -1052,7 +1027,7 @@ async fn an_attestation_key_with_a_plus_in_its_vkey_verifies() -> anyhow::Result
     let pki = TestPki::for_sample_registry()?;
     let data = tempfile::tempdir()?;
     let seeded = seed_attestation_key(data.path(), true)?;
-    let broker = start_on(&pki, data.path()).await?;
+    let broker = TestBroker::start_on(pki.dir(), data.path()).await?;
     let answer = granted(&broker, "mairie-lyon", rfr("test:alice")).await?;
     broker.stop().await?;
     let (attestation_vkey, _) = published_keys(pki.dir())?;
@@ -1080,7 +1055,7 @@ async fn audit_verify_trusts_then_checks_growth_and_names_the_first_bad_entry() 
     let pki = TestPki::for_sample_registry()?;
     let data = tempfile::tempdir()?;
     let trusted = data.path().join("cnil.checkpoint");
-    let broker = start_on(&pki, data.path()).await?;
+    let broker = TestBroker::start_on(pki.dir(), data.path()).await?;
     let (_, log_vkey) = published_keys(pki.dir())?;
     granted(&broker, "mairie-lyon", rfr("test:alice")).await?;
     let bob = granted(&broker, "mairie-lyon", rfr("test:bob")).await?;
@@ -1102,7 +1077,7 @@ async fn audit_verify_trusts_then_checks_growth_and_names_the_first_bad_entry() 
     rewrite_journal_entry(data.path(), k, |entry| {
         entry.replacen("\"outcome\":\"granted\"", "\"outcome\": \"denied\"", 1)
     })?;
-    let broker = start_on(&pki, data.path()).await?;
+    let broker = TestBroker::start_on(pki.dir(), data.path()).await?;
     match verify_log(broker.channel("cnil").await?, &log_vkey, &trusted).await {
         Err(LogError::BadEntry { index }) => assert_eq!(index, k),
         other => panic!("expected the bad entry {k}, got {other:?}"),
@@ -1121,12 +1096,12 @@ async fn audit_verify_detects_a_fork() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let a_dir = tempfile::tempdir()?;
     let b_dir = tempfile::tempdir()?;
-    let broker = start_on(&pki, a_dir.path()).await?;
+    let broker = TestBroker::start_on(pki.dir(), a_dir.path()).await?;
     granted(&broker, "mairie-lyon", rfr("test:alice")).await?;
     broker.stop().await?;
     unefois_tests::copy_dir(a_dir.path(), b_dir.path())?;
 
-    let a = start_on(&pki, a_dir.path()).await?;
+    let a = TestBroker::start_on(pki.dir(), a_dir.path()).await?;
     let (_, log_vkey) = published_keys(pki.dir())?;
     for _ in 0..3 {
         granted(&a, "mairie-lyon", rfr("test:alice")).await?;
@@ -1135,7 +1110,7 @@ async fn audit_verify_detects_a_fork() -> anyhow::Result<()> {
     let seen = verify_log(a.channel("cnil").await?, &log_vkey, &trusted).await?;
     a.stop().await?;
 
-    let b = start_on(&pki, b_dir.path()).await?;
+    let b = TestBroker::start_on(pki.dir(), b_dir.path()).await?;
     for _ in 0..6 {
         granted(&b, "mairie-lyon", rfr("test:bob")).await?;
     }

@@ -2,7 +2,6 @@
 //! citizen's OIDC ID token, signed by an identity provider of the registry, for the calling
 //! guichet's audience, fresh, and proving the request's very subject.
 
-use broker::grpc::status::reason_of;
 use broker::identity::dev::{self, DevKey};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -12,9 +11,8 @@ use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::guichet_client::GuichetClient;
+use unefois_tests::sample::LYON;
 use unefois_tests::{TestBroker, TestPki, dev_idp_key, id_token};
-
-const LYON: &str = "mairie-lyon";
 
 fn grant(subject: &str, id_token: String) -> pb::GrantConsentRequest {
     pb::GrantConsentRequest {
@@ -28,17 +26,10 @@ fn grant(subject: &str, id_token: String) -> pb::GrantConsentRequest {
     }
 }
 
+/// Asserts that a call was refused as a precondition failure, with `reason`.
+#[track_caller]
 fn refused<T: std::fmt::Debug>(result: Result<Response<T>, Status>, reason: ErrorReason) {
-    let status = match result {
-        Ok(answer) => panic!("expected {reason:?}, answered: {:?}", answer.get_ref()),
-        Err(status) => status,
-    };
-    assert_eq!(
-        (status.code(), reason_of(&status)),
-        (Code::FailedPrecondition, Some(reason)),
-        "{}",
-        status.message()
-    );
+    unefois_tests::refusals::refused(result, Code::FailedPrecondition, reason);
 }
 
 /// Claims for test:alice at mairie-lyon, issued `age` seconds ago.

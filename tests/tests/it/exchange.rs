@@ -1,8 +1,6 @@
 //! Exchange.Fetch end to end: a signed attestation under law, only permitted claims, every
 //! refusal explained and recorded, and nothing about the person at rest.
 
-use std::path::Path;
-
 use broker::event::{Event, Outcome, Record};
 use broker::grpc::status::reason_of;
 use broker::journal::{Journal, JournalOptions};
@@ -11,24 +9,9 @@ use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::registry_client::RegistryClient;
+use unefois_tests::journal::records_and_bytes as journal_records;
+use unefois_tests::requests::{fetch as request, rfr};
 use unefois_tests::{TestBroker, TestPki};
-
-fn request(subject: &str, ty: &str, purpose: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: ty.into(),
-        purpose: purpose.into(),
-        ..Default::default()
-    }
-}
-
-fn rfr(subject: &str) -> pb::FetchRequest {
-    request(
-        subject,
-        "dgfip.revenu_fiscal_reference",
-        "tarification_cantine",
-    )
-}
 
 async fn fetch(
     broker: &TestBroker,
@@ -37,17 +20,6 @@ async fn fetch(
 ) -> anyhow::Result<Result<pb::FetchResponse, tonic::Status>> {
     let mut client = ExchangeClient::new(broker.channel(name).await?);
     Ok(client.fetch(request).await.map(tonic::Response::into_inner))
-}
-
-/// Every record the broker journaled, read back from its data directory after it stopped.
-fn journal_records(data_dir: &Path) -> anyhow::Result<Vec<(Record, Vec<u8>)>> {
-    let journal = Journal::open(&data_dir.join("journal"), JournalOptions::default())?;
-    let mut out = Vec::new();
-    for record in journal.read_from(0)? {
-        let record = record?;
-        out.push((Record::decode(&record.payload)?, record.payload));
-    }
-    Ok(out)
 }
 
 #[tokio::test]

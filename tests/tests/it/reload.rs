@@ -8,7 +8,7 @@ use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::exchange_client::ExchangeClient;
-use unefois_tests::{BrokerOptions, TestBroker, TestPki, sample_registry_with};
+use unefois_tests::{TestBroker, TestPki, sample_registry_with};
 
 const HABILITATION: &str = "
 [[habilitations]]
@@ -35,14 +35,7 @@ async fn the_registry_reloads_without_restart_and_a_bad_one_is_rejected() -> any
     let pki = TestPki::for_sample_registry()?;
     let dir = pki.scratch();
     let registry = sample_registry_with(&dir, |s| format!("{s}\n# reload test\n"))?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry: registry.clone(),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry.clone()).await?;
     let mut commune = ExchangeClient::new(broker.channel("mairie-test").await?);
     let before = commune.fetch(rfr()).await.expect_err("no habilitation yet");
     assert_eq!(reason_of(&before), Some(ErrorReason::NoHabilitation));
@@ -153,14 +146,7 @@ async fn the_recorded_registry_hash_covers_the_files_it_references() -> anyhow::
     let pki = TestPki::for_sample_registry()?;
     let dir = pki.scratch();
     let registry = sample_registry_with(&dir, |s| format!("{s}\n# manifest test\n"))?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry: registry.clone(),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry.clone()).await?;
     let dataset = dir.join("data/caf.quotient_familial.json");
     let dataset_key = "attestation_types[0].adapter.dataset";
     let first = registry_loads(&broker).await?.remove(0);
@@ -281,14 +267,7 @@ async fn an_agent_is_refused_once_its_structure_leaves_the_registry() -> anyhow:
     let pki = TestPki::for_sample_registry()?;
     let dir = pki.scratch();
     let registry = sample_registry_with(&dir, |s| format!("{s}\n# a copy\n"))?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry: registry.clone(),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry.clone()).await?;
     let agent = broker.channel("france-services-lyon/a.martin").await?;
     assert_eq!(agent_call(agent.clone()).await, None, "the agent is served");
 

@@ -27,22 +27,20 @@ use sha2::Sha256;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
-use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::provider_server::{Provider, ProviderServer};
 use unefois_proto::v1::registry_client::RegistryClient;
+use unefois_tests::clients::{grant_consent, provider_health};
 use unefois_tests::offline::{verify_envelope, verify_statement};
-use unefois_tests::{BrokerOptions, TestBroker, TestPki, sample_registry_with};
+use unefois_tests::sample::DGFIP_STATIC;
+use unefois_tests::{TestBroker, TestPki, sample_registry_with};
 
 const CAF: &str = "caf.quotient_familial";
 const DGFIP: &str = "dgfip.revenu_fiscal_reference";
 const CAF_STATIC: &str =
     "adapter = { kind = \"static\", dataset = \"data/caf.quotient_familial.json\" }";
-const DGFIP_STATIC: &str =
-    "adapter = { kind = \"static\", dataset = \"data/dgfip.revenu_fiscal_reference.json\" }";
 const CAF_PARTICIPANT: &str =
     "id = \"caf\"\nname = \"Caisse d'allocations familiales du Rhône\"\nroles = [\"provider\"]";
 const DGFIP_PARTICIPANT: &str =
@@ -265,17 +263,6 @@ fn caf_registry(
     })
 }
 
-async fn start(pki: &TestPki, registry: PathBuf) -> anyhow::Result<TestBroker> {
-    TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..Default::default()
-        },
-    )
-    .await
-}
-
 fn caf_request(purpose: &str) -> pb::FetchRequest {
     pb::FetchRequest {
         subject: "test:alice".into(),
@@ -287,18 +274,7 @@ fn caf_request(purpose: &str) -> pb::FetchRequest {
 
 /// Records alice's consent to Lyon for her family quotient (canteen pricing).
 async fn consent(broker: &TestBroker) -> anyhow::Result<()> {
-    let mut consents = ConsentsClient::new(broker.channel("mairie-lyon").await?);
-    consents
-        .grant(pb::GrantConsentRequest {
-            subject: "test:alice".into(),
-            consumer: "mairie-lyon".into(),
-            attestation_types: vec![CAF.into()],
-            purpose: "tarification_cantine".into(),
-            valid_days: 30,
-            id_token: unefois_tests::id_token("test:alice", "mairie-lyon"),
-            ..Default::default()
-        })
-        .await?;
+    grant_consent(broker, "test:alice", CAF, "tarification_cantine").await?;
     Ok(())
 }
 
@@ -339,7 +315,7 @@ async fn a_signed_grpc_answer_verifies_offline_and_reveals_nothing_more() -> any
         "origin = { jwks = \"keys/caf.jwks.json\" }",
         5,
     )?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     consent(&broker).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
 
@@ -517,17 +493,6 @@ async fn ccas_fetch(ccas: &mut ExchangeClient<Channel>) -> (Code, Option<ErrorRe
     }
 }
 
-async fn caf_health(broker: &TestBroker) -> anyhow::Result<ServingStatus> {
-    let mut health = HealthClient::new(broker.channel("dinum").await?);
-    Ok(health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: format!("unefois.provider.{CAF}"),
-        })
-        .await?
-        .into_inner()
-        .status())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_or_missing_grpc_signature_is_refused_and_opens_the_breaker() -> anyhow::Result<()> {
     let (port, seen, keys) = serve_caf().await?;
@@ -540,7 +505,7 @@ async fn a_bad_or_missing_grpc_signature_is_refused_and_opens_the_breaker() -> a
         "origin = { jwks = \"keys/caf.jwks.json\" }",
         4,
     )?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut ccas = ExchangeClient::new(broker.channel("ccas-lyon").await?);
     assert_eq!(ccas_fetch(&mut ccas).await.0, Code::Ok);
 
@@ -574,7 +539,7 @@ async fn a_bad_or_missing_grpc_signature_is_refused_and_opens_the_breaker() -> a
     assert_eq!(seen.calls.load(Ordering::SeqCst), 5, "called while open");
     let mut status = ServingStatus::Serving;
     for _ in 0..50 {
-        status = caf_health(&broker).await?;
+        status = provider_health(&broker, CAF).await?;
         if status == ServingStatus::NotServing {
             break;
         }
@@ -596,7 +561,7 @@ async fn an_optional_signature_may_be_missing_but_never_wrong() -> anyhow::Resul
         "origin = { jwks = \"keys/caf.jwks.json\", required = false }",
         5,
     )?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut ccas = ExchangeClient::new(broker.channel("ccas-lyon").await?);
 
     // Not signed: granted, and the attestation has no origin at all.
@@ -721,7 +686,7 @@ async fn an_http_provider_signs_its_body_and_a_tampered_body_is_refused() -> any
         )
         .replacen(DGFIP_STATIC, &http, 1)
     })?;
-    let broker = start(&pki, registry).await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
     let request = || pb::FetchRequest {
         subject: "test:alice".into(),
@@ -812,7 +777,7 @@ async fn start_error(
     std::fs::create_dir_all(scratch.path().join("keys"))?;
     std::fs::write(scratch.path().join("keys/caf.jwks.json"), keys)?;
     let registry = sample_registry_with(scratch.path(), edit)?;
-    let error = match start(pki, registry.clone()).await {
+    let error = match TestBroker::start_with_registry(pki.dir(), registry.clone()).await {
         Ok(broker) => {
             broker.stop().await?;
             anyhow::bail!("the broker started");

@@ -5,8 +5,9 @@
 //! broker keeps serving the others.
 //!
 //! The attackers bind 127.0.0.x addresses (Linux routes all of 127/8 to lo) so that the
-//! per-source bounds can be seen. The tests run one at a time: they share the machine's cores,
-//! the process's descriptors and (for the broker hosted here) its resident memory.
+//! per-source bounds can be seen. The tests run one at a time, with no other test in the process
+//! (`crate::alone`): they share the machine's cores, the process's descriptors and (for the
+//! broker hosted here) its resident memory.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -30,7 +31,6 @@ const BUDGET: Duration = Duration::from_secs(2);
 
 /// Connections opened at once by an attacker (more at once make the kernel drop SYNs).
 const BATCH: usize = 50;
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A fetch under a law habilitation (no consent needed).
 fn cantine() -> pb::FetchRequest {
@@ -153,7 +153,7 @@ async fn a_fetch_gets_through_silent_connections_from(
 
 #[tokio::test]
 async fn silent_connections_from_one_address_do_not_delay_a_participant() -> anyhow::Result<()> {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _alone = crate::alone().await;
     broker::descriptors::raise_nofile_limit();
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start(pki.dir()).await?;
@@ -174,7 +174,7 @@ async fn silent_connections_from_one_address_do_not_delay_a_participant() -> any
 
 #[tokio::test]
 async fn silent_connections_from_the_clients_own_address_do_not_delay_it() -> anyhow::Result<()> {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _alone = crate::alone().await;
     broker::descriptors::raise_nofile_limit();
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start(pki.dir()).await?;
@@ -185,7 +185,7 @@ async fn silent_connections_from_the_clients_own_address_do_not_delay_it() -> an
 
 #[tokio::test]
 async fn silent_connections_from_many_addresses_do_not_delay_a_participant() -> anyhow::Result<()> {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _alone = crate::alone().await;
     broker::descriptors::raise_nofile_limit();
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start(pki.dir()).await?;
@@ -244,7 +244,7 @@ async fn closed_within(stream: &mut (impl AsyncReadExt + Unpin), wait: Duration)
 #[tokio::test]
 async fn a_participant_over_its_connection_cap_is_refused_and_others_are_not() -> anyhow::Result<()>
 {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _alone = crate::alone().await;
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start_with(
         pki.dir(),
@@ -308,7 +308,7 @@ async fn a_participant_over_its_connection_cap_is_refused_and_others_are_not() -
 #[tokio::test]
 async fn over_the_total_connection_cap_a_new_connection_is_closed_before_tls() -> anyhow::Result<()>
 {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _alone = crate::alone().await;
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start_with(
         pki.dir(),
@@ -421,7 +421,7 @@ fn rss_kib() -> anyhow::Result<u64> {
 
 #[tokio::test]
 async fn streams_whose_answers_are_never_read_hold_bounded_memory() -> anyhow::Result<()> {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _alone = crate::alone().await;
     broker::descriptors::raise_nofile_limit();
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start(pki.dir()).await?;
@@ -590,7 +590,7 @@ async fn slowloris(mut tcp: TcpStream, give_up: Duration) -> Option<Duration> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_on_the_ops_listener_starves_neither_listener() -> anyhow::Result<()> {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _alone = crate::alone().await;
     broker::descriptors::raise_nofile_limit();
     // A common default limit: 1,650 connections would take every descriptor the broker has.
     let broker = LimitedBinary::start(1024).await?;

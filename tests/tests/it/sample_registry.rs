@@ -16,7 +16,8 @@ use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::exchange_client::ExchangeClient;
-use unefois_tests::{BrokerOptions, TestBroker, TestPki, repo_root};
+use unefois_tests::requests::fetch;
+use unefois_tests::{TestBroker, TestPki, repo_root};
 
 /// A person the example HTTP provider knows (examples/providers/http/people.json), born in Lyon.
 const DUPONT: &str = "pivot:DUPONT|MARIE CLAIRE|1985-07-14|F|69123|99100";
@@ -45,15 +46,6 @@ async fn start(program: &Path, args: &[&str], prefix: &str) -> anyhow::Result<(C
         .with_context(|| format!("unexpected first line: {line:?}"))?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((child, port))
-}
-
-fn fetch(subject: &str, attestation_type: &str, purpose: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: attestation_type.into(),
-        purpose: purpose.into(),
-        ..Default::default()
-    }
 }
 
 fn claims(answer: &pb::FetchResponse) -> anyhow::Result<Vec<(String, pb::claim_value::Value)>> {
@@ -110,14 +102,7 @@ async fn each_adapter_kind_of_the_sample_registry_answers_out_of_the_box() -> an
         text.replace("127.0.0.1:8443", &format!("127.0.0.1:{http_port}"))
             .replace("127.0.0.1:50061", &format!("127.0.0.1:{grpc_port}"))
     })?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
 
     // static: the broker's own dataset.

@@ -540,14 +540,12 @@ async fn every_empty_field_says_its_real_reason_through_a_confirmation() -> anyh
     let mut consents = unefois_proto::v1::consents_client::ConsentsClient::new(
         broker.channel("mairie-lyon").await?,
     );
-    let grant = || pb::GrantConsentRequest {
-        subject: "test:alice".into(),
-        consumer: "mairie-lyon".into(),
-        attestation_types: vec!["caf.quotient_familial".into()],
-        purpose: "tarification_cantine".into(),
-        valid_days: 30,
-        id_token: unefois_tests::id_token("test:alice", "mairie-lyon"),
-        ..Default::default()
+    let grant = || {
+        unefois_tests::requests::consent(
+            "test:alice",
+            "caf.quotient_familial",
+            "tarification_cantine",
+        )
     };
     let consent = consents
         .grant(grant())

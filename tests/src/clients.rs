@@ -1,0 +1,51 @@
+//! Participants' clients of a [`TestBroker`], each on its own mTLS channel, and the one-call
+//! questions tests ask through them.
+
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::consents_client::ConsentsClient;
+use unefois_proto::v1::exchange_client::ExchangeClient;
+
+use crate::TestBroker;
+
+/// An Exchange client as `name`.
+pub async fn exchange(broker: &TestBroker, name: &str) -> anyhow::Result<ExchangeClient<Channel>> {
+    Ok(ExchangeClient::new(broker.channel(name).await?))
+}
+
+/// A Consents client as `name`.
+pub async fn consents(broker: &TestBroker, name: &str) -> anyhow::Result<ConsentsClient<Channel>> {
+    Ok(ConsentsClient::new(broker.channel(name).await?))
+}
+
+/// Records the consent of `subject` to mairie-lyon for `attestation_type` and `purpose`, through
+/// mairie-lyon's guichet ([`crate::requests::consent`]): the consent, once durable.
+pub async fn grant_consent(
+    broker: &TestBroker,
+    subject: &str,
+    attestation_type: &str,
+    purpose: &str,
+) -> anyhow::Result<pb::Consent> {
+    consents(broker, crate::sample::LYON)
+        .await?
+        .grant(crate::requests::consent(subject, attestation_type, purpose))
+        .await?
+        .into_inner()
+        .consent
+        .ok_or_else(|| anyhow::anyhow!("no consent in the answer"))
+}
+
+/// The readiness of attestation type `ty`'s provider, as grpc.health.v1 reports it to `dinum`
+/// (service `unefois.provider.<ty>`).
+pub async fn provider_health(broker: &TestBroker, ty: &str) -> anyhow::Result<ServingStatus> {
+    let mut health = HealthClient::new(broker.channel("dinum").await?);
+    Ok(health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: format!("unefois.provider.{ty}"),
+        })
+        .await?
+        .into_inner()
+        .status())
+}
