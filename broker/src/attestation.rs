@@ -16,8 +16,6 @@ use unefois_adapters::{ClaimValue, Claims};
 
 use crate::event::RecordedBasis;
 
-pub use unefois_tlog::dsse::payload_sha256;
-
 /// Version of the attestation payload format.
 pub const ATTESTATION_VERSION: u32 = 1;
 

@@ -75,8 +75,6 @@ pub struct FilledField {
 pub struct MissingField {
     /// Field name.
     pub name: String,
-    /// Whether the form requires it.
-    pub required: bool,
     /// Why, as a closed `ErrorReason` name.
     pub reason: &'static str,
     /// Why, for people.
@@ -331,7 +329,6 @@ fn fields(
     for field in &form.fields {
         let absent = |reason: &'static str, message: String| MissingField {
             name: field.name.clone(),
-            required: field.required,
             reason,
             message,
         };

@@ -53,12 +53,3 @@ pub fn identifiers(field: &'static str, values: &[String], max: usize) -> Result
     }
     Ok(())
 }
-
-/// What a field holds, bounded for the record (the journal never keeps unbounded input).
-pub fn recorded(value: &str) -> String {
-    if value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic()) {
-        value.to_string()
-    } else {
-        "(invalid)".to_string()
-    }
-}
