@@ -488,12 +488,10 @@ pub async fn refuse_act(
     error: ApiError,
 ) -> ApiError {
     let loaded = state.federation.loaded();
-    let registry = &loaded.registry;
     for input in requests {
         let mut event = base_event(state, caller, input, &loaded);
-        if let Ok(subject) = Subject::parse(&input.subject, registry.allow_test_subjects()) {
-            let pseudonym = state.pseudonyms.audit(&subject);
-            event.subject_sealed = Some(state.sealer.seal(&pseudonym));
+        if let Ok(person) = Person::parse(state, &input.subject) {
+            event.subject_sealed = Some(state.sealer.seal(&person.audit));
             event.pseudonym_key = Some(state.pseudonyms.audit_key_id().to_string());
         }
         event.prefill_id = prefill_id.map(str::to_string);
