@@ -36,7 +36,7 @@ impl Caller {
     /// Who acts, as request ids and per-caller quotas are scoped: the participant, or the
     /// agent of a mediation structure (`structure/agent`), never the structure as a whole.
     pub fn actor(&self) -> String {
-        crate::store::actor(&self.participant, self.agent.as_deref())
+        actor(&self.participant, self.agent.as_deref())
     }
 
     /// Whether the caller holds `role`.
@@ -55,5 +55,14 @@ impl Caller {
                 role: Role::Guichet,
             })
         }
+    }
+}
+
+/// Who made a request, as request ids are scoped: the participant, and its agent when one acts
+/// (`participant/agent`; neither holds a `/`): one agent's request id is never another's.
+pub fn actor(participant: &str, agent: Option<&str>) -> String {
+    match agent {
+        Some(agent) => format!("{participant}/{agent}"),
+        None => participant.to_string(),
     }
 }

@@ -144,6 +144,19 @@ pub enum Outcome {
     Rejected,
 }
 
+impl Outcome {
+    /// Its name as recorded (and as auditors and citizens read it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Granted => "granted",
+            Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
+            Outcome::Previewed => "previewed",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
 /// What a record says happened.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

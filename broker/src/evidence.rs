@@ -93,14 +93,14 @@ pub fn for_act(
     subject: &Subject,
 ) -> Result<(), ApiError> {
     let registry = state.federation.registry();
-    let verified = crate::identity::require(token, caller, &registry, subject)?;
+    let verified = require(token, caller, &registry, subject)?;
     spend(state, &verified)
 }
 
 /// The person an act's identity evidence proves, once it spent one of the token's acts.
 pub fn proven_for_act(state: &State, token: &str, caller: &Caller) -> Result<Subject, ApiError> {
     let registry = state.federation.registry();
-    let verified = crate::identity::proven(token, caller, &registry)?;
+    let verified = proven(token, caller, &registry)?;
     spend(state, &verified)?;
     Ok(verified.subject)
 }
@@ -112,6 +112,42 @@ pub fn spend(state: &State, verified: &Verified) -> Result<(), ApiError> {
         .evidence
         .spend(verified, OffsetDateTime::now_utc().unix_timestamp())
         .map_err(ApiError::from)
+}
+
+/// Checks the identity evidence a guichet (`caller`) presents for `subject` to read (a list,
+/// an access history): the token is required, must verify, and must prove that very subject.
+/// Acts that change state go through [`for_act`], which also counts them.
+pub fn require(
+    token: &str,
+    caller: &Caller,
+    registry: &crate::registry::Registry,
+    subject: &Subject,
+) -> Result<Verified, ApiError> {
+    let verified = proven(token, caller, registry)?;
+    if verified.subject != *subject {
+        return Err(ApiError::SubjectMismatch);
+    }
+    Ok(verified)
+}
+
+/// What a guichet's (or mediation structure's) `caller` identity evidence proves.
+pub fn proven(
+    token: &str,
+    caller: &Caller,
+    registry: &crate::registry::Registry,
+) -> Result<Verified, ApiError> {
+    if token.is_empty() {
+        return Err(ApiError::IdentityEvidenceRequired);
+    }
+    let guichet = registry
+        .participant(&caller.participant)
+        .ok_or_else(|| ApiError::UnknownParticipant(caller.participant.clone()))?;
+    Ok(crate::identity::verify(
+        token,
+        guichet,
+        registry,
+        time::OffsetDateTime::now_utc(),
+    )?)
 }
 
 #[cfg(test)]

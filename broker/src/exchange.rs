@@ -511,7 +511,7 @@ type Logged = (u64, Vec<u8>);
 async fn record(state: &State, event: ExchangeEvent) -> Result<Logged, ApiError> {
     let consumer = event.participant.clone();
     let attestation_type = event.attestation_type.clone();
-    let outcome = crate::grpc::audit::outcome_name(event.outcome);
+    let outcome = event.outcome.name();
     let reason = event
         .reason
         .as_deref()

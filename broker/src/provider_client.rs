@@ -37,7 +37,7 @@ use std::fmt;
 use std::fs;
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -61,9 +61,7 @@ use unefois_proto::v1 as pb;
 use unefois_proto::v1::provider_client::ProviderClient;
 
 use crate::gathered_writes::GatheredWrites;
-
-/// Default [`GrpcProviderConfig::timeout_ms`].
-pub const DEFAULT_GRPC_TIMEOUT_MS: u64 = 2000;
+use crate::provider_config::GrpcProviderConfig;
 
 /// Most HTTP/2 connections an adapter keeps to its provider.
 pub const MAX_PROVIDER_CONNECTIONS: usize = 8;
@@ -79,47 +77,6 @@ pub fn provider_connections() -> usize {
 
 /// Largest `ProvideResponse` accepted from a provider, in bytes.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-
-/// How the broker reaches an out-of-process gRPC provider (declared in the registry).
-///
-/// Each call carries the subject, the attestation type, the requested claims, the consumer,
-/// the purpose, the legal basis and the broker's request id (`ProvideRequest`).
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrpcProviderConfig {
-    /// `https://host:port`, or `http://host:port` (no TLS: for a provider on the same host
-    /// only, with `allow_plain_http`). No path, no query.
-    pub endpoint: String,
-    /// PEM file of the CA certificates trusted for the provider's server certificate
-    /// (required for `https://`; no system roots are used).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// PEM certificate chain the broker presents to the provider (mTLS; required for
-    /// `https://`, with `client_key_file`).
-    #[serde(default)]
-    pub client_cert_file: Option<PathBuf>,
-    /// PEM private key of `client_cert_file`.
-    #[serde(default)]
-    pub client_key_file: Option<PathBuf>,
-    /// The name checked in the provider's certificate, when it is not the endpoint's host.
-    #[serde(default)]
-    pub server_name: Option<String>,
-    /// Time allowed to one call, in milliseconds; the request's deadline bounds it anyway.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Whether an `http://` endpoint is accepted (checked when the registry loads): the
-    /// subject's id and the claims then travel in clear.
-    #[serde(default)]
-    pub allow_plain_http: bool,
-    /// Calls per second to this provider, enforced by the broker and shared by every type of
-    /// the provider participant (which must then all declare the same limit).
-    #[serde(default)]
-    pub rate_limit: Option<unefois_adapters::ProviderRateLimit>,
-}
-
-fn default_timeout_ms() -> u64 {
-    DEFAULT_GRPC_TIMEOUT_MS
-}
 
 /// Why a [`GrpcProviderConfig`] cannot be used. Names the attestation type and the
 /// configuration field at fault; never quotes a key.
@@ -733,6 +690,8 @@ fn read_key_pem(path: &Path) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider_config::DEFAULT_GRPC_TIMEOUT_MS;
+    use std::path::PathBuf;
 
     fn schema() -> Vec<ClaimSpec> {
         vec![

@@ -191,7 +191,7 @@ pub enum AdapterBinding {
     Http(Box<unefois_adapters::HttpConfig>),
     /// An out-of-process provider implementing `unefois.v1.Provider` (its files resolved
     /// relative to the registry file).
-    Grpc(Box<crate::provider_client::GrpcProviderConfig>),
+    Grpc(Box<crate::provider_config::GrpcProviderConfig>),
 }
 
 impl AdapterBinding {
@@ -223,7 +223,7 @@ pub struct AttestationType {
     /// How the broker reaches the provider.
     pub adapter: AdapterBinding,
     /// The provider's concurrency limit and circuit breaker.
-    pub resilience: crate::resilience::ResilienceConfig,
+    pub resilience: crate::provider_config::ResilienceConfig,
     /// Its position in the registry file (`attestation_types[i]`), to name it in errors.
     pub declared_at: usize,
 }
@@ -680,7 +680,7 @@ mod raw {
     pub enum Adapter {
         Static { dataset: PathBuf },
         Http(Box<unefois_adapters::HttpConfig>),
-        Grpc(Box<crate::provider_client::GrpcProviderConfig>),
+        Grpc(Box<crate::provider_config::GrpcProviderConfig>),
     }
 
     #[derive(Deserialize)]
@@ -1259,7 +1259,7 @@ impl Validator<'_> {
                 }
             };
             let resilience = match t.resilience {
-                None => crate::resilience::ResilienceConfig::default(),
+                None => crate::provider_config::ResilienceConfig::default(),
                 Some(r) => {
                     if !(1..=10_000).contains(&r.max_concurrency) {
                         self.fail(
@@ -1279,7 +1279,7 @@ impl Validator<'_> {
                             "must be between 1 and 3600",
                         );
                     }
-                    crate::resilience::ResilienceConfig {
+                    crate::provider_config::ResilienceConfig {
                         max_concurrency: r.max_concurrency,
                         failure_threshold: r.failure_threshold,
                         open_for: std::time::Duration::from_secs(r.open_seconds),
@@ -1524,7 +1524,7 @@ impl Validator<'_> {
             self.text(format!("{at}.issuer"), &p.issuer);
             let jwks = self.public_file(format!("{at}.jwks"), &p.jwks);
             let keys = if jwks.is_file() {
-                crate::identity::load_jwks(&jwks).unwrap_or_else(|e| {
+                crate::idp::load_jwks(&jwks).unwrap_or_else(|e| {
                     self.fail(format!("{at}.jwks"), e);
                     jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
                 })
@@ -1534,7 +1534,7 @@ impl Validator<'_> {
             // The development provider's private key is public (examples/dev-idp): anyone can
             // mint its tokens. Only a development federation may trust it, under any issuer.
             if !development {
-                use crate::identity::dev;
+                use crate::idp::dev;
                 let why = if p.issuer == dev::ISSUER {
                     Some(format!(
                         "its issuer {:?} is the development identity provider's",

@@ -18,28 +18,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use unefois_adapters::{Adapter, AdapterError, AdapterRequest, Answer, Claims, ProviderRateLimit};
 
+use crate::provider_config::ResilienceConfig;
 use crate::provider_gate::{Member, ProviderGate};
-
-/// Limits of one provider's adapter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ResilienceConfig {
-    /// Calls in flight at once; more wait (within their deadline).
-    pub max_concurrency: usize,
-    /// Consecutive failures that open the breaker.
-    pub failure_threshold: u32,
-    /// How long the breaker stays open before a probe.
-    pub open_for: Duration,
-}
-
-impl Default for ResilienceConfig {
-    fn default() -> Self {
-        ResilienceConfig {
-            max_concurrency: 64,
-            failure_threshold: 5,
-            open_for: Duration::from_secs(10),
-        }
-    }
-}
 
 /// Where a breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -34,8 +34,8 @@ pub(crate) fn dev(command: DevCommand) -> anyhow::Result<()> {
             key,
             ttl,
         } => {
-            let key = broker::identity::dev::DevKey::load(&key)?;
-            let claims = broker::identity::dev::claims_lasting(
+            let key = broker::idp::dev::DevKey::load(&key)?;
+            let claims = broker::idp::dev::claims_lasting(
                 &subject,
                 &aud,
                 time::OffsetDateTime::now_utc(),

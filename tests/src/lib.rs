@@ -353,8 +353,8 @@ pub async fn audit_entry(
 }
 
 /// The committed development identity provider's key (public, examples/dev-idp/).
-pub fn dev_idp_key() -> broker::identity::dev::DevKey {
-    broker::identity::dev::DevKey::load(
+pub fn dev_idp_key() -> broker::idp::dev::DevKey {
+    broker::idp::dev::DevKey::load(
         &repo_root()
             .join("examples")
             .join("dev-idp")
@@ -367,7 +367,7 @@ pub fn dev_idp_key() -> broker::identity::dev::DevKey {
 /// `pivot:`), for the guichet audience `audience`: the identity evidence Consents.Grant and
 /// Guichet.ListAccesses require.
 pub fn id_token(subject: &str, audience: &str) -> String {
-    let claims = broker::identity::dev::claims(subject, audience, time::OffsetDateTime::now_utc())
+    let claims = broker::idp::dev::claims(subject, audience, time::OffsetDateTime::now_utc())
         .expect("claims for a test or pivot subject");
     dev_idp_key()
         .sign(&claims)

@@ -62,7 +62,7 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
             out.legal_basis = x.legal_basis.as_ref().map(legal_basis);
             out.habilitation = x.habilitation.clone().unwrap_or_default();
             out.mandate_id = x.mandate_id.clone().unwrap_or_default();
-            out.outcome = outcome_name(x.outcome).to_string();
+            out.outcome = x.outcome.name().to_string();
             out.reason = x
                 .reason
                 .as_deref()
@@ -137,17 +137,6 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
         Event::BrokerStarted { .. } | Event::BrokerStopped {} | Event::RateLimited { .. } => {}
     }
     out
-}
-
-/// The recorded name of an outcome.
-pub fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Granted => "granted",
-        Outcome::Denied => "denied",
-        Outcome::Failed => "failed",
-        Outcome::Previewed => "previewed",
-        Outcome::Rejected => "rejected",
-    }
 }
 
 fn time_of(t: Option<&prost_types::Timestamp>) -> Result<Option<OffsetDateTime>, ApiError> {

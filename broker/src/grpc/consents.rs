@@ -7,7 +7,8 @@ use tonic::{Request, Response, Status};
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::consents_server::Consents as ConsentsApi;
 
-use crate::consent::{self, Consent, ConsentStatus, GrantInput, ListInput, RevokeInput};
+use crate::consent::{Consent, ConsentStatus};
+use crate::consents::{self, GrantInput, ListInput, RevokeInput};
 use crate::grpc::auth::caller;
 use crate::grpc::registry::timestamp;
 use crate::state::State;
@@ -68,7 +69,7 @@ impl ConsentsApi for ConsentsService {
             request_id: r.request_id,
             id_token: r.id_token,
         };
-        let granted = consent::grant(&self.state, &caller, input).await?;
+        let granted = consents::grant(&self.state, &caller, input).await?;
         Ok(Response::new(pb::GrantConsentResponse {
             consent: Some(consent(&granted.consent, &granted.pairwise)),
             renewed: granted.renewed,
@@ -86,7 +87,7 @@ impl ConsentsApi for ConsentsService {
             mandate_id: r.mandate_id,
             id_token: r.id_token,
         };
-        let revoked = consent::revoke(&self.state, &caller, &input).await?;
+        let revoked = consents::revoke(&self.state, &caller, &input).await?;
         Ok(Response::new(pb::RevokeConsentResponse {
             consent: Some(consent(&revoked.consent, "")),
             ended: u32::try_from(revoked.ended).unwrap_or(u32::MAX),
@@ -98,7 +99,7 @@ impl ConsentsApi for ConsentsService {
         request: Request<pb::GetConsentRequest>,
     ) -> Result<Response<pb::GetConsentResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let found = consent::get(&self.state, &caller, &request.get_ref().consent_id).await?;
+        let found = consents::get(&self.state, &caller, &request.get_ref().consent_id).await?;
         Ok(Response::new(pb::GetConsentResponse {
             consent: Some(consent(&found, "")),
         }))
@@ -118,7 +119,7 @@ impl ConsentsApi for ConsentsService {
             page_size: r.page_size,
             page_token: r.page_token,
         };
-        let (page, next, pseudonym) = consent::list(&self.state, &caller, &input).await?;
+        let (page, next, pseudonym) = consents::list(&self.state, &caller, &input).await?;
         Ok(Response::new(pb::ListConsentsResponse {
             consents: page.iter().map(|c| consent(c, &pseudonym)).collect(),
             next_page_token: next,

@@ -10,7 +10,6 @@ use unefois_proto::v1::guichet_server::Guichet as GuichetApi;
 use crate::audit::events;
 use crate::error::ApiError;
 use crate::event::Event;
-use crate::grpc::audit::outcome_name;
 use crate::grpc::auth::caller;
 use crate::grpc::exchange::legal_basis;
 use crate::grpc::registry::timestamp;
@@ -144,7 +143,7 @@ impl GuichetApi for GuichetService {
             time::OffsetDateTime::now_utc(),
         )?;
         if mandate.is_none() {
-            crate::identity::require(&r.id_token, caller, &registry, &subject)?;
+            crate::evidence::require(&r.id_token, caller, &registry, &subject)?;
         }
         let before = match r.page_token.as_str() {
             "" => None,
@@ -196,7 +195,7 @@ impl GuichetApi for GuichetService {
                 legal_basis: x.legal_basis.as_ref().map(legal_basis),
                 mandate_id: x.mandate_id.clone().unwrap_or_default(),
                 agent: x.agent.clone().unwrap_or_default(),
-                outcome: outcome_name(x.outcome).to_string(),
+                outcome: x.outcome.name().to_string(),
                 leaf_index: logged.index,
                 entry: logged.entry.clone(),
                 inclusion_proof: proof.iter().map(|h| h.to_vec()).collect(),

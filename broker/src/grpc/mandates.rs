@@ -10,7 +10,8 @@ use unefois_proto::v1::mandates_server::Mandates as MandatesApi;
 use crate::grpc::auth::caller;
 use crate::grpc::detached;
 use crate::grpc::registry::timestamp;
-use crate::mandate::{self, CreateInput, ListInput, Mandate, MandateStatus};
+use crate::mandate::{Mandate, MandateStatus};
+use crate::mandates::{self, CreateInput, ListInput};
 use crate::state::State;
 
 /// The Mandates service.
@@ -68,7 +69,7 @@ impl MandatesApi for MandatesService {
         };
         let state = self.state.clone();
         let created = detached("mandate creation", async move {
-            mandate::create(&state, &caller, input).await
+            mandates::create(&state, &caller, input).await
         })
         .await?;
         Ok(Response::new(pb::CreateMandateResponse {
@@ -84,7 +85,7 @@ impl MandatesApi for MandatesService {
         let r = request.into_inner();
         let state = self.state.clone();
         let revoked = detached("mandate revocation", async move {
-            mandate::revoke(&state, &caller, &r.mandate_id, &r.id_token).await
+            mandates::revoke(&state, &caller, &r.mandate_id, &r.id_token).await
         })
         .await?;
         Ok(Response::new(pb::RevokeMandateResponse {
@@ -105,7 +106,7 @@ impl MandatesApi for MandatesService {
             page_size: r.page_size,
             page_token: r.page_token.clone(),
         };
-        let (page, next, pseudonym) = mandate::list(&self.state, caller, &input)?;
+        let (page, next, pseudonym) = mandates::list(&self.state, caller, &input)?;
         Ok(Response::new(pb::ListMandatesResponse {
             mandates: page.iter().map(|m| mandate(m, &pseudonym)).collect(),
             next_page_token: next,

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::audit::{LogSigner, TreeFile};
+use crate::caller::actor;
 use crate::consent::Consent;
 use crate::event::{Event, Record, RecordedSubject};
 use crate::journal::{CommittedBatch, Journal, JournalOptions, Position};
@@ -570,15 +571,6 @@ fn subject_key(subject: &str, suffix: &[u8]) -> Vec<u8> {
     key.push(b'/');
     key.extend_from_slice(suffix);
     key
-}
-
-/// Who made a request, as request ids are scoped: the participant, and its agent when one acts
-/// (`participant/agent`; neither holds a `/`): one agent's request id is never another's.
-pub fn actor(participant: &str, agent: Option<&str>) -> String {
-    match agent {
-        Some(agent) => format!("{participant}/{agent}"),
-        None => participant.to_string(),
-    }
 }
 
 /// `<party>\0<subject>\0<suffix>`; with an empty suffix, the prefix of what one party may

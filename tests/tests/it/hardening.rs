@@ -70,9 +70,8 @@ async fn guichet(broker: &TestBroker, name: &str) -> anyhow::Result<GuichetClien
 
 /// An ID token of the development identity provider with `edit` applied to its claims.
 fn token_with(subject: &str, audience: &str, edit: impl FnOnce(&mut Value)) -> String {
-    let mut claims =
-        broker::identity::dev::claims(subject, audience, time::OffsetDateTime::now_utc())
-            .expect("claims");
+    let mut claims = broker::idp::dev::claims(subject, audience, time::OffsetDateTime::now_utc())
+        .expect("claims");
     edit(&mut claims);
     dev_idp_key().sign(&claims).expect("signed")
 }

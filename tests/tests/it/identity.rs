@@ -2,7 +2,7 @@
 //! citizen's OIDC ID token, signed by an identity provider of the registry, for the calling
 //! guichet's audience, fresh, and proving the request's very subject.
 
-use broker::identity::dev::{self, DevKey};
+use broker::idp::dev::{self, DevKey};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tonic::transport::Channel;

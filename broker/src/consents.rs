@@ -1,0 +1,511 @@
+//! Consents as a service: grant (by a guichet, or an agent under a mandate), revoke, get and
+//! list, each recorded and acknowledged once durable. The consent itself and its rules are
+//! `consent`'s; who may act is `policy`'s.
+
+use time::OffsetDateTime;
+
+use crate::caller::Caller;
+use crate::consent::{Consent, ConsentStatus, MAX_VALID_DAYS, expiry};
+use crate::error::ApiError;
+use crate::event::{Event, Record};
+use crate::registry::{LegalBasis, Role};
+use crate::state::State;
+use crate::subject::Subject;
+use crate::validate;
+
+/// A consent grant, in domain terms.
+#[derive(Debug, Default)]
+pub struct GrantInput {
+    /// `scheme:value`.
+    pub subject: String,
+    /// The consumer allowed.
+    pub consumer: String,
+    /// Types covered.
+    pub attestation_types: Vec<String>,
+    /// Purpose covered.
+    pub purpose: String,
+    /// Days until it lapses.
+    pub valid_days: u32,
+    /// The mandate acted under.
+    pub mandate_id: String,
+    /// Idempotency key.
+    pub request_id: String,
+    /// The citizen's OIDC ID token: identity evidence.
+    pub id_token: String,
+}
+
+/// Records a citizen's consent given at a guichet; acknowledged only once durable. One consent
+/// per scope: a grant for the person, consumer, types and purpose of a consent in force renews
+/// that consent (recorded as a renewal, lasting until the later expiry). A retry with the same
+/// request id returns the same consent. Returns it with the person's pairwise pseudonym for
+/// the caller.
+pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<Granted, ApiError> {
+    caller.require_citizen_facing()?;
+    let registry = state.federation.registry();
+    let request_id = validate::request_id(&input.request_id)?;
+    validate::identifier("consumer", &input.consumer, 64)?;
+    validate::identifier("purpose", &input.purpose, 64)?;
+    validate::identifiers(
+        "attestation_types",
+        &input.attestation_types,
+        validate::MAX_CONSENT_TYPES,
+    )?;
+    if input.attestation_types.is_empty() {
+        return Err(ApiError::invalid(
+            "attestation_types",
+            "at least one is required",
+        ));
+    }
+    if !(1..=MAX_VALID_DAYS).contains(&input.valid_days) {
+        return Err(ApiError::invalid(
+            "valid_days",
+            format!("must be between 1 and {MAX_VALID_DAYS}"),
+        ));
+    }
+    let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
+    let pseudonym = state.pseudonyms.audit(&subject);
+    // The citizen consents in person (identity evidence), or through the structure they gave
+    // a mandate to, within its scope; a consent that benefits that structure itself needs the
+    // citizen's own evidence: an agent never consents to its own structure for the person.
+    let mandate = crate::policy::acting(
+        &state.store,
+        caller,
+        &input.mandate_id,
+        &pseudonym,
+        Some(&input.purpose),
+        time::OffsetDateTime::now_utc(),
+    )?;
+    // Verified now, spent when the consent is recorded (a retry that finds it spends nothing).
+    let evidence = if mandate.is_none() || input.consumer == caller.participant {
+        Some(crate::evidence::require(
+            &input.id_token,
+            caller,
+            &registry,
+            &subject,
+        )?)
+    } else {
+        None
+    };
+    if registry.participant(&input.consumer).is_none() {
+        return Err(ApiError::invalid(
+            "consumer",
+            format!("{:?} is not a participant", input.consumer),
+        ));
+    }
+    if registry.purpose(&input.purpose).is_none() {
+        return Err(ApiError::UnknownPurpose(input.purpose.clone()));
+    }
+    let now = OffsetDateTime::now_utc();
+    for ty in &input.attestation_types {
+        if registry.attestation_type(ty).is_none() {
+            return Err(ApiError::UnknownAttestationType(ty.clone()));
+        }
+        // Consent is only a basis for a consumer holding a consent habilitation for it; a
+        // purpose or an expiry it does not cover is refused with the reason a Fetch would give.
+        crate::policy::habilitation_for(
+            registry
+                .habilitations_of(&input.consumer)
+                .filter(|h| h.legal_basis == LegalBasis::Consent),
+            &input.consumer,
+            ty,
+            &input.purpose,
+            now,
+        )?;
+    }
+
+    let mut types = input.attestation_types.clone();
+    types.sort();
+    let actor = caller.actor();
+    let days = input.valid_days.to_string();
+    let fingerprint = state.sealer.fingerprint(
+        [
+            "consent",
+            actor.as_str(),
+            pseudonym.as_str(),
+            &input.consumer,
+            &input.purpose,
+            &days,
+            mandate.as_ref().map_or("", |m| m.id.as_str()),
+        ]
+        .into_iter()
+        .chain(types.iter().map(String::as_str)),
+    );
+    let recorded_request_id = request_id
+        .as_deref()
+        .map(|id| state.sealer.blind_id(&actor, id));
+    let id_for_record = recorded_request_id.clone();
+    let pairwise = state.pseudonyms.pairwise(&caller.participant, &subject);
+    let asked_expiry = expiry(
+        now,
+        input.valid_days,
+        mandate.as_ref().map(|m| m.expires_at),
+    );
+    let (consent, renewed) = crate::idempotency::create_once(
+        state,
+        &actor,
+        request_id.as_deref().zip(recorded_request_id.as_deref()),
+        &fingerprint.clone(),
+        |id| {
+            Ok(state.store.consent(id)?.map(|c| {
+                let renewed = c.renewed_at.is_some();
+                (c, renewed)
+            }))
+        },
+        || async move {
+            // Serialised with every other grant and revocation (`create_once`): the consent in
+            // force found here is still the one in force when the renewal is recorded.
+            let in_force = in_force_for_scope(
+                state,
+                &pseudonym,
+                &input.consumer,
+                &types,
+                &input.purpose,
+                now,
+            )?;
+            if let Some(evidence) = &evidence {
+                crate::evidence::spend(state, evidence)?;
+            }
+            let mandate_id = mandate.map(|m| m.id);
+            let (consent_id, event) = match in_force {
+                Some(current) => (
+                    current.id.clone(),
+                    Event::ConsentRenewed {
+                        consent_id: current.id,
+                        participant: caller.participant.clone(),
+                        agent: caller.agent.clone(),
+                        expires_at: current.expires_at.max(asked_expiry),
+                        mandate_id,
+                        request_id: id_for_record,
+                        request_fingerprint: Some(fingerprint),
+                    },
+                ),
+                None => {
+                    let consent_id = uuid::Uuid::now_v7().to_string();
+                    (
+                        consent_id.clone(),
+                        Event::ConsentGranted {
+                            consent_id,
+                            subject: None,
+                            subject_sealed: Some(state.sealer.seal(&pseudonym)),
+                            pseudonym_key: state.pseudonyms.audit_key_id().to_string(),
+                            consumer: input.consumer.clone(),
+                            participant: caller.participant.clone(),
+                            agent: caller.agent.clone(),
+                            attestation_types: types,
+                            purpose: input.purpose.clone(),
+                            expires_at: asked_expiry,
+                            request_id: id_for_record,
+                            request_fingerprint: Some(fingerprint),
+                            mandate_id,
+                        },
+                    )
+                }
+            };
+            let renewed = matches!(event, Event::ConsentRenewed { .. });
+            state.store.append(vec![Record::now(event)]).await?;
+            let consent = state
+                .store
+                .consent(&consent_id)?
+                .ok_or(ApiError::StoreUnavailable)?;
+            Ok((consent, renewed))
+        },
+    )
+    .await?;
+    Ok(Granted {
+        consent,
+        pairwise,
+        renewed,
+    })
+}
+
+/// A recorded consent grant, as the guichet is told of it.
+#[derive(Debug)]
+pub struct Granted {
+    /// The consent in force for the scope.
+    pub consent: Consent,
+    /// The person's pairwise pseudonym for the caller.
+    pub pairwise: String,
+    /// Whether the grant renewed the consent already in force for the same scope.
+    pub renewed: bool,
+}
+
+/// The consent in force of this person to this consumer for exactly these (sorted) types and
+/// this purpose, if there is one: a new grant of the same scope renews it rather than adding a
+/// second consent that one revocation would leave standing.
+fn in_force_for_scope(
+    state: &State,
+    pseudonym: &str,
+    consumer: &str,
+    types: &[String],
+    purpose: &str,
+    now: OffsetDateTime,
+) -> Result<Option<Consent>, ApiError> {
+    let Some(first) = types.first() else {
+        return Ok(None);
+    };
+    let candidates = state
+        .store
+        .consents_for(pseudonym, consumer, first, purpose)?;
+    Ok(candidates.into_iter().find(|c| {
+        c.status(now) == ConsentStatus::Active && {
+            let mut theirs = c.attestation_types.clone();
+            theirs.sort();
+            theirs == types
+        }
+    }))
+}
+
+/// Every consent in force that ends with `consent`: itself (unless it is no longer in force)
+/// and every other of the same person, consumer and purpose sharing one of its types, oldest
+/// first. A person who withdraws is never still bound by an earlier or broader grant.
+fn scope_in_force(
+    state: &State,
+    consent: &Consent,
+    now: OffsetDateTime,
+) -> Result<Vec<Consent>, ApiError> {
+    let mut ended: Vec<Consent> = Vec::new();
+    if consent.status(now) == ConsentStatus::Active {
+        ended.push(consent.clone());
+    }
+    for ty in &consent.attestation_types {
+        let mates =
+            state
+                .store
+                .consents_for(&consent.subject, &consent.consumer, ty, &consent.purpose)?;
+        for mate in mates {
+            if mate.status(now) == ConsentStatus::Active && !ended.iter().any(|e| e.id == mate.id) {
+                ended.push(mate);
+            }
+        }
+    }
+    Ok(ended)
+}
+
+/// A consent by id that `caller` may see on its own standing: the guichet that recorded it, or
+/// its consumer.
+fn visible(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, ApiError> {
+    validate::identifier("consent_id", consent_id, 64)?;
+    state
+        .store
+        .consent(consent_id)?
+        .filter(|c| c.visible_to(&caller.participant))
+        .ok_or_else(|| ApiError::UnknownConsent(consent_id.to_string()))
+}
+
+/// A consent withdrawal, in domain terms.
+#[derive(Debug, Default)]
+pub struct RevokeInput {
+    /// The consent.
+    pub consent_id: String,
+    /// The mandate an agent acts under, or empty.
+    pub mandate_id: String,
+    /// The citizen's ID token, or empty.
+    pub id_token: String,
+}
+
+/// Revokes a consent: the citizen with their ID token at any guichet (any of their consents),
+/// an agent under the citizen's mandate (a consent of the mandate's purposes), or the guichet
+/// that recorded it. It ends every consent in force of the same person, consumer and purpose
+/// sharing one of its types (each recorded), so that the very next Fetch is refused whatever was
+/// granted before; answers kept for retries under them are dropped.
+pub async fn revoke(
+    state: &State,
+    caller: &Caller,
+    input: &RevokeInput,
+) -> Result<Revoked, ApiError> {
+    validate::identifier("consent_id", &input.consent_id, 64)?;
+    let consent_id = input.consent_id.as_str();
+    let unknown = || ApiError::UnknownConsent(consent_id.to_string());
+    let with_evidence = !input.id_token.is_empty();
+    let consent = if with_evidence {
+        // The citizen in person: any of their consents, wherever it was recorded. A token
+        // that is present is always verified, and spends one of its acts.
+        caller.require_citizen_facing()?;
+        let subject = crate::evidence::proven_for_act(state, &input.id_token, caller)?;
+        let pseudonym = state.pseudonyms.audit(&subject);
+        state
+            .store
+            .consent(consent_id)?
+            .filter(|c| c.subject == pseudonym)
+            .ok_or_else(unknown)?
+    } else if !input.mandate_id.is_empty() {
+        let consent = state.store.consent(consent_id)?.ok_or_else(unknown)?;
+        // Another person's consent is, to this mandate, a consent that does not exist; one of
+        // another purpose is outside what the person allowed the structure to do.
+        crate::policy::authorize(
+            &state.store,
+            caller,
+            &input.mandate_id,
+            &consent.subject,
+            Some(&consent.purpose),
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| match e {
+            ApiError::MandateSubjectMismatch(_) => unknown(),
+            other => other,
+        })?;
+        consent
+    } else {
+        let consent = visible(state, caller, consent_id)?;
+        if consent.participant != caller.participant {
+            return Err(ApiError::WrongRole {
+                participant: caller.participant.clone(),
+                role: Role::Guichet,
+            });
+        }
+        consent
+    };
+    // Serialised with grants: a renewal recorded meanwhile would otherwise be lost with it.
+    let _serialised = state.grants.lock().await;
+    let now = OffsetDateTime::now_utc();
+    let ended = scope_in_force(state, &consent, now)?;
+    if ended.is_empty() {
+        return Ok(Revoked { consent, ended: 0 });
+    }
+    let records = ended
+        .iter()
+        .map(|c| {
+            Record::now(Event::ConsentRevoked {
+                consent_id: c.id.clone(),
+                participant: caller.participant.clone(),
+                agent: caller.agent.clone(),
+                ended_with_mandate: None,
+                with_identity_evidence: with_evidence,
+                ended_with_consent: (c.id != consent.id).then(|| consent.id.clone()),
+            })
+        })
+        .collect();
+    state.store.append(records).await?;
+    for c in &ended {
+        state.recent.forget_consent(&c.id);
+    }
+    let consent = state
+        .store
+        .consent(consent_id)?
+        .ok_or(ApiError::StoreUnavailable)?;
+    Ok(Revoked {
+        consent,
+        ended: ended.len(),
+    })
+}
+
+/// A revocation, as the caller is told of it.
+#[derive(Debug)]
+pub struct Revoked {
+    /// The consent named, as stored after the revocation.
+    pub consent: Consent,
+    /// How many consents in force it ended: the one named and every other of its scope (0 when
+    /// the one named was no longer in force and none of its scope was).
+    pub ended: usize,
+}
+
+/// A consent, to the guichet that recorded it or the consumer it is for; the read is on the
+/// record before the answer leaves.
+pub async fn get(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, ApiError> {
+    let consent = visible(state, caller, consent_id)?;
+    state
+        .store
+        .append(vec![Record::now(Event::ConsentsRead {
+            participant: caller.participant.clone(),
+            agent: caller.agent.clone(),
+            subject_sealed: None,
+            consent_id: Some(consent.id.clone()),
+            mandate_id: None,
+            with_identity_evidence: false,
+        })])
+        .await?;
+    Ok(consent)
+}
+
+/// What a Consents.List asks for.
+#[derive(Debug, Default)]
+pub struct ListInput {
+    /// The person, `scheme:value`.
+    pub subject: String,
+    /// Only consents to this consumer; empty for all the caller may see.
+    pub consumer: String,
+    /// The mandate an agent acts under, or empty.
+    pub mandate_id: String,
+    /// The citizen's ID token, or empty.
+    pub id_token: String,
+    /// Page size; 0 for the default.
+    pub page_size: u32,
+    /// The last consent id of the previous page.
+    pub page_token: String,
+}
+
+/// One page of a person's consents, oldest first, with the person's pairwise pseudonym for the
+/// caller: every consent of the person (to any consumer, recorded anywhere) with the citizen's
+/// ID token; those of the mandate's purposes to an agent under the person's mandate; otherwise
+/// those the caller recorded or is the consumer of, read from an index of what it may see (the
+/// answer takes no longer for a person with many consents elsewhere). The read is on the record
+/// before it happens.
+pub async fn list(
+    state: &State,
+    caller: &Caller,
+    input: &ListInput,
+) -> Result<(Vec<Consent>, String, String), ApiError> {
+    let registry = state.federation.registry();
+    let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
+    if !input.consumer.is_empty() {
+        validate::identifier("consumer", &input.consumer, 64)?;
+    }
+    if !input.page_token.is_empty() {
+        validate::identifier("page_token", &input.page_token, 64)?;
+    }
+    let pseudonym = state.pseudonyms.audit(&subject);
+    let with_evidence = !input.id_token.is_empty();
+    let mandate = if with_evidence {
+        caller.require_citizen_facing()?;
+        crate::evidence::require(&input.id_token, caller, &registry, &subject)?;
+        None
+    } else {
+        crate::policy::acting(
+            &state.store,
+            caller,
+            &input.mandate_id,
+            &pseudonym,
+            None,
+            time::OffsetDateTime::now_utc(),
+        )?
+    };
+    state
+        .store
+        .append(vec![Record::now(Event::ConsentsRead {
+            participant: caller.participant.clone(),
+            agent: caller.agent.clone(),
+            subject_sealed: Some(state.sealer.seal(&pseudonym)),
+            consent_id: None,
+            mandate_id: mandate.as_ref().map(|m| m.id.clone()),
+            with_identity_evidence: with_evidence,
+        })])
+        .await?;
+    let size = crate::page::size(input.page_size);
+    let of_consumer = |c: &Consent| input.consumer.is_empty() || c.consumer == input.consumer;
+    let (page, next) = if with_evidence || mandate.is_some() {
+        let purposes = mandate.as_ref().map(|m| m.purposes.clone());
+        let consents = state
+            .store
+            .consents_of_after(&pseudonym, &input.page_token)?;
+        crate::page::collect(
+            consents,
+            size,
+            |c: &Consent| {
+                of_consumer(c) && purposes.as_ref().is_none_or(|p| p.contains(&c.purpose))
+            },
+            |c: &Consent| &c.id,
+        )?
+    } else {
+        let consents = state.store.consents_seen_by_after(
+            &caller.participant,
+            &pseudonym,
+            &input.page_token,
+        )?;
+        crate::page::collect(consents, size, of_consumer, |c: &Consent| &c.id)?
+    };
+    Ok((
+        page,
+        next,
+        state.pseudonyms.pairwise(&caller.participant, &subject),
+    ))
+}
