@@ -4,51 +4,44 @@
 
 #![forbid(unsafe_code)]
 
+/// The domain (crate `unefois-domain`, no I/O): what the CLI and the tests name through the
+/// broker.
+pub use unefois_domain::{event, identity, idp, provider_config, registry, subject};
 /// The journal, the broker's source of truth: its own crate (`unefois-journal`), which depends
 /// on none of ours.
 pub use unefois_journal as journal;
 /// What only the broker's user may read (0700 folders, 0600 files), shared with the journal.
 pub use unefois_journal::private;
+// The rest of the domain, under the paths the orchestration names it by.
+pub(crate) use unefois_domain::{
+    attestation, caller, consent, error, mandate, origin, page, policy, validate,
+};
 
-pub(crate) mod attestation;
 pub mod audit;
 pub mod auditor;
 pub mod backup;
-pub(crate) mod caller;
 pub mod client;
-pub(crate) mod consent;
 pub(crate) mod consents;
 pub mod data_lock;
-pub(crate) mod derived;
 pub mod descriptors;
-pub(crate) mod error;
-pub mod event;
 pub(crate) mod evidence;
 pub mod exchange;
 pub(crate) mod federation;
 pub(crate) mod gathered_writes;
 pub mod grpc;
 pub(crate) mod idempotency;
-pub mod identity;
-pub mod idp;
 pub mod keys;
 pub mod listener;
-pub(crate) mod mandate;
 pub(crate) mod mandates;
 pub mod metrics;
 pub(crate) mod ops;
-pub(crate) mod origin;
-pub(crate) mod page;
-pub(crate) mod policy;
 pub(crate) mod prefill;
 pub mod preview;
 pub mod provider_client;
-pub mod provider_config;
 pub(crate) mod provider_gate;
 pub mod pseudonym;
 pub(crate) mod ratelimit;
 pub mod receipt;
-pub mod registry;
 pub(crate) mod reserve;
 pub(crate) mod resilience;
 pub mod seal;
@@ -57,7 +50,5 @@ pub(crate) mod shed;
 pub mod signing;
 pub(crate) mod state;
 pub mod store;
-pub mod subject;
-pub(crate) mod validate;
 
 pub use server::{BrokerError, Config, run};

@@ -16,6 +16,7 @@ use crate::event::{Event, Outcome, Record};
 use crate::grpc::auth::caller;
 use crate::grpc::exchange::legal_basis;
 use crate::grpc::registry::timestamp;
+use crate::grpc::status::status;
 use crate::registry::Role;
 use crate::state::State;
 use crate::subject::Subject;
@@ -240,7 +241,8 @@ impl AuditApi for AuditService {
             0 => store
                 .latest_checkpoint()?
                 .map(|(_, note)| note)
-                .ok_or(ApiError::StoreUnavailable)?,
+                .ok_or(ApiError::StoreUnavailable)
+                .map_err(status)?,
             size => store.checkpoint_at(size)?,
         };
         Ok(Response::new(pb::GetCheckpointResponse {
@@ -256,11 +258,10 @@ impl AuditApi for AuditService {
         caller(&request)?;
         let r = request.get_ref();
         if r.leaf_index >= r.tree_size {
-            return Err(ApiError::LeafIndexOutOfRange(format!(
+            return Err(status(ApiError::LeafIndexOutOfRange(format!(
                 "leaf {} is not in a tree of {} entries",
                 r.leaf_index, r.tree_size
-            ))
-            .into());
+            ))));
         }
         let hashes = self
             .state
@@ -278,11 +279,10 @@ impl AuditApi for AuditService {
         caller(&request)?;
         let r = request.get_ref();
         if r.first_size == 0 || r.first_size > r.second_size {
-            return Err(ApiError::TreeSizeOutOfRange(format!(
+            return Err(status(ApiError::TreeSizeOutOfRange(format!(
                 "no consistency proof from {} to {} entries",
                 r.first_size, r.second_size
-            ))
-            .into());
+            ))));
         }
         // Equal sizes need no hash, but only for a tree the log has.
         let size = self
@@ -291,11 +291,10 @@ impl AuditApi for AuditService {
             .latest_checkpoint()?
             .map_or(0, |(size, _)| size);
         if r.second_size > size {
-            return Err(ApiError::TreeSizeOutOfRange(format!(
+            return Err(status(ApiError::TreeSizeOutOfRange(format!(
                 "tree size {} is beyond the log's {size} entries",
                 r.second_size
-            ))
-            .into());
+            ))));
         }
         let hashes = if r.first_size == r.second_size {
             Vec::new()
@@ -316,7 +315,8 @@ impl AuditApi for AuditService {
         let caller = caller(&request)?.clone();
         let filter = self
             .audited_filter(&caller, request.get_ref(), "ListEvents")
-            .await?;
+            .await
+            .map_err(status)?;
         let (found, next_index) = events::list(&self.state.store, &filter)?;
         Ok(Response::new(pb::ListEventsResponse {
             events: found.iter().map(audit_event).collect(),
@@ -333,7 +333,8 @@ impl AuditApi for AuditService {
         let caller = caller(&request)?.clone();
         let mut filter = self
             .audited_filter(&caller, request.get_ref(), "ExportEvents")
-            .await?;
+            .await
+            .map_err(status)?;
         filter.limit = events::MAX_LIMIT;
         let state = self.state.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);

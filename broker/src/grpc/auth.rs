@@ -8,6 +8,7 @@ use tonic::{Request, Status};
 use crate::caller::Caller;
 use crate::federation::Federation;
 use crate::grpc::status::ApiError;
+use crate::grpc::status::status;
 use crate::listener::PeerInfo;
 use crate::registry::Role;
 
@@ -71,7 +72,7 @@ impl Interceptor for Authenticate {
                     .get::<PeerInfo>()
                     .and_then(|p| p.remote);
                 tracing::info!(?remote, error = %e, "call refused");
-                Err(e.into())
+                Err(status(e))
             }
         }
     }

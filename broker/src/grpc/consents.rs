@@ -11,6 +11,7 @@ use crate::consent::{Consent, ConsentStatus};
 use crate::consents::{self, GrantInput, ListInput, RevokeInput};
 use crate::grpc::auth::caller;
 use crate::grpc::registry::timestamp;
+use crate::grpc::status::status;
 use crate::state::State;
 
 /// The Consents service.
@@ -69,7 +70,9 @@ impl ConsentsApi for ConsentsService {
             request_id: r.request_id,
             id_token: r.id_token,
         };
-        let granted = consents::grant(&self.state, &caller, input).await?;
+        let granted = consents::grant(&self.state, &caller, input)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::GrantConsentResponse {
             consent: Some(consent(&granted.consent, &granted.pairwise)),
             renewed: granted.renewed,
@@ -87,7 +90,9 @@ impl ConsentsApi for ConsentsService {
             mandate_id: r.mandate_id,
             id_token: r.id_token,
         };
-        let revoked = consents::revoke(&self.state, &caller, &input).await?;
+        let revoked = consents::revoke(&self.state, &caller, &input)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RevokeConsentResponse {
             consent: Some(consent(&revoked.consent, "")),
             ended: u32::try_from(revoked.ended).unwrap_or(u32::MAX),
@@ -99,7 +104,9 @@ impl ConsentsApi for ConsentsService {
         request: Request<pb::GetConsentRequest>,
     ) -> Result<Response<pb::GetConsentResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let found = consents::get(&self.state, &caller, &request.get_ref().consent_id).await?;
+        let found = consents::get(&self.state, &caller, &request.get_ref().consent_id)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::GetConsentResponse {
             consent: Some(consent(&found, "")),
         }))
@@ -119,7 +126,9 @@ impl ConsentsApi for ConsentsService {
             page_size: r.page_size,
             page_token: r.page_token,
         };
-        let (page, next, pseudonym) = consents::list(&self.state, &caller, &input).await?;
+        let (page, next, pseudonym) = consents::list(&self.state, &caller, &input)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ListConsentsResponse {
             consents: page.iter().map(|c| consent(c, &pseudonym)).collect(),
             next_page_token: next,

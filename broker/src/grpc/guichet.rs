@@ -13,6 +13,7 @@ use crate::event::Event;
 use crate::grpc::auth::caller;
 use crate::grpc::exchange::legal_basis;
 use crate::grpc::registry::timestamp;
+use crate::grpc::status::status;
 use crate::state::State;
 use crate::subject::Subject;
 
@@ -127,11 +128,12 @@ impl GuichetApi for GuichetService {
         request: Request<pb::ListAccessesRequest>,
     ) -> Result<Response<pb::ListAccessesResponse>, Status> {
         let caller = caller(&request)?;
-        caller.require_citizen_facing()?;
+        caller.require_citizen_facing().map_err(status)?;
         let r = request.get_ref();
         let registry = self.state.federation.registry();
-        let subject =
-            Subject::parse(&r.subject, registry.allow_test_subjects()).map_err(ApiError::from)?;
+        let subject = Subject::parse(&r.subject, registry.allow_test_subjects())
+            .map_err(ApiError::from)
+            .map_err(status)?;
         let pseudonym = self.state.pseudonyms.audit(&subject);
         // The citizen in person (identity evidence), or an agent under the citizen's mandate.
         let mandate = crate::policy::acting(
@@ -141,16 +143,18 @@ impl GuichetApi for GuichetService {
             &pseudonym,
             None,
             time::OffsetDateTime::now_utc(),
-        )?;
+        )
+        .map_err(status)?;
         if mandate.is_none() {
-            crate::evidence::require(&r.id_token, caller, &registry, &subject)?;
+            crate::evidence::require(&r.id_token, caller, &registry, &subject).map_err(status)?;
         }
         let before = match r.page_token.as_str() {
             "" => None,
             token => Some(
                 token
                     .parse::<u64>()
-                    .map_err(|_| ApiError::invalid("page_token", "not a token of this list"))?,
+                    .map_err(|_| ApiError::invalid("page_token", "not a token of this list"))
+                    .map_err(status)?,
             ),
         };
         let size = match r.page_size {

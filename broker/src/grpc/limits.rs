@@ -15,6 +15,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::error::ApiError;
+use crate::grpc::status::status;
 
 /// How tonic's codec begins the message of a request it cannot decode.
 const UNDECODABLE: &str = "failed to decode Protobuf message";
@@ -70,7 +71,7 @@ where
                 .get("grpc-status")
                 .is_some_and(|v| v.as_bytes() == b"11");
             if out_of_range {
-                return Ok(Status::from(ApiError::RequestTooLarge { limit }).into_http());
+                return Ok(status(ApiError::RequestTooLarge { limit }).into_http());
             }
             // tonic answers a message that is not valid protobuf (bad UTF-8, wrong wire type,
             // truncated field) with INTERNAL and no reason: it is the caller's error.
@@ -78,14 +79,14 @@ where
                 .headers()
                 .get("grpc-status")
                 .is_some_and(|v| v.as_bytes() == b"13")
-                && let Some(status) = Status::from_header_map(response.headers())
-                && let Some(detail) = status.message().strip_prefix(UNDECODABLE)
+                && let Some(internal) = Status::from_header_map(response.headers())
+                && let Some(detail) = internal.message().strip_prefix(UNDECODABLE)
             {
                 let refusal = ApiError::invalid(
                     "request",
                     format!("not a valid protobuf message of this method{detail}"),
                 );
-                return Ok(Status::from(refusal).into_http());
+                return Ok(status(refusal).into_http());
             }
             Ok(response)
         })

@@ -10,6 +10,7 @@ use unefois_proto::v1::mandates_server::Mandates as MandatesApi;
 use crate::grpc::auth::caller;
 use crate::grpc::detached;
 use crate::grpc::registry::timestamp;
+use crate::grpc::status::status;
 use crate::mandate::{Mandate, MandateStatus};
 use crate::mandates::{self, CreateInput, ListInput};
 use crate::state::State;
@@ -106,7 +107,8 @@ impl MandatesApi for MandatesService {
             page_size: r.page_size,
             page_token: r.page_token.clone(),
         };
-        let (page, next, pseudonym) = mandates::list(&self.state, caller, &input)?;
+        let (page, next, pseudonym) =
+            mandates::list(&self.state, caller, &input).map_err(status)?;
         Ok(Response::new(pb::ListMandatesResponse {
             mandates: page.iter().map(|m| mandate(m, &pseudonym)).collect(),
             next_page_token: next,

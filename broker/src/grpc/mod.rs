@@ -102,7 +102,7 @@ where
             tracing::error!(error = %e, what, "request task failed");
             tonic::Status::internal(format!("the {what} could not complete"))
         })?
-        .map_err(tonic::Status::from)
+        .map_err(status::status)
 }
 
 /// The grpc.health.v1 service name under which a provider's readiness is reported.

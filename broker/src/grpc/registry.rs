@@ -8,6 +8,7 @@ use unefois_proto::v1::registry_server::Registry as RegistryApi;
 
 use crate::caller::Caller;
 use crate::grpc::auth::caller;
+use crate::grpc::status::status;
 use crate::registry::{self, ClaimType, Habilitation, LegalBasis, Registry, Role};
 use crate::resilience::BreakerState;
 use crate::state::State;
@@ -231,11 +232,10 @@ impl RegistryApi for RegistryService {
     ) -> Result<Response<pb::GetProvidersStatusResponse>, Status> {
         let caller = caller(&request)?;
         if !caller.has_role(Role::Operator) {
-            return Err(crate::error::ApiError::WrongRole {
+            return Err(status(crate::error::ApiError::WrongRole {
                 participant: caller.participant.clone(),
                 role: Role::Operator,
-            }
-            .into());
+            }));
         }
         let loaded = self.state.federation.loaded();
         let providers = loaded

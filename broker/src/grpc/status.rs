@@ -72,12 +72,15 @@ impl From<crate::store::StoreError> for Status {
     /// logs it with the handler's line.
     #[track_caller]
     fn from(e: crate::store::StoreError) -> Status {
-        Status::from(ApiError::from(e))
+        status(ApiError::from(e))
     }
 }
 
-impl From<ApiError> for Status {
-    fn from(e: ApiError) -> Status {
+/// The status a refusal is answered with: its code, its message, and an `ErrorInfo` with its
+/// `ErrorReason` (and `RetryInfo` when the caller may retry after a while). A function, not a
+/// `From`: `ApiError` is the domain's and `Status` tonic's.
+pub fn status(e: ApiError) -> Status {
+    {
         let mut details = ErrorDetails::with_error_info(
             reason(&e).as_str_name(),
             unefois_proto::ERROR_DOMAIN,

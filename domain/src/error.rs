@@ -315,7 +315,8 @@ impl ApiError {
         )
     }
 
-    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+    /// An invalid field of a request: its name and what is wrong with it.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::InvalidArgument {
             field,
             message: message.into(),
