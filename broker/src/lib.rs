@@ -14,7 +14,7 @@ pub use unefois_journal as journal;
 pub use unefois_journal::private;
 // The rest of the domain, under the paths the orchestration names it by.
 pub(crate) use unefois_domain::{
-    attestation, caller, consent, error, mandate, origin, page, policy, validate,
+    attestation, caller, consent, error, mandate, origin, page, policy, projection, validate,
 };
 
 pub mod audit;

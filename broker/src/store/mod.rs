@@ -29,6 +29,7 @@ use crate::consent::Consent;
 use crate::event::{Event, Record, RecordedSubject};
 use crate::journal::{CommittedBatch, Journal, JournalOptions, Position};
 use crate::mandate::Mandate;
+use crate::projection::{self, Change, RequestUse};
 use crate::seal::Sealer;
 
 pub use error::StoreError;
@@ -48,15 +49,6 @@ const LEGACY_TREES: [&str; 4] = [
 
 /// sled's cache, bounded (its default is 1 GiB): it holds the hot nodes of the indexes only.
 pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
-
-/// What an idempotency key was used for.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RequestUse {
-    /// A digest of the request's fields, to tell a retry from a different request.
-    pub fingerprint: String,
-    /// The id of what it created (a consent id).
-    pub result: String,
-}
 
 struct Trees {
     /// The latest checkpoint, also kept in memory: every receipt reads it.
@@ -271,34 +263,23 @@ impl Trees {
         Ok(())
     }
 
-    /// When the mandate a consent was recorded under lapses, if it was recorded under one.
-    fn mandate_expiry(
-        &self,
-        mandate_id: Option<&str>,
-    ) -> Result<Option<time::OffsetDateTime>, sled::Error> {
-        let Some(m) = mandate_id else {
-            return Ok(None);
-        };
-        Ok(self
-            .mandates
-            .get(m.as_bytes())?
-            .and_then(|b| serde_json::from_slice::<Mandate>(&b).ok())
-            .map(|m| m.expires_at))
-    }
-
     /// Applies record `seq`; returns the subject of an exchange about one, for its chain.
     fn apply(&self, seq: u64, payload: &[u8]) -> Result<Option<String>, StoreError> {
         let bad = |source| StoreError::Record { seq, source };
         // Exchanges are most records: only the fields the indexes need are read, borrowed.
         let peek: Peek<'_> = serde_json::from_slice(payload).map_err(bad)?;
         if peek.kind == "exchange" {
-            self.index_request(
-                seq,
-                &actor(&peek.participant.unwrap_or_default(), peek.agent.as_deref()),
-                peek.request_id
-                    .as_deref()
-                    .zip(peek.request_fingerprint.as_deref()),
-            )?;
+            // The projection's `Event::Exchange` arm, from the borrowed fields.
+            if let (Some(request_id), Some(fingerprint)) =
+                (&peek.request_id, &peek.request_fingerprint)
+            {
+                let used = RequestUse {
+                    fingerprint: fingerprint.to_string(),
+                    result: seq.to_string(),
+                };
+                let requester = actor(&peek.participant.unwrap_or_default(), peek.agent.as_deref());
+                self.index_request(&requester, request_id, used)?;
+            }
             let subject = match (&peek.subject_sealed, &peek.subject) {
                 (Some(sealed), _) => Some(RecordedSubject::Sealed(sealed)),
                 (None, Some(clear)) => Some(RecordedSubject::Clear(clear)),
@@ -311,233 +292,112 @@ impl Trees {
             .event
             .recorded_subject()
             .and_then(|s| self.sealer.reveal(s));
-        match record.event {
-            Event::ConsentGranted {
-                consent_id,
-                pseudonym_key,
-                consumer,
-                participant,
-                agent,
-                attestation_types,
-                purpose,
-                expires_at,
-                request_id,
-                request_fingerprint,
-                mandate_id,
-                ..
-            } => {
-                // A consent whose person cannot be told (a seal that does not open) is kept
-                // under no person: it can be the basis of nothing.
-                let subject = subject.unwrap_or_default();
-                // A consent recorded under a mandate lapses with it at the latest, also one
-                // recorded before brokers capped it at the grant.
-                let mandate_expiry = self.mandate_expiry(mandate_id.as_deref())?;
-                let expires_at = mandate_expiry.map_or(expires_at, |m| expires_at.min(m));
-                for ty in &attestation_types {
+        let exchange = matches!(record.event, Event::Exchange(_));
+        let changes = projection::apply(self, seq, record, subject.clone())?;
+        for change in changes {
+            self.write_change(change)?;
+        }
+        Ok(if exchange { subject } else { None })
+    }
+
+    /// Writes one change of the projection into sled, with its indexes.
+    fn write_change(&self, change: Change) -> Result<(), StoreError> {
+        match change {
+            Change::ConsentGranted(consent) => {
+                let (id, subject) = (consent.id.as_bytes(), consent.subject.as_str());
+                for ty in &consent.attestation_types {
                     self.consents_by_scope.insert(
-                        scope_key(&subject, &consumer, ty, &purpose, consent_id.as_bytes()),
+                        scope_key(subject, &consent.consumer, ty, &consent.purpose, id),
                         &[],
                     )?;
                 }
-                let consent = Consent {
-                    id: consent_id.clone(),
-                    subject: subject.clone(),
-                    pseudonym_key,
-                    consumer,
-                    participant: participant.clone(),
-                    agent,
-                    mandate_id,
-                    attestation_types,
-                    purpose,
-                    granted_at: record.time,
-                    expires_at,
-                    revoked_at: None,
-                    renewed_at: None,
-                    seq,
-                };
-                self.consents
-                    .insert(consent_id.as_bytes(), json(&consent))?;
+                self.consents.insert(id, json(&consent))?;
                 self.consents_by_subject
-                    .insert(subject_key(&subject, consent_id.as_bytes()), &[])?;
+                    .insert(subject_key(subject, id), &[])?;
                 for party in [&consent.participant, &consent.consumer] {
                     self.consents_by_party
-                        .insert(party_key(party, &subject, consent_id.as_bytes()), &[])?;
+                        .insert(party_key(party, subject, id), &[])?;
                 }
                 if let Some(mandate) = &consent.mandate_id {
                     self.consents_by_mandate
-                        .insert(subject_key(mandate, consent_id.as_bytes()), &[])?;
-                }
-                if let (Some(request_id), Some(fingerprint)) = (request_id, request_fingerprint) {
-                    let used = RequestUse {
-                        fingerprint,
-                        result: consent_id,
-                    };
-                    self.requests.insert(
-                        request_key(&actor(&participant, consent.agent.as_deref()), &request_id),
-                        json(&used),
-                    )?;
+                        .insert(subject_key(mandate, id), &[])?;
                 }
             }
-            Event::ConsentRenewed {
-                consent_id,
-                participant,
-                agent,
-                expires_at,
-                request_id,
-                request_fingerprint,
-                ..
-            } => {
-                if let Some(bytes) = self.consents.get(consent_id.as_bytes())?
-                    && let Ok(mut consent) = serde_json::from_slice::<Consent>(&bytes)
-                    && consent.revoked_at.is_none()
-                {
-                    // A consent recorded under a mandate still lapses with it at the latest.
-                    let mandate_expiry = self.mandate_expiry(consent.mandate_id.as_deref())?;
-                    let renewed = consent.expires_at.max(expires_at);
-                    consent.expires_at = mandate_expiry.map_or(renewed, |m| renewed.min(m));
-                    consent.renewed_at = Some(record.time);
-                    self.consents
-                        .insert(consent_id.as_bytes(), json(&consent))?;
-                }
-                if let (Some(request_id), Some(fingerprint)) = (request_id, request_fingerprint) {
-                    let used = RequestUse {
-                        fingerprint,
-                        result: consent_id,
-                    };
-                    self.requests.insert(
-                        request_key(&actor(&participant, agent.as_deref()), &request_id),
-                        json(&used),
-                    )?;
-                }
+            Change::ConsentChanged(consent) => {
+                self.consents
+                    .insert(consent.id.as_bytes(), json(&consent))?;
             }
-            Event::ConsentRevoked { consent_id, .. } => {
-                if let Some(bytes) = self.consents.get(consent_id.as_bytes())?
-                    && let Ok(mut consent) = serde_json::from_slice::<Consent>(&bytes)
-                    && consent.revoked_at.is_none()
-                {
-                    consent.revoked_at = Some(record.time);
-                    self.consents
-                        .insert(consent_id.as_bytes(), json(&consent))?;
-                }
-            }
-            Event::MandateCreated {
-                mandate_id,
-                pseudonym_key,
-                structure,
-                agent,
-                purposes,
-                duration_days,
-                document_sha256,
-                expires_at,
-                request_id,
-                request_fingerprint,
-                ..
-            } => {
-                let subject = subject.unwrap_or_default();
-                let mandate = Mandate {
-                    id: mandate_id.clone(),
-                    subject: subject.clone(),
-                    pseudonym_key,
-                    structure: structure.clone(),
-                    agent: agent.clone(),
-                    purposes,
-                    duration_days,
-                    document_sha256,
-                    created_at: record.time,
-                    expires_at,
-                    revoked_at: None,
-                    seq,
-                };
-                self.mandates
-                    .insert(mandate_id.as_bytes(), json(&mandate))?;
+            Change::MandateCreated(mandate) => {
+                let id = mandate.id.as_bytes();
+                self.mandates.insert(id, json(&mandate))?;
                 self.mandates_by_subject
-                    .insert(subject_key(&subject, mandate_id.as_bytes()), &[])?;
+                    .insert(subject_key(&mandate.subject, id), &[])?;
                 self.mandates_by_structure
-                    .insert(subject_key(&structure, mandate_id.as_bytes()), &[])?;
-                if let (Some(request_id), Some(fingerprint)) = (request_id, request_fingerprint) {
-                    let used = RequestUse {
-                        fingerprint,
-                        result: mandate_id,
-                    };
-                    self.requests.insert(
-                        request_key(&actor(&structure, Some(&agent)), &request_id),
-                        json(&used),
-                    )?;
-                }
+                    .insert(subject_key(&mandate.structure, id), &[])?;
             }
-            Event::MandateRevoked { mandate_id, .. } => {
-                if let Some(bytes) = self.mandates.get(mandate_id.as_bytes())?
-                    && let Ok(mut mandate) = serde_json::from_slice::<Mandate>(&bytes)
-                    && mandate.revoked_at.is_none()
-                {
-                    mandate.revoked_at = Some(record.time);
-                    self.mandates
-                        .insert(mandate_id.as_bytes(), json(&mandate))?;
-                }
-                // The consents an agent recorded under it end with it (the broker also records
-                // their revocation in the same batch; consents recorded before it did are ended
-                // here, when the derived state is rebuilt).
-                let under: Vec<Consent> =
-                    indexed_after(&self.consents_by_mandate, &self.consents, &mandate_id, "")
-                        .collect::<Result<_, StoreError>>()?;
-                for mut consent in under {
-                    if consent.revoked_at.is_none() {
-                        consent.revoked_at = Some(record.time);
-                        self.consents
-                            .insert(consent.id.as_bytes(), json(&consent))?;
-                    }
-                }
+            Change::MandateChanged(mandate) => {
+                self.mandates
+                    .insert(mandate.id.as_bytes(), json(&mandate))?;
             }
-            Event::Exchange(exchange) => {
-                self.index_request(
-                    seq,
-                    &actor(&exchange.participant, exchange.agent.as_deref()),
-                    exchange
-                        .request_id
-                        .as_deref()
-                        .zip(exchange.request_fingerprint.as_deref()),
-                )?;
-                return Ok(subject);
+            Change::RequestUsed {
+                actor,
+                request_id,
+                used,
+            } => {
+                self.requests
+                    .insert(request_key(&actor, &request_id), json(&used))?;
             }
-            Event::BrokerStarted { keys, .. } if !keys.is_empty() => {
-                let recorded = crate::keys::RecordedKeys {
-                    entry: seq,
-                    ids: keys,
-                };
+            Change::FetchRequestUsed {
+                actor,
+                request_id,
+                used,
+            } => self.index_request(&actor, &request_id, used)?,
+            Change::KeysRecorded { entry, ids } => {
+                let recorded = crate::keys::RecordedKeys { entry, ids };
                 self.meta.insert(RECORDED_KEYS, json(&recorded))?;
             }
-            Event::RegistryLoaded { .. }
-            | Event::AuditRead { .. }
-            | Event::BrokerStarted { .. }
-            | Event::BrokerStopped {}
-            | Event::RateLimited { .. }
-            | Event::AccessHistoryRead { .. }
-            | Event::ConsentsRead { .. }
-            | Event::HarvestingAlarm { .. } => {}
         }
-        Ok(None)
+        Ok(())
+    }
+}
+
+/// What the projection reads: the consents and mandates as sled holds them (one that does not
+/// decode is as if absent).
+impl projection::Views for Trees {
+    type Error = StoreError;
+
+    fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {
+        Ok(self
+            .consents
+            .get(id.as_bytes())?
+            .and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
+        Ok(self
+            .mandates
+            .get(id.as_bytes())?
+            .and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    fn consents_under(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError> {
+        indexed_after(&self.consents_by_mandate, &self.consents, mandate_id, "").collect()
     }
 }
 
 impl Trees {
-    /// Indexes an exchange's request id (the first exchange of a request id is the one later
+    /// Indexes a Fetch's request id (the first exchange of a request id is the one later
     /// retries point to).
     fn index_request(
         &self,
-        seq: u64,
-        participant: &str,
-        request: Option<(&str, &str)>,
+        actor: &str,
+        request_id: &str,
+        used: RequestUse,
     ) -> Result<(), StoreError> {
-        if let Some((request_id, fingerprint)) = request {
-            let key = request_key(participant, &fetch_request_id(request_id));
-            let used = RequestUse {
-                fingerprint: fingerprint.to_string(),
-                result: seq.to_string(),
-            };
-            let _ =
-                self.requests
-                    .compare_and_swap(key, None as Option<&[u8]>, Some(json(&used)))?;
-        }
+        let key = request_key(actor, &fetch_request_id(request_id));
+        let _ = self
+            .requests
+            .compare_and_swap(key, None as Option<&[u8]>, Some(json(&used)))?;
         Ok(())
     }
 }
