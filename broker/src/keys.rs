@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::pseudonym::Pseudonymizer;
+/// The id of a secret key (the domain computes it: pseudonyms carry it).
+pub use crate::pseudonym::secret_key_id;
+
 /// The folder of the keys in the data directory.
 pub const KEYS_DIR: &str = "keys";
 /// The Ed25519 seed that signs attestations.
@@ -183,15 +187,6 @@ pub struct RecordedKeys {
     pub ids: BTreeMap<String, String>,
 }
 
-/// The id of a secret key: the first 8 bytes, hex, of SHA-256(`unefois pseudonym key id` ‖ 0x00
-/// ‖ secret). The audit pseudonym key's is the `pseudonym_key` of journal entries.
-pub fn secret_key_id(secret: &[u8; 32]) -> String {
-    let mut h = Sha256::new();
-    h.update(b"unefois pseudonym key id\0");
-    h.update(secret);
-    hex::encode(&h.finalize()[..8])
-}
-
 /// The id of an Ed25519 key: the first 8 bytes, hex, of SHA-256(`unefois ed25519 key id` ‖
 /// 0x00 ‖ the 32-byte public key), the key a published `.vkey` carries after its 0x01 byte.
 pub fn ed25519_key_id(public: &[u8; 32]) -> String {
@@ -216,6 +211,14 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// The pseudonym keys ([`AUDIT_PSEUDONYM_KEY`], [`PAIRWISE_PSEUDONYM_KEY`]).
+    pub fn pseudonymizer(&self) -> Result<Pseudonymizer, KeyError> {
+        Ok(Pseudonymizer::from_secrets(
+            self.secret(AUDIT_PSEUDONYM_KEY)?,
+            self.secret(PAIRWISE_PSEUDONYM_KEY)?,
+        ))
+    }
+
     /// Loads every key of [`KEYS`] from `data_dir/keys` (created 0700). A missing key is
     /// created (random, 0600, written atomically and synced; a warning names the file) when
     /// `journal_is_empty`, or when it is a [`Since::LaterVersion`] key; otherwise

@@ -6,7 +6,7 @@
 
 /// The domain (crate `unefois-domain`, no I/O): what the CLI and the tests name through the
 /// broker.
-pub use unefois_domain::{event, identity, idp, provider_config, registry, subject};
+pub use unefois_domain::{event, identity, idp, provider_config, pseudonym, registry, subject};
 /// The journal, the broker's source of truth: its own crate (`unefois-journal`), which depends
 /// on none of ours.
 pub use unefois_journal as journal;
@@ -39,7 +39,6 @@ pub(crate) mod prefill;
 pub mod preview;
 pub mod provider_client;
 pub(crate) mod provider_gate;
-pub mod pseudonym;
 pub(crate) mod ratelimit;
 pub mod receipt;
 pub(crate) mod reserve;

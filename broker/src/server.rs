@@ -20,7 +20,6 @@ use crate::journal::JournalOptions;
 use crate::keys::{KeyError, Keys};
 use crate::listener::{self, AcceptLimits, TlsFiles, TlsMaterial, TlsSetupError};
 use crate::ops::{self, Readiness};
-use crate::pseudonym::Pseudonymizer;
 use crate::ratelimit::{self, RateLimits};
 use crate::registry::{Registry, RegistryError};
 use crate::signing::AttestationSigner;
@@ -213,7 +212,7 @@ pub async fn run(
         Some(crate::grpc::provider_readiness(health.0.clone())),
     )?;
     let keys = load_keys(&config.data_dir)?;
-    let pseudonyms = Pseudonymizer::new(&keys)?;
+    let pseudonyms = keys.pseudonymizer()?;
     let sealer = Arc::new(crate::seal::Sealer::new(&keys)?);
     let signer = AttestationSigner::new(&keys, registry.trust_domain())?;
     let log = LogSigner::new(&keys, registry.trust_domain())?;

@@ -20,6 +20,7 @@ pub mod page;
 pub mod policy;
 pub mod projection;
 pub mod provider_config;
+pub mod pseudonym;
 pub mod registry;
 pub mod subject;
 pub mod validate;

@@ -371,7 +371,6 @@ async fn two_consumers_get_unlinkable_pseudonyms_for_one_person() -> anyhow::Res
 #[tokio::test]
 async fn an_expired_consent_is_not_a_legal_basis() -> anyhow::Result<()> {
     use broker::event::RECORD_VERSION;
-    use broker::pseudonym::Pseudonymizer;
     use broker::subject::Subject;
 
     let pki = TestPki::for_sample_registry()?;
@@ -380,7 +379,7 @@ async fn an_expired_consent_is_not_a_legal_basis() -> anyhow::Result<()> {
     {
         // The keys a broker creates over an empty journal, before its first record.
         let keys = broker::keys::Keys::load(data.path(), true)?;
-        let pseudonyms = Pseudonymizer::new(&keys)?;
+        let pseudonyms = keys.pseudonymizer()?;
         let alice = Subject::parse("test:alice", true)?;
         let given = time::OffsetDateTime::now_utc() - time::Duration::days(40);
         let journal = Journal::open(&data.path().join("journal"), JournalOptions::default())?;

@@ -483,7 +483,7 @@ async fn an_expired_mandate_is_refused() -> anyhow::Result<()> {
     // year ago (the broker derives its state from the journal at start).
     let registry = broker::registry::Registry::load(&unefois_tests::sample_registry())?;
     let keys = broker::keys::Keys::load(&data_dir, false)?;
-    let pseudonyms = broker::pseudonym::Pseudonymizer::new(&keys)?;
+    let pseudonyms = keys.pseudonymizer()?;
     let subject = broker::subject::Subject::parse("test:alice", true)?;
     let log = broker::audit::LogSigner::new(&keys, registry.trust_domain())?;
     let sealer = std::sync::Arc::new(broker::seal::Sealer::new(&keys)?);

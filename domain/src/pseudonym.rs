@@ -7,19 +7,18 @@
 //! - the **pairwise pseudonym** goes into attestations: it differs per consumer, so two
 //!   consumers cannot link what they each obtained about one person.
 //!
-//! Each key has a key id ([`crate::keys::secret_key_id`]); the audit key's is recorded beside
-//! every audit pseudonym.
+//! Each key has a key id ([`secret_key_id`]); the audit key's is recorded beside every audit
+//! pseudonym. The keys themselves are the broker's (`DATA/keys`).
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
-use crate::keys::{AUDIT_PSEUDONYM_KEY, KeyError, Keys, PAIRWISE_PSEUDONYM_KEY, secret_key_id};
 use crate::subject::Subject;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The pseudonym keys, from `DATA/keys/` ([`Keys`]).
+/// The pseudonym keys (the broker loads them from `DATA/keys/`).
 pub struct Pseudonymizer {
     audit: HmacSha256,
     audit_key_id: String,
@@ -32,15 +31,7 @@ fn mac(secret: &[u8; 32]) -> HmacSha256 {
 }
 
 impl Pseudonymizer {
-    /// The pseudonym keys of `keys`.
-    pub fn new(keys: &Keys) -> Result<Pseudonymizer, KeyError> {
-        Ok(Pseudonymizer::from_secrets(
-            keys.secret(AUDIT_PSEUDONYM_KEY)?,
-            keys.secret(PAIRWISE_PSEUDONYM_KEY)?,
-        ))
-    }
-
-    /// Builds from known secrets (tests, restores).
+    /// Builds from the two secrets: the audit key's and the pairwise key's.
     pub fn from_secrets(audit: &[u8; 32], pairwise: &[u8; 32]) -> Pseudonymizer {
         Pseudonymizer {
             audit: mac(audit),
@@ -71,6 +62,15 @@ impl Pseudonymizer {
         m.update(subject.as_str().as_bytes());
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
     }
+}
+
+/// The id of a secret key: the first 8 bytes, hex, of SHA-256(`unefois pseudonym key id` ‖ 0x00
+/// ‖ secret). The audit pseudonym key's is the `pseudonym_key` of journal entries.
+pub fn secret_key_id(secret: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"unefois pseudonym key id\0");
+    h.update(secret);
+    hex::encode(&h.finalize()[..8])
 }
 
 #[cfg(test)]
