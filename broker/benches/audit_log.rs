@@ -14,7 +14,7 @@ use broker::audit::LogSigner;
 use broker::audit::TreeFile;
 use broker::event::{Event, ExchangeEvent, Outcome, Record, RecordedBasis};
 use broker::journal::JournalOptions;
-use broker::store::Store;
+use broker::store::{Embedded, Store};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -55,7 +55,7 @@ fn exchange_record(i: u64) -> Record {
 /// Appends `records` records from `tasks` concurrent tasks; returns (seconds, syncs, bytes).
 async fn appends(sync: bool, records: u64, tasks: u64) -> (f64, u64, usize) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
+    let store = Embedded::open(
         dir.path(),
         JournalOptions {
             sync,

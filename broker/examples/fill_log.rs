@@ -14,7 +14,7 @@ use broker::audit::LogSigner;
 use broker::event::{Event, ExchangeEvent, Outcome, Record, RecordedBasis};
 use broker::journal::JournalOptions;
 use broker::seal::Sealer;
-use broker::store::Store;
+use broker::store::{Embedded, Store};
 
 /// One exchange as the broker records a granted fetch under law (synthetic pseudonym, sealed
 /// with the broker's seal key as the broker seals it).
@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     let empty = !broker::journal::holds_records(&data.join("journal"))?;
     let keys = broker::keys::Keys::load(&data, empty)?;
     let sealer = std::sync::Arc::new(Sealer::new(&keys)?);
-    let store = Store::open(
+    let store = Embedded::open(
         &data,
         JournalOptions {
             sync: false,

@@ -68,7 +68,7 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
     // a mandate to, within its scope; a consent that benefits that structure itself needs the
     // citizen's own evidence: an agent never consents to its own structure for the person.
     let mandate = crate::policy::acting(
-        &state.store,
+        &*state.store,
         caller,
         &input.mandate_id,
         &pseudonym,
@@ -333,7 +333,7 @@ pub async fn revoke(
         // Another person's consent is, to this mandate, a consent that does not exist; one of
         // another purpose is outside what the person allowed the structure to do.
         crate::policy::authorize(
-            &state.store,
+            &*state.store,
             caller,
             &input.mandate_id,
             &consent.subject,
@@ -461,7 +461,7 @@ pub async fn list(
         None
     } else {
         crate::policy::acting(
-            &state.store,
+            &*state.store,
             caller,
             &input.mandate_id,
             &pseudonym,

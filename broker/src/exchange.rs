@@ -570,7 +570,7 @@ async fn decide(
         input,
         subject,
         &audit,
-        &state.store,
+        &*state.store,
         now,
     );
     if verdict.mandate.is_some() {

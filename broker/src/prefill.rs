@@ -152,7 +152,7 @@ pub async fn prefill(
     let standing = async {
         caller.require_citizen_facing()?;
         let mandate = crate::policy::acting(
-            &state.store,
+            &*state.store,
             caller,
             &input.mandate_id,
             &pseudonym,
@@ -426,7 +426,7 @@ pub async fn confirm(
     let standing = async {
         caller.require_citizen_facing()?;
         let mandate = crate::policy::acting(
-            &state.store,
+            &*state.store,
             caller,
             &input.mandate_id,
             &pseudonym,

@@ -24,7 +24,7 @@ use crate::ratelimit::{self, RateLimits};
 use crate::registry::{Registry, RegistryError};
 use crate::signing::AttestationSigner;
 use crate::state::{DEFAULT_PROVIDER_TIMEOUT, State};
-use crate::store::{Store, StoreError};
+use crate::store::{Embedded, Store, StoreError};
 
 /// Streams a participant connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
 /// more are refused (REFUSED_STREAM; tonic's client queues them instead). A stream whose answer
@@ -225,7 +225,7 @@ pub async fn run(
         ("log.vkey", "log key", log.vkey().to_string()),
     ];
     // Start-up only: reading the journal blocks this task until the state is caught up.
-    let store = Store::open(
+    let store: Arc<dyn Store> = Arc::new(Embedded::open(
         &config.data_dir,
         JournalOptions {
             #[cfg(feature = "fault-injection")]
@@ -234,7 +234,7 @@ pub async fn run(
         },
         log,
         sealer.clone(),
-    )?;
+    )?);
     // The keys are those the journal last recorded, and the published verifier keys theirs.
     let checked = (|| -> Result<(), BrokerError> {
         if let Some(recorded) = store.recorded_keys()? {

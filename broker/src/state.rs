@@ -17,7 +17,7 @@ pub struct State {
     /// Registry, adapters, revocations in force.
     pub federation: Arc<Federation>,
     /// Journal and derived state.
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     /// Pseudonym keys.
     pub pseudonyms: Pseudonymizer,
     /// The seal key: the person of each entry sealed, caller-chosen ids blinded.

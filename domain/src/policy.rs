@@ -127,7 +127,7 @@ pub fn decide<'r>(
     input: &FetchInput,
     subject: Subject,
     audit: &str,
-    facts: &impl Facts,
+    facts: &(impl Facts + ?Sized),
     now: OffsetDateTime,
 ) -> Verdict<'r> {
     let mut found = Found::default();
@@ -157,7 +157,7 @@ fn decided<'r>(
     input: &FetchInput,
     subject: Subject,
     audit: &str,
-    facts: &impl Facts,
+    facts: &(impl Facts + ?Sized),
     now: OffsetDateTime,
     found: &mut Found<'r>,
 ) -> Result<Decision, ApiError> {
@@ -320,7 +320,7 @@ pub fn habilitation_for<'a>(
 /// is none: the newest matching one revoked (CONSENT_REVOKED) or lapsed (CONSENT_EXPIRED), or
 /// none ever given (NO_CONSENT).
 pub fn consent_in_force(
-    facts: &impl Facts,
+    facts: &(impl Facts + ?Sized),
     subject: &str,
     caller: &Caller,
     attestation_type: &str,
@@ -355,7 +355,7 @@ pub fn consent_in_force(
 /// for `purpose` when the act has one: an agent of the mandate's structure, the mandate's
 /// subject, the mandate active at `now`, the purpose in scope.
 pub fn authorize(
-    facts: &impl Facts,
+    facts: &(impl Facts + ?Sized),
     caller: &Caller,
     mandate_id: &str,
     subject: &str,
@@ -394,7 +394,7 @@ pub fn authorize(
 /// How a call about a person is allowed to proceed: on the caller's own standing (a guichet,
 /// a consumer), or under a mandate. A mediator never acts without one.
 pub fn acting(
-    facts: &impl Facts,
+    facts: &(impl Facts + ?Sized),
     caller: &Caller,
     mandate_id: &str,
     subject: &str,

@@ -122,7 +122,7 @@ pub struct LoggedEvent {
 }
 
 impl LoggedEvent {
-    fn read(store: &Store, index: u64, entry: Vec<u8>) -> LoggedEvent {
+    fn read(store: &dyn Store, index: u64, entry: Vec<u8>) -> LoggedEvent {
         let record = Record::decode(&entry).ok();
         let subject = record.as_ref().and_then(|r| store.subject_of(&r.event));
         LoggedEvent {
@@ -150,7 +150,10 @@ impl EventFilter {
 
 /// The events matching `filter` among at most [`MAX_SCAN`] entries from its start index, and
 /// the index to continue from (the log's end when it was reached).
-pub fn list(store: &Store, filter: &EventFilter) -> Result<(Vec<LoggedEvent>, u64), StoreError> {
+pub fn list(
+    store: &dyn Store,
+    filter: &EventFilter,
+) -> Result<(Vec<LoggedEvent>, u64), StoreError> {
     let limit = match filter.limit {
         0 => 100,
         n => n.min(MAX_LIMIT),
@@ -178,7 +181,7 @@ pub fn list(store: &Store, filter: &EventFilter) -> Result<(Vec<LoggedEvent>, u6
 /// The exchanges about a subject (by audit pseudonym), newest first, older than leaf `before`
 /// (exclusive) when given, at most `size` of them, and whether more remain.
 pub fn accesses(
-    store: &Store,
+    store: &dyn Store,
     subject: &str,
     before: Option<u64>,
     size: usize,

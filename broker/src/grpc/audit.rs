@@ -317,7 +317,7 @@ impl AuditApi for AuditService {
             .audited_filter(&caller, request.get_ref(), "ListEvents")
             .await
             .map_err(status)?;
-        let (found, next_index) = events::list(&self.state.store, &filter)?;
+        let (found, next_index) = events::list(&*self.state.store, &filter)?;
         Ok(Response::new(pb::ListEventsResponse {
             events: found.iter().map(audit_event).collect(),
             next_index,
@@ -340,7 +340,7 @@ impl AuditApi for AuditService {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             loop {
-                let page = events::list(&state.store, &filter);
+                let page = events::list(&*state.store, &filter);
                 let (found, next) = match page {
                     Ok(p) => p,
                     Err(e) => {

@@ -137,7 +137,7 @@ impl GuichetApi for GuichetService {
         let pseudonym = self.state.pseudonyms.audit(&subject);
         // The citizen in person (identity evidence), or an agent under the citizen's mandate.
         let mandate = crate::policy::acting(
-            &self.state.store,
+            &*self.state.store,
             caller,
             &r.mandate_id,
             &pseudonym,
@@ -172,7 +172,7 @@ impl GuichetApi for GuichetService {
                 mandate_id: mandate.map(|m| m.id),
             })])
             .await?;
-        let (found, more) = events::accesses(store, &pseudonym, before, size)?;
+        let (found, more) = events::accesses(&**store, &pseudonym, before, size)?;
         let (tree_size, checkpoint) = store.latest_checkpoint()?.unwrap_or((0, String::new()));
         let mut accesses = Vec::with_capacity(found.len());
         for logged in &found {

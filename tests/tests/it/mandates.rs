@@ -487,7 +487,8 @@ async fn an_expired_mandate_is_refused() -> anyhow::Result<()> {
     let subject = broker::subject::Subject::parse("test:alice", true)?;
     let log = broker::audit::LogSigner::new(&keys, registry.trust_domain())?;
     let sealer = std::sync::Arc::new(broker::seal::Sealer::new(&keys)?);
-    let store = broker::store::Store::open(
+    use broker::store::Store as _;
+    let store = broker::store::Embedded::open(
         &data_dir,
         broker::journal::JournalOptions::default(),
         log,

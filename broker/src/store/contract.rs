@@ -1,0 +1,306 @@
+//! The `Store` contract, run against every backend: the same appends give the same reads, the
+//! same entries, the same checkpoints (byte for byte: the same log key signs the same roots) and
+//! proofs that verify.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use serde_json::json;
+use unefois_tlog::tree::{root_of, verify_consistency, verify_inclusion};
+
+use super::{Embedded, MandatesOf, Memory, Store, StoreError};
+use crate::audit::LogSigner;
+use crate::event::Record;
+use crate::journal::JournalOptions;
+use crate::seal::Sealer;
+
+fn log() -> LogSigner {
+    LogSigner::from_seed(&[7; 32], "unefois.test").unwrap()
+}
+
+fn sealer() -> Arc<Sealer> {
+    Arc::new(Sealer::from_secret(&[0x5e; 32]))
+}
+
+/// A version-2 record of `kind` at a fixed instant (the same bytes in every backend).
+fn record(kind: &str, fields: serde_json::Value) -> Record {
+    let mut value = json!({ "v": 2, "time": "2026-06-01T12:00:00Z", "kind": kind });
+    let object = value.as_object_mut().unwrap();
+    object.extend(fields.as_object().unwrap().clone());
+    Record::decode(&serde_json::to_vec(&value).unwrap()).unwrap()
+}
+
+/// The appends of the contract, in batches: a mandate, a consent under it (its expiry past the
+/// mandate's), a consent recorded by a guichet, exchanges about two people (one retried with
+/// the same request id), the keys a broker started with, then the mandate's revocation.
+fn batches(sealed: &dyn Fn(&str) -> String) -> Vec<Vec<Record>> {
+    let exchange = |person: &str, request: &str| {
+        record(
+            "exchange",
+            json!({
+                "outcome": "granted", "participant": "caf", "agent": null,
+                "subject_sealed": sealed(person), "attestation_type": "qf",
+                "purpose": "cantine", "registry_sha256": "00", "request_id": request,
+                "request_fingerprint": format!("fp-{request}"),
+            }),
+        )
+    };
+    vec![
+        vec![record(
+            "mandate_created",
+            json!({
+                "mandate_id": "m1", "subject_sealed": sealed("alice"), "pseudonym_key": "k1",
+                "structure": "fs", "agent": "a1", "purposes": ["cantine"],
+                "duration_days": 31, "document_sha256": "00",
+                "expires_at": "2026-07-02T12:00:00Z", "request_id": "r1",
+                "request_fingerprint": "fp-r1",
+            }),
+        )],
+        vec![
+            record(
+                "consent_granted",
+                json!({
+                    "consent_id": "c1", "subject_sealed": sealed("alice"),
+                    "pseudonym_key": "k1", "consumer": "caf", "participant": "fs",
+                    "agent": "a1", "attestation_types": ["qf"], "purpose": "cantine",
+                    "expires_at": "2027-06-01T12:00:00Z", "request_id": "r2",
+                    "request_fingerprint": "fp-r2", "mandate_id": "m1",
+                }),
+            ),
+            record(
+                "consent_granted",
+                json!({
+                    "consent_id": "c2", "subject_sealed": sealed("alice"),
+                    "pseudonym_key": "k1", "consumer": "dgfip", "participant": "mairie",
+                    "agent": null, "attestation_types": ["rfr"], "purpose": "cantine",
+                    "expires_at": "2027-06-01T12:00:00Z",
+                }),
+            ),
+        ],
+        vec![
+            exchange("alice", "q1"),
+            exchange("bob", "q2"),
+            exchange("alice", "q1"),
+        ],
+        vec![record(
+            "broker_started",
+            json!({ "version": "0", "keys": { "audit.key": "id1", "log.key": "id2" } }),
+        )],
+        vec![record(
+            "mandate_revoked",
+            json!({ "mandate_id": "m1", "participant": "fs", "agent": "a1" }),
+        )],
+    ]
+}
+
+/// Everything a reader can see of the store, in lines; checks the proofs on the way.
+async fn contract(store: &dyn Store, batches: Vec<Vec<Record>>) -> Vec<String> {
+    let mut seen = Vec::new();
+    assert_eq!(store.latest_checkpoint().unwrap(), None);
+    assert_eq!(store.entries_from(0).count(), 0);
+    assert!(matches!(
+        store.checkpoint_at(1),
+        Err(StoreError::OutOfRange(_))
+    ));
+    let mut appended = Vec::new();
+    for batch in batches {
+        let expected: Vec<Vec<u8>> = batch.iter().map(Record::encode).collect();
+        let seqs = store.append(batch).await.unwrap();
+        // Durable, applied and checkpointed when append returns.
+        let (size, _) = store.latest_checkpoint().unwrap().unwrap();
+        assert_eq!(size, seqs.last().unwrap() + 1);
+        for (seq, bytes) in seqs.iter().zip(expected) {
+            assert_eq!(store.entry(*seq).unwrap().unwrap(), bytes);
+            appended.push(bytes);
+        }
+        seen.push(format!("batch {seqs:?}"));
+    }
+    let size = appended.len() as u64;
+    let (latest, note) = store.latest_checkpoint().unwrap().unwrap();
+    assert_eq!(latest, size);
+    assert_eq!(store.checkpoint_at(size).unwrap(), note);
+    seen.push(format!("checkpoint {note}"));
+    seen.push(format!(
+        "checkpoint at 3 {}",
+        store.checkpoint_at(3).unwrap()
+    ));
+    let root = root_of(&appended);
+    for leaf in 0..size {
+        let proof = store.inclusion_proof(leaf, size).unwrap();
+        verify_inclusion(&proof, size, root, leaf, &appended[leaf as usize]).unwrap();
+    }
+    let proof = store.consistency_proof(3, size).unwrap();
+    verify_consistency(&proof, 3, root_of(&appended[..3]), size, root).unwrap();
+    for refused in [
+        store.inclusion_proof(0, size + 1),
+        store.inclusion_proof(size, size),
+        store.consistency_proof(0, size),
+        store.consistency_proof(2, size + 1),
+    ] {
+        assert!(
+            matches!(refused, Err(StoreError::OutOfRange(_))),
+            "{refused:?}"
+        );
+    }
+    let from: Vec<u64> = store.entries_from(4).map(|e| e.unwrap().0).collect();
+    seen.push(format!("entries from 4: {from:?}"));
+
+    let consents = |found: Vec<crate::consent::Consent>| -> String {
+        let described = found.iter().map(|c| {
+            let revoked = c.revoked_at.map_or("", |_| " revoked");
+            format!(
+                "{} of {} until {}{revoked}",
+                c.id,
+                c.subject,
+                c.expires_at.date()
+            )
+        });
+        described.collect::<Vec<_>>().join(", ")
+    };
+    let all = store.consents_of_after("alice", "").unwrap();
+    seen.push(format!(
+        "alice: {}",
+        consents(all.map(Result::unwrap).collect())
+    ));
+    let after = store.consents_of_after("alice", "c1").unwrap();
+    seen.push(format!(
+        "alice after c1: {}",
+        consents(after.map(Result::unwrap).collect())
+    ));
+    for party in ["fs", "caf", "dgfip", "mairie", "other"] {
+        let found = store.consents_seen_by_after(party, "alice", "").unwrap();
+        let found = consents(found.map(Result::unwrap).collect());
+        seen.push(format!("seen by {party}: {found}"));
+    }
+    seen.push(format!(
+        "under m1: {}",
+        consents(store.consents_under_mandate("m1").unwrap())
+    ));
+    seen.push(format!(
+        "for caf qf cantine: {}",
+        consents(store.consents_for("alice", "caf", "qf", "cantine").unwrap())
+    ));
+    seen.push(format!(
+        "for caf rfr cantine: {}",
+        consents(
+            store
+                .consents_for("alice", "caf", "rfr", "cantine")
+                .unwrap()
+        )
+    ));
+    seen.push(format!(
+        "c2: {:?}",
+        store.consent("c2").unwrap().map(|c| c.consumer)
+    ));
+    for of in [MandatesOf::Subject("alice"), MandatesOf::Structure("fs")] {
+        let found: Vec<_> = store
+            .mandates_after(of, "")
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let described: Vec<_> = found
+            .iter()
+            .map(|m| format!("{} revoked {}", m.id, m.revoked_at.is_some()))
+            .collect();
+        seen.push(format!("mandates of {of:?}: {described:?}"));
+    }
+    seen.push(format!("m9: {:?}", store.mandate("m9").unwrap()));
+    seen.push(format!(
+        "r1: {:?}",
+        store.request_use("fs/a1", "r1").unwrap()
+    ));
+    seen.push(format!(
+        "r2: {:?}",
+        store.request_use("fs/a1", "r2").unwrap()
+    ));
+    seen.push(format!(
+        "q1: {:?}",
+        store.fetch_request_use("caf", "q1").unwrap()
+    ));
+    seen.push(format!(
+        "q1 as consent: {:?}",
+        store.request_use("caf", "q1").unwrap()
+    ));
+    for (before, limit) in [(None, 10), (Some(5), 10), (None, 1), (Some(3), 10)] {
+        let found = store.exchanges_about("alice", before, limit).unwrap();
+        seen.push(format!(
+            "alice's exchanges before {before:?}, {limit}: {found:?}"
+        ));
+    }
+    seen.push(format!(
+        "bob's: {:?}",
+        store.exchanges_about("bob", None, 10).unwrap()
+    ));
+    seen.push(format!("keys: {:?}", store.recorded_keys().unwrap()));
+    let entry = store.entry(3).unwrap().unwrap();
+    let event = Record::decode(&entry).unwrap().event;
+    seen.push(format!("entry 3 is about {:?}", store.subject_of(&event)));
+    seen.push(format!("entry {size}: {:?}", store.entry(size).unwrap()));
+    seen.push(format!("log key {}", store.log_vkey()));
+    store.close().await;
+    let after_close = store
+        .append(vec![record("broker_stopped", json!({}))])
+        .await;
+    assert!(after_close.is_err(), "an append after close");
+    seen
+}
+
+#[tokio::test]
+async fn both_backends_keep_the_contract_and_agree_byte_for_byte() {
+    let sealer = sealer();
+    // Sealed once: both backends append the very same bytes.
+    let batches = batches(&|person| sealer.seal(person));
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Embedded::open(dir.path(), JournalOptions::default(), log(), sealer.clone());
+    let embedded = contract(&embedded.unwrap(), batches.clone()).await;
+    let memory = contract(&Memory::new(log(), sealer), batches).await;
+    assert_eq!(embedded, memory);
+    let expected = [
+        "batch [0]",
+        "batch [1, 2]",
+        "batch [3, 4, 5]",
+        "batch [6]",
+        "batch [7]",
+        "entries from 4: [4, 5, 6, 7]",
+        // The consent under the mandate lapses with it, and ended with it.
+        "alice: c1 of alice until 2026-07-02 revoked, c2 of alice until 2027-06-01",
+        "alice after c1: c2 of alice until 2027-06-01",
+        "seen by fs: c1 of alice until 2026-07-02 revoked",
+        "seen by caf: c1 of alice until 2026-07-02 revoked",
+        "seen by dgfip: c2 of alice until 2027-06-01",
+        "seen by mairie: c2 of alice until 2027-06-01",
+        "seen by other: ",
+        "under m1: c1 of alice until 2026-07-02 revoked",
+        "for caf qf cantine: c1 of alice until 2026-07-02 revoked",
+        "for caf rfr cantine: ",
+        "c2: Some(\"dgfip\")",
+        "mandates of Subject(\"alice\"): [\"m1 revoked true\"]",
+        "mandates of Structure(\"fs\"): [\"m1 revoked true\"]",
+        "m9: None",
+        "r1: Some(RequestUse { fingerprint: \"fp-r1\", result: \"m1\" })",
+        "r2: Some(RequestUse { fingerprint: \"fp-r2\", result: \"c1\" })",
+        // A retried Fetch points to its first exchange; Fetch ids are apart from the others.
+        "q1: Some(RequestUse { fingerprint: \"fp-q1\", result: \"3\" })",
+        "q1 as consent: None",
+        "alice's exchanges before None, 10: [5, 3]",
+        "alice's exchanges before Some(5), 10: [3]",
+        "alice's exchanges before None, 1: [5]",
+        "alice's exchanges before Some(3), 10: []",
+        "bob's: [4]",
+        "entry 3 is about Some(\"alice\")",
+        "entry 8: None",
+    ];
+    let without_notes: Vec<&String> = embedded
+        .iter()
+        .filter(|l| {
+            !l.starts_with("checkpoint") && !l.starts_with("keys") && !l.starts_with("log key")
+        })
+        .collect();
+    assert_eq!(without_notes, expected);
+    let keys = embedded.iter().find(|l| l.starts_with("keys")).unwrap();
+    assert!(
+        keys.contains("entry: 6") && keys.contains("\"log.key\": \"id2\""),
+        "{keys}"
+    );
+}

@@ -1,0 +1,351 @@
+//! The in-memory backend of the [`Store`]: nothing on disk, nothing survives the process. For
+//! unit tests of what sits on the store, and as the contract's second implementation: the same
+//! projection (the domain's), the same tree and checkpoints (`unefois-tlog`'s tree, the log
+//! key's signature), the same answers as [`super::Embedded`] for the same appends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use unefois_tlog::tree::MemoryTree;
+
+use super::{Items, MandatesOf, Store, StoreError};
+use crate::audit::LogSigner;
+use crate::consent::Consent;
+use crate::event::{Event, Record};
+use crate::journal::JournalError;
+use crate::keys::RecordedKeys;
+use crate::mandate::Mandate;
+use crate::projection::{self, Change, RequestUse};
+use crate::seal::Sealer;
+
+/// The log, its Merkle tree and the read models, in memory.
+pub struct Memory {
+    log: LogSigner,
+    sealer: Arc<Sealer>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: Vec<Vec<u8>>,
+    tree: MemoryTree,
+    latest: Option<(u64, String)>,
+    consents: BTreeMap<String, Consent>,
+    mandates: BTreeMap<String, Mandate>,
+    /// (actor, request id) → use; a Fetch's request id under `fetch/<id>`, as the embedded
+    /// backend keeps it.
+    requests: HashMap<(String, String), RequestUse>,
+    /// Each person's exchanges, oldest first.
+    exchanges: HashMap<String, Vec<u64>>,
+    recorded_keys: Option<RecordedKeys>,
+    closed: bool,
+}
+
+impl Memory {
+    /// An empty store whose checkpoints `log` signs and whose sealed persons `sealer` opens.
+    pub fn new(log: LogSigner, sealer: Arc<Sealer>) -> Memory {
+        Memory {
+            log,
+            sealer,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding it leaves the maps as they were between two changes: still
+        // readable, as the embedded backend's sled would be.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends, projects and checkpoints `records` under one lock: what a reader sees is
+    /// always a whole batch or none of it.
+    fn append_encoded(&self, records: Vec<Record>) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut inner = self.inner();
+        if inner.closed {
+            return Err(StoreError::Journal(JournalError::Closed));
+        }
+        let mut appended = Vec::with_capacity(records.len());
+        for record in records {
+            let seq = inner.entries.len() as u64;
+            let entry = record.encode();
+            let subject = self.subject_of(&record.event);
+            let exchange = matches!(record.event, Event::Exchange(_));
+            for change in projection::apply(&*inner, seq, record, subject.clone())? {
+                inner.write(change);
+            }
+            if exchange && let Some(subject) = subject {
+                inner.exchanges.entry(subject).or_default().push(seq);
+            }
+            inner.tree.push(&entry);
+            inner.entries.push(entry.clone());
+            appended.push((seq, entry));
+        }
+        let size = inner.tree.len();
+        if size > 0 {
+            let note = self.log.sign(size, inner.tree.root(size));
+            inner.latest = Some((size, note));
+        }
+        Ok(appended)
+    }
+
+    /// Refuses sizes beyond the latest checkpoint.
+    fn within(inner: &Inner, size: u64) -> Result<(), StoreError> {
+        let latest = inner.latest.as_ref().map_or(0, |(s, _)| *s);
+        if size > latest {
+            return Err(StoreError::OutOfRange(format!(
+                "tree size {size} is beyond the log's {latest} entries"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn write(&mut self, change: Change) {
+        match change {
+            Change::ConsentGranted(c) | Change::ConsentChanged(c) => {
+                self.consents.insert(c.id.clone(), c);
+            }
+            Change::MandateCreated(m) | Change::MandateChanged(m) => {
+                self.mandates.insert(m.id.clone(), m);
+            }
+            Change::RequestUsed {
+                actor,
+                request_id,
+                used,
+            } => {
+                self.requests.insert((actor, request_id), used);
+            }
+            Change::FetchRequestUsed {
+                actor,
+                request_id,
+                used,
+            } => {
+                let key = (actor, format!("fetch/{request_id}"));
+                self.requests.entry(key).or_insert(used);
+            }
+            Change::KeysRecorded { entry, ids } => {
+                self.recorded_keys = Some(RecordedKeys { entry, ids });
+            }
+        }
+    }
+
+    /// The consents `keep` accepts after the id `after` (exclusive; from the first when
+    /// empty), in id order.
+    fn consents_after(&self, after: &str, keep: impl Fn(&Consent) -> bool) -> Vec<Consent> {
+        self.consents
+            .values()
+            .filter(|c| (after.is_empty() || c.id.as_str() > after) && keep(c))
+            .cloned()
+            .collect()
+    }
+}
+
+impl projection::Views for Inner {
+    type Error = StoreError;
+
+    fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {
+        Ok(self.consents.get(id).cloned())
+    }
+
+    fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
+        Ok(self.mandates.get(id).cloned())
+    }
+
+    fn consents_under(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError> {
+        Ok(self.consents_after("", |c| c.mandate_id.as_deref() == Some(mandate_id)))
+    }
+}
+
+fn items<'a, T: Send + 'a>(found: Vec<T>) -> Items<'a, T> {
+    Box::new(found.into_iter().map(Ok))
+}
+
+#[async_trait::async_trait]
+impl Store for Memory {
+    fn recorded_keys(&self) -> Result<Option<RecordedKeys>, StoreError> {
+        Ok(self.inner().recorded_keys.clone())
+    }
+
+    async fn append_entry(&self, record: Record) -> Result<(u64, Vec<u8>), StoreError> {
+        let mut appended = self.append_encoded(vec![record])?;
+        appended
+            .pop()
+            .ok_or(StoreError::Journal(JournalError::Closed))
+    }
+
+    async fn append(&self, records: Vec<Record>) -> Result<Vec<u64>, StoreError> {
+        let appended = self.append_encoded(records)?;
+        Ok(appended.into_iter().map(|(seq, _)| seq).collect())
+    }
+
+    fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {
+        Ok(self.inner().consents.get(id).cloned())
+    }
+
+    fn consents_of_after<'a>(
+        &'a self,
+        subject: &str,
+        after: &str,
+    ) -> Result<Items<'a, Consent>, StoreError> {
+        let found = self.inner().consents_after(after, |c| c.subject == subject);
+        Ok(items(found))
+    }
+
+    fn consents_seen_by_after<'a>(
+        &'a self,
+        party: &str,
+        subject: &str,
+        after: &str,
+    ) -> Result<Items<'a, Consent>, StoreError> {
+        let found = self
+            .inner()
+            .consents_after(after, |c| c.subject == subject && c.visible_to(party));
+        Ok(items(found))
+    }
+
+    fn consents_under_mandate(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError> {
+        projection::Views::consents_under(&*self.inner(), mandate_id)
+    }
+
+    fn consents_for(
+        &self,
+        subject: &str,
+        consumer: &str,
+        attestation_type: &str,
+        purpose: &str,
+    ) -> Result<Vec<Consent>, StoreError> {
+        Ok(self.inner().consents_after("", |c| {
+            c.subject == subject && c.covers(consumer, attestation_type, purpose)
+        }))
+    }
+
+    fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
+        Ok(self.inner().mandates.get(id).cloned())
+    }
+
+    fn mandates_after<'a>(
+        &'a self,
+        of: MandatesOf<'_>,
+        after: &str,
+    ) -> Result<Items<'a, Mandate>, StoreError> {
+        let found = self
+            .inner()
+            .mandates
+            .values()
+            .filter(|m| after.is_empty() || m.id.as_str() > after)
+            .filter(|m| match of {
+                MandatesOf::Subject(subject) => m.subject == subject,
+                MandatesOf::Structure(structure) => m.structure == structure,
+            })
+            .cloned()
+            .collect();
+        Ok(items(found))
+    }
+
+    fn request_use(&self, actor: &str, request_id: &str) -> Result<Option<RequestUse>, StoreError> {
+        let key = (actor.to_string(), request_id.to_string());
+        Ok(self.inner().requests.get(&key).cloned())
+    }
+
+    fn fetch_request_use(
+        &self,
+        actor: &str,
+        request_id_digest: &str,
+    ) -> Result<Option<RequestUse>, StoreError> {
+        self.request_use(actor, &format!("fetch/{request_id_digest}"))
+    }
+
+    fn exchanges_about(
+        &self,
+        subject: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let inner = self.inner();
+        let chain = inner.exchanges.get(subject).map_or(&[][..], Vec::as_slice);
+        Ok(chain
+            .iter()
+            .rev()
+            .copied()
+            .filter(|seq| before.is_none_or(|b| *seq < b))
+            .take(limit)
+            .collect())
+    }
+
+    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let inner = self.inner();
+        Ok(usize::try_from(index)
+            .ok()
+            .and_then(|i| inner.entries.get(i).cloned()))
+    }
+
+    fn entries_from(&self, start: u64) -> Items<'_, (u64, Vec<u8>)> {
+        let inner = self.inner();
+        let from = usize::try_from(start).unwrap_or(usize::MAX);
+        let found: Vec<(u64, Vec<u8>)> = inner
+            .entries
+            .iter()
+            .enumerate()
+            .skip(from)
+            .map(|(i, e)| (i as u64, e.clone()))
+            .collect();
+        items(found)
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(self.inner().latest.clone())
+    }
+
+    fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
+        let inner = self.inner();
+        let (latest, note) = inner.latest.clone().unwrap_or_default();
+        if size == latest && latest > 0 {
+            return Ok(note);
+        }
+        if size == 0 || size > latest {
+            return Err(StoreError::OutOfRange(format!(
+                "no checkpoint of size {size}; the log has {latest} entries"
+            )));
+        }
+        Ok(self.log.sign(size, inner.tree.root(size)))
+    }
+
+    fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        let inner = self.inner();
+        Memory::within(&inner, size)?;
+        if leaf >= size {
+            return Err(StoreError::OutOfRange(format!(
+                "leaf {leaf} is not in a tree of {size} entries"
+            )));
+        }
+        tlog_tiles::prove_record(size, leaf, &inner.tree)
+            .map(|p| p.into_iter().map(|h| h.0).collect())
+            .map_err(|e| StoreError::Tree(crate::audit::ProofError::Storage(e.to_string())))
+    }
+
+    fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        let inner = self.inner();
+        Memory::within(&inner, second)?;
+        if first == 0 || first > second {
+            return Err(StoreError::OutOfRange(format!(
+                "no consistency proof from {first} to {second} entries"
+            )));
+        }
+        tlog_tiles::prove_tree(second, first, &inner.tree)
+            .map(|p| p.into_iter().map(|h| h.0).collect())
+            .map_err(|e| StoreError::Tree(crate::audit::ProofError::Storage(e.to_string())))
+    }
+
+    fn subject_of(&self, event: &Event) -> Option<String> {
+        event.recorded_subject().and_then(|s| self.sealer.reveal(s))
+    }
+
+    fn log_vkey(&self) -> &str {
+        self.log.vkey()
+    }
+
+    async fn close(&self) {
+        self.inner().closed = true;
+    }
+}
