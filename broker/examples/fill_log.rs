@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     // Every key a broker needs, as it creates them over an empty journal.
     let empty = !broker::journal::holds_records(&data.join("journal"))?;
     let keys = broker::keys::Keys::load(&data, empty)?;
-    let sealer = std::sync::Arc::new(Sealer::new(&keys)?);
+    let sealer = std::sync::Arc::new(keys.sealer()?);
     let store = Embedded::open(
         &data,
         JournalOptions {

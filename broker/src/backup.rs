@@ -1029,7 +1029,7 @@ fn name_entry(seq: u64, payload: &[u8]) -> String {
     match crate::event::Record::decode(payload) {
         Ok(record) => {
             let time = unefois_tlog::entry::time_to_the_second(record.time);
-            let kind = crate::audit::events::kind(&record.event);
+            let kind = record.event.kind();
             match crate::audit::events::participant(&record.event) {
                 Some(who) => format!("#{seq} {time} {kind} ({who})"),
                 None => format!("#{seq} {time} {kind}"),

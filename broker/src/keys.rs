@@ -19,6 +19,9 @@ use sha2::{Digest, Sha256};
 use crate::pseudonym::Pseudonymizer;
 /// The id of a secret key (the domain computes it: pseudonyms carry it).
 pub use crate::pseudonym::secret_key_id;
+use crate::seal::Sealer;
+/// The key ids a journal recorded (the domain's: the store keeps them).
+pub use unefois_domain::event::RecordedKeys;
 
 /// The folder of the keys in the data directory.
 pub const KEYS_DIR: &str = "keys";
@@ -178,15 +181,6 @@ pub enum KeyError {
     Rejected(String),
 }
 
-/// The key ids the journal recorded last (in its latest `broker_started` entry that has them).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RecordedKeys {
-    /// The entry (leaf index) that recorded them.
-    pub entry: u64,
-    /// Key file name → key id.
-    pub ids: BTreeMap<String, String>,
-}
-
 /// The id of an Ed25519 key: the first 8 bytes, hex, of SHA-256(`unefois ed25519 key id` ‖
 /// 0x00 ‖ the 32-byte public key), the key a published `.vkey` carries after its 0x01 byte.
 pub fn ed25519_key_id(public: &[u8; 32]) -> String {
@@ -211,6 +205,11 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// The seal key ([`AUDIT_SEAL_KEY`]).
+    pub fn sealer(&self) -> Result<Sealer, KeyError> {
+        Ok(Sealer::from_secret(self.secret(AUDIT_SEAL_KEY)?))
+    }
+
     /// The pseudonym keys ([`AUDIT_PSEUDONYM_KEY`], [`PAIRWISE_PSEUDONYM_KEY`]).
     pub fn pseudonymizer(&self) -> Result<Pseudonymizer, KeyError> {
         Ok(Pseudonymizer::from_secrets(

@@ -6,7 +6,9 @@
 
 /// The domain (crate `unefois-domain`, no I/O): what the CLI and the tests name through the
 /// broker.
-pub use unefois_domain::{event, identity, idp, provider_config, pseudonym, registry, subject};
+pub use unefois_domain::{
+    event, identity, idp, provider_config, pseudonym, registry, seal, subject,
+};
 /// The journal, the broker's source of truth: its own crate (`unefois-journal`), which depends
 /// on none of ours.
 pub use unefois_journal as journal;
@@ -43,7 +45,6 @@ pub(crate) mod ratelimit;
 pub mod receipt;
 pub(crate) mod reserve;
 pub(crate) mod resilience;
-pub mod seal;
 pub mod server;
 pub(crate) mod shed;
 pub mod signing;

@@ -213,7 +213,7 @@ pub async fn run(
     )?;
     let keys = load_keys(&config.data_dir)?;
     let pseudonyms = keys.pseudonymizer()?;
-    let sealer = Arc::new(crate::seal::Sealer::new(&keys)?);
+    let sealer = Arc::new(keys.sealer()?);
     let signer = AttestationSigner::new(&keys, registry.trust_domain())?;
     let log = LogSigner::new(&keys, registry.trust_domain())?;
     let vkeys = [

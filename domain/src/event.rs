@@ -128,6 +128,16 @@ pub enum RecordedBasis {
     },
 }
 
+/// The key ids the journal recorded last (in its latest `broker_started` entry that has them):
+/// a broker started with other keys is refused.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedKeys {
+    /// The entry (leaf index) that recorded them.
+    pub entry: u64,
+    /// Key file name → key id.
+    pub ids: std::collections::BTreeMap<String, String>,
+}
+
 /// How an exchange ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -142,6 +152,28 @@ pub enum Outcome {
     Previewed,
     /// The citizen rejected a preview: nothing was released.
     Rejected,
+}
+
+impl Event {
+    /// The record's kind, as its `kind` field names it (and metrics and auditors' filters).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::BrokerStarted { .. } => "broker_started",
+            Event::BrokerStopped {} => "broker_stopped",
+            Event::RegistryLoaded { .. } => "registry_loaded",
+            Event::ConsentGranted { .. } => "consent_granted",
+            Event::ConsentRenewed { .. } => "consent_renewed",
+            Event::ConsentRevoked { .. } => "consent_revoked",
+            Event::AuditRead { .. } => "audit_read",
+            Event::RateLimited { .. } => "rate_limited",
+            Event::AccessHistoryRead { .. } => "access_history_read",
+            Event::ConsentsRead { .. } => "consents_read",
+            Event::HarvestingAlarm { .. } => "harvesting_alarm",
+            Event::MandateCreated { .. } => "mandate_created",
+            Event::MandateRevoked { .. } => "mandate_revoked",
+            Event::Exchange(_) => "exchange",
+        }
+    }
 }
 
 impl Outcome {

@@ -22,5 +22,6 @@ pub mod projection;
 pub mod provider_config;
 pub mod pseudonym;
 pub mod registry;
+pub mod seal;
 pub mod subject;
 pub mod validate;

@@ -10,26 +10,6 @@ pub const MAX_SCAN: u64 = 10_000;
 /// Most events one page returns.
 pub const MAX_LIMIT: u32 = 1_000;
 
-/// The name of an event's kind, as recorded (`exchange`, `consent_granted`, …).
-pub fn kind(event: &Event) -> &'static str {
-    match event {
-        Event::BrokerStarted { .. } => "broker_started",
-        Event::BrokerStopped {} => "broker_stopped",
-        Event::RegistryLoaded { .. } => "registry_loaded",
-        Event::ConsentGranted { .. } => "consent_granted",
-        Event::ConsentRenewed { .. } => "consent_renewed",
-        Event::ConsentRevoked { .. } => "consent_revoked",
-        Event::AuditRead { .. } => "audit_read",
-        Event::RateLimited { .. } => "rate_limited",
-        Event::AccessHistoryRead { .. } => "access_history_read",
-        Event::ConsentsRead { .. } => "consents_read",
-        Event::HarvestingAlarm { .. } => "harvesting_alarm",
-        Event::MandateCreated { .. } => "mandate_created",
-        Event::MandateRevoked { .. } => "mandate_revoked",
-        Event::Exchange(_) => "exchange",
-    }
-}
-
 /// The participant an event is attributed to, if any.
 pub fn participant(event: &Event) -> Option<&str> {
     match event {
@@ -82,7 +62,7 @@ impl EventFilter {
             Event::Exchange(e) => Some(e),
             _ => None,
         };
-        self.kind.as_deref().is_none_or(|k| k == kind(event))
+        self.kind.as_deref().is_none_or(|k| k == event.kind())
             && self
                 .participant
                 .as_deref()

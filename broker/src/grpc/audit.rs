@@ -46,7 +46,7 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
     let mut out = pb::AuditEvent {
         index: e.index,
         entry: e.entry.clone(),
-        kind: events::kind(&record.event).to_string(),
+        kind: record.event.kind().to_string(),
         time: Some(timestamp(record.time)),
         participant: events::participant(&record.event)
             .unwrap_or_default()

@@ -769,7 +769,7 @@ impl Store for Embedded {
         let entry = record.encode();
         let seq = self.journal.append(entry.clone()).await?;
         self.check()?;
-        crate::metrics::audit_entries(crate::audit::events::kind(&record.event), 1);
+        crate::metrics::audit_entries(record.event.kind(), 1);
         Ok((seq, entry))
     }
 
@@ -781,7 +781,7 @@ impl Store for Embedded {
             .await?;
         self.check()?;
         for record in &records {
-            crate::metrics::audit_entries(crate::audit::events::kind(&record.event), 1);
+            crate::metrics::audit_entries(record.event.kind(), 1);
         }
         Ok(seqs)
     }

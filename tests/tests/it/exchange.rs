@@ -275,7 +275,7 @@ async fn every_exchange_is_journaled_without_claim_values_or_subject_ids() -> an
     assert_eq!(exchanges[2].reason.as_deref(), Some("SUBJECT_NOT_FOUND"));
     // Same person whoever asked, as the broker (holding the seal key) reads the entries; two
     // entries share nothing for whoever does not; never the raw id.
-    let sealer = broker::seal::Sealer::new(&broker::keys::Keys::load(data.path(), false)?)?;
+    let sealer = broker::keys::Keys::load(data.path(), false)?.sealer()?;
     let person = |e: &broker::event::ExchangeEvent| {
         assert!(e.subject.is_none(), "no audit pseudonym in clear");
         e.subject_sealed
@@ -389,9 +389,7 @@ async fn an_expired_consent_is_not_a_legal_basis() -> anyhow::Result<()> {
             event: Event::ConsentGranted {
                 consent_id: "0190c0de-0000-7000-8000-000000000001".into(),
                 subject: None,
-                subject_sealed: Some(
-                    broker::seal::Sealer::new(&keys)?.seal(&pseudonyms.audit(&alice)),
-                ),
+                subject_sealed: Some(keys.sealer()?.seal(&pseudonyms.audit(&alice))),
                 pseudonym_key: pseudonyms.audit_key_id().into(),
                 consumer: "mairie-lyon".into(),
                 participant: "mairie-lyon".into(),

@@ -486,7 +486,7 @@ async fn an_expired_mandate_is_refused() -> anyhow::Result<()> {
     let pseudonyms = keys.pseudonymizer()?;
     let subject = broker::subject::Subject::parse("test:alice", true)?;
     let log = broker::audit::LogSigner::new(&keys, registry.trust_domain())?;
-    let sealer = std::sync::Arc::new(broker::seal::Sealer::new(&keys)?);
+    let sealer = std::sync::Arc::new(keys.sealer()?);
     use broker::store::Store as _;
     let store = broker::store::Embedded::open(
         &data_dir,

@@ -25,7 +25,6 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 
 use crate::event::RecordedSubject;
-use crate::keys::{AUDIT_SEAL_KEY, KeyError, Keys};
 
 /// Bound to every sealed value: a value sealed for another purpose never opens as a subject.
 const SUBJECT_AAD: &[u8] = b"unefois/audit-seal/subject/v1";
@@ -65,12 +64,7 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// The seal key of `keys`.
-    pub fn new(keys: &Keys) -> Result<Sealer, KeyError> {
-        Ok(Sealer::from_secret(keys.secret(AUDIT_SEAL_KEY)?))
-    }
-
-    /// A sealer of a known secret (tests, restores).
+    /// A sealer of its secret (the broker loads it from `DATA/keys`).
     pub fn from_secret(secret: &[u8; 32]) -> Sealer {
         let mut id = Sha256::new();
         id.update(b"unefois seal key id\0");
