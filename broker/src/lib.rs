@@ -6,17 +6,16 @@
 
 /// The domain (crate `unefois-domain`, no I/O): what the CLI and the tests name through the
 /// broker.
-pub use unefois_domain::{
-    event, identity, idp, provider_config, pseudonym, registry, seal, subject,
-};
+pub use unefois_domain::{event, idp, pseudonym, registry, seal, subject};
 /// The journal, the broker's source of truth: its own crate (`unefois-journal`), which depends
 /// on none of ours.
 pub use unefois_journal as journal;
 /// What only the broker's user may read (0700 folders, 0600 files), shared with the journal.
-pub use unefois_journal::private;
+pub(crate) use unefois_journal::private;
 // The rest of the domain, under the paths the orchestration names it by.
 pub(crate) use unefois_domain::{
-    attestation, caller, consent, error, mandate, origin, page, policy, projection, validate,
+    attestation, caller, consent, error, identity, mandate, origin, page, policy, provider_config,
+    validate,
 };
 
 pub mod audit;
@@ -43,12 +42,12 @@ pub mod provider_client;
 pub(crate) mod provider_gate;
 pub(crate) mod ratelimit;
 pub mod receipt;
-pub(crate) mod reserve;
 pub(crate) mod resilience;
 pub mod server;
 pub(crate) mod shed;
 pub mod signing;
 pub(crate) mod state;
-pub mod store;
+/// Storage (crate `unefois-store`): the `Store` trait and its backends.
+pub use unefois_store as store;
 
 pub use server::{BrokerError, Config, run};

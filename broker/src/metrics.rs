@@ -87,20 +87,6 @@ pub fn exchange_recorded(
         .increment(1);
 }
 
-/// Entries appended to the audit log, by kind (`exchange`, `consent_granted`, …), counted once
-/// durable: with `unefois_fetch_total` for the exchanges' outcomes and reasons, what an operator
-/// reconciles with the log itself.
-pub fn audit_entries(kind: &'static str, count: u64) {
-    static COUNTERS: Handles<Counter> = Handles::new();
-    COUNTERS
-        .get(
-            ["", ""],
-            [kind, ""],
-            || metrics::counter!("unefois_audit_entries_total", "kind" => kind),
-        )
-        .increment(count);
-}
-
 /// How long one Fetch took, from its arrival to its recorded answer, by type and outcome.
 pub fn fetch_duration(attestation_type: &str, outcome: &'static str, seconds: f64) {
     static LATENCIES: Handles<Histogram> = Handles::new();

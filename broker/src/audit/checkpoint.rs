@@ -64,6 +64,17 @@ impl LogSigner {
     }
 }
 
+/// The store signs each checkpoint with the log key, through this.
+impl unefois_store::CheckpointSigner for LogSigner {
+    fn sign(&self, size: u64, root: [u8; 32]) -> String {
+        LogSigner::sign(self, size, root)
+    }
+
+    fn vkey(&self) -> &str {
+        LogSigner::vkey(self)
+    }
+}
+
 impl signed_note::Signer for LogSigner {
     fn name(&self) -> &str {
         &self.name

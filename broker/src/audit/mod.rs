@@ -13,7 +13,8 @@
 
 pub mod checkpoint;
 pub mod events;
-pub mod tree;
+/// The Merkle tree's file: the store's (`unefois-store`).
+pub use unefois_store::tree;
 
 pub use checkpoint::{CheckpointError, LogSigner, VerifiedCheckpoint, verify_checkpoint};
 pub use tree::{ProofError, TreeFile};

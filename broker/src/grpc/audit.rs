@@ -16,7 +16,7 @@ use crate::event::{Event, Outcome, Record};
 use crate::grpc::auth::caller;
 use crate::grpc::exchange::legal_basis;
 use crate::grpc::registry::timestamp;
-use crate::grpc::status::status;
+use crate::grpc::status::{IntoStatus, status};
 use crate::registry::Role;
 use crate::state::State;
 use crate::subject::Subject;
@@ -239,11 +239,12 @@ impl AuditApi for AuditService {
         let store = &self.state.store;
         let checkpoint = match request.get_ref().tree_size {
             0 => store
-                .latest_checkpoint()?
+                .latest_checkpoint()
+                .into_status()?
                 .map(|(_, note)| note)
                 .ok_or(ApiError::StoreUnavailable)
                 .map_err(status)?,
-            size => store.checkpoint_at(size)?,
+            size => store.checkpoint_at(size).into_status()?,
         };
         Ok(Response::new(pb::GetCheckpointResponse {
             checkpoint,
@@ -266,7 +267,8 @@ impl AuditApi for AuditService {
         let hashes = self
             .state
             .store
-            .inclusion_proof(r.leaf_index, r.tree_size)?;
+            .inclusion_proof(r.leaf_index, r.tree_size)
+            .into_status()?;
         Ok(Response::new(pb::GetInclusionProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
         }))
@@ -288,7 +290,8 @@ impl AuditApi for AuditService {
         let size = self
             .state
             .store
-            .latest_checkpoint()?
+            .latest_checkpoint()
+            .into_status()?
             .map_or(0, |(size, _)| size);
         if r.second_size > size {
             return Err(status(ApiError::TreeSizeOutOfRange(format!(
@@ -301,7 +304,8 @@ impl AuditApi for AuditService {
         } else {
             self.state
                 .store
-                .consistency_proof(r.first_size, r.second_size)?
+                .consistency_proof(r.first_size, r.second_size)
+                .into_status()?
         };
         Ok(Response::new(pb::GetConsistencyProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
@@ -317,7 +321,7 @@ impl AuditApi for AuditService {
             .audited_filter(&caller, request.get_ref(), "ListEvents")
             .await
             .map_err(status)?;
-        let (found, next_index) = events::list(&*self.state.store, &filter)?;
+        let (found, next_index) = events::list(&*self.state.store, &filter).into_status()?;
         Ok(Response::new(pb::ListEventsResponse {
             events: found.iter().map(audit_event).collect(),
             next_index,
@@ -344,7 +348,7 @@ impl AuditApi for AuditService {
                 let (found, next) = match page {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
+                        let _ = tx.send(Err(e).into_status()).await;
                         return;
                     }
                 };

@@ -13,7 +13,7 @@ use crate::event::Event;
 use crate::grpc::auth::caller;
 use crate::grpc::exchange::legal_basis;
 use crate::grpc::registry::timestamp;
-use crate::grpc::status::status;
+use crate::grpc::status::{IntoStatus, status};
 use crate::state::State;
 use crate::subject::Subject;
 
@@ -171,9 +171,13 @@ impl GuichetApi for GuichetService {
                 subject_sealed: Some(self.state.sealer.seal(&pseudonym)),
                 mandate_id: mandate.map(|m| m.id),
             })])
-            .await?;
-        let (found, more) = events::accesses(&**store, &pseudonym, before, size)?;
-        let (tree_size, checkpoint) = store.latest_checkpoint()?.unwrap_or((0, String::new()));
+            .await
+            .into_status()?;
+        let (found, more) = events::accesses(&**store, &pseudonym, before, size).into_status()?;
+        let (tree_size, checkpoint) = store
+            .latest_checkpoint()
+            .into_status()?
+            .unwrap_or((0, String::new()));
         let mut accesses = Vec::with_capacity(found.len());
         for logged in &found {
             let Some(record) = &logged.record else {
@@ -182,7 +186,9 @@ impl GuichetApi for GuichetService {
             let Event::Exchange(x) = &record.event else {
                 continue;
             };
-            let proof = store.inclusion_proof(logged.index, tree_size)?;
+            let proof = store
+                .inclusion_proof(logged.index, tree_size)
+                .into_status()?;
             accesses.push(pb::Access {
                 time: Some(timestamp(record.time)),
                 consumer: x.participant.clone(),

@@ -67,12 +67,21 @@ pub fn reason(e: &ApiError) -> ErrorReason {
     ErrorReason::from_str_name(e.reason_code()).unwrap_or(ErrorReason::Unspecified)
 }
 
-impl From<crate::store::StoreError> for Status {
-    /// A store failure met in a handler: through the one conversion into an [`ApiError`], which
-    /// logs it with the handler's line.
+/// A store failure met in a handler, answered as a status: through the one conversion into an
+/// [`ApiError`], which logs it with the handler's line (hence a method, `#[track_caller]`:
+/// `StoreError` and `Status` are both other crates', so no `From` can join them here).
+pub trait IntoStatus<T> {
+    /// The value, or the status the store's failure is answered with.
+    fn into_status(self) -> Result<T, Status>;
+}
+
+impl<T> IntoStatus<T> for Result<T, crate::store::StoreError> {
     #[track_caller]
-    fn from(e: crate::store::StoreError) -> Status {
-        status(ApiError::from(e))
+    fn into_status(self) -> Result<T, Status> {
+        match self {
+            Ok(value) => Ok(value),
+            Err(e) => Err(status(ApiError::from(e))),
+        }
     }
 }
 

@@ -8,19 +8,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use unefois_tlog::tree::MemoryTree;
 
-use super::{Items, MandatesOf, Store, StoreError};
-use crate::audit::LogSigner;
+use super::{CheckpointSigner, Items, MandatesOf, Store, StoreError};
 use crate::consent::Consent;
+use crate::event::RecordedKeys;
 use crate::event::{Event, Record};
 use crate::journal::JournalError;
-use crate::keys::RecordedKeys;
 use crate::mandate::Mandate;
 use crate::projection::{self, Change, RequestUse};
 use crate::seal::Sealer;
 
 /// The log, its Merkle tree and the read models, in memory.
 pub struct Memory {
-    log: LogSigner,
+    log: Box<dyn CheckpointSigner>,
     sealer: Arc<Sealer>,
     inner: Mutex<Inner>,
 }
@@ -43,9 +42,9 @@ struct Inner {
 
 impl Memory {
     /// An empty store whose checkpoints `log` signs and whose sealed persons `sealer` opens.
-    pub fn new(log: LogSigner, sealer: Arc<Sealer>) -> Memory {
+    pub fn new(log: impl CheckpointSigner + 'static, sealer: Arc<Sealer>) -> Memory {
         Memory {
-            log,
+            log: Box::new(log),
             sealer,
             inner: Mutex::new(Inner::default()),
         }
@@ -321,7 +320,7 @@ impl Store for Memory {
         }
         tlog_tiles::prove_record(size, leaf, &inner.tree)
             .map(|p| p.into_iter().map(|h| h.0).collect())
-            .map_err(|e| StoreError::Tree(crate::audit::ProofError::Storage(e.to_string())))
+            .map_err(|e| StoreError::Tree(unefois_tlog::tree::ProofError::Storage(e.to_string())))
     }
 
     fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<[u8; 32]>, StoreError> {
@@ -334,7 +333,7 @@ impl Store for Memory {
         }
         tlog_tiles::prove_tree(second, first, &inner.tree)
             .map(|p| p.into_iter().map(|h| h.0).collect())
-            .map_err(|e| StoreError::Tree(crate::audit::ProofError::Storage(e.to_string())))
+            .map_err(|e| StoreError::Tree(unefois_tlog::tree::ProofError::Storage(e.to_string())))
     }
 
     fn subject_of(&self, event: &Event) -> Option<String> {

@@ -10,13 +10,13 @@ use serde_json::json;
 use unefois_tlog::tree::{root_of, verify_consistency, verify_inclusion};
 
 use super::{Embedded, MandatesOf, Memory, Store, StoreError};
-use crate::audit::LogSigner;
 use crate::event::Record;
 use crate::journal::JournalOptions;
 use crate::seal::Sealer;
+use crate::test_signer::TestSigner;
 
-fn log() -> LogSigner {
-    LogSigner::from_seed(&[7; 32], "unefois.test").unwrap()
+fn log() -> TestSigner {
+    TestSigner::from_seed(&[7; 32])
 }
 
 fn sealer() -> Arc<Sealer> {

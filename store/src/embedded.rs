@@ -20,7 +20,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::audit::{LogSigner, TreeFile};
 use crate::caller::actor;
 use crate::consent::Consent;
 use crate::event::{Event, Record, RecordedSubject};
@@ -28,9 +27,10 @@ use crate::journal::{CommittedBatch, Journal, JournalOptions, Position};
 use crate::mandate::Mandate;
 use crate::projection::{self, Change, RequestUse};
 use crate::seal::Sealer;
+use crate::tree::TreeFile;
 
 use super::positions::{Positions, Slot};
-use super::{Items, MandatesOf, Store, StoreError};
+use super::{CheckpointSigner, Items, MandatesOf, Store, StoreError};
 
 /// The Merkle tree's file in the state directory.
 const TREE_FILE: &str = "tree.hashes";
@@ -85,7 +85,7 @@ const LATEST: &[u8] = b"latest_checkpoint";
 /// `head/<subject>`: the newest exchange about a subject (8 bytes, big-endian).
 const HEAD: &[u8] = b"head/";
 /// The key ids of the latest `broker_started` entry that recorded them
-/// ([`crate::keys::RecordedKeys`], JSON).
+/// ([`crate::event::RecordedKeys`], JSON).
 const RECORDED_KEYS: &[u8] = b"recorded_keys";
 
 fn head_key(subject: &str) -> Vec<u8> {
@@ -177,7 +177,12 @@ impl Trees {
     }
 
     /// Signs the checkpoint of the tree of `size` leaves: the latest, served from memory.
-    fn checkpoint(&self, log: &LogSigner, tree: &TreeFile, size: u64) -> Result<(), StoreError> {
+    fn checkpoint(
+        &self,
+        log: &dyn CheckpointSigner,
+        tree: &TreeFile,
+        size: u64,
+    ) -> Result<(), StoreError> {
         let root = tree.root(size).map_err(StoreError::Tree)?;
         let note = log.sign(size, root);
         self.latest.store(Some(Arc::new((size, note))));
@@ -350,7 +355,7 @@ impl Trees {
                 used,
             } => self.index_request(&actor, &request_id, used)?,
             Change::KeysRecorded { entry, ids } => {
-                let recorded = crate::keys::RecordedKeys { entry, ids };
+                let recorded = crate::event::RecordedKeys { entry, ids };
                 self.meta.insert(RECORDED_KEYS, json(&recorded))?;
             }
         }
@@ -552,7 +557,7 @@ pub struct Embedded {
     trees: Arc<Trees>,
     tree: Arc<TreeFile>,
     positions: Arc<Positions>,
-    log: Arc<LogSigner>,
+    log: Arc<dyn CheckpointSigner>,
     db: sled::Db,
     degraded: Arc<AtomicBool>,
     state_dir: Arc<std::path::PathBuf>,
@@ -597,10 +602,10 @@ impl Embedded {
     pub fn open(
         data_dir: &Path,
         options: JournalOptions,
-        log: LogSigner,
+        log: impl CheckpointSigner + 'static,
         sealer: Arc<Sealer>,
     ) -> Result<Embedded, StoreError> {
-        let log = Arc::new(log);
+        let log: Arc<dyn CheckpointSigner> = Arc::new(log);
         let state_dir = data_dir.join("state");
         let state_err = |source| StoreError::StateDir {
             path: state_dir.clone(),
@@ -625,7 +630,7 @@ impl Embedded {
                     let applied =
                         apply_batch(&trees, &tree, &positions, batch.records, batch.positions)
                             .and_then(|heads| {
-                                trees.checkpoint(&log, &tree, size)?;
+                                trees.checkpoint(&*log, &tree, size)?;
                                 Ok(trees.stage(size, heads)?)
                             });
                     if let Err(e) = applied {
@@ -690,7 +695,7 @@ impl Embedded {
         let mut replayed = rebuild(from)?;
         // The tree must still have the root this broker signed last.
         if let Some(signed) = signed.as_deref()
-            && let Some(size) = diverged(&tree, &log, signed)
+            && let Some(size) = diverged(&tree, &*log, signed)
         {
             tracing::warn!(
                 size,
@@ -698,7 +703,7 @@ impl Embedded {
             );
             trees.clear()?;
             replayed = rebuild(0)?;
-            if let Some(size) = diverged(&tree, &log, signed) {
+            if let Some(size) = diverged(&tree, &*log, signed) {
                 return Err(StoreError::Diverged { size });
             }
         }
@@ -706,7 +711,7 @@ impl Embedded {
             tracing::info!(replayed, "derived state caught up with the journal");
         }
         if journal.next_seq() > 0 {
-            trees.checkpoint(&log, &tree, journal.next_seq())?;
+            trees.checkpoint(&*log, &tree, journal.next_seq())?;
         }
         trees.stage(journal.next_seq(), Heads::new())?;
         trees.persist()?;
@@ -756,7 +761,7 @@ impl Embedded {
 
 #[async_trait::async_trait]
 impl Store for Embedded {
-    fn recorded_keys(&self) -> Result<Option<crate::keys::RecordedKeys>, StoreError> {
+    fn recorded_keys(&self) -> Result<Option<crate::event::RecordedKeys>, StoreError> {
         Ok(self
             .trees
             .meta
@@ -1031,7 +1036,7 @@ impl Store for Embedded {
 /// The key ids that the latest `broker_started` entry of the journal in `data_dir/journal`
 /// recorded, read from its files without opening it (for the message of a broker that refuses
 /// to start); `None` when none did, or the journal cannot be read. Reads the whole journal.
-pub fn recorded_keys_in_journal(data_dir: &Path) -> Option<crate::keys::RecordedKeys> {
+pub fn recorded_keys_in_journal(data_dir: &Path) -> Option<crate::event::RecordedKeys> {
     let reader = crate::journal::read_dir(&data_dir.join("journal")).ok()?;
     let mut last = None;
     for record in reader {
@@ -1049,7 +1054,7 @@ pub fn recorded_keys_in_journal(data_dir: &Path) -> Option<crate::keys::Recorded
         }) = Record::decode(&record.payload)
             && !keys.is_empty()
         {
-            last = Some(crate::keys::RecordedKeys {
+            last = Some(crate::event::RecordedKeys {
                 entry: record.seq,
                 ids: keys,
             });
@@ -1073,14 +1078,14 @@ fn vouched(journal: &Journal, tree: &TreeFile, positions: &Positions, size: u64)
     tree.read_hashes(&[tlog_tiles::stored_hash_index(0, last)])
         .ok()
         .and_then(|h| h.first().map(|h| h.0))
-        == Some(crate::audit::tree::leaf_hash(&entry))
+        == Some(crate::tree::leaf_hash(&entry))
 }
 
 /// The size of `signed` (a checkpoint this broker kept) when the tree's root at that size is
 /// not the signed one; `None` when it is, or when it cannot be told (the tree is shorter, or
 /// the note no longer verifies under the log key).
-fn diverged(tree: &TreeFile, log: &LogSigner, signed: &(u64, String)) -> Option<u64> {
-    let checkpoint = crate::audit::verify_checkpoint(log.vkey(), &signed.1).ok()?;
+fn diverged(tree: &TreeFile, log: &dyn CheckpointSigner, signed: &(u64, String)) -> Option<u64> {
+    let checkpoint = unefois_tlog::checkpoint::verify_checkpoint(log.vkey(), &signed.1).ok()?;
     if checkpoint.size == 0 || checkpoint.size > tree.leaves() {
         return None;
     }
@@ -1131,13 +1136,14 @@ fn replay(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::test_signer::TestSigner;
 
     /// Opens the store in `dir` with the test log key of `seed`.
     fn open_store(dir: &Path, seed: &[u8; 32]) -> Result<Embedded, StoreError> {
         Embedded::open(
             dir,
             JournalOptions::default(),
-            LogSigner::from_seed(seed, "unefois.test").unwrap(),
+            TestSigner::from_seed(seed),
             sealer(),
         )
     }
@@ -1149,7 +1155,7 @@ mod tests {
     #[tokio::test]
     async fn appended_records_are_applied_logged_and_checkpointed() {
         let dir = tempfile::tempdir().unwrap();
-        let log = LogSigner::from_seed(&[1; 32], "unefois.test").unwrap();
+        let log = TestSigner::from_seed(&[1; 32]);
         let vkey = log.vkey().to_string();
         let store = Embedded::open(dir.path(), JournalOptions::default(), log, sealer()).unwrap();
         let record = Record::now(Event::RegistryLoaded {
@@ -1160,10 +1166,10 @@ mod tests {
         assert_eq!(seqs, vec![0, 1]);
         let (size, note) = store.latest_checkpoint().unwrap().unwrap();
         assert_eq!(size, 2);
-        let checkpoint = crate::audit::verify_checkpoint(&vkey, &note).unwrap();
+        let checkpoint = unefois_tlog::checkpoint::verify_checkpoint(&vkey, &note).unwrap();
         let entry = store.entry(1).unwrap().unwrap();
         let proof = store.inclusion_proof(1, 2).unwrap();
-        crate::audit::tree::verify_inclusion(&proof, 2, checkpoint.root, 1, &entry).unwrap();
+        crate::tree::verify_inclusion(&proof, 2, checkpoint.root, 1, &entry).unwrap();
     }
 
     /// Opens a store of `n` records, closes it, damages its state directory with `damage`,
@@ -1188,18 +1194,18 @@ mod tests {
         store.close().await;
         damage(&dir.path().join("state"));
 
-        let log = LogSigner::from_seed(&seed, "unefois.test").unwrap();
+        let log = TestSigner::from_seed(&seed);
         let vkey = log.vkey().to_string();
         let store = Embedded::open(dir.path(), JournalOptions::default(), log, sealer()).unwrap();
         let (size, note) = store.latest_checkpoint().unwrap().unwrap();
         assert_eq!(size, 40);
         assert_eq!(note, before, "the same tree, signed again");
-        let checkpoint = crate::audit::verify_checkpoint(&vkey, &note).unwrap();
+        let checkpoint = unefois_tlog::checkpoint::verify_checkpoint(&vkey, &note).unwrap();
         for (i, entry) in entries.iter().enumerate() {
             let i = i as u64;
             assert_eq!(store.entry(i).unwrap().as_ref(), Some(entry), "entry {i}");
             let proof = store.inclusion_proof(i, size).unwrap();
-            crate::audit::tree::verify_inclusion(&proof, size, checkpoint.root, i, entry).unwrap();
+            crate::tree::verify_inclusion(&proof, size, checkpoint.root, i, entry).unwrap();
         }
         let listed: Vec<Vec<u8>> = store.entries_from(10).map(|r| r.unwrap().1).collect();
         assert_eq!(listed, entries[10..]);

@@ -1,18 +1,30 @@
-//! The `Store` boundary: what the broker needs of its storage, whatever keeps it. `append`
+//! The `Store` boundary (crate `unefois-store`): what the broker needs of its storage, whatever
+//! keeps it. `append`
 //! returns only once the records are durable, applied to every read model (through the domain's
 //! `projection`) and covered by a signed checkpoint; every read sees at least every acknowledged
 //! append. Two backends: [`Embedded`] (journal + sled + the tree and positions files, the
 //! default) and [`Memory`] (nothing on disk: unit tests); the contract tests run both.
+
+#![forbid(unsafe_code)]
 
 #[cfg(test)]
 mod contract;
 mod embedded;
 mod error;
 mod memory;
+mod metrics;
 mod positions;
+mod reserve;
+#[cfg(test)]
+mod test_signer;
+pub mod tree;
+
+// What the backends name by these paths: the domain's models and rules, the journal.
+use unefois_domain::{caller, consent, event, mandate, policy, projection, seal};
+use unefois_journal::{self as journal, private};
 
 use crate::consent::Consent;
-use crate::event::{Event, Record};
+use crate::event::{Event, Record, RecordedKeys};
 use crate::mandate::Mandate;
 use crate::projection::RequestUse;
 
@@ -23,6 +35,16 @@ pub use positions::{Positions, Slot};
 
 /// Items read as the caller goes (a page costs what it reads), each of which may fail.
 pub type Items<'a, T> = Box<dyn Iterator<Item = Result<T, StoreError>> + Send + 'a>;
+
+/// Signs the log's checkpoints: the broker's log key (the store holds no key, and no signer's
+/// crypto library).
+pub trait CheckpointSigner: Send + Sync {
+    /// The signed note (C2SP) of the checkpoint of a tree of `size` leaves with root `root`;
+    /// deterministic: the same size and root give the same note.
+    fn sign(&self, size: u64, root: [u8; 32]) -> String;
+    /// The C2SP verifier key of the log key.
+    fn vkey(&self) -> &str;
+}
 
 /// Whose mandates to read.
 #[derive(Clone, Copy, Debug)]
@@ -40,7 +62,7 @@ pub enum MandatesOf<'k> {
 pub trait Store: Send + Sync {
     /// The key ids the journal last recorded (its latest `broker_started` entry with them), as
     /// applied to the derived state; `None` when no entry recorded any.
-    fn recorded_keys(&self) -> Result<Option<crate::keys::RecordedKeys>, StoreError>;
+    fn recorded_keys(&self) -> Result<Option<RecordedKeys>, StoreError>;
 
     /// Appends one record; returns its sequence number and exact entry bytes once it is durable
     /// and applied (what a receipt shows, without reading it back).
@@ -154,7 +176,7 @@ pub trait Store: Send + Sync {
 
 /// The policy's facts, read from the store (lazily: a fetch on a legal basis reads no consent).
 impl crate::policy::Facts for dyn Store {
-    fn mandate(&self, id: &str) -> Result<Option<Mandate>, crate::error::ApiError> {
+    fn mandate(&self, id: &str) -> Result<Option<Mandate>, unefois_domain::error::ApiError> {
         Ok(Store::mandate(self, id)?)
     }
 
@@ -164,7 +186,7 @@ impl crate::policy::Facts for dyn Store {
         consumer: &str,
         attestation_type: &str,
         purpose: &str,
-    ) -> Result<Vec<Consent>, crate::error::ApiError> {
+    ) -> Result<Vec<Consent>, unefois_domain::error::ApiError> {
         Ok(self.consents_for(subject, consumer, attestation_type, purpose)?)
     }
 }

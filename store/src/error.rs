@@ -1,8 +1,8 @@
 //! Why the store cannot serve, and the one place where that becomes an answer's error.
 
-use crate::audit::ProofError;
-use crate::error::ApiError;
-use crate::journal::JournalError;
+use unefois_domain::error::ApiError;
+use unefois_journal::JournalError;
+use unefois_tlog::tree::ProofError;
 
 /// Why the store cannot serve.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +130,7 @@ mod tests {
             logged.contains("derived state is behind the journal"),
             "{logged}"
         );
-        let at = format!("store/error.rs:{line}");
+        let at = format!("src/error.rs:{line}");
         assert!(logged.contains(&at), "the line that met it, {at}: {logged}");
     }
 
