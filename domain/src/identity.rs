@@ -275,3 +275,150 @@ fn subject_of(claims: &Claims, allow_test: bool) -> Result<Subject, IdentityErro
     })
     .map_err(bad)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! ID tokens of the development identity provider, one case a line: what a claim is set
+    //! to (or removed), and what the guichet `mairie-lyon` of the sample registry is told.
+    use std::path::Path;
+
+    use serde_json::{Value, json};
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::idp::dev::{self, DevKey};
+
+    const NOW: OffsetDateTime = datetime!(2026-06-01 12:00 UTC);
+    const PIVOT: &str = "pivot:DUPONT|MARIE|1980-01-02|F|69123|99100";
+
+    fn examples() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+    }
+
+    /// What `verify` says of a token of `claims` signed with `key`: `ok <subject>` or the
+    /// error's variant.
+    fn outcome(token: &str) -> String {
+        let registry = Registry::load(&examples().join("registry.toml")).unwrap();
+        let guichet = registry.participant("mairie-lyon").unwrap();
+        match verify(token, guichet, &registry, NOW) {
+            Ok(v) => format!("ok {}", v.subject.as_str()),
+            Err(e) => format!("{e:?}")
+                .split(['(', ' '])
+                .next()
+                .unwrap()
+                .to_string(),
+        }
+    }
+
+    /// A token for `subject` and the guichet, issued at [`NOW`], with `edit` applied to its
+    /// claims (a `null` removes one), signed by the committed development key.
+    fn token(subject: &str, edit: Value) -> String {
+        let mut claims = dev::claims(subject, "mairie-lyon", NOW).unwrap();
+        for (k, v) in edit.as_object().unwrap() {
+            match v {
+                Value::Null => claims.as_object_mut().unwrap().remove(k),
+                v => claims.as_object_mut().unwrap().insert(k.clone(), v.clone()),
+            };
+        }
+        let key = DevKey::load(&examples().join("dev-idp/dev-signing-key.json")).unwrap();
+        key.sign(&claims).unwrap()
+    }
+
+    fn check(subject: &str, edit: Value, expect: &str) {
+        assert_eq!(
+            outcome(&token(subject, edit.clone())),
+            expect,
+            "{subject} {edit}"
+        );
+    }
+
+    #[test]
+    fn id_tokens_prove_a_person_to_their_own_guichet_while_fresh() {
+        let t = NOW.unix_timestamp();
+        check("test:alice", json!({}), "ok test:alice");
+        check(PIVOT, json!({}), &format!("ok {PIVOT}"));
+        // Audience, and the authorized party when several.
+        check(
+            "test:alice",
+            json!({"aud": "another-guichet"}),
+            "WrongAudience",
+        );
+        check(
+            "test:alice",
+            json!({"aud": ["mairie-lyon", "caf"]}),
+            "NotAuthorizedParty",
+        );
+        check(
+            "test:alice",
+            json!({"aud": ["mairie-lyon", "caf"], "azp": "mairie-lyon"}),
+            "ok test:alice",
+        );
+        check(
+            "test:alice",
+            json!({"aud": ["mairie-lyon", "caf"], "azp": "caf"}),
+            "NotAuthorizedParty",
+        );
+        check("test:alice", json!({"azp": "caf"}), "NotAuthorizedParty");
+        // Time, with a minute's leeway each way.
+        check("test:alice", json!({"exp": t - 30}), "ok test:alice");
+        check("test:alice", json!({"exp": t - 61}), "Expired");
+        check("test:alice", json!({"nbf": t + 30}), "ok test:alice");
+        check("test:alice", json!({"nbf": t + 120}), "NotYetValid");
+        check("test:alice", json!({"iat": t + 120}), "IssuedInFuture");
+        check(
+            "test:alice",
+            json!({"iat": t - 600 - 61, "exp": t + 300}),
+            "Stale",
+        );
+        check(
+            "test:alice",
+            json!({"iat": t - 600 + 30, "exp": t + 300}),
+            "ok test:alice",
+        );
+        // Issuer and identity claims.
+        check(
+            "test:alice",
+            json!({"iss": "https://idp.example"}),
+            "UnknownIssuer",
+        );
+        check(PIVOT, json!({"birthcountry": null}), "Claims");
+        check(PIVOT, json!({"birthdate": "02/01/1980"}), "Claims");
+        check("test:alice", json!({"exp": null}), "Malformed");
+    }
+
+    #[test]
+    fn only_the_providers_own_keys_and_algorithms_sign_evidence() {
+        let claims = dev::claims("test:alice", "mairie-lyon", NOW).unwrap();
+        let committed = DevKey::load(&examples().join("dev-idp/dev-signing-key.json")).unwrap();
+        // Another key under the committed key's id; a key id the provider does not have.
+        let forged = DevKey::from_seed(&committed.kid, [9; 32])
+            .sign(&claims)
+            .unwrap();
+        assert_eq!(outcome(&forged), "BadSignature");
+        let unknown = DevKey::from_seed("another-kid", [9; 32])
+            .sign(&claims)
+            .unwrap();
+        assert_eq!(outcome(&unknown), "UnknownKey");
+        // An HMAC "signature" (the public key as a shared secret) is refused before any check.
+        let b64 = |v: &Value| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let hs256 = format!(
+            "{}.{}.c2ln",
+            b64(&json!({"alg": "HS256", "kid": committed.kid})),
+            b64(&claims)
+        );
+        assert_eq!(outcome(&hs256), "Algorithm");
+        assert_eq!(outcome("not a token"), "Malformed");
+        assert_eq!(outcome(&"a".repeat(MAX_TOKEN_BYTES + 1)), "Malformed");
+        // A token altered after signing.
+        let good = committed.sign(&claims).unwrap();
+        let mut parts: Vec<String> = good.split('.').map(String::from).collect();
+        let mut altered = claims.clone();
+        altered["unefois_test_subject"] = "test:bob".into();
+        parts[1] = b64(&altered);
+        assert_eq!(outcome(&parts.join(".")), "BadSignature");
+    }
+}
