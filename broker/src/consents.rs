@@ -8,7 +8,7 @@ use crate::caller::Caller;
 use crate::consent::{Consent, ConsentStatus, MAX_VALID_DAYS, expiry};
 use crate::error::ApiError;
 use crate::event::{Event, Record};
-use crate::registry::{LegalBasis, Role};
+use crate::registry::Role;
 use crate::state::State;
 use crate::subject::Subject;
 use crate::validate;
@@ -76,42 +76,25 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
         time::OffsetDateTime::now_utc(),
     )?;
     // Verified now, spent when the consent is recorded (a retry that finds it spends nothing).
-    let evidence = if mandate.is_none() || input.consumer == caller.participant {
-        Some(crate::evidence::require(
-            &input.id_token,
-            caller,
-            &registry,
-            &subject,
-        )?)
-    } else {
-        None
-    };
-    if registry.participant(&input.consumer).is_none() {
-        return Err(ApiError::invalid(
-            "consumer",
-            format!("{:?} is not a participant", input.consumer),
-        ));
-    }
-    if registry.purpose(&input.purpose).is_none() {
-        return Err(ApiError::UnknownPurpose(input.purpose.clone()));
-    }
+    let evidence =
+        if crate::policy::consent_needs_evidence(caller, mandate.as_ref(), &input.consumer) {
+            Some(crate::evidence::require(
+                &input.id_token,
+                caller,
+                &registry,
+                &subject,
+            )?)
+        } else {
+            None
+        };
     let now = OffsetDateTime::now_utc();
-    for ty in &input.attestation_types {
-        if registry.attestation_type(ty).is_none() {
-            return Err(ApiError::UnknownAttestationType(ty.clone()));
-        }
-        // Consent is only a basis for a consumer holding a consent habilitation for it; a
-        // purpose or an expiry it does not cover is refused with the reason a Fetch would give.
-        crate::policy::habilitation_for(
-            registry
-                .habilitations_of(&input.consumer)
-                .filter(|h| h.legal_basis == LegalBasis::Consent),
-            &input.consumer,
-            ty,
-            &input.purpose,
-            now,
-        )?;
-    }
+    crate::policy::consent_scope(
+        &registry,
+        &input.consumer,
+        &input.purpose,
+        &input.attestation_types,
+        now,
+    )?;
 
     let mut types = input.attestation_types.clone();
     types.sort();

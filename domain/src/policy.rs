@@ -391,6 +391,49 @@ pub fn authorize(
     Ok(mandate)
 }
 
+/// Whether recording a consent needs the citizen's own identity evidence: always, but for an
+/// agent acting under the person's mandate for another participant than its own structure (an
+/// agent never consents to its own structure for the person).
+pub fn consent_needs_evidence(caller: &Caller, mandate: Option<&Mandate>, consumer: &str) -> bool {
+    mandate.is_none() || consumer == caller.participant
+}
+
+/// What a consent may cover: a registered consumer and purpose, and registered types for each
+/// of which the consumer holds a consent habilitation for that purpose, in force at `now`. A
+/// scope it does not cover is refused with the reason a Fetch would give.
+pub fn consent_scope(
+    registry: &Registry,
+    consumer: &str,
+    purpose: &str,
+    attestation_types: &[String],
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
+    if registry.participant(consumer).is_none() {
+        return Err(ApiError::invalid(
+            "consumer",
+            format!("{consumer:?} is not a participant"),
+        ));
+    }
+    if registry.purpose(purpose).is_none() {
+        return Err(ApiError::UnknownPurpose(purpose.to_string()));
+    }
+    for ty in attestation_types {
+        if registry.attestation_type(ty).is_none() {
+            return Err(ApiError::UnknownAttestationType(ty.clone()));
+        }
+        habilitation_for(
+            registry
+                .habilitations_of(consumer)
+                .filter(|h| h.legal_basis == LegalBasis::Consent),
+            consumer,
+            ty,
+            purpose,
+            now,
+        )?;
+    }
+    Ok(())
+}
+
 /// How a call about a person is allowed to proceed: on the caller's own standing (a guichet,
 /// a consumer), or under a mandate. A mediator never acts without one.
 pub fn acting(
@@ -1110,5 +1153,94 @@ expires = 2030-12-31
         let held = release(&decided("caf.qf energie"), &answered(Some(450)));
         let now_allowed = still_released(&decided("caf.qf energie tranche"), &held);
         assert_eq!(shown(&now_allowed), "tranche=String(\"A\")");
+    }
+
+    #[test]
+    fn a_consent_covers_only_what_its_consumer_may_obtain_on_consent() {
+        let registry = registry();
+        let later = datetime!(2031-01-01 00:00 UTC);
+        let cases: [(&str, &str, &[&str], OffsetDateTime, &str); 9] = [
+            ("mairie-lyon", "cantine", &["caf.qf"], NOW, "ok"),
+            ("nobody", "cantine", &["caf.qf"], NOW, "INVALID_ARGUMENT"),
+            (
+                "mairie-lyon",
+                "inconnu",
+                &["caf.qf"],
+                NOW,
+                "UNKNOWN_PURPOSE",
+            ),
+            (
+                "mairie-lyon",
+                "cantine",
+                &["x.y"],
+                NOW,
+                "UNKNOWN_ATTESTATION_TYPE",
+            ),
+            // A law habilitation is no ground for a consent.
+            (
+                "mairie-lyon",
+                "cantine",
+                &["dgfip.rfr"],
+                NOW,
+                "NO_HABILITATION",
+            ),
+            (
+                "mairie-lyon",
+                "cantine",
+                &["caf.qf", "dgfip.rfr"],
+                NOW,
+                "NO_HABILITATION",
+            ),
+            (
+                "mairie-lyon",
+                "energie",
+                &["caf.qf"],
+                NOW,
+                "PURPOSE_NOT_ALLOWED",
+            ),
+            (
+                "mairie-test",
+                "cantine",
+                &["caf.qf"],
+                NOW,
+                "NO_HABILITATION",
+            ),
+            (
+                "mairie-lyon",
+                "cantine",
+                &["caf.qf"],
+                later,
+                "HABILITATION_EXPIRED",
+            ),
+        ];
+        for (consumer, purpose, types, now, expect) in cases {
+            let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+            let got = match consent_scope(&registry, consumer, purpose, &types, now) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.reason_code().to_string(),
+            };
+            assert_eq!(got, expect, "{consumer} {purpose} {types:?} at {now}");
+        }
+    }
+
+    #[test]
+    fn an_agent_consents_without_the_citizens_token_only_for_another_participant() {
+        let registry = registry();
+        let m = mandate("m1", ALICE, &["cantine"], "active");
+        let cases = [
+            ("mairie-lyon", None, "caf", true),
+            ("fs-lyon/agent-1", Some(&m), "mairie-lyon", false),
+            ("fs-lyon/agent-1", Some(&m), "fs-lyon", true),
+            ("fs-lyon/agent-1", None, "mairie-lyon", true),
+        ];
+        for (who, mandate, consumer, needs) in cases {
+            let caller = caller(&registry, who);
+            assert_eq!(
+                consent_needs_evidence(&caller, mandate, consumer),
+                needs,
+                "{who} for {consumer} under {:?}",
+                mandate.map(|m| &m.id)
+            );
+        }
     }
 }
