@@ -18,6 +18,7 @@ pub(crate) use unefois_domain::{
     validate,
 };
 
+pub(crate) mod accesses;
 pub mod audit;
 pub mod auditor;
 pub mod backup;

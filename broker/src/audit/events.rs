@@ -2,8 +2,10 @@
 
 use time::OffsetDateTime;
 
+use crate::error::ApiError;
 use crate::event::{Event, ExchangeEvent, Outcome, Record};
 use crate::store::{Store, StoreError};
+use crate::subject::Subject;
 
 /// Most entries one ListEvents call examines; the caller continues from `next_index`.
 pub const MAX_SCAN: u64 = 10_000;
@@ -176,4 +178,115 @@ pub fn accesses(
         }
     }
     Ok((out, more))
+}
+
+fn time_of(seconds: Option<i64>) -> Result<Option<OffsetDateTime>, ApiError> {
+    seconds
+        .map(|s| {
+            OffsetDateTime::from_unix_timestamp(s)
+                .map_err(|_| ApiError::invalid("since/until", "timestamp out of range"))
+        })
+        .transpose()
+}
+
+/// An auditor's query of the log, as asked (fields empty when not given).
+#[derive(Debug, Default)]
+pub struct AuditQuery {
+    /// First leaf index to examine.
+    pub start_index: u64,
+    /// Most events to return (0: the default).
+    pub limit: u32,
+    /// A record kind (`exchange`, `consent_granted`, …).
+    pub kind: String,
+    /// A participant.
+    pub participant: String,
+    /// A person (`scheme:value`): read as their audit pseudonym, never recorded in clear.
+    pub subject: String,
+    /// An attestation type.
+    pub attestation_type: String,
+    /// An exchange outcome (`granted`, `denied`, `failed`, `previewed`, `rejected`).
+    pub outcome: String,
+    /// Recorded at or after, Unix seconds.
+    pub since: Option<i64>,
+    /// Recorded before, Unix seconds.
+    pub until: Option<i64>,
+}
+
+/// Checks that `caller` is an auditor and `query` well formed, and records the read (`verb`:
+/// the call that reads) before it happens; returns the filter to read with.
+pub async fn audited(
+    state: &crate::state::State,
+    caller: &crate::caller::Caller,
+    query: AuditQuery,
+    verb: &str,
+) -> Result<EventFilter, ApiError> {
+    use crate::registry::Role;
+    if !caller.has_role(Role::Auditor) {
+        return Err(ApiError::WrongRole {
+            participant: caller.participant.clone(),
+            role: Role::Auditor,
+        });
+    }
+    let registry = state.federation.registry();
+    let subject = if query.subject.is_empty() {
+        None
+    } else {
+        let s = Subject::parse(&query.subject, registry.allow_test_subjects())?;
+        Some(state.pseudonyms.audit(&s))
+    };
+    let outcome = match query.outcome.as_str() {
+        "" => None,
+        "granted" => Some(Outcome::Granted),
+        "denied" => Some(Outcome::Denied),
+        "failed" => Some(Outcome::Failed),
+        "previewed" => Some(Outcome::Previewed),
+        "rejected" => Some(Outcome::Rejected),
+        _ => {
+            return Err(ApiError::invalid(
+                "outcome",
+                "granted, denied, failed, previewed or rejected",
+            ));
+        }
+    };
+    for (field, value) in [
+        ("kind", &query.kind),
+        ("participant", &query.participant),
+        ("attestation_type", &query.attestation_type),
+    ] {
+        if !value.is_empty() {
+            crate::validate::identifier(field, value, 128)?;
+        }
+    }
+    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+    let filter = EventFilter {
+        start_index: query.start_index,
+        limit: query.limit,
+        kind: some(&query.kind),
+        participant: some(&query.participant),
+        since: time_of(query.since)?,
+        until: time_of(query.until)?,
+        subject,
+        attestation_type: some(&query.attestation_type),
+        outcome,
+    };
+    let query = format!(
+        "{verb} start={} kind={:?} participant={:?} type={:?} outcome={:?} subject={} since={:?} until={:?}",
+        filter.start_index,
+        filter.kind,
+        filter.participant,
+        filter.attestation_type,
+        query.outcome,
+        filter.subject.as_deref().unwrap_or("-"),
+        filter.since,
+        filter.until,
+    );
+    state
+        .store
+        .append(vec![Record::now(Event::AuditRead {
+            participant: caller.participant.clone(),
+            agent: caller.agent.clone(),
+            query,
+        })])
+        .await?;
+    Ok(filter)
 }

@@ -4,7 +4,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::audit_server::Audit as AuditApi;
@@ -12,14 +11,12 @@ use unefois_proto::v1::audit_server::Audit as AuditApi;
 use crate::audit::events::{self, EventFilter, LoggedEvent};
 use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::event::{Event, Outcome, Record};
+use crate::event::Event;
 use crate::grpc::auth::caller;
 use crate::grpc::exchange::legal_basis;
 use crate::grpc::registry::timestamp;
 use crate::grpc::status::{IntoStatus, status};
-use crate::registry::Role;
 use crate::state::State;
-use crate::subject::Subject;
 
 /// The Audit service.
 pub struct AuditService {
@@ -140,90 +137,26 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
     out
 }
 
-fn time_of(t: Option<&prost_types::Timestamp>) -> Result<Option<OffsetDateTime>, ApiError> {
-    t.map(|t| {
-        OffsetDateTime::from_unix_timestamp(t.seconds)
-            .map_err(|_| ApiError::invalid("since/until", "timestamp out of range"))
-    })
-    .transpose()
-}
-
 impl AuditService {
-    /// Checks the auditor role, builds the filter, and records the read before it happens.
+    /// The auditor's query of `r`, checked and recorded before it runs (`events::audited`).
     async fn audited_filter(
         &self,
         caller: &Caller,
         r: &pb::ListEventsRequest,
-        verb: &str,
+        verb: &'static str,
     ) -> Result<EventFilter, ApiError> {
-        if !caller.has_role(Role::Auditor) {
-            return Err(ApiError::WrongRole {
-                participant: caller.participant.clone(),
-                role: Role::Auditor,
-            });
-        }
-        let registry = self.state.federation.registry();
-        let subject = if r.subject.is_empty() {
-            None
-        } else {
-            let s = Subject::parse(&r.subject, registry.allow_test_subjects())?;
-            Some(self.state.pseudonyms.audit(&s))
-        };
-        let outcome = match r.outcome.as_str() {
-            "" => None,
-            "granted" => Some(Outcome::Granted),
-            "denied" => Some(Outcome::Denied),
-            "failed" => Some(Outcome::Failed),
-            "previewed" => Some(Outcome::Previewed),
-            "rejected" => Some(Outcome::Rejected),
-            _ => {
-                return Err(ApiError::invalid(
-                    "outcome",
-                    "granted, denied, failed, previewed or rejected",
-                ));
-            }
-        };
-        for (field, value) in [
-            ("kind", &r.kind),
-            ("participant", &r.participant),
-            ("attestation_type", &r.attestation_type),
-        ] {
-            if !value.is_empty() {
-                crate::validate::identifier(field, value, 128)?;
-            }
-        }
-        let some = |s: &String| (!s.is_empty()).then(|| s.clone());
-        let filter = EventFilter {
+        let query = events::AuditQuery {
             start_index: r.start_index,
             limit: r.limit,
-            kind: some(&r.kind),
-            participant: some(&r.participant),
-            since: time_of(r.since.as_ref())?,
-            until: time_of(r.until.as_ref())?,
-            subject,
-            attestation_type: some(&r.attestation_type),
-            outcome,
+            kind: r.kind.clone(),
+            participant: r.participant.clone(),
+            subject: r.subject.clone(),
+            attestation_type: r.attestation_type.clone(),
+            outcome: r.outcome.clone(),
+            since: r.since.as_ref().map(|t| t.seconds),
+            until: r.until.as_ref().map(|t| t.seconds),
         };
-        let query = format!(
-            "{verb} start={} kind={:?} participant={:?} type={:?} outcome={:?} subject={} since={:?} until={:?}",
-            filter.start_index,
-            filter.kind,
-            filter.participant,
-            filter.attestation_type,
-            r.outcome,
-            filter.subject.as_deref().unwrap_or("-"),
-            filter.since,
-            filter.until,
-        );
-        self.state
-            .store
-            .append(vec![Record::now(Event::AuditRead {
-                participant: caller.participant.clone(),
-                agent: caller.agent.clone(),
-                query,
-            })])
-            .await?;
-        Ok(filter)
+        events::audited(&self.state, caller, query, verb).await
     }
 }
 

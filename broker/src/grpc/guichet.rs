@@ -7,15 +7,11 @@ use tonic::{Request, Response, Status};
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::guichet_server::Guichet as GuichetApi;
 
-use crate::audit::events;
-use crate::error::ApiError;
-use crate::event::Event;
 use crate::grpc::auth::caller;
 use crate::grpc::exchange::legal_basis;
 use crate::grpc::registry::timestamp;
-use crate::grpc::status::{IntoStatus, status};
+use crate::grpc::status::status;
 use crate::state::State;
-use crate::subject::Subject;
 
 /// The Guichet service.
 pub struct GuichetService {
@@ -128,101 +124,40 @@ impl GuichetApi for GuichetService {
         request: Request<pb::ListAccessesRequest>,
     ) -> Result<Response<pb::ListAccessesResponse>, Status> {
         let caller = caller(&request)?;
-        caller.require_citizen_facing().map_err(status)?;
         let r = request.get_ref();
-        let registry = self.state.federation.registry();
-        let subject = Subject::parse(&r.subject, registry.allow_test_subjects())
-            .map_err(ApiError::from)
-            .map_err(status)?;
-        let pseudonym = self.state.pseudonyms.audit(&subject);
-        // The citizen in person (identity evidence), or an agent under the citizen's mandate.
-        let mandate = crate::policy::acting(
-            &*self.state.store,
-            caller,
-            &r.mandate_id,
-            &pseudonym,
-            None,
-            time::OffsetDateTime::now_utc(),
-        )
-        .map_err(status)?;
-        if mandate.is_none() {
-            crate::evidence::require(&r.id_token, caller, &registry, &subject).map_err(status)?;
-        }
-        let before = match r.page_token.as_str() {
-            "" => None,
-            token => Some(
-                token
-                    .parse::<u64>()
-                    .map_err(|_| ApiError::invalid("page_token", "not a token of this list"))
-                    .map_err(status)?,
-            ),
+        let input = crate::accesses::ListInput {
+            subject: r.subject.clone(),
+            mandate_id: r.mandate_id.clone(),
+            id_token: r.id_token.clone(),
+            page_token: r.page_token.clone(),
+            page_size: r.page_size,
         };
-        let size = match r.page_size {
-            0 => 50,
-            n => n.min(200),
-        } as usize;
-        let store = &self.state.store;
-        // The read is on the record before it happens.
-        store
-            .append(vec![crate::event::Record::now(Event::AccessHistoryRead {
-                participant: caller.participant.clone(),
-                agent: caller.agent.clone(),
-                subject: None,
-                subject_sealed: Some(self.state.sealer.seal(&pseudonym)),
-                mandate_id: mandate.map(|m| m.id),
-            })])
+        let page = crate::accesses::list(&self.state, caller, &input)
             .await
-            .into_status()?;
-        let (found, more) = events::accesses(&**store, &pseudonym, before, size).into_status()?;
-        let (tree_size, checkpoint) = store
-            .latest_checkpoint()
-            .into_status()?
-            .unwrap_or((0, String::new()));
-        let mut accesses = Vec::with_capacity(found.len());
-        for logged in &found {
-            let Some(record) = &logged.record else {
-                continue;
-            };
-            let Event::Exchange(x) = &record.event else {
-                continue;
-            };
-            let proof = store
-                .inclusion_proof(logged.index, tree_size)
-                .into_status()?;
-            accesses.push(pb::Access {
-                time: Some(timestamp(record.time)),
-                consumer: x.participant.clone(),
-                consumer_name: registry
-                    .participant(&x.participant)
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default(),
-                attestation_type: x.attestation_type.clone(),
-                purpose: x.purpose.clone(),
-                purpose_label: registry
-                    .purpose(&x.purpose)
-                    .map(|p| p.label.clone())
-                    .unwrap_or_default(),
-                legal_basis: x.legal_basis.as_ref().map(legal_basis),
-                mandate_id: x.mandate_id.clone().unwrap_or_default(),
-                agent: x.agent.clone().unwrap_or_default(),
-                outcome: x.outcome.name().to_string(),
-                leaf_index: logged.index,
-                entry: logged.entry.clone(),
-                inclusion_proof: proof.iter().map(|h| h.to_vec()).collect(),
-            });
-        }
-        let next_page_token = if more {
-            found
-                .last()
-                .map(|l| l.index.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+            .map_err(status)?;
+        let accesses = page
+            .accesses
+            .into_iter()
+            .map(|a| pb::Access {
+                time: Some(timestamp(a.time)),
+                consumer: a.exchange.participant.clone(),
+                consumer_name: a.consumer_name,
+                attestation_type: a.exchange.attestation_type.clone(),
+                purpose: a.exchange.purpose.clone(),
+                purpose_label: a.purpose_label,
+                legal_basis: a.exchange.legal_basis.as_ref().map(legal_basis),
+                mandate_id: a.exchange.mandate_id.clone().unwrap_or_default(),
+                agent: a.exchange.agent.clone().unwrap_or_default(),
+                outcome: a.exchange.outcome.name().to_string(),
+                leaf_index: a.leaf_index,
+                entry: a.entry,
+                inclusion_proof: a.inclusion_proof.iter().map(|h| h.to_vec()).collect(),
+            })
+            .collect();
         Ok(Response::new(pb::ListAccessesResponse {
             accesses,
-            next_page_token,
-            checkpoint,
+            next_page_token: page.next_page_token,
+            checkpoint: page.checkpoint,
         }))
     }
 }
