@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::event::{Event, Record};
-use crate::mandate::{DURATIONS, MAX_PURPOSES, Mandate, document_digest};
+use crate::mandate::Mandate;
 use crate::registry::Role;
 use crate::state::State;
 use crate::store::MandatesOf;
@@ -40,35 +40,16 @@ pub async fn create(
     caller: &Caller,
     input: CreateInput,
 ) -> Result<(Mandate, String), ApiError> {
-    if !caller.has_role(Role::Mediator) {
-        return Err(ApiError::WrongRole {
-            participant: caller.participant.clone(),
-            role: Role::Mediator,
-        });
-    }
-    let Some(agent) = caller.agent.clone() else {
-        return Err(ApiError::AgentRequired {
-            structure: caller.participant.clone(),
-        });
-    };
+    let agent = crate::mandate::taker(caller)?;
     let registry = state.federation.registry();
     let request_id = validate::request_id(&input.request_id)?;
-    validate::identifiers("purposes", &input.purposes, MAX_PURPOSES)?;
-    if input.purposes.is_empty() {
-        return Err(ApiError::invalid("purposes", "at least one is required"));
-    }
-    for purpose in &input.purposes {
-        if registry.purpose(purpose).is_none() {
-            return Err(ApiError::UnknownPurpose(purpose.clone()));
-        }
-    }
-    if !DURATIONS.contains(&input.duration_days) {
-        return Err(ApiError::invalid(
-            "duration_days",
-            "must be 1, 31, 182 or 365 days",
-        ));
-    }
-    let document = document_digest(&input.signed_document, &input.document_sha256)?;
+    let document = crate::mandate::terms(
+        &registry,
+        &input.purposes,
+        input.duration_days,
+        &input.signed_document,
+        &input.document_sha256,
+    )?;
     let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
     // Verified now, spent when the mandate is recorded (a retry that finds it spends nothing).
     let evidence = crate::evidence::require(&input.id_token, caller, &registry, &subject)?;

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use crate::caller::Caller;
 use crate::error::ApiError;
+use crate::registry::{Registry, Role};
+use crate::validate;
 
 /// The durations a mandate may have, in days (those of Aidants Connect).
 pub const DURATIONS: [u32; 4] = [1, 31, 182, 365];
@@ -71,6 +74,47 @@ impl Mandate {
     }
 }
 
+/// Who may take a mandate: an agent of a mediation structure (the citizen in front of them);
+/// returns the agent.
+pub fn taker(caller: &Caller) -> Result<String, ApiError> {
+    if !caller.has_role(Role::Mediator) {
+        return Err(ApiError::WrongRole {
+            participant: caller.participant.clone(),
+            role: Role::Mediator,
+        });
+    }
+    caller.agent.clone().ok_or_else(|| ApiError::AgentRequired {
+        structure: caller.participant.clone(),
+    })
+}
+
+/// What a mandate may say: one to [`MAX_PURPOSES`] registered purposes, one of the
+/// [`DURATIONS`], and a signed document (or its digest); returns the document's digest, hex.
+pub fn terms(
+    registry: &Registry,
+    purposes: &[String],
+    duration_days: u32,
+    document: &[u8],
+    given_digest: &[u8],
+) -> Result<String, ApiError> {
+    validate::identifiers("purposes", purposes, MAX_PURPOSES)?;
+    if purposes.is_empty() {
+        return Err(ApiError::invalid("purposes", "at least one is required"));
+    }
+    for purpose in purposes {
+        if registry.purpose(purpose).is_none() {
+            return Err(ApiError::UnknownPurpose(purpose.clone()));
+        }
+    }
+    if !DURATIONS.contains(&duration_days) {
+        return Err(ApiError::invalid(
+            "duration_days",
+            "must be 1, 31, 182 or 365 days",
+        ));
+    }
+    document_digest(document, given_digest)
+}
+
 /// The document digest, hex, from the document or from its given digest (both must agree).
 /// A digest that no signed document has (all zeros, or the SHA-256 of nothing) is refused: a
 /// mandate is taken on a document the person signed.
@@ -109,6 +153,7 @@ pub fn document_digest(document: &[u8], given: &[u8]) -> Result<String, ApiError
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -126,6 +171,103 @@ mod tests {
         assert!(
             document_digest(&[], &Sha256::digest(b"")).is_err(),
             "the digest of nothing"
+        );
+    }
+
+    const REGISTRY: &str = r#"
+[federation]
+trust_domain = "unefois.test"
+allow_test_subjects = true
+
+[[participants]]
+id = "fs-lyon"
+name = "France Services Lyon"
+roles = ["mediator"]
+
+[[participants]]
+id = "mairie-lyon"
+name = "Ville de Lyon"
+roles = ["guichet", "consumer"]
+
+[[purposes]]
+code = "cantine"
+label = "Cantine"
+legal_reference = "Code de l'éducation"
+
+[[purposes]]
+code = "energie"
+label = "Aide énergie"
+legal_reference = "CASF"
+"#;
+
+    fn registry() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        Registry::parse(
+            std::path::Path::new("reg.toml"),
+            dir.path(),
+            REGISTRY.as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn outcome<T>(r: Result<T, ApiError>) -> String {
+        match r {
+            Ok(_) => "ok".into(),
+            Err(e) => e.reason_code().to_string(),
+        }
+    }
+
+    #[test]
+    fn only_an_agent_of_a_mediation_structure_takes_a_mandate() {
+        let registry = registry();
+        let cases = [
+            ("fs-lyon", Some("agent-1"), "ok"),
+            ("fs-lyon", None, "NOT_AGENT_OF_STRUCTURE"),
+            ("mairie-lyon", Some("agent-1"), "WRONG_ROLE"),
+            ("mairie-lyon", None, "WRONG_ROLE"),
+        ];
+        for (participant, agent, expect) in cases {
+            let caller = Caller::new(
+                registry.participant(participant).unwrap(),
+                agent.map(String::from),
+                std::sync::Arc::from("spiffe://unefois.test/x"),
+            );
+            assert_eq!(outcome(taker(&caller)), expect, "{participant} {agent:?}");
+        }
+    }
+
+    #[test]
+    fn a_mandate_names_registered_purposes_a_known_duration_and_a_signed_document() {
+        let registry = registry();
+        let doc = b"mandat signe".as_slice();
+        let many: Vec<String> = (0..=MAX_PURPOSES).map(|_| "cantine".to_string()).collect();
+        let cases: [(&[&str], u32, &[u8], &str); 8] = [
+            (&["cantine"], 31, doc, "ok"),
+            (&["cantine", "energie"], 365, doc, "ok"),
+            (&[], 31, doc, "INVALID_ARGUMENT"),
+            (&["sport"], 31, doc, "UNKNOWN_PURPOSE"),
+            (&["Cantine !"], 31, doc, "INVALID_ARGUMENT"),
+            (&["cantine"], 30, doc, "INVALID_ARGUMENT"),
+            (&["cantine"], 0, doc, "INVALID_ARGUMENT"),
+            (&["cantine"], 31, b"", "INVALID_ARGUMENT"),
+        ];
+        for (purposes, days, document, expect) in cases {
+            let purposes: Vec<String> = purposes.iter().map(|p| p.to_string()).collect();
+            let got = outcome(terms(&registry, &purposes, days, document, &[]));
+            assert_eq!(
+                got,
+                expect,
+                "{purposes:?} {days} days, {} bytes",
+                document.len()
+            );
+        }
+        assert_eq!(
+            outcome(terms(&registry, &many, 31, doc, &[])),
+            "INVALID_ARGUMENT"
+        );
+        assert_eq!(
+            terms(&registry, &["cantine".into()], 1, doc, &[]).unwrap(),
+            hex::encode(Sha256::digest(doc))
         );
     }
 }
