@@ -63,21 +63,65 @@ pub mod dev {
         signing: SigningKey,
     }
 
+    /// Why the development identity provider cannot load a key, sign, or mint claims.
+    #[derive(Debug, thiserror::Error)]
+    pub enum DevError {
+        /// The key file cannot be read.
+        #[error("{}: {source}", path.display())]
+        Read {
+            /// The file.
+            path: std::path::PathBuf,
+            /// Why.
+            source: std::io::Error,
+        },
+        /// The key file is not `{"kid", "d"}` with a 32-byte base64url seed.
+        #[error("{}: {reason}", path.display())]
+        KeyFile {
+            /// The file.
+            path: std::path::PathBuf,
+            /// What is wrong.
+            reason: String,
+        },
+        /// No randomness for a fresh key.
+        #[error("randomness: {0}")]
+        Randomness(String),
+        /// Signing failed.
+        #[error("signing: {0}")]
+        Sign(#[from] jsonwebtoken::errors::Error),
+        /// A subject this provider does not know.
+        #[error("{0}")]
+        Subject(&'static str),
+    }
+
     #[derive(serde::Deserialize)]
     struct KeyFile {
         kid: String,
         d: String,
     }
 
+    /// The DER prefix of a PKCS#8 v1 Ed25519 private key, before its 32-byte seed.
+    const PKCS8_ED25519_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+
     impl DevKey {
         /// Reads a key file: `{"kid": ..., "d": <base64url Ed25519 seed>}`.
-        pub fn load(path: &Path) -> anyhow::Result<DevKey> {
-            let file: KeyFile = serde_json::from_slice(&std::fs::read(path)?)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        pub fn load(path: &Path) -> Result<DevKey, DevError> {
+            let bad = |reason: String| DevError::KeyFile {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let bytes = std::fs::read(path).map_err(|source| DevError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
             let seed: [u8; 32] = B64
-                .decode(file.d.as_bytes())?
+                .decode(file.d.as_bytes())
+                .map_err(|e| bad(e.to_string()))?
                 .try_into()
-                .map_err(|_| anyhow::anyhow!("{}: d must be 32 bytes", path.display()))?;
+                .map_err(|_| bad("d must be 32 bytes".into()))?;
             Ok(DevKey::from_seed(&file.kid, seed))
         }
 
@@ -90,9 +134,9 @@ pub mod dev {
         }
 
         /// A fresh random key.
-        pub fn generate(kid: &str) -> anyhow::Result<DevKey> {
+        pub fn generate(kid: &str) -> Result<DevKey, DevError> {
             let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+            getrandom::fill(&mut seed).map_err(|e| DevError::Randomness(e.to_string()))?;
             Ok(DevKey::from_seed(kid, seed))
         }
 
@@ -114,9 +158,9 @@ pub mod dev {
         }
 
         /// Signs `claims` as a JWS compact token (EdDSA).
-        pub fn sign(&self, claims: &Value) -> anyhow::Result<String> {
+        pub fn sign(&self, claims: &Value) -> Result<String, DevError> {
             // PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410).
-            let mut der = hex::decode("302e020100300506032b657004220420")?;
+            let mut der = PKCS8_ED25519_PREFIX.to_vec();
             der.extend_from_slice(&self.signing.to_bytes());
             let mut header = Header::new(Algorithm::EdDSA);
             header.kid = Some(self.kid.clone());
@@ -130,7 +174,7 @@ pub mod dev {
 
     /// The claims of a token for `subject` (`test:` or canonical `pivot:`) and `audience`,
     /// issued at `now` by the development identity provider.
-    pub fn claims(subject: &str, audience: &str, now: OffsetDateTime) -> anyhow::Result<Value> {
+    pub fn claims(subject: &str, audience: &str, now: OffsetDateTime) -> Result<Value, DevError> {
         claims_lasting(subject, audience, now, TOKEN_LIFETIME_SECONDS)
     }
 
@@ -141,7 +185,7 @@ pub mod dev {
         audience: &str,
         now: OffsetDateTime,
         lifetime_seconds: i64,
-    ) -> anyhow::Result<Value> {
+    ) -> Result<Value, DevError> {
         let iat = now.unix_timestamp();
         // A unique `jti`, as a real identity provider's tokens have: two logins in the same
         // second are two tokens, each with its own count of acts.
@@ -157,7 +201,7 @@ pub mod dev {
         } else if let Some(value) = subject.strip_prefix("pivot:") {
             let f: Vec<&str> = value.split('|').collect();
             let [family, given, date, sex, place, country] = f[..] else {
-                anyhow::bail!("not a canonical pivot: subject");
+                return Err(DevError::Subject("not a canonical pivot: subject"));
             };
             json!({
                 "sub": hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(value.as_bytes())[..16]),
@@ -169,7 +213,9 @@ pub mod dev {
                 "birthcountry": country,
             })
         } else {
-            anyhow::bail!("the development identity provider knows test: and pivot: subjects");
+            return Err(DevError::Subject(
+                "the development identity provider knows test: and pivot: subjects",
+            ));
         };
         if let (Some(c), Some(i)) = (c.as_object_mut(), identity.as_object()) {
             c.extend(i.clone());

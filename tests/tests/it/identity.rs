@@ -34,11 +34,11 @@ fn refused<T: std::fmt::Debug>(result: Result<Response<T>, Status>, reason: Erro
 
 /// Claims for test:alice at mairie-lyon, issued `age` seconds ago.
 fn alice_claims(age: i64) -> anyhow::Result<Value> {
-    dev::claims(
+    Ok(dev::claims(
         "test:alice",
         LYON,
         OffsetDateTime::now_utc() - time::Duration::seconds(age),
-    )
+    )?)
 }
 
 fn with(mut claims: Value, key: &str, value: Value) -> Value {
