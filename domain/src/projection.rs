@@ -3,13 +3,14 @@
 //! so that every store backend derives the same state from the same journal. A backend reads
 //! through [`Views`], applies the [`Change`]s in order, then projects the next record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 
 use time::OffsetDateTime;
 
 use crate::caller::actor;
 use crate::consent::Consent;
-use crate::event::{Event, Record};
+use crate::event::{Event, Record, RecordedKeys};
 use crate::mandate::Mandate;
 
 /// What an idempotency key was used for.
@@ -43,7 +44,8 @@ pub enum Change {
         used: RequestUse,
     },
     /// A Fetch request id (recorded blinded): the first exchange that used it, kept if one is
-    /// already there (retries point to the first).
+    /// already there (retries point to the first). Kept apart from consent and mandate request
+    /// ids, under [`fetch_request_key`].
     FetchRequestUsed {
         /// The participant, or `participant/agent`.
         actor: String,
@@ -71,6 +73,84 @@ pub trait Views {
     fn mandate(&self, id: &str) -> Result<Option<Mandate>, Self::Error>;
     /// The consents recorded under this mandate.
     fn consents_under(&self, mandate_id: &str) -> Result<Vec<Consent>, Self::Error>;
+}
+
+/// Where a backend keeps a Fetch's (blinded) request id among the request ids: apart from the
+/// consent and mandate ones, which the caller chooses freely.
+pub fn fetch_request_key(request_id: &str) -> String {
+    format!("fetch/{request_id}")
+}
+
+/// The read models held in memory, changes applied as they come: the store's in-memory backend
+/// keeps them so (and the projection's tests).
+#[derive(Clone, Debug, Default)]
+pub struct Models {
+    /// By consent id.
+    pub consents: BTreeMap<String, Consent>,
+    /// By mandate id.
+    pub mandates: BTreeMap<String, Mandate>,
+    /// By (actor, request id); a Fetch's under [`fetch_request_key`].
+    pub requests: HashMap<(String, String), RequestUse>,
+    /// The key ids the latest broker start recorded.
+    pub recorded_keys: Option<RecordedKeys>,
+}
+
+impl Models {
+    /// Applies one change.
+    pub fn write(&mut self, change: Change) {
+        match change {
+            Change::ConsentGranted(c) | Change::ConsentChanged(c) => {
+                self.consents.insert(c.id.clone(), c);
+            }
+            Change::MandateCreated(m) | Change::MandateChanged(m) => {
+                self.mandates.insert(m.id.clone(), m);
+            }
+            Change::RequestUsed {
+                actor,
+                request_id,
+                used,
+            } => {
+                self.requests.insert((actor, request_id), used);
+            }
+            Change::FetchRequestUsed {
+                actor,
+                request_id,
+                used,
+            } => {
+                let key = (actor, fetch_request_key(&request_id));
+                self.requests.entry(key).or_insert(used);
+            }
+            Change::KeysRecorded { entry, ids } => {
+                self.recorded_keys = Some(RecordedKeys { entry, ids });
+            }
+        }
+    }
+
+    /// The consents `keep` accepts after the id `after` (exclusive; from the first when
+    /// empty), in id order.
+    pub fn consents_after(&self, after: &str, keep: impl Fn(&Consent) -> bool) -> Vec<Consent> {
+        self.consents
+            .values()
+            .filter(|c| (after.is_empty() || c.id.as_str() > after) && keep(c))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Views for Models {
+    type Error = Infallible;
+
+    fn consent(&self, id: &str) -> Result<Option<Consent>, Infallible> {
+        Ok(self.consents.get(id).cloned())
+    }
+
+    fn mandate(&self, id: &str) -> Result<Option<Mandate>, Infallible> {
+        Ok(self.mandates.get(id).cloned())
+    }
+
+    fn consents_under(&self, mandate_id: &str) -> Result<Vec<Consent>, Infallible> {
+        Ok(self.consents_after("", |c| c.mandate_id.as_deref() == Some(mandate_id)))
+    }
 }
 
 /// The changes record `seq` makes, given the person it is about (its audit pseudonym, once
@@ -282,68 +362,17 @@ fn request_used(
 mod tests {
     //! The projection over an in-memory backend, one case a line: records in, what the read
     //! models then hold out.
-    use std::collections::BTreeMap;
-    use std::convert::Infallible;
-
     use serde_json::json;
     use time::macros::datetime;
 
     use super::*;
 
-    /// The read models in memory, as a backend applies the changes.
-    #[derive(Default)]
-    struct Memory {
-        consents: BTreeMap<String, Consent>,
-        mandates: BTreeMap<String, Mandate>,
-        requests: BTreeMap<(String, String), RequestUse>,
-        keys: Option<(u64, BTreeMap<String, String>)>,
+    /// What the read models hold, in lines.
+    trait Lines {
+        fn lines(&self) -> Vec<String>;
     }
 
-    impl Views for Memory {
-        type Error = Infallible;
-        fn consent(&self, id: &str) -> Result<Option<Consent>, Infallible> {
-            Ok(self.consents.get(id).cloned())
-        }
-        fn mandate(&self, id: &str) -> Result<Option<Mandate>, Infallible> {
-            Ok(self.mandates.get(id).cloned())
-        }
-        fn consents_under(&self, mandate_id: &str) -> Result<Vec<Consent>, Infallible> {
-            let under = self.consents.values();
-            Ok(under
-                .filter(|c| c.mandate_id.as_deref() == Some(mandate_id))
-                .cloned()
-                .collect())
-        }
-    }
-
-    impl Memory {
-        fn write(&mut self, change: Change) {
-            match change {
-                Change::ConsentGranted(c) | Change::ConsentChanged(c) => {
-                    self.consents.insert(c.id.clone(), c);
-                }
-                Change::MandateCreated(m) | Change::MandateChanged(m) => {
-                    self.mandates.insert(m.id.clone(), m);
-                }
-                Change::RequestUsed {
-                    actor,
-                    request_id,
-                    used,
-                } => {
-                    self.requests.insert((actor, request_id), used);
-                }
-                Change::FetchRequestUsed {
-                    actor,
-                    request_id,
-                    used,
-                } => {
-                    let fetch = format!("fetch/{request_id}");
-                    self.requests.entry((actor, fetch)).or_insert(used);
-                }
-                Change::KeysRecorded { entry, ids } => self.keys = Some((entry, ids)),
-            }
-        }
-
+    impl Lines for Models {
         /// One line per consent, mandate, request id and recorded keys, days counted from
         /// day 0.
         fn lines(&self) -> Vec<String> {
@@ -376,11 +405,13 @@ mod tests {
                 }
                 out.push(line);
             }
-            for ((actor, id), used) in &self.requests {
-                out.push(format!("request {actor} {id} -> {}", used.result));
-            }
-            if let Some((entry, ids)) = &self.keys {
-                out.push(format!("keys at {entry}: {}", ids.len()));
+            let mut requests: Vec<String> = (self.requests.iter())
+                .map(|((actor, id), used)| format!("request {actor} {id} -> {}", used.result))
+                .collect();
+            requests.sort();
+            out.extend(requests);
+            if let Some(keys) = &self.recorded_keys {
+                out.push(format!("keys at {}: {}", keys.entry, keys.ids.len()));
             }
             out
         }
@@ -486,7 +517,7 @@ mod tests {
     }
 
     fn check(steps: &[&str], expect: &[&str]) {
-        let mut memory = Memory::default();
+        let mut memory = Models::default();
         for (seq, line) in steps.iter().enumerate() {
             let record = step(line);
             let subject = record.event.recorded_subject().map(|s| match s {

@@ -396,7 +396,7 @@ impl Trees {
         request_id: &str,
         used: RequestUse,
     ) -> Result<(), StoreError> {
-        let key = request_key(actor, &fetch_request_id(request_id));
+        let key = request_key(actor, &projection::fetch_request_key(request_id));
         let _ = self
             .requests
             .compare_and_swap(key, None as Option<&[u8]>, Some(json(&used)))?;
@@ -508,11 +508,6 @@ fn pointed_to<'a, T: serde::de::DeserializeOwned + 'a>(
         };
         read().transpose()
     })
-}
-
-/// Fetch request ids are kept apart from consent and mandate ones (recorded as digests).
-fn fetch_request_id(digest: &str) -> String {
-    format!("fetch/{digest}")
 }
 
 fn request_key(participant: &str, request_id: &str) -> Vec<u8> {
@@ -911,7 +906,7 @@ impl Store for Embedded {
         actor: &str,
         request_id_digest: &str,
     ) -> Result<Option<RequestUse>, StoreError> {
-        self.request_use(actor, &fetch_request_id(request_id_digest))
+        self.request_use(actor, &projection::fetch_request_key(request_id_digest))
     }
 
     fn exchanges_about(

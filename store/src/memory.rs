@@ -3,7 +3,7 @@
 //! projection (the domain's), the same tree and checkpoints (`unefois-tlog`'s tree, the log
 //! key's signature), the same answers as [`super::Embedded`] for the same appends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use unefois_tlog::tree::MemoryTree;
@@ -14,7 +14,7 @@ use crate::event::RecordedKeys;
 use crate::event::{Event, Record};
 use crate::journal::JournalError;
 use crate::mandate::Mandate;
-use crate::projection::{self, Change, RequestUse};
+use crate::projection::{self, Models, RequestUse};
 use crate::seal::Sealer;
 
 /// The log, its Merkle tree and the read models, in memory.
@@ -29,14 +29,10 @@ struct Inner {
     entries: Vec<Vec<u8>>,
     tree: MemoryTree,
     latest: Option<(u64, String)>,
-    consents: BTreeMap<String, Consent>,
-    mandates: BTreeMap<String, Mandate>,
-    /// (actor, request id) → use; a Fetch's request id under `fetch/<id>`, as the embedded
-    /// backend keeps it.
-    requests: HashMap<(String, String), RequestUse>,
+    /// Consents, mandates, request ids and recorded keys, as the domain's projection makes them.
+    models: Models,
     /// Each person's exchanges, oldest first.
     exchanges: HashMap<String, Vec<u64>>,
-    recorded_keys: Option<RecordedKeys>,
     closed: bool,
 }
 
@@ -69,8 +65,9 @@ impl Memory {
             let entry = record.encode();
             let subject = self.subject_of(&record.event);
             let exchange = matches!(record.event, Event::Exchange(_));
-            for change in projection::apply(&*inner, seq, record, subject.clone())? {
-                inner.write(change);
+            let Ok(changes) = projection::apply(&inner.models, seq, record, subject.clone());
+            for change in changes {
+                inner.models.write(change);
             }
             if exchange && let Some(subject) = subject {
                 inner.exchanges.entry(subject).or_default().push(seq);
@@ -99,63 +96,6 @@ impl Memory {
     }
 }
 
-impl Inner {
-    fn write(&mut self, change: Change) {
-        match change {
-            Change::ConsentGranted(c) | Change::ConsentChanged(c) => {
-                self.consents.insert(c.id.clone(), c);
-            }
-            Change::MandateCreated(m) | Change::MandateChanged(m) => {
-                self.mandates.insert(m.id.clone(), m);
-            }
-            Change::RequestUsed {
-                actor,
-                request_id,
-                used,
-            } => {
-                self.requests.insert((actor, request_id), used);
-            }
-            Change::FetchRequestUsed {
-                actor,
-                request_id,
-                used,
-            } => {
-                let key = (actor, format!("fetch/{request_id}"));
-                self.requests.entry(key).or_insert(used);
-            }
-            Change::KeysRecorded { entry, ids } => {
-                self.recorded_keys = Some(RecordedKeys { entry, ids });
-            }
-        }
-    }
-
-    /// The consents `keep` accepts after the id `after` (exclusive; from the first when
-    /// empty), in id order.
-    fn consents_after(&self, after: &str, keep: impl Fn(&Consent) -> bool) -> Vec<Consent> {
-        self.consents
-            .values()
-            .filter(|c| (after.is_empty() || c.id.as_str() > after) && keep(c))
-            .cloned()
-            .collect()
-    }
-}
-
-impl projection::Views for Inner {
-    type Error = StoreError;
-
-    fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {
-        Ok(self.consents.get(id).cloned())
-    }
-
-    fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
-        Ok(self.mandates.get(id).cloned())
-    }
-
-    fn consents_under(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError> {
-        Ok(self.consents_after("", |c| c.mandate_id.as_deref() == Some(mandate_id)))
-    }
-}
-
 fn items<'a, T: Send + 'a>(found: Vec<T>) -> Items<'a, T> {
     Box::new(found.into_iter().map(Ok))
 }
@@ -163,7 +103,7 @@ fn items<'a, T: Send + 'a>(found: Vec<T>) -> Items<'a, T> {
 #[async_trait::async_trait]
 impl Store for Memory {
     fn recorded_keys(&self) -> Result<Option<RecordedKeys>, StoreError> {
-        Ok(self.inner().recorded_keys.clone())
+        Ok(self.inner().models.recorded_keys.clone())
     }
 
     async fn append_entry(&self, record: Record) -> Result<(u64, Vec<u8>), StoreError> {
@@ -179,7 +119,7 @@ impl Store for Memory {
     }
 
     fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {
-        Ok(self.inner().consents.get(id).cloned())
+        Ok(self.inner().models.consents.get(id).cloned())
     }
 
     fn consents_of_after<'a>(
@@ -187,7 +127,10 @@ impl Store for Memory {
         subject: &str,
         after: &str,
     ) -> Result<Items<'a, Consent>, StoreError> {
-        let found = self.inner().consents_after(after, |c| c.subject == subject);
+        let found = self
+            .inner()
+            .models
+            .consents_after(after, |c| c.subject == subject);
         Ok(items(found))
     }
 
@@ -199,12 +142,14 @@ impl Store for Memory {
     ) -> Result<Items<'a, Consent>, StoreError> {
         let found = self
             .inner()
+            .models
             .consents_after(after, |c| c.subject == subject && c.visible_to(party));
         Ok(items(found))
     }
 
     fn consents_under_mandate(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError> {
-        projection::Views::consents_under(&*self.inner(), mandate_id)
+        let Ok(under) = projection::Views::consents_under(&self.inner().models, mandate_id);
+        Ok(under)
     }
 
     fn consents_for(
@@ -214,13 +159,13 @@ impl Store for Memory {
         attestation_type: &str,
         purpose: &str,
     ) -> Result<Vec<Consent>, StoreError> {
-        Ok(self.inner().consents_after("", |c| {
+        Ok(self.inner().models.consents_after("", |c| {
             c.subject == subject && c.covers(consumer, attestation_type, purpose)
         }))
     }
 
     fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
-        Ok(self.inner().mandates.get(id).cloned())
+        Ok(self.inner().models.mandates.get(id).cloned())
     }
 
     fn mandates_after<'a>(
@@ -230,6 +175,7 @@ impl Store for Memory {
     ) -> Result<Items<'a, Mandate>, StoreError> {
         let found = self
             .inner()
+            .models
             .mandates
             .values()
             .filter(|m| after.is_empty() || m.id.as_str() > after)
@@ -244,7 +190,7 @@ impl Store for Memory {
 
     fn request_use(&self, actor: &str, request_id: &str) -> Result<Option<RequestUse>, StoreError> {
         let key = (actor.to_string(), request_id.to_string());
-        Ok(self.inner().requests.get(&key).cloned())
+        Ok(self.inner().models.requests.get(&key).cloned())
     }
 
     fn fetch_request_use(
@@ -252,7 +198,7 @@ impl Store for Memory {
         actor: &str,
         request_id_digest: &str,
     ) -> Result<Option<RequestUse>, StoreError> {
-        self.request_use(actor, &format!("fetch/{request_id_digest}"))
+        self.request_use(actor, &projection::fetch_request_key(request_id_digest))
     }
 
     fn exchanges_about(
