@@ -732,14 +732,9 @@ impl Embedded {
         }
     }
 
+    /// Refuses a tree size beyond the latest checkpoint's.
     fn within(&self, size: u64) -> Result<(), StoreError> {
-        let latest = self.latest_checkpoint()?.map_or(0, |(s, _)| s);
-        if size > latest {
-            return Err(StoreError::OutOfRange(format!(
-                "tree size {size} is beyond the log's {latest} entries"
-            )));
-        }
-        Ok(())
+        super::within(self.latest_checkpoint()?.map_or(0, |(s, _)| s), size)
     }
 
     /// Closes the store ([`Store::close`]) and drops this handle: once no clone is left, sled's
@@ -976,14 +971,8 @@ impl Store for Embedded {
     }
 
     fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
-        let (latest, note) = self.latest_checkpoint()?.unwrap_or_default();
-        if size == latest && latest > 0 {
+        if let Some(note) = super::kept_checkpoint(self.latest_checkpoint()?, size)? {
             return Ok(note);
-        }
-        if size == 0 || size > latest {
-            return Err(StoreError::OutOfRange(format!(
-                "no checkpoint of size {size}; the log has {latest} entries"
-            )));
         }
         let root = self.tree.root(size).map_err(StoreError::Tree)?;
         Ok(self.log.sign(size, root))

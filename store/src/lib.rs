@@ -174,6 +174,32 @@ pub trait Store: Send + Sync {
     async fn close(&self);
 }
 
+/// Refuses a tree size beyond the latest checkpoint's (`latest` entries): no backend proves
+/// anything about a tree it has not signed.
+fn within(latest: u64, size: u64) -> Result<(), StoreError> {
+    if size > latest {
+        return Err(StoreError::OutOfRange(format!(
+            "tree size {size} is beyond the log's {latest} entries"
+        )));
+    }
+    Ok(())
+}
+
+/// The checkpoint of `size` leaves when it is the `latest` one; `None` when it is an earlier
+/// size, to be signed again (a checkpoint is deterministic); or why there is none.
+fn kept_checkpoint(latest: Option<(u64, String)>, size: u64) -> Result<Option<String>, StoreError> {
+    let (latest, note) = latest.unwrap_or_default();
+    if size == latest && latest > 0 {
+        return Ok(Some(note));
+    }
+    if size == 0 || size > latest {
+        return Err(StoreError::OutOfRange(format!(
+            "no checkpoint of size {size}; the log has {latest} entries"
+        )));
+    }
+    Ok(None)
+}
+
 /// The policy's facts, read from the store (lazily: a fetch on a legal basis reads no consent).
 impl crate::policy::Facts for dyn Store {
     fn mandate(&self, id: &str) -> Result<Option<Mandate>, unefois_domain::error::ApiError> {

@@ -86,13 +86,7 @@ impl Memory {
 
     /// Refuses sizes beyond the latest checkpoint.
     fn within(inner: &Inner, size: u64) -> Result<(), StoreError> {
-        let latest = inner.latest.as_ref().map_or(0, |(s, _)| *s);
-        if size > latest {
-            return Err(StoreError::OutOfRange(format!(
-                "tree size {size} is beyond the log's {latest} entries"
-            )));
-        }
-        Ok(())
+        super::within(inner.latest.as_ref().map_or(0, |(s, _)| *s), size)
     }
 }
 
@@ -244,14 +238,8 @@ impl Store for Memory {
 
     fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
         let inner = self.inner();
-        let (latest, note) = inner.latest.clone().unwrap_or_default();
-        if size == latest && latest > 0 {
+        if let Some(note) = super::kept_checkpoint(inner.latest.clone(), size)? {
             return Ok(note);
-        }
-        if size == 0 || size > latest {
-            return Err(StoreError::OutOfRange(format!(
-                "no checkpoint of size {size}; the log has {latest} entries"
-            )));
         }
         Ok(self.log.sign(size, inner.tree.root(size)))
     }
