@@ -21,7 +21,6 @@ pub(crate) use unefois_domain::{
 pub(crate) mod accesses;
 pub mod audit;
 pub mod auditor;
-pub mod backup;
 pub mod client;
 pub(crate) mod consents;
 pub mod data_lock;
@@ -50,5 +49,7 @@ pub mod signing;
 pub(crate) mod state;
 /// Storage (crate `unefois-store`): the `Store` trait and its backends.
 pub use unefois_store as store;
+/// Backup and restore of a data directory (the store's).
+pub use unefois_store::backup;
 
 pub use server::{BrokerError, Config, run};

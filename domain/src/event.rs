@@ -83,6 +83,26 @@ impl RecordedSubject<'_> {
 }
 
 impl Event {
+    /// The participant an event is attributed to, if any.
+    pub fn participant(&self) -> Option<&str> {
+        match self {
+            Event::RegistryLoaded { .. }
+            | Event::BrokerStarted { .. }
+            | Event::BrokerStopped {} => None,
+            Event::ConsentGranted { participant, .. }
+            | Event::ConsentRenewed { participant, .. }
+            | Event::ConsentRevoked { participant, .. }
+            | Event::AuditRead { participant, .. }
+            | Event::RateLimited { participant, .. }
+            | Event::AccessHistoryRead { participant, .. }
+            | Event::ConsentsRead { participant, .. }
+            | Event::HarvestingAlarm { participant, .. }
+            | Event::MandateRevoked { participant, .. } => Some(participant),
+            Event::MandateCreated { structure, .. } => Some(structure),
+            Event::Exchange(e) => Some(&e.participant),
+        }
+    }
+
     /// The person the record is about, as written, if it is about one.
     pub fn recorded_subject(&self) -> Option<RecordedSubject<'_>> {
         match self {

@@ -3,14 +3,18 @@
 //! returns only once the records are durable, applied to every read model (through the domain's
 //! `projection`) and covered by a signed checkpoint; every read sees at least every acknowledged
 //! append. Two backends: [`Embedded`] (journal + sled + the tree and positions files, the
-//! default) and [`Memory`] (nothing on disk: unit tests); the contract tests run both.
+//! default) and [`Memory`] (nothing on disk: unit tests); the contract tests run both. Backup and
+//! restore of an embedded data directory ([`backup`]) and the names of its key files
+//! ([`key_files`]) live here too: what the data directory holds is the store's.
 
 #![forbid(unsafe_code)]
 
+pub mod backup;
 #[cfg(test)]
 mod contract;
 mod embedded;
 mod error;
+pub mod key_files;
 mod memory;
 mod metrics;
 mod positions;

@@ -12,26 +12,6 @@ pub const MAX_SCAN: u64 = 10_000;
 /// Most events one page returns.
 pub const MAX_LIMIT: u32 = 1_000;
 
-/// The participant an event is attributed to, if any.
-pub fn participant(event: &Event) -> Option<&str> {
-    match event {
-        Event::RegistryLoaded { .. } | Event::BrokerStarted { .. } | Event::BrokerStopped {} => {
-            None
-        }
-        Event::ConsentGranted { participant, .. }
-        | Event::ConsentRenewed { participant, .. }
-        | Event::ConsentRevoked { participant, .. }
-        | Event::AuditRead { participant, .. }
-        | Event::RateLimited { participant, .. }
-        | Event::AccessHistoryRead { participant, .. }
-        | Event::ConsentsRead { participant, .. }
-        | Event::HarvestingAlarm { participant, .. }
-        | Event::MandateRevoked { participant, .. } => Some(participant),
-        Event::MandateCreated { structure, .. } => Some(structure),
-        Event::Exchange(e) => Some(&e.participant),
-    }
-}
-
 /// What an auditor asks for.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
@@ -68,7 +48,7 @@ impl EventFilter {
             && self
                 .participant
                 .as_deref()
-                .is_none_or(|p| participant(event) == Some(p))
+                .is_none_or(|p| event.participant() == Some(p))
             && self.since.is_none_or(|t| record.time >= t)
             && self.until.is_none_or(|t| record.time < t)
             && self.subject.as_deref().is_none_or(|s| subject == Some(s))

@@ -45,9 +45,7 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
         entry: e.entry.clone(),
         kind: record.event.kind().to_string(),
         time: Some(timestamp(record.time)),
-        participant: events::participant(&record.event)
-            .unwrap_or_default()
-            .to_string(),
+        participant: record.event.participant().unwrap_or_default().to_string(),
         subject_pseudonym: e.subject.clone().unwrap_or_default(),
         ..Default::default()
     };

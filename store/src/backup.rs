@@ -47,8 +47,10 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tlog_tiles::Hash;
 
-use crate::audit::checkpoint::{LogSigner, VerifiedCheckpoint, origin, verify_checkpoint};
-use crate::journal::{HEADER_LEN, JournalError, JournalReader};
+use unefois_journal::{HEADER_LEN, JournalError, JournalReader};
+use unefois_tlog::checkpoint::{VerifiedCheckpoint, origin, verify_checkpoint};
+
+use crate::key_files::{KEYS as KEY_FILES, KEYS_DIR as KEYS, LOG_KEY, Since};
 
 /// The `format` of a manifest.
 pub const FORMAT: &str = "unefois-backup";
@@ -58,19 +60,17 @@ pub const VERSION: u32 = 1;
 pub const MANIFEST: &str = "manifest.json";
 
 /// Key files without which a backup is useless: every key the broker has had since its first
-/// version ([`crate::keys::KEYS`]: the log key, the attestation key, the pseudonym keys; without
+/// version ([`KEY_FILES`]: the log key, the attestation key, the pseudonym keys; without
 /// them, restored consents and mandates could no longer be found by subject, and the broker
 /// refuses to start on the restored journal). A backup fails when one is missing.
 pub fn required_keys() -> impl Iterator<Item = &'static str> {
-    crate::keys::KEYS
+    KEY_FILES
         .iter()
-        .filter(|k| k.since == crate::keys::Since::FirstVersion)
+        .filter(|k| k.since == Since::FirstVersion)
         .map(|k| k.file)
 }
 
-const LOG_KEY: &str = crate::keys::LOG_KEY;
 const JOURNAL: &str = "journal";
-const KEYS: &str = "keys";
 const STATE: &str = "state";
 const STAGING: &str = ".restore-staging";
 const SEGMENT_PREFIX: &str = "journal-";
@@ -998,9 +998,9 @@ fn read_trusted(path: &Path, log_seed: &[u8; 32]) -> Result<VerifiedCheckpoint, 
         .next()
         .and_then(|origin_line| origin_line.strip_suffix(origin("").as_str()))
         .ok_or_else(|| bad("not a checkpoint of an Une Fois audit log".into()))?;
-    let log = LogSigner::from_seed(log_seed, trust_domain)
-        .map_err(|e| bad(format!("the backed-up log key: {e}")))?;
-    verify_checkpoint(log.vkey(), &text)
+    let public = ed25519_dalek::SigningKey::from_bytes(log_seed).verifying_key();
+    let vkey = signed_note::new_ed25519_verifier_key(&origin(trust_domain), &public);
+    verify_checkpoint(&vkey, &text)
         .map_err(|e| bad(format!("not a checkpoint of the backed-up log key: {e}")))
 }
 
@@ -1026,11 +1026,11 @@ const NAMED_ENTRIES: usize = 8;
 /// One entry named for an operator: `#12 2026-12-03T10:00:00Z consent_granted (mairie-lyon)`.
 /// Kind, time and participant only: never a subject or a claim.
 fn name_entry(seq: u64, payload: &[u8]) -> String {
-    match crate::event::Record::decode(payload) {
+    match unefois_domain::event::Record::decode(payload) {
         Ok(record) => {
             let time = unefois_tlog::entry::time_to_the_second(record.time);
             let kind = record.event.kind();
-            match crate::audit::events::participant(&record.event) {
+            match record.event.participant() {
                 Some(who) => format!("#{seq} {time} {kind} ({who})"),
                 None => format!("#{seq} {time} {kind}"),
             }
@@ -1325,12 +1325,14 @@ fn sync_dir(dir: &Path) -> Result<(), BackupError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::journal::{Journal, JournalOptions};
+    use crate::CheckpointSigner as _;
+    use crate::test_signer::TestSigner;
+    use unefois_journal::{Journal, JournalOptions};
 
     /// A data directory with the four keys and a journal of `n` records over `segment_size`
     /// byte segments; the records' payloads.
     async fn data_dir(dir: &Path, n: usize, segment_size: u64) -> Vec<Vec<u8>> {
-        crate::keys::Keys::load(dir, true).unwrap();
+        write_keys(dir);
         let journal = Journal::open(
             &dir.join(JOURNAL),
             JournalOptions {
@@ -1345,6 +1347,35 @@ mod tests {
         }
         journal.close().await;
         payloads
+    }
+
+    /// Every key file of [`KEY_FILES`], 0600 in a 0700 folder, each of its own bytes.
+    fn write_keys(dir: &Path) {
+        let keys = dir.join(KEYS);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&keys)
+            .unwrap();
+        for (i, spec) in KEY_FILES.iter().enumerate() {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(keys.join(spec.file))
+                .unwrap()
+                .write_all(&[i as u8 + 1; 32])
+                .unwrap();
+        }
+    }
+
+    /// The log key of a data directory written by [`write_keys`].
+    fn log_signer(dir: &Path) -> TestSigner {
+        let seed: [u8; 32] = fs::read(dir.join(KEYS).join(LOG_KEY))
+            .unwrap()
+            .try_into()
+            .unwrap();
+        TestSigner::from_seed(&seed)
     }
 
     fn records(data_dir: &Path) -> Vec<Vec<u8>> {
@@ -1371,15 +1402,12 @@ mod tests {
     fn the_frontier_root_is_the_audit_trees_root() {
         let entries: Vec<Vec<u8>> = (0..70u32).map(|i| i.to_be_bytes().to_vec()).collect();
         let mut frontier = Frontier::default();
-        assert_eq!(
-            frontier.root(),
-            crate::audit::tree::root_of(Vec::<Vec<u8>>::new())
-        );
+        assert_eq!(frontier.root(), crate::tree::root_of(Vec::<Vec<u8>>::new()));
         for (i, entry) in entries.iter().enumerate() {
             frontier.push(entry);
             assert_eq!(
                 frontier.root(),
-                crate::audit::tree::root_of(&entries[..=i]),
+                crate::tree::root_of(&entries[..=i]),
                 "size {}",
                 i + 1
             );
@@ -1404,7 +1432,7 @@ mod tests {
         assert_eq!(report.tree_size, 40);
         assert_eq!(report.tail_bytes_left_out, torn.len() as u64);
         assert!(report.segments > 1);
-        assert_eq!(report.root, crate::audit::tree::root_of(&payloads));
+        assert_eq!(report.root, crate::tree::root_of(&payloads));
         assert!(matches!(
             backup(&data, &out),
             Err(BackupError::OutputExists { .. })
@@ -1567,8 +1595,7 @@ mod tests {
         let payloads = data_dir(&data, 6, 1 << 20).await;
         let out = tmp.path().join("backup");
         backup(&data, &out).unwrap();
-        let keys = crate::keys::Keys::load(&data, false).unwrap();
-        let log = LogSigner::new(&keys, "unefois.test").unwrap();
+        let log = log_signer(&data);
         let write = |name: &str, note: String| {
             let path = tmp.path().join(name);
             fs::write(&path, note).unwrap();
@@ -1580,10 +1607,7 @@ mod tests {
             trusted_checkpoints: paths,
         };
 
-        let older = write(
-            "older",
-            log.sign(4, crate::audit::tree::root_of(&payloads[..4])),
-        );
+        let older = write("older", log.sign(4, crate::tree::root_of(&payloads[..4])));
         restore(&out, &target, &with(vec![older.clone()])).unwrap();
         fs::remove_dir_all(&target).unwrap();
 
@@ -1604,7 +1628,7 @@ mod tests {
             "{err}"
         );
 
-        let stranger = LogSigner::from_seed(&[9; 32], "unefois.test").unwrap();
+        let stranger = TestSigner::from_seed(&[9; 32]);
         let foreign = write("foreign", stranger.sign(2, [0; 32]));
         let err = restore(&out, &target, &with(vec![foreign])).unwrap_err();
         assert!(matches!(err, BackupError::BadCheckpoint { .. }), "{err}");
