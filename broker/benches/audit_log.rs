@@ -10,10 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broker::audit::LogSigner;
-use broker::audit::TreeFile;
+use broker::LogSigner;
 use broker::event::{Event, ExchangeEvent, Outcome, Record, RecordedBasis};
 use broker::journal::JournalOptions;
+use broker::store::tree::TreeFile;
 use broker::store::{Embedded, Store};
 
 fn env(name: &str, default: u64) -> u64 {

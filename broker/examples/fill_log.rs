@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use broker::audit::LogSigner;
+use broker::LogSigner;
 use broker::event::{Event, ExchangeEvent, Outcome, Record, RecordedBasis};
 use broker::journal::JournalOptions;
 use broker::seal::Sealer;

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// The `ErrorReason` a refusal carries: what a client branches on.
+pub use crate::grpc::status::reason_of;
+
 /// Why a client could not connect.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

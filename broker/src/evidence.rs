@@ -71,16 +71,12 @@ impl EvidenceUses {
     }
 
     /// How many tokens are counted now (for tests and metrics).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.counted
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

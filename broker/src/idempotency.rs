@@ -211,14 +211,4 @@ impl RecentAnswers {
     pub fn clear(&self) {
         *self.lock() = Index::default();
     }
-
-    /// How many answers are kept (for tests).
-    pub fn len(&self) -> usize {
-        self.lock().kept.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -87,8 +87,6 @@ pub struct TlsMaterial {
     pub config: Arc<rustls::ServerConfig>,
     /// Serials the CRL revokes (also checked per call, so a reload reaches open connections).
     pub revoked_serials: Vec<Vec<u8>>,
-    /// When the CRL must have been renewed.
-    pub crl_next_update: SystemTime,
 }
 
 impl TlsMaterial {
@@ -109,7 +107,6 @@ impl TlsMaterial {
             )));
         }
         let mut revoked_serials = Vec::new();
-        let mut crl_next_update = None::<SystemTime>;
         for der in &crls {
             let info = unefois_certs::crl_info(der)?;
             // A CRL without a next update never expires: refuse it like an expired one.
@@ -120,7 +117,6 @@ impl TlsMaterial {
                     next_update: next.into(),
                 });
             }
-            crl_next_update = Some(crl_next_update.map_or(next, |n| n.min(next)));
             revoked_serials.extend(info.revoked_serials);
         }
         let verifier =
@@ -141,7 +137,6 @@ impl TlsMaterial {
         Ok(TlsMaterial {
             config: Arc::new(config),
             revoked_serials,
-            crl_next_update: crl_next_update.unwrap_or(SystemTime::UNIX_EPOCH),
         })
     }
 }

@@ -229,11 +229,13 @@ impl Previews {
     }
 
     /// How many previews are held (for tests and metrics).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
     }
 
     /// Whether none is held.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

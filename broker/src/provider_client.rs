@@ -277,11 +277,6 @@ impl GrpcProviderAdapter {
         self
     }
 
-    /// The attestation type this adapter serves.
-    pub fn attestation_type(&self) -> &str {
-        &self.attestation_type
-    }
-
     /// A client on the next connection in turn, and which connection that is.
     fn client(&self) -> (Turn, ProviderClient<Channel>) {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();

@@ -82,11 +82,6 @@ impl ProviderGate {
         }
     }
 
-    /// The provider participant.
-    pub fn provider(&self) -> &str {
-        &self.provider
-    }
-
     /// The rate limit in force, if any.
     pub fn rate_limit(&self) -> Option<ProviderRateLimit> {
         self.limit.as_ref().map(|(l, _)| *l)

@@ -92,7 +92,7 @@ pub(crate) fn certs(cmd: CertsCommand) -> anyhow::Result<()> {
                 // with its process id.
                 let lock = dir
                     .parent()
-                    .map(|home| home.join("data").join(broker::data_lock::LOCK_FILE))
+                    .map(|home| home.join("data").join(broker::DATA_LOCK_FILE))
                     .filter(|l| l.is_file());
                 match lock {
                     Some(lock) => outln!(

@@ -48,7 +48,7 @@ pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     let code = code_name(status.code());
     // The reason says more than the code, except where they are the same word
     // (INVALID_ARGUMENT): then it is said once.
-    match broker::grpc::status::reason_of(&status) {
+    match broker::client::reason_of(&status) {
         Some(reason) if reason.as_str_name() != code => {
             anyhow::anyhow!("{code}: {}: {}", reason.as_str_name(), status.message())
         }

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use broker::listener::{AcceptLimits, TlsFiles};
 use broker::registry::{Registry, Role};
+use broker::{AcceptLimits, TlsFiles};
 use clap::ValueEnum;
 use unefois_certs::{Pki, Validity};
 
@@ -53,13 +53,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = AcceptLimits::default().max_connections_per_participant)]
     max_connections_per_participant: usize,
     /// Largest request message accepted, in bytes.
-    #[arg(long, default_value_t = broker::grpc::limits::DEFAULT_MAX_REQUEST_BYTES)]
+    #[arg(long, default_value_t = broker::defaults::MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
     /// Seconds calls in flight have to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 20)]
     drain_timeout_secs: u64,
     /// Seconds a pre-fill preview waits for the citizen's confirmation before it is forgotten.
-    #[arg(long, default_value_t = broker::preview::DEFAULT_TTL.as_secs())]
+    #[arg(long, default_value_t = broker::defaults::PREVIEW_TTL.as_secs())]
     preview_ttl_secs: u64,
 }
 
@@ -93,8 +93,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     // Before anything is said: a second broker on this home is refused by name, not after it
     // printed that it listens.
-    broker::data_lock::holder(&args.home.join("data")).map_err(|e| match e {
-        broker::data_lock::DataLockError::InUse { pid, .. } => anyhow::anyhow!(
+    broker::data_dir_holder(&args.home.join("data")).map_err(|e| match e {
+        broker::DataLockError::InUse { pid, .. } => anyhow::anyhow!(
             "another broker is using {} (pid {}); stop it first, or give this one another --home",
             args.home.display(),
             pid.map_or_else(|| "unknown".to_string(), |p| p.to_string())
@@ -163,8 +163,7 @@ fn dev_pki(pki_dir: &Path, registry: &Path) -> anyhow::Result<()> {
 }
 
 /// SIGHUP asks the broker to read its registry and CRL again (the outcome is logged).
-fn reload_on_sighup() -> anyhow::Result<tokio::sync::mpsc::Receiver<broker::server::ReloadRequest>>
-{
+fn reload_on_sighup() -> anyhow::Result<tokio::sync::mpsc::Receiver<broker::ReloadRequest>> {
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {

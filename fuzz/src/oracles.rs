@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use broker::audit::{LogSigner, verify_checkpoint};
+use broker::LogSigner;
 use broker::event::Record;
 use broker::journal::{HEADER_LEN, Journal, JournalError, JournalOptions};
 use broker::registry::Registry;
@@ -38,6 +38,7 @@ use unefois_adapters::{
     Adapter, AdapterError, AdapterRequest, ClaimSpec, ClaimType, ClaimValue, Claims, HttpAdapter,
     HttpConfig, LegalBasis, StaticDataset, check_claims,
 };
+use unefois_tlog::checkpoint::verify_checkpoint;
 
 /// The repository's `examples/` folder: the registry's relative paths (datasets, JWKS)
 /// resolve there. Both crates that include this file sit one level below the root.

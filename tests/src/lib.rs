@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use broker::listener::{AcceptLimits, TlsFiles};
 use broker::registry::Registry;
+use broker::{AcceptLimits, TlsFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -93,7 +93,7 @@ pub struct TestBroker {
     pub pki_dir: PathBuf,
     /// The broker's data directory (journal, derived state, keys).
     pub data_dir: PathBuf,
-    reload: tokio::sync::mpsc::Sender<broker::server::ReloadRequest>,
+    reload: tokio::sync::mpsc::Sender<broker::ReloadRequest>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), broker::BrokerError>>,
     _home: tempfile::TempDir,
@@ -121,7 +121,7 @@ impl Default for BrokerOptions {
             accept: AcceptLimits::default(),
             data_dir: None,
             journal_faults: None,
-            preview_ttl: broker::preview::DEFAULT_TTL,
+            preview_ttl: broker::defaults::PREVIEW_TTL,
         }
     }
 }
@@ -149,7 +149,7 @@ impl TestBroker {
             ops_listener: Some(ops),
             accept: options.accept,
             drain_timeout: Duration::from_secs(5),
-            max_request_bytes: broker::grpc::limits::DEFAULT_MAX_REQUEST_BYTES,
+            max_request_bytes: broker::defaults::MAX_REQUEST_BYTES,
             journal_faults: options.journal_faults,
             preview_ttl: options.preview_ttl,
             reload: Some(reload_rx),

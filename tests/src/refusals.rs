@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use broker::grpc::status::reason_of;
+use broker::client::reason_of;
 use tonic::{Code, Response, Status};
 use tonic_types::StatusExt;
 use unefois_proto::v1::ErrorReason;

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use broker::audit::{LogSigner, verify_checkpoint};
+use broker::LogSigner;
 use broker::event::{Event, ExchangeEvent, Outcome, Record, RecordedBasis};
 use broker::journal::{HEADER_LEN, JournalError};
 use broker::subject::Subject;
@@ -16,6 +16,7 @@ use proptest::test_runner::Config;
 use serde_json::Value;
 use time::{Date, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 use unefois_adapters::ClaimType;
+use unefois_tlog::checkpoint::verify_checkpoint;
 
 #[path = "../../fuzz/src/oracles.rs"]
 #[allow(dead_code)]

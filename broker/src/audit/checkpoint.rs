@@ -3,9 +3,7 @@
 use signed_note::Note;
 use tlog_tiles::Hash;
 
-pub use unefois_tlog::checkpoint::{
-    CheckpointError, VerifiedCheckpoint, origin, verify_checkpoint,
-};
+use unefois_tlog::checkpoint::origin;
 
 use crate::keys::{KeyError, Keys, LOG_KEY, SigningKey};
 
@@ -93,6 +91,7 @@ impl signed_note::Signer for LogSigner {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use unefois_tlog::checkpoint::verify_checkpoint;
 
     #[test]
     fn a_signed_checkpoint_verifies_and_a_forged_one_does_not() {

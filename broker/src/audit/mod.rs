@@ -13,8 +13,5 @@
 
 pub mod checkpoint;
 pub mod events;
-/// The Merkle tree's file: the store's (`unefois-store`).
-pub use unefois_store::tree;
 
-pub use checkpoint::{CheckpointError, LogSigner, VerifiedCheckpoint, verify_checkpoint};
-pub use tree::{ProofError, TreeFile};
+pub use checkpoint::LogSigner;

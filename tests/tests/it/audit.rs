@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::{Context, anyhow};
-use broker::grpc::status::reason_of;
+use broker::client::reason_of;
 use broker::signing::AttestationSigner;
 use tokio_stream::StreamExt;
 use tonic::Code;

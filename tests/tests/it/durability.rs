@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use broker::grpc::status::reason_of;
+use broker::client::reason_of;
 use broker::journal::{FaultInjector, FaultPoint};
 use tonic::Code;
 use tonic::transport::Channel;

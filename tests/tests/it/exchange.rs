@@ -1,8 +1,8 @@
 //! Exchange.Fetch end to end: a signed attestation under law, only permitted claims, every
 //! refusal explained and recorded, and nothing about the person at rest.
 
+use broker::client::reason_of;
 use broker::event::{Event, Outcome, Record};
-use broker::grpc::status::reason_of;
 use broker::journal::{Journal, JournalOptions};
 use tonic::Code;
 use unefois_proto::v1 as pb;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use broker::grpc::status::reason_of;
+use broker::client::reason_of;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::Code;
@@ -261,7 +261,7 @@ async fn a_fetch_gets_through_when_every_provider_connection_closes_at_once() ->
     let provider = PythonProvider::start(0, &log, &[]).await?;
     let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let relay_port = relay.local_addr()?.port();
-    let closing = broker::provider_client::provider_connections();
+    let closing = broker::provider_connections();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&accepted);
     let provider_port = provider.port;

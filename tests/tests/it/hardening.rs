@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
-use broker::grpc::status::reason_of;
+use broker::client::reason_of;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 use tonic::{Code, Response};
@@ -560,7 +560,7 @@ async fn one_guichet_cannot_fill_the_previews_and_every_participant_has_a_rate()
         )
     })?;
     let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
-    let limit = broker::preview::DEFAULT_PER_PARTICIPANT;
+    let limit = broker::defaults::PREVIEWS_PER_PARTICIPANT;
     let token = id_token("test:alice", LYON);
     let preview = |token: &str| pb::PrefillRequest {
         subject: "test:alice".into(),

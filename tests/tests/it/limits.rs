@@ -2,8 +2,8 @@
 //! per window with their count; a consumer reading too many people raises the harvesting
 //! alarm; providers report their readiness in grpc.health.v1.
 
+use broker::client::reason_of;
 use broker::event::{Event, Record};
-use broker::grpc::status::reason_of;
 use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;

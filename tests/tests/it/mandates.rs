@@ -485,7 +485,7 @@ async fn an_expired_mandate_is_refused() -> anyhow::Result<()> {
     let keys = broker::keys::Keys::load(&data_dir, false)?;
     let pseudonyms = keys.pseudonymizer()?;
     let subject = broker::subject::Subject::parse("test:alice", true)?;
-    let log = broker::audit::LogSigner::new(&keys, registry.trust_domain())?;
+    let log = broker::LogSigner::new(&keys, registry.trust_domain())?;
     let sealer = std::sync::Arc::new(keys.sealer()?);
     use broker::store::Store as _;
     let store = broker::store::Embedded::open(

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use broker::grpc::status::reason_of;
-use broker::listener::AcceptLimits;
+use broker::AcceptLimits;
+use broker::client::reason_of;
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 use tonic::Code;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use broker::grpc::status::reason_of;
+use broker::client::reason_of;
 use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
@@ -74,7 +74,7 @@ async fn serve_apis() -> anyhow::Result<(SocketAddr, Arc<Apis>)> {
 /// the canteen's CAF and MESR habilitations under law (so that no consent is needed in these
 /// tests), and a form `dossier_famille` that needs all three.
 async fn start(pki: &TestPki, dir: &std::path::Path) -> anyhow::Result<(TestBroker, Arc<Apis>)> {
-    start_holding(pki, dir, broker::preview::DEFAULT_TTL).await
+    start_holding(pki, dir, broker::defaults::PREVIEW_TTL).await
 }
 
 async fn start_holding(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
-use broker::grpc::status::reason_of;
+use broker::client::reason_of;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use unefois_proto::v1 as pb;

@@ -3,7 +3,7 @@
 //! recorded, and a certificate revoked by the reload is refused on a connection that was
 //! already open (checked per call, not only at the handshake).
 
-use broker::grpc::status::reason_of;
+use broker::client::reason_of;
 use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use broker::grpc::status::reason_of;
-use broker::listener::AcceptLimits;
+use broker::AcceptLimits;
+use broker::client::reason_of;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::Code;
@@ -154,7 +154,7 @@ async fn a_fetch_gets_through_silent_connections_from(
 #[tokio::test]
 async fn silent_connections_from_one_address_do_not_delay_a_participant() -> anyhow::Result<()> {
     let _alone = crate::alone().await;
-    broker::descriptors::raise_nofile_limit();
+    broker::raise_nofile_limit();
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start(pki.dir()).await?;
     let shed_before = refused(&broker, "handshakes_per_source").await?;
@@ -175,7 +175,7 @@ async fn silent_connections_from_one_address_do_not_delay_a_participant() -> any
 #[tokio::test]
 async fn silent_connections_from_the_clients_own_address_do_not_delay_it() -> anyhow::Result<()> {
     let _alone = crate::alone().await;
-    broker::descriptors::raise_nofile_limit();
+    broker::raise_nofile_limit();
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start(pki.dir()).await?;
     // The participant connects from 127.0.0.1 too: the attacker's oldest handshakes make room.
@@ -186,7 +186,7 @@ async fn silent_connections_from_the_clients_own_address_do_not_delay_it() -> an
 #[tokio::test]
 async fn silent_connections_from_many_addresses_do_not_delay_a_participant() -> anyhow::Result<()> {
     let _alone = crate::alone().await;
-    broker::descriptors::raise_nofile_limit();
+    broker::raise_nofile_limit();
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start(pki.dir()).await?;
     let shed_before = refused(&broker, "handshakes_total").await?;
@@ -422,7 +422,7 @@ fn rss_kib() -> anyhow::Result<u64> {
 #[tokio::test]
 async fn streams_whose_answers_are_never_read_hold_bounded_memory() -> anyhow::Result<()> {
     let _alone = crate::alone().await;
-    broker::descriptors::raise_nofile_limit();
+    broker::raise_nofile_limit();
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start(pki.dir()).await?;
     // Warm: the first calls allocate what every later one reuses.
@@ -591,7 +591,7 @@ async fn slowloris(mut tcp: TcpStream, give_up: Duration) -> Option<Duration> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_on_the_ops_listener_starves_neither_listener() -> anyhow::Result<()> {
     let _alone = crate::alone().await;
-    broker::descriptors::raise_nofile_limit();
+    broker::raise_nofile_limit();
     // A common default limit: 1,650 connections would take every descriptor the broker has.
     let broker = LimitedBinary::start(1024).await?;
     let before = broker.channel("mairie-lyon").await?;

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use broker::grpc::status::reason_of;
+use broker::client::reason_of;
 use tonic::transport::Channel;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
