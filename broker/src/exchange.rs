@@ -156,7 +156,8 @@ async fn resend(state: &State, answer: &Fetched) -> Result<Fetched, ApiError> {
         .as_deref()
         .and_then(|sealed| state.sealer.open(sealed).ok())
         .map(|pseudonym| state.sealer.seal(&pseudonym));
-    let logged = record(state, *event).await?;
+    // A kept answer is a granted one: no refusal.
+    let logged = record(state, *event, None).await?;
     Ok(Fetched {
         attestation: answer.attestation.clone(),
         envelope: answer.envelope.clone(),
@@ -290,7 +291,7 @@ async fn conclude<T>(
     match result {
         Ok(value) => {
             event.outcome = success;
-            let logged = record(state, event).await?;
+            let logged = record(state, event, None).await?;
             Ok((value, logged))
         }
         Err(error) => {
@@ -299,8 +300,7 @@ async fn conclude<T>(
             } else {
                 Outcome::Denied
             };
-            event.reason = Some(error.reason_code().to_string());
-            record(state, event).await?;
+            record(state, event, Some(&error)).await?;
             Err(error)
         }
     }
@@ -413,7 +413,7 @@ pub async fn reject(
     if d.mandate.is_some() {
         event.mandate_id = d.mandate.clone();
     }
-    record(state, event).await.map(|_| ())
+    record(state, event, None).await.map(|_| ())
 }
 
 /// The record of a Fetch before it is decided. Only registered names and bounded ids go in:
@@ -467,9 +467,8 @@ fn base_event(
 /// to record it: nothing is answered without its record).
 async fn refuse(state: &State, caller: &Caller, input: &FetchInput, error: ApiError) -> ApiError {
     let loaded = state.federation.loaded();
-    let mut event = base_event(state, caller, input, &loaded);
-    event.reason = Some(error.reason_code().to_string());
-    match record(state, event).await {
+    let event = base_event(state, caller, input, &loaded);
+    match record(state, event, Some(&error)).await {
         Ok(_) => error,
         Err(e) => e,
     }
@@ -495,8 +494,7 @@ pub async fn refuse_act(
             event.pseudonym_key = Some(state.pseudonyms.audit_key_id().to_string());
         }
         event.prefill_id = prefill_id.map(str::to_string);
-        event.reason = Some(error.reason_code().to_string());
-        if let Err(e) = record(state, event).await {
+        if let Err(e) = record(state, event, Some(&error)).await {
             return e;
         }
     }
@@ -506,17 +504,20 @@ pub async fn refuse_act(
 /// A durable entry: its sequence number and exact bytes.
 type Logged = (u64, Vec<u8>);
 
-/// Records an exchange; the one place where exchanges are counted in the metrics, so that they
-/// agree with the log (by outcome and reason; the type label is "(unregistered)" as recorded).
-async fn record(state: &State, event: ExchangeEvent) -> Result<Logged, ApiError> {
+/// Records an exchange, refused or failed for `refusal` if any (its `ErrorReason` name is the
+/// entry's reason); the one place where exchanges are counted in the metrics, so that they agree
+/// with the log (by outcome and reason, both from closed lists; the type label is
+/// "(unregistered)" as recorded).
+async fn record(
+    state: &State,
+    mut event: ExchangeEvent,
+    refusal: Option<&ApiError>,
+) -> Result<Logged, ApiError> {
+    let reason = refusal.map_or("", ApiError::reason_code);
+    event.reason = refusal.map(|e| e.reason_code().to_string());
     let consumer = event.participant.clone();
     let attestation_type = event.attestation_type.clone();
     let outcome = event.outcome.name();
-    let reason = event
-        .reason
-        .as_deref()
-        .and_then(unefois_proto::v1::ErrorReason::from_str_name)
-        .map_or("", |r| r.as_str_name());
     let logged = state
         .store
         .append_entry(Record::now(Event::Exchange(Box::new(event))))
