@@ -14,16 +14,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use unefois_adapters::{ClaimValue, Claims};
 
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::exchange::{self, FetchInput, Fetched, Previewed};
-use crate::preview::{Preview, PreviewState, Unfilled};
+use crate::preview::{Preview, PreviewState};
 use crate::registry::Form;
 use crate::state::State;
 use crate::subject::Subject;
 use crate::validate;
+pub use unefois_domain::prefill::{FilledField, MissingField, Obtained, Source, Unfilled};
+use unefois_domain::prefill::{fields, plan};
 
 /// A pre-fill request, in domain terms.
 #[derive(Debug, Default)]
@@ -44,43 +45,6 @@ pub struct PrefillInput {
     pub id_token: String,
 }
 
-/// Where a field's value comes from.
-#[derive(Clone, Debug)]
-pub struct Source {
-    /// The attestation type.
-    pub attestation_type: String,
-    /// The provider that answered.
-    pub provider: String,
-    /// The attestation carrying the value (none in a preview).
-    pub attestation_id: Option<String>,
-    /// When the value was retrieved (the attestation's issue time).
-    pub retrieved_at: OffsetDateTime,
-}
-
-/// A field filled from an attestation (or a preview).
-#[derive(Debug)]
-pub struct FilledField {
-    /// Field name.
-    pub name: String,
-    /// Whether the form requires it.
-    pub required: bool,
-    /// The value.
-    pub value: ClaimValue,
-    /// Where it comes from.
-    pub source: Source,
-}
-
-/// A field that could not be filled, and why (the guichet asks the person for it).
-#[derive(Debug)]
-pub struct MissingField {
-    /// Field name.
-    pub name: String,
-    /// Why, as a closed `ErrorReason` name.
-    pub reason: &'static str,
-    /// Why, for people.
-    pub message: String,
-}
-
 /// A pre-filled form.
 #[derive(Debug)]
 pub struct Prefilled {
@@ -96,14 +60,8 @@ pub struct Prefilled {
     pub preview: Option<(String, OffsetDateTime)>,
 }
 
-/// What one attestation type gave: a source and the claims released (or to be released).
-struct Obtained {
-    source: Source,
-    claims: Claims,
-}
-
-impl From<&Arc<Fetched>> for Obtained {
-    fn from(f: &Arc<Fetched>) -> Obtained {
+impl From<&Fetched> for Obtained {
+    fn from(f: &Fetched) -> Obtained {
         Obtained {
             source: Source {
                 attestation_type: f.attestation.attestation_type.clone(),
@@ -167,15 +125,8 @@ pub async fn prefill(
     let mandate = match standing.await {
         Ok(mandate) => mandate,
         Err(e) => {
-            let mut types: Vec<&str> = form
-                .fields
-                .iter()
-                .map(|f| f.attestation_type.as_str())
-                .collect();
-            types.sort_unstable();
-            types.dedup();
-            let requests: Vec<FetchInput> = types
-                .into_iter()
+            let requests: Vec<FetchInput> = plan(&form)
+                .into_keys()
                 .map(|ty| FetchInput {
                     subject: input.subject.clone(),
                     attestation_type: ty.to_string(),
@@ -189,13 +140,7 @@ pub async fn prefill(
     };
 
     // The claims each type must provide.
-    let mut by_type: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for f in &form.fields {
-        let claims = by_type.entry(f.attestation_type.as_str()).or_default();
-        if !claims.contains(&f.claim) {
-            claims.push(f.claim.clone());
-        }
-    }
+    let by_type = plan(&form);
     let fetch_input = |ty: &str, claims: &[String]| FetchInput {
         subject: input.subject.clone(),
         attestation_type: ty.to_string(),
@@ -306,7 +251,7 @@ fn answer(
     for (ty, r) in &results {
         obtained.insert(
             ty.clone(),
-            r.as_ref().map(Obtained::from).map_err(Unfilled::from),
+            r.as_deref().map(Obtained::from).map_err(Unfilled::from),
         );
     }
     let (filled, missing) = fields(form, &obtained);
@@ -317,44 +262,6 @@ fn answer(
         attestations: results.into_values().filter_map(Result::ok).collect(),
         preview: None,
     }
-}
-
-/// Each form field, filled from what its type gave, or missing with the reason.
-fn fields(
-    form: &Form,
-    obtained: &BTreeMap<String, Result<Obtained, Unfilled>>,
-) -> (Vec<FilledField>, Vec<MissingField>) {
-    let mut filled = Vec::new();
-    let mut missing = Vec::new();
-    for field in &form.fields {
-        let absent = |reason: &'static str, message: String| MissingField {
-            name: field.name.clone(),
-            reason,
-            message,
-        };
-        match obtained.get(&field.attestation_type) {
-            Some(Ok(got)) => match got.claims.get(&field.claim) {
-                Some(value) => filled.push(FilledField {
-                    name: field.name.clone(),
-                    required: field.required,
-                    value: value.clone(),
-                    source: got.source.clone(),
-                }),
-                None => missing.push(absent(
-                    "SUBJECT_NOT_FOUND",
-                    "the provider holds no value for this field".into(),
-                )),
-            },
-            Some(Err(why)) => missing.push(absent(why.reason, why.message.clone())),
-            // Every type of the form is asked for, so each has a result; a form changed by a
-            // registry reload between a preview and its confirmation may add one.
-            None => missing.push(absent(
-                "PREVIEW_NOT_CONFIRMED",
-                "this field was not in the preview the person confirmed".into(),
-            )),
-        }
-    }
-    (filled, missing)
 }
 
 /// A Confirm request, in domain terms.

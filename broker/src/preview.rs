@@ -20,38 +20,7 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 /// filling the table never refuses another's.
 pub const DEFAULT_PER_PARTICIPANT: usize = DEFAULT_CAPACITY / 8;
 
-/// Why a type of a form gave no value, kept with a preview so that its confirmation tells the
-/// same reason the preview did: a closed `ErrorReason` name and words for people.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unfilled {
-    /// The `ErrorReason` name.
-    pub reason: &'static str,
-    /// Why, for people.
-    pub message: String,
-}
-
-impl From<&ApiError> for Unfilled {
-    fn from(e: &ApiError) -> Unfilled {
-        Unfilled {
-            reason: e.reason_code(),
-            message: e.to_string(),
-        }
-    }
-}
-
-impl Unfilled {
-    /// A value of the preview the person did not confirm.
-    pub fn not_confirmed(rejected: bool) -> Unfilled {
-        Unfilled {
-            reason: "PREVIEW_NOT_CONFIRMED",
-            message: if rejected {
-                "the person rejected the preview: nothing was released".into()
-            } else {
-                "the person did not confirm this value: nothing was released".into()
-            },
-        }
-    }
-}
+pub use unefois_domain::prefill::Unfilled;
 
 /// Where a preview stands.
 #[derive(Clone, Debug)]

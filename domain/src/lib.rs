@@ -18,6 +18,7 @@ pub mod mandate;
 pub mod origin;
 pub mod page;
 pub mod policy;
+pub mod prefill;
 pub mod projection;
 pub mod provider_config;
 pub mod pseudonym;
