@@ -8,7 +8,7 @@ use crate::caller::Caller;
 use crate::consent::{Consent, ConsentStatus, MAX_VALID_DAYS, expiry};
 use crate::error::ApiError;
 use crate::event::{Event, Record};
-use crate::registry::Role;
+use crate::policy::Withdrawer;
 use crate::state::State;
 use crate::subject::Subject;
 use crate::validate;
@@ -298,46 +298,29 @@ pub async fn revoke(
 ) -> Result<Revoked, ApiError> {
     validate::identifier("consent_id", &input.consent_id, 64)?;
     let consent_id = input.consent_id.as_str();
-    let unknown = || ApiError::UnknownConsent(consent_id.to_string());
     let with_evidence = !input.id_token.is_empty();
-    let consent = if with_evidence {
-        // The citizen in person: any of their consents, wherever it was recorded. A token
-        // that is present is always verified, and spends one of its acts.
+    // Who asks: established before the consent is read (a token that is present is always
+    // verified, and spends one of its acts), then the pure rule decides on what was read.
+    let citizen;
+    let who = if with_evidence {
+        // The citizen in person: any of their consents, wherever it was recorded.
         caller.require_citizen_facing()?;
         let subject = crate::evidence::proven_for_act(state, &input.id_token, caller)?;
-        let pseudonym = state.pseudonyms.audit(&subject);
-        state
-            .store
-            .consent(consent_id)?
-            .filter(|c| c.subject == pseudonym)
-            .ok_or_else(unknown)?
+        citizen = state.pseudonyms.audit(&subject);
+        Withdrawer::Citizen(&citizen)
     } else if !input.mandate_id.is_empty() {
-        let consent = state.store.consent(consent_id)?.ok_or_else(unknown)?;
-        // Another person's consent is, to this mandate, a consent that does not exist; one of
-        // another purpose is outside what the person allowed the structure to do.
-        crate::policy::authorize(
-            &*state.store,
-            caller,
-            &input.mandate_id,
-            &consent.subject,
-            Some(&consent.purpose),
-            time::OffsetDateTime::now_utc(),
-        )
-        .map_err(|e| match e {
-            ApiError::MandateSubjectMismatch(_) => unknown(),
-            other => other,
-        })?;
-        consent
+        Withdrawer::Agent(&input.mandate_id)
     } else {
-        let consent = visible(state, caller, consent_id)?;
-        if consent.participant != caller.participant {
-            return Err(ApiError::WrongRole {
-                participant: caller.participant.clone(),
-                role: Role::Guichet,
-            });
-        }
-        consent
+        Withdrawer::Recorder
     };
+    let consent = crate::policy::consent_withdrawal(
+        &*state.store,
+        caller,
+        who,
+        consent_id,
+        state.store.consent(consent_id)?,
+        OffsetDateTime::now_utc(),
+    )?;
     // Serialised with grants: a renewal recorded meanwhile would otherwise be lost with it.
     let _serialised = state.grants.lock().await;
     let now = OffsetDateTime::now_utc();

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::event::{Event, Record};
-use crate::mandate::Mandate;
+use crate::mandate::{Mandate, Revoker};
 use crate::registry::Role;
 use crate::state::State;
 use crate::store::MandatesOf;
@@ -126,19 +126,17 @@ pub async fn revoke(
     id_token: &str,
 ) -> Result<Mandate, ApiError> {
     validate::identifier("mandate_id", mandate_id, 64)?;
-    let unknown = || ApiError::UnknownMandate(mandate_id.to_string());
-    let mandate = state.store.mandate(mandate_id)?.ok_or_else(unknown)?;
-    let by_structure = caller.participant == mandate.structure && caller.agent.is_some();
-    if !by_structure {
-        if !(caller.has_role(Role::Guichet) || caller.participant == mandate.structure) {
-            return Err(unknown());
+    let (mandate, by) =
+        crate::mandate::revoker(caller, mandate_id, state.store.mandate(mandate_id)?)?;
+    // The citizen present proves it with their ID token (which spends one of its acts).
+    let citizen = match by {
+        Revoker::Structure => None,
+        Revoker::CitizenPresent => {
+            let subject = crate::evidence::proven_for_act(state, id_token, caller)?;
+            Some(state.pseudonyms.audit(&subject))
         }
-        let subject = crate::evidence::proven_for_act(state, id_token, caller)?;
-        if state.pseudonyms.audit(&subject) != mandate.subject {
-            // Not the citizen's mandate: as if it did not exist.
-            return Err(unknown());
-        }
-    }
+    };
+    by.allows(&mandate, citizen.as_deref())?;
     if mandate.revoked_at.is_some() {
         return Ok(mandate);
     }

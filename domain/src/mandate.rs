@@ -88,6 +88,48 @@ pub fn taker(caller: &Caller) -> Result<String, ApiError> {
     })
 }
 
+/// Who revokes a mandate, once [`revoker`] allowed the caller to try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoker {
+    /// An agent of the mandate's structure: no more is asked.
+    Structure,
+    /// A guichet (or the structure without an agent) with the citizen present: allowed only if
+    /// the citizen's verified ID token names the mandate's person ([`Revoker::allows`]).
+    CitizenPresent,
+}
+
+/// Who may revoke `mandate` (`recorded` as the store read it, none when it does not exist): an
+/// agent of its structure, or the citizen present at a guichet or at the structure. To anyone
+/// else it is unknown, never "someone else's".
+pub fn revoker(
+    caller: &Caller,
+    mandate_id: &str,
+    recorded: Option<Mandate>,
+) -> Result<(Mandate, Revoker), ApiError> {
+    let unknown = || ApiError::UnknownMandate(mandate_id.to_string());
+    let mandate = recorded.ok_or_else(unknown)?;
+    if caller.participant == mandate.structure && caller.agent.is_some() {
+        return Ok((mandate, Revoker::Structure));
+    }
+    if !(caller.has_role(Role::Guichet) || caller.participant == mandate.structure) {
+        return Err(unknown());
+    }
+    Ok((mandate, Revoker::CitizenPresent))
+}
+
+impl Revoker {
+    /// Whether the revocation may go on: always for the structure; for the citizen present,
+    /// only when `citizen` (the audit pseudonym their verified token names) is the mandate's
+    /// person (another person's mandate is, to them, unknown).
+    pub fn allows(self, mandate: &Mandate, citizen: Option<&str>) -> Result<(), ApiError> {
+        match self {
+            Revoker::Structure => Ok(()),
+            Revoker::CitizenPresent if citizen == Some(mandate.subject.as_str()) => Ok(()),
+            Revoker::CitizenPresent => Err(ApiError::UnknownMandate(mandate.id.clone())),
+        }
+    }
+}
+
 /// What a mandate may say: one to [`MAX_PURPOSES`] registered purposes, one of the
 /// [`DURATIONS`], and a signed document (or its digest); returns the document's digest, hex.
 pub fn terms(
@@ -189,6 +231,11 @@ id = "mairie-lyon"
 name = "Ville de Lyon"
 roles = ["guichet", "consumer"]
 
+[[participants]]
+id = "fs-paris"
+name = "France Services Paris"
+roles = ["mediator"]
+
 [[purposes]]
 code = "cantine"
 label = "Cantine"
@@ -269,5 +316,57 @@ legal_reference = "CASF"
             terms(&registry, &["cantine".into()], 1, doc, &[]).unwrap(),
             hex::encode(Sha256::digest(doc))
         );
+    }
+
+    #[test]
+    fn a_mandate_is_revoked_by_an_agent_of_its_structure_or_its_citizen_present() {
+        let registry = registry();
+        let now = time::OffsetDateTime::now_utc();
+        let alices = Mandate {
+            id: "m1".into(),
+            subject: "p-alice".into(),
+            pseudonym_key: "k1".into(),
+            structure: "fs-lyon".into(),
+            agent: "agent-1".into(),
+            purposes: vec!["cantine".into()],
+            duration_days: 31,
+            document_sha256: "ab".repeat(32),
+            created_at: now,
+            expires_at: now + time::Duration::days(31),
+            revoked_at: None,
+            seq: 1,
+        };
+        // (caller, agent, recorded, the citizen's token names) → outcome
+        let cases = [
+            ("fs-lyon", Some("agent-2"), true, None, "ok"),
+            ("fs-lyon", None, true, Some("p-alice"), "ok"),
+            ("fs-lyon", None, true, None, "UNKNOWN_MANDATE"),
+            ("mairie-lyon", None, true, Some("p-alice"), "ok"),
+            ("mairie-lyon", None, true, Some("p-bob"), "UNKNOWN_MANDATE"),
+            (
+                "mairie-lyon",
+                None,
+                false,
+                Some("p-alice"),
+                "UNKNOWN_MANDATE",
+            ),
+            (
+                "fs-paris",
+                Some("agent-1"),
+                true,
+                Some("p-alice"),
+                "UNKNOWN_MANDATE",
+            ),
+        ];
+        for (participant, agent, recorded, citizen, expect) in cases {
+            let caller = Caller::new(
+                registry.participant(participant).unwrap(),
+                agent.map(String::from),
+                std::sync::Arc::from("spiffe://unefois.test/x"),
+            );
+            let got = revoker(&caller, "m1", recorded.then(|| alices.clone()))
+                .and_then(|(m, by)| by.allows(&m, citizen));
+            assert_eq!(outcome(got), expect, "{participant} {agent:?} {citizen:?}");
+        }
     }
 }

@@ -434,6 +434,63 @@ pub fn consent_scope(
     Ok(())
 }
 
+/// Who asks to withdraw a consent, as the orchestration established it before reading it.
+#[derive(Clone, Copy, Debug)]
+pub enum Withdrawer<'a> {
+    /// The citizen in person, at any guichet: the audit pseudonym their verified ID token names.
+    Citizen(&'a str),
+    /// An agent under this mandate of the person (the mandate id).
+    Agent(&'a str),
+    /// The caller on its own standing: only the guichet that recorded the consent.
+    Recorder,
+}
+
+/// Whether `caller` may withdraw the consent `consent_id`, `recorded` as the store read it (none
+/// when it does not exist): the citizen any of their own consents; an agent a consent of the
+/// person whose mandate it holds, of one of the mandate's purposes, the mandate in force at
+/// `now`; otherwise the guichet that recorded it. A consent the caller may not know of is, to
+/// it, unknown (never "someone else's"); one it may read but did not record is WRONG_ROLE.
+pub fn consent_withdrawal(
+    facts: &(impl Facts + ?Sized),
+    caller: &Caller,
+    who: Withdrawer<'_>,
+    consent_id: &str,
+    recorded: Option<Consent>,
+    now: OffsetDateTime,
+) -> Result<Consent, ApiError> {
+    let unknown = || ApiError::UnknownConsent(consent_id.to_string());
+    let consent = recorded.ok_or_else(unknown)?;
+    match who {
+        Withdrawer::Citizen(person) if consent.subject == person => Ok(consent),
+        Withdrawer::Citizen(_) => Err(unknown()),
+        Withdrawer::Agent(mandate_id) => {
+            // Another person's consent is, to this mandate, a consent that does not exist; one
+            // of another purpose is outside what the person allowed the structure to do.
+            authorize(
+                facts,
+                caller,
+                mandate_id,
+                &consent.subject,
+                Some(&consent.purpose),
+                now,
+            )
+            .map_err(|e| match e {
+                ApiError::MandateSubjectMismatch(_) => unknown(),
+                other => other,
+            })?;
+            Ok(consent)
+        }
+        Withdrawer::Recorder if !consent.visible_to(&caller.participant) => Err(unknown()),
+        Withdrawer::Recorder if consent.participant != caller.participant => {
+            Err(ApiError::WrongRole {
+                participant: caller.participant.clone(),
+                role: Role::Guichet,
+            })
+        }
+        Withdrawer::Recorder => Ok(consent),
+    }
+}
+
 /// How a call about a person is allowed to proceed: on the caller's own standing (a guichet,
 /// a consumer), or under a mandate. A mediator never acts without one.
 pub fn acting(
@@ -1242,5 +1299,121 @@ expires = 2030-12-31
                 mandate.map(|m| &m.id)
             );
         }
+    }
+
+    #[test]
+    fn a_consent_is_withdrawn_by_its_citizen_an_agent_in_scope_or_its_recording_guichet() {
+        let registry = registry();
+        // c1: Alice's, recorded by mairie-lyon for consumer ccas-lyon, purpose cantine.
+        let c1 = consent("c1", "ccas-lyon", "cantine", "active");
+        let active = mandate("m1", ALICE, &["cantine"], "active");
+        let elsewhere = mandate("m2", ALICE, &["energie"], "active");
+        let bobs = mandate("m3", BOB, &["cantine"], "active");
+        let revoked = mandate("m4", ALICE, &["cantine"], "revoked");
+        let table = || {
+            facts(
+                vec![],
+                vec![
+                    active.clone(),
+                    elsewhere.clone(),
+                    bobs.clone(),
+                    revoked.clone(),
+                ],
+            )
+        };
+        let cases: Vec<(&str, Withdrawer<'_>, Option<Consent>, &str)> = vec![
+            (
+                "mairie-lyon",
+                Withdrawer::Citizen(ALICE),
+                Some(c1.clone()),
+                "withdrawn c1",
+            ),
+            (
+                "mairie-lyon",
+                Withdrawer::Citizen(BOB),
+                Some(c1.clone()),
+                "refused UNKNOWN_CONSENT",
+            ),
+            (
+                "mairie-lyon",
+                Withdrawer::Citizen(ALICE),
+                None,
+                "refused UNKNOWN_CONSENT",
+            ),
+            (
+                "fs-lyon/agent-1",
+                Withdrawer::Agent("m1"),
+                Some(c1.clone()),
+                "withdrawn c1",
+            ),
+            (
+                "fs-lyon/agent-1",
+                Withdrawer::Agent("m2"),
+                Some(c1.clone()),
+                "refused MANDATE_OUT_OF_SCOPE",
+            ),
+            (
+                "fs-lyon/agent-1",
+                Withdrawer::Agent("m3"),
+                Some(c1.clone()),
+                "refused UNKNOWN_CONSENT",
+            ),
+            (
+                "fs-lyon/agent-1",
+                Withdrawer::Agent("m4"),
+                Some(c1.clone()),
+                "refused MANDATE_REVOKED",
+            ),
+            (
+                "fs-lyon/agent-1",
+                Withdrawer::Agent("m9"),
+                Some(c1.clone()),
+                "refused UNKNOWN_MANDATE",
+            ),
+            (
+                "mairie-lyon",
+                Withdrawer::Agent("m1"),
+                Some(c1.clone()),
+                "refused NOT_AGENT_OF_STRUCTURE",
+            ),
+            (
+                "mairie-lyon",
+                Withdrawer::Recorder,
+                Some(c1.clone()),
+                "withdrawn c1",
+            ),
+            (
+                "ccas-lyon",
+                Withdrawer::Recorder,
+                Some(c1.clone()),
+                "refused WRONG_ROLE",
+            ),
+            (
+                "mairie-test",
+                Withdrawer::Recorder,
+                Some(c1.clone()),
+                "refused UNKNOWN_CONSENT",
+            ),
+            (
+                "mairie-lyon",
+                Withdrawer::Recorder,
+                None,
+                "refused UNKNOWN_CONSENT",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (who, withdrawer, recorded, expected) in cases {
+            let caller = caller(&registry, who);
+            let got = match consent_withdrawal(&table(), &caller, withdrawer, "c1", recorded, NOW) {
+                Ok(c) => format!("withdrawn {}", c.id),
+                Err(e) => format!("refused {}", e.reason_code()),
+            };
+            if got != expected {
+                wrong.push(format!(
+                    "{who} as {withdrawer:?}: expected {expected}, got {got}"
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
     }
 }
