@@ -124,7 +124,8 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
         mandate.as_ref().map(|m| m.expires_at),
     );
     let (consent, renewed) = crate::idempotency::create_once(
-        state,
+        &*state.store,
+        &state.grants,
         &actor,
         request_id.as_deref().zip(recorded_request_id.as_deref()),
         &fingerprint.clone(),

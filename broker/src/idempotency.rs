@@ -11,16 +11,19 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::event::RecordedBasis;
-use crate::exchange::{FetchInput, Fetched};
+use crate::fetched::Fetched;
+use crate::policy::FetchInput;
 
 /// Creates something (a consent, a mandate) at most once per actor (a participant, or one of
 /// its agents) and request id (`(as given, as recorded)`): without a request id, `create` runs;
 /// with one recorded for the same request (same `fingerprint`), what it created is returned
 /// (`find` by its id); recorded for another request, REQUEST_ID_REUSED. Creations are
-/// serialised from the check to the record: concurrent retries find one record, and what
-/// `create` reads (a consent in force for the same scope) cannot change under it.
+/// serialised from the check to the record (under `serialised`, the state's `grants`):
+/// concurrent retries find one record, and what `create` reads (a consent in force for the same
+/// scope) cannot change under it.
 pub async fn create_once<T, Fut>(
-    state: &crate::state::State,
+    store: &dyn crate::store::Store,
+    serialised: &tokio::sync::Mutex<()>,
     actor: &str,
     request_id: Option<(&str, &str)>,
     fingerprint: &str,
@@ -31,9 +34,9 @@ where
     Fut: std::future::Future<Output = Result<T, crate::error::ApiError>>,
 {
     use crate::error::ApiError;
-    let _serialised = state.grants.lock().await;
+    let _serialised = serialised.lock().await;
     if let Some((given, recorded)) = request_id
-        && let Some(used) = state.store.request_use(actor, recorded)?
+        && let Some(used) = store.request_use(actor, recorded)?
     {
         if used.fingerprint != fingerprint {
             return Err(ApiError::RequestIdReused(given.to_string()));

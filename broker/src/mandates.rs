@@ -76,7 +76,8 @@ pub async fn create(
     let id_for_record = recorded_request_id.clone();
     let pairwise = state.pseudonyms.pairwise(&caller.participant, &subject);
     let mandate = crate::idempotency::create_once(
-        state,
+        &*state.store,
+        &state.grants,
         &actor,
         request_id.as_deref().zip(recorded_request_id.as_deref()),
         &fingerprint.clone(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
-use crate::exchange::{Fetched, Previewed};
+use crate::fetched::{Fetched, Previewed};
 
 /// How long a preview waits for the citizen's decision.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
@@ -168,7 +168,7 @@ impl Previews {
         id: &str,
         participant: &str,
         subject: &str,
-    ) -> Vec<crate::exchange::FetchInput> {
+    ) -> Vec<crate::policy::FetchInput> {
         let held = self.lock();
         match held
             .get(id)

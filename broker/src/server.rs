@@ -287,7 +287,7 @@ pub async fn run(
         ),
         limits: RateLimits::from_registry(&federation.registry()),
         grants: tokio::sync::Mutex::new(()),
-        evidence: crate::evidence::EvidenceUses::new(crate::evidence::DEFAULT_CAPACITY),
+        evidence: crate::evidence_uses::EvidenceUses::new(crate::evidence_uses::DEFAULT_CAPACITY),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -34,7 +34,7 @@ pub struct State {
     /// Recent Fetch answers, for idempotent retries (memory only).
     pub recent: RecentAnswers,
     /// The acts each ID token has proved (one token serves one sitting).
-    pub evidence: crate::evidence::EvidenceUses,
+    pub evidence: crate::evidence_uses::EvidenceUses,
     /// Previews waiting for the citizen's confirmation (memory only).
     pub previews: crate::preview::Previews,
 }
