@@ -1,9 +1,11 @@
 //! The [`Adapter`] trait and what flows through it: the broker's request to a
 //! provider and the ways a provider can fail.
 
+#[cfg(feature = "runtime")]
 use std::fmt;
 use std::time::Duration;
 
+#[cfg(feature = "runtime")]
 use crate::civil_status::CivilStatus;
 use crate::claims::Claims;
 
@@ -22,6 +24,7 @@ pub enum LegalBasis {
     },
 }
 
+#[cfg(feature = "runtime")]
 /// What the broker asks a provider.
 ///
 /// `Debug` does not print the subject: a raw subject id must never reach logs.
@@ -54,6 +57,7 @@ pub struct AdapterRequest {
     pub deadline: tokio::time::Instant,
 }
 
+#[cfg(feature = "runtime")]
 impl fmt::Debug for AdapterRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdapterRequest")
@@ -118,6 +122,7 @@ pub struct Answer {
     pub origin: Option<crate::origin::Origin>,
 }
 
+#[cfg(feature = "runtime")]
 /// A provider administration's system, as the broker sees it.
 #[async_trait::async_trait]
 pub trait Adapter: Send + Sync + fmt::Debug {
@@ -144,6 +149,7 @@ pub trait Adapter: Send + Sync + fmt::Debug {
     }
 }
 
+#[cfg(feature = "runtime")]
 /// What one attempt at a provider gave, for adapters that retry.
 #[derive(Debug)]
 pub enum Attempt {
@@ -155,6 +161,7 @@ pub enum Attempt {
     Final(AdapterError),
 }
 
+#[cfg(feature = "runtime")]
 /// The checks every adapter makes before calling its provider: the deadline has not passed,
 /// and the request is for the type the adapter serves (another type is a routing error in the
 /// broker, answered `Unavailable` rather than with another type's data).

@@ -211,6 +211,7 @@ impl fmt::Debug for Challenge {
     }
 }
 
+#[cfg(feature = "runtime")]
 impl Challenge {
     /// A fresh challenge, from the thread's CSPRNG.
     pub fn new() -> Challenge {
@@ -232,6 +233,7 @@ impl Challenge {
     }
 }
 
+#[cfg(feature = "runtime")]
 impl Default for Challenge {
     fn default() -> Challenge {
         Challenge::new()

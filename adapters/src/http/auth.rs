@@ -11,26 +11,32 @@
 //! expires, fetched once for all the calls waiting for it, and fetched again once when the
 //! provider answers 401 (the call is then retried once with the new token).
 
-use std::fs;
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::time::Duration;
+use std::path::PathBuf;
+#[cfg(feature = "runtime")]
+use std::{fs, future::Future, path::Path, pin::Pin, time::Duration};
 
+#[cfg(feature = "runtime")]
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
+#[cfg(feature = "runtime")]
 use oauth2::{
     AsyncHttpClient, AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, HttpRequest,
     HttpResponse, RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
+#[cfg(feature = "runtime")]
 use reqwest::StatusCode;
+#[cfg(feature = "runtime")]
 use reqwest::header::HeaderValue;
+#[cfg(feature = "runtime")]
 use tokio::time::Instant;
 
+#[cfg(feature = "runtime")]
 use crate::adapter::AdapterError;
 
+#[cfg(feature = "runtime")]
 /// Largest token endpoint answer read (a token response is a few KiB at most).
 const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 
+#[cfg(feature = "runtime")]
 /// Longest a fetched token is renewed before it expires.
 const MAX_RENEW_MARGIN: Duration = Duration::from_secs(30);
 
@@ -66,6 +72,7 @@ pub enum ClientAuth {
     RequestBody,
 }
 
+#[cfg(feature = "runtime")]
 /// Reads a secret file: trimmed, non-empty. The error names the file, never its content.
 pub(crate) fn read_secret(path: &Path) -> Result<String, String> {
     let text =
@@ -77,6 +84,7 @@ pub(crate) fn read_secret(path: &Path) -> Result<String, String> {
     Ok(secret.to_string())
 }
 
+#[cfg(feature = "runtime")]
 /// A secret as a header value, marked sensitive (never printed by `Debug`).
 pub(crate) fn sensitive_header(value: &str, path: &Path) -> Result<HeaderValue, String> {
     let mut header = HeaderValue::from_str(value).map_err(|_| {
@@ -89,9 +97,11 @@ pub(crate) fn sensitive_header(value: &str, path: &Path) -> Result<HeaderValue, 
     Ok(header)
 }
 
+#[cfg(feature = "runtime")]
 type TokenClient =
     BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
+#[cfg(feature = "runtime")]
 /// An access token as sent (`Bearer <token>`), with the generation it belongs to.
 #[derive(Clone)]
 pub(crate) struct Token {
@@ -100,12 +110,14 @@ pub(crate) struct Token {
     generation: u64,
 }
 
+#[cfg(feature = "runtime")]
 struct Cached {
     token: Token,
     /// When to fetch a new one; `None` when the endpoint gave no lifetime (kept until a 401).
     renew_at: Option<Instant>,
 }
 
+#[cfg(feature = "runtime")]
 /// OAuth2 client credentials with a cached access token.
 pub(crate) struct OAuth2 {
     client: TokenClient,
@@ -116,6 +128,7 @@ pub(crate) struct OAuth2 {
     fetching: tokio::sync::Mutex<u64>,
 }
 
+#[cfg(feature = "runtime")]
 impl OAuth2 {
     /// Reads the client id and secret files and checks the token URL. Errors are
     /// `(field, reason)`, the field relative to the adapter (`oauth2.client_id_file`).
@@ -245,6 +258,7 @@ impl OAuth2 {
     }
 }
 
+#[cfg(feature = "runtime")]
 /// A token endpoint failure as the provider's failure: refused client credentials are
 /// [`AdapterError::AuthFailed`]; an endpoint that cannot answer is `Unavailable` (with its
 /// `Retry-After` on a 429 or 503, which holds the provider's calls as any throttling does).
@@ -282,6 +296,7 @@ fn token_error(
     }
 }
 
+#[cfg(feature = "runtime")]
 /// Why the token endpoint gave no usable answer (before `oauth2` reads it).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum TransportError {
@@ -299,12 +314,14 @@ pub(crate) enum TransportError {
     Failed(String),
 }
 
+#[cfg(feature = "runtime")]
 /// `oauth2`'s HTTP client over the adapter's reqwest client: bounded answers, no redirects
 /// (the client follows none), statuses that `oauth2` cannot tell apart sorted out here.
 struct Transport {
     client: reqwest::Client,
 }
 
+#[cfg(feature = "runtime")]
 impl<'c> AsyncHttpClient<'c> for Transport {
     type Error = TransportError;
     type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, TransportError>> + Send + 'c>>;

@@ -7,10 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use reqwest::StatusCode;
+#[cfg(feature = "runtime")]
+use http::StatusCode;
 use serde_json::Value;
 
 use super::answer::{check_depth, validate_pointer};
+#[cfg(feature = "runtime")]
 use crate::adapter::{AdapterError, Attempt};
 use crate::claims::quote;
 
@@ -78,6 +80,7 @@ impl ErrorCodes {
     }
 }
 
+#[cfg(feature = "runtime")]
 /// What a non-200 answer means, once 401/403 (credentials) and a 429 or 503 with a
 /// `Retry-After` (throttling) have been dealt with: the code table first, if declared and the
 /// code is listed, then the status.

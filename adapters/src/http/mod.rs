@@ -32,43 +32,62 @@ mod answer;
 mod auth;
 mod errors;
 mod mapping;
+#[cfg(feature = "runtime")]
 mod origin;
 mod placeholder;
+#[cfg(feature = "runtime")]
 mod proxy;
 mod request;
+#[cfg(feature = "runtime")]
 mod retry;
 mod template;
 
 pub use auth::{ClientAuth, OAuth2Config};
 pub use errors::{ErrorCodes, ErrorOutcome};
+#[cfg(feature = "runtime")]
 pub use retry::MAX_RETRY_AFTER;
 
+#[cfg(feature = "runtime")]
 use crate::adapter::Attempt;
 use std::collections::BTreeMap;
-use std::fmt;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+#[cfg(feature = "runtime")]
+use std::{fmt, fs, path::Path, sync::Arc, time::Duration};
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderName;
+#[cfg(feature = "runtime")]
+use http::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+#[cfg(feature = "runtime")]
+use percent_encoding::utf8_percent_encode;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+#[cfg(feature = "runtime")]
 use reqwest::{StatusCode, Url};
+#[cfg(feature = "runtime")]
 use rustls::RootCertStore;
+#[cfg(feature = "runtime")]
 use rustls_pki_types::pem::PemObject;
+#[cfg(feature = "runtime")]
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+#[cfg(feature = "runtime")]
 use serde_json::Value;
+#[cfg(feature = "runtime")]
 use tokio::time::Instant;
 
+#[cfg(feature = "runtime")]
 use crate::adapter::{Adapter, AdapterError, AdapterRequest, Answer};
-use crate::claims::{ClaimSpec, Claims, check_claims, quote};
+use crate::claims::{ClaimSpec, quote};
+#[cfg(feature = "runtime")]
+use crate::claims::{Claims, check_claims};
+#[cfg(feature = "runtime")]
 use answer::check_depth;
 use mapping::Mapping;
 pub use mapping::{ClaimMapping, MAX_PATH_BYTES};
+#[cfg(feature = "runtime")]
 use placeholder::legal_basis_text;
 pub use placeholder::{Placeholder, SexCodes};
 pub use request::PlaceholderUses;
 use request::{RequestTemplates, header_template};
+#[cfg(feature = "runtime")]
 use retry::{backoff, retry_after};
 use template::validate_url_template;
 
@@ -97,6 +116,7 @@ const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+#[cfg(feature = "runtime")]
 /// Characters percent-encoded in the forwarded `X-Unefois-*` header values: controls,
 /// `%` and (implicitly) every non-ASCII byte, so that any UTF-8 text travels as
 /// visible ASCII.
@@ -319,6 +339,7 @@ impl HttpConfig {
     }
 }
 
+#[cfg(feature = "runtime")]
 /// The `http` adapter for one attestation type.
 ///
 /// `Debug` shows the type, the method, the target's scheme, host and port and the
@@ -343,6 +364,7 @@ pub struct HttpAdapter {
     errors: Option<ErrorCodes>,
 }
 
+#[cfg(feature = "runtime")]
 impl fmt::Debug for HttpAdapter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpAdapter")
@@ -357,6 +379,7 @@ impl fmt::Debug for HttpAdapter {
     }
 }
 
+#[cfg(feature = "runtime")]
 impl HttpAdapter {
     /// Validates `config` for `attestation_type` and builds the adapter: every claim
     /// of `config.claims` exists in `schema` and its mapping fits its type
@@ -818,6 +841,7 @@ impl HttpAdapter {
     }
 }
 
+#[cfg(feature = "runtime")]
 #[async_trait::async_trait]
 impl Adapter for HttpAdapter {
     /// Calls the provider. Each attempt is bounded by `timeout_ms` and by the request's
@@ -910,6 +934,7 @@ impl Adapter for HttpAdapter {
     }
 }
 
+#[cfg(feature = "runtime")]
 /// A reqwest error for an operator, without the URL (which holds the subject, and may hold
 /// an API key).
 pub(crate) fn describe_error(e: reqwest::Error) -> String {
@@ -933,12 +958,14 @@ pub(crate) fn describe_error(e: reqwest::Error) -> String {
     text
 }
 
+#[cfg(feature = "runtime")]
 /// Why a body could not be read.
 enum BodyError {
     TooLarge,
     Failed(String),
 }
 
+#[cfg(feature = "runtime")]
 /// Reads a body of at most `limit` bytes (refused early on a larger `Content-Length`).
 async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
     if response
@@ -962,6 +989,7 @@ async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<
     }
 }
 
+#[cfg(feature = "runtime")]
 /// The API key setting: a header added to `headers` (sensitive), or the query parameter and
 /// value to append to each URL. Errors are `(field, reason)`.
 fn api_key(
@@ -1019,6 +1047,7 @@ fn api_key(
     }
 }
 
+#[cfg(feature = "runtime")]
 /// Reads the PEM certificates of `path` (at least one).
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)

@@ -4,7 +4,9 @@
 
 use std::fmt;
 
+#[cfg(feature = "runtime")]
 use crate::adapter::{AdapterError, AdapterRequest, LegalBasis};
+#[cfg(feature = "runtime")]
 use crate::civil_status::CivilStatus;
 
 /// A piece of a template.
@@ -231,6 +233,7 @@ pub(crate) fn placeholders(template: &Template) -> impl Iterator<Item = Placehol
     })
 }
 
+#[cfg(feature = "runtime")]
 /// The values of one request, computed once for all its templates.
 pub(crate) struct Values<'a> {
     request: &'a AdapterRequest,
@@ -251,6 +254,7 @@ pub struct SexCodes {
     pub female: String,
 }
 
+#[cfg(feature = "runtime")]
 impl<'a> Values<'a> {
     /// The values of `request`; `needs_civil_status` refuses a request without civil status
     /// (a subject that is not `pivot:`), before anything is sent.
@@ -342,6 +346,7 @@ impl<'a> Values<'a> {
     }
 }
 
+#[cfg(feature = "runtime")]
 /// The legal basis as forwarded: the law citation, or `consent:<id>`.
 pub(crate) fn legal_basis_text(basis: &LegalBasis) -> String {
     match basis {
@@ -350,6 +355,7 @@ pub(crate) fn legal_basis_text(basis: &LegalBasis) -> String {
     }
 }
 
+#[cfg(feature = "runtime")]
 /// The refusal of a request whose subject has no civil status, for a route that needs it.
 pub(crate) fn not_a_pivot(request: &AdapterRequest) -> AdapterError {
     let scheme = request

@@ -3,14 +3,20 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(feature = "runtime")]
+use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
+use http::header::{HeaderName, HeaderValue};
 use percent_encoding::utf8_percent_encode;
-use reqwest::Url;
-use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue, PROXY_AUTHORIZATION};
+#[cfg(feature = "runtime")]
+use url::Url;
 
-use super::placeholder::{
-    Placeholder, SexCodes, Template, Token, Values, parse_template, placeholders,
-};
-use super::{HEADER_VALUE, URL_COMPONENT, key_segment};
+#[cfg(feature = "runtime")]
+use super::HEADER_VALUE;
+#[cfg(feature = "runtime")]
+use super::placeholder::Values;
+use super::placeholder::{Placeholder, SexCodes, Template, Token, parse_template, placeholders};
+use super::{URL_COMPONENT, key_segment};
+#[cfg(feature = "runtime")]
 use crate::adapter::AdapterError;
 
 /// Longest query parameter name accepted, in bytes.
@@ -161,6 +167,7 @@ impl RequestTemplates {
         uses
     }
 
+    #[cfg(feature = "runtime")]
     /// The values of a request, or its refusal (no civil status where one is needed).
     pub(crate) fn values<'a>(
         &'a self,
@@ -169,6 +176,7 @@ impl RequestTemplates {
         Values::of(request, self.needs_civil_status, self.sex_codes.as_ref())
     }
 
+    #[cfg(feature = "runtime")]
     /// The URL of a call: the template with its values percent-encoded (only
     /// `A-Z a-z 0-9 - . _ ~` stay as they are), then the query table appended, names and values
     /// percent-encoded the same way.
@@ -212,6 +220,7 @@ impl RequestTemplates {
         Ok(url)
     }
 
+    #[cfg(feature = "runtime")]
     /// The templated headers of a call: literals as written, values percent-encoded where they
     /// hold a control character, `%` or a non-ASCII byte. A header that renders empty is left
     /// out.

@@ -1,6 +1,6 @@
 //! The URL a call goes to: a template whose placeholders stay out of the scheme and authority.
 
-use reqwest::Url;
+use url::Url;
 
 use super::placeholder::{Placeholder, Template, Token, parse_template};
 
