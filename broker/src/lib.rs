@@ -6,7 +6,13 @@
 
 /// The domain (crate `unefois-domain`, no I/O): what the CLI and the tests name through the
 /// broker.
-pub use unefois_domain::{event, idp, registry, seal, subject};
+pub use unefois_domain::{event, idp, seal, subject};
+/// The registry: the domain's model and its validation, and its reading from disk
+/// ([`registry::load`]).
+pub mod registry {
+    pub use crate::registry_folder::{Folder, load};
+    pub use unefois_domain::registry::*;
+}
 /// The journal, the broker's source of truth: its own crate (`unefois-journal`), which depends
 /// on none of ours.
 pub use unefois_journal as journal;
@@ -50,6 +56,7 @@ pub(crate) mod preview;
 pub(crate) mod provider_client;
 pub(crate) mod provider_gate;
 pub(crate) mod ratelimit;
+pub(crate) mod registry_folder;
 pub(crate) mod resilience;
 pub(crate) mod server;
 pub(crate) mod shed;

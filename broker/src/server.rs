@@ -21,7 +21,7 @@ use crate::keys::{KeyError, Keys};
 use crate::listener::{self, AcceptLimits, TlsFiles, TlsMaterial, TlsSetupError};
 use crate::ops::{self, Readiness};
 use crate::ratelimit::{self, RateLimits};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{self, RegistryError};
 use crate::signing::AttestationSigner;
 use crate::state::{DEFAULT_PROVIDER_TIMEOUT, State};
 use crate::store::{Embedded, Store, StoreError};
@@ -190,7 +190,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BrokerError> {
     crate::metrics::handle();
-    let registry = Registry::load(&config.registry)?;
+    let registry = registry::load(&config.registry)?;
     let mut tls = TlsMaterial::load(&config.tls)?;
     crate::private::private_dir(&config.data_dir).map_err(|source| BrokerError::DataDir {
         path: config.data_dir.clone(),
@@ -484,7 +484,7 @@ async fn reload(
     health: &tonic_health::server::HealthReporter,
 ) -> Result<String, String> {
     let loaded = (|| -> Result<_, BrokerError> {
-        let registry = Registry::load(registry_path)?;
+        let registry = registry::load(registry_path)?;
         let tls = TlsMaterial::load(tls_files)?;
         let adapters = build_adapters(
             &registry,

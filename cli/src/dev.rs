@@ -34,7 +34,9 @@ pub(crate) fn dev(command: DevCommand) -> anyhow::Result<()> {
             key,
             ttl,
         } => {
-            let key = broker::idp::dev::DevKey::load(&key)?;
+            let bytes =
+                std::fs::read(&key).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+            let key = broker::idp::dev::DevKey::parse(&key, &bytes)?;
             let claims = broker::idp::dev::claims_lasting(
                 &subject,
                 &aud,

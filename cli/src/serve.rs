@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use broker::registry::{Registry, Role};
+use broker::registry::Role;
 use broker::{AcceptLimits, TlsFiles};
 use clap::ValueEnum;
 use unefois_certs::{Pki, Validity};
@@ -140,7 +140,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Creates (or completes) the development PKI: a certificate for every participant of the
 /// registry and one agent per mediation structure.
 fn dev_pki(pki_dir: &Path, registry: &Path) -> anyhow::Result<()> {
-    let registry = Registry::load(registry)?;
+    let registry = broker::registry::load(registry)?;
     let created = !pki_dir.join("ca.crt").exists();
     let ids: Vec<&str> = registry.participants().map(|p| p.id.as_str()).collect();
     let pki = Pki::init(pki_dir, registry.trust_domain(), &ids)?;

@@ -281,7 +281,6 @@ fn subject_of(claims: &Claims, allow_test: bool) -> Result<Subject, IdentityErro
 mod tests {
     //! ID tokens of the development identity provider, one case a line: what a claim is set
     //! to (or removed), and what the guichet `mairie-lyon` of the sample registry is told.
-    use std::path::Path;
 
     use serde_json::{Value, json};
     use time::macros::datetime;
@@ -292,14 +291,10 @@ mod tests {
     const NOW: OffsetDateTime = datetime!(2026-06-01 12:00 UTC);
     const PIVOT: &str = "pivot:DUPONT|MARIE|1980-01-02|F|69123|99100";
 
-    fn examples() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-    }
-
     /// What `verify` says of a token of `claims` signed with `key`: `ok <subject>` or the
     /// error's variant.
     fn outcome(token: &str) -> String {
-        let registry = Registry::load(&examples().join("registry.toml")).unwrap();
+        let registry = crate::registry::sample_for_tests();
         let guichet = registry.participant("mairie-lyon").unwrap();
         match verify(token, guichet, &registry, NOW) {
             Ok(v) => format!("ok {}", v.subject.as_str()),
@@ -321,7 +316,7 @@ mod tests {
                 v => claims.as_object_mut().unwrap().insert(k.clone(), v.clone()),
             };
         }
-        let key = DevKey::load(&examples().join("dev-idp/dev-signing-key.json")).unwrap();
+        let key = DevKey::committed_for_tests();
         key.sign(&claims).unwrap()
     }
 
@@ -390,7 +385,7 @@ mod tests {
     #[test]
     fn only_the_providers_own_keys_and_algorithms_sign_evidence() {
         let claims = dev::claims("test:alice", "mairie-lyon", NOW).unwrap();
-        let committed = DevKey::load(&examples().join("dev-idp/dev-signing-key.json")).unwrap();
+        let committed = DevKey::committed_for_tests();
         // Another key under the committed key's id; a key id the provider does not have.
         let forged = DevKey::from_seed(&committed.kid, [9; 32])
             .sign(&claims)

@@ -7,11 +7,10 @@ use std::path::Path;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::JwkSet;
 
-/// Reads a JWKS file (what a registry's `identity_providers[].jwks` names); every key needs a
-/// `kid`.
-pub fn load_jwks(path: &Path) -> Result<JwkSet, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let set: JwkSet = serde_json::from_slice(&bytes)
+/// Parses a JWKS file's bytes (what a registry's `identity_providers[].jwks` names; `path`
+/// names it in errors); every key needs a `kid`.
+pub fn parse_jwks(path: &Path, bytes: &[u8]) -> Result<JwkSet, String> {
+    let set: JwkSet = serde_json::from_slice(bytes)
         .map_err(|e| format!("not a JWKS ({}): {e}", path.display()))?;
     if set.keys.is_empty() {
         return Err(format!("{} holds no key", path.display()));
@@ -66,14 +65,6 @@ pub mod dev {
     /// Why the development identity provider cannot load a key, sign, or mint claims.
     #[derive(Debug, thiserror::Error)]
     pub enum DevError {
-        /// The key file cannot be read.
-        #[error("{}: {source}", path.display())]
-        Read {
-            /// The file.
-            path: std::path::PathBuf,
-            /// Why.
-            source: std::io::Error,
-        },
         /// The key file is not `{"kid", "d"}` with a 32-byte base64url seed.
         #[error("{}: {reason}", path.display())]
         KeyFile {
@@ -106,23 +97,29 @@ pub mod dev {
     ];
 
     impl DevKey {
-        /// Reads a key file: `{"kid": ..., "d": <base64url Ed25519 seed>}`.
-        pub fn load(path: &Path) -> Result<DevKey, DevError> {
+        /// Parses a key file's bytes, `{"kid": ..., "d": <base64url Ed25519 seed>}` (`path`
+        /// names it in errors; the caller reads it).
+        pub fn parse(path: &Path, bytes: &[u8]) -> Result<DevKey, DevError> {
             let bad = |reason: String| DevError::KeyFile {
                 path: path.to_path_buf(),
                 reason,
             };
-            let bytes = std::fs::read(path).map_err(|source| DevError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+            let file: KeyFile = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
             let seed: [u8; 32] = B64
                 .decode(file.d.as_bytes())
                 .map_err(|e| bad(e.to_string()))?
                 .try_into()
                 .map_err(|_| bad("d must be 32 bytes".into()))?;
             Ok(DevKey::from_seed(&file.kid, seed))
+        }
+
+        /// The committed key of examples/dev-idp, for the domain's tests.
+        #[cfg(test)]
+        pub(crate) fn committed_for_tests() -> DevKey {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples/dev-idp/dev-signing-key.json");
+            let bytes = std::fs::read(&path).expect("examples/dev-idp/dev-signing-key.json");
+            DevKey::parse(&path, &bytes).expect("the committed development key parses")
         }
 
         /// A key from its 32-byte seed.
@@ -231,9 +228,10 @@ pub mod dev {
         #[test]
         fn the_committed_key_is_recognised_whatever_its_kid() {
             let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dev-idp");
-            let jwks = crate::idp::load_jwks(&examples.join("jwks.json")).unwrap();
+            let path = examples.join("jwks.json");
+            let jwks = crate::idp::parse_jwks(&path, &std::fs::read(&path).unwrap()).unwrap();
             assert!(jwks.keys.iter().all(is_committed_key));
-            let committed = DevKey::load(&examples.join("dev-signing-key.json")).unwrap();
+            let committed = DevKey::committed_for_tests();
             let mut renamed = committed.jwks();
             renamed["keys"][0]["kid"] = "another-kid".into();
             let renamed: jsonwebtoken::jwk::JwkSet = serde_json::from_value(renamed).unwrap();

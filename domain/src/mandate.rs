@@ -248,10 +248,9 @@ legal_reference = "CASF"
 "#;
 
     fn registry() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
         Registry::parse(
             std::path::Path::new("reg.toml"),
-            dir.path(),
+            &crate::registry::MemoryFolder::default(),
             REGISTRY.as_bytes(),
         )
         .unwrap()

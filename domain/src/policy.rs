@@ -666,9 +666,8 @@ expires = 2030-12-31
     const BOB: &str = "p-bob";
 
     fn registry() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("qf.json"), "{}").unwrap();
-        Registry::parse(Path::new("reg.toml"), dir.path(), REGISTRY.as_bytes()).unwrap()
+        let folder = crate::registry::MemoryFolder::new([("qf.json", b"{}".to_vec())]);
+        Registry::parse(Path::new("reg.toml"), &folder, REGISTRY.as_bytes()).unwrap()
     }
 
     use std::path::Path;

@@ -328,29 +328,72 @@ pub struct Registry {
     identity_providers: Vec<IdentityProvider>,
 }
 
-impl Registry {
-    /// Reads, parses and validates the registry at `path`.
-    pub fn load(path: &Path) -> Result<Registry, RegistryError> {
-        let at_file = |message: String| RegistryError {
-            file: path.to_path_buf(),
-            key: "(file)".into(),
-            message,
-        };
-        let meta = std::fs::metadata(path).map_err(|e| at_file(format!("cannot read: {e}")))?;
-        if meta.len() > MAX_REGISTRY_BYTES {
-            return Err(at_file(format!(
-                "{} bytes, more than the {MAX_REGISTRY_BYTES} allowed",
-                meta.len()
-            )));
+/// The files a registry references (datasets, JWKS, credential files), as its validation sees
+/// them. The model reads nothing: the broker gives it its folder on disk
+/// (`broker::registry::Folder`), tests and fuzzing a [`MemoryFolder`].
+pub trait Referenced {
+    /// `declared` (a relative path that stays lexically inside the folder) resolved in the
+    /// registry's folder, every symbolic link followed: the file must still be in the folder and
+    /// be a readable file. The refusal says why, for the operator.
+    fn resolve(&self, declared: &Path) -> Result<PathBuf, String>;
+    /// The bytes of a resolved file (a JWKS).
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+    /// The SHA-256 of a resolved file's bytes (for the registry's manifest).
+    fn sha256(&self, path: &Path) -> std::io::Result<[u8; 32]>;
+}
+
+/// A registry's folder held in memory: relative path → bytes (no symbolic links).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryFolder {
+    files: BTreeMap<PathBuf, Vec<u8>>,
+}
+
+impl MemoryFolder {
+    /// A folder holding `files` (relative path, bytes).
+    pub fn new<P: Into<PathBuf>>(files: impl IntoIterator<Item = (P, Vec<u8>)>) -> MemoryFolder {
+        MemoryFolder {
+            files: files.into_iter().map(|(p, b)| (p.into(), b)).collect(),
         }
-        let bytes = std::fs::read(path).map_err(|e| at_file(format!("cannot read: {e}")))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Registry::parse(path, base, &bytes)
     }
 
-    /// Parses and validates registry bytes; `file` names them in errors and `base` resolves
-    /// the relative paths they declare.
-    pub fn parse(file: &Path, base: &Path, bytes: &[u8]) -> Result<Registry, RegistryError> {
+    fn get(&self, path: &Path) -> std::io::Result<&[u8]> {
+        self.files
+            .get(path)
+            .map(Vec::as_slice)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+}
+
+impl Referenced for MemoryFolder {
+    fn resolve(&self, declared: &Path) -> Result<PathBuf, String> {
+        let path: PathBuf = declared
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        match self.files.contains_key(&path) {
+            true => Ok(path),
+            false => Err(format!("{} is not a readable file", declared.display())),
+        }
+    }
+
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.get(path).map(<[u8]>::to_vec)
+    }
+
+    fn sha256(&self, path: &Path) -> std::io::Result<[u8; 32]> {
+        self.get(path).map(|bytes| Sha256::digest(bytes).into())
+    }
+}
+
+impl Registry {
+    /// Parses and validates registry bytes; `file` names them in errors and `files` gives the
+    /// files they reference (relative paths, resolved in the registry's folder). Reads nothing
+    /// itself: the broker's `registry::load` reads the file and its folder from disk.
+    pub fn parse(
+        file: &Path,
+        files: &dyn Referenced,
+        bytes: &[u8],
+    ) -> Result<Registry, RegistryError> {
         let err = |key: &str, message: String| RegistryError {
             file: file.to_path_buf(),
             key: key.to_string(),
@@ -372,7 +415,7 @@ impl Registry {
         let sha256: [u8; 32] = Sha256::digest(bytes).into();
         Validator {
             file,
-            base,
+            files,
             errors: Vec::new(),
             referenced: Vec::new(),
         }
@@ -501,13 +544,6 @@ pub fn manifest_text(manifest: &BTreeMap<String, String>) -> String {
         text.push('\n');
     }
     text
-}
-
-/// SHA-256 of a file's bytes, read in chunks.
-fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(hasher.finalize().into())
 }
 
 /// Static headers whose name says they carry a credential (an API key, a token, a session):
@@ -715,7 +751,7 @@ const MAX_TEXT: usize = 1_000;
 
 struct Validator<'a> {
     file: &'a Path,
-    base: &'a Path,
+    files: &'a dyn Referenced,
     errors: Vec<(String, String)>,
     /// Referenced files that are not secrets, by key, for the manifest.
     referenced: Vec<(String, PathBuf)>,
@@ -774,42 +810,14 @@ impl Validator<'_> {
             );
             return PathBuf::new();
         }
-        let full = self.base.join(declared);
         // Every symbolic link resolved, at any level: the file must still be in the folder.
-        let resolved = match (self.base.canonicalize(), full.canonicalize()) {
-            (Ok(folder), Ok(real)) if real.starts_with(&folder) => real,
-            (Ok(folder), Ok(real)) => {
-                self.fail(
-                    key,
-                    format!(
-                        "{} resolves to {}, outside the registry's folder {}: a symbolic link \
-                         leads out of it",
-                        declared.display(),
-                        real.display(),
-                        folder.display()
-                    ),
-                );
-                return PathBuf::new();
+        match self.files.resolve(declared) {
+            Ok(resolved) => resolved,
+            Err(why) => {
+                self.fail(key, why);
+                PathBuf::new()
             }
-            (Err(e), _) => {
-                self.fail(
-                    key,
-                    format!("the registry's folder {}: {e}", self.base.display()),
-                );
-                return full;
-            }
-            (_, Err(e)) => {
-                self.fail(
-                    key,
-                    format!("{} is not a readable file: {e}", full.display()),
-                );
-                return full;
-            }
-        };
-        if !resolved.is_file() {
-            self.fail(key, format!("{} is not a readable file", full.display()));
         }
-        resolved
     }
 
     /// [`Validator::relative_file`] for a file that is not a secret: also in the manifest.
@@ -837,10 +845,13 @@ impl Validator<'_> {
         }
         let key = format!("{at}.origin.jwks");
         let jwks = self.public_file(key.clone(), &declared.jwks);
-        if !jwks.is_file() {
+        if jwks.as_os_str().is_empty() {
             return None;
         }
-        let text = match std::fs::read_to_string(&jwks) {
+        let text = match self.files.read(&jwks).and_then(|bytes| {
+            String::from_utf8(bytes)
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))
+        }) {
             Ok(text) => text,
             Err(e) => {
                 self.fail(key, format!("cannot read {}: {e}", jwks.display()));
@@ -1523,11 +1534,15 @@ impl Validator<'_> {
             }
             self.text(format!("{at}.issuer"), &p.issuer);
             let jwks = self.public_file(format!("{at}.jwks"), &p.jwks);
-            let keys = if jwks.is_file() {
-                crate::idp::load_jwks(&jwks).unwrap_or_else(|e| {
-                    self.fail(format!("{at}.jwks"), e);
-                    jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
-                })
+            let keys = if !jwks.as_os_str().is_empty() {
+                self.files
+                    .read(&jwks)
+                    .map_err(|e| format!("cannot read {}: {e}", jwks.display()))
+                    .and_then(|bytes| crate::idp::parse_jwks(&jwks, &bytes))
+                    .unwrap_or_else(|e| {
+                        self.fail(format!("{at}.jwks"), e);
+                        jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
+                    })
             } else {
                 jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
             };
@@ -1602,7 +1617,7 @@ impl Validator<'_> {
         manifest.insert(MANIFEST_REGISTRY_KEY.to_string(), hex::encode(sha256));
         if self.errors.is_empty() {
             for (key, path) in std::mem::take(&mut self.referenced) {
-                match file_sha256(&path) {
+                match self.files.sha256(&path) {
                     Ok(sha) => {
                         manifest.insert(key, hex::encode(sha));
                     }
@@ -1648,15 +1663,40 @@ fn end_of_day(d: &toml::value::Datetime) -> Option<OffsetDateTime> {
     Some(day.next_day()?.with_time(Time::MIDNIGHT).assume_utc())
 }
 
+/// The sample registry of `examples/`, for the domain's tests: its referenced files read from
+/// that folder as the validation asks for them (no symbolic link there to follow).
+#[cfg(test)]
+pub(crate) fn sample_for_tests() -> Registry {
+    struct Examples(PathBuf);
+    impl Referenced for Examples {
+        fn resolve(&self, declared: &Path) -> Result<PathBuf, String> {
+            let path = self.0.join(declared);
+            match path.is_file() {
+                true => Ok(path),
+                false => Err(format!("{} is not a readable file", path.display())),
+            }
+        }
+        fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+            std::fs::read(path)
+        }
+        fn sha256(&self, path: &Path) -> std::io::Result<[u8; 32]> {
+            Ok(Sha256::digest(std::fs::read(path)?).into())
+        }
+    }
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let file = examples.join("registry.toml");
+    let bytes = std::fs::read(&file).expect("examples/registry.toml");
+    Registry::parse(&file, &Examples(examples), &bytes).expect("the sample registry loads")
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Registry, RegistryError> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("qf.json"), "{}").unwrap();
-        Registry::parse(Path::new("reg.toml"), dir.path(), text.as_bytes())
+        let folder = MemoryFolder::new([("qf.json", b"{}".to_vec())]);
+        Registry::parse(Path::new("reg.toml"), &folder, text.as_bytes())
     }
 
     const BASE: &str = r#"

@@ -31,7 +31,7 @@ use std::time::Duration;
 use broker::LogSigner;
 use broker::event::Record;
 use broker::journal::{HEADER_LEN, Journal, JournalError, JournalOptions};
-use broker::registry::Registry;
+use broker::registry::{Folder, Registry};
 use broker::subject::{MAX_SUBJECT_BYTES, PivotIdentity, Subject, normalise_name};
 use serde_json::Value;
 use unefois_adapters::{
@@ -96,10 +96,11 @@ pub const REGISTRY_FILE: &str = "fuzz/registry.toml";
 pub fn registry(bytes: &[u8]) {
     let file = Path::new(REGISTRY_FILE);
     let base = examples_dir();
-    match Registry::parse(file, &base, bytes) {
+    match Registry::parse(file, &Folder::new(&base), bytes) {
         Ok(registry) => {
             assert_eq!(registry.file(), file);
-            let again = Registry::parse(file, &base, bytes).expect("parsing is deterministic");
+            let again = Registry::parse(file, &Folder::new(&base), bytes)
+                .expect("parsing is deterministic");
             assert_eq!(again.sha256(), registry.sha256());
             assert_eq!(
                 again.participants().count(),

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use broker::registry::Registry;
 use broker::{AcceptLimits, TlsFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -54,7 +53,7 @@ pub struct TestPki {
 impl TestPki {
     /// A PKI for the sample registry's participants.
     pub fn for_sample_registry() -> anyhow::Result<TestPki> {
-        let registry = Registry::load(&sample_registry())?;
+        let registry = broker::registry::load(&sample_registry())?;
         let ids: Vec<&str> = registry.participants().map(|p| p.id.as_str()).collect();
         TestPki::new(registry.trust_domain(), &ids)
     }
@@ -354,13 +353,13 @@ pub async fn audit_entry(
 
 /// The committed development identity provider's key (public, examples/dev-idp/).
 pub fn dev_idp_key() -> broker::idp::dev::DevKey {
-    broker::idp::dev::DevKey::load(
-        &repo_root()
-            .join("examples")
-            .join("dev-idp")
-            .join("dev-signing-key.json"),
-    )
-    .expect("the committed development identity provider key loads")
+    let path = repo_root()
+        .join("examples")
+        .join("dev-idp")
+        .join("dev-signing-key.json");
+    let bytes = std::fs::read(&path).expect("the committed development identity provider key");
+    broker::idp::dev::DevKey::parse(&path, &bytes)
+        .expect("the committed development identity provider key loads")
 }
 
 /// A fresh ID token of the development identity provider for `subject` (`test:` or canonical

@@ -111,7 +111,7 @@ fn the_seeds_reach_the_happy_paths() {
     assert!(
         broker::registry::Registry::parse(
             Path::new("sample.toml"),
-            &oracles::examples_dir(),
+            &broker::registry::Folder::new(&oracles::examples_dir()),
             &registry
         )
         .is_ok()
@@ -233,7 +233,7 @@ proptest! {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("registry.toml");
         std::fs::write(&path, &text).expect("write the registry");
-        if let Err(e) = broker::registry::Registry::load(&path) {
+        if let Err(e) = broker::registry::load(&path) {
             prop_assert_eq!(&e.file, &path);
             prop_assert!(e.to_string().starts_with(&path.display().to_string()), "{}", e);
         }
@@ -1003,7 +1003,7 @@ fn a_registry_error_always_names_a_key() {
     for text in ["['']", "\"\" = 1", "[\"\"]\nx = 1"] {
         let e = broker::registry::Registry::parse(
             Path::new("registry.toml"),
-            &oracles::examples_dir(),
+            &broker::registry::Folder::new(&oracles::examples_dir()),
             text.as_bytes(),
         )
         .expect_err("not a registry");

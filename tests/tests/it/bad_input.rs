@@ -1038,7 +1038,7 @@ async fn a_symbolic_link_out_of_the_registry_folder_refuses_the_start() -> anyho
     let dataset = registry.with_file_name("data/caf.quotient_familial.json");
     std::fs::rename(&dataset, registry.with_file_name("data/qf.json"))?;
     symlink("qf.json", &dataset)?;
-    broker::registry::Registry::load(&registry)?;
+    broker::registry::load(&registry)?;
     Ok(())
 }
 
@@ -1117,7 +1117,7 @@ async fn plain_http_providers_are_refused_unless_allowed_and_never_with_a_creden
             1,
         )
     })?;
-    broker::registry::Registry::load(&registry)?;
+    broker::registry::load(&registry)?;
     Ok(())
 }
 

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use broker::journal::{FaultInjector, FaultPoint};
-use broker::registry::Registry;
 use tonic::Code;
 use tonic::transport::Channel;
 use unefois_proto::v1 as pb;
@@ -339,7 +338,7 @@ async fn grant_rules() -> anyhow::Result<()> {
 /// the guichet recording a consent and the consumer it is for are different participants.
 /// Returns the PKI and the registry file (in the PKI's scratch folder).
 fn federation_with_a_second_guichet() -> anyhow::Result<(TestPki, PathBuf)> {
-    let sample = Registry::load(&unefois_tests::sample_registry())?;
+    let sample = broker::registry::load(&unefois_tests::sample_registry())?;
     let mut ids: Vec<&str> = sample.participants().map(|p| p.id.as_str()).collect();
     ids.push("mairie-villeurbanne");
     let pki = TestPki::new(sample.trust_domain(), &ids)?;
@@ -354,7 +353,7 @@ fn federation_with_a_second_guichet() -> anyhow::Result<(TestPki, PathBuf)> {
     );
     let path = dir.join("registry.toml");
     std::fs::write(&path, registry)?;
-    let extended = Registry::load(&path)?;
+    let extended = broker::registry::load(&path)?;
     assert!(extended.participant("mairie-villeurbanne").is_some());
     Ok((pki, path))
 }

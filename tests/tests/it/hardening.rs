@@ -95,7 +95,7 @@ async fn events_of(broker: &TestBroker, kind: &str) -> anyhow::Result<Vec<Value>
 /// The sample federation plus `mairie-villeurbanne`, a guichet that is not a consumer, with
 /// `edit` applied to the registry; the PKI holds a second agent `b.durand` of France Services.
 fn federation(edit: impl Fn(&str) -> String) -> anyhow::Result<(TestPki, PathBuf)> {
-    let sample = broker::registry::Registry::load(&unefois_tests::sample_registry())?;
+    let sample = broker::registry::load(&unefois_tests::sample_registry())?;
     let mut ids: Vec<&str> = sample.participants().map(|p| p.id.as_str()).collect();
     ids.push("mairie-villeurbanne");
     let pki = TestPki::new(sample.trust_domain(), &ids)?;

@@ -481,7 +481,7 @@ async fn an_expired_mandate_is_refused() -> anyhow::Result<()> {
 
     // A mandate whose term is over, written to the journal as the broker would have, one
     // year ago (the broker derives its state from the journal at start).
-    let registry = broker::registry::Registry::load(&unefois_tests::sample_registry())?;
+    let registry = broker::registry::load(&unefois_tests::sample_registry())?;
     let keys = broker::keys::Keys::load(&data_dir, false)?;
     let pseudonyms = keys.pseudonymizer()?;
     let subject = broker::subject::Subject::parse("test:alice", true)?;

@@ -1,12 +1,11 @@
 //! A bad registry is refused at start with the file and the key at fault.
 
-use broker::registry::Registry;
 use unefois_tests::sample_registry;
 
 fn load_error(edit: impl Fn(&str) -> String) -> anyhow::Result<(String, String, String)> {
     let dir = tempfile::tempdir()?;
     let path = unefois_tests::sample_registry_with(dir.path(), edit)?;
-    let error = Registry::load(&path).expect_err("the registry was accepted");
+    let error = broker::registry::load(&path).expect_err("the registry was accepted");
     let text = error.to_string();
     assert!(
         text.starts_with(&path.display().to_string()),
@@ -17,7 +16,7 @@ fn load_error(edit: impl Fn(&str) -> String) -> anyhow::Result<(String, String, 
 
 #[test]
 fn the_sample_registry_loads() -> anyhow::Result<()> {
-    let registry = Registry::load(&sample_registry())?;
+    let registry = broker::registry::load(&sample_registry())?;
     for ty in [
         "caf.quotient_familial",
         "dgfip.revenu_fiscal_reference",
