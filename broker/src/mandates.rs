@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::event::{Event, Record};
-use crate::mandate::{Mandate, Revoker};
+use crate::mandate::Mandate;
 use crate::registry::Role;
 use crate::state::State;
 use crate::store::MandatesOf;
@@ -127,17 +127,12 @@ pub async fn revoke(
     id_token: &str,
 ) -> Result<Mandate, ApiError> {
     validate::identifier("mandate_id", mandate_id, 64)?;
-    let (mandate, by) =
-        crate::mandate::revoker(caller, mandate_id, state.store.mandate(mandate_id)?)?;
     // The citizen present proves it with their ID token (which spends one of its acts).
-    let citizen = match by {
-        Revoker::Structure => None,
-        Revoker::CitizenPresent => {
+    let mandate =
+        crate::mandate::revocation(caller, mandate_id, state.store.mandate(mandate_id)?, || {
             let subject = crate::evidence::proven_for_act(state, id_token, caller)?;
-            Some(state.pseudonyms.audit(&subject))
-        }
-    };
-    by.allows(&mandate, citizen.as_deref())?;
+            Ok(state.pseudonyms.audit(&subject))
+        })?;
     if mandate.revoked_at.is_some() {
         return Ok(mandate);
     }

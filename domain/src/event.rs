@@ -217,7 +217,7 @@ pub enum Event {
     BrokerStarted {
         /// The broker's version.
         version: String,
-        /// The ids of the keys it started with, by key file name (`crate::keys::KEYS`); a
+        /// The ids of the keys it started with, by key file name (the store's `key_files::KEYS`); a
         /// later start refuses keys whose ids differ. Absent from entries of versions that
         /// did not record them.
         #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]

@@ -294,7 +294,7 @@ mod tests {
     /// What `verify` says of a token of `claims` signed with `key`: `ok <subject>` or the
     /// error's variant.
     fn outcome(token: &str) -> String {
-        let registry = crate::registry::sample_for_tests();
+        let registry = crate::test_support::sample_registry();
         let guichet = registry.participant("mairie-lyon").unwrap();
         match verify(token, guichet, &registry, NOW) {
             Ok(v) => format!("ok {}", v.subject.as_str()),
@@ -316,7 +316,7 @@ mod tests {
                 v => claims.as_object_mut().unwrap().insert(k.clone(), v.clone()),
             };
         }
-        let key = DevKey::committed_for_tests();
+        let key = crate::test_support::committed_dev_key();
         key.sign(&claims).unwrap()
     }
 
@@ -385,7 +385,7 @@ mod tests {
     #[test]
     fn only_the_providers_own_keys_and_algorithms_sign_evidence() {
         let claims = dev::claims("test:alice", "mairie-lyon", NOW).unwrap();
-        let committed = DevKey::committed_for_tests();
+        let committed = crate::test_support::committed_dev_key();
         // Another key under the committed key's id; a key id the provider does not have.
         let forged = DevKey::from_seed(&committed.kid, [9; 32])
             .sign(&claims)

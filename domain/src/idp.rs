@@ -113,15 +113,6 @@ pub mod dev {
             Ok(DevKey::from_seed(&file.kid, seed))
         }
 
-        /// The committed key of examples/dev-idp, for the domain's tests.
-        #[cfg(test)]
-        pub(crate) fn committed_for_tests() -> DevKey {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../examples/dev-idp/dev-signing-key.json");
-            let bytes = std::fs::read(&path).expect("examples/dev-idp/dev-signing-key.json");
-            DevKey::parse(&path, &bytes).expect("the committed development key parses")
-        }
-
         /// A key from its 32-byte seed.
         pub fn from_seed(kid: &str, seed: [u8; 32]) -> DevKey {
             DevKey {
@@ -231,7 +222,7 @@ pub mod dev {
             let path = examples.join("jwks.json");
             let jwks = crate::idp::parse_jwks(&path, &std::fs::read(&path).unwrap()).unwrap();
             assert!(jwks.keys.iter().all(is_committed_key));
-            let committed = DevKey::committed_for_tests();
+            let committed = crate::test_support::committed_dev_key();
             let mut renamed = committed.jwks();
             renamed["keys"][0]["kid"] = "another-kid".into();
             let renamed: jsonwebtoken::jwk::JwkSet = serde_json::from_value(renamed).unwrap();

@@ -25,4 +25,6 @@ pub mod pseudonym;
 pub mod registry;
 pub mod seal;
 pub mod subject;
+#[cfg(test)]
+mod test_support;
 pub mod validate;

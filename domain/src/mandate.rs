@@ -88,46 +88,29 @@ pub fn taker(caller: &Caller) -> Result<String, ApiError> {
     })
 }
 
-/// Who revokes a mandate, once [`revoker`] allowed the caller to try.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Revoker {
-    /// An agent of the mandate's structure: no more is asked.
-    Structure,
-    /// A guichet (or the structure without an agent) with the citizen present: allowed only if
-    /// the citizen's verified ID token names the mandate's person ([`Revoker::allows`]).
-    CitizenPresent,
-}
-
-/// Who may revoke `mandate` (`recorded` as the store read it, none when it does not exist): an
-/// agent of its structure, or the citizen present at a guichet or at the structure. To anyone
-/// else it is unknown, never "someone else's".
-pub fn revoker(
+/// Whether `caller` may revoke the mandate `mandate_id` (`recorded` as the store read it, none
+/// when it does not exist), and the mandate if so: an agent of its structure; or, at a guichet
+/// or at the structure, the citizen present, whose ID token `citizen` verifies (spending one of
+/// its acts) and names (their audit pseudonym), asked only then. To anyone else, and to another
+/// person's citizen, the mandate is unknown, never "someone else's".
+pub fn revocation(
     caller: &Caller,
     mandate_id: &str,
     recorded: Option<Mandate>,
-) -> Result<(Mandate, Revoker), ApiError> {
+    citizen: impl FnOnce() -> Result<String, ApiError>,
+) -> Result<Mandate, ApiError> {
     let unknown = || ApiError::UnknownMandate(mandate_id.to_string());
     let mandate = recorded.ok_or_else(unknown)?;
     if caller.participant == mandate.structure && caller.agent.is_some() {
-        return Ok((mandate, Revoker::Structure));
+        return Ok(mandate);
     }
     if !(caller.has_role(Role::Guichet) || caller.participant == mandate.structure) {
         return Err(unknown());
     }
-    Ok((mandate, Revoker::CitizenPresent))
-}
-
-impl Revoker {
-    /// Whether the revocation may go on: always for the structure; for the citizen present,
-    /// only when `citizen` (the audit pseudonym their verified token names) is the mandate's
-    /// person (another person's mandate is, to them, unknown).
-    pub fn allows(self, mandate: &Mandate, citizen: Option<&str>) -> Result<(), ApiError> {
-        match self {
-            Revoker::Structure => Ok(()),
-            Revoker::CitizenPresent if citizen == Some(mandate.subject.as_str()) => Ok(()),
-            Revoker::CitizenPresent => Err(ApiError::UnknownMandate(mandate.id.clone())),
-        }
+    if citizen()? != mandate.subject {
+        return Err(unknown());
     }
+    Ok(mandate)
 }
 
 /// What a mandate may say: one to [`MAX_PURPOSES`] registered purposes, one of the
@@ -335,19 +318,35 @@ legal_reference = "CASF"
             revoked_at: None,
             seq: 1,
         };
-        // (caller, agent, recorded, the citizen's token names) → outcome
+        // (caller, agent, recorded, the citizen's token names (None: no valid token)) →
+        // outcome, and whether the token was asked for (spent)
         let cases = [
-            ("fs-lyon", Some("agent-2"), true, None, "ok"),
-            ("fs-lyon", None, true, Some("p-alice"), "ok"),
-            ("fs-lyon", None, true, None, "UNKNOWN_MANDATE"),
-            ("mairie-lyon", None, true, Some("p-alice"), "ok"),
-            ("mairie-lyon", None, true, Some("p-bob"), "UNKNOWN_MANDATE"),
+            ("fs-lyon", Some("agent-2"), true, None, "ok", false),
+            ("fs-lyon", None, true, Some("p-alice"), "ok", true),
+            (
+                "fs-lyon",
+                None,
+                true,
+                None,
+                "IDENTITY_EVIDENCE_REQUIRED",
+                true,
+            ),
+            ("mairie-lyon", None, true, Some("p-alice"), "ok", true),
+            (
+                "mairie-lyon",
+                None,
+                true,
+                Some("p-bob"),
+                "UNKNOWN_MANDATE",
+                true,
+            ),
             (
                 "mairie-lyon",
                 None,
                 false,
                 Some("p-alice"),
                 "UNKNOWN_MANDATE",
+                false,
             ),
             (
                 "fs-paris",
@@ -355,17 +354,25 @@ legal_reference = "CASF"
                 true,
                 Some("p-alice"),
                 "UNKNOWN_MANDATE",
+                false,
             ),
         ];
-        for (participant, agent, recorded, citizen, expect) in cases {
+        for (participant, agent, recorded, citizen, expect, asked) in cases {
             let caller = Caller::new(
                 registry.participant(participant).unwrap(),
                 agent.map(String::from),
                 std::sync::Arc::from("spiffe://unefois.test/x"),
             );
-            let got = revoker(&caller, "m1", recorded.then(|| alices.clone()))
-                .and_then(|(m, by)| by.allows(&m, citizen));
-            assert_eq!(outcome(got), expect, "{participant} {agent:?} {citizen:?}");
+            let mut spent = false;
+            let got = revocation(&caller, "m1", recorded.then(|| alices.clone()), || {
+                spent = true;
+                citizen
+                    .map(String::from)
+                    .ok_or(ApiError::IdentityEvidenceRequired)
+            });
+            let case = format!("{participant} {agent:?} {citizen:?}");
+            assert_eq!(outcome(got), expect, "{case}");
+            assert_eq!(spent, asked, "{case}: the token asked for");
         }
     }
 }

@@ -330,7 +330,8 @@ pub struct Registry {
 
 /// The files a registry references (datasets, JWKS, credential files), as its validation sees
 /// them. The model reads nothing: the broker gives it its folder on disk
-/// (`broker::registry::Folder`), tests and fuzzing a [`MemoryFolder`].
+/// (`broker::registry::Folder`, which the tests and fuzzing use too), the domain's unit tests a
+/// [`MemoryFolder`].
 pub trait Referenced {
     /// `declared` (a relative path that stays lexically inside the folder) resolved in the
     /// registry's folder, every symbolic link followed: the file must still be in the folder and
@@ -848,9 +849,14 @@ impl Validator<'_> {
         if jwks.as_os_str().is_empty() {
             return None;
         }
+        // As `read_to_string` says it: the same words whatever reads the folder.
         let text = match self.files.read(&jwks).and_then(|bytes| {
-            String::from_utf8(bytes)
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))
+            String::from_utf8(bytes).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                )
+            })
         }) {
             Ok(text) => text,
             Err(e) => {
@@ -1661,32 +1667,6 @@ fn end_of_day(d: &toml::value::Datetime) -> Option<OffsetDateTime> {
     let month = time::Month::try_from(date.month).ok()?;
     let day = Date::from_calendar_date(i32::from(date.year), month, date.day).ok()?;
     Some(day.next_day()?.with_time(Time::MIDNIGHT).assume_utc())
-}
-
-/// The sample registry of `examples/`, for the domain's tests: its referenced files read from
-/// that folder as the validation asks for them (no symbolic link there to follow).
-#[cfg(test)]
-pub(crate) fn sample_for_tests() -> Registry {
-    struct Examples(PathBuf);
-    impl Referenced for Examples {
-        fn resolve(&self, declared: &Path) -> Result<PathBuf, String> {
-            let path = self.0.join(declared);
-            match path.is_file() {
-                true => Ok(path),
-                false => Err(format!("{} is not a readable file", path.display())),
-            }
-        }
-        fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-            std::fs::read(path)
-        }
-        fn sha256(&self, path: &Path) -> std::io::Result<[u8; 32]> {
-            Ok(Sha256::digest(std::fs::read(path)?).into())
-        }
-    }
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let file = examples.join("registry.toml");
-    let bytes = std::fs::read(&file).expect("examples/registry.toml");
-    Registry::parse(&file, &Examples(examples), &bytes).expect("the sample registry loads")
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ use sha2::{Digest, Sha256};
 use tlog_tiles::Hash;
 
 use unefois_journal::{HEADER_LEN, JournalError, JournalReader};
-use unefois_tlog::checkpoint::{VerifiedCheckpoint, origin, verify_checkpoint};
+use unefois_tlog::checkpoint::{VerifiedCheckpoint, log_key_names, origin, verify_checkpoint};
 
 use crate::key_files::{KEYS as KEY_FILES, KEYS_DIR as KEYS, LOG_KEY, Since};
 
@@ -999,8 +999,7 @@ fn read_trusted(path: &Path, log_seed: &[u8; 32]) -> Result<VerifiedCheckpoint, 
         .and_then(|origin_line| origin_line.strip_suffix(origin("").as_str()))
         .ok_or_else(|| bad("not a checkpoint of an Une Fois audit log".into()))?;
     let public = ed25519_dalek::SigningKey::from_bytes(log_seed).verifying_key();
-    let vkey = signed_note::new_ed25519_verifier_key(&origin(trust_domain), &public);
-    verify_checkpoint(&vkey, &text)
+    verify_checkpoint(&log_key_names(trust_domain, &public).vkey, &text)
         .map_err(|e| bad(format!("not a checkpoint of the backed-up log key: {e}")))
 }
 

@@ -21,16 +21,12 @@ pub(crate) struct TestSigner {
 impl TestSigner {
     pub(crate) fn from_seed(seed: &[u8; 32]) -> TestSigner {
         let key = SigningKey::from_bytes(seed);
-        let name = unefois_tlog::checkpoint::origin("unefois.test");
-        let mut encoded = vec![0x01];
-        encoded.extend_from_slice(key.verifying_key().as_bytes());
-        let key_id = signed_note::key_id(&name, &encoded);
-        let vkey = signed_note::new_ed25519_verifier_key(&name, &key.verifying_key());
+        let names = unefois_tlog::checkpoint::log_key_names("unefois.test", &key.verifying_key());
         TestSigner {
             key,
-            name,
-            key_id,
-            vkey,
+            name: names.origin,
+            key_id: names.key_id,
+            vkey: names.vkey,
         }
     }
 }

@@ -227,7 +227,7 @@ proptest! {
 proptest! {
     #![proptest_config(cases(32))]
 
-    /// `Registry::load` on a file: an error names that file.
+    /// `broker::registry::load` on a file: an error names that file.
     #[test]
     fn a_registry_file_that_fails_to_load_is_named(text in mutated_registry()) {
         let dir = tempfile::tempdir().expect("temp dir");

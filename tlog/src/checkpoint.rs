@@ -10,6 +10,30 @@ pub fn origin(trust_domain: &str) -> String {
     format!("{trust_domain}/unefois/audit")
 }
 
+/// How a log key of a trust domain is named in C2SP signed notes: the log's origin (the key's
+/// name), the note key id and the verifier key published as `log.vkey`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogKeyNames {
+    /// The log's origin, `<trust domain>/unefois/audit`.
+    pub origin: String,
+    /// The signed note's key id of the key under that name.
+    pub key_id: u32,
+    /// The C2SP verifier key.
+    pub vkey: String,
+}
+
+/// The names of the Ed25519 log key `public` of `trust_domain`.
+pub fn log_key_names(trust_domain: &str, public: &ed25519_dalek::VerifyingKey) -> LogKeyNames {
+    let origin = origin(trust_domain);
+    let mut encoded = vec![0x01];
+    encoded.extend_from_slice(public.as_bytes());
+    LogKeyNames {
+        key_id: signed_note::key_id(&origin, &encoded),
+        vkey: signed_note::new_ed25519_verifier_key(&origin, public),
+        origin,
+    }
+}
+
 /// A checkpoint whose signature was verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedCheckpoint {

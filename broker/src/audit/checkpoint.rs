@@ -3,7 +3,7 @@
 use signed_note::Note;
 use tlog_tiles::Hash;
 
-use unefois_tlog::checkpoint::origin;
+use unefois_tlog::checkpoint::log_key_names;
 
 use crate::keys::{KeyError, Keys, LOG_KEY, SigningKey};
 
@@ -25,16 +25,12 @@ impl LogSigner {
     /// Builds from a known seed.
     pub fn from_seed(seed: &[u8; 32], trust_domain: &str) -> Result<LogSigner, KeyError> {
         let key = SigningKey::from_seed(seed)?;
-        let name = origin(trust_domain);
-        let mut encoded = vec![0x01];
-        encoded.extend_from_slice(key.verifying_key().as_bytes());
-        let key_id = signed_note::key_id(&name, &encoded);
-        let vkey = signed_note::new_ed25519_verifier_key(&name, &key.verifying_key());
+        let names = log_key_names(trust_domain, &key.verifying_key());
         Ok(LogSigner {
             key,
-            name,
-            key_id,
-            vkey,
+            name: names.origin,
+            key_id: names.key_id,
+            vkey: names.vkey,
         })
     }
 
