@@ -78,7 +78,8 @@ pub async fn list(state: &State, caller: &Caller, input: &ListInput) -> Result<A
         &pseudonym,
         None,
         OffsetDateTime::now_utc(),
-    )?;
+    )
+    .await?;
     if mandate.is_none() {
         crate::evidence::require(&input.id_token, caller, &registry, &subject)?;
     }
@@ -105,8 +106,11 @@ pub async fn list(state: &State, caller: &Caller, input: &ListInput) -> Result<A
             mandate_id: mandate.map(|m| m.id),
         })])
         .await?;
-    let (found, more) = events::accesses(store, &pseudonym, before, size)?;
-    let (tree_size, checkpoint) = store.latest_checkpoint()?.unwrap_or((0, String::new()));
+    let (found, more) = events::accesses(store, &pseudonym, before, size).await?;
+    let (tree_size, checkpoint) = store
+        .latest_checkpoint()
+        .await?
+        .unwrap_or((0, String::new()));
     let mut accesses = Vec::with_capacity(found.len());
     for logged in &found {
         let Some(Record {
@@ -117,7 +121,7 @@ pub async fn list(state: &State, caller: &Caller, input: &ListInput) -> Result<A
         else {
             continue;
         };
-        let inclusion_proof = store.inclusion_proof(logged.index, tree_size)?;
+        let inclusion_proof = store.inclusion_proof(logged.index, tree_size).await?;
         accesses.push(Access {
             time: *time,
             consumer_name: registry

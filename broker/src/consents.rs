@@ -74,7 +74,8 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
         &pseudonym,
         Some(&input.purpose),
         time::OffsetDateTime::now_utc(),
-    )?;
+    )
+    .await?;
     // Verified now, spent when the consent is recorded (a retry that finds it spends nothing).
     let evidence =
         if crate::policy::consent_needs_evidence(caller, mandate.as_ref(), &input.consumer) {
@@ -129,8 +130,8 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
         &actor,
         request_id.as_deref().zip(recorded_request_id.as_deref()),
         &fingerprint.clone(),
-        |id| {
-            Ok(state.store.consent(id)?.map(|c| {
+        |id| async move {
+            Ok(state.store.consent(&id).await?.map(|c| {
                 let renewed = c.renewed_at.is_some();
                 (c, renewed)
             }))
@@ -145,7 +146,8 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
                 &types,
                 &input.purpose,
                 now,
-            )?;
+            )
+            .await?;
             if let Some(evidence) = &evidence {
                 crate::evidence::spend(state, evidence)?;
             }
@@ -189,7 +191,8 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
             state.store.append(vec![Record::now(event)]).await?;
             let consent = state
                 .store
-                .consent(&consent_id)?
+                .consent(&consent_id)
+                .await?
                 .ok_or(ApiError::StoreUnavailable)?;
             Ok((consent, renewed))
         },
@@ -216,7 +219,7 @@ pub struct Granted {
 /// The consent in force of this person to this consumer for exactly these (sorted) types and
 /// this purpose, if there is one: a new grant of the same scope renews it rather than adding a
 /// second consent that one revocation would leave standing.
-fn in_force_for_scope(
+async fn in_force_for_scope(
     state: &State,
     pseudonym: &str,
     consumer: &str,
@@ -229,7 +232,8 @@ fn in_force_for_scope(
     };
     let candidates = state
         .store
-        .consents_for(pseudonym, consumer, first, purpose)?;
+        .consents_for(pseudonym, consumer, first, purpose)
+        .await?;
     Ok(candidates.into_iter().find(|c| {
         c.status(now) == ConsentStatus::Active && {
             let mut theirs = c.attestation_types.clone();
@@ -242,7 +246,7 @@ fn in_force_for_scope(
 /// Every consent in force that ends with `consent`: itself (unless it is no longer in force)
 /// and every other of the same person, consumer and purpose sharing one of its types, oldest
 /// first. A person who withdraws is never still bound by an earlier or broader grant.
-fn scope_in_force(
+async fn scope_in_force(
     state: &State,
     consent: &Consent,
     now: OffsetDateTime,
@@ -252,10 +256,10 @@ fn scope_in_force(
         ended.push(consent.clone());
     }
     for ty in &consent.attestation_types {
-        let mates =
-            state
-                .store
-                .consents_for(&consent.subject, &consent.consumer, ty, &consent.purpose)?;
+        let mates = state
+            .store
+            .consents_for(&consent.subject, &consent.consumer, ty, &consent.purpose)
+            .await?;
         for mate in mates {
             if mate.status(now) == ConsentStatus::Active && !ended.iter().any(|e| e.id == mate.id) {
                 ended.push(mate);
@@ -267,11 +271,12 @@ fn scope_in_force(
 
 /// A consent by id that `caller` may see on its own standing: the guichet that recorded it, or
 /// its consumer.
-fn visible(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, ApiError> {
+async fn visible(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, ApiError> {
     validate::identifier("consent_id", consent_id, 64)?;
     state
         .store
-        .consent(consent_id)?
+        .consent(consent_id)
+        .await?
         .filter(|c| c.visible_to(&caller.participant))
         .ok_or_else(|| ApiError::UnknownConsent(consent_id.to_string()))
 }
@@ -319,13 +324,14 @@ pub async fn revoke(
         caller,
         who,
         consent_id,
-        state.store.consent(consent_id)?,
+        state.store.consent(consent_id).await?,
         OffsetDateTime::now_utc(),
-    )?;
+    )
+    .await?;
     // Serialised with grants: a renewal recorded meanwhile would otherwise be lost with it.
     let _serialised = state.grants.lock().await;
     let now = OffsetDateTime::now_utc();
-    let ended = scope_in_force(state, &consent, now)?;
+    let ended = scope_in_force(state, &consent, now).await?;
     if ended.is_empty() {
         return Ok(Revoked { consent, ended: 0 });
     }
@@ -348,7 +354,8 @@ pub async fn revoke(
     }
     let consent = state
         .store
-        .consent(consent_id)?
+        .consent(consent_id)
+        .await?
         .ok_or(ApiError::StoreUnavailable)?;
     Ok(Revoked {
         consent,
@@ -369,7 +376,7 @@ pub struct Revoked {
 /// A consent, to the guichet that recorded it or the consumer it is for; the read is on the
 /// record before the answer leaves.
 pub async fn get(state: &State, caller: &Caller, consent_id: &str) -> Result<Consent, ApiError> {
-    let consent = visible(state, caller, consent_id)?;
+    let consent = visible(state, caller, consent_id).await?;
     state
         .store
         .append(vec![Record::now(Event::ConsentsRead {
@@ -434,7 +441,8 @@ pub async fn list(
             &pseudonym,
             None,
             time::OffsetDateTime::now_utc(),
-        )?
+        )
+        .await?
     };
     state
         .store
@@ -453,22 +461,23 @@ pub async fn list(
         let purposes = mandate.as_ref().map(|m| m.purposes.clone());
         let consents = state
             .store
-            .consents_of_after(&pseudonym, &input.page_token)?;
-        crate::page::collect(
+            .consents_of_after(&pseudonym, &input.page_token)
+            .await?;
+        crate::store::page(
             consents,
             size,
             |c: &Consent| {
                 of_consumer(c) && purposes.as_ref().is_none_or(|p| p.contains(&c.purpose))
             },
             |c: &Consent| &c.id,
-        )?
+        )
+        .await?
     } else {
-        let consents = state.store.consents_seen_by_after(
-            &caller.participant,
-            &pseudonym,
-            &input.page_token,
-        )?;
-        crate::page::collect(consents, size, of_consumer, |c: &Consent| &c.id)?
+        let consents = state
+            .store
+            .consents_seen_by_after(&caller.participant, &pseudonym, &input.page_token)
+            .await?;
+        crate::store::page(consents, size, of_consumer, |c: &Consent| &c.id).await?
     };
     Ok((
         page,

@@ -29,10 +29,11 @@ pub use crate::fetched::{Fetched, Previewed, Receipt};
 pub use crate::policy::FetchInput;
 
 /// The receipt of the durable, checkpointed entry `seq`, whose exact bytes are `entry`.
-pub fn receipt(state: &State, (seq, entry): Logged) -> Result<Receipt, ApiError> {
+pub async fn receipt(state: &State, (seq, entry): Logged) -> Result<Receipt, ApiError> {
     let (tree_size, checkpoint) = state
         .store
-        .latest_checkpoint()?
+        .latest_checkpoint()
+        .await?
         .filter(|(size, _)| *size > seq)
         .ok_or(ApiError::StoreUnavailable)?;
     Ok(Receipt {
@@ -40,7 +41,7 @@ pub fn receipt(state: &State, (seq, entry): Logged) -> Result<Receipt, ApiError>
         entry,
         checkpoint,
         tree_size,
-        inclusion_proof: state.store.inclusion_proof(seq, tree_size)?,
+        inclusion_proof: state.store.inclusion_proof(seq, tree_size).await?,
     })
 }
 
@@ -88,7 +89,8 @@ pub async fn fetch(
     if let Some(fingerprint) = &retry.fingerprint {
         let earlier = state
             .store
-            .fetch_request_use(&actor, &state.sealer.blind_id(&actor, &input.request_id))?;
+            .fetch_request_use(&actor, &state.sealer.blind_id(&actor, &input.request_id))
+            .await?;
         if let Some(earlier) = earlier {
             if earlier.fingerprint != *fingerprint {
                 let reused = ApiError::RequestIdReused(input.request_id.clone());
@@ -131,7 +133,7 @@ async fn resend(state: &State, answer: &Fetched) -> Result<Fetched, ApiError> {
         attestation: answer.attestation.clone(),
         envelope: answer.envelope.clone(),
         claims: answer.claims.clone(),
-        receipt: receipt(state, logged)?,
+        receipt: receipt(state, logged).await?,
         origin_subject_key: answer.origin_subject_key,
     })
 }
@@ -244,7 +246,7 @@ async fn fetch_recorded(
         attestation,
         envelope,
         claims,
-        receipt: receipt(state, logged)?,
+        receipt: receipt(state, logged).await?,
         origin_subject_key,
     })
 }
@@ -340,7 +342,7 @@ pub async fn confirm(
         attestation,
         envelope,
         claims,
-        receipt: receipt(state, logged)?,
+        receipt: receipt(state, logged).await?,
         origin_subject_key,
     })
 }
@@ -525,7 +527,8 @@ async fn decide(
         &audit,
         &*state.store,
         now,
-    );
+    )
+    .await;
     if verdict.mandate.is_some() {
         event.mandate_id = verdict.mandate;
     }

@@ -21,27 +21,28 @@ use crate::policy::FetchInput;
 /// serialised from the check to the record (under `serialised`, the state's `grants`):
 /// concurrent retries find one record, and what `create` reads (a consent in force for the same
 /// scope) cannot change under it.
-pub async fn create_once<T, Fut>(
+pub async fn create_once<T, Found, Fut>(
     store: &dyn crate::store::Store,
     serialised: &tokio::sync::Mutex<()>,
     actor: &str,
     request_id: Option<(&str, &str)>,
     fingerprint: &str,
-    find: impl Fn(&str) -> Result<Option<T>, crate::store::StoreError>,
+    find: impl FnOnce(String) -> Found,
     create: impl FnOnce() -> Fut,
 ) -> Result<T, crate::error::ApiError>
 where
+    Found: std::future::Future<Output = Result<Option<T>, crate::store::StoreError>>,
     Fut: std::future::Future<Output = Result<T, crate::error::ApiError>>,
 {
     use crate::error::ApiError;
     let _serialised = serialised.lock().await;
     if let Some((given, recorded)) = request_id
-        && let Some(used) = store.request_use(actor, recorded)?
+        && let Some(used) = store.request_use(actor, recorded).await?
     {
         if used.fingerprint != fingerprint {
             return Err(ApiError::RequestIdReused(given.to_string()));
         }
-        return find(&used.result)?.ok_or(ApiError::StoreUnavailable);
+        return find(used.result).await?.ok_or(ApiError::StoreUnavailable);
     }
     create().await
 }

@@ -81,7 +81,7 @@ pub async fn create(
         &actor,
         request_id.as_deref().zip(recorded_request_id.as_deref()),
         &fingerprint.clone(),
-        |id| state.store.mandate(id),
+        |id| async move { state.store.mandate(&id).await },
         || async move {
             crate::evidence::spend(state, &evidence)?;
             let mandate_id = uuid::Uuid::now_v7().to_string();
@@ -101,7 +101,7 @@ pub async fn create(
                 request_fingerprint: Some(fingerprint),
             });
             state.store.append(vec![record]).await?;
-            stored(state, &mandate_id)
+            stored(state, &mandate_id).await
         },
     )
     .await?;
@@ -109,10 +109,11 @@ pub async fn create(
 }
 
 /// A mandate just recorded (the derived state shows it once the record is durable).
-fn stored(state: &State, mandate_id: &str) -> Result<Mandate, ApiError> {
+async fn stored(state: &State, mandate_id: &str) -> Result<Mandate, ApiError> {
     state
         .store
-        .mandate(mandate_id)?
+        .mandate(mandate_id)
+        .await?
         .ok_or(ApiError::StoreUnavailable)
 }
 
@@ -128,17 +129,22 @@ pub async fn revoke(
 ) -> Result<Mandate, ApiError> {
     validate::identifier("mandate_id", mandate_id, 64)?;
     // The citizen present proves it with their ID token (which spends one of its acts).
-    let mandate =
-        crate::mandate::revocation(caller, mandate_id, state.store.mandate(mandate_id)?, || {
+    let mandate = crate::mandate::revocation(
+        caller,
+        mandate_id,
+        state.store.mandate(mandate_id).await?,
+        || {
             let subject = crate::evidence::proven_for_act(state, id_token, caller)?;
             Ok(state.pseudonyms.audit(&subject))
-        })?;
+        },
+    )?;
     if mandate.revoked_at.is_some() {
         return Ok(mandate);
     }
     let ended: Vec<String> = state
         .store
-        .consents_under_mandate(&mandate.id)?
+        .consents_under_mandate(&mandate.id)
+        .await?
         .into_iter()
         .filter(|c| c.revoked_at.is_none())
         .map(|c| c.id)
@@ -163,7 +169,7 @@ pub async fn revoke(
     for consent_id in &ended {
         state.recent.forget_consent(consent_id);
     }
-    stored(state, mandate_id)
+    stored(state, mandate_id).await
 }
 
 /// What a List asks for.
@@ -184,7 +190,7 @@ pub struct ListInput {
 /// Lists mandates, oldest first: a structure sees its own (of one subject, or all); a guichet
 /// sees all of a subject's, with the citizen's ID token. With a subject, the person's pairwise
 /// pseudonym for the caller comes too (empty otherwise).
-pub fn list(
+pub async fn list(
     state: &State,
     caller: &Caller,
     input: &ListInput,
@@ -231,8 +237,8 @@ pub fn list(
         pairwise = state.pseudonyms.pairwise(&caller.participant, &subject);
         (MandatesOf::Subject(&pseudonym), own_only)
     };
-    let mandates = state.store.mandates_after(of, &input.page_token)?;
-    let (page, next) = crate::page::collect(
+    let mandates = state.store.mandates_after(of, &input.page_token).await?;
+    let (page, next) = crate::store::page(
         mandates,
         crate::page::size(input.page_size),
         |m: &Mandate| {
@@ -240,6 +246,7 @@ pub fn list(
                 && (input.structure.is_empty() || m.structure == input.structure)
         },
         |m: &Mandate| &m.id,
-    )?;
+    )
+    .await?;
     Ok((page, next, pairwise))
 }

@@ -116,7 +116,8 @@ pub async fn prefill(
             &pseudonym,
             Some(&form.purpose),
             time::OffsetDateTime::now_utc(),
-        )?;
+        )
+        .await?;
         if mandate.is_none() {
             crate::evidence::for_act(state, &input.id_token, caller, &subject)?;
         }
@@ -339,7 +340,8 @@ pub async fn confirm(
             &pseudonym,
             None,
             time::OffsetDateTime::now_utc(),
-        )?;
+        )
+        .await?;
         if mandate.is_none() {
             crate::evidence::for_act(state, &input.id_token, caller, &subject)?;
         }

@@ -236,8 +236,9 @@ pub async fn run(
         sealer.clone(),
     )?);
     // The keys are those the journal last recorded, and the published verifier keys theirs.
+    let recorded = store.recorded_keys().await;
     let checked = (|| -> Result<(), BrokerError> {
-        if let Some(recorded) = store.recorded_keys()? {
+        if let Some(recorded) = recorded? {
             keys.check_recorded(&recorded)?;
         }
         if let Some(pki_dir) = config.tls.ca.parent() {

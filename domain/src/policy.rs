@@ -42,7 +42,10 @@ pub struct FetchInput {
 /// legal basis never reads consents). A failure to read is the store's, already converted.
 pub trait Facts {
     /// The mandate recorded under `id`, if any.
-    fn mandate(&self, id: &str) -> Result<Option<Mandate>, ApiError>;
+    fn mandate(
+        &self,
+        id: &str,
+    ) -> impl std::future::Future<Output = Result<Option<Mandate>, ApiError>> + Send;
     /// The consents recorded about `subject` (audit pseudonym) for this consumer, type and
     /// purpose, whatever their status, oldest first.
     fn consents(
@@ -51,7 +54,7 @@ pub trait Facts {
         consumer: &str,
         attestation_type: &str,
         purpose: &str,
-    ) -> Result<Vec<Consent>, ApiError>;
+    ) -> impl std::future::Future<Output = Result<Vec<Consent>, ApiError>> + Send;
 }
 
 /// What policy allows for one request, decided before any provider is asked.
@@ -121,7 +124,7 @@ pub fn admissible(caller: &Caller, input: &FetchInput) -> Result<(), ApiError> {
 /// Applies the policy to an admissible request about `subject` (audit pseudonym `audit`):
 /// mandate, type and purpose registered, habilitation (deny by default), claims allowed, legal
 /// basis (the law, or an active consent).
-pub fn decide<'r>(
+pub async fn decide<'r>(
     registry: &'r Registry,
     caller: &Caller,
     input: &FetchInput,
@@ -133,7 +136,8 @@ pub fn decide<'r>(
     let mut found = Found::default();
     let decision = decided(
         registry, caller, input, subject, audit, facts, now, &mut found,
-    );
+    )
+    .await;
     Verdict {
         mandate: found.mandate,
         habilitation: found.habilitation,
@@ -151,7 +155,7 @@ struct Found<'r> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn decided<'r>(
+async fn decided<'r>(
     registry: &'r Registry,
     caller: &Caller,
     input: &FetchInput,
@@ -168,7 +172,8 @@ fn decided<'r>(
         audit,
         Some(&input.purpose),
         now,
-    )?
+    )
+    .await?
     .map(|m| m.id);
     found.mandate.clone_from(&mandate);
     let ty = registry
@@ -232,7 +237,7 @@ fn decided<'r>(
             citation: citation.clone(),
         },
         LegalBasis::Consent => RecordedBasis::Consent {
-            consent_id: consent_in_force(facts, audit, caller, &ty.id, &input.purpose, now)?,
+            consent_id: consent_in_force(facts, audit, caller, &ty.id, &input.purpose, now).await?,
         },
     };
     Ok(Decision {
@@ -319,7 +324,7 @@ pub fn habilitation_for<'a>(
 /// The id of the subject's consent in force for this consumer, type and purpose, or why there
 /// is none: the newest matching one revoked (CONSENT_REVOKED) or lapsed (CONSENT_EXPIRED), or
 /// none ever given (NO_CONSENT).
-pub fn consent_in_force(
+pub async fn consent_in_force(
     facts: &(impl Facts + ?Sized),
     subject: &str,
     caller: &Caller,
@@ -327,7 +332,9 @@ pub fn consent_in_force(
     purpose: &str,
     now: OffsetDateTime,
 ) -> Result<String, ApiError> {
-    let consents = facts.consents(subject, &caller.participant, attestation_type, purpose)?;
+    let consents = facts
+        .consents(subject, &caller.participant, attestation_type, purpose)
+        .await?;
     let matching: Vec<_> = consents
         .iter()
         .filter(|c| c.covers(&caller.participant, attestation_type, purpose))
@@ -354,7 +361,7 @@ pub fn consent_in_force(
 /// Checks that `caller` may act for the subject (audit pseudonym `subject`) under `mandate_id`,
 /// for `purpose` when the act has one: an agent of the mandate's structure, the mandate's
 /// subject, the mandate active at `now`, the purpose in scope.
-pub fn authorize(
+pub async fn authorize(
     facts: &(impl Facts + ?Sized),
     caller: &Caller,
     mandate_id: &str,
@@ -364,7 +371,8 @@ pub fn authorize(
 ) -> Result<Mandate, ApiError> {
     validate::identifier("mandate_id", mandate_id, 64)?;
     let mandate = facts
-        .mandate(mandate_id)?
+        .mandate(mandate_id)
+        .await?
         .ok_or_else(|| ApiError::UnknownMandate(mandate_id.to_string()))?;
     if caller.participant != mandate.structure || caller.agent.is_none() {
         return Err(ApiError::NotAgentOfStructure {
@@ -450,7 +458,7 @@ pub enum Withdrawer<'a> {
 /// person whose mandate it holds, of one of the mandate's purposes, the mandate in force at
 /// `now`; otherwise the guichet that recorded it. A consent the caller may not know of is, to
 /// it, unknown (never "someone else's"); one it may read but did not record is WRONG_ROLE.
-pub fn consent_withdrawal(
+pub async fn consent_withdrawal(
     facts: &(impl Facts + ?Sized),
     caller: &Caller,
     who: Withdrawer<'_>,
@@ -474,6 +482,7 @@ pub fn consent_withdrawal(
                 Some(&consent.purpose),
                 now,
             )
+            .await
             .map_err(|e| match e {
                 ApiError::MandateSubjectMismatch(_) => unknown(),
                 other => other,
@@ -493,7 +502,7 @@ pub fn consent_withdrawal(
 
 /// How a call about a person is allowed to proceed: on the caller's own standing (a guichet,
 /// a consumer), or under a mandate. A mediator never acts without one.
-pub fn acting(
+pub async fn acting(
     facts: &(impl Facts + ?Sized),
     caller: &Caller,
     mandate_id: &str,
@@ -502,7 +511,9 @@ pub fn acting(
     now: OffsetDateTime,
 ) -> Result<Option<Mandate>, ApiError> {
     if !mandate_id.is_empty() {
-        return authorize(facts, caller, mandate_id, subject, purpose, now).map(Some);
+        return authorize(facts, caller, mandate_id, subject, purpose, now)
+            .await
+            .map(Some);
     }
     if caller.has_role(Role::Mediator)
         && !caller.has_role(Role::Guichet)
@@ -525,6 +536,8 @@ mod tests {
     use std::sync::Arc;
 
     use time::macros::datetime;
+
+    use crate::test_support::ready;
     use unefois_adapters::ClaimValue;
 
     use super::*;
@@ -681,14 +694,14 @@ expires = 2030-12-31
     }
 
     impl Facts for Table {
-        fn mandate(&self, id: &str) -> Result<Option<Mandate>, ApiError> {
+        async fn mandate(&self, id: &str) -> Result<Option<Mandate>, ApiError> {
             if self.failing {
                 return Err(ApiError::StoreUnavailable);
             }
             Ok(self.mandates.iter().find(|m| m.id == id).cloned())
         }
 
-        fn consents(
+        async fn consents(
             &self,
             subject: &str,
             consumer: &str,
@@ -829,8 +842,11 @@ expires = 2030-12-31
             let caller = caller(&registry, who);
             let input = request(line);
             let subject = Subject::parse(&input.subject, true).unwrap();
-            let verdict = admissible(&caller, &input)
-                .map(|()| decide(&registry, &caller, &input, subject, ALICE, &facts, NOW));
+            let verdict = admissible(&caller, &input).map(|()| {
+                ready(decide(
+                    &registry, &caller, &input, subject, ALICE, &facts, NOW,
+                ))
+            });
             let got = match verdict {
                 Ok(verdict) => render(&verdict),
                 Err(e) => format!("inadmissible {}", e.reason_code()),
@@ -1165,9 +1181,17 @@ expires = 2030-12-31
         let decided = |line: &str| {
             let input = request(line);
             let subject = Subject::parse(&input.subject, true).unwrap();
-            decide(&registry, &ccas, &input, subject, ALICE, &none(), NOW)
-                .decision
-                .unwrap()
+            ready(decide(
+                &registry,
+                &ccas,
+                &input,
+                subject,
+                ALICE,
+                &none(),
+                NOW,
+            ))
+            .decision
+            .unwrap()
         };
         let answered = |qf: Option<i64>| -> Claims {
             let mut claims = Claims::new();
@@ -1403,7 +1427,14 @@ expires = 2030-12-31
         let mut wrong = Vec::new();
         for (who, withdrawer, recorded, expected) in cases {
             let caller = caller(&registry, who);
-            let got = match consent_withdrawal(&table(), &caller, withdrawer, "c1", recorded, NOW) {
+            let got = match ready(consent_withdrawal(
+                &table(),
+                &caller,
+                withdrawer,
+                "c1",
+                recorded,
+                NOW,
+            )) {
                 Ok(c) => format!("withdrawn {}", c.id),
                 Err(e) => format!("refused {}", e.reason_code()),
             };

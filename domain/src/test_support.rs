@@ -43,3 +43,13 @@ pub(crate) fn committed_dev_key() -> DevKey {
     let bytes = std::fs::read(&path).expect("examples/dev-idp/dev-signing-key.json");
     DevKey::parse(&path, &bytes).expect("the committed development key parses")
 }
+
+/// The value of a future that needs nothing to wait for (the policy over a table of facts):
+/// polled once; pending would mean a test waits on I/O, which the domain never does.
+pub(crate) fn ready<F: std::future::Future>(future: F) -> F::Output {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(future).poll(&mut context) {
+        std::task::Poll::Ready(value) => value,
+        std::task::Poll::Pending => panic!("a pure rule waited"),
+    }
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use unefois_tlog::tree::{root_of, verify_consistency, verify_inclusion};
@@ -97,10 +98,10 @@ fn batches(sealed: &dyn Fn(&str) -> String) -> Vec<Vec<Record>> {
 /// Everything a reader can see of the store, in lines; checks the proofs on the way.
 async fn contract(store: &dyn Store, batches: Vec<Vec<Record>>) -> Vec<String> {
     let mut seen = Vec::new();
-    assert_eq!(store.latest_checkpoint().unwrap(), None);
-    assert_eq!(store.entries_from(0).count(), 0);
+    assert_eq!(store.latest_checkpoint().await.unwrap(), None);
+    assert_eq!(crate::all(store.entries_from(0)).await.len(), 0);
     assert!(matches!(
-        store.checkpoint_at(1),
+        store.checkpoint_at(1).await,
         Err(StoreError::OutOfRange(_))
     ));
     let mut appended = Vec::new();
@@ -108,42 +109,46 @@ async fn contract(store: &dyn Store, batches: Vec<Vec<Record>>) -> Vec<String> {
         let expected: Vec<Vec<u8>> = batch.iter().map(Record::encode).collect();
         let seqs = store.append(batch).await.unwrap();
         // Durable, applied and checkpointed when append returns.
-        let (size, _) = store.latest_checkpoint().unwrap().unwrap();
+        let (size, _) = store.latest_checkpoint().await.unwrap().unwrap();
         assert_eq!(size, seqs.last().unwrap() + 1);
         for (seq, bytes) in seqs.iter().zip(expected) {
-            assert_eq!(store.entry(*seq).unwrap().unwrap(), bytes);
+            assert_eq!(store.entry(*seq).await.unwrap().unwrap(), bytes);
             appended.push(bytes);
         }
         seen.push(format!("batch {seqs:?}"));
     }
     let size = appended.len() as u64;
-    let (latest, note) = store.latest_checkpoint().unwrap().unwrap();
+    let (latest, note) = store.latest_checkpoint().await.unwrap().unwrap();
     assert_eq!(latest, size);
-    assert_eq!(store.checkpoint_at(size).unwrap(), note);
+    assert_eq!(store.checkpoint_at(size).await.unwrap(), note);
     seen.push(format!("checkpoint {note}"));
     seen.push(format!(
         "checkpoint at 3 {}",
-        store.checkpoint_at(3).unwrap()
+        store.checkpoint_at(3).await.unwrap()
     ));
     let root = root_of(&appended);
     for leaf in 0..size {
-        let proof = store.inclusion_proof(leaf, size).unwrap();
+        let proof = store.inclusion_proof(leaf, size).await.unwrap();
         verify_inclusion(&proof, size, root, leaf, &appended[leaf as usize]).unwrap();
     }
-    let proof = store.consistency_proof(3, size).unwrap();
+    let proof = store.consistency_proof(3, size).await.unwrap();
     verify_consistency(&proof, 3, root_of(&appended[..3]), size, root).unwrap();
     for refused in [
-        store.inclusion_proof(0, size + 1),
-        store.inclusion_proof(size, size),
-        store.consistency_proof(0, size),
-        store.consistency_proof(2, size + 1),
+        store.inclusion_proof(0, size + 1).await,
+        store.inclusion_proof(size, size).await,
+        store.consistency_proof(0, size).await,
+        store.consistency_proof(2, size + 1).await,
     ] {
         assert!(
             matches!(refused, Err(StoreError::OutOfRange(_))),
             "{refused:?}"
         );
     }
-    let from: Vec<u64> = store.entries_from(4).map(|e| e.unwrap().0).collect();
+    let from: Vec<u64> = crate::all(store.entries_from(4))
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
     seen.push(format!("entries from 4: {from:?}"));
 
     let consents = |found: Vec<crate::consent::Consent>| -> String {
@@ -158,85 +163,90 @@ async fn contract(store: &dyn Store, batches: Vec<Vec<Record>>) -> Vec<String> {
         });
         described.collect::<Vec<_>>().join(", ")
     };
-    let all = store.consents_of_after("alice", "").unwrap();
-    seen.push(format!(
-        "alice: {}",
-        consents(all.map(Result::unwrap).collect())
-    ));
-    let after = store.consents_of_after("alice", "c1").unwrap();
+    let all = store.consents_of_after("alice", "").await.unwrap();
+    seen.push(format!("alice: {}", consents(crate::all(all).await)));
+    let after = store.consents_of_after("alice", "c1").await.unwrap();
     seen.push(format!(
         "alice after c1: {}",
-        consents(after.map(Result::unwrap).collect())
+        consents(crate::all(after).await)
     ));
     for party in ["fs", "caf", "dgfip", "mairie", "other"] {
-        let found = store.consents_seen_by_after(party, "alice", "").unwrap();
-        let found = consents(found.map(Result::unwrap).collect());
+        let found = store
+            .consents_seen_by_after(party, "alice", "")
+            .await
+            .unwrap();
+        let found = consents(crate::all(found).await);
         seen.push(format!("seen by {party}: {found}"));
     }
     seen.push(format!(
         "under m1: {}",
-        consents(store.consents_under_mandate("m1").unwrap())
+        consents(store.consents_under_mandate("m1").await.unwrap())
     ));
     seen.push(format!(
         "for caf qf cantine: {}",
-        consents(store.consents_for("alice", "caf", "qf", "cantine").unwrap())
+        consents(
+            store
+                .consents_for("alice", "caf", "qf", "cantine")
+                .await
+                .unwrap()
+        )
     ));
     seen.push(format!(
         "for caf rfr cantine: {}",
         consents(
             store
                 .consents_for("alice", "caf", "rfr", "cantine")
+                .await
                 .unwrap()
         )
     ));
     seen.push(format!(
         "c2: {:?}",
-        store.consent("c2").unwrap().map(|c| c.consumer)
+        store.consent("c2").await.unwrap().map(|c| c.consumer)
     ));
     for of in [MandatesOf::Subject("alice"), MandatesOf::Structure("fs")] {
-        let found: Vec<_> = store
-            .mandates_after(of, "")
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let found = crate::all(store.mandates_after(of, "").await.unwrap()).await;
         let described: Vec<_> = found
             .iter()
             .map(|m| format!("{} revoked {}", m.id, m.revoked_at.is_some()))
             .collect();
         seen.push(format!("mandates of {of:?}: {described:?}"));
     }
-    seen.push(format!("m9: {:?}", store.mandate("m9").unwrap()));
+    seen.push(format!("m9: {:?}", store.mandate("m9").await.unwrap()));
     seen.push(format!(
         "r1: {:?}",
-        store.request_use("fs/a1", "r1").unwrap()
+        store.request_use("fs/a1", "r1").await.unwrap()
     ));
     seen.push(format!(
         "r2: {:?}",
-        store.request_use("fs/a1", "r2").unwrap()
+        store.request_use("fs/a1", "r2").await.unwrap()
     ));
     seen.push(format!(
         "q1: {:?}",
-        store.fetch_request_use("caf", "q1").unwrap()
+        store.fetch_request_use("caf", "q1").await.unwrap()
     ));
     seen.push(format!(
         "q1 as consent: {:?}",
-        store.request_use("caf", "q1").unwrap()
+        store.request_use("caf", "q1").await.unwrap()
     ));
     for (before, limit) in [(None, 10), (Some(5), 10), (None, 1), (Some(3), 10)] {
-        let found = store.exchanges_about("alice", before, limit).unwrap();
+        let found = store.exchanges_about("alice", before, limit).await.unwrap();
         seen.push(format!(
             "alice's exchanges before {before:?}, {limit}: {found:?}"
         ));
     }
     seen.push(format!(
         "bob's: {:?}",
-        store.exchanges_about("bob", None, 10).unwrap()
+        store.exchanges_about("bob", None, 10).await.unwrap()
     ));
-    seen.push(format!("keys: {:?}", store.recorded_keys().unwrap()));
-    let entry = store.entry(3).unwrap().unwrap();
+    seen.push(format!("keys: {:?}", store.recorded_keys().await.unwrap()));
+    let entry = store.entry(3).await.unwrap().unwrap();
     let event = Record::decode(&entry).unwrap().event;
     seen.push(format!("entry 3 is about {:?}", store.subject_of(&event)));
-    seen.push(format!("entry {size}: {:?}", store.entry(size).unwrap()));
+    seen.push(format!(
+        "entry {size}: {:?}",
+        store.entry(size).await.unwrap()
+    ));
     seen.push(format!("log key {}", store.log_vkey()));
     store.close().await;
     let after_close = store
@@ -303,4 +313,35 @@ async fn both_backends_keep_the_contract_and_agree_byte_for_byte() {
         keys.contains("entry: 6") && keys.contains("\"log.key\": \"id2\""),
         "{keys}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_the_contract_byte_for_byte_with_the_embedded_backend() {
+    let sealer = sealer();
+    let batches = batches(&|person| sealer.seal(person));
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Embedded::open(dir.path(), JournalOptions::default(), log(), sealer.clone());
+    let embedded = contract(&embedded.unwrap(), batches.clone()).await;
+
+    let server = crate::postgres::test_server::Server::primary("");
+    let url = server.url();
+    // Before `store init`, a broker is told to run it.
+    let refused = crate::Postgres::open(&url, log(), sealer.clone(), Duration::from_secs(5)).await;
+    let refused = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("unefois store init"), "{refused}");
+    assert_eq!(crate::postgres::init(&url).await.unwrap(), vec![1]);
+    assert_eq!(
+        crate::postgres::init(&url).await.unwrap(),
+        Vec::<usize>::new(),
+        "init is idempotent"
+    );
+    let postgres = crate::Postgres::open(&url, log(), sealer.clone(), Duration::from_secs(5));
+    let postgres = contract(&postgres.await.unwrap(), batches).await;
+    assert_eq!(embedded, postgres);
+
+    // Another log key than the one that signed the log: refused, naming why.
+    let other = TestSigner::from_seed(&[8; 32]);
+    let refused = crate::Postgres::open(&url, other, sealer, Duration::from_secs(5)).await;
+    let refused = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("another log key"), "{refused}");
 }

@@ -734,7 +734,8 @@ impl Embedded {
 
     /// Refuses a tree size beyond the latest checkpoint's.
     fn within(&self, size: u64) -> Result<(), StoreError> {
-        super::within(self.latest_checkpoint()?.map_or(0, |(s, _)| s), size)
+        let latest = self.trees.latest.load();
+        super::within(latest.as_ref().map_or(0, |l| l.0), size)
     }
 
     /// Closes the store ([`Store::close`]) and drops this handle: once no clone is left, sled's
@@ -751,7 +752,7 @@ impl Embedded {
 
 #[async_trait::async_trait]
 impl Store for Embedded {
-    fn recorded_keys(&self) -> Result<Option<crate::event::RecordedKeys>, StoreError> {
+    async fn recorded_keys(&self) -> Result<Option<crate::event::RecordedKeys>, StoreError> {
         Ok(self
             .trees
             .meta
@@ -781,7 +782,7 @@ impl Store for Embedded {
         Ok(seqs)
     }
 
-    fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {
+    async fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {
         self.check()?;
         Ok(self
             .trees
@@ -790,13 +791,13 @@ impl Store for Embedded {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    fn consents_of_after<'a>(
+    async fn consents_of_after<'a>(
         &'a self,
         subject: &str,
         after: &str,
     ) -> Result<Items<'a, Consent>, StoreError> {
         self.check()?;
-        Ok(Box::new(indexed_after(
+        Ok(super::stream(indexed_after(
             &self.trees.consents_by_subject,
             &self.trees.consents,
             subject,
@@ -804,7 +805,7 @@ impl Store for Embedded {
         )))
     }
 
-    fn consents_seen_by_after<'a>(
+    async fn consents_seen_by_after<'a>(
         &'a self,
         party: &str,
         subject: &str,
@@ -823,7 +824,7 @@ impl Store for Embedded {
         if let Some(last) = end.last_mut() {
             *last = 1;
         }
-        Ok(Box::new(pointed_to(
+        Ok(super::stream(pointed_to(
             self.trees
                 .consents_by_party
                 .range((start, Bound::Excluded(end))),
@@ -832,7 +833,7 @@ impl Store for Embedded {
         )))
     }
 
-    fn consents_under_mandate(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError> {
+    async fn consents_under_mandate(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError> {
         self.check()?;
         indexed_after(
             &self.trees.consents_by_mandate,
@@ -843,7 +844,7 @@ impl Store for Embedded {
         .collect()
     }
 
-    fn consents_for(
+    async fn consents_for(
         &self,
         subject: &str,
         consumer: &str,
@@ -860,7 +861,7 @@ impl Store for Embedded {
         .collect()
     }
 
-    fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
+    async fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
         self.check()?;
         Ok(self
             .trees
@@ -869,7 +870,7 @@ impl Store for Embedded {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    fn mandates_after<'a>(
+    async fn mandates_after<'a>(
         &'a self,
         of: MandatesOf<'_>,
         after: &str,
@@ -879,7 +880,7 @@ impl Store for Embedded {
             MandatesOf::Subject(subject) => (&self.trees.mandates_by_subject, subject),
             MandatesOf::Structure(structure) => (&self.trees.mandates_by_structure, structure),
         };
-        Ok(Box::new(indexed_after(
+        Ok(super::stream(indexed_after(
             index,
             &self.trees.mandates,
             key,
@@ -887,7 +888,11 @@ impl Store for Embedded {
         )))
     }
 
-    fn request_use(&self, actor: &str, request_id: &str) -> Result<Option<RequestUse>, StoreError> {
+    async fn request_use(
+        &self,
+        actor: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestUse>, StoreError> {
         self.check()?;
         Ok(self
             .trees
@@ -896,15 +901,16 @@ impl Store for Embedded {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    fn fetch_request_use(
+    async fn fetch_request_use(
         &self,
         actor: &str,
         request_id_digest: &str,
     ) -> Result<Option<RequestUse>, StoreError> {
         self.request_use(actor, &projection::fetch_request_key(request_id_digest))
+            .await
     }
 
-    fn exchanges_about(
+    async fn exchanges_about(
         &self,
         subject: &str,
         before: Option<u64>,
@@ -929,7 +935,7 @@ impl Store for Embedded {
         Ok(out)
     }
 
-    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         match self.positions.get(index)? {
             Some(slot) => Ok(Some(self.journal.read_at(index, slot.at)?)),
             None => Ok(None),
@@ -951,7 +957,7 @@ impl Store for Embedded {
             Ok(reader) => (Some(reader), None),
             Err(e) => (None, Some(Err(e))),
         };
-        Box::new(
+        super::stream(
             failed.into_iter().chain(
                 reader
                     .into_iter()
@@ -962,7 +968,7 @@ impl Store for Embedded {
         )
     }
 
-    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
         Ok(self
             .trees
             .latest
@@ -970,22 +976,26 @@ impl Store for Embedded {
             .map(|latest| (*latest).clone()))
     }
 
-    fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
-        if let Some(note) = super::kept_checkpoint(self.latest_checkpoint()?, size)? {
+    async fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
+        if let Some(note) = super::kept_checkpoint(self.latest_checkpoint().await?, size)? {
             return Ok(note);
         }
         let root = self.tree.root(size).map_err(StoreError::Tree)?;
         Ok(self.log.sign(size, root))
     }
 
-    fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+    async fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
         self.within(size)?;
         self.tree
             .inclusion_proof(leaf, size)
             .map_err(StoreError::from)
     }
 
-    fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+    async fn consistency_proof(
+        &self,
+        first: u64,
+        second: u64,
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
         self.within(second)?;
         self.tree
             .consistency_proof(first, second)
@@ -1148,11 +1158,11 @@ mod tests {
         });
         let seqs = store.append(vec![record.clone(), record]).await.unwrap();
         assert_eq!(seqs, vec![0, 1]);
-        let (size, note) = store.latest_checkpoint().unwrap().unwrap();
+        let (size, note) = store.latest_checkpoint().await.unwrap().unwrap();
         assert_eq!(size, 2);
         let checkpoint = unefois_tlog::checkpoint::verify_checkpoint(&vkey, &note).unwrap();
-        let entry = store.entry(1).unwrap().unwrap();
-        let proof = store.inclusion_proof(1, 2).unwrap();
+        let entry = store.entry(1).await.unwrap().unwrap();
+        let proof = store.inclusion_proof(1, 2).await.unwrap();
         crate::tree::verify_inclusion(&proof, 2, checkpoint.root, 1, &entry).unwrap();
     }
 
@@ -1174,24 +1184,32 @@ mod tests {
             assert_eq!(seq, i);
             entries.push(entry);
         }
-        let (_, before) = store.latest_checkpoint().unwrap().unwrap();
+        let (_, before) = store.latest_checkpoint().await.unwrap().unwrap();
         store.close().await;
         damage(&dir.path().join("state"));
 
         let log = TestSigner::from_seed(&seed);
         let vkey = log.vkey().to_string();
         let store = Embedded::open(dir.path(), JournalOptions::default(), log, sealer()).unwrap();
-        let (size, note) = store.latest_checkpoint().unwrap().unwrap();
+        let (size, note) = store.latest_checkpoint().await.unwrap().unwrap();
         assert_eq!(size, 40);
         assert_eq!(note, before, "the same tree, signed again");
         let checkpoint = unefois_tlog::checkpoint::verify_checkpoint(&vkey, &note).unwrap();
         for (i, entry) in entries.iter().enumerate() {
             let i = i as u64;
-            assert_eq!(store.entry(i).unwrap().as_ref(), Some(entry), "entry {i}");
-            let proof = store.inclusion_proof(i, size).unwrap();
+            assert_eq!(
+                store.entry(i).await.unwrap().as_ref(),
+                Some(entry),
+                "entry {i}"
+            );
+            let proof = store.inclusion_proof(i, size).await.unwrap();
             crate::tree::verify_inclusion(&proof, size, checkpoint.root, i, entry).unwrap();
         }
-        let listed: Vec<Vec<u8>> = store.entries_from(10).map(|r| r.unwrap().1).collect();
+        let listed: Vec<Vec<u8>> = crate::all(store.entries_from(10))
+            .await
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
         assert_eq!(listed, entries[10..]);
         // And it goes on from there.
         let (seq, _) = store.append_entry(record(40)).await.unwrap();
@@ -1254,12 +1272,13 @@ mod tests {
             ended_with_consent: None,
         }));
         store.append(records).await.unwrap();
-        let scope = |store: &Embedded| {
+        let scope = async |store: &Embedded| {
             store
                 .consents_for("s1", "lyon", "caf.qf", "cantine")
+                .await
                 .unwrap()
         };
-        let found = scope(&store);
+        let found = scope(&store).await;
         assert_eq!(
             ids(found.clone()),
             ["c1", "c5"],
@@ -1269,27 +1288,26 @@ mod tests {
         assert_eq!(
             ids(store
                 .consents_for("s1", "lyon", "dgfip.rfr", "cantine")
+                .await
                 .unwrap()),
             ["c1"]
         );
         assert_eq!(
             ids(store
                 .consents_for("s1", "lyo", "caf.qf", "cantine")
+                .await
                 .unwrap()),
             Vec::<String>::new()
         );
-        let after = |after: &str| -> Vec<String> {
-            store
-                .consents_of_after("s1", after)
-                .unwrap()
-                .map(|c| c.unwrap().id)
-                .collect()
+        let after = async |after: &str| -> Vec<String> {
+            let found = store.consents_of_after("s1", after).await.unwrap();
+            crate::all(found).await.into_iter().map(|c| c.id).collect()
         };
-        let all = after("");
+        let all = after("").await;
         assert_eq!(all.len(), 54, "s1's, not s10's: {all:?}");
         assert_eq!(all[..5], ["c1", "c2", "c3", "c5", "d00"]);
-        assert_eq!(after("c5")[..2], ["d00", "d01"], "after, exclusive");
-        assert_eq!(after("d49"), Vec::<String>::new());
+        assert_eq!(after("c5").await[..2], ["d00", "d01"], "after, exclusive");
+        assert_eq!(after("d49").await, Vec::<String>::new());
         store.close().await;
 
         // A store built before the scope index: no layout recorded, no index. It is rebuilt
@@ -1301,7 +1319,7 @@ mod tests {
             db.flush().unwrap();
         }
         let store = open();
-        assert_eq!(ids(scope(&store)), ["c1", "c5"]);
+        assert_eq!(ids(scope(&store).await), ["c1", "c5"]);
         assert_eq!(store.trees.layout().unwrap(), Some(CURRENT_LAYOUT));
         store.close().await;
 
@@ -1316,7 +1334,7 @@ mod tests {
             db.flush().unwrap();
         }
         let store = open();
-        assert_eq!(ids(scope(&store)), ["c1", "c5"]);
+        assert_eq!(ids(scope(&store).await), ["c1", "c5"]);
         store.close().await;
         {
             let db = open_derived_state(&dir.path().join("state")).unwrap();
@@ -1325,7 +1343,7 @@ mod tests {
         }
         let store = open();
         assert_eq!(
-            ids(scope(&store)),
+            ids(scope(&store).await),
             Vec::<String>::new(),
             "a store of this layout is not rebuilt at every start"
         );
@@ -1500,29 +1518,37 @@ mod tests {
             .await
             .unwrap();
         // Opened from their seals: the person's consents, mandate and exchange.
-        assert_eq!(store.exchanges_about(&person, None, 10).unwrap(), [seqs[3]]);
+        assert_eq!(
+            store.exchanges_about(&person, None, 10).await.unwrap(),
+            [seqs[3]]
+        );
         assert_eq!(
             ids(store
                 .consents_for(&person, "lyon", "caf.qf", "cantine")
+                .await
                 .unwrap()),
             ["c1", "c2"]
         );
         // Capped at the mandate's expiry, even though the record asked for a year.
-        let c1 = store.consent("c1").unwrap().unwrap();
+        let c1 = store.consent("c1").await.unwrap().unwrap();
         assert!(c1.expires_at <= now + time::Duration::days(1));
         // What each party may see: the recorder and the consumer, nobody else.
-        let seen = |party: &str| -> Vec<String> {
-            store
-                .consents_seen_by_after(party, &person, "")
-                .unwrap()
-                .map(|c| c.unwrap().id)
+        let seen = async |party: &str| -> Vec<String> {
+            let found = store.consents_seen_by_after(party, &person, "").await;
+            crate::all(found.unwrap())
+                .await
+                .into_iter()
+                .map(|c| c.id)
                 .collect()
         };
-        assert_eq!(seen("lyon"), ["c1", "c2"]);
-        assert_eq!(seen("fs"), ["c1"]);
-        assert_eq!(seen("villeurbanne"), ["c2"]);
-        assert!(seen("caf").is_empty());
-        assert_eq!(ids(store.consents_under_mandate("m1").unwrap()), ["c1"]);
+        assert_eq!(seen("lyon").await, ["c1", "c2"]);
+        assert_eq!(seen("fs").await, ["c1"]);
+        assert_eq!(seen("villeurbanne").await, ["c2"]);
+        assert!(seen("caf").await.is_empty());
+        assert_eq!(
+            ids(store.consents_under_mandate("m1").await.unwrap()),
+            ["c1"]
+        );
         // The mandate revoked: the consent recorded under it ends with it, the other stays.
         store
             .append(vec![Record::now(Event::MandateRevoked {
@@ -1532,8 +1558,24 @@ mod tests {
             })])
             .await
             .unwrap();
-        assert!(store.consent("c1").unwrap().unwrap().revoked_at.is_some());
-        assert!(store.consent("c2").unwrap().unwrap().revoked_at.is_none());
+        assert!(
+            store
+                .consent("c1")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_some()
+        );
+        assert!(
+            store
+                .consent("c2")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_none()
+        );
         store.close().await;
     }
 
@@ -1563,29 +1605,38 @@ mod tests {
         }
         alice.reverse();
         bob.reverse();
-        let check = |store: &Embedded| {
-            assert_eq!(store.exchanges_about("alice", None, 100).unwrap(), alice);
-            assert_eq!(store.exchanges_about("bob", None, 100).unwrap(), bob);
+        let check = async |store: &Embedded| {
             assert_eq!(
-                store.exchanges_about("carol", None, 100).unwrap(),
+                store.exchanges_about("alice", None, 100).await.unwrap(),
+                alice
+            );
+            assert_eq!(store.exchanges_about("bob", None, 100).await.unwrap(), bob);
+            assert_eq!(
+                store.exchanges_about("carol", None, 100).await.unwrap(),
                 Vec::<u64>::new()
             );
-            assert_eq!(store.exchanges_about("alice", None, 3).unwrap(), alice[..3]);
+            assert_eq!(
+                store.exchanges_about("alice", None, 3).await.unwrap(),
+                alice[..3]
+            );
             let before = alice[4];
             assert_eq!(
-                store.exchanges_about("alice", Some(before), 2).unwrap(),
+                store
+                    .exchanges_about("alice", Some(before), 2)
+                    .await
+                    .unwrap(),
                 alice[5..7]
             );
         };
-        check(&store);
+        check(&store).await;
         store.close().await;
         let store = open();
-        check(&store);
+        check(&store).await;
         store.close().await;
         // The derived state lost: the chains are rebuilt from the journal.
         std::fs::remove_dir_all(dir.path().join("state")).unwrap();
         let store = open();
-        check(&store);
+        check(&store).await;
         store.close().await;
     }
 }

@@ -48,6 +48,13 @@ pub enum StoreError {
         /// The size of that checkpoint.
         size: u64,
     },
+    /// The database failed or did not answer (PostgreSQL backend): what was asked may or may
+    /// not have been committed; nothing was acknowledged.
+    #[error("database: {0}")]
+    Database(String),
+    /// The store is closed (the broker is stopping).
+    #[error("the store is closed")]
+    Closed,
     /// The derived state fell behind the journal; it is rebuilt at the next start.
     #[error("derived state is behind the journal; restart the broker to rebuild it")]
     Degraded,

@@ -18,6 +18,7 @@ pub mod key_files;
 mod memory;
 mod metrics;
 mod positions;
+pub mod postgres;
 mod reserve;
 #[cfg(test)]
 mod test_signer;
@@ -36,9 +37,51 @@ pub use embedded::{DEFAULT_CACHE_BYTES, Embedded, recorded_keys_in_journal};
 pub use error::StoreError;
 pub use memory::Memory;
 pub use positions::{Positions, Slot};
+pub use postgres::Postgres;
 
 /// Items read as the caller goes (a page costs what it reads), each of which may fail.
-pub type Items<'a, T> = Box<dyn Iterator<Item = Result<T, StoreError>> + Send + 'a>;
+pub type Items<'a, T> = futures::stream::BoxStream<'a, Result<T, StoreError>>;
+
+/// Items from an iterator already at hand (the embedded and in-memory backends read as they
+/// go without waiting).
+fn stream<'a, T: Send + 'a>(
+    items: impl Iterator<Item = Result<T, StoreError>> + Send + 'a,
+) -> Items<'a, T> {
+    use futures::StreamExt;
+    futures::stream::iter(items).boxed()
+}
+
+/// Every item, for tests (any failure fails the test).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+async fn all<T>(items: Items<'_, T>) -> Vec<T> {
+    use futures::StreamExt;
+    items.map(Result::unwrap).collect().await
+}
+
+/// The first `size` items that `keep` selects, and the id of the last one when more follow (the
+/// next page's token; empty at the end): a page read as it goes.
+pub async fn page<T>(
+    mut items: Items<'_, T>,
+    size: usize,
+    keep: impl Fn(&T) -> bool,
+    id: impl Fn(&T) -> &str,
+) -> Result<(Vec<T>, String), StoreError> {
+    use futures::StreamExt;
+    let mut page = Vec::with_capacity(size);
+    while let Some(item) = items.next().await {
+        let item = item?;
+        if !keep(&item) {
+            continue;
+        }
+        if page.len() == size {
+            let next = page.last().map(|last| id(last).to_string());
+            return Ok((page, next.unwrap_or_default()));
+        }
+        page.push(item);
+    }
+    Ok((page, String::new()))
+}
 
 /// Signs the log's checkpoints: the broker's log key (the store holds no key, and no signer's
 /// crypto library).
@@ -66,7 +109,7 @@ pub enum MandatesOf<'k> {
 pub trait Store: Send + Sync {
     /// The key ids the journal last recorded (its latest `broker_started` entry with them), as
     /// applied to the derived state; `None` when no entry recorded any.
-    fn recorded_keys(&self) -> Result<Option<RecordedKeys>, StoreError>;
+    async fn recorded_keys(&self) -> Result<Option<RecordedKeys>, StoreError>;
 
     /// Appends one record; returns its sequence number and exact entry bytes once it is durable
     /// and applied (what a receipt shows, without reading it back).
@@ -77,12 +120,12 @@ pub trait Store: Send + Sync {
     async fn append(&self, records: Vec<Record>) -> Result<Vec<u64>, StoreError>;
 
     /// A consent by id.
-    fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError>;
+    async fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError>;
 
     /// The consents of a subject (by audit pseudonym) after the consent id `after` (exclusive;
     /// from the first when empty), oldest first, read as the caller goes: a page of a long
     /// history costs what it reads, not the whole history.
-    fn consents_of_after<'a>(
+    async fn consents_of_after<'a>(
         &'a self,
         subject: &str,
         after: &str,
@@ -91,7 +134,7 @@ pub trait Store: Send + Sync {
     /// The consents of a subject (by audit pseudonym) that `party` recorded or is the consumer
     /// of, after the consent id `after` (exclusive; from the first when empty), oldest first:
     /// what that party may see, read without touching the person's other consents.
-    fn consents_seen_by_after<'a>(
+    async fn consents_seen_by_after<'a>(
         &'a self,
         party: &str,
         subject: &str,
@@ -100,12 +143,12 @@ pub trait Store: Send + Sync {
 
     /// The consents recorded under a mandate (by an agent acting for the person), oldest
     /// first: they end with it.
-    fn consents_under_mandate(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError>;
+    async fn consents_under_mandate(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError>;
 
     /// The consents of a subject (by audit pseudonym) to this consumer, for this type and
     /// purpose, oldest first: the only ones that may be the basis of its fetch. Whatever their
     /// status; however many consents of other scopes the subject holds.
-    fn consents_for(
+    async fn consents_for(
         &self,
         subject: &str,
         consumer: &str,
@@ -114,12 +157,12 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<Consent>, StoreError>;
 
     /// A mandate by id.
-    fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError>;
+    async fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError>;
 
     /// The mandates of a subject (by audit pseudonym) or of a mediation structure, after the
     /// mandate id `after` (exclusive; from the first when empty), oldest first, read as the
     /// caller goes (see [`Store::consents_of_after`]).
-    fn mandates_after<'a>(
+    async fn mandates_after<'a>(
         &'a self,
         of: MandatesOf<'_>,
         after: &str,
@@ -127,11 +170,15 @@ pub trait Store: Send + Sync {
 
     /// What `actor` ([`crate::caller::actor`]: a participant, or one of its agents) used `request_id` (as
     /// recorded: blinded) for, if it did.
-    fn request_use(&self, actor: &str, request_id: &str) -> Result<Option<RequestUse>, StoreError>;
+    async fn request_use(
+        &self,
+        actor: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestUse>, StoreError>;
 
     /// The first recorded Fetch of `actor` with this request id (as recorded: blinded): its
     /// fingerprint, and its leaf index as `result`.
-    fn fetch_request_use(
+    async fn fetch_request_use(
         &self,
         actor: &str,
         request_id_digest: &str,
@@ -140,7 +187,7 @@ pub trait Store: Send + Sync {
     /// Journal sequence numbers of the exchanges about a subject (by audit pseudonym), newest
     /// first, before `before` (exclusive) when given, at most `limit` of them: a walk down the
     /// subject's chain.
-    fn exchanges_about(
+    async fn exchanges_about(
         &self,
         subject: &str,
         before: Option<u64>,
@@ -148,23 +195,24 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<u64>, StoreError>;
 
     /// The exact bytes of audit entry (journal record) `index`, read from the journal.
-    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Audit entries from `start`, in order: `(index, exact bytes)`, read from the journal.
     fn entries_from(&self, start: u64) -> Items<'_, (u64, Vec<u8>)>;
 
     /// The size of the log as the latest checkpoint states it, with that checkpoint.
-    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError>;
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError>;
 
     /// The signed checkpoint of the tree of `size` leaves (kept, or signed again: a checkpoint
     /// is deterministic), for any size up to the latest.
-    fn checkpoint_at(&self, size: u64) -> Result<String, StoreError>;
+    async fn checkpoint_at(&self, size: u64) -> Result<String, StoreError>;
 
     /// The inclusion proof of entry `leaf` in the tree of `size` entries.
-    fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError>;
+    async fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError>;
 
     /// The consistency proof from the tree of `first` entries to that of `second`.
-    fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<[u8; 32]>, StoreError>;
+    async fn consistency_proof(&self, first: u64, second: u64)
+    -> Result<Vec<[u8; 32]>, StoreError>;
 
     /// The audit pseudonym of the person a record is about, opened from its seal (version 2)
     /// or as written (version 1).
@@ -205,18 +253,53 @@ fn kept_checkpoint(latest: Option<(u64, String)>, size: u64) -> Result<Option<St
 }
 
 /// The policy's facts, read from the store (lazily: a fetch on a legal basis reads no consent).
-impl crate::policy::Facts for dyn Store {
-    fn mandate(&self, id: &str) -> Result<Option<Mandate>, unefois_domain::error::ApiError> {
-        Ok(Store::mandate(self, id)?)
+impl crate::policy::Facts for dyn Store + '_ {
+    async fn mandate(&self, id: &str) -> Result<Option<Mandate>, unefois_domain::error::ApiError> {
+        Ok(Store::mandate(self, id).await?)
     }
 
-    fn consents(
+    async fn consents(
         &self,
         subject: &str,
         consumer: &str,
         attestation_type: &str,
         purpose: &str,
     ) -> Result<Vec<Consent>, unefois_domain::error::ApiError> {
-        Ok(self.consents_for(subject, consumer, attestation_type, purpose)?)
+        Ok(self
+            .consents_for(subject, consumer, attestation_type, purpose)
+            .await?)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_page_stops_at_its_size_and_says_whether_more_follow() {
+        let ids = ["a", "b", "c", "d", "e"];
+        let items = || stream(ids.iter().map(|s| Ok(s.to_string())));
+        let all = |_: &String| true;
+        fn id(s: &String) -> &str {
+            s
+        }
+        let got = page(items(), 2, all, id).await.unwrap();
+        assert_eq!(got, (vec!["a".into(), "b".into()], "b".into()));
+        let got = page(items(), 5, all, id).await.unwrap();
+        assert_eq!(
+            got,
+            (ids.map(String::from).to_vec(), String::new()),
+            "exactly a page: no next token"
+        );
+        // Skipped items neither fill the page nor make a next one.
+        let not_b_or_e = |s: &String| s != "b" && s != "e";
+        let got = page(items(), 3, not_b_or_e, id).await.unwrap();
+        assert_eq!(
+            got,
+            (vec!["a".into(), "c".into(), "d".into()], String::new())
+        );
+        let failing = vec![Ok("a".to_string()), Err(StoreError::Degraded)];
+        assert!(page(stream(failing.into_iter()), 5, all, id).await.is_err());
     }
 }

@@ -91,12 +91,12 @@ impl Memory {
 }
 
 fn items<'a, T: Send + 'a>(found: Vec<T>) -> Items<'a, T> {
-    Box::new(found.into_iter().map(Ok))
+    super::stream(found.into_iter().map(Ok))
 }
 
 #[async_trait::async_trait]
 impl Store for Memory {
-    fn recorded_keys(&self) -> Result<Option<RecordedKeys>, StoreError> {
+    async fn recorded_keys(&self) -> Result<Option<RecordedKeys>, StoreError> {
         Ok(self.inner().models.recorded_keys.clone())
     }
 
@@ -112,11 +112,11 @@ impl Store for Memory {
         Ok(appended.into_iter().map(|(seq, _)| seq).collect())
     }
 
-    fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {
+    async fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {
         Ok(self.inner().models.consents.get(id).cloned())
     }
 
-    fn consents_of_after<'a>(
+    async fn consents_of_after<'a>(
         &'a self,
         subject: &str,
         after: &str,
@@ -128,7 +128,7 @@ impl Store for Memory {
         Ok(items(found))
     }
 
-    fn consents_seen_by_after<'a>(
+    async fn consents_seen_by_after<'a>(
         &'a self,
         party: &str,
         subject: &str,
@@ -141,12 +141,12 @@ impl Store for Memory {
         Ok(items(found))
     }
 
-    fn consents_under_mandate(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError> {
+    async fn consents_under_mandate(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError> {
         let Ok(under) = projection::Views::consents_under(&self.inner().models, mandate_id);
         Ok(under)
     }
 
-    fn consents_for(
+    async fn consents_for(
         &self,
         subject: &str,
         consumer: &str,
@@ -158,11 +158,11 @@ impl Store for Memory {
         }))
     }
 
-    fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
+    async fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
         Ok(self.inner().models.mandates.get(id).cloned())
     }
 
-    fn mandates_after<'a>(
+    async fn mandates_after<'a>(
         &'a self,
         of: MandatesOf<'_>,
         after: &str,
@@ -182,20 +182,25 @@ impl Store for Memory {
         Ok(items(found))
     }
 
-    fn request_use(&self, actor: &str, request_id: &str) -> Result<Option<RequestUse>, StoreError> {
+    async fn request_use(
+        &self,
+        actor: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestUse>, StoreError> {
         let key = (actor.to_string(), request_id.to_string());
         Ok(self.inner().models.requests.get(&key).cloned())
     }
 
-    fn fetch_request_use(
+    async fn fetch_request_use(
         &self,
         actor: &str,
         request_id_digest: &str,
     ) -> Result<Option<RequestUse>, StoreError> {
         self.request_use(actor, &projection::fetch_request_key(request_id_digest))
+            .await
     }
 
-    fn exchanges_about(
+    async fn exchanges_about(
         &self,
         subject: &str,
         before: Option<u64>,
@@ -212,7 +217,7 @@ impl Store for Memory {
             .collect())
     }
 
-    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let inner = self.inner();
         Ok(usize::try_from(index)
             .ok()
@@ -232,11 +237,11 @@ impl Store for Memory {
         items(found)
     }
 
-    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
         Ok(self.inner().latest.clone())
     }
 
-    fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
+    async fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
         let inner = self.inner();
         if let Some(note) = super::kept_checkpoint(inner.latest.clone(), size)? {
             return Ok(note);
@@ -244,7 +249,7 @@ impl Store for Memory {
         Ok(self.log.sign(size, inner.tree.root(size)))
     }
 
-    fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+    async fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
         let inner = self.inner();
         Memory::within(&inner, size)?;
         if leaf >= size {
@@ -257,7 +262,11 @@ impl Store for Memory {
             .map_err(|e| StoreError::Tree(unefois_tlog::tree::ProofError::Storage(e.to_string())))
     }
 
-    fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+    async fn consistency_proof(
+        &self,
+        first: u64,
+        second: u64,
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
         let inner = self.inner();
         Memory::within(&inner, second)?;
         if first == 0 || first > second {

@@ -99,13 +99,25 @@ impl Edge {
         self.leaves += leaves;
     }
 
-    /// The root of the whole tree: the frontier folded from the right.
+    /// The root of the whole tree.
     fn root(&self) -> Hash {
-        let mut nodes = self.frontier.iter().rev().map(|(_, _, h)| *h);
-        match nodes.next() {
-            None => tlog_tiles::EMPTY_HASH,
-            Some(last) => nodes.fold(last, |right, left| tlog_tiles::node_hash(left, right)),
-        }
+        frontier_root(&self.frontier)
+    }
+}
+
+/// Adds leaf `n` (exact entry bytes) to `frontier`, the right edge of the tree of `n` leaves
+/// (`(level, stored index, hash)` of each complete subtree, highest first); appends the hashes
+/// it stores, at the stored indices from `tlog_tiles::stored_hash_index(0, n)` on, to `out`.
+pub fn push_leaf(frontier: &mut Vec<(u8, u64, Hash)>, n: u64, entry: &[u8], out: &mut Vec<Hash>) {
+    Edge::push(frontier, n, entry, out);
+}
+
+/// The root of the tree whose right edge is `frontier`: folded from the right.
+pub fn frontier_root(frontier: &[(u8, u64, Hash)]) -> Hash {
+    let mut nodes = frontier.iter().rev().map(|(_, _, h)| *h);
+    match nodes.next() {
+        None => tlog_tiles::EMPTY_HASH,
+        Some(last) => nodes.fold(last, |right, left| tlog_tiles::node_hash(left, right)),
     }
 }
 

@@ -112,7 +112,7 @@ impl EventFilter {
 
 /// The events matching `filter` among at most [`MAX_SCAN`] entries from its start index, and
 /// the index to continue from (the log's end when it was reached).
-pub fn list(
+pub async fn list(
     store: &dyn Store,
     filter: &EventFilter,
 ) -> Result<(Vec<LoggedEvent>, u64), StoreError> {
@@ -122,7 +122,8 @@ pub fn list(
     } as usize;
     let mut out = Vec::new();
     let mut next = filter.start_index;
-    for item in store.entries_from(filter.start_index) {
+    let mut items = store.entries_from(filter.start_index);
+    while let Some(item) = futures::StreamExt::next(&mut items).await {
         let (index, entry) = item?;
         if index >= filter.start_index.saturating_add(MAX_SCAN) || out.len() >= limit {
             break;
@@ -142,18 +143,20 @@ pub fn list(
 
 /// The exchanges about a subject (by audit pseudonym), newest first, older than leaf `before`
 /// (exclusive) when given, at most `size` of them, and whether more remain.
-pub fn accesses(
+pub async fn accesses(
     store: &dyn Store,
     subject: &str,
     before: Option<u64>,
     size: usize,
 ) -> Result<(Vec<LoggedEvent>, bool), StoreError> {
-    let mut seqs = store.exchanges_about(subject, before, size.saturating_add(1))?;
+    let mut seqs = store
+        .exchanges_about(subject, before, size.saturating_add(1))
+        .await?;
     let more = seqs.len() > size;
     seqs.truncate(size);
     let mut out = Vec::with_capacity(seqs.len());
     for index in seqs {
-        if let Some(entry) = store.entry(index)? {
+        if let Some(entry) = store.entry(index).await? {
             out.push(LoggedEvent::read(store, index, entry));
         }
     }

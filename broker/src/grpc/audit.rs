@@ -171,11 +171,12 @@ impl AuditApi for AuditService {
         let checkpoint = match request.get_ref().tree_size {
             0 => store
                 .latest_checkpoint()
+                .await
                 .into_status()?
                 .map(|(_, note)| note)
                 .ok_or(ApiError::StoreUnavailable)
                 .map_err(status)?,
-            size => store.checkpoint_at(size).into_status()?,
+            size => store.checkpoint_at(size).await.into_status()?,
         };
         Ok(Response::new(pb::GetCheckpointResponse {
             checkpoint,
@@ -199,6 +200,7 @@ impl AuditApi for AuditService {
             .state
             .store
             .inclusion_proof(r.leaf_index, r.tree_size)
+            .await
             .into_status()?;
         Ok(Response::new(pb::GetInclusionProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
@@ -222,6 +224,7 @@ impl AuditApi for AuditService {
             .state
             .store
             .latest_checkpoint()
+            .await
             .into_status()?
             .map_or(0, |(size, _)| size);
         if r.second_size > size {
@@ -236,6 +239,7 @@ impl AuditApi for AuditService {
             self.state
                 .store
                 .consistency_proof(r.first_size, r.second_size)
+                .await
                 .into_status()?
         };
         Ok(Response::new(pb::GetConsistencyProofResponse {
@@ -252,7 +256,9 @@ impl AuditApi for AuditService {
             .audited_filter(&caller, request.get_ref(), "ListEvents")
             .await
             .map_err(status)?;
-        let (found, next_index) = events::list(&*self.state.store, &filter).into_status()?;
+        let (found, next_index) = events::list(&*self.state.store, &filter)
+            .await
+            .into_status()?;
         Ok(Response::new(pb::ListEventsResponse {
             events: found.iter().map(audit_event).collect(),
             next_index,
@@ -275,7 +281,7 @@ impl AuditApi for AuditService {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             loop {
-                let page = events::list(&*state.store, &filter);
+                let page = events::list(&*state.store, &filter).await;
                 let (found, next) = match page {
                     Ok(p) => p,
                     Err(e) => {

@@ -107,8 +107,9 @@ impl MandatesApi for MandatesService {
             page_size: r.page_size,
             page_token: r.page_token.clone(),
         };
-        let (page, next, pseudonym) =
-            mandates::list(&self.state, caller, &input).map_err(status)?;
+        let (page, next, pseudonym) = mandates::list(&self.state, caller, &input)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ListMandatesResponse {
             mandates: page.iter().map(|m| mandate(m, &pseudonym)).collect(),
             next_page_token: next,

@@ -1,0 +1,222 @@
+//! Connections to the database: a libpq-style URL (several hosts and
+//! `target_session_attrs=read-write` find the primary after a failover), TLS on rustls with the
+//! ring provider when the URL asks for it, and a client that reconnects by itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio_postgres::Client;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::db;
+use crate::StoreError;
+
+/// How long to wait for a connection to be set up (per host).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the database is, and how to reach it.
+#[derive(Clone)]
+pub struct Connector {
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    /// The URL without its password, for messages.
+    shown: String,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl Connector {
+    /// Parses `url` (`postgresql://…` or `postgres://…`). `sslrootcert=PATH` (PEM) names the
+    /// certificates the server's is checked against; `sslmode=require` (or stricter) then
+    /// encrypts; without TLS settings, plain TCP (loopback or a private network only).
+    pub fn parse(url: &str) -> Result<Connector, StoreError> {
+        if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+            return Err(StoreError::Database(
+                "a store URL starts with postgresql:// (or postgres://)".into(),
+            ));
+        }
+        let (url, root_file) = take_param(url, "sslrootcert");
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Database(format!("store URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("unefois");
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(file) = &root_file {
+            use rustls::pki_types::pem::PemObject;
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(file)
+                .map_err(|e| StoreError::Database(format!("sslrootcert {file}: {e}")))?;
+            for cert in certs {
+                let cert =
+                    cert.map_err(|e| StoreError::Database(format!("sslrootcert {file}: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| StoreError::Database(format!("sslrootcert {file}: {e}")))?;
+            }
+        } else if config.get_ssl_mode() == SslMode::Require {
+            return Err(StoreError::Database(
+                "sslmode=require needs sslrootcert=PATH: the certificates the database's is \
+                 checked against"
+                    .into(),
+            ));
+        }
+        if root_file.is_none() {
+            // Without roots, no TLS at all rather than a TLS that checks nothing.
+            config.ssl_mode(SslMode::Disable);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Database(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let shown = shown(&config);
+        Ok(Connector {
+            config,
+            tls: MakeRustlsConnect::new(tls),
+            shown,
+        })
+    }
+
+    /// The URL as it may be shown (no password).
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// A new connection; its driver runs on its own task until the connection ends.
+    pub async fn connect(&self) -> Result<Client, StoreError> {
+        let (client, connection) = self
+            .config
+            .connect(self.tls.clone())
+            .await
+            .map_err(db("connect"))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "database connection ended");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// `url` without the query parameter `name`, and its value.
+fn take_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut value = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((key, v)) if key == name => {
+                value = Some(v.to_string());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    match kept.is_empty() {
+        true => (base.to_string(), value),
+        false => (format!("{base}?{}", kept.join("&")), value),
+    }
+}
+
+/// The hosts, ports, user and database of `config`, never its password.
+fn shown(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(host, port)| match host {
+            tokio_postgres::config::Host::Tcp(h) => format!("{h}:{port}"),
+            tokio_postgres::config::Host::Unix(p) => format!("{}:{port}", p.display()),
+        })
+        .collect();
+    format!(
+        "postgresql://{}@{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts.join(","),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+/// One shared connection for reads (tokio-postgres pipelines concurrent queries on it),
+/// replaced when it ends: after a failover, the next read connects to the new primary.
+pub struct Shared {
+    connector: Connector,
+    client: ArcSwapOption<Client>,
+    reconnecting: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// No connection yet: the first read makes it.
+    pub fn new(connector: Connector) -> Shared {
+        Shared {
+            connector,
+            client: ArcSwapOption::empty(),
+            reconnecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The connection, made again if it ended.
+    pub async fn client(&self) -> Result<Arc<Client>, StoreError> {
+        if let Some(client) = self.client.load_full()
+            && !client.is_closed()
+        {
+            return Ok(client);
+        }
+        let _one = self.reconnecting.lock().await;
+        if let Some(client) = self.client.load_full()
+            && !client.is_closed()
+        {
+            return Ok(client);
+        }
+        let client = Arc::new(self.connector.connect().await?);
+        self.client.store(Some(client.clone()));
+        Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_keeps_its_hosts_and_loses_what_tokio_postgres_does_not_know() {
+        let (url, root) = take_param(
+            "postgresql://u@h1:5432,h2:5433/db?sslrootcert=/ca.pem&target_session_attrs=read-write",
+            "sslrootcert",
+        );
+        assert_eq!(
+            url,
+            "postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write"
+        );
+        assert_eq!(root.as_deref(), Some("/ca.pem"));
+        let c = Connector::parse(
+            "postgresql://u:secret@h1:5432,h2:5433/db?target_session_attrs=read-write",
+        );
+        let c = c.map_err(|e| e.to_string());
+        assert_eq!(
+            c.as_ref().map(Connector::shown),
+            Ok("postgresql://u@h1:5432,h2:5433/db")
+        );
+        let plain = Connector::parse("mysql://h/db")
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert!(plain.is_err_and(|e| e.contains("postgresql://")));
+        let unchecked = Connector::parse("postgresql://h/db?sslmode=require")
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert!(unchecked.is_err_and(|e| e.contains("sslrootcert")));
+    }
+}

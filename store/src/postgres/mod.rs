@@ -1,0 +1,1239 @@
+//! The PostgreSQL backend of the [`Store`]: several brokers on one database, one log.
+//!
+//! PostgreSQL is the journal and the shared state. Each broker group-commits: its writer task
+//! takes the appends waiting and, in one transaction, locks the log's coordination row
+//! (`SELECT … FOR UPDATE`: the fence between brokers), gives the records the next leaf indices,
+//! inserts them, applies their projections (the domain's, as every backend), extends the stored
+//! Merkle hashes, signs the checkpoint with the shared log key (deterministic: every broker signs
+//! the same bytes for the same tree), updates the row and commits. An append returns only after
+//! the commit, which `synchronous_commit = on` with a synchronous standby makes durable on two
+//! machines. A commit is never cancelled: when the database does not answer within the append
+//! timeout the caller is told the store is unavailable, the writer keeps waiting for the outcome,
+//! and appends whose callers gave up are dropped before they reach a transaction.
+//!
+//! Reads go to the primary (the URL's `target_session_attrs=read-write`): a decision sees every
+//! acknowledged write, whichever broker made it.
+
+mod connect;
+mod schema;
+#[cfg(any(test, feature = "test-server"))]
+pub mod test_server;
+
+use std::collections::{BTreeMap, HashSet};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tlog_tiles::{Hash, HashReader};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, GenericClient};
+
+use super::{CheckpointSigner, Items, MandatesOf, Store, StoreError};
+use crate::consent::Consent;
+use crate::event::{Event, Record, RecordedKeys};
+use crate::mandate::Mandate;
+use crate::projection::{self, Change, Models, RequestUse, Views};
+use crate::seal::Sealer;
+
+pub use connect::Connector;
+pub use schema::MIGRATIONS;
+
+/// How long an append waits for its commit before the caller is told the store is unavailable.
+pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records in one transaction at most.
+const MAX_BATCH: usize = 512;
+/// Rows read per query when a list is read as the caller goes.
+const PAGE_ROWS: i64 = 128;
+
+/// What a database failure says, for the operator (the caller is told only "unavailable").
+pub(crate) fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |e| {
+        let why = match e.as_db_error() {
+            Some(d) => format!("{}: {}", d.severity(), d.message()),
+            None => {
+                let source = std::error::Error::source(&e).map(|s| format!(": {s}"));
+                format!("{e}{}", source.unwrap_or_default())
+            }
+        };
+        StoreError::Database(format!("{what}: {why}"))
+    }
+}
+
+/// Creates or migrates the schema at `url` (`unefois store init`); returns the versions applied.
+pub async fn init(url: &str) -> Result<Vec<usize>, StoreError> {
+    let connector = Connector::parse(url)?;
+    let mut client = connector.connect().await?;
+    schema::migrate(&mut client).await
+}
+
+/// An append waiting for its transaction.
+struct Pending {
+    records: Vec<Record>,
+    reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+}
+
+/// A record appended: its leaf index and exact entry bytes.
+type Appended = (u64, Vec<u8>);
+
+/// The log and read models in a PostgreSQL database shared by the brokers of a cluster.
+pub struct Postgres {
+    connector: Connector,
+    reads: connect::Shared,
+    writer: mpsc::Sender<Pending>,
+    log: Arc<dyn CheckpointSigner>,
+    sealer: Arc<Sealer>,
+    append_timeout: Duration,
+    closed: AtomicBool,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Postgres {
+    /// Connects to the database at `url` (its schema at this build's version, see [`init`]),
+    /// checks that its log was signed with `log`'s key, and starts the writer.
+    pub async fn open(
+        url: &str,
+        log: impl CheckpointSigner + 'static,
+        sealer: Arc<Sealer>,
+        append_timeout: Duration,
+    ) -> Result<Postgres, StoreError> {
+        let connector = Connector::parse(url)?;
+        let reads = connect::Shared::new(connector.clone());
+        let client = reads.client().await?;
+        schema::check(&client).await?;
+        let log: Arc<dyn CheckpointSigner> = Arc::new(log);
+        let head = read_head(&*client).await?;
+        if head.size > 0 {
+            let ours = log.sign(head.size, frontier_root(&head.frontier));
+            if ours != head.checkpoint {
+                return Err(StoreError::Database(format!(
+                    "the log in {} was signed with another log key than this broker's ({}): \
+                     every broker of a cluster uses the same keys (copy data/keys from one \
+                     broker)",
+                    connector.shown(),
+                    log.vkey()
+                )));
+            }
+        }
+        let (writer, queue) = mpsc::channel(4096);
+        let task = tokio::spawn(write_loop(
+            connector.clone(),
+            log.clone(),
+            sealer.clone(),
+            queue,
+        ));
+        Ok(Postgres {
+            connector,
+            reads,
+            writer,
+            log,
+            sealer,
+            append_timeout,
+            closed: AtomicBool::new(false),
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// The database, as it may be shown (no password).
+    pub fn location(&self) -> &str {
+        self.connector.shown()
+    }
+
+    async fn client(&self) -> Result<Arc<Client>, StoreError> {
+        self.reads.client().await
+    }
+
+    async fn append_encoded(
+        &self,
+        records: Vec<Record>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Pending { records, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match tokio::time::timeout(self.append_timeout, answer).await {
+            Ok(Ok(result)) => {
+                if let Ok(appended) = &result {
+                    for (_, entry) in appended {
+                        crate::metrics::audit_entries(kind_of(entry), 1);
+                    }
+                }
+                result
+            }
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Database(format!(
+                "no commit acknowledged within {:?} (is a synchronous standby streaming?)",
+                self.append_timeout
+            ))),
+        }
+    }
+
+    /// Rows of `sql` (one page at a time, after the text key `after`), decoded by `decode`.
+    fn paged<'a, T: Send + 'a>(
+        &'a self,
+        sql: &'static str,
+        key: String,
+        after: String,
+        decode: fn(&tokio_postgres::Row) -> Result<(String, T), StoreError>,
+    ) -> Items<'a, T> {
+        let state = (after, Vec::<T>::new().into_iter(), false);
+        futures::stream::unfold(state, move |(after, mut page, done)| {
+            let key = key.clone();
+            async move {
+                if let Some(item) = page.next() {
+                    return Some((Ok(item), (after, page, done)));
+                }
+                if done {
+                    return None;
+                }
+                let rows = match self.client().await {
+                    Ok(client) => client
+                        .query_typed(
+                            sql,
+                            &[
+                                (&key, Type::TEXT),
+                                (&after, Type::TEXT),
+                                (&PAGE_ROWS, Type::INT8),
+                            ],
+                        )
+                        .await
+                        .map_err(db("read a list")),
+                    Err(e) => Err(e),
+                };
+                let rows = match rows {
+                    Ok(rows) => rows,
+                    Err(e) => return Some((Err(e), (after, Vec::new().into_iter(), true))),
+                };
+                let done = (rows.len() as i64) < PAGE_ROWS;
+                let mut items = Vec::with_capacity(rows.len());
+                let mut last = after;
+                for row in &rows {
+                    match decode(row) {
+                        Ok((id, item)) => {
+                            last = id;
+                            items.push(item);
+                        }
+                        Err(e) => return Some((Err(e), (last, Vec::new().into_iter(), true))),
+                    }
+                }
+                let mut page = items.into_iter();
+                let first = page.next()?;
+                Some((Ok(first), (last, page, done)))
+            }
+        })
+        .boxed()
+    }
+
+    /// Stored hashes by index, for a proof or a root: computed from those `compute` asks for,
+    /// read from the database in one query per pass.
+    async fn with_hashes<T>(
+        &self,
+        compute: impl Fn(&Fetched) -> Result<T, tlog_tiles::Error>,
+    ) -> Result<T, StoreError> {
+        let reader = Fetched::default();
+        for _ in 0..4 {
+            match compute(&reader) {
+                Ok(found) => return Ok(found),
+                Err(e) => {
+                    let missing = reader.take_missing();
+                    if missing.is_empty() {
+                        return Err(StoreError::Tree(unefois_tlog::tree::ProofError::Storage(
+                            e.to_string(),
+                        )));
+                    }
+                    let client = self.client().await?;
+                    let rows = client
+                        .query_typed(
+                            "SELECT idx, hash FROM unefois_tree WHERE idx = ANY($1)",
+                            &[(&missing, Type::INT8_ARRAY)],
+                        )
+                        .await
+                        .map_err(db("read the tree"))?;
+                    let mut known = reader.known.lock().unwrap_or_else(|e| e.into_inner());
+                    for row in rows {
+                        let idx: i64 = row.get(0);
+                        let hash: Vec<u8> = row.get(1);
+                        if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+                            known.insert(idx as u64, Hash(hash));
+                        }
+                    }
+                }
+            }
+        }
+        Err(StoreError::Tree(unefois_tlog::tree::ProofError::Storage(
+            "the stored hashes of the tree are incomplete".into(),
+        )))
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        read_head(&*self.client().await?).await
+    }
+
+    fn within(head: &Head, size: u64) -> Result<(), StoreError> {
+        super::within(head.size, size)
+    }
+}
+
+/// The kind of an encoded record, for the metrics.
+fn kind_of(entry: &[u8]) -> &'static str {
+    Record::decode(entry).map_or("unreadable", |r| r.event.kind())
+}
+
+/// The coordination row.
+struct Head {
+    size: u64,
+    frontier: Vec<(u8, u64, Hash)>,
+    checkpoint: String,
+}
+
+async fn read_head(client: &impl GenericClient) -> Result<Head, StoreError> {
+    let row = client
+        .query_one("SELECT size, frontier, checkpoint FROM unefois_log", &[])
+        .await
+        .map_err(db("read the log's head"))?;
+    head_of(&row)
+}
+
+fn head_of(row: &tokio_postgres::Row) -> Result<Head, StoreError> {
+    let size: i64 = row.get(0);
+    let frontier: Vec<u8> = row.get(1);
+    Ok(Head {
+        size: u64::try_from(size).unwrap_or_default(),
+        frontier: decode_frontier(&frontier)?,
+        checkpoint: row.get(2),
+    })
+}
+
+/// The frontier as stored: 41 bytes a subtree (level, stored index big-endian, hash).
+fn encode_frontier(frontier: &[(u8, u64, Hash)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frontier.len() * 41);
+    for (level, index, hash) in frontier {
+        out.push(*level);
+        out.extend_from_slice(&index.to_be_bytes());
+        out.extend_from_slice(&hash.0);
+    }
+    out
+}
+
+fn decode_frontier(bytes: &[u8]) -> Result<Vec<(u8, u64, Hash)>, StoreError> {
+    if !bytes.len().is_multiple_of(41) {
+        return Err(StoreError::Database(
+            "the log's stored frontier is damaged".into(),
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(41)
+        .map(|c| {
+            let mut index = [0u8; 8];
+            index.copy_from_slice(&c[1..9]);
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&c[9..41]);
+            (c[0], u64::from_be_bytes(index), Hash(hash))
+        })
+        .collect())
+}
+
+fn frontier_root(frontier: &[(u8, u64, Hash)]) -> [u8; 32] {
+    crate::tree::frontier_root(frontier).0
+}
+
+/// A hash reader that records what it was asked and did not have.
+#[derive(Default)]
+struct Fetched {
+    known: Mutex<std::collections::HashMap<u64, Hash>>,
+    missing: Mutex<Vec<i64>>,
+}
+
+impl Fetched {
+    fn take_missing(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.missing.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl HashReader for Fetched {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            match known.get(index) {
+                Some(h) => found.push(*h),
+                None => missing.push(i64::try_from(*index).unwrap_or(i64::MAX)),
+            }
+        }
+        match missing.is_empty() {
+            true => Ok(found),
+            false => Err(tlog_tiles::Error::IndexesNotInTree),
+        }
+    }
+}
+
+/// The read models a batch's projection reads, loaded from the database as it asks for them:
+/// a miss is recorded, loaded, and the (pure) projection of that record run again.
+#[derive(Default)]
+struct Overlay {
+    models: Models,
+    consents: HashSet<String>,
+    mandates: HashSet<String>,
+    under: HashSet<String>,
+    misses: Mutex<Misses>,
+    /// The consents and mandates this batch changed: written back once each.
+    changed_consents: HashSet<String>,
+    changed_mandates: HashSet<String>,
+}
+
+#[derive(Default)]
+struct Misses {
+    consents: Vec<String>,
+    mandates: Vec<String>,
+    under: Vec<String>,
+}
+
+impl Misses {
+    fn is_empty(&self) -> bool {
+        self.consents.is_empty() && self.mandates.is_empty() && self.under.is_empty()
+    }
+}
+
+impl Overlay {
+    fn miss(&self, add: impl FnOnce(&mut Misses)) {
+        add(&mut self.misses.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn take_misses(&self) -> Misses {
+        std::mem::take(&mut *self.misses.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Loads what the projection missed (never over what this batch already changed).
+    async fn load(&mut self, tx: &impl GenericClient, misses: Misses) -> Result<(), StoreError> {
+        if !misses.consents.is_empty() {
+            let rows = tx
+                .query_typed(
+                    "SELECT body FROM unefois_consents WHERE id = ANY($1)",
+                    &[(&misses.consents, Type::TEXT_ARRAY)],
+                )
+                .await
+                .map_err(db("read consents"))?;
+            for row in rows {
+                let c: Consent = body(&row)?;
+                self.models.consents.entry(c.id.clone()).or_insert(c);
+            }
+            self.consents.extend(misses.consents);
+        }
+        if !misses.mandates.is_empty() {
+            let rows = tx
+                .query_typed(
+                    "SELECT body FROM unefois_mandates WHERE id = ANY($1)",
+                    &[(&misses.mandates, Type::TEXT_ARRAY)],
+                )
+                .await
+                .map_err(db("read mandates"))?;
+            for row in rows {
+                let m: Mandate = body(&row)?;
+                self.models.mandates.entry(m.id.clone()).or_insert(m);
+            }
+            self.mandates.extend(misses.mandates);
+        }
+        if !misses.under.is_empty() {
+            let rows = tx
+                .query_typed(
+                    "SELECT body FROM unefois_consents WHERE mandate_id = ANY($1)",
+                    &[(&misses.under, Type::TEXT_ARRAY)],
+                )
+                .await
+                .map_err(db("read consents under mandates"))?;
+            for row in rows {
+                let c: Consent = body(&row)?;
+                self.consents.insert(c.id.clone());
+                self.models.consents.entry(c.id.clone()).or_insert(c);
+            }
+            self.under.extend(misses.under);
+        }
+        Ok(())
+    }
+
+    /// A change of this batch: held for the next records, and known from now on.
+    fn write(&mut self, change: Change) {
+        match &change {
+            Change::ConsentGranted(c) | Change::ConsentChanged(c) => {
+                self.consents.insert(c.id.clone());
+                self.changed_consents.insert(c.id.clone());
+            }
+            Change::MandateCreated(m) | Change::MandateChanged(m) => {
+                self.mandates.insert(m.id.clone());
+                self.changed_mandates.insert(m.id.clone());
+            }
+            _ => {}
+        }
+        self.models.write(change);
+    }
+}
+
+impl Views for Overlay {
+    type Error = Infallible;
+
+    fn consent(&self, id: &str) -> Result<Option<Consent>, Infallible> {
+        if !self.consents.contains(id) {
+            self.miss(|m| m.consents.push(id.to_string()));
+        }
+        Ok(self.models.consents.get(id).cloned())
+    }
+
+    fn mandate(&self, id: &str) -> Result<Option<Mandate>, Infallible> {
+        if !self.mandates.contains(id) {
+            self.miss(|m| m.mandates.push(id.to_string()));
+        }
+        Ok(self.models.mandates.get(id).cloned())
+    }
+
+    fn consents_under(&self, mandate_id: &str) -> Result<Vec<Consent>, Infallible> {
+        if !self.under.contains(mandate_id) {
+            self.miss(|m| m.under.push(mandate_id.to_string()));
+        }
+        Views::consents_under(&self.models, mandate_id)
+    }
+}
+
+fn body<T: serde::de::DeserializeOwned>(row: &tokio_postgres::Row) -> Result<T, StoreError> {
+    let value: serde_json::Value = row.get(0);
+    serde_json::from_value(value)
+        .map_err(|e| StoreError::Database(format!("a stored read model is unreadable: {e}")))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_default()
+}
+
+/// Takes the appends waiting, one transaction at a time, for as long as the store is open.
+async fn write_loop(
+    connector: Connector,
+    log: Arc<dyn CheckpointSigner>,
+    sealer: Arc<Sealer>,
+    mut queue: mpsc::Receiver<Pending>,
+) {
+    let mut client: Option<Client> = None;
+    while let Some(first) = queue.recv().await {
+        let mut count = first.records.len();
+        let mut batch = vec![first];
+        while count < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(more) => {
+                    count += more.records.len();
+                    batch.push(more);
+                }
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up was told the store is unavailable: its records are not written
+        // after the fact.
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.iter().all(|p| p.records.is_empty()) {
+            for pending in batch {
+                let _ = pending.reply.send(Ok(Vec::new()));
+            }
+            continue;
+        }
+        let result = match &mut client {
+            Some(c) if !c.is_closed() => commit(c, &*log, &sealer, &batch).await,
+            _ => match connector.connect().await {
+                Ok(c) => {
+                    let c = client.insert(c);
+                    commit(c, &*log, &sealer, &batch).await
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(appended) => {
+                let mut appended = appended.into_iter();
+                for pending in batch {
+                    let mine: Vec<_> = appended.by_ref().take(pending.records.len()).collect();
+                    let _ = pending.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = count, "append to the database failed");
+                if client.as_ref().is_some_and(Client::is_closed) {
+                    client = None;
+                }
+                for pending in batch {
+                    let _ = pending.reply.send(Err(StoreError::Database(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// One batch, in one transaction: see the module's documentation.
+async fn commit(
+    client: &mut Client,
+    log: &dyn CheckpointSigner,
+    sealer: &Sealer,
+    batch: &[Pending],
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let tx = client.transaction().await.map_err(db("begin"))?;
+    let row = tx
+        .query_one(
+            "SELECT size, frontier, checkpoint FROM unefois_log FOR UPDATE",
+            &[],
+        )
+        .await
+        .map_err(db("lock the log"))?;
+    let head = head_of(&row)?;
+    let mut frontier = head.frontier;
+    let mut next = head.size;
+    let first_hash = tlog_tiles::stored_hash_index(0, next);
+    let mut overlay = Overlay::default();
+    let mut appended = Vec::new();
+    let mut hashes = Vec::new();
+    let mut exchanges: (Vec<String>, Vec<i64>) = (Vec::new(), Vec::new());
+    let mut granted: Vec<Consent> = Vec::new();
+    let mut keys: Option<RecordedKeys> = None;
+    let mut requests: BTreeMap<(String, String), RequestUse> = BTreeMap::new();
+    let mut fetches: BTreeMap<(String, String), RequestUse> = BTreeMap::new();
+    for record in batch.iter().flat_map(|p| p.records.iter()) {
+        let entry = record.encode();
+        let subject = record
+            .event
+            .recorded_subject()
+            .and_then(|s| sealer.reveal(s));
+        let changes = loop {
+            let Ok(changes) = projection::apply(&overlay, next, record.clone(), subject.clone());
+            let misses = overlay.take_misses();
+            if misses.is_empty() {
+                break changes;
+            }
+            overlay.load(&tx, misses).await?;
+        };
+        for change in changes {
+            match &change {
+                Change::ConsentGranted(c) => granted.push(c.clone()),
+                Change::RequestUsed {
+                    actor,
+                    request_id,
+                    used,
+                } => {
+                    requests.insert((actor.clone(), request_id.clone()), used.clone());
+                }
+                Change::FetchRequestUsed {
+                    actor,
+                    request_id,
+                    used,
+                } => {
+                    let key = (actor.clone(), projection::fetch_request_key(request_id));
+                    fetches.entry(key).or_insert_with(|| used.clone());
+                }
+                Change::KeysRecorded { entry, ids } => {
+                    keys = Some(RecordedKeys {
+                        entry: *entry,
+                        ids: ids.clone(),
+                    });
+                }
+                _ => {}
+            }
+            overlay.write(change);
+        }
+        if matches!(record.event, Event::Exchange(_))
+            && let Some(subject) = subject
+        {
+            exchanges.0.push(subject);
+            exchanges.1.push(i64::try_from(next).unwrap_or(i64::MAX));
+        }
+        crate::tree::push_leaf(&mut frontier, next, &entry, &mut hashes);
+        appended.push((next, entry));
+        next += 1;
+    }
+
+    let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let indices: Vec<i64> = appended.iter().map(|(i, _)| int(*i)).collect();
+    let entries: Vec<&[u8]> = appended.iter().map(|(_, e)| e.as_slice()).collect();
+    let hash_indices: Vec<i64> = (0..hashes.len() as u64)
+        .map(|i| int(first_hash + i))
+        .collect();
+    let hash_bytes: Vec<&[u8]> = hashes.iter().map(|h| h.0.as_slice()).collect();
+    // The consents and mandates as this batch left them, one row each.
+    let touched_consents: Vec<&Consent> = overlay
+        .models
+        .consents
+        .values()
+        .filter(|c| overlay.changed_consents.contains(&c.id))
+        .collect();
+    let consent_rows = (
+        touched_consents
+            .iter()
+            .map(|c| c.id.clone())
+            .collect::<Vec<_>>(),
+        touched_consents
+            .iter()
+            .map(|c| c.subject.clone())
+            .collect::<Vec<_>>(),
+        touched_consents
+            .iter()
+            .map(|c| c.mandate_id.clone())
+            .collect::<Vec<_>>(),
+        touched_consents.iter().map(json).collect::<Vec<_>>(),
+    );
+    let mut scopes: [Vec<String>; 5] = Default::default();
+    let mut parties: [Vec<String>; 3] = Default::default();
+    for c in &granted {
+        for ty in &c.attestation_types {
+            let row = [&c.subject, &c.consumer, ty, &c.purpose, &c.id];
+            for (column, value) in scopes.iter_mut().zip(row) {
+                column.push(value.clone());
+            }
+        }
+        for party in [&c.participant, &c.consumer] {
+            for (column, value) in parties.iter_mut().zip([party, &c.subject, &c.id]) {
+                column.push(value.clone());
+            }
+        }
+    }
+    let mandates: Vec<&Mandate> = overlay
+        .models
+        .mandates
+        .values()
+        .filter(|m| overlay.changed_mandates.contains(&m.id))
+        .collect();
+    let mandate_rows = (
+        mandates.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        mandates
+            .iter()
+            .map(|m| m.subject.clone())
+            .collect::<Vec<_>>(),
+        mandates
+            .iter()
+            .map(|m| m.structure.clone())
+            .collect::<Vec<_>>(),
+        mandates.iter().map(json).collect::<Vec<_>>(),
+    );
+    let request_rows = |uses: &BTreeMap<(String, String), RequestUse>| {
+        let mut columns: [Vec<String>; 4] = Default::default();
+        for ((actor, id), used) in uses {
+            let row = [actor, id, &used.fingerprint, &used.result];
+            for (column, value) in columns.iter_mut().zip(row) {
+                column.push(value.clone());
+            }
+        }
+        columns
+    };
+    let (requests, fetches) = (request_rows(&requests), request_rows(&fetches));
+    let keys = keys.map(|k| json(&k));
+
+    let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, tokio_postgres::Error>>> =
+        Vec::new();
+    let t = &tx;
+    writes.push(Box::pin(async move {
+        t.execute_typed(
+        "INSERT INTO unefois_entries (idx, entry) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+        &[(&indices, Type::INT8_ARRAY), (&entries, Type::BYTEA_ARRAY)],
+    ).await
+    }));
+    writes.push(Box::pin(async move {
+        t.execute_typed(
+            "INSERT INTO unefois_tree (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+            &[
+                (&hash_indices, Type::INT8_ARRAY),
+                (&hash_bytes, Type::BYTEA_ARRAY),
+            ],
+        )
+        .await
+    }));
+    if !exchanges.0.is_empty() {
+        writes.push(Box::pin(async move {
+            t.execute_typed(
+                "INSERT INTO unefois_exchanges (subject, idx) \
+             SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
+                &[
+                    (&exchanges.0, Type::TEXT_ARRAY),
+                    (&exchanges.1, Type::INT8_ARRAY),
+                ],
+            )
+            .await
+        }));
+    }
+    if !consent_rows.0.is_empty() {
+        writes.push(Box::pin(async move {
+            t.execute_typed(
+                "INSERT INTO unefois_consents (id, subject, mandate_id, body) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) \
+             ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
+                &[
+                    (&consent_rows.0, Type::TEXT_ARRAY),
+                    (&consent_rows.1, Type::TEXT_ARRAY),
+                    (&consent_rows.2, Type::TEXT_ARRAY),
+                    (&consent_rows.3, Type::JSONB_ARRAY),
+                ],
+            )
+            .await
+        }));
+    }
+    if !scopes[0].is_empty() {
+        writes.push(Box::pin(async move {
+            t.execute_typed(
+                "INSERT INTO unefois_consent_scopes \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+             ON CONFLICT DO NOTHING",
+                &[
+                    (&scopes[0], Type::TEXT_ARRAY),
+                    (&scopes[1], Type::TEXT_ARRAY),
+                    (&scopes[2], Type::TEXT_ARRAY),
+                    (&scopes[3], Type::TEXT_ARRAY),
+                    (&scopes[4], Type::TEXT_ARRAY),
+                ],
+            )
+            .await
+        }));
+    }
+    if !parties[0].is_empty() {
+        writes.push(Box::pin(async move {
+            t.execute_typed(
+                "INSERT INTO unefois_consent_parties \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+                &[
+                    (&parties[0], Type::TEXT_ARRAY),
+                    (&parties[1], Type::TEXT_ARRAY),
+                    (&parties[2], Type::TEXT_ARRAY),
+                ],
+            )
+            .await
+        }));
+    }
+    if !mandate_rows.0.is_empty() {
+        writes.push(Box::pin(async move {
+            t.execute_typed(
+                "INSERT INTO unefois_mandates (id, subject, structure, body) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) \
+             ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
+                &[
+                    (&mandate_rows.0, Type::TEXT_ARRAY),
+                    (&mandate_rows.1, Type::TEXT_ARRAY),
+                    (&mandate_rows.2, Type::TEXT_ARRAY),
+                    (&mandate_rows.3, Type::JSONB_ARRAY),
+                ],
+            )
+            .await
+        }));
+    }
+    for (columns, sql) in [(&requests, REQUESTS_REPLACE), (&fetches, REQUESTS_KEEP)] {
+        if columns[0].is_empty() {
+            continue;
+        }
+        writes.push(Box::pin(async move {
+            t.execute_typed(
+                sql,
+                &[
+                    (&columns[0], Type::TEXT_ARRAY),
+                    (&columns[1], Type::TEXT_ARRAY),
+                    (&columns[2], Type::TEXT_ARRAY),
+                    (&columns[3], Type::TEXT_ARRAY),
+                ],
+            )
+            .await
+        }));
+    }
+    if let Some(keys) = &keys {
+        writes.push(Box::pin(async move {
+            t.execute_typed(
+                "INSERT INTO unefois_meta (name, value) VALUES ('recorded_keys', $1) \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                &[(keys, Type::JSONB)],
+            )
+            .await
+        }));
+    }
+    let size = next;
+    let note = log.sign(size, frontier_root(&frontier));
+    let frontier_bytes = encode_frontier(&frontier);
+    let size_row = int(size);
+    writes.push(Box::pin(async move {
+        t.execute_typed(
+            "UPDATE unefois_log SET size = $1, frontier = $2, checkpoint = $3",
+            &[
+                (&size_row, Type::INT8),
+                (&frontier_bytes, Type::BYTEA),
+                (&note, Type::TEXT),
+            ],
+        )
+        .await
+    }));
+    // Sent together: one round trip for the batch's writes.
+    futures::future::try_join_all(writes)
+        .await
+        .map_err(db("write the batch"))?;
+    // Never cancelled (see the module): the caller may stop waiting, this task does not.
+    tx.commit().await.map_err(db("commit"))?;
+    Ok(appended)
+}
+
+/// A consent or mandate request id: the latest use replaces an earlier one.
+const REQUESTS_REPLACE: &str = "INSERT INTO unefois_requests (actor, request_id, fingerprint, result) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+     ON CONFLICT (actor, request_id) DO UPDATE \
+     SET fingerprint = EXCLUDED.fingerprint, result = EXCLUDED.result";
+/// A Fetch's request id: the first exchange keeps it.
+const REQUESTS_KEEP: &str = "INSERT INTO unefois_requests (actor, request_id, fingerprint, result) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING";
+
+fn consent_row(row: &tokio_postgres::Row) -> Result<(String, Consent), StoreError> {
+    let c: Consent = body(row)?;
+    Ok((c.id.clone(), c))
+}
+
+fn mandate_row(row: &tokio_postgres::Row) -> Result<(String, Mandate), StoreError> {
+    let m: Mandate = body(row)?;
+    Ok((m.id.clone(), m))
+}
+
+#[async_trait::async_trait]
+impl Store for Postgres {
+    async fn recorded_keys(&self) -> Result<Option<RecordedKeys>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT value FROM unefois_meta WHERE name = 'recorded_keys'",
+                &[],
+            )
+            .await
+            .map_err(db("read the recorded keys"))?;
+        row.map(|row| body(&row)).transpose()
+    }
+
+    async fn append_entry(&self, record: Record) -> Result<(u64, Vec<u8>), StoreError> {
+        self.append_encoded(vec![record])
+            .await?
+            .pop()
+            .ok_or(StoreError::Closed)
+    }
+
+    async fn append(&self, records: Vec<Record>) -> Result<Vec<u64>, StoreError> {
+        let appended = self.append_encoded(records).await?;
+        Ok(appended.into_iter().map(|(seq, _)| seq).collect())
+    }
+
+    async fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {
+        let id = id.to_string();
+        let row = self
+            .client()
+            .await?
+            .query_typed_opt(
+                "SELECT body FROM unefois_consents WHERE id = $1",
+                &[(&id, Type::TEXT)],
+            )
+            .await
+            .map_err(db("read a consent"))?;
+        row.map(|row| body(&row)).transpose()
+    }
+
+    async fn consents_of_after<'a>(
+        &'a self,
+        subject: &str,
+        after: &str,
+    ) -> Result<Items<'a, Consent>, StoreError> {
+        Ok(self.paged(
+            "SELECT body FROM unefois_consents WHERE subject = $1 AND id > $2 \
+             ORDER BY id LIMIT $3",
+            subject.to_string(),
+            after.to_string(),
+            consent_row,
+        ))
+    }
+
+    async fn consents_seen_by_after<'a>(
+        &'a self,
+        party: &str,
+        subject: &str,
+        after: &str,
+    ) -> Result<Items<'a, Consent>, StoreError> {
+        // One text key for the paged query: party and subject, apart (a party id has no NUL).
+        Ok(self.paged(
+            "SELECT c.body FROM unefois_consent_parties p JOIN unefois_consents c \
+             ON c.id = p.consent_id \
+             WHERE p.party = split_part($1, chr(1), 1) AND p.subject = split_part($1, chr(1), 2) \
+             AND p.consent_id > $2 ORDER BY p.consent_id LIMIT $3",
+            format!("{party}\u{1}{subject}"),
+            after.to_string(),
+            consent_row,
+        ))
+    }
+
+    async fn consents_under_mandate(&self, mandate_id: &str) -> Result<Vec<Consent>, StoreError> {
+        let id = mandate_id.to_string();
+        let rows = self
+            .client()
+            .await?
+            .query_typed(
+                "SELECT body FROM unefois_consents WHERE mandate_id = $1 ORDER BY id",
+                &[(&id, Type::TEXT)],
+            )
+            .await
+            .map_err(db("read consents under a mandate"))?;
+        rows.iter().map(body).collect()
+    }
+
+    async fn consents_for(
+        &self,
+        subject: &str,
+        consumer: &str,
+        attestation_type: &str,
+        purpose: &str,
+    ) -> Result<Vec<Consent>, StoreError> {
+        let key = [subject, consumer, attestation_type, purpose].map(str::to_string);
+        let rows = self
+            .client()
+            .await?
+            .query_typed(
+                "SELECT c.body FROM unefois_consent_scopes s JOIN unefois_consents c \
+                 ON c.id = s.consent_id \
+                 WHERE s.subject = $1 AND s.consumer = $2 AND s.attestation_type = $3 \
+                 AND s.purpose = $4 ORDER BY s.consent_id",
+                &[
+                    (&key[0], Type::TEXT),
+                    (&key[1], Type::TEXT),
+                    (&key[2], Type::TEXT),
+                    (&key[3], Type::TEXT),
+                ],
+            )
+            .await
+            .map_err(db("read the consents of a scope"))?;
+        rows.iter().map(body).collect()
+    }
+
+    async fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
+        let id = id.to_string();
+        let row = self
+            .client()
+            .await?
+            .query_typed_opt(
+                "SELECT body FROM unefois_mandates WHERE id = $1",
+                &[(&id, Type::TEXT)],
+            )
+            .await
+            .map_err(db("read a mandate"))?;
+        row.map(|row| body(&row)).transpose()
+    }
+
+    async fn mandates_after<'a>(
+        &'a self,
+        of: MandatesOf<'_>,
+        after: &str,
+    ) -> Result<Items<'a, Mandate>, StoreError> {
+        let (sql, key) = match of {
+            MandatesOf::Subject(subject) => (
+                "SELECT body FROM unefois_mandates WHERE subject = $1 AND id > $2 \
+                 ORDER BY id LIMIT $3",
+                subject,
+            ),
+            MandatesOf::Structure(structure) => (
+                "SELECT body FROM unefois_mandates WHERE structure = $1 AND id > $2 \
+                 ORDER BY id LIMIT $3",
+                structure,
+            ),
+        };
+        Ok(self.paged(sql, key.to_string(), after.to_string(), mandate_row))
+    }
+
+    async fn request_use(
+        &self,
+        actor: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestUse>, StoreError> {
+        let key = [actor, request_id].map(str::to_string);
+        let row = self
+            .client()
+            .await?
+            .query_typed_opt(
+                "SELECT fingerprint, result FROM unefois_requests \
+                 WHERE actor = $1 AND request_id = $2",
+                &[(&key[0], Type::TEXT), (&key[1], Type::TEXT)],
+            )
+            .await
+            .map_err(db("read a request id"))?;
+        Ok(row.map(|row| RequestUse {
+            fingerprint: row.get(0),
+            result: row.get(1),
+        }))
+    }
+
+    async fn fetch_request_use(
+        &self,
+        actor: &str,
+        request_id_digest: &str,
+    ) -> Result<Option<RequestUse>, StoreError> {
+        self.request_use(actor, &projection::fetch_request_key(request_id_digest))
+            .await
+    }
+
+    async fn exchanges_about(
+        &self,
+        subject: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let subject = subject.to_string();
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query_typed(
+                "SELECT idx FROM unefois_exchanges WHERE subject = $1 AND idx < $2 \
+                 ORDER BY idx DESC LIMIT $3",
+                &[
+                    (&subject, Type::TEXT),
+                    (&before, Type::INT8),
+                    (&limit, Type::INT8),
+                ],
+            )
+            .await
+            .map_err(db("read a person's exchanges"))?;
+        Ok(rows
+            .iter()
+            .map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or_default())
+            .collect())
+    }
+
+    async fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let Ok(index) = i64::try_from(index) else {
+            return Ok(None);
+        };
+        let row = self
+            .client()
+            .await?
+            .query_typed_opt(
+                "SELECT entry FROM unefois_entries WHERE idx = $1",
+                &[(&index, Type::INT8)],
+            )
+            .await
+            .map_err(db("read an entry"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn entries_from(&self, start: u64) -> Items<'_, (u64, Vec<u8>)> {
+        let start = i64::try_from(start).unwrap_or(i64::MAX);
+        futures::stream::unfold(
+            (start, Vec::new().into_iter(), false),
+            move |(from, mut page, done)| async move {
+                if let Some(item) = page.next() {
+                    return Some((Ok(item), (from, page, done)));
+                }
+                if done {
+                    return None;
+                }
+                let rows = match self.client().await {
+                    Ok(client) => client
+                        .query_typed(
+                            "SELECT idx, entry FROM unefois_entries WHERE idx >= $1 \
+                             ORDER BY idx LIMIT $2",
+                            &[(&from, Type::INT8), (&PAGE_ROWS, Type::INT8)],
+                        )
+                        .await
+                        .map_err(db("read entries")),
+                    Err(e) => Err(e),
+                };
+                let rows = match rows {
+                    Ok(rows) => rows,
+                    Err(e) => return Some((Err(e), (from, Vec::new().into_iter(), true))),
+                };
+                let done = (rows.len() as i64) < PAGE_ROWS;
+                let items: Vec<(u64, Vec<u8>)> = rows
+                    .iter()
+                    .map(|r| {
+                        (
+                            u64::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
+                            r.get(1),
+                        )
+                    })
+                    .collect();
+                let from = items
+                    .last()
+                    .map_or(from, |(i, _)| i64::try_from(*i + 1).unwrap_or(i64::MAX));
+                let mut page = items.into_iter();
+                let first = page.next()?;
+                Some((Ok(first), (from, page, done)))
+            },
+        )
+        .boxed()
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let head = self.head().await?;
+        Ok((head.size > 0).then_some((head.size, head.checkpoint)))
+    }
+
+    async fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
+        let latest = self.latest_checkpoint().await?;
+        if let Some(note) = super::kept_checkpoint(latest, size)? {
+            return Ok(note);
+        }
+        let root = self
+            .with_hashes(|reader| tlog_tiles::tree_hash(size, reader))
+            .await?;
+        Ok(self.log.sign(size, root.0))
+    }
+
+    async fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        Postgres::within(&self.head().await?, size)?;
+        if leaf >= size {
+            return Err(StoreError::OutOfRange(format!(
+                "leaf {leaf} is not in a tree of {size} entries"
+            )));
+        }
+        let proof = self
+            .with_hashes(|reader| tlog_tiles::prove_record(size, leaf, reader))
+            .await?;
+        Ok(proof.into_iter().map(|h| h.0).collect())
+    }
+
+    async fn consistency_proof(
+        &self,
+        first: u64,
+        second: u64,
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
+        Postgres::within(&self.head().await?, second)?;
+        if first == 0 || first > second {
+            return Err(StoreError::OutOfRange(format!(
+                "no consistency proof from {first} to {second} entries"
+            )));
+        }
+        let proof = self
+            .with_hashes(|reader| tlog_tiles::prove_tree(second, first, reader))
+            .await?;
+        Ok(proof.into_iter().map(|h| h.0).collect())
+    }
+
+    fn subject_of(&self, event: &Event) -> Option<String> {
+        event.recorded_subject().and_then(|s| self.sealer.reveal(s))
+    }
+
+    fn log_vkey(&self) -> &str {
+        self.log.vkey()
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        // The writer takes appends in order: once this empty one is answered, every append
+        // queued before it is committed or answered.
+        let (reply, answer) = oneshot::channel();
+        let barrier = Pending {
+            records: Vec::new(),
+            reply,
+        };
+        if self.writer.send(barrier).await.is_ok() {
+            let _ = tokio::time::timeout(self.append_timeout, answer).await;
+        }
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+}
