@@ -72,7 +72,7 @@ pub use data_lock::{DataLockError, LOCK_FILE as DATA_LOCK_FILE, holder as data_d
 pub use descriptors::raise_nofile_limit;
 pub use listener::{AcceptLimits, TlsFiles};
 pub use provider_client::provider_connections;
-pub use server::{BrokerError, Config, ReloadRequest, run};
+pub use server::{BrokerError, Config, ReloadRequest, StoreLocation, run};
 
 /// The defaults of [`Config`]'s bounds (the CLI's flags show them).
 pub mod defaults {

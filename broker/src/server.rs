@@ -24,7 +24,7 @@ use crate::ratelimit::{self, RateLimits};
 use crate::registry::{self, RegistryError};
 use crate::signing::AttestationSigner;
 use crate::state::{DEFAULT_PROVIDER_TIMEOUT, State};
-use crate::store::{Embedded, Store, StoreError};
+use crate::store::{Embedded, Postgres, Store, StoreError};
 
 /// Streams a participant connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
 /// more are refused (REFUSED_STREAM; tonic's client queues them instead). A stream whose answer
@@ -65,6 +65,26 @@ pub struct Config {
     /// Reload requests (the binary sends one on SIGHUP): the registry and the CRL are read
     /// again; each request hears whether the reload was applied.
     pub reload: Option<mpsc::Receiver<ReloadRequest>>,
+    /// Where the log and the read models live: the embedded backend in the data directory (one
+    /// machine), or a PostgreSQL database shared by the brokers of a cluster.
+    pub store: StoreLocation,
+}
+
+/// Where the broker's log and read models live.
+#[derive(Clone, Debug, Default)]
+pub enum StoreLocation {
+    /// The embedded backend: journal and derived state in the data directory.
+    #[default]
+    Embedded,
+    /// A PostgreSQL database (libpq URL), its schema made by `unefois store init`.
+    Postgres {
+        /// `postgresql://…`; several hosts and `target_session_attrs=read-write` find the
+        /// primary after a failover.
+        url: String,
+        /// How long an append waits for its commit before the caller is told the store is
+        /// unavailable.
+        append_timeout: Duration,
+    },
 }
 
 /// The journal's [`FaultInjector`](crate::journal::FaultInjector), with the `fault-injection`
@@ -211,7 +231,15 @@ pub async fn run(
         &registry,
         Some(crate::grpc::provider_readiness(health.0.clone())),
     )?;
-    let keys = load_keys(&config.data_dir)?;
+    let keys = match &config.store {
+        StoreLocation::Embedded => load_keys(&config.data_dir)?,
+        // Keys are created only for a cluster's first log; a broker joining one uses the keys
+        // copied from another broker, or refuses to start naming the missing one.
+        StoreLocation::Postgres { url, .. } => {
+            let empty = crate::store::postgres::log_size(url).await? == 0;
+            Keys::load(&config.data_dir, empty)?
+        }
+    };
     let pseudonyms = keys.pseudonymizer()?;
     let sealer = Arc::new(keys.sealer()?);
     let signer = AttestationSigner::new(&keys, registry.trust_domain())?;
@@ -224,17 +252,27 @@ pub async fn run(
         ),
         ("log.vkey", "log key", log.vkey().to_string()),
     ];
-    // Start-up only: reading the journal blocks this task until the state is caught up.
-    let store: Arc<dyn Store> = Arc::new(Embedded::open(
-        &config.data_dir,
-        JournalOptions {
-            #[cfg(feature = "fault-injection")]
-            faults: config.journal_faults.clone(),
-            ..JournalOptions::default()
-        },
-        log,
-        sealer.clone(),
-    )?);
+    let store: Arc<dyn Store> = match &config.store {
+        // Start-up only: reading the journal blocks this task until the state is caught up.
+        StoreLocation::Embedded => Arc::new(Embedded::open(
+            &config.data_dir,
+            JournalOptions {
+                #[cfg(feature = "fault-injection")]
+                faults: config.journal_faults.clone(),
+                ..JournalOptions::default()
+            },
+            log,
+            sealer.clone(),
+        )?),
+        StoreLocation::Postgres {
+            url,
+            append_timeout,
+        } => {
+            let store = Postgres::open(url, log, sealer.clone(), *append_timeout).await?;
+            tracing::info!(database = %store.location(), "store: PostgreSQL");
+            Arc::new(store)
+        }
+    };
     // The keys are those the journal last recorded, and the published verifier keys theirs.
     let recorded = store.recorded_keys().await;
     let checked = (|| -> Result<(), BrokerError> {

@@ -21,6 +21,7 @@ mod prefill;
 mod providers;
 mod registry;
 mod serve;
+mod store;
 mod verify;
 
 use std::io::Write;
@@ -90,6 +91,9 @@ enum Command {
     /// Restore a backup into HOME/data, the broker stopped: verifies it whole, refuses to put the
     /// log behind a checkpoint already handed out (unless --force); the state is rebuilt at start.
     Restore(backup::RestoreArgs),
+    /// The PostgreSQL store of a cluster of brokers: create its schema, import an embedded log.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 #[tokio::main]
@@ -135,5 +139,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dev(cmd) => dev::dev(cmd),
         Command::Backup(args) => backup::backup(args),
         Command::Restore(args) => backup::restore(args),
+        Command::Store(cmd) => store::store(cmd).await,
     }
 }

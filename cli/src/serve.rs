@@ -61,6 +61,16 @@ pub(crate) struct ServeArgs {
     /// Seconds a pre-fill preview waits for the citizen's confirmation before it is forgotten.
     #[arg(long, default_value_t = broker::defaults::PREVIEW_TTL.as_secs())]
     preview_ttl_secs: u64,
+    /// The log and read models in PostgreSQL (a cluster of brokers), e.g.
+    /// `postgresql://unefois@db1,db2/unefois?target_session_attrs=read-write`; its schema made
+    /// by `unefois store init`. Without it, the embedded backend in HOME/data. The keys stay in
+    /// HOME/data/keys: every broker of a cluster has the same.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Seconds an append waits for the database's commit (with its synchronous standby) before
+    /// the caller is told the store is unavailable.
+    #[arg(long, default_value_t = broker::store::postgres::DEFAULT_APPEND_TIMEOUT.as_secs())]
+    append_timeout_secs: u64,
 }
 
 fn init_logging(format: LogFormat) {
@@ -132,6 +142,13 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         journal_faults: None,
         preview_ttl: std::time::Duration::from_secs(args.preview_ttl_secs.max(1)),
         reload: Some(reload_on_sighup()?),
+        store: match args.store {
+            None => broker::StoreLocation::Embedded,
+            Some(url) => broker::StoreLocation::Postgres {
+                url,
+                append_timeout: std::time::Duration::from_secs(args.append_timeout_secs.max(1)),
+            },
+        },
     };
     broker::run(listener, config, shutdown_signal()).await?;
     Ok(())

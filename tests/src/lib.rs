@@ -111,6 +111,8 @@ pub struct BrokerOptions {
     pub journal_faults: Option<broker::journal::FaultInjector>,
     /// How long a pre-fill preview is held.
     pub preview_ttl: Duration,
+    /// Where the log lives (default: the embedded backend in the data directory).
+    pub store: broker::StoreLocation,
 }
 
 impl Default for BrokerOptions {
@@ -121,6 +123,7 @@ impl Default for BrokerOptions {
             data_dir: None,
             journal_faults: None,
             preview_ttl: broker::defaults::PREVIEW_TTL,
+            store: broker::StoreLocation::Embedded,
         }
     }
 }
@@ -152,6 +155,7 @@ impl TestBroker {
             journal_faults: options.journal_faults,
             preview_ttl: options.preview_ttl,
             reload: Some(reload_rx),
+            store: options.store,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(broker::run(listener, config, async move {

@@ -69,9 +69,18 @@ pub async fn init(url: &str) -> Result<Vec<usize>, StoreError> {
     schema::migrate(&mut client).await
 }
 
+/// The number of entries in the log at `url`: whether a broker joins a running cluster (its keys
+/// must then already be there) or starts its first log.
+pub async fn log_size(url: &str) -> Result<u64, StoreError> {
+    let client = Connector::parse(url)?.connect().await?;
+    schema::check(&client).await?;
+    Ok(read_head(&client).await?.size)
+}
+
 /// An append waiting for its transaction.
 struct Pending {
-    records: Vec<Record>,
+    /// Each record with its exact entry bytes (encoded by the caller; as found, on import).
+    records: Vec<(Record, Vec<u8>)>,
     reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
 }
 
@@ -136,6 +145,48 @@ impl Postgres {
         })
     }
 
+    /// Copies a log into this empty one, entry for entry (the exact bytes, so the same leaf
+    /// indices, roots and checkpoints: an auditor's trusted checkpoint stays consistent), with
+    /// the read models their projection gives. Refuses a database whose log is not empty.
+    /// Returns the number of entries copied.
+    pub async fn import(&self, source: &dyn Store) -> Result<u64, StoreError> {
+        let size = self.head().await?.size;
+        if size > 0 {
+            return Err(StoreError::Database(format!(
+                "the log in {} already has {size} entries: import only into an empty one",
+                self.location()
+            )));
+        }
+        let mut entries = source.entries_from(0);
+        let mut batch = Vec::new();
+        let mut copied = 0;
+        loop {
+            let next = entries.next().await.transpose()?;
+            let ended = next.is_none();
+            if let Some((index, entry)) = next {
+                if index != copied + batch.len() as u64 {
+                    return Err(StoreError::OutOfRange(format!(
+                        "the source log skips from entry {} to {index}",
+                        copied + batch.len() as u64
+                    )));
+                }
+                let record = Record::decode(&entry)
+                    .map_err(|source| StoreError::Record { seq: index, source })?;
+                batch.push((record, entry));
+                if batch.len() < MAX_BATCH {
+                    continue;
+                }
+            }
+            if batch.is_empty() {
+                return Ok(copied);
+            }
+            copied += self.send(std::mem::take(&mut batch)).await?.len() as u64;
+            if ended {
+                return Ok(copied);
+            }
+        }
+    }
+
     /// The database, as it may be shown (no password).
     pub fn location(&self) -> &str {
         self.connector.shown()
@@ -155,6 +206,18 @@ impl Postgres {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        let records = records
+            .into_iter()
+            .map(|r| {
+                let entry = r.encode();
+                (r, entry)
+            })
+            .collect();
+        self.send(records).await
+    }
+
+    /// Queues `records` for the writer and waits for their commit, at most the append timeout.
+    async fn send(&self, records: Vec<(Record, Vec<u8>)>) -> Result<Vec<Appended>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writer
             .send(Pending { records, reply })
@@ -600,8 +663,8 @@ async fn commit(
     let mut keys: Option<RecordedKeys> = None;
     let mut requests: BTreeMap<(String, String), RequestUse> = BTreeMap::new();
     let mut fetches: BTreeMap<(String, String), RequestUse> = BTreeMap::new();
-    for record in batch.iter().flat_map(|p| p.records.iter()) {
-        let entry = record.encode();
+    for (record, entry) in batch.iter().flat_map(|p| p.records.iter()) {
+        let entry = entry.clone();
         let subject = record
             .event
             .recorded_subject()

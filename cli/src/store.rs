@@ -1,0 +1,90 @@
+//! `unefois store`: the PostgreSQL store of a cluster: its schema (`init`), and an embedded
+//! broker's log moved into it (`import`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+use crate::client::DEFAULT_HOME;
+
+#[derive(clap::Subcommand)]
+pub(crate) enum StoreCommand {
+    /// Create or migrate the schema (versioned migrations; safe to run again, from any broker).
+    Init {
+        /// The database: `postgresql://USER@HOST[,HOST…]/DB[?target_session_attrs=read-write]`.
+        #[arg(long, value_name = "URL")]
+        store: String,
+    },
+    /// Move an embedded broker's log and state (HOME/data, the broker stopped) into an empty
+    /// PostgreSQL store: the same entries, leaf indices, roots and checkpoints.
+    Import {
+        /// The embedded broker's home.
+        #[arg(long, default_value = DEFAULT_HOME)]
+        home: PathBuf,
+        /// The database (its schema made by `unefois store init`).
+        #[arg(long, value_name = "URL")]
+        store: String,
+        /// The registry the broker ran with (its trust domain names the log in checkpoints).
+        #[arg(long, default_value = "examples/registry.toml")]
+        registry: PathBuf,
+    },
+}
+
+pub(crate) async fn store(command: StoreCommand) -> anyhow::Result<()> {
+    match command {
+        StoreCommand::Init { store } => {
+            let applied = broker::store::postgres::init(&store).await?;
+            match applied.as_slice() {
+                [] => outln!("The schema is up to date."),
+                versions => outln!("Applied schema migrations {versions:?}."),
+            }
+            Ok(())
+        }
+        StoreCommand::Import {
+            home,
+            store,
+            registry,
+        } => import(home, &store, registry).await,
+    }
+}
+
+async fn import(home: PathBuf, url: &str, registry: PathBuf) -> anyhow::Result<()> {
+    let data = home.join("data");
+    if !data.join("keys").is_dir() {
+        bail!(
+            "{} has no keys: not an embedded broker's data",
+            data.display()
+        );
+    }
+    // The broker must be stopped: a log still growing would be copied in part.
+    broker::data_dir_holder(&data)
+        .with_context(|| format!("{} is in use: stop its broker first", data.display()))?;
+    let registry = broker::registry::load(&registry)?;
+    let keys = broker::keys::Keys::load(&data, false)?;
+    let sealer = std::sync::Arc::new(keys.sealer()?);
+    let source = broker::store::Embedded::open(
+        &data,
+        broker::journal::JournalOptions::default(),
+        broker::LogSigner::new(&keys, registry.trust_domain())?,
+        sealer.clone(),
+    )?;
+    let target = broker::store::Postgres::open(
+        url,
+        broker::LogSigner::new(&keys, registry.trust_domain())?,
+        sealer,
+        broker::store::postgres::DEFAULT_APPEND_TIMEOUT,
+    )
+    .await?;
+    let copied = target.import(&source).await?;
+    use broker::store::Store;
+    let (size, checkpoint) = target.latest_checkpoint().await?.unwrap_or_default();
+    let theirs = source.latest_checkpoint().await?.unwrap_or_default();
+    target.close().await;
+    source.close().await;
+    if (size, &checkpoint) != (theirs.0, &theirs.1) {
+        bail!("the imported log's checkpoint differs from the embedded one's");
+    }
+    outln!("Imported {copied} entries into {}.", target.location());
+    outln!("Checkpoint (the same as the embedded broker's):\n{checkpoint}");
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Cluster tests: brokers on PostgreSQL, with real servers (a primary and a synchronous
+//! standby made with initdb and pg_basebackup, on loopback ports, in temporary folders),
+//! started and stopped by each test.
+
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+mod one_log;

@@ -1,0 +1,187 @@
+//! Three brokers on one database write one log: every receipt verifies against the final tree,
+//! no two records share a leaf index, and a revocation through one broker applies to the very
+//! next request on the others.
+
+use anyhow::anyhow;
+use tonic::Code;
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::ErrorReason;
+use unefois_proto::v1::audit_client::AuditClient;
+use unefois_tests::clients::{consents, exchange};
+use unefois_tests::refusals::refused;
+use unefois_tests::requests::{consent, fetch, rfr};
+use unefois_tests::sample::{CANTINE, QF};
+use unefois_tests::{TestBroker, TestPki};
+use unefois_tlog::{root_of, verify_checkpoint, verify_consistency, verify_inclusion};
+
+use crate::harness::{Cluster, Database, copy_keys, start};
+
+fn hashes(proof: &[Vec<u8>]) -> Vec<[u8; 32]> {
+    unefois_tlog::tree::hashes(proof).unwrap_or_else(|| panic!("a proof hash is not 32 bytes"))
+}
+
+/// The first `size` entries of the log, as an auditor lists them (each listing is itself
+/// recorded: the log grows as it is read).
+async fn entries(broker: &TestBroker, size: u64) -> anyhow::Result<Vec<(u64, Vec<u8>)>> {
+    let mut audit = AuditClient::new(broker.channel("cnil").await?);
+    let mut out = Vec::new();
+    while (out.len() as u64) < size {
+        let events = audit
+            .list_events(pb::ListEventsRequest {
+                start_index: out.len() as u64,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .events;
+        if events.is_empty() {
+            return Err(anyhow!(
+                "the log ends at {} entries, before {size}",
+                out.len()
+            ));
+        }
+        out.extend(events.into_iter().map(|e| (e.index, e.entry)));
+    }
+    out.truncate(size as usize);
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_brokers_write_one_verifiable_log_and_revocations_apply_everywhere()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 3).await?;
+    let [a, b, c] = &cluster.brokers[..] else {
+        return Err(anyhow!("three brokers"));
+    };
+
+    // Work spread over the three: consents through one, fetches through each, concurrently.
+    let granted = consents(a, "mairie-lyon")
+        .await?
+        .grant(consent("test:alice", QF, CANTINE))
+        .await?
+        .into_inner()
+        .consent
+        .ok_or_else(|| anyhow!("no consent"))?;
+    let mut receipts = Vec::new();
+    let mut tasks = Vec::new();
+    for broker in [a, b, c] {
+        for i in 0..8 {
+            let mut client = exchange(broker, "mairie-lyon").await?;
+            let request = match i % 2 {
+                0 => fetch("test:alice", QF, CANTINE),
+                _ => rfr("test:bob"),
+            };
+            tasks.push(tokio::spawn(async move { client.fetch(request).await }));
+        }
+    }
+    for task in tasks {
+        let answer = task.await??.into_inner();
+        receipts.push(answer.receipt.ok_or_else(|| anyhow!("no receipt"))?);
+    }
+
+    // Revoked through a: refused at the very next fetch on b and on c.
+    consents(a, "mairie-lyon")
+        .await?
+        .revoke(pb::RevokeConsentRequest {
+            consent_id: granted.id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    for broker in [b, c] {
+        refused(
+            exchange(broker, "mairie-lyon")
+                .await?
+                .fetch(fetch("test:alice", QF, CANTINE))
+                .await,
+            Code::FailedPrecondition,
+            ErrorReason::ConsentRevoked,
+        );
+    }
+
+    // One log: its root, recomputed from the entries, is the checkpoint's; every receipt's
+    // entry is at its index, and its proof holds in the tree it was given and in the final one.
+    let log_vkey = std::fs::read_to_string(pki.dir().join("log.vkey"))?;
+    let note = AuditClient::new(c.channel("caf").await?)
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
+        .await?
+        .into_inner()
+        .checkpoint;
+    let last = verify_checkpoint(log_vkey.trim(), &note)?;
+    let entries = entries(b, last.size).await?;
+    assert_eq!(entries.len() as u64, last.size, "every entry, once");
+    for (i, (index, _)) in entries.iter().enumerate() {
+        assert_eq!(*index, i as u64, "gap-free leaf indices");
+    }
+    let bytes: Vec<&[u8]> = entries.iter().map(|(_, e)| e.as_slice()).collect();
+    assert_eq!(
+        root_of(&bytes),
+        last.root,
+        "the root recomputed from the entries"
+    );
+    let mut leaves: Vec<u64> = receipts.iter().map(|r| r.leaf_index).collect();
+    leaves.sort_unstable();
+    leaves.dedup();
+    assert_eq!(leaves.len(), receipts.len(), "no two receipts share a leaf");
+    let mut audit = AuditClient::new(a.channel("dgfip").await?);
+    for receipt in &receipts {
+        assert_eq!(bytes[receipt.leaf_index as usize], receipt.entry.as_slice());
+        let given = verify_checkpoint(log_vkey.trim(), &receipt.checkpoint)?;
+        let proof = hashes(&receipt.inclusion_proof);
+        verify_inclusion(
+            &proof,
+            given.size,
+            given.root,
+            receipt.leaf_index,
+            &receipt.entry,
+        )?;
+        let consistency = audit
+            .get_consistency_proof(pb::GetConsistencyProofRequest {
+                first_size: given.size,
+                second_size: last.size,
+            })
+            .await?
+            .into_inner()
+            .hashes;
+        verify_consistency(
+            &hashes(&consistency),
+            given.size,
+            given.root,
+            last.size,
+            last.root,
+        )?;
+    }
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_without_the_clusters_keys_refuses_to_start() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 1).await?;
+
+    // No keys at all: it does not make new ones over a cluster's log.
+    let bare = tempfile::tempdir()?;
+    let refused = start(pki.dir(), &db.url(), &bare.path().join("data")).await;
+    let message = format!("{:#}", refused.err().ok_or_else(|| anyhow!("it started"))?);
+    assert!(message.contains("key is missing"), "{message}");
+
+    // Another broker's keys (its own embedded log): refused, naming the key that differs.
+    let other_pki = TestPki::for_sample_registry()?;
+    let other = TestBroker::start(other_pki.dir()).await?;
+    let stranger = tempfile::tempdir()?;
+    copy_keys(&other.data_dir, &stranger.path().join("data"))?;
+    other.stop().await?;
+    let refused = start(pki.dir(), &db.url(), &stranger.path().join("data")).await;
+    let message = format!("{:#}", refused.err().ok_or_else(|| anyhow!("it started"))?);
+    assert!(message.contains("another log key"), "{message}");
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
