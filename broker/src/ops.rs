@@ -33,8 +33,8 @@ impl Readiness {
     }
 }
 
-/// Serves `/healthz` (alive), `/readyz` (accepting calls) and `/metrics` until `shutdown`
-/// resolves.
+/// Serves `/healthz` (alive), `/readyz` (accepting calls, with the store's health) and
+/// `/metrics` until `shutdown` resolves.
 ///
 /// Its own accept loop, not `axum::serve`, for two bounds: at most
 /// [`AcceptLimits::ops_max_connections`] connections (over it, the oldest one that is not being
@@ -44,6 +44,7 @@ impl Readiness {
 pub async fn serve(
     listener: TcpListener,
     readiness: Readiness,
+    store: Arc<dyn crate::store::Store>,
     limits: AcceptLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -57,11 +58,16 @@ pub async fn serve(
             "/readyz",
             get(move || {
                 let ready = readiness.get();
+                let store = store.clone();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    // The store's line too: reachable, on the primary, its standby in sync.
+                    let health = store.health().await;
+                    match ready && health.ok {
+                        true => (StatusCode::OK, format!("ready\n{}\n", health.report)),
+                        false => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready\n{}\n", health.report),
+                        ),
                     }
                 }
             }),

@@ -362,7 +362,13 @@ pub async fn run(
     let ops_task = config.ops_listener.map(|l| {
         let addr = l.local_addr().ok();
         tracing::info!(?addr, "operational listener (health probe) ready");
-        tokio::spawn(ops::serve(l, readiness.clone(), accept, stopped()))
+        tokio::spawn(ops::serve(
+            l,
+            readiness.clone(),
+            store.clone(),
+            accept,
+            stopped(),
+        ))
     });
 
     // Rate-limit denials are recorded once per consumer per window, with their count.

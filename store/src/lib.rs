@@ -93,6 +93,15 @@ pub trait CheckpointSigner: Send + Sync {
     fn vkey(&self) -> &str;
 }
 
+/// What the store says of its own health, for the operational probe (`/readyz`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Whether it can serve: reachable, and (PostgreSQL) on the primary.
+    pub ok: bool,
+    /// One line for operators: the backend, where, and its replication state.
+    pub report: String,
+}
+
 /// Whose mandates to read.
 #[derive(Clone, Copy, Debug)]
 pub enum MandatesOf<'k> {
@@ -220,6 +229,15 @@ pub trait Store: Send + Sync {
 
     /// The log key's C2SP verifier key.
     fn log_vkey(&self) -> &str;
+
+    /// Whether the store can serve, and what operators should know of it (the embedded
+    /// backend is always there; a database is asked).
+    async fn health(&self) -> StoreHealth {
+        StoreHealth {
+            ok: true,
+            report: "store: embedded (journal in the data directory)".into(),
+        }
+    }
 
     /// Closes the store after the pending appends (the embedded backend then writes and flushes
     /// its derived state); appends after it fail.

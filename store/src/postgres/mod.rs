@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient};
 
-use super::{CheckpointSigner, Items, MandatesOf, Store, StoreError};
+use super::{CheckpointSigner, Items, MandatesOf, Store, StoreError, StoreHealth};
 use crate::consent::Consent;
 use crate::event::{Event, Record, RecordedKeys};
 use crate::mandate::Mandate;
@@ -43,6 +43,8 @@ pub use schema::MIGRATIONS;
 
 /// How long an append waits for its commit before the caller is told the store is unavailable.
 pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the health probe waits for the database.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Records in one transaction at most.
 const MAX_BATCH: usize = 512;
 /// Rows read per query when a list is read as the caller goes.
@@ -1276,6 +1278,48 @@ impl Store for Postgres {
 
     fn subject_of(&self, event: &Event) -> Option<String> {
         event.recorded_subject().and_then(|s| self.sealer.reveal(s))
+    }
+
+    async fn health(&self) -> StoreHealth {
+        let at = self.location();
+        let probe = async {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT pg_is_in_recovery(), \
+                     (SELECT count(*) FROM pg_stat_replication \
+                      WHERE sync_state IN ('sync', 'quorum')), \
+                     current_setting('synchronous_standby_names')",
+                    &[],
+                )
+                .await
+                .map_err(db("probe"))?;
+            Ok::<_, StoreError>((
+                row.get::<_, bool>(0),
+                row.get::<_, i64>(1),
+                row.get::<_, String>(2),
+            ))
+        };
+        let (ok, report) = match tokio::time::timeout(HEALTH_TIMEOUT, probe).await {
+            Err(_) => (false, format!("no answer within {HEALTH_TIMEOUT:?}")),
+            Ok(Err(e)) => (false, e.to_string()),
+            Ok(Ok((true, _, _))) => (false, "connected to a standby, not the primary".into()),
+            Ok(Ok((false, _, names))) if names.trim().is_empty() => (
+                true,
+                "primary; synchronous_standby_names is empty: a commit is on one machine only"
+                    .into(),
+            ),
+            Ok(Ok((false, 0, _))) => (
+                true,
+                "primary; no synchronous standby in sync: writes wait for one (reads are served)"
+                    .into(),
+            ),
+            Ok(Ok((false, n, _))) => (true, format!("primary; {n} synchronous standby in sync")),
+        };
+        StoreHealth {
+            ok,
+            report: format!("store: postgresql {at}: {report}"),
+        }
     }
 
     fn log_vkey(&self) -> &str {

@@ -1,6 +1,6 @@
 //! A PostgreSQL primary with a synchronous standby, and brokers on it sharing one set of keys.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -107,4 +107,127 @@ pub fn copy_keys(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     unefois_tests::copy_dir(&from.join("keys"), &to.join("keys"))
         .with_context(|| format!("copying the keys of {}", from.display()))
+}
+
+/// A `unefois serve --store …` process, killed (SIGKILL) and reaped when dropped.
+pub struct Process {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub ops_addr: std::net::SocketAddr,
+    pub home: PathBuf,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    /// Starts a broker process on `url` with its home in `home` (the development PKI made
+    /// there if missing) and waits until it is ready.
+    pub async fn start(home: &Path, url: &str) -> anyhow::Result<Process> {
+        use std::io::{BufRead, BufReader};
+        let root = unefois_tests::repo_root();
+        let child = std::process::Command::new(unefois_tests::unefois_binary()?)
+            .current_dir(&root)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--ops-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--dev", "--append-timeout-secs", "5", "--store", url])
+            .arg("--home")
+            .arg(home)
+            .arg("--registry")
+            .arg(root.join("examples").join("registry.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .context("cannot start unefois serve")?;
+        let mut child = child;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut process = Process {
+            child,
+            addr: ([0, 0, 0, 0], 0).into(),
+            ops_addr: ([0, 0, 0, 0], 0).into(),
+            home: home.to_path_buf(),
+        };
+        let (addr, ops_addr) = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let (mut addr, mut ops_addr) = (None, None);
+            for line in lines.by_ref() {
+                let line = line?;
+                if let Some(rest) = line.strip_prefix("Une Fois broker listening on ") {
+                    addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                }
+                if let Some(rest) = line.strip_prefix("Health probe on http://") {
+                    ops_addr = rest.strip_suffix("/healthz").and_then(|a| a.parse().ok());
+                }
+                if addr.is_some() && ops_addr.is_some() {
+                    break;
+                }
+            }
+            // Drained from now on, so that the broker never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            anyhow::Ok((addr, ops_addr))
+        })
+        .await??;
+        process.addr = addr.context("the broker printed no address")?;
+        process.ops_addr = ops_addr.context("the broker printed no health probe")?;
+        for _ in 0..400 {
+            if let Some(status) = process.child.try_wait()? {
+                anyhow::bail!("the broker exited before it was ready: {status}");
+            }
+            if unefois_tests::http_get(process.ops_addr, "/readyz")
+                .await
+                .is_ok_and(|(status, _)| status == 200)
+            {
+                return Ok(process);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        anyhow::bail!("the broker at {} was not ready after 10 s", process.addr)
+    }
+
+    /// SIGKILL, then reap: no drain, no flush.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// An mTLS channel as `name`.
+    pub async fn channel(&self, name: &str) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(broker::client::connect(&self.home.join("pki"), name, &self.addr.to_string()).await?)
+    }
+}
+
+/// Three broker processes on `url`: the first makes the PKI and keys, the others get copies,
+/// as an operator would distribute them.
+pub async fn processes(
+    url: &str,
+    n: usize,
+) -> anyhow::Result<(Vec<tempfile::TempDir>, Vec<Process>)> {
+    let mut homes = Vec::new();
+    let mut brokers = Vec::new();
+    for i in 0..n {
+        let home = tempfile::tempdir()?;
+        if i > 0 {
+            let first = homes
+                .first()
+                .map(|h: &tempfile::TempDir| h.path().to_path_buf());
+            let first = first.context("the first home")?;
+            unefois_tests::copy_dir(&first.join("pki"), &home.path().join("pki"))?;
+            copy_keys(&first.join("data"), &home.path().join("data"))?;
+        }
+        brokers.push(Process::start(home.path(), url).await?);
+        homes.push(home);
+    }
+    Ok((homes, brokers))
 }

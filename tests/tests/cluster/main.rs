@@ -4,5 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod crash;
+mod durability;
 mod harness;
+mod import;
 mod one_log;

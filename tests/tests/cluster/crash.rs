@@ -1,0 +1,235 @@
+//! Nodes die under load: a broker (SIGKILL), or the database's primary (SIGKILL, then the
+//! standby promoted). The other brokers keep serving, the brokers find the new primary by
+//! themselves, and every receipt a participant was given is in the final log at its index,
+//! its checkpoint consistent with the final one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::audit_client::AuditClient;
+use unefois_proto::v1::exchange_client::ExchangeClient;
+use unefois_tests::requests::rfr;
+use unefois_tlog::{root_of, verify_checkpoint, verify_consistency, verify_inclusion};
+
+use crate::harness::{Database, Process, processes};
+
+/// Load tasks per broker.
+const TASKS: usize = 3;
+/// No call may hang on a dead node.
+const CALL_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// What the load was answered: each receipt, with the broker that gave it and when.
+#[derive(Default)]
+struct Acked {
+    receipts: Vec<(usize, Instant, pb::Receipt)>,
+}
+
+/// Fetches under law through every broker until `stop`: each acknowledged receipt is kept.
+fn load(
+    brokers: &[Process],
+    stop: &Arc<AtomicBool>,
+    acked: &Arc<Mutex<Acked>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (b, broker) in brokers.iter().enumerate() {
+        for t in 0..TASKS {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            let (pki, addr) = (broker.home.join("pki"), broker.addr.to_string());
+            tasks.push(tokio::spawn(async move {
+                let subject = ["test:alice", "test:bob", "test:carol"][(b + t) % 3];
+                while !stop.load(Ordering::Acquire) {
+                    let call = async {
+                        let channel = broker::client::connect(&pki, "mairie-lyon", &addr).await?;
+                        let mut client = ExchangeClient::new(channel);
+                        for _ in 0..20 {
+                            if stop.load(Ordering::Acquire) {
+                                break;
+                            }
+                            if let Ok(answer) = client.fetch(rfr(subject)).await
+                                && let Some(receipt) = answer.into_inner().receipt
+                            {
+                                let mut acked = acked.lock().unwrap_or_else(|e| e.into_inner());
+                                acked.receipts.push((b, Instant::now(), receipt));
+                            }
+                        }
+                        anyhow::Ok(())
+                    };
+                    if !matches!(tokio::time::timeout(CALL_TIMEOUT, call).await, Ok(Ok(()))) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }));
+        }
+    }
+    tasks
+}
+
+/// Every acknowledged receipt is in the log read through `auditor`, at its index, and its
+/// checkpoint is consistent with the final one; returns the final size.
+async fn all_in_the_log(auditor: &Process, acked: &Acked) -> anyhow::Result<u64> {
+    let log_vkey = std::fs::read_to_string(auditor.home.join("pki").join("log.vkey"))?;
+    let log_vkey = log_vkey.trim();
+    let mut audit = AuditClient::new(auditor.channel("cnil").await?);
+    let note = audit
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
+        .await?
+        .into_inner()
+        .checkpoint;
+    let last = verify_checkpoint(log_vkey, &note)?;
+    let mut entries: Vec<Vec<u8>> = Vec::new();
+    while (entries.len() as u64) < last.size {
+        let events = audit
+            .list_events(pb::ListEventsRequest {
+                start_index: entries.len() as u64,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .events;
+        ensure!(!events.is_empty(), "the log ends at {}", entries.len());
+        for event in events {
+            ensure!(
+                event.index == entries.len() as u64,
+                "gap at {}",
+                entries.len()
+            );
+            entries.push(event.entry);
+        }
+    }
+    entries.truncate(last.size as usize);
+    ensure!(
+        root_of(&entries) == last.root,
+        "the entries give another root"
+    );
+    let mut sizes = std::collections::BTreeMap::new();
+    for (b, _, receipt) in &acked.receipts {
+        let at = entries.get(receipt.leaf_index as usize).with_context(|| {
+            format!(
+                "broker {b}'s receipt at {} is past the log",
+                receipt.leaf_index
+            )
+        })?;
+        ensure!(
+            at == &receipt.entry,
+            "broker {b}'s receipt {} is not the log's entry",
+            receipt.leaf_index
+        );
+        let given = verify_checkpoint(log_vkey, &receipt.checkpoint)?;
+        let proof = unefois_tlog::tree::hashes(&receipt.inclusion_proof).context("proof")?;
+        verify_inclusion(
+            &proof,
+            given.size,
+            given.root,
+            receipt.leaf_index,
+            &receipt.entry,
+        )?;
+        sizes.insert(given.size, given.root);
+    }
+    for (size, root) in sizes {
+        let proof = audit
+            .get_consistency_proof(pb::GetConsistencyProofRequest {
+                first_size: size,
+                second_size: last.size,
+            })
+            .await?
+            .into_inner()
+            .hashes;
+        let proof = unefois_tlog::tree::hashes(&proof).context("proof")?;
+        verify_consistency(&proof, size, root, last.size, last.root)?;
+    }
+    let mut leaves: Vec<u64> = acked.receipts.iter().map(|r| r.2.leaf_index).collect();
+    leaves.sort_unstable();
+    leaves.dedup();
+    ensure!(
+        leaves.len() == acked.receipts.len(),
+        "two receipts share a leaf"
+    );
+    Ok(last.size)
+}
+
+/// Receipts given by broker `b` after `since`.
+fn served_since(acked: &Mutex<Acked>, b: usize, since: Instant) -> usize {
+    let acked = acked.lock().unwrap_or_else(|e| e.into_inner());
+    acked
+        .receipts
+        .iter()
+        .filter(|(i, at, _)| *i == b && *at > since)
+        .count()
+}
+
+async fn wait_served(
+    acked: &Mutex<Acked>,
+    brokers: &[usize],
+    since: Instant,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(40);
+    while brokers.iter().any(|b| served_since(acked, *b, since) < 5) {
+        ensure!(
+            Instant::now() < until,
+            "brokers {brokers:?} did not serve again after 40 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_killed_under_load_loses_no_acknowledged_record() -> anyhow::Result<()> {
+    unefois_tests::install_crypto();
+    let db = Database::start().await?;
+    let (_homes, mut brokers) = processes(&db.url(), 3).await?;
+    let (stop, acked) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Mutex::new(Acked::default())),
+    );
+    let tasks = load(&brokers, &stop, &acked);
+    wait_served(&acked, &[0, 1, 2], Instant::now()).await?;
+    brokers[1].kill();
+    let killed = Instant::now();
+    // The two others keep serving.
+    wait_served(&acked, &[0, 2], killed).await?;
+    stop.store(true, Ordering::Release);
+    for task in tasks {
+        task.await?;
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(|e| e.into_inner()));
+    ensure!(
+        acked.receipts.iter().any(|r| r.0 == 1),
+        "broker 1 served before its death"
+    );
+    all_in_the_log(&brokers[2], &acked).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_primary_killed_under_load_then_the_standby_promoted_loses_nothing()
+-> anyhow::Result<()> {
+    unefois_tests::install_crypto();
+    let mut db = Database::start().await?;
+    let (_homes, brokers) = processes(&db.url(), 3).await?;
+    let (stop, acked) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Mutex::new(Acked::default())),
+    );
+    let tasks = load(&brokers, &stop, &acked);
+    wait_served(&acked, &[0, 1, 2], Instant::now()).await?;
+    tokio::task::block_in_place(|| {
+        db.primary.kill();
+        db.standby.promote();
+    });
+    let promoted = Instant::now();
+    // Every broker finds the new primary by itself (the URL names both servers).
+    wait_served(&acked, &[0, 1, 2], promoted).await?;
+    stop.store(true, Ordering::Release);
+    for task in tasks {
+        task.await?;
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(|e| e.into_inner()));
+    let size = all_in_the_log(&brokers[0], &acked).await?;
+    ensure!(size as usize >= acked.receipts.len(), "{size} entries");
+    Ok(())
+}

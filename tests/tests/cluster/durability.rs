@@ -1,0 +1,106 @@
+//! What synchronous replication promises, seen from participants: with the standby gone, no
+//! write is acknowledged (UNAVAILABLE after the append timeout) while reads are still served;
+//! once it is back, writes resume.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use tonic::Code;
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::ErrorReason;
+use unefois_proto::v1::audit_client::AuditClient;
+use unefois_tests::clients::{consents, exchange};
+use unefois_tests::refusals::refused;
+use unefois_tests::requests::{consent, rfr};
+use unefois_tests::sample::{CANTINE, QF};
+use unefois_tests::{TestPki, http_get};
+
+use crate::harness::{APPEND_TIMEOUT, Cluster, Database};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_synchronous_standby_nothing_is_acknowledged_and_reads_go_on()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let mut db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 1).await?;
+    let broker = &cluster.brokers[0];
+    let (status, body) = http_get(broker.ops_addr, "/readyz").await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("primary; 1 synchronous standby in sync"),
+        "{body}"
+    );
+    let before = exchange(broker, "mairie-lyon")
+        .await?
+        .fetch(rfr("test:bob"))
+        .await?
+        .into_inner()
+        .receipt
+        .ok_or_else(|| anyhow!("no receipt"))?;
+
+    tokio::task::block_in_place(|| db.standby.stop("fast"));
+    let started = Instant::now();
+    refused(
+        exchange(broker, "mairie-lyon")
+            .await?
+            .fetch(rfr("test:bob"))
+            .await,
+        Code::Unavailable,
+        ErrorReason::StoreUnavailable,
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= APPEND_TIMEOUT && waited < APPEND_TIMEOUT + Duration::from_secs(5),
+        "answered after {waited:?}"
+    );
+    refused(
+        consents(broker, "mairie-lyon")
+            .await?
+            .grant(consent("test:alice", QF, CANTINE))
+            .await,
+        Code::Unavailable,
+        ErrorReason::StoreUnavailable,
+    );
+    // Reads that write nothing are served: checkpoints and proofs of what was acknowledged.
+    let mut audit = AuditClient::new(broker.channel("dgfip").await?);
+    let note = audit
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
+        .await?
+        .into_inner()
+        .checkpoint;
+    assert!(!note.is_empty());
+    let given = unefois_tlog::verify_checkpoint(
+        std::fs::read_to_string(pki.dir().join("log.vkey"))?.trim(),
+        &before.checkpoint,
+    )?;
+    let proof = audit
+        .get_inclusion_proof(pb::GetInclusionProofRequest {
+            leaf_index: before.leaf_index,
+            tree_size: given.size,
+        })
+        .await?
+        .into_inner()
+        .hashes;
+    assert_eq!(proof, before.inclusion_proof);
+    let (status, body) = http_get(broker.ops_addr, "/readyz").await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("no synchronous standby in sync"), "{body}");
+
+    // The standby back: writes are acknowledged again.
+    tokio::task::block_in_place(|| db.standby.start());
+    let mut lyon = exchange(broker, "mairie-lyon").await?;
+    let until = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        match lyon.fetch(rfr("test:bob")).await {
+            Ok(answer) => break answer.into_inner(),
+            Err(status) if Instant::now() < until && status.code() == Code::Unavailable => {}
+            Err(status) => return Err(anyhow!("after the standby's return: {status:?}")),
+        }
+    };
+    let receipt = after.receipt.ok_or_else(|| anyhow!("no receipt"))?;
+    assert!(receipt.leaf_index > before.leaf_index);
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
