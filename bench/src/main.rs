@@ -99,10 +99,11 @@ struct RunArgs {
     /// What to send.
     #[arg(long, value_enum)]
     scenario: Scenario,
-    /// The server, host:port.
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    target: String,
-    /// HTTP/2 connections (each its own TCP and TLS connection).
+    /// The server, host:port; several (comma-separated or repeated): the connections go to
+    /// each in turn (brokers of one cluster).
+    #[arg(long, default_value = "127.0.0.1:50051", value_delimiter = ',')]
+    target: Vec<String>,
+    /// HTTP/2 connections (each its own TCP and TLS connection; at least one per target).
     #[arg(long, default_value_t = 1)]
     connections: usize,
     /// Requests in flight, in total, spread over the connections.
@@ -242,14 +243,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .identity
         .clone()
         .unwrap_or_else(|| args.scenario.identity().to_string());
-    let endpoint = tls::client_endpoint(&args.pki, &identity, &args.target)?;
-    let mut channels = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
+    let connections = args.connections.max(args.target.len());
+    let mut channels = Vec::with_capacity(connections);
+    for i in 0..connections {
+        let target = &args.target[i % args.target.len()];
+        let endpoint = tls::client_endpoint(&args.pki, &identity, target)?;
         channels.push(
             endpoint
                 .connect()
                 .await
-                .with_context(|| format!("connecting to {}", args.target))?,
+                .with_context(|| format!("connecting to {target}"))?,
         );
     }
     let workload = Workload::prepare(
@@ -265,7 +268,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await?;
     let options = load::LoadOptions {
         scenario: args.scenario.name().to_string(),
-        target: args.target.clone(),
+        target: args.target.join(","),
         in_flight: args.in_flight,
         duration: Duration::from_secs_f64(args.duration),
         warmup: Duration::from_secs_f64(args.warmup),

@@ -28,8 +28,19 @@ use crate::validate;
 pub use crate::fetched::{Fetched, Previewed, Receipt};
 pub use crate::policy::FetchInput;
 
-/// The receipt of the durable, checkpointed entry `seq`, whose exact bytes are `entry`.
-pub async fn receipt(state: &State, (seq, entry): Logged) -> Result<Receipt, ApiError> {
+/// The receipt of the durable, checkpointed entry `seq`, whose exact bytes are `entry`: as the
+/// store appended it when it proved it then, read from the store otherwise.
+pub async fn receipt(state: &State, logged: Logged) -> Result<Receipt, ApiError> {
+    let crate::store::Appended { seq, entry, proven } = logged;
+    if let Some(proven) = proven {
+        return Ok(Receipt {
+            leaf_index: seq,
+            entry,
+            checkpoint: proven.checkpoint,
+            tree_size: proven.tree_size,
+            inclusion_proof: proven.inclusion_proof,
+        });
+    }
     let (tree_size, checkpoint) = state
         .store
         .latest_checkpoint()
@@ -456,7 +467,7 @@ pub async fn refuse_act(
 }
 
 /// A durable entry: its sequence number and exact bytes.
-type Logged = (u64, Vec<u8>);
+type Logged = crate::store::Appended;
 
 /// Records an exchange, refused or failed for `refusal` if any (its `ErrorReason` name is the
 /// entry's reason); the one place where exchanges are counted in the metrics, so that they agree

@@ -760,13 +760,17 @@ impl Store for Embedded {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    async fn append_entry(&self, record: Record) -> Result<(u64, Vec<u8>), StoreError> {
+    async fn append_entry(&self, record: Record) -> Result<super::Appended, StoreError> {
         self.check()?;
         let entry = record.encode();
         let seq = self.journal.append(entry.clone()).await?;
         self.check()?;
         crate::metrics::audit_entries(record.event.kind(), 1);
-        Ok((seq, entry))
+        Ok(super::Appended {
+            seq,
+            entry,
+            proven: None,
+        })
     }
 
     async fn append(&self, records: Vec<Record>) -> Result<Vec<u64>, StoreError> {
@@ -1180,7 +1184,8 @@ mod tests {
         let store = open_store(dir.path(), &seed).unwrap();
         let mut entries = Vec::new();
         for i in 0..40u64 {
-            let (seq, entry) = store.append_entry(record(i)).await.unwrap();
+            let super::super::Appended { seq, entry, .. } =
+                store.append_entry(record(i)).await.unwrap();
             assert_eq!(seq, i);
             entries.push(entry);
         }
@@ -1212,7 +1217,7 @@ mod tests {
             .collect();
         assert_eq!(listed, entries[10..]);
         // And it goes on from there.
-        let (seq, _) = store.append_entry(record(40)).await.unwrap();
+        let seq = store.append_entry(record(40)).await.unwrap().seq;
         assert_eq!(seq, 40);
         store.close().await;
     }
@@ -1599,7 +1604,11 @@ mod tests {
             alice.extend([seqs[0], seqs[2]]);
             bob.push(seqs[1]);
             if round % 2 == 0 {
-                let (seq, _) = store.append_entry(exchange_about("alice")).await.unwrap();
+                let seq = store
+                    .append_entry(exchange_about("alice"))
+                    .await
+                    .unwrap()
+                    .seq;
                 alice.push(seq);
             }
         }

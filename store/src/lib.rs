@@ -93,6 +93,30 @@ pub trait CheckpointSigner: Send + Sync {
     fn vkey(&self) -> &str;
 }
 
+/// An entry just appended: its leaf index and exact bytes (what a receipt shows, without reading
+/// it back), and, when the backend has them at hand, a signed tree that holds it.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    /// Its leaf index (journal sequence number).
+    pub seq: u64,
+    /// Its exact bytes.
+    pub entry: Vec<u8>,
+    /// A checkpoint that covers it and its inclusion proof there (PostgreSQL: computed in the
+    /// transaction that appended it, so a receipt costs no read).
+    pub proven: Option<Proven>,
+}
+
+/// An entry's place in a signed tree.
+#[derive(Clone, Debug)]
+pub struct Proven {
+    /// The tree's size.
+    pub tree_size: u64,
+    /// Its signed checkpoint.
+    pub checkpoint: String,
+    /// The entry's inclusion proof in it.
+    pub inclusion_proof: Vec<[u8; 32]>,
+}
+
 /// What the store says of its own health, for the operational probe (`/readyz`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreHealth {
@@ -122,7 +146,7 @@ pub trait Store: Send + Sync {
 
     /// Appends one record; returns its sequence number and exact entry bytes once it is durable
     /// and applied (what a receipt shows, without reading it back).
-    async fn append_entry(&self, record: Record) -> Result<(u64, Vec<u8>), StoreError>;
+    async fn append_entry(&self, record: Record) -> Result<Appended, StoreError>;
 
     /// Appends records, in order; returns their sequence numbers once they are durable, applied
     /// to every read model and covered by a signed checkpoint.

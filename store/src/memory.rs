@@ -100,11 +100,16 @@ impl Store for Memory {
         Ok(self.inner().models.recorded_keys.clone())
     }
 
-    async fn append_entry(&self, record: Record) -> Result<(u64, Vec<u8>), StoreError> {
+    async fn append_entry(&self, record: Record) -> Result<super::Appended, StoreError> {
         let mut appended = self.append_encoded(vec![record])?;
-        appended
+        let (seq, entry) = appended
             .pop()
-            .ok_or(StoreError::Journal(JournalError::Closed))
+            .ok_or(StoreError::Journal(JournalError::Closed))?;
+        Ok(super::Appended {
+            seq,
+            entry,
+            proven: None,
+        })
     }
 
     async fn append(&self, records: Vec<Record>) -> Result<Vec<u64>, StoreError> {

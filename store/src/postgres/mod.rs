@@ -86,8 +86,7 @@ struct Pending {
     reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
 }
 
-/// A record appended: its leaf index and exact entry bytes.
-type Appended = (u64, Vec<u8>);
+use super::{Appended, Proven};
 
 /// The log and read models in a PostgreSQL database shared by the brokers of a cluster.
 pub struct Postgres {
@@ -198,10 +197,7 @@ impl Postgres {
         self.reads.client().await
     }
 
-    async fn append_encoded(
-        &self,
-        records: Vec<Record>,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    async fn append_encoded(&self, records: Vec<Record>) -> Result<Vec<Appended>, StoreError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
@@ -228,8 +224,8 @@ impl Postgres {
         match tokio::time::timeout(self.append_timeout, answer).await {
             Ok(Ok(result)) => {
                 if let Ok(appended) = &result {
-                    for (_, entry) in appended {
-                        crate::metrics::audit_entries(kind_of(entry), 1);
+                    for appended in appended {
+                        crate::metrics::audit_entries(kind_of(&appended.entry), 1);
                     }
                 }
                 result
@@ -607,6 +603,7 @@ async fn write_loop(
             }
             continue;
         }
+        let started = std::time::Instant::now();
         let result = match &mut client {
             Some(c) if !c.is_closed() => commit(c, &*log, &sealer, &batch).await,
             _ => match connector.connect().await {
@@ -619,6 +616,11 @@ async fn write_loop(
         };
         match result {
             Ok(appended) => {
+                // A batch is one transaction: the journal's histogram, so that one dashboard
+                // reads both backends.
+                metrics::histogram!(unefois_journal::JOURNAL_BATCH_RECORDS).record(count as f64);
+                metrics::histogram!("unefois_store_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 let mut appended = appended.into_iter();
                 for pending in batch {
                     let mine: Vec<_> = appended.by_ref().take(pending.records.len()).collect();
@@ -640,20 +642,41 @@ async fn write_loop(
 
 /// One batch, in one transaction: see the module's documentation.
 async fn commit(
-    client: &mut Client,
+    client: &Client,
     log: &dyn CheckpointSigner,
     sealer: &Sealer,
     batch: &[Pending],
-) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    let tx = client.transaction().await.map_err(db("begin"))?;
-    let row = tx
-        .query_one(
+) -> Result<Vec<Appended>, StoreError> {
+    let result = transaction(client, log, sealer, batch).await;
+    if result.is_err() && !client.is_closed() {
+        // Whatever was left open ends here (a ROLLBACK after a COMMIT is a no-op).
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// The batch's transaction, in two round trips: BEGIN with the coordination row's lock, then
+/// the writes with the COMMIT (pipelined: a failed write makes the COMMIT a rollback).
+async fn transaction(
+    client: &Client,
+    log: &dyn CheckpointSigner,
+    sealer: &Sealer,
+    batch: &[Pending],
+) -> Result<Vec<Appended>, StoreError> {
+    let (begun, row) = futures::join!(
+        client.batch_execute("BEGIN"),
+        client.query_typed(
             "SELECT size, frontier, checkpoint FROM unefois_log FOR UPDATE",
             &[],
         )
-        .await
-        .map_err(db("lock the log"))?;
-    let head = head_of(&row)?;
+    );
+    begun.map_err(db("begin"))?;
+    let row = row.map_err(db("lock the log"))?;
+    let row = row
+        .first()
+        .ok_or_else(|| StoreError::Database("the log's coordination row is missing".into()))?;
+    let head = head_of(row)?;
+    let start_frontier = head.frontier.clone();
     let mut frontier = head.frontier;
     let mut next = head.size;
     let first_hash = tlog_tiles::stored_hash_index(0, next);
@@ -677,7 +700,7 @@ async fn commit(
             if misses.is_empty() {
                 break changes;
             }
-            overlay.load(&tx, misses).await?;
+            overlay.load(client, misses).await?;
         };
         for change in changes {
             match &change {
@@ -795,7 +818,7 @@ async fn commit(
 
     let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, tokio_postgres::Error>>> =
         Vec::new();
-    let t = &tx;
+    let t = client;
     writes.push(Box::pin(async move {
         t.execute_typed(
         "INSERT INTO unefois_entries (idx, entry) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
@@ -919,24 +942,67 @@ async fn commit(
     let note = log.sign(size, frontier_root(&frontier));
     let frontier_bytes = encode_frontier(&frontier);
     let size_row = int(size);
+    let note_row = note.clone();
     writes.push(Box::pin(async move {
         t.execute_typed(
             "UPDATE unefois_log SET size = $1, frontier = $2, checkpoint = $3",
             &[
                 (&size_row, Type::INT8),
                 (&frontier_bytes, Type::BYTEA),
-                (&note, Type::TEXT),
+                (&note_row, Type::TEXT),
             ],
         )
         .await
     }));
-    // Sent together: one round trip for the batch's writes.
-    futures::future::try_join_all(writes)
-        .await
-        .map_err(db("write the batch"))?;
-    // Never cancelled (see the module): the caller may stop waiting, this task does not.
-    tx.commit().await.map_err(db("commit"))?;
-    Ok(appended)
+    // Sent together with the COMMIT: one round trip. Never cancelled (see the module): the
+    // caller may stop waiting, this task does not.
+    let (written, committed) = futures::join!(
+        futures::future::try_join_all(writes),
+        client.batch_execute("COMMIT")
+    );
+    written.map_err(db("write the batch"))?;
+    committed.map_err(db("commit"))?;
+    Ok(prove(
+        appended,
+        size,
+        &note,
+        &start_frontier,
+        first_hash,
+        &hashes,
+    ))
+}
+
+/// Each appended entry with its inclusion proof in the tree of `size` leaves just committed:
+/// the proof's hashes are the frontier's before the batch and the batch's own (none is read);
+/// an entry whose proof would need another is returned without one (its receipt then reads).
+fn prove(
+    appended: Vec<(u64, Vec<u8>)>,
+    size: u64,
+    note: &str,
+    frontier: &[(u8, u64, Hash)],
+    first_hash: u64,
+    hashes: &[Hash],
+) -> Vec<Appended> {
+    let reader = Fetched::default();
+    {
+        let mut known = reader.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.extend(frontier.iter().map(|(_, index, hash)| (*index, *hash)));
+        known.extend((first_hash..).zip(hashes.iter().copied()));
+    }
+    appended
+        .into_iter()
+        .map(|(seq, entry)| {
+            let proven = tlog_tiles::prove_record(size, seq, &reader)
+                .ok()
+                .map(|proof| Proven {
+                    tree_size: size,
+                    checkpoint: note.to_string(),
+                    inclusion_proof: proof.into_iter().map(|h| h.0).collect(),
+                });
+            reader.take_missing();
+            Appended { seq, entry, proven }
+        })
+        .collect()
 }
 
 /// A consent or mandate request id: the latest use replaces an earlier one.
@@ -973,7 +1039,7 @@ impl Store for Postgres {
         row.map(|row| body(&row)).transpose()
     }
 
-    async fn append_entry(&self, record: Record) -> Result<(u64, Vec<u8>), StoreError> {
+    async fn append_entry(&self, record: Record) -> Result<Appended, StoreError> {
         self.append_encoded(vec![record])
             .await?
             .pop()
@@ -982,7 +1048,7 @@ impl Store for Postgres {
 
     async fn append(&self, records: Vec<Record>) -> Result<Vec<u64>, StoreError> {
         let appended = self.append_encoded(records).await?;
-        Ok(appended.into_iter().map(|(seq, _)| seq).collect())
+        Ok(appended.into_iter().map(|a| a.seq).collect())
     }
 
     async fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {

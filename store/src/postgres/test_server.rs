@@ -110,9 +110,14 @@ impl Server {
 
     /// A standby of `primary`, streaming under `application_name = name`, started.
     pub fn standby(primary: &Server, name: &str) -> Server {
+        Server::standby_on(primary, name, free_port())
+    }
+
+    /// A standby of `primary` on `port` (a dead server's: the brokers' URL names it already).
+    pub fn standby_on(primary: &Server, name: &str, port: u16) -> Server {
         let server = Server {
             dir: owned_tempdir(),
-            port: free_port(),
+            port,
             bin: primary.bin.clone(),
             stopped: true,
         };

@@ -23,12 +23,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// What the load was answered: each receipt, with the broker that gave it and when.
 #[derive(Default)]
-struct Acked {
-    receipts: Vec<(usize, Instant, pb::Receipt)>,
+pub(crate) struct Acked {
+    pub(crate) receipts: Vec<(usize, Instant, pb::Receipt)>,
 }
 
 /// Fetches under law through every broker until `stop`: each acknowledged receipt is kept.
-fn load(
+pub(crate) fn load(
     brokers: &[Process],
     stop: &Arc<AtomicBool>,
     acked: &Arc<Mutex<Acked>>,
@@ -69,7 +69,7 @@ fn load(
 
 /// Every acknowledged receipt is in the log read through `auditor`, at its index, and its
 /// checkpoint is consistent with the final one; returns the final size.
-async fn all_in_the_log(auditor: &Process, acked: &Acked) -> anyhow::Result<u64> {
+pub(crate) async fn all_in_the_log(auditor: &Process, acked: &Acked) -> anyhow::Result<u64> {
     let log_vkey = std::fs::read_to_string(auditor.home.join("pki").join("log.vkey"))?;
     let log_vkey = log_vkey.trim();
     let mut audit = AuditClient::new(auditor.channel("cnil").await?);
@@ -161,7 +161,7 @@ fn served_since(acked: &Mutex<Acked>, b: usize, since: Instant) -> usize {
         .count()
 }
 
-async fn wait_served(
+pub(crate) async fn wait_served(
     acked: &Mutex<Acked>,
     brokers: &[usize],
     since: Instant,

@@ -22,24 +22,23 @@ impl Database {
         let (primary, standby) = tokio::task::spawn_blocking(|| {
             let primary = Server::primary("");
             let standby = Server::standby(&primary, "s1");
-            primary.wait_for(
-                "SELECT count(*) FROM pg_stat_replication WHERE application_name = 's1' \
-                 AND state = 'streaming'",
-                "1",
-                Duration::from_secs(30),
-            );
-            primary.sql("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (s1)'");
-            primary.sql("SELECT pg_reload_conf()");
-            primary.wait_for(
-                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 's1'",
-                "quorum",
-                Duration::from_secs(30),
-            );
+            synchronous(&primary);
             (primary, standby)
         })
         .await?;
         broker::store::postgres::init(&primary.url()).await?;
         Ok(Database { primary, standby })
+    }
+
+    /// After the primary's death: the standby promoted, and a new synchronous standby made
+    /// from it on the dead primary's port (the brokers' URL names both ports).
+    pub fn fail_over(&mut self) {
+        self.primary.kill();
+        self.standby.promote();
+        let port = self.primary.port();
+        let standby = Server::standby_on(&self.standby, "s1", port);
+        self.primary = std::mem::replace(&mut self.standby, standby);
+        synchronous(&self.primary);
     }
 
     /// The URL brokers use: both servers, the writable one chosen.
@@ -50,6 +49,23 @@ impl Database {
             self.standby.port()
         )
     }
+}
+
+/// Makes the standby `s1` of `primary` synchronous, once it streams.
+fn synchronous(primary: &Server) {
+    primary.wait_for(
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 's1' \
+         AND state = 'streaming'",
+        "1",
+        Duration::from_secs(30),
+    );
+    primary.sql("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (s1)'");
+    primary.sql("SELECT pg_reload_conf()");
+    primary.wait_for(
+        "SELECT sync_state FROM pg_stat_replication WHERE application_name = 's1'",
+        "quorum",
+        Duration::from_secs(30),
+    );
 }
 
 /// Brokers of one cluster: one data folder each (its lock, its keys: copies of the first's).

@@ -9,3 +9,4 @@ mod durability;
 mod harness;
 mod import;
 mod one_log;
+mod soak;
