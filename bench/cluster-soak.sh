@@ -8,4 +8,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UNEFOIS_CLUSTER_ROUNDS=${ROUNDS:-20} cargo test -p unefois-tests --test cluster \
-  random_nodes_die_under_load -- --nocapture 2>&1 | grep -E '^(round|soak|test )'
+  random_nodes_die_under_load -- --nocapture 2>&1 | grep --line-buffered -E "^(round|soak|test )"

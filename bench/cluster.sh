@@ -45,7 +45,7 @@ CONF
   echo "host replication all 127.0.0.1/32 trust" >>"$dir/primary/pg_hba.conf"
   as_postgres taskset -c "$SERVER_CPU" "$PG_BIN/pg_ctl" -D "$dir/primary" -l "$dir/primary.log" -w start >/dev/null
   as_postgres "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PRIMARY_PORT" -U unefois \
-    -D "$dir/standby" -R -X stream
+    -D "$dir/standby" -R -X stream -c fast
   cat >>"$dir/standby/postgresql.auto.conf" <<CONF
 port = $PG_STANDBY_PORT
 primary_conninfo = 'host=127.0.0.1 port=$PG_PRIMARY_PORT user=unefois application_name=s1'

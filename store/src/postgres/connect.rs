@@ -150,11 +150,139 @@ fn shown(config: &tokio_postgres::Config) -> String {
     )
 }
 
+/// A connection that prepares each statement once (its parse and plan are the server's work,
+/// per query otherwise): `query_typed` and `query_typed_opt` shadow the client's, by the same
+/// signature; everything else is the client's.
+pub struct Conn {
+    client: Client,
+    statements: std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>,
+}
+
+type Params<'a> = &'a [(
+    &'a (dyn tokio_postgres::types::ToSql + Sync),
+    tokio_postgres::types::Type,
+)];
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Conn {
+    /// Wraps a connection.
+    pub fn new(client: Client) -> Conn {
+        Conn {
+            client,
+            statements: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    async fn prepared(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        let known = self
+            .statements
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sql)
+            .cloned();
+        if let Some(statement) = known {
+            return Ok(statement);
+        }
+        let types: Vec<_> = params.iter().map(|(_, t)| t.clone()).collect();
+        let statement = self.client.prepare_typed(sql, &types).await?;
+        self.statements
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Prepares `statements` (SQL and parameter types) on this connection.
+    pub async fn prepare_all(
+        &self,
+        statements: &[(&str, &[tokio_postgres::types::Type])],
+    ) -> Result<(), tokio_postgres::Error> {
+        for (sql, types) in statements {
+            let statement = self.client.prepare_typed(sql, types).await?;
+            self.statements
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((*sql).to_string(), statement);
+        }
+        Ok(())
+    }
+
+    fn cached(&self, sql: &str) -> Result<tokio_postgres::Statement, String> {
+        self.statements
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sql)
+            .cloned()
+            .ok_or_else(|| format!("statement not prepared on this connection: {sql}"))
+    }
+
+    /// The rows `sql` changed, `sql` prepared beforehand ([`Conn::prepare_all`]): sent at
+    /// once, in the order of the calls (pipelined), or refused.
+    pub async fn execute_prepared(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<u64, crate::StoreError> {
+        let statement = self.cached(sql).map_err(crate::StoreError::Database)?;
+        let values: Vec<_> = params.iter().map(|(v, _)| *v).collect();
+        self.client
+            .execute(&statement, &values)
+            .await
+            .map_err(super::db("write the batch"))
+    }
+
+    /// The rows of `sql`, prepared beforehand ([`Conn::prepare_all`]).
+    pub async fn query_prepared(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<tokio_postgres::Row>, crate::StoreError> {
+        let statement = self.cached(sql).map_err(crate::StoreError::Database)?;
+        let values: Vec<_> = params.iter().map(|(v, _)| *v).collect();
+        self.client
+            .query(&statement, &values)
+            .await
+            .map_err(super::db("lock the log"))
+    }
+
+    /// The rows of `sql`, prepared once per connection.
+    pub async fn query_typed(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let statement = self.prepared(sql, params).await?;
+        let values: Vec<_> = params.iter().map(|(v, _)| *v).collect();
+        self.client.query(&statement, &values).await
+    }
+
+    /// The row of `sql`, if any, prepared once per connection.
+    pub async fn query_typed_opt(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        let statement = self.prepared(sql, params).await?;
+        let values: Vec<_> = params.iter().map(|(v, _)| *v).collect();
+        self.client.query_opt(&statement, &values).await
+    }
+}
+
 /// One shared connection for reads (tokio-postgres pipelines concurrent queries on it),
 /// replaced when it ends: after a failover, the next read connects to the new primary.
 pub struct Shared {
     connector: Connector,
-    client: ArcSwapOption<Client>,
+    client: ArcSwapOption<Conn>,
     reconnecting: tokio::sync::Mutex<()>,
 }
 
@@ -169,7 +297,7 @@ impl Shared {
     }
 
     /// The connection, made again if it ended.
-    pub async fn client(&self) -> Result<Arc<Client>, StoreError> {
+    pub async fn client(&self) -> Result<Arc<Conn>, StoreError> {
         if let Some(client) = self.client.load_full()
             && !client.is_closed()
         {
@@ -181,7 +309,7 @@ impl Shared {
         {
             return Ok(client);
         }
-        let client = Arc::new(self.connector.connect().await?);
+        let client = Arc::new(Conn::new(self.connector.connect().await?));
         self.client.store(Some(client.clone()));
         Ok(client)
     }

@@ -29,7 +29,6 @@ use futures::StreamExt;
 use tlog_tiles::{Hash, HashReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, GenericClient};
 
 use super::{CheckpointSigner, Items, MandatesOf, Store, StoreError, StoreHealth};
 use crate::consent::Consent;
@@ -38,6 +37,7 @@ use crate::mandate::Mandate;
 use crate::projection::{self, Change, Models, RequestUse, Views};
 use crate::seal::Sealer;
 
+use connect::Conn;
 pub use connect::Connector;
 pub use schema::MIGRATIONS;
 
@@ -74,7 +74,7 @@ pub async fn init(url: &str) -> Result<Vec<usize>, StoreError> {
 /// The number of entries in the log at `url`: whether a broker joins a running cluster (its keys
 /// must then already be there) or starts its first log.
 pub async fn log_size(url: &str) -> Result<u64, StoreError> {
-    let client = Connector::parse(url)?.connect().await?;
+    let client = Conn::new(Connector::parse(url)?.connect().await?);
     schema::check(&client).await?;
     Ok(read_head(&client).await?.size)
 }
@@ -114,7 +114,7 @@ impl Postgres {
         let client = reads.client().await?;
         schema::check(&client).await?;
         let log: Arc<dyn CheckpointSigner> = Arc::new(log);
-        let head = read_head(&*client).await?;
+        let head = read_head(&client).await?;
         if head.size > 0 {
             let ours = log.sign(head.size, frontier_root(&head.frontier));
             if ours != head.checkpoint {
@@ -193,7 +193,7 @@ impl Postgres {
         self.connector.shown()
     }
 
-    async fn client(&self) -> Result<Arc<Client>, StoreError> {
+    async fn client(&self) -> Result<Arc<Conn>, StoreError> {
         self.reads.client().await
     }
 
@@ -356,12 +356,15 @@ struct Head {
     checkpoint: String,
 }
 
-async fn read_head(client: &impl GenericClient) -> Result<Head, StoreError> {
-    let row = client
-        .query_one("SELECT size, frontier, checkpoint FROM unefois_log", &[])
+async fn read_head(client: &Conn) -> Result<Head, StoreError> {
+    let rows = client
+        .query_typed("SELECT size, frontier, checkpoint FROM unefois_log", &[])
         .await
         .map_err(db("read the log's head"))?;
-    head_of(&row)
+    let row = rows
+        .first()
+        .ok_or_else(|| StoreError::Database("the log's coordination row is missing".into()))?;
+    head_of(row)
 }
 
 fn head_of(row: &tokio_postgres::Row) -> Result<Head, StoreError> {
@@ -475,7 +478,7 @@ impl Overlay {
     }
 
     /// Loads what the projection missed (never over what this batch already changed).
-    async fn load(&mut self, tx: &impl GenericClient, misses: Misses) -> Result<(), StoreError> {
+    async fn load(&mut self, tx: &Conn, misses: Misses) -> Result<(), StoreError> {
         if !misses.consents.is_empty() {
             let rows = tx
                 .query_typed(
@@ -581,7 +584,7 @@ async fn write_loop(
     sealer: Arc<Sealer>,
     mut queue: mpsc::Receiver<Pending>,
 ) {
-    let mut client: Option<Client> = None;
+    let mut client: Option<Conn> = None;
     while let Some(first) = queue.recv().await {
         let mut count = first.records.len();
         let mut batch = vec![first];
@@ -608,7 +611,10 @@ async fn write_loop(
             Some(c) if !c.is_closed() => commit(c, &*log, &sealer, &batch).await,
             _ => match connector.connect().await {
                 Ok(c) => {
-                    let c = client.insert(c);
+                    let c = client.insert(Conn::new(c));
+                    if let Err(e) = c.prepare_all(WRITES).await {
+                        tracing::warn!(error = %e, "the writer's statements were not prepared");
+                    }
                     commit(c, &*log, &sealer, &batch).await
                 }
                 Err(e) => Err(e),
@@ -629,11 +635,18 @@ async fn write_loop(
             }
             Err(e) => {
                 tracing::error!(error = %e, records = count, "append to the database failed");
-                if client.as_ref().is_some_and(Client::is_closed) {
+                if client.as_ref().is_some_and(|c| c.is_closed()) {
                     client = None;
                 }
+                // The operator's message once: the caller's error carries the same words.
+                let message = match &e {
+                    StoreError::Database(message) => message.clone(),
+                    other => other.to_string(),
+                };
                 for pending in batch {
-                    let _ = pending.reply.send(Err(StoreError::Database(e.to_string())));
+                    let _ = pending
+                        .reply
+                        .send(Err(StoreError::Database(message.clone())));
                 }
             }
         }
@@ -642,7 +655,7 @@ async fn write_loop(
 
 /// One batch, in one transaction: see the module's documentation.
 async fn commit(
-    client: &Client,
+    client: &Conn,
     log: &dyn CheckpointSigner,
     sealer: &Sealer,
     batch: &[Pending],
@@ -658,20 +671,17 @@ async fn commit(
 /// The batch's transaction, in two round trips: BEGIN with the coordination row's lock, then
 /// the writes with the COMMIT (pipelined: a failed write makes the COMMIT a rollback).
 async fn transaction(
-    client: &Client,
+    client: &Conn,
     log: &dyn CheckpointSigner,
     sealer: &Sealer,
     batch: &[Pending],
 ) -> Result<Vec<Appended>, StoreError> {
     let (begun, row) = futures::join!(
         client.batch_execute("BEGIN"),
-        client.query_typed(
-            "SELECT size, frontier, checkpoint FROM unefois_log FOR UPDATE",
-            &[],
-        )
+        client.query_prepared(LOCK_LOG, &[])
     );
     begun.map_err(db("begin"))?;
-    let row = row.map_err(db("lock the log"))?;
+    let row = row?;
     let row = row
         .first()
         .ok_or_else(|| StoreError::Database("the log's coordination row is missing".into()))?;
@@ -816,18 +826,18 @@ async fn transaction(
     let (requests, fetches) = (request_rows(&requests), request_rows(&fetches));
     let keys = keys.map(|k| json(&k));
 
-    let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, tokio_postgres::Error>>> =
-        Vec::new();
+    let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, StoreError>>> = Vec::new();
     let t = client;
     writes.push(Box::pin(async move {
-        t.execute_typed(
-        "INSERT INTO unefois_entries (idx, entry) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-        &[(&indices, Type::INT8_ARRAY), (&entries, Type::BYTEA_ARRAY)],
-    ).await
+        t.execute_prepared(
+            INSERT_ENTRIES,
+            &[(&indices, Type::INT8_ARRAY), (&entries, Type::BYTEA_ARRAY)],
+        )
+        .await
     }));
     writes.push(Box::pin(async move {
-        t.execute_typed(
-            "INSERT INTO unefois_tree (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+        t.execute_prepared(
+            INSERT_TREE,
             &[
                 (&hash_indices, Type::INT8_ARRAY),
                 (&hash_bytes, Type::BYTEA_ARRAY),
@@ -837,9 +847,8 @@ async fn transaction(
     }));
     if !exchanges.0.is_empty() {
         writes.push(Box::pin(async move {
-            t.execute_typed(
-                "INSERT INTO unefois_exchanges (subject, idx) \
-             SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
+            t.execute_prepared(
+                INSERT_EXCHANGES,
                 &[
                     (&exchanges.0, Type::TEXT_ARRAY),
                     (&exchanges.1, Type::INT8_ARRAY),
@@ -850,10 +859,8 @@ async fn transaction(
     }
     if !consent_rows.0.is_empty() {
         writes.push(Box::pin(async move {
-            t.execute_typed(
-                "INSERT INTO unefois_consents (id, subject, mandate_id, body) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) \
-             ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
+            t.execute_prepared(
+                UPSERT_CONSENTS,
                 &[
                     (&consent_rows.0, Type::TEXT_ARRAY),
                     (&consent_rows.1, Type::TEXT_ARRAY),
@@ -866,10 +873,8 @@ async fn transaction(
     }
     if !scopes[0].is_empty() {
         writes.push(Box::pin(async move {
-            t.execute_typed(
-                "INSERT INTO unefois_consent_scopes \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-             ON CONFLICT DO NOTHING",
+            t.execute_prepared(
+                INSERT_SCOPES,
                 &[
                     (&scopes[0], Type::TEXT_ARRAY),
                     (&scopes[1], Type::TEXT_ARRAY),
@@ -883,9 +888,8 @@ async fn transaction(
     }
     if !parties[0].is_empty() {
         writes.push(Box::pin(async move {
-            t.execute_typed(
-                "INSERT INTO unefois_consent_parties \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+            t.execute_prepared(
+                INSERT_PARTIES,
                 &[
                     (&parties[0], Type::TEXT_ARRAY),
                     (&parties[1], Type::TEXT_ARRAY),
@@ -897,10 +901,8 @@ async fn transaction(
     }
     if !mandate_rows.0.is_empty() {
         writes.push(Box::pin(async move {
-            t.execute_typed(
-                "INSERT INTO unefois_mandates (id, subject, structure, body) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) \
-             ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
+            t.execute_prepared(
+                UPSERT_MANDATES,
                 &[
                     (&mandate_rows.0, Type::TEXT_ARRAY),
                     (&mandate_rows.1, Type::TEXT_ARRAY),
@@ -916,7 +918,7 @@ async fn transaction(
             continue;
         }
         writes.push(Box::pin(async move {
-            t.execute_typed(
+            t.execute_prepared(
                 sql,
                 &[
                     (&columns[0], Type::TEXT_ARRAY),
@@ -930,12 +932,8 @@ async fn transaction(
     }
     if let Some(keys) = &keys {
         writes.push(Box::pin(async move {
-            t.execute_typed(
-                "INSERT INTO unefois_meta (name, value) VALUES ('recorded_keys', $1) \
-             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-                &[(keys, Type::JSONB)],
-            )
-            .await
+            t.execute_prepared(UPSERT_KEYS, &[(keys, Type::JSONB)])
+                .await
         }));
     }
     let size = next;
@@ -944,8 +942,8 @@ async fn transaction(
     let size_row = int(size);
     let note_row = note.clone();
     writes.push(Box::pin(async move {
-        t.execute_typed(
-            "UPDATE unefois_log SET size = $1, frontier = $2, checkpoint = $3",
+        t.execute_prepared(
+            ADVANCE_LOG,
             &[
                 (&size_row, Type::INT8),
                 (&frontier_bytes, Type::BYTEA),
@@ -960,7 +958,7 @@ async fn transaction(
         futures::future::try_join_all(writes),
         client.batch_execute("COMMIT")
     );
-    written.map_err(db("write the batch"))?;
+    written?;
     committed.map_err(db("commit"))?;
     Ok(prove(
         appended,
@@ -1004,6 +1002,90 @@ fn prove(
         })
         .collect()
 }
+
+/// The writer's statements, prepared on each of its connections before any batch: a batch's
+/// writes are pipelined with its COMMIT, so none may wait for a prepare.
+const INSERT_ENTRIES: &str =
+    "INSERT INTO unefois_entries (idx, entry) SELECT * FROM unnest($1::bigint[], $2::bytea[])";
+const INSERT_TREE: &str =
+    "INSERT INTO unefois_tree (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])";
+const INSERT_EXCHANGES: &str = "INSERT INTO unefois_exchanges (subject, idx) \
+             SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING";
+const UPSERT_CONSENTS: &str = "INSERT INTO unefois_consents (id, subject, mandate_id, body) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) \
+             ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body";
+const INSERT_SCOPES: &str = "INSERT INTO unefois_consent_scopes \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+             ON CONFLICT DO NOTHING";
+const INSERT_PARTIES: &str = "INSERT INTO unefois_consent_parties \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING";
+const UPSERT_MANDATES: &str = "INSERT INTO unefois_mandates (id, subject, structure, body) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) \
+             ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body";
+const UPSERT_KEYS: &str = "INSERT INTO unefois_meta (name, value) VALUES ('recorded_keys', $1) \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
+const ADVANCE_LOG: &str = "UPDATE unefois_log SET size = $1, frontier = $2, checkpoint = $3";
+
+const WRITES: &[(&str, &[Type])] = &[
+    (INSERT_ENTRIES, &[Type::INT8_ARRAY, Type::BYTEA_ARRAY]),
+    (INSERT_TREE, &[Type::INT8_ARRAY, Type::BYTEA_ARRAY]),
+    (INSERT_EXCHANGES, &[Type::TEXT_ARRAY, Type::INT8_ARRAY]),
+    (
+        UPSERT_CONSENTS,
+        &[
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::JSONB_ARRAY,
+        ],
+    ),
+    (
+        INSERT_SCOPES,
+        &[
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+        ],
+    ),
+    (
+        INSERT_PARTIES,
+        &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY],
+    ),
+    (
+        UPSERT_MANDATES,
+        &[
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::JSONB_ARRAY,
+        ],
+    ),
+    (UPSERT_KEYS, &[Type::JSONB]),
+    (ADVANCE_LOG, &[Type::INT8, Type::BYTEA, Type::TEXT]),
+    (
+        REQUESTS_REPLACE,
+        &[
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+        ],
+    ),
+    (
+        REQUESTS_KEEP,
+        &[
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+        ],
+    ),
+    (LOCK_LOG, &[]),
+];
+
+const LOCK_LOG: &str = "SELECT size, frontier, checkpoint FROM unefois_log FOR UPDATE";
 
 /// A consent or mandate request id: the latest use replaces an earlier one.
 const REQUESTS_REPLACE: &str = "INSERT INTO unefois_requests (actor, request_id, fingerprint, result) \

@@ -135,6 +135,9 @@ impl Server {
             "-X",
             "stream",
             "--no-sync",
+            // A fast checkpoint: the default spread one can take minutes on a busy primary.
+            "-c",
+            "fast",
         ]));
         let conf = format!(
             "\nport = {}\nunix_socket_directories = '{}'\n\
