@@ -905,15 +905,6 @@ impl Store for Embedded {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    async fn fetch_request_use(
-        &self,
-        actor: &str,
-        request_id_digest: &str,
-    ) -> Result<Option<RequestUse>, StoreError> {
-        self.request_use(actor, &projection::fetch_request_key(request_id_digest))
-            .await
-    }
-
     async fn exchanges_about(
         &self,
         subject: &str,

@@ -215,7 +215,13 @@ pub trait Store: Send + Sync {
         &self,
         actor: &str,
         request_id_digest: &str,
-    ) -> Result<Option<RequestUse>, StoreError>;
+    ) -> Result<Option<RequestUse>, StoreError> {
+        self.request_use(
+            actor,
+            &crate::projection::fetch_request_key(request_id_digest),
+        )
+        .await
+    }
 
     /// Journal sequence numbers of the exchanges about a subject (by audit pseudonym), newest
     /// first, before `before` (exclusive) when given, at most `limit` of them: a walk down the

@@ -196,15 +196,6 @@ impl Store for Memory {
         Ok(self.inner().models.requests.get(&key).cloned())
     }
 
-    async fn fetch_request_use(
-        &self,
-        actor: &str,
-        request_id_digest: &str,
-    ) -> Result<Option<RequestUse>, StoreError> {
-        self.request_use(actor, &projection::fetch_request_key(request_id_digest))
-            .await
-    }
-
     async fn exchanges_about(
         &self,
         subject: &str,

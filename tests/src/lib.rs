@@ -249,6 +249,56 @@ impl TestBroker {
     }
 }
 
+/// The addresses a `unefois serve` process prints on its standard output, its mTLS listener's
+/// and its health probe's, read until it says how to try it; the rest of its output is drained
+/// on a thread, so that the broker never blocks on a full pipe. Blocking (call it from
+/// `spawn_blocking` in async code).
+pub fn served_addresses(
+    stdout: std::process::ChildStdout,
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let (mut addr, mut ops_addr) = (None, None);
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix("Une Fois broker listening on ") {
+            addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+        if let Some(rest) = line.strip_prefix("Health probe on http://") {
+            ops_addr = rest.strip_suffix("/healthz").and_then(|a| a.parse().ok());
+        }
+        if line.contains("registry show") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok((
+        addr.context("the broker printed no address")?,
+        ops_addr.context("the broker printed no health probe")?,
+    ))
+}
+
+/// Waits (10 s at most) until the `unefois serve` process `child`, its health probe at
+/// `ops_addr`, says it is ready; fails at once if it exits.
+pub async fn wait_until_ready(
+    child: &mut std::process::Child,
+    ops_addr: SocketAddr,
+) -> anyhow::Result<()> {
+    for _ in 0..400 {
+        if let Some(status) = child.try_wait()? {
+            bail!("the broker exited before it was ready: {status}");
+        }
+        if http_get(ops_addr, "/readyz")
+            .await
+            .is_ok_and(|(status, _)| status == 200)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("the broker (health probe {ops_addr}) was not ready after 10 s")
+}
+
 /// A plain HTTP/1.0 GET on loopback: the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;

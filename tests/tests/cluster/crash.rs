@@ -14,7 +14,7 @@ use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_tests::requests::rfr;
 use unefois_tlog::{root_of, verify_checkpoint, verify_consistency, verify_inclusion};
 
-use crate::harness::{Database, Process, processes};
+use crate::harness::{Database, Process, log_entries, processes};
 
 /// Load tasks per broker.
 const TASKS: usize = 3;
@@ -79,28 +79,7 @@ pub(crate) async fn all_in_the_log(auditor: &Process, acked: &Acked) -> anyhow::
         .into_inner()
         .checkpoint;
     let last = verify_checkpoint(log_vkey, &note)?;
-    let mut entries: Vec<Vec<u8>> = Vec::new();
-    while (entries.len() as u64) < last.size {
-        let events = audit
-            .list_events(pb::ListEventsRequest {
-                start_index: entries.len() as u64,
-                limit: 1000,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .events;
-        ensure!(!events.is_empty(), "the log ends at {}", entries.len());
-        for event in events {
-            ensure!(
-                event.index == entries.len() as u64,
-                "gap at {}",
-                entries.len()
-            );
-            entries.push(event.entry);
-        }
-    }
-    entries.truncate(last.size as usize);
+    let entries = log_entries(&mut audit, last.size).await?;
     ensure!(
         root_of(&entries) == last.root,
         "the entries give another root"

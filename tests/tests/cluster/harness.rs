@@ -146,7 +146,6 @@ impl Process {
     /// Starts a broker process on `url` with its home in `home` (the development PKI made
     /// there if missing) and waits until it is ready.
     pub async fn start(home: &Path, url: &str) -> anyhow::Result<Process> {
-        use std::io::{BufRead, BufReader};
         let root = unefois_tests::repo_root();
         let child = std::process::Command::new(unefois_tests::unefois_binary()?)
             .current_dir(&root)
@@ -169,47 +168,16 @@ impl Process {
             .context("cannot start unefois serve")?;
         let mut child = child;
         let stdout = child.stdout.take().context("no stdout")?;
+        let printed = tokio::task::spawn_blocking(move || unefois_tests::served_addresses(stdout));
         let mut process = Process {
             child,
             addr: ([0, 0, 0, 0], 0).into(),
             ops_addr: ([0, 0, 0, 0], 0).into(),
             home: home.to_path_buf(),
         };
-        let (addr, ops_addr) = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let (mut addr, mut ops_addr) = (None, None);
-            for line in lines.by_ref() {
-                let line = line?;
-                if let Some(rest) = line.strip_prefix("Une Fois broker listening on ") {
-                    addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-                }
-                if let Some(rest) = line.strip_prefix("Health probe on http://") {
-                    ops_addr = rest.strip_suffix("/healthz").and_then(|a| a.parse().ok());
-                }
-                if addr.is_some() && ops_addr.is_some() {
-                    break;
-                }
-            }
-            // Drained from now on, so that the broker never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            anyhow::Ok((addr, ops_addr))
-        })
-        .await??;
-        process.addr = addr.context("the broker printed no address")?;
-        process.ops_addr = ops_addr.context("the broker printed no health probe")?;
-        for _ in 0..400 {
-            if let Some(status) = process.child.try_wait()? {
-                anyhow::bail!("the broker exited before it was ready: {status}");
-            }
-            if unefois_tests::http_get(process.ops_addr, "/readyz")
-                .await
-                .is_ok_and(|(status, _)| status == 200)
-            {
-                return Ok(process);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        anyhow::bail!("the broker at {} was not ready after 10 s", process.addr)
+        (process.addr, process.ops_addr) = printed.await??;
+        unefois_tests::wait_until_ready(&mut process.child, process.ops_addr).await?;
+        Ok(process)
     }
 
     /// SIGKILL, then reap: no drain, no flush.
@@ -246,4 +214,39 @@ pub async fn processes(
         homes.push(home);
     }
     Ok((homes, brokers))
+}
+
+/// The first `size` entries of the log, as the auditor `audit` lists them (each listing is
+/// itself recorded: the log grows as it is read), their leaf indices checked gap-free.
+pub async fn log_entries(
+    audit: &mut unefois_proto::v1::audit_client::AuditClient<tonic::transport::Channel>,
+    size: u64,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut entries: Vec<Vec<u8>> = Vec::new();
+    while (entries.len() as u64) < size {
+        let events = audit
+            .list_events(unefois_proto::v1::ListEventsRequest {
+                start_index: entries.len() as u64,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .events;
+        anyhow::ensure!(
+            !events.is_empty(),
+            "the log ends at {} entries, before {size}",
+            entries.len()
+        );
+        for event in events {
+            anyhow::ensure!(
+                event.index == entries.len() as u64,
+                "gap at {}",
+                entries.len()
+            );
+            entries.push(event.entry);
+        }
+    }
+    entries.truncate(size as usize);
+    Ok(entries)
 }

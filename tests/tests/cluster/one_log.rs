@@ -14,37 +14,10 @@ use unefois_tests::sample::{CANTINE, QF};
 use unefois_tests::{TestBroker, TestPki};
 use unefois_tlog::{root_of, verify_checkpoint, verify_consistency, verify_inclusion};
 
-use crate::harness::{Cluster, Database, copy_keys, start};
+use crate::harness::{Cluster, Database, copy_keys, log_entries, start};
 
 fn hashes(proof: &[Vec<u8>]) -> Vec<[u8; 32]> {
     unefois_tlog::tree::hashes(proof).unwrap_or_else(|| panic!("a proof hash is not 32 bytes"))
-}
-
-/// The first `size` entries of the log, as an auditor lists them (each listing is itself
-/// recorded: the log grows as it is read).
-async fn entries(broker: &TestBroker, size: u64) -> anyhow::Result<Vec<(u64, Vec<u8>)>> {
-    let mut audit = AuditClient::new(broker.channel("cnil").await?);
-    let mut out = Vec::new();
-    while (out.len() as u64) < size {
-        let events = audit
-            .list_events(pb::ListEventsRequest {
-                start_index: out.len() as u64,
-                limit: 1000,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .events;
-        if events.is_empty() {
-            return Err(anyhow!(
-                "the log ends at {} entries, before {size}",
-                out.len()
-            ));
-        }
-        out.extend(events.into_iter().map(|e| (e.index, e.entry)));
-    }
-    out.truncate(size as usize);
-    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -110,12 +83,9 @@ async fn three_brokers_write_one_verifiable_log_and_revocations_apply_everywhere
         .into_inner()
         .checkpoint;
     let last = verify_checkpoint(log_vkey.trim(), &note)?;
-    let entries = entries(b, last.size).await?;
-    assert_eq!(entries.len() as u64, last.size, "every entry, once");
-    for (i, (index, _)) in entries.iter().enumerate() {
-        assert_eq!(*index, i as u64, "gap-free leaf indices");
-    }
-    let bytes: Vec<&[u8]> = entries.iter().map(|(_, e)| e.as_slice()).collect();
+    // Listed with their indices checked gap-free.
+    let bytes = log_entries(&mut AuditClient::new(b.channel("cnil").await?), last.size).await?;
+    assert_eq!(bytes.len() as u64, last.size, "every entry, once");
     assert_eq!(
         root_of(&bytes),
         last.root,
@@ -127,7 +97,7 @@ async fn three_brokers_write_one_verifiable_log_and_revocations_apply_everywhere
     assert_eq!(leaves.len(), receipts.len(), "no two receipts share a leaf");
     let mut audit = AuditClient::new(a.channel("dgfip").await?);
     for receipt in &receipts {
-        assert_eq!(bytes[receipt.leaf_index as usize], receipt.entry.as_slice());
+        assert_eq!(bytes[receipt.leaf_index as usize], receipt.entry);
         let given = verify_checkpoint(log_vkey.trim(), &receipt.checkpoint)?;
         let proof = hashes(&receipt.inclusion_proof);
         verify_inclusion(

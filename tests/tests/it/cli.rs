@@ -54,20 +54,7 @@ fn serve(cwd: &Path) -> anyhow::Result<Served> {
         .stdout
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(rest) = line.strip_prefix("Une Fois broker listening on ") {
-            addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-        }
-        if line.contains("registry show") {
-            break;
-        }
-    }
-    // Keep draining stdout so the broker never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    let addr = addr.ok_or_else(|| anyhow::anyhow!("the broker printed no address"))?;
+    let (addr, _) = unefois_tests::served_addresses(stdout)?;
     Ok(Served { child, addr })
 }
 

@@ -5,7 +5,6 @@
 //! published verifier keys, inclusion and consistency proofs, and the whole log re-hashed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -24,7 +23,7 @@ use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
 use unefois_tests::sample::{AGENT, QF, RFR};
-use unefois_tests::{http_get, install_crypto, repo_root, unefois_binary};
+use unefois_tests::{install_crypto, repo_root, unefois_binary};
 use unefois_tlog::{VerifiedCheckpoint, verify_checkpoint};
 use unefois_tlog::{root_of, verify_consistency, verify_inclusion};
 
@@ -96,41 +95,10 @@ impl Site {
             .context("cannot start unefois serve")?;
         let mut child = KillOnDrop(child);
         let stdout = child.0.stdout.take().context("no stdout")?;
-        let (lines, addr, ops_addr) = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let (mut addr, mut ops_addr) = (None, None);
-            for line in lines.by_ref() {
-                let line = line?;
-                if let Some(rest) = line.strip_prefix("Une Fois broker listening on ") {
-                    addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-                }
-                if let Some(rest) = line.strip_prefix("Health probe on http://") {
-                    ops_addr = rest.strip_suffix("/healthz").and_then(|a| a.parse().ok());
-                }
-                if line.contains("registry show") {
-                    break;
-                }
-            }
-            anyhow::Ok((lines, addr, ops_addr))
-        })
-        .await??;
-        // Keep draining stdout so the broker never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        let addr: SocketAddr = addr.context("the broker printed no address")?;
-        let ops_addr: SocketAddr = ops_addr.context("the broker printed no health probe")?;
-        for _ in 0..400 {
-            if let Some(status) = child.0.try_wait()? {
-                bail!("the broker exited before it was ready: {status}");
-            }
-            if http_get(ops_addr, "/readyz")
-                .await
-                .is_ok_and(|(status, _)| status == 200)
-            {
-                return Ok(Served { child, addr });
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        bail!("the broker at {addr} (ops {ops_addr}) was not ready after 10 s")
+        let (addr, ops_addr) =
+            tokio::task::spawn_blocking(move || unefois_tests::served_addresses(stdout)).await??;
+        unefois_tests::wait_until_ready(&mut child.0, ops_addr).await?;
+        Ok(Served { child, addr })
     }
 
     async fn channel(&self, served: &Served, name: &str) -> anyhow::Result<Channel> {

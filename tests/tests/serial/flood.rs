@@ -490,7 +490,6 @@ impl Drop for LimitedBinary {
 
 impl LimitedBinary {
     async fn start(nofile: u32) -> anyhow::Result<LimitedBinary> {
-        use std::io::BufRead;
         let binary = unefois_tests::unefois_binary()?;
         let home = tempfile::tempdir()?;
         let mut child = std::process::Command::new("sh")
@@ -516,25 +515,7 @@ impl LimitedBinary {
             .spawn()
             .context("cannot start unefois serve")?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let printed = tokio::task::spawn_blocking(move || {
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            let (mut addr, mut ops_addr) = (None, None);
-            for line in lines.by_ref() {
-                let line = line?;
-                if let Some(rest) = line.strip_prefix("Une Fois broker listening on ") {
-                    addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-                }
-                if let Some(rest) = line.strip_prefix("Health probe on http://") {
-                    ops_addr = rest.strip_suffix("/healthz").and_then(|a| a.parse().ok());
-                }
-                if line.contains("registry show") {
-                    break;
-                }
-            }
-            // Keep draining stdout so that the broker never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            anyhow::Ok((addr, ops_addr))
-        });
+        let printed = tokio::task::spawn_blocking(move || unefois_tests::served_addresses(stdout));
         let mut served = LimitedBinary {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -542,22 +523,9 @@ impl LimitedBinary {
             pki_dir: home.path().join("pki"),
             _home: home,
         };
-        let (addr, ops_addr) = printed.await??;
-        served.addr = addr.context("the broker printed no address")?;
-        served.ops_addr = ops_addr.context("the broker printed no health probe")?;
-        for _ in 0..400 {
-            if let Some(status) = served.child.try_wait()? {
-                bail!("the broker exited before it was ready: {status}");
-            }
-            if http_get(served.ops_addr, "/readyz")
-                .await
-                .is_ok_and(|(status, _)| status == 200)
-            {
-                return Ok(served);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        bail!("the broker was not ready after 10 s")
+        (served.addr, served.ops_addr) = printed.await??;
+        unefois_tests::wait_until_ready(&mut served.child, served.ops_addr).await?;
+        Ok(served)
     }
 
     async fn channel(&self, name: &str) -> anyhow::Result<Channel> {
