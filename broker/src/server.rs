@@ -84,6 +84,9 @@ pub enum StoreLocation {
         /// How long an append waits for its commit before the caller is told the store is
         /// unavailable.
         append_timeout: Duration,
+        /// This broker brings the cluster a new registry: started with a registry other than
+        /// the one the log recorded last, it records its own instead of refusing to start.
+        change_registry: bool,
     },
 }
 
@@ -139,6 +142,25 @@ pub enum BrokerError {
     /// The operational listener failed.
     #[error("operational listener: {0}")]
     Ops(std::io::Error),
+    /// A cluster broker's registry is not the one the log recorded last (another broker's).
+    #[error(
+        "this broker's registry ({ours}) is not the cluster's ({recorded}, recorded at entry \
+         {entry}): {}. Every broker of a cluster serves the same registry: copy the cluster's \
+         files here; to roll out this registry on purpose, start this broker with \
+         `--change-registry` (or reload a broker that runs it with SIGHUP), then give the other \
+         brokers the same files and reload them",
+        changes.join(", ")
+    )]
+    RegistryDiffers {
+        /// This broker's registry hash.
+        ours: String,
+        /// The hash the log recorded last.
+        recorded: String,
+        /// The entry that recorded it.
+        entry: u64,
+        /// Each file that differs ([`crate::registry::manifest_changes`]).
+        changes: Vec<String>,
+    },
     /// A verifier key published in the PKI folder is not the broker's: it is never overwritten.
     #[error(
         "{}: publishes the {what} {published:?}, but this broker's is {ours:?}: verifiers trust \
@@ -267,6 +289,7 @@ pub async fn run(
         StoreLocation::Postgres {
             url,
             append_timeout,
+            ..
         } => {
             let store = Postgres::open(url, log, sealer.clone(), *append_timeout).await?;
             tracing::info!(database = %store.location(), "store: PostgreSQL");
@@ -275,9 +298,35 @@ pub async fn run(
     };
     // The keys are those the journal last recorded, and the published verifier keys theirs.
     let recorded = store.recorded_keys().await;
+    // A cluster serves one registry: the one its log recorded last, unless this start brings
+    // a new one on purpose.
+    let cluster_registry = match &config.store {
+        StoreLocation::Postgres {
+            change_registry: false,
+            ..
+        } => store.recorded_registry().await,
+        _ => Ok(None),
+    };
     let checked = (|| -> Result<(), BrokerError> {
         if let Some(recorded) = recorded? {
             keys.check_recorded(&recorded)?;
+        }
+        if let Some(cluster) = cluster_registry?
+            && cluster.sha256 != registry.sha256_hex()
+        {
+            let mut recorded_files = cluster.files.clone();
+            if recorded_files.is_empty() {
+                recorded_files.insert(
+                    crate::registry::MANIFEST_REGISTRY_KEY.to_string(),
+                    cluster.sha256.clone(),
+                );
+            }
+            return Err(BrokerError::RegistryDiffers {
+                ours: registry.sha256_hex(),
+                recorded: cluster.sha256,
+                entry: cluster.entry,
+                changes: crate::registry::manifest_changes(&recorded_files, registry.manifest()),
+            });
         }
         if let Some(pki_dir) = config.tls.ca.parent() {
             for (file, what, vkey) in &vkeys {

@@ -71,6 +71,11 @@ pub(crate) struct ServeArgs {
     /// the caller is told the store is unavailable.
     #[arg(long, default_value_t = broker::store::postgres::DEFAULT_APPEND_TIMEOUT.as_secs())]
     append_timeout_secs: u64,
+    /// With `--store`: this broker brings the cluster a new registry. Without it, a broker whose
+    /// registry is not the one the cluster's log recorded last refuses to start, naming the
+    /// files that differ.
+    #[arg(long, requires = "store")]
+    change_registry: bool,
 }
 
 fn init_logging(format: LogFormat) {
@@ -147,6 +152,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(url) => broker::StoreLocation::Postgres {
                 url,
                 append_timeout: std::time::Duration::from_secs(args.append_timeout_secs.max(1)),
+                change_registry: args.change_registry,
             },
         },
     };

@@ -158,6 +158,19 @@ pub struct RecordedKeys {
     pub ids: std::collections::BTreeMap<String, String>,
 }
 
+/// The registry the log recorded last (its latest `registry_loaded` entry): a cluster broker
+/// started with another one is refused, naming the files that differ.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedRegistry {
+    /// The entry (leaf index) that recorded it.
+    pub entry: u64,
+    /// The registry's hash, hex (`registry_sha256`).
+    pub sha256: String,
+    /// Its manifest: registry key → hex SHA-256 of each file (empty for old entries).
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
 /// How an exchange ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

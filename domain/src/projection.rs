@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use crate::caller::actor;
 use crate::consent::Consent;
-use crate::event::{Event, Record, RecordedKeys};
+use crate::event::{Event, Record, RecordedKeys, RecordedRegistry};
 use crate::mandate::Mandate;
 
 /// What an idempotency key was used for.
@@ -61,6 +61,8 @@ pub enum Change {
         /// Key file name → key id.
         ids: BTreeMap<String, String>,
     },
+    /// The registry a broker started or reloaded with, as of entry `entry`.
+    RegistryRecorded(RecordedRegistry),
 }
 
 /// What the projection reads of the state built from earlier records.
@@ -93,6 +95,8 @@ pub struct Models {
     pub requests: HashMap<(String, String), RequestUse>,
     /// The key ids the latest broker start recorded.
     pub recorded_keys: Option<RecordedKeys>,
+    /// The registry the latest start or reload recorded.
+    pub recorded_registry: Option<RecordedRegistry>,
 }
 
 impl Models {
@@ -123,6 +127,7 @@ impl Models {
             Change::KeysRecorded { entry, ids } => {
                 self.recorded_keys = Some(RecordedKeys { entry, ids });
             }
+            Change::RegistryRecorded(registry) => self.recorded_registry = Some(registry),
         }
     }
 
@@ -314,8 +319,15 @@ pub fn apply<V: Views>(
                 ids: keys,
             });
         }
-        Event::RegistryLoaded { .. }
-        | Event::AuditRead { .. }
+        Event::RegistryLoaded {
+            registry_sha256,
+            files,
+        } => changes.push(Change::RegistryRecorded(RecordedRegistry {
+            entry: seq,
+            sha256: registry_sha256,
+            files,
+        })),
+        Event::AuditRead { .. }
         | Event::BrokerStarted { .. }
         | Event::BrokerStopped {}
         | Event::RateLimited { .. }
@@ -412,6 +424,12 @@ mod tests {
             out.extend(requests);
             if let Some(keys) = &self.recorded_keys {
                 out.push(format!("keys at {}: {}", keys.entry, keys.ids.len()));
+            }
+            if let Some(registry) = &self.recorded_registry {
+                out.push(format!(
+                    "registry at {}: {}",
+                    registry.entry, registry.sha256
+                ));
             }
             out
         }

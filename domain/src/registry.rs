@@ -547,6 +547,29 @@ pub fn manifest_text(manifest: &BTreeMap<String, String>) -> String {
     text
 }
 
+/// How two registry manifests differ, one line per file (`registry key: changed`, `added`,
+/// `removed`), in key order; empty when they are the same. `recorded` is the one the log
+/// holds, `ours` the one at hand. An old entry without a manifest compares as `(registry)`
+/// alone, its hash being the registry file's.
+pub fn manifest_changes(
+    recorded: &BTreeMap<String, String>,
+    ours: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut changes = Vec::new();
+    for (key, sha256) in ours {
+        match recorded.get(key) {
+            None => changes.push(format!("{key}: added")),
+            Some(theirs) if theirs != sha256 => changes.push(format!("{key}: changed")),
+            Some(_) => {}
+        }
+    }
+    for key in recorded.keys().filter(|k| !ours.contains_key(*k)) {
+        changes.push(format!("{key}: removed"));
+    }
+    changes.sort();
+    changes
+}
+
 /// Static headers whose name says they carry a credential (an API key, a token, a session):
 /// never sent over plain `http://`. Matched on the lowercase name.
 fn is_credential_header(name: &str) -> bool {
@@ -1677,6 +1700,41 @@ mod tests {
     fn parse(text: &str) -> Result<Registry, RegistryError> {
         let folder = MemoryFolder::new([("qf.json", b"{}".to_vec())]);
         Registry::parse(Path::new("reg.toml"), &folder, text.as_bytes())
+    }
+
+    #[test]
+    fn manifest_changes_name_each_file_that_differs() {
+        let manifest = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let base = manifest(&[("(registry)", "aa"), ("types[0].dataset", "bb")]);
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (&[("(registry)", "aa"), ("types[0].dataset", "bb")], &[]),
+            (
+                &[("(registry)", "aa"), ("types[0].dataset", "cc")],
+                &["types[0].dataset: changed"],
+            ),
+            (
+                &[
+                    ("(registry)", "ff"),
+                    ("types[0].dataset", "bb"),
+                    ("jwks", "dd"),
+                ],
+                &["(registry): changed", "jwks: added"],
+            ),
+            (&[("(registry)", "aa")], &["types[0].dataset: removed"]),
+        ];
+        for (ours, expected) in cases {
+            assert_eq!(
+                manifest_changes(&base, &manifest(ours)),
+                expected.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{ours:?}"
+            );
+        }
     }
 
     const BASE: &str = r#"

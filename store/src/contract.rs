@@ -34,7 +34,7 @@ fn record(kind: &str, fields: serde_json::Value) -> Record {
 
 /// The appends of the contract, in batches: a mandate, a consent under it (its expiry past the
 /// mandate's), a consent recorded by a guichet, exchanges about two people (one retried with
-/// the same request id), the keys a broker started with, then the mandate's revocation.
+/// the same request id), the keys and registry a broker started with, then the mandate's revocation.
 fn batches(sealed: &dyn Fn(&str) -> String) -> Vec<Vec<Record>> {
     let exchange = |person: &str, request: &str| {
         record(
@@ -84,10 +84,16 @@ fn batches(sealed: &dyn Fn(&str) -> String) -> Vec<Vec<Record>> {
             exchange("bob", "q2"),
             exchange("alice", "q1"),
         ],
-        vec![record(
-            "broker_started",
-            json!({ "version": "0", "keys": { "audit.key": "id1", "log.key": "id2" } }),
-        )],
+        vec![
+            record(
+                "broker_started",
+                json!({ "version": "0", "keys": { "audit.key": "id1", "log.key": "id2" } }),
+            ),
+            record(
+                "registry_loaded",
+                json!({ "registry_sha256": "ab", "files": { "(registry)": "ab" } }),
+            ),
+        ],
         vec![record(
             "mandate_revoked",
             json!({ "mandate_id": "m1", "participant": "fs", "agent": "a1" }),
@@ -240,6 +246,10 @@ async fn contract(store: &dyn Store, batches: Vec<Vec<Record>>) -> Vec<String> {
         store.exchanges_about("bob", None, 10).await.unwrap()
     ));
     seen.push(format!("keys: {:?}", store.recorded_keys().await.unwrap()));
+    seen.push(format!(
+        "registry: {:?}",
+        store.recorded_registry().await.unwrap()
+    ));
     let entry = store.entry(3).await.unwrap().unwrap();
     let event = Record::decode(&entry).unwrap().event;
     seen.push(format!("entry 3 is about {:?}", store.subject_of(&event)));
@@ -270,9 +280,9 @@ async fn both_backends_keep_the_contract_and_agree_byte_for_byte() {
         "batch [0]",
         "batch [1, 2]",
         "batch [3, 4, 5]",
-        "batch [6]",
-        "batch [7]",
-        "entries from 4: [4, 5, 6, 7]",
+        "batch [6, 7]",
+        "batch [8]",
+        "entries from 4: [4, 5, 6, 7, 8]",
         // The consent under the mandate lapses with it, and ended with it.
         "alice: c1 of alice until 2026-07-02 revoked, c2 of alice until 2027-06-01",
         "alice after c1: c2 of alice until 2027-06-01",
@@ -298,8 +308,9 @@ async fn both_backends_keep_the_contract_and_agree_byte_for_byte() {
         "alice's exchanges before None, 1: [5]",
         "alice's exchanges before Some(3), 10: []",
         "bob's: [4]",
+        "registry: Some(RecordedRegistry { entry: 7, sha256: \"ab\", files: {\"(registry)\": \"ab\"} })",
         "entry 3 is about Some(\"alice\")",
-        "entry 8: None",
+        "entry 9: None",
     ];
     let without_notes: Vec<&String> = embedded
         .iter()

@@ -78,8 +78,9 @@ const APPLIED: &[u8] = b"applied_seq";
 /// none in a store that has applied records, rebuilds the derived state from the journal.
 const LAYOUT: &[u8] = b"layout";
 /// 2: `consents_by_scope` added. 3: version 2 records (sealed subjects, blinded request ids
-/// keyed by participant and agent), `consents_by_party`, `consents_by_mandate`.
-const CURRENT_LAYOUT: u32 = 3;
+/// keyed by participant and agent), `consents_by_party`, `consents_by_mandate`. 4: the recorded
+/// registry.
+const CURRENT_LAYOUT: u32 = 4;
 /// The latest checkpoint: its size (8 bytes, big-endian), then the note.
 const LATEST: &[u8] = b"latest_checkpoint";
 /// `head/<subject>`: the newest exchange about a subject (8 bytes, big-endian).
@@ -87,6 +88,9 @@ const HEAD: &[u8] = b"head/";
 /// The key ids of the latest `broker_started` entry that recorded them
 /// ([`crate::event::RecordedKeys`], JSON).
 const RECORDED_KEYS: &[u8] = b"recorded_keys";
+/// The registry of the latest `registry_loaded` entry ([`crate::event::RecordedRegistry`],
+/// JSON).
+const RECORDED_REGISTRY: &[u8] = b"recorded_registry";
 
 fn head_key(subject: &str) -> Vec<u8> {
     [HEAD, subject.as_bytes()].concat()
@@ -357,6 +361,9 @@ impl Trees {
             Change::KeysRecorded { entry, ids } => {
                 let recorded = crate::event::RecordedKeys { entry, ids };
                 self.meta.insert(RECORDED_KEYS, json(&recorded))?;
+            }
+            Change::RegistryRecorded(recorded) => {
+                self.meta.insert(RECORDED_REGISTRY, json(&recorded))?;
             }
         }
         Ok(())
@@ -757,6 +764,16 @@ impl Store for Embedded {
             .trees
             .meta
             .get(RECORDED_KEYS)?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    async fn recorded_registry(
+        &self,
+    ) -> Result<Option<crate::event::RecordedRegistry>, StoreError> {
+        Ok(self
+            .trees
+            .meta
+            .get(RECORDED_REGISTRY)?
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 

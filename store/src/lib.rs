@@ -29,7 +29,7 @@ use unefois_domain::{caller, consent, event, mandate, policy, projection, seal};
 use unefois_journal::{self as journal, private};
 
 use crate::consent::Consent;
-use crate::event::{Event, Record, RecordedKeys};
+use crate::event::{Event, Record, RecordedKeys, RecordedRegistry};
 use crate::mandate::Mandate;
 use crate::projection::RequestUse;
 
@@ -143,6 +143,10 @@ pub trait Store: Send + Sync {
     /// The key ids the journal last recorded (its latest `broker_started` entry with them), as
     /// applied to the derived state; `None` when no entry recorded any.
     async fn recorded_keys(&self) -> Result<Option<RecordedKeys>, StoreError>;
+
+    /// The registry the log last recorded (its latest `registry_loaded` entry), as applied to
+    /// the derived state; `None` when no entry recorded one.
+    async fn recorded_registry(&self) -> Result<Option<RecordedRegistry>, StoreError>;
 
     /// Appends one record; returns its sequence number and exact entry bytes once it is durable
     /// and applied (what a receipt shows, without reading it back).

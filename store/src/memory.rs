@@ -10,8 +10,8 @@ use unefois_tlog::tree::MemoryTree;
 
 use super::{CheckpointSigner, Items, MandatesOf, Store, StoreError};
 use crate::consent::Consent;
-use crate::event::RecordedKeys;
 use crate::event::{Event, Record};
+use crate::event::{RecordedKeys, RecordedRegistry};
 use crate::journal::JournalError;
 use crate::mandate::Mandate;
 use crate::projection::{self, Models, RequestUse};
@@ -98,6 +98,10 @@ fn items<'a, T: Send + 'a>(found: Vec<T>) -> Items<'a, T> {
 impl Store for Memory {
     async fn recorded_keys(&self) -> Result<Option<RecordedKeys>, StoreError> {
         Ok(self.inner().models.recorded_keys.clone())
+    }
+
+    async fn recorded_registry(&self) -> Result<Option<RecordedRegistry>, StoreError> {
+        Ok(self.inner().models.recorded_registry.clone())
     }
 
     async fn append_entry(&self, record: Record) -> Result<super::Appended, StoreError> {

@@ -32,7 +32,7 @@ use tokio_postgres::types::Type;
 
 use super::{CheckpointSigner, Items, MandatesOf, Store, StoreError, StoreHealth};
 use crate::consent::Consent;
-use crate::event::{Event, Record, RecordedKeys};
+use crate::event::{Event, Record, RecordedKeys, RecordedRegistry};
 use crate::mandate::Mandate;
 use crate::projection::{self, Change, Models, RequestUse, Views};
 use crate::seal::Sealer;
@@ -696,6 +696,7 @@ async fn transaction(
     let mut exchanges: (Vec<String>, Vec<i64>) = (Vec::new(), Vec::new());
     let mut granted: Vec<Consent> = Vec::new();
     let mut keys: Option<RecordedKeys> = None;
+    let mut registry: Option<RecordedRegistry> = None;
     let mut requests: BTreeMap<(String, String), RequestUse> = BTreeMap::new();
     let mut fetches: BTreeMap<(String, String), RequestUse> = BTreeMap::new();
     for (record, entry) in batch.iter().flat_map(|p| p.records.iter()) {
@@ -736,6 +737,7 @@ async fn transaction(
                         ids: ids.clone(),
                     });
                 }
+                Change::RegistryRecorded(recorded) => registry = Some(recorded.clone()),
                 _ => {}
             }
             overlay.write(change);
@@ -824,7 +826,13 @@ async fn transaction(
         columns
     };
     let (requests, fetches) = (request_rows(&requests), request_rows(&fetches));
-    let keys = keys.map(|k| json(&k));
+    let meta: Vec<(&str, serde_json::Value)> = [
+        keys.map(|k| ("recorded_keys", json(&k))),
+        registry.map(|r| ("recorded_registry", json(&r))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
 
     let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, StoreError>>> = Vec::new();
     let t = client;
@@ -930,9 +938,9 @@ async fn transaction(
             .await
         }));
     }
-    if let Some(keys) = &keys {
+    for (name, value) in &meta {
         writes.push(Box::pin(async move {
-            t.execute_prepared(UPSERT_KEYS, &[(keys, Type::JSONB)])
+            t.execute_prepared(UPSERT_META, &[(name, Type::TEXT), (value, Type::JSONB)])
                 .await
         }));
     }
@@ -1022,7 +1030,7 @@ const INSERT_PARTIES: &str = "INSERT INTO unefois_consent_parties \
 const UPSERT_MANDATES: &str = "INSERT INTO unefois_mandates (id, subject, structure, body) \
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) \
              ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body";
-const UPSERT_KEYS: &str = "INSERT INTO unefois_meta (name, value) VALUES ('recorded_keys', $1) \
+const UPSERT_META: &str = "INSERT INTO unefois_meta (name, value) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
 const ADVANCE_LOG: &str = "UPDATE unefois_log SET size = $1, frontier = $2, checkpoint = $3";
 
@@ -1062,7 +1070,7 @@ const WRITES: &[(&str, &[Type])] = &[
             Type::JSONB_ARRAY,
         ],
     ),
-    (UPSERT_KEYS, &[Type::JSONB]),
+    (UPSERT_META, &[Type::TEXT, Type::JSONB]),
     (ADVANCE_LOG, &[Type::INT8, Type::BYTEA, Type::TEXT]),
     (
         REQUESTS_REPLACE,
@@ -1118,6 +1126,19 @@ impl Store for Postgres {
             )
             .await
             .map_err(db("read the recorded keys"))?;
+        row.map(|row| body(&row)).transpose()
+    }
+
+    async fn recorded_registry(&self) -> Result<Option<RecordedRegistry>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT value FROM unefois_meta WHERE name = 'recorded_registry'",
+                &[],
+            )
+            .await
+            .map_err(db("read the recorded registry"))?;
         row.map(|row| body(&row)).transpose()
     }
 

@@ -104,13 +104,27 @@ impl Cluster {
 
 /// A broker on `url` with its data (keys) in `data`.
 pub async fn start(pki: &Path, url: &str, data: &Path) -> anyhow::Result<TestBroker> {
+    start_on_registry(pki, url, data, unefois_tests::sample_registry(), false).await
+}
+
+/// A broker on `url` with its data (keys) in `data`, serving `registry`; with
+/// `change_registry`, as `unefois serve --change-registry` starts it.
+pub async fn start_on_registry(
+    pki: &Path,
+    url: &str,
+    data: &Path,
+    registry: std::path::PathBuf,
+    change_registry: bool,
+) -> anyhow::Result<TestBroker> {
     TestBroker::start_with(
         pki,
         BrokerOptions {
+            registry,
             data_dir: Some(data.to_path_buf()),
             store: broker::StoreLocation::Postgres {
                 url: url.to_string(),
                 append_timeout: APPEND_TIMEOUT,
+                change_registry,
             },
             ..BrokerOptions::default()
         },

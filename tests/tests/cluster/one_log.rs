@@ -14,7 +14,7 @@ use unefois_tests::sample::{CANTINE, QF};
 use unefois_tests::{TestBroker, TestPki};
 use unefois_tlog::{root_of, verify_checkpoint, verify_consistency, verify_inclusion};
 
-use crate::harness::{Cluster, Database, copy_keys, log_entries, start};
+use crate::harness::{Cluster, Database, copy_keys, log_entries, start, start_on_registry};
 
 fn hashes(proof: &[Vec<u8>]) -> Vec<[u8; 32]> {
     unefois_tlog::tree::hashes(proof).unwrap_or_else(|| panic!("a proof hash is not 32 bytes"))
@@ -130,7 +130,7 @@ async fn three_brokers_write_one_verifiable_log_and_revocations_apply_everywhere
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_without_the_clusters_keys_refuses_to_start() -> anyhow::Result<()> {
+async fn a_broker_with_other_keys_or_another_registry_refuses_to_start() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let db = Database::start().await?;
     let cluster = Cluster::start(pki.dir(), &db.url(), 1).await?;
@@ -150,6 +150,52 @@ async fn a_broker_without_the_clusters_keys_refuses_to_start() -> anyhow::Result
     let refused = start(pki.dir(), &db.url(), &stranger.path().join("data")).await;
     let message = format!("{:#}", refused.err().ok_or_else(|| anyhow!("it started"))?);
     assert!(message.contains("another log key"), "{message}");
+
+    // The cluster's keys but another registry (one participant renamed): refused, naming the
+    // file that differs and how to roll a registry out on purpose.
+    let edited = tempfile::tempdir()?;
+    let renamed = unefois_tests::sample_registry_with(edited.path(), |text| {
+        text.replacen(
+            "name = \"Caisse d'allocations familiales du Rhône\"",
+            "name = \"CAF du Rhône\"",
+            1,
+        )
+    })?;
+    let first = cluster.brokers[0].data_dir.clone();
+    let joining = tempfile::tempdir()?;
+    copy_keys(&first, &joining.path().join("data"))?;
+    let refused = start_on_registry(
+        pki.dir(),
+        &db.url(),
+        &joining.path().join("data"),
+        renamed.clone(),
+        false,
+    )
+    .await;
+    let message = format!("{:#}", refused.err().ok_or_else(|| anyhow!("it started"))?);
+    assert!(
+        message.contains("is not the cluster's")
+            && message.contains("(registry): changed")
+            && message.contains("--change-registry"),
+        "{message}"
+    );
+
+    // Brought on purpose: it starts, and the cluster's registry is now the new one, so that a
+    // broker restarted on the old file is the one refused.
+    let bringer = start_on_registry(
+        pki.dir(),
+        &db.url(),
+        &joining.path().join("data"),
+        renamed,
+        true,
+    )
+    .await?;
+    let late = tempfile::tempdir()?;
+    copy_keys(&first, &late.path().join("data"))?;
+    let refused = start(pki.dir(), &db.url(), &late.path().join("data")).await;
+    let message = format!("{:#}", refused.err().ok_or_else(|| anyhow!("it started"))?);
+    assert!(message.contains("(registry): changed"), "{message}");
+    bringer.stop().await?;
     for broker in cluster.brokers {
         broker.stop().await?;
     }
