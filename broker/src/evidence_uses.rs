@@ -85,6 +85,7 @@ mod tests {
             issued_at,
             usable_until: issued_at + 600,
             max_acts,
+            nonce: None,
         }
     }
 

@@ -47,6 +47,7 @@ pub(crate) mod federation;
 pub(crate) mod fetched;
 pub(crate) mod gathered_writes;
 pub(crate) mod grpc;
+pub(crate) mod http_listener;
 pub(crate) mod idempotency;
 pub(crate) mod listener;
 pub(crate) mod mandates;
@@ -61,6 +62,7 @@ pub(crate) mod resilience;
 pub(crate) mod server;
 pub(crate) mod shed;
 pub(crate) mod state;
+pub mod web;
 /// Storage (crate `unefois-store`): the `Store` trait and its backends.
 pub use unefois_store as store;
 /// Backup and restore of a data directory (the store's).

@@ -254,6 +254,13 @@ pub struct AcceptLimits {
     /// An operational-listener client that has not sent its request headers by then is dropped
     /// (slowloris); an idle keep-alive connection too.
     pub ops_header_timeout: Duration,
+    /// Connections of the web pages' listener at once; over it, the oldest that is not being
+    /// answered is shed.
+    pub web_max_connections: usize,
+    /// The same, from one source address (an IPv4 address, an IPv6 /64).
+    pub web_max_connections_per_source: usize,
+    /// A web client that has not sent its request headers by then is dropped.
+    pub web_header_timeout: Duration,
 }
 
 impl Default for AcceptLimits {
@@ -266,6 +273,9 @@ impl Default for AcceptLimits {
             max_connections_per_participant: 128,
             ops_max_connections: 128,
             ops_header_timeout: Duration::from_secs(5),
+            web_max_connections: 1024,
+            web_max_connections_per_source: 64,
+            web_header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -284,7 +294,8 @@ impl AcceptLimits {
     /// These limits, lowered where needed so that the two listeners' connections and
     /// [`RESERVED_DESCRIPTORS`] fit under `nofile` descriptors together: each listener has its
     /// own share, so a flood on one cannot take the other's descriptors, nor the journal's.
-    /// The operational listener gets at most a sixteenth of what is left after the reserve;
+    /// The operational listener gets at most a sixteenth of what is left after the reserve, the
+    /// web pages' an eighth;
     /// pending handshakes at most a quarter of the mTLS share.
     pub fn fit_to_descriptors(self, nofile: u64) -> AcceptLimits {
         let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
@@ -292,8 +303,9 @@ impl AcceptLimits {
         // Two more: the listening sockets themselves.
         let available = nofile.saturating_sub(reserve + 2);
         let ops = self.ops_max_connections.min(available / 16).max(1);
+        let web = self.web_max_connections.min(available / 8).max(1);
         // One more per listener: a connection accepted before it is shed.
-        let mtls = available.saturating_sub(ops + 2);
+        let mtls = available.saturating_sub(ops + web + 3);
         let pending = self.max_pending_handshakes.min(mtls / 4).max(1);
         let connections = self
             .max_connections
@@ -305,6 +317,8 @@ impl AcceptLimits {
             max_connections: connections,
             max_connections_per_participant: self.max_connections_per_participant.min(connections),
             ops_max_connections: ops,
+            web_max_connections: web,
+            web_max_connections_per_source: self.web_max_connections_per_source.min(web),
             ..self
         }
     }
@@ -577,8 +591,9 @@ mod tests {
             let reserve = RESERVED_DESCRIPTORS.min(nofile as usize / 4);
             // Each listener's socket, and one connection each accepted before it is shed.
             let used = reserve
-                + 4
+                + 6
                 + fitted.ops_max_connections
+                + fitted.web_max_connections
                 + fitted.max_pending_handshakes
                 + fitted.max_connections;
             assert!(used <= nofile as usize, "{nofile}: {fitted:?} uses {used}");

@@ -3,19 +3,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use http_body_util::BodyExt;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tower::ServiceExt;
 
-use crate::listener::{AcceptLimits, accept_failed, refused};
-use crate::shed::{ShedTable, Source};
+use crate::listener::AcceptLimits;
 
 /// Whether the broker accepts participant calls, as the probe reports it.
 #[derive(Clone, Default)]
@@ -34,13 +28,8 @@ impl Readiness {
 }
 
 /// Serves `/healthz` (alive), `/readyz` (accepting calls, with the store's health) and
-/// `/metrics` until `shutdown` resolves.
-///
-/// Its own accept loop, not `axum::serve`, for two bounds: at most
-/// [`AcceptLimits::ops_max_connections`] connections (over it, the oldest one that is not being
-/// answered is closed, so a new probe always gets through), and
-/// [`AcceptLimits::ops_header_timeout`] to send request headers (slowloris; an idle keep-alive
-/// connection is closed after it too).
+/// `/metrics` until `shutdown` resolves, within [`AcceptLimits::ops_max_connections`] and
+/// [`AcceptLimits::ops_header_timeout`] (`crate::http_listener`).
 pub async fn serve(
     listener: TcpListener,
     readiness: Readiness,
@@ -72,89 +61,18 @@ pub async fn serve(
                 }
             }),
         );
-    let open = ShedTable::new(
-        limits.ops_max_connections,
-        // Loopback by default: one source for every client; the total bound is what counts.
-        usize::MAX,
-        |n| crate::metrics::connections_open("ops", "open", n),
-    );
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.ops_header_timeout);
-    let (stop, stopping) = watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    accept_failed("ops", &e).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let admitted = open.admit(Source::of(remote.ip()));
-        for _ in &admitted.shed {
-            refused("ops", "ops_total", None);
-        }
-        let Some(mut ticket) = admitted.ticket else {
-            refused("ops", "ops_busy", Some(remote));
-            continue;
-        };
-        let busy = ticket.busy();
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |request| {
-            // Not shed while answering, until the answer's body is sent: only connections
-            // still sending headers, or idle between requests, are.
-            let answering = Answering::new(busy.clone());
-            let answer = app.clone().oneshot(request);
-            async move {
-                let response = answer.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|body| {
-                    axum::body::Body::new(body.map_frame(move |frame| {
-                        let _answering = &answering;
-                        frame
-                    }))
-                }))
-            }
-        });
-        let connection = http.serve_connection(TokioIo::new(tcp), service);
-        let mut stopping = stopping.clone();
-        tokio::spawn(async move {
-            tokio::pin!(connection);
-            tokio::select! {
-                served = connection.as_mut() => {
-                    if let Err(e) = served
-                        && e.is_timeout()
-                    {
-                        refused("ops", "header_timeout", Some(remote));
-                    }
-                }
-                () = ticket.shed() => {}
-                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
-                }
-            }
-        });
-    }
-    let _ = stop.send(true);
-    Ok(())
-}
-
-/// Marks a connection busy while its request is answered.
-struct Answering(Arc<AtomicBool>);
-
-impl Answering {
-    fn new(busy: Arc<AtomicBool>) -> Answering {
-        busy.store(true, Ordering::Release);
-        Answering(busy)
-    }
-}
-
-impl Drop for Answering {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
+    crate::http_listener::serve(
+        crate::http_listener::HttpLimits {
+            name: "ops",
+            max_connections: limits.ops_max_connections,
+            // Loopback by default: one source for every client; the total bound is what counts.
+            max_connections_per_source: usize::MAX,
+            header_timeout: limits.ops_header_timeout,
+            gauge: |n| crate::metrics::connections_open("ops", "open", n),
+        },
+        listener,
+        app,
+        shutdown,
+    )
+    .await
 }

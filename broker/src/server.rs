@@ -68,6 +68,8 @@ pub struct Config {
     /// Where the log and the read models live: the embedded backend in the data directory (one
     /// machine), or a PostgreSQL database shared by the brokers of a cluster.
     pub store: StoreLocation,
+    /// The people's web pages, if they are served (`--web-listen`).
+    pub web: Option<crate::web::WebConfig>,
 }
 
 /// Where the broker's log and read models live.
@@ -142,6 +144,9 @@ pub enum BrokerError {
     /// The operational listener failed.
     #[error("operational listener: {0}")]
     Ops(std::io::Error),
+    /// The web pages' listener failed.
+    #[error("web listener: {0}")]
+    Web(std::io::Error),
     /// A cluster broker's registry is not the one the log recorded last (another broker's).
     #[error(
         "this broker's registry ({ours}) is not the cluster's ({recorded}, recorded at entry \
@@ -404,6 +409,8 @@ pub async fn run(
         handshake_timeout = ?accept.handshake_timeout,
         ops_max_connections = accept.ops_max_connections,
         ops_header_timeout = ?accept.ops_header_timeout,
+        web_max_connections = accept.web_max_connections,
+        web_header_timeout = ?accept.web_header_timeout,
         http2_max_concurrent_streams = HTTP2_MAX_CONCURRENT_STREAMS,
         "connection limits in force"
     );
@@ -418,6 +425,11 @@ pub async fn run(
             accept,
             stopped(),
         ))
+    });
+    let web_task = config.web.map(|web| {
+        let addr = web.listener.local_addr().ok();
+        tracing::info!(?addr, "web pages ready");
+        tokio::spawn(crate::web::serve(web, state.clone(), accept, stopped()))
     });
 
     // Rate-limit denials are recorded once per consumer per window, with their count.
@@ -524,6 +536,11 @@ pub async fn run(
         && let Ok(Err(e)) = task.await
     {
         return Err(BrokerError::Ops(e));
+    }
+    if let Some(task) = web_task
+        && let Ok(Err(e)) = task.await
+    {
+        return Err(BrokerError::Web(e));
     }
     let _ = flusher.await;
     if let Some(task) = reloader {

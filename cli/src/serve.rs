@@ -76,7 +76,24 @@ pub(crate) struct ServeArgs {
     /// files that differ.
     #[arg(long, requires = "store")]
     change_registry: bool,
+    /// Address of the people's web pages (plain HTTP: put HTTPS in front, docs/web.md). On by
+    /// default at 127.0.0.1:8080 with the default home (the development setup).
+    #[arg(long, value_name = "ADDR")]
+    web_listen: Option<SocketAddr>,
+    /// Serve no web pages, even with the default home.
+    #[arg(long, conflicts_with = "web_listen")]
+    no_web: bool,
+    /// The address people reach the pages at (`https://…` behind a reverse proxy): the OpenID
+    /// Connect redirect goes there, and cookies are `Secure` under HTTPS.
+    #[arg(long, value_name = "URL")]
+    web_url: Option<String>,
+    /// The registry participant (a guichet) the citizen pages act as.
+    #[arg(long, default_value = broker::web::DEFAULT_GUICHET)]
+    web_guichet: String,
 }
+
+/// Where the development setup serves its web pages.
+const DEV_WEB_ADDR: &str = "127.0.0.1:8080";
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -122,6 +139,24 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ops = tokio::net::TcpListener::bind(args.ops_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.ops_listen))?;
+    let web = match (args.web_listen, args.no_web) {
+        (Some(addr), _) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        (None, false) if args.home == Path::new(DEFAULT_HOME) => {
+            // The development default: pages if the port is free, a warning otherwise.
+            match tokio::net::TcpListener::bind(DEV_WEB_ADDR).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(addr = DEV_WEB_ADDR, error = %e, "web pages not served");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let addr = listener.local_addr()?;
     let ops_addr = ops.local_addr()?;
     outln!("Une Fois broker listening on {addr} (mTLS)");
@@ -131,6 +166,16 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     outln!("  cargo run -q -- registry show --home {home} --addr {addr} --as mairie-lyon");
     outln!("  cargo run -q -- registry show --home {home} --addr {addr} --as mairie-test");
     outln!("  curl http://{ops_addr}/readyz");
+    if let Some(web) = &web {
+        let shown = args.web_url.clone().unwrap_or_else(|| {
+            format!(
+                "http://{}",
+                web.local_addr()
+                    .map_or_else(|_| String::new(), |a| a.to_string())
+            )
+        });
+        outln!("Web pages on {shown}/");
+    }
     let config = broker::Config {
         registry: args.registry,
         tls: TlsFiles::in_dir(&pki_dir),
@@ -155,6 +200,11 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 change_registry: args.change_registry,
             },
         },
+        web: web.map(|listener| broker::web::WebConfig {
+            listener,
+            public_url: args.web_url,
+            guichet: args.web_guichet,
+        }),
     };
     broker::run(listener, config, shutdown_signal()).await?;
     Ok(())

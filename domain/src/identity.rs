@@ -93,6 +93,9 @@ pub struct Verified {
     pub usable_until: i64,
     /// The most acts its identity provider allows one token.
     pub max_acts: u32,
+    /// The `nonce` it carries, if any: a login that asked for one checks it (OpenID Connect
+    /// Core 3.1.3.7).
+    pub nonce: Option<String>,
 }
 
 /// `aud`: one audience or several.
@@ -127,6 +130,8 @@ struct Claims {
     nbf: Option<i64>,
     #[serde(default)]
     azp: Option<String>,
+    #[serde(default)]
+    nonce: Option<String>,
     family_name: Option<String>,
     given_name: Option<String>,
     birthdate: Option<String>,
@@ -242,6 +247,7 @@ pub fn verify(
         issued_at: claims.iat,
         usable_until,
         max_acts: provider.max_acts_per_token,
+        nonce: claims.nonce.clone(),
     })
 }
 

@@ -11,6 +11,7 @@ pub mod provider_api;
 pub mod refusals;
 pub mod requests;
 pub mod sample;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -88,6 +89,8 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// The operational listener's address.
     pub ops_addr: SocketAddr,
+    /// The web pages' address, if they are served ([`BrokerOptions::web`]).
+    pub web_addr: Option<SocketAddr>,
     /// The PKI the broker serves with (clients take their certificates there).
     pub pki_dir: PathBuf,
     /// The broker's data directory (journal, derived state, keys).
@@ -113,6 +116,9 @@ pub struct BrokerOptions {
     pub preview_ttl: Duration,
     /// Where the log lives (default: the embedded backend in the data directory).
     pub store: broker::StoreLocation,
+    /// Serve the web pages on a port of their own, as the citizen pages' guichet
+    /// `espace-usager` (default: no pages).
+    pub web: bool,
 }
 
 impl Default for BrokerOptions {
@@ -124,6 +130,7 @@ impl Default for BrokerOptions {
             journal_faults: None,
             preview_ttl: broker::defaults::PREVIEW_TTL,
             store: broker::StoreLocation::Embedded,
+            web: false,
         }
     }
 }
@@ -143,6 +150,11 @@ impl TestBroker {
         let addr = listener.local_addr()?;
         let ops_addr = ops.local_addr()?;
         let data_dir = options.data_dir.unwrap_or_else(|| home.path().join("data"));
+        let web = match options.web {
+            true => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+            false => None,
+        };
+        let web_addr = web.as_ref().map(|w| w.local_addr()).transpose()?;
         let (reload, reload_rx) = tokio::sync::mpsc::channel(4);
         let config = broker::Config {
             registry: options.registry,
@@ -156,6 +168,11 @@ impl TestBroker {
             preview_ttl: options.preview_ttl,
             reload: Some(reload_rx),
             store: options.store,
+            web: web.map(|listener| broker::web::WebConfig {
+                listener,
+                public_url: None,
+                guichet: broker::web::DEFAULT_GUICHET.to_string(),
+            }),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(broker::run(listener, config, async move {
@@ -164,6 +181,7 @@ impl TestBroker {
         let broker = TestBroker {
             addr,
             ops_addr,
+            web_addr,
             pki_dir: pki_dir.to_path_buf(),
             data_dir,
             reload,
@@ -172,6 +190,19 @@ impl TestBroker {
             _home: home,
         };
         broker.wait_ready().await
+    }
+
+    /// Starts a broker on the sample registry that also serves the web pages
+    /// ([`TestBroker::web_addr`]).
+    pub async fn start_with_pages(pki_dir: &Path) -> anyhow::Result<TestBroker> {
+        TestBroker::start_with(
+            pki_dir,
+            BrokerOptions {
+                web: true,
+                ..BrokerOptions::default()
+            },
+        )
+        .await
     }
 
     /// Starts a broker on `registry` (the sample one edited, for instance), everything else as

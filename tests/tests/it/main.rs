@@ -11,6 +11,7 @@
 mod audit;
 mod backup;
 mod bad_input;
+mod browser;
 mod certificates;
 mod cli;
 mod consents;
@@ -32,3 +33,4 @@ mod providers;
 mod registry;
 mod reload;
 mod sample_registry;
+mod web;

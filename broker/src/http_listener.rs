@@ -1,0 +1,132 @@
+//! The accept loop of the plain HTTP listeners (the operational listener, the web pages): its
+//! own, not `axum::serve`, for two bounds. At most [`HttpLimits::max_connections`] connections
+//! (and per source address): over it, the oldest one that is not being answered is closed, so
+//! a new client always gets through; and [`HttpLimits::header_timeout`] to send request headers
+//! (slowloris; an idle keep-alive connection is closed after it too).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::listener::{accept_failed, refused};
+use crate::shed::{ShedTable, Source};
+
+/// The bounds of one HTTP listener.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// The listener's name in metrics and logs (`ops`, `web`).
+    pub name: &'static str,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one source (an IPv4 address, an IPv6 /64).
+    pub max_connections_per_source: usize,
+    /// Longest wait for a request's headers.
+    pub header_timeout: Duration,
+    /// Publishes the number of open connections (its metric).
+    pub gauge: fn(usize),
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` resolves; connections then
+/// finish their request (5 s at most).
+pub async fn serve(
+    limits: HttpLimits,
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let name = limits.name;
+    let open = ShedTable::new(
+        limits.max_connections,
+        limits.max_connections_per_source,
+        limits.gauge,
+    );
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let (stop, stopping) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    accept_failed(name, &e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let admitted = open.admit(Source::of(remote.ip()));
+        for _ in &admitted.shed {
+            refused(name, "http_total", None);
+        }
+        let Some(mut ticket) = admitted.ticket else {
+            refused(name, "http_busy", Some(remote));
+            continue;
+        };
+        let busy = ticket.busy();
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            // Not shed while answering, until the answer's body is sent: only connections
+            // still sending headers, or idle between requests, are.
+            let answering = Answering::new(busy.clone());
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(remote));
+            let answer = app.clone().oneshot(request);
+            async move {
+                let response = answer.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| {
+                    axum::body::Body::new(body.map_frame(move |frame| {
+                        let _answering = &answering;
+                        frame
+                    }))
+                }))
+            }
+        });
+        let connection = http.serve_connection(TokioIo::new(tcp), service);
+        let mut stopping = stopping.clone();
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(e) = served
+                        && e.is_timeout()
+                    {
+                        refused(name, "header_timeout", Some(remote));
+                    }
+                }
+                () = ticket.shed() => {}
+                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                }
+            }
+        });
+    }
+    let _ = stop.send(true);
+    Ok(())
+}
+
+/// Marks a connection busy while its request is answered.
+struct Answering(Arc<AtomicBool>);
+
+impl Answering {
+    fn new(busy: Arc<AtomicBool>) -> Answering {
+        busy.store(true, Ordering::Release);
+        Answering(busy)
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}

@@ -1,0 +1,577 @@
+//! The citizen's space (`/citizen`): log in at the identity provider, then "Qui a consulté mes
+//! données" (every exchange about the person, newest first, paged from the index) and their
+//! consents, each withdrawable after a confirmation page. Each read and act goes through the
+//! orchestration the gRPC services use, as the guichet `Web::guichet`, with the session's ID
+//! token as identity evidence, and is journaled as its gRPC twin.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::pages::{self, Layout, LayoutSession};
+use super::paris_time;
+use super::session::{PendingLogin, SESSION_LIFETIME, Session};
+use super::{Web, cookie_value, random_token, same_secret, see_other};
+use crate::caller::Caller;
+use crate::consent::ConsentStatus;
+use crate::error::ApiError;
+use crate::event::{Outcome, RecordedBasis};
+
+const SESSION_COOKIE: &str = "unefois_session";
+const LOGIN_COOKIE: &str = "unefois_login";
+/// Accesses on one page.
+const PAGE_SIZE: u32 = 20;
+
+/// The guichet the pages act as, from the registry in force.
+fn caller(web: &Web) -> Result<Caller, Box<Response>> {
+    let registry = web.state.federation.registry();
+    match registry.participant(&web.guichet) {
+        Some(p) => Ok(Caller::new(p, None, Arc::from(format!("web:{}", p.id)))),
+        None => Err(Box::new(pages::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Espace usager indisponible",
+            "L'espace usager n'est pas ouvert sur ce service : le registre de la fédération ne \
+             le déclare pas. Pour toute démarche, adressez-vous à un espace France Services.",
+        ))),
+    }
+}
+
+/// The open session of this browser, if any.
+fn session(web: &Web, headers: &HeaderMap) -> Option<(String, Session)> {
+    let id = cookie_value(headers, SESSION_COOKIE)?;
+    web.sessions.session(id).map(|s| (id.to_string(), s))
+}
+
+fn layout(title: &str, session: &Session) -> Layout {
+    Layout::new(
+        title,
+        Some(LayoutSession {
+            csrf: session.csrf.clone(),
+            ends: paris_time::clock(session.ends_at),
+        }),
+    )
+}
+
+/// What an act refused by the broker tells the person; an expired identity proof sends them
+/// to log in again.
+fn refused(e: &ApiError) -> Response {
+    match e {
+        ApiError::IdentityEvidenceInvalid(_) | ApiError::IdentityEvidenceRequired => {
+            see_other("/citizen/login", &[])
+        }
+        ApiError::StoreUnavailable => pages::unavailable(),
+        other => {
+            tracing::info!(reason = other.reason_code(), "web: citizen act refused");
+            pages::error_page(
+                StatusCode::BAD_REQUEST,
+                "Demande refusée",
+                &format!("Le service a refusé la demande ({}).", other.reason_code()),
+            )
+        }
+    }
+}
+
+/// The person's consents (every one, wherever recorded: the ID token shows it is them), as
+/// `Consents.List` reads them.
+async fn consents_of(
+    web: &Web,
+    caller: &Caller,
+    session: &Session,
+) -> Result<Vec<crate::consent::Consent>, ApiError> {
+    let input = crate::consents::ListInput {
+        subject: session.subject.as_str().to_string(),
+        id_token: session.id_token.clone(),
+        page_size: 200,
+        ..Default::default()
+    };
+    let (consents, _, _) = crate::consents::list(&web.state, caller, &input).await?;
+    Ok(consents)
+}
+
+/// What the registry calls things, for people; the id when it no longer knows one.
+struct Names<'r>(&'r crate::registry::Registry);
+
+impl Names<'_> {
+    fn participant(&self, id: &str) -> String {
+        self.0
+            .participant(id)
+            .map_or_else(|| id.to_string(), |p| p.name.clone())
+    }
+
+    fn attestation_type(&self, id: &str) -> String {
+        self.0
+            .attestation_type(id)
+            .map_or_else(|| id.to_string(), |t| t.description.clone())
+    }
+
+    fn purpose(&self, code: &str) -> String {
+        self.0
+            .purpose(code)
+            .map_or_else(|| code.to_string(), |p| p.label.clone())
+    }
+
+    fn consent(&self, c: &crate::consent::Consent, now: OffsetDateTime) -> ConsentRow {
+        let status = c.status(now);
+        ConsentRow {
+            id: c.id.clone(),
+            consumer: self.participant(&c.consumer),
+            data: c
+                .attestation_types
+                .iter()
+                .map(|t| self.attestation_type(t))
+                .collect::<Vec<_>>()
+                .join(", "),
+            purpose: self.purpose(&c.purpose),
+            granted: paris_time::day(c.granted_at),
+            expires: paris_time::day(c.expires_at),
+            status: match status {
+                ConsentStatus::Active => "En vigueur",
+                ConsentStatus::Revoked => "Retiré",
+                ConsentStatus::Expired => "Expiré",
+            },
+            active: status == ConsentStatus::Active,
+            recorded_by: format!(
+                "{}{}",
+                self.participant(&c.participant),
+                c.agent
+                    .as_deref()
+                    .map(|a| format!(" (agent {a})"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "citizen_login.html")]
+struct LoginPage {
+    layout: Layout,
+}
+
+/// One line of "Qui a consulté mes données".
+struct AccessRow {
+    date: String,
+    datetime: String,
+    organisation: String,
+    data: String,
+    fields: String,
+    purpose: String,
+    basis: String,
+    channel: String,
+    outcome: &'static str,
+    leaf_index: u64,
+}
+
+/// One consent.
+struct ConsentRow {
+    id: String,
+    consumer: String,
+    data: String,
+    purpose: String,
+    granted: String,
+    expires: String,
+    status: &'static str,
+    active: bool,
+    recorded_by: String,
+}
+
+#[derive(Template)]
+#[template(path = "citizen.html")]
+struct HomePage {
+    layout: Layout,
+    accesses: Vec<AccessRow>,
+    older: Option<String>,
+    newest: bool,
+    consents: Vec<ConsentRow>,
+    status: Option<&'static str>,
+}
+
+#[derive(Deserialize)]
+pub struct HomeQuery {
+    /// The leaf index the previous page ended at (older accesses), never a person.
+    #[serde(default)]
+    avant: Option<String>,
+    /// A status message to announce (`retire`).
+    #[serde(default)]
+    fait: Option<String>,
+}
+
+/// `GET /citizen`: the person's history and consents, or an invitation to log in.
+pub async fn home(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(query): Query<HomeQuery>,
+) -> Response {
+    let Some((_, session)) = session(&web, &headers) else {
+        return pages::render(
+            StatusCode::OK,
+            &LoginPage {
+                layout: Layout::new("Espace usager : connexion", None),
+            },
+        );
+    };
+    let caller = match caller(&web) {
+        Ok(c) => c,
+        Err(page) => return *page,
+    };
+    let state = &web.state;
+    let input = crate::accesses::ListInput {
+        subject: session.subject.as_str().to_string(),
+        mandate_id: String::new(),
+        id_token: session.id_token.clone(),
+        page_token: query.avant.clone().unwrap_or_default(),
+        page_size: PAGE_SIZE,
+    };
+    let page = match crate::accesses::list(state, &caller, &input).await {
+        Ok(page) => page,
+        Err(e) => return refused(&e),
+    };
+    let consents = match consents_of(&web, &caller, &session).await {
+        Ok(consents) => consents,
+        Err(e) => return refused(&e),
+    };
+    let registry = state.federation.registry();
+    let names = Names(&registry);
+    let accesses = page
+        .accesses
+        .iter()
+        .map(|a| {
+            let x = &a.exchange;
+            let fields = x
+                .habilitation
+                .as_deref()
+                .and_then(|h| registry.habilitations().iter().find(|k| k.id == h))
+                .map(|h| h.claims.iter().cloned().collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            let basis = match &x.legal_basis {
+                Some(RecordedBasis::Law { citation }) => format!("La loi : {citation}"),
+                Some(RecordedBasis::Consent { .. }) => "Votre consentement".to_string(),
+                None => "Aucune (refusé)".to_string(),
+            };
+            let channel = match (&x.mandate_id, &x.agent, &x.prefill_id) {
+                (Some(mandate), agent, _) => format!(
+                    "Par un médiateur : {}{}, mandat n° {mandate}",
+                    names.participant(&x.participant),
+                    agent
+                        .as_deref()
+                        .map(|a| format!(", agent {a}"))
+                        .unwrap_or_default()
+                ),
+                (None, _, Some(_)) => "Par un guichet numérique (formulaire pré-rempli)".into(),
+                (None, _, None) => "Directement entre administrations".into(),
+            };
+            AccessRow {
+                date: paris_time::long(a.time),
+                datetime: paris_time::machine(a.time),
+                organisation: if a.consumer_name.is_empty() {
+                    x.participant.clone()
+                } else {
+                    a.consumer_name.clone()
+                },
+                data: names.attestation_type(&x.attestation_type),
+                fields,
+                purpose: if a.purpose_label.is_empty() {
+                    x.purpose.clone()
+                } else {
+                    a.purpose_label.clone()
+                },
+                basis,
+                channel,
+                outcome: match x.outcome {
+                    Outcome::Granted => "Transmises",
+                    Outcome::Denied => "Refusé : rien n'a été transmis",
+                    Outcome::Failed => "Échec : rien n'a été transmis",
+                    Outcome::Previewed => "Affichées pour votre vérification",
+                    Outcome::Rejected => "Refusées par vous : rien n'a été transmis",
+                },
+                leaf_index: a.leaf_index,
+            }
+        })
+        .collect();
+    let now = OffsetDateTime::now_utc();
+    let consents = consents.iter().map(|c| names.consent(c, now)).collect();
+    pages::render(
+        StatusCode::OK,
+        &HomePage {
+            layout: layout("Qui a consulté mes données", &session),
+            accesses,
+            older: (!page.next_page_token.is_empty()).then_some(page.next_page_token),
+            newest: query.avant.is_none(),
+            consents,
+            status: match query.fait.as_deref() {
+                Some("retire") => Some("Votre consentement a été retiré."),
+                _ => None,
+            },
+        },
+    )
+}
+
+/// `GET /citizen/login`: off to the identity provider (OpenID Connect authorization code flow
+/// with PKCE, `state` bound to this browser, `nonce`).
+pub async fn login(State(web): State<Arc<Web>>) -> Response {
+    let registry = web.state.federation.registry();
+    let Some(client_id) = registry
+        .participant(&web.guichet)
+        .map(|p| p.audience().to_string())
+    else {
+        return match caller(&web) {
+            Err(page) => *page,
+            Ok(_) => pages::unavailable(),
+        };
+    };
+    if web.dev_idp.is_none() {
+        return pages::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Connexion indisponible",
+            "Aucun fournisseur d'identité n'est relié à cet espace pour l'instant. Pour toute \
+             démarche, adressez-vous à un espace France Services.",
+        );
+    }
+    let (Some(state), Some(nonce), Some(verifier), Some(browser)) = (
+        random_token(),
+        random_token(),
+        random_token(),
+        random_token(),
+    ) else {
+        return pages::unavailable();
+    };
+    let challenge = super::dev_idp::pkce_challenge(&verifier);
+    web.sessions.wait_login(
+        state.clone(),
+        PendingLogin::new(browser.clone(), nonce.clone(), verifier),
+    );
+    let Ok(mut to) = url::Url::parse(&format!("{}/dev-idp/authorize", web.base)) else {
+        return pages::unavailable();
+    };
+    to.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid")
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", &format!("{}/citizen/callback", web.base))
+        .append_pair("state", &state)
+        .append_pair("nonce", &nonce)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    see_other(
+        to.as_str(),
+        &[web.cookie(LOGIN_COOKIE, &browser, Some(super::session::LOGIN_WAIT))],
+    )
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    state: String,
+}
+
+/// `GET /citizen/callback`: the identity provider's answer; a session once the ID token
+/// verifies as this guichet's identity evidence and carries the nonce asked for.
+pub async fn callback(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(answer): Query<CallbackQuery>,
+) -> Response {
+    let failed = || {
+        pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Connexion échouée",
+            "La connexion n'a pas abouti (demande expirée, déjà utilisée ou venue d'un autre \
+             navigateur). Recommencez depuis l'espace usager.",
+        )
+    };
+    let Some(login) = web.sessions.take_login(&answer.state) else {
+        return failed();
+    };
+    if !cookie_value(&headers, LOGIN_COOKIE).is_some_and(|b| same_secret(b, &login.browser)) {
+        return failed();
+    }
+    let caller = match caller(&web) {
+        Ok(c) => c,
+        Err(page) => return *page,
+    };
+    let Some(idp) = &web.dev_idp else {
+        return failed();
+    };
+    let redirect_uri = format!("{}/citizen/callback", web.base);
+    let client_id = {
+        let registry = web.state.federation.registry();
+        registry
+            .participant(&web.guichet)
+            .map(|p| p.audience().to_string())
+            .unwrap_or_default()
+    };
+    let Some(id_token) = idp.redeem(&answer.code, &client_id, &redirect_uri, &login.verifier)
+    else {
+        return failed();
+    };
+    let registry = web.state.federation.registry();
+    let verified = match crate::evidence::proven(&id_token, &caller, &registry) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(
+                reason = e.reason_code(),
+                "web: an ID token from the login was refused"
+            );
+            return failed();
+        }
+    };
+    if !verified
+        .nonce
+        .as_deref()
+        .is_some_and(|n| same_secret(n, &login.nonce))
+    {
+        return failed();
+    }
+    let (Some(id), Some(csrf)) = (random_token(), random_token()) else {
+        return pages::unavailable();
+    };
+    let now = OffsetDateTime::now_utc();
+    let usable = Duration::from_secs(
+        u64::try_from(verified.usable_until.saturating_sub(now.unix_timestamp())).unwrap_or(0),
+    );
+    let lifetime = SESSION_LIFETIME.min(usable);
+    web.sessions.open(
+        id.clone(),
+        Session {
+            subject: verified.subject,
+            id_token,
+            csrf,
+            ends: Instant::now() + lifetime,
+            ends_at: now + lifetime,
+        },
+    );
+    see_other(
+        "/citizen",
+        &[
+            web.cookie(SESSION_COOKIE, &id, Some(lifetime)),
+            web.cookie(LOGIN_COOKIE, "", Some(Duration::ZERO)),
+        ],
+    )
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// The session a POST acts in: only from these pages (origin) with the session's CSRF token.
+fn posted(
+    web: &Web,
+    headers: &HeaderMap,
+    form: &CsrfForm,
+) -> Result<(String, Session), Box<Response>> {
+    if !web.same_origin(headers) {
+        return Err(Box::new(pages::forbidden()));
+    }
+    let Some((id, session)) = session(web, headers) else {
+        // No session: nothing to protect, but nothing to do either.
+        return Err(Box::new(see_other("/citizen", &[])));
+    };
+    if !same_secret(&form.csrf, &session.csrf) {
+        return Err(Box::new(pages::forbidden()));
+    }
+    Ok((id, session))
+}
+
+/// `POST /logout`.
+pub async fn logout(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    match posted(&web, &headers, &form) {
+        Ok((id, _)) => {
+            web.sessions.close(&id);
+            see_other("/", &[web.cookie(SESSION_COOKIE, "", Some(Duration::ZERO))])
+        }
+        Err(page) => *page,
+    }
+}
+
+#[derive(Template)]
+#[template(path = "consent_withdraw.html")]
+struct WithdrawPage {
+    layout: Layout,
+    consent: ConsentRow,
+    csrf: String,
+}
+
+/// `GET /citizen/consents/{id}/withdraw`: what withdrawing this consent means, and the button.
+pub async fn confirm_withdraw(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Some((_, session)) = session(&web, &headers) else {
+        return see_other("/citizen", &[]);
+    };
+    let caller = match caller(&web) {
+        Ok(c) => c,
+        Err(page) => return *page,
+    };
+    let consents = match consents_of(&web, &caller, &session).await {
+        Ok(consents) => consents,
+        Err(e) => return refused(&e),
+    };
+    let now = OffsetDateTime::now_utc();
+    let Some(c) = consents
+        .iter()
+        .find(|c| c.id == id && c.status(now) == ConsentStatus::Active)
+    else {
+        return pages::error_page(
+            StatusCode::NOT_FOUND,
+            "Consentement introuvable",
+            "Ce consentement n'existe pas, n'est pas le vôtre ou n'est plus en vigueur.",
+        );
+    };
+    let consent = Names(&web.state.federation.registry()).consent(c, now);
+    pages::render(
+        StatusCode::OK,
+        &WithdrawPage {
+            layout: layout("Retirer un consentement", &session),
+            consent,
+            csrf: session.csrf.clone(),
+        },
+    )
+}
+
+/// `POST /citizen/consents/{id}/withdraw`: `Consents.Revoke` with the session's identity
+/// evidence; the very next Fetch under it is refused.
+pub async fn withdraw(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let (_, session) = match posted(&web, &headers, &form) {
+        Ok(s) => s,
+        Err(page) => return *page,
+    };
+    let caller = match caller(&web) {
+        Ok(c) => c,
+        Err(page) => return *page,
+    };
+    let revoked = crate::consents::revoke(
+        &web.state,
+        &caller,
+        &crate::consents::RevokeInput {
+            consent_id: id,
+            mandate_id: String::new(),
+            id_token: session.id_token.clone(),
+        },
+    )
+    .await;
+    match revoked {
+        Ok(_) => see_other("/citizen?fait=retire", &[]),
+        Err(e) => refused(&e),
+    }
+}

@@ -1,0 +1,249 @@
+//! The development identity provider's login page, served by the broker itself in a development
+//! federation only (one that accepts `test:` people and declares the committed development key,
+//! examples/dev-idp/): a clearly marked page where one picks a fictitious person, then an
+//! OpenID Connect authorization code (with PKCE) that the citizen pages redeem for an ID token
+//! signed with that public key. Outside a development federation nothing here is served, and a
+//! production registry cannot declare that key at all (docs/security.md).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::pages::{self, Layout};
+use super::session::Bounded;
+use super::{Web, random_token, see_other};
+use crate::idp::dev::{self, DevKey};
+use crate::registry::Registry;
+
+/// The fictitious people of the sample datasets (examples/data/).
+pub const TEST_PEOPLE: &[(&str, &str)] = &[
+    ("test:alice", "Alice Martin"),
+    ("test:bob", "Bob Durand"),
+    ("test:carol", "Carole Petit"),
+    ("test:david", "David Moreau"),
+    ("test:eve", "Ève Laurent"),
+    ("test:frank", "Franck Simon"),
+];
+
+/// How long an authorization code may wait to be redeemed.
+const CODE_LIFETIME: Duration = Duration::from_secs(60);
+/// Codes waiting at once.
+const MAX_CODES: usize = 10_000;
+
+/// The provider: its signing key and the codes it handed out.
+pub struct DevIdp {
+    key: DevKey,
+    codes: Mutex<Bounded<Issued>>,
+}
+
+/// A code handed out, until it is redeemed.
+struct Issued {
+    id_token: String,
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    created: Instant,
+}
+
+impl DevIdp {
+    /// The provider, if `registry` is a development federation that declares the committed
+    /// development key and its signing key lies beside its JWKS.
+    pub fn for_registry(registry: &Registry) -> Option<DevIdp> {
+        if !registry.allow_test_subjects() {
+            return None;
+        }
+        let provider = registry
+            .identity_providers()
+            .iter()
+            .find(|p| p.keys.keys.iter().any(dev::is_committed_key))?;
+        let folder = registry.file().parent()?;
+        let path = folder
+            .join(provider.jwks.parent()?)
+            .join("dev-signing-key.json");
+        let bytes = std::fs::read(&path).ok()?;
+        let key = DevKey::parse(&path, &bytes).ok()?;
+        Some(DevIdp {
+            key,
+            codes: Mutex::new(Bounded::new(MAX_CODES)),
+        })
+    }
+
+    /// The ID token of `code`, once, if it was handed to `client_id` for `redirect_uri` and
+    /// `verifier` is the PKCE verifier of its challenge.
+    pub fn redeem(
+        &self,
+        code: &str,
+        client_id: &str,
+        redirect_uri: &str,
+        verifier: &str,
+    ) -> Option<String> {
+        let issued = self.codes.lock().ok()?.remove(code)?;
+        let fresh = issued.created.elapsed() <= CODE_LIFETIME;
+        (fresh
+            && issued.client_id == client_id
+            && issued.redirect_uri == redirect_uri
+            && super::same_secret(&issued.challenge, &pkce_challenge(verifier)))
+        .then_some(issued.id_token)
+    }
+}
+
+/// The S256 PKCE challenge of `verifier`.
+pub fn pkce_challenge(verifier: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier))
+}
+
+/// An authorization request (OpenID Connect Core 3.1.2.1), as the citizen pages send it.
+#[derive(Deserialize)]
+pub struct AuthorizeQuery {
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    redirect_uri: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    nonce: String,
+    #[serde(default)]
+    code_challenge: String,
+    #[serde(default)]
+    code_challenge_method: String,
+    #[serde(default)]
+    response_type: String,
+}
+
+/// The same, with the person picked on the page.
+#[derive(Deserialize)]
+pub struct AuthorizeForm {
+    #[serde(flatten)]
+    request: AuthorizeQuery,
+    #[serde(default)]
+    person: String,
+}
+
+#[derive(Template)]
+#[template(path = "dev_idp.html")]
+struct AuthorizePage<'a> {
+    layout: Layout,
+    request: &'a AuthorizeQuery,
+    people: &'a [(&'static str, &'static str)],
+    error: Option<&'static str>,
+}
+
+/// Whether `request` comes from the citizen pages of this broker: their client id, their
+/// callback, PKCE S256, a state and a nonce.
+fn check(web: &Web, request: &AuthorizeQuery) -> Result<(), &'static str> {
+    let registry = web.state.federation.registry();
+    let client = registry
+        .participant(&web.guichet)
+        .map(|p| p.audience().to_string());
+    let bounded = |s: &str| !s.is_empty() && s.len() <= 256;
+    if client.as_deref() != Some(request.client_id.as_str()) {
+        return Err("client_id inconnu");
+    }
+    if request.redirect_uri != format!("{}/citizen/callback", web.base) {
+        return Err("redirect_uri non enregistrée");
+    }
+    if request.response_type != "code" || request.code_challenge_method != "S256" {
+        return Err("seul le flux « code » avec PKCE S256 est accepté");
+    }
+    if !bounded(&request.state) || !bounded(&request.nonce) || !bounded(&request.code_challenge) {
+        return Err("state, nonce et code_challenge sont requis");
+    }
+    Ok(())
+}
+
+/// `GET /dev-idp/authorize`: the page where one picks a test person.
+pub async fn authorize_page(
+    State(web): State<Arc<Web>>,
+    Query(request): Query<AuthorizeQuery>,
+) -> Response {
+    if web.dev_idp.is_none() {
+        return pages::not_found().await;
+    }
+    if let Err(why) = check(&web, &request) {
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Demande de connexion invalide",
+            why,
+        );
+    }
+    pages::render(
+        StatusCode::OK,
+        &AuthorizePage {
+            layout: Layout::new("Connexion de développement", None),
+            request: &request,
+            people: TEST_PEOPLE,
+            error: None,
+        },
+    )
+}
+
+/// `POST /dev-idp/authorize`: the person picked; back to the citizen pages with a code.
+pub async fn authorize(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Form(form): Form<AuthorizeForm>,
+) -> Response {
+    let Some(idp) = &web.dev_idp else {
+        return pages::not_found().await;
+    };
+    if !web.same_origin(&headers) {
+        return pages::forbidden();
+    }
+    if let Err(why) = check(&web, &form.request) {
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Demande de connexion invalide",
+            why,
+        );
+    }
+    if !TEST_PEOPLE.iter().any(|(id, _)| *id == form.person) {
+        return pages::render(
+            StatusCode::BAD_REQUEST,
+            &AuthorizePage {
+                layout: Layout::new("Erreur : connexion de développement", None),
+                request: &form.request,
+                people: TEST_PEOPLE,
+                error: Some("Choisissez une personne de test."),
+            },
+        );
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let token = dev::claims(&form.person, &form.request.client_id, now)
+        .and_then(|mut claims| {
+            claims["nonce"] = serde_json::Value::String(form.request.nonce.clone());
+            idp.key.sign(&claims)
+        })
+        .ok();
+    let (Some(id_token), Some(code)) = (token, random_token()) else {
+        return pages::unavailable();
+    };
+    if let Ok(mut codes) = idp.codes.lock() {
+        codes.insert(
+            code.clone(),
+            Issued {
+                id_token,
+                client_id: form.request.client_id.clone(),
+                redirect_uri: form.request.redirect_uri.clone(),
+                challenge: form.request.code_challenge.clone(),
+                created: Instant::now(),
+            },
+            |i| i.created.elapsed() > CODE_LIFETIME,
+        );
+    }
+    let mut back = match url::Url::parse(&form.request.redirect_uri) {
+        Ok(url) => url,
+        Err(_) => return pages::unavailable(),
+    };
+    back.query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &form.request.state);
+    see_other(back.as_str(), &[])
+}

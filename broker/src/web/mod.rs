@@ -1,0 +1,252 @@
+//! The people's web pages (`unefois serve --web-listen`): server-rendered, French, accessible,
+//! working without JavaScript. Citizens log in with OpenID Connect at the registry's identity
+//! provider, never with a client certificate; the pages then act as a guichet of their own (the
+//! registry's participant `WebConfig::guichet`) and call the very functions the gRPC services
+//! call (`accesses::list`, `consents::list`, `consents::revoke`), so that one policy decides and
+//! every act is journaled as its gRPC twin.
+//!
+//! Bounded like the other listeners (`crate::http_listener`); every answer carries a strict
+//! Content-Security-Policy (no inline script or style) and is never cached; every POST needs
+//! the session's CSRF token and a same-origin `Origin` or `Sec-Fetch-Site`. No subject id or
+//! claim value is ever in a URL: the person lives in the server-side session only.
+
+mod citizen;
+mod dev_idp;
+mod pages;
+mod paris_time;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use crate::state::State;
+
+pub use session::{MAX_PENDING_LOGINS, MAX_SESSIONS, SESSION_LIFETIME};
+
+/// The participant the citizen pages act as when `--web-guichet` is not given.
+pub const DEFAULT_GUICHET: &str = "espace-usager";
+
+/// The web listener and what it serves as.
+pub struct WebConfig {
+    /// Where the pages are served (plain HTTP; HTTPS behind a reverse proxy, docs/web.md).
+    pub listener: TcpListener,
+    /// The address people reach the pages at, for the OpenID Connect redirect (`https://…`
+    /// behind a proxy); by default `http://` and the listener's address.
+    pub public_url: Option<String>,
+    /// The registry participant (a guichet) the citizen pages act as: its `oidc_audience` is
+    /// their OpenID Connect client id.
+    pub guichet: String,
+}
+
+/// What the pages' handlers share.
+pub(crate) struct Web {
+    state: Arc<State>,
+    /// `scheme://host[:port]`, no trailing slash.
+    base: String,
+    /// Whether people reach the pages over HTTPS (cookies are then `Secure`).
+    secure: bool,
+    guichet: String,
+    sessions: session::Sessions,
+    dev_idp: Option<dev_idp::DevIdp>,
+}
+
+/// Serves the pages on `web.listener` until `shutdown` resolves.
+pub(crate) async fn serve(
+    web: WebConfig,
+    state: Arc<State>,
+    limits: crate::listener::AcceptLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local = web.listener.local_addr()?;
+    let base = web
+        .public_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| format!("http://{local}"));
+    let secure = base.starts_with("https://");
+    let dev_idp = dev_idp::DevIdp::for_registry(&state.federation.registry());
+    if dev_idp.is_some() {
+        tracing::warn!(
+            url = %format!("{base}/dev-idp/authorize"),
+            "development identity provider served (development federation: test people only)"
+        );
+    }
+    let shared = Arc::new(Web {
+        state,
+        base,
+        secure,
+        guichet: web.guichet,
+        sessions: session::Sessions::new(MAX_SESSIONS, MAX_PENDING_LOGINS),
+        dev_idp,
+    });
+    crate::http_listener::serve(
+        crate::http_listener::HttpLimits {
+            name: "web",
+            max_connections: limits.web_max_connections,
+            max_connections_per_source: limits.web_max_connections_per_source,
+            header_timeout: limits.web_header_timeout,
+            gauge: |n| crate::metrics::connections_open("web", "open", n),
+        },
+        web.listener,
+        router(shared),
+        shutdown,
+    )
+    .await
+}
+
+fn router(web: Arc<Web>) -> Router {
+    Router::new()
+        .route("/", get(pages::landing))
+        .route("/accessibilite", get(pages::accessibility))
+        .route("/static/site.css", get(pages::stylesheet))
+        .route("/citizen", get(citizen::home))
+        .route("/citizen/login", get(citizen::login))
+        .route("/citizen/callback", get(citizen::callback))
+        .route(
+            "/citizen/consents/{id}/withdraw",
+            get(citizen::confirm_withdraw).post(citizen::withdraw),
+        )
+        .route("/logout", post(citizen::logout))
+        .route(
+            "/dev-idp/authorize",
+            get(dev_idp::authorize_page).post(dev_idp::authorize),
+        )
+        .fallback(pages::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            web.clone(),
+            security_headers,
+        ))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_PAGES,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .with_state(web)
+}
+
+/// Pages answered at once; more wait (each is a few store reads).
+const MAX_CONCURRENT_PAGES: usize = 256;
+/// Largest form accepted, in bytes (the largest form is a few hundred).
+const MAX_FORM_BYTES: usize = 16 * 1024;
+/// How long a page may take before it is answered with an error page.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The headers every answer carries: no script or style but the pages' own files, no framing,
+/// no referrer, no caching (pages show a person's data), HSTS under HTTPS.
+async fn security_headers(
+    axum::extract::State(web): axum::extract::State<Arc<Web>>,
+    request: Request<Body>,
+    next: Next,
+) -> Response {
+    let mut response = match tokio::time::timeout(PAGE_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => pages::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service momentanément indisponible",
+            "La page a mis trop de temps à répondre. Réessayez dans quelques instants.",
+        ),
+    };
+    let headers = response.headers_mut();
+    let set = |headers: &mut HeaderMap, name: header::HeaderName, value: &'static str| {
+        headers.insert(name, HeaderValue::from_static(value));
+    };
+    set(
+        headers,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    // Not `no-referrer`: under it a browser sends `Origin: null` with the pages' own forms.
+    set(headers, header::REFERRER_POLICY, "same-origin");
+    set(headers, header::X_FRAME_OPTIONS, "DENY");
+    set(headers, header::CACHE_CONTROL, "no-store");
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    if web.secure {
+        set(
+            headers,
+            header::STRICT_TRANSPORT_SECURITY,
+            "max-age=31536000; includeSubDomains",
+        );
+    }
+    response
+}
+
+impl Web {
+    /// Whether a POST comes from the pages themselves: its `Origin` is the pages' origin, or,
+    /// without one, `Sec-Fetch-Site` says same-origin; a browser that sends neither is judged
+    /// by the CSRF token alone.
+    fn same_origin(&self, headers: &HeaderMap) -> bool {
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            return origin.as_bytes() == self.base.as_bytes();
+        }
+        match headers.get("sec-fetch-site").map(HeaderValue::as_bytes) {
+            Some(site) => site == b"same-origin",
+            None => true,
+        }
+    }
+
+    /// The cookie attributes: HttpOnly, SameSite=Lax, the whole site, `Secure` under HTTPS.
+    fn cookie(&self, name: &str, value: &str, max_age: Option<Duration>) -> HeaderValue {
+        let mut cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+        if let Some(age) = max_age {
+            cookie += &format!("; Max-Age={}", age.as_secs());
+        }
+        if self.secure {
+            cookie += "; Secure";
+        }
+        HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+/// The value of cookie `name` in `headers`.
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+/// A 303 to `to`, with `cookies` set.
+fn see_other(to: &str, cookies: &[HeaderValue]) -> Response {
+    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response();
+    for cookie in cookies {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookie.clone());
+    }
+    response
+}
+
+/// Whether two secrets are equal, in a time that does not depend on where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// 32 random bytes, base64url: session ids, CSRF tokens, OpenID Connect `state` and `nonce`,
+/// PKCE verifiers, authorization codes. `None` only if the OS's generator fails: the page then
+/// fails rather than hand out a guessable token.
+fn random_token() -> Option<String> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}

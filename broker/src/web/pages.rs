@@ -1,0 +1,135 @@
+//! The pages every visitor sees (the landing page, the accessibility statement, errors) and
+//! what every page shares: its layout and its rendering.
+
+use askama::Template;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+
+/// What the layout of every page needs: its title and, when someone is logged in, the logout
+/// form's CSRF token and when the session ends.
+pub struct Layout {
+    /// The page's own title (the `<title>` adds « — Une Fois »).
+    pub title: String,
+    /// The logged-in session, if any.
+    pub session: Option<LayoutSession>,
+}
+
+/// The session as the layout shows it.
+pub struct LayoutSession {
+    /// The logout form's CSRF token.
+    pub csrf: String,
+    /// When it ends, Paris time (`18 h 05`).
+    pub ends: String,
+}
+
+impl Layout {
+    /// A page titled `title`, with `session` if one is open.
+    pub fn new(title: &str, session: Option<LayoutSession>) -> Layout {
+        Layout {
+            title: title.to_string(),
+            session,
+        }
+    }
+}
+
+/// Renders `page` with `status`; a template that fails is an error page.
+pub fn render(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "web page not rendered");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Erreur interne : la page n'a pas pu être affichée.",
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct Message<'a> {
+    layout: Layout,
+    text: &'a str,
+}
+
+/// A page that says what went wrong and where to go from there.
+pub fn error_page(status: StatusCode, title: &str, text: &str) -> Response {
+    render(
+        status,
+        &Message {
+            layout: Layout::new(title, None),
+            text,
+        },
+    )
+}
+
+/// 403: a form that did not come from these pages (no CSRF token, a foreign origin).
+pub fn forbidden() -> Response {
+    error_page(
+        StatusCode::FORBIDDEN,
+        "Action refusée",
+        "Cette action n'a pas été envoyée depuis nos pages (jeton de sécurité absent ou \
+         périmé). Revenez à la page précédente, rechargez-la, puis recommencez.",
+    )
+}
+
+/// 503: the broker could not do it now.
+pub fn unavailable() -> Response {
+    error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service momentanément indisponible",
+        "Le service n'a pas pu traiter votre demande. Réessayez dans quelques instants.",
+    )
+}
+
+/// 404.
+pub async fn not_found() -> Response {
+    error_page(
+        StatusCode::NOT_FOUND,
+        "Page introuvable",
+        "Cette adresse ne correspond à aucune page. Revenez à l'accueil.",
+    )
+}
+
+#[derive(Template)]
+#[template(path = "landing.html")]
+struct Landing {
+    layout: Layout,
+}
+
+/// `GET /`: the three spaces, and where to get help in person.
+pub async fn landing() -> Response {
+    render(
+        StatusCode::OK,
+        &Landing {
+            layout: Layout::new("Accueil", None),
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "accessibilite.html")]
+struct Accessibility {
+    layout: Layout,
+}
+
+/// `GET /accessibilite`: the accessibility statement.
+pub async fn accessibility() -> Response {
+    render(
+        StatusCode::OK,
+        &Accessibility {
+            layout: Layout::new("Déclaration d'accessibilité", None),
+        },
+    )
+}
+
+/// `GET /static/site.css`: the pages' one stylesheet.
+pub async fn stylesheet() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../../static/site.css"),
+    )
+        .into_response()
+}

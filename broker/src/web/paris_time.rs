@@ -1,0 +1,81 @@
+//! Times as people in France read them: Paris time (summer time included, from the time zone
+//! database jiff carries), French words.
+
+use time::OffsetDateTime;
+
+const MONTHS: [&str; 12] = [
+    "janvier",
+    "février",
+    "mars",
+    "avril",
+    "mai",
+    "juin",
+    "juillet",
+    "août",
+    "septembre",
+    "octobre",
+    "novembre",
+    "décembre",
+];
+
+/// `3 décembre 2026 à 18 h 05`, in Paris time; the UTC time if the zone is missing.
+pub fn long(t: OffsetDateTime) -> String {
+    match paris(t) {
+        Some(z) => format!("{} à {} h {:02}", words(&z), z.hour(), z.minute()),
+        None => format!("{t} (UTC)"),
+    }
+}
+
+/// `3 décembre 2026`, the day in Paris.
+pub fn day(t: OffsetDateTime) -> String {
+    match paris(t) {
+        Some(z) => words(&z),
+        None => t.date().to_string(),
+    }
+}
+
+fn words(z: &jiff::ZonedDateTime) -> String {
+    let month = MONTHS[usize::try_from(z.month() - 1).unwrap_or(0)];
+    format!("{} {month} {}", z.day(), z.year())
+}
+
+/// `18 h 05`, the time of day in Paris.
+pub fn clock(t: OffsetDateTime) -> String {
+    match paris(t) {
+        Some(z) => format!("{} h {:02}", z.hour(), z.minute()),
+        None => format!("{:02}:{:02} UTC", t.hour(), t.minute()),
+    }
+}
+
+/// `2026-12-03T18:05:00+01:00`, for a `<time datetime>`.
+pub fn machine(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn paris(t: OffsetDateTime) -> Option<jiff::ZonedDateTime> {
+    let ts = jiff::Timestamp::from_second(t.unix_timestamp()).ok()?;
+    ts.in_tz("Europe/Paris").ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn paris_time_follows_summer_time() {
+        let cases = [
+            (datetime!(2026-12-03 17:05 UTC), "3 décembre 2026 à 18 h 05"),
+            (datetime!(2026-07-14 08:00 UTC), "14 juillet 2026 à 10 h 00"),
+            // The last Sunday of March, 01:00 UTC: summer time begins.
+            (datetime!(2026-03-29 00:59 UTC), "29 mars 2026 à 1 h 59"),
+            (datetime!(2026-03-29 01:00 UTC), "29 mars 2026 à 3 h 00"),
+            (datetime!(2026-12-31 23:30 UTC), "1 janvier 2027 à 0 h 30"),
+        ];
+        for (t, expected) in cases {
+            assert_eq!(long(t), expected, "{t}");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Server-side sessions and the logins waiting for their identity provider, both in memory and
+//! bounded: a cookie holds a random id only, never the person. Over a bound, the oldest entry
+//! is dropped (a flood of login starts ends other people's pending logins at worst, never a
+//! logged-in session, which only a completed login creates).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::subject::Subject;
+
+/// The longest a session lasts; it also ends when its ID token stops being evidence (the
+/// identity provider's `max_token_age_seconds`), and the page says when.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// Sessions held at once.
+pub const MAX_SESSIONS: usize = 20_000;
+/// Logins waiting for the identity provider at once.
+pub const MAX_PENDING_LOGINS: usize = 20_000;
+/// How long a login may wait for the identity provider.
+pub const LOGIN_WAIT: Duration = Duration::from_secs(10 * 60);
+
+/// A logged-in person.
+#[derive(Clone)]
+pub struct Session {
+    /// The person the ID token proved (kept here only).
+    pub subject: Subject,
+    /// The ID token, the identity evidence each act presents.
+    pub id_token: String,
+    /// The token every form of this session carries.
+    pub csrf: String,
+    /// When the session ends.
+    pub ends: Instant,
+    /// The same, as a time people read.
+    pub ends_at: time::OffsetDateTime,
+}
+
+/// A login sent to the identity provider, waiting for its answer.
+#[derive(Clone)]
+pub struct PendingLogin {
+    /// The random value of the browser's login cookie: the answer must come back to the very
+    /// browser that asked (no login CSRF).
+    pub browser: String,
+    /// The `nonce` asked for, which the ID token must carry.
+    pub nonce: String,
+    /// The PKCE verifier.
+    pub verifier: String,
+    created: Instant,
+}
+
+impl PendingLogin {
+    /// A login for `browser`, asking for `nonce`, with PKCE `verifier`.
+    pub fn new(browser: String, nonce: String, verifier: String) -> PendingLogin {
+        PendingLogin {
+            browser,
+            nonce,
+            verifier,
+            created: Instant::now(),
+        }
+    }
+}
+
+/// Both tables.
+pub struct Sessions {
+    sessions: Mutex<Bounded<Session>>,
+    pending: Mutex<Bounded<PendingLogin>>,
+}
+
+impl Sessions {
+    /// Empty tables of at most `sessions` and `pending` entries.
+    pub fn new(sessions: usize, pending: usize) -> Sessions {
+        Sessions {
+            sessions: Mutex::new(Bounded::new(sessions)),
+            pending: Mutex::new(Bounded::new(pending)),
+        }
+    }
+
+    /// The session `id`, if it has not ended.
+    pub fn session(&self, id: &str) -> Option<Session> {
+        let mut sessions = self.sessions.lock().ok()?;
+        match sessions.get(id) {
+            Some(s) if s.ends > Instant::now() => Some(s.clone()),
+            Some(_) => {
+                sessions.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Holds `session` under `id`.
+    pub fn open(&self, id: String, session: Session) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            let now = Instant::now();
+            sessions.insert(id, session, |s| s.ends <= now);
+        }
+    }
+
+    /// Ends the session `id`.
+    pub fn close(&self, id: &str) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.remove(id);
+        }
+    }
+
+    /// Holds a login under its `state`.
+    pub fn wait_login(&self, state: String, login: PendingLogin) {
+        if let Ok(mut pending) = self.pending.lock() {
+            let now = Instant::now();
+            pending.insert(state, login, |l| now.duration_since(l.created) > LOGIN_WAIT);
+        }
+    }
+
+    /// Takes the login waiting under `state` (once: a replayed answer finds nothing).
+    pub fn take_login(&self, state: &str) -> Option<PendingLogin> {
+        let login = self.pending.lock().ok()?.remove(state)?;
+        (login.created.elapsed() <= LOGIN_WAIT).then_some(login)
+    }
+}
+
+/// A map of at most `capacity` entries that drops the oldest one to make room.
+pub(super) struct Bounded<T> {
+    capacity: usize,
+    entries: HashMap<String, (u64, T)>,
+    next: u64,
+}
+
+impl<T> Bounded<T> {
+    pub(super) fn new(capacity: usize) -> Bounded<T> {
+        Bounded {
+            capacity: capacity.max(1),
+            entries: HashMap::new(),
+            next: 0,
+        }
+    }
+
+    pub(super) fn get(&self, key: &str) -> Option<&T> {
+        self.entries.get(key).map(|(_, v)| v)
+    }
+
+    pub(super) fn remove(&mut self, key: &str) -> Option<T> {
+        self.entries.remove(key).map(|(_, v)| v)
+    }
+
+    /// Inserts; when full, first drops what `expired` says, then the oldest entry.
+    pub(super) fn insert(&mut self, key: String, value: T, expired: impl Fn(&T) -> bool) {
+        if self.entries.len() >= self.capacity {
+            self.entries.retain(|_, (_, v)| !expired(v));
+        }
+        if self.entries.len() >= self.capacity
+            && let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (n, _))| *n)
+                .map(|(k, _)| k.clone())
+        {
+            self.entries.remove(&oldest);
+        }
+        self.next += 1;
+        self.entries.insert(key, (self.next, value));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_table_drops_the_expired_then_the_oldest() {
+        let mut table = Bounded::new(2);
+        table.insert("a".into(), 1, |_| false);
+        table.insert("b".into(), 2, |_| false);
+        table.insert("c".into(), 3, |_| false);
+        assert_eq!(
+            (table.get("a"), table.get("b"), table.get("c")),
+            (None, Some(&2), Some(&3))
+        );
+        // "c" is expired: it goes first, though "b" is older.
+        table.insert("d".into(), 4, |v| *v == 3);
+        assert_eq!(
+            (table.get("b"), table.get("c"), table.get("d")),
+            (Some(&2), None, Some(&4))
+        );
+    }
+
+    #[test]
+    fn a_login_is_taken_once() {
+        let sessions = Sessions::new(4, 4);
+        sessions.wait_login(
+            "s1".into(),
+            PendingLogin::new("b".into(), "n".into(), "v".into()),
+        );
+        assert!(sessions.take_login("s1").is_some());
+        assert!(sessions.take_login("s1").is_none());
+    }
+}

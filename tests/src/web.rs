@@ -1,0 +1,246 @@
+//! A person's browser, as far as the web pages' HTTP goes: cookies kept as a browser keeps them,
+//! redirects followed one by one (each `Location` kept, to check that no person is ever in a
+//! URL), forms read from the pages. The headless-browser tests (tests/browser/) check what
+//! this cannot: layout, keyboard, accessibility, JavaScript.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use anyhow::{Context, anyhow};
+
+/// An answer of the pages.
+#[derive(Debug)]
+pub struct Page {
+    /// HTTP status.
+    pub status: u16,
+    /// Every header, by lowercase name (the last value of each).
+    pub headers: BTreeMap<String, String>,
+    /// Every `Set-Cookie` value.
+    pub set_cookies: Vec<String>,
+    /// The body.
+    pub body: String,
+}
+
+impl Page {
+    /// The `Location` of a redirect.
+    pub fn location(&self) -> Option<&str> {
+        self.headers.get("location").map(String::as_str)
+    }
+
+    /// The value of the (first) form field `name` in the page, unescaped.
+    pub fn field(&self, name: &str) -> Option<String> {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = self.body.find(&marker)? + marker.len();
+        let end = self.body[start..].find('"')? + start;
+        Some(unescape(&self.body[start..end]))
+    }
+
+    /// Every `href` of the page, unescaped.
+    pub fn links(&self) -> Vec<String> {
+        self.body
+            .split("href=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(unescape)
+            .collect()
+    }
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&#x2f;", "/")
+        .replace("&#x27;", "'")
+        .replace("&#39;", "'")
+        .replace("&quot;", "\"")
+        .replace("&#34;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// A browser on the pages at `base`.
+pub struct Browser {
+    /// `http://addr`.
+    pub base: String,
+    client: reqwest::Client,
+    cookies: BTreeMap<String, String>,
+    /// Every URL this browser was sent to or asked for, in order.
+    pub visited: Vec<String>,
+}
+
+impl Browser {
+    /// A browser with no cookie, on the pages served at `addr`.
+    pub fn new(addr: SocketAddr) -> anyhow::Result<Browser> {
+        crate::install_crypto();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Browser {
+            base: format!("http://{addr}"),
+            client,
+            cookies: BTreeMap::new(),
+            visited: Vec::new(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        match path.starts_with("http") {
+            true => path.to_string(),
+            false => format!("{}{path}", self.base),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> anyhow::Result<Page> {
+        let request = match self.cookies.is_empty() {
+            true => request,
+            false => request.header("cookie", self.cookie_header()),
+        };
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let mut headers = BTreeMap::new();
+        let mut set_cookies = Vec::new();
+        for (name, value) in response.headers() {
+            let value = value.to_str().unwrap_or_default().to_string();
+            if name.as_str() == "set-cookie" {
+                set_cookies.push(value.clone());
+                let pair = value.split(';').next().unwrap_or_default();
+                if let Some((k, v)) = pair.split_once('=') {
+                    let expired = value.contains("Max-Age=0");
+                    match expired || v.is_empty() {
+                        true => self.cookies.remove(k),
+                        false => self.cookies.insert(k.to_string(), v.to_string()),
+                    };
+                }
+            }
+            headers.insert(name.as_str().to_string(), value);
+        }
+        let body = response.text().await?;
+        if let Some(location) = headers.get("location") {
+            self.visited.push(location.clone());
+        }
+        Ok(Page {
+            status,
+            headers,
+            set_cookies,
+            body,
+        })
+    }
+
+    /// `GET path` (or a full URL).
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<Page> {
+        let url = self.url(path);
+        self.visited.push(url.clone());
+        let request = self.client.get(url);
+        self.send(request).await
+    }
+
+    /// `POST path` with `form`, sent as a browser sends a form of these pages (`Origin` the
+    /// pages' own), or from `origin` when given.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> anyhow::Result<Page> {
+        let url = self.url(path);
+        self.visited.push(url.clone());
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let request = self
+            .client
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", origin.unwrap_or(&self.base).to_string())
+            .body(body);
+        self.send(request).await
+    }
+
+    /// Follows redirects from `page` until a page that is not one (5 at most).
+    pub async fn follow(&mut self, mut page: Page) -> anyhow::Result<Page> {
+        for _ in 0..5 {
+            let Some(to) = page.location().map(str::to_string) else {
+                return Ok(page);
+            };
+            page = self.get(&to).await?;
+        }
+        Err(anyhow!("too many redirects"))
+    }
+
+    /// Logs in at the citizen space as `person` (`test:alice`) through the development
+    /// identity provider's page; returns the citizen page it lands on.
+    pub async fn log_in(&mut self, person: &str) -> anyhow::Result<Page> {
+        let to_idp = self.get("/citizen/login").await?;
+        let idp_page = self.follow(to_idp).await?;
+        anyhow::ensure!(
+            idp_page.status == 200,
+            "identity provider page: {idp_page:?}"
+        );
+        let answer = self.choose_person(&idp_page, person).await?;
+        let callback = answer
+            .location()
+            .context("the identity provider did not send the browser back")?
+            .to_string();
+        let landed = self.get(&callback).await?;
+        self.follow(landed).await
+    }
+
+    /// Submits the identity provider's page `idp_page` as `person`: its answer, a redirect to
+    /// the citizen pages' callback.
+    pub async fn choose_person(&mut self, idp_page: &Page, person: &str) -> anyhow::Result<Page> {
+        let names = [
+            "client_id",
+            "redirect_uri",
+            "state",
+            "nonce",
+            "code_challenge",
+            "code_challenge_method",
+            "response_type",
+        ];
+        let mut form: Vec<(&str, String)> = Vec::new();
+        for name in names {
+            form.push((
+                name,
+                idp_page
+                    .field(name)
+                    .with_context(|| format!("no {name} on the page"))?,
+            ));
+        }
+        form.push(("person", person.to_string()));
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.post("/dev-idp/authorize", &form, None).await
+    }
+
+    /// The cookie `name` this browser holds.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.cookies.get(name).map(String::as_str)
+    }
+
+    /// Forgets every cookie (another browser, or one whose cookies were cleared).
+    pub fn clear_cookies(&mut self) {
+        self.cookies.clear();
+    }
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

@@ -1,0 +1,252 @@
+//! The people's web pages over real HTTP (issue 23): a citizen logs in through the development
+//! identity provider, sees who read their data, withdraws a consent, and the very next gRPC
+//! fetch under it is refused; forms from elsewhere are refused; a login answer serves its own
+//! browser once; no person is ever in a URL. The headless-browser tests (tests/browser/) check
+//! layout, keyboard and accessibility.
+
+use anyhow::{Context, anyhow};
+use tonic::Code;
+use unefois_proto::v1::ErrorReason;
+use unefois_tests::clients::{consents, exchange};
+use unefois_tests::refusals::refused;
+use unefois_tests::requests::{consent, fetch};
+use unefois_tests::sample::{CANTINE, QF};
+use unefois_tests::web::Browser;
+use unefois_tests::{TestBroker, TestPki};
+
+async fn broker_with_pages(pki: &TestPki) -> anyhow::Result<(TestBroker, Browser)> {
+    let broker = TestBroker::start_with_pages(pki.dir()).await?;
+    let browser = Browser::new(broker.web_addr.context("no web pages")?)?;
+    Ok((broker, browser))
+}
+
+#[tokio::test]
+async fn the_pages_are_served_in_french_with_strict_headers() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, mut browser) = broker_with_pages(&pki).await?;
+    for (path, status, title) in [
+        ("/", 200, "<title>Accueil — Une Fois</title>"),
+        (
+            "/accessibilite",
+            200,
+            "<title>Déclaration d&#39;accessibilité — Une Fois</title>",
+        ),
+        (
+            "/citizen",
+            200,
+            "<title>Espace usager : connexion — Une Fois</title>",
+        ),
+        (
+            "/nulle-part",
+            404,
+            "<title>Page introuvable — Une Fois</title>",
+        ),
+    ] {
+        let page = browser.get(path).await?;
+        assert_eq!(page.status, status, "{path}");
+        assert!(page.body.contains(title), "{path}: {}", page.body);
+        assert!(page.body.contains("<html lang=\"fr\">"), "{path}");
+        assert_eq!(page.body.matches("<h1").count(), 1, "{path}: one h1");
+        assert!(page.body.contains("href=\"#contenu\""), "{path}: skip link");
+        let csp = page.headers.get("content-security-policy").cloned();
+        assert!(
+            csp.as_deref()
+                .is_some_and(|c| c.contains("script-src 'self'")
+                    && c.contains("frame-ancestors 'none'")
+                    && !c.contains("unsafe")),
+            "{path}: {csp:?}"
+        );
+        assert_eq!(
+            page.headers.get("cache-control").map(String::as_str),
+            Some("no-store")
+        );
+        assert_eq!(
+            page.headers
+                .get("x-content-type-options")
+                .map(String::as_str),
+            Some("nosniff")
+        );
+        assert!(!page.body.contains("<script>"), "{path}: no inline script");
+        assert!(!page.body.contains(" style=\""), "{path}: no inline style");
+    }
+    // The landing page says where to get help in person.
+    let landing = browser.get("/").await?;
+    assert!(landing.body.contains("France Services"));
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_citizen_sees_who_read_their_data_and_a_withdrawal_stops_the_next_fetch()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, mut browser) = broker_with_pages(&pki).await?;
+    // Alice consents at the city's guichet; the city fetches her family quotient.
+    let granted = consents(&broker, "mairie-lyon")
+        .await?
+        .grant(consent("test:alice", QF, CANTINE))
+        .await?
+        .into_inner()
+        .consent
+        .ok_or_else(|| anyhow!("no consent"))?;
+    exchange(&broker, "mairie-lyon")
+        .await?
+        .fetch(fetch("test:alice", QF, CANTINE))
+        .await?;
+
+    let home = browser.log_in("test:alice").await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    assert!(
+        home.body
+            .contains("<title>Qui a consulté mes données — Une Fois</title>")
+    );
+    // The access: who, what, why, on what basis, by which channel.
+    for shown in [
+        "Ville de Lyon",
+        "Calcul du tarif de la restauration scolaire",
+        "Quotient familial CAF",
+        "Votre consentement",
+        "Directement entre administrations",
+        "Transmises",
+    ] {
+        assert!(
+            home.body.contains(shown),
+            "{shown} not shown:\n{}",
+            home.body
+        );
+    }
+    let session = browser
+        .cookie("unefois_session")
+        .context("no session")?
+        .to_string();
+    let withdraw = format!("/citizen/consents/{}/withdraw", granted.id);
+    assert!(home.links().contains(&withdraw), "{:?}", home.links());
+
+    // The confirmation page, then the withdrawal.
+    let confirm = browser.get(&withdraw).await?;
+    assert_eq!(confirm.status, 200, "{}", confirm.body);
+    assert!(confirm.body.contains("Confirmer le retrait"));
+    let csrf = confirm.field("csrf").context("no CSRF token")?;
+    let done = browser.post(&withdraw, &[("csrf", &csrf)], None).await?;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let after = browser.follow(done).await?;
+    assert!(
+        after.body.contains("Votre consentement a été retiré."),
+        "{}",
+        after.body
+    );
+    assert!(after.body.contains("role=\"status\""));
+    assert!(after.body.contains("Retiré"));
+    assert_eq!(browser.cookie("unefois_session"), Some(session.as_str()));
+
+    // The very next gRPC fetch under it is refused.
+    refused(
+        exchange(&broker, "mairie-lyon")
+            .await?
+            .fetch(fetch("test:alice", QF, CANTINE))
+            .await,
+        Code::FailedPrecondition,
+        ErrorReason::ConsentRevoked,
+    );
+    // No person in any URL the browser was sent to.
+    for url in &browser.visited {
+        assert!(!url.contains("alice"), "{url}");
+    }
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn forms_without_their_token_or_from_elsewhere_are_refused() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, mut browser) = broker_with_pages(&pki).await?;
+    let granted = consents(&broker, "mairie-lyon")
+        .await?
+        .grant(consent("test:alice", QF, CANTINE))
+        .await?
+        .into_inner()
+        .consent
+        .ok_or_else(|| anyhow!("no consent"))?;
+
+    // The session cookie: HttpOnly, SameSite=Lax, the whole site.
+    let to_idp = browser.get("/citizen/login").await?;
+    let login_cookie = to_idp.set_cookies.join("\n");
+    assert!(
+        login_cookie.contains("HttpOnly") && login_cookie.contains("SameSite=Lax"),
+        "{login_cookie}"
+    );
+    let idp_page = browser.follow(to_idp).await?;
+    let answer = browser.choose_person(&idp_page, "test:alice").await?;
+    let callback = answer.location().context("no callback")?.to_string();
+    let landed = browser.get(&callback).await?;
+    let session_cookie = landed.set_cookies.join("\n");
+    assert!(
+        session_cookie.contains("unefois_session=")
+            && session_cookie.contains("HttpOnly")
+            && session_cookie.contains("SameSite=Lax")
+            && session_cookie.contains("Path=/"),
+        "{session_cookie}"
+    );
+    browser.follow(landed).await?;
+
+    let withdraw = format!("/citizen/consents/{}/withdraw", granted.id);
+    let csrf = browser
+        .get(&withdraw)
+        .await?
+        .field("csrf")
+        .context("no CSRF token")?;
+    // No token, a wrong one, or the right one from another site: 403, nothing withdrawn.
+    for (form, origin) in [
+        (vec![], None),
+        (vec![("csrf", "forged")], None),
+        (vec![("csrf", csrf.as_str())], Some("http://evil.example")),
+    ] {
+        let page = browser.post(&withdraw, &form, origin).await?;
+        assert_eq!(page.status, 403, "{form:?} {origin:?}: {}", page.body);
+        assert!(page.body.contains("Action refusée"));
+    }
+    let logout = browser.post("/logout", &[], None).await?;
+    assert_eq!(logout.status, 403);
+    exchange(&broker, "mairie-lyon")
+        .await?
+        .fetch(fetch("test:alice", QF, CANTINE))
+        .await?;
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_login_answer_serves_its_own_browser_once() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, mut browser) = broker_with_pages(&pki).await?;
+    let to_idp = browser.get("/citizen/login").await?;
+    let idp_page = browser.follow(to_idp).await?;
+    let answer = browser.choose_person(&idp_page, "test:alice").await?;
+    let callback = answer.location().context("no callback")?.to_string();
+
+    // Another browser (without this one's login cookie) presenting the answer: refused.
+    let mut other = Browser::new(broker.web_addr.context("no web")?)?;
+    let stolen = other.get(&callback).await?;
+    assert_eq!(stolen.status, 400, "{}", stolen.body);
+    assert!(other.cookie("unefois_session").is_none());
+
+    // The answer was spent by that attempt: the right browser cannot use it either now, and
+    // starts again (an answer serves once).
+    let replay = browser.get(&callback).await?;
+    assert_eq!(replay.status, 400);
+    assert!(replay.body.contains("Connexion échouée"));
+    let home = browser.log_in("test:bob").await?;
+    assert!(
+        home.body.contains("Qui a consulté mes données"),
+        "{}",
+        home.body
+    );
+    // An unknown person on the identity provider's page: an error summary, no code.
+    let to_idp = browser.get("/citizen/login").await?;
+    let idp_page = browser.follow(to_idp).await?;
+    let wrong = browser.choose_person(&idp_page, "test:mallory").await?;
+    assert_eq!(wrong.status, 400);
+    assert!(wrong.body.contains("role=\"alert\""));
+    broker.stop().await?;
+    Ok(())
+}
