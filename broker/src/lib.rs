@@ -38,6 +38,7 @@ pub mod signing;
 pub(crate) mod accesses;
 pub(crate) mod audit;
 pub(crate) mod consents;
+pub(crate) mod contests;
 pub(crate) mod data_lock;
 pub(crate) mod descriptors;
 pub(crate) mod evidence;

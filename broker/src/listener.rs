@@ -300,8 +300,8 @@ impl AcceptLimits {
     pub fn fit_to_descriptors(self, nofile: u64) -> AcceptLimits {
         let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
         let reserve = RESERVED_DESCRIPTORS.min(nofile / 4);
-        // Two more: the listening sockets themselves.
-        let available = nofile.saturating_sub(reserve + 2);
+        // Three more: the listening sockets themselves (mTLS, ops, web).
+        let available = nofile.saturating_sub(reserve + 3);
         let ops = self.ops_max_connections.min(available / 16).max(1);
         let web = self.web_max_connections.min(available / 8).max(1);
         // One more per listener: a connection accepted before it is shed.

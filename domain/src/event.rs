@@ -97,6 +97,7 @@ impl Event {
             | Event::AccessHistoryRead { participant, .. }
             | Event::ConsentsRead { participant, .. }
             | Event::HarvestingAlarm { participant, .. }
+            | Event::AccessContested { participant, .. }
             | Event::MandateRevoked { participant, .. } => Some(participant),
             Event::MandateCreated { structure, .. } => Some(structure),
             Event::Exchange(e) => Some(&e.participant),
@@ -123,6 +124,9 @@ impl Event {
             } => RecordedSubject::of(subject.as_ref(), subject_sealed.as_ref()),
             Event::ConsentsRead { subject_sealed, .. } => {
                 subject_sealed.as_deref().map(RecordedSubject::Sealed)
+            }
+            Event::AccessContested { subject_sealed, .. } => {
+                Some(RecordedSubject::Sealed(subject_sealed))
             }
             Event::Exchange(e) => {
                 RecordedSubject::of(e.subject.as_ref(), e.subject_sealed.as_ref())
@@ -171,6 +175,40 @@ pub struct RecordedRegistry {
     pub files: std::collections::BTreeMap<String, String>,
 }
 
+/// Why a citizen contests an exchange: a closed list, so that nothing personal is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContestReason {
+    /// « Je ne connais pas cet organisme ».
+    UnknownOrganisation,
+    /// « Je n'ai fait aucune démarche auprès de cet organisme ».
+    NoProcedure,
+    /// « Une autre raison » (to be told to an auditor or a mediator).
+    Other,
+}
+
+impl ContestReason {
+    /// Its name as recorded.
+    pub fn name(self) -> &'static str {
+        match self {
+            ContestReason::UnknownOrganisation => "unknown_organisation",
+            ContestReason::NoProcedure => "no_procedure",
+            ContestReason::Other => "other",
+        }
+    }
+
+    /// The reason of that name.
+    pub fn parse(name: &str) -> Option<ContestReason> {
+        [
+            ContestReason::UnknownOrganisation,
+            ContestReason::NoProcedure,
+            ContestReason::Other,
+        ]
+        .into_iter()
+        .find(|r| r.name() == name)
+    }
+}
+
 /// How an exchange ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -204,6 +242,7 @@ impl Event {
             Event::HarvestingAlarm { .. } => "harvesting_alarm",
             Event::MandateCreated { .. } => "mandate_created",
             Event::MandateRevoked { .. } => "mandate_revoked",
+            Event::AccessContested { .. } => "access_contested",
             Event::Exchange(_) => "exchange",
         }
     }
@@ -347,6 +386,19 @@ pub enum Event {
         /// The mandate a mediator's agent acted under, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mandate_id: Option<String>,
+    },
+    /// A citizen said they do not recognise an exchange about them (« Je ne reconnais pas cette
+    /// consultation », on the citizen pages, with their identity evidence): auditors follow it
+    /// up.
+    AccessContested {
+        /// The guichet the citizen reported through (the citizen pages' participant).
+        participant: String,
+        /// The person, sealed.
+        subject_sealed: String,
+        /// The leaf index of the exchange contested.
+        entry: u64,
+        /// Why, from a closed list (never free text: nothing personal in the log).
+        reason: ContestReason,
     },
     /// A participant read consents (Consents.List of a person, or Consents.Get of one): every
     /// read of who allowed what is on the record, like the access history.

@@ -328,6 +328,7 @@ pub fn apply<V: Views>(
             files,
         })),
         Event::AuditRead { .. }
+        | Event::AccessContested { .. }
         | Event::BrokerStarted { .. }
         | Event::BrokerStopped {}
         | Event::RateLimited { .. }

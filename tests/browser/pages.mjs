@@ -1,6 +1,7 @@
 // The web pages in Debian's headless Chromium, driven by playwright-core (no browser download):
 // axe-core on every page (error states included), the citizen's path by keyboard only, the
-// same without JavaScript by pointer, 320 px reflow, cookie flags, a screenshot of each page.
+// proofs checked in the browser (a one-byte change failing), the same without JavaScript by
+// pointer, 320 px reflow, cookie flags, a screenshot of each page.
 //
 //   node tests/browser/pages.mjs BASE_URL OUT_DIR
 //
@@ -115,6 +116,33 @@ const rows = await page.locator('caption:has-text("Consultations") >> xpath=.. >
 check(rows >= 1, `the history shows the exchanges (${rows})`);
 await audit(page, 'citizen');
 
+// « Vérifier »: the newest exchange's inclusion proof and its checkpoint's signature checked in
+// the browser, announced in the role=status region; a one-byte change of the entry, or of the
+// checkpoint, fails.
+async function verifyFirst() {
+  await page.evaluate(() => { document.getElementById('verify-status').textContent = ''; });
+  await page.locator('button.verify').first().click();
+  await page.waitForFunction(() => document.getElementById('verify-status').textContent.length > 0);
+  return page.textContent('#verify-status');
+}
+const flip = (attribute, at) => page.evaluate(([attribute, at]) => {
+  const holder = attribute === 'entry' ? document.querySelector('button.verify') : document.getElementById('log-proof');
+  const bytes = Uint8Array.from(atob(holder.dataset[attribute]), (c) => c.charCodeAt(0));
+  const k = at === 'size' ? bytes.indexOf(10) + 1 : at;
+  bytes[k] ^= 1;
+  holder.dataset[attribute] = btoa(String.fromCharCode(...bytes));
+}, [attribute, at]);
+let said = await verifyFirst();
+check(said.includes('vérifiée') && !said.includes('échoué'), `« Vérifier » checks the proof in the browser: ${said}`);
+await flip('entry', 10);
+said = await verifyFirst();
+check(said.includes('a échoué'), `an entry changed by one byte fails: ${said}`);
+await page.reload();
+await flip('checkpoint', 'size');
+said = await verifyFirst();
+check(said.includes('a échoué') && said.includes('signature'), `a checkpoint changed by one byte fails: ${said}`);
+await page.reload();
+
 // Withdraw a consent by keyboard: its link, the confirmation page, the button.
 check(await tabTo(page, (f) => f.text.startsWith('Retirer')), 'Tab reaches « Retirer »');
 await Promise.all([page.waitForURL(/withdraw$/), page.keyboard.press('Enter')]);
@@ -124,6 +152,28 @@ await Promise.all([page.waitForURL(/fait=retire/), page.keyboard.press('Enter')]
 const status = await page.textContent('[role=status]');
 check(status.includes('Votre consentement a été retiré.'), `the withdrawal is announced: ${status.trim()}`);
 await audit(page, 'citizen-withdrawn');
+
+// The printable statement, and « Je ne reconnais pas cette consultation » (its error state,
+// then the report, announced).
+await page.goto(base + '/citizen/releve');
+check((await page.locator('caption:has-text("Consultations") >> xpath=.. >> tbody tr').count()) >= 1, 'the statement lists the exchanges');
+await audit(page, 'statement');
+await page.goto(base + '/citizen');
+await Promise.all([page.waitForURL(/contest\/\d+$/), page.locator('a.contest').first().click()]);
+await audit(page, 'contest');
+await Promise.all([page.waitForLoadState('load'), page.click('button:has-text("Envoyer le signalement")')]);
+await page.waitForSelector('[role=alert]');
+await audit(page, 'contest-error');
+await page.check('#raison-1');
+await Promise.all([page.waitForURL(/fait=signale/), page.click('button:has-text("Envoyer le signalement")')]);
+const reported = await page.textContent('[role=status]');
+check(reported.includes('Votre signalement est inscrit au journal'), `the report is announced: ${reported.trim()}`);
+
+// The mandate's revocation page (revoked below without JavaScript).
+const revokeLink = page.locator('a:has-text("Révoquer")');
+check((await revokeLink.count()) === 1, 'the mandate is listed with « Révoquer »');
+await Promise.all([page.waitForURL(/revoke$/), revokeLink.click()]);
+await audit(page, 'mandate-revoke');
 
 const cookies = await keyboard.cookies();
 const session = cookies.find((c) => c.name === 'unefois_session');
@@ -144,6 +194,9 @@ check((await links.count()) >= 1, 'without JavaScript: a consent left to withdra
 await Promise.all([noJs.waitForURL(/withdraw$/), links.first().click()]);
 await Promise.all([noJs.waitForURL(/fait=retire/), noJs.click('button:has-text("Confirmer le retrait")')]);
 check((await noJs.textContent('[role=status]')).includes('retiré'), 'without JavaScript: consent withdrawn');
+await Promise.all([noJs.waitForURL(/revoke$/), noJs.click('a:has-text("Révoquer")')]);
+await Promise.all([noJs.waitForURL(/fait=mandat-revoque/), noJs.click('button:has-text("Confirmer la révocation")')]);
+check((await noJs.textContent('[role=status]')).includes('mandat a été révoqué'), 'without JavaScript: mandate revoked');
 await noJs.screenshot({ path: path.join(out, 'citizen-no-javascript.png'), fullPage: true });
 await plain.close();
 

@@ -37,6 +37,29 @@ pub async fn grant_consent(
         .ok_or_else(|| anyhow::anyhow!("no consent in the answer"))
 }
 
+/// The 31-day mandate `subject` gives the agent a.martin of France Services Lyon for `purpose`,
+/// with the person present (their ID token for the structure) and a signed document.
+pub async fn take_mandate(
+    broker: &TestBroker,
+    subject: &str,
+    purpose: &str,
+) -> anyhow::Result<pb::Mandate> {
+    use crate::sample::{AGENT, STRUCTURE};
+    unefois_proto::v1::mandates_client::MandatesClient::new(broker.channel(AGENT).await?)
+        .create(pb::CreateMandateRequest {
+            subject: subject.into(),
+            purposes: vec![purpose.into()],
+            duration_days: 31,
+            signed_document: b"%PDF mandat signe par la personne et l'aidant".to_vec(),
+            id_token: crate::id_token(subject, STRUCTURE),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .mandate
+        .ok_or_else(|| anyhow::anyhow!("no mandate in the answer"))
+}
+
 /// The readiness of attestation type `ty`'s provider, as grpc.health.v1 reports it to `dinum`
 /// (service `unefois.provider.<ty>`).
 pub async fn provider_health(broker: &TestBroker, ty: &str) -> anyhow::Result<ServingStatus> {

@@ -127,6 +127,10 @@ pub fn audit_event(e: &LoggedEvent) -> pb::AuditEvent {
         } => {
             out.registry_sha256 = registry_sha256.clone();
         }
+        Event::AccessContested { entry, reason, .. } => {
+            out.contested_index = *entry;
+            out.contest_reason = reason.name().to_string();
+        }
         Event::HarvestingAlarm { habilitation, .. } => {
             out.habilitation = habilitation.clone();
         }

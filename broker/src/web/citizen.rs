@@ -11,17 +11,20 @@ use askama::Template;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::pages::{self, Layout, LayoutSession};
 use super::paris_time;
+use super::rows::{AccessRow, ConsentRow, MandateRow, Names};
 use super::session::{PendingLogin, SESSION_LIFETIME, Session};
 use super::{Web, cookie_value, random_token, same_secret, see_other};
 use crate::caller::Caller;
 use crate::consent::ConsentStatus;
 use crate::error::ApiError;
-use crate::event::{Outcome, RecordedBasis};
+use crate::mandate::MandateStatus;
 
 const SESSION_COOKIE: &str = "unefois_session";
 const LOGIN_COOKIE: &str = "unefois_login";
@@ -94,58 +97,21 @@ async fn consents_of(
     Ok(consents)
 }
 
-/// What the registry calls things, for people; the id when it no longer knows one.
-struct Names<'r>(&'r crate::registry::Registry);
-
-impl Names<'_> {
-    fn participant(&self, id: &str) -> String {
-        self.0
-            .participant(id)
-            .map_or_else(|| id.to_string(), |p| p.name.clone())
-    }
-
-    fn attestation_type(&self, id: &str) -> String {
-        self.0
-            .attestation_type(id)
-            .map_or_else(|| id.to_string(), |t| t.description.clone())
-    }
-
-    fn purpose(&self, code: &str) -> String {
-        self.0
-            .purpose(code)
-            .map_or_else(|| code.to_string(), |p| p.label.clone())
-    }
-
-    fn consent(&self, c: &crate::consent::Consent, now: OffsetDateTime) -> ConsentRow {
-        let status = c.status(now);
-        ConsentRow {
-            id: c.id.clone(),
-            consumer: self.participant(&c.consumer),
-            data: c
-                .attestation_types
-                .iter()
-                .map(|t| self.attestation_type(t))
-                .collect::<Vec<_>>()
-                .join(", "),
-            purpose: self.purpose(&c.purpose),
-            granted: paris_time::day(c.granted_at),
-            expires: paris_time::day(c.expires_at),
-            status: match status {
-                ConsentStatus::Active => "En vigueur",
-                ConsentStatus::Revoked => "Retiré",
-                ConsentStatus::Expired => "Expiré",
-            },
-            active: status == ConsentStatus::Active,
-            recorded_by: format!(
-                "{}{}",
-                self.participant(&c.participant),
-                c.agent
-                    .as_deref()
-                    .map(|a| format!(" (agent {a})"))
-                    .unwrap_or_default()
-            ),
-        }
-    }
+/// The person's mandates (every structure's: the ID token shows it is them), as
+/// `Mandates.List` reads them.
+async fn mandates_of(
+    web: &Web,
+    caller: &Caller,
+    session: &Session,
+) -> Result<Vec<crate::mandate::Mandate>, ApiError> {
+    let input = crate::mandates::ListInput {
+        subject: session.subject.as_str().to_string(),
+        id_token: session.id_token.clone(),
+        page_size: 200,
+        ..Default::default()
+    };
+    let (mandates, _, _) = crate::mandates::list(&web.state, caller, &input).await?;
+    Ok(mandates)
 }
 
 #[derive(Template)]
@@ -154,42 +120,21 @@ struct LoginPage {
     layout: Layout,
 }
 
-/// One line of "Qui a consulté mes données".
-struct AccessRow {
-    date: String,
-    datetime: String,
-    organisation: String,
-    data: String,
-    fields: String,
-    purpose: String,
-    basis: String,
-    channel: String,
-    outcome: &'static str,
-    leaf_index: u64,
-}
-
-/// One consent.
-struct ConsentRow {
-    id: String,
-    consumer: String,
-    data: String,
-    purpose: String,
-    granted: String,
-    expires: String,
-    status: &'static str,
-    active: bool,
-    recorded_by: String,
-}
-
 #[derive(Template)]
 #[template(path = "citizen.html")]
 struct HomePage {
     layout: Layout,
     accesses: Vec<AccessRow>,
+    with_actions: bool,
     older: Option<String>,
     newest: bool,
     consents: Vec<ConsentRow>,
-    status: Option<&'static str>,
+    mandates: Vec<MandateRow>,
+    status: Option<String>,
+    /// The signed checkpoint the proofs lead to, base64 of its text.
+    checkpoint: String,
+    /// The log's verifier key (C2SP), to check it against.
+    vkey: String,
 }
 
 #[derive(Deserialize)]
@@ -197,9 +142,12 @@ pub struct HomeQuery {
     /// The leaf index the previous page ended at (older accesses), never a person.
     #[serde(default)]
     avant: Option<String>,
-    /// A status message to announce (`retire`).
+    /// A status message to announce (`retire`, `mandat-revoque`, `signale`).
     #[serde(default)]
     fait: Option<String>,
+    /// The leaf index of a report just recorded.
+    #[serde(default)]
+    n: Option<u64>,
 }
 
 /// `GET /citizen`: the person's history and consents, or an invitation to log in.
@@ -236,76 +184,39 @@ pub async fn home(
         Ok(consents) => consents,
         Err(e) => return refused(&e),
     };
+    let mandates = match mandates_of(&web, &caller, &session).await {
+        Ok(mandates) => mandates,
+        Err(e) => return refused(&e),
+    };
     let registry = state.federation.registry();
     let names = Names(&registry);
-    let accesses = page
-        .accesses
-        .iter()
-        .map(|a| {
-            let x = &a.exchange;
-            let fields = x
-                .habilitation
-                .as_deref()
-                .and_then(|h| registry.habilitations().iter().find(|k| k.id == h))
-                .map(|h| h.claims.iter().cloned().collect::<Vec<_>>().join(", "))
-                .unwrap_or_default();
-            let basis = match &x.legal_basis {
-                Some(RecordedBasis::Law { citation }) => format!("La loi : {citation}"),
-                Some(RecordedBasis::Consent { .. }) => "Votre consentement".to_string(),
-                None => "Aucune (refusé)".to_string(),
-            };
-            let channel = match (&x.mandate_id, &x.agent, &x.prefill_id) {
-                (Some(mandate), agent, _) => format!(
-                    "Par un médiateur : {}{}, mandat n° {mandate}",
-                    names.participant(&x.participant),
-                    agent
-                        .as_deref()
-                        .map(|a| format!(", agent {a}"))
-                        .unwrap_or_default()
-                ),
-                (None, _, Some(_)) => "Par un guichet numérique (formulaire pré-rempli)".into(),
-                (None, _, None) => "Directement entre administrations".into(),
-            };
-            AccessRow {
-                date: paris_time::long(a.time),
-                datetime: paris_time::machine(a.time),
-                organisation: if a.consumer_name.is_empty() {
-                    x.participant.clone()
-                } else {
-                    a.consumer_name.clone()
-                },
-                data: names.attestation_type(&x.attestation_type),
-                fields,
-                purpose: if a.purpose_label.is_empty() {
-                    x.purpose.clone()
-                } else {
-                    a.purpose_label.clone()
-                },
-                basis,
-                channel,
-                outcome: match x.outcome {
-                    Outcome::Granted => "Transmises",
-                    Outcome::Denied => "Refusé : rien n'a été transmis",
-                    Outcome::Failed => "Échec : rien n'a été transmis",
-                    Outcome::Previewed => "Affichées pour votre vérification",
-                    Outcome::Rejected => "Refusées par vous : rien n'a été transmis",
-                },
-                leaf_index: a.leaf_index,
-            }
-        })
-        .collect();
+    let accesses = page.accesses.iter().map(|a| names.access(a)).collect();
     let now = OffsetDateTime::now_utc();
     let consents = consents.iter().map(|c| names.consent(c, now)).collect();
+    let mandates = mandates.iter().map(|m| names.mandate(m, now)).collect();
     pages::render(
         StatusCode::OK,
         &HomePage {
             layout: layout("Qui a consulté mes données", &session),
             accesses,
+            with_actions: true,
             older: (!page.next_page_token.is_empty()).then_some(page.next_page_token),
             newest: query.avant.is_none(),
             consents,
-            status: match query.fait.as_deref() {
-                Some("retire") => Some("Votre consentement a été retiré."),
+            mandates,
+            checkpoint: B64.encode(page.checkpoint.as_bytes()),
+            vkey: state.store.log_vkey().to_string(),
+            status: match (query.fait.as_deref(), query.n) {
+                (Some("retire"), _) => Some("Votre consentement a été retiré.".into()),
+                (Some("mandat-revoque"), _) => Some(
+                    "Votre mandat a été révoqué. Les consentements donnés sous ce mandat ont \
+                     pris fin avec lui."
+                        .into(),
+                ),
+                (Some("signale"), Some(n)) => Some(format!(
+                    "Votre signalement est inscrit au journal (n° {n}). Les contrôleurs de la \
+                     fédération le verront et donneront suite."
+                )),
                 _ => None,
             },
         },
@@ -433,6 +344,10 @@ pub async fn callback(
     let (Some(id), Some(csrf)) = (random_token(), random_token()) else {
         return pages::unavailable();
     };
+    // Logged in again (« Prolonger la session »): the earlier session of this browser ends.
+    if let Some(earlier) = cookie_value(&headers, SESSION_COOKIE) {
+        web.sessions.close(earlier);
+    }
     let now = OffsetDateTime::now_utc();
     let usable = Duration::from_secs(
         u64::try_from(verified.usable_until.saturating_sub(now.unix_timestamp())).unwrap_or(0),
@@ -468,7 +383,7 @@ fn posted(
     web: &Web,
     headers: &HeaderMap,
     form: &CsrfForm,
-) -> Result<(String, Session), Box<Response>> {
+) -> Result<(String, Session, Caller), Box<Response>> {
     if !web.same_origin(headers) {
         return Err(Box::new(pages::forbidden()));
     }
@@ -479,7 +394,16 @@ fn posted(
     if !same_secret(&form.csrf, &session.csrf) {
         return Err(Box::new(pages::forbidden()));
     }
-    Ok((id, session))
+    Ok((id, session, caller(web)?))
+}
+
+/// The open session of this browser and the guichet the pages act as; without a session, off
+/// to the citizen space's login invitation.
+fn signed_in(web: &Web, headers: &HeaderMap) -> Result<(Session, Caller), Box<Response>> {
+    let Some((_, session)) = session(web, headers) else {
+        return Err(Box::new(see_other("/citizen", &[])));
+    };
+    Ok((session, caller(web)?))
 }
 
 /// `POST /logout`.
@@ -489,7 +413,7 @@ pub async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     match posted(&web, &headers, &form) {
-        Ok((id, _)) => {
+        Ok((id, _, _)) => {
             web.sessions.close(&id);
             see_other("/", &[web.cookie(SESSION_COOKIE, "", Some(Duration::ZERO))])
         }
@@ -511,11 +435,8 @@ pub async fn confirm_withdraw(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Some((_, session)) = session(&web, &headers) else {
-        return see_other("/citizen", &[]);
-    };
-    let caller = match caller(&web) {
-        Ok(c) => c,
+    let (session, caller) = match signed_in(&web, &headers) {
+        Ok(signed) => signed,
         Err(page) => return *page,
     };
     let consents = match consents_of(&web, &caller, &session).await {
@@ -552,12 +473,8 @@ pub async fn withdraw(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let (_, session) = match posted(&web, &headers, &form) {
+    let (_, session, caller) = match posted(&web, &headers, &form) {
         Ok(s) => s,
-        Err(page) => return *page,
-    };
-    let caller = match caller(&web) {
-        Ok(c) => c,
         Err(page) => return *page,
     };
     let revoked = crate::consents::revoke(
@@ -572,6 +489,204 @@ pub async fn withdraw(
     .await;
     match revoked {
         Ok(_) => see_other("/citizen?fait=retire", &[]),
+        Err(e) => refused(&e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "mandate_revoke.html")]
+struct RevokeMandatePage {
+    layout: Layout,
+    mandate: MandateRow,
+    csrf: String,
+}
+
+/// `GET /citizen/mandates/{id}/revoke`: what revoking this mandate means, and the button.
+pub async fn confirm_revoke_mandate(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let (session, caller) = match signed_in(&web, &headers) {
+        Ok(signed) => signed,
+        Err(page) => return *page,
+    };
+    let mandates = match mandates_of(&web, &caller, &session).await {
+        Ok(mandates) => mandates,
+        Err(e) => return refused(&e),
+    };
+    let now = OffsetDateTime::now_utc();
+    let Some(m) = mandates
+        .iter()
+        .find(|m| m.id == id && m.status(now) == MandateStatus::Active)
+    else {
+        return pages::error_page(
+            StatusCode::NOT_FOUND,
+            "Mandat introuvable",
+            "Ce mandat n'existe pas, n'est pas le vôtre ou n'est plus en vigueur.",
+        );
+    };
+    let mandate = Names(&web.state.federation.registry()).mandate(m, now);
+    pages::render(
+        StatusCode::OK,
+        &RevokeMandatePage {
+            layout: layout("Révoquer un mandat", &session),
+            mandate,
+            csrf: session.csrf.clone(),
+        },
+    )
+}
+
+/// `POST /citizen/mandates/{id}/revoke`: `Mandates.Revoke` with the session's identity
+/// evidence; the consents recorded under it end with it.
+pub async fn revoke_mandate(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let (_, session, caller) = match posted(&web, &headers, &form) {
+        Ok(s) => s,
+        Err(page) => return *page,
+    };
+    match crate::mandates::revoke(&web.state, &caller, &id, &session.id_token).await {
+        Ok(_) => see_other("/citizen?fait=mandat-revoque", &[]),
+        Err(e) => refused(&e),
+    }
+}
+
+/// Rows of the printable statement, at most: the newest first.
+const MAX_STATEMENT_ROWS: usize = 2_000;
+
+#[derive(Template)]
+#[template(path = "statement.html")]
+struct StatementPage {
+    layout: Layout,
+    accesses: Vec<AccessRow>,
+    with_actions: bool,
+    issued: String,
+    truncated: bool,
+    checkpoint: String,
+    vkey: String,
+}
+
+/// `GET /citizen/releve`: every access (up to [`MAX_STATEMENT_ROWS`]) on one page to print,
+/// with the checkpoint and the log key they can be checked against later.
+pub async fn statement(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let (session, caller) = match signed_in(&web, &headers) {
+        Ok(signed) => signed,
+        Err(page) => return *page,
+    };
+    let registry = web.state.federation.registry();
+    let names = Names(&registry);
+    let mut accesses = Vec::new();
+    let mut checkpoint = None;
+    let mut page_token = String::new();
+    let truncated = loop {
+        let input = crate::accesses::ListInput {
+            subject: session.subject.as_str().to_string(),
+            mandate_id: String::new(),
+            id_token: session.id_token.clone(),
+            page_token,
+            page_size: crate::accesses::MAX_PAGE_SIZE,
+        };
+        let page = match crate::accesses::list(&web.state, &caller, &input).await {
+            Ok(page) => page,
+            Err(e) => return refused(&e),
+        };
+        checkpoint.get_or_insert(page.checkpoint);
+        accesses.extend(page.accesses.iter().map(|a| names.access(a)));
+        if page.next_page_token.is_empty() {
+            break false;
+        }
+        if accesses.len() >= MAX_STATEMENT_ROWS {
+            break true;
+        }
+        page_token = page.next_page_token;
+    };
+    pages::render(
+        StatusCode::OK,
+        &StatementPage {
+            layout: layout("Relevé des consultations de vos données", &session),
+            accesses,
+            with_actions: false,
+            issued: paris_time::long(OffsetDateTime::now_utc()),
+            truncated,
+            checkpoint: checkpoint.unwrap_or_default(),
+            vkey: web.state.store.log_vkey().to_string(),
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "contest.html")]
+struct ContestPage {
+    layout: Layout,
+    entry: u64,
+    csrf: String,
+    error: bool,
+}
+
+/// `GET /citizen/contest/{entry}`: « Je ne reconnais pas cette consultation », why.
+pub async fn contest_form(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(entry): Path<u64>,
+) -> Response {
+    let Some((_, session)) = session(&web, &headers) else {
+        return see_other("/citizen", &[]);
+    };
+    pages::render(
+        StatusCode::OK,
+        &ContestPage {
+            layout: layout("Je ne reconnais pas cette consultation", &session),
+            entry,
+            csrf: session.csrf.clone(),
+            error: false,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub struct ContestForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    raison: String,
+}
+
+/// `POST /citizen/contest/{entry}`: the report, recorded in the log for auditors.
+pub async fn contest(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(entry): Path<u64>,
+    Form(form): Form<ContestForm>,
+) -> Response {
+    let csrf = CsrfForm {
+        csrf: form.csrf.clone(),
+    };
+    let (_, session, caller) = match posted(&web, &headers, &csrf) {
+        Ok(s) => s,
+        Err(page) => return *page,
+    };
+    let Some(reason) = crate::event::ContestReason::parse(&form.raison) else {
+        return pages::render(
+            StatusCode::BAD_REQUEST,
+            &ContestPage {
+                layout: layout("Erreur : je ne reconnais pas cette consultation", &session),
+                entry,
+                csrf: session.csrf.clone(),
+                error: true,
+            },
+        );
+    };
+    let input = crate::contests::ContestInput {
+        id_token: session.id_token.clone(),
+        entry,
+        reason,
+    };
+    match crate::contests::contest(&web.state, &caller, &input).await {
+        Ok(report) => see_other(&format!("/citizen?fait=signale&n={report}"), &[]),
         Err(e) => refused(&e),
     }
 }

@@ -14,6 +14,7 @@ mod citizen;
 mod dev_idp;
 mod pages;
 mod paris_time;
+mod rows;
 mod session;
 
 use std::sync::Arc;
@@ -107,12 +108,22 @@ fn router(web: Arc<Web>) -> Router {
         .route("/", get(pages::landing))
         .route("/accessibilite", get(pages::accessibility))
         .route("/static/site.css", get(pages::stylesheet))
+        .route("/static/verify.js", get(pages::verify_script))
         .route("/citizen", get(citizen::home))
+        .route("/citizen/releve", get(citizen::statement))
         .route("/citizen/login", get(citizen::login))
         .route("/citizen/callback", get(citizen::callback))
         .route(
             "/citizen/consents/{id}/withdraw",
             get(citizen::confirm_withdraw).post(citizen::withdraw),
+        )
+        .route(
+            "/citizen/mandates/{id}/revoke",
+            get(citizen::confirm_revoke_mandate).post(citizen::revoke_mandate),
+        )
+        .route(
+            "/citizen/contest/{entry}",
+            get(citizen::contest_form).post(citizen::contest),
         )
         .route("/logout", post(citizen::logout))
         .route(

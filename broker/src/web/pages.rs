@@ -125,6 +125,15 @@ pub async fn accessibility() -> Response {
     )
 }
 
+/// `GET /static/verify.js`: the proof check of « Vérifier » (the pages' only script).
+pub async fn verify_script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../static/verify.js"),
+    )
+        .into_response()
+}
+
 /// `GET /static/site.css`: the pages' one stylesheet.
 pub async fn stylesheet() -> Response {
     (

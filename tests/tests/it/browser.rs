@@ -1,7 +1,8 @@
 //! The web pages in a real browser (issue 23): Debian's headless Chromium driven by
-//! tests/browser/pages.mjs (playwright-core, axe-core). Alice has two consents; the script logs
-//! in by keyboard and withdraws one, then without JavaScript withdraws the other; both
-//! withdrawals must hold for the next gRPC fetch. Screenshots land in
+//! tests/browser/pages.mjs (playwright-core, axe-core). Alice has two consents and a mandate;
+//! the script logs in by keyboard, checks a proof in the browser and withdraws one consent,
+//! then without JavaScript withdraws the other and revokes the mandate; each must hold for the
+//! next gRPC fetch. Screenshots land in
 //! `target/browser-screenshots/`.
 //!
 //! CI installs Chromium and the script's packages (`.ci/run`); elsewhere the test says what is
@@ -12,11 +13,12 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use tonic::Code;
+use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
-use unefois_tests::clients::{consents, exchange};
+use unefois_tests::clients::{consents, exchange, take_mandate};
 use unefois_tests::refusals::refused;
 use unefois_tests::requests::{consent, fetch};
-use unefois_tests::sample::{CANTINE, QF};
+use unefois_tests::sample::{AGENT, CANTINE, ENERGIE, QF, RFR};
 use unefois_tests::{TestBroker, TestPki, repo_root};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -49,6 +51,16 @@ async fn every_page_passes_axe_and_works_by_keyboard_and_without_javascript() ->
             .fetch(fetch("test:alice", QF, purpose))
             .await?;
     }
+    // And a mandate to France Services, acted under once, to revoke without JavaScript.
+    let mandate = take_mandate(&broker, "test:alice", ENERGIE).await?;
+    let under_mandate = || pb::FetchRequest {
+        mandate_id: mandate.id.clone(),
+        ..fetch("test:alice", RFR, ENERGIE)
+    };
+    exchange(&broker, AGENT)
+        .await?
+        .fetch(under_mandate())
+        .await?;
     let web = broker.web_addr.context("no web pages")?;
     let out = repo_root().join("target/browser-screenshots");
     let run = tokio::process::Command::new("node")
@@ -81,6 +93,11 @@ async fn every_page_passes_axe_and_works_by_keyboard_and_without_javascript() ->
             ErrorReason::ConsentRevoked,
         );
     }
+    refused(
+        exchange(&broker, AGENT).await?.fetch(under_mandate()).await,
+        Code::FailedPrecondition,
+        ErrorReason::MandateRevoked,
+    );
     broker.stop().await?;
     Ok(())
 }

@@ -34,3 +34,4 @@ mod registry;
 mod reload;
 mod sample_registry;
 mod web;
+mod web_history_bench;

@@ -1,16 +1,20 @@
 //! The people's web pages over real HTTP (issue 23): a citizen logs in through the development
 //! identity provider, sees who read their data, withdraws a consent, and the very next gRPC
-//! fetch under it is refused; forms from elsewhere are refused; a login answer serves its own
+//! fetch under it is refused; an agent's acts under a mandate show on the person's page, and
+//! her revocation stops the agent; a contested access reaches the auditors; forms from
+//! elsewhere are refused; a login answer serves its own
 //! browser once; no person is ever in a URL. The headless-browser tests (tests/browser/) check
 //! layout, keyboard and accessibility.
 
 use anyhow::{Context, anyhow};
 use tonic::Code;
+use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
-use unefois_tests::clients::{consents, exchange};
+use unefois_proto::v1::audit_client::AuditClient;
+use unefois_tests::clients::{consents, exchange, take_mandate};
 use unefois_tests::refusals::refused;
-use unefois_tests::requests::{consent, fetch};
-use unefois_tests::sample::{CANTINE, QF};
+use unefois_tests::requests::{consent, fetch, rfr};
+use unefois_tests::sample::{AGENT, CANTINE, ENERGIE, QF, RFR};
 use unefois_tests::web::Browser;
 use unefois_tests::{TestBroker, TestPki};
 
@@ -247,6 +251,118 @@ async fn a_login_answer_serves_its_own_browser_once() -> anyhow::Result<()> {
     let wrong = browser.choose_person(&idp_page, "test:mallory").await?;
     assert_eq!(wrong.status, 400);
     assert!(wrong.body.contains("role=\"alert\""));
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agents_acts_show_on_the_persons_page_and_she_revokes_the_mandate() -> anyhow::Result<()>
+{
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start_with_pages(pki.dir()).await?;
+    let mut browser = Browser::new(broker.web_addr.context("no web pages")?)?;
+    // At the desk: a.martin takes Alice's mandate and reads her reference tax income under it.
+    let mandate = take_mandate(&broker, "test:alice", ENERGIE).await?;
+    let under_mandate = || pb::FetchRequest {
+        mandate_id: mandate.id.clone(),
+        ..fetch("test:alice", RFR, ENERGIE)
+    };
+    exchange(&broker, AGENT)
+        .await?
+        .fetch(under_mandate())
+        .await?;
+
+    // On her own page: the access, attributed to the agent and the structure, and the mandate.
+    let home = browser.log_in("test:alice").await?;
+    let attributed = format!(
+        "Par un médiateur : France Services Lyon 8e, agent a.martin, mandat n° {}",
+        mandate.id
+    );
+    assert!(home.body.contains(&attributed), "{}", home.body);
+    assert!(home.body.contains("Vos mandats"));
+    let revoke = format!("/citizen/mandates/{}/revoke", mandate.id);
+    assert!(home.links().contains(&revoke), "{:?}", home.links());
+    let confirm = browser.get(&revoke).await?;
+    let csrf = confirm.field("csrf").context("no CSRF token")?;
+    let done = browser.post(&revoke, &[("csrf", &csrf)], None).await?;
+    let after = browser.follow(done).await?;
+    assert!(
+        after.body.contains("Votre mandat a été révoqué."),
+        "{}",
+        after.body
+    );
+    assert!(after.body.contains("Révoqué"));
+
+    // The agent's very next act under it is refused.
+    refused(
+        exchange(&broker, AGENT).await?.fetch(under_mandate()).await,
+        Code::FailedPrecondition,
+        ErrorReason::MandateRevoked,
+    );
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_contested_access_is_recorded_for_auditors_and_only_ones_own() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start_with_pages(pki.dir()).await?;
+    let mut browser = Browser::new(broker.web_addr.context("no web pages")?)?;
+    let mut city = exchange(&broker, "mairie-lyon").await?;
+    let alices = city.fetch(rfr("test:alice")).await?.into_inner();
+    let bobs = city.fetch(rfr("test:bob")).await?.into_inner();
+    let index = |answer: &pb::FetchResponse| -> anyhow::Result<u64> {
+        Ok(answer.receipt.as_ref().context("no receipt")?.leaf_index)
+    };
+    let (alices, bobs) = (index(&alices)?, index(&bobs)?);
+
+    let home = browser.log_in("test:alice").await?;
+    let form_path = format!("/citizen/contest/{alices}");
+    assert!(home.links().contains(&form_path), "{:?}", home.links());
+    let form = browser.get(&form_path).await?;
+    let csrf = form.field("csrf").context("no CSRF token")?;
+    // No reason chosen: the error is summarised, nothing recorded.
+    let empty = browser.post(&form_path, &[("csrf", &csrf)], None).await?;
+    assert_eq!(empty.status, 400);
+    assert!(empty.body.contains("role=\"alert\""));
+    let sent = browser
+        .post(
+            &form_path,
+            &[("csrf", &csrf), ("raison", "no_procedure")],
+            None,
+        )
+        .await?;
+    let after = browser.follow(sent).await?;
+    assert!(
+        after
+            .body
+            .contains("Votre signalement est inscrit au journal"),
+        "{}",
+        after.body
+    );
+    // Bob's exchange is not hers to contest: refused, and the form does not tell whose it is.
+    let bob_path = format!("/citizen/contest/{bobs}");
+    let refused_page = browser
+        .post(&bob_path, &[("csrf", &csrf), ("raison", "other")], None)
+        .await?;
+    assert_eq!(refused_page.status, 400, "{}", refused_page.body);
+    assert!(!refused_page.body.contains("bob"));
+
+    // The auditor sees the report among the events: which exchange, why; the person sealed.
+    let events = AuditClient::new(broker.channel("cnil").await?)
+        .list_events(pb::ListEventsRequest {
+            kind: "access_contested".into(),
+            limit: 100,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].contested_index, alices);
+    assert_eq!(events[0].contest_reason, "no_procedure");
+    assert_eq!(events[0].participant, "espace-usager");
+    assert!(!String::from_utf8_lossy(&events[0].entry).contains("alice"));
     broker.stop().await?;
     Ok(())
 }
