@@ -98,8 +98,19 @@
     }
   }
 
-  for (const button of document.querySelectorAll('button.verify')) {
-    button.hidden = false;
-    button.addEventListener('click', () => verify(button));
-  }
+  // The buttons appear only where this browser can check an Ed25519 signature (older ones
+  // cannot): a browser that cannot check is never taken for a log that failed the check.
+  (async () => {
+    try {
+      const vkey = log.dataset.vkey;
+      const key = fromB64(vkey.slice(vkey.indexOf('+', vkey.indexOf('+') + 1) + 1));
+      await crypto.subtle.importKey('raw', key.slice(1), { name: 'Ed25519' }, false, ['verify']);
+    } catch (e) {
+      return;
+    }
+    for (const button of document.querySelectorAll('button.verify')) {
+      button.hidden = false;
+      button.addEventListener('click', () => verify(button));
+    }
+  })();
 })();

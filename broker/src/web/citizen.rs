@@ -388,8 +388,8 @@ fn posted(
         return Err(Box::new(pages::forbidden()));
     }
     let Some((id, session)) = session(web, headers) else {
-        // No session: nothing to protect, but nothing to do either.
-        return Err(Box::new(see_other("/citizen", &[])));
+        // No session (it ended, or never was): nothing done, and the person told so.
+        return Err(Box::new(pages::session_ended()));
     };
     if !same_secret(&form.csrf, &session.csrf) {
         return Err(Box::new(pages::forbidden()));
@@ -412,6 +412,9 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
+    if session(&web, &headers).is_none() {
+        return see_other("/", &[]);
+    }
     match posted(&web, &headers, &form) {
         Ok((id, _, _)) => {
             web.sessions.close(&id);

@@ -135,7 +135,7 @@ fn router(web: Arc<Web>) -> Router {
             web.clone(),
             security_headers,
         ))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT_PAGES,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))

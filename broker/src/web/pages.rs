@@ -52,6 +52,8 @@ pub fn render(status: StatusCode, page: &impl Template) -> Response {
 struct Message<'a> {
     layout: Layout,
     text: &'a str,
+    /// Where to go from there, besides the home page: (href, words).
+    next: Option<(&'a str, &'a str)>,
 }
 
 /// A page that says what went wrong and where to go from there.
@@ -61,6 +63,20 @@ pub fn error_page(status: StatusCode, title: &str, text: &str) -> Response {
         &Message {
             layout: Layout::new(title, None),
             text,
+            next: None,
+        },
+    )
+}
+
+/// 403: a form sent after its session ended; nothing was done.
+pub fn session_ended() -> Response {
+    render(
+        StatusCode::FORBIDDEN,
+        &Message {
+            layout: Layout::new("Votre session a pris fin", None),
+            text: "Votre session a pris fin avant l'envoi du formulaire : rien n'a été fait. \
+                   Reconnectez-vous, puis recommencez.",
+            next: Some(("/citizen/login", "Se reconnecter")),
         },
     )
 }

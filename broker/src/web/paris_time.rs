@@ -36,7 +36,12 @@ pub fn day(t: OffsetDateTime) -> String {
 
 fn words(z: &jiff::ZonedDateTime) -> String {
     let month = MONTHS[usize::try_from(z.month() - 1).unwrap_or(0)];
-    format!("{} {month} {}", z.day(), z.year())
+    // The first of the month is an ordinal in French: « 1er janvier ».
+    let day = match z.day() {
+        1 => "1er".to_string(),
+        d => d.to_string(),
+    };
+    format!("{day} {month} {}", z.year())
 }
 
 /// `18 h 05`, the time of day in Paris.
@@ -47,9 +52,12 @@ pub fn clock(t: OffsetDateTime) -> String {
     }
 }
 
-/// `2026-12-03T18:05:00+01:00`, for a `<time datetime>`.
+/// `2026-12-03T17:05:00Z`, for a `<time datetime>` (whole seconds: HTML allows at most three
+/// fractional digits).
 pub fn machine(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
@@ -72,10 +80,14 @@ mod tests {
             // The last Sunday of March, 01:00 UTC: summer time begins.
             (datetime!(2026-03-29 00:59 UTC), "29 mars 2026 à 1 h 59"),
             (datetime!(2026-03-29 01:00 UTC), "29 mars 2026 à 3 h 00"),
-            (datetime!(2026-12-31 23:30 UTC), "1 janvier 2027 à 0 h 30"),
+            (datetime!(2026-12-31 23:30 UTC), "1er janvier 2027 à 0 h 30"),
         ];
         for (t, expected) in cases {
             assert_eq!(long(t), expected, "{t}");
         }
+        assert_eq!(
+            machine(datetime!(2026-12-03 17:05:07.123456789 UTC)),
+            "2026-12-03T17:05:07Z"
+        );
     }
 }

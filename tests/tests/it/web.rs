@@ -211,6 +211,15 @@ async fn forms_without_their_token_or_from_elsewhere_are_refused() -> anyhow::Re
     }
     let logout = browser.post("/logout", &[], None).await?;
     assert_eq!(logout.status, 403);
+    // A form sent once the session is gone: nothing done, and the person told so.
+    let mut elsewhere = Browser::new(broker.web_addr.context("no web")?)?;
+    let ended = elsewhere.post(&withdraw, &[("csrf", &csrf)], None).await?;
+    assert_eq!(ended.status, 403);
+    assert!(
+        ended.body.contains("Votre session a pris fin"),
+        "{}",
+        ended.body
+    );
     exchange(&broker, "mairie-lyon")
         .await?
         .fetch(fetch("test:alice", QF, CANTINE))
