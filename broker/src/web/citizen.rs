@@ -226,11 +226,7 @@ pub async fn home(
 /// `GET /citizen/login`: off to the identity provider (OpenID Connect authorization code flow
 /// with PKCE, `state` bound to this browser, `nonce`).
 pub async fn login(State(web): State<Arc<Web>>) -> Response {
-    let registry = web.state.federation.registry();
-    let Some(client_id) = registry
-        .participant(&web.guichet)
-        .map(|p| p.audience().to_string())
-    else {
+    let Some(client_id) = web.client_id() else {
         return match caller(&web) {
             Err(page) => *page,
             Ok(_) => pages::unavailable(),
@@ -264,7 +260,7 @@ pub async fn login(State(web): State<Arc<Web>>) -> Response {
         .append_pair("response_type", "code")
         .append_pair("scope", "openid")
         .append_pair("client_id", &client_id)
-        .append_pair("redirect_uri", &format!("{}/citizen/callback", web.base))
+        .append_pair("redirect_uri", &web.callback_url())
         .append_pair("state", &state)
         .append_pair("nonce", &nonce)
         .append_pair("code_challenge", &challenge)
@@ -311,16 +307,13 @@ pub async fn callback(
     let Some(idp) = &web.dev_idp else {
         return failed();
     };
-    let redirect_uri = format!("{}/citizen/callback", web.base);
-    let client_id = {
-        let registry = web.state.federation.registry();
-        registry
-            .participant(&web.guichet)
-            .map(|p| p.audience().to_string())
-            .unwrap_or_default()
-    };
-    let Some(id_token) = idp.redeem(&answer.code, &client_id, &redirect_uri, &login.verifier)
-    else {
+    let client_id = web.client_id().unwrap_or_default();
+    let Some(id_token) = idp.redeem(
+        &answer.code,
+        &client_id,
+        &web.callback_url(),
+        &login.verifier,
+    ) else {
         return failed();
     };
     let registry = web.state.federation.registry();

@@ -139,15 +139,11 @@ struct AuthorizePage<'a> {
 /// Whether `request` comes from the citizen pages of this broker: their client id, their
 /// callback, PKCE S256, a state and a nonce.
 fn check(web: &Web, request: &AuthorizeQuery) -> Result<(), &'static str> {
-    let registry = web.state.federation.registry();
-    let client = registry
-        .participant(&web.guichet)
-        .map(|p| p.audience().to_string());
     let bounded = |s: &str| !s.is_empty() && s.len() <= 256;
-    if client.as_deref() != Some(request.client_id.as_str()) {
+    if web.client_id().as_deref() != Some(request.client_id.as_str()) {
         return Err("client_id inconnu");
     }
-    if request.redirect_uri != format!("{}/citizen/callback", web.base) {
+    if request.redirect_uri != web.callback_url() {
         return Err("redirect_uri non enregistrée");
     }
     if request.response_type != "code" || request.code_challenge_method != "S256" {

@@ -207,6 +207,20 @@ impl Web {
         }
     }
 
+    /// The OpenID Connect client id of the citizen pages: their guichet's audience in the
+    /// registry in force (`None` if the registry does not declare the guichet).
+    fn client_id(&self) -> Option<String> {
+        let registry = self.state.federation.registry();
+        registry
+            .participant(&self.guichet)
+            .map(|p| p.audience().to_string())
+    }
+
+    /// Where the identity provider sends the browser back: the pages' one `redirect_uri`.
+    fn callback_url(&self) -> String {
+        format!("{}/citizen/callback", self.base)
+    }
+
     /// The cookie attributes: HttpOnly, SameSite=Lax, the whole site, `Secure` under HTTPS.
     fn cookie(&self, name: &str, value: &str, max_age: Option<Duration>) -> HeaderValue {
         let mut cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");

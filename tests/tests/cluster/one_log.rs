@@ -7,9 +7,9 @@ use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::audit_client::AuditClient;
-use unefois_tests::clients::{consents, exchange};
+use unefois_tests::clients::{consents, exchange, grant_consent};
 use unefois_tests::refusals::refused;
-use unefois_tests::requests::{consent, fetch, rfr};
+use unefois_tests::requests::{fetch, rfr};
 use unefois_tests::sample::{CANTINE, QF};
 use unefois_tests::{TestBroker, TestPki};
 use unefois_tlog::{root_of, verify_checkpoint, verify_consistency, verify_inclusion};
@@ -31,13 +31,7 @@ async fn three_brokers_write_one_verifiable_log_and_revocations_apply_everywhere
     };
 
     // Work spread over the three: consents through one, fetches through each, concurrently.
-    let granted = consents(a, "mairie-lyon")
-        .await?
-        .grant(consent("test:alice", QF, CANTINE))
-        .await?
-        .into_inner()
-        .consent
-        .ok_or_else(|| anyhow!("no consent"))?;
+    let granted = grant_consent(a, "test:alice", QF, CANTINE).await?;
     let mut receipts = Vec::new();
     let mut tasks = Vec::new();
     for broker in [a, b, c] {

@@ -15,9 +15,9 @@ use anyhow::{Context, anyhow};
 use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
-use unefois_tests::clients::{consents, exchange, take_mandate};
+use unefois_tests::clients::{exchange, grant_consent, take_mandate};
 use unefois_tests::refusals::refused;
-use unefois_tests::requests::{consent, fetch};
+use unefois_tests::requests::fetch;
 use unefois_tests::sample::{AGENT, CANTINE, ENERGIE, QF, RFR};
 use unefois_tests::{TestBroker, TestPki, repo_root};
 
@@ -42,10 +42,7 @@ async fn every_page_passes_axe_and_works_by_keyboard_and_without_javascript() ->
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start_with_pages(pki.dir()).await?;
     for purpose in [CANTINE, PERISCOLAIRE] {
-        consents(&broker, "mairie-lyon")
-            .await?
-            .grant(consent("test:alice", QF, purpose))
-            .await?;
+        grant_consent(&broker, "test:alice", QF, purpose).await?;
         exchange(&broker, "mairie-lyon")
             .await?
             .fetch(fetch("test:alice", QF, purpose))

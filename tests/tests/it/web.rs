@@ -6,14 +6,14 @@
 //! browser once; no person is ever in a URL. The headless-browser tests (tests/browser/) check
 //! layout, keyboard and accessibility.
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::audit_client::AuditClient;
-use unefois_tests::clients::{consents, exchange, take_mandate};
+use unefois_tests::clients::{exchange, grant_consent, take_mandate};
 use unefois_tests::refusals::refused;
-use unefois_tests::requests::{consent, fetch, rfr};
+use unefois_tests::requests::{fetch, rfr};
 use unefois_tests::sample::{AGENT, CANTINE, ENERGIE, QF, RFR};
 use unefois_tests::web::Browser;
 use unefois_tests::{TestBroker, TestPki};
@@ -86,13 +86,7 @@ async fn a_citizen_sees_who_read_their_data_and_a_withdrawal_stops_the_next_fetc
     let pki = TestPki::for_sample_registry()?;
     let (broker, mut browser) = broker_with_pages(&pki).await?;
     // Alice consents at the city's guichet; the city fetches her family quotient.
-    let granted = consents(&broker, "mairie-lyon")
-        .await?
-        .grant(consent("test:alice", QF, CANTINE))
-        .await?
-        .into_inner()
-        .consent
-        .ok_or_else(|| anyhow!("no consent"))?;
+    let granted = grant_consent(&broker, "test:alice", QF, CANTINE).await?;
     exchange(&broker, "mairie-lyon")
         .await?
         .fetch(fetch("test:alice", QF, CANTINE))
@@ -164,13 +158,7 @@ async fn a_citizen_sees_who_read_their_data_and_a_withdrawal_stops_the_next_fetc
 async fn forms_without_their_token_or_from_elsewhere_are_refused() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let (broker, mut browser) = broker_with_pages(&pki).await?;
-    let granted = consents(&broker, "mairie-lyon")
-        .await?
-        .grant(consent("test:alice", QF, CANTINE))
-        .await?
-        .into_inner()
-        .consent
-        .ok_or_else(|| anyhow!("no consent"))?;
+    let granted = grant_consent(&broker, "test:alice", QF, CANTINE).await?;
 
     // The session cookie: HttpOnly, SameSite=Lax, the whole site.
     let to_idp = browser.get("/citizen/login").await?;
