@@ -86,6 +86,7 @@ mod tests {
             usable_until: issued_at + 600,
             max_acts,
             nonce: None,
+            display_name: None,
         }
     }
 

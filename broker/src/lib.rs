@@ -20,8 +20,8 @@ pub use unefois_journal as journal;
 pub(crate) use unefois_journal::private;
 // The rest of the domain, under the paths the orchestration names it by.
 pub(crate) use unefois_domain::{
-    attestation, caller, consent, error, identity, mandate, origin, page, policy, provider_config,
-    pseudonym, validate,
+    agent_identity, attestation, caller, consent, error, identity, mandate, origin, page, policy,
+    provider_config, pseudonym, validate,
 };
 
 // Public whole: the participant's side that the CLI drives (`client`, `receipt`: the files a

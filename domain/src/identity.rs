@@ -96,12 +96,15 @@ pub struct Verified {
     /// The `nonce` it carries, if any: a login that asked for one checks it (OpenID Connect
     /// Core 3.1.3.7).
     pub nonce: Option<String>,
+    /// The person's name (`given_name family_name`) when the token carries it: shown to the
+    /// agent and the person at a mediator's desk, kept in memory only, never recorded.
+    pub display_name: Option<String>,
 }
 
 /// `aud`: one audience or several.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Audience {
+pub(crate) enum Audience {
     One(String),
     Many(Vec<String>),
 }
@@ -122,7 +125,6 @@ struct Issuer {
 
 #[derive(Deserialize)]
 struct Claims {
-    iss: String,
     aud: Audience,
     exp: i64,
     iat: i64,
@@ -153,6 +155,57 @@ pub fn verify(
     registry: &Registry,
     now: OffsetDateTime,
 ) -> Result<Verified, IdentityError> {
+    let mut provider = None;
+    let claims: Claims = signed_claims(token, |iss| {
+        let p = registry.identity_provider_by_issuer(iss)?;
+        provider = Some(p);
+        Some((p.issuer.as_str(), &p.keys))
+    })?;
+    let provider = provider.ok_or(IdentityError::UnknownIssuer)?;
+    audience_is(&claims.aud, claims.azp.as_deref(), guichet.audience())?;
+    let usable_until = usable_until(
+        claims.exp,
+        claims.iat,
+        claims.nbf,
+        provider.max_token_age_seconds,
+        now,
+    )?;
+    Ok(Verified {
+        subject: subject_of(&claims, registry.allow_test_subjects())?,
+        digest: <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()).into(),
+        issued_at: claims.iat,
+        usable_until,
+        max_acts: provider.max_acts_per_token,
+        nonce: claims.nonce.clone(),
+        display_name: display_name(claims.given_name.as_deref(), claims.family_name.as_deref()),
+    })
+}
+
+/// How a person is named on a page at a desk (« Marie Dupont »), from their ID token's
+/// `given_name` and `family_name`, when it has them.
+fn display_name(given: Option<&str>, family: Option<&str>) -> Option<String> {
+    let name: String = [given, family]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(120)
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The claims of a JWS compact `token`, once its signature verifies with the key its `kid`
+/// names among the keys `keys_of` gives for its issuer (`iss`, read unverified only to choose
+/// them; `keys_of` answers the issuer's own spelling, which the verified `iss` must equal).
+/// Shared by the citizens' identity evidence and the agents' logins (`agent_identity`).
+pub(crate) fn signed_claims<'r, C: serde::de::DeserializeOwned>(
+    token: &str,
+    keys_of: impl FnOnce(&str) -> Option<(&'r str, &'r jsonwebtoken::jwk::JwkSet)>,
+) -> Result<C, IdentityError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(IdentityError::Malformed("too large".into()));
     }
@@ -164,12 +217,9 @@ pub fn verify(
     // The issuer, read before verification, only selects the keys to verify with.
     let unverified: Issuer = jsonwebtoken::dangerous::insecure_decode_claims(token)
         .map_err(|e| IdentityError::Malformed(e.to_string()))?;
-    let provider = registry
-        .identity_provider_by_issuer(&unverified.iss)
-        .ok_or(IdentityError::UnknownIssuer)?;
+    let (issuer, keys) = keys_of(&unverified.iss).ok_or(IdentityError::UnknownIssuer)?;
     let kid = header.kid.unwrap_or_default();
-    let jwk: &Jwk = provider
-        .keys
+    let jwk: &Jwk = keys
         .keys
         .iter()
         .find(|k| k.common.key_id.as_deref() == Some(kid.as_str()))
@@ -185,70 +235,74 @@ pub fn verify(
     validation.validate_exp = false;
     validation.validate_nbf = false;
     validation.validate_aud = false;
-    let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
-        use jsonwebtoken::errors::ErrorKind as K;
-        match e.kind() {
-            K::InvalidSignature
-            | K::InvalidAlgorithm
-            | K::InvalidKeyFormat
-            | K::InvalidEcdsaKey
-            | K::InvalidEddsaKey
-            | K::InvalidRsaKey(_) => IdentityError::BadSignature,
-            _ => IdentityError::Malformed(e.to_string()),
-        }
-    })?;
-    let claims = data.claims;
-    if claims.iss != provider.issuer {
+    let data =
+        jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature
+                | K::InvalidAlgorithm
+                | K::InvalidKeyFormat
+                | K::InvalidEcdsaKey
+                | K::InvalidEddsaKey
+                | K::InvalidRsaKey(_) => IdentityError::BadSignature,
+                _ => IdentityError::Malformed(e.to_string()),
+            }
+        })?;
+    if data.claims.get("iss").and_then(serde_json::Value::as_str) != Some(issuer) {
         return Err(IdentityError::UnknownIssuer);
     }
-    let audience = guichet.audience();
-    if !claims.aud.contains(audience) {
+    serde_json::from_value(data.claims).map_err(|e| IdentityError::Malformed(e.to_string()))
+}
+
+/// Whether a token whose `aud` and `azp` are these was issued to `audience`: listed in `aud`
+/// and, when `aud` lists several or `azp` is present, named by `azp` (OpenID Connect Core
+/// 3.1.3.7): a token one party received never serves another.
+pub(crate) fn audience_is(
+    aud: &Audience,
+    azp: Option<&str>,
+    audience: &str,
+) -> Result<(), IdentityError> {
+    if !aud.contains(audience) {
         return Err(IdentityError::WrongAudience(audience.to_string()));
     }
-    // OpenID Connect Core 3.1.3.7: with several audiences, the party the token was issued to
-    // (azp) must be this guichet; a token a citizen gave one guichet never serves another.
-    let several = matches!(&claims.aud, Audience::Many(all) if all.len() > 1);
-    match claims.azp.as_deref() {
-        Some(azp) if azp != audience => {
-            return Err(IdentityError::NotAuthorizedParty(
-                azp.chars().take(64).collect(),
-            ));
-        }
-        None if several => {
-            return Err(IdentityError::NotAuthorizedParty(String::new()));
-        }
-        _ => {}
+    let several = matches!(aud, Audience::Many(all) if all.len() > 1);
+    match azp {
+        Some(azp) if azp != audience => Err(IdentityError::NotAuthorizedParty(
+            azp.chars().take(64).collect(),
+        )),
+        None if several => Err(IdentityError::NotAuthorizedParty(String::new())),
+        _ => Ok(()),
     }
+}
+
+/// Until when (Unix seconds) a token of these times is usable at `now`, given its provider's
+/// `max_age` seconds after issuance, or why it is not: expired, not valid yet, issued in the
+/// future, or too old.
+pub(crate) fn usable_until(
+    exp: i64,
+    iat: i64,
+    nbf: Option<i64>,
+    max_age: u64,
+    now: OffsetDateTime,
+) -> Result<i64, IdentityError> {
     let now = now.unix_timestamp();
-    if claims.exp.saturating_add(LEEWAY_SECONDS) <= now {
+    if exp.saturating_add(LEEWAY_SECONDS) <= now {
         return Err(IdentityError::Expired);
     }
-    if claims
-        .nbf
-        .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECONDS))
-    {
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECONDS)) {
         return Err(IdentityError::NotYetValid);
     }
-    if claims.iat > now.saturating_add(LEEWAY_SECONDS) {
+    if iat > now.saturating_add(LEEWAY_SECONDS) {
         return Err(IdentityError::IssuedInFuture);
     }
-    let max_age = i64::try_from(provider.max_token_age_seconds).unwrap_or(i64::MAX);
-    if now.saturating_sub(claims.iat) > max_age.saturating_add(LEEWAY_SECONDS) {
-        return Err(IdentityError::Stale(provider.max_token_age_seconds));
+    let max_age_s = i64::try_from(max_age).unwrap_or(i64::MAX);
+    if now.saturating_sub(iat) > max_age_s.saturating_add(LEEWAY_SECONDS) {
+        return Err(IdentityError::Stale(max_age));
     }
     // Usable while both its expiry and its freshness allow it.
-    let usable_until = claims
-        .exp
-        .min(claims.iat.saturating_add(max_age))
-        .saturating_add(LEEWAY_SECONDS);
-    Ok(Verified {
-        subject: subject_of(&claims, registry.allow_test_subjects())?,
-        digest: <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()).into(),
-        issued_at: claims.iat,
-        usable_until,
-        max_acts: provider.max_acts_per_token,
-        nonce: claims.nonce.clone(),
-    })
+    Ok(exp
+        .min(iat.saturating_add(max_age_s))
+        .saturating_add(LEEWAY_SECONDS))
 }
 
 fn subject_of(claims: &Claims, allow_test: bool) -> Result<Subject, IdentityError> {

@@ -38,6 +38,8 @@ pub mod dev {
 
     /// The issuer of the development identity provider.
     pub const ISSUER: &str = "https://idp.unefois.test";
+    /// The issuer of its agents' side (ProConnect-like), with the same committed key.
+    pub const AGENTS_ISSUER: &str = "https://agents.unefois.test";
     /// The public key (`x`, base64url Ed25519) of examples/dev-idp/jwks.json, whose private half
     /// is committed beside it: a registry that trusts it accepts tokens anyone can mint.
     pub const PUBLIC_KEY_X: &str = "JRh8iwRkOsltlbRp8YHfDfX5eBAqTWdJpfUYaUa1LOE";
@@ -164,6 +166,32 @@ pub mod dev {
     /// issued at `now` by the development identity provider.
     pub fn claims(subject: &str, audience: &str, now: OffsetDateTime) -> Result<Value, DevError> {
         claims_lasting(subject, audience, now, TOKEN_LIFETIME_SECONDS)
+    }
+
+    /// The claims of an agent's token for `sub` and the pages' `client_id`, issued at `now`
+    /// by the development agents' identity provider: after a second factor (`acr` `eidas2`,
+    /// `amr` `pwd`, `otp`, `mfa`) when `multi_factor`, after a password only otherwise.
+    pub fn agent_claims(
+        sub: &str,
+        client_id: &str,
+        now: OffsetDateTime,
+        multi_factor: bool,
+    ) -> Value {
+        let iat = now.unix_timestamp();
+        let (acr, amr) = match multi_factor {
+            true => ("eidas2", json!(["pwd", "otp", "mfa"])),
+            false => ("eidas1", json!(["pwd"])),
+        };
+        json!({
+            "iss": AGENTS_ISSUER,
+            "aud": client_id,
+            "sub": sub,
+            "iat": iat,
+            "exp": iat.saturating_add(TOKEN_LIFETIME_SECONDS),
+            "jti": uuid::Uuid::now_v7().to_string(),
+            "acr": acr,
+            "amr": amr,
+        })
     }
 
     /// [`claims`] of a token valid for `lifetime_seconds` from `now` (the broker still refuses

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent_identity;
 pub mod attestation;
 pub mod caller;
 pub mod consent;

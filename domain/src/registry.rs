@@ -118,6 +118,55 @@ pub struct IdentityProvider {
     pub max_acts_per_token: u32,
 }
 
+/// The identity provider of the agents of mediation structures and of auditors' staff
+/// (ProConnect-like): its ID tokens log an enrolled agent into the people's pages, never serve
+/// as a citizen's identity evidence (their issuers differ), and must show multi-factor
+/// authentication.
+#[derive(Clone, Debug)]
+pub struct AgentIdentityProvider {
+    /// Registry id.
+    pub id: String,
+    /// The `iss` of its tokens (never a citizens' identity provider's).
+    pub issuer: String,
+    /// Its signing keys (a JWKS file inside the registry's folder).
+    pub jwks: PathBuf,
+    /// The keys of that file, as loaded with the registry.
+    pub keys: jsonwebtoken::jwk::JwkSet,
+    /// The client id the broker's pages are registered with at this provider: the audience
+    /// of the tokens they accept.
+    pub client_id: String,
+    /// How long after issuance (`iat`) a token still logs an agent in.
+    pub max_token_age_seconds: u64,
+    /// The `acr` values that mean multi-factor authentication at this provider; a token whose
+    /// `amr` lists `mfa` (RFC 8176) is accepted too.
+    pub multi_factor_acr: Vec<String>,
+}
+
+/// ProConnect's `acr` values that mean a second factor (eIDAS substantial and high, and its
+/// two-factor assurance levels): the default of `multi_factor_acr`.
+pub const DEFAULT_MULTI_FACTOR_ACR: &[&str] = &[
+    "eidas2",
+    "eidas3",
+    "https://proconnect.gouv.fr/assurance/self-asserted-2fa",
+    "https://proconnect.gouv.fr/assurance/consistency-checked-2fa",
+];
+
+/// An agent enrolled in the registry: who they are at an agents' identity provider (`sub`), and
+/// as whom they act (a mediation structure's agent, or an auditor's staff member).
+#[derive(Clone, Debug)]
+pub struct EnrolledAgent {
+    /// The agents' identity provider (its registry id).
+    pub provider: String,
+    /// Their `sub` at that provider.
+    pub sub: String,
+    /// The mediation structure or auditor they act for.
+    pub participant: String,
+    /// Their agent id within it (as in an agent certificate's SPIFFE ID).
+    pub agent: String,
+    /// Their name, as pages and printed mandates show it.
+    pub name: String,
+}
+
 /// Default freshness of an ID token, in seconds.
 pub const DEFAULT_MAX_TOKEN_AGE_SECONDS: u64 = 600;
 /// Default number of acts one ID token may prove.
@@ -326,6 +375,8 @@ pub struct Registry {
     habilitations: Vec<Habilitation>,
     forms: BTreeMap<String, Form>,
     identity_providers: Vec<IdentityProvider>,
+    agent_identity_providers: Vec<AgentIdentityProvider>,
+    agents: Vec<EnrolledAgent>,
 }
 
 /// The files a registry references (datasets, JWKS, credential files), as its validation sees
@@ -431,6 +482,30 @@ impl Registry {
     /// The identity provider with issuer `iss`.
     pub fn identity_provider_by_issuer(&self, iss: &str) -> Option<&IdentityProvider> {
         self.identity_providers.iter().find(|p| p.issuer == iss)
+    }
+
+    /// The agents' identity providers.
+    pub fn agent_identity_providers(&self) -> &[AgentIdentityProvider] {
+        &self.agent_identity_providers
+    }
+
+    /// The agents' identity provider with issuer `iss`.
+    pub fn agent_identity_provider_by_issuer(&self, iss: &str) -> Option<&AgentIdentityProvider> {
+        self.agent_identity_providers
+            .iter()
+            .find(|p| p.issuer == iss)
+    }
+
+    /// The agents enrolled.
+    pub fn agents(&self) -> &[EnrolledAgent] {
+        &self.agents
+    }
+
+    /// The agent enrolled as `sub` at the agents' identity provider `provider`.
+    pub fn enrolled_agent(&self, provider: &str, sub: &str) -> Option<&EnrolledAgent> {
+        self.agents
+            .iter()
+            .find(|a| a.provider == provider && a.sub == sub)
     }
 
     /// The file it was loaded from.
@@ -630,6 +705,33 @@ mod raw {
         pub forms: Vec<Form>,
         #[serde(default)]
         pub identity_providers: Vec<IdentityProvider>,
+        #[serde(default)]
+        pub agent_identity_providers: Vec<AgentIdentityProvider>,
+        #[serde(default)]
+        pub agents: Vec<Agent>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AgentIdentityProvider {
+        pub id: String,
+        pub issuer: String,
+        pub jwks: PathBuf,
+        pub client_id: String,
+        #[serde(default)]
+        pub max_token_age_seconds: Option<u64>,
+        #[serde(default)]
+        pub multi_factor_acr: Option<Vec<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Agent {
+        pub provider: String,
+        pub sub: String,
+        pub participant: String,
+        pub agent: String,
+        pub name: String,
     }
 
     #[derive(Deserialize)]
@@ -1562,48 +1664,7 @@ impl Validator<'_> {
                 self.fail(format!("{at}.id"), e.to_string());
             }
             self.text(format!("{at}.issuer"), &p.issuer);
-            let jwks = self.public_file(format!("{at}.jwks"), &p.jwks);
-            let keys = if !jwks.as_os_str().is_empty() {
-                self.files
-                    .read(&jwks)
-                    .map_err(|e| format!("cannot read {}: {e}", jwks.display()))
-                    .and_then(|bytes| crate::idp::parse_jwks(&jwks, &bytes))
-                    .unwrap_or_else(|e| {
-                        self.fail(format!("{at}.jwks"), e);
-                        jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
-                    })
-            } else {
-                jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
-            };
-            // The development provider's private key is public (examples/dev-idp): anyone can
-            // mint its tokens. Only a development federation may trust it, under any issuer.
-            if !development {
-                use crate::idp::dev;
-                let why = if p.issuer == dev::ISSUER {
-                    Some(format!(
-                        "its issuer {:?} is the development identity provider's",
-                        p.issuer
-                    ))
-                } else {
-                    keys.keys.iter().position(dev::is_committed_key).map(|j| {
-                        format!(
-                            "key {j} of {} is the development identity provider's public key",
-                            p.jwks.display()
-                        )
-                    })
-                };
-                if let Some(why) = why {
-                    self.fail(
-                        at.clone(),
-                        format!(
-                            "{why}, whose private key is committed in examples/dev-idp: anyone can \
-                             mint ID tokens with it. A federation that is not a development one \
-                             (allow_test_subjects = false) must not declare it: remove this \
-                             identity provider, or declare the real one's issuer and keys"
-                        ),
-                    );
-                }
-            }
+            let (jwks, keys) = self.provider_keys(&at, &p.jwks, &p.issuer, development);
             let max_age = p
                 .max_token_age_seconds
                 .unwrap_or(DEFAULT_MAX_TOKEN_AGE_SECONDS);
@@ -1642,6 +1703,14 @@ impl Validator<'_> {
             });
         }
 
+        let (agent_identity_providers, agents) = self.agents(
+            raw.agent_identity_providers,
+            raw.agents,
+            &identity_providers,
+            &participants,
+            development,
+        );
+
         let mut manifest = BTreeMap::new();
         manifest.insert(MANIFEST_REGISTRY_KEY.to_string(), hex::encode(sha256));
         if self.errors.is_empty() {
@@ -1677,7 +1746,201 @@ impl Validator<'_> {
             habilitations,
             forms,
             identity_providers,
+            agent_identity_providers,
+            agents,
         })
+    }
+
+    /// An identity provider's JWKS (`at.jwks`): inside the folder, in the manifest, keys the
+    /// broker can verify with; and outside a development federation, never the development
+    /// identity provider's issuer or committed key (anyone can mint its tokens).
+    fn provider_keys(
+        &mut self,
+        at: &str,
+        declared: &Path,
+        issuer: &str,
+        development: bool,
+    ) -> (PathBuf, jsonwebtoken::jwk::JwkSet) {
+        let jwks = self.public_file(format!("{at}.jwks"), declared);
+        let keys = if !jwks.as_os_str().is_empty() {
+            self.files
+                .read(&jwks)
+                .map_err(|e| format!("cannot read {}: {e}", jwks.display()))
+                .and_then(|bytes| crate::idp::parse_jwks(&jwks, &bytes))
+                .unwrap_or_else(|e| {
+                    self.fail(format!("{at}.jwks"), e);
+                    jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
+                })
+        } else {
+            jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
+        };
+        // The development provider's private key is public (examples/dev-idp): anyone can
+        // mint its tokens. Only a development federation may trust it, under any issuer.
+        if !development {
+            use crate::idp::dev;
+            let why = if issuer == dev::ISSUER || issuer == dev::AGENTS_ISSUER {
+                Some(format!(
+                    "its issuer {issuer:?} is the development identity provider's"
+                ))
+            } else {
+                keys.keys.iter().position(dev::is_committed_key).map(|j| {
+                    format!(
+                        "key {j} of {} is the development identity provider's public key",
+                        declared.display()
+                    )
+                })
+            };
+            if let Some(why) = why {
+                self.fail(
+                    at.to_string(),
+                    format!(
+                        "{why}, whose private key is committed in examples/dev-idp: anyone can \
+                         mint ID tokens with it. A federation that is not a development one \
+                         (allow_test_subjects = false) must not declare it: remove this \
+                         identity provider, or declare the real one's issuer and keys"
+                    ),
+                );
+            }
+        }
+        (jwks, keys)
+    }
+
+    /// The agents' identity providers and the agents enrolled at them: each agent acts for a
+    /// mediation structure or an auditor of the registry, under an agent id unique there.
+    fn agents(
+        &mut self,
+        providers: Vec<raw::AgentIdentityProvider>,
+        agents: Vec<raw::Agent>,
+        citizens: &[IdentityProvider],
+        participants: &BTreeMap<String, Participant>,
+        development: bool,
+    ) -> (Vec<AgentIdentityProvider>, Vec<EnrolledAgent>) {
+        self.count("agent_identity_providers", providers.len());
+        self.count("agents", agents.len());
+        let mut out: Vec<AgentIdentityProvider> = Vec::new();
+        for (i, p) in providers.into_iter().enumerate() {
+            let at = format!("agent_identity_providers[{i}]");
+            if let Err(e) = unefois_certs::validate_participant_id(&p.id) {
+                self.fail(format!("{at}.id"), e.to_string());
+            }
+            self.text(format!("{at}.issuer"), &p.issuer);
+            self.text(format!("{at}.client_id"), &p.client_id);
+            let (jwks, keys) = self.provider_keys(&at, &p.jwks, &p.issuer, development);
+            let max_age = p
+                .max_token_age_seconds
+                .unwrap_or(DEFAULT_MAX_TOKEN_AGE_SECONDS);
+            if !(1..=86_400).contains(&max_age) {
+                self.fail(
+                    format!("{at}.max_token_age_seconds"),
+                    "must be between 1 and 86400",
+                );
+            }
+            let acr = p.multi_factor_acr.unwrap_or_else(|| {
+                DEFAULT_MULTI_FACTOR_ACR
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            });
+            if acr.is_empty() || acr.len() > 16 {
+                self.fail(
+                    format!("{at}.multi_factor_acr"),
+                    "must list between 1 and 16 values",
+                );
+            }
+            for (j, value) in acr.iter().enumerate() {
+                self.text(format!("{at}.multi_factor_acr[{j}]"), value);
+            }
+            if out.iter().any(|q| q.id == p.id) {
+                self.fail(
+                    format!("{at}.id"),
+                    format!("duplicate agents' identity provider {:?}", p.id),
+                );
+            }
+            // A citizen's token never logs an agent in, nor the reverse.
+            if out.iter().any(|q| q.issuer == p.issuer)
+                || citizens.iter().any(|q| q.issuer == p.issuer)
+            {
+                self.fail(
+                    format!("{at}.issuer"),
+                    format!(
+                        "issuer {:?} is declared twice (an agents' identity provider never \
+                         shares its issuer with another identity provider)",
+                        p.issuer
+                    ),
+                );
+            }
+            out.push(AgentIdentityProvider {
+                id: p.id,
+                issuer: p.issuer,
+                jwks,
+                keys,
+                client_id: p.client_id,
+                max_token_age_seconds: max_age,
+                multi_factor_acr: acr,
+            });
+        }
+        let mut enrolled: Vec<EnrolledAgent> = Vec::new();
+        for (i, a) in agents.into_iter().enumerate() {
+            let at = format!("agents[{i}]");
+            if !out.iter().any(|p| p.id == a.provider) {
+                self.fail(
+                    format!("{at}.provider"),
+                    format!(
+                        "{:?} is not an agents' identity provider of the registry",
+                        a.provider
+                    ),
+                );
+            }
+            self.text(format!("{at}.sub"), &a.sub);
+            self.text(format!("{at}.name"), &a.name);
+            match participants.get(&a.participant) {
+                Some(p)
+                    if p.roles.contains(&Role::Mediator) || p.roles.contains(&Role::Auditor) => {}
+                Some(_) => self.fail(
+                    format!("{at}.participant"),
+                    format!(
+                        "{:?} is neither a mediator nor an auditor: only their agents log in",
+                        a.participant
+                    ),
+                ),
+                None => self.fail(
+                    format!("{at}.participant"),
+                    format!("{:?} is not a participant of the registry", a.participant),
+                ),
+            }
+            if let Err(e) = unefois_certs::validate_agent_id(&a.agent) {
+                self.fail(format!("{at}.agent"), e.to_string());
+            }
+            if enrolled
+                .iter()
+                .any(|b| b.provider == a.provider && b.sub == a.sub)
+            {
+                self.fail(
+                    format!("{at}.sub"),
+                    format!("{:?} is enrolled twice at {:?}", a.sub, a.provider),
+                );
+            }
+            if enrolled
+                .iter()
+                .any(|b| b.participant == a.participant && b.agent == a.agent)
+            {
+                self.fail(
+                    format!("{at}.agent"),
+                    format!(
+                        "agent {:?} of {:?} is enrolled twice",
+                        a.agent, a.participant
+                    ),
+                );
+            }
+            enrolled.push(EnrolledAgent {
+                provider: a.provider,
+                sub: a.sub,
+                participant: a.participant,
+                agent: a.agent,
+                name: a.name,
+            });
+        }
+        (out, enrolled)
     }
 }
 
@@ -1828,6 +2091,54 @@ expires = 2030-12-31
         let text = BASE.replace("\"qf.json\"", "\"../../etc/passwd\"");
         let e = parse(&text).unwrap_err();
         assert_eq!(e.key, "attestation_types[0].adapter.dataset");
+    }
+
+    #[test]
+    fn agents_are_enrolled_for_a_mediator_or_an_auditor_at_a_provider_of_the_registry() {
+        let jwks =
+            serde_json::to_vec(&crate::idp::dev::DevKey::generate("k").unwrap().jwks()).unwrap();
+        let folder = MemoryFolder::new([("qf.json", b"{}".to_vec()), ("jwks.json", jwks)]);
+        let structure =
+            "[[participants]]\nid = \"fs\"\nname = \"France Services\"\nroles = [\"mediator\"]\n";
+        let provider = "[[agent_identity_providers]]\nid = \"pro\"\nissuer = \"https://pro.test\"\njwks = \"jwks.json\"\nclient_id = \"pages\"\n";
+        let agent = |provider: &str, sub: &str, participant: &str, id: &str| {
+            format!(
+                "[[agents]]\nprovider = \"{provider}\"\nsub = \"{sub}\"\nparticipant = \"{participant}\"\nagent = \"{id}\"\nname = \"A\"\n"
+            )
+        };
+        let outcome = |extra: &str| {
+            let text = format!("{BASE}\n{structure}\n{provider}\n{extra}");
+            match Registry::parse(Path::new("reg.toml"), &folder, text.as_bytes()) {
+                Ok(r) => format!("ok {}", r.agents().len()),
+                Err(e) => e.key,
+            }
+        };
+        let one = agent("pro", "s1", "fs", "a.one");
+        let cases: Vec<(String, &str)> = vec![
+            (one.clone(), "ok 1"),
+            (agent("nope", "s1", "fs", "a.one"), "agents[0].provider"),
+            (agent("pro", "s1", "caf", "a.one"), "agents[0].participant"),
+            (agent("pro", "s1", "ghost", "a.one"), "agents[0].participant"),
+            (agent("pro", "s1", "fs", "A One"), "agents[0].agent"),
+            (agent("pro", "", "fs", "a.one"), "agents[0].sub"),
+            (
+                format!("{one}{}", agent("pro", "s1", "fs", "a.two")),
+                "agents[1].sub",
+            ),
+            (
+                format!("{one}{}", agent("pro", "s2", "fs", "a.one")),
+                "agents[1].agent",
+            ),
+            (
+                // One issuer for citizens and agents: a citizen's token would log an agent in.
+                "[[identity_providers]]\nid = \"fc\"\nissuer = \"https://pro.test\"\njwks = \"jwks.json\"\n"
+                    .to_string(),
+                "agent_identity_providers[0].issuer",
+            ),
+        ];
+        for (extra, expect) in cases {
+            assert_eq!(outcome(&extra), expect, "{extra}");
+        }
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct Browser {
     cookies: BTreeMap<String, String>,
     /// Every URL this browser was sent to or asked for, in order.
     pub visited: Vec<String>,
+    /// Every `Set-Cookie` it received, in order.
+    set_cookies: Vec<String>,
 }
 
 impl Browser {
@@ -79,6 +81,7 @@ impl Browser {
             client,
             cookies: BTreeMap::new(),
             visited: Vec::new(),
+            set_cookies: Vec::new(),
         })
     }
 
@@ -110,6 +113,7 @@ impl Browser {
             let value = value.to_str().unwrap_or_default().to_string();
             if name.as_str() == "set-cookie" {
                 set_cookies.push(value.clone());
+                self.set_cookies.push(value.clone());
                 let pair = value.split(';').next().unwrap_or_default();
                 if let Some((k, v)) = pair.split_once('=') {
                     let expired = value.contains("Max-Age=0");
@@ -197,6 +201,62 @@ impl Browser {
     /// Submits the identity provider's page `idp_page` as `person`: its answer, a redirect to
     /// the citizen pages' callback.
     pub async fn choose_person(&mut self, idp_page: &Page, person: &str) -> anyhow::Result<Page> {
+        self.submit_idp(idp_page, "/dev-idp/authorize", &[("person", person)])
+            .await
+    }
+
+    /// POSTs `fields` and, when given, a file `(field, name, bytes)` to `path` as a browser sends
+    /// a `multipart/form-data` form of these pages (`Origin` the pages' own).
+    pub async fn post_multipart(
+        &mut self,
+        path: &str,
+        fields: &[(&str, &str)],
+        file: Option<(&str, &str, &[u8])>,
+    ) -> anyhow::Result<Page> {
+        let url = self.url(path);
+        self.visited.push(url.clone());
+        let boundary = "----unefois-test-boundary-7d1a";
+        let mut body: Vec<u8> = Vec::new();
+        for (name, value) in fields {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        if let Some((field, filename, bytes)) = file {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; \
+                     filename=\"{filename}\"\r\nContent-Type: application/pdf\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let request = self
+            .client
+            .post(url)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .header("origin", self.base.clone())
+            .body(body);
+        self.send(request).await
+    }
+
+    /// Fills the identity provider's page `idp_page` (posting to `action`): its hidden fields
+    /// and `choices`; its answer, a redirect back to the pages.
+    async fn submit_idp(
+        &mut self,
+        idp_page: &Page,
+        action: &str,
+        choices: &[(&str, &str)],
+    ) -> anyhow::Result<Page> {
         let names = [
             "client_id",
             "redirect_uri",
@@ -215,9 +275,62 @@ impl Browser {
                     .with_context(|| format!("no {name} on the page"))?,
             ));
         }
-        form.push(("person", person.to_string()));
+        form.extend(choices.iter().map(|(k, v)| (*k, v.to_string())));
         let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.post("/dev-idp/authorize", &form, None).await
+        self.post(action, &form, None).await
+    }
+
+    /// Logs in at the desk as the agent `sub` of the development agents' identity provider,
+    /// with two factors or one; the page it lands on (the desk, or the refusal).
+    pub async fn log_in_agent(&mut self, sub: &str, two_factors: bool) -> anyhow::Result<Page> {
+        let to_idp = self.get("/desk/login").await?;
+        let idp_page = self.follow(to_idp).await?;
+        anyhow::ensure!(
+            idp_page.status == 200,
+            "agents' identity provider page: {idp_page:?}"
+        );
+        let factors = if two_factors { "deux" } else { "un" };
+        let answer = self
+            .submit_idp(
+                &idp_page,
+                "/dev-idp/agents/authorize",
+                &[("agent", sub), ("facteurs", factors)],
+            )
+            .await?;
+        let callback = answer
+            .location()
+            .with_context(|| format!("the agents' provider did not answer: {answer:?}"))?
+            .to_string();
+        let landed = self.get(&callback).await?;
+        self.follow(landed).await
+    }
+
+    /// At the desk, the person present logs in as `person` (`test:alice`) at the citizens'
+    /// identity provider; the desk page it lands on.
+    pub async fn person_at_desk(&mut self, person: &str) -> anyhow::Result<Page> {
+        let to_idp = self.get("/desk/person/login").await?;
+        let idp_page = self.follow(to_idp).await?;
+        anyhow::ensure!(
+            idp_page.status == 200,
+            "identity provider page: {idp_page:?}"
+        );
+        let answer = self.choose_person(&idp_page, person).await?;
+        let callback = answer
+            .location()
+            .with_context(|| format!("the identity provider did not answer: {answer:?}"))?
+            .to_string();
+        let landed = self.get(&callback).await?;
+        self.follow(landed).await
+    }
+
+    /// The last `Set-Cookie` this browser received for `name`, attributes included.
+    pub fn set_cookie_of(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{name}=");
+        self.set_cookies
+            .iter()
+            .rev()
+            .find(|c| c.starts_with(&prefix))
+            .map(String::as_str)
     }
 
     /// The cookie `name` this browser holds.

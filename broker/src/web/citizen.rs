@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use super::pages::{self, Layout, LayoutSession};
 use super::paris_time;
 use super::rows::{AccessRow, ConsentRow, MandateRow, Names};
-use super::session::{PendingLogin, SESSION_LIFETIME, Session};
+use super::session::{LoginKind, PendingLogin, SESSION_LIFETIME, Session};
 use super::{Web, cookie_value, random_token, same_secret, see_other};
 use crate::caller::Caller;
 use crate::consent::ConsentStatus;
@@ -57,6 +57,9 @@ fn layout(title: &str, session: &Session) -> Layout {
         Some(LayoutSession {
             csrf: session.csrf.clone(),
             ends: paris_time::clock(session.ends_at),
+            logout: "/logout",
+            relogin: "/citizen/login",
+            who: None,
         }),
     )
 }
@@ -251,7 +254,7 @@ pub async fn login(State(web): State<Arc<Web>>) -> Response {
     let challenge = super::dev_idp::pkce_challenge(&verifier);
     web.sessions.wait_login(
         state.clone(),
-        PendingLogin::new(browser.clone(), nonce.clone(), verifier),
+        PendingLogin::new(LoginKind::Citizen, browser.clone(), nonce.clone(), verifier),
     );
     let Ok(mut to) = url::Url::parse(&format!("{}/dev-idp/authorize", web.base)) else {
         return pages::unavailable();
@@ -297,6 +300,9 @@ pub async fn callback(
     let Some(login) = web.sessions.take_login(&answer.state) else {
         return failed();
     };
+    if login.kind != LoginKind::Citizen {
+        return failed();
+    }
     if !cookie_value(&headers, LOGIN_COOKIE).is_some_and(|b| same_secret(b, &login.browser)) {
         return failed();
     }
@@ -382,7 +388,7 @@ fn posted(
     }
     let Some((id, session)) = session(web, headers) else {
         // No session (it ended, or never was): nothing done, and the person told so.
-        return Err(Box::new(pages::session_ended()));
+        return Err(Box::new(pages::session_ended("/citizen/login")));
     };
     if !same_secret(&form.csrf, &session.csrf) {
         return Err(Box::new(pages::forbidden()));

@@ -136,16 +136,34 @@ struct AuthorizePage<'a> {
     error: Option<&'static str>,
 }
 
-/// Whether `request` comes from the citizen pages of this broker: their client id, their
-/// callback, PKCE S256, a state and a nonce.
+/// Whether `request` comes from the pages of this broker: the citizen space (its client id and
+/// callback) or a mediator's desk (the structure's audience, the desk's callback for the person
+/// present), with PKCE S256, a state and a nonce.
 fn check(web: &Web, request: &AuthorizeQuery) -> Result<(), &'static str> {
-    let bounded = |s: &str| !s.is_empty() && s.len() <= 256;
-    if web.client_id().as_deref() != Some(request.client_id.as_str()) {
+    let registry = web.state.federation.registry();
+    let at_desk = registry.participants().any(|p| {
+        p.roles.contains(&crate::registry::Role::Mediator) && p.audience() == request.client_id
+    });
+    let (client, callback) = if at_desk {
+        (
+            Some(request.client_id.clone()),
+            web.desk_person_callback_url(),
+        )
+    } else {
+        (web.client_id(), web.callback_url())
+    };
+    if client.as_deref() != Some(request.client_id.as_str()) {
         return Err("client_id inconnu");
     }
-    if request.redirect_uri != web.callback_url() {
+    if request.redirect_uri != callback {
         return Err("redirect_uri non enregistrée");
     }
+    shape(request)
+}
+
+/// PKCE S256, the code flow, a state and a nonce.
+fn shape(request: &AuthorizeQuery) -> Result<(), &'static str> {
+    let bounded = |s: &str| !s.is_empty() && s.len() <= 256;
     if request.response_type != "code" || request.code_challenge_method != "S256" {
         return Err("seul le flux « code » avec PKCE S256 est accepté");
     }
@@ -212,12 +230,27 @@ pub async fn authorize(
         );
     }
     let now = time::OffsetDateTime::now_utc();
+    let name = TEST_PEOPLE
+        .iter()
+        .find(|(id, _)| *id == form.person)
+        .map(|(_, name)| *name)
+        .unwrap_or_default();
     let token = dev::claims(&form.person, &form.request.client_id, now)
         .and_then(|mut claims| {
             claims["nonce"] = serde_json::Value::String(form.request.nonce.clone());
+            // Named as FranceConnect names people, for the desk's pages.
+            if let Some((given, family)) = name.split_once(' ') {
+                claims["given_name"] = given.into();
+                claims["family_name"] = family.into();
+            }
             idp.key.sign(&claims)
         })
         .ok();
+    code_for(idp, token, &form.request)
+}
+
+/// An authorization code for `token`, and the browser back to the request's `redirect_uri`.
+fn code_for(idp: &DevIdp, token: Option<String>, request: &AuthorizeQuery) -> Response {
     let (Some(id_token), Some(code)) = (token, random_token()) else {
         return pages::unavailable();
     };
@@ -226,20 +259,172 @@ pub async fn authorize(
             code.clone(),
             Issued {
                 id_token,
-                client_id: form.request.client_id.clone(),
-                redirect_uri: form.request.redirect_uri.clone(),
-                challenge: form.request.code_challenge.clone(),
+                client_id: request.client_id.clone(),
+                redirect_uri: request.redirect_uri.clone(),
+                challenge: request.code_challenge.clone(),
                 created: Instant::now(),
             },
             |i| i.created.elapsed() > CODE_LIFETIME,
         );
     }
-    let mut back = match url::Url::parse(&form.request.redirect_uri) {
+    let mut back = match url::Url::parse(&request.redirect_uri) {
         Ok(url) => url,
         Err(_) => return pages::unavailable(),
     };
     back.query_pairs_mut()
         .append_pair("code", &code)
-        .append_pair("state", &form.request.state);
+        .append_pair("state", &request.state);
     see_other(back.as_str(), &[])
+}
+
+/// The agents' side of the development provider: its declaration in the registry (an agents'
+/// identity provider with the committed development key), if the registry has one.
+pub fn agents_provider(registry: &Registry) -> Option<&crate::registry::AgentIdentityProvider> {
+    registry
+        .agent_identity_providers()
+        .iter()
+        .find(|p| p.keys.keys.iter().any(dev::is_committed_key))
+}
+
+/// An agent's authorization, with the agent and the factors picked on the page.
+#[derive(Deserialize)]
+pub struct AgentAuthorizeForm {
+    #[serde(flatten)]
+    request: AuthorizeQuery,
+    #[serde(default)]
+    agent: String,
+    #[serde(default)]
+    facteurs: String,
+}
+
+/// A `sub` no agent is enrolled under, to try a refused login.
+const UNENROLLED: &str = "agent-non-inscrit";
+
+#[derive(Template)]
+#[template(path = "dev_idp_agents.html")]
+struct AgentsPage<'a> {
+    layout: Layout,
+    request: &'a AuthorizeQuery,
+    /// (sub, name, structure).
+    agents: Vec<(String, String, String)>,
+    unenrolled: &'static str,
+    error: Option<&'static str>,
+}
+
+/// Whether `request` comes from the desk's agent login: the provider's client id, the agents'
+/// callback.
+fn check_agents(web: &Web, request: &AuthorizeQuery) -> Result<(), &'static str> {
+    let registry = web.state.federation.registry();
+    let Some(provider) = agents_provider(&registry) else {
+        return Err("aucun fournisseur d'identité des agents de développement");
+    };
+    if provider.client_id != request.client_id {
+        return Err("client_id inconnu");
+    }
+    if request.redirect_uri != web.agent_callback_url() {
+        return Err("redirect_uri non enregistrée");
+    }
+    shape(request)
+}
+
+fn agents_page(web: &Web, request: &AuthorizeQuery, error: Option<&'static str>) -> Response {
+    let registry = web.state.federation.registry();
+    let names = super::rows::Names(&registry);
+    let agents = agents_provider(&registry)
+        .map(|p| {
+            registry
+                .agents()
+                .iter()
+                .filter(|a| a.provider == p.id)
+                .map(|a| {
+                    (
+                        a.sub.clone(),
+                        a.name.clone(),
+                        names.participant(&a.participant),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let title = match error {
+        Some(_) => "Erreur : connexion des agents (développement)",
+        None => "Connexion des agents (développement)",
+    };
+    pages::render(
+        match error {
+            Some(_) => StatusCode::BAD_REQUEST,
+            None => StatusCode::OK,
+        },
+        &AgentsPage {
+            layout: Layout::new(title, None),
+            request,
+            agents,
+            unenrolled: UNENROLLED,
+            error,
+        },
+    )
+}
+
+/// `GET /dev-idp/agents/authorize`: the page where one picks a test agent and how they
+/// authenticate (one factor or two).
+pub async fn agents_authorize_page(
+    State(web): State<Arc<Web>>,
+    Query(request): Query<AuthorizeQuery>,
+) -> Response {
+    if web.dev_idp.is_none() {
+        return pages::not_found().await;
+    }
+    if let Err(why) = check_agents(&web, &request) {
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Demande de connexion invalide",
+            why,
+        );
+    }
+    agents_page(&web, &request, None)
+}
+
+/// `POST /dev-idp/agents/authorize`: back to the desk with a code for the agent's ID token.
+pub async fn agents_authorize(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Form(form): Form<AgentAuthorizeForm>,
+) -> Response {
+    let Some(idp) = &web.dev_idp else {
+        return pages::not_found().await;
+    };
+    if !web.same_origin(&headers) {
+        return pages::forbidden();
+    }
+    if let Err(why) = check_agents(&web, &form.request) {
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Demande de connexion invalide",
+            why,
+        );
+    }
+    let registry = web.state.federation.registry();
+    let known = form.agent == UNENROLLED || registry.agents().iter().any(|a| a.sub == form.agent);
+    if !known {
+        return agents_page(&web, &form.request, Some("Choisissez un agent de test."));
+    }
+    let multi_factor = match form.facteurs.as_str() {
+        "deux" => true,
+        "un" => false,
+        _ => {
+            return agents_page(
+                &web,
+                &form.request,
+                Some("Choisissez une méthode d'authentification."),
+            );
+        }
+    };
+    let mut claims = dev::agent_claims(
+        &form.agent,
+        &form.request.client_id,
+        time::OffsetDateTime::now_utc(),
+        multi_factor,
+    );
+    claims["nonce"] = serde_json::Value::String(form.request.nonce.clone());
+    code_for(idp, idp.key.sign(&claims).ok(), &form.request)
 }

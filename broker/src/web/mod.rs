@@ -11,6 +11,7 @@
 //! claim value is ever in a URL: the person lives in the server-side session only.
 
 mod citizen;
+mod desk;
 mod dev_idp;
 mod pages;
 mod paris_time;
@@ -56,6 +57,8 @@ pub(crate) struct Web {
     secure: bool,
     guichet: String,
     sessions: session::Sessions,
+    /// The mediators' desk sessions (agents, and the person each welcomes).
+    desk: session::Sessions<desk::DeskSession>,
     dev_idp: Option<dev_idp::DevIdp>,
 }
 
@@ -86,6 +89,7 @@ pub(crate) async fn serve(
         secure,
         guichet: web.guichet,
         sessions: session::Sessions::new(MAX_SESSIONS, MAX_PENDING_LOGINS),
+        desk: session::Sessions::<desk::DeskSession>::new(MAX_DESK_SESSIONS, MAX_PENDING_LOGINS),
         dev_idp,
     });
     crate::http_listener::serve(
@@ -126,9 +130,39 @@ fn router(web: Arc<Web>) -> Router {
             get(citizen::contest_form).post(citizen::contest),
         )
         .route("/logout", post(citizen::logout))
+        .route("/desk", get(desk::home))
+        .route("/desk/login", get(desk::login))
+        .route("/desk/callback", get(desk::callback))
+        .route("/desk/logout", post(desk::logout))
+        .route("/desk/person/login", get(desk::person_login))
+        .route("/desk/person/callback", get(desk::person_callback))
+        .route("/desk/person/end", post(desk::end_person))
+        .route(
+            "/desk/mandates/new",
+            get(desk::new_mandate)
+                .post(desk::create_mandate)
+                // The signed mandate document comes with the form.
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    desk::MAX_DOCUMENT_BYTES + MAX_FORM_BYTES,
+                )),
+        )
+        .route("/desk/mandates/{id}", get(desk::mandate_page))
+        .route("/desk/mandates/{id}/act", post(desk::act))
+        .route(
+            "/desk/mandates/{id}/revoke",
+            get(desk::confirm_revoke).post(desk::revoke),
+        )
+        .route("/desk/agir", get(desk::acting_page))
+        .route("/desk/agir/formulaire", post(desk::prefill))
+        .route("/desk/agir/consentement", post(desk::grant))
+        .route("/desk/agir/historique", get(desk::history))
         .route(
             "/dev-idp/authorize",
             get(dev_idp::authorize_page).post(dev_idp::authorize),
+        )
+        .route(
+            "/dev-idp/agents/authorize",
+            get(dev_idp::agents_authorize_page).post(dev_idp::agents_authorize),
         )
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -142,6 +176,8 @@ fn router(web: Arc<Web>) -> Router {
         .with_state(web)
 }
 
+/// Agents at desks at once (a structure's agents are a few; a national network, thousands).
+const MAX_DESK_SESSIONS: usize = 5_000;
 /// Pages answered at once; more wait (each is a few store reads).
 const MAX_CONCURRENT_PAGES: usize = 256;
 /// Largest form accepted, in bytes (the largest form is a few hundred).
@@ -216,9 +252,19 @@ impl Web {
             .map(|p| p.audience().to_string())
     }
 
-    /// Where the identity provider sends the browser back: the pages' one `redirect_uri`.
+    /// Where the identity provider sends the browser back: the citizen space's `redirect_uri`.
     fn callback_url(&self) -> String {
         format!("{}/citizen/callback", self.base)
+    }
+
+    /// Where the citizens' identity provider sends back the person present at a desk.
+    fn desk_person_callback_url(&self) -> String {
+        format!("{}/desk/person/callback", self.base)
+    }
+
+    /// Where the agents' identity provider sends an agent back.
+    fn agent_callback_url(&self) -> String {
+        format!("{}/desk/callback", self.base)
     }
 
     /// The cookie attributes: HttpOnly, SameSite=Lax, the whole site, `Secure` under HTTPS.

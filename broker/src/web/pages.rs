@@ -12,6 +12,8 @@ pub struct Layout {
     pub title: String,
     /// The logged-in session, if any.
     pub session: Option<LayoutSession>,
+    /// At a mediator's desk, the mandate the agent acts under: a banner on every page.
+    pub acting: Option<Acting>,
 }
 
 /// The session as the layout shows it.
@@ -20,6 +22,22 @@ pub struct LayoutSession {
     pub csrf: String,
     /// When it ends, Paris time (`18 h 05`).
     pub ends: String,
+    /// Where the logout form posts (`/logout`, `/desk/logout`).
+    pub logout: &'static str,
+    /// Where « Prolonger la session » leads (a new login).
+    pub relogin: &'static str,
+    /// Who is logged in, when the header names them (an agent, their structure).
+    pub who: Option<String>,
+}
+
+/// « Vous agissez pour … — mandat n° … — expire le … ».
+pub struct Acting {
+    /// The person, as their ID token names them.
+    pub person: String,
+    /// The mandate's id.
+    pub mandate: String,
+    /// When it expires, Paris time.
+    pub expires: String,
 }
 
 impl Layout {
@@ -28,6 +46,7 @@ impl Layout {
         Layout {
             title: title.to_string(),
             session,
+            acting: None,
         }
     }
 }
@@ -68,15 +87,16 @@ pub fn error_page(status: StatusCode, title: &str, text: &str) -> Response {
     )
 }
 
-/// 403: a form sent after its session ended; nothing was done.
-pub fn session_ended() -> Response {
+/// 403: a form sent after its session ended; nothing was done. `relogin` is where to log in
+/// again.
+pub fn session_ended(relogin: &str) -> Response {
     render(
         StatusCode::FORBIDDEN,
         &Message {
             layout: Layout::new("Votre session a pris fin", None),
             text: "Votre session a pris fin avant l'envoi du formulaire : rien n'a été fait. \
                    Reconnectez-vous, puis recommencez.",
-            next: Some(("/citizen/login", "Se reconnecter")),
+            next: Some((relogin, "Se reconnecter")),
         },
     )
 }

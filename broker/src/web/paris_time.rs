@@ -34,6 +34,16 @@ pub fn day(t: OffsetDateTime) -> String {
     }
 }
 
+/// `3 décembre 2026`, a calendar date (no time zone: a date of birth, of opening of rights).
+pub fn date(d: time::Date) -> String {
+    let month = MONTHS[usize::from(u8::from(d.month())) - 1];
+    let day = match d.day() {
+        1 => "1er".to_string(),
+        n => n.to_string(),
+    };
+    format!("{day} {month} {}", d.year())
+}
+
 fn words(z: &jiff::ZonedDateTime) -> String {
     let month = MONTHS[usize::try_from(z.month() - 1).unwrap_or(0)];
     // The first of the month is an ordinal in French: « 1er janvier ».

@@ -63,6 +63,17 @@ impl Names<'_> {
             .map_or_else(|| id.to_string(), |p| p.name.clone())
     }
 
+    /// An agent of `structure` as people read it: their enrolled name and id
+    /// (« Marie Dupont (marie.dupont) »), or the id alone when the registry does not enrol them
+    /// (an agent with a certificate only, or no longer enrolled).
+    pub(super) fn agent(&self, structure: &str, agent: &str) -> String {
+        self.0
+            .agents()
+            .iter()
+            .find(|a| a.participant == structure && a.agent == agent)
+            .map_or_else(|| agent.to_string(), |a| format!("{} ({agent})", a.name))
+    }
+
     pub(super) fn attestation_type(&self, id: &str) -> String {
         self.0
             .attestation_type(id)
@@ -94,7 +105,7 @@ impl Names<'_> {
                 self.participant(&x.participant),
                 agent
                     .as_deref()
-                    .map(|a| format!(", agent {a}"))
+                    .map(|a| format!(", agent {}", self.agent(&x.participant, a)))
                     .unwrap_or_default()
             ),
             (None, _, Some(_)) => "Par un guichet numérique (formulaire pré-rempli)".into(),
@@ -140,7 +151,7 @@ impl Names<'_> {
         MandateRow {
             id: m.id.clone(),
             structure: self.participant(&m.structure),
-            agent: m.agent.clone(),
+            agent: self.agent(&m.structure, &m.agent),
             purposes: m
                 .purposes
                 .iter()

@@ -19,6 +19,18 @@ pub const MAX_PENDING_LOGINS: usize = 20_000;
 /// How long a login may wait for the identity provider.
 pub const LOGIN_WAIT: Duration = Duration::from_secs(10 * 60);
 
+/// What a session table needs of its sessions: when each ends.
+pub trait Ending {
+    /// When the session ends.
+    fn ends(&self) -> Instant;
+}
+
+impl Ending for Session {
+    fn ends(&self) -> Instant {
+        self.ends
+    }
+}
+
 /// A logged-in person.
 #[derive(Clone)]
 pub struct Session {
@@ -34,9 +46,11 @@ pub struct Session {
     pub ends_at: time::OffsetDateTime,
 }
 
-/// A login sent to the identity provider, waiting for its answer.
+/// A login sent to an identity provider, waiting for its answer.
 #[derive(Clone)]
 pub struct PendingLogin {
+    /// Whose login it is (an answer for one never completes another).
+    pub kind: LoginKind,
     /// The random value of the browser's login cookie: the answer must come back to the very
     /// browser that asked (no login CSRF).
     pub browser: String,
@@ -48,9 +62,10 @@ pub struct PendingLogin {
 }
 
 impl PendingLogin {
-    /// A login for `browser`, asking for `nonce`, with PKCE `verifier`.
-    pub fn new(browser: String, nonce: String, verifier: String) -> PendingLogin {
+    /// A login of `kind` for `browser`, asking for `nonce`, with PKCE `verifier`.
+    pub fn new(kind: LoginKind, browser: String, nonce: String, verifier: String) -> PendingLogin {
         PendingLogin {
+            kind,
             browser,
             nonce,
             verifier,
@@ -59,15 +74,26 @@ impl PendingLogin {
     }
 }
 
-/// Both tables.
-pub struct Sessions {
-    sessions: Mutex<Bounded<Session>>,
+/// Whose login is waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginKind {
+    /// A citizen, at the citizen space.
+    Citizen,
+    /// An agent, at the agents' identity provider.
+    Agent,
+    /// The person present at a mediator's desk, at the citizens' identity provider.
+    PersonAtDesk,
+}
+
+/// Both tables, of sessions `S`.
+pub struct Sessions<S = Session> {
+    sessions: Mutex<Bounded<S>>,
     pending: Mutex<Bounded<PendingLogin>>,
 }
 
-impl Sessions {
+impl<S: Clone + Ending> Sessions<S> {
     /// Empty tables of at most `sessions` and `pending` entries.
-    pub fn new(sessions: usize, pending: usize) -> Sessions {
+    pub fn new(sessions: usize, pending: usize) -> Sessions<S> {
         Sessions {
             sessions: Mutex::new(Bounded::new(sessions)),
             pending: Mutex::new(Bounded::new(pending)),
@@ -75,10 +101,10 @@ impl Sessions {
     }
 
     /// The session `id`, if it has not ended.
-    pub fn session(&self, id: &str) -> Option<Session> {
+    pub fn session(&self, id: &str) -> Option<S> {
         let mut sessions = self.sessions.lock().ok()?;
         match sessions.get(id) {
-            Some(s) if s.ends > Instant::now() => Some(s.clone()),
+            Some(s) if s.ends() > Instant::now() => Some(s.clone()),
             Some(_) => {
                 sessions.remove(id);
                 None
@@ -88,11 +114,22 @@ impl Sessions {
     }
 
     /// Holds `session` under `id`.
-    pub fn open(&self, id: String, session: Session) {
+    pub fn open(&self, id: String, session: S) {
         if let Ok(mut sessions) = self.sessions.lock() {
             let now = Instant::now();
-            sessions.insert(id, session, |s| s.ends <= now);
+            sessions.insert(id, session, |s| s.ends() <= now);
         }
+    }
+
+    /// Changes the session `id` with `change`, if it is still open; the session as changed.
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut S)) -> Option<S> {
+        let mut sessions = self.sessions.lock().ok()?;
+        let session = sessions.get_mut(id)?;
+        if session.ends() <= Instant::now() {
+            return None;
+        }
+        change(session);
+        Some(session.clone())
     }
 
     /// Ends the session `id`.
@@ -135,6 +172,10 @@ impl<T> Bounded<T> {
 
     pub(super) fn get(&self, key: &str) -> Option<&T> {
         self.entries.get(key).map(|(_, v)| v)
+    }
+
+    pub(super) fn get_mut(&mut self, key: &str) -> Option<&mut T> {
+        self.entries.get_mut(key).map(|(_, v)| v)
     }
 
     pub(super) fn remove(&mut self, key: &str) -> Option<T> {
@@ -185,10 +226,10 @@ mod tests {
 
     #[test]
     fn a_login_is_taken_once() {
-        let sessions = Sessions::new(4, 4);
+        let sessions: Sessions = Sessions::new(4, 4);
         sessions.wait_login(
             "s1".into(),
-            PendingLogin::new("b".into(), "n".into(), "v".into()),
+            PendingLogin::new(LoginKind::Citizen, "b".into(), "n".into(), "v".into()),
         );
         assert!(sessions.take_login("s1").is_some());
         assert!(sessions.take_login("s1").is_none());

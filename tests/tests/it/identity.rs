@@ -220,19 +220,25 @@ fn production_jwks(dir: &std::path::Path, with_dev_key: bool) -> anyhow::Result<
 }
 
 const DEV_IDP: &str = "issuer = \"https://idp.unefois.test\"\njwks = \"dev-idp/jwks.json\"";
+const DEV_AGENTS: &str = "issuer = \"https://agents.unefois.test\"\njwks = \"dev-idp/jwks.json\"";
+const PROD_AGENTS: &str =
+    "issuer = \"https://agents.production.example\"\njwks = \"prod-idp/jwks.json\"";
 
+/// The sample registry as a production federation's: no test people, no committed key but the
+/// citizens' identity provider's (each case puts its own there); the agents' provider a real one.
 fn production(s: &str) -> String {
-    s.replacen(
-        "allow_test_subjects = true",
-        "allow_test_subjects = false",
-        1,
-    )
-    // The example gRPC provider's origin key is committed too, refused likewise.
-    .replacen(
-        "origin = { jwks = \"providers/python/origin-jwks.json\" }",
-        "",
-        1,
-    )
+    s.replacen(DEV_AGENTS, PROD_AGENTS, 1)
+        .replacen(
+            "allow_test_subjects = true",
+            "allow_test_subjects = false",
+            1,
+        )
+        // The example gRPC provider's origin key is committed too, refused likewise.
+        .replacen(
+            "origin = { jwks = \"providers/python/origin-jwks.json\" }",
+            "",
+            1,
+        )
 }
 
 #[tokio::test]
@@ -276,6 +282,26 @@ async fn a_production_federation_never_trusts_the_development_identity_provider(
             "{label}: {text}"
         );
     }
+    // The agents' development provider (issue 23) is refused likewise: its issuer is the
+    // development one's and its key the committed one.
+    let dir = scratch.path().join("agents");
+    std::fs::create_dir_all(&dir)?;
+    production_jwks(&dir, false)?;
+    let registry = unefois_tests::sample_registry_with(&dir, |s| {
+        production(s)
+            .replacen(
+                DEV_IDP,
+                "issuer = \"https://idp.production.example\"\njwks = \"prod-idp/jwks.json\"",
+                1,
+            )
+            .replacen(PROD_AGENTS, DEV_AGENTS, 1)
+    })?;
+    let e = registry_refused(&pki, &registry).await?;
+    assert_eq!(e.key, "agent_identity_providers[0]", "{e}");
+    assert!(
+        e.message.contains("https://agents.unefois.test") && e.message.contains("anyone can mint"),
+        "{e}"
+    );
 
     // A production provider of its own: the production federation starts.
     let dir = scratch.path().join("production");

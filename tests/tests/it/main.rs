@@ -17,6 +17,7 @@ mod cli;
 mod consents;
 mod crash;
 mod data_dir;
+mod desk;
 mod durability;
 mod exchange;
 mod grpc_provider;

@@ -1,0 +1,1371 @@
+//! The mediator's desk (`/desk`): an agent of a mediation structure logs in at the agents'
+//! identity provider (second factor, enrolment in the registry), welcomes a person who proves
+//! who they are on the desk's device (the citizens' identity provider, for the structure's
+//! audience), records the mandate the person gives (`Mandates.Create`), prints it, and acts
+//! for the person under it: pre-fills a form (`Guichet.Prefill`), records a consent
+//! (`Consents.Grant`), reads their history (`Guichet.ListAccesses`), renews or revokes it.
+//! The pages act as the agent (`Caller` of the structure with the agent's id), exactly as an
+//! agent's certificate does over gRPC: one policy decides, and everything is journaled and
+//! shown on the person's own citizen page, attributed to the agent and the structure.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::pages::{self, Acting, Layout, LayoutSession};
+use super::paris_time;
+use super::rows::{AccessRow, MandateRow, Names};
+use super::session::{Ending, LoginKind, PendingLogin};
+use super::{Web, cookie_value, random_token, same_secret, see_other};
+use crate::caller::Caller;
+use crate::error::ApiError;
+use crate::mandate::{Mandate, MandateStatus};
+use crate::registry::{LegalBasis, Role};
+use crate::subject::Subject;
+
+const DESK_COOKIE: &str = "unefois_desk";
+const DESK_LOGIN_COOKIE: &str = "unefois_desk_login";
+/// An agent's working stretch at the desk; « Prolonger la session » is a new login.
+const AGENT_SESSION: Duration = Duration::from_secs(60 * 60);
+/// Accesses on one page of the person's history.
+const PAGE_SIZE: u32 = 20;
+/// Largest signed mandate document accepted (a scan or a PDF).
+pub const MAX_DOCUMENT_BYTES: usize = 5 * 1024 * 1024;
+/// How long a pre-fill may wait for the providers.
+const PREFILL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// An agent logged in at the desk, and the person they welcome, if any.
+#[derive(Clone)]
+pub struct DeskSession {
+    /// The mediation structure.
+    pub participant: String,
+    /// The agent's id in it.
+    pub agent: String,
+    /// The agent's name (registry enrolment).
+    pub agent_name: String,
+    /// The token every form of this session carries.
+    pub csrf: String,
+    /// When the session ends.
+    pub ends: Instant,
+    /// The same, as a time people read.
+    pub ends_at: OffsetDateTime,
+    /// The person present, once they proved who they are.
+    pub person: Option<Person>,
+    /// The mandate the agent acts under, once chosen.
+    pub acting: Option<String>,
+}
+
+impl Ending for DeskSession {
+    fn ends(&self) -> Instant {
+        self.ends
+    }
+}
+
+/// The person present at the desk (kept in this session only, never in a URL or a log).
+#[derive(Clone)]
+pub struct Person {
+    /// Who their ID token proved.
+    pub subject: Subject,
+    /// Their name as the token gives it, for the banner and the printed mandate.
+    pub name: String,
+    /// The ID token: the evidence of their presence that a mandate's creation needs.
+    pub id_token: String,
+    /// Until when that token proves their presence.
+    pub present_until: OffsetDateTime,
+}
+
+/// The open desk session of this browser, if any.
+fn session(web: &Web, headers: &HeaderMap) -> Option<(String, DeskSession)> {
+    let id = cookie_value(headers, DESK_COOKIE)?;
+    web.desk.session(id).map(|s| (id.to_string(), s))
+}
+
+/// The agent as the orchestration sees them: the structure of the registry in force, with the
+/// agent's id, while the registry still enrols them.
+fn caller(web: &Web, s: &DeskSession) -> Result<Caller, Box<Response>> {
+    let registry = web.state.federation.registry();
+    let enrolled = registry
+        .agents()
+        .iter()
+        .any(|a| a.participant == s.participant && a.agent == s.agent);
+    match registry.participant(&s.participant) {
+        Some(p) if enrolled && p.roles.contains(&Role::Mediator) => Ok(Caller::new(
+            p,
+            Some(s.agent.clone()),
+            Arc::from(format!("web:{}/agent/{}", p.id, s.agent)),
+        )),
+        _ => Err(Box::new(pages::error_page(
+            StatusCode::FORBIDDEN,
+            "Accès refusé",
+            "Le registre de la fédération n'inscrit plus cet agent pour cette structure. \
+             Adressez-vous au responsable de votre structure.",
+        ))),
+    }
+}
+
+fn layout(web: &Web, title: &str, s: &DeskSession, acting: Option<&Mandate>) -> Layout {
+    let registry = web.state.federation.registry();
+    let mut layout = Layout::new(
+        title,
+        Some(LayoutSession {
+            csrf: s.csrf.clone(),
+            ends: paris_time::clock(s.ends_at),
+            logout: "/desk/logout",
+            relogin: "/desk/login",
+            who: Some(format!(
+                "{}, {}",
+                s.agent_name,
+                Names(&registry).participant(&s.participant)
+            )),
+        }),
+    );
+    layout.acting = match (acting, &s.person) {
+        (Some(m), Some(p)) => Some(Acting {
+            person: p.name.clone(),
+            mandate: m.id.clone(),
+            expires: paris_time::long(m.expires_at),
+        }),
+        _ => None,
+    };
+    layout
+}
+
+/// What an act refused by the broker tells the agent.
+fn refused(e: &ApiError) -> Response {
+    match e {
+        ApiError::StoreUnavailable => pages::unavailable(),
+        ApiError::IdentityEvidenceInvalid(_) | ApiError::IdentityEvidenceRequired => pages::render(
+            StatusCode::FORBIDDEN,
+            &Message {
+                layout: Layout::new("La personne doit se reconnecter", None),
+                text: "La preuve de présence de la personne n'est plus valable (elle a \
+                           expiré ou a déjà servi). Demandez-lui de se reconnecter sur ce poste.",
+                next: Some(("/desk/person/login", "La personne se reconnecte")),
+            },
+        ),
+        other => {
+            tracing::info!(reason = other.reason_code(), "web: desk act refused");
+            pages::error_page(
+                StatusCode::BAD_REQUEST,
+                "Demande refusée",
+                &format!("Le service a refusé la demande ({}).", other.reason_code()),
+            )
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct Message<'a> {
+    layout: Layout,
+    text: &'a str,
+    next: Option<(&'a str, &'a str)>,
+}
+
+/// The signed-in agent and their caller; without a session, off to the desk's login page.
+fn signed_in(
+    web: &Web,
+    headers: &HeaderMap,
+) -> Result<(String, DeskSession, Caller), Box<Response>> {
+    let Some((id, s)) = session(web, headers) else {
+        return Err(Box::new(see_other("/desk", &[])));
+    };
+    let caller = caller(web, &s)?;
+    Ok((id, s, caller))
+}
+
+/// The same, with the person present (otherwise back to the desk's home).
+fn with_person(
+    web: &Web,
+    headers: &HeaderMap,
+) -> Result<(String, DeskSession, Person, Caller), Box<Response>> {
+    let (id, s, caller) = signed_in(web, headers)?;
+    match s.person.clone() {
+        Some(p) => Ok((id, s, p, caller)),
+        None => Err(Box::new(see_other("/desk", &[]))),
+    }
+}
+
+/// The session a POST acts in: only from these pages (origin), with the session's CSRF token.
+fn posted(
+    web: &Web,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<(String, DeskSession, Caller), Box<Response>> {
+    if !web.same_origin(headers) {
+        return Err(Box::new(pages::forbidden()));
+    }
+    let Some((id, s)) = session(web, headers) else {
+        return Err(Box::new(pages::session_ended("/desk/login")));
+    };
+    if !same_secret(csrf, &s.csrf) {
+        return Err(Box::new(pages::forbidden()));
+    }
+    let caller = caller(web, &s)?;
+    Ok((id, s, caller))
+}
+
+/// The person's mandates with the agent's structure, as `Mandates.List` gives them to it.
+async fn mandates_of(
+    web: &Web,
+    caller: &Caller,
+    person: &Person,
+) -> Result<Vec<Mandate>, ApiError> {
+    let input = crate::mandates::ListInput {
+        subject: person.subject.as_str().to_string(),
+        page_size: 200,
+        ..Default::default()
+    };
+    let (mandates, _, _) = crate::mandates::list(&web.state, caller, &input).await?;
+    Ok(mandates)
+}
+
+/// The person's mandate `id` with the structure, if it is theirs.
+async fn mandate_of(
+    web: &Web,
+    caller: &Caller,
+    person: &Person,
+    id: &str,
+) -> Result<Option<Mandate>, ApiError> {
+    Ok(mandates_of(web, caller, person)
+        .await?
+        .into_iter()
+        .find(|m| m.id == id))
+}
+
+fn no_such_mandate() -> Response {
+    pages::error_page(
+        StatusCode::NOT_FOUND,
+        "Mandat introuvable",
+        "Ce mandat n'existe pas, n'est pas celui de la personne présente, ou n'est plus en \
+         vigueur.",
+    )
+}
+
+#[derive(Template)]
+#[template(path = "desk_login.html")]
+struct LoginPage {
+    layout: Layout,
+}
+
+#[derive(Template)]
+#[template(path = "desk.html")]
+struct HomePage {
+    layout: Layout,
+    csrf: String,
+    structure: String,
+    person: Option<String>,
+    present: bool,
+    mandates: Vec<MandateRow>,
+    status: Option<&'static str>,
+}
+
+#[derive(Deserialize)]
+pub struct StatusQuery {
+    #[serde(default)]
+    fait: Option<String>,
+}
+
+/// `GET /desk`: the login invitation, the welcome of a person, or the person's mandates.
+pub async fn home(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(query): Query<StatusQuery>,
+) -> Response {
+    let Some((_, s)) = session(&web, &headers) else {
+        return pages::render(
+            StatusCode::OK,
+            &LoginPage {
+                layout: Layout::new("Espace des agents : connexion", None),
+            },
+        );
+    };
+    let caller = match caller(&web, &s) {
+        Ok(c) => c,
+        Err(page) => return *page,
+    };
+    let registry = web.state.federation.registry();
+    let names = Names(&registry);
+    let now = OffsetDateTime::now_utc();
+    let mandates = match &s.person {
+        Some(p) => match mandates_of(&web, &caller, p).await {
+            Ok(m) => m.iter().map(|m| names.mandate(m, now)).collect(),
+            Err(e) => return refused(&e),
+        },
+        None => Vec::new(),
+    };
+    pages::render(
+        StatusCode::OK,
+        &HomePage {
+            layout: layout(&web, "Accueil d'une personne", &s, None),
+            csrf: s.csrf.clone(),
+            structure: names.participant(&s.participant),
+            person: s.person.as_ref().map(|p| p.name.clone()),
+            present: s.person.as_ref().is_some_and(|p| p.present_until > now),
+            mandates,
+            status: match query.fait.as_deref() {
+                Some("revoque") => Some(
+                    "Le mandat est révoqué. Les consentements donnés sous ce mandat ont pris fin \
+                     avec lui.",
+                ),
+                Some("fin") => Some("L'accueil de la personne est terminé."),
+                _ => None,
+            },
+        },
+    )
+}
+
+/// Off to an identity provider's authorization page (code flow, PKCE S256, `state` bound to
+/// this browser, `nonce`), for a login of `kind`.
+fn authorize(web: &Web, kind: LoginKind, page: &str, client_id: &str, callback: &str) -> Response {
+    let (Some(state), Some(nonce), Some(verifier), Some(browser)) = (
+        random_token(),
+        random_token(),
+        random_token(),
+        random_token(),
+    ) else {
+        return pages::unavailable();
+    };
+    let challenge = super::dev_idp::pkce_challenge(&verifier);
+    web.desk.wait_login(
+        state.clone(),
+        PendingLogin::new(kind, browser.clone(), nonce.clone(), verifier),
+    );
+    let Ok(mut to) = url::Url::parse(&format!("{}{page}", web.base)) else {
+        return pages::unavailable();
+    };
+    to.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid")
+        .append_pair("client_id", client_id)
+        .append_pair("redirect_uri", callback)
+        .append_pair("state", &state)
+        .append_pair("nonce", &nonce)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    see_other(
+        to.as_str(),
+        &[web.cookie(
+            DESK_LOGIN_COOKIE,
+            &browser,
+            Some(super::session::LOGIN_WAIT),
+        )],
+    )
+}
+
+fn no_provider() -> Response {
+    pages::error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Connexion indisponible",
+        "Aucun fournisseur d'identité des agents n'est relié à cet espace pour l'instant.",
+    )
+}
+
+/// `GET /desk/login`: off to the agents' identity provider.
+pub async fn login(State(web): State<Arc<Web>>) -> Response {
+    let registry = web.state.federation.registry();
+    let (Some(_), Some(provider)) = (&web.dev_idp, super::dev_idp::agents_provider(&registry))
+    else {
+        return no_provider();
+    };
+    authorize(
+        &web,
+        LoginKind::Agent,
+        "/dev-idp/agents/authorize",
+        &provider.client_id,
+        &web.agent_callback_url(),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    state: String,
+}
+
+fn login_failed() -> Response {
+    pages::error_page(
+        StatusCode::BAD_REQUEST,
+        "Connexion échouée",
+        "La connexion n'a pas abouti (demande expirée, déjà utilisée ou venue d'un autre \
+         navigateur). Recommencez depuis l'espace des agents.",
+    )
+}
+
+/// The ID token of an identity provider's answer to a login of `kind` this browser started.
+fn redeemed(
+    web: &Web,
+    headers: &HeaderMap,
+    answer: &CallbackQuery,
+    kind: LoginKind,
+    client_id: &str,
+    callback: &str,
+) -> Option<(String, PendingLogin)> {
+    let login = web.desk.take_login(&answer.state)?;
+    if login.kind != kind
+        || !cookie_value(headers, DESK_LOGIN_COOKIE).is_some_and(|b| same_secret(b, &login.browser))
+    {
+        return None;
+    }
+    let token = web
+        .dev_idp
+        .as_ref()?
+        .redeem(&answer.code, client_id, callback, &login.verifier)?;
+    Some((token, login))
+}
+
+/// `GET /desk/callback`: the agents' identity provider's answer; a desk session once the
+/// token verifies, shows a second factor, and names an agent the registry enrols for a
+/// mediation structure.
+pub async fn callback(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(answer): Query<CallbackQuery>,
+) -> Response {
+    let registry = web.state.federation.registry();
+    let Some(provider) = super::dev_idp::agents_provider(&registry) else {
+        return no_provider();
+    };
+    let Some((token, login)) = redeemed(
+        &web,
+        &headers,
+        &answer,
+        LoginKind::Agent,
+        &provider.client_id,
+        &web.agent_callback_url(),
+    ) else {
+        return login_failed();
+    };
+    let now = OffsetDateTime::now_utc();
+    let agent = match crate::agent_identity::verify(&token, &registry, now) {
+        Ok(agent) => agent,
+        Err(e) => {
+            tracing::warn!(error = %e, "web: an agent's login was refused");
+            use crate::agent_identity::AgentLoginError as E;
+            return match e {
+                E::SingleFactor => pages::error_page(
+                    StatusCode::FORBIDDEN,
+                    "Second facteur exigé",
+                    "Votre connexion n'a pas utilisé de second facteur (code à usage unique, \
+                     clé de sécurité). Les agents agissent pour d'autres personnes : \
+                     reconnectez-vous avec votre second facteur.",
+                ),
+                E::NotEnrolled => pages::error_page(
+                    StatusCode::FORBIDDEN,
+                    "Agent non inscrit",
+                    "Votre compte professionnel n'est inscrit au registre de la fédération \
+                     pour aucune structure. Demandez au responsable de votre structure de \
+                     vous inscrire.",
+                ),
+                E::Token(_) => login_failed(),
+            };
+        }
+    };
+    if !agent
+        .nonce
+        .as_deref()
+        .is_some_and(|n| same_secret(n, &login.nonce))
+    {
+        return login_failed();
+    }
+    let structure = registry.participant(&agent.enrolled.participant);
+    if !structure.is_some_and(|p| p.roles.contains(&Role::Mediator)) {
+        return pages::error_page(
+            StatusCode::FORBIDDEN,
+            "Espace réservé aux structures d'accompagnement",
+            "Vous êtes inscrit pour une structure qui n'accompagne pas des personnes : \
+             l'espace des agents ne vous est pas ouvert.",
+        );
+    }
+    let (Some(id), Some(csrf)) = (random_token(), random_token()) else {
+        return pages::unavailable();
+    };
+    if let Some(earlier) = cookie_value(&headers, DESK_COOKIE) {
+        web.desk.close(earlier);
+    }
+    web.desk.open(
+        id.clone(),
+        DeskSession {
+            participant: agent.enrolled.participant,
+            agent: agent.enrolled.agent,
+            agent_name: agent.enrolled.name,
+            csrf,
+            ends: Instant::now() + AGENT_SESSION,
+            ends_at: now + AGENT_SESSION,
+            person: None,
+            acting: None,
+        },
+    );
+    see_other(
+        "/desk",
+        &[
+            web.cookie(DESK_COOKIE, &id, Some(AGENT_SESSION)),
+            web.cookie(DESK_LOGIN_COOKIE, "", Some(Duration::ZERO)),
+        ],
+    )
+}
+
+/// `GET /desk/person/login`: the person present logs in, on the desk's device, at the
+/// citizens' identity provider, for the structure's audience (their token serves the structure
+/// only).
+pub async fn person_login(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let (_, _, caller) = match signed_in(&web, &headers) {
+        Ok(s) => s,
+        Err(page) => return *page,
+    };
+    if web.dev_idp.is_none() {
+        return no_provider();
+    }
+    let registry = web.state.federation.registry();
+    let Some(structure) = registry.participant(&caller.participant) else {
+        return pages::unavailable();
+    };
+    authorize(
+        &web,
+        LoginKind::PersonAtDesk,
+        "/dev-idp/authorize",
+        structure.audience(),
+        &web.desk_person_callback_url(),
+    )
+}
+
+/// `GET /desk/person/callback`: the person is present once their ID token verifies as the
+/// structure's identity evidence and carries the nonce asked for.
+pub async fn person_callback(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(answer): Query<CallbackQuery>,
+) -> Response {
+    let (id, _, caller) = match signed_in(&web, &headers) {
+        Ok(s) => s,
+        Err(page) => return *page,
+    };
+    let registry = web.state.federation.registry();
+    let Some(structure) = registry.participant(&caller.participant) else {
+        return pages::unavailable();
+    };
+    let Some((token, login)) = redeemed(
+        &web,
+        &headers,
+        &answer,
+        LoginKind::PersonAtDesk,
+        structure.audience(),
+        &web.desk_person_callback_url(),
+    ) else {
+        return login_failed();
+    };
+    let verified = match crate::evidence::proven(&token, &caller, &registry) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(
+                reason = e.reason_code(),
+                "web: the ID token of a person at a desk was refused"
+            );
+            return login_failed();
+        }
+    };
+    if !verified
+        .nonce
+        .as_deref()
+        .is_some_and(|n| same_secret(n, &login.nonce))
+    {
+        return login_failed();
+    }
+    let present_until = OffsetDateTime::from_unix_timestamp(verified.usable_until)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let person = Person {
+        subject: verified.subject,
+        name: verified
+            .display_name
+            .unwrap_or_else(|| "la personne présente".to_string()),
+        id_token: token,
+        present_until,
+    };
+    web.desk.update(&id, |s| {
+        // Another person: nothing of the previous one's stays.
+        if s.person.as_ref().map(|p| &p.subject) != Some(&person.subject) {
+            s.acting = None;
+        }
+        s.person = Some(person);
+    });
+    see_other(
+        "/desk",
+        &[web.cookie(DESK_LOGIN_COOKIE, "", Some(Duration::ZERO))],
+    )
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /desk/person/end`: the person leaves; nothing of them stays in the session.
+pub async fn end_person(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<CsrfForm>,
+) -> Response {
+    let (id, _, _) = match posted(&web, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(page) => return *page,
+    };
+    web.desk.update(&id, |s| {
+        s.person = None;
+        s.acting = None;
+    });
+    see_other("/desk?fait=fin", &[])
+}
+
+/// `POST /desk/logout`.
+pub async fn logout(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<CsrfForm>,
+) -> Response {
+    if session(&web, &headers).is_none() {
+        return see_other("/desk", &[]);
+    }
+    match posted(&web, &headers, &form.csrf) {
+        Ok((id, _, _)) => {
+            web.desk.close(&id);
+            see_other("/", &[web.cookie(DESK_COOKIE, "", Some(Duration::ZERO))])
+        }
+        Err(page) => *page,
+    }
+}
+
+/// A purpose offered on the mandate form.
+struct PurposeChoice {
+    code: String,
+    label: String,
+    legal_reference: String,
+    checked: bool,
+}
+
+#[derive(Template)]
+#[template(path = "desk_mandate_new.html")]
+struct NewMandatePage {
+    layout: Layout,
+    csrf: String,
+    purposes: Vec<PurposeChoice>,
+    durations: Vec<(u32, &'static str, bool)>,
+    informed: bool,
+    /// (field id, message).
+    errors: Vec<(&'static str, &'static str)>,
+    error_purposes: bool,
+    error_duration: bool,
+    error_informed: bool,
+    error_document: bool,
+}
+
+const DURATIONS: [(u32, &str); 4] = [
+    (1, "1 jour (une démarche aujourd'hui)"),
+    (31, "1 mois (31 jours)"),
+    (182, "6 mois (182 jours)"),
+    (365, "1 an (365 jours)"),
+];
+
+/// The purposes a structure's mandate may name: those of its habilitations (it obtains data
+/// only under them), else every purpose of the registry.
+fn purposes_for(web: &Web, structure: &str, checked: &[String]) -> Vec<PurposeChoice> {
+    let registry = web.state.federation.registry();
+    let own: std::collections::BTreeSet<&str> = registry
+        .habilitations()
+        .iter()
+        .filter(|h| h.consumer == structure)
+        .flat_map(|h| h.purposes.iter().map(String::as_str))
+        .collect();
+    registry
+        .purposes()
+        .filter(|p| own.is_empty() || own.contains(p.code.as_str()))
+        .map(|p| PurposeChoice {
+            code: p.code.clone(),
+            label: p.label.clone(),
+            legal_reference: p.legal_reference.clone(),
+            checked: checked.contains(&p.code),
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+pub struct NewQuery {
+    /// Renewing this mandate: its purposes come checked.
+    #[serde(default)]
+    depuis: Option<String>,
+}
+
+/// `GET /desk/mandates/new`: the mandate form (purposes, duration, « personne informée », the
+/// signed document).
+pub async fn new_mandate(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(query): Query<NewQuery>,
+) -> Response {
+    let (_, s, person, caller) = match with_person(&web, &headers) {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let checked = match &query.depuis {
+        Some(id) => match mandate_of(&web, &caller, &person, id).await {
+            Ok(m) => m.map(|m| m.purposes).unwrap_or_default(),
+            Err(e) => return refused(&e),
+        },
+        None => Vec::new(),
+    };
+    pages::render(
+        StatusCode::OK,
+        &NewMandatePage {
+            layout: layout(&web, "Créer un mandat", &s, None),
+            csrf: s.csrf.clone(),
+            purposes: purposes_for(&web, &s.participant, &checked),
+            durations: DURATIONS.iter().map(|(d, l)| (*d, *l, false)).collect(),
+            informed: false,
+            errors: Vec::new(),
+            error_purposes: false,
+            error_duration: false,
+            error_informed: false,
+            error_document: false,
+        },
+    )
+}
+
+/// What the mandate form sent.
+#[derive(Default)]
+struct MandateForm {
+    csrf: String,
+    purposes: Vec<String>,
+    duration: Option<u32>,
+    informed: bool,
+    document: Vec<u8>,
+    digest: String,
+}
+
+async fn read_mandate_form(mut multipart: Multipart) -> Result<MandateForm, Response> {
+    let bad = || {
+        pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Formulaire illisible",
+            "Le formulaire n'a pas pu être lu (fichier trop gros ? 5 Mo au plus). Revenez à la \
+             page précédente et recommencez.",
+        )
+    };
+    let mut form = MandateForm::default();
+    while let Some(field) = multipart.next_field().await.map_err(|_| bad())? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "document" => {
+                let bytes = field.bytes().await.map_err(|_| bad())?;
+                if bytes.len() > MAX_DOCUMENT_BYTES {
+                    return Err(bad());
+                }
+                form.document = bytes.to_vec();
+            }
+            _ => {
+                let text = field.text().await.map_err(|_| bad())?;
+                if text.len() > 1024 {
+                    return Err(bad());
+                }
+                match name.as_str() {
+                    "csrf" => form.csrf = text,
+                    "finalite" if form.purposes.len() < 32 => form.purposes.push(text),
+                    "duree" => form.duration = text.parse().ok(),
+                    "informee" => form.informed = text == "oui",
+                    "empreinte" => form.digest = text.trim().to_ascii_lowercase(),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(form)
+}
+
+/// `POST /desk/mandates/new`: `Mandates.Create` with the person's identity evidence; then the
+/// printable mandate.
+pub async fn create_mandate(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> Response {
+    let form = match read_mandate_form(multipart).await {
+        Ok(f) => f,
+        Err(page) => return page,
+    };
+    let (id, s, caller) = match posted(&web, &headers, &form.csrf) {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let Some(person) = s.person.clone() else {
+        return see_other("/desk", &[]);
+    };
+    let offered = purposes_for(&web, &s.participant, &form.purposes);
+    let purposes_ok = !form.purposes.is_empty()
+        && form
+            .purposes
+            .iter()
+            .all(|p| offered.iter().any(|o| &o.code == p));
+    let duration_ok = form
+        .duration
+        .is_some_and(|d| DURATIONS.iter().any(|(x, _)| *x == d));
+    let digest = match form.digest.as_str() {
+        "" => Some(Vec::new()),
+        hex_digest => hex::decode(hex_digest).ok().filter(|d| d.len() == 32),
+    };
+    let document_ok = digest.is_some() && !(form.document.is_empty() && form.digest.is_empty());
+    let mut errors = Vec::new();
+    if !purposes_ok {
+        errors.push(("finalite-0", "Choisissez au moins une finalité."));
+    }
+    if !duration_ok {
+        errors.push(("duree-0", "Choisissez une durée."));
+    }
+    if !form.informed {
+        errors.push((
+            "informee",
+            "Cochez la case : la personne a été informée de ce que permet le mandat.",
+        ));
+    }
+    if !document_ok {
+        errors.push((
+            "document",
+            "Joignez le mandat signé par la personne, ou donnez son empreinte SHA-256 \
+             (64 caractères hexadécimaux).",
+        ));
+    }
+    if !errors.is_empty() {
+        return pages::render(
+            StatusCode::BAD_REQUEST,
+            &NewMandatePage {
+                layout: layout(&web, "Erreur : créer un mandat", &s, None),
+                csrf: s.csrf.clone(),
+                purposes: offered,
+                durations: DURATIONS
+                    .iter()
+                    .map(|(d, l)| (*d, *l, form.duration == Some(*d)))
+                    .collect(),
+                informed: form.informed,
+                error_purposes: !purposes_ok,
+                error_duration: !duration_ok,
+                error_informed: !form.informed,
+                error_document: !document_ok,
+                errors,
+            },
+        );
+    }
+    let input = crate::mandates::CreateInput {
+        subject: person.subject.as_str().to_string(),
+        purposes: form.purposes,
+        duration_days: form.duration.unwrap_or_default(),
+        signed_document: form.document,
+        document_sha256: digest.unwrap_or_default(),
+        id_token: person.id_token.clone(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    };
+    match crate::mandates::create(&web.state, &caller, input).await {
+        Ok((mandate, _)) => {
+            web.desk
+                .update(&id, |s| s.acting = Some(mandate.id.clone()));
+            see_other(&format!("/desk/mandates/{}", mandate.id), &[])
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "desk_mandate.html")]
+struct MandatePage {
+    layout: Layout,
+    csrf: String,
+    mandate: MandateRow,
+    person: String,
+    agent: String,
+    purposes: Vec<(String, String)>,
+    days: u32,
+    created: String,
+    expires: String,
+    document: String,
+    acting: bool,
+}
+
+/// `GET /desk/mandates/{id}`: the mandate in large type, to print and give the person.
+pub async fn mandate_page(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(mandate_id): Path<String>,
+) -> Response {
+    let (_, s, person, caller) = match with_person(&web, &headers) {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let m = match mandate_of(&web, &caller, &person, &mandate_id).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return no_such_mandate(),
+        Err(e) => return refused(&e),
+    };
+    let registry = web.state.federation.registry();
+    let names = Names(&registry);
+    let now = OffsetDateTime::now_utc();
+    let acting = s.acting.as_deref() == Some(m.id.as_str());
+    pages::render(
+        StatusCode::OK,
+        &MandatePage {
+            layout: layout(
+                &web,
+                &format!("Mandat n° {}", m.id),
+                &s,
+                acting.then_some(&m),
+            ),
+            csrf: s.csrf.clone(),
+            mandate: names.mandate(&m, now),
+            person: person.name.clone(),
+            agent: names.agent(&m.structure, &m.agent),
+            purposes: m
+                .purposes
+                .iter()
+                .map(|p| {
+                    let purpose = registry.purpose(p);
+                    (
+                        purpose.map_or_else(|| p.clone(), |x| x.label.clone()),
+                        purpose
+                            .map(|x| x.legal_reference.clone())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect(),
+            days: m.duration_days,
+            created: paris_time::long(m.created_at),
+            expires: paris_time::long(m.expires_at),
+            document: m.document_sha256.clone(),
+            acting,
+        },
+    )
+}
+
+/// `POST /desk/mandates/{id}/act`: the agent acts for the person under this mandate.
+pub async fn act(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(mandate_id): Path<String>,
+    axum::extract::Form(form): axum::extract::Form<CsrfForm>,
+) -> Response {
+    let (id, s, caller) = match posted(&web, &headers, &form.csrf) {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let Some(person) = s.person else {
+        return see_other("/desk", &[]);
+    };
+    match mandate_of(&web, &caller, &person, &mandate_id).await {
+        Ok(Some(m)) if m.status(OffsetDateTime::now_utc()) == MandateStatus::Active => {
+            web.desk.update(&id, |s| s.acting = Some(m.id.clone()));
+            see_other("/desk/agir", &[])
+        }
+        Ok(_) => no_such_mandate(),
+        Err(e) => refused(&e),
+    }
+}
+
+/// The session, the person, the caller and the mandate in force the agent acts under;
+/// without one, back to the desk's home.
+async fn acting(
+    web: &Web,
+    headers: &HeaderMap,
+) -> Result<(DeskSession, Person, Caller, Mandate), Box<Response>> {
+    let (_, s, person, caller) = with_person(web, headers)?;
+    let Some(mandate_id) = s.acting.clone() else {
+        return Err(Box::new(see_other("/desk", &[])));
+    };
+    match mandate_of(web, &caller, &person, &mandate_id).await {
+        Ok(Some(m)) if m.status(OffsetDateTime::now_utc()) == MandateStatus::Active => {
+            Ok((s, person, caller, m))
+        }
+        Ok(_) => Err(Box::new(no_such_mandate())),
+        Err(e) => Err(Box::new(refused(&e))),
+    }
+}
+
+/// A form the agent may pre-fill under the mandate.
+struct FormChoice {
+    id: String,
+    label: String,
+}
+
+/// A consent the agent may record for the person under the mandate: a habilitation on consent
+/// of another consumer, for one of the mandate's purposes.
+struct ConsentChoice {
+    value: String,
+    consumer: String,
+    data: String,
+    purpose: String,
+}
+
+#[derive(Template)]
+#[template(path = "desk_acting.html")]
+struct ActingPage {
+    layout: Layout,
+    csrf: String,
+    forms: Vec<FormChoice>,
+    consents: Vec<ConsentChoice>,
+    status: Option<&'static str>,
+}
+
+/// `GET /desk/agir`: what the agent can do for the person under the mandate.
+pub async fn acting_page(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(query): Query<StatusQuery>,
+) -> Response {
+    let (s, _, _, m) = match acting(&web, &headers).await {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let registry = web.state.federation.registry();
+    let names = Names(&registry);
+    let forms = registry
+        .forms()
+        .filter(|f| m.purposes.contains(&f.purpose))
+        .map(|f| FormChoice {
+            id: f.id.clone(),
+            label: f.label.clone(),
+        })
+        .collect();
+    let consents = consent_choices(&registry, &m, &s.participant)
+        .into_iter()
+        .map(|(h, purpose)| ConsentChoice {
+            value: format!("{}|{}", h.id, purpose),
+            consumer: names.participant(&h.consumer),
+            data: names.attestation_type(&h.attestation_type),
+            purpose: names.purpose(&purpose),
+        })
+        .collect();
+    pages::render(
+        StatusCode::OK,
+        &ActingPage {
+            layout: layout(&web, "Agir pour la personne", &s, Some(&m)),
+            csrf: s.csrf.clone(),
+            forms,
+            consents,
+            status: match query.fait.as_deref() {
+                Some("consentement") => Some(
+                    "Le consentement est enregistré. Il prend fin au plus tard avec le mandat, \
+                     et la personne peut le retirer depuis son espace usager.",
+                ),
+                _ => None,
+            },
+        },
+    )
+}
+
+/// The consents an agent may record under `m`: habilitations on consent, of another consumer
+/// than the structure itself (a consent that benefits the structure needs the person's own
+/// identity evidence, docs/security.md), for a purpose of the mandate.
+fn consent_choices<'r>(
+    registry: &'r crate::registry::Registry,
+    m: &Mandate,
+    structure: &str,
+) -> Vec<(&'r crate::registry::Habilitation, String)> {
+    registry
+        .habilitations()
+        .iter()
+        .filter(|h| h.legal_basis == LegalBasis::Consent && h.consumer != structure)
+        .flat_map(|h| {
+            h.purposes
+                .iter()
+                .filter(|p| m.purposes.contains(p))
+                .map(move |p| (h, p.clone()))
+        })
+        .collect()
+}
+
+/// One field of a pre-filled form, as the agent sees it.
+struct FieldRow {
+    name: String,
+    value: String,
+    source: String,
+    missing: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "desk_prefilled.html")]
+struct PrefilledPage {
+    layout: Layout,
+    form: String,
+    fields: Vec<FieldRow>,
+}
+
+#[derive(Deserialize)]
+pub struct PrefillForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    formulaire: String,
+}
+
+/// `POST /desk/agir/formulaire`: `Guichet.Prefill` under the mandate; each field's value and
+/// where it comes from, or why it is missing.
+pub async fn prefill(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<PrefillForm>,
+) -> Response {
+    if let Err(page) = posted(&web, &headers, &form.csrf) {
+        return *page;
+    }
+    let (s, person, caller, m) = match acting(&web, &headers).await {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let input = crate::prefill::PrefillInput {
+        subject: person.subject.as_str().to_string(),
+        form: form.formulaire.clone(),
+        mandate_id: m.id.clone(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+        deadline: Some(PREFILL_DEADLINE),
+        preview: false,
+        id_token: String::new(),
+    };
+    let filled = match crate::prefill::prefill(&web.state, &caller, input).await {
+        Ok(f) => f,
+        Err(e) => return refused(&e),
+    };
+    let registry = web.state.federation.registry();
+    let names = Names(&registry);
+    let label = registry
+        .form(&filled.form)
+        .map_or_else(|| filled.form.clone(), |f| f.label.clone());
+    let mut fields: Vec<FieldRow> = filled
+        .filled
+        .iter()
+        .map(|f| FieldRow {
+            name: f.name.clone(),
+            value: claim_text(&f.value),
+            source: format!(
+                "{} ({}), le {}",
+                names.attestation_type(&f.source.attestation_type),
+                names.participant(&f.source.provider),
+                paris_time::long(f.source.retrieved_at)
+            ),
+            missing: None,
+        })
+        .collect();
+    fields.extend(filled.missing.iter().map(|f| FieldRow {
+        name: f.name.clone(),
+        value: String::new(),
+        source: String::new(),
+        missing: Some(f.message.clone()),
+    }));
+    // In the form's own order.
+    if let Some(spec) = registry.form(&filled.form) {
+        fields.sort_by_key(|f| spec.fields.iter().position(|x| x.name == f.name));
+    }
+    pages::render(
+        StatusCode::OK,
+        &PrefilledPage {
+            layout: layout(
+                &web,
+                &format!("Formulaire pré-rempli : {label}"),
+                &s,
+                Some(&m),
+            ),
+            form: label,
+            fields,
+        },
+    )
+}
+
+/// A claim's value as a person reads it.
+fn claim_text(v: &unefois_adapters::ClaimValue) -> String {
+    use unefois_adapters::ClaimValue as V;
+    match v {
+        V::String(s) => s.clone(),
+        V::Integer(i) => i.to_string(),
+        V::Number(n) => n.to_string().replace('.', ","),
+        V::Boolean(true) => "oui".into(),
+        V::Boolean(false) => "non".into(),
+        V::Date(d) => paris_time::date(*d),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct GrantForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    offre: String,
+}
+
+/// `POST /desk/agir/consentement`: `Consents.Grant` under the mandate, for as long as the
+/// mandate lasts (a year at most).
+pub async fn grant(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<GrantForm>,
+) -> Response {
+    if let Err(page) = posted(&web, &headers, &form.csrf) {
+        return *page;
+    }
+    let (s, person, caller, m) = match acting(&web, &headers).await {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let registry = web.state.federation.registry();
+    let Some((h, purpose)) = consent_choices(&registry, &m, &s.participant)
+        .into_iter()
+        .find(|(h, p)| format!("{}|{}", h.id, p) == form.offre)
+    else {
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Consentement impossible",
+            "Ce consentement ne peut pas être donné sous ce mandat. Revenez à la page \
+             précédente et choisissez-en un de la liste.",
+        );
+    };
+    let left = (m.expires_at - OffsetDateTime::now_utc()).whole_days();
+    let input = crate::consents::GrantInput {
+        subject: person.subject.as_str().to_string(),
+        consumer: h.consumer.clone(),
+        attestation_types: vec![h.attestation_type.clone()],
+        purpose,
+        valid_days: u32::try_from(left.clamp(1, 365)).unwrap_or(1),
+        mandate_id: m.id.clone(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+        ..Default::default()
+    };
+    match crate::consents::grant(&web.state, &caller, input).await {
+        Ok(_) => see_other("/desk/agir?fait=consentement", &[]),
+        Err(e) => refused(&e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "desk_history.html")]
+struct HistoryPage {
+    layout: Layout,
+    accesses: Vec<AccessRow>,
+    with_actions: bool,
+    older: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    #[serde(default)]
+    avant: Option<String>,
+}
+
+/// `GET /desk/agir/historique`: the person's history, as `Guichet.ListAccesses` gives it to
+/// an agent under their mandate.
+pub async fn history(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(query): Query<HistoryQuery>,
+) -> Response {
+    let (s, person, caller, m) = match acting(&web, &headers).await {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let input = crate::accesses::ListInput {
+        subject: person.subject.as_str().to_string(),
+        mandate_id: m.id.clone(),
+        id_token: String::new(),
+        page_token: query.avant.unwrap_or_default(),
+        page_size: PAGE_SIZE,
+    };
+    let page = match crate::accesses::list(&web.state, &caller, &input).await {
+        Ok(p) => p,
+        Err(e) => return refused(&e),
+    };
+    let registry = web.state.federation.registry();
+    let names = Names(&registry);
+    pages::render(
+        StatusCode::OK,
+        &HistoryPage {
+            layout: layout(
+                &web,
+                "Historique des consultations de la personne",
+                &s,
+                Some(&m),
+            ),
+            accesses: page.accesses.iter().map(|a| names.access(a)).collect(),
+            with_actions: false,
+            older: (!page.next_page_token.is_empty()).then_some(page.next_page_token),
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "desk_mandate_revoke.html")]
+struct RevokePage {
+    layout: Layout,
+    csrf: String,
+    mandate: MandateRow,
+}
+
+/// `GET /desk/mandates/{id}/revoke`: what revoking means, and the button.
+pub async fn confirm_revoke(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(mandate_id): Path<String>,
+) -> Response {
+    let (_, s, person, caller) = match with_person(&web, &headers) {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let now = OffsetDateTime::now_utc();
+    match mandate_of(&web, &caller, &person, &mandate_id).await {
+        Ok(Some(m)) if m.status(now) == MandateStatus::Active => {
+            let mandate = Names(&web.state.federation.registry()).mandate(&m, now);
+            pages::render(
+                StatusCode::OK,
+                &RevokePage {
+                    layout: layout(&web, "Révoquer un mandat", &s, None),
+                    csrf: s.csrf.clone(),
+                    mandate,
+                },
+            )
+        }
+        Ok(_) => no_such_mandate(),
+        Err(e) => refused(&e),
+    }
+}
+
+/// `POST /desk/mandates/{id}/revoke`: `Mandates.Revoke` by the structure's agent; the
+/// consents recorded under it end with it.
+pub async fn revoke(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(mandate_id): Path<String>,
+    axum::extract::Form(form): axum::extract::Form<CsrfForm>,
+) -> Response {
+    let (id, s, caller) = match posted(&web, &headers, &form.csrf) {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let Some(person) = s.person else {
+        return see_other("/desk", &[]);
+    };
+    // Only a mandate of the person present, as the pages show them.
+    match mandate_of(&web, &caller, &person, &mandate_id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return no_such_mandate(),
+        Err(e) => return refused(&e),
+    }
+    match crate::mandates::revoke(&web.state, &caller, &mandate_id, "").await {
+        Ok(_) => {
+            web.desk.update(&id, |s| {
+                if s.acting.as_deref() == Some(mandate_id.as_str()) {
+                    s.acting = None;
+                }
+            });
+            see_other("/desk?fait=revoque", &[])
+        }
+        Err(e) => refused(&e),
+    }
+}

@@ -1,0 +1,252 @@
+//! The mediator's desk over real HTTP (issue 23): an agent logs in at the agents' identity
+//! provider only with a second factor and an enrolment; the person present proves who they are
+//! on the desk's device; the mandate created there (without JavaScript: a plain multipart
+//! form) is used to pre-fill a form and record a consent, and all of it shows on the person's
+//! own citizen page, attributed to the agent and the structure; the agent revokes it and acts
+//! no more. No person is ever in a URL.
+
+use anyhow::Context;
+use tonic::Code;
+use unefois_proto::v1::ErrorReason;
+use unefois_tests::clients::exchange;
+use unefois_tests::refusals::refused;
+use unefois_tests::requests::fetch;
+use unefois_tests::sample::{CANTINE, LYON, QF};
+use unefois_tests::web::{Browser, Page};
+use unefois_tests::{TestBroker, TestPki};
+
+async fn desk(broker: &TestBroker) -> anyhow::Result<Browser> {
+    Browser::new(broker.web_addr.context("no web pages")?)
+}
+
+fn shows(page: &Page, text: &str) {
+    assert!(
+        page.body.contains(text),
+        "{text:?} not shown:\n{}",
+        page.body
+    );
+}
+
+#[tokio::test]
+async fn an_agent_logs_in_only_with_a_second_factor_and_an_enrolment() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start_with_pages(pki.dir()).await?;
+    let mut browser = desk(&broker).await?;
+    let invitation = browser.get("/desk").await?;
+    shows(
+        &invitation,
+        "<title>Espace des agents : connexion — Une Fois</title>",
+    );
+
+    for (sub, two, status, title) in [
+        ("agent-marie", false, 403, "Second facteur exigé"),
+        ("agent-non-inscrit", true, 403, "Agent non inscrit"),
+        // The CNIL's staff member is enrolled, but for an auditor: not a desk.
+        (
+            "agent-cnil",
+            true,
+            403,
+            "Espace réservé aux structures d&#39;accompagnement",
+        ),
+    ] {
+        let refused = browser.log_in_agent(sub, two).await?;
+        assert_eq!(refused.status, status, "{sub}: {}", refused.body);
+        shows(&refused, title);
+        assert!(
+            browser.cookie("unefois_desk").is_none(),
+            "{sub}: no session"
+        );
+    }
+
+    let home = browser.log_in_agent("agent-marie", true).await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    shows(&home, "Marie Dupont, France Services Lyon 8e");
+    shows(&home, "La personne se connecte");
+    let cookie = browser
+        .set_cookie_of("unefois_desk")
+        .context("no desk cookie")?;
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+
+    // A login answer replayed in another browser opens nothing.
+    let mut other = desk(&broker).await?;
+    let replay = browser
+        .visited
+        .iter()
+        .rev()
+        .find(|u| u.contains("/desk/callback"))
+        .context("no callback visited")?
+        .clone();
+    let replayed = other.get(&replay).await?;
+    assert_eq!(replayed.status, 400, "{}", replayed.body);
+    assert!(other.cookie("unefois_desk").is_none());
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start_with_pages(pki.dir()).await?;
+    let mut browser = desk(&broker).await?;
+    browser.log_in_agent("agent-marie", true).await?;
+    let home = browser.person_at_desk("test:alice").await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    shows(&home, "Personne présente : <strong>Alice Martin</strong>");
+    shows(&home, "Elle n'a donné aucun mandat à votre structure.");
+
+    // The form, sent incomplete: every error summarised, linked, and its fields marked.
+    let form = browser.get("/desk/mandates/new").await?;
+    assert_eq!(form.status, 200, "{}", form.body);
+    let csrf = form.field("csrf").context("no CSRF token")?;
+    let incomplete = browser
+        .post_multipart("/desk/mandates/new", &[("csrf", &csrf)], None)
+        .await?;
+    assert_eq!(incomplete.status, 400, "{}", incomplete.body);
+    shows(&incomplete, "Le formulaire contient 4 erreurs");
+    for anchor in ["#finalite-0", "#duree-0", "#informee", "#document"] {
+        shows(&incomplete, &format!("href=\"{anchor}\""));
+    }
+    assert!(incomplete.body.matches("aria-invalid=\"true\"").count() >= 4);
+
+    // Complete: two purposes, a month, the person informed, the signed document attached.
+    let signed = b"%PDF-1.4 mandat signe par Alice Martin";
+    let created = browser
+        .post_multipart(
+            "/desk/mandates/new",
+            &[
+                ("csrf", &csrf),
+                ("finalite", "aide_energie"),
+                ("finalite", CANTINE),
+                ("duree", "31"),
+                ("informee", "oui"),
+            ],
+            Some(("document", "mandat.pdf", signed)),
+        )
+        .await?;
+    assert_eq!(created.status, 303, "{}", created.body);
+    let printable = browser.follow(created).await?;
+    assert_eq!(printable.status, 200, "{}", printable.body);
+    let mandate_id = printable
+        .body
+        .split("Mandat n° <span class=\"id\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .context("no mandate number")?
+        .to_string();
+    shows(
+        &printable,
+        "Alice Martin donne mandat à <strong>France Services Lyon 8e</strong>",
+    );
+    shows(&printable, "Marie Dupont (marie.dupont)");
+    shows(&printable, "31 jours");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(signed));
+    shows(&printable, &digest);
+    shows(
+        &printable,
+        &format!(
+            "Vous agissez pour <strong>Alice Martin</strong> — mandat n° <span class=\"id\">{mandate_id}</span>"
+        ),
+    );
+
+    // Under it: the energy-aid form, each field with its value and source.
+    let acting = browser.get("/desk/agir").await?;
+    assert_eq!(acting.status, 200, "{}", acting.body);
+    shows(&acting, "Vous agissez pour");
+    let filled = browser
+        .post(
+            "/desk/agir/formulaire",
+            &[("csrf", &csrf), ("formulaire", "aide_energie")],
+            None,
+        )
+        .await?;
+    assert_eq!(filled.status, 200, "{}", filled.body);
+    shows(&filled, "23870");
+    shows(&filled, "Direction générale des Finances publiques");
+    shows(&filled, "Vous agissez pour");
+
+    // A consent for the city's canteen pricing, recorded under the mandate: the city's next
+    // gRPC fetch of Alice's family quotient is granted.
+    refused(
+        exchange(&broker, LYON)
+            .await?
+            .fetch(fetch("test:alice", QF, CANTINE))
+            .await,
+        Code::FailedPrecondition,
+        ErrorReason::NoConsent,
+    );
+    let offer = format!("mairie-lyon.caf.quotient_familial|{CANTINE}");
+    let granted = browser
+        .post(
+            "/desk/agir/consentement",
+            &[("csrf", &csrf), ("offre", &offer)],
+            None,
+        )
+        .await?;
+    assert_eq!(granted.status, 303, "{}", granted.body);
+    let after = browser.follow(granted).await?;
+    shows(&after, "Le consentement est enregistré.");
+    exchange(&broker, LYON)
+        .await?
+        .fetch(fetch("test:alice", QF, CANTINE))
+        .await?;
+
+    // The person's history, as the agent sees it under the mandate.
+    let history = browser.get("/desk/agir/historique").await?;
+    assert_eq!(history.status, 200, "{}", history.body);
+    shows(&history, "Ville de Lyon");
+
+    // On Alice's own page: the mandate and the accesses, attributed to the agent.
+    let mut alice = desk(&broker).await?;
+    let page = alice.log_in("test:alice").await?;
+    assert_eq!(page.status, 200, "{}", page.body);
+    shows(
+        &page,
+        &format!(
+            "Par un médiateur : France Services Lyon 8e, agent Marie Dupont (marie.dupont), \
+             mandat n° {mandate_id}"
+        ),
+    );
+    shows(&page, "<td>Marie Dupont (marie.dupont)</td>");
+
+    // The agent revokes it at the desk: the consent ends with it, and acting under it stops.
+    let revoke = format!("/desk/mandates/{mandate_id}/revoke");
+    let confirm = browser.get(&revoke).await?;
+    assert_eq!(confirm.status, 200, "{}", confirm.body);
+    let done = browser.post(&revoke, &[("csrf", &csrf)], None).await?;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let home = browser.follow(done).await?;
+    shows(&home, "Le mandat est révoqué.");
+    shows(&home, "Révoqué");
+    let stopped = browser.get("/desk/agir").await?;
+    assert_eq!(stopped.location(), Some("/desk"));
+    refused(
+        exchange(&broker, LYON)
+            .await?
+            .fetch(fetch("test:alice", QF, CANTINE))
+            .await,
+        Code::FailedPrecondition,
+        ErrorReason::ConsentRevoked,
+    );
+
+    // Forms without the session's token or from elsewhere do nothing.
+    let forged = browser
+        .post("/desk/person/end", &[("csrf", "forged")], None)
+        .await?;
+    assert_eq!(forged.status, 403);
+    let foreign = browser
+        .post(
+            "/desk/person/end",
+            &[("csrf", &csrf)],
+            Some("https://evil.example"),
+        )
+        .await?;
+    assert_eq!(foreign.status, 403);
+    for url in browser.visited.iter().chain(&alice.visited) {
+        assert!(!url.contains("alice"), "{url}");
+    }
+    broker.stop().await?;
+    Ok(())
+}
