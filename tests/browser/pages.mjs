@@ -1,12 +1,15 @@
 // The web pages in Debian's headless Chromium, driven by playwright-core (no browser download):
 // axe-core on every page (error states included), the citizen's path by keyboard only, the
 // proofs checked in the browser (a one-byte change failing), the same without JavaScript by
-// pointer, 320 px reflow, cookie flags, a screenshot of each page.
+// pointer; the mediator's desk by keyboard (agent, person present, mandate, acting under it,
+// revocation) and without JavaScript (a mandate with its signed document, a consent, both
+// then on the person's page); 320 px reflow, cookie flags, a screenshot of each page.
 //
 //   node tests/browser/pages.mjs BASE_URL OUT_DIR
 //
 // The Rust test `it::browser` starts the broker (with a consent to withdraw by keyboard and
-// one without JavaScript), runs this, then checks over gRPC that both withdrawals hold.
+// one without JavaScript), runs this, then checks over gRPC that both withdrawals hold and
+// that the consent recorded at the mediator's desk (without JavaScript) is in force.
 // Prints one line per check; exits 1 if any failed.
 
 import fs from 'node:fs';
@@ -199,6 +202,114 @@ await Promise.all([noJs.waitForURL(/fait=mandat-revoque/), noJs.click('button:ha
 check((await noJs.textContent('[role=status]')).includes('mandat a été révoqué'), 'without JavaScript: mandate revoked');
 await noJs.screenshot({ path: path.join(out, 'citizen-no-javascript.png'), fullPage: true });
 await plain.close();
+
+// ------------------------------------------------ the mediator's desk, with JavaScript, keyboard
+const deskContext = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'fr-FR' });
+const desk = await deskContext.newPage();
+await desk.goto(base + '/desk');
+await audit(desk, 'desk-login');
+// One factor only: refused, and said why.
+await Promise.all([desk.waitForURL(/dev-idp\/agents\/authorize/), desk.click('a:has-text("Se connecter (agents)")')]);
+await audit(desk, 'dev-idp-agents');
+await desk.check('#agent-0');
+await desk.check('#facteurs-un');
+await Promise.all([desk.waitForLoadState('load'), desk.click('button:has-text("Se connecter")')]);
+check((await desk.textContent('h1')).includes('Second facteur exigé'), 'an agent without a second factor is refused');
+await audit(desk, 'desk-second-factor');
+// By keyboard, two factors: the agent, then the person present (Bob).
+await desk.goto(base + '/desk');
+check(await tabTo(desk, (f) => f.text === 'Se connecter (agents)'), 'Tab reaches « Se connecter (agents) »');
+await Promise.all([desk.waitForURL(/dev-idp\/agents\/authorize/), desk.keyboard.press('Enter')]);
+check(await tabTo(desk, (f) => f.type === 'radio' && f.name === 'agent'), 'Tab reaches the first agent');
+await desk.keyboard.press('Space');
+check(await tabTo(desk, (f) => f.tag === 'BUTTON'), 'Tab reaches the agents\' « Se connecter »');
+await Promise.all([desk.waitForURL(/\/desk$/), desk.keyboard.press('Enter')]);
+check((await desk.textContent('header')).includes('Marie Dupont'), 'the agent is logged in at the desk');
+await audit(desk, 'desk');
+check(await tabTo(desk, (f) => f.text === 'La personne se connecte'), 'Tab reaches « La personne se connecte »');
+await Promise.all([desk.waitForURL(/dev-idp\/authorize/), desk.keyboard.press('Enter')]);
+check(await tabTo(desk, (f) => f.type === 'radio'), 'Tab reaches the first person');
+await desk.keyboard.press('ArrowDown');
+check(await tabTo(desk, (f) => f.tag === 'BUTTON'), 'Tab reaches the person\'s « Se connecter »');
+await Promise.all([desk.waitForURL(/\/desk$/), desk.keyboard.press('Enter')]);
+check((await desk.textContent('main')).includes('Bob Durand'), 'the person present is named');
+await audit(desk, 'desk-person');
+// The mandate: sent empty (every error summarised), then filled by keyboard.
+check(await tabTo(desk, (f) => f.text === 'Créer un mandat'), 'Tab reaches « Créer un mandat »');
+await Promise.all([desk.waitForURL(/mandates\/new$/), desk.keyboard.press('Enter')]);
+await audit(desk, 'desk-mandate-new');
+check(await tabTo(desk, (f) => f.text === 'Créer le mandat'), 'Tab reaches « Créer le mandat »');
+await Promise.all([desk.waitForLoadState('load'), desk.keyboard.press('Enter')]);
+await desk.waitForSelector('[role=alert]');
+check((await desk.textContent('[role=alert]')).includes('4 erreurs'), 'the empty mandate form says its 4 errors');
+await audit(desk, 'desk-mandate-error');
+check(await tabTo(desk, (f) => f.name === 'finalite'), 'Tab reaches the first purpose');
+await desk.keyboard.press('Space');
+check(await tabTo(desk, (f) => f.name === 'duree'), 'Tab reaches the durations');
+await desk.keyboard.press('Space');
+check(await tabTo(desk, (f) => f.name === 'empreinte'), 'Tab reaches the document\'s digest');
+await desk.keyboard.type('9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08');
+check(await tabTo(desk, (f) => f.name === 'informee'), 'Tab reaches « Personne informée »');
+await desk.keyboard.press('Space');
+check(await tabTo(desk, (f) => f.text === 'Créer le mandat'), 'Tab reaches « Créer le mandat » again');
+await Promise.all([desk.waitForURL(/mandates\/[0-9a-f-]+$/), desk.keyboard.press('Enter')]);
+check((await desk.textContent('h1')).includes('Mandat n°'), 'the mandate is created and shown to print');
+check((await desk.textContent('.acting')).includes('Vous agissez pour Bob Durand'), 'the banner says for whom the agent acts');
+await audit(desk, 'desk-mandate');
+// Acting under it: the energy-aid form pre-filled, the history.
+check(await tabTo(desk, (f) => f.text === 'Agir pour la personne'), 'Tab reaches « Agir pour la personne »');
+await Promise.all([desk.waitForURL(/\/desk\/agir$/), desk.keyboard.press('Enter')]);
+await audit(desk, 'desk-acting');
+check(await tabTo(desk, (f) => f.text === 'Pré-remplir'), 'Tab reaches « Pré-remplir »');
+await Promise.all([desk.waitForURL(/agir\/formulaire$/), desk.keyboard.press('Enter')]);
+check((await desk.textContent('main')).includes('41250'), 'the pre-filled form shows the value and its source');
+await audit(desk, 'desk-prefilled');
+await desk.goto(base + '/desk/agir/historique');
+await audit(desk, 'desk-history');
+// Revoked by keyboard.
+await desk.goto(base + '/desk');
+check(await tabTo(desk, (f) => f.text.startsWith('Révoquer')), 'Tab reaches « Révoquer »');
+await Promise.all([desk.waitForURL(/revoke$/), desk.keyboard.press('Enter')]);
+await audit(desk, 'desk-mandate-revoke');
+check(await tabTo(desk, (f) => f.text === 'Confirmer la révocation'), 'Tab reaches « Confirmer la révocation »');
+await Promise.all([desk.waitForURL(/fait=revoque/), desk.keyboard.press('Enter')]);
+check((await desk.textContent('[role=status]')).includes('Le mandat est révoqué'), 'the revocation is announced');
+const deskCookies = await deskContext.cookies();
+const deskSession = deskCookies.find((c) => c.name === 'unefois_desk');
+check(deskSession && deskSession.httpOnly && deskSession.sameSite === 'Lax', `desk cookie HttpOnly, SameSite=Lax (${JSON.stringify(deskSession)})`);
+await deskContext.close();
+
+// ------------------------------------------- the desk without JavaScript: a mandate, a consent
+const plainDesk = await browser.newContext({ javaScriptEnabled: false, viewport: { width: 1280, height: 800 }, locale: 'fr-FR' });
+const nd = await plainDesk.newPage();
+await nd.goto(base + '/desk');
+await Promise.all([nd.waitForURL(/dev-idp\/agents\/authorize/), nd.click('a:has-text("Se connecter (agents)")')]);
+await nd.check('#agent-1');
+await Promise.all([nd.waitForURL(/\/desk$/), nd.click('button:has-text("Se connecter")')]);
+await Promise.all([nd.waitForURL(/dev-idp\/authorize/), nd.click('a:has-text("La personne se connecte")')]);
+await nd.check('input[value="test:carol"]');
+await Promise.all([nd.waitForURL(/\/desk$/), nd.click('button:has-text("Se connecter")')]);
+await Promise.all([nd.waitForURL(/mandates\/new$/), nd.click('a:has-text("Créer un mandat")')]);
+await nd.check('input[value="tarification_cantine"]');
+await nd.check('#duree-1');
+await nd.setInputFiles('#document', { name: 'mandat-signe.pdf', mimeType: 'application/pdf', buffer: Buffer.from('%PDF-1.4 mandat signé par Carole Petit') });
+await nd.check('#informee');
+await Promise.all([nd.waitForURL(/mandates\/[0-9a-f-]+$/), nd.click('button:has-text("Créer le mandat")')]);
+check((await nd.textContent('main')).includes('Carole Petit donne mandat'), 'without JavaScript: the mandate is created, the signed document attached');
+await nd.screenshot({ path: path.join(out, 'desk-mandate-no-javascript.png'), fullPage: true });
+await Promise.all([nd.waitForURL(/\/desk\/agir$/), nd.click('a:has-text("Agir pour la personne")')]);
+await Promise.all([nd.waitForURL(/fait=consentement/), nd.click('button:has-text("Enregistrer le consentement")')]);
+check((await nd.textContent('[role=status]')).includes('Le consentement est enregistré'), 'without JavaScript: a consent recorded under the mandate');
+// On Carole's own page: the mandate, with the agent's name, and the consent.
+await nd.goto(base + '/citizen');
+await Promise.all([nd.waitForURL(/dev-idp\/authorize/), nd.click('text=Se connecter')]);
+await nd.check('input[value="test:carol"]');
+await Promise.all([nd.waitForURL(/\/citizen$/), nd.click('button:has-text("Se connecter")')]);
+const carol = await nd.textContent('main');
+check(carol.includes('Karim Benali (karim.benali)'), 'the mandate made at the desk shows on the person\'s page, with the agent');
+check(carol.includes('Ville de Lyon'), 'the consent recorded at the desk shows on the person\'s page');
+await nd.screenshot({ path: path.join(out, 'citizen-after-desk.png'), fullPage: true });
+await plainDesk.close();
 
 await browser.close();
 console.log(`${failures.length === 0 ? 'all browser checks passed' : `${failures.length} browser check(s) failed`}`);

@@ -1087,6 +1087,9 @@ fn consent_choices<'r>(
 
 /// One field of a pre-filled form, as the agent sees it.
 struct FieldRow {
+    /// The field's name in the form.
+    key: String,
+    /// What it holds, for people.
     name: String,
     value: String,
     source: String,
@@ -1141,11 +1144,27 @@ pub async fn prefill(
     let label = registry
         .form(&filled.form)
         .map_or_else(|| filled.form.clone(), |f| f.label.clone());
+    // A field as people read it: its claim's description in the registry, else its name.
+    let described = |name: &str| -> String {
+        registry
+            .form(&filled.form)
+            .and_then(|spec| spec.fields.iter().find(|x| x.name == name))
+            .and_then(|field| {
+                registry
+                    .attestation_type(&field.attestation_type)?
+                    .claims
+                    .iter()
+                    .find(|c| c.name == field.claim)
+                    .map(|c| c.description.clone())
+            })
+            .unwrap_or_else(|| name.to_string())
+    };
     let mut fields: Vec<FieldRow> = filled
         .filled
         .iter()
         .map(|f| FieldRow {
-            name: f.name.clone(),
+            key: f.name.clone(),
+            name: described(&f.name),
             value: claim_text(&f.value),
             source: format!(
                 "{} ({}), le {}",
@@ -1157,14 +1176,15 @@ pub async fn prefill(
         })
         .collect();
     fields.extend(filled.missing.iter().map(|f| FieldRow {
-        name: f.name.clone(),
+        key: f.name.clone(),
+        name: described(&f.name),
         value: String::new(),
         source: String::new(),
         missing: Some(f.message.clone()),
     }));
     // In the form's own order.
     if let Some(spec) = registry.form(&filled.form) {
-        fields.sort_by_key(|f| spec.fields.iter().position(|x| x.name == f.name));
+        fields.sort_by_key(|f| spec.fields.iter().position(|x| x.name == f.key));
     }
     pages::render(
         StatusCode::OK,

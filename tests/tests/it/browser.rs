@@ -2,7 +2,8 @@
 //! tests/browser/pages.mjs (playwright-core, axe-core). Alice has two consents and a mandate;
 //! the script logs in by keyboard, checks a proof in the browser and withdraws one consent,
 //! then without JavaScript withdraws the other and revokes the mandate; each must hold for the
-//! next gRPC fetch. Screenshots land in
+//! next gRPC fetch. At the mediator's desk, a mandate is made and used by keyboard and without
+//! JavaScript; the consent recorded there must serve the next gRPC fetch. Screenshots land in
 //! `target/browser-screenshots/`.
 //!
 //! CI installs Chromium and the script's packages (`.ci/run`); elsewhere the test says what is
@@ -95,6 +96,11 @@ async fn every_page_passes_axe_and_works_by_keyboard_and_without_javascript() ->
         Code::FailedPrecondition,
         ErrorReason::MandateRevoked,
     );
+    // The consent Karim recorded for Carole at the desk, without JavaScript, is in force.
+    exchange(&broker, "mairie-lyon")
+        .await?
+        .fetch(fetch("test:carol", QF, CANTINE))
+        .await?;
     broker.stop().await?;
     Ok(())
 }
