@@ -18,10 +18,11 @@ use axum::response::Response;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use super::agent_login::{CallbackQuery, Logins};
 use super::pages::{self, Acting, Layout, LayoutSession};
 use super::paris_time;
 use super::rows::{AccessRow, MandateRow, Names};
-use super::session::{Ending, LoginKind, PendingLogin};
+use super::session::{Ending, LoginKind};
 use super::{Web, cookie_value, random_token, same_secret, see_other};
 use crate::caller::Caller;
 use crate::error::ApiError;
@@ -321,105 +322,19 @@ pub async fn home(
     )
 }
 
-/// Off to an identity provider's authorization page (code flow, PKCE S256, `state` bound to
-/// this browser, `nonce`), for a login of `kind`.
-fn authorize(web: &Web, kind: LoginKind, page: &str, client_id: &str, callback: &str) -> Response {
-    let (Some(state), Some(nonce), Some(verifier), Some(browser)) = (
-        random_token(),
-        random_token(),
-        random_token(),
-        random_token(),
-    ) else {
-        return pages::unavailable();
-    };
-    let challenge = super::dev_idp::pkce_challenge(&verifier);
-    web.desk.wait_login(
-        state.clone(),
-        PendingLogin::new(kind, browser.clone(), nonce.clone(), verifier),
-    );
-    let Ok(mut to) = url::Url::parse(&format!("{}{page}", web.base)) else {
-        return pages::unavailable();
-    };
-    to.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("scope", "openid")
-        .append_pair("client_id", client_id)
-        .append_pair("redirect_uri", callback)
-        .append_pair("state", &state)
-        .append_pair("nonce", &nonce)
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256");
-    see_other(
-        to.as_str(),
-        &[web.cookie(
-            DESK_LOGIN_COOKIE,
-            &browser,
-            Some(super::session::LOGIN_WAIT),
-        )],
-    )
-}
-
-fn no_provider() -> Response {
-    pages::error_page(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Connexion indisponible",
-        "Aucun fournisseur d'identité des agents n'est relié à cet espace pour l'instant.",
-    )
+/// Where the desk's logins wait: its pending logins, its login cookie.
+fn logins(web: &Web) -> Logins<'_, DeskSession> {
+    Logins {
+        web,
+        table: &web.desk,
+        cookie: DESK_LOGIN_COOKIE,
+        space: "l'espace des agents",
+    }
 }
 
 /// `GET /desk/login`: off to the agents' identity provider.
 pub async fn login(State(web): State<Arc<Web>>) -> Response {
-    let registry = web.state.federation.registry();
-    let (Some(_), Some(provider)) = (&web.dev_idp, super::dev_idp::agents_provider(&registry))
-    else {
-        return no_provider();
-    };
-    authorize(
-        &web,
-        LoginKind::Agent,
-        "/dev-idp/agents/authorize",
-        &provider.client_id,
-        &web.agent_callback_url(),
-    )
-}
-
-#[derive(Deserialize)]
-pub struct CallbackQuery {
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    state: String,
-}
-
-fn login_failed() -> Response {
-    pages::error_page(
-        StatusCode::BAD_REQUEST,
-        "Connexion échouée",
-        "La connexion n'a pas abouti (demande expirée, déjà utilisée ou venue d'un autre \
-         navigateur). Recommencez depuis l'espace des agents.",
-    )
-}
-
-/// The ID token of an identity provider's answer to a login of `kind` this browser started.
-fn redeemed(
-    web: &Web,
-    headers: &HeaderMap,
-    answer: &CallbackQuery,
-    kind: LoginKind,
-    client_id: &str,
-    callback: &str,
-) -> Option<(String, PendingLogin)> {
-    let login = web.desk.take_login(&answer.state)?;
-    if login.kind != kind
-        || !cookie_value(headers, DESK_LOGIN_COOKIE).is_some_and(|b| same_secret(b, &login.browser))
-    {
-        return None;
-    }
-    let token = web
-        .dev_idp
-        .as_ref()?
-        .redeem(&answer.code, client_id, callback, &login.verifier)?;
-    Some((token, login))
+    logins(&web).agent(&web.agent_callback_url())
 }
 
 /// `GET /desk/callback`: the agents' identity provider's answer; a desk session once the
@@ -430,53 +345,13 @@ pub async fn callback(
     headers: HeaderMap,
     Query(answer): Query<CallbackQuery>,
 ) -> Response {
-    let registry = web.state.federation.registry();
-    let Some(provider) = super::dev_idp::agents_provider(&registry) else {
-        return no_provider();
-    };
-    let Some((token, login)) = redeemed(
-        &web,
-        &headers,
-        &answer,
-        LoginKind::Agent,
-        &provider.client_id,
-        &web.agent_callback_url(),
-    ) else {
-        return login_failed();
-    };
-    let now = OffsetDateTime::now_utc();
-    let agent = match crate::agent_identity::verify(&token, &registry, now) {
+    let agent = match logins(&web).agent_answer(&headers, &answer, &web.agent_callback_url()) {
         Ok(agent) => agent,
-        Err(e) => {
-            tracing::warn!(error = %e, "web: an agent's login was refused");
-            use crate::agent_identity::AgentLoginError as E;
-            return match e {
-                E::SingleFactor => pages::error_page(
-                    StatusCode::FORBIDDEN,
-                    "Second facteur exigé",
-                    "Votre connexion n'a pas utilisé de second facteur (code à usage unique, \
-                     clé de sécurité). Les agents agissent pour d'autres personnes : \
-                     reconnectez-vous avec votre second facteur.",
-                ),
-                E::NotEnrolled => pages::error_page(
-                    StatusCode::FORBIDDEN,
-                    "Agent non inscrit",
-                    "Votre compte professionnel n'est inscrit au registre de la fédération \
-                     pour aucune structure. Demandez au responsable de votre structure de \
-                     vous inscrire.",
-                ),
-                E::Token(_) => login_failed(),
-            };
-        }
+        Err(page) => return *page,
     };
-    if !agent
-        .nonce
-        .as_deref()
-        .is_some_and(|n| same_secret(n, &login.nonce))
-    {
-        return login_failed();
-    }
-    let structure = registry.participant(&agent.enrolled.participant);
+    let registry = web.state.federation.registry();
+    let now = OffsetDateTime::now_utc();
+    let structure = registry.participant(&agent.participant);
     if !structure.is_some_and(|p| p.roles.contains(&Role::Mediator)) {
         return pages::error_page(
             StatusCode::FORBIDDEN,
@@ -494,9 +369,9 @@ pub async fn callback(
     web.desk.open(
         id.clone(),
         DeskSession {
-            participant: agent.enrolled.participant,
-            agent: agent.enrolled.agent,
-            agent_name: agent.enrolled.name,
+            participant: agent.participant,
+            agent: agent.agent,
+            agent_name: agent.name,
             csrf,
             ends: Instant::now() + AGENT_SESSION,
             ends_at: now + AGENT_SESSION,
@@ -522,14 +397,13 @@ pub async fn person_login(State(web): State<Arc<Web>>, headers: HeaderMap) -> Re
         Err(page) => return *page,
     };
     if web.dev_idp.is_none() {
-        return no_provider();
+        return super::agent_login::no_provider();
     }
     let registry = web.state.federation.registry();
     let Some(structure) = registry.participant(&caller.participant) else {
         return pages::unavailable();
     };
-    authorize(
-        &web,
+    logins(&web).authorize(
         LoginKind::PersonAtDesk,
         "/dev-idp/authorize",
         structure.audience(),
@@ -552,15 +426,15 @@ pub async fn person_callback(
     let Some(structure) = registry.participant(&caller.participant) else {
         return pages::unavailable();
     };
-    let Some((token, login)) = redeemed(
-        &web,
+    let logins = logins(&web);
+    let Some((token, login)) = logins.redeemed(
         &headers,
         &answer,
         LoginKind::PersonAtDesk,
         structure.audience(),
         &web.desk_person_callback_url(),
     ) else {
-        return login_failed();
+        return logins.failed();
     };
     let verified = match crate::evidence::proven(&token, &caller, &registry) {
         Ok(v) => v,
@@ -569,7 +443,7 @@ pub async fn person_callback(
                 reason = e.reason_code(),
                 "web: the ID token of a person at a desk was refused"
             );
-            return login_failed();
+            return logins.failed();
         }
     };
     if !verified
@@ -577,7 +451,7 @@ pub async fn person_callback(
         .as_deref()
         .is_some_and(|n| same_secret(n, &login.nonce))
     {
-        return login_failed();
+        return logins.failed();
     }
     let present_until = OffsetDateTime::from_unix_timestamp(verified.usable_until)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);

@@ -10,6 +10,7 @@
 //! the session's CSRF token and a same-origin `Origin` or `Sec-Fetch-Site`. No subject id or
 //! claim value is ever in a URL: the person lives in the server-side session only.
 
+mod agent_login;
 mod citizen;
 mod desk;
 mod dev_idp;

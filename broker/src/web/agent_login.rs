@@ -1,0 +1,197 @@
+//! Logins at the pages' spaces for people other than the citizen at the citizen space: agents
+//! at the agents' identity provider (the desk, the console), and the person present at a desk
+//! at the citizens' one. OpenID Connect's code flow with PKCE S256, a `state` bound to the
+//! browser by a cookie of the space, a `nonce`; each space keeps its own pending logins.
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::pages;
+use super::session::{Ending, LoginKind, PendingLogin, Sessions};
+use super::{Web, cookie_value, random_token, same_secret, see_other};
+use crate::registry::EnrolledAgent;
+
+/// An identity provider's answer.
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    state: String,
+}
+
+/// The logins of one space: where they wait, the cookie that binds them to the browser.
+pub(super) struct Logins<'w, S> {
+    pub(super) web: &'w Web,
+    pub(super) table: &'w Sessions<S>,
+    pub(super) cookie: &'static str,
+    /// The space, as the failure page names it (« l'espace des agents »).
+    pub(super) space: &'static str,
+}
+
+/// 503: no agents' identity provider is there to log in with.
+pub(super) fn no_provider() -> Response {
+    pages::error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Connexion indisponible",
+        "Aucun fournisseur d'identité des agents n'est relié à cet espace pour l'instant.",
+    )
+}
+
+impl<S: Clone + Ending> Logins<'_, S> {
+    /// Off to an identity provider's authorization `page` for a login of `kind`.
+    pub(super) fn authorize(
+        &self,
+        kind: LoginKind,
+        page: &str,
+        client_id: &str,
+        callback: &str,
+    ) -> Response {
+        let (Some(state), Some(nonce), Some(verifier), Some(browser)) = (
+            random_token(),
+            random_token(),
+            random_token(),
+            random_token(),
+        ) else {
+            return pages::unavailable();
+        };
+        let challenge = super::dev_idp::pkce_challenge(&verifier);
+        self.table.wait_login(
+            state.clone(),
+            PendingLogin::new(kind, browser.clone(), nonce.clone(), verifier),
+        );
+        let Ok(mut to) = url::Url::parse(&format!("{}{page}", self.web.base)) else {
+            return pages::unavailable();
+        };
+        to.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("scope", "openid")
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", callback)
+            .append_pair("state", &state)
+            .append_pair("nonce", &nonce)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        see_other(
+            to.as_str(),
+            &[self
+                .web
+                .cookie(self.cookie, &browser, Some(super::session::LOGIN_WAIT))],
+        )
+    }
+
+    /// Off to the agents' identity provider, back to `callback`.
+    pub(super) fn agent(&self, callback: &str) -> Response {
+        let registry = self.web.state.federation.registry();
+        let (Some(_), Some(provider)) = (
+            &self.web.dev_idp,
+            super::dev_idp::agents_provider(&registry),
+        ) else {
+            return no_provider();
+        };
+        self.authorize(
+            LoginKind::Agent,
+            "/dev-idp/agents/authorize",
+            &provider.client_id,
+            callback,
+        )
+    }
+
+    /// 400: the login did not complete; nothing was opened.
+    pub(super) fn failed(&self) -> Response {
+        pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Connexion échouée",
+            &format!(
+                "La connexion n'a pas abouti (demande expirée, déjà utilisée ou venue d'un autre \
+                 navigateur). Recommencez depuis {}.",
+                self.space
+            ),
+        )
+    }
+
+    /// The ID token of an identity provider's answer to a login of `kind` this browser started
+    /// here, once.
+    pub(super) fn redeemed(
+        &self,
+        headers: &HeaderMap,
+        answer: &CallbackQuery,
+        kind: LoginKind,
+        client_id: &str,
+        callback: &str,
+    ) -> Option<(String, PendingLogin)> {
+        let login = self.table.take_login(&answer.state)?;
+        if login.kind != kind
+            || !cookie_value(headers, self.cookie).is_some_and(|b| same_secret(b, &login.browser))
+        {
+            return None;
+        }
+        let token = self.web.dev_idp.as_ref()?.redeem(
+            &answer.code,
+            client_id,
+            callback,
+            &login.verifier,
+        )?;
+        Some((token, login))
+    }
+
+    /// The agent an answer of the agents' identity provider logs in: the token verifies, shows
+    /// a second factor, carries the nonce asked for, and names an agent the registry enrols;
+    /// otherwise the page that says why.
+    pub(super) fn agent_answer(
+        &self,
+        headers: &HeaderMap,
+        answer: &CallbackQuery,
+        callback: &str,
+    ) -> Result<EnrolledAgent, Box<Response>> {
+        let registry = self.web.state.federation.registry();
+        let Some(provider) = super::dev_idp::agents_provider(&registry) else {
+            return Err(Box::new(no_provider()));
+        };
+        let Some((token, login)) = self.redeemed(
+            headers,
+            answer,
+            LoginKind::Agent,
+            &provider.client_id,
+            callback,
+        ) else {
+            return Err(Box::new(self.failed()));
+        };
+        let agent =
+            match crate::agent_identity::verify(&token, &registry, OffsetDateTime::now_utc()) {
+                Ok(agent) => agent,
+                Err(e) => {
+                    tracing::warn!(error = %e, "web: an agent's login was refused");
+                    use crate::agent_identity::AgentLoginError as E;
+                    return Err(Box::new(match e {
+                        E::SingleFactor => pages::error_page(
+                            StatusCode::FORBIDDEN,
+                            "Second facteur exigé",
+                            "Votre connexion n'a pas utilisé de second facteur (code à usage \
+                             unique, clé de sécurité). Les agents agissent pour d'autres \
+                             personnes ou lisent leurs données : reconnectez-vous avec votre \
+                             second facteur.",
+                        ),
+                        E::NotEnrolled => pages::error_page(
+                            StatusCode::FORBIDDEN,
+                            "Agent non inscrit",
+                            "Votre compte professionnel n'est inscrit au registre de la \
+                             fédération pour aucune structure. Demandez au responsable de votre \
+                             structure de vous inscrire.",
+                        ),
+                        E::Token(_) => self.failed(),
+                    }));
+                }
+            };
+        if !agent
+            .nonce
+            .as_deref()
+            .is_some_and(|n| same_secret(n, &login.nonce))
+        {
+            return Err(Box::new(self.failed()));
+        }
+        Ok(agent.enrolled)
+    }
+}
