@@ -3,7 +3,9 @@
 // proofs checked in the browser (a one-byte change failing), the same without JavaScript by
 // pointer; the mediator's desk by keyboard (agent, person present, mandate, acting under it,
 // revocation) and without JavaScript (a mandate with its signed document, a consent, both
-// then on the person's page); 320 px reflow, cookie flags, a screenshot of each page.
+// then on the person's page); the auditors' console by keyboard, its proofs checked in the
+// browser (a one-byte change failing) and offline by the downloaded verifier; 320 px
+// reflow, cookie flags, a screenshot of each page.
 //
 //   node tests/browser/pages.mjs BASE_URL OUT_DIR
 //
@@ -310,6 +312,124 @@ check(carol.includes('Karim Benali (karim.benali)'), 'the mandate made at the de
 check(carol.includes('Ville de Lyon'), 'the consent recorded at the desk shows on the person\'s page');
 await nd.screenshot({ path: path.join(out, 'citizen-after-desk.png'), fullPage: true });
 await plainDesk.close();
+
+// ------------------------------------------------- the auditors' console, keyboard and proofs
+const auditContext = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'fr-FR' });
+const au = await auditContext.newPage();
+await au.goto(base + '/audit');
+await audit(au, 'audit-login');
+check(await tabTo(au, (f) => f.text === 'Se connecter (contrôleurs)'), 'Tab reaches « Se connecter (contrôleurs) »');
+await Promise.all([au.waitForURL(/dev-idp\/agents\/authorize/), au.keyboard.press('Enter')]);
+check(await tabTo(au, (f) => f.type === 'radio' && f.name === 'agent'), 'Tab reaches the first agent');
+await au.keyboard.press('ArrowDown');
+await au.keyboard.press('ArrowDown');
+check(await tabTo(au, (f) => f.tag === 'BUTTON'), 'Tab reaches the agents\' « Se connecter »');
+await Promise.all([au.waitForURL(/\/audit$/), au.keyboard.press('Enter')]);
+check((await au.textContent('header')).includes('Claire Roux'), 'the auditor is logged in at the console');
+await audit(au, 'audit');
+// The exchanges, chosen and asked for by keyboard.
+check(await tabTo(au, (f) => f.name === 'genre'), 'Tab reaches the kind of event');
+await au.keyboard.press('ArrowDown');
+check(await tabTo(au, (f) => f.text === 'Afficher les événements'), 'Tab reaches « Afficher les événements »');
+await Promise.all([au.waitForURL(/audit\/evenements$/), au.keyboard.press('Enter')]);
+const exchanges = await au.locator('caption:has-text("Événements") >> xpath=.. >> tbody tr').count();
+check(exchanges >= 1, `the console lists the exchanges (${exchanges})`);
+await audit(au, 'audit-events');
+// A person that is not one: the error state.
+await au.goto(base + '/audit');
+await au.fill('#personne', 'alice');
+await Promise.all([au.waitForLoadState('load'), au.click('button:has-text("Afficher les événements")')]);
+await au.waitForSelector('[role=alert]');
+await audit(au, 'audit-error');
+await au.goto(base + '/audit/signalements');
+check((await au.locator('caption:has-text("Signalements") >> xpath=.. >> tbody tr').count()) >= 1, 'the citizen\'s report is listed for auditors');
+await audit(au, 'audit-contests');
+// The proofs, in the browser: the latest checkpoint; kept, then consistent with a later one;
+// changed by one byte, not; an entry's inclusion; a key that is not the log's.
+await au.goto(base + '/audit/preuves');
+await audit(au, 'audit-proofs');
+const kept = await au.textContent('#latest-checkpoint');
+const vkey = await au.inputValue('#pinned-key');
+await au.click('#check-checkpoint');
+await au.waitForFunction(() => document.getElementById('checkpoint-status').textContent.length > 0);
+check((await au.textContent('#checkpoint-status')).includes('Point de contrôle vérifié'), 'the latest checkpoint verifies against the pinned key');
+await au.goto(base + '/audit/evenements');
+await au.goto(base + '/audit/preuves');
+const consistency = async (note) => {
+  await au.fill('#kept-checkpoint', note);
+  await au.evaluate(() => { document.getElementById('consistency-status').textContent = ''; });
+  await au.click('button:has-text("Vérifier la cohérence")');
+  await au.waitForFunction(() => document.getElementById('consistency-status').textContent.length > 0);
+  return au.textContent('#consistency-status');
+};
+let said2 = await consistency(kept);
+check(said2.includes('Cohérence vérifiée'), `a kept checkpoint is consistent with the latest: ${said2}`);
+const lines = kept.split('\n');
+const root = Uint8Array.from(atob(lines[2]), (c) => c.charCodeAt(0));
+root[0] ^= 1;
+lines[2] = btoa(String.fromCharCode(...root));
+said2 = await consistency(lines.join('\n'));
+check(said2.includes('a échoué'), `a kept checkpoint changed by one byte fails: ${said2}`);
+// The browser's RFC 9162 consistency check agrees with the broker's trees at every shape of
+// first tree (a power of two or not, one leaf short, the same tree).
+const latestSize = Number(kept.split('\n')[1]) + 1;
+const sizes = [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, latestSize - 1, latestSize].filter((n) => n >= 1 && n <= latestSize);
+const shapes = await au.evaluate(async (sizes) => {
+  const P = UnefoisProofs;
+  const vkey = document.getElementById('log-proof').dataset.vkey;
+  const said = [];
+  for (const n of sizes) {
+    const answer = await (await fetch(`/audit/api/coherence?premier=${n}`)).json();
+    const first = await P.checkpoint(answer.first_checkpoint, vkey);
+    const second = await P.checkpoint(answer.checkpoint, vkey);
+    const proof = answer.proof.map(P.fromB64);
+    const good = await P.consistent(first.size, first.root, second.size, second.root, proof);
+    const wrong = Uint8Array.from(first.root);
+    wrong[0] ^= 1;
+    const bad = await P.consistent(first.size, wrong, second.size, second.root, proof);
+    said.push(`${n}->${second.size}:${good && !bad ? 'ok' : 'FAILED'}`);
+  }
+  return said;
+}, sizes);
+check(shapes.every((s) => s.endsWith(':ok')), `consistency checked in the browser at every shape: ${shapes.join(' ')}`);
+await au.fill('#entry-index', '3');
+await au.click('button:has-text("Vérifier l\'inclusion")');
+await au.waitForFunction(() => document.getElementById('inclusion-status').textContent.length > 0);
+said2 = await au.textContent('#inclusion-status');
+check(said2.includes('vérifiée'), `an entry's inclusion verifies in the browser: ${said2}`);
+await au.fill('#pinned-key', vkey.slice(0, -3) + (vkey.endsWith('A') ? 'B' : 'A') + vkey.slice(-2));
+await au.click('#check-checkpoint');
+await au.waitForFunction(() => !document.getElementById('checkpoint-status').textContent.includes('vérifié :'));
+said2 = await au.textContent('#checkpoint-status');
+check(said2.includes('a échoué'), `another key fails: ${said2}`);
+// The offline verifier, from a file, with the bundle of an entry.
+const verifierFile = path.join(out, 'unefois-verificateur.html');
+fs.writeFileSync(verifierFile, await (await auditContext.request.get(base + '/audit/verificateur.html')).body());
+const bundle = await (await auditContext.request.get(base + '/audit/dossier/3')).text();
+const offline = await auditContext.newPage();
+await offline.goto('file://' + path.resolve(verifierFile));
+await audit(offline, 'offline-verifier');
+const offlineCheck = async (key, text) => {
+  await offline.fill('#key', key);
+  await offline.fill('#bundle-text', text);
+  await offline.evaluate(() => { document.getElementById('status').textContent = ''; });
+  await offline.click('button:has-text("Vérifier le dossier")');
+  await offline.waitForFunction(() => document.getElementById('status').textContent.length > 0);
+  return offline.textContent('#status');
+};
+said2 = await offlineCheck(vkey, bundle);
+check(said2.includes('Dossier vérifié'), `the offline verifier checks a bundle without the broker: ${said2}`);
+const tampered = JSON.parse(bundle);
+const entry = Uint8Array.from(atob(tampered.entries[0].entry), (c) => c.charCodeAt(0));
+entry[10] ^= 1;
+tampered.entries[0].entry = btoa(String.fromCharCode(...entry));
+said2 = await offlineCheck(vkey, JSON.stringify(tampered));
+check(said2.includes('a échoué'), `an entry changed by one byte fails offline: ${said2}`);
+said2 = await offlineCheck('', bundle);
+check(said2.includes('clé du journal'), `the offline verifier asks for the published key: ${said2}`);
+const auditCookie = (await auditContext.cookies()).find((c) => c.name === 'unefois_audit');
+check(auditCookie && auditCookie.httpOnly && auditCookie.sameSite === 'Lax', 'console cookie HttpOnly, SameSite=Lax');
+await auditContext.close();
 
 await browser.close();
 console.log(`${failures.length === 0 ? 'all browser checks passed' : `${failures.length} browser check(s) failed`}`);

@@ -283,7 +283,17 @@ impl Browser {
     /// Logs in at the desk as the agent `sub` of the development agents' identity provider,
     /// with two factors or one; the page it lands on (the desk, or the refusal).
     pub async fn log_in_agent(&mut self, sub: &str, two_factors: bool) -> anyhow::Result<Page> {
-        let to_idp = self.get("/desk/login").await?;
+        self.log_in_staff("/desk/login", sub, two_factors).await
+    }
+
+    /// The same at the space whose login starts at `login` (`/desk/login`, `/audit/login`).
+    pub async fn log_in_staff(
+        &mut self,
+        login: &str,
+        sub: &str,
+        two_factors: bool,
+    ) -> anyhow::Result<Page> {
+        let to_idp = self.get(login).await?;
         let idp_page = self.follow(to_idp).await?;
         anyhow::ensure!(
             idp_page.status == 200,

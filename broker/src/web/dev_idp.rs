@@ -321,7 +321,9 @@ fn check_agents(web: &Web, request: &AuthorizeQuery) -> Result<(), &'static str>
     if provider.client_id != request.client_id {
         return Err("client_id inconnu");
     }
-    if request.redirect_uri != web.agent_callback_url() {
+    if request.redirect_uri != web.agent_callback_url()
+        && request.redirect_uri != web.console_callback_url()
+    {
         return Err("redirect_uri non enregistrée");
     }
     shape(request)

@@ -12,6 +12,7 @@
 
 mod agent_login;
 mod citizen;
+mod console;
 mod desk;
 mod dev_idp;
 mod pages;
@@ -60,6 +61,8 @@ pub(crate) struct Web {
     sessions: session::Sessions,
     /// The mediators' desk sessions (agents, and the person each welcomes).
     desk: session::Sessions<desk::DeskSession>,
+    /// The auditors' console sessions.
+    console: session::Sessions<console::ConsoleSession>,
     dev_idp: Option<dev_idp::DevIdp>,
 }
 
@@ -91,6 +94,10 @@ pub(crate) async fn serve(
         guichet: web.guichet,
         sessions: session::Sessions::new(MAX_SESSIONS, MAX_PENDING_LOGINS),
         desk: session::Sessions::<desk::DeskSession>::new(MAX_DESK_SESSIONS, MAX_PENDING_LOGINS),
+        console: session::Sessions::<console::ConsoleSession>::new(
+            MAX_CONSOLE_SESSIONS,
+            MAX_PENDING_LOGINS,
+        ),
         dev_idp,
     });
     crate::http_listener::serve(
@@ -113,7 +120,9 @@ fn router(web: Arc<Web>) -> Router {
         .route("/", get(pages::landing))
         .route("/accessibilite", get(pages::accessibility))
         .route("/static/site.css", get(pages::stylesheet))
+        .route("/static/proofs.js", get(pages::proofs_script))
         .route("/static/verify.js", get(pages::verify_script))
+        .route("/static/console.js", get(pages::console_script))
         .route("/citizen", get(citizen::home))
         .route("/citizen/releve", get(citizen::statement))
         .route("/citizen/login", get(citizen::login))
@@ -157,6 +166,22 @@ fn router(web: Arc<Web>) -> Router {
         .route("/desk/agir/formulaire", post(desk::prefill))
         .route("/desk/agir/consentement", post(desk::grant))
         .route("/desk/agir/historique", get(desk::history))
+        .route("/audit", get(console::home))
+        .route("/audit/login", get(console::login))
+        .route("/audit/callback", get(console::callback))
+        .route("/audit/logout", post(console::logout))
+        .route(
+            "/audit/evenements",
+            get(console::events).post(console::filter),
+        )
+        .route("/audit/export.csv", get(console::export_csv))
+        .route("/audit/export.json", get(console::export_json))
+        .route("/audit/signalements", get(console::contests))
+        .route("/audit/preuves", get(console::proofs))
+        .route("/audit/api/inclusion", get(console::api_inclusion))
+        .route("/audit/api/coherence", get(console::api_consistency))
+        .route("/audit/dossier/{n}", get(console::bundle))
+        .route("/audit/verificateur.html", get(console::offline_verifier))
         .route(
             "/dev-idp/authorize",
             get(dev_idp::authorize_page).post(dev_idp::authorize),
@@ -179,6 +204,8 @@ fn router(web: Arc<Web>) -> Router {
 
 /// Agents at desks at once (a structure's agents are a few; a national network, thousands).
 const MAX_DESK_SESSIONS: usize = 5_000;
+/// Auditors' staff at the console at once.
+const MAX_CONSOLE_SESSIONS: usize = 500;
 /// Pages answered at once; more wait (each is a few store reads).
 const MAX_CONCURRENT_PAGES: usize = 256;
 /// Largest form accepted, in bytes (the largest form is a few hundred).
@@ -263,9 +290,14 @@ impl Web {
         format!("{}/desk/person/callback", self.base)
     }
 
-    /// Where the agents' identity provider sends an agent back.
+    /// Where the agents' identity provider sends an agent back to the desk.
     fn agent_callback_url(&self) -> String {
         format!("{}/desk/callback", self.base)
+    }
+
+    /// Where the agents' identity provider sends an auditor's staff member back to the console.
+    fn console_callback_url(&self) -> String {
+        format!("{}/audit/callback", self.base)
     }
 
     /// The cookie attributes: HttpOnly, SameSite=Lax, the whole site, `Secure` under HTTPS.

@@ -161,13 +161,29 @@ pub async fn accessibility() -> Response {
     )
 }
 
-/// `GET /static/verify.js`: the proof check of « Vérifier » (the pages' only script).
-pub async fn verify_script() -> Response {
+/// A script of the pages, as `text/javascript`.
+fn javascript(source: &'static str) -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        include_str!("../../static/verify.js"),
+        source,
     )
         .into_response()
+}
+
+/// `GET /static/proofs.js`: the proof checks the pages run in the browser (signed notes, RFC
+/// 9162 inclusion and consistency), shared by the two scripts below and the offline verifier.
+pub async fn proofs_script() -> Response {
+    javascript(include_str!("../../static/proofs.js"))
+}
+
+/// `GET /static/verify.js`: « Vérifier » on the citizen's history.
+pub async fn verify_script() -> Response {
+    javascript(include_str!("../../static/verify.js"))
+}
+
+/// `GET /static/console.js`: the auditors' console's proof checks.
+pub async fn console_script() -> Response {
+    javascript(include_str!("../../static/console.js"))
 }
 
 /// `GET /static/site.css`: the pages' one stylesheet.

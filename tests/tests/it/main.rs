@@ -15,6 +15,7 @@ mod browser;
 mod certificates;
 mod cli;
 mod consents;
+mod console;
 mod crash;
 mod data_dir;
 mod desk;

@@ -1,0 +1,1172 @@
+//! The auditors' console (`/audit`): an auditor's staff member logs in at the agents' identity
+//! provider (second factor, enrolment for an auditor of the registry) and reads the log as
+//! `Audit.ListEvents` gives it (the same `audit::events::audited`, so that every read is
+//! recorded before it happens, as an `audit_read` entry): events filtered by time, kind,
+//! participant, attestation type, outcome and a person (given in full, read as their audit
+//! pseudonym, shown only as that), the citizens' contest reports, CSV and JSON exports; and
+//! the proofs, checked in the auditor's browser against the key they pin (console.js): the
+//! latest checkpoint, its consistency with one they kept, an entry's inclusion; a proof
+//! bundle of an entry, and a single-file verifier that checks it offline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::agent_login::{CallbackQuery, Logins};
+use super::pages::{self, Layout, LayoutSession};
+use super::paris_time;
+use super::rows::Names;
+use super::session::Ending;
+use super::{Web, cookie_value, random_token, same_secret, see_other};
+use crate::audit::events::{self, AuditQuery, LoggedEvent};
+use crate::caller::Caller;
+use crate::error::ApiError;
+use crate::event::{Event, Record};
+use crate::registry::Role;
+
+const CONSOLE_COOKIE: &str = "unefois_audit";
+const CONSOLE_LOGIN_COOKIE: &str = "unefois_audit_login";
+/// A staff member's working stretch at the console; « Prolonger la session » is a new login.
+const STAFF_SESSION: Duration = Duration::from_secs(60 * 60);
+/// Events on one page.
+const PAGE_EVENTS: u32 = 50;
+/// Most events one export holds.
+pub const MAX_EXPORT: usize = 100_000;
+
+/// An auditor's staff member at the console, and the query they last asked.
+#[derive(Clone)]
+pub struct ConsoleSession {
+    /// The auditor participant.
+    pub participant: String,
+    /// The staff member's agent id there.
+    pub agent: String,
+    /// Their name (registry enrolment).
+    pub name: String,
+    /// The token every form of this session carries.
+    pub csrf: String,
+    /// When the session ends.
+    pub ends: Instant,
+    /// The same, as a time people read.
+    pub ends_at: OffsetDateTime,
+    /// The filters last asked (the person among them stays here, never in a URL).
+    pub filters: Filters,
+}
+
+impl Ending for ConsoleSession {
+    fn ends(&self) -> Instant {
+        self.ends
+    }
+}
+
+/// The filters of the events' form, as typed.
+#[derive(Clone, Default, Deserialize)]
+pub struct Filters {
+    #[serde(default)]
+    genre: String,
+    #[serde(default)]
+    participant: String,
+    #[serde(default)]
+    attestation: String,
+    #[serde(default)]
+    resultat: String,
+    /// A person (`test:…`, `pivot:…`): read as their audit pseudonym by the broker.
+    #[serde(default)]
+    personne: String,
+    /// From this day (Paris), `AAAA-MM-JJ`.
+    #[serde(default)]
+    du: String,
+    /// Through this day (Paris), `AAAA-MM-JJ`.
+    #[serde(default)]
+    au: String,
+}
+
+fn session(web: &Web, headers: &HeaderMap) -> Option<(String, ConsoleSession)> {
+    let id = cookie_value(headers, CONSOLE_COOKIE)?;
+    web.console.session(id).map(|s| (id.to_string(), s))
+}
+
+/// The staff member as the orchestration sees them: the auditor of the registry in force,
+/// with their agent id, while the registry still enrols them.
+fn caller(web: &Web, s: &ConsoleSession) -> Result<Caller, Box<Response>> {
+    let registry = web.state.federation.registry();
+    let enrolled = registry
+        .agents()
+        .iter()
+        .any(|a| a.participant == s.participant && a.agent == s.agent);
+    match registry.participant(&s.participant) {
+        Some(p) if enrolled && p.roles.contains(&Role::Auditor) => Ok(Caller::new(
+            p,
+            Some(s.agent.clone()),
+            Arc::from(format!("web:{}/agent/{}", p.id, s.agent)),
+        )),
+        _ => Err(Box::new(pages::error_page(
+            StatusCode::FORBIDDEN,
+            "Accès refusé",
+            "Le registre de la fédération n'inscrit plus ce compte pour un contrôleur.",
+        ))),
+    }
+}
+
+fn signed_in(
+    web: &Web,
+    headers: &HeaderMap,
+) -> Result<(String, ConsoleSession, Caller), Box<Response>> {
+    let Some((id, s)) = session(web, headers) else {
+        return Err(Box::new(see_other("/audit", &[])));
+    };
+    let caller = caller(web, &s)?;
+    Ok((id, s, caller))
+}
+
+fn layout(web: &Web, title: &str, s: &ConsoleSession) -> Layout {
+    let registry = web.state.federation.registry();
+    Layout::new(
+        title,
+        Some(LayoutSession {
+            csrf: s.csrf.clone(),
+            ends: paris_time::clock(s.ends_at),
+            logout: "/audit/logout",
+            relogin: "/audit/login",
+            who: Some(format!(
+                "{}, {}",
+                s.name,
+                Names(&registry).participant(&s.participant)
+            )),
+        }),
+    )
+}
+
+fn refused(e: &ApiError) -> Response {
+    match e {
+        ApiError::StoreUnavailable => pages::unavailable(),
+        other => {
+            tracing::info!(reason = other.reason_code(), "web: console read refused");
+            pages::error_page(
+                StatusCode::BAD_REQUEST,
+                "Demande refusée",
+                &format!("Le service a refusé la demande ({}).", other.reason_code()),
+            )
+        }
+    }
+}
+
+fn logins(web: &Web) -> Logins<'_, ConsoleSession> {
+    Logins {
+        web,
+        table: &web.console,
+        cookie: CONSOLE_LOGIN_COOKIE,
+        space: "la console d'audit",
+    }
+}
+
+/// `GET /audit/login`: off to the agents' identity provider.
+pub async fn login(State(web): State<Arc<Web>>) -> Response {
+    logins(&web).agent(&web.console_callback_url())
+}
+
+/// `GET /audit/callback`: a console session once the agents' identity provider's answer logs
+/// in a staff member the registry enrols for an auditor.
+pub async fn callback(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(answer): Query<CallbackQuery>,
+) -> Response {
+    let agent = match logins(&web).agent_answer(&headers, &answer, &web.console_callback_url()) {
+        Ok(agent) => agent,
+        Err(page) => return *page,
+    };
+    let registry = web.state.federation.registry();
+    let auditor = registry.participant(&agent.participant);
+    if !auditor.is_some_and(|p| p.roles.contains(&Role::Auditor)) {
+        return pages::error_page(
+            StatusCode::FORBIDDEN,
+            "Console réservée aux contrôleurs",
+            "Vous êtes inscrit pour une structure qui ne contrôle pas la fédération : la \
+             console d'audit ne vous est pas ouverte.",
+        );
+    }
+    let (Some(id), Some(csrf)) = (random_token(), random_token()) else {
+        return pages::unavailable();
+    };
+    if let Some(earlier) = cookie_value(&headers, CONSOLE_COOKIE) {
+        web.console.close(earlier);
+    }
+    let now = OffsetDateTime::now_utc();
+    web.console.open(
+        id.clone(),
+        ConsoleSession {
+            participant: agent.participant,
+            agent: agent.agent,
+            name: agent.name,
+            csrf,
+            ends: Instant::now() + STAFF_SESSION,
+            ends_at: now + STAFF_SESSION,
+            filters: Filters::default(),
+        },
+    );
+    see_other(
+        "/audit",
+        &[
+            web.cookie(CONSOLE_COOKIE, &id, Some(STAFF_SESSION)),
+            web.cookie(CONSOLE_LOGIN_COOKIE, "", Some(Duration::ZERO)),
+        ],
+    )
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /audit/logout`.
+pub async fn logout(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some((id, s)) = session(&web, &headers) else {
+        return see_other("/audit", &[]);
+    };
+    if !web.same_origin(&headers) || !same_secret(&form.csrf, &s.csrf) {
+        return pages::forbidden();
+    }
+    web.console.close(&id);
+    see_other("/", &[web.cookie(CONSOLE_COOKIE, "", Some(Duration::ZERO))])
+}
+
+/// An option of a select: (value, words, selected).
+type Choice = (String, String, bool);
+
+#[derive(Template)]
+#[template(path = "audit_login.html")]
+struct LoginPage {
+    layout: Layout,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct HomePage {
+    layout: Layout,
+    csrf: String,
+    kinds: Vec<Choice>,
+    participants: Vec<Choice>,
+    types: Vec<Choice>,
+    outcomes: Vec<Choice>,
+    du: String,
+    au: String,
+    /// (field id, message).
+    errors: Vec<(&'static str, String)>,
+    error_person: bool,
+    error_dates: bool,
+}
+
+/// The record kinds, in the console's words.
+const KINDS: &[(&str, &str)] = &[
+    ("exchange", "Échange de données"),
+    ("consent_granted", "Consentement donné"),
+    ("consent_renewed", "Consentement renouvelé"),
+    ("consent_revoked", "Consentement retiré"),
+    ("consents_read", "Consentements consultés"),
+    ("access_history_read", "Historique consulté"),
+    ("mandate_created", "Mandat créé"),
+    ("mandate_revoked", "Mandat révoqué"),
+    ("access_contested", "Consultation contestée"),
+    ("audit_read", "Lecture d'audit"),
+    ("harvesting_alarm", "Alerte de moissonnage"),
+    ("rate_limited", "Débit limité"),
+    ("registry_loaded", "Registre chargé"),
+    ("broker_started", "Démarrage du service"),
+    ("broker_stopped", "Arrêt du service"),
+];
+
+const OUTCOMES: &[(&str, &str)] = &[
+    ("granted", "Transmises"),
+    ("denied", "Refusé"),
+    ("failed", "Échec"),
+    ("previewed", "Prévisualisées"),
+    ("rejected", "Refusées par la personne"),
+];
+
+fn kind_label(kind: &str) -> String {
+    KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or_else(|| kind.to_string(), |(_, l)| (*l).to_string())
+}
+
+fn choices<'a>(all: impl Iterator<Item = (String, String)> + 'a, selected: &'a str) -> Vec<Choice> {
+    std::iter::once((String::new(), "Tous".to_string(), selected.is_empty()))
+        .chain(all.map(|(v, l)| {
+            let on = v == selected;
+            (v, l, on)
+        }))
+        .collect()
+}
+
+fn home_page(
+    web: &Web,
+    s: &ConsoleSession,
+    f: &Filters,
+    errors: Vec<(&'static str, String)>,
+) -> HomePage {
+    let registry = web.state.federation.registry();
+    let error_person = errors.iter().any(|(id, _)| *id == "personne");
+    let error_dates = errors.iter().any(|(id, _)| *id == "du");
+    HomePage {
+        layout: layout(
+            web,
+            if errors.is_empty() {
+                "Console d'audit"
+            } else {
+                "Erreur : console d'audit"
+            },
+            s,
+        ),
+        csrf: s.csrf.clone(),
+        kinds: choices(
+            KINDS
+                .iter()
+                .map(|(k, l)| ((*k).to_string(), (*l).to_string())),
+            &f.genre,
+        ),
+        participants: choices(
+            registry
+                .participants()
+                .map(|p| (p.id.clone(), p.name.clone())),
+            &f.participant,
+        ),
+        types: choices(
+            registry
+                .attestation_types()
+                .map(|t| (t.id.clone(), t.description.clone())),
+            &f.attestation,
+        ),
+        outcomes: choices(
+            OUTCOMES
+                .iter()
+                .map(|(k, l)| ((*k).to_string(), (*l).to_string())),
+            &f.resultat,
+        ),
+        du: f.du.clone(),
+        au: f.au.clone(),
+        errors,
+        error_person,
+        error_dates,
+    }
+}
+
+/// `GET /audit`: the login invitation, or the events' filters and the console's tools.
+pub async fn home(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let Some((_, s)) = session(&web, &headers) else {
+        return pages::render(
+            StatusCode::OK,
+            &LoginPage {
+                layout: Layout::new("Console d'audit : connexion", None),
+            },
+        );
+    };
+    if let Err(page) = caller(&web, &s) {
+        return *page;
+    }
+    pages::render(StatusCode::OK, &home_page(&web, &s, &s.filters, Vec::new()))
+}
+
+/// A Paris day `AAAA-MM-JJ` as the instant it starts, `plus_days` later.
+fn paris_day(text: &str, plus_days: i64) -> Option<i64> {
+    let date: jiff::civil::Date = text.trim().parse().ok()?;
+    let date = date.checked_add(jiff::Span::new().days(plus_days)).ok()?;
+    let zoned = date.in_tz("Europe/Paris").ok()?;
+    Some(zoned.timestamp().as_second())
+}
+
+/// What a form's filters ask `audited` for, or the errors to show.
+fn query_of(
+    web: &Web,
+    f: &Filters,
+    start: u64,
+    limit: u32,
+) -> Result<AuditQuery, Vec<(&'static str, String)>> {
+    let mut errors = Vec::new();
+    let registry = web.state.federation.registry();
+    let person = f.personne.trim();
+    if !person.is_empty()
+        && crate::subject::Subject::parse(person, registry.allow_test_subjects()).is_err()
+    {
+        errors.push((
+            "personne",
+            "Identifiant de personne invalide : test:… (développement) ou pivot:NOM|PRÉNOMS|AAAA-MM-JJ|F ou M|COG naissance|COG pays."
+                .to_string(),
+        ));
+    }
+    let since = (!f.du.trim().is_empty()).then(|| paris_day(&f.du, 0));
+    let until = (!f.au.trim().is_empty()).then(|| paris_day(&f.au, 1));
+    if matches!(since, Some(None)) || matches!(until, Some(None)) {
+        errors.push(("du", "Dates invalides : AAAA-MM-JJ.".to_string()));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(AuditQuery {
+        start_index: start,
+        limit,
+        kind: f.genre.clone(),
+        participant: f.participant.clone(),
+        subject: person.to_string(),
+        attestation_type: f.attestation.clone(),
+        outcome: f.resultat.clone(),
+        since: since.flatten(),
+        until: until.flatten(),
+    })
+}
+
+#[derive(Deserialize)]
+pub struct FilterForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(flatten)]
+    filters: Filters,
+}
+
+/// `POST /audit/evenements`: the filters (a person among them stays in the session, never in
+/// a URL), then the events.
+pub async fn filter(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Form(form): Form<FilterForm>,
+) -> Response {
+    if !web.same_origin(&headers) {
+        return pages::forbidden();
+    }
+    let Some((id, s)) = session(&web, &headers) else {
+        return pages::session_ended("/audit/login");
+    };
+    if !same_secret(&form.csrf, &s.csrf) {
+        return pages::forbidden();
+    }
+    if let Err(errors) = query_of(&web, &form.filters, 0, PAGE_EVENTS) {
+        return pages::render(
+            StatusCode::BAD_REQUEST,
+            &home_page(&web, &s, &form.filters, errors),
+        );
+    }
+    web.console.update(&id, |s| s.filters = form.filters);
+    see_other("/audit/evenements", &[])
+}
+
+/// One event as the console shows it.
+struct EventRow {
+    index: u64,
+    date: String,
+    datetime: String,
+    kind: String,
+    participant: String,
+    agent: String,
+    data: String,
+    outcome: String,
+    person: String,
+    detail: String,
+}
+
+/// The agent an event names, if any.
+fn agent_of(event: &Event) -> Option<&str> {
+    match event {
+        Event::Exchange(x) => x.agent.as_deref(),
+        Event::ConsentGranted { agent, .. }
+        | Event::ConsentRevoked { agent, .. }
+        | Event::ConsentRenewed { agent, .. }
+        | Event::AccessHistoryRead { agent, .. }
+        | Event::ConsentsRead { agent, .. }
+        | Event::MandateRevoked { agent, .. }
+        | Event::AuditRead { agent, .. } => agent.as_deref(),
+        Event::MandateCreated { agent, .. } => Some(agent.as_str()),
+        _ => None,
+    }
+}
+
+fn row(names: &Names<'_>, e: &LoggedEvent) -> EventRow {
+    let Some(record) = &e.record else {
+        return EventRow {
+            index: e.index,
+            date: String::new(),
+            datetime: String::new(),
+            kind: "Illisible".into(),
+            participant: String::new(),
+            agent: String::new(),
+            data: String::new(),
+            outcome: String::new(),
+            person: String::new(),
+            detail: "Cette inscription n'est pas lisible : vérifiez le journal.".into(),
+        };
+    };
+    let event = &record.event;
+    let participant = event.participant().unwrap_or_default();
+    let (data, outcome, detail) = match event {
+        Event::Exchange(x) => (
+            names.attestation_type(&x.attestation_type),
+            OUTCOMES
+                .iter()
+                .find(|(k, _)| *k == x.outcome.name())
+                .map_or_else(|| x.outcome.name().to_string(), |(_, l)| (*l).to_string()),
+            format!(
+                "{}{}",
+                names.purpose(&x.purpose),
+                x.mandate_id
+                    .as_deref()
+                    .map(|m| format!(" ; mandat n° {m}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        Event::ConsentGranted {
+            attestation_types,
+            purpose,
+            ..
+        } => (
+            attestation_types
+                .iter()
+                .map(|t| names.attestation_type(t))
+                .collect::<Vec<_>>()
+                .join(" ; "),
+            String::new(),
+            names.purpose(purpose),
+        ),
+        Event::MandateCreated {
+            purposes,
+            mandate_id,
+            duration_days,
+            ..
+        } => (
+            String::new(),
+            String::new(),
+            format!(
+                "mandat n° {mandate_id}, {duration_days} jours : {}",
+                purposes
+                    .iter()
+                    .map(|p| names.purpose(p))
+                    .collect::<Vec<_>>()
+                    .join(" ; ")
+            ),
+        ),
+        Event::AccessContested { entry, reason, .. } => (
+            String::new(),
+            String::new(),
+            format!(
+                "contestation de l'inscription n° {entry} : {}",
+                contest_reason(reason.name())
+            ),
+        ),
+        Event::AuditRead { query, .. } => (String::new(), String::new(), query.clone()),
+        _ => (String::new(), String::new(), String::new()),
+    };
+    EventRow {
+        index: e.index,
+        date: paris_time::long(record.time),
+        datetime: paris_time::machine(record.time),
+        kind: kind_label(event.kind()),
+        participant: if participant.is_empty() {
+            String::new()
+        } else {
+            names.participant(participant)
+        },
+        agent: agent_of(event)
+            .map(|a| names.agent(participant, a))
+            .unwrap_or_default(),
+        data,
+        outcome,
+        person: e
+            .subject
+            .as_deref()
+            .map(|p| p.chars().take(16).collect::<String>() + "…")
+            .unwrap_or_default(),
+        detail,
+    }
+}
+
+fn contest_reason(name: &str) -> &'static str {
+    match name {
+        "unknown_organisation" => "« Je ne connais pas cet organisme »",
+        "no_procedure" => "« Je n'ai fait aucune démarche auprès de cet organisme »",
+        _ => "« Une autre raison »",
+    }
+}
+
+#[derive(Template)]
+#[template(path = "audit_events.html")]
+struct EventsPage {
+    layout: Layout,
+    events: Vec<EventRow>,
+    first: u64,
+    next: Option<u64>,
+    examined_to: u64,
+    filters: Vec<String>,
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    /// The first leaf index to examine.
+    #[serde(default)]
+    debut: Option<u64>,
+}
+
+/// What the session's filters say, in words (the person as « une personne », never named).
+fn filters_said(names: &Names<'_>, f: &Filters) -> Vec<String> {
+    let mut said = Vec::new();
+    if !f.genre.is_empty() {
+        said.push(format!("genre : {}", kind_label(&f.genre)));
+    }
+    if !f.participant.is_empty() {
+        said.push(format!(
+            "participant : {}",
+            names.participant(&f.participant)
+        ));
+    }
+    if !f.attestation.is_empty() {
+        said.push(format!(
+            "données : {}",
+            names.attestation_type(&f.attestation)
+        ));
+    }
+    if !f.resultat.is_empty() {
+        said.push(format!("résultat : {}", f.resultat));
+    }
+    if !f.personne.trim().is_empty() {
+        said.push("une personne (lue sous son pseudonyme d'audit)".to_string());
+    }
+    if !f.du.is_empty() {
+        said.push(format!("du {}", f.du));
+    }
+    if !f.au.is_empty() {
+        said.push(format!("au {}", f.au));
+    }
+    said
+}
+
+/// `GET /audit/evenements`: the events the session's filters select, from leaf `debut`; the
+/// read is recorded first (`audit_read`).
+pub async fn events(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Response {
+    let (_, s, caller) = match signed_in(&web, &headers) {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let first = q.debut.unwrap_or(0);
+    let Ok(query) = query_of(&web, &s.filters, first, PAGE_EVENTS) else {
+        return see_other("/audit", &[]);
+    };
+    let filter = match events::audited(&web.state, &caller, query, "web:ListEvents").await {
+        Ok(f) => f,
+        Err(e) => return refused(&e),
+    };
+    let (found, next) = match events::list(&*web.state.store, &filter).await {
+        Ok(x) => x,
+        Err(e) => return refused(&ApiError::from(e)),
+    };
+    let size = log_size(&web).await;
+    let registry = web.state.federation.registry();
+    let names = Names(&registry);
+    pages::render(
+        StatusCode::OK,
+        &EventsPage {
+            layout: layout(&web, "Événements du journal", &s),
+            events: found.iter().map(|e| row(&names, e)).collect(),
+            first,
+            next: (next < size).then_some(next),
+            examined_to: next,
+            filters: filters_said(&names, &s.filters),
+        },
+    )
+}
+
+async fn log_size(web: &Web) -> u64 {
+    web.state
+        .store
+        .latest_checkpoint()
+        .await
+        .ok()
+        .flatten()
+        .map_or(0, |(size, _)| size)
+}
+
+/// Every event the session's filters select (up to [`MAX_EXPORT`]), the read recorded first.
+async fn selected(
+    web: &Web,
+    s: &ConsoleSession,
+    caller: &Caller,
+    verb: &str,
+) -> Result<Vec<LoggedEvent>, Box<Response>> {
+    let Ok(query) = query_of(web, &s.filters, 0, events::MAX_LIMIT) else {
+        return Err(Box::new(see_other("/audit", &[])));
+    };
+    let mut filter = events::audited(&web.state, caller, query, verb)
+        .await
+        .map_err(|e| Box::new(refused(&e)))?;
+    let size = log_size(web).await;
+    let mut out = Vec::new();
+    while filter.start_index < size && out.len() < MAX_EXPORT {
+        let (found, next) = events::list(&*web.state.store, &filter)
+            .await
+            .map_err(|e| Box::new(refused(&ApiError::from(e))))?;
+        out.extend(found);
+        if next <= filter.start_index {
+            break;
+        }
+        filter.start_index = next;
+    }
+    out.truncate(MAX_EXPORT);
+    Ok(out)
+}
+
+/// One event of an export, as auditors' tools read it.
+fn exported(e: &LoggedEvent) -> serde_json::Value {
+    let mut v = json!({
+        "index": e.index,
+        "entry": B64.encode(&e.entry),
+        "subject_pseudonym": e.subject,
+    });
+    if let Some(record) = &e.record {
+        let event = &record.event;
+        v["time"] = json!(paris_time::machine(record.time));
+        v["kind"] = json!(event.kind());
+        v["participant"] = json!(event.participant());
+        v["agent"] = json!(agent_of(event));
+        if let Event::Exchange(x) = event {
+            v["attestation_type"] = json!(x.attestation_type);
+            v["purpose"] = json!(x.purpose);
+            v["outcome"] = json!(x.outcome.name());
+            v["mandate_id"] = json!(x.mandate_id);
+        }
+        if let Event::AccessContested { entry, reason, .. } = event {
+            v["contested_index"] = json!(entry);
+            v["contest_reason"] = json!(reason.name());
+        }
+    } else {
+        v["kind"] = json!("unreadable");
+    }
+    v
+}
+
+fn attachment(content_type: &'static str, filename: &str, body: Vec<u8>) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
+/// `GET /audit/export.json`: the selected events, with the checkpoint and key to check them.
+pub async fn export_json(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let (_, s, caller) = match signed_in(&web, &headers) {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let found = match selected(&web, &s, &caller, "web:ExportEvents json").await {
+        Ok(f) => f,
+        Err(page) => return *page,
+    };
+    let checkpoint = web.state.store.latest_checkpoint().await.ok().flatten();
+    let body = json!({
+        "format": "unefois-audit-export/v1",
+        "log_key": web.state.store.log_vkey(),
+        "checkpoint": checkpoint.map(|(_, note)| note),
+        "events": found.iter().map(exported).collect::<Vec<_>>(),
+    });
+    attachment(
+        "application/json",
+        "unefois-evenements.json",
+        serde_json::to_vec_pretty(&body).unwrap_or_default(),
+    )
+}
+
+/// A CSV cell: quoted when it must be, and never read as a formula by a spreadsheet.
+fn cell(value: &str) -> String {
+    let guarded = match value.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{value}"),
+        _ => value.to_string(),
+    };
+    if guarded.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", guarded.replace('"', "\"\""))
+    } else {
+        guarded
+    }
+}
+
+/// `GET /audit/export.csv`: the selected events, one line each.
+pub async fn export_csv(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let (_, s, caller) = match signed_in(&web, &headers) {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let found = match selected(&web, &s, &caller, "web:ExportEvents csv").await {
+        Ok(f) => f,
+        Err(page) => return *page,
+    };
+    const COLUMNS: [&str; 12] = [
+        "index",
+        "time",
+        "kind",
+        "participant",
+        "agent",
+        "subject_pseudonym",
+        "attestation_type",
+        "purpose",
+        "outcome",
+        "mandate_id",
+        "contested_index",
+        "entry",
+    ];
+    let mut out = COLUMNS.join(",") + "\r\n";
+    for e in &found {
+        let v = exported(e);
+        let line: Vec<String> = COLUMNS
+            .iter()
+            .map(|c| match &v[*c] {
+                serde_json::Value::String(s) => cell(s),
+                serde_json::Value::Null => String::new(),
+                other => cell(&other.to_string()),
+            })
+            .collect();
+        out += &line.join(",");
+        out += "\r\n";
+    }
+    attachment(
+        "text/csv; charset=utf-8",
+        "unefois-evenements.csv",
+        out.into_bytes(),
+    )
+}
+
+/// One contest report as the console lists it.
+struct ContestRow {
+    index: u64,
+    date: String,
+    datetime: String,
+    guichet: String,
+    contested: u64,
+    reason: &'static str,
+    what: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit_contests.html")]
+struct ContestsPage {
+    layout: Layout,
+    reports: Vec<ContestRow>,
+}
+
+/// `GET /audit/signalements`: the citizens' « Je ne reconnais pas cette consultation »
+/// reports, each with the exchange it contests (the read recorded first).
+pub async fn contests(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let (_, s, caller) = match signed_in(&web, &headers) {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let query = AuditQuery {
+        kind: "access_contested".into(),
+        limit: events::MAX_LIMIT,
+        ..Default::default()
+    };
+    let mut filter = match events::audited(&web.state, &caller, query, "web:Contests").await {
+        Ok(f) => f,
+        Err(e) => return refused(&e),
+    };
+    let size = log_size(&web).await;
+    let mut found = Vec::new();
+    while filter.start_index < size && found.len() < 1_000 {
+        match events::list(&*web.state.store, &filter).await {
+            Ok((page, next)) => {
+                found.extend(page);
+                if next <= filter.start_index {
+                    break;
+                }
+                filter.start_index = next;
+            }
+            Err(e) => return refused(&ApiError::from(e)),
+        }
+    }
+    let registry = web.state.federation.registry();
+    let names = Names(&registry);
+    let mut reports = Vec::new();
+    for e in found.iter().rev() {
+        let Some(Record {
+            time,
+            event:
+                Event::AccessContested {
+                    participant,
+                    entry,
+                    reason,
+                    ..
+                },
+            ..
+        }) = &e.record
+        else {
+            continue;
+        };
+        let what = match web.state.store.entry(*entry).await {
+            Ok(Some(bytes)) => match Record::decode(&bytes).map(|r| r.event) {
+                Ok(Event::Exchange(x)) => format!(
+                    "{} : {}, pour {}",
+                    names.participant(&x.participant),
+                    names.attestation_type(&x.attestation_type),
+                    names.purpose(&x.purpose)
+                ),
+                _ => "une inscription qui n'est pas un échange".to_string(),
+            },
+            _ => "une inscription introuvable".to_string(),
+        };
+        reports.push(ContestRow {
+            index: e.index,
+            date: paris_time::long(*time),
+            datetime: paris_time::machine(*time),
+            guichet: names.participant(participant),
+            contested: *entry,
+            reason: contest_reason(reason.name()),
+            what,
+        });
+    }
+    pages::render(
+        StatusCode::OK,
+        &ContestsPage {
+            layout: layout(&web, "Signalements des personnes", &s),
+            reports,
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "audit_proofs.html")]
+struct ProofsPage {
+    layout: Layout,
+    checkpoint: String,
+    checkpoint_b64: String,
+    vkey: String,
+    size: u64,
+    index: Option<u64>,
+}
+
+#[derive(Deserialize)]
+pub struct ProofsQuery {
+    /// An entry to check, prefilled.
+    #[serde(default)]
+    n: Option<u64>,
+}
+
+/// `GET /audit/preuves`: the latest checkpoint and the proof checks run in the browser.
+pub async fn proofs(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(q): Query<ProofsQuery>,
+) -> Response {
+    let (_, s, _) = match signed_in(&web, &headers) {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let Ok(Some((size, note))) = web.state.store.latest_checkpoint().await else {
+        return pages::unavailable();
+    };
+    pages::render(
+        StatusCode::OK,
+        &ProofsPage {
+            layout: layout(&web, "Vérifier le journal", &s),
+            checkpoint_b64: B64.encode(note.as_bytes()),
+            checkpoint: note,
+            vkey: web.state.store.log_vkey().to_string(),
+            size,
+            index: q.n,
+        },
+    )
+}
+
+/// A JSON answer of the console's proof API.
+fn json_answer(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    json_answer(status, json!({ "erreur": message }))
+}
+
+#[derive(Deserialize)]
+pub struct InclusionQuery {
+    #[serde(default)]
+    n: u64,
+}
+
+/// Entry `index`, its inclusion proof and the latest checkpoint it leads to; the read of the
+/// entry recorded first (`audit_read`).
+async fn inclusion(
+    web: &Web,
+    caller: &Caller,
+    index: u64,
+) -> Result<(Vec<u8>, Vec<[u8; 32]>, String), Response> {
+    let query = AuditQuery {
+        start_index: index,
+        limit: 1,
+        ..Default::default()
+    };
+    if let Err(e) = events::audited(&web.state, caller, query, "web:Entry").await {
+        return Err(json_error(StatusCode::BAD_REQUEST, e.reason_code()));
+    }
+    let store = &web.state.store;
+    let Ok(Some((size, note))) = store.latest_checkpoint().await else {
+        return Err(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "journal indisponible",
+        ));
+    };
+    if index >= size {
+        return Err(json_error(
+            StatusCode::NOT_FOUND,
+            &format!("le journal n'a que {size} inscriptions"),
+        ));
+    }
+    let (Ok(Some(entry)), Ok(proof)) = (
+        store.entry(index).await,
+        store.inclusion_proof(index, size).await,
+    ) else {
+        return Err(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "journal indisponible",
+        ));
+    };
+    Ok((entry, proof, note))
+}
+
+fn b64_hashes(hashes: &[[u8; 32]]) -> Vec<String> {
+    hashes.iter().map(|h| B64.encode(h)).collect()
+}
+
+/// `GET /audit/api/inclusion?n=I`: for the browser's check of entry `I`.
+pub async fn api_inclusion(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(q): Query<InclusionQuery>,
+) -> Response {
+    let Ok((_, _, caller)) = signed_in(&web, &headers) else {
+        return json_error(StatusCode::FORBIDDEN, "session terminée");
+    };
+    match inclusion(&web, &caller, q.n).await {
+        Ok((entry, proof, note)) => json_answer(
+            StatusCode::OK,
+            json!({
+                "index": q.n,
+                "entry": B64.encode(&entry),
+                "proof": b64_hashes(&proof),
+                "checkpoint": note,
+            }),
+        ),
+        Err(answer) => answer,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ConsistencyQuery {
+    #[serde(default)]
+    premier: u64,
+}
+
+/// `GET /audit/api/coherence?premier=A`: the checkpoint of the tree of `A` entries (to compare
+/// with one the auditor kept), the latest checkpoint, and the consistency proof between them.
+pub async fn api_consistency(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(q): Query<ConsistencyQuery>,
+) -> Response {
+    if signed_in(&web, &headers).is_err() {
+        return json_error(StatusCode::FORBIDDEN, "session terminée");
+    }
+    let store = &web.state.store;
+    let Ok(Some((size, note))) = store.latest_checkpoint().await else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "journal indisponible");
+    };
+    if q.premier == 0 || q.premier > size {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "aucune preuve de cohérence de {} à {size} inscriptions",
+                q.premier
+            ),
+        );
+    }
+    let proof = if q.premier == size {
+        Vec::new()
+    } else {
+        match store.consistency_proof(q.premier, size).await {
+            Ok(p) => p,
+            Err(_) => {
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, "journal indisponible");
+            }
+        }
+    };
+    let Ok(first) = store.checkpoint_at(q.premier).await else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "journal indisponible");
+    };
+    json_answer(
+        StatusCode::OK,
+        json!({ "first_checkpoint": first, "checkpoint": note, "proof": b64_hashes(&proof) }),
+    )
+}
+
+/// `GET /audit/dossier/{n}`: the proof bundle of entry `n` (unefois-proof-bundle/v1), for the
+/// offline verifier.
+pub async fn bundle(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(index): Path<u64>,
+) -> Response {
+    let (_, _, caller) = match signed_in(&web, &headers) {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    match inclusion(&web, &caller, index).await {
+        Ok((entry, proof, note)) => {
+            let body = json!({
+                "format": "unefois-proof-bundle/v1",
+                "log_key": web.state.store.log_vkey(),
+                "checkpoint": note,
+                "entries": [{
+                    "index": index,
+                    "entry": B64.encode(&entry),
+                    "inclusion_proof": b64_hashes(&proof),
+                }],
+            });
+            attachment(
+                "application/json",
+                &format!("unefois-preuve-{index}.json"),
+                serde_json::to_vec_pretty(&body).unwrap_or_default(),
+            )
+        }
+        Err(answer) => answer,
+    }
+}
+
+/// `GET /audit/verificateur.html`: the offline verifier, one HTML file carrying its scripts,
+/// to keep and run without the broker (a download, never a page of these pages).
+pub async fn offline_verifier() -> Response {
+    let html = include_str!("../../static/offline.html")
+        .replace("/*PROOFS*/", include_str!("../../static/proofs.js"))
+        .replace("/*OFFLINE*/", include_str!("../../static/offline.js"));
+    attachment(
+        "text/html; charset=utf-8",
+        "unefois-verificateur.html",
+        html.into_bytes(),
+    )
+}
