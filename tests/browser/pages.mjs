@@ -427,6 +427,20 @@ said2 = await offlineCheck(vkey, JSON.stringify(tampered));
 check(said2.includes('a échoué'), `an entry changed by one byte fails offline: ${said2}`);
 said2 = await offlineCheck('', bundle);
 check(said2.includes('clé du journal'), `the offline verifier asks for the published key: ${said2}`);
+// Forms sent from this logged-in browser without the session's CSRF token, or from another
+// origin, are refused in every space (403), and nothing is done.
+const csrf = await (async () => {
+  await au.goto(base + '/audit');
+  return au.inputValue('input[name=csrf]');
+})();
+for (const [route, form] of [['/audit/evenements', { genre: 'exchange' }], ['/audit/logout', {}]]) {
+  const without = await auditContext.request.post(base + route, { form, headers: { Origin: base }, maxRedirects: 0 });
+  check(without.status() === 403, `POST ${route} without a CSRF token: ${without.status()}`);
+}
+const foreign = await auditContext.request.post(base + '/audit/evenements', {
+  form: { csrf, genre: 'exchange' }, headers: { Origin: 'https://evil.example' }, maxRedirects: 0,
+});
+check(foreign.status() === 403, `POST with the CSRF token from a foreign origin: ${foreign.status()}`);
 const auditCookie = (await auditContext.cookies()).find((c) => c.name === 'unefois_audit');
 check(auditCookie && auditCookie.httpOnly && auditCookie.sameSite === 'Lax', 'console cookie HttpOnly, SameSite=Lax');
 await auditContext.close();
