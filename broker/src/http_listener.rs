@@ -1,5 +1,5 @@
-//! The accept loop of the plain HTTP listeners (the operational listener, the web pages): its
-//! own, not `axum::serve`, for two bounds. At most [`HttpLimits::max_connections`] connections
+//! The accept loop of the HTTP listeners (the operational listener, the web pages, the latter
+//! over TLS when given a certificate): its own, not `axum::serve`, for two bounds. At most [`HttpLimits::max_connections`] connections
 //! (and per source address): over it, the oldest one that is not being answered is closed, so
 //! a new client always gets through; and [`HttpLimits::header_timeout`] to send request headers
 //! (slowloris; an idle keep-alive connection is closed after it too).
@@ -34,10 +34,13 @@ pub struct HttpLimits {
 }
 
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves; connections then
-/// finish their request (5 s at most).
+/// finish their request (5 s at most). With `tls`, each connection first completes a TLS
+/// handshake within the header timeout (a client that never finishes it holds its slot no
+/// longer than one that never sends its headers).
 pub async fn serve(
     limits: HttpLimits,
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -91,28 +94,66 @@ pub async fn serve(
                 }))
             }
         });
-        let connection = http.serve_connection(TokioIo::new(tcp), service);
-        let mut stopping = stopping.clone();
+        let http = http.clone();
+        let stopping = stopping.clone();
+        let tls = tls.clone();
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            tokio::pin!(connection);
-            tokio::select! {
-                served = connection.as_mut() => {
-                    if let Err(e) = served
-                        && e.is_timeout()
-                    {
-                        refused(name, "header_timeout", Some(remote));
+            match tls {
+                None => drive(http, tcp, service, ticket, stopping, name, remote).await,
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        done = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => done,
+                        () = ticket.shed() => return,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            drive(http, stream, service, ticket, stopping, name, remote).await;
+                        }
+                        Ok(Err(_)) => refused(name, "tls_handshake", Some(remote)),
+                        Err(_) => refused(name, "handshake_timeout", Some(remote)),
                     }
-                }
-                () = ticket.shed() => {}
-                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
                 }
             }
         });
     }
     let _ = stop.send(true);
     Ok(())
+}
+
+/// Serves one connection over `io` until it ends, is shed, or the listener stops.
+async fn drive<IO, S>(
+    http: hyper::server::conn::http1::Builder,
+    io: IO,
+    service: S,
+    mut ticket: crate::shed::Ticket,
+    mut stopping: watch::Receiver<bool>,
+    name: &'static str,
+    remote: std::net::SocketAddr,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = http.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => {
+            if let Err(e) = served
+                && e.is_timeout()
+            {
+                refused(name, "header_timeout", Some(remote));
+            }
+        }
+        () = ticket.shed() => {}
+        () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+        }
+    }
 }
 
 /// Marks a connection busy while its request is answered.

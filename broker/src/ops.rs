@@ -71,6 +71,7 @@ pub async fn serve(
             gauge: |n| crate::metrics::connections_open("ops", "open", n),
         },
         listener,
+        None,
         app,
         shutdown,
     )

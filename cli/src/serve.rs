@@ -76,8 +76,8 @@ pub(crate) struct ServeArgs {
     /// files that differ.
     #[arg(long, requires = "store")]
     change_registry: bool,
-    /// Address of the people's web pages (plain HTTP: put HTTPS in front, docs/web.md). On by
-    /// default at 127.0.0.1:8080 with the default home (the development setup).
+    /// Address of the people's web pages (plain HTTP, unless `--web-tls-cert`; or HTTPS in
+    /// front, docs/web.md). On by default at 127.0.0.1:8080 with the default home.
     #[arg(long, value_name = "ADDR")]
     web_listen: Option<SocketAddr>,
     /// Serve no web pages, even with the default home.
@@ -90,6 +90,12 @@ pub(crate) struct ServeArgs {
     /// The registry participant (a guichet) the citizen pages act as.
     #[arg(long, default_value = broker::web::DEFAULT_GUICHET)]
     web_guichet: String,
+    /// Serve the pages over HTTPS with this PEM certificate chain (with `--web-tls-key`).
+    #[arg(long, value_name = "PEM", requires = "web_tls_key")]
+    web_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--web-tls-cert`.
+    #[arg(long, value_name = "PEM", requires = "web_tls_cert")]
+    web_tls_key: Option<PathBuf>,
 }
 
 /// Where the development setup serves its web pages.
@@ -157,6 +163,13 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let web_tls = match (&args.web_tls_cert, &args.web_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            broker::web::tls_config(cert, key)
+                .context("the web pages' certificate (--web-tls-cert, --web-tls-key)")?,
+        ),
+        _ => None,
+    };
     let addr = listener.local_addr()?;
     let ops_addr = ops.local_addr()?;
     outln!("Une Fois broker listening on {addr} (mTLS)");
@@ -169,7 +182,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(web) = &web {
         let shown = args.web_url.clone().unwrap_or_else(|| {
             format!(
-                "http://{}",
+                "{}://{}",
+                if web_tls.is_some() { "https" } else { "http" },
                 web.local_addr()
                     .map_or_else(|_| String::new(), |a| a.to_string())
             )
@@ -204,6 +218,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             listener,
             public_url: args.web_url,
             guichet: args.web_guichet,
+            tls: web_tls,
         }),
     };
     broker::run(listener, config, shutdown_signal()).await?;

@@ -119,6 +119,8 @@ pub struct BrokerOptions {
     /// Serve the web pages on a port of their own, as the citizen pages' guichet
     /// `espace-usager` (default: no pages).
     pub web: bool,
+    /// Serve them over HTTPS with this configuration (`broker::web::tls_config`).
+    pub web_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Default for BrokerOptions {
@@ -131,6 +133,7 @@ impl Default for BrokerOptions {
             preview_ttl: broker::defaults::PREVIEW_TTL,
             store: broker::StoreLocation::Embedded,
             web: false,
+            web_tls: None,
         }
     }
 }
@@ -172,6 +175,7 @@ impl TestBroker {
                 listener,
                 public_url: None,
                 guichet: broker::web::DEFAULT_GUICHET.to_string(),
+                tls: options.web_tls,
             }),
         };
         let (stop, stopped) = oneshot::channel::<()>();

@@ -48,6 +48,49 @@ pub struct WebConfig {
     /// The registry participant (a guichet) the citizen pages act as: its `oidc_audience` is
     /// their OpenID Connect client id.
     pub guichet: String,
+    /// HTTPS on the listener itself ([`tls_config`]); `None`: plain HTTP (behind a reverse
+    /// proxy that terminates HTTPS, or the development setup on loopback).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Why the pages' certificate or key cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum WebTlsError {
+    /// A PEM file could not be read.
+    #[error(transparent)]
+    Pem(#[from] unefois_certs::CertError),
+    /// rustls refused the pair.
+    #[error("{path}: {message}")]
+    Rustls {
+        /// The certificate file.
+        path: std::path::PathBuf,
+        /// rustls's reason.
+        message: String,
+    },
+}
+
+/// The pages' HTTPS configuration from a PEM certificate chain and its private key
+/// (`--web-tls-cert`, `--web-tls-key`): TLS 1.2 and 1.3 on ring, no client certificate (people
+/// log in with OpenID Connect), HTTP/1.1.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, WebTlsError> {
+    let chain = unefois_certs::load_certificates(cert)?;
+    let key = unefois_certs::load_private_key(key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let refused = |e: rustls::Error| WebTlsError::Rustls {
+        path: cert.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(refused)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(refused)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// What the pages' handlers share.
@@ -78,7 +121,10 @@ pub(crate) async fn serve(
         .public_url
         .as_deref()
         .map(|u| u.trim_end_matches('/').to_string())
-        .unwrap_or_else(|| format!("http://{local}"));
+        .unwrap_or_else(|| match web.tls {
+            Some(_) => format!("https://{local}"),
+            None => format!("http://{local}"),
+        });
     let secure = base.starts_with("https://");
     let dev_idp = dev_idp::DevIdp::for_registry(&state.federation.registry());
     if dev_idp.is_some() {
@@ -109,6 +155,7 @@ pub(crate) async fn serve(
             gauge: |n| crate::metrics::connections_open("web", "open", n),
         },
         web.listener,
+        web.tls.map(tokio_rustls::TlsAcceptor::from),
         router(shared),
         shutdown,
     )

@@ -363,3 +363,99 @@ async fn a_contested_access_is_recorded_for_auditors_and_only_ones_own() -> anyh
     broker.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_pages_serve_https_themselves_with_secure_cookies_and_hsts() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    // A certificate for the pages (`--web-tls-cert`, `--web-tls-key`), as PEM files.
+    let scratch = tempfile::tempdir()?;
+    let issued = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
+    let (cert, key) = (
+        scratch.path().join("web.crt"),
+        scratch.path().join("web.key"),
+    );
+    std::fs::write(&cert, issued.cert.pem())?;
+    std::fs::write(&key, issued.signing_key.serialize_pem())?;
+    let tls = broker::web::tls_config(&cert, &key)?;
+    // The key of another certificate is refused, named.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
+    let wrong_key = scratch.path().join("other.key");
+    std::fs::write(&wrong_key, other.signing_key.serialize_pem())?;
+    let e = broker::web::tls_config(&cert, &wrong_key)
+        .err()
+        .context("a key that does not fit was accepted")?;
+    assert!(e.to_string().contains("web.crt"), "{e}");
+
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            web: true,
+            web_tls: Some(tls),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let web = broker.web_addr.context("no web pages")?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(issued.cert.der().clone())?;
+    let client_tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(client_tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let landing = client.get(format!("https://{web}/")).send().await?;
+    assert_eq!(landing.status(), 200);
+    assert!(
+        landing
+            .headers()
+            .get("strict-transport-security")
+            .is_some_and(|v| v.to_str().unwrap_or_default().contains("max-age=")),
+        "{:?}",
+        landing.headers()
+    );
+    // The login's cookie is Secure, and the identity provider sends the browser back over HTTPS.
+    let login = client
+        .get(format!("https://{web}/citizen/login"))
+        .send()
+        .await?;
+    assert_eq!(login.status(), 303);
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .context("no login cookie")?
+        .to_str()?
+        .to_string();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let to = login
+        .headers()
+        .get("location")
+        .context("no redirect")?
+        .to_str()?
+        .to_string();
+    let back = format!(
+        "redirect_uri=https%3A%2F%2F{}",
+        web.to_string().replace(':', "%3A")
+    );
+    assert!(to.contains(&back), "{to}");
+    // Plain HTTP on the HTTPS port gets no page.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{web}/"))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(
+        plain.as_ref().map_or(true, |r| r.status() != 200),
+        "{plain:?}"
+    );
+    broker.stop().await?;
+    Ok(())
+}
