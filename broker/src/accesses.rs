@@ -31,7 +31,46 @@ pub struct ListInput {
     pub page_token: String,
     /// How many, at most (0: the default).
     pub page_size: u32,
+    /// Only the accesses it selects (the citizen's page's filters; none over gRPC).
+    pub filter: AccessFilter,
 }
+
+/// What a person looks for in their history: one organisation, one type of data, a period.
+#[derive(Clone, Debug, Default)]
+pub struct AccessFilter {
+    /// Only this consumer's accesses.
+    pub consumer: Option<String>,
+    /// Only accesses to this attestation type.
+    pub attestation_type: Option<String>,
+    /// Only accesses at or after.
+    pub since: Option<OffsetDateTime>,
+    /// Only accesses before.
+    pub until: Option<OffsetDateTime>,
+}
+
+impl AccessFilter {
+    fn is_empty(&self) -> bool {
+        self.consumer.is_none()
+            && self.attestation_type.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+
+    fn selects(&self, time: OffsetDateTime, exchange: &ExchangeEvent) -> bool {
+        self.consumer
+            .as_deref()
+            .is_none_or(|c| exchange.participant == c)
+            && self
+                .attestation_type
+                .as_deref()
+                .is_none_or(|t| exchange.attestation_type == t)
+            && self.since.is_none_or(|s| time >= s)
+            && self.until.is_none_or(|u| time < u)
+    }
+}
+
+/// Most accesses one filtered page examines; the page then offers to look further back.
+pub const MAX_FILTER_SCAN: usize = 2_000;
 
 /// One exchange about the person, as the log holds it.
 #[derive(Debug)]
@@ -61,6 +100,53 @@ pub struct Accesses {
     pub next_page_token: String,
     /// The signed checkpoint the proofs lead to (empty while the log is empty).
     pub checkpoint: String,
+}
+
+/// Up to `size` of the person's accesses that `filter` selects, newest first, older than
+/// `before`, examining at most [`MAX_FILTER_SCAN`] of them (and none older than its period);
+/// with the leaf index the next page starts before, if more may remain (where this page
+/// stopped looking, whether or not that access was selected).
+async fn filtered(
+    store: &dyn crate::store::Store,
+    pseudonym: &str,
+    mut before: Option<u64>,
+    size: usize,
+    filter: &AccessFilter,
+) -> Result<(Vec<events::LoggedEvent>, Option<u64>), ApiError> {
+    const CHUNK: usize = 200;
+    let mut kept = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let (chunk, more) = events::accesses(store, pseudonym, before, CHUNK).await?;
+        for logged in chunk {
+            scanned += 1;
+            before = Some(logged.index);
+            let Some(Record {
+                time,
+                event: Event::Exchange(exchange),
+                ..
+            }) = &logged.record
+            else {
+                continue;
+            };
+            // Older than the period: nothing further back can be in it.
+            if filter.since.is_some_and(|s| *time < s) {
+                return Ok((kept, None));
+            }
+            if filter.selects(*time, exchange) {
+                kept.push(logged);
+                if kept.len() >= size {
+                    return Ok((kept, before));
+                }
+            }
+        }
+        if !more {
+            return Ok((kept, None));
+        }
+        if scanned >= MAX_FILTER_SCAN {
+            return Ok((kept, before));
+        }
+    }
 }
 
 /// A page of `input.subject`'s access history, for `caller` (a guichet or a mediation
@@ -106,7 +192,13 @@ pub async fn list(state: &State, caller: &Caller, input: &ListInput) -> Result<A
             mandate_id: mandate.map(|m| m.id),
         })])
         .await?;
-    let (found, more) = events::accesses(store, &pseudonym, before, size).await?;
+    let (found, next) = if input.filter.is_empty() {
+        let (found, more) = events::accesses(store, &pseudonym, before, size).await?;
+        let next = found.last().filter(|_| more).map(|last| last.index);
+        (found, next)
+    } else {
+        filtered(store, &pseudonym, before, size, &input.filter).await?
+    };
     let (tree_size, checkpoint) = store
         .latest_checkpoint()
         .await?
@@ -138,10 +230,7 @@ pub async fn list(state: &State, caller: &Caller, input: &ListInput) -> Result<A
             inclusion_proof,
         });
     }
-    let next_page_token = match (more, found.last()) {
-        (true, Some(last)) => last.index.to_string(),
-        _ => String::new(),
-    };
+    let next_page_token = next.map(|n| n.to_string()).unwrap_or_default();
     Ok(Accesses {
         accesses,
         next_page_token,

@@ -158,6 +158,16 @@ const status = await page.textContent('[role=status]');
 check(status.includes('Votre consentement a été retiré.'), `the withdrawal is announced: ${status.trim()}`);
 await audit(page, 'citizen-withdrawn');
 
+// The history's filters: one organisation, then a filter that is not one (its error state).
+await page.goto(base + '/citizen');
+await page.selectOption('#org', 'mairie-lyon');
+await Promise.all([page.waitForURL(/org=mairie-lyon/), page.click('button:has-text("Filtrer")')]);
+check((await page.locator('a.contest').count()) >= 1, 'the history filtered by organisation');
+await audit(page, 'citizen-filtered');
+await page.goto(base + '/citizen?org=nulle-part');
+await page.waitForSelector('[role=alert]');
+await audit(page, 'citizen-filter-error');
+
 // The printable statement, and « Je ne reconnais pas cette consultation » (its error state,
 // then the report, announced).
 await page.goto(base + '/citizen/releve');

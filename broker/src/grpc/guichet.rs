@@ -131,6 +131,7 @@ impl GuichetApi for GuichetService {
             id_token: r.id_token.clone(),
             page_token: r.page_token.clone(),
             page_size: r.page_size,
+            filter: Default::default(),
         };
         let page = crate::accesses::list(&self.state, caller, &input)
             .await

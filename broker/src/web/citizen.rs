@@ -127,6 +127,20 @@ struct LoginPage {
 #[template(path = "citizen.html")]
 struct HomePage {
     layout: Layout,
+    organisations: Vec<Choice>,
+    types: Vec<Choice>,
+    du: String,
+    au: String,
+    /// Whether filters are asked.
+    filtered: bool,
+    /// The filters, as the pager's links carry them (`&org=…`), or empty.
+    filter_query: String,
+    filter_errors: Vec<(&'static str, &'static str)>,
+    error_org: bool,
+    error_donnees: bool,
+    error_dates: bool,
+    /// The newest page, with the filters.
+    newest_href: String,
     accesses: Vec<AccessRow>,
     with_actions: bool,
     older: Option<String>,
@@ -145,6 +159,18 @@ pub struct HomeQuery {
     /// The leaf index the previous page ended at (older accesses), never a person.
     #[serde(default)]
     avant: Option<String>,
+    /// Only this organisation's accesses (a participant id).
+    #[serde(default)]
+    org: String,
+    /// Only accesses to this type of data (an attestation type id).
+    #[serde(default)]
+    donnees: String,
+    /// From this Paris day, `AAAA-MM-JJ`.
+    #[serde(default)]
+    du: String,
+    /// Through this Paris day.
+    #[serde(default)]
+    au: String,
     /// A status message to announce (`retire`, `mandat-revoque`, `signale`).
     #[serde(default)]
     fait: Option<String>,
@@ -172,12 +198,14 @@ pub async fn home(
         Err(page) => return *page,
     };
     let state = &web.state;
+    let (filter, filter_errors) = history_filter(&web, &query);
     let input = crate::accesses::ListInput {
         subject: session.subject.as_str().to_string(),
         mandate_id: String::new(),
         id_token: session.id_token.clone(),
         page_token: query.avant.clone().unwrap_or_default(),
         page_size: PAGE_SIZE,
+        filter: filter.clone(),
     };
     let page = match crate::accesses::list(state, &caller, &input).await {
         Ok(page) => page,
@@ -197,10 +225,68 @@ pub async fn home(
     let now = OffsetDateTime::now_utc();
     let consents = consents.iter().map(|c| names.consent(c, now)).collect();
     let mandates = mandates.iter().map(|m| names.mandate(m, now)).collect();
+    let filtered = !(query.org.is_empty()
+        && query.donnees.is_empty()
+        && query.du.is_empty()
+        && query.au.is_empty());
+    let mut filter_query = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in [
+        ("org", &query.org),
+        ("donnees", &query.donnees),
+        ("du", &query.du),
+        ("au", &query.au),
+    ] {
+        if !v.is_empty() && filter_errors.is_empty() {
+            filter_query.append_pair(k, v);
+        }
+    }
+    let filter_query = match filter_query.finish() {
+        q if q.is_empty() => String::new(),
+        q => format!("&{q}"),
+    };
     pages::render(
-        StatusCode::OK,
+        if filter_errors.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        },
         &HomePage {
-            layout: layout("Qui a consulté mes données", &session),
+            layout: layout(
+                if filter_errors.is_empty() {
+                    "Qui a consulté mes données"
+                } else {
+                    "Erreur : qui a consulté mes données"
+                },
+                &session,
+            ),
+            organisations: history_choices(
+                registry
+                    .participants()
+                    .filter(|p| {
+                        p.roles.contains(&crate::registry::Role::Consumer)
+                            || p.roles.contains(&crate::registry::Role::Mediator)
+                    })
+                    .map(|p| (p.id.clone(), p.name.clone())),
+                &query.org,
+            ),
+            types: history_choices(
+                registry
+                    .attestation_types()
+                    .map(|t| (t.id.clone(), t.description.clone())),
+                &query.donnees,
+            ),
+            du: query.du.clone(),
+            au: query.au.clone(),
+            filtered,
+            newest_href: match filter_query.strip_prefix('&') {
+                Some(q) => format!("/citizen?{q}"),
+                None => "/citizen".to_string(),
+            },
+            filter_query,
+            error_org: filter_errors.iter().any(|e| e.0 == "org"),
+            error_donnees: filter_errors.iter().any(|e| e.0 == "donnees"),
+            error_dates: filter_errors.iter().any(|e| e.0 == "du"),
+            filter_errors,
             accesses,
             with_actions: true,
             older: (!page.next_page_token.is_empty()).then_some(page.next_page_token),
@@ -223,6 +309,61 @@ pub async fn home(
                 _ => None,
             },
         },
+    )
+}
+
+/// An option of a filter's select: (value, words, selected).
+type Choice = (String, String, bool);
+
+fn history_choices(all: impl Iterator<Item = (String, String)>, selected: &str) -> Vec<Choice> {
+    std::iter::once((String::new(), "Tous".to_string(), selected.is_empty()))
+        .chain(all.map(|(v, l)| {
+            let on = v == selected;
+            (v, l, on)
+        }))
+        .collect()
+}
+
+/// The history's filters as asked (an organisation and a type of the registry, Paris days),
+/// and what is wrong with them: a filter that is wrong filters nothing.
+fn history_filter(
+    web: &Web,
+    q: &HomeQuery,
+) -> (
+    crate::accesses::AccessFilter,
+    Vec<(&'static str, &'static str)>,
+) {
+    let registry = web.state.federation.registry();
+    let mut errors = Vec::new();
+    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+    if !q.org.is_empty() && registry.participant(&q.org).is_none() {
+        errors.push(("org", "Choisissez un organisme de la liste."));
+    }
+    if !q.donnees.is_empty() && registry.attestation_type(&q.donnees).is_none() {
+        errors.push(("donnees", "Choisissez des données de la liste."));
+    }
+    let day = |text: &str, plus| match text.trim() {
+        "" => Ok(None),
+        t => paris_time::day_start(t, plus)
+            .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+            .map(Some)
+            .ok_or(()),
+    };
+    let (since, until) = (day(&q.du, 0), day(&q.au, 1));
+    if since.is_err() || until.is_err() {
+        errors.push(("du", "Saisissez les dates au format AAAA-MM-JJ."));
+    }
+    if !errors.is_empty() {
+        return (crate::accesses::AccessFilter::default(), errors);
+    }
+    (
+        crate::accesses::AccessFilter {
+            consumer: some(&q.org),
+            attestation_type: some(&q.donnees),
+            since: since.ok().flatten(),
+            until: until.ok().flatten(),
+        },
+        errors,
     )
 }
 
@@ -591,6 +732,7 @@ pub async fn statement(State(web): State<Arc<Web>>, headers: HeaderMap) -> Respo
             id_token: session.id_token.clone(),
             page_token,
             page_size: crate::accesses::MAX_PAGE_SIZE,
+            filter: Default::default(),
         };
         let page = match crate::accesses::list(&web.state, &caller, &input).await {
             Ok(page) => page,

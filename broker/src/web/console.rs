@@ -381,14 +381,6 @@ pub async fn home(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     pages::render(StatusCode::OK, &home_page(&web, &s, &s.filters, Vec::new()))
 }
 
-/// A Paris day `AAAA-MM-JJ` as the instant it starts, `plus_days` later.
-fn paris_day(text: &str, plus_days: i64) -> Option<i64> {
-    let date: jiff::civil::Date = text.trim().parse().ok()?;
-    let date = date.checked_add(jiff::Span::new().days(plus_days)).ok()?;
-    let zoned = date.in_tz("Europe/Paris").ok()?;
-    Some(zoned.timestamp().as_second())
-}
-
 /// What a form's filters ask `audited` for, or the errors to show.
 fn query_of(
     web: &Web,
@@ -408,8 +400,8 @@ fn query_of(
                 .to_string(),
         ));
     }
-    let since = (!f.du.trim().is_empty()).then(|| paris_day(&f.du, 0));
-    let until = (!f.au.trim().is_empty()).then(|| paris_day(&f.au, 1));
+    let since = (!f.du.trim().is_empty()).then(|| paris_time::day_start(&f.du, 0));
+    let until = (!f.au.trim().is_empty()).then(|| paris_time::day_start(&f.au, 1));
     if matches!(since, Some(None)) || matches!(until, Some(None)) {
         errors.push(("du", "Dates invalides : AAAA-MM-JJ.".to_string()));
     }

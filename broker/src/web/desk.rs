@@ -1171,6 +1171,7 @@ pub async fn history(
         id_token: String::new(),
         page_token: query.avant.unwrap_or_default(),
         page_size: PAGE_SIZE,
+        filter: Default::default(),
     };
     let page = match crate::accesses::list(&web.state, &caller, &input).await {
         Ok(p) => p,

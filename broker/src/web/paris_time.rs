@@ -34,6 +34,15 @@ pub fn day(t: OffsetDateTime) -> String {
     }
 }
 
+/// The instant (Unix seconds) a Paris day `AAAA-MM-JJ` starts, `plus_days` later (1: the
+/// instant it ends), summer time included; `None` if it is not a date.
+pub fn day_start(text: &str, plus_days: i64) -> Option<i64> {
+    let date: jiff::civil::Date = text.trim().parse().ok()?;
+    let date = date.checked_add(jiff::Span::new().days(plus_days)).ok()?;
+    let zoned = date.in_tz("Europe/Paris").ok()?;
+    Some(zoned.timestamp().as_second())
+}
+
 /// `3 décembre 2026`, a calendar date (no time zone: a date of birth, of opening of rights).
 pub fn date(d: time::Date) -> String {
     let month = MONTHS[usize::from(u8::from(d.month())) - 1];

@@ -459,3 +459,76 @@ async fn the_pages_serve_https_themselves_with_secure_cookies_and_hsts() -> anyh
     broker.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_citizen_filters_her_history_by_organisation_data_and_period() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, mut browser) = broker_with_pages(&pki).await?;
+    // The city reads her family quotient (consent) and her tax income (law); the CCAS reads
+    // her tax income (law).
+    grant_consent(&broker, "test:alice", QF, CANTINE).await?;
+    let mut city = exchange(&broker, "mairie-lyon").await?;
+    city.fetch(fetch("test:alice", QF, CANTINE)).await?;
+    city.fetch(rfr("test:alice")).await?;
+    exchange(&broker, "ccas-lyon")
+        .await?
+        .fetch(fetch("test:alice", RFR, ENERGIE))
+        .await?;
+    browser.log_in("test:alice").await?;
+    let shown = |page: &unefois_tests::web::Page| page.body.matches("class=\"contest\"").count();
+
+    let all = browser.get("/citizen").await?;
+    assert_eq!(shown(&all), 3, "{}", all.body);
+    let ccas = browser.get("/citizen?org=ccas-lyon").await?;
+    assert_eq!(ccas.status, 200, "{}", ccas.body);
+    assert_eq!(shown(&ccas), 1, "{}", ccas.body);
+    assert!(
+        ccas.body
+            .contains("Centre communal d&#39;action sociale de Lyon")
+    );
+    assert!(ccas.body.contains("Effacer les filtres"));
+    let income = browser.get(&format!("/citizen?donnees={RFR}")).await?;
+    assert_eq!(shown(&income), 2, "{}", income.body);
+    let both = browser
+        .get(&format!("/citizen?org=mairie-lyon&donnees={RFR}"))
+        .await?;
+    assert_eq!(shown(&both), 1, "{}", both.body);
+    // A period: today (Paris) holds all three; a day to come, none.
+    let today = time::OffsetDateTime::now_utc().to_offset(time::macros::offset!(+1));
+    let day = |d: time::OffsetDateTime| {
+        format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+    };
+    let period = browser
+        .get(&format!(
+            "/citizen?du={}&au={}",
+            day(today - time::Duration::days(1)),
+            day(today + time::Duration::days(1))
+        ))
+        .await?;
+    assert_eq!(shown(&period), 3, "{}", period.body);
+    let later = browser
+        .get(&format!(
+            "/citizen?du={}",
+            day(today + time::Duration::days(2))
+        ))
+        .await?;
+    assert_eq!(shown(&later), 0, "{}", later.body);
+    assert!(
+        later
+            .body
+            .contains("Aucune consultation ne correspond à ces filtres")
+    );
+    // A filter that is not one: said, linked, marked; nothing filtered.
+    let wrong = browser.get("/citizen?org=nulle-part&du=hier").await?;
+    assert_eq!(wrong.status, 400, "{}", wrong.body);
+    assert!(
+        wrong.body.contains("Le filtre contient 2 erreurs"),
+        "{}",
+        wrong.body
+    );
+    assert!(wrong.body.contains("href=\"#org\"") && wrong.body.contains("href=\"#du\""));
+    assert!(wrong.body.contains("aria-invalid=\"true\""));
+    assert_eq!(shown(&wrong), 3);
+    broker.stop().await?;
+    Ok(())
+}
