@@ -154,7 +154,7 @@ await Promise.all([page.waitForURL(/withdraw$/), page.keyboard.press('Enter')]);
 await audit(page, 'consent-withdraw');
 check(await tabTo(page, (f) => f.text === 'Confirmer le retrait'), 'Tab reaches « Confirmer le retrait »');
 await Promise.all([page.waitForURL(/fait=retire/), page.keyboard.press('Enter')]);
-const status = await page.textContent('[role=status]');
+const status = await page.textContent('main [role=status]');
 check(status.includes('Votre consentement a été retiré.'), `the withdrawal is announced: ${status.trim()}`);
 await audit(page, 'citizen-withdrawn');
 
@@ -181,7 +181,7 @@ await page.waitForSelector('[role=alert]');
 await audit(page, 'contest-error');
 await page.check('#raison-1');
 await Promise.all([page.waitForURL(/fait=signale/), page.click('button:has-text("Envoyer le signalement")')]);
-const reported = await page.textContent('[role=status]');
+const reported = await page.textContent('main [role=status]');
 check(reported.includes('Votre signalement est inscrit au journal'), `the report is announced: ${reported.trim()}`);
 
 // The mandate's revocation page (revoked below without JavaScript).
@@ -208,10 +208,10 @@ const links = noJs.locator('a:has-text("Retirer")');
 check((await links.count()) >= 1, 'without JavaScript: a consent left to withdraw');
 await Promise.all([noJs.waitForURL(/withdraw$/), links.first().click()]);
 await Promise.all([noJs.waitForURL(/fait=retire/), noJs.click('button:has-text("Confirmer le retrait")')]);
-check((await noJs.textContent('[role=status]')).includes('retiré'), 'without JavaScript: consent withdrawn');
+check((await noJs.textContent('main [role=status]')).includes('retiré'), 'without JavaScript: consent withdrawn');
 await Promise.all([noJs.waitForURL(/revoke$/), noJs.click('a:has-text("Révoquer")')]);
 await Promise.all([noJs.waitForURL(/fait=mandat-revoque/), noJs.click('button:has-text("Confirmer la révocation")')]);
-check((await noJs.textContent('[role=status]')).includes('mandat a été révoqué'), 'without JavaScript: mandate revoked');
+check((await noJs.textContent('main [role=status]')).includes('mandat a été révoqué'), 'without JavaScript: mandate revoked');
 await noJs.screenshot({ path: path.join(out, 'citizen-no-javascript.png'), fullPage: true });
 await plain.close();
 
@@ -285,7 +285,7 @@ await Promise.all([desk.waitForURL(/revoke$/), desk.keyboard.press('Enter')]);
 await audit(desk, 'desk-mandate-revoke');
 check(await tabTo(desk, (f) => f.text === 'Confirmer la révocation'), 'Tab reaches « Confirmer la révocation »');
 await Promise.all([desk.waitForURL(/fait=revoque/), desk.keyboard.press('Enter')]);
-check((await desk.textContent('[role=status]')).includes('Le mandat est révoqué'), 'the revocation is announced');
+check((await desk.textContent('main [role=status]')).includes('Le mandat est révoqué'), 'the revocation is announced');
 const deskCookies = await deskContext.cookies();
 const deskSession = deskCookies.find((c) => c.name === 'unefois_desk');
 check(deskSession && deskSession.httpOnly && deskSession.sameSite === 'Lax', `desk cookie HttpOnly, SameSite=Lax (${JSON.stringify(deskSession)})`);
@@ -311,7 +311,7 @@ check((await nd.textContent('main')).includes('Carole Petit donne mandat'), 'wit
 await nd.screenshot({ path: path.join(out, 'desk-mandate-no-javascript.png'), fullPage: true });
 await Promise.all([nd.waitForURL(/\/desk\/agir$/), nd.click('a:has-text("Agir pour la personne")')]);
 await Promise.all([nd.waitForURL(/fait=consentement/), nd.click('button:has-text("Enregistrer le consentement")')]);
-check((await nd.textContent('[role=status]')).includes('Le consentement est enregistré'), 'without JavaScript: a consent recorded under the mandate');
+check((await nd.textContent('main [role=status]')).includes('Le consentement est enregistré'), 'without JavaScript: a consent recorded under the mandate');
 // On Carole's own page: the mandate, with the agent's name, and the consent.
 await nd.goto(base + '/citizen');
 await Promise.all([nd.waitForURL(/dev-idp\/authorize/), nd.click('text=Se connecter')]);
@@ -451,6 +451,21 @@ const foreign = await auditContext.request.post(base + '/audit/evenements', {
   form: { csrf, genre: 'exchange' }, headers: { Origin: 'https://evil.example' }, maxRedirects: 0,
 });
 check(foreign.status() === 403, `POST with the CSRF token from a foreign origin: ${foreign.status()}`);
+// The session's end is said before it comes, next to « Prolonger la session », then when it
+// comes (the page's clock moved forward).
+const timed = await auditContext.newPage();
+await timed.clock.install();
+await timed.goto(base + '/audit');
+const endsAt = Number(await timed.getAttribute('form.logout', 'data-ends')) * 1000;
+check(endsAt > Date.now(), 'the page knows when the session ends');
+await timed.clock.fastForward(Math.max(0, endsAt - Date.now() - 60 * 1000));
+await timed.waitForFunction(() => document.getElementById('session-status').textContent.length > 0);
+check((await timed.textContent('#session-status')).includes('moins de deux minutes'), 'the session\'s end is announced two minutes before');
+await audit(timed, 'session-ending');
+await timed.clock.fastForward(2 * 60 * 1000);
+await timed.waitForFunction(() => document.getElementById('session-status').textContent.includes('a pris fin'));
+ok('the session\'s end is announced when it comes');
+await timed.close();
 const auditCookie = (await auditContext.cookies()).find((c) => c.name === 'unefois_audit');
 check(auditCookie && auditCookie.httpOnly && auditCookie.sameSite === 'Lax', 'console cookie HttpOnly, SameSite=Lax');
 await auditContext.close();

@@ -57,6 +57,7 @@ fn layout(title: &str, session: &Session) -> Layout {
         Some(LayoutSession {
             csrf: session.csrf.clone(),
             ends: paris_time::clock(session.ends_at),
+            ends_unix: session.ends_at.unix_timestamp(),
             logout: "/logout",
             relogin: "/citizen/login",
             who: None,

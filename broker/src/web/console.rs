@@ -134,6 +134,7 @@ fn layout(web: &Web, title: &str, s: &ConsoleSession) -> Layout {
         Some(LayoutSession {
             csrf: s.csrf.clone(),
             ends: paris_time::clock(s.ends_at),
+            ends_unix: s.ends_at.unix_timestamp(),
             logout: "/audit/logout",
             relogin: "/audit/login",
             who: Some(format!(

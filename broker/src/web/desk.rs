@@ -117,6 +117,7 @@ fn layout(web: &Web, title: &str, s: &DeskSession, acting: Option<&Mandate>) -> 
         Some(LayoutSession {
             csrf: s.csrf.clone(),
             ends: paris_time::clock(s.ends_at),
+            ends_unix: s.ends_at.unix_timestamp(),
             logout: "/desk/logout",
             relogin: "/desk/login",
             who: Some(format!(

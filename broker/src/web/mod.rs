@@ -170,6 +170,7 @@ fn router(web: Arc<Web>) -> Router {
         .route("/static/proofs.js", get(pages::proofs_script))
         .route("/static/verify.js", get(pages::verify_script))
         .route("/static/console.js", get(pages::console_script))
+        .route("/static/session.js", get(pages::session_script))
         .route("/citizen", get(citizen::home))
         .route("/citizen/releve", get(citizen::statement))
         .route("/citizen/login", get(citizen::login))

@@ -22,6 +22,8 @@ pub struct LayoutSession {
     pub csrf: String,
     /// When it ends, Paris time (`18 h 05`).
     pub ends: String,
+    /// The same, Unix seconds, for `static/session.js` to say it before it comes.
+    pub ends_unix: i64,
     /// Where the logout form posts (`/logout`, `/desk/logout`).
     pub logout: &'static str,
     /// Where « Prolonger la session » leads (a new login).
@@ -179,6 +181,11 @@ pub async fn proofs_script() -> Response {
 /// `GET /static/verify.js`: « Vérifier » on the citizen's history.
 pub async fn verify_script() -> Response {
     javascript(include_str!("../../static/verify.js"))
+}
+
+/// `GET /static/session.js`: the session's end said before it comes.
+pub async fn session_script() -> Response {
+    javascript(include_str!("../../static/session.js"))
 }
 
 /// `GET /static/console.js`: the auditors' console's proof checks.
