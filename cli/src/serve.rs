@@ -163,6 +163,11 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    if let Some(url) = &args.web_url {
+        broker::web::public_url(url)
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("--web-url")?;
+    }
     let web_tls = match (&args.web_tls_cert, &args.web_tls_key) {
         (Some(cert), Some(key)) => Some(
             broker::web::tls_config(cert, key)

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use super::pages;
 use super::session::{Ending, LoginKind, PendingLogin, Sessions};
-use super::{Web, cookie_value, random_token, same_secret, see_other};
+use super::{Web, random_token, same_secret, see_other};
 use crate::registry::EnrolledAgent;
 
 /// An identity provider's answer.
@@ -124,7 +124,10 @@ impl<S: Clone + Ending> Logins<'_, S> {
     ) -> Option<(String, PendingLogin)> {
         let login = self.table.take_login(&answer.state)?;
         if login.kind != kind
-            || !cookie_value(headers, self.cookie).is_some_and(|b| same_secret(b, &login.browser))
+            || !self
+                .web
+                .cookie_of(headers, self.cookie)
+                .is_some_and(|b| same_secret(b, &login.browser))
         {
             return None;
         }

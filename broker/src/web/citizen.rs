@@ -20,7 +20,7 @@ use super::pages::{self, Layout, LayoutSession};
 use super::paris_time;
 use super::rows::{AccessRow, ConsentRow, MandateRow, Names};
 use super::session::{LoginKind, PendingLogin, SESSION_LIFETIME, Session};
-use super::{Web, cookie_value, random_token, same_secret, see_other};
+use super::{Web, random_token, same_secret, see_other};
 use crate::caller::Caller;
 use crate::consent::ConsentStatus;
 use crate::error::ApiError;
@@ -47,7 +47,7 @@ fn caller(web: &Web) -> Result<Caller, Box<Response>> {
 
 /// The open session of this browser, if any.
 fn session(web: &Web, headers: &HeaderMap) -> Option<(String, Session)> {
-    let id = cookie_value(headers, SESSION_COOKIE)?;
+    let id = web.cookie_of(headers, SESSION_COOKIE)?;
     web.sessions.session(id).map(|s| (id.to_string(), s))
 }
 
@@ -445,7 +445,10 @@ pub async fn callback(
     if login.kind != LoginKind::Citizen {
         return failed();
     }
-    if !cookie_value(&headers, LOGIN_COOKIE).is_some_and(|b| same_secret(b, &login.browser)) {
+    if !web
+        .cookie_of(&headers, LOGIN_COOKIE)
+        .is_some_and(|b| same_secret(b, &login.browser))
+    {
         return failed();
     }
     let caller = match caller(&web) {
@@ -486,7 +489,7 @@ pub async fn callback(
         return pages::unavailable();
     };
     // Logged in again (« Prolonger la session »): the earlier session of this browser ends.
-    if let Some(earlier) = cookie_value(&headers, SESSION_COOKIE) {
+    if let Some(earlier) = web.cookie_of(&headers, SESSION_COOKIE) {
         web.sessions.close(earlier);
     }
     let now = OffsetDateTime::now_utc();

@@ -26,7 +26,7 @@ use super::pages::{self, Layout, LayoutSession};
 use super::paris_time;
 use super::rows::Names;
 use super::session::Ending;
-use super::{Web, cookie_value, random_token, same_secret, see_other};
+use super::{Web, random_token, same_secret, see_other};
 use crate::audit::events::{self, AuditQuery, LoggedEvent};
 use crate::caller::Caller;
 use crate::error::ApiError;
@@ -90,7 +90,7 @@ pub struct Filters {
 }
 
 fn session(web: &Web, headers: &HeaderMap) -> Option<(String, ConsoleSession)> {
-    let id = cookie_value(headers, CONSOLE_COOKIE)?;
+    let id = web.cookie_of(headers, CONSOLE_COOKIE)?;
     web.console.session(id).map(|s| (id.to_string(), s))
 }
 
@@ -198,7 +198,7 @@ pub async fn callback(
     let (Some(id), Some(csrf)) = (random_token(), random_token()) else {
         return pages::unavailable();
     };
-    if let Some(earlier) = cookie_value(&headers, CONSOLE_COOKIE) {
+    if let Some(earlier) = web.cookie_of(&headers, CONSOLE_COOKIE) {
         web.console.close(earlier);
     }
     let now = OffsetDateTime::now_utc();

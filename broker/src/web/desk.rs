@@ -23,7 +23,7 @@ use super::pages::{self, Acting, Layout, LayoutSession};
 use super::paris_time;
 use super::rows::{AccessRow, MandateRow, Names};
 use super::session::{Ending, LoginKind};
-use super::{Web, cookie_value, random_token, same_secret, see_other};
+use super::{Web, random_token, same_secret, see_other};
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::mandate::{Mandate, MandateStatus};
@@ -83,7 +83,7 @@ pub struct Person {
 
 /// The open desk session of this browser, if any.
 fn session(web: &Web, headers: &HeaderMap) -> Option<(String, DeskSession)> {
-    let id = cookie_value(headers, DESK_COOKIE)?;
+    let id = web.cookie_of(headers, DESK_COOKIE)?;
     web.desk.session(id).map(|s| (id.to_string(), s))
 }
 
@@ -364,7 +364,7 @@ pub async fn callback(
     let (Some(id), Some(csrf)) = (random_token(), random_token()) else {
         return pages::unavailable();
     };
-    if let Some(earlier) = cookie_value(&headers, DESK_COOKIE) {
+    if let Some(earlier) = web.cookie_of(&headers, DESK_COOKIE) {
         web.desk.close(earlier);
     }
     web.desk.open(

@@ -53,6 +53,30 @@ pub struct WebConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// The address people reach the pages at (`--web-url`), checked: `http` or `https`, a host, an
+/// optional port, nothing else (no path, query, fragment or user), without its trailing `/`.
+/// The OpenID Connect redirect and the same-origin check of every form are built on it.
+pub fn public_url(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{text:?}: the scheme must be https (or http)"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{text:?}: a host is required"));
+    }
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || url.path() != "/"
+    {
+        return Err(format!(
+            "{text:?}: only scheme://host[:port], without a path, query, fragment or user"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
 /// Why the pages' certificate or key cannot serve.
 #[derive(Debug, thiserror::Error)]
 pub enum WebTlsError {
@@ -120,7 +144,7 @@ pub(crate) async fn serve(
     let base = web
         .public_url
         .as_deref()
-        .map(|u| u.trim_end_matches('/').to_string())
+        .map(|u| public_url(u).unwrap_or_else(|_| u.trim_end_matches('/').to_string()))
         .unwrap_or_else(|| match web.tls {
             Some(_) => format!("https://{local}"),
             None => format!("http://{local}"),
@@ -348,8 +372,24 @@ impl Web {
         format!("{}/audit/callback", self.base)
     }
 
+    /// The cookie `name` as this site names it: under HTTPS with the `__Host-` prefix, which
+    /// browsers accept only from a secure origin, for the whole site and no other domain (a
+    /// sibling site cannot plant one).
+    fn cookie_name(&self, name: &str) -> String {
+        match self.secure {
+            true => format!("__Host-{name}"),
+            false => name.to_string(),
+        }
+    }
+
+    /// The value of this site's cookie `name` in `headers`.
+    fn cookie_of<'h>(&self, headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+        cookie_value(headers, &self.cookie_name(name))
+    }
+
     /// The cookie attributes: HttpOnly, SameSite=Lax, the whole site, `Secure` under HTTPS.
     fn cookie(&self, name: &str, value: &str, max_age: Option<Duration>) -> HeaderValue {
+        let name = self.cookie_name(name);
         let mut cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
         if let Some(age) = max_age {
             cookie += &format!("; Max-Age={}", age.as_secs());
@@ -401,4 +441,35 @@ fn random_token() -> Option<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).ok()?;
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[test]
+    fn the_public_url_is_an_origin() {
+        for (given, expect) in [
+            (
+                "https://usager.example.gouv.fr",
+                Some("https://usager.example.gouv.fr"),
+            ),
+            (
+                "https://usager.example.gouv.fr/",
+                Some("https://usager.example.gouv.fr"),
+            ),
+            ("http://127.0.0.1:8080", Some("http://127.0.0.1:8080")),
+            (
+                "HTTPS://Usager.Example.fr:443/",
+                Some("https://usager.example.fr"),
+            ),
+            ("https://usager.example.fr/pages", None),
+            ("https://usager.example.fr/?a=b", None),
+            ("https://user@usager.example.fr", None),
+            ("javascript:alert(1)", None),
+            ("ftp://usager.example.fr", None),
+            ("usager.example.fr", None),
+        ] {
+            assert_eq!(super::public_url(given).ok().as_deref(), expect, "{given}");
+        }
+    }
 }

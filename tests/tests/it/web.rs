@@ -431,8 +431,10 @@ async fn the_pages_serve_https_themselves_with_secure_cookies_and_hsts() -> anyh
         .context("no login cookie")?
         .to_str()?
         .to_string();
+    // Under HTTPS, the `__Host-` prefix: only this origin can set it, for the whole site.
+    assert!(cookie.starts_with("__Host-unefois_login="), "{cookie}");
     assert!(
-        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        cookie.contains("; Secure") && cookie.contains("HttpOnly") && cookie.contains("Path=/"),
         "{cookie}"
     );
     let to = login
