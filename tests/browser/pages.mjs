@@ -153,7 +153,7 @@ check(await tabTo(page, (f) => f.text.startsWith('Retirer')), 'Tab reaches « Re
 await Promise.all([page.waitForURL(/withdraw$/), page.keyboard.press('Enter')]);
 await audit(page, 'consent-withdraw');
 check(await tabTo(page, (f) => f.text === 'Confirmer le retrait'), 'Tab reaches « Confirmer le retrait »');
-await Promise.all([page.waitForURL(/fait=retire/), page.keyboard.press('Enter')]);
+await Promise.all([page.waitForURL(/\/citizen$/), page.keyboard.press('Enter')]);
 const status = await page.textContent('main [role=status]');
 check(status.includes('Votre consentement a été retiré.'), `the withdrawal is announced: ${status.trim()}`);
 await audit(page, 'citizen-withdrawn');
@@ -180,7 +180,7 @@ await Promise.all([page.waitForLoadState('load'), page.click('button:has-text("E
 await page.waitForSelector('[role=alert]');
 await audit(page, 'contest-error');
 await page.check('#raison-1');
-await Promise.all([page.waitForURL(/fait=signale/), page.click('button:has-text("Envoyer le signalement")')]);
+await Promise.all([page.waitForURL(/\/citizen$/), page.click('button:has-text("Envoyer le signalement")')]);
 const reported = await page.textContent('main [role=status]');
 check(reported.includes('Votre signalement est inscrit au journal'), `the report is announced: ${reported.trim()}`);
 
@@ -207,10 +207,10 @@ check((await noJs.textContent('h1')).includes('Qui a consulté mes données'), '
 const links = noJs.locator('a:has-text("Retirer")');
 check((await links.count()) >= 1, 'without JavaScript: a consent left to withdraw');
 await Promise.all([noJs.waitForURL(/withdraw$/), links.first().click()]);
-await Promise.all([noJs.waitForURL(/fait=retire/), noJs.click('button:has-text("Confirmer le retrait")')]);
+await Promise.all([noJs.waitForURL(/\/citizen$/), noJs.click('button:has-text("Confirmer le retrait")')]);
 check((await noJs.textContent('main [role=status]')).includes('retiré'), 'without JavaScript: consent withdrawn');
 await Promise.all([noJs.waitForURL(/revoke$/), noJs.click('a:has-text("Révoquer")')]);
-await Promise.all([noJs.waitForURL(/fait=mandat-revoque/), noJs.click('button:has-text("Confirmer la révocation")')]);
+await Promise.all([noJs.waitForURL(/\/citizen$/), noJs.click('button:has-text("Confirmer la révocation")')]);
 check((await noJs.textContent('main [role=status]')).includes('mandat a été révoqué'), 'without JavaScript: mandate revoked');
 await noJs.screenshot({ path: path.join(out, 'citizen-no-javascript.png'), fullPage: true });
 await plain.close();
@@ -284,7 +284,7 @@ check(await tabTo(desk, (f) => f.text.startsWith('Révoquer')), 'Tab reaches « 
 await Promise.all([desk.waitForURL(/revoke$/), desk.keyboard.press('Enter')]);
 await audit(desk, 'desk-mandate-revoke');
 check(await tabTo(desk, (f) => f.text === 'Confirmer la révocation'), 'Tab reaches « Confirmer la révocation »');
-await Promise.all([desk.waitForURL(/fait=revoque/), desk.keyboard.press('Enter')]);
+await Promise.all([desk.waitForURL(/\/desk$/), desk.keyboard.press('Enter')]);
 check((await desk.textContent('main [role=status]')).includes('Le mandat est révoqué'), 'the revocation is announced');
 const deskCookies = await deskContext.cookies();
 const deskSession = deskCookies.find((c) => c.name === 'unefois_desk');
@@ -310,7 +310,8 @@ await Promise.all([nd.waitForURL(/mandates\/[0-9a-f-]+$/), nd.click('button:has-
 check((await nd.textContent('main')).includes('Carole Petit donne mandat'), 'without JavaScript: the mandate is created, the signed document attached');
 await nd.screenshot({ path: path.join(out, 'desk-mandate-no-javascript.png'), fullPage: true });
 await Promise.all([nd.waitForURL(/\/desk\/agir$/), nd.click('a:has-text("Agir pour la personne")')]);
-await Promise.all([nd.waitForURL(/fait=consentement/), nd.click('button:has-text("Enregistrer le consentement")')]);
+await Promise.all([nd.waitForResponse((r) => r.url().endsWith('/desk/agir') && r.request().method() === 'GET'), nd.click('button:has-text("Enregistrer le consentement")')]);
+await nd.waitForSelector('main [role=status] p');
 check((await nd.textContent('main [role=status]')).includes('Le consentement est enregistré'), 'without JavaScript: a consent recorded under the mandate');
 // On Carole's own page: the mandate, with the agent's name, and the consent.
 await nd.goto(base + '/citizen');

@@ -172,12 +172,6 @@ pub struct HomeQuery {
     /// Through this Paris day.
     #[serde(default)]
     au: String,
-    /// A status message to announce (`retire`, `mandat-revoque`, `signale`).
-    #[serde(default)]
-    fait: Option<String>,
-    /// The leaf index of a report just recorded.
-    #[serde(default)]
-    n: Option<u64>,
 }
 
 /// `GET /citizen`: the person's history and consents, or an invitation to log in.
@@ -186,7 +180,7 @@ pub async fn home(
     headers: HeaderMap,
     Query(query): Query<HomeQuery>,
 ) -> Response {
-    let Some((_, session)) = session(&web, &headers) else {
+    let Some((id, session)) = session(&web, &headers) else {
         return pages::render(
             StatusCode::OK,
             &LoginPage {
@@ -296,19 +290,7 @@ pub async fn home(
             mandates,
             checkpoint: B64.encode(page.checkpoint.as_bytes()),
             vkey: state.store.log_vkey().to_string(),
-            status: match (query.fait.as_deref(), query.n) {
-                (Some("retire"), _) => Some("Votre consentement a été retiré.".into()),
-                (Some("mandat-revoque"), _) => Some(
-                    "Votre mandat a été révoqué. Les consentements donnés sous ce mandat ont \
-                     pris fin avec lui."
-                        .into(),
-                ),
-                (Some("signale"), Some(n)) => Some(format!(
-                    "Votre signalement est inscrit au journal (n° {n}). Les contrôleurs de la \
-                     fédération le verront et donneront suite."
-                )),
-                _ => None,
-            },
+            status: web.sessions.take_flash(&id, |s| s.flash.take()),
         },
     )
 }
@@ -505,6 +487,7 @@ pub async fn callback(
             csrf,
             ends: Instant::now() + lifetime,
             ends_at: now + lifetime,
+            flash: None,
         },
     );
     see_other(
@@ -548,6 +531,12 @@ fn signed_in(web: &Web, headers: &HeaderMap) -> Result<(Session, Caller), Box<Re
         return Err(Box::new(see_other("/citizen", &[])));
     };
     Ok((session, caller(web)?))
+}
+
+/// Back to the citizen's page, which announces `message` once.
+fn announce(web: &Web, id: &str, message: String) -> Response {
+    web.sessions.update(id, |s| s.flash = Some(message));
+    see_other("/citizen", &[])
 }
 
 /// `POST /logout`.
@@ -620,7 +609,7 @@ pub async fn withdraw(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let (_, session, caller) = match posted(&web, &headers, &form) {
+    let (session_id, session, caller) = match posted(&web, &headers, &form) {
         Ok(s) => s,
         Err(page) => return *page,
     };
@@ -635,7 +624,7 @@ pub async fn withdraw(
     )
     .await;
     match revoked {
-        Ok(_) => see_other("/citizen?fait=retire", &[]),
+        Ok(_) => announce(&web, &session_id, "Votre consentement a été retiré.".into()),
         Err(e) => refused(&e),
     }
 }
@@ -692,12 +681,18 @@ pub async fn revoke_mandate(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let (_, session, caller) = match posted(&web, &headers, &form) {
+    let (session_id, session, caller) = match posted(&web, &headers, &form) {
         Ok(s) => s,
         Err(page) => return *page,
     };
     match crate::mandates::revoke(&web.state, &caller, &id, &session.id_token).await {
-        Ok(_) => see_other("/citizen?fait=mandat-revoque", &[]),
+        Ok(_) => announce(
+            &web,
+            &session_id,
+            "Votre mandat a été révoqué. Les consentements donnés sous ce mandat ont pris fin \
+             avec lui."
+                .into(),
+        ),
         Err(e) => refused(&e),
     }
 }
@@ -813,7 +808,7 @@ pub async fn contest(
     let csrf = CsrfForm {
         csrf: form.csrf.clone(),
     };
-    let (_, session, caller) = match posted(&web, &headers, &csrf) {
+    let (id, session, caller) = match posted(&web, &headers, &csrf) {
         Ok(s) => s,
         Err(page) => return *page,
     };
@@ -834,7 +829,14 @@ pub async fn contest(
         reason,
     };
     match crate::contests::contest(&web.state, &caller, &input).await {
-        Ok(report) => see_other(&format!("/citizen?fait=signale&n={report}"), &[]),
+        Ok(report) => announce(
+            &web,
+            &id,
+            format!(
+                "Votre signalement est inscrit au journal (n° {report}). Les contrôleurs de la \
+                 fédération le verront et donneront suite."
+            ),
+        ),
         Err(e) => refused(&e),
     }
 }

@@ -60,6 +60,8 @@ pub struct DeskSession {
     pub person: Option<Person>,
     /// The mandate the agent acts under, once chosen.
     pub acting: Option<String>,
+    /// What the next page announces, once (never in a URL).
+    pub flash: Option<&'static str>,
 }
 
 impl Ending for DeskSession {
@@ -265,22 +267,12 @@ struct HomePage {
     person: Option<String>,
     present: bool,
     mandates: Vec<MandateRow>,
-    status: Option<&'static str>,
-}
-
-#[derive(Deserialize)]
-pub struct StatusQuery {
-    #[serde(default)]
-    fait: Option<String>,
+    status: Option<String>,
 }
 
 /// `GET /desk`: the login invitation, the welcome of a person, or the person's mandates.
-pub async fn home(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Query(query): Query<StatusQuery>,
-) -> Response {
-    let Some((_, s)) = session(&web, &headers) else {
+pub async fn home(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let Some((id, s)) = session(&web, &headers) else {
         return pages::render(
             StatusCode::OK,
             &LoginPage {
@@ -311,14 +303,9 @@ pub async fn home(
             person: s.person.as_ref().map(|p| p.name.clone()),
             present: s.person.as_ref().is_some_and(|p| p.present_until > now),
             mandates,
-            status: match query.fait.as_deref() {
-                Some("revoque") => Some(
-                    "Le mandat est révoqué. Les consentements donnés sous ce mandat ont pris fin \
-                     avec lui.",
-                ),
-                Some("fin") => Some("L'accueil de la personne est terminé."),
-                _ => None,
-            },
+            status: web
+                .desk
+                .take_flash(&id, |s| s.flash.take().map(str::to_string)),
         },
     )
 }
@@ -378,6 +365,7 @@ pub async fn callback(
             ends_at: now + AGENT_SESSION,
             person: None,
             acting: None,
+            flash: None,
         },
     );
     see_other(
@@ -496,8 +484,9 @@ pub async fn end_person(
     web.desk.update(&id, |s| {
         s.person = None;
         s.acting = None;
+        s.flash = Some("L'accueil de la personne est terminé.");
     });
-    see_other("/desk?fait=fin", &[])
+    see_other("/desk", &[])
 }
 
 /// `POST /desk/logout`.
@@ -853,14 +842,14 @@ pub async fn act(
 async fn acting(
     web: &Web,
     headers: &HeaderMap,
-) -> Result<(DeskSession, Person, Caller, Mandate), Box<Response>> {
-    let (_, s, person, caller) = with_person(web, headers)?;
+) -> Result<(String, DeskSession, Person, Caller, Mandate), Box<Response>> {
+    let (id, s, person, caller) = with_person(web, headers)?;
     let Some(mandate_id) = s.acting.clone() else {
         return Err(Box::new(see_other("/desk", &[])));
     };
     match mandate_of(web, &caller, &person, &mandate_id).await {
         Ok(Some(m)) if m.status(OffsetDateTime::now_utc()) == MandateStatus::Active => {
-            Ok((s, person, caller, m))
+            Ok((id, s, person, caller, m))
         }
         Ok(_) => Err(Box::new(no_such_mandate())),
         Err(e) => Err(Box::new(refused(&e))),
@@ -889,16 +878,12 @@ struct ActingPage {
     csrf: String,
     forms: Vec<FormChoice>,
     consents: Vec<ConsentChoice>,
-    status: Option<&'static str>,
+    status: Option<String>,
 }
 
 /// `GET /desk/agir`: what the agent can do for the person under the mandate.
-pub async fn acting_page(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Query(query): Query<StatusQuery>,
-) -> Response {
-    let (s, _, _, m) = match acting(&web, &headers).await {
+pub async fn acting_page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let (id, s, _, _, m) = match acting(&web, &headers).await {
         Ok(x) => x,
         Err(page) => return *page,
     };
@@ -928,13 +913,9 @@ pub async fn acting_page(
             csrf: s.csrf.clone(),
             forms,
             consents,
-            status: match query.fait.as_deref() {
-                Some("consentement") => Some(
-                    "Le consentement est enregistré. Il prend fin au plus tard avec le mandat, \
-                     et la personne peut le retirer depuis son espace usager.",
-                ),
-                _ => None,
-            },
+            status: web
+                .desk
+                .take_flash(&id, |s| s.flash.take().map(str::to_string)),
         },
     )
 }
@@ -997,7 +978,7 @@ pub async fn prefill(
     if let Err(page) = posted(&web, &headers, &form.csrf) {
         return *page;
     }
-    let (s, person, caller, m) = match acting(&web, &headers).await {
+    let (_, s, person, caller, m) = match acting(&web, &headers).await {
         Ok(x) => x,
         Err(page) => return *page,
     };
@@ -1107,7 +1088,7 @@ pub async fn grant(
     if let Err(page) = posted(&web, &headers, &form.csrf) {
         return *page;
     }
-    let (s, person, caller, m) = match acting(&web, &headers).await {
+    let (id, s, person, caller, m) = match acting(&web, &headers).await {
         Ok(x) => x,
         Err(page) => return *page,
     };
@@ -1135,7 +1116,15 @@ pub async fn grant(
         ..Default::default()
     };
     match crate::consents::grant(&web.state, &caller, input).await {
-        Ok(_) => see_other("/desk/agir?fait=consentement", &[]),
+        Ok(_) => {
+            web.desk.update(&id, |s| {
+                s.flash = Some(
+                    "Le consentement est enregistré. Il prend fin au plus tard avec le mandat, et \
+                     la personne peut le retirer depuis son espace usager.",
+                );
+            });
+            see_other("/desk/agir", &[])
+        }
         Err(e) => refused(&e),
     }
 }
@@ -1162,7 +1151,7 @@ pub async fn history(
     headers: HeaderMap,
     Query(query): Query<HistoryQuery>,
 ) -> Response {
-    let (s, person, caller, m) = match acting(&web, &headers).await {
+    let (_, s, person, caller, m) = match acting(&web, &headers).await {
         Ok(x) => x,
         Err(page) => return *page,
     };
@@ -1259,8 +1248,12 @@ pub async fn revoke(
                 if s.acting.as_deref() == Some(mandate_id.as_str()) {
                     s.acting = None;
                 }
+                s.flash = Some(
+                    "Le mandat est révoqué. Les consentements donnés sous ce mandat ont pris fin \
+                     avec lui.",
+                );
             });
-            see_other("/desk?fait=revoque", &[])
+            see_other("/desk", &[])
         }
         Err(e) => refused(&e),
     }

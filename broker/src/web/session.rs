@@ -44,6 +44,9 @@ pub struct Session {
     pub ends: Instant,
     /// The same, as a time people read.
     pub ends_at: time::OffsetDateTime,
+    /// What the next page announces (« Votre consentement a été retiré »), once: kept here,
+    /// never in a URL that anyone could forge.
+    pub flash: Option<String>,
 }
 
 /// A login sent to an identity provider, waiting for its answer.
@@ -119,6 +122,17 @@ impl<S: Clone + Ending> Sessions<S> {
             let now = Instant::now();
             sessions.insert(id, session, |s| s.ends() <= now);
         }
+    }
+
+    /// Takes the session's announcement with `take`, once.
+    pub fn take_flash(
+        &self,
+        id: &str,
+        take: impl FnOnce(&mut S) -> Option<String>,
+    ) -> Option<String> {
+        let mut taken = None;
+        self.update(id, |s| taken = take(s));
+        taken
     }
 
     /// Changes the session `id` with `change`, if it is still open; the session as changed.
