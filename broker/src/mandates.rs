@@ -222,7 +222,12 @@ pub async fn list(
     } else {
         let registry = state.federation.registry();
         let subject = Subject::parse(&input.subject, registry.allow_test_subjects())?;
-        let own_only = if caller.has_role(Role::Guichet) || !input.id_token.is_empty() {
+        // A structure's agent without the person's token sees its structure's mandates, even
+        // when the structure is a guichet too.
+        let agent_of_structure = mediator && caller.agent.is_some() && input.id_token.is_empty();
+        let own_only = if agent_of_structure {
+            true
+        } else if caller.has_role(Role::Guichet) || !input.id_token.is_empty() {
             crate::evidence::require(&input.id_token, caller, &registry, &subject)?;
             false
         } else if mediator {

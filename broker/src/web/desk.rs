@@ -216,31 +216,62 @@ fn posted(
 }
 
 /// The person's mandates with the agent's structure, as `Mandates.List` gives them to it.
+/// The person's mandates with the structure, as `Mandates.List` gives them to its agent: the
+/// ones in force first, then the others, newest first, [`SHOWN_MANDATES`] at most.
 async fn mandates_of(
     web: &Web,
     caller: &Caller,
     person: &Person,
 ) -> Result<Vec<Mandate>, ApiError> {
-    let input = crate::mandates::ListInput {
-        subject: person.subject.as_str().to_string(),
-        page_size: 200,
-        ..Default::default()
-    };
-    let (mandates, _, _) = crate::mandates::list(&web.state, caller, &input).await?;
-    Ok(mandates)
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    // A person who gives a one-day mandate every week has a few hundred in ten years.
+    for _ in 0..MAX_MANDATE_PAGES {
+        let input = crate::mandates::ListInput {
+            subject: person.subject.as_str().to_string(),
+            page_size: crate::page::MAX_PAGE_SIZE,
+            page_token,
+            ..Default::default()
+        };
+        let (page, next, _) = crate::mandates::list(&web.state, caller, &input).await?;
+        all.extend(page);
+        if next.is_empty() {
+            break;
+        }
+        page_token = next;
+    }
+    let now = OffsetDateTime::now_utc();
+    all.sort_by_key(|m| {
+        (
+            m.status(now) != MandateStatus::Active,
+            std::cmp::Reverse(m.created_at),
+        )
+    });
+    all.truncate(SHOWN_MANDATES);
+    Ok(all)
 }
 
-/// The person's mandate `id` with the structure, if it is theirs.
+/// Mandates of a person listed at the desk, at most.
+const SHOWN_MANDATES: usize = 50;
+/// Pages of the person's mandates read to list them, at most.
+const MAX_MANDATE_PAGES: usize = 20;
+
+/// The person's mandate `id` with the structure, if it is theirs: read by its id, whoever
+/// else's it might be is « introuvable ».
 async fn mandate_of(
     web: &Web,
     caller: &Caller,
     person: &Person,
     id: &str,
 ) -> Result<Option<Mandate>, ApiError> {
-    Ok(mandates_of(web, caller, person)
+    crate::validate::identifier("mandate_id", id, 64)?;
+    let pseudonym = web.state.pseudonyms.audit(&person.subject);
+    Ok(web
+        .state
+        .store
+        .mandate(id)
         .await?
-        .into_iter()
-        .find(|m| m.id == id))
+        .filter(|m| m.structure == caller.participant && m.subject == pseudonym))
 }
 
 fn no_such_mandate() -> Response {
@@ -520,6 +551,10 @@ struct PurposeChoice {
 struct NewMandatePage {
     layout: Layout,
     csrf: String,
+    /// The request id this form is sent with (sent twice, one mandate).
+    request_id: String,
+    /// The SHA-256 typed, kept when the form comes back with errors.
+    digest: String,
     purposes: Vec<PurposeChoice>,
     durations: Vec<(u32, &'static str, bool)>,
     informed: bool,
@@ -590,6 +625,8 @@ pub async fn new_mandate(
         &NewMandatePage {
             layout: layout(&web, "Créer un mandat", &s, None),
             csrf: s.csrf.clone(),
+            request_id: uuid::Uuid::now_v7().to_string(),
+            digest: String::new(),
             purposes: purposes_for(&web, &s.participant, &checked),
             durations: DURATIONS.iter().map(|(d, l)| (*d, *l, false)).collect(),
             informed: false,
@@ -606,11 +643,23 @@ pub async fn new_mandate(
 #[derive(Default)]
 struct MandateForm {
     csrf: String,
+    /// The request id the form was served with: sent twice, one mandate.
+    request_id: String,
     purposes: Vec<String>,
     duration: Option<u32>,
     informed: bool,
-    document: Vec<u8>,
+    /// The attached document's SHA-256 (the document itself is not kept).
+    document_sha256: Option<[u8; 32]>,
+    /// The SHA-256 typed, as typed.
     digest: String,
+}
+
+/// A request id the form carries (a UUID), or a fresh one.
+fn request_id(sent: &str) -> String {
+    match uuid::Uuid::parse_str(sent) {
+        Ok(id) => id.to_string(),
+        Err(_) => uuid::Uuid::now_v7().to_string(),
+    }
 }
 
 async fn read_mandate_form(mut multipart: Multipart) -> Result<MandateForm, Response> {
@@ -631,7 +680,10 @@ async fn read_mandate_form(mut multipart: Multipart) -> Result<MandateForm, Resp
                 if bytes.len() > MAX_DOCUMENT_BYTES {
                     return Err(bad());
                 }
-                form.document = bytes.to_vec();
+                if !bytes.is_empty() {
+                    use sha2::Digest as _;
+                    form.document_sha256 = Some(sha2::Sha256::digest(&bytes).into());
+                }
             }
             _ => {
                 let text = field.text().await.map_err(|_| bad())?;
@@ -640,6 +692,7 @@ async fn read_mandate_form(mut multipart: Multipart) -> Result<MandateForm, Resp
                 }
                 match name.as_str() {
                     "csrf" => form.csrf = text,
+                    "demande" => form.request_id = text,
                     "finalite" if form.purposes.len() < 32 => form.purposes.push(text),
                     "duree" => form.duration = text.parse().ok(),
                     "informee" => form.informed = text == "oui",
@@ -659,6 +712,14 @@ pub async fn create_mandate(
     headers: HeaderMap,
     multipart: Multipart,
 ) -> Response {
+    // Before its body is read (a signed document of up to 5 MiB): a form of these pages, in an
+    // open session; its CSRF token is checked once read.
+    if !web.same_origin(&headers) {
+        return pages::forbidden();
+    }
+    if session(&web, &headers).is_none() {
+        return pages::session_ended("/desk/login");
+    }
     let form = match read_mandate_form(multipart).await {
         Ok(f) => f,
         Err(page) => return page,
@@ -679,11 +740,22 @@ pub async fn create_mandate(
     let duration_ok = form
         .duration
         .is_some_and(|d| DURATIONS.iter().any(|(x, _)| *x == d));
-    let digest = match form.digest.as_str() {
-        "" => Some(Vec::new()),
-        hex_digest => hex::decode(hex_digest).ok().filter(|d| d.len() == 32),
+    let typed = match form.digest.as_str() {
+        "" => Ok(None),
+        hex_digest => hex::decode(hex_digest)
+            .ok()
+            .and_then(|d| <[u8; 32]>::try_from(d).ok())
+            .map(Some)
+            .ok_or(()),
     };
-    let document_ok = digest.is_some() && !(form.document.is_empty() && form.digest.is_empty());
+    // The document attached, or its SHA-256 typed; both, they must agree.
+    let digest = match (form.document_sha256, typed) {
+        (Some(attached), Ok(None)) => Some(attached),
+        (Some(attached), Ok(Some(t))) if t == attached => Some(attached),
+        (None, Ok(Some(t))) => Some(t),
+        _ => None,
+    };
+    let document_ok = digest.is_some();
     let mut errors = Vec::new();
     if !purposes_ok {
         errors.push(("finalite-0", "Choisissez au moins une finalité."));
@@ -710,6 +782,8 @@ pub async fn create_mandate(
             &NewMandatePage {
                 layout: layout(&web, "Erreur : créer un mandat", &s, None),
                 csrf: s.csrf.clone(),
+                request_id: request_id(&form.request_id),
+                digest: form.digest.clone(),
                 purposes: offered,
                 durations: DURATIONS
                     .iter()
@@ -728,10 +802,10 @@ pub async fn create_mandate(
         subject: person.subject.as_str().to_string(),
         purposes: form.purposes,
         duration_days: form.duration.unwrap_or_default(),
-        signed_document: form.document,
-        document_sha256: digest.unwrap_or_default(),
+        signed_document: Vec::new(),
+        document_sha256: digest.map(|d| d.to_vec()).unwrap_or_default(),
         id_token: person.id_token.clone(),
-        request_id: uuid::Uuid::now_v7().to_string(),
+        request_id: request_id(&form.request_id),
     };
     match crate::mandates::create(&web.state, &caller, input).await {
         Ok((mandate, _)) => {
@@ -876,6 +950,8 @@ struct ConsentChoice {
 struct ActingPage {
     layout: Layout,
     csrf: String,
+    /// The request id of the consent's form.
+    request_id: String,
     forms: Vec<FormChoice>,
     consents: Vec<ConsentChoice>,
     status: Option<String>,
@@ -911,6 +987,7 @@ pub async fn acting_page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Res
         &ActingPage {
             layout: layout(&web, "Agir pour la personne", &s, Some(&m)),
             csrf: s.csrf.clone(),
+            request_id: uuid::Uuid::now_v7().to_string(),
             forms,
             consents,
             status: web
@@ -1076,6 +1153,9 @@ pub struct GrantForm {
     csrf: String,
     #[serde(default)]
     offre: String,
+    /// The request id the acting page was served with: sent twice, one consent.
+    #[serde(default)]
+    demande: String,
 }
 
 /// `POST /desk/agir/consentement`: `Consents.Grant` under the mandate, for as long as the
@@ -1112,7 +1192,7 @@ pub async fn grant(
         purpose,
         valid_days: u32::try_from(left.clamp(1, 365)).unwrap_or(1),
         mandate_id: m.id.clone(),
-        request_id: uuid::Uuid::now_v7().to_string(),
+        request_id: request_id(&form.demande),
         ..Default::default()
     };
     match crate::consents::grant(&web.state, &caller, input).await {

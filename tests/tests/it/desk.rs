@@ -101,6 +101,7 @@ async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> a
     let form = browser.get("/desk/mandates/new").await?;
     assert_eq!(form.status, 200, "{}", form.body);
     let csrf = form.field("csrf").context("no CSRF token")?;
+    let demande = form.field("demande").context("no request id")?;
     let incomplete = browser
         .post_multipart("/desk/mandates/new", &[("csrf", &csrf)], None)
         .await?;
@@ -113,20 +114,31 @@ async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> a
 
     // Complete: two purposes, a month, the person informed, the signed document attached.
     let signed = b"%PDF-1.4 mandat signe par Alice Martin";
+    let complete = [
+        ("csrf", csrf.as_str()),
+        ("demande", demande.as_str()),
+        ("finalite", "aide_energie"),
+        ("finalite", CANTINE),
+        ("duree", "31"),
+        ("informee", "oui"),
+    ];
     let created = browser
         .post_multipart(
             "/desk/mandates/new",
-            &[
-                ("csrf", &csrf),
-                ("finalite", "aide_energie"),
-                ("finalite", CANTINE),
-                ("duree", "31"),
-                ("informee", "oui"),
-            ],
+            &complete,
             Some(("document", "mandat.pdf", signed)),
         )
         .await?;
     assert_eq!(created.status, 303, "{}", created.body);
+    // Sent twice (a double click, a retry): one mandate.
+    let again = browser
+        .post_multipart(
+            "/desk/mandates/new",
+            &complete,
+            Some(("document", "mandat.pdf", signed)),
+        )
+        .await?;
+    assert_eq!(again.location(), created.location(), "{}", again.body);
     let printable = browser.follow(created).await?;
     assert_eq!(printable.status, 200, "{}", printable.body);
     let mandate_id = printable
@@ -247,6 +259,55 @@ async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> a
     for url in browser.visited.iter().chain(&alice.visited) {
         assert!(!url.contains("alice"), "{url}");
     }
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_structure_that_is_also_a_guichet_keeps_its_desk() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    // France Services is a guichet too: its agents still see their structure's mandates
+    // without the person's token.
+    let registry = unefois_tests::sample_registry_with(scratch.path(), |s| {
+        s.replacen(
+            "name = \"France Services Lyon 8e\"\nroles = [\"mediator\"]",
+            "name = \"France Services Lyon 8e\"\nroles = [\"mediator\", \"guichet\"]",
+            1,
+        )
+    })?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            registry,
+            web: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut browser = desk(&broker).await?;
+    browser.log_in_agent("agent-marie", true).await?;
+    let home = browser.person_at_desk("test:alice").await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    shows(&home, "Elle n'a donné aucun mandat à votre structure.");
+    let form = browser.get("/desk/mandates/new").await?;
+    let csrf = form.field("csrf").context("no CSRF token")?;
+    let created = browser
+        .post_multipart(
+            "/desk/mandates/new",
+            &[
+                ("csrf", &csrf),
+                ("finalite", "aide_energie"),
+                ("duree", "1"),
+                ("informee", "oui"),
+            ],
+            Some(("document", "mandat.pdf", b"%PDF mandat")),
+        )
+        .await?;
+    assert_eq!(created.status, 303, "{}", created.body);
+    let printable = browser.follow(created).await?;
+    assert_eq!(printable.status, 200, "{}", printable.body);
+    shows(&printable, "Alice Martin donne mandat");
     broker.stop().await?;
     Ok(())
 }

@@ -138,7 +138,11 @@ async fn a_citizen_sees_who_read_their_data_and_a_withdrawal_stops_the_next_fetc
     // Said once, from the session: neither a reload nor a forged link says it again.
     for again in ["/citizen", "/citizen?fait=retire"] {
         let page = browser.get(again).await?;
-        assert!(!page.body.contains("a été retiré"), "{again}: {}", page.body);
+        assert!(
+            !page.body.contains("a été retiré"),
+            "{again}: {}",
+            page.body
+        );
     }
     assert_eq!(browser.cookie("unefois_session"), Some(session.as_str()));
 
