@@ -118,7 +118,12 @@ async fn filtered(
     let mut scanned = 0;
     loop {
         let (chunk, more) = events::accesses(store, pseudonym, before, CHUNK).await?;
-        for logged in chunk {
+        // An index that names entries the store no longer has would not move `before`.
+        if chunk.is_empty() {
+            return Ok((kept, None));
+        }
+        let last = chunk.len() - 1;
+        for (i, logged) in chunk.into_iter().enumerate() {
             scanned += 1;
             before = Some(logged.index);
             let Some(Record {
@@ -136,7 +141,9 @@ async fn filtered(
             if filter.selects(*time, exchange) {
                 kept.push(logged);
                 if kept.len() >= size {
-                    return Ok((kept, before));
+                    // Further back only if something older remains.
+                    let older = i < last || more;
+                    return Ok((kept, before.filter(|_| older)));
                 }
             }
         }

@@ -145,6 +145,18 @@ impl Browser {
         self.send(request).await
     }
 
+    /// `GET path` as a browser sends it when a page of another site (`cross-site`) or of the
+    /// same site (`same-site`) leads it there (`Sec-Fetch-Site`).
+    pub async fn get_from(&mut self, path: &str, site: &str) -> anyhow::Result<Page> {
+        let url = self.url(path);
+        self.visited.push(url.clone());
+        let request = self
+            .client
+            .get(url)
+            .header("sec-fetch-site", site.to_string());
+        self.send(request).await
+    }
+
     /// `POST path` with `form`, sent as a browser sends a form of these pages (`Origin` the
     /// pages' own), or from `origin` when given.
     pub async fn post(

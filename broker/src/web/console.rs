@@ -650,6 +650,9 @@ pub async fn events(
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Response {
+    if web.from_elsewhere(&headers) {
+        return pages::forbidden();
+    }
     let (_, s, caller) = match signed_in(&web, &headers) {
         Ok(x) => x,
         Err(page) => return *page,
@@ -762,6 +765,9 @@ fn attachment(content_type: &'static str, filename: &str, body: Vec<u8>) -> Resp
 
 /// `GET /audit/export.json`: the selected events, with the checkpoint and key to check them.
 pub async fn export_json(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if web.from_elsewhere(&headers) {
+        return pages::forbidden();
+    }
     let (_, s, caller) = match signed_in(&web, &headers) {
         Ok(x) => x,
         Err(page) => return *page,
@@ -799,6 +805,9 @@ fn cell(value: &str) -> String {
 
 /// `GET /audit/export.csv`: the selected events, one line each.
 pub async fn export_csv(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if web.from_elsewhere(&headers) {
+        return pages::forbidden();
+    }
     let (_, s, caller) = match signed_in(&web, &headers) {
         Ok(x) => x,
         Err(page) => return *page,
@@ -863,6 +872,9 @@ struct ContestsPage {
 /// `GET /audit/signalements`: the citizens' « Je ne reconnais pas cette consultation »
 /// reports, each with the exchange it contests (the read recorded first).
 pub async fn contests(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if web.from_elsewhere(&headers) {
+        return pages::forbidden();
+    }
     let (_, s, caller) = match signed_in(&web, &headers) {
         Ok(x) => x,
         Err(page) => return *page,
@@ -1053,6 +1065,9 @@ pub async fn api_inclusion(
     headers: HeaderMap,
     Query(q): Query<InclusionQuery>,
 ) -> Response {
+    if web.from_elsewhere(&headers) {
+        return json_error(StatusCode::FORBIDDEN, "demande venue d'un autre site");
+    }
     let Ok((_, _, caller)) = signed_in(&web, &headers) else {
         return json_error(StatusCode::FORBIDDEN, "session terminée");
     };
@@ -1125,6 +1140,9 @@ pub async fn bundle(
     headers: HeaderMap,
     Path(index): Path<u64>,
 ) -> Response {
+    if web.from_elsewhere(&headers) {
+        return pages::forbidden();
+    }
     let (_, _, caller) = match signed_in(&web, &headers) {
         Ok(x) => x,
         Err(page) => return *page,

@@ -1231,6 +1231,9 @@ pub async fn history(
     headers: HeaderMap,
     Query(query): Query<HistoryQuery>,
 ) -> Response {
+    if web.from_elsewhere(&headers) {
+        return pages::forbidden();
+    }
     let (_, s, person, caller, m) = match acting(&web, &headers).await {
         Ok(x) => x,
         Err(page) => return *page,

@@ -343,6 +343,16 @@ impl Web {
         }
     }
 
+    /// Whether a GET that records a read (the console's events, exports, entries; the desk's
+    /// history) was sent from another site: a page elsewhere that sends a logged-in auditor's
+    /// browser there would have reads recorded in their name. A link of these pages, a typed
+    /// address or a bookmark (`same-origin`, `none`, or a browser that does not say) passes.
+    fn from_elsewhere(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| !matches!(site.as_bytes(), b"same-origin" | b"none"))
+    }
+
     /// The OpenID Connect client id of the citizen pages: their guichet's audience in the
     /// registry in force (`None` if the registry does not declare the guichet).
     fn client_id(&self) -> Option<String> {

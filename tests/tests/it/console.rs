@@ -115,6 +115,26 @@ async fn auditors_read_filtered_events_each_read_recorded_and_check_proofs() -> 
     assert!(!reads.body.contains("alice"), "{}", reads.body);
     assert!(rows(&reads) >= 2, "{}", reads.body);
 
+    // A page of another site that sends the auditor's browser to an export, an entry or the
+    // events has nothing read, and nothing recorded in their name.
+    let recorded = rows(&reads);
+    for path in [
+        "/audit/export.csv",
+        "/audit/export.json",
+        "/audit/evenements",
+        "/audit/dossier/0",
+        "/audit/signalements",
+    ] {
+        let page = browser.get_from(path, "cross-site").await?;
+        assert_eq!(page.status, 403, "{path}");
+    }
+    let api = browser
+        .get_from("/audit/api/inclusion?n=0", "same-site")
+        .await?;
+    assert_eq!(api.status, 403);
+    let again = browser.get("/audit/evenements").await?;
+    assert_eq!(rows(&again), recorded + 1, "only this listing was recorded");
+
     // Exports of the exchanges: CSV and JSON agree, with the entries' bytes.
     browser
         .post(
