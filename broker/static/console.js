@@ -18,7 +18,12 @@
   const latestNote = () => new TextDecoder().decode(P.fromB64(log.dataset.checkpoint));
   const get = async (url) => {
     const answer = await fetch(url, { credentials: 'same-origin', headers: { Accept: 'application/json' } });
-    const body = await answer.json();
+    let body;
+    try {
+      body = await answer.json();
+    } catch (e) {
+      throw new Error(`réponse inattendue du service (${answer.status}) : réessayez, ou reconnectez-vous`);
+    }
     if (!answer.ok) throw new Error(body.erreur || `réponse ${answer.status}`);
     return body;
   };

@@ -28,9 +28,14 @@
       if (bundle.log_key && bundle.log_key.trim() !== key) {
         lines.push('Attention : la clé du dossier diffère de la clé saisie ; seule la clé saisie compte.');
       }
+      const entries = Array.isArray(bundle.entries) ? bundle.entries : [];
+      if (entries.length === 0 && !bundle.older_checkpoint) {
+        throw new Error('le dossier ne contient ni inscription ni ancien point de contrôle à vérifier');
+      }
       const { size, root } = await P.checkpoint(bundle.checkpoint, key);
       lines.push(`Point de contrôle signé par la clé saisie (${size} inscriptions).`);
-      for (const e of bundle.entries || []) {
+      for (const e of entries) {
+        if (!Number.isSafeInteger(e.index) || e.index < 0) throw new Error('numéro d\u2019inscription invalide dans le dossier');
         const ok = await P.included(P.fromB64(e.entry), e.index, (e.inclusion_proof || []).map(P.fromB64), size, root);
         if (!ok) throw new Error(`l\u2019inscription n° ${e.index} ne figure pas dans ce journal (preuve d\u2019inclusion invalide)`);
         lines.push(`Inscription n° ${e.index} : incluse.`);

@@ -8,8 +8,11 @@
   const form = document.querySelector('form.logout[data-ends]');
   const region = document.getElementById('session-status');
   if (!form || !region) return;
-  const ends = Number(form.dataset.ends) * 1000;
-  if (!Number.isFinite(ends)) return;
+  // Counted from this page's arrival with the seconds the server said were left: the
+  // device's clock may be wrong.
+  const left = Number(form.dataset.left) * 1000;
+  if (!Number.isFinite(left)) return;
+  const ends = Date.now() + left;
   const warnAt = ends - 2 * 60 * 1000;
   const warn = () => {
     region.textContent = 'Votre session se termine dans moins de deux minutes. Pour continuer, choisissez « Prolonger la session ».';

@@ -175,6 +175,18 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    // Behind an address that is not one (0.0.0.0, ::), or over HTTPS, the pages cannot guess
+    // the address people reach them at: the login's redirect and every form's origin check
+    // need it.
+    if let Some(web) = &web
+        && args.web_url.is_none()
+        && (web_tls.is_some() || web.local_addr().is_ok_and(|a| a.ip().is_unspecified()))
+    {
+        bail!(
+            "--web-url is required when the web pages listen on every address or serve HTTPS: \
+             give the address people reach them at (https://name[:port])"
+        );
+    }
     let addr = listener.local_addr()?;
     let ops_addr = ops.local_addr()?;
     outln!("Une Fois broker listening on {addr} (mTLS)");

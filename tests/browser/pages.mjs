@@ -436,6 +436,8 @@ entry[10] ^= 1;
 tampered.entries[0].entry = btoa(String.fromCharCode(...entry));
 said2 = await offlineCheck(vkey, JSON.stringify(tampered));
 check(said2.includes('a échoué'), `an entry changed by one byte fails offline: ${said2}`);
+said2 = await offlineCheck(vkey, JSON.stringify({ ...JSON.parse(bundle), entries: [] }));
+check(said2.includes('a échoué'), `a bundle with nothing to check is not « vérifié »: ${said2}`);
 said2 = await offlineCheck('', bundle);
 check(said2.includes('clé du journal'), `the offline verifier asks for the published key: ${said2}`);
 // Forms sent from this logged-in browser without the session's CSRF token, or from another

@@ -74,6 +74,13 @@ impl<S: Clone + Ending> Logins<'_, S> {
             .append_pair("nonce", &nonce)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
+        // At a desk, the device is shared: whoever logged in there before is never taken for
+        // the person present (OpenID Connect Core 3.1.2.1: a fresh authentication).
+        if kind == LoginKind::PersonAtDesk {
+            to.query_pairs_mut()
+                .append_pair("prompt", "login")
+                .append_pair("max_age", "0");
+        }
         see_other(
             to.as_str(),
             &[self

@@ -58,6 +58,9 @@ fn layout(title: &str, session: &Session) -> Layout {
             csrf: session.csrf.clone(),
             ends: paris_time::clock(session.ends_at),
             ends_unix: session.ends_at.unix_timestamp(),
+            left_seconds: (session.ends_at - OffsetDateTime::now_utc())
+                .whole_seconds()
+                .max(0),
             logout: "/logout",
             relogin: "/citizen/login",
             who: None,

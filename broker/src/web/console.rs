@@ -39,8 +39,8 @@ const CONSOLE_LOGIN_COOKIE: &str = "unefois_audit_login";
 const STAFF_SESSION: Duration = Duration::from_secs(60 * 60);
 /// Events on one page.
 const PAGE_EVENTS: u32 = 50;
-/// Most events one export holds.
-pub const MAX_EXPORT: usize = 100_000;
+/// Most events one export holds (the export says when it holds fewer than selected).
+pub const MAX_EXPORT: usize = 50_000;
 
 /// An auditor's staff member at the console, and the query they last asked.
 #[derive(Clone)]
@@ -135,6 +135,9 @@ fn layout(web: &Web, title: &str, s: &ConsoleSession) -> Layout {
             csrf: s.csrf.clone(),
             ends: paris_time::clock(s.ends_at),
             ends_unix: s.ends_at.unix_timestamp(),
+            left_seconds: (s.ends_at - OffsetDateTime::now_utc())
+                .whole_seconds()
+                .max(0),
             logout: "/audit/logout",
             relogin: "/audit/login",
             who: Some(format!(
@@ -650,16 +653,25 @@ pub async fn events(
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Response {
-    if web.from_elsewhere(&headers) {
+    if web.sent_from_elsewhere(&headers) {
         return pages::forbidden();
     }
     let (_, s, caller) = match signed_in(&web, &headers) {
         Ok(x) => x,
         Err(page) => return *page,
     };
-    let first = q.debut.unwrap_or(0);
-    let Ok(query) = query_of(&web, &s.filters, first, PAGE_EVENTS) else {
+    let Ok(query) = query_of(&web, &s.filters, 0, PAGE_EVENTS) else {
         return see_other("/audit", &[]);
+    };
+    // From the period's first entry, not from the log's: a recent week is not reached by
+    // clicking through years.
+    let first = match q.debut {
+        Some(n) => n,
+        None => first_at(&web, query.since).await,
+    };
+    let query = AuditQuery {
+        start_index: first,
+        ..query
     };
     let filter = match events::audited(&web.state, &caller, query, "web:ListEvents").await {
         Ok(f) => f,
@@ -685,6 +697,32 @@ pub async fn events(
     )
 }
 
+/// The first leaf index recorded at or after `since` (Unix seconds; 0 without it), found by
+/// halving the log: entries are in append order, their times in that order within a little
+/// (records of one batch, clocks); a minute earlier is sought, and the filter still checks
+/// each entry's time.
+async fn first_at(web: &Web, since: Option<i64>) -> u64 {
+    let Some(since) = since else {
+        return 0;
+    };
+    let wanted = since.saturating_sub(60);
+    let store = &web.state.store;
+    let (mut low, mut high) = (0, log_size(web).await);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        let time = match store.entry(middle).await {
+            Ok(Some(bytes)) => Record::decode(&bytes).ok().map(|r| r.time.unix_timestamp()),
+            _ => None,
+        };
+        match time {
+            Some(t) if t >= wanted => high = middle,
+            // Earlier, or unreadable (the filter will say): look further on.
+            _ => low = middle + 1,
+        }
+    }
+    low
+}
+
 async fn log_size(web: &Web) -> u64 {
     web.state
         .store
@@ -705,6 +743,10 @@ async fn selected(
     let Ok(query) = query_of(web, &s.filters, 0, events::MAX_LIMIT) else {
         return Err(Box::new(see_other("/audit", &[])));
     };
+    let query = AuditQuery {
+        start_index: first_at(web, query.since).await,
+        ..query
+    };
     let mut filter = events::audited(&web.state, caller, query, verb)
         .await
         .map_err(|e| Box::new(refused(&e)))?;
@@ -722,6 +764,17 @@ async fn selected(
     }
     out.truncate(MAX_EXPORT);
     Ok(out)
+}
+
+/// The `X-Unefois-Truncated` header of an export that holds [`MAX_EXPORT`] events: there may
+/// be more; narrow the filters.
+fn truncation(response: &mut Response, count: usize) {
+    if count >= MAX_EXPORT {
+        response.headers_mut().insert(
+            header::HeaderName::from_static("x-unefois-truncated"),
+            HeaderValue::from_static("true"),
+        );
+    }
 }
 
 /// One event of an export, as auditors' tools read it.
@@ -765,7 +818,7 @@ fn attachment(content_type: &'static str, filename: &str, body: Vec<u8>) -> Resp
 
 /// `GET /audit/export.json`: the selected events, with the checkpoint and key to check them.
 pub async fn export_json(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    if web.from_elsewhere(&headers) {
+    if web.sent_from_elsewhere(&headers) {
         return pages::forbidden();
     }
     let (_, s, caller) = match signed_in(&web, &headers) {
@@ -781,13 +834,16 @@ pub async fn export_json(State(web): State<Arc<Web>>, headers: HeaderMap) -> Res
         "format": "unefois-audit-export/v1",
         "log_key": web.state.store.log_vkey(),
         "checkpoint": checkpoint.map(|(_, note)| note),
+        "truncated": found.len() >= MAX_EXPORT,
         "events": found.iter().map(exported).collect::<Vec<_>>(),
     });
-    attachment(
+    let mut response = attachment(
         "application/json",
         "unefois-evenements.json",
-        serde_json::to_vec_pretty(&body).unwrap_or_default(),
-    )
+        serde_json::to_vec(&body).unwrap_or_default(),
+    );
+    truncation(&mut response, found.len());
+    response
 }
 
 /// A CSV cell: quoted when it must be, and never read as a formula by a spreadsheet.
@@ -805,7 +861,7 @@ fn cell(value: &str) -> String {
 
 /// `GET /audit/export.csv`: the selected events, one line each.
 pub async fn export_csv(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    if web.from_elsewhere(&headers) {
+    if web.sent_from_elsewhere(&headers) {
         return pages::forbidden();
     }
     let (_, s, caller) = match signed_in(&web, &headers) {
@@ -844,11 +900,13 @@ pub async fn export_csv(State(web): State<Arc<Web>>, headers: HeaderMap) -> Resp
         out += &line.join(",");
         out += "\r\n";
     }
-    attachment(
+    let mut response = attachment(
         "text/csv; charset=utf-8",
         "unefois-evenements.csv",
         out.into_bytes(),
-    )
+    );
+    truncation(&mut response, found.len());
+    response
 }
 
 /// One contest report as the console lists it.
@@ -867,12 +925,19 @@ struct ContestRow {
 struct ContestsPage {
     layout: Layout,
     reports: Vec<ContestRow>,
+    /// Whether the whole log was read (else only its most recent part).
+    scanned_all: bool,
 }
+
+/// Reports listed at once, the newest.
+const MAX_REPORTS: usize = 200;
+/// Windows of [`events::MAX_SCAN`] entries read backwards for them, at most.
+const CONTEST_WINDOWS: usize = 20;
 
 /// `GET /audit/signalements`: the citizens' « Je ne reconnais pas cette consultation »
 /// reports, each with the exchange it contests (the read recorded first).
 pub async fn contests(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    if web.from_elsewhere(&headers) {
+    if web.sent_from_elsewhere(&headers) {
         return pages::forbidden();
     }
     let (_, s, caller) = match signed_in(&web, &headers) {
@@ -888,24 +953,38 @@ pub async fn contests(State(web): State<Arc<Web>>, headers: HeaderMap) -> Respon
         Ok(f) => f,
         Err(e) => return refused(&e),
     };
-    let size = log_size(&web).await;
-    let mut found = Vec::new();
-    while filter.start_index < size && found.len() < 1_000 {
-        match events::list(&*web.state.store, &filter).await {
-            Ok((page, next)) => {
-                found.extend(page);
-                if next <= filter.start_index {
-                    break;
-                }
-                filter.start_index = next;
-            }
-            Err(e) => return refused(&ApiError::from(e)),
+    // The newest first: windows of the log read backwards from its end, until enough reports
+    // or [`CONTEST_WINDOWS`] windows.
+    let mut end = log_size(&web).await;
+    let mut found: Vec<LoggedEvent> = Vec::new();
+    for _ in 0..CONTEST_WINDOWS {
+        if end == 0 || found.len() >= MAX_REPORTS {
+            break;
         }
+        let start = end.saturating_sub(events::MAX_SCAN);
+        filter.start_index = start;
+        let mut window = Vec::new();
+        while filter.start_index < end {
+            match events::list(&*web.state.store, &filter).await {
+                Ok((page, next)) => {
+                    window.extend(page.into_iter().filter(|e| e.index < end));
+                    if next <= filter.start_index {
+                        break;
+                    }
+                    filter.start_index = next;
+                }
+                Err(e) => return refused(&ApiError::from(e)),
+            }
+        }
+        window.extend(found);
+        found = window;
+        end = start;
     }
+    let scanned_all = end == 0;
     let registry = web.state.federation.registry();
     let names = Names(&registry);
     let mut reports = Vec::new();
-    for e in found.iter().rev() {
+    for e in found.iter().rev().take(MAX_REPORTS) {
         let Some(Record {
             time,
             event:
@@ -947,6 +1026,7 @@ pub async fn contests(State(web): State<Arc<Web>>, headers: HeaderMap) -> Respon
         &ContestsPage {
             layout: layout(&web, "Signalements des personnes", &s),
             reports,
+            scanned_all,
         },
     )
 }
@@ -1065,7 +1145,7 @@ pub async fn api_inclusion(
     headers: HeaderMap,
     Query(q): Query<InclusionQuery>,
 ) -> Response {
-    if web.from_elsewhere(&headers) {
+    if web.sent_from_elsewhere(&headers) {
         return json_error(StatusCode::FORBIDDEN, "demande venue d'un autre site");
     }
     let Ok((_, _, caller)) = signed_in(&web, &headers) else {
@@ -1140,7 +1220,7 @@ pub async fn bundle(
     headers: HeaderMap,
     Path(index): Path<u64>,
 ) -> Response {
-    if web.from_elsewhere(&headers) {
+    if web.sent_from_elsewhere(&headers) {
         return pages::forbidden();
     }
     let (_, _, caller) = match signed_in(&web, &headers) {

@@ -120,6 +120,9 @@ fn layout(web: &Web, title: &str, s: &DeskSession, acting: Option<&Mandate>) -> 
             csrf: s.csrf.clone(),
             ends: paris_time::clock(s.ends_at),
             ends_unix: s.ends_at.unix_timestamp(),
+            left_seconds: (s.ends_at - OffsetDateTime::now_utc())
+                .whole_seconds()
+                .max(0),
             logout: "/desk/logout",
             relogin: "/desk/login",
             who: Some(format!(
@@ -1231,7 +1234,7 @@ pub async fn history(
     headers: HeaderMap,
     Query(query): Query<HistoryQuery>,
 ) -> Response {
-    if web.from_elsewhere(&headers) {
+    if web.sent_from_elsewhere(&headers) {
         return pages::forbidden();
     }
     let (_, s, person, caller, m) = match acting(&web, &headers).await {

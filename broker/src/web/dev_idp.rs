@@ -308,7 +308,8 @@ struct AgentsPage<'a> {
     /// (sub, name, structure).
     agents: Vec<(String, String, String)>,
     unenrolled: &'static str,
-    error: Option<&'static str>,
+    /// (the field it is about, what is wrong).
+    error: Option<(&'static str, &'static str)>,
 }
 
 /// Whether `request` comes from the desk's agent login: the provider's client id, the agents'
@@ -329,7 +330,11 @@ fn check_agents(web: &Web, request: &AuthorizeQuery) -> Result<(), &'static str>
     shape(request)
 }
 
-fn agents_page(web: &Web, request: &AuthorizeQuery, error: Option<&'static str>) -> Response {
+fn agents_page(
+    web: &Web,
+    request: &AuthorizeQuery,
+    error: Option<(&'static str, &'static str)>,
+) -> Response {
     let registry = web.state.federation.registry();
     let names = super::rows::Names(&registry);
     let agents = agents_provider(&registry)
@@ -408,7 +413,11 @@ pub async fn agents_authorize(
     let registry = web.state.federation.registry();
     let known = form.agent == UNENROLLED || registry.agents().iter().any(|a| a.sub == form.agent);
     if !known {
-        return agents_page(&web, &form.request, Some("Choisissez un agent de test."));
+        return agents_page(
+            &web,
+            &form.request,
+            Some(("agent-0", "Choisissez un agent de test.")),
+        );
     }
     let multi_factor = match form.facteurs.as_str() {
         "deux" => true,
@@ -417,7 +426,10 @@ pub async fn agents_authorize(
             return agents_page(
                 &web,
                 &form.request,
-                Some("Choisissez une méthode d'authentification."),
+                Some((
+                    "facteurs-deux",
+                    "Choisissez une méthode d'authentification.",
+                )),
             );
         }
     };

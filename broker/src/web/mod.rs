@@ -347,7 +347,7 @@ impl Web {
     /// history) was sent from another site: a page elsewhere that sends a logged-in auditor's
     /// browser there would have reads recorded in their name. A link of these pages, a typed
     /// address or a bookmark (`same-origin`, `none`, or a browser that does not say) passes.
-    fn from_elsewhere(&self, headers: &HeaderMap) -> bool {
+    fn sent_from_elsewhere(&self, headers: &HeaderMap) -> bool {
         headers
             .get("sec-fetch-site")
             .is_some_and(|site| !matches!(site.as_bytes(), b"same-origin" | b"none"))

@@ -22,8 +22,11 @@ pub struct LayoutSession {
     pub csrf: String,
     /// When it ends, Paris time (`18 h 05`).
     pub ends: String,
-    /// The same, Unix seconds, for `static/session.js` to say it before it comes.
+    /// The same, Unix seconds.
     pub ends_unix: i64,
+    /// Seconds left when the page is sent, for `static/session.js` to say the end before it
+    /// comes (counted from the page's arrival: the device's clock may be wrong).
+    pub left_seconds: i64,
     /// Where the logout form posts (`/logout`, `/desk/logout`).
     pub logout: &'static str,
     /// Where « Prolonger la session » leads (a new login).

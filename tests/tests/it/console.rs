@@ -101,6 +101,25 @@ async fn auditors_read_filtered_events_each_read_recorded_and_check_proofs() -> 
     shows(&events, "Ville de Lyon");
     assert!(!events.body.contains("alice"), "{}", events.body);
 
+    // A period to come: the listing starts at its first entry (none), not at the log's start.
+    let tomorrow = time::OffsetDateTime::now_utc() + time::Duration::days(2);
+    let day = format!(
+        "{:04}-{:02}-{:02}",
+        tomorrow.year(),
+        u8::from(tomorrow.month()),
+        tomorrow.day()
+    );
+    let later = browser
+        .post("/audit/evenements", &[("csrf", &csrf), ("du", &day)], None)
+        .await?;
+    let later = browser.follow(later).await?;
+    assert_eq!(rows(&later), 0, "{}", later.body);
+    assert!(
+        !later.body.contains("Inscriptions n° 0 à"),
+        "{}",
+        later.body
+    );
+
     // Every read is in the log, the person under her pseudonym only.
     let reads = browser
         .post(
