@@ -116,6 +116,25 @@ pub struct IdentityProvider {
     /// How many acts that change state (a consent granted or withdrawn, a mandate created or
     /// revoked, a form pre-filled or confirmed) one token may prove: a token serves one sitting.
     pub max_acts_per_token: u32,
+    /// How the people's pages log citizens in there, if they do.
+    pub login: Option<OidcLogin>,
+}
+
+/// How the broker's pages log people in at an identity provider: OpenID Connect's
+/// authorization code flow with PKCE, the code redeemed at its token endpoint over HTTPS.
+#[derive(Clone, Debug)]
+pub struct OidcLogin {
+    /// Where the browser is sent to log in (`https://`).
+    pub authorization_endpoint: String,
+    /// Where the broker redeems the code (`https://`).
+    pub token_endpoint: String,
+    /// The CA of the token endpoint's certificate (no system root is trusted).
+    pub ca_file: PathBuf,
+    /// The client secret (`client_secret_post`), in a file of the registry's folder kept out
+    /// of the manifest; none for a public client (PKCE only).
+    pub client_secret_file: Option<PathBuf>,
+    /// The scopes asked for besides `openid` (FranceConnect's identity claims for citizens).
+    pub scopes: Vec<String>,
 }
 
 /// The identity provider of the agents of mediation structures and of auditors' staff
@@ -140,6 +159,8 @@ pub struct AgentIdentityProvider {
     /// The `acr` values that mean multi-factor authentication at this provider; a token whose
     /// `amr` lists `mfa` (RFC 8176) is accepted too.
     pub multi_factor_acr: Vec<String>,
+    /// How the pages log agents in there, if they do.
+    pub login: Option<OidcLogin>,
 }
 
 /// ProConnect's `acr` values that mean a second factor (eIDAS substantial and high, and its
@@ -722,6 +743,8 @@ mod raw {
         pub max_token_age_seconds: Option<u64>,
         #[serde(default)]
         pub multi_factor_acr: Option<Vec<String>>,
+        #[serde(default)]
+        pub login: Option<Login>,
     }
 
     #[derive(Deserialize)]
@@ -744,6 +767,20 @@ mod raw {
         pub max_token_age_seconds: Option<u64>,
         #[serde(default)]
         pub max_acts_per_token: Option<u32>,
+        #[serde(default)]
+        pub login: Option<Login>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Login {
+        pub authorization_endpoint: String,
+        pub token_endpoint: String,
+        pub ca_file: PathBuf,
+        #[serde(default)]
+        pub client_secret_file: Option<PathBuf>,
+        #[serde(default)]
+        pub scopes: Option<Vec<String>>,
     }
 
     #[derive(Deserialize)]
@@ -1693,6 +1730,20 @@ impl Validator<'_> {
                     format!("issuer {:?} is declared twice", p.issuer),
                 );
             }
+            let login = p.login.map(|l| {
+                self.login(
+                    &format!("{at}.login"),
+                    l,
+                    &[
+                        "given_name",
+                        "family_name",
+                        "birthdate",
+                        "gender",
+                        "birthplace",
+                        "birthcountry",
+                    ],
+                )
+            });
             identity_providers.push(IdentityProvider {
                 id: p.id,
                 issuer: p.issuer,
@@ -1700,6 +1751,7 @@ impl Validator<'_> {
                 keys,
                 max_token_age_seconds: max_age,
                 max_acts_per_token: max_acts,
+                login,
             });
         }
 
@@ -1749,6 +1801,42 @@ impl Validator<'_> {
             agent_identity_providers,
             agents,
         })
+    }
+
+    /// A provider's login endpoints (`at`): both `https://` without a fragment, the token
+    /// endpoint's CA in the manifest, the client secret out of it; `scopes` by default.
+    fn login(&mut self, at: &str, l: raw::Login, scopes: &[&str]) -> OidcLogin {
+        for (field, url) in [
+            ("authorization_endpoint", &l.authorization_endpoint),
+            ("token_endpoint", &l.token_endpoint),
+        ] {
+            match url::Url::parse(url) {
+                Ok(u) if u.scheme() == "https" && u.fragment().is_none() && u.host().is_some() => {}
+                Ok(_) => self.fail(
+                    format!("{at}.{field}"),
+                    format!("{url:?} must be an https:// URL without a fragment"),
+                ),
+                Err(e) => self.fail(format!("{at}.{field}"), format!("{url:?}: {e}")),
+            }
+        }
+        let scopes = l
+            .scopes
+            .unwrap_or_else(|| scopes.iter().map(ToString::to_string).collect());
+        for (i, scope) in scopes.iter().enumerate() {
+            if scope.is_empty() || scope.len() > 64 || !scope.bytes().all(|b| b.is_ascii_graphic())
+            {
+                self.fail(format!("{at}.scopes[{i}]"), "not a scope");
+            }
+        }
+        OidcLogin {
+            authorization_endpoint: l.authorization_endpoint,
+            token_endpoint: l.token_endpoint,
+            ca_file: self.public_file(format!("{at}.ca_file"), &l.ca_file),
+            client_secret_file: l
+                .client_secret_file
+                .map(|f| self.relative_file(format!("{at}.client_secret_file"), &f)),
+            scopes,
+        }
     }
 
     /// An identity provider's JWKS (`at.jwks`): inside the folder, in the manifest, keys the
@@ -1869,6 +1957,13 @@ impl Validator<'_> {
                     ),
                 );
             }
+            let login = p.login.map(|l| {
+                self.login(
+                    &format!("{at}.login"),
+                    l,
+                    &["email", "given_name", "usual_name"],
+                )
+            });
             out.push(AgentIdentityProvider {
                 id: p.id,
                 issuer: p.issuer,
@@ -1877,6 +1972,7 @@ impl Validator<'_> {
                 client_id: p.client_id,
                 max_token_age_seconds: max_age,
                 multi_factor_acr: acr,
+                login,
             });
         }
         let mut enrolled: Vec<EnrolledAgent> = Vec::new();
@@ -2091,6 +2187,40 @@ expires = 2030-12-31
         let text = BASE.replace("\"qf.json\"", "\"../../etc/passwd\"");
         let e = parse(&text).unwrap_err();
         assert_eq!(e.key, "attestation_types[0].adapter.dataset");
+    }
+
+    #[test]
+    fn login_endpoints_are_https_and_their_secret_stays_out_of_the_manifest() {
+        let jwks =
+            serde_json::to_vec(&crate::idp::dev::DevKey::generate("k").unwrap().jwks()).unwrap();
+        let folder = MemoryFolder::new([
+            ("qf.json", b"{}".to_vec()),
+            ("jwks.json", jwks),
+            ("ca.pem", b"-".to_vec()),
+            ("secret.txt", b"s".to_vec()),
+        ]);
+        let provider = |token: &str| {
+            format!(
+                "{BASE}\n[[identity_providers]]\nid = \"fc\"\nissuer = \"https://fc.test\"\njwks = \"jwks.json\"\nlogin = {{ authorization_endpoint = \"https://fc.test/authorize\", token_endpoint = \"{token}\", ca_file = \"ca.pem\", client_secret_file = \"secret.txt\" }}\n"
+            )
+        };
+        let parse = |text: String| Registry::parse(Path::new("reg.toml"), &folder, text.as_bytes());
+        let ok = parse(provider("https://fc.test/token")).unwrap();
+        let login = ok.identity_providers()[0].login.as_ref().unwrap();
+        assert_eq!(login.scopes[0], "given_name");
+        assert!(
+            ok.manifest()
+                .contains_key("identity_providers[0].login.ca_file")
+        );
+        assert!(!ok.manifest().keys().any(|k| k.contains("secret")));
+        for bad in [
+            "http://fc.test/token",
+            "https://fc.test/token#x",
+            "not a url",
+        ] {
+            let e = parse(provider(bad)).unwrap_err();
+            assert_eq!(e.key, "identity_providers[0].login.token_endpoint", "{bad}");
+        }
     }
 
     #[test]

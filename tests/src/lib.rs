@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clients;
+pub mod identity_provider;
 pub mod journal;
 pub mod offline;
 pub mod provider_api;

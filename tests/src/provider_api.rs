@@ -156,6 +156,17 @@ impl axum::serve::Listener for TlsListener {
 pub async fn serve_api_over_tls(
     pki: &unefois_certs::Pki,
 ) -> anyhow::Result<(SocketAddr, Arc<Api>)> {
+    let api = Arc::new(Api::default());
+    let addr = serve_over_tls(pki, api_router(api.clone())).await?;
+    Ok((addr, api))
+}
+
+/// Serves `app` over HTTPS on 127.0.0.1:0 with the certificate `pki` issued to `broker` (for
+/// 127.0.0.1): its address.
+pub async fn serve_over_tls(
+    pki: &unefois_certs::Pki,
+    app: axum::Router,
+) -> anyhow::Result<SocketAddr> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -170,14 +181,12 @@ pub async fn serve_api_over_tls(
     .with_single_cert(chain, key)?;
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = tcp.local_addr()?;
-    let api = Arc::new(Api::default());
     let listener = TlsListener {
         tcp,
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
     };
-    let app = api_router(api.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((addr, api))
+    Ok(addr)
 }
 
 /// A type `<provider>.situation_fiscale` to append to the sample registry, with its adapter

@@ -85,6 +85,33 @@ impl Browser {
         })
     }
 
+    /// A browser on the pages at `addr` that also trusts the CA of `ca` (a PEM file): the
+    /// HTTPS identity providers of a test.
+    pub fn trusting(addr: SocketAddr, ca: &std::path::Path) -> anyhow::Result<Browser> {
+        crate::install_crypto();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in unefois_certs::load_certificates(ca)? {
+            roots.add(cert)?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Browser {
+            base: format!("http://{addr}"),
+            client,
+            cookies: BTreeMap::new(),
+            visited: Vec::new(),
+            set_cookies: Vec::new(),
+        })
+    }
+
     fn url(&self, path: &str) -> String {
         match path.starts_with("http") {
             true => path.to_string(),

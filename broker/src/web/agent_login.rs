@@ -9,6 +9,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::pages;
+use super::providers::Door;
 use super::session::{Ending, LoginKind, PendingLogin, Sessions};
 use super::{Web, random_token, same_secret, see_other};
 use crate::registry::EnrolledAgent;
@@ -41,9 +42,11 @@ pub(super) fn no_provider() -> Response {
 }
 
 impl<S: Clone + Ending> Logins<'_, S> {
-    /// Off to an identity provider's authorization `page` for a login of `kind`.
+    /// Off to `door`'s authorization endpoint (`page` at the development provider) for a login
+    /// of `kind`.
     pub(super) fn authorize(
         &self,
+        door: &Door,
         kind: LoginKind,
         page: &str,
         client_id: &str,
@@ -62,12 +65,12 @@ impl<S: Clone + Ending> Logins<'_, S> {
             state.clone(),
             PendingLogin::new(kind, browser.clone(), nonce.clone(), verifier),
         );
-        let Ok(mut to) = url::Url::parse(&format!("{}{page}", self.web.base)) else {
+        let Ok(mut to) = url::Url::parse(&door.authorization_endpoint(&self.web.base, page)) else {
             return pages::unavailable();
         };
         to.query_pairs_mut()
             .append_pair("response_type", "code")
-            .append_pair("scope", "openid")
+            .append_pair("scope", &door.scope())
             .append_pair("client_id", client_id)
             .append_pair("redirect_uri", callback)
             .append_pair("state", &state)
@@ -91,17 +94,14 @@ impl<S: Clone + Ending> Logins<'_, S> {
 
     /// Off to the agents' identity provider, back to `callback`.
     pub(super) fn agent(&self, callback: &str) -> Response {
-        let registry = self.web.state.federation.registry();
-        let (Some(_), Some(provider)) = (
-            &self.web.dev_idp,
-            super::dev_idp::agents_provider(&registry),
-        ) else {
+        let Some((door, client_id)) = self.web.agents_door() else {
             return no_provider();
         };
         self.authorize(
+            &door,
             LoginKind::Agent,
             "/dev-idp/agents/authorize",
-            &provider.client_id,
+            &client_id,
             callback,
         )
     }
@@ -121,8 +121,9 @@ impl<S: Clone + Ending> Logins<'_, S> {
 
     /// The ID token of an identity provider's answer to a login of `kind` this browser started
     /// here, once.
-    pub(super) fn redeemed(
+    pub(super) async fn redeemed(
         &self,
+        door: &Door,
         headers: &HeaderMap,
         answer: &CallbackQuery,
         kind: LoginKind,
@@ -138,37 +139,38 @@ impl<S: Clone + Ending> Logins<'_, S> {
         {
             return None;
         }
-        let token = self.web.dev_idp.as_ref()?.redeem(
-            &answer.code,
-            client_id,
-            callback,
-            &login.verifier,
-        )?;
+        let token = door
+            .redeem(self.web, &answer.code, client_id, callback, &login.verifier)
+            .await?;
         Some((token, login))
     }
 
     /// The agent an answer of the agents' identity provider logs in: the token verifies, shows
     /// a second factor, carries the nonce asked for, and names an agent the registry enrols;
     /// otherwise the page that says why.
-    pub(super) fn agent_answer(
+    pub(super) async fn agent_answer(
         &self,
         headers: &HeaderMap,
         answer: &CallbackQuery,
         callback: &str,
     ) -> Result<EnrolledAgent, Box<Response>> {
-        let registry = self.web.state.federation.registry();
-        let Some(provider) = super::dev_idp::agents_provider(&registry) else {
+        let Some((door, client_id)) = self.web.agents_door() else {
             return Err(Box::new(no_provider()));
         };
-        let Some((token, login)) = self.redeemed(
-            headers,
-            answer,
-            LoginKind::Agent,
-            &provider.client_id,
-            callback,
-        ) else {
+        let Some((token, login)) = self
+            .redeemed(
+                &door,
+                headers,
+                answer,
+                LoginKind::Agent,
+                &client_id,
+                callback,
+            )
+            .await
+        else {
             return Err(Box::new(self.failed()));
         };
+        let registry = self.web.state.federation.registry();
         let agent =
             match crate::agent_identity::verify(&token, &registry, OffsetDateTime::now_utc()) {
                 Ok(agent) => agent,

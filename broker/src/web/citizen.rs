@@ -362,14 +362,14 @@ pub async fn login(State(web): State<Arc<Web>>) -> Response {
             Ok(_) => pages::unavailable(),
         };
     };
-    if web.dev_idp.is_none() {
+    let Some(door) = web.citizens_door() else {
         return pages::error_page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Connexion indisponible",
             "Aucun fournisseur d'identité n'est relié à cet espace pour l'instant. Pour toute \
              démarche, adressez-vous à un espace France Services.",
         );
-    }
+    };
     let (Some(state), Some(nonce), Some(verifier), Some(browser)) = (
         random_token(),
         random_token(),
@@ -383,12 +383,13 @@ pub async fn login(State(web): State<Arc<Web>>) -> Response {
         state.clone(),
         PendingLogin::new(LoginKind::Citizen, browser.clone(), nonce.clone(), verifier),
     );
-    let Ok(mut to) = url::Url::parse(&format!("{}/dev-idp/authorize", web.base)) else {
+    let Ok(mut to) = url::Url::parse(&door.authorization_endpoint(&web.base, "/dev-idp/authorize"))
+    else {
         return pages::unavailable();
     };
     to.query_pairs_mut()
         .append_pair("response_type", "code")
-        .append_pair("scope", "openid")
+        .append_pair("scope", &door.scope())
         .append_pair("client_id", &client_id)
         .append_pair("redirect_uri", &web.callback_url())
         .append_pair("state", &state)
@@ -440,16 +441,20 @@ pub async fn callback(
         Ok(c) => c,
         Err(page) => return *page,
     };
-    let Some(idp) = &web.dev_idp else {
+    let Some(door) = web.citizens_door() else {
         return failed();
     };
     let client_id = web.client_id().unwrap_or_default();
-    let Some(id_token) = idp.redeem(
-        &answer.code,
-        &client_id,
-        &web.callback_url(),
-        &login.verifier,
-    ) else {
+    let Some(id_token) = door
+        .redeem(
+            &web,
+            &answer.code,
+            &client_id,
+            &web.callback_url(),
+            &login.verifier,
+        )
+        .await
+    else {
         return failed();
     };
     let registry = web.state.federation.registry();

@@ -184,7 +184,10 @@ pub async fn callback(
     headers: HeaderMap,
     Query(answer): Query<CallbackQuery>,
 ) -> Response {
-    let agent = match logins(&web).agent_answer(&headers, &answer, &web.console_callback_url()) {
+    let agent = match logins(&web)
+        .agent_answer(&headers, &answer, &web.console_callback_url())
+        .await
+    {
         Ok(agent) => agent,
         Err(page) => return *page,
     };

@@ -367,7 +367,10 @@ pub async fn callback(
     headers: HeaderMap,
     Query(answer): Query<CallbackQuery>,
 ) -> Response {
-    let agent = match logins(&web).agent_answer(&headers, &answer, &web.agent_callback_url()) {
+    let agent = match logins(&web)
+        .agent_answer(&headers, &answer, &web.agent_callback_url())
+        .await
+    {
         Ok(agent) => agent,
         Err(page) => return *page,
     };
@@ -419,14 +422,15 @@ pub async fn person_login(State(web): State<Arc<Web>>, headers: HeaderMap) -> Re
         Ok(s) => s,
         Err(page) => return *page,
     };
-    if web.dev_idp.is_none() {
+    let Some(door) = web.citizens_door() else {
         return super::agent_login::no_provider();
-    }
+    };
     let registry = web.state.federation.registry();
     let Some(structure) = registry.participant(&caller.participant) else {
         return pages::unavailable();
     };
     logins(&web).authorize(
+        &door,
         LoginKind::PersonAtDesk,
         "/dev-idp/authorize",
         structure.audience(),
@@ -450,13 +454,20 @@ pub async fn person_callback(
         return pages::unavailable();
     };
     let logins = logins(&web);
-    let Some((token, login)) = logins.redeemed(
-        &headers,
-        &answer,
-        LoginKind::PersonAtDesk,
-        structure.audience(),
-        &web.desk_person_callback_url(),
-    ) else {
+    let Some(door) = web.citizens_door() else {
+        return logins.failed();
+    };
+    let Some((token, login)) = logins
+        .redeemed(
+            &door,
+            &headers,
+            &answer,
+            LoginKind::PersonAtDesk,
+            structure.audience(),
+            &web.desk_person_callback_url(),
+        )
+        .await
+    else {
         return logins.failed();
     };
     let verified = match crate::evidence::proven(&token, &caller, &registry) {

@@ -17,6 +17,7 @@ mod desk;
 mod dev_idp;
 mod pages;
 mod paris_time;
+mod providers;
 mod rows;
 mod session;
 

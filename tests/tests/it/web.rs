@@ -543,3 +543,156 @@ async fn a_citizen_filters_her_history_by_organisation_data_and_period() -> anyh
     broker.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_log_in_at_real_identity_providers_over_https() -> anyhow::Result<()> {
+    use broker::idp::dev::DevKey;
+    use unefois_tests::identity_provider::IdentityProvider;
+    let pki = TestPki::for_sample_registry()?;
+    // A FranceConnect-like provider for the citizen pages and the structure's desk, a
+    // ProConnect-like one for agents, both over HTTPS with the federation's CA.
+    let citizens = IdentityProvider::start(
+        &pki.pki,
+        "https://fc.example",
+        &["espace-usager", "france-services-lyon"],
+        "fc-secret",
+        DevKey::generate("fc-2026")?,
+        serde_json::json!({
+            "sub": "fc-4242",
+            "given_name": "MARIE",
+            "family_name": "DUPONT",
+            "birthdate": "1980-01-02",
+            "gender": "female",
+            "birthplace": "69123",
+            "birthcountry": "99100",
+        }),
+    )
+    .await?;
+    let citizens_key = provider_jwks(&citizens)?;
+    let agents = IdentityProvider::start(
+        &pki.pki,
+        "https://pc.example",
+        &["pages-test"],
+        "pc-secret",
+        DevKey::generate("pc-2026")?,
+        serde_json::json!({ "sub": "pc-marie", "acr": "eidas2", "amr": ["pwd", "otp", "mfa"] }),
+    )
+    .await?;
+    let scratch = tempfile::tempdir()?;
+    let dir = scratch.path();
+    std::fs::create_dir_all(dir.join("idp"))?;
+    std::fs::copy(pki.pki.ca_cert_path(), dir.join("idp/ca.pem"))?;
+    std::fs::write(dir.join("idp/fc.json"), citizens_key)?;
+    std::fs::write(dir.join("idp/pc.json"), provider_jwks(&agents)?)?;
+    std::fs::write(dir.join("idp/fc-secret.txt"), "fc-secret\n")?;
+    std::fs::write(dir.join("idp/pc-secret.txt"), "pc-secret\n")?;
+    let (fc, pc) = (citizens.base.clone(), agents.base.clone());
+    let registry = unefois_tests::sample_registry_with(dir, |s| {
+        format!(
+            r#"{s}
+[[identity_providers]]
+id = "fc-test"
+issuer = "https://fc.example"
+jwks = "idp/fc.json"
+login = {{ authorization_endpoint = "{fc}/authorize", token_endpoint = "{fc}/token", ca_file = "idp/ca.pem", client_secret_file = "idp/fc-secret.txt" }}
+
+[[agent_identity_providers]]
+id = "pc-test"
+issuer = "https://pc.example"
+jwks = "idp/pc.json"
+client_id = "pages-test"
+login = {{ authorization_endpoint = "{pc}/authorize", token_endpoint = "{pc}/token", ca_file = "idp/ca.pem", client_secret_file = "idp/pc-secret.txt" }}
+
+[[agents]]
+provider = "pc-test"
+sub = "pc-marie"
+participant = "france-services-lyon"
+agent = "marie.pc"
+name = "Marie Dupuis"
+"#
+        )
+    })?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            registry,
+            web: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let web = broker.web_addr.context("no web pages")?;
+
+    // The citizen: sent to the provider with the identity scopes, back with a code the broker
+    // redeems over HTTPS with its secret and the PKCE verifier.
+    let mut browser = Browser::trusting(web, &dir.join("idp/ca.pem"))?;
+    let to_idp = browser.get("/citizen/login").await?;
+    let at = to_idp
+        .location()
+        .context("not sent to the provider")?
+        .to_string();
+    assert!(at.starts_with(&format!("{fc}/authorize?")), "{at}");
+    assert!(at.contains("scope=openid+given_name+family_name"), "{at}");
+    let home = browser.follow(to_idp).await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    assert!(
+        home.body
+            .contains("<title>Qui a consulté mes données — Une Fois</title>"),
+        "{}",
+        home.body
+    );
+    assert_eq!(citizens.redeemed(), 1);
+
+    // An agent at the desk, then the person present (a fresh login asked for).
+    let mut desk = Browser::trusting(web, &dir.join("idp/ca.pem"))?;
+    let to_idp = desk.get("/desk/login").await?;
+    assert!(
+        to_idp
+            .location()
+            .is_some_and(|l| l.starts_with(&format!("{pc}/authorize?"))),
+        "{to_idp:?}"
+    );
+    let page = desk.follow(to_idp).await?;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("Marie Dupuis, France Services Lyon 8e"),
+        "{}",
+        page.body
+    );
+    let to_idp = desk.get("/desk/person/login").await?;
+    let at = to_idp
+        .location()
+        .context("not sent to the provider")?
+        .to_string();
+    assert!(at.contains("client_id=france-services-lyon"), "{at}");
+    assert!(
+        at.contains("prompt=login") && at.contains("max_age=0"),
+        "{at}"
+    );
+    let present = desk.follow(to_idp).await?;
+    assert!(
+        present
+            .body
+            .contains("Personne présente : <strong>MARIE DUPONT</strong>"),
+        "{}",
+        present.body
+    );
+
+    // A secret the provider does not know: no session, the person told the login failed.
+    std::fs::write(dir.join("idp/fc-secret.txt"), "not-the-secret\n")?;
+    let mut other = Browser::trusting(web, &dir.join("idp/ca.pem"))?;
+    let to_idp = other.get("/citizen/login").await?;
+    let failed = other.follow(to_idp).await?;
+    assert_eq!(failed.status, 400, "{}", failed.body);
+    assert!(failed.body.contains("Connexion échouée"), "{}", failed.body);
+    assert!(other.cookie("unefois_session").is_none());
+    broker.stop().await?;
+    Ok(())
+}
+
+/// The JWKS of a test provider's key.
+fn provider_jwks(
+    provider: &unefois_tests::identity_provider::IdentityProvider,
+) -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&provider.jwks())?)
+}
