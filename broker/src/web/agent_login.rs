@@ -1,7 +1,7 @@
-//! Logins at the pages' spaces for people other than the citizen at the citizen space: agents
-//! at the agents' identity provider (the desk, the console), and the person present at a desk
-//! at the citizens' one. OpenID Connect's code flow with PKCE S256, a `state` bound to the
-//! browser by a cookie of the space, a `nonce`; each space keeps its own pending logins.
+//! Logins at the pages' spaces: citizens at the citizens' identity provider (the citizen
+//! space, and the person present at a desk), agents at the agents' one (the desk, the
+//! console). OpenID Connect's code flow with PKCE S256, a `state` bound to the browser by a
+//! cookie of the space, a `nonce`; each space keeps its own pending logins.
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;

@@ -16,10 +16,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use super::agent_login::{CallbackQuery, Logins};
 use super::pages::{self, Layout, LayoutSession};
 use super::paris_time;
 use super::rows::{AccessRow, ConsentRow, MandateRow, Names};
-use super::session::{LoginKind, PendingLogin, SESSION_LIFETIME, Session};
+use super::session::{LoginKind, SESSION_LIFETIME, Session};
 use super::{Web, random_token, same_secret, see_other};
 use crate::caller::Caller;
 use crate::consent::ConsentStatus;
@@ -370,44 +371,23 @@ pub async fn login(State(web): State<Arc<Web>>) -> Response {
              démarche, adressez-vous à un espace France Services.",
         );
     };
-    let (Some(state), Some(nonce), Some(verifier), Some(browser)) = (
-        random_token(),
-        random_token(),
-        random_token(),
-        random_token(),
-    ) else {
-        return pages::unavailable();
-    };
-    let challenge = super::dev_idp::pkce_challenge(&verifier);
-    web.sessions.wait_login(
-        state.clone(),
-        PendingLogin::new(LoginKind::Citizen, browser.clone(), nonce.clone(), verifier),
-    );
-    let Ok(mut to) = url::Url::parse(&door.authorization_endpoint(&web.base, "/dev-idp/authorize"))
-    else {
-        return pages::unavailable();
-    };
-    to.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("scope", &door.scope())
-        .append_pair("client_id", &client_id)
-        .append_pair("redirect_uri", &web.callback_url())
-        .append_pair("state", &state)
-        .append_pair("nonce", &nonce)
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256");
-    see_other(
-        to.as_str(),
-        &[web.cookie(LOGIN_COOKIE, &browser, Some(super::session::LOGIN_WAIT))],
+    logins(&web).authorize(
+        &door,
+        LoginKind::Citizen,
+        "/dev-idp/authorize",
+        &client_id,
+        &web.callback_url(),
     )
 }
 
-#[derive(Deserialize)]
-pub struct CallbackQuery {
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    state: String,
+/// Where the citizen space's logins wait: its pending logins, its login cookie.
+fn logins(web: &Web) -> Logins<'_, Session> {
+    Logins {
+        web,
+        table: &web.sessions,
+        cookie: LOGIN_COOKIE,
+        space: "l'espace usager",
+    }
 }
 
 /// `GET /citizen/callback`: the identity provider's answer; a session once the ID token
@@ -417,26 +397,8 @@ pub async fn callback(
     headers: HeaderMap,
     Query(answer): Query<CallbackQuery>,
 ) -> Response {
-    let failed = || {
-        pages::error_page(
-            StatusCode::BAD_REQUEST,
-            "Connexion échouée",
-            "La connexion n'a pas abouti (demande expirée, déjà utilisée ou venue d'un autre \
-             navigateur). Recommencez depuis l'espace usager.",
-        )
-    };
-    let Some(login) = web.sessions.take_login(&answer.state) else {
-        return failed();
-    };
-    if login.kind != LoginKind::Citizen {
-        return failed();
-    }
-    if !web
-        .cookie_of(&headers, LOGIN_COOKIE)
-        .is_some_and(|b| same_secret(b, &login.browser))
-    {
-        return failed();
-    }
+    let logins = logins(&web);
+    let failed = || logins.failed();
     let caller = match caller(&web) {
         Ok(c) => c,
         Err(page) => return *page,
@@ -445,13 +407,14 @@ pub async fn callback(
         return failed();
     };
     let client_id = web.client_id().unwrap_or_default();
-    let Some(id_token) = door
-        .redeem(
-            &web,
-            &answer.code,
+    let Some((id_token, login)) = logins
+        .redeemed(
+            &door,
+            &headers,
+            &answer,
+            LoginKind::Citizen,
             &client_id,
             &web.callback_url(),
-            &login.verifier,
         )
         .await
     else {
