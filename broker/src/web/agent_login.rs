@@ -106,6 +106,39 @@ impl<S: Clone + Ending> Logins<'_, S> {
         )
     }
 
+    /// Opens the session a completed login earns (`make` builds it from its CSRF token, when
+    /// it ends, and the same as a time people read), `lifetime` long, in place of this
+    /// browser's earlier one (« Prolonger la session »); its cookie `session_cookie`, and on
+    /// to `home`.
+    pub(super) fn open_session(
+        &self,
+        headers: &HeaderMap,
+        session_cookie: &str,
+        lifetime: std::time::Duration,
+        home: &str,
+        make: impl FnOnce(String, std::time::Instant, OffsetDateTime) -> S,
+    ) -> Response {
+        let (Some(id), Some(csrf)) = (random_token(), random_token()) else {
+            return pages::unavailable();
+        };
+        if let Some(earlier) = self.web.cookie_of(headers, session_cookie) {
+            self.table.close(earlier);
+        }
+        let now = OffsetDateTime::now_utc();
+        self.table.open(
+            id.clone(),
+            make(csrf, std::time::Instant::now() + lifetime, now + lifetime),
+        );
+        see_other(
+            home,
+            &[
+                self.web.cookie(session_cookie, &id, Some(lifetime)),
+                self.web
+                    .cookie(self.cookie, "", Some(std::time::Duration::ZERO)),
+            ],
+        )
+    }
+
     /// 400: the login did not complete; nothing was opened.
     pub(super) fn failed(&self) -> Response {
         pages::error_page(

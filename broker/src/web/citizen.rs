@@ -5,7 +5,7 @@
 //! token as identity evidence, and is journaled as its gRPC twin.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{Form, Path, Query, State};
@@ -21,7 +21,7 @@ use super::pages::{self, Layout, LayoutSession};
 use super::paris_time;
 use super::rows::{AccessRow, ConsentRow, MandateRow, Names};
 use super::session::{LoginKind, SESSION_LIFETIME, Session};
-use super::{Web, random_token, same_secret, see_other};
+use super::{Web, same_secret, see_other};
 use crate::caller::Caller;
 use crate::consent::ConsentStatus;
 use crate::error::ApiError;
@@ -438,35 +438,24 @@ pub async fn callback(
     {
         return failed();
     }
-    let (Some(id), Some(csrf)) = (random_token(), random_token()) else {
-        return pages::unavailable();
-    };
-    // Logged in again (« Prolonger la session »): the earlier session of this browser ends.
-    if let Some(earlier) = web.cookie_of(&headers, SESSION_COOKIE) {
-        web.sessions.close(earlier);
-    }
     let now = OffsetDateTime::now_utc();
     let usable = Duration::from_secs(
         u64::try_from(verified.usable_until.saturating_sub(now.unix_timestamp())).unwrap_or(0),
     );
-    let lifetime = SESSION_LIFETIME.min(usable);
-    web.sessions.open(
-        id.clone(),
-        Session {
+    // Logged in again (« Prolonger la session »): the earlier session of this browser ends.
+    logins.open_session(
+        &headers,
+        SESSION_COOKIE,
+        SESSION_LIFETIME.min(usable),
+        "/citizen",
+        |csrf, ends, ends_at| Session {
             subject: verified.subject,
             id_token,
             csrf,
-            ends: Instant::now() + lifetime,
-            ends_at: now + lifetime,
+            ends,
+            ends_at,
             flash: None,
         },
-    );
-    see_other(
-        "/citizen",
-        &[
-            web.cookie(SESSION_COOKIE, &id, Some(lifetime)),
-            web.cookie(LOGIN_COOKIE, "", Some(Duration::ZERO)),
-        ],
     )
 }
 

@@ -26,7 +26,7 @@ use super::pages::{self, Layout, LayoutSession};
 use super::paris_time;
 use super::rows::Names;
 use super::session::Ending;
-use super::{Web, random_token, same_secret, see_other};
+use super::{Web, same_secret, see_other};
 use crate::audit::events::{self, AuditQuery, LoggedEvent};
 use crate::caller::Caller;
 use crate::error::ApiError;
@@ -201,31 +201,20 @@ pub async fn callback(
              console d'audit ne vous est pas ouverte.",
         );
     }
-    let (Some(id), Some(csrf)) = (random_token(), random_token()) else {
-        return pages::unavailable();
-    };
-    if let Some(earlier) = web.cookie_of(&headers, CONSOLE_COOKIE) {
-        web.console.close(earlier);
-    }
-    let now = OffsetDateTime::now_utc();
-    web.console.open(
-        id.clone(),
-        ConsoleSession {
+    logins(&web).open_session(
+        &headers,
+        CONSOLE_COOKIE,
+        STAFF_SESSION,
+        "/audit",
+        |csrf, ends, ends_at| ConsoleSession {
             participant: agent.participant,
             agent: agent.agent,
             name: agent.name,
             csrf,
-            ends: Instant::now() + STAFF_SESSION,
-            ends_at: now + STAFF_SESSION,
+            ends,
+            ends_at,
             filters: Filters::default(),
         },
-    );
-    see_other(
-        "/audit",
-        &[
-            web.cookie(CONSOLE_COOKIE, &id, Some(STAFF_SESSION)),
-            web.cookie(CONSOLE_LOGIN_COOKIE, "", Some(Duration::ZERO)),
-        ],
     )
 }
 

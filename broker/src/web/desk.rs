@@ -23,7 +23,7 @@ use super::pages::{self, Acting, Layout, LayoutSession};
 use super::paris_time;
 use super::rows::{AccessRow, MandateRow, Names};
 use super::session::{Ending, LoginKind};
-use super::{Web, random_token, same_secret, see_other};
+use super::{Web, same_secret, see_other};
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::mandate::{Mandate, MandateStatus};
@@ -375,7 +375,6 @@ pub async fn callback(
         Err(page) => return *page,
     };
     let registry = web.state.federation.registry();
-    let now = OffsetDateTime::now_utc();
     let structure = registry.participant(&agent.participant);
     if !structure.is_some_and(|p| p.roles.contains(&Role::Mediator)) {
         return pages::error_page(
@@ -385,32 +384,22 @@ pub async fn callback(
              l'espace des agents ne vous est pas ouvert.",
         );
     }
-    let (Some(id), Some(csrf)) = (random_token(), random_token()) else {
-        return pages::unavailable();
-    };
-    if let Some(earlier) = web.cookie_of(&headers, DESK_COOKIE) {
-        web.desk.close(earlier);
-    }
-    web.desk.open(
-        id.clone(),
-        DeskSession {
+    logins(&web).open_session(
+        &headers,
+        DESK_COOKIE,
+        AGENT_SESSION,
+        "/desk",
+        |csrf, ends, ends_at| DeskSession {
             participant: agent.participant,
             agent: agent.agent,
             agent_name: agent.name,
             csrf,
-            ends: Instant::now() + AGENT_SESSION,
-            ends_at: now + AGENT_SESSION,
+            ends,
+            ends_at,
             person: None,
             acting: None,
             flash: None,
         },
-    );
-    see_other(
-        "/desk",
-        &[
-            web.cookie(DESK_COOKIE, &id, Some(AGENT_SESSION)),
-            web.cookie(DESK_LOGIN_COOKIE, "", Some(Duration::ZERO)),
-        ],
     )
 }
 
