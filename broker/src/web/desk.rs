@@ -143,6 +143,18 @@ fn layout(web: &Web, title: &str, s: &DeskSession, acting: Option<&Mandate>) -> 
     layout
 }
 
+/// The mandate the agent acts under, while it is in force and the person present's: the
+/// banner of every page says it.
+async fn acting_mandate(web: &Web, s: &DeskSession) -> Option<Mandate> {
+    let (id, person) = (s.acting.as_deref()?, s.person.as_ref()?);
+    let m = web.state.store.mandate(id).await.ok().flatten()?;
+    let pseudonym = web.state.pseudonyms.audit(&person.subject);
+    (m.structure == s.participant
+        && m.subject == pseudonym
+        && m.status(OffsetDateTime::now_utc()) == MandateStatus::Active)
+        .then_some(m)
+}
+
 /// What an act refused by the broker tells the agent.
 fn refused(e: &ApiError) -> Response {
     match e {
@@ -331,7 +343,12 @@ pub async fn home(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     pages::render(
         StatusCode::OK,
         &HomePage {
-            layout: layout(&web, "Accueil d'une personne", &s, None),
+            layout: layout(
+                &web,
+                "Accueil d'une personne",
+                &s,
+                acting_mandate(&web, &s).await.as_ref(),
+            ),
             csrf: s.csrf.clone(),
             structure: names.participant(&s.participant),
             person: s.person.as_ref().map(|p| p.name.clone()),
@@ -626,7 +643,12 @@ pub async fn new_mandate(
     pages::render(
         StatusCode::OK,
         &NewMandatePage {
-            layout: layout(&web, "Créer un mandat", &s, None),
+            layout: layout(
+                &web,
+                "Créer un mandat",
+                &s,
+                acting_mandate(&web, &s).await.as_ref(),
+            ),
             csrf: s.csrf.clone(),
             request_id: uuid::Uuid::now_v7().to_string(),
             digest: String::new(),
@@ -1296,7 +1318,12 @@ pub async fn confirm_revoke(
             pages::render(
                 StatusCode::OK,
                 &RevokePage {
-                    layout: layout(&web, "Révoquer un mandat", &s, None),
+                    layout: layout(
+                        &web,
+                        "Révoquer un mandat",
+                        &s,
+                        acting_mandate(&web, &s).await.as_ref(),
+                    ),
                     csrf: s.csrf.clone(),
                     mandate,
                 },

@@ -190,11 +190,15 @@ impl Names<'_> {
             },
             active: status == ConsentStatus::Active,
             recorded_by: format!(
-                "{}{}",
+                "{}{}{}",
                 self.participant(&c.participant),
                 c.agent
                     .as_deref()
-                    .map(|a| format!(" (agent {a})"))
+                    .map(|a| format!(", agent {}", self.agent(&c.participant, a)))
+                    .unwrap_or_default(),
+                c.mandate_id
+                    .as_deref()
+                    .map(|m| format!(", mandat n° {m}"))
                     .unwrap_or_default()
             ),
         }

@@ -163,6 +163,10 @@ async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> a
         ),
     );
 
+    // The banner stays on every page while the agent acts under it, the desk's home included.
+    let home = browser.get("/desk").await?;
+    shows(&home, "Vous agissez pour <strong>Alice Martin</strong>");
+
     // Under it: the energy-aid form, each field with its value and source.
     let acting = browser.get("/desk/agir").await?;
     assert_eq!(acting.status, 200, "{}", acting.body);
@@ -222,6 +226,14 @@ async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> a
         ),
     );
     shows(&page, "<td>Marie Dupont (marie.dupont)</td>");
+    // The consent too: recorded by the structure, by its agent, under the mandate.
+    shows(
+        &page,
+        &format!(
+            "<td>France Services Lyon 8e, agent Marie Dupont (marie.dupont), mandat n° \
+             {mandate_id}</td>"
+        ),
+    );
 
     // The agent revokes it at the desk: the consent ends with it, and acting under it stops.
     let revoke = format!("/desk/mandates/{mandate_id}/revoke");
