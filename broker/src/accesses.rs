@@ -113,11 +113,15 @@ async fn filtered(
     size: usize,
     filter: &AccessFilter,
 ) -> Result<(Vec<events::LoggedEvent>, Option<u64>), ApiError> {
-    const CHUNK: usize = 200;
+    // Read a page's worth first (a filter that selects most accesses reads no more than an
+    // unfiltered page), then 200 at a time.
+    const MAX_CHUNK: usize = 200;
+    let mut chunk_size = size.clamp(1, MAX_CHUNK);
     let mut kept = Vec::new();
     let mut scanned = 0;
     loop {
-        let (chunk, more) = events::accesses(store, pseudonym, before, CHUNK).await?;
+        let (chunk, more) = events::accesses(store, pseudonym, before, chunk_size).await?;
+        chunk_size = MAX_CHUNK;
         // An index that names entries the store no longer has would not move `before`.
         if chunk.is_empty() {
             return Ok((kept, None));
