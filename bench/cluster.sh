@@ -10,11 +10,16 @@
 #
 #   bench/cluster.sh                      # DURATION=10 CONFIGS="embedded pg-1 pg-3"
 #   SKIP_BUILD=1 DURATION=5 bench/cluster.sh
+#   CONFIGS=pg-1 IN_FLIGHTS=64 PG_CONF="wal_init_zero = on" bench/cluster.sh   # one setting tried
 #
 # Writes target/bench-cluster/cluster.jsonl and prints a table.
 source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10}
 CONFIGS=${CONFIGS:-embedded pg-1 pg-3}
+# The loads before the paced one (64 must be among them: the paced rate is half its rate).
+IN_FLIGHTS=${IN_FLIGHTS:-1 64 256}
+# PG_CONF: lines added to both servers' postgresql.conf, for trying a setting.
+PG_CONF=${PG_CONF:-}
 PG_BIN=${UNEFOIS_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 PG_PRIMARY_PORT=${PG_PRIMARY_PORT:-52433}
 PG_STANDBY_PORT=${PG_STANDBY_PORT:-52434}
@@ -41,6 +46,9 @@ wal_level = replica
 max_wal_senders = 4
 synchronous_commit = on
 shared_buffers = '256MB'
+# docs/cluster.md, "The settings latency depends on": no segment zero-filled in a commit's path.
+wal_init_zero = off
+$PG_CONF
 CONF
   echo "host replication all 127.0.0.1/32 trust" >>"$dir/primary/pg_hba.conf"
   as_postgres taskset -c "$SERVER_CPU" "$PG_BIN/pg_ctl" -D "$dir/primary" -l "$dir/primary.log" -w start >/dev/null
@@ -145,7 +153,7 @@ for config in $CONFIGS; do
     pg-3) pg_up; brokers 3 --store "$STORE_URL" ;;
     *) echo "unknown config $config" >&2; exit 1 ;;
   esac
-  for in_flight in 1 64 256; do
+  for in_flight in $IN_FLIGHTS; do
     log "$config, $in_flight in flight"
     run "$config" "in-flight-$in_flight" --in-flight "$in_flight"
   done

@@ -60,7 +60,12 @@ struct WorkerResult {
     latency_us: Histogram<u64>,
     /// Paced runs: how long after it was due each measured request left.
     lag_us: Histogram<u64>,
+    /// The worst latency (µs) of the requests due in each window of the measured time.
+    worst_by_window: Vec<u64>,
 }
+
+/// The windows of `Report::worst_by_window_us`: a stall shows as a run of slow windows.
+pub const WINDOW: Duration = Duration::from_millis(250);
 
 /// Shared between the workers and the conductor.
 struct Shared {
@@ -174,7 +179,14 @@ pub async fn run(
     }
     let mut latency_us = new_histogram()?;
     let mut lag_us = new_histogram()?;
+    let mut worst_by_window: Vec<u64> = Vec::new();
     for result in results {
+        if worst_by_window.len() < result.worst_by_window.len() {
+            worst_by_window.resize(result.worst_by_window.len(), 0);
+        }
+        for (worst, &us) in worst_by_window.iter_mut().zip(&result.worst_by_window) {
+            *worst = (*worst).max(us);
+        }
         ok += result.ok;
         for (label, n) in result.errors {
             *errors.entry(label).or_insert(0) += n;
@@ -208,6 +220,7 @@ pub async fn run(
         errors,
         latency_us,
         pace_lag_us: options.rate.map(|_| lag_us),
+        worst_by_window_us: worst_by_window,
         server,
         client_cpu_s: client_after
             .cpu_ticks
@@ -274,6 +287,7 @@ async fn worker(
         errors: BTreeMap::new(),
         latency_us,
         lag_us,
+        worst_by_window: Vec::new(),
     };
     let mut seq = id;
     loop {
@@ -311,6 +325,16 @@ async fn worker(
                 result.ok += 1;
                 let us = due.elapsed().as_micros().min(u128::from(MAX_LATENCY_US)) as u64;
                 let _ = result.latency_us.record(us.max(1));
+                let window = (due
+                    .saturating_duration_since(shared.measure_from)
+                    .as_millis()
+                    / WINDOW.as_millis()) as usize;
+                if window < 4 * 3600 {
+                    if result.worst_by_window.len() <= window {
+                        result.worst_by_window.resize(window + 1, 0);
+                    }
+                    result.worst_by_window[window] = result.worst_by_window[window].max(us);
+                }
             }
             Err(label) => {
                 *result.errors.entry(label).or_insert(0) += 1;

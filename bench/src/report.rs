@@ -128,6 +128,8 @@ pub struct Report {
     /// Paced runs: how long after it was due each measured request left (the load generator's
     /// own lateness, included in `latency_us`).
     pub pace_lag_us: Option<Histogram<u64>>,
+    /// The worst latency (µs) of the requests due in each quarter second of the measured time.
+    pub worst_by_window_us: Vec<u64>,
     /// The server processes' CPU and memory over the run, when pids were given.
     pub server: Option<ServerUsage>,
     /// The load generator's own CPU time, in seconds.
@@ -230,6 +232,11 @@ impl Report {
                 "p99": h.value_at_quantile(0.99),
                 "max": h.max(),
             })),
+            "worst_latency_ms_per_quarter_second": self
+                .worst_by_window_us
+                .iter()
+                .map(|us| (*us as f64 / 100.0).round() / 10.0)
+                .collect::<Vec<_>>(),
             "server": server,
             "client_cpu_us_per_request": (self.total() > 0)
                 .then(|| self.client_cpu_s * 1e6 / self.total() as f64),

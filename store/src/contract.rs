@@ -350,9 +350,76 @@ async fn postgres_keeps_the_contract_byte_for_byte_with_the_embedded_backend() {
     let postgres = contract(&postgres.await.unwrap(), batches).await;
     assert_eq!(embedded, postgres);
 
+    // Lookups asked at once are answered together (one query for those waiting): each gets the
+    // consents of its own scope, none of another's.
+    let again = crate::Postgres::open(&url, log(), sealer.clone(), Duration::from_secs(5));
+    let again = again.await.unwrap();
+    let scopes = [
+        (["alice", "caf", "qf", "cantine"], vec!["c1"]),
+        (["alice", "dgfip", "rfr", "cantine"], vec!["c2"]),
+        (["alice", "caf", "rfr", "cantine"], vec![]),
+        (["bob", "caf", "qf", "cantine"], vec![]),
+    ];
+    let asked = (0..64).map(|i| {
+        let (scope, _) = &scopes[i % scopes.len()];
+        again.consents_for(scope[0], scope[1], scope[2], scope[3])
+    });
+    for (i, found) in futures::future::join_all(asked)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let ids: Vec<String> = found.unwrap().into_iter().map(|c| c.id).collect();
+        assert_eq!(ids, scopes[i % scopes.len()].1, "lookup {i}");
+    }
+    again.close().await;
+
     // Another log key than the one that signed the log: refused, naming why.
     let other = TestSigner::from_seed(&[8; 32]);
     let refused = crate::Postgres::open(&url, other, sealer, Duration::from_secs(5)).await;
     let refused = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(refused.contains("another log key"), "{refused}");
+}
+
+/// Two brokers on one database, taking turns: each batch starts where the other broker left the
+/// log, whatever its own writer last saw. Every entry, checkpoint and proof is the embedded
+/// backend's for the same appends in the same order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_taking_turns_append_where_the_other_left_the_log() {
+    let server = crate::postgres::test_server::Server::primary("");
+    let url = server.url();
+    crate::postgres::init(&url).await.unwrap();
+    let open = || crate::Postgres::open(&url, log(), sealer(), Duration::from_secs(5));
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Embedded::open(dir.path(), JournalOptions::default(), log(), sealer()).unwrap();
+    for (turn, by) in ["a", "a", "b", "a", "b", "b", "a"].into_iter().enumerate() {
+        let r = record("broker_stopped", json!({ "turn": turn }));
+        let appended = match by {
+            "a" => a.append_entry(r.clone()).await,
+            _ => b.append_entry(r.clone()).await,
+        }
+        .unwrap_or_else(|e| panic!("turn {turn} by {by}: {e}"));
+        let same = embedded.append_entry(r).await.unwrap();
+        assert_eq!(
+            (appended.seq, &appended.entry),
+            (same.seq, &same.entry),
+            "turn {turn}"
+        );
+        let proven = appended.proven.expect("a proof from the transaction");
+        assert_eq!(proven.tree_size, turn as u64 + 1);
+        assert_eq!(
+            proven.checkpoint,
+            embedded.checkpoint_at(proven.tree_size).await.unwrap(),
+            "turn {turn}"
+        );
+        assert_eq!(
+            proven.inclusion_proof,
+            embedded
+                .inclusion_proof(appended.seq, proven.tree_size)
+                .await
+                .unwrap(),
+            "turn {turn}"
+        );
+    }
 }

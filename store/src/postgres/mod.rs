@@ -15,6 +15,7 @@
 //! acknowledged write, whichever broker made it.
 
 mod connect;
+mod lookups;
 mod schema;
 #[cfg(any(test, feature = "test-server"))]
 pub mod test_server;
@@ -91,7 +92,8 @@ use super::{Appended, Proven};
 /// The log and read models in a PostgreSQL database shared by the brokers of a cluster.
 pub struct Postgres {
     connector: Connector,
-    reads: connect::Shared,
+    reads: Arc<connect::Shared>,
+    lookups: lookups::Lookups,
     writer: mpsc::Sender<Pending>,
     log: Arc<dyn CheckpointSigner>,
     sealer: Arc<Sealer>,
@@ -110,7 +112,7 @@ impl Postgres {
         append_timeout: Duration,
     ) -> Result<Postgres, StoreError> {
         let connector = Connector::parse(url)?;
-        let reads = connect::Shared::new(connector.clone());
+        let reads = Arc::new(connect::Shared::new(connector.clone()));
         let client = reads.client().await?;
         schema::check(&client).await?;
         let log: Arc<dyn CheckpointSigner> = Arc::new(log);
@@ -136,6 +138,7 @@ impl Postgres {
         ));
         Ok(Postgres {
             connector,
+            lookups: lookups::Lookups::start(reads.clone()),
             reads,
             writer,
             log,
@@ -1221,25 +1224,8 @@ impl Store for Postgres {
         attestation_type: &str,
         purpose: &str,
     ) -> Result<Vec<Consent>, StoreError> {
-        let key = [subject, consumer, attestation_type, purpose].map(str::to_string);
-        let rows = self
-            .client()
-            .await?
-            .query_typed(
-                "SELECT c.body FROM unefois_consent_scopes s JOIN unefois_consents c \
-                 ON c.id = s.consent_id \
-                 WHERE s.subject = $1 AND s.consumer = $2 AND s.attestation_type = $3 \
-                 AND s.purpose = $4 ORDER BY s.consent_id",
-                &[
-                    (&key[0], Type::TEXT),
-                    (&key[1], Type::TEXT),
-                    (&key[2], Type::TEXT),
-                    (&key[3], Type::TEXT),
-                ],
-            )
-            .await
-            .map_err(db("read the consents of a scope"))?;
-        rows.iter().map(body).collect()
+        let scope = [subject, consumer, attestation_type, purpose].map(str::to_string);
+        self.lookups.consents(scope).await
     }
 
     async fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
