@@ -71,20 +71,21 @@ start_provider() {
 }
 
 # start_broker: the broker on CPU $SERVER_CPU, run through $BROKER_WRAPPER when set (a command
-# that execs its arguments, such as eatmydata), its consents seeded.
+# that execs its arguments, such as eatmydata), its consents seeded. Its home is
+# $BROKER_HOME (default $BENCH_DIR/home), its output $BENCH_DIR/broker$BROKER_TAG.{out,log}.
 start_broker() {
   local wrapper=()
   [ -n "${BROKER_WRAPPER:-}" ] && wrapper=("$BROKER_WRAPPER")
-  taskset -c "$SERVER_CPU" "${wrapper[@]}" "$UNEFOIS" serve --home "$BENCH_DIR/home" \
+  taskset -c "$SERVER_CPU" "${wrapper[@]}" "$UNEFOIS" serve --home "${BROKER_HOME:-$BENCH_DIR/home}" \
     --registry "${BENCH_REGISTRY:-$BENCH_DIR/registry.toml}" --listen "127.0.0.1:$BROKER_PORT" \
     --ops-listen "127.0.0.1:$OPS_PORT" --log-format json \
-    >"$BENCH_DIR/broker.out" 2>"$BENCH_DIR/broker.log" &
+    >"$BENCH_DIR/broker${BROKER_TAG:-}.out" 2>"$BENCH_DIR/broker${BROKER_TAG:-}.log" &
   BROKER_PID=$!; PIDS+=("$BROKER_PID")
   for _ in $(seq 600); do
     curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null 2>&1 && break
     sleep 0.1
   done
-  curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null || { tail "$BENCH_DIR/broker.log" >&2; exit 1; }
+  curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null || { tail "$BENCH_DIR/broker${BROKER_TAG:-}.log" >&2; exit 1; }
   "$BENCH" seed --target "127.0.0.1:$BROKER_PORT" --pki "$PKI" --broker-bin "$UNEFOIS" \
     --idp-key examples/dev-idp/dev-signing-key.json >&2
 }

@@ -14,35 +14,49 @@ import collections
 import re
 import sys
 
+# The store's frames: inherent (`unefois_store::embedded::Trees::apply`) or trait methods
+# (`<unefois_store::embedded::Embedded as unefois_store::Store>::append`).
+STORE = r"<?unefois_store"
+AS_STORE = r"( as [^>]*>)?"
+
 ACTIVITIES = [  # (label, regex matched at the start of a frame); first match wins
     ("Ed25519 signature of the attestation (AttestationSigner::sign)",
      r"<?broker::signing::AttestationSigner.*::sign"),
     ("Ed25519 signature of the checkpoint (LogSigner)", r"<?broker::audit::checkpoint::LogSigner"),
-    ("receipt: inclusion proof (tlog_tiles over the tree's memory and file)",
-     r"<?broker::(store::Store|audit::tree::TreeFile)::inclusion_proof"),
-    ("receipt: latest checkpoint (memory)", r"<?broker::store::Store::latest_checkpoint"),
+    ("receipt: inclusion proof (tlog_tiles over the tree's memory and file, or the stored hashes)",
+     rf"{STORE}::(embedded::Embedded|postgres::Postgres|tree::TreeFile){AS_STORE}::inclusion_proof"),
+    ("receipt: latest checkpoint", rf"{STORE}::(embedded::Embedded|postgres::Postgres){AS_STORE}"
+     r"::latest_checkpoint"),
     ("receipt: other", r"<?broker::exchange::receipt"),
-    ("consent lookup (sled scan by subject)",
-     r"<?broker::(exchange::active_consent|store::Store::consents_of)"),
+    ("consent lookup (the store's consents_for)",
+     rf"{STORE}::(embedded::Embedded|postgres::Postgres|postgres::lookups){AS_STORE}::consents_for"
+     rf"|{STORE}::postgres::lookups"),
     ("derived state: sled (Trees::apply, the staged heads and mark)",
-     r"<?broker::store::Trees::(apply|stage|persist|write|head)"),
+     rf"{STORE}::embedded::(Trees::(apply|stage|persist|write|head)|apply_batch)"),
     ("derived state: positions and tree files",
-     r"<?broker::(store::positions|audit::tree::TreeFile::append|reserve)"),
-    ("derived state: checkpoint root (Trees::checkpoint)", r"<?broker::store::Trees::checkpoint"),
+     rf"{STORE}::(positions|tree::TreeFile::append|reserve)"),
+    ("derived state: checkpoint root (Trees::checkpoint)", rf"{STORE}::embedded::Trees::checkpoint"),
+    ("PostgreSQL: the writer's transaction and the client",
+     rf"{STORE}::postgres|<?(tokio_postgres|postgres_protocol)::"),
     ("journal: fdatasync (kernel)", r"(__x64_sys_)?fdatasync"),
-    ("journal: write and framing", r"<?broker::journal"),
-    ("audit record: build and serialize", r"<?broker::(exchange::record|event|store::Store::append)"),
-    ("pseudonyms (HMAC)", r"<?broker::pseudonym"),
+    ("journal: write and framing", r"<?unefois_journal::"),
+    ("audit record: build and serialize",
+     r"<?(broker::(exchange::record|gathered_writes)|unefois_domain::event"
+     rf"|{STORE}::(embedded::Embedded|postgres::Postgres|memory::Memory){AS_STORE}::append)"),
+    ("pseudonyms and the audit pseudonym's seal",
+     r"<?unefois_domain::(pseudonym|seal)"),
     ("grpc adapter: call to the provider (tonic/h2 client, TLS client)",
-     r"<?(broker::provider_client|h2::client|hyper::proto::h2::client|tonic::transport::channel"
-     r"|hyper_util::client)"),
-    ("attestation JSON and envelope", r"<?broker::(attestation|signing)"),
-    ("other broker::exchange (policy, validation, subject)",
-     r"<?broker::(exchange|subject|validate|federation|registry|caller)"),
+     r"<?(broker::(provider_client|provider_gate)|unefois_adapters|h2::client"
+     r"|hyper::proto::h2::client|tonic::transport::channel|hyper_util::client)"),
+    ("attestation JSON and envelope", r"<?(broker::signing|unefois_domain::attestation)"),
+    ("other exchange (policy, validation, subject)",
+     r"<?(broker::(exchange|fetched|idempotency|ratelimit|federation|evidence)"
+     r"|unefois_domain::(policy|subject|validate|registry|caller|consent|mandate|projection))"),
     ("gRPC service glue (tonic codec, prost, observe/limit/auth layers, metrics)",
      r"<?(broker::grpc|tonic::server|tonic::codec|unefois_proto|prost|metrics)"),
     ("inbound HTTP/2 and TLS (hyper/h2 server, rustls, socket I/O)",
-     r"<?(h2::|hyper::|hyper_util::|tokio_rustls|rustls::|broker::listener|tokio::net|mio::net)"),
+     r"<?(h2::|hyper::|hyper_util::|tokio_rustls|rustls::|broker::(listener|shed)|tokio::net"
+     r"|mio::net)"),
     ("sled background threads", r"<?sled::"),
     ("tokio scheduler, park/unpark, timers", r"<?(tokio::runtime|mio::|std::thread)"),
 ]

@@ -480,14 +480,17 @@ async fn record(
 ) -> Result<Logged, ApiError> {
     let reason = refusal.map_or("", ApiError::reason_code);
     event.reason = refusal.map(|e| e.reason_code().to_string());
-    let consumer = event.participant.clone();
-    let attestation_type = event.attestation_type.clone();
-    let outcome = event.outcome.name();
+    let recorded = crate::metrics::exchange_counter(
+        &event.participant,
+        &event.attestation_type,
+        event.outcome.name(),
+        reason,
+    );
     let logged = state
         .store
         .append_entry(Record::now(Event::Exchange(Box::new(event))))
         .await?;
-    crate::metrics::exchange_recorded(&consumer, &attestation_type, outcome, reason);
+    recorded.increment(1);
     Ok(logged)
 }
 

@@ -59,6 +59,7 @@ fn installed() -> Option<&'static PrometheusHandle> {
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            unefois_store::metrics::recorder_installed();
             Some(handle)
         })
         .as_ref()
@@ -67,24 +68,25 @@ fn installed() -> Option<&'static PrometheusHandle> {
 /// One exchange recorded in the audit log (a Fetch, a preview, a confirmation, a rejection, a
 /// refusal): counted where it is recorded, by consumer, type, outcome and reason, so that the
 /// counts agree with the log's `exchange` entries.
-pub fn exchange_recorded(
+///
+/// The counter is taken before the exchange's event is handed to the store, so that its labels
+/// need no copy to outlive it, and added to once the exchange is recorded.
+pub fn exchange_counter(
     consumer: &str,
     attestation_type: &str,
     outcome: &'static str,
     reason: &'static str,
-) {
+) -> Counter {
     static COUNTERS: Handles<Counter> = Handles::new();
-    COUNTERS
-        .get([consumer, attestation_type], [outcome, reason], || {
-            metrics::counter!(
-                "unefois_fetch_total",
-                "consumer" => consumer.to_string(),
-                "attestation_type" => attestation_type.to_string(),
-                "outcome" => outcome,
-                "reason" => reason
-            )
-        })
-        .increment(1);
+    COUNTERS.get([consumer, attestation_type], [outcome, reason], || {
+        metrics::counter!(
+            "unefois_fetch_total",
+            "consumer" => consumer.to_string(),
+            "attestation_type" => attestation_type.to_string(),
+            "outcome" => outcome,
+            "reason" => reason
+        )
+    })
 }
 
 /// How long one Fetch took, from its arrival to its recorded answer, by type and outcome.
@@ -293,11 +295,11 @@ mod tests {
     fn kept_handles_go_on_counting_each_label_set_apart() {
         let handle = super::handle().expect("the recorder installs");
         for _ in 0..3 {
-            super::exchange_recorded("kept-consumer", "kept.type", "granted", "");
+            super::exchange_counter("kept-consumer", "kept.type", "granted", "").increment(1);
             super::fetch_duration("kept.type", "granted", 0.001);
         }
-        super::exchange_recorded("kept-consumer", "kept.type", "denied", "NO_CONSENT");
-        super::exchange_recorded("kept-consumer", "kept.other", "granted", "");
+        super::exchange_counter("kept-consumer", "kept.type", "denied", "NO_CONSENT").increment(1);
+        super::exchange_counter("kept-consumer", "kept.other", "granted", "").increment(1);
         super::provider_call("kept-provider", "kept.type", "ok", 0.001);
         super::provider_call("kept-provider", "kept.type", "ok", 0.001);
         let text = handle.render();

@@ -386,6 +386,8 @@ pub struct FormField {
 pub struct Registry {
     file: PathBuf,
     sha256: [u8; 32],
+    /// The same, hex: written into every entry (`registry_sha256`), so encoded once.
+    sha256_hex: String,
     manifest: BTreeMap<String, String>,
     trust_domain: String,
     allow_test_subjects: bool,
@@ -543,7 +545,7 @@ impl Registry {
 
     /// [`Registry::sha256`], lowercase hex.
     pub fn sha256_hex(&self) -> String {
-        hex::encode(self.sha256)
+        self.sha256_hex.clone()
     }
 
     /// What [`Registry::sha256`] covers, recorded beside it in `registry_loaded` so that an
@@ -1782,9 +1784,11 @@ impl Validator<'_> {
                 message,
             });
         }
+        let manifest_sha256: [u8; 32] = Sha256::digest(manifest_text(&manifest).as_bytes()).into();
         Ok(Registry {
             file: self.file.to_path_buf(),
-            sha256: Sha256::digest(manifest_text(&manifest).as_bytes()).into(),
+            sha256: manifest_sha256,
+            sha256_hex: hex::encode(manifest_sha256),
             manifest,
             trust_domain: raw.federation.trust_domain,
             allow_test_subjects: raw.federation.allow_test_subjects,

@@ -29,6 +29,9 @@ use crate::event::RecordedSubject;
 /// Bound to every sealed value: a value sealed for another purpose never opens as a subject.
 const SUBJECT_AAD: &[u8] = b"unefois/audit-seal/subject/v1";
 const NONCE_BYTES: usize = 24;
+/// A nonce's base64 digits (24 bytes, 32 digits, no padding): how a sealed value starts after
+/// its key id and the dot.
+const NONCE_DIGITS: usize = 32;
 
 /// Most values the broker seals are opened again moments later, by the store's commit hook
 /// indexing the record they are in: [`Sealer::seal`] keeps each one's pseudonym here until
@@ -51,6 +54,18 @@ pub enum SealError {
     Tampered,
 }
 
+/// A value sealed and not yet revealed.
+struct Recent {
+    sealed: String,
+    pseudonym: String,
+}
+
+/// A sealed value's nonce digits, when it has them.
+fn nonce_digits(sealed: &str) -> Option<[u8; NONCE_DIGITS]> {
+    let (_, body) = sealed.split_once('.')?;
+    body.as_bytes().get(..NONCE_DIGITS)?.try_into().ok()
+}
+
 /// The broker's seal key: seals and opens audit pseudonyms, blinds caller-chosen ids.
 pub struct Sealer {
     /// Opens (and, in tests, checks the seal against) the reference XChaCha20-Poly1305.
@@ -59,8 +74,9 @@ pub struct Sealer {
     secret: [u8; 32],
     blind: Hmac<Sha256>,
     key_id: String,
-    /// Sealed value → the pseudonym it holds, for values not yet revealed ([`MAX_RECENT`]).
-    recent: Mutex<HashMap<String, String>>,
+    /// Values not yet revealed ([`MAX_RECENT`]), by their nonce's 32 base64 digits (random:
+    /// a short key to hash), with the pseudonym each holds.
+    recent: Mutex<HashMap<[u8; NONCE_DIGITS], Recent>>,
 }
 
 impl Sealer {
@@ -94,12 +110,18 @@ impl Sealer {
         let mut nonce = [0u8; NONCE_BYTES];
         rand::rng().fill_bytes(&mut nonce);
         let bytes = self.seal_with(&nonce, pseudonym.as_bytes());
-        let sealed = format!("{}.{}", self.key_id, B64.encode(bytes));
-        if let Ok(mut recent) = self.recent.lock() {
+        let mut sealed = String::with_capacity(self.key_id.len() + 1 + bytes.len().div_ceil(3) * 4);
+        sealed.push_str(&self.key_id);
+        sealed.push('.');
+        B64.encode_string(bytes, &mut sealed);
+        if let Some(nonce) = nonce_digits(&sealed)
+            && let Ok(mut recent) = self.recent.lock()
+        {
             if recent.len() >= MAX_RECENT {
                 recent.clear();
             }
-            recent.insert(sealed.clone(), pseudonym.to_string());
+            let (sealed, pseudonym) = (sealed.clone(), pseudonym.to_string());
+            recent.insert(nonce, Recent { sealed, pseudonym });
         }
         sealed
     }
@@ -183,7 +205,13 @@ impl Sealer {
 
     /// The pseudonym of a value this broker sealed and nobody revealed yet.
     fn take_recent(&self, sealed: &str) -> Option<String> {
-        self.recent.lock().ok()?.remove(sealed)
+        let nonce = nonce_digits(sealed)?;
+        let mut recent = self.recent.lock().ok()?;
+        // A value with this nonce that differs from the one sealed (altered): `open` says so.
+        if recent.get(&nonce)?.sealed != sealed {
+            return None;
+        }
+        recent.remove(&nonce).map(|r| r.pseudonym)
     }
 
     /// A caller-chosen id as recorded: `hmac:` and 32 hex digits of a keyed digest over the
@@ -273,6 +301,17 @@ mod tests {
         assert_eq!(
             sealer.reveal(RecordedSubject::Sealed(&sealed)).as_deref(),
             Some("p1")
+        );
+        // A value altered while it waits is not taken for the one sealed: it does not open.
+        let waiting = sealer.seal("p2");
+        let mut altered = waiting.clone().into_bytes();
+        let middle = altered.len() - 30;
+        altered[middle] = if altered[middle] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(altered).unwrap();
+        assert_eq!(sealer.reveal(RecordedSubject::Sealed(&altered)), None);
+        assert_eq!(
+            sealer.reveal(RecordedSubject::Sealed(&waiting)).as_deref(),
+            Some("p2")
         );
         // Values never revealed do not accumulate.
         for i in 0..MAX_RECENT + 10 {

@@ -16,7 +16,7 @@ mod embedded;
 mod error;
 pub mod key_files;
 mod memory;
-mod metrics;
+pub mod metrics;
 mod positions;
 pub mod postgres;
 mod reserve;
