@@ -3,6 +3,8 @@
 //! console). OpenID Connect's code flow with PKCE S256, a `state` bound to the browser by a
 //! cookie of the space, a `nonce`; each space keeps its own pending logins.
 
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
@@ -12,7 +14,8 @@ use super::pages;
 use super::providers::Door;
 use super::session::{Ending, LoginKind, PendingLogin, Sessions};
 use super::{Web, random_token, same_secret, see_other};
-use crate::registry::EnrolledAgent;
+use crate::caller::Caller;
+use crate::registry::{EnrolledAgent, Role};
 
 /// An identity provider's answer.
 #[derive(Deserialize)]
@@ -238,5 +241,61 @@ impl<S: Clone + Ending> Logins<'_, S> {
             return Err(Box::new(self.failed()));
         }
         Ok(agent.enrolled)
+    }
+
+    /// [`Logins::agent_answer`] for a space of the structures with `role`: the agent, when the
+    /// registry enrols them for such a participant; otherwise the page that says why
+    /// (`refused`: its title and text).
+    pub(super) async fn staff_answer(
+        &self,
+        headers: &HeaderMap,
+        answer: &CallbackQuery,
+        callback: &str,
+        role: Role,
+        refused: (&str, &str),
+    ) -> Result<EnrolledAgent, Box<Response>> {
+        let agent = self.agent_answer(headers, answer, callback).await?;
+        let registry = self.web.state.federation.registry();
+        if !registry
+            .participant(&agent.participant)
+            .is_some_and(|p| p.roles.contains(&role))
+        {
+            let (title, text) = refused;
+            return Err(Box::new(pages::error_page(
+                StatusCode::FORBIDDEN,
+                title,
+                text,
+            )));
+        }
+        Ok(agent)
+    }
+}
+
+/// A staff member (`agent` of `participant`) as the orchestration sees them, while the registry
+/// in force still enrols them for a participant with `role`; otherwise the page saying
+/// `refused`.
+pub(super) fn staff_caller(
+    web: &Web,
+    participant: &str,
+    agent: &str,
+    role: Role,
+    refused: &str,
+) -> Result<Caller, Box<Response>> {
+    let registry = web.state.federation.registry();
+    let enrolled = registry
+        .agents()
+        .iter()
+        .any(|a| a.participant == participant && a.agent == agent);
+    match registry.participant(participant) {
+        Some(p) if enrolled && p.roles.contains(&role) => Ok(Caller::new(
+            p,
+            Some(agent.to_string()),
+            Arc::from(format!("web:{}/agent/{agent}", p.id)),
+        )),
+        _ => Err(Box::new(pages::error_page(
+            StatusCode::FORBIDDEN,
+            "Accès refusé",
+            refused,
+        ))),
     }
 }

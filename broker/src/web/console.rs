@@ -97,23 +97,13 @@ fn session(web: &Web, headers: &HeaderMap) -> Option<(String, ConsoleSession)> {
 /// The staff member as the orchestration sees them: the auditor of the registry in force,
 /// with their agent id, while the registry still enrols them.
 fn caller(web: &Web, s: &ConsoleSession) -> Result<Caller, Box<Response>> {
-    let registry = web.state.federation.registry();
-    let enrolled = registry
-        .agents()
-        .iter()
-        .any(|a| a.participant == s.participant && a.agent == s.agent);
-    match registry.participant(&s.participant) {
-        Some(p) if enrolled && p.roles.contains(&Role::Auditor) => Ok(Caller::new(
-            p,
-            Some(s.agent.clone()),
-            Arc::from(format!("web:{}/agent/{}", p.id, s.agent)),
-        )),
-        _ => Err(Box::new(pages::error_page(
-            StatusCode::FORBIDDEN,
-            "Accès refusé",
-            "Le registre de la fédération n'inscrit plus ce compte pour un contrôleur.",
-        ))),
-    }
+    super::agent_login::staff_caller(
+        web,
+        &s.participant,
+        &s.agent,
+        Role::Auditor,
+        "Le registre de la fédération n'inscrit plus ce compte pour un contrôleur.",
+    )
 }
 
 fn signed_in(
@@ -184,23 +174,24 @@ pub async fn callback(
     headers: HeaderMap,
     Query(answer): Query<CallbackQuery>,
 ) -> Response {
+    let refused = (
+        "Console réservée aux contrôleurs",
+        "Vous êtes inscrit pour une structure qui ne contrôle pas la fédération : la console \
+         d'audit ne vous est pas ouverte.",
+    );
     let agent = match logins(&web)
-        .agent_answer(&headers, &answer, &web.console_callback_url())
+        .staff_answer(
+            &headers,
+            &answer,
+            &web.console_callback_url(),
+            Role::Auditor,
+            refused,
+        )
         .await
     {
         Ok(agent) => agent,
         Err(page) => return *page,
     };
-    let registry = web.state.federation.registry();
-    let auditor = registry.participant(&agent.participant);
-    if !auditor.is_some_and(|p| p.roles.contains(&Role::Auditor)) {
-        return pages::error_page(
-            StatusCode::FORBIDDEN,
-            "Console réservée aux contrôleurs",
-            "Vous êtes inscrit pour une structure qui ne contrôle pas la fédération : la \
-             console d'audit ne vous est pas ouverte.",
-        );
-    }
     logins(&web).open_session(
         &headers,
         CONSOLE_COOKIE,

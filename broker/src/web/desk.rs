@@ -92,24 +92,14 @@ fn session(web: &Web, headers: &HeaderMap) -> Option<(String, DeskSession)> {
 /// The agent as the orchestration sees them: the structure of the registry in force, with the
 /// agent's id, while the registry still enrols them.
 fn caller(web: &Web, s: &DeskSession) -> Result<Caller, Box<Response>> {
-    let registry = web.state.federation.registry();
-    let enrolled = registry
-        .agents()
-        .iter()
-        .any(|a| a.participant == s.participant && a.agent == s.agent);
-    match registry.participant(&s.participant) {
-        Some(p) if enrolled && p.roles.contains(&Role::Mediator) => Ok(Caller::new(
-            p,
-            Some(s.agent.clone()),
-            Arc::from(format!("web:{}/agent/{}", p.id, s.agent)),
-        )),
-        _ => Err(Box::new(pages::error_page(
-            StatusCode::FORBIDDEN,
-            "Accès refusé",
-            "Le registre de la fédération n'inscrit plus cet agent pour cette structure. \
-             Adressez-vous au responsable de votre structure.",
-        ))),
-    }
+    super::agent_login::staff_caller(
+        web,
+        &s.participant,
+        &s.agent,
+        Role::Mediator,
+        "Le registre de la fédération n'inscrit plus cet agent pour cette structure. \
+         Adressez-vous au responsable de votre structure.",
+    )
 }
 
 fn layout(web: &Web, title: &str, s: &DeskSession, acting: Option<&Mandate>) -> Layout {
@@ -230,7 +220,6 @@ fn posted(
     Ok((id, s, caller))
 }
 
-/// The person's mandates with the agent's structure, as `Mandates.List` gives them to it.
 /// The person's mandates with the structure, as `Mandates.List` gives them to its agent: the
 /// ones in force first, then the others, newest first, [`SHOWN_MANDATES`] at most.
 async fn mandates_of(
@@ -384,23 +373,24 @@ pub async fn callback(
     headers: HeaderMap,
     Query(answer): Query<CallbackQuery>,
 ) -> Response {
+    let refused = (
+        "Espace réservé aux structures d'accompagnement",
+        "Vous êtes inscrit pour une structure qui n'accompagne pas des personnes : l'espace \
+         des agents ne vous est pas ouvert.",
+    );
     let agent = match logins(&web)
-        .agent_answer(&headers, &answer, &web.agent_callback_url())
+        .staff_answer(
+            &headers,
+            &answer,
+            &web.agent_callback_url(),
+            Role::Mediator,
+            refused,
+        )
         .await
     {
         Ok(agent) => agent,
         Err(page) => return *page,
     };
-    let registry = web.state.federation.registry();
-    let structure = registry.participant(&agent.participant);
-    if !structure.is_some_and(|p| p.roles.contains(&Role::Mediator)) {
-        return pages::error_page(
-            StatusCode::FORBIDDEN,
-            "Espace réservé aux structures d'accompagnement",
-            "Vous êtes inscrit pour une structure qui n'accompagne pas des personnes : \
-             l'espace des agents ne vous est pas ouvert.",
-        );
-    }
     logins(&web).open_session(
         &headers,
         DESK_COOKIE,
@@ -936,6 +926,16 @@ pub async fn act(
     }
 }
 
+/// [`acting`] for a form posted from these pages with the session's CSRF token.
+async fn posted_acting(
+    web: &Web,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<(String, DeskSession, Person, Caller, Mandate), Box<Response>> {
+    posted(web, headers, csrf)?;
+    acting(web, headers).await
+}
+
 /// The session, the person, the caller and the mandate in force the agent acts under;
 /// without one, back to the desk's home.
 async fn acting(
@@ -1077,10 +1077,7 @@ pub async fn prefill(
     headers: HeaderMap,
     axum::extract::Form(form): axum::extract::Form<PrefillForm>,
 ) -> Response {
-    if let Err(page) = posted(&web, &headers, &form.csrf) {
-        return *page;
-    }
-    let (_, s, person, caller, m) = match acting(&web, &headers).await {
+    let (_, s, person, caller, m) = match posted_acting(&web, &headers, &form.csrf).await {
         Ok(x) => x,
         Err(page) => return *page,
     };
@@ -1190,10 +1187,7 @@ pub async fn grant(
     headers: HeaderMap,
     axum::extract::Form(form): axum::extract::Form<GrantForm>,
 ) -> Response {
-    if let Err(page) = posted(&web, &headers, &form.csrf) {
-        return *page;
-    }
-    let (id, s, person, caller, m) = match acting(&web, &headers).await {
+    let (id, s, person, caller, m) = match posted_acting(&web, &headers, &form.csrf).await {
         Ok(x) => x,
         Err(page) => return *page,
     };
