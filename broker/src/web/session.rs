@@ -3,7 +3,7 @@
 //! is dropped (a flood of login starts ends other people's pending logins at worst, never a
 //! logged-in session, which only a completed login creates).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -168,11 +168,20 @@ impl<S: Clone + Ending> Sessions<S> {
     }
 }
 
-/// A map of at most `capacity` entries that drops the oldest one to make room.
+/// A map of at most `capacity` entries that drops the oldest one to make room. Full, an
+/// insertion costs the same as in an empty map, give or take: the oldest entry is found in
+/// insertion order, and the expired ones are swept at most once per half capacity of
+/// insertions. A scan of the whole table at each insertion, as before, let a flood of login
+/// starts (unauthenticated) cost the broker a scan of 20,000 entries each.
 pub(super) struct Bounded<T> {
     capacity: usize,
     entries: HashMap<String, (u64, T)>,
+    /// Keys by insertion, oldest first, with the number each was inserted under: one whose
+    /// entry was removed or replaced since is stale, skipped and dropped as met.
+    order: VecDeque<(u64, String)>,
     next: u64,
+    /// `next` at the last sweep of expired entries.
+    swept: u64,
 }
 
 impl<T> Bounded<T> {
@@ -180,7 +189,9 @@ impl<T> Bounded<T> {
         Bounded {
             capacity: capacity.max(1),
             entries: HashMap::new(),
+            order: VecDeque::new(),
             next: 0,
+            swept: 0,
         }
     }
 
@@ -193,25 +204,43 @@ impl<T> Bounded<T> {
     }
 
     pub(super) fn remove(&mut self, key: &str) -> Option<T> {
-        self.entries.remove(key).map(|(_, v)| v)
+        let removed = self.entries.remove(key).map(|(_, v)| v);
+        self.compact();
+        removed
     }
 
-    /// Inserts; when full, first drops what `expired` says, then the oldest entry.
+    /// Inserts; when full, first drops what `expired` says (at most once per half capacity of
+    /// insertions), then the oldest entries.
     pub(super) fn insert(&mut self, key: String, value: T, expired: impl Fn(&T) -> bool) {
-        if self.entries.len() >= self.capacity {
-            self.entries.retain(|_, (_, v)| !expired(v));
-        }
         if self.entries.len() >= self.capacity
-            && let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, (n, _))| *n)
-                .map(|(k, _)| k.clone())
+            && self.next - self.swept >= (self.capacity as u64 / 2).max(1)
         {
-            self.entries.remove(&oldest);
+            self.entries.retain(|_, (_, v)| !expired(v));
+            self.swept = self.next;
+            self.compact();
+        }
+        while self.entries.len() >= self.capacity {
+            let Some((n, oldest)) = self.order.pop_front() else {
+                break;
+            };
+            if self.entries.get(&oldest).is_some_and(|(m, _)| *m == n) {
+                self.entries.remove(&oldest);
+            }
         }
         self.next += 1;
+        self.order.push_back((self.next, key.clone()));
         self.entries.insert(key, (self.next, value));
+        self.compact();
+    }
+
+    /// Drops the stale keys of the insertion order once they outnumber the entries, so that
+    /// it stays within twice the table.
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.entries.len() + 16 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(n, k)| entries.get(k).is_some_and(|(m, _)| m == n));
+        }
     }
 }
 
@@ -236,6 +265,38 @@ mod tests {
             (table.get("b"), table.get("c"), table.get("d")),
             (Some(&2), None, Some(&4))
         );
+    }
+
+    #[test]
+    fn the_oldest_goes_first_whatever_was_removed_or_replaced_meanwhile() {
+        let mut table = Bounded::new(3);
+        for key in ["a", "b", "c"] {
+            table.insert(key.into(), key.to_string(), |_| false);
+        }
+        table.remove("a");
+        // "b" inserted again: now the newest.
+        table.insert("b".into(), "b2".into(), |_| false);
+        table.insert("d".into(), "d".into(), |_| false);
+        // Full (b, c, d): "c" is the oldest left.
+        table.insert("e".into(), "e".into(), |_| false);
+        assert_eq!(
+            ["b", "c", "d", "e"].map(|k| table.get(k).cloned()),
+            [Some("b2".into()), None, Some("d".into()), Some("e".into())]
+        );
+    }
+
+    #[test]
+    fn a_flooded_table_keeps_its_bound_and_its_newest_entries() {
+        let mut table = Bounded::new(100);
+        for i in 0..10_000 {
+            table.insert(format!("k{i}"), i, |_| false);
+            if i % 3 == 0 {
+                table.remove(&format!("k{}", i / 2));
+            }
+        }
+        assert!(table.entries.len() <= 100);
+        assert!(table.order.len() <= 2 * table.entries.len() + 16);
+        assert!((9_900..10_000).all(|i| table.get(&format!("k{i}")) == Some(&i)));
     }
 
     #[test]
