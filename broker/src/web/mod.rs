@@ -293,8 +293,9 @@ async fn security_headers(
     request: Request<Body>,
     next: Next,
 ) -> Response {
+    let api = request.uri().path().starts_with("/audit/api/");
     let mut response = match tokio::time::timeout(PAGE_TIMEOUT, next.run(request)).await {
-        Ok(response) => response,
+        Ok(response) => readable_refusal(response, api),
         Err(_) => pages::error_page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service momentanément indisponible",
@@ -328,6 +329,59 @@ async fn security_headers(
         );
     }
     response
+}
+
+/// A request refused before any page saw it (axum's extractors: a form or query that does not
+/// parse, a path segment that is not a number, a body too large or of another type; the
+/// router: a method an address does not take) is answered in English plain text by axum: it
+/// becomes the pages' error page in French (JSON for the console's proof API), with the same
+/// status. What the refusal said is dropped, from the answer and the log alike: it may quote
+/// the input, which may name a person.
+fn readable_refusal(response: Response, api: bool) -> Response {
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|t| t.as_bytes().starts_with(b"text/plain"));
+    if !status.is_client_error() || !plain || status == StatusCode::NOT_FOUND {
+        return response;
+    }
+    tracing::info!(
+        status = status.as_u16(),
+        "web: request refused before any page"
+    );
+    let (title, text) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "Adresse utilisée autrement",
+            "Cette adresse ne s'utilise pas de cette façon. Revenez à la page précédente ou à \
+             l'accueil.",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "Envoi trop volumineux",
+            "Les données envoyées dépassent la taille permise. Revenez à la page précédente et \
+             réessayez.",
+        ),
+        _ => (
+            "Demande illisible",
+            "La demande n'a pas pu être lue : un champ manque ou n'a pas la forme attendue. \
+             Revenez à la page précédente et réessayez.",
+        ),
+    };
+    let mut page = if api {
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "erreur": title }).to_string(),
+        )
+            .into_response()
+    } else {
+        pages::error_page(status, title, text)
+    };
+    // A 405 still says which methods the address takes.
+    if let Some(allow) = response.headers().get(header::ALLOW) {
+        page.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    page
 }
 
 impl Web {

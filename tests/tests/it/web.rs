@@ -81,6 +81,70 @@ async fn the_pages_are_served_in_french_with_strict_headers() -> anyhow::Result<
 }
 
 #[tokio::test]
+async fn requests_refused_before_any_page_are_answered_in_french() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, browser) = broker_with_pages(&pki).await?;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let url = |path: &str| format!("{}{path}", browser.base);
+    // A path segment that is not a number, a form of another type, a method an address does
+    // not take: axum refuses them itself, in English plain text, before any page sees them.
+    for (request, status, title) in [
+        (
+            client.get(url("/audit/dossier/douze")),
+            400,
+            "Demande illisible",
+        ),
+        (
+            client
+                .post(url("/logout"))
+                .header("content-type", "text/plain")
+                .body("csrf=x"),
+            415,
+            "Demande illisible",
+        ),
+        (
+            client.put(url("/citizen")),
+            405,
+            "Adresse utilisée autrement",
+        ),
+    ] {
+        let answer = request.send().await?;
+        assert_eq!(answer.status().as_u16(), status, "{title}");
+        let allow = answer.headers().get("allow").cloned();
+        let csp = answer.headers().get("content-security-policy").cloned();
+        let body = answer.text().await?;
+        assert!(body.contains("<html lang=\"fr\">"), "{status}: {body}");
+        assert!(
+            body.contains(&format!("<title>{title} — Une Fois</title>")),
+            "{body}"
+        );
+        assert!(
+            !body.contains("Failed") && !body.contains("Invalid"),
+            "{body}"
+        );
+        assert!(csp.is_some(), "{status}: the pages' headers");
+        if status == 405 {
+            assert_eq!(
+                allow.as_ref().and_then(|a| a.to_str().ok()),
+                Some("GET,HEAD")
+            );
+        }
+    }
+    // The console's proof API answers in its own JSON.
+    let answer = client
+        .get(url("/audit/api/inclusion?n=douze"))
+        .send()
+        .await?;
+    assert_eq!(answer.status().as_u16(), 400);
+    let body: serde_json::Value = answer.json().await?;
+    assert_eq!(body["erreur"], "Demande illisible");
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_citizen_sees_who_read_their_data_and_a_withdrawal_stops_the_next_fetch()
 -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
