@@ -66,6 +66,8 @@ struct WorkerResult {
 
 /// The windows of `Report::worst_by_window_us`: a stall shows as a run of slow windows.
 pub const WINDOW: Duration = Duration::from_millis(250);
+/// Windows kept at most: an hour's.
+const MAX_WINDOWS: usize = (3600 * 1000 / WINDOW.as_millis()) as usize;
 
 /// Shared between the workers and the conductor.
 struct Shared {
@@ -329,7 +331,7 @@ async fn worker(
                     .saturating_duration_since(shared.measure_from)
                     .as_millis()
                     / WINDOW.as_millis()) as usize;
-                if window < 4 * 3600 {
+                if window < MAX_WINDOWS {
                     if result.worst_by_window.len() <= window {
                         result.worst_by_window.resize(window + 1, 0);
                     }

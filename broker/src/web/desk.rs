@@ -932,8 +932,8 @@ async fn posted_acting(
     headers: &HeaderMap,
     csrf: &str,
 ) -> Result<(String, DeskSession, Person, Caller, Mandate), Box<Response>> {
-    posted(web, headers, csrf)?;
-    acting(web, headers).await
+    let (id, s, caller) = posted(web, headers, csrf)?;
+    acting_in(web, id, s, caller).await
 }
 
 /// The session, the person, the caller and the mandate in force the agent acts under;
@@ -942,7 +942,20 @@ async fn acting(
     web: &Web,
     headers: &HeaderMap,
 ) -> Result<(String, DeskSession, Person, Caller, Mandate), Box<Response>> {
-    let (id, s, person, caller) = with_person(web, headers)?;
+    let (id, s, caller) = signed_in(web, headers)?;
+    acting_in(web, id, s, caller).await
+}
+
+/// [`acting`] in the session `id` already read (`s`, its `caller`).
+async fn acting_in(
+    web: &Web,
+    id: String,
+    s: DeskSession,
+    caller: Caller,
+) -> Result<(String, DeskSession, Person, Caller, Mandate), Box<Response>> {
+    let Some(person) = s.person.clone() else {
+        return Err(Box::new(see_other("/desk", &[])));
+    };
     let Some(mandate_id) = s.acting.clone() else {
         return Err(Box::new(see_other("/desk", &[])));
     };
