@@ -5,8 +5,10 @@
 #   pg-1       one broker on a PostgreSQL primary with one synchronous standby (loopback);
 #   pg-3       three brokers on the same, the load's connections spread over the three.
 # Every server process (brokers, provider, PostgreSQL's) runs on CPU $SERVER_CPU, the load on
-# CPU $CLIENT_CPU. CPU per fetch counts all brokers and all PostgreSQL processes (primary and
-# standby); records per transaction is the brokers' batch histogram.
+# CPU $CLIENT_CPU; STANDBY_CPU (and lib.sh's PROVIDER_CPU) put the standby (the provider)
+# elsewhere, as a second machine would. CPU per fetch counts all brokers and all PostgreSQL
+# processes (primary and standby); records per transaction is the brokers' batch histogram;
+# WAL per request is the primary's (pg_stat_wal) per leaf the run added.
 #
 #   bench/cluster.sh                      # DURATION=10 CONFIGS="embedded pg-1 pg-3"
 #   SKIP_BUILD=1 DURATION=5 bench/cluster.sh
@@ -18,8 +20,20 @@ DURATION=${DURATION:-10}
 CONFIGS=${CONFIGS:-embedded pg-1 pg-3}
 # The loads before the paced one (64 must be among them: the paced rate is half its rate).
 IN_FLIGHTS=${IN_FLIGHTS:-1 64 256}
+# Then paced at these shares of the 64-in-flight rate (0.5 is "half-load"; PACED_SHARES="0.3 0.4
+# 0.5" finds the share under which a p99 holds).
+PACED_SHARES=${PACED_SHARES:-0.5}
 # PG_CONF: lines added to both servers' postgresql.conf, for trying a setting.
 PG_CONF=${PG_CONF:-}
+# STANDBY_CPU: the standby's CPU.
+STANDBY_CPU=${STANDBY_CPU:-$SERVER_CPU}
+# PG_WARM_WAL: MB of WAL written and checkpointed before the runs (see warm_wal); 0 for none.
+PG_WARM_WAL=${PG_WARM_WAL:-0}
+# PG_STATEMENTS=1: pg_stat_statements on the primary, each run's statements (calls, time, per
+# fetch) written to $BENCH_DIR/statements-CONFIG-MODE.txt.
+PG_STATEMENTS=${PG_STATEMENTS:-}
+[ -n "$PG_STATEMENTS" ] && PG_CONF="$PG_CONF
+shared_preload_libraries = 'pg_stat_statements'"
 PG_BIN=${UNEFOIS_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 PG_PRIMARY_PORT=${PG_PRIMARY_PORT:-52433}
 PG_STANDBY_PORT=${PG_STANDBY_PORT:-52434}
@@ -32,7 +46,8 @@ as_postgres() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# pg_up: a primary and a synchronous standby in $BENCH_DIR/pg, fresh, on CPU $SERVER_CPU.
+# pg_up: a primary and a synchronous standby in $BENCH_DIR/pg, fresh, on CPUs $SERVER_CPU and
+# $STANDBY_CPU.
 pg_up() {
   local dir=$BENCH_DIR/pg
   rm -rf "$dir"; mkdir -p "$dir"
@@ -46,8 +61,11 @@ wal_level = replica
 max_wal_senders = 4
 synchronous_commit = on
 shared_buffers = '256MB'
-# docs/cluster.md, "The settings latency depends on": no segment zero-filled in a commit's path.
+# docs/cluster.md, "The settings latency depends on": no segment zero-filled in a commit's path,
+# and checkpoints recycle the old segments instead of removing them.
 wal_init_zero = off
+min_wal_size = '2GB'
+max_wal_size = '4GB'
 $PG_CONF
 CONF
   echo "host replication all 127.0.0.1/32 trust" >>"$dir/primary/pg_hba.conf"
@@ -58,7 +76,7 @@ CONF
 port = $PG_STANDBY_PORT
 primary_conninfo = 'host=127.0.0.1 port=$PG_PRIMARY_PORT user=unefois application_name=s1'
 CONF
-  as_postgres taskset -c "$SERVER_CPU" "$PG_BIN/pg_ctl" -D "$dir/standby" -l "$dir/standby.log" -w start >/dev/null
+  as_postgres taskset -c "$STANDBY_CPU" "$PG_BIN/pg_ctl" -D "$dir/standby" -l "$dir/standby.log" -w start >/dev/null
   psql_primary "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (s1)'" >/dev/null
   psql_primary "SELECT pg_reload_conf()" >/dev/null
   for _ in $(seq 100); do
@@ -69,11 +87,37 @@ CONF
     { echo "the standby is not synchronous" >&2; exit 1; }
   STORE_URL="postgresql://unefois@127.0.0.1:$PG_PRIMARY_PORT,127.0.0.1:$PG_STANDBY_PORT/postgres?target_session_attrs=read-write"
   "$UNEFOIS" store init --store "$STORE_URL" >&2
+  [ "$PG_WARM_WAL" = 0 ] || warm_wal
+  [ -z "$PG_STATEMENTS" ] || psql_primary "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
+}
+
+# warm_wal: $PG_WARM_WAL MB of WAL written and checkpointed on both servers, so that the runs
+# write into recycled segments (already allocated) as a server in service does, not into new
+# ones whose blocks each commit's flush must first allocate.
+warm_wal() {
+  psql_primary "CREATE TABLE unefois_bench_warm AS SELECT g, repeat('w', 1000) AS pad
+    FROM generate_series(1, $((PG_WARM_WAL * 900))) g" >/dev/null
+  psql_primary "DROP TABLE unefois_bench_warm" >/dev/null
+  psql_primary "CHECKPOINT" >/dev/null
+  local lsn
+  lsn=$(psql_primary "SELECT pg_current_wal_lsn()")
+  for _ in $(seq 600); do
+    [ "$(psql_primary "SELECT replay_lsn >= '$lsn' FROM pg_stat_replication")" = t ] && break
+    sleep 0.1
+  done
+  psql -h 127.0.0.1 -p "$PG_STANDBY_PORT" -U unefois -d postgres -Atc "CHECKPOINT" >/dev/null
+  psql_primary "SELECT pg_switch_wal()" >/dev/null
 }
 
 pg_down() {
   as_postgres "$PG_BIN/pg_ctl" -D "$BENCH_DIR/pg/standby" -m fast -w stop >/dev/null || true
   as_postgres "$PG_BIN/pg_ctl" -D "$BENCH_DIR/pg/primary" -m fast -w stop >/dev/null || true
+}
+
+# pg_wal: the primary's WAL so far (records, full-page images, bytes) and the log's size, as a
+# JSON array; a run's difference divided by the leaves it added is its WAL per record.
+pg_wal() {
+  psql_primary "SELECT json_build_array(wal_records, wal_fpi, wal_bytes, (SELECT size FROM unefois_log)) FROM pg_stat_wal"
 }
 
 psql_primary() {
@@ -132,16 +176,35 @@ run() {
   local servers
   servers=$(IFS=,; echo "${BROKER_PIDS[*]}")
   [ "$config" != embedded ] && servers="$servers,$(pg_pids)"
+  local wal_before=null wal_after=null
+  [ "$config" != embedded ] && wal_before=$(pg_wal)
+  [ "$config" = embedded ] || [ -z "$PG_STATEMENTS" ] || psql_primary "SELECT pg_stat_statements_reset()" >/dev/null
   local result
   result=$(taskset -c "$CLIENT_CPU" "$BENCH" run --target "$(IFS=,; echo "${TARGETS[*]}")" \
     --pki "$BENCH_DIR/home0/pki" --broker-bin "$UNEFOIS" \
     --idp-key examples/dev-idp/dev-signing-key.json --scenario fetch-consent \
     --connections "${#TARGETS[@]}" --duration "$DURATION" --warmup 1 \
     --server-pid "$servers" --aux-pid "$PROVIDER_PID" --json "$@")
+  [ "$config" != embedded ] && wal_after=$(pg_wal)
   printf '%s\n' "$result" |
     jq -c --arg config "$config" --arg mode "$mode" --arg batch "$(batch_mean)" \
-      '{config: $config, mode: $mode, records_per_transaction: ($batch | tonumber? // null)} + .' |
+      --argjson w0 "$wal_before" --argjson w1 "$wal_after" \
+      '{config: $config, mode: $mode, records_per_transaction: ($batch | tonumber? // null)} + .
+       + (if $w0 then {wal_per_request: ([$w1, $w0] | transpose | map(.[0] - .[1])
+            | (.[3] | if . > 0 then . else 1 end) as $leaves
+            | {records: .[0], full_page_images: .[1], bytes: .[2]} | map_values(. / $leaves * 10 | round / 10))}
+          else {} end)' |
     tee -a "$RESULTS" | summary >&2
+  if [ "$config" != embedded ] && [ -n "$PG_STATEMENTS" ]; then
+    local fetches  # the leaves the run added, warm-up included, as the statements count
+    fetches=$(jq -n --argjson w0 "$wal_before" --argjson w1 "$wal_after" '[$w1[3] - $w0[3], 1] | max')
+    psql -h 127.0.0.1 -p "$PG_PRIMARY_PORT" -U unefois -d postgres -c "
+      SELECT round(calls::numeric / $fetches, 3) AS calls_per_fetch,
+             round((total_exec_time * 1000 / $fetches)::numeric, 1) AS exec_us_per_fetch,
+             round((total_exec_time * 1000 / calls)::numeric, 1) AS us_per_call,
+             round(rows::numeric / calls, 1) AS rows_per_call, left(regexp_replace(query, '\s+', ' ', 'g'), 70) AS query
+      FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 20" >"$BENCH_DIR/statements-$config-$mode.txt"
+  fi
 }
 
 command -v bc >/dev/null || apt-get install -y bc >/dev/null
@@ -157,9 +220,14 @@ for config in $CONFIGS; do
     log "$config, $in_flight in flight"
     run "$config" "in-flight-$in_flight" --in-flight "$in_flight"
   done
-  half=$(jq -rs --arg c "$config" 'map(select(.config == $c and .mode == "in-flight-64"))[0].rps / 2 | floor' "$RESULTS")
-  log "$config, paced at $half req/s (half the 64-in-flight rate)"
-  run "$config" "half-load" --in-flight 256 --rate "$half"
+  for share in $PACED_SHARES; do
+    rate=$(jq -rs --arg c "$config" --argjson s "$share" \
+      'map(select(.config == $c and .mode == "in-flight-64"))[0].rps * $s | floor' "$RESULTS")
+    mode=half-load
+    [ "$share" = 0.5 ] || mode=paced-$share
+    log "$config, paced at $rate req/s ($share × the 64-in-flight rate)"
+    run "$config" "$mode" --in-flight 256 --rate "$rate"
+  done
   stop_brokers
   [ "$config" != embedded ] && pg_down
 done

@@ -111,7 +111,7 @@ async fn query(reads: &Shared, lookups: &[Lookup]) -> Result<Vec<Vec<Consent>>, 
         .map_err(db("read the consents of a scope"))?;
     let mut found: Vec<Vec<Consent>> = lookups.iter().map(|_| Vec::new()).collect();
     for row in &rows {
-        let n: i64 = row.get(1);
+        let n: i64 = row.try_get(1).map_err(db("read the consents of a scope"))?;
         let slot = usize::try_from(n - 1)
             .ok()
             .and_then(|i| found.get_mut(i))

@@ -7,7 +7,9 @@
 //! Merkle hashes, signs the checkpoint with the shared log key (deterministic: every broker signs
 //! the same bytes for the same tree), updates the row and commits. An append returns only after
 //! the commit, which `synchronous_commit = on` with a synchronous standby makes durable on two
-//! machines. A commit is never cancelled: when the database does not answer within the append
+//! machines. A writer whose last commit is still the log's head (no other broker appended since)
+//! sends its next batch in one round trip, advancing the row only from that head; when another
+//! broker has moved it, the batch is done again under the lock. A commit is never cancelled: when the database does not answer within the append
 //! timeout the caller is told the store is unavailable, the writer keeps waiting for the outcome,
 //! and appends whose callers gave up are dropped before they reach a transaction.
 //!
@@ -219,6 +221,8 @@ impl Postgres {
 
     /// Queues `records` for the writer and waits for their commit, at most the append timeout.
     async fn send(&self, records: Vec<(Record, Vec<u8>)>) -> Result<Vec<Appended>, StoreError> {
+        // The kinds for the metrics, taken here: the entries would have to be decoded after.
+        let kinds: Vec<&'static str> = records.iter().map(|(r, _)| r.event.kind()).collect();
         let (reply, answer) = oneshot::channel();
         self.writer
             .send(Pending { records, reply })
@@ -226,9 +230,9 @@ impl Postgres {
             .map_err(|_| StoreError::Closed)?;
         match tokio::time::timeout(self.append_timeout, answer).await {
             Ok(Ok(result)) => {
-                if let Ok(appended) = &result {
-                    for appended in appended {
-                        crate::metrics::audit_entries(kind_of(&appended.entry), 1);
+                if result.is_ok() {
+                    for kind in kinds {
+                        crate::metrics::audit_entries(kind, 1);
                     }
                 }
                 result
@@ -347,12 +351,8 @@ impl Postgres {
     }
 }
 
-/// The kind of an encoded record, for the metrics.
-fn kind_of(entry: &[u8]) -> &'static str {
-    Record::decode(entry).map_or("unreadable", |r| r.event.kind())
-}
-
 /// The coordination row.
+#[derive(Clone)]
 struct Head {
     size: u64,
     frontier: Vec<(u8, u64, Hash)>,
@@ -371,12 +371,13 @@ async fn read_head(client: &Conn) -> Result<Head, StoreError> {
 }
 
 fn head_of(row: &tokio_postgres::Row) -> Result<Head, StoreError> {
-    let size: i64 = row.get(0);
-    let frontier: Vec<u8> = row.get(1);
+    let unreadable = db("read the log's coordination row");
+    let size: i64 = row.try_get(0).map_err(&unreadable)?;
+    let frontier: Vec<u8> = row.try_get(1).map_err(&unreadable)?;
     Ok(Head {
         size: u64::try_from(size).unwrap_or_default(),
         frontier: decode_frontier(&frontier)?,
-        checkpoint: row.get(2),
+        checkpoint: row.try_get(2).map_err(&unreadable)?,
     })
 }
 
@@ -570,9 +571,10 @@ impl Views for Overlay {
     }
 }
 
+/// A read model's `jsonb` body (the row's first column), decoded straight from its bytes.
 fn body<T: serde::de::DeserializeOwned>(row: &tokio_postgres::Row) -> Result<T, StoreError> {
-    let value: serde_json::Value = row.get(0);
-    serde_json::from_value(value)
+    row.try_get::<_, tokio_postgres::types::Json<T>>(0)
+        .map(|json| json.0)
         .map_err(|e| StoreError::Database(format!("a stored read model is unreadable: {e}")))
 }
 
@@ -588,6 +590,11 @@ async fn write_loop(
     mut queue: mpsc::Receiver<Pending>,
 ) {
     let mut client: Option<Conn> = None;
+    // The head this writer's last commit left, while no other broker is seen to move it: the
+    // next batch then starts from it in one round trip (see `transaction`).
+    let mut last: Option<Head> = None;
+    // Batches left to start under the lock after the log was found moved by another broker.
+    let mut locked_for = 0u32;
     while let Some(first) = queue.recv().await {
         let mut count = first.records.len();
         let mut batch = vec![first];
@@ -610,21 +617,51 @@ async fn write_loop(
             continue;
         }
         let started = std::time::Instant::now();
-        let result = match &mut client {
-            Some(c) if !c.is_closed() => commit(c, &*log, &sealer, &batch).await,
-            _ => match connector.connect().await {
-                Ok(c) => {
-                    let c = client.insert(Conn::new(c));
-                    if let Err(e) = c.prepare_all(WRITES).await {
-                        tracing::warn!(error = %e, "the writer's statements were not prepared");
+        // Only a head this writer saw committed, and only until its next batch.
+        let cached = last.take();
+        let mut from = if locked_for > 0 {
+            locked_for -= 1;
+            None
+        } else {
+            cached
+        };
+        let connected = match client.take() {
+            Some(c) if !c.is_closed() => Ok(c),
+            _ => {
+                // A new connection may reach a new primary: its first batch reads the row.
+                from = None;
+                match connector.connect().await {
+                    // Every statement of a batch is prepared before any is sent: a write that
+                    // could not be sent would otherwise leave its COMMIT to commit the others.
+                    Ok(c) => {
+                        let c = Conn::new(c);
+                        match c.prepare_all(WRITES).await {
+                            Ok(()) => Ok(c),
+                            Err(e) => Err(db("prepare the writer's statements")(e)),
+                        }
                     }
-                    commit(c, &*log, &sealer, &batch).await
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
+        };
+        let result = match connected {
+            Ok(c) => {
+                let c = client.insert(c);
+                match commit(c, &*log, &sealer, &batch, from.as_ref()).await {
+                    Err(Failure::Moved) => {
+                        // Another broker appended since: this batch again, under the lock.
+                        locked_for = LOCKED_AFTER_MOVED;
+                        commit(c, &*log, &sealer, &batch, None).await
+                    }
+                    other => other,
+                }
+                .map_err(Failure::into_error)
+            }
+            Err(e) => Err(e),
         };
         match result {
-            Ok(appended) => {
+            Ok((appended, head)) => {
+                last = Some(head);
                 // A batch is one transaction: the journal's histogram, so that one dashboard
                 // reads both backends.
                 metrics::histogram!(unefois_journal::JOURNAL_BATCH_RECORDS).record(count as f64);
@@ -656,14 +693,43 @@ async fn write_loop(
     }
 }
 
-/// One batch, in one transaction: see the module's documentation.
+/// Batches started under the lock after the log was found moved, before trying again from
+/// the last head: with several brokers taking turns, one batch in this many pays a round trip
+/// for nothing.
+const LOCKED_AFTER_MOVED: u32 = 32;
+
+/// Why a batch's transaction did not commit.
+enum Failure {
+    /// Started from this writer's last head, the log had moved: nothing was written.
+    Moved,
+    Failed(StoreError),
+}
+
+impl Failure {
+    fn into_error(self) -> StoreError {
+        match self {
+            Failure::Moved => StoreError::Database("the log moved during the batch".into()),
+            Failure::Failed(e) => e,
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure::Failed(e)
+    }
+}
+
+/// One batch, in one transaction: see the module's documentation. Returns the batch's
+/// appended entries and the head it left.
 async fn commit(
     client: &Conn,
     log: &dyn CheckpointSigner,
     sealer: &Sealer,
     batch: &[Pending],
-) -> Result<Vec<Appended>, StoreError> {
-    let result = transaction(client, log, sealer, batch).await;
+    from: Option<&Head>,
+) -> Result<(Vec<Appended>, Head), Failure> {
+    let result = transaction(client, log, sealer, batch, from).await;
     if result.is_err() && !client.is_closed() {
         // Whatever was left open ends here (a ROLLBACK after a COMMIT is a no-op).
         let _ = client.batch_execute("ROLLBACK").await;
@@ -671,24 +737,35 @@ async fn commit(
     result
 }
 
-/// The batch's transaction, in two round trips: BEGIN with the coordination row's lock, then
-/// the writes with the COMMIT (pipelined: a failed write makes the COMMIT a rollback).
+/// The batch's transaction. Under the lock, in two round trips: BEGIN with the coordination
+/// row's lock (`SELECT … FOR UPDATE`), then the writes with the COMMIT (pipelined: a failed
+/// write makes the COMMIT a rollback). From `from`, the head this writer's last commit left, in
+/// one: BEGIN, the row advanced only if it is still at `from` (that statement takes the lock, and
+/// fails otherwise, which aborts the writes behind it: [`Failure::Moved`]), the writes, COMMIT.
+/// Every state change goes through the row, so a row still at `from` also vouches for what the
+/// batch read before it (the consents and mandates its projections needed).
 async fn transaction(
     client: &Conn,
     log: &dyn CheckpointSigner,
     sealer: &Sealer,
     batch: &[Pending],
-) -> Result<Vec<Appended>, StoreError> {
-    let (begun, row) = futures::join!(
-        client.batch_execute("BEGIN"),
-        client.query_prepared(LOCK_LOG, &[])
-    );
-    begun.map_err(db("begin"))?;
-    let row = row?;
-    let row = row
-        .first()
-        .ok_or_else(|| StoreError::Database("the log's coordination row is missing".into()))?;
-    let head = head_of(row)?;
+    from: Option<&Head>,
+) -> Result<(Vec<Appended>, Head), Failure> {
+    let head = match from {
+        Some(head) => head.clone(),
+        None => {
+            let (begun, row) = futures::join!(
+                client.batch_execute("BEGIN"),
+                client.query_prepared(LOCK_LOG, &[])
+            );
+            begun.map_err(db("begin"))?;
+            let row = row?;
+            let row = row.first().ok_or_else(|| {
+                StoreError::Database("the log's coordination row is missing".into())
+            })?;
+            head_of(row)?
+        }
+    };
     let start_frontier = head.frontier.clone();
     let mut frontier = head.frontier;
     let mut next = head.size;
@@ -950,34 +1027,49 @@ async fn transaction(
     let size = next;
     let note = log.sign(size, frontier_root(&frontier));
     let frontier_bytes = encode_frontier(&frontier);
-    let size_row = int(size);
-    let note_row = note.clone();
-    writes.push(Box::pin(async move {
-        t.execute_prepared(
-            ADVANCE_LOG,
-            &[
-                (&size_row, Type::INT8),
-                (&frontier_bytes, Type::BYTEA),
-                (&note_row, Type::TEXT),
-            ],
-        )
-        .await
-    }));
+    let (size_row, was_row) = (int(size), int(head.size));
+    let begin = async {
+        match from {
+            Some(_) => client.batch_execute("BEGIN").await.map_err(db("begin")),
+            None => Ok(()),
+        }
+    };
+    // First after BEGIN: from `from`, it takes the row's lock, and a row moved aborts all.
+    let advance_params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 4] = [
+        (&was_row, Type::INT8),
+        (&size_row, Type::INT8),
+        (&frontier_bytes, Type::BYTEA),
+        (&note, Type::TEXT),
+    ];
+    let advance = client.query_prepared(ADVANCE_LOG, &advance_params);
     // Sent together with the COMMIT: one round trip. Never cancelled (see the module): the
     // caller may stop waiting, this task does not.
-    let (written, committed) = futures::join!(
+    let (begun, advanced, written, committed) = futures::join!(
+        begin,
+        advance,
         futures::future::try_join_all(writes),
         client.batch_execute("COMMIT")
     );
+    begun?;
+    if let Err(e) = advanced {
+        // The server refused the row's advance: the transaction was aborted, its COMMIT rolled
+        // it back. From `from`, the row had moved (or the lock path will report what it is).
+        return Err(if from.is_some() && !client.is_closed() {
+            Failure::Moved
+        } else {
+            Failure::Failed(e)
+        });
+    }
     written?;
     committed.map_err(db("commit"))?;
-    Ok(prove(
+    let appended = prove(appended, size, &note, &start_frontier, first_hash, &hashes);
+    Ok((
         appended,
-        size,
-        &note,
-        &start_frontier,
-        first_hash,
-        &hashes,
+        Head {
+            size,
+            frontier,
+            checkpoint: note,
+        },
     ))
 }
 
@@ -1035,7 +1127,11 @@ const UPSERT_MANDATES: &str = "INSERT INTO unefois_mandates (id, subject, struct
              ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body";
 const UPSERT_META: &str = "INSERT INTO unefois_meta (name, value) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
-const ADVANCE_LOG: &str = "UPDATE unefois_log SET size = $1, frontier = $2, checkpoint = $3";
+/// The row advanced from the size `$1` the batch started from; no row at that size (another
+/// broker appended since) divides by zero, which aborts the transaction and the writes in it.
+const ADVANCE_LOG: &str = "WITH advanced AS (UPDATE unefois_log \
+             SET size = $2, frontier = $3, checkpoint = $4 WHERE size = $1 RETURNING size) \
+             SELECT 1 / count(*) FROM advanced";
 
 const WRITES: &[(&str, &[Type])] = &[
     (INSERT_ENTRIES, &[Type::INT8_ARRAY, Type::BYTEA_ARRAY]),
@@ -1074,7 +1170,10 @@ const WRITES: &[(&str, &[Type])] = &[
         ],
     ),
     (UPSERT_META, &[Type::TEXT, Type::JSONB]),
-    (ADVANCE_LOG, &[Type::INT8, Type::BYTEA, Type::TEXT]),
+    (
+        ADVANCE_LOG,
+        &[Type::INT8, Type::INT8, Type::BYTEA, Type::TEXT],
+    ),
     (
         REQUESTS_REPLACE,
         &[
