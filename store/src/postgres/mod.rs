@@ -9,9 +9,10 @@
 //! the commit, which `synchronous_commit = on` with a synchronous standby makes durable on two
 //! machines. A writer whose last commit is still the log's head (no other broker appended since)
 //! sends its next batch in one round trip, advancing the row only from that head; when another
-//! broker has moved it, the batch is done again under the lock. A commit is never cancelled: when the database does not answer within the append
-//! timeout the caller is told the store is unavailable, the writer keeps waiting for the outcome,
-//! and appends whose callers gave up are dropped before they reach a transaction.
+//! broker has moved it, the batch is done again under the lock. Under load a batch first
+//! gathers for `GATHER`. A commit is never cancelled: when the database does not answer within
+//! the append timeout the caller is told the store is unavailable, the writer keeps waiting for
+//! the outcome, and appends whose callers gave up are dropped before they reach a transaction.
 //!
 //! Reads go to the primary (the URL's `target_session_attrs=read-write`): a decision sees every
 //! acknowledged write, whichever broker made it.
@@ -56,6 +57,7 @@ const MAX_BATCH: usize = 512;
 /// (BENCHMARKS.md, run U). Lighter loads do not wait (their tail would grow by the wait).
 /// Tokio's timer ends it at its next millisecond tick after this.
 const GATHER: Duration = Duration::from_millis(1);
+/// The records of a previous batch from which the next one gathers for `GATHER`.
 const GATHER_FROM: usize = 4;
 /// Rows read per query when a list is read as the caller goes.
 const PAGE_ROWS: i64 = 128;
