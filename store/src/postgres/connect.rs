@@ -241,18 +241,20 @@ impl Conn {
             .map_err(super::db("write the batch"))
     }
 
-    /// The rows of `sql`, prepared beforehand ([`Conn::prepare_all`]).
+    /// The rows of `sql`, prepared beforehand ([`Conn::prepare_all`]); an error says it was
+    /// `what`.
     pub async fn query_prepared(
         &self,
         sql: &str,
         params: Params<'_>,
+        what: &'static str,
     ) -> Result<Vec<tokio_postgres::Row>, crate::StoreError> {
         let statement = self.cached(sql).map_err(crate::StoreError::Database)?;
         let values: Vec<_> = params.iter().map(|(v, _)| *v).collect();
         self.client
             .query(&statement, &values)
             .await
-            .map_err(super::db("lock the log"))
+            .map_err(super::db(what))
     }
 
     /// The rows of `sql`, prepared once per connection.

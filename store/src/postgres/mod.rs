@@ -772,7 +772,7 @@ async fn transaction(
         None => {
             let (begun, row) = futures::join!(
                 client.batch_execute("BEGIN"),
-                client.query_prepared(LOCK_LOG, &[])
+                client.query_prepared(LOCK_LOG, &[], "lock the log")
             );
             begun.map_err(db("begin"))?;
             let row = row?;
@@ -1057,7 +1057,7 @@ async fn transaction(
         (&frontier_bytes, Type::BYTEA),
         (&note, Type::TEXT),
     ];
-    let advance = client.query_prepared(ADVANCE_LOG, &advance_params);
+    let advance = client.query_prepared(ADVANCE_LOG, &advance_params, "advance the log");
     // Sent together with the COMMIT: one round trip. Never cancelled (see the module): the
     // caller may stop waiting, this task does not.
     let (begun, advanced, written, committed) = futures::join!(
