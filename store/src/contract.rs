@@ -423,3 +423,63 @@ async fn brokers_taking_turns_append_where_the_other_left_the_log() {
         );
     }
 }
+
+/// Appends that arrive while another broker holds the log's lock join the transaction that was
+/// waiting for it: brokers taking turns commit fewer, larger transactions (every entry a
+/// transaction inserts carries its id, `xmin`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_arriving_while_the_log_is_locked_join_the_waiting_transaction() {
+    let server = Arc::new(crate::postgres::test_server::Server::primary(""));
+    let url = server.url();
+    crate::postgres::init(&url).await.unwrap();
+    let store = Arc::new(
+        crate::Postgres::open(&url, log(), sealer(), Duration::from_secs(10))
+            .await
+            .unwrap(),
+    );
+    // Another broker's transaction, holding the row's lock for a while.
+    let holder = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            server.sql("SELECT size FROM unefois_log FOR UPDATE; SELECT pg_sleep(1.5)")
+        })
+    };
+    let waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted";
+    let first = {
+        let store = store.clone();
+        server.wait_for(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1.5)%' \
+             AND state = 'active' AND pid <> pg_backend_pid()",
+            "1",
+            Duration::from_secs(10),
+        );
+        tokio::spawn(async move {
+            let r = record("broker_stopped", json!({ "turn": 0 }));
+            store.append_entry(r).await.map(|a| a.seq)
+        })
+    };
+    // The first append's transaction waits for the lock; nine more arrive meanwhile.
+    server.wait_for(waiting, "1", Duration::from_secs(10));
+    let more: Vec<_> = (1..10)
+        .map(|turn| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let r = record("broker_stopped", json!({ "turn": turn }));
+                store.append_entry(r).await.map(|a| a.seq)
+            })
+        })
+        .collect();
+    let mut seqs = vec![first.await.unwrap().unwrap()];
+    for append in more {
+        seqs.push(append.await.unwrap().unwrap());
+    }
+    holder.join().unwrap();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..10).collect::<Vec<u64>>());
+    assert_eq!(
+        server.sql("SELECT count(DISTINCT xmin::text) FROM unefois_entries"),
+        "1",
+        "the ten appends in one transaction"
+    );
+    store.close().await;
+}

@@ -10,7 +10,8 @@
 //! machines. A writer whose last commit is still the log's head (no other broker appended since)
 //! sends its next batch in one round trip, advancing the row only from that head; when another
 //! broker has moved it, the batch is done again under the lock. Under load a batch first
-//! gathers for `GATHER`. A commit is never cancelled: when the database does not answer within
+//! gathers for `GATHER`; a batch that waited for the lock takes the appends that arrived
+//! meanwhile. A commit is never cancelled: when the database does not answer within
 //! the append timeout the caller is told the store is unavailable, the writer keeps waiting for
 //! the outcome, and appends whose callers gave up are dropped before they reach a transaction.
 //!
@@ -608,30 +609,17 @@ async fn write_loop(
     // than transactions go, and the next batch waits `GATHER` for more.
     let mut previous = 0usize;
     while let Some(first) = queue.recv().await {
-        let mut count = first.records.len();
         let mut batch = vec![first];
         if previous >= GATHER_FROM {
             tokio::time::sleep(GATHER).await;
         }
-        while count < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(more) => {
-                    count += more.records.len();
-                    batch.push(more);
-                }
-                Err(_) => break,
-            }
-        }
-        // A caller that gave up was told the store is unavailable: its records are not written
-        // after the fact.
-        batch.retain(|p| !p.reply.is_closed());
+        gather(&mut batch, &mut queue);
         if batch.iter().all(|p| p.records.is_empty()) {
             for pending in batch {
                 let _ = pending.reply.send(Ok(Vec::new()));
             }
             continue;
         }
-        previous = count;
         let started = std::time::Instant::now();
         // Only a head this writer saw committed, and only until its next batch.
         let cached = last.take();
@@ -663,11 +651,11 @@ async fn write_loop(
         let result = match connected {
             Ok(c) => {
                 let c = client.insert(c);
-                match commit(c, &*log, &sealer, &batch, from.as_ref()).await {
+                match commit(c, &*log, &sealer, &mut batch, &mut queue, from.as_ref()).await {
                     Err(Failure::Moved) => {
                         // Another broker appended since: this batch again, under the lock.
                         locked_for = LOCKED_AFTER_MOVED;
-                        commit(c, &*log, &sealer, &batch, None).await
+                        commit(c, &*log, &sealer, &mut batch, &mut queue, None).await
                     }
                     other => other,
                 }
@@ -675,6 +663,9 @@ async fn write_loop(
             }
             Err(e) => Err(e),
         };
+        // The batch may have grown while it waited for the lock.
+        let count = batch.iter().map(|p| p.records.len()).sum::<usize>();
+        previous = count;
         match result {
             Ok((appended, head)) => {
                 last = Some(head);
@@ -707,6 +698,23 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// Adds the appends waiting in `queue` to `batch`, up to `MAX_BATCH` records, and drops those
+/// whose callers gave up: they were told the store is unavailable, and their records are not
+/// written after the fact.
+fn gather(batch: &mut Vec<Pending>, queue: &mut mpsc::Receiver<Pending>) {
+    let mut count: usize = batch.iter().map(|p| p.records.len()).sum();
+    while count < MAX_BATCH {
+        match queue.try_recv() {
+            Ok(more) => {
+                count += more.records.len();
+                batch.push(more);
+            }
+            Err(_) => break,
+        }
+    }
+    batch.retain(|p| !p.reply.is_closed());
 }
 
 /// Batches started under the lock after the log was found moved, before trying again from
@@ -742,10 +750,11 @@ async fn commit(
     client: &Conn,
     log: &dyn CheckpointSigner,
     sealer: &Sealer,
-    batch: &[Pending],
+    batch: &mut Vec<Pending>,
+    queue: &mut mpsc::Receiver<Pending>,
     from: Option<&Head>,
 ) -> Result<(Vec<Appended>, Head), Failure> {
-    let result = transaction(client, log, sealer, batch, from).await;
+    let result = transaction(client, log, sealer, batch, queue, from).await;
     if result.is_err() && !client.is_closed() {
         // Whatever was left open ends here (a ROLLBACK after a COMMIT is a no-op).
         let _ = client.batch_execute("ROLLBACK").await;
@@ -764,7 +773,8 @@ async fn transaction(
     client: &Conn,
     log: &dyn CheckpointSigner,
     sealer: &Sealer,
-    batch: &[Pending],
+    batch: &mut Vec<Pending>,
+    queue: &mut mpsc::Receiver<Pending>,
     from: Option<&Head>,
 ) -> Result<(Vec<Appended>, Head), Failure> {
     let head = match from {
@@ -779,9 +789,14 @@ async fn transaction(
             let row = row.first().ok_or_else(|| {
                 StoreError::Database("the log's coordination row is missing".into())
             })?;
+            // While another broker held the lock, appends kept arriving: they join this
+            // transaction rather than wait for the next one (brokers taking turns then commit
+            // fewer, larger transactions).
+            gather(batch, queue);
             head_of(row)?
         }
     };
+    let batch = &*batch;
     let start_frontier = head.frontier.clone();
     let mut frontier = head.frontier;
     let mut next = head.size;
