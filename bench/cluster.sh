@@ -13,6 +13,7 @@
 #   bench/cluster.sh                      # DURATION=10 CONFIGS="embedded pg-1 pg-3"
 #   SKIP_BUILD=1 DURATION=5 bench/cluster.sh
 #   CONFIGS=pg-1 IN_FLIGHTS=64 PG_CONF="wal_init_zero = on" bench/cluster.sh   # one setting tried
+#   DIRTY_BACKGROUND_BYTES=$((16 << 20)) bench/cluster.sh   # as root: the host's writeback
 #
 # Writes target/bench-cluster/cluster.jsonl and prints a table.
 source "$(dirname "$0")/lib.sh"
@@ -34,9 +35,26 @@ PG_WARM_WAL=${PG_WARM_WAL:-0}
 PG_STATEMENTS=${PG_STATEMENTS:-}
 [ -n "$PG_STATEMENTS" ] && PG_CONF="$PG_CONF
 shared_preload_libraries = 'pg_stat_statements'"
+# DIRTY_BACKGROUND_BYTES: the host's vm.dirty_background_bytes for the run (root; the previous
+# setting is put back on exit). PostgreSQL 15 extends a table by writing zero pages, which the
+# kernel otherwise flushes 30 s later all at once (docs/cluster.md, "The settings latency
+# depends on"); a few MB makes it write them as they come.
+DIRTY_BACKGROUND_BYTES=${DIRTY_BACKGROUND_BYTES:-}
+if [ -n "$DIRTY_BACKGROUND_BYTES" ]; then
+  [ "$(id -u)" = 0 ] || { echo "DIRTY_BACKGROUND_BYTES needs root" >&2; exit 1; }
+  DIRTY_SAVED="bytes=$(cat /proc/sys/vm/dirty_background_bytes) ratio=$(cat /proc/sys/vm/dirty_background_ratio)"
+  restore_dirty() {
+    # Writing one of the two clears the other: the one that was set is written back.
+    local bytes=${DIRTY_SAVED#bytes=}; bytes=${bytes%% *}
+    if [ "$bytes" != 0 ]; then echo "$bytes" >/proc/sys/vm/dirty_background_bytes
+    else echo "${DIRTY_SAVED##*ratio=}" >/proc/sys/vm/dirty_background_ratio; fi
+  }
+  trap 'cleanup; restore_dirty' EXIT   # until on_exit (below) takes over
+  echo "$DIRTY_BACKGROUND_BYTES" >/proc/sys/vm/dirty_background_bytes
+fi
 PG_BIN=${UNEFOIS_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
-PG_PRIMARY_PORT=${PG_PRIMARY_PORT:-52433}
-PG_STANDBY_PORT=${PG_STANDBY_PORT:-52434}
+PG_PRIMARY_PORT=${PG_PRIMARY_PORT:-22433}
+PG_STANDBY_PORT=${PG_STANDBY_PORT:-22434}
 bench_env "$CARGO_TARGET_DIR/bench-cluster"
 RESULTS=$BENCH_DIR/cluster.jsonl
 : >"$RESULTS"
@@ -114,6 +132,15 @@ pg_down() {
   as_postgres "$PG_BIN/pg_ctl" -D "$BENCH_DIR/pg/primary" -m fast -w stop >/dev/null || true
 }
 
+# On exit, early or not: the processes, the PostgreSQL servers a failed step left running (the
+# next run would delete their folder under them), the writeback setting.
+on_exit() {
+  cleanup
+  [ ! -d "$BENCH_DIR/pg/primary" ] || pg_down 2>/dev/null
+  [ -z "$DIRTY_BACKGROUND_BYTES" ] || restore_dirty
+}
+trap on_exit EXIT
+
 # pg_wal: the primary's WAL so far (records, full-page images, bytes) and the log's size, as a
 # JSON array; a run's difference divided by the leaves it added is its WAL per record.
 pg_wal() {
@@ -160,15 +187,15 @@ stop_brokers() {
   for pid in "${BROKER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 
-# batch_mean: records per batch (per transaction on PostgreSQL) over every broker.
-batch_mean() {
+# batch_totals: records and batches (transactions on PostgreSQL) so far over every broker, as
+# "RECORDS BATCHES"; a run's records per transaction is its difference's ratio.
+batch_totals() {
   local s=0 n=0 i
   for i in $(seq 0 $((${#BROKER_PIDS[@]} - 1))); do
-    read -r si ni < <(curl -s "http://127.0.0.1:$((OPS_PORT + i))/metrics" |
-      awk '$1 == "unefois_journal_batch_records_sum" { s = $2 } $1 == "unefois_journal_batch_records_count" { n = $2 } END { print s + 0, n + 0 }')
+    read -r si ni < <(OPS_PORT=$((OPS_PORT + i)) metric_totals unefois_journal_batch_records)
     s=$(echo "$s + $si" | bc -l); n=$(echo "$n + $ni" | bc -l)
   done
-  if [ "$n" != 0 ]; then echo "scale=2; $s / $n" | bc -l; else echo null; fi
+  echo "$s $n"
 }
 
 run() {
@@ -176,7 +203,8 @@ run() {
   local servers
   servers=$(IFS=,; echo "${BROKER_PIDS[*]}")
   [ "$config" != embedded ] && servers="$servers,$(pg_pids)"
-  local wal_before=null wal_after=null
+  local wal_before=null wal_after=null batches_before batches_after
+  batches_before=$(batch_totals)
   [ "$config" != embedded ] && wal_before=$(pg_wal)
   [ "$config" = embedded ] || [ -z "$PG_STATEMENTS" ] || psql_primary "SELECT pg_stat_statements_reset()" >/dev/null
   local result
@@ -186,8 +214,10 @@ run() {
     --connections "${#TARGETS[@]}" --duration "$DURATION" --warmup 1 \
     --server-pid "$servers" --aux-pid "$PROVIDER_PID" --json "$@")
   [ "$config" != embedded ] && wal_after=$(pg_wal)
+  batches_after=$(batch_totals)
   printf '%s\n' "$result" |
-    jq -c --arg config "$config" --arg mode "$mode" --arg batch "$(batch_mean)" \
+    jq -c --arg config "$config" --arg mode "$mode" --arg batch "$(echo "$batches_before $batches_after" |
+      awk '$4 > $2 { printf "%.2f", ($3 - $1) / ($4 - $2) }')" \
       --argjson w0 "$wal_before" --argjson w1 "$wal_after" \
       '{config: $config, mode: $mode, records_per_transaction: ($batch | tonumber? // null)} + .
        + (if $w0 then {wal_per_request: ([$w1, $w0] | transpose | map(.[0] - .[1])

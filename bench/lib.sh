@@ -11,9 +11,11 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 # The provider shares the broker's CPU, as in compare.sh, unless told otherwise.
 PROVIDER_CPU=${PROVIDER_CPU:-$SERVER_CPU}
-BROKER_PORT=${BROKER_PORT:-52051}
-OPS_PORT=${OPS_PORT:-52451}
-PROVIDER_PORT=${PROVIDER_PORT:-52061}
+# Below Linux's ephemeral range (32768 to 60999): a port there may be taken by an outgoing
+# connection (a standby's, the load's) when a server starts.
+BROKER_PORT=${BROKER_PORT:-22051}
+OPS_PORT=${OPS_PORT:-22451}
+PROVIDER_PORT=${PROVIDER_PORT:-22061}
 BENCH=$CARGO_TARGET_DIR/release/unefois-bench
 UNEFOIS=${UNEFOIS:-$CARGO_TARGET_DIR/release/unefois}
 source bench/procs.sh
