@@ -32,13 +32,14 @@ ALTERNATED_ROUNDS=${ALTERNATED_ROUNDS:-3}
 # Consents granted to each person fetch-consent asks about before its last point: a fetch must
 # not cost more for a person with a long history (BENCHMARKS.md, run I).
 HISTORY=${HISTORY:-1000}
-# Ports (away from the development broker's 50051/9451).
-BROKER_PORT=${BROKER_PORT:-51051}
-OPS_PORT=${OPS_PORT:-51451}
-PROVIDER_PORT=${PROVIDER_PORT:-51061}
-ECHO_PORT=${ECHO_PORT:-51062}
-NGINX_PORT=${NGINX_PORT:-51063}
-NGINX_STOCK_PORT=${NGINX_STOCK_PORT:-51064}
+# Ports away from the development broker's 50051/9451 and below Linux's ephemeral range
+# (32768 to 60999), where an outgoing connection may hold one.
+BROKER_PORT=${BROKER_PORT:-21051}
+OPS_PORT=${OPS_PORT:-21451}
+PROVIDER_PORT=${PROVIDER_PORT:-21061}
+ECHO_PORT=${ECHO_PORT:-21062}
+NGINX_PORT=${NGINX_PORT:-21063}
+NGINX_STOCK_PORT=${NGINX_STOCK_PORT:-21064}
 # The pre-fill target: the provider answers test:bob's three types after these delays.
 PREFILL_DELAYS=(caf.quotient_familial=2 dgfip.revenu_fiscal_reference=4 mesr.statut_etudiant=6)
 
