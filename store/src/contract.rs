@@ -433,42 +433,49 @@ async fn appends_arriving_while_the_log_is_locked_join_the_waiting_transaction()
     let url = server.url();
     crate::postgres::init(&url).await.unwrap();
     let store = Arc::new(
-        crate::Postgres::open(&url, log(), sealer(), Duration::from_secs(10))
+        crate::Postgres::open(&url, log(), sealer(), Duration::from_secs(30))
             .await
             .unwrap(),
     );
-    // Another broker's transaction, holding the row's lock for a while.
+    // Another broker's transaction, holding the row's lock until the test releases it (a row
+    // in `release`; 30 s at most).
+    server.sql("CREATE TABLE release ()");
     let holder = {
         let server = server.clone();
         std::thread::spawn(move || {
-            server.sql("SELECT size FROM unefois_log FOR UPDATE; SELECT pg_sleep(1.5)")
+            server.sql(
+                "SELECT size FROM unefois_log FOR UPDATE; \
+                 DO $$ BEGIN FOR i IN 1..600 LOOP \
+                   EXIT WHEN EXISTS (SELECT FROM release); PERFORM pg_sleep(0.05); \
+                 END LOOP; END $$",
+            )
         })
     };
-    let waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted";
-    let first = {
+    server.wait_for(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+         WHERE a.query LIKE '%FROM release%' AND a.pid <> pg_backend_pid() \
+         AND l.relation = 'unefois_log'::regclass AND l.granted",
+        "1",
+        Duration::from_secs(10),
+    );
+    let append = |turn: u64| {
         let store = store.clone();
-        server.wait_for(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1.5)%' \
-             AND state = 'active' AND pid <> pg_backend_pid()",
-            "1",
-            Duration::from_secs(10),
-        );
         tokio::spawn(async move {
-            let r = record("broker_stopped", json!({ "turn": 0 }));
+            let r = record("broker_stopped", json!({ "turn": turn }));
             store.append_entry(r).await.map(|a| a.seq)
         })
     };
     // The first append's transaction waits for the lock; nine more arrive meanwhile.
-    server.wait_for(waiting, "1", Duration::from_secs(10));
-    let more: Vec<_> = (1..10)
-        .map(|turn| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let r = record("broker_stopped", json!({ "turn": turn }));
-                store.append_entry(r).await.map(|a| a.seq)
-            })
-        })
-        .collect();
+    let first = append(0);
+    server.wait_for(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted",
+        "1",
+        Duration::from_secs(10),
+    );
+    let more: Vec<_> = (1..10).map(append).collect();
+    // Time for the nine to reach the writer's queue, then the lock goes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.sql("INSERT INTO release DEFAULT VALUES");
     let mut seqs = vec![first.await.unwrap().unwrap()];
     for append in more {
         seqs.push(append.await.unwrap().unwrap());
