@@ -947,35 +947,6 @@ async fn transaction(
 
     let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, StoreError>>> = Vec::new();
     let t = client;
-    writes.push(Box::pin(async move {
-        t.execute_prepared(
-            INSERT_ENTRIES,
-            &[(&indices, Type::INT8_ARRAY), (&entries, Type::BYTEA_ARRAY)],
-        )
-        .await
-    }));
-    writes.push(Box::pin(async move {
-        t.execute_prepared(
-            INSERT_TREE,
-            &[
-                (&hash_indices, Type::INT8_ARRAY),
-                (&hash_bytes, Type::BYTEA_ARRAY),
-            ],
-        )
-        .await
-    }));
-    if !exchanges.0.is_empty() {
-        writes.push(Box::pin(async move {
-            t.execute_prepared(
-                INSERT_EXCHANGES,
-                &[
-                    (&exchanges.0, Type::TEXT_ARRAY),
-                    (&exchanges.1, Type::INT8_ARRAY),
-                ],
-            )
-            .await
-        }));
-    }
     if !consent_rows.0.is_empty() {
         writes.push(Box::pin(async move {
             t.execute_prepared(
@@ -1065,12 +1036,20 @@ async fn transaction(
             None => Ok(()),
         }
     };
-    // First after BEGIN: from `from`, it takes the row's lock, and a row moved aborts all.
-    let advance_params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 4] = [
+    // First after BEGIN: from `from`, it takes the row's lock, and a row moved aborts all. The
+    // entries, their hashes and the exchanges' chain go in the same statement: each statement
+    // is a message the backend executes and answers on its own.
+    let advance_params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 10] = [
         (&was_row, Type::INT8),
         (&size_row, Type::INT8),
         (&frontier_bytes, Type::BYTEA),
         (&note, Type::TEXT),
+        (&indices, Type::INT8_ARRAY),
+        (&entries, Type::BYTEA_ARRAY),
+        (&hash_indices, Type::INT8_ARRAY),
+        (&hash_bytes, Type::BYTEA_ARRAY),
+        (&exchanges.0, Type::TEXT_ARRAY),
+        (&exchanges.1, Type::INT8_ARRAY),
     ];
     let advance = client.query_prepared(ADVANCE_LOG, &advance_params, "advance the log");
     // Sent together with the COMMIT: one round trip. Never cancelled (see the module): the
@@ -1083,8 +1062,9 @@ async fn transaction(
     );
     begun?;
     if let Err(e) = advanced {
-        // The server refused the row's advance: the transaction was aborted, its COMMIT rolled
-        // it back. From `from`, the row had moved (or the lock path will report what it is).
+        // The server refused the row's advance (or the inserts made with it): the transaction
+        // was aborted, its COMMIT rolled it back. From `from`, the row had moved (or the lock
+        // path will report what it is).
         return Err(if from.is_some() && !client.is_closed() {
             Failure::Moved
         } else {
@@ -1139,12 +1119,6 @@ fn prove(
 
 /// The writer's statements, prepared on each of its connections before any batch: a batch's
 /// writes are pipelined with its COMMIT, so none may wait for a prepare.
-const INSERT_ENTRIES: &str =
-    "INSERT INTO unefois_entries (idx, entry) SELECT * FROM unnest($1::bigint[], $2::bytea[])";
-const INSERT_TREE: &str =
-    "INSERT INTO unefois_tree (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])";
-const INSERT_EXCHANGES: &str = "INSERT INTO unefois_exchanges (subject, idx) \
-             SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING";
 const UPSERT_CONSENTS: &str = "INSERT INTO unefois_consents (id, subject, mandate_id, body) \
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) \
              ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body";
@@ -1158,16 +1132,22 @@ const UPSERT_MANDATES: &str = "INSERT INTO unefois_mandates (id, subject, struct
              ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body";
 const UPSERT_META: &str = "INSERT INTO unefois_meta (name, value) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
-/// The row advanced from the size `$1` the batch started from; no row at that size (another
-/// broker appended since) divides by zero, which aborts the transaction and the writes in it.
+/// The row advanced from the size `$1` the batch started from, and the batch's entries, tree
+/// hashes and exchanges inserted, only once the row has advanced (each insert reads
+/// `advanced`). No row at that size (another broker appended since) inserts nothing and
+/// divides by zero, which aborts the transaction and the writes in it.
 const ADVANCE_LOG: &str = "WITH advanced AS (UPDATE unefois_log \
-             SET size = $2, frontier = $3, checkpoint = $4 WHERE size = $1 RETURNING size) \
+             SET size = $2, frontier = $3, checkpoint = $4 WHERE size = $1 RETURNING size), \
+             entries AS (INSERT INTO unefois_entries (idx, entry) \
+             SELECT * FROM unnest($5::bigint[], $6::bytea[]) WHERE EXISTS (SELECT FROM advanced)), \
+             tree AS (INSERT INTO unefois_tree (idx, hash) \
+             SELECT * FROM unnest($7::bigint[], $8::bytea[]) WHERE EXISTS (SELECT FROM advanced)), \
+             exchanges AS (INSERT INTO unefois_exchanges (subject, idx) \
+             SELECT * FROM unnest($9::text[], $10::bigint[]) WHERE EXISTS (SELECT FROM advanced) \
+             ON CONFLICT DO NOTHING) \
              SELECT 1 / count(*) FROM advanced";
 
 const WRITES: &[(&str, &[Type])] = &[
-    (INSERT_ENTRIES, &[Type::INT8_ARRAY, Type::BYTEA_ARRAY]),
-    (INSERT_TREE, &[Type::INT8_ARRAY, Type::BYTEA_ARRAY]),
-    (INSERT_EXCHANGES, &[Type::TEXT_ARRAY, Type::INT8_ARRAY]),
     (
         UPSERT_CONSENTS,
         &[
@@ -1203,7 +1183,18 @@ const WRITES: &[(&str, &[Type])] = &[
     (UPSERT_META, &[Type::TEXT, Type::JSONB]),
     (
         ADVANCE_LOG,
-        &[Type::INT8, Type::INT8, Type::BYTEA, Type::TEXT],
+        &[
+            Type::INT8,
+            Type::INT8,
+            Type::BYTEA,
+            Type::TEXT,
+            Type::INT8_ARRAY,
+            Type::BYTEA_ARRAY,
+            Type::INT8_ARRAY,
+            Type::BYTEA_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::INT8_ARRAY,
+        ],
     ),
     (
         REQUESTS_REPLACE,
