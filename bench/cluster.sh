@@ -49,9 +49,16 @@ if [ -n "$DIRTY_BACKGROUND_BYTES" ]; then
     if [ "$bytes" != 0 ]; then echo "$bytes" >/proc/sys/vm/dirty_background_bytes
     else echo "${DIRTY_SAVED##*ratio=}" >/proc/sys/vm/dirty_background_ratio; fi
   }
-  trap 'cleanup; restore_dirty' EXIT   # until on_exit (below) takes over
-  echo "$DIRTY_BACKGROUND_BYTES" >/proc/sys/vm/dirty_background_bytes
 fi
+# On exit, early or not: the processes, the PostgreSQL servers a failed step left running (the
+# next run would delete their folder under them), the writeback setting.
+on_exit() {
+  cleanup
+  [ -z "${BENCH_DIR:-}" ] || [ ! -d "$BENCH_DIR/pg/primary" ] || pg_down 2>/dev/null
+  [ -z "$DIRTY_BACKGROUND_BYTES" ] || restore_dirty
+}
+trap on_exit EXIT
+[ -z "$DIRTY_BACKGROUND_BYTES" ] || echo "$DIRTY_BACKGROUND_BYTES" >/proc/sys/vm/dirty_background_bytes
 PG_BIN=${UNEFOIS_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 PG_PRIMARY_PORT=${PG_PRIMARY_PORT:-22433}
 PG_STANDBY_PORT=${PG_STANDBY_PORT:-22434}
@@ -131,15 +138,6 @@ pg_down() {
   as_postgres "$PG_BIN/pg_ctl" -D "$BENCH_DIR/pg/standby" -m fast -w stop >/dev/null || true
   as_postgres "$PG_BIN/pg_ctl" -D "$BENCH_DIR/pg/primary" -m fast -w stop >/dev/null || true
 }
-
-# On exit, early or not: the processes, the PostgreSQL servers a failed step left running (the
-# next run would delete their folder under them), the writeback setting.
-on_exit() {
-  cleanup
-  [ ! -d "$BENCH_DIR/pg/primary" ] || pg_down 2>/dev/null
-  [ -z "$DIRTY_BACKGROUND_BYTES" ] || restore_dirty
-}
-trap on_exit EXIT
 
 # pg_wal: the primary's WAL so far (records, full-page images, bytes) and the log's size, as a
 # JSON array; a run's difference divided by the leaves it added is its WAL per record.
