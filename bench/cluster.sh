@@ -42,12 +42,12 @@ shared_preload_libraries = 'pg_stat_statements'"
 DIRTY_BACKGROUND_BYTES=${DIRTY_BACKGROUND_BYTES:-}
 if [ -n "$DIRTY_BACKGROUND_BYTES" ]; then
   [ "$(id -u)" = 0 ] || { echo "DIRTY_BACKGROUND_BYTES needs root" >&2; exit 1; }
-  DIRTY_SAVED="bytes=$(cat /proc/sys/vm/dirty_background_bytes) ratio=$(cat /proc/sys/vm/dirty_background_ratio)"
+  DIRTY_SAVED_BYTES=$(cat /proc/sys/vm/dirty_background_bytes)
+  DIRTY_SAVED_RATIO=$(cat /proc/sys/vm/dirty_background_ratio)
   restore_dirty() {
     # Writing one of the two clears the other: the one that was set is written back.
-    local bytes=${DIRTY_SAVED#bytes=}; bytes=${bytes%% *}
-    if [ "$bytes" != 0 ]; then echo "$bytes" >/proc/sys/vm/dirty_background_bytes
-    else echo "${DIRTY_SAVED##*ratio=}" >/proc/sys/vm/dirty_background_ratio; fi
+    if [ "$DIRTY_SAVED_BYTES" != 0 ]; then echo "$DIRTY_SAVED_BYTES" >/proc/sys/vm/dirty_background_bytes
+    else echo "$DIRTY_SAVED_RATIO" >/proc/sys/vm/dirty_background_ratio; fi
   }
 fi
 # On exit, early or not: the processes, the PostgreSQL servers a failed step left running (the
