@@ -14,6 +14,11 @@ pub(crate) enum StoreCommand {
         /// The database: `postgresql://USER@HOST[,HOST…]/DB[?target_session_attrs=read-write]`.
         #[arg(long, value_name = "URL")]
         store: String,
+        /// Also apply the migrations that drop what earlier versions of the broker still use
+        /// (docs/cluster.md, "Rolling upgrades"): only once every broker runs this version. A
+        /// new schema gets them without it.
+        #[arg(long)]
+        contract: bool,
     },
     /// Move an embedded broker's log and state (HOME/data, the broker stopped) into an empty
     /// PostgreSQL store: the same entries, leaf indices, roots and checkpoints.
@@ -32,8 +37,8 @@ pub(crate) enum StoreCommand {
 
 pub(crate) async fn store(command: StoreCommand) -> anyhow::Result<()> {
     match command {
-        StoreCommand::Init { store } => {
-            let applied = broker::store::postgres::init(&store).await?;
+        StoreCommand::Init { store, contract } => {
+            let applied = broker::store::postgres::init(&store, contract).await?;
             match applied.as_slice() {
                 [] => outln!("The schema is up to date."),
                 versions => outln!("Applied schema migrations {versions:?}."),

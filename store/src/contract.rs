@@ -340,9 +340,12 @@ async fn postgres_keeps_the_contract_byte_for_byte_with_the_embedded_backend() {
     let refused = crate::Postgres::open(&url, log(), sealer.clone(), Duration::from_secs(5)).await;
     let refused = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(refused.contains("unefois store init"), "{refused}");
-    assert_eq!(crate::postgres::init(&url).await.unwrap(), vec![1]);
     assert_eq!(
-        crate::postgres::init(&url).await.unwrap(),
+        crate::postgres::init(&url, false).await.unwrap(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        crate::postgres::init(&url, false).await.unwrap(),
         Vec::<usize>::new(),
         "init is idempotent"
     );
@@ -381,6 +384,168 @@ async fn postgres_keeps_the_contract_byte_for_byte_with_the_embedded_backend() {
     assert!(refused.contains("another log key"), "{refused}");
 }
 
+/// A log written under schema version 1 (one row per stored hash) proves the same once version
+/// 2 has made its hashes runs: the same checkpoints, inclusion and consistency proofs. Until
+/// the contract step (3), each table receives what is written to the other, for the brokers of
+/// either version during a rolling upgrade; `store init` applies it only when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_schema_1_proves_the_same_after_migration_2() {
+    let sealer = sealer();
+    let server = crate::postgres::test_server::Server::primary("");
+    let url = server.url();
+    crate::postgres::init(&url, false).await.unwrap();
+    let store = crate::Postgres::open(&url, log(), sealer.clone(), Duration::from_secs(5));
+    let store = store.await.unwrap();
+    for batch in batches(&|person| sealer.seal(person)) {
+        store.append(batch).await.unwrap();
+    }
+    let proven = proofs(&store).await;
+    store.close().await;
+
+    // The same log as version 1 stored it, in another database.
+    server.sql("CREATE DATABASE v1");
+    let v1 = url.replacen("/postgres", "/v1", 1);
+    let connect = |url: String| async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    };
+    let (now, old) = (connect(url.clone()).await, connect(v1.clone()).await);
+    old.batch_execute(
+        "CREATE TABLE unefois_schema (version integer PRIMARY KEY, \
+         applied_at timestamptz NOT NULL DEFAULT now()); \
+         INSERT INTO unefois_schema (version) VALUES (1)",
+    )
+    .await
+    .unwrap();
+    old.batch_execute(crate::postgres::MIGRATIONS[0])
+        .await
+        .unwrap();
+    let head = now
+        .query_one("SELECT size, frontier, checkpoint FROM unefois_log", &[])
+        .await
+        .unwrap();
+    let (size, frontier, note): (i64, Vec<u8>, String) = (head.get(0), head.get(1), head.get(2));
+    old.execute(
+        "UPDATE unefois_log SET size = $1, frontier = $2, checkpoint = $3",
+        &[&size, &frontier, &note],
+    )
+    .await
+    .unwrap();
+    for row in now
+        .query("SELECT idx, entry FROM unefois_entries", &[])
+        .await
+        .unwrap()
+    {
+        let (idx, entry): (i64, Vec<u8>) = (row.get(0), row.get(1));
+        old.execute(
+            "INSERT INTO unefois_entries (idx, entry) VALUES ($1, $2)",
+            &[&idx, &entry],
+        )
+        .await
+        .unwrap();
+    }
+    let hashes = now
+        .query(
+            "SELECT first + n, substring(hashes FROM (n * 32 + 1)::int FOR 32) \
+             FROM unefois_tree_runs, generate_series(0, length(hashes) / 32 - 1) AS n",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(hashes.len() as i64 > size, "{} hashes", hashes.len());
+    for row in hashes {
+        let (idx, hash): (i64, Vec<u8>) = (row.get(0), row.get(1));
+        old.execute(
+            "INSERT INTO unefois_tree (idx, hash) VALUES ($1, $2)",
+            &[&idx, &hash],
+        )
+        .await
+        .unwrap();
+    }
+
+    assert_eq!(crate::postgres::init(&v1, false).await.unwrap(), vec![2]);
+    assert!(crate::postgres::init(&v1, false).await.unwrap().is_empty());
+    let migrated = crate::Postgres::open(&v1, log(), sealer.clone(), Duration::from_secs(5));
+    let migrated = migrated.await.unwrap();
+    assert_eq!(proofs(&migrated).await, proven);
+
+    // A batch of this version reaches the rows version 1 reads, one per hash.
+    let count = |table: &'static str| {
+        let old = &old;
+        async move {
+            let sql = format!("SELECT count(*) FROM {table}");
+            old.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0)
+        }
+    };
+    let rows = count("unefois_tree").await;
+    let registry = || {
+        let files = json!({ "registry_sha256": "cd", "files": { "(registry)": "cd" } });
+        record("registry_loaded", files)
+    };
+    migrated.append(vec![registry(), registry()]).await.unwrap();
+    assert!(count("unefois_tree").await >= rows + 2);
+    let proven = proofs(&migrated).await;
+    // A hash written by a broker of version 1 reaches the runs: taken out of both tables and
+    // written again to the old one only, it is read back from the runs.
+    let last = old
+        .query_one("SELECT max(idx) FROM unefois_tree", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    let runs = count("unefois_tree_runs").await;
+    let hash: Vec<u8> = old
+        .query_one("SELECT hash FROM unefois_tree WHERE idx = $1", &[&last])
+        .await
+        .unwrap()
+        .get(0);
+    old.batch_execute(&format!(
+        "DELETE FROM unefois_tree WHERE idx = {last}; \
+         UPDATE unefois_tree_runs SET hashes = substring(hashes FROM 1 FOR length(hashes) - 32) \
+         WHERE first = (SELECT max(first) FROM unefois_tree_runs)"
+    ))
+    .await
+    .unwrap();
+    old.execute(
+        "INSERT INTO unefois_tree (idx, hash) VALUES ($1, $2)",
+        &[&last, &hash],
+    )
+    .await
+    .unwrap();
+    assert_eq!(count("unefois_tree_runs").await, runs + 1);
+    assert_eq!(proofs(&migrated).await, proven);
+
+    // The contract step, asked for: the rows of version 1 and the triggers are gone.
+    assert_eq!(crate::postgres::init(&v1, true).await.unwrap(), vec![3]);
+    assert_eq!(proofs(&migrated).await, proven);
+    let gone: bool = old
+        .query_one("SELECT to_regclass('unefois_tree') IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(gone, "the rows of version 1 are runs now");
+    migrated.close().await;
+}
+
+/// The latest checkpoint, every inclusion proof in its tree, and every earlier checkpoint with
+/// its consistency proof: everything read from the stored hashes.
+async fn proofs(store: &dyn Store) -> Vec<String> {
+    let (size, note) = store.latest_checkpoint().await.unwrap().unwrap();
+    let mut seen = vec![note];
+    for leaf in 0..size {
+        let proof = store.inclusion_proof(leaf, size).await.unwrap();
+        seen.push(format!("inclusion {leaf}: {proof:?}"));
+    }
+    for first in 1..size {
+        let proof = store.consistency_proof(first, size).await.unwrap();
+        seen.push(format!("consistency {first}: {proof:?}"));
+        seen.push(store.checkpoint_at(first).await.unwrap());
+    }
+    seen
+}
+
 /// Two brokers on one database, taking turns: each batch starts where the other broker left the
 /// log, whatever its own writer last saw. Every entry, checkpoint and proof is the embedded
 /// backend's for the same appends in the same order.
@@ -388,7 +553,7 @@ async fn postgres_keeps_the_contract_byte_for_byte_with_the_embedded_backend() {
 async fn brokers_taking_turns_append_where_the_other_left_the_log() {
     let server = crate::postgres::test_server::Server::primary("");
     let url = server.url();
-    crate::postgres::init(&url).await.unwrap();
+    crate::postgres::init(&url, false).await.unwrap();
     let open = || crate::Postgres::open(&url, log(), sealer(), Duration::from_secs(5));
     let (a, b) = (open().await.unwrap(), open().await.unwrap());
     let dir = tempfile::tempdir().unwrap();
@@ -431,7 +596,7 @@ async fn brokers_taking_turns_append_where_the_other_left_the_log() {
 async fn appends_arriving_while_the_log_is_locked_join_the_waiting_transaction() {
     let server = Arc::new(crate::postgres::test_server::Server::primary(""));
     let url = server.url();
-    crate::postgres::init(&url).await.unwrap();
+    crate::postgres::init(&url, false).await.unwrap();
     let store = Arc::new(
         crate::Postgres::open(&url, log(), sealer(), Duration::from_secs(30))
             .await

@@ -44,7 +44,7 @@ use crate::seal::Sealer;
 
 use connect::Conn;
 pub use connect::Connector;
-pub use schema::MIGRATIONS;
+pub use schema::{CONTRACTS, MIGRATIONS};
 
 /// How long an append waits for its commit before the caller is told the store is unavailable.
 pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,10 +78,11 @@ pub(crate) fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreE
 }
 
 /// Creates or migrates the schema at `url` (`unefois store init`); returns the versions applied.
-pub async fn init(url: &str) -> Result<Vec<usize>, StoreError> {
+/// The migrations in [`schema::CONTRACTS`] only with `contract` or on a new schema.
+pub async fn init(url: &str, contract: bool) -> Result<Vec<usize>, StoreError> {
     let connector = Connector::parse(url)?;
     let mut client = connector.connect().await?;
-    schema::migrate(&mut client).await
+    schema::migrate(&mut client, contract).await
 }
 
 /// The number of entries in the log at `url`: whether a broker joins a running cluster (its keys
@@ -330,10 +331,7 @@ impl Postgres {
                     }
                     let client = self.client().await?;
                     let rows = client
-                        .query_typed(
-                            "SELECT idx, hash FROM unefois_tree WHERE idx = ANY($1)",
-                            &[(&missing, Type::INT8_ARRAY)],
-                        )
+                        .query_typed(READ_TREE, &[(&missing, Type::INT8_ARRAY)])
                         .await
                         .map_err(db("read the tree"))?;
                     let mut known = reader.known.lock().unwrap_or_else(|e| e.into_inner());
@@ -360,6 +358,13 @@ impl Postgres {
         super::within(head.size, size)
     }
 }
+
+/// The stored hashes of the indices `$1`, each cut from the run that holds it (the run of the
+/// greatest `first` not above it).
+const READ_TREE: &str = "SELECT i, substring(run.hashes FROM ((i - run.first) * 32 + 1)::int FOR 32) \
+     FROM unnest($1::bigint[]) AS i, LATERAL (SELECT first, hashes FROM unefois_tree_runs \
+     WHERE first <= i ORDER BY first DESC LIMIT 1) AS run \
+     WHERE (i - run.first) * 32 < length(run.hashes)";
 
 /// The coordination row.
 #[derive(Clone)]
@@ -867,10 +872,9 @@ async fn transaction(
     let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let indices: Vec<i64> = appended.iter().map(|(i, _)| int(*i)).collect();
     let entries: Vec<&[u8]> = appended.iter().map(|(_, e)| e.as_slice()).collect();
-    let hash_indices: Vec<i64> = (0..hashes.len() as u64)
-        .map(|i| int(first_hash + i))
-        .collect();
-    let hash_bytes: Vec<&[u8]> = hashes.iter().map(|h| h.0.as_slice()).collect();
+    // The batch's hashes, one run from the stored index `first_hash` (see the schema).
+    let first_hash_row = int(first_hash);
+    let hash_bytes: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
     // The consents and mandates as this batch left them, one row each.
     let touched_consents: Vec<&Consent> = overlay
         .models
@@ -1046,8 +1050,8 @@ async fn transaction(
         (&note, Type::TEXT),
         (&indices, Type::INT8_ARRAY),
         (&entries, Type::BYTEA_ARRAY),
-        (&hash_indices, Type::INT8_ARRAY),
-        (&hash_bytes, Type::BYTEA_ARRAY),
+        (&first_hash_row, Type::INT8),
+        (&hash_bytes, Type::BYTEA),
         (&exchanges.0, Type::TEXT_ARRAY),
         (&exchanges.1, Type::INT8_ARRAY),
     ];
@@ -1132,16 +1136,16 @@ const UPSERT_MANDATES: &str = "INSERT INTO unefois_mandates (id, subject, struct
              ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body";
 const UPSERT_META: &str = "INSERT INTO unefois_meta (name, value) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
-/// The row advanced from the size `$1` the batch started from, and the batch's entries, tree
-/// hashes and exchanges inserted, only once the row has advanced (each insert reads
+/// The row advanced from the size `$1` the batch started from, and the batch's entries, run of
+/// tree hashes and exchanges inserted, only once the row has advanced (each insert reads
 /// `advanced`). No row at that size (another broker appended since) inserts nothing and
 /// divides by zero, which aborts the transaction and the writes in it.
 const ADVANCE_LOG: &str = "WITH advanced AS (UPDATE unefois_log \
              SET size = $2, frontier = $3, checkpoint = $4 WHERE size = $1 RETURNING size), \
              entries AS (INSERT INTO unefois_entries (idx, entry) \
              SELECT * FROM unnest($5::bigint[], $6::bytea[]) WHERE EXISTS (SELECT FROM advanced)), \
-             tree AS (INSERT INTO unefois_tree (idx, hash) \
-             SELECT * FROM unnest($7::bigint[], $8::bytea[]) WHERE EXISTS (SELECT FROM advanced)), \
+             tree AS (INSERT INTO unefois_tree_runs (first, hashes) \
+             SELECT $7, $8 WHERE length($8) > 0 AND EXISTS (SELECT FROM advanced)), \
              exchanges AS (INSERT INTO unefois_exchanges (subject, idx) \
              SELECT * FROM unnest($9::text[], $10::bigint[]) WHERE EXISTS (SELECT FROM advanced) \
              ON CONFLICT DO NOTHING) \
@@ -1190,8 +1194,8 @@ const WRITES: &[(&str, &[Type])] = &[
             Type::TEXT,
             Type::INT8_ARRAY,
             Type::BYTEA_ARRAY,
-            Type::INT8_ARRAY,
-            Type::BYTEA_ARRAY,
+            Type::INT8,
+            Type::BYTEA,
             Type::TEXT_ARRAY,
             Type::INT8_ARRAY,
         ],

@@ -55,11 +55,58 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE unefois_exchanges (subject text, idx bigint, PRIMARY KEY (subject, idx));
     CREATE TABLE unefois_meta (name text PRIMARY KEY, value jsonb NOT NULL);
     "#,
+    // 2 (expand): the stored Merkle hashes one row per batch (`first`, the stored index of
+    // the first hash; `hashes`, 32 bytes each, consecutive) instead of one row per hash: a
+    // fetch's transaction then writes about 5 WAL records instead of 9 (BENCHMARKS.md, run X).
+    // Kept inline up to ~250 hashes and never compressed (hashes do not compress). The rows of
+    // version 1 become runs of one hash; until 3, triggers keep both tables in step, so that
+    // brokers of either version read what the others wrote during a rolling upgrade.
+    r#"
+    CREATE TABLE unefois_tree_runs (first bigint PRIMARY KEY, hashes bytea NOT NULL)
+        WITH (toast_tuple_target = 8160);
+    ALTER TABLE unefois_tree_runs ALTER COLUMN hashes SET STORAGE EXTERNAL;
+    INSERT INTO unefois_tree_runs (first, hashes) SELECT idx, hash FROM unefois_tree;
+    CREATE FUNCTION unefois_tree_to_runs() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF pg_trigger_depth() > 1 THEN RETURN NULL; END IF;
+        INSERT INTO unefois_tree_runs (first, hashes) VALUES (NEW.idx, NEW.hash)
+            ON CONFLICT DO NOTHING;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER unefois_tree_to_runs AFTER INSERT ON unefois_tree
+        FOR EACH ROW EXECUTE FUNCTION unefois_tree_to_runs();
+    CREATE FUNCTION unefois_runs_to_tree() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF pg_trigger_depth() > 1 THEN RETURN NULL; END IF;
+        INSERT INTO unefois_tree (idx, hash)
+            SELECT NEW.first + n, substring(NEW.hashes FROM n * 32 + 1 FOR 32)
+            FROM generate_series(0, length(NEW.hashes) / 32 - 1) AS n
+            ON CONFLICT DO NOTHING;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER unefois_runs_to_tree AFTER INSERT ON unefois_tree_runs
+        FOR EACH ROW EXECUTE FUNCTION unefois_runs_to_tree();
+    "#,
+    // 3 (contract, see `CONTRACTS`): the hashes of version 1 and the triggers gone.
+    r#"
+    DROP TABLE unefois_tree;
+    DROP FUNCTION unefois_tree_to_runs();
+    DROP TRIGGER unefois_runs_to_tree ON unefois_tree_runs;
+    DROP FUNCTION unefois_runs_to_tree();
+    "#,
 ];
+
+/// The migrations that drop what an earlier version of the broker still uses: applied only when
+/// asked (`unefois store init --contract`, once every broker runs this version) or to a schema
+/// made by the same call (no older broker can be using it). Those after one wait with it.
+pub const CONTRACTS: &[usize] = &[3];
+
+/// The oldest schema this build runs on: 2 and later store the hashes as runs.
+const NEEDED: i32 = 2;
 
 /// Brings the schema to the latest version; returns the versions it applied (none when it was
 /// already there). Refuses a database whose schema is newer than this build knows.
-pub async fn migrate(client: &mut Client) -> Result<Vec<usize>, StoreError> {
+pub async fn migrate(client: &mut Client, contract: bool) -> Result<Vec<usize>, StoreError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS unefois_schema (
@@ -69,8 +116,17 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<usize>, StoreError> {
         )
         .await
         .map_err(db("create the schema table"))?;
+    let fresh: i64 = client
+        .query_one("SELECT count(*) FROM unefois_schema", &[])
+        .await
+        .map_err(db("read the schema version"))?
+        .get(0);
+    let contract = contract || fresh == 0;
     let mut applied = Vec::new();
     for (i, sql) in MIGRATIONS.iter().enumerate() {
+        if !contract && CONTRACTS.contains(&(i + 1)) {
+            break;
+        }
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
         let tx = client
             .transaction()
@@ -117,8 +173,8 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<usize>, StoreError> {
     Ok(applied)
 }
 
-/// Whether the schema is at this build's version (a broker refuses to start otherwise, and
-/// names `unefois store init`).
+/// Whether this build runs on the schema: from `NEEDED` (a broker refuses to start on an older
+/// one, and names `unefois store init`) to its newest (a newer one: upgrade the broker).
 pub async fn check(client: &Client) -> Result<(), StoreError> {
     let exists: bool = client
         .query_one("SELECT to_regclass('unefois_schema') IS NOT NULL", &[])
@@ -135,7 +191,7 @@ pub async fn check(client: &Client) -> Result<(), StoreError> {
     };
     let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
     match newest {
-        Some(v) if v == known => Ok(()),
+        Some(v) if (NEEDED..=known).contains(&v) => Ok(()),
         Some(v) if v > known => Err(StoreError::Database(format!(
             "the database's schema is version {v}, newer than this broker's {known}: upgrade \
              the broker"
@@ -143,7 +199,8 @@ pub async fn check(client: &Client) -> Result<(), StoreError> {
         found => Err(StoreError::Database(format!(
             "the database's schema is at version {}, this broker needs {known}: run `unefois \
              store init --store URL` first",
-            found.unwrap_or(0)
+            found.unwrap_or(0),
+            known = NEEDED
         ))),
     }
 }

@@ -26,7 +26,7 @@ impl Database {
             (primary, standby)
         })
         .await?;
-        broker::store::postgres::init(&primary.url()).await?;
+        broker::store::postgres::init(&primary.url(), false).await?;
         Ok(Database { primary, standby })
     }
 
