@@ -44,7 +44,7 @@ use crate::seal::Sealer;
 
 use connect::Conn;
 pub use connect::Connector;
-pub use schema::{CONTRACTS, MIGRATIONS};
+pub use schema::MIGRATIONS;
 
 /// How long an append waits for its commit before the caller is told the store is unavailable.
 pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -361,8 +361,8 @@ impl Postgres {
 
 /// The stored hashes of the indices `$1`, each cut from the run that holds it (the run of the
 /// greatest `first` not above it).
-const READ_TREE: &str = "SELECT i, substring(run.hashes FROM ((i - run.first) * 32 + 1)::int FOR 32) \
-     FROM unnest($1::bigint[]) AS i, LATERAL (SELECT first, hashes FROM unefois_tree_runs \
+const READ_TREE: &str = "SELECT i, \
+     substring(run.hashes FROM ((i - run.first) * 32 + 1)::int FOR 32) FROM unnest($1::bigint[]) AS i, LATERAL (SELECT first, hashes FROM unefois_tree_runs \
      WHERE first <= i ORDER BY first DESC LIMIT 1) AS run \
      WHERE (i - run.first) * 32 < length(run.hashes)";
 

@@ -104,8 +104,9 @@ pub const CONTRACTS: &[usize] = &[3];
 /// The oldest schema this build runs on: 2 and later store the hashes as runs.
 const NEEDED: i32 = 2;
 
-/// Brings the schema to the latest version; returns the versions it applied (none when it was
-/// already there). Refuses a database whose schema is newer than this build knows.
+/// Brings the schema to the latest version, short of the first of `CONTRACTS` unless `contract`
+/// or the schema is new; returns the versions it applied (none when it was already there).
+/// Refuses a database whose schema is newer than this build knows.
 pub async fn migrate(client: &mut Client, contract: bool) -> Result<Vec<usize>, StoreError> {
     client
         .batch_execute(
