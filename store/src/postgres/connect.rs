@@ -3,11 +3,14 @@
 //! ring provider when the URL asks for it, and a client that reconnects by itself.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use tokio_postgres::Client;
+use futures::StreamExt;
 use tokio_postgres::config::SslMode;
+use tokio_postgres::error::{DbError, Severity, SqlState};
+use tokio_postgres::{AsyncMessage, Client};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::db;
@@ -95,17 +98,34 @@ impl Connector {
 
     /// A new connection; its driver runs on its own task until the connection ends.
     pub async fn connect(&self) -> Result<Client, StoreError> {
-        let (client, connection) = self
+        Ok(self.open().await?.0)
+    }
+
+    /// A new connection and the count of the warnings its server sent. The driver logs each
+    /// notice and counts the warnings before it passes on the answer that follows them: a
+    /// caller that reads the count after an answer sees every warning sent before it.
+    async fn open(&self) -> Result<(Client, Warnings), StoreError> {
+        let (client, mut connection) = self
             .config
             .connect(self.tls.clone())
             .await
             .map_err(db("connect"))?;
+        let warnings = Warnings::default();
+        let counted = warnings.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "database connection ended");
+            let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notice(notice)) => counted.notice(&notice),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "database connection ended");
+                        break;
+                    }
+                }
             }
         });
-        Ok(client)
+        Ok((client, warnings))
     }
 }
 
@@ -150,12 +170,42 @@ fn shown(config: &tokio_postgres::Config) -> String {
     )
 }
 
+/// The warnings a connection's server sent, counted. PostgreSQL answers a COMMIT whose wait
+/// for a synchronous standby was cancelled (`pg_cancel_backend`, a `statement_timeout`) with
+/// success and a WARNING: committed on the primary alone. The writer reads this count around
+/// each transaction, so that such a commit is not acknowledged.
+#[derive(Clone, Default)]
+pub struct Warnings(Arc<AtomicU64>);
+
+impl Warnings {
+    /// The warnings received so far.
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn notice(&self, notice: &DbError) {
+        // A server too old to send the severity untranslated counts as warning.
+        let warning = matches!(notice.parsed_severity(), Some(Severity::Warning) | None);
+        if warning {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        let code = notice.code().code();
+        // The writer's ROLLBACK after a batch its COMMIT already ended is expected.
+        if warning && *notice.code() != SqlState::NO_ACTIVE_SQL_TRANSACTION {
+            tracing::warn!(code, "database: {}", notice.message());
+        } else {
+            tracing::debug!(code, "database: {}", notice.message());
+        }
+    }
+}
+
 /// A connection that prepares each statement once (its parse and plan are the server's work,
 /// per query otherwise): `query_typed` and `query_typed_opt` shadow the client's, by the same
 /// signature; everything else is the client's.
 pub struct Conn {
     client: Client,
     statements: std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>,
+    warnings: Warnings,
 }
 
 type Params<'a> = &'a [(
@@ -171,12 +221,28 @@ impl std::ops::Deref for Conn {
 }
 
 impl Conn {
-    /// Wraps a connection.
+    /// Wraps a connection (its warnings are logged, not counted).
     pub fn new(client: Client) -> Conn {
+        Conn::counting(client, Warnings::default())
+    }
+
+    /// A new connection to `connector`'s database, its warnings counted ([`Conn::warnings`]).
+    pub async fn connect(connector: &Connector) -> Result<Conn, StoreError> {
+        let (client, warnings) = connector.open().await?;
+        Ok(Conn::counting(client, warnings))
+    }
+
+    fn counting(client: Client, warnings: Warnings) -> Conn {
         Conn {
             client,
             statements: std::sync::Mutex::new(std::collections::HashMap::new()),
+            warnings,
         }
+    }
+
+    /// The warnings this connection's server sent so far, when made by [`Conn::connect`].
+    pub fn warnings(&self) -> u64 {
+        self.warnings.count()
     }
 
     async fn prepared(

@@ -639,16 +639,18 @@ async fn write_loop(
             _ => {
                 // A new connection may reach a new primary: its first batch reads the row.
                 from = None;
-                match connector.connect().await {
+                match Conn::connect(&connector).await {
                     // Every statement of a batch is prepared before any is sent: a write that
                     // could not be sent would otherwise leave its COMMIT to commit the others.
-                    Ok(c) => {
-                        let c = Conn::new(c);
-                        match c.prepare_all(WRITES).await {
+                    // No statement timeout (whatever the role's): it would cancel a COMMIT's
+                    // wait for the standby (see `transaction`).
+                    Ok(c) => match c.batch_execute("SET statement_timeout = 0").await {
+                        Ok(()) => match c.prepare_all(WRITES).await {
                             Ok(()) => Ok(c),
                             Err(e) => Err(db("prepare the writer's statements")(e)),
-                        }
-                    }
+                        },
+                        Err(e) => Err(db("set the writer's statement timeout")(e)),
+                    },
                     Err(e) => Err(e),
                 }
             }
@@ -1056,6 +1058,7 @@ async fn transaction(
         (&exchanges.1, Type::INT8_ARRAY),
     ];
     let advance = client.query_prepared(ADVANCE_LOG, &advance_params, "advance the log");
+    let warned = client.warnings();
     // Sent together with the COMMIT: one round trip. Never cancelled (see the module): the
     // caller may stop waiting, this task does not.
     let (begun, advanced, written, committed) = futures::join!(
@@ -1077,6 +1080,18 @@ async fn transaction(
     }
     written?;
     committed.map_err(db("commit"))?;
+    if client.warnings() != warned {
+        // A COMMIT whose wait for the standby was cancelled (an administrator's
+        // `pg_cancel_backend`) succeeds with a WARNING: on the primary alone, so not
+        // acknowledged. The next batch reads the row under the lock: from this primary, its
+        // commit, once confirmed, confirms this one (WAL reaches a standby in order); after a
+        // failover, from the new primary, which may not have it.
+        return Err(Failure::Failed(StoreError::Database(
+            "the database committed the batch without confirming it on a synchronous standby \
+             (it sent a warning, logged above): not acknowledged"
+                .into(),
+        )));
+    }
     let appended = prove(appended, size, &note, &start_frontier, first_hash, &hashes);
     Ok((
         appended,

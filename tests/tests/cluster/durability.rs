@@ -1,6 +1,6 @@
 //! What synchronous replication promises, seen from participants: with the standby gone, no
 //! write is acknowledged (UNAVAILABLE after the append timeout) while reads are still served;
-//! once it is back, writes resume.
+//! once it is back, writes resume. A commit the primary made alone is never acknowledged.
 
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,65 @@ async fn without_its_synchronous_standby_nothing_is_acknowledged_and_reads_go_on
     };
     let receipt = after.receipt.ok_or_else(|| anyhow!("no receipt"))?;
     assert!(receipt.leaf_index > before.leaf_index);
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL answers a COMMIT whose wait for the standby an administrator cancelled
+/// (`pg_cancel_backend`) with success and a warning: committed on the primary alone, which a
+/// failover can lose. The broker must not acknowledge it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_acknowledged() -> anyhow::Result<()>
+{
+    let pki = TestPki::for_sample_registry()?;
+    let mut db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 1).await?;
+    let broker = &cluster.brokers[0];
+    let before = exchange(broker, "mairie-lyon")
+        .await?
+        .fetch(rfr("test:bob"))
+        .await?
+        .into_inner()
+        .receipt
+        .ok_or_else(|| anyhow!("no receipt"))?;
+
+    tokio::task::block_in_place(|| db.standby.stop("fast"));
+    let mut lyon = exchange(broker, "mairie-lyon").await?;
+    let fetch = tokio::spawn(async move { lyon.fetch(rfr("test:bob")).await });
+    let started = Instant::now();
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'";
+    tokio::task::block_in_place(|| {
+        db.primary.wait_for(waiting, "1", APPEND_TIMEOUT / 2);
+        db.primary
+            .sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+    });
+    refused(
+        fetch.await?,
+        Code::Unavailable,
+        ErrorReason::StoreUnavailable,
+    );
+    // Refused at the commit's answer, not at the append timeout.
+    assert!(
+        started.elapsed() < APPEND_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The standby back: writes are acknowledged again, after the refused one.
+    tokio::task::block_in_place(|| db.standby.start());
+    let mut lyon = exchange(broker, "mairie-lyon").await?;
+    let until = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        match lyon.fetch(rfr("test:bob")).await {
+            Ok(answer) => break answer.into_inner(),
+            Err(status) if Instant::now() < until && status.code() == Code::Unavailable => {}
+            Err(status) => return Err(anyhow!("after the standby's return: {status:?}")),
+        }
+    };
+    let receipt = after.receipt.ok_or_else(|| anyhow!("no receipt"))?;
+    assert!(receipt.leaf_index > before.leaf_index + 1, "{receipt:?}");
     for broker in cluster.brokers {
         broker.stop().await?;
     }
