@@ -471,6 +471,12 @@ async fn a_log_of_schema_1_proves_the_same_after_migration_2() {
     let migrated = crate::Postgres::open(&v1, log(), sealer.clone(), Duration::from_secs(5));
     let migrated = migrated.await.unwrap();
     assert_eq!(proofs(&migrated).await, proven);
+    // The operator is told the contract step is still to run.
+    let health = migrated.health().await.report;
+    assert!(
+        health.contains("schema at version 2 of 3") && health.contains("--contract"),
+        "{health}"
+    );
 
     // A batch of this version reaches the rows version 1 reads, one per hash.
     let count = |table: &'static str| {
@@ -526,6 +532,8 @@ async fn a_log_of_schema_1_proves_the_same_after_migration_2() {
         .unwrap()
         .get(0);
     assert!(gone, "the rows of version 1 are runs now");
+    let health = migrated.health().await.report;
+    assert!(!health.contains("schema at version"), "{health}");
     migrated.close().await;
 }
 

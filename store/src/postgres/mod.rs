@@ -127,7 +127,10 @@ impl Postgres {
         let connector = Connector::parse(url)?;
         let reads = Arc::new(connect::Shared::new(connector.clone()));
         let client = reads.client().await?;
-        schema::check(&client).await?;
+        let version = schema::check(&client).await?;
+        if let Some(behind) = schema::behind(version) {
+            tracing::warn!(store = connector.shown(), "{behind}");
+        }
         let log: Arc<dyn CheckpointSigner> = Arc::new(log);
         let head = read_head(&client).await?;
         if head.size > 0 {
@@ -1568,6 +1571,7 @@ impl Store for Postgres {
 
     async fn health(&self) -> StoreHealth {
         let at = self.location();
+        let mut schema_behind = None;
         let probe = async {
             let client = self.client().await?;
             let row = client
@@ -1575,11 +1579,16 @@ impl Store for Postgres {
                     "SELECT pg_is_in_recovery(), \
                      (SELECT count(*) FROM pg_stat_replication \
                       WHERE sync_state IN ('sync', 'quorum')), \
-                     current_setting('synchronous_standby_names')",
+                     current_setting('synchronous_standby_names'), \
+                     (SELECT max(version) FROM unefois_schema)",
                     &[],
                 )
                 .await
                 .map_err(db("probe"))?;
+            schema_behind = row
+                .get::<_, Option<i32>>(3)
+                .and_then(schema::behind)
+                .map(|behind| format!("; {behind}"));
             Ok::<_, StoreError>((
                 row.get::<_, bool>(0),
                 row.get::<_, i64>(1),
@@ -1604,7 +1613,10 @@ impl Store for Postgres {
         };
         StoreHealth {
             ok,
-            report: format!("store: postgresql {at}: {report}"),
+            report: format!(
+                "store: postgresql {at}: {report}{}",
+                schema_behind.unwrap_or_default()
+            ),
         }
     }
 

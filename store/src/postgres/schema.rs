@@ -174,9 +174,23 @@ pub async fn migrate(client: &mut Client, contract: bool) -> Result<Vec<usize>, 
     Ok(applied)
 }
 
-/// Whether this build runs on the schema: from `NEEDED` (a broker refuses to start on an older
-/// one, and names `unefois store init`) to its newest (a newer one: upgrade the broker).
-pub async fn check(client: &Client) -> Result<(), StoreError> {
+/// What an operator should know of a schema at `version` this build runs on: `None` at the
+/// newest; else that the contract migrations wait for `--contract`, and what that costs.
+pub fn behind(version: i32) -> Option<String> {
+    let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+    (version < known).then(|| {
+        format!(
+            "schema at version {version} of {known}: once every broker runs this version, run \
+             `unefois store init --contract` (until then each batch also writes what older \
+             brokers read)"
+        )
+    })
+}
+
+/// Whether this build runs on the schema, and its version: from `NEEDED` (a broker refuses to
+/// start on an older one, and names `unefois store init`) to its newest (a newer one: upgrade
+/// the broker).
+pub async fn check(client: &Client) -> Result<i32, StoreError> {
     let exists: bool = client
         .query_one("SELECT to_regclass('unefois_schema') IS NOT NULL", &[])
         .await
@@ -192,7 +206,7 @@ pub async fn check(client: &Client) -> Result<(), StoreError> {
     };
     let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
     match newest {
-        Some(v) if (NEEDED..=known).contains(&v) => Ok(()),
+        Some(v) if (NEEDED..=known).contains(&v) => Ok(v),
         Some(v) if v > known => Err(StoreError::Database(format!(
             "the database's schema is version {v}, newer than this broker's {known}: upgrade \
              the broker"
