@@ -642,20 +642,21 @@ async fn write_loop(
             _ => {
                 // A new connection may reach a new primary: its first batch reads the row.
                 from = None;
-                match Conn::connect(&connector).await {
-                    // Every statement of a batch is prepared before any is sent: a write that
-                    // could not be sent would otherwise leave its COMMIT to commit the others.
+                async {
+                    let c = Conn::connect(&connector).await?;
                     // No statement timeout (whatever the role's): it would cancel a COMMIT's
                     // wait for the standby (see `transaction`).
-                    Ok(c) => match c.batch_execute("SET statement_timeout = 0").await {
-                        Ok(()) => match c.prepare_all(WRITES).await {
-                            Ok(()) => Ok(c),
-                            Err(e) => Err(db("prepare the writer's statements")(e)),
-                        },
-                        Err(e) => Err(db("set the writer's statement timeout")(e)),
-                    },
-                    Err(e) => Err(e),
+                    c.batch_execute("SET statement_timeout = 0")
+                        .await
+                        .map_err(db("set the writer's statement timeout"))?;
+                    // Every statement of a batch is prepared before any is sent: a write that
+                    // could not be sent would otherwise leave its COMMIT to commit the others.
+                    c.prepare_all(WRITES)
+                        .await
+                        .map_err(db("prepare the writer's statements"))?;
+                    Ok(c)
                 }
+                .await
             }
         };
         let result = match connected {
