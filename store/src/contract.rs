@@ -434,19 +434,23 @@ async fn a_log_of_schema_1_proves_the_same_after_migration_2() {
     )
     .await
     .unwrap();
-    for row in now
-        .query("SELECT idx, entry FROM unefois_entries", &[])
-        .await
-        .unwrap()
-    {
-        let (idx, entry): (i64, Vec<u8>) = (row.get(0), row.get(1));
-        old.execute(
-            "INSERT INTO unefois_entries (idx, entry) VALUES ($1, $2)",
-            &[&idx, &entry],
-        )
-        .await
-        .unwrap();
-    }
+    // Rows of (index, bytes) from `now` into the version-1 database, by `insert`.
+    let copy = |insert: &'static str, rows: Vec<tokio_postgres::Row>| {
+        let old = &old;
+        async move {
+            for row in rows {
+                let (idx, bytes): (i64, Vec<u8>) = (row.get(0), row.get(1));
+                old.execute(insert, &[&idx, &bytes]).await.unwrap();
+            }
+        }
+    };
+    let entries = now.query("SELECT idx, entry FROM unefois_entries", &[]);
+    let entries = entries.await.unwrap();
+    copy(
+        "INSERT INTO unefois_entries (idx, entry) VALUES ($1, $2)",
+        entries,
+    )
+    .await;
     let hashes = now
         .query(
             "SELECT first + n, substring(hashes FROM (n * 32 + 1)::int FOR 32) \
@@ -456,15 +460,11 @@ async fn a_log_of_schema_1_proves_the_same_after_migration_2() {
         .await
         .unwrap();
     assert!(hashes.len() as i64 > size, "{} hashes", hashes.len());
-    for row in hashes {
-        let (idx, hash): (i64, Vec<u8>) = (row.get(0), row.get(1));
-        old.execute(
-            "INSERT INTO unefois_tree (idx, hash) VALUES ($1, $2)",
-            &[&idx, &hash],
-        )
-        .await
-        .unwrap();
-    }
+    copy(
+        "INSERT INTO unefois_tree (idx, hash) VALUES ($1, $2)",
+        hashes,
+    )
+    .await;
 
     assert_eq!(crate::postgres::init(&v1, false).await.unwrap(), vec![2]);
     assert!(crate::postgres::init(&v1, false).await.unwrap().is_empty());

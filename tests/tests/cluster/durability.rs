@@ -13,7 +13,7 @@ use unefois_tests::clients::{consents, exchange};
 use unefois_tests::refusals::refused;
 use unefois_tests::requests::{consent, rfr};
 use unefois_tests::sample::{CANTINE, QF};
-use unefois_tests::{TestPki, http_get};
+use unefois_tests::{TestBroker, TestPki, http_get};
 
 use crate::harness::{APPEND_TIMEOUT, Cluster, Database};
 
@@ -30,13 +30,7 @@ async fn without_its_synchronous_standby_nothing_is_acknowledged_and_reads_go_on
         body.contains("primary; 1 synchronous standby in sync"),
         "{body}"
     );
-    let before = exchange(broker, "mairie-lyon")
-        .await?
-        .fetch(rfr("test:bob"))
-        .await?
-        .into_inner()
-        .receipt
-        .ok_or_else(|| anyhow!("no receipt"))?;
+    let before = receipt_of_a_fetch(broker).await?;
 
     tokio::task::block_in_place(|| db.standby.stop("fast"));
     let started = Instant::now();
@@ -89,17 +83,7 @@ async fn without_its_synchronous_standby_nothing_is_acknowledged_and_reads_go_on
     assert!(body.contains("no synchronous standby in sync"), "{body}");
 
     // The standby back: writes are acknowledged again.
-    tokio::task::block_in_place(|| db.standby.start());
-    let mut lyon = exchange(broker, "mairie-lyon").await?;
-    let until = Instant::now() + Duration::from_secs(30);
-    let after = loop {
-        match lyon.fetch(rfr("test:bob")).await {
-            Ok(answer) => break answer.into_inner(),
-            Err(status) if Instant::now() < until && status.code() == Code::Unavailable => {}
-            Err(status) => return Err(anyhow!("after the standby's return: {status:?}")),
-        }
-    };
-    let receipt = after.receipt.ok_or_else(|| anyhow!("no receipt"))?;
+    let receipt = receipt_once_the_standby_is_back(&mut db, broker).await?;
     assert!(receipt.leaf_index > before.leaf_index);
     for broker in cluster.brokers {
         broker.stop().await?;
@@ -117,13 +101,7 @@ async fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_acknowledged() 
     let mut db = Database::start().await?;
     let cluster = Cluster::start(pki.dir(), &db.url(), 1).await?;
     let broker = &cluster.brokers[0];
-    let before = exchange(broker, "mairie-lyon")
-        .await?
-        .fetch(rfr("test:bob"))
-        .await?
-        .into_inner()
-        .receipt
-        .ok_or_else(|| anyhow!("no receipt"))?;
+    let before = receipt_of_a_fetch(broker).await?;
 
     tokio::task::block_in_place(|| db.standby.stop("fast"));
     let mut lyon = exchange(broker, "mairie-lyon").await?;
@@ -148,6 +126,31 @@ async fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_acknowledged() 
     );
 
     // The standby back: writes are acknowledged again, after the refused one.
+    let receipt = receipt_once_the_standby_is_back(&mut db, broker).await?;
+    assert!(receipt.leaf_index > before.leaf_index + 1, "{receipt:?}");
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
+/// The receipt of one fetch through `broker`.
+async fn receipt_of_a_fetch(broker: &TestBroker) -> anyhow::Result<pb::Receipt> {
+    exchange(broker, "mairie-lyon")
+        .await?
+        .fetch(rfr("test:bob"))
+        .await?
+        .into_inner()
+        .receipt
+        .ok_or_else(|| anyhow!("no receipt"))
+}
+
+/// Starts the stopped standby, then fetches through `broker` until a fetch is acknowledged
+/// (UNAVAILABLE until the standby streams again, 30 s at most): its receipt.
+async fn receipt_once_the_standby_is_back(
+    db: &mut Database,
+    broker: &TestBroker,
+) -> anyhow::Result<pb::Receipt> {
     tokio::task::block_in_place(|| db.standby.start());
     let mut lyon = exchange(broker, "mairie-lyon").await?;
     let until = Instant::now() + Duration::from_secs(30);
@@ -158,10 +161,5 @@ async fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_acknowledged() 
             Err(status) => return Err(anyhow!("after the standby's return: {status:?}")),
         }
     };
-    let receipt = after.receipt.ok_or_else(|| anyhow!("no receipt"))?;
-    assert!(receipt.leaf_index > before.leaf_index + 1, "{receipt:?}");
-    for broker in cluster.brokers {
-        broker.stop().await?;
-    }
-    Ok(())
+    after.receipt.ok_or_else(|| anyhow!("no receipt"))
 }
