@@ -16,8 +16,10 @@
 //! the outcome, and appends whose callers gave up are dropped before they reach a transaction.
 //!
 //! Reads go to the primary (the URL's `target_session_attrs=read-write`): a decision sees every
-//! acknowledged write, whichever broker made it.
+//! acknowledged write, whichever broker made it. Reads of the log (checkpoints, proofs,
+//! entries, a person's exchanges) stop at what a synchronous standby has (`confirmed`).
 
+mod confirmed;
 mod connect;
 mod lookups;
 mod schema;
@@ -78,7 +80,7 @@ pub(crate) fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreE
 }
 
 /// Creates or migrates the schema at `url` (`unefois store init`); returns the versions applied.
-/// The migrations in [`schema::CONTRACTS`] only with `contract` or on a new schema.
+/// The migrations in `schema::CONTRACTS` only with `contract` or on a new schema.
 pub async fn init(url: &str, contract: bool) -> Result<Vec<usize>, StoreError> {
     let connector = Connector::parse(url)?;
     let mut client = connector.connect().await?;
@@ -106,6 +108,8 @@ use super::{Appended, Proven};
 pub struct Postgres {
     connector: Connector,
     reads: Arc<connect::Shared>,
+    /// The bound of reads of the log: what a synchronous standby has.
+    confirmed: Arc<confirmed::Confirmed>,
     lookups: lookups::Lookups,
     writer: mpsc::Sender<Pending>,
     log: Arc<dyn CheckpointSigner>,
@@ -146,14 +150,17 @@ impl Postgres {
             }
         }
         let (writer, queue) = mpsc::channel(4096);
+        let confirmed = Arc::new(confirmed::Confirmed::default());
         let task = tokio::spawn(write_loop(
             connector.clone(),
             log.clone(),
             sealer.clone(),
+            confirmed.clone(),
             queue,
         ));
         Ok(Postgres {
             connector,
+            confirmed,
             lookups: lookups::Lookups::start(reads.clone()),
             reads,
             writer,
@@ -170,7 +177,7 @@ impl Postgres {
     /// the read models their projection gives. Refuses a database whose log is not empty.
     /// Returns the number of entries copied.
     pub async fn import(&self, source: &dyn Store) -> Result<u64, StoreError> {
-        let size = self.head().await?.size;
+        let size = read_head(&*self.client().await?).await?.size;
         if size > 0 {
             return Err(StoreError::Database(format!(
                 "the log in {} already has {size} entries: import only into an empty one",
@@ -353,12 +360,18 @@ impl Postgres {
         )))
     }
 
-    async fn head(&self) -> Result<Head, StoreError> {
-        read_head(&*self.client().await?).await
+    /// The newest head a synchronous standby has (see [`confirmed`]).
+    async fn tip(&self) -> Result<confirmed::Tip, StoreError> {
+        self.confirmed.read(&self.reads).await
     }
 
-    fn within(head: &Head, size: u64) -> Result<(), StoreError> {
-        super::within(head.size, size)
+    /// Whether a tree of `size` entries is within the log a standby has: without a read when
+    /// a head at least that large is known confirmed.
+    async fn within(&self, size: u64) -> Result<(), StoreError> {
+        if size <= self.confirmed.known_size() {
+            return Ok(());
+        }
+        super::within(self.tip().await?.size, size)
     }
 }
 
@@ -605,6 +618,7 @@ async fn write_loop(
     connector: Connector,
     log: Arc<dyn CheckpointSigner>,
     sealer: Arc<Sealer>,
+    confirmed: Arc<confirmed::Confirmed>,
     mut queue: mpsc::Receiver<Pending>,
 ) {
     let mut client: Option<Conn> = None;
@@ -679,6 +693,9 @@ async fn write_loop(
         previous = count;
         match result {
             Ok((appended, head)) => {
+                // Acknowledged by a synchronous standby (a commit it did not acknowledge came
+                // with a warning, and is an error here).
+                confirmed.offer(head.size, &head.checkpoint);
                 last = Some(head);
                 // A batch is one transaction: the journal's histogram, so that one dashboard
                 // reads both backends.
@@ -1435,7 +1452,9 @@ impl Store for Postgres {
         limit: usize,
     ) -> Result<Vec<u64>, StoreError> {
         let subject = subject.to_string();
-        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        // Only exchanges a standby has (see `confirmed`).
+        let before = before.map_or(u64::MAX, |b| b).min(self.tip().await?.size);
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .client()
@@ -1458,6 +1477,10 @@ impl Store for Postgres {
     }
 
     async fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        // Only entries a standby has (see `confirmed`).
+        if index >= self.confirmed.known_size() && index >= self.tip().await?.size {
+            return Ok(None);
+        }
         let Ok(index) = i64::try_from(index) else {
             return Ok(None);
         };
@@ -1475,54 +1498,66 @@ impl Store for Postgres {
 
     fn entries_from(&self, start: u64) -> Items<'_, (u64, Vec<u8>)> {
         let start = i64::try_from(start).unwrap_or(i64::MAX);
-        futures::stream::unfold(
-            (start, Vec::new().into_iter(), false),
-            move |(from, mut page, done)| async move {
-                if let Some(item) = page.next() {
-                    return Some((Ok(item), (from, page, done)));
-                }
-                if done {
-                    return None;
-                }
-                let rows = match self.client().await {
-                    Ok(client) => client
-                        .query_typed(
-                            "SELECT idx, entry FROM unefois_entries WHERE idx >= $1 \
-                             ORDER BY idx LIMIT $2",
-                            &[(&from, Type::INT8), (&PAGE_ROWS, Type::INT8)],
-                        )
-                        .await
-                        .map_err(db("read entries")),
-                    Err(e) => Err(e),
-                };
-                let rows = match rows {
-                    Ok(rows) => rows,
-                    Err(e) => return Some((Err(e), (from, Vec::new().into_iter(), true))),
-                };
-                let done = (rows.len() as i64) < PAGE_ROWS;
-                let items: Vec<(u64, Vec<u8>)> = rows
-                    .iter()
-                    .map(|r| {
-                        (
-                            u64::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
-                            r.get(1),
-                        )
-                    })
-                    .collect();
-                let from = items
-                    .last()
-                    .map_or(from, |(i, _)| i64::try_from(*i + 1).unwrap_or(i64::MAX));
-                let mut page = items.into_iter();
-                let first = page.next()?;
-                Some((Ok(first), (from, page, done)))
-            },
-        )
+        // The state: where the next page starts, the page, whether it was the last, and the
+        // entries a standby had when the first page was read (see `confirmed`).
+        let state = (start, Vec::new().into_iter(), false, None::<i64>);
+        futures::stream::unfold(state, move |(from, mut page, done, end)| async move {
+            if let Some(item) = page.next() {
+                return Some((Ok(item), (from, page, done, end)));
+            }
+            if done {
+                return None;
+            }
+            let failed = |e| Some((Err(e), (from, Vec::new().into_iter(), true, end)));
+            let end = match end {
+                Some(end) => end,
+                None => match self.tip().await {
+                    Ok(tip) => i64::try_from(tip.size).unwrap_or(i64::MAX),
+                    Err(e) => return failed(e),
+                },
+            };
+            let rows = match self.client().await {
+                Ok(client) => client
+                    .query_typed(
+                        "SELECT idx, entry FROM unefois_entries WHERE idx >= $1 AND idx < $3 \
+                         ORDER BY idx LIMIT $2",
+                        &[
+                            (&from, Type::INT8),
+                            (&PAGE_ROWS, Type::INT8),
+                            (&end, Type::INT8),
+                        ],
+                    )
+                    .await
+                    .map_err(db("read entries")),
+                Err(e) => Err(e),
+            };
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => return failed(e),
+            };
+            let done = (rows.len() as i64) < PAGE_ROWS;
+            let items: Vec<(u64, Vec<u8>)> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        u64::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
+                        r.get(1),
+                    )
+                })
+                .collect();
+            let from = items
+                .last()
+                .map_or(from, |(i, _)| i64::try_from(*i + 1).unwrap_or(i64::MAX));
+            let mut page = items.into_iter();
+            let first = page.next()?;
+            Some((Ok(first), (from, page, done, Some(end))))
+        })
         .boxed()
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
-        let head = self.head().await?;
-        Ok((head.size > 0).then_some((head.size, head.checkpoint)))
+        let tip = self.tip().await?;
+        Ok((tip.size > 0).then_some((tip.size, tip.checkpoint)))
     }
 
     async fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
@@ -1537,7 +1572,7 @@ impl Store for Postgres {
     }
 
     async fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
-        Postgres::within(&self.head().await?, size)?;
+        self.within(size).await?;
         if leaf >= size {
             return Err(StoreError::OutOfRange(format!(
                 "leaf {leaf} is not in a tree of {size} entries"
@@ -1554,7 +1589,7 @@ impl Store for Postgres {
         first: u64,
         second: u64,
     ) -> Result<Vec<[u8; 32]>, StoreError> {
-        Postgres::within(&self.head().await?, second)?;
+        self.within(second).await?;
         if first == 0 || first > second {
             return Err(StoreError::OutOfRange(format!(
                 "no consistency proof from {first} to {second} entries"

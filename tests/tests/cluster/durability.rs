@@ -1,6 +1,7 @@
 //! What synchronous replication promises, seen from participants: with the standby gone, no
 //! write is acknowledged (UNAVAILABLE after the append timeout) while reads are still served;
-//! once it is back, writes resume. A commit the primary made alone is never acknowledged.
+//! once it is back, writes resume. A commit the primary made alone is never acknowledged, and no
+//! checkpoint or proof of it is handed out until the standby has it.
 
 use std::time::{Duration, Instant};
 
@@ -59,12 +60,7 @@ async fn without_its_synchronous_standby_nothing_is_acknowledged_and_reads_go_on
     // and nothing after it (the refused appends may be committed on the primary alone: a
     // promoted standby could lack them, and an auditor would hold a checkpoint of another log).
     let mut audit = AuditClient::new(broker.channel("dgfip").await?);
-    let note = audit
-        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
-        .await?
-        .into_inner()
-        .checkpoint;
-    assert_eq!(note, before.checkpoint);
+    assert_eq!(checkpoint(&mut audit).await?, before.checkpoint);
     let given = unefois_tlog::verify_checkpoint(
         std::fs::read_to_string(pki.dir().join("log.vkey"))?.trim(),
         &before.checkpoint,
@@ -97,6 +93,34 @@ async fn without_its_synchronous_standby_nothing_is_acknowledged_and_reads_go_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_acknowledged() -> anyhow::Result<()>
 {
+    a_commit_on_the_primary_alone_is_neither_acknowledged_nor_shown(|db| {
+        db.primary.sql(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+        );
+    })
+    .await
+}
+
+/// A fast shutdown of the primary ends the backends' waits for the standby as a cancel does: the
+/// commit waiting is in the primary's WAL alone, and visible once it restarts (no failover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restarted_without_its_standby_shows_no_checkpoint_the_standby_lacks()
+-> anyhow::Result<()> {
+    a_commit_on_the_primary_alone_is_neither_acknowledged_nor_shown(|db| {
+        db.primary.stop("fast");
+        db.primary.start();
+    })
+    .await
+}
+
+/// With the standby stopped, a fetch's COMMIT waits for it until `end_the_wait` ends that wait
+/// on the primary, leaving the record committed there alone: the fetch is refused at once (not
+/// at the append timeout), and no checkpoint or proof of the record is handed out (a failover
+/// now would give a log without it, and an auditor holding such a checkpoint would see a
+/// fork). Once the standby is back, writes are acknowledged again and reads cover them.
+async fn a_commit_on_the_primary_alone_is_neither_acknowledged_nor_shown(
+    end_the_wait: impl FnOnce(&mut Database),
+) -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let mut db = Database::start().await?;
     let cluster = Cluster::start(pki.dir(), &db.url(), 1).await?;
@@ -110,28 +134,56 @@ async fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_acknowledged() 
     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'";
     tokio::task::block_in_place(|| {
         db.primary.wait_for(waiting, "1", APPEND_TIMEOUT / 2);
-        db.primary
-            .sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+        end_the_wait(&mut db);
     });
     refused(
         fetch.await?,
         Code::Unavailable,
         ErrorReason::StoreUnavailable,
     );
-    // Refused at the commit's answer, not at the append timeout.
     assert!(
         started.elapsed() < APPEND_TIMEOUT,
         "{:?}",
         started.elapsed()
     );
+    let on_primary = tokio::task::block_in_place(|| db.primary.sql("SELECT size FROM unefois_log"));
+    assert_eq!(on_primary.trim(), (before.leaf_index + 2).to_string());
+    let mut audit = AuditClient::new(broker.channel("dgfip").await?);
+    assert_eq!(checkpoint(&mut audit).await?, before.checkpoint);
+    let refused_proof = audit
+        .get_inclusion_proof(pb::GetInclusionProofRequest {
+            leaf_index: before.leaf_index + 1,
+            tree_size: before.leaf_index + 2,
+        })
+        .await;
+    assert!(
+        refused_proof
+            .as_ref()
+            .is_err_and(|s| s.message().contains("beyond the log's")),
+        "{refused_proof:?}"
+    );
 
-    // The standby back: writes are acknowledged again, after the refused one.
     let receipt = receipt_once_the_standby_is_back(&mut db, broker).await?;
     assert!(receipt.leaf_index > before.leaf_index + 1, "{receipt:?}");
+    let size = unefois_tlog::verify_checkpoint(
+        std::fs::read_to_string(pki.dir().join("log.vkey"))?.trim(),
+        &checkpoint(&mut audit).await?,
+    )?
+    .size;
+    assert!(size > receipt.leaf_index, "{size}");
     for broker in cluster.brokers {
         broker.stop().await?;
     }
     Ok(())
+}
+
+/// The latest checkpoint, as `audit` is given it.
+async fn checkpoint(audit: &mut AuditClient<tonic::transport::Channel>) -> anyhow::Result<String> {
+    Ok(audit
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
+        .await?
+        .into_inner()
+        .checkpoint)
 }
 
 /// The receipt of one fetch through `broker`.

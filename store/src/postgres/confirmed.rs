@@ -1,0 +1,206 @@
+//! The log's head as far as a synchronous standby has it: the bound of every read of the log
+//! (checkpoints, proofs, entries, a person's exchanges).
+//!
+//! A commit normally becomes visible on the primary only once a synchronous standby has flushed
+//! it, but not always: a COMMIT whose wait for the standby was cancelled, the waits a fast
+//! shutdown of the primary ends, a primary restarted without failover all show what no standby
+//! has. A checkpoint of that, handed out, is not a prefix of the log a failover then gives: the
+//! auditor holding it would see a fork. So a read serves the head of the coordination row only
+//! once a synchronous standby's flushed position (`pg_stat_replication.flush_lsn`) has passed
+//! the primary's WAL insert position taken after the row was read (the row's commit is before
+//! it), waiting a little for a standby that lags; otherwise the newest head known confirmed:
+//! one this broker's writer had acknowledged, or one an earlier read confirmed.
+//! A primary that requires no synchronous standby (`synchronous_standby_names` empty: a
+//! promoted standby alone, a single server) confirms its own commits.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::types::{PgLsn, Type};
+
+use super::connect::Shared;
+use super::db;
+use crate::StoreError;
+
+/// How long a read waits for a synchronous standby that lags behind the row it read.
+const WAIT: Duration = Duration::from_millis(200);
+/// How often it asks, meanwhile.
+const POLL: Duration = Duration::from_millis(1);
+
+/// The coordination row's head as a read sees it, and how far standbys have it: the WAL insert
+/// position after the row was read, whether a synchronous standby has flushed up to it (or none
+/// is required), and whether one is streaming at all.
+const SEEN: &str = "SELECT log.size, log.checkpoint, at.lsn, \
+     btrim(current_setting('synchronous_standby_names')) = '' \
+         OR coalesce(sync.flushed >= at.lsn, false), \
+     sync.flushed IS NOT NULL \
+     FROM unefois_log AS log, \
+     (SELECT pg_current_wal_insert_lsn() AS lsn) AS at, \
+     (SELECT max(flush_lsn) AS flushed FROM pg_stat_replication \
+      WHERE sync_state IN ('sync', 'quorum')) AS sync";
+
+/// Whether a synchronous standby has flushed up to `$1`, and whether one is streaming.
+const FLUSHED: &str = "SELECT coalesce(max(flush_lsn) >= $1, false), max(flush_lsn) IS NOT NULL \
+     FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')";
+
+/// A head of the log: its size and signed checkpoint (empty for an empty log).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tip {
+    pub size: u64,
+    pub checkpoint: String,
+}
+
+/// What a read of the coordination row learnt about its head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// A synchronous standby has it (or none is required).
+    Confirmed,
+    /// No synchronous standby has it yet, within the wait.
+    Unconfirmed,
+}
+
+/// The head to serve, given the row's `head`, what was `seen` of it and the newest head
+/// `known` confirmed; `None` when there is none to serve.
+fn serve(head: Tip, seen: Seen, known: Option<&Tip>) -> Option<Tip> {
+    match (seen, known) {
+        (Seen::Confirmed, Some(known)) if known.size > head.size => Some(known.clone()),
+        (Seen::Confirmed, _) => Some(head),
+        // An empty log has nothing a failover could lose.
+        (Seen::Unconfirmed, _) if head.size == 0 => Some(head),
+        (Seen::Unconfirmed, Some(known)) if known.size <= head.size => Some(known.clone()),
+        (Seen::Unconfirmed, _) => None,
+    }
+}
+
+/// The newest head known to be on a synchronous standby.
+#[derive(Default)]
+pub struct Confirmed {
+    newest: Mutex<Option<Tip>>,
+}
+
+impl Confirmed {
+    /// A head known on a standby: the writer's, once its commit was acknowledged.
+    pub fn offer(&self, size: u64, checkpoint: &str) {
+        let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        if newest.as_ref().is_none_or(|n| n.size < size) {
+            *newest = Some(Tip {
+                size,
+                checkpoint: checkpoint.to_string(),
+            });
+        }
+    }
+
+    /// The size of the newest head known confirmed, without asking the database (0 if none):
+    /// a proof or an entry below it needs no read of the head.
+    pub fn known_size(&self) -> u64 {
+        self.newest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |t| t.size)
+    }
+
+    /// The newest head a synchronous standby has: the row's once confirmed (see the module's
+    /// documentation), else the newest known. UNAVAILABLE when neither is.
+    pub async fn read(&self, reads: &Shared) -> Result<Tip, StoreError> {
+        let client = reads.client().await?;
+        let row = client
+            .query_typed(SEEN, &[])
+            .await
+            .map_err(db("read the log's head"))?;
+        let row = row
+            .first()
+            .ok_or_else(|| StoreError::Database("the log's coordination row is missing".into()))?;
+        let unreadable = db("read the log's coordination row");
+        let size: i64 = row.try_get(0).map_err(&unreadable)?;
+        let head = Tip {
+            size: u64::try_from(size).unwrap_or_default(),
+            checkpoint: row.try_get(1).map_err(&unreadable)?,
+        };
+        let at: PgLsn = row.try_get(2).map_err(&unreadable)?;
+        let (mut flushed, mut streaming): (bool, bool) = (
+            row.try_get(3).map_err(&unreadable)?,
+            row.try_get(4).map_err(&unreadable)?,
+        );
+        let started = Instant::now();
+        while !flushed && streaming && started.elapsed() < WAIT {
+            tokio::time::sleep(POLL).await;
+            let row = client
+                .query_typed(FLUSHED, &[(&at, Type::PG_LSN)])
+                .await
+                .map_err(db("read the standbys' position"))?;
+            let row = row.first().ok_or_else(unreadable_standbys)?;
+            (flushed, streaming) = (row.get(0), row.get(1));
+        }
+        let seen = match flushed {
+            true => Seen::Confirmed,
+            false => Seen::Unconfirmed,
+        };
+        let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        let served = serve(head, seen, newest.as_ref()).ok_or_else(|| {
+            StoreError::Database(
+                "no synchronous standby has confirmed the log's head yet (is one streaming?)"
+                    .into(),
+            )
+        })?;
+        if seen == Seen::Confirmed {
+            *newest = Some(served.clone());
+        }
+        Ok(served)
+    }
+}
+
+fn unreadable_standbys() -> StoreError {
+    StoreError::Database("pg_stat_replication answered no row".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tip(size: u64) -> Tip {
+        Tip {
+            size,
+            checkpoint: format!("checkpoint {size}"),
+        }
+    }
+
+    #[test]
+    fn a_head_is_served_only_once_a_standby_has_it() {
+        use Seen::*;
+        let cases: &[(u64, Seen, Option<u64>, Option<u64>)] = &[
+            // (row's size, seen, newest known, served)
+            (5, Confirmed, None, Some(5)),
+            (5, Confirmed, Some(3), Some(5)),
+            (5, Confirmed, Some(5), Some(5)),
+            // The writer's acknowledged commit, newer than the row this read saw.
+            (5, Confirmed, Some(7), Some(7)),
+            // Committed on the primary alone: the last head known on a standby.
+            (7, Unconfirmed, Some(5), Some(5)),
+            (7, Unconfirmed, None, None),
+            (0, Unconfirmed, None, Some(0)),
+            // The row behind what was known confirmed (another database after a failover that
+            // lost commits): nothing known is served from this one.
+            (3, Unconfirmed, Some(5), None),
+        ];
+        for &(size, seen, known, served) in cases {
+            let got = serve(tip(size), seen, known.map(tip).as_ref());
+            assert_eq!(
+                got,
+                served.map(tip),
+                "row {size}, {seen:?}, known {known:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_newest_offer_is_kept() {
+        let confirmed = Confirmed::default();
+        assert_eq!(confirmed.known_size(), 0);
+        confirmed.offer(5, "five");
+        confirmed.offer(3, "three");
+        assert_eq!(confirmed.known_size(), 5);
+        confirmed.offer(8, "eight");
+        assert_eq!(confirmed.known_size(), 8);
+    }
+}
