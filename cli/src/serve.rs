@@ -64,8 +64,15 @@ pub(crate) struct ServeArgs {
     /// The log and read models in PostgreSQL (a cluster of brokers), e.g.
     /// `postgresql://unefois@db1,db2/unefois?target_session_attrs=read-write`; its schema made
     /// by `unefois store init`. Without it, the embedded backend in HOME/data. The keys stay in
-    /// HOME/data/keys: every broker of a cluster has the same.
-    #[arg(long, value_name = "URL")]
+    /// HOME/data/keys: every broker of a cluster has the same. Also read from the environment
+    /// (`UNEFOIS_STORE`), which, unlike the command line, other users of the host cannot read:
+    /// the way to give a URL with a password.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "UNEFOIS_STORE",
+        hide_env_values = true
+    )]
     store: Option<String>,
     /// Seconds an append waits for the database's commit (with its synchronous standby) before
     /// the caller is told the store is unavailable.

@@ -11,8 +11,14 @@ use crate::client::DEFAULT_HOME;
 pub(crate) enum StoreCommand {
     /// Create or migrate the schema (versioned migrations; safe to run again, from any broker).
     Init {
-        /// The database: `postgresql://USER@HOST[,HOST…]/DB[?target_session_attrs=read-write]`.
-        #[arg(long, value_name = "URL")]
+        /// The database: `postgresql://USER@HOST[,HOST…]/DB[?target_session_attrs=read-write]`
+        /// (or `UNEFOIS_STORE` in the environment, for a URL with a password).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "UNEFOIS_STORE",
+            hide_env_values = true
+        )]
         store: String,
         /// Also apply the migrations that drop what earlier versions of the broker still use
         /// (docs/cluster.md, "Rolling upgrades"): only once every broker runs this version. A
@@ -26,8 +32,14 @@ pub(crate) enum StoreCommand {
         /// The embedded broker's home.
         #[arg(long, default_value = DEFAULT_HOME)]
         home: PathBuf,
-        /// The database (its schema made by `unefois store init`).
-        #[arg(long, value_name = "URL")]
+        /// The database (its schema made by `unefois store init`; or `UNEFOIS_STORE` in the
+        /// environment).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "UNEFOIS_STORE",
+            hide_env_values = true
+        )]
         store: String,
         /// The registry the broker ran with (its trust domain names the log in checkpoints).
         #[arg(long, default_value = "examples/registry.toml")]

@@ -166,6 +166,55 @@ fn a_bad_registry_stops_serve_with_the_file_and_key() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A store URL with a password goes in the environment (`UNEFOIS_STORE`), which other users of
+/// the host cannot read, unlike the command line: `serve` uses it, and neither its help nor its
+/// errors show the password.
+#[test]
+fn a_store_url_from_the_environment_is_used_and_its_password_never_shown() -> anyhow::Result<()> {
+    let home = tempfile::tempdir()?;
+    let home = home
+        .path()
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("a UTF-8 path"))?;
+    let url = "postgresql://unefois:s3cret-pw@127.0.0.1:1/unefois";
+    let run = |args: &[&str]| -> anyhow::Result<(bool, String)> {
+        let out = Command::new(unefois_binary()?)
+            .current_dir(repo_root())
+            .env("UNEFOIS_STORE", url)
+            .args(args)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    };
+    let (_, help) = run(&["serve", "--help"])?;
+    assert!(help.contains("UNEFOIS_STORE"), "{help}");
+    assert!(!help.contains("s3cret-pw"), "{help}");
+    let (_, help) = run(&["store", "init", "--help"])?;
+    assert!(!help.contains("s3cret-pw"), "{help}");
+
+    // Nothing listens on port 1: the broker tried the database, not its embedded store.
+    let (served, said) = run(&[
+        "serve",
+        "--dev",
+        "--home",
+        home,
+        "--listen",
+        "127.0.0.1:0",
+        "--ops-listen",
+        "127.0.0.1:0",
+        "--web-listen",
+        "127.0.0.1:0",
+    ])?;
+    assert!(!served, "{said}");
+    assert!(said.contains("store: database: connect"), "{said}");
+    assert!(!said.contains("s3cret-pw"), "{said}");
+    Ok(())
+}
+
 #[test]
 fn the_certs_commands_build_a_pki_with_private_keys_kept_private() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
