@@ -79,18 +79,28 @@ pub(crate) fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreE
     }
 }
 
+/// A failure to reach the database, naming it (never its password): what an operator starting
+/// a command needs first.
+fn naming(connector: &Connector) -> impl Fn(StoreError) -> StoreError + '_ {
+    move |e| match e {
+        StoreError::Database(why) => StoreError::Database(format!("{why} ({})", connector.shown())),
+        other => other,
+    }
+}
+
 /// Creates or migrates the schema at `url` (`unefois store init`); returns the versions applied.
 /// The migrations in `schema::CONTRACTS` only with `contract` or on a new schema.
 pub async fn init(url: &str, contract: bool) -> Result<Vec<usize>, StoreError> {
     let connector = Connector::parse(url)?;
-    let mut client = connector.connect().await?;
+    let mut client = connector.connect().await.map_err(naming(&connector))?;
     schema::migrate(&mut client, contract).await
 }
 
 /// The number of entries in the log at `url`: whether a broker joins a running cluster (its keys
 /// must then already be there) or starts its first log.
 pub async fn log_size(url: &str) -> Result<u64, StoreError> {
-    let client = Conn::new(Connector::parse(url)?.connect().await?);
+    let connector = Connector::parse(url)?;
+    let client = Conn::new(connector.connect().await.map_err(naming(&connector))?);
     schema::check(&client).await?;
     Ok(read_head(&client).await?.size)
 }
@@ -130,7 +140,7 @@ impl Postgres {
     ) -> Result<Postgres, StoreError> {
         let connector = Connector::parse(url)?;
         let reads = Arc::new(connect::Shared::new(connector.clone()));
-        let client = reads.client().await?;
+        let client = reads.client().await.map_err(naming(&connector))?;
         let version = schema::check(&client).await?;
         if let Some(behind) = schema::behind(version) {
             tracing::warn!(store = connector.shown(), "{behind}");

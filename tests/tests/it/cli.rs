@@ -211,6 +211,11 @@ fn a_store_url_from_the_environment_is_used_and_its_password_never_shown() -> an
     ])?;
     assert!(!served, "{said}");
     assert!(said.contains("store: database: connect"), "{said}");
+    // The operator is told which database, without its password.
+    assert!(
+        said.contains("(postgresql://unefois@127.0.0.1:1/unefois)"),
+        "{said}"
+    );
     assert!(!said.contains("s3cret-pw"), "{said}");
     Ok(())
 }
