@@ -9,7 +9,8 @@
 //! the commit, which `synchronous_commit = on` with a synchronous standby makes durable on two
 //! machines. A writer whose last commit is still the log's head (no other broker appended since)
 //! sends its next batch in one round trip, advancing the row only from that head; when another
-//! broker has moved it, the batch is done again under the lock. Under load a batch first
+//! broker has moved it, the batch is done again under the lock, from a row the writer vouches
+//! for (`vouched`: signed by the log key, not behind a head it knew). Under load a batch first
 //! gathers for `GATHER`; a batch that waited for the lock takes the appends that arrived
 //! meanwhile. A commit is never cancelled: when the database does not answer within
 //! the append timeout the caller is told the store is unavailable, the writer keeps waiting for
@@ -686,11 +687,17 @@ async fn write_loop(
         let result = match connected {
             Ok(c) => {
                 let c = client.insert(c);
-                match commit(c, &*log, &sealer, &mut batch, &mut queue, from.as_ref()).await {
+                let known = confirmed.known_size();
+                let base = Base {
+                    log: &*log,
+                    sealer: &sealer,
+                    known,
+                };
+                match commit(c, &base, &mut batch, &mut queue, from.as_ref()).await {
                     Err(Failure::Moved) => {
                         // Another broker appended since: this batch again, under the lock.
                         locked_for = LOCKED_AFTER_MOVED;
-                        commit(c, &*log, &sealer, &mut batch, &mut queue, None).await
+                        commit(c, &base, &mut batch, &mut queue, None).await
                     }
                     other => other,
                 }
@@ -755,6 +762,40 @@ fn gather(batch: &mut Vec<Pending>, queue: &mut mpsc::Receiver<Pending>) {
     batch.retain(|p| !p.reply.is_closed());
 }
 
+/// What a batch builds on besides the row: the log key, the sealer, and the size of the newest
+/// head this broker knew (its own last commit, or one a read confirmed).
+#[derive(Clone, Copy)]
+struct Base<'a> {
+    log: &'a dyn CheckpointSigner,
+    sealer: &'a Sealer,
+    known: u64,
+}
+
+/// Whether the coordination row, as another writer (or anyone with access to the database)
+/// left it, may be extended: signed by the log key over its own frontier (a row rewritten
+/// without the key is not), and not behind a head this broker already knew of (a log rolled
+/// back by hand, or by a failover to a standby that lacked acknowledged commits). Extending
+/// either would fork the log under checkpoints already handed out, so the writes stop
+/// (UNAVAILABLE) until an operator has looked.
+fn vouched(head: &Head, log: &dyn CheckpointSigner, known: u64) -> Result<(), StoreError> {
+    if head.size < known {
+        return Err(StoreError::Database(format!(
+            "the log went back from {known} to {} entries in the database (restored, rolled \
+             back, or failed over to a standby that lacked commits): not extended, which would \
+             fork it under the checkpoints handed out",
+            head.size
+        )));
+    }
+    if head.size > 0 && log.sign(head.size, frontier_root(&head.frontier)) != head.checkpoint {
+        return Err(StoreError::Database(format!(
+            "the log's coordination row ({} entries) is not signed by this broker's log key over \
+             its tree: it was altered in the database; not extended",
+            head.size
+        )));
+    }
+    Ok(())
+}
+
 /// Batches started under the lock after the log was found moved, before trying again from
 /// the last head: with several brokers taking turns, one batch in this many pays a round trip
 /// for nothing.
@@ -786,13 +827,12 @@ impl From<StoreError> for Failure {
 /// appended entries and the head it left.
 async fn commit(
     client: &Conn,
-    log: &dyn CheckpointSigner,
-    sealer: &Sealer,
+    base: &Base<'_>,
     batch: &mut Vec<Pending>,
     queue: &mut mpsc::Receiver<Pending>,
     from: Option<&Head>,
 ) -> Result<(Vec<Appended>, Head), Failure> {
-    let result = transaction(client, log, sealer, batch, queue, from).await;
+    let result = transaction(client, base, batch, queue, from).await;
     if result.is_err() && !client.is_closed() {
         // Whatever was left open ends here (a ROLLBACK after a COMMIT is a no-op).
         let _ = client.batch_execute("ROLLBACK").await;
@@ -809,12 +849,12 @@ async fn commit(
 /// batch read before it (the consents and mandates its projections needed).
 async fn transaction(
     client: &Conn,
-    log: &dyn CheckpointSigner,
-    sealer: &Sealer,
+    base: &Base<'_>,
     batch: &mut Vec<Pending>,
     queue: &mut mpsc::Receiver<Pending>,
     from: Option<&Head>,
 ) -> Result<(Vec<Appended>, Head), Failure> {
+    let Base { log, sealer, known } = *base;
     let head = match from {
         Some(head) => head.clone(),
         None => {
@@ -831,7 +871,9 @@ async fn transaction(
             // transaction rather than wait for the next one (brokers taking turns then commit
             // fewer, larger transactions).
             gather(batch, queue);
-            head_of(row)?
+            let head = head_of(row)?;
+            vouched(&head, log, known)?;
+            head
         }
     };
     let batch = &*batch;
@@ -1076,7 +1118,7 @@ async fn transaction(
     // First after BEGIN: from `from`, it takes the row's lock, and a row moved aborts all. The
     // entries, their hashes and the exchanges' chain go in the same statement: each statement
     // is a message the backend executes and answers on its own.
-    let advance_params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 10] = [
+    let advance_params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 11] = [
         (&was_row, Type::INT8),
         (&size_row, Type::INT8),
         (&frontier_bytes, Type::BYTEA),
@@ -1087,6 +1129,7 @@ async fn transaction(
         (&hash_bytes, Type::BYTEA),
         (&exchanges.0, Type::TEXT_ARRAY),
         (&exchanges.1, Type::INT8_ARRAY),
+        (&head.checkpoint, Type::TEXT),
     ];
     let advance = client.query_prepared(ADVANCE_LOG, &advance_params, "advance the log");
     let warned = client.warnings();
@@ -1187,7 +1230,8 @@ const UPSERT_META: &str = "INSERT INTO unefois_meta (name, value) VALUES ($1, $2
 /// `advanced`). No row at that size (another broker appended since) inserts nothing and
 /// divides by zero, which aborts the transaction and the writes in it.
 const ADVANCE_LOG: &str = "WITH advanced AS (UPDATE unefois_log \
-             SET size = $2, frontier = $3, checkpoint = $4 WHERE size = $1 RETURNING size), \
+             SET size = $2, frontier = $3, checkpoint = $4 WHERE size = $1 AND checkpoint = $11 \
+             RETURNING size), \
              entries AS (INSERT INTO unefois_entries (idx, entry) \
              SELECT * FROM unnest($5::bigint[], $6::bytea[]) WHERE EXISTS (SELECT FROM advanced)), \
              tree AS (INSERT INTO unefois_tree_runs (first, hashes) \
@@ -1244,6 +1288,7 @@ const WRITES: &[(&str, &[Type])] = &[
             Type::BYTEA,
             Type::TEXT_ARRAY,
             Type::INT8_ARRAY,
+            Type::TEXT,
         ],
     ),
     (
@@ -1685,6 +1730,78 @@ impl Store for Postgres {
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task {
             task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_signer::TestSigner;
+
+    /// The head of a log of `size` entries, each its index as bytes, signed by `log`.
+    fn head(log: &TestSigner, size: u64) -> Head {
+        let (mut frontier, mut hashes) = (Vec::new(), Vec::new());
+        for i in 0..size {
+            crate::tree::push_leaf(&mut frontier, i, &i.to_be_bytes(), &mut hashes);
+        }
+        let checkpoint = match size {
+            0 => String::new(),
+            _ => log.sign(size, frontier_root(&frontier)),
+        };
+        Head {
+            size,
+            frontier,
+            checkpoint,
+        }
+    }
+
+    #[test]
+    fn a_row_is_extended_only_signed_over_its_tree_and_not_gone_back() {
+        let log = TestSigner::from_seed(&[7; 32]);
+        let other = TestSigner::from_seed(&[8; 32]);
+        let forged = |mut h: Head| {
+            h.checkpoint.push('x');
+            h
+        };
+        let other_tree = |mut h: Head| {
+            h.frontier = head(&log, 4).frontier;
+            h
+        };
+        let cases: Vec<(&str, Head, u64, Option<&str>)> = vec![
+            ("as left", head(&log, 5), 5, None),
+            ("grown since", head(&log, 7), 5, None),
+            ("empty", head(&log, 0), 0, None),
+            (
+                "rolled back",
+                head(&log, 3),
+                5,
+                Some("went back from 5 to 3"),
+            ),
+            ("emptied", head(&log, 0), 2, Some("went back from 2 to 0")),
+            (
+                "checkpoint altered",
+                forged(head(&log, 5)),
+                5,
+                Some("not signed"),
+            ),
+            (
+                "frontier altered",
+                other_tree(head(&log, 5)),
+                5,
+                Some("not signed"),
+            ),
+            ("another key", head(&other, 5), 5, Some("not signed")),
+        ];
+        for (case, head, known, refused) in cases {
+            let got = vouched(&head, &log, known).map_err(|e| e.to_string());
+            match refused {
+                None => assert!(got.is_ok(), "{case}: {got:?}"),
+                Some(why) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(why)),
+                    "{case}: {got:?}"
+                ),
+            }
         }
     }
 }

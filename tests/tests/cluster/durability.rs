@@ -16,7 +16,9 @@ use unefois_tests::requests::{consent, rfr};
 use unefois_tests::sample::{CANTINE, QF};
 use unefois_tests::{TestBroker, TestPki, http_get};
 
-use crate::harness::{APPEND_TIMEOUT, Cluster, Database};
+use crate::harness::{
+    APPEND_TIMEOUT, Cluster, Database, fetch_refused_as_unavailable, receipt_of_a_fetch,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_its_synchronous_standby_nothing_is_acknowledged_and_reads_go_on()
@@ -35,14 +37,7 @@ async fn without_its_synchronous_standby_nothing_is_acknowledged_and_reads_go_on
 
     tokio::task::block_in_place(|| db.standby.stop("fast"));
     let started = Instant::now();
-    refused(
-        exchange(broker, "mairie-lyon")
-            .await?
-            .fetch(rfr("test:bob"))
-            .await,
-        Code::Unavailable,
-        ErrorReason::StoreUnavailable,
-    );
+    fetch_refused_as_unavailable(broker).await?;
     let waited = started.elapsed();
     assert!(
         waited >= APPEND_TIMEOUT && waited < APPEND_TIMEOUT + Duration::from_secs(5),
@@ -184,17 +179,6 @@ async fn checkpoint(audit: &mut AuditClient<tonic::transport::Channel>) -> anyho
         .await?
         .into_inner()
         .checkpoint)
-}
-
-/// The receipt of one fetch through `broker`.
-async fn receipt_of_a_fetch(broker: &TestBroker) -> anyhow::Result<pb::Receipt> {
-    exchange(broker, "mairie-lyon")
-        .await?
-        .fetch(rfr("test:bob"))
-        .await?
-        .into_inner()
-        .receipt
-        .ok_or_else(|| anyhow!("no receipt"))
 }
 
 /// Starts the stopped standby, then fetches through `broker` until a fetch is acknowledged

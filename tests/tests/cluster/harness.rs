@@ -264,3 +264,27 @@ pub async fn log_entries(
     entries.truncate(size as usize);
     Ok(entries)
 }
+
+/// The receipt of one fetch through `broker`.
+pub async fn receipt_of_a_fetch(broker: &TestBroker) -> anyhow::Result<unefois_proto::v1::Receipt> {
+    unefois_tests::clients::exchange(broker, "mairie-lyon")
+        .await?
+        .fetch(unefois_tests::requests::rfr("test:bob"))
+        .await?
+        .into_inner()
+        .receipt
+        .ok_or_else(|| anyhow::anyhow!("no receipt"))
+}
+
+/// One fetch through `broker`, refused as UNAVAILABLE / STORE_UNAVAILABLE.
+pub async fn fetch_refused_as_unavailable(broker: &TestBroker) -> anyhow::Result<()> {
+    unefois_tests::refusals::refused(
+        unefois_tests::clients::exchange(broker, "mairie-lyon")
+            .await?
+            .fetch(unefois_tests::requests::rfr("test:bob"))
+            .await,
+        tonic::Code::Unavailable,
+        unefois_proto::v1::ErrorReason::StoreUnavailable,
+    );
+    Ok(())
+}

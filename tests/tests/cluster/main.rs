@@ -10,3 +10,4 @@ mod harness;
 mod import;
 mod one_log;
 mod soak;
+mod tampering;
