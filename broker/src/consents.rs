@@ -127,9 +127,12 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
     let (consent, renewed) = crate::idempotency::create_once(
         &*state.store,
         &state.grants,
-        &actor,
-        request_id.as_deref().zip(recorded_request_id.as_deref()),
-        &fingerprint.clone(),
+        crate::idempotency::Creation {
+            actor: &actor,
+            person: &pseudonym.clone(),
+            request_id: request_id.as_deref().zip(recorded_request_id.as_deref()),
+            fingerprint: &fingerprint.clone(),
+        },
         |id| async move {
             Ok(state.store.consent(&id).await?.map(|c| {
                 let renewed = c.renewed_at.is_some();
@@ -328,8 +331,23 @@ pub async fn revoke(
         OffsetDateTime::now_utc(),
     )
     .await?;
-    // Serialised with grants: a renewal recorded meanwhile would otherwise be lost with it.
+    // Serialised with grants, in this broker and across the cluster: a renewal recorded
+    // meanwhile would otherwise be lost with it.
     let _serialised = state.grants.lock().await;
+    let held = crate::idempotency::hold_person(&*state.store, &consent.subject).await?;
+    let revoked = revoke_in_force(state, caller, consent, with_evidence).await;
+    held.release().await;
+    revoked
+}
+
+/// Records the end of every consent in force of `consent`'s scope (see [`revoke`]), the
+/// person's acts held.
+async fn revoke_in_force(
+    state: &State,
+    caller: &Caller,
+    consent: Consent,
+    with_evidence: bool,
+) -> Result<Revoked, ApiError> {
     let now = OffsetDateTime::now_utc();
     let ended = scope_in_force(state, &consent, now).await?;
     if ended.is_empty() {
@@ -354,7 +372,7 @@ pub async fn revoke(
     }
     let consent = state
         .store
-        .consent(consent_id)
+        .consent(&consent.id)
         .await?
         .ok_or(ApiError::StoreUnavailable)?;
     Ok(Revoked {

@@ -14,19 +14,31 @@ use crate::event::RecordedBasis;
 use crate::fetched::Fetched;
 use crate::policy::FetchInput;
 
-/// Creates something (a consent, a mandate) at most once per actor (a participant, or one of
-/// its agents) and request id (`(as given, as recorded)`): without a request id, `create` runs;
-/// with one recorded for the same request (same `fingerprint`), what it created is returned
-/// (`find` by its id); recorded for another request, REQUEST_ID_REUSED. Creations are
-/// serialised from the check to the record (under `serialised`, the state's `grants`):
-/// concurrent retries find one record, and what `create` reads (a consent in force for the same
-/// scope) cannot change under it.
+/// What [`create_once`] creates: by whom, about whom, under which request id.
+pub struct Creation<'a> {
+    /// A participant, or one of its agents.
+    pub actor: &'a str,
+    /// The person it is about, by audit pseudonym.
+    pub person: &'a str,
+    /// The request id, as given and as recorded (blinded), if the caller sent one.
+    pub request_id: Option<(&'a str, &'a str)>,
+    /// The request's fingerprint: a retry has the same, another request another.
+    pub fingerprint: &'a str,
+}
+
+/// Creates something (a consent, a mandate) about `person` (by audit pseudonym) at most once
+/// per actor (a participant, or one of its agents) and request id (`(as given, as recorded)`):
+/// without a request id, `create` runs; with one recorded for the same request (same
+/// `fingerprint`), what it created is returned (`find` by its id); recorded for another request,
+/// REQUEST_ID_REUSED. Creations are serialised from the check to the record, in this broker
+/// (under `serialised`, the state's `grants`) and across the brokers of a cluster (the store
+/// holds the person and the request id): concurrent retries, wherever they arrive, find one
+/// record, and what `create` reads (a consent in force for the same scope) cannot change under
+/// it.
 pub async fn create_once<T, Found, Fut>(
     store: &dyn crate::store::Store,
     serialised: &tokio::sync::Mutex<()>,
-    actor: &str,
-    request_id: Option<(&str, &str)>,
-    fingerprint: &str,
+    creation: Creation<'_>,
     find: impl FnOnce(String) -> Found,
     create: impl FnOnce() -> Fut,
 ) -> Result<T, crate::error::ApiError>
@@ -35,16 +47,48 @@ where
     Fut: std::future::Future<Output = Result<T, crate::error::ApiError>>,
 {
     use crate::error::ApiError;
+    let Creation {
+        actor,
+        person,
+        request_id,
+        fingerprint,
+    } = creation;
     let _serialised = serialised.lock().await;
-    if let Some((given, recorded)) = request_id
-        && let Some(used) = store.request_use(actor, recorded).await?
-    {
-        if used.fingerprint != fingerprint {
-            return Err(ApiError::RequestIdReused(given.to_string()));
+    let request = request_id.map(|(_, recorded)| format!("request\0{actor}\0{recorded}"));
+    let person_key = person_key(person);
+    let keys: Vec<&str> = std::iter::once(person_key.as_str())
+        .chain(request.as_deref())
+        .collect();
+    let held = store.serialise(&keys).await?;
+    let created = async {
+        if let Some((given, recorded)) = request_id
+            && let Some(used) = store.request_use(actor, recorded).await?
+        {
+            if used.fingerprint != fingerprint {
+                return Err(ApiError::RequestIdReused(given.to_string()));
+            }
+            return find(used.result).await?.ok_or(ApiError::StoreUnavailable);
         }
-        return find(used.result).await?.ok_or(ApiError::StoreUnavailable);
+        create().await
     }
-    create().await
+    .await;
+    held.release().await;
+    created
+}
+
+/// The hold, across the brokers of a cluster, of the acts about `person` (by audit pseudonym)
+/// that [`create_once`] takes: a revocation takes it too, so that a renewal recorded meanwhile
+/// through another broker is not lost with it.
+pub async fn hold_person(
+    store: &dyn crate::store::Store,
+    person: &str,
+) -> Result<crate::store::Serialised, crate::store::StoreError> {
+    store.serialise(&[&person_key(person)]).await
+}
+
+/// The key of a person's acts in the store's holds.
+fn person_key(person: &str) -> String {
+    format!("person\0{person}")
 }
 
 /// How long an answer is kept for retries.

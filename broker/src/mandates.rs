@@ -78,9 +78,12 @@ pub async fn create(
     let mandate = crate::idempotency::create_once(
         &*state.store,
         &state.grants,
-        &actor,
-        request_id.as_deref().zip(recorded_request_id.as_deref()),
-        &fingerprint.clone(),
+        crate::idempotency::Creation {
+            actor: &actor,
+            person: &pseudonym.clone(),
+            request_id: request_id.as_deref().zip(recorded_request_id.as_deref()),
+            fingerprint: &fingerprint.clone(),
+        },
         |id| async move { state.store.mandate(&id).await },
         || async move {
             crate::evidence::spend(state, &evidence)?;

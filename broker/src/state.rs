@@ -26,8 +26,9 @@ pub struct State {
     pub signer: AttestationSigner,
     /// Upper bound of a provider call.
     pub provider_timeout: Duration,
-    /// Serialises consent grants that carry a request id, so that two concurrent retries
-    /// cannot both create a consent.
+    /// Serialises this broker's consent grants, mandate creations and revocations, so that two
+    /// concurrent retries cannot both create (across brokers, the store holds the person and
+    /// the request id: `Store::serialise`).
     pub grants: tokio::sync::Mutex<()>,
     /// Rate limits and the harvesting alarm.
     pub limits: crate::ratelimit::RateLimits,

@@ -20,6 +20,7 @@ pub mod metrics;
 mod positions;
 pub mod postgres;
 mod reserve;
+mod serialised;
 #[cfg(test)]
 mod test_signer;
 pub mod tree;
@@ -38,6 +39,7 @@ pub use error::StoreError;
 pub use memory::Memory;
 pub use positions::{Positions, Slot};
 pub use postgres::Postgres;
+pub use serialised::{Held, Serialised};
 
 /// Items read as the caller goes (a page costs what it reads), each of which may fail.
 pub type Items<'a, T> = futures::stream::BoxStream<'a, Result<T, StoreError>>;
@@ -204,6 +206,15 @@ pub trait Store: Send + Sync {
         of: MandatesOf<'_>,
         after: &str,
     ) -> Result<Items<'a, Mandate>, StoreError>;
+
+    /// Holds `keys` (a person's audit pseudonym, an actor's blinded request id) against every
+    /// other broker of this store until the answer is released or dropped: acts that read, then
+    /// record, about the same keys go one at a time across the cluster. Each broker also
+    /// serialises its own acts; a store with one broker (the default) holds nothing more.
+    async fn serialise(&self, keys: &[&str]) -> Result<Serialised, StoreError> {
+        let _ = keys;
+        Ok(Serialised::alone())
+    }
 
     /// What `actor` ([`crate::caller::actor`]: a participant, or one of its agents) used `request_id` (as
     /// recorded: blinded) for, if it did.

@@ -24,6 +24,7 @@ mod confirmed;
 mod connect;
 mod lookups;
 mod schema;
+mod serialise;
 #[cfg(any(test, feature = "test-server"))]
 pub mod test_server;
 
@@ -122,6 +123,8 @@ pub struct Postgres {
     /// The bound of reads of the log: what a synchronous standby has.
     confirmed: Arc<confirmed::Confirmed>,
     lookups: lookups::Lookups,
+    /// The holds of acts across brokers (`Store::serialise`).
+    locks: Arc<serialise::Locks>,
     writer: mpsc::Sender<Pending>,
     log: Arc<dyn CheckpointSigner>,
     sealer: Arc<Sealer>,
@@ -170,6 +173,7 @@ impl Postgres {
             queue,
         ));
         Ok(Postgres {
+            locks: Arc::new(serialise::Locks::new(connector.clone(), append_timeout)),
             connector,
             confirmed,
             lookups: lookups::Lookups::start(reads.clone()),
@@ -1498,6 +1502,10 @@ impl Store for Postgres {
             fingerprint: row.get(0),
             result: row.get(1),
         }))
+    }
+
+    async fn serialise(&self, keys: &[&str]) -> Result<crate::Serialised, StoreError> {
+        self.locks.hold(keys).await
     }
 
     async fn exchanges_about(

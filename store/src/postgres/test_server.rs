@@ -204,31 +204,42 @@ impl Server {
 
     /// Runs SQL with psql on this server; returns its output (tuples only, unaligned).
     pub fn sql(&self, sql: &str) -> String {
-        let out = self
-            .command("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "unefois",
-                "-d",
-                "postgres",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
+        let out = self.psql(sql).output().unwrap();
         assert!(
             out.status.success(),
             "psql {sql}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Starts SQL with psql on this server, in a session of its own, without waiting for it:
+    /// someone else's transaction while the test goes on.
+    pub fn sql_meanwhile(&self, sql: &str) -> std::process::Child {
+        self.psql(sql)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn psql(&self, sql: &str) -> Command {
+        let mut psql = self.command("psql");
+        psql.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "unefois",
+            "-d",
+            "postgres",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ]);
+        psql
     }
 
     /// Waits until `sql` gives `expected` (or panics after `within`).

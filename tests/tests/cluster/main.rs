@@ -7,6 +7,7 @@
 mod crash;
 mod durability;
 mod harness;
+mod idempotency;
 mod import;
 mod one_log;
 mod soak;

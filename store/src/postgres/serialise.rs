@@ -1,0 +1,115 @@
+//! The hold across brokers ([`crate::Serialised`]) on PostgreSQL: transaction-scoped advisory
+//! locks, one per key, on a connection of their own held for the act. Brokers take them in the
+//! same order (by the keys' numbers), so two acts never wait on each other crosswise. The
+//! connection goes back to an idle list when the act ends; an act abandoned midway (its caller
+//! gone) drops its connection, and PostgreSQL ends the locks with the session.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::types::Type;
+
+use super::connect::{Conn, Connector};
+use super::db;
+use crate::{Held, Serialised, StoreError};
+
+/// Idle connections kept for the next act (each broker serialises its own acts: one is used at
+/// a time, the others are spares after a burst).
+const IDLE: usize = 2;
+
+/// The locks of a store's acts.
+pub struct Locks {
+    connector: Connector,
+    idle: Mutex<Vec<Conn>>,
+    /// How long an act waits for another broker's: then the store is unavailable.
+    wait: Duration,
+}
+
+impl Locks {
+    pub fn new(connector: Connector, wait: Duration) -> Locks {
+        Locks {
+            connector,
+            idle: Mutex::new(Vec::new()),
+            wait,
+        }
+    }
+
+    /// Holds `keys` until the answer is released or dropped.
+    pub async fn hold(self: &Arc<Self>, keys: &[&str]) -> Result<Serialised, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) if !conn.is_closed() => conn,
+            _ => Conn::new(self.connector.connect().await?),
+        };
+        let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let wait = format!(
+            "BEGIN; SET LOCAL lock_timeout = {}",
+            self.wait.as_millis().max(1)
+        );
+        conn.batch_execute(&wait)
+            .await
+            .map_err(db("begin an act's hold"))?;
+        // Taken in the array's order (sorted): unnest yields it as given.
+        conn.query_typed(
+            "SELECT pg_advisory_xact_lock(id) FROM unnest($1::bigint[]) AS id",
+            &[(&ids, Type::INT8_ARRAY)],
+        )
+        .await
+        .map_err(db(
+            "wait for another broker's act on the same person or request",
+        ))?;
+        Ok(Serialised::held(Box::new(Hold {
+            conn: Some(conn),
+            locks: self.clone(),
+        })))
+    }
+}
+
+/// A key's advisory lock number: the first 8 bytes of its SHA-256, in this broker's own space
+/// (other applications' advisory locks on the same database do not collide by accident).
+fn lock_id(key: &str) -> i64 {
+    let digest = Sha256::new()
+        .chain_update(b"unefois serialised act\0")
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+struct Hold {
+    conn: Option<Conn>,
+    locks: Arc<Locks>,
+}
+
+#[async_trait::async_trait]
+impl Held for Hold {
+    async fn release(mut self: Box<Self>) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        // The locks end with the transaction; a connection that fails to end it is dropped,
+        // which ends them too.
+        if conn.batch_execute("COMMIT").await.is_ok() {
+            let mut idle = self.locks.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < IDLE {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_distinct_fixed_lock_numbers() {
+        assert_eq!(lock_id("a"), lock_id("a"));
+        assert_ne!(lock_id("a"), lock_id("b"));
+        assert_ne!(lock_id("person\0x"), lock_id("person\0y"));
+    }
+}

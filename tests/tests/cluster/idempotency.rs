@@ -1,0 +1,59 @@
+//! A consent grant retried through another broker while its first attempt is still being
+//! committed records one consent: the person and the request id are held across the brokers
+//! from the check of the request id to the record.
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use unefois_proto::v1 as pb;
+use unefois_tests::TestPki;
+use unefois_tests::clients::consents;
+use unefois_tests::requests::consent;
+use unefois_tests::sample::{CANTINE, QF};
+
+use crate::harness::{Cluster, Database};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_retried_on_another_broker_records_one_consent() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 2).await?;
+    let [a, b] = &cluster.brokers[..] else {
+        return Err(anyhow!("two brokers"));
+    };
+    let grant = pb::GrantConsentRequest {
+        request_id: "grant-retried".into(),
+        ..consent("test:carol", QF, CANTINE)
+    };
+
+    // Someone holds the log's row for 2 s: the first attempt's record waits there, uncommitted,
+    // while the retry reaches the other broker.
+    let mut holder = db
+        .primary
+        .sql_meanwhile("BEGIN; SELECT 1 FROM unefois_log FOR UPDATE; SELECT pg_sleep(2); COMMIT");
+    let attempts = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut first_broker = consents(a, "mairie-lyon").await?;
+        let first_grant = grant.clone();
+        let first = tokio::spawn(async move { first_broker.grant(first_grant).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let retried = consents(b, "mairie-lyon").await?.grant(grant).await?;
+        anyhow::Ok((first.await??.into_inner(), retried.into_inner()))
+    }
+    .await;
+    tokio::task::block_in_place(|| holder.wait())?;
+    let (first, retried) = attempts?;
+
+    let (first, retried) = (
+        first.consent.ok_or_else(|| anyhow!("no consent"))?,
+        retried.consent.ok_or_else(|| anyhow!("no consent"))?,
+    );
+    assert_eq!(retried.id, first.id);
+    let recorded =
+        tokio::task::block_in_place(|| db.primary.sql("SELECT count(*) FROM unefois_consents"));
+    assert_eq!(recorded, "1");
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
