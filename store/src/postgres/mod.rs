@@ -793,7 +793,9 @@ fn vouched(head: &Head, log: &dyn CheckpointSigner, known: u64) -> Result<(), St
     if head.size > 0 && log.sign(head.size, frontier_root(&head.frontier)) != head.checkpoint {
         return Err(StoreError::Database(format!(
             "the log's coordination row ({} entries) is not signed by this broker's log key over \
-             its tree: it was altered in the database; not extended",
+             its tree: a broker with other keys wrote it (every broker of a cluster uses the same \
+             keys: start the first one alone, then copy its data/keys), or it was altered in the \
+             database; not extended",
             head.size
         )));
     }

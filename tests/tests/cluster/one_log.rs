@@ -14,7 +14,9 @@ use unefois_tests::sample::{CANTINE, QF};
 use unefois_tests::{TestBroker, TestPki};
 use unefois_tlog::{root_of, verify_checkpoint, verify_consistency, verify_inclusion};
 
-use crate::harness::{Cluster, Database, copy_keys, log_entries, start, start_on_registry};
+use crate::harness::{
+    Cluster, Database, copy_keys, log_entries, receipt_of_a_fetch, start, start_on_registry,
+};
 
 fn hashes(proof: &[Vec<u8>]) -> Vec<[u8; 32]> {
     unefois_tlog::tree::hashes(proof).unwrap_or_else(|| panic!("a proof hash is not 32 bytes"))
@@ -120,6 +122,49 @@ async fn three_brokers_write_one_verifiable_log_and_revocations_apply_everywhere
     for broker in cluster.brokers {
         broker.stop().await?;
     }
+    Ok(())
+}
+
+/// Two brokers started together over an empty log each create their own keys; both find the
+/// log empty, but only the first to commit writes it: the other's first append finds the log
+/// signed by another key and its start is refused, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_first_brokers_started_together_do_not_both_write_the_log() -> anyhow::Result<()> {
+    // Each broker its own PKI folder, as on two hosts (a shared one refuses the second start
+    // earlier: it publishes another attestation key).
+    let (pki, other_pki) = (
+        TestPki::for_sample_registry()?,
+        TestPki::for_sample_registry()?,
+    );
+    let db = Database::start().await?;
+    let (one, two) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (url, one, two) = (db.url(), one.path().join("data"), two.path().join("data"));
+    // The log's row held while both start: both read it empty, both wait to append.
+    let mut holder = db
+        .primary
+        .sql_meanwhile("BEGIN; SELECT 1 FROM unefois_log FOR UPDATE; SELECT pg_sleep(3); COMMIT");
+    let started = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        tokio::join!(
+            start(pki.dir(), &url, &one),
+            start(other_pki.dir(), &url, &two)
+        )
+    }
+    .await;
+    tokio::task::block_in_place(|| holder.wait())?;
+    let (started, refused) = match started {
+        (Ok(b), Err(e)) | (Err(e), Ok(b)) => (b, e),
+        (Ok(_), Ok(_)) => return Err(anyhow!("both started: two log keys on one log")),
+        (Err(a), Err(b)) => return Err(anyhow!("neither started: {a:#}; {b:#}")),
+    };
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("not signed by this broker's log key")
+            && message.contains("start the first one alone"),
+        "{message}"
+    );
+    receipt_of_a_fetch(&started).await?;
+    started.stop().await?;
     Ok(())
 }
 
