@@ -6,10 +6,15 @@
 //! shutdown of the primary ends, a primary restarted without failover all show what no standby
 //! has. A checkpoint of that, handed out, is not a prefix of the log a failover then gives: the
 //! auditor holding it would see a fork. So a read serves the head of the coordination row only
-//! once a synchronous standby's flushed position (`pg_stat_replication.flush_lsn`) has passed
-//! the primary's WAL insert position taken after the row was read (the row's commit is before
-//! it), waiting a little for a standby that lags; otherwise the newest head known confirmed:
-//! one this broker's writer had acknowledged, or one an earlier read confirmed.
+//! once every synchronous standby's flushed position (`pg_stat_replication.flush_lsn`) has
+//! passed the primary's own flushed position taken after the row was read (the writers commit
+//! with `synchronous_commit` at least `on`: the row's commit was flushed on the primary before
+//! it became visible), waiting a little for a standby that lags; otherwise the newest head known
+//! confirmed: one this broker's writer had acknowledged, or one an earlier read confirmed. Every
+//! synchronous standby, not one: a commit may need several (`ANY 2 (…)`), and a failover may
+//! promote any of them. The flushed position rather than the insert one: WAL inserted and not
+//! yet flushed (a page's header, the hint bits a read logged) would hold an idle cluster's reads
+//! until the WAL writer's next flush.
 //! A primary that requires no synchronous standby (`synchronous_standby_names` empty: a
 //! promoted standby alone, a single server) confirms its own commits.
 
@@ -27,20 +32,20 @@ const WAIT: Duration = Duration::from_millis(200);
 /// How often it asks, meanwhile.
 const POLL: Duration = Duration::from_millis(1);
 
-/// The coordination row's head as a read sees it, and how far standbys have it: the WAL insert
-/// position after the row was read, whether a synchronous standby has flushed up to it (or none
-/// is required), and whether one is streaming at all.
+/// The coordination row's head as a read sees it, and how far standbys have it: the primary's
+/// flushed WAL position after the row was read, whether every synchronous standby has flushed
+/// up to it (or none is required), and whether one is streaming at all.
 const SEEN: &str = "SELECT log.size, log.checkpoint, at.lsn, \
      btrim(current_setting('synchronous_standby_names')) = '' \
          OR coalesce(sync.flushed >= at.lsn, false), \
      sync.flushed IS NOT NULL \
      FROM unefois_log AS log, \
-     (SELECT pg_current_wal_insert_lsn() AS lsn) AS at, \
-     (SELECT max(flush_lsn) AS flushed FROM pg_stat_replication \
+     (SELECT pg_current_wal_flush_lsn() AS lsn) AS at, \
+     (SELECT min(flush_lsn) AS flushed FROM pg_stat_replication \
       WHERE sync_state IN ('sync', 'quorum')) AS sync";
 
-/// Whether a synchronous standby has flushed up to `$1`, and whether one is streaming.
-const FLUSHED: &str = "SELECT coalesce(max(flush_lsn) >= $1, false), max(flush_lsn) IS NOT NULL \
+/// Whether every synchronous standby has flushed up to `$1`, and whether one is streaming.
+const FLUSHED: &str = "SELECT coalesce(min(flush_lsn) >= $1, false), min(flush_lsn) IS NOT NULL \
      FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')";
 
 /// A head of the log: its size and signed checkpoint (empty for an empty log).
@@ -65,10 +70,11 @@ fn serve(head: Tip, seen: Seen, known: Option<&Tip>) -> Option<Tip> {
     match (seen, known) {
         (Seen::Confirmed, Some(known)) if known.size > head.size => Some(known.clone()),
         (Seen::Confirmed, _) => Some(head),
-        // An empty log has nothing a failover could lose.
-        (Seen::Unconfirmed, _) if head.size == 0 => Some(head),
         (Seen::Unconfirmed, Some(known)) if known.size <= head.size => Some(known.clone()),
-        (Seen::Unconfirmed, _) => None,
+        (Seen::Unconfirmed, Some(_)) => None,
+        // An empty log, and nothing known: nothing a failover could lose.
+        (Seen::Unconfirmed, None) if head.size == 0 => Some(head),
+        (Seen::Unconfirmed, None) => None,
     }
 }
 
@@ -182,6 +188,7 @@ mod tests {
             // The row behind what was known confirmed (another database after a failover that
             // lost commits): nothing known is served from this one.
             (3, Unconfirmed, Some(5), None),
+            (0, Unconfirmed, Some(5), None),
         ];
         for &(size, seen, known, served) in cases {
             let got = serve(tip(size), seen, known.map(tip).as_ref());

@@ -674,10 +674,19 @@ async fn write_loop(
                 async {
                     let c = Conn::connect(&connector).await?;
                     // No statement timeout (whatever the role's): it would cancel a COMMIT's
-                    // wait for the standby (see `transaction`).
-                    c.batch_execute("SET statement_timeout = 0")
-                        .await
-                        .map_err(db("set the writer's statement timeout"))?;
+                    // wait for the standby (see `transaction`). A commit waits for the
+                    // synchronous standby (`on`, or the stronger `remote_apply`), whatever the
+                    // role's or database's setting: `local` or `off` would acknowledge records
+                    // one machine holds, and `off` would show them before they are flushed
+                    // (which the reads' bound relies on: `confirmed`).
+                    c.batch_execute(
+                        "SET statement_timeout = 0; \
+                         SELECT set_config('synchronous_commit', \
+                             CASE current_setting('synchronous_commit') \
+                             WHEN 'remote_apply' THEN 'remote_apply' ELSE 'on' END, false)",
+                    )
+                    .await
+                    .map_err(db("set the writer's statement timeout and commit"))?;
                     // Every statement of a batch is prepared before any is sent: a write that
                     // could not be sent would otherwise leave its COMMIT to commit the others.
                     c.prepare_all(WRITES)

@@ -45,8 +45,11 @@ impl Locks {
         let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k)).collect();
         ids.sort_unstable();
         ids.dedup();
+        // The wait bounded; while the act runs, the transaction idles: no role's idle timeout
+        // may end it (its locks would end with it, unseen).
         let wait = format!(
-            "BEGIN; SET LOCAL lock_timeout = {}",
+            "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0; \
+             SET LOCAL idle_in_transaction_session_timeout = 0",
             self.wait.as_millis().max(1)
         );
         conn.batch_execute(&wait)

@@ -82,6 +82,31 @@ async fn without_its_synchronous_standby_nothing_is_acknowledged_and_reads_go_on
     Ok(())
 }
 
+/// A role (or database) set to `synchronous_commit = local` would have every commit acknowledged
+/// once the primary alone has it. The writer commits with `on` whatever they say: with the
+/// standby stopped, nothing is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_set_to_commit_locally_still_waits_for_the_standby() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let mut db = Database::start().await?;
+    tokio::task::block_in_place(|| {
+        db.primary
+            .sql("ALTER ROLE unefois SET synchronous_commit = local")
+    });
+    let cluster = Cluster::start(pki.dir(), &db.url(), 1).await?;
+    let broker = &cluster.brokers[0];
+    let before = receipt_of_a_fetch(broker).await?;
+
+    tokio::task::block_in_place(|| db.standby.stop("fast"));
+    fetch_refused_as_unavailable(broker).await?;
+    let receipt = receipt_once_the_standby_is_back(&mut db, broker).await?;
+    assert!(receipt.leaf_index > before.leaf_index, "{receipt:?}");
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
 /// PostgreSQL answers a COMMIT whose wait for the standby an administrator cancelled
 /// (`pg_cancel_backend`) with success and a warning: committed on the primary alone, which a
 /// failover can lose. The broker must not acknowledge it.
