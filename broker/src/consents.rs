@@ -336,7 +336,7 @@ pub async fn revoke(
     let _serialised = state.grants.lock().await;
     let held = crate::idempotency::hold_person(&*state.store, &consent.subject).await?;
     let revoked = revoke_in_force(state, caller, consent, with_evidence).await;
-    held.release().await;
+    crate::idempotency::release(held, &revoked).await;
     revoked
 }
 

@@ -72,8 +72,17 @@ where
         create().await
     }
     .await;
-    held.release().await;
+    release(held, &created).await;
     created
+}
+
+/// Ends `held` at once when the act succeeded; when it failed (maybe an append that timed out
+/// and may still commit), dropping it ends it once the store has the outcome of its appends.
+pub async fn release<T, E>(held: crate::store::Serialised, act: &Result<T, E>) {
+    match act {
+        Ok(_) => held.release().await,
+        Err(_) => drop(held),
+    }
 }
 
 /// The hold, across the brokers of a cluster, of the acts about `person` (by audit pseudonym)

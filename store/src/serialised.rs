@@ -3,7 +3,10 @@
 //! not both find nothing and both record. One broker serialises its own acts with a lock of its
 //! own; what the store adds is the hold across brokers (on PostgreSQL, advisory locks).
 
-/// A hold across brokers, released when this is released or dropped.
+/// A hold across brokers. Released ([`Serialised::release`]) once the act's appends were
+/// answered, it ends at once. Dropped instead (the act failed, or its caller went away midway),
+/// its appends may still be committing: the hold ends once the store has their outcome, so that
+/// no other broker's act reads before a record it could not yet see.
 #[must_use = "the hold ends when this is dropped"]
 pub struct Serialised {
     held: Option<Box<dyn Held>>,
@@ -12,8 +15,8 @@ pub struct Serialised {
 /// What a backend holds, and how it lets go.
 #[async_trait::async_trait]
 pub trait Held: Send {
-    /// Ends the hold and keeps what can serve the next one. Dropped instead, the hold ends too
-    /// (on PostgreSQL, with its connection).
+    /// Ends the hold now, the act's appends answered, and keeps what can serve the next one.
+    /// Dropped instead, the hold ends once every append queued before has its outcome.
     async fn release(self: Box<Self>);
 }
 
@@ -28,7 +31,7 @@ impl Serialised {
         Serialised { held: Some(held) }
     }
 
-    /// Ends the hold.
+    /// Ends the hold, the act's appends answered (committed or refused, not timed out).
     pub async fn release(mut self) {
         if let Some(held) = self.held.take() {
             held.release().await;

@@ -173,7 +173,11 @@ impl Postgres {
             queue,
         ));
         Ok(Postgres {
-            locks: Arc::new(serialise::Locks::new(connector.clone(), append_timeout)),
+            locks: Arc::new(serialise::Locks::new(
+                connector.clone(),
+                writer.clone(),
+                append_timeout,
+            )),
             connector,
             confirmed,
             lookups: lookups::Lookups::start(reads.clone()),

@@ -1,8 +1,11 @@
 //! The hold across brokers ([`crate::Serialised`]) on PostgreSQL: transaction-scoped advisory
 //! locks, one per key, on a connection of their own held for the act. Brokers take them in the
 //! same order (by the keys' numbers), so two acts never wait on each other crosswise. The
-//! connection goes back to an idle list when the act ends; an act abandoned midway (its caller
-//! gone) drops its connection, and PostgreSQL ends the locks with the session.
+//! connection goes back to an idle list when the act ends. A hold dropped instead (the act
+//! failed, maybe on an append timeout; or its caller went away midway) ends only once this
+//! broker's writer has answered every append queued before (a barrier through its queue): an
+//! append whose caller stopped waiting may still be committing, and another broker's act must
+//! not read before it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,8 +13,10 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::Type;
 
+use tokio::sync::{mpsc, oneshot};
+
 use super::connect::{Conn, Connector};
-use super::db;
+use super::{Pending, db};
 use crate::{Held, Serialised, StoreError};
 
 /// Idle connections kept for the next act (each broker serialises its own acts: one is used at
@@ -21,15 +26,18 @@ const IDLE: usize = 2;
 /// The locks of a store's acts.
 pub struct Locks {
     connector: Connector,
+    /// The writer's queue, for the barrier a dropped hold waits for.
+    writer: mpsc::Sender<Pending>,
     idle: Mutex<Vec<Conn>>,
     /// How long an act waits for another broker's: then the store is unavailable.
     wait: Duration,
 }
 
 impl Locks {
-    pub fn new(connector: Connector, wait: Duration) -> Locks {
+    pub fn new(connector: Connector, writer: mpsc::Sender<Pending>, wait: Duration) -> Locks {
         Locks {
             connector,
+            writer,
             idle: Mutex::new(Vec::new()),
             wait,
         }
@@ -88,20 +96,51 @@ struct Hold {
     locks: Arc<Locks>,
 }
 
-#[async_trait::async_trait]
-impl Held for Hold {
-    async fn release(mut self: Box<Self>) {
-        let Some(conn) = self.conn.take() else {
-            return;
-        };
-        // The locks end with the transaction; a connection that fails to end it is dropped,
-        // which ends them too.
+impl Hold {
+    /// Ends the locks with the transaction and keeps the connection for the next act; a
+    /// connection that fails to end it is dropped, which ends them too.
+    async fn end(conn: Conn, locks: &Locks) {
         if conn.batch_execute("COMMIT").await.is_ok() {
-            let mut idle = self.locks.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = locks.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < IDLE {
                 idle.push(conn);
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Held for Hold {
+    async fn release(mut self: Box<Self>) {
+        if let Some(conn) = self.conn.take() {
+            Hold::end(conn, &self.locks).await;
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        // Outside a runtime (the process ending), the connection goes, and the locks with it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let locks = self.locks.clone();
+        runtime.spawn(async move {
+            // The writer answers its queue in order: once this empty append is answered, every
+            // append queued before it is committed, refused, or dropped unwritten.
+            let (reply, answered) = oneshot::channel();
+            let barrier = Pending {
+                records: Vec::new(),
+                reply,
+            };
+            if locks.writer.send(barrier).await.is_ok() {
+                let _ = answered.await;
+            }
+            Hold::end(conn, &locks).await;
+        });
     }
 }
 

@@ -1,13 +1,17 @@
 //! A consent grant retried through another broker while its first attempt is still being
 //! committed records one consent: the person and the request id are held across the brokers
-//! from the check of the request id to the record.
+//! from the check of the request id to the record, and past a first attempt that timed out,
+//! until its record's outcome is known.
 
 use std::time::Duration;
 
 use anyhow::anyhow;
+use tonic::Code;
 use unefois_proto::v1 as pb;
+use unefois_proto::v1::ErrorReason;
 use unefois_tests::TestPki;
 use unefois_tests::clients::consents;
+use unefois_tests::refusals::refused;
 use unefois_tests::requests::consent;
 use unefois_tests::sample::{CANTINE, QF};
 
@@ -52,6 +56,44 @@ async fn a_grant_retried_on_another_broker_records_one_consent() -> anyhow::Resu
     let recorded =
         tokio::task::block_in_place(|| db.primary.sql("SELECT count(*) FROM unefois_consents"));
     assert_eq!(recorded, "1");
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
+/// The first attempt answered UNAVAILABLE at the append timeout while its record waits for the
+/// stopped standby (committed on the primary, not yet visible): a retry through another broker
+/// waits for that outcome, then returns the consent the first attempt recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_retried_after_its_first_attempt_timed_out_records_one_consent()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let mut db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 2).await?;
+    let [a, b] = &cluster.brokers[..] else {
+        return Err(anyhow!("two brokers"));
+    };
+    let grant = pb::GrantConsentRequest {
+        request_id: "grant-timed-out".into(),
+        ..consent("test:dave", QF, CANTINE)
+    };
+
+    tokio::task::block_in_place(|| db.standby.stop("fast"));
+    let first = consents(a, "mairie-lyon").await?.grant(grant.clone()).await;
+    refused(first, Code::Unavailable, ErrorReason::StoreUnavailable);
+    let mut second_broker = consents(b, "mairie-lyon").await?;
+    let retried = tokio::spawn(async move { second_broker.grant(grant).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| db.standby.start());
+    let retried = retried
+        .await??
+        .into_inner()
+        .consent
+        .ok_or_else(|| anyhow!("no consent"))?;
+    let recorded =
+        tokio::task::block_in_place(|| db.primary.sql("SELECT id FROM unefois_consents"));
+    assert_eq!(recorded, retried.id, "one consent, the first attempt's");
     for broker in cluster.brokers {
         broker.stop().await?;
     }
