@@ -140,6 +140,19 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
             }))
         },
         || async move {
+            // The mandate read again, held: a revocation of it recorded meanwhile through any
+            // broker (revocations take the same hold) refuses the grant.
+            if mandate.is_some() {
+                crate::policy::acting(
+                    &*state.store,
+                    caller,
+                    &input.mandate_id,
+                    &pseudonym,
+                    Some(&input.purpose),
+                    now,
+                )
+                .await?;
+            }
             // Serialised with every other grant and revocation (`create_once`): the consent in
             // force found here is still the one in force when the renewal is recorded.
             let in_force = in_force_for_scope(

@@ -144,6 +144,27 @@ pub async fn revoke(
     if mandate.revoked_at.is_some() {
         return Ok(mandate);
     }
+    // Serialised with grants, in this broker and across the cluster: a consent granted under
+    // this mandate meanwhile is either recorded before (and ended here) or refused (it reads
+    // the mandate again under the same hold).
+    let _serialised = state.grants.lock().await;
+    let held = crate::idempotency::hold_person(&*state.store, &mandate.subject).await?;
+    let revoked = end(state, caller, mandate_id).await;
+    crate::idempotency::release(held, &revoked).await;
+    revoked
+}
+
+/// Records the end of mandate `mandate_id` and of the consents in force under it, the
+/// person's acts held; the mandate as stored after.
+async fn end(state: &State, caller: &Caller, mandate_id: &str) -> Result<Mandate, ApiError> {
+    let mandate = state
+        .store
+        .mandate(mandate_id)
+        .await?
+        .ok_or(ApiError::StoreUnavailable)?;
+    if mandate.revoked_at.is_some() {
+        return Ok(mandate);
+    }
     let ended: Vec<String> = state
         .store
         .consents_under_mandate(&mandate.id)

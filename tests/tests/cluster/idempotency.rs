@@ -99,3 +99,72 @@ async fn a_grant_retried_after_its_first_attempt_timed_out_records_one_consent()
     }
     Ok(())
 }
+
+/// A mandate revoked through one broker while an agent grants a consent under it through
+/// another: the grant waits for the revocation and is refused, rather than recorded after it
+/// and left in force under a revoked mandate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consent_granted_under_a_mandate_being_revoked_elsewhere_is_refused() -> anyhow::Result<()>
+{
+    use unefois_proto::v1::consents_client::ConsentsClient;
+    use unefois_proto::v1::mandates_client::MandatesClient;
+    use unefois_tests::sample::{AGENT, STRUCTURE};
+
+    let pki = TestPki::for_sample_registry()?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 2).await?;
+    let [a, b] = &cluster.brokers[..] else {
+        return Err(anyhow!("two brokers"));
+    };
+    let mandate = unefois_tests::clients::take_mandate(a, "test:alice", "aide_energie").await?;
+    let grant = pb::GrantConsentRequest {
+        subject: "test:alice".into(),
+        consumer: STRUCTURE.into(),
+        attestation_types: vec![QF.into()],
+        purpose: "aide_energie".into(),
+        valid_days: 7,
+        mandate_id: mandate.id.clone(),
+        id_token: unefois_tests::id_token("test:alice", STRUCTURE),
+        ..Default::default()
+    };
+
+    // The log's row held: the revocation, sent first, waits there to be recorded.
+    let mut holder = db
+        .primary
+        .sql_meanwhile("BEGIN; SELECT 1 FROM unefois_log FOR UPDATE; SELECT pg_sleep(2); COMMIT");
+    let attempts = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut revoker = MandatesClient::new(b.channel(AGENT).await?);
+        let revoke = pb::RevokeMandateRequest {
+            mandate_id: mandate.id.clone(),
+            ..Default::default()
+        };
+        let revoked = tokio::spawn(async move { revoker.revoke(revoke).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let granted = ConsentsClient::new(a.channel(AGENT).await?)
+            .grant(grant)
+            .await;
+        anyhow::Ok((revoked.await??, granted))
+    }
+    .await;
+    tokio::task::block_in_place(|| holder.wait())?;
+    let (revoked, granted) = attempts?;
+    assert_eq!(
+        revoked.into_inner().mandate.unwrap_or_default().status(),
+        pb::MandateStatus::Revoked
+    );
+    refused(
+        granted,
+        Code::FailedPrecondition,
+        ErrorReason::MandateRevoked,
+    );
+    let in_force = tokio::task::block_in_place(|| {
+        db.primary
+            .sql("SELECT count(*) FROM unefois_consents WHERE body->>'revoked_at' IS NULL")
+    });
+    assert_eq!(in_force, "0");
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
