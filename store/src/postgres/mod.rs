@@ -151,17 +151,13 @@ impl Postgres {
         }
         let log: Arc<dyn CheckpointSigner> = Arc::new(log);
         let head = read_head(&client).await?;
-        if head.size > 0 {
-            let ours = log.sign(head.size, frontier_root(&head.frontier));
-            if ours != head.checkpoint {
-                return Err(StoreError::Database(format!(
-                    "the log in {} was signed with another log key than this broker's ({}): \
-                     every broker of a cluster uses the same keys (copy data/keys from one \
-                     broker)",
-                    connector.shown(),
-                    log.vkey()
-                )));
-            }
+        if !signed(&head, &*log) {
+            return Err(StoreError::Database(format!(
+                "the log in {} was signed with another log key than this broker's ({}): every \
+                 broker of a cluster uses the same keys (copy data/keys from one broker)",
+                connector.shown(),
+                log.vkey()
+            )));
         }
         let (writer, queue) = mpsc::channel(4096);
         let confirmed = Arc::new(confirmed::Confirmed::default());
@@ -803,7 +799,7 @@ fn vouched(head: &Head, log: &dyn CheckpointSigner, known: u64) -> Result<(), St
             head.size
         )));
     }
-    if head.size > 0 && log.sign(head.size, frontier_root(&head.frontier)) != head.checkpoint {
+    if !signed(head, log) {
         return Err(StoreError::Database(format!(
             "the log's coordination row ({} entries) is not signed by this broker's log key over \
              its tree: a broker with other keys wrote it (every broker of a cluster uses the same \
@@ -813,6 +809,25 @@ fn vouched(head: &Head, log: &dyn CheckpointSigner, known: u64) -> Result<(), St
         )));
     }
     Ok(())
+}
+
+/// Whether `head`'s checkpoint is `log`'s over its frontier (an empty log has none to check).
+fn signed(head: &Head, log: &dyn CheckpointSigner) -> bool {
+    head.size == 0 || log.sign(head.size, frontier_root(&head.frontier)) == head.checkpoint
+}
+
+/// Sends the writer an empty append and returns its answer to wait for (`None` when the writer
+/// is gone): the writer answers its queue in order, so once this is answered every append
+/// queued before it is committed, refused, or dropped unwritten.
+async fn barrier(
+    writer: &mpsc::Sender<Pending>,
+) -> Option<oneshot::Receiver<Result<Vec<Appended>, StoreError>>> {
+    let (reply, answer) = oneshot::channel();
+    let empty = Pending {
+        records: Vec::new(),
+        reply,
+    };
+    writer.send(empty).await.ok().map(|()| answer)
 }
 
 /// Batches started under the lock after the log was found moved, before trying again from
@@ -1531,7 +1546,7 @@ impl Store for Postgres {
     ) -> Result<Vec<u64>, StoreError> {
         let subject = subject.to_string();
         // Only exchanges a standby has (see `confirmed`).
-        let before = before.map_or(u64::MAX, |b| b).min(self.tip().await?.size);
+        let before = before.unwrap_or(u64::MAX).min(self.tip().await?.size);
         let before = i64::try_from(before).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
@@ -1740,14 +1755,8 @@ impl Store for Postgres {
 
     async fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        // The writer takes appends in order: once this empty one is answered, every append
-        // queued before it is committed or answered.
-        let (reply, answer) = oneshot::channel();
-        let barrier = Pending {
-            records: Vec::new(),
-            reply,
-        };
-        if self.writer.send(barrier).await.is_ok() {
+        // Every append queued before is committed or answered, within the append timeout.
+        if let Some(answer) = barrier(&self.writer).await {
             let _ = tokio::time::timeout(self.append_timeout, answer).await;
         }
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();

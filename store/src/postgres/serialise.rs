@@ -13,10 +13,10 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::Type;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::connect::{Conn, Connector};
-use super::{Pending, db};
+use super::{Pending, barrier, db};
 use crate::{Held, Serialised, StoreError};
 
 /// Idle connections kept for the next act (each broker serialises its own acts: one is used at
@@ -129,15 +129,9 @@ impl Drop for Hold {
         };
         let locks = self.locks.clone();
         runtime.spawn(async move {
-            // The writer answers its queue in order: once this empty append is answered, every
-            // append queued before it is committed, refused, or dropped unwritten.
-            let (reply, answered) = oneshot::channel();
-            let barrier = Pending {
-                records: Vec::new(),
-                reply,
-            };
-            if locks.writer.send(barrier).await.is_ok() {
-                let _ = answered.await;
+            // Every append queued before has its outcome.
+            if let Some(answer) = barrier(&locks.writer).await {
+                let _ = answer.await;
             }
             Hold::end(conn, &locks).await;
         });
