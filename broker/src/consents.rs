@@ -346,11 +346,15 @@ pub async fn revoke(
     .await?;
     // Serialised with grants, in this broker and across the cluster: a renewal recorded
     // meanwhile would otherwise be lost with it.
-    let _serialised = state.grants.lock().await;
-    let held = crate::idempotency::hold_person(&*state.store, &consent.subject).await?;
-    let revoked = revoke_in_force(state, caller, consent, with_evidence).await;
-    crate::idempotency::release(held, &revoked).await;
-    revoked
+    let subject = consent.subject.clone();
+    crate::idempotency::serialised(
+        &*state.store,
+        &state.grants,
+        &subject,
+        None,
+        revoke_in_force(state, caller, consent, with_evidence),
+    )
+    .await
 }
 
 /// Records the end of every consent in force of `consent`'s scope (see [`revoke`]), the

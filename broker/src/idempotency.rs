@@ -31,13 +31,13 @@ pub struct Creation<'a> {
 /// without a request id, `create` runs; with one recorded for the same request (same
 /// `fingerprint`), what it created is returned (`find` by its id); recorded for another request,
 /// REQUEST_ID_REUSED. Creations are serialised from the check to the record, in this broker
-/// (under `serialised`, the state's `grants`) and across the brokers of a cluster (the store
+/// (under `serialised_here`, the state's `grants`) and across the brokers of a cluster (the store
 /// holds the person and the request id): concurrent retries, wherever they arrive, find one
 /// record, and what `create` reads (a consent in force for the same scope) cannot change under
 /// it.
 pub async fn create_once<T, Found, Fut>(
     store: &dyn crate::store::Store,
-    serialised: &tokio::sync::Mutex<()>,
+    serialised_here: &tokio::sync::Mutex<()>,
     creation: Creation<'_>,
     find: impl FnOnce(String) -> Found,
     create: impl FnOnce() -> Fut,
@@ -53,14 +53,8 @@ where
         request_id,
         fingerprint,
     } = creation;
-    let _serialised = serialised.lock().await;
     let request = request_id.map(|(_, recorded)| format!("request\0{actor}\0{recorded}"));
-    let person_key = person_key(person);
-    let keys: Vec<&str> = std::iter::once(person_key.as_str())
-        .chain(request.as_deref())
-        .collect();
-    let held = store.serialise(&keys).await?;
-    let created = async {
+    serialised(store, serialised_here, person, request.as_deref(), async {
         if let Some((given, recorded)) = request_id
             && let Some(used) = store.request_use(actor, recorded).await?
         {
@@ -70,34 +64,32 @@ where
             return find(used.result).await?.ok_or(ApiError::StoreUnavailable);
         }
         create().await
-    }
-    .await;
-    release(held, &created).await;
-    created
+    })
+    .await
 }
 
-/// Ends `held` at once when the act succeeded; when it failed (maybe an append that timed out
-/// and may still commit), dropping it ends it once the store has the outcome of its appends.
-pub async fn release<T, E>(held: crate::store::Serialised, act: &Result<T, E>) {
-    match act {
+/// Runs `act`, an act that reads then records about `person` (by audit pseudonym; and under
+/// `request`, a request id's key, if any), serialised with every other such act: in this broker
+/// under `here` (the state's `grants`), across the brokers of a cluster held by the store. The
+/// hold ends at once when the act succeeded; when it failed (maybe an append that timed out
+/// and may still commit) or is dropped midway, once the store has the outcome of its appends.
+pub async fn serialised<T>(
+    store: &dyn crate::store::Store,
+    here: &tokio::sync::Mutex<()>,
+    person: &str,
+    request: Option<&str>,
+    act: impl std::future::Future<Output = Result<T, crate::error::ApiError>>,
+) -> Result<T, crate::error::ApiError> {
+    let _here = here.lock().await;
+    let person = format!("person\0{person}");
+    let keys: Vec<&str> = std::iter::once(person.as_str()).chain(request).collect();
+    let held = store.serialise(&keys).await?;
+    let done = act.await;
+    match &done {
         Ok(_) => held.release().await,
         Err(_) => drop(held),
     }
-}
-
-/// The hold, across the brokers of a cluster, of the acts about `person` (by audit pseudonym)
-/// that [`create_once`] takes: a revocation takes it too, so that a renewal recorded meanwhile
-/// through another broker is not lost with it.
-pub async fn hold_person(
-    store: &dyn crate::store::Store,
-    person: &str,
-) -> Result<crate::store::Serialised, crate::store::StoreError> {
-    store.serialise(&[&person_key(person)]).await
-}
-
-/// The key of a person's acts in the store's holds.
-fn person_key(person: &str) -> String {
-    format!("person\0{person}")
+    done
 }
 
 /// How long an answer is kept for retries.

@@ -147,11 +147,14 @@ pub async fn revoke(
     // Serialised with grants, in this broker and across the cluster: a consent granted under
     // this mandate meanwhile is either recorded before (and ended here) or refused (it reads
     // the mandate again under the same hold).
-    let _serialised = state.grants.lock().await;
-    let held = crate::idempotency::hold_person(&*state.store, &mandate.subject).await?;
-    let revoked = end(state, caller, mandate_id).await;
-    crate::idempotency::release(held, &revoked).await;
-    revoked
+    crate::idempotency::serialised(
+        &*state.store,
+        &state.grants,
+        &mandate.subject,
+        None,
+        end(state, caller, mandate_id),
+    )
+    .await
 }
 
 /// Records the end of mandate `mandate_id` and of the consents in force under it, the
