@@ -125,7 +125,7 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
         mandate.as_ref().map(|m| m.expires_at),
     );
     let (consent, renewed) = crate::idempotency::create_once(
-        &*state.store,
+        &state.store,
         &state.grants,
         crate::idempotency::Creation {
             actor: &actor,
@@ -165,7 +165,7 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
             )
             .await?;
             if let Some(evidence) = &evidence {
-                crate::evidence::spend(state, evidence)?;
+                crate::evidence::spend(state, evidence).await?;
             }
             let mandate_id = mandate.map(|m| m.id);
             let (consent_id, event) = match in_force {
@@ -327,7 +327,7 @@ pub async fn revoke(
     let who = if with_evidence {
         // The citizen in person: any of their consents, wherever it was recorded.
         caller.require_citizen_facing()?;
-        let subject = crate::evidence::proven_for_act(state, &input.id_token, caller)?;
+        let subject = crate::evidence::proven_for_act(state, &input.id_token, caller).await?;
         citizen = state.pseudonyms.audit(&subject);
         Withdrawer::Citizen(&citizen)
     } else if !input.mandate_id.is_empty() {
@@ -348,7 +348,7 @@ pub async fn revoke(
     // meanwhile would otherwise be lost with it.
     let subject = consent.subject.clone();
     crate::idempotency::serialised(
-        &*state.store,
+        &state.store,
         &state.grants,
         &subject,
         None,

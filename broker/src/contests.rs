@@ -43,7 +43,7 @@ pub async fn contest(
     if !theirs {
         return Err(not_theirs());
     }
-    crate::evidence::spend(state, &verified)?;
+    crate::evidence::spend(state, &verified).await?;
     let appended = state
         .store
         .append_entry(Record::now(Event::AccessContested {

@@ -3,7 +3,8 @@
 //! A token that verifies (`crate::identity`) proves the citizen's presence; each act that changes
 //! state and leans on it (a consent granted or withdrawn, a mandate created or revoked, a form
 //! pre-filled or confirmed) spends one of the few acts its identity provider allows one token
-//! (`max_acts_per_token`, 8 by default), counted in `evidence_uses`.
+//! (`max_acts_per_token`, 8 by default), counted by the store (`Store::spend_act`: in memory on
+//! one broker, in the database for the brokers of a cluster).
 
 use crate::caller::Caller;
 use crate::error::ApiError;
@@ -13,32 +14,32 @@ use crate::subject::Subject;
 
 /// The identity evidence of an act for `subject`: the token is required, verifies for the
 /// caller's audience, proves that very person, and spends one of its acts.
-pub fn for_act(
+pub async fn for_act(
     state: &State,
     token: &str,
     caller: &Caller,
     subject: &Subject,
 ) -> Result<(), ApiError> {
-    let registry = state.federation.registry();
-    let verified = require(token, caller, &registry, subject)?;
-    spend(state, &verified)
+    let verified = require(token, caller, &state.federation.registry(), subject)?;
+    spend(state, &verified).await
 }
 
 /// The person an act's identity evidence proves, once it spent one of the token's acts.
-pub fn proven_for_act(state: &State, token: &str, caller: &Caller) -> Result<Subject, ApiError> {
-    let registry = state.federation.registry();
-    let verified = proven(token, caller, &registry)?;
-    spend(state, &verified)?;
+pub async fn proven_for_act(
+    state: &State,
+    token: &str,
+    caller: &Caller,
+) -> Result<Subject, ApiError> {
+    let verified = proven(token, caller, &state.federation.registry())?;
+    spend(state, &verified).await?;
     Ok(verified.subject)
 }
 
 /// Spends one act of evidence verified earlier: for an act that turns out to create
 /// something (a retry that finds its earlier result spends nothing).
-pub fn spend(state: &State, verified: &Verified) -> Result<(), ApiError> {
-    state
-        .evidence
-        .spend(verified, time::OffsetDateTime::now_utc().unix_timestamp())
-        .map_err(ApiError::from)
+pub async fn spend(state: &State, verified: &Verified) -> Result<(), ApiError> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    Ok(state.store.spend_act(verified, now).await??)
 }
 
 /// Checks the identity evidence a guichet (`caller`) presents for `subject` to read (a list,

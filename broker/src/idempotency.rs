@@ -36,8 +36,8 @@ pub struct Creation<'a> {
 /// record, and what `create` reads (a consent in force for the same scope) cannot change under
 /// it.
 pub async fn create_once<T, Found, Fut>(
-    store: &dyn crate::store::Store,
-    serialised_here: &tokio::sync::Mutex<()>,
+    store: &Arc<dyn crate::store::Store>,
+    serialised_here: &Arc<tokio::sync::Mutex<()>>,
     creation: Creation<'_>,
     find: impl FnOnce(String) -> Found,
     create: impl FnOnce() -> Fut,
@@ -72,24 +72,61 @@ where
 /// `request`, a request id's key, if any), serialised with every other such act: in this broker
 /// under `here` (the state's `grants`), across the brokers of a cluster held by the store. The
 /// hold ends at once when the act succeeded; when it failed (maybe an append that timed out
-/// and may still commit) or is dropped midway, once the store has the outcome of its appends.
+/// and may still commit) or is dropped midway (its caller went away while its record was
+/// queued), once the store has the outcome of its appends: a retry must not read before it.
 pub async fn serialised<T>(
-    store: &dyn crate::store::Store,
-    here: &tokio::sync::Mutex<()>,
+    store: &Arc<dyn crate::store::Store>,
+    here: &Arc<tokio::sync::Mutex<()>>,
     person: &str,
     request: Option<&str>,
     act: impl std::future::Future<Output = Result<T, crate::error::ApiError>>,
 ) -> Result<T, crate::error::ApiError> {
-    let _here = here.lock().await;
+    let here = here.clone().lock_owned().await;
     let person = format!("person\0{person}");
     let keys: Vec<&str> = std::iter::once(person.as_str()).chain(request).collect();
-    let held = store.serialise(&keys).await?;
+    let hold = Hold {
+        held: Some((store.serialise(&keys).await?, here)),
+        store: store.clone(),
+    };
     let done = act.await;
-    match &done {
-        Ok(_) => held.release().await,
-        Err(_) => drop(held),
+    if done.is_ok() {
+        hold.release().await;
     }
     done
+}
+
+/// An act's hold, here and across the brokers. Dropped rather than released, it ends once the
+/// store has the outcome of every append submitted before.
+struct Hold {
+    held: Option<(crate::store::Serialised, tokio::sync::OwnedMutexGuard<()>)>,
+    store: Arc<dyn crate::store::Store>,
+}
+
+impl Hold {
+    /// Ends the hold now: the act's appends were answered.
+    async fn release(mut self) {
+        if let Some((across, _here)) = self.held.take() {
+            across.release().await;
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let Some((across, here)) = self.held.take() else {
+            return;
+        };
+        // Outside a runtime (the process ending), both go now.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        runtime.spawn(async move {
+            store.settled().await;
+            across.release().await;
+            drop(here);
+        });
+    }
 }
 
 /// How long an answer is kept for retries.

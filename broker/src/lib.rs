@@ -42,7 +42,6 @@ pub(crate) mod contests;
 pub(crate) mod data_lock;
 pub(crate) mod descriptors;
 pub(crate) mod evidence;
-pub(crate) mod evidence_uses;
 pub(crate) mod exchange;
 pub(crate) mod federation;
 pub(crate) mod fetched;

@@ -76,7 +76,7 @@ pub async fn create(
     let id_for_record = recorded_request_id.clone();
     let pairwise = state.pseudonyms.pairwise(&caller.participant, &subject);
     let mandate = crate::idempotency::create_once(
-        &*state.store,
+        &state.store,
         &state.grants,
         crate::idempotency::Creation {
             actor: &actor,
@@ -86,7 +86,7 @@ pub async fn create(
         },
         |id| async move { state.store.mandate(&id).await },
         || async move {
-            crate::evidence::spend(state, &evidence)?;
+            crate::evidence::spend(state, &evidence).await?;
             let mandate_id = uuid::Uuid::now_v7().to_string();
             let record = Record::now(Event::MandateCreated {
                 mandate_id: mandate_id.clone(),
@@ -131,16 +131,24 @@ pub async fn revoke(
     id_token: &str,
 ) -> Result<Mandate, ApiError> {
     validate::identifier("mandate_id", mandate_id, 64)?;
-    // The citizen present proves it with their ID token (which spends one of its acts).
-    let mandate = crate::mandate::revocation(
+    // The citizen present proves it with their ID token, which spends one of its acts whatever
+    // the decision (a token cannot probe more mandates than it has acts).
+    let mut presented = None;
+    let decided = crate::mandate::revocation(
         caller,
         mandate_id,
         state.store.mandate(mandate_id).await?,
         || {
-            let subject = crate::evidence::proven_for_act(state, id_token, caller)?;
-            Ok(state.pseudonyms.audit(&subject))
+            let verified = crate::evidence::proven(id_token, caller, &state.federation.registry())?;
+            let citizen = state.pseudonyms.audit(&verified.subject);
+            presented = Some(verified);
+            Ok(citizen)
         },
-    )?;
+    );
+    if let Some(verified) = &presented {
+        crate::evidence::spend(state, verified).await?;
+    }
+    let mandate = decided?;
     if mandate.revoked_at.is_some() {
         return Ok(mandate);
     }
@@ -148,7 +156,7 @@ pub async fn revoke(
     // this mandate meanwhile is either recorded before (and ended here) or refused (it reads
     // the mandate again under the same hold).
     crate::idempotency::serialised(
-        &*state.store,
+        &state.store,
         &state.grants,
         &mandate.subject,
         None,

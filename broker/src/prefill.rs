@@ -119,7 +119,7 @@ pub async fn prefill(
         )
         .await?;
         if mandate.is_none() {
-            crate::evidence::for_act(state, &input.id_token, caller, &subject)?;
+            crate::evidence::for_act(state, &input.id_token, caller, &subject).await?;
         }
         Ok::<_, ApiError>(mandate)
     };
@@ -343,7 +343,7 @@ pub async fn confirm(
         )
         .await?;
         if mandate.is_none() {
-            crate::evidence::for_act(state, &input.id_token, caller, &subject)?;
+            crate::evidence::for_act(state, &input.id_token, caller, &subject).await?;
         }
         Ok::<_, ApiError>(mandate)
     };

@@ -379,8 +379,7 @@ pub async fn run(
             crate::preview::DEFAULT_PER_PARTICIPANT,
         ),
         limits: RateLimits::from_registry(&federation.registry()),
-        grants: tokio::sync::Mutex::new(()),
-        evidence: crate::evidence_uses::EvidenceUses::new(crate::evidence_uses::DEFAULT_CAPACITY),
+        grants: Arc::new(tokio::sync::Mutex::new(())),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -29,13 +29,11 @@ pub struct State {
     /// Serialises this broker's consent grants, mandate creations and revocations, so that two
     /// concurrent retries cannot both create (across brokers, the store holds the person and
     /// the request id: `Store::serialise`).
-    pub grants: tokio::sync::Mutex<()>,
+    pub grants: Arc<tokio::sync::Mutex<()>>,
     /// Rate limits and the harvesting alarm.
     pub limits: crate::ratelimit::RateLimits,
     /// Recent Fetch answers, for idempotent retries (memory only).
     pub recent: RecentAnswers,
-    /// The acts each ID token has proved (one token serves one sitting).
-    pub evidence: crate::evidence_uses::EvidenceUses,
     /// Previews waiting for the citizen's confirmation (memory only).
     pub previews: crate::preview::Previews,
 }

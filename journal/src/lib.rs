@@ -408,6 +408,16 @@ impl Journal {
         Ok((first..first + records as u64).collect())
     }
 
+    /// Returns once every append submitted before has its outcome (synced and passed to the
+    /// hook, or failed), whether or not its caller still waits for it: what a caller that gave
+    /// up on an append waits for before letting another act read what it may have recorded.
+    pub async fn settled(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.inner.tx.send(Msg::Settled(reply)).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+
     async fn submit(&self, payloads: Payloads) -> Result<u64, JournalError> {
         let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();

@@ -60,6 +60,9 @@ pub(crate) enum Msg {
     },
     /// Finish what was queued before this message, close the file, then answer.
     Close(oneshot::Sender<()>),
+    /// Answer once what was queued before this message has its outcome (written, synced and
+    /// hooked, or failed).
+    Settled(oneshot::Sender<()>),
 }
 
 type Pending = (Payloads, oneshot::Sender<Result<u64, JournalError>>);
@@ -106,6 +109,7 @@ impl Writer {
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut carry: Option<Msg> = None;
         let mut close_reply = None;
+        let mut settled = Vec::new();
         while close_reply.is_none() {
             let Some(first) = carry.take().or_else(|| rx.blocking_recv()) else {
                 break;
@@ -118,6 +122,10 @@ impl Writer {
                 match msg {
                     Msg::Close(reply) => {
                         close_reply = Some(reply);
+                        break;
+                    }
+                    Msg::Settled(reply) => {
+                        settled.push(reply);
                         break;
                     }
                     Msg::Append { payloads, reply } => {
@@ -154,6 +162,9 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.commit(batch);
+            }
+            for reply in settled.drain(..) {
+                let _ = reply.send(());
             }
         }
         // Close the file before telling the closer that we are done.

@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::caller::actor;
 use crate::consent::Consent;
 use crate::event::{Event, Record, RecordedSubject};
+use crate::evidence_uses::EvidenceUses;
+use crate::identity::{IdentityError, Verified};
 use crate::journal::{CommittedBatch, Journal, JournalOptions, Position};
 use crate::mandate::Mandate;
 use crate::projection::{self, Change, RequestUse};
@@ -563,6 +565,8 @@ pub struct Embedded {
     db: sled::Db,
     degraded: Arc<AtomicBool>,
     state_dir: Arc<std::path::PathBuf>,
+    /// The acts of the ID tokens in use, counted since the store was opened.
+    evidence: Arc<EvidenceUses>,
 }
 
 /// Applies records to the derived state: sled's indexes, then the positions (each exchange
@@ -728,6 +732,7 @@ impl Embedded {
             db,
             degraded,
             state_dir: Arc::new(state_dir),
+            evidence: Arc::new(EvidenceUses::new(crate::evidence_uses::DEFAULT_CAPACITY)),
         })
     }
 
@@ -907,6 +912,18 @@ impl Store for Embedded {
             key,
             after,
         )))
+    }
+
+    async fn settled(&self) {
+        self.journal.settled().await;
+    }
+
+    async fn spend_act(
+        &self,
+        token: &Verified,
+        now: i64,
+    ) -> Result<Result<(), IdentityError>, StoreError> {
+        Ok(self.evidence.spend(token, now))
     }
 
     async fn request_use(

@@ -14,6 +14,7 @@ pub mod backup;
 mod contract;
 mod embedded;
 mod error;
+mod evidence_uses;
 pub mod key_files;
 mod memory;
 pub mod metrics;
@@ -26,11 +27,12 @@ mod test_signer;
 pub mod tree;
 
 // What the backends name by these paths: the domain's models and rules, the journal.
-use unefois_domain::{caller, consent, event, mandate, policy, projection, seal};
+use unefois_domain::{caller, consent, event, identity, mandate, policy, projection, seal};
 use unefois_journal::{self as journal, private};
 
 use crate::consent::Consent;
 use crate::event::{Event, Record, RecordedKeys, RecordedRegistry};
+use crate::identity::{IdentityError, Verified};
 use crate::mandate::Mandate;
 use crate::projection::RequestUse;
 
@@ -206,6 +208,23 @@ pub trait Store: Send + Sync {
         of: MandatesOf<'_>,
         after: &str,
     ) -> Result<Items<'a, Mandate>, StoreError>;
+
+    /// Returns once every append this broker submitted before has its outcome (durable and
+    /// applied, or failed), whether or not its caller still waits: an act that failed or was
+    /// dropped midway keeps its hold until then ([`Serialised`]). The in-memory backend
+    /// answers its appends before it returns.
+    async fn settled(&self) {}
+
+    /// Spends one of the acts an ID token allows (`max_acts_per_token`) at `now` (Unix
+    /// seconds), counted for every broker of this store: `Ok(Err(_))` when the token cannot
+    /// prove one more (exhausted, or its count was not kept), `Err(_)` when the store failed.
+    /// The embedded and in-memory backends count in memory, from when they were opened; on
+    /// PostgreSQL every broker counts in one table.
+    async fn spend_act(
+        &self,
+        token: &Verified,
+        now: i64,
+    ) -> Result<Result<(), IdentityError>, StoreError>;
 
     /// Holds `keys` (a person's audit pseudonym, an actor's blinded request id) against every
     /// other broker of this store until the answer is released or dropped: acts that read, then

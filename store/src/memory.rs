@@ -12,6 +12,8 @@ use super::{CheckpointSigner, Items, MandatesOf, Store, StoreError};
 use crate::consent::Consent;
 use crate::event::{Event, Record};
 use crate::event::{RecordedKeys, RecordedRegistry};
+use crate::evidence_uses::EvidenceUses;
+use crate::identity::{IdentityError, Verified};
 use crate::journal::JournalError;
 use crate::mandate::Mandate;
 use crate::projection::{self, Models, RequestUse};
@@ -22,6 +24,8 @@ pub struct Memory {
     log: Box<dyn CheckpointSigner>,
     sealer: Arc<Sealer>,
     inner: Mutex<Inner>,
+    /// The acts of the ID tokens in use, counted since the store was made.
+    evidence: EvidenceUses,
 }
 
 #[derive(Default)]
@@ -43,6 +47,7 @@ impl Memory {
             log: Box::new(log),
             sealer,
             inner: Mutex::new(Inner::default()),
+            evidence: EvidenceUses::new(crate::evidence_uses::DEFAULT_CAPACITY),
         }
     }
 
@@ -189,6 +194,14 @@ impl Store for Memory {
             .cloned()
             .collect();
         Ok(items(found))
+    }
+
+    async fn spend_act(
+        &self,
+        token: &Verified,
+        now: i64,
+    ) -> Result<Result<(), IdentityError>, StoreError> {
+        Ok(self.evidence.spend(token, now))
     }
 
     async fn request_use(

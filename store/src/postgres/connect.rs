@@ -350,6 +350,8 @@ impl Conn {
 /// replaced when it ends: after a failover, the next read connects to the new primary.
 pub struct Shared {
     connector: Connector,
+    /// Statements run on each new connection before its first use.
+    setup: Option<&'static str>,
     client: ArcSwapOption<Conn>,
     reconnecting: tokio::sync::Mutex<()>,
 }
@@ -359,8 +361,17 @@ impl Shared {
     pub fn new(connector: Connector) -> Shared {
         Shared {
             connector,
+            setup: None,
             client: ArcSwapOption::empty(),
             reconnecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// As [`Shared::new`], each connection first running `setup` (its session's settings).
+    pub fn with_setup(connector: Connector, setup: &'static str) -> Shared {
+        Shared {
+            setup: Some(setup),
+            ..Shared::new(connector)
         }
     }
 
@@ -377,7 +388,14 @@ impl Shared {
         {
             return Ok(client);
         }
-        let client = Arc::new(Conn::new(self.connector.connect().await?));
+        let client = Conn::new(self.connector.connect().await?);
+        if let Some(setup) = self.setup {
+            client
+                .batch_execute(setup)
+                .await
+                .map_err(super::db("set up a connection"))?;
+        }
+        let client = Arc::new(client);
         self.client.store(Some(client.clone()));
         Ok(client)
     }

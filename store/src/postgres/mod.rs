@@ -20,6 +20,7 @@
 //! acknowledged write, whichever broker made it. Reads of the log (checkpoints, proofs,
 //! entries, a person's exchanges) stop at what a synchronous standby has (`confirmed`).
 
+mod acts;
 mod confirmed;
 mod connect;
 mod lookups;
@@ -42,6 +43,7 @@ use tokio_postgres::types::Type;
 use super::{CheckpointSigner, Items, MandatesOf, Store, StoreError, StoreHealth};
 use crate::consent::Consent;
 use crate::event::{Event, Record, RecordedKeys, RecordedRegistry};
+use crate::identity::{IdentityError, Verified};
 use crate::mandate::Mandate;
 use crate::projection::{self, Change, Models, RequestUse, Views};
 use crate::seal::Sealer;
@@ -52,6 +54,15 @@ pub use schema::MIGRATIONS;
 
 /// How long an append waits for its commit before the caller is told the store is unavailable.
 pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The session of a connection that writes: no statement timeout (whatever the role's), which
+/// would cancel a COMMIT's wait for the standby (see `transaction`); a commit waits for the
+/// synchronous standby (`on`, or the stronger `remote_apply`), whatever the role's or
+/// database's setting: `local` or `off` would acknowledge records one machine holds, and `off`
+/// would show them before they are flushed (which the reads' bound relies on: `confirmed`).
+const SYNCHRONOUS: &str = "SET statement_timeout = 0; \
+     SELECT set_config('synchronous_commit', \
+         CASE current_setting('synchronous_commit') \
+         WHEN 'remote_apply' THEN 'remote_apply' ELSE 'on' END, false)";
 /// How long the health probe waits for the database.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Records in one transaction at most.
@@ -125,6 +136,8 @@ pub struct Postgres {
     lookups: lookups::Lookups,
     /// The holds of acts across brokers (`Store::serialise`).
     locks: Arc<serialise::Locks>,
+    /// The acts of the ID tokens in use, counted for every broker (`Store::spend_act`).
+    acts: acts::Acts,
     writer: mpsc::Sender<Pending>,
     log: Arc<dyn CheckpointSigner>,
     sealer: Arc<Sealer>,
@@ -145,8 +158,8 @@ impl Postgres {
         let connector = Connector::parse(url)?;
         let reads = Arc::new(connect::Shared::new(connector.clone()));
         let client = reads.client().await.map_err(naming(&connector))?;
-        let version = schema::check(&client).await?;
-        if let Some(behind) = schema::behind(version) {
+        let applied = schema::check(&client).await?;
+        if let Some(behind) = schema::behind(&applied) {
             tracing::warn!(store = connector.shown(), "{behind}");
         }
         let log: Arc<dyn CheckpointSigner> = Arc::new(log);
@@ -169,6 +182,7 @@ impl Postgres {
             queue,
         ));
         Ok(Postgres {
+            acts: acts::Acts::new(connector.clone(), append_timeout),
             locks: Arc::new(serialise::Locks::new(
                 connector.clone(),
                 writer.clone(),
@@ -673,20 +687,10 @@ async fn write_loop(
                 from = None;
                 async {
                     let c = Conn::connect(&connector).await?;
-                    // No statement timeout (whatever the role's): it would cancel a COMMIT's
-                    // wait for the standby (see `transaction`). A commit waits for the
-                    // synchronous standby (`on`, or the stronger `remote_apply`), whatever the
-                    // role's or database's setting: `local` or `off` would acknowledge records
-                    // one machine holds, and `off` would show them before they are flushed
-                    // (which the reads' bound relies on: `confirmed`).
-                    c.batch_execute(
-                        "SET statement_timeout = 0; \
-                         SELECT set_config('synchronous_commit', \
-                             CASE current_setting('synchronous_commit') \
-                             WHEN 'remote_apply' THEN 'remote_apply' ELSE 'on' END, false)",
-                    )
-                    .await
-                    .map_err(db("set the writer's statement timeout and commit"))?;
+                    // See `SYNCHRONOUS`.
+                    c.batch_execute(SYNCHRONOUS)
+                        .await
+                        .map_err(db("set the writer's statement timeout and commit"))?;
                     // Every statement of a batch is prepared before any is sent: a write that
                     // could not be sent would otherwise leave its COMMIT to commit the others.
                     c.prepare_all(WRITES)
@@ -1538,6 +1542,20 @@ impl Store for Postgres {
         self.locks.hold(keys).await
     }
 
+    async fn settled(&self) {
+        if let Some(answer) = barrier(&self.writer).await {
+            let _ = answer.await;
+        }
+    }
+
+    async fn spend_act(
+        &self,
+        token: &Verified,
+        now: i64,
+    ) -> Result<Result<(), IdentityError>, StoreError> {
+        self.acts.spend(token, now).await
+    }
+
     async fn exchanges_about(
         &self,
         subject: &str,
@@ -1700,7 +1718,6 @@ impl Store for Postgres {
 
     async fn health(&self) -> StoreHealth {
         let at = self.location();
-        let mut schema_behind = None;
         let probe = async {
             let client = self.client().await?;
             let row = client
@@ -1709,36 +1726,44 @@ impl Store for Postgres {
                      (SELECT count(*) FROM pg_stat_replication \
                       WHERE sync_state IN ('sync', 'quorum')), \
                      current_setting('synchronous_standby_names'), \
-                     (SELECT max(version) FROM unefois_schema)",
+                     (SELECT array_agg(version) FROM unefois_schema)",
                     &[],
                 )
                 .await
                 .map_err(db("probe"))?;
-            schema_behind = row
-                .get::<_, Option<i32>>(3)
-                .and_then(schema::behind)
-                .map(|behind| format!("; {behind}"));
+            let applied: Vec<i32> = row.get::<_, Option<Vec<i32>>>(3).unwrap_or_default();
             Ok::<_, StoreError>((
                 row.get::<_, bool>(0),
                 row.get::<_, i64>(1),
                 row.get::<_, String>(2),
+                schema::behind(&applied).map(|behind| format!("; {behind}")),
             ))
         };
-        let (ok, report) = match tokio::time::timeout(HEALTH_TIMEOUT, probe).await {
-            Err(_) => (false, format!("no answer within {HEALTH_TIMEOUT:?}")),
-            Ok(Err(e)) => (false, e.to_string()),
-            Ok(Ok((true, _, _))) => (false, "connected to a standby, not the primary".into()),
-            Ok(Ok((false, _, names))) if names.trim().is_empty() => (
+        let (ok, report, schema_behind) = match tokio::time::timeout(HEALTH_TIMEOUT, probe).await {
+            Err(_) => (false, format!("no answer within {HEALTH_TIMEOUT:?}"), None),
+            Ok(Err(e)) => (false, e.to_string(), None),
+            Ok(Ok((true, _, _, _))) => (
+                false,
+                "connected to a standby, not the primary".into(),
+                None,
+            ),
+            Ok(Ok((false, _, names, behind))) if names.trim().is_empty() => (
                 true,
                 "primary; synchronous_standby_names is empty: a commit is on one machine only"
                     .into(),
+                behind,
             ),
-            Ok(Ok((false, 0, _))) => (
+            Ok(Ok((false, 0, _, behind))) => (
                 true,
                 "primary; no synchronous standby in sync: writes wait for one (reads are served)"
                     .into(),
+                behind,
             ),
-            Ok(Ok((false, n, _))) => (true, format!("primary; {n} synchronous standby in sync")),
+            Ok(Ok((false, n, _, behind))) => (
+                true,
+                format!("primary; {n} synchronous standby in sync"),
+                behind,
+            ),
         };
         StoreHealth {
             ok,

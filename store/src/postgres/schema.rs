@@ -94,18 +94,27 @@ pub const MIGRATIONS: &[&str] = &[
     DROP TRIGGER unefois_runs_to_tree ON unefois_tree_runs;
     DROP FUNCTION unefois_runs_to_tree();
     "#,
+    // 4 (expand): the acts each ID token in use has proved (`max_acts_per_token`), counted for
+    // every broker (`Store::spend_act`); `digest`, the token's SHA-256, never the token. Rows
+    // go once the token can no longer be presented (`usable_until`, Unix seconds).
+    r#"
+    CREATE TABLE unefois_evidence_uses (
+        digest bytea PRIMARY KEY CHECK (length(digest) = 32),
+        acts integer NOT NULL,
+        usable_until bigint NOT NULL
+    );
+    CREATE INDEX unefois_evidence_uses_until ON unefois_evidence_uses (usable_until);
+    "#,
 ];
 
 /// The migrations that drop what an earlier version of the broker still uses: applied only when
 /// asked (`unefois store init --contract`, once every broker runs this version) or to a schema
-/// made by the same call (no older broker can be using it). Those after one wait with it.
+/// made by the same call (no older broker can be using it). The migrations after one do not
+/// wait for it (none of them may need what it does): a schema is the set of versions applied.
 pub const CONTRACTS: &[usize] = &[3];
 
-/// The oldest schema this build runs on: 2 and later store the hashes as runs.
-const NEEDED: i32 = 2;
-
-/// Brings the schema to the latest version, short of the first of `CONTRACTS` unless `contract`
-/// or the schema is new; returns the versions it applied (none when it was already there).
+/// Brings the schema to the latest version, leaving out the `CONTRACTS` unless `contract` or
+/// the schema is new; returns the versions it applied (none when it was already there).
 /// Refuses a database whose schema is newer than this build knows.
 pub async fn migrate(client: &mut Client, contract: bool) -> Result<Vec<usize>, StoreError> {
     client
@@ -126,7 +135,7 @@ pub async fn migrate(client: &mut Client, contract: bool) -> Result<Vec<usize>, 
     let mut applied = Vec::new();
     for (i, sql) in MIGRATIONS.iter().enumerate() {
         if !contract && CONTRACTS.contains(&(i + 1)) {
-            break;
+            continue;
         }
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
         let tx = client
@@ -174,48 +183,136 @@ pub async fn migrate(client: &mut Client, contract: bool) -> Result<Vec<usize>, 
     Ok(applied)
 }
 
-/// What an operator should know of a schema at `version` this build runs on: `None` at the
-/// newest; else that the contract migrations wait for `--contract`, and what that costs.
-pub fn behind(version: i32) -> Option<String> {
-    let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
-    (version < known).then(|| {
+/// The contract migrations this build knows that `applied` (a schema's versions) lacks.
+fn pending(applied: &[i32]) -> Vec<usize> {
+    CONTRACTS
+        .iter()
+        .copied()
+        .filter(|c| !applied.iter().any(|&v| usize::try_from(v).ok() == Some(*c)))
+        .collect()
+}
+
+/// What an operator should know of a schema whose versions are `applied`, this build running
+/// on it: `None` with every migration applied; else that the contract migrations wait for
+/// `--contract`, and what that costs.
+pub fn behind(applied: &[i32]) -> Option<String> {
+    let pending = pending(applied);
+    (!pending.is_empty()).then(|| {
+        let listed: Vec<String> = pending.iter().map(usize::to_string).collect();
         format!(
-            "schema at version {version} of {known}: once every broker runs this version, run \
-             `unefois store init --contract` (until then each batch also writes what older \
-             brokers read)"
+            "schema without its contract migration {}: once every broker runs this version, \
+             run `unefois store init --contract` (until then each batch also writes what older \
+             brokers read)",
+            listed.join(", ")
         )
     })
 }
 
-/// Whether this build runs on the schema, and its version: from `NEEDED` (a broker refuses to
-/// start on an older one, and names `unefois store init`) to its newest (a newer one: upgrade
-/// the broker).
-pub async fn check(client: &Client) -> Result<i32, StoreError> {
+/// Whether this build runs on a schema whose versions are `applied`: every migration it knows
+/// but the contract ones (a broker refuses to start without them, and names `unefois store
+/// init`), none it does not know (upgrade the broker).
+fn runs_on(applied: &[i32]) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len();
+    if let Some(newer) = applied
+        .iter()
+        .copied()
+        .filter(|&v| usize::try_from(v).map_or(true, |v| v > known))
+        .max()
+    {
+        return Err(StoreError::Database(format!(
+            "the database's schema is version {newer}, newer than this broker's {known}: upgrade \
+             the broker"
+        )));
+    }
+    let missing: Vec<String> = (1..=known)
+        .filter(|v| !CONTRACTS.contains(v))
+        .filter(|&v| !applied.iter().any(|&a| usize::try_from(a).ok() == Some(v)))
+        .map(|v| v.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(StoreError::Database(format!(
+            "the database's schema lacks migration {} of this broker's {known}: run `unefois \
+             store init --store URL` first",
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The versions applied to the schema, if it has one.
+async fn applied(client: &Client) -> Result<Vec<i32>, StoreError> {
     let exists: bool = client
         .query_one("SELECT to_regclass('unefois_schema') IS NOT NULL", &[])
         .await
         .map_err(db("read the schema version"))?
         .get(0);
-    let newest: Option<i32> = match exists {
-        false => None,
-        true => client
-            .query_one("SELECT max(version) FROM unefois_schema", &[])
-            .await
-            .map_err(db("read the schema version"))?
-            .get(0),
-    };
-    let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
-    match newest {
-        Some(v) if (NEEDED..=known).contains(&v) => Ok(v),
-        Some(v) if v > known => Err(StoreError::Database(format!(
-            "the database's schema is version {v}, newer than this broker's {known}: upgrade \
-             the broker"
-        ))),
-        found => Err(StoreError::Database(format!(
-            "the database's schema is at version {}, this broker needs {known}: run `unefois \
-             store init --store URL` first",
-            found.unwrap_or(0),
-            known = NEEDED
-        ))),
+    if !exists {
+        return Ok(Vec::new());
+    }
+    client
+        .query("SELECT version FROM unefois_schema ORDER BY version", &[])
+        .await
+        .map_err(db("read the schema version"))
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Whether this build runs on the database's schema (see `runs_on`); its versions.
+pub async fn check(client: &Client) -> Result<Vec<i32>, StoreError> {
+    let applied = applied(client).await?;
+    runs_on(&applied)?;
+    Ok(applied)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Versions applied, whether a broker runs on them (else part of why not), part of what
+    /// the operator is told.
+    type Case<'a> = (&'a [i32], Result<(), &'a str>, Option<&'a str>);
+
+    #[test]
+    fn a_broker_runs_on_every_expand_it_knows_and_says_which_contract_waits() {
+        let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+        let all: Vec<i32> = (1..=known).collect();
+        let expands: Vec<i32> = all.iter().copied().filter(|&v| v != 3).collect();
+        // (versions applied, runs on it, what the operator is told)
+        let cases: &[Case] = &[
+            (&all, Ok(()), None),
+            (&expands, Ok(()), Some("contract migration 3:")),
+            (
+                &[],
+                Err("lacks migration 1, 2, 4"),
+                Some("contract migration 3:"),
+            ),
+            (
+                &[1, 2],
+                Err("lacks migration 4 of"),
+                Some("contract migration 3:"),
+            ),
+            (&[1, 2, 3], Err("lacks migration 4 of"), None),
+        ];
+        for (applied, runs, told) in cases {
+            match (runs_on(applied), runs) {
+                (Ok(()), Ok(())) => {}
+                (Err(e), Err(why)) => assert!(e.to_string().contains(why), "{applied:?}: {e}"),
+                (got, want) => panic!("{applied:?}: {got:?} against {want:?}"),
+            }
+            let behind = behind(applied);
+            match told {
+                None => assert_eq!(behind, None, "{applied:?}"),
+                Some(part) => assert!(
+                    behind.as_deref().is_some_and(|b| b.contains(part)),
+                    "{applied:?}: {behind:?}"
+                ),
+            }
+        }
+        let newer: Vec<i32> = all.iter().copied().chain([known + 1]).collect();
+        let e = runs_on(&newer).unwrap_err().to_string();
+        assert!(
+            e.contains("newer than this broker's") && e.contains("upgrade"),
+            "{e}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod acts;
 mod crash;
 mod durability;
 mod harness;

@@ -780,24 +780,26 @@ impl Drop for Release {
     }
 }
 
+/// A fault injector holding each batch after its write, before its sync, while `hold` is set
+/// and until `released` is: a disk that takes its time to sync (on the journal's own thread).
+fn slow_disk(hold: &Arc<AtomicBool>, released: &Arc<AtomicBool>) -> FaultInjector {
+    let (hold, released) = (hold.clone(), released.clone());
+    Arc::new(move |point| {
+        if point == FaultPoint::AfterWrite && hold.load(Ordering::SeqCst) {
+            while !released.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(())
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_sync_holds_the_answer() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let hold = Arc::new(AtomicBool::new(false));
     let released = Arc::new(AtomicBool::new(false));
-    let faults: FaultInjector = {
-        let hold = hold.clone();
-        let released = released.clone();
-        Arc::new(move |point| {
-            if point == FaultPoint::AfterWrite && hold.load(Ordering::SeqCst) {
-                // The journal's own thread: a disk that takes its time to sync.
-                while !released.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-            Ok(())
-        })
-    };
+    let faults = slow_disk(&hold, &released);
     let broker = TestBroker::start_with(
         pki.dir(),
         BrokerOptions {
@@ -840,6 +842,58 @@ async fn a_slow_sync_holds_the_answer() -> anyhow::Result<()> {
     assert_eq!(listed, vec![granted.id.clone()]);
     assert_eq!(listed_ids(&mut lyon, "test:eve").await?, vec![granted.id]);
     hold.store(false, Ordering::SeqCst);
+    drop(lyon);
+    broker.stop().await
+}
+
+/// A grant whose caller went away while its record waited for a slow disk holds the person
+/// until that record is applied: the retry, with the same request id on the same broker, gets
+/// the consent the first attempt recorded, and one consent is recorded. Released when the first
+/// attempt was dropped, the retry found no request id and recorded a second consent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_retried_after_its_caller_went_away_records_one_consent() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let hold = Arc::new(AtomicBool::new(false));
+    let released = Arc::new(AtomicBool::new(false));
+    let faults = slow_disk(&hold, &released);
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            journal_faults: Some(faults),
+            ..BrokerOptions::default()
+        },
+    )
+    .await?;
+    let mut lyon = consents(&broker, "mairie-lyon").await?;
+    let release = Release(released.clone());
+    let request = pb::GrantConsentRequest {
+        request_id: "grant-abandoned".into(),
+        ..grant("test:frank", CANTINE)
+    };
+
+    hold.store(true, Ordering::SeqCst);
+    let mut abandoned = tonic::Request::new(request.clone());
+    abandoned.set_timeout(Duration::from_millis(300));
+    // The broker ends the call at its deadline (CANCELLED), or the client gives up first.
+    let first = lyon.grant(abandoned).await.err().map(|s| s.code());
+    assert!(
+        matches!(first, Some(Code::Cancelled | Code::DeadlineExceeded)),
+        "{first:?}"
+    );
+    let retried = tokio::spawn({
+        let mut lyon = lyon.clone();
+        async move { lyon.grant(request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(release);
+    let retried = tokio::time::timeout(Duration::from_secs(10), retried).await???;
+    let retried = consent_of(retried.into_inner().consent);
+    hold.store(false, Ordering::SeqCst);
+    assert_eq!(
+        listed_ids(&mut lyon, "test:frank").await?,
+        vec![retried.id],
+        "one consent, the first attempt's"
+    );
     drop(lyon);
     broker.stop().await
 }

@@ -1,14 +1,16 @@
-//! The acts each ID token still usable has proved (`crate::evidence` spends them): kept in
-//! memory, bounded by the tokens still usable; a broker that restarts does not remember them, so
-//! it refuses the tokens issued before it started rather than let them be spent again (issue 19,
-//! finding 3).
+//! The acts each ID token still usable has proved, as a store with one broker counts them
+//! ([`crate::Store::spend_act`] of the embedded and in-memory backends): kept in memory, bounded
+//! by the tokens still usable; a broker that restarts does not remember them, so it refuses the
+//! tokens issued before it started rather than let them be spent again (issue 19, finding 3).
+//! Brokers sharing a PostgreSQL store count in the database instead, where every broker sees
+//! every act, across restarts.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use time::OffsetDateTime;
 
-use crate::identity::{IdentityError, Verified};
+use unefois_domain::identity::{IdentityError, Verified};
 
 /// Most tokens counted at once (about 80 bytes each); tokens leave when they expire.
 pub const DEFAULT_CAPACITY: usize = 262_144;
@@ -74,13 +76,13 @@ impl EvidenceUses {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::subject::Subject;
 
-    fn token(byte: u8, issued_at: i64, max_acts: u32) -> Verified {
+    /// An ID token as verified, `byte` its digest's, usable for ten minutes from `issued_at`.
+    pub(crate) fn token(byte: u8, issued_at: i64, max_acts: u32) -> Verified {
         Verified {
-            subject: Subject::parse("test:alice", true).unwrap(),
+            subject: unefois_domain::subject::Subject::parse("test:alice", true).unwrap(),
             digest: [byte; 32],
             issued_at,
             usable_until: issued_at + 600,
