@@ -296,7 +296,16 @@ pub async fn run(
             append_timeout,
             ..
         } => {
-            let store = Postgres::open(url, log, sealer.clone(), *append_timeout).await?;
+            let store = Postgres::open_remembering(
+                url,
+                log,
+                sealer.clone(),
+                *append_timeout,
+                Some(crate::store::postgres::Remembered::in_data_dir(
+                    &config.data_dir,
+                )),
+            )
+            .await?;
             tracing::info!(database = %store.location(), "store: PostgreSQL");
             Arc::new(store)
         }

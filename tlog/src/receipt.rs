@@ -364,6 +364,16 @@ pub fn checkpoint_size(note: &str) -> Option<u64> {
     note.lines().nth(1)?.parse().ok()
 }
 
+/// The root hash a signed note's body states (its third line, base64), without checking
+/// anything.
+pub fn checkpoint_root(note: &str) -> Option<[u8; 32]> {
+    let line = note.lines().nth(2)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(line)
+        .ok()?;
+    bytes.try_into().ok()
+}
+
 /// Runs every check of `file`, in order, until one fails: for a receipt, the attestation
 /// signature, the checkpoint signature, the inclusion proof and the payload hash; for an access
 /// history, each page's checkpoint signature, then each access's inclusion proof and entry; then,

@@ -96,6 +96,14 @@ impl Confirmed {
         }
     }
 
+    /// The newest head known confirmed, without asking the database.
+    pub fn known(&self) -> Option<Tip> {
+        self.newest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The size of the newest head known confirmed, without asking the database (0 if none):
     /// a proof or an entry below it needs no read of the head.
     pub fn known_size(&self) -> u64 {

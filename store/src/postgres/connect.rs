@@ -208,7 +208,7 @@ pub struct Conn {
     warnings: Warnings,
 }
 
-type Params<'a> = &'a [(
+pub type Params<'a> = &'a [(
     &'a (dyn tokio_postgres::types::ToSql + Sync),
     tokio_postgres::types::Type,
 )];

@@ -24,12 +24,13 @@ mod acts;
 mod confirmed;
 mod connect;
 mod lookups;
+mod remembered;
 mod schema;
 mod serialise;
 #[cfg(any(test, feature = "test-server"))]
 pub mod test_server;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,8 +49,9 @@ use crate::mandate::Mandate;
 use crate::projection::{self, Change, Models, RequestUse, Views};
 use crate::seal::Sealer;
 
-use connect::Conn;
 pub use connect::Connector;
+use connect::{Conn, Params};
+pub use remembered::Remembered;
 pub use schema::MIGRATIONS;
 
 /// How long an append waits for its commit before the caller is told the store is unavailable.
@@ -144,6 +146,8 @@ pub struct Postgres {
     append_timeout: Duration,
     closed: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where the newest checkpoint known is kept, and the task keeping it.
+    remembered: Option<(Remembered, tokio::task::JoinHandle<()>)>,
 }
 
 impl Postgres {
@@ -154,6 +158,18 @@ impl Postgres {
         log: impl CheckpointSigner + 'static,
         sealer: Arc<Sealer>,
         append_timeout: Duration,
+    ) -> Result<Postgres, StoreError> {
+        Postgres::open_remembering(url, log, sealer, append_timeout, None).await
+    }
+
+    /// As [`Postgres::open`], keeping the newest checkpoint known in `remembered` (a broker's
+    /// data folder): refuses a log that does not hold the one kept there by an earlier run.
+    pub async fn open_remembering(
+        url: &str,
+        log: impl CheckpointSigner + 'static,
+        sealer: Arc<Sealer>,
+        append_timeout: Duration,
+        remembered: Option<Remembered>,
     ) -> Result<Postgres, StoreError> {
         let connector = Connector::parse(url)?;
         let reads = Arc::new(connect::Shared::new(connector.clone()));
@@ -172,8 +188,32 @@ impl Postgres {
                 log.vkey()
             )));
         }
-        let (writer, queue) = mpsc::channel(4096);
         let confirmed = Arc::new(confirmed::Confirmed::default());
+        let remembered = match remembered {
+            None => None,
+            Some(remembered) => {
+                let mut kept = 0;
+                if let Some(note) = remembered.read()? {
+                    let knew = knew_of(&note, &*log, &client).await.and_then(|knew| {
+                        vouched(&head, &*log, &knew)?;
+                        Ok(knew)
+                    });
+                    let knew = knew.map_err(|e| {
+                        StoreError::Database(format!(
+                            "{e}; this broker last knew the log at the checkpoint in {}: if the \
+                             database was restored on purpose, accepting the loss of what it \
+                             lacks, remove that file",
+                            remembered.path().display()
+                        ))
+                    })?;
+                    confirmed.offer(knew.size, &note);
+                    kept = knew.size;
+                }
+                let keeping = remembered.clone().keep(confirmed.clone(), kept);
+                Some((remembered, keeping))
+            }
+        };
+        let (writer, queue) = mpsc::channel(4096);
         let task = tokio::spawn(write_loop(
             connector.clone(),
             log.clone(),
@@ -198,6 +238,7 @@ impl Postgres {
             append_timeout,
             closed: AtomicBool::new(false),
             task: Mutex::new(Some(task)),
+            remembered,
         })
     }
 
@@ -704,11 +745,10 @@ async fn write_loop(
         let result = match connected {
             Ok(c) => {
                 let c = client.insert(c);
-                let known = confirmed.known_size();
                 let base = Base {
                     log: &*log,
                     sealer: &sealer,
-                    known,
+                    confirmed: &confirmed,
                 };
                 match commit(c, &base, &mut batch, &mut queue, from.as_ref()).await {
                     Err(Failure::Moved) => {
@@ -785,7 +825,81 @@ fn gather(batch: &mut Vec<Pending>, queue: &mut mpsc::Receiver<Pending>) {
 struct Base<'a> {
     log: &'a dyn CheckpointSigner,
     sealer: &'a Sealer,
-    known: u64,
+    /// The newest head known confirmed, which a row read under the lock must extend.
+    confirmed: &'a confirmed::Confirmed,
+}
+
+/// The newest head this broker knew on a standby, and its tree's right edge as the database
+/// stores it now (read under the lock): whether the stored tree still holds that tree.
+struct Knew {
+    size: u64,
+    /// Its root, as its checkpoint states it.
+    root: Hash,
+    /// Its right edge's stored hashes, `(level, stored index, hash)`, highest first; those
+    /// missing from the database left out.
+    stored: Vec<(u8, u64, Hash)>,
+}
+
+/// The hashes of `edge` found in `rows` of [`READ_TREE`], in its order.
+fn stored_edge(edge: &[(u8, u64)], rows: &[tokio_postgres::Row]) -> Vec<(u8, u64, Hash)> {
+    let stored: HashMap<u64, Hash> = rows
+        .iter()
+        .filter_map(|row| {
+            let hash: Vec<u8> = row.get(1);
+            Some((row.get::<_, i64>(0) as u64, Hash(hash.try_into().ok()?)))
+        })
+        .collect();
+    edge.iter()
+        .filter_map(|&(level, i)| Some((level, i, *stored.get(&i)?)))
+        .collect()
+}
+
+/// What a checkpoint kept by an earlier run says this broker knew, with the right edge of its
+/// tree as stored now; refused unless `log` signed it.
+async fn knew_of(
+    note: &str,
+    log: &dyn CheckpointSigner,
+    client: &Conn,
+) -> Result<Knew, StoreError> {
+    let size = unefois_tlog::receipt::checkpoint_size(note);
+    let root = unefois_tlog::receipt::checkpoint_root(note);
+    let (Some(size), Some(root)) = (size, root) else {
+        return Err(StoreError::Database("not a checkpoint".into()));
+    };
+    if log.sign(size, root) != note {
+        return Err(StoreError::Database(
+            "a checkpoint not signed by this broker's log key".into(),
+        ));
+    }
+    let edge = edge(size);
+    let indices: Vec<i64> = edge
+        .iter()
+        .map(|&(_, i)| i64::try_from(i).unwrap_or(i64::MAX))
+        .collect();
+    let rows = client
+        .query_typed(READ_TREE, &[(&indices, Type::INT8_ARRAY)])
+        .await
+        .map_err(db("read the tree this broker knew"))?;
+    Ok(Knew {
+        size,
+        root: Hash(root),
+        stored: stored_edge(&edge, &rows),
+    })
+}
+
+/// The right edge of the tree of `size` leaves: each complete subtree's `(level, stored
+/// index)`, highest first, as [`crate::tree::push_leaf`] keeps them.
+fn edge(size: u64) -> Vec<(u8, u64)> {
+    let mut start = 0u64;
+    (0..64u8)
+        .rev()
+        .filter(|level| size & (1u64 << level) != 0)
+        .map(|level| {
+            let at = (level, tlog_tiles::stored_hash_index(level, start >> level));
+            start += 1u64 << level;
+            at
+        })
+        .collect()
 }
 
 /// Whether the coordination row, as another writer (or anyone with access to the database)
@@ -794,7 +908,8 @@ struct Base<'a> {
 /// back by hand, or by a failover to a standby that lacked acknowledged commits). Extending
 /// either would fork the log under checkpoints already handed out, so the writes stop
 /// (UNAVAILABLE) until an operator has looked.
-fn vouched(head: &Head, log: &dyn CheckpointSigner, known: u64) -> Result<(), StoreError> {
+fn vouched(head: &Head, log: &dyn CheckpointSigner, knew: &Knew) -> Result<(), StoreError> {
+    let known = knew.size;
     if head.size < known {
         return Err(StoreError::Database(format!(
             "the log went back from {known} to {} entries in the database (restored, rolled \
@@ -810,6 +925,16 @@ fn vouched(head: &Head, log: &dyn CheckpointSigner, known: u64) -> Result<(), St
              keys: start the first one alone, then copy its data/keys), or it was altered in the \
              database; not extended",
             head.size
+        )));
+    }
+    let edge = edge(known);
+    if known > 0 && (knew.stored.len() != edge.len() || frontier_root(&knew.stored) != knew.root.0)
+    {
+        return Err(StoreError::Database(format!(
+            "the tree stored in the database no longer holds the {known} entries this broker \
+             knew (the log was rolled back, then written again: restored, or failed over to a \
+             standby that lacked commits): not extended, which would fork it under the \
+             checkpoints handed out"
         )));
     }
     Ok(())
@@ -892,16 +1017,39 @@ async fn transaction(
     queue: &mut mpsc::Receiver<Pending>,
     from: Option<&Head>,
 ) -> Result<(Vec<Appended>, Head), Failure> {
-    let Base { log, sealer, known } = *base;
+    let Base {
+        log,
+        sealer,
+        confirmed,
+    } = *base;
     let head = match from {
         Some(head) => head.clone(),
         None => {
-            let (begun, row) = futures::join!(
+            // With the lock, in the same round trip: the right edge of the newest tree this
+            // broker knew, as stored now.
+            let known = confirmed.known();
+            let root = known
+                .as_ref()
+                .and_then(|k| unefois_tlog::receipt::checkpoint_root(&k.checkpoint));
+            let known_size = known.as_ref().map_or(0, |k| k.size);
+            let edge = edge(if root.is_some() { known_size } else { 0 });
+            let indices: Vec<i64> = edge
+                .iter()
+                .map(|&(_, i)| i64::try_from(i).unwrap_or(i64::MAX))
+                .collect();
+            let edge_params: Params<'_> = &[(&indices, Type::INT8_ARRAY)];
+            let (begun, row, stored) = futures::join!(
                 client.batch_execute("BEGIN"),
-                client.query_prepared(LOCK_LOG, &[], "lock the log")
+                client.query_prepared(LOCK_LOG, &[], "lock the log"),
+                client.query_prepared(READ_TREE, edge_params, "read the tree this broker knew")
             );
             begun.map_err(db("begin"))?;
             let row = row?;
+            let knew = Knew {
+                size: known_size,
+                root: Hash(root.unwrap_or_default()),
+                stored: stored_edge(&edge, &stored?),
+            };
             let row = row.first().ok_or_else(|| {
                 StoreError::Database("the log's coordination row is missing".into())
             })?;
@@ -910,7 +1058,7 @@ async fn transaction(
             // fewer, larger transactions).
             gather(batch, queue);
             let head = head_of(row)?;
-            vouched(&head, log, known)?;
+            vouched(&head, log, &knew)?;
             head
         }
     };
@@ -1348,6 +1496,7 @@ const WRITES: &[(&str, &[Type])] = &[
         ],
     ),
     (LOCK_LOG, &[]),
+    (READ_TREE, &[Type::INT8_ARRAY]),
 ];
 
 const LOCK_LOG: &str = "SELECT size, frontier, checkpoint FROM unefois_log FOR UPDATE";
@@ -1788,6 +1937,12 @@ impl Store for Postgres {
         if let Some(task) = task {
             task.abort();
         }
+        if let Some((remembered, keeping)) = &self.remembered {
+            keeping.abort();
+            let (remembered, confirmed) = (remembered.clone(), self.confirmed.clone());
+            let _ =
+                tokio::task::spawn_blocking(move || remembered.keep_newest(&confirmed, 0)).await;
+        }
     }
 }
 
@@ -1796,11 +1951,13 @@ mod tests {
     use super::*;
     use crate::test_signer::TestSigner;
 
-    /// The head of a log of `size` entries, each its index as bytes, signed by `log`.
-    fn head(log: &TestSigner, size: u64) -> Head {
+    /// The head of a log of `size` entries, each its index as bytes (from `from` on, the index
+    /// plus 100: another history), signed by `log`.
+    fn head_of(log: &TestSigner, size: u64, from: u64) -> Head {
         let (mut frontier, mut hashes) = (Vec::new(), Vec::new());
         for i in 0..size {
-            crate::tree::push_leaf(&mut frontier, i, &i.to_be_bytes(), &mut hashes);
+            let leaf = if i < from { i } else { i + 100 };
+            crate::tree::push_leaf(&mut frontier, i, &leaf.to_be_bytes(), &mut hashes);
         }
         let checkpoint = match size {
             0 => String::new(),
@@ -1810,6 +1967,23 @@ mod tests {
             size,
             frontier,
             checkpoint,
+        }
+    }
+
+    fn head(log: &TestSigner, size: u64) -> Head {
+        head_of(log, size, u64::MAX)
+    }
+
+    #[test]
+    fn the_right_edge_of_a_tree_is_where_its_frontier_is_stored() {
+        let log = TestSigner::from_seed(&[7; 32]);
+        for size in 0..70 {
+            let stored: Vec<(u8, u64)> = head(&log, size)
+                .frontier
+                .iter()
+                .map(|&(level, index, _)| (level, index))
+                .collect();
+            assert_eq!(edge(size), stored, "size {size}");
         }
     }
 
@@ -1825,33 +1999,72 @@ mod tests {
             h.frontier = head(&log, 4).frontier;
             h
         };
-        let cases: Vec<(&str, Head, u64, Option<&str>)> = vec![
-            ("as left", head(&log, 5), 5, None),
-            ("grown since", head(&log, 7), 5, None),
-            ("empty", head(&log, 0), 0, None),
+        // The broker knew the first `size` entries of the first history; the database now
+        // stores the history that differs from entry `from` on.
+        let knew = |size: u64, from: u64| Knew {
+            size,
+            root: Hash(frontier_root(&head(&log, size).frontier)),
+            stored: head_of(&log, size, from).frontier,
+        };
+        let same = u64::MAX;
+        let cases: Vec<(&str, Head, Knew, Option<&str>)> = vec![
+            ("as left", head(&log, 5), knew(5, same), None),
+            ("grown since", head(&log, 7), knew(5, same), None),
+            ("empty", head(&log, 0), knew(0, same), None),
             (
                 "rolled back",
                 head(&log, 3),
-                5,
+                knew(5, same),
                 Some("went back from 5 to 3"),
             ),
-            ("emptied", head(&log, 0), 2, Some("went back from 2 to 0")),
+            (
+                "emptied",
+                head(&log, 0),
+                knew(2, same),
+                Some("went back from 2 to 0"),
+            ),
             (
                 "checkpoint altered",
                 forged(head(&log, 5)),
-                5,
+                knew(5, same),
                 Some("not signed"),
             ),
             (
                 "frontier altered",
                 other_tree(head(&log, 5)),
-                5,
+                knew(5, same),
                 Some("not signed"),
             ),
-            ("another key", head(&other, 5), 5, Some("not signed")),
+            (
+                "another key",
+                head(&other, 5),
+                knew(5, same),
+                Some("not signed"),
+            ),
+            (
+                "rolled back to 3, then written again past 5",
+                head_of(&log, 7, 3),
+                knew(5, 3),
+                Some("no longer holds the 5 entries"),
+            ),
+            (
+                "written again from 5 on only",
+                head_of(&log, 7, 5),
+                knew(5, 5),
+                None,
+            ),
+            (
+                "its stored hashes gone",
+                head(&log, 7),
+                Knew {
+                    stored: Vec::new(),
+                    ..knew(5, same)
+                },
+                Some("no longer holds the 5 entries"),
+            ),
         ];
-        for (case, head, known, refused) in cases {
-            let got = vouched(&head, &log, known).map_err(|e| e.to_string());
+        for (case, head, knew, refused) in cases {
+            let got = vouched(&head, &log, &knew).map_err(|e| e.to_string());
             match refused {
                 None => assert!(got.is_ok(), "{case}: {got:?}"),
                 Some(why) => assert!(

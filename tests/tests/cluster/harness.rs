@@ -88,6 +88,11 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The data folder of broker `i` (its keys, its lock, the newest checkpoint it knew).
+    pub fn data(&self, i: usize) -> std::path::PathBuf {
+        self.homes[i].path().join("data")
+    }
+
     /// Starts one more broker, with the first one's keys.
     pub async fn add(&mut self, pki: &Path, url: &str) -> anyhow::Result<()> {
         let home = tempfile::tempdir()?;

@@ -1,11 +1,11 @@
 //! What a database administrator cannot do unseen while the brokers run: a coordination row
 //! rewritten without the log key, or the log rolled back to an earlier head (its later entries
-//! deleted), is not extended. Extending either would fork the log under the checkpoints and
+//! deleted), even once written again past what a broker knew, is not extended by that broker. Extending either would fork the log under the checkpoints and
 //! receipts already handed out; the brokers refuse the writes (UNAVAILABLE) instead.
 
 use unefois_tests::TestPki;
 
-use crate::harness::{Cluster, Database, fetch_refused_as_unavailable, receipt_of_a_fetch};
+use crate::harness::{Cluster, Database, fetch_refused_as_unavailable, receipt_of_a_fetch, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_rewritten_or_rolled_back_in_the_database_is_not_extended() -> anyhow::Result<()> {
@@ -49,6 +49,29 @@ async fn a_log_rewritten_or_rolled_back_in_the_database_is_not_extended() -> any
     fetch_refused_as_unavailable(broker).await?;
     assert_eq!(sql("SELECT size FROM unefois_log"), kept_size);
     assert_eq!(sql("SELECT count(*) FROM unefois_entries"), kept_size);
+
+    // A broker that knows nothing of the longer log (a new one) writes the rolled-back one
+    // again, past what the first broker knew: the sizes no longer tell, the stored tree does.
+    let knew = after.leaf_index + 1;
+    let mut cluster = cluster;
+    cluster.add(pki.dir(), &db.url()).await?;
+    while sql("SELECT size FROM unefois_log").parse::<u64>()? <= knew {
+        receipt_of_a_fetch(&cluster.brokers[1]).await?;
+    }
+    let size = sql("SELECT size FROM unefois_log");
+    fetch_refused_as_unavailable(&cluster.brokers[0]).await?;
+    assert_eq!(sql("SELECT size FROM unefois_log"), size);
+
+    // Restarted, it still knows (the newest checkpoint it knew is in its data folder): it
+    // refuses to start, and says how an operator accepts a database restored on purpose.
+    cluster.brokers.remove(0).stop().await?;
+    let refused = start(pki.dir(), &db.url(), &cluster.data(0)).await;
+    let refused = refused.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(
+        refused.contains("no longer holds") && refused.contains("log-checkpoint"),
+        "{refused}"
+    );
+    assert_eq!(sql("SELECT size FROM unefois_log"), size);
     for broker in cluster.brokers {
         broker.stop().await?;
     }

@@ -1,0 +1,101 @@
+//! The newest checkpoint a broker knew on a standby, kept in its data folder
+//! (`data/log-checkpoint`), so that a restarted broker still knows what the log held: it
+//! refuses to start on a database whose log went back from it, or was rolled back and then
+//! written again past it (by another broker that knew nothing), as a running broker refuses to
+//! extend such a log (`vouched`). Written once a second at most (and at close), synced: a
+//! crash forgets at most the last second's heads.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::confirmed::Confirmed;
+use crate::StoreError;
+
+/// The file's name in the broker's data folder.
+pub const FILE: &str = "log-checkpoint";
+/// How often the newest known checkpoint is written, at most.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// Where a broker keeps the newest checkpoint it knew.
+#[derive(Clone)]
+pub struct Remembered {
+    path: PathBuf,
+}
+
+impl Remembered {
+    /// The file in the data folder `data`.
+    pub fn in_data_dir(data: &Path) -> Remembered {
+        Remembered {
+            path: data.join(FILE),
+        }
+    }
+
+    /// The file, as an operator may be told of it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The checkpoint kept, if any.
+    pub fn read(&self) -> Result<Option<String>, StoreError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(note) => Ok(Some(note)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Database(format!(
+                "cannot read {}: {e}",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// Keeps `note` in place of the file's, synced (written aside, then renamed).
+    fn write(&self, note: &str) -> std::io::Result<()> {
+        let aside = self.path.with_extension("new");
+        let mut file = std::fs::File::create(&aside)?;
+        file.write_all(note.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&aside, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the newest checkpoint `confirmed` knows, if it is newer than `written`; returns
+    /// the size written since.
+    pub fn keep_newest(&self, confirmed: &Confirmed, written: u64) -> u64 {
+        let Some(newest) = confirmed.known() else {
+            return written;
+        };
+        if newest.size <= written || newest.checkpoint.is_empty() {
+            return written;
+        }
+        match self.write(&newest.checkpoint) {
+            Ok(()) => newest.size,
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), error = %e,
+                    "the newest checkpoint known was not kept");
+                written
+            }
+        }
+    }
+
+    /// Keeps the newest checkpoint `confirmed` knows, once a second, until aborted.
+    pub fn keep(self, confirmed: Arc<Confirmed>, from: u64) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut written = from;
+            let mut every = tokio::time::interval(EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let (this, confirmed) = (self.clone(), confirmed.clone());
+                // The file's sync blocks: off the runtime's workers.
+                written =
+                    tokio::task::spawn_blocking(move || this.keep_newest(&confirmed, written))
+                        .await
+                        .unwrap_or(written);
+            }
+        })
+    }
+}
