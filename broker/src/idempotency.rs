@@ -68,12 +68,18 @@ where
     .await
 }
 
+/// How long an act waits for this broker's other acts: past it, the store is taken for
+/// unavailable (an act whose record's outcome is not known yet holds the others, see
+/// [`serialised`]), as an act waiting for another broker's is after the append timeout.
+const WAIT_FOR_OTHER_ACTS: Duration = Duration::from_secs(10);
+
 /// Runs `act`, an act that reads then records about `person` (by audit pseudonym; and under
 /// `request`, a request id's key, if any), serialised with every other such act: in this broker
 /// under `here` (the state's `grants`), across the brokers of a cluster held by the store. The
-/// hold ends at once when the act succeeded; when it failed (maybe an append that timed out
-/// and may still commit) or is dropped midway (its caller went away while its record was
-/// queued), once the store has the outcome of its appends: a retry must not read before it.
+/// hold ends at once when the act succeeded or was refused; when the store failed under it
+/// (maybe an append that timed out and may still commit) or it is dropped midway (its caller
+/// went away while its record was queued), once the store has the outcome of its appends: a
+/// retry must not read before it.
 pub async fn serialised<T>(
     store: &Arc<dyn crate::store::Store>,
     here: &Arc<tokio::sync::Mutex<()>>,
@@ -81,7 +87,15 @@ pub async fn serialised<T>(
     request: Option<&str>,
     act: impl std::future::Future<Output = Result<T, crate::error::ApiError>>,
 ) -> Result<T, crate::error::ApiError> {
-    let here = here.clone().lock_owned().await;
+    let here = tokio::time::timeout(WAIT_FOR_OTHER_ACTS, here.clone().lock_owned())
+        .await
+        .map_err(|_| {
+            tracing::warn!(
+                waited = ?WAIT_FOR_OTHER_ACTS,
+                "an act waited too long for this broker's other acts; answering STORE_UNAVAILABLE"
+            );
+            crate::error::ApiError::StoreUnavailable
+        })?;
     let person = format!("person\0{person}");
     let keys: Vec<&str> = std::iter::once(person.as_str()).chain(request).collect();
     let hold = Hold {
@@ -89,7 +103,8 @@ pub async fn serialised<T>(
         store: store.clone(),
     };
     let done = act.await;
-    if done.is_ok() {
+    // A refusal was decided before any append; a store failure may have one still committing.
+    if !matches!(done, Err(crate::error::ApiError::StoreUnavailable)) {
         hold.release().await;
     }
     done

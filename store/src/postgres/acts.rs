@@ -6,7 +6,9 @@
 //!
 //! One statement per act, on a connection of its own (the reads' connection pipelines the
 //! fetches' lookups, which must not queue behind a commit's wait for the standby), committed as
-//! the log's records are: on a synchronous standby too, so that a failover does not forget acts.
+//! the log's records are: on a synchronous standby too, so that a failover does not forget acts
+//! (a commit whose wait for the standby was cancelled, which the server answers with a warning,
+//! refuses the act as unavailable).
 //! Rows go once their token can no longer be presented, a few minutes later for the brokers'
 //! clock skew, at most once a minute per broker.
 
@@ -65,16 +67,26 @@ impl Acts {
         let digest = token.digest.to_vec();
         let spent = async {
             let conn = self.conn.client().await?;
-            conn.query_typed_opt(
-                SPEND,
-                &[
-                    (&digest, Type::BYTEA),
-                    (&token.usable_until, Type::INT8),
-                    (&max, Type::INT4),
-                ],
-            )
-            .await
-            .map_err(db("count an ID token's act"))
+            let warned = conn.warnings();
+            let row = conn
+                .query_typed_opt(
+                    SPEND,
+                    &[
+                        (&digest, Type::BYTEA),
+                        (&token.usable_until, Type::INT8),
+                        (&max, Type::INT4),
+                    ],
+                )
+                .await
+                .map_err(db("count an ID token's act"))?;
+            if conn.warnings() > warned {
+                return Err(StoreError::Database(
+                    "an ID token's act was counted on the primary alone (its wait for the \
+                     standby was cancelled)"
+                        .into(),
+                ));
+            }
+            Ok(row)
         };
         // The statement is not cancelled at the deadline (a cancelled wait for the standby
         // would leave the count on the primary alone); the act is refused as unavailable.

@@ -82,23 +82,45 @@ fn serve(head: Tip, seen: Seen, known: Option<&Tip>) -> Option<Tip> {
 #[derive(Default)]
 pub struct Confirmed {
     newest: Mutex<Option<Tip>>,
+    /// The newest head this broker vouches for: its writer's acknowledged commits (each extended
+    /// a row it checked) and the one an earlier run kept. Not the heads reads saw, which
+    /// nothing checked: a log forked in the database must not become what the writer and the
+    /// kept checkpoint compare with.
+    vouched: Mutex<Option<Vouched>>,
+}
+
+/// A head this broker vouches for.
+#[derive(Clone, Debug)]
+pub struct Vouched {
+    pub tip: Tip,
+    /// Its tree's rightmost complete subtree, `(level, stored index, hash)`, when known (the
+    /// writer's heads; not one read back from a file): it holds the head's last entry, so a
+    /// log rolled back below the head and written again has another hash there.
+    pub last: Option<(u8, u64, tlog_tiles::Hash)>,
 }
 
 impl Confirmed {
-    /// A head known on a standby: the writer's, once its commit was acknowledged.
-    pub fn offer(&self, size: u64, checkpoint: &str) {
+    /// A head known on a standby that this broker vouches for: the writer's, once its commit
+    /// was acknowledged (with its rightmost subtree, `last`), or the one an earlier run kept.
+    pub fn offer(&self, size: u64, checkpoint: &str, last: Option<(u8, u64, tlog_tiles::Hash)>) {
+        let tip = Tip {
+            size,
+            checkpoint: checkpoint.to_string(),
+        };
         let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
         if newest.as_ref().is_none_or(|n| n.size < size) {
-            *newest = Some(Tip {
-                size,
-                checkpoint: checkpoint.to_string(),
-            });
+            *newest = Some(tip.clone());
+        }
+        drop(newest);
+        let mut vouched = self.vouched.lock().unwrap_or_else(|e| e.into_inner());
+        if vouched.as_ref().is_none_or(|v| v.tip.size < size) {
+            *vouched = Some(Vouched { tip, last });
         }
     }
 
-    /// The newest head known confirmed, without asking the database.
-    pub fn known(&self) -> Option<Tip> {
-        self.newest
+    /// The newest head this broker vouches for (see [`Confirmed::offer`]).
+    pub fn vouched(&self) -> Option<Vouched> {
+        self.vouched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -212,10 +234,10 @@ mod tests {
     fn the_newest_offer_is_kept() {
         let confirmed = Confirmed::default();
         assert_eq!(confirmed.known_size(), 0);
-        confirmed.offer(5, "five");
-        confirmed.offer(3, "three");
+        confirmed.offer(5, "five", None);
+        confirmed.offer(3, "three", None);
         assert_eq!(confirmed.known_size(), 5);
-        confirmed.offer(8, "eight");
+        confirmed.offer(8, "eight", None);
         assert_eq!(confirmed.known_size(), 8);
     }
 }

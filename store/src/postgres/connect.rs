@@ -388,7 +388,7 @@ impl Shared {
         {
             return Ok(client);
         }
-        let client = Conn::new(self.connector.connect().await?);
+        let client = Conn::connect(&self.connector).await?;
         if let Some(setup) = self.setup {
             client
                 .batch_execute(setup)

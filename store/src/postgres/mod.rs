@@ -49,6 +49,7 @@ use crate::mandate::Mandate;
 use crate::projection::{self, Change, Models, RequestUse, Views};
 use crate::seal::Sealer;
 
+use confirmed::Vouched;
 pub use connect::Connector;
 use connect::{Conn, Params};
 pub use remembered::Remembered;
@@ -206,7 +207,7 @@ impl Postgres {
                             remembered.path().display()
                         ))
                     })?;
-                    confirmed.offer(knew.size, &note);
+                    confirmed.offer(knew.size, &note, None);
                     kept = knew.size;
                 }
                 let keeping = remembered.clone().keep(confirmed.clone(), kept);
@@ -769,7 +770,7 @@ async fn write_loop(
             Ok((appended, head)) => {
                 // Acknowledged by a synchronous standby (a commit it did not acknowledge came
                 // with a warning, and is an error here).
-                confirmed.offer(head.size, &head.checkpoint);
+                confirmed.offer(head.size, &head.checkpoint, head.frontier.last().copied());
                 last = Some(head);
                 // A batch is one transaction: the journal's histogram, so that one dashboard
                 // reads both backends.
@@ -825,18 +826,21 @@ fn gather(batch: &mut Vec<Pending>, queue: &mut mpsc::Receiver<Pending>) {
 struct Base<'a> {
     log: &'a dyn CheckpointSigner,
     sealer: &'a Sealer,
-    /// The newest head known confirmed, which a row read under the lock must extend.
+    /// The newest head this broker vouches for, whose tree a row read under the lock must hold.
     confirmed: &'a confirmed::Confirmed,
 }
 
-/// The newest head this broker knew on a standby, and its tree's right edge as the database
-/// stores it now (read under the lock): whether the stored tree still holds that tree.
+/// The newest head this broker vouches for, and part of its tree as the database stores it
+/// now (read under the lock): whether the stored tree still holds that head's tree.
 struct Knew {
     size: u64,
-    /// Its root, as its checkpoint states it.
-    root: Hash,
-    /// Its right edge's stored hashes, `(level, stored index, hash)`, highest first; those
-    /// missing from the database left out.
+    /// What the stored hashes read must fold to: the head's root (its whole right edge read),
+    /// or the hash of its rightmost subtree (that one read), which holds its last entry.
+    expected: Hash,
+    /// How many stored hashes were read for it.
+    read: usize,
+    /// The stored hashes found, `(level, stored index, hash)`, highest first; those missing
+    /// from the database left out.
     stored: Vec<(u8, u64, Hash)>,
 }
 
@@ -882,7 +886,8 @@ async fn knew_of(
         .map_err(db("read the tree this broker knew"))?;
     Ok(Knew {
         size,
-        root: Hash(root),
+        expected: Hash(root),
+        read: edge.len(),
         stored: stored_edge(&edge, &rows),
     })
 }
@@ -904,9 +909,10 @@ fn edge(size: u64) -> Vec<(u8, u64)> {
 
 /// Whether the coordination row, as another writer (or anyone with access to the database)
 /// left it, may be extended: signed by the log key over its own frontier (a row rewritten
-/// without the key is not), and not behind a head this broker already knew of (a log rolled
-/// back by hand, or by a failover to a standby that lacked acknowledged commits). Extending
-/// either would fork the log under checkpoints already handed out, so the writes stop
+/// without the key is not), not behind the newest head this broker vouches for, and with that
+/// head's tree still stored (a log rolled back by hand, or by a failover to a standby that
+/// lacked acknowledged commits, even if written again since past that head). Extending any of
+/// them would fork the log under checkpoints already handed out, so the writes stop
 /// (UNAVAILABLE) until an operator has looked.
 fn vouched(head: &Head, log: &dyn CheckpointSigner, knew: &Knew) -> Result<(), StoreError> {
     let known = knew.size;
@@ -927,8 +933,8 @@ fn vouched(head: &Head, log: &dyn CheckpointSigner, knew: &Knew) -> Result<(), S
             head.size
         )));
     }
-    let edge = edge(known);
-    if known > 0 && (knew.stored.len() != edge.len() || frontier_root(&knew.stored) != knew.root.0)
+    if known > 0
+        && (knew.stored.len() != knew.read || frontier_root(&knew.stored) != knew.expected.0)
     {
         return Err(StoreError::Database(format!(
             "the tree stored in the database no longer holds the {known} entries this broker \
@@ -1025,14 +1031,25 @@ async fn transaction(
     let head = match from {
         Some(head) => head.clone(),
         None => {
-            // With the lock, in the same round trip: the right edge of the newest tree this
-            // broker knew, as stored now.
-            let known = confirmed.known();
-            let root = known
-                .as_ref()
-                .and_then(|k| unefois_tlog::receipt::checkpoint_root(&k.checkpoint));
-            let known_size = known.as_ref().map_or(0, |k| k.size);
-            let edge = edge(if root.is_some() { known_size } else { 0 });
+            // With the lock, in the same round trip: the newest tree this broker vouches for,
+            // as stored now: the stored hash of its rightmost subtree, which holds its last
+            // entry; the whole right edge, to fold to its root, for a head kept by an earlier
+            // run (its subtrees not known).
+            let known = confirmed.vouched();
+            let known_size = known.as_ref().map_or(0, |k| k.tip.size);
+            let (edge, expected) = match &known {
+                Some(Vouched {
+                    last: Some((level, index, hash)),
+                    ..
+                }) => (vec![(*level, *index)], *hash),
+                Some(Vouched { tip, last: None }) => {
+                    match unefois_tlog::receipt::checkpoint_root(&tip.checkpoint) {
+                        Some(root) => (edge(tip.size), Hash(root)),
+                        None => (Vec::new(), Hash([0; 32])),
+                    }
+                }
+                None => (Vec::new(), Hash([0; 32])),
+            };
             let indices: Vec<i64> = edge
                 .iter()
                 .map(|&(_, i)| i64::try_from(i).unwrap_or(i64::MAX))
@@ -1047,7 +1064,8 @@ async fn transaction(
             let row = row?;
             let knew = Knew {
                 size: known_size,
-                root: Hash(root.unwrap_or_default()),
+                expected,
+                read: edge.len(),
                 stored: stored_edge(&edge, &stored?),
             };
             let row = row.first().ok_or_else(|| {
@@ -2003,8 +2021,19 @@ mod tests {
         // stores the history that differs from entry `from` on.
         let knew = |size: u64, from: u64| Knew {
             size,
-            root: Hash(frontier_root(&head(&log, size).frontier)),
+            expected: Hash(frontier_root(&head(&log, size).frontier)),
+            read: edge(size).len(),
             stored: head_of(&log, size, from).frontier,
+        };
+        // The same, only the rightmost subtree of the head it knew read (the writer's heads).
+        let knew_last = |size: u64, from: u64| {
+            let last = |h: Head| h.frontier.last().copied().into_iter().collect::<Vec<_>>();
+            Knew {
+                size,
+                expected: last(head(&log, size))[0].2,
+                read: 1,
+                stored: last(head_of(&log, size, from)),
+            }
         };
         let same = u64::MAX;
         let cases: Vec<(&str, Head, Knew, Option<&str>)> = vec![
@@ -2052,6 +2081,24 @@ mod tests {
                 head_of(&log, 7, 5),
                 knew(5, 5),
                 None,
+            ),
+            (
+                "as left, its last subtree",
+                head(&log, 7),
+                knew_last(5, same),
+                None,
+            ),
+            (
+                "rolled back to 4, written again past 6, its last subtree",
+                head_of(&log, 9, 4),
+                knew_last(6, 4),
+                Some("no longer holds the 6 entries"),
+            ),
+            (
+                "rolled back to 3, written again past 4, its last subtree",
+                head_of(&log, 9, 3),
+                knew_last(4, 3),
+                Some("no longer holds the 4 entries"),
             ),
             (
                 "its stored hashes gone",

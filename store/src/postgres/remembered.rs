@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::confirmed::Confirmed;
@@ -22,6 +22,10 @@ const EVERY: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Remembered {
     path: PathBuf,
+    /// The size of the checkpoint last written (or read at start), and whether the last write
+    /// failed; held while writing, so that the periodic write and the last one at close never
+    /// write the file together.
+    written: Arc<Mutex<(u64, bool)>>,
 }
 
 impl Remembered {
@@ -29,6 +33,7 @@ impl Remembered {
     pub fn in_data_dir(data: &Path) -> Remembered {
         Remembered {
             path: data.join(FILE),
+            written: Arc::new(Mutex::new((0, false))),
         }
     }
 
@@ -62,39 +67,50 @@ impl Remembered {
         Ok(())
     }
 
-    /// Writes the newest checkpoint `confirmed` knows, if it is newer than `written`; returns
-    /// the size written since.
-    pub fn keep_newest(&self, confirmed: &Confirmed, written: u64) -> u64 {
-        let Some(newest) = confirmed.known() else {
-            return written;
+    /// Writes the newest checkpoint this broker vouches for, if newer than the one written (or
+    /// read at start: `from`, the first time). A failure is logged when it starts and when it
+    /// ends, not each second.
+    pub fn keep_newest(&self, confirmed: &Confirmed, from: u64) {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.0 = written.0.max(from);
+        let Some(newest) = confirmed.vouched() else {
+            return;
         };
-        if newest.size <= written || newest.checkpoint.is_empty() {
-            return written;
+        let newest = newest.tip;
+        if newest.size <= written.0 || newest.checkpoint.is_empty() {
+            return;
         }
         match self.write(&newest.checkpoint) {
-            Ok(()) => newest.size,
+            Ok(()) => {
+                if written.1 {
+                    tracing::info!(file = %self.path.display(),
+                        "the newest checkpoint known is kept again");
+                }
+                *written = (newest.size, false);
+            }
             Err(e) => {
-                tracing::warn!(file = %self.path.display(), error = %e,
-                    "the newest checkpoint known was not kept");
-                written
+                if !written.1 {
+                    tracing::warn!(file = %self.path.display(), error = %e,
+                        "the newest checkpoint known is not kept: after a restart this broker \
+                         will not see a log rolled back behind it");
+                }
+                written.1 = true;
             }
         }
     }
 
-    /// Keeps the newest checkpoint `confirmed` knows, once a second, until aborted.
+    /// Keeps the newest checkpoint `confirmed` knows, once a second, until aborted; `from`,
+    /// the size of the one read at start.
     pub fn keep(self, confirmed: Arc<Confirmed>, from: u64) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut written = from;
             let mut every = tokio::time::interval(EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
                 let (this, confirmed) = (self.clone(), confirmed.clone());
                 // The file's sync blocks: off the runtime's workers.
-                written =
-                    tokio::task::spawn_blocking(move || this.keep_newest(&confirmed, written))
-                        .await
-                        .unwrap_or(written);
+                let _ =
+                    tokio::task::spawn_blocking(move || this.keep_newest(&confirmed, from)).await;
             }
         })
     }

@@ -3,6 +3,8 @@
 //! deleted), even once written again past what a broker knew, is not extended by that broker. Extending either would fork the log under the checkpoints and
 //! receipts already handed out; the brokers refuse the writes (UNAVAILABLE) instead.
 
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::audit_client::AuditClient;
 use unefois_tests::TestPki;
 
 use crate::harness::{Cluster, Database, fetch_refused_as_unavailable, receipt_of_a_fetch, start};
@@ -59,6 +61,14 @@ async fn a_log_rewritten_or_rolled_back_in_the_database_is_not_extended() -> any
         receipt_of_a_fetch(&cluster.brokers[1]).await?;
     }
     let size = sql("SELECT size FROM unefois_log");
+    // Read through the broker that knew, the longer head is served (an auditor holding an
+    // earlier checkpoint sees the fork), but it is not what that broker vouches for.
+    let served = AuditClient::new(cluster.brokers[0].channel("cnil").await?)
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
+        .await?
+        .into_inner()
+        .checkpoint;
+    assert!(served.lines().nth(1) == Some(size.as_str()), "{served}");
     fetch_refused_as_unavailable(&cluster.brokers[0]).await?;
     assert_eq!(sql("SELECT size FROM unefois_log"), size);
 
