@@ -379,9 +379,34 @@ async fn postgres_keeps_the_contract_byte_for_byte_with_the_embedded_backend() {
 
     // Another log key than the one that signed the log: refused, naming why.
     let other = TestSigner::from_seed(&[8; 32]);
-    let refused = crate::Postgres::open(&url, other, sealer, Duration::from_secs(5)).await;
+    let refused = crate::Postgres::open(&url, other, sealer.clone(), Duration::from_secs(5)).await;
     let refused = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(refused.contains("another log key"), "{refused}");
+
+    // A schema whose runner did not mark contract migrations yet: a broker runs on it, and the
+    // next `store init` marks them.
+    server.sql("ALTER TABLE unefois_schema DROP COLUMN contract");
+    let unmarked = crate::Postgres::open(&url, log(), sealer.clone(), Duration::from_secs(5));
+    unmarked.await.unwrap().close().await;
+    assert!(crate::postgres::init(&url, false).await.unwrap().is_empty());
+    let marked = "SELECT string_agg(version::text, ',') FROM unefois_schema WHERE contract";
+    assert_eq!(server.sql(marked), "3");
+
+    // A newer version rolling out: its expand migration leaves this broker running (and
+    // saying so); a newer contract migration does not.
+    server.sql("INSERT INTO unefois_schema (version, contract) VALUES (99, false)");
+    let on_newer = crate::Postgres::open(&url, log(), sealer.clone(), Duration::from_secs(5));
+    let on_newer = on_newer.await.unwrap();
+    let health = on_newer.health().await.report;
+    assert!(
+        health.contains("migration 99 that this broker does not know"),
+        "{health}"
+    );
+    on_newer.close().await;
+    server.sql("UPDATE unefois_schema SET contract = true WHERE version = 99");
+    let refused = crate::Postgres::open(&url, log(), sealer, Duration::from_secs(5)).await;
+    let refused = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("contract migration 99"), "{refused}");
 }
 
 /// A log written under schema version 1 (one row per stored hash) proves the same once version
@@ -524,8 +549,18 @@ async fn a_log_of_schema_1_proves_the_same_after_migration_2() {
     assert_eq!(count("unefois_tree_runs").await, runs + 1);
     assert_eq!(proofs(&migrated).await, proven);
 
-    // The contract step, asked for: the rows of version 1 and the triggers are gone.
+    // The contract step, asked for: the rows of version 1 and the triggers are gone; the
+    // schema, made by a runner that did not mark contract migrations, marks it.
     assert_eq!(crate::postgres::init(&v1, true).await.unwrap(), vec![3]);
+    let marked = old
+        .query_one(
+            "SELECT string_agg(version::text, ',') FROM unefois_schema WHERE contract",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, Option<String>>(0);
+    assert_eq!(marked.as_deref(), Some("3"));
     assert_eq!(proofs(&migrated).await, proven);
     let gone: bool = old
         .query_one("SELECT to_regclass('unefois_tree') IS NULL", &[])

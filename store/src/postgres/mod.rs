@@ -1893,12 +1893,16 @@ impl Store for Postgres {
                      (SELECT count(*) FROM pg_stat_replication \
                       WHERE sync_state IN ('sync', 'quorum')), \
                      current_setting('synchronous_standby_names'), \
-                     (SELECT array_agg(version) FROM unefois_schema)",
+                     (SELECT array_agg(version ORDER BY version) FROM unefois_schema), \
+                     (SELECT array_agg(coalesce((to_jsonb(s) ->> 'contract')::boolean, false) \
+                      ORDER BY version) FROM unefois_schema AS s)",
                     &[],
                 )
                 .await
                 .map_err(db("probe"))?;
-            let applied: Vec<i32> = row.get::<_, Option<Vec<i32>>>(3).unwrap_or_default();
+            let versions: Vec<i32> = row.get::<_, Option<Vec<i32>>>(3).unwrap_or_default();
+            let contracts: Vec<bool> = row.get::<_, Option<Vec<bool>>>(4).unwrap_or_default();
+            let applied: Vec<schema::Applied> = versions.into_iter().zip(contracts).collect();
             Ok::<_, StoreError>((
                 row.get::<_, bool>(0),
                 row.get::<_, i64>(1),

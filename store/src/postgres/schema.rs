@@ -111,6 +111,9 @@ pub const MIGRATIONS: &[&str] = &[
 /// asked (`unefois store init --contract`, once every broker runs this version) or to a schema
 /// made by the same call (no older broker can be using it). The migrations after one do not
 /// wait for it (none of them may need what it does): a schema is the set of versions applied.
+/// Every other migration is an *expand* one: it leaves every statement of the previous
+/// version working, so that a broker of that version runs on it (`unefois_schema.contract`
+/// tells the brokers which are which, the newer ones included).
 pub const CONTRACTS: &[usize] = &[3];
 
 /// Brings the schema to the latest version, leaving out the `CONTRACTS` unless `contract` or
@@ -126,6 +129,23 @@ pub async fn migrate(client: &mut Client, contract: bool) -> Result<Vec<usize>, 
         )
         .await
         .map_err(db("create the schema table"))?;
+    // Which versions are contract ones, for brokers older than them (see `CONTRACTS`).
+    let marked = CONTRACTS
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK}); \
+             ALTER TABLE unefois_schema \
+                 ADD COLUMN IF NOT EXISTS contract boolean NOT NULL DEFAULT false; \
+             UPDATE unefois_schema SET contract = true \
+                 WHERE version IN ({marked}) AND NOT contract; \
+             COMMIT"
+        ))
+        .await
+        .map_err(db("mark the contract migrations"))?;
     let fresh: i64 = client
         .query_one("SELECT count(*) FROM unefois_schema", &[])
         .await
@@ -159,74 +179,92 @@ pub async fn migrate(client: &mut Client, contract: bool) -> Result<Vec<usize>, 
             .await
             .map_err(db("apply a migration"))?;
         tx.execute(
-            "INSERT INTO unefois_schema (version) VALUES ($1)",
-            &[&version],
+            "INSERT INTO unefois_schema (version, contract) VALUES ($1, $2)",
+            &[&version, &CONTRACTS.contains(&(i + 1))],
         )
         .await
         .map_err(db("record a migration"))?;
         tx.commit().await.map_err(db("commit a migration"))?;
         applied.push(i + 1);
     }
-    let newest: Option<i32> = client
-        .query_one("SELECT max(version) FROM unefois_schema", &[])
-        .await
-        .map_err(db("read the schema version"))?
-        .get(0);
-    let known = MIGRATIONS.len();
-    if newest.is_some_and(|v| usize::try_from(v).unwrap_or(usize::MAX) > known) {
-        return Err(StoreError::Database(format!(
-            "the database's schema is version {}, newer than this broker's {known}: upgrade the \
-             broker",
-            newest.unwrap_or_default()
-        )));
-    }
+    // A schema a newer version contracted is not this build's to run on.
+    runs_on(&self::applied(client).await?)?;
     Ok(applied)
 }
 
+/// A version applied to a schema, and whether it is a contract one (as the schema records it;
+/// `false` for rows recorded before the column existed: versions 1 to 3, which this build
+/// knows).
+pub type Applied = (i32, bool);
+
+fn has(applied: &[Applied], version: usize) -> bool {
+    applied
+        .iter()
+        .any(|&(v, _)| usize::try_from(v).ok() == Some(version))
+}
+
 /// The contract migrations this build knows that `applied` (a schema's versions) lacks.
-fn pending(applied: &[i32]) -> Vec<usize> {
+fn pending(applied: &[Applied]) -> Vec<usize> {
     CONTRACTS
         .iter()
         .copied()
-        .filter(|c| !applied.iter().any(|&v| usize::try_from(v).ok() == Some(*c)))
+        .filter(|&c| !has(applied, c))
         .collect()
 }
 
 /// What an operator should know of a schema whose versions are `applied`, this build running
-/// on it: `None` with every migration applied; else that the contract migrations wait for
-/// `--contract`, and what that costs.
-pub fn behind(applied: &[i32]) -> Option<String> {
+/// on it: `None` with every migration applied and none newer; else that the contract
+/// migrations wait for `--contract`, and what that costs, or that newer brokers are rolling
+/// out.
+pub fn behind(applied: &[Applied]) -> Option<String> {
+    let mut told = Vec::new();
     let pending = pending(applied);
-    (!pending.is_empty()).then(|| {
+    if !pending.is_empty() {
         let listed: Vec<String> = pending.iter().map(usize::to_string).collect();
-        format!(
+        told.push(format!(
             "schema without its contract migration {}: once every broker runs this version, \
              run `unefois store init --contract` (until then each batch also writes what older \
              brokers read)",
             listed.join(", ")
-        )
-    })
+        ));
+    }
+    let newer = newer(applied);
+    if !newer.is_empty() {
+        let listed: Vec<String> = newer.iter().map(|(v, _)| v.to_string()).collect();
+        told.push(format!(
+            "schema with migration {} that this broker does not know (an expand one: a newer \
+             version is rolling out); upgrade this broker",
+            listed.join(", ")
+        ));
+    }
+    (!told.is_empty()).then(|| told.join("; "))
+}
+
+/// The versions applied that this build does not know.
+fn newer(applied: &[Applied]) -> Vec<Applied> {
+    let known = MIGRATIONS.len();
+    applied
+        .iter()
+        .copied()
+        .filter(|&(v, _)| usize::try_from(v).map_or(true, |v| v > known))
+        .collect()
 }
 
 /// Whether this build runs on a schema whose versions are `applied`: every migration it knows
 /// but the contract ones (a broker refuses to start without them, and names `unefois store
-/// init`), none it does not know (upgrade the broker).
-fn runs_on(applied: &[i32]) -> Result<(), StoreError> {
+/// init`), and, of those it does not know, expand ones only (a newer contract migration drops
+/// what this build uses: upgrade the broker).
+fn runs_on(applied: &[Applied]) -> Result<(), StoreError> {
     let known = MIGRATIONS.len();
-    if let Some(newer) = applied
-        .iter()
-        .copied()
-        .filter(|&v| usize::try_from(v).map_or(true, |v| v > known))
-        .max()
-    {
+    if let Some((newer, _)) = newer(applied).into_iter().filter(|&(_, c)| c).max() {
         return Err(StoreError::Database(format!(
-            "the database's schema is version {newer}, newer than this broker's {known}: upgrade \
-             the broker"
+            "the database's schema has contract migration {newer}, newer than this broker's \
+             {known}, which drops what this broker uses: upgrade the broker"
         )));
     }
     let missing: Vec<String> = (1..=known)
         .filter(|v| !CONTRACTS.contains(v))
-        .filter(|&v| !applied.iter().any(|&a| usize::try_from(a).ok() == Some(v)))
+        .filter(|&v| !has(applied, v))
         .map(|v| v.to_string())
         .collect();
     if !missing.is_empty() {
@@ -239,8 +277,9 @@ fn runs_on(applied: &[i32]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The versions applied to the schema, if it has one.
-async fn applied(client: &Client) -> Result<Vec<i32>, StoreError> {
+/// The versions applied to the schema, if it has one (whether or not its table has the
+/// `contract` column yet: a runner older than it made none).
+async fn applied(client: &Client) -> Result<Vec<Applied>, StoreError> {
     let exists: bool = client
         .query_one("SELECT to_regclass('unefois_schema') IS NOT NULL", &[])
         .await
@@ -250,14 +289,18 @@ async fn applied(client: &Client) -> Result<Vec<i32>, StoreError> {
         return Ok(Vec::new());
     }
     client
-        .query("SELECT version FROM unefois_schema ORDER BY version", &[])
+        .query(
+            "SELECT version, coalesce((to_jsonb(s) ->> 'contract')::boolean, false) \
+             FROM unefois_schema AS s ORDER BY version",
+            &[],
+        )
         .await
         .map_err(db("read the schema version"))
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Whether this build runs on the database's schema (see `runs_on`); its versions.
-pub async fn check(client: &Client) -> Result<Vec<i32>, StoreError> {
+pub async fn check(client: &Client) -> Result<Vec<Applied>, StoreError> {
     let applied = applied(client).await?;
     runs_on(&applied)?;
     Ok(applied)
@@ -270,36 +313,57 @@ mod tests {
 
     /// Versions applied, whether a broker runs on them (else part of why not), part of what
     /// the operator is told.
-    type Case<'a> = (&'a [i32], Result<(), &'a str>, Option<&'a str>);
+    type Case<'a> = (Vec<Applied>, Result<(), &'a str>, Option<&'a str>);
+
+    /// Versions applied, as a schema records them (3 the contract one).
+    fn schema(versions: &[i32]) -> Vec<Applied> {
+        versions.iter().map(|&v| (v, v == 3)).collect()
+    }
 
     #[test]
     fn a_broker_runs_on_every_expand_it_knows_and_says_which_contract_waits() {
         let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
         let all: Vec<i32> = (1..=known).collect();
         let expands: Vec<i32> = all.iter().copied().filter(|&v| v != 3).collect();
+        let with = |extra: Applied| {
+            let mut applied = schema(&all);
+            applied.push(extra);
+            applied
+        };
         // (versions applied, runs on it, what the operator is told)
-        let cases: &[Case] = &[
-            (&all, Ok(()), None),
-            (&expands, Ok(()), Some("contract migration 3:")),
+        let cases: Vec<Case> = vec![
+            (schema(&all), Ok(()), None),
+            (schema(&expands), Ok(()), Some("contract migration 3:")),
             (
-                &[],
+                schema(&[]),
                 Err("lacks migration 1, 2, 4"),
                 Some("contract migration 3:"),
             ),
             (
-                &[1, 2],
+                schema(&[1, 2]),
                 Err("lacks migration 4 of"),
                 Some("contract migration 3:"),
             ),
-            (&[1, 2, 3], Err("lacks migration 4 of"), None),
+            (schema(&[1, 2, 3]), Err("lacks migration 4 of"), None),
+            // A newer version rolling out: its expand migrations leave this build working.
+            (
+                with((known + 1, false)),
+                Ok(()),
+                Some("does not know (an expand one"),
+            ),
+            (
+                with((known + 1, true)),
+                Err("contract migration 5, newer than this broker's"),
+                Some("does not know"),
+            ),
         ];
         for (applied, runs, told) in cases {
-            match (runs_on(applied), runs) {
+            match (runs_on(&applied), runs) {
                 (Ok(()), Ok(())) => {}
                 (Err(e), Err(why)) => assert!(e.to_string().contains(why), "{applied:?}: {e}"),
                 (got, want) => panic!("{applied:?}: {got:?} against {want:?}"),
             }
-            let behind = behind(applied);
+            let behind = behind(&applied);
             match told {
                 None => assert_eq!(behind, None, "{applied:?}"),
                 Some(part) => assert!(
@@ -308,11 +372,5 @@ mod tests {
                 ),
             }
         }
-        let newer: Vec<i32> = all.iter().copied().chain([known + 1]).collect();
-        let e = runs_on(&newer).unwrap_err().to_string();
-        assert!(
-            e.contains("newer than this broker's") && e.contains("upgrade"),
-            "{e}"
-        );
     }
 }
