@@ -1936,10 +1936,18 @@ impl Store for Postgres {
                 behind,
             ),
         };
+        let not_kept = match &self.remembered {
+            Some((remembered, _)) if remembered.failing() => format!(
+                "; the newest checkpoint known is not kept in {} (see the log): after a restart \
+                 this broker will not see a log rolled back behind it",
+                remembered.path().display()
+            ),
+            _ => String::new(),
+        };
         StoreHealth {
             ok,
             report: format!(
-                "store: postgresql {at}: {report}{}",
+                "store: postgresql {at}: {report}{}{not_kept}",
                 schema_behind.unwrap_or_default()
             ),
         }

@@ -42,6 +42,11 @@ impl Remembered {
         &self.path
     }
 
+    /// Whether the last write of the file failed (shown on `/readyz`).
+    pub fn failing(&self) -> bool {
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
     /// The checkpoint kept, if any.
     pub fn read(&self) -> Result<Option<String>, StoreError> {
         match std::fs::read_to_string(&self.path) {
@@ -113,5 +118,38 @@ impl Remembered {
                     tokio::task::spawn_blocking(move || this.keep_newest(&confirmed, from)).await;
             }
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_checkpoint_is_kept_once_newer_and_a_failing_write_is_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let remembered = Remembered::in_data_dir(dir.path());
+        let confirmed = Confirmed::default();
+        assert_eq!(remembered.read().unwrap(), None);
+        confirmed.offer(5, "five\n", None);
+        remembered.keep_newest(&confirmed, 0);
+        assert_eq!(remembered.read().unwrap().as_deref(), Some("five\n"));
+
+        // Not newer than what was written: the file is left as it is (an operator removed it).
+        std::fs::remove_file(remembered.path()).unwrap();
+        remembered.keep_newest(&confirmed, 0);
+        assert_eq!(remembered.read().unwrap(), None);
+
+        // A write that fails (the file written aside cannot be made) is told until one works.
+        std::fs::create_dir(remembered.path().with_extension("new")).unwrap();
+        confirmed.offer(8, "eight\n", None);
+        remembered.keep_newest(&confirmed, 0);
+        assert!(remembered.failing());
+        assert_eq!(remembered.read().unwrap(), None);
+        std::fs::remove_dir(remembered.path().with_extension("new")).unwrap();
+        remembered.keep_newest(&confirmed, 0);
+        assert!(!remembered.failing());
+        assert_eq!(remembered.read().unwrap().as_deref(), Some("eight\n"));
     }
 }
