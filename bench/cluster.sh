@@ -14,6 +14,7 @@
 #   SKIP_BUILD=1 DURATION=5 bench/cluster.sh
 #   CONFIGS=pg-1 IN_FLIGHTS=64 PG_CONF="wal_init_zero = on" bench/cluster.sh   # one setting tried
 #   DIRTY_BACKGROUND_BYTES=$((16 << 20)) bench/cluster.sh   # as root: the host's writeback
+#   SCENARIO=consent-grant CONFIGS="embedded pg-1" bench/cluster.sh       # acts instead of fetches
 #
 # Writes target/bench-cluster/cluster.jsonl and prints a table.
 source "$(dirname "$0")/lib.sh"
@@ -24,6 +25,12 @@ IN_FLIGHTS=${IN_FLIGHTS:-1 64 256}
 # Then paced at these shares of the 64-in-flight rate (0.5 is "half-load"; PACED_SHARES="0.3 0.4
 # 0.5" finds the share under which a p99 holds).
 PACED_SHARES=${PACED_SHARES:-0.5}
+# SCENARIO: the bench tool's scenario (`unefois-bench run --help`): fetch-consent, or e.g.
+# consent-grant (acts: the ID tokens' count, the holds) or inclusion-proof (reads of the log).
+SCENARIO=${SCENARIO:-fetch-consent}
+# LOAD_ARGS: more arguments for each load run (`unefois-bench run --help`), e.g.
+# "--subjects test:p1,test:p2" for acts about many people.
+LOAD_ARGS=${LOAD_ARGS:-}
 # PG_CONF: lines added to both servers' postgresql.conf, for trying a setting.
 PG_CONF=${PG_CONF:-}
 # STANDBY_CPU: the standby's CPU.
@@ -208,9 +215,9 @@ run() {
   local result
   result=$(taskset -c "$CLIENT_CPU" "$BENCH" run --target "$(IFS=,; echo "${TARGETS[*]}")" \
     --pki "$BENCH_DIR/home0/pki" --broker-bin "$UNEFOIS" \
-    --idp-key examples/dev-idp/dev-signing-key.json --scenario fetch-consent \
+    --idp-key examples/dev-idp/dev-signing-key.json --scenario "$SCENARIO" \
     --connections "${#TARGETS[@]}" --duration "$DURATION" --warmup 1 \
-    --server-pid "$servers" --aux-pid "$PROVIDER_PID" --json "$@")
+    --server-pid "$servers" --aux-pid "$PROVIDER_PID" --json $LOAD_ARGS "$@")
   [ "$config" != embedded ] && wal_after=$(pg_wal)
   batches_after=$(batch_totals)
   printf '%s\n' "$result" |

@@ -37,7 +37,7 @@ pub struct Creation<'a> {
 /// it.
 pub async fn create_once<T, Found, Fut>(
     store: &Arc<dyn crate::store::Store>,
-    serialised_here: &Arc<tokio::sync::Mutex<()>>,
+    serialised_here: &crate::act_locks::ActLocks,
     creation: Creation<'_>,
     find: impl FnOnce(String) -> Found,
     create: impl FnOnce() -> Fut,
@@ -68,26 +68,30 @@ where
     .await
 }
 
-/// How long an act waits for this broker's other acts: past it, the store is taken for
-/// unavailable (an act whose record's outcome is not known yet holds the others, see
-/// [`serialised`]), as an act waiting for another broker's is after the append timeout.
+/// How long an act waits for this broker's other acts about the same person or request id:
+/// past it, the store is taken for unavailable (an act whose record's outcome is not known yet
+/// holds the others, see [`serialised`]), as an act waiting for another broker's is after the
+/// append timeout.
 const WAIT_FOR_OTHER_ACTS: Duration = Duration::from_secs(10);
 
 /// Runs `act`, an act that reads then records about `person` (by audit pseudonym; and under
-/// `request`, a request id's key, if any), serialised with every other such act: in this broker
-/// under `here` (the state's `grants`), across the brokers of a cluster held by the store. The
+/// `request`, a request id's key, if any), serialised with every other such act about the same
+/// person or request id: in this broker under `here` (the state's `grants`, a lock per key),
+/// across the brokers of a cluster held by the store. The
 /// hold ends at once when the act succeeded or was refused; when the store failed under it
 /// (maybe an append that timed out and may still commit) or it is dropped midway (its caller
 /// went away while its record was queued), once the store has the outcome of its appends: a
 /// retry must not read before it.
 pub async fn serialised<T>(
     store: &Arc<dyn crate::store::Store>,
-    here: &Arc<tokio::sync::Mutex<()>>,
+    here: &crate::act_locks::ActLocks,
     person: &str,
     request: Option<&str>,
     act: impl std::future::Future<Output = Result<T, crate::error::ApiError>>,
 ) -> Result<T, crate::error::ApiError> {
-    let here = tokio::time::timeout(WAIT_FOR_OTHER_ACTS, here.clone().lock_owned())
+    let person = format!("person\0{person}");
+    let keys: Vec<&str> = std::iter::once(person.as_str()).chain(request).collect();
+    let here = tokio::time::timeout(WAIT_FOR_OTHER_ACTS, here.hold(&keys))
         .await
         .map_err(|_| {
             tracing::warn!(
@@ -96,8 +100,6 @@ pub async fn serialised<T>(
             );
             crate::error::ApiError::StoreUnavailable
         })?;
-    let person = format!("person\0{person}");
-    let keys: Vec<&str> = std::iter::once(person.as_str()).chain(request).collect();
     let hold = Hold {
         held: Some((store.serialise(&keys).await?, here)),
         store: store.clone(),
@@ -113,7 +115,7 @@ pub async fn serialised<T>(
 /// An act's hold, here and across the brokers. Dropped rather than released, it ends once the
 /// store has the outcome of every append submitted before.
 struct Hold {
-    held: Option<(crate::store::Serialised, tokio::sync::OwnedMutexGuard<()>)>,
+    held: Option<(crate::store::Serialised, crate::act_locks::Held)>,
     store: Arc<dyn crate::store::Store>,
 }
 

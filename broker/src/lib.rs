@@ -36,6 +36,7 @@ pub mod signing;
 
 // The crate's own: orchestration, providers, network, the gRPC edge.
 pub(crate) mod accesses;
+pub(crate) mod act_locks;
 pub(crate) mod audit;
 pub(crate) mod consents;
 pub(crate) mod contests;

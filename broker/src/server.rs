@@ -388,7 +388,7 @@ pub async fn run(
             crate::preview::DEFAULT_PER_PARTICIPANT,
         ),
         limits: RateLimits::from_registry(&federation.registry()),
-        grants: Arc::new(tokio::sync::Mutex::new(())),
+        grants: crate::act_locks::ActLocks::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

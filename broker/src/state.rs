@@ -26,10 +26,10 @@ pub struct State {
     pub signer: AttestationSigner,
     /// Upper bound of a provider call.
     pub provider_timeout: Duration,
-    /// Serialises this broker's consent grants, mandate creations and revocations, so that two
-    /// concurrent retries cannot both create (across brokers, the store holds the person and
-    /// the request id: `Store::serialise`).
-    pub grants: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises this broker's consent grants, mandate creations and revocations about one
+    /// person or under one request id, so that two concurrent retries cannot both create
+    /// (across brokers, the store holds the same keys: `Store::serialise`).
+    pub grants: crate::act_locks::ActLocks,
     /// Rate limits and the harvesting alarm.
     pub limits: crate::ratelimit::RateLimits,
     /// Recent Fetch answers, for idempotent retries (memory only).

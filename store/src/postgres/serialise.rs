@@ -19,9 +19,10 @@ use super::connect::{Conn, Connector};
 use super::{Pending, barrier, db};
 use crate::{Held, Serialised, StoreError};
 
-/// Idle connections kept for the next act (each broker serialises its own acts: one is used at
-/// a time, the others are spares after a burst).
-const IDLE: usize = 2;
+/// Acts held at once by one broker, each on a connection of its own (acts about different
+/// people go on together); more wait for one of them, within the wait. Their connections are
+/// kept for the next acts.
+const HOLDS: usize = 8;
 
 /// The locks of a store's acts.
 pub struct Locks {
@@ -29,6 +30,8 @@ pub struct Locks {
     /// The writer's queue, for the barrier a dropped hold waits for.
     writer: mpsc::Sender<Pending>,
     idle: Mutex<Vec<Conn>>,
+    /// One per act held at once (`HOLDS`).
+    holds: Arc<tokio::sync::Semaphore>,
     /// How long an act waits for another broker's: then the store is unavailable.
     wait: Duration,
 }
@@ -39,12 +42,22 @@ impl Locks {
             connector,
             writer,
             idle: Mutex::new(Vec::new()),
+            holds: Arc::new(tokio::sync::Semaphore::new(HOLDS)),
             wait,
         }
     }
 
     /// Holds `keys` until the answer is released or dropped.
     pub async fn hold(self: &Arc<Self>, keys: &[&str]) -> Result<Serialised, StoreError> {
+        let permit = tokio::time::timeout(self.wait, self.holds.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                StoreError::Database(format!(
+                    "{HOLDS} acts of this broker held their connections for {:?}",
+                    self.wait
+                ))
+            })?
+            .map_err(|_| StoreError::Closed)?;
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(conn) if !conn.is_closed() => conn,
@@ -75,6 +88,7 @@ impl Locks {
         Ok(Serialised::held(Box::new(Hold {
             conn: Some(conn),
             locks: self.clone(),
+            permit: Some(permit),
         })))
     }
 }
@@ -94,6 +108,8 @@ fn lock_id(key: &str) -> i64 {
 struct Hold {
     conn: Option<Conn>,
     locks: Arc<Locks>,
+    /// This act's place among the broker's `HOLDS`, given back with the connection.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Hold {
@@ -102,7 +118,7 @@ impl Hold {
     async fn end(conn: Conn, locks: &Locks) {
         if conn.batch_execute("COMMIT").await.is_ok() {
             let mut idle = locks.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < IDLE {
+            if idle.len() < HOLDS {
                 idle.push(conn);
             }
         }
@@ -127,13 +143,14 @@ impl Drop for Hold {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let locks = self.locks.clone();
+        let (locks, permit) = (self.locks.clone(), self.permit.take());
         runtime.spawn(async move {
             // Every append queued before has its outcome.
             if let Some(answer) = barrier(&locks.writer).await {
                 let _ = answer.await;
             }
             Hold::end(conn, &locks).await;
+            drop(permit);
         });
     }
 }
