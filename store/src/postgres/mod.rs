@@ -844,18 +844,74 @@ struct Knew {
     stored: Vec<(u8, u64, Hash)>,
 }
 
-/// The hashes of `edge` found in `rows` of [`READ_TREE`], in its order.
-fn stored_edge(edge: &[(u8, u64)], rows: &[tokio_postgres::Row]) -> Vec<(u8, u64, Hash)> {
-    let stored: HashMap<u64, Hash> = rows
-        .iter()
-        .filter_map(|row| {
-            let hash: Vec<u8> = row.get(1);
-            Some((row.get::<_, i64>(0) as u64, Hash(hash.try_into().ok()?)))
-        })
-        .collect();
-    edge.iter()
-        .filter_map(|&(level, i)| Some((level, i, *stored.get(&i)?)))
-        .collect()
+/// What to read of the stored tree to see whether it still holds a head's tree: the stored
+/// hash of its rightmost subtree, which holds its last entry, when the writer made the head
+/// (`Vouched::last`); else its whole right edge, to fold to the root its checkpoint states.
+struct Check {
+    size: u64,
+    edge: Vec<(u8, u64)>,
+    expected: Hash,
+}
+
+impl Check {
+    /// The check of `vouched` (none for no head).
+    fn of(vouched: Option<&Vouched>) -> Check {
+        let none = || Check {
+            size: vouched.map_or(0, |v| v.tip.size),
+            edge: Vec::new(),
+            expected: Hash([0; 32]),
+        };
+        match vouched {
+            None => none(),
+            Some(Vouched {
+                tip,
+                last: Some((level, index, hash)),
+            }) => Check {
+                size: tip.size,
+                edge: vec![(*level, *index)],
+                expected: *hash,
+            },
+            Some(Vouched { tip, last: None }) => {
+                match unefois_tlog::receipt::checkpoint_root(&tip.checkpoint) {
+                    Some(root) => Check {
+                        size: tip.size,
+                        edge: edge(tip.size),
+                        expected: Hash(root),
+                    },
+                    None => none(),
+                }
+            }
+        }
+    }
+
+    /// The stored indices to read, as [`READ_TREE`] takes them.
+    fn indices(&self) -> Vec<i64> {
+        self.edge
+            .iter()
+            .map(|&(_, i)| i64::try_from(i).unwrap_or(i64::MAX))
+            .collect()
+    }
+
+    /// What was found, from `rows` of [`READ_TREE`].
+    fn found(self, rows: &[tokio_postgres::Row]) -> Knew {
+        let stored: HashMap<u64, Hash> = rows
+            .iter()
+            .filter_map(|row| {
+                let hash: Vec<u8> = row.get(1);
+                Some((row.get::<_, i64>(0) as u64, Hash(hash.try_into().ok()?)))
+            })
+            .collect();
+        Knew {
+            size: self.size,
+            expected: self.expected,
+            read: self.edge.len(),
+            stored: self
+                .edge
+                .iter()
+                .filter_map(|&(level, i)| Some((level, i, *stored.get(&i)?)))
+                .collect(),
+        }
+    }
 }
 
 /// What a checkpoint kept by an earlier run says this broker knew, with the right edge of its
@@ -875,21 +931,16 @@ async fn knew_of(
             "a checkpoint not signed by this broker's log key".into(),
         ));
     }
-    let edge = edge(size);
-    let indices: Vec<i64> = edge
-        .iter()
-        .map(|&(_, i)| i64::try_from(i).unwrap_or(i64::MAX))
-        .collect();
+    let tip = confirmed::Tip {
+        size,
+        checkpoint: note.to_string(),
+    };
+    let check = Check::of(Some(&Vouched { tip, last: None }));
     let rows = client
-        .query_typed(READ_TREE, &[(&indices, Type::INT8_ARRAY)])
+        .query_typed(READ_TREE, &[(&check.indices(), Type::INT8_ARRAY)])
         .await
         .map_err(db("read the tree this broker knew"))?;
-    Ok(Knew {
-        size,
-        expected: Hash(root),
-        read: edge.len(),
-        stored: stored_edge(&edge, &rows),
-    })
+    Ok(check.found(&rows))
 }
 
 /// The right edge of the tree of `size` leaves: each complete subtree's `(level, stored
@@ -965,6 +1016,13 @@ async fn barrier(
     writer.send(empty).await.ok().map(|()| answer)
 }
 
+/// Returns once every append queued to `writer` before has its outcome (`Store::settled`).
+async fn settled(writer: &mpsc::Sender<Pending>) {
+    if let Some(answer) = barrier(writer).await {
+        let _ = answer.await;
+    }
+}
+
 /// Batches started under the lock after the log was found moved, before trying again from
 /// the last head: with several brokers taking turns, one batch in this many pays a round trip
 /// for nothing.
@@ -1032,28 +1090,9 @@ async fn transaction(
         Some(head) => head.clone(),
         None => {
             // With the lock, in the same round trip: the newest tree this broker vouches for,
-            // as stored now: the stored hash of its rightmost subtree, which holds its last
-            // entry; the whole right edge, to fold to its root, for a head kept by an earlier
-            // run (its subtrees not known).
-            let known = confirmed.vouched();
-            let known_size = known.as_ref().map_or(0, |k| k.tip.size);
-            let (edge, expected) = match &known {
-                Some(Vouched {
-                    last: Some((level, index, hash)),
-                    ..
-                }) => (vec![(*level, *index)], *hash),
-                Some(Vouched { tip, last: None }) => {
-                    match unefois_tlog::receipt::checkpoint_root(&tip.checkpoint) {
-                        Some(root) => (edge(tip.size), Hash(root)),
-                        None => (Vec::new(), Hash([0; 32])),
-                    }
-                }
-                None => (Vec::new(), Hash([0; 32])),
-            };
-            let indices: Vec<i64> = edge
-                .iter()
-                .map(|&(_, i)| i64::try_from(i).unwrap_or(i64::MAX))
-                .collect();
+            // as stored now (see `Check`).
+            let check = Check::of(confirmed.vouched().as_ref());
+            let indices = check.indices();
             let edge_params: Params<'_> = &[(&indices, Type::INT8_ARRAY)];
             let (begun, row, stored) = futures::join!(
                 client.batch_execute("BEGIN"),
@@ -1062,12 +1101,7 @@ async fn transaction(
             );
             begun.map_err(db("begin"))?;
             let row = row?;
-            let knew = Knew {
-                size: known_size,
-                expected,
-                read: edge.len(),
-                stored: stored_edge(&edge, &stored?),
-            };
+            let knew = check.found(&stored?);
             let row = row.first().ok_or_else(|| {
                 StoreError::Database("the log's coordination row is missing".into())
             })?;
@@ -1710,9 +1744,7 @@ impl Store for Postgres {
     }
 
     async fn settled(&self) {
-        if let Some(answer) = barrier(&self.writer).await {
-            let _ = answer.await;
-        }
+        settled(&self.writer).await;
     }
 
     async fn spend_act(

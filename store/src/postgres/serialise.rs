@@ -16,7 +16,7 @@ use tokio_postgres::types::Type;
 use tokio::sync::mpsc;
 
 use super::connect::{Conn, Connector};
-use super::{Pending, barrier, db};
+use super::{Pending, db, settled};
 use crate::{Held, Serialised, StoreError};
 
 /// Acts held at once by one broker, each on a connection of its own (acts about different
@@ -146,9 +146,7 @@ impl Drop for Hold {
         let (locks, permit) = (self.locks.clone(), self.permit.take());
         runtime.spawn(async move {
             // Every append queued before has its outcome.
-            if let Some(answer) = barrier(&locks.writer).await {
-                let _ = answer.await;
-            }
+            settled(&locks.writer).await;
             Hold::end(conn, &locks).await;
             drop(permit);
         });
