@@ -780,26 +780,25 @@ impl Drop for Release {
     }
 }
 
-/// A fault injector holding each batch after its write, before its sync, while `hold` is set
-/// and until `released` is: a disk that takes its time to sync (on the journal's own thread).
-fn slow_disk(hold: &Arc<AtomicBool>, released: &Arc<AtomicBool>) -> FaultInjector {
-    let (hold, released) = (hold.clone(), released.clone());
-    Arc::new(move |point| {
-        if point == FaultPoint::AfterWrite && hold.load(Ordering::SeqCst) {
-            while !released.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        Ok(())
-    })
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_slow_sync_holds_the_answer() -> anyhow::Result<()> {
-    let pki = TestPki::for_sample_registry()?;
+/// A broker on a disk that takes its time to sync: its journal holds each batch after its
+/// write, before its sync (on the journal's own thread), while the first flag is set and until
+/// the second is.
+async fn on_a_slow_disk(
+    pki: &TestPki,
+) -> anyhow::Result<(TestBroker, Arc<AtomicBool>, Arc<AtomicBool>)> {
     let hold = Arc::new(AtomicBool::new(false));
     let released = Arc::new(AtomicBool::new(false));
-    let faults = slow_disk(&hold, &released);
+    let faults: FaultInjector = {
+        let (hold, released) = (hold.clone(), released.clone());
+        Arc::new(move |point| {
+            if point == FaultPoint::AfterWrite && hold.load(Ordering::SeqCst) {
+                while !released.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Ok(())
+        })
+    };
     let broker = TestBroker::start_with(
         pki.dir(),
         BrokerOptions {
@@ -808,6 +807,13 @@ async fn a_slow_sync_holds_the_answer() -> anyhow::Result<()> {
         },
     )
     .await?;
+    Ok((broker, hold, released))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_sync_holds_the_answer() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, hold, released) = on_a_slow_disk(&pki).await?;
     let mut lyon = consents(&broker, "mairie-lyon").await?;
     let release = Release(released.clone());
 
@@ -853,17 +859,7 @@ async fn a_slow_sync_holds_the_answer() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grant_retried_after_its_caller_went_away_records_one_consent() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
-    let hold = Arc::new(AtomicBool::new(false));
-    let released = Arc::new(AtomicBool::new(false));
-    let faults = slow_disk(&hold, &released);
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            journal_faults: Some(faults),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let (broker, hold, released) = on_a_slow_disk(&pki).await?;
     let mut lyon = consents(&broker, "mairie-lyon").await?;
     let release = Release(released.clone());
     let request = pb::GrantConsentRequest {
