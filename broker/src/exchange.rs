@@ -19,6 +19,7 @@ use crate::event::{Event, ExchangeEvent, Outcome, Record, RecordedBasis};
 use crate::federation::Loaded;
 use crate::idempotency::{self, Previous};
 use crate::policy::{self, Decision};
+use crate::ratelimit::Alarm;
 use crate::registry::Habilitation;
 use crate::signing::Envelope;
 use crate::state::State;
@@ -571,17 +572,34 @@ async fn watch_harvesting(
                 .limits
                 .observe(&caller.participant, &habilitation.id, audit, limit)
     {
-        tracing::warn!(consumer = %caller.participant, habilitation = %habilitation.id, distinct, "harvesting alarm");
-        crate::metrics::harvesting_alarm(&caller.participant, &habilitation.id);
-        let alarm = Record::now(Event::HarvestingAlarm {
-            participant: caller.participant.clone(),
+        let alarm = Alarm {
+            consumer: caller.participant.clone(),
             habilitation: habilitation.id.clone(),
-            distinct_subjects: distinct as u64,
+            distinct,
             limit,
-        });
-        state.store.append(vec![alarm]).await?;
+        };
+        state.store.append(vec![alarm_record(alarm)]).await?;
     }
     Ok(())
+}
+
+/// Records a harvesting alarm that the people other brokers saw made this broker raise.
+pub(crate) async fn raise_harvesting_alarm(state: &State, alarm: Alarm) {
+    if let Err(e) = state.store.append(vec![alarm_record(alarm)]).await {
+        tracing::error!(error = %e, "cannot record a harvesting alarm");
+    }
+}
+
+/// The alarm's record, once logged and counted.
+fn alarm_record(alarm: Alarm) -> Record {
+    tracing::warn!(consumer = %alarm.consumer, habilitation = %alarm.habilitation, distinct = alarm.distinct, "harvesting alarm");
+    crate::metrics::harvesting_alarm(&alarm.consumer, &alarm.habilitation);
+    Record::now(Event::HarvestingAlarm {
+        participant: alarm.consumer,
+        habilitation: alarm.habilitation,
+        distinct_subjects: alarm.distinct as u64,
+        limit: alarm.limit,
+    })
 }
 
 /// Asks the provider under the deadline and keeps only what may be released: raw claims as

@@ -26,6 +26,9 @@ use crate::signing::AttestationSigner;
 use crate::state::{DEFAULT_PROVIDER_TIMEOUT, State};
 use crate::store::{Embedded, Postgres, Store, StoreError};
 
+/// How long a share of the limits' counts waits for the store.
+const SHARE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Streams a participant connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
 /// more are refused (REFUSED_STREAM; tonic's client queues them instead). A stream whose answer
 /// the client does not read stays open with that answer held: this bounds what one connection
@@ -422,6 +425,9 @@ pub async fn run(
         http2_max_concurrent_streams = HTTP2_MAX_CONCURRENT_STREAMS,
         "connection limits in force"
     );
+    // The other brokers' counts as they stand before this one serves: what they admit from
+    // then on is charged here.
+    share_limits(&state, &mut false).await;
     let readiness = Readiness::default();
     let ops_task = config.ops_listener.map(|l| {
         let addr = l.local_addr().ok();
@@ -454,6 +460,22 @@ pub async fn run(
                 record_denials(&state).await;
                 if done {
                     return;
+                }
+            }
+        })
+    };
+    // On a cluster the brokers enforce the limits together: each shares its counts, until the
+    // store says no other broker can share it (the embedded backend).
+    let sharer = {
+        let state = state.clone();
+        let stopped = stopped();
+        tokio::spawn(async move {
+            tokio::pin!(stopped);
+            let mut failing = false;
+            while share_limits(&state, &mut failing).await {
+                tokio::select! {
+                    () = tokio::time::sleep(ratelimit::SHARE_EVERY) => {}
+                    () = &mut stopped => return,
                 }
             }
         })
@@ -551,6 +573,7 @@ pub async fn run(
         return Err(BrokerError::Web(e));
     }
     let _ = flusher.await;
+    let _ = sharer.await;
     if let Some(task) = reloader {
         let _ = task.await;
     }
@@ -648,6 +671,31 @@ async fn reload(
     }
     tracing::info!(registry_sha256 = %sha, revoked_certificates = revoked_count, "registry and CRL reloaded");
     Ok(sha)
+}
+
+/// Shares the limits' counts with the other brokers once, and records the harvesting alarms
+/// that their counts raise here; logs when the store fails (once until it answers again, with
+/// `failing`). Whether to go on: `false` when the store has no other broker.
+async fn share_limits(state: &State, failing: &mut bool) -> bool {
+    let failure = match tokio::time::timeout(SHARE_TIMEOUT, state.limits.share(&*state.store)).await
+    {
+        Ok(Ok(None)) => return false,
+        Ok(Ok(Some(alarms))) => {
+            if std::mem::take(failing) {
+                tracing::info!("the limits are shared with the other brokers again");
+            }
+            for alarm in alarms {
+                crate::exchange::raise_harvesting_alarm(state, alarm).await;
+            }
+            return true;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {SHARE_TIMEOUT:?}"),
+    };
+    if !std::mem::replace(failing, true) {
+        tracing::warn!(error = %failure, "the limits cannot be shared with the other brokers: each counts its own until they can");
+    }
+    true
 }
 
 /// Records the rate-limit denials counted since the last call.

@@ -342,7 +342,7 @@ async fn postgres_keeps_the_contract_byte_for_byte_with_the_embedded_backend() {
     assert!(refused.contains("unefois store init"), "{refused}");
     assert_eq!(
         crate::postgres::init(&url, false).await.unwrap(),
-        vec![1, 2, 3, 4]
+        vec![1, 2, 3, 4, 5]
     );
     assert_eq!(
         crate::postgres::init(&url, false).await.unwrap(),
@@ -492,7 +492,10 @@ async fn a_log_of_schema_1_proves_the_same_after_migration_2() {
     .await;
 
     // The expand migrations, the one after the contract step included; not the contract.
-    assert_eq!(crate::postgres::init(&v1, false).await.unwrap(), vec![2, 4]);
+    assert_eq!(
+        crate::postgres::init(&v1, false).await.unwrap(),
+        vec![2, 4, 5]
+    );
     assert!(crate::postgres::init(&v1, false).await.unwrap().is_empty());
     let migrated = crate::Postgres::open(&v1, log(), sealer.clone(), Duration::from_secs(5));
     let migrated = migrated.await.unwrap();
@@ -764,4 +767,97 @@ async fn the_acts_of_an_id_token_are_counted_for_every_broker_on_the_database() 
     for store in [a, b, again, later] {
         store.close().await;
     }
+}
+
+/// The brokers on one database share their limits' counts: each reads the others' (never its
+/// own), as the greatest each wrote; the embedded and in-memory backends share nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
+    use crate::limits::{CallsAdmitted, LimitUse, PeopleSeen, SKETCH_BYTES};
+    let server = crate::postgres::test_server::Server::primary("");
+    let url = server.url();
+    crate::postgres::init(&url, false).await.unwrap();
+    let open = || crate::Postgres::open(&url, log(), sealer(), Duration::from_secs(5));
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    let minute = time::OffsetDateTime::now_utc()
+        .unix_timestamp()
+        .div_euclid(60);
+    let calls = |broker: &str, admitted| CallsAdmitted {
+        broker: broker.into(),
+        participant: "ccas".into(),
+        admitted,
+    };
+    let people = |broker: &str, bits: u8, alarmed| PeopleSeen {
+        broker: broker.into(),
+        consumer: "ccas".into(),
+        habilitation: "h".into(),
+        minute,
+        sketch: vec![bits; SKETCH_BYTES],
+        alarmed,
+    };
+    let a_wrote = LimitUse {
+        calls: vec![calls("a", 5)],
+        people: vec![people("a", 1, false)],
+    };
+    let seen = a.share_limits("a", &a_wrote).await.unwrap().unwrap();
+    assert_eq!(
+        seen,
+        LimitUse::default(),
+        "its own counts are not read back"
+    );
+    let seen = b
+        .share_limits(
+            "b",
+            &LimitUse {
+                calls: vec![calls("b", 2)],
+                people: vec![],
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, a_wrote);
+    // A count that went back keeps the greatest; an alarm, once raised, stays.
+    a.share_limits(
+        "a",
+        &LimitUse {
+            calls: vec![calls("a", 3)],
+            people: vec![people("a", 3, true)],
+        },
+    )
+    .await
+    .unwrap();
+    a.share_limits(
+        "a",
+        &LimitUse {
+            calls: vec![],
+            people: vec![people("a", 3, false)],
+        },
+    )
+    .await
+    .unwrap();
+    let seen = b
+        .share_limits("b", &LimitUse::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen,
+        LimitUse {
+            calls: vec![calls("a", 5)],
+            people: vec![people("a", 3, true)],
+        }
+    );
+    let seen = a
+        .share_limits("a", &LimitUse::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.calls, vec![calls("b", 2)]);
+    for store in [a, b] {
+        store.close().await;
+    }
+
+    let memory = crate::Memory::new(log(), sealer());
+    assert_eq!(memory.share_limits("a", &a_wrote).await.unwrap(), None);
 }

@@ -16,6 +16,7 @@ mod embedded;
 mod error;
 mod evidence_uses;
 pub mod key_files;
+pub mod limits;
 mod memory;
 pub mod metrics;
 mod positions;
@@ -38,6 +39,7 @@ use crate::projection::RequestUse;
 
 pub use embedded::{DEFAULT_CACHE_BYTES, Embedded, recorded_keys_in_journal};
 pub use error::StoreError;
+pub use limits::LimitUse;
 pub use memory::Memory;
 pub use positions::{Positions, Slot};
 pub use postgres::Postgres;
@@ -225,6 +227,19 @@ pub trait Store: Send + Sync {
         token: &Verified,
         now: i64,
     ) -> Result<Result<(), IdentityError>, StoreError>;
+
+    /// Shares the counts of its limits that `broker` (its id for this run, in each row of
+    /// `mine`) changed with the other brokers of this store, and answers theirs, those changed
+    /// lately (a row may come again: counts are cumulative). `None` when no other broker can
+    /// share the store (the embedded and in-memory backends): nothing to share, now or later.
+    async fn share_limits(
+        &self,
+        broker: &str,
+        mine: &LimitUse,
+    ) -> Result<Option<LimitUse>, StoreError> {
+        let _ = (broker, mine);
+        Ok(None)
+    }
 
     /// Holds `keys` (a person's audit pseudonym, an actor's blinded request id) against every
     /// other broker of this store until the answer is released or dropped: acts that read, then

@@ -21,6 +21,12 @@ pub fn rfr(subject: &str) -> pb::FetchRequest {
     fetch(subject, RFR, CANTINE)
 }
 
+/// A Fetch of the reference tax income for the energy aid: what ccas-lyon obtains under law,
+/// under a habilitation with a harvesting alarm (`max_subjects_per_minute`).
+pub fn energy(subject: &str) -> pb::FetchRequest {
+    fetch(subject, RFR, "aide_energie")
+}
+
 /// The consent of `subject` to mairie-lyon for `attestation_type` and `purpose`, recorded by
 /// mairie-lyon's guichet for 30 days with the person's ID token for mairie-lyon.
 pub fn consent(subject: &str, attestation_type: &str, purpose: &str) -> pb::GrantConsentRequest {

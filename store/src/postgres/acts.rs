@@ -13,12 +13,12 @@
 //! clock skew, at most once a minute per broker.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio_postgres::types::Type;
 
 use super::connect::{Connector, Shared};
+use super::sweep::Sweep;
 use super::{SYNCHRONOUS, db};
 use crate::StoreError;
 use crate::identity::{IdentityError, Verified};
@@ -28,8 +28,8 @@ const SPEND: &str = "INSERT INTO unefois_evidence_uses AS u (digest, acts, usabl
                      VALUES ($1, 1, $2) \
                      ON CONFLICT (digest) DO UPDATE SET acts = u.acts + 1 WHERE u.acts < $3 \
                      RETURNING u.acts";
-/// The counts of tokens no longer usable.
-const FORGET: &str = "DELETE FROM unefois_evidence_uses WHERE usable_until < $1";
+/// The counts of tokens no longer usable, before a time to follow.
+const FORGET: &str = "DELETE FROM unefois_evidence_uses WHERE usable_until <";
 /// How long after a token's end its count stays: the brokers' clocks may differ by that much.
 const SKEW_SECONDS: i64 = 300;
 /// How often a broker removes the counts of the tokens no longer usable, at most.
@@ -40,16 +40,21 @@ pub struct Acts {
     conn: Arc<Shared>,
     /// How long an act waits for its count's commit.
     wait: Duration,
-    /// When this broker last removed the counts of tokens past their use (Unix seconds).
-    forgot_at: AtomicI64,
+    /// The counts of tokens past their use, removed.
+    sweep: Sweep,
 }
 
 impl Acts {
     pub fn new(connector: Connector, wait: Duration) -> Acts {
+        let conn = Arc::new(Shared::with_setup(connector, SYNCHRONOUS));
         Acts {
-            conn: Arc::new(Shared::with_setup(connector, SYNCHRONOUS)),
+            sweep: Sweep::new(
+                conn.clone(),
+                "forget the counts of ID tokens past their use",
+                FORGET_EVERY_SECONDS,
+            ),
+            conn,
             wait,
-            forgot_at: AtomicI64::new(0),
         }
     }
 
@@ -104,28 +109,7 @@ impl Acts {
 
     /// Removes, in the background, the counts of tokens past their use, once a minute at most.
     fn forget_spent(&self, now: i64) {
-        let last = self.forgot_at.load(Ordering::Relaxed);
-        if now - last < FORGET_EVERY_SECONDS
-            || self
-                .forgot_at
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        let conn = self.conn.clone();
         let before = now - SKEW_SECONDS;
-        tokio::spawn(async move {
-            let forgotten = async {
-                conn.client()
-                    .await?
-                    .query_typed(FORGET, &[(&before, Type::INT8)])
-                    .await
-                    .map_err(db("forget the counts of ID tokens past their use"))
-            };
-            if let Err(e) = forgotten.await {
-                tracing::warn!(error = %e, "the counts of ID tokens past their use stay");
-            }
-        });
+        self.sweep.sweep(now, || format!("{FORGET} {before}"));
     }
 }

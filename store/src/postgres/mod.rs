@@ -23,10 +23,12 @@
 mod acts;
 mod confirmed;
 mod connect;
+mod limits;
 mod lookups;
 mod remembered;
 mod schema;
 mod serialise;
+mod sweep;
 #[cfg(any(test, feature = "test-server"))]
 pub mod test_server;
 
@@ -141,6 +143,8 @@ pub struct Postgres {
     locks: Arc<serialise::Locks>,
     /// The acts of the ID tokens in use, counted for every broker (`Store::spend_act`).
     acts: acts::Acts,
+    /// The counts of the limits, shared with the other brokers (`Store::share_limits`).
+    limits: limits::Limits,
     writer: mpsc::Sender<Pending>,
     log: Arc<dyn CheckpointSigner>,
     sealer: Arc<Sealer>,
@@ -224,6 +228,7 @@ impl Postgres {
         ));
         Ok(Postgres {
             acts: acts::Acts::new(connector.clone(), append_timeout),
+            limits: limits::Limits::new(connector.clone()),
             locks: Arc::new(serialise::Locks::new(
                 connector.clone(),
                 writer.clone(),
@@ -1753,6 +1758,17 @@ impl Store for Postgres {
         now: i64,
     ) -> Result<Result<(), IdentityError>, StoreError> {
         self.acts.spend(token, now).await
+    }
+
+    async fn share_limits(
+        &self,
+        broker: &str,
+        mine: &crate::LimitUse,
+    ) -> Result<Option<crate::LimitUse>, StoreError> {
+        let minute = time::OffsetDateTime::now_utc()
+            .unix_timestamp()
+            .div_euclid(60);
+        self.limits.share(broker, mine, minute).await.map(Some)
     }
 
     async fn exchanges_about(

@@ -105,6 +105,32 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX unefois_evidence_uses_until ON unefois_evidence_uses (usable_until);
     "#,
+    // 5 (expand): the counts of the limits the brokers enforce together
+    // (`Store::share_limits`): the calls each broker admitted per participant, the people it
+    // saw per habilitation and minute (a sketch of bits, no pseudonym). Unlogged: a count lost
+    // at a failover costs a few calls, and writing one costs no WAL and no standby's wait.
+    // `broker` is a broker's id for one run; `changed_at`, the server's clock in microseconds.
+    r#"
+    CREATE UNLOGGED TABLE unefois_limit_calls (
+        participant text NOT NULL,
+        broker text NOT NULL,
+        admitted bigint NOT NULL,
+        changed_at bigint NOT NULL,
+        PRIMARY KEY (participant, broker)
+    );
+    CREATE INDEX unefois_limit_calls_changed ON unefois_limit_calls (changed_at);
+    CREATE UNLOGGED TABLE unefois_limit_people (
+        consumer text NOT NULL,
+        habilitation text NOT NULL,
+        minute bigint NOT NULL,
+        broker text NOT NULL,
+        sketch bytea NOT NULL,
+        alarmed boolean NOT NULL,
+        changed_at bigint NOT NULL,
+        PRIMARY KEY (consumer, habilitation, minute, broker)
+    );
+    CREATE INDEX unefois_limit_people_changed ON unefois_limit_people (changed_at);
+    "#,
 ];
 
 /// The migrations that drop what an earlier version of the broker still uses: applied only when
@@ -341,10 +367,10 @@ mod tests {
             ),
             (
                 schema(&[1, 2]),
-                Err("lacks migration 4 of"),
+                Err("lacks migration 4, 5 of"),
                 Some("contract migration 3:"),
             ),
-            (schema(&[1, 2, 3]), Err("lacks migration 4 of"), None),
+            (schema(&[1, 2, 3]), Err("lacks migration 4, 5 of"), None),
             // A newer version rolling out: its expand migrations leave this build working.
             (
                 with((known + 1, false)),
@@ -353,7 +379,7 @@ mod tests {
             ),
             (
                 with((known + 1, true)),
-                Err("contract migration 5, newer than this broker's"),
+                Err("contract migration 6, newer than this broker's"),
                 Some("does not know"),
             ),
         ];

@@ -78,12 +78,22 @@ impl Cluster {
     /// Starts `n` brokers on `url`: the first creates the keys (the log is empty), the others
     /// start with copies of them.
     pub async fn start(pki: &Path, url: &str, n: usize) -> anyhow::Result<Cluster> {
+        Cluster::start_on_registry(pki, url, n, &unefois_tests::sample_registry()).await
+    }
+
+    /// As [`Cluster::start`], every broker serving `registry`.
+    pub async fn start_on_registry(
+        pki: &Path,
+        url: &str,
+        n: usize,
+        registry: &Path,
+    ) -> anyhow::Result<Cluster> {
         let mut cluster = Cluster {
             brokers: Vec::new(),
             homes: Vec::new(),
         };
         for _ in 0..n {
-            cluster.add(pki, url).await?;
+            cluster.add_on_registry(pki, url, registry).await?;
         }
         Ok(cluster)
     }
@@ -95,12 +105,23 @@ impl Cluster {
 
     /// Starts one more broker, with the first one's keys.
     pub async fn add(&mut self, pki: &Path, url: &str) -> anyhow::Result<()> {
+        self.add_on_registry(pki, url, &unefois_tests::sample_registry())
+            .await
+    }
+
+    /// As [`Cluster::add`], the broker serving `registry`.
+    async fn add_on_registry(
+        &mut self,
+        pki: &Path,
+        url: &str,
+        registry: &Path,
+    ) -> anyhow::Result<()> {
         let home = tempfile::tempdir()?;
         let data = home.path().join("data");
         if let Some(first) = self.homes.first() {
             copy_keys(&first.path().join("data"), &data)?;
         }
-        let broker = start(pki, url, &data).await?;
+        let broker = start_on_registry(pki, url, &data, registry.to_path_buf(), false).await?;
         self.brokers.push(broker);
         self.homes.push(home);
         Ok(())

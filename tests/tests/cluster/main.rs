@@ -10,6 +10,7 @@ mod durability;
 mod harness;
 mod idempotency;
 mod import;
+mod limits;
 mod one_log;
 mod soak;
 mod tampering;

@@ -10,16 +10,8 @@ use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_tests::journal::records;
 use unefois_tests::refusals::retry_delay;
+use unefois_tests::requests::energy;
 use unefois_tests::{BrokerOptions, TestBroker, TestPki};
-
-fn energy(subject: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: "dgfip.revenu_fiscal_reference".into(),
-        purpose: "aide_energie".into(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn over_its_rate_a_consumer_waits_and_refusals_are_counted_once() -> anyhow::Result<()> {

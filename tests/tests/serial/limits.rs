@@ -8,16 +8,8 @@
 use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::exchange_client::ExchangeClient;
+use unefois_tests::requests::energy;
 use unefois_tests::{TestBroker, TestPki};
-
-fn energy(subject: &str) -> pb::FetchRequest {
-    pb::FetchRequest {
-        subject: subject.into(),
-        attestation_type: "dgfip.revenu_fiscal_reference".into(),
-        purpose: "aide_energie".into(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn metrics_count_exchanges_by_consumer_type_and_outcome_without_subjects()

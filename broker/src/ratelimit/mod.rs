@@ -1,0 +1,374 @@
+//! Rate limits per consumer, and the harvesting alarm, enforced by all the brokers of a store
+//! together.
+//!
+//! A consumer over its declared rate gets RESOURCE_EXHAUSTED with a retry-after. Denials are
+//! counted in memory and recorded once per consumer per window, with the count, so that a
+//! flood cannot multiply disk writes. A consumer that reads more distinct people per minute
+//! than its habilitation allows raises one alarm entry per minute.
+//!
+//! On a cluster each broker decides alone, at once, and shares its counts through the store
+//! every [`SHARE_EVERY`] ([`RateLimits::share`]): the calls the others admitted are charged to
+//! its own cells, and the people they saw are added to its counts. Between two shares the
+//! brokers together may admit up to one burst each, and a harvester be seen a little late.
+
+mod gcra;
+mod people;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use unefois_store::limits::{CallsAdmitted, LimitUse};
+use unefois_store::{Store, StoreError};
+
+use crate::registry::Registry;
+pub use people::Alarm;
+
+/// The length of a counting window.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// How often a broker shares its counts with the other brokers of its store.
+pub const SHARE_EVERY: Duration = Duration::from_millis(200);
+/// How often a broker shares all its counts, changed or not.
+const SHARE_ALL_EVERY: Duration = Duration::from_secs(60);
+/// How long the counts of a broker not heard from are kept (it stopped, or restarted under a
+/// new id): longer than [`SHARE_ALL_EVERY`].
+const FORGET_BROKER_AFTER: Duration = Duration::from_secs(600);
+/// Reads of the others' counts this far apart are a new start (see `Shares::admitted_since`).
+const READS_RESUMED_AFTER: Duration = Duration::from_secs(10);
+
+/// The limiter of every participant of `registry`, reusing those of `kept` whose limit is the
+/// same, and keeping every participant's count of calls admitted.
+fn limiters(registry: &Registry, kept: &HashMap<String, Limiter>) -> HashMap<String, Limiter> {
+    let mut out = HashMap::new();
+    // Every participant is limited: by its own rate, or by the federation's default.
+    for p in registry.participants() {
+        let limit = registry.rate_limit_of(p);
+        let before = kept.get(&p.id);
+        let cell = match before.filter(|k| k.limit == limit) {
+            Some(same) => same.cell.clone(),
+            None => gcra::Cell::new(limit).map(Arc::new),
+        };
+        let admitted = before.map_or_else(Arc::default, |k| k.admitted.clone());
+        out.insert(
+            p.id.clone(),
+            Limiter {
+                limit,
+                cell,
+                admitted,
+            },
+        );
+    }
+    out
+}
+
+/// The limit of every participant (its own, or the federation's default).
+pub struct RateLimits {
+    /// Swapped whole on reload; a participant whose limit did not change keeps its limiter.
+    limiters: arc_swap::ArcSwap<HashMap<String, Limiter>>,
+    /// The clock of the cells.
+    epoch: Instant,
+    denied: Mutex<HashMap<String, u64>>,
+    people: Mutex<people::People>,
+    /// This broker's id in what it shares (a new one at each start).
+    id: String,
+    /// What this broker and the others shared so far.
+    shares: Mutex<Shares>,
+}
+
+/// One participant's limiter, with the limit it enforces.
+struct Limiter {
+    limit: crate::registry::RateLimit,
+    /// `None`: not limited (a rate or burst of 0).
+    cell: Option<Arc<gcra::Cell>>,
+    /// The calls this broker admitted since it started, for the other brokers.
+    admitted: Arc<AtomicU64>,
+}
+
+/// The counts shared: this broker's, as last written, and the others', as last read.
+#[derive(Default)]
+struct Shares {
+    /// Calls admitted per participant, as this broker last shared them.
+    mine: HashMap<String, u64>,
+    /// When this broker last shared every count, changed or not: a broker whose counts do not
+    /// change stays heard of, and its rows stay in the store.
+    all_shared_at: Option<Instant>,
+    /// Calls admitted per other broker and participant, as last read.
+    theirs: HashMap<(String, String), u64>,
+    /// The other brokers heard from, and when last.
+    brokers: HashMap<String, Instant>,
+    /// When this broker last read the others' counts.
+    read_at: Option<Instant>,
+}
+
+impl Shares {
+    /// Whether every count is to be shared again, changed or not.
+    fn share_all(&mut self, now: Instant) -> bool {
+        if self
+            .all_shared_at
+            .is_some_and(|at| now.duration_since(at) < SHARE_ALL_EVERY)
+        {
+            return false;
+        }
+        self.all_shared_at = Some(now);
+        self.mine.clear();
+        true
+    }
+
+    /// The calls of each participant the other brokers admitted since the last read. At the
+    /// first read, or after reads stopped for a while (the store unreachable), the brokers
+    /// not heard of before are taken as they stand: what they admitted before is history.
+    /// Otherwise a broker heard of for the first time started since the last read, and
+    /// every call it admitted is new.
+    fn admitted_since(&mut self, rows: Vec<CallsAdmitted>, now: Instant) -> HashMap<String, u64> {
+        let resumed = self
+            .read_at
+            .is_none_or(|at| now.duration_since(at) > READS_RESUMED_AFTER);
+        self.read_at = Some(now);
+        let history: std::collections::HashSet<String> = if resumed {
+            rows.iter()
+                .filter(|r| !self.brokers.contains_key(&r.broker))
+                .map(|r| r.broker.clone())
+                .collect()
+        } else {
+            Default::default()
+        };
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for row in rows {
+            self.brokers.insert(row.broker.clone(), now);
+            let known = self
+                .theirs
+                .entry((row.broker.clone(), row.participant.clone()))
+                .or_default();
+            let since = row.admitted.saturating_sub(*known);
+            *known = (*known).max(row.admitted);
+            if since > 0 && !history.contains(&row.broker) {
+                *out.entry(row.participant).or_default() += since;
+            }
+        }
+        // Brokers not heard from for long are forgotten, with their counts.
+        self.brokers
+            .retain(|_, heard| now.duration_since(*heard) < FORGET_BROKER_AFTER);
+        let brokers = &self.brokers;
+        self.theirs.retain(|(b, _), _| brokers.contains_key(b));
+        out
+    }
+}
+
+/// Denials of one consumer over a window, to record.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DeniedCount {
+    /// The consumer.
+    pub participant: String,
+    /// How many calls were refused.
+    pub count: u64,
+}
+
+/// The current minute of the wall clock, the same on every broker.
+fn minute_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp().div_euclid(60)
+}
+
+impl RateLimits {
+    /// The limits of the registry: each participant's own, or the federation's default.
+    pub fn from_registry(registry: &Registry) -> RateLimits {
+        RateLimits {
+            limiters: arc_swap::ArcSwap::from_pointee(limiters(registry, &HashMap::new())),
+            epoch: Instant::now(),
+            denied: Mutex::new(HashMap::new()),
+            people: Mutex::new(people::People::default()),
+            id: uuid::Uuid::now_v7().to_string(),
+            shares: Mutex::new(Shares::default()),
+        }
+    }
+
+    /// Applies a reloaded registry's limits: a participant added gets one at once, one whose
+    /// limit is unchanged keeps what it has used of it.
+    pub fn update(&self, registry: &Registry) {
+        let kept = self.limiters.load();
+        self.limiters.store(Arc::new(limiters(registry, &kept)));
+    }
+
+    /// The cells' clock now.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Admits a call of `consumer`, or says when to retry (and counts the denial).
+    pub fn check(&self, consumer: &str) -> Result<(), Duration> {
+        let limiters = self.limiters.load();
+        let Some(limiter) = limiters.get(consumer) else {
+            return Ok(());
+        };
+        let admitted = match &limiter.cell {
+            None => Ok(()),
+            Some(cell) => cell.check(self.now()),
+        };
+        match admitted {
+            Ok(()) => {
+                limiter.admitted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(wait) => {
+                if let Ok(mut denied) = self.denied.lock() {
+                    *denied.entry(consumer.to_string()).or_default() += 1;
+                }
+                Err(wait)
+            }
+        }
+    }
+
+    /// The denials counted since the last call, to record, and resets the counts.
+    pub fn take_denied(&self) -> Vec<DeniedCount> {
+        let Ok(mut denied) = self.denied.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<DeniedCount> = denied
+            .drain()
+            .map(|(participant, count)| DeniedCount { participant, count })
+            .collect();
+        out.sort_by(|a, b| a.participant.cmp(&b.participant));
+        out
+    }
+
+    /// Notes that `consumer` read `subject` (a pseudonym) under `habilitation`; returns the
+    /// number of distinct subjects, as far as this broker knows, the first time it exceeds
+    /// `limit` in the current minute.
+    pub fn observe(
+        &self,
+        consumer: &str,
+        habilitation: &str,
+        subject: &str,
+        limit: u32,
+    ) -> Option<usize> {
+        self.people
+            .lock()
+            .ok()?
+            .observe(consumer, habilitation, subject, limit, minute_now())
+    }
+
+    /// Shares this broker's counts with the other brokers of `store` and takes theirs: the
+    /// calls they admitted are charged to this broker's cells. Returns the harvesting alarms
+    /// their people make this broker raise, or `None` when `store` has no other broker (the
+    /// embedded backend): there is nothing to share, now or later.
+    pub async fn share(&self, store: &dyn Store) -> Result<Option<Vec<Alarm>>, StoreError> {
+        let limiters = self.limiters.load_full();
+        let calls: Vec<CallsAdmitted> = {
+            let mut shares = self.shares.lock().map_err(|_| poisoned())?;
+            shares.share_all(Instant::now());
+            limiters
+                .iter()
+                .filter_map(|(participant, l)| {
+                    let admitted = l.admitted.load(Ordering::Relaxed);
+                    (shares.mine.get(participant) != Some(&admitted)).then(|| CallsAdmitted {
+                        broker: self.id.clone(),
+                        participant: participant.clone(),
+                        admitted,
+                    })
+                })
+                .collect()
+        };
+        let (people, marks) = self
+            .people
+            .lock()
+            .map_err(|_| poisoned())?
+            .to_share(&self.id);
+        let mine = LimitUse { calls, people };
+        let Some(theirs) = store.share_limits(&self.id, &mine).await? else {
+            return Ok(None);
+        };
+        let minute = minute_now();
+        let charged = {
+            let mut shares = self.shares.lock().map_err(|_| poisoned())?;
+            for c in &mine.calls {
+                shares.mine.insert(c.participant.clone(), c.admitted);
+            }
+            shares.admitted_since(theirs.calls, Instant::now())
+        };
+        let now = self.now();
+        for (participant, calls) in charged {
+            if let Some(cell) = limiters.get(&participant).and_then(|l| l.cell.as_ref()) {
+                cell.charge(calls, now);
+            }
+        }
+        let mut seen = self.people.lock().map_err(|_| poisoned())?;
+        seen.shared(&mine.people, &marks);
+        Ok(Some(seen.merge(theirs.people, minute)))
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Database("the limits' counts are unusable (a thread panicked)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(broker: &str, participant: &str, admitted: u64) -> CallsAdmitted {
+        CallsAdmitted {
+            broker: broker.into(),
+            participant: participant.into(),
+            admitted,
+        }
+    }
+
+    #[test]
+    fn the_others_calls_are_charged_once_from_when_they_are_first_heard_of() {
+        let mut s = Shares::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // The first read: what the brokers admitted before is history.
+        assert!(
+            s.admitted_since(vec![row("b", "ccas", 40)], at(0))
+                .is_empty()
+        );
+        // Then what they admitted since, over every broker; a row read again adds nothing.
+        let since = s.admitted_since(
+            vec![
+                row("b", "ccas", 45),
+                row("b", "caf", 3),
+                row("b", "ccas", 45),
+            ],
+            at(200),
+        );
+        assert_eq!(
+            since,
+            HashMap::from([("ccas".into(), 5), ("caf".into(), 3)])
+        );
+        // A broker started since the last read: all it admitted is new.
+        let since = s.admitted_since(vec![row("c", "ccas", 9), row("b", "ccas", 47)], at(400));
+        assert_eq!(since, HashMap::from([("ccas".into(), 11)]));
+        // A count that went back (the store keeps the greatest) charges nothing, and the
+        // greatest stays the mark.
+        assert!(
+            s.admitted_since(vec![row("b", "ccas", 1)], at(600))
+                .is_empty()
+        );
+        let since = s.admitted_since(vec![row("b", "ccas", 48)], at(800));
+        assert_eq!(since, HashMap::from([("ccas".into(), 1)]));
+        // Reads resumed after a gap: a broker heard of for the first time is history.
+        let resumed = at(800) + READS_RESUMED_AFTER + Duration::from_secs(1);
+        assert!(
+            s.admitted_since(vec![row("d", "ccas", 500)], resumed)
+                .is_empty()
+        );
+        // A broker not heard from for long is forgotten.
+        let later = resumed + FORGET_BROKER_AFTER;
+        s.admitted_since(vec![row("d", "ccas", 500)], later);
+        assert!(!s.brokers.contains_key("b") && s.brokers.contains_key("d"));
+    }
+
+    #[test]
+    fn every_count_is_shared_again_once_a_minute() {
+        let mut s = Shares::default();
+        let t0 = Instant::now();
+        assert!(s.share_all(t0));
+        s.mine.insert("ccas".into(), 3);
+        assert!(!s.share_all(t0 + Duration::from_secs(59)));
+        assert_eq!(s.mine.len(), 1);
+        assert!(s.share_all(t0 + SHARE_ALL_EVERY));
+        assert!(s.mine.is_empty());
+    }
+}

@@ -1,0 +1,207 @@
+//! The brokers' counts of their limits, shared ([`crate::Store::share_limits`]), in two
+//! unlogged tables: writing them costs no WAL and no wait for a standby, and no standby keeps
+//! them. A promoted standby starts them empty; each broker writes its counts again as they next
+//! change (they are cumulative), and a participant may meanwhile get a few more calls once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tokio_postgres::types::Type;
+
+use super::connect::{Connector, Shared};
+use super::db;
+use super::sweep::Sweep;
+use crate::StoreError;
+use crate::limits::{CallsAdmitted, LimitUse, PeopleSeen, SKETCH_BYTES};
+
+/// The server's clock, in microseconds since 1970: when a row changed.
+const NOW_MICROS: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::int8";
+/// Rows changed this long before the newest one read are read again: a row is stamped before
+/// its statement commits, so a reader may see a row stamped earlier than one it already read.
+const OVERLAP_MICROS: i64 = 5_000_000;
+/// The counts of a broker that stopped sharing them (stopped, or restarted under a new id) go
+/// after this long.
+const FORGET_AFTER_MICROS: i64 = 600_000_000;
+/// How often a broker removes the counts no broker shares any more, at most (Unix seconds).
+const FORGET_EVERY_SECONDS: i64 = 60;
+/// This connection's session: nothing here waits for a standby (the tables are unlogged, and
+/// a count lost costs a few calls, not a record), and no statement waits long.
+const SESSION: &str = "SET synchronous_commit = off; SET statement_timeout = '5s'";
+
+/// A broker's side of the shared counts.
+pub struct Limits {
+    conn: Arc<Shared>,
+    /// The newest change read from the other brokers (the server's clock, microseconds).
+    newest: AtomicI64,
+    /// The counts nobody shares any more, removed.
+    sweep: Sweep,
+}
+
+impl Limits {
+    pub fn new(connector: Connector) -> Limits {
+        let conn = Arc::new(Shared::with_setup(connector, SESSION));
+        Limits {
+            sweep: Sweep::new(
+                conn.clone(),
+                "forget the limits' counts nobody shares",
+                FORGET_EVERY_SECONDS,
+            ),
+            conn,
+            newest: AtomicI64::new(0),
+        }
+    }
+
+    /// Writes `mine` (broker `me`'s) and reads the other brokers' counts changed since the last share (and
+    /// those of the minute before `minute` on, for the people).
+    pub async fn share(
+        &self,
+        me: &str,
+        mine: &LimitUse,
+        minute: i64,
+    ) -> Result<LimitUse, StoreError> {
+        let conn = self.conn.client().await?;
+        let participants: Vec<&str> = mine.calls.iter().map(|c| c.participant.as_str()).collect();
+        let admitted: Vec<i64> = mine
+            .calls
+            .iter()
+            .map(|c| i64::try_from(c.admitted).unwrap_or(i64::MAX))
+            .collect();
+        let consumers: Vec<&str> = mine.people.iter().map(|p| p.consumer.as_str()).collect();
+        let habilitations: Vec<&str> = mine
+            .people
+            .iter()
+            .map(|p| p.habilitation.as_str())
+            .collect();
+        let minutes: Vec<i64> = mine.people.iter().map(|p| p.minute).collect();
+        let sketches: Vec<&[u8]> = mine.people.iter().map(|p| p.sketch.as_slice()).collect();
+        let alarmed: Vec<bool> = mine.people.iter().map(|p| p.alarmed).collect();
+        let calls = async {
+            if participants.is_empty() {
+                return Ok(());
+            }
+            conn.query_typed(
+                &format!(
+                    "INSERT INTO unefois_limit_calls AS c (participant, broker, admitted, \
+                     changed_at) \
+                     SELECT p, $1, a, {NOW_MICROS} FROM unnest($2::text[], $3::int8[]) AS t(p, a) \
+                     ON CONFLICT (participant, broker) DO UPDATE \
+                     SET admitted = greatest(c.admitted, excluded.admitted), \
+                         changed_at = excluded.changed_at"
+                ),
+                &[
+                    (&me, Type::TEXT),
+                    (&participants, Type::TEXT_ARRAY),
+                    (&admitted, Type::INT8_ARRAY),
+                ],
+            )
+            .await
+            .map(drop)
+            .map_err(db("share the calls admitted"))
+        };
+        let people = async {
+            if consumers.is_empty() {
+                return Ok(());
+            }
+            conn.query_typed(
+                &format!(
+                    "INSERT INTO unefois_limit_people AS p (consumer, habilitation, minute, \
+                     broker, sketch, alarmed, changed_at) \
+                     SELECT c, h, m, $1, s, a, {NOW_MICROS} \
+                     FROM unnest($2::text[], $3::text[], $4::int8[], $5::bytea[], $6::bool[]) \
+                         AS t(c, h, m, s, a) \
+                     ON CONFLICT (consumer, habilitation, minute, broker) DO UPDATE \
+                     SET sketch = excluded.sketch, alarmed = p.alarmed OR excluded.alarmed, \
+                         changed_at = excluded.changed_at"
+                ),
+                &[
+                    (&me, Type::TEXT),
+                    (&consumers, Type::TEXT_ARRAY),
+                    (&habilitations, Type::TEXT_ARRAY),
+                    (&minutes, Type::INT8_ARRAY),
+                    (&sketches, Type::BYTEA_ARRAY),
+                    (&alarmed, Type::BOOL_ARRAY),
+                ],
+            )
+            .await
+            .map(drop)
+            .map_err(db("share the people seen"))
+        };
+        // Sent together: the connection pipelines them, in order.
+        let (calls, people, others) = futures::join!(calls, people, self.read(&conn, me, minute));
+        calls?;
+        people?;
+        self.forget_unshared(minute * 60);
+        others
+    }
+
+    /// The counts of the brokers other than `me` changed since the newest read.
+    async fn read(
+        &self,
+        conn: &tokio_postgres::Client,
+        me: &str,
+        minute: i64,
+    ) -> Result<LimitUse, StoreError> {
+        let since = self.newest.load(Ordering::Relaxed) - OVERLAP_MICROS;
+        let first = minute - 1;
+        let calls_params = [(&me as _, Type::TEXT), (&since as _, Type::INT8)];
+        let people_params = [
+            (&me as _, Type::TEXT),
+            (&since as _, Type::INT8),
+            (&first as _, Type::INT8),
+        ];
+        let calls = conn.query_typed(
+            "SELECT participant, broker, admitted, changed_at FROM unefois_limit_calls \
+             WHERE broker <> $1 AND changed_at > $2",
+            &calls_params,
+        );
+        let people = conn.query_typed(
+            "SELECT consumer, habilitation, minute, broker, sketch, alarmed, changed_at \
+             FROM unefois_limit_people WHERE broker <> $1 AND changed_at > $2 AND minute >= $3",
+            &people_params,
+        );
+        let (calls, people) = futures::join!(calls, people);
+        let calls = calls.map_err(db("read the calls other brokers admitted"))?;
+        let people = people.map_err(db("read the people other brokers saw"))?;
+        let mut newest = since + OVERLAP_MICROS;
+        let mut out = LimitUse::default();
+        for row in calls {
+            let admitted: i64 = row.get(2);
+            newest = newest.max(row.get(3));
+            out.calls.push(CallsAdmitted {
+                participant: row.get(0),
+                broker: row.get(1),
+                admitted: u64::try_from(admitted).unwrap_or(0),
+            });
+        }
+        for row in people {
+            newest = newest.max(row.get(6));
+            let sketch: Vec<u8> = row.get(4);
+            // A row of another size is not a sketch this build can merge (a later version's).
+            if sketch.len() != SKETCH_BYTES {
+                continue;
+            }
+            out.people.push(PeopleSeen {
+                consumer: row.get(0),
+                habilitation: row.get(1),
+                minute: row.get(2),
+                broker: row.get(3),
+                sketch,
+                alarmed: row.get(5),
+            });
+        }
+        self.newest.fetch_max(newest, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Removes, in the background, the counts no broker shares any more, once a minute at most.
+    fn forget_unshared(&self, now: i64) {
+        let before_minute = now.div_euclid(60) - 2;
+        self.sweep.sweep(now, || {
+            format!(
+                "DELETE FROM unefois_limit_calls \
+                     WHERE changed_at < {NOW_MICROS} - {FORGET_AFTER_MICROS}; \
+                 DELETE FROM unefois_limit_people WHERE minute < {before_minute}"
+            )
+        });
+    }
+}

@@ -1,0 +1,133 @@
+//! The brokers of a cluster enforce a participant's rate and the harvesting alarm together:
+//! behind a balancer, three brokers let a consumer call at its rate, not three times it, and
+//! raise the alarm for a consumer that read too many people through all of them together.
+
+use std::time::Duration;
+
+use broker::event::{Event, Record};
+use tonic::Code;
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::ErrorReason;
+use unefois_proto::v1::audit_client::AuditClient;
+use unefois_tests::TestPki;
+use unefois_tests::clients::exchange;
+use unefois_tests::refusals::refused;
+use unefois_tests::requests::energy;
+use unefois_tlog::verify_checkpoint;
+
+use crate::harness::{Cluster, Database, log_entries};
+
+/// Longer than a few shares of the brokers' counts.
+const SHARED: Duration = Duration::from_millis(800);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    // 6 at once, then one every 2 s.
+    let registry = unefois_tests::sample_registry_with(scratch.path(), |s| {
+        s.replace(
+            "rate_limit = { per_minute = 600, burst = 60 }",
+            "rate_limit = { per_minute = 30, burst = 6 }",
+        )
+    })?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start_on_registry(pki.dir(), &db.url(), 3, &registry).await?;
+    let mut clients = Vec::new();
+    for broker in &cluster.brokers {
+        clients.push(exchange(broker, "ccas-lyon").await?);
+    }
+    // The burst, spread over the brokers: two calls each.
+    for i in 0..6 {
+        clients[i % 3].fetch(energy("test:alice")).await?;
+    }
+    tokio::time::sleep(SHARED).await;
+    // Each broker alone would admit four more; together they admit what the rate gave back
+    // meanwhile (one call every 2 s), and refuse the rest with a retry-after.
+    let mut admitted = 0;
+    for i in 0..9 {
+        let answer = clients[i % 3].fetch(energy("test:alice")).await;
+        match answer {
+            Ok(_) => admitted += 1,
+            Err(_) => {
+                let status = refused(answer, Code::ResourceExhausted, ErrorReason::RateLimited);
+                assert!(
+                    unefois_tests::refusals::retry_delay(&status).is_some(),
+                    "a retry-after"
+                );
+            }
+        }
+    }
+    assert!(admitted <= 2, "{admitted} calls admitted past the burst");
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn people_read_through_every_broker_raise_the_harvesting_alarm() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let registry = unefois_tests::sample_registry_with(scratch.path(), |s| {
+        s.replace(
+            "max_subjects_per_minute = 120",
+            "max_subjects_per_minute = 4",
+        )
+    })?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start_on_registry(pki.dir(), &db.url(), 3, &registry).await?;
+    // The people of one minute are counted together: not across the minute's end.
+    let second = time::OffsetDateTime::now_utc().second();
+    if second > 45 {
+        tokio::time::sleep(Duration::from_secs(u64::from(61 - second))).await;
+    }
+    // Six people, two through each broker: none saw more than the habilitation's 4. (The
+    // provider knows four of them: each read is counted, answered or not.)
+    let people = ["alice", "bob", "carol", "dave", "eve", "frank"];
+    for (i, person) in people.iter().enumerate() {
+        let answer = exchange(&cluster.brokers[i % 3], "ccas-lyon")
+            .await?
+            .fetch(energy(&format!("test:{person}")))
+            .await;
+        if let Err(status) = answer {
+            assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        }
+    }
+    tokio::time::sleep(SHARED).await;
+    let mut audit = AuditClient::new(cluster.brokers[0].channel("cnil").await?);
+    let note = audit
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
+        .await?
+        .into_inner();
+    let size = verify_checkpoint(note.verifier_key.trim(), &note.checkpoint)?.size;
+    let alarms: Vec<(String, u64, u32)> = log_entries(&mut audit, size)
+        .await?
+        .iter()
+        .map(|entry| serde_json::from_slice::<Record>(entry))
+        .filter_map(|record| match record.map(|r| r.event) {
+            Ok(Event::HarvestingAlarm {
+                participant,
+                distinct_subjects,
+                limit,
+                ..
+            }) => Some((participant, distinct_subjects, limit)),
+            _ => None,
+        })
+        .collect();
+    // Raised by a broker that saw the others' people; two brokers sharing at the same moment
+    // may each raise it.
+    assert!(
+        (1..=3).contains(&alarms.len()),
+        "{} alarms: {alarms:?}",
+        alarms.len()
+    );
+    for (participant, distinct, limit) in alarms {
+        assert_eq!((participant.as_str(), limit), ("ccas-lyon", 4));
+        assert!((5..=6).contains(&distinct), "{distinct} people");
+    }
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
