@@ -427,7 +427,8 @@ pub async fn run(
     );
     // The other brokers' counts as they stand before this one serves: what they admit from
     // then on is charged here.
-    share_limits(&state, &mut false).await;
+    let mut sharing_failed = false;
+    share_limits(&state, &mut sharing_failed).await;
     let readiness = Readiness::default();
     let ops_task = config.ops_listener.map(|l| {
         let addr = l.local_addr().ok();
@@ -471,7 +472,7 @@ pub async fn run(
         let stopped = stopped();
         tokio::spawn(async move {
             tokio::pin!(stopped);
-            let mut failing = false;
+            let mut failing = sharing_failed;
             while share_limits(&state, &mut failing).await {
                 tokio::select! {
                     () = tokio::time::sleep(ratelimit::SHARE_EVERY) => {}

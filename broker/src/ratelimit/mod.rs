@@ -17,7 +17,7 @@ mod people;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use time::OffsetDateTime;
 use unefois_store::limits::{CallsAdmitted, LimitUse};
@@ -37,10 +37,26 @@ const SHARE_ALL_EVERY: Duration = Duration::from_secs(60);
 const FORGET_BROKER_AFTER: Duration = Duration::from_secs(600);
 /// Reads of the others' counts this far apart are a new start (see `Shares::admitted_since`).
 const READS_RESUMED_AFTER: Duration = Duration::from_secs(10);
+/// How far the brokers' clocks may differ, for when a broker started.
+const CLOCKS_SKEW: Duration = Duration::from_secs(2);
+
+/// When the broker of id `broker` started: the time in its UUID v7.
+fn started_at(broker: &str) -> Option<SystemTime> {
+    let (seconds, nanos) = uuid::Uuid::parse_str(broker)
+        .ok()?
+        .get_timestamp()?
+        .to_unix();
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
+}
 
 /// The limiter of every participant of `registry`, reusing those of `kept` whose limit is the
-/// same, and keeping every participant's count of calls admitted.
-fn limiters(registry: &Registry, kept: &HashMap<String, Limiter>) -> HashMap<String, Limiter> {
+/// same; each with its count of calls admitted from `counts` (kept for participants removed
+/// then added again: the other brokers know the count they last read).
+fn limiters(
+    registry: &Registry,
+    kept: &HashMap<String, Limiter>,
+    counts: &mut HashMap<String, Arc<AtomicU64>>,
+) -> HashMap<String, Limiter> {
     let mut out = HashMap::new();
     // Every participant is limited: by its own rate, or by the federation's default.
     for p in registry.participants() {
@@ -50,7 +66,7 @@ fn limiters(registry: &Registry, kept: &HashMap<String, Limiter>) -> HashMap<Str
             Some(same) => same.cell.clone(),
             None => gcra::Cell::new(limit).map(Arc::new),
         };
-        let admitted = before.map_or_else(Arc::default, |k| k.admitted.clone());
+        let admitted = counts.entry(p.id.clone()).or_default().clone();
         out.insert(
             p.id.clone(),
             Limiter {
@@ -71,7 +87,9 @@ pub struct RateLimits {
     epoch: Instant,
     denied: Mutex<HashMap<String, u64>>,
     people: Mutex<people::People>,
-    /// This broker's id in what it shares (a new one at each start).
+    /// Every participant's count of calls admitted, including those no longer registered.
+    counts: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// This broker's id in what it shares (a new one at each start: a UUID v7, which says when).
     id: String,
     /// What this broker and the others shared so far.
     shares: Mutex<Shares>,
@@ -98,8 +116,8 @@ struct Shares {
     theirs: HashMap<(String, String), u64>,
     /// The other brokers heard from, and when last.
     brokers: HashMap<String, Instant>,
-    /// When this broker last read the others' counts.
-    read_at: Option<Instant>,
+    /// When this broker last read the others' counts (its monotonic and wall clocks).
+    read_at: Option<(Instant, SystemTime)>,
 }
 
 impl Shares {
@@ -116,24 +134,34 @@ impl Shares {
         true
     }
 
-    /// The calls of each participant the other brokers admitted since the last read. At the
-    /// first read, or after reads stopped for a while (the store unreachable), the brokers
-    /// not heard of before are taken as they stand: what they admitted before is history.
-    /// Otherwise a broker heard of for the first time started since the last read, and
-    /// every call it admitted is new.
-    fn admitted_since(&mut self, rows: Vec<CallsAdmitted>, now: Instant) -> HashMap<String, u64> {
+    /// The calls of each participant the other brokers admitted since the last read, `now`
+    /// (and `wall`, the same on the wall clock). What a broker admitted before this broker
+    /// knew it is history, not charged: at the first read, or after reads stopped for a while
+    /// (the store unreachable: the calls of those minutes are past), every count read is; a
+    /// broker heard of for the first time is new (all its calls charged) only if it started
+    /// since the last read (its id says when), else history (this broker had forgotten it).
+    fn admitted_since(
+        &mut self,
+        rows: Vec<CallsAdmitted>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> HashMap<String, u64> {
         let resumed = self
             .read_at
-            .is_none_or(|at| now.duration_since(at) > READS_RESUMED_AFTER);
-        self.read_at = Some(now);
-        let history: std::collections::HashSet<String> = if resumed {
-            rows.iter()
-                .filter(|r| !self.brokers.contains_key(&r.broker))
-                .map(|r| r.broker.clone())
-                .collect()
-        } else {
-            Default::default()
-        };
+            .is_none_or(|(at, _)| now.duration_since(at) > READS_RESUMED_AFTER);
+        let last_read = self.read_at.map(|(_, wall)| wall);
+        self.read_at = Some((now, wall));
+        let history: std::collections::HashSet<String> = rows
+            .iter()
+            .filter(|r| {
+                resumed
+                    || !self.brokers.contains_key(&r.broker)
+                        && last_read
+                            .zip(started_at(&r.broker))
+                            .is_none_or(|(read, started)| started + CLOCKS_SKEW < read)
+            })
+            .map(|r| r.broker.clone())
+            .collect();
         let mut out: HashMap<String, u64> = HashMap::new();
         for row in rows {
             self.brokers.insert(row.broker.clone(), now);
@@ -173,8 +201,14 @@ fn minute_now() -> i64 {
 impl RateLimits {
     /// The limits of the registry: each participant's own, or the federation's default.
     pub fn from_registry(registry: &Registry) -> RateLimits {
+        let mut counts = HashMap::new();
         RateLimits {
-            limiters: arc_swap::ArcSwap::from_pointee(limiters(registry, &HashMap::new())),
+            limiters: arc_swap::ArcSwap::from_pointee(limiters(
+                registry,
+                &HashMap::new(),
+                &mut counts,
+            )),
+            counts: Mutex::new(counts),
             epoch: Instant::now(),
             denied: Mutex::new(HashMap::new()),
             people: Mutex::new(people::People::default()),
@@ -187,7 +221,11 @@ impl RateLimits {
     /// limit is unchanged keeps what it has used of it.
     pub fn update(&self, registry: &Registry) {
         let kept = self.limiters.load();
-        self.limiters.store(Arc::new(limiters(registry, &kept)));
+        let Ok(mut counts) = self.counts.lock() else {
+            return;
+        };
+        self.limiters
+            .store(Arc::new(limiters(registry, &kept, &mut counts)));
     }
 
     /// The cells' clock now.
@@ -284,7 +322,7 @@ impl RateLimits {
             for c in &mine.calls {
                 shares.mine.insert(c.participant.clone(), c.admitted);
             }
-            shares.admitted_since(theirs.calls, Instant::now())
+            shares.admitted_since(theirs.calls, Instant::now(), SystemTime::now())
         };
         let now = self.now();
         for (participant, calls) in charged {
@@ -314,50 +352,75 @@ mod tests {
         }
     }
 
+    /// A broker's id, as started `ago` before `wall`.
+    fn id_started(wall: SystemTime, ago: Duration) -> String {
+        let started = wall - ago;
+        let since = started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970");
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+        uuid::Uuid::new_v7(ts).to_string()
+    }
+
     #[test]
     fn the_others_calls_are_charged_once_from_when_they_are_first_heard_of() {
         let mut s = Shares::default();
-        let t0 = Instant::now();
-        let at = |ms| t0 + Duration::from_millis(ms);
+        let (t0, w0) = (Instant::now(), SystemTime::now());
+        let at = |ms| {
+            (
+                t0 + Duration::from_millis(ms),
+                w0 + Duration::from_millis(ms),
+            )
+        };
+        let mut read = |rows, (now, wall)| s.admitted_since(rows, now, wall);
+        let old = id_started(w0, Duration::from_secs(3_600));
+        let b = old.as_str();
         // The first read: what the brokers admitted before is history.
-        assert!(
-            s.admitted_since(vec![row("b", "ccas", 40)], at(0))
-                .is_empty()
-        );
+        assert!(read(vec![row(b, "ccas", 40)], at(0)).is_empty());
         // Then what they admitted since, over every broker; a row read again adds nothing.
-        let since = s.admitted_since(
-            vec![
-                row("b", "ccas", 45),
-                row("b", "caf", 3),
-                row("b", "ccas", 45),
-            ],
+        let since = read(
+            vec![row(b, "ccas", 45), row(b, "caf", 3), row(b, "ccas", 45)],
             at(200),
         );
         assert_eq!(
             since,
             HashMap::from([("ccas".into(), 5), ("caf".into(), 3)])
         );
-        // A broker started since the last read: all it admitted is new.
-        let since = s.admitted_since(vec![row("c", "ccas", 9), row("b", "ccas", 47)], at(400));
+        // A broker started since the last read: all it admitted is new. One started long
+        // before (forgotten, or missed): history.
+        let new = id_started(w0, Duration::ZERO);
+        let forgotten = id_started(w0, Duration::from_secs(7_200));
+        let since = read(
+            vec![
+                row(&new, "ccas", 9),
+                row(b, "ccas", 47),
+                row(&forgotten, "ccas", 1_000),
+                row("not-a-uuid", "ccas", 1_000),
+            ],
+            at(400),
+        );
         assert_eq!(since, HashMap::from([("ccas".into(), 11)]));
         // A count that went back (the store keeps the greatest) charges nothing, and the
         // greatest stays the mark.
-        assert!(
-            s.admitted_since(vec![row("b", "ccas", 1)], at(600))
-                .is_empty()
-        );
-        let since = s.admitted_since(vec![row("b", "ccas", 48)], at(800));
+        assert!(read(vec![row(b, "ccas", 1)], at(600)).is_empty());
+        let since = read(vec![row(b, "ccas", 48)], at(800));
         assert_eq!(since, HashMap::from([("ccas".into(), 1)]));
-        // Reads resumed after a gap: a broker heard of for the first time is history.
-        let resumed = at(800) + READS_RESUMED_AFTER + Duration::from_secs(1);
-        assert!(
-            s.admitted_since(vec![row("d", "ccas", 500)], resumed)
-                .is_empty()
+        // Reads resumed after a gap: what every broker admitted meanwhile is history.
+        let gap = 800 + READS_RESUMED_AFTER.as_millis() as u64 + 1_000;
+        let resumed = read(
+            vec![
+                row(b, "ccas", 900),
+                row(&id_started(w0, Duration::ZERO), "ccas", 5),
+            ],
+            at(gap),
         );
+        assert!(resumed.is_empty(), "{resumed:?}");
+        let since = read(vec![row(b, "ccas", 901)], at(gap + 200));
+        assert_eq!(since, HashMap::from([("ccas".into(), 1)]));
         // A broker not heard from for long is forgotten.
-        let later = resumed + FORGET_BROKER_AFTER;
-        s.admitted_since(vec![row("d", "ccas", 500)], later);
-        assert!(!s.brokers.contains_key("b") && s.brokers.contains_key("d"));
+        let later = gap + 1_200 + FORGET_BROKER_AFTER.as_millis() as u64;
+        read(vec![row(&new, "ccas", 9)], at(later));
+        assert!(!s.brokers.contains_key(b) && s.brokers.contains_key(&new));
     }
 
     #[test]

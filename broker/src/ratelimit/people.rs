@@ -44,13 +44,18 @@ impl Sketch {
     /// How many people, estimated from the bits still clear (within a few percent up to tens
     /// of thousands; saturated beyond).
     pub fn count(&self) -> f64 {
-        let set: u32 = self.0.iter().map(|w| w.count_ones()).sum();
-        let clear = BITS as f64 - f64::from(set);
-        let bits = BITS as f64;
-        if clear < 1.0 {
-            return bits * bits.ln();
-        }
-        -bits * (clear / bits).ln()
+        estimate(self.0.iter().map(|w| w.count_ones()).sum())
+    }
+
+    /// How many people in both together, as [`Sketch::count`] of their union.
+    pub fn count_with(&self, other: &Sketch) -> f64 {
+        estimate(
+            self.0
+                .iter()
+                .zip(other.0.iter())
+                .map(|(a, b)| (a | b).count_ones())
+                .sum(),
+        )
     }
 
     /// The bytes shared with the other brokers.
@@ -69,6 +74,16 @@ impl Sketch {
         }
         Some(out)
     }
+}
+
+/// Linear counting: the people that leave `set` of the sketch's bits set, most likely.
+fn estimate(set: u32) -> f64 {
+    let clear = BITS as f64 - f64::from(set);
+    let bits = BITS as f64;
+    if clear < 1.0 {
+        return bits * bits.ln();
+    }
+    -bits * (clear / bits).ln()
 }
 
 /// A consumer's use of a habilitation in one minute.
@@ -101,7 +116,7 @@ impl Seen {
         let Some(others) = &self.others_union else {
             return exact;
         };
-        let added = self.mine.union(others).count() - self.mine.count();
+        let added = self.mine.count_with(others) - self.mine.count();
         exact + added.max(0.0).round() as usize
     }
 

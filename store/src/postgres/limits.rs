@@ -18,7 +18,10 @@ use crate::limits::{CallsAdmitted, LimitUse, PeopleSeen, SKETCH_BYTES};
 const NOW_MICROS: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::int8";
 /// Rows changed this long before the newest one read are read again: a row is stamped before
 /// its statement commits, so a reader may see a row stamped earlier than one it already read.
-const OVERLAP_MICROS: i64 = 5_000_000;
+const OVERLAP_MICROS: i64 = 1_000_000;
+/// How often every row is read, changed or not (Unix seconds): the stamps are the primary's
+/// clock, which a failover or a clock set back may put behind the newest stamp read.
+const READ_ALL_EVERY_SECONDS: i64 = 60;
 /// The counts of a broker that stopped sharing them (stopped, or restarted under a new id) go
 /// after this long.
 const FORGET_AFTER_MICROS: i64 = 600_000_000;
@@ -26,13 +29,17 @@ const FORGET_AFTER_MICROS: i64 = 600_000_000;
 const FORGET_EVERY_SECONDS: i64 = 60;
 /// This connection's session: nothing here waits for a standby (the tables are unlogged, and
 /// a count lost costs a few calls, not a record), and no statement waits long.
-const SESSION: &str = "SET synchronous_commit = off; SET statement_timeout = '5s'";
+/// The statements give up before the broker does (its `SHARE_TIMEOUT`, 2 s), so that a slow
+/// database does not pile up shares the broker no longer waits for.
+const SESSION: &str = "SET synchronous_commit = off; SET statement_timeout = '1500ms'";
 
 /// A broker's side of the shared counts.
 pub struct Limits {
     conn: Arc<Shared>,
     /// The newest change read from the other brokers (the server's clock, microseconds).
     newest: AtomicI64,
+    /// When every row was last read (Unix seconds).
+    read_all_at: AtomicI64,
     /// The counts nobody shares any more, removed.
     sweep: Sweep,
 }
@@ -48,17 +55,13 @@ impl Limits {
             ),
             conn,
             newest: AtomicI64::new(0),
+            read_all_at: AtomicI64::new(0),
         }
     }
 
-    /// Writes `mine` (broker `me`'s) and reads the other brokers' counts changed since the last share (and
-    /// those of the minute before `minute` on, for the people).
-    pub async fn share(
-        &self,
-        me: &str,
-        mine: &LimitUse,
-        minute: i64,
-    ) -> Result<LimitUse, StoreError> {
+    /// Writes `mine` (broker `me`'s) and reads the other brokers' counts changed since the last
+    /// read (the people of the minute before `now`'s on; `now` in Unix seconds).
+    pub async fn share(&self, me: &str, mine: &LimitUse, now: i64) -> Result<LimitUse, StoreError> {
         let conn = self.conn.client().await?;
         let participants: Vec<&str> = mine.calls.iter().map(|c| c.participant.as_str()).collect();
         let admitted: Vec<i64> = mine
@@ -127,10 +130,14 @@ impl Limits {
             .map_err(db("share the people seen"))
         };
         // Sent together: the connection pipelines them, in order.
-        let (calls, people, others) = futures::join!(calls, people, self.read(&conn, me, minute));
+        let (calls, people, others) = futures::join!(calls, people, self.read(&conn, me, now));
+        if others.is_err() || calls.is_err() || people.is_err() {
+            // Whatever was read is dropped: read it all again next time.
+            self.read_all_at.store(0, Ordering::Relaxed);
+        }
         calls?;
         people?;
-        self.forget_unshared(minute * 60);
+        self.forget_unshared(now);
         others
     }
 
@@ -139,10 +146,18 @@ impl Limits {
         &self,
         conn: &tokio_postgres::Client,
         me: &str,
-        minute: i64,
+        now: i64,
     ) -> Result<LimitUse, StoreError> {
-        let since = self.newest.load(Ordering::Relaxed) - OVERLAP_MICROS;
-        let first = minute - 1;
+        let all = now - self.read_all_at.load(Ordering::Relaxed) >= READ_ALL_EVERY_SECONDS;
+        let since = if all {
+            self.read_all_at.store(now, Ordering::Relaxed);
+            i64::MIN
+        } else {
+            self.newest
+                .load(Ordering::Relaxed)
+                .saturating_sub(OVERLAP_MICROS)
+        };
+        let first = now.div_euclid(60) - 1;
         let calls_params = [(&me as _, Type::TEXT), (&since as _, Type::INT8)];
         let people_params = [
             (&me as _, Type::TEXT),
@@ -162,7 +177,12 @@ impl Limits {
         let (calls, people) = futures::join!(calls, people);
         let calls = calls.map_err(db("read the calls other brokers admitted"))?;
         let people = people.map_err(db("read the people other brokers saw"))?;
-        let mut newest = since + OVERLAP_MICROS;
+        // A full read sets the newest stamp anew (it may have gone back).
+        let mut newest = if all {
+            i64::MIN
+        } else {
+            since.saturating_add(OVERLAP_MICROS)
+        };
         let mut out = LimitUse::default();
         for row in calls {
             let admitted: i64 = row.get(2);
@@ -189,7 +209,11 @@ impl Limits {
                 alarmed: row.get(5),
             });
         }
-        self.newest.fetch_max(newest, Ordering::Relaxed);
+        if all {
+            self.newest.store(newest, Ordering::Relaxed);
+        } else {
+            self.newest.fetch_max(newest, Ordering::Relaxed);
+        }
         Ok(out)
     }
 

@@ -1765,10 +1765,8 @@ impl Store for Postgres {
         broker: &str,
         mine: &crate::LimitUse,
     ) -> Result<Option<crate::LimitUse>, StoreError> {
-        let minute = time::OffsetDateTime::now_utc()
-            .unix_timestamp()
-            .div_euclid(60);
-        self.limits.share(broker, mine, minute).await.map(Some)
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        self.limits.share(broker, mine, now).await.map(Some)
     }
 
     async fn exchanges_about(

@@ -18,17 +18,17 @@ use unefois_tlog::verify_checkpoint;
 use crate::harness::{Cluster, Database, log_entries};
 
 /// Longer than a few shares of the brokers' counts.
-const SHARED: Duration = Duration::from_millis(800);
+const SHARED: Duration = Duration::from_millis(1_500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_consumer_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let scratch = tempfile::tempdir()?;
-    // 6 at once, then one every 2 s.
+    // 6 at once, then one every 10 s.
     let registry = unefois_tests::sample_registry_with(scratch.path(), |s| {
         s.replace(
             "rate_limit = { per_minute = 600, burst = 60 }",
-            "rate_limit = { per_minute = 30, burst = 6 }",
+            "rate_limit = { per_minute = 6, burst = 6 }",
         )
     })?;
     let db = Database::start().await?;
@@ -43,7 +43,7 @@ async fn a_consumer_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()
     }
     tokio::time::sleep(SHARED).await;
     // Each broker alone would admit four more; together they admit what the rate gave back
-    // meanwhile (one call every 2 s), and refuse the rest with a retry-after.
+    // meanwhile (one call every 10 s), and refuse the rest with a retry-after.
     let mut admitted = 0;
     for i in 0..9 {
         let answer = clients[i % 3].fetch(energy("test:alice")).await;
@@ -58,7 +58,7 @@ async fn a_consumer_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()
             }
         }
     }
-    assert!(admitted <= 2, "{admitted} calls admitted past the burst");
+    assert!(admitted <= 1, "{admitted} calls admitted past the burst");
     for broker in cluster.brokers {
         broker.stop().await?;
     }
@@ -94,29 +94,15 @@ async fn people_read_through_every_broker_raise_the_harvesting_alarm() -> anyhow
             assert_eq!(status.code(), Code::NotFound, "{status:?}");
         }
     }
-    tokio::time::sleep(SHARED).await;
+    // A broker raises the alarm once it has the others' people: within a few shares; others
+    // sharing at the same moment may raise it too.
     let mut audit = AuditClient::new(cluster.brokers[0].channel("cnil").await?);
-    let note = audit
-        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
-        .await?
-        .into_inner();
-    let size = verify_checkpoint(note.verifier_key.trim(), &note.checkpoint)?.size;
-    let alarms: Vec<(String, u64, u32)> = log_entries(&mut audit, size)
-        .await?
-        .iter()
-        .map(|entry| serde_json::from_slice::<Record>(entry))
-        .filter_map(|record| match record.map(|r| r.event) {
-            Ok(Event::HarvestingAlarm {
-                participant,
-                distinct_subjects,
-                limit,
-                ..
-            }) => Some((participant, distinct_subjects, limit)),
-            _ => None,
-        })
-        .collect();
-    // Raised by a broker that saw the others' people; two brokers sharing at the same moment
-    // may each raise it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while alarms(&mut audit).await?.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(SHARED).await;
+    let alarms = alarms(&mut audit).await?;
     assert!(
         (1..=3).contains(&alarms.len()),
         "{} alarms: {alarms:?}",
@@ -130,4 +116,29 @@ async fn people_read_through_every_broker_raise_the_harvesting_alarm() -> anyhow
         broker.stop().await?;
     }
     Ok(())
+}
+
+/// The harvesting alarms in the log: consumer, people counted, limit.
+async fn alarms(
+    audit: &mut AuditClient<tonic::transport::Channel>,
+) -> anyhow::Result<Vec<(String, u64, u32)>> {
+    let note = audit
+        .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
+        .await?
+        .into_inner();
+    let size = verify_checkpoint(note.verifier_key.trim(), &note.checkpoint)?.size;
+    Ok(log_entries(audit, size)
+        .await?
+        .iter()
+        .map(|entry| serde_json::from_slice::<Record>(entry))
+        .filter_map(|record| match record.map(|r| r.event) {
+            Ok(Event::HarvestingAlarm {
+                participant,
+                distinct_subjects,
+                limit,
+                ..
+            }) => Some((participant, distinct_subjects, limit)),
+            _ => None,
+        })
+        .collect())
 }
