@@ -26,7 +26,8 @@ IN_FLIGHTS=${IN_FLIGHTS:-1 64 256}
 # 0.5" finds the share under which a p99 holds).
 PACED_SHARES=${PACED_SHARES:-0.5}
 # SCENARIO: the bench tool's scenario (`unefois-bench run --help`): fetch-consent, or e.g.
-# consent-grant (acts: the ID tokens' count, the holds) or inclusion-proof (reads of the log).
+# consent-grant (acts: the ID tokens' count, the holds), inclusion-proof or checkpoint (reads of
+# the log).
 SCENARIO=${SCENARIO:-fetch-consent}
 # LOAD_ARGS: more arguments for each load run (`unefois-bench run --help`), e.g.
 # "--subjects test:p1,test:p2" for acts about many people.

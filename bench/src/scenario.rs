@@ -28,6 +28,9 @@ pub enum Scenario {
     ConsentGrant,
     /// Audit.GetInclusionProof of a leaf of the current tree (broker).
     InclusionProof,
+    /// Audit.GetCheckpoint of the latest tree (broker): on a cluster, the bound of what a
+    /// standby has, read for every call that does not know a newer head.
+    Checkpoint,
     /// Provider.Provide on the echo server: the floor cost of a gRPC service here.
     Echo,
     /// Provider.Provide on the provider itself, or on nginx in front of it.
@@ -43,6 +46,7 @@ impl Scenario {
             Scenario::Prefill => "prefill",
             Scenario::ConsentGrant => "consent-grant",
             Scenario::InclusionProof => "inclusion-proof",
+            Scenario::Checkpoint => "checkpoint",
             Scenario::Echo => "echo",
             Scenario::ProviderDirect => "provider-direct",
         }
@@ -234,6 +238,12 @@ impl Workload {
                         leaf_index,
                         tree_size: self.tree_size,
                     })
+                    .await
+                    .map_err(|s| label(&s))?;
+            }
+            Scenario::Checkpoint => {
+                AuditClient::new(channel.clone())
+                    .get_checkpoint(pb::GetCheckpointRequest::default())
                     .await
                     .map_err(|s| label(&s))?;
             }

@@ -19,7 +19,7 @@ use crate::listener::{accept_failed, refused};
 use crate::shed::{ShedTable, Source};
 
 /// The bounds of one HTTP listener.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HttpLimits {
     /// The listener's name in metrics and logs (`ops`, `web`).
     pub name: &'static str,
@@ -31,6 +31,9 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// Publishes the number of open connections (its metric).
     pub gauge: fn(usize),
+    /// Reverse proxies, each carrying many people's connections: the per-source cap does not
+    /// apply to them (the total does).
+    pub proxies: crate::forwarded::TrustedProxies,
 }
 
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves; connections then
@@ -66,7 +69,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let admitted = open.admit(Source::of(remote.ip()));
+        let proxy = limits.proxies.contains(remote.ip());
+        let admitted = open.admit(Source::of(remote.ip()), !proxy);
         for _ in &admitted.shed {
             refused(name, "http_total", None);
         }

@@ -46,6 +46,7 @@ pub(crate) mod evidence;
 pub(crate) mod exchange;
 pub(crate) mod federation;
 pub(crate) mod fetched;
+pub(crate) mod forwarded;
 pub(crate) mod gathered_writes;
 pub(crate) mod grpc;
 pub(crate) mod http_listener;

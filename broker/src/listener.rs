@@ -462,7 +462,7 @@ pub async fn accept_loop(
             refused("mtls", "connections_total", Some(remote));
             continue;
         }
-        let admitted = pending.admit(Source::of(remote.ip()));
+        let admitted = pending.admit(Source::of(remote.ip()), true);
         for shed in admitted.shed {
             let reason = match shed {
                 Shed::SameSource => "handshakes_per_source",

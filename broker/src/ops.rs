@@ -63,6 +63,7 @@ pub async fn serve(
         );
     crate::http_listener::serve(
         crate::http_listener::HttpLimits {
+            proxies: Default::default(),
             name: "ops",
             max_connections: limits.ops_max_connections,
             // Loopback by default: one source for every client; the total bound is what counts.

@@ -109,14 +109,15 @@ impl ShedTable {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a connection from `source`, shedding what must go to make room. Never waits.
-    pub fn admit(self: &Arc<Self>, source: Source) -> Admitted {
+    /// Admits a connection from `source`, shedding what must go to make room (within the
+    /// per-source cap when `capped`: not for a reverse proxy's). Never waits.
+    pub fn admit(self: &Arc<Self>, source: Source, capped: bool) -> Admitted {
         let mut shed = Vec::new();
         let mut inner = self.lock();
         let oldest_of_source = inner
             .by_source
             .get(&source)
-            .filter(|ids| ids.len() >= self.max_per_source)
+            .filter(|ids| capped && ids.len() >= self.max_per_source)
             .and_then(|ids| ids.first().copied());
         if let Some(id) = oldest_of_source
             && inner.remove(id)
@@ -271,16 +272,16 @@ mod tests {
     #[test]
     fn a_source_over_its_cap_loses_its_own_oldest_then_the_table_its_oldest() {
         let table = ShedTable::new(4, 2, |_| {});
-        let mut b1 = table.admit(ip("10.0.0.2")).ticket.expect("admitted");
-        let mut a1 = table.admit(ip("10.0.0.1")).ticket.expect("admitted");
-        let _a2 = table.admit(ip("10.0.0.1")).ticket.expect("admitted");
-        let a3 = table.admit(ip("10.0.0.1"));
+        let mut b1 = table.admit(ip("10.0.0.2"), true).ticket.expect("admitted");
+        let mut a1 = table.admit(ip("10.0.0.1"), true).ticket.expect("admitted");
+        let _a2 = table.admit(ip("10.0.0.1"), true).ticket.expect("admitted");
+        let a3 = table.admit(ip("10.0.0.1"), true);
         assert_eq!(a3.shed, vec![Shed::SameSource]);
         assert!(was_shed(&mut a1), "a1 shed");
-        let _b2 = table.admit(ip("10.0.0.2")).ticket;
+        let _b2 = table.admit(ip("10.0.0.2"), true).ticket;
         assert_eq!(table.len(), 4);
         // Full: the oldest left (b1) goes, whatever its source.
-        let c = table.admit(ip("10.0.0.3"));
+        let c = table.admit(ip("10.0.0.3"), true);
         assert_eq!(c.shed, vec![Shed::Oldest]);
         assert!(was_shed(&mut b1), "b1 shed");
         assert_eq!(table.len(), 4);
@@ -291,19 +292,33 @@ mod tests {
     #[test]
     fn busy_connections_are_not_shed_and_a_full_busy_table_refuses() {
         let table = ShedTable::new(2, 2, |_| {});
-        let a = table.admit(ip("10.0.0.1")).ticket.expect("admitted");
-        let mut b = table.admit(ip("10.0.0.1")).ticket.expect("admitted");
+        let a = table.admit(ip("10.0.0.1"), true).ticket.expect("admitted");
+        let mut b = table.admit(ip("10.0.0.1"), true).ticket.expect("admitted");
         a.busy().store(true, Ordering::Release);
         // Full: the oldest idle one (b) goes, not the busy a.
-        let c = table.admit(ip("10.0.0.2"));
+        let c = table.admit(ip("10.0.0.2"), true);
         assert_eq!(c.shed, vec![Shed::Oldest]);
         assert!(was_shed(&mut b), "b shed");
         let c = c.ticket.expect("admitted");
         c.busy().store(true, Ordering::Release);
         // Full of busy connections: the newcomer is refused.
-        let d = table.admit(ip("10.0.0.3"));
+        let d = table.admit(ip("10.0.0.3"), true);
         assert!(d.ticket.is_none() && d.shed.is_empty());
         assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn a_reverse_proxy_is_held_to_the_total_only() {
+        let table = ShedTable::new(4, 2, |_| {});
+        let mut first = table.admit(ip("10.0.0.9"), false).ticket.expect("admitted");
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let more = table.admit(ip("10.0.0.9"), false);
+            assert!(more.shed.is_empty());
+            held.push(more.ticket.expect("admitted"));
+        }
+        assert!(!was_shed(&mut first), "not shed for its source's count");
+        assert_eq!(table.len(), 3);
     }
 
     #[test]

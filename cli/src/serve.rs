@@ -103,6 +103,11 @@ pub(crate) struct ServeArgs {
     /// The private key (PEM) of `--web-tls-cert`.
     #[arg(long, value_name = "PEM", requires = "web_tls_cert")]
     web_tls_key: Option<PathBuf>,
+    /// A reverse proxy in front of the pages (an address or a CIDR block; repeat for each):
+    /// the client address it sends in `X-Forwarded-For` is the one the limits per source count,
+    /// and the per-source connection cap does not apply to it (docs/web.md).
+    #[arg(long, value_name = "CIDR", value_parser = broker::web::trusted_proxy)]
+    web_trusted_proxy: Vec<ipnet::IpNet>,
 }
 
 /// Where the development setup serves its web pages.
@@ -243,6 +248,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             public_url: args.web_url,
             guichet: args.web_guichet,
             tls: web_tls,
+            trusted_proxies: broker::web::TrustedProxies::new(args.web_trusted_proxy),
         }),
     };
     broker::run(listener, config, shutdown_signal()).await?;

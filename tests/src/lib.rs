@@ -122,6 +122,8 @@ pub struct BrokerOptions {
     pub web: bool,
     /// Serve them over HTTPS with this configuration (`broker::web::tls_config`).
     pub web_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// The reverse proxies in front of the pages (`--web-trusted-proxy`).
+    pub web_trusted_proxies: broker::web::TrustedProxies,
 }
 
 impl Default for BrokerOptions {
@@ -135,6 +137,7 @@ impl Default for BrokerOptions {
             store: broker::StoreLocation::Embedded,
             web: false,
             web_tls: None,
+            web_trusted_proxies: Default::default(),
         }
     }
 }
@@ -177,6 +180,7 @@ impl TestBroker {
                 public_url: None,
                 guichet: broker::web::DEFAULT_GUICHET.to_string(),
                 tls: options.web_tls,
+                trusted_proxies: options.web_trusted_proxies,
             }),
         };
         let (stop, stopped) = oneshot::channel::<()>();

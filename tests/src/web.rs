@@ -68,6 +68,8 @@ pub struct Browser {
     pub visited: Vec<String>,
     /// Every `Set-Cookie` it received, in order.
     set_cookies: Vec<String>,
+    /// The `X-Forwarded-For` its requests carry, as a reverse proxy in front adds it.
+    forwarded_for: Option<String>,
 }
 
 impl Browser {
@@ -83,7 +85,16 @@ impl Browser {
             cookies: BTreeMap::new(),
             visited: Vec::new(),
             set_cookies: Vec::new(),
+            forwarded_for: None,
         })
+    }
+
+    /// This browser, as a reverse proxy in front of the pages forwards it: from `ip`.
+    pub fn forwarded_for(self, ip: &str) -> Browser {
+        Browser {
+            forwarded_for: Some(ip.to_string()),
+            ..self
+        }
     }
 
     /// A browser on the pages at `addr` that also trusts the CA of `ca` (a PEM file): the
@@ -110,6 +121,7 @@ impl Browser {
             cookies: BTreeMap::new(),
             visited: Vec::new(),
             set_cookies: Vec::new(),
+            forwarded_for: None,
         })
     }
 
@@ -132,6 +144,10 @@ impl Browser {
         let request = match self.cookies.is_empty() {
             true => request,
             false => request.header("cookie", self.cookie_header()),
+        };
+        let request = match &self.forwarded_for {
+            Some(ip) => request.header("x-forwarded-for", ip.clone()),
+            None => request,
         };
         let response = request.send().await?;
         let status = response.status().as_u16();

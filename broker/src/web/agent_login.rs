@@ -16,6 +16,7 @@ use super::session::{Ending, LoginKind, PendingLogin, Sessions};
 use super::{Web, random_token, same_secret, see_other};
 use crate::caller::Caller;
 use crate::registry::{EnrolledAgent, Role};
+use crate::shed::Source;
 
 /// An identity provider's answer.
 #[derive(Deserialize)]
@@ -46,14 +47,14 @@ pub(super) fn no_provider() -> Response {
 
 impl<S: Clone + Ending> Logins<'_, S> {
     /// Off to `door`'s authorization endpoint (`page` at the development provider) for a login
-    /// of `kind`.
+    /// of `kind`, started from `from`.
     pub(super) fn authorize(
         &self,
         door: &Door,
         kind: LoginKind,
         page: &str,
-        client_id: &str,
-        callback: &str,
+        (client_id, callback): (&str, &str),
+        from: Source,
     ) -> Response {
         let (Some(state), Some(nonce), Some(verifier), Some(browser)) = (
             random_token(),
@@ -67,6 +68,7 @@ impl<S: Clone + Ending> Logins<'_, S> {
         self.table.wait_login(
             state.clone(),
             PendingLogin::new(kind, browser.clone(), nonce.clone(), verifier),
+            from,
         );
         let Ok(mut to) = url::Url::parse(&door.authorization_endpoint(&self.web.base, page)) else {
             return pages::unavailable();
@@ -95,8 +97,9 @@ impl<S: Clone + Ending> Logins<'_, S> {
         )
     }
 
-    /// Off to the agents' identity provider, back to `callback`.
-    pub(super) fn agent(&self, callback: &str) -> Response {
+    /// Off to the agents' identity provider, back to `callback`, for a login started from
+    /// `from`.
+    pub(super) fn agent(&self, callback: &str, from: Source) -> Response {
         let Some((door, client_id)) = self.web.agents_door() else {
             return no_provider();
         };
@@ -104,8 +107,8 @@ impl<S: Clone + Ending> Logins<'_, S> {
             &door,
             LoginKind::Agent,
             "/dev-idp/agents/authorize",
-            &client_id,
-            callback,
+            (&client_id, callback),
+            from,
         )
     }
 

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::agent_login::{CallbackQuery, Logins};
+use super::client::ClientSource;
 use super::pages::{self, Layout, LayoutSession};
 use super::paris_time;
 use super::rows::{AccessRow, ConsentRow, MandateRow, Names};
@@ -356,7 +357,7 @@ fn history_filter(
 
 /// `GET /citizen/login`: off to the identity provider (OpenID Connect authorization code flow
 /// with PKCE, `state` bound to this browser, `nonce`).
-pub async fn login(State(web): State<Arc<Web>>) -> Response {
+pub async fn login(State(web): State<Arc<Web>>, ClientSource(from): ClientSource) -> Response {
     let Some(client_id) = web.client_id() else {
         return match caller(&web) {
             Err(page) => *page,
@@ -375,8 +376,8 @@ pub async fn login(State(web): State<Arc<Web>>) -> Response {
         &door,
         LoginKind::Citizen,
         "/dev-idp/authorize",
-        &client_id,
-        &web.callback_url(),
+        (&client_id, &web.callback_url()),
+        from,
     )
 }
 

@@ -22,6 +22,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::agent_login::{CallbackQuery, Logins};
+use super::client::ClientSource;
 use super::pages::{self, Layout, LayoutSession};
 use super::paris_time;
 use super::rows::Names;
@@ -163,8 +164,8 @@ fn logins(web: &Web) -> Logins<'_, ConsoleSession> {
 }
 
 /// `GET /audit/login`: off to the agents' identity provider.
-pub async fn login(State(web): State<Arc<Web>>) -> Response {
-    logins(&web).agent(&web.console_callback_url())
+pub async fn login(State(web): State<Arc<Web>>, ClientSource(from): ClientSource) -> Response {
+    logins(&web).agent(&web.console_callback_url(), from)
 }
 
 /// `GET /audit/callback`: a console session once the agents' identity provider's answer logs

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::agent_login::{CallbackQuery, Logins};
+use super::client::ClientSource;
 use super::pages::{self, Acting, Layout, LayoutSession};
 use super::paris_time;
 use super::rows::{AccessRow, MandateRow, Names};
@@ -361,8 +362,8 @@ fn logins(web: &Web) -> Logins<'_, DeskSession> {
 }
 
 /// `GET /desk/login`: off to the agents' identity provider.
-pub async fn login(State(web): State<Arc<Web>>) -> Response {
-    logins(&web).agent(&web.agent_callback_url())
+pub async fn login(State(web): State<Arc<Web>>, ClientSource(from): ClientSource) -> Response {
+    logins(&web).agent(&web.agent_callback_url(), from)
 }
 
 /// `GET /desk/callback`: the agents' identity provider's answer; a desk session once the
@@ -413,7 +414,11 @@ pub async fn callback(
 /// `GET /desk/person/login`: the person present logs in, on the desk's device, at the
 /// citizens' identity provider, for the structure's audience (their token serves the structure
 /// only).
-pub async fn person_login(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+pub async fn person_login(
+    State(web): State<Arc<Web>>,
+    ClientSource(from): ClientSource,
+    headers: HeaderMap,
+) -> Response {
     let (_, _, caller) = match signed_in(&web, &headers) {
         Ok(s) => s,
         Err(page) => return *page,
@@ -429,8 +434,8 @@ pub async fn person_login(State(web): State<Arc<Web>>, headers: HeaderMap) -> Re
         &door,
         LoginKind::PersonAtDesk,
         "/dev-idp/authorize",
-        structure.audience(),
-        &web.desk_person_callback_url(),
+        (structure.audience(), &web.desk_person_callback_url()),
+        from,
     )
 }
 

@@ -12,6 +12,7 @@
 
 mod agent_login;
 mod citizen;
+mod client;
 mod console;
 mod desk;
 mod dev_idp;
@@ -34,7 +35,9 @@ use tokio::net::TcpListener;
 
 use crate::state::State;
 
-pub use session::{MAX_PENDING_LOGINS, MAX_SESSIONS, SESSION_LIFETIME};
+pub use session::{
+    MAX_PENDING_LOGINS, MAX_PENDING_LOGINS_PER_SOURCE, MAX_SESSIONS, SESSION_LIFETIME,
+};
 
 /// The participant the citizen pages act as when `--web-guichet` is not given.
 pub const DEFAULT_GUICHET: &str = "espace-usager";
@@ -52,6 +55,18 @@ pub struct WebConfig {
     /// HTTPS on the listener itself ([`tls_config`]); `None`: plain HTTP (behind a reverse
     /// proxy that terminates HTTPS, or the development setup on loopback).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The reverse proxies in front (`--web-trusted-proxy`): their `X-Forwarded-For` names the
+    /// client, and the per-source connection cap does not apply to them.
+    pub trusted_proxies: TrustedProxies,
+}
+
+pub use crate::forwarded::TrustedProxies;
+
+/// A `--web-trusted-proxy`: an address or a CIDR block (`10.0.0.0/8`, `::1`).
+pub fn trusted_proxy(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is neither an IP address nor a CIDR block"))
 }
 
 /// The address people reach the pages at (`--web-url`), checked: `http` or `https`, a host, an
@@ -132,6 +147,8 @@ pub(crate) struct Web {
     /// The auditors' console sessions.
     console: session::Sessions<console::ConsoleSession>,
     dev_idp: Option<dev_idp::DevIdp>,
+    /// Whose `X-Forwarded-For` is believed ([`client::ClientSource`]).
+    trusted_proxies: TrustedProxies,
 }
 
 /// Serves the pages on `web.listener` until `shutdown` resolves.
@@ -170,6 +187,7 @@ pub(crate) async fn serve(
             MAX_PENDING_LOGINS,
         ),
         dev_idp,
+        trusted_proxies: web.trusted_proxies.clone(),
     });
     crate::http_listener::serve(
         crate::http_listener::HttpLimits {
@@ -178,6 +196,7 @@ pub(crate) async fn serve(
             max_connections_per_source: limits.web_max_connections_per_source,
             header_timeout: limits.web_header_timeout,
             gauge: |n| crate::metrics::connections_open("web", "open", n),
+            proxies: web.trusted_proxies,
         },
         web.listener,
         web.tls.map(tokio_rustls::TlsAcceptor::from),

@@ -1,12 +1,15 @@
 //! Server-side sessions and the logins waiting for their identity provider, both in memory and
 //! bounded: a cookie holds a random id only, never the person. Over a bound, the oldest entry
-//! is dropped (a flood of login starts ends other people's pending logins at worst, never a
-//! logged-in session, which only a completed login creates).
+//! is dropped. A source address holds at most [`MAX_PENDING_LOGINS_PER_SOURCE`] pending logins
+//! (its own oldest go first), so that a flood of login starts from one address ends its own
+//! pending logins, not other people's; from enough addresses it ends other people's pending
+//! logins at worst, never a logged-in session, which only a completed login creates.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::shed::Source;
 use crate::subject::Subject;
 
 /// The longest a session lasts; it also ends when its ID token stops being evidence (the
@@ -16,6 +19,10 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 60);
 pub const MAX_SESSIONS: usize = 20_000;
 /// Logins waiting for the identity provider at once.
 pub const MAX_PENDING_LOGINS: usize = 20_000;
+/// Logins waiting at once from one source address (as the web listener counts it, behind the
+/// trusted proxies: docs/web.md): many people behind one address (a town hall, a carrier's
+/// NAT) log in within minutes, a flood starts thousands.
+pub const MAX_PENDING_LOGINS_PER_SOURCE: usize = 128;
 /// How long a login may wait for the identity provider.
 pub const LOGIN_WAIT: Duration = Duration::from_secs(10 * 60);
 
@@ -91,7 +98,38 @@ pub enum LoginKind {
 /// Both tables, of sessions `S`.
 pub struct Sessions<S = Session> {
     sessions: Mutex<Bounded<S>>,
-    pending: Mutex<Bounded<PendingLogin>>,
+    pending: Mutex<Pending>,
+}
+
+/// The logins waiting, and the newest of each source.
+struct Pending {
+    logins: Bounded<PendingLogin>,
+    /// Each source's logins (their `state`), oldest first; some may have ended since.
+    by_source: HashMap<Source, VecDeque<String>>,
+    /// Logins held per source at most.
+    per_source: usize,
+}
+
+impl Pending {
+    fn insert(&mut self, state: String, login: PendingLogin, from: Source) {
+        let logins = &mut self.logins;
+        let mine = self.by_source.entry(from).or_default();
+        mine.retain(|s| logins.get(s).is_some());
+        while mine.len() >= self.per_source {
+            if let Some(oldest) = mine.pop_front() {
+                logins.remove(&oldest);
+            }
+        }
+        mine.push_back(state.clone());
+        let now = Instant::now();
+        logins.insert(state, login, |l| now.duration_since(l.created) > LOGIN_WAIT);
+        // Sources whose logins all ended go, at most once per capacity's worth of new ones.
+        if self.by_source.len() > 2 * self.logins.capacity {
+            let logins = &self.logins;
+            self.by_source
+                .retain(|_, states| states.iter().any(|s| logins.get(s).is_some()));
+        }
+    }
 }
 
 impl<S: Clone + Ending> Sessions<S> {
@@ -99,7 +137,11 @@ impl<S: Clone + Ending> Sessions<S> {
     pub fn new(sessions: usize, pending: usize) -> Sessions<S> {
         Sessions {
             sessions: Mutex::new(Bounded::new(sessions)),
-            pending: Mutex::new(Bounded::new(pending)),
+            pending: Mutex::new(Pending {
+                logins: Bounded::new(pending),
+                by_source: HashMap::new(),
+                per_source: MAX_PENDING_LOGINS_PER_SOURCE.min(pending).max(1),
+            }),
         }
     }
 
@@ -153,17 +195,16 @@ impl<S: Clone + Ending> Sessions<S> {
         }
     }
 
-    /// Holds a login under its `state`.
-    pub fn wait_login(&self, state: String, login: PendingLogin) {
+    /// Holds a login started from `from` under its `state`.
+    pub fn wait_login(&self, state: String, login: PendingLogin, from: Source) {
         if let Ok(mut pending) = self.pending.lock() {
-            let now = Instant::now();
-            pending.insert(state, login, |l| now.duration_since(l.created) > LOGIN_WAIT);
+            pending.insert(state, login, from);
         }
     }
 
     /// Takes the login waiting under `state` (once: a replayed answer finds nothing).
     pub fn take_login(&self, state: &str) -> Option<PendingLogin> {
-        let login = self.pending.lock().ok()?.remove(state)?;
+        let login = self.pending.lock().ok()?.logins.remove(state)?;
         (login.created.elapsed() <= LOGIN_WAIT).then_some(login)
     }
 }
@@ -299,14 +340,49 @@ mod tests {
         assert!((9_900..10_000).all(|i| table.get(&format!("k{i}")) == Some(&i)));
     }
 
+    fn login() -> PendingLogin {
+        PendingLogin::new(LoginKind::Citizen, "b".into(), "n".into(), "v".into())
+    }
+
+    fn from(ip: &str) -> Source {
+        Source::of(ip.parse().unwrap())
+    }
+
     #[test]
     fn a_login_is_taken_once() {
         let sessions: Sessions = Sessions::new(4, 4);
-        sessions.wait_login(
-            "s1".into(),
-            PendingLogin::new(LoginKind::Citizen, "b".into(), "n".into(), "v".into()),
-        );
+        sessions.wait_login("s1".into(), login(), from("10.0.0.1"));
         assert!(sessions.take_login("s1").is_some());
         assert!(sessions.take_login("s1").is_none());
+    }
+
+    #[test]
+    fn a_flood_of_login_starts_from_one_address_ends_its_own_only() {
+        let sessions: Sessions = Sessions::new(4, 1_000);
+        sessions.wait_login("person".into(), login(), from("198.51.100.7"));
+        for i in 0..5_000 {
+            sessions.wait_login(format!("flood{i}"), login(), from("203.0.113.5"));
+        }
+        assert!(
+            sessions.take_login("person").is_some(),
+            "the person's login kept"
+        );
+        let pending = sessions.pending.lock().unwrap();
+        let flood = pending.by_source.get(&from("203.0.113.5")).unwrap();
+        assert_eq!(flood.len(), MAX_PENDING_LOGINS_PER_SOURCE);
+        assert_eq!(flood.back().map(String::as_str), Some("flood4999"));
+        assert!(pending.logins.get("flood0").is_none());
+    }
+
+    #[test]
+    fn sources_whose_logins_ended_are_forgotten() {
+        let sessions: Sessions = Sessions::new(4, 10);
+        for i in 0..1_000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+            sessions.wait_login(format!("s{i}"), login(), from(&ip));
+        }
+        let pending = sessions.pending.lock().unwrap();
+        assert!(pending.by_source.len() <= 20, "{}", pending.by_source.len());
+        assert!(pending.logins.get("s999").is_some());
     }
 }

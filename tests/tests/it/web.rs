@@ -16,7 +16,7 @@ use unefois_tests::refusals::refused;
 use unefois_tests::requests::{fetch, rfr};
 use unefois_tests::sample::{AGENT, CANTINE, ENERGIE, QF, RFR};
 use unefois_tests::web::Browser;
-use unefois_tests::{TestBroker, TestPki};
+use unefois_tests::{BrokerOptions, TestBroker, TestPki};
 
 async fn broker_with_pages(pki: &TestPki) -> anyhow::Result<(TestBroker, Browser)> {
     let broker = TestBroker::start_with_pages(pki.dir()).await?;
@@ -286,6 +286,55 @@ async fn forms_without_their_token_or_from_elsewhere_are_refused() -> anyhow::Re
         .fetch(fetch("test:alice", QF, CANTINE))
         .await?;
     broker.stop().await?;
+    Ok(())
+}
+
+/// Behind a reverse proxy the pages count people by the address the proxy forwarded: a flood of
+/// login starts from one address ends its own logins, not another person's. A client that sends
+/// the header itself, not through a trusted proxy, is counted by its own address.
+#[tokio::test]
+async fn a_flood_of_logins_from_one_address_ends_only_its_own() -> anyhow::Result<()> {
+    for trusted in [true, false] {
+        let pki = TestPki::for_sample_registry()?;
+        let proxies = match trusted {
+            true => vec![broker::web::trusted_proxy("127.0.0.1").map_err(anyhow::Error::msg)?],
+            false => vec![],
+        };
+        let broker = TestBroker::start_with(
+            pki.dir(),
+            BrokerOptions {
+                web: true,
+                web_trusted_proxies: broker::web::TrustedProxies::new(proxies),
+                ..BrokerOptions::default()
+            },
+        )
+        .await?;
+        let addr = broker.web_addr.context("no web pages")?;
+        let mut person = Browser::new(addr)?.forwarded_for("198.51.100.7");
+        let to_idp = person.get("/citizen/login").await?;
+        let idp_page = person.follow(to_idp).await?;
+        let mut flood = Browser::new(addr)?.forwarded_for("203.0.113.5");
+        for _ in 0..=broker::web::MAX_PENDING_LOGINS_PER_SOURCE {
+            let started = flood.get("/citizen/login").await?;
+            assert_eq!(started.status, 303);
+        }
+        let answer = person.choose_person(&idp_page, "test:alice").await?;
+        let callback = answer.location().context("no callback")?.to_string();
+        let landed = person.get(&callback).await?;
+        let home = person.follow(landed).await?;
+        match trusted {
+            true => assert!(
+                home.body.contains("Qui a consulté mes données"),
+                "{}",
+                home.body
+            ),
+            false => {
+                assert_eq!(home.status, 400, "{}", home.body);
+                assert!(home.body.contains("Connexion échouée"));
+            }
+        }
+        broker.stop().await?;
+    }
     Ok(())
 }
 

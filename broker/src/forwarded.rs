@@ -1,0 +1,139 @@
+//! The reverse proxies an HTTP listener trusts (`--web-trusted-proxy`), and the client address
+//! one forwarded: the rightmost entry of `X-Forwarded-For` that is not itself a trusted proxy
+//! (each proxy appends the address it saw). From any other peer the header is ignored: a client
+//! cannot choose the address it is counted under.
+
+use std::net::IpAddr;
+
+use axum::http::HeaderMap;
+use ipnet::IpNet;
+
+/// Entries of `X-Forwarded-For` examined at most, from the right.
+const MAX_HOPS: usize = 16;
+
+/// The reverse proxies whose `X-Forwarded-For` is believed.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// The proxies in `networks` (addresses or CIDR blocks).
+    pub fn new(networks: Vec<IpNet>) -> TrustedProxies {
+        TrustedProxies(networks)
+    }
+
+    /// Whether `ip` is one of them.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client behind `peer`, as the trusted proxies forwarded it in `headers`.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let mut client = canonical(peer);
+        if !self.contains(client) {
+            return client;
+        }
+        let hops = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .rev()
+            .flat_map(|line| {
+                let entries: Vec<&str> = line.to_str().unwrap_or("").split(',').collect();
+                entries.into_iter().rev()
+            })
+            .take(MAX_HOPS);
+        for hop in hops {
+            // Not an address (or a proxy that writes ports, names, `unknown`): the last hop
+            // known stands.
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                break;
+            };
+            client = canonical(ip);
+            if !self.contains(client) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+/// An IPv4 address mapped into IPv6 as the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn headers(lines: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for line in lines {
+            h.append("x-forwarded-for", line.parse().unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_address_no_trusted_proxy_holds() {
+        let proxies = TrustedProxies::new(vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "::1/128".parse().unwrap(),
+        ]);
+        let cases: &[(&str, &[&str], &str)] = &[
+            // (peer, X-Forwarded-For lines, the client counted)
+            // Not from a trusted proxy: the header is the client's own, ignored.
+            ("203.0.113.9", &["198.51.100.1"], "203.0.113.9"),
+            // From a trusted proxy: what it saw.
+            ("10.0.0.2", &["198.51.100.1"], "198.51.100.1"),
+            // Whatever the client put first, the address the first trusted proxy appended.
+            ("10.0.0.2", &["6.6.6.6, 198.51.100.1"], "198.51.100.1"),
+            (
+                "10.0.0.2",
+                &["6.6.6.6", "198.51.100.1, 10.0.0.7"],
+                "198.51.100.1",
+            ),
+            // Through trusted proxies only: the outermost.
+            ("10.0.0.2", &["10.0.0.9, 10.0.0.7"], "10.0.0.9"),
+            // No header, or not an address: the last hop known.
+            ("10.0.0.2", &[], "10.0.0.2"),
+            ("10.0.0.2", &["unknown"], "10.0.0.2"),
+            ("10.0.0.2", &["198.51.100.1, garbage, 10.0.0.7"], "10.0.0.7"),
+            // IPv6, and IPv4 mapped into IPv6.
+            ("::1", &["2001:db8::5"], "2001:db8::5"),
+            ("::ffff:10.0.0.2", &["198.51.100.1"], "198.51.100.1"),
+        ];
+        for (peer, lines, client) in cases {
+            assert_eq!(
+                proxies.client(ip(peer), &headers(lines)),
+                ip(client),
+                "{peer} {lines:?}"
+            );
+        }
+        // No proxy trusted: always the peer.
+        let none = TrustedProxies::default();
+        assert_eq!(
+            none.client(ip("10.0.0.2"), &headers(&["198.51.100.1"])),
+            ip("10.0.0.2")
+        );
+    }
+
+    #[test]
+    fn a_long_chain_is_read_up_to_its_bound() {
+        let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let chain = vec!["10.1.1.1"; 100].join(", ");
+        let line = format!("198.51.100.1, {chain}");
+        assert_eq!(
+            proxies.client(ip("10.0.0.2"), &headers(&[&line])),
+            ip("10.1.1.1")
+        );
+    }
+}
