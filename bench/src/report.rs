@@ -1,6 +1,7 @@
 //! The result of a run: throughput, errors, the latency distribution (hdrhistogram, in
 //! microseconds) and, for the server processes named with `--server-pid`, their CPU time per
-//! request (utime + stime from /proc/PID/stat) and peak resident memory (VmHWM from
+//! request (utime + stime from /proc/PID/stat, with cutime + cstime: what their children that
+//! ended spent, PostgreSQL's autovacuum workers) and peak resident memory (VmHWM from
 //! /proc/PID/status). Printed as a table for people, or as one JSON object.
 
 use std::collections::BTreeMap;
@@ -22,35 +23,49 @@ pub struct ProcSample {
 }
 
 impl ProcSample {
-    /// Reads /proc for each pid (`self` for the current process).
+    /// Reads /proc for each pid (`self` for the current process). A process that ended is
+    /// left out: a child's CPU is then in its parent's (PostgreSQL's postmaster, listed too).
     pub fn read(pids: &[String]) -> anyhow::Result<ProcSample> {
         let mut sample = ProcSample::default();
         for pid in pids {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .with_context(|| format!("/proc/{pid}/stat"))?;
+            let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Ok(stat) => stat,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("/proc/{pid}/stat")),
+            };
             let (user, system) = cpu_ticks(&stat).with_context(|| format!("/proc/{pid}/stat"))?;
             sample.cpu_ticks += user + system;
             sample.system_ticks += system;
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .with_context(|| format!("/proc/{pid}/status"))?;
+            // Gone between the two reads: its peak memory is unknown.
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
             sample.peak_rss_kib += vm_hwm_kib(&status).unwrap_or(0);
         }
         Ok(sample)
     }
 }
 
-/// utime and stime (fields 14 and 15) of a /proc/PID/stat line. The command name (field 2)
-/// may hold spaces and parentheses: fields are counted after its last `)`.
+/// utime + cutime and stime + cstime (fields 14 to 17) of a /proc/PID/stat line: the
+/// process's own time and that of its children it waited for. The command name (field 2) may
+/// hold spaces and parentheses: fields are counted after its last `)`.
 fn cpu_ticks(stat: &str) -> anyhow::Result<(u64, u64)> {
     let Some((_, rest)) = stat.rsplit_once(')') else {
         bail!("no command name");
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state): utime is field 14, index 11.
-    let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else {
+    let (Some(utime), Some(stime), Some(cutime), Some(cstime)) = (
+        fields.get(11),
+        fields.get(12),
+        fields.get(13),
+        fields.get(14),
+    ) else {
         bail!("too few fields");
     };
-    Ok((utime.parse()?, stime.parse()?))
+    let (utime, stime): (u64, u64) = (utime.parse()?, stime.parse()?);
+    // A child's times are signed in the kernel's format; never negative in practice.
+    let (cutime, cstime): (i64, i64) = (cutime.parse()?, cstime.parse()?);
+    let children = |t: i64| u64::try_from(t).unwrap_or(0);
+    Ok((utime + children(cutime), stime + children(cstime)))
 }
 
 /// VmHWM of a /proc/PID/status text, in KiB.
@@ -360,6 +375,12 @@ mod tests {
     fn proc_fields_are_read_after_the_command_name() {
         let stat = "1234 (tokio (rt) x) S 1 1234 1234 0 -1 4194560 500 0 0 0 731 269 0 0 20 0 9 0";
         assert_eq!(cpu_ticks(stat).unwrap(), (731, 269));
+        // With what its children that ended spent (a postmaster's reaped workers).
+        let parent = "77 (postgres) S 1 77 77 0 -1 4194560 500 0 0 0 700 200 40 9 20 0 9 0";
+        assert_eq!(cpu_ticks(parent).unwrap(), (740, 209));
+        // A process that ended is left out, not an error.
+        let gone = ProcSample::read(&["999999999".to_string()]).unwrap();
+        assert_eq!(gone.cpu_ticks, 0);
         assert!(cpu_ticks("garbage").is_err());
         let status = "Name:\tunefois\nVmPeak:\t  100 kB\nVmHWM:\t   51234 kB\nVmRSS:\t 40000 kB\n";
         assert_eq!(vm_hwm_kib(status), Some(51234));
