@@ -3,10 +3,10 @@
 //! (each proxy appends the address it saw). From any other peer the header is ignored: a client
 //! cannot choose the address it is counted under.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::http::HeaderMap;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 /// Entries of `X-Forwarded-For` examined at most, from the right.
 const MAX_HOPS: usize = 16;
@@ -16,9 +16,15 @@ const MAX_HOPS: usize = 16;
 pub struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {
-    /// The proxies in `networks` (addresses or CIDR blocks).
+    /// The proxies in `networks` (addresses or CIDR blocks; an IPv4 block written mapped into
+    /// IPv6 is taken as the IPv4 block, as the addresses it is compared with are).
     pub fn new(networks: Vec<IpNet>) -> TrustedProxies {
-        TrustedProxies(networks)
+        TrustedProxies(networks.into_iter().map(canonical_net).collect())
+    }
+
+    /// Whether any proxy is named.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Whether `ip` is one of them.
@@ -33,19 +39,17 @@ impl TrustedProxies {
         if !self.contains(client) {
             return client;
         }
+        // Each entry on its own: a byte a client wrote that is not text spoils its own entry
+        // only, never the address a proxy appended after it.
         let hops = headers
             .get_all("x-forwarded-for")
             .iter()
             .rev()
-            .flat_map(|line| {
-                let entries: Vec<&str> = line.to_str().unwrap_or("").split(',').collect();
-                entries.into_iter().rev()
-            })
+            .flat_map(|line| line.as_bytes().rsplit(|&b| b == b','))
             .take(MAX_HOPS);
         for hop in hops {
-            // Not an address (or a proxy that writes ports, names, `unknown`): the last hop
-            // known stands.
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            // Not an address (`unknown`, an obfuscated name): the last hop known stands.
+            let Some(ip) = address(hop) else {
                 break;
             };
             client = canonical(ip);
@@ -54,6 +58,32 @@ impl TrustedProxies {
             }
         }
         client
+    }
+}
+
+/// The address of an entry: `192.0.2.1`, `2001:db8::1`, and as some proxies write them,
+/// `192.0.2.1:443`, `[2001:db8::1]` or `[2001:db8::1]:443`.
+fn address(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?.trim();
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            text.strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<IpAddr>()
+                .ok()
+        })
+}
+
+/// An IPv4 block mapped into IPv6 (`::ffff:10.0.0.0/104`) as the IPv4 block.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
     }
 }
 
@@ -110,6 +140,10 @@ mod tests {
             // IPv6, and IPv4 mapped into IPv6.
             ("::1", &["2001:db8::5"], "2001:db8::5"),
             ("::ffff:10.0.0.2", &["198.51.100.1"], "198.51.100.1"),
+            // With ports and brackets, as some load balancers write them.
+            ("10.0.0.2", &["198.51.100.1:5678"], "198.51.100.1"),
+            ("10.0.0.2", &["[2001:db8::7]:443"], "2001:db8::7"),
+            ("10.0.0.2", &["[2001:db8::7]"], "2001:db8::7"),
         ];
         for (peer, lines, client) in cases {
             assert_eq!(
@@ -118,6 +152,16 @@ mod tests {
                 "{peer} {lines:?}"
             );
         }
+        // A byte that is not text, written by the client, spoils its own entry only.
+        let mut spoiled = HeaderMap::new();
+        spoiled.append(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff, 198.51.100.1").unwrap(),
+        );
+        assert_eq!(proxies.client(ip("10.0.0.2"), &spoiled), ip("198.51.100.1"));
+        // A proxy named mapped into IPv6 is the IPv4 one.
+        let mapped = TrustedProxies::new(vec!["::ffff:10.0.0.0/104".parse().unwrap()]);
+        assert!(mapped.contains(ip("10.1.2.3")) && !mapped.contains(ip("11.0.0.1")));
         // No proxy trusted: always the peer.
         let none = TrustedProxies::default();
         assert_eq!(

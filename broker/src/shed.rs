@@ -153,7 +153,11 @@ impl ShedTable {
                 _shed: tx,
             },
         );
-        inner.by_source.entry(source).or_default().insert(id);
+        // A reverse proxy's connections do not count against its neighbours' cap, nor theirs
+        // against it: it is not listed by source.
+        if capped {
+            inner.by_source.entry(source).or_default().insert(id);
+        }
         (self.on_change)(inner.by_age.len());
         drop(inner);
         Admitted {
@@ -319,6 +323,11 @@ mod tests {
         }
         assert!(!was_shed(&mut first), "not shed for its source's count");
         assert_eq!(table.len(), 3);
+        // A neighbour in its source (an IPv6 /64, here the same address) is capped on its own
+        // connections only.
+        let neighbour = table.admit(ip("10.0.0.9"), true);
+        assert!(neighbour.shed.is_empty());
+        assert!(!was_shed(&mut first), "not shed for a neighbour");
     }
 
     #[test]

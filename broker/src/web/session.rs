@@ -106,6 +106,8 @@ struct Pending {
     logins: Bounded<PendingLogin>,
     /// Each source's logins (their `state`), oldest first; some may have ended since.
     by_source: HashMap<Source, VecDeque<String>>,
+    /// The states in `by_source`, ended ones included.
+    listed: usize,
     /// Logins held per source at most.
     per_source: usize,
 }
@@ -114,6 +116,7 @@ impl Pending {
     fn insert(&mut self, state: String, login: PendingLogin, from: Source) {
         let logins = &mut self.logins;
         let mine = self.by_source.entry(from).or_default();
+        let before = mine.len();
         mine.retain(|s| logins.get(s).is_some());
         while mine.len() >= self.per_source {
             if let Some(oldest) = mine.pop_front() {
@@ -121,13 +124,19 @@ impl Pending {
             }
         }
         mine.push_back(state.clone());
+        self.listed = self.listed + mine.len() - before;
         let now = Instant::now();
         logins.insert(state, login, |l| now.duration_since(l.created) > LOGIN_WAIT);
-        // Sources whose logins all ended go, at most once per capacity's worth of new ones.
-        if self.by_source.len() > 2 * self.logins.capacity {
+        // The logins that ended (taken, expired, or pushed out of the table) leave the lists
+        // once they list twice the table's capacity: at most once per capacity's worth of new
+        // ones, and never more than that in memory.
+        if self.listed > 2 * self.logins.capacity {
             let logins = &self.logins;
-            self.by_source
-                .retain(|_, states| states.iter().any(|s| logins.get(s).is_some()));
+            self.by_source.retain(|_, states| {
+                states.retain(|s| logins.get(s).is_some());
+                !states.is_empty()
+            });
+            self.listed = self.by_source.values().map(VecDeque::len).sum();
         }
     }
 }
@@ -140,6 +149,7 @@ impl<S: Clone + Ending> Sessions<S> {
             pending: Mutex::new(Pending {
                 logins: Bounded::new(pending),
                 by_source: HashMap::new(),
+                listed: 0,
                 per_source: MAX_PENDING_LOGINS_PER_SOURCE.min(pending).max(1),
             }),
         }
@@ -384,5 +394,17 @@ mod tests {
         let pending = sessions.pending.lock().unwrap();
         assert!(pending.by_source.len() <= 20, "{}", pending.by_source.len());
         assert!(pending.logins.get("s999").is_some());
+        drop(pending);
+        // Many sources each listing many logins the table no longer holds: the lists too stay
+        // within twice the table.
+        for i in 0..200_u32 {
+            let ip = std::net::Ipv4Addr::from(0x0b00_0000 + i).to_string();
+            for j in 0..20 {
+                sessions.wait_login(format!("m{i}-{j}"), login(), from(&ip));
+            }
+        }
+        let pending = sessions.pending.lock().unwrap();
+        let listed: usize = pending.by_source.values().map(VecDeque::len).sum();
+        assert!(listed <= 20 && pending.listed == listed, "{listed}");
     }
 }
