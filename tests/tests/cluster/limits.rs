@@ -17,8 +17,8 @@ use unefois_tlog::verify_checkpoint;
 
 use crate::harness::{Cluster, Database, log_entries};
 
-/// Longer than a few shares of the brokers' counts.
-const SHARED: Duration = Duration::from_millis(1_500);
+/// Longer than a few shares of the brokers' counts, on a machine busy with the other tests.
+const SHARED: Duration = Duration::from_millis(3_000);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_consumer_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()> {
