@@ -269,6 +269,12 @@ pub fn connections_open(listener: &'static str, state: &'static str, count: usiz
     .set(count as f64);
 }
 
+/// A share of the limits' counts with the other brokers of a cluster, by outcome (`shared`,
+/// `failed`): while it fails, each broker counts on its own.
+pub fn limits_shared(outcome: &'static str) {
+    metrics::counter!("unefois_limits_shares_total", "outcome" => outcome).increment(1);
+}
+
 /// A harvesting alarm raised.
 pub fn harvesting_alarm(consumer: &str, habilitation: &str) {
     metrics::counter!(

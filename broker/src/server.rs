@@ -682,6 +682,7 @@ async fn share_limits(state: &State, failing: &mut bool) -> bool {
     {
         Ok(Ok(None)) => return false,
         Ok(Ok(Some(alarms))) => {
+            crate::metrics::limits_shared("shared");
             if std::mem::take(failing) {
                 tracing::info!("the limits are shared with the other brokers again");
             }
@@ -693,6 +694,7 @@ async fn share_limits(state: &State, failing: &mut bool) -> bool {
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("no answer within {SHARE_TIMEOUT:?}"),
     };
+    crate::metrics::limits_shared("failed");
     if !std::mem::replace(failing, true) {
         tracing::warn!(error = %failure, "the limits cannot be shared with the other brokers: each counts its own until they can");
     }
