@@ -186,8 +186,14 @@ impl Process {
     /// Starts a broker process on `url` with its home in `home` (the development PKI made
     /// there if missing) and waits until it is ready.
     pub async fn start(home: &Path, url: &str) -> anyhow::Result<Process> {
+        Process::start_binary(&unefois_tests::unefois_binary()?, home, url).await
+    }
+
+    /// As [`Process::start`], the broker of the `unefois` binary at `binary` (another
+    /// version's).
+    pub async fn start_binary(binary: &Path, home: &Path, url: &str) -> anyhow::Result<Process> {
         let root = unefois_tests::repo_root();
-        let child = std::process::Command::new(unefois_tests::unefois_binary()?)
+        let child = std::process::Command::new(binary)
             .current_dir(&root)
             .args([
                 "serve",

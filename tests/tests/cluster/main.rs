@@ -14,3 +14,4 @@ mod limits;
 mod one_log;
 mod soak;
 mod tampering;
+mod upgrade;
