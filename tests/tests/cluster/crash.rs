@@ -12,9 +12,9 @@ use unefois_proto::v1 as pb;
 use unefois_proto::v1::audit_client::AuditClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_tests::requests::rfr;
-use unefois_tlog::{root_of, verify_checkpoint, verify_consistency, verify_inclusion};
+use unefois_tlog::{root_of, verify_checkpoint, verify_consistency};
 
-use crate::harness::{Database, Process, log_entries, processes};
+use crate::harness::{Database, Process, log_entries, processes, receipt_holds};
 
 /// Load tasks per broker.
 const TASKS: usize = 3;
@@ -97,15 +97,7 @@ pub(crate) async fn all_in_the_log(auditor: &Process, acked: &Acked) -> anyhow::
             "broker {b}'s receipt {} is not the log's entry",
             receipt.leaf_index
         );
-        let given = verify_checkpoint(log_vkey, &receipt.checkpoint)?;
-        let proof = unefois_tlog::tree::hashes(&receipt.inclusion_proof).context("proof")?;
-        verify_inclusion(
-            &proof,
-            given.size,
-            given.root,
-            receipt.leaf_index,
-            &receipt.entry,
-        )?;
+        let given = receipt_holds(log_vkey, receipt)?;
         sizes.insert(given.size, given.root);
     }
     for (size, root) in sizes {

@@ -320,3 +320,21 @@ pub async fn fetch_refused_as_unavailable(broker: &TestBroker) -> anyhow::Result
     );
     Ok(())
 }
+
+/// The checkpoint `receipt` was given, signed by the log key `log_vkey`, once the receipt's
+/// inclusion proof of its entry holds in it.
+pub fn receipt_holds(
+    log_vkey: &str,
+    receipt: &unefois_proto::v1::Receipt,
+) -> anyhow::Result<unefois_tlog::VerifiedCheckpoint> {
+    let given = unefois_tlog::verify_checkpoint(log_vkey, &receipt.checkpoint)?;
+    let proof = unefois_tlog::tree::hashes(&receipt.inclusion_proof).context("a proof hash")?;
+    unefois_tlog::verify_inclusion(
+        &proof,
+        given.size,
+        given.root,
+        receipt.leaf_index,
+        &receipt.entry,
+    )?;
+    Ok(given)
+}

@@ -12,10 +12,11 @@ use unefois_tests::refusals::refused;
 use unefois_tests::requests::{fetch, rfr};
 use unefois_tests::sample::{CANTINE, QF};
 use unefois_tests::{TestBroker, TestPki};
-use unefois_tlog::{root_of, verify_checkpoint, verify_consistency, verify_inclusion};
+use unefois_tlog::{root_of, verify_checkpoint, verify_consistency};
 
 use crate::harness::{
-    Cluster, Database, copy_keys, log_entries, receipt_of_a_fetch, start, start_on_registry,
+    Cluster, Database, copy_keys, log_entries, receipt_holds, receipt_of_a_fetch, start,
+    start_on_registry,
 };
 
 fn hashes(proof: &[Vec<u8>]) -> Vec<[u8; 32]> {
@@ -94,15 +95,7 @@ async fn three_brokers_write_one_verifiable_log_and_revocations_apply_everywhere
     let mut audit = AuditClient::new(a.channel("dgfip").await?);
     for receipt in &receipts {
         assert_eq!(bytes[receipt.leaf_index as usize], receipt.entry);
-        let given = verify_checkpoint(log_vkey.trim(), &receipt.checkpoint)?;
-        let proof = hashes(&receipt.inclusion_proof);
-        verify_inclusion(
-            &proof,
-            given.size,
-            given.root,
-            receipt.leaf_index,
-            &receipt.entry,
-        )?;
+        let given = receipt_holds(log_vkey.trim(), receipt)?;
         let consistency = audit
             .get_consistency_proof(pb::GetConsistencyProofRequest {
                 first_size: given.size,

@@ -14,9 +14,9 @@ use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_tests::refusals::refused;
 use unefois_tests::requests::{consent, fetch, rfr};
 use unefois_tests::sample::{CANTINE, QF};
-use unefois_tlog::{root_of, verify_checkpoint, verify_inclusion};
+use unefois_tlog::{root_of, verify_checkpoint};
 
-use crate::harness::{Database, Process, copy_keys, log_entries, processes};
+use crate::harness::{Database, Process, copy_keys, log_entries, processes, receipt_holds};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_previous_version_serves_beside_this_one_on_its_schema() -> anyhow::Result<()> {
@@ -91,19 +91,7 @@ async fn the_previous_version_serves_beside_this_one_on_its_schema() -> anyhow::
     );
     for receipt in &receipts {
         assert_eq!(bytes[receipt.leaf_index as usize], receipt.entry);
-        let given = verify_checkpoint(note.verifier_key.trim(), &receipt.checkpoint)?;
-        let proof: Vec<[u8; 32]> = receipt
-            .inclusion_proof
-            .iter()
-            .map(|h| <[u8; 32]>::try_from(h.as_slice()))
-            .collect::<Result<_, _>>()?;
-        verify_inclusion(
-            &proof,
-            given.size,
-            given.root,
-            receipt.leaf_index,
-            &receipt.entry,
-        )?;
+        receipt_holds(note.verifier_key.trim(), receipt)?;
     }
     Ok(())
 }
