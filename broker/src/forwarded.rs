@@ -29,13 +29,13 @@ impl TrustedProxies {
 
     /// Whether `ip` is one of them.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         self.0.iter().any(|net| net.contains(&ip))
     }
 
     /// The client behind `peer`, as the trusted proxies forwarded it in `headers`.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        let mut client = canonical(peer);
+        let mut client = peer.to_canonical();
         if !self.contains(client) {
             return client;
         }
@@ -52,7 +52,7 @@ impl TrustedProxies {
             let Some(ip) = address(hop) else {
                 break;
             };
-            client = canonical(ip);
+            client = ip.to_canonical();
             if !self.contains(client) {
                 break;
             }
@@ -84,14 +84,6 @@ fn canonical_net(net: IpNet) -> IpNet {
             None => net,
         },
         _ => net,
-    }
-}
-
-/// An IPv4 address mapped into IPv6 as the IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
     }
 }
 

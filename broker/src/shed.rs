@@ -23,15 +23,13 @@ pub struct Source(IpAddr);
 impl Source {
     /// The source of a peer address.
     pub fn of(ip: IpAddr) -> Source {
-        match ip {
+        // An IPv4 address mapped into IPv6 is the IPv4 address.
+        match ip.to_canonical() {
             IpAddr::V4(v4) => Source(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Source(IpAddr::V4(v4)),
-                None => {
-                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                    Source(IpAddr::V6(prefix.into()))
-                }
-            },
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                Source(IpAddr::V6(prefix.into()))
+            }
         }
     }
 }
