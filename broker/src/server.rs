@@ -466,7 +466,8 @@ pub async fn run(
         })
     };
     // On a cluster the brokers enforce the limits together: each shares its counts, until the
-    // store says no other broker can share it (the embedded backend).
+    // store says no other broker can share it (the embedded backend). Whether it still shares
+    // when the broker stops (and with what failure state): see the last share below.
     let sharer = {
         let state = state.clone();
         let stopped = stopped();
@@ -476,9 +477,10 @@ pub async fn run(
             while share_limits(&state, &mut failing).await {
                 tokio::select! {
                     () = tokio::time::sleep(ratelimit::SHARE_EVERY) => {}
-                    () = &mut stopped => return,
+                    () = &mut stopped => return Some(failing),
                 }
             }
+            None
         })
     };
     let (routes, health) =
@@ -574,7 +576,11 @@ pub async fn run(
         return Err(BrokerError::Web(e));
     }
     let _ = flusher.await;
-    let _ = sharer.await;
+    // The calls admitted since the last share, the drain's included, are shared once more: the
+    // other brokers charge them to the participant, as if this broker had kept serving.
+    if let Ok(Some(mut failing)) = sharer.await {
+        share_limits(&state, &mut failing).await;
+    }
     if let Some(task) = reloader {
         let _ = task.await;
     }

@@ -65,6 +65,49 @@ async fn a_consumer_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()
     Ok(())
 }
 
+/// A broker that stops (a rolling restart) shares what it admitted since its last share: the
+/// consumer's burst spent through it just before is not given again by the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_that_stops_shares_what_it_admitted_last() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    // 6 at once, then one every 10 s.
+    let registry = unefois_tests::sample_registry_with(scratch.path(), |s| {
+        s.replace(
+            "rate_limit = { per_minute = 600, burst = 60 }",
+            "rate_limit = { per_minute = 6, burst = 6 }",
+        )
+    })?;
+    let db = Database::start().await?;
+    let mut cluster = Cluster::start_on_registry(pki.dir(), &db.url(), 2, &registry).await?;
+    let mut other = exchange(&cluster.brokers[1], "ccas-lyon").await?;
+    // The whole burst through the first broker, which stops at once (within one share's
+    // interval of its last calls).
+    let mut first = exchange(&cluster.brokers[0], "ccas-lyon").await?;
+    for _ in 0..6 {
+        first.fetch(energy("test:alice")).await?;
+    }
+    cluster.brokers.remove(0).stop().await?;
+    tokio::time::sleep(SHARED).await;
+    // The other broker knows of the six: it admits what the rate gave back meanwhile (one
+    // call every 10 s) and refuses the rest.
+    let mut admitted = 0;
+    for _ in 0..4 {
+        let answer = other.fetch(energy("test:alice")).await;
+        match answer {
+            Ok(_) => admitted += 1,
+            Err(_) => {
+                refused(answer, Code::ResourceExhausted, ErrorReason::RateLimited);
+            }
+        }
+    }
+    assert!(admitted <= 1, "{admitted} calls admitted past the burst");
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn people_read_through_every_broker_raise_the_harvesting_alarm() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
