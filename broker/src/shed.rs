@@ -32,6 +32,18 @@ impl Source {
             }
         }
     }
+
+    /// The IPv6 /48 the source is in (a site: what a tunnel broker hands anyone, 65,536 /64s),
+    /// for a cap above the source's own; `None` for an IPv4 address.
+    pub fn site(self) -> Option<Source> {
+        match self.0 {
+            IpAddr::V4(_) => None,
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 80) - 1);
+                Some(Source(IpAddr::V6(prefix.into())))
+            }
+        }
+    }
 }
 
 /// Why a connection was shed to make room for a newcomer.

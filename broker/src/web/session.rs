@@ -1,9 +1,11 @@
 //! Server-side sessions and the logins waiting for their identity provider, both in memory and
 //! bounded: a cookie holds a random id only, never the person. Over a bound, the oldest entry
 //! is dropped. A source address holds at most [`MAX_PENDING_LOGINS_PER_SOURCE`] pending logins
-//! (its own oldest go first), so that a flood of login starts from one address ends its own
-//! pending logins, not other people's; from enough addresses it ends other people's pending
-//! logins at worst, never a logged-in session, which only a completed login creates.
+//! (its own oldest go first), and the sources of one IPv6 /48 at most
+//! [`MAX_PENDING_LOGINS_PER_SITE`] together, so that a flood of login starts from one address or
+//! site ends its own pending logins, not other people's; from enough addresses it ends other
+//! people's pending logins at worst, never a logged-in session, which only a completed login
+//! creates.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -23,6 +25,9 @@ pub const MAX_PENDING_LOGINS: usize = 20_000;
 /// trusted proxies: docs/web.md): many people behind one address (a town hall, a carrier's
 /// NAT) log in within minutes, a flood starts thousands.
 pub const MAX_PENDING_LOGINS_PER_SOURCE: usize = 128;
+/// Logins waiting at once from one IPv6 /48 (a site: anyone can get one from a tunnel broker,
+/// and with it 65,536 sources): without it, 157 of its /64s would fill the table.
+pub const MAX_PENDING_LOGINS_PER_SITE: usize = 4 * MAX_PENDING_LOGINS_PER_SOURCE;
 /// How long a login may wait for the identity provider.
 pub const LOGIN_WAIT: Duration = Duration::from_secs(10 * 60);
 
@@ -101,42 +106,67 @@ pub struct Sessions<S = Session> {
     pending: Mutex<Pending>,
 }
 
-/// The logins waiting, and the newest of each source.
+/// The logins waiting, and the newest of each source and of each IPv6 site.
 struct Pending {
     logins: Bounded<PendingLogin>,
-    /// Each source's logins (their `state`), oldest first; some may have ended since.
-    by_source: HashMap<Source, VecDeque<String>>,
-    /// The states in `by_source`, ended ones included.
-    listed: usize,
-    /// Logins held per source at most.
-    per_source: usize,
+    /// Each source's logins.
+    by_source: Newest,
+    /// Each IPv6 /48's logins.
+    by_site: Newest,
 }
 
-impl Pending {
-    fn insert(&mut self, state: String, login: PendingLogin, from: Source) {
-        let logins = &mut self.logins;
-        let mine = self.by_source.entry(from).or_default();
+/// The logins (their `state`) of each source or site, oldest first; some may have ended since.
+struct Newest {
+    lists: HashMap<Source, VecDeque<String>>,
+    /// The states in `lists`, ended ones included.
+    listed: usize,
+    /// Logins held per list at most.
+    cap: usize,
+}
+
+impl Newest {
+    fn new(cap: usize) -> Newest {
+        Newest {
+            lists: HashMap::new(),
+            listed: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    /// Lists `state` under `key`, first ending that list's oldest logins beyond the cap.
+    fn hold(&mut self, key: Source, state: &str, logins: &mut Bounded<PendingLogin>) {
+        let mine = self.lists.entry(key).or_default();
         let before = mine.len();
         mine.retain(|s| logins.get(s).is_some());
-        while mine.len() >= self.per_source {
+        while mine.len() >= self.cap {
             if let Some(oldest) = mine.pop_front() {
                 logins.remove(&oldest);
             }
         }
-        mine.push_back(state.clone());
+        mine.push_back(state.to_owned());
         self.listed = self.listed + mine.len() - before;
-        let now = Instant::now();
-        logins.insert(state, login, |l| now.duration_since(l.created) > LOGIN_WAIT);
         // The logins that ended (taken, expired, or pushed out of the table) leave the lists
         // once they list twice the table's capacity: at most once per capacity's worth of new
         // ones, and never more than that in memory.
-        if self.listed > 2 * self.logins.capacity {
-            let logins = &self.logins;
-            self.by_source.retain(|_, states| {
+        if self.listed > 2 * logins.capacity {
+            self.lists.retain(|_, states| {
                 states.retain(|s| logins.get(s).is_some());
                 !states.is_empty()
             });
-            self.listed = self.by_source.values().map(VecDeque::len).sum();
+            self.listed = self.lists.values().map(VecDeque::len).sum();
+        }
+    }
+}
+
+impl Pending {
+    fn insert(&mut self, state: String, login: PendingLogin, from: Source) {
+        let now = Instant::now();
+        self.logins.insert(state.clone(), login, |l| {
+            now.duration_since(l.created) > LOGIN_WAIT
+        });
+        self.by_source.hold(from, &state, &mut self.logins);
+        if let Some(site) = from.site() {
+            self.by_site.hold(site, &state, &mut self.logins);
         }
     }
 }
@@ -148,9 +178,8 @@ impl<S: Clone + Ending> Sessions<S> {
             sessions: Mutex::new(Bounded::new(sessions)),
             pending: Mutex::new(Pending {
                 logins: Bounded::new(pending),
-                by_source: HashMap::new(),
-                listed: 0,
-                per_source: MAX_PENDING_LOGINS_PER_SOURCE.min(pending).max(1),
+                by_source: Newest::new(MAX_PENDING_LOGINS_PER_SOURCE.min(pending)),
+                by_site: Newest::new(MAX_PENDING_LOGINS_PER_SITE.min(pending)),
             }),
         }
     }
@@ -378,10 +407,35 @@ mod tests {
             "the person's login kept"
         );
         let pending = sessions.pending.lock().unwrap();
-        let flood = pending.by_source.get(&from("203.0.113.5")).unwrap();
+        let flood = pending.by_source.lists.get(&from("203.0.113.5")).unwrap();
         assert_eq!(flood.len(), MAX_PENDING_LOGINS_PER_SOURCE);
         assert_eq!(flood.back().map(String::as_str), Some("flood4999"));
         assert!(pending.logins.get("flood0").is_none());
+    }
+
+    #[test]
+    fn a_flood_from_the_sources_of_one_ipv6_site_ends_that_sites_own_only() {
+        let sessions: Sessions = Sessions::new(4, 2_000);
+        sessions.wait_login("person".into(), login(), from("2001:db8:1::7"));
+        // 100 /64s of one /48, 128 logins each: 12,800 logins, each /64 within its own cap.
+        for net in 0..100_u32 {
+            for i in 0..128 {
+                let ip = format!("2001:db8:2:{net:x}::{i:x}");
+                sessions.wait_login(format!("flood{net}-{i}"), login(), from(&ip));
+            }
+        }
+        assert!(
+            sessions.take_login("person").is_some(),
+            "the person's login kept"
+        );
+        let pending = sessions.pending.lock().unwrap();
+        let site = from("2001:db8:2::1").site().unwrap();
+        let flood = pending.by_site.lists.get(&site).unwrap();
+        assert_eq!(flood.len(), MAX_PENDING_LOGINS_PER_SITE);
+        assert_eq!(flood.back().map(String::as_str), Some("flood99-127"));
+        assert!(pending.logins.get("flood0-0").is_none());
+        // An IPv4 address has no site.
+        assert!(from("203.0.113.5").site().is_none());
     }
 
     #[test]
@@ -392,7 +446,8 @@ mod tests {
             sessions.wait_login(format!("s{i}"), login(), from(&ip));
         }
         let pending = sessions.pending.lock().unwrap();
-        assert!(pending.by_source.len() <= 20, "{}", pending.by_source.len());
+        let sources = pending.by_source.lists.len();
+        assert!(sources <= 20, "{sources}");
         assert!(pending.logins.get("s999").is_some());
         drop(pending);
         // Many sources each listing many logins the table no longer holds: the lists too stay
@@ -404,7 +459,10 @@ mod tests {
             }
         }
         let pending = sessions.pending.lock().unwrap();
-        let listed: usize = pending.by_source.values().map(VecDeque::len).sum();
-        assert!(listed <= 20 && pending.listed == listed, "{listed}");
+        let listed: usize = pending.by_source.lists.values().map(VecDeque::len).sum();
+        assert!(
+            listed <= 20 && pending.by_source.listed == listed,
+            "{listed}"
+        );
     }
 }
