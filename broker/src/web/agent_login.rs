@@ -18,13 +18,16 @@ use crate::caller::Caller;
 use crate::registry::{EnrolledAgent, Role};
 use crate::shed::Source;
 
-/// An identity provider's answer.
+/// An identity provider's answer: a code, or an error (RFC 6749, 4.1.2.1: the person cancelled,
+/// the provider could not log them in).
 #[derive(Deserialize)]
 pub struct CallbackQuery {
     #[serde(default)]
     code: String,
     #[serde(default)]
     state: String,
+    #[serde(default)]
+    error: String,
 }
 
 /// The logins of one space: where they wait, the cookie that binds them to the browser.
@@ -158,8 +161,60 @@ impl<S: Clone + Ending> Logins<'_, S> {
         )
     }
 
+    /// The page for an identity provider's answer that is an error: the login it answers ends
+    /// and nothing is asked of the provider. What the provider wrote beside the code
+    /// (`error_description`) is not shown: anyone can write it in a link.
+    fn refused_by_provider(&self, answer: &CallbackQuery) -> Response {
+        self.table.take_login(&answer.state);
+        let code = match answer.error.as_str() {
+            known @ ("access_denied"
+            | "login_required"
+            | "consent_required"
+            | "interaction_required"
+            | "invalid_request"
+            | "invalid_scope"
+            | "unauthorized_client"
+            | "unsupported_response_type"
+            | "server_error"
+            | "temporarily_unavailable") => known,
+            _ => "other",
+        };
+        tracing::info!(
+            error = code,
+            "web: the identity provider answered a login with an error"
+        );
+        match code {
+            "access_denied" => pages::error_page(
+                StatusCode::OK,
+                "Connexion annulée",
+                &format!(
+                    "La connexion a été annulée : vous n'êtes pas connecté et rien n'a été fait. \
+                     Pour vous connecter, recommencez depuis {}.",
+                    self.space
+                ),
+            ),
+            "server_error" | "temporarily_unavailable" => pages::error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Fournisseur d'identité indisponible",
+                &format!(
+                    "Le fournisseur d'identité n'a pas pu vous connecter pour l'instant. \
+                     Réessayez dans quelques minutes depuis {}.",
+                    self.space
+                ),
+            ),
+            _ => pages::error_page(
+                StatusCode::BAD_REQUEST,
+                "Connexion échouée",
+                &format!(
+                    "Le fournisseur d'identité n'a pas pu vous connecter. Recommencez depuis {}.",
+                    self.space
+                ),
+            ),
+        }
+    }
+
     /// The ID token of an identity provider's answer to a login of `kind` this browser started
-    /// here, once.
+    /// here, once; otherwise the page that says why.
     pub(super) async fn redeemed(
         &self,
         door: &Door,
@@ -168,20 +223,25 @@ impl<S: Clone + Ending> Logins<'_, S> {
         kind: LoginKind,
         client_id: &str,
         callback: &str,
-    ) -> Option<(String, PendingLogin)> {
-        let login = self.table.take_login(&answer.state)?;
+    ) -> Result<(String, PendingLogin), Box<Response>> {
+        if !answer.error.is_empty() {
+            return Err(Box::new(self.refused_by_provider(answer)));
+        }
+        let failed = || Box::new(self.failed());
+        let login = self.table.take_login(&answer.state).ok_or_else(failed)?;
         if login.kind != kind
             || !self
                 .web
                 .cookie_of(headers, self.cookie)
                 .is_some_and(|b| same_secret(b, &login.browser))
         {
-            return None;
+            return Err(failed());
         }
         let token = door
             .redeem(self.web, &answer.code, client_id, callback, &login.verifier)
-            .await?;
-        Some((token, login))
+            .await
+            .ok_or_else(failed)?;
+        Ok((token, login))
     }
 
     /// The agent an answer of the agents' identity provider logs in: the token verifies, shows
@@ -196,7 +256,7 @@ impl<S: Clone + Ending> Logins<'_, S> {
         let Some((door, client_id)) = self.web.agents_door() else {
             return Err(Box::new(no_provider()));
         };
-        let Some((token, login)) = self
+        let (token, login) = self
             .redeemed(
                 &door,
                 headers,
@@ -205,10 +265,7 @@ impl<S: Clone + Ending> Logins<'_, S> {
                 &client_id,
                 callback,
             )
-            .await
-        else {
-            return Err(Box::new(self.failed()));
-        };
+            .await?;
         let registry = self.web.state.federation.registry();
         let agent =
             match crate::agent_identity::verify(&token, &registry, OffsetDateTime::now_utc()) {

@@ -408,7 +408,7 @@ pub async fn callback(
         return failed();
     };
     let client_id = web.client_id().unwrap_or_default();
-    let Some((id_token, login)) = logins
+    let (id_token, login) = match logins
         .redeemed(
             &door,
             &headers,
@@ -418,8 +418,9 @@ pub async fn callback(
             &web.callback_url(),
         )
         .await
-    else {
-        return failed();
+    {
+        Ok(redeemed) => redeemed,
+        Err(page) => return *page,
     };
     let registry = web.state.federation.registry();
     let verified = match crate::evidence::proven(&id_token, &caller, &registry) {

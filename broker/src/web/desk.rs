@@ -458,7 +458,7 @@ pub async fn person_callback(
     let Some(door) = web.citizens_door() else {
         return logins.failed();
     };
-    let Some((token, login)) = logins
+    let (token, login) = match logins
         .redeemed(
             &door,
             &headers,
@@ -468,8 +468,9 @@ pub async fn person_callback(
             &web.desk_person_callback_url(),
         )
         .await
-    else {
-        return logins.failed();
+    {
+        Ok(redeemed) => redeemed,
+        Err(page) => return *page,
     };
     let verified = match crate::evidence::proven(&token, &caller, &registry) {
         Ok(v) => v,

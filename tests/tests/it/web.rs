@@ -338,6 +338,57 @@ async fn a_flood_of_logins_from_one_address_ends_only_its_own() -> anyhow::Resul
     Ok(())
 }
 
+/// A person who cancels at the identity provider (its answer `error=access_denied`) is told
+/// the login was cancelled, not that it failed; the login it answered ends.
+#[tokio::test]
+async fn a_login_cancelled_at_the_identity_provider_says_so() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, mut browser) = broker_with_pages(&pki).await?;
+    let to_idp = browser.get("/citizen/login").await?;
+    let authorize = to_idp.location().context("no redirect")?.to_string();
+    let state = authorize
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("state="))
+        .context("no state")?
+        .to_string();
+    let idp_page = browser.follow(to_idp).await?;
+    let cancelled = browser
+        .get(&format!(
+            "/citizen/callback?error=access_denied&error_description=Vous+avez+gagn%C3%A9&state={state}"
+        ))
+        .await?;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    assert!(
+        cancelled.body.contains("Connexion annulée")
+            && cancelled.body.contains("rien n&#39;a été fait"),
+        "{}",
+        cancelled.body
+    );
+    assert!(
+        !cancelled.body.contains("gagné"),
+        "the provider's text shown"
+    );
+    assert!(browser.cookie("unefois_session").is_none());
+    // The login the cancel answered is over: an answer for it now fails.
+    let answer = browser.choose_person(&idp_page, "test:alice").await?;
+    let callback = answer.location().context("no callback")?.to_string();
+    let late = browser.get(&callback).await?;
+    assert_eq!(late.status, 400, "{}", late.body);
+    assert!(late.body.contains("Connexion échouée"));
+    // The provider down: a 503 that says so.
+    let unavailable = browser
+        .get("/citizen/callback?error=temporarily_unavailable&state=x")
+        .await?;
+    assert_eq!(unavailable.status, 503);
+    assert!(
+        unavailable
+            .body
+            .contains("Fournisseur d&#39;identité indisponible")
+    );
+    broker.stop().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_login_answer_serves_its_own_browser_once() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
