@@ -18,6 +18,21 @@ use crate::StoreError;
 
 /// How long to wait for a connection to be set up (per host).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may take to be set up (TCP, TLS, authentication, the read-write
+/// check), in connect timeouts per host: a host that accepts and then stops answering does not
+/// hold the caller.
+const SETUP_TIMEOUTS: u32 = 3;
+/// A connection idle this long is probed (TCP keepalive), every `KEEPALIVE_INTERVAL`, and ends
+/// after `KEEPALIVE_RETRIES` probes unanswered: a primary whose machine stopped or was cut off
+/// sends no reset, and the kernel's default (two hours) would hold the writer's connection, its
+/// commit waiting for an answer, for that long after a failover. A live server answers the
+/// probes, so a commit waiting for a stopped standby is never cut.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Data sent and not acknowledged this long ends the connection (`TCP_USER_TIMEOUT`): a server
+/// gone while a statement was being sent.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where the database is, and how to reach it.
 #[derive(Clone)]
@@ -51,6 +66,28 @@ impl Connector {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // The URL's own settings win (the keepalive's are not otherwise told from the defaults).
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        let says = |key: &str| {
+            query
+                .split('&')
+                .any(|pair| pair.split('=').next() == Some(key))
+        };
+        if !says("keepalives_idle") {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(KEEPALIVE_INTERVAL);
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(KEEPALIVE_RETRIES);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        // Every connection writes or decides: the primary only, whatever the URL says (a host
+        // list without it, a balancer in front of every server, would reach a standby).
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
         if config.get_application_name().is_none() {
             config.application_name("unefois");
         }
@@ -105,11 +142,23 @@ impl Connector {
     /// notice and counts the warnings before it passes on the answer that follows them: a
     /// caller that reads the count after an answer sees every warning sent before it.
     async fn open(&self) -> Result<(Client, Warnings), StoreError> {
-        let (client, mut connection) = self
+        // Each host in turn, each within its connect timeout, then the setup.
+        let hosts = u32::try_from(self.config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
+        let limit = self
             .config
-            .connect(self.tls.clone())
-            .await
-            .map_err(db("connect"))?;
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(CONNECT_TIMEOUT)
+            .saturating_mul(SETUP_TIMEOUTS.saturating_mul(hosts));
+        let (client, mut connection) =
+            match tokio::time::timeout(limit, self.config.connect(self.tls.clone())).await {
+                Ok(connected) => connected.map_err(db("connect"))?,
+                Err(_) => {
+                    return Err(StoreError::Database(format!(
+                        "connect: no connection set up within {limit:?}"
+                    )));
+                }
+            };
         let warnings = Warnings::default();
         let counted = warnings.clone();
         tokio::spawn(async move {
@@ -402,6 +451,7 @@ impl Shared {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -432,5 +482,60 @@ mod tests {
             .map(|_| ())
             .map_err(|e| e.to_string());
         assert!(unchecked.is_err_and(|e| e.contains("sslrootcert")));
+    }
+
+    #[test]
+    fn a_connection_finds_a_dead_server_in_seconds_and_only_a_primary() {
+        use tokio_postgres::config::TargetSessionAttrs;
+        let config = |url: &str| Connector::parse(url).map(|c| c.config).ok();
+        let plain = config("postgresql://u@h1,h2/db").unwrap();
+        assert!(plain.get_keepalives());
+        assert_eq!(plain.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(plain.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
+        assert_eq!(plain.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
+        assert_eq!(plain.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert_eq!(
+            plain.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        // What the URL says stays, but for a standby.
+        let told = config(
+            "postgresql://u@h/db?keepalives_idle=60&keepalives_interval=10&keepalives_retries=9\
+             &tcp_user_timeout=30&target_session_attrs=any",
+        )
+        .unwrap();
+        assert_eq!(told.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(
+            told.get_keepalives_interval(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(told.get_keepalives_retries(), Some(9));
+        assert_eq!(told.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
+        assert_eq!(
+            told.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+    }
+
+    /// A server that accepts the connection and then says nothing: the connection gives up.
+    #[tokio::test]
+    async fn a_server_that_accepts_and_never_answers_is_given_up() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let connector = Connector::parse(&format!(
+            "postgresql://u@127.0.0.1:{port}/db?connect_timeout=1"
+        ))
+        .unwrap();
+        let started = std::time::Instant::now();
+        let outcome = connector.connect().await.map(|_| ());
+        assert!(outcome.is_err_and(|e| e.to_string().contains("no connection set up")));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        held.abort();
     }
 }
