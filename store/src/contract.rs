@@ -636,6 +636,69 @@ async fn brokers_taking_turns_append_where_the_other_left_the_log() {
     }
 }
 
+/// A writer stuck on one transaction (here the log's row held by another session; a stopped
+/// standby does the same to a commit) fills its queue: every append, those waiting for room in
+/// the queue included, is answered within the append timeout, none held until the writer moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_behind_a_stuck_writer_are_answered_within_the_timeout() {
+    let server = Arc::new(crate::postgres::test_server::Server::primary(""));
+    let url = server.url();
+    crate::postgres::init(&url, false).await.unwrap();
+    let store = Arc::new(
+        crate::Postgres::open(&url, log(), sealer(), Duration::from_secs(1))
+            .await
+            .unwrap(),
+    );
+    server.sql("CREATE TABLE release ()");
+    let holder = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            server.sql(
+                "SELECT size FROM unefois_log FOR UPDATE; \
+                 DO $$ BEGIN FOR i IN 1..600 LOOP \
+                   EXIT WHEN EXISTS (SELECT FROM release); PERFORM pg_sleep(0.05); \
+                 END LOOP; END $$",
+            )
+        })
+    };
+    server.wait_for(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+         WHERE a.query LIKE '%FROM release%' AND a.pid <> pg_backend_pid() \
+         AND l.relation = 'unefois_log'::regclass AND l.granted",
+        "1",
+        Duration::from_secs(10),
+    );
+    // More appends than the writer's queue holds (4,096).
+    let started = std::time::Instant::now();
+    let appends: Vec<_> = (0..4_300_u64)
+        .map(|turn| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let r = record("broker_stopped", json!({ "turn": turn }));
+                store.append_entry(r).await.map(|a| a.seq)
+            })
+        })
+        .collect();
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut refused = 0;
+        for append in appends {
+            if append.await.unwrap().is_err() {
+                refused += 1;
+            }
+        }
+        refused
+    })
+    .await;
+    server.sql("INSERT INTO release DEFAULT VALUES");
+    holder.join().unwrap();
+    assert_eq!(
+        answered,
+        Ok(4_300),
+        "every append answered unavailable while the writer was stuck ({:?})",
+        started.elapsed()
+    );
+}
+
 /// Appends that arrive while another broker holds the log's lock join the transaction that was
 /// waiting for it: brokers taking turns commit fewer, larger transactions (every entry a
 /// transaction inserts carries its id, `xmin`).

@@ -316,16 +316,27 @@ impl Postgres {
         self.send(records).await
     }
 
-    /// Queues `records` for the writer and waits for their commit, at most the append timeout.
+    /// Queues `records` for the writer and waits for their commit, at most the append timeout
+    /// in all: a writer stuck on one commit (a standby stopped) fills its queue, and an append
+    /// waiting for room in it is answered within the timeout too.
     async fn send(&self, records: Vec<(Record, Vec<u8>)>) -> Result<Vec<Appended>, StoreError> {
         // The kinds for the metrics, taken here: the entries would have to be decoded after.
         let kinds: Vec<&'static str> = records.iter().map(|(r, _)| r.event.kind()).collect();
         let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(Pending { records, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        match tokio::time::timeout(self.append_timeout, answer).await {
+        let deadline = tokio::time::Instant::now() + self.append_timeout;
+        let unacknowledged = || {
+            StoreError::Database(format!(
+                "no commit acknowledged within {:?} (is a synchronous standby streaming?)",
+                self.append_timeout
+            ))
+        };
+        match tokio::time::timeout_at(deadline, self.writer.send(Pending { records, reply })).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StoreError::Closed),
+            Err(_) => return Err(unacknowledged()),
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => {
                 if result.is_ok() {
                     for kind in kinds {
@@ -335,10 +346,7 @@ impl Postgres {
                 result
             }
             Ok(Err(_)) => Err(StoreError::Closed),
-            Err(_) => Err(StoreError::Database(format!(
-                "no commit acknowledged within {:?} (is a synchronous standby streaming?)",
-                self.append_timeout
-            ))),
+            Err(_) => Err(unacknowledged()),
         }
     }
 
@@ -2005,10 +2013,14 @@ impl Store for Postgres {
 
     async fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        // Every append queued before is committed or answered, within the append timeout.
-        if let Some(answer) = barrier(&self.writer).await {
-            let _ = tokio::time::timeout(self.append_timeout, answer).await;
-        }
+        // Every append queued before is committed or answered, within the append timeout (the
+        // queue full behind a stuck commit included).
+        let _ = tokio::time::timeout(self.append_timeout, async {
+            if let Some(answer) = barrier(&self.writer).await {
+                let _ = answer.await;
+            }
+        })
+        .await;
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task {
             task.abort();
