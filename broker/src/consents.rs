@@ -368,6 +368,8 @@ async fn revoke_in_force(
     let now = OffsetDateTime::now_utc();
     let ended = scope_in_force(state, &consent, now).await?;
     if ended.is_empty() {
+        // Nothing left to end: only once the revocations read are durable.
+        state.store.reads_durable().await?;
         return Ok(Revoked { consent, ended: 0 });
     }
     let records = ended

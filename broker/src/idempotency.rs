@@ -61,7 +61,10 @@ where
             if used.fingerprint != fingerprint {
                 return Err(ApiError::RequestIdReused(given.to_string()));
             }
-            return find(used.result).await?.ok_or(ApiError::StoreUnavailable);
+            let found = find(used.result).await?.ok_or(ApiError::StoreUnavailable)?;
+            // Answered without an append: only once what the first attempt recorded is durable.
+            store.reads_durable().await?;
+            return Ok(found);
         }
         create().await
     })

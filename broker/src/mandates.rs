@@ -150,6 +150,8 @@ pub async fn revoke(
     }
     let mandate = decided?;
     if mandate.revoked_at.is_some() {
+        // Revoked already: only once that revocation is durable.
+        state.store.reads_durable().await?;
         return Ok(mandate);
     }
     // Serialised with grants, in this broker and across the cluster: a consent granted under
@@ -174,6 +176,7 @@ async fn end(state: &State, caller: &Caller, mandate_id: &str) -> Result<Mandate
         .await?
         .ok_or(ApiError::StoreUnavailable)?;
     if mandate.revoked_at.is_some() {
+        state.store.reads_durable().await?;
         return Ok(mandate);
     }
     let ended: Vec<String> = state

@@ -211,6 +211,16 @@ pub trait Store: Send + Sync {
         after: &str,
     ) -> Result<Items<'a, Mandate>, StoreError>;
 
+    /// Returns once every write the reads before the call may have seen is durable; fails
+    /// (the store unavailable) when it is not. An answer given without an append of its own (a
+    /// retry answered from what its first attempt recorded, a revocation already recorded) must
+    /// not rest on a record a failover could lose: on PostgreSQL, a COMMIT whose wait for the
+    /// standby was cancelled shows on the primary alone. The other backends read only durable
+    /// records.
+    async fn reads_durable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Returns once every append this broker submitted before has its outcome (durable and
     /// applied, or failed), whether or not its caller still waits: an act that failed or was
     /// dropped midway keeps its hold until then ([`Serialised`]). The in-memory backend

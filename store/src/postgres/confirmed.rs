@@ -48,6 +48,55 @@ const SEEN: &str = "SELECT log.size, log.checkpoint, at.lsn, \
 const FLUSHED: &str = "SELECT coalesce(min(flush_lsn) >= $1, false), min(flush_lsn) IS NOT NULL \
      FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')";
 
+/// The primary's flushed WAL position, whether every synchronous standby has flushed up to it
+/// (or none is required), and whether one is streaming.
+const NOW_FLUSHED: &str = "SELECT at.lsn, \
+     btrim(current_setting('synchronous_standby_names')) = '' \
+         OR coalesce(sync.flushed >= at.lsn, false), \
+     sync.flushed IS NOT NULL \
+     FROM (SELECT pg_current_wal_flush_lsn() AS lsn) AS at, \
+     (SELECT min(flush_lsn) AS flushed FROM pg_stat_replication \
+      WHERE sync_state IN ('sync', 'quorum')) AS sync";
+
+/// Returns once every synchronous standby has what the primary showed the reads before the
+/// call (its flushed WAL position now: a commit is flushed there before it is visible), waiting
+/// a little for one that lags; fails when none has it. What the primary shows a standby may
+/// lack: a COMMIT whose wait for the standby was cancelled (see the module's documentation).
+pub async fn all_flushed(reads: &Shared) -> Result<(), StoreError> {
+    let client = reads.client().await?;
+    let row = client
+        .query_typed(NOW_FLUSHED, &[])
+        .await
+        .map_err(db("read the standbys' position"))?;
+    let row = row.first().ok_or_else(unreadable_standbys)?;
+    let unreadable = db("read the standbys' position");
+    let at: PgLsn = row.try_get(0).map_err(&unreadable)?;
+    let (mut flushed, mut streaming): (bool, bool) = (
+        row.try_get(1).map_err(&unreadable)?,
+        row.try_get(2).map_err(&unreadable)?,
+    );
+    let started = Instant::now();
+    while !flushed && streaming && started.elapsed() < WAIT {
+        tokio::time::sleep(POLL).await;
+        let row = client
+            .query_typed(FLUSHED, &[(&at, Type::PG_LSN)])
+            .await
+            .map_err(&unreadable)?;
+        let row = row.first().ok_or_else(unreadable_standbys)?;
+        (flushed, streaming) = (
+            row.try_get(0).map_err(&unreadable)?,
+            row.try_get(1).map_err(&unreadable)?,
+        );
+    }
+    match flushed {
+        true => Ok(()),
+        false => Err(StoreError::Database(
+            "what the database shows is not on a synchronous standby yet (is one streaming?)"
+                .into(),
+        )),
+    }
+}
+
 /// A head of the log: its size and signed checkpoint (empty for an empty log).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tip {

@@ -1752,6 +1752,10 @@ impl Store for Postgres {
         }))
     }
 
+    async fn reads_durable(&self) -> Result<(), StoreError> {
+        confirmed::all_flushed(&self.reads).await
+    }
+
     async fn serialise(&self, keys: &[&str]) -> Result<crate::Serialised, StoreError> {
         self.locks.hold(keys).await
     }

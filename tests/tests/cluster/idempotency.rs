@@ -100,6 +100,99 @@ async fn a_grant_retried_after_its_first_attempt_timed_out_records_one_consent()
     Ok(())
 }
 
+/// The first attempt's COMMIT waited for the stopped standby until an administrator cancelled
+/// that wait: committed on the primary alone, answered UNAVAILABLE. A retry finds the request
+/// id recorded there, and is answered from it only once the standby has it: a failover before
+/// would lose the consent the retry was told exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_is_not_answered_from_a_record_the_standby_lacks() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let mut db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 1).await?;
+    let broker = &cluster.brokers[0];
+    let grant = pb::GrantConsentRequest {
+        request_id: "grant-on-the-primary-alone".into(),
+        ..consent("test:erin", QF, CANTINE)
+    };
+
+    let mut first_client = consents(broker, "mairie-lyon").await?;
+    // The log's row held, so that the grant's ID token is counted (a commit of its own) while
+    // the standby streams, and its record waits for the row; then the standby stops.
+    let mut holder = db
+        .primary
+        .sql_meanwhile("BEGIN; SELECT 1 FROM unefois_log FOR UPDATE; SELECT pg_sleep(2); COMMIT");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first_grant = grant.clone();
+    let first = tokio::spawn(async move { first_client.grant(first_grant).await });
+    tokio::task::block_in_place(|| {
+        db.primary.wait_for(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted",
+            "1",
+            Duration::from_secs(5),
+        );
+        db.standby.stop("fast");
+        // The holder's commit (its row lock was written) and then the record's wait for the
+        // standby, each cancelled: committed on the primary alone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let writer = "wait_event = 'SyncRep' AND query NOT LIKE '%pg_sleep%'";
+        while db.primary.sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE {writer}"
+        )) != "1"
+            && std::time::Instant::now() < deadline
+        {
+            db.primary.sql(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                 WHERE wait_event = 'SyncRep' AND query LIKE '%pg_sleep%'",
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        db.primary.sql(&format!(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE {writer}"
+        ));
+        holder.wait()
+    })?;
+    refused(
+        first.await?,
+        Code::Unavailable,
+        ErrorReason::StoreUnavailable,
+    );
+    let recorded =
+        tokio::task::block_in_place(|| db.primary.sql("SELECT id FROM unefois_consents"));
+    assert!(!recorded.trim().is_empty(), "committed on the primary");
+
+    // The standby still stopped: the retry is not told the consent exists.
+    let retried = consents(broker, "mairie-lyon")
+        .await?
+        .grant(grant.clone())
+        .await;
+    refused(retried, Code::Unavailable, ErrorReason::StoreUnavailable);
+
+    // Once the standby has it, the retry gets the consent the first attempt recorded.
+    tokio::task::block_in_place(|| db.standby.start());
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let retried = loop {
+        match consents(broker, "mairie-lyon")
+            .await?
+            .grant(grant.clone())
+            .await
+        {
+            Ok(answer) => break answer.into_inner(),
+            Err(status)
+                if std::time::Instant::now() < until && status.code() == Code::Unavailable =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => return Err(anyhow!("after the standby's return: {status:?}")),
+        }
+    };
+    let retried = retried.consent.ok_or_else(|| anyhow!("no consent"))?;
+    assert_eq!(retried.id, recorded.trim(), "the first attempt's consent");
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
 /// A mandate revoked through one broker while an agent grants a consent under it through
 /// another: the grant waits for the revocation and is refused, rather than recorded after it
 /// and left in force under a revoked mandate.
