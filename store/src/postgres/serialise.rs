@@ -16,7 +16,7 @@ use tokio_postgres::types::Type;
 use tokio::sync::mpsc;
 
 use super::connect::{Conn, Connector};
-use super::{Pending, db, settled};
+use super::{NO_TRANSACTION_TIMEOUT, Pending, db, settled};
 use crate::{Held, Serialised, StoreError};
 
 /// Acts held at once by one broker, each on a connection of its own (acts about different
@@ -66,11 +66,12 @@ impl Locks {
         let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k)).collect();
         ids.sort_unstable();
         ids.dedup();
-        // The wait bounded; while the act runs, the transaction idles: no role's idle timeout
-        // may end it (its locks would end with it, unseen).
+        // The wait bounded; while the act runs, the transaction idles: no role's idle or
+        // transaction timeout (PostgreSQL 17's `transaction_timeout`) may end it (its locks would
+        // end with it, unseen).
         let wait = format!(
             "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0; \
-             SET LOCAL idle_in_transaction_session_timeout = 0",
+             SET LOCAL idle_in_transaction_session_timeout = 0; {NO_TRANSACTION_TIMEOUT}",
             self.wait.as_millis().max(1)
         );
         conn.batch_execute(&wait)
