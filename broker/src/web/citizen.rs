@@ -70,21 +70,17 @@ fn layout(title: &str, session: &Session) -> Layout {
     )
 }
 
-/// What an act refused by the broker tells the person; an expired identity proof sends them
-/// to log in again.
+/// What an act refused by the broker tells the person; a proof of identity that no longer
+/// allows acts, that nothing was done and to log in again.
 fn refused(e: &ApiError) -> Response {
     match e {
         ApiError::IdentityEvidenceInvalid(_) | ApiError::IdentityEvidenceRequired => {
-            see_other("/citizen/login", &[])
+            pages::proof_spent("/citizen/login")
         }
         ApiError::StoreUnavailable => pages::unavailable(),
         other => {
             tracing::info!(reason = other.reason_code(), "web: citizen act refused");
-            pages::error_page(
-                StatusCode::BAD_REQUEST,
-                "Demande refusée",
-                &format!("Le service a refusé la demande ({}).", other.reason_code()),
-            )
+            pages::refusal(other)
         }
     }
 }

@@ -145,11 +145,7 @@ fn refused(e: &ApiError) -> Response {
         ApiError::StoreUnavailable => pages::unavailable(),
         other => {
             tracing::info!(reason = other.reason_code(), "web: console read refused");
-            pages::error_page(
-                StatusCode::BAD_REQUEST,
-                "Demande refusée",
-                &format!("Le service a refusé la demande ({}).", other.reason_code()),
-            )
+            pages::refusal(other)
         }
     }
 }

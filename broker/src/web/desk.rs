@@ -161,11 +161,7 @@ fn refused(e: &ApiError) -> Response {
         ),
         other => {
             tracing::info!(reason = other.reason_code(), "web: desk act refused");
-            pages::error_page(
-                StatusCode::BAD_REQUEST,
-                "Demande refusée",
-                &format!("Le service a refusé la demande ({}).", other.reason_code()),
-            )
+            pages::refusal(other)
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The pages every visitor sees (the landing page, the accessibility statement, errors) and
 //! what every page shares: its layout and its rendering.
 
+use crate::error::ApiError;
 use askama::Template;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -103,6 +104,129 @@ pub fn session_ended(relogin: &str) -> Response {
                    Reconnectez-vous, puis recommencez.",
             next: Some((relogin, "Se reconnecter")),
         },
+    )
+}
+
+/// 403: the person's proof of identity no longer allows acts (it expired, or served as many
+/// acts as it may): nothing was done. `relogin` is where to log in again.
+pub fn proof_spent(relogin: &str) -> Response {
+    render(
+        StatusCode::FORBIDDEN,
+        &Message {
+            layout: Layout::new("Reconnectez-vous pour agir", None),
+            text: "Votre connexion ne permet plus d'agir : elle a expiré, ou elle a déjà servi \
+                   autant de fois que le permet votre fournisseur d'identité. Rien n'a été \
+                   fait. Reconnectez-vous, puis recommencez.",
+            next: Some((relogin, "Se reconnecter")),
+        },
+    )
+}
+
+/// What an act or a read the broker refused tells a person, in French, with the status that
+/// fits (a refusal, something not found, too many requests, a provider down) and the reason's
+/// code for the assistance. The reasons each space handles itself (the proof of identity, the
+/// store) are answered here too, plainly.
+pub fn refusal(e: &ApiError) -> Response {
+    use ApiError as E;
+    let (status, title, text) = match e {
+        E::InvalidArgument { .. }
+        | E::InvalidSubject(_)
+        | E::UnknownPurpose(_)
+        | E::UnknownAttestationType(_)
+        | E::UnknownForm(_)
+        | E::RequestTooLarge { .. } => (
+            StatusCode::BAD_REQUEST,
+            "Demande invalide",
+            "Un élément de la demande n'a pas la forme attendue ou n'existe pas. Revenez à la \
+             page précédente et vérifiez ce qui a été saisi.",
+        ),
+        E::TreeSizeOutOfRange(_) | E::LeafIndexOutOfRange(_) => (
+            StatusCode::NOT_FOUND,
+            "Inscription introuvable",
+            "Le journal ne contient pas (encore) cette inscription.",
+        ),
+        E::UnknownConsent(_) | E::UnknownMandate(_) | E::UnknownPrefill(_) => (
+            StatusCode::NOT_FOUND,
+            "Introuvable",
+            "Ce consentement, ce mandat ou ce formulaire n'existe pas, ou n'est plus \
+             disponible.",
+        ),
+        E::NoConsent { .. } | E::ConsentRevoked(_) | E::ConsentExpired(_) => (
+            StatusCode::FORBIDDEN,
+            "Pas de consentement en vigueur",
+            "Aucun consentement en vigueur ne permet cette démarche : il a été retiré, il a \
+             expiré ou il n'a jamais été donné.",
+        ),
+        E::NoMandate(_)
+        | E::MandateRevoked(_)
+        | E::MandateExpired(_)
+        | E::MandateOutOfScope { .. }
+        | E::MandateSubjectMismatch(_) => (
+            StatusCode::FORBIDDEN,
+            "Mandat non valable",
+            "Le mandat a pris fin, a été révoqué, ou ne couvre pas cette démarche ou cette \
+             personne.",
+        ),
+        E::PrefillClosed(..)
+        | E::PrefillInProgress(_)
+        | E::PreviewSubjectMismatch
+        | E::SubjectMismatch
+        | E::RequestIdReused(_) => (
+            StatusCode::CONFLICT,
+            "Demande déjà traitée",
+            "Cette demande a déjà été traitée, ou l'est en ce moment, ou concerne une autre \
+             personne. Revenez à la page précédente et rechargez-la.",
+        ),
+        E::RateLimited { .. } | E::TooManyPreviews { .. } | E::TooManyConnections { .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Trop de demandes",
+            "Trop de demandes en peu de temps. Réessayez dans quelques minutes.",
+        ),
+        E::SubjectNotFound => (
+            StatusCode::NOT_FOUND,
+            "Personne inconnue de l'administration",
+            "L'administration qui détient ces données ne connaît pas cette personne.",
+        ),
+        E::ProviderUnavailable { .. }
+        | E::ProviderInvalidResponse { .. }
+        | E::ProviderCircuitOpen { .. }
+        | E::ProviderAuthFailed { .. }
+        | E::ProviderDeadline(_)
+        | E::StoreUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service momentanément indisponible",
+            "Le service, ou l'administration qui détient ces données, n'a pas pu répondre. \
+             Réessayez dans quelques instants.",
+        ),
+        E::IdentityEvidenceRequired | E::IdentityEvidenceInvalid(_) => (
+            StatusCode::FORBIDDEN,
+            "Reconnectez-vous pour agir",
+            "La preuve d'identité de la connexion n'est plus valable. Rien n'a été fait : \
+             reconnectez-vous, puis recommencez.",
+        ),
+        E::WrongRole { .. }
+        | E::NoHabilitation { .. }
+        | E::HabilitationExpired(_)
+        | E::PurposeNotAllowed { .. }
+        | E::ClaimNotAllowed { .. }
+        | E::NotAgentOfStructure { .. }
+        | E::AgentRequired { .. }
+        | E::UnknownParticipant(_)
+        | E::NoClientCertificate(_)
+        | E::CertificateRevoked => (
+            StatusCode::FORBIDDEN,
+            "Action non autorisée",
+            "Cette action n'est pas permise à votre organisation ou à votre rôle (habilitation \
+             absente ou échue, finalité ou donnée non autorisée).",
+        ),
+    };
+    error_page(
+        status,
+        title,
+        &format!(
+            "{text} Code à indiquer à l'assistance : {}.",
+            e.reason_code()
+        ),
     )
 }
 

@@ -473,6 +473,100 @@ async fn an_agents_acts_show_on_the_persons_page_and_she_revokes_the_mandate() -
     Ok(())
 }
 
+/// A withdrawal sent once the session's proof of identity has served all its acts is not done,
+/// and the person is told so and asked to log in again (not sent to the login page without a
+/// word, the consent still in force); logged in again, the withdrawal goes through.
+#[tokio::test]
+async fn a_withdrawal_past_the_proofs_acts_says_nothing_was_done() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, mut browser) = broker_with_pages(&pki).await?;
+    let granted = grant_consent(&broker, "test:alice", QF, CANTINE).await?;
+    let fetched = exchange(&broker, "mairie-lyon")
+        .await?
+        .fetch(fetch("test:alice", QF, CANTINE))
+        .await?
+        .into_inner();
+    let entry = fetched.receipt.context("no receipt")?.leaf_index;
+    browser.log_in("test:alice").await?;
+    // Each report spends one of the proof's acts, until none is left.
+    let contest = format!("/citizen/contest/{entry}");
+    let mut reports = 0;
+    let spent = loop {
+        let form = browser.get(&contest).await?;
+        let csrf = form.field("csrf").context("no CSRF token")?;
+        let sent = browser
+            .post(&contest, &[("csrf", &csrf), ("raison", "other")], None)
+            .await?;
+        if sent.status != 303 {
+            break sent;
+        }
+        reports += 1;
+        anyhow::ensure!(reports < 50, "the proof's acts never ran out");
+    };
+    assert!(reports > 0);
+    assert_eq!(spent.status, 403, "{}", spent.body);
+    assert!(
+        spent.body.contains("Reconnectez-vous pour agir"),
+        "{}",
+        spent.body
+    );
+
+    let withdraw = format!("/citizen/consents/{}/withdraw", granted.id);
+    let confirm = browser.get(&withdraw).await?;
+    let csrf = confirm.field("csrf").context("no CSRF token")?;
+    let refused_page = browser.post(&withdraw, &[("csrf", &csrf)], None).await?;
+    assert_eq!(refused_page.status, 403, "{}", refused_page.body);
+    assert!(
+        refused_page.body.contains("Rien n&#39;a été fait")
+            && refused_page.links().contains(&"/citizen/login".to_string()),
+        "{}",
+        refused_page.body
+    );
+    // Still in force.
+    exchange(&broker, "mairie-lyon")
+        .await?
+        .fetch(fetch("test:alice", QF, CANTINE))
+        .await?;
+    // Logged in again, the withdrawal is done.
+    browser.log_in("test:alice").await?;
+    let confirm = browser.get(&withdraw).await?;
+    let csrf = confirm.field("csrf").context("no CSRF token")?;
+    let done = browser.post(&withdraw, &[("csrf", &csrf)], None).await?;
+    assert_eq!(done.status, 303, "{}", done.body);
+    refused(
+        exchange(&broker, "mairie-lyon")
+            .await?
+            .fetch(fetch("test:alice", QF, CANTINE))
+            .await,
+        Code::FailedPrecondition,
+        ErrorReason::ConsentRevoked,
+    );
+    broker.stop().await?;
+    Ok(())
+}
+
+/// A request the broker refuses is explained in French, with the status that fits and the
+/// reason's code for the assistance, not « the service refused (INVALID_ARGUMENT) » for all.
+#[tokio::test]
+async fn refusals_are_explained_in_french_with_their_status() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, mut browser) = broker_with_pages(&pki).await?;
+    browser.log_in("test:alice").await?;
+    let page = browser.get("/citizen?avant=x").await?;
+    assert_eq!(page.status, 400, "{}", page.body);
+    assert!(
+        page.body
+            .contains("<title>Demande invalide — Une Fois</title>")
+            && page
+                .body
+                .contains("Code à indiquer à l&#39;assistance : INVALID_ARGUMENT."),
+        "{}",
+        page.body
+    );
+    broker.stop().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_contested_access_is_recorded_for_auditors_and_only_ones_own() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
