@@ -1075,42 +1075,75 @@ pub struct InclusionQuery {
     n: u64,
 }
 
+/// Why entry `index`'s proof is not given.
+enum NoProof {
+    /// The read was refused (the auditor's role, their filters).
+    Refused(ApiError),
+    /// The log has this many entries, not the one asked for.
+    Beyond(u64),
+    /// The store did not answer.
+    Unavailable,
+}
+
+impl NoProof {
+    /// For the console's script (`/audit/api/…`).
+    fn json(self) -> Response {
+        match self {
+            NoProof::Refused(e) => json_error(StatusCode::BAD_REQUEST, e.reason_code()),
+            NoProof::Beyond(size) => json_error(
+                StatusCode::NOT_FOUND,
+                &format!("le journal n'a que {size} inscriptions"),
+            ),
+            NoProof::Unavailable => {
+                json_error(StatusCode::SERVICE_UNAVAILABLE, "journal indisponible")
+            }
+        }
+    }
+
+    /// For a link the auditor followed (a proof bundle): a page.
+    fn page(self) -> Response {
+        match self {
+            NoProof::Refused(e) => refused(&e),
+            NoProof::Beyond(size) => pages::error_page(
+                StatusCode::NOT_FOUND,
+                "Inscription introuvable",
+                &format!(
+                    "Le journal n'a que {size} inscriptions : celle demandée n'existe pas \
+                     (encore)."
+                ),
+            ),
+            NoProof::Unavailable => pages::unavailable(),
+        }
+    }
+}
+
 /// Entry `index`, its inclusion proof and the latest checkpoint it leads to; the read of the
 /// entry recorded first (`audit_read`).
 async fn inclusion(
     web: &Web,
     caller: &Caller,
     index: u64,
-) -> Result<(Vec<u8>, Vec<[u8; 32]>, String), Response> {
+) -> Result<(Vec<u8>, Vec<[u8; 32]>, String), NoProof> {
     let query = AuditQuery {
         start_index: index,
         limit: 1,
         ..Default::default()
     };
-    if let Err(e) = events::audited(&web.state, caller, query, "web:Entry").await {
-        return Err(json_error(StatusCode::BAD_REQUEST, e.reason_code()));
-    }
+    events::audited(&web.state, caller, query, "web:Entry")
+        .await
+        .map_err(NoProof::Refused)?;
     let store = &web.state.store;
     let Ok(Some((size, note))) = store.latest_checkpoint().await else {
-        return Err(json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "journal indisponible",
-        ));
+        return Err(NoProof::Unavailable);
     };
     if index >= size {
-        return Err(json_error(
-            StatusCode::NOT_FOUND,
-            &format!("le journal n'a que {size} inscriptions"),
-        ));
+        return Err(NoProof::Beyond(size));
     }
     let (Ok(Some(entry)), Ok(proof)) = (
         store.entry(index).await,
         store.inclusion_proof(index, size).await,
     ) else {
-        return Err(json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "journal indisponible",
-        ));
+        return Err(NoProof::Unavailable);
     };
     Ok((entry, proof, note))
 }
@@ -1141,7 +1174,7 @@ pub async fn api_inclusion(
                 "checkpoint": note,
             }),
         ),
-        Err(answer) => answer,
+        Err(no) => no.json(),
     }
 }
 
@@ -1225,7 +1258,7 @@ pub async fn bundle(
                 serde_json::to_vec_pretty(&body).unwrap_or_default(),
             )
         }
-        Err(answer) => answer,
+        Err(no) => no.page(),
     }
 }
 

@@ -211,6 +211,16 @@ async fn auditors_read_filtered_events_each_read_recorded_and_check_proofs() -> 
         })
         .collect::<anyhow::Result<_>>()?;
     unefois_tlog::verify_inclusion(&proof, checkpoint.size, checkpoint.root, index, &bytes)?;
+    // A bundle of an entry beyond the log: a page that says so, not the script's JSON.
+    let beyond = browser.get("/audit/dossier/999999999").await?;
+    assert_eq!(beyond.status, 404, "{}", beyond.body);
+    assert!(
+        beyond
+            .body
+            .contains("<title>Inscription introuvable — Une Fois</title>"),
+        "{}",
+        beyond.body
+    );
 
     // The consistency API from an early tree to the latest.
     let api = browser.get("/audit/api/coherence?premier=1").await?;
