@@ -677,6 +677,12 @@ pub async fn statement(State(web): State<Arc<Web>>, headers: HeaderMap) -> Respo
         Ok(signed) => signed,
         Err(page) => return *page,
     };
+    // Up to ten pages of reads, each recorded: not for a page elsewhere that sends the person
+    // here. (The history page, one read, is where guichets' links and the identity providers'
+    // answers lead: it is served whatever the referring site.)
+    if web.sent_from_elsewhere(&headers) {
+        return pages::continue_here("/citizen/releve", "Afficher le relevé à imprimer");
+    }
     let registry = web.state.federation.registry();
     let names = Names(&registry);
     let mut accesses = Vec::new();

@@ -230,6 +230,21 @@ pub fn refusal(e: &ApiError) -> Response {
     )
 }
 
+/// 200: a page that reads much of a person's data, reached from another site (a page that
+/// would have those reads recorded in their name): nothing read yet, a link to go on from
+/// here.
+pub fn continue_here(href: &str, words: &str) -> Response {
+    render(
+        StatusCode::OK,
+        &Message {
+            layout: Layout::new("Continuer vers votre espace", None),
+            text: "Vous arrivez d'un autre site. Pour afficher vos données, continuez depuis \
+                   cette page.",
+            next: Some((href, words)),
+        },
+    )
+}
+
 /// 403: a form that did not come from these pages (no CSRF token, a foreign origin).
 pub fn forbidden() -> Response {
     error_page(

@@ -545,6 +545,58 @@ async fn a_withdrawal_past_the_proofs_acts_says_nothing_was_done() -> anyhow::Re
     Ok(())
 }
 
+/// The printable statement (up to ten pages of reads, each recorded), reached from another site,
+/// reads nothing until the person goes on from a link of these pages: a page elsewhere cannot
+/// have those reads recorded in their name. The history page, where guichets' links and the
+/// identity provider's answer lead, is served from anywhere.
+#[tokio::test]
+async fn the_statement_reached_from_elsewhere_reads_nothing_until_asked() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, mut browser) = broker_with_pages(&pki).await?;
+    browser.log_in("test:alice").await?;
+    let mut audit = AuditClient::new(broker.channel("cnil").await?);
+    let mut log_size = async || -> anyhow::Result<String> {
+        let checkpoint = audit
+            .get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 })
+            .await?
+            .into_inner()
+            .checkpoint;
+        Ok(checkpoint.lines().nth(1).unwrap_or_default().to_string())
+    };
+    let before = log_size().await?;
+    for (path, site) in [
+        ("/citizen/releve", "cross-site"),
+        ("/citizen/releve", "same-site"),
+    ] {
+        let page = browser.get_from(path, site).await?;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(
+            page.body.contains("Continuer vers votre espace")
+                && page.links().contains(&path.to_string()),
+            "{path} from {site}: {}",
+            page.body
+        );
+    }
+    assert_eq!(log_size().await?, before, "no read recorded");
+    // From the pages themselves: the statement, its reads recorded.
+    let statement = browser.get_from("/citizen/releve", "same-origin").await?;
+    assert!(
+        statement.body.contains("Relevé des consultations"),
+        "{}",
+        statement.body
+    );
+    assert_ne!(log_size().await?, before);
+    // The history page from a guichet's link.
+    let home = browser.get_from("/citizen", "cross-site").await?;
+    assert!(
+        home.body.contains("Qui a consulté mes données"),
+        "{}",
+        home.body
+    );
+    broker.stop().await?;
+    Ok(())
+}
+
 /// A request the broker refuses is explained in French, with the status that fits and the
 /// reason's code for the assistance, not « the service refused (INVALID_ARGUMENT) » for all.
 #[tokio::test]
