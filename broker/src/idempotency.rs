@@ -92,7 +92,7 @@ pub async fn serialised<T>(
     request: Option<&str>,
     act: impl std::future::Future<Output = Result<T, crate::error::ApiError>>,
 ) -> Result<T, crate::error::ApiError> {
-    let person = format!("person\0{person}");
+    let person = crate::store::person_key(person);
     let keys: Vec<&str> = std::iter::once(person.as_str()).chain(request).collect();
     let here = tokio::time::timeout(WAIT_FOR_OTHER_ACTS, here.hold(&keys))
         .await

@@ -333,6 +333,13 @@ pub trait Store: Send + Sync {
     async fn close(&self);
 }
 
+/// The key [`Store::serialise`] holds for the acts about a person, by audit pseudonym; a
+/// backend that commits their records after the hold ends (PostgreSQL, a broker gone mid-commit)
+/// makes the next hold on it wait for them.
+pub fn person_key(pseudonym: &str) -> String {
+    format!("person\0{pseudonym}")
+}
+
 /// Refuses a tree size beyond the latest checkpoint's (`latest` entries): no backend proves
 /// anything about a tree it has not signed.
 fn within(latest: u64, size: u64) -> Result<(), StoreError> {

@@ -70,9 +70,9 @@ const SYNCHRONOUS: &str = "SET statement_timeout = 0; \
      SELECT set_config('synchronous_commit', \
          CASE current_setting('synchronous_commit') \
          WHEN 'remote_apply' THEN 'remote_apply' ELSE 'on' END, false)";
-/// No `transaction_timeout` (PostgreSQL 17 and later) for the transaction it runs in: one that
-/// holds an act's locks idles while the act runs, and ending it would end them unseen.
-const NO_TRANSACTION_TIMEOUT: &str = "SELECT set_config('transaction_timeout', '0', true) \
+/// No `transaction_timeout` (PostgreSQL 17 and later) for the session: a transaction that holds
+/// an act's locks idles while the act runs, and ending it would end them unseen.
+const NO_TRANSACTION_TIMEOUT: &str = "SELECT set_config('transaction_timeout', '0', false) \
      WHERE current_setting('server_version_num')::int >= 170000";
 /// How long the health probe waits for the database.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -1281,8 +1281,27 @@ async fn transaction(
     .flatten()
     .collect();
 
+    // Each person whose consents or mandates the batch changes, locked (shared) to the commit's
+    // end: an act about them on another broker waits for it, even if this broker's own hold on
+    // them ends first (see `serialise`).
+    let mut committing: Vec<i64> = touched_consents
+        .iter()
+        .map(|c| &c.subject)
+        .chain(mandates.iter().map(|m| &m.subject))
+        .map(|person| serialise::committing(&crate::person_key(person)))
+        .collect();
+    committing.sort_unstable();
+    committing.dedup();
+
     let mut writes: Vec<futures::future::BoxFuture<'_, Result<u64, StoreError>>> = Vec::new();
     let t = client;
+    if !committing.is_empty() {
+        let committing = &committing;
+        writes.push(Box::pin(async move {
+            t.execute_prepared(LOCK_COMMITTING, &[(committing, Type::INT8_ARRAY)])
+                .await
+        }));
+    }
     if !consent_rows.0.is_empty() {
         writes.push(Box::pin(async move {
             t.execute_prepared(
@@ -1568,7 +1587,12 @@ const WRITES: &[(&str, &[Type])] = &[
     ),
     (LOCK_LOG, &[]),
     (READ_TREE, &[Type::INT8_ARRAY]),
+    (LOCK_COMMITTING, &[Type::INT8_ARRAY]),
 ];
+
+/// The people whose consents or mandates a batch changes (`serialise::committing`), in order.
+const LOCK_COMMITTING: &str =
+    "SELECT count(pg_advisory_xact_lock_shared(id)) FROM unnest($1::bigint[]) AS id";
 
 const LOCK_LOG: &str = "SELECT size, frontier, checkpoint FROM unefois_log FOR UPDATE";
 

@@ -5,7 +5,10 @@
 //! failed, maybe on an append timeout; or its caller went away midway) ends only once this
 //! broker's writer has answered every append queued before (a barrier through its queue): an
 //! append whose caller stopped waiting may still be committing, and another broker's act must
-//! not read before it.
+//! not read before it. A broker that dies (or loses its connection) in that state cannot wait:
+//! its locks end with its session while the commit goes on. So a hold, once taken, also waits
+//! for the writers' transactions in flight that change the same person's consents or mandates
+//! (each holds a lock per such person to its commit's end).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +26,13 @@ use crate::{Held, Serialised, StoreError};
 /// people go on together); more wait for one of them, within the wait. Their connections are
 /// kept for the next acts.
 const HOLDS: usize = 8;
+
+/// The keys' locks (`$1`, to the transaction's end), then each person's `committing` lock
+/// (`$2`) taken and let go: the scalar subqueries run in order, each key's lock before the next.
+const HOLD: &str = "SELECT \
+     (SELECT count(pg_advisory_xact_lock(id)) FROM unnest($1::bigint[]) AS id), \
+     (SELECT count(pg_advisory_lock(id)) + count(pg_advisory_unlock(id)) \
+      FROM unnest($2::bigint[]) AS id)";
 
 /// The locks of a store's acts.
 pub struct Locks {
@@ -61,31 +71,48 @@ impl Locks {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(conn) if !conn.is_closed() => conn,
-            _ => Conn::new(self.connector.connect().await?),
+            _ => {
+                let conn = Conn::new(self.connector.connect().await?);
+                // The session holds acts only: the wait bounded; while an act runs, its
+                // transaction idles, and no role's idle or transaction timeout (PostgreSQL 17's
+                // `transaction_timeout`) may end it (its locks would end with it, unseen).
+                let session = format!(
+                    "SET lock_timeout = {}; SET statement_timeout = 0; \
+                     SET idle_in_transaction_session_timeout = 0; {NO_TRANSACTION_TIMEOUT}",
+                    self.wait.as_millis().max(1)
+                );
+                conn.batch_execute(&session)
+                    .await
+                    .map_err(db("set up an act's hold"))?;
+                conn.prepare_all(&[(HOLD, &[Type::INT8_ARRAY, Type::INT8_ARRAY])])
+                    .await
+                    .map_err(db("prepare an act's hold"))?;
+                conn
+            }
         };
         let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k)).collect();
         ids.sort_unstable();
         ids.dedup();
-        // The wait bounded; while the act runs, the transaction idles: no role's idle or
-        // transaction timeout (PostgreSQL 17's `transaction_timeout`) may end it (its locks would
-        // end with it, unseen).
-        let wait = format!(
-            "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0; \
-             SET LOCAL idle_in_transaction_session_timeout = 0; {NO_TRANSACTION_TIMEOUT}",
-            self.wait.as_millis().max(1)
-        );
-        conn.batch_execute(&wait)
+        conn.batch_execute("BEGIN")
             .await
             .map_err(db("begin an act's hold"))?;
-        // Taken in the array's order (sorted): unnest yields it as given.
-        conn.query_typed(
-            "SELECT pg_advisory_xact_lock(id) FROM unnest($1::bigint[]) AS id",
-            &[(&ids, Type::INT8_ARRAY)],
-        )
-        .await
-        .map_err(db(
+        // Then, in one statement, the keys' locks, taken in the array's order (sorted: unnest
+        // yields it as given), and the wait for the records in flight about the same person:
+        // an act of another broker may have lost its hold before its record's outcome was
+        // known (that broker, or its connection, gone while the record's COMMIT waited for the
+        // standby: the session's locks end with it, the commit goes on, not yet visible). Each
+        // writer's transaction holds, to its commit's end, a shared lock per person whose
+        // consents or mandates it changes (`committing`): taken here once the keys are held,
+        // and let go at once, it waits for those commits. Within the same wait as the keys'
+        // locks; only a writer already in flight can hold it (a new one is about people
+        // nobody else holds).
+        let committing: Vec<i64> = keys.iter().map(|k| committing(k)).collect();
+        conn.query_prepared(
+            HOLD,
+            &[(&ids, Type::INT8_ARRAY), (&committing, Type::INT8_ARRAY)],
             "wait for another broker's act on the same person or request",
-        ))?;
+        )
+        .await?;
         Ok(Serialised::held(Box::new(Hold {
             conn: Some(conn),
             locks: self.clone(),
@@ -104,6 +131,12 @@ fn lock_id(key: &str) -> i64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(first)
+}
+
+/// The lock a writer's transaction holds (shared) while it commits a change to the consents or
+/// mandates of the person of hold key `key` ([`crate::person_key`]).
+pub(super) fn committing(key: &str) -> i64 {
+    lock_id(&format!("committing\0{key}"))
 }
 
 struct Hold {

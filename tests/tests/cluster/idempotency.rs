@@ -193,6 +193,93 @@ async fn a_retry_is_not_answered_from_a_record_the_standby_lacks() -> anyhow::Re
     Ok(())
 }
 
+/// A broker dies while its grant's COMMIT waits for the stopped standby: its hold on the person
+/// and the request id ends with its connections, its commit goes on, not yet visible. A retry
+/// through another broker must not record a second consent meanwhile: it waits for the log's
+/// writes in flight, then returns the first one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_retried_after_its_broker_died_mid_commit_records_one_consent() -> anyhow::Result<()>
+{
+    use unefois_proto::v1::consents_client::ConsentsClient;
+
+    let mut db = Database::start().await?;
+    let (_homes, mut brokers) = crate::harness::processes(&db.url(), 2).await?;
+    let grant = pb::GrantConsentRequest {
+        request_id: "grant-of-a-broker-that-died".into(),
+        ..consent("test:frank", QF, CANTINE)
+    };
+    let mut first_client = ConsentsClient::new(brokers[0].channel("mairie-lyon").await?);
+    let mut second_client = ConsentsClient::new(brokers[1].channel("mairie-lyon").await?);
+
+    // The log's row held, so that the grant's ID token is counted while the standby streams
+    // and its record waits for the row; then the standby stops, and the record's COMMIT waits
+    // for it.
+    let mut holder = db
+        .primary
+        .sql_meanwhile("BEGIN; SELECT 1 FROM unefois_log FOR UPDATE; SELECT pg_sleep(2); COMMIT");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first_grant = grant.clone();
+    let first = tokio::spawn(async move { first_client.grant(first_grant).await });
+    tokio::task::block_in_place(|| {
+        db.primary.wait_for(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted",
+            "1",
+            Duration::from_secs(5),
+        );
+        db.standby.stop("fast");
+        // The holder's own commit (its row lock was written) may wait too: let it go.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let writer = "wait_event = 'SyncRep' AND query NOT LIKE '%pg_sleep%'";
+        while db.primary.sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE {writer}"
+        )) != "1"
+            && std::time::Instant::now() < deadline
+        {
+            db.primary.sql(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                 WHERE wait_event = 'SyncRep' AND query LIKE '%pg_sleep%'",
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        holder.wait()
+    })?;
+    // The first broker dies, its record's COMMIT still waiting for the standby.
+    brokers[0].kill();
+    let _ = first.await;
+
+    // The retry through the other broker, while the first record waits; the standby comes back
+    // within the retry's wait: the retry must not have recorded a second consent meanwhile.
+    let mut retry_client = second_client.clone();
+    let retry_grant = grant.clone();
+    let retry = tokio::spawn(async move { retry_client.grant(retry_grant).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| db.standby.start());
+    let _ = retry.await?;
+
+    // The retry returns the first record's consent.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let retried = loop {
+        match second_client.grant(grant.clone()).await {
+            Ok(answer) => break answer.into_inner(),
+            Err(status)
+                if std::time::Instant::now() < until && status.code() == Code::Unavailable =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => return Err(anyhow!("after the standby's return: {status:?}")),
+        }
+    };
+    let retried = retried.consent.ok_or_else(|| anyhow!("no consent"))?;
+    let recorded =
+        tokio::task::block_in_place(|| db.primary.sql("SELECT id FROM unefois_consents"));
+    assert_eq!(
+        recorded.trim(),
+        retried.id,
+        "one consent, the first attempt's"
+    );
+    Ok(())
+}
+
 /// A mandate revoked through one broker while an agent grants a consent under it through
 /// another: the grant waits for the revocation and is refused, rather than recorded after it
 /// and left in force under a revoked mandate.
