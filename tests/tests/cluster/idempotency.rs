@@ -116,41 +116,17 @@ async fn a_retry_is_not_answered_from_a_record_the_standby_lacks() -> anyhow::Re
     };
 
     let mut first_client = consents(broker, "mairie-lyon").await?;
-    // The log's row held, so that the grant's ID token is counted (a commit of its own) while
-    // the standby streams, and its record waits for the row; then the standby stops.
-    let mut holder = db
-        .primary
-        .sql_meanwhile("BEGIN; SELECT 1 FROM unefois_log FOR UPDATE; SELECT pg_sleep(2); COMMIT");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let first_grant = grant.clone();
-    let first = tokio::spawn(async move { first_client.grant(first_grant).await });
+    let first = record_waiting_for_the_stopped_standby(&mut db, async move {
+        first_client.grant(first_grant).await
+    })
+    .await?;
+    // That wait cancelled: committed on the primary alone.
     tokio::task::block_in_place(|| {
-        db.primary.wait_for(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted",
-            "1",
-            Duration::from_secs(5),
-        );
-        db.standby.stop("fast");
-        // The holder's commit (its row lock was written) and then the record's wait for the
-        // standby, each cancelled: committed on the primary alone.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let writer = "wait_event = 'SyncRep' AND query NOT LIKE '%pg_sleep%'";
-        while db.primary.sql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE {writer}"
-        )) != "1"
-            && std::time::Instant::now() < deadline
-        {
-            db.primary.sql(
-                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
-                 WHERE wait_event = 'SyncRep' AND query LIKE '%pg_sleep%'",
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
         db.primary.sql(&format!(
-            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE {writer}"
-        ));
-        holder.wait()
-    })?;
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE {RECORD_WAITING}"
+        ))
+    });
     refused(
         first.await?,
         Code::Unavailable,
@@ -211,38 +187,11 @@ async fn a_grant_retried_after_its_broker_died_mid_commit_records_one_consent() 
     let mut first_client = ConsentsClient::new(brokers[0].channel("mairie-lyon").await?);
     let mut second_client = ConsentsClient::new(brokers[1].channel("mairie-lyon").await?);
 
-    // The log's row held, so that the grant's ID token is counted while the standby streams
-    // and its record waits for the row; then the standby stops, and the record's COMMIT waits
-    // for it.
-    let mut holder = db
-        .primary
-        .sql_meanwhile("BEGIN; SELECT 1 FROM unefois_log FOR UPDATE; SELECT pg_sleep(2); COMMIT");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let first_grant = grant.clone();
-    let first = tokio::spawn(async move { first_client.grant(first_grant).await });
-    tokio::task::block_in_place(|| {
-        db.primary.wait_for(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted",
-            "1",
-            Duration::from_secs(5),
-        );
-        db.standby.stop("fast");
-        // The holder's own commit (its row lock was written) may wait too: let it go.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let writer = "wait_event = 'SyncRep' AND query NOT LIKE '%pg_sleep%'";
-        while db.primary.sql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE {writer}"
-        )) != "1"
-            && std::time::Instant::now() < deadline
-        {
-            db.primary.sql(
-                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
-                 WHERE wait_event = 'SyncRep' AND query LIKE '%pg_sleep%'",
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        holder.wait()
-    })?;
+    let first = record_waiting_for_the_stopped_standby(&mut db, async move {
+        first_client.grant(first_grant).await
+    })
+    .await?;
     // The first broker dies, its record's COMMIT still waiting for the standby.
     brokers[0].kill();
     let _ = first.await;
@@ -278,6 +227,46 @@ async fn a_grant_retried_after_its_broker_died_mid_commit_records_one_consent() 
         "one consent, the first attempt's"
     );
     Ok(())
+}
+
+/// A backend in the record's COMMIT, waiting for the standby (and not the holder's below).
+const RECORD_WAITING: &str = "wait_event = 'SyncRep' AND query NOT LIKE '%pg_sleep%'";
+
+/// Runs `act` (a grant, spawned) so that its record's COMMIT waits for the stopped standby: the
+/// log's row held meanwhile, the grant's ID token is counted (a commit of its own) while the
+/// standby streams and its record waits for the row; then the standby stops, and the holder's
+/// own commit (its row lock was written) is let go. The act's task.
+async fn record_waiting_for_the_stopped_standby<T: Send + 'static>(
+    db: &mut Database,
+    act: impl std::future::Future<Output = T> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<T>> {
+    let mut holder = db
+        .primary
+        .sql_meanwhile("BEGIN; SELECT 1 FROM unefois_log FOR UPDATE; SELECT pg_sleep(2); COMMIT");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let task = tokio::spawn(act);
+    tokio::task::block_in_place(|| {
+        db.primary.wait_for(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted",
+            "1",
+            Duration::from_secs(5),
+        );
+        db.standby.stop("fast");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while db.primary.sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE {RECORD_WAITING}"
+        )) != "1"
+            && std::time::Instant::now() < deadline
+        {
+            db.primary.sql(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                 WHERE wait_event = 'SyncRep' AND query LIKE '%pg_sleep%'",
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        holder.wait()
+    })?;
+    Ok(task)
 }
 
 /// A mandate revoked through one broker while an agent grants a consent under it through
