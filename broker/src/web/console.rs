@@ -384,6 +384,31 @@ fn query_of(
                 .to_string(),
         ));
     }
+    // The lists offer only these: anything else was not sent by the form, and saved in the
+    // session it would have every later read of the console refused.
+    let offered = [
+        (
+            "genre",
+            f.genre.is_empty() || KINDS.iter().any(|(k, _)| *k == f.genre),
+        ),
+        (
+            "participant",
+            f.participant.is_empty() || registry.participant(&f.participant).is_some(),
+        ),
+        (
+            "attestation",
+            f.attestation.is_empty() || registry.attestation_types().any(|t| t.id == f.attestation),
+        ),
+        (
+            "resultat",
+            f.resultat.is_empty() || OUTCOMES.iter().any(|(k, _)| *k == f.resultat),
+        ),
+    ];
+    for (field, ok) in offered {
+        if !ok {
+            errors.push((field, "Choisissez une valeur de la liste.".to_string()));
+        }
+    }
     let since = (!f.du.trim().is_empty()).then(|| paris_time::day_start(&f.du, 0));
     let until = (!f.au.trim().is_empty()).then(|| paris_time::day_start(&f.au, 1));
     if matches!(since, Some(None)) || matches!(until, Some(None)) {

@@ -120,6 +120,24 @@ async fn auditors_read_filtered_events_each_read_recorded_and_check_proofs() -> 
         later.body
     );
 
+    // A value no list offers (not sent by the form): an error, and the filters in force stay.
+    let bad = browser
+        .post(
+            "/audit/evenements",
+            &[("csrf", &csrf), ("resultat", "x")],
+            None,
+        )
+        .await?;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(
+        bad.body.contains("Choisissez une valeur de la liste.")
+            && bad.body.contains("href=\"#resultat\""),
+        "{}",
+        bad.body
+    );
+    let still = browser.get("/audit/evenements").await?;
+    assert_eq!(still.status, 200, "{}", still.body);
+
     // Every read is in the log, the person under her pseudonym only.
     let reads = browser
         .post(
