@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::types::{PgLsn, Type};
 
-use super::connect::Shared;
+use super::connect::{Conn, Shared};
 use super::db;
 use crate::StoreError;
 
@@ -71,24 +71,11 @@ pub async fn all_flushed(reads: &Shared) -> Result<(), StoreError> {
     let row = row.first().ok_or_else(unreadable_standbys)?;
     let unreadable = db("read the standbys' position");
     let at: PgLsn = row.try_get(0).map_err(&unreadable)?;
-    let (mut flushed, mut streaming): (bool, bool) = (
+    let (flushed, streaming): (bool, bool) = (
         row.try_get(1).map_err(&unreadable)?,
         row.try_get(2).map_err(&unreadable)?,
     );
-    let started = Instant::now();
-    while !flushed && streaming && started.elapsed() < WAIT {
-        tokio::time::sleep(POLL).await;
-        let row = client
-            .query_typed(FLUSHED, &[(&at, Type::PG_LSN)])
-            .await
-            .map_err(&unreadable)?;
-        let row = row.first().ok_or_else(unreadable_standbys)?;
-        (flushed, streaming) = (
-            row.try_get(0).map_err(&unreadable)?,
-            row.try_get(1).map_err(&unreadable)?,
-        );
-    }
-    match flushed {
+    match flushed_within_the_wait(&client, at, flushed, streaming).await? {
         true => Ok(()),
         false => Err(StoreError::Database(
             "what the database shows is not on a synchronous standby yet (is one streaming?)"
@@ -203,21 +190,11 @@ impl Confirmed {
             checkpoint: row.try_get(1).map_err(&unreadable)?,
         };
         let at: PgLsn = row.try_get(2).map_err(&unreadable)?;
-        let (mut flushed, mut streaming): (bool, bool) = (
+        let (flushed, streaming): (bool, bool) = (
             row.try_get(3).map_err(&unreadable)?,
             row.try_get(4).map_err(&unreadable)?,
         );
-        let started = Instant::now();
-        while !flushed && streaming && started.elapsed() < WAIT {
-            tokio::time::sleep(POLL).await;
-            let row = client
-                .query_typed(FLUSHED, &[(&at, Type::PG_LSN)])
-                .await
-                .map_err(db("read the standbys' position"))?;
-            let row = row.first().ok_or_else(unreadable_standbys)?;
-            (flushed, streaming) = (row.get(0), row.get(1));
-        }
-        let seen = match flushed {
+        let seen = match flushed_within_the_wait(&client, at, flushed, streaming).await? {
             true => Seen::Confirmed,
             false => Seen::Unconfirmed,
         };
@@ -233,6 +210,32 @@ impl Confirmed {
         }
         Ok(served)
     }
+}
+
+/// Whether every synchronous standby has flushed up to `at`, given what a first read found
+/// (`flushed`, and whether one is `streaming`): asked again every `POLL` while one streams and
+/// lags, `WAIT` at most.
+async fn flushed_within_the_wait(
+    client: &Conn,
+    at: PgLsn,
+    mut flushed: bool,
+    mut streaming: bool,
+) -> Result<bool, StoreError> {
+    let unreadable = db("read the standbys' position");
+    let started = Instant::now();
+    while !flushed && streaming && started.elapsed() < WAIT {
+        tokio::time::sleep(POLL).await;
+        let row = client
+            .query_typed(FLUSHED, &[(&at, Type::PG_LSN)])
+            .await
+            .map_err(&unreadable)?;
+        let row = row.first().ok_or_else(unreadable_standbys)?;
+        (flushed, streaming) = (
+            row.try_get(0).map_err(&unreadable)?,
+            row.try_get(1).map_err(&unreadable)?,
+        );
+    }
+    Ok(flushed)
 }
 
 fn unreadable_standbys() -> StoreError {
