@@ -636,19 +636,11 @@ async fn brokers_taking_turns_append_where_the_other_left_the_log() {
     }
 }
 
-/// A writer stuck on one transaction (here the log's row held by another session; a stopped
-/// standby does the same to a commit) fills its queue: every append, those waiting for room in
-/// the queue included, is answered within the append timeout, none held until the writer moves.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn appends_behind_a_stuck_writer_are_answered_within_the_timeout() {
-    let server = Arc::new(crate::postgres::test_server::Server::primary(""));
-    let url = server.url();
-    crate::postgres::init(&url, false).await.unwrap();
-    let store = Arc::new(
-        crate::Postgres::open(&url, log(), sealer(), Duration::from_secs(1))
-            .await
-            .unwrap(),
-    );
+/// Another session's transaction holding the log's row lock, once it holds it, until a row is
+/// inserted in `release` (30 s at most); its thread, to join.
+fn hold_the_log_row(
+    server: &Arc<crate::postgres::test_server::Server>,
+) -> std::thread::JoinHandle<String> {
     server.sql("CREATE TABLE release ()");
     let holder = {
         let server = server.clone();
@@ -668,6 +660,23 @@ async fn appends_behind_a_stuck_writer_are_answered_within_the_timeout() {
         "1",
         Duration::from_secs(10),
     );
+    holder
+}
+
+/// A writer stuck on one transaction (here the log's row held by another session; a stopped
+/// standby does the same to a commit) fills its queue: every append, those waiting for room in
+/// the queue included, is answered within the append timeout, none held until the writer moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_behind_a_stuck_writer_are_answered_within_the_timeout() {
+    let server = Arc::new(crate::postgres::test_server::Server::primary(""));
+    let url = server.url();
+    crate::postgres::init(&url, false).await.unwrap();
+    let store = Arc::new(
+        crate::Postgres::open(&url, log(), sealer(), Duration::from_secs(1))
+            .await
+            .unwrap(),
+    );
+    let holder = hold_the_log_row(&server);
     // More appends than the writer's queue holds (4,096).
     let started = std::time::Instant::now();
     let appends: Vec<_> = (0..4_300_u64)
@@ -712,27 +721,8 @@ async fn appends_arriving_while_the_log_is_locked_join_the_waiting_transaction()
             .await
             .unwrap(),
     );
-    // Another broker's transaction, holding the row's lock until the test releases it (a row
-    // in `release`; 30 s at most).
-    server.sql("CREATE TABLE release ()");
-    let holder = {
-        let server = server.clone();
-        std::thread::spawn(move || {
-            server.sql(
-                "SELECT size FROM unefois_log FOR UPDATE; \
-                 DO $$ BEGIN FOR i IN 1..600 LOOP \
-                   EXIT WHEN EXISTS (SELECT FROM release); PERFORM pg_sleep(0.05); \
-                 END LOOP; END $$",
-            )
-        })
-    };
-    server.wait_for(
-        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-         WHERE a.query LIKE '%FROM release%' AND a.pid <> pg_backend_pid() \
-         AND l.relation = 'unefois_log'::regclass AND l.granted",
-        "1",
-        Duration::from_secs(10),
-    );
+    // Another broker's transaction, holding the row's lock until the test releases it.
+    let holder = hold_the_log_row(&server);
     let append = |turn: u64| {
         let store = store.clone();
         tokio::spawn(async move {

@@ -145,23 +145,8 @@ async fn a_retry_is_not_answered_from_a_record_the_standby_lacks() -> anyhow::Re
 
     // Once the standby has it, the retry gets the consent the first attempt recorded.
     tokio::task::block_in_place(|| db.standby.start());
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    let retried = loop {
-        match consents(broker, "mairie-lyon")
-            .await?
-            .grant(grant.clone())
-            .await
-        {
-            Ok(answer) => break answer.into_inner(),
-            Err(status)
-                if std::time::Instant::now() < until && status.code() == Code::Unavailable =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => return Err(anyhow!("after the standby's return: {status:?}")),
-        }
-    };
-    let retried = retried.consent.ok_or_else(|| anyhow!("no consent"))?;
+    let retried =
+        granted_once_available(&mut consents(broker, "mairie-lyon").await?, &grant).await?;
     assert_eq!(retried.id, recorded.trim(), "the first attempt's consent");
     for broker in cluster.brokers {
         broker.stop().await?;
@@ -206,9 +191,26 @@ async fn a_grant_retried_after_its_broker_died_mid_commit_records_one_consent() 
     let _ = retry.await?;
 
     // The retry returns the first record's consent.
+    let retried = granted_once_available(&mut second_client, &grant).await?;
+    let recorded =
+        tokio::task::block_in_place(|| db.primary.sql("SELECT id FROM unefois_consents"));
+    assert_eq!(
+        recorded.trim(),
+        retried.id,
+        "one consent, the first attempt's"
+    );
+    Ok(())
+}
+
+/// The consent `grant` returns through `client` once the store answers again (UNAVAILABLE
+/// until then, 30 s at most).
+async fn granted_once_available(
+    client: &mut unefois_proto::v1::consents_client::ConsentsClient<tonic::transport::Channel>,
+    grant: &pb::GrantConsentRequest,
+) -> anyhow::Result<pb::Consent> {
     let until = std::time::Instant::now() + Duration::from_secs(30);
-    let retried = loop {
-        match second_client.grant(grant.clone()).await {
+    let granted = loop {
+        match client.grant(grant.clone()).await {
             Ok(answer) => break answer.into_inner(),
             Err(status)
                 if std::time::Instant::now() < until && status.code() == Code::Unavailable =>
@@ -218,15 +220,7 @@ async fn a_grant_retried_after_its_broker_died_mid_commit_records_one_consent() 
             Err(status) => return Err(anyhow!("after the standby's return: {status:?}")),
         }
     };
-    let retried = retried.consent.ok_or_else(|| anyhow!("no consent"))?;
-    let recorded =
-        tokio::task::block_in_place(|| db.primary.sql("SELECT id FROM unefois_consents"));
-    assert_eq!(
-        recorded.trim(),
-        retried.id,
-        "one consent, the first attempt's"
-    );
-    Ok(())
+    granted.consent.ok_or_else(|| anyhow!("no consent"))
 }
 
 /// A backend in the record's COMMIT, waiting for the standby (and not the holder's below).
