@@ -17,6 +17,8 @@ pub const MAX_LIMIT: u32 = 1_000;
 pub struct EventFilter {
     /// First entry index to examine.
     pub start_index: u64,
+    /// The entry index at which examining stops (the log's end without it).
+    pub end_index: Option<u64>,
     /// Most events to return.
     pub limit: u32,
     /// Only this kind.
@@ -125,7 +127,10 @@ pub async fn list(
     let mut items = store.entries_from(filter.start_index);
     while let Some(item) = futures::StreamExt::next(&mut items).await {
         let (index, entry) = item?;
-        if index >= filter.start_index.saturating_add(MAX_SCAN) || out.len() >= limit {
+        if index >= filter.start_index.saturating_add(MAX_SCAN)
+            || filter.end_index.is_some_and(|end| index >= end)
+            || out.len() >= limit
+        {
             break;
         }
         next = index + 1;
@@ -243,6 +248,7 @@ pub async fn audited(
     let some = |s: &String| (!s.is_empty()).then(|| s.clone());
     let filter = EventFilter {
         start_index: query.start_index,
+        end_index: None,
         limit: query.limit,
         kind: some(&query.kind),
         participant: some(&query.participant),

@@ -413,6 +413,14 @@ fn query_of(
     let until = (!f.au.trim().is_empty()).then(|| paris_time::day_start(&f.au, 1));
     if matches!(since, Some(None)) || matches!(until, Some(None)) {
         errors.push(("du", "Dates invalides : AAAA-MM-JJ.".to_string()));
+    } else if let (Some(Some(since)), Some(Some(until))) = (since, until)
+        && since >= until
+    {
+        // An empty period would read nothing, and say so only after reading.
+        errors.push((
+            "du",
+            "La date de début (« Du ») est après la date de fin (« Au »).".to_string(),
+        ));
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -607,7 +615,8 @@ struct EventsPage {
     events: Vec<EventRow>,
     first: u64,
     next: Option<u64>,
-    examined_to: u64,
+    /// The last leaf examined; none when the period holds none from `first` on.
+    last_examined: Option<u64>,
     filters: Vec<String>,
 }
 
@@ -670,23 +679,21 @@ pub async fn events(
     };
     // From the period's first entry, not from the log's: a recent week is not reached by
     // clicking through years.
-    let first = match q.debut {
-        Some(n) => n,
-        None => first_at(&web, query.since).await,
-    };
+    let (start, end) = period(&web, query.since, query.until).await;
+    let first = q.debut.unwrap_or(start);
     let query = AuditQuery {
         start_index: first,
         ..query
     };
-    let filter = match events::audited(&web.state, &caller, query, "web:ListEvents").await {
+    let mut filter = match events::audited(&web.state, &caller, query, "web:ListEvents").await {
         Ok(f) => f,
         Err(e) => return refused(&e),
     };
+    filter.end_index = Some(end);
     let (found, next) = match events::list(&*web.state.store, &filter).await {
         Ok(x) => x,
         Err(e) => return refused(&ApiError::from(e)),
     };
-    let size = log_size(&web).await;
     let registry = web.state.federation.registry();
     let names = Names(&registry);
     pages::render(
@@ -695,24 +702,40 @@ pub async fn events(
             layout: layout(&web, "Événements du journal", &s),
             events: found.iter().map(|e| row(&names, e)).collect(),
             first,
-            next: (next < size).then_some(next),
-            examined_to: next,
+            next: (next < end).then_some(next),
+            last_examined: (next > first).then(|| next - 1),
             filters: filters_said(&names, &s.filters),
         },
     )
 }
 
-/// The first leaf index recorded at or after `since` (Unix seconds; 0 without it), found by
-/// halving the log: entries are in append order, their times in that order within a little
-/// (records of one batch, clocks); a minute earlier is sought, and the filter still checks
-/// each entry's time.
-async fn first_at(web: &Web, since: Option<i64>) -> u64 {
-    let Some(since) = since else {
-        return 0;
+/// Entries are in append order and their times in that order within this many seconds
+/// (records of one batch, brokers' clocks): a period's bounds are sought this much wider, and
+/// the filter still checks each entry's time.
+const TIME_SLACK: i64 = 60;
+
+/// The leaves a period may hold: from the first recorded at or after `since` (0 without it) to
+/// the first recorded at or after `until` (the log's size without it), both found by halving
+/// the log and widened by [`TIME_SLACK`]. Paging and exports stop at the end: a period that
+/// ended last year is not read through this year's entries.
+async fn period(web: &Web, since: Option<i64>, until: Option<i64>) -> (u64, u64) {
+    let size = log_size(web).await;
+    let first = match since {
+        Some(t) => first_at(web, t.saturating_sub(TIME_SLACK), size).await,
+        None => 0,
     };
-    let wanted = since.saturating_sub(60);
+    let end = match until {
+        Some(t) => first_at(web, t.saturating_add(TIME_SLACK), size).await,
+        None => size,
+    };
+    (first, end.max(first))
+}
+
+/// The first leaf index below `size` recorded at or after `wanted` (Unix seconds), `size` if
+/// none.
+async fn first_at(web: &Web, wanted: i64, size: u64) -> u64 {
     let store = &web.state.store;
-    let (mut low, mut high) = (0, log_size(web).await);
+    let (mut low, mut high) = (0, size);
     while low < high {
         let middle = low + (high - low) / 2;
         let time = match store.entry(middle).await {
@@ -748,16 +771,17 @@ async fn selected(
     let Ok(query) = query_of(web, &s.filters, 0, events::MAX_LIMIT) else {
         return Err(Box::new(see_other("/audit", &[])));
     };
+    let (start, end) = period(web, query.since, query.until).await;
     let query = AuditQuery {
-        start_index: first_at(web, query.since).await,
+        start_index: start,
         ..query
     };
     let mut filter = events::audited(&web.state, caller, query, verb)
         .await
         .map_err(|e| Box::new(refused(&e)))?;
-    let size = log_size(web).await;
+    filter.end_index = Some(end);
     let mut out = Vec::new();
-    while filter.start_index < size && out.len() < MAX_EXPORT {
+    while filter.start_index < end && out.len() < MAX_EXPORT {
         let (found, next) = events::list(&*web.state.store, &filter)
             .await
             .map_err(|e| Box::new(refused(&ApiError::from(e))))?;
@@ -968,11 +992,12 @@ pub async fn contests(State(web): State<Arc<Web>>, headers: HeaderMap) -> Respon
         }
         let start = end.saturating_sub(events::MAX_SCAN);
         filter.start_index = start;
+        filter.end_index = Some(end);
         let mut window = Vec::new();
         while filter.start_index < end {
             match events::list(&*web.state.store, &filter).await {
                 Ok((page, next)) => {
-                    window.extend(page.into_iter().filter(|e| e.index < end));
+                    window.extend(page);
                     if next <= filter.start_index {
                         break;
                     }

@@ -119,6 +119,42 @@ async fn auditors_read_filtered_events_each_read_recorded_and_check_proofs() -> 
         "{}",
         later.body
     );
+    shows(&later, "Aucune inscription de cette période");
+
+    // A period that ended before the log began: nothing is read through the entries since.
+    let ended = browser
+        .post(
+            "/audit/evenements",
+            &[("csrf", &csrf), ("au", "2020-01-31")],
+            None,
+        )
+        .await?;
+    let ended = browser.follow(ended).await?;
+    assert_eq!(rows(&ended), 0, "{}", ended.body);
+    shows(
+        &ended,
+        "Aucune inscription de cette période à partir du n° 0.",
+    );
+    assert!(
+        !ended.body.contains("Inscriptions suivantes"),
+        "{}",
+        ended.body
+    );
+
+    // A start after the end: an error of the form, not an empty listing.
+    let reversed = browser
+        .post(
+            "/audit/evenements",
+            &[("csrf", &csrf), ("du", "2026-03-02"), ("au", "2026-03-01")],
+            None,
+        )
+        .await?;
+    assert_eq!(reversed.status, 400, "{}", reversed.body);
+    shows(
+        &reversed,
+        "La date de début (« Du ») est après la date de fin (« Au »).",
+    );
+    shows(&reversed, "href=\"#du\"");
 
     // A value no list offers (not sent by the form): an error, and the filters in force stay.
     let bad = browser
