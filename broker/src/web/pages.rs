@@ -57,20 +57,38 @@ impl Layout {
     }
 }
 
-/// Renders `page` with `status`; a template that fails is an error page.
+/// Renders `page` with `status`; a template that fails is [`NOT_RENDERED`].
 pub fn render(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
         Ok(html) => (status, Html(html)).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "web page not rendered");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Erreur interne : la page n'a pas pu être affichée.",
-            )
-                .into_response()
+            (StatusCode::INTERNAL_SERVER_ERROR, Html(NOT_RENDERED)).into_response()
         }
     }
 }
+
+/// The page of a template that failed: fixed, so that it cannot fail too, and still a page in
+/// French with the site's style and a way home, not a line of text.
+const NOT_RENDERED: &str = "<!doctype html>
+<html lang=\"fr\">
+<head>
+<meta charset=\"utf-8\">
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">
+<title>Erreur interne — Une Fois</title>
+<link rel=\"stylesheet\" href=\"/static/site.css\">
+</head>
+<body>
+<main id=\"contenu\" class=\"wrap\">
+<h1>Erreur interne</h1>
+<p>La page n'a pas pu être affichée. Ce qui a pu être fait avant reste fait ; réessayez dans un \
+moment. Si l'erreur persiste, signalez-la à l'assistance avec l'heure à laquelle elle est \
+survenue.</p>
+<p><a href=\"/\">Revenir à l'accueil</a></p>
+</main>
+</body>
+</html>
+";
 
 #[derive(Template)]
 #[template(path = "message.html")]
@@ -342,4 +360,41 @@ pub async fn stylesheet() -> Response {
         include_str!("../../static/site.css"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value whose display fails, as a broken filter or field would.
+    struct Failing;
+
+    impl std::fmt::Display for Failing {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            Err(std::fmt::Error)
+        }
+    }
+
+    #[derive(Template)]
+    #[template(source = "<p>{{ value }}</p>", ext = "html")]
+    struct Broken {
+        value: Failing,
+    }
+
+    #[tokio::test]
+    async fn a_page_that_fails_to_render_is_still_a_page() {
+        let response = render(StatusCode::OK, &Broken { value: Failing });
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let body = String::from_utf8(body.to_vec()).expect("UTF-8");
+        assert!(body.contains("<html lang=\"fr\">"), "{body}");
+        assert!(body.contains("<h1>Erreur interne</h1>"), "{body}");
+        assert!(body.contains("href=\"/\""), "{body}");
+    }
 }
