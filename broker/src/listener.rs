@@ -261,6 +261,9 @@ pub struct AcceptLimits {
     pub web_max_connections_per_source: usize,
     /// A web client that has not sent its request headers by then is dropped.
     pub web_header_timeout: Duration,
+    /// How long a page may take before it is answered with an error page; a signed mandate's
+    /// upload and the console's exports get more (`web::page_timeout`).
+    pub web_page_timeout: Duration,
 }
 
 impl Default for AcceptLimits {
@@ -276,6 +279,7 @@ impl Default for AcceptLimits {
             web_max_connections: 1024,
             web_max_connections_per_source: 64,
             web_header_timeout: Duration::from_secs(10),
+            web_page_timeout: Duration::from_secs(20),
         }
     }
 }

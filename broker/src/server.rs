@@ -422,6 +422,7 @@ pub async fn run(
         ops_header_timeout = ?accept.ops_header_timeout,
         web_max_connections = accept.web_max_connections,
         web_header_timeout = ?accept.web_header_timeout,
+        web_page_timeout = ?accept.web_page_timeout,
         http2_max_concurrent_streams = HTTP2_MAX_CONCURRENT_STREAMS,
         "connection limits in force"
     );

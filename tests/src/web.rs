@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 
@@ -271,38 +272,56 @@ impl Browser {
     ) -> anyhow::Result<Page> {
         let url = self.url(path);
         self.visited.push(url.clone());
-        let boundary = "----unefois-test-boundary-7d1a";
-        let mut body: Vec<u8> = Vec::new();
-        for (name, value) in fields {
-            body.extend_from_slice(
-                format!(
-                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-                )
-                .as_bytes(),
-            );
-        }
-        if let Some((field, filename, bytes)) = file {
-            body.extend_from_slice(
-                format!(
-                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; \
-                     filename=\"{filename}\"\r\nContent-Type: application/pdf\r\n\r\n"
-                )
-                .as_bytes(),
-            );
-            body.extend_from_slice(bytes);
-            body.extend_from_slice(b"\r\n");
-        }
-        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let (content_type, body) = multipart(fields, file);
         let request = self
             .client
             .post(url)
-            .header(
-                "content-type",
-                format!("multipart/form-data; boundary={boundary}"),
-            )
+            .header("content-type", content_type)
             .header("origin", self.base.clone())
             .body(body);
         self.send(request).await
+    }
+
+    /// [`Browser::post_multipart`] over a slow connection: the body sent in 20 parts spread
+    /// over `over`; the answer's status and `Location`.
+    pub async fn post_multipart_slowly(
+        &mut self,
+        path: &str,
+        fields: &[(&str, &str)],
+        file: Option<(&str, &str, &[u8])>,
+        over: Duration,
+    ) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (content_type, body) = multipart(fields, file);
+        let host = self.base.trim_start_matches("http://").to_string();
+        let mut stream = tokio::net::TcpStream::connect(&host).await?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: {}\r\nCookie: {}\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.base,
+            self.cookie_header(),
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        let parts = 20;
+        for part in body.chunks(body.len().div_ceil(parts)) {
+            tokio::time::sleep(over / parts as u32).await;
+            stream.write_all(part).await?;
+        }
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        let answer = String::from_utf8_lossy(&answer);
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .with_context(|| format!("no status in {answer}"))?;
+        let location = answer
+            .lines()
+            .find_map(|line| line.strip_prefix("location: "))
+            .unwrap_or_default()
+            .to_string();
+        Ok((status, location))
     }
 
     /// Fills the identity provider's page `idp_page` (posting to `action`): its hidden fields
@@ -422,4 +441,32 @@ fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// A `multipart/form-data` body of `fields` and `file` (its field, its name, its bytes), and
+/// its content type.
+fn multipart(fields: &[(&str, &str)], file: Option<(&str, &str, &[u8])>) -> (String, Vec<u8>) {
+    let boundary = "----unefois-test-boundary-7d1a";
+    let mut body: Vec<u8> = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    if let Some((field, filename, bytes)) = file {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; \
+                 filename=\"{filename}\"\r\nContent-Type: application/pdf\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
 }

@@ -63,7 +63,28 @@ pub struct DeskSession {
     pub acting: Option<String>,
     /// What the next page announces, once (never in a URL).
     pub flash: Option<&'static str>,
+    /// A pre-filled form between its POST and the GET that shows it, once.
+    pub prefilled: Option<Prefilled>,
 }
+
+/// A pre-filled form waiting to be shown: a reload of its page shows it no more and reads
+/// nothing again (each read is in the person's history), a shared device's « Précédent »
+/// neither.
+#[derive(Clone)]
+pub struct Prefilled {
+    /// When it was filled: shown within [`PREFILLED_SHOWN_WITHIN`] only.
+    at: Instant,
+    /// The person and the mandate it was filled for.
+    subject: Subject,
+    mandate: String,
+    /// The page.
+    title: String,
+    form: String,
+    fields: Vec<FieldRow>,
+}
+
+/// How long a pre-filled form waits for its page: the browser follows the redirect at once.
+const PREFILLED_SHOWN_WITHIN: Duration = Duration::from_secs(60);
 
 impl Ending for DeskSession {
     fn ends(&self) -> Instant {
@@ -403,6 +424,7 @@ pub async fn callback(
             person: None,
             acting: None,
             flash: None,
+            prefilled: None,
         },
     )
 }
@@ -499,6 +521,7 @@ pub async fn person_callback(
         // Another person: nothing of the previous one's stays.
         if s.person.as_ref().map(|p| &p.subject) != Some(&person.subject) {
             s.acting = None;
+            s.prefilled = None;
         }
         s.person = Some(person);
     });
@@ -527,6 +550,7 @@ pub async fn end_person(
     web.desk.update(&id, |s| {
         s.person = None;
         s.acting = None;
+        s.prefilled = None;
         s.flash = Some("L'accueil de la personne est terminé.");
     });
     see_other("/desk", &[])
@@ -565,8 +589,12 @@ struct NewMandatePage {
     csrf: String,
     /// The request id this form is sent with (sent twice, one mandate).
     request_id: String,
-    /// The SHA-256 typed, kept when the form comes back with errors.
+    /// The SHA-256 typed, kept when the form comes back with errors; that of the document
+    /// attached when it was received (a browser never fills a file field again).
     digest: String,
+    /// The form came back with errors, but the document attached was received: its SHA-256
+    /// stands in for it.
+    document_received: bool,
     purposes: Vec<PurposeChoice>,
     durations: Vec<(u32, &'static str, bool)>,
     informed: bool,
@@ -644,6 +672,7 @@ pub async fn new_mandate(
             csrf: s.csrf.clone(),
             request_id: uuid::Uuid::now_v7().to_string(),
             digest: String::new(),
+            document_received: false,
             purposes: purposes_for(&web, &s.participant, &checked),
             durations: DURATIONS.iter().map(|(d, l)| (*d, *l, false)).collect(),
             informed: false,
@@ -800,7 +829,8 @@ pub async fn create_mandate(
                 layout: layout(&web, "Erreur : créer un mandat", &s, None),
                 csrf: s.csrf.clone(),
                 request_id: request_id(&form.request_id),
-                digest: form.digest.clone(),
+                digest: digest.map_or_else(|| form.digest.clone(), hex::encode),
+                document_received: form.document_sha256.is_some() && document_ok,
                 purposes: offered,
                 durations: DURATIONS
                     .iter()
@@ -1059,6 +1089,7 @@ fn consent_choices<'r>(
 }
 
 /// One field of a pre-filled form, as the agent sees it.
+#[derive(Clone)]
 struct FieldRow {
     /// The field's name in the form.
     key: String,
@@ -1086,13 +1117,13 @@ pub struct PrefillForm {
 }
 
 /// `POST /desk/agir/formulaire`: `Guichet.Prefill` under the mandate; each field's value and
-/// where it comes from, or why it is missing.
+/// where it comes from, or why it is missing, shown once by [`prefilled`].
 pub async fn prefill(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
     axum::extract::Form(form): axum::extract::Form<PrefillForm>,
 ) -> Response {
-    let (_, s, person, caller, m) = match posted_acting(&web, &headers, &form.csrf).await {
+    let (id, _, person, caller, m) = match posted_acting(&web, &headers, &form.csrf).await {
         Ok(x) => x,
         Err(page) => return *page,
     };
@@ -1156,19 +1187,53 @@ pub async fn prefill(
     if let Some(spec) = registry.form(&filled.form) {
         fields.sort_by_key(|f| spec.fields.iter().position(|x| x.name == f.key));
     }
-    pages::render(
-        StatusCode::OK,
-        &PrefilledPage {
-            layout: layout(
-                &web,
-                &format!("Formulaire pré-rempli : {label}"),
-                &s,
-                Some(&m),
-            ),
-            form: label,
-            fields,
-        },
-    )
+    let prefilled = Prefilled {
+        at: Instant::now(),
+        subject: person.subject,
+        mandate: m.id,
+        title: format!("Formulaire pré-rempli : {label}"),
+        form: label,
+        fields,
+    };
+    web.desk.update(&id, |s| s.prefilled = Some(prefilled));
+    see_other("/desk/agir/formulaire", &[])
+}
+
+/// `GET /desk/agir/formulaire`: the form [`prefill`] just filled, once; after that (a reload,
+/// « Précédent »), back to the actions, where asking again reads again.
+pub async fn prefilled(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let (id, s, person, _, m) = match acting(&web, &headers).await {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
+    let mut taken = None;
+    web.desk.update(&id, |s| taken = s.prefilled.take());
+    match taken {
+        Some(p)
+            if p.at.elapsed() < PREFILLED_SHOWN_WITHIN
+                && p.subject == person.subject
+                && p.mandate == m.id =>
+        {
+            pages::render(
+                StatusCode::OK,
+                &PrefilledPage {
+                    layout: layout(&web, &p.title, &s, Some(&m)),
+                    form: p.form,
+                    fields: p.fields,
+                },
+            )
+        }
+        _ => {
+            web.desk.update(&id, |s| {
+                s.flash = Some(
+                    "Le formulaire pré-rempli n'est affiché qu'une fois. Pour le revoir, \
+                     demandez-le de nouveau : chaque lecture est inscrite dans l'historique de \
+                     la personne.",
+                );
+            });
+            see_other("/desk/agir", &[])
+        }
+    }
 }
 
 /// A claim's value as a person reads it.

@@ -149,6 +149,8 @@ pub(crate) struct Web {
     dev_idp: Option<dev_idp::DevIdp>,
     /// Whose `X-Forwarded-For` is believed ([`client::ClientSource`]).
     trusted_proxies: TrustedProxies,
+    /// How long a page may take ([`page_timeout`]).
+    page_timeout: Duration,
 }
 
 /// Serves the pages on `web.listener` until `shutdown` resolves.
@@ -188,6 +190,7 @@ pub(crate) async fn serve(
         ),
         dev_idp,
         trusted_proxies: web.trusted_proxies.clone(),
+        page_timeout: limits.web_page_timeout,
     });
     crate::http_listener::serve(
         crate::http_listener::HttpLimits {
@@ -255,7 +258,10 @@ fn router(web: Arc<Web>) -> Router {
             get(desk::confirm_revoke).post(desk::revoke),
         )
         .route("/desk/agir", get(desk::acting_page))
-        .route("/desk/agir/formulaire", post(desk::prefill))
+        .route(
+            "/desk/agir/formulaire",
+            get(desk::prefilled).post(desk::prefill),
+        )
         .route("/desk/agir/consentement", post(desk::grant))
         .route("/desk/agir/historique", get(desk::history))
         .route("/audit", get(console::home))
@@ -302,8 +308,31 @@ const MAX_CONSOLE_SESSIONS: usize = 500;
 const MAX_CONCURRENT_PAGES: usize = 256;
 /// Largest form accepted, in bytes (the largest form is a few hundred).
 const MAX_FORM_BYTES: usize = 16 * 1024;
-/// How long a page may take before it is answered with an error page.
-const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The slowest upload a signed mandate's form is waited for, in bytes a second (256 kbit/s: a
+/// poor mobile connection at a town hall); its 5 MiB then take 160 s more than a page.
+const MIN_UPLOAD_BYTES_PER_SECOND: u64 = 32 * 1024;
+/// How many pages' time the console's exports may take (up to 50,000 events read).
+const EXPORT_PAGES: u32 = 3;
+
+/// How long `request` may take before it is answered with an error page: `page` for a page,
+/// more for what reads or receives more than a page.
+fn page_timeout(page: Duration, request: &Request<Body>) -> Duration {
+    let path = request.uri().path();
+    if request.method() == axum::http::Method::POST && path == "/desk/mandates/new" {
+        // The body's declared length, bounded by what the route accepts (chunked: the most).
+        let most = (desk::MAX_DOCUMENT_BYTES + MAX_FORM_BYTES) as u64;
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .map_or(most, |n| n.min(most));
+        page + Duration::from_secs(declared.div_ceil(MIN_UPLOAD_BYTES_PER_SECOND))
+    } else if path.starts_with("/audit/export.") {
+        page * EXPORT_PAGES
+    } else {
+        page
+    }
+}
 
 /// The headers every answer carries: no script or style but the pages' own files, no framing,
 /// no referrer, no caching (pages show a person's data), HSTS under HTTPS.
@@ -313,7 +342,8 @@ async fn security_headers(
     next: Next,
 ) -> Response {
     let api = request.uri().path().starts_with("/audit/api/");
-    let mut response = match tokio::time::timeout(PAGE_TIMEOUT, next.run(request)).await {
+    let timeout = page_timeout(web.page_timeout, &request);
+    let mut response = match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => readable_refusal(response, api),
         Err(_) => pages::error_page(
             StatusCode::SERVICE_UNAVAILABLE,
