@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use unefois_adapters::{Adapter, AdapterError, AdapterRequest, Answer, Claims, check_claims};
+use unefois_adapters::{AdapterError, AdapterRequest, Answer, Claims, check_claims};
 
 use crate::attestation::{Attestation, AttestationContent};
 use crate::caller::Caller;
@@ -696,6 +696,9 @@ async fn provide(
         d.saturating_sub((d / 10).max(Duration::from_millis(100)))
             .min(state.provider_timeout)
     });
+    // A caller's deadline shorter than the broker's own time for a provider: its running out
+    // is the caller's choice, not the provider's failure.
+    let callers_deadline = budget < state.provider_timeout;
     let request = AdapterRequest {
         subject: decision.subject.as_str().to_string(),
         attestation_type: decision.attestation_type.clone(),
@@ -732,7 +735,7 @@ async fn provide(
     let started = std::time::Instant::now();
     // `Guarded` bounds both the wait for a slot and the call by `request.deadline`, and counts a
     // call that runs out of time against the provider's breaker.
-    let answer = adapter.answer(&request).await;
+    let answer = adapter.answer_within(&request, callers_deadline).await;
     let result = match &answer {
         Ok(_) => "ok",
         Err(AdapterError::NotFound) => "not_found",

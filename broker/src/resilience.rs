@@ -192,7 +192,21 @@ impl Guarded {
         }
     }
 
-    fn settle<T>(&self, admission: &Admission, outcome: &Result<T, AdapterError>) {
+    /// Counts `outcome` for or against the provider. A deadline the caller chose
+    /// (`callers_deadline`) that ran out says nothing of the provider: a consumer who sends calls
+    /// with a few milliseconds would otherwise open the breaker for every other one.
+    fn settle<T>(
+        &self,
+        admission: &Admission,
+        outcome: &Result<T, AdapterError>,
+        callers_deadline: bool,
+    ) {
+        if callers_deadline && matches!(outcome, Err(AdapterError::DeadlineExceeded)) {
+            if matches!(admission, Admission::Probe) {
+                self.release_probe();
+            }
+            return;
+        }
         let failed = matches!(
             outcome,
             Err(AdapterError::Unavailable { .. }
@@ -281,8 +295,30 @@ impl Adapter for Guarded {
     }
 
     /// The inner adapter's answer, behind the concurrency limit and the breaker: a signature
-    /// that fails is an invalid answer, and counts as a failure like any other.
+    /// that fails is an invalid answer, and counts as a failure like any other; so does a
+    /// deadline that runs out (the broker's own).
     async fn answer(&self, request: &AdapterRequest) -> Result<Answer, AdapterError> {
+        self.answer_within(request, false).await
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn precheck(&self, request: &AdapterRequest) -> Result<(), AdapterError> {
+        self.inner.precheck(request)
+    }
+}
+
+impl Guarded {
+    /// [`Adapter::answer`], where `request.deadline` is the caller's (`callers_deadline`,
+    /// shorter than the broker's own time for a provider) or the broker's: only the broker's
+    /// counts against the provider when it runs out.
+    pub async fn answer_within(
+        &self,
+        request: &AdapterRequest,
+        callers_deadline: bool,
+    ) -> Result<Answer, AdapterError> {
         // A refusal of the request itself leaves the breaker, the slots and the gate alone.
         self.inner.precheck(request)?;
         // The provider asked to wait: answered at once, without calling it.
@@ -321,7 +357,7 @@ impl Adapter for Guarded {
                 let outcome = Err(AdapterError::DeadlineExceeded);
                 probe.armed = false;
                 if matches!(admission, Admission::Probe) {
-                    self.settle(&admission, &outcome);
+                    self.settle(&admission, &outcome, callers_deadline);
                 }
                 return outcome;
             }
@@ -338,16 +374,8 @@ impl Adapter for Guarded {
         }
         drop(permit);
         probe.armed = false;
-        self.settle(&admission, &outcome);
+        self.settle(&admission, &outcome, callers_deadline);
         outcome
-    }
-
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-
-    fn precheck(&self, request: &AdapterRequest) -> Result<(), AdapterError> {
-        self.inner.precheck(request)
     }
 }
 
@@ -449,6 +477,44 @@ mod tests {
         assert!(guarded.fetch(&request(1000)).await.is_ok());
         assert_eq!(guarded.state(), BreakerState::Closed);
         assert_eq!(*changes.lock().unwrap(), vec![false, true]);
+    }
+
+    #[tokio::test]
+    async fn deadlines_the_callers_chose_too_short_leave_the_breaker_closed() {
+        let provider = Arc::new(Provider::default());
+        provider.delay_ms.store(100, Ordering::SeqCst);
+        let guarded = Guarded::new(
+            "t",
+            provider.clone(),
+            ResilienceConfig {
+                failure_threshold: 3,
+                open_for: Duration::from_millis(50),
+                ..ResilienceConfig::default()
+            },
+            None,
+        );
+        // A consumer's calls with 20 ms, or none at all: the provider is not at fault.
+        for ms in [20, 20, 0, 0, 20] {
+            let err = guarded.answer_within(&request(ms), true).await.unwrap_err();
+            assert!(matches!(err, AdapterError::DeadlineExceeded), "{err:?}");
+        }
+        assert_eq!(guarded.state(), BreakerState::Closed);
+        assert!(guarded.fetch(&request(1000)).await.is_ok());
+
+        // The broker's own time running out is the provider's failure.
+        provider.delay_ms.store(10_000, Ordering::SeqCst);
+        for _ in 0..3 {
+            assert!(guarded.answer_within(&request(20), false).await.is_err());
+        }
+        assert!(matches!(guarded.state(), BreakerState::Open { .. }));
+
+        // Half-open, a probe its caller cut short lets the next call probe, which closes it.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(guarded.answer_within(&request(20), true).await.is_err());
+        assert_ne!(guarded.state(), BreakerState::HalfOpen);
+        provider.delay_ms.store(0, Ordering::SeqCst);
+        assert!(guarded.fetch(&request(1000)).await.is_ok());
+        assert_eq!(guarded.state(), BreakerState::Closed);
     }
 
     #[tokio::test]

@@ -257,6 +257,38 @@ async fn a_hung_provider_costs_its_callers_their_deadline_and_nobody_else_anythi
     }
 }
 
+/// A caller's own deadline, too short for any provider, is not the provider's failure: before
+/// the fix, three such calls opened DGFiP's breaker for every consumer for 30 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callers_too_short_deadlines_leave_the_provider_to_the_others() -> anyhow::Result<()> {
+    let (addr, api) = serve_api().await?;
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry: registry(scratch.path(), addr)?,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
+    for _ in 0..5 {
+        let mut request = tonic::Request::new(rfr_request("test:alice"));
+        request.set_timeout(Duration::from_millis(50));
+        let status = lyon.fetch(request).await.expect_err("no time to answer");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    }
+    let answer = lyon.fetch(rfr_request("test:alice")).await?.into_inner();
+    assert!(answer.attestation.is_some());
+    assert_eq!(
+        provider_health(&broker, "dgfip.revenu_fiscal_reference").await?,
+        ServingStatus::Serving
+    );
+    assert!(api.hits.load(Ordering::SeqCst) >= 1);
+    broker.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_provider_failure_has_its_status_and_reason_and_the_circuit_recovers()
 -> anyhow::Result<()> {
