@@ -111,9 +111,11 @@ pub async fn verify_log(
             return Err(LogError::MissingEntry(tree.len()));
         }
         for event in page.events {
-            if event.index >= latest.size {
+            if tree.len() >= latest.size {
                 break;
             }
+            // Before the end of the checkpointed tree: a page that skips its last entries
+            // would otherwise be asked for again, for ever.
             if event.index != tree.len() {
                 return Err(LogError::MissingEntry(tree.len()));
             }
@@ -131,13 +133,42 @@ pub async fn verify_log(
         return Err(LogError::BadEntry { index });
     }
 
-    let tmp = trusted.with_extension("tmp");
-    std::fs::write(&tmp, &note).map_err(io)?;
-    std::fs::rename(&tmp, trusted).map_err(io)?;
+    replace_durably(trusted, note.as_bytes()).map_err(io)?;
     Ok(Verified {
         checkpoint: latest,
         previous_size: previous.map(|p| p.size),
     })
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old file or the new one, never a
+/// torn one: an empty trusted checkpoint would have the next run start trusting afresh, which
+/// is when a fork goes unseen. A temporary file of this process's own, synced, renamed, and
+/// the folder synced.
+fn replace_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(folder)?.sync_all()
 }
 
 /// The first entry whose prefix no longer matches the broker's signed roots: a binary search

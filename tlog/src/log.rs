@@ -22,7 +22,8 @@ pub struct Fork {
 /// Whether a consistency proof (its raw hashes) is needed to go from `trusted` to `latest`:
 /// none when they have the same size.
 pub fn needs_proof(trusted: &VerifiedCheckpoint, latest: &VerifiedCheckpoint) -> bool {
-    trusted.size < latest.size
+    // The empty tree is a prefix of every tree (RFC 9162 2.1.4): no proof to ask for.
+    trusted.size > 0 && trusted.size < latest.size
 }
 
 /// Checks that `latest` extends `trusted` with the consistency proof `proof` (raw hashes, as
@@ -128,6 +129,36 @@ mod tests {
         assert!(
             extends(&at5, &at20, &[vec![1u8; 31]]).is_err(),
             "a short hash"
+        );
+    }
+
+    #[test]
+    fn the_empty_tree_is_extended_by_every_tree_without_a_proof() {
+        let mut tree = MemoryTree::default();
+        for i in 0..5u8 {
+            tree.push(&[i]);
+        }
+        let (empty, at5) = (checkpoint(&tree, 0), checkpoint(&tree, 5));
+        assert!(!needs_proof(&empty, &at5), "no proof from size 0 is served");
+        assert_eq!(extends::<[u8; 32]>(&empty, &at5, &[]), Ok(()));
+        let mut not_empty = empty.clone();
+        not_empty.root = [7; 32];
+        assert!(extends::<[u8; 32]>(&not_empty, &at5, &[]).is_err());
+    }
+
+    #[test]
+    fn a_proof_longer_than_any_tree_needs_is_refused_unread() {
+        let mut tree = MemoryTree::default();
+        for i in 0..20u8 {
+            tree.push(&[i]);
+        }
+        let (at5, at20) = (checkpoint(&tree, 5), checkpoint(&tree, 20));
+        let mut long = proof(&tree, 5, 20);
+        long.resize(crate::tree::MAX_PROOF_HASHES + 1, [0; 32]);
+        assert!(extends(&at5, &at20, &long).is_err());
+        assert!(
+            crate::tree::verify_inclusion(&long, 20, at20.root, 3, &[3]).is_err(),
+            "inclusion"
         );
     }
 

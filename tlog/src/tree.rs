@@ -19,6 +19,11 @@ pub enum ProofError {
     Invalid,
 }
 
+/// The most hashes a proof may hold: an inclusion proof in a tree of 2^64 leaves has 64, a
+/// consistency proof fewer than twice that. A longer one is refused before it is read: a
+/// crafted receipt of a million hashes would otherwise cost hundreds of MB to check.
+pub const MAX_PROOF_HASHES: usize = 128;
+
 /// The leaf hash of an entry: SHA-256(0x00 ‖ entry).
 pub fn leaf_hash(entry: &[u8]) -> [u8; 32] {
     tlog_tiles::record_hash(entry).0
@@ -32,6 +37,9 @@ pub fn verify_inclusion(
     leaf: u64,
     entry: &[u8],
 ) -> Result<(), ProofError> {
+    if proof.len() > MAX_PROOF_HASHES {
+        return Err(ProofError::Invalid);
+    }
     let proof: Vec<Hash> = proof.iter().copied().map(Hash).collect();
     tlog_tiles::check_record(
         &proof,
@@ -58,6 +66,17 @@ pub fn verify_consistency(
         } else {
             Err(ProofError::Invalid)
         };
+    }
+    // The empty tree is consistent with every tree, with an empty proof (RFC 9162 2.1.4).
+    if first == 0 {
+        return if first_root == tlog_tiles::EMPTY_HASH.0 && proof.is_empty() {
+            Ok(())
+        } else {
+            Err(ProofError::Invalid)
+        };
+    }
+    if proof.len() > MAX_PROOF_HASHES {
+        return Err(ProofError::Invalid);
     }
     let proof: Vec<Hash> = proof.iter().copied().map(Hash).collect();
     tlog_tiles::check_tree(&proof, second, Hash(second_root), first, Hash(first_root))
@@ -125,6 +144,9 @@ pub fn root_of(entries: impl IntoIterator<Item = impl AsRef<[u8]>>) -> [u8; 32] 
 
 /// Proof hashes as served (raw bytes), each checked to be 32 bytes long.
 pub fn hashes<T: AsRef<[u8]>>(raw: &[T]) -> Option<Vec<[u8; 32]>> {
+    if raw.len() > MAX_PROOF_HASHES {
+        return None;
+    }
     raw.iter()
         .map(|h| <[u8; 32]>::try_from(h.as_ref()).ok())
         .collect()

@@ -87,3 +87,44 @@ async fn a_log_rewritten_or_rolled_back_in_the_database_is_not_extended() -> any
     }
     Ok(())
 }
+
+/// An entry deleted in the database, the last of the checkpointed tree: the auditor names it.
+/// Before the fix, each page that skipped it was asked for again, for ever, each request
+/// recorded as one more read in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_deleted_in_the_database_is_named_by_the_auditor() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 1).await?;
+    let broker = &cluster.brokers[0];
+    receipt_of_a_fetch(broker).await?;
+    let last = receipt_of_a_fetch(broker).await?.leaf_index;
+    let deleted = tokio::task::block_in_place(|| {
+        db.primary.sql(
+            "WITH gone AS (DELETE FROM unefois_entries \
+             WHERE idx = (SELECT size - 1 FROM unefois_log) RETURNING idx) SELECT idx FROM gone",
+        )
+    });
+    assert_eq!(deleted.trim(), last.to_string());
+
+    let vkey = std::fs::read_to_string(pki.dir().join("log.vkey"))?;
+    let trusted = tempfile::tempdir()?;
+    let verified = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        broker::auditor::verify_log(
+            broker.channel("cnil").await?,
+            vkey.trim(),
+            &trusted.path().join("cnil.checkpoint"),
+        ),
+    )
+    .await?;
+    match verified {
+        Err(broker::auditor::LogError::MissingEntry(index)) => assert_eq!(index, last),
+        other => panic!("{other:?}"),
+    }
+    assert!(!trusted.path().join("cnil.checkpoint").exists());
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
