@@ -456,13 +456,18 @@ pub fn restore(
         .collect::<Result<Vec<_>, _>>()?;
     // 3. No broker there, and none while we work.
     let mut guard = Restoring::lock(data_dir)?;
-    // 4. The journal in place, if any.
+    // 4. The journal in place, if any, and the newest checkpoint the broker handed out as its
+    // derived state keeps it: the one witness left of a journal lost with its volume.
     let existing = read_existing(&data_dir.join(JOURNAL), manifest.tree_size)?;
+    let handed_out = guard.handed_out(&log_seed);
     // 5. Every record of the backup, with the roots at the sizes to compare.
     let mut roots: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
     let mut wanted: BTreeSet<u64> = trusted.iter().map(|(_, c)| c.size).collect();
     if let Some(existing) = &existing {
         wanted.insert(existing.size);
+    }
+    if let Some(checkpoint) = &handed_out {
+        wanted.insert(checkpoint.size);
     }
     let root = verify_records(&manifest, &contents.segments, &wanted, &mut roots)?;
     let backup_size = manifest.tree_size;
@@ -483,6 +488,25 @@ pub fn restore(
         } else if checkpoint.size > 0 && roots.get(&checkpoint.size) != Some(&checkpoint.root) {
             return Err(BackupError::NotThatLog {
                 path: path.clone(),
+                size: checkpoint.size,
+            });
+        }
+    }
+    if let Some(checkpoint) = &handed_out {
+        let state = data_dir.join(STATE);
+        if checkpoint.size > backup_size {
+            behind.push((
+                checkpoint.size,
+                format!(
+                    "the broker's derived state in {} last handed out a checkpoint of {} \
+                     entries",
+                    state.display(),
+                    checkpoint.size
+                ),
+            ));
+        } else if checkpoint.size > 0 && roots.get(&checkpoint.size) != Some(&checkpoint.root) {
+            refusals.push(BackupError::Diverges {
+                path: state,
                 size: checkpoint.size,
             });
         }
@@ -992,15 +1016,20 @@ fn read_trusted(path: &Path, log_seed: &[u8; 32]) -> Result<VerifiedCheckpoint, 
     if text.len() as u64 > MAX_CHECKPOINT_BYTES {
         return Err(bad(format!("larger than {MAX_CHECKPOINT_BYTES} bytes")));
     }
+    signed_by_log_key(&text, log_seed).map_err(bad)
+}
+
+/// The checkpoint `text`, when signed by the log key of seed `log_seed`.
+fn signed_by_log_key(text: &str, log_seed: &[u8; 32]) -> Result<VerifiedCheckpoint, String> {
     // The origin is `<trust domain>/unefois/audit`: the key's name under that trust domain.
     let trust_domain = text
         .lines()
         .next()
         .and_then(|origin_line| origin_line.strip_suffix(origin("").as_str()))
-        .ok_or_else(|| bad("not a checkpoint of an Une Fois audit log".into()))?;
+        .ok_or_else(|| "not a checkpoint of an Une Fois audit log".to_string())?;
     let public = ed25519_dalek::SigningKey::from_bytes(log_seed).verifying_key();
-    verify_checkpoint(&log_key_names(trust_domain, &public).vkey, &text)
-        .map_err(|e| bad(format!("not a checkpoint of the backed-up log key: {e}")))
+    verify_checkpoint(&log_key_names(trust_domain, &public).vkey, text)
+        .map_err(|e| format!("not a checkpoint of the backed-up log key: {e}"))
 }
 
 // ---------------------------------------------------------------- the data directory
@@ -1141,6 +1170,15 @@ impl Restoring {
             }
         }
         Ok(guard)
+    }
+
+    /// The newest checkpoint the derived state (held locked) says was handed out, when it is
+    /// one of the backed-up log key: another key's is not this log's.
+    fn handed_out(&self, log_seed: &[u8; 32]) -> Option<VerifiedCheckpoint> {
+        let meta = self.db.as_ref()?.open_tree("meta").ok()?;
+        let (_, note) =
+            crate::embedded::decode_checkpoint(&meta.get(crate::embedded::LATEST).ok()??)?;
+        signed_by_log_key(&note, log_seed).ok()
     }
 
     /// A fresh `DATA/.restore-staging` with `journal/` and `keys/`.

@@ -84,7 +84,7 @@ const LAYOUT: &[u8] = b"layout";
 /// registry.
 const CURRENT_LAYOUT: u32 = 4;
 /// The latest checkpoint: its size (8 bytes, big-endian), then the note.
-const LATEST: &[u8] = b"latest_checkpoint";
+pub(crate) const LATEST: &[u8] = b"latest_checkpoint";
 /// `head/<subject>`: the newest exchange about a subject (8 bytes, big-endian).
 const HEAD: &[u8] = b"head/";
 /// The key ids of the latest `broker_started` entry that recorded them
@@ -116,7 +116,7 @@ struct Staged {
 }
 
 /// A checkpoint kept as `size ‖ note`.
-fn decode_checkpoint(bytes: &[u8]) -> Option<(u64, String)> {
+pub(crate) fn decode_checkpoint(bytes: &[u8]) -> Option<(u64, String)> {
     let (size, note) = bytes.split_first_chunk::<8>()?;
     Some((
         u64::from_be_bytes(*size),

@@ -329,6 +329,39 @@ async fn restoring_a_backup_older_than_the_log_is_refused_unless_forced() -> any
     broker.stop().await
 }
 
+/// The journal lost with its volume, the derived state kept: the newest checkpoint the broker
+/// handed out is there, and a backup behind it is refused. Before the fix, that witness was
+/// not read, and then deleted with the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_journal_is_not_restored_behind_what_the_derived_state_handed_out()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let home = Home::new(&pki, "home");
+    let broker = home.start(&pki).await?;
+    grant(&broker, "test:alice").await?;
+    let out = pki.scratch().join("backup");
+    backup(&home, &out).await?;
+    grant(&broker, "test:bob").await?;
+    broker.stop().await?;
+    let (size, _) = manifest(&out)?;
+    std::fs::remove_dir_all(home.data().join("journal"))?;
+
+    let refused = restore(&out, &home, &[]).await?;
+    assert!(!refused.status.success());
+    let said = text(&refused.stderr);
+    assert!(
+        said.contains("it would fork the log")
+            && said.contains("derived state")
+            && said.contains("last handed out a checkpoint of")
+            && said.contains(&format!("the backup has {size} entries")),
+        "{said}"
+    );
+    assert!(home.data().join("state").is_dir(), "nothing was changed");
+    let forced = restore(&out, &home, &["--force"]).await?;
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_backup_is_refused_naming_the_file() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
