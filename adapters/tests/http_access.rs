@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -429,7 +429,7 @@ struct Gateway {
     token_requests: Mutex<Vec<(Option<String>, String)>>,
     provider_hits: AtomicUsize,
     /// Lifetime given with each token (seconds).
-    expires_in: AtomicUsize,
+    expires_in: AtomicU64,
     /// When set, the provider refuses every token.
     refuse_all: std::sync::atomic::AtomicBool,
     /// The token endpoint's answer: 0 a token, else this status with an OAuth2 error.
@@ -580,6 +580,19 @@ async fn oauth2_tokens_are_renewed_shortly_before_they_expire() {
         form.contains("client_id=mairie-lyon") && form.contains("client_secret=s3cr3t-client"),
         "{form}"
     );
+}
+
+#[tokio::test]
+async fn a_token_lifetime_past_any_clock_is_served_without_a_panic() {
+    let (addr, gw) = gateway().await;
+    // The endpoint's `expires_in` is any u64: one that no `Instant` can add once panicked.
+    gw.expires_in.store(u64::MAX, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = oauth2_adapter(addr, dir.path(), "basic");
+    adapter.fetch(&request()).await.unwrap();
+    adapter.fetch(&request()).await.unwrap();
+    assert_eq!(gw.token_requests.lock().unwrap().len(), 1, "cached");
+    assert_eq!(gw.provider_hits.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

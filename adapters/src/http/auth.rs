@@ -40,6 +40,11 @@ const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest a fetched token is renewed before it expires.
 const MAX_RENEW_MARGIN: Duration = Duration::from_secs(30);
 
+#[cfg(feature = "runtime")]
+/// Longest a fetched token is kept, whatever `expires_in` the token endpoint gives: its
+/// lifetime is the endpoint's choice, up to `u64::MAX` seconds, which no clock can add.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// OAuth2 client credentials (the `oauth2` setting of an http adapter).
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -237,7 +242,12 @@ impl OAuth2 {
                 h
             })?;
         let lifetime = answer.expires_in();
-        let renew_at = lifetime.map(|d| started + d.saturating_sub((d / 10).min(MAX_RENEW_MARGIN)));
+        // Checked anyway: a clock that cannot reach the renewal keeps the token until a 401,
+        // as one without `expires_in`.
+        let renew_at = lifetime.and_then(|d| {
+            let d = d.min(MAX_TOKEN_LIFETIME);
+            started.checked_add(d.saturating_sub((d / 10).min(MAX_RENEW_MARGIN)))
+        });
         *generation += 1;
         let token = Token {
             header,
