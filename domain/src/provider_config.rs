@@ -16,8 +16,8 @@ pub const DEFAULT_GRPC_TIMEOUT_MS: u64 = 2000;
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcProviderConfig {
-    /// `https://host:port`, or `http://host:port` (no TLS: for a provider on the same host
-    /// only, with `allow_plain_http`). No path, no query.
+    /// `https://host:port`, or `http://host:port` (no TLS: only with `allow_plain_http`, which
+    /// accepts any host). No path, no query.
     pub endpoint: String,
     /// PEM file of the CA certificates trusted for the provider's server certificate
     /// (required for `https://`; no system roots are used).

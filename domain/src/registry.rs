@@ -688,11 +688,19 @@ fn is_credential_header(name: &str) -> bool {
     .any(|word| name.contains(word))
 }
 
-/// Whether a URL or endpoint is plain `http://` (scheme compared without case).
+/// Whether a URL, URL template or endpoint is plain http as the adapters' URL parser (WHATWG)
+/// reads it: `HTTP://h`, `http:/h`, `http:h` and `http:\\h` all reach `http://h/`, so a text
+/// comparison would let a typo send a credential in clear. A template's placeholders are read
+/// as text. One that does not parse is judged by its text (a gRPC endpoint is read by another
+/// parser): plain when it starts with `http:`.
 fn is_plain_http(url: &str) -> bool {
-    url.trim_start()
-        .get(..7)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+    match url::Url::parse(&url.replace(['{', '}'], "")) {
+        Ok(parsed) => parsed.scheme() == "http",
+        Err(_) => url
+            .trim_start()
+            .get(..5)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http:")),
+    }
 }
 
 fn one_line(e: &impl fmt::Display) -> String {
@@ -2224,6 +2232,79 @@ expires = 2030-12-31
         ] {
             let e = parse(provider(bad)).unwrap_err();
             assert_eq!(e.key, "identity_providers[0].login.token_endpoint", "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_http_is_read_as_the_url_parser_reads_it_and_refused_by_key() {
+        let folder = MemoryFolder::new([
+            ("qf.json", b"{}".to_vec()),
+            ("token", b"t".to_vec()),
+            ("id", b"i".to_vec()),
+            ("secret", b"s".to_vec()),
+        ]);
+        // TOML literal strings: the backslashes of `http:\\host\x` stay as written.
+        let http = |url: &str, extra: &str| {
+            BASE.replace(
+                "adapter = { kind = \"static\", dataset = \"qf.json\" }",
+                &format!(
+                    "adapter = {{ kind = \"http\", url = '{url}', claims = {{ quotient_familial = \"/qf\" }}{extra} }}"
+                ),
+            )
+        };
+        let bearer = ", bearer_token_file = \"token\"";
+        let oauth2 = |token_url: &str| {
+            format!(
+                ", oauth2 = {{ token_url = '{token_url}', client_id_file = \"id\", client_secret_file = \"secret\" }}"
+            )
+        };
+        let at = "attestation_types[0].adapter";
+        // The url crate (WHATWG), which the adapters call with, reads each as http://host/...
+        let plain = [
+            "http://127.0.0.1:1/{subject}",
+            "HTTP://127.0.0.1:1/{subject}",
+            "http:/127.0.0.1:1/{subject}",
+            "http:127.0.0.1:1/{subject}",
+            r"http:\\127.0.0.1:1\{subject}",
+            " http:/127.0.0.1:1/{subject}",
+        ];
+        let mut rows: Vec<(String, String, &str)> = Vec::new();
+        for url in plain {
+            rows.push((
+                http(url, bearer),
+                format!("{at}.bearer_token_file"),
+                "never sent over plain http://",
+            ));
+            rows.push((http(url, ""), format!("{at}.url"), "allow_plain_http"));
+        }
+        for token_url in [
+            "http://127.0.0.1:1/t",
+            "http:/127.0.0.1:1/t",
+            "HTTP:127.0.0.1:1/t",
+            r"http:\\127.0.0.1:1\t",
+        ] {
+            rows.push((
+                http("https://127.0.0.1:1/{subject}", &oauth2(token_url)),
+                format!("{at}.oauth2.token_url"),
+                "client secret would travel in clear",
+            ));
+        }
+        for (text, key, why) in rows {
+            let e = Registry::parse(Path::new("reg.toml"), &folder, text.as_bytes()).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.message.contains(why), "{e}");
+        }
+        // What the parser reads as https is https, however written.
+        for (url, extra) in [
+            ("https://127.0.0.1:1/{subject}", bearer.to_string()),
+            ("HTTPS:/127.0.0.1:1/{subject}", bearer.to_string()),
+            (
+                "https:127.0.0.1:1/{subject}",
+                oauth2("HTTPS:/127.0.0.1:1/t"),
+            ),
+        ] {
+            let text = http(url, &extra);
+            Registry::parse(Path::new("reg.toml"), &folder, text.as_bytes()).unwrap();
         }
     }
 

@@ -1,6 +1,6 @@
 //! The URL a call goes to: a template whose placeholders stay out of the scheme and authority.
 
-use url::Url;
+use url::{Position, Url};
 
 use super::placeholder::{Placeholder, Template, Token, parse_template};
 
@@ -22,14 +22,16 @@ pub(crate) fn validate_url_template(template: &str) -> Result<(Template, String)
                 .into(),
         );
     }
-    let sample: String = parsed
-        .iter()
-        .map(|t| match t {
-            Token::Literal(text) => text.as_str(),
-            Token::Field { .. } => "x",
-        })
-        .collect();
-    let url = Url::parse(&sample).map_err(|e| format!("not a valid URL: {e}"))?;
+    let sample = |value: &str| -> String {
+        parsed
+            .iter()
+            .map(|t| match t {
+                Token::Literal(text) => text.as_str(),
+                Token::Field { .. } => value,
+            })
+            .collect()
+    };
+    let url = Url::parse(&sample("x")).map_err(|e| format!("not a valid URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err("the scheme must be http or https".into());
     }
@@ -42,15 +44,12 @@ pub(crate) fn validate_url_template(template: &str) -> Result<(Template, String)
     if url.fragment().is_some() {
         return Err("a fragment is not allowed".into());
     }
-    if let Some(position) = template.find('{') {
-        // The authority ends at the first '/', '?' or '#' after "://".
-        let authority_start = template.find("://").map_or(0, |i| i + 3);
-        let authority_end = template[authority_start..]
-            .find(['/', '?', '#'])
-            .map_or(template.len(), |i| authority_start + i);
-        if position < authority_end {
-            return Err("placeholders may appear in the path or query only".into());
-        }
+    // Where the authority ends is the parser's call, not the text's: it reads `http:/{subject}/x`
+    // as `http://{subject}/x`. A placeholder there changes the scheme, host or port with its value.
+    if Url::parse(&sample("y")).map_or(true, |other| {
+        other[..Position::BeforePath] != url[..Position::BeforePath]
+    }) {
+        return Err("placeholders may appear in the path or query only".into());
     }
     let target = match url.port() {
         Some(port) => format!("{}://{host}:{port}", url.scheme()),
@@ -69,6 +68,19 @@ mod tests {
         let (_, target) =
             validate_url_template("https://api.caf.test:8443/v1/q/{subject}?c={claims}").unwrap();
         assert_eq!(target, "https://api.caf.test:8443");
+        // The target, whose scheme decides TLS, is the URL as the parser reads it.
+        for (template, expected) in [
+            ("HTTPS://api.test/{subject}", "https://api.test"),
+            ("https:/api.test/{subject}", "https://api.test"),
+            ("http:api.test/{subject}", "http://api.test"),
+            ("http:\\\\api.test\\{subject}", "http://api.test"),
+        ] {
+            assert_eq!(
+                validate_url_template(template).unwrap().1,
+                expected,
+                "{template}"
+            );
+        }
         validate_url_template(
             "https://api.test/v1/{family_name}/{birth_date}?r={consumer_siret}&id={request_id}",
         )
@@ -76,6 +88,10 @@ mod tests {
         for bad in [
             "https://{subject}.evil.test/",
             "http://host{subject}/x",
+            "http:/{subject}/x",
+            "http:{family_name}/x",
+            "http:/host{subject}/x",
+            "http:\\\\{subject}\\x",
             "http://{consumer}@host/x",
             "ftp://host/{subject}",
             "http://host/{other}",
