@@ -38,4 +38,6 @@ pub use http::{
 pub use origin::{Origin, OriginPolicy, Proof};
 pub use rate_limit::ProviderRateLimit;
 #[cfg(feature = "runtime")]
-pub use static_dataset::{DatasetError, MAX_DATASET_BYTES, MAX_SUBJECT_BYTES, StaticDataset};
+pub use static_dataset::{
+    DatasetError, MAX_DATASET_BYTES, MAX_SUBJECT_BYTES, RecordAt, StaticDataset,
+};

@@ -24,8 +24,9 @@ pub const MAX_DATASET_BYTES: u64 = 64 * 1024 * 1024;
 /// Longest subject id accepted as a dataset key, in bytes.
 pub const MAX_SUBJECT_BYTES: usize = 256;
 
-/// Why a dataset file cannot be served. Messages name the file, and the subject and
-/// claim at fault (quoted, shortened), never a claim value.
+/// Why a dataset file cannot be served. Messages name the file, the record at fault by its
+/// place in the file and the claim (quoted, shortened), never a claim value nor a subject id:
+/// these errors are logged, and a `pivot:` id is a person's name and birth date.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     /// The file cannot be opened or read.
@@ -55,29 +56,68 @@ pub enum DatasetError {
     },
     /// A subject key or its record is invalid (empty or too long key, duplicate
     /// subject, record that is not an object).
-    #[error("dataset {}: subject {subject}: {reason}", path.display())]
+    #[error("dataset {}: {record}: {reason}", path.display())]
     InvalidRecord {
         /// The dataset file.
         path: PathBuf,
-        /// The subject, quoted and shortened for display.
-        subject: String,
+        /// The record at fault.
+        record: RecordAt,
         /// What is wrong.
         reason: String,
     },
     /// A claim of a record is invalid (not in the schema, wrong type, out of
     /// bounds, duplicate).
-    #[error("dataset {}: subject {subject}, claim {claim}: {reason}", path.display())]
+    #[error("dataset {}: {record}, claim {claim}: {reason}", path.display())]
     InvalidClaim {
         /// The dataset file.
         path: PathBuf,
-        /// The subject, quoted and shortened for display.
-        subject: String,
+        /// The record at fault.
+        record: RecordAt,
         /// The claim, quoted and shortened for display.
         claim: String,
         /// What is wrong (never the value).
         reason: String,
     },
 }
+
+/// A record of a dataset file, as an error names it: its place in the file and its subject's
+/// scheme, never the subject's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordAt {
+    /// 1 for the file's first record, in file order.
+    pub position: usize,
+    /// The subject's scheme, when it is one of the broker's (`pivot`, `siret`...).
+    pub scheme: Option<&'static str>,
+}
+
+impl RecordAt {
+    fn new(index: usize, subject: &str) -> RecordAt {
+        // Only a known scheme is shown: the text before a ':' may be anything, a name too.
+        let scheme = subject.split_once(':').and_then(|(scheme, _)| {
+            SUBJECT_SCHEMES
+                .iter()
+                .copied()
+                .find(|known| *known == scheme)
+        });
+        RecordAt {
+            position: index + 1,
+            scheme,
+        }
+    }
+}
+
+impl fmt::Display for RecordAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "record {}", self.position)?;
+        match self.scheme {
+            Some(scheme) => write!(f, " ({scheme}:...)"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The subject schemes named in errors (domain/src/subject.rs defines them).
+const SUBJECT_SCHEMES: &[&str] = &["pivot", "siren", "siret", "test"];
 
 /// A provider's data for one attestation type, held in memory.
 ///
@@ -126,41 +166,37 @@ impl StaticDataset {
             })?;
         drop(bytes);
 
-        let record_error = |subject: &str, reason: String| DatasetError::InvalidRecord {
-            path: path.to_path_buf(),
-            subject: quote(subject),
-            reason,
-        };
         let mut records = HashMap::with_capacity(raw.0.len());
-        for (subject, record) in raw.0 {
+        for (index, (subject, record)) in raw.0.into_iter().enumerate() {
+            let at = RecordAt::new(index, &subject);
+            let record_error = |reason: String| DatasetError::InvalidRecord {
+                path: path.to_path_buf(),
+                record: at,
+                reason,
+            };
             if subject.is_empty() {
-                return Err(record_error(&subject, "empty subject".into()));
+                return Err(record_error("empty subject".into()));
             }
             if subject.len() > MAX_SUBJECT_BYTES {
-                return Err(record_error(
-                    &subject,
-                    format!("subject longer than {MAX_SUBJECT_BYTES} bytes"),
-                ));
+                return Err(record_error(format!(
+                    "subject longer than {MAX_SUBJECT_BYTES} bytes"
+                )));
             }
             if subject.chars().any(char::is_control) {
-                return Err(record_error(
-                    &subject,
-                    "subject contains a control character".into(),
-                ));
+                return Err(record_error("subject contains a control character".into()));
             }
             let entries = match record {
                 RawRecord::Object(entries) => entries,
                 RawRecord::NotObject(kind) => {
-                    return Err(record_error(
-                        &subject,
-                        format!("record must be an object of claims, found {kind}"),
-                    ));
+                    return Err(record_error(format!(
+                        "record must be an object of claims, found {kind}"
+                    )));
                 }
             };
-            let claims = claims_of(path, attestation_type, schema, &subject, entries)?;
+            let claims = claims_of(path, attestation_type, schema, at, entries)?;
             match records.entry(subject) {
-                hash_map::Entry::Occupied(e) => {
-                    return Err(record_error(e.key(), "duplicate subject".into()));
+                hash_map::Entry::Occupied(_) => {
+                    return Err(record_error("duplicate subject".into()));
                 }
                 hash_map::Entry::Vacant(e) => {
                     e.insert(claims);
@@ -256,12 +292,12 @@ fn claims_of(
     path: &Path,
     attestation_type: &str,
     schema: &[ClaimSpec],
-    subject: &str,
+    record: RecordAt,
     entries: Vec<(String, Value)>,
 ) -> Result<Claims, DatasetError> {
     let claim_error = |claim: &str, reason: String| DatasetError::InvalidClaim {
         path: path.to_path_buf(),
-        subject: quote(subject),
+        record,
         claim: quote(claim),
         reason,
     };
@@ -521,7 +557,7 @@ mod tests {
     #[test]
     fn wrong_type_names_subject_and_claim() {
         let message = load_err(r#"{ "test:alice": { "quotient_familial": "612" } }"#);
-        assert!(message.contains("subject \"test:alice\""), "{message}");
+        assert!(message.contains("record 1 (test:...)"), "{message}");
         assert!(message.contains("claim \"quotient_familial\""), "{message}");
         assert!(
             message.contains("expected an integer, found a string"),
@@ -530,12 +566,12 @@ mod tests {
 
         let message = load_err(r#"{ "test:alice": { "allocataire_depuis": "2026-02-30" } }"#);
         assert!(
-            message.contains("\"test:alice\", claim \"allocataire_depuis\""),
+            message.contains("record 1 (test:...), claim \"allocataire_depuis\""),
             "{message}"
         );
         let message = load_err(r#"{ "test:alice": { "nombre_enfants": 1.5 } }"#);
         assert!(
-            message.contains("\"test:alice\", claim \"nombre_enfants\""),
+            message.contains("record 1 (test:...), claim \"nombre_enfants\""),
             "{message}"
         );
     }
@@ -546,7 +582,7 @@ mod tests {
             r#"{ "test:alice": { "quotient_familial": 612 }, "test:bob": { "nir": "1 85" } }"#,
         );
         assert!(
-            message.contains("subject \"test:bob\", claim \"nir\""),
+            message.contains("record 2 (test:...), claim \"nir\""),
             "{message}"
         );
         assert!(
@@ -566,7 +602,7 @@ mod tests {
             ("true", "a boolean"),
         ] {
             let message = load_err(&format!(r#"{{ "test:alice": {record} }}"#));
-            assert!(message.contains("subject \"test:alice\""), "{message}");
+            assert!(message.contains("record 1 (test:...)"), "{message}");
             assert!(message.contains(&format!("found {kind}")), "{message}");
         }
     }
@@ -585,10 +621,50 @@ mod tests {
     }
 
     #[test]
+    fn errors_name_the_record_never_its_subject() {
+        const PIVOT: &str = "pivot:DUPONT|JEAN|1980-01-01|M|69123|99100";
+        let cases = [
+            (
+                format!(r#"{{ "test:alice": {{}}, "{PIVOT}": {{ "nir": "1 80" }} }}"#),
+                "record 2 (pivot:...), claim \"nir\": not in the schema",
+            ),
+            (
+                format!(r#"{{ "{PIVOT}": {{ "quotient_familial": "612" }} }}"#),
+                "record 1 (pivot:...), claim \"quotient_familial\"",
+            ),
+            (
+                format!(r#"{{ "{PIVOT}": 612 }}"#),
+                "record 1 (pivot:...): record must be an object",
+            ),
+            (
+                format!(r#"{{ "{PIVOT}": {{}}, "{PIVOT}": {{}} }}"#),
+                "record 2 (pivot:...): duplicate subject",
+            ),
+            (
+                format!(r#"{{ "{}": {{}} }}"#, PIVOT.repeat(8)),
+                "record 1 (pivot:...): subject longer than",
+            ),
+            // The text before a ':' is shown only when it is a known scheme.
+            (
+                r#"{ "DUPONT:JEAN": [] }"#.to_string(),
+                "record 1: record must be an object",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = load_err(&text);
+            assert!(message.contains(expected), "{message}");
+            assert!(
+                !message.contains("DUPONT") && !message.contains("1980"),
+                "subject leaked: {message}"
+            );
+        }
+    }
+
+    #[test]
     fn duplicates_are_refused() {
         let message = load_err(r#"{ "test:alice": {}, "test:alice": {} }"#);
         assert!(
-            message.contains("subject \"test:alice\": duplicate subject"),
+            message.contains("record 2 (test:...): duplicate subject"),
             "{message}"
         );
         let message =

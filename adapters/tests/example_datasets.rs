@@ -188,9 +188,8 @@ fn a_dataset_against_the_wrong_schema_fails() {
         "{message}"
     );
     assert!(
-        message.contains(
-            "subject \"test:alice\", claim \"revenu_fiscal_reference\": not in the schema"
-        ),
+        message
+            .contains("record 1 (test:...), claim \"revenu_fiscal_reference\": not in the schema"),
         "{message}"
     );
 }
