@@ -309,6 +309,27 @@ pub async fn run(
                 )),
             )
             .await?;
+            match store.unfinished_import().await {
+                Ok(None) => {}
+                Ok(Some(import)) => {
+                    let copied = store
+                        .latest_checkpoint()
+                        .await
+                        .ok()
+                        .flatten()
+                        .map_or(0, |(size, _)| size);
+                    store.close().await;
+                    return Err(StoreError::ImportUnfinished {
+                        copied,
+                        entries: import.entries,
+                    }
+                    .into());
+                }
+                Err(e) => {
+                    store.close().await;
+                    return Err(e.into());
+                }
+            }
             tracing::info!(database = %store.location(), "store: PostgreSQL");
             Arc::new(store)
         }

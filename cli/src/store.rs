@@ -76,7 +76,8 @@ async fn import(home: PathBuf, url: &str, registry: PathBuf) -> anyhow::Result<(
     // The broker must be stopped: a log still growing would be copied in part.
     broker::data_dir_holder(&data)
         .with_context(|| format!("{} is in use: stop its broker first", data.display()))?;
-    let registry = broker::registry::load(&registry)?;
+    let registry_path = registry;
+    let registry = broker::registry::load(&registry_path)?;
     let keys = broker::keys::Keys::load(&data, false)?;
     let sealer = std::sync::Arc::new(keys.sealer()?);
     let source = broker::store::Embedded::open(
@@ -85,23 +86,42 @@ async fn import(home: PathBuf, url: &str, registry: PathBuf) -> anyhow::Result<(
         broker::LogSigner::new(&keys, registry.trust_domain())?,
         sealer.clone(),
     )?;
+    // Opening the log signed its head again, under the trust domain of `--registry`: the
+    // checkpoint the broker handed out last must verify under that name too, or the copy
+    // would be a log under another name than the one its auditors and receipts know.
+    let signer = broker::LogSigner::new(&keys, registry.trust_domain())?;
+    if let Some((_, note)) = source.checkpoint_found()
+        && unefois_tlog::verify_checkpoint(signer.vkey(), note).is_err()
+    {
+        let named = note.lines().next().unwrap_or_default().to_string();
+        source.close().await;
+        bail!(
+            "the broker signed its log as {named:?}, and {} names it {:?}: give the registry \
+             the broker ran with (--registry)",
+            registry_path.display(),
+            unefois_tlog::checkpoint::origin(registry.trust_domain())
+        );
+    }
     let target = broker::store::Postgres::open(
         url,
-        broker::LogSigner::new(&keys, registry.trust_domain())?,
+        signer,
         sealer,
         broker::store::postgres::DEFAULT_APPEND_TIMEOUT,
     )
     .await?;
-    let copied = target.import(&source).await?;
+    // The copy is checked against the source's checkpoint before the database is marked
+    // finished; an import cut short is finished by running it again.
+    let copied = target.import(&source).await;
     use broker::store::Store;
-    let (size, checkpoint) = target.latest_checkpoint().await?.unwrap_or_default();
-    let theirs = source.latest_checkpoint().await?.unwrap_or_default();
+    let checkpoint = target.latest_checkpoint().await;
     target.close().await;
     source.close().await;
-    if (size, &checkpoint) != (theirs.0, &theirs.1) {
-        bail!("the imported log's checkpoint differs from the embedded one's");
-    }
-    outln!("Imported {copied} entries into {}.", target.location());
+    let copied = copied?;
+    let (size, checkpoint) = checkpoint?.unwrap_or_default();
+    outln!(
+        "Imported {copied} entries into {} ({size} in all).",
+        target.location()
+    );
     outln!("Checkpoint (the same as the embedded broker's):\n{checkpoint}");
     Ok(())
 }

@@ -567,6 +567,8 @@ pub struct Embedded {
     state_dir: Arc<std::path::PathBuf>,
     /// The acts of the ID tokens in use, counted since the store was opened.
     evidence: Arc<EvidenceUses>,
+    /// The newest checkpoint the derived state held when opened, as it was signed then.
+    found: Option<Arc<(u64, String)>>,
 }
 
 /// Applies records to the derived state: sled's indexes, then the positions (each exchange
@@ -733,7 +735,15 @@ impl Embedded {
             degraded,
             state_dir: Arc::new(state_dir),
             evidence: Arc::new(EvidenceUses::new(crate::evidence_uses::DEFAULT_CAPACITY)),
+            found: signed,
         })
+    }
+
+    /// The newest checkpoint the derived state held when the store was opened, as the broker
+    /// signed it then: opening signs the log's head again with the signer it is given, so this
+    /// is where to check that a signer names the log as the broker did (`store import`).
+    pub fn checkpoint_found(&self) -> Option<&(u64, String)> {
+        self.found.as_deref()
     }
 
     fn check(&self) -> Result<(), StoreError> {

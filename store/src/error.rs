@@ -55,6 +55,18 @@ pub enum StoreError {
     /// The store is closed (the broker is stopping).
     #[error("the store is closed")]
     Closed,
+    /// `unefois store import` began to copy a log into this database and did not finish: no
+    /// broker may serve, nor extend, a part of a log whose later entries were handed out.
+    #[error(
+        "an import into this database did not finish ({copied} of {entries} entries copied): \
+         run `unefois store import` again to finish it"
+    )]
+    ImportUnfinished {
+        /// Entries copied so far.
+        copied: u64,
+        /// Entries of the log being imported.
+        entries: u64,
+    },
     /// The derived state fell behind the journal; it is rebuilt at the next start.
     #[error("derived state is behind the journal; restart the broker to rebuild it")]
     Degraded,

@@ -256,23 +256,52 @@ impl Postgres {
 
     /// Copies a log into this empty one, entry for entry (the exact bytes, so the same leaf
     /// indices, roots and checkpoints: an auditor's trusted checkpoint stays consistent), with
-    /// the read models their projection gives. Refuses a database whose log is not empty.
-    /// Returns the number of entries copied.
+    /// the read models their projection gives. Refuses a database whose log is not empty,
+    /// unless it holds the start of this very log from an import that did not finish, which it
+    /// then finishes. Until the copy's checkpoint is the source's, the database is marked
+    /// ([`Postgres::unfinished_import`]) and no broker starts on it. Returns the number of
+    /// entries copied by this call.
     pub async fn import(&self, source: &dyn Store) -> Result<u64, StoreError> {
+        let (entries, checkpoint) = source.latest_checkpoint().await?.unwrap_or_default();
         let size = read_head(&*self.client().await?).await?.size;
-        if size > 0 {
-            return Err(StoreError::Database(format!(
-                "the log in {} already has {size} entries: import only into an empty one",
-                self.location()
-            )));
+        let start = match self.unfinished_import().await? {
+            None if size == 0 => 0,
+            None => {
+                return Err(StoreError::Database(format!(
+                    "the log in {} already has {size} entries: import only into an empty one",
+                    self.location()
+                )));
+            }
+            Some(marked)
+                if marked.checkpoint == checkpoint
+                    && size <= entries
+                    && self.latest_checkpoint().await?.map(|(_, note)| note)
+                        == Some(source.checkpoint_at(size).await?) =>
+            {
+                size
+            }
+            Some(_) => {
+                return Err(StoreError::Database(format!(
+                    "the log in {} holds {size} entries of an unfinished import of another log",
+                    self.location()
+                )));
+            }
+        };
+        if entries == 0 {
+            return Ok(0);
         }
-        let mut entries = source.entries_from(0);
+        let marker = serde_json::json!({ "entries": entries, "checkpoint": checkpoint });
+        self.client()
+            .await?
+            .execute(UPSERT_META, &[&"import_unfinished", &marker])
+            .await
+            .map_err(db("mark the import unfinished"))?;
+        let mut items = source.entries_from(start);
         let mut batch = Vec::new();
-        let mut copied = 0;
-        loop {
-            let next = entries.next().await.transpose()?;
-            let ended = next.is_none();
-            if let Some((index, entry)) = next {
+        let mut copied = start;
+        while copied < entries {
+            let next = items.next().await.transpose()?;
+            if let Some((index, entry)) = next.filter(|(index, _)| *index < entries) {
                 if index != copied + batch.len() as u64 {
                     return Err(StoreError::OutOfRange(format!(
                         "the source log skips from entry {} to {index}",
@@ -282,18 +311,47 @@ impl Postgres {
                 let record = Record::decode(&entry)
                     .map_err(|source| StoreError::Record { seq: index, source })?;
                 batch.push((record, entry));
-                if batch.len() < MAX_BATCH {
+                if batch.len() < MAX_BATCH && copied + (batch.len() as u64) < entries {
                     continue;
                 }
             }
             if batch.is_empty() {
-                return Ok(copied);
+                return Err(StoreError::OutOfRange(format!(
+                    "the source log ends at entry {copied}, before its checkpoint's {entries}"
+                )));
             }
             copied += self.send(std::mem::take(&mut batch)).await?.len() as u64;
-            if ended {
-                return Ok(copied);
-            }
         }
+        let copy = self.latest_checkpoint().await?.map(|(_, note)| note);
+        if copy.as_deref() != Some(checkpoint.as_str()) {
+            return Err(StoreError::Database(
+                "the imported log's checkpoint differs from the source's".into(),
+            ));
+        }
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM unefois_meta WHERE name = 'import_unfinished'",
+                &[],
+            )
+            .await
+            .map_err(db("mark the import finished"))?;
+        Ok(copied - start)
+    }
+
+    /// The import that began into this database and did not finish, if any: a broker must not
+    /// start on it ([`StoreError::ImportUnfinished`]).
+    pub async fn unfinished_import(&self) -> Result<Option<UnfinishedImport>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT value FROM unefois_meta WHERE name = 'import_unfinished'",
+                &[],
+            )
+            .await
+            .map_err(db("read the import's mark"))?;
+        row.map(|row| body(&row)).transpose()
     }
 
     /// The database, as it may be shown (no password).
@@ -1501,6 +1559,15 @@ const UPSERT_MANDATES: &str = "INSERT INTO unefois_mandates (id, subject, struct
              ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body";
 const UPSERT_META: &str = "INSERT INTO unefois_meta (name, value) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
+/// An import into the database that did not finish ([`Postgres::import`]).
+#[derive(Debug, serde::Deserialize)]
+pub struct UnfinishedImport {
+    /// Entries of the log being imported.
+    pub entries: u64,
+    /// Its checkpoint, which the copy must reach.
+    pub checkpoint: String,
+}
+
 /// The row advanced from the size `$1` the batch started from, and the batch's entries, run of
 /// tree hashes and exchanges inserted, only once the row has advanced (each insert reads
 /// `advanced`). No row at that size (another broker appended since) inserts nothing and
