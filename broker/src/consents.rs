@@ -161,6 +161,7 @@ pub async fn grant(state: &State, caller: &Caller, input: GrantInput) -> Result<
                 &input.consumer,
                 &types,
                 &input.purpose,
+                (&caller.participant, mandate.as_ref().map(|m| m.id.as_str())),
                 now,
             )
             .await?;
@@ -233,14 +234,16 @@ pub struct Granted {
 }
 
 /// The consent in force of this person to this consumer for exactly these (sorted) types and
-/// this purpose, if there is one: a new grant of the same scope renews it rather than adding a
-/// second consent that one revocation would leave standing.
+/// this purpose, recorded by `recorder` under `mandate`, if there is one: a new grant of the
+/// same scope the same way renews it rather than adding a second one (a withdrawal ends every
+/// consent of the scope, [`scope_in_force`]).
 async fn in_force_for_scope(
     state: &State,
     pseudonym: &str,
     consumer: &str,
     types: &[String],
     purpose: &str,
+    (recorder, mandate): (&str, Option<&str>),
     now: OffsetDateTime,
 ) -> Result<Option<Consent>, ApiError> {
     let Some(first) = types.first() else {
@@ -250,12 +253,19 @@ async fn in_force_for_scope(
         .store
         .consents_for(pseudonym, consumer, first, purpose)
         .await?;
+    // Renewed only as it was recorded: by the same guichet (which alone sees and answers for
+    // it) under the same mandate (with which it lapses). A renewal under a mandate of a
+    // consent given in person would outlive the mandate's revocation; one by another guichet
+    // would be a consent that guichet cannot see.
     Ok(candidates.into_iter().find(|c| {
-        c.status(now) == ConsentStatus::Active && {
-            let mut theirs = c.attestation_types.clone();
-            theirs.sort();
-            theirs == types
-        }
+        c.status(now) == ConsentStatus::Active
+            && c.participant == recorder
+            && c.mandate_id.as_deref() == mandate
+            && {
+                let mut theirs = c.attestation_types.clone();
+                theirs.sort();
+                theirs == types
+            }
     }))
 }
 
@@ -312,7 +322,8 @@ pub struct RevokeInput {
 /// an agent under the citizen's mandate (a consent of the mandate's purposes), or the guichet
 /// that recorded it. It ends every consent in force of the same person, consumer and purpose
 /// sharing one of its types (each recorded), so that the very next Fetch is refused whatever was
-/// granted before; answers kept for retries under them are dropped.
+/// granted before (the guichet on its own standing: those it recorded); answers kept for
+/// retries under them are dropped.
 pub async fn revoke(
     state: &State,
     caller: &Caller,
@@ -347,26 +358,32 @@ pub async fn revoke(
     // Serialised with grants, in this broker and across the cluster: a renewal recorded
     // meanwhile would otherwise be lost with it.
     let subject = consent.subject.clone();
+    // The guichet on its own standing withdraws what it recorded, not what others did.
+    let recorder = matches!(who, Withdrawer::Recorder).then_some(caller.participant.as_str());
     crate::idempotency::serialised(
         &state.store,
         &state.grants,
         &subject,
         None,
-        revoke_in_force(state, caller, consent, with_evidence),
+        revoke_in_force(state, caller, consent, with_evidence, recorder),
     )
     .await
 }
 
-/// Records the end of every consent in force of `consent`'s scope (see [`revoke`]), the
-/// person's acts held.
+/// Records the end of every consent in force of `consent`'s scope (see [`revoke`]), those
+/// recorded by `recorder` only when given, the person's acts held.
 async fn revoke_in_force(
     state: &State,
     caller: &Caller,
     consent: Consent,
     with_evidence: bool,
+    recorder: Option<&str>,
 ) -> Result<Revoked, ApiError> {
     let now = OffsetDateTime::now_utc();
-    let ended = scope_in_force(state, &consent, now).await?;
+    let mut ended = scope_in_force(state, &consent, now).await?;
+    if let Some(recorder) = recorder {
+        ended.retain(|c| c.participant == recorder);
+    }
     if ended.is_empty() {
         // Nothing left to end: only once the revocations read are durable.
         state.store.reads_durable().await?;

@@ -358,6 +358,75 @@ fn federation_with_a_second_guichet() -> anyhow::Result<(TestPki, PathBuf)> {
     Ok((pki, path))
 }
 
+/// The same scope granted at two guichets is two consents, each its guichet's: the second
+/// guichet sees and answers for what it recorded, and the first, withdrawing on its own
+/// standing, ends only its own. Before the fix, the second grant renewed the first guichet's
+/// consent, which the second could not see, and the first could end it without the person.
+#[tokio::test]
+async fn a_scope_granted_at_two_guichets_is_each_guichets_own() -> anyhow::Result<()> {
+    let (pki, registry) = federation_with_a_second_guichet()?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry).await?;
+    let mut villeurbanne = consents(&broker, "mairie-villeurbanne").await?;
+    let mut lyon = consents(&broker, "mairie-lyon").await?;
+
+    let at_lyon = consent_of(
+        lyon.grant(grant_at("mairie-lyon", "test:carol", CANTINE))
+            .await?
+            .into_inner()
+            .consent,
+    );
+    let granted = villeurbanne
+        .grant(grant_at("mairie-villeurbanne", "test:carol", CANTINE))
+        .await?
+        .into_inner();
+    assert!(!granted.renewed, "another guichet's consent is not renewed");
+    let at_villeurbanne = consent_of(granted.consent);
+    assert_ne!(at_villeurbanne.id, at_lyon.id);
+    let seen = consent_of(
+        villeurbanne
+            .get(get(&at_villeurbanne.id))
+            .await?
+            .into_inner()
+            .consent,
+    );
+    assert_eq!(seen.status(), pb::ConsentStatus::Active);
+
+    let revoked = lyon.revoke(revoke(&at_lyon.id)).await?.into_inner();
+    assert_eq!(revoked.ended, 1, "{revoked:?}");
+    let still = consent_of(
+        villeurbanne
+            .get(get(&at_villeurbanne.id))
+            .await?
+            .into_inner()
+            .consent,
+    );
+    assert_eq!(still.status(), pb::ConsentStatus::Active);
+    exchange(&broker, "mairie-lyon")
+        .await?
+        .fetch(fetch("test:carol", QF, CANTINE))
+        .await?;
+
+    // The person, withdrawing with her ID token, ends every one.
+    let withdrawn = villeurbanne
+        .revoke(pb::RevokeConsentRequest {
+            consent_id: at_lyon.id.clone(),
+            id_token: unefois_tests::id_token("test:carol", "mairie-villeurbanne"),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(withdrawn.ended, 1, "{withdrawn:?}");
+    refused(
+        exchange(&broker, "mairie-lyon")
+            .await?
+            .fetch(fetch("test:carol", QF, CANTINE))
+            .await,
+        Code::FailedPrecondition,
+        ErrorReason::ConsentRevoked,
+    );
+    broker.stop().await
+}
+
 #[tokio::test]
 async fn visibility() -> anyhow::Result<()> {
     let (pki, registry) = federation_with_a_second_guichet()?;

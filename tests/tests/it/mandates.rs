@@ -593,3 +593,74 @@ async fn a_structure_walks_its_mandates_page_by_page() -> anyhow::Result<()> {
     assert!(after_last.mandates.is_empty() && after_last.next_page_token.is_empty());
     broker.stop().await
 }
+
+/// A consent the person gave in person is not renewed by an agent under a mandate: the agent's
+/// grant is a consent of its own, which ends with the mandate, and the person's keeps its own
+/// term. Before the fix, the agent's grant renewed the person's one-day consent for the
+/// mandate's month, and the mandate's revocation left that month standing.
+#[tokio::test]
+async fn a_consent_given_in_person_does_not_take_a_mandates_term() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let scope = |valid_days: u32| pb::GrantConsentRequest {
+        subject: "test:alice".into(),
+        consumer: "mairie-lyon".into(),
+        attestation_types: vec!["caf.quotient_familial".into()],
+        purpose: "tarification_cantine".into(),
+        valid_days,
+        ..Default::default()
+    };
+    let mut lyon = ConsentsClient::new(broker.channel("mairie-lyon").await?);
+    let in_person = lyon
+        .grant(pb::GrantConsentRequest {
+            id_token: id_token("test:alice", "mairie-lyon"),
+            ..scope(1)
+        })
+        .await?
+        .into_inner()
+        .consent
+        .unwrap_or_default();
+    let mandate = mandate_for(&broker, "test:alice", &["tarification_cantine"]).await?;
+    let granted = ConsentsClient::new(broker.channel(AGENT).await?)
+        .grant(pb::GrantConsentRequest {
+            mandate_id: mandate.id.clone(),
+            ..scope(31)
+        })
+        .await?
+        .into_inner();
+    assert!(!granted.renewed, "the person's own consent is not renewed");
+    let under_mandate = granted.consent.unwrap_or_default();
+    assert_ne!(under_mandate.id, in_person.id);
+    assert_eq!(under_mandate.mandate_id, mandate.id);
+
+    MandatesClient::new(broker.channel(AGENT).await?)
+        .revoke(pb::RevokeMandateRequest {
+            mandate_id: mandate.id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let read = |id: &str| {
+        let mut lyon = lyon.clone();
+        let id = id.to_string();
+        async move {
+            anyhow::Ok(
+                lyon.get(pb::GetConsentRequest {
+                    consent_id: id,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .consent
+                .unwrap_or_default(),
+            )
+        }
+    };
+    assert_eq!(
+        read(&under_mandate.id).await?.status(),
+        pb::ConsentStatus::Revoked
+    );
+    let own = read(&in_person.id).await?;
+    assert_eq!(own.status(), pb::ConsentStatus::Active);
+    assert_eq!(own.expires_at, in_person.expires_at, "its own term");
+    broker.stop().await
+}
