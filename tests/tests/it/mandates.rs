@@ -644,14 +644,11 @@ async fn a_consent_given_in_person_does_not_take_a_mandates_term() -> anyhow::Re
         let id = id.to_string();
         async move {
             anyhow::Ok(
-                lyon.get(pb::GetConsentRequest {
-                    consent_id: id,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .consent
-                .unwrap_or_default(),
+                lyon.get(pb::GetConsentRequest { consent_id: id })
+                    .await?
+                    .into_inner()
+                    .consent
+                    .unwrap_or_default(),
             )
         }
     };
