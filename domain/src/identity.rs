@@ -85,7 +85,8 @@ pub enum IdentityError {
 pub struct Verified {
     /// The person it proves.
     pub subject: Subject,
-    /// SHA-256 of the token's bytes: its identity for counting its acts (never recorded).
+    /// SHA-256 of what its signature covers (`header.payload`): its identity for counting its
+    /// acts (never recorded), the same for every spelling of its signature.
     pub digest: [u8; 32],
     /// `iat`, Unix seconds.
     pub issued_at: i64,
@@ -172,13 +173,22 @@ pub fn verify(
     )?;
     Ok(Verified {
         subject: subject_of(&claims, registry.allow_test_subjects())?,
-        digest: <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()).into(),
+        // Not the whole token: an ECDSA signature (r, s) also verifies as (r, n - s), so the
+        // same signed token could be spelled twice, each with a fresh count.
+        digest: <sha2::Sha256 as sha2::Digest>::digest(signing_input(token).as_bytes()).into(),
         issued_at: claims.iat,
         usable_until,
         max_acts: provider.max_acts_per_token,
         nonce: claims.nonce.clone(),
         display_name: display_name(claims.given_name.as_deref(), claims.family_name.as_deref()),
     })
+}
+
+/// What the signature of a JWS compact `token` covers: its text up to its last '.'.
+fn signing_input(token: &str) -> &str {
+    token
+        .rsplit_once('.')
+        .map_or(token, |(input, _signature)| input)
 }
 
 /// How a person is named on a page at a desk (« Marie Dupont »), from their ID token's
@@ -475,5 +485,68 @@ mod tests {
         altered["unefois_test_subject"] = "test:bob".into();
         parts[1] = b64(&altered);
         assert_eq!(outcome(&parts.join(".")), "BadSignature");
+    }
+
+    #[test]
+    fn an_es256_tokens_acts_are_counted_once_whatever_the_spelling_of_its_signature() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING as P256, EcdsaKeyPair, KeyPair};
+
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&P256, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&P256, pkcs8.as_ref(), &rng).unwrap();
+        // The public key is 0x04 ‖ x ‖ y.
+        let (x, y) = key.public_key().as_ref()[1..].split_at(32);
+        let jwks = json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "p256",
+            "x": B64.encode(x), "y": B64.encode(y),
+        }]});
+        let folder = crate::registry::MemoryFolder::new([("jwks.json", jwks.to_string().into())]);
+        let text = "[federation]\ntrust_domain = \"unefois.test\"\n\
+            [[participants]]\nid = \"mairie-lyon\"\nname = \"Lyon\"\nroles = [\"guichet\"]\n\
+            [[identity_providers]]\nid = \"p256\"\nissuer = \"https://idp.test\"\njwks = \"jwks.json\"\n";
+        let registry =
+            Registry::parse(std::path::Path::new("reg.toml"), &folder, text.as_bytes()).unwrap();
+        let guichet = registry.participant("mairie-lyon").unwrap();
+        // A token for PIVOT, and its signature (r ‖ s, 32 bytes each).
+        let sign = || {
+            let mut claims = dev::claims(PIVOT, "mairie-lyon", NOW).unwrap();
+            claims["iss"] = "https://idp.test".into();
+            let header = json!({"alg": "ES256", "kid": "p256"});
+            let input = format!(
+                "{}.{}",
+                B64.encode(header.to_string()),
+                B64.encode(claims.to_string())
+            );
+            let signature = key.sign(&rng, input.as_bytes()).unwrap().as_ref().to_vec();
+            (input, signature)
+        };
+
+        let (input, signature) = sign();
+        // The other signature of the same token: (r, n - s), n the order of P-256.
+        let n = hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551")
+            .unwrap();
+        let mut other = signature.clone();
+        let mut borrow = 0;
+        for i in (0..32).rev() {
+            let d = i16::from(n[i]) - i16::from(signature[32 + i]) - borrow;
+            borrow = i16::from(d < 0);
+            other[32 + i] = d.rem_euclid(256).to_le_bytes()[0];
+        }
+        let token = format!("{input}.{}", B64.encode(&signature));
+        let other = format!("{input}.{}", B64.encode(&other));
+        assert_ne!(token, other);
+        let first = verify(&token, guichet, &registry, NOW).unwrap();
+        assert_eq!(first.subject.as_str(), PIVOT);
+        match verify(&other, guichet, &registry, NOW) {
+            Ok(second) => assert_eq!(first.digest, second.digest, "one token, one count"),
+            Err(e) => assert!(matches!(e, IdentityError::BadSignature), "{e:?}"),
+        }
+        // Another token of the same person has a count of its own.
+        let (input, signature) = sign();
+        let another = format!("{input}.{}", B64.encode(&signature));
+        let another = verify(&another, guichet, &registry, NOW).unwrap();
+        assert_ne!(first.digest, another.digest);
     }
 }

@@ -95,8 +95,8 @@ pub const MIGRATIONS: &[&str] = &[
     DROP FUNCTION unefois_runs_to_tree();
     "#,
     // 4 (expand): the acts each ID token in use has proved (`max_acts_per_token`), counted for
-    // every broker (`Store::spend_act`); `digest`, the token's SHA-256, never the token. Rows
-    // go once the token can no longer be presented (`usable_until`, Unix seconds).
+    // every broker (`Store::spend_act`); `digest`, the SHA-256 of what its signature covers,
+    // never the token. Rows go once the token can no longer be presented (`usable_until`).
     r#"
     CREATE TABLE unefois_evidence_uses (
         digest bytea PRIMARY KEY CHECK (length(digest) = 32),
