@@ -1165,6 +1165,8 @@ impl Validator<'_> {
         }
 
         let mut participants = BTreeMap::new();
+        // Each participant's effective audience, its id, and whether it declared it, by index.
+        let mut audiences: Vec<(String, String, bool)> = Vec::new();
         for (i, p) in raw.participants.into_iter().enumerate() {
             let at = format!("participants[{i}]");
             if let Err(e) = unefois_certs::validate_participant_id(&p.id) {
@@ -1198,6 +1200,25 @@ impl Validator<'_> {
                 }
                 self.text(format!("{at}.oidc_audience"), aud);
             }
+            // An ID token serves one guichet (DESIGN, identity evidence): two participants with
+            // one audience would each accept the tokens issued for the other. The one that
+            // declared the shared audience is named (a duplicate id is refused below).
+            let audience = p.oidc_audience.clone().unwrap_or_else(|| p.id.clone());
+            if let Some(j) = audiences.iter().position(|(a, _, _)| *a == audience) {
+                let (_, other, other_declared) = &audiences[j];
+                let message = |other: &str| {
+                    format!(
+                        "audience {audience:?} is also participant {other:?}'s: an ID token \
+                         issued for one would be accepted by the other"
+                    )
+                };
+                if p.oidc_audience.is_some() {
+                    self.fail(format!("{at}.oidc_audience"), message(other));
+                } else if *other_declared {
+                    self.fail(format!("participants[{j}].oidc_audience"), message(&p.id));
+                }
+            }
+            audiences.push((audience, p.id.clone(), p.oidc_audience.is_some()));
             let siret = p.siret.as_deref().and_then(|value| {
                 crate::subject::siret(value)
                     .map_err(|e| self.fail(format!("{at}.siret"), format!("{value:?}: {e}")))
@@ -2375,6 +2396,64 @@ expires = 2030-12-31
             lyon.participant("mairie-lyon").unwrap().audience(),
             "mairie-lyon"
         );
+    }
+
+    #[test]
+    fn no_two_participants_share_an_audience() {
+        // mairie-lyon's `oidc_audience` line, a participant added as participants[2], and the
+        // key refused with the other participant it names, or `None` if the registry loads.
+        let guichet = |id: &str, aud: &str| {
+            format!(
+                "[[participants]]\nid = \"{id}\"\nname = \"{id}\"\nroles = [\"guichet\"]\n{aud}"
+            )
+        };
+        let cases = [
+            (
+                "oidc_audience = \"lyon\"",
+                guichet("mairie-paris", "oidc_audience = \"lyon\""),
+                Some(("participants[2].oidc_audience", "mairie-lyon")),
+            ),
+            (
+                "",
+                guichet("france-services", "oidc_audience = \"mairie-lyon\""),
+                Some(("participants[2].oidc_audience", "mairie-lyon")),
+            ),
+            (
+                "oidc_audience = \"mairie-paris\"",
+                guichet("mairie-paris", ""),
+                Some(("participants[1].oidc_audience", "mairie-paris")),
+            ),
+            (
+                "oidc_audience = \"caf\"",
+                String::new(),
+                Some(("participants[1].oidc_audience", "caf")),
+            ),
+            (
+                "oidc_audience = \"lyon\"",
+                guichet("mairie-paris", "oidc_audience = \"paris\""),
+                None,
+            ),
+            (
+                "oidc_audience = \"mairie-lyon\"",
+                guichet("mairie-paris", ""),
+                None,
+            ),
+        ];
+        for (lyon, extra, expect) in cases {
+            let text = BASE.replacen(
+                "roles = [\"guichet\", \"consumer\"]",
+                &format!("roles = [\"guichet\", \"consumer\"]\n{lyon}"),
+                1,
+            ) + &extra;
+            match (parse(&text), expect) {
+                (Ok(_), None) => {}
+                (Err(e), Some((key, other))) => {
+                    assert_eq!(e.key, key, "{lyon} {extra}");
+                    assert!(e.message.contains(&format!("{other:?}")), "{e}");
+                }
+                (r, _) => panic!("{lyon} {extra}: {:?}", r.map(|_| ())),
+            }
+        }
     }
 
     #[test]
