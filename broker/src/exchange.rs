@@ -123,7 +123,7 @@ pub async fn fetch(
 /// recorded as (every answer that leaves is on the record): the same attestation, with the
 /// receipt of the new entry. A revocation drops kept answers first (`RecentAnswers::forget_*`),
 /// so that no answer its revocation covers is sent again.
-async fn resend(state: &State, answer: &Fetched) -> Result<Fetched, ApiError> {
+pub(crate) async fn resend(state: &State, answer: &Fetched) -> Result<Fetched, ApiError> {
     let original = Record::decode(&answer.receipt.entry).map_err(|e| {
         tracing::error!(error = %e, "a kept answer's entry does not decode");
         ApiError::StoreUnavailable

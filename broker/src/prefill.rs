@@ -150,7 +150,7 @@ pub async fn prefill(
         request_id: if input.request_id.is_empty() || input.preview {
             String::new()
         } else {
-            format!("{}:{ty}", input.request_id)
+            fetch_request_id(&input.request_id, ty)
         },
         mandate_id: input.mandate_id.clone(),
         deadline: input.deadline,
@@ -228,6 +228,41 @@ pub async fn prefill(
 }
 
 /// Nothing is answered that the journal could not record.
+/// The request id of the Fetch for type `ty` of a pre-fill sent with `request_id`: the same at
+/// each retry of the pre-fill. `request_id:ty` while it is a request id (128 characters at
+/// most), else a digest of it: a pre-fill's own id of up to 128 characters is valid, and must
+/// not have its Fetches refused as malformed after the person's act is spent.
+fn fetch_request_id(request_id: &str, ty: &str) -> String {
+    let joined = format!("{request_id}:{ty}");
+    if validate::request_id(&joined).is_ok() {
+        return joined;
+    }
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(joined.as_bytes());
+    format!("prefill-{}", hex::encode(digest))
+}
+
+/// A confirmed attestation sent again to a repeated Confirm: refused once the consent it was
+/// obtained under is no longer in force (a revocation since), else recorded as a retry of its
+/// first entry (`exchange::resend`), with that new entry's receipt.
+async fn confirmed_again(
+    state: &State,
+    confirmed: &Fetched,
+    now: OffsetDateTime,
+) -> Result<Fetched, ApiError> {
+    if let crate::event::RecordedBasis::Consent { consent_id } = &confirmed.attestation.legal_basis
+    {
+        use crate::consent::ConsentStatus;
+        match state.store.consent(consent_id).await? {
+            Some(c) if c.status(now) == ConsentStatus::Active => {}
+            Some(c) if c.status(now) == ConsentStatus::Revoked => {
+                return Err(ApiError::ConsentRevoked(consent_id.clone()));
+            }
+            _ => return Err(ApiError::ConsentExpired(consent_id.clone())),
+        }
+    }
+    exchange::resend(state, confirmed).await
+}
+
 fn refuse_unrecorded<T>(results: &BTreeMap<String, Result<T, ApiError>>) -> Result<(), ApiError> {
     if results
         .values()
@@ -419,10 +454,19 @@ pub async fn confirm(
             preview.state = PreviewState::Confirmed(done.clone());
             let unfilled = preview.unfilled.clone();
             confirming.finish(preview);
-            let results = done
-                .into_iter()
-                .map(|f| (f.attestation.attestation_type.clone(), Ok(f)))
-                .collect();
+            // Sent again as a Fetch's retry is: each on the record anew, and only while the
+            // consent it was obtained under is in force.
+            let now = OffsetDateTime::now_utc();
+            let resends = done.into_iter().map(|f| async move {
+                let ty = f.attestation.attestation_type.clone();
+                (ty, confirmed_again(state, &f, now).await.map(Arc::new))
+            });
+            let results: BTreeMap<String, Result<Arc<Fetched>, ApiError>> =
+                futures::future::join_all(resends)
+                    .await
+                    .into_iter()
+                    .collect();
+            refuse_unrecorded(&results)?;
             return Ok(answer(&form, results, unfilled));
         }
         PreviewState::Rejected => return Err(ApiError::PrefillClosed(id.into(), "rejected")),
@@ -469,4 +513,31 @@ pub async fn confirm(
     let unfilled = preview.unfilled.clone();
     confirming.finish(preview);
     Ok(answer(&form, results, unfilled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_types_fetch_has_a_valid_request_id_the_same_at_each_retry() {
+        let long = "r".repeat(128);
+        for (sent, ty) in [
+            ("demande-1", "caf.quotient_familial"),
+            (long.as_str(), "caf.quotient_familial"),
+            (long.as_str(), "dgfip.revenu_fiscal_reference"),
+        ] {
+            let id = fetch_request_id(sent, ty);
+            assert!(validate::request_id(&id).is_ok(), "{id}");
+            assert_eq!(id, fetch_request_id(sent, ty));
+        }
+        assert_eq!(
+            fetch_request_id("demande-1", "caf.quotient_familial"),
+            "demande-1:caf.quotient_familial"
+        );
+        assert_ne!(
+            fetch_request_id(&long, "caf.quotient_familial"),
+            fetch_request_id(&long, "dgfip.revenu_fiscal_reference")
+        );
+    }
 }

@@ -153,8 +153,13 @@ async fn a_form_is_filled_from_three_administrations_concurrently() -> anyhow::R
     assert_eq!(three.fields.len(), 3, "{:?}", three.unavailable);
     assert_eq!(three.attestations.len(), 3);
 
+    // Sent with a request id of 120 characters (valid): each type's Fetch has one too. Before
+    // the fix, `id:type` was refused as malformed and every field was missing.
     let filled = guichet
-        .prefill(request("test:alice", "inscription_cantine"))
+        .prefill(pb::PrefillRequest {
+            request_id: "r".repeat(120),
+            ..request("test:alice", "inscription_cantine")
+        })
         .await?
         .into_inner();
     assert!(filled.unavailable.is_empty(), "{:?}", filled.unavailable);
@@ -468,6 +473,14 @@ async fn a_preview_releases_nothing_until_the_citizen_confirms_and_keeps_nothing
         .expect_err("already confirmed");
     assert_eq!(late.code(), Code::FailedPrecondition);
     assert_eq!(reason_of(&late), Some(ErrorReason::PrefillClosed));
+    // Sent again, it is on the record again, as a retry of its first entry.
+    let granted: Vec<serde_json::Value> = exchange_events(&broker)
+        .await?
+        .into_iter()
+        .filter(|e| e["prefill_id"] == shown.prefill_id.as_str() && e["outcome"] == "granted")
+        .collect();
+    assert_eq!(granted.len(), 2, "{granted:?}");
+    assert!(granted[1]["retry_of"].is_u64(), "{granted:?}");
 
     // A rejected preview releases nothing and is recorded.
     let second = guichet.prefill(preview("test:carol")).await?.into_inner();
@@ -647,5 +660,39 @@ async fn every_empty_field_says_its_real_reason_through_a_confirmation() -> anyh
             ),
         ]
     );
+
+    // Confirmed under consent, then the consent withdrawn: a repeated Confirm sends the CAF's
+    // values no more (before the fix it sent them again, unrecorded).
+    let fourth = guichet
+        .prefill(pb::PrefillRequest {
+            preview: true,
+            ..request("test:alice", "inscription_cantine")
+        })
+        .await?
+        .into_inner();
+    let both = guichet
+        .confirm(confirm(&fourth.prefill_id, &[], false))
+        .await?
+        .into_inner();
+    assert_eq!(both.attestations.len(), 2, "{:?}", both.unavailable);
+    let consent_id = both
+        .attestations
+        .iter()
+        .filter_map(|a| a.attestation.as_ref()?.legal_basis.as_ref())
+        .map(|b| b.consent_id.clone())
+        .find(|id| !id.is_empty())
+        .expect("the CAF's under consent");
+    consents
+        .revoke(pb::RevokeConsentRequest {
+            consent_id,
+            ..Default::default()
+        })
+        .await?;
+    let withdrawn = guichet
+        .confirm(confirm(&fourth.prefill_id, &[], false))
+        .await?
+        .into_inner();
+    assert_eq!(withdrawn.attestations.len(), 1, "the DGFiP's, under law");
+    assert_eq!(reasons(&withdrawn.unavailable), revoked);
     broker.stop().await
 }
