@@ -29,12 +29,12 @@ pub use adapter::{Adapter, AdapterRequest, Attempt, check_request};
 pub use adapter::{AdapterError, Answer, LegalBasis};
 pub use civil_status::{CivilStatus, Sex};
 pub use claims::{ClaimSpec, ClaimType, ClaimValue, Claims, MAX_STRING_BYTES, check_claims, quote};
-#[cfg(feature = "runtime")]
-pub use http::HttpAdapter;
 pub use http::{
     ClaimMapping, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, HttpConfig,
     HttpConfigError, HttpMethod, MAX_JSON_DEPTH, Placeholder, SexCodes,
 };
+#[cfg(feature = "runtime")]
+pub use http::{HttpAdapter, TokenCaches};
 pub use origin::{Origin, OriginPolicy, Proof};
 pub use rate_limit::ProviderRateLimit;
 #[cfg(feature = "runtime")]

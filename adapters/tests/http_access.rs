@@ -512,6 +512,55 @@ fn oauth2_adapter(addr: SocketAddr, dir: &std::path::Path, client_auth: &str) ->
     )
 }
 
+/// Two types of one provider reached with one client credential share one token: with a cache
+/// each, against a gateway that keeps only the newest token it issued, each one's renewal
+/// refused the other's token, and calls failed PROVIDER_AUTH_FAILED.
+#[tokio::test]
+async fn oauth2_types_of_one_credential_share_one_token() {
+    let (addr, gw) = gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client_id"), "mairie-lyon\n").unwrap();
+    std::fs::write(dir.path().join("client_secret"), "s3cr3t-client\n").unwrap();
+    let settings = || {
+        config(
+            &format!("http://{addr}/v3/{{subject}}"),
+            serde_json::json!({
+                "retries": 0,
+                "oauth2": {
+                    "token_url": format!("http://{addr}/oauth/token"),
+                    "client_id_file": dir.path().join("client_id"),
+                    "client_secret_file": dir.path().join("client_secret"),
+                    "scope": "api_particulier quotient_familial",
+                }
+            }),
+        )
+    };
+    let mut caches = unefois_adapters::TokenCaches::default();
+    let adapters: Vec<Arc<HttpAdapter>> = (0..2)
+        .map(|_| {
+            Arc::new(
+                HttpAdapter::sharing_tokens(TYPE, &schema(), &settings(), &mut caches).unwrap(),
+            )
+        })
+        .collect();
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let adapter = adapters[i % 2].clone();
+            tokio::spawn(async move { adapter.fetch(&request()).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(gw.token_requests.lock().unwrap().len(), 1, "one token");
+
+    // Another client secret is another credential: a token of its own.
+    std::fs::write(dir.path().join("client_secret"), "another\n").unwrap();
+    let other = HttpAdapter::sharing_tokens(TYPE, &schema(), &settings(), &mut caches).unwrap();
+    other.fetch(&request()).await.unwrap();
+    assert_eq!(gw.token_requests.lock().unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn oauth2_one_token_serves_many_calls_and_a_401_renews_it_once() {
     let (addr, gw) = gateway().await;

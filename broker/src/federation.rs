@@ -56,6 +56,7 @@ pub fn build_adapters(
 ) -> Result<Adapters, AdapterSetupError> {
     let mut adapters: Adapters = HashMap::new();
     let mut gates: HashMap<String, Arc<ProviderGate>> = HashMap::new();
+    let mut tokens = unefois_adapters::TokenCaches::default();
     for ty in registry.attestation_types() {
         let index = ty.declared_at;
         // The provider's keys, when it signs its answers (a static dataset never does).
@@ -68,11 +69,11 @@ pub fn build_adapters(
                 Arc::new(StaticDataset::load(dataset, &ty.id, &ty.claim_specs())?)
             }
             AdapterBinding::Http(config) => {
-                let adapter = HttpAdapter::new(&ty.id, &ty.claim_specs(), config).map_err(
-                    |e: HttpConfigError| {
-                        AdapterSetupError::setting(registry, index, &e.field, e.reason)
-                    },
-                )?;
+                let adapter =
+                    HttpAdapter::sharing_tokens(&ty.id, &ty.claim_specs(), config, &mut tokens)
+                        .map_err(|e: HttpConfigError| {
+                            AdapterSetupError::setting(registry, index, &e.field, e.reason)
+                        })?;
                 Arc::new(match origin {
                     Some(policy) => adapter.with_origin(policy),
                     None => adapter,

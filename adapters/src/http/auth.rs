@@ -107,6 +107,62 @@ type TokenClient =
     BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
 #[cfg(feature = "runtime")]
+/// The OAuth2 token caches of a registry's http adapters, one per client credential: the types
+/// of one provider reached with one client id at one token endpoint share one token. With a
+/// cache each, they would fetch one each, and a gateway that keeps only the newest token it
+/// issued would have them refuse each other's (401, then a new token, then the other's 401).
+#[derive(Default)]
+pub struct TokenCaches {
+    by_credential: std::collections::HashMap<[u8; 32], std::sync::Arc<OAuth2>>,
+}
+
+#[cfg(feature = "runtime")]
+impl TokenCaches {
+    /// The cache for the credential `key` (see [`credential_key`]), made by `make` the first
+    /// time.
+    pub(crate) fn get_or_make(
+        &mut self,
+        key: [u8; 32],
+        make: impl FnOnce() -> Result<OAuth2, (String, String)>,
+    ) -> Result<std::sync::Arc<OAuth2>, (String, String)> {
+        if let Some(shared) = self.by_credential.get(&key) {
+            return Ok(shared.clone());
+        }
+        let made = std::sync::Arc::new(make()?);
+        self.by_credential.insert(key, made.clone());
+        Ok(made)
+    }
+}
+
+#[cfg(feature = "runtime")]
+/// What makes two adapters' OAuth2 settings one credential: the token endpoint, the client id
+/// and secret (their contents, hashed: never kept), the scopes, the client authentication, and
+/// `transport` (what reaches the endpoint: CA, client certificate, proxy).
+pub(crate) fn credential_key(
+    config: &OAuth2Config,
+    transport: &str,
+) -> Result<[u8; 32], (String, String)> {
+    use sha2::Digest as _;
+    let field = |f: &str| format!("oauth2.{f}");
+    let id = read_secret(&config.client_id_file).map_err(|why| (field("client_id_file"), why))?;
+    let secret = read_secret(&config.client_secret_file)
+        .map_err(|why| (field("client_secret_file"), why))?;
+    let mut hash = sha2::Sha256::new();
+    for part in [
+        config.token_url.as_str(),
+        &id,
+        &secret,
+        config.scope.as_deref().unwrap_or_default(),
+        &format!("{:?}", config.client_auth),
+        transport,
+    ] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    Ok(hash.finalize().into())
+}
+
+#[cfg(feature = "runtime")]
 /// An access token as sent (`Bearer <token>`), with the generation it belongs to.
 #[derive(Clone)]
 pub(crate) struct Token {

@@ -42,6 +42,8 @@ mod request;
 mod retry;
 mod template;
 
+#[cfg(feature = "runtime")]
+pub use auth::TokenCaches;
 pub use auth::{ClientAuth, OAuth2Config};
 pub use errors::{ErrorCodes, ErrorOutcome};
 #[cfg(feature = "runtime")]
@@ -360,7 +362,7 @@ pub struct HttpAdapter {
     origin: Option<crate::origin::OriginPolicy>,
     /// The API key's query parameter and value, when it travels in the query.
     query_key: Option<(String, String)>,
-    oauth2: Option<auth::OAuth2>,
+    oauth2: Option<std::sync::Arc<auth::OAuth2>>,
     errors: Option<ErrorCodes>,
 }
 
@@ -391,6 +393,22 @@ impl HttpAdapter {
         attestation_type: &str,
         schema: &[ClaimSpec],
         config: &HttpConfig,
+    ) -> Result<HttpAdapter, HttpConfigError> {
+        HttpAdapter::sharing_tokens(
+            attestation_type,
+            schema,
+            config,
+            &mut auth::TokenCaches::default(),
+        )
+    }
+
+    /// [`HttpAdapter::new`], its OAuth2 token cache taken from `caches` when another adapter
+    /// of the registry uses the same credential ([`auth::TokenCaches`]).
+    pub fn sharing_tokens(
+        attestation_type: &str,
+        schema: &[ClaimSpec],
+        config: &HttpConfig,
+        caches: &mut auth::TokenCaches,
     ) -> Result<HttpAdapter, HttpConfigError> {
         let err = |field: &str, reason: String| HttpConfigError {
             attestation_type: quote(attestation_type),
@@ -583,7 +601,25 @@ impl HttpAdapter {
             .map_err(|e| err("url", format!("cannot build the HTTP client: {e}")))?;
         let oauth2 = match &config.oauth2 {
             Some(oauth2) => {
-                Some(auth::OAuth2::new(oauth2, client.clone()).map_err(|(f, why)| err(&f, why))?)
+                let transport = format!(
+                    "{:?}",
+                    (
+                        &config.ca_file,
+                        &config.client_cert_file,
+                        &config.client_key_file,
+                        &config.proxy,
+                        &config.no_proxy,
+                        &config.proxy_credentials_file,
+                        config.timeout_ms,
+                    )
+                );
+                let key =
+                    auth::credential_key(oauth2, &transport).map_err(|(f, why)| err(&f, why))?;
+                Some(
+                    caches
+                        .get_or_make(key, || auth::OAuth2::new(oauth2, client.clone()))
+                        .map_err(|(f, why)| err(&f, why))?,
+                )
             }
             None => None,
         };
