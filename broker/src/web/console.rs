@@ -66,6 +66,10 @@ impl Ending for ConsoleSession {
     fn ends(&self) -> Instant {
         self.ends
     }
+
+    fn holder(&self) -> String {
+        format!("{}/{}", self.participant, self.agent)
+    }
 }
 
 /// The filters of the events' form, as typed.

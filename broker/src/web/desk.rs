@@ -90,6 +90,10 @@ impl Ending for DeskSession {
     fn ends(&self) -> Instant {
         self.ends
     }
+
+    fn holder(&self) -> String {
+        format!("{}/{}", self.participant, self.agent)
+    }
 }
 
 /// The person present at the desk (kept in this session only, never in a URL or a log).

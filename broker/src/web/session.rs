@@ -19,6 +19,10 @@ use crate::subject::Subject;
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// Sessions held at once.
 pub const MAX_SESSIONS: usize = 20_000;
+/// Sessions one person (or one agent) holds at once: a person logs in from a few devices, and
+/// with the identity provider's single sign-on one identity completes logins as fast as it
+/// asks; their own oldest end first, never other people's.
+pub const MAX_SESSIONS_PER_HOLDER: usize = 8;
 /// Logins waiting for the identity provider at once.
 pub const MAX_PENDING_LOGINS: usize = 20_000;
 /// Logins waiting at once from one source address (as the web listener counts it, behind the
@@ -31,15 +35,22 @@ pub const MAX_PENDING_LOGINS_PER_SITE: usize = 4 * MAX_PENDING_LOGINS_PER_SOURCE
 /// How long a login may wait for the identity provider.
 pub const LOGIN_WAIT: Duration = Duration::from_secs(10 * 60);
 
-/// What a session table needs of its sessions: when each ends.
+/// What a session table needs of its sessions: when each ends, and whose it is.
 pub trait Ending {
     /// When the session ends.
     fn ends(&self) -> Instant;
+    /// Who holds it (the person, the agent), in memory only: at most
+    /// [`MAX_SESSIONS_PER_HOLDER`] each.
+    fn holder(&self) -> String;
 }
 
 impl Ending for Session {
     fn ends(&self) -> Instant {
         self.ends
+    }
+
+    fn holder(&self) -> String {
+        self.subject.as_str().to_string()
     }
 }
 
@@ -102,30 +113,37 @@ pub enum LoginKind {
 
 /// Both tables, of sessions `S`.
 pub struct Sessions<S = Session> {
-    sessions: Mutex<Bounded<S>>,
+    sessions: Mutex<Held<S>>,
     pending: Mutex<Pending>,
+}
+
+/// The sessions, and the newest of each holder.
+struct Held<S> {
+    table: Bounded<S>,
+    by_holder: Newest<String>,
 }
 
 /// The logins waiting, and the newest of each source and of each IPv6 site.
 struct Pending {
     logins: Bounded<PendingLogin>,
     /// Each source's logins.
-    by_source: Newest,
+    by_source: Newest<Source>,
     /// Each IPv6 /48's logins.
-    by_site: Newest,
+    by_site: Newest<Source>,
 }
 
-/// The logins (their `state`) of each source or site, oldest first; some may have ended since.
-struct Newest {
-    lists: HashMap<Source, VecDeque<String>>,
+/// The keys in a table (logins' `state`, sessions' ids) of each `K` (source, site, holder),
+/// oldest first; some may have ended since.
+struct Newest<K> {
+    lists: HashMap<K, VecDeque<String>>,
     /// The states in `lists`, ended ones included.
     listed: usize,
     /// Logins held per list at most.
     cap: usize,
 }
 
-impl Newest {
-    fn new(cap: usize) -> Newest {
+impl<K: std::hash::Hash + Eq> Newest<K> {
+    fn new(cap: usize) -> Newest<K> {
         Newest {
             lists: HashMap::new(),
             listed: 0,
@@ -133,8 +151,8 @@ impl Newest {
         }
     }
 
-    /// Lists `state` under `key`, first ending that list's oldest logins beyond the cap.
-    fn hold(&mut self, key: Source, state: &str, logins: &mut Bounded<PendingLogin>) {
+    /// Lists `state` under `key`, first ending that list's oldest entries beyond the cap.
+    fn hold<T>(&mut self, key: K, state: &str, logins: &mut Bounded<T>) {
         let mine = self.lists.entry(key).or_default();
         let before = mine.len();
         mine.retain(|s| logins.get(s).is_some());
@@ -175,7 +193,10 @@ impl<S: Clone + Ending> Sessions<S> {
     /// Empty tables of at most `sessions` and `pending` entries.
     pub fn new(sessions: usize, pending: usize) -> Sessions<S> {
         Sessions {
-            sessions: Mutex::new(Bounded::new(sessions)),
+            sessions: Mutex::new(Held {
+                table: Bounded::new(sessions),
+                by_holder: Newest::new(MAX_SESSIONS_PER_HOLDER),
+            }),
             pending: Mutex::new(Pending {
                 logins: Bounded::new(pending),
                 by_source: Newest::new(MAX_PENDING_LOGINS_PER_SOURCE.min(pending)),
@@ -186,7 +207,7 @@ impl<S: Clone + Ending> Sessions<S> {
 
     /// The session `id`, if it has not ended.
     pub fn session(&self, id: &str) -> Option<S> {
-        let mut sessions = self.sessions.lock().ok()?;
+        let sessions = &mut self.sessions.lock().ok()?.table;
         match sessions.get(id) {
             Some(s) if s.ends() > Instant::now() => Some(s.clone()),
             Some(_) => {
@@ -197,11 +218,15 @@ impl<S: Clone + Ending> Sessions<S> {
         }
     }
 
-    /// Holds `session` under `id`.
+    /// Holds `session` under `id`, ending its holder's oldest beyond
+    /// [`MAX_SESSIONS_PER_HOLDER`].
     pub fn open(&self, id: String, session: S) {
-        if let Ok(mut sessions) = self.sessions.lock() {
+        if let Ok(mut held) = self.sessions.lock() {
             let now = Instant::now();
-            sessions.insert(id, session, |s| s.ends() <= now);
+            let holder = session.holder();
+            let Held { table, by_holder } = &mut *held;
+            table.insert(id.clone(), session, |s| s.ends() <= now);
+            by_holder.hold(holder, &id, table);
         }
     }
 
@@ -219,7 +244,7 @@ impl<S: Clone + Ending> Sessions<S> {
     /// Changes the session `id` with `change`, if it is still open; the session as changed.
     pub fn update(&self, id: &str, change: impl FnOnce(&mut S)) -> Option<S> {
         let mut sessions = self.sessions.lock().ok()?;
-        let session = sessions.get_mut(id)?;
+        let session = sessions.table.get_mut(id)?;
         if session.ends() <= Instant::now() {
             return None;
         }
@@ -230,7 +255,7 @@ impl<S: Clone + Ending> Sessions<S> {
     /// Ends the session `id`.
     pub fn close(&self, id: &str) {
         if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.remove(id);
+            sessions.table.remove(id);
         }
     }
 
@@ -328,6 +353,37 @@ impl<T> Bounded<T> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A session of `holder`, an hour long.
+    #[derive(Clone)]
+    struct Of(&'static str);
+
+    impl Ending for Of {
+        fn ends(&self) -> Instant {
+            Instant::now() + Duration::from_secs(3600)
+        }
+
+        fn holder(&self) -> String {
+            self.0.to_string()
+        }
+    }
+
+    #[test]
+    fn logins_of_one_holder_end_their_own_oldest_sessions_only() {
+        let sessions = Sessions::<Of>::new(100, 10);
+        sessions.open("bob-1".into(), Of("bob"));
+        for n in 0..MAX_SESSIONS_PER_HOLDER + 3 {
+            sessions.open(format!("alice-{n}"), Of("alice"));
+        }
+        let open = |id: &str| sessions.session(id).is_some();
+        assert!(open("bob-1"), "another person's session stays");
+        for n in 0..3 {
+            assert!(!open(&format!("alice-{n}")), "her oldest ended");
+        }
+        for n in 3..MAX_SESSIONS_PER_HOLDER + 3 {
+            assert!(open(&format!("alice-{n}")), "her newest stay");
+        }
+    }
 
     #[test]
     fn a_full_table_drops_the_expired_then_the_oldest() {
