@@ -59,21 +59,29 @@ pub use schema::MIGRATIONS;
 
 /// How long an append waits for its commit before the caller is told the store is unavailable.
 pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// No `transaction_timeout` (PostgreSQL 17 and later) for the session: a transaction that holds
+/// an act's locks idles while the act runs, and ending it would end them unseen. A macro, so
+/// that `SYNCHRONOUS` is built from it at compile time.
+macro_rules! no_transaction_timeout {
+    () => {
+        "SELECT set_config('transaction_timeout', '0', false) \
+         WHERE current_setting('server_version_num')::int >= 170000"
+    };
+}
 /// The session of a connection that writes: no statement or transaction timeout (whatever the
 /// role's), which would cancel a COMMIT's wait for the standby (see `transaction`); a commit waits for the
 /// synchronous standby (`on`, or the stronger `remote_apply`), whatever the role's or
 /// database's setting: `local` or `off` would acknowledge records one machine holds, and `off`
 /// would show them before they are flushed (which the reads' bound relies on: `confirmed`).
-const SYNCHRONOUS: &str = "SET statement_timeout = 0; \
-     SELECT set_config('transaction_timeout', '0', false) \
-         WHERE current_setting('server_version_num')::int >= 170000; \
-     SELECT set_config('synchronous_commit', \
+const SYNCHRONOUS: &str = concat!(
+    "SET statement_timeout = 0; ",
+    no_transaction_timeout!(),
+    "; SELECT set_config('synchronous_commit', \
          CASE current_setting('synchronous_commit') \
-         WHEN 'remote_apply' THEN 'remote_apply' ELSE 'on' END, false)";
-/// No `transaction_timeout` (PostgreSQL 17 and later) for the session: a transaction that holds
-/// an act's locks idles while the act runs, and ending it would end them unseen.
-const NO_TRANSACTION_TIMEOUT: &str = "SELECT set_config('transaction_timeout', '0', false) \
-     WHERE current_setting('server_version_num')::int >= 170000";
+         WHEN 'remote_apply' THEN 'remote_apply' ELSE 'on' END, false)"
+);
+/// The sessions that hold acts set it alone (`serialise`).
+const NO_TRANSACTION_TIMEOUT: &str = no_transaction_timeout!();
 /// How long the health probe waits for the database.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Records in one transaction at most.
