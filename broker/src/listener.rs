@@ -54,6 +54,59 @@ pub enum TlsSetupError {
     /// rustls refused the material.
     #[error("TLS configuration: {0}")]
     Rustls(String),
+    /// A reload's CRL is older than the one in force (an earlier copy put back): it would give
+    /// the certificates revoked since their access back.
+    #[error(
+        "{}: this CRL (number {number:?}) is older than the one in force (number {in_force:?}); \
+         renew it (unefois certs renew-crl)",
+        path.display()
+    )]
+    CrlOlder {
+        /// The CRL file.
+        path: PathBuf,
+        /// Its CRL number.
+        number: Option<u64>,
+        /// The number of the CRL in force.
+        in_force: Option<u64>,
+    },
+}
+
+/// The TLS configuration the handshakes use, which a reload replaces (a renewed CRL, a renewed
+/// server certificate), and the CRL in force.
+pub struct TlsInForce {
+    /// What each handshake loads.
+    pub config: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    crl_issued: Mutex<(Option<u64>, SystemTime)>,
+}
+
+impl TlsInForce {
+    /// `material` in force.
+    pub fn new(material: &TlsMaterial) -> TlsInForce {
+        TlsInForce {
+            config: Arc::new(arc_swap::ArcSwap::new(material.config.clone())),
+            crl_issued: Mutex::new(material.crl_issued),
+        }
+    }
+
+    /// Refuses `material` when its CRL is older than the one in force (`files`: where it was
+    /// read).
+    pub fn check(&self, material: &TlsMaterial, files: &TlsFiles) -> Result<(), TlsSetupError> {
+        let in_force = *self.crl_issued.lock().unwrap_or_else(|e| e.into_inner());
+        if material.crl_issued < in_force {
+            return Err(TlsSetupError::CrlOlder {
+                path: files.crl.clone(),
+                number: material.crl_issued.0,
+                in_force: in_force.0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Puts `material` in force for the handshakes that follow.
+    pub fn replace(&self, material: &TlsMaterial) {
+        self.config.store(material.config.clone());
+        *self.crl_issued.lock().unwrap_or_else(|e| e.into_inner()) = material.crl_issued;
+    }
 }
 
 /// The files of the federation PKI the broker serves with.
@@ -87,6 +140,9 @@ pub struct TlsMaterial {
     pub config: Arc<rustls::ServerConfig>,
     /// Serials the CRL revokes (also checked per call, so a reload reaches open connections).
     pub revoked_serials: Vec<Vec<u8>>,
+    /// The CRL's number and when it was issued: a reload refuses an older CRL (one taken back
+    /// from a backup would give revoked certificates their access back).
+    pub crl_issued: (Option<u64>, SystemTime),
 }
 
 impl TlsMaterial {
@@ -94,7 +150,9 @@ impl TlsMaterial {
     pub fn load(files: &TlsFiles) -> Result<TlsMaterial, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
-        for ca in unefois_certs::load_certificates(&files.ca)? {
+        let cas = unefois_certs::load_certificates(&files.ca)?;
+        let issuers: Vec<Vec<u8>> = cas.iter().map(|c| c.to_vec()).collect();
+        for ca in cas {
             roots
                 .add(ca)
                 .map_err(|e| TlsSetupError::Rustls(format!("{}: {e}", files.ca.display())))?;
@@ -107,8 +165,11 @@ impl TlsMaterial {
             )));
         }
         let mut revoked_serials = Vec::new();
+        let mut crl_issued = (None, SystemTime::UNIX_EPOCH);
         for der in &crls {
+            unefois_certs::crl_signed_by(der, &issuers, &files.crl.display().to_string())?;
             let info = unefois_certs::crl_info(der)?;
+            crl_issued = crl_issued.max((info.crl_number, info.this_update));
             // A CRL without a next update never expires: refuse it like an expired one.
             let next = info.next_update.unwrap_or(SystemTime::UNIX_EPOCH);
             if next <= SystemTime::now() {
@@ -137,6 +198,7 @@ impl TlsMaterial {
         Ok(TlsMaterial {
             config: Arc::new(config),
             revoked_serials,
+            crl_issued,
         })
     }
 }
@@ -435,7 +497,7 @@ impl Drop for Slot {
 /// handshakes over their bounds are shed (the source's oldest, then the oldest of all).
 pub async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
     limits: AcceptLimits,
     out: mpsc::Sender<Result<PeerStream, io::Error>>,
 ) {
@@ -482,7 +544,9 @@ pub async fn accept_loop(
             tcp,
             remote,
             ticket,
-            acceptor.clone(),
+            // The configuration in force now: a reload renews the CRL and the broker's
+            // certificate for the handshakes that follow.
+            TlsAcceptor::from(acceptor.load_full()),
             established.clone(),
             limits.handshake_timeout,
             out.clone(),

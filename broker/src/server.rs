@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::audit::LogSigner;
@@ -507,12 +506,14 @@ pub async fn run(
     };
     let (routes, health) =
         crate::grpc::routes(state.clone(), config.max_request_bytes, health).await?;
+    let tls_in_force = Arc::new(listener::TlsInForce::new(&tls));
     // Reloads until shutdown; joined before the store closes (it holds the state).
     let reloader = config.reload.map(|mut requests| {
         let state = state.clone();
         let health = health.clone();
         let registry_path = config.registry.clone();
         let tls_files = config.tls.clone();
+        let tls_in_force = tls_in_force.clone();
         let stopped = stopped();
         tokio::spawn(async move {
             tokio::pin!(stopped);
@@ -524,7 +525,8 @@ pub async fn run(
                     },
                     () = &mut stopped => return,
                 };
-                let outcome = reload(&state, &registry_path, &tls_files, &health).await;
+                let outcome =
+                    reload(&state, &registry_path, (&tls_files, &tls_in_force), &health).await;
                 if let Some(answer) = answer {
                     let _ = answer.send(outcome);
                 }
@@ -535,7 +537,7 @@ pub async fn run(
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tokio::spawn(listener::accept_loop(
         listener,
-        TlsAcceptor::from(tls.config),
+        tls_in_force.config.clone(),
         accept,
         conn_tx,
     ));
@@ -645,25 +647,28 @@ fn load_keys(data_dir: &Path) -> Result<Keys, BrokerError> {
     })
 }
 
-/// Reads the registry and the CRL again and publishes them; a registry or PKI that does not
-/// load is rejected whole and the ones in force keep serving. The reload is recorded. Revoked
-/// serials reach connections already open at their next call (checked per call).
+/// Reads the registry and the PKI again and publishes them; a registry or PKI that does not
+/// load, or a CRL older than the one in force or not signed by the CA, is rejected whole and
+/// the ones in force keep serving. The reload is recorded. Revoked serials reach connections
+/// already open at their next call (checked per call); the renewed CRL and server certificate,
+/// the handshakes that follow.
 async fn reload(
     state: &State,
     registry_path: &std::path::Path,
-    tls_files: &TlsFiles,
+    (tls_files, tls_in_force): (&TlsFiles, &listener::TlsInForce),
     health: &tonic_health::server::HealthReporter,
 ) -> Result<String, String> {
     let loaded = (|| -> Result<_, BrokerError> {
         let registry = registry::load(registry_path)?;
         let tls = TlsMaterial::load(tls_files)?;
+        tls_in_force.check(&tls, tls_files)?;
         let adapters = build_adapters(
             &registry,
             Some(crate::grpc::provider_readiness(health.clone())),
         )?;
-        Ok((registry, tls.revoked_serials, adapters))
+        Ok((registry, tls, adapters))
     })();
-    let (registry, revoked, adapters) = match loaded {
+    let (registry, mut tls, adapters) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             tracing::error!(error = %e, "reload rejected; the registry and CRL in force keep serving");
@@ -684,8 +689,10 @@ async fn reload(
         tracing::error!(error = %e, "cannot record the reload; the registry in force keeps serving");
         return Err(format!("the reload cannot be recorded: {e}"));
     }
+    let revoked = std::mem::take(&mut tls.revoked_serials);
     let revoked_count = revoked.len();
     state.federation.replace(registry, adapters, revoked);
+    tls_in_force.replace(&tls);
     state.limits.update(&state.federation.registry());
     // Answers kept for retries were given under the registry that was in force: a retry is
     // decided again under the new one.

@@ -33,6 +33,28 @@ pub fn crl_info(der: &[u8]) -> Result<CrlInfo, CertError> {
     })
 }
 
+/// Checks that the DER CRL `der` (named `what` in errors) is signed by one of the CA
+/// certificates `issuers` (DER): a reload must not put in force a CRL anyone wrote, which would
+/// give revoked certificates back their access on the connections already open.
+pub fn crl_signed_by(der: &[u8], issuers: &[Vec<u8>], what: &str) -> Result<(), CertError> {
+    let (_, crl) = CertificateRevocationList::from_der(der)
+        .map_err(|e| CertError::invalid(what, e.to_string()))?;
+    for issuer in issuers {
+        let Ok((_, ca)) = x509_parser::certificate::X509Certificate::from_der(issuer) else {
+            continue;
+        };
+        if ca.subject().as_raw() == crl.issuer().as_raw()
+            && crl.verify_signature(ca.public_key()).is_ok()
+        {
+            return Ok(());
+        }
+    }
+    Err(CertError::invalid(
+        what,
+        "not signed by the federation's CA (ca.pem)",
+    ))
+}
+
 /// One revoked entry, with what re-signing the CRL needs to keep.
 #[derive(Clone, Debug)]
 pub(crate) struct RevokedEntry {

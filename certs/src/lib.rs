@@ -19,7 +19,7 @@ mod pki;
 mod serial;
 mod spiffe;
 
-pub use crl::{CrlInfo, crl_info};
+pub use crl::{CrlInfo, crl_info, crl_signed_by};
 pub use error::CertError;
 pub use peer::{PeerCertificate, peer_certificate};
 pub use pem::{load_certificates, load_crls, load_private_key};

@@ -106,6 +106,69 @@ async fn a_certificate_revoked_by_a_reload_is_refused_on_an_open_connection() ->
     broker.stop().await
 }
 
+/// A CRL renewed and reloaded is the one new connections are checked against: before the fix
+/// the handshakes kept the CRL the broker started with, and once it expired (30 days) every new
+/// connection was refused, whatever `renew-crl` and the reload had said.
+#[tokio::test]
+async fn a_crl_renewed_and_reloaded_serves_the_handshakes_that_follow() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let now = time::OffsetDateTime::now_utc();
+    pki.pki.write_crl(
+        now - time::Duration::minutes(1),
+        now + time::Duration::seconds(4),
+    )?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    pki.pki.write_crl(now, now + unefois_certs::CRL_VALIDITY)?;
+    broker.reload().await?.map_err(anyhow::Error::msg)?;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    // The CRL the broker started with has expired: a new connection is checked against the
+    // renewed one.
+    ExchangeClient::new(broker.channel("mairie-lyon").await?)
+        .fetch(rfr())
+        .await?;
+    broker.stop().await
+}
+
+/// A reload refuses a CRL older than the one in force (a copy put back from a backup) and one
+/// the federation's CA did not sign: either would give revoked certificates their access back
+/// on the connections already open (checked per call against the CRL in force).
+#[tokio::test]
+async fn an_older_or_forged_crl_is_refused_by_a_reload() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let mut caf = ExchangeClient::new(broker.channel("mairie-lyon").await?);
+    caf.fetch(rfr()).await?;
+    let crl = pki.dir().join("crl.pem");
+    let before = std::fs::read(&crl)?;
+    pki.pki.revoke("mairie-lyon")?;
+    broker.reload().await?.map_err(anyhow::Error::msg)?;
+    let revoked = std::fs::read(&crl)?;
+
+    std::fs::write(&crl, &before)?;
+    let older = broker
+        .reload()
+        .await?
+        .expect_err("an older CRL was put in force");
+    assert!(older.contains("older than the one in force"), "{older}");
+    let other = TestPki::for_sample_registry()?;
+    std::fs::copy(other.dir().join("crl.pem"), &crl)?;
+    let forged = broker
+        .reload()
+        .await?
+        .expect_err("another CA's CRL was put in force");
+    assert!(
+        forged.contains("not signed by the federation's CA"),
+        "{forged}"
+    );
+
+    // The CRL in force still revokes Lyon, on the connection open since before.
+    let refused = caf.fetch(rfr()).await.expect_err("revoked");
+    assert_eq!(reason_of(&refused), Some(ErrorReason::CertificateRevoked));
+    std::fs::write(&crl, &revoked)?;
+    broker.reload().await?.map_err(anyhow::Error::msg)?;
+    broker.stop().await
+}
+
 /// The `registry_loaded` entries, decoded, as the auditor `cnil` reads them.
 async fn registry_loads(broker: &TestBroker) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut audit =
@@ -208,7 +271,16 @@ async fn agent_call(
         .who_am_i(pb::WhoAmIRequest {})
         .await
         .err()
-        .map(|s| (s.code(), reason_of(&s), s.message().to_string()))
+        .map(|s| {
+            // The message and its sources: a TLS alert is in a transport error's sources.
+            let mut said = s.message().to_string();
+            let mut source = std::error::Error::source(&s);
+            while let Some(e) = source {
+                said += &format!(": {e}");
+                source = e.source();
+            }
+            (s.code(), reason_of(&s), said)
+        })
 }
 
 #[tokio::test]
@@ -233,9 +305,14 @@ async fn revoking_a_structure_refuses_its_agents_after_a_reload() -> anyhow::Res
         (Code::Unauthenticated, Some(ErrorReason::CertificateRevoked)),
         "{message}"
     );
+    // A new connection meets the reloaded CRL at the handshake: refused, and told why (the TLS
+    // alert reaches the client at its first call).
     if let Ok(channel) = broker.channel("france-services-lyon/a.martin").await {
-        let (code, ..) = agent_call(channel).await.expect("refused");
-        assert_eq!(code, Code::Unauthenticated);
+        let (code, _, message) = agent_call(channel).await.expect("refused");
+        assert!(
+            code == Code::Unauthenticated || message.contains("CertificateRevoked"),
+            "{code:?} {message}"
+        );
     }
     // It can no longer take a mandate for anyone (refused at the handshake or at the call).
     if let Ok(channel) = broker.channel("france-services-lyon/a.martin").await {
@@ -249,11 +326,7 @@ async fn revoking_a_structure_refuses_its_agents_after_a_reload() -> anyhow::Res
                 ..Default::default()
             })
             .await;
-        assert_eq!(
-            created.map_err(|s| s.code()).err(),
-            Some(Code::Unauthenticated),
-            "a mandate was created"
-        );
+        assert!(created.is_err(), "a mandate was created");
     }
     // Others are still served.
     ExchangeClient::new(broker.channel("mairie-lyon").await?)
