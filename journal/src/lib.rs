@@ -317,17 +317,19 @@ impl Journal {
             )));
         }
 
-        let existed = dir.is_dir();
         crate::private::private_dir(dir).map_err(|source| JournalError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
-        if !existed && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            format::sync_dir(parent).map_err(|source| JournalError::Io {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
+        // At every open, not only when the folder is new: a run killed between creating it and
+        // syncing its parent leaves an entry that a power loss may still take, with every
+        // record acknowledged since.
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        let parent = parent.unwrap_or(Path::new("."));
+        format::sync_dir(parent).map_err(|source| JournalError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
 
         let recovered = scan::recover(dir)?;
         tracing::info!(

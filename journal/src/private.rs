@@ -11,14 +11,30 @@ pub const DIR_MODE: u32 = 0o700;
 /// Mode of the broker's files.
 pub const FILE_MODE: u32 = 0o600;
 
-/// Creates `dir` (and missing parents) with [`DIR_MODE`], and narrows `dir` to it if it exists
-/// with another mode.
+/// Creates `dir` (and missing parents) with [`DIR_MODE`], syncing the parent of each folder it
+/// creates, and narrows `dir` to it if it exists with another mode.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)?;
+    create_synced(dir)?;
     narrow(dir, DIR_MODE)
+}
+
+/// Creates `dir` and its missing parents, outermost first: a new folder's entry may not survive
+/// a power loss until its parent is synced, and with it would go everything written below.
+fn create_synced(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_synced(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => {}
+        // Created by someone else meanwhile: theirs to sync.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    crate::format::sync_dir(parent.unwrap_or(Path::new(".")))
 }
 
 /// Sets `path`'s permission bits to `mode` unless they already are.
@@ -44,4 +60,30 @@ pub fn narrow_tree(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_parents_are_created_private_and_an_open_folder_is_narrowed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a").join("b").join("c");
+        private_dir(&dir).unwrap();
+        for made in [root.path().join("a"), root.path().join("a/b"), dir.clone()] {
+            let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, DIR_MODE, "{}", made.display());
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, DIR_MODE);
+        // A file in the way is an error, as it was.
+        let file = root.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(private_dir(&file.join("below")).is_err());
+        assert!(private_dir(&file).is_err());
+    }
 }

@@ -659,6 +659,18 @@ impl Embedded {
             },
         )?;
         let mut from = trees.applied()?;
+        // Read before anything clears it: the one witness of how far the log was handed out.
+        let signed = trees.latest.load_full();
+        // Both only ever move after the journal synced the records they count, so either being
+        // past the journal's end means it lost acknowledged records. Extending it now would give
+        // those sequence numbers other bytes: a fork under this broker's own log key.
+        let acknowledged = from.max(signed.as_ref().map_or(0, |s| s.0));
+        if acknowledged > journal.next_seq() {
+            return Err(StoreError::JournalShort {
+                journal: journal.next_seq(),
+                acknowledged,
+            });
+        }
         let layout = trees.layout()?;
         if layout != Some(CURRENT_LAYOUT) && (from > 0 || layout.is_some()) {
             // Built by another version: an index it did not keep would be read as empty.
@@ -671,17 +683,6 @@ impl Embedded {
             from = 0;
         }
         trees.set_layout()?;
-        if from > journal.next_seq() {
-            // sled claims more than the journal holds: the journal is the truth.
-            tracing::warn!(
-                sled = from,
-                journal = journal.next_seq(),
-                "derived state ahead of the journal; rebuilding it"
-            );
-            trees.clear()?;
-            from = 0;
-        }
-        let signed = trees.latest.load_full();
         let files = tree.leaves().min(positions.len());
         let kept = files.min(from);
         if files < from || (kept > 0 && !vouched(&journal, &tree, &positions, kept)) {
@@ -1115,12 +1116,15 @@ fn vouched(journal: &Journal, tree: &TreeFile, positions: &Positions, size: u64)
 }
 
 /// The size of `signed` (a checkpoint this broker kept) when the tree's root at that size is
-/// not the signed one; `None` when it is, or when it cannot be told (the tree is shorter, or
-/// the note no longer verifies under the log key).
+/// not the signed one, or the tree is shorter (it lost what was signed); `None` when it is, or
+/// when it cannot be told (the note no longer verifies under the log key).
 fn diverged(tree: &TreeFile, log: &dyn CheckpointSigner, signed: &(u64, String)) -> Option<u64> {
     let checkpoint = unefois_tlog::checkpoint::verify_checkpoint(log.vkey(), &signed.1).ok()?;
-    if checkpoint.size == 0 || checkpoint.size > tree.leaves() {
+    if checkpoint.size == 0 {
         return None;
+    }
+    if checkpoint.size > tree.leaves() {
+        return Some(checkpoint.size);
     }
     let root = tree.root(checkpoint.size).ok();
     (root != Some(checkpoint.root)).then_some(checkpoint.size)
@@ -1475,6 +1479,65 @@ mod tests {
             Err(StoreError::Diverged { size }) => assert_eq!(size, 20),
             Err(other) => panic!("expected Diverged, got {other}"),
             Ok(_) => panic!("expected Diverged, the store opened"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_journal_shorter_than_what_was_acknowledged_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = [10; 32];
+        let open = || open_store(dir.path(), &seed);
+        let store = open().unwrap();
+        for i in 0..20u64 {
+            store
+                .append_entry(Record::now(Event::RegistryLoaded {
+                    registry_sha256: format!("{i:064x}"),
+                    files: Default::default(),
+                }))
+                .await
+                .unwrap();
+        }
+        let (size, _) = store.latest_checkpoint().await.unwrap().unwrap();
+        assert_eq!(size, 20);
+        store.close().await;
+
+        // The segment loses its last byte: the journal takes record 19 for a torn tail and cuts
+        // it, though it was acknowledged and signed.
+        let segment = dir
+            .path()
+            .join("journal")
+            .join(format!("journal-{:020}.seg", 0));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        let len = file.metadata().unwrap().len();
+        file.set_len(len - 1).unwrap();
+        drop(file);
+
+        // Refused, and again at the next try: the witness is not thrown away by the first.
+        for _ in 0..2 {
+            match open() {
+                Err(
+                    e @ StoreError::JournalShort {
+                        journal,
+                        acknowledged,
+                    },
+                ) => {
+                    assert_eq!((journal, acknowledged), (19, 20));
+                    let said = e.to_string();
+                    assert!(
+                        said.contains("fewer than the 20 this broker acknowledged")
+                            && said.contains("restore the data directory from a backup"),
+                        "{said}"
+                    );
+                }
+                Err(other) => panic!("expected JournalShort, got {other}"),
+                Ok(store) => panic!(
+                    "expected JournalShort, the store opened at {}",
+                    store.journal().next_seq()
+                ),
+            }
         }
     }
 

@@ -48,6 +48,20 @@ pub enum StoreError {
         /// The size of that checkpoint.
         size: u64,
     },
+    /// The journal ends before a record this broker acknowledged (its derived state applied it,
+    /// or a checkpoint it signed counts it): acknowledged records were lost. Restore from a
+    /// backup.
+    #[error(
+        "the journal holds {journal} records, fewer than the {acknowledged} this broker \
+         acknowledged (its derived state applied them or signed a checkpoint of them): \
+         acknowledged records were lost; restore the data directory from a backup"
+    )]
+    JournalShort {
+        /// The records the journal holds.
+        journal: u64,
+        /// The records the derived state says were acknowledged (applied or signed).
+        acknowledged: u64,
+    },
     /// The database failed or did not answer (PostgreSQL backend): what was asked may or may
     /// not have been committed; nothing was acknowledged.
     #[error("database: {0}")]
