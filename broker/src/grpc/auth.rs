@@ -42,6 +42,13 @@ impl Authenticate {
         if self.federation.is_revoked(&cert.serial) {
             return Err(ApiError::CertificateRevoked);
         }
+        // Its validity too: an HTTP/2 connection opened just before it expired would otherwise
+        // be served for as long as it is kept alive, a rotated (not revoked) key with it.
+        if cert.not_after <= std::time::SystemTime::now() {
+            return Err(ApiError::NoClientCertificate(
+                "the client certificate has expired".into(),
+            ));
+        }
         let id = &cert.spiffe_id;
         let spiffe: Arc<str> = id.to_string().into();
         let registry = self.federation.registry();

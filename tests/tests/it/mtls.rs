@@ -198,6 +198,33 @@ async fn expired_and_not_yet_valid_certificates_are_refused() -> anyhow::Result<
     broker.stop().await
 }
 
+/// A certificate that expires while its connection is open is refused at the next call: the
+/// connection, kept alive, no longer outlives it. Before the fix, only the handshake checked.
+#[tokio::test]
+async fn a_certificate_that_expires_on_an_open_connection_is_refused_at_the_next_call()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let now = OffsetDateTime::now_utc();
+    pki.pki.issue_participant(
+        "dgfip",
+        &Validity {
+            not_before: now - time::Duration::days(1),
+            not_after: now + time::Duration::seconds(3),
+        },
+    )?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let mut dgfip = RegistryClient::new(broker.channel("dgfip").await?);
+    dgfip.who_am_i(pb::WhoAmIRequest {}).await?;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let refused = dgfip
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect_err("served past its certificate");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("expired"), "{refused:?}");
+    broker.stop().await
+}
+
 #[tokio::test]
 async fn a_valid_certificate_of_an_unregistered_participant_is_unauthenticated()
 -> anyhow::Result<()> {
