@@ -775,6 +775,23 @@ impl Embedded {
 
 #[async_trait::async_trait]
 impl Store for Embedded {
+    /// Not ready once the derived state failed: every request is then refused until a restart
+    /// (`check`), and the load balancer must send them elsewhere.
+    async fn health(&self) -> crate::StoreHealth {
+        match self.degraded.load(Ordering::Acquire) {
+            false => crate::StoreHealth {
+                ok: true,
+                report: "store: embedded (journal in the data directory)".into(),
+            },
+            true => crate::StoreHealth {
+                ok: false,
+                report: "store: embedded, its derived state failed: refusing requests until \
+                         the broker restarts"
+                    .into(),
+            },
+        }
+    }
+
     async fn recorded_keys(&self) -> Result<Option<crate::event::RecordedKeys>, StoreError> {
         Ok(self
             .trees
@@ -1480,6 +1497,26 @@ mod tests {
             Err(other) => panic!("expected Diverged, got {other}"),
             Ok(_) => panic!("expected Diverged, the store opened"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_failed_derived_state_is_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), &[11; 32]).unwrap();
+        assert!(store.health().await.ok);
+        // A record the derived state cannot read fails its update.
+        store.journal().append(b"not a record".to_vec()).await.unwrap();
+        let health = store.health().await;
+        assert!(!health.ok, "{}", health.report);
+        assert!(matches!(
+            store
+                .append_entry(Record::now(Event::RegistryLoaded {
+                    registry_sha256: "0".repeat(64),
+                    files: Default::default(),
+                }))
+                .await,
+            Err(StoreError::Degraded)
+        ));
     }
 
     #[tokio::test]
