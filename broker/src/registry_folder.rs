@@ -24,8 +24,16 @@ pub fn load(path: &Path) -> Result<Registry, RegistryError> {
         )));
     }
     let bytes = std::fs::read(path).map_err(|e| at_file(format!("cannot read: {e}")))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    Registry::parse(path, &Folder::new(base), &bytes)
+    Registry::parse(path, &Folder::new(folder_of(path)), &bytes)
+}
+
+/// The folder of the registry file `path`, where the files it names are: `registry.toml` alone
+/// has the empty path for parent, which names no folder: the current one.
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
 }
 
 /// A registry's folder on disk.
@@ -81,5 +89,22 @@ impl Referenced for Folder {
         let mut hasher = Sha256::new();
         std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
         Ok(hasher.finalize().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registry_named_alone_is_in_the_current_folder() {
+        for (file, folder) in [
+            ("registry.toml", "."),
+            ("examples/registry.toml", "examples"),
+            ("/etc/unefois/registry.toml", "/etc/unefois"),
+            ("./registry.toml", "."),
+        ] {
+            assert_eq!(folder_of(Path::new(file)), Path::new(folder), "{file}");
+        }
     }
 }
