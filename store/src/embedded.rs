@@ -1505,7 +1505,11 @@ mod tests {
         let store = open_store(dir.path(), &[11; 32]).unwrap();
         assert!(store.health().await.ok);
         // A record the derived state cannot read fails its update.
-        store.journal().append(b"not a record".to_vec()).await.unwrap();
+        store
+            .journal()
+            .append(b"not a record".to_vec())
+            .await
+            .unwrap();
         let health = store.health().await;
         assert!(!health.ok, "{}", health.report);
         assert!(matches!(
