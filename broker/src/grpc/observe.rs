@@ -1,7 +1,8 @@
 //! Counts every gRPC call and its latency by method, for the Prometheus endpoint. Method labels
-//! are bounded: methods the broker serves; any other path (one that the router answers with
-//! UNIMPLEMENTED, or that is not shaped as a method of its services) is `other`. Otherwise a
-//! participant could add a series per made-up method name.
+//! are bounded: the methods the broker's services declare (their descriptors); any other path
+//! is `other`, even one shaped as a method of a service the broker serves, which the service's
+//! authentication refuses before the router could answer UNIMPLEMENTED. Otherwise a participant
+//! could add a series per made-up method name.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,16 +29,39 @@ pub struct Observe<S> {
     inner: S,
 }
 
+/// Every `/package.Service/Method` the broker's services declare: Une Fois's, health's and
+/// reflection's.
+static METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
+    std::sync::LazyLock::new(|| {
+        use prost::Message as _;
+        let mut methods = std::collections::HashSet::new();
+        for set in [
+            unefois_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ] {
+            let Ok(files) = prost_types::FileDescriptorSet::decode(set) else {
+                continue;
+            };
+            for file in &files.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        methods.insert(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        methods
+    });
+
 /// The method's label: `Service/Method` of the broker's services, or `other`.
 fn method_label(path: &str) -> String {
-    let known = ["/unefois.v1.", "/grpc.health.v1.", "/grpc.reflection.v1."];
-    let bounded = path.len() <= 96
-        && known.iter().any(|p| path.starts_with(p))
-        && path[1..].bytes().filter(|b| *b == b'/').count() == 1
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._".contains(&b));
-    if bounded {
+    if METHODS.contains(path) {
         path.trim_start_matches('/').to_string()
     } else {
         "other".to_string()
@@ -94,6 +118,12 @@ mod tests {
             "grpc.health.v1.Health/Check"
         );
         assert_eq!(method_label("/unefois.v1.Exchange/Fetch/extra"), "other");
+        // Shaped as a method of a service served, but none it declares.
+        assert_eq!(method_label("/unefois.v1.Exchange/ProbeA1"), "other");
+        assert_eq!(
+            method_label("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        );
         assert_eq!(method_label("/attacker.Random/abc123"), "other");
         assert_eq!(
             method_label(&format!("/unefois.v1.X/{}", "a".repeat(200))),
