@@ -120,14 +120,20 @@ impl Previews {
     /// when the table is full.
     pub fn hold(&self, id: &str, preview: Preview) -> Result<(), ApiError> {
         let mut held = self.lock();
-        let own = held
+        let own: Vec<Instant> = held
             .values()
             .filter(|p| p.participant == preview.participant)
-            .count();
-        if own >= self.per_participant {
+            .map(|p| p.deadline)
+            .collect();
+        if own.len() >= self.per_participant {
+            let now = Instant::now();
+            let first_free = own.into_iter().min().unwrap_or(now);
             return Err(ApiError::TooManyPreviews {
                 participant: preview.participant,
                 limit: self.per_participant,
+                retry_after: first_free
+                    .saturating_duration_since(now)
+                    .max(Duration::from_secs(1)),
             });
         }
         if held.len() >= self.capacity {

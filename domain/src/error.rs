@@ -152,6 +152,8 @@ pub enum ApiError {
         participant: String,
         /// Its share of the previews table.
         limit: usize,
+        /// When its oldest preview expires and frees a place.
+        retry_after: std::time::Duration,
     },
     /// The form is not registered.
     #[error("form {0:?} is not registered")]

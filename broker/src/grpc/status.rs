@@ -106,7 +106,9 @@ pub fn status(e: ApiError) -> Status {
         {
             details.set_retry_info(Some(*after));
         }
-        if let ApiError::RateLimited { retry_after } = &e {
+        if let ApiError::RateLimited { retry_after }
+        | ApiError::TooManyPreviews { retry_after, .. } = &e
+        {
             details.set_retry_info(Some(*retry_after));
         }
         Status::with_error_details(code(&e), e.to_string(), details)

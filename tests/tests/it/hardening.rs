@@ -601,6 +601,12 @@ async fn one_guichet_cannot_fill_the_previews_and_every_participant_has_a_rate()
         "{}",
         refusal.message()
     );
+    // Told when to try again, as every RATE_LIMITED is: when its oldest preview expires.
+    let delay = unefois_tests::refusals::retry_delay(&refusal).expect("a RetryInfo");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(600),
+        "{delay:?}"
+    );
     lyon.prefill(preview(&token)).await.expect_err("still full");
     // Another guichet is not refused for Lyon's previews.
     guichet(&broker, "mairie-villeurbanne")
