@@ -1452,12 +1452,8 @@ mod tests {
         .await;
     }
 
-    #[tokio::test]
-    async fn a_journal_that_no_longer_gives_the_signed_tree_stops_the_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let seed = [9; 32];
-        let open = || open_store(dir.path(), &seed);
-        let store = open().unwrap();
+    /// Twenty records, each acknowledged.
+    async fn append_twenty(store: &Embedded) {
         for i in 0..20u64 {
             store
                 .append_entry(Record::now(Event::RegistryLoaded {
@@ -1467,6 +1463,15 @@ mod tests {
                 .await
                 .unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_journal_that_no_longer_gives_the_signed_tree_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = [9; 32];
+        let open = || open_store(dir.path(), &seed);
+        let store = open().unwrap();
+        append_twenty(&store).await;
         store.close().await;
 
         // Record 5 rewritten in place with a valid checksum, and the tree's file lost: the
@@ -1529,15 +1534,7 @@ mod tests {
         let seed = [10; 32];
         let open = || open_store(dir.path(), &seed);
         let store = open().unwrap();
-        for i in 0..20u64 {
-            store
-                .append_entry(Record::now(Event::RegistryLoaded {
-                    registry_sha256: format!("{i:064x}"),
-                    files: Default::default(),
-                }))
-                .await
-                .unwrap();
-        }
+        append_twenty(&store).await;
         let (size, _) = store.latest_checkpoint().await.unwrap().unwrap();
         assert_eq!(size, 20);
         store.close().await;

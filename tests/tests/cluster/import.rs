@@ -24,14 +24,14 @@ fn unefois(args: &[&str]) -> anyhow::Result<Result<String, String>> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_imported_log_keeps_its_roots_and_the_auditors_trust() -> anyhow::Result<()> {
-    let pki = TestPki::for_sample_registry()?;
-    let pki_home = pki.dir().parent().context("the PKI's home")?.to_path_buf();
-    let pki_home = pki_home.to_str().context("a UTF-8 path")?;
-    let embedded_home = tempfile::tempdir()?;
-    let data = embedded_home.path().join("data");
-    let embedded = TestBroker::start_with(
+/// An embedded broker on the PKI's sample registry: its home (kept as long as the test needs
+/// it), its data folder, the broker.
+async fn embedded_broker(
+    pki: &TestPki,
+) -> anyhow::Result<(tempfile::TempDir, std::path::PathBuf, TestBroker)> {
+    let home = tempfile::tempdir()?;
+    let data = home.path().join("data");
+    let broker = TestBroker::start_with(
         pki.dir(),
         BrokerOptions {
             data_dir: Some(data.clone()),
@@ -39,6 +39,15 @@ async fn an_imported_log_keeps_its_roots_and_the_auditors_trust() -> anyhow::Res
         },
     )
     .await?;
+    Ok((home, data, broker))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_log_keeps_its_roots_and_the_auditors_trust() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let pki_home = pki.dir().parent().context("the PKI's home")?.to_path_buf();
+    let pki_home = pki_home.to_str().context("a UTF-8 path")?;
+    let (embedded_home, data, embedded) = embedded_broker(&pki).await?;
     let mut lyon = exchange(&embedded, "mairie-lyon").await?;
     for subject in ["test:alice", "test:bob", "test:carol"] {
         lyon.fetch(rfr(subject)).await?;
@@ -99,16 +108,7 @@ async fn an_imported_log_keeps_its_roots_and_the_auditors_trust() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_cut_short_is_finished_by_running_it_again() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
-    let embedded_home = tempfile::tempdir()?;
-    let data = embedded_home.path().join("data");
-    let embedded = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data.clone()),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let (embedded_home, data, embedded) = embedded_broker(&pki).await?;
     let mut fetches = Vec::new();
     for _ in 0..8 {
         let mut lyon = exchange(&embedded, "mairie-lyon").await?;
@@ -170,16 +170,7 @@ async fn an_import_cut_short_is_finished_by_running_it_again() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_under_another_trust_domain_is_refused() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
-    let embedded_home = tempfile::tempdir()?;
-    let data = embedded_home.path().join("data");
-    let embedded = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            data_dir: Some(data.clone()),
-            ..BrokerOptions::default()
-        },
-    )
-    .await?;
+    let (embedded_home, _, embedded) = embedded_broker(&pki).await?;
     exchange(&embedded, "mairie-lyon")
         .await?
         .fetch(rfr("test:alice"))

@@ -106,6 +106,22 @@ fn registry(dir: &Path, addr: SocketAddr) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// A broker on the sample registry with the DGFiP type served by the HTTP API at `addr`, with
+/// the PKI and the scratch folder it lives on (kept while the test runs).
+async fn broker_on(addr: SocketAddr) -> anyhow::Result<(TestPki, tempfile::TempDir, TestBroker)> {
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry: registry(scratch.path(), addr)?,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok((pki, scratch, broker))
+}
+
 fn rfr_request(subject: &str) -> pb::FetchRequest {
     pb::FetchRequest {
         subject: subject.into(),
@@ -118,16 +134,7 @@ fn rfr_request(subject: &str) -> pb::FetchRequest {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http_provider_answers_and_a_failing_one_is_isolated() -> anyhow::Result<()> {
     let (addr, api) = serve_api().await?;
-    let pki = TestPki::for_sample_registry()?;
-    let scratch = tempfile::tempdir()?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry: registry(scratch.path(), addr)?,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let (_pki, _scratch, broker) = broker_on(addr).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
 
     // Up: claims through their JSON pointers, only the permitted ones.
@@ -262,16 +269,7 @@ async fn a_hung_provider_costs_its_callers_their_deadline_and_nobody_else_anythi
 #[tokio::test(flavor = "multi_thread")]
 async fn a_callers_too_short_deadlines_leave_the_provider_to_the_others() -> anyhow::Result<()> {
     let (addr, api) = serve_api().await?;
-    let pki = TestPki::for_sample_registry()?;
-    let scratch = tempfile::tempdir()?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry: registry(scratch.path(), addr)?,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let (_pki, _scratch, broker) = broker_on(addr).await?;
     let mut lyon = ExchangeClient::new(broker.channel("mairie-lyon").await?);
     for _ in 0..5 {
         let mut request = tonic::Request::new(rfr_request("test:alice"));
