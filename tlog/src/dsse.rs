@@ -52,6 +52,9 @@ pub enum VerifyError {
     /// No signature by that key, or a wrong one.
     #[error("no valid signature by {0}")]
     BadSignature(String),
+    /// Signed, but not as an attestation: the signature covers another payload type.
+    #[error("payload type {0:?}, not an attestation ({PAYLOAD_TYPE})")]
+    NotAnAttestation(String),
 }
 
 /// The `<name>+<key hash>` prefix of a C2SP vkey, the key id its signatures carry: names never
@@ -64,9 +67,14 @@ pub fn keyid_of(vkey: &str) -> Option<String> {
     Some(format!("{name}+{hash}"))
 }
 
-/// Checks that `envelope` carries a valid signature by the key of `vkey` (what any holder of the
-/// published key can do offline).
+/// Checks that `envelope` is an attestation ([`PAYLOAD_TYPE`]) and carries a valid signature by
+/// the key of `vkey` (what any holder of the published key can do offline). The type is
+/// checked too: the day the key signs another kind of payload, its envelopes must not pass for
+/// attestations.
 pub fn verify(vkey: &str, envelope: &Envelope) -> Result<(), VerifyError> {
+    if envelope.payload_type != PAYLOAD_TYPE {
+        return Err(VerifyError::NotAnAttestation(envelope.payload_type.clone()));
+    }
     let keyid = keyid_of(vkey).ok_or(VerifyError::MalformedKey)?;
     let encoded = &vkey[keyid.len() + 1..];
     let raw = base64::engine::general_purpose::STANDARD
@@ -136,6 +144,22 @@ mod tests {
             Err(VerifyError::BadSignature(_))
         ));
         assert_eq!(verify("garbage", &envelope), Err(VerifyError::MalformedKey));
+        // The same key's valid signature over another payload type is no attestation.
+        let other = Envelope {
+            payload_type: "text/plain".into(),
+            signatures: vec![EnvelopeSignature {
+                keyid: keyid_of(&vkey).unwrap(),
+                sig: key
+                    .sign(&pae("text/plain", &envelope.payload))
+                    .to_bytes()
+                    .to_vec(),
+            }],
+            ..envelope.clone()
+        };
+        assert_eq!(
+            verify(&vkey, &other),
+            Err(VerifyError::NotAnAttestation("text/plain".into()))
+        );
         assert_eq!(
             payload_sha256(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

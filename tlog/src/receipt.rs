@@ -520,6 +520,18 @@ impl Checks {
             }
             checkpoints.push(checkpoint);
         }
+        // Every read of a history appends its own record first: two pages of one honest log
+        // never share a size, and two signed trees of one size with other roots are a fork.
+        if let Some(size) = fork_among(&checkpoints) {
+            return Err(failed(
+                None,
+                Check::Consistency,
+                format!(
+                    "two pages' checkpoints of {size} entries have different roots: the log \
+                     was rewritten"
+                ),
+            ));
+        }
         if let Some(later) = later {
             self.consistency(&keys.log, later, &checkpoints)?;
         }
@@ -590,6 +602,8 @@ impl Checks {
         let check = Check::Consistency;
         let mut seen = Vec::new();
         for old in earlier {
+            // One proof per size: a second checkpoint of that size is the same tree (the
+            // callers refused two roots of one size, `fork_among`).
             if seen.contains(&old.size) {
                 continue;
             }
@@ -692,4 +706,44 @@ fn recorded_access(entry: &[u8]) -> Result<AccessView, String> {
         purpose: x.purpose,
         outcome: x.outcome,
     })
+}
+
+/// A size at which two of `checkpoints` have different roots, if any.
+fn fork_among(checkpoints: &[VerifiedCheckpoint]) -> Option<u64> {
+    checkpoints.iter().enumerate().find_map(|(i, a)| {
+        checkpoints[i + 1..]
+            .iter()
+            .any(|b| b.size == a.size && b.root != a.root)
+            .then_some(a.size)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(size: u64, root: u8) -> VerifiedCheckpoint {
+        VerifiedCheckpoint {
+            origin: "unefois.test/unefois/audit".into(),
+            size,
+            root: [root; 32],
+        }
+    }
+
+    #[test]
+    fn two_roots_of_one_size_are_a_fork() {
+        for (pages, fork) in [
+            (vec![at(3, 1), at(4, 2)], None),
+            (vec![at(3, 1), at(3, 1)], None),
+            (vec![at(3, 1), at(5, 2), at(3, 9)], Some(3)),
+            (vec![], None),
+        ] {
+            assert_eq!(
+                fork_among(&pages),
+                fork,
+                "{:?}",
+                pages.iter().map(|c| c.size).collect::<Vec<_>>()
+            );
+        }
+    }
 }
