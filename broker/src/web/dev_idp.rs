@@ -50,11 +50,21 @@ struct Issued {
     created: Instant,
 }
 
+/// Whether `registry` is a development federation whose citizens' identity provider has the
+/// committed development key: the only registries the development provider serves.
+pub(super) fn still_served(registry: &Registry) -> bool {
+    registry.allow_test_subjects()
+        && registry
+            .identity_providers()
+            .iter()
+            .any(|p| p.keys.keys.iter().any(dev::is_committed_key))
+}
+
 impl DevIdp {
     /// The provider, if `registry` is a development federation that declares the committed
     /// development key and its signing key lies beside its JWKS.
     pub fn for_registry(registry: &Registry) -> Option<DevIdp> {
-        if !registry.allow_test_subjects() {
+        if !still_served(registry) {
             return None;
         }
         let provider = registry
@@ -178,7 +188,7 @@ pub async fn authorize_page(
     State(web): State<Arc<Web>>,
     Query(request): Query<AuthorizeQuery>,
 ) -> Response {
-    if web.dev_idp.is_none() {
+    if web.dev_idp().is_none() {
         return pages::not_found().await;
     }
     if let Err(why) = check(&web, &request) {
@@ -205,7 +215,7 @@ pub async fn authorize(
     headers: HeaderMap,
     Form(form): Form<AuthorizeForm>,
 ) -> Response {
-    let Some(idp) = &web.dev_idp else {
+    let Some(idp) = web.dev_idp() else {
         return pages::not_found().await;
     };
     if !web.same_origin(&headers) {
@@ -378,7 +388,7 @@ pub async fn agents_authorize_page(
     State(web): State<Arc<Web>>,
     Query(request): Query<AuthorizeQuery>,
 ) -> Response {
-    if web.dev_idp.is_none() {
+    if web.dev_idp().is_none() {
         return pages::not_found().await;
     }
     if let Err(why) = check_agents(&web, &request) {
@@ -397,7 +407,7 @@ pub async fn agents_authorize(
     headers: HeaderMap,
     Form(form): Form<AgentAuthorizeForm>,
 ) -> Response {
-    let Some(idp) = &web.dev_idp else {
+    let Some(idp) = web.dev_idp() else {
         return pages::not_found().await;
     };
     if !web.same_origin(&headers) {

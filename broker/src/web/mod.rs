@@ -146,7 +146,10 @@ pub(crate) struct Web {
     desk: session::Sessions<desk::DeskSession>,
     /// The auditors' console sessions.
     console: session::Sessions<console::ConsoleSession>,
-    dev_idp: Option<dev_idp::DevIdp>,
+    /// The development identity provider, when the registry the broker started with is a
+    /// development federation's; served only while the registry in force still is
+    /// ([`Web::dev_idp`]).
+    dev_idp_at_start: Option<dev_idp::DevIdp>,
     /// Whose `X-Forwarded-For` is believed ([`client::ClientSource`]).
     trusted_proxies: TrustedProxies,
     /// How long a page may take ([`page_timeout`]).
@@ -188,7 +191,7 @@ pub(crate) async fn serve(
             MAX_CONSOLE_SESSIONS,
             MAX_PENDING_LOGINS,
         ),
-        dev_idp,
+        dev_idp_at_start: dev_idp,
         trusted_proxies: web.trusted_proxies.clone(),
         page_timeout: limits.web_page_timeout,
     });
@@ -434,6 +437,13 @@ fn readable_refusal(response: Response, api: bool) -> Response {
 }
 
 impl Web {
+    /// The development identity provider, while the registry in force is a development
+    /// federation's with its committed key: a reload into a production registry ends it.
+    fn dev_idp(&self) -> Option<&dev_idp::DevIdp> {
+        let idp = self.dev_idp_at_start.as_ref()?;
+        dev_idp::still_served(&self.state.federation.registry()).then_some(idp)
+    }
+
     /// Whether a POST comes from the pages themselves: its `Origin` is the pages' origin, or,
     /// without one, `Sec-Fetch-Site` says same-origin; a browser that sends neither is judged
     /// by the CSRF token alone.

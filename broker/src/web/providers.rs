@@ -38,7 +38,7 @@ impl Web {
             .find_map(|p| p.login.clone())
         {
             Some(login) => Some(Door::Remote(login)),
-            None => self.dev_idp.as_ref().map(|_| Door::Development),
+            None => self.dev_idp().map(|_| Door::Development),
         }
     }
 
@@ -54,8 +54,7 @@ impl Web {
             return Some((Door::Remote(login), client));
         }
         let dev = super::dev_idp::agents_provider(&registry)?;
-        self.dev_idp
-            .as_ref()
+        self.dev_idp()
             .map(|_| (Door::Development, dev.client_id.clone()))
     }
 }
@@ -91,11 +90,9 @@ impl Door {
         verifier: &str,
     ) -> Option<String> {
         match self {
-            Door::Development => {
-                web.dev_idp
-                    .as_ref()?
-                    .redeem(code, client_id, redirect_uri, verifier)
-            }
+            Door::Development => web
+                .dev_idp()?
+                .redeem(code, client_id, redirect_uri, verifier),
             Door::Remote(login) => {
                 match token_request(login, code, client_id, redirect_uri, verifier).await {
                     Ok(token) => Some(token),

@@ -380,3 +380,49 @@ async fn a_development_federation_keeps_its_identity_provider_and_cannot_reload_
         .await?;
     broker.stop().await
 }
+
+/// A reload from a development federation into a production one ends the development identity
+/// provider: its page of fictitious people, its codes signed with the committed key, and the
+/// citizens' login that led there. Before the fix, what the broker started with stayed served.
+#[tokio::test]
+async fn a_reload_into_production_ends_the_development_identity_provider() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let dir = tempfile::tempdir()?;
+    unefois_tests::copy_sample_files(dir.path())?;
+    let registry = dir.path().join("registry.toml");
+    std::fs::copy(unefois_tests::sample_registry(), &registry)?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            registry: registry.clone(),
+            web: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut browser = unefois_tests::web::Browser::new(
+        broker.web_addr.ok_or_else(|| anyhow::anyhow!("no pages"))?,
+    )?;
+    let served = browser.get("/dev-idp/authorize").await?;
+    assert_ne!(served.status, 404, "served in development");
+
+    production_jwks(dir.path(), false)?;
+    let sample = std::fs::read_to_string(unefois_tests::sample_registry())?;
+    std::fs::write(
+        &registry,
+        production(&sample).replacen(
+            DEV_IDP,
+            "issuer = \"https://idp.production.example\"\njwks = \"prod-idp/jwks.json\"",
+            1,
+        ),
+    )?;
+    broker.reload().await?.map_err(anyhow::Error::msg)?;
+    let ended = browser.get("/dev-idp/authorize").await?;
+    assert_eq!(ended.status, 404, "{}", ended.body);
+    let login = browser.get("/citizen/login").await?;
+    assert!(
+        !login.location().unwrap_or_default().contains("/dev-idp/"),
+        "{login:?}"
+    );
+    broker.stop().await
+}
