@@ -35,6 +35,8 @@ pub(super) struct Logins<'w, S> {
     pub(super) web: &'w Web,
     pub(super) table: &'w Sessions<S>,
     pub(super) cookie: &'static str,
+    /// The cookie of the space's sessions: a login cancelled while one is open says so.
+    pub(super) session_cookie: &'static str,
     /// The space, as the failure page names it (« l'espace des agents »).
     pub(super) space: &'static str,
 }
@@ -164,8 +166,16 @@ impl<S: Clone + Ending> Logins<'_, S> {
     /// The page for an identity provider's answer that is an error: the login it answers ends
     /// and nothing is asked of the provider. What the provider wrote beside the code
     /// (`error_description`) is not shown: anyone can write it in a link.
-    fn refused_by_provider(&self, answer: &CallbackQuery) -> Response {
+    fn refused_by_provider(&self, headers: &HeaderMap, answer: &CallbackQuery) -> Response {
         self.table.take_login(&answer.state);
+        // « Prolonger la session » cancelled, or the person's login at a desk: the session
+        // already open in this browser stays open, and a person leaving a shared device must
+        // not read that they are not logged in.
+        let open = self
+            .web
+            .cookie_of(headers, self.session_cookie)
+            .and_then(|id| self.table.session(id))
+            .is_some();
         let code = match answer.error.as_str() {
             known @ ("access_denied"
             | "login_required"
@@ -184,6 +194,16 @@ impl<S: Clone + Ending> Logins<'_, S> {
             "web: the identity provider answered a login with an error"
         );
         match code {
+            "access_denied" if open => pages::error_page(
+                StatusCode::OK,
+                "Connexion annulée",
+                &format!(
+                    "La connexion a été annulée et rien n'a été fait. La session déjà ouverte \
+                     dans ce navigateur reste ouverte : si vous quittez cet appareil, \
+                     déconnectez-vous depuis {} (« Se déconnecter »).",
+                    self.space
+                ),
+            ),
             "access_denied" => pages::error_page(
                 StatusCode::OK,
                 "Connexion annulée",
@@ -225,7 +245,7 @@ impl<S: Clone + Ending> Logins<'_, S> {
         callback: &str,
     ) -> Result<(String, PendingLogin), Box<Response>> {
         if !answer.error.is_empty() {
-            return Err(Box::new(self.refused_by_provider(answer)));
+            return Err(Box::new(self.refused_by_provider(headers, answer)));
         }
         let failed = || Box::new(self.failed());
         let login = self.table.take_login(&answer.state).ok_or_else(failed)?;

@@ -92,15 +92,30 @@ async fn consents_of(
     caller: &Caller,
     session: &Session,
 ) -> Result<Vec<crate::consent::Consent>, ApiError> {
-    let input = crate::consents::ListInput {
-        subject: session.subject.as_str().to_string(),
-        id_token: session.id_token.clone(),
-        page_size: 200,
-        ..Default::default()
-    };
-    let (consents, _, _) = crate::consents::list(&web.state, caller, &input).await?;
-    Ok(consents)
+    let mut all = Vec::new();
+    let mut after = String::new();
+    // Every page (oldest first): the ones in force are the newest, after years of expired
+    // and withdrawn ones, and must never be cut off the page that withdraws them.
+    for _ in 0..MAX_LIST_PAGES {
+        let input = crate::consents::ListInput {
+            subject: session.subject.as_str().to_string(),
+            id_token: session.id_token.clone(),
+            page_size: crate::page::MAX_PAGE_SIZE,
+            page_token: after,
+            ..Default::default()
+        };
+        let (page, next, _) = crate::consents::list(&web.state, caller, &input).await?;
+        all.extend(page);
+        if next.is_empty() {
+            break;
+        }
+        after = next;
+    }
+    Ok(all)
 }
+
+/// Pages of consents or mandates read for one view at most: 10,000 of them.
+const MAX_LIST_PAGES: usize = 100;
 
 /// The person's mandates (every structure's: the ID token shows it is them), as
 /// `Mandates.List` reads them.
@@ -109,14 +124,24 @@ async fn mandates_of(
     caller: &Caller,
     session: &Session,
 ) -> Result<Vec<crate::mandate::Mandate>, ApiError> {
-    let input = crate::mandates::ListInput {
-        subject: session.subject.as_str().to_string(),
-        id_token: session.id_token.clone(),
-        page_size: 200,
-        ..Default::default()
-    };
-    let (mandates, _, _) = crate::mandates::list(&web.state, caller, &input).await?;
-    Ok(mandates)
+    let mut all = Vec::new();
+    let mut after = String::new();
+    for _ in 0..MAX_LIST_PAGES {
+        let input = crate::mandates::ListInput {
+            subject: session.subject.as_str().to_string(),
+            id_token: session.id_token.clone(),
+            page_size: crate::page::MAX_PAGE_SIZE,
+            page_token: after,
+            ..Default::default()
+        };
+        let (page, next, _) = crate::mandates::list(&web.state, caller, &input).await?;
+        all.extend(page);
+        if next.is_empty() {
+            break;
+        }
+        after = next;
+    }
+    Ok(all)
 }
 
 #[derive(Template)]
@@ -383,6 +408,7 @@ fn logins(web: &Web) -> Logins<'_, Session> {
         web,
         table: &web.sessions,
         cookie: LOGIN_COOKIE,
+        session_cookie: SESSION_COOKIE,
         space: "l'espace usager",
     }
 }
@@ -529,6 +555,13 @@ pub async fn confirm_withdraw(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
+    // Reached from another site, it reads (and records a read of) nothing until asked.
+    if web.sent_from_elsewhere(&headers) && crate::validate::identifier("id", &id, 64).is_ok() {
+        return pages::continue_here(
+            &format!("/citizen/consents/{id}/withdraw"),
+            "Afficher le retrait du consentement",
+        );
+    }
     let (session, caller) = match signed_in(&web, &headers) {
         Ok(signed) => signed,
         Err(page) => return *page,
@@ -582,6 +615,13 @@ pub async fn withdraw(
     )
     .await;
     match revoked {
+        Ok(r) if r.ended == 0 => announce(
+            &web,
+            &session_id,
+            "Ce consentement n'était plus en vigueur (expiré ou déjà retiré) : il n'y avait rien \
+             à retirer."
+                .into(),
+        ),
         Ok(_) => announce(&web, &session_id, "Votre consentement a été retiré.".into()),
         Err(e) => refused(&e),
     }
@@ -601,6 +641,13 @@ pub async fn confirm_revoke_mandate(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
+    // Reached from another site, it reads (and records a read of) nothing until asked.
+    if web.sent_from_elsewhere(&headers) && crate::validate::identifier("id", &id, 64).is_ok() {
+        return pages::continue_here(
+            &format!("/citizen/mandates/{id}/revoke"),
+            "Afficher la révocation du mandat",
+        );
+    }
     let (session, caller) = match signed_in(&web, &headers) {
         Ok(signed) => signed,
         Err(page) => return *page,

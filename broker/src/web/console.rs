@@ -159,6 +159,7 @@ fn logins(web: &Web) -> Logins<'_, ConsoleSession> {
         web,
         table: &web.console,
         cookie: CONSOLE_LOGIN_COOKIE,
+        session_cookie: CONSOLE_COOKIE,
         space: "la console d'audit",
     }
 }

@@ -378,6 +378,7 @@ fn logins(web: &Web) -> Logins<'_, DeskSession> {
         web,
         table: &web.desk,
         cookie: DESK_LOGIN_COOKIE,
+        session_cookie: DESK_COOKIE,
         space: "l'espace des agents",
     }
 }

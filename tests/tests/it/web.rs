@@ -209,6 +209,16 @@ async fn a_citizen_sees_who_read_their_data_and_a_withdrawal_stops_the_next_fetc
         );
     }
     assert_eq!(browser.cookie("unefois_session"), Some(session.as_str()));
+    // Sent again (a second tab, a consent that expired meanwhile): nothing was in force, and
+    // the page does not say it withdrew anything.
+    let twice = browser.post(&withdraw, &[("csrf", &csrf)], None).await?;
+    let twice = browser.follow(twice).await?;
+    assert!(
+        twice.body.contains("il n&#39;y avait rien à retirer")
+            && !twice.body.contains("a été retiré"),
+        "{}",
+        twice.body
+    );
 
     // The very next gRPC fetch under it is refused.
     refused(
@@ -375,6 +385,32 @@ async fn a_login_cancelled_at_the_identity_provider_says_so() -> anyhow::Result<
     let late = browser.get(&callback).await?;
     assert_eq!(late.status, 400, "{}", late.body);
     assert!(late.body.contains("Connexion échouée"));
+    // « Prolonger la session » cancelled: the session open in this browser stays open, and the
+    // page says so, never « vous n'êtes pas connecté » to someone about to leave a shared device.
+    let home = browser.log_in("test:alice").await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    let again = browser.get("/citizen/login").await?;
+    let state = again
+        .location()
+        .context("no redirect")?
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("state="))
+        .context("no state")?
+        .to_string();
+    let cancelled = browser
+        .get(&format!(
+            "/citizen/callback?error=access_denied&state={state}"
+        ))
+        .await?;
+    assert!(
+        cancelled.body.contains("reste ouverte")
+            && cancelled.body.contains("Se déconnecter")
+            && !cancelled.body.contains("vous n&#39;êtes pas connecté"),
+        "{}",
+        cancelled.body
+    );
+    let still = browser.get("/citizen").await?;
+    assert!(still.body.contains("Qui a consulté"), "{}", still.body);
     // The provider down: a 503 that says so.
     let unavailable = browser
         .get("/citizen/callback?error=temporarily_unavailable&state=x")
@@ -567,6 +603,16 @@ async fn the_statement_reached_from_elsewhere_reads_nothing_until_asked() -> any
     for (path, site) in [
         ("/citizen/releve", "cross-site"),
         ("/citizen/releve", "same-site"),
+        // The confirmation pages read the person's consents or mandates (a consents read is
+        // recorded): not from elsewhere either.
+        (
+            "/citizen/consents/0190a8c2-0000-7000-8000-000000000000/withdraw",
+            "cross-site",
+        ),
+        (
+            "/citizen/mandates/0190a8c2-0000-7000-8000-000000000000/revoke",
+            "cross-site",
+        ),
     ] {
         let page = browser.get_from(path, site).await?;
         assert_eq!(page.status, 200, "{}", page.body);
@@ -1031,4 +1077,56 @@ fn provider_jwks(
     provider: &unefois_tests::identity_provider::IdentityProvider,
 ) -> anyhow::Result<Vec<u8>> {
     Ok(serde_json::to_vec(&provider.jwks())?)
+}
+
+/// A person with more than a page of consents (100 ended ones, then one in force) sees the one
+/// in force and can withdraw it: before the fix the page read the first 100, oldest first, and
+/// the newest were missing, their withdrawal page answering « n'existe pas ».
+#[tokio::test]
+async fn a_consent_in_force_after_a_hundred_ended_ones_is_shown_and_withdrawn() -> anyhow::Result<()>
+{
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, mut browser) = broker_with_pages(&pki).await?;
+    let mandate = take_mandate(&broker, "test:alice", CANTINE).await?;
+    let mut agent =
+        unefois_proto::v1::consents_client::ConsentsClient::new(broker.channel(AGENT).await?);
+    let grant = || pb::GrantConsentRequest {
+        subject: "test:alice".into(),
+        consumer: "mairie-lyon".into(),
+        attestation_types: vec![QF.into()],
+        purpose: CANTINE.into(),
+        valid_days: 30,
+        mandate_id: mandate.id.clone(),
+        ..Default::default()
+    };
+    for _ in 0..100 {
+        let id = agent
+            .grant(grant())
+            .await?
+            .into_inner()
+            .consent
+            .context("no consent")?
+            .id;
+        agent
+            .revoke(pb::RevokeConsentRequest {
+                consent_id: id,
+                mandate_id: mandate.id.clone(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let in_force = agent
+        .grant(grant())
+        .await?
+        .into_inner()
+        .consent
+        .context("no consent")?
+        .id;
+    let home = browser.log_in("test:alice").await?;
+    let withdraw = format!("/citizen/consents/{in_force}/withdraw");
+    assert!(home.links().contains(&withdraw), "not shown");
+    let confirm = browser.get(&withdraw).await?;
+    assert_eq!(confirm.status, 200, "{}", confirm.body);
+    broker.stop().await?;
+    Ok(())
 }
