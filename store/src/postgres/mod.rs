@@ -273,7 +273,9 @@ impl Postgres {
         let (entries, checkpoint) = source.latest_checkpoint().await?.unwrap_or_default();
         let size = read_head(&*self.client().await?).await?.size;
         let start = match self.unfinished_import().await? {
-            None if size == 0 => 0,
+            // Nothing copied yet (none, or a cut before the first transaction committed): an
+            // empty log is the start of any.
+            _ if size == 0 => 0,
             None => {
                 return Err(StoreError::Database(format!(
                     "the log in {} already has {size} entries: import only into an empty one",
