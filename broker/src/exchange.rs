@@ -200,6 +200,18 @@ fn recorded_fingerprint(
     )
 }
 
+/// Below this, a deadline that runs out says nothing of the provider: a consumer who sends calls
+/// with a few milliseconds would otherwise open a provider's breaker for every other one. From
+/// it on, a provider that does not answer in time is failing, whoever chose the time: callers
+/// who all send short deadlines still open the breaker of a provider that hangs.
+pub const MIN_JUDGING_BUDGET: Duration = Duration::from_secs(1);
+
+/// Whether a provider call given `budget` (the broker's own time for a provider being
+/// `provider_timeout`) is too short for its running out to count against the provider.
+fn too_short_to_judge(budget: Duration, provider_timeout: Duration) -> bool {
+    budget < MIN_JUDGING_BUDGET.min(provider_timeout)
+}
+
 /// The caller's rate limit.
 fn admit(state: &State, caller: &Caller) -> Result<(), ApiError> {
     state
@@ -696,9 +708,7 @@ async fn provide(
         d.saturating_sub((d / 10).max(Duration::from_millis(100)))
             .min(state.provider_timeout)
     });
-    // A caller's deadline shorter than the broker's own time for a provider: its running out
-    // is the caller's choice, not the provider's failure.
-    let callers_deadline = budget < state.provider_timeout;
+    let callers_deadline = too_short_to_judge(budget, state.provider_timeout);
     let request = AdapterRequest {
         subject: decision.subject.as_str().to_string(),
         attestation_type: decision.attestation_type.clone(),
@@ -791,4 +801,33 @@ async fn provide(
             message: why,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_fair_time_run_out_counts_against_the_provider() {
+        let broker_own = Duration::from_secs(5);
+        for (budget_ms, too_short) in [
+            (0, true),
+            (50, true),
+            (999, true),
+            (1_000, false),
+            (1_500, false),
+            (5_000, false),
+        ] {
+            assert_eq!(
+                too_short_to_judge(Duration::from_millis(budget_ms), broker_own),
+                too_short,
+                "{budget_ms} ms"
+            );
+        }
+        // A broker whose own time for a provider is shorter judges by it.
+        assert!(!too_short_to_judge(
+            Duration::from_millis(500),
+            Duration::from_millis(500)
+        ));
+    }
 }

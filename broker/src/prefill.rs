@@ -227,7 +227,6 @@ pub async fn prefill(
     Ok(answer(&form, results, BTreeMap::new()))
 }
 
-/// Nothing is answered that the journal could not record.
 /// The request id of the Fetch for type `ty` of a pre-fill sent with `request_id`: the same at
 /// each retry of the pre-fill. `request_id:ty` while it is a request id (128 characters at
 /// most), else a digest of it: a pre-fill's own id of up to 128 characters is valid, and must
@@ -263,6 +262,7 @@ async fn confirmed_again(
     exchange::resend(state, confirmed).await
 }
 
+/// Nothing is answered that the journal could not record.
 fn refuse_unrecorded<T>(results: &BTreeMap<String, Result<T, ApiError>>) -> Result<(), ApiError> {
     if results
         .values()
