@@ -347,10 +347,10 @@ pub async fn confirm(
         let person = Person::parse(state, &held.input.subject);
         let decision = decide(state, caller, &held.input, person, &loaded, &mut event).await?;
         let claims = policy::still_released(&decision, &held.claims);
-        let origin = held
-            .origin
-            .as_ref()
-            .map(|o| o.narrowed(&held.claims, &claims));
+        let origin = held.origin.as_ref().map(|o| {
+            o.narrowed(&held.claims, &claims)
+                .issued_at(OffsetDateTime::now_utc().unix_timestamp())
+        });
         issue(
             state,
             caller,

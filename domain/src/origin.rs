@@ -85,6 +85,45 @@ impl Recorded {
     }
 }
 
+impl Recorded {
+    /// The record for an attestation issued at `now` (Unix seconds) from a statement signed
+    /// earlier (a pre-fill confirmed minutes after its preview): the statement stays only while
+    /// its `iat` is within what a consumer's verifier accepts of the attestation's `issued_at`
+    /// (docs/origin.md, [`unefois_adapters::origin::MAX_SKEW_SECONDS`], with a margin for the
+    /// time to issue it); past that, only that the broker verified it.
+    pub fn issued_at(&self, now: i64) -> Recorded {
+        const MARGIN_SECONDS: i64 = 10;
+        let fresh = self.origin.statement.as_deref().is_none_or(|jws| {
+            statement_iat(jws).is_some_and(|iat| {
+                iat.saturating_sub(now).saturating_abs()
+                    <= unefois_adapters::origin::MAX_SKEW_SECONDS - MARGIN_SECONDS
+            })
+        });
+        if fresh {
+            return self.clone();
+        }
+        Recorded {
+            origin: ProviderOrigin {
+                proof: PROOF_VERIFIED_BY_BROKER.to_string(),
+                statement: None,
+                ..self.origin.clone()
+            },
+            subject_key: None,
+        }
+    }
+}
+
+/// The `iat` of a compact JWS statement the adapter verified (its payload, read again).
+fn statement_iat(jws: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Iat {
+        iat: i64,
+    }
+    let payload = jws.split('.').nth(1)?;
+    let bytes = B64.decode(payload.trim_end_matches('=').as_bytes()).ok()?;
+    serde_json::from_slice::<Iat>(&bytes).ok().map(|i| i.iat)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -147,5 +186,38 @@ mod tests {
             (verified.origin.statement, verified.subject_key),
             (None, None)
         );
+    }
+
+    #[test]
+    fn a_statement_older_than_a_verifier_accepts_is_not_carried() {
+        let now = 1_800_000_000;
+        let signed_at = |iat: i64| {
+            let payload = B64.encode(format!(r#"{{"iat":{iat},"nonce":"n"}}"#));
+            Recorded {
+                origin: ProviderOrigin {
+                    proof: PROOF_STATEMENT.to_string(),
+                    kid: "k".into(),
+                    alg: "EdDSA".into(),
+                    jkt: "j".into(),
+                    statement: Some(format!("e30.{payload}.c2ln")),
+                },
+                subject_key: Some([1; 32]),
+            }
+        };
+        for (iat, carried) in [
+            (now, true),
+            (now - 200, true),
+            (now + 200, true),
+            (now - 295, false),
+            (now - 400, false),
+            (now + 400, false),
+        ] {
+            let issued = signed_at(iat).issued_at(now);
+            assert_eq!(issued.origin.statement.is_some(), carried, "{}", now - iat);
+            assert_eq!(issued.subject_key.is_some(), carried);
+            if !carried {
+                assert_eq!(issued.origin.proof, PROOF_VERIFIED_BY_BROKER);
+            }
+        }
     }
 }
