@@ -74,6 +74,12 @@ impl Recorded {
         if held == released {
             return self.clone();
         }
+        self.verified_by_broker()
+    }
+
+    /// The same signature, recorded as verified by the broker only: its key, nothing of what
+    /// was signed.
+    fn verified_by_broker(&self) -> Recorded {
         Recorded {
             origin: ProviderOrigin {
                 proof: PROOF_VERIFIED_BY_BROKER.to_string(),
@@ -83,9 +89,7 @@ impl Recorded {
             subject_key: None,
         }
     }
-}
 
-impl Recorded {
     /// The record for an attestation issued at `now` (Unix seconds) from a statement signed
     /// earlier (a pre-fill confirmed minutes after its preview): the statement stays only while
     /// its `iat` is within what a consumer's verifier accepts of the attestation's `issued_at`
@@ -102,14 +106,7 @@ impl Recorded {
         if fresh {
             return self.clone();
         }
-        Recorded {
-            origin: ProviderOrigin {
-                proof: PROOF_VERIFIED_BY_BROKER.to_string(),
-                statement: None,
-                ..self.origin.clone()
-            },
-            subject_key: None,
-        }
+        self.verified_by_broker()
     }
 }
 
