@@ -92,11 +92,7 @@ async fn consents_of(
     caller: &Caller,
     session: &Session,
 ) -> Result<Vec<crate::consent::Consent>, ApiError> {
-    let mut all = Vec::new();
-    let mut after = String::new();
-    // Every page (oldest first): the ones in force are the newest, after years of expired
-    // and withdrawn ones, and must never be cut off the page that withdraws them.
-    for _ in 0..MAX_LIST_PAGES {
+    every_page(|after| {
         let input = crate::consents::ListInput {
             subject: session.subject.as_str().to_string(),
             id_token: session.id_token.clone(),
@@ -104,18 +100,13 @@ async fn consents_of(
             page_token: after,
             ..Default::default()
         };
-        let (page, next, _) = crate::consents::list(&web.state, caller, &input).await?;
-        all.extend(page);
-        if next.is_empty() {
-            break;
+        async move {
+            let (page, next, _) = crate::consents::list(&web.state, caller, &input).await?;
+            Ok((page, next))
         }
-        after = next;
-    }
-    Ok(all)
+    })
+    .await
 }
-
-/// Pages of consents or mandates read for one view at most: 10,000 of them.
-const MAX_LIST_PAGES: usize = 100;
 
 /// The person's mandates (every structure's: the ID token shows it is them), as
 /// `Mandates.List` reads them.
@@ -124,9 +115,7 @@ async fn mandates_of(
     caller: &Caller,
     session: &Session,
 ) -> Result<Vec<crate::mandate::Mandate>, ApiError> {
-    let mut all = Vec::new();
-    let mut after = String::new();
-    for _ in 0..MAX_LIST_PAGES {
+    every_page(|after| {
         let input = crate::mandates::ListInput {
             subject: session.subject.as_str().to_string(),
             id_token: session.id_token.clone(),
@@ -134,7 +123,29 @@ async fn mandates_of(
             page_token: after,
             ..Default::default()
         };
-        let (page, next, _) = crate::mandates::list(&web.state, caller, &input).await?;
+        async move {
+            let (page, next, _) = crate::mandates::list(&web.state, caller, &input).await?;
+            Ok((page, next))
+        }
+    })
+    .await
+}
+
+/// Pages of consents or mandates read for one view at most: 10,000 of them.
+const MAX_LIST_PAGES: usize = 100;
+
+/// Every page `read` gives from the first (a page, and the token of the next, empty at the
+/// end), [`MAX_LIST_PAGES`] at most. Every one, oldest first: the ones in force are the
+/// newest, after years of expired and withdrawn ones, and must never be cut off the page that
+/// withdraws them.
+async fn every_page<T, F>(mut read: impl FnMut(String) -> F) -> Result<Vec<T>, ApiError>
+where
+    F: std::future::Future<Output = Result<(Vec<T>, String), ApiError>>,
+{
+    let mut all = Vec::new();
+    let mut after = String::new();
+    for _ in 0..MAX_LIST_PAGES {
+        let (page, next) = read(after).await?;
         all.extend(page);
         if next.is_empty() {
             break;
