@@ -7,7 +7,7 @@ use std::fmt;
 use serde_json::Value;
 use time::{Date, Month};
 
-use crate::adapter::AdapterError;
+use crate::error::AdapterError;
 
 /// Longest string claim value accepted, in bytes.
 pub const MAX_STRING_BYTES: usize = 4096;

@@ -18,6 +18,7 @@
 pub mod adapter;
 pub mod civil_status;
 pub mod claims;
+pub mod error;
 pub mod http;
 pub mod origin;
 pub mod rate_limit;
@@ -26,9 +27,10 @@ pub mod static_dataset;
 
 #[cfg(feature = "runtime")]
 pub use adapter::{Adapter, AdapterRequest, Attempt, check_request};
-pub use adapter::{AdapterError, Answer, LegalBasis};
+pub use adapter::{Answer, LegalBasis};
 pub use civil_status::{CivilStatus, Sex};
 pub use claims::{ClaimSpec, ClaimType, ClaimValue, Claims, MAX_STRING_BYTES, check_claims, quote};
+pub use error::AdapterError;
 pub use http::{
     ClaimMapping, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, HttpConfig,
     HttpConfigError, HttpMethod, MAX_JSON_DEPTH, Placeholder, SexCodes,

@@ -30,8 +30,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::adapter::AdapterError;
 use crate::claims::{ClaimSpec, ClaimValue, Claims, quote};
+use crate::error::AdapterError;
 
 /// The `typ` of a signed statement's JWS header.
 pub const STATEMENT_TYP: &str = "unefois-origin+json";

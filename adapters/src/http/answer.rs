@@ -1,7 +1,7 @@
 //! Reading a provider's answer: bounded JSON, and where each claim lies in it.
 
-use crate::adapter::AdapterError;
 use crate::claims::quote;
+use crate::error::AdapterError;
 
 /// Refuses a JSON text nesting arrays and objects deeper than `max`, scanning the raw
 /// bytes (brackets inside strings do not count).

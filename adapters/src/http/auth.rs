@@ -30,7 +30,7 @@ use reqwest::header::HeaderValue;
 use tokio::time::Instant;
 
 #[cfg(feature = "runtime")]
-use crate::adapter::AdapterError;
+use crate::error::AdapterError;
 
 #[cfg(feature = "runtime")]
 /// Largest token endpoint answer read (a token response is a few KiB at most).

@@ -13,8 +13,10 @@ use serde_json::Value;
 
 use super::answer::{check_depth, validate_pointer};
 #[cfg(feature = "runtime")]
-use crate::adapter::{AdapterError, Attempt};
+use crate::adapter::Attempt;
 use crate::claims::quote;
+#[cfg(feature = "runtime")]
+use crate::error::AdapterError;
 
 /// Largest error body read for its code: error documents are small, and a provider's fault
 /// must not cost more memory than its answer would.

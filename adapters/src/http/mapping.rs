@@ -19,8 +19,8 @@ use time::format_description::OwnedFormatItem;
 use super::answer::validate_pointer;
 use super::key_segment;
 use super::placeholder::{Token, padded, tokenize};
-use crate::adapter::AdapterError;
 use crate::claims::{ClaimSpec, ClaimType, ClaimValue, Claims, quote};
+use crate::error::AdapterError;
 
 /// Longest JSON pointer or JSONPath accepted, in bytes.
 pub const MAX_PATH_BYTES: usize = 512;

@@ -4,7 +4,8 @@
 use reqwest::RequestBuilder;
 use reqwest::header::{HeaderMap, HeaderValue};
 
-use crate::adapter::{AdapterError, AdapterRequest};
+use crate::adapter::AdapterRequest;
+use crate::error::AdapterError;
 use crate::origin::{
     Challenge, Expected, NONCE_HEADER, Origin, OriginPolicy, SIGNATURE_HEADER, SUBJECT_KEY_HEADER,
     missing, verify_detached,

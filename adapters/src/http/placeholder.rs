@@ -5,9 +5,11 @@
 use std::fmt;
 
 #[cfg(feature = "runtime")]
-use crate::adapter::{AdapterError, AdapterRequest, LegalBasis};
+use crate::adapter::{AdapterRequest, LegalBasis};
 #[cfg(feature = "runtime")]
 use crate::civil_status::CivilStatus;
+#[cfg(feature = "runtime")]
+use crate::error::AdapterError;
 
 /// A piece of a template.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use super::placeholder::Values;
 use super::placeholder::{Placeholder, SexCodes, Template, Token, parse_template, placeholders};
 use super::{URL_COMPONENT, key_segment};
 #[cfg(feature = "runtime")]
-use crate::adapter::AdapterError;
+use crate::error::AdapterError;
 
 /// Longest query parameter name accepted, in bytes.
 const MAX_QUERY_NAME_BYTES: usize = 128;
