@@ -41,7 +41,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -1278,12 +1278,11 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Creates `path` and its missing parents 0700, syncing the parent of each folder it creates:
+/// a backup reported written, or a restored data folder, must not lose its own entry at a
+/// power loss.
 fn create_private_dir(path: &Path) -> Result<(), BackupError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(io_err(path))
+    unefois_journal::private::private_dir(path).map_err(io_err(path))
 }
 
 /// Copies `from` to the new file `to` (0600, synced); its length and SHA-256.
@@ -1389,11 +1388,7 @@ mod tests {
     /// Every key file of [`KEY_FILES`], 0600 in a 0700 folder, each of its own bytes.
     fn write_keys(dir: &Path) {
         let keys = dir.join(KEYS);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&keys)
-            .unwrap();
+        create_private_dir(&keys).unwrap();
         for (i, spec) in KEY_FILES.iter().enumerate() {
             OpenOptions::new()
                 .write(true)
