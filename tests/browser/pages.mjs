@@ -143,6 +143,24 @@ await flip('entry', 10);
 said = await verifyFirst();
 check(said.includes('a échoué'), `an entry changed by one byte fails: ${said}`);
 await page.reload();
+// The entry must also record what its row shows: a row whose time or outcome is not the
+// entry's (a page showing one exchange and proving another) fails, naming what differs.
+await page.evaluate(() => {
+  const time = document.querySelector('button.verify').closest('tr').querySelector('time');
+  const shown = new Date(time.getAttribute('datetime'));
+  time.setAttribute('datetime', new Date(shown.getTime() + 3600e3).toISOString().replace(/\.\d+/, ''));
+});
+said = await verifyFirst();
+check(said.includes('a échoué') && said.includes('la date'), `a row shown at another time fails: ${said}`);
+await page.reload();
+await page.evaluate(() => {
+  const button = document.querySelector('button.verify');
+  button.dataset.outcome = button.dataset.outcome === 'granted' ? 'denied' : 'granted';
+});
+said = await verifyFirst();
+check(said.includes('a échoué') && said.includes('le résultat') && !said.includes('la date'),
+  `a row shown with another outcome fails: ${said}`);
+await page.reload();
 await flip('checkpoint', 'size');
 said = await verifyFirst();
 check(said.includes('a échoué') && said.includes('signature'), `a checkpoint changed by one byte fails: ${said}`);

@@ -22,10 +22,21 @@ pub(super) struct AccessRow {
     pub(super) channel: String,
     pub(super) outcome: &'static str,
     pub(super) leaf_index: u64,
+    /// What the row shows as the entry records it (participant, attestation type, purpose and
+    /// outcome codes): « Vérifier » checks that the entry it proves says the same.
+    pub(super) recorded: Recorded,
     /// The entry's bytes, base64.
     pub(super) entry: String,
     /// Its inclusion proof, base64 hashes joined by commas.
     pub(super) proof: String,
+}
+
+/// The codes an access row is made from, as its entry records them.
+pub(super) struct Recorded {
+    pub(super) participant: String,
+    pub(super) attestation_type: String,
+    pub(super) purpose: String,
+    pub(super) outcome: &'static str,
 }
 
 /// One consent.
@@ -136,6 +147,12 @@ impl Names<'_> {
                 Outcome::Rejected => "Refusées par vous : rien n'a été transmis",
             },
             leaf_index: a.leaf_index,
+            recorded: Recorded {
+                participant: x.participant.clone(),
+                attestation_type: x.attestation_type.clone(),
+                purpose: x.purpose.clone(),
+                outcome: x.outcome.name(),
+            },
             entry: B64.encode(&a.entry),
             proof: a
                 .inclusion_proof
