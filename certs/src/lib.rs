@@ -13,6 +13,7 @@
 
 mod crl;
 mod error;
+mod issued;
 mod peer;
 mod pem;
 mod pki;

@@ -5,7 +5,8 @@
 //! - `crl.pem`: the CRL, the only record of revocations;
 //! - `broker.crt`, `broker.key`: the broker's server certificate;
 //! - `<participant>.crt`, `<participant>.key`: participants' client certificates;
-//! - `agents/<participant>/<agent>.crt`, `.key`: agents' client certificates.
+//! - `agents/<participant>/<agent>.crt`, `.key`: agents' client certificates;
+//! - `issued.log`: every certificate issued, by name and serial (what revoking a name reaches).
 //!
 //! Private keys are ECDSA P-256, PKCS#8 PEM, mode 0600; certificates and the CRL are mode 0644.
 //! Every file is replaced atomically.
@@ -153,7 +154,7 @@ fn display(path: &Path) -> String {
 
 impl Pki {
     /// Creates what is missing in a PKI directory and opens it: the CA (`ca.crt`, `ca.key`), a
-    /// certificate for every listed participant lacking `<id>.crt` or `<id>.key`, the broker's
+    /// certificate for every listed participant lacking `<id>.crt`, the broker's
     /// server certificate (SAN DNS localhost, IP 127.0.0.1 and ::1, EKU serverAuth only) and an
     /// empty CRL valid 30 days. Idempotent: existing files are kept. Errors if an existing CA
     /// belongs to another trust domain, or a participant id is invalid or reserved ("ca", "broker").
@@ -180,7 +181,9 @@ impl Pki {
             Pki::create_ca(dir, trust_domain)?
         };
         for id in participants {
-            if !pki.cert_path(id).exists() || !pki.key_path(id).exists() {
+            // A certificate without its key is one whose key was handed over (the key is
+            // written first): reissuing it would leave the one in use out of this folder.
+            if !pki.cert_path(id).exists() {
                 pki.issue_participant(id, &Validity::default())?;
             }
         }
@@ -324,7 +327,7 @@ impl Pki {
 
     /// (Re)issues `<id>.crt`/`<id>.key` for a participant: EKU clientAuth only, SAN URI
     /// `spiffe://<td>/participant/<id>`. The previous certificate, if any, stays valid until
-    /// revoked.
+    /// revoked (revoking the participant revokes every certificate it was issued: `issued.log`).
     pub fn issue_participant(
         &self,
         id: &str,
@@ -458,6 +461,12 @@ impl Pki {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| CertError::generate(what, e))?;
+        crate::issued::record(
+            &self.dir,
+            name,
+            &normalize_serial(&serial),
+            validity.not_after,
+        )?;
         write_atomic(
             &self.key_path(name),
             key.serialize_pem().as_bytes(),
@@ -467,34 +476,61 @@ impl Pki {
         Ok(normalize_serial(&serial))
     }
 
-    /// Adds the certificate currently at `cert_path(name)` ("caf", "caf/a.martin", "broker") to
-    /// the CRL and re-signs `crl.pem` with the next CRL number, valid 30 days. Revoking a
-    /// participant also revokes every agent certificate this PKI issued under it
-    /// (`agents/<participant>/*.crt`): an agent acts in its structure's name, and must not
-    /// outlive it. Returns the names newly revoked, the participant first; a serial already in
-    /// the CRL is left as it is (revoking again is not an error, and revokes the agents issued
-    /// since).
+    /// Adds every unexpired certificate issued to `name` ("caf", "caf/a.martin", "broker") to
+    /// the CRL: the one at `cert_path(name)` and those `issued.log` records (reissued ones,
+    /// whose files were replaced), and re-signs `crl.pem` with the next CRL number, valid 30
+    /// days. Revoking a participant also revokes every agent certificate this PKI issued under
+    /// it (`agents/<participant>/*.crt` and the record's): an agent acts in its structure's
+    /// name, and must not outlive it. Returns the names newly revoked, the participant first; a
+    /// serial already in the CRL is left as it is (revoking again is not an error, and revokes
+    /// the certificates issued since).
     pub fn revoke(&self, name: &str) -> Result<Vec<String>, CertError> {
         validate_name(name)?;
+        let issued = crate::issued::read(&self.dir)?;
+        let now = OffsetDateTime::now_utc();
         let mut names = vec![name.to_owned()];
         if name != BROKER_NAME && !name.contains('/') {
-            names.extend(self.agents_of(name)?);
+            let mut agents = self.agents_of(name)?;
+            let prefix = format!("{name}/");
+            agents.extend(
+                issued
+                    .iter()
+                    .filter(|i| i.name.starts_with(&prefix) && validate_name(&i.name).is_ok())
+                    .map(|i| i.name.clone()),
+            );
+            agents.sort();
+            agents.dedup();
+            names.extend(agents);
         }
         let current = self.read_crl()?;
-        let now = OffsetDateTime::now_utc();
         let mut revoked = current.revoked;
         let mut newly = Vec::new();
-        for name in names {
-            let serial = self.issued_serial(&name)?;
-            if revoked.iter().any(|r| r.serial == serial) {
-                continue;
+        for each in names {
+            let mut serials: Vec<Vec<u8>> = issued
+                .iter()
+                .filter(|i| i.name == each && i.not_after > now.unix_timestamp())
+                .map(|i| i.serial.clone())
+                .collect();
+            // A certificate issued before the record existed is known by its file alone; the
+            // name asked for must have one or the other.
+            if self.cert_path(&each).exists() || (each == name && serials.is_empty()) {
+                serials.push(self.issued_serial(&each)?);
             }
-            revoked.push(RevokedEntry {
-                serial,
-                revocation_time: now,
-                reason: Some(RevocationReason::Unspecified),
-            });
-            newly.push(name);
+            let mut any = false;
+            for serial in serials {
+                if revoked.iter().any(|r| r.serial == serial) {
+                    continue;
+                }
+                revoked.push(RevokedEntry {
+                    serial,
+                    revocation_time: now,
+                    reason: Some(RevocationReason::Unspecified),
+                });
+                any = true;
+            }
+            if any {
+                newly.push(each);
+            }
         }
         if newly.is_empty() {
             return Ok(newly);

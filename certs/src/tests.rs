@@ -34,7 +34,14 @@ fn init_creates_all_files_with_private_keys_0600() {
     let pki = Pki::init(dir.path(), TD, &["caf", "dgfip"]).unwrap();
     assert_eq!(pki.dir(), dir.path());
     assert_eq!(pki.trust_domain(), TD);
-    for f in ["ca.crt", "caf.crt", "dgfip.crt", "broker.crt", "crl.pem"] {
+    for f in [
+        "ca.crt",
+        "caf.crt",
+        "dgfip.crt",
+        "broker.crt",
+        "crl.pem",
+        "issued.log",
+    ] {
         let p = dir.path().join(f);
         assert_eq!(mode(&p), 0o644, "{f}");
     }
@@ -50,7 +57,7 @@ fn init_creates_all_files_with_private_keys_0600() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names.len(), 9, "{names:?}");
+    assert_eq!(names.len(), 10, "{names:?}");
 
     let info = crl(&pki);
     assert!(info.revoked_serials.is_empty());
@@ -280,6 +287,59 @@ fn revoking_a_structure_revokes_its_agents_and_no_new_one_is_issued() {
         .unwrap();
     pki.issue_agent("fs-lyon", "d.moreau", &Validity::default())
         .unwrap();
+}
+
+/// A certificate whose file was replaced (reissued) stays valid until it expires: revoking
+/// its name must reach it too, and `init` must not replace a certificate whose key was handed
+/// over.
+#[test]
+fn revoking_a_name_reaches_every_certificate_it_was_issued() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::init(dir.path(), TD, &["caf", "fs-lyon"]).unwrap();
+    let serial = |name: &str| {
+        peer_certificate(&cert_der(&pki.cert_path(name)))
+            .unwrap()
+            .serial
+    };
+    // caf's key handed over and removed from the CA's machine: init for a new participant
+    // keeps caf's certificate.
+    let caf_first = serial("caf");
+    std::fs::remove_file(pki.key_path("caf")).unwrap();
+    Pki::init(dir.path(), TD, &["caf", "fs-lyon", "dgfip"]).unwrap();
+    assert_eq!(serial("caf"), caf_first, "init kept the certificate in use");
+    // Reissued on purpose (its files removed), and an agent issued twice (a lost laptop).
+    std::fs::remove_file(pki.cert_path("caf")).unwrap();
+    pki.issue_participant("caf", &Validity::default()).unwrap();
+    let caf_second = serial("caf");
+    pki.issue_agent("fs-lyon", "a.martin", &Validity::default())
+        .unwrap();
+    let agent_first = serial("fs-lyon/a.martin");
+    pki.issue_agent("fs-lyon", "a.martin", &Validity::default())
+        .unwrap();
+    let agent_second = serial("fs-lyon/a.martin");
+    // An agent whose files left the CA's machine.
+    pki.issue_agent("fs-lyon", "b.durand", &Validity::default())
+        .unwrap();
+    let moved = serial("fs-lyon/b.durand");
+    std::fs::remove_file(pki.cert_path("fs-lyon/b.durand")).unwrap();
+    std::fs::remove_file(pki.key_path("fs-lyon/b.durand")).unwrap();
+
+    assert_eq!(pki.revoke("caf").unwrap(), ["caf"]);
+    assert_eq!(
+        pki.revoke("fs-lyon").unwrap(),
+        ["fs-lyon", "fs-lyon/a.martin", "fs-lyon/b.durand"]
+    );
+    let info = crl(&pki);
+    for (what, s) in [
+        ("caf's first", &caf_first),
+        ("caf's second", &caf_second),
+        ("the agent's first", &agent_first),
+        ("the agent's second", &agent_second),
+        ("the moved agent's", &moved),
+    ] {
+        assert!(info.revoked_serials.contains(s), "{what} certificate");
+    }
+    assert!(!info.revoked_serials.contains(&serial("dgfip")));
 }
 
 #[test]
