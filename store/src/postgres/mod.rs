@@ -73,8 +73,14 @@ macro_rules! no_transaction_timeout {
 /// synchronous standby (`on`, or the stronger `remote_apply`), whatever the role's or
 /// database's setting: `local` or `off` would acknowledge records one machine holds, and `off`
 /// would show them before they are flushed (which the reads' bound relies on: `confirmed`).
+/// And what the writer relies on whatever the role's settings: the WARNING of a COMMIT whose
+/// wait for the standby was cancelled (`client_min_messages` above `warning` would not send
+/// it, and that commit, on the primary alone, would be acknowledged), and read committed
+/// transactions (under `repeatable read` two writers meeting at the log's row fail).
 const SYNCHRONOUS: &str = concat!(
     "SET statement_timeout = 0; ",
+    "SET client_min_messages = warning; ",
+    "SET default_transaction_isolation = 'read committed'; ",
     no_transaction_timeout!(),
     "; SELECT set_config('synchronous_commit', \
          CASE current_setting('synchronous_commit') \

@@ -113,12 +113,29 @@ async fn a_role_set_to_commit_locally_still_waits_for_the_standby() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_acknowledged() -> anyhow::Result<()>
 {
-    a_commit_on_the_primary_alone_is_neither_acknowledged_nor_shown(|db| {
-        db.primary.sql(
-            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
-        );
-    })
+    a_commit_on_the_primary_alone_is_neither_acknowledged_nor_shown(|_| {}, cancel_the_wait).await
+}
+
+/// The same with a role whose settings would hide the cancelled wait: its warning not sent to
+/// clients (`client_min_messages = error`), and transactions that fail when two writers meet
+/// (`repeatable read`). The writer's session sets what it relies on, whatever the role's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_whose_settings_hide_the_warning_changes_nothing() -> anyhow::Result<()> {
+    a_commit_on_the_primary_alone_is_neither_acknowledged_nor_shown(
+        |db| {
+            db.primary.sql(
+                "ALTER ROLE unefois SET client_min_messages = error; \
+                 ALTER ROLE unefois SET default_transaction_isolation = 'repeatable read'",
+            );
+        },
+        cancel_the_wait,
+    )
     .await
+}
+
+fn cancel_the_wait(db: &mut Database) {
+    db.primary
+        .sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
 }
 
 /// A fast shutdown of the primary ends the backends' waits for the standby as a cancel does: the
@@ -126,23 +143,29 @@ async fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_acknowledged() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_restarted_without_its_standby_shows_no_checkpoint_the_standby_lacks()
 -> anyhow::Result<()> {
-    a_commit_on_the_primary_alone_is_neither_acknowledged_nor_shown(|db| {
-        db.primary.stop("fast");
-        db.primary.start();
-    })
+    a_commit_on_the_primary_alone_is_neither_acknowledged_nor_shown(
+        |_| {},
+        |db| {
+            db.primary.stop("fast");
+            db.primary.start();
+        },
+    )
     .await
 }
 
-/// With the standby stopped, a fetch's COMMIT waits for it until `end_the_wait` ends that wait
+/// Once `prepare` has set what it sets (before the brokers start), with the standby stopped, a
+/// fetch's COMMIT waits for it until `end_the_wait` ends that wait
 /// on the primary, leaving the record committed there alone: the fetch is refused at once (not
 /// at the append timeout), and no checkpoint or proof of the record is handed out (a failover
 /// now would give a log without it, and an auditor holding such a checkpoint would see a
 /// fork). Once the standby is back, writes are acknowledged again and reads cover them.
 async fn a_commit_on_the_primary_alone_is_neither_acknowledged_nor_shown(
+    prepare: impl FnOnce(&mut Database),
     end_the_wait: impl FnOnce(&mut Database),
 ) -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let mut db = Database::start().await?;
+    tokio::task::block_in_place(|| prepare(&mut db));
     let cluster = Cluster::start(pki.dir(), &db.url(), 1).await?;
     let broker = &cluster.brokers[0];
     let before = receipt_of_a_fetch(broker).await?;
