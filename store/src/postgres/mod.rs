@@ -2009,14 +2009,36 @@ impl Store for Postgres {
         Ok((tip.size > 0).then_some((tip.size, tip.checkpoint)))
     }
 
+    /// A smaller tree's checkpoint is signed from the stored hashes, which the database's
+    /// administrator can change: its root is signed only once a consistency proof from it, out
+    /// of the same hashes, leads to the root of the latest checkpoint this key signed (a signed
+    /// fork otherwise).
     async fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
-        let latest = self.latest_checkpoint().await?;
+        let tip = self.tip().await?;
+        let latest = (tip.size > 0).then(|| (tip.size, tip.checkpoint.clone()));
         if let Some(note) = super::kept_checkpoint(latest, size)? {
             return Ok(note);
         }
-        let root = self
-            .with_hashes(|reader| tlog_tiles::tree_hash(size, reader))
+        let tip_root = unefois_tlog::receipt::checkpoint_root(&tip.checkpoint)
+            .filter(|root| self.log.sign(tip.size, *root) == tip.checkpoint);
+        let (root, proof) = self
+            .with_hashes(|reader| {
+                Ok((
+                    tlog_tiles::tree_hash(size, reader)?,
+                    tlog_tiles::prove_tree(tip.size, size, reader)?,
+                ))
+            })
             .await?;
+        let consistent = tip_root.is_some_and(|tip_root| {
+            tlog_tiles::check_tree(&proof, tip.size, Hash(tip_root), size, root).is_ok()
+        });
+        if !consistent {
+            return Err(StoreError::Database(format!(
+                "the hashes stored in the database for a tree of {size} entries do not lead to \
+                 the latest checkpoint signed ({} entries): altered in the database; not signed",
+                tip.size
+            )));
+        }
         Ok(self.log.sign(size, root.0))
     }
 

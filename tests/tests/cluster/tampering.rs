@@ -128,3 +128,50 @@ async fn an_entry_deleted_in_the_database_is_named_by_the_auditor() -> anyhow::R
     }
     Ok(())
 }
+
+/// A smaller tree's checkpoint is signed from the hashes stored in the database: one of them
+/// changed by its administrator (the root of the first 4 entries) must not get the log key's
+/// signature over another root, a fork no auditor could tell from the broker's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_hash_changed_in_the_database_gets_no_checkpoint_signed() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 1).await?;
+    let broker = &cluster.brokers[0];
+    while receipt_of_a_fetch(broker).await?.leaf_index < 8 {}
+    let mut audit = AuditClient::new(broker.channel("cnil").await?);
+    let at_4 = pb::GetCheckpointRequest { tree_size: 4 };
+    let honest = audit.get_checkpoint(at_4).await?.into_inner().checkpoint;
+
+    // Stored index 6 is the level-2 hash of leaves 0 to 3: the root of a tree of 4 entries.
+    let sql =
+        |query: &str| tokio::task::block_in_place(|| db.primary.sql(query).trim().to_string());
+    let change = |hash: &str| {
+        sql(&format!(
+            "UPDATE unefois_tree_runs SET hashes = overlay(hashes PLACING {hash} \
+             FROM ((6 - first) * 32 + 1)::int FOR 32) \
+             WHERE first = (SELECT max(first) FROM unefois_tree_runs WHERE first <= 6) \
+             RETURNING first"
+        ))
+    };
+    let kept = sql(
+        "SELECT substring(hashes FROM ((6 - first) * 32 + 1)::int FOR 32) FROM unefois_tree_runs \
+         WHERE first = (SELECT max(first) FROM unefois_tree_runs WHERE first <= 6)",
+    );
+    assert!(!change("decode(repeat('00', 32), 'hex')").is_empty());
+    let forged = audit.get_checkpoint(at_4).await;
+    assert!(
+        forged.is_err(),
+        "a checkpoint was signed over the changed hash: {forged:?}"
+    );
+    // Put back, the same checkpoint as before.
+    change(&format!("'{kept}'::bytea"));
+    assert_eq!(
+        audit.get_checkpoint(at_4).await?.into_inner().checkpoint,
+        honest
+    );
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
