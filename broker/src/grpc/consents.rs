@@ -26,10 +26,13 @@ impl ConsentsService {
     }
 }
 
-/// The protobuf form of a consent, with its status now. `pseudonym` is the person's pairwise
-/// pseudonym for the caller when the request named the person, empty otherwise: never the
-/// audit pseudonym, which is the same for every participant and would link them.
-pub fn consent(c: &Consent, pseudonym: &str) -> pb::Consent {
+/// The protobuf form of a consent, with its status now, as `reader` (a participant) sees it.
+/// `pseudonym` is the person's pairwise pseudonym for the caller when the request named the
+/// person, empty otherwise: never the audit pseudonym, which is the same for every participant
+/// and would link them. For the same reason the mandate's id goes only to the structure that
+/// recorded the consent: a mandate is one person's, and two consumers given the consents
+/// recorded under it would share its id.
+pub fn consent(c: &Consent, pseudonym: &str, reader: &str) -> pb::Consent {
     let status = match c.status(OffsetDateTime::now_utc()) {
         ConsentStatus::Active => pb::ConsentStatus::Active,
         ConsentStatus::Revoked => pb::ConsentStatus::Revoked,
@@ -47,7 +50,11 @@ pub fn consent(c: &Consent, pseudonym: &str) -> pb::Consent {
         expires_at: Some(timestamp(c.expires_at)),
         revoked_at: c.revoked_at.map(timestamp),
         renewed_at: c.renewed_at.map(timestamp),
-        mandate_id: c.mandate_id.clone().unwrap_or_default(),
+        mandate_id: c
+            .mandate_id
+            .clone()
+            .filter(|_| c.participant == reader)
+            .unwrap_or_default(),
         agent: c.agent.clone().unwrap_or_default(),
     }
 }
@@ -74,7 +81,11 @@ impl ConsentsApi for ConsentsService {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::GrantConsentResponse {
-            consent: Some(consent(&granted.consent, &granted.pairwise)),
+            consent: Some(consent(
+                &granted.consent,
+                &granted.pairwise,
+                &caller.participant,
+            )),
             renewed: granted.renewed,
         }))
     }
@@ -94,7 +105,7 @@ impl ConsentsApi for ConsentsService {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RevokeConsentResponse {
-            consent: Some(consent(&revoked.consent, "")),
+            consent: Some(consent(&revoked.consent, "", &caller.participant)),
             ended: u32::try_from(revoked.ended).unwrap_or(u32::MAX),
         }))
     }
@@ -108,7 +119,7 @@ impl ConsentsApi for ConsentsService {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::GetConsentResponse {
-            consent: Some(consent(&found, "")),
+            consent: Some(consent(&found, "", &caller.participant)),
         }))
     }
 
@@ -130,7 +141,10 @@ impl ConsentsApi for ConsentsService {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListConsentsResponse {
-            consents: page.iter().map(|c| consent(c, &pseudonym)).collect(),
+            consents: page
+                .iter()
+                .map(|c| consent(c, &pseudonym, &caller.participant))
+                .collect(),
             next_page_token: next,
         }))
     }

@@ -661,3 +661,55 @@ async fn a_consent_given_in_person_does_not_take_a_mandates_term() -> anyhow::Re
     assert_eq!(own.expires_at, in_person.expires_at, "its own term");
     broker.stop().await
 }
+
+/// A consent an agent records under a mandate: its consumer reads it without the mandate's id
+/// (one person's: in the hands of every consumer given a consent under it, it would link their
+/// records of that person); the structure that recorded it sees it.
+#[tokio::test]
+async fn consumers_are_not_given_the_mandate_a_consent_was_recorded_under() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let mandate = mandate_for(&broker, "test:alice", &["tarification_cantine"]).await?;
+    let granted = ConsentsClient::new(broker.channel(AGENT).await?)
+        .grant(pb::GrantConsentRequest {
+            subject: "test:alice".into(),
+            consumer: "mairie-lyon".into(),
+            attestation_types: vec!["caf.quotient_familial".into()],
+            purpose: "tarification_cantine".into(),
+            valid_days: 7,
+            mandate_id: mandate.id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .consent
+        .unwrap_or_default();
+    assert_eq!(granted.mandate_id, mandate.id, "the structure's own view");
+    let mut lyon = ConsentsClient::new(broker.channel("mairie-lyon").await?);
+    let read = lyon
+        .get(pb::GetConsentRequest {
+            consent_id: granted.id.clone(),
+        })
+        .await?
+        .into_inner()
+        .consent
+        .unwrap_or_default();
+    assert_eq!(read.id, granted.id);
+    assert_eq!(read.agent, "a.martin");
+    assert_eq!(read.mandate_id, "", "the consumer reads no mandate id");
+    let listed = lyon
+        .list(pb::ListConsentsRequest {
+            subject: "test:alice".into(),
+            consumer: "mairie-lyon".into(),
+            id_token: id_token("test:alice", "mairie-lyon"),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .consents;
+    assert!(listed.iter().any(|c| c.id == granted.id), "{listed:?}");
+    for c in listed {
+        assert_eq!(c.mandate_id, "", "the consumer lists no mandate id");
+    }
+    broker.stop().await
+}
