@@ -501,7 +501,10 @@ pub async fn consent_withdrawal(
 }
 
 /// How a call about a person is allowed to proceed: on the caller's own standing (a guichet,
-/// a consumer), or under a mandate. A mediator never acts without one.
+/// a consumer), or under a mandate. A mediator never acts without one, nor does any agent:
+/// an agent's certificate is a person's, who acts for another only under that person's
+/// mandate, even when the structure is also a guichet or a consumer (whose own systems call
+/// with the structure's certificate).
 pub async fn acting(
     facts: &(impl Facts + ?Sized),
     caller: &Caller,
@@ -514,6 +517,11 @@ pub async fn acting(
         return authorize(facts, caller, mandate_id, subject, purpose, now)
             .await
             .map(Some);
+    }
+    if caller.agent.is_some() {
+        return Err(ApiError::NoMandate(
+            "an agent acts for a person only under that person's mandate (mandate_id)".into(),
+        ));
     }
     if caller.has_role(Role::Mediator)
         && !caller.has_role(Role::Guichet)
@@ -578,6 +586,11 @@ roles = ["consumer"]
 id = "fs-lyon"
 name = "France Services Lyon"
 roles = ["mediator"]
+
+[[participants]]
+id = "mairie-vaulx"
+name = "Mairie de Vaulx, guichet et médiateur"
+roles = ["guichet", "consumer", "mediator"]
 
 [[participants]]
 id = "cnil"
@@ -661,6 +674,15 @@ derived_claims = [
   { name = "tranche", from = "quotient_familial", rule = { brackets = { bounds = [500, 800], labels = ["A", "B", "C"] } } },
 ]
 legal_basis = { law = "CASF L. 123-5" }
+expires = 2030-12-31
+
+[[habilitations]]
+id = "vaulx-rfr"
+consumer = "mairie-vaulx"
+attestation_type = "dgfip.rfr"
+purposes = ["cantine"]
+claims = ["revenu"]
+legal_basis = { law = "CRPA L. 114-8" }
 expires = 2030-12-31
 
 [[habilitations]]
@@ -1104,6 +1126,21 @@ expires = 2030-12-31
                 "caf.qf cantine",
                 with("active", ALICE, &["cantine"]),
                 "refused NO_MANDATE",
+            ),
+            // An agent of a structure that is also a guichet and a consumer: still a person
+            // acting for another, under a mandate only; the structure's own systems (its
+            // certificate, no agent) fetch on its habilitation.
+            (
+                "mairie-vaulx/agent-2",
+                "dgfip.rfr cantine",
+                with("active", ALICE, &["cantine"]),
+                "refused NO_MANDATE",
+            ),
+            (
+                "mairie-vaulx",
+                "dgfip.rfr cantine",
+                with("active", ALICE, &["cantine"]),
+                "granted by vaulx-rfr on law \"CRPA L. 114-8\": receives [revenu], provider dgfip v1 asked [revenu]",
             ),
             (
                 "fs-lyon/agent-1",
