@@ -25,6 +25,22 @@ pub enum LogError {
     /// The log is not an extension of the trusted checkpoint.
     #[error(transparent)]
     Fork(#[from] Fork),
+    /// The broker served a checkpoint smaller than the trusted one: a broker of a cluster
+    /// behind the one that served the trusted checkpoint (its standby lagging), or a log rolled
+    /// back. Not a proof of a fork (nothing shows the two trees differ), not a success either:
+    /// the trusted checkpoint is kept, and a later run, once the broker has caught up, checks
+    /// that the log extends it.
+    #[error(
+        "the broker served a checkpoint of {served} entries, fewer than the {trusted} already \
+         trusted: the broker is behind (try again later, or through another broker) or the log \
+         was rolled back; the trusted checkpoint is kept"
+    )]
+    Behind {
+        /// The trusted checkpoint's size.
+        trusted: u64,
+        /// The size of the one served.
+        served: u64,
+    },
     /// An entry was not served.
     #[error("entry {0} is missing from the download")]
     MissingEntry(u64),
@@ -81,6 +97,12 @@ pub async fn verify_log(
         Err(e) => return Err(io(e)),
     };
     if let Some(old) = &previous {
+        if latest.size < old.size {
+            return Err(LogError::Behind {
+                trusted: old.size,
+                served: latest.size,
+            });
+        }
         let proof = if needs_proof(old, &latest) {
             audit
                 .get_consistency_proof(pb::GetConsistencyProofRequest {

@@ -175,6 +175,13 @@ impl Confirmed {
     /// The newest head a synchronous standby has: the row's once confirmed (see the module's
     /// documentation), else the newest known. UNAVAILABLE when neither is.
     pub async fn read(&self, reads: &Shared) -> Result<Tip, StoreError> {
+        Ok(self.read_with_row(reads).await?.0)
+    }
+
+    /// [`Confirmed::read`], and the size of the head the row holds: larger than the head
+    /// served while a standby has not confirmed it (what is beyond the head served is then
+    /// not yet readable here, rather than not in the log).
+    pub async fn read_with_row(&self, reads: &Shared) -> Result<(Tip, u64), StoreError> {
         let client = reads.client().await?;
         let row = client
             .query_typed(SEEN, &[])
@@ -198,6 +205,7 @@ impl Confirmed {
             true => Seen::Confirmed,
             false => Seen::Unconfirmed,
         };
+        let row_size = head.size;
         let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
         let served = serve(head, seen, newest.as_ref()).ok_or_else(|| {
             StoreError::Database(
@@ -208,7 +216,7 @@ impl Confirmed {
         if seen == Seen::Confirmed {
             *newest = Some(served.clone());
         }
-        Ok(served)
+        Ok((served, row_size))
     }
 }
 

@@ -530,13 +530,28 @@ impl Postgres {
     }
 
     /// Whether a tree of `size` entries is within the log a standby has: without a read when
-    /// a head at least that large is known confirmed.
+    /// a head at least that large is known confirmed. Beyond the head served but within the
+    /// log's row (a standby lagging, or this broker behind the one that answered the caller
+    /// before): unavailable for now, which a caller tries again, not out of range.
     async fn within(&self, size: u64) -> Result<(), StoreError> {
         if size <= self.confirmed.known_size() {
             return Ok(());
         }
-        super::within(self.tip().await?.size, size)
+        let (tip, row) = self.confirmed.read_with_row(&self.reads).await?;
+        if size > tip.size && size <= row {
+            return Err(not_yet_confirmed(size, tip.size));
+        }
+        super::within(tip.size, size)
     }
+}
+
+/// A tree of `size` entries the log's row holds, beyond the `served` head a synchronous
+/// standby confirmed to this broker.
+fn not_yet_confirmed(size: u64, served: u64) -> StoreError {
+    StoreError::Database(format!(
+        "a tree of {size} entries is in the log, beyond the {served} a synchronous standby has \
+         confirmed to this broker yet: try again"
+    ))
 }
 
 /// The stored hashes of the indices `$1`, each cut from the run that holds it (the run of the
@@ -1926,9 +1941,16 @@ impl Store for Postgres {
     }
 
     async fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        // Only entries a standby has (see `confirmed`).
-        if index >= self.confirmed.known_size() && index >= self.tip().await?.size {
-            return Ok(None);
+        // Only entries a standby has (see `confirmed`); one in the log but not yet confirmed
+        // to this broker is unavailable for now, not missing.
+        if index >= self.confirmed.known_size() {
+            let (tip, row) = self.confirmed.read_with_row(&self.reads).await?;
+            if index >= tip.size {
+                return match index < row {
+                    true => Err(not_yet_confirmed(index + 1, tip.size)),
+                    false => Ok(None),
+                };
+            }
         }
         let Ok(index) = i64::try_from(index) else {
             return Ok(None);

@@ -199,10 +199,11 @@ async fn a_commit_on_the_primary_alone_is_neither_acknowledged_nor_shown(
             tree_size: before.leaf_index + 2,
         })
         .await;
+    // In the log, not yet on a standby: not served, and to be asked for again.
     assert!(
         refused_proof
             .as_ref()
-            .is_err_and(|s| s.message().contains("beyond the log's")),
+            .is_err_and(|s| s.code() == Code::Unavailable),
         "{refused_proof:?}"
     );
 
@@ -214,6 +215,63 @@ async fn a_commit_on_the_primary_alone_is_neither_acknowledged_nor_shown(
     )?
     .size;
     assert!(size > receipt.leaf_index, "{size}");
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
+/// Two brokers, one behind the other: B acknowledged records A has not seen confirmed when the
+/// standby stops. A serves its own older head, as it must (nothing newer is known to be on a
+/// standby); a proof at B's size through A is to be asked for again (UNAVAILABLE), not out of
+/// range; an auditor who trusted B's checkpoint is told A is behind, not that the log forked,
+/// and keeps its trusted checkpoint, which it verifies through A once the standby is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_behind_another_is_to_be_asked_again_not_a_fork() -> anyhow::Result<()> {
+    use broker::auditor::{LogError, verify_log};
+    let pki = TestPki::for_sample_registry()?;
+    let mut db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 2).await?;
+    let (a, b) = (&cluster.brokers[0], &cluster.brokers[1]);
+    let vkey = std::fs::read_to_string(pki.dir().join("log.vkey"))?;
+    let trusted_dir = tempfile::tempdir()?;
+    let trusted = trusted_dir.path().join("cnil.checkpoint");
+
+    receipt_of_a_fetch(a).await?;
+    let mut audit_a = AuditClient::new(a.channel("dgfip").await?);
+    checkpoint(&mut audit_a).await?;
+    let newer = receipt_of_a_fetch(b).await?;
+    let seen = verify_log(b.channel("cnil").await?, vkey.trim(), &trusted).await?;
+    assert!(seen.checkpoint.size > newer.leaf_index);
+
+    tokio::task::block_in_place(|| db.standby.stop("fast"));
+    let served = unefois_tlog::verify_checkpoint(vkey.trim(), &checkpoint(&mut audit_a).await?)?;
+    assert!(served.size <= newer.leaf_index, "{}", served.size);
+    let proof = audit_a
+        .get_inclusion_proof(pb::GetInclusionProofRequest {
+            leaf_index: newer.leaf_index,
+            tree_size: newer.leaf_index + 1,
+        })
+        .await;
+    assert!(
+        proof.as_ref().is_err_and(|s| s.code() == Code::Unavailable),
+        "{proof:?}"
+    );
+    match verify_log(a.channel("cnil").await?, vkey.trim(), &trusted).await {
+        Err(LogError::Behind {
+            trusted: t,
+            served: s,
+        }) => assert_eq!((t, s), (seen.checkpoint.size, served.size)),
+        other => panic!("expected the broker behind, got {other:?}"),
+    }
+    assert_eq!(
+        unefois_tlog::verify_checkpoint(vkey.trim(), &std::fs::read_to_string(&trusted)?)?.size,
+        seen.checkpoint.size,
+        "the trusted checkpoint is kept"
+    );
+
+    receipt_once_the_standby_is_back(&mut db, a).await?;
+    verify_log(a.channel("cnil").await?, vkey.trim(), &trusted).await?;
     for broker in cluster.brokers {
         broker.stop().await?;
     }
