@@ -86,6 +86,12 @@ const SYNCHRONOUS: &str = concat!(
          CASE current_setting('synchronous_commit') \
          WHEN 'remote_apply' THEN 'remote_apply' ELSE 'on' END, false)"
 );
+/// The session of the reads: every read of a broker goes over it, pipelined, so that one
+/// statement waiting stalls the decisions behind it. A read never waits long for a lock (only
+/// an administrator's or a migration's DDL takes one that conflicts: `store init --contract`
+/// dropping a trigger), nor runs long (each is a bounded page): the caller is told the store is
+/// unavailable, and the reads behind it go on.
+const READS: &str = "SET lock_timeout = '1s'; SET statement_timeout = '30s'";
 /// The sessions that hold acts set it alone (`serialise`).
 const NO_TRANSACTION_TIMEOUT: &str = no_transaction_timeout!();
 /// How long the health probe waits for the database.
@@ -197,7 +203,7 @@ impl Postgres {
         remembered: Option<Remembered>,
     ) -> Result<Postgres, StoreError> {
         let connector = Connector::parse(url)?;
-        let reads = Arc::new(connect::Shared::new(connector.clone()));
+        let reads = Arc::new(connect::Shared::with_setup(connector.clone(), READS));
         let client = reads.client().await.map_err(naming(&connector))?;
         let applied = schema::check(&client).await?;
         if let Some(behind) = schema::behind(&applied) {

@@ -61,7 +61,11 @@ pub const MIGRATIONS: &[&str] = &[
     // Kept inline up to ~250 hashes and never compressed (hashes do not compress). The rows of
     // version 1 become runs of one hash; until 3, triggers keep both tables in step, so that
     // brokers of either version read what the others wrote during a rolling upgrade.
+    // Version 1 brokers keep writing while it runs (a rolling upgrade): their table is locked
+    // against writes first, so that none commits a hash after the copy and before the trigger
+    // (added after release; the schema it leaves is the same).
     r#"
+    LOCK TABLE unefois_tree IN SHARE ROW EXCLUSIVE MODE;
     CREATE TABLE unefois_tree_runs (first bigint PRIMARY KEY, hashes bytea NOT NULL)
         WITH (toast_tuple_target = 8160);
     ALTER TABLE unefois_tree_runs ALTER COLUMN hashes SET STORAGE EXTERNAL;
@@ -146,6 +150,12 @@ pub const CONTRACTS: &[usize] = &[3];
 /// the schema is new; returns the versions it applied (none when it was already there).
 /// Refuses a database whose schema is newer than this build knows.
 pub async fn migrate(client: &mut Client, contract: bool) -> Result<Vec<usize>, StoreError> {
+    // A migration that waits for a lock queues every broker's reads of that table behind it:
+    // it gives up instead (run `store init` again once the session in the way is done).
+    client
+        .batch_execute("SET lock_timeout = '5s'")
+        .await
+        .map_err(db("set the migrations' lock timeout"))?;
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS unefois_schema (

@@ -278,6 +278,68 @@ async fn a_broker_behind_another_is_to_be_asked_again_not_a_fork() -> anyhow::Re
     Ok(())
 }
 
+/// An administrator's lock on the stored hashes (or a migration's, `store init --contract`
+/// dropping a trigger): a read of the log behind it gives up within a second or so
+/// (UNAVAILABLE), rather than hold every read of the broker behind it on their one pipelined
+/// connection for as long as the lock lasts; once it goes, the reads go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waiting_for_a_lock_gives_up_and_the_reads_go_on() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 1).await?;
+    let broker = &cluster.brokers[0];
+    let receipt = receipt_of_a_fetch(broker).await?;
+    let proof_of_it = pb::GetInclusionProofRequest {
+        leaf_index: 0,
+        tree_size: receipt.leaf_index + 1,
+    };
+    let mut audit = AuditClient::new(broker.channel("dgfip").await?);
+    audit.get_inclusion_proof(proof_of_it).await?;
+
+    let _holder = db.primary.sql_meanwhile(
+        "BEGIN; LOCK TABLE unefois_tree_runs IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)",
+    );
+    tokio::task::block_in_place(|| {
+        db.primary.wait_for(
+            "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' \
+             AND relation = 'unefois_tree_runs'::regclass",
+            "1",
+            Duration::from_secs(10),
+        )
+    });
+    let started = Instant::now();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(15),
+        audit.get_inclusion_proof(proof_of_it),
+    )
+    .await;
+    assert!(
+        matches!(&waited, Ok(Err(s)) if s.code() == Code::Unavailable),
+        "{waited:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    tokio::task::block_in_place(|| {
+        db.primary.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
+        )
+    });
+    let until = Instant::now() + Duration::from_secs(10);
+    while let Err(status) = audit.get_inclusion_proof(proof_of_it).await {
+        assert!(Instant::now() < until, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
 /// The latest checkpoint, as `audit` is given it.
 async fn checkpoint(audit: &mut AuditClient<tonic::transport::Channel>) -> anyhow::Result<String> {
     Ok(audit
