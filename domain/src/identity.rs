@@ -97,6 +97,10 @@ pub struct Verified {
     /// The `nonce` it carries, if any: a login that asked for one checks it (OpenID Connect
     /// Core 3.1.3.7).
     pub nonce: Option<String>,
+    /// `auth_time`, Unix seconds, if it carries one: when the person last authenticated at
+    /// the provider. A login that asked for a fresh authentication (`max_age`) checks it
+    /// (OpenID Connect Core 3.1.2.1, 3.1.3.7).
+    pub auth_time: Option<i64>,
     /// The person's name (`given_name family_name`) when the token carries it: shown to the
     /// agent and the person at a mediator's desk, kept in memory only, never recorded.
     pub display_name: Option<String>,
@@ -135,6 +139,10 @@ struct Claims {
     azp: Option<String>,
     #[serde(default)]
     nonce: Option<String>,
+    /// A NumericDate (a number, perhaps with a fraction): read leniently, as only the
+    /// desk's login checks it.
+    #[serde(default)]
+    auth_time: Option<serde_json::Value>,
     family_name: Option<String>,
     given_name: Option<String>,
     birthdate: Option<String>,
@@ -180,6 +188,10 @@ pub fn verify(
         usable_until,
         max_acts: provider.max_acts_per_token,
         nonce: claims.nonce.clone(),
+        auth_time: claims
+            .auth_time
+            .as_ref()
+            .and_then(|t| t.as_i64().or_else(|| t.as_f64().map(|f| f as i64))),
         display_name: display_name(claims.given_name.as_deref(), claims.family_name.as_deref()),
     })
 }

@@ -88,6 +88,7 @@ pub(crate) mod tests {
             usable_until: issued_at + 600,
             max_acts,
             nonce: None,
+            auth_time: None,
             display_name: None,
         }
     }

@@ -32,6 +32,19 @@ struct Provider {
     person: Value,
     codes: Mutex<HashMap<String, Pending>>,
     redeemed: Mutex<usize>,
+    auth_time: Mutex<AuthTime>,
+}
+
+/// The `auth_time` its ID tokens carry: when the person authenticated there.
+#[derive(Clone, Copy, Debug)]
+pub enum AuthTime {
+    /// Just now, as when the person logs in at each request (the default).
+    Fresh,
+    /// That many seconds ago: a provider that reuses an earlier single sign-on session,
+    /// whatever `prompt` and `max_age` ask.
+    SecondsAgo(i64),
+    /// None at all.
+    Absent,
 }
 
 struct Pending {
@@ -81,6 +94,7 @@ impl IdentityProvider {
             person: claims,
             codes: Mutex::new(HashMap::new()),
             redeemed: Mutex::new(0),
+            auth_time: Mutex::new(AuthTime::Fresh),
         });
         let app = axum::Router::new()
             .route("/authorize", get(authorize))
@@ -96,6 +110,13 @@ impl IdentityProvider {
     /// Its signing key's JWKS, for the registry.
     pub fn jwks(&self) -> Value {
         self.state.key.jwks()
+    }
+
+    /// From now on, its ID tokens carry `auth_time` as `when` says.
+    pub fn set_auth_time(&self, when: AuthTime) {
+        if let Ok(mut t) = self.state.auth_time.lock() {
+            *t = when;
+        }
     }
 
     /// How many codes it redeemed.
@@ -165,6 +186,12 @@ async fn token(State(p): State<Arc<Provider>>, Form(f): Form<TokenForm>) -> Resp
         "exp": now + 300,
         "nonce": pending.nonce,
     });
+    let auth_time = p.auth_time.lock().map(|t| *t).unwrap_or(AuthTime::Fresh);
+    match auth_time {
+        AuthTime::Fresh => claims["auth_time"] = now.into(),
+        AuthTime::SecondsAgo(ago) => claims["auth_time"] = (now - ago).into(),
+        AuthTime::Absent => {}
+    }
     if let (Some(c), Some(person)) = (claims.as_object_mut(), p.person.as_object()) {
         c.extend(person.clone());
     }

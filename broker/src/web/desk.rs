@@ -512,6 +512,30 @@ pub async fn person_callback(
     {
         return logins.failed();
     }
+    // The login asked for a fresh authentication (`max_age=0`): a provider that ignored it and
+    // answered with an earlier one, perhaps the previous visitor's on this shared device, does
+    // not make anyone present (OpenID Connect Core 3.1.2.1: the client checks `auth_time`).
+    if !verified.auth_time.is_some_and(|t| {
+        t >= login
+            .began_at
+            .saturating_sub(crate::identity::LEEWAY_SECONDS)
+    }) {
+        tracing::warn!(
+            "web: the ID token of a person at a desk shows no authentication since the login began"
+        );
+        return pages::render(
+            StatusCode::FORBIDDEN,
+            &Message {
+                layout: Layout::new("La personne doit se connecter elle-même", None),
+                text: "Le fournisseur d'identité n'a pas demandé à la personne de se connecter : \
+                       il a repris une connexion plus ancienne, peut-être celle de la personne \
+                       précédente sur ce poste. Personne n'est accueilli. Demandez à la personne \
+                       de se déconnecter du fournisseur d'identité, puis de se connecter de \
+                       nouveau.",
+                next: Some(("/desk", "Revenir à l'accueil")),
+            },
+        );
+    }
     let present_until = OffsetDateTime::from_unix_timestamp(verified.usable_until)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let person = Person {

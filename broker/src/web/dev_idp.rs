@@ -248,6 +248,8 @@ pub async fn authorize(
     let token = dev::claims(&form.person, &form.request.client_id, now)
         .and_then(|mut claims| {
             claims["nonce"] = serde_json::Value::String(form.request.nonce.clone());
+            // The person picked on the page just now: a fresh authentication.
+            claims["auth_time"] = now.unix_timestamp().into();
             // Named as FranceConnect names people, for the desk's pages.
             if let Some((given, family)) = name.split_once(' ') {
                 claims["given_name"] = given.into();
@@ -443,12 +445,9 @@ pub async fn agents_authorize(
             );
         }
     };
-    let mut claims = dev::agent_claims(
-        &form.agent,
-        &form.request.client_id,
-        time::OffsetDateTime::now_utc(),
-        multi_factor,
-    );
+    let now = time::OffsetDateTime::now_utc();
+    let mut claims = dev::agent_claims(&form.agent, &form.request.client_id, now, multi_factor);
     claims["nonce"] = serde_json::Value::String(form.request.nonce.clone());
+    claims["auth_time"] = now.unix_timestamp().into();
     code_for(idp, idp.key.sign(&claims).ok(), &form.request)
 }

@@ -84,6 +84,9 @@ pub struct PendingLogin {
     pub nonce: String,
     /// The PKCE verifier.
     pub verifier: String,
+    /// When it began, Unix seconds (wall clock): a login that asks for a fresh authentication
+    /// checks that the person authenticated after it (`auth_time`).
+    pub began_at: i64,
     created: Instant,
 }
 
@@ -95,6 +98,7 @@ impl PendingLogin {
             browser,
             nonce,
             verifier,
+            began_at: time::OffsetDateTime::now_utc().unix_timestamp(),
             created: Instant::now(),
         }
     }

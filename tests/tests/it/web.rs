@@ -926,52 +926,60 @@ async fn a_citizen_filters_her_history_by_organisation_data_and_period() -> anyh
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn people_log_in_at_real_identity_providers_over_https() -> anyhow::Result<()> {
-    use broker::idp::dev::DevKey;
-    use unefois_tests::identity_provider::IdentityProvider;
-    let pki = TestPki::for_sample_registry()?;
-    // A FranceConnect-like provider for the citizen pages and the structure's desk, a
-    // ProConnect-like one for agents, both over HTTPS with the federation's CA.
-    let citizens = IdentityProvider::start(
-        &pki.pki,
-        "https://fc.example",
-        &["espace-usager", "france-services-lyon"],
-        "fc-secret",
-        DevKey::generate("fc-2026")?,
-        serde_json::json!({
-            "sub": "fc-4242",
-            "given_name": "MARIE",
-            "family_name": "DUPONT",
-            "birthdate": "1980-01-02",
-            "gender": "female",
-            "birthplace": "69123",
-            "birthcountry": "99100",
-        }),
-    )
-    .await?;
-    let citizens_key = provider_jwks(&citizens)?;
-    let agents = IdentityProvider::start(
-        &pki.pki,
-        "https://pc.example",
-        &["pages-test"],
-        "pc-secret",
-        DevKey::generate("pc-2026")?,
-        serde_json::json!({ "sub": "pc-marie", "acr": "eidas2", "amr": ["pwd", "otp", "mfa"] }),
-    )
-    .await?;
-    let scratch = tempfile::tempdir()?;
-    let dir = scratch.path();
-    std::fs::create_dir_all(dir.join("idp"))?;
-    std::fs::copy(pki.pki.ca_cert_path(), dir.join("idp/ca.pem"))?;
-    std::fs::write(dir.join("idp/fc.json"), citizens_key)?;
-    std::fs::write(dir.join("idp/pc.json"), provider_jwks(&agents)?)?;
-    std::fs::write(dir.join("idp/fc-secret.txt"), "fc-secret\n")?;
-    std::fs::write(dir.join("idp/pc-secret.txt"), "pc-secret\n")?;
-    let (fc, pc) = (citizens.base.clone(), agents.base.clone());
-    let registry = unefois_tests::sample_registry_with(dir, |s| {
-        format!(
-            r#"{s}
+/// A FranceConnect-like provider for the citizen pages and the structure's desk, a
+/// ProConnect-like one for agents, both over HTTPS with the federation's CA, and a broker with
+/// pages whose registry declares them.
+struct RealProviders {
+    citizens: unefois_tests::identity_provider::IdentityProvider,
+    agents: unefois_tests::identity_provider::IdentityProvider,
+    broker: TestBroker,
+    /// The registry's folder (`idp/ca.pem`, the secrets' files).
+    scratch: tempfile::TempDir,
+}
+
+impl RealProviders {
+    async fn start(pki: &TestPki) -> anyhow::Result<RealProviders> {
+        use broker::idp::dev::DevKey;
+        use unefois_tests::identity_provider::IdentityProvider;
+        let citizens = IdentityProvider::start(
+            &pki.pki,
+            "https://fc.example",
+            &["espace-usager", "france-services-lyon"],
+            "fc-secret",
+            DevKey::generate("fc-2026")?,
+            serde_json::json!({
+                "sub": "fc-4242",
+                "given_name": "MARIE",
+                "family_name": "DUPONT",
+                "birthdate": "1980-01-02",
+                "gender": "female",
+                "birthplace": "69123",
+                "birthcountry": "99100",
+            }),
+        )
+        .await?;
+        let citizens_key = provider_jwks(&citizens)?;
+        let agents = IdentityProvider::start(
+            &pki.pki,
+            "https://pc.example",
+            &["pages-test"],
+            "pc-secret",
+            DevKey::generate("pc-2026")?,
+            serde_json::json!({ "sub": "pc-marie", "acr": "eidas2", "amr": ["pwd", "otp", "mfa"] }),
+        )
+        .await?;
+        let scratch = tempfile::tempdir()?;
+        let dir = scratch.path();
+        std::fs::create_dir_all(dir.join("idp"))?;
+        std::fs::copy(pki.pki.ca_cert_path(), dir.join("idp/ca.pem"))?;
+        std::fs::write(dir.join("idp/fc.json"), citizens_key)?;
+        std::fs::write(dir.join("idp/pc.json"), provider_jwks(&agents)?)?;
+        std::fs::write(dir.join("idp/fc-secret.txt"), "fc-secret\n")?;
+        std::fs::write(dir.join("idp/pc-secret.txt"), "pc-secret\n")?;
+        let (fc, pc) = (citizens.base.clone(), agents.base.clone());
+        let registry = unefois_tests::sample_registry_with(dir, |s| {
+            format!(
+                r#"{s}
 [[identity_providers]]
 id = "fc-test"
 issuer = "https://fc.example"
@@ -992,22 +1000,49 @@ participant = "france-services-lyon"
 agent = "marie.pc"
 name = "Marie Dupuis"
 "#
+            )
+        })?;
+        let broker = TestBroker::start_with(
+            pki.dir(),
+            unefois_tests::BrokerOptions {
+                registry,
+                web: true,
+                ..Default::default()
+            },
         )
-    })?;
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        unefois_tests::BrokerOptions {
-            registry,
-            web: true,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let web = broker.web_addr.context("no web pages")?;
+        .await?;
+        Ok(RealProviders {
+            citizens,
+            agents,
+            broker,
+            scratch,
+        })
+    }
+
+    /// The registry's folder.
+    fn dir(&self) -> &std::path::Path {
+        self.scratch.path()
+    }
+
+    /// A browser on the pages that trusts the providers' CA.
+    fn browser(&self) -> anyhow::Result<Browser> {
+        Browser::trusting(
+            self.broker.web_addr.context("no web pages")?,
+            &self.dir().join("idp/ca.pem"),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_log_in_at_real_identity_providers_over_https() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let real = RealProviders::start(&pki).await?;
+    let (citizens, dir) = (&real.citizens, real.dir());
+    let (fc, pc) = (real.citizens.base.clone(), real.agents.base.clone());
 
     // The citizen: sent to the provider with the identity scopes, back with a code the broker
     // redeems over HTTPS with its secret and the PKCE verifier.
-    let mut browser = Browser::trusting(web, &dir.join("idp/ca.pem"))?;
+    let mut browser = real.browser()?;
     let to_idp = browser.get("/citizen/login").await?;
     let at = to_idp
         .location()
@@ -1026,7 +1061,7 @@ name = "Marie Dupuis"
     assert_eq!(citizens.redeemed(), 1);
 
     // An agent at the desk, then the person present (a fresh login asked for).
-    let mut desk = Browser::trusting(web, &dir.join("idp/ca.pem"))?;
+    let mut desk = real.browser()?;
     let to_idp = desk.get("/desk/login").await?;
     assert!(
         to_idp
@@ -1062,13 +1097,67 @@ name = "Marie Dupuis"
 
     // A secret the provider does not know: no session, the person told the login failed.
     std::fs::write(dir.join("idp/fc-secret.txt"), "not-the-secret\n")?;
-    let mut other = Browser::trusting(web, &dir.join("idp/ca.pem"))?;
+    let mut other = real.browser()?;
     let to_idp = other.get("/citizen/login").await?;
     let failed = other.follow(to_idp).await?;
     assert_eq!(failed.status, 400, "{}", failed.body);
     assert!(failed.body.contains("Connexion échouée"), "{}", failed.body);
     assert!(other.cookie("unefois_session").is_none());
-    broker.stop().await?;
+    real.broker.stop().await?;
+    Ok(())
+}
+
+/// The person at a desk is asked for a fresh authentication (`prompt=login`, `max_age=0`); a
+/// provider that ignores it and answers with an earlier one (the previous visitor's, on a
+/// shared device), or without saying when (`auth_time`), makes nobody present. Fails without
+/// the desk's check of `auth_time`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_at_a_desk_is_present_only_after_a_fresh_authentication() -> anyhow::Result<()> {
+    use unefois_tests::identity_provider::AuthTime;
+    let pki = TestPki::for_sample_registry()?;
+    let real = RealProviders::start(&pki).await?;
+    for when in [
+        AuthTime::SecondsAgo(15 * 60),
+        AuthTime::Absent,
+        AuthTime::Fresh,
+    ] {
+        real.citizens.set_auth_time(when);
+        let mut desk = real.browser()?;
+        let to_idp = desk.get("/desk/login").await?;
+        let home = desk.follow(to_idp).await?;
+        assert!(
+            home.body.contains("La personne se connecte"),
+            "{}",
+            home.body
+        );
+        let to_idp = desk.get("/desk/person/login").await?;
+        let answer = desk.follow(to_idp).await?;
+        let home = desk.get("/desk").await?;
+        if let AuthTime::Fresh = when {
+            assert!(
+                answer
+                    .body
+                    .contains("Personne présente : <strong>MARIE DUPONT</strong>"),
+                "{}",
+                answer.body
+            );
+            continue;
+        }
+        assert_eq!(answer.status, 403, "{when:?}: {}", answer.body);
+        assert!(
+            answer.body.contains("Personne n&#39;est accueilli"),
+            "{when:?}: {}",
+            answer.body
+        );
+        assert!(answer.links().contains(&"/desk".to_string()));
+        assert!(
+            !home.body.contains("Personne présente")
+                && home.body.contains("La personne se connecte"),
+            "{when:?}: someone present\n{}",
+            home.body
+        );
+    }
+    real.broker.stop().await?;
     Ok(())
 }
 
