@@ -423,6 +423,12 @@ impl Browser {
         self.cookies.get(name).map(String::as_str)
     }
 
+    /// Holds the cookie `name` with `value`, as a browser that kept it (a copy of an old one,
+    /// a cookie its owner did not clear).
+    pub fn set_cookie(&mut self, name: &str, value: &str) {
+        self.cookies.insert(name.to_string(), value.to_string());
+    }
+
     /// Forgets every cookie (another browser, or one whose cookies were cleared).
     pub fn clear_cookies(&mut self) {
         self.cookies.clear();

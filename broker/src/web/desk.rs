@@ -229,6 +229,18 @@ fn posted(
     headers: &HeaderMap,
     csrf: &str,
 ) -> Result<(String, DeskSession, Caller), Box<Response>> {
+    let (id, s) = posted_session(web, headers, csrf)?;
+    let caller = caller(web, &s)?;
+    Ok((id, s, caller))
+}
+
+/// The same, whatever the registry now says of the agent: for what ends the session or the
+/// person's visit, which an agent no longer enrolled must still be able to do.
+fn posted_session(
+    web: &Web,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<(String, DeskSession), Box<Response>> {
     if !web.same_origin(headers) {
         return Err(Box::new(pages::forbidden()));
     }
@@ -238,8 +250,7 @@ fn posted(
     if !same_secret(csrf, &s.csrf) {
         return Err(Box::new(pages::forbidden()));
     }
-    let caller = caller(web, &s)?;
-    Ok((id, s, caller))
+    Ok((id, s))
 }
 
 /// The person's mandates with the structure, as `Mandates.List` gives them to its agent: the
@@ -572,7 +583,8 @@ pub async fn end_person(
     headers: HeaderMap,
     axum::extract::Form(form): axum::extract::Form<CsrfForm>,
 ) -> Response {
-    let (id, _, _) = match posted(&web, &headers, &form.csrf) {
+    // The person leaves whatever the registry now says of the agent: nothing of them stays.
+    let (id, _) = match posted_session(&web, &headers, &form.csrf) {
         Ok(s) => s,
         Err(page) => return *page,
     };
@@ -594,8 +606,10 @@ pub async fn logout(
     if session(&web, &headers).is_none() {
         return see_other("/desk", &[]);
     }
-    match posted(&web, &headers, &form.csrf) {
-        Ok((id, _, _)) => {
+    // Closed whenever the form is ours, even if the registry no longer enrols the agent: the
+    // person present, their ID token and the mandate acted under go with it.
+    match posted_session(&web, &headers, &form.csrf) {
+        Ok((id, _)) => {
             web.desk.close(&id);
             see_other("/", &[web.cookie(DESK_COOKIE, "", Some(Duration::ZERO))])
         }

@@ -389,3 +389,99 @@ async fn a_signed_mandate_uploaded_slowly_is_received() -> anyhow::Result<()> {
     broker.stop().await?;
     Ok(())
 }
+
+/// A broker with pages on the sample registry, copied to `dir/registry.toml` to be rewritten
+/// and reloaded; the registry's path.
+async fn reloadable(
+    pki: &TestPki,
+    dir: &std::path::Path,
+) -> anyhow::Result<(TestBroker, std::path::PathBuf)> {
+    let registry = unefois_tests::sample_registry_with(dir, |s| format!("{s}\n# Rechargé.\n"))?;
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            registry: registry.clone(),
+            web: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok((broker, registry))
+}
+
+/// Rewrites the registry at `path` as the sample one with `edit` applied, and reloads it.
+async fn reload_with(
+    broker: &TestBroker,
+    path: &std::path::Path,
+    edit: impl Fn(&str) -> String,
+) -> anyhow::Result<()> {
+    let sample = std::fs::read_to_string(unefois_tests::sample_registry())?;
+    let edited = edit(&sample);
+    std::fs::write(path, &edited)?;
+    broker.reload().await?.map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+/// The sample registry without Marie Dupont's enrolment.
+fn without_marie(sample: &str) -> String {
+    sample.replacen(
+        "[[agents]]\nprovider = \"dev-agents\"\nsub = \"agent-marie\"\nparticipant = \
+         \"france-services-lyon\"\nagent = \"marie.dupont\"\nname = \"Marie Dupont\"\n",
+        "",
+        1,
+    )
+}
+
+/// An agent whom a reloaded registry no longer enrols still ends their session: the person
+/// present, their ID token and the mandate acted under go with it. Fails when the logout first
+/// asks the registry for the agent (403, the session left open).
+#[tokio::test]
+async fn a_logout_closes_the_desk_even_when_the_agent_is_no_longer_enrolled() -> anyhow::Result<()>
+{
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let (broker, registry) = reloadable(&pki, scratch.path()).await?;
+    let mut browser = desk(&broker).await?;
+    browser.log_in_agent("agent-marie", true).await?;
+    let home = browser.person_at_desk("test:alice").await?;
+    shows(&home, "Personne présente : <strong>Alice Martin</strong>");
+    let csrf = home.field("csrf").context("no CSRF token")?;
+    let cookie = browser
+        .cookie("unefois_desk")
+        .context("no desk cookie")?
+        .to_string();
+
+    reload_with(&broker, &registry, without_marie).await?;
+    let refused = browser.get("/desk").await?;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    // The person leaves, then the agent logs out: both done, whatever the registry says.
+    let ended = browser
+        .post("/desk/person/end", &[("csrf", &csrf)], None)
+        .await?;
+    assert_eq!(ended.status, 303, "{}", ended.body);
+    let out = browser
+        .post("/desk/logout", &[("csrf", &csrf)], None)
+        .await?;
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert_eq!(out.location(), Some("/"));
+    assert!(
+        browser
+            .set_cookie_of("unefois_desk")
+            .is_some_and(|c| c.contains("Max-Age=0")),
+        "the cookie is not cleared"
+    );
+    assert!(browser.cookie("unefois_desk").is_none());
+
+    // Enrolled again, the old cookie finds nothing open.
+    reload_with(&broker, &registry, |s| format!("{s}\n# De nouveau.\n")).await?;
+    browser.set_cookie("unefois_desk", &cookie);
+    let home = browser.get("/desk").await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    shows(
+        &home,
+        "<title>Espace des agents : connexion — Une Fois</title>",
+    );
+    assert!(!home.body.contains("Alice"), "{}", home.body);
+    broker.stop().await?;
+    Ok(())
+}
