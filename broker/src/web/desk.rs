@@ -107,6 +107,9 @@ pub struct Person {
     pub id_token: String,
     /// Until when that token proves their presence.
     pub present_until: OffsetDateTime,
+    /// This visit's random id: a form opened for this person carries it, and is refused once
+    /// someone else is at the desk.
+    pub visit: String,
 }
 
 /// The open desk session of this browser, if any.
@@ -549,19 +552,29 @@ pub async fn person_callback(
     }
     let present_until = OffsetDateTime::from_unix_timestamp(verified.usable_until)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let person = Person {
+    let Some(visit) = super::random_token() else {
+        return pages::unavailable();
+    };
+    let mut person = Person {
         subject: verified.subject,
         name: verified
             .display_name
             .unwrap_or_else(|| "la personne présente".to_string()),
         id_token: token,
         present_until,
+        visit,
     };
     web.desk.update(&id, |s| {
-        // Another person: nothing of the previous one's stays.
-        if s.person.as_ref().map(|p| &p.subject) != Some(&person.subject) {
-            s.acting = None;
-            s.prefilled = None;
+        match &s.person {
+            // The same person logs in again: the same visit, its forms still theirs.
+            Some(earlier) if earlier.subject == person.subject => {
+                person.visit = earlier.visit.clone();
+            }
+            // Another person: nothing of the previous one's stays.
+            _ => {
+                s.acting = None;
+                s.prefilled = None;
+            }
         }
         s.person = Some(person);
     });
@@ -630,6 +643,8 @@ struct PurposeChoice {
 struct NewMandatePage {
     layout: Layout,
     csrf: String,
+    /// The visit of the person this form is for.
+    visit: String,
     /// The request id this form is sent with (sent twice, one mandate).
     request_id: String,
     /// The SHA-256 typed, kept when the form comes back with errors; that of the document
@@ -713,6 +728,7 @@ pub async fn new_mandate(
                 acting_mandate(&web, &s).await.as_ref(),
             ),
             csrf: s.csrf.clone(),
+            visit: person.visit.clone(),
             request_id: uuid::Uuid::now_v7().to_string(),
             digest: String::new(),
             document_received: false,
@@ -732,6 +748,8 @@ pub async fn new_mandate(
 #[derive(Default)]
 struct MandateForm {
     csrf: String,
+    /// The visit of the person the form was served for.
+    visit: String,
     /// The request id the form was served with: sent twice, one mandate.
     request_id: String,
     purposes: Vec<String>,
@@ -781,6 +799,7 @@ async fn read_mandate_form(mut multipart: Multipart) -> Result<MandateForm, Resp
                 }
                 match name.as_str() {
                     "csrf" => form.csrf = text,
+                    "visite" => form.visit = text,
                     "demande" => form.request_id = text,
                     "finalite" if form.purposes.len() < 32 => form.purposes.push(text),
                     "duree" => form.duration = text.parse().ok(),
@@ -820,6 +839,20 @@ pub async fn create_mandate(
     let Some(person) = s.person.clone() else {
         return see_other("/desk", &[]);
     };
+    // Filled for the person present when it was opened: after another was welcomed (in another
+    // tab), its purposes and document are not theirs.
+    if !same_secret(&form.visit, &person.visit) {
+        return pages::render(
+            StatusCode::CONFLICT,
+            &Message {
+                layout: layout(&web, "La personne à l'accueil a changé", &s, None),
+                text: "Ce formulaire a été ouvert pour une autre personne que celle qui est \
+                       maintenant à l'accueil : aucun mandat n'a été enregistré. Remplissez de \
+                       nouveau le formulaire avec la personne présente.",
+                next: Some(("/desk/mandates/new", "Remplir de nouveau le formulaire")),
+            },
+        );
+    }
     let offered = purposes_for(&web, &s.participant, &form.purposes);
     let purposes_ok = !form.purposes.is_empty()
         && form
@@ -871,6 +904,7 @@ pub async fn create_mandate(
             &NewMandatePage {
                 layout: layout(&web, "Erreur : créer un mandat", &s, None),
                 csrf: s.csrf.clone(),
+                visit: person.visit.clone(),
                 request_id: request_id(&form.request_id),
                 digest: digest.map_or_else(|| form.digest.clone(), hex::encode),
                 document_received: form.document_sha256.is_some() && document_ok,

@@ -102,8 +102,13 @@ async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> a
     assert_eq!(form.status, 200, "{}", form.body);
     let csrf = form.field("csrf").context("no CSRF token")?;
     let demande = form.field("demande").context("no request id")?;
+    let visite = form.field("visite").context("no visit")?;
     let incomplete = browser
-        .post_multipart("/desk/mandates/new", &[("csrf", &csrf)], None)
+        .post_multipart(
+            "/desk/mandates/new",
+            &[("csrf", &csrf), ("visite", &visite)],
+            None,
+        )
         .await?;
     assert_eq!(incomplete.status, 400, "{}", incomplete.body);
     shows(&incomplete, "Le formulaire contient 4 erreurs");
@@ -119,7 +124,12 @@ async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> a
     let unchecked = browser
         .post_multipart(
             "/desk/mandates/new",
-            &[("csrf", &csrf), ("finalite", CANTINE), ("duree", "31")],
+            &[
+                ("csrf", &csrf),
+                ("visite", &visite),
+                ("finalite", CANTINE),
+                ("duree", "31"),
+            ],
             Some(("document", "mandat.pdf", signed)),
         )
         .await?;
@@ -131,6 +141,7 @@ async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> a
     // Complete: two purposes, a month, the person informed, the signed document attached.
     let complete = [
         ("csrf", csrf.as_str()),
+        ("visite", visite.as_str()),
         ("demande", demande.as_str()),
         ("finalite", "aide_energie"),
         ("finalite", CANTINE),
@@ -326,11 +337,13 @@ async fn a_structure_that_is_also_a_guichet_keeps_its_desk() -> anyhow::Result<(
     shows(&home, "Elle n'a donné aucun mandat à votre structure.");
     let form = browser.get("/desk/mandates/new").await?;
     let csrf = form.field("csrf").context("no CSRF token")?;
+    let visite = form.field("visite").context("no visit")?;
     let created = browser
         .post_multipart(
             "/desk/mandates/new",
             &[
                 ("csrf", &csrf),
+                ("visite", &visite),
                 ("finalite", "aide_energie"),
                 ("duree", "1"),
                 ("informee", "oui"),
@@ -364,12 +377,14 @@ async fn a_signed_mandate_uploaded_slowly_is_received() -> anyhow::Result<()> {
     let form = browser.get("/desk/mandates/new").await?;
     let csrf = form.field("csrf").context("no CSRF token")?;
     let demande = form.field("demande").context("no request id")?;
+    let visite = form.field("visite").context("no visit")?;
     let scan = vec![b'%'; 256 * 1024];
     let (status, location) = browser
         .post_multipart_slowly(
             "/desk/mandates/new",
             &[
                 ("csrf", &csrf),
+                ("visite", &visite),
                 ("demande", &demande),
                 ("finalite", CANTINE),
                 ("duree", "31"),
@@ -432,6 +447,27 @@ fn without_marie(sample: &str) -> String {
     )
 }
 
+/// The mandate form filled for the person present (the school canteen, a month), sent with the
+/// visit it was served with; the answer.
+async fn create_mandate(browser: &mut Browser) -> anyhow::Result<Page> {
+    let form = browser.get("/desk/mandates/new").await?;
+    let csrf = form.field("csrf").context("no CSRF token")?;
+    let visite = form.field("visite").unwrap_or_default();
+    browser
+        .post_multipart(
+            "/desk/mandates/new",
+            &[
+                ("csrf", &csrf),
+                ("visite", &visite),
+                ("finalite", CANTINE),
+                ("duree", "31"),
+                ("informee", "oui"),
+            ],
+            Some(("document", "mandat.pdf", b"%PDF mandat")),
+        )
+        .await
+}
+
 /// An agent whom a reloaded registry no longer enrols still ends their session: the person
 /// present, their ID token and the mandate acted under go with it. Fails when the logout first
 /// asks the registry for the agent (403, the session left open).
@@ -482,6 +518,54 @@ async fn a_logout_closes_the_desk_even_when_the_agent_is_no_longer_enrolled() ->
         "<title>Espace des agents : connexion — Une Fois</title>",
     );
     assert!(!home.body.contains("Alice"), "{}", home.body);
+    broker.stop().await?;
+    Ok(())
+}
+
+/// A mandate form opened for Alice and sent after Bob was welcomed (in another tab) records
+/// nothing: Alice's purposes and document are not Bob's. Fails when the form takes whoever is
+/// present when it is sent.
+#[tokio::test]
+async fn a_mandate_form_opened_for_one_person_is_refused_once_another_is_present()
+-> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start_with_pages(pki.dir()).await?;
+    let mut browser = desk(&broker).await?;
+    browser.log_in_agent("agent-marie", true).await?;
+    browser.person_at_desk("test:alice").await?;
+    let form = browser.get("/desk/mandates/new").await?;
+    let csrf = form.field("csrf").context("no CSRF token")?;
+    let visite = form.field("visite").unwrap_or_default();
+    let demande = form.field("demande").context("no request id")?;
+
+    // Another tab: Bob is welcomed.
+    let home = browser.person_at_desk("test:bob").await?;
+    shows(&home, "Personne présente : <strong>Bob Durand</strong>");
+    let stale = browser
+        .post_multipart(
+            "/desk/mandates/new",
+            &[
+                ("csrf", &csrf),
+                ("visite", &visite),
+                ("demande", &demande),
+                ("finalite", CANTINE),
+                ("duree", "365"),
+                ("informee", "oui"),
+            ],
+            Some(("document", "mandat.pdf", b"%PDF mandat signe par Alice")),
+        )
+        .await?;
+    assert_eq!(stale.status, 409, "{}", stale.body);
+    shows(&stale, "La personne à l&#39;accueil a changé");
+    shows(&stale, "aucun mandat n&#39;a été enregistré");
+    let home = browser.get("/desk").await?;
+    shows(&home, "Elle n'a donné aucun mandat à votre structure.");
+
+    // Filled again for Bob: recorded.
+    let created = create_mandate(&mut browser).await?;
+    assert_eq!(created.status, 303, "{}", created.body);
+    let printable = browser.follow(created).await?;
+    shows(&printable, "Bob Durand donne mandat");
     broker.stop().await?;
     Ok(())
 }
