@@ -428,6 +428,18 @@ pub async fn callback(
         Ok(agent) => agent,
         Err(page) => return *page,
     };
+    // « Prolonger la session »: the same agent logging in again in this browser goes on with
+    // the person present and the mandate acted under while it is still in force for them;
+    // another agent starts afresh.
+    let (person, acting) = match session(&web, &headers) {
+        Some((_, earlier))
+            if earlier.participant == agent.participant && earlier.agent == agent.agent =>
+        {
+            let acting = acting_mandate(&web, &earlier).await.map(|m| m.id);
+            (earlier.person, acting)
+        }
+        _ => (None, None),
+    };
     logins(&web).open_session(
         &headers,
         DESK_COOKIE,
@@ -440,8 +452,8 @@ pub async fn callback(
             csrf,
             ends,
             ends_at,
-            person: None,
-            acting: None,
+            person,
+            acting,
             flash: None,
             prefilled: None,
         },

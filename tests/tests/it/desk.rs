@@ -569,3 +569,41 @@ async fn a_mandate_form_opened_for_one_person_is_refused_once_another_is_present
     broker.stop().await?;
     Ok(())
 }
+
+/// « Prolonger la session » is a new login: the same agent goes on with the person present and
+/// the mandate acted under; another agent logging in on the same browser starts afresh. Fails
+/// when the new login drops the person whoever logs in.
+#[tokio::test]
+async fn extending_the_session_keeps_the_person_for_the_same_agent_only() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start_with_pages(pki.dir()).await?;
+    let mut browser = desk(&broker).await?;
+    browser.log_in_agent("agent-marie", true).await?;
+    browser.person_at_desk("test:alice").await?;
+    let created = create_mandate(&mut browser).await?;
+    assert_eq!(created.status, 303, "{}", created.body);
+    let home = browser.get("/desk").await?;
+    shows(&home, "Vous agissez pour <strong>Alice Martin</strong>");
+
+    // Marie extends her session: Alice and the mandate stay.
+    let extended = browser.log_in_agent("agent-marie", true).await?;
+    assert_eq!(extended.status, 200, "{}", extended.body);
+    shows(&extended, "Vous agissez pour <strong>Alice Martin</strong>");
+    shows(
+        &extended,
+        "Personne présente : <strong>Alice Martin</strong>",
+    );
+    let acting = browser.get("/desk/agir").await?;
+    assert_eq!(acting.status, 200, "{}", acting.body);
+
+    // Karim logs in on the same browser: nobody is at his desk.
+    let karim = browser.log_in_agent("agent-karim", true).await?;
+    assert_eq!(karim.status, 200, "{}", karim.body);
+    shows(&karim, "Karim Benali, France Services Lyon 8e");
+    assert!(!karim.body.contains("Alice"), "{}", karim.body);
+    shows(&karim, "La personne se connecte");
+    let acting = browser.get("/desk/agir").await?;
+    assert_eq!(acting.location(), Some("/desk"));
+    broker.stop().await?;
+    Ok(())
+}
