@@ -672,8 +672,13 @@ pub async fn events(
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Response {
+    // Reached from another site, it reads (and records a read of) nothing until asked.
     if web.sent_from_elsewhere(&headers) {
-        return pages::forbidden();
+        let href = match q.debut {
+            Some(n) => format!("/audit/evenements?debut={n}"),
+            None => "/audit/evenements".to_string(),
+        };
+        return pages::continue_staff(&href, "Afficher les événements");
     }
     let (_, s, caller) = match signed_in(&web, &headers) {
         Ok(x) => x,
@@ -853,7 +858,7 @@ fn attachment(content_type: &'static str, filename: &str, body: Vec<u8>) -> Resp
 /// `GET /audit/export.json`: the selected events, with the checkpoint and key to check them.
 pub async fn export_json(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     if web.sent_from_elsewhere(&headers) {
-        return pages::forbidden();
+        return pages::continue_staff("/audit/export.json", "Télécharger l'export JSON");
     }
     let (_, s, caller) = match signed_in(&web, &headers) {
         Ok(x) => x,
@@ -896,7 +901,7 @@ fn cell(value: &str) -> String {
 /// `GET /audit/export.csv`: the selected events, one line each.
 pub async fn export_csv(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     if web.sent_from_elsewhere(&headers) {
-        return pages::forbidden();
+        return pages::continue_staff("/audit/export.csv", "Télécharger l'export CSV");
     }
     let (_, s, caller) = match signed_in(&web, &headers) {
         Ok(x) => x,
@@ -972,7 +977,7 @@ const CONTEST_WINDOWS: usize = 20;
 /// reports, each with the exchange it contests (the read recorded first).
 pub async fn contests(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     if web.sent_from_elsewhere(&headers) {
-        return pages::forbidden();
+        return pages::continue_staff("/audit/signalements", "Afficher les signalements");
     }
     let (_, s, caller) = match signed_in(&web, &headers) {
         Ok(x) => x,
@@ -1289,7 +1294,10 @@ pub async fn bundle(
     Path(index): Path<u64>,
 ) -> Response {
     if web.sent_from_elsewhere(&headers) {
-        return pages::forbidden();
+        return pages::continue_staff(
+            &format!("/audit/dossier/{index}"),
+            &format!("Télécharger le dossier de preuve de l'inscription n° {index}"),
+        );
     }
     let (_, _, caller) = match signed_in(&web, &headers) {
         Ok(x) => x,

@@ -1419,8 +1419,18 @@ pub async fn history(
     headers: HeaderMap,
     Query(query): Query<HistoryQuery>,
 ) -> Response {
+    // Reached from another site, it reads (and records a read of) nothing until asked.
     if web.sent_from_elsewhere(&headers) {
-        return pages::forbidden();
+        let href = match &query.avant {
+            Some(token) => format!(
+                "/desk/agir/historique?{}",
+                url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("avant", token)
+                    .finish()
+            ),
+            None => "/desk/agir/historique".to_string(),
+        };
+        return pages::continue_staff(&href, "Afficher l'historique de la personne");
     }
     let (_, s, person, caller, m) = match acting(&web, &headers).await {
         Ok(x) => x,

@@ -252,12 +252,31 @@ pub fn refusal(e: &ApiError) -> Response {
 /// would have those reads recorded in their name): nothing read yet, a link to go on from
 /// here.
 pub fn continue_here(href: &str, words: &str) -> Response {
+    continue_with(
+        href,
+        words,
+        "Vous arrivez d'un autre site. Pour afficher vos données, continuez depuis cette page.",
+    )
+}
+
+/// [`continue_here`] for the agents' and auditors' pages whose reads are recorded in their
+/// name (a person's history at a desk, the console's events, exports and proofs).
+pub fn continue_staff(href: &str, words: &str) -> Response {
+    continue_with(
+        href,
+        words,
+        "Vous arrivez d'un autre site. Cette page lit des données et sa lecture est inscrite au \
+         journal à votre nom : rien n'a encore été lu. Pour l'afficher, continuez depuis cette \
+         page.",
+    )
+}
+
+fn continue_with(href: &str, words: &str, text: &str) -> Response {
     render(
         StatusCode::OK,
         &Message {
             layout: Layout::new("Continuer vers votre espace", None),
-            text: "Vous arrivez d'un autre site. Pour afficher vos données, continuez depuis \
-                   cette page.",
+            text,
             next: Some((href, words)),
         },
     )

@@ -246,6 +246,19 @@ async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> a
     let history = browser.get("/desk/agir/historique").await?;
     assert_eq!(history.status, 200, "{}", history.body);
     shows(&history, "Ville de Lyon");
+    // Reached from another site, it reads nothing until the agent goes on from the page.
+    let elsewhere = browser
+        .get_from("/desk/agir/historique", "cross-site")
+        .await?;
+    assert_eq!(elsewhere.status, 200, "{}", elsewhere.body);
+    shows(&elsewhere, "Continuer vers votre espace");
+    assert!(
+        elsewhere
+            .links()
+            .contains(&"/desk/agir/historique".to_string()),
+        "{}",
+        elsewhere.body
+    );
 
     // On Alice's own page: the mandate and the accesses, attributed to the agent.
     let mut alice = desk(&broker).await?;
