@@ -166,7 +166,12 @@ impl<S: Clone + Ending> Logins<'_, S> {
     /// The page for an identity provider's answer that is an error: the login it answers ends
     /// and nothing is asked of the provider. What the provider wrote beside the code
     /// (`error_description`) is not shown: anyone can write it in a link.
-    fn refused_by_provider(&self, headers: &HeaderMap, answer: &CallbackQuery) -> Response {
+    fn refused_by_provider(
+        &self,
+        headers: &HeaderMap,
+        answer: &CallbackQuery,
+        kind: LoginKind,
+    ) -> Response {
         self.table.take_login(&answer.state);
         // « Prolonger la session » cancelled, or the person's login at a desk: the session
         // already open in this browser stays open, and a person leaving a shared device must
@@ -194,6 +199,15 @@ impl<S: Clone + Ending> Logins<'_, S> {
             "web: the identity provider answered a login with an error"
         );
         match code {
+            // The person present at a desk cancelled: the agent's session goes on, the person
+            // is not logged in, and the desk is where they go on from.
+            "access_denied" if kind == LoginKind::PersonAtDesk => pages::error_page_on_to(
+                StatusCode::OK,
+                "Connexion de la personne annulée",
+                "La personne ne s'est pas connectée : la connexion a été annulée et rien n'a été \
+                 fait pour elle. Elle peut recommencer depuis l'accueil de l'espace des agents.",
+                ("/desk", "Revenir à l'accueil de l'espace des agents"),
+            ),
             "access_denied" if open => pages::error_page(
                 StatusCode::OK,
                 "Connexion annulée",
@@ -245,7 +259,7 @@ impl<S: Clone + Ending> Logins<'_, S> {
         callback: &str,
     ) -> Result<(String, PendingLogin), Box<Response>> {
         if !answer.error.is_empty() {
-            return Err(Box::new(self.refused_by_provider(headers, answer)));
+            return Err(Box::new(self.refused_by_provider(headers, answer, kind)));
         }
         let failed = || Box::new(self.failed());
         let login = self.table.take_login(&answer.state).ok_or_else(failed)?;

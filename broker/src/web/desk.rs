@@ -473,7 +473,12 @@ pub async fn person_login(
         Err(page) => return *page,
     };
     let Some(door) = web.citizens_door() else {
-        return super::agent_login::no_provider();
+        return pages::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Connexion de la personne indisponible",
+            "Aucun fournisseur d'identité des usagers n'est relié à cet espace pour l'instant : \
+             la personne ne peut pas se connecter sur ce poste. Réessayez plus tard.",
+        );
     };
     let registry = web.state.federation.registry();
     let Some(structure) = registry.participant(&caller.participant) else {

@@ -111,6 +111,23 @@ pub fn error_page(status: StatusCode, title: &str, text: &str) -> Response {
     )
 }
 
+/// [`error_page`] with somewhere to go from there besides the home page: (href, words).
+pub fn error_page_on_to(
+    status: StatusCode,
+    title: &str,
+    text: &str,
+    next: (&str, &str),
+) -> Response {
+    render(
+        status,
+        &Message {
+            layout: Layout::new(title, None),
+            text,
+            next: Some(next),
+        },
+    )
+}
+
 /// 403: a form sent after its session ended; nothing was done. `relogin` is where to log in
 /// again.
 pub fn session_ended(relogin: &str) -> Response {

@@ -246,6 +246,13 @@ async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> a
     let history = browser.get("/desk/agir/historique").await?;
     assert_eq!(history.status, 200, "{}", history.body);
     shows(&history, "Ville de Lyon");
+    // Whose data they are: the person's, not the agent's.
+    shows(&history, "Consultations des données de la personne");
+    assert!(
+        !history.body.contains("Consultations de vos données"),
+        "{}",
+        history.body
+    );
     // Reached from another site, it reads nothing until the agent goes on from the page.
     let elsewhere = browser
         .get_from("/desk/agir/historique", "cross-site")
@@ -617,6 +624,62 @@ async fn extending_the_session_keeps_the_person_for_the_same_agent_only() -> any
     shows(&karim, "La personne se connecte");
     let acting = browser.get("/desk/agir").await?;
     assert_eq!(acting.location(), Some("/desk"));
+    broker.stop().await?;
+    Ok(())
+}
+
+/// What the desk says when the person's login cannot be made: the person cancelled at the
+/// identity provider (they did not log in; back to the desk), or no citizens' identity
+/// provider is there (theirs is missing, not the agents'). Fails with the earlier texts.
+#[tokio::test]
+async fn the_desk_says_what_became_of_the_persons_login() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let (broker, registry) = reloadable(&pki, scratch.path()).await?;
+    let mut browser = desk(&broker).await?;
+    browser.log_in_agent("agent-marie", true).await?;
+    let to_idp = browser.get("/desk/person/login").await?;
+    let state = to_idp
+        .location()
+        .context("not sent to the provider")?
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("state="))
+        .context("no state")?
+        .to_string();
+    let cancelled = browser
+        .get(&format!(
+            "/desk/person/callback?error=access_denied&state={state}"
+        ))
+        .await?;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    shows(&cancelled, "La personne ne s&#39;est pas connectée");
+    assert!(
+        cancelled.links().contains(&"/desk".to_string()),
+        "{}",
+        cancelled.body
+    );
+    assert!(
+        !cancelled.body.contains("déconnectez-vous"),
+        "{}",
+        cancelled.body
+    );
+
+    // The citizens' identity provider gone from the registry: the agents' is still there.
+    reload_with(&broker, &registry, |s| {
+        s.replacen(
+            "[[identity_providers]]\nid = \"dev-idp\"\nissuer = \"https://idp.unefois.test\"\n\
+             jwks = \"dev-idp/jwks.json\"\nmax_token_age_seconds = 600\n",
+            "",
+            1,
+        )
+    })
+    .await?;
+    let home = browser.get("/desk").await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    let none = browser.get("/desk/person/login").await?;
+    assert_eq!(none.status, 503, "{}", none.body);
+    shows(&none, "Aucun fournisseur d&#39;identité des usagers");
+    assert!(!none.body.contains("identité des agents"), "{}", none.body);
     broker.stop().await?;
     Ok(())
 }
