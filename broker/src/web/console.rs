@@ -1149,7 +1149,8 @@ impl NoProof {
     /// For the console's script (`/audit/api/…`).
     fn json(self) -> Response {
         match self {
-            NoProof::Refused(e) => json_error(StatusCode::BAD_REQUEST, e.reason_code()),
+            // As the page says it: a store that did not answer is no fault of the auditor's.
+            NoProof::Refused(e) => json_error(pages::refusal_status(&e), e.reason_code()),
             NoProof::Beyond(size) => json_error(
                 StatusCode::NOT_FOUND,
                 &format!("le journal n'a que {size} inscriptions"),

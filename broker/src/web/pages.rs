@@ -162,8 +162,27 @@ pub fn proof_spent(relogin: &str) -> Response {
 /// code for the assistance. The reasons each space handles itself (the proof of identity, the
 /// store) are answered here too, plainly.
 pub fn refusal(e: &ApiError) -> Response {
+    let (status, title, text) = refusal_words(e);
+    error_page(
+        status,
+        title,
+        &format!(
+            "{text} Code à indiquer à l'assistance : {}.",
+            e.reason_code()
+        ),
+    )
+}
+
+/// The status [`refusal`] answers `e` with: for the console's script, which shows the reason's
+/// code itself.
+pub fn refusal_status(e: &ApiError) -> StatusCode {
+    refusal_words(e).0
+}
+
+/// What [`refusal`] says of `e`: its status, title and text.
+fn refusal_words(e: &ApiError) -> (StatusCode, &'static str, &'static str) {
     use ApiError as E;
-    let (status, title, text) = match e {
+    match e {
         E::InvalidArgument { .. }
         | E::InvalidSubject(_)
         | E::UnknownPurpose(_)
@@ -254,15 +273,7 @@ pub fn refusal(e: &ApiError) -> Response {
             "Cette action n'est pas permise à votre organisation ou à votre rôle (habilitation \
              absente ou échue, finalité ou donnée non autorisée).",
         ),
-    };
-    error_page(
-        status,
-        title,
-        &format!(
-            "{text} Code à indiquer à l'assistance : {}.",
-            e.reason_code()
-        ),
-    )
+    }
 }
 
 /// 200: a page that reads much of a person's data, reached from another site (a page that

@@ -366,3 +366,53 @@ async fn a_citizens_report_reaches_the_console_with_the_exchange_it_contests() -
     broker.stop().await?;
     Ok(())
 }
+
+/// A proof the console's script asks for while the store cannot record the read is refused
+/// as the store's failure (503), not as the auditor's mistake (400). Fails when every refused
+/// read answers 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proof_api_says_when_the_store_is_unavailable() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let pki = TestPki::for_sample_registry()?;
+    let fail = Arc::new(AtomicBool::new(false));
+    let faults: broker::journal::FaultInjector = {
+        let fail = fail.clone();
+        Arc::new(move |point| {
+            if point == broker::journal::FaultPoint::AfterWrite && fail.load(Ordering::SeqCst) {
+                Err(std::io::Error::other("injected"))
+            } else {
+                Ok(())
+            }
+        })
+    };
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        unefois_tests::BrokerOptions {
+            web: true,
+            journal_faults: Some(faults),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut browser = Browser::new(broker.web_addr.context("no web pages")?)?;
+    browser
+        .log_in_staff("/audit/login", "agent-cnil", true)
+        .await?;
+    let api = browser.get("/audit/api/inclusion?n=0").await?;
+    assert_eq!(api.status, 200, "{}", api.body);
+
+    // The disk fails: the read cannot be recorded, so nothing is read.
+    fail.store(true, Ordering::SeqCst);
+    let api = browser.get("/audit/api/inclusion?n=0").await?;
+    assert_eq!(api.status, 503, "{}", api.body);
+    assert!(api.body.contains("STORE_UNAVAILABLE"), "{}", api.body);
+    let page = browser.get("/audit/dossier/0").await?;
+    assert_eq!(page.status, 503, "{}", page.body);
+
+    fail.store(false, Ordering::SeqCst);
+    let api = browser.get("/audit/api/inclusion?n=0").await?;
+    assert_eq!(api.status, 200, "{}", api.body);
+    broker.stop().await?;
+    Ok(())
+}
