@@ -48,6 +48,9 @@ pub struct AccessFilter {
     pub since: Option<OffsetDateTime>,
     /// Only accesses before.
     pub until: Option<OffsetDateTime>,
+    /// Only accesses for these purposes: an agent reads, under a mandate, what the person
+    /// allowed the structure to act on (the mandate's purposes), not the whole history.
+    pub purposes: Option<Vec<String>>,
 }
 
 impl AccessFilter {
@@ -56,6 +59,7 @@ impl AccessFilter {
             && self.attestation_type.is_none()
             && self.since.is_none()
             && self.until.is_none()
+            && self.purposes.is_none()
     }
 
     fn selects(&self, time: OffsetDateTime, exchange: &ExchangeEvent) -> bool {
@@ -68,6 +72,10 @@ impl AccessFilter {
                 .is_none_or(|t| exchange.attestation_type == t)
             && self.since.is_none_or(|s| time >= s)
             && self.until.is_none_or(|u| time < u)
+            && self
+                .purposes
+                .as_ref()
+                .is_none_or(|p| p.contains(&exchange.purpose))
     }
 }
 
@@ -200,6 +208,11 @@ pub async fn list(state: &State, caller: &Caller, input: &ListInput) -> Result<A
         n => n.min(MAX_PAGE_SIZE),
     } as usize;
     let store = &*state.store;
+    // Under a mandate, the accesses for what it lets the structure act on.
+    let mut filter = input.filter.clone();
+    if let Some(m) = &mandate {
+        filter.purposes = Some(m.purposes.clone());
+    }
     // The read is on the record before it happens.
     store
         .append(vec![Record::now(Event::AccessHistoryRead {
@@ -210,12 +223,12 @@ pub async fn list(state: &State, caller: &Caller, input: &ListInput) -> Result<A
             mandate_id: mandate.map(|m| m.id),
         })])
         .await?;
-    let (found, next) = if input.filter.is_empty() {
+    let (found, next) = if filter.is_empty() {
         let (found, more) = events::accesses(store, &pseudonym, before, size).await?;
         let next = found.last().filter(|_| more).map(|last| last.index);
         (found, next)
     } else {
-        filtered(store, &pseudonym, before, size, &input.filter).await?
+        filtered(store, &pseudonym, before, size, &filter).await?
     };
     let (tree_size, checkpoint) = store
         .latest_checkpoint()

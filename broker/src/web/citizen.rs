@@ -382,6 +382,7 @@ fn history_filter(
             attestation_type: some(&q.donnees),
             since: since.ok().flatten(),
             until: until.ok().flatten(),
+            purposes: None,
         },
         errors,
     )

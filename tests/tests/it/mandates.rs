@@ -713,3 +713,43 @@ async fn consumers_are_not_given_the_mandate_a_consent_was_recorded_under() -> a
     }
     broker.stop().await
 }
+
+/// An agent reads a person's access history under a mandate: the accesses for the purposes the
+/// mandate covers, what the person let the structure act on, not every exchange about them;
+/// the person reads them all.
+#[tokio::test]
+async fn an_agent_reads_the_accesses_within_the_mandates_purposes() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    let mandate = mandate_for(&broker, "test:alice", &["aide_energie"]).await?;
+    exchange(&broker, "mairie-lyon")
+        .await?
+        .fetch(fetch_rfr("test:alice", "tarification_cantine", ""))
+        .await?;
+    exchange(&broker, AGENT)
+        .await?
+        .fetch(fetch_rfr("test:alice", "aide_energie", &mandate.id))
+        .await?;
+    let agents = GuichetClient::new(broker.channel(AGENT).await?)
+        .list_accesses(pb::ListAccessesRequest {
+            subject: "test:alice".into(),
+            mandate_id: mandate.id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .accesses;
+    let purposes: Vec<&str> = agents.iter().map(|a| a.purpose.as_str()).collect();
+    assert_eq!(purposes, ["aide_energie"]);
+    let hers = GuichetClient::new(broker.channel("mairie-lyon").await?)
+        .list_accesses(pb::ListAccessesRequest {
+            subject: "test:alice".into(),
+            id_token: id_token("test:alice", "mairie-lyon"),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .accesses;
+    assert_eq!(hers.len(), 2, "{hers:?}");
+    broker.stop().await
+}
