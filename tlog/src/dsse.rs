@@ -3,8 +3,7 @@
 //! with a signature over anything else. Verified against the attestation key's C2SP verifier
 //! key (`<name>+<key hash>+<base64(0x01 ‖ public key)>`), which the broker publishes.
 
-use base64::Engine;
-use ed25519_dalek::{Verifier, VerifyingKey};
+use signed_note::StandardVerifier;
 
 /// The DSSE payload type of Une Fois attestations.
 pub const PAYLOAD_TYPE: &str = "application/vnd.unefois.attestation+json";
@@ -57,41 +56,41 @@ pub enum VerifyError {
     NotAnAttestation(String),
 }
 
-/// The `<name>+<key hash>` prefix of a C2SP vkey, the key id its signatures carry: names never
-/// contain `+`, but the base64 key may, so the split is from the left.
+/// The `<name>+<key hash>` prefix of a C2SP vkey, the key id its signatures carry, once the vkey
+/// is a well-formed Ed25519 verifier key whose hash is the C2SP key id of its name and key (as
+/// [`crate::checkpoint::verify_checkpoint`] requires): `None` otherwise. Names never contain
+/// `+`, but the base64 key may, so the split is from the left.
 pub fn keyid_of(vkey: &str) -> Option<String> {
+    checked_key(vkey).ok().map(|(keyid, _)| keyid)
+}
+
+/// The vkey parsed by the same code as a checkpoint's key ([`StandardVerifier::new`]: the
+/// name, 8 hex digits that are the C2SP key id of the name and `0x01 ‖ public key`, the key),
+/// with its `<name>+<key hash>` prefix.
+fn checked_key(vkey: &str) -> Result<(String, StandardVerifier), VerifyError> {
+    let verifier = StandardVerifier::new(vkey).map_err(|_| VerifyError::MalformedKey)?;
     let mut parts = vkey.splitn(3, '+');
-    let name = parts.next()?;
-    let hash = parts.next()?;
-    parts.next()?;
-    Some(format!("{name}+{hash}"))
+    let (Some(name), Some(hash)) = (parts.next(), parts.next()) else {
+        return Err(VerifyError::MalformedKey);
+    };
+    Ok((format!("{name}+{hash}"), verifier))
 }
 
 /// Checks that `envelope` is an attestation ([`PAYLOAD_TYPE`]) and carries a valid signature by
 /// the key of `vkey` (what any holder of the published key can do offline). The type is
 /// checked too: the day the key signs another kind of payload, its envelopes must not pass for
-/// attestations.
+/// attestations. A vkey whose key hash is not its key's C2SP key id is refused
+/// ([`VerifyError::MalformedKey`]), as for checkpoints: the key id names one key only.
 pub fn verify(vkey: &str, envelope: &Envelope) -> Result<(), VerifyError> {
     if envelope.payload_type != PAYLOAD_TYPE {
         return Err(VerifyError::NotAnAttestation(envelope.payload_type.clone()));
     }
-    let keyid = keyid_of(vkey).ok_or(VerifyError::MalformedKey)?;
-    let encoded = &vkey[keyid.len() + 1..];
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|_| VerifyError::MalformedKey)?;
-    let (alg, public) = raw.split_first().ok_or(VerifyError::MalformedKey)?;
-    let public: [u8; 32] = public.try_into().map_err(|_| VerifyError::MalformedKey)?;
-    if *alg != 0x01 {
-        return Err(VerifyError::MalformedKey);
-    }
-    let key = VerifyingKey::from_bytes(&public).map_err(|_| VerifyError::MalformedKey)?;
+    let (keyid, key) = checked_key(vkey)?;
     let signed = pae(&envelope.payload_type, &envelope.payload);
-    let ok = envelope.signatures.iter().any(|s| {
-        s.keyid == keyid
-            && ed25519_dalek::Signature::from_slice(&s.sig)
-                .is_ok_and(|sig| key.verify(&signed, &sig).is_ok())
-    });
+    let ok = envelope
+        .signatures
+        .iter()
+        .any(|s| s.keyid == keyid && signed_note::Verifier::verify(&key, &signed, &s.sig));
     if ok {
         Ok(())
     } else {
@@ -160,6 +159,42 @@ mod tests {
             verify(&vkey, &other),
             Err(VerifyError::NotAnAttestation("text/plain".into()))
         );
+    }
+
+    #[test]
+    fn a_vkey_whose_hash_names_another_key_is_refused() {
+        use ed25519_dalek::Signer;
+        let name = "example.org/attestation";
+        let real = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let other = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
+        let vkey = signed_note::new_ed25519_verifier_key(name, &real.verifying_key());
+        let other_vkey = signed_note::new_ed25519_verifier_key(name, &other.verifying_key());
+        // The real name and hash, another public key: `<name>+<real hash>+<other key>`.
+        let keyid = keyid_of(&vkey).unwrap();
+        let other_key = other_vkey.splitn(3, '+').nth(2).unwrap();
+        let swapped = format!("{keyid}+{other_key}");
+        let payload = br#"{"id":"a"}"#.to_vec();
+        let envelope = Envelope {
+            signatures: vec![EnvelopeSignature {
+                keyid: keyid.clone(),
+                sig: other.sign(&pae(PAYLOAD_TYPE, &payload)).to_bytes().to_vec(),
+            }],
+            payload,
+            payload_type: PAYLOAD_TYPE.into(),
+        };
+        assert_eq!(verify(&swapped, &envelope), Err(VerifyError::MalformedKey));
+        assert_eq!(keyid_of(&swapped), None);
+        // A hash that is not 8 hex digits is refused too.
+        let long = format!("{name}+0{}", &vkey[name.len() + 1..]);
+        assert_eq!(verify(&long, &envelope), Err(VerifyError::MalformedKey));
+        // The other key under its own id verifies its own signature.
+        let mut own = envelope.clone();
+        own.signatures[0].keyid = keyid_of(&other_vkey).unwrap();
+        assert_eq!(verify(&other_vkey, &own), Ok(()));
+    }
+
+    #[test]
+    fn the_payload_hash_is_the_hex_sha256() {
         assert_eq!(
             payload_sha256(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
