@@ -146,6 +146,52 @@ pub async fn list(
     Ok((out, next))
 }
 
+/// ExportEvents' reading: every event `filter` selects, page after page, sent to `tx`, up to
+/// the log's size when the export began (entries appended since are not followed: an export
+/// ends). It stops as soon as the receiver is gone (the client left): the page under way is
+/// abandoned and no other is read, so that a filter matching nothing does not scan, decode
+/// and open every entry of the log for nobody. A store failure is sent, and ends it. Returns
+/// the index it stopped at.
+pub async fn export(
+    store: &dyn Store,
+    mut filter: EventFilter,
+    tx: &tokio::sync::mpsc::Sender<Result<LoggedEvent, StoreError>>,
+) -> u64 {
+    let size = match store.latest_checkpoint().await {
+        Ok(latest) => latest.map_or(0, |(size, _)| size),
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return filter.start_index;
+        }
+    };
+    let end = filter.end_index.map_or(size, |end| end.min(size));
+    filter.end_index = Some(end);
+    while filter.start_index < end {
+        let page = tokio::select! {
+            biased;
+            () = tx.closed() => return filter.start_index,
+            page = list(store, &filter) => page,
+        };
+        let (found, next) = match page {
+            Ok(page) => page,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return filter.start_index;
+            }
+        };
+        for event in found {
+            if tx.send(Ok(event)).await.is_err() {
+                return next;
+            }
+        }
+        if next <= filter.start_index {
+            break;
+        }
+        filter.start_index = next;
+    }
+    filter.start_index
+}
+
 /// The exchanges about a subject (by audit pseudonym), newest first, older than leaf `before`
 /// (exclusive) when given, at most `size` of them, and whether more remain.
 pub async fn accesses(
@@ -278,4 +324,80 @@ pub async fn audited(
         })])
         .await?;
     Ok(filter)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::seal::Sealer;
+
+    fn store() -> Arc<crate::store::Memory> {
+        Arc::new(crate::store::Memory::new(
+            crate::LogSigner::from_seed(&[6; 32], "unefois.test").unwrap(),
+            Arc::new(Sealer::from_secret(&[5; 32])),
+        ))
+    }
+
+    fn stops(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|_| Record::now(Event::BrokerStopped {}))
+            .collect()
+    }
+
+    /// A filter matching nothing sends nothing, so the export never learnt from a failed send
+    /// that the client had left: it read every page of the log for nobody.
+    #[tokio::test]
+    async fn an_export_whose_client_left_reads_no_further_page() {
+        let store = store();
+        let size = 3 * MAX_SCAN;
+        store.append(stops(size as usize)).await.unwrap();
+        let filter = EventFilter {
+            kind: Some("consent_granted".into()),
+            limit: MAX_LIMIT,
+            ..EventFilter::default()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        drop(rx);
+        let reached = export(&*store, filter.clone(), &tx).await;
+        assert_eq!(
+            reached, 0,
+            "read up to {reached} of {size} entries for nobody"
+        );
+        // With the client there, the same export reads the whole log, and ends.
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        assert_eq!(export(&*store, filter, &tx).await, size);
+    }
+
+    /// An export ends at the log's size when it began: it does not follow the entries appended
+    /// while it runs.
+    #[tokio::test]
+    async fn an_export_ends_at_the_size_the_log_had_when_it_began() {
+        let store = store();
+        store.append(stops(5)).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let exporter = {
+            let store = store.clone();
+            let filter = EventFilter {
+                limit: MAX_LIMIT,
+                ..EventFilter::default()
+            };
+            tokio::spawn(async move { export(&*store, filter, &tx).await })
+        };
+        // The first page is read whole before its first event is sent.
+        assert_eq!(rx.recv().await.unwrap().unwrap().index, 0);
+        store.append(stops(3)).await.unwrap();
+        let mut sent = 1;
+        while let Some(event) = rx.recv().await {
+            assert!(event.unwrap().index < 5);
+            sent += 1;
+        }
+        assert_eq!(
+            sent, 5,
+            "the export followed the log past its size at the start"
+        );
+        assert_eq!(exporter.await.unwrap(), 5);
+    }
 }

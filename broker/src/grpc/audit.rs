@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::audit_server::Audit as AuditApi;
@@ -283,29 +283,11 @@ impl AuditApi for AuditService {
         filter.limit = events::MAX_LIMIT;
         let state = self.state.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move {
-            loop {
-                let page = events::list(&*state.store, &filter).await;
-                let (found, next) = match page {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx.send(Err(e).into_status()).await;
-                        return;
-                    }
-                };
-                for event in &found {
-                    if tx.send(Ok(audit_event(event))).await.is_err() {
-                        return;
-                    }
-                }
-                if next == filter.start_index {
-                    return;
-                }
-                filter.start_index = next;
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        // Ends when the client leaves (the stream, and so `rx`, dropped), or at the log's size
+        // when it began.
+        tokio::spawn(async move { events::export(&*state.store, filter, &tx).await });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|item| item.map(|event| audit_event(&event)).into_status());
+        Ok(Response::new(Box::pin(stream)))
     }
 }
