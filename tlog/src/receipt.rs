@@ -241,6 +241,16 @@ pub enum ReceiptError {
     /// The broker's answer lacks a part the file needs.
     #[error("the broker answered without {0}")]
     Incomplete(&'static str),
+    /// A check the file needs could not be made with what was given: nothing failed, but the
+    /// file is not verified (an access history whose pages have checkpoints of different sizes,
+    /// and no later checkpoint to prove them one log).
+    #[error("{check}: NOT CHECKED: {reason}")]
+    NotChecked {
+        /// The check not made.
+        check: Check,
+        /// Why, and what to give for it to be made.
+        reason: String,
+    },
 }
 
 /// `leaf 41: ` before a check about one access.
@@ -377,7 +387,9 @@ pub fn checkpoint_root(note: &str) -> Option<[u8; 32]> {
 /// Runs every check of `file`, in order, until one fails: for a receipt, the attestation
 /// signature, the checkpoint signature, the inclusion proof and the payload hash; for an access
 /// history, each page's checkpoint signature, then each access's inclusion proof and entry; then,
-/// given a later checkpoint, its signature and each checkpoint's consistency with it.
+/// given a later checkpoint, its signature and each checkpoint's consistency with it. Without
+/// one, a history whose pages have checkpoints of different sizes ends
+/// [`ReceiptError::NotChecked`]: nothing shows that its pages are of one log.
 pub fn verify(
     file: &VerifiableFile,
     keys: &VerifierKeys,
@@ -532,8 +544,9 @@ impl Checks {
                 ),
             ));
         }
-        if let Some(later) = later {
-            self.consistency(&keys.log, later, &checkpoints)?;
+        match later {
+            Some(later) => self.consistency(&keys.log, later, &checkpoints)?,
+            None => unproven_pages(&checkpoints)?,
         }
         Ok(())
     }
@@ -708,6 +721,30 @@ fn recorded_access(entry: &[u8]) -> Result<AccessView, String> {
     })
 }
 
+/// Pages whose checkpoints are of different sizes are each checked against their own tree;
+/// that the trees are one log, the smaller a prefix of the larger, only consistency proofs to a
+/// later checkpoint show (`--checkpoint`). Without them, two trees that differ anywhere (two
+/// logs, or a rewritten one) would pass page by page: the file is then not verified, and says
+/// what would verify it.
+fn unproven_pages(checkpoints: &[VerifiedCheckpoint]) -> Result<(), ReceiptError> {
+    let mut sizes: Vec<u64> = checkpoints.iter().map(|c| c.size).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    if sizes.len() < 2 {
+        return Ok(());
+    }
+    let sizes: Vec<String> = sizes.iter().map(u64::to_string).collect();
+    Err(ReceiptError::NotChecked {
+        check: Check::Consistency,
+        reason: format!(
+            "the pages' checkpoints ({} entries) are not proven to be of one log: give a later \
+             checkpoint with its consistency proofs (`unefois audit checkpoint --for FILE --out \
+             LATER`, then `unefois verify FILE --checkpoint LATER`)",
+            sizes.join(", ")
+        ),
+    })
+}
+
 /// A size at which two of `checkpoints` have different roots, if any.
 fn fork_among(checkpoints: &[VerifiedCheckpoint]) -> Option<u64> {
     checkpoints.iter().enumerate().find_map(|(i, a)| {
@@ -719,8 +756,179 @@ fn fork_among(checkpoints: &[VerifiedCheckpoint]) -> Option<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::tree::MemoryTree;
+
+    /// The log key of the tests: the broker's checkpoint format, signed with ed25519-dalek.
+    struct LogKey {
+        key: ed25519_dalek::SigningKey,
+        names: crate::checkpoint::LogKeyNames,
+    }
+
+    impl LogKey {
+        fn new() -> LogKey {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+            let names = crate::checkpoint::log_key_names("unefois.test", &key.verifying_key());
+            LogKey { key, names }
+        }
+
+        fn checkpoint(&self, tree: &MemoryTree, size: u64) -> String {
+            let root = tlog_tiles::Hash(tree.root(size));
+            let body = format!("{}\n{size}\n{root}\n", self.names.origin);
+            let mut note = signed_note::Note::new(body.as_bytes(), &[]).unwrap();
+            note.add_sigs(&[self]).unwrap();
+            String::from_utf8(note.to_bytes()).unwrap()
+        }
+    }
+
+    impl signed_note::Signer for LogKey {
+        fn name(&self) -> &str {
+            &self.names.origin
+        }
+
+        fn key_id(&self) -> u32 {
+            self.names.key_id
+        }
+
+        fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, ed25519_dalek::SignatureError> {
+            Ok(ed25519_dalek::Signer::sign(&self.key, msg).to_vec())
+        }
+    }
+
+    fn exchange(n: u64, consumer: &str) -> Vec<u8> {
+        format!(
+            r#"{{"v":2,"time":"2026-12-02T10:29:{:02}Z","kind":"exchange","outcome":"granted","participant":"{consumer}","attestation_type":"caf.quotient_familial","purpose":"tarification_cantine","registry_sha256":"00","n":{n}}}"#,
+            n % 60
+        )
+        .into_bytes()
+    }
+
+    /// A tree of `size` exchanges, whose leaf 0 names `first_consumer`.
+    fn tree(size: u64, first_consumer: &str) -> (MemoryTree, Vec<Vec<u8>>) {
+        let mut tree = MemoryTree::default();
+        let mut entries = Vec::new();
+        for n in 0..size {
+            let entry = exchange(
+                n,
+                if n == 0 {
+                    first_consumer
+                } else {
+                    "mairie-lyon"
+                },
+            );
+            tree.push(&entry);
+            entries.push(entry);
+        }
+        (tree, entries)
+    }
+
+    /// A page of one access, leaf `leaf`, in the checkpoint of `size` entries of `tree`.
+    fn page(
+        key: &LogKey,
+        tree: &MemoryTree,
+        entries: &[Vec<u8>],
+        size: u64,
+        leaf: u64,
+    ) -> AccessPage {
+        let entry = &entries[leaf as usize];
+        let read = ExchangeEntry::read(entry).unwrap();
+        AccessPage {
+            checkpoint: key.checkpoint(tree, size),
+            accesses: vec![AccessItem {
+                time: crate::entry::time_to_the_second(read.time),
+                consumer: read.participant,
+                attestation_type: read.attestation_type,
+                purpose: read.purpose,
+                outcome: read.outcome,
+                leaf_index: leaf,
+                entry: Base64(entry.clone()),
+                inclusion_proof: tlog_tiles::prove_record(size, leaf, tree)
+                    .unwrap()
+                    .into_iter()
+                    .map(|h| Base64(h.0.to_vec()))
+                    .collect(),
+            }],
+        }
+    }
+
+    /// Two pages from two trees that differ at leaf 0 (120 entries of one, 121 of the other)
+    /// each verify against their own checkpoint; that they are one log is not shown without a
+    /// later checkpoint, so the file is not verified; with one, the fork is found.
+    #[test]
+    fn pages_of_two_trees_are_not_verified_as_one_log() {
+        let key = LogKey::new();
+        let keys = VerifierKeys {
+            attestation: None,
+            log: key.names.vkey.clone(),
+        };
+        let (a, a_entries) = tree(120, "mairie-lyon");
+        let (b, b_entries) = tree(121, "caf");
+        assert_ne!(a.root(1), b.root(1));
+        let file = VerifiableFile::Accesses(AccessesFile::new(vec![
+            page(&key, &a, &a_entries, 120, 0),
+            page(&key, &b, &b_entries, 121, 0),
+        ]));
+        let verification = verify(&file, &keys, None);
+        let passed: Vec<String> = verification.passed.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            passed
+                .iter()
+                .filter(|p| p.contains("access entry: matches"))
+                .count(),
+            2,
+            "each page holds on its own: {passed:?}"
+        );
+        let failure = verification.failure.expect("verified as one log");
+        assert!(
+            matches!(
+                failure,
+                ReceiptError::NotChecked {
+                    check: Check::Consistency,
+                    ..
+                }
+            ),
+            "{failure}"
+        );
+        let said = failure.to_string();
+        assert!(said.starts_with("consistency: NOT CHECKED: "), "{said}");
+        assert!(
+            said.contains("120, 121") && said.contains("--checkpoint"),
+            "{said}"
+        );
+
+        // With a later checkpoint of tree B and its proofs, page A is a fork.
+        let later = LaterCheckpoint {
+            format: CHECKPOINT_FORMAT.into(),
+            checkpoint: key.checkpoint(&b, 121),
+            consistency: vec![ConsistencyProof {
+                first_size: 120,
+                proof: tlog_tiles::prove_tree(121, 120, &b)
+                    .unwrap()
+                    .into_iter()
+                    .map(|h| Base64(h.0.to_vec()))
+                    .collect(),
+            }],
+        };
+        let failure = verify(&file, &keys, Some(&later)).failure.unwrap();
+        assert!(failure.to_string().contains("(a fork)"), "{failure}");
+
+        // Pages of one tree, with the later checkpoint, verify; one page needs none.
+        let one_log = VerifiableFile::Accesses(AccessesFile::new(vec![
+            page(&key, &b, &b_entries, 120, 3),
+            page(&key, &b, &b_entries, 121, 0),
+        ]));
+        let verification = verify(&one_log, &keys, Some(&later));
+        assert!(verification.failure.is_none(), "{:?}", verification.failure);
+        assert!(matches!(
+            verify(&one_log, &keys, None).failure,
+            Some(ReceiptError::NotChecked { .. })
+        ));
+        let single =
+            VerifiableFile::Accesses(AccessesFile::new(vec![page(&key, &b, &b_entries, 121, 0)]));
+        assert!(verify(&single, &keys, None).failure.is_none());
+    }
 
     fn at(size: u64, root: u8) -> VerifiedCheckpoint {
         VerifiedCheckpoint {
