@@ -128,6 +128,9 @@ impl Event {
             Event::AccessContested { subject_sealed, .. } => {
                 Some(RecordedSubject::Sealed(subject_sealed))
             }
+            Event::AuditRead { subject_sealed, .. } => {
+                subject_sealed.as_deref().map(RecordedSubject::Sealed)
+            }
             Event::Exchange(e) => {
                 RecordedSubject::of(e.subject.as_ref(), e.subject_sealed.as_ref())
             }
@@ -368,8 +371,14 @@ pub enum Event {
         participant: String,
         /// The agent, if any.
         agent: Option<String>,
-        /// What was asked, in words (filters, start index); never a raw subject id.
+        /// What was asked, in words (filters, start index); never a raw subject id, nor the
+        /// person's audit pseudonym (`subject=sealed` when filtered by a person; entries written
+        /// before held the pseudonym there, in clear).
         query: String,
+        /// The person the query was filtered by: their audit pseudonym, sealed (`crate::seal`),
+        /// as other entries hold the person they are about.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject_sealed: Option<String>,
     },
     /// A guichet read a person's access history (Guichet.ListAccesses).
     AccessHistoryRead {

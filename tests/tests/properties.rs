@@ -749,10 +749,13 @@ fn event() -> impl Strategy<Value = Event> {
                 }
             }
         ),
-        (text(), opt(), text()).prop_map(|(participant, agent, query)| Event::AuditRead {
-            participant,
-            agent,
-            query
+        (text(), opt(), text(), opt()).prop_map(|(participant, agent, query, subject_sealed)| {
+            Event::AuditRead {
+                participant,
+                agent,
+                query,
+                subject_sealed,
+            }
         }),
         (text(), opt(), opt(), opt(), opt()).prop_map(
             |(participant, agent, subject, subject_sealed, mandate_id)| {

@@ -311,7 +311,13 @@ pub async fn audited(
         filter.participant,
         filter.attestation_type,
         query.outcome,
-        filter.subject.as_deref().unwrap_or("-"),
+        // Sealed beside the query, never in it: in clear, the audit pseudonym would link this
+        // read to every other search for the person, and to their version 1 entries.
+        if filter.subject.is_some() {
+            "sealed"
+        } else {
+            "-"
+        },
         filter.since,
         filter.until,
     );
@@ -321,6 +327,7 @@ pub async fn audited(
             participant: caller.participant.clone(),
             agent: caller.agent.clone(),
             query,
+            subject_sealed: filter.subject.as_deref().map(|s| state.sealer.seal(s)),
         })])
         .await?;
     Ok(filter)

@@ -483,9 +483,9 @@ async fn list_events_is_for_auditors_and_is_itself_audited() -> anyhow::Result<(
         },
     )
     .await?;
+    let exchanges = about_alice.iter().filter(|e| e.kind == "exchange").count();
     assert_eq!(
-        about_alice.len(),
-        2,
+        exchanges, 2,
         "granted to mairie-lyon, denied to mairie-test"
     );
     assert!(
@@ -494,7 +494,8 @@ async fn list_events_is_for_auditors_and_is_itself_audited() -> anyhow::Result<(
             .all(|e| e.subject_pseudonym == alice_event.subject_pseudonym)
     );
     assert!(about_alice.iter().any(|e| e.index == alice_event.index));
-    // The auditor's query is recorded without the raw subject id.
+    // The auditor's query is recorded without the raw subject id, and without her audit
+    // pseudonym: two searches for her share nothing, nor one with her entries.
     let reads = list_events(
         &broker,
         "cnil",
@@ -507,7 +508,20 @@ async fn list_events_is_for_auditors_and_is_itself_audited() -> anyhow::Result<(
     for read in &reads {
         let text = String::from_utf8(read.entry.clone())?;
         assert!(!text.contains("alice"), "{text}");
+        assert!(!text.contains(&alice_event.subject_pseudonym), "{text}");
     }
+    // Sealed, as every entry holds the person: auditors find the search among the entries
+    // about her, with her pseudonym opened.
+    let kinds: Vec<&str> = about_alice.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["exchange", "exchange", "audit_read"],
+        "this very search"
+    );
+    let search = about_alice.last().expect("the search");
+    let text = String::from_utf8(search.entry.clone())?;
+    assert!(text.contains("subject=sealed"), "{text}");
+    assert!(json(&search.entry)?["subject_sealed"].is_string(), "{text}");
 
     // By outcome.
     let refused = list_events(
