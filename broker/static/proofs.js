@@ -43,8 +43,12 @@ const UnefoisProofs = (() => {
   }
 
   // The checkpoint's size and root, once its signature by `vkey` verifies; throws otherwise.
+  // The key's id must be its C2SP id (the first 4 bytes of SHA-256 of the name, a newline,
+  // 0x01 and the key): a key that names another's id is not that key.
   async function checkpoint(note, vkey) {
     const { name, keyId, key } = parseKey(vkey.trim());
+    const id = await sha256(concat(new TextEncoder().encode(name + '\n'), Uint8Array.of(1), key));
+    if (keyId !== hex(id.slice(0, 4))) throw new Error('clé du journal illisible : son identifiant n\u2019est pas le sien');
     const blank = note.indexOf('\n\n');
     if (blank < 0) throw new Error('point de contrôle illisible');
     const text = note.slice(0, blank + 1);

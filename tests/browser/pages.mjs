@@ -165,6 +165,25 @@ await flip('checkpoint', 'size');
 said = await verifyFirst();
 check(said.includes('a échoué') && said.includes('signature'), `a checkpoint changed by one byte fails: ${said}`);
 await page.reload();
+// A verifier key that names the log's key id over another key, and a checkpoint that other
+// key signed under that id: the key is not the log's, whatever id it names (C2SP key ids).
+await page.evaluate(async () => {
+  const log = document.getElementById('log-proof');
+  const b64 = (bytes) => btoa(String.fromCharCode(...bytes));
+  const [name, id] = log.dataset.vkey.split('+');
+  const other = await crypto.subtle.generateKey({ name: 'Ed25519' }, true, ['sign', 'verify']);
+  const pub = new Uint8Array(await crypto.subtle.exportKey('raw', other.publicKey));
+  log.dataset.vkey = `${name}+${id}+${b64(Uint8Array.of(1, ...pub))}`;
+  const note = new TextDecoder().decode(Uint8Array.from(atob(log.dataset.checkpoint), (c) => c.charCodeAt(0)));
+  const text = note.slice(0, note.indexOf('\n\n') + 1);
+  const sig = new Uint8Array(await crypto.subtle.sign({ name: 'Ed25519' }, other.privateKey, new TextEncoder().encode(text)));
+  const idBytes = id.match(/../g).map((h) => parseInt(h, 16));
+  const forged = `${text}\n\u2014 ${name} ${b64(Uint8Array.of(...idBytes, ...sig))}\n`;
+  log.dataset.checkpoint = b64(new TextEncoder().encode(forged));
+});
+said = await verifyFirst();
+check(said.includes('a échoué') && said.includes('identifiant'), `a key naming another's id fails: ${said}`);
+await page.reload();
 
 // Withdraw a consent by keyboard: its link, the confirmation page, the button.
 check(await tabTo(page, (f) => f.text.startsWith('Retirer')), 'Tab reaches « Retirer »');
