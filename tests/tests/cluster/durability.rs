@@ -296,7 +296,7 @@ async fn a_read_waiting_for_a_lock_gives_up_and_the_reads_go_on() -> anyhow::Res
     let mut audit = AuditClient::new(broker.channel("dgfip").await?);
     audit.get_inclusion_proof(proof_of_it).await?;
 
-    let _holder = db.primary.sql_meanwhile(
+    let mut holder = db.primary.sql_meanwhile(
         "BEGIN; LOCK TABLE unefois_tree_runs IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)",
     );
     tokio::task::block_in_place(|| {
@@ -327,8 +327,9 @@ async fn a_read_waiting_for_a_lock_gives_up_and_the_reads_go_on() -> anyhow::Res
         db.primary.sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
-        )
-    });
+        );
+        holder.wait()
+    })?;
     let until = Instant::now() + Duration::from_secs(10);
     while let Err(status) = audit.get_inclusion_proof(proof_of_it).await {
         assert!(Instant::now() < until, "{status:?}");
