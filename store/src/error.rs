@@ -66,6 +66,11 @@ pub enum StoreError {
     /// not have been committed; nothing was acknowledged.
     #[error("database: {0}")]
     Database(String),
+    /// A tree size, a proof or an entry the log holds, beyond what a synchronous standby has
+    /// confirmed to this broker yet (PostgreSQL backend: a standby lagging, or this broker
+    /// behind another): unavailable for now, to be asked for again; not a failure.
+    #[error("not yet confirmed by a synchronous standby: {0}")]
+    NotYetConfirmed(String),
     /// The store is closed (the broker is stopping).
     #[error("the store is closed")]
     Closed,
@@ -104,6 +109,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::OutOfRange(m) => ApiError::TreeSizeOutOfRange(m),
+            // A standby lagging is the operator's to watch (`/readyz`, the replication's
+            // metrics), not a failure of each read it delays.
+            StoreError::NotYetConfirmed(m) => {
+                tracing::debug!(reason = %m, "answering STORE_UNAVAILABLE: not yet confirmed");
+                ApiError::StoreUnavailable
+            }
             other => {
                 let at = std::panic::Location::caller();
                 tracing::error!(error = %other, at = %at, "store failure; answering STORE_UNAVAILABLE");

@@ -223,29 +223,14 @@ impl AuditApi for AuditService {
                 r.first_size, r.second_size
             ))));
         }
-        // Equal sizes need no hash, but only for a tree the log has.
-        let size = self
+        // Equal sizes need no hash, but only for a tree the log has: the store says which
+        // (out of range, or not yet readable on a broker behind another).
+        let hashes = self
             .state
             .store
-            .latest_checkpoint()
+            .consistency_proof(r.first_size, r.second_size)
             .await
-            .into_status()?
-            .map_or(0, |(size, _)| size);
-        if r.second_size > size {
-            return Err(status(ApiError::TreeSizeOutOfRange(format!(
-                "tree size {} is beyond the log's {size} entries",
-                r.second_size
-            ))));
-        }
-        let hashes = if r.first_size == r.second_size {
-            Vec::new()
-        } else {
-            self.state
-                .store
-                .consistency_proof(r.first_size, r.second_size)
-                .await
-                .into_status()?
-        };
+            .into_status()?;
         Ok(Response::new(pb::GetConsistencyProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
         }))

@@ -554,7 +554,7 @@ impl Postgres {
 /// A tree of `size` entries the log's row holds, beyond the `served` head a synchronous
 /// standby confirmed to this broker.
 fn not_yet_confirmed(size: u64, served: u64) -> StoreError {
-    StoreError::Database(format!(
+    StoreError::NotYetConfirmed(format!(
         "a tree of {size} entries is in the log, beyond the {served} a synchronous standby has \
          confirmed to this broker yet: try again"
     ))
@@ -2042,7 +2042,10 @@ impl Store for Postgres {
     /// of the same hashes, leads to the root of the latest checkpoint this key signed (a signed
     /// fork otherwise).
     async fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
-        let tip = self.tip().await?;
+        let (tip, row) = self.confirmed.read_with_row(&self.reads).await?;
+        if size > tip.size && size <= row {
+            return Err(not_yet_confirmed(size, tip.size));
+        }
         let latest = (tip.size > 0).then(|| (tip.size, tip.checkpoint.clone()));
         if let Some(note) = super::kept_checkpoint(latest, size)? {
             return Ok(note);

@@ -257,6 +257,29 @@ async fn a_broker_behind_another_is_to_be_asked_again_not_a_fork() -> anyhow::Re
         proof.as_ref().is_err_and(|s| s.code() == Code::Unavailable),
         "{proof:?}"
     );
+    let consistency = audit_a
+        .get_consistency_proof(pb::GetConsistencyProofRequest {
+            first_size: 1,
+            second_size: seen.checkpoint.size,
+        })
+        .await;
+    assert!(
+        consistency
+            .as_ref()
+            .is_err_and(|s| s.code() == Code::Unavailable),
+        "{consistency:?}"
+    );
+    let at_size = audit_a
+        .get_checkpoint(pb::GetCheckpointRequest {
+            tree_size: seen.checkpoint.size,
+        })
+        .await;
+    assert!(
+        at_size
+            .as_ref()
+            .is_err_and(|s| s.code() == Code::Unavailable),
+        "{at_size:?}"
+    );
     match verify_log(a.channel("cnil").await?, vkey.trim(), &trusted).await {
         Err(LogError::Behind {
             trusted: t,
