@@ -33,7 +33,8 @@ pub(crate) struct Issued {
     pub(crate) not_after: i64,
 }
 
-/// Appends `name`'s new certificate to the record and syncs it.
+/// Appends `name`'s new certificate to the record and syncs it, first cutting away a last
+/// line a crash cut short (its certificate was never written).
 pub(crate) fn record(
     dir: &Path,
     name: &str,
@@ -43,11 +44,13 @@ pub(crate) fn record(
     let path = dir.join(ISSUED_LOG);
     let line = format!("{name} {} {}\n", hex(serial), not_after.unix_timestamp());
     let mut file = OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(PUBLIC_MODE)
         .open(&path)
         .map_err(|e| CertError::io("cannot open", &path, e))?;
+    cut_a_torn_line(&mut file).map_err(|e| CertError::io("cannot repair", &path, e))?;
     file.write_all(line.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| CertError::io("cannot write", &path, e))
@@ -74,6 +77,21 @@ pub(crate) fn read(dir: &Path) -> Result<Vec<Issued>, CertError> {
             })
         })
         .collect()
+}
+
+/// Truncates the file after its last newline (to nothing if it has none).
+fn cut_a_torn_line(file: &mut std::fs::File) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    file.read_to_end(&mut text)?;
+    let whole = text
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |at| at + 1);
+    if whole < text.len() {
+        file.set_len(whole as u64)?;
+    }
+    Ok(())
 }
 
 fn parse(line: &str) -> Option<Issued> {
@@ -129,7 +147,12 @@ mod tests {
                 },
             ]
         );
-        f.write_all(b"x\n").unwrap();
+        // The next certificate goes on a line of its own.
+        record(dir.path(), "broker", &[0x0a], at).unwrap();
+        let read_back = read(dir.path()).unwrap();
+        assert_eq!(read_back.len(), 3, "{read_back:?}");
+        assert_eq!(read_back[2].name, "broker");
+        f.write_all(b"caf x\n").unwrap();
         assert!(read(dir.path()).is_err(), "a damaged line is an error");
     }
 }
