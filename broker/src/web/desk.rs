@@ -1114,6 +1114,9 @@ struct ConsentChoice {
 struct ActingPage {
     layout: Layout,
     csrf: String,
+    /// The mandate acted under: its forms are refused once the agent acts under another (for
+    /// another person, in another tab).
+    mandate: String,
     /// The request id of the consent's form.
     request_id: String,
     forms: Vec<FormChoice>,
@@ -1151,6 +1154,7 @@ pub async fn acting_page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Res
         &ActingPage {
             layout: layout(&web, "Agir pour la personne", &s, Some(&m)),
             csrf: s.csrf.clone(),
+            mandate: m.id.clone(),
             request_id: uuid::Uuid::now_v7().to_string(),
             forms,
             consents,
@@ -1206,8 +1210,27 @@ struct PrefilledPage {
 pub struct PrefillForm {
     #[serde(default)]
     csrf: String,
+    /// The mandate the page was served under.
+    #[serde(default)]
+    mandat: String,
     #[serde(default)]
     formulaire: String,
+}
+
+/// The answer to a form of the acting page served under another mandate than the one the agent
+/// now acts under (another person welcomed, or another mandate chosen, in another tab):
+/// nothing done for the person present on the strength of a choice made for someone else.
+fn acting_changed(web: &Web, s: &DeskSession, m: &Mandate) -> Response {
+    pages::render(
+        StatusCode::CONFLICT,
+        &Message {
+            layout: layout(web, "Le mandat a changé", s, Some(m)),
+            text: "Ce formulaire a été ouvert sous un autre mandat que celui sous lequel vous \
+                   agissez maintenant, peut-être pour une autre personne : rien n'a été fait. \
+                   Choisissez de nouveau avec la personne présente.",
+            next: Some(("/desk/agir", "Revenir à la page du mandat")),
+        },
+    )
 }
 
 /// `POST /desk/agir/formulaire`: `Guichet.Prefill` under the mandate; each field's value and
@@ -1217,10 +1240,13 @@ pub async fn prefill(
     headers: HeaderMap,
     axum::extract::Form(form): axum::extract::Form<PrefillForm>,
 ) -> Response {
-    let (id, _, person, caller, m) = match posted_acting(&web, &headers, &form.csrf).await {
+    let (id, s, person, caller, m) = match posted_acting(&web, &headers, &form.csrf).await {
         Ok(x) => x,
         Err(page) => return *page,
     };
+    if form.mandat != m.id {
+        return acting_changed(&web, &s, &m);
+    }
     let input = crate::prefill::PrefillInput {
         subject: person.subject.as_str().to_string(),
         form: form.formulaire.clone(),
@@ -1347,6 +1373,9 @@ fn claim_text(v: &unefois_adapters::ClaimValue) -> String {
 pub struct GrantForm {
     #[serde(default)]
     csrf: String,
+    /// The mandate the page was served under.
+    #[serde(default)]
+    mandat: String,
     #[serde(default)]
     offre: String,
     /// The request id the acting page was served with: sent twice, one consent.
@@ -1365,6 +1394,9 @@ pub async fn grant(
         Ok(x) => x,
         Err(page) => return *page,
     };
+    if form.mandat != m.id {
+        return acting_changed(&web, &s, &m);
+    }
     let registry = web.state.federation.registry();
     let Some((h, purpose)) = consent_choices(&registry, &m, &s.participant)
         .into_iter()

@@ -199,7 +199,11 @@ async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> a
     let filled = browser
         .post(
             "/desk/agir/formulaire",
-            &[("csrf", &csrf), ("formulaire", "aide_energie")],
+            &[
+                ("csrf", &csrf),
+                ("mandat", &mandate_id),
+                ("formulaire", "aide_energie"),
+            ],
             None,
         )
         .await?;
@@ -227,10 +231,32 @@ async fn a_mandate_made_at_the_desk_is_used_and_shows_on_the_persons_page() -> a
         ErrorReason::NoConsent,
     );
     let offer = format!("mairie-lyon.caf.quotient_familial|{CANTINE}");
+    // A form served under another mandate (another person's, in another tab): nothing done.
+    let elsewhere = browser
+        .post(
+            "/desk/agir/consentement",
+            &[
+                ("csrf", &csrf),
+                ("mandat", "0190aaaa-1111-7000-8000-000000000001"),
+                ("offre", &offer),
+            ],
+            None,
+        )
+        .await?;
+    assert_eq!(elsewhere.status, 409, "{}", elsewhere.body);
+    shows(&elsewhere, "rien n&#39;a été fait");
+    refused(
+        exchange(&broker, LYON)
+            .await?
+            .fetch(fetch("test:alice", QF, CANTINE))
+            .await,
+        Code::FailedPrecondition,
+        ErrorReason::NoConsent,
+    );
     let granted = browser
         .post(
             "/desk/agir/consentement",
-            &[("csrf", &csrf), ("offre", &offer)],
+            &[("csrf", &csrf), ("mandat", &mandate_id), ("offre", &offer)],
             None,
         )
         .await?;
