@@ -82,11 +82,19 @@ pub(crate) async fn accesses(args: AccessesArgs) -> anyhow::Result<()> {
         outln!("no access");
     }
     if let Some(out) = &args.out {
-        outln!(
-            "history saved in {} (check it offline: unefois verify {})",
-            out.display(),
-            out.display()
-        );
+        let out = out.display();
+        if file.pages.len() > 1 {
+            // Each page read is recorded before it is read: its pages' checkpoints differ, and
+            // only proofs to a later checkpoint show they are of one log.
+            outln!(
+                "history saved in {out} ({} pages; check it offline with a later checkpoint: \
+                 unefois audit checkpoint --for {out} --out LATER, then unefois verify {out} \
+                 --checkpoint LATER)",
+                file.pages.len()
+            );
+        } else {
+            outln!("history saved in {out} (check it offline: unefois verify {out})");
+        }
     }
     Ok(())
 }
