@@ -124,15 +124,28 @@ impl ShedTable {
     pub fn admit(self: &Arc<Self>, source: Source, capped: bool) -> Admitted {
         let mut shed = Vec::new();
         let mut inner = self.lock();
-        let oldest_of_source = inner
+        // Over its cap, the source's oldest idle connection goes; one answering is never cut
+        // (its act may be on the record while its answer is lost), and a source whose every
+        // connection is answering waits for one to finish.
+        let over_cap = inner
             .by_source
             .get(&source)
             .filter(|ids| capped && ids.len() >= self.max_per_source)
-            .and_then(|ids| ids.first().copied());
-        if let Some(id) = oldest_of_source
-            && inner.remove(id)
-        {
-            shed.push(Shed::SameSource);
+            .map(|ids| {
+                ids.iter().copied().find(|id| {
+                    inner
+                        .by_age
+                        .get(id)
+                        .is_some_and(|e| !e.busy.load(Ordering::Acquire))
+                })
+            });
+        match over_cap {
+            Some(Some(id)) if inner.remove(id) => shed.push(Shed::SameSource),
+            Some(Some(_)) | None => {}
+            Some(None) => {
+                (self.on_change)(inner.by_age.len());
+                return Admitted { ticket: None, shed };
+            }
         }
         if inner.by_age.len() >= self.max_total {
             let oldest_idle = inner
@@ -318,6 +331,26 @@ mod tests {
         // Full of busy connections: the newcomer is refused.
         let d = table.admit(ip("10.0.0.3"), true);
         assert!(d.ticket.is_none() && d.shed.is_empty());
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn a_source_over_its_cap_loses_an_idle_connection_never_a_busy_one() {
+        let table = ShedTable::new(8, 2, |_| {});
+        let mut a = table.admit(ip("10.0.0.1"), true).ticket.expect("admitted");
+        a.busy().store(true, Ordering::Release);
+        let mut b = table.admit(ip("10.0.0.1"), true).ticket.expect("admitted");
+        // Over the cap: b, idle, goes; a is answering.
+        let c = table.admit(ip("10.0.0.1"), true);
+        assert_eq!(c.shed, vec![Shed::SameSource]);
+        assert!(was_shed(&mut b), "b shed");
+        assert!(!was_shed(&mut a), "a, answering, kept");
+        let c = c.ticket.expect("admitted");
+        c.busy().store(true, Ordering::Release);
+        // Every connection of the source answering: the newcomer is refused, none cut.
+        let d = table.admit(ip("10.0.0.1"), true);
+        assert!(d.ticket.is_none() && d.shed.is_empty());
+        assert!(!was_shed(&mut a), "a kept");
         assert_eq!(table.len(), 2);
     }
 
