@@ -155,11 +155,17 @@ pub struct People {
 }
 
 impl People {
-    /// Forgets the minutes before the previous one, once a minute.
+    /// Forgets the minutes before the previous one, once a minute; and those after this one
+    /// when the clock was set back (an NTP step after a clock set ahead), which would
+    /// otherwise stay until the clock caught up with them.
     fn roll(&mut self, minute: i64) {
         if minute > self.minute {
             self.minute = minute;
             self.seen.retain(|(_, _, m), _| *m >= minute - 1);
+        } else if minute < self.minute - 1 {
+            self.minute = minute;
+            self.seen
+                .retain(|(_, _, m), _| *m >= minute - 1 && *m <= minute);
         }
     }
 
@@ -300,6 +306,18 @@ mod tests {
             assert_eq!(p.observe("ccas", "h", s, 2, 11), None);
         }
         assert_eq!(p.observe("ccas", "h", "c", 2, 11), Some(3));
+    }
+
+    /// A clock set ahead, then back: the minutes ahead are forgotten, not kept until the clock
+    /// catches up with them (each a sketch and up to `limit` pseudonyms).
+    #[test]
+    fn a_clock_set_back_forgets_the_minutes_ahead() {
+        let mut p = People::default();
+        p.observe("ccas", "h", "a", 5, 1_000_000);
+        for minute in 0..1000 {
+            p.observe("ccas", "h", "a", 5, minute);
+        }
+        assert!(p.seen.len() <= 2, "{} minutes kept", p.seen.len());
     }
 
     /// Each broker sees `n` people of its own and `shared` people every broker saw.
