@@ -736,15 +736,15 @@ async fn share_limits(state: &State, failing: &mut bool) -> bool {
     true
 }
 
-/// Records the rate-limit denials counted since the last call.
+/// Records the rate-limit denials counted since the last call; kept for the next call when
+/// their record cannot be appended (every denial is recorded, DESIGN).
 async fn record_denials(state: &State) {
-    let records: Vec<Record> = state
-        .limits
-        .take_denied()
-        .into_iter()
+    let taken = state.limits.take_denied();
+    let records: Vec<Record> = taken
+        .iter()
         .map(|d| {
             Record::now(Event::RateLimited {
-                participant: d.participant,
+                participant: d.participant.clone(),
                 count: d.count,
                 window_seconds: ratelimit::WINDOW.as_secs(),
             })
@@ -753,6 +753,7 @@ async fn record_denials(state: &State) {
     if !records.is_empty()
         && let Err(e) = state.store.append(records).await
     {
-        tracing::error!(error = %e, "cannot record rate-limit denials");
+        tracing::error!(error = %e, "cannot record rate-limit denials: kept for the next window");
+        state.limits.restore_denied(taken);
     }
 }

@@ -270,6 +270,18 @@ impl RateLimits {
         out
     }
 
+    /// Puts back denials [`Limits::take_denied`] took whose record could not be appended: they
+    /// go in the next window's record, rather than nowhere.
+    pub fn restore_denied(&self, counts: Vec<DeniedCount>) {
+        let Ok(mut denied) = self.denied.lock() else {
+            return;
+        };
+        for d in counts {
+            let count = denied.entry(d.participant).or_default();
+            *count = count.saturating_add(d.count);
+        }
+    }
+
     /// Notes that `consumer` read `subject` (a pseudonym) under `habilitation`; returns the
     /// number of distinct subjects, as far as this broker knows, the first time it exceeds
     /// `limit` in the current minute.
@@ -341,8 +353,38 @@ fn poisoned() -> StoreError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Denials whose record could not be appended are put back, and recorded with the next
+    /// window's rather than lost.
+    #[test]
+    fn denials_whose_record_failed_are_put_back() {
+        let registry = crate::registry::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/registry.toml"
+        )))
+        .unwrap();
+        let limits = RateLimits::from_registry(&registry);
+        limits.denied.lock().unwrap().insert("ccas-lyon".into(), 3);
+        let taken = limits.take_denied();
+        assert!(limits.take_denied().is_empty());
+        limits.restore_denied(taken);
+        *limits
+            .denied
+            .lock()
+            .unwrap()
+            .entry("ccas-lyon".into())
+            .or_default() += 2;
+        assert_eq!(
+            limits.take_denied(),
+            [DeniedCount {
+                participant: "ccas-lyon".into(),
+                count: 5
+            }]
+        );
+    }
 
     fn row(broker: &str, participant: &str, admitted: u64) -> CallsAdmitted {
         CallsAdmitted {
