@@ -113,6 +113,12 @@ impl OriginPolicy {
             }
             let alg = match &jwk.algorithm {
                 AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                    // jsonwebtoken loads a shorter key, then panics on the first signature
+                    // naming it (its verifier slices `[..32]`).
+                    let x = B64.decode(p.x.trim_end_matches('=')).unwrap_or_default();
+                    if x.len() != 32 {
+                        return Err(at("an Ed25519 key's \"x\" is 32 bytes"));
+                    }
                     Algorithm::EdDSA
                 }
                 AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
@@ -550,6 +556,18 @@ fn short(e: &serde_json::Error) -> String {
 mod tests {
     use super::*;
     use crate::claims::ClaimType;
+
+    /// A registered Ed25519 key whose `x` is short is refused when the registry is loaded:
+    /// jsonwebtoken would take it, then panic at the first answer signed under its kid.
+    #[test]
+    fn an_ed25519_key_of_the_wrong_length_is_refused() {
+        let short: JwkSet = serde_json::from_str(
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"AAAA"}]}"#,
+        )
+        .unwrap();
+        let refused = OriginPolicy::new(&short, true).err().unwrap_or_default();
+        assert!(refused.contains("32 bytes"), "{refused}");
+    }
 
     /// An Ed25519 key pair from a seed: its JWKS (kid `k1`) and a signer of JWS signing inputs.
     fn keys(seed: u8) -> (JwkSet, impl Fn(&[u8]) -> String) {

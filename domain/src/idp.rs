@@ -20,8 +20,28 @@ pub fn parse_jwks(path: &Path, bytes: &[u8]) -> Result<JwkSet, String> {
             return Err(format!("{}: every key needs a \"kid\"", path.display()));
         }
         DecodingKey::from_jwk(key).map_err(|e| format!("{}: unusable key: {e}", path.display()))?;
+        ed25519_of_its_length(key).map_err(|e| format!("{}: unusable key: {e}", path.display()))?;
     }
     Ok(set)
+}
+
+/// An Ed25519 key's `x` must be 32 bytes: jsonwebtoken loads a shorter one and then panics on
+/// the first token naming it, before any signature is checked (its verifier slices `[..32]`).
+fn ed25519_of_its_length(key: &jsonwebtoken::jwk::Jwk) -> Result<(), String> {
+    use base64::Engine as _;
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    match &key.algorithm {
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(okp.x.trim_end_matches('='))
+                .map_err(|e| format!("its \"x\" is not base64url: {e}"))?;
+            match x.len() {
+                32 => Ok(()),
+                n => Err(format!("an Ed25519 \"x\" is 32 bytes, not {n}")),
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The development identity provider: a PUBLIC Ed25519 key committed under examples/dev-idp/,
@@ -259,5 +279,25 @@ pub mod dev {
                 serde_json::from_value(DevKey::generate("k").unwrap().jwks()).unwrap();
             assert!(!is_committed_key(&other.keys[0]));
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod jwks_tests {
+    use super::*;
+
+    /// An identity provider's Ed25519 key whose `x` is short is refused at load: jsonwebtoken
+    /// would take it, then panic on the first token naming its kid, signed or not.
+    #[test]
+    fn an_ed25519_key_of_the_wrong_length_is_refused() {
+        let short = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"AAAA"}]}"#;
+        let refused = parse_jwks(Path::new("jwks.json"), short).unwrap_err();
+        assert!(refused.contains("32 bytes"), "{refused}");
+        let right = format!(
+            r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","kid":"k","x":"{}"}}]}}"#,
+            dev::PUBLIC_KEY_X
+        );
+        parse_jwks(Path::new("jwks.json"), right.as_bytes()).unwrap();
     }
 }
