@@ -28,8 +28,8 @@ pub(crate) struct AccessesArgs {
 /// entries and proofs.
 pub(crate) async fn accesses(args: AccessesArgs) -> anyhow::Result<()> {
     use broker::receipt::AccessesFile;
-    let mut guichet =
-        unefois_proto::v1::guichet_client::GuichetClient::new(connect(&args.client).await?);
+    let channel = connect(&args.client).await?;
+    let mut guichet = unefois_proto::v1::guichet_client::GuichetClient::new(channel.clone());
     let mut pages = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -53,8 +53,15 @@ pub(crate) async fn accesses(args: AccessesArgs) -> anyhow::Result<()> {
         }
         page_token = answer.next_page_token;
     }
-    let file = AccessesFile::new(pages);
+    let mut file = AccessesFile::new(pages);
     if let Some(out) = &args.out {
+        // Each page's read is recorded before it is read: the pages' checkpoints differ, and
+        // the proofs from the smaller ones to the largest show they are of one log.
+        if let Some((smaller, largest)) = file.to_prove_one_log() {
+            let mut audit = unefois_proto::v1::audit_client::AuditClient::new(channel);
+            file.one_log =
+                Some(crate::audit::later_checkpoint(&mut audit, largest, &smaller).await?);
+        }
         write_json(out, &file)?;
     }
     let mut count = 0usize;
@@ -83,18 +90,7 @@ pub(crate) async fn accesses(args: AccessesArgs) -> anyhow::Result<()> {
     }
     if let Some(out) = &args.out {
         let out = out.display();
-        if file.pages.len() > 1 {
-            // Each page read is recorded before it is read: its pages' checkpoints differ, and
-            // only proofs to a later checkpoint show they are of one log.
-            outln!(
-                "history saved in {out} ({} pages; check it offline with a later checkpoint: \
-                 unefois audit checkpoint --for {out} --out LATER, then unefois verify {out} \
-                 --checkpoint LATER)",
-                file.pages.len()
-            );
-        } else {
-            outln!("history saved in {out} (check it offline: unefois verify {out})");
-        }
+        outln!("history saved in {out} (check it offline: unefois verify {out})");
     }
     Ok(())
 }

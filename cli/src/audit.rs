@@ -229,6 +229,40 @@ fn print_event(e: &pb::AuditEvent) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The checkpoint `note` with the consistency proofs to it from the `earlier` sizes below it,
+/// asked of the broker (any participant may).
+pub(crate) async fn later_checkpoint(
+    audit: &mut AuditClient<tonic::transport::Channel>,
+    note: String,
+    earlier: &[u64],
+) -> anyhow::Result<broker::receipt::LaterCheckpoint> {
+    use broker::receipt::{
+        Base64, CHECKPOINT_FORMAT, ConsistencyProof, LaterCheckpoint, checkpoint_size,
+    };
+    let newer = checkpoint_size(&note).context("malformed checkpoint")?;
+    let mut consistency = Vec::new();
+    for &first in earlier.iter().filter(|&&s| s > 0 && s < newer) {
+        let hashes = audit
+            .get_consistency_proof(pb::GetConsistencyProofRequest {
+                first_size: first,
+                second_size: newer,
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner()
+            .hashes;
+        consistency.push(ConsistencyProof {
+            first_size: first,
+            proof: hashes.into_iter().map(Base64).collect(),
+        });
+    }
+    Ok(LaterCheckpoint {
+        format: CHECKPOINT_FORMAT.to_string(),
+        checkpoint: note,
+        consistency,
+    })
+}
+
 /// Saves a signed checkpoint with the consistency proofs from the checkpoints of `for_file`.
 async fn audit_checkpoint(
     client: ClientArgs,
@@ -236,10 +270,7 @@ async fn audit_checkpoint(
     for_file: Option<PathBuf>,
     out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    use broker::receipt::{
-        Base64, CHECKPOINT_FORMAT, ConsistencyProof, LaterCheckpoint, VerifiableFile,
-        checkpoint_size,
-    };
+    use broker::receipt::{VerifiableFile, checkpoint_size};
     let earlier = match &for_file {
         Some(path) => {
             let bytes =
@@ -258,28 +289,8 @@ async fn audit_checkpoint(
         .into_inner()
         .checkpoint;
     let newer = checkpoint_size(&note).context("malformed checkpoint")?;
-    let mut consistency = Vec::new();
-    for first in earlier.into_iter().filter(|&s| s > 0 && s < newer) {
-        let hashes = audit
-            .get_consistency_proof(pb::GetConsistencyProofRequest {
-                first_size: first,
-                second_size: newer,
-            })
-            .await
-            .map_err(rpc_error)?
-            .into_inner()
-            .hashes;
-        consistency.push(ConsistencyProof {
-            first_size: first,
-            proof: hashes.into_iter().map(Base64).collect(),
-        });
-    }
-    let proofs = consistency.len();
-    let later = LaterCheckpoint {
-        format: CHECKPOINT_FORMAT.to_string(),
-        checkpoint: note,
-        consistency,
-    };
+    let later = later_checkpoint(&mut audit, note, &earlier).await?;
+    let proofs = later.consistency.len();
     match &out {
         Some(path) => {
             write_json(path, &later)?;

@@ -110,6 +110,12 @@ pub struct AccessesFile {
     pub format: String,
     /// The pages as the broker answered them, newest accesses first.
     pub pages: Vec<AccessPage>,
+    /// The largest page's checkpoint with the consistency proofs from the others' (each page's
+    /// read is recorded before it is read, so their checkpoints differ): what shows the pages
+    /// are of one log, without a second step. A later checkpoint given to [`verify`] is used
+    /// instead; absent from files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_log: Option<LaterCheckpoint>,
 }
 
 /// One page of the history: its checkpoint and its accesses.
@@ -300,7 +306,27 @@ impl AccessesFile {
         AccessesFile {
             format: ACCESSES_FORMAT.to_string(),
             pages,
+            one_log: None,
         }
+    }
+
+    /// The sizes of its pages' checkpoints below the largest, and the largest's note: the
+    /// consistency proofs that make it one log go from each of those sizes to the largest.
+    pub fn to_prove_one_log(&self) -> Option<(Vec<u64>, String)> {
+        let sized: Vec<(u64, &str)> = self
+            .pages
+            .iter()
+            .filter_map(|p| Some((checkpoint_size(&p.checkpoint)?, p.checkpoint.as_str())))
+            .collect();
+        let (largest, note) = sized.iter().max_by_key(|(size, _)| *size)?;
+        let mut smaller: Vec<u64> = sized
+            .iter()
+            .map(|(size, _)| *size)
+            .filter(|size| size < largest && *size > 0)
+            .collect();
+        smaller.sort_unstable();
+        smaller.dedup();
+        (!smaller.is_empty()).then(|| (smaller, note.to_string()))
     }
 }
 
@@ -387,8 +413,9 @@ pub fn checkpoint_root(note: &str) -> Option<[u8; 32]> {
 /// Runs every check of `file`, in order, until one fails: for a receipt, the attestation
 /// signature, the checkpoint signature, the inclusion proof and the payload hash; for an access
 /// history, each page's checkpoint signature, then each access's inclusion proof and entry; then,
-/// given a later checkpoint, its signature and each checkpoint's consistency with it. Without
-/// one, a history whose pages have checkpoints of different sizes ends
+/// given a later checkpoint (or, for a history, the one it carries: `one_log`), its signature
+/// and each checkpoint's consistency with it. Without one, a history whose pages have
+/// checkpoints of different sizes ends
 /// [`ReceiptError::NotChecked`]: nothing shows that its pages are of one log.
 pub fn verify(
     file: &VerifiableFile,
@@ -398,7 +425,7 @@ pub fn verify(
     let mut checks = Checks::default();
     let failure = match file {
         VerifiableFile::Receipt(r) => checks.receipt(r, keys, later),
-        VerifiableFile::Accesses(a) => checks.accesses(a, keys, later),
+        VerifiableFile::Accesses(a) => checks.accesses(a, keys, later.or(a.one_log.as_ref())),
     }
     .err();
     Verification {
@@ -928,6 +955,28 @@ mod tests {
         let single =
             VerifiableFile::Accesses(AccessesFile::new(vec![page(&key, &b, &b_entries, 121, 0)]));
         assert!(verify(&single, &keys, None).failure.is_none());
+
+        // The proofs carried in the file itself (`unefois accesses --out`): the pages of one
+        // log verify alone; a file of two trees carrying proofs is a fork.
+        let mut carried = AccessesFile::new(vec![
+            page(&key, &b, &b_entries, 120, 3),
+            page(&key, &b, &b_entries, 121, 0),
+        ]);
+        assert_eq!(
+            carried.to_prove_one_log(),
+            Some((vec![120], key.checkpoint(&b, 121)))
+        );
+        carried.one_log = Some(later.clone());
+        let verification = verify(&VerifiableFile::Accesses(carried), &keys, None);
+        assert!(verification.failure.is_none(), "{:?}", verification.failure);
+        let VerifiableFile::Accesses(mut forked) = file else {
+            unreachable!()
+        };
+        forked.one_log = Some(later);
+        let failure = verify(&VerifiableFile::Accesses(forked), &keys, None)
+            .failure
+            .unwrap();
+        assert!(failure.to_string().contains("(a fork)"), "{failure}");
     }
 
     fn at(size: u64, root: u8) -> VerifiedCheckpoint {

@@ -1262,6 +1262,58 @@ async fn a_fetch_receipt_verifies_offline_and_each_tampering_names_its_check() -
     Ok(())
 }
 
+/// A history longer than a page: each page's read is recorded before it is read, so the pages'
+/// checkpoints differ, and the file carries the proofs that they are of one log: it verifies
+/// offline on its own (without them it would end NOT CHECKED).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_history_of_several_pages_verifies_offline_on_its_own() -> anyhow::Result<()> {
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let cwd = checkout.path();
+    let mut served = serve(cwd)?;
+    let addr = served.addr;
+    wait_serving(&cwd.join(".unefois-dev/pki"), addr).await?;
+    for _ in 0..51 {
+        unefois_ok(cwd, addr, &fetch_args(&[]))?;
+    }
+    let token = dev_id_token(cwd, "test:alice", "mairie-lyon")?;
+    unefois_ok(
+        cwd,
+        addr,
+        &[
+            "accesses",
+            "--as",
+            "mairie-lyon",
+            "--subject",
+            "test:alice",
+            "--id-token",
+            &token,
+            "--out",
+            "history.json",
+        ],
+    )?;
+    let exit = terminate(&mut served.child).await?;
+    assert!(exit.success(), "{exit}");
+    let history = read_json(&cwd.join("history.json"))?;
+    let pages = history["pages"].as_array().map_or(0, Vec::len);
+    assert!(pages >= 2, "{pages} page(s)");
+    assert!(
+        history["one_log"]["consistency"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "{}",
+        history["one_log"]
+    );
+    let verified = unefois_offline(cwd, &["verify", "history.json"])?;
+    assert!(verified.ok, "{verified:?}");
+    assert!(
+        verified.stdout.contains("consistency: "),
+        "{}",
+        verified.stdout
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_citizens_access_history_verifies_offline() -> anyhow::Result<()> {
     install_crypto();
