@@ -1,7 +1,9 @@
 //! Connections that hold a descriptor before they do anything useful (a TLS handshake in
 //! progress, an HTTP/1 request whose headers are still coming), bounded by shedding: a newcomer
-//! is always admitted, and room is made by closing the oldest such connection of its own source
-//! address (over the per-source cap), then the oldest of all (over the total). An attacker's
+//! is admitted, and room is made by closing the oldest idle such connection of its own source
+//! address (over the per-source cap), then the oldest idle one of all (over the total); a
+//! connection answering (busy) is never closed, and when none can go the newcomer is closed
+//! instead, unanswered. An attacker's
 //! stalled connections are the oldest by construction, while an honest client's handshake lasts
 //! milliseconds: the accept loops never wait, and nobody queues behind a flood.
 //!
@@ -49,7 +51,8 @@ impl Source {
 /// Why a connection was shed to make room for a newcomer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shed {
-    /// The newcomer's source held as many such connections as it may: its oldest was closed.
+    /// The newcomer's source held as many such connections as it may: its oldest idle one was
+    /// closed.
     SameSource,
     /// The table was full: the oldest connection (that was not busy) was closed.
     Oldest,
@@ -94,8 +97,8 @@ impl Inner {
 
 /// What [`ShedTable::admit`] did.
 pub struct Admitted {
-    /// The newcomer's place; `None` when every connection in the table was busy and the table
-    /// full: the newcomer is then refused instead.
+    /// The newcomer's place; `None` when the table was full, or its source at its cap, of
+    /// connections all busy: the newcomer is then refused (closed) instead.
     pub ticket: Option<Ticket>,
     /// The connections shed to make room, and why.
     pub shed: Vec<Shed>,
@@ -125,8 +128,8 @@ impl ShedTable {
         let mut shed = Vec::new();
         let mut inner = self.lock();
         // Over its cap, the source's oldest idle connection goes; one answering is never cut
-        // (its act may be on the record while its answer is lost), and a source whose every
-        // connection is answering waits for one to finish.
+        // (its act may be on the record while its answer is lost): a source whose every
+        // connection is answering has its newcomer closed instead (its client tries again).
         let over_cap = inner
             .by_source
             .get(&source)

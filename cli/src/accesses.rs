@@ -57,10 +57,24 @@ pub(crate) async fn accesses(args: AccessesArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         // Each page's read is recorded before it is read: the pages' checkpoints differ, and
         // the proofs from the smaller ones to the largest show they are of one log.
+        // The pages were read (and their reads recorded): a proof the broker cannot give now
+        // does not lose them; the file is saved without, and says how to get them later.
         if let Some((smaller, largest)) = file.to_prove_one_log() {
             let mut audit = unefois_proto::v1::audit_client::AuditClient::new(channel);
-            file.one_log =
-                Some(crate::audit::later_checkpoint(&mut audit, largest, &smaller).await?);
+            match crate::audit::later_checkpoint(&mut audit, largest, &smaller).await {
+                Ok(later) => file.one_log = Some(later),
+                Err(e) => {
+                    use std::io::Write as _;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "warning: the proofs that the pages are of one log could not be \
+                         fetched ({e:#}): once the broker answers, run unefois audit checkpoint \
+                         --for {} --out LATER, then unefois verify {} --checkpoint LATER",
+                        out.display(),
+                        out.display()
+                    );
+                }
+            }
         }
         write_json(out, &file)?;
     }

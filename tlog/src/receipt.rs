@@ -425,7 +425,12 @@ pub fn verify(
     let mut checks = Checks::default();
     let failure = match file {
         VerifiableFile::Receipt(r) => checks.receipt(r, keys, later),
-        VerifiableFile::Accesses(a) => checks.accesses(a, keys, later.or(a.one_log.as_ref())),
+        VerifiableFile::Accesses(a) => match (later, &a.one_log) {
+            (None, Some(carried)) if carried.format != CHECKPOINT_FORMAT => Err(
+                ReceiptError::Malformed(format!("one_log: format {:?}", carried.format)),
+            ),
+            _ => checks.accesses(a, keys, later.or(a.one_log.as_ref())),
+        },
     }
     .err();
     Verification {
@@ -967,8 +972,16 @@ mod tests {
             Some((vec![120], key.checkpoint(&b, 121)))
         );
         carried.one_log = Some(later.clone());
-        let verification = verify(&VerifiableFile::Accesses(carried), &keys, None);
+        let verification = verify(&VerifiableFile::Accesses(carried.clone()), &keys, None);
         assert!(verification.failure.is_none(), "{:?}", verification.failure);
+        // Carried proofs of another format are not read as a later checkpoint.
+        if let Some(one_log) = carried.one_log.as_mut() {
+            one_log.format = "unefois-checkpoint/v9".into();
+        }
+        assert!(matches!(
+            verify(&VerifiableFile::Accesses(carried), &keys, None).failure,
+            Some(ReceiptError::Malformed(_))
+        ));
         let VerifiableFile::Accesses(mut forked) = file else {
             unreachable!()
         };
