@@ -168,6 +168,20 @@ pub enum BrokerError {
         /// Each file that differs ([`crate::registry::manifest_changes`]).
         changes: Vec<String>,
     },
+    /// A reload's registry names another trust domain than the one the broker started under:
+    /// its keys are named after that domain and its clients' identities are checked against
+    /// it, so only a restart (with keys of that domain) can change it.
+    #[error(
+        "the registry names the trust domain {found:?}, but this broker runs under {running:?}: \
+         a trust domain changes only with a restart (its keys and certificates are that \
+         domain's)"
+    )]
+    TrustDomainChanged {
+        /// The trust domain in force.
+        running: String,
+        /// The one the new registry names.
+        found: String,
+    },
     /// A verifier key published in the PKI folder is not the broker's: it is never overwritten.
     #[error(
         "{}: publishes the {what} {published:?}, but this broker's is {ours:?}: verifiers trust \
@@ -658,8 +672,15 @@ async fn reload(
     (tls_files, tls_in_force): (&TlsFiles, &listener::TlsInForce),
     health: &tonic_health::server::HealthReporter,
 ) -> Result<String, String> {
+    let in_force = state.federation.registry();
     let loaded = (|| -> Result<_, BrokerError> {
         let registry = registry::load(registry_path)?;
+        if registry.trust_domain() != in_force.trust_domain() {
+            return Err(BrokerError::TrustDomainChanged {
+                running: in_force.trust_domain().to_string(),
+                found: registry.trust_domain().to_string(),
+            });
+        }
         let tls = TlsMaterial::load(tls_files)?;
         tls_in_force.check(&tls, tls_files)?;
         let adapters = build_adapters(
@@ -705,6 +726,7 @@ async fn reload(
             )
             .await;
     }
+
     tracing::info!(registry_sha256 = %sha, revoked_certificates = revoked_count, "registry and CRL reloaded");
     Ok(sha)
 }

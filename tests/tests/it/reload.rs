@@ -79,6 +79,22 @@ async fn the_registry_reloads_without_restart_and_a_bad_one_is_rejected() -> any
     assert_eq!(loads.len(), 2, "{loads:?}");
     assert_eq!(loads[1], sha);
     assert_ne!(loads[0], loads[1]);
+
+    // Another trust domain is refused: the broker's keys and its callers' certificates are
+    // the one it started under's (without the check every call was then refused).
+    std::fs::write(
+        &registry,
+        original.replace(
+            "trust_domain = \"unefois.test\"",
+            "trust_domain = \"autre.test\"",
+        ),
+    )?;
+    let rejected = broker.reload().await?.expect_err("another trust domain");
+    assert!(
+        rejected.contains("autre.test") && rejected.contains("restart"),
+        "{rejected}"
+    );
+    commune.fetch(rfr()).await?;
     broker.stop().await
 }
 
