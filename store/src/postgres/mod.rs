@@ -536,28 +536,29 @@ impl Postgres {
     }
 
     /// Whether a tree of `size` entries is within the log a standby has: without a read when
-    /// a head at least that large is known confirmed. Beyond the head served but within the
-    /// log's row (a standby lagging, or this broker behind the one that answered the caller
-    /// before): unavailable for now, which a caller tries again, not out of range.
+    /// a head at least that large is known confirmed.
     async fn within(&self, size: u64) -> Result<(), StoreError> {
         if size <= self.confirmed.known_size() {
             return Ok(());
         }
+        super::within(self.served_for(size).await?.size, size)
+    }
+
+    /// The head served ([`Postgres::tip`]), asked about a tree of `size` entries: beyond it but
+    /// within the log's row (a standby lagging, or this broker behind the one that answered
+    /// the caller before), that tree is unavailable for now, which a caller tries again, not
+    /// out of range.
+    async fn served_for(&self, size: u64) -> Result<confirmed::Tip, StoreError> {
         let (tip, row) = self.confirmed.read_with_row(&self.reads).await?;
         if size > tip.size && size <= row {
-            return Err(not_yet_confirmed(size, tip.size));
+            return Err(StoreError::NotYetConfirmed(format!(
+                "a tree of {size} entries is in the log, beyond the {} a synchronous standby \
+                 has confirmed to this broker yet: try again",
+                tip.size
+            )));
         }
-        super::within(tip.size, size)
+        Ok(tip)
     }
-}
-
-/// A tree of `size` entries the log's row holds, beyond the `served` head a synchronous
-/// standby confirmed to this broker.
-fn not_yet_confirmed(size: u64, served: u64) -> StoreError {
-    StoreError::NotYetConfirmed(format!(
-        "a tree of {size} entries is in the log, beyond the {served} a synchronous standby has \
-         confirmed to this broker yet: try again"
-    ))
 }
 
 /// The stored hashes of the indices `$1`, each cut from the run that holds it (the run of the
@@ -1949,14 +1950,10 @@ impl Store for Postgres {
     async fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         // Only entries a standby has (see `confirmed`); one in the log but not yet confirmed
         // to this broker is unavailable for now, not missing.
-        if index >= self.confirmed.known_size() {
-            let (tip, row) = self.confirmed.read_with_row(&self.reads).await?;
-            if index >= tip.size {
-                return match index < row {
-                    true => Err(not_yet_confirmed(index + 1, tip.size)),
-                    false => Ok(None),
-                };
-            }
+        if index >= self.confirmed.known_size()
+            && index >= self.served_for(index.saturating_add(1)).await?.size
+        {
+            return Ok(None);
         }
         let Ok(index) = i64::try_from(index) else {
             return Ok(None);
@@ -2042,10 +2039,7 @@ impl Store for Postgres {
     /// of the same hashes, leads to the root of the latest checkpoint this key signed (a signed
     /// fork otherwise).
     async fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
-        let (tip, row) = self.confirmed.read_with_row(&self.reads).await?;
-        if size > tip.size && size <= row {
-            return Err(not_yet_confirmed(size, tip.size));
-        }
+        let tip = self.served_for(size).await?;
         let latest = (tip.size > 0).then(|| (tip.size, tip.checkpoint.clone()));
         if let Some(note) = super::kept_checkpoint(latest, size)? {
             return Ok(note);
