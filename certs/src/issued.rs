@@ -42,7 +42,11 @@ pub(crate) fn record(
     not_after: OffsetDateTime,
 ) -> Result<(), CertError> {
     let path = dir.join(ISSUED_LOG);
-    let line = format!("{name} {} {}\n", hex(serial), not_after.unix_timestamp());
+    let line = format!(
+        "{name} {} {}\n",
+        hex::encode(serial),
+        not_after.unix_timestamp()
+    );
     let mut file = OpenOptions::new()
         .read(true)
         .append(true)
@@ -97,22 +101,14 @@ fn cut_a_torn_line(file: &mut std::fs::File) -> std::io::Result<()> {
 fn parse(line: &str) -> Option<Issued> {
     let mut parts = line.split(' ');
     let (name, serial, not_after) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || name.is_empty() || serial.is_empty() || serial.len() % 2 != 0 {
+    if parts.next().is_some() || name.is_empty() || serial.is_empty() {
         return None;
     }
-    let serial = (0..serial.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(serial.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
     Some(Issued {
         name: name.to_owned(),
-        serial,
+        serial: hex::decode(serial).ok()?,
         not_after: not_after.parse().ok()?,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
