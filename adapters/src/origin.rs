@@ -113,12 +113,7 @@ impl OriginPolicy {
             }
             let alg = match &jwk.algorithm {
                 AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-                    // jsonwebtoken loads a shorter key, then panics on the first signature
-                    // naming it (its verifier slices `[..32]`).
-                    let x = B64.decode(p.x.trim_end_matches('=')).unwrap_or_default();
-                    if x.len() != 32 {
-                        return Err(at("an Ed25519 key's \"x\" is 32 bytes"));
-                    }
+                    ed25519_key_length(jwk).map_err(|e| at(&e))?;
                     Algorithm::EdDSA
                 }
                 AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
@@ -549,6 +544,25 @@ fn short(e: &serde_json::Error) -> String {
         e.line(),
         e.column()
     )
+}
+
+/// Whether an Ed25519 JWK's `x` is 32 bytes (any other key passes): jsonwebtoken loads a
+/// shorter one, then panics on the first signature naming it, before checking anything (its
+/// verifier slices `[..32]`). Providers' origin keys and identity providers' keys (the
+/// domain's JWKS) are checked with it when the registry is loaded.
+pub fn ed25519_key_length(jwk: &jsonwebtoken::jwk::Jwk) -> Result<(), String> {
+    match &jwk.algorithm {
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            let x = B64
+                .decode(okp.x.trim_end_matches('='))
+                .map_err(|e| format!("its \"x\" is not base64url: {e}"))?;
+            match x.len() {
+                32 => Ok(()),
+                n => Err(format!("an Ed25519 \"x\" is 32 bytes, not {n}")),
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -20,28 +20,10 @@ pub fn parse_jwks(path: &Path, bytes: &[u8]) -> Result<JwkSet, String> {
             return Err(format!("{}: every key needs a \"kid\"", path.display()));
         }
         DecodingKey::from_jwk(key).map_err(|e| format!("{}: unusable key: {e}", path.display()))?;
-        ed25519_of_its_length(key).map_err(|e| format!("{}: unusable key: {e}", path.display()))?;
+        unefois_adapters::origin::ed25519_key_length(key)
+            .map_err(|e| format!("{}: unusable key: {e}", path.display()))?;
     }
     Ok(set)
-}
-
-/// An Ed25519 key's `x` must be 32 bytes: jsonwebtoken loads a shorter one and then panics on
-/// the first token naming it, before any signature is checked (its verifier slices `[..32]`).
-fn ed25519_of_its_length(key: &jsonwebtoken::jwk::Jwk) -> Result<(), String> {
-    use base64::Engine as _;
-    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
-    match &key.algorithm {
-        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
-            let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(okp.x.trim_end_matches('='))
-                .map_err(|e| format!("its \"x\" is not base64url: {e}"))?;
-            match x.len() {
-                32 => Ok(()),
-                n => Err(format!("an Ed25519 \"x\" is 32 bytes, not {n}")),
-            }
-        }
-        _ => Ok(()),
-    }
 }
 
 /// The development identity provider: a PUBLIC Ed25519 key committed under examples/dev-idp/,
