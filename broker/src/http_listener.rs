@@ -1,8 +1,11 @@
 //! The accept loop of the HTTP listeners (the operational listener, the web pages, the latter
 //! over TLS when given a certificate): its own, not `axum::serve`, for two bounds. At most [`HttpLimits::max_connections`] connections
 //! (and per source address): over it, the oldest one that is not being answered is closed, so
-//! a new client always gets through; and [`HttpLimits::header_timeout`] to send request headers
-//! (slowloris; an idle keep-alive connection is closed after it too).
+//! a new client always gets through; [`HttpLimits::header_timeout`] to send request headers
+//! (slowloris; an idle keep-alive connection is closed after it too); and
+//! [`HttpLimits::write_timeout`] for a client to take any of its answer: a connection is busy
+//! while answered, and one that pipelines requests and never reads would otherwise stay busy,
+//! never shed, for as long as it likes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +32,9 @@ pub struct HttpLimits {
     pub max_connections_per_source: usize,
     /// Longest wait for a request's headers.
     pub header_timeout: Duration,
+    /// Longest wait for the client to take any byte of an answer (or of the TLS handshake):
+    /// the connection is then closed.
+    pub write_timeout: Duration,
     /// Publishes the number of open connections (its metric).
     pub gauge: fn(usize),
     /// Reverse proxies, each carrying many people's connections: the per-source cap does not
@@ -37,7 +43,8 @@ pub struct HttpLimits {
 }
 
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves; connections then
-/// finish their request (5 s at most). With `tls`, each connection first completes a TLS
+/// finish their request (5 s at most), and it returns once they have: what a page in flight
+/// records lands before the broker records its stop and closes its store. With `tls`, each connection first completes a TLS
 /// handshake within the header timeout (a client that never finishes it holds its slot no
 /// longer than one that never sends its headers).
 pub async fn serve(
@@ -57,8 +64,10 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     let (stop, stopping) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        while connections.try_join_next().is_some() {}
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -102,7 +111,10 @@ pub async fn serve(
         let stopping = stopping.clone();
         let tls = tls.clone();
         let header_timeout = limits.header_timeout;
-        tokio::spawn(async move {
+        let mut tcp = tokio_io_timeout::TimeoutStream::new(tcp);
+        tcp.set_write_timeout(Some(limits.write_timeout));
+        let tcp = Box::pin(tcp);
+        connections.spawn(async move {
             match tls {
                 None => drive(http, tcp, service, ticket, stopping, name, remote).await,
                 Some(acceptor) => {
@@ -122,6 +134,7 @@ pub async fn serve(
         });
     }
     let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
     Ok(())
 }
 
@@ -146,10 +159,12 @@ async fn drive<IO, S>(
     tokio::pin!(connection);
     tokio::select! {
         served = connection.as_mut() => {
-            if let Err(e) = served
-                && e.is_timeout()
-            {
-                refused(name, "header_timeout", Some(remote));
+            if let Err(e) = served {
+                if e.is_timeout() {
+                    refused(name, "header_timeout", Some(remote));
+                } else if write_timed_out(&e) {
+                    refused(name, "write_timeout", Some(remote));
+                }
             }
         }
         () = ticket.shed() => {}
@@ -158,6 +173,19 @@ async fn drive<IO, S>(
             let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
         }
     }
+}
+
+/// Whether hyper gave up on a connection because a write made no progress for
+/// [`HttpLimits::write_timeout`] (the error `tokio_io_timeout` returns, as hyper's source).
+fn write_timed_out(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Marks a connection busy while its request is answered.

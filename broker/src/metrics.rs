@@ -248,7 +248,7 @@ pub fn rate_limited(consumer: &str) {
 /// A connection refused, shed or dropped before it could serve, by listener (`mtls`, `ops`) and
 /// reason (a closed list: `handshakes_per_source`, `handshakes_total`, `handshake_timeout`,
 /// `handshake_failed`, `connections_total`, `connections_per_participant`, `http_total`,
-/// `http_busy`, `header_timeout`). Counted per connection, never per request.
+/// `http_busy`, `header_timeout`, `write_timeout`). Counted per connection, never per request.
 pub fn connection_refused(listener: &'static str, reason: &'static str) {
     metrics::counter!(
         "unefois_connections_refused_total",

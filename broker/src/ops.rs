@@ -69,6 +69,9 @@ pub async fn serve(
             // Loopback by default: one source for every client; the total bound is what counts.
             max_connections_per_source: usize::MAX,
             header_timeout: limits.ops_header_timeout,
+            // A probe's answer is small: a client that takes none of it for as long as it may
+            // take to send its headers is gone.
+            write_timeout: limits.ops_header_timeout,
             gauge: |n| crate::metrics::connections_open("ops", "open", n),
         },
         listener,

@@ -201,6 +201,8 @@ pub(crate) async fn serve(
             max_connections: limits.web_max_connections,
             max_connections_per_source: limits.web_max_connections_per_source,
             header_timeout: limits.web_header_timeout,
+            // A person who takes none of a page for as long as a page may take is gone.
+            write_timeout: limits.web_page_timeout,
             gauge: |n| crate::metrics::connections_open("web", "open", n),
             proxies: web.trusted_proxies,
         },

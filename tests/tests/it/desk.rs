@@ -451,6 +451,64 @@ async fn a_signed_mandate_uploaded_slowly_is_received() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A broker asked to stop while an agent's signed mandate is still being uploaded lets the page
+/// finish: the mandate is recorded, before the broker's stop, and the agent sees it. The web
+/// listener used to return as soon as it stopped accepting: with no gRPC call in flight the
+/// broker then recorded its stop and closed its store under the page, whose act failed. Fails
+/// without the listener waiting for its connections.
+#[tokio::test]
+async fn a_page_in_flight_when_the_broker_stops_is_finished_and_recorded() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let data = tempfile::tempdir()?;
+    let options = unefois_tests::BrokerOptions {
+        web: true,
+        data_dir: Some(data.path().join("data")),
+        ..Default::default()
+    };
+    let broker = TestBroker::start_with(pki.dir(), options).await?;
+    let mut browser = desk(&broker).await?;
+    browser.log_in_agent("agent-marie", true).await?;
+    browser.person_at_desk("test:alice").await?;
+    let form = browser.get("/desk/mandates/new").await?;
+    let csrf = form.field("csrf").context("no CSRF token")?;
+    let demande = form.field("demande").context("no request id")?;
+    let visite = form.field("visite").context("no visit")?;
+    let scan = vec![b'%'; 64 * 1024];
+    let upload = tokio::spawn(async move {
+        browser
+            .post_multipart_slowly(
+                "/desk/mandates/new",
+                &[
+                    ("csrf", &csrf),
+                    ("visite", &visite),
+                    ("demande", &demande),
+                    ("finalite", CANTINE),
+                    ("duree", "31"),
+                    ("informee", "oui"),
+                ],
+                Some(("document", "mandat.pdf", &scan)),
+                std::time::Duration::from_secs(2),
+            )
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    broker.stop().await?;
+    let (status, location) = upload.await??;
+    assert_eq!(status, 303, "the page in flight failed");
+    assert!(location.starts_with("/desk/mandates/"), "{location}");
+    let kinds: Vec<&str> = unefois_tests::journal::records(&data.path().join("data"))?
+        .iter()
+        .map(|r| r.event.kind())
+        .collect();
+    let created = kinds.iter().position(|k| *k == "mandate_created");
+    let stopped = kinds.iter().rposition(|k| *k == "broker_stopped");
+    assert!(
+        matches!((created, stopped), (Some(c), Some(s)) if c < s),
+        "the mandate recorded before the stop: {kinds:?}"
+    );
+    Ok(())
+}
+
 /// A broker with pages on the sample registry, copied to `dir/registry.toml` to be rewritten
 /// and reloaded; the registry's path.
 async fn reloadable(

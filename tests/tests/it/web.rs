@@ -348,6 +348,54 @@ async fn a_flood_of_logins_from_one_address_ends_only_its_own() -> anyhow::Resul
     Ok(())
 }
 
+/// A client that sends many requests at once and never reads the answers held its connection,
+/// and up to hyper's 400 KiB of answers waiting to be sent, for as long as it liked: no timeout
+/// runs while an answer waits for the client (only a newcomer over the cap would shed it). Such
+/// a connection is now closed once it has taken no byte for a page's time (here 1 s): reading
+/// later, the client gets what its own buffer held, then the end. Fails without the listener's
+/// write timeout (every answer then arrives, megabytes of them).
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_closed() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = TestPki::for_sample_registry()?;
+    let mut options = BrokerOptions {
+        web: true,
+        ..BrokerOptions::default()
+    };
+    options.accept.web_page_timeout = std::time::Duration::from_secs(1);
+    let broker = TestBroker::start_with(pki.dir(), options).await?;
+    let addr = broker.web_addr.context("no web pages")?;
+    // 4,000 stylesheets asked at once (7 KiB each, 28 MB): far more than both sides' buffers.
+    let requests = "GET /static/site.css HTTP/1.1\r\nHost: pages\r\n\r\n".repeat(4000);
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let (mut reader, mut writer) = socket.connect(addr).await?.into_split();
+    let sending = tokio::spawn(async move {
+        let _ = writer.write_all(requests.as_bytes()).await;
+        writer
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+
+    let mut received = 0usize;
+    let mut buffer = vec![0; 64 * 1024];
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok() && received < 1024 * 1024,
+        "the connection kept serving a client that read nothing for 3 s: {received} bytes"
+    );
+    drop(sending);
+    broker.stop().await?;
+    Ok(())
+}
+
 /// A person who cancels at the identity provider (its answer `error=access_denied`) is told
 /// the login was cancelled, not that it failed; the login it answered ends.
 #[tokio::test]
