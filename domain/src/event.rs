@@ -229,6 +229,25 @@ pub enum Outcome {
 }
 
 impl Event {
+    /// Every [`Event::kind`]: what an auditor's filter by kind may name.
+    pub const KINDS: [&'static str; 15] = [
+        "broker_started",
+        "broker_stopped",
+        "registry_loaded",
+        "consent_granted",
+        "consent_renewed",
+        "consent_revoked",
+        "audit_read",
+        "rate_limited",
+        "access_history_read",
+        "consents_read",
+        "harvesting_alarm",
+        "mandate_created",
+        "mandate_revoked",
+        "access_contested",
+        "exchange",
+    ];
+
     /// The record's kind, as its `kind` field names it (and metrics and auditors' filters).
     pub fn kind(&self) -> &'static str {
         match self {

@@ -291,7 +291,20 @@ pub async fn audited(
             crate::validate::identifier(field, value, 128)?;
         }
     }
+    if !query.kind.is_empty() && !Event::KINDS.contains(&query.kind.as_str()) {
+        return Err(ApiError::invalid(
+            "kind",
+            "a record's kind (exchange, consent_granted, mandate_created, audit_read, …)",
+        ));
+    }
     let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+    // The read is recorded for good: a name the registry does not know (a participant or a
+    // type since removed, or whatever a client typed there, a person's identifier included)
+    // is recorded as "(unregistered)", as exchanges record theirs; the filter still applies.
+    let recorded = |name: &Option<String>, known: bool| match name {
+        Some(_) if !known => Some("(unregistered)".to_string()),
+        name => name.clone(),
+    };
     let filter = EventFilter {
         start_index: query.start_index,
         end_index: None,
@@ -308,8 +321,16 @@ pub async fn audited(
         "{verb} start={} kind={:?} participant={:?} type={:?} outcome={:?} subject={} since={:?} until={:?}",
         filter.start_index,
         filter.kind,
-        filter.participant,
-        filter.attestation_type,
+        recorded(
+            &filter.participant,
+            registry.participant(&query.participant).is_some()
+        ),
+        recorded(
+            &filter.attestation_type,
+            registry
+                .attestation_types()
+                .any(|t| t.id == query.attestation_type)
+        ),
         query.outcome,
         // Sealed beside the query, never in it: in clear, the audit pseudonym would link this
         // read to every other search for the person, and to their version 1 entries.

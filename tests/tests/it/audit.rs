@@ -648,6 +648,85 @@ fn reason_name(reason: i32) -> Option<ErrorReason> {
     ErrorReason::try_from(reason).ok()
 }
 
+/// An auditor's search is recorded for good, in the signed log: a filter's participant or type
+/// that the registry does not know (a careless client's free text there, a person's identifier
+/// included) is recorded as "(unregistered)", as exchanges record theirs, and the filter still
+/// applies; a kind that no record has is refused. Fails without it (the free text in the entry).
+#[tokio::test]
+async fn an_auditors_free_text_filters_never_reach_the_log_verbatim() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let broker = TestBroker::start(pki.dir()).await?;
+    granted(&broker, "mairie-lyon", rfr("test:alice")).await?;
+    for (participant, attestation_type) in [("siren:552100554", ""), ("", "DUPONT|MARIE")] {
+        let found = list_events(
+            &broker,
+            "cnil",
+            pb::ListEventsRequest {
+                participant: participant.into(),
+                attestation_type: attestation_type.into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        assert!(found.is_empty(), "{found:?}");
+    }
+    expect_refused(
+        list_events(
+            &broker,
+            "cnil",
+            pb::ListEventsRequest {
+                kind: "siren:552100554".into(),
+                ..Default::default()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+        ErrorReason::InvalidArgument,
+    );
+    // Registered names are recorded as given, and filter as before.
+    let lyon = list_events(
+        &broker,
+        "cnil",
+        pb::ListEventsRequest {
+            participant: "mairie-lyon".into(),
+            attestation_type: RFR.into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(lyon.len(), 1, "{lyon:?}");
+    let reads = all_events(&broker)
+        .await?
+        .into_iter()
+        .filter(|e| e.kind == "audit_read")
+        .map(|e| String::from_utf8(e.entry))
+        .collect::<Result<Vec<_>, _>>()?;
+    assert_eq!(reads.len(), 4, "{reads:?}");
+    for read in &reads {
+        assert!(
+            !read.contains("552100554") && !read.contains("DUPONT"),
+            "{read}"
+        );
+    }
+    assert!(
+        reads[0].contains(r#"participant=Some(\"(unregistered)\")"#),
+        "{}",
+        reads[0]
+    );
+    assert!(
+        reads[1].contains(r#"type=Some(\"(unregistered)\")"#),
+        "{}",
+        reads[1]
+    );
+    assert!(
+        reads[2].contains(r#"participant=Some(\"mairie-lyon\")"#),
+        "{}",
+        reads[2]
+    );
+    broker.stop().await?;
+    Ok(())
+}
+
 async fn list_accesses(
     broker: &TestBroker,
     name: &str,
