@@ -273,7 +273,20 @@ pub(crate) fn signed_claims<'r, C: serde::de::DeserializeOwned>(
     if data.claims.get("iss").and_then(serde_json::Value::as_str) != Some(issuer) {
         return Err(IdentityError::UnknownIssuer);
     }
-    serde_json::from_value(data.claims).map_err(|e| IdentityError::Malformed(e.to_string()))
+    serde_json::from_value(data.claims).map_err(|e| IdentityError::Malformed(claims_error(&e)))
+}
+
+/// What is wrong with an ID token's claims, without quoting them: serde's message for a claim
+/// of the wrong type quotes its value (`invalid type: string "DUPONT"`), and a refusal is
+/// logged and sent to the caller. A missing or repeated claim is named (its name is not
+/// personal).
+fn claims_error(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    if message.starts_with("missing field") || message.starts_with("duplicate field") {
+        message
+    } else {
+        "a claim is not of the expected type".to_string()
+    }
 }
 
 /// Whether a token whose `aud` and `azp` are these was issued to `audience`: listed in `aud`
@@ -462,6 +475,33 @@ mod tests {
         check(PIVOT, json!({"birthcountry": null}), "Claims");
         check(PIVOT, json!({"birthdate": "02/01/1980"}), "Claims");
         check("test:alice", json!({"exp": null}), "Malformed");
+    }
+
+    /// A claim of the wrong type is refused without its value in the message, which is logged
+    /// and sent to the caller (serde's own message quotes it).
+    #[test]
+    fn a_claim_of_the_wrong_type_is_not_quoted() {
+        for (claim, value) in [
+            ("exp", json!("DUPONT")),
+            ("exp", json!(["MARIE"])),
+            ("iat", json!({"name": "Lyon 69123"})),
+        ] {
+            let registry = crate::test_support::sample_registry();
+            let guichet = registry.participant("mairie-lyon").unwrap();
+            let refused = verify(
+                &token("test:alice", json!({ claim: value })),
+                guichet,
+                &registry,
+                NOW,
+            )
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(refused.contains("malformed"), "{refused}");
+            for quoted in ["DUPONT", "MARIE", "69123"] {
+                assert!(!refused.contains(quoted), "{refused}");
+            }
+        }
     }
 
     #[test]
