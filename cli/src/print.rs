@@ -31,9 +31,23 @@ macro_rules! outln {
     }};
 }
 
-/// Writes `value` as pretty JSON to `path`, ending with a newline.
+/// Writes `value` as pretty JSON to `path`, ending with a newline, readable by the user alone
+/// (0600, an existing file narrowed too): a receipt holds the claim values released, an access
+/// history a person's exchanges, and the command runs under the user's umask (often 022).
 pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let mut text = serde_json::to_vec_pretty(value)?;
     text.push(b'\n');
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(&text)
+    })();
+    written.with_context(|| format!("cannot write {}", path.display()))
 }

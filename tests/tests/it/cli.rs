@@ -1128,7 +1128,14 @@ async fn a_fetch_receipt_verifies_offline_and_each_tampering_names_its_check() -
             && fetched.stdout.contains("receipt saved in receipt.json"),
         "{fetched:?}"
     );
+    // Claim values: the user's alone, whatever the umask (a file there before narrowed too).
+    std::fs::write(cwd.join("other.json"), "{}")?;
     unefois_ok(cwd, addr, &fetch_args(&["--out", "other.json"]))?;
+    for saved in ["receipt.json", "other.json"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(cwd.join(saved))?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{saved}: {mode:o}");
+    }
     // A later checkpoint, with the proof that the log only grew since the receipt's.
     let later = unefois_ok(
         cwd,
