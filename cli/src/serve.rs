@@ -113,9 +113,27 @@ pub(crate) struct ServeArgs {
 /// Where the development setup serves its web pages.
 const DEV_WEB_ADDR: &str = "127.0.0.1:8080";
 
+/// Libraries whose own logs, at their debug or trace levels, hold what the broker never logs:
+/// tokio-postgres a statement's parameters (audit pseudonyms beside leaf indices, consents'
+/// scopes), sled its keys (pseudonyms). Capped at `info` whatever `RUST_LOG` asks.
+const QUIET_BELOW_INFO: [&str; 2] = ["tokio_postgres", "sled"];
+
+/// The log filter: `RUST_LOG` (or `info`), with [`QUIET_BELOW_INFO`] capped.
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let mut filter = rust_log
+        .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    for target in QUIET_BELOW_INFO {
+        // A directive for the same target replaces the one `RUST_LOG` gave.
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -307,5 +325,35 @@ async fn shutdown_signal() {
             tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the broker");
             let _ = ctrl_c.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// Whether `filter` lets an event of `level` from `target` through.
+    fn enabled(rust_log: &str, target: &str) -> bool {
+        let subscriber = tracing_subscriber::registry().with(super::log_filter(Some(rust_log)));
+        tracing::subscriber::with_default(subscriber, || match target {
+            "tokio_postgres::query" => {
+                tracing::enabled!(target: "tokio_postgres::query", tracing::Level::DEBUG)
+            }
+            "sled::tree" => tracing::enabled!(target: "sled::tree", tracing::Level::TRACE),
+            _ => tracing::enabled!(target: "broker::store", tracing::Level::DEBUG),
+        })
+    }
+
+    /// `RUST_LOG=debug` (or naming the library) never lets tokio-postgres log a statement's
+    /// parameters, nor sled its keys; the broker's own debug logs still come. Fails without
+    /// the cap.
+    #[test]
+    fn debug_logs_never_include_the_databases_parameters() {
+        for rust_log in ["debug", "trace", "tokio_postgres=debug,sled=trace", "info"] {
+            assert!(!enabled(rust_log, "tokio_postgres::query"), "{rust_log}");
+            assert!(!enabled(rust_log, "sled::tree"), "{rust_log}");
+        }
+        assert!(enabled("debug", "broker::store"));
+        assert!(!enabled("info", "broker::store"));
     }
 }
