@@ -366,20 +366,22 @@ impl<S: Clone + Ending> Logins<'_, S> {
 }
 
 /// A staff member (`agent` of `participant`) as the orchestration sees them, while the registry
-/// in force still enrols them for a participant with `role`; otherwise the page saying
-/// `refused`.
+/// in force still maps the account that opened their session (`sub` at the agents' identity
+/// provider `provider`) to that very agent of that participant, and the participant has `role`;
+/// otherwise the page saying `refused`. An account the registry no longer enrols, or no longer
+/// as that agent, acts no more; nor does the session once the registry enrols another account
+/// (another `sub`, another provider) as that agent, as after a compromise of the provider.
 pub(super) fn staff_caller(
     web: &Web,
-    participant: &str,
-    agent: &str,
+    (provider, sub): (&str, &str),
+    (participant, agent): (&str, &str),
     role: Role,
     refused: &str,
 ) -> Result<Caller, Box<Response>> {
     let registry = web.state.federation.registry();
     let enrolled = registry
-        .agents()
-        .iter()
-        .any(|a| a.participant == participant && a.agent == agent);
+        .enrolled_agent(provider, sub)
+        .is_some_and(|a| a.participant == participant && a.agent == agent);
     match registry.participant(participant) {
         Some(p) if enrolled && p.roles.contains(&role) => Ok(Caller::new(
             p,

@@ -46,6 +46,11 @@ pub const MAX_EXPORT: usize = 50_000;
 /// An auditor's staff member at the console, and the query they last asked.
 #[derive(Clone)]
 pub struct ConsoleSession {
+    /// The agents' identity provider the staff member logged in at (its registry id).
+    pub provider: String,
+    /// Their account there (`sub`): the session acts only while the registry in force still
+    /// enrols that account as this staff member.
+    pub sub: String,
     /// The auditor participant.
     pub participant: String,
     /// The staff member's agent id there.
@@ -100,12 +105,13 @@ fn session(web: &Web, headers: &HeaderMap) -> Option<(String, ConsoleSession)> {
 }
 
 /// The staff member as the orchestration sees them: the auditor of the registry in force,
-/// with their agent id, while the registry still enrols them.
+/// with their agent id, while the registry still enrols the account they logged in with as
+/// that staff member.
 fn caller(web: &Web, s: &ConsoleSession) -> Result<Caller, Box<Response>> {
     super::agent_login::staff_caller(
         web,
-        &s.participant,
-        &s.agent,
+        (&s.provider, &s.sub),
+        (&s.participant, &s.agent),
         Role::Auditor,
         "Le registre de la fédération n'inscrit plus ce compte pour un contrôleur.",
     )
@@ -200,6 +206,8 @@ pub async fn callback(
         STAFF_SESSION,
         "/audit",
         |csrf, ends, ends_at| ConsoleSession {
+            provider: agent.provider,
+            sub: agent.sub,
             participant: agent.participant,
             agent: agent.agent,
             name: agent.name,

@@ -45,6 +45,11 @@ const PREFILL_DEADLINE: Duration = Duration::from_secs(10);
 /// An agent logged in at the desk, and the person they welcome, if any.
 #[derive(Clone)]
 pub struct DeskSession {
+    /// The agents' identity provider the agent logged in at (its registry id).
+    pub provider: String,
+    /// Their account there (`sub`): the session acts only while the registry in force still
+    /// enrols that account as this agent.
+    pub sub: String,
     /// The mediation structure.
     pub participant: String,
     /// The agent's id in it.
@@ -119,12 +124,12 @@ fn session(web: &Web, headers: &HeaderMap) -> Option<(String, DeskSession)> {
 }
 
 /// The agent as the orchestration sees them: the structure of the registry in force, with the
-/// agent's id, while the registry still enrols them.
+/// agent's id, while the registry still enrols the account they logged in with as that agent.
 fn caller(web: &Web, s: &DeskSession) -> Result<Caller, Box<Response>> {
     super::agent_login::staff_caller(
         web,
-        &s.participant,
-        &s.agent,
+        (&s.provider, &s.sub),
+        (&s.participant, &s.agent),
         Role::Mediator,
         "Le registre de la fédération n'inscrit plus cet agent pour cette structure. \
          Adressez-vous au responsable de votre structure.",
@@ -428,12 +433,15 @@ pub async fn callback(
         Ok(agent) => agent,
         Err(page) => return *page,
     };
-    // « Prolonger la session »: the same agent logging in again in this browser goes on with
-    // the person present and the mandate acted under while it is still in force for them;
-    // another agent starts afresh.
+    // « Prolonger la session »: the same agent logging in again in this browser with the same
+    // account goes on with the person present and the mandate acted under while it is still in
+    // force for them; another agent, or another account, starts afresh.
     let (person, acting) = match session(&web, &headers) {
         Some((_, earlier))
-            if earlier.participant == agent.participant && earlier.agent == agent.agent =>
+            if earlier.provider == agent.provider
+                && earlier.sub == agent.sub
+                && earlier.participant == agent.participant
+                && earlier.agent == agent.agent =>
         {
             let acting = acting_mandate(&web, &earlier).await.map(|m| m.id);
             (earlier.person, acting)
@@ -446,6 +454,8 @@ pub async fn callback(
         AGENT_SESSION,
         "/desk",
         |csrf, ends, ends_at| DeskSession {
+            provider: agent.provider,
+            sub: agent.sub,
             participant: agent.participant,
             agent: agent.agent,
             agent_name: agent.name,

@@ -626,6 +626,64 @@ async fn a_logout_closes_the_desk_even_when_the_agent_is_no_longer_enrolled() ->
     Ok(())
 }
 
+/// A desk or console session acts only while the registry in force maps the account that
+/// opened it to the same agent: once a reload enrols Marie Dupont under another account id
+/// (`sub`), and Claire Roux at another agents' identity provider (as after a compromise of the
+/// provider), their sessions open before serve no page, exactly as when an enrolment is
+/// removed; Marie's new account logs in. Fails when a page checks only that the participant
+/// and agent id are still enrolled (the old sessions keep acting for up to an hour).
+#[tokio::test]
+async fn a_session_ends_once_the_registry_enrols_another_account_as_its_agent() -> anyhow::Result<()>
+{
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let (broker, registry) = reloadable(&pki, scratch.path()).await?;
+    let mut marie = desk(&broker).await?;
+    let home = marie.log_in_agent("agent-marie", true).await?;
+    shows(&home, "Marie Dupont, France Services Lyon 8e");
+    let mut claire = desk(&broker).await?;
+    let console = claire
+        .log_in_staff("/audit/login", "agent-cnil", true)
+        .await?;
+    assert_eq!(console.status, 200, "{}", console.body);
+    shows(&console, "Claire Roux");
+
+    reload_with(&broker, &registry, |s| {
+        assert!(s.contains("provider = \"dev-agents\"\nsub = \"agent-cnil\""));
+        format!(
+            "{}\n[[agent_identity_providers]]\nid = \"dev-agents-bis\"\nissuer = \
+             \"https://agents-bis.unefois.test\"\njwks = \"dev-idp/jwks.json\"\nclient_id = \
+             \"unefois-pages\"\n",
+            s.replacen("sub = \"agent-marie\"", "sub = \"agent-marie-2\"", 1)
+                .replacen(
+                    "provider = \"dev-agents\"\nsub = \"agent-cnil\"",
+                    "provider = \"dev-agents-bis\"\nsub = \"agent-cnil\"",
+                    1,
+                )
+        )
+    })
+    .await?;
+    let refused = marie.get("/desk").await?;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    shows(&refused, "n&#39;inscrit plus cet agent");
+    assert!(
+        !refused.body.contains("La personne se connecte"),
+        "{}",
+        refused.body
+    );
+    let refused = claire.get("/audit").await?;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    shows(&refused, "n&#39;inscrit plus ce compte");
+    assert!(!refused.body.contains("Claire Roux"), "{}", refused.body);
+
+    // Marie's account now enrolled logs in.
+    let home = marie.log_in_agent("agent-marie-2", true).await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    shows(&home, "Marie Dupont, France Services Lyon 8e");
+    broker.stop().await?;
+    Ok(())
+}
+
 /// A mandate form opened for Alice and sent after Bob was welcomed (in another tab) records
 /// nothing: Alice's purposes and document are not Bob's. Fails when the form takes whoever is
 /// present when it is sent.
