@@ -3,6 +3,13 @@
 //! authorization endpoint answers at once for one configured person (no page: a real provider's
 //! pages are its own), its token endpoint redeems a code once, for its client, its secret and
 //! the PKCE verifier, with an ID token signed by a key of its own.
+//!
+//! As ProConnect does, it asks for a second factor only when the request asks for it: a person
+//! whose claims give an `acr` (an agent who has a second factor) gets that `acr`, and their
+//! `amr`, only when the authorization request's `claims` parameter asks for the ID token's
+//! `acr` as essential with that value (`{"id_token":{"acr":{"essential":true,"values":[...]}}}`,
+//! OpenID Connect Core 5.5.1.1); otherwise their token says one factor (`acr` `eidas1`, `amr`
+//! `pwd`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -52,6 +59,8 @@ struct Pending {
     nonce: String,
     challenge: String,
     redirect_uri: String,
+    /// The request's `claims` parameter, as sent (empty when none).
+    claims: String,
 }
 
 #[derive(Deserialize)]
@@ -62,6 +71,8 @@ struct AuthorizeQuery {
     nonce: String,
     code_challenge: String,
     code_challenge_method: String,
+    #[serde(default)]
+    claims: String,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +149,7 @@ async fn authorize(State(p): State<Arc<Provider>>, Query(q): Query<AuthorizeQuer
                 nonce: q.nonce,
                 challenge: q.code_challenge,
                 redirect_uri: q.redirect_uri.clone(),
+                claims: q.claims,
             },
         );
     }
@@ -152,6 +164,20 @@ async fn authorize(State(p): State<Arc<Provider>>, Query(q): Query<AuthorizeQuer
         [(header::LOCATION, back.to_string())],
     )
         .into_response()
+}
+
+/// Whether the `claims` parameter `asked` requires the ID token's `acr` to be `acr`: essential,
+/// and `acr` its `value` or among its `values`.
+fn acr_asked(asked: &str, acr: &str) -> bool {
+    let Ok(asked) = serde_json::from_str::<Value>(asked) else {
+        return false;
+    };
+    let wanted = &asked["id_token"]["acr"];
+    wanted["essential"] == json!(true)
+        && (wanted["value"] == json!(acr)
+            || wanted["values"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|v| v == acr)))
 }
 
 async fn token(State(p): State<Arc<Provider>>, Form(f): Form<TokenForm>) -> Response {
@@ -194,6 +220,12 @@ async fn token(State(p): State<Arc<Provider>>, Form(f): Form<TokenForm>) -> Resp
     }
     if let (Some(c), Some(person)) = (claims.as_object_mut(), p.person.as_object()) {
         c.extend(person.clone());
+        if let Some(acr) = person.get("acr").and_then(Value::as_str)
+            && !acr_asked(&pending.claims, acr)
+        {
+            c.insert("acr".into(), json!("eidas1"));
+            c.insert("amr".into(), json!(["pwd"]));
+        }
     }
     let Ok(id_token) = p.key.sign(&claims) else {
         return refused();

@@ -52,13 +52,14 @@ pub(super) fn no_provider() -> Response {
 
 impl<S: Clone + Ending> Logins<'_, S> {
     /// Off to `door`'s authorization endpoint (`page` at the development provider) for a login
-    /// of `kind`, started from `from`.
+    /// of `kind`, started from `from`, asking for the ID token's `claims` when some are given.
     pub(super) fn authorize(
         &self,
         door: &Door,
         kind: LoginKind,
         page: &str,
         (client_id, callback): (&str, &str),
+        claims: Option<&str>,
         from: Source,
     ) -> Response {
         let (Some(state), Some(nonce), Some(verifier), Some(browser)) = (
@@ -87,6 +88,9 @@ impl<S: Clone + Ending> Logins<'_, S> {
             .append_pair("nonce", &nonce)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
+        if let Some(claims) = claims {
+            to.query_pairs_mut().append_pair("claims", claims);
+        }
         // At a desk, the device is shared: whoever logged in there before is never taken for
         // the person present (OpenID Connect Core 3.1.2.1: a fresh authentication).
         if kind == LoginKind::PersonAtDesk {
@@ -103,16 +107,17 @@ impl<S: Clone + Ending> Logins<'_, S> {
     }
 
     /// Off to the agents' identity provider, back to `callback`, for a login started from
-    /// `from`.
+    /// `from`: a second factor asked for (an `acr` among the provider's `multi_factor_acr`).
     pub(super) fn agent(&self, callback: &str, from: Source) -> Response {
-        let Some((door, client_id)) = self.web.agents_door() else {
+        let Some(agents) = self.web.agents_door() else {
             return no_provider();
         };
         self.authorize(
-            &door,
+            &agents.door,
             LoginKind::Agent,
             "/dev-idp/agents/authorize",
-            (&client_id, callback),
+            (&agents.client_id, callback),
+            Some(&agents.claims()),
             from,
         )
     }
@@ -287,16 +292,16 @@ impl<S: Clone + Ending> Logins<'_, S> {
         answer: &CallbackQuery,
         callback: &str,
     ) -> Result<EnrolledAgent, Box<Response>> {
-        let Some((door, client_id)) = self.web.agents_door() else {
+        let Some(agents) = self.web.agents_door() else {
             return Err(Box::new(no_provider()));
         };
         let (token, login) = self
             .redeemed(
-                &door,
+                &agents.door,
                 headers,
                 answer,
                 LoginKind::Agent,
-                &client_id,
+                &agents.client_id,
                 callback,
             )
             .await?;

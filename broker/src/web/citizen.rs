@@ -410,6 +410,7 @@ pub async fn login(State(web): State<Arc<Web>>, ClientSource(from): ClientSource
         LoginKind::Citizen,
         "/dev-idp/authorize",
         (&client_id, &web.callback_url()),
+        None,
         from,
     )
 }

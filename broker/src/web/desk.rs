@@ -499,6 +499,7 @@ pub async fn person_login(
         LoginKind::PersonAtDesk,
         "/dev-idp/authorize",
         (structure.audience(), &web.desk_person_callback_url()),
+        None,
         from,
     )
 }

@@ -42,20 +42,51 @@ impl Web {
         }
     }
 
-    /// Where agents log in, and the pages' client id there: the first agents' identity
-    /// provider with login endpoints, else the development one when it is served.
-    pub(super) fn agents_door(&self) -> Option<(Door, String)> {
+    /// Where agents log in: the first agents' identity provider with login endpoints, else the
+    /// development one when it is served.
+    pub(super) fn agents_door(&self) -> Option<AgentsDoor> {
         let registry = self.state.federation.registry();
-        if let Some((login, client)) = registry
+        if let Some((login, p)) = registry
             .agent_identity_providers()
             .iter()
-            .find_map(|p| p.login.clone().map(|l| (l, p.client_id.clone())))
+            .find_map(|p| p.login.clone().map(|l| (l, p)))
         {
-            return Some((Door::Remote(login), client));
+            return Some(AgentsDoor {
+                door: Door::Remote(login),
+                client_id: p.client_id.clone(),
+                multi_factor_acr: p.multi_factor_acr.clone(),
+            });
         }
         let dev = super::dev_idp::agents_provider(&registry)?;
-        self.dev_idp()
-            .map(|_| (Door::Development, dev.client_id.clone()))
+        self.dev_idp().map(|_| AgentsDoor {
+            door: Door::Development,
+            client_id: dev.client_id.clone(),
+            multi_factor_acr: dev.multi_factor_acr.clone(),
+        })
+    }
+}
+
+/// Where agents log in, as the registry in force declares their identity provider.
+pub(super) struct AgentsDoor {
+    pub(super) door: Door,
+    /// The pages' client id there.
+    pub(super) client_id: String,
+    /// Its `acr` values that mean a second factor: the login asks for one of them.
+    pub(super) multi_factor_acr: Vec<String>,
+}
+
+impl AgentsDoor {
+    /// The authorization request's `claims` parameter (OpenID Connect Core 5.5): an ID token
+    /// whose `acr` is essential and one of the provider's multi-factor values. ProConnect gives
+    /// a two-factor `acr` (and asks the agent for their second factor) only when asked so; an
+    /// agent's login without it ends in « Second facteur exigé » whatever the agent could do.
+    pub(super) fn claims(&self) -> String {
+        serde_json::json!({
+            "id_token": {
+                "acr": { "essential": true, "values": self.multi_factor_acr }
+            }
+        })
+        .to_string()
     }
 }
 

@@ -1155,6 +1155,45 @@ async fn people_log_in_at_real_identity_providers_over_https() -> anyhow::Result
     Ok(())
 }
 
+/// An agent logs in at a ProConnect-like provider that, as ProConnect does, gives a two-factor
+/// `acr` only when the authorization request asks for one: the pages ask for it (`claims`, the
+/// ID token's `acr` essential among the registry's `multi_factor_acr`), and the agent reaches
+/// the desk. Fails without the `claims` parameter: the token says one factor and the agent
+/// reads « Second facteur exigé ».
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_at_a_real_provider_is_asked_for_a_second_factor_and_logs_in() -> anyhow::Result<()>
+{
+    let pki = TestPki::for_sample_registry()?;
+    let real = RealProviders::start(&pki).await?;
+    let mut desk = real.browser()?;
+    let to_idp = desk.get("/desk/login").await?;
+    let at = url::Url::parse(to_idp.location().context("not sent to the provider")?)?;
+    let home = desk.follow(to_idp).await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    assert!(
+        home.body.contains("Marie Dupuis, France Services Lyon 8e"),
+        "{}",
+        home.body
+    );
+    let claims = at
+        .query_pairs()
+        .find(|(k, _)| k == "claims")
+        .map(|(_, v)| v.into_owned())
+        .context("no claims asked for")?;
+    let claims: serde_json::Value = serde_json::from_str(&claims)?;
+    assert_eq!(
+        claims,
+        serde_json::json!({"id_token": {"acr": {"essential": true, "values": [
+            "eidas2",
+            "eidas3",
+            "https://proconnect.gouv.fr/assurance/self-asserted-2fa",
+            "https://proconnect.gouv.fr/assurance/consistency-checked-2fa",
+        ]}}})
+    );
+    real.broker.stop().await?;
+    Ok(())
+}
+
 /// The person at a desk is asked for a fresh authentication (`prompt=login`, `max_age=0`); a
 /// provider that ignores it and answers with an earlier one (the previous visitor's, on a
 /// shared device), or without saying when (`auth_time`), makes nobody present. Fails without
