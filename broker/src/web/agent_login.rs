@@ -125,7 +125,9 @@ impl<S: Clone + Ending> Logins<'_, S> {
     /// Opens the session a completed login earns (`make` builds it from its CSRF token, when
     /// it ends, and the same as a time people read), `lifetime` long, in place of this
     /// browser's earlier one (« Prolonger la session »); its cookie `session_cookie`, and on
-    /// to `home`.
+    /// to `home`. The cookie is the browser session's (no `Max-Age`): at a shared desk or a
+    /// kiosk, closing the browser ends it for whoever opens the browser next; the server ends
+    /// the session at `lifetime` whatever the browser keeps.
     pub(super) fn open_session(
         &self,
         headers: &HeaderMap,
@@ -148,7 +150,7 @@ impl<S: Clone + Ending> Logins<'_, S> {
         see_other(
             home,
             &[
-                self.web.cookie(session_cookie, &id, Some(lifetime)),
+                self.web.cookie(session_cookie, &id, None),
                 self.web
                     .cookie(self.cookie, "", Some(std::time::Duration::ZERO)),
             ],

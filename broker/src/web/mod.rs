@@ -513,7 +513,9 @@ impl Web {
         cookie_value(headers, &self.cookie_name(name))
     }
 
-    /// The cookie attributes: HttpOnly, SameSite=Lax, the whole site, `Secure` under HTTPS.
+    /// The cookie attributes: HttpOnly, SameSite=Lax, the whole site, `Secure` under HTTPS;
+    /// `Max-Age` when `max_age` is given (zero clears it), otherwise none: a cookie of the
+    /// browser session, gone when the browser closes.
     fn cookie(&self, name: &str, value: &str, max_age: Option<Duration>) -> HeaderValue {
         let name = self.cookie_name(name);
         let mut cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");

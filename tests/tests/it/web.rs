@@ -875,6 +875,57 @@ async fn the_pages_serve_https_themselves_with_secure_cookies_and_hsts() -> anyh
     Ok(())
 }
 
+/// The session cookies of the citizen space, the desk and the console last as long as the
+/// browser: no `Max-Age`, no `Expires`, so that at a shared desk or a kiosk closing the browser
+/// ends the session for the next person who opens it (the server still ends it at its limit);
+/// a logout still clears the cookie (`Max-Age=0`). Fails while the cookies carry the session's
+/// lifetime as their `Max-Age`.
+#[tokio::test]
+async fn session_cookies_end_when_the_browser_closes() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let (broker, mut citizen) = broker_with_pages(&pki).await?;
+    let web = broker.web_addr.context("no web pages")?;
+    let home = citizen.log_in("test:alice").await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    let mut desk = Browser::new(web)?;
+    let home = desk.log_in_agent("agent-marie", true).await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    let mut console = Browser::new(web)?;
+    let home = console
+        .log_in_staff("/audit/login", "agent-cnil", true)
+        .await?;
+    assert_eq!(home.status, 200, "{}", home.body);
+    for (browser, name) in [
+        (&citizen, "unefois_session"),
+        (&desk, "unefois_desk"),
+        (&console, "unefois_audit"),
+    ] {
+        let cookie = browser
+            .set_cookie_of(name)
+            .with_context(|| format!("no {name} cookie"))?;
+        assert!(cookie.contains("HttpOnly"), "{cookie}");
+        assert!(
+            !cookie.to_ascii_lowercase().contains("max-age")
+                && !cookie.to_ascii_lowercase().contains("expires"),
+            "{name} outlives the browser: {cookie}"
+        );
+    }
+
+    // « Se déconnecter » still clears the cookie at once.
+    let page = citizen.get("/citizen").await?;
+    let csrf = page.field("csrf").context("no CSRF token")?;
+    let out = citizen.post("/logout", &[("csrf", &csrf)], None).await?;
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert!(
+        citizen
+            .set_cookie_of("unefois_session")
+            .is_some_and(|c| c.contains("Max-Age=0")),
+        "the cookie is not cleared"
+    );
+    broker.stop().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_citizen_filters_her_history_by_organisation_data_and_period() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
