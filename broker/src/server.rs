@@ -698,6 +698,11 @@ async fn reload(
     };
     let sha = registry.sha256_hex();
     let types: Vec<String> = registry.attestation_types().map(|t| t.id.clone()).collect();
+    let removed: Vec<String> = in_force
+        .attestation_types()
+        .filter(|t| !types.contains(&t.id))
+        .map(|t| t.id.clone())
+        .collect();
     // On the record before it is in force.
     if let Err(e) = state
         .store
@@ -724,6 +729,15 @@ async fn reload(
                 crate::grpc::provider_service_name(&ty),
                 tonic_health::ServingStatus::Serving,
             )
+            .await;
+    }
+    // A type no longer declared is no longer served: unknown to health checks, as one never
+    // declared (it was still SERVING, and a balancer kept sending its fetches here).
+    for ty in removed {
+        // A clone shares the statuses (the reporter's `&mut self` is for its own sake).
+        health
+            .clone()
+            .clear_service_status(&crate::grpc::provider_service_name(&ty))
             .await;
     }
 

@@ -380,3 +380,43 @@ async fn an_agent_is_refused_once_its_structure_leaves_the_registry() -> anyhow:
         .await?;
     broker.stop().await
 }
+
+/// An attestation type removed by a reload is no longer reported by the health service: it
+/// was still SERVING, so that a balancer or a consumer's check kept counting on it. Its
+/// provider's name is now unknown (NOT_FOUND), as a type never declared; the others serve.
+/// Fails without the fix (SERVING).
+#[tokio::test]
+async fn a_type_removed_by_a_reload_leaves_the_health_service() -> anyhow::Result<()> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let pki = TestPki::for_sample_registry()?;
+    let dir = pki.scratch();
+    let registry = sample_registry_with(&dir, |s| format!("{s}\n# reload test\n"))?;
+    let broker = TestBroker::start_with_registry(pki.dir(), registry.clone()).await?;
+    let mut health = HealthClient::new(broker.channel("dinum").await?);
+    let status = |service: &str| HealthCheckRequest {
+        service: format!("unefois.provider.{service}"),
+    };
+    let before = health.check(status("mesr.statut_etudiant")).await?;
+    assert_eq!(before.into_inner().status(), ServingStatus::Serving);
+
+    // The type and its one habilitation removed (each a `[[…]]` block of its own).
+    let original = std::fs::read_to_string(&registry)?;
+    let blocks: Vec<&str> = original.split("\n[[").collect();
+    let without = blocks
+        .iter()
+        .enumerate()
+        .filter(|(i, block)| *i == 0 || !block.contains("mesr.statut_etudiant"))
+        .map(|(_, block)| *block)
+        .collect::<Vec<_>>()
+        .join("\n[[");
+    assert_eq!(blocks.len(), without.matches("\n[[").count() + 3);
+    std::fs::write(&registry, without)?;
+    broker.reload().await?.map_err(anyhow::Error::msg)?;
+
+    let after = health.check(status("mesr.statut_etudiant")).await;
+    assert_eq!(after.map_err(|s| s.code()).err(), Some(Code::NotFound));
+    let kept = health.check(status("caf.quotient_familial")).await?;
+    assert_eq!(kept.into_inner().status(), ServingStatus::Serving);
+    broker.stop().await
+}
