@@ -108,7 +108,7 @@ pub async fn serve(
             }
         });
         let http = http.clone();
-        let stopping = stopping.clone();
+        let mut stopping = stopping.clone();
         let tls = tls.clone();
         let header_timeout = limits.header_timeout;
         let mut tcp = tokio_io_timeout::TimeoutStream::new(tcp);
@@ -121,6 +121,8 @@ pub async fn serve(
                     let handshake = tokio::select! {
                         done = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => done,
                         () = ticket.shed() => return,
+                        // Stopping: no request started on it yet, nothing to finish.
+                        _ = stopping.wait_for(|stop| *stop) => return,
                     };
                     match handshake {
                         Ok(Ok(stream)) => {
@@ -133,6 +135,9 @@ pub async fn serve(
             }
         });
     }
+    // Closed now, not once the connections are done: a new client is refused at once (and
+    // its balancer tries another broker) rather than left in the backlog through the drain.
+    drop(listener);
     let _ = stop.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())

@@ -455,7 +455,8 @@ async fn a_signed_mandate_uploaded_slowly_is_received() -> anyhow::Result<()> {
 /// finish: the mandate is recorded, before the broker's stop, and the agent sees it. The web
 /// listener used to return as soon as it stopped accepting: with no gRPC call in flight the
 /// broker then recorded its stop and closed its store under the page, whose act failed. Fails
-/// without the listener waiting for its connections.
+/// without the listener waiting for its connections; and, were the listening socket kept open
+/// through that wait, on the new client left in its backlog.
 #[tokio::test]
 async fn a_page_in_flight_when_the_broker_stops_is_finished_and_recorded() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
@@ -492,7 +493,21 @@ async fn a_page_in_flight_when_the_broker_stops_is_finished_and_recorded() -> an
             .await
     });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    broker.stop().await?;
+    let addr = broker.web_addr.context("no web pages")?;
+    let stopping = tokio::spawn(broker.stop());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Meanwhile a new client is refused at once (its balancer tries another broker), not left
+    // waiting in the listener's backlog through the drain.
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await;
+    assert!(
+        matches!(refused, Ok(Err(_))),
+        "a connection during the drain: {refused:?}"
+    );
+    stopping.await??;
     let (status, location) = upload.await??;
     assert_eq!(status, 303, "the page in flight failed");
     assert!(location.starts_with("/desk/mandates/"), "{location}");
