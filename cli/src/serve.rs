@@ -115,31 +115,38 @@ const DEV_WEB_ADDR: &str = "127.0.0.1:8080";
 
 /// Libraries whose own logs, at their debug or trace levels, hold what the broker never logs:
 /// tokio-postgres a statement's parameters (audit pseudonyms beside leaf indices, consents'
-/// scopes), sled its keys (pseudonyms). Capped at `info` whatever `RUST_LOG` asks.
+/// scopes), sled its keys (pseudonyms). Never logged below `info`, whatever `RUST_LOG` asks.
 const QUIET_BELOW_INFO: [&str; 2] = ["tokio_postgres", "sled"];
 
-/// The log filter: `RUST_LOG` (or `info`), with [`QUIET_BELOW_INFO`] capped.
+/// The operator's filter: `RUST_LOG`, or `info`.
 fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
-    let mut filter = rust_log
+    rust_log
         .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    for target in QUIET_BELOW_INFO {
-        // A directive for the same target replaces the one `RUST_LOG` gave.
-        if let Ok(directive) = format!("{target}=info").parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    filter
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// Whether an event may be logged at all: nothing below `info` from [`QUIET_BELOW_INFO`]. A
+/// filter of its own beside `RUST_LOG`'s, both required: a directive added to the operator's
+/// would lose to one of theirs for a narrower target (`tokio_postgres::query=debug`) or a span.
+fn not_a_database_secret(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() <= tracing::Level::INFO
+        || !QUIET_BELOW_INFO.iter().any(|quiet| {
+            meta.target()
+                .strip_prefix(quiet)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let quiet = tracing_subscriber::filter::filter_fn(not_a_database_secret);
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(quiet).init(),
+        LogFormat::Json => builder.json().finish().with(quiet).init(),
     }
 }
 
@@ -332,9 +339,14 @@ async fn shutdown_signal() {
 mod tests {
     use tracing_subscriber::layer::SubscriberExt as _;
 
-    /// Whether `filter` lets an event of `level` from `target` through.
+    /// Whether the broker's filters let an event from `target` through (at debug, or trace for
+    /// sled's) under `RUST_LOG=rust_log`.
     fn enabled(rust_log: &str, target: &str) -> bool {
-        let subscriber = tracing_subscriber::registry().with(super::log_filter(Some(rust_log)));
+        let subscriber = tracing_subscriber::registry()
+            .with(super::log_filter(Some(rust_log)))
+            .with(tracing_subscriber::filter::filter_fn(
+                super::not_a_database_secret,
+            ));
         tracing::subscriber::with_default(subscriber, || match target {
             "tokio_postgres::query" => {
                 tracing::enabled!(target: "tokio_postgres::query", tracing::Level::DEBUG)
@@ -349,7 +361,14 @@ mod tests {
     /// the cap.
     #[test]
     fn debug_logs_never_include_the_databases_parameters() {
-        for rust_log in ["debug", "trace", "tokio_postgres=debug,sled=trace", "info"] {
+        for rust_log in [
+            "debug",
+            "trace",
+            "tokio_postgres=debug,sled=trace",
+            "tokio_postgres::query=debug,sled::tree=trace",
+            "[connect]=trace",
+            "info",
+        ] {
             assert!(!enabled(rust_log, "tokio_postgres::query"), "{rust_log}");
             assert!(!enabled(rust_log, "sled::tree"), "{rust_log}");
         }
