@@ -33,6 +33,7 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::event::{Event, Record};
 use crate::registry::Role;
+use crate::store::{Store, StoreError};
 
 const CONSOLE_COOKIE: &str = "unefois_audit";
 const CONSOLE_LOGIN_COOKIE: &str = "unefois_audit_login";
@@ -697,7 +698,10 @@ pub async fn events(
     };
     // From the period's first entry, not from the log's: a recent week is not reached by
     // clicking through years.
-    let (start, end) = period(&web, query.since, query.until).await;
+    let (start, end) = match period(&*web.state.store, query.since, query.until).await {
+        Ok(x) => x,
+        Err(e) => return refused(&ApiError::from(e)),
+    };
     let first = q.debut.unwrap_or(start);
     let query = AuditQuery {
         start_index: first,
@@ -735,48 +739,60 @@ const TIME_SLACK: i64 = 60;
 /// The leaves a period may hold: from the first recorded at or after `since` (0 without it) to
 /// the first recorded at or after `until` (the log's size without it), both found by halving
 /// the log and widened by [`TIME_SLACK`]. Paging and exports stop at the end: a period that
-/// ended last year is not read through this year's entries.
-async fn period(web: &Web, since: Option<i64>, until: Option<i64>) -> (u64, u64) {
-    let size = log_size(web).await;
+/// ended last year is not read through this year's entries. A store that fails is an error:
+/// bounds guessed without it would leave entries out of the listing, and say nothing.
+async fn period(
+    store: &dyn Store,
+    since: Option<i64>,
+    until: Option<i64>,
+) -> Result<(u64, u64), StoreError> {
+    let size = log_size(store).await?;
     let first = match since {
-        Some(t) => first_at(web, t.saturating_sub(TIME_SLACK), size).await,
+        Some(t) => first_at(store, t.saturating_sub(TIME_SLACK), size).await?,
         None => 0,
     };
     let end = match until {
-        Some(t) => first_at(web, t.saturating_add(TIME_SLACK), size).await,
+        Some(t) => first_at(store, t.saturating_add(TIME_SLACK), size).await?,
         None => size,
     };
-    (first, end.max(first))
+    Ok((first, end.max(first)))
 }
 
 /// The first leaf index below `size` recorded at or after `wanted` (Unix seconds), `size` if
-/// none.
-async fn first_at(web: &Web, wanted: i64, size: u64) -> u64 {
-    let store = &web.state.store;
+/// none. An entry this broker cannot decode (damage, tampering: the listing shows it as such)
+/// has no time: the first readable entry after it stands for it, so that it never moves the
+/// search past readable entries of the period (a run of them reaching the end counts as
+/// later: the period's bounds then hold them, and the filter says what they are). An entry
+/// the log's size counts but the store does not give is an error, as the store's failures are.
+async fn first_at(store: &dyn Store, wanted: i64, size: u64) -> Result<u64, StoreError> {
     let (mut low, mut high) = (0, size);
     while low < high {
         let middle = low + (high - low) / 2;
-        let time = match store.entry(middle).await {
-            Ok(Some(bytes)) => Record::decode(&bytes).ok().map(|r| r.time.unix_timestamp()),
-            _ => None,
+        let mut probe = middle;
+        let time = loop {
+            if probe >= high {
+                break None;
+            }
+            let Some(bytes) = store.entry(probe).await? else {
+                return Err(StoreError::Diverged { size });
+            };
+            match Record::decode(&bytes) {
+                Ok(r) => break Some(r.time.unix_timestamp()),
+                Err(_) => probe += 1,
+            }
         };
         match time {
-            Some(t) if t >= wanted => high = middle,
-            // Earlier, or unreadable (the filter will say): look further on.
-            _ => low = middle + 1,
+            Some(t) if t < wanted => low = probe + 1,
+            // At or after `wanted`, or nothing readable from `middle` on.
+            _ => high = middle,
         }
     }
-    low
+    Ok(low)
 }
 
-async fn log_size(web: &Web) -> u64 {
-    web.state
-        .store
-        .latest_checkpoint()
-        .await
-        .ok()
-        .flatten()
-        .map_or(0, |(size, _)| size)
+/// The log's size, as its latest checkpoint says (0 before the first).
+async fn log_size(store: &dyn Store) -> Result<u64, StoreError> {
+    Ok(store.latest_checkpoint().await?.map_or(0, |(size, _)| size))
 }
 
 /// Every event the session's filters select (up to [`MAX_EXPORT`]), the read recorded first.
@@ -789,7 +805,9 @@ async fn selected(
     let Ok(query) = query_of(web, &s.filters, 0, events::MAX_LIMIT) else {
         return Err(Box::new(see_other("/audit", &[])));
     };
-    let (start, end) = period(web, query.since, query.until).await;
+    let (start, end) = period(&*web.state.store, query.since, query.until)
+        .await
+        .map_err(|e| Box::new(refused(&ApiError::from(e))))?;
     let query = AuditQuery {
         start_index: start,
         ..query
@@ -1002,7 +1020,10 @@ pub async fn contests(State(web): State<Arc<Web>>, headers: HeaderMap) -> Respon
     };
     // The newest first: windows of the log read backwards from its end, until enough reports
     // or [`CONTEST_WINDOWS`] windows.
-    let mut end = log_size(&web).await;
+    let mut end = match log_size(&*web.state.store).await {
+        Ok(size) => size,
+        Err(e) => return refused(&ApiError::from(e)),
+    };
     let mut found: Vec<LoggedEvent> = Vec::new();
     for _ in 0..CONTEST_WINDOWS {
         if end == 0 || found.len() >= MAX_REPORTS {
@@ -1048,6 +1069,7 @@ pub async fn contests(State(web): State<Arc<Web>>, headers: HeaderMap) -> Respon
             continue;
         };
         let what = match web.state.store.entry(*entry).await {
+            Err(e) => return refused(&ApiError::from(e)),
             Ok(Some(bytes)) => match Record::decode(&bytes).map(|r| r.event) {
                 Ok(Event::Exchange(x)) => format!(
                     "{} : {}, pour {}",
@@ -1057,7 +1079,7 @@ pub async fn contests(State(web): State<Arc<Web>>, headers: HeaderMap) -> Respon
                 ),
                 _ => "une inscription qui n'est pas un échange".to_string(),
             },
-            _ => "une inscription introuvable".to_string(),
+            Ok(None) => "une inscription introuvable".to_string(),
         };
         reports.push(ContestRow {
             index: e.index,
@@ -1345,4 +1367,221 @@ pub async fn offline_verifier() -> Response {
         "unefois-verificateur.html",
         html.into_bytes(),
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::consent::Consent;
+    use crate::event::{RECORD_VERSION, RecordedKeys, RecordedRegistry};
+    use crate::identity::{IdentityError, Verified};
+    use crate::mandate::Mandate;
+    use crate::seal::Sealer;
+    use crate::store::{Appended, Items, MandatesOf, Memory};
+
+    /// What [`Faulty`] does at one entry.
+    #[derive(Clone, Copy)]
+    enum Fault {
+        /// The store fails to read it.
+        Fails,
+        /// It gives bytes that are no record.
+        Garbles,
+    }
+
+    /// The in-memory store, but for one entry.
+    struct Faulty {
+        inner: Memory,
+        at: u64,
+        fault: Fault,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Faulty {
+        async fn recorded_keys(&self) -> Result<Option<RecordedKeys>, StoreError> {
+            self.inner.recorded_keys().await
+        }
+        async fn recorded_registry(&self) -> Result<Option<RecordedRegistry>, StoreError> {
+            self.inner.recorded_registry().await
+        }
+        async fn append_entry(&self, record: Record) -> Result<Appended, StoreError> {
+            self.inner.append_entry(record).await
+        }
+        async fn append(&self, records: Vec<Record>) -> Result<Vec<u64>, StoreError> {
+            self.inner.append(records).await
+        }
+        async fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {
+            self.inner.consent(id).await
+        }
+        async fn consents_of_after<'a>(
+            &'a self,
+            subject: &str,
+            after: &str,
+        ) -> Result<Items<'a, Consent>, StoreError> {
+            self.inner.consents_of_after(subject, after).await
+        }
+        async fn consents_seen_by_after<'a>(
+            &'a self,
+            party: &str,
+            subject: &str,
+            after: &str,
+        ) -> Result<Items<'a, Consent>, StoreError> {
+            self.inner
+                .consents_seen_by_after(party, subject, after)
+                .await
+        }
+        async fn consents_under_mandate(&self, id: &str) -> Result<Vec<Consent>, StoreError> {
+            self.inner.consents_under_mandate(id).await
+        }
+        async fn consents_for(
+            &self,
+            subject: &str,
+            consumer: &str,
+            attestation_type: &str,
+            purpose: &str,
+        ) -> Result<Vec<Consent>, StoreError> {
+            self.inner
+                .consents_for(subject, consumer, attestation_type, purpose)
+                .await
+        }
+        async fn mandate(&self, id: &str) -> Result<Option<Mandate>, StoreError> {
+            self.inner.mandate(id).await
+        }
+        async fn mandates_after<'a>(
+            &'a self,
+            of: MandatesOf<'_>,
+            after: &str,
+        ) -> Result<Items<'a, Mandate>, StoreError> {
+            self.inner.mandates_after(of, after).await
+        }
+        async fn spend_act(
+            &self,
+            token: &Verified,
+            now: i64,
+        ) -> Result<Result<(), IdentityError>, StoreError> {
+            self.inner.spend_act(token, now).await
+        }
+        async fn request_use(
+            &self,
+            actor: &str,
+            request_id: &str,
+        ) -> Result<Option<unefois_domain::projection::RequestUse>, StoreError> {
+            self.inner.request_use(actor, request_id).await
+        }
+        async fn exchanges_about(
+            &self,
+            subject: &str,
+            before: Option<u64>,
+            limit: usize,
+        ) -> Result<Vec<u64>, StoreError> {
+            self.inner.exchanges_about(subject, before, limit).await
+        }
+        async fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+            match (index == self.at, self.fault) {
+                (true, Fault::Fails) => Err(StoreError::Closed),
+                (true, Fault::Garbles) => Ok(Some(b"{\"not\":\"a record\"}".to_vec())),
+                (false, _) => self.inner.entry(index).await,
+            }
+        }
+        fn entries_from(&self, start: u64) -> Items<'_, (u64, Vec<u8>)> {
+            self.inner.entries_from(start)
+        }
+        async fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+            self.inner.latest_checkpoint().await
+        }
+        async fn checkpoint_at(&self, size: u64) -> Result<String, StoreError> {
+            self.inner.checkpoint_at(size).await
+        }
+        async fn inclusion_proof(&self, leaf: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+            self.inner.inclusion_proof(leaf, size).await
+        }
+        async fn consistency_proof(
+            &self,
+            first: u64,
+            second: u64,
+        ) -> Result<Vec<[u8; 32]>, StoreError> {
+            self.inner.consistency_proof(first, second).await
+        }
+        fn subject_of(&self, event: &Event) -> Option<String> {
+            self.inner.subject_of(event)
+        }
+        fn log_vkey(&self) -> &str {
+            self.inner.log_vkey()
+        }
+        async fn close(&self) {
+            self.inner.close().await;
+        }
+    }
+
+    const T0: i64 = 1_800_000_000;
+
+    /// A log of `n` entries, entry `i` recorded at `T0 + 1000 i`, and `fault` at entry `at`.
+    async fn log(n: u64, at: u64, fault: Fault) -> Faulty {
+        let inner = Memory::new(
+            crate::LogSigner::from_seed(&[6; 32], "unefois.test").unwrap(),
+            Arc::new(Sealer::from_secret(&[5; 32])),
+        );
+        let records = (0..n)
+            .map(|i| Record {
+                v: RECORD_VERSION,
+                time: OffsetDateTime::from_unix_timestamp(T0 + 1000 * i as i64).unwrap(),
+                event: Event::BrokerStopped {},
+            })
+            .collect();
+        inner.append(records).await.unwrap();
+        Faulty { inner, at, fault }
+    }
+
+    /// A store that fails while the bounds of a period are sought is an error, the
+    /// unavailable store's page (503), not a listing that starts past the entries it could not
+    /// read. Fails when a failed read counts as an earlier entry (the period then began at
+    /// entry 5 of 8, entries 2 to 4 of it left out, and the page said 200).
+    #[tokio::test]
+    async fn a_store_failing_while_a_period_is_sought_is_an_error_page() {
+        // Entries 0 to 7; the halving reads entry 4 first.
+        let store = log(8, 4, Fault::Fails).await;
+        let since = T0 + 2000 + TIME_SLACK;
+        let found = period(&store, Some(since), None).await;
+        let Err(e) = found else {
+            panic!("a failed read gave the period {found:?}");
+        };
+        let page = refused(&ApiError::from(e));
+        assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // Without the failure, the same period begins at entry 2.
+        let sound = log(8, 99, Fault::Fails).await;
+        assert_eq!(period(&sound, Some(since), None).await.unwrap(), (2, 8));
+    }
+
+    /// An entry that cannot be decoded where the halving looks does not move the period's
+    /// start past the readable entries of the period. Fails when it counts as earlier (the
+    /// period then began at entry 5, entries 2 and 3 left out of the listing and exports).
+    #[tokio::test]
+    async fn an_unreadable_entry_does_not_move_a_period_past_readable_ones() {
+        let store = log(8, 4, Fault::Garbles).await;
+        // Entry 4 stands for no time: a period from entry 5's time may begin at it (the filter
+        // leaves it out), never after a readable entry of the period.
+        for (wanted, first) in [
+            (2, 2),
+            (3, 3),
+            (4, 4),
+            (5, 4),
+            (6, 6),
+            (0, 0),
+            (7, 7),
+            (8, 8),
+        ] {
+            assert_eq!(
+                first_at(&store, T0 + 1000 * wanted, 8).await.unwrap(),
+                first,
+                "the first entry at or after entry {wanted}'s time"
+            );
+        }
+        // Every entry from the middle on unreadable but the last: still found.
+        let store = log(8, 7, Fault::Garbles).await;
+        assert_eq!(first_at(&store, T0 + 6500, 8).await.unwrap(), 7);
+    }
 }
