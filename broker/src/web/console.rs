@@ -795,13 +795,14 @@ async fn log_size(store: &dyn Store) -> Result<u64, StoreError> {
     Ok(store.latest_checkpoint().await?.map_or(0, |(size, _)| size))
 }
 
-/// Every event the session's filters select (up to [`MAX_EXPORT`]), the read recorded first.
+/// Every event the session's filters select (up to [`MAX_EXPORT`]), and whether more are
+/// selected; the read recorded first.
 async fn selected(
     web: &Web,
     s: &ConsoleSession,
     caller: &Caller,
     verb: &str,
-) -> Result<Vec<LoggedEvent>, Box<Response>> {
+) -> Result<(Vec<LoggedEvent>, bool), Box<Response>> {
     let Ok(query) = query_of(web, &s.filters, 0, events::MAX_LIMIT) else {
         return Err(Box::new(see_other("/audit", &[])));
     };
@@ -812,34 +813,62 @@ async fn selected(
         start_index: start,
         ..query
     };
-    let mut filter = events::audited(&web.state, caller, query, verb)
+    let filter = events::audited(&web.state, caller, query, verb)
         .await
         .map_err(|e| Box::new(refused(&e)))?;
+    gather(&*web.state.store, filter, end, MAX_EXPORT)
+        .await
+        .map_err(|e| Box::new(refused(&ApiError::from(e))))
+}
+
+/// The first `max` events `filter` selects before leaf `end`, and whether it selects more: one
+/// more is read to know, so that exactly `max` events is a whole export, not a truncated one.
+async fn gather(
+    store: &dyn Store,
+    mut filter: events::EventFilter,
+    end: u64,
+    max: usize,
+) -> Result<(Vec<LoggedEvent>, bool), StoreError> {
     filter.end_index = Some(end);
     let mut out = Vec::new();
-    while filter.start_index < end && out.len() < MAX_EXPORT {
-        let (found, next) = events::list(&*web.state.store, &filter)
-            .await
-            .map_err(|e| Box::new(refused(&ApiError::from(e))))?;
+    while filter.start_index < end && out.len() <= max {
+        let (found, next) = events::list(store, &filter).await?;
         out.extend(found);
         if next <= filter.start_index {
             break;
         }
         filter.start_index = next;
     }
-    out.truncate(MAX_EXPORT);
-    Ok(out)
+    let truncated = out.len() > max;
+    out.truncate(max);
+    Ok((out, truncated))
 }
 
-/// The `X-Unefois-Truncated` header of an export that holds [`MAX_EXPORT`] events: there may
-/// be more; narrow the filters.
-fn truncation(response: &mut Response, count: usize) {
-    if count >= MAX_EXPORT {
+/// What a truncated export says, in the file itself (the CSV's last line, the JSON's
+/// `truncated_said`): a download shows no header.
+fn truncated_said() -> String {
+    format!(
+        "EXPORT TRONQUÉ : seuls les {MAX_EXPORT} premiers événements de ces filtres y figurent ; \
+         d'autres suivent : resserrez les filtres (la période ou le genre)."
+    )
+}
+
+/// An export's file name: `-tronque` when it holds the first [`MAX_EXPORT`] events only.
+fn export_name(extension: &str, truncated: bool) -> String {
+    let mark = if truncated { "-tronque" } else { "" };
+    format!("unefois-evenements{mark}.{extension}")
+}
+
+/// An export's download, with the `X-Unefois-Truncated` header when it is truncated.
+fn export_file(content_type: &'static str, name: &str, body: Vec<u8>, truncated: bool) -> Response {
+    let mut response = attachment(content_type, name, body);
+    if truncated {
         response.headers_mut().insert(
             header::HeaderName::from_static("x-unefois-truncated"),
             HeaderValue::from_static("true"),
         );
     }
+    response
 }
 
 /// One event of an export, as auditors' tools read it.
@@ -890,7 +919,7 @@ pub async fn export_json(State(web): State<Arc<Web>>, headers: HeaderMap) -> Res
         Ok(x) => x,
         Err(page) => return *page,
     };
-    let found = match selected(&web, &s, &caller, "web:ExportEvents json").await {
+    let (found, truncated) = match selected(&web, &s, &caller, "web:ExportEvents json").await {
         Ok(f) => f,
         Err(page) => return *page,
     };
@@ -899,16 +928,16 @@ pub async fn export_json(State(web): State<Arc<Web>>, headers: HeaderMap) -> Res
         "format": "unefois-audit-export/v1",
         "log_key": web.state.store.log_vkey(),
         "checkpoint": checkpoint.map(|(_, note)| note),
-        "truncated": found.len() >= MAX_EXPORT,
+        "truncated": truncated,
+        "truncated_said": truncated.then(truncated_said),
         "events": found.iter().map(exported).collect::<Vec<_>>(),
     });
-    let mut response = attachment(
+    export_file(
         "application/json",
-        "unefois-evenements.json",
+        &export_name("json", truncated),
         serde_json::to_vec(&body).unwrap_or_default(),
-    );
-    truncation(&mut response, found.len());
-    response
+        truncated,
+    )
 }
 
 /// A CSV cell: quoted when it must be, and never read as a formula by a spreadsheet.
@@ -933,10 +962,20 @@ pub async fn export_csv(State(web): State<Arc<Web>>, headers: HeaderMap) -> Resp
         Ok(x) => x,
         Err(page) => return *page,
     };
-    let found = match selected(&web, &s, &caller, "web:ExportEvents csv").await {
+    let (found, truncated) = match selected(&web, &s, &caller, "web:ExportEvents csv").await {
         Ok(f) => f,
         Err(page) => return *page,
     };
+    export_file(
+        "text/csv; charset=utf-8",
+        &export_name("csv", truncated),
+        csv(&found, truncated).into_bytes(),
+        truncated,
+    )
+}
+
+/// The CSV of `found`, one line each, ending with [`truncated_said`] when `truncated`.
+fn csv(found: &[LoggedEvent], truncated: bool) -> String {
     const COLUMNS: [&str; 12] = [
         "index",
         "time",
@@ -952,7 +991,7 @@ pub async fn export_csv(State(web): State<Arc<Web>>, headers: HeaderMap) -> Resp
         "entry",
     ];
     let mut out = COLUMNS.join(",") + "\r\n";
-    for e in &found {
+    for e in found {
         let v = exported(e);
         let line: Vec<String> = COLUMNS
             .iter()
@@ -965,13 +1004,11 @@ pub async fn export_csv(State(web): State<Arc<Web>>, headers: HeaderMap) -> Resp
         out += &line.join(",");
         out += "\r\n";
     }
-    let mut response = attachment(
-        "text/csv; charset=utf-8",
-        "unefois-evenements.csv",
-        out.into_bytes(),
-    );
-    truncation(&mut response, found.len());
-    response
+    if truncated {
+        out += &cell(&truncated_said());
+        out += "\r\n";
+    }
+    out
 }
 
 /// One contest report as the console lists it.
@@ -1583,5 +1620,37 @@ mod tests {
         // Every entry from the middle on unreadable but the last: still found.
         let store = log(8, 7, Fault::Garbles).await;
         assert_eq!(first_at(&store, T0 + 6500, 8).await.unwrap(), 7);
+    }
+
+    /// An export holds the first [`MAX_EXPORT`] events and says, in the file an auditor
+    /// opens, when more were selected, and only then: exactly that many is a whole export.
+    /// Fails when `truncated` is set as soon as the export holds that many, or when only a
+    /// header says it.
+    #[tokio::test]
+    async fn an_export_says_in_the_file_when_it_leaves_events_out_and_only_then() {
+        let store = log(3, 99, Fault::Fails).await;
+        let filter = || events::EventFilter {
+            limit: events::MAX_LIMIT,
+            ..Default::default()
+        };
+        let (whole, truncated) = gather(&store, filter(), 3, 3).await.unwrap();
+        assert_eq!((whole.len(), truncated), (3, false), "three of three");
+        let (first, truncated) = gather(&store, filter(), 3, 2).await.unwrap();
+        assert_eq!((first.len(), truncated), (2, true), "two of three");
+
+        let lines = |text: String| text.lines().map(str::to_string).collect::<Vec<_>>();
+        let file = lines(csv(&whole, false));
+        assert_eq!(file.len(), 4, "a header and three events: {file:?}");
+        assert!(!file.concat().contains("TRONQUÉ"), "{file:?}");
+        assert_eq!(export_name("csv", false), "unefois-evenements.csv");
+
+        let file = lines(csv(&first, true));
+        assert_eq!(file.len(), 4, "a header, two events, the warning: {file:?}");
+        assert!(
+            file[3].starts_with("EXPORT TRONQUÉ : seuls les 50000 premiers"),
+            "{file:?}"
+        );
+        assert_eq!(export_name("csv", true), "unefois-evenements-tronque.csv");
+        assert_eq!(export_name("json", true), "unefois-evenements-tronque.json");
     }
 }
