@@ -56,9 +56,14 @@
 
   async function checkInclusion(event) {
     event.preventDefault();
-    const index = Number(document.getElementById('entry-index').value);
+    // An empty field is no entry n° 0 (Number('') is 0).
+    const typed = document.getElementById('entry-index').value.trim();
+    const index = typed === '' ? NaN : Number(typed);
+    if (!Number.isSafeInteger(index) || index < 0) {
+      say('inclusion-status', 'Saisissez le numéro de l\u2019inscription à vérifier : un nombre entier, 0 ou plus.');
+      return;
+    }
     try {
-      if (!Number.isSafeInteger(index) || index < 0) throw new Error('numéro d\u2019inscription invalide');
       const answer = await get(`/audit/api/inclusion?n=${index}`);
       const { size, root } = await P.checkpoint(answer.checkpoint, pinned.value);
       const proof = answer.proof.map(P.fromB64);

@@ -445,6 +445,18 @@ await au.click('button:has-text("Vérifier l\'inclusion")');
 await au.waitForFunction(() => document.getElementById('inclusion-status').textContent.length > 0);
 said2 = await au.textContent('#inclusion-status');
 check(said2.includes('vérifiée'), `an entry's inclusion verifies in the browser: ${said2}`);
+// An empty or non-integer number checks no entry (an empty field is not entry n° 0); the
+// form's own checks set aside, the browser's would stop « 1.5 » and « -1 » first.
+await au.evaluate(() => { document.getElementById('inclusion-form').noValidate = true; });
+for (const typed of ['', '1.5', '-1']) {
+  await au.fill('#entry-index', typed);
+  await au.evaluate(() => { document.getElementById('inclusion-status').textContent = ''; });
+  await au.click('button:has-text("Vérifier l\'inclusion")');
+  await au.waitForFunction(() => document.getElementById('inclusion-status').textContent.length > 0);
+  said2 = await au.textContent('#inclusion-status');
+  check(said2.includes('Saisissez le numéro') && !said2.includes('vérifiée') && !said2.includes('n° 0'),
+    `the entry number « ${typed} » is refused: ${said2}`);
+}
 // One character of the key's base64 changed, never to itself (the key is new each run).
 const changed = vkey.length - 3;
 const otherKey = vkey.slice(0, changed) + (vkey[changed] === 'A' ? 'B' : 'A') + vkey.slice(changed + 1);
