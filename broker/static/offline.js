@@ -28,7 +28,12 @@
       if (bundle.log_key && bundle.log_key.trim() !== key) {
         lines.push('Attention : la clé du dossier diffère de la clé saisie ; seule la clé saisie compte.');
       }
-      const entries = Array.isArray(bundle.entries) ? bundle.entries : [];
+      // Absent, no entry; present, a list: anything else is not a bundle this verifier
+      // checks, rather than one whose entries it silently skips.
+      if (bundle.entries !== undefined && !Array.isArray(bundle.entries)) {
+        throw new Error('les inscriptions du dossier (« entries ») ne sont pas une liste : ce dossier n\u2019est pas valide');
+      }
+      const entries = bundle.entries || [];
       if (entries.length === 0 && !bundle.older_checkpoint) {
         throw new Error('le dossier ne contient ni inscription ni ancien point de contrôle à vérifier');
       }

@@ -491,6 +491,17 @@ said2 = await offlineCheck(vkey, JSON.stringify(tampered));
 check(said2.includes('a échoué'), `an entry changed by one byte fails offline: ${said2}`);
 said2 = await offlineCheck(vkey, JSON.stringify({ ...JSON.parse(bundle), entries: [] }));
 check(said2.includes('a échoué'), `a bundle with nothing to check is not « vérifié »: ${said2}`);
+// Entries that are not a list are refused, even beside an older checkpoint that is consistent.
+const coherence = await (await auditContext.request.get(base + '/audit/api/coherence?premier=1')).json();
+const notAList = {
+  format: 'unefois-proof-bundle/v1', checkpoint: coherence.checkpoint, entries: { 0: JSON.parse(bundle).entries[0] },
+  older_checkpoint: coherence.first_checkpoint, consistency_proof: coherence.proof,
+};
+said2 = await offlineCheck(vkey, JSON.stringify({ ...notAList, entries: [] }));
+check(said2.includes('Dossier vérifié'), `a bundle with an older checkpoint and no entry verifies: ${said2}`);
+said2 = await offlineCheck(vkey, JSON.stringify(notAList));
+check(said2.includes('a échoué') && said2.includes('entries') && !said2.includes('Dossier vérifié'),
+  `a bundle whose entries are not a list fails: ${said2}`);
 said2 = await offlineCheck('', bundle);
 check(said2.includes('clé du journal'), `the offline verifier asks for the published key: ${said2}`);
 // Forms sent from this logged-in browser without the session's CSRF token, or from another
