@@ -1,8 +1,11 @@
 // The auditors' console's proof checks, in the auditor's browser (proofs.js): the latest
 // checkpoint against the log key the auditor pins (the federation operator's published one,
 // not only the one this broker shows), the consistency of a checkpoint they kept with the
-// latest one, and the inclusion of a chosen entry. Each result is said in its role=status
-// region. The console works without it; only these checks need it.
+// latest one, and the inclusion of a chosen entry (the proofs page); « Vérifier » on a row of
+// the events, the entry of its number included in the log the pinned key signed and
+// recording what the row shows (its time to the second, and the codes its words are named
+// from), naming what differs. Each result is said in its role=status region. The console
+// works without it; only these checks need it.
 'use strict';
 
 (function () {
@@ -76,12 +79,91 @@
     }
   }
 
+  // « Vérifier » on a row of the events.
+  async function checkRow(button) {
+    const index = Number(button.dataset.index);
+    const said = `Inscription n° ${index} : `;
+    say('verify-status', '');
+    try {
+      const answer = await get(`/audit/api/inclusion?n=${index}`);
+      const { size, root } = await P.checkpoint(answer.checkpoint, pinned.value);
+      const entry = P.fromB64(answer.entry);
+      const proof = answer.proof.map(P.fromB64);
+      if (answer.index !== index || !(await P.included(entry, index, proof, size, root))) {
+        throw new Error('la preuve d\u2019inclusion ne mène pas à la racine du journal signé');
+      }
+      if (button.dataset.kind === 'unreadable') {
+        say('verify-status', `${said}elle figure dans le journal signé par la clé épinglée (${size} inscriptions) ; illisible, comme sa ligne le dit, elle n\u2019a pas été comparée à sa ligne : lisez-la dans son dossier de preuve.`);
+        return;
+      }
+      recordsTheRow(entry, button);
+      say('verify-status', `Inscription n° ${index} vérifiée : elle figure, telle que sa ligne la montre, dans le journal signé par la clé épinglée (${size} inscriptions).`);
+    } catch (e) {
+      say('verify-status', `${said}la vérification a échoué : ${e.message}.`);
+    }
+  }
+
+  // The fields a row is made from, as an entry records them (read as the broker reads them
+  // for the row's data-* attributes), each with the words that name it.
+  const FIELDS = [
+    ['kind', 'le genre'], ['participant', 'le participant'], ['agent', 'l\u2019agent'],
+    ['type', 'les données'], ['purpose', 'la finalité'], ['outcome', 'le résultat'],
+    ['mandate', 'le mandat'], ['contested', 'l\u2019inscription contestée'],
+    ['reason', 'la raison'], ['query', 'la requête'],
+  ];
+  function recordedBy(e) {
+    const list = (many, one) => (Array.isArray(many) ? many.join(',') : one);
+    const contest = e.kind === 'access_contested';
+    return {
+      kind: e.kind,
+      participant: e.kind === 'mandate_created' ? e.structure : e.participant,
+      agent: e.agent,
+      type: list(e.attestation_types, e.attestation_type),
+      purpose: list(e.purposes, e.purpose),
+      outcome: e.outcome,
+      mandate: e.mandate_id,
+      contested: contest ? e.entry : undefined,
+      reason: contest ? e.reason : undefined,
+      query: e.query,
+    };
+  }
+
+  // Throws unless the entry records what the button's row shows.
+  function recordsTheRow(bytes, button) {
+    let entry;
+    try {
+      entry = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+    } catch (e) {
+      throw new Error('l\u2019inscription du journal est illisible, sa ligne ne le dit pas');
+    }
+    if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) {
+      throw new Error('l\u2019inscription du journal n\u2019est pas un événement');
+    }
+    const text = (v) => (v === undefined || v === null ? '' : String(v));
+    const second = (t) => Math.floor(Date.parse(String(t).replace(/\.\d+/, '')) / 1000);
+    const shown = button.closest('tr')?.querySelector('time')?.getAttribute('datetime');
+    const differs = [];
+    if (!shown || Number.isNaN(second(shown)) || second(entry.time) !== second(shown)) differs.push('la date');
+    const recorded = recordedBy(entry);
+    for (const [field, words] of FIELDS) {
+      if (text(recorded[field]) !== (button.dataset[field] ?? '')) differs.push(words);
+    }
+    if (differs.length > 0) {
+      throw new Error(`l\u2019inscription du journal ne dit pas ce que montre sa ligne (${differs.join(', ')})`);
+    }
+  }
+
+  const on = (id, type, listener) => document.getElementById(id)?.addEventListener(type, listener);
   (async () => {
     if (!(await P.canVerify(log.dataset.vkey))) return;
     for (const section of document.querySelectorAll('.needs-js')) section.hidden = false;
     for (const notice of document.querySelectorAll('.without-js')) notice.hidden = true;
-    document.getElementById('check-checkpoint').addEventListener('click', checkLatest);
-    document.getElementById('consistency-form').addEventListener('submit', checkConsistency);
-    document.getElementById('inclusion-form').addEventListener('submit', checkInclusion);
+    on('check-checkpoint', 'click', checkLatest);
+    on('consistency-form', 'submit', checkConsistency);
+    on('inclusion-form', 'submit', checkInclusion);
+    for (const button of document.querySelectorAll('button.verify')) {
+      button.hidden = false;
+      button.addEventListener('click', () => checkRow(button));
+    }
   })();
 })();

@@ -383,6 +383,55 @@ await Promise.all([au.waitForURL(/audit\/evenements$/), au.keyboard.press('Enter
 const exchanges = await au.locator('caption:has-text("Événements") >> xpath=.. >> tbody tr').count();
 check(exchanges >= 1, `the console lists the exchanges (${exchanges})`);
 await audit(au, 'audit-events');
+// « Vérifier » on a row: the entry of its number, included in the log the pinned key signed,
+// and recording what the row shows; a row the entry does not record (a made-up participant
+// and outcome, another time) fails, naming what differs.
+const verifyRow = async () => {
+  await au.waitForSelector('tbody button.verify:not([hidden])');
+  await au.evaluate(() => { document.getElementById('verify-status').textContent = ''; });
+  await au.click('tbody button.verify >> nth=0');
+  await au.waitForFunction(() => document.getElementById('verify-status').textContent.length > 0);
+  return au.textContent('#verify-status');
+};
+let rowSaid = await verifyRow();
+check(rowSaid.includes('vérifiée') && rowSaid.includes('telle que sa ligne la montre'), `« Vérifier » on a row verifies its entry: ${rowSaid}`);
+await au.evaluate(() => {
+  const button = document.querySelector('tbody button.verify');
+  button.dataset.outcome = button.dataset.outcome === 'granted' ? 'denied' : 'granted';
+  button.dataset.participant = 'made-up';
+});
+rowSaid = await verifyRow();
+check(rowSaid.includes('a échoué') && rowSaid.includes('le participant') && rowSaid.includes('le résultat') && !rowSaid.includes('la date'),
+  `a row its entry does not record fails, naming what differs: ${rowSaid}`);
+await au.reload();
+await au.evaluate(() => {
+  const time = document.querySelector('tbody button.verify').closest('tr').querySelector('time');
+  const shown = new Date(time.getAttribute('datetime'));
+  time.setAttribute('datetime', new Date(shown.getTime() + 3600e3).toISOString().replace(/\.\d+/, ''));
+});
+rowSaid = await verifyRow();
+check(rowSaid.includes('a échoué') && rowSaid.includes('la date'), `a row shown at another time fails: ${rowSaid}`);
+// Every kind of row the log begins with verifies as shown (consents, mandates, reads, reports,
+// the broker's own entries): the page and the script read an entry's fields alike.
+const kinds = new Set();
+const unverified = [];
+for (const [genre, most] of [['', 50], ['audit_read', 3]]) {
+  await au.goto(base + '/audit');
+  await au.selectOption('#genre', genre);
+  await Promise.all([au.waitForURL(/audit\/evenements$/), au.click('button:has-text("Afficher les événements")')]);
+  await au.waitForSelector('tbody button.verify:not([hidden])');
+  const rows = Math.min(most, await au.locator('tbody button.verify').count());
+  for (let i = 0; i < rows; i += 1) {
+    const button = au.locator('tbody button.verify').nth(i);
+    kinds.add(await button.getAttribute('data-kind'));
+    await au.evaluate(() => { document.getElementById('verify-status').textContent = ''; });
+    await button.click();
+    await au.waitForFunction(() => document.getElementById('verify-status').textContent.length > 0);
+    const said = await au.textContent('#verify-status');
+    if (!said.includes('vérifiée')) unverified.push(said);
+  }
+}
+check(unverified.length === 0 && kinds.has('audit_read') && kinds.size >= 5, `every row verifies as shown (${[...kinds].join(', ')}): ${unverified.join(' | ')}`);
 // A person that is not one: the error state.
 await au.goto(base + '/audit');
 await au.fill('#personne', 'alice');

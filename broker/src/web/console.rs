@@ -498,6 +498,67 @@ struct EventRow {
     outcome: String,
     person: String,
     detail: String,
+    /// What the row shows, as its entry records it: « Vérifier » checks the entry it proves.
+    recorded: Recorded,
+}
+
+/// The codes a row's words are named from, as its entry records them (empty when it records
+/// none), read from the entry's JSON as console.js reads them from the entry it proves, so
+/// that « Vérifier » names any that differ: a row the entry does not record fails.
+#[derive(Default)]
+struct Recorded {
+    /// `kind`, or `unreadable` for an entry this broker cannot decode.
+    kind: String,
+    /// `participant` (`structure` for a mandate).
+    participant: String,
+    agent: String,
+    /// `attestation_type`, or the `attestation_types` of a consent, joined by commas.
+    data: String,
+    /// `purpose`, or the `purposes` of a mandate, joined by commas.
+    purpose: String,
+    outcome: String,
+    /// `mandate_id`.
+    mandate: String,
+    /// A contest's `entry` and `reason`.
+    contested: String,
+    reason: String,
+    /// An audit read's `query`.
+    query: String,
+}
+
+impl Recorded {
+    fn of(record: &Record) -> Recorded {
+        use serde_json::Value;
+        let v = serde_json::to_value(record).unwrap_or_default();
+        let text = |x: &Value| match x {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let list = |many: &str, one: &str| match &v[many] {
+            Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
+            _ => text(&v[one]),
+        };
+        let contest = |field: &str| match record.event {
+            Event::AccessContested { .. } => text(&v[field]),
+            _ => String::new(),
+        };
+        Recorded {
+            kind: text(&v["kind"]),
+            participant: text(match record.event {
+                Event::MandateCreated { .. } => &v["structure"],
+                _ => &v["participant"],
+            }),
+            agent: text(&v["agent"]),
+            data: list("attestation_types", "attestation_type"),
+            purpose: list("purposes", "purpose"),
+            outcome: text(&v["outcome"]),
+            mandate: text(&v["mandate_id"]),
+            contested: contest("entry"),
+            reason: contest("reason"),
+            query: text(&v["query"]),
+        }
+    }
 }
 
 /// The agent an event names, if any.
@@ -529,6 +590,10 @@ fn row(names: &Names<'_>, e: &LoggedEvent) -> EventRow {
             outcome: String::new(),
             person: String::new(),
             detail: "Cette inscription n'est pas lisible : vérifiez le journal.".into(),
+            recorded: Recorded {
+                kind: "unreadable".into(),
+                ..Recorded::default()
+            },
         };
     };
     let event = &record.event;
@@ -611,6 +676,7 @@ fn row(names: &Names<'_>, e: &LoggedEvent) -> EventRow {
             .map(|p| p.chars().take(16).collect::<String>() + "…")
             .unwrap_or_default(),
         detail,
+        recorded: Recorded::of(record),
     }
 }
 
@@ -632,6 +698,8 @@ struct EventsPage {
     /// The last leaf examined; none when the period holds none from `first` on.
     last_examined: Option<u64>,
     filters: Vec<String>,
+    /// The log's verifier key, the pinned key's default for « Vérifier ».
+    vkey: String,
 }
 
 #[derive(Deserialize)]
@@ -727,6 +795,7 @@ pub async fn events(
             next: (next < end).then_some(next),
             last_examined: (next > first).then(|| next - 1),
             filters: filters_said(&names, &s.filters),
+            vkey: web.state.store.log_vkey().to_string(),
         },
     )
 }
