@@ -574,6 +574,41 @@ pub struct ExchangeEvent {
 mod tests {
     use super::*;
 
+    /// [`Event::KINDS`] names every variant's kind: a variant added without it would have
+    /// auditors' filters by its kind refused. Read from this file's source, as the compiler
+    /// cannot list an enum's variants: each variant of `Event`, each arm of `Event::kind`.
+    #[test]
+    fn every_kind_is_listed() {
+        let source = include_str!("event.rs");
+        let body = |start: &str| {
+            let from = source.find(start).unwrap() + start.len();
+            let len = source[from..].find("\n}\n").unwrap();
+            &source[from..from + len]
+        };
+        let variants = body("pub enum Event {")
+            .lines()
+            .filter(|l| {
+                l.strip_prefix("    ")
+                    .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_uppercase()))
+            })
+            .count();
+        let kind_fn = &source[source.find("pub fn kind(&self)").unwrap()..];
+        let kind_fn = &kind_fn[..kind_fn.find("\n    }\n").unwrap()];
+        let arms: Vec<&str> = kind_fn
+            .split("=> \"")
+            .skip(1)
+            .map(|rest| &rest[..rest.find('"').unwrap()])
+            .collect();
+        assert_eq!(arms.len(), variants, "an arm of Event::kind per variant");
+        assert_eq!(arms.len(), Event::KINDS.len(), "{arms:?}");
+        for kind in arms {
+            assert!(
+                Event::KINDS.contains(&kind),
+                "{kind} missing from Event::KINDS"
+            );
+        }
+    }
+
     #[test]
     fn records_round_trip_and_encode_deterministically() {
         let record = Record {
