@@ -1136,6 +1136,14 @@ async fn a_fetch_receipt_verifies_offline_and_each_tampering_names_its_check() -
         let mode = std::fs::metadata(cwd.join(saved))?.permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{saved}: {mode:o}");
     }
+    // What is not a file is written to as it is, its mode untouched (here as root, a chmod of
+    // /dev/null would succeed, and break every other program).
+    unefois_ok(cwd, addr, &fetch_args(&["--out", "/dev/null"]))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata("/dev/null")?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666, "/dev/null: {mode:o}");
+    }
     // A later checkpoint, with the proof that the log only grew since the receipt's.
     let later = unefois_ok(
         cwd,
