@@ -432,6 +432,20 @@ for (const [genre, most] of [['', 50], ['audit_read', 3]]) {
   }
 }
 check(unverified.length === 0 && kinds.has('audit_read') && kinds.size >= 5, `every row verifies as shown (${[...kinds].join(', ')}): ${unverified.join(' | ')}`);
+// Without JavaScript the rows' « Vérifier » (hidden until the script can check) is not shown:
+// the stylesheet's `display` on buttons used to override `hidden`, leaving a button that did
+// nothing on every row.
+const plainAudit = await browser.newContext({ javaScriptEnabled: false, viewport: { width: 1280, height: 800 }, locale: 'fr-FR' });
+const noJsAudit = await plainAudit.newPage();
+await noJsAudit.goto(base + '/audit');
+await Promise.all([noJsAudit.waitForURL(/dev-idp\/agents\/authorize/), noJsAudit.click('text=Se connecter (contrôleurs)')]);
+await noJsAudit.locator('input[name=agent]').nth(2).check();
+await Promise.all([noJsAudit.waitForURL(/\/audit$/), noJsAudit.click('button:has-text("Se connecter")')]);
+await Promise.all([noJsAudit.waitForURL(/audit\/evenements$/), noJsAudit.click('button:has-text("Afficher les événements")')]);
+const deadButtons = await noJsAudit.locator('tbody button.verify:visible').count();
+const dossiers = await noJsAudit.locator('tbody a:has-text("Dossier"):visible').count();
+check(deadButtons === 0 && dossiers >= 1, `without JavaScript: no « Vérifier » shown on the console's rows (${deadButtons}), the proof bundles are (${dossiers})`);
+await plainAudit.close();
 // A person that is not one: the error state.
 await au.goto(base + '/audit');
 await au.fill('#personne', 'alice');
