@@ -1074,7 +1074,16 @@ fn csv(found: &[LoggedEvent], truncated: bool) -> String {
         out += "\r\n";
     }
     if truncated {
-        out += &cell(&truncated_said());
+        // A row of the same columns (a parser refuses a short one), the warning as its kind:
+        // no index nor entry, so that no script takes it for an event.
+        let line: Vec<String> = COLUMNS
+            .iter()
+            .map(|c| match *c {
+                "kind" => cell(&truncated_said()),
+                _ => String::new(),
+            })
+            .collect();
+        out += &line.join(",");
         out += "\r\n";
     }
     out
@@ -1716,9 +1725,13 @@ mod tests {
         let file = lines(csv(&first, true));
         assert_eq!(file.len(), 4, "a header, two events, the warning: {file:?}");
         assert!(
-            file[3].starts_with("EXPORT TRONQUÉ : seuls les 50000 premiers"),
+            file[3].starts_with(",,EXPORT TRONQUÉ : seuls les 50000 premiers"),
             "{file:?}"
         );
+        // As many cells as the header (CSV readers refuse a shorter row); the warning holds no
+        // comma nor quote that would shift them.
+        assert_eq!(file[3].matches(',').count(), file[0].matches(',').count());
+        assert!(!truncated_said().contains([',', '"']));
         assert_eq!(export_name("csv", true), "unefois-evenements-tronque.csv");
         assert_eq!(export_name("json", true), "unefois-evenements-tronque.json");
     }
