@@ -19,6 +19,22 @@
     document.getElementById(id).textContent = text;
   };
   const latestNote = () => new TextDecoder().decode(P.fromB64(log.dataset.checkpoint));
+  // The key the auditor pins is kept for the session's tab (sessionStorage): from one page of
+  // events to the next, and between the proofs and the events, the checks go on under it,
+  // not back under the key this broker gives. Said as it is: pinned, or the service's own.
+  const PINNED = 'unefois-cle-epinglee';
+  try {
+    const kept = sessionStorage.getItem(PINNED);
+    if (kept) pinned.value = kept;
+  } catch (e) { /* storage refused: the field as the page gives it */ }
+  pinned.addEventListener('input', () => {
+    try {
+      sessionStorage.setItem(PINNED, pinned.value.trim());
+    } catch (e) { /* the field still holds it on this page */ }
+  });
+  const byKey = () => (pinned.value.trim() === log.dataset.vkey
+    ? 'la clé que donne ce service (non épinglée : comparez-la à celle que publie l\u2019opérateur)'
+    : 'la clé épinglée');
   const get = async (url) => {
     const answer = await fetch(url, { credentials: 'same-origin', headers: { Accept: 'application/json' } });
     let body;
@@ -34,7 +50,7 @@
   async function checkLatest() {
     try {
       const { size } = await P.checkpoint(latestNote(), pinned.value);
-      say('checkpoint-status', `Point de contrôle vérifié : signé par la clé épinglée, ${size} inscriptions.`);
+      say('checkpoint-status', `Point de contrôle vérifié : signé par ${byKey()}, ${size} inscriptions.`);
     } catch (e) {
       say('checkpoint-status', `La vérification a échoué : ${e.message}.`);
     }
@@ -93,11 +109,11 @@
         throw new Error('la preuve d\u2019inclusion ne mène pas à la racine du journal signé');
       }
       if (button.dataset.kind === 'unreadable') {
-        say('verify-status', `${said}elle figure dans le journal signé par la clé épinglée (${size} inscriptions) ; illisible, comme sa ligne le dit, elle n\u2019a pas été comparée à sa ligne : lisez-la dans son dossier de preuve.`);
+        say('verify-status', `${said}elle figure dans le journal signé par ${byKey()} (${size} inscriptions) ; illisible, comme sa ligne le dit, elle n\u2019a pas été comparée à sa ligne : lisez-la dans son dossier de preuve.`);
         return;
       }
       recordsTheRow(entry, button);
-      say('verify-status', `Inscription n° ${index} vérifiée : elle figure, telle que sa ligne la montre, dans le journal signé par la clé épinglée (${size} inscriptions).`);
+      say('verify-status', `Inscription n° ${index} vérifiée : elle figure, telle que sa ligne la montre, dans le journal signé par ${byKey()} (${size} inscriptions).`);
     } catch (e) {
       say('verify-status', `${said}la vérification a échoué : ${e.message}.`);
     }

@@ -529,6 +529,15 @@ await au.click('#check-checkpoint');
 await au.waitForFunction(() => document.getElementById('checkpoint-status').textContent.length > 0);
 said2 = await au.textContent('#checkpoint-status');
 check(said2.includes('a échoué'), `another key fails: ${said2}`);
+// The key pinned stays pinned on the events' pages (it went back to the broker's own key at
+// each page, and « Vérifier » then said « signé par la clé épinglée » under it).
+await au.goto(base + '/audit/evenements');
+check((await au.inputValue('#pinned-key')) === otherKey, 'the pinned key is kept from the proofs to the events');
+rowSaid = await verifyRow();
+check(rowSaid.includes('a échoué'), `« Vérifier » under the key pinned on another page fails: ${rowSaid}`);
+await au.fill('#pinned-key', vkey);
+rowSaid = await verifyRow();
+check(rowSaid.includes('vérifiée') && rowSaid.includes('non épinglée'), `under the broker's own key, said as such: ${rowSaid}`);
 // The offline verifier, from a file, with the bundle of an entry.
 const verifierFile = path.join(out, 'unefois-verificateur.html');
 fs.writeFileSync(verifierFile, await (await auditContext.request.get(base + '/audit/verificateur.html')).body());
