@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod canary;
 pub mod clients;
 pub mod identity_provider;
 pub mod journal;

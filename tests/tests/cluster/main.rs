@@ -12,6 +12,7 @@ mod idempotency;
 mod import;
 mod limits;
 mod one_log;
+mod privacy;
 mod soak;
 mod tampering;
 mod upgrade;

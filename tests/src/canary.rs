@@ -1,0 +1,142 @@
+//! A person with distinctive ids and claim values, for the privacy canaries: after exchanges
+//! about them, neither appears anywhere at rest (the embedded broker's data directory, the
+//! PostgreSQL tables and files) nor in the logs.
+
+use std::path::{Path, PathBuf};
+
+use unefois_proto::v1 as pb;
+use unefois_proto::v1::consents_client::ConsentsClient;
+use unefois_proto::v1::exchange_client::ExchangeClient;
+
+use crate::repo_root;
+
+/// The canary person's subject id.
+pub const CANARY_SUBJECT: &str = "test:canari-4451";
+/// Their revenu fiscal de référence (DGFiP).
+pub const CANARY_RFR: i64 = 918_273_645;
+/// Their quotient familial (CAF).
+pub const CANARY_QF: i64 = 864_209_753;
+
+/// What must never be found: the subject's distinctive part and both claim values.
+pub fn needles() -> Vec<Vec<u8>> {
+    vec![
+        b"canari-4451".to_vec(),
+        CANARY_RFR.to_string().into_bytes(),
+        CANARY_QF.to_string().into_bytes(),
+    ]
+}
+
+/// The sample registry and datasets in `dir`, with the canary person added to two of them;
+/// the registry's path.
+pub fn canary_registry(dir: &Path) -> anyhow::Result<PathBuf> {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    for entry in std::fs::read_dir(repo_root().join("examples/data"))? {
+        let entry = entry?;
+        let mut dataset: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(entry.path())?)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("dgfip.") {
+            dataset.insert(
+                CANARY_SUBJECT.into(),
+                serde_json::json!({ "revenu_fiscal_reference": CANARY_RFR, "nombre_parts": 2.5 }),
+            );
+        } else if name.starts_with("caf.") {
+            dataset.insert(
+                CANARY_SUBJECT.into(),
+                serde_json::json!({ "quotient_familial": CANARY_QF, "mois_reference": "2026-10" }),
+            );
+        }
+        std::fs::write(data.join(&name), serde_json::to_vec(&dataset)?)?;
+    }
+    crate::copy_dir(&repo_root().join("examples/dev-idp"), &dir.join("dev-idp"))?;
+    crate::copy_example_provider_files(dir)?;
+    let registry = dir.join("registry.toml");
+    std::fs::copy(repo_root().join("examples/registry.toml"), &registry)?;
+    Ok(registry)
+}
+
+/// Every path that sees the canary's subject or claims, as `mairie-lyon` on `channel`: a fetch
+/// under law (its value checked to have gone through), one denied without consent, a consent
+/// granted, a fetch under it, the consents listed, the consent revoked, a fetch refused.
+pub async fn exchanges(channel: tonic::transport::Channel) -> anyhow::Result<()> {
+    let mut exchange = ExchangeClient::new(channel.clone());
+    let mut consents = ConsentsClient::new(channel);
+    let rfr = exchange
+        .fetch(pb::FetchRequest {
+            subject: CANARY_SUBJECT.into(),
+            attestation_type: "dgfip.revenu_fiscal_reference".into(),
+            purpose: "tarification_cantine".into(),
+            request_id: "canary-1".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let value = &rfr
+        .attestation
+        .ok_or_else(|| anyhow::anyhow!("no attestation"))?
+        .claims["revenu_fiscal_reference"];
+    anyhow::ensure!(
+        value.value == Some(pb::claim_value::Value::IntegerValue(CANARY_RFR)),
+        "the canary value did not go through the broker: {value:?}"
+    );
+    let qf = pb::FetchRequest {
+        subject: CANARY_SUBJECT.into(),
+        attestation_type: "caf.quotient_familial".into(),
+        purpose: "tarification_cantine".into(),
+        ..Default::default()
+    };
+    anyhow::ensure!(exchange.fetch(qf.clone()).await.is_err(), "no consent yet");
+    let consent = consents
+        .grant(crate::requests::consent(
+            CANARY_SUBJECT,
+            "caf.quotient_familial",
+            "tarification_cantine",
+        ))
+        .await?
+        .into_inner()
+        .consent
+        .ok_or_else(|| anyhow::anyhow!("no consent"))?;
+    exchange.fetch(qf.clone()).await?;
+    consents
+        .list(pb::ListConsentsRequest {
+            subject: CANARY_SUBJECT.into(),
+            ..Default::default()
+        })
+        .await?;
+    consents
+        .revoke(pb::RevokeConsentRequest {
+            consent_id: consent.id,
+            ..Default::default()
+        })
+        .await?;
+    anyhow::ensure!(exchange.fetch(qf).await.is_err(), "revoked");
+    Ok(())
+}
+
+/// The files under `dir` (recursively) that hold one of `needles`, each named with it.
+pub fn files_containing(dir: &Path, needles: &[&[u8]]) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            found.extend(files_containing(&path, needles)?);
+            continue;
+        }
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path)?;
+        for needle in needles {
+            if bytes.windows(needle.len()).any(|w| w == *needle) {
+                found.push(format!(
+                    "{} holds {:?}",
+                    path.display(),
+                    String::from_utf8_lossy(needle)
+                ));
+            }
+        }
+    }
+    Ok(found)
+}
