@@ -33,31 +33,36 @@ macro_rules! outln {
 
 /// Writes `value` as pretty JSON to `path`, ending with a newline, readable by the user alone
 /// (0600): a receipt holds the claim values released, an access history a person's exchanges,
-/// and the command runs under the user's umask (often 022). Written beside it and renamed over
-/// it, so that a file there before is replaced whole, never left half written or readable
-/// through an earlier mode; what is not a regular file (`/dev/stdout`, `/dev/null`) is written
-/// to as it is.
+/// and the command runs under the user's umask (often 022). A regular file (or none yet) is
+/// written beside the path, synced, and renamed over it, so that one there before is replaced
+/// whole, never left half written nor readable through an earlier mode; a link or what is not
+/// a regular file (`/dev/stdout`, `/dev/null`, a link to a file) is written through, as it is.
 pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut text = serde_json::to_vec_pretty(value)?;
     text.push(b'\n');
     let cannot = || format!("cannot write {}", path.display());
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-        return std::fs::write(path, text).with_context(cannot);
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() => return std::fs::write(path, text).with_context(cannot),
+        _ => {}
     }
     let name = path.file_name().with_context(cannot)?;
     let mut partial = name.to_os_string();
     partial.push(format!(".{}.partial", std::process::id()));
     let partial = path.with_file_name(partial);
-    let written = std::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&partial)
-        .and_then(|mut file| file.write_all(&text))
+        .with_context(cannot)?;
+    let written = file
+        .write_all(&text)
+        .and_then(|()| file.sync_all())
         .and_then(|()| std::fs::rename(&partial, path));
     if written.is_err() {
+        // Only what this run created.
         let _ = std::fs::remove_file(&partial);
     }
     written.with_context(cannot)

@@ -1144,6 +1144,18 @@ async fn a_fetch_receipt_verifies_offline_and_each_tampering_names_its_check() -
         let mode = std::fs::metadata("/dev/null")?.permissions().mode() & 0o777;
         assert_eq!(mode, 0o666, "/dev/null: {mode:o}");
     }
+    // A link is written through, not replaced by a file (as /dev/stdout, a link, would be
+    // were its target a file: `--out /dev/stdout > r.json`).
+    std::os::unix::fs::symlink("other.json", cwd.join("latest.json"))?;
+    unefois_ok(cwd, addr, &fetch_args(&["--out", "latest.json"]))?;
+    assert!(
+        std::fs::symlink_metadata(cwd.join("latest.json"))?.is_symlink(),
+        "the link was replaced"
+    );
+    assert_eq!(
+        std::fs::read(cwd.join("latest.json"))?,
+        std::fs::read(cwd.join("other.json"))?
+    );
     // A later checkpoint, with the proof that the log only grew since the receipt's.
     let later = unefois_ok(
         cwd,
