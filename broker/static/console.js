@@ -22,19 +22,35 @@
   // The key the auditor pins is kept for the session's tab (sessionStorage): from one page of
   // events to the next, and between the proofs and the events, the checks go on under it,
   // not back under the key this broker gives. Said as it is: pinned, or the service's own.
+  // Pinned: a key the auditor typed in (here or on an earlier page), even the broker's own
+  // (the operator's published key is the broker's when all is well); else the page's.
   const PINNED = 'unefois-cle-epinglee';
+  let typed = false;
   try {
     const kept = sessionStorage.getItem(PINNED);
-    if (kept) pinned.value = kept;
+    if (kept) {
+      pinned.value = kept;
+      typed = true;
+    }
   } catch (e) { /* storage refused: the field as the page gives it */ }
   pinned.addEventListener('input', () => {
+    typed = pinned.value.trim() !== '';
     try {
-      sessionStorage.setItem(PINNED, pinned.value.trim());
+      if (typed) sessionStorage.setItem(PINNED, pinned.value.trim());
+      else sessionStorage.removeItem(PINNED);
     } catch (e) { /* the field still holds it on this page */ }
   });
-  const byKey = () => (pinned.value.trim() === log.dataset.vkey
-    ? 'la clé que donne ce service (non épinglée : comparez-la à celle que publie l\u2019opérateur)'
-    : 'la clé épinglée');
+  // Logging out ends it: the next person at this browser pins their own.
+  for (const form of document.querySelectorAll('form[action="/audit/logout"]')) {
+    form.addEventListener('submit', () => {
+      try {
+        sessionStorage.removeItem(PINNED);
+      } catch (e) { /* nothing kept */ }
+    });
+  }
+  const byKey = () => (typed
+    ? 'la clé épinglée'
+    : 'la clé que donne ce service (non épinglée : comparez-la à celle que publie l\u2019opérateur)');
   const get = async (url) => {
     const answer = await fetch(url, { credentials: 'same-origin', headers: { Accept: 'application/json' } });
     let body;

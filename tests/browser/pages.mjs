@@ -537,7 +537,12 @@ rowSaid = await verifyRow();
 check(rowSaid.includes('a échoué'), `« Vérifier » under the key pinned on another page fails: ${rowSaid}`);
 await au.fill('#pinned-key', vkey);
 rowSaid = await verifyRow();
-check(rowSaid.includes('vérifiée') && rowSaid.includes('non épinglée'), `under the broker's own key, said as such: ${rowSaid}`);
+check(rowSaid.includes('vérifiée') && rowSaid.includes('la clé épinglée'), `under the key typed in, the broker's own, pinned: ${rowSaid}`);
+// A key nobody typed is the page's, said as such.
+await au.evaluate(() => sessionStorage.clear());
+await au.reload();
+rowSaid = await verifyRow();
+check(rowSaid.includes('vérifiée') && rowSaid.includes('non épinglée'), `under the page's own key, said as such: ${rowSaid}`);
 // The offline verifier, from a file, with the bundle of an entry.
 const verifierFile = path.join(out, 'unefois-verificateur.html');
 fs.writeFileSync(verifierFile, await (await auditContext.request.get(base + '/audit/verificateur.html')).body());
