@@ -114,20 +114,33 @@ pub async fn exchanges(channel: tonic::transport::Channel) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The files under `dir` (recursively) that hold one of `needles`, each named with it.
+/// The files under `dir` (recursively, links followed) that hold one of `needles`, each named
+/// with it. A running server's files come and go (WAL recycled, temporary files renamed): one
+/// gone before it is read is passed over.
 pub fn files_containing(dir: &Path, needles: &[&[u8]]) -> anyhow::Result<Vec<String>> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if gone(&e) => return Ok(found),
+        entries => entries?,
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let kind = match std::fs::metadata(&path) {
+            Err(e) if gone(&e) => continue,
+            kind => kind?,
+        };
+        if kind.is_dir() {
             found.extend(files_containing(&path, needles)?);
             continue;
         }
-        if !entry.file_type()?.is_file() {
+        if !kind.is_file() {
             continue;
         }
-        let bytes = std::fs::read(&path)?;
+        let bytes = match std::fs::read(&path) {
+            Err(e) if gone(&e) => continue,
+            bytes => bytes?,
+        };
         for needle in needles {
             if bytes.windows(needle.len()).any(|w| w == *needle) {
                 found.push(format!(
