@@ -5,8 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use unefois_proto::v1 as pb;
-use unefois_proto::v1::consents_client::ConsentsClient;
-use unefois_proto::v1::exchange_client::ExchangeClient;
 
 use crate::repo_root;
 
@@ -56,22 +54,11 @@ pub fn canary_registry(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(registry)
 }
 
-/// Every path that sees the canary's subject or claims, as `mairie-lyon` on `channel`: a fetch
-/// under law (its value checked to have gone through), one denied without consent, a consent
-/// granted, a fetch under it, the consents listed, the consent revoked, a fetch refused.
+/// Every path that sees the canary's subject or claims, as `mairie-lyon` on `channel`
+/// ([`crate::clients::law_and_consent_round`]), the value fetched under the law checked to
+/// have gone through the broker.
 pub async fn exchanges(channel: tonic::transport::Channel) -> anyhow::Result<()> {
-    let mut exchange = ExchangeClient::new(channel.clone());
-    let mut consents = ConsentsClient::new(channel);
-    let rfr = exchange
-        .fetch(pb::FetchRequest {
-            subject: CANARY_SUBJECT.into(),
-            attestation_type: "dgfip.revenu_fiscal_reference".into(),
-            purpose: "tarification_cantine".into(),
-            request_id: "canary-1".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let rfr = crate::clients::law_and_consent_round(channel, CANARY_SUBJECT).await?;
     let value = &rfr
         .attestation
         .ok_or_else(|| anyhow::anyhow!("no attestation"))?
@@ -80,37 +67,6 @@ pub async fn exchanges(channel: tonic::transport::Channel) -> anyhow::Result<()>
         value.value == Some(pb::claim_value::Value::IntegerValue(CANARY_RFR)),
         "the canary value did not go through the broker: {value:?}"
     );
-    let qf = pb::FetchRequest {
-        subject: CANARY_SUBJECT.into(),
-        attestation_type: "caf.quotient_familial".into(),
-        purpose: "tarification_cantine".into(),
-        ..Default::default()
-    };
-    anyhow::ensure!(exchange.fetch(qf.clone()).await.is_err(), "no consent yet");
-    let consent = consents
-        .grant(crate::requests::consent(
-            CANARY_SUBJECT,
-            "caf.quotient_familial",
-            "tarification_cantine",
-        ))
-        .await?
-        .into_inner()
-        .consent
-        .ok_or_else(|| anyhow::anyhow!("no consent"))?;
-    exchange.fetch(qf.clone()).await?;
-    consents
-        .list(pb::ListConsentsRequest {
-            subject: CANARY_SUBJECT.into(),
-            ..Default::default()
-        })
-        .await?;
-    consents
-        .revoke(pb::RevokeConsentRequest {
-            consent_id: consent.id,
-            ..Default::default()
-        })
-        .await?;
-    anyhow::ensure!(exchange.fetch(qf).await.is_err(), "revoked");
     Ok(())
 }
 

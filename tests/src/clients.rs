@@ -72,3 +72,51 @@ pub async fn provider_health(broker: &TestBroker, ty: &str) -> anyhow::Result<Se
         .into_inner()
         .status())
 }
+
+/// Every path of Fetch and Consents that sees `subject`, as `mairie-lyon` on `channel`: its
+/// revenu fiscal de référence under the law (the answer returned), its quotient familial
+/// refused without consent, a consent granted, the quotient familial fetched under it, the
+/// consents listed, the consent revoked, the quotient familial refused again.
+pub async fn law_and_consent_round(
+    channel: Channel,
+    subject: &str,
+) -> anyhow::Result<pb::FetchResponse> {
+    let mut exchange = ExchangeClient::new(channel.clone());
+    let mut consents = ConsentsClient::new(channel);
+    let purpose = "tarification_cantine";
+    let under_law = exchange
+        .fetch(pb::FetchRequest {
+            // A request id of its own (one the caller chose, blinded where it is kept).
+            request_id: uuid::Uuid::now_v7().to_string(),
+            ..crate::requests::fetch(subject, "dgfip.revenu_fiscal_reference", purpose)
+        })
+        .await?
+        .into_inner();
+    let qf = crate::requests::fetch(subject, "caf.quotient_familial", purpose);
+    anyhow::ensure!(exchange.fetch(qf.clone()).await.is_err(), "no consent yet");
+    let consent = consents
+        .grant(crate::requests::consent(
+            subject,
+            "caf.quotient_familial",
+            purpose,
+        ))
+        .await?
+        .into_inner()
+        .consent
+        .ok_or_else(|| anyhow::anyhow!("no consent"))?;
+    exchange.fetch(qf.clone()).await?;
+    consents
+        .list(pb::ListConsentsRequest {
+            subject: subject.into(),
+            ..Default::default()
+        })
+        .await?;
+    consents
+        .revoke(pb::RevokeConsentRequest {
+            consent_id: consent.id,
+            ..Default::default()
+        })
+        .await?;
+    anyhow::ensure!(exchange.fetch(qf).await.is_err(), "revoked");
+    Ok(under_law)
+}

@@ -405,6 +405,29 @@ async fn a_structure_that_is_also_a_guichet_keeps_its_desk() -> anyhow::Result<(
     Ok(())
 }
 
+/// The hidden fields of the mandate form that `agent-marie` is served with `test:alice` at
+/// her desk.
+struct MandateForm {
+    csrf: String,
+    demande: String,
+    visite: String,
+}
+
+/// `agent-marie` logged in at `broker`'s desk with `test:alice` present, and the mandate form
+/// she is served.
+async fn mandate_form(broker: &TestBroker) -> anyhow::Result<(Browser, MandateForm)> {
+    let mut browser = desk(broker).await?;
+    browser.log_in_agent("agent-marie", true).await?;
+    browser.person_at_desk("test:alice").await?;
+    let form = browser.get("/desk/mandates/new").await?;
+    let fields = MandateForm {
+        csrf: form.field("csrf").context("no CSRF token")?,
+        demande: form.field("demande").context("no request id")?,
+        visite: form.field("visite").context("no visit")?,
+    };
+    Ok((browser, fields))
+}
+
 /// A signed mandate uploaded over a slow connection is received: its upload has time by its
 /// size, beyond a page's time (here 1 s; 20 s in production, where 5 MiB at 256 kbit/s take
 /// 160 s). Fails when the upload has a page's time only.
@@ -417,13 +440,14 @@ async fn a_signed_mandate_uploaded_slowly_is_received() -> anyhow::Result<()> {
     };
     options.accept.web_page_timeout = std::time::Duration::from_secs(1);
     let broker = TestBroker::start_with(pki.dir(), options).await?;
-    let mut browser = desk(&broker).await?;
-    browser.log_in_agent("agent-marie", true).await?;
-    browser.person_at_desk("test:alice").await?;
-    let form = browser.get("/desk/mandates/new").await?;
-    let csrf = form.field("csrf").context("no CSRF token")?;
-    let demande = form.field("demande").context("no request id")?;
-    let visite = form.field("visite").context("no visit")?;
+    let (
+        mut browser,
+        MandateForm {
+            csrf,
+            demande,
+            visite,
+        },
+    ) = mandate_form(&broker).await?;
     let scan = vec![b'%'; 256 * 1024];
     let (status, location) = browser
         .post_multipart_slowly(
@@ -467,13 +491,14 @@ async fn a_page_in_flight_when_the_broker_stops_is_finished_and_recorded() -> an
         ..Default::default()
     };
     let broker = TestBroker::start_with(pki.dir(), options).await?;
-    let mut browser = desk(&broker).await?;
-    browser.log_in_agent("agent-marie", true).await?;
-    browser.person_at_desk("test:alice").await?;
-    let form = browser.get("/desk/mandates/new").await?;
-    let csrf = form.field("csrf").context("no CSRF token")?;
-    let demande = form.field("demande").context("no request id")?;
-    let visite = form.field("visite").context("no visit")?;
+    let (
+        mut browser,
+        MandateForm {
+            csrf,
+            demande,
+            visite,
+        },
+    ) = mandate_form(&broker).await?;
     let scan = vec![b'%'; 64 * 1024];
     let upload = tokio::spawn(async move {
         browser

@@ -14,11 +14,10 @@ use tonic::transport::Channel;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::audit_client::AuditClient;
-use unefois_proto::v1::consents_client::ConsentsClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_proto::v1::guichet_client::GuichetClient;
 use unefois_proto::v1::mandates_client::MandatesClient;
-use unefois_tests::requests::{consent, fetch};
+use unefois_tests::requests::fetch;
 use unefois_tests::sample::AGENT;
 use unefois_tests::{TestBroker, TestPki, http_get, id_token};
 
@@ -101,48 +100,10 @@ async fn the_walkthrough_is_on_the_record_and_the_metrics_agree_with_the_log() -
     let pki = TestPki::for_sample_registry()?;
     let broker = TestBroker::start(pki.dir()).await?;
     let lyon: Channel = broker.channel("mairie-lyon").await?;
-    let mut exchange = ExchangeClient::new(lyon.clone());
-    let mut consents = ConsentsClient::new(lyon.clone());
     let mut guichet = GuichetClient::new(lyon.clone());
 
     // Under the law; under consent, refused, granted, revoked.
-    exchange
-        .fetch(fetch(
-            "test:alice",
-            "dgfip.revenu_fiscal_reference",
-            "tarification_cantine",
-        ))
-        .await?;
-    let qf = fetch(
-        "test:alice",
-        "caf.quotient_familial",
-        "tarification_cantine",
-    );
-    exchange.fetch(qf.clone()).await.expect_err("no consent");
-    let consent = consents
-        .grant(consent(
-            "test:alice",
-            "caf.quotient_familial",
-            "tarification_cantine",
-        ))
-        .await?
-        .into_inner()
-        .consent
-        .unwrap_or_default();
-    exchange.fetch(qf.clone()).await?;
-    consents
-        .list(pb::ListConsentsRequest {
-            subject: "test:alice".into(),
-            ..Default::default()
-        })
-        .await?;
-    consents
-        .revoke(pb::RevokeConsentRequest {
-            consent_id: consent.id,
-            ..Default::default()
-        })
-        .await?;
-    exchange.fetch(qf).await.expect_err("revoked");
+    unefois_tests::clients::law_and_consent_round(lyon.clone(), "test:alice").await?;
 
     // Pre-fill, then a preview confirmed.
     guichet
