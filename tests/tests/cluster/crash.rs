@@ -1,8 +1,10 @@
 //! Nodes die under load: a broker (SIGKILL), or the database's primary (SIGKILL, then the
 //! standby promoted). The other brokers keep serving, the brokers find the new primary by
-//! themselves, and every receipt a participant was given is in the final log at its index,
-//! its checkpoint consistent with the final one.
+//! themselves, and every receipt a participant was given is in the final log at its index;
+//! every checkpoint handed out meanwhile — each receipt's, each one an auditor polling every
+//! broker was served through the death and the promotion — is a prefix of the final log.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use unefois_proto::v1 as pb;
 use unefois_proto::v1::audit_client::AuditClient;
 use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_tests::requests::rfr;
-use unefois_tlog::{root_of, verify_checkpoint, verify_consistency};
+use unefois_tlog::{MemoryTree, VerifiedCheckpoint, verify_checkpoint};
 
 use crate::harness::{Database, Process, log_entries, processes, receipt_holds};
 
@@ -21,10 +23,20 @@ const TASKS: usize = 3;
 /// No call may hang on a dead node.
 const CALL_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// What the load was answered: each receipt, with the broker that gave it and when.
+/// What the load was answered: each receipt, with the broker that gave it and when; and each
+/// checkpoint an auditor polling the brokers meanwhile was served, with the broker and when.
 #[derive(Default)]
 pub(crate) struct Acked {
     pub(crate) receipts: Vec<(usize, Instant, pb::Receipt)>,
+    pub(crate) checkpoints: Vec<(usize, Instant, String)>,
+}
+
+impl Acked {
+    /// Adds what `other` was answered.
+    pub(crate) fn extend(&mut self, other: Acked) {
+        self.receipts.extend(other.receipts);
+        self.checkpoints.extend(other.checkpoints);
+    }
 }
 
 /// Fetches under law through every broker until `stop`: each acknowledged receipt is kept.
@@ -63,12 +75,60 @@ pub(crate) fn load(
                 }
             }));
         }
+        let at = (broker.home.join("pki"), broker.addr.to_string());
+        tasks.push(tokio::spawn(checkpoints(
+            b,
+            at,
+            stop.clone(),
+            acked.clone(),
+        )));
     }
     tasks
 }
 
-/// Every acknowledged receipt is in the log read through `auditor`, at its index, and its
-/// checkpoint is consistent with the final one; returns the final size.
+/// How often the auditor asks each broker for its checkpoint.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(50);
+
+/// An auditor asking broker `b` (at `addr`, its PKI in `pki`) for its latest checkpoint
+/// (`Audit.GetCheckpoint`) until `stop`, through deaths and fail-overs: each note served is
+/// kept, to be checked against the final log (a head served that a fail-over then loses would
+/// be a fork in the auditor's hands).
+async fn checkpoints(
+    b: usize,
+    (pki, addr): (PathBuf, String),
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Acked>>,
+) {
+    while !stop.load(Ordering::Acquire) {
+        let connect = broker::client::connect(&pki, "cnil", &addr);
+        let Ok(Ok(channel)) = tokio::time::timeout(CALL_TIMEOUT, connect).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut audit = AuditClient::new(channel);
+        while !stop.load(Ordering::Acquire) {
+            let ask = audit.get_checkpoint(pb::GetCheckpointRequest { tree_size: 0 });
+            match tokio::time::timeout(CALL_TIMEOUT, ask).await {
+                Ok(Ok(answer)) => {
+                    let note = answer.into_inner().checkpoint;
+                    let mut acked = acked.lock().unwrap_or_else(|e| e.into_inner());
+                    acked.checkpoints.push((b, Instant::now(), note));
+                }
+                // Refused (a database away): asked again.
+                Ok(Err(_)) => {}
+                // Hung: a new connection.
+                Err(_) => break,
+            }
+            tokio::time::sleep(CHECKPOINT_POLL).await;
+        }
+    }
+}
+
+/// Every acknowledged receipt is in the log read through `auditor`, at its index, and every
+/// checkpoint handed out (each receipt's, each one the auditor was served) is a prefix of the
+/// final log: its root is the one recomputed from the final log's first `size` entries. Every
+/// one: two checkpoints of one size with two roots are a fork, whichever is checked alone
+/// passes. Returns the final size.
 pub(crate) async fn all_in_the_log(auditor: &Process, acked: &Acked) -> anyhow::Result<u64> {
     let log_vkey = std::fs::read_to_string(auditor.home.join("pki").join("log.vkey"))?;
     let log_vkey = log_vkey.trim();
@@ -80,11 +140,16 @@ pub(crate) async fn all_in_the_log(auditor: &Process, acked: &Acked) -> anyhow::
         .checkpoint;
     let last = verify_checkpoint(log_vkey, &note)?;
     let entries = log_entries(&mut audit, last.size).await?;
+    let mut tree = MemoryTree::default();
+    for entry in &entries {
+        tree.push(entry);
+    }
     ensure!(
-        root_of(&entries) == last.root,
+        tree.root(last.size) == last.root,
         "the entries give another root"
     );
-    let mut sizes = std::collections::BTreeMap::new();
+    let is_a_prefix =
+        |given: &VerifiedCheckpoint| given.size <= last.size && tree.root(given.size) == given.root;
     for (b, _, receipt) in &acked.receipts {
         let at = entries.get(receipt.leaf_index as usize).with_context(|| {
             format!(
@@ -98,19 +163,23 @@ pub(crate) async fn all_in_the_log(auditor: &Process, acked: &Acked) -> anyhow::
             receipt.leaf_index
         );
         let given = receipt_holds(log_vkey, receipt)?;
-        sizes.insert(given.size, given.root);
+        ensure!(
+            is_a_prefix(&given),
+            "broker {b}'s receipt {} came with a checkpoint of {} entries that is not the final \
+             log's first {}",
+            receipt.leaf_index,
+            given.size,
+            given.size
+        );
     }
-    for (size, root) in sizes {
-        let proof = audit
-            .get_consistency_proof(pb::GetConsistencyProofRequest {
-                first_size: size,
-                second_size: last.size,
-            })
-            .await?
-            .into_inner()
-            .hashes;
-        let proof = unefois_tlog::tree::hashes(&proof).context("proof")?;
-        verify_consistency(&proof, size, root, last.size, last.root)?;
+    for (b, _, note) in &acked.checkpoints {
+        let given = verify_checkpoint(log_vkey, note)?;
+        ensure!(
+            is_a_prefix(&given),
+            "broker {b} served a checkpoint of {} entries that is not the final log's first {}",
+            given.size,
+            given.size
+        );
     }
     let mut leaves: Vec<u64> = acked.receipts.iter().map(|r| r.2.leaf_index).collect();
     leaves.sort_unstable();
@@ -122,23 +191,27 @@ pub(crate) async fn all_in_the_log(auditor: &Process, acked: &Acked) -> anyhow::
     Ok(last.size)
 }
 
-/// Receipts given by broker `b` after `since`.
-fn served_since(acked: &Mutex<Acked>, b: usize, since: Instant) -> usize {
+/// Receipts given, and checkpoints served, by broker `b` after `since`.
+fn served_since(acked: &Mutex<Acked>, b: usize, since: Instant) -> (usize, usize) {
     let acked = acked.lock().unwrap_or_else(|e| e.into_inner());
-    acked
-        .receipts
-        .iter()
-        .filter(|(i, at, _)| *i == b && *at > since)
-        .count()
+    let after = |i: usize, at: Instant| i == b && at > since;
+    (
+        acked.receipts.iter().filter(|r| after(r.0, r.1)).count(),
+        acked.checkpoints.iter().filter(|c| after(c.0, c.1)).count(),
+    )
 }
 
+/// Waits until each of `brokers` has given receipts and served a checkpoint after `since`.
 pub(crate) async fn wait_served(
     acked: &Mutex<Acked>,
     brokers: &[usize],
     since: Instant,
 ) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(40);
-    while brokers.iter().any(|b| served_since(acked, *b, since) < 5) {
+    while brokers.iter().any(|b| {
+        let (receipts, checkpoints) = served_since(acked, *b, since);
+        receipts < 5 || checkpoints < 1
+    }) {
         ensure!(
             Instant::now() < until,
             "brokers {brokers:?} did not serve again after 40 s"

@@ -68,7 +68,7 @@ async fn random_nodes_die_under_load_and_no_acknowledged_record_is_lost() -> any
             },
             round_acked.receipts.len()
         );
-        acked_total.receipts.extend(round_acked.receipts);
+        acked_total.extend(round_acked);
     }
     let size = all_in_the_log(&brokers[0], &acked_total).await?;
     eprintln!(
