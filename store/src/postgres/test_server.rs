@@ -181,16 +181,34 @@ impl Server {
         self.stopped = true;
     }
 
-    /// Kills the postmaster with SIGKILL: its backends die with it, nothing is flushed.
+    /// Kills the server as its machine's death would: the postmaster and every process it
+    /// started (backends, walsenders, checkpointer, WAL writer…) stopped together, then
+    /// SIGKILLed, nothing flushed; returns once none runs. The postmaster alone would not do:
+    /// each of its children is a session of its own (a postmaster child calls `setsid`, so no
+    /// process group holds them all), and they run on until they notice it is gone — a
+    /// walsender still shipping WAL to a standby being promoted. Its children are the processes
+    /// whose parent it is (`/proc/<pid>/stat`), listed once it is stopped and can start no
+    /// other.
     pub fn kill(&mut self) {
-        let pid = std::fs::read_to_string(self.data().join("postmaster.pid"))
+        let postmaster = std::fs::read_to_string(self.data().join("postmaster.pid"))
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
-        if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        if let Some(postmaster) = postmaster {
+            signal(postmaster, rustix::process::Signal::STOP);
+            until(|| !matches!(state(postmaster), Some((s, _)) if s != 'T'));
+            let mut all = children(postmaster);
+            all.push(postmaster);
+            for pid in &all {
+                signal(*pid, rustix::process::Signal::STOP);
+            }
+            for pid in &all {
+                signal(*pid, rustix::process::Signal::KILL);
+            }
+            until(|| {
+                all.iter()
+                    .all(|pid| !matches!(state(*pid), Some((s, _)) if s != 'Z' && s != 'X'))
+            });
         }
-        // The orphaned backends notice their postmaster is gone and exit; a later start of a
-        // standby promoted elsewhere does not need them.
         self.stopped = true;
     }
 
@@ -267,6 +285,41 @@ impl Drop for Server {
     }
 }
 
+fn signal(pid: i32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// The state letter (`R`, `S`, `T`, `Z`…) and the parent of process `pid`, from
+/// `/proc/<pid>/stat`; `None` once it is gone.
+fn state(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (name) state ppid …", the name possibly holding spaces and parentheses.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
+/// The processes whose parent is `parent`.
+fn children(parent: i32) -> Vec<i32> {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    processes
+        .filter_map(|p| p.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| state(*pid).is_some_and(|(_, ppid)| ppid == parent))
+        .collect()
+}
+
+/// Waits until `done` (5 s at most).
+fn until(done: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while !done() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn which(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
@@ -319,4 +372,46 @@ fn owned_tempdir() -> tempfile::TempDir {
         assert!(out.status.success(), "chown: {out:?}");
     }
     dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A killed server leaves no process running: not a backend, not the walsender that
+    /// streams to its standby.
+    #[test]
+    fn a_killed_server_leaves_no_process_running() {
+        let mut primary = Server::primary("");
+        let standby = Server::standby(&primary, "s1");
+        primary.wait_for(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            "1",
+            Duration::from_secs(30),
+        );
+        let postmaster: i32 = std::fs::read_to_string(primary.data().join("postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut all = children(postmaster);
+        assert!(all.len() >= 5, "the checkpointer, the walsender…: {all:?}");
+        all.push(postmaster);
+        primary.kill();
+        let running: Vec<String> = all
+            .into_iter()
+            .filter(|pid| matches!(state(*pid), Some((s, _)) if s != 'Z' && s != 'X'))
+            .map(|pid| {
+                let line = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                format!(
+                    "{pid} {}",
+                    String::from_utf8_lossy(&line).trim_end_matches('\0')
+                )
+            })
+            .collect();
+        assert!(running.is_empty(), "still running: {running:?}");
+        drop(standby);
+    }
 }
