@@ -20,6 +20,12 @@ use crate::harness::{Database, Process, log_entries, processes, receipt_holds};
 
 /// Load tasks per broker.
 const TASKS: usize = 3;
+/// One fetch per task at most every `PACE`: 9 tasks stay under mairie-lyon's rate limit (the
+/// registry's default, 100 calls a second, the cluster's and not each broker's). Above it, the
+/// limit refuses calls for as long as the load lasts, and not evenly: a broker can be refused
+/// every call for 40 s while the two others take the whole rate, and the soak then fails
+/// waiting for it to serve, having proved nothing about durability.
+const PACE: Duration = Duration::from_millis(100);
 /// No call may hang on a dead node.
 const CALL_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -60,12 +66,14 @@ pub(crate) fn load(
                             if stop.load(Ordering::Acquire) {
                                 break;
                             }
+                            let next = tokio::time::Instant::now() + PACE;
                             if let Ok(answer) = client.fetch(rfr(subject)).await
                                 && let Some(receipt) = answer.into_inner().receipt
                             {
                                 let mut acked = acked.lock().unwrap_or_else(|e| e.into_inner());
                                 acked.receipts.push((b, Instant::now(), receipt));
                             }
+                            tokio::time::sleep_until(next).await;
                         }
                         anyhow::Ok(())
                     };
@@ -214,7 +222,11 @@ pub(crate) async fn wait_served(
     }) {
         ensure!(
             Instant::now() < until,
-            "brokers {brokers:?} did not serve again after 40 s"
+            "brokers {brokers:?} did not serve again after 40 s (receipts, checkpoints: {:?})",
+            brokers
+                .iter()
+                .map(|b| served_since(acked, *b, since))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
