@@ -1,16 +1,21 @@
-//! Three brokers on one database write one log: every receipt verifies against the final tree,
+//! Three brokers on one database write one log: fetches, consents and mandates spread over
+//! them, concurrently, are one log whose root, recomputed from the entries, is the checkpoint's;
+//! every receipt verifies against the final tree, every consent's and mandate's record is in it,
 //! no two records share a leaf index, and a revocation through one broker applies to the very
 //! next request on the others.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::anyhow;
 use tonic::Code;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::audit_client::AuditClient;
-use unefois_tests::clients::{consents, exchange, grant_consent};
+use unefois_tests::clients::{consents, exchange, grant_consent, take_mandate};
 use unefois_tests::refusals::refused;
 use unefois_tests::requests::{fetch, rfr};
-use unefois_tests::sample::{CANTINE, QF};
+use unefois_tests::sample::{CANTINE, ENERGIE, QF};
 use unefois_tests::{TestBroker, TestPki};
 use unefois_tlog::{root_of, verify_checkpoint, verify_consistency};
 
@@ -33,24 +38,54 @@ async fn three_brokers_write_one_verifiable_log_and_revocations_apply_everywhere
         return Err(anyhow!("three brokers"));
     };
 
-    // Work spread over the three: consents through one, fetches through each, concurrently.
+    // Work spread over the three, concurrently: fetches through each, and through each a
+    // consent granted and a mandate taken while the fetches run (alice's consent, which her
+    // fetches need, granted first).
     let granted = grant_consent(a, "test:alice", QF, CANTINE).await?;
-    let mut receipts = Vec::new();
-    let mut tasks = Vec::new();
+    let mut clients = Vec::new();
     for broker in [a, b, c] {
-        for i in 0..8 {
-            let mut client = exchange(broker, "mairie-lyon").await?;
+        for i in 0..4 {
             let request = match i % 2 {
                 0 => fetch("test:alice", QF, CANTINE),
                 _ => rfr("test:bob"),
             };
-            tasks.push(tokio::spawn(async move { client.fetch(request).await }));
+            clients.push((exchange(broker, "mairie-lyon").await?, request));
         }
     }
+    // Each fetching task goes on until every grant and mandate is answered: their records go
+    // into the log among the fetches', not after them.
+    let answered = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|(mut client, request)| {
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let mut receipts = Vec::new();
+                loop {
+                    let answer = client.fetch(request.clone()).await?.into_inner();
+                    receipts.push(answer.receipt.ok_or_else(|| anyhow!("no receipt"))?);
+                    if answered.load(Ordering::Acquire) {
+                        return anyhow::Ok(receipts);
+                    }
+                }
+            })
+        })
+        .collect();
+    let (bob, carol, david, alice_m, bob_m, carol_m) = tokio::try_join!(
+        grant_consent(a, "test:bob", QF, CANTINE),
+        grant_consent(b, "test:carol", QF, CANTINE),
+        grant_consent(c, "test:david", QF, CANTINE),
+        take_mandate(a, "test:alice", ENERGIE),
+        take_mandate(b, "test:bob", ENERGIE),
+        take_mandate(c, "test:carol", ENERGIE),
+    )?;
+    answered.store(true, Ordering::Release);
+    let mut receipts = Vec::new();
     for task in tasks {
-        let answer = task.await??.into_inner();
-        receipts.push(answer.receipt.ok_or_else(|| anyhow!("no receipt"))?);
+        receipts.extend(task.await??);
     }
+    let consent_ids = [&granted, &bob, &carol, &david].map(|c| c.id.clone());
+    let mandate_ids = [&alice_m, &bob_m, &carol_m].map(|m| m.id.clone());
 
     // Revoked through a: refused at the very next fetch on b and on c.
     consents(a, "mairie-lyon")
@@ -88,14 +123,51 @@ async fn three_brokers_write_one_verifiable_log_and_revocations_apply_everywhere
         last.root,
         "the root recomputed from the entries"
     );
+    // Each consent's and each mandate's record is in the log, once; no two records (those and
+    // the fetches') share a leaf index.
     let mut leaves: Vec<u64> = receipts.iter().map(|r| r.leaf_index).collect();
+    let records: Vec<serde_json::Value> = bytes
+        .iter()
+        .map(|entry| serde_json::from_slice(entry).unwrap_or_default())
+        .collect();
+    for (kind, field, ids) in [
+        ("consent_granted", "consent_id", &consent_ids[..]),
+        ("mandate_created", "mandate_id", &mandate_ids[..]),
+    ] {
+        for id in ids {
+            let at: Vec<u64> = (0..last.size)
+                .filter(|i| {
+                    let record = &records[*i as usize];
+                    record["kind"] == kind && record[field] == id.as_str()
+                })
+                .collect();
+            assert_eq!(at.len(), 1, "the {kind} record of {id}: at {at:?}");
+            leaves.extend(at);
+        }
+    }
+    // Those granted and taken with the fetches (alice's consent, first, aside).
+    let first_record = leaves[receipts.len() + 1..]
+        .iter()
+        .min()
+        .copied()
+        .unwrap_or_default();
+    assert!(
+        receipts.iter().any(|r| r.leaf_index > first_record),
+        "the consents and mandates were recorded among the fetches, not after them"
+    );
+    let given = leaves.len();
     leaves.sort_unstable();
     leaves.dedup();
-    assert_eq!(leaves.len(), receipts.len(), "no two receipts share a leaf");
+    assert_eq!(leaves.len(), given, "no two records share a leaf");
     let mut audit = AuditClient::new(a.channel("dgfip").await?);
+    let mut proved = std::collections::BTreeSet::new();
     for receipt in &receipts {
         assert_eq!(bytes[receipt.leaf_index as usize], receipt.entry);
         let given = receipt_holds(log_vkey.trim(), receipt)?;
+        // Each checkpoint handed out proved once (receipts of one batch share theirs).
+        if !proved.insert((given.size, given.root)) {
+            continue;
+        }
         let consistency = audit
             .get_consistency_proof(pb::GetConsistencyProofRequest {
                 first_size: given.size,
