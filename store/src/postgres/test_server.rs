@@ -190,13 +190,27 @@ impl Server {
     /// whose parent it is (`/proc/<pid>/stat`), listed once it is stopped and can start no
     /// other.
     pub fn kill(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let data = self.data().canonicalize().unwrap_or_else(|_| self.data());
+        // Only this server's processes, whatever the pid file says (a stale one may name a
+        // process reused since, the test's own included): PostgreSQL's run in its data folder.
+        let ours = |pid: i32| {
+            pid != std::process::id() as i32
+                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data)
+        };
         let postmaster = std::fs::read_to_string(self.data().join("postmaster.pid"))
             .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            .filter(|pid| ours(*pid));
         if let Some(postmaster) = postmaster {
             signal(postmaster, rustix::process::Signal::STOP);
             until(|| !matches!(state(postmaster), Some((s, _)) if s != 'T'));
-            let mut all = children(postmaster);
+            let mut all: Vec<i32> = children(postmaster)
+                .into_iter()
+                .filter(|p| ours(*p))
+                .collect();
             all.push(postmaster);
             for pid in &all {
                 signal(*pid, rustix::process::Signal::STOP);

@@ -16,16 +16,10 @@ use unefois_proto::v1::exchange_client::ExchangeClient;
 use unefois_tests::requests::rfr;
 use unefois_tlog::{MemoryTree, VerifiedCheckpoint, verify_checkpoint};
 
-use crate::harness::{Database, Process, log_entries, processes, receipt_holds};
+use crate::harness::{Database, Process, load_registry, log_entries, processes_on, receipt_holds};
 
 /// Load tasks per broker.
 const TASKS: usize = 3;
-/// One fetch per task at most every `PACE`: 9 tasks stay under mairie-lyon's rate limit (the
-/// registry's default, 100 calls a second, the cluster's and not each broker's). Above it, the
-/// limit refuses calls for as long as the load lasts, and not evenly: a broker can be refused
-/// every call for 40 s while the two others take the whole rate, and the soak then fails
-/// waiting for it to serve, having proved nothing about durability.
-const PACE: Duration = Duration::from_millis(100);
 /// No call may hang on a dead node.
 const CALL_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -66,14 +60,12 @@ pub(crate) fn load(
                             if stop.load(Ordering::Acquire) {
                                 break;
                             }
-                            let next = tokio::time::Instant::now() + PACE;
                             if let Ok(answer) = client.fetch(rfr(subject)).await
                                 && let Some(receipt) = answer.into_inner().receipt
                             {
                                 let mut acked = acked.lock().unwrap_or_else(|e| e.into_inner());
                                 acked.receipts.push((b, Instant::now(), receipt));
                             }
-                            tokio::time::sleep_until(next).await;
                         }
                         anyhow::Ok(())
                     };
@@ -237,7 +229,9 @@ pub(crate) async fn wait_served(
 async fn a_broker_killed_under_load_loses_no_acknowledged_record() -> anyhow::Result<()> {
     unefois_tests::install_crypto();
     let db = Database::start().await?;
-    let (_homes, mut brokers) = processes(&db.url(), 3).await?;
+    let registry = tempfile::tempdir()?;
+    let registry = load_registry(registry.path())?;
+    let (_homes, mut brokers) = processes_on(&db.url(), 3, &registry).await?;
     let (stop, acked) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(Mutex::new(Acked::default())),
@@ -266,7 +260,9 @@ async fn the_primary_killed_under_load_then_the_standby_promoted_loses_nothing()
 -> anyhow::Result<()> {
     unefois_tests::install_crypto();
     let mut db = Database::start().await?;
-    let (_homes, brokers) = processes(&db.url(), 3).await?;
+    let registry = tempfile::tempdir()?;
+    let registry = load_registry(registry.path())?;
+    let (_homes, brokers) = processes_on(&db.url(), 3, &registry).await?;
     let (stop, acked) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(Mutex::new(Acked::default())),

@@ -183,15 +183,20 @@ impl Drop for Process {
 }
 
 impl Process {
-    /// Starts a broker process on `url` with its home in `home` (the development PKI made
-    /// there if missing) and waits until it is ready.
-    pub async fn start(home: &Path, url: &str) -> anyhow::Result<Process> {
-        Process::start_binary(&unefois_tests::unefois_binary()?, home, url).await
+    /// Starts a broker process of the `unefois` binary at `binary` (this version's, or another's)
+    /// on `url` with its home in `home` (the development PKI made there if missing), serving the
+    /// sample registry, and waits until it is ready.
+    pub async fn start_binary(binary: &Path, home: &Path, url: &str) -> anyhow::Result<Process> {
+        Process::start_on(binary, home, url, &unefois_tests::sample_registry()).await
     }
 
-    /// As [`Process::start`], the broker of the `unefois` binary at `binary` (another
-    /// version's).
-    pub async fn start_binary(binary: &Path, home: &Path, url: &str) -> anyhow::Result<Process> {
+    /// As [`Process::start_binary`], serving `registry`.
+    pub async fn start_on(
+        binary: &Path,
+        home: &Path,
+        url: &str,
+        registry: &Path,
+    ) -> anyhow::Result<Process> {
         let root = unefois_tests::repo_root();
         let child = std::process::Command::new(binary)
             .current_dir(&root)
@@ -206,7 +211,7 @@ impl Process {
             .arg("--home")
             .arg(home)
             .arg("--registry")
-            .arg(root.join("examples").join("registry.toml"))
+            .arg(registry)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -244,6 +249,30 @@ pub async fn processes(
     url: &str,
     n: usize,
 ) -> anyhow::Result<(Vec<tempfile::TempDir>, Vec<Process>)> {
+    processes_on(url, n, &unefois_tests::sample_registry()).await
+}
+
+/// The sample registry, in `dir`, with mairie-lyon's rate limit far above what the crash
+/// tests' load asks (its default, 100 calls a second for the whole cluster, would refuse most
+/// of it, and not evenly between brokers): the load then keeps several fetches in every batch,
+/// the case a kill must not lose.
+pub fn load_registry(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    unefois_tests::sample_registry_with(dir, |s| {
+        s.replacen(
+            "id = \"mairie-lyon\"\nname = \"Ville de Lyon\"\n",
+            "id = \"mairie-lyon\"\nname = \"Ville de Lyon\"\n\
+             rate_limit = { per_minute = 6000000, burst = 100000 }\n",
+            1,
+        )
+    })
+}
+
+/// As [`processes`], serving `registry`.
+pub async fn processes_on(
+    url: &str,
+    n: usize,
+    registry: &Path,
+) -> anyhow::Result<(Vec<tempfile::TempDir>, Vec<Process>)> {
     let mut homes = Vec::new();
     let mut brokers = Vec::new();
     for i in 0..n {
@@ -256,7 +285,8 @@ pub async fn processes(
             unefois_tests::copy_dir(&first.join("pki"), &home.path().join("pki"))?;
             copy_keys(&first.join("data"), &home.path().join("data"))?;
         }
-        brokers.push(Process::start(home.path(), url).await?);
+        let binary = unefois_tests::unefois_binary()?;
+        brokers.push(Process::start_on(&binary, home.path(), url, registry).await?);
         homes.push(home);
     }
     Ok((homes, brokers))

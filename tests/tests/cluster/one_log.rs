@@ -65,6 +65,9 @@ async fn three_brokers_write_one_verifiable_log_and_revocations_apply_everywhere
                     let answer = client.fetch(request.clone()).await?.into_inner();
                     receipts.push(answer.receipt.ok_or_else(|| anyhow!("no receipt"))?);
                     if answered.load(Ordering::Acquire) {
+                        // One more, asked after every grant and mandate was answered.
+                        let last = client.fetch(request.clone()).await?.into_inner();
+                        receipts.push(last.receipt.ok_or_else(|| anyhow!("no receipt"))?);
                         return anyhow::Ok(receipts);
                     }
                 }
@@ -146,13 +149,18 @@ async fn three_brokers_write_one_verifiable_log_and_revocations_apply_everywhere
         }
     }
     // Those granted and taken with the fetches (alice's consent, first, aside).
-    let first_record = leaves[receipts.len() + 1..]
+    let records = &leaves[receipts.len() + 1..];
+    let (first_record, last_record) = (
+        records.iter().min().copied().unwrap_or_default(),
+        records.iter().max().copied().unwrap_or_default(),
+    );
+    let last_fetch = receipts
         .iter()
-        .min()
-        .copied()
+        .map(|r| r.leaf_index)
+        .max()
         .unwrap_or_default();
     assert!(
-        receipts.iter().any(|r| r.leaf_index > first_record),
+        receipts.iter().any(|r| r.leaf_index > first_record) && last_fetch > last_record,
         "the consents and mandates were recorded among the fetches, not after them"
     );
     let given = leaves.len();

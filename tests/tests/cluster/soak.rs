@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::crash::{Acked, all_in_the_log, load, wait_served};
-use crate::harness::{Database, Process, processes};
+use crate::harness::{Database, Process, load_registry, processes_on};
 
 /// The victim of each of `rounds` rounds, shuffled: 3 is the primary, 0 to 2 a broker; from 2
 /// rounds on, at least one of each.
@@ -75,7 +75,9 @@ async fn random_nodes_die_under_load_and_no_acknowledged_record_is_lost() -> any
     unefois_tests::install_crypto();
     let mut db = Database::start().await?;
     let url = db.url();
-    let (homes, mut brokers) = processes(&url, 3).await?;
+    let registry = tempfile::tempdir()?;
+    let registry = load_registry(registry.path())?;
+    let (homes, mut brokers) = processes_on(&url, 3, &registry).await?;
     let mut killed = [0usize; 4];
     let started = Instant::now();
     let seed = seed();
@@ -109,7 +111,9 @@ async fn random_nodes_die_under_load_and_no_acknowledged_record_is_lost() -> any
         }
         // A killed broker restarts on its home (the next round's load goes to its new port).
         if victim < 3 {
-            brokers[victim] = Process::start(homes[victim].path(), &url).await?;
+            let binary = unefois_tests::unefois_binary()?;
+            brokers[victim] =
+                Process::start_on(&binary, homes[victim].path(), &url, &registry).await?;
         }
         let round_acked = std::mem::take(&mut *acked.lock().unwrap_or_else(|e| e.into_inner()));
         eprintln!(
