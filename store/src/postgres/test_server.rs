@@ -193,24 +193,31 @@ impl Server {
         if self.stopped {
             return;
         }
-        let data = self.data().canonicalize().unwrap_or_else(|_| self.data());
-        // Only this server's processes, whatever the pid file says (a stale one may name a
-        // process reused since, the test's own included): PostgreSQL's run in its data folder.
+        // Only this server's postmaster, whatever the pid file says (a stale one may name a
+        // process reused since, the test's own included): one started with `-D` this data
+        // folder (its command line, readable by anyone, unlike its working directory). Its
+        // children are its own.
+        let data = self.data();
         let ours = |pid: i32| {
             pid != std::process::id() as i32
-                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data)
+                && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|line| {
+                    line.split(|b| *b == 0)
+                        .any(|arg| arg == data.as_os_str().as_encoded_bytes())
+                })
         };
-        let postmaster = std::fs::read_to_string(self.data().join("postmaster.pid"))
+        let postmaster = std::fs::read_to_string(data.join("postmaster.pid"))
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-            .filter(|pid| ours(*pid));
+            .filter(|pid| state(*pid).is_some());
         if let Some(postmaster) = postmaster {
+            assert!(
+                ours(postmaster),
+                "{}: its pid file names process {postmaster}, not its postmaster",
+                data.display()
+            );
             signal(postmaster, rustix::process::Signal::STOP);
             until(|| !matches!(state(postmaster), Some((s, _)) if s != 'T'));
-            let mut all: Vec<i32> = children(postmaster)
-                .into_iter()
-                .filter(|p| ours(*p))
-                .collect();
+            let mut all = children(postmaster);
             all.push(postmaster);
             for pid in &all {
                 signal(*pid, rustix::process::Signal::STOP);
