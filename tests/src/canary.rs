@@ -56,9 +56,12 @@ pub fn canary_registry(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Every path that sees the canary's subject or claims, as `mairie-lyon` on `channel`
 /// ([`crate::clients::law_and_consent_round`]), the value fetched under the law checked to
-/// have gone through the broker.
+/// have gone through the broker. Its request id holds the subject's distinctive part: kept
+/// anywhere as the caller chose it (not blinded), it is found too.
 pub async fn exchanges(channel: tonic::transport::Channel) -> anyhow::Result<()> {
-    let rfr = crate::clients::law_and_consent_round(channel, CANARY_SUBJECT).await?;
+    let rfr =
+        crate::clients::law_and_consent_round(channel, CANARY_SUBJECT, "canari-4451-demande-1")
+            .await?;
     let value = &rfr
         .attestation
         .ok_or_else(|| anyhow::anyhow!("no attestation"))?

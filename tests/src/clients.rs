@@ -74,26 +74,36 @@ pub async fn provider_health(broker: &TestBroker, ty: &str) -> anyhow::Result<Se
 }
 
 /// Every path of Fetch and Consents that sees `subject`, as `mairie-lyon` on `channel`: its
-/// revenu fiscal de référence under the law (the answer returned), its quotient familial
+/// revenu fiscal de référence under the law, under `request_id` (the answer returned), its
+/// quotient familial
 /// refused without consent, a consent granted, the quotient familial fetched under it, the
 /// consents listed, the consent revoked, the quotient familial refused again.
 pub async fn law_and_consent_round(
     channel: Channel,
     subject: &str,
+    request_id: &str,
 ) -> anyhow::Result<pb::FetchResponse> {
     let mut exchange = ExchangeClient::new(channel.clone());
     let mut consents = ConsentsClient::new(channel);
     let purpose = "tarification_cantine";
     let under_law = exchange
         .fetch(pb::FetchRequest {
-            // A request id of its own (one the caller chose, blinded where it is kept).
-            request_id: uuid::Uuid::now_v7().to_string(),
+            request_id: request_id.into(),
             ..crate::requests::fetch(subject, "dgfip.revenu_fiscal_reference", purpose)
         })
         .await?
         .into_inner();
     let qf = crate::requests::fetch(subject, "caf.quotient_familial", purpose);
-    anyhow::ensure!(exchange.fetch(qf.clone()).await.is_err(), "no consent yet");
+    // Refused for what the round says, not for another reason (an unavailable store).
+    let refused_for = |answer: Result<_, tonic::Status>, reason| match answer {
+        Err(status) => broker::client::reason_of(&status) == Some(reason),
+        Ok(_) => false,
+    };
+    let no_consent = exchange.fetch(qf.clone()).await;
+    anyhow::ensure!(
+        refused_for(no_consent, unefois_proto::v1::ErrorReason::NoConsent),
+        "the quotient familial without consent"
+    );
     let consent = consents
         .grant(crate::requests::consent(
             subject,
@@ -117,6 +127,10 @@ pub async fn law_and_consent_round(
             ..Default::default()
         })
         .await?;
-    anyhow::ensure!(exchange.fetch(qf).await.is_err(), "revoked");
+    let revoked = exchange.fetch(qf).await;
+    anyhow::ensure!(
+        refused_for(revoked, unefois_proto::v1::ErrorReason::ConsentRevoked),
+        "the quotient familial after the consent's revocation"
+    );
     Ok(under_law)
 }

@@ -334,9 +334,16 @@ fn children(parent: i32) -> Vec<i32> {
 }
 
 /// Waits until `done` (5 s at most).
+/// Waits until `done` (5 s at most, then fails the test: a server's process that neither
+/// stops nor dies would leave a kill half done, and a standby promoted beside it).
+#[track_caller]
 fn until(done: impl Fn() -> bool) {
     let until = Instant::now() + Duration::from_secs(5);
-    while !done() && Instant::now() < until {
+    while !done() {
+        assert!(
+            Instant::now() < until,
+            "a server's process did not stop or die in 5 s"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }

@@ -103,7 +103,8 @@ async fn the_walkthrough_is_on_the_record_and_the_metrics_agree_with_the_log() -
     let mut guichet = GuichetClient::new(lyon.clone());
 
     // Under the law; under consent, refused, granted, revoked.
-    unefois_tests::clients::law_and_consent_round(lyon.clone(), "test:alice").await?;
+    unefois_tests::clients::law_and_consent_round(lyon.clone(), "test:alice", "walkthrough-1")
+        .await?;
 
     // Pre-fill, then a preview confirmed.
     guichet
