@@ -913,8 +913,8 @@ async fn gather(
     Ok((out, truncated))
 }
 
-/// What a truncated export says, in the file itself (the CSV's last line, the JSON's
-/// `truncated_said`): a download shows no header.
+/// What a truncated export says, in the file itself (the CSV's last row, as its kind; the
+/// JSON's `truncated_said`): a download shows no header.
 fn truncated_said() -> String {
     format!(
         "EXPORT TRONQUÉ : seuls les {MAX_EXPORT} premiers événements de ces filtres y figurent ; \

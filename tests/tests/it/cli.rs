@@ -1289,20 +1289,9 @@ async fn a_fetch_receipt_verifies_offline_and_each_tampering_names_its_check() -
     Ok(())
 }
 
-/// A history longer than a page: each page's read is recorded before it is read, so the pages'
-/// checkpoints differ, and the file carries the proofs that they are of one log: it verifies
-/// offline on its own (without them it would end NOT CHECKED).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_history_of_several_pages_verifies_offline_on_its_own() -> anyhow::Result<()> {
-    install_crypto();
-    let checkout = fresh_checkout()?;
-    let cwd = checkout.path();
-    let mut served = serve(cwd)?;
-    let addr = served.addr;
-    wait_serving(&cwd.join(".unefois-dev/pki"), addr).await?;
-    for _ in 0..51 {
-        unefois_ok(cwd, addr, &fetch_args(&[]))?;
-    }
+/// `accesses` of test:alice as mairie-lyon, with her development ID token, saved in
+/// `history.json`.
+fn save_alices_history(cwd: &Path, addr: SocketAddr) -> anyhow::Result<Outcome> {
     let token = dev_id_token(cwd, "test:alice", "mairie-lyon")?;
     unefois_ok(
         cwd,
@@ -1318,7 +1307,24 @@ async fn a_history_of_several_pages_verifies_offline_on_its_own() -> anyhow::Res
             "--out",
             "history.json",
         ],
-    )?;
+    )
+}
+
+/// A history longer than a page: each page's read is recorded before it is read, so the pages'
+/// checkpoints differ, and the file carries the proofs that they are of one log: it verifies
+/// offline on its own (without them it would end NOT CHECKED).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_history_of_several_pages_verifies_offline_on_its_own() -> anyhow::Result<()> {
+    install_crypto();
+    let checkout = fresh_checkout()?;
+    let cwd = checkout.path();
+    let mut served = serve(cwd)?;
+    let addr = served.addr;
+    wait_serving(&cwd.join(".unefois-dev/pki"), addr).await?;
+    for _ in 0..51 {
+        unefois_ok(cwd, addr, &fetch_args(&[]))?;
+    }
+    save_alices_history(cwd, addr)?;
     let exit = terminate(&mut served.child).await?;
     assert!(exit.success(), "{exit}");
     let history = read_json(&cwd.join("history.json"))?;
@@ -1351,22 +1357,7 @@ async fn a_citizens_access_history_verifies_offline() -> anyhow::Result<()> {
     wait_serving(&cwd.join(".unefois-dev/pki"), addr).await?;
     unefois_ok(cwd, addr, &fetch_args(&[]))?;
 
-    let token = dev_id_token(cwd, "test:alice", "mairie-lyon")?;
-    let listed = unefois_ok(
-        cwd,
-        addr,
-        &[
-            "accesses",
-            "--as",
-            "mairie-lyon",
-            "--subject",
-            "test:alice",
-            "--id-token",
-            &token,
-            "--out",
-            "history.json",
-        ],
-    )?;
+    let listed = save_alices_history(cwd, addr)?;
     let line = listed.stdout.lines().next().unwrap_or_default();
     let (time, rest) = line.split_once(' ').unwrap_or_default();
     assert!(

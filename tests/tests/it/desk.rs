@@ -413,6 +413,33 @@ struct MandateForm {
     visite: String,
 }
 
+impl MandateForm {
+    /// Sends the form for the cantine's purpose, 31 days, the person informed, with `scan` as
+    /// the signed document, over `over`: the answer's status and `Location`.
+    async fn upload_slowly(
+        &self,
+        browser: &mut Browser,
+        scan: &[u8],
+        over: std::time::Duration,
+    ) -> anyhow::Result<(u16, String)> {
+        browser
+            .post_multipart_slowly(
+                "/desk/mandates/new",
+                &[
+                    ("csrf", &self.csrf),
+                    ("visite", &self.visite),
+                    ("demande", &self.demande),
+                    ("finalite", CANTINE),
+                    ("duree", "31"),
+                    ("informee", "oui"),
+                ],
+                Some(("document", "mandat.pdf", scan)),
+                over,
+            )
+            .await
+    }
+}
+
 /// `agent-marie` logged in at `broker`'s desk with `test:alice` present, and the mandate form
 /// she is served.
 async fn mandate_form(broker: &TestBroker) -> anyhow::Result<(Browser, MandateForm)> {
@@ -440,29 +467,10 @@ async fn a_signed_mandate_uploaded_slowly_is_received() -> anyhow::Result<()> {
     };
     options.accept.web_page_timeout = std::time::Duration::from_secs(1);
     let broker = TestBroker::start_with(pki.dir(), options).await?;
-    let (
-        mut browser,
-        MandateForm {
-            csrf,
-            demande,
-            visite,
-        },
-    ) = mandate_form(&broker).await?;
+    let (mut browser, form) = mandate_form(&broker).await?;
     let scan = vec![b'%'; 256 * 1024];
-    let (status, location) = browser
-        .post_multipart_slowly(
-            "/desk/mandates/new",
-            &[
-                ("csrf", &csrf),
-                ("visite", &visite),
-                ("demande", &demande),
-                ("finalite", CANTINE),
-                ("duree", "31"),
-                ("informee", "oui"),
-            ],
-            Some(("document", "mandat.pdf", &scan)),
-            std::time::Duration::from_secs(3),
-        )
+    let (status, location) = form
+        .upload_slowly(&mut browser, &scan, std::time::Duration::from_secs(3))
         .await?;
     assert_eq!(status, 303, "the upload was cut off");
     assert!(location.starts_with("/desk/mandates/"), "{location}");
@@ -491,30 +499,10 @@ async fn a_page_in_flight_when_the_broker_stops_is_finished_and_recorded() -> an
         ..Default::default()
     };
     let broker = TestBroker::start_with(pki.dir(), options).await?;
-    let (
-        mut browser,
-        MandateForm {
-            csrf,
-            demande,
-            visite,
-        },
-    ) = mandate_form(&broker).await?;
+    let (mut browser, form) = mandate_form(&broker).await?;
     let scan = vec![b'%'; 64 * 1024];
     let upload = tokio::spawn(async move {
-        browser
-            .post_multipart_slowly(
-                "/desk/mandates/new",
-                &[
-                    ("csrf", &csrf),
-                    ("visite", &visite),
-                    ("demande", &demande),
-                    ("finalite", CANTINE),
-                    ("duree", "31"),
-                    ("informee", "oui"),
-                ],
-                Some(("document", "mandat.pdf", &scan)),
-                std::time::Duration::from_secs(2),
-            )
+        form.upload_slowly(&mut browser, &scan, std::time::Duration::from_secs(2))
             .await
     });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
