@@ -103,11 +103,16 @@ pub async fn serialised<T>(
             );
             crate::error::ApiError::StoreUnavailable
         })?;
+    let across = store.serialise(&keys).await?;
     let hold = Hold {
-        held: Some((store.serialise(&keys).await?, here)),
+        held: Some((across, here)),
         store: store.clone(),
     };
-    let done = act.await;
+    // The act's appends carry the hold across brokers: not committed once it has ended.
+    let done = match &hold.held {
+        Some((across, _)) => across.during(act).await,
+        None => act.await,
+    };
     // A refusal was decided before any append; a store failure may have one still committing.
     if !matches!(done, Err(crate::error::ApiError::StoreUnavailable)) {
         hold.release().await;

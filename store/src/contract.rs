@@ -914,3 +914,80 @@ async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
     let memory = crate::Memory::new(log(), sealer());
     assert_eq!(memory.share_limits("a", &a_wrote).await.unwrap(), None);
 }
+
+/// An act's hold across the brokers is its database session's locks: a session that ends
+/// (its connection broken, `pg_terminate_backend`, a failover) while the act goes on lets
+/// another broker's act about the same person and request id read, and record. The first
+/// act's record is then refused, not committed beside the second's: one consent for one
+/// request id. (Without the writer's check of the holds, both consents were recorded.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_act_whose_hold_ended_first_records_nothing() {
+    let server = crate::postgres::test_server::Server::primary("");
+    let url = server.url();
+    crate::postgres::init(&url, false).await.unwrap();
+    let sealer = sealer();
+    let open = || crate::Postgres::open(&url, log(), sealer.clone(), Duration::from_secs(5));
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    let person = crate::person_key("alice-pseudonym");
+    let keys = [person.as_str(), "request\0caf\0r1"];
+    let grant = |consent: &str| {
+        record(
+            "consent_granted",
+            json!({
+                "consent_id": consent, "subject_sealed": sealer.seal("alice-pseudonym"),
+                "pseudonym_key": "k1", "consumer": "caf", "participant": "caf",
+                "agent": null, "attestation_types": ["qf"], "purpose": "cantine",
+                "expires_at": "2027-06-01T12:00:00Z", "request_id": "r1",
+                "request_fingerprint": "fp-r1",
+            }),
+        )
+    };
+
+    // Broker a's act holds the person and the request id, and found the request id unused.
+    let first = a.serialise(&keys).await.unwrap();
+    assert!(a.request_use("caf", "r1").await.unwrap().is_none());
+    // Its hold's session ends.
+    let ended = server.sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM (SELECT DISTINCT pid FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()) AS held",
+    );
+    assert_eq!(ended, "1");
+    // Broker b's act about the same person and request id is let in, finds the request id
+    // unused too, and records its consent.
+    let second = tokio::time::timeout(Duration::from_secs(10), b.serialise(&keys))
+        .await
+        .expect("the ended hold no longer holds other brokers' acts")
+        .unwrap();
+    assert!(b.request_use("caf", "r1").await.unwrap().is_none());
+    let recorded = second.during(b.append_entry(grant("c-b"))).await.unwrap();
+    second.release().await;
+    // Broker a's act goes on, unaware: its record is refused.
+    let refused = first.during(a.append_entry(grant("c-a"))).await;
+    let refused = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("hold"), "{refused}");
+    drop(first);
+    assert_eq!(
+        server.sql(
+            "SELECT string_agg(id, ',') FROM unefois_consents; \
+             SELECT count(*) FROM unefois_entries"
+        ),
+        "c-b\n1"
+    );
+    assert_eq!(
+        a.request_use("caf", "r1").await.unwrap().map(|u| u.result),
+        Some("c-b".to_string())
+    );
+    assert_eq!(recorded.seq, 0);
+
+    // A new act of broker a holds anew, and records.
+    let third = a.serialise(&keys).await.unwrap();
+    let revoked = record(
+        "consent_revoked",
+        json!({ "consent_id": "c-b", "participant": "caf", "agent": null }),
+    );
+    let appended = third.during(a.append_entry(revoked)).await.unwrap();
+    assert_eq!(appended.seq, 1);
+    third.release().await;
+    a.close().await;
+    b.close().await;
+}

@@ -43,7 +43,7 @@ pub use limits::LimitUse;
 pub use memory::Memory;
 pub use positions::{Positions, Slot};
 pub use postgres::Postgres;
-pub use serialised::{Held, Serialised};
+pub use serialised::{Held, HoldToken, Serialised};
 
 /// Items read as the caller goes (a page costs what it reads), each of which may fail.
 pub type Items<'a, T> = futures::stream::BoxStream<'a, Result<T, StoreError>>;

@@ -18,6 +18,26 @@ pub trait Held: Send {
     /// Ends the hold now, the act's appends answered, and keeps what can serve the next one.
     /// Dropped instead, the hold ends once every append queued before has its outcome.
     async fn release(self: Box<Self>);
+
+    /// What the act's appends carry to the backend's writer ([`Serialised::during`]), for a
+    /// hold that can end on its own before the act does (on PostgreSQL, a database session
+    /// that ends takes its locks with it): the writer commits them only while it stands.
+    fn token(&self) -> Option<HoldToken> {
+        None
+    }
+}
+
+/// A hold as the act's appends carry it: the backend's own description, opaque elsewhere.
+pub type HoldToken = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+tokio::task_local! {
+    /// The hold of the act this task runs, while [`Serialised::during`] runs it.
+    static ACTING: HoldToken;
+}
+
+/// The hold of the act the calling task runs, if any: what its appends carry.
+pub(crate) fn acting() -> Option<HoldToken> {
+    ACTING.try_with(HoldToken::clone).ok()
 }
 
 impl Serialised {
@@ -29,6 +49,22 @@ impl Serialised {
     /// A backend's hold.
     pub fn held(held: Box<dyn Held>) -> Serialised {
         Serialised { held: Some(held) }
+    }
+
+    /// Runs `act` under this hold: every append it makes (from its own task) carries the hold,
+    /// and is not committed once the hold has ended, even if the act has not noticed: another
+    /// broker may then be reading what it would change.
+    pub fn during<F: std::future::Future>(
+        &self,
+        act: F,
+    ) -> impl std::future::Future<Output = F::Output> + use<F> {
+        let token = self.held.as_ref().and_then(|h| h.token());
+        async move {
+            match token {
+                Some(token) => ACTING.scope(token, act).await,
+                None => act.await,
+            }
+        }
     }
 
     /// Ends the hold, the act's appends answered (committed or refused, not timed out).

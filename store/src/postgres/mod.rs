@@ -154,6 +154,8 @@ struct Pending {
     /// Each record with its exact entry bytes (encoded by the caller; as found, on import).
     records: Vec<(Record, Vec<u8>)>,
     reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+    /// The hold of the act that made it, if any: committed only while it stands.
+    hold: Option<Arc<serialise::HoldProof>>,
 }
 
 use super::{Appended, Proven};
@@ -416,8 +418,13 @@ impl Postgres {
                 self.append_timeout
             ))
         };
-        match tokio::time::timeout_at(deadline, self.writer.send(Pending { records, reply })).await
-        {
+        let hold = crate::serialised::acting().and_then(serialise::HoldProof::of);
+        let pending = Pending {
+            records,
+            reply,
+            hold,
+        };
+        match tokio::time::timeout_at(deadline, self.writer.send(pending)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(StoreError::Closed),
             Err(_) => return Err(unacknowledged()),
@@ -866,15 +873,31 @@ async fn write_loop(
                     sealer: &sealer,
                     confirmed: &confirmed,
                 };
-                match commit(c, &base, &mut batch, &mut queue, from.as_ref()).await {
-                    Err(Failure::Moved) => {
-                        // Another broker appended since: this batch again, under the lock.
-                        locked_for = LOCKED_AFTER_MOVED;
-                        commit(c, &base, &mut batch, &mut queue, None).await
+                // Each attempt either commits, or fails with nothing written; an act's hold
+                // found ended takes its append out of the batch, at most once per append.
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    match commit(c, &base, &mut batch, &mut queue, from.as_ref()).await {
+                        Err(Failure::Moved) if from.is_some() => {
+                            // Another broker appended since: this batch again, under the lock.
+                            locked_for = LOCKED_AFTER_MOVED;
+                            from = None;
+                        }
+                        Err(Failure::HoldsLost(e)) if attempts <= MAX_BATCH => {
+                            if let Err(e) = refuse_lost_holds(c, &mut batch, e).await {
+                                break Err(e);
+                            }
+                            if batch.iter().all(|p| p.records.is_empty()) {
+                                // Nothing left to write: the head is still the one started
+                                // from, if any.
+                                break Ok((Vec::new(), from.take()));
+                            }
+                        }
+                        Err(failure) => break Err(failure.into_error()),
+                        Ok((appended, head)) => break Ok((appended, Some(head))),
                     }
-                    other => other,
                 }
-                .map_err(Failure::into_error)
             }
             Err(e) => Err(e),
         };
@@ -885,13 +908,16 @@ async fn write_loop(
             Ok((appended, head)) => {
                 // Acknowledged by a synchronous standby (a commit it did not acknowledge came
                 // with a warning, and is an error here).
-                confirmed.offer(head.size, &head.checkpoint, head.frontier.last().copied());
-                last = Some(head);
-                // A batch is one transaction: the journal's histogram, so that one dashboard
-                // reads both backends.
-                metrics::histogram!(unefois_journal::JOURNAL_BATCH_RECORDS).record(count as f64);
-                metrics::histogram!("unefois_store_commit_seconds")
-                    .record(started.elapsed().as_secs_f64());
+                if let Some(head) = &head {
+                    confirmed.offer(head.size, &head.checkpoint, head.frontier.last().copied());
+                    // A batch is one transaction: the journal's histogram, so that one
+                    // dashboard reads both backends.
+                    metrics::histogram!(unefois_journal::JOURNAL_BATCH_RECORDS)
+                        .record(count as f64);
+                    metrics::histogram!("unefois_store_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                last = head;
                 let mut appended = appended.into_iter();
                 for pending in batch {
                     let mine: Vec<_> = appended.by_ref().take(pending.records.len()).collect();
@@ -917,6 +943,56 @@ async fn write_loop(
         }
     }
 }
+
+/// After the check of the acts' holds aborted a batch's transaction (with `error`): refuses the
+/// appends whose hold no longer stands, and takes them out of `batch`. Finding none, the check
+/// failed for another reason: `error`.
+async fn refuse_lost_holds(
+    client: &Conn,
+    batch: &mut Vec<Pending>,
+    error: StoreError,
+) -> Result<(), StoreError> {
+    let holds = serialise::BatchHolds::of(batch.iter().map(|p| p.hold.as_deref()));
+    let rows = client
+        .query_typed(
+            serialise::LOST_HOLDS,
+            &[
+                (&holds.pids, Type::INT4_ARRAY),
+                (&holds.started, Type::INT8_ARRAY),
+                (&holds.locks, Type::INT8_ARRAY),
+                (&holds.appends, Type::INT4_ARRAY),
+            ],
+        )
+        .await
+        .map_err(db("find the acts' holds that ended"))?;
+    let lost: HashSet<usize> = rows
+        .iter()
+        .filter_map(|row| row.try_get::<_, i32>(0).ok())
+        .filter_map(|at| usize::try_from(at).ok())
+        .collect();
+    if lost.is_empty() {
+        return Err(error);
+    }
+    tracing::warn!(
+        appends = lost.len(),
+        "an act's hold across the brokers ended (its database session ended) before its record \
+         was committed: the record is refused, another broker may be acting on the same person"
+    );
+    for (at, pending) in std::mem::take(batch).into_iter().enumerate() {
+        if lost.contains(&at) {
+            let _ = pending
+                .reply
+                .send(Err(StoreError::Database(HOLD_LOST.into())));
+        } else {
+            batch.push(pending);
+        }
+    }
+    Ok(())
+}
+
+/// Why an act's append was refused when its hold ended first.
+const HOLD_LOST: &str = "the act's hold on its person across the brokers ended before its \
+    record was committed (its database session ended): not recorded";
 
 /// Adds the appends waiting in `queue` to `batch`, up to `MAX_BATCH` records, and drops those
 /// whose callers gave up: they were told the store is unavailable, and their records are not
@@ -1127,6 +1203,7 @@ async fn barrier(
     let empty = Pending {
         records: Vec::new(),
         reply,
+        hold: None,
     };
     writer.send(empty).await.ok().map(|()| answer)
 }
@@ -1147,6 +1224,9 @@ const LOCKED_AFTER_MOVED: u32 = 32;
 enum Failure {
     /// Started from this writer's last head, the log had moved: nothing was written.
     Moved,
+    /// The check of the acts' holds aborted the transaction (with this error): a hold of an
+    /// append in the batch no longer stands, most likely. Nothing was written.
+    HoldsLost(StoreError),
     Failed(StoreError),
 }
 
@@ -1154,6 +1234,7 @@ impl Failure {
     fn into_error(self) -> StoreError {
         match self {
             Failure::Moved => StoreError::Database("the log moved during the batch".into()),
+            Failure::HoldsLost(e) => e,
             Failure::Failed(e) => e,
         }
     }
@@ -1504,13 +1585,31 @@ async fn transaction(
         (&head.checkpoint, Type::TEXT),
     ];
     let advance = client.query_prepared(ADVANCE_LOG, &advance_params, "advance the log");
+    // After the writes (the people's `committing` locks first among them), before the COMMIT:
+    // the acts' holds still stand (see `serialise`).
+    let holds = serialise::BatchHolds::of(batch.iter().map(|p| p.hold.as_deref()));
+    let check = async {
+        if holds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let params: Params<'_> = &[
+            (&holds.pids, Type::INT4_ARRAY),
+            (&holds.started, Type::INT8_ARRAY),
+            (&holds.locks, Type::INT8_ARRAY),
+            (&holds.appends, Type::INT4_ARRAY),
+        ];
+        client
+            .query_prepared(serialise::CHECK_HOLDS, params, "check the acts' holds")
+            .await
+    };
     let warned = client.warnings();
     // Sent together with the COMMIT: one round trip. Never cancelled (see the module): the
     // caller may stop waiting, this task does not.
-    let (begun, advanced, written, committed) = futures::join!(
+    let (begun, advanced, written, held, committed) = futures::join!(
         begin,
         advance,
         futures::future::try_join_all(writes),
+        check,
         client.batch_execute("COMMIT")
     );
     begun?;
@@ -1525,6 +1624,14 @@ async fn transaction(
         });
     }
     written?;
+    if let Err(e) = held {
+        // Aborted by the check (its COMMIT a rollback): the appends whose hold ended go.
+        return Err(if client.is_closed() {
+            Failure::Failed(e)
+        } else {
+            Failure::HoldsLost(e)
+        });
+    }
     committed.map_err(db("commit"))?;
     if client.warnings() != warned {
         // A COMMIT whose wait for the standby was cancelled (an administrator's
@@ -1623,6 +1730,7 @@ const ADVANCE_LOG: &str = "WITH advanced AS (UPDATE unefois_log \
              SELECT 1 / count(*) FROM advanced";
 
 const WRITES: &[(&str, &[Type])] = &[
+    (serialise::CHECK_HOLDS, serialise::HOLDS_TYPES),
     (
         UPSERT_CONSENTS,
         &[

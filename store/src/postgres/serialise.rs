@@ -9,6 +9,15 @@
 //! its locks end with its session while the commit goes on. So a hold, once taken, also waits
 //! for the writers' transactions in flight that change the same person's consents or mandates
 //! (each holds a lock per such person to its commit's end).
+//!
+//! The other way round, a hold's session can end while its act goes on (the connection
+//! broken, `pg_terminate_backend`, a failover): its locks go, another broker's act may read
+//! about the same person, and the first act's record, still queued, would then commit beside
+//! the second's (two consents for one request id). So each append made under a hold carries it
+//! ([`HoldProof`]), and the writer's transaction, once it holds the `committing` locks of the
+//! people its batch changes, checks that every such hold still stands ([`CHECK_HOLDS`]): past
+//! that point another broker's act waits for the commit; before it, the batch is rolled back and
+//! the appends whose hold ended are refused.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +29,7 @@ use tokio::sync::mpsc;
 
 use super::connect::{Conn, Connector};
 use super::{NO_TRANSACTION_TIMEOUT, Pending, db, settled};
-use crate::{Held, Serialised, StoreError};
+use crate::{Held, HoldToken, Serialised, StoreError};
 
 /// Acts held at once by one broker, each on a connection of its own (acts about different
 /// people go on together); more wait for one of them, within the wait. Their connections are
@@ -39,7 +48,7 @@ pub struct Locks {
     connector: Connector,
     /// The writer's queue, for the barrier a dropped hold waits for.
     writer: mpsc::Sender<Pending>,
-    idle: Mutex<Vec<Conn>>,
+    idle: Mutex<Vec<(Conn, Session)>>,
     /// One per act held at once (`HOLDS`).
     holds: Arc<tokio::sync::Semaphore>,
     /// How long an act waits for another broker's: then the store is unavailable.
@@ -69,25 +78,40 @@ impl Locks {
             })?
             .map_err(|_| StoreError::Closed)?;
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let conn = match idle {
-            Some(conn) if !conn.is_closed() => conn,
+        let (conn, session) = match idle {
+            Some((conn, session)) if !conn.is_closed() => (conn, session),
             _ => {
                 let conn = Conn::new(self.connector.connect().await?);
                 // The session holds acts only: the wait bounded; while an act runs, its
                 // transaction idles, and no role's idle or transaction timeout (PostgreSQL 17's
                 // `transaction_timeout`) may end it (its locks would end with it, unseen).
-                let session = format!(
+                let setup = format!(
                     "SET lock_timeout = {}; SET statement_timeout = 0; \
                      SET idle_in_transaction_session_timeout = 0; {NO_TRANSACTION_TIMEOUT}",
                     self.wait.as_millis().max(1)
                 );
-                conn.batch_execute(&session)
+                conn.batch_execute(&setup)
                     .await
                     .map_err(db("set up an act's hold"))?;
                 conn.prepare_all(&[(HOLD, &[Type::INT8_ARRAY, Type::INT8_ARRAY])])
                     .await
                     .map_err(db("prepare an act's hold"))?;
-                conn
+                let row = conn
+                    .query_typed(SESSION, &[])
+                    .await
+                    .map_err(db("read an act's hold's session"))?;
+                let session = row
+                    .first()
+                    .and_then(|row| {
+                        Some(Session {
+                            pid: row.try_get(0).ok()?,
+                            started: row.try_get(1).ok()?,
+                        })
+                    })
+                    .ok_or_else(|| {
+                        StoreError::Database("an act's hold's session is not listed".into())
+                    })?;
+                (conn, session)
             }
         };
         let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k)).collect();
@@ -113,10 +137,16 @@ impl Locks {
             "wait for another broker's act on the same person or request",
         )
         .await?;
+        let proof = HoldProof {
+            pid: session.pid,
+            started: session.started,
+            locks: ids,
+        };
         Ok(Serialised::held(Box::new(Hold {
-            conn: Some(conn),
+            conn: Some((conn, session)),
             locks: self.clone(),
             permit: Some(permit),
+            proof: Arc::new(proof),
         })))
     }
 }
@@ -139,21 +169,113 @@ pub(super) fn committing(key: &str) -> i64 {
     lock_id(&format!("committing\0{key}"))
 }
 
+/// A hold's database session: its backend's process id, and when that backend started (a
+/// process id alone may be reused by a later session).
+#[derive(Clone, Copy)]
+struct Session {
+    pid: i32,
+    /// Microseconds since the Unix epoch.
+    started: i64,
+}
+
+/// Reads the session's [`Session`].
+const SESSION: &str = "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::int8 \
+     FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+
+/// What an append made under a hold carries to the writer: the hold's session and the locks it
+/// took, which the writer's transaction checks still stand ([`CHECK_HOLDS`]).
+pub(super) struct HoldProof {
+    pid: i32,
+    started: i64,
+    locks: Vec<i64>,
+}
+
+impl HoldProof {
+    /// The hold `token` carries, if it is one of this backend's.
+    pub(super) fn of(token: HoldToken) -> Option<Arc<HoldProof>> {
+        token.downcast::<HoldProof>().ok()
+    }
+}
+
+/// The holds of a batch's appends, one row per lock, as [`LOST_HOLDS`] and [`CHECK_HOLDS`] take
+/// them: `appends` is the place of the append in the batch.
+#[derive(Default)]
+pub(super) struct BatchHolds {
+    pub pids: Vec<i32>,
+    pub started: Vec<i64>,
+    pub locks: Vec<i64>,
+    pub appends: Vec<i32>,
+}
+
+impl BatchHolds {
+    /// The holds of `proofs`, each the hold of the append at its place, if any.
+    pub fn of<'a>(proofs: impl Iterator<Item = Option<&'a HoldProof>>) -> BatchHolds {
+        let mut holds = BatchHolds::default();
+        for (at, proof) in proofs.enumerate() {
+            let Some(proof) = proof else { continue };
+            for &lock in &proof.locks {
+                holds.pids.push(proof.pid);
+                holds.started.push(proof.started);
+                holds.locks.push(lock);
+                holds.appends.push(i32::try_from(at).unwrap_or(i32::MAX));
+            }
+        }
+        holds
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty()
+    }
+}
+
+/// The places of the appends whose hold no longer stands: one of its locks is not granted to
+/// its session (ended, or another one under a process id reused). A transaction-level advisory
+/// lock on a `bigint` shows in `pg_locks` as its high half in `classid`, its low half in
+/// `objid`, `objsubid` 1.
+macro_rules! lost_holds {
+    () => {
+        "SELECT DISTINCT h.append FROM \
+         unnest($1::int4[], $2::int8[], $3::int8[], $4::int4[]) AS h(pid, started, lock, append) \
+         WHERE NOT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+           WHERE l.pid = h.pid AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND l.classid::int8 = (h.lock >> 32) & 4294967295 \
+           AND l.objid::int8 = h.lock & 4294967295 \
+           AND (extract(epoch FROM a.backend_start) * 1000000)::int8 = h.started)"
+    };
+}
+pub(super) const LOST_HOLDS: &str = lost_holds!();
+/// In the writer's transaction: divides by zero, aborting it, when a hold of its batch no longer
+/// stands ([`LOST_HOLDS`]).
+pub(super) const CHECK_HOLDS: &str = concat!(
+    "SELECT 1 / (count(*) = 0)::int FROM (",
+    lost_holds!(),
+    ") AS lost"
+);
+/// The parameters' types of [`LOST_HOLDS`] and [`CHECK_HOLDS`].
+pub(super) const HOLDS_TYPES: &[Type] = &[
+    Type::INT4_ARRAY,
+    Type::INT8_ARRAY,
+    Type::INT8_ARRAY,
+    Type::INT4_ARRAY,
+];
+
 struct Hold {
-    conn: Option<Conn>,
+    conn: Option<(Conn, Session)>,
     locks: Arc<Locks>,
     /// This act's place among the broker's `HOLDS`, given back with the connection.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// What the act's appends carry.
+    proof: Arc<HoldProof>,
 }
 
 impl Hold {
     /// Ends the locks with the transaction and keeps the connection for the next act; a
     /// connection that fails to end it is dropped, which ends them too.
-    async fn end(conn: Conn, locks: &Locks) {
+    async fn end((conn, session): (Conn, Session), locks: &Locks) {
         if conn.batch_execute("COMMIT").await.is_ok() {
             let mut idle = locks.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < HOLDS {
-                idle.push(conn);
+                idle.push((conn, session));
             }
         }
     }
@@ -165,6 +287,10 @@ impl Held for Hold {
         if let Some(conn) = self.conn.take() {
             Hold::end(conn, &self.locks).await;
         }
+    }
+
+    fn token(&self) -> Option<HoldToken> {
+        Some(self.proof.clone())
     }
 }
 

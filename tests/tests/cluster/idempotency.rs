@@ -202,6 +202,97 @@ async fn a_grant_retried_after_its_broker_died_mid_commit_records_one_consent() 
     Ok(())
 }
 
+/// The first attempt's hold on the person and the request id ends while its record waits for
+/// the log's row (its database session ended: a connection broken, an administrator's
+/// `pg_terminate_backend`, a proxy's idle timeout): a retry through another broker is let in,
+/// finds the request id unused, and records. The first attempt's record is then refused
+/// (UNAVAILABLE) rather than committed beside it: one consent, which the first attempt, retried,
+/// gets. (Before the writer checked the holds, both attempts were granted, each its own
+/// consent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_whose_hold_ended_before_its_record_records_one_consent() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start(pki.dir(), &db.url(), 2).await?;
+    let [a, b] = &cluster.brokers[..] else {
+        return Err(anyhow!("two brokers"));
+    };
+    let grant = pb::GrantConsentRequest {
+        request_id: "grant-whose-hold-ended".into(),
+        ..consent("test:grace", QF, CANTINE)
+    };
+    let waiting_for_the_row = |n: &str| {
+        tokio::task::block_in_place(|| {
+            db.primary.wait_for(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted",
+                n,
+                Duration::from_secs(5),
+            )
+        })
+    };
+
+    // Someone holds the log's row: each attempt's record waits there.
+    let mut holder = db
+        .primary
+        .sql_meanwhile("BEGIN; SELECT 1 FROM unefois_log FOR UPDATE; SELECT pg_sleep(60)");
+    let attempts = async {
+        tokio::task::block_in_place(|| {
+            db.primary.wait_for(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+                "1",
+                Duration::from_secs(5),
+            )
+        });
+        let mut first_client = consents(a, "mairie-lyon").await?;
+        let first_grant = grant.clone();
+        let first = tokio::spawn(async move { first_client.grant(first_grant).await });
+        waiting_for_the_row("1");
+        // The first attempt's hold (its session's advisory locks) ends.
+        let ended = tokio::task::block_in_place(|| {
+            db.primary.sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM (SELECT DISTINCT pid \
+                 FROM pg_locks WHERE locktype = 'advisory' AND granted) AS held",
+            )
+        });
+        assert_eq!(ended, "1", "one act held");
+        // The retry through the other broker holds anew; its record waits for the row too.
+        let mut second_client = consents(b, "mairie-lyon").await?;
+        let second_grant = grant.clone();
+        let second = tokio::spawn(async move { second_client.grant(second_grant).await });
+        waiting_for_the_row("2");
+        anyhow::Ok((first, second))
+    }
+    .await;
+    tokio::task::block_in_place(|| {
+        db.primary.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE wait_event = 'PgSleep'",
+        );
+        holder.wait()
+    })?;
+    let (first, second) = attempts?;
+
+    refused(
+        first.await?,
+        Code::Unavailable,
+        ErrorReason::StoreUnavailable,
+    );
+    let retried = second
+        .await??
+        .into_inner()
+        .consent
+        .ok_or_else(|| anyhow!("no consent"))?;
+    let recorded =
+        tokio::task::block_in_place(|| db.primary.sql("SELECT id FROM unefois_consents"));
+    assert_eq!(recorded, retried.id, "one consent, the retry's");
+    let again = consents(a, "mairie-lyon").await?.grant(grant).await?;
+    assert_eq!(again.into_inner().consent.map(|c| c.id), Some(retried.id));
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
 /// The consent `grant` returns through `client` once the store answers again (UNAVAILABLE
 /// until then, 30 s at most).
 async fn granted_once_available(
