@@ -53,7 +53,7 @@ where
         request_id,
         fingerprint,
     } = creation;
-    let request = request_id.map(|(_, recorded)| format!("request\0{actor}\0{recorded}"));
+    let request = request_id.map(|(_, recorded)| crate::store::request_key(actor, recorded));
     serialised(store, serialised_here, person, request.as_deref(), async {
         if let Some((given, recorded)) = request_id
             && let Some(used) = store.request_use(actor, recorded).await?
@@ -104,15 +104,13 @@ pub async fn serialised<T>(
             crate::error::ApiError::StoreUnavailable
         })?;
     let across = store.serialise(&keys).await?;
+    // The act's appends carry the hold across brokers: not committed once it has ended.
+    let act = across.during(act);
     let hold = Hold {
         held: Some((across, here)),
         store: store.clone(),
     };
-    // The act's appends carry the hold across brokers: not committed once it has ended.
-    let done = match &hold.held {
-        Some((across, _)) => across.during(act).await,
-        None => act.await,
-    };
+    let done = act.await;
     // A refusal was decided before any append; a store failure may have one still committing.
     if !matches!(done, Err(crate::error::ApiError::StoreUnavailable)) {
         hold.release().await;

@@ -948,7 +948,8 @@ async fn an_act_whose_hold_ended_first_records_nothing() {
     assert!(a.request_use("caf", "r1").await.unwrap().is_none());
     // Its hold's session ends.
     let ended = server.sql(
-        "SELECT count(pg_terminate_backend(pid)) FROM (SELECT DISTINCT pid FROM pg_locks \
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) \
+         FROM (SELECT DISTINCT pid FROM pg_locks \
          WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()) AS held",
     );
     assert_eq!(ended, "1");

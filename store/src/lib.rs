@@ -340,6 +340,13 @@ pub fn person_key(pseudonym: &str) -> String {
     format!("person\0{pseudonym}")
 }
 
+/// The key [`Store::serialise`] holds for the acts under a request id: `actor`'s (a participant,
+/// or one of its agents), as recorded (blinded). Like [`person_key`], the next hold on it waits
+/// for a record under it still committing.
+pub fn request_key(actor: &str, request_id: &str) -> String {
+    format!("request\0{actor}\0{request_id}")
+}
+
 /// Refuses a tree size beyond the latest checkpoint's (`latest` entries): no backend proves
 /// anything about a tree it has not signed.
 fn within(latest: u64, size: u64) -> Result<(), StoreError> {

@@ -957,8 +957,7 @@ async fn refuse_lost_holds(
         .query_typed(
             serialise::LOST_HOLDS,
             &[
-                (&holds.pids, Type::INT4_ARRAY),
-                (&holds.started, Type::INT8_ARRAY),
+                (&holds.transactions, Type::TEXT_ARRAY),
                 (&holds.locks, Type::INT8_ARRAY),
                 (&holds.appends, Type::INT4_ARRAY),
             ],
@@ -1458,14 +1457,20 @@ async fn transaction(
     .flatten()
     .collect();
 
-    // Each person whose consents or mandates the batch changes, locked (shared) to the commit's
-    // end: an act about them on another broker waits for it, even if this broker's own hold on
-    // them ends first (see `serialise`).
+    // Each person whose consents or mandates the batch changes, and each request id it records,
+    // locked (shared) to the commit's end: an act about them on another broker waits for it,
+    // even if this broker's own hold on them ends first (see `serialise`).
     let mut committing: Vec<i64> = touched_consents
         .iter()
-        .map(|c| &c.subject)
-        .chain(mandates.iter().map(|m| &m.subject))
-        .map(|person| serialise::committing(&crate::person_key(person)))
+        .map(|c| crate::person_key(&c.subject))
+        .chain(mandates.iter().map(|m| crate::person_key(&m.subject)))
+        .chain(
+            requests[0]
+                .iter()
+                .zip(&requests[1])
+                .map(|(actor, request_id)| crate::request_key(actor, request_id)),
+        )
+        .map(|key| serialise::committing(&key))
         .collect();
     committing.sort_unstable();
     committing.dedup();
@@ -1593,8 +1598,7 @@ async fn transaction(
             return Ok(Vec::new());
         }
         let params: Params<'_> = &[
-            (&holds.pids, Type::INT4_ARRAY),
-            (&holds.started, Type::INT8_ARRAY),
+            (&holds.transactions, Type::TEXT_ARRAY),
             (&holds.locks, Type::INT8_ARRAY),
             (&holds.appends, Type::INT4_ARRAY),
         ];

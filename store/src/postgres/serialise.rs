@@ -15,9 +15,9 @@
 //! about the same person, and the first act's record, still queued, would then commit beside
 //! the second's (two consents for one request id). So each append made under a hold carries it
 //! ([`HoldProof`]), and the writer's transaction, once it holds the `committing` locks of the
-//! people its batch changes, checks that every such hold still stands ([`CHECK_HOLDS`]): past
-//! that point another broker's act waits for the commit; before it, the batch is rolled back and
-//! the appends whose hold ended are refused.
+//! people its batch changes and of the request ids it records, checks that every such hold still
+//! stands ([`CHECK_HOLDS`]): past that point another broker's act waits for the commit; before
+//! it, the batch is rolled back and the appends whose hold ended are refused.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,19 +36,22 @@ use crate::{Held, HoldToken, Serialised, StoreError};
 /// kept for the next acts.
 const HOLDS: usize = 8;
 
-/// The keys' locks (`$1`, to the transaction's end), then each person's `committing` lock
-/// (`$2`) taken and let go: the scalar subqueries run in order, each key's lock before the next.
+/// The keys' locks (`$1`, to the transaction's end), then each key's `committing` lock (`$2`)
+/// taken and let go: the scalar subqueries run in order, each key's lock before the next. Then
+/// the transaction's virtual id, which names its locks in `pg_locks` ([`HoldProof`]).
 const HOLD: &str = "SELECT \
      (SELECT count(pg_advisory_xact_lock(id)) FROM unnest($1::bigint[]) AS id), \
      (SELECT count(pg_advisory_lock(id)) + count(pg_advisory_unlock(id)) \
-      FROM unnest($2::bigint[]) AS id)";
+      FROM unnest($2::bigint[]) AS id), \
+     (SELECT virtualtransaction FROM pg_locks \
+      WHERE locktype = 'virtualxid' AND pid = pg_backend_pid())";
 
 /// The locks of a store's acts.
 pub struct Locks {
     connector: Connector,
     /// The writer's queue, for the barrier a dropped hold waits for.
     writer: mpsc::Sender<Pending>,
-    idle: Mutex<Vec<(Conn, Session)>>,
+    idle: Mutex<Vec<Conn>>,
     /// One per act held at once (`HOLDS`).
     holds: Arc<tokio::sync::Semaphore>,
     /// How long an act waits for another broker's: then the store is unavailable.
@@ -78,40 +81,25 @@ impl Locks {
             })?
             .map_err(|_| StoreError::Closed)?;
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let (conn, session) = match idle {
-            Some((conn, session)) if !conn.is_closed() => (conn, session),
+        let conn = match idle {
+            Some(conn) if !conn.is_closed() => conn,
             _ => {
                 let conn = Conn::new(self.connector.connect().await?);
                 // The session holds acts only: the wait bounded; while an act runs, its
                 // transaction idles, and no role's idle or transaction timeout (PostgreSQL 17's
                 // `transaction_timeout`) may end it (its locks would end with it, unseen).
-                let setup = format!(
+                let session = format!(
                     "SET lock_timeout = {}; SET statement_timeout = 0; \
                      SET idle_in_transaction_session_timeout = 0; {NO_TRANSACTION_TIMEOUT}",
                     self.wait.as_millis().max(1)
                 );
-                conn.batch_execute(&setup)
+                conn.batch_execute(&session)
                     .await
                     .map_err(db("set up an act's hold"))?;
                 conn.prepare_all(&[(HOLD, &[Type::INT8_ARRAY, Type::INT8_ARRAY])])
                     .await
                     .map_err(db("prepare an act's hold"))?;
-                let row = conn
-                    .query_typed(SESSION, &[])
-                    .await
-                    .map_err(db("read an act's hold's session"))?;
-                let session = row
-                    .first()
-                    .and_then(|row| {
-                        Some(Session {
-                            pid: row.try_get(0).ok()?,
-                            started: row.try_get(1).ok()?,
-                        })
-                    })
-                    .ok_or_else(|| {
-                        StoreError::Database("an act's hold's session is not listed".into())
-                    })?;
-                (conn, session)
+                conn
             }
         };
         let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k)).collect();
@@ -131,19 +119,25 @@ impl Locks {
         // locks; only a writer already in flight can hold it (a new one is about people
         // nobody else holds).
         let committing: Vec<i64> = keys.iter().map(|k| committing(k)).collect();
-        conn.query_prepared(
-            HOLD,
-            &[(&ids, Type::INT8_ARRAY), (&committing, Type::INT8_ARRAY)],
-            "wait for another broker's act on the same person or request",
-        )
-        .await?;
+        let held = conn
+            .query_prepared(
+                HOLD,
+                &[(&ids, Type::INT8_ARRAY), (&committing, Type::INT8_ARRAY)],
+                "wait for another broker's act on the same person or request",
+            )
+            .await?;
+        let transaction = held
+            .first()
+            .and_then(|row| row.try_get::<_, Option<String>>(2).ok().flatten())
+            .ok_or_else(|| {
+                StoreError::Database("an act's hold found no transaction of its own".into())
+            })?;
         let proof = HoldProof {
-            pid: session.pid,
-            started: session.started,
+            transaction,
             locks: ids,
         };
         Ok(Serialised::held(Box::new(Hold {
-            conn: Some((conn, session)),
+            conn: Some(conn),
             locks: self.clone(),
             permit: Some(permit),
             proof: Arc::new(proof),
@@ -169,24 +163,11 @@ pub(super) fn committing(key: &str) -> i64 {
     lock_id(&format!("committing\0{key}"))
 }
 
-/// A hold's database session: its backend's process id, and when that backend started (a
-/// process id alone may be reused by a later session).
-#[derive(Clone, Copy)]
-struct Session {
-    pid: i32,
-    /// Microseconds since the Unix epoch.
-    started: i64,
-}
-
-/// Reads the session's [`Session`].
-const SESSION: &str = "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::int8 \
-     FROM pg_stat_activity WHERE pid = pg_backend_pid()";
-
-/// What an append made under a hold carries to the writer: the hold's session and the locks it
-/// took, which the writer's transaction checks still stand ([`CHECK_HOLDS`]).
+/// What an append made under a hold carries to the writer: the hold's transaction (its virtual
+/// id, never reused: not a process id, which a later session may get) and the locks it took,
+/// which the writer's transaction checks still stand ([`CHECK_HOLDS`]).
 pub(super) struct HoldProof {
-    pid: i32,
-    started: i64,
+    transaction: String,
     locks: Vec<i64>,
 }
 
@@ -201,8 +182,7 @@ impl HoldProof {
 /// them: `appends` is the place of the append in the batch.
 #[derive(Default)]
 pub(super) struct BatchHolds {
-    pub pids: Vec<i32>,
-    pub started: Vec<i64>,
+    pub transactions: Vec<String>,
     pub locks: Vec<i64>,
     pub appends: Vec<i32>,
 }
@@ -214,8 +194,7 @@ impl BatchHolds {
         for (at, proof) in proofs.enumerate() {
             let Some(proof) = proof else { continue };
             for &lock in &proof.locks {
-                holds.pids.push(proof.pid);
-                holds.started.push(proof.started);
+                holds.transactions.push(proof.transaction.clone());
                 holds.locks.push(lock);
                 holds.appends.push(i32::try_from(at).unwrap_or(i32::MAX));
             }
@@ -224,23 +203,22 @@ impl BatchHolds {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pids.is_empty()
+        self.locks.is_empty()
     }
 }
 
 /// The places of the appends whose hold no longer stands: one of its locks is not granted to
-/// its session (ended, or another one under a process id reused). A transaction-level advisory
-/// lock on a `bigint` shows in `pg_locks` as its high half in `classid`, its low half in
-/// `objid`, `objsubid` 1.
+/// its transaction (ended with its session). A transaction-level advisory lock on a `bigint`
+/// shows in `pg_locks` as its high half in `classid`, its low half in `objid`, `objsubid` 1.
 macro_rules! lost_holds {
     () => {
         "SELECT DISTINCT h.append FROM \
-         unnest($1::int4[], $2::int8[], $3::int8[], $4::int4[]) AS h(pid, started, lock, append) \
-         WHERE NOT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-           WHERE l.pid = h.pid AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+         unnest($1::text[], $2::int8[], $3::int4[]) AS h(transaction, lock, append) \
+         WHERE NOT EXISTS (SELECT FROM pg_locks l \
+           WHERE l.virtualtransaction = h.transaction AND l.locktype = 'advisory' \
+           AND l.granted AND l.objsubid = 1 \
            AND l.classid::int8 = (h.lock >> 32) & 4294967295 \
-           AND l.objid::int8 = h.lock & 4294967295 \
-           AND (extract(epoch FROM a.backend_start) * 1000000)::int8 = h.started)"
+           AND l.objid::int8 = h.lock & 4294967295)"
     };
 }
 pub(super) const LOST_HOLDS: &str = lost_holds!();
@@ -252,15 +230,10 @@ pub(super) const CHECK_HOLDS: &str = concat!(
     ") AS lost"
 );
 /// The parameters' types of [`LOST_HOLDS`] and [`CHECK_HOLDS`].
-pub(super) const HOLDS_TYPES: &[Type] = &[
-    Type::INT4_ARRAY,
-    Type::INT8_ARRAY,
-    Type::INT8_ARRAY,
-    Type::INT4_ARRAY,
-];
+pub(super) const HOLDS_TYPES: &[Type] = &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::INT4_ARRAY];
 
 struct Hold {
-    conn: Option<(Conn, Session)>,
+    conn: Option<Conn>,
     locks: Arc<Locks>,
     /// This act's place among the broker's `HOLDS`, given back with the connection.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -271,11 +244,11 @@ struct Hold {
 impl Hold {
     /// Ends the locks with the transaction and keeps the connection for the next act; a
     /// connection that fails to end it is dropped, which ends them too.
-    async fn end((conn, session): (Conn, Session), locks: &Locks) {
+    async fn end(conn: Conn, locks: &Locks) {
         if conn.batch_execute("COMMIT").await.is_ok() {
             let mut idle = locks.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < HOLDS {
-                idle.push((conn, session));
+                idle.push(conn);
             }
         }
     }

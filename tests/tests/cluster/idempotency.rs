@@ -202,6 +202,50 @@ async fn a_grant_retried_after_its_broker_died_mid_commit_records_one_consent() 
     Ok(())
 }
 
+/// The same, with the request id reused for another person through the other broker: that act
+/// holds another person, and waits for the first record through its request id alone. It is
+/// refused as a reuse (REQUEST_ID_REUSED), not recorded beside the first consent under the same
+/// request id. (Before the writer's transaction held the request ids it records, it was
+/// granted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_id_reused_after_its_broker_died_mid_commit_is_refused() -> anyhow::Result<()> {
+    use unefois_proto::v1::consents_client::ConsentsClient;
+
+    let mut db = Database::start().await?;
+    let (_homes, mut brokers) = crate::harness::processes(&db.url(), 2).await?;
+    let request_id = "grant-reused-while-committing".to_string();
+    let first_grant = pb::GrantConsentRequest {
+        request_id: request_id.clone(),
+        ..consent("test:frank", QF, CANTINE)
+    };
+    let reused = pb::GrantConsentRequest {
+        request_id,
+        ..consent("test:grace", QF, CANTINE)
+    };
+    let mut first_client = ConsentsClient::new(brokers[0].channel("mairie-lyon").await?);
+    let mut second_client = ConsentsClient::new(brokers[1].channel("mairie-lyon").await?);
+
+    let first = record_waiting_for_the_stopped_standby(&mut db, async move {
+        first_client.grant(first_grant).await
+    })
+    .await?;
+    brokers[0].kill();
+    let _ = first.await;
+
+    let retry = tokio::spawn(async move { second_client.grant(reused).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| db.standby.start());
+    refused(
+        retry.await?,
+        Code::AlreadyExists,
+        ErrorReason::RequestIdReused,
+    );
+    let recorded =
+        tokio::task::block_in_place(|| db.primary.sql("SELECT count(*) FROM unefois_consents"));
+    assert_eq!(recorded, "1", "the first attempt's consent alone");
+    Ok(())
+}
+
 /// The first attempt's hold on the person and the request id ends while its record waits for
 /// the log's row (its database session ended: a connection broken, an administrator's
 /// `pg_terminate_backend`, a proxy's idle timeout): a retry through another broker is let in,
@@ -247,11 +291,12 @@ async fn a_grant_whose_hold_ended_before_its_record_records_one_consent() -> any
         let first_grant = grant.clone();
         let first = tokio::spawn(async move { first_client.grant(first_grant).await });
         waiting_for_the_row("1");
-        // The first attempt's hold (its session's advisory locks) ends.
+        // The first attempt's hold (its session's advisory locks) ends, its backend gone.
         let ended = tokio::task::block_in_place(|| {
             db.primary.sql(
-                "SELECT count(pg_terminate_backend(pid)) FROM (SELECT DISTINCT pid \
-                 FROM pg_locks WHERE locktype = 'advisory' AND granted) AS held",
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) \
+                 FROM (SELECT DISTINCT pid FROM pg_locks \
+                 WHERE locktype = 'advisory' AND granted) AS held",
             )
         });
         assert_eq!(ended, "1", "one act held");
