@@ -957,8 +957,7 @@ async fn refuse_lost_holds(
         .query_typed(
             serialise::LOST_HOLDS,
             &[
-                (&holds.transactions, Type::TEXT_ARRAY),
-                (&holds.locks, Type::INT8_ARRAY),
+                (&holds.tokens, Type::INT8_ARRAY),
                 (&holds.appends, Type::INT4_ARRAY),
             ],
         )
@@ -1598,8 +1597,7 @@ async fn transaction(
             return Ok(Vec::new());
         }
         let params: Params<'_> = &[
-            (&holds.transactions, Type::TEXT_ARRAY),
-            (&holds.locks, Type::INT8_ARRAY),
+            (&holds.tokens, Type::INT8_ARRAY),
             (&holds.appends, Type::INT4_ARRAY),
         ];
         client

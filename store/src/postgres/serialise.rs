@@ -14,11 +14,14 @@
 //! broken, `pg_terminate_backend`, a failover): its locks go, another broker's act may read
 //! about the same person, and the first act's record, still queued, would then commit beside
 //! the second's (two consents for one request id). So each append made under a hold carries it
-//! ([`HoldProof`]), and the writer's transaction, once it holds the `committing` locks of the
+//! ([`HoldProof`]: a lock of its own, taken with its keys), and the writer's transaction, once it holds the `committing` locks of the
 //! people its batch changes and of the request ids it records, checks that every such hold still
 //! stands ([`CHECK_HOLDS`]): past that point another broker's act waits for the commit; before
 //! it, the batch is rolled back and the appends whose hold ended are refused.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,14 +40,11 @@ use crate::{Held, HoldToken, Serialised, StoreError};
 const HOLDS: usize = 8;
 
 /// The keys' locks (`$1`, to the transaction's end), then each key's `committing` lock (`$2`)
-/// taken and let go: the scalar subqueries run in order, each key's lock before the next. Then
-/// the transaction's virtual id, which names its locks in `pg_locks` ([`HoldProof`]).
+/// taken and let go: the scalar subqueries run in order, each key's lock before the next.
 const HOLD: &str = "SELECT \
      (SELECT count(pg_advisory_xact_lock(id)) FROM unnest($1::bigint[]) AS id), \
      (SELECT count(pg_advisory_lock(id)) + count(pg_advisory_unlock(id)) \
-      FROM unnest($2::bigint[]) AS id), \
-     (SELECT virtualtransaction FROM pg_locks \
-      WHERE locktype = 'virtualxid' AND pid = pg_backend_pid())";
+      FROM unnest($2::bigint[]) AS id)";
 
 /// The locks of a store's acts.
 pub struct Locks {
@@ -102,7 +102,11 @@ impl Locks {
                 conn
             }
         };
+        // The keys' locks, and this hold's own, which nobody else takes: the writer tries it to
+        // see that the hold still stands (`CHECK_HOLDS`).
+        let token = hold_token();
         let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k)).collect();
+        ids.push(token);
         ids.sort_unstable();
         ids.dedup();
         conn.batch_execute("BEGIN")
@@ -119,23 +123,13 @@ impl Locks {
         // locks; only a writer already in flight can hold it (a new one is about people
         // nobody else holds).
         let committing: Vec<i64> = keys.iter().map(|k| committing(k)).collect();
-        let held = conn
-            .query_prepared(
-                HOLD,
-                &[(&ids, Type::INT8_ARRAY), (&committing, Type::INT8_ARRAY)],
-                "wait for another broker's act on the same person or request",
-            )
-            .await?;
-        let transaction = held
-            .first()
-            .and_then(|row| row.try_get::<_, Option<String>>(2).ok().flatten())
-            .ok_or_else(|| {
-                StoreError::Database("an act's hold found no transaction of its own".into())
-            })?;
-        let proof = HoldProof {
-            transaction,
-            locks: ids,
-        };
+        conn.query_prepared(
+            HOLD,
+            &[(&ids, Type::INT8_ARRAY), (&committing, Type::INT8_ARRAY)],
+            "wait for another broker's act on the same person or request",
+        )
+        .await?;
+        let proof = HoldProof { token };
         Ok(Serialised::held(Box::new(Hold {
             conn: Some(conn),
             locks: self.clone(),
@@ -143,6 +137,15 @@ impl Locks {
             proof: Arc::new(proof),
         })))
     }
+}
+
+/// A lock number for one hold alone (a process's count and its random hasher's seed, hashed):
+/// no other hold, of this broker or another, takes the same.
+fn hold_token() -> i64 {
+    static TAKEN: AtomicU64 = AtomicU64::new(0);
+    let n = TAKEN.fetch_add(1, Ordering::Relaxed);
+    let random = RandomState::new().hash_one(n);
+    lock_id(&format!("hold\0{}\0{n}\0{random}", std::process::id()))
 }
 
 /// A key's advisory lock number: the first 8 bytes of its SHA-256, in this broker's own space
@@ -163,12 +166,10 @@ pub(super) fn committing(key: &str) -> i64 {
     lock_id(&format!("committing\0{key}"))
 }
 
-/// What an append made under a hold carries to the writer: the hold's transaction (its virtual
-/// id, never reused: not a process id, which a later session may get) and the locks it took,
-/// which the writer's transaction checks still stand ([`CHECK_HOLDS`]).
+/// What an append made under a hold carries to the writer: the hold's own lock, which its
+/// transaction holds for as long as it stands ([`CHECK_HOLDS`]).
 pub(super) struct HoldProof {
-    transaction: String,
-    locks: Vec<i64>,
+    token: i64,
 }
 
 impl HoldProof {
@@ -178,12 +179,11 @@ impl HoldProof {
     }
 }
 
-/// The holds of a batch's appends, one row per lock, as [`LOST_HOLDS`] and [`CHECK_HOLDS`] take
-/// them: `appends` is the place of the append in the batch.
+/// The holds of a batch's appends, as [`LOST_HOLDS`] and [`CHECK_HOLDS`] take them: each hold's
+/// own lock, with the place of its append in the batch.
 #[derive(Default)]
 pub(super) struct BatchHolds {
-    pub transactions: Vec<String>,
-    pub locks: Vec<i64>,
+    pub tokens: Vec<i64>,
     pub appends: Vec<i32>,
 }
 
@@ -192,10 +192,8 @@ impl BatchHolds {
     pub fn of<'a>(proofs: impl Iterator<Item = Option<&'a HoldProof>>) -> BatchHolds {
         let mut holds = BatchHolds::default();
         for (at, proof) in proofs.enumerate() {
-            let Some(proof) = proof else { continue };
-            for &lock in &proof.locks {
-                holds.transactions.push(proof.transaction.clone());
-                holds.locks.push(lock);
+            if let Some(proof) = proof {
+                holds.tokens.push(proof.token);
                 holds.appends.push(i32::try_from(at).unwrap_or(i32::MAX));
             }
         }
@@ -203,34 +201,23 @@ impl BatchHolds {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.locks.is_empty()
+        self.tokens.is_empty()
     }
 }
 
-/// The places of the appends whose hold no longer stands: one of its locks is not granted to
-/// its transaction (ended with its session). A transaction-level advisory lock on a `bigint`
-/// shows in `pg_locks` as its high half in `classid`, its low half in `objid`, `objsubid` 1.
-macro_rules! lost_holds {
-    () => {
-        "SELECT DISTINCT h.append FROM \
-         unnest($1::text[], $2::int8[], $3::int4[]) AS h(transaction, lock, append) \
-         WHERE NOT EXISTS (SELECT FROM pg_locks l \
-           WHERE l.virtualtransaction = h.transaction AND l.locktype = 'advisory' \
-           AND l.granted AND l.objsubid = 1 \
-           AND l.classid::int8 = (h.lock >> 32) & 4294967295 \
-           AND l.objid::int8 = h.lock & 4294967295)"
-    };
-}
-pub(super) const LOST_HOLDS: &str = lost_holds!();
+/// The places of the appends whose hold no longer stands: its own lock, which its transaction
+/// held exclusively, can be had (shared, to the end of this statement's transaction). A hold
+/// that stands is one lookup in the lock table, not a read of all of it.
+pub(super) const LOST_HOLDS: &str = "SELECT h.append FROM \
+     unnest($1::int8[], $2::int4[]) AS h(token, append) \
+     WHERE pg_try_advisory_xact_lock_shared(h.token)";
 /// In the writer's transaction: divides by zero, aborting it, when a hold of its batch no longer
 /// stands ([`LOST_HOLDS`]).
-pub(super) const CHECK_HOLDS: &str = concat!(
-    "SELECT 1 / (count(*) = 0)::int FROM (",
-    lost_holds!(),
-    ") AS lost"
-);
+pub(super) const CHECK_HOLDS: &str = "SELECT 1 / (count(*) = 0)::int FROM \
+     unnest($1::int8[], $2::int4[]) AS h(token, append) \
+     WHERE pg_try_advisory_xact_lock_shared(h.token)";
 /// The parameters' types of [`LOST_HOLDS`] and [`CHECK_HOLDS`].
-pub(super) const HOLDS_TYPES: &[Type] = &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::INT4_ARRAY];
+pub(super) const HOLDS_TYPES: &[Type] = &[Type::INT8_ARRAY, Type::INT4_ARRAY];
 
 struct Hold {
     conn: Option<Conn>,
