@@ -38,7 +38,7 @@ pub enum Change {
     RequestUsed {
         /// The participant, or `participant/agent`.
         actor: String,
-        /// The request id as the caller sent it.
+        /// The request id as recorded (blinded).
         request_id: String,
         /// What it was used for.
         used: RequestUse,

@@ -965,7 +965,7 @@ async fn an_act_whose_hold_ended_first_records_nothing() {
     // Broker a's act goes on, unaware: its record is refused.
     let refused = first.during(a.append_entry(grant("c-a"))).await;
     let refused = refused.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(refused.contains("hold"), "{refused}");
+    assert!(refused.contains(crate::postgres::HOLD_LOST), "{refused}");
     drop(first);
     assert_eq!(
         server.sql(
@@ -991,4 +991,88 @@ async fn an_act_whose_hold_ended_first_records_nothing() {
     third.release().await;
     a.close().await;
     b.close().await;
+}
+
+/// One batch holds appends of an act whose hold ended, of an act whose hold stands, and one
+/// made under no hold: the first is refused, the others are committed together, numbered in a
+/// row from where the log was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_commits_without_the_appends_whose_hold_ended() {
+    let server = Arc::new(crate::postgres::test_server::Server::primary(""));
+    let url = server.url();
+    crate::postgres::init(&url, false).await.unwrap();
+    let sealer = sealer();
+    let store = Arc::new(
+        crate::Postgres::open(&url, log(), sealer.clone(), Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
+    let grant = |consent: &str, person: &str| {
+        record(
+            "consent_granted",
+            json!({
+                "consent_id": consent, "subject_sealed": sealer.seal(person),
+                "pseudonym_key": "k1", "consumer": "caf", "participant": "caf",
+                "agent": null, "attestation_types": ["qf"], "purpose": "cantine",
+                "expires_at": "2027-06-01T12:00:00Z",
+            }),
+        )
+    };
+    let ended = store
+        .serialise(&[&crate::person_key("p-ended")])
+        .await
+        .unwrap();
+    let ended_sessions = server.sql(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) \
+         FROM (SELECT DISTINCT pid FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()) AS held",
+    );
+    assert_eq!(ended_sessions, "1");
+    let standing = store
+        .serialise(&[&crate::person_key("p-standing")])
+        .await
+        .unwrap();
+
+    // The first append waits for the log's row; the two others join its batch meanwhile.
+    let holder = hold_the_log_row(&server);
+    let append = |held: Option<&crate::Serialised>, r: Record| {
+        let store = store.clone();
+        let append = async move { store.append_entry(r).await.map(|a| a.seq) };
+        match held {
+            Some(held) => tokio::spawn(held.during(append)),
+            None => tokio::spawn(append),
+        }
+    };
+    let standing_append = append(Some(&standing), grant("c-standing", "p-standing"));
+    server.wait_for(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted",
+        "1",
+        Duration::from_secs(10),
+    );
+    let ended_append = append(Some(&ended), grant("c-ended", "p-ended"));
+    let unheld_append = append(None, record("broker_stopped", json!({})));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.sql("INSERT INTO release DEFAULT VALUES");
+    holder.join().unwrap();
+
+    let refused = ended_append.await.unwrap();
+    let refused = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains(crate::postgres::HOLD_LOST), "{refused}");
+    let mut seqs = vec![
+        standing_append.await.unwrap().unwrap(),
+        unheld_append.await.unwrap().unwrap(),
+    ];
+    seqs.sort_unstable();
+    assert_eq!(seqs, [0, 1]);
+    assert_eq!(
+        server.sql(
+            "SELECT string_agg(id, ',') FROM unefois_consents; \
+             SELECT count(DISTINCT xmin::text) FROM unefois_entries"
+        ),
+        "c-standing\n1",
+        "the standing act's consent, committed with the unheld append"
+    );
+    drop(ended);
+    standing.release().await;
+    store.close().await;
 }

@@ -989,7 +989,7 @@ async fn refuse_lost_holds(
 }
 
 /// Why an act's append was refused when its hold ended first.
-const HOLD_LOST: &str = "the act's hold on its person across the brokers ended before its \
+pub(crate) const HOLD_LOST: &str = "the act's hold on its person across the brokers ended before its \
     record was committed (its database session ended): not recorded";
 
 /// Adds the appends waiting in `queue` to `batch`, up to `MAX_BATCH` records, and drops those

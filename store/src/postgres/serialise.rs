@@ -7,17 +7,19 @@
 //! append whose caller stopped waiting may still be committing, and another broker's act must
 //! not read before it. A broker that dies (or loses its connection) in that state cannot wait:
 //! its locks end with its session while the commit goes on. So a hold, once taken, also waits
-//! for the writers' transactions in flight that change the same person's consents or mandates
-//! (each holds a lock per such person to its commit's end).
+//! for the writers' transactions in flight that change the same person's consents or mandates,
+//! or record under the same request id (each holds a lock per such key to its commit's end).
 //!
 //! The other way round, a hold's session can end while its act goes on (the connection
 //! broken, `pg_terminate_backend`, a failover): its locks go, another broker's act may read
 //! about the same person, and the first act's record, still queued, would then commit beside
 //! the second's (two consents for one request id). So each append made under a hold carries it
-//! ([`HoldProof`]: a lock of its own, taken with its keys), and the writer's transaction, once it holds the `committing` locks of the
-//! people its batch changes and of the request ids it records, checks that every such hold still
-//! stands ([`CHECK_HOLDS`]): past that point another broker's act waits for the commit; before
-//! it, the batch is rolled back and the appends whose hold ended are refused.
+//! ([`HoldProof`]: a lock of its own, taken with its keys), and the writer's transaction, once
+//! it holds the `committing` locks of the people its batch changes and of the request ids it
+//! records, checks that every such hold still stands ([`CHECK_HOLDS`]): past that point another
+//! broker's act waits for the commit; before it, the batch is rolled back and the appends whose
+//! hold ended are refused. (A dying backend lets go of its locks one lock-table partition at a
+//! time: a key's lock may go microseconds before the hold's own, a window no act fits in.)
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -161,7 +163,8 @@ fn lock_id(key: &str) -> i64 {
 }
 
 /// The lock a writer's transaction holds (shared) while it commits a change to the consents or
-/// mandates of the person of hold key `key` ([`crate::person_key`]).
+/// mandates of the person of hold key `key` ([`crate::person_key`]), or a record under the
+/// request id of hold key `key` ([`crate::request_key`]).
 pub(super) fn committing(key: &str) -> i64 {
     lock_id(&format!("committing\0{key}"))
 }

@@ -15,7 +15,7 @@ use unefois_tests::refusals::refused;
 use unefois_tests::requests::consent;
 use unefois_tests::sample::{CANTINE, QF};
 
-use crate::harness::{Cluster, Database};
+use crate::harness::{APPEND_TIMEOUT, Cluster, Database};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_grant_retried_on_another_broker_records_one_consent() -> anyhow::Result<()> {
@@ -232,14 +232,29 @@ async fn a_request_id_reused_after_its_broker_died_mid_commit_is_refused() -> an
     brokers[0].kill();
     let _ = first.await;
 
-    let retry = tokio::spawn(async move { second_client.grant(reused).await });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    tokio::task::block_in_place(|| db.standby.start());
-    refused(
-        retry.await?,
-        Code::AlreadyExists,
-        ErrorReason::RequestIdReused,
-    );
+    // The reuse's act waits for the record in flight under the request id, then the standby
+    // comes back; an answer UNAVAILABLE meanwhile (the act's wait is bounded) is sent again.
+    let mut retry_client = second_client.clone();
+    let retry_grant = reused.clone();
+    let retry = tokio::spawn(async move { retry_client.grant(retry_grant).await });
+    tokio::task::block_in_place(|| {
+        db.primary.wait_for(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            "1",
+            Duration::from_secs(10),
+        );
+        db.standby.start()
+    });
+    let mut answer = retry.await?;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while answer
+        .as_ref()
+        .is_err_and(|s| s.code() == Code::Unavailable && std::time::Instant::now() < until)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer = second_client.grant(reused.clone()).await;
+    }
+    refused(answer, Code::AlreadyExists, ErrorReason::RequestIdReused);
     let recorded =
         tokio::task::block_in_place(|| db.primary.sql("SELECT count(*) FROM unefois_consents"));
     assert_eq!(recorded, "1", "the first attempt's consent alone");
@@ -289,7 +304,10 @@ async fn a_grant_whose_hold_ended_before_its_record_records_one_consent() -> any
         });
         let mut first_client = consents(a, "mairie-lyon").await?;
         let first_grant = grant.clone();
-        let first = tokio::spawn(async move { first_client.grant(first_grant).await });
+        let first = tokio::spawn(async move {
+            let sent = std::time::Instant::now();
+            (first_client.grant(first_grant).await, sent.elapsed())
+        });
         waiting_for_the_row("1");
         // The first attempt's hold (its session's advisory locks) ends, its backend gone.
         let ended = tokio::task::block_in_place(|| {
@@ -317,11 +335,11 @@ async fn a_grant_whose_hold_ended_before_its_record_records_one_consent() -> any
     })?;
     let (first, second) = attempts?;
 
-    refused(
-        first.await?,
-        Code::Unavailable,
-        ErrorReason::StoreUnavailable,
-    );
+    // Refused once its hold was found ended, not at the append timeout (a record whose caller
+    // gave up is dropped unwritten, whatever its hold).
+    let (first, took) = first.await?;
+    refused(first, Code::Unavailable, ErrorReason::StoreUnavailable);
+    assert!(took < APPEND_TIMEOUT, "{took:?}");
     let retried = second
         .await??
         .into_inner()
