@@ -58,6 +58,25 @@ impl Cell {
         }
     }
 
+    /// When the next call is due at the sustained rate, on the caller's clock.
+    pub fn due(&self) -> u64 {
+        self.due.load(Ordering::Relaxed)
+    }
+
+    /// Moves the due time up to `due`, another broker's count of the participant's calls, if
+    /// that one is further ahead (up to [`MOST_OWED`] beyond the burst from `now`). Each broker
+    /// takes the calls of the others late, each at its own moment: their counts drift apart
+    /// by what they took when, and nothing brings them back while the participant calls over
+    /// its rate, the others' calls charged to a broker behind as fast as time passes. That
+    /// broker refused every call while the others admitted the rate between them; aligned on
+    /// the one furthest ahead, they refuse and admit together.
+    pub fn align(&self, due: u64, now: u64) {
+        let most = now
+            .saturating_add(self.tolerance)
+            .saturating_add(u64::try_from(MOST_OWED.as_nanos()).unwrap_or(u64::MAX));
+        self.due.fetch_max(due.min(most), Ordering::Relaxed);
+    }
+
     /// Takes `calls` admitted elsewhere at `now`, whether or not they fit: the next calls here
     /// wait for them, up to [`MOST_OWED`] beyond the burst.
     pub fn charge(&self, calls: u64, now: u64) {
@@ -148,6 +167,103 @@ mod tests {
         assert_eq!(passing_some(&c, u64::MAX - 1, 1_000), 1_000);
         let slow = cell(1, u32::MAX);
         assert_eq!(passing_some(&slow, 0, 1_000), 1_000);
+    }
+
+    /// Brokers that each take a participant's calls, `demand` a second each, and share their
+    /// counts every 200 ms at moments of their own, as `RateLimits::share` does: each charges
+    /// the calls the others admitted since its last read and, with `align`, aligns on their
+    /// due times. The first broker starts at a quarter of `seconds`. The calls each admitted
+    /// over the last half of `seconds`.
+    fn brokers_sharing(
+        brokers: usize,
+        limit: RateLimit,
+        demand: u64,
+        seconds: u64,
+        align: bool,
+    ) -> Vec<u64> {
+        let cells: Vec<Cell> = (0..brokers)
+            .map(|_| Cell::new(limit).expect("a limit"))
+            .collect();
+        let mut admitted = vec![0u64; brokers];
+        let mut counted = vec![0u64; brokers];
+        // What each broker last shared: its count and due time.
+        let mut shared = vec![(0u64, 0u64); brokers];
+        // What each broker last read of each other's count.
+        let mut read = vec![vec![0u64; brokers]; brokers];
+        let share_every = SECOND / 5;
+        let call_every = SECOND / demand;
+        let end = seconds * SECOND;
+        let mut next_call: Vec<u64> = (0..brokers)
+            .map(|b| b as u64 * call_every / brokers as u64)
+            .collect();
+        let mut next_share: Vec<u64> = (0..brokers)
+            .map(|b| b as u64 * share_every / brokers as u64 + 7)
+            .collect();
+        (next_call[0], next_share[0]) = (end / 4, end / 4 + 7);
+        let mut started = false;
+        loop {
+            let (b, share) = (0..brokers)
+                .flat_map(|b| [(next_call[b], b, false), (next_share[b], b, true)])
+                .min()
+                .map(|(_, b, share)| (b, share))
+                .expect("brokers");
+            let now = if share { next_share[b] } else { next_call[b] };
+            if now >= end {
+                break;
+            }
+            if b == 0 && !started {
+                // The first broker starts late (a restart, a rolling upgrade): what the others
+                // admitted before is history to it, not charged.
+                started = true;
+                read[b] = shared.iter().map(|(count, _)| *count).collect();
+            }
+            if share {
+                shared[b] = (admitted[b], cells[b].due());
+                for other in (0..brokers).filter(|&o| o != b) {
+                    let (count, due) = shared[other];
+                    cells[b].charge(count - read[b][other], now);
+                    read[b][other] = count;
+                    if align {
+                        cells[b].align(due, now);
+                    }
+                }
+                next_share[b] += share_every;
+            } else {
+                if cells[b].check(now).is_ok() {
+                    admitted[b] += 1;
+                    if now >= end / 2 {
+                        counted[b] += 1;
+                    }
+                }
+                next_call[b] += call_every;
+            }
+        }
+        counted
+    }
+
+    /// Three brokers each called three times the participant's rate, one started late: aligned,
+    /// they admit the rate between them, a third each. Not aligned, the broker started late
+    /// (its count behind the others', and nothing bringing it back) took two thirds, the others
+    /// a sixth each: the fault aligning fixes, which the model reproduces.
+    #[test]
+    fn brokers_over_the_rate_share_it_fairly() {
+        let limit = RateLimit {
+            per_minute: 6_000,
+            burst: 20,
+        };
+        let (seconds, rate) = (60, 100);
+        for align in [true, false] {
+            let counted = brokers_sharing(3, limit, 3 * rate, seconds, align);
+            let total: u64 = counted.iter().sum();
+            let least = counted.iter().copied().min().unwrap_or_default();
+            let fair = least as f64 / total as f64;
+            if align {
+                assert!(fair > 0.3, "{counted:?}");
+                assert!(total <= rate * seconds / 2 * 21 / 20, "{counted:?}");
+            } else {
+                assert!(fair < 0.2, "not aligned, unfair: {counted:?}");
+            }
+        }
     }
 
     fn passing_some(cell: &Cell, now: u64, most: u32) -> u32 {
