@@ -316,7 +316,8 @@ impl RateLimits {
                 .iter()
                 .filter_map(|(participant, l)| {
                     let admitted = l.admitted.load(Ordering::Relaxed);
-                    let due = l.cell.as_ref().map(|c| c.due());
+                    // A due time past aligns nothing: not shared, nor written again.
+                    let due = l.cell.as_ref().map(|c| c.due()).filter(|&d| d > clocks.now);
                     let row = CallsAdmitted {
                         broker: self.id.clone(),
                         participant: participant.clone(),
