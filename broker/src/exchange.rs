@@ -579,36 +579,41 @@ async fn watch_harvesting(
     audit: &str,
 ) -> Result<(), ApiError> {
     if let Some(limit) = habilitation.max_subjects_per_minute
-        && let Some(distinct) =
+        && let Some(alarm) =
             state
                 .limits
                 .observe(&caller.participant, &habilitation.id, audit, limit)
     {
-        let alarm = Alarm {
-            consumer: caller.participant.clone(),
-            habilitation: habilitation.id.clone(),
-            distinct,
-            limit,
-        };
-        state.store.append(vec![alarm_record(alarm)]).await?;
+        record_alarm(state, alarm).await?;
     }
     Ok(())
 }
 
 /// Records a harvesting alarm that the people other brokers saw made this broker raise.
 pub(crate) async fn raise_harvesting_alarm(state: &State, alarm: Alarm) {
-    if let Err(e) = state.store.append(vec![alarm_record(alarm)]).await {
+    if let Err(e) = record_alarm(state, alarm).await {
         tracing::error!(error = %e, "cannot record a harvesting alarm");
     }
 }
 
-/// The alarm's record, once logged and counted.
-fn alarm_record(alarm: Alarm) -> Record {
+/// Records `alarm`, then logs and counts it; one whose record could not be appended is taken
+/// back, to be raised again within its minute (by the next person read, or the next share)
+/// rather than lost for it.
+async fn record_alarm(state: &State, alarm: Alarm) -> Result<(), crate::store::StoreError> {
+    if let Err(e) = state.store.append(vec![alarm_record(&alarm)]).await {
+        state.limits.alarm_unrecorded(&alarm);
+        return Err(e);
+    }
     tracing::warn!(consumer = %alarm.consumer, habilitation = %alarm.habilitation, distinct = alarm.distinct, "harvesting alarm");
     crate::metrics::harvesting_alarm(&alarm.consumer, &alarm.habilitation);
+    Ok(())
+}
+
+/// The alarm's record.
+fn alarm_record(alarm: &Alarm) -> Record {
     Record::now(Event::HarvestingAlarm {
-        participant: alarm.consumer,
-        habilitation: alarm.habilitation,
+        participant: alarm.consumer.clone(),
+        habilitation: alarm.habilitation.clone(),
         distinct_subjects: alarm.distinct as u64,
         limit: alarm.limit,
     })

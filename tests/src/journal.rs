@@ -2,9 +2,24 @@
 //! recorded, as the journal holds it rather than as the audit API answers.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use broker::event::Record;
-use broker::journal::{Journal, JournalOptions};
+use broker::journal::{FaultInjector, FaultPoint, Journal, JournalOptions};
+
+/// A fault injector failing the journal after its write, before its sync, while `fail` is set:
+/// a disk that fails, then comes back.
+pub fn failing_after_write(fail: &Arc<AtomicBool>) -> FaultInjector {
+    let fail = fail.clone();
+    Arc::new(move |point| {
+        if point == FaultPoint::AfterWrite && fail.load(Ordering::SeqCst) {
+            Err(std::io::Error::other("injected"))
+        } else {
+            Ok(())
+        }
+    })
+}
 
 /// Every record of the journal in `data_dir`, decoded, in order, each with its bytes as they
 /// are at rest.

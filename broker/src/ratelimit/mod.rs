@@ -285,19 +285,35 @@ impl RateLimits {
     }
 
     /// Notes that `consumer` read `subject` (a pseudonym) under `habilitation`; returns the
-    /// number of distinct subjects, as far as this broker knows, the first time it exceeds
-    /// `limit` in the current minute.
+    /// alarm, with the number of distinct subjects as far as this broker knows, the first time
+    /// it exceeds `limit` in the current minute.
     pub fn observe(
         &self,
         consumer: &str,
         habilitation: &str,
         subject: &str,
         limit: u32,
-    ) -> Option<usize> {
-        self.people
-            .lock()
-            .ok()?
-            .observe(consumer, habilitation, subject, limit, minute_now())
+    ) -> Option<Alarm> {
+        let minute = minute_now();
+        let distinct =
+            self.people
+                .lock()
+                .ok()?
+                .observe(consumer, habilitation, subject, limit, minute)?;
+        Some(Alarm {
+            consumer: consumer.to_string(),
+            habilitation: habilitation.to_string(),
+            distinct,
+            limit,
+            minute,
+        })
+    }
+
+    /// Takes back `alarm`, whose record could not be appended: raised again within its minute.
+    pub fn alarm_unrecorded(&self, alarm: &Alarm) {
+        if let Ok(mut people) = self.people.lock() {
+            people.unrecorded(alarm);
+        }
     }
 
     /// Shares this broker's counts with the other brokers of `store` and takes theirs: the

@@ -143,6 +143,8 @@ pub struct Alarm {
     pub habilitation: String,
     pub distinct: usize,
     pub limit: u32,
+    /// The minute it is raised for (Unix seconds / 60).
+    pub minute: i64,
 }
 
 /// The people seen this minute and the minute before (whose sketches other brokers may still
@@ -193,6 +195,19 @@ impl People {
             }
         }
         seen.alarm()
+    }
+
+    /// Takes back `alarm`, whose record could not be appended: raised again by the next person
+    /// seen (or the next share) within its minute, rather than lost for that minute.
+    pub fn unrecorded(&mut self, alarm: &Alarm) {
+        let key = (
+            alarm.consumer.clone(),
+            alarm.habilitation.clone(),
+            alarm.minute,
+        );
+        if let Some(seen) = self.seen.get_mut(&key) {
+            seen.alarmed = false;
+        }
     }
 
     /// What changed since the last share, as `broker` shares it, with the changes' marks.
@@ -256,6 +271,7 @@ impl People {
                     habilitation: key.1.clone(),
                     distinct,
                     limit: seen.limit.unwrap_or_default(),
+                    minute: key.2,
                 });
             }
         }
@@ -336,6 +352,7 @@ mod tests {
                         habilitation: "h".into(),
                         distinct,
                         limit,
+                        minute: 7,
                     });
                 }
             }

@@ -3,7 +3,6 @@
 //! durability across restarts and a lost derived state, and nothing answered before its journal
 //! record is synced.
 
-use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -731,18 +730,6 @@ async fn consents_survive_a_restart_and_a_lost_derived_state() -> anyhow::Result
     Ok(())
 }
 
-/// A fault injector failing the journal after its write, before its sync, while `fail` is set.
-fn failing_after_write(fail: &Arc<AtomicBool>) -> FaultInjector {
-    let fail = fail.clone();
-    Arc::new(move |point| {
-        if point == FaultPoint::AfterWrite && fail.load(Ordering::SeqCst) {
-            Err(io::Error::other("injected"))
-        } else {
-            Ok(())
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_is_answered_before_it_is_durable() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
@@ -752,7 +739,7 @@ async fn nothing_is_answered_before_it_is_durable() -> anyhow::Result<()> {
         pki.dir(),
         BrokerOptions {
             data_dir: Some(data.path().to_path_buf()),
-            journal_faults: Some(failing_after_write(&fail)),
+            journal_faults: Some(unefois_tests::journal::failing_after_write(&fail)),
             ..BrokerOptions::default()
         },
     )

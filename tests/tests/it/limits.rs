@@ -142,6 +142,72 @@ async fn reading_too_many_people_raises_one_harvesting_alarm() -> anyhow::Result
     Ok(())
 }
 
+/// The alarm's record cannot be appended (the disk fails): the read that raised it is refused,
+/// and the alarm is raised again by the next person read once the disk is back, rather than
+/// lost for the minute. (It was lost: the alarm counted as raised, its record nowhere.)
+#[tokio::test]
+async fn a_harvesting_alarm_whose_record_failed_is_raised_again() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let registry = unefois_tests::sample_registry_with(scratch.path(), |s| {
+        s.replace(
+            "max_subjects_per_minute = 120",
+            "max_subjects_per_minute = 2",
+        )
+    })?;
+    let data = scratch.path().join("broker-data");
+    let fail = Arc::new(AtomicBool::new(false));
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry,
+            data_dir: Some(data.clone()),
+            journal_faults: Some(unefois_tests::journal::failing_after_write(&fail)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut ccas = ExchangeClient::new(broker.channel("ccas-lyon").await?);
+    // All within one wall-clock minute: not in its last seconds.
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        % 60;
+    if second >= 50 {
+        tokio::time::sleep(std::time::Duration::from_secs(61 - second)).await;
+    }
+    for subject in ["test:alice", "test:bob"] {
+        ccas.fetch(energy(subject)).await?;
+    }
+    // The third person raises the alarm, which cannot be recorded: the read is refused.
+    fail.store(true, Ordering::SeqCst);
+    let refused = ccas.fetch(energy("test:carol")).await;
+    assert_eq!(
+        refused.as_ref().err().map(|s| s.code()),
+        Some(Code::Unavailable),
+        "{refused:?}"
+    );
+    fail.store(false, Ordering::SeqCst);
+    // The disk back, the next person read raises it again, within the same minute.
+    ccas.fetch(energy("test:eve")).await?;
+    broker.stop().await?;
+    let alarms: Vec<u64> = records(&data)?
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::HarvestingAlarm {
+                distinct_subjects, ..
+            } => Some(distinct_subjects),
+            _ => None,
+        })
+        .collect();
+    // Past the limit no more people are counted: the alarm says three, as first raised.
+    assert_eq!(alarms, [3], "one alarm, recorded");
+    Ok(())
+}
+
 #[tokio::test]
 async fn each_provider_reports_its_readiness() -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
