@@ -342,7 +342,7 @@ async fn postgres_keeps_the_contract_byte_for_byte_with_the_embedded_backend() {
     assert!(refused.contains("unefois store init"), "{refused}");
     assert_eq!(
         crate::postgres::init(&url, false).await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6]
+        vec![1, 2, 3, 4, 5]
     );
     assert_eq!(
         crate::postgres::init(&url, false).await.unwrap(),
@@ -494,7 +494,7 @@ async fn a_log_of_schema_1_proves_the_same_after_migration_2() {
     // The expand migrations, the one after the contract step included; not the contract.
     assert_eq!(
         crate::postgres::init(&v1, false).await.unwrap(),
-        vec![2, 4, 5, 6]
+        vec![2, 4, 5]
     );
     assert!(crate::postgres::init(&v1, false).await.unwrap().is_empty());
     let migrated = crate::Postgres::open(&v1, log(), sealer.clone(), Duration::from_secs(5));
@@ -835,11 +835,10 @@ async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
     let minute = time::OffsetDateTime::now_utc()
         .unix_timestamp()
         .div_euclid(60);
-    let calls = |broker: &str, admitted, due| CallsAdmitted {
+    let calls = |broker: &str, admitted| CallsAdmitted {
         broker: broker.into(),
         participant: "ccas".into(),
         admitted,
-        due,
     };
     let people = |broker: &str, bits: u8, alarmed| PeopleSeen {
         broker: broker.into(),
@@ -850,7 +849,7 @@ async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
         alarmed,
     };
     let a_wrote = LimitUse {
-        calls: vec![calls("a", 5, Some(1_000))],
+        calls: vec![calls("a", 5)],
         people: vec![people("a", 1, false)],
     };
     let seen = a.share_limits("a", &a_wrote).await.unwrap().unwrap();
@@ -863,7 +862,7 @@ async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
         .share_limits(
             "b",
             &LimitUse {
-                calls: vec![calls("b", 2, None)],
+                calls: vec![calls("b", 2)],
                 people: vec![],
             },
         )
@@ -871,12 +870,11 @@ async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
         .unwrap()
         .unwrap();
     assert_eq!(seen, a_wrote);
-    // A count that went back keeps the greatest, the due time is the latest; an alarm, once
-    // raised, stays.
+    // A count that went back keeps the greatest; an alarm, once raised, stays.
     a.share_limits(
         "a",
         &LimitUse {
-            calls: vec![calls("a", 3, Some(900))],
+            calls: vec![calls("a", 3)],
             people: vec![people("a", 3, true)],
         },
     )
@@ -899,7 +897,7 @@ async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
     assert_eq!(
         seen,
         LimitUse {
-            calls: vec![calls("a", 5, Some(900))],
+            calls: vec![calls("a", 5)],
             people: vec![people("a", 3, true)],
         }
     );
@@ -908,7 +906,7 @@ async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(seen.calls, vec![calls("b", 2, None)]);
+    assert_eq!(seen.calls, vec![calls("b", 2)]);
     for store in [a, b] {
         store.close().await;
     }

@@ -27,11 +27,6 @@ pub struct CallsAdmitted {
     pub participant: String,
     /// How many, since the broker started: only grows.
     pub admitted: u64,
-    /// When the participant's next call is due at its rate, as that broker counts (its own calls
-    /// and those the others admitted), in Unix microseconds: the brokers align their counts on
-    /// the one furthest ahead, so that none stays behind the others for good. `None` from a
-    /// broker that does not say (a version before schema 6).
-    pub due: Option<i64>,
 }
 
 /// The people `broker` saw `consumer` read under `habilitation` in one minute.

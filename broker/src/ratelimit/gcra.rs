@@ -58,25 +58,6 @@ impl Cell {
         }
     }
 
-    /// When the next call is due at the sustained rate, on the caller's clock.
-    pub fn due(&self) -> u64 {
-        self.due.load(Ordering::Relaxed)
-    }
-
-    /// Moves the due time up to `due`, another broker's count of the participant's calls, if
-    /// that one is further ahead, at most to the burst spent (`now` plus the burst's worth).
-    /// Each broker takes the calls of the others late, each at its own moment: their counts
-    /// drift apart by what they took when, and nothing brings them back while the participant
-    /// calls over its rate, the others' calls charged to a broker behind as fast as time
-    /// passes. That broker refused every call while the others admitted the rate between them;
-    /// aligned, they refuse and admit together. Only within the burst: what is owed beyond it
-    /// comes through [`Cell::charge`]; further, a broker whose clock is ahead, or whose
-    /// registry still has a lower limit, would hold the others back as long as it is used.
-    pub fn align(&self, due: u64, now: u64) {
-        let most = now.saturating_add(self.tolerance);
-        self.due.fetch_max(due.min(most), Ordering::Relaxed);
-    }
-
     /// Takes `calls` admitted elsewhere at `now`, whether or not they fit: the next calls here
     /// wait for them, up to [`MOST_OWED`] beyond the burst.
     pub fn charge(&self, calls: u64, now: u64) {
@@ -169,38 +150,20 @@ mod tests {
         assert_eq!(passing_some(&slow, 0, 1_000), 1_000);
     }
 
-    /// Three brokers taking one participant's calls, as a test case.
-    struct Brokers {
-        /// Each broker's limit (a registry reloaded by some brokers only).
-        limits: [RateLimit; 3],
-        /// Calls a second each broker is sent.
-        demand: u64,
-        /// How far ahead each broker's wall clock is, nanoseconds.
-        ahead: [u64; 3],
-        /// Whether the cells align on the furthest ahead.
-        align: bool,
-    }
-
-    const SECONDS: u64 = 60;
-
-    /// Runs `brokers` for [`SECONDS`], the first one started at a quarter of them (a restart: what
-    /// the others admitted before is history to it), each sharing every 200 ms at moments of
-    /// its own, as `RateLimits::share` does: it writes its count and due time (on its wall
-    /// clock), then charges the calls the others admitted since its last read and aligns on
-    /// the furthest due time. The calls each admitted over the last half.
-    fn run(brokers: &Brokers) -> [u64; 3] {
-        let cells = brokers.limits.map(|l| Cell::new(l).expect("a limit"));
-        let mut admitted = [0u64; 3];
-        let mut counted = [0u64; 3];
-        // What each broker last shared: its count and due time (its own clock).
-        let mut shared = [(0u64, None::<u64>); 3];
-        // What each broker last read of each other's count.
-        let mut read = [[0u64; 3]; 3];
-        let (share_every, call_every) = (SECOND / 5, SECOND / brokers.demand);
-        let end = SECONDS * SECOND;
+    /// Three brokers each sent `demand` calls a second of one participant limited to `limit`,
+    /// the first started at `start` (a restart: what the others admitted before is history to
+    /// it), each sharing every 200 ms at moments of its own as `RateLimits::share` does (its
+    /// count written, the calls the others admitted since its last read charged). The calls
+    /// each admitted over the last half of `seconds`.
+    fn brokers_sharing(limit: RateLimit, demand: u64, start: u64, seconds: u64) -> [u64; 3] {
+        let cells = [limit; 3].map(|l| Cell::new(l).expect("a limit"));
+        let (mut admitted, mut counted) = ([0u64; 3], [0u64; 3]);
+        // What each broker last shared, and last read of each other's count.
+        let (mut shared, mut read) = ([0u64; 3], [[0u64; 3]; 3]);
+        let (share_every, call_every, end) = (SECOND / 5, SECOND / demand, seconds * SECOND);
         let mut next_call = [0, 1, 2].map(|b| b * call_every / 3);
         let mut next_share = [0, 1, 2].map(|b| b * share_every / 3 + 7);
-        (next_call[0], next_share[0]) = (end / 4 + 7, end / 4);
+        (next_call[0], next_share[0]) = (start + 7, start);
         let mut started = false;
         loop {
             let (now, b, share) = (0..3)
@@ -208,23 +171,17 @@ mod tests {
                 .min()
                 .expect("brokers");
             if now >= end {
-                break;
+                return counted;
             }
             if b == 0 && !started {
                 started = true;
-                read[b] = shared.map(|(count, _)| count);
+                read[b] = shared;
             }
             if share {
-                let due = cells[b].due();
-                shared[b] = (admitted[b], (due > now).then_some(due + brokers.ahead[b]));
-                let others = (0..3).filter(|&o| o != b);
-                for other in others.clone() {
-                    cells[b].charge(shared[other].0 - read[b][other], now);
-                    read[b][other] = shared[other].0;
-                }
-                let furthest = others.filter_map(|o| shared[o].1).max();
-                if let (true, Some(due)) = (brokers.align, furthest) {
-                    cells[b].align(due.saturating_sub(brokers.ahead[b]), now);
+                shared[b] = admitted[b];
+                for other in (0..3).filter(|&o| o != b) {
+                    cells[b].charge(shared[other] - read[b][other], now);
+                    read[b][other] = shared[other];
                 }
                 next_share[b] += share_every;
             } else {
@@ -235,66 +192,28 @@ mod tests {
                 next_call[b] += call_every;
             }
         }
-        counted
     }
 
-    /// Brokers sharing a participant's rate: over it, each admits a fair part of it, and the
-    /// rate between them; under it, every call. Not aligned, the broker started late (its count
-    /// behind the others', nothing bringing it back) took two thirds of the rate and the others
-    /// a sixth each: the fault aligning fixes, which the model reproduces. Aligned only within
-    /// the burst, a broker whose clock is ahead, or whose registry still has a lower limit,
-    /// holds the others back no longer than a burst lasts.
+    /// Three brokers each sent three times a participant's rate, one restarted at one moment
+    /// or another: between them they admit the rate, within 5 %. Not fairly: the brokers take
+    /// each other's calls late, each at its own moment, their counts drift apart and nothing
+    /// brings them back while the participant calls over its rate (the restarted broker often
+    /// takes two thirds of it; docs/cluster.md, "Limits shared by the brokers").
     #[test]
-    fn brokers_sharing_a_rate_admit_it_fairly() {
-        let rate = |per_second: u32| RateLimit {
-            per_minute: per_second * 60,
+    fn brokers_sharing_a_rate_admit_it_between_them() {
+        let limit = RateLimit {
+            per_minute: 6_000,
             burst: 20,
         };
-        let half = SECONDS / 2;
-        let over = Brokers {
-            limits: [rate(100); 3],
-            demand: 300,
-            ahead: [0; 3],
-            align: true,
-        };
-        // (case, the least broker's part at least, or at most when unfair; the total within)
-        let cases = [
-            (&over, 0.3, 95 * half..=105 * half),
-            (
-                &Brokers {
-                    align: false,
-                    ..over
-                },
-                -0.2,
-                95 * half..=105 * half,
-            ),
-            (
-                &Brokers {
-                    demand: 30,
-                    ahead: [0, SECOND, 0],
-                    ..over
-                },
-                0.3,
-                85 * half..=90 * half,
-            ),
-            (
-                &Brokers {
-                    limits: [rate(100), rate(100), rate(10)],
-                    ..over
-                },
-                0.0,
-                50 * half..=105 * half,
-            ),
-        ];
-        for (i, (brokers, least, total)) in cases.into_iter().enumerate() {
-            let counted = run(brokers);
-            let sum: u64 = counted.iter().sum();
-            assert!(total.contains(&sum), "case {i}: {counted:?}");
-            let part = counted.iter().copied().min().unwrap_or_default() as f64 / sum as f64;
-            match least >= 0.0 {
-                true => assert!(part >= least, "case {i}: {counted:?}"),
-                false => assert!(part < -least, "case {i}, unfair: {counted:?}"),
-            }
+        let seconds = 60;
+        for start in (10..=20).map(|s| s * SECOND + s * 37_000_000) {
+            let counted = brokers_sharing(limit, 300, start, seconds);
+            let total: u64 = counted.iter().sum();
+            let rate = 100 * seconds / 2;
+            assert!(
+                (rate * 95 / 100..=rate * 105 / 100).contains(&total),
+                "restarted at {start} ns: {counted:?}"
+            );
         }
     }
 

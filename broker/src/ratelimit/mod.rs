@@ -8,9 +8,8 @@
 //!
 //! On a cluster each broker decides alone, at once, and shares its counts through the store
 //! every [`SHARE_EVERY`] ([`RateLimits::share`]): the calls the others admitted are charged to
-//! its own cells, each cell then aligned on the broker whose count is furthest ahead (see
-//! [`gcra::Cell::align`]), and the people they saw are added to its counts. Between two shares
-//! the brokers together may admit up to one burst each, and a harvester be seen a little late.
+//! its own cells, and the people they saw are added to its counts. Between two shares the
+//! brokers together may admit up to one burst each, and a harvester be seen a little late.
 
 mod gcra;
 mod people;
@@ -108,9 +107,8 @@ struct Limiter {
 /// The counts shared: this broker's, as last written, and the others', as last read.
 #[derive(Default)]
 struct Shares {
-    /// Calls admitted per participant, and when the next was due (the cells' clock), as this
-    /// broker last shared them.
-    mine: HashMap<String, (u64, Option<u64>)>,
+    /// Calls admitted per participant, as this broker last shared them.
+    mine: HashMap<String, u64>,
     /// When this broker last shared every count, changed or not: a broker whose counts do not
     /// change stays heard of, and its rows stay in the store.
     all_shared_at: Option<Instant>,
@@ -322,27 +320,20 @@ impl RateLimits {
     /// embedded backend): there is nothing to share, now or later.
     pub async fn share(&self, store: &dyn Store) -> Result<Option<Vec<Alarm>>, StoreError> {
         let limiters = self.limiters.load_full();
-        let clocks = Clocks::read(self);
-        // Each participant's count and due time changed since last shared, with the due time
-        // on the cells' clock (what is shared next time if neither changes).
-        let (calls, shared): (Vec<CallsAdmitted>, Vec<Option<u64>>) = {
+        let calls: Vec<CallsAdmitted> = {
             let mut shares = self.shares.lock().map_err(|_| poisoned())?;
             shares.share_all(Instant::now());
             limiters
                 .iter()
                 .filter_map(|(participant, l)| {
                     let admitted = l.admitted.load(Ordering::Relaxed);
-                    // A due time past aligns nothing: not shared, nor written again.
-                    let due = l.cell.as_ref().map(|c| c.due()).filter(|&d| d > clocks.now);
-                    let row = CallsAdmitted {
+                    (shares.mine.get(participant) != Some(&admitted)).then(|| CallsAdmitted {
                         broker: self.id.clone(),
                         participant: participant.clone(),
                         admitted,
-                        due: due.map(|due| clocks.to_wall(due)),
-                    };
-                    (shares.mine.get(participant) != Some(&(admitted, due))).then_some((row, due))
+                    })
                 })
-                .unzip()
+                .collect()
         };
         let (people, marks) = self
             .people
@@ -354,68 +345,22 @@ impl RateLimits {
             return Ok(None);
         };
         let minute = minute_now();
-        // The others' due times, each participant's furthest ahead.
-        let mut ahead: HashMap<String, i64> = HashMap::new();
-        for row in &theirs.calls {
-            if let Some(due) = row.due {
-                let furthest = ahead.entry(row.participant.clone()).or_insert(due);
-                *furthest = (*furthest).max(due);
-            }
-        }
         let charged = {
             let mut shares = self.shares.lock().map_err(|_| poisoned())?;
-            for (c, due) in mine.calls.iter().zip(shared) {
-                shares.mine.insert(c.participant.clone(), (c.admitted, due));
+            for c in &mine.calls {
+                shares.mine.insert(c.participant.clone(), c.admitted);
             }
             shares.admitted_since(theirs.calls, Instant::now(), SystemTime::now())
         };
-        let clocks = Clocks::read(self);
+        let now = self.now();
         for (participant, calls) in charged {
             if let Some(cell) = limiters.get(&participant).and_then(|l| l.cell.as_ref()) {
-                cell.charge(calls, clocks.now);
-            }
-        }
-        for (participant, due) in ahead {
-            if let Some(cell) = limiters.get(&participant).and_then(|l| l.cell.as_ref()) {
-                cell.align(clocks.to_cells(due), clocks.now);
+                cell.charge(calls, now);
             }
         }
         let mut seen = self.people.lock().map_err(|_| poisoned())?;
         seen.shared(&mine.people, &marks);
         Ok(Some(seen.merge(theirs.people, minute)))
-    }
-}
-
-/// The cells' clock and the wall clock, read together: a due time shared with the other brokers
-/// goes on the wall clock (Unix microseconds), the only one they have in common.
-struct Clocks {
-    /// The cells' clock, nanoseconds.
-    now: u64,
-    /// The wall clock, Unix microseconds.
-    wall: i64,
-}
-
-impl Clocks {
-    fn read(limits: &RateLimits) -> Clocks {
-        let wall = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-        Clocks {
-            now: limits.now(),
-            wall,
-        }
-    }
-
-    /// `due` on the cells' clock, on the wall clock.
-    fn to_wall(&self, due: u64) -> i64 {
-        let ahead = (i128::from(due) - i128::from(self.now)) / 1_000;
-        i64::try_from(i128::from(self.wall) + ahead).unwrap_or(i64::MAX)
-    }
-
-    /// `due` on the wall clock, on the cells' clock (0 for a time before they started).
-    fn to_cells(&self, due: i64) -> u64 {
-        let ahead = (i128::from(due) - i128::from(self.wall)) * 1_000;
-        u64::try_from((i128::from(self.now) + ahead).max(0)).unwrap_or(u64::MAX)
     }
 }
 
@@ -462,7 +407,6 @@ mod tests {
             broker: broker.into(),
             participant: participant.into(),
             admitted,
-            due: None,
         }
     }
 
@@ -537,28 +481,12 @@ mod tests {
         assert!(!s.brokers.contains_key(b) && s.brokers.contains_key(&new));
     }
 
-    /// A due time goes to the wall clock and back to within a microsecond, ahead or behind.
-    #[test]
-    fn due_times_go_through_the_wall_clock() {
-        let clocks = Clocks {
-            now: 5_000_000_000,
-            wall: 1_800_000_000_000_000,
-        };
-        for due in [0, 4_000_000_000, 5_000_000_000, 7_250_000_000, u64::MAX / 2] {
-            let back = clocks.to_cells(clocks.to_wall(due));
-            assert!(back.abs_diff(due) < 1_000, "{due} came back {back}");
-        }
-        assert_eq!(clocks.to_wall(7_000_000_000), 1_800_000_002_000_000);
-        // Before the cells' clock started: its start.
-        assert_eq!(clocks.to_cells(1_700_000_000_000_000), 0);
-    }
-
     #[test]
     fn every_count_is_shared_again_once_a_minute() {
         let mut s = Shares::default();
         let t0 = Instant::now();
         assert!(s.share_all(t0));
-        s.mine.insert("ccas".into(), (3, None));
+        s.mine.insert("ccas".into(), 3);
         assert!(!s.share_all(t0 + Duration::from_secs(59)));
         assert_eq!(s.mine.len(), 1);
         assert!(s.share_all(t0 + SHARE_ALL_EVERY));

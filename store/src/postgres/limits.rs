@@ -69,7 +69,6 @@ impl Limits {
             .iter()
             .map(|c| i64::try_from(c.admitted).unwrap_or(i64::MAX))
             .collect();
-        let dues: Vec<Option<i64>> = mine.calls.iter().map(|c| c.due).collect();
         let consumers: Vec<&str> = mine.people.iter().map(|p| p.consumer.as_str()).collect();
         let habilitations: Vec<&str> = mine
             .people
@@ -85,19 +84,17 @@ impl Limits {
             }
             conn.query_typed(
                 &format!(
-                    "INSERT INTO unefois_limit_calls AS c (participant, broker, admitted, due, \
+                    "INSERT INTO unefois_limit_calls AS c (participant, broker, admitted, \
                      changed_at) \
-                     SELECT p, $1, a, d, {NOW_MICROS} \
-                     FROM unnest($2::text[], $3::int8[], $4::int8[]) AS t(p, a, d) \
+                     SELECT p, $1, a, {NOW_MICROS} FROM unnest($2::text[], $3::int8[]) AS t(p, a) \
                      ON CONFLICT (participant, broker) DO UPDATE \
                      SET admitted = greatest(c.admitted, excluded.admitted), \
-                         due = excluded.due, changed_at = excluded.changed_at"
+                         changed_at = excluded.changed_at"
                 ),
                 &[
                     (&me, Type::TEXT),
                     (&participants, Type::TEXT_ARRAY),
                     (&admitted, Type::INT8_ARRAY),
-                    (&dues, Type::INT8_ARRAY),
                 ],
             )
             .await
@@ -168,7 +165,7 @@ impl Limits {
             (&first as _, Type::INT8),
         ];
         let calls = conn.query_typed(
-            "SELECT participant, broker, admitted, changed_at, due FROM unefois_limit_calls \
+            "SELECT participant, broker, admitted, changed_at FROM unefois_limit_calls \
              WHERE broker <> $1 AND changed_at > $2",
             &calls_params,
         );
@@ -194,7 +191,6 @@ impl Limits {
                 participant: row.get(0),
                 broker: row.get(1),
                 admitted: u64::try_from(admitted).unwrap_or(0),
-                due: row.get(4),
             });
         }
         for row in people {

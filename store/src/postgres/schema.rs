@@ -135,11 +135,6 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX unefois_limit_people_changed ON unefois_limit_people (changed_at);
     "#,
-    // 6 (expand): when each participant's next call is due, as each broker counts (Unix
-    // microseconds; null from a broker of an earlier version).
-    r#"
-    ALTER TABLE unefois_limit_calls ADD COLUMN due bigint;
-    "#,
 ];
 
 /// The migrations that drop what an earlier version of the broker still uses: applied only when
@@ -377,15 +372,15 @@ mod tests {
             (schema(&expands), Ok(()), Some("contract migration 3:")),
             (
                 schema(&[]),
-                Err("lacks migration 1, 2, 4, 5, 6"),
+                Err("lacks migration 1, 2, 4"),
                 Some("contract migration 3:"),
             ),
             (
                 schema(&[1, 2]),
-                Err("lacks migration 4, 5, 6 of"),
+                Err("lacks migration 4, 5 of"),
                 Some("contract migration 3:"),
             ),
-            (schema(&[1, 2, 3]), Err("lacks migration 4, 5, 6 of"), None),
+            (schema(&[1, 2, 3]), Err("lacks migration 4, 5 of"), None),
             // A newer version rolling out: its expand migrations leave this build working.
             (
                 with((known + 1, false)),
@@ -394,7 +389,7 @@ mod tests {
             ),
             (
                 with((known + 1, true)),
-                Err("contract migration 7, newer than this broker's"),
+                Err("contract migration 6, newer than this broker's"),
                 Some("does not know"),
             ),
         ];
