@@ -604,6 +604,7 @@ async fn record_alarm(state: &State, alarm: Alarm) -> Result<(), crate::store::S
         state.limits.alarm_unrecorded(&alarm);
         return Err(e);
     }
+    state.limits.alarm_recorded(&alarm);
     tracing::warn!(consumer = %alarm.consumer, habilitation = %alarm.habilitation, distinct = alarm.distinct, "harvesting alarm");
     crate::metrics::harvesting_alarm(&alarm.consumer, &alarm.habilitation);
     Ok(())

@@ -197,8 +197,9 @@ mod tests {
     /// Three brokers each sent three times a participant's rate, one restarted at one moment
     /// or another: between them they admit the rate, within 5 %. Not fairly: the brokers take
     /// each other's calls late, each at its own moment, their counts drift apart and nothing
-    /// brings them back while the participant calls over its rate (the restarted broker often
-    /// takes two thirds of it; docs/cluster.md, "Limits shared by the brokers").
+    /// brings them back while the participant calls over its rate (one broker, usually the
+    /// restarted one, takes 58 % to nearly all of it; docs/cluster.md, "Limits shared by the
+    /// brokers").
     #[test]
     fn brokers_sharing_a_rate_admit_it_between_them() {
         let limit = RateLimit {

@@ -307,6 +307,13 @@ impl RateLimits {
         })
     }
 
+    /// Notes that `alarm` was recorded: shared with the other brokers from now on.
+    pub fn alarm_recorded(&self, alarm: &Alarm) {
+        if let Ok(mut people) = self.people.lock() {
+            people.recorded(alarm);
+        }
+    }
+
     /// Takes back `alarm`, whose record could not be appended: raised again within its minute.
     pub fn alarm_unrecorded(&self, alarm: &Alarm) {
         if let Ok(mut people) = self.people.lock() {

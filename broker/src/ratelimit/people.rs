@@ -101,8 +101,13 @@ struct Seen {
     others_union: Option<Sketch>,
     /// The limit this broker applies (known once it saw the habilitation used).
     limit: Option<u32>,
-    /// Whether the alarm was raised for this minute, here or by another broker.
+    /// Whether this broker raised the alarm for this minute (recorded, or being recorded).
     alarmed: bool,
+    /// Whether its record is being appended: not shared until it is, so that no other broker
+    /// counts on an alarm this broker may have to take back.
+    recording: bool,
+    /// Whether another broker raised it.
+    alarmed_elsewhere: bool,
     /// Changes to share, and how many of them were shared.
     changes: u64,
     shared: u64,
@@ -123,7 +128,7 @@ impl Seen {
     /// Raises the alarm once when the count exceeds the limit; the count then.
     fn alarm(&mut self) -> Option<usize> {
         let limit = self.limit?;
-        if self.alarmed {
+        if self.alarmed || self.alarmed_elsewhere {
             return None;
         }
         let count = self.count();
@@ -131,7 +136,7 @@ impl Seen {
             return None;
         }
         self.alarmed = true;
-        self.changes += 1;
+        self.recording = true;
         Some(count)
     }
 }
@@ -145,6 +150,16 @@ pub struct Alarm {
     pub limit: u32,
     /// The minute it is raised for (Unix seconds / 60).
     pub minute: i64,
+}
+
+impl Alarm {
+    fn key(&self) -> Key {
+        (
+            self.consumer.clone(),
+            self.habilitation.clone(),
+            self.minute,
+        )
+    }
 }
 
 /// The people seen this minute and the minute before (whose sketches other brokers may still
@@ -197,16 +212,22 @@ impl People {
         seen.alarm()
     }
 
+    /// Notes that `alarm` was recorded: the other brokers are told at the next share, and do
+    /// not raise it again.
+    pub fn recorded(&mut self, alarm: &Alarm) {
+        if let Some(seen) = self.seen.get_mut(&alarm.key()) {
+            seen.recording = false;
+            seen.changes += 1;
+        }
+    }
+
     /// Takes back `alarm`, whose record could not be appended: raised again by the next person
-    /// seen (or the next share) within its minute, rather than lost for that minute.
+    /// seen (or the next share) within its minute, rather than lost for that minute, unless
+    /// another broker raised it meanwhile.
     pub fn unrecorded(&mut self, alarm: &Alarm) {
-        let key = (
-            alarm.consumer.clone(),
-            alarm.habilitation.clone(),
-            alarm.minute,
-        );
-        if let Some(seen) = self.seen.get_mut(&key) {
+        if let Some(seen) = self.seen.get_mut(&alarm.key()) {
             seen.alarmed = false;
+            seen.recording = false;
         }
     }
 
@@ -222,7 +243,7 @@ impl People {
                     habilitation: habilitation.clone(),
                     minute: *minute,
                     sketch: s.mine.to_bytes(),
-                    alarmed: s.alarmed,
+                    alarmed: s.alarmed && !s.recording,
                 };
                 (row, s.changes)
             })
@@ -253,7 +274,7 @@ impl People {
             };
             let key = (row.consumer, row.habilitation, row.minute);
             let seen = self.seen.entry(key.clone()).or_default();
-            seen.alarmed |= row.alarmed;
+            seen.alarmed_elsewhere |= row.alarmed;
             seen.others.insert(row.broker, sketch);
             touched.insert(key);
         }
@@ -401,10 +422,48 @@ mod tests {
         for s in people(3, "x") {
             a.observe("ccas", "h", &s, 2, 7);
         }
+        a.recorded(&alarm(3));
         b.observe("ccas", "h", "y", 2, 7);
         let rows = a.to_share("a").0;
         assert_eq!(b.merge(rows, 7), vec![]);
         assert_eq!(b.observe("ccas", "h", "z", 2, 7), None);
+    }
+
+    fn alarm(distinct: usize) -> Alarm {
+        Alarm {
+            consumer: "ccas".into(),
+            habilitation: "h".into(),
+            distinct,
+            limit: 2,
+            minute: 7,
+        }
+    }
+
+    /// An alarm is shared once recorded. One whose record failed is taken back and raised again,
+    /// unless another broker raised it meanwhile: taking it back undoes nothing of theirs.
+    #[test]
+    fn an_alarm_is_shared_once_recorded_or_taken_back() {
+        let alarmed = |p: &People| p.to_share("a").0.iter().any(|r| r.alarmed);
+        let mut a = People::default();
+        let raised: Vec<_> = people(3, "x")
+            .iter()
+            .filter_map(|s| a.observe("ccas", "h", s, 2, 7))
+            .collect();
+        assert_eq!(raised, [3]);
+        assert!(!alarmed(&a), "shared while its record is being appended");
+        a.unrecorded(&alarm(3));
+        assert_eq!(a.observe("ccas", "h", "x-next", 2, 7), Some(3));
+        a.recorded(&alarm(3));
+        assert!(alarmed(&a));
+
+        // Another broker raises it too, its record being appended when a's arrives, then fails.
+        let mut b = People::default();
+        for s in people(3, "y") {
+            b.observe("ccas", "h", &s, 2, 7);
+        }
+        b.merge(a.to_share("a").0, 7);
+        b.unrecorded(&alarm(3));
+        assert_eq!(b.observe("ccas", "h", "y-next", 2, 7), None);
     }
 
     #[test]
