@@ -294,6 +294,7 @@ fn router(web: Arc<Web>) -> Router {
             get(dev_idp::agents_authorize_page).post(dev_idp::agents_authorize),
         )
         .fallback(pages::not_found)
+        .layer(axum::middleware::from_fn(contained))
         .layer(axum::middleware::from_fn_with_state(
             web.clone(),
             security_headers,
@@ -336,6 +337,28 @@ fn page_timeout(page: Duration, request: &Request<Body>) -> Duration {
         page * EXPORT_PAGES
     } else {
         page
+    }
+}
+
+/// A page that panics (a fault: none should) is answered with the error page, status 500, and
+/// logged, instead of taking its connection down with it: the person reads that the service
+/// failed, not that the network did, and the other pages on the connection go on.
+async fn contained(request: Request<Body>, next: Next) -> Response {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("web: a page failed (a panic, reported above); answered 500");
+            pages::error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Erreur du service",
+                "Le service a rencontré une erreur. Réessayez dans quelques instants ; si \
+                 l'erreur revient, signalez-la.",
+            )
+        }
     }
 }
 
@@ -574,6 +597,44 @@ fn random_token() -> Option<String> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    /// A page that panics is answered 500 with the error page, and the next page on the same
+    /// service is answered as usual. (Without the layer the panic went up to the connection's
+    /// task, which ended: the client read a closed connection.)
+    #[tokio::test]
+    async fn a_page_that_panics_is_answered_with_the_error_page() {
+        use axum::body::Body;
+        use axum::http::{Request, StatusCode};
+        use tower::ServiceExt;
+
+        let router = axum::Router::new()
+            .route(
+                "/panne",
+                axum::routing::get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("a fault in a page");
+                    }
+                    "jamais"
+                }),
+            )
+            .route("/", axum::routing::get(|| async { "accueil" }))
+            .layer(axum::middleware::from_fn(super::contained));
+        let get = |path: &str| Request::get(path).body(Body::empty()).expect("a request");
+        let failed = router
+            .clone()
+            .oneshot(get("/panne"))
+            .await
+            .expect("answered");
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(failed.into_body(), 1 << 20)
+            .await
+            .expect("a body");
+        let page = String::from_utf8_lossy(&body);
+        assert!(page.contains("Erreur du service"), "{page}");
+        assert!(!page.contains("a fault in a page"), "{page}");
+        let next = router.oneshot(get("/")).await.expect("answered");
+        assert_eq!(next.status(), StatusCode::OK);
+    }
+
     #[test]
     fn the_public_url_is_an_origin() {
         for (given, expect) in [
