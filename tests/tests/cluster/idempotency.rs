@@ -161,25 +161,12 @@ async fn a_retry_is_not_answered_from_a_record_the_standby_lacks() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_grant_retried_after_its_broker_died_mid_commit_records_one_consent() -> anyhow::Result<()>
 {
-    use unefois_proto::v1::consents_client::ConsentsClient;
-
     let mut db = Database::start().await?;
-    let (_homes, mut brokers) = crate::harness::processes(&db.url(), 2).await?;
     let grant = pb::GrantConsentRequest {
         request_id: "grant-of-a-broker-that-died".into(),
         ..consent("test:frank", QF, CANTINE)
     };
-    let mut first_client = ConsentsClient::new(brokers[0].channel("mairie-lyon").await?);
-    let mut second_client = ConsentsClient::new(brokers[1].channel("mairie-lyon").await?);
-
-    let first_grant = grant.clone();
-    let first = record_waiting_for_the_stopped_standby(&mut db, async move {
-        first_client.grant(first_grant).await
-    })
-    .await?;
-    // The first broker dies, its record's COMMIT still waiting for the standby.
-    brokers[0].kill();
-    let _ = first.await;
+    let (_brokers, mut second_client) = broker_died_mid_commit(&mut db, grant.clone()).await?;
 
     // The retry through the other broker, while the first record waits; the standby comes back
     // within the retry's wait: the retry must not have recorded a second consent meanwhile.
@@ -209,10 +196,7 @@ async fn a_grant_retried_after_its_broker_died_mid_commit_records_one_consent() 
 /// granted.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_id_reused_after_its_broker_died_mid_commit_is_refused() -> anyhow::Result<()> {
-    use unefois_proto::v1::consents_client::ConsentsClient;
-
     let mut db = Database::start().await?;
-    let (_homes, mut brokers) = crate::harness::processes(&db.url(), 2).await?;
     let request_id = "grant-reused-while-committing".to_string();
     let first_grant = pb::GrantConsentRequest {
         request_id: request_id.clone(),
@@ -222,15 +206,7 @@ async fn a_request_id_reused_after_its_broker_died_mid_commit_is_refused() -> an
         request_id,
         ..consent("test:grace", QF, CANTINE)
     };
-    let mut first_client = ConsentsClient::new(brokers[0].channel("mairie-lyon").await?);
-    let mut second_client = ConsentsClient::new(brokers[1].channel("mairie-lyon").await?);
-
-    let first = record_waiting_for_the_stopped_standby(&mut db, async move {
-        first_client.grant(first_grant).await
-    })
-    .await?;
-    brokers[0].kill();
-    let _ = first.await;
+    let (_brokers, mut second_client) = broker_died_mid_commit(&mut db, first_grant).await?;
 
     // The reuse's act waits for the record in flight under the request id, then the standby
     // comes back; an answer UNAVAILABLE meanwhile (the act's wait is bounded) is sent again.
@@ -354,6 +330,29 @@ async fn a_grant_whose_hold_ended_before_its_record_records_one_consent() -> any
         broker.stop().await?;
     }
     Ok(())
+}
+
+/// Two broker processes on `db`; `grant` through the first, which dies while the grant's
+/// record's COMMIT waits for the stopped standby. The brokers (their homes with them), and a
+/// client of the second.
+async fn broker_died_mid_commit(
+    db: &mut Database,
+    grant: pb::GrantConsentRequest,
+) -> anyhow::Result<(
+    (Vec<tempfile::TempDir>, Vec<crate::harness::Process>),
+    unefois_proto::v1::consents_client::ConsentsClient<tonic::transport::Channel>,
+)> {
+    use unefois_proto::v1::consents_client::ConsentsClient;
+
+    let (homes, mut brokers) = crate::harness::processes(&db.url(), 2).await?;
+    let mut first_client = ConsentsClient::new(brokers[0].channel("mairie-lyon").await?);
+    let second_client = ConsentsClient::new(brokers[1].channel("mairie-lyon").await?);
+    let first =
+        record_waiting_for_the_stopped_standby(db, async move { first_client.grant(grant).await })
+            .await?;
+    brokers[0].kill();
+    let _ = first.await;
+    Ok(((homes, brokers), second_client))
 }
 
 /// The consent `grant` returns through `client` once the store answers again (UNAVAILABLE

@@ -87,22 +87,7 @@ async fn over_its_rate_a_consumer_waits_and_refusals_are_counted_once() -> anyho
 async fn reading_too_many_people_raises_one_harvesting_alarm() -> anyhow::Result<()> {
     let pki = TestPki::for_sample_registry()?;
     let scratch = tempfile::tempdir()?;
-    let registry = unefois_tests::sample_registry_with(scratch.path(), |s| {
-        s.replace(
-            "max_subjects_per_minute = 120",
-            "max_subjects_per_minute = 2",
-        )
-    })?;
-    let data = scratch.path().join("broker-data");
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            data_dir: Some(data.clone()),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let (broker, data) = watching_two_people(&pki, scratch.path(), None).await?;
     let mut ccas = ExchangeClient::new(broker.channel("ccas-lyon").await?);
     // Two distinct people: under the threshold.
     for subject in ["test:alice", "test:alice", "test:bob"] {
@@ -152,24 +137,9 @@ async fn a_harvesting_alarm_whose_record_failed_is_raised_again() -> anyhow::Res
 
     let pki = TestPki::for_sample_registry()?;
     let scratch = tempfile::tempdir()?;
-    let registry = unefois_tests::sample_registry_with(scratch.path(), |s| {
-        s.replace(
-            "max_subjects_per_minute = 120",
-            "max_subjects_per_minute = 2",
-        )
-    })?;
-    let data = scratch.path().join("broker-data");
     let fail = Arc::new(AtomicBool::new(false));
-    let broker = TestBroker::start_with(
-        pki.dir(),
-        BrokerOptions {
-            registry,
-            data_dir: Some(data.clone()),
-            journal_faults: Some(unefois_tests::journal::failing_after_write(&fail)),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let faults = unefois_tests::journal::failing_after_write(&fail);
+    let (broker, data) = watching_two_people(&pki, scratch.path(), Some(faults)).await?;
     let mut ccas = ExchangeClient::new(broker.channel("ccas-lyon").await?);
     // All within one wall-clock minute: not in its last seconds.
     let second = std::time::SystemTime::now()
@@ -206,6 +176,33 @@ async fn a_harvesting_alarm_whose_record_failed_is_raised_again() -> anyhow::Res
     // Past the limit no more people are counted: the alarm says three, as first raised.
     assert_eq!(alarms, [3], "one alarm, recorded");
     Ok(())
+}
+
+/// A broker whose habilitations allow two people a minute, its data under `scratch`, its
+/// journal failing as `faults` says; its data directory.
+async fn watching_two_people(
+    pki: &TestPki,
+    scratch: &std::path::Path,
+    faults: Option<broker::journal::FaultInjector>,
+) -> anyhow::Result<(TestBroker, std::path::PathBuf)> {
+    let registry = unefois_tests::sample_registry_with(scratch, |s| {
+        s.replace(
+            "max_subjects_per_minute = 120",
+            "max_subjects_per_minute = 2",
+        )
+    })?;
+    let data = scratch.join("broker-data");
+    let broker = TestBroker::start_with(
+        pki.dir(),
+        BrokerOptions {
+            registry,
+            data_dir: Some(data.clone()),
+            journal_faults: faults,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok((broker, data))
 }
 
 #[tokio::test]
