@@ -600,7 +600,18 @@ pub(crate) async fn raise_harvesting_alarm(state: &State, alarm: Alarm) {
 /// back, to be raised again within its minute (by the next person read, or the next share)
 /// rather than lost for it.
 async fn record_alarm(state: &State, alarm: Alarm) -> Result<(), crate::store::StoreError> {
-    if let Err(e) = state.store.append(vec![alarm_record(&alarm)]).await {
+    // Taken back too if this is dropped while the record is appended (a page's request gone):
+    // raised again, at worst recorded twice, rather than never shared.
+    let mut recording = Recording {
+        limits: &state.limits,
+        alarm: Some(alarm),
+    };
+    let record = recording.alarm.as_ref().map(alarm_record);
+    let appended = state.store.append(record.into_iter().collect()).await;
+    let Some(alarm) = recording.alarm.take() else {
+        return Ok(());
+    };
+    if let Err(e) = appended {
         state.limits.alarm_unrecorded(&alarm);
         return Err(e);
     }
@@ -608,6 +619,20 @@ async fn record_alarm(state: &State, alarm: Alarm) -> Result<(), crate::store::S
     tracing::warn!(consumer = %alarm.consumer, habilitation = %alarm.habilitation, distinct = alarm.distinct, "harvesting alarm");
     crate::metrics::harvesting_alarm(&alarm.consumer, &alarm.habilitation);
     Ok(())
+}
+
+/// An alarm whose record is being appended: taken back if dropped before its outcome.
+struct Recording<'a> {
+    limits: &'a crate::ratelimit::RateLimits,
+    alarm: Option<Alarm>,
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        if let Some(alarm) = self.alarm.take() {
+            self.limits.alarm_unrecorded(&alarm);
+        }
+    }
 }
 
 /// The alarm's record.

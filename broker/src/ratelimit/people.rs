@@ -451,10 +451,14 @@ mod tests {
             .collect();
         assert_eq!(raised, [3]);
         assert!(!alarmed(&a), "shared while its record is being appended");
+        let (rows, marks) = a.to_share("a");
+        a.shared(&rows, &marks);
         a.unrecorded(&alarm(3));
         assert_eq!(a.observe("ccas", "h", "x-next", 2, 7), Some(3));
+        let (rows, marks) = a.to_share("a");
+        a.shared(&rows, &marks);
         a.recorded(&alarm(3));
-        assert!(alarmed(&a));
+        assert!(alarmed(&a), "shared again once recorded");
 
         // Another broker raises it too, its record being appended when a's arrives, then fails.
         let mut b = People::default();
