@@ -600,37 +600,43 @@ pub(crate) async fn raise_harvesting_alarm(state: &State, alarm: Alarm) {
 /// back, to be raised again within its minute (by the next person read, or the next share)
 /// rather than lost for it.
 async fn record_alarm(state: &State, alarm: Alarm) -> Result<(), crate::store::StoreError> {
-    // Taken back too if this is dropped while the record is appended (a page's request gone):
-    // raised again, at worst recorded twice, rather than never shared.
-    let mut recording = Recording {
+    let recording = Recording {
         limits: &state.limits,
-        alarm: Some(alarm),
+        alarm: &alarm,
+        settled: false,
     };
-    let record = recording.alarm.as_ref().map(alarm_record);
-    let appended = state.store.append(record.into_iter().collect()).await;
-    let Some(alarm) = recording.alarm.take() else {
-        return Ok(());
-    };
-    if let Err(e) = appended {
-        state.limits.alarm_unrecorded(&alarm);
-        return Err(e);
-    }
-    state.limits.alarm_recorded(&alarm);
+    let appended = state.store.append(vec![alarm_record(&alarm)]).await;
+    recording.settle(appended.is_ok());
+    appended?;
     tracing::warn!(consumer = %alarm.consumer, habilitation = %alarm.habilitation, distinct = alarm.distinct, "harvesting alarm");
     crate::metrics::harvesting_alarm(&alarm.consumer, &alarm.habilitation);
     Ok(())
 }
 
-/// An alarm whose record is being appended: taken back if dropped before its outcome.
+/// An alarm whose record is being appended. Dropped before its outcome (a page's request gone
+/// while the record was appended), it is taken back: raised again, at worst recorded twice,
+/// rather than never shared.
 struct Recording<'a> {
     limits: &'a crate::ratelimit::RateLimits,
-    alarm: Option<Alarm>,
+    alarm: &'a Alarm,
+    settled: bool,
+}
+
+impl Recording<'_> {
+    /// The record's outcome: shared with the other brokers once recorded, else taken back.
+    fn settle(mut self, recorded: bool) {
+        self.settled = true;
+        match recorded {
+            true => self.limits.alarm_recorded(self.alarm),
+            false => self.limits.alarm_unrecorded(self.alarm),
+        }
+    }
 }
 
 impl Drop for Recording<'_> {
     fn drop(&mut self) {
-        if let Some(alarm) = self.alarm.take() {
-            self.limits.alarm_unrecorded(&alarm);
+        if !self.settled {
+            self.limits.alarm_unrecorded(self.alarm);
         }
     }
 }
