@@ -954,13 +954,7 @@ async fn refuse_lost_holds(
 ) -> Result<(), StoreError> {
     let holds = serialise::BatchHolds::of(batch.iter().map(|p| p.hold.as_deref()));
     let rows = client
-        .query_typed(
-            serialise::LOST_HOLDS,
-            &[
-                (&holds.tokens, Type::INT8_ARRAY),
-                (&holds.appends, Type::INT4_ARRAY),
-            ],
-        )
+        .query_typed(serialise::LOST_HOLDS, &holds.params())
         .await
         .map_err(db("find the acts' holds that ended"))?;
     let lost: HashSet<usize> = rows
@@ -1596,12 +1590,12 @@ async fn transaction(
         if holds.is_empty() {
             return Ok(Vec::new());
         }
-        let params: Params<'_> = &[
-            (&holds.tokens, Type::INT8_ARRAY),
-            (&holds.appends, Type::INT4_ARRAY),
-        ];
         client
-            .query_prepared(serialise::CHECK_HOLDS, params, "check the acts' holds")
+            .query_prepared(
+                serialise::CHECK_HOLDS,
+                &holds.params(),
+                "check the acts' holds",
+            )
             .await
     };
     let warned = client.warnings();

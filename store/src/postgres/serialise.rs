@@ -206,19 +206,33 @@ impl BatchHolds {
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
+
+    /// The parameters of [`LOST_HOLDS`] and [`CHECK_HOLDS`].
+    pub fn params(&self) -> [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] {
+        [
+            (&self.tokens, Type::INT8_ARRAY),
+            (&self.appends, Type::INT4_ARRAY),
+        ]
+    }
 }
 
 /// The places of the appends whose hold no longer stands: its own lock, which its transaction
 /// held exclusively, can be had (shared, to the end of this statement's transaction). A hold
 /// that stands is one lookup in the lock table, not a read of all of it.
-pub(super) const LOST_HOLDS: &str = "SELECT h.append FROM \
-     unnest($1::int8[], $2::int4[]) AS h(token, append) \
-     WHERE pg_try_advisory_xact_lock_shared(h.token)";
+macro_rules! lost_holds {
+    () => {
+        "SELECT h.append FROM unnest($1::int8[], $2::int4[]) AS h(token, append) \
+         WHERE pg_try_advisory_xact_lock_shared(h.token)"
+    };
+}
+pub(super) const LOST_HOLDS: &str = lost_holds!();
 /// In the writer's transaction: divides by zero, aborting it, when a hold of its batch no longer
 /// stands ([`LOST_HOLDS`]).
-pub(super) const CHECK_HOLDS: &str = "SELECT 1 / (count(*) = 0)::int FROM \
-     unnest($1::int8[], $2::int4[]) AS h(token, append) \
-     WHERE pg_try_advisory_xact_lock_shared(h.token)";
+pub(super) const CHECK_HOLDS: &str = concat!(
+    "SELECT 1 / (count(*) = 0)::int FROM (",
+    lost_holds!(),
+    ") AS lost"
+);
 /// The parameters' types of [`LOST_HOLDS`] and [`CHECK_HOLDS`].
 pub(super) const HOLDS_TYPES: &[Type] = &[Type::INT8_ARRAY, Type::INT4_ARRAY];
 
