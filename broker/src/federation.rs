@@ -49,10 +49,12 @@ pub type Adapters = HashMap<String, Arc<Guarded>>;
 /// Builds the adapters a registry declares (static datasets are loaded and validated here),
 /// each behind its concurrency limit and circuit breaker, and those that call a provider behind
 /// their provider participant's gate (cool-down, rate limit: provider_gate.rs), one per
-/// participant; `readiness` hears of types becoming ready or not.
+/// participant, counting in `limits` what the broker owes each provider; `readiness` hears of
+/// types becoming ready or not.
 pub fn build_adapters(
     registry: &Registry,
     readiness: Option<ReadinessHook>,
+    limits: &crate::ratelimit::RateLimits,
 ) -> Result<Adapters, AdapterSetupError> {
     let mut adapters: Adapters = HashMap::new();
     let mut gates: HashMap<String, Arc<ProviderGate>> = HashMap::new();
@@ -100,9 +102,13 @@ pub fn build_adapters(
             AdapterBinding::Grpc(config) => Some(config.rate_limit),
         };
         if let Some(rate_limit) = rate_limit {
-            let gate = gates
-                .entry(ty.provider.clone())
-                .or_insert_with(|| Arc::new(ProviderGate::new(&ty.provider, rate_limit)));
+            let gate = gates.entry(ty.provider.clone()).or_insert_with(|| {
+                Arc::new(ProviderGate::new(
+                    &ty.provider,
+                    rate_limit,
+                    limits.owed_to(&ty.provider),
+                ))
+            });
             guarded = guarded.with_gate(gate.clone());
         }
         let guarded = Arc::new(guarded);
@@ -168,6 +174,18 @@ impl Federation {
             adapters,
         }));
         self.revoked.store(Arc::new(revoked.into_iter().collect()));
+    }
+
+    /// The provider gates in force, one per provider participant that is called out to.
+    pub fn gates(&self) -> Vec<Arc<ProviderGate>> {
+        let loaded = self.loaded.load();
+        let mut gates: Vec<Arc<ProviderGate>> = Vec::new();
+        for gate in loaded.adapters.values().filter_map(|a| a.gate()) {
+            if !gates.iter().any(|g| Arc::ptr_eq(g, gate)) {
+                gates.push(gate.clone());
+            }
+        }
+        gates
     }
 
     /// Whether a certificate serial (big-endian, no leading zero bytes) is revoked.

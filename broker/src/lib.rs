@@ -48,6 +48,7 @@ pub(crate) mod federation;
 pub(crate) mod fetched;
 pub(crate) mod forwarded;
 pub(crate) mod gathered_writes;
+pub(crate) mod gcra;
 pub(crate) mod grpc;
 pub(crate) mod http_listener;
 pub(crate) mod idempotency;

@@ -17,17 +17,22 @@
 //! Rate limit: a call over the limit waits for a slot while its deadline allows, then is
 //! answered UNAVAILABLE with the wait as `RetryInfo`.
 //!
+//! On a cluster both are the cluster's: each broker shares what it owes each provider
+//! ([`ProviderOwed`]: the calls it sent, until when it was asked to wait) with the others
+//! (`RateLimits::share`), which charge those calls to their own gate ([`ProviderGate::charge`])
+//! and hold their calls as long ([`ProviderGate::hold_as_asked_elsewhere`]).
+//!
 //! A reload builds new gates: cool-downs are lifted and rate-limit buckets full again, as
 //! breakers are closed again.
 
-use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 use unefois_adapters::{AdapterError, ProviderRateLimit};
+
+use crate::gcra;
 
 /// Longest cool-down: a provider asking for more is held this long, then tried again (the
 /// http adapter caps `Retry-After` the same way; this also bounds gRPC `RetryInfo`).
@@ -37,6 +42,33 @@ pub const MAX_COOL_DOWN: Duration = unefois_adapters::http::MAX_RETRY_AFTER;
 const COOL_DOWN_REASON: &str = "the provider asked to be called again later";
 /// Start of the reason of a call refused by the rate limit (see [`is_rate_limited`]).
 const RATE_LIMIT_REASON: &str = "the broker's request-rate limit for this provider";
+
+/// What this broker owes one provider since it started, kept across reloads (a reload's new
+/// gate goes on counting) and shared with the other brokers of its store.
+#[derive(Debug, Default)]
+pub struct ProviderOwed {
+    /// Calls sent to it through its rate limit.
+    sent: AtomicU64,
+    /// Until when it asked this broker to wait, in microseconds since 1970; 0 if it never did.
+    held_until: AtomicI64,
+}
+
+impl ProviderOwed {
+    /// Calls sent, and until when the provider asked to wait (microseconds since 1970, 0 if
+    /// never): what the other brokers are told.
+    pub fn read(&self) -> (u64, i64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.held_until.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Microseconds since 1970 of `at`.
+pub fn unix_micros(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
 
 /// Told when a type's readiness may have changed (a cool-down began or ended).
 pub trait Member: Send + Sync {
@@ -48,8 +80,10 @@ pub trait Member: Send + Sync {
 pub struct ProviderGate {
     provider: String,
     held_until: Mutex<Option<Instant>>,
-    limit: Option<(ProviderRateLimit, DefaultDirectRateLimiter)>,
-    clock: DefaultClock,
+    limit: Option<(ProviderRateLimit, gcra::Cell)>,
+    /// The rate limit's clock.
+    epoch: Instant,
+    owed: Arc<ProviderOwed>,
     members: Mutex<Vec<Weak<dyn Member>>>,
 }
 
@@ -63,22 +97,37 @@ impl std::fmt::Debug for ProviderGate {
 }
 
 impl ProviderGate {
-    /// The gate of `provider`, with its rate limit if declared (checked by the registry).
-    pub fn new(provider: &str, limit: Option<ProviderRateLimit>) -> ProviderGate {
-        let limit = limit.and_then(|l| {
-            let per_second = NonZeroU32::new(l.per_second)?;
-            let burst = NonZeroU32::new(l.burst())?;
-            Some((
-                l,
-                RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
-            ))
-        });
+    /// The gate of `provider`, with its rate limit if declared (checked by the registry),
+    /// counting what is sent to it in `owed`.
+    pub fn new(
+        provider: &str,
+        limit: Option<ProviderRateLimit>,
+        owed: Arc<ProviderOwed>,
+    ) -> ProviderGate {
         ProviderGate {
             provider: provider.to_string(),
             held_until: Mutex::new(None),
-            limit,
-            clock: DefaultClock::default(),
+            limit: limit.and_then(|l| Some((l, gcra::Cell::for_provider(l)?))),
+            epoch: Instant::now(),
+            owed,
             members: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The provider participant.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The rate limit's clock now.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Takes `calls` other brokers sent the provider: the next calls here wait for them.
+    pub fn charge(&self, calls: u64) {
+        if let Some((_, cell)) = &self.limit {
+            cell.charge(calls, self.now());
         }
     }
 
@@ -120,13 +169,16 @@ impl ProviderGate {
 
     /// Waits for a rate-limit slot until `deadline`; refuses at once when none comes before it.
     pub async fn slot(&self, deadline: Instant) -> Result<(), AdapterError> {
-        let Some((limit, limiter)) = &self.limit else {
+        let Some((limit, cell)) = &self.limit else {
             return Ok(());
         };
         loop {
-            let wait = match limiter.check() {
-                Ok(()) => return Ok(()),
-                Err(not_until) => not_until.wait_time_from(self.clock.now()),
+            let wait = match cell.check(self.now()) {
+                Ok(()) => {
+                    self.owed.sent.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(wait) => wait,
             };
             if Instant::now() + wait >= deadline {
                 crate::metrics::provider_held(&self.provider, "rate_limit");
@@ -142,7 +194,8 @@ impl ProviderGate {
     }
 
     /// Starts (or lengthens) a cool-down of `asked`, capped at [`MAX_COOL_DOWN`]; returns the
-    /// delay in force. Its members are told now and when it ends.
+    /// delay in force. Its members are told now and when it ends; the other brokers, at the
+    /// next share.
     pub fn hold(self: &Arc<Self>, asked: Duration, attestation_type: &str) -> Duration {
         let delay = asked.min(MAX_COOL_DOWN);
         if asked > MAX_COOL_DOWN {
@@ -154,18 +207,10 @@ impl ProviderGate {
                  maximum only"
             );
         }
-        let until = Instant::now() + delay;
-        let Ok(mut held) = self.held_until.lock() else {
-            return delay;
-        };
-        if held.is_some_and(|h| h >= until) {
-            return delay;
-        }
-        let began = held.is_none_or(|h| h <= Instant::now());
-        *held = Some(until);
-        drop(held);
-        crate::metrics::provider_cool_down(&self.provider, delay);
-        if began {
+        self.owed
+            .held_until
+            .fetch_max(unix_micros(SystemTime::now() + delay), Ordering::Relaxed);
+        if self.hold_for(delay) {
             tracing::warn!(
                 provider = %self.provider,
                 %attestation_type,
@@ -173,6 +218,35 @@ impl ProviderGate {
                 "provider asked to wait: its calls are held"
             );
         }
+        delay
+    }
+
+    /// Holds the calls for `left` (capped at [`MAX_COOL_DOWN`]), what is left of the wait the
+    /// provider asked of another broker.
+    pub fn hold_as_asked_elsewhere(self: &Arc<Self>, left: Duration) {
+        let delay = left.min(MAX_COOL_DOWN);
+        if self.hold_for(delay) {
+            tracing::warn!(
+                provider = %self.provider,
+                cool_down_ms = delay.as_millis() as u64,
+                "provider asked another broker to wait: its calls are held here too"
+            );
+        }
+    }
+
+    /// Holds the calls for `delay` unless held longer already; whether a cool-down began.
+    fn hold_for(self: &Arc<Self>, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        let Ok(mut held) = self.held_until.lock() else {
+            return false;
+        };
+        if held.is_some_and(|h| h >= until) {
+            return false;
+        }
+        let began = held.is_none_or(|h| h <= Instant::now());
+        *held = Some(until);
+        drop(held);
+        crate::metrics::provider_cool_down(&self.provider, delay);
         self.tell_members();
         let gate = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -186,7 +260,7 @@ impl ProviderGate {
                 gate.tell_members();
             }
         });
-        delay
+        began
     }
 
     fn tell_members(&self) {
@@ -217,7 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cool_down_holds_calls_then_ends() {
-        let gate = Arc::new(ProviderGate::new("caf", None));
+        let gate = Arc::new(ProviderGate::new("caf", None, Default::default()));
         gate.check().unwrap();
         assert_eq!(
             gate.hold(Duration::from_millis(200), "caf.x"),
@@ -240,6 +314,49 @@ mod tests {
         );
     }
 
+    /// What another broker sent the provider is waited for here, and what it was asked to
+    /// wait holds the calls here too; this broker's own count and wait are what it shares.
+    #[tokio::test]
+    async fn calls_sent_and_waits_asked_elsewhere_hold_the_calls_here() {
+        let owed = Arc::new(ProviderOwed::default());
+        let gate = Arc::new(ProviderGate::new(
+            "caf",
+            Some(ProviderRateLimit {
+                per_second: 1,
+                burst: Some(3),
+            }),
+            owed.clone(),
+        ));
+        let soon = || Instant::now() + Duration::from_millis(50);
+        gate.slot(soon()).await.unwrap();
+        assert_eq!(owed.read(), (1, 0), "a call sent is counted");
+        // Two sent by the other brokers: the burst is spent.
+        gate.charge(2);
+        let err = gate.slot(soon()).await.unwrap_err();
+        assert!(is_rate_limited(&err), "{err:?}");
+        assert_eq!(owed.read().0, 1, "a call refused is not counted");
+
+        gate.check().unwrap();
+        gate.hold_as_asked_elsewhere(Duration::from_millis(300));
+        let err = gate.check().unwrap_err();
+        assert!(is_cooling_down(&err), "{err:?}");
+        assert_eq!(
+            owed.read().1,
+            0,
+            "a wait asked elsewhere is not shared again"
+        );
+        let before = unix_micros(SystemTime::now());
+        gate.hold(Duration::from_secs(2), "caf.x");
+        let (_, until) = owed.read();
+        assert!(
+            (before + 2_000_000..before + 2_100_000).contains(&until),
+            "{until} against {before}"
+        );
+        // Capped, as the provider's own.
+        gate.hold_as_asked_elsewhere(Duration::from_secs(86_400));
+        assert!(gate.cool_down_left().unwrap() <= MAX_COOL_DOWN);
+    }
+
     #[tokio::test]
     async fn the_rate_limit_queues_within_the_deadline_then_refuses() {
         let gate = ProviderGate::new(
@@ -248,6 +365,7 @@ mod tests {
                 per_second: 10,
                 burst: Some(2),
             }),
+            Default::default(),
         );
         let started = Instant::now();
         let far = started + Duration::from_secs(5);

@@ -270,9 +270,12 @@ pub async fn run(
         "registry loaded"
     );
     let health = tonic_health::server::health_reporter();
+    // Before the adapters: their gates count in it what is sent to each provider.
+    let limits = RateLimits::from_registry(&registry);
     let adapters = build_adapters(
         &registry,
         Some(crate::grpc::provider_readiness(health.0.clone())),
+        &limits,
     )?;
     let keys = match &config.store {
         StoreLocation::Embedded => load_keys(&config.data_dir)?,
@@ -424,7 +427,7 @@ pub async fn run(
             crate::preview::DEFAULT_CAPACITY,
             crate::preview::DEFAULT_PER_PARTICIPANT,
         ),
-        limits: RateLimits::from_registry(&federation.registry()),
+        limits,
         grants: crate::act_locks::ActLocks::default(),
     });
 
@@ -686,6 +689,7 @@ async fn reload(
         let adapters = build_adapters(
             &registry,
             Some(crate::grpc::provider_readiness(health.clone())),
+            &state.limits,
         )?;
         Ok((registry, tls, adapters))
     })();
@@ -749,8 +753,9 @@ async fn reload(
 /// that their counts raise here; logs when the store fails (once until it answers again, with
 /// `failing`). Whether to go on: `false` when the store has no other broker.
 async fn share_limits(state: &State, failing: &mut bool) -> bool {
-    let failure = match tokio::time::timeout(SHARE_TIMEOUT, state.limits.share(&*state.store)).await
-    {
+    let gates = state.federation.gates();
+    let shared = state.limits.share(&*state.store, &gates);
+    let failure = match tokio::time::timeout(SHARE_TIMEOUT, shared).await {
         Ok(Ok(None)) => return false,
         Ok(Ok(Some(alarms))) => {
             crate::metrics::limits_shared("shared");

@@ -342,7 +342,7 @@ async fn postgres_keeps_the_contract_byte_for_byte_with_the_embedded_backend() {
     assert!(refused.contains("unefois store init"), "{refused}");
     assert_eq!(
         crate::postgres::init(&url, false).await.unwrap(),
-        vec![1, 2, 3, 4, 5]
+        vec![1, 2, 3, 4, 5, 6]
     );
     assert_eq!(
         crate::postgres::init(&url, false).await.unwrap(),
@@ -494,7 +494,7 @@ async fn a_log_of_schema_1_proves_the_same_after_migration_2() {
     // The expand migrations, the one after the contract step included; not the contract.
     assert_eq!(
         crate::postgres::init(&v1, false).await.unwrap(),
-        vec![2, 4, 5]
+        vec![2, 4, 5, 6]
     );
     assert!(crate::postgres::init(&v1, false).await.unwrap().is_empty());
     let migrated = crate::Postgres::open(&v1, log(), sealer.clone(), Duration::from_secs(5));
@@ -826,7 +826,7 @@ async fn the_acts_of_an_id_token_are_counted_for_every_broker_on_the_database() 
 /// own), as the greatest each wrote; the embedded and in-memory backends share nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
-    use crate::limits::{CallsAdmitted, LimitUse, PeopleSeen, SKETCH_BYTES};
+    use crate::limits::{CallsAdmitted, LimitUse, PeopleSeen, ProviderUse, SKETCH_BYTES};
     let server = crate::postgres::test_server::Server::primary("");
     let url = server.url();
     crate::postgres::init(&url, false).await.unwrap();
@@ -848,9 +848,16 @@ async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
         sketch: vec![bits; SKETCH_BYTES],
         alarmed,
     };
+    let provider = |broker: &str, sent, held_until| ProviderUse {
+        broker: broker.into(),
+        provider: "dgfip".into(),
+        sent,
+        held_until,
+    };
     let a_wrote = LimitUse {
         calls: vec![calls("a", 5)],
         people: vec![people("a", 1, false)],
+        providers: vec![provider("a", 7, 1_000)],
     };
     let seen = a.share_limits("a", &a_wrote).await.unwrap().unwrap();
     assert_eq!(
@@ -864,18 +871,21 @@ async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
             &LimitUse {
                 calls: vec![calls("b", 2)],
                 people: vec![],
+                providers: vec![],
             },
         )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(seen, a_wrote);
-    // A count that went back keeps the greatest; an alarm, once raised, stays.
+    // A count that went back keeps the greatest; an alarm, once raised, stays; a provider's
+    // request to wait keeps the latest end.
     a.share_limits(
         "a",
         &LimitUse {
             calls: vec![calls("a", 3)],
             people: vec![people("a", 3, true)],
+            providers: vec![provider("a", 9, 500)],
         },
     )
     .await
@@ -885,6 +895,7 @@ async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
         &LimitUse {
             calls: vec![],
             people: vec![people("a", 3, false)],
+            providers: vec![],
         },
     )
     .await
@@ -899,6 +910,7 @@ async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
         LimitUse {
             calls: vec![calls("a", 5)],
             people: vec![people("a", 3, true)],
+            providers: vec![provider("a", 9, 1_000)],
         }
     );
     let seen = a

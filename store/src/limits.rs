@@ -1,8 +1,10 @@
 //! What the brokers of one store share to enforce their limits together
-//! ([`crate::Store::share_limits`]): each participant's rate, and the harvesting alarm's count of
-//! the people each habilitation was used for in a minute. Behind a balancer N brokers would
-//! otherwise let a participant call N times its rate, and a harvester read N times the people
-//! before any broker raised the alarm.
+//! ([`crate::Store::share_limits`]): each participant's rate, the harvesting alarm's count of
+//! the people each habilitation was used for in a minute, and what each provider asked of the
+//! brokers (its rate limit, its requests to wait). Behind a balancer N brokers would otherwise
+//! let a participant call N times its rate, a harvester read N times the people before any
+//! broker raised the alarm, and send a provider N times its rate, or go on calling it after it
+//! asked one of them to wait.
 //!
 //! Each broker tells the store what it counted so far (cumulative: a reading repeated or
 //! missed changes nothing), and reads what the others counted lately; the broker's rate limits
@@ -16,6 +18,8 @@ pub struct LimitUse {
     pub calls: Vec<CallsAdmitted>,
     /// People seen, per habilitation and minute.
     pub people: Vec<PeopleSeen>,
+    /// Calls sent to each provider, and its requests to wait.
+    pub providers: Vec<ProviderUse>,
 }
 
 /// The calls of `participant` that `broker` admitted since it started.
@@ -27,6 +31,21 @@ pub struct CallsAdmitted {
     pub participant: String,
     /// How many, since the broker started: only grows.
     pub admitted: u64,
+}
+
+/// What `broker` owes `provider`: the calls it sent it since it started, and until when the
+/// provider asked it to wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderUse {
+    /// The broker's id for this run.
+    pub broker: String,
+    /// The provider participant.
+    pub provider: String,
+    /// Calls sent to it since the broker started: only grows.
+    pub sent: u64,
+    /// Until when the provider asked that broker to wait (a 429 or 503 with `Retry-After`), in
+    /// microseconds since 1970 on that broker's clock; 0 when it never did. Only grows.
+    pub held_until: i64,
 }
 
 /// The people `broker` saw `consumer` read under `habilitation` in one minute.

@@ -32,12 +32,14 @@ pub const OK: u8 = 0;
 pub const THROTTLE: u8 = 1;
 /// [`Api::mode`]: 401, the broker's credentials refused.
 pub const REFUSE: u8 = 2;
+/// [`Api::mode`]: 429 with `Retry-After: 60`.
+pub const THROTTLE_LONG: u8 = 3;
 
 /// A DGFiP-like API: `/v1/rfr/{subject}` and `/v1/situation/{subject}`, switchable; API
 /// Particulier's error document for an unknown person; any other route a plain 404.
 #[derive(Default)]
 pub struct Api {
-    /// How it answers: [`OK`], [`THROTTLE`] or [`REFUSE`].
+    /// How it answers: [`OK`], [`THROTTLE`], [`REFUSE`] or [`THROTTLE_LONG`].
     pub mode: AtomicU8,
     /// When each request came, by first path segment after `/v1/`.
     pub hits: Mutex<Vec<(Instant, String)>>,
@@ -90,6 +92,9 @@ async fn answer(
             return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")], "").into_response();
         }
         REFUSE => return (StatusCode::UNAUTHORIZED, json, "{}").into_response(),
+        THROTTLE_LONG => {
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "60")], "").into_response();
+        }
         _ => {}
     }
     match (route.as_str(), subject.as_str()) {

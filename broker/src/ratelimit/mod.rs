@@ -10,8 +10,10 @@
 //! every [`SHARE_EVERY`] ([`RateLimits::share`]): the calls the others admitted are charged to
 //! its own cells, and the people they saw are added to its counts. Between two shares the
 //! brokers together may admit up to one burst each, and a harvester be seen a little late.
+//! What each broker owes the providers (provider_gate.rs) is shared the same way: the calls
+//! the others sent a provider are charged to its gate here, and a provider's request to wait
+//! holds every broker's calls.
 
-mod gcra;
 mod people;
 
 use std::collections::HashMap;
@@ -20,9 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use time::OffsetDateTime;
-use unefois_store::limits::{CallsAdmitted, LimitUse};
+use unefois_store::limits::{CallsAdmitted, LimitUse, ProviderUse};
 use unefois_store::{Store, StoreError};
 
+use crate::provider_gate::{ProviderGate, ProviderOwed, unix_micros};
 use crate::registry::Registry;
 pub use people::Alarm;
 
@@ -64,7 +67,7 @@ fn limiters(
         let before = kept.get(&p.id);
         let cell = match before.filter(|k| k.limit == limit) {
             Some(same) => same.cell.clone(),
-            None => gcra::Cell::new(limit).map(Arc::new),
+            None => crate::gcra::Cell::new(limit).map(Arc::new),
         };
         let admitted = counts.entry(p.id.clone()).or_default().clone();
         out.insert(
@@ -93,13 +96,15 @@ pub struct RateLimits {
     id: String,
     /// What this broker and the others shared so far.
     shares: Mutex<Shares>,
+    /// What this broker owes each provider since it started, kept across reloads.
+    owed: Mutex<HashMap<String, Arc<ProviderOwed>>>,
 }
 
 /// One participant's limiter, with the limit it enforces.
 struct Limiter {
     limit: crate::registry::RateLimit,
     /// `None`: not limited (a rate or burst of 0).
-    cell: Option<Arc<gcra::Cell>>,
+    cell: Option<Arc<crate::gcra::Cell>>,
     /// The calls this broker admitted since it started, for the other brokers.
     admitted: Arc<AtomicU64>,
 }
@@ -109,10 +114,25 @@ struct Limiter {
 struct Shares {
     /// Calls admitted per participant, as this broker last shared them.
     mine: HashMap<String, u64>,
+    /// Calls sent and wait asked per provider, as this broker last shared them.
+    mine_owed: HashMap<String, (u64, i64)>,
     /// When this broker last shared every count, changed or not: a broker whose counts do not
     /// change stays heard of, and its rows stay in the store.
     all_shared_at: Option<Instant>,
-    /// Calls admitted per other broker and participant, as last read.
+    /// The calls the other brokers admitted, per participant.
+    admitted: Heard,
+    /// The calls the other brokers sent, per provider.
+    sent: Heard,
+    /// The latest end of a wait a provider asked of another broker, as last held here (held
+    /// once, not at each share that reads it again).
+    held: HashMap<String, i64>,
+}
+
+/// One kind of the other brokers' counts (calls admitted per participant, or sent per
+/// provider), as last read.
+#[derive(Default)]
+struct Heard {
+    /// Calls per other broker and participant (or provider), as last read.
     theirs: HashMap<(String, String), u64>,
     /// The other brokers heard from, and when last.
     brokers: HashMap<String, Instant>,
@@ -131,9 +151,12 @@ impl Shares {
         }
         self.all_shared_at = Some(now);
         self.mine.clear();
+        self.mine_owed.clear();
         true
     }
+}
 
+impl Heard {
     /// The calls of each participant the other brokers admitted since the last read, `now`
     /// (and `wall`, the same on the wall clock). What a broker admitted before this broker
     /// knew it is history, not charged: at the first read, or after reads stopped for a while
@@ -214,6 +237,16 @@ impl RateLimits {
             people: Mutex::new(people::People::default()),
             id: uuid::Uuid::now_v7().to_string(),
             shares: Mutex::new(Shares::default()),
+            owed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What this broker owes `provider`: the count a gate of it (one per registry loaded)
+    /// adds to, and the other brokers read.
+    pub fn owed_to(&self, provider: &str) -> Arc<ProviderOwed> {
+        match self.owed.lock() {
+            Ok(mut owed) => owed.entry(provider.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
         }
     }
 
@@ -322,15 +355,28 @@ impl RateLimits {
     }
 
     /// Shares this broker's counts with the other brokers of `store` and takes theirs: the
-    /// calls they admitted are charged to this broker's cells. Returns the harvesting alarms
-    /// their people make this broker raise, or `None` when `store` has no other broker (the
-    /// embedded backend): there is nothing to share, now or later.
-    pub async fn share(&self, store: &dyn Store) -> Result<Option<Vec<Alarm>>, StoreError> {
+    /// calls they admitted are charged to this broker's cells, the calls they sent a provider
+    /// to its gate in `gates` (those in force), and a provider's request to wait holds its
+    /// calls here too. Returns the harvesting alarms their people make this broker raise, or
+    /// `None` when `store` has no other broker (the embedded backend): there is nothing to
+    /// share, now or later.
+    pub async fn share(
+        &self,
+        store: &dyn Store,
+        gates: &[Arc<ProviderGate>],
+    ) -> Result<Option<Vec<Alarm>>, StoreError> {
         let limiters = self.limiters.load_full();
-        let calls: Vec<CallsAdmitted> = {
+        let owed: Vec<(String, (u64, i64))> = self
+            .owed
+            .lock()
+            .map_err(|_| poisoned())?
+            .iter()
+            .map(|(provider, owed)| (provider.clone(), owed.read()))
+            .collect();
+        let (calls, providers): (Vec<CallsAdmitted>, Vec<ProviderUse>) = {
             let mut shares = self.shares.lock().map_err(|_| poisoned())?;
             shares.share_all(Instant::now());
-            limiters
+            let calls = limiters
                 .iter()
                 .filter_map(|(participant, l)| {
                     let admitted = l.admitted.load(Ordering::Relaxed);
@@ -340,29 +386,86 @@ impl RateLimits {
                         admitted,
                     })
                 })
-                .collect()
+                .collect();
+            let providers = owed
+                .into_iter()
+                .filter(|(provider, now)| shares.mine_owed.get(provider) != Some(now))
+                .map(|(provider, (sent, held_until))| ProviderUse {
+                    broker: self.id.clone(),
+                    provider,
+                    sent,
+                    held_until,
+                })
+                .collect();
+            (calls, providers)
         };
         let (people, marks) = self
             .people
             .lock()
             .map_err(|_| poisoned())?
             .to_share(&self.id);
-        let mine = LimitUse { calls, people };
+        let mine = LimitUse {
+            calls,
+            people,
+            providers,
+        };
         let Some(theirs) = store.share_limits(&self.id, &mine).await? else {
             return Ok(None);
         };
         let minute = minute_now();
-        let charged = {
+        // The latest end of a wait each provider asked of another broker, if newer than held.
+        let mut held: HashMap<String, i64> = HashMap::new();
+        for p in &theirs.providers {
+            let until = held.entry(p.provider.clone()).or_default();
+            *until = (*until).max(p.held_until);
+        }
+        let sent_rows = theirs
+            .providers
+            .into_iter()
+            .map(|p| CallsAdmitted {
+                broker: p.broker,
+                participant: p.provider,
+                admitted: p.sent,
+            })
+            .collect();
+        let (charged, sent) = {
             let mut shares = self.shares.lock().map_err(|_| poisoned())?;
             for c in &mine.calls {
                 shares.mine.insert(c.participant.clone(), c.admitted);
             }
-            shares.admitted_since(theirs.calls, Instant::now(), SystemTime::now())
+            for p in &mine.providers {
+                shares
+                    .mine_owed
+                    .insert(p.provider.clone(), (p.sent, p.held_until));
+            }
+            held.retain(|provider, until| {
+                let newer = shares.held.get(provider).is_none_or(|was| *until > *was);
+                if newer {
+                    shares.held.insert(provider.clone(), *until);
+                }
+                newer
+            });
+            let (now, wall) = (Instant::now(), SystemTime::now());
+            (
+                shares.admitted.admitted_since(theirs.calls, now, wall),
+                shares.sent.admitted_since(sent_rows, now, wall),
+            )
         };
         let now = self.now();
         for (participant, calls) in charged {
             if let Some(cell) = limiters.get(&participant).and_then(|l| l.cell.as_ref()) {
                 cell.charge(calls, now);
+            }
+        }
+        let wall = unix_micros(SystemTime::now());
+        for gate in gates {
+            if let Some(&calls) = sent.get(gate.provider()) {
+                gate.charge(calls);
+            }
+            if let Some(&until) = held.get(gate.provider())
+                && until > wall
+            {
+                gate.hold_as_asked_elsewhere(Duration::from_micros(until.abs_diff(wall)));
             }
         }
         let mut seen = self.people.lock().map_err(|_| poisoned())?;
@@ -429,7 +532,7 @@ mod tests {
 
     #[test]
     fn the_others_calls_are_charged_once_from_when_they_are_first_heard_of() {
-        let mut s = Shares::default();
+        let mut s = Heard::default();
         let (t0, w0) = (Instant::now(), SystemTime::now());
         let at = |ms| {
             (

@@ -1,4 +1,4 @@
-//! The brokers' counts of their limits, shared ([`crate::Store::share_limits`]), in two
+//! The brokers' counts of their limits, shared ([`crate::Store::share_limits`]), in three
 //! unlogged tables: writing them costs no WAL and no wait for a standby, and no standby keeps
 //! them. A promoted standby starts them empty; each broker writes its counts again as they next
 //! change (they are cumulative), and a participant may meanwhile get a few more calls once.
@@ -12,7 +12,7 @@ use super::connect::{Connector, Shared};
 use super::db;
 use super::sweep::Sweep;
 use crate::StoreError;
-use crate::limits::{CallsAdmitted, LimitUse, PeopleSeen, SKETCH_BYTES};
+use crate::limits::{CallsAdmitted, LimitUse, PeopleSeen, ProviderUse, SKETCH_BYTES};
 
 /// The server's clock, in microseconds since 1970: when a row changed.
 const NOW_MICROS: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::int8";
@@ -78,6 +78,13 @@ impl Limits {
         let minutes: Vec<i64> = mine.people.iter().map(|p| p.minute).collect();
         let sketches: Vec<&[u8]> = mine.people.iter().map(|p| p.sketch.as_slice()).collect();
         let alarmed: Vec<bool> = mine.people.iter().map(|p| p.alarmed).collect();
+        let providers: Vec<&str> = mine.providers.iter().map(|p| p.provider.as_str()).collect();
+        let sent: Vec<i64> = mine
+            .providers
+            .iter()
+            .map(|p| i64::try_from(p.sent).unwrap_or(i64::MAX))
+            .collect();
+        let held_until: Vec<i64> = mine.providers.iter().map(|p| p.held_until).collect();
         let calls = async {
             if participants.is_empty() {
                 return Ok(());
@@ -129,14 +136,42 @@ impl Limits {
             .map(drop)
             .map_err(db("share the people seen"))
         };
+        let providers = async {
+            if providers.is_empty() {
+                return Ok(());
+            }
+            conn.query_typed(
+                &format!(
+                    "INSERT INTO unefois_limit_providers AS p (provider, broker, sent, \
+                     held_until, changed_at) \
+                     SELECT p, $1, s, h, {NOW_MICROS} \
+                     FROM unnest($2::text[], $3::int8[], $4::int8[]) AS t(p, s, h) \
+                     ON CONFLICT (provider, broker) DO UPDATE \
+                     SET sent = greatest(p.sent, excluded.sent), \
+                         held_until = greatest(p.held_until, excluded.held_until), \
+                         changed_at = excluded.changed_at"
+                ),
+                &[
+                    (&me, Type::TEXT),
+                    (&providers, Type::TEXT_ARRAY),
+                    (&sent, Type::INT8_ARRAY),
+                    (&held_until, Type::INT8_ARRAY),
+                ],
+            )
+            .await
+            .map(drop)
+            .map_err(db("share what the providers asked"))
+        };
         // Sent together: the connection pipelines them, in order.
-        let (calls, people, others) = futures::join!(calls, people, self.read(&conn, me, now));
-        if others.is_err() || calls.is_err() || people.is_err() {
+        let (calls, people, providers, others) =
+            futures::join!(calls, people, providers, self.read(&conn, me, now));
+        if others.is_err() || calls.is_err() || people.is_err() || providers.is_err() {
             // Whatever was read is dropped: read it all again next time.
             self.read_all_at.store(0, Ordering::Relaxed);
         }
         calls?;
         people?;
+        providers?;
         self.forget_unshared(now);
         others
     }
@@ -174,9 +209,15 @@ impl Limits {
              FROM unefois_limit_people WHERE broker <> $1 AND changed_at > $2 AND minute >= $3",
             &people_params,
         );
-        let (calls, people) = futures::join!(calls, people);
+        let providers = conn.query_typed(
+            "SELECT provider, broker, sent, held_until, changed_at FROM unefois_limit_providers \
+             WHERE broker <> $1 AND changed_at > $2",
+            &calls_params,
+        );
+        let (calls, people, providers) = futures::join!(calls, people, providers);
         let calls = calls.map_err(db("read the calls other brokers admitted"))?;
         let people = people.map_err(db("read the people other brokers saw"))?;
+        let providers = providers.map_err(db("read what the providers asked other brokers"))?;
         // A full read sets the newest stamp anew (it may have gone back).
         let mut newest = if all {
             i64::MIN
@@ -191,6 +232,16 @@ impl Limits {
                 participant: row.get(0),
                 broker: row.get(1),
                 admitted: u64::try_from(admitted).unwrap_or(0),
+            });
+        }
+        for row in providers {
+            let sent: i64 = row.get(2);
+            newest = newest.max(row.get(4));
+            out.providers.push(ProviderUse {
+                provider: row.get(0),
+                broker: row.get(1),
+                sent: u64::try_from(sent).unwrap_or(0),
+                held_until: row.get(3),
             });
         }
         for row in people {
@@ -223,6 +274,8 @@ impl Limits {
         self.sweep.sweep(now, || {
             format!(
                 "DELETE FROM unefois_limit_calls \
+                     WHERE changed_at < {NOW_MICROS} - {FORGET_AFTER_MICROS}; \
+                 DELETE FROM unefois_limit_providers \
                      WHERE changed_at < {NOW_MICROS} - {FORGET_AFTER_MICROS}; \
                  DELETE FROM unefois_limit_people WHERE minute < {before_minute}"
             )

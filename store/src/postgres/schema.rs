@@ -135,6 +135,21 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX unefois_limit_people_changed ON unefois_limit_people (changed_at);
     "#,
+    // 6 (expand): what each broker owes each provider (`Store::share_limits`): the calls it
+    // sent it (the provider's `rate_limit` is the cluster's), and until when the provider asked
+    // it to wait (microseconds since 1970), so that every broker holds its calls. Unlogged, as
+    // 5's tables.
+    r#"
+    CREATE UNLOGGED TABLE unefois_limit_providers (
+        provider text NOT NULL,
+        broker text NOT NULL,
+        sent bigint NOT NULL,
+        held_until bigint NOT NULL,
+        changed_at bigint NOT NULL,
+        PRIMARY KEY (provider, broker)
+    );
+    CREATE INDEX unefois_limit_providers_changed ON unefois_limit_providers (changed_at);
+    "#,
 ];
 
 /// The migrations that drop what an earlier version of the broker still uses: applied only when
@@ -377,10 +392,10 @@ mod tests {
             ),
             (
                 schema(&[1, 2]),
-                Err("lacks migration 4, 5 of"),
+                Err("lacks migration 4, 5, 6 of"),
                 Some("contract migration 3:"),
             ),
-            (schema(&[1, 2, 3]), Err("lacks migration 4, 5 of"), None),
+            (schema(&[1, 2, 3]), Err("lacks migration 4, 5, 6 of"), None),
             // A newer version rolling out: its expand migrations leave this build working.
             (
                 with((known + 1, false)),
@@ -389,7 +404,7 @@ mod tests {
             ),
             (
                 with((known + 1, true)),
-                Err("contract migration 6, newer than this broker's"),
+                Err("contract migration 7, newer than this broker's"),
                 Some("does not know"),
             ),
         ];

@@ -1,18 +1,26 @@
 //! The brokers of a cluster enforce a participant's rate and the harvesting alarm together:
 //! behind a balancer, three brokers let a consumer call at its rate, not three times it, and
-//! raise the alarm for a consumer that read too many people through all of them together.
+//! raise the alarm for a consumer that read too many people through all of them together. A
+//! provider's own limits are the cluster's too: its rate limit, and its requests to wait.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use broker::event::{Event, Record};
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 use unefois_proto::v1 as pb;
 use unefois_proto::v1::ErrorReason;
 use unefois_proto::v1::audit_client::AuditClient;
 use unefois_tests::TestPki;
-use unefois_tests::clients::exchange;
+use unefois_tests::clients::{exchange, provider_health};
+use unefois_tests::provider_api::{
+    CLAIMS, OK, THROTTLE_LONG, fetch, http_adapter, registry, serve_api,
+};
+use unefois_tests::refusals::assert_status;
 use unefois_tests::refusals::refused;
 use unefois_tests::requests::energy;
+use unefois_tests::sample::RFR;
 use unefois_tlog::verify_checkpoint;
 
 use crate::harness::{Cluster, Database, log_entries};
@@ -184,4 +192,122 @@ async fn alarms(
             _ => None,
         })
         .collect())
+}
+
+/// A provider that asks one broker to wait (429 with `Retry-After`) is left alone by every
+/// broker until then: the others hold its calls too, and report its types NOT_SERVING.
+/// (Without the share, the second broker went on calling it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_that_asked_one_broker_to_wait_is_left_alone_by_all() -> anyhow::Result<()> {
+    let (addr, api) = serve_api().await?;
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    let registry = registry(scratch.path(), &http_adapter(addr, "rfr", CLAIMS, ""), "")?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start_on_registry(pki.dir(), &db.url(), 2, &registry).await?;
+    let (first, second) = (&cluster.brokers[0], &cluster.brokers[1]);
+    let mut through_first = exchange(first, "mairie-lyon").await?;
+    let mut through_second = exchange(second, "mairie-lyon").await?;
+    through_second.fetch(fetch(RFR, "test:alice")).await?;
+
+    api.mode.store(THROTTLE_LONG, Ordering::SeqCst);
+    let status = through_first
+        .fetch(fetch(RFR, "test:alice"))
+        .await
+        .expect_err("429");
+    assert_status(
+        &status,
+        Code::Unavailable,
+        ErrorReason::ProviderUnavailable,
+        "asked to wait 60 s",
+    );
+    // It would answer now; no broker calls it all the same.
+    api.mode.store(OK, Ordering::SeqCst);
+    let called = api.hits("rfr").len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while provider_health(second, RFR).await? != ServingStatus::NotServing {
+        assert!(
+            Instant::now() < deadline,
+            "the other broker still serves the provider's type"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = through_second
+        .fetch(fetch(RFR, "test:alice"))
+        .await
+        .expect_err("held");
+    assert_status(
+        &status,
+        Code::Unavailable,
+        ErrorReason::ProviderUnavailable,
+        "asked to be called again later",
+    );
+    let delay = unefois_tests::refusals::retry_delay(&status).expect("RetryInfo");
+    assert!(
+        delay > Duration::from_secs(40) && delay <= Duration::from_secs(60),
+        "{delay:?}"
+    );
+    assert_eq!(api.hits("rfr").len(), called, "the provider was called");
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
+/// A provider's `rate_limit` is the cluster's: what one broker sent it is waited for by the
+/// others. (Without the share, the second broker sent it a whole burst of its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()> {
+    let (addr, api) = serve_api().await?;
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    // 8 at once, then one a second.
+    let adapter = http_adapter(
+        addr,
+        "rfr",
+        CLAIMS,
+        ", rate_limit = { per_second = 1, burst = 8 }",
+    );
+    let registry = registry(scratch.path(), &adapter, "")?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start_on_registry(pki.dir(), &db.url(), 2, &registry).await?;
+    let mut through_first = exchange(&cluster.brokers[0], "mairie-lyon").await?;
+    for _ in 0..8 {
+        through_first.fetch(fetch(RFR, "test:alice")).await?;
+    }
+    let spent = Instant::now();
+    tokio::time::sleep(SHARED).await;
+    // The second broker alone would send 8 at once; it sends what the rate gave back since
+    // the burst was spent (one a second), and refuses the calls that cannot wait for more.
+    let given_back = spent.elapsed().as_secs() + 1;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut client = exchange(&cluster.brokers[1], "mairie-lyon").await?;
+        calls.spawn(async move {
+            let mut request = tonic::Request::new(fetch(RFR, "test:alice"));
+            request.set_timeout(Duration::from_millis(500));
+            client.fetch(request).await
+        });
+    }
+    let mut sent = 0;
+    for answer in calls.join_all().await {
+        match answer {
+            Ok(_) => sent += 1,
+            Err(status) => assert_status(
+                &status,
+                Code::Unavailable,
+                ErrorReason::ProviderUnavailable,
+                "request-rate limit",
+            ),
+        }
+    }
+    assert!(
+        sent as u64 <= given_back,
+        "{sent} calls sent past the burst, {given_back} given back"
+    );
+    assert_eq!(api.hits("rfr").len(), 8 + sent);
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
 }

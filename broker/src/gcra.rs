@@ -1,9 +1,12 @@
-//! A participant's rate as the generic cell rate algorithm (GCRA, the one `governor`
-//! implements), which can also be charged the calls other brokers admitted: `governor` only
-//! admits or refuses, and cannot take a use it did not see.
+//! A rate as the generic cell rate algorithm (GCRA, the one `governor` implements), which can
+//! also be charged the calls other brokers admitted: `governor` only admits or refuses, and
+//! cannot take a use it did not see. A participant's rate (its calls to the brokers) and a
+//! provider's (the brokers' calls to it, provider_gate.rs) are each one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use unefois_adapters::ProviderRateLimit;
 
 use crate::registry::RateLimit;
 
@@ -31,12 +34,32 @@ impl Cell {
         if limit.per_minute == 0 || limit.burst == 0 {
             return None;
         }
-        let interval = (60_000_000_000 / u64::from(limit.per_minute)).max(1);
-        Some(Cell {
+        Some(Cell::of(
+            60_000_000_000 / u64::from(limit.per_minute),
+            limit.burst,
+        ))
+    }
+
+    /// The cell of a provider's `limit`; `None` when it allows no call (the registry refuses
+    /// such a limit).
+    pub fn for_provider(limit: ProviderRateLimit) -> Option<Cell> {
+        if limit.per_second == 0 || limit.burst() == 0 {
+            return None;
+        }
+        Some(Cell::of(
+            1_000_000_000 / u64::from(limit.per_second),
+            limit.burst(),
+        ))
+    }
+
+    /// A call every `interval` nanoseconds, `burst` at once.
+    fn of(interval: u64, burst: u32) -> Cell {
+        let interval = interval.max(1);
+        Cell {
             interval,
-            tolerance: interval.saturating_mul(u64::from(limit.burst)),
+            tolerance: interval.saturating_mul(u64::from(burst)),
             due: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Admits one call at `now` (nanoseconds), or says how long until one would pass.
