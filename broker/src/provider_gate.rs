@@ -22,8 +22,8 @@
 //! (`RateLimits::share`), which charge those calls to their own gate ([`ProviderGate::charge`])
 //! and hold their calls as long ([`ProviderGate::hold_as_asked_elsewhere`]).
 //!
-//! A reload builds new gates: cool-downs are lifted and rate-limit buckets full again, as
-//! breakers are closed again.
+//! A reload builds new gates: cool-downs are lifted, as breakers are closed again; a rate limit
+//! left as it was keeps what was spent of it (a changed one starts full).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -44,16 +44,48 @@ const COOL_DOWN_REASON: &str = "the provider asked to be called again later";
 const RATE_LIMIT_REASON: &str = "the broker's request-rate limit for this provider";
 
 /// What this broker owes one provider since it started, kept across reloads (a reload's new
-/// gate goes on counting) and shared with the other brokers of its store.
-#[derive(Debug, Default)]
+/// gate goes on counting, and on spending the same rate limit) and shared with the other
+/// brokers of its store.
+#[derive(Debug)]
 pub struct ProviderOwed {
     /// Calls sent to it through its rate limit.
     sent: AtomicU64,
     /// Until when it asked this broker to wait, in microseconds since 1970; 0 if it never did.
     held_until: AtomicI64,
+    /// The rate limit's cell, with the limit it enforces: a gate with the same limit takes it.
+    cell: Mutex<Option<(ProviderRateLimit, Arc<gcra::Cell>)>>,
+    /// The cells' clock.
+    epoch: Instant,
+}
+
+impl Default for ProviderOwed {
+    fn default() -> Self {
+        ProviderOwed {
+            sent: AtomicU64::new(0),
+            held_until: AtomicI64::new(0),
+            cell: Mutex::new(None),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl ProviderOwed {
+    /// The cell of `limit`: the one in use if its limit is the same, else a new one (full).
+    fn cell(&self, limit: ProviderRateLimit) -> Option<Arc<gcra::Cell>> {
+        let fresh = || gcra::Cell::for_provider(limit).map(Arc::new);
+        let Ok(mut kept) = self.cell.lock() else {
+            return fresh();
+        };
+        match &*kept {
+            Some((same, cell)) if *same == limit => Some(cell.clone()),
+            _ => {
+                let cell = fresh()?;
+                *kept = Some((limit, cell.clone()));
+                Some(cell)
+            }
+        }
+    }
+
     /// Calls sent, and until when the provider asked to wait (microseconds since 1970, 0 if
     /// never): what the other brokers are told.
     pub fn read(&self) -> (u64, i64) {
@@ -80,9 +112,7 @@ pub trait Member: Send + Sync {
 pub struct ProviderGate {
     provider: String,
     held_until: Mutex<Option<Instant>>,
-    limit: Option<(ProviderRateLimit, gcra::Cell)>,
-    /// The rate limit's clock.
-    epoch: Instant,
+    limit: Option<(ProviderRateLimit, Arc<gcra::Cell>)>,
     owed: Arc<ProviderOwed>,
     members: Mutex<Vec<Weak<dyn Member>>>,
 }
@@ -107,8 +137,7 @@ impl ProviderGate {
         ProviderGate {
             provider: provider.to_string(),
             held_until: Mutex::new(None),
-            limit: limit.and_then(|l| Some((l, gcra::Cell::for_provider(l)?))),
-            epoch: Instant::now(),
+            limit: limit.and_then(|l| Some((l, owed.cell(l)?))),
             owed,
             members: Mutex::new(Vec::new()),
         }
@@ -121,7 +150,7 @@ impl ProviderGate {
 
     /// The rate limit's clock now.
     fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        u64::try_from(self.owed.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Takes `calls` other brokers sent the provider: the next calls here wait for them.
@@ -335,6 +364,19 @@ mod tests {
         let err = gate.slot(soon()).await.unwrap_err();
         assert!(is_rate_limited(&err), "{err:?}");
         assert_eq!(owed.read().0, 1, "a call refused is not counted");
+        // A reload's gate with the same limit spends the same; another limit starts full.
+        let reloaded = ProviderGate::new("caf", gate.rate_limit(), owed.clone());
+        let err = reloaded.slot(soon()).await.unwrap_err();
+        assert!(is_rate_limited(&err), "{err:?}");
+        let changed = ProviderGate::new(
+            "caf",
+            Some(ProviderRateLimit {
+                per_second: 2,
+                burst: Some(3),
+            }),
+            owed.clone(),
+        );
+        changed.slot(soon()).await.unwrap();
 
         gate.check().unwrap();
         gate.hold_as_asked_elsewhere(Duration::from_millis(300));

@@ -753,8 +753,9 @@ async fn reload(
 /// that their counts raise here; logs when the store fails (once until it answers again, with
 /// `failing`). Whether to go on: `false` when the store has no other broker.
 async fn share_limits(state: &State, failing: &mut bool) -> bool {
-    let gates = state.federation.gates();
-    let shared = state.limits.share(&*state.store, &gates);
+    let shared = state
+        .limits
+        .share(&*state.store, || state.federation.gates());
     let failure = match tokio::time::timeout(SHARE_TIMEOUT, shared).await {
         Ok(Ok(None)) => return false,
         Ok(Ok(Some(alarms))) => {

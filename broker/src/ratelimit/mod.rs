@@ -356,14 +356,15 @@ impl RateLimits {
 
     /// Shares this broker's counts with the other brokers of `store` and takes theirs: the
     /// calls they admitted are charged to this broker's cells, the calls they sent a provider
-    /// to its gate in `gates` (those in force), and a provider's request to wait holds its
-    /// calls here too. Returns the harvesting alarms their people make this broker raise, or
+    /// to its gate among `gates` (those in force once their counts are read: a reload during
+    /// the share's round trip must not leave them to gates no call goes through), and a
+    /// provider's request to wait holds its calls here too. Returns the harvesting alarms their people make this broker raise, or
     /// `None` when `store` has no other broker (the embedded backend): there is nothing to
     /// share, now or later.
     pub async fn share(
         &self,
         store: &dyn Store,
-        gates: &[Arc<ProviderGate>],
+        gates: impl FnOnce() -> Vec<Arc<ProviderGate>>,
     ) -> Result<Option<Vec<Alarm>>, StoreError> {
         let limiters = self.limiters.load_full();
         let owed: Vec<(String, (u64, i64))> = self
@@ -458,7 +459,7 @@ impl RateLimits {
             }
         }
         let wall = unix_micros(SystemTime::now());
-        for gate in gates {
+        for gate in gates() {
             if let Some(&calls) = sent.get(gate.provider()) {
                 gate.charge(calls);
             }

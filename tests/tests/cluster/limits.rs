@@ -272,14 +272,14 @@ async fn a_provider_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()
     let db = Database::start().await?;
     let cluster = Cluster::start_on_registry(pki.dir(), &db.url(), 2, &registry).await?;
     let mut through_first = exchange(&cluster.brokers[0], "mairie-lyon").await?;
+    // The second broker cannot hear of the first's calls before they began.
+    let first = Instant::now();
     for _ in 0..8 {
         through_first.fetch(fetch(RFR, "test:alice")).await?;
     }
-    let spent = Instant::now();
     tokio::time::sleep(SHARED).await;
     // The second broker alone would send 8 at once; it sends what the rate gave back since
     // the burst was spent (one a second), and refuses the calls that cannot wait for more.
-    let given_back = spent.elapsed().as_secs() + 1;
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let mut client = exchange(&cluster.brokers[1], "mairie-lyon").await?;
@@ -289,10 +289,12 @@ async fn a_provider_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()
             client.fetch(request).await
         });
     }
-    let mut sent = 0;
+    let mut answered = 0;
     for answer in calls.join_all().await {
         match answer {
-            Ok(_) => sent += 1,
+            Ok(_) => answered += 1,
+            // A slot that came late may leave its call too little time to be answered.
+            Err(status) if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) => {}
             Err(status) => assert_status(
                 &status,
                 Code::Unavailable,
@@ -301,11 +303,13 @@ async fn a_provider_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()
             ),
         }
     }
+    let sent = api.hits("rfr").len() - 8;
+    let given_back = first.elapsed().as_secs() as usize;
     assert!(
-        sent as u64 <= given_back,
+        sent <= given_back,
         "{sent} calls sent past the burst, {given_back} given back"
     );
-    assert_eq!(api.hits("rfr").len(), 8 + sent);
+    assert!(answered <= sent, "{answered} answered, {sent} sent");
     for broker in cluster.brokers {
         broker.stop().await?;
     }
