@@ -33,6 +33,14 @@ const FORGET_EVERY_SECONDS: i64 = 60;
 /// database does not pile up shares the broker no longer waits for.
 const SESSION: &str = "SET synchronous_commit = off; SET statement_timeout = '1500ms'";
 
+/// What one read of the other brokers' counts saw.
+struct ReadStamp {
+    /// Whether it read every row (its newest stamp then replaces the one kept).
+    all: bool,
+    /// The newest change it read (the server's clock, microseconds).
+    newest: i64,
+}
+
 /// A broker's side of the shared counts.
 pub struct Limits {
     conn: Arc<Shared>,
@@ -165,27 +173,35 @@ impl Limits {
         // Sent together: the connection pipelines them, in order.
         let (calls, people, providers, others) =
             futures::join!(calls, people, providers, self.read(&conn, me, now));
-        if others.is_err() || calls.is_err() || people.is_err() || providers.is_err() {
+        // What was read counts as read only here, past the last await: a share given up
+        // midway (the broker's timeout drops it) reads the same rows again next time, rather
+        // than skipping them (a provider's wait is written once).
+        let read = calls.and(people).and(providers).and(others);
+        match &read {
+            Ok((_, stamp)) if stamp.all => {
+                self.read_all_at.store(now, Ordering::Relaxed);
+                self.newest.store(stamp.newest, Ordering::Relaxed);
+            }
+            Ok((_, stamp)) => {
+                self.newest.fetch_max(stamp.newest, Ordering::Relaxed);
+            }
             // Whatever was read is dropped: read it all again next time.
-            self.read_all_at.store(0, Ordering::Relaxed);
+            Err(_) => self.read_all_at.store(0, Ordering::Relaxed),
         }
-        calls?;
-        people?;
-        providers?;
         self.forget_unshared(now);
-        others
+        read.map(|(others, _)| others)
     }
 
-    /// The counts of the brokers other than `me` changed since the newest read.
+    /// The counts of the brokers other than `me` changed since the newest read, and what the
+    /// read saw (for the next one's stamp).
     async fn read(
         &self,
         conn: &tokio_postgres::Client,
         me: &str,
         now: i64,
-    ) -> Result<LimitUse, StoreError> {
+    ) -> Result<(LimitUse, ReadStamp), StoreError> {
         let all = now - self.read_all_at.load(Ordering::Relaxed) >= READ_ALL_EVERY_SECONDS;
         let since = if all {
-            self.read_all_at.store(now, Ordering::Relaxed);
             i64::MIN
         } else {
             self.newest
@@ -260,12 +276,7 @@ impl Limits {
                 alarmed: row.get(5),
             });
         }
-        if all {
-            self.newest.store(newest, Ordering::Relaxed);
-        } else {
-            self.newest.fetch_max(newest, Ordering::Relaxed);
-        }
-        Ok(out)
+        Ok((out, ReadStamp { all, newest }))
     }
 
     /// Removes, in the background, the counts no broker shares any more, once a minute at most.
