@@ -96,6 +96,16 @@ impl Cell {
                 Some(charged.min(most.max(due)))
             });
     }
+    /// Forgives what was owed beyond the burst, then takes `nanos` of the sustained rate's time
+    /// for calls elsewhere (their part of it): the next calls here wait for that part only.
+    pub fn charge_share(&self, nanos: u64, now: u64) {
+        let most = now.saturating_add(self.tolerance);
+        let _ = self
+            .due
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |due| {
+                Some(due.max(now).min(most).saturating_add(nanos))
+            });
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +153,20 @@ mod tests {
     }
 
     #[test]
+    fn a_share_forgives_what_was_owed_beyond_the_burst_then_takes_its_part() {
+        let c = cell(60, 3);
+        c.charge(20, 0);
+        assert_eq!(passing(&c, 0), (0, Duration::from_secs(18)));
+        // Owed 17 s beyond the burst: forgiven, then half a second of the others' part taken.
+        c.charge_share(SECOND / 2, 0);
+        assert_eq!(passing(&c, 0), (0, Duration::from_millis(1_500)));
+        // Within the burst: nothing forgiven.
+        let c = cell(60, 3);
+        c.charge_share(SECOND, 0);
+        assert_eq!(passing(&c, 0).0, 2);
+    }
+
+    #[test]
     fn what_is_owed_is_bounded() {
         let c = cell(60, 3);
         c.charge(1_000_000, 0);
@@ -171,74 +195,6 @@ mod tests {
         assert_eq!(passing_some(&c, u64::MAX - 1, 1_000), 1_000);
         let slow = cell(1, u32::MAX);
         assert_eq!(passing_some(&slow, 0, 1_000), 1_000);
-    }
-
-    /// Three brokers each sent `demand` calls a second of one participant limited to `limit`,
-    /// the first started at `start` (a restart: what the others admitted before is history to
-    /// it), each sharing every 200 ms at moments of its own as `RateLimits::share` does (its
-    /// count written, the calls the others admitted since its last read charged). The calls
-    /// each admitted over the last half of `seconds`.
-    fn brokers_sharing(limit: RateLimit, demand: u64, start: u64, seconds: u64) -> [u64; 3] {
-        let cells = [limit; 3].map(|l| Cell::new(l).expect("a limit"));
-        let (mut admitted, mut counted) = ([0u64; 3], [0u64; 3]);
-        // What each broker last shared, and last read of each other's count.
-        let (mut shared, mut read) = ([0u64; 3], [[0u64; 3]; 3]);
-        let (share_every, call_every, end) = (SECOND / 5, SECOND / demand, seconds * SECOND);
-        let mut next_call = [0, 1, 2].map(|b| b * call_every / 3);
-        let mut next_share = [0, 1, 2].map(|b| b * share_every / 3 + 7);
-        (next_call[0], next_share[0]) = (start + 7, start);
-        let mut started = false;
-        loop {
-            let (now, b, share) = (0..3)
-                .flat_map(|b| [(next_call[b], b, false), (next_share[b], b, true)])
-                .min()
-                .expect("brokers");
-            if now >= end {
-                return counted;
-            }
-            if b == 0 && !started {
-                started = true;
-                read[b] = shared;
-            }
-            if share {
-                shared[b] = admitted[b];
-                for other in (0..3).filter(|&o| o != b) {
-                    cells[b].charge(shared[other] - read[b][other], now);
-                    read[b][other] = shared[other];
-                }
-                next_share[b] += share_every;
-            } else {
-                if cells[b].check(now).is_ok() {
-                    admitted[b] += 1;
-                    counted[b] += u64::from(now >= end / 2);
-                }
-                next_call[b] += call_every;
-            }
-        }
-    }
-
-    /// Three brokers each sent three times a participant's rate, one restarted at one moment
-    /// or another: between them they admit the rate, within 5 %. Not fairly: the brokers take
-    /// each other's calls late, each at its own moment, their counts drift apart and nothing
-    /// brings them back while the participant calls over its rate (one broker, usually the
-    /// restarted one, takes 58 % to nearly all of it; docs/cluster.md, "Limits shared by the
-    /// brokers").
-    #[test]
-    fn brokers_sharing_a_rate_admit_it_between_them() {
-        let limit = RateLimit {
-            per_minute: 6_000,
-            burst: 20,
-        };
-        let seconds = 60;
-        for start in (10..=20).map(|s| s * SECOND + s * 37_000_000) {
-            let counted = brokers_sharing(limit, 300, start, seconds);
-            let total: u64 = counted.iter().sum();
-            let rate = 100 * seconds / 2;
-            assert!(
-                (rate * 95 / 100..=rate * 105 / 100).contains(&total),
-                "restarted at {start} ns: {counted:?}"
-            );
-        }
     }
 
     fn passing_some(cell: &Cell, now: u64, most: u32) -> u32 {

@@ -839,6 +839,7 @@ async fn the_limits_counts_are_shared_between_the_brokers_on_the_database() {
         broker: broker.into(),
         participant: "ccas".into(),
         admitted,
+        asked: admitted * 2,
     };
     let people = |broker: &str, bits: u8, alarmed| PeopleSeen {
         broker: broker.into(),

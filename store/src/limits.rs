@@ -31,6 +31,10 @@ pub struct CallsAdmitted {
     pub participant: String,
     /// How many, since the broker started: only grows.
     pub admitted: u64,
+    /// How many it was asked, admitted or refused, since it started: only grows. Over the
+    /// rate the brokers share it in proportion to these (`broker::ratelimit`); 0 from a broker
+    /// of a version that did not count them.
+    pub asked: u64,
 }
 
 /// What `broker` owes `provider`: the calls it sent it since it started, and until when the

@@ -8,12 +8,14 @@
 //!
 //! On a cluster each broker decides alone, at once, and shares its counts through the store
 //! every [`SHARE_EVERY`] ([`RateLimits::share`]): the calls the others admitted are charged to
-//! its own cells, and the people they saw are added to its counts. Between two shares the
+//! its own cells (over the rate, the others' part of it, by the calls each was asked: `fair`),
+//! and the people they saw are added to its counts. Between two shares the
 //! brokers together may admit up to one burst each, and a harvester be seen a little late.
 //! What each broker owes the providers (provider_gate.rs) is shared the same way: the calls
 //! the others sent a provider are charged to its gate here, and a provider's request to wait
 //! holds every broker's calls.
 
+mod fair;
 mod people;
 
 use std::collections::HashMap;
@@ -53,12 +55,12 @@ fn started_at(broker: &str) -> Option<SystemTime> {
 }
 
 /// The limiter of every participant of `registry`, reusing those of `kept` whose limit is the
-/// same; each with its count of calls admitted from `counts` (kept for participants removed
-/// then added again: the other brokers know the count they last read).
+/// same; each with its counts of calls from `counts` (kept for participants removed then added
+/// again: the other brokers know the counts they last read).
 fn limiters(
     registry: &Registry,
     kept: &HashMap<String, Limiter>,
-    counts: &mut HashMap<String, Arc<AtomicU64>>,
+    counts: &mut HashMap<String, Arc<Counts>>,
 ) -> HashMap<String, Limiter> {
     let mut out = HashMap::new();
     // Every participant is limited: by its own rate, or by the federation's default.
@@ -69,13 +71,13 @@ fn limiters(
             Some(same) => same.cell.clone(),
             None => crate::gcra::Cell::new(limit).map(Arc::new),
         };
-        let admitted = counts.entry(p.id.clone()).or_default().clone();
+        let counts = counts.entry(p.id.clone()).or_default().clone();
         out.insert(
             p.id.clone(),
             Limiter {
                 limit,
                 cell,
-                admitted,
+                counts,
             },
         );
     }
@@ -90,8 +92,8 @@ pub struct RateLimits {
     epoch: Instant,
     denied: Mutex<HashMap<String, u64>>,
     people: Mutex<people::People>,
-    /// Every participant's count of calls admitted, including those no longer registered.
-    counts: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Every participant's counts of calls, including those no longer registered.
+    counts: Mutex<HashMap<String, Arc<Counts>>>,
     /// This broker's id in what it shares (a new one at each start: a UUID v7, which says when).
     id: String,
     /// What this broker and the others shared so far.
@@ -105,15 +107,35 @@ struct Limiter {
     limit: crate::registry::RateLimit,
     /// `None`: not limited (a rate or burst of 0).
     cell: Option<Arc<crate::gcra::Cell>>,
-    /// The calls this broker admitted since it started, for the other brokers.
-    admitted: Arc<AtomicU64>,
+    /// The calls this broker admitted and was asked since it started, for the other brokers.
+    counts: Arc<Counts>,
+}
+
+/// The calls of one participant this broker was asked since it started, and admitted.
+#[derive(Default)]
+struct Counts {
+    asked: AtomicU64,
+    admitted: AtomicU64,
+}
+
+impl Counts {
+    fn read(&self) -> fair::Calls {
+        fair::Calls {
+            asked: self.asked.load(Ordering::Relaxed),
+            admitted: self.admitted.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The counts shared: this broker's, as last written, and the others', as last read.
 #[derive(Default)]
 struct Shares {
-    /// Calls admitted per participant, as this broker last shared them.
-    mine: HashMap<String, u64>,
+    /// Calls asked and admitted per participant, as this broker last shared them.
+    mine: HashMap<String, fair::Calls>,
+    /// Calls asked and admitted per participant at this broker's last share, and when: what
+    /// it did since is its part of the demand.
+    charged: HashMap<String, fair::Calls>,
+    charged_at: Option<Instant>,
     /// Calls sent and wait asked per provider, as this broker last shared them.
     mine_owed: HashMap<String, (u64, i64)>,
     /// When this broker last shared every count, changed or not: a broker whose counts do not
@@ -133,7 +155,7 @@ struct Shares {
 #[derive(Default)]
 struct Heard {
     /// Calls per other broker and participant (or provider), as last read.
-    theirs: HashMap<(String, String), u64>,
+    theirs: HashMap<(String, String), fair::Calls>,
     /// The other brokers heard from, and when last.
     brokers: HashMap<String, Instant>,
     /// When this broker last read the others' counts (its monotonic and wall clocks).
@@ -157,9 +179,9 @@ impl Shares {
 }
 
 impl Heard {
-    /// The calls of each participant the other brokers admitted since the last read, `now`
-    /// (and `wall`, the same on the wall clock). What a broker admitted before this broker
-    /// knew it is history, not charged: at the first read, or after reads stopped for a while
+    /// The calls of each participant the other brokers were asked and admitted since the last
+    /// read, `now` (and `wall`, the same on the wall clock). What a broker counted before this
+    /// broker knew it is history, not charged: at the first read, or after reads stopped for a while
     /// (the store unreachable: the calls of those minutes are past), every count read is; a
     /// broker heard of for the first time is new (all its calls charged) only if it started
     /// since the last read (its id says when), else history (this broker had forgotten it).
@@ -168,7 +190,7 @@ impl Heard {
         rows: Vec<CallsAdmitted>,
         now: Instant,
         wall: SystemTime,
-    ) -> HashMap<String, u64> {
+    ) -> HashMap<String, fair::Calls> {
         let resumed = self
             .read_at
             .is_none_or(|(at, _)| now.duration_since(at) > READS_RESUMED_AFTER);
@@ -185,17 +207,23 @@ impl Heard {
             })
             .map(|r| r.broker.clone())
             .collect();
-        let mut out: HashMap<String, u64> = HashMap::new();
+        let mut out: HashMap<String, fair::Calls> = HashMap::new();
         for row in rows {
             self.brokers.insert(row.broker.clone(), now);
             let known = self
                 .theirs
                 .entry((row.broker.clone(), row.participant.clone()))
                 .or_default();
-            let since = row.admitted.saturating_sub(*known);
-            *known = (*known).max(row.admitted);
-            if since > 0 && !history.contains(&row.broker) {
-                *out.entry(row.participant).or_default() += since;
+            let since = fair::Calls {
+                asked: row.asked.saturating_sub(known.asked),
+                admitted: row.admitted.saturating_sub(known.admitted),
+            };
+            known.asked = known.asked.max(row.asked);
+            known.admitted = known.admitted.max(row.admitted);
+            if since != fair::Calls::default() && !history.contains(&row.broker) {
+                let sum = out.entry(row.participant).or_default();
+                sum.asked = sum.asked.saturating_add(since.asked);
+                sum.admitted = sum.admitted.saturating_add(since.admitted);
             }
         }
         // Brokers not heard from for long are forgotten, with their counts.
@@ -276,9 +304,10 @@ impl RateLimits {
             None => Ok(()),
             Some(cell) => cell.check(self.now()),
         };
+        limiter.counts.asked.fetch_add(1, Ordering::Relaxed);
         match admitted {
             Ok(()) => {
-                limiter.admitted.fetch_add(1, Ordering::Relaxed);
+                limiter.counts.admitted.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(wait) => {
@@ -380,11 +409,12 @@ impl RateLimits {
             let calls = limiters
                 .iter()
                 .filter_map(|(participant, l)| {
-                    let admitted = l.admitted.load(Ordering::Relaxed);
-                    (shares.mine.get(participant) != Some(&admitted)).then(|| CallsAdmitted {
+                    let counts = l.counts.read();
+                    (shares.mine.get(participant) != Some(&counts)).then(|| CallsAdmitted {
                         broker: self.id.clone(),
                         participant: participant.clone(),
-                        admitted,
+                        admitted: counts.admitted,
+                        asked: counts.asked,
                     })
                 })
                 .collect();
@@ -427,12 +457,17 @@ impl RateLimits {
                 broker: p.broker,
                 participant: p.provider,
                 admitted: p.sent,
+                asked: 0,
             })
             .collect();
-        let (charged, sent) = {
+        let (charges, sent) = {
             let mut shares = self.shares.lock().map_err(|_| poisoned())?;
             for c in &mine.calls {
-                shares.mine.insert(c.participant.clone(), c.admitted);
+                let counts = fair::Calls {
+                    asked: c.asked,
+                    admitted: c.admitted,
+                };
+                shares.mine.insert(c.participant.clone(), counts);
             }
             for p in &mine.providers {
                 shares
@@ -447,21 +482,42 @@ impl RateLimits {
                 newer
             });
             let (now, wall) = (Instant::now(), SystemTime::now());
-            (
-                shares.admitted.admitted_since(theirs.calls, now, wall),
-                shares.sent.admitted_since(sent_rows, now, wall),
-            )
+            let theirs = shares.admitted.admitted_since(theirs.calls, now, wall);
+            // What each cell takes: the others' calls, or over the rate their part of the time
+            // since this broker's last share, by what each was asked since.
+            let elapsed = shares
+                .charged_at
+                .map_or(Duration::ZERO, |at| now.duration_since(at));
+            shares.charged_at = Some(now);
+            let mut charges = Vec::new();
+            for (participant, l) in limiters.iter() {
+                let counts = l.counts.read();
+                let before = shares
+                    .charged
+                    .insert(participant.clone(), counts)
+                    .unwrap_or(counts);
+                let mine = fair::Calls {
+                    asked: counts.asked.saturating_sub(before.asked),
+                    admitted: counts.admitted.saturating_sub(before.admitted),
+                };
+                let theirs = theirs.get(participant).copied().unwrap_or_default();
+                if let Some(cell) = &l.cell {
+                    charges.push((cell.clone(), fair::charge(theirs, mine, elapsed)));
+                }
+            }
+            (charges, shares.sent.admitted_since(sent_rows, now, wall))
         };
         let now = self.now();
-        for (participant, calls) in charged {
-            if let Some(cell) = limiters.get(&participant).and_then(|l| l.cell.as_ref()) {
-                cell.charge(calls, now);
+        for (cell, charge) in charges {
+            match charge {
+                fair::Charge::Admitted(calls) => cell.charge(calls, now),
+                fair::Charge::Share(nanos) => cell.charge_share(nanos, now),
             }
         }
         let wall = unix_micros(SystemTime::now());
         for gate in gates() {
-            if let Some(&calls) = sent.get(gate.provider()) {
-                gate.charge(calls);
+            if let Some(calls) = sent.get(gate.provider()) {
+                gate.charge(calls.admitted);
             }
             if let Some(&until) = held.get(gate.provider())
                 && until > wall
@@ -518,6 +574,15 @@ mod tests {
             broker: broker.into(),
             participant: participant.into(),
             admitted,
+            asked: admitted * 2,
+        }
+    }
+
+    /// `admitted` calls of `admitted * 2` asked.
+    fn calls(admitted: u64) -> fair::Calls {
+        fair::Calls {
+            asked: admitted * 2,
+            admitted,
         }
     }
 
@@ -553,7 +618,7 @@ mod tests {
         );
         assert_eq!(
             since,
-            HashMap::from([("ccas".into(), 5), ("caf".into(), 3)])
+            HashMap::from([("ccas".into(), calls(5)), ("caf".into(), calls(3))])
         );
         // A broker started since the last read: all it admitted is new. One started long
         // before (forgotten, or missed): history.
@@ -568,12 +633,12 @@ mod tests {
             ],
             at(400),
         );
-        assert_eq!(since, HashMap::from([("ccas".into(), 11)]));
+        assert_eq!(since, HashMap::from([("ccas".into(), calls(11))]));
         // A count that went back (the store keeps the greatest) charges nothing, and the
         // greatest stays the mark.
         assert!(read(vec![row(b, "ccas", 1)], at(600)).is_empty());
         let since = read(vec![row(b, "ccas", 48)], at(800));
-        assert_eq!(since, HashMap::from([("ccas".into(), 1)]));
+        assert_eq!(since, HashMap::from([("ccas".into(), calls(1))]));
         // Reads resumed after a gap: what every broker admitted meanwhile is history.
         let gap = 800 + READS_RESUMED_AFTER.as_millis() as u64 + 1_000;
         let resumed = read(
@@ -585,7 +650,7 @@ mod tests {
         );
         assert!(resumed.is_empty(), "{resumed:?}");
         let since = read(vec![row(b, "ccas", 901)], at(gap + 200));
-        assert_eq!(since, HashMap::from([("ccas".into(), 1)]));
+        assert_eq!(since, HashMap::from([("ccas".into(), calls(1))]));
         // A broker not heard from for long is forgotten.
         let later = gap + 1_200 + FORGET_BROKER_AFTER.as_millis() as u64;
         read(vec![row(&new, "ccas", 9)], at(later));
@@ -597,7 +662,7 @@ mod tests {
         let mut s = Shares::default();
         let t0 = Instant::now();
         assert!(s.share_all(t0));
-        s.mine.insert("ccas".into(), 3);
+        s.mine.insert("ccas".into(), calls(3));
         assert!(!s.share_all(t0 + Duration::from_secs(59)));
         assert_eq!(s.mine.len(), 1);
         assert!(s.share_all(t0 + SHARE_ALL_EVERY));

@@ -77,6 +77,11 @@ impl Limits {
             .iter()
             .map(|c| i64::try_from(c.admitted).unwrap_or(i64::MAX))
             .collect();
+        let asked: Vec<i64> = mine
+            .calls
+            .iter()
+            .map(|c| i64::try_from(c.asked).unwrap_or(i64::MAX))
+            .collect();
         let consumers: Vec<&str> = mine.people.iter().map(|p| p.consumer.as_str()).collect();
         let habilitations: Vec<&str> = mine
             .people
@@ -99,17 +104,20 @@ impl Limits {
             }
             conn.query_typed(
                 &format!(
-                    "INSERT INTO unefois_limit_calls AS c (participant, broker, admitted, \
+                    "INSERT INTO unefois_limit_calls AS c (participant, broker, admitted, asked, \
                      changed_at) \
-                     SELECT p, $1, a, {NOW_MICROS} FROM unnest($2::text[], $3::int8[]) AS t(p, a) \
+                     SELECT p, $1, a, k, {NOW_MICROS} \
+                     FROM unnest($2::text[], $3::int8[], $4::int8[]) AS t(p, a, k) \
                      ON CONFLICT (participant, broker) DO UPDATE \
                      SET admitted = greatest(c.admitted, excluded.admitted), \
+                         asked = greatest(c.asked, excluded.asked), \
                          changed_at = excluded.changed_at"
                 ),
                 &[
                     (&me, Type::TEXT),
                     (&participants, Type::TEXT_ARRAY),
                     (&admitted, Type::INT8_ARRAY),
+                    (&asked, Type::INT8_ARRAY),
                 ],
             )
             .await
@@ -216,7 +224,7 @@ impl Limits {
             (&first as _, Type::INT8),
         ];
         let calls = conn.query_typed(
-            "SELECT participant, broker, admitted, changed_at FROM unefois_limit_calls \
+            "SELECT participant, broker, admitted, changed_at, asked FROM unefois_limit_calls \
              WHERE broker <> $1 AND changed_at > $2",
             &calls_params,
         );
@@ -243,11 +251,13 @@ impl Limits {
         let mut out = LimitUse::default();
         for row in calls {
             let admitted: i64 = row.get(2);
+            let asked: i64 = row.get(4);
             newest = newest.max(row.get(3));
             out.calls.push(CallsAdmitted {
                 participant: row.get(0),
                 broker: row.get(1),
                 admitted: u64::try_from(admitted).unwrap_or(0),
+                asked: u64::try_from(asked).unwrap_or(0),
             });
         }
         for row in providers {

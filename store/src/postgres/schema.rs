@@ -138,7 +138,8 @@ pub const MIGRATIONS: &[&str] = &[
     // 6 (expand): what each broker owes each provider (`Store::share_limits`): the calls it
     // sent it (the provider's `rate_limit` is the cluster's), and until when the provider asked
     // it to wait (microseconds since 1970), so that every broker holds its calls. Unlogged, as
-    // 5's tables.
+    // 5's tables. And the calls each broker was asked per participant, admitted or refused:
+    // over the rate, the brokers share it in proportion (a broker of version 5 writes none).
     r#"
     CREATE UNLOGGED TABLE unefois_limit_providers (
         provider text NOT NULL,
@@ -149,6 +150,7 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (provider, broker)
     );
     CREATE INDEX unefois_limit_providers_changed ON unefois_limit_providers (changed_at);
+    ALTER TABLE unefois_limit_calls ADD COLUMN asked bigint NOT NULL DEFAULT 0;
     "#,
 ];
 

@@ -73,6 +73,73 @@ async fn a_consumer_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()
     Ok(())
 }
 
+/// Over its rate, a consumer's calls are shared fairly between the brokers: a broker that
+/// joins while another admits the whole rate gets its part. (Charging each broker the calls the
+/// others admitted, the first kept nearly all of it and the second refused nearly every call,
+/// with a minute's retry-after.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn brokers_over_a_consumers_rate_share_it_fairly() -> anyhow::Result<()> {
+    let pki = TestPki::for_sample_registry()?;
+    let scratch = tempfile::tempdir()?;
+    // 20 a second, 10 at once.
+    let registry = unefois_tests::sample_registry_with(scratch.path(), |s| {
+        s.replace(
+            "rate_limit = { per_minute = 600, burst = 60 }",
+            "rate_limit = { per_minute = 1200, burst = 10 }",
+        )
+    })?;
+    let db = Database::start().await?;
+    let cluster = Cluster::start_on_registry(pki.dir(), &db.url(), 2, &registry).await?;
+    /// Calls through `broker` at 60 a second for `seconds`: those admitted in the last
+    /// `counted` seconds.
+    async fn calls(
+        broker: &unefois_tests::TestBroker,
+        seconds: u64,
+        counted: u64,
+    ) -> anyhow::Result<u64> {
+        let mut client = exchange(broker, "ccas-lyon").await?;
+        let started = Instant::now();
+        let (end, from) = (
+            Duration::from_secs(seconds),
+            Duration::from_secs(seconds - counted),
+        );
+        let mut admitted = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(1_000 / 60));
+        while started.elapsed() < end {
+            tick.tick().await;
+            let answer = client.fetch(energy("test:alice")).await;
+            match answer {
+                Ok(_) => admitted += u64::from(started.elapsed() >= from),
+                Err(_) => {
+                    refused(answer, Code::ResourceExhausted, ErrorReason::RateLimited);
+                }
+            }
+        }
+        Ok(admitted)
+    }
+    let (first, second) = (&cluster.brokers[0], &cluster.brokers[1]);
+    // The first broker alone over the rate, then both.
+    let (first_admitted, second_admitted) = tokio::join!(calls(first, 8, 3), async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        calls(second, 6, 3).await
+    });
+    let (first_admitted, second_admitted) = (first_admitted?, second_admitted?);
+    let total = first_admitted + second_admitted;
+    // The rate over the last 3 s is 60 calls, shared about evenly.
+    assert!(
+        (45..=75).contains(&total),
+        "{first_admitted} + {second_admitted} admitted"
+    );
+    assert!(
+        first_admitted >= total / 3 && second_admitted >= total / 3,
+        "{first_admitted} + {second_admitted} admitted"
+    );
+    for broker in cluster.brokers {
+        broker.stop().await?;
+    }
+    Ok(())
+}
+
 /// A broker that stops (a rolling restart) shares what it admitted since its last share: the
 /// consumer's burst spent through it just before is not given again by the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
