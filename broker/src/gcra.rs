@@ -84,26 +84,25 @@ impl Cell {
     /// Takes `calls` admitted elsewhere at `now`, whether or not they fit: the next calls here
     /// wait for them, up to [`MOST_OWED`] beyond the burst.
     pub fn charge(&self, calls: u64, now: u64) {
+        self.take(calls.saturating_mul(self.interval), now);
+    }
+
+    /// Takes the calls admitted elsewhere or, when more, `nanos` of the sustained rate's time
+    /// (the other brokers' part of it, over the rate), as [`Cell::charge`] does.
+    pub fn charge_share(&self, calls: u64, nanos: u64, now: u64) {
+        self.take(calls.saturating_mul(self.interval).max(nanos), now);
+    }
+
+    /// Moves the due time `nanos` later, up to [`MOST_OWED`] beyond the burst.
+    fn take(&self, nanos: u64, now: u64) {
         let most = now
             .saturating_add(self.tolerance)
             .saturating_add(u64::try_from(MOST_OWED.as_nanos()).unwrap_or(u64::MAX));
         let _ = self
             .due
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |due| {
-                let charged = due
-                    .max(now)
-                    .saturating_add(calls.saturating_mul(self.interval));
+                let charged = due.max(now).saturating_add(nanos);
                 Some(charged.min(most.max(due)))
-            });
-    }
-    /// Forgives what was owed beyond the burst, then takes `nanos` of the sustained rate's time
-    /// for calls elsewhere (their part of it): the next calls here wait for that part only.
-    pub fn charge_share(&self, nanos: u64, now: u64) {
-        let most = now.saturating_add(self.tolerance);
-        let _ = self
-            .due
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |due| {
-                Some(due.max(now).min(most).saturating_add(nanos))
             });
     }
 }
@@ -153,17 +152,18 @@ mod tests {
     }
 
     #[test]
-    fn a_share_forgives_what_was_owed_beyond_the_burst_then_takes_its_part() {
+    fn a_share_takes_the_calls_admitted_elsewhere_or_the_others_part_if_more() {
         let c = cell(60, 3);
-        c.charge(20, 0);
-        assert_eq!(passing(&c, 0), (0, Duration::from_secs(18)));
-        // Owed 17 s beyond the burst: forgiven, then half a second of the others' part taken.
-        c.charge_share(SECOND / 2, 0);
-        assert_eq!(passing(&c, 0), (0, Duration::from_millis(1_500)));
-        // Within the burst: nothing forgiven.
-        let c = cell(60, 3);
-        c.charge_share(SECOND, 0);
+        // Half a second of the others' part, more than no call.
+        c.charge_share(0, SECOND / 2, 0);
         assert_eq!(passing(&c, 0).0, 2);
+        // Two calls, more than a second: two calls.
+        let c = cell(60, 3);
+        c.charge_share(2, SECOND, 0);
+        assert_eq!(passing(&c, 0).0, 1);
+        // What is owed is kept, up to a minute beyond the burst.
+        c.charge_share(1_000, SECOND, 0);
+        assert_eq!(passing(&c, 0), (0, MOST_OWED + Duration::from_secs(1)));
     }
 
     #[test]

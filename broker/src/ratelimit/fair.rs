@@ -6,10 +6,11 @@
 //! spent for the third. Over its rate that alone is not fair: each broker takes the others'
 //! calls late, at its own moment, their counts drift apart, and one broker could admit nearly
 //! all of the rate while another refused every call (docs/cluster.md). So, once some call was
-//! refused anywhere since the last share, each broker charges its cell the others' part of the
-//! time elapsed instead, in proportion to the calls each was asked (admitted or refused): every
-//! broker then admits the rate times its part of the demand, and the parts add up to the rate.
-//! What a cell owed beyond its burst is forgiven then (it counted calls the parts now share).
+//! refused anywhere since the last share, each broker charges its cell at least the others'
+//! part of the time elapsed, in proportion to the calls each was asked (admitted or refused):
+//! one that admits more than its part is held to it, which frees the others' parts, and over a
+//! sustained overload each broker admits the rate times its part of the demand. The others'
+//! admitted calls are still charged when more (bursts spent together are spent once).
 
 use std::time::Duration;
 
@@ -35,9 +36,14 @@ impl Calls {
 pub enum Charge {
     /// No call refused anywhere: the calls the other brokers admitted.
     Admitted(u64),
-    /// Some call refused: the other brokers' part of the time elapsed, in nanoseconds of the
-    /// sustained rate, what was owed beyond the burst forgiven.
-    Share(u64),
+    /// Some call refused: the calls the other brokers admitted or, when more, their part of
+    /// the time elapsed, in nanoseconds of the sustained rate.
+    Share {
+        /// The calls the other brokers admitted.
+        admitted: u64,
+        /// Their part of the time elapsed.
+        nanos: u64,
+    },
 }
 
 /// What a broker's cell takes at a share, from `theirs` (the other brokers' calls since its
@@ -52,7 +58,10 @@ pub fn charge(theirs: Calls, mine: Calls, elapsed: Duration) -> Charge {
         .as_nanos()
         .saturating_mul(u128::from(theirs.demand()))
         / asked;
-    Charge::Share(u64::try_from(part).unwrap_or(u64::MAX))
+    Charge::Share {
+        admitted: theirs.admitted,
+        nanos: u64::try_from(part).unwrap_or(u64::MAX),
+    }
 }
 
 #[cfg(test)]
@@ -82,20 +91,29 @@ mod tests {
                 calls(30, 10),
                 calls(10, 10),
                 ms(200),
-                Charge::Share(150_000_000),
+                Charge::Share {
+                    admitted: 10,
+                    nanos: 150_000_000,
+                },
             ),
             (
                 calls(10, 10),
                 calls(30, 3),
                 ms(200),
-                Charge::Share(50_000_000),
+                Charge::Share {
+                    admitted: 10,
+                    nanos: 50_000_000,
+                },
             ),
             // A broker that counts no refusals asked what it admitted.
             (
                 calls(0, 20),
                 calls(20, 5),
                 ms(100),
-                Charge::Share(50_000_000),
+                Charge::Share {
+                    admitted: 20,
+                    nanos: 50_000_000,
+                },
             ),
         ];
         for (theirs, mine, elapsed, want) in cases {
@@ -104,16 +122,44 @@ mod tests {
         // No overflow.
         assert!(matches!(
             charge(calls(u64::MAX, 0), calls(u64::MAX, 0), Duration::MAX),
-            Charge::Share(n) if n > u64::MAX / 4
+            Charge::Share { nanos, .. } if nanos > u64::MAX / 4
         ));
     }
 
-    /// Brokers each asked `demand[b]` calls a second of one participant limited to `limit`,
+    /// How a broker is asked calls.
+    #[derive(Clone, Copy)]
+    enum Demand {
+        /// This many a second, evenly.
+        Steady(u64),
+        /// This many at once (a millisecond apart), every this many seconds.
+        Bursts(u64, u64),
+    }
+
+    impl Demand {
+        /// The first call, for broker `b` of three.
+        fn first(self, b: u64) -> u64 {
+            match self {
+                Demand::Steady(n) => b * SECOND / n / 3,
+                Demand::Bursts(..) => b * 1_000_000 / 3,
+            }
+        }
+
+        /// The call after the `n`th (from 1), asked at `at`.
+        fn next(self, n: u64, at: u64) -> u64 {
+            match self {
+                Demand::Steady(per_second) => at + SECOND / per_second,
+                Demand::Bursts(calls, _) if !n.is_multiple_of(calls) => at + 1_000_000,
+                Demand::Bursts(calls, every) => at + every * SECOND - (calls - 1) * 1_000_000,
+            }
+        }
+    }
+
+    /// Brokers each asked calls of one participant limited to `limit` as `demand[b]` says,
     /// broker 0 started at `start` (a restart: what the others counted before is history to
     /// it), each sharing every 200 ms at moments of its own as `RateLimits::share` does (its
     /// counts written, the others' read and charged). The calls each admitted over the last
     /// half of `seconds`.
-    fn brokers_sharing(limit: RateLimit, demand: [u64; 3], start: u64, seconds: u64) -> [u64; 3] {
+    fn brokers_asked(limit: RateLimit, demand: [Demand; 3], start: u64, seconds: u64) -> [u64; 3] {
         let cells = [limit; 3].map(|l| Cell::new(l).expect("a limit"));
         let (mut counts, mut counted) = ([Calls::default(); 3], [0u64; 3]);
         // What each broker last shared, each one's last read of the others' counts, and its own
@@ -122,8 +168,7 @@ mod tests {
         let mut read = [[Calls::default(); 3]; 3];
         let mut last = [(Calls::default(), 0u64); 3];
         let (share_every, end) = (SECOND / 5, seconds * SECOND);
-        let call_every = demand.map(|d| SECOND / d);
-        let mut next_call = [0u64, 1, 2].map(|b| b * call_every[b as usize] / 3);
+        let mut next_call = [0u64, 1, 2].map(|b| demand[b as usize].first(b));
         let mut next_share = [0u64, 1, 2].map(|b| b * share_every / 3 + 7);
         (next_call[0], next_share[0]) = (start + 7, start);
         let mut started = false;
@@ -155,7 +200,9 @@ mod tests {
                 };
                 match charge(theirs, mine, Duration::from_nanos(now - at)) {
                     Charge::Admitted(n) => cells[b].charge(n, now),
-                    Charge::Share(nanos) => cells[b].charge_share(nanos, now),
+                    Charge::Share { admitted, nanos } => {
+                        cells[b].charge_share(admitted, nanos, now)
+                    }
                 }
                 last[b] = (counts[b], now);
                 next_share[b] += share_every;
@@ -165,8 +212,40 @@ mod tests {
                     counts[b].admitted += 1;
                     counted[b] += u64::from(now >= end / 2);
                 }
-                next_call[b] += call_every[b];
+                next_call[b] = demand[b].next(counts[b].asked, now);
             }
+        }
+    }
+
+    /// [`brokers_asked`], each broker asked `per_second[b]` calls a second.
+    fn brokers_sharing(
+        limit: RateLimit,
+        per_second: [u64; 3],
+        start: u64,
+        seconds: u64,
+    ) -> [u64; 3] {
+        brokers_asked(limit, per_second.map(Demand::Steady), start, seconds)
+    }
+
+    /// Brokers asked their burst at once, together, every 10 s: the rate over that time, and
+    /// not one burst more than the brokers each admit at once (without the others' admitted
+    /// calls charged over the rate, they admitted twice the rate).
+    #[test]
+    fn brokers_asked_bursts_together_admit_the_rate_once() {
+        let limit = RateLimit {
+            per_minute: 600,
+            burst: 60,
+        };
+        for calls in [60, 61, 67] {
+            let seconds = 600;
+            let counted = brokers_asked(limit, [Demand::Bursts(calls, 10); 3], 0, seconds);
+            let total: u64 = counted.iter().sum();
+            // The last half: 10 a second, and the bursts the brokers hold at its start.
+            let most = 10 * seconds / 2 + 3 * 60;
+            assert!(
+                total <= most,
+                "{calls} at once: {counted:?}, at most {most}"
+            );
         }
     }
 

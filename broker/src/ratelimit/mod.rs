@@ -111,18 +111,22 @@ struct Limiter {
     counts: Arc<Counts>,
 }
 
-/// The calls of one participant this broker was asked since it started, and admitted.
+/// The calls of one participant this broker admitted since it started, and refused: two
+/// counts that each only grow, so that a read between a call's two counts never shows a
+/// refusal that was not.
 #[derive(Default)]
 struct Counts {
-    asked: AtomicU64,
     admitted: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl Counts {
     fn read(&self) -> fair::Calls {
+        let admitted = self.admitted.load(Ordering::Relaxed);
+        let refused = self.refused.load(Ordering::Relaxed);
         fair::Calls {
-            asked: self.asked.load(Ordering::Relaxed),
-            admitted: self.admitted.load(Ordering::Relaxed),
+            asked: admitted.saturating_add(refused),
+            admitted,
         }
     }
 }
@@ -304,13 +308,13 @@ impl RateLimits {
             None => Ok(()),
             Some(cell) => cell.check(self.now()),
         };
-        limiter.counts.asked.fetch_add(1, Ordering::Relaxed);
         match admitted {
             Ok(()) => {
                 limiter.counts.admitted.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(wait) => {
+                limiter.counts.refused.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut denied) = self.denied.lock() {
                     *denied.entry(consumer.to_string()).or_default() += 1;
                 }
@@ -511,7 +515,7 @@ impl RateLimits {
         for (cell, charge) in charges {
             match charge {
                 fair::Charge::Admitted(calls) => cell.charge(calls, now),
-                fair::Charge::Share(nanos) => cell.charge_share(nanos, now),
+                fair::Charge::Share { admitted, nanos } => cell.charge_share(admitted, nanos, now),
             }
         }
         let wall = unix_micros(SystemTime::now());
