@@ -87,10 +87,20 @@ impl Cell {
         self.take(calls.saturating_mul(self.interval), now);
     }
 
-    /// Takes the calls admitted elsewhere or, when more, `nanos` of the sustained rate's time
-    /// (the other brokers' part of it, over the rate), as [`Cell::charge`] does.
-    pub fn charge_share(&self, calls: u64, nanos: u64, now: u64) {
-        self.take(calls.saturating_mul(self.interval).max(nanos), now);
+    /// Takes `nanos` of the sustained rate's time for calls elsewhere (the other brokers' part
+    /// of it, over the rate), as [`Cell::charge`] takes calls.
+    pub fn charge_time(&self, nanos: u64, now: u64) {
+        self.take(nanos, now);
+    }
+
+    /// Nanoseconds between two calls at the sustained rate.
+    pub fn interval(&self) -> u64 {
+        self.interval
+    }
+
+    /// The burst's worth, in nanoseconds of the sustained rate.
+    pub fn tolerance(&self) -> u64 {
+        self.tolerance
     }
 
     /// Moves the due time `nanos` later, up to [`MOST_OWED`] beyond the burst.
@@ -152,17 +162,13 @@ mod tests {
     }
 
     #[test]
-    fn a_share_takes_the_calls_admitted_elsewhere_or_the_others_part_if_more() {
+    fn time_taken_elsewhere_is_waited_for_and_bounded() {
         let c = cell(60, 3);
-        // Half a second of the others' part, more than no call.
-        c.charge_share(0, SECOND / 2, 0);
+        // Half a second of the others' part: two calls left of the burst.
+        c.charge_time(SECOND / 2, 0);
         assert_eq!(passing(&c, 0).0, 2);
-        // Two calls, more than a second: two calls.
-        let c = cell(60, 3);
-        c.charge_share(2, SECOND, 0);
-        assert_eq!(passing(&c, 0).0, 1);
         // What is owed is kept, up to a minute beyond the burst.
-        c.charge_share(1_000, SECOND, 0);
+        c.charge_time(1_000 * SECOND, 0);
         assert_eq!(passing(&c, 0), (0, MOST_OWED + Duration::from_secs(1)));
     }
 

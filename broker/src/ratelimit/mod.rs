@@ -8,7 +8,8 @@
 //!
 //! On a cluster each broker decides alone, at once, and shares its counts through the store
 //! every [`SHARE_EVERY`] ([`RateLimits::share`]): the calls the others admitted are charged to
-//! its own cells (over the rate, the others' part of it, by the calls each was asked: `fair`),
+//! its own cells (over the rate, at least the others' part of it, by the calls each was asked:
+//! `fair`),
 //! and the people they saw are added to its counts. Between two shares the
 //! brokers together may admit up to one burst each, and a harvester be seen a little late.
 //! What each broker owes the providers (provider_gate.rs) is shared the same way: the calls
@@ -140,6 +141,8 @@ struct Shares {
     /// it did since is its part of the demand.
     charged: HashMap<String, fair::Calls>,
     charged_at: Option<Instant>,
+    /// Over the rate, what the others' parts left unused, per participant (`fair::charge`).
+    unused: HashMap<String, u64>,
     /// Calls sent and wait asked per provider, as this broker last shared them.
     mine_owed: HashMap<String, (u64, i64)>,
     /// When this broker last shared every count, changed or not: a broker whose counts do not
@@ -506,7 +509,13 @@ impl RateLimits {
                 };
                 let theirs = theirs.get(participant).copied().unwrap_or_default();
                 if let Some(cell) = &l.cell {
-                    charges.push((cell.clone(), fair::charge(theirs, mine, elapsed)));
+                    let rate = fair::Rate {
+                        interval: cell.interval(),
+                        tolerance: cell.tolerance(),
+                    };
+                    let unused = shares.unused.entry(participant.clone()).or_default();
+                    let charge = fair::charge(theirs, mine, elapsed, rate, unused);
+                    charges.push((cell.clone(), charge));
                 }
             }
             (charges, shares.sent.admitted_since(sent_rows, now, wall))
@@ -515,7 +524,7 @@ impl RateLimits {
         for (cell, charge) in charges {
             match charge {
                 fair::Charge::Admitted(calls) => cell.charge(calls, now),
-                fair::Charge::Share { admitted, nanos } => cell.charge_share(admitted, nanos, now),
+                fair::Charge::Time(nanos) => cell.charge_time(nanos, now),
             }
         }
         let wall = unix_micros(SystemTime::now());
