@@ -93,6 +93,11 @@ impl Cell {
         self.take(nanos, now);
     }
 
+    /// How far ahead of `now` the next call is due: what the calls taken so far still owe.
+    pub fn owed(&self, now: u64) -> u64 {
+        self.due.load(Ordering::Relaxed).saturating_sub(now)
+    }
+
     /// Nanoseconds between two calls at the sustained rate.
     pub fn interval(&self) -> u64 {
         self.interval

@@ -489,6 +489,7 @@ impl RateLimits {
                 newer
             });
             let (now, wall) = (Instant::now(), SystemTime::now());
+            let cells_now = self.now();
             let theirs = shares.admitted.admitted_since(theirs.calls, now, wall);
             // What each cell takes: the others' calls, or over the rate their part of the time
             // since this broker's last share, by what each was asked since.
@@ -496,6 +497,9 @@ impl RateLimits {
                 .charged_at
                 .map_or(Duration::ZERO, |at| now.duration_since(at));
             shares.charged_at = Some(now);
+            // A participant no longer registered is forgotten here (its counts are kept).
+            shares.charged.retain(|p, _| limiters.contains_key(p));
+            shares.unused.retain(|p, _| limiters.contains_key(p));
             let mut charges = Vec::new();
             for (participant, l) in limiters.iter() {
                 let counts = l.counts.read();
@@ -512,6 +516,7 @@ impl RateLimits {
                     let rate = fair::Rate {
                         interval: cell.interval(),
                         tolerance: cell.tolerance(),
+                        owed: cell.owed(cells_now),
                     };
                     let unused = shares.unused.entry(participant.clone()).or_default();
                     let charge = fair::charge(theirs, mine, elapsed, rate, unused);
