@@ -152,9 +152,11 @@ struct Shares {
     admitted: Heard,
     /// The calls the other brokers sent, per provider.
     sent: Heard,
-    /// The latest end of a wait a provider asked of another broker, as last held here (held
-    /// once, not at each share that reads it again).
-    held: HashMap<String, i64>,
+    /// The end of each wait a provider asked of another broker, per broker and provider, as
+    /// that broker wrote it, and when it was first read (both microseconds since 1970): held
+    /// once, not at each share that reads it again; one broker's wait, or its clock, never
+    /// hides another's.
+    held: HashMap<(String, String), (i64, i64)>,
 }
 
 /// One kind of the other brokers' counts (calls admitted per participant, or sent per
@@ -171,6 +173,33 @@ struct Heard {
 
 impl Shares {
     /// Whether every count is to be shared again, changed or not.
+    /// The latest end, per provider, of the waits `rows` (the other brokers') asked that this
+    /// broker has not held yet and that end after `wall` (microseconds since 1970), each
+    /// capped at the longest cool-down from now: a broker's clock ahead, or a row written by
+    /// hand, holds the calls that long, once, and hides no later wait of another broker. A
+    /// wait is forgotten once ended, or [`FORGET_BROKER_AFTER`] after it was first read.
+    fn newer_waits(&mut self, rows: &[ProviderUse], wall: i64) -> HashMap<String, i64> {
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let most = wall.saturating_add(micros(crate::provider_gate::MAX_COOL_DOWN));
+        let forget = wall.saturating_sub(micros(FORGET_BROKER_AFTER));
+        self.held
+            .retain(|_, (until, seen)| *until > wall && *seen > forget);
+        let mut newer: HashMap<String, i64> = HashMap::new();
+        for row in rows.iter().filter(|r| r.held_until > wall) {
+            let key = (row.broker.clone(), row.provider.clone());
+            if self
+                .held
+                .get(&key)
+                .is_none_or(|&(was, _)| row.held_until > was)
+            {
+                self.held.insert(key, (row.held_until, wall));
+                let latest = newer.entry(row.provider.clone()).or_default();
+                *latest = (*latest).max(row.held_until.min(most));
+            }
+        }
+        newer
+    }
+
     fn share_all(&mut self, now: Instant) -> bool {
         if self
             .all_shared_at
@@ -451,15 +480,11 @@ impl RateLimits {
             return Ok(None);
         };
         let minute = minute_now();
-        // The latest end of a wait each provider asked of another broker, if newer than held.
-        let mut held: HashMap<String, i64> = HashMap::new();
-        for p in &theirs.providers {
-            let until = held.entry(p.provider.clone()).or_default();
-            *until = (*until).max(p.held_until);
-        }
+        let wall = unix_micros(SystemTime::now());
         let sent_rows = theirs
             .providers
-            .into_iter()
+            .iter()
+            .cloned()
             .map(|p| CallsAdmitted {
                 broker: p.broker,
                 participant: p.provider,
@@ -467,7 +492,7 @@ impl RateLimits {
                 asked: 0,
             })
             .collect();
-        let (charges, sent) = {
+        let (charges, sent, held) = {
             let mut shares = self.shares.lock().map_err(|_| poisoned())?;
             for c in &mine.calls {
                 let counts = fair::Calls {
@@ -481,13 +506,7 @@ impl RateLimits {
                     .mine_owed
                     .insert(p.provider.clone(), (p.sent, p.held_until));
             }
-            held.retain(|provider, until| {
-                let newer = shares.held.get(provider).is_none_or(|was| *until > *was);
-                if newer {
-                    shares.held.insert(provider.clone(), *until);
-                }
-                newer
-            });
+            let held = shares.newer_waits(&theirs.providers, wall);
             let (now, wall) = (Instant::now(), SystemTime::now());
             let cells_now = self.now();
             let theirs = shares.admitted.admitted_since(theirs.calls, now, wall);
@@ -523,7 +542,8 @@ impl RateLimits {
                     charges.push((cell.clone(), charge));
                 }
             }
-            (charges, shares.sent.admitted_since(sent_rows, now, wall))
+            let sent = shares.sent.admitted_since(sent_rows, now, wall);
+            (charges, sent, held)
         };
         let now = self.now();
         for (cell, charge) in charges {
@@ -532,7 +552,6 @@ impl RateLimits {
                 fair::Charge::Time(nanos) => cell.charge_time(nanos, now),
             }
         }
-        let wall = unix_micros(SystemTime::now());
         for gate in gates() {
             if let Some(calls) = sent.get(gate.provider()) {
                 gate.charge(calls.admitted);
@@ -673,6 +692,44 @@ mod tests {
         let later = gap + 1_200 + FORGET_BROKER_AFTER.as_millis() as u64;
         read(vec![row(&new, "ccas", 9)], at(later));
         assert!(!s.brokers.contains_key(b) && s.brokers.contains_key(&new));
+    }
+
+    #[test]
+    fn a_providers_wait_is_held_once_per_broker_and_capped() {
+        let mut s = Shares::default();
+        let wait = |broker: &str, held_until| ProviderUse {
+            broker: broker.into(),
+            provider: "dgfip".into(),
+            sent: 0,
+            held_until,
+        };
+        let second = 1_000_000;
+        let wall = 1_000 * second;
+        let most = wall + 300 * second;
+        // One broker's clock far ahead (or a row written by hand): held, capped.
+        let rows = [wait("a", i64::MAX), wait("b", wall + 10 * second)];
+        assert_eq!(
+            s.newer_waits(&rows, wall),
+            HashMap::from([("dgfip".into(), most)])
+        );
+        // Read again: nothing new. A later wait of another broker is still held.
+        assert!(s.newer_waits(&rows, wall).is_empty());
+        let rows = [wait("a", i64::MAX), wait("b", wall + 20 * second)];
+        assert_eq!(
+            s.newer_waits(&rows, wall),
+            HashMap::from([("dgfip".into(), wall + 20 * second)])
+        );
+        // A wait held is not held again while its row says the same; an ended one is
+        // forgotten, and holds nothing when read again.
+        let later = wall + 400 * second;
+        assert!(s.newer_waits(&rows, later).is_empty());
+        assert_eq!(s.held.len(), 1);
+        // Ten minutes after it was first read, what a row still says is held again, capped.
+        let much_later = wall + 700 * second;
+        assert_eq!(
+            s.newer_waits(&rows, much_later),
+            HashMap::from([("dgfip".into(), much_later + 300 * second)])
+        );
     }
 
     #[test]

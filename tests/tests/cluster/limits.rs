@@ -339,6 +339,10 @@ async fn a_provider_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()
     let db = Database::start().await?;
     let cluster = Cluster::start_on_registry(pki.dir(), &db.url(), 2, &registry).await?;
     let mut through_first = exchange(&cluster.brokers[0], "mairie-lyon").await?;
+    let mut through_second = Vec::new();
+    for _ in 0..8 {
+        through_second.push(exchange(&cluster.brokers[1], "mairie-lyon").await?);
+    }
     // The second broker cannot hear of the first's calls before they began.
     let first = Instant::now();
     for _ in 0..8 {
@@ -348,8 +352,7 @@ async fn a_provider_gets_its_rate_once_across_the_brokers() -> anyhow::Result<()
     // The second broker alone would send 8 at once; it sends what the rate gave back since
     // the burst was spent (one a second), and refuses the calls that cannot wait for more.
     let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let mut client = exchange(&cluster.brokers[1], "mairie-lyon").await?;
+    for mut client in through_second {
         calls.spawn(async move {
             let mut request = tonic::Request::new(fetch(RFR, "test:alice"));
             request.set_timeout(Duration::from_millis(500));
