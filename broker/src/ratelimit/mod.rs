@@ -172,12 +172,12 @@ struct Heard {
 }
 
 impl Shares {
-    /// Whether every count is to be shared again, changed or not.
     /// The latest end, per provider, of the waits `rows` (the other brokers') asked that this
     /// broker has not held yet and that end after `wall` (microseconds since 1970), each
     /// capped at the longest cool-down from now: a broker's clock ahead, or a row written by
-    /// hand, holds the calls that long, once, and hides no later wait of another broker. A
-    /// wait is forgotten once ended, or [`FORGET_BROKER_AFTER`] after it was first read.
+    /// hand, holds the calls that long, again every [`FORGET_BROKER_AFTER`] while the row
+    /// still says so, and hides no later wait of another broker. A wait is forgotten once
+    /// ended, or that long after it was first read.
     fn newer_waits(&mut self, rows: &[ProviderUse], wall: i64) -> HashMap<String, i64> {
         let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
         let most = wall.saturating_add(micros(crate::provider_gate::MAX_COOL_DOWN));
@@ -200,6 +200,7 @@ impl Shares {
         newer
     }
 
+    /// Whether every count is to be shared again, changed or not.
     fn share_all(&mut self, now: Instant) -> bool {
         if self
             .all_shared_at
