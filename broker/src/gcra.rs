@@ -84,13 +84,22 @@ impl Cell {
     /// Takes `calls` admitted elsewhere at `now`, whether or not they fit: the next calls here
     /// wait for them, up to [`MOST_OWED`] beyond the burst.
     pub fn charge(&self, calls: u64, now: u64) {
-        self.take(calls.saturating_mul(self.interval), now);
+        self.charge_time(calls.saturating_mul(self.interval), now);
     }
 
     /// Takes `nanos` of the sustained rate's time for calls elsewhere (the other brokers' part
-    /// of it, over the rate), as [`Cell::charge`] takes calls.
+    /// of it, over the rate): the due time moves that much later, up to [`MOST_OWED`] beyond
+    /// the burst.
     pub fn charge_time(&self, nanos: u64, now: u64) {
-        self.take(nanos, now);
+        let most = now
+            .saturating_add(self.tolerance)
+            .saturating_add(u64::try_from(MOST_OWED.as_nanos()).unwrap_or(u64::MAX));
+        let _ = self
+            .due
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |due| {
+                let charged = due.max(now).saturating_add(nanos);
+                Some(charged.min(most.max(due)))
+            });
     }
 
     /// How far ahead of `now` the next call is due: what the calls taken so far still owe.
@@ -106,19 +115,6 @@ impl Cell {
     /// The burst's worth, in nanoseconds of the sustained rate.
     pub fn tolerance(&self) -> u64 {
         self.tolerance
-    }
-
-    /// Moves the due time `nanos` later, up to [`MOST_OWED`] beyond the burst.
-    fn take(&self, nanos: u64, now: u64) {
-        let most = now
-            .saturating_add(self.tolerance)
-            .saturating_add(u64::try_from(MOST_OWED.as_nanos()).unwrap_or(u64::MAX));
-        let _ = self
-            .due
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |due| {
-                let charged = due.max(now).saturating_add(nanos);
-                Some(charged.min(most.max(due)))
-            });
     }
 }
 

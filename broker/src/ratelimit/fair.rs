@@ -96,6 +96,11 @@ mod tests {
     use crate::registry::RateLimit;
 
     const SECOND: u64 = 1_000_000_000;
+    /// 100 a second, 20 at once.
+    const HUNDRED_A_SECOND: RateLimit = RateLimit {
+        per_minute: 6_000,
+        burst: 20,
+    };
 
     fn calls(asked: u64, admitted: u64) -> Calls {
         Calls { asked, admitted }
@@ -337,10 +342,7 @@ mod tests {
     /// (Charging the others' admitted calls alone, one broker took 58 % to nearly all of it.)
     #[test]
     fn brokers_over_a_rate_share_it_fairly() {
-        let limit = RateLimit {
-            per_minute: 6_000,
-            burst: 20,
-        };
+        let limit = HUNDRED_A_SECOND;
         let seconds = 60;
         let rate = 100 * seconds / 2;
         for start in (10..=20).map(|s| s * SECOND + s * 37_000_000) {
@@ -394,10 +396,7 @@ mod tests {
     /// rate every call passes.
     #[test]
     fn brokers_share_a_rate_by_demand_and_admit_everything_under_it() {
-        let limit = RateLimit {
-            per_minute: 6_000,
-            burst: 20,
-        };
+        let limit = HUNDRED_A_SECOND;
         let seconds = 60;
         let rate = 100 * seconds / 2;
         let counted = brokers_sharing(limit, [50, 100, 300], 10 * SECOND, seconds);

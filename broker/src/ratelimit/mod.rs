@@ -9,9 +9,8 @@
 //! On a cluster each broker decides alone, at once, and shares its counts through the store
 //! every [`SHARE_EVERY`] ([`RateLimits::share`]): the calls the others admitted are charged to
 //! its own cells (over the rate, at least the others' part of it, by the calls each was asked:
-//! `fair`),
-//! and the people they saw are added to its counts. Between two shares the
-//! brokers together may admit up to one burst each, and a harvester be seen a little late.
+//! `fair`), and the people they saw are added to its counts. Between two shares the brokers
+//! together may admit up to one burst each, and a harvester be seen a little late.
 //! What each broker owes the providers (provider_gate.rs) is shared the same way: the calls
 //! the others sent a provider are charged to its gate here, and a provider's request to wait
 //! holds every broker's calls.
@@ -218,9 +217,9 @@ impl Shares {
 impl Heard {
     /// The calls of each participant the other brokers were asked and admitted since the last
     /// read, `now` (and `wall`, the same on the wall clock). What a broker counted before this
-    /// broker knew it is history, not charged: at the first read, or after reads stopped for a while
-    /// (the store unreachable: the calls of those minutes are past), every count read is; a
-    /// broker heard of for the first time is new (all its calls charged) only if it started
+    /// broker knew it is history, not charged: at the first read, or after reads stopped for a
+    /// while (the store unreachable: the calls of those minutes are past), every count read is;
+    /// a broker heard of for the first time is new (all its calls charged) only if it started
     /// since the last read (its id says when), else history (this broker had forgotten it).
     fn admitted_since(
         &mut self,
@@ -424,9 +423,9 @@ impl RateLimits {
     /// calls they admitted are charged to this broker's cells, the calls they sent a provider
     /// to its gate among `gates` (those in force once their counts are read: a reload during
     /// the share's round trip must not leave them to gates no call goes through), and a
-    /// provider's request to wait holds its calls here too. Returns the harvesting alarms their people make this broker raise, or
-    /// `None` when `store` has no other broker (the embedded backend): there is nothing to
-    /// share, now or later.
+    /// provider's request to wait holds its calls here too. Returns the harvesting alarms their
+    /// people make this broker raise, or `None` when `store` has no other broker (the embedded
+    /// backend): there is nothing to share, now or later.
     pub async fn share(
         &self,
         store: &dyn Store,
@@ -496,11 +495,11 @@ impl RateLimits {
         let (charges, sent, held) = {
             let mut shares = self.shares.lock().map_err(|_| poisoned())?;
             for c in &mine.calls {
-                let counts = fair::Calls {
+                let shared = fair::Calls {
                     asked: c.asked,
                     admitted: c.admitted,
                 };
-                shares.mine.insert(c.participant.clone(), counts);
+                shares.mine.insert(c.participant.clone(), shared);
             }
             for p in &mine.providers {
                 shares
